@@ -1,0 +1,242 @@
+//! Agent configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! node_id = 0
+//! nodes = ["10.0.0.1:7470", "10.0.0.2:7470"]   # TCP address of each node's agent, by id
+//! socket = "/run/wyvern/agent0.sock"
+//! cores = [2]
+//! idle = "adaptive"            # or "spin"
+//! hugepages = true
+//! [pool]
+//! max_clients = 32
+//! block_bytes = 201326592
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::shm::PoolParams;
+
+/// How the agent waits when there is no work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IdlePolicy {
+    /// Poll forever (dedicated cores).
+    Spin,
+    /// Poll for `spin_us`, then sleep until a client rings or the network
+    /// has data.
+    Adaptive,
+}
+
+/// Everything an agent needs to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's id: its index in `nodes`.
+    pub node_id: u32,
+    /// TCP address of every node's agent, indexed by node id.
+    pub nodes: Vec<SocketAddr>,
+    /// The control socket clients attach through.
+    pub socket: PathBuf,
+    /// Cores to pin the polling thread to (the first is used).
+    pub cores: Vec<usize>,
+    /// Idle policy.
+    pub idle: IdlePolicy,
+    /// Microseconds of fruitless polling before an adaptive agent sleeps.
+    pub spin_us: u64,
+    /// Try hugepages for the pool.
+    pub hugepages: bool,
+    /// Pool sizes.
+    pub pool: PoolParams,
+    /// Largest frame of aggregated small messages, in bytes.
+    pub frame_bytes: usize,
+    /// Messages up to this size travel inline through the rings.
+    pub eager_max: usize,
+    /// Chunk size for large messages on the wire.
+    pub chunk_bytes: usize,
+    /// Longest a partly filled frame may wait for more messages, in
+    /// microseconds. 0: a frame goes out at the end of the poll round that
+    /// filled it (a lone message is never held back).
+    pub flush_delay_us: u64,
+    /// Heartbeat interval, milliseconds.
+    pub heartbeat_ms: u64,
+    /// A peer silent this long is lost, milliseconds.
+    pub peer_timeout_ms: u64,
+    /// A peer not reached within this long after start is reported
+    /// unreachable (dialing goes on), milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Bytes queued towards one peer before its senders are held back.
+    pub peer_queue_bytes: usize,
+    /// A group (gid) whose members may attach besides the agent's own uid.
+    pub allow_gid: Option<u32>,
+    /// Bad requests tolerated from one client before it is detached.
+    pub max_client_errors: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node_id: 0,
+            nodes: vec![],
+            socket: default_socket(0),
+            cores: vec![],
+            idle: IdlePolicy::Adaptive,
+            spin_us: 200,
+            hugepages: true,
+            pool: PoolParams::default(),
+            frame_bytes: 64 * 1024,
+            eager_max: 4096,
+            chunk_bytes: 256 * 1024,
+            flush_delay_us: 0,
+            heartbeat_ms: 200,
+            peer_timeout_ms: 3000,
+            connect_timeout_ms: 30_000,
+            peer_queue_bytes: 8 << 20,
+            allow_gid: None,
+            max_client_errors: 100,
+        }
+    }
+}
+
+/// The control socket path used when none is configured.
+pub fn default_socket(node: u32) -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("wyvern-agent-{node}.sock"))
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading the file failed.
+    #[error("cannot read config {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or unknown keys.
+    #[error("cannot parse config {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// Values make no sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl AgentConfig {
+    /// Load a TOML file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Check the values; fills in a one-node list when none is given.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError::Invalid(s));
+        if self.nodes.is_empty() {
+            self.nodes.push("127.0.0.1:0".parse().expect("literal address"));
+        }
+        if self.node_id as usize >= self.nodes.len() {
+            return bad(format!(
+                "node_id {} is not in the node list of {} nodes",
+                self.node_id,
+                self.nodes.len()
+            ));
+        }
+        crate::shm::Layout::compute(self.pool).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let geo = crate::shm::RingGeometry::new(self.pool.recv_slots);
+        let ring_max = geo.max_record() - crate::proto::RECV_HEADER;
+        let sub_max = crate::shm::RingGeometry::new(self.pool.sub_slots).max_record() - crate::proto::SUB_HEADER;
+        if self.eager_max > ring_max.min(sub_max) {
+            return bad(format!(
+                "eager_max {} exceeds what the rings hold inline ({}); raise recv_slots/sub_slots or lower eager_max",
+                self.eager_max,
+                ring_max.min(sub_max)
+            ));
+        }
+        let rec = crate::wire::RECORD_HEADER + crate::wire::padded(self.eager_max);
+        if self.frame_bytes < crate::wire::FRAME_HEADER + rec || self.frame_bytes > crate::wire::MAX_BODY {
+            return bad(format!(
+                "frame_bytes {} must hold one eager message ({} bytes) and be at most {}",
+                self.frame_bytes,
+                crate::wire::FRAME_HEADER + rec,
+                crate::wire::MAX_BODY
+            ));
+        }
+        if self.chunk_bytes == 0 || self.chunk_bytes % 8 != 0 || self.chunk_bytes + 64 > crate::wire::MAX_BODY {
+            return bad(format!("chunk_bytes {} must be a positive multiple of 8 below 4 MiB", self.chunk_bytes));
+        }
+        if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {
+            return bad("peer_timeout_ms must exceed heartbeat_ms > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// Peer timeout.
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_and_validation() {
+        let text = r#"
+            node_id = 1
+            nodes = ["127.0.0.1:7000", "127.0.0.1:7001"]
+            idle = "spin"
+            [pool]
+            max_clients = 4
+            endpoints_per_client = 2
+            sub_slots = 1024
+            comp_slots = 64
+            recv_slots = 1024
+            block_bytes = 1048576
+        "#;
+        let mut c: AgentConfig = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.idle, IdlePolicy::Spin);
+        assert_eq!(c.pool.max_clients, 4);
+        c.node_id = 2;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<AgentConfig>("nodez = []").is_err());
+    }
+
+    #[test]
+    fn eager_larger_than_rings_is_refused() {
+        let mut c = AgentConfig::default();
+        c.pool.recv_slots = 16;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("eager_max"), "{e}");
+    }
+}

@@ -1,0 +1,1821 @@
+//! The agent: one polling thread that drains the clients' submission rings,
+//! routes messages (to a local endpoint, or into the frame being built for
+//! their destination node), moves frames over the transport, deposits what
+//! arrives into receive rings, and serves the control socket.
+//!
+//! ## A poll round
+//! 1. every client's submission ring, up to [`BURST`] records each;
+//! 2. partly built frames go out: a round that found no more work for a
+//!    destination flushes it, so aggregation never holds back a lone message
+//!    (unless `flush_delay_us` asks for that);
+//! 3. large messages queued per peer are cut into chunks as the link drains;
+//! 4. readiness of sockets (`epoll_wait` with timeout 0, or a real wait when
+//!    an adaptive agent goes to sleep): peer links, accepted connections, the
+//!    control socket and the doorbell clients ring;
+//! 5. frames that arrived are split and deposited into receive rings; a full
+//!    ring pauses that peer's frames (and TCP's window pauses the sender);
+//! 6. timers: heartbeats, lost peers, dialing;
+//! 7. clients that sleep and got something are woken.
+//!
+//! Everything a client wrote into shared memory is copied out by the ring
+//! layer before it is parsed, and every offset, length and endpoint is checked
+//! against what that client owns ([`BlockAlloc`] records owners).
+
+pub mod config;
+pub mod stats;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::proto::{
+    CompKind, Completion, CtlReply, CtlRequest, Delivery, Mode, Op, Status, Submit, RECV_HEADER,
+};
+use crate::shm::blocks::{BlockAlloc, Owner};
+use crate::shm::handoff::{send_line, LineReader, ReadOutcome};
+use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, BLOCK_UNIT};
+use crate::transport::tcp::{Dialer, Link, Out};
+use crate::wire::{
+    self, control_frame, FrameBuilder, FrameKind, Hello, RecordHeader, RecordKind, FLAG_ACK,
+};
+
+pub use config::{AgentConfig, IdlePolicy};
+use stats::{ClientSnapshot, PeerCounters, PeerSnapshot, Snapshot};
+
+/// Records taken from one submission ring per round.
+pub const BURST: usize = 64;
+const TICK: Duration = Duration::from_millis(5);
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const T_CTL_LISTEN: u64 = 1;
+const T_CTL_CONN: u64 = 2;
+const T_TCP_LISTEN: u64 = 3;
+const T_PEER: u64 = 4;
+const T_PENDING: u64 = 5;
+const T_DOORBELL: u64 = 6;
+
+fn token(kind: u64, idx: usize) -> u64 {
+    (kind << 32) | idx as u64
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The pool could not be created.
+    #[error("cannot create the shared-memory pool")]
+    Pool(#[from] crate::shm::ShmError),
+    /// The control socket could not be bound.
+    #[error("cannot listen on the control socket {path}")]
+    Socket {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Another agent serves this socket.
+    #[error("another agent is already listening on {0}")]
+    SocketBusy(PathBuf),
+    /// The TCP listener could not be bound.
+    #[error("cannot listen for peer agents on {addr}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// epoll/eventfd failed.
+    #[error("cannot set up the poller")]
+    Poller(#[source] io::Error),
+    /// Pinning failed.
+    #[error("cannot pin the polling thread to core {core}")]
+    Pin {
+        /// Core.
+        core: usize,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum PeerState {
+    /// This node.
+    Local,
+    /// Not connected yet (since start, or since the last loss).
+    Connecting,
+    /// Connected, waiting for the peer's Hello.
+    Handshake,
+    /// Exchanging frames.
+    Up,
+    /// Declared lost; sends fail until it comes back.
+    Lost(String),
+}
+
+impl PeerState {
+    fn name(&self) -> String {
+        match self {
+            PeerState::Local => "local".into(),
+            PeerState::Connecting => "connecting".into(),
+            PeerState::Handshake => "handshake".into(),
+            PeerState::Up => "up".into(),
+            PeerState::Lost(r) => format!("lost ({r})"),
+        }
+    }
+}
+
+struct LargeSend {
+    block: u64,
+    total: u64,
+    sent: u64,
+    src_ep: u32,
+    dst_ep: u32,
+    cookie: u64,
+    flags: u8,
+    client: Owner,
+}
+
+struct RxLarge {
+    src_ep: u32,
+    dst_ep: u32,
+    cookie: u64,
+    total: u64,
+    got: u64,
+    block: u64,
+    flags: u8,
+}
+
+struct Deposit {
+    src_ep: u32,
+    dst_ep: u32,
+    block: u64,
+    len: u64,
+    cookie: u64,
+    flags: u8,
+}
+
+struct Peer {
+    node: u32,
+    addr: SocketAddr,
+    state: PeerState,
+    link: Option<Link>,
+    batch: FrameBuilder,
+    batch_msgs: u64,
+    batch_since: Option<Instant>,
+    large: VecDeque<LargeSend>,
+    acks: HashMap<(u32, u64), Owner>,
+    rx_pos: usize,
+    rx_large: Option<RxLarge>,
+    rx_deposit: Option<Deposit>,
+    counters: PeerCounters,
+    dialing: bool,
+    next_dial: Instant,
+    since: Instant,
+}
+
+struct RecvEp {
+    id: u32,
+    ring: RingTx,
+}
+
+struct ClientState {
+    gen: u32,
+    pid: u32,
+    name: String,
+    conn: usize,
+    sub: RingRx,
+    comp: RingTx,
+    comp_backlog: VecDeque<Completion>,
+    recv: Vec<Option<RecvEp>>,
+    wake: File,
+    stalled: Option<Vec<u8>>,
+    waiting_large: bool,
+    submitted: u64,
+    delivered: u64,
+    errors: u64,
+}
+
+impl ClientState {
+    fn owner(&self, slot: u32) -> Owner {
+        Owner::Client { slot, gen: self.gen }
+    }
+}
+
+enum FrameStep {
+    /// The frame was handled whole.
+    Next,
+    /// No complete frame buffered.
+    Empty,
+    /// Handled up to this body offset; a ring is full.
+    Partial(usize),
+    /// The link was declared lost.
+    Broken,
+}
+
+struct CtlConn {
+    stream: UnixStream,
+    reader: LineReader,
+    client: Option<u32>,
+}
+
+struct PendingTcp {
+    link: Link,
+    since: Instant,
+}
+
+enum Handled {
+    /// Processed.
+    Done,
+    /// Not processed: retry later (a ring or the pool is full).
+    Stall,
+    /// Processed, but what follows must wait (a deposit is pending).
+    DoneStop,
+}
+
+/// The agent.
+pub struct Agent {
+    cfg: AgentConfig,
+    pool: Arc<Pool>,
+    blocks: BlockAlloc,
+    clients: Vec<Option<ClientState>>,
+    gens: Vec<u32>,
+    endpoints: HashMap<u32, (u32, u32)>,
+    next_ep: u32,
+    peers: Vec<Peer>,
+    conns: Vec<Option<CtlConn>>,
+    ctl: UnixListener,
+    tcp: TcpListener,
+    tcp_addr: SocketAddr,
+    pending: Vec<Option<PendingTcp>>,
+    dialer: Dialer,
+    epoll: Epoll,
+    doorbell: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
+    incarnation: u64,
+    start: Instant,
+    touched: Vec<u32>,
+    freed: Vec<u64>,
+    rec: Vec<u8>,
+    rounds: u64,
+    sleeps: u64,
+    local_msgs: u64,
+    evicted: u64,
+    uid: u32,
+}
+
+impl Agent {
+    /// Create the pool, bind the sockets, start dialing peers.
+    pub fn new(mut cfg: AgentConfig) -> Result<Agent, AgentError> {
+        cfg.validate()?;
+        if let Some(&core) = cfg.cores.first() {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(core).map_err(|e| AgentError::Pin {
+                core,
+                source: e.into(),
+            })?;
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(|e| {
+                AgentError::Pin {
+                    core,
+                    source: e.into(),
+                }
+            })?;
+            if cfg.cores.len() > 1 {
+                log::warn!("one polling thread for now: using core {core}, ignoring the rest of {:?}", cfg.cores);
+            }
+        }
+        let pool = Arc::new(Pool::create(cfg.pool, cfg.node_id, cfg.hugepages)?);
+        log::info!(
+            "pool: {} MiB on {}, {} client slots, {} MiB of blocks",
+            pool.len() >> 20,
+            pool.backing(),
+            cfg.pool.max_clients,
+            cfg.pool.block_bytes >> 20
+        );
+        let l = *pool.layout();
+        let blocks = BlockAlloc::new(l.blocks_off, l.params.block_bytes, BLOCK_UNIT);
+
+        let ctl = bind_control(&cfg)?;
+        let me = cfg.nodes[cfg.node_id as usize];
+        let tcp = TcpListener::bind(me).map_err(|source| AgentError::Listen { addr: me, source })?;
+        tcp.set_nonblocking(true).map_err(AgentError::Poller)?;
+        let tcp_addr = tcp.local_addr().map_err(AgentError::Poller)?;
+
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| AgentError::Poller(e.into()))?;
+        let doorbell = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| AgentError::Poller(e.into()))?,
+        );
+        let add = |fd: BorrowedFd<'_>, t: u64| {
+            epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, t))
+                .map_err(|e| AgentError::Poller(e.into()))
+        };
+        add(ctl.as_fd(), token(T_CTL_LISTEN, 0))?;
+        add(tcp.as_fd(), token(T_TCP_LISTEN, 0))?;
+        add(doorbell.as_fd(), token(T_DOORBELL, 0))?;
+
+        let now = Instant::now();
+        let peers = cfg
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| Peer {
+                node: i as u32,
+                addr,
+                state: if i as u32 == cfg.node_id {
+                    PeerState::Local
+                } else {
+                    PeerState::Connecting
+                },
+                link: None,
+                batch: FrameBuilder::new(cfg.node_id, cfg.frame_bytes),
+                batch_msgs: 0,
+                batch_since: None,
+                large: VecDeque::new(),
+                acks: HashMap::new(),
+                rx_pos: 0,
+                rx_large: None,
+                rx_deposit: None,
+                counters: PeerCounters::default(),
+                dialing: false,
+                next_dial: now,
+                since: now,
+            })
+            .collect();
+        let max = cfg.pool.max_clients as usize;
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        log::info!(
+            "node {} of {}: peers on tcp {}, control socket {}",
+            cfg.node_id,
+            cfg.nodes.len(),
+            tcp_addr,
+            cfg.socket.display()
+        );
+        Ok(Agent {
+            pool,
+            blocks,
+            clients: (0..max).map(|_| None).collect(),
+            gens: vec![0; max],
+            endpoints: HashMap::new(),
+            next_ep: 1 << 16,
+            peers,
+            conns: Vec::new(),
+            ctl,
+            tcp,
+            tcp_addr,
+            pending: Vec::new(),
+            dialer: Dialer::default(),
+            epoll,
+            doorbell,
+            stop: Arc::new(AtomicBool::new(false)),
+            incarnation,
+            start: now,
+            touched: Vec::new(),
+            freed: Vec::new(),
+            rec: Vec::with_capacity(64 * 1024),
+            rounds: 0,
+            sleeps: 0,
+            local_msgs: 0,
+            evicted: 0,
+            uid: nix::unistd::geteuid().as_raw(),
+            cfg,
+        })
+    }
+
+    /// A flag that stops [`Agent::run`] when set (signal handlers set it).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The address peers reach this agent at (useful with port 0).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// Run until the stop flag is set.
+    pub fn run(&mut self) {
+        let mut events = vec![EpollEvent::empty(); 64];
+        let mut idle_since = Instant::now();
+        let mut next_tick = Instant::now();
+        let spin = Duration::from_micros(self.cfg.spin_us);
+        while !self.stop.load(Ordering::Relaxed) {
+            self.rounds += 1;
+            let mut work = self.poll_clients();
+            work |= self.flush_peers();
+            let now = Instant::now();
+            let sleep = self.cfg.idle == IdlePolicy::Adaptive && !work && now.duration_since(idle_since) > spin;
+            let n = if sleep {
+                announce_sleep(self.pool.agent_sleeping());
+                // Dekker: after announcing sleep, look once more, so a client
+                // that published just before reading our word is not missed.
+                let pending = self.any_client_work();
+                let timeout = if pending {
+                    EpollTimeout::ZERO
+                } else {
+                    let until_tick = next_tick.saturating_duration_since(now).min(MAX_SLEEP);
+                    EpollTimeout::try_from(until_tick).unwrap_or(EpollTimeout::ZERO)
+                };
+                let n = self.epoll.wait(&mut events, timeout).unwrap_or(0);
+                announce_awake(self.pool.agent_sleeping());
+                self.sleeps += 1;
+                idle_since = Instant::now();
+                n
+            } else {
+                self.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0)
+            };
+            for ev in &events[..n] {
+                work |= self.on_event(ev.data());
+            }
+            work |= self.process_rx();
+            let now = Instant::now();
+            if now >= next_tick {
+                self.timers(now);
+                next_tick = now + TICK;
+            }
+            self.wake_clients();
+            if work {
+                idle_since = now;
+            }
+        }
+        self.shutdown();
+    }
+
+    fn any_client_work(&mut self) -> bool {
+        self.clients.iter_mut().flatten().any(|c| {
+            c.stalled.is_some() || !c.comp_backlog.is_empty() || !matches!(c.sub.is_empty(), Ok(true))
+        })
+    }
+
+    fn shutdown(&mut self) {
+        log::info!("agent stopping: saying goodbye to peers");
+        for p in &mut self.peers {
+            if let Some(link) = &mut p.link {
+                link.push(Out::Bytes {
+                    buf: control_frame(FrameKind::Bye, self.cfg.node_id, &[]),
+                    pos: 0,
+                });
+                let deadline = Instant::now() + Duration::from_millis(200);
+                while !matches!(link.flush(&self.pool, &mut self.freed), Ok(true) | Err(_)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.cfg.socket);
+    }
+
+    // ---------------------------------------------------------------- clients
+
+    fn poll_clients(&mut self) -> bool {
+        let mut work = false;
+        for slot in 0..self.clients.len() as u32 {
+            let Some(c) = self.clients[slot as usize].as_mut() else {
+                continue;
+            };
+            // Completions that did not fit earlier go first.
+            while let Some(comp) = c.comp_backlog.front() {
+                match c.comp.try_push(&[&comp.to_bytes()]) {
+                    Ok(true) => {
+                        c.comp_backlog.pop_front();
+                        work = true;
+                        self.touched.push(slot);
+                    }
+                    _ => break,
+                }
+            }
+            let Some(c) = self.clients[slot as usize].as_mut() else {
+                continue;
+            };
+            if c.waiting_large {
+                continue;
+            }
+            let mut rec = std::mem::take(&mut self.rec);
+            for _ in 0..BURST {
+                let Some(c) = self.clients[slot as usize].as_mut() else {
+                    break;
+                };
+                if c.waiting_large {
+                    break;
+                }
+                let from_stall = if let Some(s) = c.stalled.take() {
+                    rec = s;
+                    true
+                } else {
+                    match c.sub.try_pop(&mut rec) {
+                        Ok(true) => {
+                            c.submitted += 1;
+                            false
+                        }
+                        Ok(false) => break,
+                        Err(e) => {
+                            self.evict(slot, &format!("submission ring: {e}"));
+                            break;
+                        }
+                    }
+                };
+                work = true;
+                self.touched.push(slot);
+                match self.handle_submit(slot, &rec) {
+                    Handled::Done | Handled::DoneStop => {}
+                    Handled::Stall => {
+                        if let Some(c) = self.clients[slot as usize].as_mut() {
+                            c.stalled = Some(std::mem::take(&mut rec));
+                        }
+                        // A stall retried without progress is not work.
+                        if from_stall {
+                            work = false;
+                        }
+                        break;
+                    }
+                }
+            }
+            self.rec = rec;
+        }
+        work
+    }
+
+    fn complete(&mut self, slot: u32, comp: Completion) {
+        if let Some(c) = self.clients[slot as usize].as_mut() {
+            if !c.comp_backlog.is_empty() || !matches!(c.comp.try_push(&[&comp.to_bytes()]), Ok(true)) {
+                c.comp_backlog.push_back(comp);
+            }
+            self.touched.push(slot);
+        }
+    }
+
+    fn complete_owner(&mut self, owner: Owner, cookie: u64, status: Status) {
+        if let Owner::Client { slot, gen } = owner {
+            if self.clients.get(slot as usize).and_then(|c| c.as_ref()).map(|c| c.gen) == Some(gen) {
+                self.complete(
+                    slot,
+                    Completion {
+                        kind: CompKind::Send,
+                        status,
+                        cookie,
+                        off: 0,
+                        len: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    fn refuse(&mut self, slot: u32, cookie: u64, why: &str) -> Handled {
+        let max = self.cfg.max_client_errors;
+        let Some(c) = self.clients[slot as usize].as_mut() else {
+            return Handled::Done;
+        };
+        c.errors += 1;
+        let errors = c.errors;
+        log::debug!("client slot {slot}: bad request: {why}");
+        if errors > max {
+            self.evict(slot, &format!("{errors} bad requests, last: {why}"));
+        } else if errors <= 64 || c.comp_backlog.len() < 1024 {
+            self.complete(
+                slot,
+                Completion {
+                    kind: CompKind::Refused,
+                    status: Status::BadRequest,
+                    cookie,
+                    off: 0,
+                    len: 0,
+                },
+            );
+        }
+        Handled::Done
+    }
+
+    fn src_ep(&self, slot: u32, ep_slot: u32) -> Option<u32> {
+        let c = self.clients[slot as usize].as_ref()?;
+        c.recv.get(ep_slot as usize)?.as_ref().map(|e| e.id)
+    }
+
+    fn handle_submit(&mut self, slot: u32, rec: &[u8]) -> Handled {
+        let (s, payload) = match Submit::parse(rec) {
+            Ok(x) => x,
+            Err(why) => return self.refuse(slot, u64::MAX, why),
+        };
+        let owner = match self.clients[slot as usize].as_ref() {
+            Some(c) => c.owner(slot),
+            None => return Handled::Done,
+        };
+        match s.op {
+            Op::Alloc => {
+                let comp = if s.len > self.blocks.total_bytes() {
+                    Completion {
+                        kind: CompKind::Alloc,
+                        status: Status::TooLarge,
+                        cookie: s.cookie,
+                        off: 0,
+                        len: 0,
+                    }
+                } else {
+                    match self.blocks.alloc(s.len, owner) {
+                        Some(b) => Completion {
+                            kind: CompKind::Alloc,
+                            status: Status::Ok,
+                            cookie: s.cookie,
+                            off: b.off,
+                            len: b.len,
+                        },
+                        None => Completion {
+                            kind: CompKind::Alloc,
+                            status: Status::NoMemory,
+                            cookie: s.cookie,
+                            off: 0,
+                            len: 0,
+                        },
+                    }
+                };
+                self.complete(slot, comp);
+                Handled::Done
+            }
+            Op::Free => match self.blocks.free(s.off, owner) {
+                Some(_) => Handled::Done,
+                None => self.refuse(slot, s.cookie, "free of a block the client does not hold"),
+            },
+            Op::Send | Op::SendBlock => self.handle_send(slot, owner, &s, payload),
+        }
+    }
+
+    fn handle_send(&mut self, slot: u32, owner: Owner, s: &Submit, payload: &[u8]) -> Handled {
+        let Some(src_ep) = self.src_ep(slot, s.src_slot) else {
+            return self.refuse(slot, s.cookie, "send from an endpoint slot that is not open");
+        };
+        if s.op == Op::SendBlock {
+            match self.blocks.get(s.off) {
+                Some(b) if b.owner == owner && s.len <= b.reserved => {}
+                _ => return self.refuse(slot, s.cookie, "send of a block the client does not hold"),
+            }
+        } else if s.len as usize > self.cfg.eager_max {
+            return self.refuse(slot, s.cookie, "inline payload above eager_max");
+        }
+        let fail = |a: &mut Agent, status| {
+            if s.op == Op::SendBlock {
+                a.blocks.free(s.off, owner);
+            }
+            a.complete_owner(owner, s.cookie, status);
+            Handled::Done
+        };
+        let Some(peer) = self.peers.get(s.dst_node as usize) else {
+            return fail(self, Status::UnknownNode);
+        };
+        let flags = if s.mode == Mode::Delivered { FLAG_ACK } else { 0 };
+        match &peer.state {
+            PeerState::Local => {
+                let Some(&(dslot, dep)) = self.endpoints.get(&s.dst_ep) else {
+                    return fail(self, Status::UnknownEndpoint);
+                };
+                let res = if s.op == Op::SendBlock {
+                    self.deposit_block(dslot, dep, self.cfg.node_id, src_ep, s.off, s.len)
+                } else {
+                    self.deposit_inline(dslot, dep, self.cfg.node_id, src_ep, payload)
+                };
+                match res {
+                    Handled::Stall => Handled::Stall,
+                    Handled::Done | Handled::DoneStop => {
+                        self.local_msgs += 1;
+                        if s.mode == Mode::Delivered {
+                            self.complete_owner(owner, s.cookie, Status::Ok);
+                        }
+                        Handled::Done
+                    }
+                }
+            }
+            PeerState::Lost(_) => {
+                let j = s.dst_node as usize;
+                self.peers[j].counters.errors += 1;
+                fail(self, Status::PeerLost)
+            }
+            PeerState::Connecting | PeerState::Handshake | PeerState::Up => {
+                let j = s.dst_node as usize;
+                let limit = self.cfg.peer_queue_bytes;
+                let p = &mut self.peers[j];
+                if p.state != PeerState::Up || p.link.as_ref().map_or(0, |l| l.queued()) >= limit {
+                    return Handled::Stall;
+                }
+                if s.op == Op::SendBlock {
+                    self.blocks.transfer(s.off, Owner::Agent);
+                    // Everything this client sent before goes first.
+                    Self::flush_batch(p);
+                    p.large.push_back(LargeSend {
+                        block: s.off,
+                        total: s.len,
+                        sent: 0,
+                        src_ep,
+                        dst_ep: s.dst_ep,
+                        cookie: s.cookie,
+                        flags,
+                        client: owner,
+                    });
+                    if let Some(c) = self.clients[slot as usize].as_mut() {
+                        c.waiting_large = true;
+                    }
+                } else {
+                    let h = RecordHeader {
+                        kind: RecordKind::Msg,
+                        flags,
+                        status: 0,
+                        src_ep,
+                        dst_ep: s.dst_ep,
+                        chunk_len: payload.len() as u32,
+                        total: payload.len() as u64,
+                        offset: 0,
+                        cookie: s.cookie,
+                    };
+                    if !p.batch.fits(payload.len()) {
+                        Self::flush_batch(p);
+                    }
+                    p.batch.push(&h, payload);
+                    p.batch_msgs += 1;
+                    p.batch_since.get_or_insert_with(Instant::now);
+                    p.counters.msgs_tx += 1;
+                    p.counters.bytes_tx += payload.len() as u64;
+                }
+                if s.mode == Mode::Delivered {
+                    p.acks.insert((src_ep, s.cookie), owner);
+                }
+                Handled::Done
+            }
+        }
+    }
+
+    /// Push a message into an endpoint's receive ring, inline.
+    fn deposit_inline(&mut self, slot: u32, ep: u32, src_node: u32, src_ep: u32, payload: &[u8]) -> Handled {
+        let Some(c) = self.clients[slot as usize].as_mut() else {
+            return Handled::Done;
+        };
+        let Some(r) = c.recv.get_mut(ep as usize).and_then(|r| r.as_mut()) else {
+            return Handled::Done;
+        };
+        let d = Delivery {
+            src_node,
+            src_ep,
+            len: payload.len() as u64,
+            off: Delivery::INLINE,
+        };
+        match r.ring.try_push(&[&d.to_bytes(), payload]) {
+            Ok(true) => {
+                c.delivered += 1;
+                self.touched.push(slot);
+                Handled::Done
+            }
+            Ok(false) => Handled::Stall,
+            Err(e) => {
+                self.evict(slot, &format!("receive ring: {e}"));
+                Handled::Done
+            }
+        }
+    }
+
+    /// Hand a block to an endpoint's client and tell it through its ring.
+    fn deposit_block(&mut self, slot: u32, ep: u32, src_node: u32, src_ep: u32, block: u64, len: u64) -> Handled {
+        let Some(c) = self.clients[slot as usize].as_mut() else {
+            return Handled::Done;
+        };
+        let owner = c.owner(slot);
+        let Some(r) = c.recv.get_mut(ep as usize).and_then(|r| r.as_mut()) else {
+            return Handled::Done;
+        };
+        let d = Delivery {
+            src_node,
+            src_ep,
+            len,
+            off: block,
+        };
+        match r.ring.try_push(&[&d.to_bytes()]) {
+            Ok(true) => {
+                c.delivered += 1;
+                self.blocks.transfer(block, owner);
+                self.blocks.set_len(block, len);
+                self.touched.push(slot);
+                Handled::Done
+            }
+            Ok(false) => Handled::Stall,
+            Err(e) => {
+                self.evict(slot, &format!("receive ring: {e}"));
+                Handled::Done
+            }
+        }
+    }
+
+    fn evict(&mut self, slot: u32, why: &str) {
+        log::warn!("detaching client slot {slot}: {why}");
+        self.evicted += 1;
+        if let Some(c) = self.clients[slot as usize].as_ref() {
+            let conn = c.conn;
+            if let Some(cc) = self.conns.get(conn).and_then(|c| c.as_ref()) {
+                let _ = send_line(
+                    &cc.stream,
+                    &serde_json::to_string(&CtlReply::Error {
+                        message: format!("detached by the agent: {why}"),
+                    })
+                    .unwrap_or_default(),
+                    &[],
+                );
+            }
+            self.close_conn(conn);
+        }
+        self.reclaim(slot);
+    }
+
+    fn reclaim(&mut self, slot: u32) {
+        let Some(c) = self.clients[slot as usize].take() else {
+            return;
+        };
+        let owner = c.owner(slot);
+        for ep in c.recv.iter().flatten() {
+            self.endpoints.remove(&ep.id);
+        }
+        let n = self.blocks.free_all_of(owner);
+        log::info!(
+            "client slot {slot} (pid {}, {}) gone: {} endpoint(s) closed, {n} block(s) reclaimed",
+            c.pid,
+            c.name,
+            c.recv.iter().flatten().count()
+        );
+    }
+
+    fn wake_clients(&mut self) {
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for slot in self.touched.drain(..) {
+            if let Some(c) = self.clients[slot as usize].as_mut() {
+                if needs_wake(self.pool.client_sleeping(slot)) {
+                    let _ = c.wake.write(&1u64.to_ne_bytes());
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ peers
+
+    fn flush_batch(p: &mut Peer) {
+        if p.batch.is_empty() {
+            return;
+        }
+        let frame = p.batch.finish();
+        p.counters.frames_tx += 1;
+        p.batch_msgs = 0;
+        p.batch_since = None;
+        if let Some(link) = p.link.as_mut() {
+            link.push(Out::Bytes { buf: frame, pos: 0 });
+        }
+    }
+
+    fn flush_peers(&mut self) -> bool {
+        let mut work = false;
+        let delay = Duration::from_micros(self.cfg.flush_delay_us);
+        let chunk = self.cfg.chunk_bytes as u64;
+        let limit = self.cfg.peer_queue_bytes;
+        let me = self.cfg.node_id;
+        for j in 0..self.peers.len() {
+            let p = &mut self.peers[j];
+            if p.link.is_none() {
+                continue;
+            }
+            if p.batch_since.is_some_and(|t| delay.is_zero() || t.elapsed() >= delay) {
+                Self::flush_batch(p);
+            }
+            // Cut large messages into chunks while the link has room.
+            while let Some(ls) = p.large.front_mut() {
+                let link = p.link.as_mut().expect("checked above");
+                if link.queued() >= limit {
+                    break;
+                }
+                let n = chunk.min(ls.total - ls.sent);
+                let h = RecordHeader {
+                    kind: RecordKind::Msg,
+                    flags: ls.flags,
+                    status: 0,
+                    src_ep: ls.src_ep,
+                    dst_ep: ls.dst_ep,
+                    chunk_len: n as u32,
+                    total: ls.total,
+                    offset: ls.sent,
+                    cookie: ls.cookie,
+                };
+                let body = (h.wire_len()) as u32;
+                let mut hdr = wire::FrameHeader {
+                    kind: FrameKind::Data,
+                    src_node: me,
+                    body_len: body,
+                }
+                .to_bytes()
+                .to_vec();
+                hdr.extend_from_slice(&h.to_bytes());
+                link.push(Out::Bytes { buf: hdr, pos: 0 });
+                let last = ls.sent + n == ls.total;
+                if n > 0 {
+                    link.push(Out::Block {
+                        off: ls.block + ls.sent,
+                        len: n,
+                        pos: 0,
+                        free_after: last.then_some(ls.block),
+                    });
+                } else {
+                    self.freed.push(ls.block);
+                }
+                let pad = wire::padded(n as usize) - n as usize;
+                if pad > 0 {
+                    link.push(Out::Bytes {
+                        buf: vec![0; pad],
+                        pos: 0,
+                    });
+                }
+                p.counters.frames_tx += 1;
+                ls.sent += n;
+                work = true;
+                if last {
+                    p.counters.msgs_tx += 1;
+                    p.counters.bytes_tx += ls.total;
+                    let client = ls.client;
+                    p.large.pop_front();
+                    if let Owner::Client { slot, gen } = client {
+                        if let Some(c) = self.clients[slot as usize].as_mut().filter(|c| c.gen == gen) {
+                            c.waiting_large = false;
+                        }
+                    }
+                }
+            }
+            let p = &mut self.peers[j];
+            if let Some(link) = p.link.as_mut() {
+                if link.queued() > 0 {
+                    work = true;
+                    if let Err(e) = link.flush(&self.pool, &mut self.freed) {
+                        self.peer_lost(j, &format!("write failed: {e}"));
+                    }
+                }
+            }
+        }
+        for b in std::mem::take(&mut self.freed) {
+            self.blocks.free(b, Owner::Agent);
+        }
+        work
+    }
+
+    fn peer_lost(&mut self, j: usize, why: &str) {
+        let p = &mut self.peers[j];
+        if let PeerState::Lost(_) = p.state {
+            return;
+        }
+        log::warn!("peer node {} ({}) lost: {why}", p.node, p.addr);
+        p.state = PeerState::Lost(why.to_string());
+        p.counters.losses += 1;
+        p.since = Instant::now();
+        p.next_dial = Instant::now() + Duration::from_millis(500);
+        let mut blocks = Vec::new();
+        if let Some(mut link) = p.link.take() {
+            link.shutdown();
+            blocks.extend(link.drain_blocks());
+        }
+        p.batch.finish();
+        p.batch_msgs = 0;
+        p.batch_since = None;
+        p.rx_pos = 0;
+        let mut fails: Vec<(Owner, u64)> = p.acks.drain().map(|((_, cookie), o)| (o, cookie)).collect();
+        let mut unblock = Vec::new();
+        for ls in p.large.drain(..) {
+            // A block whose last chunk never went out was not in the link's
+            // queue: free it here.
+            if !blocks.contains(&ls.block) {
+                blocks.push(ls.block);
+            }
+            if ls.flags & FLAG_ACK == 0 {
+                fails.push((ls.client, ls.cookie));
+            }
+            unblock.push(ls.client);
+        }
+        if let Some(r) = p.rx_large.take() {
+            blocks.push(r.block);
+        }
+        if let Some(d) = p.rx_deposit.take() {
+            blocks.push(d.block);
+        }
+        p.counters.errors += fails.len() as u64;
+        for b in blocks {
+            self.blocks.free(b, Owner::Agent);
+        }
+        for o in unblock {
+            if let Owner::Client { slot, gen } = o {
+                if let Some(c) = self.clients[slot as usize].as_mut().filter(|c| c.gen == gen) {
+                    c.waiting_large = false;
+                }
+            }
+        }
+        for (o, cookie) in fails {
+            self.complete_owner(o, cookie, Status::PeerLost);
+        }
+        // Clients stalled on this peer retry and now fail fast.
+    }
+
+    fn peer_up(&mut self, j: usize, link: Link) {
+        let me = self.cfg.node_id;
+        let p = &mut self.peers[j];
+        if let Some(old) = p.link.take() {
+            old.shutdown();
+        }
+        if self
+            .epoll
+            .add(
+                // The link's socket; removed from epoll when it is closed.
+                link.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, token(T_PEER, j)),
+            )
+            .is_err()
+        {
+            log::error!("cannot watch the link to node {j}");
+        }
+        p.link = Some(link);
+        p.state = PeerState::Up;
+        p.rx_pos = 0;
+        p.since = Instant::now();
+        p.batch = FrameBuilder::new(me, self.cfg.frame_bytes);
+        log::info!("peer node {} ({}) up", p.node, p.addr);
+    }
+
+    fn hello_bytes(&self) -> Vec<u8> {
+        control_frame(
+            FrameKind::Hello,
+            self.cfg.node_id,
+            &Hello {
+                node: self.cfg.node_id,
+                nodes: self.cfg.nodes.len() as u32,
+                incarnation: self.incarnation,
+            }
+            .to_bytes(),
+        )
+    }
+
+    fn timers(&mut self, now: Instant) {
+        let me = self.cfg.node_id as usize;
+        let hb = self.cfg.heartbeat();
+        let timeout = self.cfg.peer_timeout();
+        let connect_timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        while let Some(d) = self.dialer.poll() {
+            let j = d.node as usize;
+            self.peers[j].dialing = false;
+            if matches!(self.peers[j].state, PeerState::Up) {
+                continue;
+            }
+            match d.result.and_then(Link::new) {
+                Ok(mut link) => {
+                    link.push(Out::Bytes {
+                        buf: self.hello_bytes(),
+                        pos: 0,
+                    });
+                    let _ = link.flush(&self.pool, &mut self.freed);
+                    let slot = self.pending.iter().position(|p| p.is_none()).unwrap_or_else(|| {
+                        self.pending.push(None);
+                        self.pending.len() - 1
+                    });
+                    let _ = self.epoll.add(
+                        link.as_fd(),
+                        EpollEvent::new(EpollFlags::EPOLLIN, token(T_PENDING, slot)),
+                    );
+                    self.pending[slot] = Some(PendingTcp { link, since: now });
+                    if self.peers[j].state == PeerState::Connecting {
+                        self.peers[j].state = PeerState::Handshake;
+                    }
+                }
+                Err(e) => {
+                    log::debug!("dial node {j}: {e}");
+                    self.peers[j].next_dial = now + Duration::from_millis(100);
+                }
+            }
+        }
+        for j in 0..self.peers.len() {
+            let p = &mut self.peers[j];
+            match p.state {
+                PeerState::Local => continue,
+                PeerState::Up => {
+                    let link = p.link.as_mut().expect("an up peer has a link");
+                    if now.duration_since(link.last_rx) > timeout {
+                        let ms = timeout.as_millis();
+                        self.peer_lost(j, &format!("silent for more than {ms} ms"));
+                        continue;
+                    }
+                    if now.duration_since(link.last_tx) > hb && link.queued() == 0 {
+                        link.push(Out::Bytes {
+                            buf: control_frame(FrameKind::Heartbeat, me as u32, &[]),
+                            pos: 0,
+                        });
+                    }
+                }
+                PeerState::Connecting | PeerState::Handshake => {
+                    if now.duration_since(p.since) > connect_timeout {
+                        let ms = connect_timeout.as_millis();
+                        self.peer_lost(j, &format!("unreachable for {ms} ms"));
+                        continue;
+                    }
+                }
+                PeerState::Lost(_) => {}
+            }
+            let p = &mut self.peers[j];
+            // The higher id dials the lower; it goes on dialing a lost peer
+            // so a restarted agent is picked up again.
+            if j < me && p.state != PeerState::Up && !p.dialing && now >= p.next_dial {
+                p.dialing = true;
+                let db = self.doorbell.clone();
+                self.dialer.dial(j as u32, p.addr, move || {
+                    let _ = db.write(1);
+                });
+            }
+        }
+        for slot in 0..self.pending.len() {
+            if self.pending[slot].as_ref().is_some_and(|p| now.duration_since(p.since) > HANDSHAKE_TIMEOUT) {
+                log::warn!("dropping a peer connection that sent no Hello");
+                self.pending[slot] = None;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------- receiving
+
+    fn on_event(&mut self, t: u64) -> bool {
+        let (kind, idx) = (t >> 32, (t & 0xFFFF_FFFF) as usize);
+        match kind {
+            T_CTL_LISTEN => self.accept_control(),
+            T_CTL_CONN => self.serve_control(idx),
+            T_TCP_LISTEN => self.accept_tcp(),
+            T_DOORBELL => {
+                let _ = self.doorbell.read();
+            }
+            T_PEER => {
+                let r = match self.peers[idx].link.as_mut() {
+                    Some(l) => l.fill(),
+                    None => return false,
+                };
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Deliver what arrived before the close.
+                        self.process_peer(idx);
+                        self.peer_lost(idx, "connection closed by the peer");
+                    }
+                    Err(e) => self.peer_lost(idx, &format!("read failed: {e}")),
+                }
+            }
+            T_PENDING => self.serve_pending(idx),
+            _ => {}
+        }
+        true
+    }
+
+    fn accept_tcp(&mut self) {
+        while let Ok((s, addr)) = self.tcp.accept() {
+            match Link::new(s) {
+                Ok(link) => {
+                    let slot = self.pending.iter().position(|p| p.is_none()).unwrap_or_else(|| {
+                        self.pending.push(None);
+                        self.pending.len() - 1
+                    });
+                    let _ = self.epoll.add(
+                        link.as_fd(),
+                        EpollEvent::new(EpollFlags::EPOLLIN, token(T_PENDING, slot)),
+                    );
+                    self.pending[slot] = Some(PendingTcp {
+                        link,
+                        since: Instant::now(),
+                    });
+                    log::debug!("peer connection from {addr}");
+                }
+                Err(e) => log::warn!("cannot set up a connection from {addr}: {e}"),
+            }
+        }
+    }
+
+    fn serve_pending(&mut self, idx: usize) {
+        let Some(mut pt) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
+            return;
+        };
+        match pt.link.fill() {
+            Ok(true) => {}
+            _ => return,
+        }
+        let hello = match pt.link.reader.peek_frame() {
+            Ok(None) => {
+                self.pending[idx] = Some(pt);
+                return;
+            }
+            Ok(Some((h, body))) if h.kind == FrameKind::Hello => Hello::parse(body),
+            Ok(Some((h, _))) => {
+                log::warn!("peer connection sent {:?} before Hello; closing", h.kind);
+                return;
+            }
+            Err(e) => {
+                log::warn!("peer connection sent garbage ({e}); closing");
+                return;
+            }
+        };
+        let h = match hello {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("bad Hello ({e}); closing");
+                return;
+            }
+        };
+        pt.link.reader.consume();
+        let j = h.node as usize;
+        if h.nodes as usize != self.peers.len() || j >= self.peers.len() || j == self.cfg.node_id as usize {
+            log::warn!(
+                "Hello from node {} with a node list of {} (ours has {}); closing",
+                h.node,
+                h.nodes,
+                self.peers.len()
+            );
+            return;
+        }
+        // Accepted connections answer with our own Hello.
+        if j > self.cfg.node_id as usize {
+            pt.link.push(Out::Bytes {
+                buf: self.hello_bytes(),
+                pos: 0,
+            });
+        }
+        if matches!(self.peers[j].state, PeerState::Up) {
+            self.peer_lost(j, "peer reconnected (restarted?)");
+        }
+        // Deregister the pending token; the link gets a peer token.
+        let _ = self.epoll.delete(pt.link.as_fd());
+        self.peer_up(j, pt.link);
+        self.process_peer(j);
+    }
+
+    fn process_rx(&mut self) -> bool {
+        let mut work = false;
+        for j in 0..self.peers.len() {
+            if self.peers[j].link.is_some() {
+                work |= self.process_peer(j);
+            }
+        }
+        work
+    }
+
+    /// Deposit what a peer sent, as far as the receive rings take it.
+    fn process_peer(&mut self, j: usize) -> bool {
+        let mut work = false;
+        // A finished large message that found its ring full goes first.
+        if let Some(d) = self.peers[j].rx_deposit.take() {
+            match self.finish_large(j, d) {
+                Handled::Stall => return false,
+                Handled::Done | Handled::DoneStop => work = true,
+            }
+        }
+        loop {
+            let Some(link) = self.peers[j].link.as_mut() else {
+                return work;
+            };
+            // Take the reader out of the link so records can be handled with
+            // `&mut self` while they borrow the reader's buffer.
+            let reader = std::mem::take(&mut link.reader);
+            let step = self.process_frame(j, &reader);
+            let mut reader = reader;
+            match step {
+                FrameStep::Next => {
+                    reader.consume();
+                    self.peers[j].rx_pos = 0;
+                    work = true;
+                }
+                FrameStep::Empty => {}
+                FrameStep::Partial(pos) => {
+                    work |= pos != self.peers[j].rx_pos;
+                    self.peers[j].rx_pos = pos;
+                }
+                FrameStep::Broken => work = true,
+            }
+            let more = matches!(step, FrameStep::Next);
+            if let Some(link) = self.peers[j].link.as_mut() {
+                link.reader = reader;
+            }
+            if !more {
+                return work;
+            }
+        }
+    }
+
+    fn process_frame(&mut self, j: usize, reader: &wire::FrameReader) -> FrameStep {
+        let (fh, body) = match reader.peek_frame() {
+            Ok(Some(x)) => x,
+            Ok(None) => return FrameStep::Empty,
+            Err(e) => {
+                self.peers[j].counters.malformed += 1;
+                self.peer_lost(j, &format!("malformed frame: {e}"));
+                return FrameStep::Broken;
+            }
+        };
+        if fh.src_node as usize != j {
+            self.peers[j].counters.malformed += 1;
+            self.peer_lost(j, "frame names another source node");
+            return FrameStep::Broken;
+        }
+        match fh.kind {
+            FrameKind::Heartbeat | FrameKind::Hello => FrameStep::Next,
+            FrameKind::Bye => {
+                self.peer_lost(j, "peer agent shut down");
+                FrameStep::Broken
+            }
+            FrameKind::Data => {
+                let start = self.peers[j].rx_pos;
+                match self.process_records(j, body, start) {
+                    Ok(None) => {
+                        self.peers[j].counters.frames_rx += 1;
+                        FrameStep::Next
+                    }
+                    Ok(Some(pos)) => FrameStep::Partial(pos),
+                    Err(e) => {
+                        self.peers[j].counters.malformed += 1;
+                        self.peer_lost(j, &format!("malformed record: {e}"));
+                        FrameStep::Broken
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns `Ok(Some(pos))` when a ring is full at body offset `pos`.
+    fn process_records(&mut self, j: usize, body: &[u8], start: usize) -> Result<Option<usize>, wire::WireError> {
+        let mut pos = start;
+        for r in wire::records(&body[start..]) {
+            let (h, payload) = r?;
+            match self.handle_record(j, &h, payload)? {
+                Handled::Done => pos += h.wire_len(),
+                Handled::Stall => return Ok(Some(pos)),
+                Handled::DoneStop => return Ok(Some(pos + h.wire_len())),
+            }
+        }
+        Ok(None)
+    }
+
+    fn queue_reply(&mut self, j: usize, kind: RecordKind, status: Status, src_ep: u32, dst_ep: u32, cookie: u64) {
+        let p = &mut self.peers[j];
+        let h = RecordHeader {
+            kind,
+            flags: 0,
+            status: status as u16,
+            src_ep,
+            dst_ep,
+            chunk_len: 0,
+            total: 0,
+            offset: 0,
+            cookie,
+        };
+        if !p.batch.fits(0) {
+            Self::flush_batch(p);
+        }
+        p.batch.push(&h, &[]);
+        p.batch_since.get_or_insert_with(Instant::now);
+    }
+
+    fn handle_record(&mut self, j: usize, h: &RecordHeader, payload: &[u8]) -> Result<Handled, wire::WireError> {
+        match h.kind {
+            RecordKind::Ack | RecordKind::Nack => {
+                let status = if h.kind == RecordKind::Ack {
+                    Status::Ok
+                } else {
+                    Status::from_u16(h.status)
+                };
+                let owner = self.peers[j].acks.remove(&(h.src_ep, h.cookie)).or_else(|| {
+                    // A Nack for a buffered send: find the sender by endpoint.
+                    self.endpoints.get(&h.src_ep).and_then(|&(slot, _)| {
+                        self.clients[slot as usize].as_ref().map(|c| c.owner(slot))
+                    })
+                });
+                if status != Status::Ok {
+                    self.peers[j].counters.errors += 1;
+                }
+                if let Some(o) = owner {
+                    self.complete_owner(o, h.cookie, status);
+                }
+                Ok(Handled::Done)
+            }
+            RecordKind::Msg => {
+                let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
+                let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
+                if whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max) && self.peers[j].rx_large.is_none() {
+                    let Some(&(slot, ep)) = self.endpoints.get(&h.dst_ep) else {
+                        self.queue_reply(j, RecordKind::Nack, Status::UnknownEndpoint, h.src_ep, h.dst_ep, h.cookie);
+                        return Ok(Handled::Done);
+                    };
+                    let r = self.deposit_inline(slot, ep, j as u32, h.src_ep, payload);
+                    if let Handled::Done = r {
+                        let p = &mut self.peers[j];
+                        p.counters.msgs_rx += 1;
+                        p.counters.bytes_rx += h.total;
+                        if h.flags & FLAG_ACK != 0 {
+                            self.queue_reply(j, RecordKind::Ack, Status::Ok, h.src_ep, h.dst_ep, h.cookie);
+                        }
+                    }
+                    return Ok(r);
+                }
+                self.handle_chunk(j, h, payload)
+            }
+        }
+    }
+
+    fn handle_chunk(&mut self, j: usize, h: &RecordHeader, payload: &[u8]) -> Result<Handled, wire::WireError> {
+        if h.offset == 0 {
+            if self.peers[j].rx_large.is_some() {
+                return Err(wire::WireError::Record("a new large message before the last one ended"));
+            }
+            let Some(b) = self.blocks.alloc(h.total, Owner::Agent) else {
+                // No room in the pool now: hold the peer back until blocks free up.
+                return Ok(Handled::Stall);
+            };
+            self.peers[j].rx_large = Some(RxLarge {
+                src_ep: h.src_ep,
+                dst_ep: h.dst_ep,
+                cookie: h.cookie,
+                total: h.total,
+                got: 0,
+                block: b.off,
+                flags: h.flags,
+            });
+        }
+        let p = &mut self.peers[j];
+        let Some(r) = p.rx_large.as_mut() else {
+            return Err(wire::WireError::Record("a chunk with no message started"));
+        };
+        if r.src_ep != h.src_ep || r.dst_ep != h.dst_ep || r.cookie != h.cookie || r.total != h.total || r.got != h.offset {
+            return Err(wire::WireError::Record("chunk does not continue the message in progress"));
+        }
+        if self.pool.write_block(r.block + h.offset, payload).is_none() {
+            return Err(wire::WireError::Record("chunk outside its block"));
+        }
+        r.got += h.chunk_len as u64;
+        if r.got < r.total {
+            return Ok(Handled::Done);
+        }
+        let r = p.rx_large.take().expect("checked above");
+        p.counters.msgs_rx += 1;
+        p.counters.bytes_rx += r.total;
+        let d = Deposit {
+            src_ep: r.src_ep,
+            dst_ep: r.dst_ep,
+            block: r.block,
+            len: r.total,
+            cookie: r.cookie,
+            flags: r.flags,
+        };
+        match self.finish_large(j, d) {
+            // The record is consumed; the deposit waits in `rx_deposit` and
+            // nothing after it may overtake it.
+            Handled::Stall => Ok(Handled::DoneStop),
+            _ => Ok(Handled::Done),
+        }
+    }
+
+    fn finish_large(&mut self, j: usize, d: Deposit) -> Handled {
+        let Some(&(slot, ep)) = self.endpoints.get(&d.dst_ep) else {
+            self.blocks.free(d.block, Owner::Agent);
+            self.queue_reply(j, RecordKind::Nack, Status::UnknownEndpoint, d.src_ep, d.dst_ep, d.cookie);
+            return Handled::Done;
+        };
+        match self.deposit_block(slot, ep, j as u32, d.src_ep, d.block, d.len) {
+            Handled::Done | Handled::DoneStop => {
+                if d.flags & FLAG_ACK != 0 {
+                    self.queue_reply(j, RecordKind::Ack, Status::Ok, d.src_ep, d.dst_ep, d.cookie);
+                }
+                Handled::Done
+            }
+            Handled::Stall => {
+                self.peers[j].rx_deposit = Some(d);
+                Handled::Stall
+            }
+        }
+    }
+
+    // --------------------------------------------------------- control socket
+
+    fn accept_control(&mut self) {
+        while let Ok((stream, _)) = self.ctl.accept() {
+            let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+            let allowed = match &cred {
+                Ok(c) => c.uid() == self.uid || c.uid() == 0 || self.cfg.allow_gid == Some(c.gid()),
+                Err(_) => false,
+            };
+            if !allowed {
+                let who = cred.map(|c| format!("uid {} gid {}", c.uid(), c.gid())).unwrap_or_default();
+                log::warn!("refusing a control connection from {who}");
+                let _ = send_line(
+                    &stream,
+                    &serde_json::to_string(&CtlReply::Error {
+                        message: format!(
+                            "permission denied: {who} is neither the agent's uid {} nor in its allowed group",
+                            self.uid
+                        ),
+                    })
+                    .unwrap_or_default(),
+                    &[],
+                );
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let idx = self.conns.iter().position(|c| c.is_none()).unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            if self
+                .epoll
+                .add(stream.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token(T_CTL_CONN, idx)))
+                .is_err()
+            {
+                continue;
+            }
+            self.conns[idx] = Some(CtlConn {
+                stream,
+                reader: LineReader::new(),
+                client: None,
+            });
+        }
+    }
+
+    fn close_conn(&mut self, idx: usize) {
+        if let Some(c) = self.conns.get_mut(idx).and_then(|c| c.take()) {
+            let _ = self.epoll.delete(c.stream.as_fd());
+            if let Some(slot) = c.client {
+                self.reclaim(slot);
+            }
+        }
+    }
+
+    fn serve_control(&mut self, idx: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+                return;
+            };
+            let line = conn.reader.next_line();
+            let Some((line, fds)) = line else {
+                match conn.reader.read_from(&conn.stream) {
+                    Ok(ReadOutcome::Data) => continue,
+                    Ok(ReadOutcome::WouldBlock) => return,
+                    Ok(ReadOutcome::Closed) => {}
+                    Err(e) => log::warn!("control connection: {e}"),
+                }
+                self.close_conn(idx);
+                return;
+            };
+            let req: CtlRequest = match serde_json::from_str(&line) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.reply(idx, &CtlReply::Error {
+                        message: format!("malformed control request: {e}"),
+                    }, &[]);
+                    self.close_conn(idx);
+                    return;
+                }
+            };
+            if !self.handle_ctl(idx, req, fds) {
+                self.close_conn(idx);
+                return;
+            }
+        }
+    }
+
+    fn reply(&mut self, idx: usize, rep: &CtlReply, fds: &[BorrowedFd<'_>]) {
+        if let Some(c) = self.conns.get(idx).and_then(|c| c.as_ref()) {
+            let line = serde_json::to_string(rep).unwrap_or_default();
+            if let Err(e) = send_line(&c.stream, &line, fds) {
+                log::debug!("control reply failed: {e}");
+            }
+        }
+    }
+
+    /// Returns false when the connection must be closed.
+    fn handle_ctl(&mut self, idx: usize, req: CtlRequest, fds: Vec<OwnedFd>) -> bool {
+        let attached = self.conns[idx].as_ref().and_then(|c| c.client);
+        match req {
+            CtlRequest::Stat => {
+                let s = self.snapshot();
+                self.reply(idx, &CtlReply::Stat(Box::new(s)), &[]);
+                true
+            }
+            CtlRequest::Attach { version, pid, name } => {
+                if attached.is_some() {
+                    self.reply(idx, &CtlReply::Error { message: "already attached".into() }, &[]);
+                    return true;
+                }
+                if version != crate::shm::LAYOUT_VERSION {
+                    self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: format!(
+                                "client speaks layout version {version}, this agent speaks {}; use a matching client library",
+                                crate::shm::LAYOUT_VERSION
+                            ),
+                        },
+                        &[],
+                    );
+                    return false;
+                }
+                let Some(wake) = fds.into_iter().next() else {
+                    self.reply(idx, &CtlReply::Error { message: "attach needs the client's eventfd".into() }, &[]);
+                    return false;
+                };
+                let Some(slot) = self.clients.iter().position(|c| c.is_none()) else {
+                    self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: format!("all {} client slots are in use", self.clients.len()),
+                        },
+                        &[],
+                    );
+                    return false;
+                };
+                let slot32 = slot as u32;
+                self.gens[slot] = self.gens[slot].wrapping_add(1);
+                let eps = self.cfg.pool.endpoints_per_client as usize;
+                announce_awake(self.pool.client_sleeping(slot32));
+                self.clients[slot] = Some(ClientState {
+                    gen: self.gens[slot],
+                    pid,
+                    name: name.chars().take(32).collect(),
+                    conn: idx,
+                    sub: self.pool.sub_consumer(slot32, true),
+                    comp: self.pool.comp_producer(slot32, true),
+                    comp_backlog: VecDeque::new(),
+                    recv: (0..eps).map(|_| None).collect(),
+                    wake: File::from(wake),
+                    stalled: None,
+                    waiting_large: false,
+                    submitted: 0,
+                    delivered: 0,
+                    errors: 0,
+                });
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.client = Some(slot32);
+                }
+                let rep = CtlReply::Attached {
+                    slot: slot32,
+                    node: self.cfg.node_id,
+                    nodes: self.cfg.nodes.len() as u32,
+                    eager_max: self.cfg.eager_max as u64,
+                };
+                let pool_fd = self.pool.clone();
+                let db = self.doorbell.clone();
+                self.reply(idx, &rep, &[pool_fd.fd().as_fd(), db.as_fd()]);
+                log::info!("client pid {pid} ({name}) attached in slot {slot}");
+                true
+            }
+            CtlRequest::OpenEndpoint { id } => {
+                let Some(slot) = attached else {
+                    self.reply(idx, &CtlReply::Error { message: "attach first".into() }, &[]);
+                    return true;
+                };
+                let id = match id {
+                    Some(id) if id == u32::MAX => {
+                        self.reply(idx, &CtlReply::Error { message: "endpoint id 4294967295 is reserved".into() }, &[]);
+                        return true;
+                    }
+                    Some(id) if self.endpoints.contains_key(&id) => {
+                        self.reply(idx, &CtlReply::Error { message: format!("endpoint {id} is already open on this node") }, &[]);
+                        return true;
+                    }
+                    Some(id) => id,
+                    None => {
+                        while self.endpoints.contains_key(&self.next_ep) || self.next_ep == u32::MAX {
+                            self.next_ep = self.next_ep.wrapping_add(1).max(1 << 16);
+                        }
+                        self.next_ep
+                    }
+                };
+                let pool = self.pool.clone();
+                let c = self.clients[slot as usize].as_mut().expect("attached client");
+                let Some(e) = c.recv.iter().position(|r| r.is_none()) else {
+                    let n = c.recv.len();
+                    self.reply(idx, &CtlReply::Error { message: format!("all {n} endpoint slots of this client are in use") }, &[]);
+                    return true;
+                };
+                c.recv[e] = Some(RecvEp {
+                    id,
+                    ring: pool.recv_producer(slot, e as u32, true),
+                });
+                self.endpoints.insert(id, (slot, e as u32));
+                self.reply(idx, &CtlReply::Endpoint { id, slot: e as u32 }, &[]);
+                true
+            }
+            CtlRequest::CloseEndpoint { id } => {
+                let Some(slot) = attached else {
+                    self.reply(idx, &CtlReply::Error { message: "attach first".into() }, &[]);
+                    return true;
+                };
+                match self.endpoints.get(&id) {
+                    Some(&(s, e)) if s == slot => {
+                        self.endpoints.remove(&id);
+                        if let Some(c) = self.clients[slot as usize].as_mut() {
+                            c.recv[e as usize] = None;
+                        }
+                        self.reply(idx, &CtlReply::Ok, &[]);
+                    }
+                    _ => self.reply(idx, &CtlReply::Error { message: format!("endpoint {id} is not yours") }, &[]),
+                }
+                true
+            }
+            CtlRequest::Detach => {
+                self.reply(idx, &CtlReply::Ok, &[]);
+                false
+            }
+        }
+    }
+
+    /// Current statistics.
+    pub fn snapshot(&mut self) -> Snapshot {
+        let peers = self
+            .peers
+            .iter()
+            .filter(|p| p.state != PeerState::Local)
+            .map(|p| PeerSnapshot {
+                node: p.node,
+                addr: p.addr.to_string(),
+                transport: "tcp".into(),
+                state: p.state.name(),
+                aggregation: if p.counters.frames_tx == 0 {
+                    0.0
+                } else {
+                    p.counters.msgs_tx as f64 / p.counters.frames_tx as f64
+                },
+                queued_bytes: p.link.as_ref().map_or(0, |l| l.queued() as u64),
+                counters: p.counters.clone(),
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for (slot, c) in self.clients.iter_mut().enumerate() {
+            let Some(c) = c.as_mut() else { continue };
+            let owner = c.owner(slot as u32);
+            clients.push(ClientSnapshot {
+                slot: slot as u32,
+                pid: c.pid,
+                name: c.name.clone(),
+                endpoints: c.recv.iter().flatten().map(|e| e.id).collect(),
+                submitted: c.submitted,
+                delivered: c.delivered,
+                errors: c.errors,
+                sub_ring_used: c.sub.pending().unwrap_or(0),
+                blocks: self.blocks.count_of(owner) as u64,
+            });
+        }
+        Snapshot {
+            node: self.cfg.node_id,
+            nodes: self.cfg.nodes.len() as u32,
+            backing: self.pool.backing().to_string(),
+            pool_bytes: self.pool.len() as u64,
+            blocks_free: self.blocks.free_bytes(),
+            blocks_total: self.blocks.total_bytes(),
+            idle: format!("{:?}", self.cfg.idle).to_lowercase(),
+            uptime_s: self.start.elapsed().as_secs_f64(),
+            rounds: self.rounds,
+            sleeps: self.sleeps,
+            local_msgs: self.local_msgs,
+            clients_evicted: self.evicted,
+            peers,
+            clients,
+        }
+    }
+}
+
+fn bind_control(cfg: &AgentConfig) -> Result<UnixListener, AgentError> {
+    let path = &cfg.socket;
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(AgentError::SocketBusy(path.clone()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let l = UnixListener::bind(path).map_err(|source| AgentError::Socket {
+        path: path.clone(),
+        source,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if cfg.allow_gid.is_some() { 0o770 } else { 0o700 };
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    if let Some(gid) = cfg.allow_gid {
+        let _ = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)));
+    }
+    l.set_nonblocking(true).map_err(|source| AgentError::Socket {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(l)
+}

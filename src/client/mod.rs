@@ -1,0 +1,705 @@
+//! The client library: what an application links to talk to its node's agent.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wyvern::client::{Client, Mode};
+//! let client = Client::attach("/tmp/wyvern-agent-0.sock", "example")?;
+//! let ep = client.open_endpoint(Some(7))?;
+//! ep.send(1, 7, b"hello", Mode::Buffered, Duration::from_secs(1))?;
+//! let msg = ep.recv(Duration::from_secs(1))?;
+//! println!("{} bytes from node {} endpoint {}", msg.data().len(), msg.src_node, msg.src_ep);
+//! client.detach()?;
+//! # Ok::<(), wyvern::client::Error>(())
+//! ```
+//!
+//! Attaching and opening endpoints go through the agent's control socket;
+//! after that, `send` and `recv` only touch shared memory: no system call,
+//! except the doorbell (an `eventfd` write) when the agent said it sleeps,
+//! and a `poll` when this client itself waits long enough to sleep.
+//!
+//! A [`Client`] and its [`Endpoint`]s belong to one thread (they are not
+//! `Send`); a multi-threaded process attaches once per thread.
+//! Dropping the client (or the process dying) detaches it: the agent reclaims
+//! its rings, endpoints and blocks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+pub use crate::proto::{Mode, Status};
+use crate::proto::{CompKind, Completion, CtlReply, CtlRequest, Delivery, Op, Submit, SUB_HEADER};
+use crate::shm::handoff::{send_line, LineReader};
+use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, ShmError};
+
+/// How long a waiting client polls before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// What can go wrong for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No agent at that socket.
+    #[error("cannot reach the agent at {path}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent refused the request.
+    #[error("agent refused: {0}")]
+    Refused(String),
+    /// The control conversation went wrong.
+    #[error("control protocol: {0}")]
+    Protocol(String),
+    /// The pool handed over could not be used.
+    #[error("cannot map the agent's pool")]
+    Pool(#[from] ShmError),
+    /// An I/O error on the control socket or an eventfd.
+    #[error("control socket I/O")]
+    Io(#[from] io::Error),
+    /// The submission ring stayed full for the whole timeout.
+    #[error("would block: the submission ring stayed full")]
+    WouldBlock,
+    /// Nothing arrived (recv), or no completion came (delivered send, alloc),
+    /// within the timeout.
+    #[error("timed out")]
+    Timeout,
+    /// A send failed.
+    #[error("send failed: {}", .0.describe())]
+    Send(Status),
+    /// The agent went away (its control socket closed).
+    #[error("the agent is gone")]
+    AgentGone,
+    /// The message is larger than the pool can ever hold.
+    #[error("message of {len} bytes exceeds the pool's limit of {max}")]
+    TooLarge {
+        /// Size asked for.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The endpoint or the client was closed.
+    #[error("endpoint closed")]
+    Closed,
+}
+
+/// A failure reported after a buffered send returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncError {
+    /// The send's cookie (see [`Endpoint::send`]'s return).
+    pub cookie: u64,
+    /// What went wrong.
+    pub status: Status,
+}
+
+struct Inner {
+    pool: Arc<Pool>,
+    slot: u32,
+    node: u32,
+    nodes: u32,
+    eager_max: usize,
+    ctl: UnixStream,
+    reader: RefCell<LineReader>,
+    sub: RefCell<RingTx>,
+    comp: RefCell<RingRx>,
+    doorbell: RefCell<File>,
+    wake: EventFd,
+    cookie: Cell<u64>,
+    awaited: RefCell<HashSet<u64>>,
+    done: RefCell<HashMap<u64, Completion>>,
+    errors: RefCell<VecDeque<AsyncError>>,
+    deferred_free: RefCell<Vec<u64>>,
+    gone: Cell<bool>,
+    scratch: RefCell<Vec<u8>>,
+}
+
+impl Inner {
+    fn next_cookie(&self) -> u64 {
+        let c = self.cookie.get();
+        self.cookie.set(c.wrapping_add(1));
+        c
+    }
+
+    fn ring_doorbell(&self) {
+        if needs_wake(self.pool.agent_sleeping()) {
+            let _ = self.doorbell.borrow_mut().write(&1u64.to_ne_bytes());
+        }
+    }
+
+    /// Try to submit one record now.
+    fn try_submit(&self, parts: &[&[u8]]) -> Result<bool, Error> {
+        self.flush_deferred();
+        let ok = self
+            .sub
+            .borrow_mut()
+            .try_push(parts)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if ok {
+            self.ring_doorbell();
+        }
+        Ok(ok)
+    }
+
+    /// Submit, waiting up to `deadline` for room.
+    fn submit(&self, parts: &[&[u8]], deadline: Instant) -> Result<(), Error> {
+        self.wait(deadline, || Ok(self.try_submit(parts)?.then_some(())))
+            .map_err(|e| if matches!(e, Error::Timeout) { Error::WouldBlock } else { e })
+    }
+
+    fn flush_deferred(&self) {
+        let mut d = self.deferred_free.borrow_mut();
+        while let Some(&off) = d.last() {
+            let s = Submit {
+                op: Op::Free,
+                mode: Mode::Buffered,
+                src_slot: 0,
+                dst_node: 0,
+                dst_ep: 0,
+                cookie: 0,
+                off,
+                len: 0,
+            };
+            match self.sub.borrow_mut().try_push(&[&s.to_bytes()]) {
+                Ok(true) => {
+                    d.pop();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn free_block(&self, off: u64) {
+        self.deferred_free.borrow_mut().push(off);
+        self.flush_deferred();
+        self.ring_doorbell();
+    }
+
+    /// Move completions from the ring into `done` / `errors`.
+    fn drain_completions(&self) -> Result<(), Error> {
+        let mut buf = self.scratch.borrow_mut();
+        let mut comp = self.comp.borrow_mut();
+        while comp.try_pop(&mut buf).map_err(|e| Error::Protocol(e.to_string()))? {
+            let Some(c) = Completion::parse(&buf) else {
+                return Err(Error::Protocol("malformed completion".into()));
+            };
+            if self.awaited.borrow_mut().remove(&c.cookie) {
+                self.done.borrow_mut().insert(c.cookie, c);
+            } else if c.kind == CompKind::Alloc && c.status == crate::proto::Status::Ok {
+                // An allocation nobody waits for any more (timed out): return it.
+                self.deferred_free.borrow_mut().push(c.off);
+            } else if c.status != Status::Ok {
+                self.errors.borrow_mut().push_back(AsyncError {
+                    cookie: c.cookie,
+                    status: c.status,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn await_completion(&self, cookie: u64, deadline: Instant) -> Result<Completion, Error> {
+        let r = self.wait(deadline, || {
+            self.drain_completions()?;
+            Ok(self.done.borrow_mut().remove(&cookie))
+        });
+        if r.is_err() {
+            self.awaited.borrow_mut().remove(&cookie);
+        }
+        r
+    }
+
+    /// Poll `f` until it yields, spinning briefly and then sleeping on the
+    /// wake-up eventfd, until `deadline`.
+    fn wait<T>(&self, deadline: Instant, mut f: impl FnMut() -> Result<Option<T>, Error>) -> Result<T, Error> {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f()? {
+                return Ok(v);
+            }
+            if self.gone.get() {
+                return Err(Error::AgentGone);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout);
+            }
+            if now.duration_since(start) < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            let word = self.pool.client_sleeping(self.slot);
+            announce_sleep(word);
+            if let Some(v) = f()? {
+                announce_awake(word);
+                return Ok(v);
+            }
+            let left = deadline.saturating_duration_since(now).min(Duration::from_millis(100));
+            let ms = PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(PollTimeout::MAX);
+            let mut fds = [
+                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.ctl.as_fd(), PollFlags::POLLIN),
+            ];
+            let _ = poll(&mut fds, ms);
+            let ctl_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+            announce_awake(word);
+            let _ = self.wake.read();
+            if ctl_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLIN) {
+                self.check_agent()?;
+            }
+        }
+    }
+
+    /// The control socket became readable or hung up: an eviction notice or
+    /// the agent's death.
+    fn check_agent(&self) -> Result<(), Error> {
+        self.ctl.set_nonblocking(true)?;
+        let mut r = self.reader.borrow_mut();
+        let res = r.read_from(&self.ctl);
+        self.ctl.set_nonblocking(false)?;
+        match res {
+            Ok(crate::shm::handoff::ReadOutcome::Closed) | Err(_) => {
+                self.gone.set(true);
+                Err(Error::AgentGone)
+            }
+            _ => {
+                if let Some((line, _)) = r.next_line() {
+                    if let Ok(CtlReply::Error { message }) = serde_json::from_str(&line) {
+                        self.gone.set(true);
+                        return Err(Error::Refused(message));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn request(&self, req: &CtlRequest) -> Result<(CtlReply, Vec<OwnedFd>), Error> {
+        if self.gone.get() {
+            return Err(Error::AgentGone);
+        }
+        let line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
+        send_line(&self.ctl, &line, &[]).map_err(|_| Error::AgentGone)?;
+        let (line, fds) = self
+            .reader
+            .borrow_mut()
+            .read_line_blocking(&self.ctl)
+            .map_err(|_| Error::AgentGone)?;
+        let rep: CtlReply = serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;
+        if let CtlReply::Error { message } = rep {
+            return Err(Error::Refused(message));
+        }
+        Ok((rep, fds))
+    }
+}
+
+/// An attached client.
+pub struct Client {
+    inner: Rc<Inner>,
+}
+
+/// Ask an agent for its statistics (no attach needed).
+pub fn stat(path: impl AsRef<Path>) -> Result<crate::agent::stats::Snapshot, Error> {
+    let path = path.as_ref();
+    let s = UnixStream::connect(path).map_err(|source| Error::Connect {
+        path: path.into(),
+        source,
+    })?;
+    send_line(&s, &serde_json::to_string(&CtlRequest::Stat).expect("serialisable"), &[])?;
+    let (line, _) = LineReader::new().read_line_blocking(&s)?;
+    match serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))? {
+        CtlReply::Stat(s) => Ok(*s),
+        CtlReply::Error { message } => Err(Error::Refused(message)),
+        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
+impl Client {
+    /// Attach to the agent listening on `path`. `name` shows in `wyvern stat`.
+    pub fn attach(path: impl AsRef<Path>, name: &str) -> Result<Client, Error> {
+        let path = path.as_ref();
+        let ctl = UnixStream::connect(path).map_err(|source| Error::Connect {
+            path: path.into(),
+            source,
+        })?;
+        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        let req = CtlRequest::Attach {
+            version: crate::shm::LAYOUT_VERSION,
+            pid: std::process::id(),
+            name: name.to_string(),
+        };
+        send_line(
+            &ctl,
+            &serde_json::to_string(&req).map_err(|e| Error::Protocol(e.to_string()))?,
+            &[wake.as_fd()],
+        )?;
+        let mut reader = LineReader::new();
+        let (line, fds) = reader.read_line_blocking(&ctl).map_err(|e| Error::Connect {
+            path: path.into(),
+            source: e,
+        })?;
+        let rep: CtlReply = serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;
+        let (slot, node, nodes, eager_max) = match rep {
+            CtlReply::Attached {
+                slot,
+                node,
+                nodes,
+                eager_max,
+            } => (slot, node, nodes, eager_max),
+            CtlReply::Error { message } => return Err(Error::Refused(message)),
+            other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+        };
+        let mut fds = fds.into_iter();
+        let (Some(pool_fd), Some(doorbell)) = (fds.next(), fds.next()) else {
+            return Err(Error::Protocol("attach reply without the pool and doorbell fds".into()));
+        };
+        let pool = Arc::new(Pool::open(pool_fd)?);
+        if slot >= pool.layout().params.max_clients {
+            return Err(Error::Protocol(format!("slot {slot} outside the pool")));
+        }
+        let inner = Inner {
+            sub: RefCell::new(pool.sub_producer(slot)),
+            comp: RefCell::new(pool.comp_consumer(slot)),
+            pool,
+            slot,
+            node,
+            nodes,
+            eager_max: eager_max as usize,
+            ctl,
+            reader: RefCell::new(reader),
+            doorbell: RefCell::new(File::from(doorbell)),
+            wake,
+            cookie: Cell::new(1),
+            awaited: RefCell::default(),
+            done: RefCell::default(),
+            errors: RefCell::default(),
+            deferred_free: RefCell::default(),
+            gone: Cell::new(false),
+            scratch: RefCell::new(Vec::with_capacity(256)),
+        };
+        Ok(Client { inner: Rc::new(inner) })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> u32 {
+        self.inner.node
+    }
+
+    /// Nodes in the job.
+    pub fn nodes(&self) -> u32 {
+        self.inner.nodes
+    }
+
+    /// The largest message sent inline through the rings; larger ones go
+    /// through a pool block.
+    pub fn eager_max(&self) -> usize {
+        self.inner.eager_max
+    }
+
+    /// Whether the pool sits in hugepages.
+    pub fn backing(&self) -> crate::shm::Backing {
+        self.inner.pool.backing()
+    }
+
+    /// Open an endpoint with the given id, or one the agent picks.
+    pub fn open_endpoint(&self, id: Option<u32>) -> Result<Endpoint, Error> {
+        match self.inner.request(&CtlRequest::OpenEndpoint { id })? {
+            (CtlReply::Endpoint { id, slot }, _) => {
+                if slot >= self.inner.pool.layout().params.endpoints_per_client {
+                    return Err(Error::Protocol(format!("endpoint slot {slot} outside the pool")));
+                }
+                Ok(Endpoint {
+                    id,
+                    slot,
+                    rx: RefCell::new(self.inner.pool.recv_consumer(self.inner.slot, slot)),
+                    inner: self.inner.clone(),
+                    open: Cell::new(true),
+                })
+            }
+            (other, _) => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Allocate a pool block to fill and send without a further copy
+    /// ([`Endpoint::send_buf`]).
+    pub fn alloc(&self, len: usize, timeout: Duration) -> Result<SendBuf, Error> {
+        let i = &self.inner;
+        let deadline = Instant::now() + timeout;
+        let max = i.pool.layout().params.block_bytes;
+        if len as u64 > max {
+            return Err(Error::TooLarge { len: len as u64, max });
+        }
+        loop {
+            let cookie = i.next_cookie();
+            let s = Submit {
+                op: Op::Alloc,
+                mode: Mode::Buffered,
+                src_slot: 0,
+                dst_node: 0,
+                dst_ep: 0,
+                cookie,
+                off: 0,
+                len: len as u64,
+            };
+            i.awaited.borrow_mut().insert(cookie);
+            i.submit(&[&s.to_bytes()], deadline)?;
+            let c = i.await_completion(cookie, deadline)?;
+            match c.status {
+                Status::Ok => {
+                    if i.pool.block_slice(c.off, len as u64).is_none() {
+                        return Err(Error::Protocol("allocation outside the block region".into()));
+                    }
+                    return Ok(SendBuf {
+                        off: c.off,
+                        len,
+                        inner: i.clone(),
+                        sent: false,
+                    });
+                }
+                Status::NoMemory if Instant::now() < deadline => {
+                    // The pool is full for now: wait a little and ask again.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Status::NoMemory => return Err(Error::WouldBlock),
+                s => return Err(Error::Send(s)),
+            }
+        }
+    }
+
+    /// Failures of buffered sends reported since the last call.
+    pub fn take_errors(&self) -> Vec<AsyncError> {
+        let _ = self.inner.drain_completions();
+        self.inner.errors.borrow_mut().drain(..).collect()
+    }
+
+    /// Leave the agent. (Dropping the client does the same without waiting
+    /// for the agent's answer.)
+    pub fn detach(self) -> Result<(), Error> {
+        self.inner.flush_deferred();
+        match self.inner.request(&CtlRequest::Detach) {
+            Ok(_) | Err(Error::AgentGone) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A block of the pool owned by this client, to fill and send.
+pub struct SendBuf {
+    off: u64,
+    len: usize,
+    inner: Rc<Inner>,
+    sent: bool,
+}
+
+impl std::ops::Deref for SendBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.inner.pool.block_slice(self.off, self.len as u64).expect("checked at alloc")
+    }
+}
+
+impl std::ops::DerefMut for SendBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.inner
+            .pool
+            .block_slice_mut(self.off, self.len as u64)
+            .expect("checked at alloc")
+    }
+}
+
+impl Drop for SendBuf {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.inner.free_block(self.off);
+        }
+    }
+}
+
+/// A received message.
+pub struct Message {
+    /// Sending node.
+    pub src_node: u32,
+    /// Sending endpoint.
+    pub src_ep: u32,
+    payload: Payload,
+}
+
+enum Payload {
+    Inline(Vec<u8>),
+    Block { off: u64, len: u64, inner: Rc<Inner> },
+}
+
+impl Message {
+    /// The bytes. For a large message this is a view into the pool (no copy);
+    /// the block returns to the agent when the message is dropped.
+    pub fn data(&self) -> &[u8] {
+        match &self.payload {
+            Payload::Inline(v) => v,
+            Payload::Block { off, len, inner } => inner.pool.block_slice(*off, *len).unwrap_or(&[]),
+        }
+    }
+
+    /// Whether the payload is a zero-copy view of a pool block.
+    pub fn is_zero_copy(&self) -> bool {
+        matches!(self.payload, Payload::Block { .. })
+    }
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        if let Payload::Block { off, inner, .. } = &self.payload {
+            inner.free_block(*off);
+        }
+    }
+}
+
+/// An open endpoint: a mailbox with address (node, id).
+pub struct Endpoint {
+    id: u32,
+    slot: u32,
+    rx: RefCell<RingRx>,
+    inner: Rc<Inner>,
+    open: Cell<bool>,
+}
+
+impl Endpoint {
+    /// This endpoint's id (unique on its node).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Send `data` to endpoint `dst_ep` on node `dst_node`. Returns the
+    /// send's cookie, which names it in [`Client::take_errors`].
+    ///
+    /// `Buffered` returns once the message is in the submission ring (large
+    /// messages: once copied into a pool block and submitted); `Delivered`
+    /// returns once the destination agent deposited it in the endpoint's
+    /// receive ring. Either waits up to `timeout` for ring room
+    /// ([`Error::WouldBlock`] when there is none).
+    pub fn send(&self, dst_node: u32, dst_ep: u32, data: &[u8], mode: Mode, timeout: Duration) -> Result<u64, Error> {
+        let i = &self.inner;
+        if !self.open.get() {
+            return Err(Error::Closed);
+        }
+        if data.len() > i.eager_max {
+            let deadline = Instant::now() + timeout;
+            let mut buf = Client { inner: i.clone() }.alloc(data.len(), timeout)?;
+            buf.copy_from_slice(data);
+            let left = deadline.saturating_duration_since(Instant::now());
+            return self.send_buf(dst_node, dst_ep, buf, mode, left);
+        }
+        let cookie = i.next_cookie();
+        let s = Submit {
+            op: Op::Send,
+            mode,
+            src_slot: self.slot,
+            dst_node,
+            dst_ep,
+            cookie,
+            off: 0,
+            len: data.len() as u64,
+        };
+        self.finish_send(&s, data, timeout)
+    }
+
+    /// Send a block filled in place (no copy on this side).
+    pub fn send_buf(&self, dst_node: u32, dst_ep: u32, mut buf: SendBuf, mode: Mode, timeout: Duration) -> Result<u64, Error> {
+        if !self.open.get() {
+            return Err(Error::Closed);
+        }
+        let cookie = self.inner.next_cookie();
+        let s = Submit {
+            op: Op::SendBlock,
+            mode,
+            src_slot: self.slot,
+            dst_node,
+            dst_ep,
+            cookie,
+            off: buf.off,
+            len: buf.len as u64,
+        };
+        // From the moment it is submitted the block is the agent's.
+        let r = self.finish_send(&s, &[], timeout);
+        if !matches!(r, Err(Error::WouldBlock)) {
+            buf.sent = true;
+        }
+        r
+    }
+
+    fn finish_send(&self, s: &Submit, payload: &[u8], timeout: Duration) -> Result<u64, Error> {
+        let i = &self.inner;
+        let deadline = Instant::now() + timeout;
+        if s.mode == Mode::Delivered {
+            i.awaited.borrow_mut().insert(s.cookie);
+        }
+        let hdr = s.to_bytes();
+        debug_assert_eq!(hdr.len(), SUB_HEADER);
+        if let Err(e) = i.submit(&[&hdr, payload], deadline) {
+            i.awaited.borrow_mut().remove(&s.cookie);
+            return Err(e);
+        }
+        if s.mode == Mode::Delivered {
+            let c = i.await_completion(s.cookie, deadline)?;
+            if c.status != Status::Ok {
+                return Err(Error::Send(c.status));
+            }
+        }
+        Ok(s.cookie)
+    }
+
+    /// The next message, if one is waiting.
+    pub fn try_recv(&self) -> Result<Option<Message>, Error> {
+        let i = &self.inner;
+        let mut rx = self.rx.borrow_mut();
+        let mut buf = i.scratch.borrow_mut();
+        if !rx.try_pop(&mut buf).map_err(|e| Error::Protocol(e.to_string()))? {
+            return Ok(None);
+        }
+        let Some((d, payload)) = Delivery::parse(&buf) else {
+            return Err(Error::Protocol("malformed delivery".into()));
+        };
+        let payload = if d.off == Delivery::INLINE {
+            Payload::Inline(payload.to_vec())
+        } else {
+            if i.pool.block_slice(d.off, d.len).is_none() {
+                return Err(Error::Protocol("delivery outside the block region".into()));
+            }
+            Payload::Block {
+                off: d.off,
+                len: d.len,
+                inner: i.clone(),
+            }
+        };
+        Ok(Some(Message {
+            src_node: d.src_node,
+            src_ep: d.src_ep,
+            payload,
+        }))
+    }
+
+    /// Wait up to `timeout` for the next message.
+    pub fn recv(&self, timeout: Duration) -> Result<Message, Error> {
+        if !self.open.get() {
+            return Err(Error::Closed);
+        }
+        let deadline = Instant::now() + timeout;
+        self.inner.wait(deadline, || self.try_recv())
+    }
+
+    /// Close the endpoint; messages still in its ring are dropped.
+    pub fn close(self) -> Result<(), Error> {
+        self.open.set(false);
+        self.inner.request(&CtlRequest::CloseEndpoint { id: self.id }).map(drop)
+    }
+}

@@ -1,0 +1,270 @@
+//! `wyvern demo`: two agents on this machine over loopback TCP, a client on
+//! each, a latency, message-rate and bandwidth workload, and a summary.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use wyvern::client::{Client, Mode};
+
+/// Options of the demo.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Ping-pong round trips (8-byte messages).
+    #[arg(long, default_value_t = 20_000)]
+    pingpongs: u64,
+    /// Messages for the message-rate phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Size of those messages in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// MiB moved in 1 MiB messages for the bandwidth phase.
+    #[arg(long, default_value_t = 512)]
+    bulk_mib: u64,
+    /// Idle policy of the two agents.
+    #[arg(long, value_enum, default_value_t = wyvern::agent::IdlePolicy::Adaptive)]
+    idle: wyvern::agent::IdlePolicy,
+}
+
+const EP_A: u32 = 1;
+const EP_B: u32 = 2;
+
+struct Agents {
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn socket(dir: &Path, node: u32) -> PathBuf {
+    dir.join(format!("agent{node}.sock"))
+}
+
+fn start_agents(idle: wyvern::agent::IdlePolicy) -> Result<Agents, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("wyvern-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut agents = Agents {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    let ports = [free_port(), free_port()];
+    let nodes: Vec<SocketAddr> = ports
+        .iter()
+        .map(|p| {
+            p.as_ref()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+                .map_err(|e| format!("no free port: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let list = nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let idle = match idle {
+        wyvern::agent::IdlePolicy::Spin => "spin",
+        wyvern::agent::IdlePolicy::Adaptive => "adaptive",
+    };
+    for node in 0..2u32 {
+        let mut child = Command::new(&exe)
+            .args(["agent", "--node-id", &node.to_string(), "--nodes", &list, "--idle", idle])
+            .arg("--socket")
+            .arg(socket(&dir, node))
+            .args(["--block-mib", "160", "--max-clients", "8"])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start an agent: {e}"))?;
+        let out = child.stdout.take().expect("piped");
+        agents.children.push(child);
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| format!("agent {node} did not start: {e}"))?;
+        if !line.starts_with("wyvern agent ready") {
+            return Err(format!("agent {node} did not start (see its log above)"));
+        }
+    }
+    Ok(agents)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_message(what.to_string());
+    b
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// The receiving side (node 1): echo pings, count messages, take bulk.
+fn node_b(sock: PathBuf, a: &DemoArgs) -> Result<(), String> {
+    let c = Client::attach(&sock, "demo-b").map_err(|e| e.to_string())?;
+    let ep = c.open_endpoint(Some(EP_B)).map_err(|e| e.to_string())?;
+    let t = Duration::from_secs(30);
+    for _ in 0..a.pingpongs {
+        let m = ep.recv(t).map_err(|e| format!("pong side: {e}"))?;
+        ep.send(0, EP_A, m.data(), Mode::Buffered, t).map_err(|e| e.to_string())?;
+    }
+    for i in 0..a.messages {
+        let m = ep.recv(t).map_err(|e| format!("rate side: {e}"))?;
+        let seq = u64::from_le_bytes(m.data()[..8].try_into().expect("8 bytes"));
+        if seq != i {
+            return Err(format!("message {i} arrived as {seq}: order broken"));
+        }
+    }
+    ep.send(0, EP_A, b"rate-done", Mode::Buffered, t).map_err(|e| e.to_string())?;
+    for i in 0..a.bulk_mib {
+        let m = ep.recv(t).map_err(|e| format!("bulk side: {e}"))?;
+        let d = m.data();
+        if d.len() != 1 << 20 || d[0] != i as u8 || d[d.len() - 1] != i as u8 {
+            return Err(format!("bulk message {i} corrupt"));
+        }
+    }
+    ep.send(0, EP_A, b"bulk-done", Mode::Buffered, t).map_err(|e| e.to_string())?;
+    c.detach().map_err(|e| e.to_string())
+}
+
+/// Run the demo.
+pub fn run(a: DemoArgs) -> ExitCode {
+    match run_inner(a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wyvern demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(a: DemoArgs) -> Result<(), String> {
+    if a.size < 8 || a.size > 4096 {
+        return Err("--size must be 8..=4096 bytes".into());
+    }
+    println!("wyvern demo: two agents on loopback TCP, one client on each");
+    let agents = start_agents(a.idle)?;
+    let sock_b = socket(&agents.dir, 1);
+    let c = Client::attach(socket(&agents.dir, 0), "demo-a").map_err(|e| e.to_string())?;
+    println!(
+        "  pool: {} | idle policy: {:?} | cores: {} online, agents and clients unpinned",
+        c.backing(),
+        a.idle,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let ep = c.open_endpoint(Some(EP_A)).map_err(|e| e.to_string())?;
+    let args = DemoArgs { ..a };
+    let (pp, msgs, size, bulk) = (args.pingpongs, args.messages, args.size, args.bulk_mib);
+    let b = std::thread::spawn(move || node_b(sock_b, &args));
+    let t = Duration::from_secs(30);
+
+    // 1. Latency.
+    let pb = bar(pp, "ping-pong");
+    let mut rtts = Vec::with_capacity(pp as usize);
+    let payload = [7u8; 8];
+    for i in 0..pp {
+        let t0 = Instant::now();
+        ep.send(1, EP_B, &payload, Mode::Buffered, t).map_err(|e| e.to_string())?;
+        ep.recv(t).map_err(|e| format!("ping: {e}"))?;
+        rtts.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
+        if i % 256 == 0 {
+            pb.set_position(i);
+        }
+    }
+    pb.finish();
+    rtts.sort_by(f64::total_cmp);
+
+    // 2. Message rate.
+    let pb = bar(msgs, "msg rate");
+    let mut buf = vec![0u8; size];
+    let t0 = Instant::now();
+    for i in 0..msgs {
+        buf[..8].copy_from_slice(&i.to_le_bytes());
+        ep.send(1, EP_B, &buf, Mode::Buffered, t).map_err(|e| e.to_string())?;
+        if i % 4096 == 0 {
+            pb.set_position(i);
+        }
+    }
+    let m = ep.recv(t).map_err(|e| format!("rate: {e}"))?;
+    let rate_s = t0.elapsed().as_secs_f64();
+    pb.finish();
+    if m.data() != b"rate-done" {
+        return Err("unexpected message after the rate phase".into());
+    }
+
+    // 3. Bandwidth, zero-copy sends from pool blocks.
+    let pb = bar(bulk, "bandwidth");
+    let t0 = Instant::now();
+    for i in 0..bulk {
+        let mut blk = c.alloc(1 << 20, t).map_err(|e| e.to_string())?;
+        blk.fill(i as u8);
+        ep.send_buf(1, EP_B, blk, Mode::Buffered, t).map_err(|e| e.to_string())?;
+        pb.set_position(i + 1);
+    }
+    let m = ep.recv(Duration::from_secs(60)).map_err(|e| format!("bulk: {e}"))?;
+    let bulk_s = t0.elapsed().as_secs_f64();
+    pb.finish();
+    if m.data() != b"bulk-done" {
+        return Err("unexpected message after the bulk phase".into());
+    }
+    drop(m);
+    b.join().map_err(|_| "node B thread panicked".to_string())??;
+    let stat = wyvern::client::stat(socket(&agents.dir, 0)).map_err(|e| e.to_string())?;
+    let agg = stat.peers.first().map_or(0.0, |p| p.aggregation);
+    c.detach().map_err(|e| e.to_string())?;
+
+    println!();
+    println!("| measurement                         | value          |");
+    println!("|-------------------------------------|----------------|");
+    println!("| one-way latency 8 B, p50            | {:>10.2} us  |", percentile(&rtts, 0.5));
+    println!("| one-way latency 8 B, p99            | {:>10.2} us  |", percentile(&rtts, 0.99));
+    println!("| one-way latency 8 B, p99.9          | {:>10.2} us  |", percentile(&rtts, 0.999));
+    println!(
+        "| message rate, {:>4} B, 1 sender     | {:>8.3} M/s   |",
+        size,
+        msgs as f64 / rate_s / 1e6
+    );
+    println!("| aggregation (messages per frame)    | {:>10.1}     |", agg);
+    println!(
+        "| bandwidth, 1 MiB messages           | {:>8.3} GB/s  |",
+        (bulk << 20) as f64 / bulk_s / 1e9
+    );
+    println!();
+    println!("(half round trips for latency; a 2-core VM is noisy: see bench/ for measured comparisons)");
+    drop(agents);
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! # wyvern
+//!
+//! A node-level transport agent for HPC clusters. Application processes do
+//! not link a network stack: they attach to their node's agent
+//! ([`client::Client`]) and hand it messages through hugepage-backed
+//! shared-memory rings ([`shm`]). The agent ([`agent::Agent`]) polls those
+//! rings, aggregates small messages from every process per destination node
+//! into frames ([`wire`]), and moves them over a transport ([`transport`]).
+//!
+//! Layers, top to bottom (each knows nothing of the ones above it):
+//! `client` → `agent` → `wire` → `transport` → `shm`.
+//!
+//! `unsafe` code lives only in [`shm`] (raw shared memory, descriptor
+//! hand-over); every other module forbids it.
+
+#![warn(missing_docs)]
+
+#[deny(unsafe_code)]
+pub mod agent;
+#[deny(unsafe_code)]
+pub mod client;
+#[deny(unsafe_code)]
+pub mod proto;
+pub mod shm;
+#[deny(unsafe_code)]
+pub mod transport;
+#[deny(unsafe_code)]
+pub mod wire;

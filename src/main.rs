@@ -1,0 +1,219 @@
+//! `wyvern`: the agent, its statistics, and a demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use wyvern::agent::config::default_socket;
+use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "wyvern", version, about = "A kernel-bypass transport agent for HPC nodes")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run this node's agent.
+    Agent(AgentArgs),
+    /// Show an agent's live statistics.
+    Stat {
+        /// The agent's control socket.
+        #[arg(long, short)]
+        socket: Option<PathBuf>,
+        /// Node id (picks the default socket path of that node).
+        #[arg(long, default_value_t = 0)]
+        node_id: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every N seconds until interrupted.
+        #[arg(long)]
+        watch: Option<f64>,
+    },
+    /// Start two agents on this machine over loopback TCP, run a workload
+    /// between them, and print a summary.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// This node's id (its index in the node list).
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// Every node's agent address, by id, comma-separated (host:port,...).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Option<Vec<SocketAddr>>,
+    /// Control socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Cores to pin the polling thread to (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cores: Option<Vec<usize>>,
+    /// Idle policy.
+    #[arg(long, value_enum)]
+    idle: Option<IdlePolicy>,
+    /// Do not try hugepages.
+    #[arg(long)]
+    no_hugepages: bool,
+    /// Block region size in MiB (large messages).
+    #[arg(long)]
+    block_mib: Option<u64>,
+    /// Client slots in the pool.
+    #[arg(long)]
+    max_clients: Option<u32>,
+    /// Longest a partly filled frame waits, in microseconds (0: never).
+    #[arg(long)]
+    flush_delay_us: Option<u64>,
+    /// Heartbeat interval in ms.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// A silent peer is lost after this many ms.
+    #[arg(long)]
+    peer_timeout_ms: Option<u64>,
+    /// Members of this group may attach too.
+    #[arg(long)]
+    allow_gid: Option<u32>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl AgentArgs {
+    fn into_config(self) -> Result<(AgentConfig, bool), String> {
+        let mut c = match &self.config {
+            Some(p) => AgentConfig::load(p).map_err(|e| format!("{e}: {}", source_chain(&e)))?,
+            None => AgentConfig::default(),
+        };
+        let socket_given = self.socket.is_some() || self.config.as_ref().is_some();
+        if let Some(v) = self.node_id {
+            c.node_id = v;
+        }
+        if let Some(v) = self.nodes {
+            c.nodes = v;
+        }
+        if let Some(v) = self.socket {
+            c.socket = v;
+        } else if !socket_given || c.socket == default_socket(0) {
+            c.socket = default_socket(c.node_id);
+        }
+        if let Some(v) = self.cores {
+            c.cores = v;
+        }
+        if let Some(v) = self.idle {
+            c.idle = v;
+        }
+        if self.no_hugepages {
+            c.hugepages = false;
+        }
+        if let Some(v) = self.block_mib {
+            c.pool.block_bytes = v << 20;
+        }
+        if let Some(v) = self.max_clients {
+            c.pool.max_clients = v;
+        }
+        if let Some(v) = self.flush_delay_us {
+            c.flush_delay_us = v;
+        }
+        if let Some(v) = self.heartbeat_ms {
+            c.heartbeat_ms = v;
+        }
+        if let Some(v) = self.peer_timeout_ms {
+            c.peer_timeout_ms = v;
+        }
+        if let Some(v) = self.allow_gid {
+            c.allow_gid = Some(v);
+        }
+        c.validate().map_err(|e| e.to_string())?;
+        Ok((c, self.print_config))
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_micros()
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Agent(a) => run_agent(a),
+        Cmd::Stat {
+            socket,
+            node_id,
+            json,
+            watch,
+        } => {
+            let path = socket.unwrap_or_else(|| default_socket(node_id));
+            loop {
+                match wyvern::client::stat(&path) {
+                    Ok(s) if json => println!("{}", serde_json::to_string_pretty(&s).expect("serialisable")),
+                    Ok(s) => {
+                        if watch.is_some() {
+                            print!("\x1b[2J\x1b[H");
+                        }
+                        println!("{}", s.render())
+                    }
+                    Err(e) => {
+                        eprintln!("wyvern stat: {e}: {}", source_chain(&e));
+                        return ExitCode::FAILURE;
+                    }
+                }
+                match watch {
+                    Some(s) => std::thread::sleep(Duration::from_secs_f64(s.max(0.1))),
+                    None => return ExitCode::SUCCESS,
+                }
+            }
+        }
+        Cmd::Demo(d) => demo::run(d),
+    }
+}
+
+fn run_agent(a: AgentArgs) -> ExitCode {
+    let (cfg, print) = match a.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wyvern agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if print {
+        print!("{}", toml::to_string(&cfg).expect("serialisable"));
+        return ExitCode::SUCCESS;
+    }
+    let mut agent = match Agent::new(cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("wyvern agent: {e}: {}", source_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = agent.stop_flag();
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("wyvern agent: cannot install a signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    // Readiness line for scripts and tests.
+    println!("wyvern agent ready: tcp {}", agent.tcp_addr());
+    agent.run();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,400 @@
+//! Records exchanged between a client and its agent through the pool's rings,
+//! and the messages of the control socket.
+//!
+//! Ring records are fixed little-endian headers followed by inline payload.
+//! Decoders take untrusted bytes (a client may write anything into its
+//! submission ring) and never panic.
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes of a submission header.
+pub const SUB_HEADER: usize = 40;
+/// Bytes of a completion record.
+pub const COMP_LEN: usize = 32;
+/// Bytes of a delivery header (receive ring).
+pub const RECV_HEADER: usize = 32;
+
+/// Status codes carried by completions and `Nack` records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u16)]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// No endpoint with that id on the destination node.
+    UnknownEndpoint = 1,
+    /// The destination node is lost (its agent died or stopped answering).
+    PeerLost = 2,
+    /// The destination node is not in the node list.
+    UnknownNode = 3,
+    /// The request was malformed (bad offsets, lengths, op).
+    BadRequest = 4,
+    /// The pool has no block of the size asked for right now.
+    NoMemory = 5,
+    /// The message exceeds a limit.
+    TooLarge = 6,
+    /// The destination endpoint was closed before the message was deposited.
+    EndpointClosed = 7,
+}
+
+impl Status {
+    /// Decode a status from the wire; unknown values become `BadRequest`.
+    pub fn from_u16(v: u16) -> Status {
+        match v {
+            0 => Status::Ok,
+            1 => Status::UnknownEndpoint,
+            2 => Status::PeerLost,
+            3 => Status::UnknownNode,
+            5 => Status::NoMemory,
+            6 => Status::TooLarge,
+            7 => Status::EndpointClosed,
+            _ => Status::BadRequest,
+        }
+    }
+
+    /// Human words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::UnknownEndpoint => "unknown endpoint on the destination node",
+            Status::PeerLost => "destination node lost",
+            Status::UnknownNode => "destination node not in the node list",
+            Status::BadRequest => "malformed request",
+            Status::NoMemory => "pool has no free block of that size",
+            Status::TooLarge => "message too large",
+            Status::EndpointClosed => "destination endpoint closed",
+        }
+    }
+}
+
+/// Operation codes of submission records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// Send an inline payload.
+    Send = 1,
+    /// Send the payload held in a block (ownership passes to the agent).
+    SendBlock = 2,
+    /// Allocate a block of `len` bytes.
+    Alloc = 3,
+    /// Return a block (a received large message, or an unused allocation).
+    Free = 4,
+}
+
+/// Send mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Complete once the message is in the ring.
+    Buffered,
+    /// Complete once the remote agent deposited it in the endpoint's ring.
+    Delivered,
+}
+
+/// A decoded submission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Submit {
+    /// What to do.
+    pub op: Op,
+    /// For sends.
+    pub mode: Mode,
+    /// The client's endpoint slot that sends.
+    pub src_slot: u32,
+    /// Destination node.
+    pub dst_node: u32,
+    /// Destination endpoint id.
+    pub dst_ep: u32,
+    /// Echoed in the completion.
+    pub cookie: u64,
+    /// Block offset (`SendBlock`, `Free`).
+    pub off: u64,
+    /// Length: of the inline payload, the block message, or the allocation.
+    pub len: u64,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl Submit {
+    /// Encode the header.
+    pub fn to_bytes(&self) -> [u8; SUB_HEADER] {
+        let mut b = [0u8; SUB_HEADER];
+        b[0] = self.op as u8;
+        b[1] = matches!(self.mode, Mode::Delivered) as u8;
+        b[4..8].copy_from_slice(&self.src_slot.to_le_bytes());
+        b[8..12].copy_from_slice(&self.dst_node.to_le_bytes());
+        b[12..16].copy_from_slice(&self.dst_ep.to_le_bytes());
+        b[16..24].copy_from_slice(&self.cookie.to_le_bytes());
+        b[24..32].copy_from_slice(&self.off.to_le_bytes());
+        b[32..40].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Decode a record copied out of a submission ring: the header and, for
+    /// `Send`, the inline payload that must be exactly `len` bytes.
+    pub fn parse(rec: &[u8]) -> Result<(Submit, &[u8]), &'static str> {
+        if rec.len() < SUB_HEADER {
+            return Err("record shorter than a submission header");
+        }
+        let op = match rec[0] {
+            1 => Op::Send,
+            2 => Op::SendBlock,
+            3 => Op::Alloc,
+            4 => Op::Free,
+            _ => return Err("unknown op"),
+        };
+        let mode = match rec[1] {
+            0 => Mode::Buffered,
+            1 => Mode::Delivered,
+            _ => return Err("unknown send mode"),
+        };
+        let s = Submit {
+            op,
+            mode,
+            src_slot: u32_at(rec, 4),
+            dst_node: u32_at(rec, 8),
+            dst_ep: u32_at(rec, 12),
+            cookie: u64_at(rec, 16),
+            off: u64_at(rec, 24),
+            len: u64_at(rec, 32),
+        };
+        let payload = &rec[SUB_HEADER..];
+        match op {
+            Op::Send if payload.len() as u64 != s.len => Err("inline length disagrees with the record"),
+            Op::Send => Ok((s, payload)),
+            _ if !payload.is_empty() => Err("unexpected payload"),
+            _ => Ok((s, &[])),
+        }
+    }
+}
+
+/// Kinds of completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CompKind {
+    /// A send finished (delivered mode), or failed (either mode); see status.
+    Send = 1,
+    /// An allocation: `off`/`len` on success.
+    Alloc = 2,
+    /// The agent refused a request as malformed; `cookie` may be garbage.
+    Refused = 3,
+}
+
+/// A completion record (agent to client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Kind.
+    pub kind: CompKind,
+    /// Outcome.
+    pub status: Status,
+    /// The submission's cookie.
+    pub cookie: u64,
+    /// Block offset (alloc).
+    pub off: u64,
+    /// Length (alloc).
+    pub len: u64,
+}
+
+impl Completion {
+    /// Encode.
+    pub fn to_bytes(&self) -> [u8; COMP_LEN] {
+        let mut b = [0u8; COMP_LEN];
+        b[0] = self.kind as u8;
+        b[2..4].copy_from_slice(&(self.status as u16).to_le_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
+        b[16..24].copy_from_slice(&self.off.to_le_bytes());
+        b[24..32].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Decode.
+    pub fn parse(b: &[u8]) -> Option<Completion> {
+        if b.len() != COMP_LEN {
+            return None;
+        }
+        let kind = match b[0] {
+            1 => CompKind::Send,
+            2 => CompKind::Alloc,
+            3 => CompKind::Refused,
+            _ => return None,
+        };
+        Some(Completion {
+            kind,
+            status: Status::from_u16(u16::from_le_bytes([b[2], b[3]])),
+            cookie: u64_at(b, 8),
+            off: u64_at(b, 16),
+            len: u64_at(b, 24),
+        })
+    }
+}
+
+/// A delivery header (agent to client, receive ring); inline payload follows
+/// when `off == u64::MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Sending node.
+    pub src_node: u32,
+    /// Sending endpoint.
+    pub src_ep: u32,
+    /// Length of the message.
+    pub len: u64,
+    /// Block offset holding the payload, or `INLINE`.
+    pub off: u64,
+}
+
+impl Delivery {
+    /// `off` value of an inline delivery.
+    pub const INLINE: u64 = u64::MAX;
+
+    /// Encode.
+    pub fn to_bytes(&self) -> [u8; RECV_HEADER] {
+        let mut b = [0u8; RECV_HEADER];
+        b[0..4].copy_from_slice(&self.src_node.to_le_bytes());
+        b[4..8].copy_from_slice(&self.src_ep.to_le_bytes());
+        b[8..16].copy_from_slice(&self.len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.off.to_le_bytes());
+        b
+    }
+
+    /// Decode.
+    pub fn parse(b: &[u8]) -> Option<(Delivery, &[u8])> {
+        if b.len() < RECV_HEADER {
+            return None;
+        }
+        let d = Delivery {
+            src_node: u32_at(b, 0),
+            src_ep: u32_at(b, 4),
+            len: u64_at(b, 8),
+            off: u64_at(b, 16),
+        };
+        let payload = &b[RECV_HEADER..];
+        if d.off == Self::INLINE && payload.len() as u64 != d.len {
+            return None;
+        }
+        Some((d, payload))
+    }
+}
+
+/// Requests on the control socket (one JSON object per line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "req", rename_all = "snake_case")]
+pub enum CtlRequest {
+    /// Attach; the client's wake-up eventfd travels with it (SCM_RIGHTS).
+    Attach {
+        /// Layout version the client speaks.
+        version: u32,
+        /// Process id, for the stats.
+        pid: u32,
+        /// A name for the stats.
+        name: String,
+    },
+    /// Open an endpoint (id `None`: the agent picks one).
+    OpenEndpoint {
+        /// Wanted id.
+        id: Option<u32>,
+    },
+    /// Close an endpoint.
+    CloseEndpoint {
+        /// Endpoint id.
+        id: u32,
+    },
+    /// Leave.
+    Detach,
+    /// Statistics (no attach needed).
+    Stat,
+}
+
+/// Replies on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "rep", rename_all = "snake_case")]
+pub enum CtlReply {
+    /// Attached: the pool fd and the agent's doorbell eventfd travel with it.
+    Attached {
+        /// Client slot in the pool.
+        slot: u32,
+        /// This node's id.
+        node: u32,
+        /// Nodes in the job.
+        nodes: u32,
+        /// Largest inline payload.
+        eager_max: u64,
+    },
+    /// An endpoint is open.
+    Endpoint {
+        /// Its id.
+        id: u32,
+        /// Its receive ring slot.
+        slot: u32,
+    },
+    /// Done.
+    Ok,
+    /// Statistics.
+    Stat(Box<crate::agent::stats::Snapshot>),
+    /// Refused.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn submit_round_trip() {
+        let s = Submit {
+            op: Op::Send,
+            mode: Mode::Delivered,
+            src_slot: 2,
+            dst_node: 1,
+            dst_ep: 77,
+            cookie: 42,
+            off: 0,
+            len: 3,
+        };
+        let mut rec = s.to_bytes().to_vec();
+        rec.extend_from_slice(b"abc");
+        let (d, p) = Submit::parse(&rec).unwrap();
+        assert_eq!(d, s);
+        assert_eq!(p, b"abc");
+        rec.push(0);
+        assert!(Submit::parse(&rec).is_err(), "length mismatch must be refused");
+    }
+
+    #[test]
+    fn completion_and_delivery_round_trip() {
+        let c = Completion {
+            kind: CompKind::Alloc,
+            status: Status::NoMemory,
+            cookie: 9,
+            off: 4096,
+            len: 10,
+        };
+        assert_eq!(Completion::parse(&c.to_bytes()), Some(c));
+        let d = Delivery {
+            src_node: 1,
+            src_ep: 2,
+            len: 2,
+            off: Delivery::INLINE,
+        };
+        let mut rec = d.to_bytes().to_vec();
+        rec.extend_from_slice(b"hi");
+        assert_eq!(Delivery::parse(&rec), Some((d, &b"hi"[..])));
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Submit::parse(&b);
+            let _ = Completion::parse(&b);
+            let _ = Delivery::parse(&b);
+        }
+    }
+}

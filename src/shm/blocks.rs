@@ -1,0 +1,231 @@
+//! The agent's private allocator for the pool's block region.
+//!
+//! Nothing of it lives in shared memory: clients cannot corrupt it. It hands
+//! out runs of [`BLOCK_UNIT`](super::BLOCK_UNIT)-byte units, first fit, over
+//! a map of free ranges that coalesces neighbours on free. Every live block is
+//! recorded with its owner so the agent can check that an offset a client
+//! names is one it holds, and reclaim everything a dead client held.
+
+use std::collections::BTreeMap;
+
+/// Who holds a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// A client slot, with its generation (so a recycled slot is not confused
+    /// with the client that held it before).
+    Client {
+        /// Slot index.
+        slot: u32,
+        /// Slot generation.
+        gen: u32,
+    },
+    /// The agent itself (a message in flight).
+    Agent,
+}
+
+/// A live block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// Pool offset.
+    pub off: u64,
+    /// Usable bytes (what was asked for).
+    pub len: u64,
+    /// Bytes reserved (a multiple of the unit).
+    pub reserved: u64,
+    /// Holder.
+    pub owner: Owner,
+}
+
+/// First-fit allocator with ownership records.
+pub struct BlockAlloc {
+    unit: u64,
+    /// start -> length of each free range.
+    free: BTreeMap<u64, u64>,
+    live: BTreeMap<u64, Block>,
+    free_bytes: u64,
+    total: u64,
+}
+
+impl BlockAlloc {
+    /// An allocator over `[start, start+len)` in units of `unit` bytes.
+    pub fn new(start: u64, len: u64, unit: u64) -> BlockAlloc {
+        let len = len / unit * unit;
+        let mut free = BTreeMap::new();
+        if len > 0 {
+            free.insert(start, len);
+        }
+        BlockAlloc {
+            unit,
+            free,
+            live: BTreeMap::new(),
+            free_bytes: len,
+            total: len,
+        }
+    }
+
+    /// Bytes free.
+    pub fn free_bytes(&self) -> u64 {
+        self.free_bytes
+    }
+
+    /// Bytes managed.
+    pub fn total_bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// Allocate `len` bytes (at least one unit) for `owner`.
+    pub fn alloc(&mut self, len: u64, owner: Owner) -> Option<Block> {
+        let reserved = len.max(1).checked_next_multiple_of(self.unit)?;
+        let (&start, &flen) = self.free.iter().find(|(_, &l)| l >= reserved)?;
+        self.free.remove(&start);
+        if flen > reserved {
+            self.free.insert(start + reserved, flen - reserved);
+        }
+        self.free_bytes -= reserved;
+        let b = Block {
+            off: start,
+            len,
+            reserved,
+            owner,
+        };
+        self.live.insert(start, b);
+        Some(b)
+    }
+
+    /// The live block starting at `off`.
+    pub fn get(&self, off: u64) -> Option<&Block> {
+        self.live.get(&off)
+    }
+
+    /// Hand a live block to another owner.
+    pub fn transfer(&mut self, off: u64, to: Owner) -> Option<Block> {
+        let b = self.live.get_mut(&off)?;
+        b.owner = to;
+        Some(*b)
+    }
+
+    /// Shrink what a block reports as usable (it keeps its reservation).
+    pub fn set_len(&mut self, off: u64, len: u64) -> Option<()> {
+        let b = self.live.get_mut(&off)?;
+        if len > b.reserved {
+            return None;
+        }
+        b.len = len;
+        Some(())
+    }
+
+    /// Free the block at `off` if `owner` holds it. Returns it.
+    pub fn free(&mut self, off: u64, owner: Owner) -> Option<Block> {
+        match self.live.get(&off) {
+            Some(b) if b.owner == owner => {}
+            _ => return None,
+        }
+        let b = self.live.remove(&off)?;
+        self.release(b.off, b.reserved);
+        Some(b)
+    }
+
+    fn release(&mut self, mut start: u64, mut len: u64) {
+        self.free_bytes += len;
+        // Merge with the free range just before, if adjacent.
+        if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
+            if ps + pl == start {
+                self.free.remove(&ps);
+                start = ps;
+                len += pl;
+            }
+        }
+        // And with the one just after.
+        if let Some(&nl) = self.free.get(&(start + len)) {
+            self.free.remove(&(start + len));
+            len += nl;
+        }
+        self.free.insert(start, len);
+    }
+
+    /// Free every block held by `owner`; returns how many.
+    pub fn free_all_of(&mut self, owner: Owner) -> usize {
+        let offs: Vec<u64> = self
+            .live
+            .values()
+            .filter(|b| b.owner == owner)
+            .map(|b| b.off)
+            .collect();
+        for off in &offs {
+            self.free(*off, owner);
+        }
+        offs.len()
+    }
+
+    /// Blocks held by `owner`.
+    pub fn count_of(&self, owner: Owner) -> usize {
+        self.live.values().filter(|b| b.owner == owner).count()
+    }
+
+    /// Live blocks.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const C0: Owner = Owner::Client { slot: 0, gen: 1 };
+    const C1: Owner = Owner::Client { slot: 1, gen: 1 };
+
+    #[test]
+    fn alloc_free_coalesces_back_to_one_range() {
+        let mut a = BlockAlloc::new(4096, 64 * 4096, 4096);
+        let x = a.alloc(5000, C0).unwrap();
+        let y = a.alloc(1, C0).unwrap();
+        let z = a.alloc(4096 * 3, C1).unwrap();
+        assert_eq!(x.reserved, 8192);
+        assert_eq!(y.off, x.off + 8192);
+        assert!(a.free(y.off, C1).is_none(), "wrong owner cannot free");
+        a.free(y.off, C0).unwrap();
+        a.free(x.off, C0).unwrap();
+        a.free(z.off, C1).unwrap();
+        assert_eq!(a.free_bytes(), 64 * 4096);
+        assert_eq!(a.free.len(), 1);
+    }
+
+    #[test]
+    fn exhaustion_returns_none_and_reclaim_restores() {
+        let mut a = BlockAlloc::new(0, 8 * 4096, 4096);
+        assert!(a.alloc(9 * 4096, C0).is_none());
+        for _ in 0..8 {
+            a.alloc(1, C0).unwrap();
+        }
+        assert!(a.alloc(1, C1).is_none());
+        assert_eq!(a.free_all_of(C0), 8);
+        assert_eq!(a.free_bytes(), 8 * 4096);
+        assert!(a.alloc(8 * 4096, C1).is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn never_overlaps_and_conserves_bytes(ops in proptest::collection::vec((any::<bool>(), 1u64..40_000), 1..300)) {
+            let mut a = BlockAlloc::new(1 << 20, 256 * 4096, 4096);
+            let mut live: Vec<Block> = Vec::new();
+            for (alloc, n) in ops {
+                if alloc || live.is_empty() {
+                    if let Some(b) = a.alloc(n, C0) {
+                        for o in &live {
+                            prop_assert!(b.off + b.reserved <= o.off || o.off + o.reserved <= b.off);
+                        }
+                        prop_assert!(b.off >= 1 << 20 && b.off + b.reserved <= (1 << 20) + 256 * 4096);
+                        live.push(b);
+                    }
+                } else {
+                    let b = live.swap_remove(n as usize % live.len());
+                    prop_assert!(a.free(b.off, C0).is_some());
+                }
+                let used: u64 = live.iter().map(|b| b.reserved).sum();
+                prop_assert_eq!(used + a.free_bytes(), 256 * 4096);
+            }
+        }
+    }
+}

@@ -1,0 +1,621 @@
+//! Bytes between agents: frames and the message records inside them.
+//!
+//! Pure functions and plain data; no I/O, no clock. Every parser takes
+//! untrusted bytes and returns a validated value or a [`WireError`]; none can
+//! panic on any input (fuzzed by proptest below).
+//!
+//! ## Frame (little-endian)
+//! | bytes | field |
+//! | --- | --- |
+//! | 0..4 | magic `"WYVF"` |
+//! | 4 | protocol version ([`VERSION`]) |
+//! | 5 | kind ([`FrameKind`]) |
+//! | 6..8 | reserved, zero |
+//! | 8..12 | source node id |
+//! | 12..16 | body length (at most [`MAX_BODY`]) |
+//!
+//! A `Hello` body is [`Hello`]; a `Data` body is a sequence of records, each a
+//! [`RecordHeader`] followed by its payload padded to 8 bytes.
+//!
+//! ## Records
+//! A message of up to the eager limit travels in one `Msg` record; a larger
+//! one as several `Msg` records (chunks) carrying `offset` and `total`,
+//! sent back to back by the sending agent, reassembled by the receiver.
+//! `Ack`/`Nack` records answer a message sent in *delivered* mode (or a
+//! message that could not be delivered), naming the sender's cookie.
+
+/// Frame magic.
+pub const MAGIC: [u8; 4] = *b"WYVF";
+/// Protocol version.
+pub const VERSION: u8 = 1;
+/// Bytes of a frame header.
+pub const FRAME_HEADER: usize = 16;
+/// Bytes of a record header.
+pub const RECORD_HEADER: usize = 40;
+/// Largest frame body accepted.
+pub const MAX_BODY: usize = 4 << 20;
+/// Largest message (total bytes) accepted from the network.
+pub const MAX_MESSAGE: u64 = 1 << 36;
+
+/// Why bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Not our magic.
+    #[error("bad frame magic {0:02x?}")]
+    Magic([u8; 4]),
+    /// Other protocol version.
+    #[error("peer speaks protocol version {0}, this agent speaks {VERSION}")]
+    Version(u8),
+    /// Unknown frame kind.
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    /// Body too large.
+    #[error("frame body of {0} bytes exceeds the limit of {MAX_BODY}")]
+    BodyTooLarge(u32),
+    /// Fewer bytes than a field needs.
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    /// A record field is out of range.
+    #[error("malformed record: {0}")]
+    Record(&'static str),
+}
+
+/// Kinds of frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Connection greeting.
+    Hello = 1,
+    /// Records.
+    Data = 2,
+    /// Keep-alive.
+    Heartbeat = 3,
+    /// Orderly goodbye: the peer is shutting down.
+    Bye = 4,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Result<FrameKind, WireError> {
+        Ok(match v {
+            1 => FrameKind::Hello,
+            2 => FrameKind::Data,
+            3 => FrameKind::Heartbeat,
+            4 => FrameKind::Bye,
+            _ => return Err(WireError::Kind(v)),
+        })
+    }
+}
+
+/// A validated frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Kind.
+    pub kind: FrameKind,
+    /// Sending node.
+    pub src_node: u32,
+    /// Body length.
+    pub body_len: u32,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl FrameHeader {
+    /// Parse and check a frame header.
+    pub fn parse(b: &[u8]) -> Result<FrameHeader, WireError> {
+        if b.len() < FRAME_HEADER {
+            return Err(WireError::Truncated("frame header"));
+        }
+        let magic = [b[0], b[1], b[2], b[3]];
+        if magic != MAGIC {
+            return Err(WireError::Magic(magic));
+        }
+        if b[4] != VERSION {
+            return Err(WireError::Version(b[4]));
+        }
+        let kind = FrameKind::from_u8(b[5])?;
+        let body_len = u32_at(b, 12);
+        if body_len as usize > MAX_BODY {
+            return Err(WireError::BodyTooLarge(body_len));
+        }
+        Ok(FrameHeader {
+            kind,
+            src_node: u32_at(b, 8),
+            body_len,
+        })
+    }
+
+    /// Write the header into `out[..16]`.
+    pub fn emit(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4] = VERSION;
+        out[5] = self.kind as u8;
+        out[6..8].fill(0);
+        out[8..12].copy_from_slice(&self.src_node.to_le_bytes());
+        out[12..16].copy_from_slice(&self.body_len.to_le_bytes());
+    }
+
+    /// The header as bytes.
+    pub fn to_bytes(&self) -> [u8; FRAME_HEADER] {
+        let mut b = [0u8; FRAME_HEADER];
+        self.emit(&mut b);
+        b
+    }
+}
+
+/// The body of a `Hello` frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's node id (must match the frame header's).
+    pub node: u32,
+    /// How many nodes the sender's node list has (must match ours).
+    pub nodes: u32,
+    /// A value unique to this run of the sending agent (its start time), so a
+    /// restarted peer can be told apart from the old one.
+    pub incarnation: u64,
+}
+
+impl Hello {
+    /// Encoded size.
+    pub const LEN: usize = 16;
+
+    /// Parse.
+    pub fn parse(b: &[u8]) -> Result<Hello, WireError> {
+        if b.len() < Self::LEN {
+            return Err(WireError::Truncated("hello"));
+        }
+        Ok(Hello {
+            node: u32_at(b, 0),
+            nodes: u32_at(b, 4),
+            incarnation: u64_at(b, 8),
+        })
+    }
+
+    /// Encode.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0..4].copy_from_slice(&self.node.to_le_bytes());
+        b[4..8].copy_from_slice(&self.nodes.to_le_bytes());
+        b[8..16].copy_from_slice(&self.incarnation.to_le_bytes());
+        b
+    }
+}
+
+/// Kinds of record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// A message or a chunk of one.
+    Msg = 1,
+    /// The message with `cookie` was deposited.
+    Ack = 2,
+    /// The message with `cookie` could not be deposited; `status` says why.
+    Nack = 3,
+}
+
+/// Record flag: the sender wants an `Ack` once the message is deposited.
+pub const FLAG_ACK: u8 = 1;
+
+/// A validated record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Kind.
+    pub kind: RecordKind,
+    /// [`FLAG_ACK`] or 0.
+    pub flags: u8,
+    /// For `Nack`: the error code (see `proto::Status`).
+    pub status: u16,
+    /// Sending endpoint.
+    pub src_ep: u32,
+    /// Receiving endpoint.
+    pub dst_ep: u32,
+    /// Payload bytes in this record.
+    pub chunk_len: u32,
+    /// Total bytes of the message.
+    pub total: u64,
+    /// Where this chunk starts within the message.
+    pub offset: u64,
+    /// The sender's cookie (echoed in `Ack`/`Nack`).
+    pub cookie: u64,
+}
+
+impl RecordHeader {
+    /// Parse and check a record header.
+    pub fn parse(b: &[u8]) -> Result<RecordHeader, WireError> {
+        if b.len() < RECORD_HEADER {
+            return Err(WireError::Truncated("record header"));
+        }
+        let kind = match b[0] {
+            1 => RecordKind::Msg,
+            2 => RecordKind::Ack,
+            3 => RecordKind::Nack,
+            _ => return Err(WireError::Record("unknown record kind")),
+        };
+        let h = RecordHeader {
+            kind,
+            flags: b[1],
+            status: u16::from_le_bytes([b[2], b[3]]),
+            src_ep: u32_at(b, 4),
+            dst_ep: u32_at(b, 8),
+            chunk_len: u32_at(b, 12),
+            total: u64_at(b, 16),
+            offset: u64_at(b, 24),
+            cookie: u64_at(b, 32),
+        };
+        if h.flags & !FLAG_ACK != 0 {
+            return Err(WireError::Record("unknown flags"));
+        }
+        match kind {
+            RecordKind::Msg => {
+                if h.total > MAX_MESSAGE {
+                    return Err(WireError::Record("message larger than the limit"));
+                }
+                let end = h.offset.checked_add(h.chunk_len as u64);
+                if end.is_none_or(|e| e > h.total) {
+                    return Err(WireError::Record("chunk outside its message"));
+                }
+                if h.chunk_len == 0 && h.total != 0 {
+                    return Err(WireError::Record("empty chunk of a non-empty message"));
+                }
+            }
+            RecordKind::Ack | RecordKind::Nack => {
+                if h.chunk_len != 0 {
+                    return Err(WireError::Record("ack with payload"));
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    /// Write the header into `out[..40]`.
+    pub fn emit(&self, out: &mut [u8]) {
+        out[0] = self.kind as u8;
+        out[1] = self.flags;
+        out[2..4].copy_from_slice(&self.status.to_le_bytes());
+        out[4..8].copy_from_slice(&self.src_ep.to_le_bytes());
+        out[8..12].copy_from_slice(&self.dst_ep.to_le_bytes());
+        out[12..16].copy_from_slice(&self.chunk_len.to_le_bytes());
+        out[16..24].copy_from_slice(&self.total.to_le_bytes());
+        out[24..32].copy_from_slice(&self.offset.to_le_bytes());
+        out[32..40].copy_from_slice(&self.cookie.to_le_bytes());
+    }
+
+    /// The header as bytes.
+    pub fn to_bytes(&self) -> [u8; RECORD_HEADER] {
+        let mut b = [0u8; RECORD_HEADER];
+        self.emit(&mut b);
+        b
+    }
+
+    /// Bytes this record occupies in a body (header, payload, padding).
+    pub fn wire_len(&self) -> usize {
+        RECORD_HEADER + padded(self.chunk_len as usize)
+    }
+}
+
+/// `n` rounded up to 8.
+pub fn padded(n: usize) -> usize {
+    n.next_multiple_of(8)
+}
+
+/// Iterate over the records of a `Data` body. Yields `Err` once and then
+/// stops when the body is malformed.
+pub fn records(body: &[u8]) -> Records<'_> {
+    Records { body, pos: 0 }
+}
+
+/// Iterator returned by [`records`].
+pub struct Records<'a> {
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<(RecordHeader, &'a [u8]), WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.body.len() {
+            return None;
+        }
+        let rest = &self.body[self.pos..];
+        let h = match RecordHeader::parse(rest) {
+            Ok(h) => h,
+            Err(e) => {
+                self.pos = self.body.len();
+                return Some(Err(e));
+            }
+        };
+        let need = h.wire_len();
+        if rest.len() < need {
+            self.pos = self.body.len();
+            return Some(Err(WireError::Truncated("record payload")));
+        }
+        let payload = &rest[RECORD_HEADER..RECORD_HEADER + h.chunk_len as usize];
+        self.pos += need;
+        Some(Ok((h, payload)))
+    }
+}
+
+/// Builds one `Data` frame in a reusable buffer.
+pub struct FrameBuilder {
+    buf: Vec<u8>,
+    limit: usize,
+    records: u32,
+    src_node: u32,
+}
+
+impl FrameBuilder {
+    /// A builder whose frames hold at most `limit` bytes (header included).
+    pub fn new(src_node: u32, limit: usize) -> FrameBuilder {
+        let limit = limit.clamp(FRAME_HEADER + RECORD_HEADER + 8, MAX_BODY + FRAME_HEADER);
+        let mut buf = Vec::with_capacity(limit);
+        buf.resize(FRAME_HEADER, 0);
+        FrameBuilder {
+            buf,
+            limit,
+            records: 0,
+            src_node,
+        }
+    }
+
+    /// Records in the frame so far.
+    pub fn records(&self) -> u32 {
+        self.records
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes still free.
+    pub fn room(&self) -> usize {
+        self.limit - self.buf.len()
+    }
+
+    /// Whether a record with `payload` bytes fits.
+    pub fn fits(&self, payload: usize) -> bool {
+        RECORD_HEADER + padded(payload) <= self.room()
+    }
+
+    /// Append a record; the caller checked [`FrameBuilder::fits`].
+    pub fn push(&mut self, h: &RecordHeader, payload: &[u8]) {
+        debug_assert_eq!(h.chunk_len as usize, payload.len());
+        debug_assert!(self.fits(payload.len()));
+        self.buf.extend_from_slice(&h.to_bytes());
+        self.buf.extend_from_slice(payload);
+        let pad = padded(payload.len()) - payload.len();
+        self.buf.extend(std::iter::repeat_n(0u8, pad));
+        self.records += 1;
+    }
+
+    /// Finish the frame: returns its bytes and resets the builder.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let body = (self.buf.len() - FRAME_HEADER) as u32;
+        FrameHeader {
+            kind: FrameKind::Data,
+            src_node: self.src_node,
+            body_len: body,
+        }
+        .emit(&mut self.buf[..FRAME_HEADER]);
+        let mut next = Vec::with_capacity(self.limit);
+        next.resize(FRAME_HEADER, 0);
+        self.records = 0;
+        std::mem::replace(&mut self.buf, next)
+    }
+}
+
+/// A control frame (Hello, Heartbeat, Bye) as bytes.
+pub fn control_frame(kind: FrameKind, src_node: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = FrameHeader {
+        kind,
+        src_node,
+        body_len: body.len() as u32,
+    }
+    .to_bytes()
+    .to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+/// Splits a byte stream into frames.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    /// An empty reader.
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// Space to read into: the caller fills some prefix of the returned
+    /// slice and reports how much with [`FrameReader::filled`].
+    pub fn spare(&mut self, at_least: usize) -> &mut [u8] {
+        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.capacity() / 2) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + at_least, 0);
+        &mut self.buf[len..]
+    }
+
+    /// After [`FrameReader::spare`]: `n` of the bytes offered were filled.
+    pub fn filled(&mut self, offered: usize, n: usize) {
+        let len = self.buf.len();
+        self.buf.truncate(len - offered + n);
+    }
+
+    /// Bytes buffered and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The next complete frame, if any: its header and body. It stays
+    /// buffered until [`FrameReader::consume`]. An error means the stream is
+    /// broken and must be closed.
+    pub fn peek_frame(&self) -> Result<Option<(FrameHeader, &[u8])>, WireError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < FRAME_HEADER {
+            return Ok(None);
+        }
+        let h = FrameHeader::parse(avail)?;
+        let total = FRAME_HEADER + h.body_len as usize;
+        if avail.len() < total {
+            return Ok(None);
+        }
+        Ok(Some((h, &avail[FRAME_HEADER..total])))
+    }
+
+    /// Drop the frame [`FrameReader::peek_frame`] returned.
+    pub fn consume(&mut self) {
+        if let Ok(Some((h, _))) = self.peek_frame() {
+            self.start += FRAME_HEADER + h.body_len as usize;
+        }
+    }
+
+    /// [`FrameReader::peek_frame`] and [`FrameReader::consume`] in one, copying the body.
+    pub fn next_frame(&mut self) -> Result<Option<(FrameHeader, Vec<u8>)>, WireError> {
+        let out = self.peek_frame()?.map(|(h, b)| (h, b.to_vec()));
+        self.consume();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg(len: u32) -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::Msg,
+            flags: FLAG_ACK,
+            status: 0,
+            src_ep: 3,
+            dst_ep: 9,
+            chunk_len: len,
+            total: len as u64,
+            offset: 0,
+            cookie: 0xDEAD_BEEF,
+        }
+    }
+
+    #[test]
+    fn frame_round_trip_through_reader() {
+        let mut fb = FrameBuilder::new(5, 4096);
+        for i in 0..10u32 {
+            let p = vec![i as u8; i as usize * 3];
+            assert!(fb.fits(p.len()));
+            fb.push(&msg(p.len() as u32), &p);
+        }
+        let frame = fb.finish();
+        assert!(fb.is_empty());
+        let mut r = FrameReader::new();
+        // Feed byte by byte: a frame appears only when complete.
+        let mut got = 0;
+        for (i, b) in frame.iter().enumerate() {
+            let s = r.spare(1);
+            s[0] = *b;
+            r.filled(1, 1);
+            match r.next_frame().unwrap() {
+                None => assert!(i + 1 < frame.len()),
+                Some((h, body)) => {
+                    assert_eq!(h.kind, FrameKind::Data);
+                    assert_eq!(h.src_node, 5);
+                    for (j, rec) in records(&body).enumerate() {
+                        let (rh, p) = rec.unwrap();
+                        assert_eq!(rh, msg(j as u32 * 3));
+                        assert!(p.iter().all(|&x| x == j as u8));
+                        got += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(got, 10);
+    }
+
+    #[test]
+    fn bad_headers_are_refused() {
+        let mut h = FrameHeader {
+            kind: FrameKind::Data,
+            src_node: 1,
+            body_len: 8,
+        }
+        .to_bytes();
+        h[0] = b'X';
+        assert!(matches!(FrameHeader::parse(&h), Err(WireError::Magic(_))));
+        h[0] = b'W';
+        h[4] = 9;
+        assert_eq!(FrameHeader::parse(&h), Err(WireError::Version(9)));
+        h[4] = VERSION;
+        h[5] = 77;
+        assert_eq!(FrameHeader::parse(&h), Err(WireError::Kind(77)));
+        h[5] = 2;
+        h[12..16].copy_from_slice(&(MAX_BODY as u32 + 1).to_le_bytes());
+        assert!(matches!(FrameHeader::parse(&h), Err(WireError::BodyTooLarge(_))));
+    }
+
+    #[test]
+    fn chunk_outside_message_is_refused() {
+        let mut h = msg(10);
+        h.total = 5;
+        assert!(RecordHeader::parse(&h.to_bytes()).is_err());
+        h.total = 100;
+        h.offset = u64::MAX - 2;
+        assert!(RecordHeader::parse(&h.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn poisoned_buffer_shows_every_field_written() {
+        let h = msg(0);
+        let mut buf = [0xA5u8; RECORD_HEADER];
+        h.emit(&mut buf);
+        assert_eq!(RecordHeader::parse(&buf).unwrap(), h);
+        let mut fb = [0xA5u8; FRAME_HEADER];
+        let f = FrameHeader {
+            kind: FrameKind::Heartbeat,
+            src_node: 0,
+            body_len: 0,
+        };
+        f.emit(&mut fb);
+        assert_eq!(&fb[6..8], &[0, 0]);
+        assert_eq!(FrameHeader::parse(&fb).unwrap(), f);
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = FrameHeader::parse(&bytes);
+            let _ = RecordHeader::parse(&bytes);
+            let _ = Hello::parse(&bytes);
+            for r in records(&bytes) {
+                if let Ok((h, p)) = r {
+                    prop_assert_eq!(p.len(), h.chunk_len as usize);
+                }
+            }
+            let mut r = FrameReader::new();
+            let s = r.spare(bytes.len());
+            s.copy_from_slice(&bytes);
+            r.filled(bytes.len(), bytes.len());
+            while let Ok(Some(_)) = r.next_frame() {}
+        }
+
+        #[test]
+        fn any_valid_record_round_trips(src in any::<u32>(), dst in any::<u32>(), len in 0u32..300, cookie in any::<u64>(), extra in 0u64..1000) {
+            let h = RecordHeader { kind: RecordKind::Msg, flags: 0, status: 0, src_ep: src, dst_ep: dst,
+                chunk_len: len, total: len as u64 + extra, offset: extra, cookie };
+            prop_assert_eq!(RecordHeader::parse(&h.to_bytes()).unwrap(), h);
+        }
+    }
+}
