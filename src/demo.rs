@@ -86,18 +86,33 @@ fn start_agents(idle: wyvern::agent::IdlePolicy) -> Result<Agents, String> {
                 .map_err(|e| format!("no free port: {e}"))
         })
         .collect::<Result<_, _>>()?;
-    let list = nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let list = nodes
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let idle = match idle {
         wyvern::agent::IdlePolicy::Spin => "spin",
         wyvern::agent::IdlePolicy::Adaptive => "adaptive",
     };
     for node in 0..2u32 {
         let mut child = Command::new(&exe)
-            .args(["agent", "--node-id", &node.to_string(), "--nodes", &list, "--idle", idle])
+            .args([
+                "agent",
+                "--node-id",
+                &node.to_string(),
+                "--nodes",
+                &list,
+                "--idle",
+                idle,
+            ])
             .arg("--socket")
             .arg(socket(&dir, node))
             .args(["--block-mib", "160", "--max-clients", "8"])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start an agent: {e}"))?;
@@ -140,7 +155,8 @@ fn node_b(sock: PathBuf, a: &DemoArgs) -> Result<(), String> {
     let t = Duration::from_secs(30);
     for _ in 0..a.pingpongs {
         let m = ep.recv(t).map_err(|e| format!("pong side: {e}"))?;
-        ep.send(0, EP_A, m.data(), Mode::Buffered, t).map_err(|e| e.to_string())?;
+        ep.send(0, EP_A, m.data(), Mode::Buffered, t)
+            .map_err(|e| e.to_string())?;
     }
     for i in 0..a.messages {
         let m = ep.recv(t).map_err(|e| format!("rate side: {e}"))?;
@@ -149,7 +165,8 @@ fn node_b(sock: PathBuf, a: &DemoArgs) -> Result<(), String> {
             return Err(format!("message {i} arrived as {seq}: order broken"));
         }
     }
-    ep.send(0, EP_A, b"rate-done", Mode::Buffered, t).map_err(|e| e.to_string())?;
+    ep.send(0, EP_A, b"rate-done", Mode::Buffered, t)
+        .map_err(|e| e.to_string())?;
     for i in 0..a.bulk_mib {
         let m = ep.recv(t).map_err(|e| format!("bulk side: {e}"))?;
         let d = m.data();
@@ -157,7 +174,8 @@ fn node_b(sock: PathBuf, a: &DemoArgs) -> Result<(), String> {
             return Err(format!("bulk message {i} corrupt"));
         }
     }
-    ep.send(0, EP_A, b"bulk-done", Mode::Buffered, t).map_err(|e| e.to_string())?;
+    ep.send(0, EP_A, b"bulk-done", Mode::Buffered, t)
+        .map_err(|e| e.to_string())?;
     c.detach().map_err(|e| e.to_string())
 }
 
@@ -198,7 +216,8 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     let payload = [7u8; 8];
     for i in 0..pp {
         let t0 = Instant::now();
-        ep.send(1, EP_B, &payload, Mode::Buffered, t).map_err(|e| e.to_string())?;
+        ep.send(1, EP_B, &payload, Mode::Buffered, t)
+            .map_err(|e| e.to_string())?;
         ep.recv(t).map_err(|e| format!("ping: {e}"))?;
         rtts.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
         if i % 256 == 0 {
@@ -214,7 +233,8 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     let t0 = Instant::now();
     for i in 0..msgs {
         buf[..8].copy_from_slice(&i.to_le_bytes());
-        ep.send(1, EP_B, &buf, Mode::Buffered, t).map_err(|e| e.to_string())?;
+        ep.send(1, EP_B, &buf, Mode::Buffered, t)
+            .map_err(|e| e.to_string())?;
         if i % 4096 == 0 {
             pb.set_position(i);
         }
@@ -232,17 +252,21 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     for i in 0..bulk {
         let mut blk = c.alloc(1 << 20, t).map_err(|e| e.to_string())?;
         blk.fill(i as u8);
-        ep.send_buf(1, EP_B, blk, Mode::Buffered, t).map_err(|e| e.to_string())?;
+        ep.send_buf(1, EP_B, blk, Mode::Buffered, t)
+            .map_err(|e| e.to_string())?;
         pb.set_position(i + 1);
     }
-    let m = ep.recv(Duration::from_secs(60)).map_err(|e| format!("bulk: {e}"))?;
+    let m = ep
+        .recv(Duration::from_secs(60))
+        .map_err(|e| format!("bulk: {e}"))?;
     let bulk_s = t0.elapsed().as_secs_f64();
     pb.finish();
     if m.data() != b"bulk-done" {
         return Err("unexpected message after the bulk phase".into());
     }
     drop(m);
-    b.join().map_err(|_| "node B thread panicked".to_string())??;
+    b.join()
+        .map_err(|_| "node B thread panicked".to_string())??;
     let stat = wyvern::client::stat(socket(&agents.dir, 0)).map_err(|e| e.to_string())?;
     let agg = stat.peers.first().map_or(0.0, |p| p.aggregation);
     c.detach().map_err(|e| e.to_string())?;
@@ -250,21 +274,35 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     println!();
     println!("| measurement                         | value          |");
     println!("|-------------------------------------|----------------|");
-    println!("| one-way latency 8 B, p50            | {:>10.2} us  |", percentile(&rtts, 0.5));
-    println!("| one-way latency 8 B, p99            | {:>10.2} us  |", percentile(&rtts, 0.99));
-    println!("| one-way latency 8 B, p99.9          | {:>10.2} us  |", percentile(&rtts, 0.999));
+    println!(
+        "| one-way latency 8 B, p50            | {:>10.2} us  |",
+        percentile(&rtts, 0.5)
+    );
+    println!(
+        "| one-way latency 8 B, p99            | {:>10.2} us  |",
+        percentile(&rtts, 0.99)
+    );
+    println!(
+        "| one-way latency 8 B, p99.9          | {:>10.2} us  |",
+        percentile(&rtts, 0.999)
+    );
     println!(
         "| message rate, {:>4} B, 1 sender     | {:>8.3} M/s   |",
         size,
         msgs as f64 / rate_s / 1e6
     );
-    println!("| aggregation (messages per frame)    | {:>10.1}     |", agg);
+    println!(
+        "| aggregation (messages per frame)    | {:>10.1}     |",
+        agg
+    );
     println!(
         "| bandwidth, 1 MiB messages           | {:>8.3} GB/s  |",
         (bulk << 20) as f64 / bulk_s / 1e9
     );
     println!();
-    println!("(half round trips for latency; a 2-core VM is noisy: see bench/ for measured comparisons)");
+    println!(
+        "(half round trips for latency; a 2-core VM is noisy: see bench/ for measured comparisons)"
+    );
     drop(agents);
     Ok(())
 }

@@ -13,7 +13,11 @@ use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
 mod demo;
 
 #[derive(Parser)]
-#[command(name = "wyvern", version, about = "A kernel-bypass transport agent for HPC nodes")]
+#[command(
+    name = "wyvern",
+    version,
+    about = "A kernel-bypass transport agent for HPC nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -164,7 +168,10 @@ fn main() -> ExitCode {
             let path = socket.unwrap_or_else(|| default_socket(node_id));
             loop {
                 match wyvern::client::stat(&path) {
-                    Ok(s) if json => println!("{}", serde_json::to_string_pretty(&s).expect("serialisable")),
+                    Ok(s) if json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&s).expect("serialisable")
+                    ),
                     Ok(s) => {
                         if watch.is_some() {
                             print!("\x1b[2J\x1b[H");

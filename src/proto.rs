@@ -165,7 +165,9 @@ impl Submit {
         };
         let payload = &rec[SUB_HEADER..];
         match op {
-            Op::Send if payload.len() as u64 != s.len => Err("inline length disagrees with the record"),
+            Op::Send if payload.len() as u64 != s.len => {
+                Err("inline length disagrees with the record")
+            }
             Op::Send => Ok((s, payload)),
             _ if !payload.is_empty() => Err("unexpected payload"),
             _ => Ok((s, &[])),
@@ -365,7 +367,10 @@ mod tests {
         assert_eq!(d, s);
         assert_eq!(p, b"abc");
         rec.push(0);
-        assert!(Submit::parse(&rec).is_err(), "length mismatch must be refused");
+        assert!(
+            Submit::parse(&rec).is_err(),
+            "length mismatch must be refused"
+        );
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl AgentConfig {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
         if self.nodes.is_empty() {
-            self.nodes.push("127.0.0.1:0".parse().expect("literal address"));
+            self.nodes
+                .push("127.0.0.1:0".parse().expect("literal address"));
         }
         if self.node_id as usize >= self.nodes.len() {
             return bad(format!(
@@ -164,7 +165,8 @@ impl AgentConfig {
         crate::shm::Layout::compute(self.pool).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let geo = crate::shm::RingGeometry::new(self.pool.recv_slots);
         let ring_max = geo.max_record() - crate::proto::RECV_HEADER;
-        let sub_max = crate::shm::RingGeometry::new(self.pool.sub_slots).max_record() - crate::proto::SUB_HEADER;
+        let sub_max = crate::shm::RingGeometry::new(self.pool.sub_slots).max_record()
+            - crate::proto::SUB_HEADER;
         if self.eager_max > ring_max.min(sub_max) {
             return bad(format!(
                 "eager_max {} exceeds what the rings hold inline ({}); raise recv_slots/sub_slots or lower eager_max",
@@ -173,7 +175,9 @@ impl AgentConfig {
             ));
         }
         let rec = crate::wire::RECORD_HEADER + crate::wire::padded(self.eager_max);
-        if self.frame_bytes < crate::wire::FRAME_HEADER + rec || self.frame_bytes > crate::wire::MAX_BODY {
+        if self.frame_bytes < crate::wire::FRAME_HEADER + rec
+            || self.frame_bytes > crate::wire::MAX_BODY
+        {
             return bad(format!(
                 "frame_bytes {} must hold one eager message ({} bytes) and be at most {}",
                 self.frame_bytes,
@@ -181,8 +185,14 @@ impl AgentConfig {
                 crate::wire::MAX_BODY
             ));
         }
-        if self.chunk_bytes == 0 || self.chunk_bytes % 8 != 0 || self.chunk_bytes + 64 > crate::wire::MAX_BODY {
-            return bad(format!("chunk_bytes {} must be a positive multiple of 8 below 4 MiB", self.chunk_bytes));
+        if self.chunk_bytes == 0
+            || self.chunk_bytes % 8 != 0
+            || self.chunk_bytes + 64 > crate::wire::MAX_BODY
+        {
+            return bad(format!(
+                "chunk_bytes {} must be a positive multiple of 8 below 4 MiB",
+                self.chunk_bytes
+            ));
         }
         if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {
             return bad("peer_timeout_ms must exceed heartbeat_ms > 0".into());

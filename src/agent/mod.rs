@@ -212,7 +212,10 @@ struct ClientState {
 
 impl ClientState {
     fn owner(&self, slot: u32) -> Owner {
-        Owner::Client { slot, gen: self.gen }
+        Owner::Client {
+            slot,
+            gen: self.gen,
+        }
     }
 }
 
@@ -295,7 +298,10 @@ impl Agent {
                 }
             })?;
             if cfg.cores.len() > 1 {
-                log::warn!("one polling thread for now: using core {core}, ignoring the rest of {:?}", cfg.cores);
+                log::warn!(
+                    "one polling thread for now: using core {core}, ignoring the rest of {:?}",
+                    cfg.cores
+                );
             }
         }
         let pool = Arc::new(Pool::create(cfg.pool, cfg.node_id, cfg.hugepages)?);
@@ -311,11 +317,13 @@ impl Agent {
 
         let ctl = bind_control(&cfg)?;
         let me = cfg.nodes[cfg.node_id as usize];
-        let tcp = TcpListener::bind(me).map_err(|source| AgentError::Listen { addr: me, source })?;
+        let tcp =
+            TcpListener::bind(me).map_err(|source| AgentError::Listen { addr: me, source })?;
         tcp.set_nonblocking(true).map_err(AgentError::Poller)?;
         let tcp_addr = tcp.local_addr().map_err(AgentError::Poller)?;
 
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| AgentError::Poller(e.into()))?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(|e| AgentError::Poller(e.into()))?;
         let doorbell = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
                 .map_err(|e| AgentError::Poller(e.into()))?,
@@ -421,7 +429,9 @@ impl Agent {
             let mut work = self.poll_clients();
             work |= self.flush_peers();
             let now = Instant::now();
-            let sleep = self.cfg.idle == IdlePolicy::Adaptive && !work && now.duration_since(idle_since) > spin;
+            let sleep = self.cfg.idle == IdlePolicy::Adaptive
+                && !work
+                && now.duration_since(idle_since) > spin;
             let n = if sleep {
                 announce_sleep(self.pool.agent_sleeping());
                 // Dekker: after announcing sleep, look once more, so a client
@@ -439,7 +449,9 @@ impl Agent {
                 idle_since = Instant::now();
                 n
             } else {
-                self.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0)
+                self.epoll
+                    .wait(&mut events, EpollTimeout::ZERO)
+                    .unwrap_or(0)
             };
             for ev in &events[..n] {
                 work |= self.on_event(ev.data());
@@ -460,7 +472,9 @@ impl Agent {
 
     fn any_client_work(&mut self) -> bool {
         self.clients.iter_mut().flatten().any(|c| {
-            c.stalled.is_some() || !c.comp_backlog.is_empty() || !matches!(c.sub.is_empty(), Ok(true))
+            c.stalled.is_some()
+                || !c.comp_backlog.is_empty()
+                || !matches!(c.sub.is_empty(), Ok(true))
         })
     }
 
@@ -473,7 +487,9 @@ impl Agent {
                     pos: 0,
                 });
                 let deadline = Instant::now() + Duration::from_millis(200);
-                while !matches!(link.flush(&self.pool, &mut self.freed), Ok(true) | Err(_)) && Instant::now() < deadline {
+                while !matches!(link.flush(&self.pool, &mut self.freed), Ok(true) | Err(_))
+                    && Instant::now() < deadline
+                {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -553,7 +569,9 @@ impl Agent {
 
     fn complete(&mut self, slot: u32, comp: Completion) {
         if let Some(c) = self.clients[slot as usize].as_mut() {
-            if !c.comp_backlog.is_empty() || !matches!(c.comp.try_push(&[&comp.to_bytes()]), Ok(true)) {
+            if !c.comp_backlog.is_empty()
+                || !matches!(c.comp.try_push(&[&comp.to_bytes()]), Ok(true))
+            {
                 c.comp_backlog.push_back(comp);
             }
             self.touched.push(slot);
@@ -562,7 +580,13 @@ impl Agent {
 
     fn complete_owner(&mut self, owner: Owner, cookie: u64, status: Status) {
         if let Owner::Client { slot, gen } = owner {
-            if self.clients.get(slot as usize).and_then(|c| c.as_ref()).map(|c| c.gen) == Some(gen) {
+            if self
+                .clients
+                .get(slot as usize)
+                .and_then(|c| c.as_ref())
+                .map(|c| c.gen)
+                == Some(gen)
+            {
                 self.complete(
                     slot,
                     Completion {
@@ -657,12 +681,18 @@ impl Agent {
 
     fn handle_send(&mut self, slot: u32, owner: Owner, s: &Submit, payload: &[u8]) -> Handled {
         let Some(src_ep) = self.src_ep(slot, s.src_slot) else {
-            return self.refuse(slot, s.cookie, "send from an endpoint slot that is not open");
+            return self.refuse(
+                slot,
+                s.cookie,
+                "send from an endpoint slot that is not open",
+            );
         };
         if s.op == Op::SendBlock {
             match self.blocks.get(s.off) {
                 Some(b) if b.owner == owner && s.len <= b.reserved => {}
-                _ => return self.refuse(slot, s.cookie, "send of a block the client does not hold"),
+                _ => {
+                    return self.refuse(slot, s.cookie, "send of a block the client does not hold")
+                }
             }
         } else if s.len as usize > self.cfg.eager_max {
             return self.refuse(slot, s.cookie, "inline payload above eager_max");
@@ -677,7 +707,11 @@ impl Agent {
         let Some(peer) = self.peers.get(s.dst_node as usize) else {
             return fail(self, Status::UnknownNode);
         };
-        let flags = if s.mode == Mode::Delivered { FLAG_ACK } else { 0 };
+        let flags = if s.mode == Mode::Delivered {
+            FLAG_ACK
+        } else {
+            0
+        };
         match &peer.state {
             PeerState::Local => {
                 let Some(&(dslot, dep)) = self.endpoints.get(&s.dst_ep) else {
@@ -758,7 +792,14 @@ impl Agent {
     }
 
     /// Push a message into an endpoint's receive ring, inline.
-    fn deposit_inline(&mut self, slot: u32, ep: u32, src_node: u32, src_ep: u32, payload: &[u8]) -> Handled {
+    fn deposit_inline(
+        &mut self,
+        slot: u32,
+        ep: u32,
+        src_node: u32,
+        src_ep: u32,
+        payload: &[u8],
+    ) -> Handled {
         let Some(c) = self.clients[slot as usize].as_mut() else {
             return Handled::Done;
         };
@@ -786,7 +827,15 @@ impl Agent {
     }
 
     /// Hand a block to an endpoint's client and tell it through its ring.
-    fn deposit_block(&mut self, slot: u32, ep: u32, src_node: u32, src_ep: u32, block: u64, len: u64) -> Handled {
+    fn deposit_block(
+        &mut self,
+        slot: u32,
+        ep: u32,
+        src_node: u32,
+        src_ep: u32,
+        block: u64,
+        len: u64,
+    ) -> Handled {
         let Some(c) = self.clients[slot as usize].as_mut() else {
             return Handled::Done;
         };
@@ -891,7 +940,9 @@ impl Agent {
             if p.link.is_none() {
                 continue;
             }
-            if p.batch_since.is_some_and(|t| delay.is_zero() || t.elapsed() >= delay) {
+            if p.batch_since
+                .is_some_and(|t| delay.is_zero() || t.elapsed() >= delay)
+            {
                 Self::flush_batch(p);
             }
             // Cut large messages into chunks while the link has room.
@@ -949,7 +1000,10 @@ impl Agent {
                     let client = ls.client;
                     p.large.pop_front();
                     if let Owner::Client { slot, gen } = client {
-                        if let Some(c) = self.clients[slot as usize].as_mut().filter(|c| c.gen == gen) {
+                        if let Some(c) = self.clients[slot as usize]
+                            .as_mut()
+                            .filter(|c| c.gen == gen)
+                        {
                             c.waiting_large = false;
                         }
                     }
@@ -990,7 +1044,8 @@ impl Agent {
         p.batch_msgs = 0;
         p.batch_since = None;
         p.rx_pos = 0;
-        let mut fails: Vec<(Owner, u64)> = p.acks.drain().map(|((_, cookie), o)| (o, cookie)).collect();
+        let mut fails: Vec<(Owner, u64)> =
+            p.acks.drain().map(|((_, cookie), o)| (o, cookie)).collect();
         let mut unblock = Vec::new();
         for ls in p.large.drain(..) {
             // A block whose last chunk never went out was not in the link's
@@ -1015,7 +1070,10 @@ impl Agent {
         }
         for o in unblock {
             if let Owner::Client { slot, gen } = o {
-                if let Some(c) = self.clients[slot as usize].as_mut().filter(|c| c.gen == gen) {
+                if let Some(c) = self.clients[slot as usize]
+                    .as_mut()
+                    .filter(|c| c.gen == gen)
+                {
                     c.waiting_large = false;
                 }
             }
@@ -1082,10 +1140,14 @@ impl Agent {
                         pos: 0,
                     });
                     let _ = link.flush(&self.pool, &mut self.freed);
-                    let slot = self.pending.iter().position(|p| p.is_none()).unwrap_or_else(|| {
-                        self.pending.push(None);
-                        self.pending.len() - 1
-                    });
+                    let slot = self
+                        .pending
+                        .iter()
+                        .position(|p| p.is_none())
+                        .unwrap_or_else(|| {
+                            self.pending.push(None);
+                            self.pending.len() - 1
+                        });
                     let _ = self.epoll.add(
                         link.as_fd(),
                         EpollEvent::new(EpollFlags::EPOLLIN, token(T_PENDING, slot)),
@@ -1140,7 +1202,10 @@ impl Agent {
             }
         }
         for slot in 0..self.pending.len() {
-            if self.pending[slot].as_ref().is_some_and(|p| now.duration_since(p.since) > HANDSHAKE_TIMEOUT) {
+            if self.pending[slot]
+                .as_ref()
+                .is_some_and(|p| now.duration_since(p.since) > HANDSHAKE_TIMEOUT)
+            {
                 log::warn!("dropping a peer connection that sent no Hello");
                 self.pending[slot] = None;
             }
@@ -1183,10 +1248,14 @@ impl Agent {
         while let Ok((s, addr)) = self.tcp.accept() {
             match Link::new(s) {
                 Ok(link) => {
-                    let slot = self.pending.iter().position(|p| p.is_none()).unwrap_or_else(|| {
-                        self.pending.push(None);
-                        self.pending.len() - 1
-                    });
+                    let slot = self
+                        .pending
+                        .iter()
+                        .position(|p| p.is_none())
+                        .unwrap_or_else(|| {
+                            self.pending.push(None);
+                            self.pending.len() - 1
+                        });
                     let _ = self.epoll.add(
                         link.as_fd(),
                         EpollEvent::new(EpollFlags::EPOLLIN, token(T_PENDING, slot)),
@@ -1234,7 +1303,10 @@ impl Agent {
         };
         pt.link.reader.consume();
         let j = h.node as usize;
-        if h.nodes as usize != self.peers.len() || j >= self.peers.len() || j == self.cfg.node_id as usize {
+        if h.nodes as usize != self.peers.len()
+            || j >= self.peers.len()
+            || j == self.cfg.node_id as usize
+        {
             log::warn!(
                 "Hello from node {} with a node list of {} (ours has {}); closing",
                 h.node,
@@ -1351,7 +1423,12 @@ impl Agent {
     }
 
     /// Returns `Ok(Some(pos))` when a ring is full at body offset `pos`.
-    fn process_records(&mut self, j: usize, body: &[u8], start: usize) -> Result<Option<usize>, wire::WireError> {
+    fn process_records(
+        &mut self,
+        j: usize,
+        body: &[u8],
+        start: usize,
+    ) -> Result<Option<usize>, wire::WireError> {
         let mut pos = start;
         for r in wire::records(&body[start..]) {
             let (h, payload) = r?;
@@ -1364,7 +1441,15 @@ impl Agent {
         Ok(None)
     }
 
-    fn queue_reply(&mut self, j: usize, kind: RecordKind, status: Status, src_ep: u32, dst_ep: u32, cookie: u64) {
+    fn queue_reply(
+        &mut self,
+        j: usize,
+        kind: RecordKind,
+        status: Status,
+        src_ep: u32,
+        dst_ep: u32,
+        cookie: u64,
+    ) {
         let p = &mut self.peers[j];
         let h = RecordHeader {
             kind,
@@ -1384,7 +1469,12 @@ impl Agent {
         p.batch_since.get_or_insert_with(Instant::now);
     }
 
-    fn handle_record(&mut self, j: usize, h: &RecordHeader, payload: &[u8]) -> Result<Handled, wire::WireError> {
+    fn handle_record(
+        &mut self,
+        j: usize,
+        h: &RecordHeader,
+        payload: &[u8],
+    ) -> Result<Handled, wire::WireError> {
         match h.kind {
             RecordKind::Ack | RecordKind::Nack => {
                 let status = if h.kind == RecordKind::Ack {
@@ -1392,12 +1482,15 @@ impl Agent {
                 } else {
                     Status::from_u16(h.status)
                 };
-                let owner = self.peers[j].acks.remove(&(h.src_ep, h.cookie)).or_else(|| {
-                    // A Nack for a buffered send: find the sender by endpoint.
-                    self.endpoints.get(&h.src_ep).and_then(|&(slot, _)| {
-                        self.clients[slot as usize].as_ref().map(|c| c.owner(slot))
-                    })
-                });
+                let owner = self.peers[j]
+                    .acks
+                    .remove(&(h.src_ep, h.cookie))
+                    .or_else(|| {
+                        // A Nack for a buffered send: find the sender by endpoint.
+                        self.endpoints.get(&h.src_ep).and_then(|&(slot, _)| {
+                            self.clients[slot as usize].as_ref().map(|c| c.owner(slot))
+                        })
+                    });
                 if status != Status::Ok {
                     self.peers[j].counters.errors += 1;
                 }
@@ -1409,9 +1502,19 @@ impl Agent {
             RecordKind::Msg => {
                 let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
                 let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
-                if whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max) && self.peers[j].rx_large.is_none() {
+                if whole
+                    && (h.total as usize) <= inline_max.min(self.cfg.eager_max)
+                    && self.peers[j].rx_large.is_none()
+                {
                     let Some(&(slot, ep)) = self.endpoints.get(&h.dst_ep) else {
-                        self.queue_reply(j, RecordKind::Nack, Status::UnknownEndpoint, h.src_ep, h.dst_ep, h.cookie);
+                        self.queue_reply(
+                            j,
+                            RecordKind::Nack,
+                            Status::UnknownEndpoint,
+                            h.src_ep,
+                            h.dst_ep,
+                            h.cookie,
+                        );
                         return Ok(Handled::Done);
                     };
                     let r = self.deposit_inline(slot, ep, j as u32, h.src_ep, payload);
@@ -1420,7 +1523,14 @@ impl Agent {
                         p.counters.msgs_rx += 1;
                         p.counters.bytes_rx += h.total;
                         if h.flags & FLAG_ACK != 0 {
-                            self.queue_reply(j, RecordKind::Ack, Status::Ok, h.src_ep, h.dst_ep, h.cookie);
+                            self.queue_reply(
+                                j,
+                                RecordKind::Ack,
+                                Status::Ok,
+                                h.src_ep,
+                                h.dst_ep,
+                                h.cookie,
+                            );
                         }
                     }
                     return Ok(r);
@@ -1430,10 +1540,17 @@ impl Agent {
         }
     }
 
-    fn handle_chunk(&mut self, j: usize, h: &RecordHeader, payload: &[u8]) -> Result<Handled, wire::WireError> {
+    fn handle_chunk(
+        &mut self,
+        j: usize,
+        h: &RecordHeader,
+        payload: &[u8],
+    ) -> Result<Handled, wire::WireError> {
         if h.offset == 0 {
             if self.peers[j].rx_large.is_some() {
-                return Err(wire::WireError::Record("a new large message before the last one ended"));
+                return Err(wire::WireError::Record(
+                    "a new large message before the last one ended",
+                ));
             }
             let Some(b) = self.blocks.alloc(h.total, Owner::Agent) else {
                 // No room in the pool now: hold the peer back until blocks free up.
@@ -1453,8 +1570,15 @@ impl Agent {
         let Some(r) = p.rx_large.as_mut() else {
             return Err(wire::WireError::Record("a chunk with no message started"));
         };
-        if r.src_ep != h.src_ep || r.dst_ep != h.dst_ep || r.cookie != h.cookie || r.total != h.total || r.got != h.offset {
-            return Err(wire::WireError::Record("chunk does not continue the message in progress"));
+        if r.src_ep != h.src_ep
+            || r.dst_ep != h.dst_ep
+            || r.cookie != h.cookie
+            || r.total != h.total
+            || r.got != h.offset
+        {
+            return Err(wire::WireError::Record(
+                "chunk does not continue the message in progress",
+            ));
         }
         if self.pool.write_block(r.block + h.offset, payload).is_none() {
             return Err(wire::WireError::Record("chunk outside its block"));
@@ -1485,7 +1609,14 @@ impl Agent {
     fn finish_large(&mut self, j: usize, d: Deposit) -> Handled {
         let Some(&(slot, ep)) = self.endpoints.get(&d.dst_ep) else {
             self.blocks.free(d.block, Owner::Agent);
-            self.queue_reply(j, RecordKind::Nack, Status::UnknownEndpoint, d.src_ep, d.dst_ep, d.cookie);
+            self.queue_reply(
+                j,
+                RecordKind::Nack,
+                Status::UnknownEndpoint,
+                d.src_ep,
+                d.dst_ep,
+                d.cookie,
+            );
             return Handled::Done;
         };
         match self.deposit_block(slot, ep, j as u32, d.src_ep, d.block, d.len) {
@@ -1506,13 +1637,16 @@ impl Agent {
 
     fn accept_control(&mut self) {
         while let Ok((stream, _)) = self.ctl.accept() {
-            let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+            let cred =
+                nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
             let allowed = match &cred {
                 Ok(c) => c.uid() == self.uid || c.uid() == 0 || self.cfg.allow_gid == Some(c.gid()),
                 Err(_) => false,
             };
             if !allowed {
-                let who = cred.map(|c| format!("uid {} gid {}", c.uid(), c.gid())).unwrap_or_default();
+                let who = cred
+                    .map(|c| format!("uid {} gid {}", c.uid(), c.gid()))
+                    .unwrap_or_default();
                 log::warn!("refusing a control connection from {who}");
                 let _ = send_line(
                     &stream,
@@ -1530,13 +1664,20 @@ impl Agent {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            let idx = self.conns.iter().position(|c| c.is_none()).unwrap_or_else(|| {
-                self.conns.push(None);
-                self.conns.len() - 1
-            });
+            let idx = self
+                .conns
+                .iter()
+                .position(|c| c.is_none())
+                .unwrap_or_else(|| {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                });
             if self
                 .epoll
-                .add(stream.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token(T_CTL_CONN, idx)))
+                .add(
+                    stream.as_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, token(T_CTL_CONN, idx)),
+                )
                 .is_err()
             {
                 continue;
@@ -1577,9 +1718,13 @@ impl Agent {
             let req: CtlRequest = match serde_json::from_str(&line) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.reply(idx, &CtlReply::Error {
-                        message: format!("malformed control request: {e}"),
-                    }, &[]);
+                    self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: format!("malformed control request: {e}"),
+                        },
+                        &[],
+                    );
                     self.close_conn(idx);
                     return;
                 }
@@ -1611,7 +1756,13 @@ impl Agent {
             }
             CtlRequest::Attach { version, pid, name } => {
                 if attached.is_some() {
-                    self.reply(idx, &CtlReply::Error { message: "already attached".into() }, &[]);
+                    self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: "already attached".into(),
+                        },
+                        &[],
+                    );
                     return true;
                 }
                 if version != crate::shm::LAYOUT_VERSION {
@@ -1628,7 +1779,13 @@ impl Agent {
                     return false;
                 }
                 let Some(wake) = fds.into_iter().next() else {
-                    self.reply(idx, &CtlReply::Error { message: "attach needs the client's eventfd".into() }, &[]);
+                    self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: "attach needs the client's eventfd".into(),
+                        },
+                        &[],
+                    );
                     return false;
                 };
                 let Some(slot) = self.clients.iter().position(|c| c.is_none()) else {
@@ -1678,31 +1835,58 @@ impl Agent {
             }
             CtlRequest::OpenEndpoint { id } => {
                 let Some(slot) = attached else {
-                    self.reply(idx, &CtlReply::Error { message: "attach first".into() }, &[]);
+                    self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: "attach first".into(),
+                        },
+                        &[],
+                    );
                     return true;
                 };
                 let id = match id {
                     Some(id) if id == u32::MAX => {
-                        self.reply(idx, &CtlReply::Error { message: "endpoint id 4294967295 is reserved".into() }, &[]);
+                        self.reply(
+                            idx,
+                            &CtlReply::Error {
+                                message: "endpoint id 4294967295 is reserved".into(),
+                            },
+                            &[],
+                        );
                         return true;
                     }
                     Some(id) if self.endpoints.contains_key(&id) => {
-                        self.reply(idx, &CtlReply::Error { message: format!("endpoint {id} is already open on this node") }, &[]);
+                        self.reply(
+                            idx,
+                            &CtlReply::Error {
+                                message: format!("endpoint {id} is already open on this node"),
+                            },
+                            &[],
+                        );
                         return true;
                     }
                     Some(id) => id,
                     None => {
-                        while self.endpoints.contains_key(&self.next_ep) || self.next_ep == u32::MAX {
+                        while self.endpoints.contains_key(&self.next_ep) || self.next_ep == u32::MAX
+                        {
                             self.next_ep = self.next_ep.wrapping_add(1).max(1 << 16);
                         }
                         self.next_ep
                     }
                 };
                 let pool = self.pool.clone();
-                let c = self.clients[slot as usize].as_mut().expect("attached client");
+                let c = self.clients[slot as usize]
+                    .as_mut()
+                    .expect("attached client");
                 let Some(e) = c.recv.iter().position(|r| r.is_none()) else {
                     let n = c.recv.len();
-                    self.reply(idx, &CtlReply::Error { message: format!("all {n} endpoint slots of this client are in use") }, &[]);
+                    self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: format!("all {n} endpoint slots of this client are in use"),
+                        },
+                        &[],
+                    );
                     return true;
                 };
                 c.recv[e] = Some(RecvEp {
@@ -1715,7 +1899,13 @@ impl Agent {
             }
             CtlRequest::CloseEndpoint { id } => {
                 let Some(slot) = attached else {
-                    self.reply(idx, &CtlReply::Error { message: "attach first".into() }, &[]);
+                    self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: "attach first".into(),
+                        },
+                        &[],
+                    );
                     return true;
                 };
                 match self.endpoints.get(&id) {
@@ -1726,7 +1916,13 @@ impl Agent {
                         }
                         self.reply(idx, &CtlReply::Ok, &[]);
                     }
-                    _ => self.reply(idx, &CtlReply::Error { message: format!("endpoint {id} is not yours") }, &[]),
+                    _ => self.reply(
+                        idx,
+                        &CtlReply::Error {
+                            message: format!("endpoint {id} is not yours"),
+                        },
+                        &[],
+                    ),
                 }
                 true
             }
@@ -1808,14 +2004,19 @@ fn bind_control(cfg: &AgentConfig) -> Result<UnixListener, AgentError> {
         source,
     })?;
     use std::os::unix::fs::PermissionsExt;
-    let mode = if cfg.allow_gid.is_some() { 0o770 } else { 0o700 };
+    let mode = if cfg.allow_gid.is_some() {
+        0o770
+    } else {
+        0o700
+    };
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
     if let Some(gid) = cfg.allow_gid {
         let _ = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)));
     }
-    l.set_nonblocking(true).map_err(|source| AgentError::Socket {
-        path: path.clone(),
-        source,
-    })?;
+    l.set_nonblocking(true)
+        .map_err(|source| AgentError::Socket {
+            path: path.clone(),
+            source,
+        })?;
     Ok(l)
 }

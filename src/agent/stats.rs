@@ -150,7 +150,15 @@ impl Snapshot {
         let _ = writeln!(
             s,
             "\n{:<5} {:<8} {:<16} {:<20} {:>10} {:>10} {:>7} {:>9} {:>7}",
-            "slot", "pid", "name", "endpoints", "submitted", "delivered", "errors", "sub_used", "blocks"
+            "slot",
+            "pid",
+            "name",
+            "endpoints",
+            "submitted",
+            "delivered",
+            "errors",
+            "sub_used",
+            "blocks"
         );
         for c in &self.clients {
             let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();

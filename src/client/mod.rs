@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-pub use crate::proto::{Mode, Status};
 use crate::proto::{CompKind, Completion, CtlReply, CtlRequest, Delivery, Op, Submit, SUB_HEADER};
+pub use crate::proto::{Mode, Status};
 use crate::shm::handoff::{send_line, LineReader};
 use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, ShmError};
 
@@ -154,7 +154,13 @@ impl Inner {
     /// Submit, waiting up to `deadline` for room.
     fn submit(&self, parts: &[&[u8]], deadline: Instant) -> Result<(), Error> {
         self.wait(deadline, || Ok(self.try_submit(parts)?.then_some(())))
-            .map_err(|e| if matches!(e, Error::Timeout) { Error::WouldBlock } else { e })
+            .map_err(|e| {
+                if matches!(e, Error::Timeout) {
+                    Error::WouldBlock
+                } else {
+                    e
+                }
+            })
     }
 
     fn flush_deferred(&self) {
@@ -189,7 +195,10 @@ impl Inner {
     fn drain_completions(&self) -> Result<(), Error> {
         let mut buf = self.scratch.borrow_mut();
         let mut comp = self.comp.borrow_mut();
-        while comp.try_pop(&mut buf).map_err(|e| Error::Protocol(e.to_string()))? {
+        while comp
+            .try_pop(&mut buf)
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        {
             let Some(c) = Completion::parse(&buf) else {
                 return Err(Error::Protocol("malformed completion".into()));
             };
@@ -221,7 +230,11 @@ impl Inner {
 
     /// Poll `f` until it yields, spinning briefly and then sleeping on the
     /// wake-up eventfd, until `deadline`.
-    fn wait<T>(&self, deadline: Instant, mut f: impl FnMut() -> Result<Option<T>, Error>) -> Result<T, Error> {
+    fn wait<T>(
+        &self,
+        deadline: Instant,
+        mut f: impl FnMut() -> Result<Option<T>, Error>,
+    ) -> Result<T, Error> {
         let start = Instant::now();
         loop {
             if let Some(v) = f()? {
@@ -244,8 +257,11 @@ impl Inner {
                 announce_awake(word);
                 return Ok(v);
             }
-            let left = deadline.saturating_duration_since(now).min(Duration::from_millis(100));
-            let ms = PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(PollTimeout::MAX);
+            let left = deadline
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(100));
+            let ms =
+                PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(PollTimeout::MAX);
             let mut fds = [
                 PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.ctl.as_fd(), PollFlags::POLLIN),
@@ -295,7 +311,8 @@ impl Inner {
             .borrow_mut()
             .read_line_blocking(&self.ctl)
             .map_err(|_| Error::AgentGone)?;
-        let rep: CtlReply = serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;
+        let rep: CtlReply =
+            serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;
         if let CtlReply::Error { message } = rep {
             return Err(Error::Refused(message));
         }
@@ -315,7 +332,11 @@ pub fn stat(path: impl AsRef<Path>) -> Result<crate::agent::stats::Snapshot, Err
         path: path.into(),
         source,
     })?;
-    send_line(&s, &serde_json::to_string(&CtlRequest::Stat).expect("serialisable"), &[])?;
+    send_line(
+        &s,
+        &serde_json::to_string(&CtlRequest::Stat).expect("serialisable"),
+        &[],
+    )?;
     let (line, _) = LineReader::new().read_line_blocking(&s)?;
     match serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))? {
         CtlReply::Stat(s) => Ok(*s),
@@ -345,11 +366,14 @@ impl Client {
             &[wake.as_fd()],
         )?;
         let mut reader = LineReader::new();
-        let (line, fds) = reader.read_line_blocking(&ctl).map_err(|e| Error::Connect {
-            path: path.into(),
-            source: e,
-        })?;
-        let rep: CtlReply = serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;
+        let (line, fds) = reader
+            .read_line_blocking(&ctl)
+            .map_err(|e| Error::Connect {
+                path: path.into(),
+                source: e,
+            })?;
+        let rep: CtlReply =
+            serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;
         let (slot, node, nodes, eager_max) = match rep {
             CtlReply::Attached {
                 slot,
@@ -362,7 +386,9 @@ impl Client {
         };
         let mut fds = fds.into_iter();
         let (Some(pool_fd), Some(doorbell)) = (fds.next(), fds.next()) else {
-            return Err(Error::Protocol("attach reply without the pool and doorbell fds".into()));
+            return Err(Error::Protocol(
+                "attach reply without the pool and doorbell fds".into(),
+            ));
         };
         let pool = Arc::new(Pool::open(pool_fd)?);
         if slot >= pool.layout().params.max_clients {
@@ -388,7 +414,9 @@ impl Client {
             gone: Cell::new(false),
             scratch: RefCell::new(Vec::with_capacity(256)),
         };
-        Ok(Client { inner: Rc::new(inner) })
+        Ok(Client {
+            inner: Rc::new(inner),
+        })
     }
 
     /// This node's id.
@@ -417,7 +445,9 @@ impl Client {
         match self.inner.request(&CtlRequest::OpenEndpoint { id })? {
             (CtlReply::Endpoint { id, slot }, _) => {
                 if slot >= self.inner.pool.layout().params.endpoints_per_client {
-                    return Err(Error::Protocol(format!("endpoint slot {slot} outside the pool")));
+                    return Err(Error::Protocol(format!(
+                        "endpoint slot {slot} outside the pool"
+                    )));
                 }
                 Ok(Endpoint {
                     id,
@@ -438,7 +468,10 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let max = i.pool.layout().params.block_bytes;
         if len as u64 > max {
-            return Err(Error::TooLarge { len: len as u64, max });
+            return Err(Error::TooLarge {
+                len: len as u64,
+                max,
+            });
         }
         loop {
             let cookie = i.next_cookie();
@@ -458,7 +491,9 @@ impl Client {
             match c.status {
                 Status::Ok => {
                     if i.pool.block_slice(c.off, len as u64).is_none() {
-                        return Err(Error::Protocol("allocation outside the block region".into()));
+                        return Err(Error::Protocol(
+                            "allocation outside the block region".into(),
+                        ));
                     }
                     return Ok(SendBuf {
                         off: c.off,
@@ -505,7 +540,10 @@ pub struct SendBuf {
 impl std::ops::Deref for SendBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.inner.pool.block_slice(self.off, self.len as u64).expect("checked at alloc")
+        self.inner
+            .pool
+            .block_slice(self.off, self.len as u64)
+            .expect("checked at alloc")
     }
 }
 
@@ -537,7 +575,11 @@ pub struct Message {
 
 enum Payload {
     Inline(Vec<u8>),
-    Block { off: u64, len: u64, inner: Rc<Inner> },
+    Block {
+        off: u64,
+        len: u64,
+        inner: Rc<Inner>,
+    },
 }
 
 impl Message {
@@ -587,7 +629,14 @@ impl Endpoint {
     /// returns once the destination agent deposited it in the endpoint's
     /// receive ring. Either waits up to `timeout` for ring room
     /// ([`Error::WouldBlock`] when there is none).
-    pub fn send(&self, dst_node: u32, dst_ep: u32, data: &[u8], mode: Mode, timeout: Duration) -> Result<u64, Error> {
+    pub fn send(
+        &self,
+        dst_node: u32,
+        dst_ep: u32,
+        data: &[u8],
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
         let i = &self.inner;
         if !self.open.get() {
             return Err(Error::Closed);
@@ -614,7 +663,14 @@ impl Endpoint {
     }
 
     /// Send a block filled in place (no copy on this side).
-    pub fn send_buf(&self, dst_node: u32, dst_ep: u32, mut buf: SendBuf, mode: Mode, timeout: Duration) -> Result<u64, Error> {
+    pub fn send_buf(
+        &self,
+        dst_node: u32,
+        dst_ep: u32,
+        mut buf: SendBuf,
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
         if !self.open.get() {
             return Err(Error::Closed);
         }
@@ -663,7 +719,10 @@ impl Endpoint {
         let i = &self.inner;
         let mut rx = self.rx.borrow_mut();
         let mut buf = i.scratch.borrow_mut();
-        if !rx.try_pop(&mut buf).map_err(|e| Error::Protocol(e.to_string()))? {
+        if !rx
+            .try_pop(&mut buf)
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        {
             return Ok(None);
         }
         let Some((d, payload)) = Delivery::parse(&buf) else {
@@ -700,6 +759,8 @@ impl Endpoint {
     /// Close the endpoint; messages still in its ring are dropped.
     pub fn close(self) -> Result<(), Error> {
         self.open.set(false);
-        self.inner.request(&CtlRequest::CloseEndpoint { id: self.id }).map(drop)
+        self.inner
+            .request(&CtlRequest::CloseEndpoint { id: self.id })
+            .map(drop)
     }
 }

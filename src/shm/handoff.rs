@@ -24,7 +24,11 @@ pub fn send_line(sock: &UnixStream, line: &str, fds: &[BorrowedFd<'_>]) -> io::R
     while sent < bytes.len() {
         let iov = [IoSlice::new(&bytes[sent..])];
         let cmsg = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage] = if sent == 0 && !raw.is_empty() { &cmsg } else { &[] };
+        let cmsgs: &[ControlMessage] = if sent == 0 && !raw.is_empty() {
+            &cmsg
+        } else {
+            &[]
+        };
         match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => sent += n,
             Err(nix::errno::Errno::EINTR) => continue,
@@ -34,7 +38,8 @@ pub fn send_line(sock: &UnixStream, line: &str, fds: &[BorrowedFd<'_>]) -> io::R
                     std::os::fd::AsFd::as_fd(sock),
                     nix::poll::PollFlags::POLLOUT,
                 )];
-                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(1000u16)).map_err(io::Error::from)?;
+                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(1000u16))
+                    .map_err(io::Error::from)?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -96,10 +101,16 @@ impl LineReader {
         }
         self.buf.extend_from_slice(&chunk[..n]);
         if self.buf.len() > MAX_LINE && !self.buf.contains(&b'\n') {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "control line too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "control line too long",
+            ));
         }
         if self.fds.len() > MAX_FDS {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "too many file descriptors"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many file descriptors",
+            ));
         }
         Ok(ReadOutcome::Data)
     }
@@ -120,7 +131,10 @@ impl LineReader {
             }
             match self.read_from(sock)? {
                 ReadOutcome::Closed => {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "agent closed the control socket"))
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "agent closed the control socket",
+                    ))
                 }
                 ReadOutcome::Data | ReadOutcome::WouldBlock => {}
             }

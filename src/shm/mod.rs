@@ -418,7 +418,9 @@ impl Pool {
                 || layout.client_stride != hdr.client_stride
                 || layout.blocks_off != hdr.blocks_off
             {
-                return Err(ShmError::Inconsistent("offsets disagree with the parameters"));
+                return Err(ShmError::Inconsistent(
+                    "offsets disagree with the parameters",
+                ));
             }
             let backing = if hdr.backing == Backing::Hugepages as u32 {
                 Backing::Hugepages
@@ -502,8 +504,9 @@ impl Pool {
         let base = self.ring_base(self.layout.sub_off(c), geo);
         // SAFETY: base is 128-aligned inside the mapping, which `RingRx`
         // keeps alive through its `Arc`; the layout gives each ring one consumer.
+        let ring = unsafe { Consumer::attach(base, geo, reset) };
         RingRx {
-            ring: unsafe { Consumer::attach(base, geo, reset) },
+            ring,
             _pool: self.clone(),
         }
     }
@@ -513,8 +516,9 @@ impl Pool {
         let geo = self.layout.sub;
         let base = self.ring_base(self.layout.sub_off(c), geo);
         // SAFETY: as in `sub_consumer`.
+        let ring = unsafe { Producer::attach(base, geo, false) };
         RingTx {
-            ring: unsafe { Producer::attach(base, geo, false) },
+            ring,
             _pool: self.clone(),
         }
     }
@@ -524,8 +528,9 @@ impl Pool {
         let geo = self.layout.comp;
         let base = self.ring_base(self.layout.comp_off(c), geo);
         // SAFETY: as in `sub_consumer`.
+        let ring = unsafe { Producer::attach(base, geo, reset) };
         RingTx {
-            ring: unsafe { Producer::attach(base, geo, reset) },
+            ring,
             _pool: self.clone(),
         }
     }
@@ -535,8 +540,9 @@ impl Pool {
         let geo = self.layout.comp;
         let base = self.ring_base(self.layout.comp_off(c), geo);
         // SAFETY: as in `sub_consumer`.
+        let ring = unsafe { Consumer::attach(base, geo, false) };
         RingRx {
-            ring: unsafe { Consumer::attach(base, geo, false) },
+            ring,
             _pool: self.clone(),
         }
     }
@@ -547,8 +553,9 @@ impl Pool {
         assert!(e < self.layout.params.endpoints_per_client);
         let base = self.ring_base(self.layout.recv_off(c, e), geo);
         // SAFETY: as in `sub_consumer`.
+        let ring = unsafe { Producer::attach(base, geo, reset) };
         RingTx {
-            ring: unsafe { Producer::attach(base, geo, reset) },
+            ring,
             _pool: self.clone(),
         }
     }
@@ -559,8 +566,9 @@ impl Pool {
         assert!(e < self.layout.params.endpoints_per_client);
         let base = self.ring_base(self.layout.recv_off(c, e), geo);
         // SAFETY: as in `sub_consumer`.
+        let ring = unsafe { Consumer::attach(base, geo, false) };
         RingRx {
-            ring: unsafe { Consumer::attach(base, geo, false) },
+            ring,
             _pool: self.clone(),
         }
     }
@@ -569,7 +577,9 @@ impl Pool {
     /// absolute pool offset range.
     fn block_range(&self, off: u64, len: u64) -> Option<usize> {
         let end = off.checked_add(len)?;
-        if off < self.layout.blocks_off || end > self.layout.blocks_off + self.layout.params.block_bytes {
+        if off < self.layout.blocks_off
+            || end > self.layout.blocks_off + self.layout.params.block_bytes
+        {
             return None;
         }
         Some(off as usize)
@@ -603,9 +613,9 @@ impl Pool {
     /// Write up to `len` bytes of the block at `off` to a file descriptor
     /// (a socket). Returns what `write(2)` returns.
     pub fn write_block_to(&self, fd: RawFd, off: u64, len: u64) -> io::Result<usize> {
-        let at = self
-            .block_range(off, len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "block range outside the pool"))?;
+        let at = self.block_range(off, len).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "block range outside the pool")
+        })?;
         // SAFETY: the source range lies inside the mapping (checked); the
         // kernel only reads it.
         let n = unsafe { libc::write(fd, self.base.add(at) as *const libc::c_void, len as usize) };
@@ -618,9 +628,9 @@ impl Pool {
 
     /// Read up to `len` bytes from a file descriptor into the block at `off`.
     pub fn read_block_from(&self, fd: RawFd, off: u64, len: u64) -> io::Result<usize> {
-        let at = self
-            .block_range(off, len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "block range outside the pool"))?;
+        let at = self.block_range(off, len).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "block range outside the pool")
+        })?;
         // SAFETY: the destination range lies inside the mapping (checked) and
         // is owned by the agent while it is being filled.
         let n = unsafe { libc::read(fd, self.base.add(at) as *mut libc::c_void, len as usize) };
@@ -749,7 +759,10 @@ mod tests {
         assert!(l.comp_off(0) >= l.sub_off(0) + l.sub.bytes());
         let last_recv_end = l.recv_off(c, l.params.endpoints_per_client - 1) + l.recv.bytes();
         assert!(last_recv_end as u64 <= l.blocks_off);
-        assert!(l.recv_off(0, l.params.endpoints_per_client - 1) + l.recv.bytes() <= l.sub_off(1) - CLIENT_CTL_BYTES);
+        assert!(
+            l.recv_off(0, l.params.endpoints_per_client - 1) + l.recv.bytes()
+                <= l.sub_off(1) - CLIENT_CTL_BYTES
+        );
         assert_eq!(l.total % HUGEPAGE as u64, 0);
         assert_eq!(l.sub_off(1) % 128, 0);
     }
@@ -792,7 +805,13 @@ mod tests {
         let pool = Pool::create(small(), 1, false).unwrap();
         pool.scribble(8, &99u32.to_le_bytes());
         let err = Pool::open(pool.fd().try_clone().unwrap()).err().unwrap();
-        assert!(matches!(err, ShmError::Version { found: 99, expected: LAYOUT_VERSION }));
+        assert!(matches!(
+            err,
+            ShmError::Version {
+                found: 99,
+                expected: LAYOUT_VERSION
+            }
+        ));
         assert!(err.to_string().contains("version 99"));
         pool.scribble(0, &0u64.to_le_bytes());
         assert!(matches!(

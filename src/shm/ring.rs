@@ -381,7 +381,12 @@ mod tests {
         let base = buf.base();
         // SAFETY: the buffer is aligned, large enough and outlives the ends
         // within each test; one producer and one consumer.
-        unsafe { (Producer::attach(base, geo, true), Consumer::attach(base, geo, false)) }
+        unsafe {
+            (
+                Producer::attach(base, geo, true),
+                Consumer::attach(base, geo, false),
+            )
+        }
     }
 
     #[test]
@@ -418,7 +423,10 @@ mod tests {
         let mut buf = Buf::new(geo);
         let (mut p, _c) = pair(geo, &mut buf);
         let big = vec![0u8; geo.max_record() + 1];
-        assert!(matches!(p.try_push(&[&big]), Err(RingError::TooLarge { .. })));
+        assert!(matches!(
+            p.try_push(&[&big]),
+            Err(RingError::TooLarge { .. })
+        ));
         let ok = vec![7u8; geo.max_record()];
         assert_eq!(p.try_push(&[&ok]), Ok(true));
     }

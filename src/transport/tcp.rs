@@ -114,7 +114,12 @@ impl Link {
                 }
             };
             let n = match r {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped reading")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "peer stopped reading",
+                    ))
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -134,7 +139,8 @@ impl Link {
             };
             if done {
                 if let Some(Out::Block {
-                    free_after: Some(b), ..
+                    free_after: Some(b),
+                    ..
                 }) = self.out.pop_front()
                 {
                     freed.push(b);
