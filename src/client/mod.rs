@@ -512,6 +512,26 @@ impl Client {
         }
     }
 
+    /// Push an arbitrary record into this client's submission ring, as a
+    /// buggy or hostile client could. For tests of the agent's defences only.
+    #[doc(hidden)]
+    pub fn submit_raw(&self, rec: &[u8]) -> Result<bool, Error> {
+        self.inner.try_submit(&[rec])
+    }
+
+    /// Write arbitrary bytes anywhere in the pool. For tests of the agent's
+    /// defences only.
+    #[doc(hidden)]
+    pub fn scribble(&self, off: usize, bytes: &[u8]) {
+        self.inner.pool.scribble(off, bytes)
+    }
+
+    /// The pool's layout and this client's slot. For tests.
+    #[doc(hidden)]
+    pub fn layout(&self) -> (crate::shm::Layout, u32) {
+        (*self.inner.pool.layout(), self.inner.slot)
+    }
+
     /// Failures of buffered sends reported since the last call.
     pub fn take_errors(&self) -> Vec<AsyncError> {
         let _ = self.inner.drain_completions();

@@ -1,0 +1,379 @@
+//! `wyvern-peer`: a client process for tests and benchmarks.
+//!
+//! Every payload is a deterministic function of (sender node, sender
+//! endpoint, sequence number), and so is its size (`--sizes`, taken in turn),
+//! so a receiver checks integrity and per-sender order of every message
+//! without any header inside the payload — even of empty messages.
+//!
+//! Each mode prints `ready` once its endpoint is open, then one JSON line
+//! with its results; the exit status is non-zero when a check failed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use wyvern::client::{Client, Error, Mode};
+
+#[derive(Parser)]
+#[command(name = "wyvern-peer", about = "Test and benchmark client for wyvern")]
+struct Cli {
+    /// The local agent's control socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Endpoint id to open (default: the agent picks).
+    #[arg(long)]
+    ep: Option<u32>,
+    /// Message sizes, used in turn by sequence number.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    sizes: Vec<usize>,
+    /// Timeout of each operation, milliseconds.
+    #[arg(long, default_value_t = 20_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    mode: ModeCmd,
+}
+
+#[derive(Subcommand)]
+enum ModeCmd {
+    /// Send `count` messages to one endpoint.
+    Send {
+        /// Destination as NODE:EP.
+        #[arg(long)]
+        to: String,
+        /// Messages.
+        #[arg(long)]
+        count: u64,
+        /// Wait for delivery of every message.
+        #[arg(long)]
+        delivered: bool,
+        /// Keep going after a failed send (count the failures).
+        #[arg(long)]
+        keep_going: bool,
+        /// Sleep this many microseconds between sends.
+        #[arg(long, default_value_t = 0)]
+        gap_us: u64,
+    },
+    /// Receive `count` messages and check them.
+    Recv {
+        /// Messages to receive in all.
+        #[arg(long)]
+        count: u64,
+        /// Sleep this many microseconds after each message (a slow receiver).
+        #[arg(long, default_value_t = 0)]
+        slow_us: u64,
+    },
+    /// Send back everything received, `count` times.
+    Echo {
+        /// Messages.
+        #[arg(long)]
+        count: u64,
+    },
+    /// Round trips against an `echo` peer.
+    Ping {
+        /// Destination as NODE:EP.
+        #[arg(long)]
+        to: String,
+        /// Round trips.
+        #[arg(long)]
+        count: u64,
+        /// Round trips not measured first.
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+    },
+    /// Fill the submission ring with random records.
+    Hostile {
+        /// Records to push.
+        #[arg(long)]
+        count: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Attach and detach repeatedly, timing each pair.
+    AttachLoop {
+        /// Repetitions.
+        #[arg(long)]
+        count: u64,
+    },
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The payload sender `key` sends as message `seq`.
+fn fill(buf: &mut [u8], key: u64, seq: u64) {
+    let mut s = splitmix(key ^ seq.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    for chunk in buf.chunks_mut(8) {
+        s = splitmix(s);
+        let b = s.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+fn parse_dst(s: &str) -> Result<(u32, u32), String> {
+    let (n, e) = s.split_once(':').ok_or("destination must be NODE:EP")?;
+    Ok((
+        n.parse().map_err(|_| "bad node id")?,
+        e.parse().map_err(|_| "bad endpoint id")?,
+    ))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            println!("{}", json!({"ok": false, "error": e}));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn ready() {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+}
+
+fn run(cli: Cli) -> Result<bool, String> {
+    let t = Duration::from_millis(cli.timeout_ms);
+    let sizes = cli.sizes.clone();
+    if sizes.is_empty() {
+        return Err("--sizes is empty".into());
+    }
+    if let ModeCmd::AttachLoop { count } = cli.mode {
+        let mut v = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let t0 = Instant::now();
+            let c = Client::attach(&cli.socket, "attach-loop").map_err(|e| e.to_string())?;
+            c.detach().map_err(|e| e.to_string())?;
+            v.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        v.sort_by(f64::total_cmp);
+        let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "{}",
+            json!({"ok": true, "count": count, "p50_us": p(0.5), "p99_us": p(0.99), "min_us": v[0]})
+        );
+        return Ok(true);
+    }
+    let c = Client::attach(&cli.socket, "wyvern-peer").map_err(|e| e.to_string())?;
+    let ep = c.open_endpoint(cli.ep).map_err(|e| e.to_string())?;
+    let me = ((c.node() as u64) << 32) | ep.id() as u64;
+    ready();
+    match cli.mode {
+        ModeCmd::Send {
+            to,
+            count,
+            delivered,
+            keep_going,
+            gap_us,
+        } => {
+            let (node, dst) = parse_dst(&to)?;
+            let mode = if delivered {
+                Mode::Delivered
+            } else {
+                Mode::Buffered
+            };
+            let mut buf = Vec::new();
+            let mut failed: BTreeMap<String, u64> = BTreeMap::new();
+            let mut sent = 0u64;
+            let t0 = Instant::now();
+            for seq in 0..count {
+                let len = sizes[(seq % sizes.len() as u64) as usize];
+                buf.resize(len, 0);
+                fill(&mut buf, me, seq);
+                match ep.send(node, dst, &buf, mode, t) {
+                    Ok(_) => sent += 1,
+                    Err(e) => {
+                        *failed.entry(e.to_string()).or_default() += 1;
+                        if !keep_going {
+                            break;
+                        }
+                    }
+                }
+                if gap_us > 0 {
+                    std::thread::sleep(Duration::from_micros(gap_us));
+                }
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            // Give late failure reports of buffered sends a moment to arrive.
+            std::thread::sleep(Duration::from_millis(50));
+            for e in c.take_errors() {
+                *failed
+                    .entry(format!("async: {}", e.status.describe()))
+                    .or_default() += 1;
+            }
+            let ok = failed.is_empty();
+            println!(
+                "{}",
+                json!({"ok": ok, "sent": sent, "failed": failed, "secs": secs, "rate": sent as f64 / secs})
+            );
+            let _ = c.detach();
+            Ok(ok)
+        }
+        ModeCmd::Recv { count, slow_us } => {
+            let mut next: BTreeMap<u64, u64> = BTreeMap::new();
+            let (mut corrupt, mut disorder, mut bytes, mut zero_copy) = (0u64, 0u64, 0u64, 0u64);
+            let mut want = Vec::new();
+            let mut first: Option<Instant> = None;
+            let mut got = 0;
+            while got < count {
+                let m = match ep.recv(t) {
+                    Ok(m) => m,
+                    Err(Error::Timeout) => break,
+                    Err(e) => return Err(format!("after {got} messages: {e}")),
+                };
+                first.get_or_insert_with(Instant::now);
+                got += 1;
+                let key = ((m.src_node as u64) << 32) | m.src_ep as u64;
+                let seq = next.entry(key).or_insert(0);
+                let len = sizes[(*seq % sizes.len() as u64) as usize];
+                want.resize(len, 0);
+                fill(&mut want, key, *seq);
+                if m.data() != &want[..] {
+                    // Either damaged or out of order: tell which.
+                    let mut found = false;
+                    for ahead in 1..64u64 {
+                        let l = sizes[((*seq + ahead) % sizes.len() as u64) as usize];
+                        if l != m.data().len() {
+                            continue;
+                        }
+                        want.resize(l, 0);
+                        fill(&mut want, key, *seq + ahead);
+                        if m.data() == &want[..] {
+                            found = true;
+                            break;
+                        }
+                    }
+                    if found {
+                        disorder += 1;
+                    } else {
+                        corrupt += 1;
+                    }
+                }
+                *seq += 1;
+                bytes += m.data().len() as u64;
+                zero_copy += m.is_zero_copy() as u64;
+                if slow_us > 0 {
+                    std::thread::sleep(Duration::from_micros(slow_us));
+                }
+            }
+            let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+            let ok = got == count && corrupt == 0 && disorder == 0;
+            let senders: BTreeMap<String, u64> = next
+                .iter()
+                .map(|(k, v)| (format!("{}:{}", k >> 32, k & 0xFFFF_FFFF), *v))
+                .collect();
+            println!(
+                "{}",
+                json!({"ok": ok, "received": got, "bytes": bytes, "corrupt": corrupt, "out_of_order": disorder,
+                       "zero_copy": zero_copy, "senders": senders, "secs": secs,
+                       "rate": got as f64 / secs.max(1e-9)})
+            );
+            let _ = c.detach();
+            Ok(ok)
+        }
+        ModeCmd::Echo { count } => {
+            for i in 0..count {
+                let m = ep.recv(t).map_err(|e| format!("echo {i}: {e}"))?;
+                ep.send(m.src_node, m.src_ep, m.data(), Mode::Buffered, t)
+                    .map_err(|e| format!("echo {i}: {e}"))?;
+            }
+            println!("{}", json!({"ok": true, "echoed": count}));
+            let _ = c.detach();
+            Ok(true)
+        }
+        ModeCmd::Ping { to, count, warmup } => {
+            let (node, dst) = parse_dst(&to)?;
+            let len = sizes[0];
+            let mut buf = vec![0u8; len];
+            let mut rtt = Vec::with_capacity(count as usize);
+            for i in 0..count + warmup {
+                fill(&mut buf, me, i);
+                let t0 = Instant::now();
+                ep.send(node, dst, &buf, Mode::Buffered, t)
+                    .map_err(|e| format!("ping {i}: {e}"))?;
+                let m = ep.recv(t).map_err(|e| format!("pong {i}: {e}"))?;
+                let us = t0.elapsed().as_secs_f64() * 1e6;
+                if m.data() != &buf[..] {
+                    return Err(format!("pong {i} differs from its ping"));
+                }
+                if i >= warmup {
+                    rtt.push(us);
+                }
+            }
+            rtt.sort_by(f64::total_cmp);
+            let p = |q: f64| rtt[((rtt.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "{}",
+                json!({"ok": true, "count": count, "size": len, "rtt_p50_us": p(0.5), "rtt_p99_us": p(0.99),
+                       "half_rtt_p50_us": p(0.5) / 2.0})
+            );
+            let _ = c.detach();
+            Ok(true)
+        }
+        ModeCmd::Hostile { count, seed } => {
+            let mut s = seed;
+            let (layout, _) = c.layout();
+            let mut pushed = 0u64;
+            let mut outcome = "survived";
+            for _ in 0..count {
+                s = splitmix(s);
+                let len = (s % 200) as usize + 1;
+                let mut rec = vec![0u8; len];
+                fill(&mut rec, s, 0);
+                // Make many records look plausible: a known op and mode, with
+                // offsets pointing anywhere in or out of the pool.
+                if len >= 40 && s % 3 != 0 {
+                    rec[0] = (s >> 8) as u8 % 5;
+                    rec[1] = (s >> 16) as u8 % 2;
+                    let off = match s % 4 {
+                        0 => layout.blocks_off + (s >> 20) % layout.params.block_bytes,
+                        1 => u64::MAX - (s >> 40),
+                        2 => layout.total - 1,
+                        _ => s,
+                    };
+                    rec[24..32].copy_from_slice(&off.to_le_bytes());
+                    let l = if s % 5 == 0 {
+                        u64::MAX
+                    } else {
+                        (s >> 24) % (1 << 30)
+                    };
+                    rec[32..40].copy_from_slice(&l.to_le_bytes());
+                }
+                match c.submit_raw(&rec) {
+                    Ok(true) => pushed += 1,
+                    Ok(false) => std::thread::sleep(Duration::from_micros(50)),
+                    Err(_) => {
+                        outcome = "evicted";
+                        break;
+                    }
+                }
+            }
+            // The agent notices eviction-worthy garbage; wait for its word.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while outcome == "survived" && Instant::now() < deadline {
+                match ep.recv(Duration::from_millis(100)) {
+                    Err(Error::AgentGone) | Err(Error::Refused(_)) => outcome = "evicted",
+                    _ => {}
+                }
+            }
+            println!(
+                "{}",
+                json!({"ok": true, "pushed": pushed, "outcome": outcome})
+            );
+            Ok(true)
+        }
+        ModeCmd::AttachLoop { .. } => unreachable!("handled above"),
+    }
+}
