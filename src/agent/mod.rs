@@ -57,6 +57,8 @@ pub const BURST: usize = 64;
 const TICK: Duration = Duration::from_millis(5);
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a departed client's published submissions may take to go out.
+const CLOSING_GRACE: Duration = Duration::from_secs(10);
 
 const T_CTL_LISTEN: u64 = 1;
 const T_CTL_CONN: u64 = 2;
@@ -205,6 +207,8 @@ struct ClientState {
     wake: File,
     stalled: Option<Vec<u8>>,
     waiting_large: bool,
+    /// Set when the client left; its slot is reclaimed once drained.
+    closing: Option<Instant>,
     submitted: u64,
     delivered: u64,
     errors: u64,
@@ -563,6 +567,7 @@ impl Agent {
                 }
             }
             self.rec = rec;
+            self.maybe_reclaim(slot);
         }
         work
     }
@@ -868,7 +873,14 @@ impl Agent {
     fn evict(&mut self, slot: u32, why: &str) {
         log::warn!("detaching client slot {slot}: {why}");
         self.evicted += 1;
-        if let Some(c) = self.clients[slot as usize].as_ref() {
+        if let Some(c) = self.clients[slot as usize].as_mut() {
+            // Nothing more of this client is processed.
+            c.stalled = None;
+            c.closing = Some(
+                Instant::now()
+                    .checked_sub(CLOSING_GRACE)
+                    .unwrap_or_else(Instant::now),
+            );
             let conn = c.conn;
             if let Some(cc) = self.conns.get(conn).and_then(|c| c.as_ref()) {
                 let _ = send_line(
@@ -1347,7 +1359,10 @@ impl Agent {
         // A finished large message that found its ring full goes first.
         if let Some(d) = self.peers[j].rx_deposit.take() {
             match self.finish_large(j, d) {
-                Handled::Stall => return false,
+                Handled::Stall => {
+                    self.peers[j].counters.rx_stalls += 1;
+                    return false;
+                }
                 Handled::Done | Handled::DoneStop => work = true,
             }
         }
@@ -1368,6 +1383,7 @@ impl Agent {
                 }
                 FrameStep::Empty => {}
                 FrameStep::Partial(pos) => {
+                    self.peers[j].counters.rx_stalls += 1;
                     work |= pos != self.peers[j].rx_pos;
                     self.peers[j].rx_pos = pos;
                 }
@@ -1502,10 +1518,7 @@ impl Agent {
             RecordKind::Msg => {
                 let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
                 let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
-                if whole
-                    && (h.total as usize) <= inline_max.min(self.cfg.eager_max)
-                    && self.peers[j].rx_large.is_none()
-                {
+                if whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max) {
                     let Some(&(slot, ep)) = self.endpoints.get(&h.dst_ep) else {
                         self.queue_reply(
                             j,
@@ -1694,8 +1707,45 @@ impl Agent {
         if let Some(c) = self.conns.get_mut(idx).and_then(|c| c.take()) {
             let _ = self.epoll.delete(c.stream.as_fd());
             if let Some(slot) = c.client {
-                self.reclaim(slot);
+                self.start_closing(slot);
             }
+        }
+    }
+
+    /// The client left (detached, exited or died): its endpoints stop
+    /// receiving at once, but what it already published in its submission
+    /// ring is still sent; then its slot is reclaimed.
+    fn start_closing(&mut self, slot: u32) {
+        let Some(c) = self.clients[slot as usize].as_mut() else {
+            return;
+        };
+        if c.closing.is_some() {
+            return;
+        }
+        c.closing = Some(Instant::now());
+        for ep in c.recv.iter().flatten() {
+            self.endpoints.remove(&ep.id);
+        }
+        self.maybe_reclaim(slot);
+    }
+
+    fn maybe_reclaim(&mut self, slot: u32) {
+        let Some(c) = self.clients[slot as usize].as_mut() else {
+            return;
+        };
+        let Some(since) = c.closing else {
+            return;
+        };
+        let drained = c.stalled.is_none()
+            && !c.waiting_large
+            && matches!(c.sub.is_empty(), Ok(true) | Err(_));
+        if drained || since.elapsed() > CLOSING_GRACE {
+            if !drained {
+                log::warn!(
+                    "client slot {slot}: dropping what it left unsent after {CLOSING_GRACE:?}"
+                );
+            }
+            self.reclaim(slot);
         }
     }
 
@@ -1814,6 +1864,7 @@ impl Agent {
                     wake: File::from(wake),
                     stalled: None,
                     waiting_large: false,
+                    closing: None,
                     submitted: 0,
                     delivered: 0,
                     errors: 0,

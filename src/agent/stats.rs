@@ -23,6 +23,9 @@ pub struct PeerCounters {
     pub errors: u64,
     /// Times the link was lost.
     pub losses: u64,
+    /// Poll rounds in which this peer's frames waited for a full receive
+    /// ring or a full pool (backpressure towards the peer).
+    pub rx_stalls: u64,
 }
 
 /// One peer as `wyvern stat` shows it.

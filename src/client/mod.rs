@@ -332,12 +332,17 @@ pub fn stat(path: impl AsRef<Path>) -> Result<crate::agent::stats::Snapshot, Err
         path: path.into(),
         source,
     })?;
-    send_line(
+    // The agent may refuse us before reading the request (wrong uid): its
+    // answer is still there to read even when our write fails.
+    let sent = send_line(
         &s,
         &serde_json::to_string(&CtlRequest::Stat).expect("serialisable"),
         &[],
-    )?;
-    let (line, _) = LineReader::new().read_line_blocking(&s)?;
+    );
+    let (line, _) = match LineReader::new().read_line_blocking(&s) {
+        Ok(l) => l,
+        Err(e) => return Err(Error::Io(sent.err().unwrap_or(e))),
+    };
     match serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))? {
         CtlReply::Stat(s) => Ok(*s),
         CtlReply::Error { message } => Err(Error::Refused(message)),
@@ -360,17 +365,19 @@ impl Client {
             pid: std::process::id(),
             name: name.to_string(),
         };
-        send_line(
+        // A refusal (wrong uid) may close the socket before our write lands:
+        // read the agent's answer even then.
+        let sent = send_line(
             &ctl,
             &serde_json::to_string(&req).map_err(|e| Error::Protocol(e.to_string()))?,
             &[wake.as_fd()],
-        )?;
+        );
         let mut reader = LineReader::new();
         let (line, fds) = reader
             .read_line_blocking(&ctl)
             .map_err(|e| Error::Connect {
                 path: path.into(),
-                source: e,
+                source: sent.err().unwrap_or(e),
             })?;
         let rep: CtlReply =
             serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;

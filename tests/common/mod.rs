@@ -1,0 +1,260 @@
+//! Test harness: real agent processes on loopback TCP, real client processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const WYVERN: &str = env!("CARGO_BIN_EXE_wyvern");
+pub const PEER: &str = env!("CARGO_BIN_EXE_wyvern-peer");
+
+/// A child whose stdout lines arrive on a channel.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, name: &str) -> Proc {
+        cmd.stdout(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let out = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            name: name.to_string(),
+        }
+    }
+
+    /// The next stdout line, within `t`.
+    pub fn line(&self, t: Duration) -> String {
+        self.lines
+            .recv_timeout(t)
+            .unwrap_or_else(|e| panic!("{}: no output line within {t:?} ({e})", self.name))
+    }
+
+    /// Wait for the process to print a JSON result and exit.
+    pub fn result(mut self, t: Duration) -> (serde_json::Value, bool) {
+        let deadline = Instant::now() + t;
+        let mut last = None;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) if l.starts_with('{') => last = Some(l),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("{}: no result within {t:?}", self.name);
+                }
+            }
+        }
+        let status = self.child.wait().expect("wait");
+        let line = last
+            .unwrap_or_else(|| panic!("{}: exited ({status}) without a JSON result", self.name));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON result");
+        (v, status.success())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Agents on loopback, one per node.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub agents: Vec<Option<Proc>>,
+    pub nodes: Vec<SocketAddr>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Start `n` agents with extra flags for each.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "wyvern-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nodes: Vec<SocketAddr> = (0..n)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let mut c = Cluster {
+            dir,
+            agents: Vec::new(),
+            nodes,
+        };
+        for i in 0..n {
+            let p = c.spawn_agent(i, extra);
+            c.agents.push(Some(p));
+        }
+        // Wait until every agent sees every peer up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for i in 0..n {
+            loop {
+                let s = c.stat(i);
+                if s["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["state"] == "up")
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "agents did not connect: {s}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        c
+    }
+
+    fn spawn_agent(&self, i: usize, extra: &[&str]) -> Proc {
+        let list: Vec<String> = self.nodes.iter().map(|a| a.to_string()).collect();
+        let mut cmd = Command::new(WYVERN);
+        cmd.args([
+            "agent",
+            "--node-id",
+            &i.to_string(),
+            "--nodes",
+            &list.join(","),
+        ])
+        .arg("--socket")
+        .arg(self.socket(i))
+        .args([
+            "--idle",
+            "adaptive",
+            "--heartbeat-ms",
+            "100",
+            "--peer-timeout-ms",
+            "3000",
+        ])
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stderr(Stdio::from(
+            std::fs::File::create(self.dir.join(format!("agent{i}.log"))).unwrap(),
+        ));
+        let p = Proc::spawn(cmd, &format!("agent {i}"));
+        let l = p.line(Duration::from_secs(20));
+        assert!(l.starts_with("wyvern agent ready"), "agent {i}: {l}");
+        p
+    }
+
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("agent{i}.sock"))
+    }
+
+    /// `wyvern stat --json` of agent `i`, through the library.
+    pub fn stat(&self, i: usize) -> serde_json::Value {
+        let s = wyvern::client::stat(self.socket(i))
+            .unwrap_or_else(|e| panic!("stat of agent {i}: {e}"));
+        serde_json::to_value(s).unwrap()
+    }
+
+    /// The log of agent `i` so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("agent{i}.log"))).unwrap_or_default()
+    }
+
+    /// Start a `wyvern-peer` on node `i`; waits for its `ready`.
+    pub fn peer(&self, i: usize, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(PEER);
+        cmd.arg("--socket").arg(self.socket(i)).args(args);
+        let p = Proc::spawn(cmd, &format!("peer on node {i} {args:?}"));
+        let l = p.line(Duration::from_secs(20));
+        assert_eq!(l, "ready", "{}", p.name);
+        p
+    }
+
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut p) = self.agents[i].take() {
+            p.kill9();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in self.agents.iter_mut().flatten() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(a.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for a in self.agents.iter_mut().flatten() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = a.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test failed: agent logs kept in {}", self.dir.display());
+            for i in 0..self.agents.len() {
+                eprintln!("---- agent {i} log (tail) ----");
+                let log = self.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+pub fn assert_ok(name: &str, r: &(serde_json::Value, bool)) {
+    assert!(r.1 && r.0["ok"] == true, "{name} failed: {}", r.0);
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

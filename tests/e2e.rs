@@ -1,0 +1,578 @@
+//! End to end: real agent processes over loopback TCP, real client processes,
+//! real shared memory (hugepages when the machine has them free).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::{assert_ok, Cluster};
+
+const T: Duration = Duration::from_secs(120);
+
+/// Every size class from 0 B to 64 MiB, inline and block paths on both sides.
+const SIZES: &str =
+    "0,1,7,8,63,64,65,200,4095,4096,4097,65536,262144,262145,1048576,3000001,67108864";
+
+#[test]
+fn every_size_class_arrives_intact_and_in_order_from_several_processes() {
+    let c = Cluster::start(2, &[]);
+    // 3 senders on node 0, 1 on node 1 itself (local path), one receiver.
+    let per = 20u64; // covers all 17 sizes, 64 MiB once per sender
+    let rx = c.peer(
+        1,
+        &[
+            "--ep",
+            "100",
+            "--sizes",
+            SIZES,
+            "recv",
+            "--count",
+            &(per * 4).to_string(),
+        ],
+    );
+    let mut tx = Vec::new();
+    for (i, mode) in [
+        (0, "buffered"),
+        (0, "delivered"),
+        (0, "buffered"),
+        (1, "delivered"),
+    ] {
+        let mut args = vec!["--sizes", SIZES, "send", "--to", "1:100", "--count", "20"];
+        if mode == "delivered" {
+            args.push("--delivered");
+        }
+        tx.push(c.peer(i, &args));
+    }
+    for (k, t) in tx.into_iter().enumerate() {
+        let r = t.result(T);
+        assert_ok(&format!("sender {k}"), &r);
+        assert_eq!(r.0["sent"], per);
+    }
+    let r = rx.result(T);
+    assert_ok("receiver", &r);
+    assert_eq!(r.0["received"], per * 4);
+    assert_eq!(r.0["corrupt"], 0);
+    assert_eq!(r.0["out_of_order"], 0);
+    assert_eq!(r.0["senders"].as_object().unwrap().len(), 4, "{}", r.0);
+    assert!(
+        r.0["zero_copy"].as_u64().unwrap() > 0,
+        "large messages must arrive as pool blocks"
+    );
+    // Every block went back to the pool once the clients left.
+    for i in 0..2 {
+        let s = c.stat(i);
+        assert_eq!(
+            s["blocks_free"], s["blocks_total"],
+            "agent {i} leaked blocks: {s}"
+        );
+    }
+    let s = c.stat(0);
+    let p = &s["peers"][0];
+    assert!(p["counters"]["msgs_tx"].as_u64().unwrap() >= per * 3);
+    assert!(s["local_msgs"].as_u64().unwrap() == 0);
+    assert!(c.stat(1)["local_msgs"].as_u64().unwrap() >= per);
+}
+
+#[test]
+fn small_messages_are_aggregated_into_frames() {
+    let c = Cluster::start(2, &[]);
+    let n = 20_000u64;
+    let rx = c.peer(
+        1,
+        &[
+            "--ep",
+            "7",
+            "--sizes",
+            "8",
+            "recv",
+            "--count",
+            &(n * 2).to_string(),
+        ],
+    );
+    let a = c.peer(
+        0,
+        &[
+            "--sizes",
+            "8",
+            "send",
+            "--to",
+            "1:7",
+            "--count",
+            &n.to_string(),
+        ],
+    );
+    let b = c.peer(
+        0,
+        &[
+            "--sizes",
+            "8",
+            "send",
+            "--to",
+            "1:7",
+            "--count",
+            &n.to_string(),
+        ],
+    );
+    assert_ok("a", &a.result(T));
+    assert_ok("b", &b.result(T));
+    let r = rx.result(T);
+    assert_ok("receiver", &r);
+    let s = c.stat(0);
+    let p = &s["peers"][0];
+    let frames = p["counters"]["frames_tx"].as_u64().unwrap();
+    assert!(
+        frames < n * 2,
+        "40000 small messages should need fewer frames than messages, took {frames}"
+    );
+    assert!(p["aggregation"].as_f64().unwrap() > 1.0, "{p}");
+}
+
+#[test]
+fn unknown_endpoint_and_unknown_node_are_reported() {
+    let c = Cluster::start(2, &[]);
+    // Delivered mode: every send fails with the reason.
+    let r = c
+        .peer(
+            0,
+            &[
+                "send",
+                "--to",
+                "1:4242",
+                "--count",
+                "5",
+                "--delivered",
+                "--keep-going",
+            ],
+        )
+        .result(T);
+    assert!(!r.1);
+    let failed = r.0["failed"].as_object().unwrap();
+    assert_eq!(
+        failed.get("send failed: unknown endpoint on the destination node"),
+        Some(&serde_json::json!(5)),
+        "{}",
+        r.0
+    );
+    // Buffered mode: the send returns, the failure arrives afterwards.
+    let r = c
+        .peer(
+            0,
+            &["send", "--to", "1:4242", "--count", "3", "--keep-going"],
+        )
+        .result(T);
+    assert!(!r.1);
+    assert_eq!(
+        r.0["failed"]["async: unknown endpoint on the destination node"], 3,
+        "{}",
+        r.0
+    );
+    // A node that is not in the node list.
+    let r = c
+        .peer(
+            0,
+            &[
+                "send",
+                "--to",
+                "9:1",
+                "--count",
+                "1",
+                "--delivered",
+                "--keep-going",
+            ],
+        )
+        .result(T);
+    assert_eq!(
+        r.0["failed"]["send failed: destination node not in the node list"], 1,
+        "{}",
+        r.0
+    );
+}
+
+#[test]
+fn slow_receiver_gets_everything_and_pushes_back() {
+    // Small receive rings so that backpressure sets in quickly.
+    let c = Cluster::start(2, &[]);
+    let n = 6000u64;
+    let rx = c.peer(
+        1,
+        &[
+            "--ep",
+            "3",
+            "--sizes",
+            "100,3000,20000",
+            "recv",
+            "--count",
+            &n.to_string(),
+            "--slow-us",
+            "100",
+        ],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes",
+            "100,3000,20000",
+            "send",
+            "--to",
+            "1:3",
+            "--count",
+            &n.to_string(),
+        ],
+    );
+    let t = tx.result(T);
+    assert_ok("sender", &t);
+    let r = rx.result(T);
+    assert_ok("slow receiver", &r);
+    assert_eq!(r.0["received"], n);
+    let stalls = c.stat(1)["peers"][0]["counters"]["rx_stalls"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        stalls > 0,
+        "the receiving agent never had to hold the peer back"
+    );
+}
+
+#[test]
+fn client_killed_mid_stream_is_reclaimed_and_others_go_on() {
+    let c = Cluster::start(2, &[]);
+    let rx_victim = c.peer(
+        1,
+        &[
+            "--ep",
+            "20",
+            "--sizes",
+            "64,100000",
+            "recv",
+            "--count",
+            "1000000",
+            "--slow-us",
+            "0",
+        ],
+    );
+    let mut victim = c.peer(
+        0,
+        &[
+            "--sizes",
+            "64,100000",
+            "send",
+            "--to",
+            "1:20",
+            "--count",
+            "1000000",
+            "--keep-going",
+        ],
+    );
+    let rx = c.peer(
+        1,
+        &[
+            "--ep",
+            "21",
+            "--sizes",
+            "10,5000,70000",
+            "recv",
+            "--count",
+            "3000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let victim_pid = victim.pid() as u64;
+    victim.kill9();
+    let honest = c.peer(
+        0,
+        &[
+            "--sizes",
+            "10,5000,70000",
+            "send",
+            "--to",
+            "1:21",
+            "--count",
+            "3000",
+        ],
+    );
+    assert_ok("honest sender", &honest.result(T));
+    assert_ok("honest receiver", &rx.result(T));
+    drop(rx_victim);
+    // The agent noticed and reclaimed the victim's slot and blocks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.stat(0);
+        let gone = s["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|cl| cl["pid"] != victim_pid);
+        if gone && s["blocks_free"] == s["blocks_total"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "victim not reclaimed: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.log(0).contains("reclaimed"), "{}", c.log(0));
+}
+
+#[test]
+fn killed_agent_is_reported_lost_to_senders() {
+    let mut c = Cluster::start(2, &[]);
+    let rx = c.peer(1, &["--ep", "5", "recv", "--count", "100000000"]);
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes",
+            "64",
+            "send",
+            "--to",
+            "1:5",
+            "--count",
+            "20000",
+            "--delivered",
+            "--keep-going",
+            "--gap-us",
+            "50",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill_agent(1);
+    drop(rx);
+    let r = tx.result(T);
+    assert!(!r.1, "sends to a dead node cannot all succeed: {}", r.0);
+    assert!(
+        r.0["failed"]["send failed: destination node lost"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{}",
+        r.0
+    );
+    let s = c.stat(0);
+    let state = s["peers"][0]["state"].as_str().unwrap();
+    assert!(state.starts_with("lost"), "{state}");
+    assert!(s["peers"][0]["counters"]["losses"].as_u64().unwrap() >= 1);
+}
+
+fn control_roundtrip(sock: &std::path::Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = String::new();
+    let mut buf = [0u8; 4096];
+    // Read until the agent answers and closes, or the line ends.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if out.ends_with('\n') {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_attaches_get_clear_errors_and_the_agent_goes_on() {
+    let c = Cluster::start(1, &[]);
+    let sock = c.socket(0);
+    let r = control_roundtrip(&sock, b"this is not json\n");
+    assert!(r.contains("malformed control request"), "{r}");
+    let r = control_roundtrip(
+        &sock,
+        br#"{"req":"attach","version":99,"pid":1,"name":"old"}"#,
+    );
+    assert!(r.is_empty() || r.contains("error"), "{r}");
+    let r = control_roundtrip(
+        &sock,
+        b"{\"req\":\"attach\",\"version\":99,\"pid\":1,\"name\":\"old\"}\n",
+    );
+    assert!(r.contains("layout version 99"), "{r}");
+    let r = control_roundtrip(
+        &sock,
+        b"{\"req\":\"attach\",\"version\":1,\"pid\":1,\"name\":\"nofd\"}\n",
+    );
+    assert!(r.contains("eventfd"), "{r}");
+    let r = control_roundtrip(&sock, &vec![b'x'; 64 * 1024]);
+    assert!(r.is_empty() || r.contains("error"), "{r}");
+    // Still serving.
+    let ok = c
+        .peer(0, &["--ep", "1", "send", "--to", "0:1", "--count", "10"])
+        .result(T);
+    assert_ok("sender after garbage", &ok);
+    assert_eq!(c.stat(0)["clients"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn wrong_uid_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED wrong_uid_is_refused: needs root to run a client as another uid");
+        return;
+    }
+    let c = Cluster::start(1, &[]);
+    let sock = c.socket(0);
+    // Open the socket file and its directory so the agent's own check decides.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&c.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["stat", "--socket"])
+        .arg(&sock)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(c
+        .log(0)
+        .contains("refusing a control connection from uid 65534"));
+}
+
+#[test]
+fn hostile_client_cannot_harm_honest_ones() {
+    let c = Cluster::start(2, &[]);
+    let rx = c.peer(
+        1,
+        &[
+            "--ep",
+            "50",
+            "--sizes",
+            "16,3000,100000",
+            "recv",
+            "--count",
+            "4000",
+        ],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes",
+            "16,3000,100000",
+            "send",
+            "--to",
+            "1:50",
+            "--count",
+            "4000",
+            "--delivered",
+        ],
+    );
+    let hostile = c.peer(0, &["hostile", "--count", "200000", "--seed", "7"]);
+    let hostile2 = c.peer(1, &["hostile", "--count", "200000", "--seed", "99"]);
+    assert_ok("honest sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("honest receiver", &r);
+    let h = hostile.result(T);
+    let h2 = hostile2.result(T);
+    assert_eq!(h.0["outcome"], "evicted", "{}", h.0);
+    assert_eq!(h2.0["outcome"], "evicted", "{}", h2.0);
+    for i in 0..2 {
+        let s = c.stat(i);
+        assert!(s["clients_evicted"].as_u64().unwrap() >= 1, "{s}");
+    }
+    // Nothing the hostile clients did leaked or corrupted the pool's blocks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..2 {
+        loop {
+            let s = c.stat(i);
+            if s["blocks_free"] == s["blocks_total"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {i} blocks not all free: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn scribbled_ring_indices_get_the_client_detached() {
+    let c = Cluster::start(1, &[]);
+    let client = wyvern::client::Client::attach(c.socket(0), "scribbler").unwrap();
+    let ep = client.open_endpoint(None).unwrap();
+    let (layout, slot) = client.layout();
+    // Publish a submission tail far beyond the ring's capacity.
+    client.scribble(layout.sub_off(slot), &u64::MAX.to_le_bytes());
+    let err = ep
+        .recv(Duration::from_secs(10))
+        .err()
+        .expect("must not receive");
+    assert!(
+        matches!(
+            err,
+            wyvern::client::Error::Refused(_) | wyvern::client::Error::AgentGone
+        ),
+        "{err}"
+    );
+    assert!(c.log(0).contains("detaching client slot"), "{}", c.log(0));
+    // A fresh client works.
+    assert_ok(
+        "after",
+        &c.peer(0, &["--ep", "1", "send", "--to", "0:1", "--count", "3"])
+            .result(T),
+    );
+}
+
+#[test]
+fn stat_and_endpoint_errors_are_clear() {
+    let c = Cluster::start(1, &[]);
+    let a = wyvern::client::Client::attach(c.socket(0), "a").unwrap();
+    let e = a.open_endpoint(Some(10)).unwrap();
+    let b = wyvern::client::Client::attach(c.socket(0), "b").unwrap();
+    let dup = b.open_endpoint(Some(10)).err().expect("duplicate id");
+    assert!(dup.to_string().contains("already open"), "{dup}");
+    let s = c.stat(0);
+    let clients = s["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2);
+    assert!(clients
+        .iter()
+        .any(|cl| cl["endpoints"] == serde_json::json!([10])));
+    // A message to self, through the agent.
+    e.send(
+        0,
+        10,
+        b"to myself",
+        wyvern::client::Mode::Delivered,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(e.recv(Duration::from_secs(5)).unwrap().data(), b"to myself");
+    // Timeout on an empty endpoint.
+    assert!(matches!(
+        e.recv(Duration::from_millis(50)),
+        Err(wyvern::client::Error::Timeout)
+    ));
+    e.close().unwrap();
+    a.detach().unwrap();
+    b.detach().unwrap();
+}
+
+#[test]
+fn the_demo_runs() {
+    let out = std::process::Command::new(common::WYVERN)
+        .args([
+            "demo",
+            "--pingpongs",
+            "300",
+            "--messages",
+            "20000",
+            "--bulk-mib",
+            "16",
+        ])
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{so}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(so.contains("one-way latency 8 B, p50"), "{so}");
+    assert!(so.contains("bandwidth, 1 MiB messages"), "{so}");
+}
