@@ -9,9 +9,9 @@
 #   (b) scripts/setup-hugepages.sh        (N from WYVERN_HUGEPAGES, default 512; never fails)
 #   (c) cargo fmt --all -- --check
 #   (d) cargo clippy --all-targets --locked -- -D warnings
-#   (e) cargo test --all-targets --locked [args], then cargo test --doc --locked [args]
+#   (e) cargo test --lib --bins --tests --locked [args], then cargo test --doc --locked [args]
 # Extra args go to both cargo test runs. When they select targets (--lib, --test X, ...)
-# they replace --all-targets and the doc-test run is skipped; it is also skipped when
+# they replace the default targets and the doc-test run is skipped; it is also skipped when
 # the package has no library.
 # Each cargo test run is killed after WYVERN_TEST_TIMEOUT seconds (default 900; 0 = none).
 # Exits non-zero on any failure.
@@ -115,7 +115,7 @@ for a in "$@"; do
     esac
 done
 
-targets=(--all-targets)
+targets=(--lib --bins --tests)   # not --benches: benchmarks run under bench/, never as tests
 if [ "$selects_targets" = 1 ]; then
     targets=()
 fi
