@@ -576,3 +576,127 @@ fn the_demo_runs() {
     assert!(so.contains("one-way latency 8 B, p50"), "{so}");
     assert!(so.contains("bandwidth, 1 MiB messages"), "{so}");
 }
+
+#[test]
+fn pool_falls_back_to_normal_pages_when_hugepages_run_short() {
+    // A block region larger than any hugepage reservation this machine makes.
+    let c = Cluster::start(1, &["--block-mib", "4096"]);
+    let s = c.stat(0);
+    assert!(s["backing"].as_str().unwrap().starts_with("normal"), "{s}");
+    assert!(
+        c.log(0).contains("falling back to normal shared pages"),
+        "{}",
+        c.log(0)
+    );
+    // And it works.
+    let r = c
+        .peer(
+            0,
+            &[
+                "--ep", "1", "--sizes", "8,100000", "send", "--to", "0:1", "--count", "4",
+            ],
+        )
+        .result(T);
+    assert_ok("sender", &r);
+}
+
+/// Plays node 1 by hand against a real agent on node 0.
+#[test]
+fn malformed_frames_from_the_network_are_counted_and_dropped() {
+    use std::net::TcpStream;
+    use wyvern::wire::{control_frame, FrameBuilder, FrameKind, Hello, RecordHeader, RecordKind};
+
+    let fake: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let c = common::Cluster::start_partial(&[true, false], fake);
+    let hello = |nodes: u32| {
+        control_frame(
+            FrameKind::Hello,
+            1,
+            &Hello {
+                node: 1,
+                nodes,
+                incarnation: 42,
+            }
+            .to_bytes(),
+        )
+    };
+    let connect = || {
+        let s = TcpStream::connect(c.nodes[0]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let closed_by_agent = |mut s: TcpStream| {
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+    };
+
+    // Garbage instead of a Hello.
+    let mut s = connect();
+    s.write_all(&[0xEE; 64]).unwrap();
+    assert!(closed_by_agent(s));
+    // A Hello with another node count.
+    let mut s = connect();
+    s.write_all(&hello(5)).unwrap();
+    assert!(closed_by_agent(s));
+    // A proper Hello, then a data frame with a broken record.
+    let mut s = connect();
+    s.write_all(&hello(2)).unwrap();
+    let mut bad = FrameBuilder::new(1, 4096);
+    bad.push(
+        &RecordHeader {
+            kind: RecordKind::Msg,
+            flags: 0,
+            status: 0,
+            src_ep: 1,
+            dst_ep: 1,
+            chunk_len: 4,
+            total: 4,
+            offset: 0,
+            cookie: 0,
+        },
+        b"abcd",
+    );
+    let mut frame = bad.finish();
+    frame[16] = 77; // unknown record kind
+    s.write_all(&frame).unwrap();
+    assert!(closed_by_agent(s));
+    let st = c.stat(0);
+    assert!(
+        st["peers"][0]["counters"]["malformed"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+
+    // The agent still serves: a well-formed message reaches a client on node 0.
+    let client = wyvern::client::Client::attach(c.socket(0), "victim").unwrap();
+    let ep = client.open_endpoint(Some(33)).unwrap();
+    let mut s = connect();
+    s.write_all(&hello(2)).unwrap();
+    let mut good = FrameBuilder::new(1, 4096);
+    good.push(
+        &RecordHeader {
+            kind: RecordKind::Msg,
+            flags: 0,
+            status: 0,
+            src_ep: 5,
+            dst_ep: 33,
+            chunk_len: 5,
+            total: 5,
+            offset: 0,
+            cookie: 1,
+        },
+        b"hello",
+    );
+    s.write_all(&good.finish()).unwrap();
+    let m = ep.recv(Duration::from_secs(10)).unwrap();
+    assert_eq!(m.data(), b"hello");
+    assert_eq!((m.src_node, m.src_ep), (1, 5));
+}

@@ -151,6 +151,27 @@ impl Cluster {
         c
     }
 
+    /// Start only the agents marked `true`; the others' addresses are
+    /// `absent` (a test plays them by hand). Does not wait for peers.
+    pub fn start_partial(which: &[bool], absent: SocketAddr) -> Cluster {
+        let mut c = Cluster::start(0, &[]);
+        c.nodes = which
+            .iter()
+            .map(|&on| {
+                if on {
+                    SocketAddr::from(([127, 0, 0, 1], free_port()))
+                } else {
+                    absent
+                }
+            })
+            .collect();
+        for (i, &on) in which.iter().enumerate() {
+            let p = on.then(|| c.spawn_agent(i, &[]));
+            c.agents.push(p);
+        }
+        c
+    }
+
     fn spawn_agent(&self, i: usize, extra: &[&str]) -> Proc {
         let list: Vec<String> = self.nodes.iter().map(|a| a.to_string()).collect();
         let mut cmd = Command::new(WYVERN);
