@@ -113,7 +113,8 @@ fn main() {
 fn run() -> Result<(), String> {
     let runs: usize = env_or("RUNS", 5usize).max(1);
     let iters: usize = env_or("HOP_ITERS", 200_000usize).max(BATCH);
-    let pin = env_or("HOP_PIN", 1u32) != 0 && common::cores() >= 2;
+    let ncores = common::cores();
+    let pin = env_or("HOP_PIN", 1u32) != 0 && ncores >= 2;
     let agents = Agents::start(
         "hop",
         1,
@@ -143,7 +144,7 @@ fn run() -> Result<(), String> {
     println!(
         "config: {} cores; {}; agent --idle spin, pool on {}; 8 B messages to own endpoint; \
          {runs} runs x {iters} round trips each, timed in batches of {BATCH}",
-        common::cores(),
+        ncores,
         if pin {
             "client + cache-line initiator pinned to core 0, agent (--cores 1) + cache-line \
              responder on core 1; agent SIGSTOPped while the cache line is measured"

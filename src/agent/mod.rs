@@ -436,6 +436,11 @@ impl Agent {
             let sleep = self.cfg.idle == IdlePolicy::Adaptive
                 && !work
                 && now.duration_since(idle_since) > spin;
+            if !sleep && !work && self.cfg.idle == IdlePolicy::Adaptive {
+                // Polling without work: let a client sharing this core run
+                // (returns at once when nothing else is runnable).
+                std::thread::yield_now();
+            }
             let n = if sleep {
                 announce_sleep(self.pool.agent_sleeping());
                 // Dekker: after announcing sleep, look once more, so a client

@@ -236,6 +236,7 @@ impl Inner {
         mut f: impl FnMut() -> Result<Option<T>, Error>,
     ) -> Result<T, Error> {
         let start = Instant::now();
+        let mut spins = 0u32;
         loop {
             if let Some(v) = f()? {
                 return Ok(v);
@@ -248,7 +249,14 @@ impl Inner {
                 return Err(Error::Timeout);
             }
             if now.duration_since(start) < SPIN {
-                std::hint::spin_loop();
+                // Spin a little, then yield between polls so that an agent
+                // sharing this core gets to run.
+                spins += 1;
+                if spins < 64 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
                 continue;
             }
             let word = self.pool.client_sleeping(self.slot);
