@@ -94,7 +94,8 @@ fn main() {
     for i in 0..count + warm {
         let t0 = Instant::now();
         let s = UnixStream::connect(&path).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         let mut r = BufReader::new(s.try_clone().expect("clone"));
         let mut w = s;
         for _ in 0..2 {

@@ -129,7 +129,11 @@ fn run() -> Result<(), String> {
         .join()
         .map_err(|_| "receiver panicked".to_string())??;
     if !errors.is_empty() {
-        return Err(format!("{} sends failed late: {:?}", errors.len(), errors[0]));
+        return Err(format!(
+            "{} sends failed late: {:?}",
+            errors.len(),
+            errors[0]
+        ));
     }
     let bytes = (mib as usize * MIB) as f64;
     println!(

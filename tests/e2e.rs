@@ -192,7 +192,9 @@ fn unknown_endpoint_and_unknown_node_are_reported() {
 
 #[test]
 fn slow_receiver_gets_everything_and_pushes_back() {
-    // Small receive rings so that backpressure sets in quickly.
+    // The receiver computes for 4.5 s before receiving, longer than the peer
+    // timeout (3 s): its agent stops reading the link meanwhile, and that
+    // silence must not be mistaken for a dead peer.
     let c = Cluster::start(2, &[]);
     let n = 6000u64;
     let rx = c.peer(
@@ -207,6 +209,8 @@ fn slow_receiver_gets_everything_and_pushes_back() {
             &n.to_string(),
             "--slow-us",
             "100",
+            "--start-delay-ms",
+            "4500",
         ],
     );
     let tx = c.peer(

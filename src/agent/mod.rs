@@ -184,6 +184,9 @@ struct Peer {
     rx_pos: usize,
     rx_large: Option<RxLarge>,
     rx_deposit: Option<Deposit>,
+    /// Frames wait for a full ring: we are not reading, so the peer's
+    /// silence proves nothing.
+    rx_stalled: bool,
     counters: PeerCounters,
     dialing: bool,
     next_dial: Instant,
@@ -363,6 +366,7 @@ impl Agent {
                 rx_pos: 0,
                 rx_large: None,
                 rx_deposit: None,
+                rx_stalled: false,
                 counters: PeerCounters::default(),
                 dialing: false,
                 next_dial: now,
@@ -1186,6 +1190,9 @@ impl Agent {
                 PeerState::Local => continue,
                 PeerState::Up => {
                     let link = p.link.as_mut().expect("an up peer has a link");
+                    if p.rx_stalled || link.rx_full() {
+                        link.last_rx = now;
+                    }
                     if now.duration_since(link.last_rx) > timeout {
                         let ms = timeout.as_millis();
                         self.peer_lost(j, &format!("silent for more than {ms} ms"));
@@ -1366,6 +1373,7 @@ impl Agent {
             match self.finish_large(j, d) {
                 Handled::Stall => {
                     self.peers[j].counters.rx_stalls += 1;
+                    self.peers[j].rx_stalled = true;
                     return false;
                 }
                 Handled::Done | Handled::DoneStop => work = true,
@@ -1386,9 +1394,10 @@ impl Agent {
                     self.peers[j].rx_pos = 0;
                     work = true;
                 }
-                FrameStep::Empty => {}
+                FrameStep::Empty => self.peers[j].rx_stalled = false,
                 FrameStep::Partial(pos) => {
                     self.peers[j].counters.rx_stalls += 1;
+                    self.peers[j].rx_stalled = true;
                     work |= pos != self.peers[j].rx_pos;
                     self.peers[j].rx_pos = pos;
                 }

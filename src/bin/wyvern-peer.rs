@@ -65,6 +65,9 @@ enum ModeCmd {
         /// Sleep this many microseconds after each message (a slow receiver).
         #[arg(long, default_value_t = 0)]
         slow_us: u64,
+        /// Receive nothing for this long first (a process busy computing).
+        #[arg(long, default_value_t = 0)]
+        start_delay_ms: u64,
     },
     /// Send back everything received, `count` times.
     Echo {
@@ -221,7 +224,12 @@ fn run(cli: Cli) -> Result<bool, String> {
             let _ = c.detach();
             Ok(ok)
         }
-        ModeCmd::Recv { count, slow_us } => {
+        ModeCmd::Recv {
+            count,
+            slow_us,
+            start_delay_ms,
+        } => {
+            std::thread::sleep(Duration::from_millis(start_delay_ms));
             let mut next: BTreeMap<u64, u64> = BTreeMap::new();
             let (mut corrupt, mut disorder, mut bytes, mut zero_copy) = (0u64, 0u64, 0u64, 0u64);
             let mut want = Vec::new();

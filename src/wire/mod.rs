@@ -428,8 +428,10 @@ pub fn control_frame(kind: FrameKind, src_node: u32, body: &[u8]) -> Vec<u8> {
 /// Splits a byte stream into frames.
 #[derive(Default)]
 pub struct FrameReader {
+    /// Initialised storage; bytes `start..end` are buffered.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 impl FrameReader {
@@ -438,35 +440,42 @@ impl FrameReader {
         FrameReader::default()
     }
 
-    /// Space to read into: the caller fills some prefix of the returned
-    /// slice and reports how much with [`FrameReader::filled`].
+    /// Space to read into (at least `at_least` bytes): the caller fills some
+    /// prefix of the returned slice and reports how much with
+    /// [`FrameReader::filled`]. The storage is reused, never re-zeroed.
     pub fn spare(&mut self, at_least: usize) -> &mut [u8] {
-        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.capacity() / 2)
-        {
-            self.buf.drain(..self.start);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.buf.len() - self.end < at_least && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + at_least, 0);
-        &mut self.buf[len..]
+        if self.buf.len() - self.end < at_least {
+            self.buf.resize(self.end + at_least, 0);
+        }
+        &mut self.buf[self.end..]
     }
 
-    /// After [`FrameReader::spare`]: `n` of the bytes offered were filled.
+    /// After [`FrameReader::spare`]: `n` bytes were filled. (`offered` is
+    /// the length of the slice `spare` returned.)
     pub fn filled(&mut self, offered: usize, n: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - offered + n);
+        debug_assert!(n <= offered && self.end + n <= self.buf.len());
+        self.end += n.min(self.buf.len() - self.end);
     }
 
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// The next complete frame, if any: its header and body. It stays
     /// buffered until [`FrameReader::consume`]. An error means the stream is
     /// broken and must be closed.
     pub fn peek_frame(&self) -> Result<Option<(FrameHeader, &[u8])>, WireError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < FRAME_HEADER {
             return Ok(None);
         }
@@ -608,7 +617,7 @@ mod tests {
             }
             let mut r = FrameReader::new();
             let s = r.spare(bytes.len());
-            s.copy_from_slice(&bytes);
+            s[..bytes.len()].copy_from_slice(&bytes);
             r.filled(bytes.len(), bytes.len());
             while let Ok(Some(_)) = r.next_frame() {}
         }
