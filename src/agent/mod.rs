@@ -57,6 +57,9 @@ pub const BURST: usize = 64;
 const TICK: Duration = Duration::from_millis(5);
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Completions kept for a client whose completion ring is full; beyond
+/// this its submissions are not taken (the agent's memory stays bounded).
+const COMP_BACKLOG_MAX: usize = 4096;
 /// How long a departed client's published submissions may take to go out.
 const CLOSING_GRACE: Duration = Duration::from_secs(10);
 
@@ -278,7 +281,9 @@ pub struct Agent {
     stop: Arc<AtomicBool>,
     incarnation: u64,
     start: Instant,
+    /// Clients given something this round, to wake if they sleep.
     touched: Vec<u32>,
+    touched_flag: Vec<bool>,
     freed: Vec<u64>,
     rec: Vec<u8>,
     rounds: u64,
@@ -405,6 +410,7 @@ impl Agent {
             incarnation,
             start: now,
             touched: Vec::new(),
+            touched_flag: vec![false; max],
             freed: Vec::new(),
             rec: Vec::with_capacity(64 * 1024),
             rounds: 0,
@@ -519,20 +525,26 @@ impl Agent {
                 continue;
             };
             // Completions that did not fit earlier go first.
+            let mut moved = false;
             while let Some(comp) = c.comp_backlog.front() {
                 match c.comp.try_push(&[&comp.to_bytes()]) {
                     Ok(true) => {
                         c.comp_backlog.pop_front();
-                        work = true;
-                        self.touched.push(slot);
+                        moved = true;
                     }
                     _ => break,
                 }
             }
+            if moved {
+                work = true;
+                self.touch(slot);
+            }
             let Some(c) = self.clients[slot as usize].as_mut() else {
                 continue;
             };
-            if c.waiting_large {
+            if c.waiting_large || c.comp_backlog.len() >= COMP_BACKLOG_MAX {
+                // Waiting for its large send to be queued, or for it to read
+                // its completions: its submissions wait too.
                 continue;
             }
             let mut rec = std::mem::take(&mut self.rec);
@@ -560,7 +572,7 @@ impl Agent {
                     }
                 };
                 work = true;
-                self.touched.push(slot);
+                self.touch(slot);
                 match self.handle_submit(slot, &rec) {
                     Handled::Done | Handled::DoneStop => {}
                     Handled::Stall => {
@@ -588,7 +600,7 @@ impl Agent {
             {
                 c.comp_backlog.push_back(comp);
             }
-            self.touched.push(slot);
+            self.touch(slot);
         }
     }
 
@@ -829,7 +841,7 @@ impl Agent {
         match r.ring.try_push(&[&d.to_bytes(), payload]) {
             Ok(true) => {
                 c.delivered += 1;
-                self.touched.push(slot);
+                self.touch(slot);
                 Handled::Done
             }
             Ok(false) => Handled::Stall,
@@ -868,7 +880,7 @@ impl Agent {
                 c.delivered += 1;
                 self.blocks.transfer(block, owner);
                 self.blocks.set_len(block, len);
-                self.touched.push(slot);
+                self.touch(slot);
                 Handled::Done
             }
             Ok(false) => Handled::Stall,
@@ -923,10 +935,15 @@ impl Agent {
         );
     }
 
+    fn touch(&mut self, slot: u32) {
+        if !std::mem::replace(&mut self.touched_flag[slot as usize], true) {
+            self.touched.push(slot);
+        }
+    }
+
     fn wake_clients(&mut self) {
-        self.touched.sort_unstable();
-        self.touched.dedup();
         for slot in self.touched.drain(..) {
+            self.touched_flag[slot as usize] = false;
             if let Some(c) = self.clients[slot as usize].as_mut() {
                 if needs_wake(self.pool.client_sleeping(slot)) {
                     let _ = c.wake.write(&1u64.to_ne_bytes());
