@@ -354,6 +354,31 @@ fn killed_agent_is_reported_lost_to_senders() {
     let state = s["peers"][0]["state"].as_str().unwrap();
     assert!(state.starts_with("lost"), "{state}");
     assert!(s["peers"][0]["counters"]["losses"].as_u64().unwrap() >= 1);
+
+    // The node comes back (a new agent process): the link is re-established
+    // and messages flow again.
+    c.restart_agent(1);
+    c.wait_up(0, 1);
+    c.wait_up(1, 0);
+    let rx = c.peer(
+        1,
+        &["--ep", "5", "--sizes", "8,70000", "recv", "--count", "50"],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes",
+            "8,70000",
+            "send",
+            "--to",
+            "1:5",
+            "--count",
+            "50",
+            "--delivered",
+        ],
+    );
+    assert_ok("sender after restart", &tx.result(T));
+    assert_ok("receiver after restart", &rx.result(T));
 }
 
 fn control_roundtrip(sock: &std::path::Path, bytes: &[u8]) -> String {

@@ -27,7 +27,7 @@ pub mod stats;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -44,9 +44,10 @@ use crate::proto::{
 use crate::shm::blocks::{BlockAlloc, Owner};
 use crate::shm::handoff::{send_line, LineReader, ReadOutcome};
 use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, BLOCK_UNIT};
-use crate::transport::tcp::{Dialer, Link, Out};
+use crate::transport::tcp::TcpTransport;
+use crate::transport::{LinkEvent, Out, Poller, Transport};
 use crate::wire::{
-    self, control_frame, FrameBuilder, FrameKind, Hello, RecordHeader, RecordKind, FLAG_ACK,
+    self, control_frame, FrameBuilder, FrameKind, RecordHeader, RecordKind, FLAG_ACK,
 };
 
 pub use config::{AgentConfig, IdlePolicy};
@@ -56,7 +57,6 @@ use stats::{ClientSnapshot, PeerCounters, PeerSnapshot, Snapshot};
 pub const BURST: usize = 64;
 const TICK: Duration = Duration::from_millis(5);
 const MAX_SLEEP: Duration = Duration::from_millis(50);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Completions kept for a client whose completion ring is full; beyond
 /// this its submissions are not taken (the agent's memory stays bounded).
 const COMP_BACKLOG_MAX: usize = 4096;
@@ -65,10 +65,8 @@ const CLOSING_GRACE: Duration = Duration::from_secs(10);
 
 const T_CTL_LISTEN: u64 = 1;
 const T_CTL_CONN: u64 = 2;
-const T_TCP_LISTEN: u64 = 3;
-const T_PEER: u64 = 4;
-const T_PENDING: u64 = 5;
-const T_DOORBELL: u64 = 6;
+const T_DOORBELL: u64 = 3;
+const T_TRANSPORT: u64 = 4;
 
 fn token(kind: u64, idx: usize) -> u64 {
     (kind << 32) | idx as u64
@@ -124,8 +122,6 @@ enum PeerState {
     Local,
     /// Not connected yet (since start, or since the last loss).
     Connecting,
-    /// Connected, waiting for the peer's Hello.
-    Handshake,
     /// Exchanging frames.
     Up,
     /// Declared lost; sends fail until it comes back.
@@ -137,7 +133,6 @@ impl PeerState {
         match self {
             PeerState::Local => "local".into(),
             PeerState::Connecting => "connecting".into(),
-            PeerState::Handshake => "handshake".into(),
             PeerState::Up => "up".into(),
             PeerState::Lost(r) => format!("lost ({r})"),
         }
@@ -178,7 +173,6 @@ struct Peer {
     node: u32,
     addr: SocketAddr,
     state: PeerState,
-    link: Option<Link>,
     batch: FrameBuilder,
     batch_msgs: u64,
     batch_since: Option<Instant>,
@@ -191,8 +185,6 @@ struct Peer {
     /// silence proves nothing.
     rx_stalled: bool,
     counters: PeerCounters,
-    dialing: bool,
-    next_dial: Instant,
     since: Instant,
 }
 
@@ -246,11 +238,6 @@ struct CtlConn {
     client: Option<u32>,
 }
 
-struct PendingTcp {
-    link: Link,
-    since: Instant,
-}
-
 enum Handled {
     /// Processed.
     Done,
@@ -272,14 +259,12 @@ pub struct Agent {
     peers: Vec<Peer>,
     conns: Vec<Option<CtlConn>>,
     ctl: UnixListener,
-    tcp: TcpListener,
     tcp_addr: SocketAddr,
-    pending: Vec<Option<PendingTcp>>,
-    dialer: Dialer,
-    epoll: Epoll,
+    transport: Box<dyn Transport>,
+    events: Vec<LinkEvent>,
+    poller: Poller,
     doorbell: Arc<EventFd>,
     stop: Arc<AtomicBool>,
-    incarnation: u64,
     start: Instant,
     /// Clients given something this round, to wake if they sleep.
     touched: Vec<u32>,
@@ -329,11 +314,6 @@ impl Agent {
 
         let ctl = bind_control(&cfg)?;
         let me = cfg.nodes[cfg.node_id as usize];
-        let tcp =
-            TcpListener::bind(me).map_err(|source| AgentError::Listen { addr: me, source })?;
-        tcp.set_nonblocking(true).map_err(AgentError::Poller)?;
-        let tcp_addr = tcp.local_addr().map_err(AgentError::Poller)?;
-
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| AgentError::Poller(e.into()))?;
         let doorbell = Arc::new(
@@ -346,8 +326,19 @@ impl Agent {
                 .map_err(|e| AgentError::Poller(e.into()))
         };
         add(ctl.as_fd(), token(T_CTL_LISTEN, 0))?;
-        add(tcp.as_fd(), token(T_TCP_LISTEN, 0))?;
         add(doorbell.as_fd(), token(T_DOORBELL, 0))?;
+        let poller = Poller::new(epoll, T_TRANSPORT);
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let db = doorbell.clone();
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = db.write(1);
+        });
+        let tcp = TcpTransport::new(cfg.node_id, cfg.nodes.clone(), incarnation, &poller, wake)
+            .map_err(|source| AgentError::Listen { addr: me, source })?;
+        let tcp_addr = tcp.addr();
 
         let now = Instant::now();
         let peers = cfg
@@ -362,7 +353,6 @@ impl Agent {
                 } else {
                     PeerState::Connecting
                 },
-                link: None,
                 batch: FrameBuilder::new(cfg.node_id, cfg.frame_bytes),
                 batch_msgs: 0,
                 batch_since: None,
@@ -373,16 +363,10 @@ impl Agent {
                 rx_deposit: None,
                 rx_stalled: false,
                 counters: PeerCounters::default(),
-                dialing: false,
-                next_dial: now,
                 since: now,
             })
             .collect();
         let max = cfg.pool.max_clients as usize;
-        let incarnation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
         log::info!(
             "node {} of {}: peers on tcp {}, control socket {}",
             cfg.node_id,
@@ -400,14 +384,12 @@ impl Agent {
             peers,
             conns: Vec::new(),
             ctl,
-            tcp,
             tcp_addr,
-            pending: Vec::new(),
-            dialer: Dialer::default(),
-            epoll,
+            transport: Box::new(tcp),
+            events: Vec::new(),
+            poller,
             doorbell,
             stop: Arc::new(AtomicBool::new(false)),
-            incarnation,
             start: now,
             touched: Vec::new(),
             touched_flag: vec![false; max],
@@ -462,18 +444,19 @@ impl Agent {
                     let until_tick = next_tick.saturating_duration_since(now).min(MAX_SLEEP);
                     EpollTimeout::try_from(until_tick).unwrap_or(EpollTimeout::ZERO)
                 };
-                let n = self.epoll.wait(&mut events, timeout).unwrap_or(0);
+                let n = self.poller.epoll().wait(&mut events, timeout).unwrap_or(0);
                 announce_awake(self.pool.agent_sleeping());
                 self.sleeps += 1;
                 idle_since = Instant::now();
                 n
             } else {
-                self.epoll
+                self.poller
+                    .epoll()
                     .wait(&mut events, EpollTimeout::ZERO)
                     .unwrap_or(0)
             };
             for ev in &events[..n] {
-                work |= self.on_event(ev.data());
+                work |= self.on_event(ev.data(), now);
             }
             work |= self.process_rx();
             let now = Instant::now();
@@ -499,18 +482,17 @@ impl Agent {
 
     fn shutdown(&mut self) {
         log::info!("agent stopping: saying goodbye to peers");
-        for p in &mut self.peers {
-            if let Some(link) = &mut p.link {
-                link.push(Out::Bytes {
-                    buf: control_frame(FrameKind::Bye, self.cfg.node_id, &[]),
-                    pos: 0,
-                });
-                let deadline = Instant::now() + Duration::from_millis(200);
-                while !matches!(link.flush(&self.pool, &mut self.freed), Ok(true) | Err(_))
-                    && Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+        let bye = control_frame(FrameKind::Bye, self.cfg.node_id, &[]);
+        for j in 0..self.peers.len() as u32 {
+            if !self.transport.is_up(j) {
+                continue;
+            }
+            self.transport.push(j, Out::bytes(bye.clone()));
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while self.transport.queued(j) > 0 && Instant::now() < deadline {
+                self.transport
+                    .flush(j, &self.pool, &mut self.freed, &mut self.events);
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         let _ = std::fs::remove_file(&self.cfg.socket);
@@ -764,17 +746,17 @@ impl Agent {
                 self.peers[j].counters.errors += 1;
                 fail(self, Status::PeerLost)
             }
-            PeerState::Connecting | PeerState::Handshake | PeerState::Up => {
+            PeerState::Connecting | PeerState::Up => {
                 let j = s.dst_node as usize;
                 let limit = self.cfg.peer_queue_bytes;
                 let p = &mut self.peers[j];
-                if p.state != PeerState::Up || p.link.as_ref().map_or(0, |l| l.queued()) >= limit {
+                if p.state != PeerState::Up || self.transport.queued(s.dst_node) >= limit {
                     return Handled::Stall;
                 }
                 if s.op == Op::SendBlock {
                     self.blocks.transfer(s.off, Owner::Agent);
                     // Everything this client sent before goes first.
-                    Self::flush_batch(p);
+                    Self::flush_batch(p, &mut *self.transport);
                     p.large.push_back(LargeSend {
                         block: s.off,
                         total: s.len,
@@ -801,7 +783,7 @@ impl Agent {
                         cookie: s.cookie,
                     };
                     if !p.batch.fits(payload.len()) {
-                        Self::flush_batch(p);
+                        Self::flush_batch(p, &mut *self.transport);
                     }
                     p.batch.push(&h, payload);
                     p.batch_msgs += 1;
@@ -954,7 +936,7 @@ impl Agent {
 
     // ------------------------------------------------------------------ peers
 
-    fn flush_batch(p: &mut Peer) {
+    fn flush_batch(p: &mut Peer, t: &mut dyn Transport) {
         if p.batch.is_empty() {
             return;
         }
@@ -962,9 +944,7 @@ impl Agent {
         p.counters.frames_tx += 1;
         p.batch_msgs = 0;
         p.batch_since = None;
-        if let Some(link) = p.link.as_mut() {
-            link.push(Out::Bytes { buf: frame, pos: 0 });
-        }
+        t.push(p.node, Out::bytes(frame));
     }
 
     fn flush_peers(&mut self) -> bool {
@@ -975,18 +955,19 @@ impl Agent {
         let me = self.cfg.node_id;
         for j in 0..self.peers.len() {
             let p = &mut self.peers[j];
-            if p.link.is_none() {
+            let node = j as u32;
+            if p.state != PeerState::Up {
                 continue;
             }
             if p.batch_since
                 .is_some_and(|t| delay.is_zero() || t.elapsed() >= delay)
             {
-                Self::flush_batch(p);
+                Self::flush_batch(p, &mut *self.transport);
             }
             // Cut large messages into chunks while the link has room.
             while let Some(ls) = p.large.front_mut() {
-                let link = p.link.as_mut().expect("checked above");
-                if link.queued() >= limit {
+                let link = &mut *self.transport;
+                if link.queued(node) >= limit {
                     break;
                 }
                 let n = chunk.min(ls.total - ls.sent);
@@ -1010,24 +991,24 @@ impl Agent {
                 .to_bytes()
                 .to_vec();
                 hdr.extend_from_slice(&h.to_bytes());
-                link.push(Out::Bytes { buf: hdr, pos: 0 });
+                link.push(node, Out::bytes(hdr));
                 let last = ls.sent + n == ls.total;
                 if n > 0 {
-                    link.push(Out::Block {
-                        off: ls.block + ls.sent,
-                        len: n,
-                        pos: 0,
-                        free_after: last.then_some(ls.block),
-                    });
+                    link.push(
+                        node,
+                        Out::Block {
+                            off: ls.block + ls.sent,
+                            len: n,
+                            pos: 0,
+                            free_after: last.then_some(ls.block),
+                        },
+                    );
                 } else {
                     self.freed.push(ls.block);
                 }
                 let pad = wire::padded(n as usize) - n as usize;
                 if pad > 0 {
-                    link.push(Out::Bytes {
-                        buf: vec![0; pad],
-                        pos: 0,
-                    });
+                    link.push(node, Out::bytes(vec![0; pad]));
                 }
                 p.counters.frames_tx += 1;
                 ls.sent += n;
@@ -1047,37 +1028,41 @@ impl Agent {
                     }
                 }
             }
-            let p = &mut self.peers[j];
-            if let Some(link) = p.link.as_mut() {
-                if link.queued() > 0 {
-                    work = true;
-                    if let Err(e) = link.flush(&self.pool, &mut self.freed) {
-                        self.peer_lost(j, &format!("write failed: {e}"));
-                    }
-                }
+            if self.transport.queued(node) > 0 {
+                work = true;
+                self.transport
+                    .flush(node, &self.pool, &mut self.freed, &mut self.events);
             }
         }
+        self.link_events();
         for b in std::mem::take(&mut self.freed) {
             self.blocks.free(b, Owner::Agent);
         }
         work
     }
 
-    fn peer_lost(&mut self, j: usize, why: &str) {
+    /// Peer `j` is gone: fail what waited on it, free what it held. With
+    /// `close_link`, the transport's link is closed too.
+    fn peer_lost(&mut self, j: usize, why: &str, close_link: bool) {
         let p = &mut self.peers[j];
         if let PeerState::Lost(_) = p.state {
+            if close_link {
+                for b in self.transport.close(&self.poller, j as u32) {
+                    self.blocks.free(b, Owner::Agent);
+                }
+            }
             return;
         }
         log::warn!("peer node {} ({}) lost: {why}", p.node, p.addr);
         p.state = PeerState::Lost(why.to_string());
         p.counters.losses += 1;
         p.since = Instant::now();
-        p.next_dial = Instant::now() + Duration::from_millis(500);
+        p.rx_stalled = false;
         let mut blocks = Vec::new();
-        if let Some(mut link) = p.link.take() {
-            link.shutdown();
-            blocks.extend(link.drain_blocks());
+        if close_link {
+            blocks = self.transport.close(&self.poller, j as u32);
         }
+        let p = &mut self.peers[j];
         p.batch.finish();
         p.batch_msgs = 0;
         p.batch_since = None;
@@ -1122,260 +1107,117 @@ impl Agent {
         // Clients stalled on this peer retry and now fail fast.
     }
 
-    fn peer_up(&mut self, j: usize, link: Link) {
+    fn peer_up(&mut self, j: usize) {
         let me = self.cfg.node_id;
         let p = &mut self.peers[j];
-        if let Some(old) = p.link.take() {
-            old.shutdown();
+        if p.state == PeerState::Up {
+            // A new connection replaced one we still thought alive.
+            self.peer_lost(j, "peer reconnected", false);
         }
-        if self
-            .epoll
-            .add(
-                // The link's socket; removed from epoll when it is closed.
-                link.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, token(T_PEER, j)),
-            )
-            .is_err()
-        {
-            log::error!("cannot watch the link to node {j}");
-        }
-        p.link = Some(link);
+        let p = &mut self.peers[j];
         p.state = PeerState::Up;
         p.rx_pos = 0;
+        p.rx_stalled = false;
         p.since = Instant::now();
         p.batch = FrameBuilder::new(me, self.cfg.frame_bytes);
         log::info!("peer node {} ({}) up", p.node, p.addr);
     }
 
-    fn hello_bytes(&self) -> Vec<u8> {
-        control_frame(
-            FrameKind::Hello,
-            self.cfg.node_id,
-            &Hello {
-                node: self.cfg.node_id,
-                nodes: self.cfg.nodes.len() as u32,
-                incarnation: self.incarnation,
-            }
-            .to_bytes(),
-        )
-    }
-
     fn timers(&mut self, now: Instant) {
-        let me = self.cfg.node_id as usize;
+        let me = self.cfg.node_id;
         let hb = self.cfg.heartbeat();
         let timeout = self.cfg.peer_timeout();
         let connect_timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
-        while let Some(d) = self.dialer.poll() {
-            let j = d.node as usize;
-            self.peers[j].dialing = false;
-            if matches!(self.peers[j].state, PeerState::Up) {
-                continue;
-            }
-            match d.result.and_then(Link::new) {
-                Ok(mut link) => {
-                    link.push(Out::Bytes {
-                        buf: self.hello_bytes(),
-                        pos: 0,
-                    });
-                    let _ = link.flush(&self.pool, &mut self.freed);
-                    let slot = self
-                        .pending
-                        .iter()
-                        .position(|p| p.is_none())
-                        .unwrap_or_else(|| {
-                            self.pending.push(None);
-                            self.pending.len() - 1
-                        });
-                    let _ = self.epoll.add(
-                        link.as_fd(),
-                        EpollEvent::new(EpollFlags::EPOLLIN, token(T_PENDING, slot)),
-                    );
-                    self.pending[slot] = Some(PendingTcp { link, since: now });
-                    if self.peers[j].state == PeerState::Connecting {
-                        self.peers[j].state = PeerState::Handshake;
-                    }
-                }
-                Err(e) => {
-                    log::debug!("dial node {j}: {e}");
-                    self.peers[j].next_dial = now + Duration::from_millis(100);
-                }
-            }
-        }
+        self.transport.tick(&self.poller, now, &mut self.events);
+        self.link_events();
         for j in 0..self.peers.len() {
             let p = &mut self.peers[j];
+            let node = j as u32;
             match p.state {
-                PeerState::Local => continue,
+                PeerState::Local | PeerState::Lost(_) => {}
                 PeerState::Up => {
-                    let link = p.link.as_mut().expect("an up peer has a link");
-                    if p.rx_stalled || link.rx_full() {
-                        link.last_rx = now;
+                    if p.rx_stalled || self.transport.rx_full(node) {
+                        self.transport.mark_alive(node, now);
                     }
-                    if now.duration_since(link.last_rx) > timeout {
+                    let Some((last_rx, last_tx)) = self.transport.activity(node) else {
+                        continue;
+                    };
+                    if now.duration_since(last_rx) > timeout {
                         let ms = timeout.as_millis();
-                        self.peer_lost(j, &format!("silent for more than {ms} ms"));
+                        self.peer_lost(j, &format!("silent for more than {ms} ms"), true);
                         continue;
                     }
-                    if now.duration_since(link.last_tx) > hb && link.queued() == 0 {
-                        link.push(Out::Bytes {
-                            buf: control_frame(FrameKind::Heartbeat, me as u32, &[]),
-                            pos: 0,
-                        });
+                    if now.duration_since(last_tx) > hb && self.transport.queued(node) == 0 {
+                        let hb = control_frame(FrameKind::Heartbeat, me, &[]);
+                        self.transport.push(node, Out::bytes(hb));
                     }
                 }
-                PeerState::Connecting | PeerState::Handshake => {
+                PeerState::Connecting => {
                     if now.duration_since(p.since) > connect_timeout {
                         let ms = connect_timeout.as_millis();
-                        self.peer_lost(j, &format!("unreachable for {ms} ms"));
-                        continue;
+                        self.peer_lost(j, &format!("unreachable for {ms} ms"), true);
                     }
                 }
-                PeerState::Lost(_) => {}
-            }
-            let p = &mut self.peers[j];
-            // The higher id dials the lower; it goes on dialing a lost peer
-            // so a restarted agent is picked up again.
-            if j < me && p.state != PeerState::Up && !p.dialing && now >= p.next_dial {
-                p.dialing = true;
-                let db = self.doorbell.clone();
-                self.dialer.dial(j as u32, p.addr, move || {
-                    let _ = db.write(1);
-                });
             }
         }
-        for slot in 0..self.pending.len() {
-            if self.pending[slot]
-                .as_ref()
-                .is_some_and(|p| now.duration_since(p.since) > HANDSHAKE_TIMEOUT)
-            {
-                log::warn!("dropping a peer connection that sent no Hello");
-                self.pending[slot] = None;
+    }
+
+    /// Act on what the transport reported.
+    fn link_events(&mut self) {
+        while !self.events.is_empty() {
+            for ev in std::mem::take(&mut self.events) {
+                self.link_event(ev);
+            }
+        }
+    }
+
+    fn link_event(&mut self, ev: LinkEvent) {
+        {
+            match ev {
+                LinkEvent::Up { node } => self.peer_up(node as usize),
+                LinkEvent::Down {
+                    node,
+                    reason,
+                    blocks,
+                    closed,
+                } => {
+                    for b in blocks {
+                        self.blocks.free(b, Owner::Agent);
+                    }
+                    if !closed {
+                        // Deliver what arrived before the failure.
+                        self.process_peer(node as usize);
+                    }
+                    self.peer_lost(node as usize, &reason, !closed);
+                }
             }
         }
     }
 
     // ------------------------------------------------------------- receiving
 
-    fn on_event(&mut self, t: u64) -> bool {
+    fn on_event(&mut self, t: u64, now: Instant) -> bool {
         let (kind, idx) = (t >> 32, (t & 0xFFFF_FFFF) as usize);
         match kind {
             T_CTL_LISTEN => self.accept_control(),
             T_CTL_CONN => self.serve_control(idx),
-            T_TCP_LISTEN => self.accept_tcp(),
             T_DOORBELL => {
                 let _ = self.doorbell.read();
             }
-            T_PEER => {
-                let r = match self.peers[idx].link.as_mut() {
-                    Some(l) => l.fill(),
-                    None => return false,
-                };
-                match r {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        // Deliver what arrived before the close.
-                        self.process_peer(idx);
-                        self.peer_lost(idx, "connection closed by the peer");
-                    }
-                    Err(e) => self.peer_lost(idx, &format!("read failed: {e}")),
-                }
+            T_TRANSPORT => {
+                self.transport
+                    .on_ready(&self.poller, idx as u32, now, &mut self.events);
+                self.link_events();
             }
-            T_PENDING => self.serve_pending(idx),
             _ => {}
         }
         true
     }
 
-    fn accept_tcp(&mut self) {
-        while let Ok((s, addr)) = self.tcp.accept() {
-            match Link::new(s) {
-                Ok(link) => {
-                    let slot = self
-                        .pending
-                        .iter()
-                        .position(|p| p.is_none())
-                        .unwrap_or_else(|| {
-                            self.pending.push(None);
-                            self.pending.len() - 1
-                        });
-                    let _ = self.epoll.add(
-                        link.as_fd(),
-                        EpollEvent::new(EpollFlags::EPOLLIN, token(T_PENDING, slot)),
-                    );
-                    self.pending[slot] = Some(PendingTcp {
-                        link,
-                        since: Instant::now(),
-                    });
-                    log::debug!("peer connection from {addr}");
-                }
-                Err(e) => log::warn!("cannot set up a connection from {addr}: {e}"),
-            }
-        }
-    }
-
-    fn serve_pending(&mut self, idx: usize) {
-        let Some(mut pt) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
-            return;
-        };
-        match pt.link.fill() {
-            Ok(true) => {}
-            _ => return,
-        }
-        let hello = match pt.link.reader.peek_frame() {
-            Ok(None) => {
-                self.pending[idx] = Some(pt);
-                return;
-            }
-            Ok(Some((h, body))) if h.kind == FrameKind::Hello => Hello::parse(body),
-            Ok(Some((h, _))) => {
-                log::warn!("peer connection sent {:?} before Hello; closing", h.kind);
-                return;
-            }
-            Err(e) => {
-                log::warn!("peer connection sent garbage ({e}); closing");
-                return;
-            }
-        };
-        let h = match hello {
-            Ok(h) => h,
-            Err(e) => {
-                log::warn!("bad Hello ({e}); closing");
-                return;
-            }
-        };
-        pt.link.reader.consume();
-        let j = h.node as usize;
-        if h.nodes as usize != self.peers.len()
-            || j >= self.peers.len()
-            || j == self.cfg.node_id as usize
-        {
-            log::warn!(
-                "Hello from node {} with a node list of {} (ours has {}); closing",
-                h.node,
-                h.nodes,
-                self.peers.len()
-            );
-            return;
-        }
-        // Accepted connections answer with our own Hello.
-        if j > self.cfg.node_id as usize {
-            pt.link.push(Out::Bytes {
-                buf: self.hello_bytes(),
-                pos: 0,
-            });
-        }
-        if matches!(self.peers[j].state, PeerState::Up) {
-            self.peer_lost(j, "peer reconnected (restarted?)");
-        }
-        // Deregister the pending token; the link gets a peer token.
-        let _ = self.epoll.delete(pt.link.as_fd());
-        self.peer_up(j, pt.link);
-        self.process_peer(j);
-    }
-
     fn process_rx(&mut self) -> bool {
         let mut work = false;
         for j in 0..self.peers.len() {
-            if self.peers[j].link.is_some() {
+            if self.peers[j].state == PeerState::Up {
                 work |= self.process_peer(j);
             }
         }
@@ -1396,13 +1238,14 @@ impl Agent {
                 Handled::Done | Handled::DoneStop => work = true,
             }
         }
+        let node = j as u32;
         loop {
-            let Some(link) = self.peers[j].link.as_mut() else {
+            let Some(reader) = self.transport.reader(node) else {
                 return work;
             };
             // Take the reader out of the link so records can be handled with
             // `&mut self` while they borrow the reader's buffer.
-            let reader = std::mem::take(&mut link.reader);
+            let reader = std::mem::take(reader);
             let step = self.process_frame(j, &reader);
             let mut reader = reader;
             match step {
@@ -1421,9 +1264,7 @@ impl Agent {
                 FrameStep::Broken => work = true,
             }
             let more = matches!(step, FrameStep::Next);
-            if let Some(link) = self.peers[j].link.as_mut() {
-                link.reader = reader;
-            }
+            self.transport.restore_reader(node, reader);
             if !more {
                 return work;
             }
@@ -1436,19 +1277,19 @@ impl Agent {
             Ok(None) => return FrameStep::Empty,
             Err(e) => {
                 self.peers[j].counters.malformed += 1;
-                self.peer_lost(j, &format!("malformed frame: {e}"));
+                self.peer_lost(j, &format!("malformed frame: {e}"), true);
                 return FrameStep::Broken;
             }
         };
         if fh.src_node as usize != j {
             self.peers[j].counters.malformed += 1;
-            self.peer_lost(j, "frame names another source node");
+            self.peer_lost(j, "frame names another source node", true);
             return FrameStep::Broken;
         }
         match fh.kind {
             FrameKind::Heartbeat | FrameKind::Hello => FrameStep::Next,
             FrameKind::Bye => {
-                self.peer_lost(j, "peer agent shut down");
+                self.peer_lost(j, "peer agent shut down", true);
                 FrameStep::Broken
             }
             FrameKind::Data => {
@@ -1461,7 +1302,7 @@ impl Agent {
                     Ok(Some(pos)) => FrameStep::Partial(pos),
                     Err(e) => {
                         self.peers[j].counters.malformed += 1;
-                        self.peer_lost(j, &format!("malformed record: {e}"));
+                        self.peer_lost(j, &format!("malformed record: {e}"), true);
                         FrameStep::Broken
                     }
                 }
@@ -1510,7 +1351,7 @@ impl Agent {
             cookie,
         };
         if !p.batch.fits(0) {
-            Self::flush_batch(p);
+            Self::flush_batch(p, &mut *self.transport);
         }
         p.batch.push(&h, &[]);
         p.batch_since.get_or_insert_with(Instant::now);
@@ -1717,7 +1558,8 @@ impl Agent {
                     self.conns.len() - 1
                 });
             if self
-                .epoll
+                .poller
+                .epoll()
                 .add(
                     stream.as_fd(),
                     EpollEvent::new(EpollFlags::EPOLLIN, token(T_CTL_CONN, idx)),
@@ -1736,7 +1578,7 @@ impl Agent {
 
     fn close_conn(&mut self, idx: usize) {
         if let Some(c) = self.conns.get_mut(idx).and_then(|c| c.take()) {
-            let _ = self.epoll.delete(c.stream.as_fd());
+            let _ = self.poller.epoll().delete(c.stream.as_fd());
             if let Some(slot) = c.client {
                 self.start_closing(slot);
             }
@@ -2031,7 +1873,7 @@ impl Agent {
                 } else {
                     p.counters.msgs_tx as f64 / p.counters.frames_tx as f64
                 },
-                queued_bytes: p.link.as_ref().map_or(0, |l| l.queued() as u64),
+                queued_bytes: self.transport.queued(p.node) as u64,
                 counters: p.counters.clone(),
             })
             .collect();

@@ -1,10 +1,156 @@
 //! How agents move frames between nodes.
 //!
-//! The spine ships the portable `tcp` transport: one non-blocking connection
-//! per peer pair, frames written whole, large-message chunks written straight
-//! from their pool block. The kernel-bypass transports (`dpdk`, `verbs`) come
-//! as further modules here; the agent drives a link through the same few
-//! operations (queue an [`tcp::Out`], flush, fill, take frames), which the
-//! second back end will turn into a trait.
+//! A [`Transport`] owns the connections to peer agents: it establishes them
+//! (dialing, accepting, a `Hello` handshake that names the peer's node id),
+//! queues outgoing frames ([`Out`]: owned bytes, or a range of a pool block
+//! sent without copying), writes them, and collects incoming bytes into a
+//! [`FrameReader`] per peer from which the agent takes frames as its receive
+//! rings have room. Everything above — routing, batching, reassembly, acks,
+//! heartbeat policy, what a lost peer means for clients — is the agent's.
+//!
+//! Back ends: [`tcp`] (portable, always built). The kernel-bypass back ends
+//! (`dpdk`, `verbs`) implement the same trait.
 
 pub mod tcp;
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+
+use crate::shm::Pool;
+use crate::wire::FrameReader;
+
+/// Something queued to go out on a link.
+pub enum Out {
+    /// Bytes the link owns.
+    Bytes {
+        /// The bytes.
+        buf: Vec<u8>,
+        /// How far written.
+        pos: usize,
+    },
+    /// A range of a pool block, written without copying.
+    Block {
+        /// Pool offset of the range.
+        off: u64,
+        /// Its length.
+        len: u64,
+        /// How far written.
+        pos: u64,
+        /// Once written, free this block (the last chunk of a message).
+        free_after: Option<u64>,
+    },
+}
+
+impl Out {
+    /// Owned bytes, nothing written yet.
+    pub fn bytes(buf: Vec<u8>) -> Out {
+        Out::Bytes { buf, pos: 0 }
+    }
+
+    /// Bytes not yet written.
+    pub fn remaining(&self) -> usize {
+        match self {
+            Out::Bytes { buf, pos } => buf.len() - pos,
+            Out::Block { len, pos, .. } => (len - pos) as usize,
+        }
+    }
+}
+
+/// What happened to a peer's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A connection to `node` completed its handshake; frames flow.
+    Up {
+        /// The peer.
+        node: u32,
+    },
+    /// The connection to `node` failed or was replaced; whatever was queued
+    /// on it is gone (its blocks are listed for the agent to free).
+    Down {
+        /// The peer.
+        node: u32,
+        /// Why.
+        reason: String,
+        /// Blocks referenced by queued items that will never be written.
+        blocks: Vec<u64>,
+        /// Whether the transport already closed the link. If not, frames
+        /// that arrived before the failure can still be read, and the agent
+        /// closes it with [`Transport::close`] when done.
+        closed: bool,
+    },
+}
+
+/// The agent's readiness poller, shared with transports: a transport
+/// registers its descriptors under its own 32-bit tokens and is handed them
+/// back in [`Transport::on_ready`].
+pub struct Poller {
+    epoll: Epoll,
+    kind: u64,
+}
+
+impl Poller {
+    /// A view of the agent's epoll for a transport whose events carry `kind`
+    /// in the token's upper 32 bits.
+    pub fn new(epoll: Epoll, kind: u64) -> Poller {
+        Poller { epoll, kind }
+    }
+
+    /// The underlying epoll.
+    pub fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    /// Watch `fd` for readability under `token`.
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u32) -> io::Result<()> {
+        let t = (self.kind << 32) | token as u64;
+        self.epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, t))
+            .map_err(io::Error::from)
+    }
+
+    /// Stop watching `fd`.
+    pub fn delete(&self, fd: BorrowedFd<'_>) {
+        let _ = self.epoll.delete(fd);
+    }
+}
+
+/// A way to move frames between this agent and its peers.
+///
+/// Drive it from one thread: feed readiness ([`Transport::on_ready`]) and
+/// time ([`Transport::tick`]), queue and flush, read frames; then act on the
+/// [`LinkEvent`]s it reported.
+pub trait Transport {
+    /// Short name for the statistics ("tcp").
+    fn name(&self) -> &'static str;
+    /// Where peers reach this node, for logs.
+    fn local_addr(&self) -> String;
+    /// A descriptor it registered became ready.
+    fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>);
+    /// Timers: dialing, handshakes. Called every few milliseconds.
+    fn tick(&mut self, poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>);
+    /// Whether frames can flow to `node` now.
+    fn is_up(&self, node: u32) -> bool;
+    /// Queue an item for `node` (dropped when the link is not up).
+    fn push(&mut self, node: u32, item: Out);
+    /// Bytes queued for `node`.
+    fn queued(&self, node: u32) -> usize;
+    /// Write what can be written to `node`; blocks whose last byte went out
+    /// are appended to `freed`. An error means the link is broken: it is
+    /// closed and a `Down` event reported.
+    fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>);
+    /// Incoming frames of `node`.
+    fn reader(&mut self, node: u32) -> Option<&mut FrameReader>;
+    /// Put back a reader taken with `std::mem::take` from [`Transport::reader`].
+    fn restore_reader(&mut self, node: u32, reader: FrameReader);
+    /// When `node` last sent us anything, and when we last wrote to it.
+    fn activity(&self, node: u32) -> Option<(Instant, Instant)>;
+    /// Count the link to `node` as alive now (we are the ones not reading).
+    fn mark_alive(&mut self, node: u32, now: Instant);
+    /// Whether we stopped reading `node` because too much is buffered.
+    fn rx_full(&self, node: u32) -> bool;
+    /// Close the link to `node`; returns the blocks its queue referenced.
+    fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;
+}

@@ -11,47 +11,18 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
-use crate::wire::FrameReader;
+use crate::wire::{control_frame, FrameKind, FrameReader, Hello};
+
+use super::{LinkEvent, Out, Poller, Transport};
 
 /// Stop reading a socket while this much is buffered but not yet consumed.
 pub const RX_HIGH_WATER: usize = 8 << 20;
 /// Read at most this much from one socket per poll round (fairness).
 const RX_PER_ROUND: usize = 1 << 20;
-
-/// Something queued to go out on a link.
-pub enum Out {
-    /// Bytes the link owns.
-    Bytes {
-        /// The bytes.
-        buf: Vec<u8>,
-        /// How far written.
-        pos: usize,
-    },
-    /// A range of a pool block, written without copying.
-    Block {
-        /// Pool offset of the range.
-        off: u64,
-        /// Its length.
-        len: u64,
-        /// How far written.
-        pos: u64,
-        /// Once written, free this block (the last chunk of a message).
-        free_after: Option<u64>,
-    },
-}
-
-impl Out {
-    fn remaining(&self) -> usize {
-        match self {
-            Out::Bytes { buf, pos } => buf.len() - pos,
-            Out::Block { len, pos, .. } => (len - pos) as usize,
-        }
-    }
-}
 
 /// One established TCP connection to a peer agent.
 pub struct Link {
@@ -107,6 +78,16 @@ impl Link {
     /// appended to `freed`. Returns `Ok(true)` when everything was written.
     pub fn flush(&mut self, pool: &Pool, freed: &mut Vec<u64>) -> io::Result<bool> {
         while let Some(front) = self.out.front_mut() {
+            if front.remaining() == 0 {
+                if let Some(Out::Block {
+                    free_after: Some(b),
+                    ..
+                }) = self.out.pop_front()
+                {
+                    freed.push(b);
+                }
+                continue;
+            }
             let r = match front {
                 Out::Bytes { buf, pos } => self.stream.write(&buf[*pos..]),
                 Out::Block { off, len, pos, .. } => {
@@ -148,6 +129,24 @@ impl Link {
             }
         }
         Ok(true)
+    }
+
+    /// Write queued bytes while no block is queued (the handshake).
+    pub fn flush_bytes(&mut self) -> io::Result<bool> {
+        while let Some(Out::Bytes { buf, pos }) = self.out.front_mut() {
+            match self.stream.write(&buf[*pos..]) {
+                Ok(n) => {
+                    *pos += n;
+                    self.queued -= n;
+                    if *pos == buf.len() {
+                        self.out.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.out.is_empty())
     }
 
     /// Blocks still referenced by queued items (to free when the link dies).
@@ -246,5 +245,342 @@ impl Dialer {
     /// A finished attempt, if any.
     pub fn poll(&self) -> Option<Dialed> {
         self.rx.try_recv().ok()
+    }
+}
+
+/// How long an accepted or dialed connection may take to say Hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two dial attempts to a peer that is not up.
+const REDIAL: Duration = Duration::from_millis(100);
+
+const TOK_LISTEN: u32 = 0;
+const TOK_PEER: u32 = 1 << 30;
+const TOK_PENDING: u32 = 2 << 30;
+const TOK_MASK: u32 = 3 << 30;
+
+struct Pending {
+    link: Link,
+    since: Instant,
+}
+
+/// The TCP transport: a listener, one connection per peer, dialing and the
+/// `Hello` handshake. The higher node id dials the lower one; a connection
+/// becomes a peer's link once its `Hello` names a node of the same job.
+pub struct TcpTransport {
+    me: u32,
+    nodes: Vec<SocketAddr>,
+    hello: Vec<u8>,
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    links: Vec<Option<Link>>,
+    pending: Vec<Option<Pending>>,
+    dialing: Vec<bool>,
+    next_dial: Vec<Instant>,
+    dialer: Dialer,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl TcpTransport {
+    /// Listen on `nodes[me]`; `incarnation` tells a restarted agent apart;
+    /// `wake` is called from a dialer thread when a dial finished (so a
+    /// sleeping agent looks at it).
+    pub fn new(
+        me: u32,
+        nodes: Vec<SocketAddr>,
+        incarnation: u64,
+        poller: &Poller,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> io::Result<TcpTransport> {
+        let listener = std::net::TcpListener::bind(nodes[me as usize])?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        poller.add(std::os::fd::AsFd::as_fd(&listener), TOK_LISTEN)?;
+        let hello = control_frame(
+            FrameKind::Hello,
+            me,
+            &Hello {
+                node: me,
+                nodes: nodes.len() as u32,
+                incarnation,
+            }
+            .to_bytes(),
+        );
+        let n = nodes.len();
+        let now = Instant::now();
+        Ok(TcpTransport {
+            me,
+            nodes,
+            hello,
+            listener,
+            addr,
+            links: (0..n).map(|_| None).collect(),
+            pending: Vec::new(),
+            dialing: vec![false; n],
+            next_dial: vec![now; n],
+            dialer: Dialer::default(),
+            wake,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn add_pending(&mut self, poller: &Poller, link: Link, now: Instant) {
+        let slot = self
+            .pending
+            .iter()
+            .position(|p| p.is_none())
+            .unwrap_or_else(|| {
+                self.pending.push(None);
+                self.pending.len() - 1
+            });
+        if let Err(e) = poller.add(link.as_fd(), TOK_PENDING | slot as u32) {
+            log::warn!("cannot watch a peer connection: {e}");
+            return;
+        }
+        self.pending[slot] = Some(Pending { link, since: now });
+    }
+
+    fn down(&mut self, poller: &Poller, node: u32, reason: String, events: &mut Vec<LinkEvent>) {
+        let blocks = self.close(poller, node);
+        events.push(LinkEvent::Down {
+            node,
+            reason,
+            blocks,
+            closed: true,
+        });
+    }
+
+    fn serve_pending(&mut self, poller: &Poller, idx: usize, events: &mut Vec<LinkEvent>) {
+        let Some(mut p) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
+            return;
+        };
+        let drop_it = |p: Pending, why: String| {
+            log::warn!(
+                "closing a peer connection from {:?}: {why}",
+                p.link.peer_addr()
+            );
+            poller.delete(p.link.as_fd());
+        };
+        match p.link.fill() {
+            Ok(true) => {}
+            Ok(false) => return drop_it(p, "closed before Hello".into()),
+            Err(e) => return drop_it(p, e.to_string()),
+        }
+        let hello = match p.link.reader.peek_frame() {
+            Ok(None) => {
+                self.pending[idx] = Some(p);
+                return;
+            }
+            Ok(Some((h, body))) if h.kind == FrameKind::Hello => Hello::parse(body),
+            Ok(Some((h, _))) => return drop_it(p, format!("sent {:?} before Hello", h.kind)),
+            Err(e) => return drop_it(p, format!("sent garbage ({e})")),
+        };
+        let h = match hello {
+            Ok(h) => h,
+            Err(e) => return drop_it(p, format!("bad Hello ({e})")),
+        };
+        let n = self.nodes.len();
+        if h.nodes as usize != n || h.node as usize >= n || h.node == self.me {
+            return drop_it(
+                p,
+                format!(
+                    "Hello from node {} with a node list of {} (ours has {n})",
+                    h.node, h.nodes
+                ),
+            );
+        }
+        p.link.reader.consume();
+        // The side that accepted answers with its own Hello.
+        if h.node > self.me {
+            p.link.push(Out::bytes(self.hello.clone()));
+        }
+        let node = h.node;
+        if self.links[node as usize].is_some() {
+            self.down(poller, node, "peer reconnected (restarted?)".into(), events);
+        }
+        poller.delete(p.link.as_fd());
+        if let Err(e) = poller.add(p.link.as_fd(), TOK_PEER | node) {
+            log::error!("cannot watch the link to node {node}: {e}");
+            return;
+        }
+        self.links[node as usize] = Some(p.link);
+        events.push(LinkEvent::Up { node });
+    }
+}
+
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn local_addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
+        let idx = token & !TOK_MASK;
+        match token & TOK_MASK {
+            TOK_LISTEN => {
+                while let Ok((s, addr)) = self.listener.accept() {
+                    match Link::new(s) {
+                        Ok(link) => self.add_pending(poller, link, now),
+                        Err(e) => log::warn!("cannot set up a connection from {addr}: {e}"),
+                    }
+                }
+            }
+            TOK_PEER => {
+                let Some(link) = self.links.get_mut(idx as usize).and_then(|l| l.as_mut()) else {
+                    return;
+                };
+                let reason = match link.fill() {
+                    Ok(true) => return,
+                    Ok(false) => "connection closed by the peer".to_string(),
+                    Err(e) => format!("read failed: {e}"),
+                };
+                // Left open: what arrived before the close is still to be
+                // read; the agent closes the link when done.
+                events.push(LinkEvent::Down {
+                    node: idx,
+                    reason,
+                    blocks: Vec::new(),
+                    closed: false,
+                });
+            }
+            TOK_PENDING => self.serve_pending(poller, idx as usize, events),
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
+        while let Some(d) = self.dialer.poll() {
+            let j = d.node as usize;
+            self.dialing[j] = false;
+            if self.links[j].is_some() {
+                continue;
+            }
+            match d.result.and_then(Link::new) {
+                Ok(mut link) => {
+                    link.push(Out::bytes(self.hello.clone()));
+                    let _ = link.flush_bytes();
+                    self.add_pending(poller, link, now);
+                }
+                Err(e) => {
+                    log::debug!("dial node {j}: {e}");
+                    self.next_dial[j] = now + REDIAL;
+                }
+            }
+        }
+        // Pending connections: write our Hello, drop the silent ones.
+        for slot in 0..self.pending.len() {
+            let Some(p) = self.pending[slot].as_mut() else {
+                continue;
+            };
+            let _ = p.link.flush_bytes();
+            if now.duration_since(p.since) > HANDSHAKE_TIMEOUT {
+                log::warn!("dropping a peer connection that sent no Hello");
+                if let Some(p) = self.pending[slot].take() {
+                    poller.delete(p.link.as_fd());
+                }
+            }
+        }
+        // The higher id dials the lower; it goes on dialing a peer that is
+        // not up, so a restarted agent is picked up again.
+        for j in 0..(self.me as usize) {
+            if self.links[j].is_none() && !self.dialing[j] && now >= self.next_dial[j] {
+                self.dialing[j] = true;
+                self.next_dial[j] = now + REDIAL;
+                let wake = self.wake.clone();
+                self.dialer.dial(j as u32, self.nodes[j], move || wake());
+            }
+        }
+        let _ = events;
+    }
+
+    fn is_up(&self, node: u32) -> bool {
+        self.links.get(node as usize).is_some_and(|l| l.is_some())
+    }
+
+    fn push(&mut self, node: u32, item: Out) {
+        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
+            l.push(item);
+        }
+    }
+
+    fn queued(&self, node: u32) -> usize {
+        self.links
+            .get(node as usize)
+            .and_then(|l| l.as_ref())
+            .map_or(0, |l| l.queued())
+    }
+
+    fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>) {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return;
+        };
+        if l.queued() == 0 {
+            return;
+        }
+        if let Err(e) = l.flush(pool, freed) {
+            // Needs a poller to deregister; the socket closes on drop, which
+            // removes it from epoll by itself.
+            let blocks = self.links[node as usize].take().map(|mut l| {
+                l.shutdown();
+                l.drain_blocks()
+            });
+            events.push(LinkEvent::Down {
+                node,
+                reason: format!("write failed: {e}"),
+                blocks: blocks.unwrap_or_default(),
+                closed: true,
+            });
+        }
+    }
+
+    fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
+        self.links
+            .get_mut(node as usize)?
+            .as_mut()
+            .map(|l| &mut l.reader)
+    }
+
+    fn restore_reader(&mut self, node: u32, reader: FrameReader) {
+        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
+            l.reader = reader;
+        }
+    }
+
+    fn activity(&self, node: u32) -> Option<(Instant, Instant)> {
+        self.links
+            .get(node as usize)?
+            .as_ref()
+            .map(|l| (l.last_rx, l.last_tx))
+    }
+
+    fn mark_alive(&mut self, node: u32, now: Instant) {
+        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
+            l.last_rx = now;
+        }
+    }
+
+    fn rx_full(&self, node: u32) -> bool {
+        self.links
+            .get(node as usize)
+            .and_then(|l| l.as_ref())
+            .is_some_and(|l| l.rx_full())
+    }
+
+    fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64> {
+        match self.links.get_mut(node as usize).and_then(|l| l.take()) {
+            Some(mut l) => {
+                poller.delete(l.as_fd());
+                l.shutdown();
+                self.next_dial[node as usize] = Instant::now() + Duration::from_millis(500);
+                l.drain_blocks()
+            }
+            None => Vec::new(),
+        }
     }
 }

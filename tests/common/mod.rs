@@ -232,6 +232,33 @@ impl Cluster {
         p
     }
 
+    /// Start agent `i` again (after [`Cluster::kill_agent`]).
+    pub fn restart_agent(&mut self, i: usize) {
+        let p = self.spawn_agent(i, &[]);
+        self.agents[i] = Some(p);
+    }
+
+    /// Wait until agent `i` sees peer `j` up.
+    pub fn wait_up(&self, i: usize, j: u32) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.stat(i);
+            let up = s["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["node"] == j && p["state"] == "up");
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {j} never came back up at agent {i}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill_agent(&mut self, i: usize) {
         if let Some(mut p) = self.agents[i].take() {
             p.kill9();

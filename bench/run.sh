@@ -1,0 +1,503 @@
+#!/usr/bin/env bash
+# bench/run.sh — wyvern against its peers, measured in the same run.
+#
+#   bench/run.sh latency|rate|bandwidth|attach|hop|all
+#
+# Each subcommand runs wyvern and its peer(s) RUNS times (default 5),
+# alternating them so machine noise hits both, prints every run's figures,
+# the medians and the ratio, and appends a Markdown section (tables, exact
+# commands, core layout, date) to $RESULTS_FILE (default
+# bench/results-log.md).
+#
+#   latency    8 B half round trip between two agents on loopback
+#              (wyvern-peer ping/echo) vs `ucx_perftest -t tag_lat` (UCX_TLS=tcp)
+#   rate       4 senders on node A -> 1 receiver on node B, 8 B and 64 B, vs
+#              4 concurrent `ucx_perftest -t tag_bw` pairs and 4 MPI pairs
+#              (bench/mpi_rate.c, Open MPI ob1 + tcp btl), peers' rates summed
+#   bandwidth  1 MiB messages between two agents (bench/bulk.rs) vs iperf3
+#   attach     wyvern-peer attach-loop vs bench/attach_floor.rs (bare UDS)
+#   hop        cargo bench --bench hop (client->agent hop vs cache line)
+#
+# Environment: RUNS (5), RESULTS_FILE, LAT_COUNT (20000), LAT_SPIN_COUNT
+# (300: spinning agents on 2 cores need ~2 ms per hop), RATE_COUNT (500000
+# per sender), UCX_RATE_COUNT (500000 per pair), MPI_ITERS (4000 windows of
+# 64), BW_MIB (4096), BW_SPIN_MIB (256), IPERF_SECS (5), ATTACH_COUNT (2000),
+# SKIP_BUILD=1 to use the binaries as they are.
+#
+# Only 127.0.0.1 is used. Every process this script starts is wrapped in
+# `timeout` and killed by the EXIT trap. Needs: cargo, jq, python3, taskset,
+# ucx_perftest, iperf3, mpicc/mpirun (scripts/install-deps.sh bench).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUNS="${RUNS:-5}"
+RESULTS_FILE="${RESULTS_FILE:-$ROOT/bench/results-log.md}"
+LAT_COUNT="${LAT_COUNT:-20000}"
+LAT_SPIN_COUNT="${LAT_SPIN_COUNT:-300}"
+RATE_COUNT="${RATE_COUNT:-500000}"
+UCX_RATE_COUNT="${UCX_RATE_COUNT:-500000}"
+MPI_ITERS="${MPI_ITERS:-4000}"
+BW_MIB="${BW_MIB:-4096}"
+BW_SPIN_MIB="${BW_SPIN_MIB:-256}"
+IPERF_SECS="${IPERF_SECS:-5}"
+ATTACH_COUNT="${ATTACH_COUNT:-2000}"
+BIN="$ROOT/target/release"
+NCORES="$(nproc)"
+TMP="$(mktemp -d /tmp/wyvern-bench.XXXXXX)"
+PIDS=()
+
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+log() { echo "$*" >&2; }
+md() { printf '%s\n' "$*" >> "$RESULTS_FILE"; }
+
+# start NAME SECS CMD...: run CMD in the background under `timeout SECS`,
+# stdout to $TMP/NAME.out, stderr to $TMP/NAME.err; its pid in $LAST.
+start() {
+    local name=$1 secs=$2; shift 2
+    timeout "$secs" "$@" > "$TMP/$name.out" 2> "$TMP/$name.err" &
+    LAST=$!
+    PIDS+=("$LAST")
+}
+
+# finish PID: wait for it, tolerating a non-zero status (reported by caller).
+finish() { wait "$1" 2>/dev/null || true; }
+
+# wait_for FILE PATTERN SECS
+wait_for() {
+    local f=$1 pat=$2 n=$(( $3 * 50 ))
+    for _ in $(seq "$n"); do
+        grep -q -- "$pat" "$f" 2>/dev/null && return 0
+        sleep 0.02
+    done
+    die "timed out waiting for '$pat' in $f: $(tail -3 "$f" "${f%.out}.err" 2>/dev/null)"
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+calc() { python3 -c "print(format($1, '.${2:-2f}'))"; }
+fmt() { python3 -c "import sys; v=float(sys.argv[1]); print(format(v, '${2:-.2f}'))" "$1"; }
+# met VALUE OP LIMIT -> "met" / "MISSED"
+met() { python3 -c "import sys; v,l=float(sys.argv[1]),float(sys.argv[3]); print('met' if (v<=l if sys.argv[2]=='<=' else v>=l) else 'MISSED')" "$1" "$2" "$3"; }
+join_runs() { local IFS='|'; echo "$*" | sed 's/|/ \/ /g'; }
+
+# ------------------------------------------------------------------ build
+
+EXE_BULK=""; EXE_FLOOR=""
+build() {
+    command -v jq >/dev/null || die "jq is needed"
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        log "building: cargo build --release --bins; cargo bench --no-run (bulk, attach_floor, hop)"
+        (cd "$ROOT" && cargo build --release --bins --quiet) || die "cargo build failed"
+    fi
+    local json
+    json="$(cd "$ROOT" && cargo bench --no-run --quiet --message-format=json \
+        --bench bulk --bench attach_floor --bench hop 2>/dev/null)" || die "cargo bench --no-run failed"
+    EXE_BULK="$(jq -r 'select(.executable != null and .target.name == "bulk") | .executable' <<< "$json" | tail -1)"
+    EXE_FLOOR="$(jq -r 'select(.executable != null and .target.name == "attach_floor") | .executable' <<< "$json" | tail -1)"
+    [ -x "$EXE_BULK" ] && [ -x "$EXE_FLOOR" ] || die "bench executables not found"
+    [ -x "$BIN/wyvern" ] && [ -x "$BIN/wyvern-peer" ] || die "release binaries missing"
+    mkdir -p "$ROOT/target/bench"
+    if command -v mpicc >/dev/null; then
+        mpicc -O2 -o "$ROOT/target/bench/mpi_rate" "$ROOT/bench/mpi_rate.c" || die "mpicc failed"
+    fi
+}
+
+# The commit measured: the repository's HEAD (flagging uncommitted changes
+# in src/), or .snapshot-commit in a `git archive` export.
+rev() {
+    if git -C "$ROOT" rev-parse --short HEAD >/dev/null 2>&1; then
+        printf '%s' "$(git -C "$ROOT" rev-parse --short HEAD)"
+        [ -z "$(git -C "$ROOT" status --porcelain src 2>/dev/null)" ] || printf ' + uncommitted changes in src/'
+    elif [ -f "$ROOT/.snapshot-commit" ]; then
+        printf '%s (exported snapshot)' "$(cut -c1-7 "$ROOT/.snapshot-commit")"
+    else
+        printf '?'
+    fi
+}
+
+header() {
+    local title=$1
+    md ""
+    md "## $title"
+    md ""
+    md "$(date -u '+%Y-%m-%d %H:%M:%S UTC') · $(uname -r) · ${NCORES} cores ($(lscpu | sed -n 's/^Model name: *//p')) · RUNS=$RUNS · git $(rev) · load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    md ""
+}
+
+# ------------------------------------------------------------------ agents
+
+AGENT_PIDS=(); SOCK0=""; SOCK1=""; BACKING=""
+# agents IDLE LAYOUT: two agents on loopback. LAYOUT free = unpinned;
+# node = agent 0 on core 0, agent 1 on core 1 (taskset; clients follow).
+agents() {
+    local idle=$1 layout=$2 p0 p1 nodes i ts
+    p0=$(free_port); p1=$(free_port)
+    nodes="127.0.0.1:$p0,127.0.0.1:$p1"
+    AGENT_PIDS=()
+    for i in 0 1; do
+        ts=(); [ "$layout" = node ] && ts=(taskset -c "$i")
+        RUST_LOG=info start "agent$i" 600 "${ts[@]}" "$BIN/wyvern" agent --node-id "$i" \
+            --nodes "$nodes" --socket "$TMP/agent$i.sock" --idle "$idle" \
+            --block-mib 64 --max-clients 8
+        AGENT_PIDS+=("$LAST")
+    done
+    SOCK0="$TMP/agent0.sock"; SOCK1="$TMP/agent1.sock"
+    wait_for "$TMP/agent0.out" "wyvern agent ready" 10
+    wait_for "$TMP/agent1.out" "wyvern agent ready" 10
+    for _ in $(seq 500); do
+        if "$BIN/wyvern" stat -s "$SOCK1" --json 2>/dev/null | jq -e '.peers[0].state == "up"' >/dev/null \
+           && "$BIN/wyvern" stat -s "$SOCK0" --json 2>/dev/null | jq -e '.peers[0].state == "up"' >/dev/null; then
+            break
+        fi
+        sleep 0.02
+    done
+    BACKING="$("$BIN/wyvern" stat -s "$SOCK0" --json | jq -r .backing)"
+}
+
+stop_agents() {
+    local p
+    for p in "${AGENT_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${AGENT_PIDS[@]}"; do finish "$p"; done
+    AGENT_PIDS=()
+}
+
+# taskset prefix for a client of node $2 under layout $1
+ts_for() { if [ "$1" = node ]; then echo "taskset -c $2"; fi; }
+
+# ================================================================= latency
+
+wy_latency() { # IDLE LAYOUT COUNT -> half-RTT p50 in us
+    local idle=$1 layout=$2 count=$3 e
+    agents "$idle" "$layout"
+    # shellcheck disable=SC2046
+    start echo 300 $(ts_for "$layout" 1) "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --sizes 8 \
+        echo --count $(( count + count / 10 ))
+    e=$LAST
+    wait_for "$TMP/echo.out" ready 10
+    # shellcheck disable=SC2046
+    timeout 300 $(ts_for "$layout" 0) "$BIN/wyvern-peer" --socket "$SOCK0" --ep 1 --sizes 8 \
+        ping --to 1:2 --count "$count" --warmup $(( count / 10 )) > "$TMP/ping.out" 2> "$TMP/ping.err" \
+        || die "ping failed: $(tail -2 "$TMP/ping.out" "$TMP/ping.err")"
+    finish "$e"
+    stop_agents
+    RES="$(tail -1 "$TMP/ping.out" | jq -e -r '.half_rtt_p50_us')" || die "no ping result: $(cat "$TMP/ping.out")"
+}
+
+ucx_latency() { # COUNT -> one-way p50 in us (ucx_perftest tag_lat reports half RTT)
+    local count=$1 port s
+    port=$(free_port)
+    UCX_TLS=tcp start ucxsrv 120 ucx_perftest -t tag_lat -s 8 -n "$count" -w $(( count / 10 )) -p "$port" -f
+    s=$LAST
+    wait_for "$TMP/ucxsrv.out" "Waiting for connection" 10
+    UCX_TLS=tcp timeout 120 ucx_perftest 127.0.0.1 -t tag_lat -s 8 -n "$count" -w $(( count / 10 )) \
+        -p "$port" -f > "$TMP/ucxcli.out" 2>&1 || die "ucx_perftest failed: $(tail -3 "$TMP/ucxcli.out")"
+    finish "$s"
+    RES="$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {v=$2} END {print v}' "$TMP/ucxcli.out")"
+    [ -n "$RES" ] || die "no ucx_perftest result: $(cat "$TMP/ucxcli.out")"
+}
+
+cmd_latency() {
+    log "== latency: 8 B half round trip, $RUNS runs =="
+    local r a n s u A=() N=() S=() U=()
+    for r in $(seq "$RUNS"); do
+        wy_latency adaptive free "$LAT_COUNT"; a=$RES
+        wy_latency adaptive node "$LAT_COUNT"; n=$RES
+        wy_latency spin free "$LAT_SPIN_COUNT"; s=$RES
+        ucx_latency "$LAT_COUNT"; u=$RES
+        A+=("$a"); N+=("$n"); S+=("$s"); U+=("$u")
+        log "run $r: wyvern adaptive/unpinned ${a} us, adaptive/node-per-core ${n} us, spin/unpinned ${s} us; ucx tag_lat ${u} us"
+    done
+    local ma mn ms mu
+    ma=$(median "${A[@]}"); mn=$(median "${N[@]}"); ms=$(median "${S[@]}"); mu=$(median "${U[@]}")
+    log "median: wyvern adaptive ${ma} us (x$(calc "$ma/$mu") of ucx), node-per-core ${mn} us (x$(calc "$mn/$mu")), spin ${ms} us (x$(calc "$ms/$mu")); ucx ${mu} us"
+    header "latency: 8 B ping-pong between two nodes over loopback TCP"
+    md "One-way latency = half round trip, p50 of each run (wyvern-peer reports \`half_rtt_p50_us\`; \`ucx_perftest -t tag_lat\` reports one-way latency, its 50.0%ile column). Pool backing: $BACKING."
+    md ""
+    md "| config | runs (µs) | median (µs) | vs UCX tag_lat (ratio, lower is better) |"
+    md "|---|---|---|---|"
+    md "| wyvern, --idle adaptive, unpinned | $(join_runs "${A[@]}") | $ma | $(calc "$ma/$mu")× |"
+    md "| wyvern, --idle adaptive, node per core | $(join_runs "${N[@]}") | $mn | $(calc "$mn/$mu")× |"
+    md "| wyvern, --idle spin, unpinned ($LAT_SPIN_COUNT round trips) | $(join_runs "${S[@]}") | $ms | $(calc "$ms/$mu")× |"
+    md "| UCX 1.13 tag_lat, UCX_TLS=tcp, unpinned | $(join_runs "${U[@]}") | $mu | 1 |"
+    md ""
+    md "Core layout: 2 cores. wyvern runs 4 processes (agent 0, agent 1, \`ping\` client on node 0, \`echo\` client on node 1): *unpinned* lets the scheduler place them; *node per core* is \`taskset -c 0\` for agent 0 + ping, \`taskset -c 1\` for agent 1 + echo. UCX runs 2 busy-polling processes, unpinned."
+    md ""
+    md "Commands:"
+    md '```'
+    md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive|spin --block-mib 64 --max-clients 8   # I = 0, 1"
+    md "wyvern-peer --socket S_1 --ep 2 --sizes 8 echo --count $(( LAT_COUNT + LAT_COUNT / 10 ))"
+    md "wyvern-peer --socket S_0 --ep 1 --sizes 8 ping --to 1:2 --count $LAT_COUNT --warmup $(( LAT_COUNT / 10 ))   # spin: --count $LAT_SPIN_COUNT"
+    md "UCX_TLS=tcp ucx_perftest -t tag_lat -s 8 -n $LAT_COUNT -w $(( LAT_COUNT / 10 )) -p PORT -f"
+    md "UCX_TLS=tcp ucx_perftest 127.0.0.1 -t tag_lat -s 8 -n $LAT_COUNT -w $(( LAT_COUNT / 10 )) -p PORT -f"
+    md '```'
+}
+
+# ==================================================================== rate
+
+wy_rate() { # IDLE SIZE -> aggregate msg/s (total received / receiver wall time)
+    local idle=$1 size=$2 r k pids=() json
+    agents "$idle" free
+    start recv 300 "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --sizes "$size" recv --count $(( 4 * RATE_COUNT ))
+    r=$LAST
+    wait_for "$TMP/recv.out" ready 10
+    for k in 1 2 3 4; do
+        start "send$k" 300 "$BIN/wyvern-peer" --socket "$SOCK0" --sizes "$size" send --to 1:2 --count "$RATE_COUNT"
+        pids+=("$LAST")
+    done
+    for k in "${pids[@]}"; do finish "$k"; done
+    finish "$r"
+    AGG="$("$BIN/wyvern" stat -s "$SOCK0" --json | jq -r '.peers[0].aggregation')"
+    stop_agents
+    json="$(tail -1 "$TMP/recv.out")"
+    jq -e '.ok == true' >/dev/null <<< "$json" || die "wyvern receiver failed: $json $(cat "$TMP"/send*.out)"
+    RES="$(jq -r '.received / .secs' <<< "$json")"
+}
+
+ucx_rate() { # SIZE -> summed msg/s of 4 concurrent tag_bw pairs
+    local size=$1 k ports=() srv=() cli=() sum
+    for k in 1 2 3 4; do
+        ports+=("$(free_port)")
+        UCX_TLS=tcp start "ucxbws$k" 120 ucx_perftest -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
+        srv+=("$LAST")
+    done
+    for k in 1 2 3 4; do wait_for "$TMP/ucxbws$k.out" "Waiting for connection" 10; done
+    for k in 1 2 3 4; do
+        UCX_TLS=tcp start "ucxbwc$k" 120 ucx_perftest 127.0.0.1 -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
+        cli+=("$LAST")
+    done
+    for k in "${cli[@]}" "${srv[@]}"; do finish "$k"; done
+    sum=0
+    for k in 1 2 3 4; do
+        # columns: iterations, overhead 50%/avg/overall, MB/s avg/overall, msg/s avg/overall
+        v=$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {v=$8} END {print v}' "$TMP/ucxbwc$k.out")
+        [ -n "$v" ] || die "ucx_perftest tag_bw pair $k failed: $(tail -3 "$TMP/ucxbwc$k.out")"
+        sum=$(calc "$sum + $v" .1f)
+    done
+    RES=$sum
+}
+
+# shellcheck disable=SC2054
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np 8 --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo)
+mpi_rate() { # SIZE -> summed msg/s of 4 pairs
+    local size=$1 json
+    [ -x "$ROOT/target/bench/mpi_rate" ] || { RES=nan; return; }
+    start mpi 120 "${MPIRUN[@]}" "$ROOT/target/bench/mpi_rate" "$size" "$MPI_ITERS" 64
+    wait "$LAST" || die "mpirun failed: $(tail -5 "$TMP/mpi.out" "$TMP/mpi.err")"
+    json="$(grep '^{' "$TMP/mpi.out" | tail -1)"
+    RES="$(jq -r '.rate_sum' <<< "$json")"
+}
+
+cmd_rate() {
+    log "== rate: 4 senders -> 1 receiver, $RUNS runs =="
+    header "small-message rate: 4 sender processes on node A → 1 receiver on node B"
+    md "wyvern figure: messages received / receiver's wall time (first to last message), \`wyvern-peer recv\` checking every payload. Peers: 4 concurrent pairs (8 processes), each pair's own rate summed (\`ucx_perftest\` \"overall\" msg/s; mpi_rate's \`rate_sum\`). Target: wyvern ≥ 20× each peer's summed 8 B rate."
+    md ""
+    md "| size | config | runs (M msg/s) | median (M msg/s) | wyvern adaptive ÷ this | target | met |"
+    md "|---|---|---|---|---|---|---|"
+    local size r a s u m
+    for size in 8 64; do
+        local A=() S=() U=() M=() AG=()
+        for r in $(seq "$RUNS"); do
+            wy_rate adaptive "$size"; a=$RES; AG+=("$AGG")
+            wy_rate spin "$size"; s=$RES
+            ucx_rate "$size"; u=$RES
+            mpi_rate "$size"; m=$RES
+            A+=("$(calc "$a/1e6" .3f)"); S+=("$(calc "$s/1e6" .3f)"); U+=("$(calc "$u/1e6" .3f)"); M+=("$(calc "$m/1e6" .3f)")
+            log "size $size run $r: wyvern adaptive ${A[-1]} M/s (aggregation $(fmt "$AGG" .1f) msgs/frame), spin ${S[-1]} M/s; ucx 4 pairs ${U[-1]} M/s; mpi 4 pairs ${M[-1]} M/s"
+        done
+        local ma ms mu mm
+        ma=$(median "${A[@]}"); ms=$(median "${S[@]}"); mu=$(median "${U[@]}"); mm=$(median "${M[@]}")
+        log "size $size median: wyvern adaptive $ma, spin $ms; ucx $mu (ratio $(calc "$ma/$mu")); mpi $mm (ratio $(calc "$ma/$mm")) M msg/s"
+        local tu tm
+        if [ "$size" = 8 ]; then tu="≥ 20×"; tm="$(met "$(calc "$ma/$mu")" '>=' 20)"; else tu="—"; tm="—"; fi
+        md "| $size B | wyvern, --idle adaptive, unpinned (aggregation $(fmt "$(median "${AG[@]}")" .0f) msgs/frame) | $(join_runs "${A[@]}") | $ma | 1 | | |"
+        md "| $size B | wyvern, --idle spin, unpinned | $(join_runs "${S[@]}") | $ms | $(calc "$ma/$ms")× | | |"
+        md "| $size B | UCX tag_bw ×4 pairs, UCX_TLS=tcp | $(join_runs "${U[@]}") | $mu | $(calc "$ma/$mu")× | $tu | $tm |"
+        if [ "$size" = 8 ]; then tm="$(met "$(calc "$ma/$mm")" '>=' 20)"; fi
+        md "| $size B | Open MPI ob1/tcp ×4 pairs (mpi_rate, window 64) | $(join_runs "${M[@]}") | $mm | $(calc "$ma/$mm")× | $tu | $tm |"
+    done
+    md ""
+    md "Core layout: 2 cores, nothing pinned. wyvern: 7 processes (2 agents, 4 senders, 1 receiver); UCX: 8 busy-polling processes; MPI: 8 ranks (\`--oversubscribe\`, so Open MPI yields when idle). Pool backing: $BACKING."
+    md ""
+    md "Commands (SIZE = 8, 64):"
+    md '```'
+    md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive|spin --block-mib 64 --max-clients 8"
+    md "wyvern-peer --socket S_1 --ep 2 --sizes SIZE recv --count $(( 4 * RATE_COUNT ))"
+    md "4 x wyvern-peer --socket S_0 --sizes SIZE send --to 1:2 --count $RATE_COUNT   # concurrently"
+    md "4 x { UCX_TLS=tcp ucx_perftest -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f & UCX_TLS=tcp ucx_perftest 127.0.0.1 -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f; }   # concurrently, K = 1..4"
+    md "mpicc -O2 -o target/bench/mpi_rate bench/mpi_rate.c"
+    md "${MPIRUN[*]} target/bench/mpi_rate SIZE $MPI_ITERS 64"
+    md '```'
+}
+
+# =============================================================== bandwidth
+
+wy_bw() { # ARGS... -> bytes/s
+    local json
+    start bulk 300 "$EXE_BULK" "$@"
+    wait "$LAST" || die "bulk $* failed: $(tail -3 "$TMP/bulk.out" "$TMP/bulk.err")"
+    json="$(tail -1 "$TMP/bulk.out")"
+    jq -e '.ok == true' >/dev/null <<< "$json" || die "bulk failed: $json"
+    BACKING="$(jq -r .backing <<< "$json")"
+    RES="$(jq -r '.bytes_per_s' <<< "$json")"
+}
+
+iperf_bw() { # -> bytes/s received
+    local port s
+    port=$(free_port)
+    start iperfsrv 60 iperf3 -s -1 -B 127.0.0.1 -p "$port"
+    s=$LAST
+    wait_for "$TMP/iperfsrv.out" "listening" 10
+    start iperfcli 60 iperf3 -c 127.0.0.1 -p "$port" -l 1M -t "$IPERF_SECS" -J
+    wait "$LAST" || die "iperf3 failed: $(tail -3 "$TMP/iperfcli.out" "$TMP/iperfcli.err")"
+    finish "$s"
+    RES="$(jq -r '.end.sum_received.bits_per_second / 8' "$TMP/iperfcli.out")"
+}
+
+cmd_bandwidth() {
+    log "== bandwidth: 1 MiB messages, $RUNS runs =="
+    local r z c p s i Z=() C=() P=() S=() I=()
+    for r in $(seq "$RUNS"); do
+        wy_bw --idle adaptive --mode zerocopy --mib "$BW_MIB"; z=$RES
+        wy_bw --idle adaptive --mode copy --mib "$BW_MIB"; c=$RES
+        wy_bw --idle adaptive --mode zerocopy --mib "$BW_MIB" --pin; p=$RES
+        wy_bw --idle spin --mode zerocopy --mib "$BW_SPIN_MIB"; s=$RES
+        iperf_bw; i=$RES
+        Z+=("$(calc "$z/1e9" .3f)"); C+=("$(calc "$c/1e9" .3f)"); P+=("$(calc "$p/1e9" .3f)"); S+=("$(calc "$s/1e9" .3f)"); I+=("$(calc "$i/1e9" .3f)")
+        log "run $r: wyvern zero-copy ${Z[-1]} GB/s, copy ${C[-1]}, zero-copy node-per-core ${P[-1]}, spin ${S[-1]}; iperf3 ${I[-1]} GB/s"
+    done
+    local mz mc mp ms mi
+    mz=$(median "${Z[@]}"); mc=$(median "${C[@]}"); mp=$(median "${P[@]}"); ms=$(median "${S[@]}"); mi=$(median "${I[@]}")
+    log "median: wyvern zero-copy $mz GB/s = $(calc "$mz/$mi")x iperf3 ($mi GB/s); copy $mc ($(calc "$mc/$mi")x); node-per-core $mp ($(calc "$mp/$mi")x); spin $ms ($(calc "$ms/$mi")x)"
+    header "bandwidth: 1 MiB messages between two nodes over loopback TCP"
+    md "GB/s = 10⁹ bytes/s of payload. wyvern: bench/bulk.rs, $BW_MIB messages of 1 MiB after 64 of warm-up, timed from the first send to the receiver's ack of the last. iperf3: \`sum_received\` of a ${IPERF_SECS} s run with 1 MiB writes. Target: ≥ 0.8× iperf3. Pool backing: $BACKING."
+    md ""
+    md "| config | runs (GB/s) | median (GB/s) | ÷ iperf3 | target | met |"
+    md "|---|---|---|---|---|---|"
+    md "| wyvern zero-copy (alloc + send_buf), --idle adaptive, unpinned | $(join_runs "${Z[@]}") | $mz | $(calc "$mz/$mi")× | ≥ 0.8× | $(met "$(calc "$mz/$mi")" '>=' 0.8) |"
+    md "| wyvern copying send (Endpoint::send of a 1 MiB Vec), adaptive, unpinned | $(join_runs "${C[@]}") | $mc | $(calc "$mc/$mi")× | ≥ 0.8× | $(met "$(calc "$mc/$mi")" '>=' 0.8) |"
+    md "| wyvern zero-copy, adaptive, node per core | $(join_runs "${P[@]}") | $mp | $(calc "$mp/$mi")× | | |"
+    md "| wyvern zero-copy, --idle spin, unpinned ($BW_SPIN_MIB MiB) | $(join_runs "${S[@]}") | $ms | $(calc "$ms/$mi")× | | |"
+    md "| iperf3 -l 1M, unpinned | $(join_runs "${I[@]}") | $mi | 1 | | |"
+    md ""
+    md "Core layout: 2 cores. wyvern: 4 busy threads (agent 0, agent 1, the sender and receiver threads of bulk.rs); unpinned, or *node per core* (\`--pin\`: agent 0 + sender on core 0, agent 1 + receiver on core 1). iperf3: client + server processes, unpinned."
+    md ""
+    md "Commands:"
+    md '```'
+    md "cargo bench --bench bulk -- --idle adaptive --mode zerocopy --mib $BW_MIB          # starts its two agents: --block-mib 64 --max-clients 4"
+    md "cargo bench --bench bulk -- --idle adaptive --mode copy --mib $BW_MIB"
+    md "cargo bench --bench bulk -- --idle adaptive --mode zerocopy --mib $BW_MIB --pin"
+    md "cargo bench --bench bulk -- --idle spin --mode zerocopy --mib $BW_SPIN_MIB"
+    md "iperf3 -s -1 -B 127.0.0.1 -p PORT & iperf3 -c 127.0.0.1 -p PORT -l 1M -t $IPERF_SECS -J"
+    md '```'
+}
+
+# ================================================================== attach
+
+wy_attach() { # IDLE -> "p50 p99"
+    local idle=$1 p0 json
+    p0=$(free_port)
+    RUST_LOG=warn start agent1n 120 "$BIN/wyvern" agent --node-id 0 --nodes "127.0.0.1:$p0" \
+        --socket "$TMP/single.sock" --idle "$idle" --block-mib 64 --max-clients 8
+    AGENT_PIDS=("$LAST")
+    wait_for "$TMP/agent1n.out" "wyvern agent ready" 10
+    BACKING="$("$BIN/wyvern" stat -s "$TMP/single.sock" --json | jq -r .backing)"
+    start attach 120 "$BIN/wyvern-peer" --socket "$TMP/single.sock" attach-loop --count "$ATTACH_COUNT"
+    wait "$LAST" || die "attach-loop failed: $(tail -3 "$TMP/attach.out" "$TMP/attach.err")"
+    json="$(tail -1 "$TMP/attach.out")"
+    stop_agents
+    RES="$(jq -r '"\(.p50_us) \(.p99_us)"' <<< "$json")"
+}
+
+cmd_attach() {
+    log "== attach+detach, $RUNS runs =="
+    local r a s f A50=() A99=() S50=() S99=() F50=() F99=()
+    for r in $(seq "$RUNS"); do
+        wy_attach adaptive; read -r a s <<< "$RES"; A50+=("$a"); A99+=("$s")
+        wy_attach spin; read -r a s <<< "$RES"; S50+=("$a"); S99+=("$s")
+        start floor 120 "$EXE_FLOOR" --count "$ATTACH_COUNT"
+        wait "$LAST" || die "attach_floor failed: $(tail -3 "$TMP/floor.out" "$TMP/floor.err")"
+        f="$(tail -1 "$TMP/floor.out")"
+        F50+=("$(jq -r .p50_us <<< "$f")"); F99+=("$(jq -r .p99_us <<< "$f")")
+        log "run $r: wyvern adaptive p50 ${A50[-1]} p99 ${A99[-1]} us; spin p50 ${S50[-1]} p99 ${S99[-1]} us; bare UDS floor p50 ${F50[-1]} p99 ${F99[-1]} us"
+    done
+    local a50 a99 s50 s99 f50 f99
+    a50=$(median "${A50[@]}"); a99=$(median "${A99[@]}"); s50=$(median "${S50[@]}"); s99=$(median "${S99[@]}")
+    f50=$(median "${F50[@]}"); f99=$(median "${F99[@]}")
+    log "median: wyvern adaptive p50 $a50 us (x$(calc "$a50/$f50") floor), spin p50 $s50 us; floor p50 $f50 us"
+    header "attach + detach of a client"
+    md "\`wyvern-peer attach-loop\`: \`Client::attach\` (connect, Attach with the client's eventfd, reply with the pool and doorbell fds, map the pool) then \`detach\` (Detach → Ok, unmap, close), $ATTACH_COUNT times; p50 and p99 per run. Floor: bench/attach_floor.rs, connect + two ~100-byte request/reply round trips + close against a trivial server process (no fd passing, no mapping). Target: median < 100 µs. Pool backing: $BACKING."
+    md ""
+    md "| config | p50 runs (µs) | p50 median (µs) | p99 median (µs) | p50 ÷ floor | target | met |"
+    md "|---|---|---|---|---|---|---|"
+    md "| wyvern, --idle adaptive | $(join_runs "${A50[@]}") | $a50 | $a99 | $(calc "$a50/$f50")× | < 100 µs | $(met "$a50" '<=' 100) |"
+    md "| wyvern, --idle spin | $(join_runs "${S50[@]}") | $s50 | $s99 | $(calc "$s50/$f50")× | < 100 µs | $(met "$s50" '<=' 100) |"
+    md "| bare Unix-socket floor | $(join_runs "${F50[@]}") | $f50 | $f99 | 1 | | |"
+    md ""
+    md "Core layout: 2 cores, unpinned: one agent (single node) and one client process (plus the floor's server process)."
+    md ""
+    md "Commands:"
+    md '```'
+    md "wyvern agent --node-id 0 --nodes 127.0.0.1:P --socket S --idle adaptive|spin --block-mib 64 --max-clients 8"
+    md "wyvern-peer --socket S attach-loop --count $ATTACH_COUNT"
+    md "cargo bench --bench attach_floor -- --count $ATTACH_COUNT"
+    md '```'
+}
+
+# ===================================================================== hop
+
+cmd_hop() {
+    log "== hop: cargo bench --bench hop (RUNS=$RUNS) =="
+    RUNS="$RUNS" start hop 600 cargo bench --quiet --manifest-path "$ROOT/Cargo.toml" --bench hop
+    wait "$LAST" || die "hop bench failed: $(tail -5 "$TMP/hop.err")"
+    cat "$TMP/hop.out" >&2
+    local json
+    json="$(grep '^{' "$TMP/hop.out" | tail -1)"
+    header "client→agent hop vs cache-line round trip"
+    md "bench/hop.rs: 8 B messages to the client's own endpoint through a single \`wyvern agent --idle spin\`; hop = RTT/2. Limit: two threads ping-ponging two AtomicU64 on separate 128-byte lines, RTT/2. Target: hop ≤ 3× cache line."
+    md ""
+    md "| | runs (ns) | median (ns) |"
+    md "|---|---|---|"
+    md "| client→agent hop | $(jq -r '.hop_ns | map(.*10|round/10) | join(" / ")' <<< "$json") | $(jq -r '.hop_ns_median*10|round/10' <<< "$json") |"
+    md "| cache line one way | $(jq -r '.cacheline_ns | map(.*10|round/10) | join(" / ")' <<< "$json") | $(jq -r '.cacheline_ns_median*10|round/10' <<< "$json") |"
+    md "| **ratio** | | **$(jq -r '.ratio*100|round/100' <<< "$json")×** (target ≤ 3×: $(jq -r 'if .met then "met" else "MISSED" end' <<< "$json")) |"
+    md ""
+    md "Core layout: $(grep '^config:' "$TMP/hop.out" | sed 's/^config: //')."
+    md ""
+    md "Command: \`cargo build --release --bins && RUNS=$RUNS cargo bench --bench hop\`"
+}
+
+# ==================================================================== main
+
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -eq 1 ] || usage
+case "$1" in
+    latency|rate|bandwidth|attach|hop|all) ;;
+    *) usage ;;
+esac
+build
+log "results go to $RESULTS_FILE; scratch in $TMP"
+case "$1" in
+    latency) cmd_latency ;;
+    rate) cmd_rate ;;
+    bandwidth) cmd_bandwidth ;;
+    attach) cmd_attach ;;
+    hop) cmd_hop ;;
+    all) cmd_hop; cmd_latency; cmd_rate; cmd_bandwidth; cmd_attach ;;
+esac
+log "done: appended to $RESULTS_FILE"
