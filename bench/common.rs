@@ -191,9 +191,19 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Median of a slice (sorted copy).
+/// Median of a slice (the mean of the middle two for an even count).
 pub fn median(v: &[f64]) -> f64 {
-    percentile(v, 0.5)
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }
 
 /// Percentile `q` (0..=1) of a slice (sorted copy, nearest rank).

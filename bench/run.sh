@@ -84,12 +84,23 @@ wait_for() {
     die "timed out waiting for '$pat' in $f: $(tail -3 "$f" "${f%.out}.err" 2>/dev/null)"
 }
 
+# wait_port PORT SECS: until something listens on 127.0.0.1:PORT (the peers'
+# own "listening" lines are block-buffered when stdout is a file).
+wait_port() {
+    local n=$(( $2 * 50 ))
+    for _ in $(seq "$n"); do
+        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ] && return 0
+        sleep 0.02
+    done
+    die "nothing listens on port $1 after $2 s"
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-calc() { python3 -c "print(format($1, '.${2:-2f}'))"; }
+calc() { python3 -c "print(format($1, '${2:-.2f}'))"; }
 fmt() { python3 -c "import sys; v=float(sys.argv[1]); print(format(v, '${2:-.2f}'))" "$1"; }
 # met VALUE OP LIMIT -> "met" / "MISSED"
 met() { python3 -c "import sys; v,l=float(sys.argv[1]),float(sys.argv[3]); print('met' if (v<=l if sys.argv[2]=='<=' else v>=l) else 'MISSED')" "$1" "$2" "$3"; }
@@ -203,7 +214,7 @@ ucx_latency() { # COUNT -> one-way p50 in us (ucx_perftest tag_lat reports half 
     port=$(free_port)
     UCX_TLS=tcp start ucxsrv 120 ucx_perftest -t tag_lat -s 8 -n "$count" -w $(( count / 10 )) -p "$port" -f
     s=$LAST
-    wait_for "$TMP/ucxsrv.out" "Waiting for connection" 10
+    wait_port "$port" 10
     UCX_TLS=tcp timeout 120 ucx_perftest 127.0.0.1 -t tag_lat -s 8 -n "$count" -w $(( count / 10 )) \
         -p "$port" -f > "$TMP/ucxcli.out" 2>&1 || die "ucx_perftest failed: $(tail -3 "$TMP/ucxcli.out")"
     finish "$s"
@@ -215,9 +226,9 @@ cmd_latency() {
     log "== latency: 8 B half round trip, $RUNS runs =="
     local r a n s u A=() N=() S=() U=()
     for r in $(seq "$RUNS"); do
-        wy_latency adaptive free "$LAT_COUNT"; a=$RES
-        wy_latency adaptive node "$LAT_COUNT"; n=$RES
-        wy_latency spin free "$LAT_SPIN_COUNT"; s=$RES
+        wy_latency adaptive free "$LAT_COUNT"; a=$(fmt "$RES")
+        wy_latency adaptive node "$LAT_COUNT"; n=$(fmt "$RES")
+        wy_latency spin free "$LAT_SPIN_COUNT"; s=$(fmt "$RES" .1f)
         ucx_latency "$LAT_COUNT"; u=$RES
         A+=("$a"); N+=("$n"); S+=("$s"); U+=("$u")
         log "run $r: wyvern adaptive/unpinned ${a} us, adaptive/node-per-core ${n} us, spin/unpinned ${s} us; ucx tag_lat ${u} us"
@@ -275,7 +286,7 @@ ucx_rate() { # SIZE -> summed msg/s of 4 concurrent tag_bw pairs
         UCX_TLS=tcp start "ucxbws$k" 120 ucx_perftest -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
         srv+=("$LAST")
     done
-    for k in 1 2 3 4; do wait_for "$TMP/ucxbws$k.out" "Waiting for connection" 10; done
+    for k in 1 2 3 4; do wait_port "${ports[$((k-1))]}" 10; done
     for k in 1 2 3 4; do
         UCX_TLS=tcp start "ucxbwc$k" 120 ucx_perftest 127.0.0.1 -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
         cli+=("$LAST")
@@ -318,7 +329,7 @@ cmd_rate() {
             ucx_rate "$size"; u=$RES
             mpi_rate "$size"; m=$RES
             A+=("$(calc "$a/1e6" .3f)"); S+=("$(calc "$s/1e6" .3f)"); U+=("$(calc "$u/1e6" .3f)"); M+=("$(calc "$m/1e6" .3f)")
-            log "size $size run $r: wyvern adaptive ${A[-1]} M/s (aggregation $(fmt "$AGG" .1f) msgs/frame), spin ${S[-1]} M/s; ucx 4 pairs ${U[-1]} M/s; mpi 4 pairs ${M[-1]} M/s"
+            log "size $size run $r: wyvern adaptive ${A[-1]} M/s (aggregation $(fmt "${AG[-1]}" .1f) msgs/frame), spin ${S[-1]} M/s; ucx 4 pairs ${U[-1]} M/s; mpi 4 pairs ${M[-1]} M/s"
         done
         local ma ms mu mm
         ma=$(median "${A[@]}"); ms=$(median "${S[@]}"); mu=$(median "${U[@]}"); mm=$(median "${M[@]}")
@@ -362,7 +373,7 @@ iperf_bw() { # -> bytes/s received
     port=$(free_port)
     start iperfsrv 60 iperf3 -s -1 -B 127.0.0.1 -p "$port"
     s=$LAST
-    wait_for "$TMP/iperfsrv.out" "listening" 10
+    wait_port "$port" 10
     start iperfcli 60 iperf3 -c 127.0.0.1 -p "$port" -l 1M -t "$IPERF_SECS" -J
     wait "$LAST" || die "iperf3 failed: $(tail -3 "$TMP/iperfcli.out" "$TMP/iperfcli.err")"
     finish "$s"
@@ -428,12 +439,12 @@ cmd_attach() {
     log "== attach+detach, $RUNS runs =="
     local r a s f A50=() A99=() S50=() S99=() F50=() F99=()
     for r in $(seq "$RUNS"); do
-        wy_attach adaptive; read -r a s <<< "$RES"; A50+=("$a"); A99+=("$s")
-        wy_attach spin; read -r a s <<< "$RES"; S50+=("$a"); S99+=("$s")
+        wy_attach adaptive; read -r a s <<< "$RES"; A50+=("$(fmt "$a" .1f)"); A99+=("$(fmt "$s" .1f)")
+        wy_attach spin; read -r a s <<< "$RES"; S50+=("$(fmt "$a" .1f)"); S99+=("$(fmt "$s" .1f)")
         start floor 120 "$EXE_FLOOR" --count "$ATTACH_COUNT"
         wait "$LAST" || die "attach_floor failed: $(tail -3 "$TMP/floor.out" "$TMP/floor.err")"
         f="$(tail -1 "$TMP/floor.out")"
-        F50+=("$(jq -r .p50_us <<< "$f")"); F99+=("$(jq -r .p99_us <<< "$f")")
+        F50+=("$(fmt "$(jq -r .p50_us <<< "$f")" .1f)"); F99+=("$(fmt "$(jq -r .p99_us <<< "$f")" .1f)")
         log "run $r: wyvern adaptive p50 ${A50[-1]} p99 ${A99[-1]} us; spin p50 ${S50[-1]} p99 ${S99[-1]} us; bare UDS floor p50 ${F50[-1]} p99 ${F99[-1]} us"
     done
     local a50 a99 s50 s99 f50 f99

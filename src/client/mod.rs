@@ -122,6 +122,7 @@ struct Inner {
     deferred_free: RefCell<Vec<u64>>,
     gone: Cell<bool>,
     scratch: RefCell<Vec<u8>>,
+    recv_scratch: RefCell<Vec<u8>>,
 }
 
 impl Inner {
@@ -428,6 +429,7 @@ impl Client {
             deferred_free: RefCell::default(),
             gone: Cell::new(false),
             scratch: RefCell::new(Vec::with_capacity(256)),
+            recv_scratch: RefCell::new(Vec::with_capacity(8192)),
         };
         Ok(Client {
             inner: Rc::new(inner),
@@ -641,6 +643,25 @@ impl Drop for Message {
     }
 }
 
+/// A received message lent to a closure ([`Endpoint::recv_with`]).
+pub struct MessageRef<'a> {
+    /// Sending node.
+    pub src_node: u32,
+    /// Sending endpoint.
+    pub src_ep: u32,
+    /// The bytes.
+    pub data: &'a [u8],
+    block: Option<(u64, u64)>,
+    keep_block: Cell<bool>,
+}
+
+impl MessageRef<'_> {
+    /// Whether `data` is a view of a pool block (no copy was made).
+    pub fn is_zero_copy(&self) -> bool {
+        self.block.is_some()
+    }
+}
+
 /// An open endpoint: a mailbox with address (node, id).
 pub struct Endpoint {
     id: u32,
@@ -751,35 +772,96 @@ impl Endpoint {
 
     /// The next message, if one is waiting.
     pub fn try_recv(&self) -> Result<Option<Message>, Error> {
+        self.try_recv_with(|m| match m.block {
+            None => Message {
+                src_node: m.src_node,
+                src_ep: m.src_ep,
+                payload: Payload::Inline(m.data.to_vec()),
+            },
+            Some((off, len)) => {
+                // Ownership of the block passes to the `Message`.
+                m.keep_block.set(true);
+                Message {
+                    src_node: m.src_node,
+                    src_ep: m.src_ep,
+                    payload: Payload::Block {
+                        off,
+                        len,
+                        inner: self.inner.clone(),
+                    },
+                }
+            }
+        })
+    }
+
+    /// The next message, if one is waiting, handed to `f` without any
+    /// allocation: small messages are read in place of a reused buffer, large
+    /// ones in their pool block, which returns to the agent when `f` is done.
+    pub fn try_recv_with<R>(
+        &self,
+        f: impl FnOnce(&MessageRef<'_>) -> R,
+    ) -> Result<Option<R>, Error> {
         let i = &self.inner;
         let mut rx = self.rx.borrow_mut();
-        let mut buf = i.scratch.borrow_mut();
+        let mut buf = i.recv_scratch.borrow_mut();
         if !rx
             .try_pop(&mut buf)
             .map_err(|e| Error::Protocol(e.to_string()))?
         {
             return Ok(None);
         }
+        drop(rx);
         let Some((d, payload)) = Delivery::parse(&buf) else {
             return Err(Error::Protocol("malformed delivery".into()));
         };
-        let payload = if d.off == Delivery::INLINE {
-            Payload::Inline(payload.to_vec())
-        } else {
-            if i.pool.block_slice(d.off, d.len).is_none() {
-                return Err(Error::Protocol("delivery outside the block region".into()));
-            }
-            Payload::Block {
-                off: d.off,
-                len: d.len,
-                inner: i.clone(),
-            }
+        if d.off == Delivery::INLINE {
+            let m = MessageRef {
+                src_node: d.src_node,
+                src_ep: d.src_ep,
+                data: payload,
+                block: None,
+                keep_block: Cell::new(false),
+            };
+            return Ok(Some(f(&m)));
+        }
+        let Some(data) = i.pool.block_slice(d.off, d.len) else {
+            return Err(Error::Protocol("delivery outside the block region".into()));
         };
-        Ok(Some(Message {
+        let m = MessageRef {
             src_node: d.src_node,
             src_ep: d.src_ep,
-            payload,
-        }))
+            data,
+            block: Some((d.off, d.len)),
+            keep_block: Cell::new(false),
+        };
+        let r = f(&m);
+        if !m.keep_block.get() {
+            i.free_block(d.off);
+        }
+        Ok(Some(r))
+    }
+
+    /// Wait up to `timeout` for the next message and hand it to `f` (see
+    /// [`Endpoint::try_recv_with`]).
+    pub fn recv_with<R>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&MessageRef<'_>) -> R,
+    ) -> Result<R, Error> {
+        if !self.open.get() {
+            return Err(Error::Closed);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut f = Some(f);
+        self.inner.wait(deadline, || {
+            let Some(g) = f.take() else { return Ok(None) };
+            let mut g = Some(g);
+            let r = self.try_recv_with(|m| (g.take().expect("called once"))(m))?;
+            if r.is_none() {
+                f = g;
+            }
+            Ok(r)
+        })
     }
 
     /// Wait up to `timeout` for the next message.
