@@ -103,6 +103,33 @@ pub struct AsyncError {
     pub status: Status,
 }
 
+/// A deadline whose clock is read only when something has to wait.
+struct Deadline {
+    timeout: Duration,
+    at: Cell<Option<Instant>>,
+}
+
+impl Deadline {
+    fn new(timeout: Duration) -> Deadline {
+        Deadline {
+            timeout,
+            at: Cell::new(None),
+        }
+    }
+
+    fn at(&self) -> Instant {
+        if let Some(a) = self.at.get() {
+            return a;
+        }
+        let now = Instant::now();
+        let a = now
+            .checked_add(self.timeout)
+            .unwrap_or(now + Duration::from_secs(86400 * 365));
+        self.at.set(Some(a));
+        a
+    }
+}
+
 struct Inner {
     pool: Arc<Pool>,
     slot: u32,
@@ -152,8 +179,8 @@ impl Inner {
         Ok(ok)
     }
 
-    /// Submit, waiting up to `deadline` for room.
-    fn submit(&self, parts: &[&[u8]], deadline: Instant) -> Result<(), Error> {
+    /// Submit, waiting up to the deadline for room.
+    fn submit(&self, parts: &[&[u8]], deadline: &Deadline) -> Result<(), Error> {
         self.wait(deadline, || Ok(self.try_submit(parts)?.then_some(())))
             .map_err(|e| {
                 if matches!(e, Error::Timeout) {
@@ -218,7 +245,7 @@ impl Inner {
         Ok(())
     }
 
-    fn await_completion(&self, cookie: u64, deadline: Instant) -> Result<Completion, Error> {
+    fn await_completion(&self, cookie: u64, deadline: &Deadline) -> Result<Completion, Error> {
         let r = self.wait(deadline, || {
             self.drain_completions()?;
             Ok(self.done.borrow_mut().remove(&cookie))
@@ -230,22 +257,24 @@ impl Inner {
     }
 
     /// Poll `f` until it yields, spinning briefly and then sleeping on the
-    /// wake-up eventfd, until `deadline`.
+    /// wake-up eventfd, until the deadline. The clock is not read when `f`
+    /// yields at once (the common case on the data path).
     fn wait<T>(
         &self,
-        deadline: Instant,
+        dl: &Deadline,
         mut f: impl FnMut() -> Result<Option<T>, Error>,
     ) -> Result<T, Error> {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        let deadline = dl.at();
         let start = Instant::now();
+        let mut now = start;
         let mut spins = 0u32;
         loop {
-            if let Some(v) = f()? {
-                return Ok(v);
-            }
             if self.gone.get() {
                 return Err(Error::AgentGone);
             }
-            let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout);
             }
@@ -257,6 +286,12 @@ impl Inner {
                     std::hint::spin_loop();
                 } else {
                     std::thread::yield_now();
+                }
+                if let Some(v) = f()? {
+                    return Ok(v);
+                }
+                if spins % 16 == 0 || spins >= 64 {
+                    now = Instant::now();
                 }
                 continue;
             }
@@ -282,6 +317,10 @@ impl Inner {
             if ctl_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLIN) {
                 self.check_agent()?;
             }
+            if let Some(v) = f()? {
+                return Ok(v);
+            }
+            now = Instant::now();
         }
     }
 
@@ -482,7 +521,7 @@ impl Client {
     /// ([`Endpoint::send_buf`]).
     pub fn alloc(&self, len: usize, timeout: Duration) -> Result<SendBuf, Error> {
         let i = &self.inner;
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::new(timeout);
         let max = i.pool.layout().params.block_bytes;
         if len as u64 > max {
             return Err(Error::TooLarge {
@@ -503,8 +542,8 @@ impl Client {
                 len: len as u64,
             };
             i.awaited.borrow_mut().insert(cookie);
-            i.submit(&[&s.to_bytes()], deadline)?;
-            let c = i.await_completion(cookie, deadline)?;
+            i.submit(&[&s.to_bytes()], &deadline)?;
+            let c = i.await_completion(cookie, &deadline)?;
             match c.status {
                 Status::Ok => {
                     if i.pool.block_slice(c.off, len as u64).is_none() {
@@ -519,7 +558,7 @@ impl Client {
                         sent: false,
                     });
                 }
-                Status::NoMemory if Instant::now() < deadline => {
+                Status::NoMemory if Instant::now() < deadline.at() => {
                     // The pool is full for now: wait a little and ask again.
                     std::thread::sleep(Duration::from_micros(200));
                 }
@@ -751,18 +790,18 @@ impl Endpoint {
 
     fn finish_send(&self, s: &Submit, payload: &[u8], timeout: Duration) -> Result<u64, Error> {
         let i = &self.inner;
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::new(timeout);
         if s.mode == Mode::Delivered {
             i.awaited.borrow_mut().insert(s.cookie);
         }
         let hdr = s.to_bytes();
         debug_assert_eq!(hdr.len(), SUB_HEADER);
-        if let Err(e) = i.submit(&[&hdr, payload], deadline) {
+        if let Err(e) = i.submit(&[&hdr, payload], &deadline) {
             i.awaited.borrow_mut().remove(&s.cookie);
             return Err(e);
         }
         if s.mode == Mode::Delivered {
-            let c = i.await_completion(s.cookie, deadline)?;
+            let c = i.await_completion(s.cookie, &deadline)?;
             if c.status != Status::Ok {
                 return Err(Error::Send(c.status));
             }
@@ -851,9 +890,9 @@ impl Endpoint {
         if !self.open.get() {
             return Err(Error::Closed);
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::new(timeout);
         let mut f = Some(f);
-        self.inner.wait(deadline, || {
+        self.inner.wait(&deadline, || {
             let Some(g) = f.take() else { return Ok(None) };
             let mut g = Some(g);
             let r = self.try_recv_with(|m| (g.take().expect("called once"))(m))?;
@@ -869,8 +908,8 @@ impl Endpoint {
         if !self.open.get() {
             return Err(Error::Closed);
         }
-        let deadline = Instant::now() + timeout;
-        self.inner.wait(deadline, || self.try_recv())
+        let deadline = Deadline::new(timeout);
+        self.inner.wait(&deadline, || self.try_recv())
     }
 
     /// Close the endpoint; messages still in its ring are dropped.
