@@ -225,6 +225,13 @@ fn slow_receiver_gets_everything_and_pushes_back() {
             &n.to_string(),
         ],
     );
+    // While the receiver computes, its agent holds the link back and, being
+    // adaptive, sleeps instead of spinning on the unread socket.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s1 = c.stat(1)["sleeps"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let s2 = c.stat(1)["sleeps"].as_u64().unwrap();
+    assert!(s2 - s1 >= 20, "a stalled agent kept spinning: {} sleeps in 1 s", s2 - s1);
     let t = tx.result(T);
     assert_ok("sender", &t);
     let r = rx.result(T);

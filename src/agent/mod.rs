@@ -1265,6 +1265,9 @@ impl Agent {
             }
             let more = matches!(step, FrameStep::Next);
             self.transport.restore_reader(node, reader);
+            if work {
+                self.transport.rx_resume(&self.poller, node);
+            }
             if !more {
                 return work;
             }

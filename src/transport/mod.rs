@@ -151,6 +151,9 @@ pub trait Transport {
     fn mark_alive(&mut self, node: u32, now: Instant);
     /// Whether we stopped reading `node` because too much is buffered.
     fn rx_full(&self, node: u32) -> bool;
+    /// The agent consumed frames of `node`: resume reading it if it was
+    /// paused for having too much buffered.
+    fn rx_resume(&mut self, poller: &Poller, node: u32);
     /// Close the link to `node`; returns the blocks its queue referenced.
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;
 }

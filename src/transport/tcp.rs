@@ -35,6 +35,8 @@ pub struct Link {
     pub last_tx: Instant,
     /// When something was last read.
     pub last_rx: Instant,
+    /// Not watched for readability: too much is buffered.
+    pub paused: bool,
 }
 
 impl Link {
@@ -50,6 +52,7 @@ impl Link {
             queued: 0,
             last_tx: now,
             last_rx: now,
+            paused: false,
         })
     }
 
@@ -436,7 +439,15 @@ impl Transport for TcpTransport {
                     return;
                 };
                 let reason = match link.fill() {
-                    Ok(true) => return,
+                    Ok(true) => {
+                        if link.rx_full() && !link.paused {
+                            // Stop watching until the agent catches up, so a
+                            // level-triggered poller does not spin on it.
+                            poller.delete(link.as_fd());
+                            link.paused = true;
+                        }
+                        return;
+                    }
                     Ok(false) => "connection closed by the peer".to_string(),
                     Err(e) => format!("read failed: {e}"),
                 };
@@ -570,6 +581,18 @@ impl Transport for TcpTransport {
             .get(node as usize)
             .and_then(|l| l.as_ref())
             .is_some_and(|l| l.rx_full())
+    }
+
+    fn rx_resume(&mut self, poller: &Poller, node: u32) {
+        let Some(link) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return;
+        };
+        if link.paused && link.reader.buffered() < RX_HIGH_WATER / 2 {
+            match poller.add(link.as_fd(), TOK_PEER | node) {
+                Ok(()) => link.paused = false,
+                Err(e) => log::error!("cannot watch the link to node {node} again: {e}"),
+            }
+        }
     }
 
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64> {
