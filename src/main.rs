@@ -85,6 +85,9 @@ struct AgentArgs {
     /// A silent peer is lost after this many ms.
     #[arg(long)]
     peer_timeout_ms: Option<u64>,
+    /// MiB of peers' messages held for full receive rings (0: none).
+    #[arg(long)]
+    overflow_mib: Option<usize>,
     /// Members of this group may attach too.
     #[arg(long)]
     allow_gid: Option<u32>,
@@ -134,6 +137,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.peer_timeout_ms {
             c.peer_timeout_ms = v;
+        }
+        if let Some(v) = self.overflow_mib {
+            c.overflow_bytes = v << 20;
         }
         if let Some(v) = self.allow_gid {
             c.allow_gid = Some(v);

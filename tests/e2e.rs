@@ -194,8 +194,9 @@ fn unknown_endpoint_and_unknown_node_are_reported() {
 fn slow_receiver_gets_everything_and_pushes_back() {
     // The receiver computes for 4.5 s before receiving, longer than the peer
     // timeout (3 s): its agent stops reading the link meanwhile, and that
-    // silence must not be mistaken for a dead peer.
-    let c = Cluster::start(2, &[]);
+    // silence must not be mistaken for a dead peer. No overflow room, so the
+    // link itself is held back.
+    let c = Cluster::start(2, &["--overflow-mib", "0"]);
     let n = 6000u64;
     let rx = c.peer(
         1,
@@ -231,7 +232,11 @@ fn slow_receiver_gets_everything_and_pushes_back() {
     let s1 = c.stat(1)["sleeps"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let s2 = c.stat(1)["sleeps"].as_u64().unwrap();
-    assert!(s2 - s1 >= 20, "a stalled agent kept spinning: {} sleeps in 1 s", s2 - s1);
+    assert!(
+        s2 - s1 >= 20,
+        "a stalled agent kept spinning: {} sleeps in 1 s",
+        s2 - s1
+    );
     let t = tx.result(T);
     assert_ok("sender", &t);
     let r = rx.result(T);
@@ -735,4 +740,65 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
     let m = ep.recv(Duration::from_secs(10)).unwrap();
     assert_eq!(m.data(), b"hello");
     assert_eq!((m.src_node, m.src_ep), (1, 5));
+}
+
+#[test]
+fn a_stalled_endpoint_does_not_hold_back_others_on_the_same_link() {
+    let c = Cluster::start(2, &[]);
+    // Endpoint 60 on node 1 does not receive for 8 s; endpoint 61 does.
+    let stalled = c.peer(
+        1,
+        &[
+            "--ep",
+            "60",
+            "--sizes",
+            "3000",
+            "recv",
+            "--count",
+            "3000",
+            "--start-delay-ms",
+            "8000",
+        ],
+    );
+    let live = c.peer(
+        1,
+        &["--ep", "61", "--sizes", "100", "recv", "--count", "2000"],
+    );
+    // 9 MB for the stalled endpoint: far more than its ring holds.
+    let to_stalled = c.peer(
+        0,
+        &["--sizes", "3000", "send", "--to", "1:60", "--count", "3000"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let to_live = c.peer(
+        0,
+        &[
+            "--sizes",
+            "100",
+            "send",
+            "--to",
+            "1:61",
+            "--count",
+            "2000",
+            "--delivered",
+        ],
+    );
+    assert_ok("sender to the live endpoint", &to_live.result(T));
+    assert_ok("live receiver", &live.result(T));
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "the live endpoint waited for the stalled one ({:?})",
+        t0.elapsed()
+    );
+    let s = c.stat(1);
+    assert_eq!(
+        s["peers"][0]["counters"]["rx_stalls"], 0,
+        "the link was held back: {s}"
+    );
+    // And the stalled endpoint still gets everything, in order, once it reads.
+    assert_ok("sender to the stalled endpoint", &to_stalled.result(T));
+    let r = stalled.result(T);
+    assert_ok("stalled receiver", &r);
+    assert_eq!(r.0["received"], 3000);
 }

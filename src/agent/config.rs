@@ -70,6 +70,10 @@ pub struct AgentConfig {
     pub connect_timeout_ms: u64,
     /// Bytes queued towards one peer before its senders are held back.
     pub peer_queue_bytes: usize,
+    /// Bytes of messages from peers the agent holds for endpoints whose
+    /// receive ring is full, so that one slow endpoint does not hold back
+    /// the links it shares with others. Past it, the links wait.
+    pub overflow_bytes: usize,
     /// A group (gid) whose members may attach besides the agent's own uid.
     pub allow_gid: Option<u32>,
     /// Bad requests tolerated from one client before it is detached.
@@ -95,6 +99,7 @@ impl Default for AgentConfig {
             peer_timeout_ms: 3000,
             connect_timeout_ms: 30_000,
             peer_queue_bytes: 8 << 20,
+            overflow_bytes: 64 << 20,
             allow_gid: None,
             max_client_errors: 100,
         }

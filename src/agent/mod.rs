@@ -191,6 +191,37 @@ struct Peer {
 struct RecvEp {
     id: u32,
     ring: RingTx,
+    /// Messages from peers that found the ring full, in arrival order. They
+    /// wait here (up to `overflow_bytes` per agent) so that one slow endpoint
+    /// does not hold back a peer link that carries traffic for others too.
+    parked: VecDeque<Parked>,
+}
+
+/// A message from a peer waiting for room in an endpoint's ring.
+struct Parked {
+    src_node: u32,
+    src_ep: u32,
+    data: ParkedData,
+    /// `(peer, src_ep, dst_ep, cookie)` of an `Ack` owed once deposited.
+    ack: Option<(usize, u32, u32, u64)>,
+}
+
+enum ParkedData {
+    Inline(Vec<u8>),
+    /// An agent-owned block.
+    Block {
+        off: u64,
+        len: u64,
+    },
+}
+
+impl Parked {
+    fn cost(&self) -> usize {
+        64 + match &self.data {
+            ParkedData::Inline(v) => v.len(),
+            ParkedData::Block { .. } => 0,
+        }
+    }
 }
 
 struct ClientState {
@@ -238,6 +269,12 @@ struct CtlConn {
     client: Option<u32>,
 }
 
+/// A message from a peer, before it is deposited.
+enum RemoteData<'a> {
+    Inline(&'a [u8]),
+    Block { off: u64, len: u64 },
+}
+
 enum Handled {
     /// Processed.
     Done,
@@ -266,6 +303,10 @@ pub struct Agent {
     doorbell: Arc<EventFd>,
     stop: Arc<AtomicBool>,
     start: Instant,
+    /// Bytes of messages parked in endpoints' overflow queues.
+    parked_bytes: usize,
+    /// Messages parked.
+    parked_count: usize,
     /// Clients given something this round, to wake if they sleep.
     touched: Vec<u32>,
     touched_flag: Vec<bool>,
@@ -391,6 +432,8 @@ impl Agent {
             doorbell,
             stop: Arc::new(AtomicBool::new(false)),
             start: now,
+            parked_bytes: 0,
+            parked_count: 0,
             touched: Vec::new(),
             touched_flag: vec![false; max],
             freed: Vec::new(),
@@ -464,6 +507,7 @@ impl Agent {
             for ev in &events[..n] {
                 work |= self.on_event(ev.data(), now);
             }
+            work |= self.drain_parked();
             work |= self.process_rx();
             now = Instant::now();
             if now >= next_tick {
@@ -879,6 +923,127 @@ impl Agent {
         }
     }
 
+    /// Deliver a message from peer `j`: into the ring when nothing waits
+    /// before it there, else parked behind what waits (within the overflow
+    /// budget). `Stall` only when the budget is spent: then the peer's
+    /// frames wait, and TCP pushes back on the sender.
+    fn deposit_remote(
+        &mut self,
+        slot: u32,
+        ep: u32,
+        j: usize,
+        src_ep: u32,
+        data: RemoteData<'_>,
+        ack: Option<(usize, u32, u32, u64)>,
+    ) -> Handled {
+        let src_node = j as u32;
+        let empty = self.clients[slot as usize]
+            .as_ref()
+            .and_then(|c| c.recv.get(ep as usize))
+            .and_then(|r| r.as_ref())
+            .is_some_and(|r| r.parked.is_empty());
+        if empty {
+            let r = match data {
+                RemoteData::Inline(p) => self.deposit_inline(slot, ep, src_node, src_ep, p),
+                RemoteData::Block { off, len } => {
+                    self.deposit_block(slot, ep, src_node, src_ep, off, len)
+                }
+            };
+            if !matches!(r, Handled::Stall) {
+                if let Some((j, s, d, cookie)) = ack {
+                    self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
+                }
+                return r;
+            }
+        }
+        let parked = Parked {
+            src_node,
+            src_ep,
+            data: match data {
+                RemoteData::Inline(p) => ParkedData::Inline(p.to_vec()),
+                RemoteData::Block { off, len } => ParkedData::Block { off, len },
+            },
+            ack,
+        };
+        if self.parked_bytes + parked.cost() > self.cfg.overflow_bytes {
+            return Handled::Stall;
+        }
+        let Some(r) = self.clients[slot as usize]
+            .as_mut()
+            .and_then(|c| c.recv.get_mut(ep as usize))
+            .and_then(|r| r.as_mut())
+        else {
+            return Handled::Stall;
+        };
+        self.parked_bytes += parked.cost();
+        self.parked_count += 1;
+        r.parked.push_back(parked);
+        Handled::Done
+    }
+
+    /// Move parked messages into rings that have room again.
+    fn drain_parked(&mut self) -> bool {
+        if self.parked_count == 0 {
+            return false;
+        }
+        let mut work = false;
+        for slot in 0..self.clients.len() as u32 {
+            let eps = match self.clients[slot as usize].as_ref() {
+                Some(c) => c.recv.len() as u32,
+                None => continue,
+            };
+            for ep in 0..eps {
+                while let Some(front) = self.clients[slot as usize]
+                    .as_mut()
+                    .and_then(|c| c.recv.get_mut(ep as usize))
+                    .and_then(|r| r.as_mut())
+                    .and_then(|r| r.parked.pop_front())
+                {
+                    let r = match &front.data {
+                        ParkedData::Inline(v) => {
+                            self.deposit_inline(slot, ep, front.src_node, front.src_ep, v)
+                        }
+                        ParkedData::Block { off, len } => {
+                            self.deposit_block(slot, ep, front.src_node, front.src_ep, *off, *len)
+                        }
+                    };
+                    if let Handled::Stall = r {
+                        if let Some(r) = self.clients[slot as usize]
+                            .as_mut()
+                            .and_then(|c| c.recv.get_mut(ep as usize))
+                            .and_then(|r| r.as_mut())
+                        {
+                            r.parked.push_front(front);
+                        }
+                        break;
+                    }
+                    work = true;
+                    self.parked_bytes -= front.cost();
+                    self.parked_count -= 1;
+                    if let Some((j, s, d, cookie)) = front.ack {
+                        self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
+                    }
+                }
+            }
+        }
+        work
+    }
+
+    /// Drop what is parked for an endpoint that goes away: blocks return to
+    /// the pool, senders waiting for delivery hear why.
+    fn drop_parked(&mut self, parked: VecDeque<Parked>) {
+        for p in parked {
+            self.parked_bytes -= p.cost();
+            self.parked_count -= 1;
+            if let ParkedData::Block { off, .. } = p.data {
+                self.blocks.free(off, Owner::Agent);
+            }
+            if let Some((j, s, d, cookie)) = p.ack {
+                self.queue_reply(j, RecordKind::Nack, Status::EndpointClosed, s, d, cookie);
+            }
+        }
+    }
+
     fn evict(&mut self, slot: u32, why: &str) {
         log::warn!("detaching client slot {slot}: {why}");
         self.evicted += 1;
@@ -913,6 +1078,11 @@ impl Agent {
         let owner = c.owner(slot);
         for ep in c.recv.iter().flatten() {
             self.endpoints.remove(&ep.id);
+        }
+        let mut c = c;
+        for ep in c.recv.iter_mut().flatten() {
+            let parked = std::mem::take(&mut ep.parked);
+            self.drop_parked(parked);
         }
         let n = self.blocks.free_all_of(owner);
         log::info!(
@@ -1411,21 +1581,20 @@ impl Agent {
                         );
                         return Ok(Handled::Done);
                     };
-                    let r = self.deposit_inline(slot, ep, j as u32, h.src_ep, payload);
+                    let ack =
+                        (h.flags & FLAG_ACK != 0).then_some((j, h.src_ep, h.dst_ep, h.cookie));
+                    let r = self.deposit_remote(
+                        slot,
+                        ep,
+                        j,
+                        h.src_ep,
+                        RemoteData::Inline(payload),
+                        ack,
+                    );
                     if let Handled::Done = r {
                         let p = &mut self.peers[j];
                         p.counters.msgs_rx += 1;
                         p.counters.bytes_rx += h.total;
-                        if h.flags & FLAG_ACK != 0 {
-                            self.queue_reply(
-                                j,
-                                RecordKind::Ack,
-                                Status::Ok,
-                                h.src_ep,
-                                h.dst_ep,
-                                h.cookie,
-                            );
-                        }
                     }
                     return Ok(r);
                 }
@@ -1513,13 +1682,13 @@ impl Agent {
             );
             return Handled::Done;
         };
-        match self.deposit_block(slot, ep, j as u32, d.src_ep, d.block, d.len) {
-            Handled::Done | Handled::DoneStop => {
-                if d.flags & FLAG_ACK != 0 {
-                    self.queue_reply(j, RecordKind::Ack, Status::Ok, d.src_ep, d.dst_ep, d.cookie);
-                }
-                Handled::Done
-            }
+        let ack = (d.flags & FLAG_ACK != 0).then_some((j, d.src_ep, d.dst_ep, d.cookie));
+        let data = RemoteData::Block {
+            off: d.block,
+            len: d.len,
+        };
+        match self.deposit_remote(slot, ep, j, d.src_ep, data, ack) {
+            Handled::Done | Handled::DoneStop => Handled::Done,
             Handled::Stall => {
                 self.peers[j].rx_deposit = Some(d);
                 Handled::Stall
@@ -1825,6 +1994,7 @@ impl Agent {
                 c.recv[e] = Some(RecvEp {
                     id,
                     ring: pool.recv_producer(slot, e as u32, true),
+                    parked: VecDeque::new(),
                 });
                 self.endpoints.insert(id, (slot, e as u32));
                 self.reply(idx, &CtlReply::Endpoint { id, slot: e as u32 }, &[]);
@@ -1844,8 +2014,11 @@ impl Agent {
                 match self.endpoints.get(&id) {
                     Some(&(s, e)) if s == slot => {
                         self.endpoints.remove(&id);
-                        if let Some(c) = self.clients[slot as usize].as_mut() {
-                            c.recv[e as usize] = None;
+                        let gone = self.clients[slot as usize]
+                            .as_mut()
+                            .and_then(|c| c.recv[e as usize].take());
+                        if let Some(r) = gone {
+                            self.drop_parked(r.parked);
                         }
                         self.reply(idx, &CtlReply::Ok, &[]);
                     }
