@@ -342,6 +342,12 @@ impl Agent {
                 );
             }
         }
+        if cfg.idle == IdlePolicy::Spin && cfg.cores.is_empty() {
+            log::warn!(
+                "idle policy 'spin' without --cores: the agent takes a whole core it shares with others; \
+                 where cores are fewer than spinning processes this starves clients (use 'adaptive')"
+            );
+        }
         let pool = Arc::new(Pool::create(cfg.pool, cfg.node_id, cfg.hugepages)?);
         log::info!(
             "pool: {} MiB on {}, {} client slots, {} MiB of blocks",
