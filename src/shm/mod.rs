@@ -720,6 +720,10 @@ impl std::ops::DerefMut for RingRx {
 /// for work once more (the Dekker pattern both sides of a doorbell follow).
 pub fn announce_sleep(word: &AtomicU32) {
     word.store(1, Ordering::SeqCst);
+    // StoreLoad: the caller's next look at the rings must not be ordered
+    // before this store (the other side fences between its ring publish and
+    // its load of this word: see `needs_wake`).
+    std::sync::atomic::fence(Ordering::SeqCst);
 }
 
 /// Clear a sleeping word.
