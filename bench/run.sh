@@ -10,7 +10,8 @@
 # bench/results-log.md).
 #
 #   latency    8 B half round trip between two agents on loopback
-#              (wyvern-peer ping/echo) vs `ucx_perftest -t tag_lat` (UCX_TLS=tcp)
+#              (wyvern-peer ping/echo) vs `ucx_perftest -t tag_lat` (UCX_TLS=tcp,
+#              UCX_NET_DEVICES=lo)
 #   rate       4 senders on node A -> 1 receiver on node B, 8 B and 64 B, vs
 #              4 concurrent `ucx_perftest -t tag_bw` pairs and 4 MPI pairs
 #              (bench/mpi_rate.c, Open MPI ob1 + tcp btl), peers' rates summed
@@ -44,12 +45,14 @@ ATTACH_COUNT="${ATTACH_COUNT:-2000}"
 BIN="$ROOT/target/release"
 NCORES="$(nproc)"
 TMP="$(mktemp -d /tmp/wyvern-bench.XXXXXX)"
-PIDS=()
 
 cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
+    # Only our own still-running children (every process is started through
+    # `start`, a direct child): no stale pid can hit someone else's process.
+    local p live
+    live="$(jobs -pr)"
+    for p in $live; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in $live; do
         for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null || true
     done
@@ -68,7 +71,6 @@ start() {
     local name=$1 secs=$2; shift 2
     timeout "$secs" "$@" > "$TMP/$name.out" 2> "$TMP/$name.err" &
     LAST=$!
-    PIDS+=("$LAST")
 }
 
 # finish PID: wait for it, tolerating a non-zero status (reported by caller).
@@ -128,6 +130,28 @@ build() {
     fi
 }
 
+# Machine noise during a section: CPU time used by processes this script did
+# not start (busy user+nice+system time from /proc/stat minus this shell's
+# and its reaped descendants' time from `times`), and hypervisor steal.
+HZ="$(getconf CLK_TCK)"
+cpu_stat() { awk -v hz="$HZ" '/^cpu / {print ($2+$3+$4)/hz, $9/hz}' /proc/stat; }
+my_cpu() { # `times` must run in this shell (not a pipeline's subshell)
+    times > "$TMP/times"
+    awk '{for (i=1;i<=NF;i++) {split($i,t,/[ms]/); s+=t[1]*60+t[2]}} END {print s}' "$TMP/times"
+}
+section_begin() {
+    S_T0="$(date +%s.%N)"; read -r S_BUSY0 S_STEAL0 <<< "$(cpu_stat)"; my_cpu > "$TMP/my0"; S_MY0="$(cat "$TMP/my0")"
+    LOAD0="$(cut -d' ' -f1-3 /proc/loadavg)"
+}
+noise() {
+    local t1 busy1 steal1 my1
+    t1="$(date +%s.%N)"; read -r busy1 steal1 <<< "$(cpu_stat)"; my_cpu > "$TMP/my1"; my1="$(cat "$TMP/my1")"
+    python3 -c "
+w=($t1-$S_T0)*$NCORES
+f=max(0.0, ($busy1-$S_BUSY0)-($my1-$S_MY0))
+print(f'other processes used {100*f/w:.0f}% of the machine\'s CPU time, hypervisor steal {100*($steal1-$S_STEAL0)/w:.1f}%')"
+}
+
 # The commit measured: the repository's HEAD (flagging uncommitted changes
 # in src/), or .snapshot-commit in a `git archive` export.
 rev() {
@@ -146,7 +170,8 @@ header() {
     md ""
     md "## $title"
     md ""
-    md "$(date -u '+%Y-%m-%d %H:%M:%S UTC') · $(uname -r) · ${NCORES} cores ($(lscpu | sed -n 's/^Model name: *//p')) · RUNS=$RUNS · git $(rev) · load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    noise > "$TMP/noise"   # in this shell: `times` must see our children
+    md "$(date -u '+%Y-%m-%d %H:%M:%S UTC') · $(uname -r) · ${NCORES} cores ($(lscpu | sed -n 's/^Model name: *//p')) · RUNS=$RUNS · git $(rev) · load average at start ${LOAD0:-?} · during the section $(cat "$TMP/noise")"
     md ""
 }
 
@@ -201,9 +226,9 @@ wy_latency() { # IDLE LAYOUT COUNT -> half-RTT p50 in us
     e=$LAST
     wait_for "$TMP/echo.out" ready 10
     # shellcheck disable=SC2046
-    timeout 300 $(ts_for "$layout" 0) "$BIN/wyvern-peer" --socket "$SOCK0" --ep 1 --sizes 8 \
-        ping --to 1:2 --count "$count" --warmup $(( count / 10 )) > "$TMP/ping.out" 2> "$TMP/ping.err" \
-        || die "ping failed: $(tail -2 "$TMP/ping.out" "$TMP/ping.err")"
+    start ping 300 $(ts_for "$layout" 0) "$BIN/wyvern-peer" --socket "$SOCK0" --ep 1 --sizes 8 \
+        ping --to 1:2 --count "$count" --warmup $(( count / 10 ))
+    wait "$LAST" || die "ping failed: $(tail -2 "$TMP/ping.out" "$TMP/ping.err")"
     finish "$e"
     stop_agents
     RES="$(tail -1 "$TMP/ping.out" | jq -e -r '.half_rtt_p50_us')" || die "no ping result: $(cat "$TMP/ping.out")"
@@ -212,17 +237,19 @@ wy_latency() { # IDLE LAYOUT COUNT -> half-RTT p50 in us
 ucx_latency() { # COUNT -> one-way p50 in us (ucx_perftest tag_lat reports half RTT)
     local count=$1 port s
     port=$(free_port)
-    UCX_TLS=tcp start ucxsrv 120 ucx_perftest -t tag_lat -s 8 -n "$count" -w $(( count / 10 )) -p "$port" -f
+    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxsrv 120 ucx_perftest -t tag_lat -s 8 -n "$count" -w $(( count / 10 )) -p "$port" -f
     s=$LAST
     wait_port "$port" 10
-    UCX_TLS=tcp timeout 120 ucx_perftest 127.0.0.1 -t tag_lat -s 8 -n "$count" -w $(( count / 10 )) \
-        -p "$port" -f > "$TMP/ucxcli.out" 2>&1 || die "ucx_perftest failed: $(tail -3 "$TMP/ucxcli.out")"
+    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxcli 120 ucx_perftest 127.0.0.1 -t tag_lat -s 8 -n "$count" \
+        -w $(( count / 10 )) -p "$port" -f
+    wait "$LAST" || die "ucx_perftest failed: $(tail -3 "$TMP/ucxcli.out" "$TMP/ucxcli.err")"
     finish "$s"
     RES="$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {v=$2} END {print v}' "$TMP/ucxcli.out")"
     [ -n "$RES" ] || die "no ucx_perftest result: $(cat "$TMP/ucxcli.out")"
 }
 
 cmd_latency() {
+    section_begin
     log "== latency: 8 B half round trip, $RUNS runs =="
     local r a n s u A=() N=() S=() U=()
     for r in $(seq "$RUNS"); do
@@ -244,7 +271,7 @@ cmd_latency() {
     md "| wyvern, --idle adaptive, unpinned | $(join_runs "${A[@]}") | $ma | $(calc "$ma/$mu")× |"
     md "| wyvern, --idle adaptive, node per core | $(join_runs "${N[@]}") | $mn | $(calc "$mn/$mu")× |"
     md "| wyvern, --idle spin, unpinned ($LAT_SPIN_COUNT round trips) | $(join_runs "${S[@]}") | $ms | $(calc "$ms/$mu")× |"
-    md "| UCX 1.13 tag_lat, UCX_TLS=tcp, unpinned | $(join_runs "${U[@]}") | $mu | 1 |"
+    md "| UCX 1.13 tag_lat, UCX_TLS=tcp UCX_NET_DEVICES=lo, unpinned | $(join_runs "${U[@]}") | $mu | 1 |"
     md ""
     md "Core layout: 2 cores. wyvern runs 4 processes (agent 0, agent 1, \`ping\` client on node 0, \`echo\` client on node 1): *unpinned* lets the scheduler place them; *node per core* is \`taskset -c 0\` for agent 0 + ping, \`taskset -c 1\` for agent 1 + echo. UCX runs 2 busy-polling processes, unpinned."
     md ""
@@ -253,8 +280,8 @@ cmd_latency() {
     md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive|spin --block-mib 64 --max-clients 8   # I = 0, 1"
     md "wyvern-peer --socket S_1 --ep 2 --sizes 8 echo --count $(( LAT_COUNT + LAT_COUNT / 10 ))"
     md "wyvern-peer --socket S_0 --ep 1 --sizes 8 ping --to 1:2 --count $LAT_COUNT --warmup $(( LAT_COUNT / 10 ))   # spin: --count $LAT_SPIN_COUNT"
-    md "UCX_TLS=tcp ucx_perftest -t tag_lat -s 8 -n $LAT_COUNT -w $(( LAT_COUNT / 10 )) -p PORT -f"
-    md "UCX_TLS=tcp ucx_perftest 127.0.0.1 -t tag_lat -s 8 -n $LAT_COUNT -w $(( LAT_COUNT / 10 )) -p PORT -f"
+    md "UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest -t tag_lat -s 8 -n $LAT_COUNT -w $(( LAT_COUNT / 10 )) -p PORT -f"
+    md "UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest 127.0.0.1 -t tag_lat -s 8 -n $LAT_COUNT -w $(( LAT_COUNT / 10 )) -p PORT -f"
     md '```'
 }
 
@@ -283,12 +310,12 @@ ucx_rate() { # SIZE -> summed msg/s of 4 concurrent tag_bw pairs
     local size=$1 k ports=() srv=() cli=() sum
     for k in 1 2 3 4; do
         ports+=("$(free_port)")
-        UCX_TLS=tcp start "ucxbws$k" 120 ucx_perftest -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
+        UCX_TLS=tcp UCX_NET_DEVICES=lo start "ucxbws$k" 120 ucx_perftest -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
         srv+=("$LAST")
     done
     for k in 1 2 3 4; do wait_port "${ports[$((k-1))]}" 10; done
     for k in 1 2 3 4; do
-        UCX_TLS=tcp start "ucxbwc$k" 120 ucx_perftest 127.0.0.1 -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
+        UCX_TLS=tcp UCX_NET_DEVICES=lo start "ucxbwc$k" 120 ucx_perftest 127.0.0.1 -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
         cli+=("$LAST")
     done
     for k in "${cli[@]}" "${srv[@]}"; do finish "$k"; done
@@ -303,7 +330,7 @@ ucx_rate() { # SIZE -> summed msg/s of 4 concurrent tag_bw pairs
 }
 
 # shellcheck disable=SC2054
-MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np 8 --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo)
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np 8 --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
 mpi_rate() { # SIZE -> summed msg/s of 4 pairs
     local size=$1 json
     [ -x "$ROOT/target/bench/mpi_rate" ] || { RES=nan; return; }
@@ -314,12 +341,14 @@ mpi_rate() { # SIZE -> summed msg/s of 4 pairs
 }
 
 cmd_rate() {
+    section_begin
     log "== rate: 4 senders -> 1 receiver, $RUNS runs =="
-    header "small-message rate: 4 sender processes on node A → 1 receiver on node B"
-    md "wyvern figure: messages received / receiver's wall time (first to last message), \`wyvern-peer recv\` checking every payload. Peers: 4 concurrent pairs (8 processes), each pair's own rate summed (\`ucx_perftest\` \"overall\" msg/s; mpi_rate's \`rate_sum\`). Target: wyvern ≥ 20× each peer's summed 8 B rate."
-    md ""
-    md "| size | config | runs (M msg/s) | median (M msg/s) | wyvern adaptive ÷ this | target | met |"
-    md "|---|---|---|---|---|---|---|"
+    local ROWS=()
+    row() { ROWS+=("$*"); }
+    row "wyvern figure: messages received / receiver's wall time (first to last message), \`wyvern-peer recv\` checking every payload. Peers: 4 concurrent pairs (8 processes), each pair's own rate summed (\`ucx_perftest\` \"overall\" msg/s; mpi_rate's \`rate_sum\`). Target: wyvern ≥ 20× each peer's summed 8 B rate."
+    row ""
+    row "| size | config | runs (M msg/s) | median (M msg/s) | wyvern adaptive ÷ this | target | met |"
+    row "|---|---|---|---|---|---|---|"
     local size r a s u m
     for size in 8 64; do
         local A=() S=() U=() M=() AG=()
@@ -336,12 +365,15 @@ cmd_rate() {
         log "size $size median: wyvern adaptive $ma, spin $ms; ucx $mu (ratio $(calc "$ma/$mu")); mpi $mm (ratio $(calc "$ma/$mm")) M msg/s"
         local tu tm
         if [ "$size" = 8 ]; then tu="≥ 20×"; tm="$(met "$(calc "$ma/$mu")" '>=' 20)"; else tu="—"; tm="—"; fi
-        md "| $size B | wyvern, --idle adaptive, unpinned (aggregation $(fmt "$(median "${AG[@]}")" .0f) msgs/frame) | $(join_runs "${A[@]}") | $ma | 1 | | |"
-        md "| $size B | wyvern, --idle spin, unpinned | $(join_runs "${S[@]}") | $ms | $(calc "$ma/$ms")× | | |"
-        md "| $size B | UCX tag_bw ×4 pairs, UCX_TLS=tcp | $(join_runs "${U[@]}") | $mu | $(calc "$ma/$mu")× | $tu | $tm |"
+        row "| $size B | wyvern, --idle adaptive, unpinned (aggregation $(fmt "$(median "${AG[@]}")" .0f) msgs/frame) | $(join_runs "${A[@]}") | $ma | 1 | | |"
+        row "| $size B | wyvern, --idle spin, unpinned | $(join_runs "${S[@]}") | $ms | $(calc "$ma/$ms")× | | |"
+        row "| $size B | UCX tag_bw ×4 pairs, UCX_TLS=tcp UCX_NET_DEVICES=lo | $(join_runs "${U[@]}") | $mu | $(calc "$ma/$mu")× | $tu | $tm |"
         if [ "$size" = 8 ]; then tm="$(met "$(calc "$ma/$mm")" '>=' 20)"; fi
-        md "| $size B | Open MPI ob1/tcp ×4 pairs (mpi_rate, window 64) | $(join_runs "${M[@]}") | $mm | $(calc "$ma/$mm")× | $tu | $tm |"
+        row "| $size B | Open MPI ob1/tcp ×4 pairs (mpi_rate, window 64) | $(join_runs "${M[@]}") | $mm | $(calc "$ma/$mm")× | $tu | $tm |"
     done
+    header "small-message rate: 4 sender processes on node A → 1 receiver on node B"
+    local line
+    for line in "${ROWS[@]}"; do md "$line"; done
     md ""
     md "Core layout: 2 cores, nothing pinned. wyvern: 7 processes (2 agents, 4 senders, 1 receiver); UCX: 8 busy-polling processes; MPI: 8 ranks (\`--oversubscribe\`, so Open MPI yields when idle). Pool backing: $BACKING."
     md ""
@@ -350,7 +382,7 @@ cmd_rate() {
     md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive|spin --block-mib 64 --max-clients 8"
     md "wyvern-peer --socket S_1 --ep 2 --sizes SIZE recv --count $(( 4 * RATE_COUNT ))"
     md "4 x wyvern-peer --socket S_0 --sizes SIZE send --to 1:2 --count $RATE_COUNT   # concurrently"
-    md "4 x { UCX_TLS=tcp ucx_perftest -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f & UCX_TLS=tcp ucx_perftest 127.0.0.1 -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f; }   # concurrently, K = 1..4"
+    md "4 x { UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f & UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest 127.0.0.1 -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f; }   # concurrently, K = 1..4"
     md "mpicc -O2 -o target/bench/mpi_rate bench/mpi_rate.c"
     md "${MPIRUN[*]} target/bench/mpi_rate SIZE $MPI_ITERS 64"
     md '```'
@@ -381,6 +413,7 @@ iperf_bw() { # -> bytes/s received
 }
 
 cmd_bandwidth() {
+    section_begin
     log "== bandwidth: 1 MiB messages, $RUNS runs =="
     local r z c p s i Z=() C=() P=() S=() I=()
     for r in $(seq "$RUNS"); do
@@ -436,6 +469,7 @@ wy_attach() { # IDLE -> "p50 p99"
 }
 
 cmd_attach() {
+    section_begin
     log "== attach+detach, $RUNS runs =="
     local r a s f A50=() A99=() S50=() S99=() F50=() F99=()
     for r in $(seq "$RUNS"); do
@@ -473,6 +507,7 @@ cmd_attach() {
 # ===================================================================== hop
 
 cmd_hop() {
+    section_begin
     log "== hop: cargo bench --bench hop (RUNS=$RUNS) =="
     RUNS="$RUNS" start hop 600 cargo bench --quiet --manifest-path "$ROOT/Cargo.toml" --bench hop
     wait "$LAST" || die "hop bench failed: $(tail -5 "$TMP/hop.err")"
