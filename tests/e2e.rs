@@ -73,6 +73,9 @@ fn every_size_class_arrives_intact_and_in_order_from_several_processes() {
     assert!(p["counters"]["msgs_tx"].as_u64().unwrap() >= per * 3);
     assert!(s["local_msgs"].as_u64().unwrap() == 0);
     assert!(c.stat(1)["local_msgs"].as_u64().unwrap() >= per);
+    // Large chunks were read from the socket straight into pool blocks.
+    let direct = c.stat(1)["peers"][0]["counters"]["bytes_rx_direct"].as_u64().unwrap();
+    assert!(direct > 0, "no chunk was read straight into its block");
 }
 
 #[test]

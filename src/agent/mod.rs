@@ -60,6 +60,8 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Completions kept for a client whose completion ring is full; beyond
 /// this its submissions are not taken (the agent's memory stays bounded).
 const COMP_BACKLOG_MAX: usize = 4096;
+/// Chunks at least this large are read straight into their block.
+const STEER_MIN: usize = 64 * 1024;
 /// How long a departed client's published submissions may take to go out.
 const CLOSING_GRACE: Duration = Duration::from_secs(10);
 
@@ -184,6 +186,8 @@ struct Peer {
     /// Frames wait for a full ring: we are not reading, so the peer's
     /// silence proves nothing.
     rx_stalled: bool,
+    /// A chunk whose payload the transport is reading into its block.
+    rx_steered: Option<RecordHeader>,
     counters: PeerCounters,
     since: Instant,
 }
@@ -383,8 +387,15 @@ impl Agent {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = db.write(1);
         });
-        let tcp = TcpTransport::new(cfg.node_id, cfg.nodes.clone(), incarnation, &poller, wake)
-            .map_err(|source| AgentError::Listen { addr: me, source })?;
+        let tcp = TcpTransport::new(
+            cfg.node_id,
+            cfg.nodes.clone(),
+            incarnation,
+            &poller,
+            pool.clone(),
+            wake,
+        )
+        .map_err(|source| AgentError::Listen { addr: me, source })?;
         let tcp_addr = tcp.addr();
 
         let now = Instant::now();
@@ -409,6 +420,7 @@ impl Agent {
                 rx_large: None,
                 rx_deposit: None,
                 rx_stalled: false,
+                rx_steered: None,
                 counters: PeerCounters::default(),
                 since: now,
             })
@@ -1240,6 +1252,7 @@ impl Agent {
         p.counters.losses += 1;
         p.since = Instant::now();
         p.rx_stalled = false;
+        p.rx_steered = None;
         let mut blocks = Vec::new();
         if close_link {
             blocks = self.transport.close(&self.poller, j as u32);
@@ -1413,7 +1426,9 @@ impl Agent {
         if let Some(d) = self.peers[j].rx_deposit.take() {
             match self.finish_large(j, d) {
                 Handled::Stall => {
-                    self.peers[j].counters.rx_stalls += 1;
+                    if !self.peers[j].rx_stalled {
+                        self.peers[j].counters.rx_stalls += 1;
+                    }
                     self.peers[j].rx_stalled = true;
                     return false;
                 }
@@ -1421,6 +1436,18 @@ impl Agent {
             }
         }
         let node = j as u32;
+        if let Some(h) = self.peers[j].rx_steered {
+            if self.transport.steering(node) {
+                return work;
+            }
+            self.peers[j].rx_steered = None;
+            self.peers[j].counters.frames_rx += 1;
+            work = true;
+            if let Handled::DoneStop = self.chunk_arrived(j, &h) {
+                // Its deposit waits for ring room; nothing may overtake it.
+                return work;
+            }
+        }
         loop {
             let Some(reader) = self.transport.reader(node) else {
                 return work;
@@ -1436,9 +1463,16 @@ impl Agent {
                     self.peers[j].rx_pos = 0;
                     work = true;
                 }
-                FrameStep::Empty => self.peers[j].rx_stalled = false,
+                FrameStep::Empty => {
+                    self.peers[j].rx_stalled = false;
+                    if self.peers[j].rx_pos == 0 && self.try_steer(j, &mut reader) {
+                        work = true;
+                    }
+                }
                 FrameStep::Partial(pos) => {
-                    self.peers[j].counters.rx_stalls += 1;
+                    if !self.peers[j].rx_stalled {
+                        self.peers[j].counters.rx_stalls += 1;
+                    }
                     self.peers[j].rx_stalled = true;
                     work |= pos != self.peers[j].rx_pos;
                     self.peers[j].rx_pos = pos;
@@ -1615,6 +1649,20 @@ impl Agent {
         h: &RecordHeader,
         payload: &[u8],
     ) -> Result<Handled, wire::WireError> {
+        let Some(block) = self.chunk_target(j, h)? else {
+            // No room in the pool now: hold the peer back until blocks free up.
+            return Ok(Handled::Stall);
+        };
+        if self.pool.write_block(block + h.offset, payload).is_none() {
+            return Err(wire::WireError::Record("chunk outside its block"));
+        }
+        Ok(self.chunk_arrived(j, h))
+    }
+
+    /// The block a chunk goes into: a new one for the first chunk of a
+    /// message (`None` when the pool has no room now), else the block of the
+    /// message in progress, which the chunk must continue.
+    fn chunk_target(&mut self, j: usize, h: &RecordHeader) -> Result<Option<u64>, wire::WireError> {
         if h.offset == 0 {
             if self.peers[j].rx_large.is_some() {
                 return Err(wire::WireError::Record(
@@ -1622,8 +1670,7 @@ impl Agent {
                 ));
             }
             let Some(b) = self.blocks.alloc(h.total, Owner::Agent) else {
-                // No room in the pool now: hold the peer back until blocks free up.
-                return Ok(Handled::Stall);
+                return Ok(None);
             };
             self.peers[j].rx_large = Some(RxLarge {
                 src_ep: h.src_ep,
@@ -1635,8 +1682,7 @@ impl Agent {
                 flags: h.flags,
             });
         }
-        let p = &mut self.peers[j];
-        let Some(r) = p.rx_large.as_mut() else {
+        let Some(r) = self.peers[j].rx_large.as_ref() else {
             return Err(wire::WireError::Record("a chunk with no message started"));
         };
         if r.src_ep != h.src_ep
@@ -1649,12 +1695,18 @@ impl Agent {
                 "chunk does not continue the message in progress",
             ));
         }
-        if self.pool.write_block(r.block + h.offset, payload).is_none() {
-            return Err(wire::WireError::Record("chunk outside its block"));
-        }
+        Ok(Some(r.block))
+    }
+
+    /// A chunk's bytes are in its block: count them, deposit a finished message.
+    fn chunk_arrived(&mut self, j: usize, h: &RecordHeader) -> Handled {
+        let p = &mut self.peers[j];
+        let Some(r) = p.rx_large.as_mut() else {
+            return Handled::Done;
+        };
         r.got += h.chunk_len as u64;
         if r.got < r.total {
-            return Ok(Handled::Done);
+            return Handled::Done;
         }
         let r = p.rx_large.take().expect("checked above");
         p.counters.msgs_rx += 1;
@@ -1670,9 +1722,65 @@ impl Agent {
         match self.finish_large(j, d) {
             // The record is consumed; the deposit waits in `rx_deposit` and
             // nothing after it may overtake it.
-            Handled::Stall => Ok(Handled::DoneStop),
-            _ => Ok(Handled::Done),
+            Handled::Stall => Handled::DoneStop,
+            _ => Handled::Done,
         }
+    }
+
+    /// A large chunk whose frame is only partly read: have the transport
+    /// read the rest of its payload straight into the message's block,
+    /// sparing a copy. Returns whether it did.
+    fn try_steer(&mut self, j: usize, reader: &mut wire::FrameReader) -> bool {
+        let Some((fh, body)) = reader.peek_partial() else {
+            return false;
+        };
+        if fh.kind != FrameKind::Data
+            || (fh.body_len as usize) < STEER_MIN
+            || body.len() < wire::RECORD_HEADER
+            || fh.src_node as usize != j
+        {
+            return false;
+        }
+        let Ok(h) = RecordHeader::parse(body) else {
+            return false; // the normal path reports it
+        };
+        let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
+        let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
+        let inline = whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max);
+        if h.kind != RecordKind::Msg || inline || h.wire_len() != fh.body_len as usize {
+            return false;
+        }
+        let have = (body.len() - wire::RECORD_HEADER).min(h.chunk_len as usize);
+        let left = h.chunk_len as usize - have;
+        if left < STEER_MIN / 4 {
+            return false;
+        }
+        let block = match self.chunk_target(j, &h) {
+            Ok(Some(b)) => b,
+            _ => return false, // no room, or malformed: the normal path decides
+        };
+        let at = block + h.offset;
+        let head = &body[wire::RECORD_HEADER..wire::RECORD_HEADER + have];
+        if self.pool.write_block(at, head).is_none() {
+            return false;
+        }
+        let pad = wire::padded(h.chunk_len as usize) - h.chunk_len as usize;
+        if !self
+            .transport
+            .steer(j as u32, at + have as u64, left as u64, pad)
+        {
+            if h.offset == 0 {
+                // Undo what `chunk_target` began; the normal path redoes it.
+                if let Some(r) = self.peers[j].rx_large.take() {
+                    self.blocks.free(r.block, Owner::Agent);
+                }
+            }
+            return false;
+        }
+        reader.discard_partial();
+        self.peers[j].rx_steered = Some(h);
+        self.peers[j].counters.bytes_rx_direct += left as u64;
+        true
     }
 
     fn finish_large(&mut self, j: usize, d: Deposit) -> Handled {

@@ -15,6 +15,9 @@ pub struct PeerCounters {
     pub msgs_rx: u64,
     /// Payload bytes received.
     pub bytes_rx: u64,
+    /// Of those, bytes the transport read straight into their pool block
+    /// (large chunks: no copy through the frame buffer).
+    pub bytes_rx_direct: u64,
     /// Frames read.
     pub frames_rx: u64,
     /// Malformed frames or records (the connection was closed for each).
@@ -23,8 +26,8 @@ pub struct PeerCounters {
     pub errors: u64,
     /// Times the link was lost.
     pub losses: u64,
-    /// Poll rounds in which this peer's frames waited for a full receive
-    /// ring or a full pool (backpressure towards the peer).
+    /// Times this peer's frames began to wait for a full receive ring or a
+    /// full pool (backpressure towards the peer).
     pub rx_stalls: u64,
 }
 

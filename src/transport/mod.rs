@@ -154,6 +154,13 @@ pub trait Transport {
     /// The agent consumed frames of `node`: resume reading it if it was
     /// paused for having too much buffered.
     fn rx_resume(&mut self, poller: &Poller, node: u32);
+    /// Read the next `len` bytes of `node`'s stream straight into the pool
+    /// at `off` (the rest of a large chunk whose frame header the agent has
+    /// seen), then discard `skip` bytes (its padding), then go on as before.
+    /// Returns false when the transport cannot (the agent then copies).
+    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool;
+    /// Whether a [`Transport::steer`] of `node` is still under way.
+    fn steering(&self, node: u32) -> bool;
     /// Close the link to `node`; returns the blocks its queue referenced.
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;
 }

@@ -37,6 +37,15 @@ pub struct Link {
     pub last_rx: Instant,
     /// Not watched for readability: too much is buffered.
     pub paused: bool,
+    /// Bytes to read straight into the pool before anything else.
+    steer: Option<Steer>,
+}
+
+/// The rest of a large chunk, read into its pool block.
+struct Steer {
+    off: u64,
+    left: u64,
+    skip: usize,
 }
 
 impl Link {
@@ -53,6 +62,7 @@ impl Link {
             last_tx: now,
             last_rx: now,
             paused: false,
+            steer: None,
         })
     }
 
@@ -167,32 +177,58 @@ impl Link {
         v
     }
 
-    /// Read what the socket has, up to the per-round limit. `Ok(false)`:
+    /// Read what the socket has, up to the per-round limit: first what a
+    /// steer sends into the pool, then into the frame reader. `Ok(false)`:
     /// the peer closed the connection.
-    pub fn fill(&mut self) -> io::Result<bool> {
+    pub fn fill(&mut self, pool: &Pool) -> io::Result<bool> {
         let mut got = 0;
-        while got < RX_PER_ROUND && self.reader.buffered() < RX_HIGH_WATER {
-            let spare = self.reader.spare(256 * 1024);
-            let offered = spare.len();
-            match self.stream.read(spare) {
-                Ok(0) => {
-                    self.reader.filled(offered, 0);
-                    return Ok(false);
+        while got < RX_PER_ROUND {
+            let r = if let Some(st) = self.steer.as_mut() {
+                if st.left > 0 {
+                    pool.read_block_from(self.stream.as_raw_fd(), st.off, st.left)
+                        .inspect(|&n| {
+                            st.off += n as u64;
+                            st.left -= n as u64;
+                        })
+                } else if st.skip > 0 {
+                    let mut pad = [0u8; 8];
+                    let k = st.skip.min(8);
+                    self.stream.read(&mut pad[..k]).inspect(|&n| {
+                        st.skip -= n;
+                    })
+                } else {
+                    self.steer = None;
+                    continue;
                 }
+            } else {
+                if self.reader.buffered() >= RX_HIGH_WATER {
+                    break;
+                }
+                let spare = self.reader.spare(256 * 1024);
+                let offered = spare.len();
+                let r = self.stream.read(spare);
+                self.reader.filled(offered, *r.as_ref().unwrap_or(&0));
+                r
+            };
+            match r {
+                Ok(0) => return Ok(false),
                 Ok(n) => {
-                    self.reader.filled(offered, n);
                     got += n;
                     self.last_rx = Instant::now();
                 }
-                Err(e) => {
-                    self.reader.filled(offered, 0);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => break,
-                        io::ErrorKind::Interrupted => continue,
-                        _ => return Err(e),
-                    }
-                }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                },
             }
+        }
+        if self
+            .steer
+            .as_ref()
+            .is_some_and(|st| st.left == 0 && st.skip == 0)
+        {
+            self.steer = None;
         }
         Ok(true)
     }
@@ -275,6 +311,7 @@ pub struct TcpTransport {
     hello: Vec<u8>,
     listener: std::net::TcpListener,
     addr: SocketAddr,
+    pool: Arc<Pool>,
     links: Vec<Option<Link>>,
     pending: Vec<Option<Pending>>,
     dialing: Vec<bool>,
@@ -292,6 +329,7 @@ impl TcpTransport {
         nodes: Vec<SocketAddr>,
         incarnation: u64,
         poller: &Poller,
+        pool: Arc<Pool>,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> io::Result<TcpTransport> {
         let listener = std::net::TcpListener::bind(nodes[me as usize])?;
@@ -316,6 +354,7 @@ impl TcpTransport {
             hello,
             listener,
             addr,
+            pool,
             links: (0..n).map(|_| None).collect(),
             pending: Vec::new(),
             dialing: vec![false; n],
@@ -367,7 +406,7 @@ impl TcpTransport {
             );
             poller.delete(p.link.as_fd());
         };
-        match p.link.fill() {
+        match p.link.fill(&self.pool) {
             Ok(true) => {}
             Ok(false) => return drop_it(p, "closed before Hello".into()),
             Err(e) => return drop_it(p, e.to_string()),
@@ -438,7 +477,7 @@ impl Transport for TcpTransport {
                 let Some(link) = self.links.get_mut(idx as usize).and_then(|l| l.as_mut()) else {
                     return;
                 };
-                let reason = match link.fill() {
+                let reason = match link.fill(&self.pool) {
                     Ok(true) => {
                         if link.rx_full() && !link.paused {
                             // Stop watching until the agent catches up, so a
@@ -581,6 +620,31 @@ impl Transport for TcpTransport {
             .get(node as usize)
             .and_then(|l| l.as_ref())
             .is_some_and(|l| l.rx_full())
+    }
+
+    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool {
+        let Some(link) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return false;
+        };
+        if link.steer.is_some() || self.pool.block_slice(off, len).is_none() {
+            return false;
+        }
+        link.steer = Some(Steer {
+            off,
+            left: len,
+            skip,
+        });
+        // The bytes are read on the next readiness event (the socket is
+        // watched level-triggered): not here, where the agent holds the
+        // link's frame reader.
+        true
+    }
+
+    fn steering(&self, node: u32) -> bool {
+        self.links
+            .get(node as usize)
+            .and_then(|l| l.as_ref())
+            .is_some_and(|l| l.steer.is_some())
     }
 
     fn rx_resume(&mut self, poller: &Poller, node: u32) {

@@ -487,6 +487,26 @@ impl FrameReader {
         Ok(Some((h, &avail[FRAME_HEADER..total])))
     }
 
+    /// The header of a frame not yet complete, with the part of its body
+    /// buffered so far.
+    pub fn peek_partial(&self) -> Option<(FrameHeader, &[u8])> {
+        let avail = &self.buf[self.start..self.end];
+        let h = FrameHeader::parse(avail).ok()?;
+        let total = FRAME_HEADER + h.body_len as usize;
+        if avail.len() >= total {
+            return None;
+        }
+        Some((h, &avail[FRAME_HEADER..]))
+    }
+
+    /// Drop everything buffered: the caller took over the incomplete frame
+    /// [`FrameReader::peek_partial`] showed (its remaining bytes are read
+    /// elsewhere).
+    pub fn discard_partial(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
     /// Drop the frame [`FrameReader::peek_frame`] returned.
     pub fn consume(&mut self) {
         if let Ok(Some((h, _))) = self.peek_frame() {
