@@ -23,6 +23,8 @@ pub mod client;
 pub mod proto;
 pub mod shm;
 #[deny(unsafe_code)]
+pub mod slab;
+#[deny(unsafe_code)]
 pub mod transport;
 #[deny(unsafe_code)]
 pub mod wire;

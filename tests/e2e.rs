@@ -74,7 +74,9 @@ fn every_size_class_arrives_intact_and_in_order_from_several_processes() {
     assert!(s["local_msgs"].as_u64().unwrap() == 0);
     assert!(c.stat(1)["local_msgs"].as_u64().unwrap() >= per);
     // Large chunks were read from the socket straight into pool blocks.
-    let direct = c.stat(1)["peers"][0]["counters"]["bytes_rx_direct"].as_u64().unwrap();
+    let direct = c.stat(1)["peers"][0]["counters"]["bytes_rx_direct"]
+        .as_u64()
+        .unwrap();
     assert!(direct > 0, "no chunk was read straight into its block");
 }
 
@@ -804,4 +806,74 @@ fn a_stalled_endpoint_does_not_hold_back_others_on_the_same_link() {
     let r = stalled.result(T);
     assert_ok("stalled receiver", &r);
     assert_eq!(r.0["received"], 3000);
+}
+
+#[test]
+fn agent_runs_from_a_config_file_and_stat_prints_json_and_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sock = dir.path().join("a.sock");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_id = 0\nnodes = [\"127.0.0.1:{port}\"]\nsocket = \"{}\"\nidle = \"adaptive\"\n\
+             [pool]\nmax_clients = 4\nendpoints_per_client = 2\nsub_slots = 1024\ncomp_slots = 64\n\
+             recv_slots = 1024\nblock_bytes = 8388608\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["agent", "--print-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("max_clients = 4"), "{text}");
+    assert!(text.contains(&sock.display().to_string()), "{text}");
+
+    // A typo in the file is refused with the file named.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "node_idd = 0\n").unwrap();
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["agent", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("node_idd"),
+        "{err}"
+    );
+
+    let mut cmd = std::process::Command::new(common::WYVERN);
+    cmd.args(["agent", "--config"]).arg(&cfg);
+    let agent = common::Proc::spawn(cmd, "agent from file");
+    assert!(agent.line(T).starts_with("wyvern agent ready"));
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["stat", "--json", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["node"], 0);
+    assert_eq!(v["nodes"], 1);
+    assert_eq!(v["blocks_total"], 8388608);
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["stat", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("node 0 of 1"), "{table}");
+    assert!(table.contains("endpoints"), "{table}");
+    drop(agent);
 }

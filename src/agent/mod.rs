@@ -1841,14 +1841,7 @@ impl Agent {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            let idx = self
-                .conns
-                .iter()
-                .position(|c| c.is_none())
-                .unwrap_or_else(|| {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                });
+            let idx = crate::slab::vacant(&mut self.conns);
             if self
                 .poller
                 .epoll()

@@ -370,14 +370,7 @@ impl TcpTransport {
     }
 
     fn add_pending(&mut self, poller: &Poller, link: Link, now: Instant) {
-        let slot = self
-            .pending
-            .iter()
-            .position(|p| p.is_none())
-            .unwrap_or_else(|| {
-                self.pending.push(None);
-                self.pending.len() - 1
-            });
+        let slot = crate::slab::vacant(&mut self.pending);
         if let Err(e) = poller.add(link.as_fd(), TOK_PENDING | slot as u32) {
             log::warn!("cannot watch a peer connection: {e}");
             return;
