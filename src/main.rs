@@ -88,6 +88,9 @@ struct AgentArgs {
     /// MiB of peers' messages held for full receive rings (0: none).
     #[arg(long)]
     overflow_mib: Option<usize>,
+    /// MiB of pool blocks one client may hold through its allocations.
+    #[arg(long)]
+    client_quota_mib: Option<u64>,
     /// Members of this group may attach too.
     #[arg(long)]
     allow_gid: Option<u32>,
@@ -140,6 +143,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.overflow_mib {
             c.overflow_bytes = v << 20;
+        }
+        if let Some(v) = self.client_quota_mib {
+            c.client_block_quota = v << 20;
         }
         if let Some(v) = self.allow_gid {
             c.allow_gid = Some(v);

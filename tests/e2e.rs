@@ -877,3 +877,25 @@ fn agent_runs_from_a_config_file_and_stat_prints_json_and_a_table() {
     assert!(table.contains("endpoints"), "{table}");
     drop(agent);
 }
+
+#[test]
+fn one_client_cannot_take_every_block() {
+    let c = Cluster::start(1, &["--block-mib", "64", "--client-quota-mib", "16"]);
+    let a = wyvern::client::Client::attach(c.socket(0), "greedy").unwrap();
+    let t = Duration::from_secs(5);
+    let mut held: Vec<_> = (0..4).map(|_| a.alloc(4 << 20, t).unwrap()).collect();
+    let over = a.alloc(4 << 20, Duration::from_millis(200));
+    assert!(
+        matches!(over, Err(wyvern::client::Error::WouldBlock)),
+        "{:?}",
+        over.err()
+    );
+    // Others still get blocks.
+    let b = wyvern::client::Client::attach(c.socket(0), "modest").unwrap();
+    let got = b.alloc(4 << 20, t).unwrap();
+    assert_eq!(got.len(), 4 << 20);
+    // Returning one makes room for the greedy client again.
+    held.pop();
+    let again = a.alloc(4 << 20, t).unwrap();
+    assert_eq!(again.len(), 4 << 20);
+}

@@ -74,6 +74,12 @@ pub struct AgentConfig {
     /// receive ring is full, so that one slow endpoint does not hold back
     /// the links it shares with others. Past it, the links wait.
     pub overflow_bytes: usize,
+    /// An allocation is refused (for now: `NoMemory`, the client retries)
+    /// when the client would then hold more block bytes than this, counting
+    /// its own allocations and the large messages it received and still
+    /// holds; so that one client cannot take the whole block region from
+    /// the others. Deliveries to it are never refused.
+    pub client_block_quota: u64,
     /// A group (gid) whose members may attach besides the agent's own uid.
     pub allow_gid: Option<u32>,
     /// Bad requests tolerated from one client before it is detached.
@@ -100,6 +106,7 @@ impl Default for AgentConfig {
             connect_timeout_ms: 30_000,
             peer_queue_bytes: 8 << 20,
             overflow_bytes: 64 << 20,
+            client_block_quota: 128 << 20,
             allow_gid: None,
             max_client_errors: 100,
         }

@@ -718,10 +718,21 @@ impl Agent {
         };
         match s.op {
             Op::Alloc => {
-                let comp = if s.len > self.blocks.total_bytes() {
+                let quota = self.cfg.client_block_quota.min(self.blocks.total_bytes());
+                let comp = if s.len > quota {
                     Completion {
                         kind: CompKind::Alloc,
                         status: Status::TooLarge,
+                        cookie: s.cookie,
+                        off: 0,
+                        len: 0,
+                    }
+                } else if self.blocks.held_by(owner) + s.len > quota {
+                    // Over its share for now: it may ask again once it has
+                    // sent or returned blocks.
+                    Completion {
+                        kind: CompKind::Alloc,
+                        status: Status::NoMemory,
                         cookie: s.cookie,
                         off: 0,
                         len: 0,

@@ -529,6 +529,7 @@ impl Client {
                 max,
             });
         }
+        let mut saw_no_room = false;
         loop {
             let cookie = i.next_cookie();
             let s = Submit {
@@ -542,8 +543,14 @@ impl Client {
                 len: len as u64,
             };
             i.awaited.borrow_mut().insert(cookie);
-            i.submit(&[&s.to_bytes()], &deadline)?;
-            let c = i.await_completion(cookie, &deadline)?;
+            // After a "no room" answer, running out of time means the pool
+            // stayed full: that is `WouldBlock`, not a silent agent.
+            let retried = |e: Error| match e {
+                Error::Timeout if saw_no_room => Error::WouldBlock,
+                e => e,
+            };
+            i.submit(&[&s.to_bytes()], &deadline).map_err(retried)?;
+            let c = i.await_completion(cookie, &deadline).map_err(retried)?;
             match c.status {
                 Status::Ok => {
                     if i.pool.block_slice(c.off, len as u64).is_none() {
@@ -560,6 +567,7 @@ impl Client {
                 }
                 Status::NoMemory if Instant::now() < deadline.at() => {
                     // The pool is full for now: wait a little and ask again.
+                    saw_no_room = true;
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 Status::NoMemory => return Err(Error::WouldBlock),

@@ -6,7 +6,7 @@
 //! recorded with its owner so the agent can check that an offset a client
 //! names is one it holds, and reclaim everything a dead client held.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Who holds a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +42,8 @@ pub struct BlockAlloc {
     /// start -> length of each free range.
     free: BTreeMap<u64, u64>,
     live: BTreeMap<u64, Block>,
+    /// Bytes reserved per owner.
+    held: HashMap<Owner, u64>,
     free_bytes: u64,
     total: u64,
 }
@@ -58,6 +60,7 @@ impl BlockAlloc {
             unit,
             free,
             live: BTreeMap::new(),
+            held: HashMap::new(),
             free_bytes: len,
             total: len,
         }
@@ -82,6 +85,7 @@ impl BlockAlloc {
             self.free.insert(start + reserved, flen - reserved);
         }
         self.free_bytes -= reserved;
+        *self.held.entry(owner).or_default() += reserved;
         let b = Block {
             off: start,
             len,
@@ -100,8 +104,25 @@ impl BlockAlloc {
     /// Hand a live block to another owner.
     pub fn transfer(&mut self, off: u64, to: Owner) -> Option<Block> {
         let b = self.live.get_mut(&off)?;
-        b.owner = to;
-        Some(*b)
+        let from = std::mem::replace(&mut b.owner, to);
+        let (b, n) = (*b, b.reserved);
+        self.unhold(from, n);
+        *self.held.entry(to).or_default() += n;
+        Some(b)
+    }
+
+    fn unhold(&mut self, owner: Owner, n: u64) {
+        if let Some(h) = self.held.get_mut(&owner) {
+            *h -= n;
+            if *h == 0 {
+                self.held.remove(&owner);
+            }
+        }
+    }
+
+    /// Bytes `owner` holds.
+    pub fn held_by(&self, owner: Owner) -> u64 {
+        self.held.get(&owner).copied().unwrap_or(0)
     }
 
     /// Shrink what a block reports as usable (it keeps its reservation).
@@ -121,6 +142,7 @@ impl BlockAlloc {
             _ => return None,
         }
         let b = self.live.remove(&off)?;
+        self.unhold(owner, b.reserved);
         self.release(b.off, b.reserved);
         Some(b)
     }
@@ -190,6 +212,8 @@ mod tests {
         a.free(z.off, C1).unwrap();
         assert_eq!(a.free_bytes(), 64 * 4096);
         assert_eq!(a.free.len(), 1);
+        assert_eq!(a.held_by(C0), 0);
+        assert_eq!(a.held_by(C1), 0);
     }
 
     #[test]
@@ -225,6 +249,7 @@ mod tests {
                 }
                 let used: u64 = live.iter().map(|b| b.reserved).sum();
                 prop_assert_eq!(used + a.free_bytes(), 256 * 4096);
+                prop_assert_eq!(a.held_by(C0), used);
             }
         }
     }
