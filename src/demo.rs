@@ -2,7 +2,7 @@
 //! each, a latency, message-rate and bandwidth workload, and a summary.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -61,10 +61,6 @@ impl Drop for Agents {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn socket(dir: &Path, node: u32) -> PathBuf {
     dir.join(format!("agent{node}.sock"))
 }
@@ -77,25 +73,20 @@ fn start_agents(idle: wyvern::agent::IdlePolicy) -> Result<Agents, String> {
         children: Vec::new(),
         dir: dir.clone(),
     };
-    let ports = [free_port(), free_port()];
-    let nodes: Vec<SocketAddr> = ports
-        .iter()
-        .map(|p| {
-            p.as_ref()
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-                .map_err(|e| format!("no free port: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let list = nodes
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    // Port 0 everywhere: each agent binds a port of its own choosing and
+    // says which in its readiness line. Node 1 dials node 0 (the higher id
+    // dials the lower), so only node 0's real address must be known first.
+    let mut nodes: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 0)); 2];
     let idle = match idle {
         wyvern::agent::IdlePolicy::Spin => "spin",
         wyvern::agent::IdlePolicy::Adaptive => "adaptive",
     };
     for node in 0..2u32 {
+        let list = nodes
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut child = Command::new(&exe)
             .args([
                 "agent",
@@ -122,9 +113,14 @@ fn start_agents(idle: wyvern::agent::IdlePolicy) -> Result<Agents, String> {
         BufReader::new(out)
             .read_line(&mut line)
             .map_err(|e| format!("agent {node} did not start: {e}"))?;
-        if !line.starts_with("wyvern agent ready") {
+        let Some(addr) = line
+            .trim()
+            .strip_prefix("wyvern agent ready: tcp ")
+            .and_then(|a| a.parse().ok())
+        else {
             return Err(format!("agent {node} did not start (see its log above)"));
-        }
+        };
+        nodes[node as usize] = addr;
     }
     Ok(agents)
 }

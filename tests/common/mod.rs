@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -99,14 +99,6 @@ pub struct Cluster {
     pub nodes: Vec<SocketAddr>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Cluster {
     /// Start `n` agents with extra flags for each.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
@@ -119,9 +111,8 @@ impl Cluster {
                 .as_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let nodes: Vec<SocketAddr> = (0..n)
-            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-            .collect();
+        // Port 0: each agent picks its own and says which (see spawn_agent).
+        let nodes: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 0)); n];
         let mut c = Cluster {
             dir,
             agents: Vec::new(),
@@ -159,7 +150,7 @@ impl Cluster {
             .iter()
             .map(|&on| {
                 if on {
-                    SocketAddr::from(([127, 0, 0, 1], free_port()))
+                    SocketAddr::from(([127, 0, 0, 1], 0))
                 } else {
                     absent
                 }
@@ -172,7 +163,7 @@ impl Cluster {
         c
     }
 
-    fn spawn_agent(&self, i: usize, extra: &[&str]) -> Proc {
+    fn spawn_agent(&mut self, i: usize, extra: &[&str]) -> Proc {
         let list: Vec<String> = self.nodes.iter().map(|a| a.to_string()).collect();
         let mut cmd = Command::new(WYVERN);
         cmd.args([
@@ -202,7 +193,11 @@ impl Cluster {
         ));
         let p = Proc::spawn(cmd, &format!("agent {i}"));
         let l = p.line(Duration::from_secs(20));
-        assert!(l.starts_with("wyvern agent ready"), "agent {i}: {l}");
+        let addr: SocketAddr = l
+            .strip_prefix("wyvern agent ready: tcp ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("agent {i}: {l}"));
+        self.nodes[i] = addr;
         p
     }
 
@@ -234,6 +229,7 @@ impl Cluster {
 
     /// Start agent `i` again (after [`Cluster::kill_agent`]).
     pub fn restart_agent(&mut self, i: usize) {
+        self.nodes[i] = SocketAddr::from(([127, 0, 0, 1], 0));
         let p = self.spawn_agent(i, &[]);
         self.agents[i] = Some(p);
     }
