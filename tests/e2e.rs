@@ -899,3 +899,56 @@ fn one_client_cannot_take_every_block() {
     let again = a.alloc(4 << 20, t).unwrap();
     assert_eq!(again.len(), 4 << 20);
 }
+
+#[test]
+fn three_nodes_exchange_all_to_all() {
+    let c = Cluster::start(3, &[]);
+    // One receiver per node, expecting a stream from each of the other two.
+    let sizes = "8,700,5000,300000";
+    let rx: Vec<_> = (0..3)
+        .map(|i| {
+            c.peer(
+                i,
+                &["--ep", "9", "--sizes", sizes, "recv", "--count", "400"],
+            )
+        })
+        .collect();
+    let mut tx = Vec::new();
+    for from in 0..3usize {
+        for to in 0..3usize {
+            if from != to {
+                let dst = format!("{to}:9");
+                tx.push(c.peer(
+                    from,
+                    &["--sizes", sizes, "send", "--to", &dst, "--count", "200"],
+                ));
+            }
+        }
+    }
+    for (k, t) in tx.into_iter().enumerate() {
+        assert_ok(&format!("sender {k}"), &t.result(T));
+    }
+    for (i, r) in rx.into_iter().enumerate() {
+        let r = r.result(T);
+        assert_ok(&format!("receiver on node {i}"), &r);
+        let senders = r.0["senders"].as_object().unwrap();
+        assert_eq!(senders.len(), 2, "{}", r.0);
+        assert!(
+            senders.keys().all(|k| !k.starts_with(&format!("{i}:"))),
+            "{}",
+            r.0
+        );
+    }
+    for i in 0..3 {
+        let s = c.stat(i);
+        assert_eq!(s["peers"].as_array().unwrap().len(), 2);
+        assert!(
+            s["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["state"] == "up"),
+            "{s}"
+        );
+    }
+}
