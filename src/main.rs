@@ -1,6 +1,5 @@
 //! `wyvern`: the agent, its statistics, and a demo.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -55,9 +54,9 @@ struct AgentArgs {
     /// This node's id (its index in the node list).
     #[arg(long)]
     node_id: Option<u32>,
-    /// Every node's agent address, by id, comma-separated (host:port,...).
+    /// Every node's agent address, by id, comma-separated (host:port,...; host may be a name).
     #[arg(long, value_delimiter = ',')]
-    nodes: Option<Vec<SocketAddr>>,
+    nodes: Option<Vec<String>>,
     /// Control socket path.
     #[arg(long)]
     socket: Option<PathBuf>,

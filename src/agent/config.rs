@@ -37,8 +37,13 @@ pub enum IdlePolicy {
 pub struct AgentConfig {
     /// This node's id: its index in `nodes`.
     pub node_id: u32,
-    /// TCP address of every node's agent, indexed by node id.
-    pub nodes: Vec<SocketAddr>,
+    /// TCP address of every node's agent, indexed by node id: `host:port`,
+    /// where host is an IP address or a name (resolved at start-up, IPv4
+    /// preferred).
+    pub nodes: Vec<String>,
+    /// `nodes`, resolved by [`AgentConfig::validate`].
+    #[serde(skip)]
+    pub addrs: Vec<SocketAddr>,
     /// The control socket clients attach through.
     pub socket: PathBuf,
     /// Cores to pin the polling thread to (the first is used).
@@ -91,6 +96,7 @@ impl Default for AgentConfig {
         AgentConfig {
             node_id: 0,
             nodes: vec![],
+            addrs: vec![],
             socket: default_socket(0),
             cores: vec![],
             idle: IdlePolicy::Adaptive,
@@ -111,6 +117,21 @@ impl Default for AgentConfig {
             max_client_errors: 100,
         }
     }
+}
+
+/// Resolve `host:port`, preferring an IPv4 address.
+fn resolve(node: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = node
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve it ({e}); write host:port"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| "resolves to no address".to_string())
 }
 
 /// The control socket path used when none is configured.
@@ -164,9 +185,16 @@ impl AgentConfig {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
         if self.nodes.is_empty() {
-            self.nodes
-                .push("127.0.0.1:0".parse().expect("literal address"));
+            self.nodes.push("127.0.0.1:0".to_string());
         }
+        self.addrs = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                resolve(n).map_err(|e| ConfigError::Invalid(format!("node {i} ({n}): {e}")))
+            })
+            .collect::<Result<_, _>>()?;
         if self.node_id as usize >= self.nodes.len() {
             return bad(format!(
                 "node_id {} is not in the node list of {} nodes",
@@ -243,9 +271,26 @@ mod tests {
         "#;
         let mut c: AgentConfig = toml::from_str(text).unwrap();
         c.validate().unwrap();
+        assert_eq!(c.addrs[1], "127.0.0.1:7001".parse().unwrap());
         assert_eq!(c.idle, IdlePolicy::Spin);
         assert_eq!(c.pool.max_clients, 4);
         c.node_id = 2;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn node_names_are_resolved_and_bad_ones_named() {
+        let mut c = AgentConfig {
+            nodes: vec!["localhost:7000".into(), "127.0.0.1:7001".into()],
+            ..AgentConfig::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.addrs[0].port(), 7000);
+        assert!(c.addrs[0].ip().is_loopback());
+        c.nodes.push("no-such-host.invalid:1".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("node 2 (no-such-host.invalid:1)"), "{e}");
+        c.nodes[2] = "missing-port".into();
         assert!(c.validate().is_err());
     }
 

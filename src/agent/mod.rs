@@ -364,7 +364,7 @@ impl Agent {
         let blocks = BlockAlloc::new(l.blocks_off, l.params.block_bytes, BLOCK_UNIT);
 
         let ctl = bind_control(&cfg)?;
-        let me = cfg.nodes[cfg.node_id as usize];
+        let me = cfg.addrs[cfg.node_id as usize];
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| AgentError::Poller(e.into()))?;
         let doorbell = Arc::new(
@@ -389,7 +389,7 @@ impl Agent {
         });
         let tcp = TcpTransport::new(
             cfg.node_id,
-            cfg.nodes.clone(),
+            cfg.addrs.clone(),
             incarnation,
             &poller,
             pool.clone(),
@@ -400,7 +400,7 @@ impl Agent {
 
         let now = Instant::now();
         let peers = cfg
-            .nodes
+            .addrs
             .iter()
             .enumerate()
             .map(|(i, &addr)| Peer {
