@@ -520,60 +520,7 @@ impl Client {
     /// Allocate a pool block to fill and send without a further copy
     /// ([`Endpoint::send_buf`]).
     pub fn alloc(&self, len: usize, timeout: Duration) -> Result<SendBuf, Error> {
-        let i = &self.inner;
-        let deadline = Deadline::new(timeout);
-        let max = i.pool.layout().params.block_bytes;
-        if len as u64 > max {
-            return Err(Error::TooLarge {
-                len: len as u64,
-                max,
-            });
-        }
-        let mut saw_no_room = false;
-        loop {
-            let cookie = i.next_cookie();
-            let s = Submit {
-                op: Op::Alloc,
-                mode: Mode::Buffered,
-                src_slot: 0,
-                dst_node: 0,
-                dst_ep: 0,
-                cookie,
-                off: 0,
-                len: len as u64,
-            };
-            i.awaited.borrow_mut().insert(cookie);
-            // After a "no room" answer, running out of time means the pool
-            // stayed full: that is `WouldBlock`, not a silent agent.
-            let retried = |e: Error| match e {
-                Error::Timeout if saw_no_room => Error::WouldBlock,
-                e => e,
-            };
-            i.submit(&[&s.to_bytes()], &deadline).map_err(retried)?;
-            let c = i.await_completion(cookie, &deadline).map_err(retried)?;
-            match c.status {
-                Status::Ok => {
-                    if i.pool.block_slice(c.off, len as u64).is_none() {
-                        return Err(Error::Protocol(
-                            "allocation outside the block region".into(),
-                        ));
-                    }
-                    return Ok(SendBuf {
-                        off: c.off,
-                        len,
-                        inner: i.clone(),
-                        sent: false,
-                    });
-                }
-                Status::NoMemory if Instant::now() < deadline.at() => {
-                    // The pool is full for now: wait a little and ask again.
-                    saw_no_room = true;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Status::NoMemory => return Err(Error::WouldBlock),
-                s => return Err(Error::Send(s)),
-            }
-        }
+        alloc_block(&self.inner, len, timeout)
     }
 
     /// Push an arbitrary record into this client's submission ring, as a
@@ -609,6 +556,65 @@ impl Client {
         match self.inner.request(&CtlRequest::Detach) {
             Ok(_) | Err(Error::AgentGone) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Ask the agent for a pool block of `len` bytes, waiting up to `timeout`
+/// while the pool (or this client's share of it) is full.
+fn alloc_block(inner: &Rc<Inner>, len: usize, timeout: Duration) -> Result<SendBuf, Error> {
+    let i = inner;
+    let deadline = Deadline::new(timeout);
+    let max = i.pool.layout().params.block_bytes;
+    if len as u64 > max {
+        return Err(Error::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    let mut saw_no_room = false;
+    loop {
+        let cookie = i.next_cookie();
+        let s = Submit {
+            op: Op::Alloc,
+            mode: Mode::Buffered,
+            src_slot: 0,
+            dst_node: 0,
+            dst_ep: 0,
+            cookie,
+            off: 0,
+            len: len as u64,
+        };
+        i.awaited.borrow_mut().insert(cookie);
+        // After a "no room" answer, running out of time means the pool
+        // stayed full: that is `WouldBlock`, not a silent agent.
+        let retried = |e: Error| match e {
+            Error::Timeout if saw_no_room => Error::WouldBlock,
+            e => e,
+        };
+        i.submit(&[&s.to_bytes()], &deadline).map_err(retried)?;
+        let c = i.await_completion(cookie, &deadline).map_err(retried)?;
+        match c.status {
+            Status::Ok => {
+                if i.pool.block_slice(c.off, len as u64).is_none() {
+                    return Err(Error::Protocol(
+                        "allocation outside the block region".into(),
+                    ));
+                }
+                return Ok(SendBuf {
+                    off: c.off,
+                    len,
+                    inner: i.clone(),
+                    sent: false,
+                });
+            }
+            Status::NoMemory if Instant::now() < deadline.at() => {
+                // The pool is full for now: wait a little and ask again.
+                saw_no_room = true;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Status::NoMemory => return Err(Error::WouldBlock),
+            s => return Err(Error::Send(s)),
         }
     }
 }
@@ -746,7 +752,7 @@ impl Endpoint {
         }
         if data.len() > i.eager_max {
             let deadline = Instant::now() + timeout;
-            let mut buf = Client { inner: i.clone() }.alloc(data.len(), timeout)?;
+            let mut buf = alloc_block(i, data.len(), timeout)?;
             buf.copy_from_slice(data);
             let left = deadline.saturating_duration_since(Instant::now());
             return self.send_buf(dst_node, dst_ep, buf, mode, left);
