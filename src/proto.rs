@@ -14,6 +14,11 @@ pub const COMP_LEN: usize = 32;
 /// Bytes of a delivery header (receive ring).
 pub const RECV_HEADER: usize = 32;
 
+/// Cookie of a completion that reports a lost node to a client that sent
+/// it buffered messages (its `off` field carries the node id): messages
+/// sent since the last such report may be lost with the node.
+pub const LOSS_COOKIE: u64 = u64::MAX;
+
 /// Status codes carried by completions and `Nack` records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u16)]

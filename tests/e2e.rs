@@ -338,6 +338,34 @@ fn client_killed_mid_stream_is_reclaimed_and_others_go_on() {
 fn killed_agent_is_reported_lost_to_senders() {
     let mut c = Cluster::start(2, &[]);
     let rx = c.peer(1, &["--ep", "5", "recv", "--count", "100000000"]);
+    // A buffered sender whose messages wait at node 1 for a receiver that
+    // is busy: when node 1 dies they die with it, and the sender is told.
+    let rx_busy = c.peer(
+        1,
+        &[
+            "--ep",
+            "6",
+            "recv",
+            "--count",
+            "10",
+            "--start-delay-ms",
+            "60000",
+        ],
+    );
+    let tx_buffered = c.peer(
+        0,
+        &[
+            "--sizes",
+            "64",
+            "send",
+            "--to",
+            "1:6",
+            "--count",
+            "1000",
+            "--linger-ms",
+            "3000",
+        ],
+    );
     let tx = c.peer(
         0,
         &[
@@ -357,6 +385,14 @@ fn killed_agent_is_reported_lost_to_senders() {
     std::thread::sleep(Duration::from_millis(500));
     c.kill_agent(1);
     drop(rx);
+    drop(rx_busy);
+    let r = tx_buffered.result(T);
+    assert_eq!(r.0["sent"], 1000, "{}", r.0);
+    assert_eq!(
+        r.0["failed"]["async: destination node lost"], 1,
+        "one loss report for the buffered sends: {}",
+        r.0
+    );
     let r = tx.result(T);
     assert!(!r.1, "sends to a dead node cannot all succeed: {}", r.0);
     assert!(

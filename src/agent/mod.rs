@@ -242,6 +242,9 @@ struct ClientState {
     waiting_large: bool,
     /// Set when the client left; its slot is reclaimed once drained.
     closing: Option<Instant>,
+    /// Nodes it sent buffered messages to since the last loss report: told
+    /// when such a node is lost (those messages may be lost with it).
+    sent_to: Vec<bool>,
     submitted: u64,
     delivered: u64,
     errors: u64,
@@ -828,10 +831,17 @@ impl Agent {
             PeerState::Connecting | PeerState::Up => {
                 let j = s.dst_node as usize;
                 let limit = self.cfg.peer_queue_bytes;
-                let p = &mut self.peers[j];
-                if p.state != PeerState::Up || self.transport.queued(s.dst_node) >= limit {
+                if self.peers[j].state != PeerState::Up
+                    || self.transport.queued(s.dst_node) >= limit
+                {
                     return Handled::Stall;
                 }
+                if s.mode == Mode::Buffered {
+                    if let Some(c) = self.clients[slot as usize].as_mut() {
+                        c.sent_to[j] = true;
+                    }
+                }
+                let p = &mut self.peers[j];
                 if s.op == Op::SendBlock {
                     self.blocks.transfer(s.off, Owner::Agent);
                     // Everything this client sent before goes first.
@@ -1309,6 +1319,25 @@ impl Agent {
         }
         for (o, cookie) in fails {
             self.complete_owner(o, cookie, Status::PeerLost);
+        }
+        // Buffered sends are not tracked one by one: tell every client that
+        // sent some to this node since the last report.
+        for slot in 0..self.clients.len() as u32 {
+            let Some(c) = self.clients[slot as usize].as_mut() else {
+                continue;
+            };
+            if std::mem::take(&mut c.sent_to[j]) {
+                self.complete(
+                    slot,
+                    Completion {
+                        kind: CompKind::Send,
+                        status: Status::PeerLost,
+                        cookie: crate::proto::LOSS_COOKIE,
+                        off: j as u64,
+                        len: 0,
+                    },
+                );
+            }
         }
         // Clients stalled on this peer retry and now fail fast.
     }
@@ -2034,6 +2063,7 @@ impl Agent {
                     stalled: None,
                     waiting_large: false,
                     closing: None,
+                    sent_to: vec![false; self.peers.len()],
                     submitted: 0,
                     delivered: 0,
                     errors: 0,

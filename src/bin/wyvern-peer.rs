@@ -56,6 +56,9 @@ enum ModeCmd {
         /// Sleep this many microseconds between sends.
         #[arg(long, default_value_t = 0)]
         gap_us: u64,
+        /// After the last send, wait this long for failure reports.
+        #[arg(long, default_value_t = 50)]
+        linger_ms: u64,
     },
     /// Receive `count` messages and check them.
     Recv {
@@ -180,6 +183,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             delivered,
             keep_going,
             gap_us,
+            linger_ms,
         } => {
             let (node, dst) = parse_dst(&to)?;
             let mode = if delivered {
@@ -210,7 +214,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             }
             let secs = t0.elapsed().as_secs_f64();
             // Give late failure reports of buffered sends a moment to arrive.
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(linger_ms));
             for e in c.take_errors() {
                 *failed
                     .entry(format!("async: {}", e.status.describe()))

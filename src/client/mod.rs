@@ -97,10 +97,15 @@ pub enum Error {
 /// A failure reported after a buffered send returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AsyncError {
-    /// The send's cookie (see [`Endpoint::send`]'s return).
+    /// The send's cookie (see [`Endpoint::send`]'s return), or
+    /// [`crate::proto::LOSS_COOKIE`] for a node lost with buffered
+    /// messages of ours possibly in flight to it (see `node`).
     pub cookie: u64,
     /// What went wrong.
     pub status: Status,
+    /// For a lost-node report: the node. Buffered sends to it since the
+    /// previous report may not have arrived.
+    pub node: Option<u32>,
 }
 
 /// A deadline whose clock is read only when something has to wait.
@@ -236,9 +241,11 @@ impl Inner {
                 // An allocation nobody waits for any more (timed out): return it.
                 self.deferred_free.borrow_mut().push(c.off);
             } else if c.status != Status::Ok {
+                let node = (c.cookie == crate::proto::LOSS_COOKIE).then_some(c.off as u32);
                 self.errors.borrow_mut().push_back(AsyncError {
                     cookie: c.cookie,
                     status: c.status,
+                    node,
                 });
             }
         }
