@@ -1,0 +1,551 @@
+//! The receive side of the agent: frames from peers, split into records,
+//! reassembled and deposited into receive rings (or parked while a ring is
+//! full).
+
+use super::*;
+
+impl Agent {
+    /// Deliver a message from peer `j`: into the ring when nothing waits
+    /// before it there, else parked behind what waits (within the overflow
+    /// budget). `Stall` only when the budget is spent: then the peer's
+    /// frames wait, and TCP pushes back on the sender.
+    pub(super) fn deposit_remote(
+        &mut self,
+        slot: u32,
+        ep: u32,
+        j: usize,
+        src_ep: u32,
+        data: RemoteData<'_>,
+        ack: Option<(usize, u32, u32, u64)>,
+    ) -> Handled {
+        let src_node = j as u32;
+        let empty = self.clients[slot as usize]
+            .as_ref()
+            .and_then(|c| c.recv.get(ep as usize))
+            .and_then(|r| r.as_ref())
+            .is_some_and(|r| r.parked.is_empty());
+        if empty {
+            let r = match data {
+                RemoteData::Inline(p) => self.deposit_inline(slot, ep, src_node, src_ep, p),
+                RemoteData::Block { off, len } => {
+                    self.deposit_block(slot, ep, src_node, src_ep, off, len)
+                }
+            };
+            if !matches!(r, Handled::Stall) {
+                if let Some((j, s, d, cookie)) = ack {
+                    self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
+                }
+                return r;
+            }
+        }
+        let parked = Parked {
+            src_node,
+            src_ep,
+            data: match data {
+                RemoteData::Inline(p) => ParkedData::Inline(p.to_vec()),
+                RemoteData::Block { off, len } => ParkedData::Block { off, len },
+            },
+            ack,
+        };
+        if self.parked_bytes + parked.cost() > self.cfg.overflow_bytes {
+            return Handled::Stall;
+        }
+        let Some(r) = self.clients[slot as usize]
+            .as_mut()
+            .and_then(|c| c.recv.get_mut(ep as usize))
+            .and_then(|r| r.as_mut())
+        else {
+            return Handled::Stall;
+        };
+        self.parked_bytes += parked.cost();
+        self.parked_count += 1;
+        r.parked.push_back(parked);
+        Handled::Done
+    }
+
+    /// Move parked messages into rings that have room again.
+    pub(super) fn drain_parked(&mut self) -> bool {
+        if self.parked_count == 0 {
+            return false;
+        }
+        let mut work = false;
+        for slot in 0..self.clients.len() as u32 {
+            let eps = match self.clients[slot as usize].as_ref() {
+                Some(c) => c.recv.len() as u32,
+                None => continue,
+            };
+            for ep in 0..eps {
+                while let Some(front) = self.clients[slot as usize]
+                    .as_mut()
+                    .and_then(|c| c.recv.get_mut(ep as usize))
+                    .and_then(|r| r.as_mut())
+                    .and_then(|r| r.parked.pop_front())
+                {
+                    let r = match &front.data {
+                        ParkedData::Inline(v) => {
+                            self.deposit_inline(slot, ep, front.src_node, front.src_ep, v)
+                        }
+                        ParkedData::Block { off, len } => {
+                            self.deposit_block(slot, ep, front.src_node, front.src_ep, *off, *len)
+                        }
+                    };
+                    if let Handled::Stall = r {
+                        if let Some(r) = self.clients[slot as usize]
+                            .as_mut()
+                            .and_then(|c| c.recv.get_mut(ep as usize))
+                            .and_then(|r| r.as_mut())
+                        {
+                            r.parked.push_front(front);
+                        }
+                        break;
+                    }
+                    work = true;
+                    self.parked_bytes -= front.cost();
+                    self.parked_count -= 1;
+                    if let Some((j, s, d, cookie)) = front.ack {
+                        self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
+                    }
+                }
+            }
+        }
+        work
+    }
+
+    /// Drop what is parked for an endpoint that goes away: blocks return to
+    /// the pool, senders waiting for delivery hear why.
+    pub(super) fn drop_parked(&mut self, parked: VecDeque<Parked>) {
+        for p in parked {
+            self.parked_bytes -= p.cost();
+            self.parked_count -= 1;
+            if let ParkedData::Block { off, .. } = p.data {
+                self.blocks.free(off, Owner::Agent);
+            }
+            if let Some((j, s, d, cookie)) = p.ack {
+                self.queue_reply(j, RecordKind::Nack, Status::EndpointClosed, s, d, cookie);
+            }
+        }
+    }
+
+    pub(super) fn on_event(&mut self, t: u64, now: Instant) -> bool {
+        let (kind, idx) = (t >> 32, (t & 0xFFFF_FFFF) as usize);
+        match kind {
+            T_CTL_LISTEN => self.accept_control(),
+            T_CTL_CONN => self.serve_control(idx),
+            T_DOORBELL => {
+                let _ = self.doorbell.read();
+            }
+            T_TRANSPORT => {
+                self.transport
+                    .on_ready(&self.poller, idx as u32, now, &mut self.events);
+                self.link_events();
+            }
+            _ => {}
+        }
+        true
+    }
+
+    pub(super) fn process_rx(&mut self) -> bool {
+        let mut work = false;
+        for j in 0..self.peers.len() {
+            if self.peers[j].state == PeerState::Up {
+                work |= self.process_peer(j);
+            }
+        }
+        work
+    }
+
+    /// Deposit what a peer sent, as far as the receive rings take it.
+    pub(super) fn process_peer(&mut self, j: usize) -> bool {
+        let mut work = false;
+        // A finished large message that found its ring full goes first.
+        if let Some(d) = self.peers[j].rx_deposit.take() {
+            match self.finish_large(j, d) {
+                Handled::Stall => {
+                    if !self.peers[j].rx_stalled {
+                        self.peers[j].counters.rx_stalls += 1;
+                    }
+                    self.peers[j].rx_stalled = true;
+                    return false;
+                }
+                Handled::Done | Handled::DoneStop => work = true,
+            }
+        }
+        let node = j as u32;
+        if let Some(h) = self.peers[j].rx_steered {
+            if self.transport.steering(node) {
+                return work;
+            }
+            self.peers[j].rx_steered = None;
+            self.peers[j].counters.frames_rx += 1;
+            work = true;
+            if let Handled::DoneStop = self.chunk_arrived(j, &h) {
+                // Its deposit waits for ring room; nothing may overtake it.
+                return work;
+            }
+        }
+        loop {
+            let Some(reader) = self.transport.reader(node) else {
+                return work;
+            };
+            // Take the reader out of the link so records can be handled with
+            // `&mut self` while they borrow the reader's buffer.
+            let reader = std::mem::take(reader);
+            let step = self.process_frame(j, &reader);
+            let mut reader = reader;
+            match step {
+                FrameStep::Next => {
+                    reader.consume();
+                    self.peers[j].rx_pos = 0;
+                    work = true;
+                }
+                FrameStep::Empty => {
+                    self.peers[j].rx_stalled = false;
+                    if self.peers[j].rx_pos == 0 && self.try_steer(j, &mut reader) {
+                        work = true;
+                    }
+                }
+                FrameStep::Partial(pos) => {
+                    if !self.peers[j].rx_stalled {
+                        self.peers[j].counters.rx_stalls += 1;
+                    }
+                    self.peers[j].rx_stalled = true;
+                    work |= pos != self.peers[j].rx_pos;
+                    self.peers[j].rx_pos = pos;
+                }
+                FrameStep::Broken => work = true,
+            }
+            let more = matches!(step, FrameStep::Next);
+            self.transport.restore_reader(node, reader);
+            if work {
+                self.transport.rx_resume(&self.poller, node);
+            }
+            if !more {
+                return work;
+            }
+        }
+    }
+
+    pub(super) fn process_frame(&mut self, j: usize, reader: &wire::FrameReader) -> FrameStep {
+        let (fh, body) = match reader.peek_frame() {
+            Ok(Some(x)) => x,
+            Ok(None) => return FrameStep::Empty,
+            Err(e) => {
+                self.peers[j].counters.malformed += 1;
+                self.peer_lost(j, &format!("malformed frame: {e}"), true);
+                return FrameStep::Broken;
+            }
+        };
+        if fh.src_node as usize != j {
+            self.peers[j].counters.malformed += 1;
+            self.peer_lost(j, "frame names another source node", true);
+            return FrameStep::Broken;
+        }
+        match fh.kind {
+            FrameKind::Heartbeat | FrameKind::Hello => FrameStep::Next,
+            FrameKind::Bye => {
+                self.peer_lost(j, "peer agent shut down", true);
+                FrameStep::Broken
+            }
+            FrameKind::Data => {
+                let start = self.peers[j].rx_pos;
+                match self.process_records(j, body, start) {
+                    Ok(None) => {
+                        self.peers[j].counters.frames_rx += 1;
+                        FrameStep::Next
+                    }
+                    Ok(Some(pos)) => FrameStep::Partial(pos),
+                    Err(e) => {
+                        self.peers[j].counters.malformed += 1;
+                        self.peer_lost(j, &format!("malformed record: {e}"), true);
+                        FrameStep::Broken
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns `Ok(Some(pos))` when a ring is full at body offset `pos`.
+    pub(super) fn process_records(
+        &mut self,
+        j: usize,
+        body: &[u8],
+        start: usize,
+    ) -> Result<Option<usize>, wire::WireError> {
+        let mut pos = start;
+        for r in wire::records(&body[start..]) {
+            let (h, payload) = r?;
+            match self.handle_record(j, &h, payload)? {
+                Handled::Done => pos += h.wire_len(),
+                Handled::Stall => return Ok(Some(pos)),
+                Handled::DoneStop => return Ok(Some(pos + h.wire_len())),
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) fn queue_reply(
+        &mut self,
+        j: usize,
+        kind: RecordKind,
+        status: Status,
+        src_ep: u32,
+        dst_ep: u32,
+        cookie: u64,
+    ) {
+        let p = &mut self.peers[j];
+        let h = RecordHeader {
+            kind,
+            flags: 0,
+            status: status as u16,
+            src_ep,
+            dst_ep,
+            chunk_len: 0,
+            total: 0,
+            offset: 0,
+            cookie,
+        };
+        if !p.batch.fits(0) {
+            Self::flush_batch(p, &mut *self.transport);
+        }
+        p.batch.push(&h, &[]);
+        p.batch_since.get_or_insert_with(Instant::now);
+    }
+
+    pub(super) fn handle_record(
+        &mut self,
+        j: usize,
+        h: &RecordHeader,
+        payload: &[u8],
+    ) -> Result<Handled, wire::WireError> {
+        match h.kind {
+            RecordKind::Ack | RecordKind::Nack => {
+                let status = if h.kind == RecordKind::Ack {
+                    Status::Ok
+                } else {
+                    Status::from_u16(h.status)
+                };
+                let owner = self.peers[j]
+                    .acks
+                    .remove(&(h.src_ep, h.cookie))
+                    .or_else(|| {
+                        // A Nack for a buffered send: find the sender by endpoint.
+                        self.endpoints.get(&h.src_ep).and_then(|&(slot, _)| {
+                            self.clients[slot as usize].as_ref().map(|c| c.owner(slot))
+                        })
+                    });
+                if status != Status::Ok {
+                    self.peers[j].counters.errors += 1;
+                }
+                if let Some(o) = owner {
+                    self.complete_owner(o, h.cookie, status);
+                }
+                Ok(Handled::Done)
+            }
+            RecordKind::Msg => {
+                let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
+                let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
+                if whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max) {
+                    let Some(&(slot, ep)) = self.endpoints.get(&h.dst_ep) else {
+                        self.queue_reply(
+                            j,
+                            RecordKind::Nack,
+                            Status::UnknownEndpoint,
+                            h.src_ep,
+                            h.dst_ep,
+                            h.cookie,
+                        );
+                        return Ok(Handled::Done);
+                    };
+                    let ack =
+                        (h.flags & FLAG_ACK != 0).then_some((j, h.src_ep, h.dst_ep, h.cookie));
+                    let r = self.deposit_remote(
+                        slot,
+                        ep,
+                        j,
+                        h.src_ep,
+                        RemoteData::Inline(payload),
+                        ack,
+                    );
+                    if let Handled::Done = r {
+                        let p = &mut self.peers[j];
+                        p.counters.msgs_rx += 1;
+                        p.counters.bytes_rx += h.total;
+                    }
+                    return Ok(r);
+                }
+                self.handle_chunk(j, h, payload)
+            }
+        }
+    }
+
+    pub(super) fn handle_chunk(
+        &mut self,
+        j: usize,
+        h: &RecordHeader,
+        payload: &[u8],
+    ) -> Result<Handled, wire::WireError> {
+        let Some(block) = self.chunk_target(j, h)? else {
+            // No room in the pool now: hold the peer back until blocks free up.
+            return Ok(Handled::Stall);
+        };
+        if self.pool.write_block(block + h.offset, payload).is_none() {
+            return Err(wire::WireError::Record("chunk outside its block"));
+        }
+        Ok(self.chunk_arrived(j, h))
+    }
+
+    /// The block a chunk goes into: a new one for the first chunk of a
+    /// message (`None` when the pool has no room now), else the block of the
+    /// message in progress, which the chunk must continue.
+    pub(super) fn chunk_target(
+        &mut self,
+        j: usize,
+        h: &RecordHeader,
+    ) -> Result<Option<u64>, wire::WireError> {
+        if h.offset == 0 {
+            if self.peers[j].rx_large.is_some() {
+                return Err(wire::WireError::Record(
+                    "a new large message before the last one ended",
+                ));
+            }
+            let Some(b) = self.blocks.alloc(h.total, Owner::Agent) else {
+                return Ok(None);
+            };
+            self.peers[j].rx_large = Some(RxLarge {
+                src_ep: h.src_ep,
+                dst_ep: h.dst_ep,
+                cookie: h.cookie,
+                total: h.total,
+                got: 0,
+                block: b.off,
+                flags: h.flags,
+            });
+        }
+        let Some(r) = self.peers[j].rx_large.as_ref() else {
+            return Err(wire::WireError::Record("a chunk with no message started"));
+        };
+        if r.src_ep != h.src_ep
+            || r.dst_ep != h.dst_ep
+            || r.cookie != h.cookie
+            || r.total != h.total
+            || r.got != h.offset
+        {
+            return Err(wire::WireError::Record(
+                "chunk does not continue the message in progress",
+            ));
+        }
+        Ok(Some(r.block))
+    }
+
+    /// A chunk's bytes are in its block: count them, deposit a finished message.
+    pub(super) fn chunk_arrived(&mut self, j: usize, h: &RecordHeader) -> Handled {
+        let p = &mut self.peers[j];
+        let Some(r) = p.rx_large.as_mut() else {
+            return Handled::Done;
+        };
+        r.got += h.chunk_len as u64;
+        if r.got < r.total {
+            return Handled::Done;
+        }
+        let r = p.rx_large.take().expect("checked above");
+        p.counters.msgs_rx += 1;
+        p.counters.bytes_rx += r.total;
+        let d = Deposit {
+            src_ep: r.src_ep,
+            dst_ep: r.dst_ep,
+            block: r.block,
+            len: r.total,
+            cookie: r.cookie,
+            flags: r.flags,
+        };
+        match self.finish_large(j, d) {
+            // The record is consumed; the deposit waits in `rx_deposit` and
+            // nothing after it may overtake it.
+            Handled::Stall => Handled::DoneStop,
+            _ => Handled::Done,
+        }
+    }
+
+    /// A large chunk whose frame is only partly read: have the transport
+    /// read the rest of its payload straight into the message's block,
+    /// sparing a copy. Returns whether it did.
+    pub(super) fn try_steer(&mut self, j: usize, reader: &mut wire::FrameReader) -> bool {
+        let Some((fh, body)) = reader.peek_partial() else {
+            return false;
+        };
+        if fh.kind != FrameKind::Data
+            || (fh.body_len as usize) < STEER_MIN
+            || body.len() < wire::RECORD_HEADER
+            || fh.src_node as usize != j
+        {
+            return false;
+        }
+        let Ok(h) = RecordHeader::parse(body) else {
+            return false; // the normal path reports it
+        };
+        let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
+        let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
+        let inline = whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max);
+        if h.kind != RecordKind::Msg || inline || h.wire_len() != fh.body_len as usize {
+            return false;
+        }
+        let have = (body.len() - wire::RECORD_HEADER).min(h.chunk_len as usize);
+        let left = h.chunk_len as usize - have;
+        if left < STEER_MIN / 4 {
+            return false;
+        }
+        let block = match self.chunk_target(j, &h) {
+            Ok(Some(b)) => b,
+            _ => return false, // no room, or malformed: the normal path decides
+        };
+        let at = block + h.offset;
+        let head = &body[wire::RECORD_HEADER..wire::RECORD_HEADER + have];
+        if self.pool.write_block(at, head).is_none() {
+            return false;
+        }
+        let pad = wire::padded(h.chunk_len as usize) - h.chunk_len as usize;
+        if !self
+            .transport
+            .steer(j as u32, at + have as u64, left as u64, pad)
+        {
+            if h.offset == 0 {
+                // Undo what `chunk_target` began; the normal path redoes it.
+                if let Some(r) = self.peers[j].rx_large.take() {
+                    self.blocks.free(r.block, Owner::Agent);
+                }
+            }
+            return false;
+        }
+        reader.discard_partial();
+        self.peers[j].rx_steered = Some(h);
+        self.peers[j].counters.bytes_rx_direct += left as u64;
+        true
+    }
+
+    pub(super) fn finish_large(&mut self, j: usize, d: Deposit) -> Handled {
+        let Some(&(slot, ep)) = self.endpoints.get(&d.dst_ep) else {
+            self.blocks.free(d.block, Owner::Agent);
+            self.queue_reply(
+                j,
+                RecordKind::Nack,
+                Status::UnknownEndpoint,
+                d.src_ep,
+                d.dst_ep,
+                d.cookie,
+            );
+            return Handled::Done;
+        };
+        let ack = (d.flags & FLAG_ACK != 0).then_some((j, d.src_ep, d.dst_ep, d.cookie));
+        let data = RemoteData::Block {
+            off: d.block,
+            len: d.len,
+        };
+        match self.deposit_remote(slot, ep, j, d.src_ep, data, ack) {
+            Handled::Done | Handled::DoneStop => Handled::Done,
+            Handled::Stall => {
+                self.peers[j].rx_deposit = Some(d);
+                Handled::Stall
+            }
+        }
+    }
+}
