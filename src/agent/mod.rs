@@ -547,12 +547,16 @@ impl Agent {
         self.shutdown();
     }
 
+    /// Whether anything waits that a sleep would delay: a client's
+    /// submissions, or a frame held back by `flush_delay_us` (it must go out
+    /// within that bound, not after a sleep).
     fn any_client_work(&mut self) -> bool {
-        self.clients.iter_mut().flatten().any(|c| {
-            c.stalled.is_some()
-                || !c.comp_backlog.is_empty()
-                || !matches!(c.sub.is_empty(), Ok(true))
-        })
+        self.peers.iter().any(|p| p.batch_since.is_some())
+            || self.clients.iter_mut().flatten().any(|c| {
+                c.stalled.is_some()
+                    || !c.comp_backlog.is_empty()
+                    || !matches!(c.sub.is_empty(), Ok(true))
+            })
     }
 
     fn shutdown(&mut self) {
