@@ -988,3 +988,25 @@ fn three_nodes_exchange_all_to_all() {
         );
     }
 }
+
+#[test]
+fn a_flush_delay_aggregates_a_trickle_of_messages() {
+    // One message every ~50 us would go out alone; with a 5 ms delay bound
+    // they share frames, and every one still arrives in order.
+    let c = Cluster::start(2, &["--flush-delay-us", "5000"]);
+    let rx = c.peer(1, &["--ep", "4", "--sizes", "8", "recv", "--count", "1000"]);
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", "8", "send", "--to", "1:4", "--count", "1000", "--gap-us", "50",
+        ],
+    );
+    assert_ok("sender", &tx.result(T));
+    assert_ok("receiver", &rx.result(T));
+    let s = c.stat(0);
+    let agg = s["peers"][0]["aggregation"].as_f64().unwrap();
+    assert!(
+        agg >= 2.0,
+        "messages per frame with a 5 ms delay bound: {agg}"
+    );
+}
