@@ -125,7 +125,11 @@ fn start_agents(idle: wyvern::agent::IdlePolicy) -> Result<Agents, String> {
     Ok(agents)
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+/// A progress bar on a terminal; elsewhere (a log, CI) one line per phase.
+fn bar(len: u64, what: &str, unit: &str) -> ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("  {what}: {len} {unit} ...");
+    }
     let b = ProgressBar::new(len);
     b.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
@@ -207,7 +211,7 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     let t = Duration::from_secs(30);
 
     // 1. Latency.
-    let pb = bar(pp, "ping-pong");
+    let pb = bar(pp, "ping-pong", "round trips of 8 B");
     let mut rtts = Vec::with_capacity(pp as usize);
     let payload = [7u8; 8];
     for i in 0..pp {
@@ -224,7 +228,7 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     rtts.sort_by(f64::total_cmp);
 
     // 2. Message rate.
-    let pb = bar(msgs, "msg rate");
+    let pb = bar(msgs, "msg rate", "messages");
     let mut buf = vec![0u8; size];
     let t0 = Instant::now();
     for i in 0..msgs {
@@ -243,7 +247,7 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     }
 
     // 3. Bandwidth, zero-copy sends from pool blocks.
-    let pb = bar(bulk, "bandwidth");
+    let pb = bar(bulk, "bandwidth", "messages of 1 MiB");
     let t0 = Instant::now();
     for i in 0..bulk {
         let mut blk = c.alloc(1 << 20, t).map_err(|e| e.to_string())?;
