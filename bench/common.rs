@@ -7,11 +7,8 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 /// The `wyvern` binary the benches start agents from.
 pub fn agent_bin() -> Result<PathBuf, String> {
@@ -57,124 +54,27 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
-/// A free TCP port on 127.0.0.1 (racy, like every such helper; good enough).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
-
-/// Agents started by a bench; stopped (SIGTERM, then SIGKILL) on drop.
-pub struct Agents {
-    pub children: Vec<Child>,
-    pub sockets: Vec<PathBuf>,
-    pub dir: PathBuf,
-}
+/// Agents started by a bench (see `wyvern::local::LocalAgents`).
+pub struct Agents;
 
 impl Agents {
-    /// Start `n` agents on loopback (node ids 0..n), each with `extra`
-    /// arguments; `cores[i]`, when given, pins agent `i` (`--cores`).
+    /// Start `n` agents of the release binary on loopback (node ids 0..n),
+    /// each with `extra` arguments; `cores[i]`, when given, pins agent `i`.
     pub fn start(
         tag: &str,
         n: usize,
         idle: &str,
         cores: &[Option<usize>],
         extra: &[&str],
-    ) -> Result<Agents, String> {
-        let bin = agent_bin()?;
-        let dir = std::env::temp_dir().join(format!("wyvern-bench-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut a = Agents {
-            children: Vec::new(),
-            sockets: Vec::new(),
-            dir: dir.clone(),
-        };
-        let nodes = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect::<Vec<_>>()
-            .join(",");
-        for i in 0..n {
-            let sock = dir.join(format!("agent{i}.sock"));
-            let mut cmd = Command::new(&bin);
-            cmd.args(["agent", "--node-id", &i.to_string(), "--nodes", &nodes])
-                .args(["--idle", idle])
-                .arg("--socket")
-                .arg(&sock)
-                .args(extra)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdout(Stdio::piped());
-            if let Some(Some(c)) = cores.get(i) {
-                cmd.args(["--cores", &c.to_string()]);
-            }
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-            let out = child.stdout.take().expect("piped");
-            a.children.push(child);
-            a.sockets.push(sock);
-            let mut line = String::new();
-            BufReader::new(out)
-                .read_line(&mut line)
-                .map_err(|e| format!("agent {i}: {e}"))?;
-            if !line.starts_with("wyvern agent ready") {
-                return Err(format!("agent {i} did not start (see its log above)"));
-            }
-        }
-        // Give the peers a moment to connect (the higher id dials the lower).
-        if n > 1 {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let up = a.sockets.iter().all(|s| {
-                    wyvern::client::stat(s)
-                        .map(|st| st.peers.iter().all(|p| p.state == "up"))
-                        .unwrap_or(false)
-                });
-                if up {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err("agents did not connect to each other within 10 s".into());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        Ok(a)
-    }
-
-    /// Pid of agent `i`.
-    pub fn pid(&self, i: usize) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.children[i].id() as i32)
-    }
-
-    /// Send a signal to agent `i`.
-    pub fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(self.pid(i), sig);
-    }
-}
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.signal(i, nix::sys::signal::Signal::SIGCONT);
-            self.signal(i, nix::sys::signal::Signal::SIGTERM);
-        }
-        for c in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+    ) -> Result<wyvern::local::LocalAgents, String> {
+        wyvern::local::LocalAgents::start(
+            &agent_bin()?,
+            &format!("bench-{tag}"),
+            n,
+            idle,
+            cores,
+            extra,
+        )
     }
 }
 

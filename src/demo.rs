@@ -1,14 +1,13 @@
 //! `wyvern demo`: two agents on this machine over loopback TCP, a client on
 //! each, a latency, message-rate and bandwidth workload, and a summary.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use wyvern::client::{Client, Mode};
+use wyvern::local::LocalAgents;
 
 /// Options of the demo.
 #[derive(clap::Args)]
@@ -33,96 +32,20 @@ pub struct DemoArgs {
 const EP_A: u32 = 1;
 const EP_B: u32 = 2;
 
-struct Agents {
-    children: Vec<Child>,
-    dir: PathBuf,
-}
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        for c in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn socket(dir: &Path, node: u32) -> PathBuf {
-    dir.join(format!("agent{node}.sock"))
-}
-
-fn start_agents(idle: wyvern::agent::IdlePolicy) -> Result<Agents, String> {
+fn start_agents(idle: wyvern::agent::IdlePolicy) -> Result<LocalAgents, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
-    let dir = std::env::temp_dir().join(format!("wyvern-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut agents = Agents {
-        children: Vec::new(),
-        dir: dir.clone(),
-    };
-    // Port 0 everywhere: each agent binds a port of its own choosing and
-    // says which in its readiness line. Node 1 dials node 0 (the higher id
-    // dials the lower), so only node 0's real address must be known first.
-    let mut nodes: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 0)); 2];
     let idle = match idle {
         wyvern::agent::IdlePolicy::Spin => "spin",
         wyvern::agent::IdlePolicy::Adaptive => "adaptive",
     };
-    for node in 0..2u32 {
-        let list = nodes
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut child = Command::new(&exe)
-            .args([
-                "agent",
-                "--node-id",
-                &node.to_string(),
-                "--nodes",
-                &list,
-                "--idle",
-                idle,
-            ])
-            .arg("--socket")
-            .arg(socket(&dir, node))
-            .args(["--block-mib", "160", "--max-clients", "8"])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start an agent: {e}"))?;
-        let out = child.stdout.take().expect("piped");
-        agents.children.push(child);
-        let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .map_err(|e| format!("agent {node} did not start: {e}"))?;
-        let Some(addr) = line
-            .trim()
-            .strip_prefix("wyvern agent ready: tcp ")
-            .and_then(|a| a.parse().ok())
-        else {
-            return Err(format!("agent {node} did not start (see its log above)"));
-        };
-        nodes[node as usize] = addr;
-    }
-    Ok(agents)
+    LocalAgents::start(
+        &exe,
+        "demo",
+        2,
+        idle,
+        &[],
+        &["--block-mib", "160", "--max-clients", "8"],
+    )
 }
 
 /// A progress bar on a terminal; elsewhere (a log, CI) one line per phase.
@@ -149,9 +72,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// The receiving side (node 1): echo pings, count messages, take bulk.
-fn node_b(sock: PathBuf, a: &DemoArgs) -> Result<(), String> {
+fn node_b(sock: PathBuf, a: &DemoArgs, ready: std::sync::mpsc::Sender<()>) -> Result<(), String> {
     let c = Client::attach(&sock, "demo-b").map_err(|e| e.to_string())?;
     let ep = c.open_endpoint(Some(EP_B)).map_err(|e| e.to_string())?;
+    // Node A may send only once this endpoint exists (else: unknown endpoint).
+    let _ = ready.send(());
     let t = Duration::from_secs(30);
     for _ in 0..a.pingpongs {
         let m = ep.recv(t).map_err(|e| format!("pong side: {e}"))?;
@@ -196,8 +121,8 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     }
     println!("wyvern demo: two agents on loopback TCP, one client on each");
     let agents = start_agents(a.idle)?;
-    let sock_b = socket(&agents.dir, 1);
-    let c = Client::attach(socket(&agents.dir, 0), "demo-a").map_err(|e| e.to_string())?;
+    let sock_b = agents.sockets[1].clone();
+    let c = Client::attach(&agents.sockets[0], "demo-a").map_err(|e| e.to_string())?;
     println!(
         "  pool: {} | idle policy: {:?} | cores: {} online, agents and clients unpinned",
         c.backing(),
@@ -207,7 +132,14 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     let ep = c.open_endpoint(Some(EP_A)).map_err(|e| e.to_string())?;
     let args = DemoArgs { ..a };
     let (pp, msgs, size, bulk) = (args.pingpongs, args.messages, args.size, args.bulk_mib);
-    let b = std::thread::spawn(move || node_b(sock_b, &args));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let b = std::thread::spawn(move || node_b(sock_b, &args, ready_tx));
+    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        return match b.join() {
+            Ok(Err(e)) => Err(format!("node B: {e}")),
+            _ => Err("node B did not open its endpoint".into()),
+        };
+    }
     let t = Duration::from_secs(30);
 
     // 1. Latency.
@@ -267,7 +199,7 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     drop(m);
     b.join()
         .map_err(|_| "node B thread panicked".to_string())??;
-    let stat = wyvern::client::stat(socket(&agents.dir, 0)).map_err(|e| e.to_string())?;
+    let stat = wyvern::client::stat(&agents.sockets[0]).map_err(|e| e.to_string())?;
     let agg = stat.peers.first().map_or(0.0, |p| p.aggregation);
     c.detach().map_err(|e| e.to_string())?;
 

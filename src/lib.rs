@@ -20,6 +20,8 @@ pub mod agent;
 #[deny(unsafe_code)]
 pub mod client;
 #[deny(unsafe_code)]
+pub mod local;
+#[deny(unsafe_code)]
 pub mod proto;
 pub mod shm;
 #[deny(unsafe_code)]
