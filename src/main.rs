@@ -90,6 +90,9 @@ struct AgentArgs {
     /// MiB of pool blocks one client may hold through its allocations.
     #[arg(long)]
     client_quota_mib: Option<u64>,
+    /// ms a peer's message for an endpoint not open yet is held (0: refuse at once).
+    #[arg(long)]
+    unknown_ep_grace_ms: Option<u64>,
     /// Members of this group may attach too.
     #[arg(long)]
     allow_gid: Option<u32>,
@@ -145,6 +148,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.client_quota_mib {
             c.client_block_quota = v << 20;
+        }
+        if let Some(v) = self.unknown_ep_grace_ms {
+            c.unknown_ep_grace_ms = v;
         }
         if let Some(v) = self.allow_gid {
             c.allow_gid = Some(v);

@@ -136,7 +136,8 @@ fn small_messages_are_aggregated_into_frames() {
 
 #[test]
 fn unknown_endpoint_and_unknown_node_are_reported() {
-    let c = Cluster::start(2, &[]);
+    // Messages for an endpoint that never opens are held 300 ms, then refused.
+    let c = Cluster::start(2, &["--unknown-ep-grace-ms", "300"]);
     // Delivered mode: every send fails with the reason.
     let r = c
         .peer(
@@ -164,7 +165,16 @@ fn unknown_endpoint_and_unknown_node_are_reported() {
     let r = c
         .peer(
             0,
-            &["send", "--to", "1:4242", "--count", "3", "--keep-going"],
+            &[
+                "send",
+                "--to",
+                "1:4242",
+                "--count",
+                "3",
+                "--keep-going",
+                "--linger-ms",
+                "3000",
+            ],
         )
         .result(T);
     assert!(!r.1);
@@ -1009,4 +1019,28 @@ fn a_flush_delay_aggregates_a_trickle_of_messages() {
         agg >= 2.0,
         "messages per frame with a 5 ms delay bound: {agg}"
     );
+}
+
+#[test]
+fn messages_wait_for_an_endpoint_that_opens_late() {
+    let c = Cluster::start(2, &[]);
+    // The sender starts first: its messages reach node 1 before endpoint 77
+    // exists there, and are held until it opens (default grace 2 s).
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", "8,300000", "send", "--to", "1:77", "--count", "20",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let rx = c.peer(
+        1,
+        &["--ep", "77", "--sizes", "8,300000", "recv", "--count", "20"],
+    );
+    assert_ok("sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("late receiver", &r);
+    assert_eq!(r.0["received"], 20);
+    let s = c.stat(0);
+    assert_eq!(s["peers"][0]["counters"]["errors"], 0, "{s}");
 }

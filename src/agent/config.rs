@@ -85,6 +85,11 @@ pub struct AgentConfig {
     /// holds; so that one client cannot take the whole block region from
     /// the others. Deliveries to it are never refused.
     pub client_block_quota: u64,
+    /// How long a message from a peer for an endpoint that is not open is
+    /// held in case it opens (processes of a job start at different
+    /// times), in milliseconds; then it is refused as an unknown endpoint.
+    /// 0: refused at once.
+    pub unknown_ep_grace_ms: u64,
     /// A group (gid) whose members may attach besides the agent's own uid.
     pub allow_gid: Option<u32>,
     /// Bad requests tolerated from one client before it is detached.
@@ -113,6 +118,7 @@ impl Default for AgentConfig {
             peer_queue_bytes: 8 << 20,
             overflow_bytes: 64 << 20,
             client_block_quota: 128 << 20,
+            unknown_ep_grace_ms: 2000,
             allow_gid: None,
             max_client_errors: 100,
         }

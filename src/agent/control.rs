@@ -293,7 +293,12 @@ impl Agent {
                 c.recv[e] = Some(RecvEp {
                     id,
                     ring: pool.recv_producer(slot, e as u32, true),
-                    parked: VecDeque::new(),
+                    // What arrived before the endpoint opened goes first.
+                    parked: self
+                        .orphans
+                        .remove(&id)
+                        .map(|q| q.into_iter().map(|o| o.parked).collect())
+                        .unwrap_or_default(),
                 });
                 self.endpoints.insert(id, (slot, e as u32));
                 self.reply(idx, &CtlReply::Endpoint { id, slot: e as u32 }, &[]);

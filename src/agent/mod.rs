@@ -223,6 +223,14 @@ enum ParkedData {
     },
 }
 
+/// A message held for an endpoint that is not open yet.
+struct Orphan {
+    since: Instant,
+    /// `(peer, src_ep, dst_ep, cookie)` to refuse it with.
+    nack: (usize, u32, u32, u64),
+    parked: Parked,
+}
+
 impl Parked {
     fn cost(&self) -> usize {
         64 + match &self.data {
@@ -318,6 +326,8 @@ pub struct Agent {
     parked_bytes: usize,
     /// Messages parked.
     parked_count: usize,
+    /// Messages from peers for endpoints not open yet, by endpoint id.
+    orphans: HashMap<u32, VecDeque<Orphan>>,
     /// Clients given something this round, to wake if they sleep.
     touched: Vec<u32>,
     touched_flag: Vec<bool>,
@@ -459,6 +469,7 @@ impl Agent {
             start: now,
             parked_bytes: 0,
             parked_count: 0,
+            orphans: HashMap::new(),
             touched: Vec::new(),
             touched_flag: vec![false; max],
             freed: Vec::new(),
@@ -1251,6 +1262,7 @@ impl Agent {
         let timeout = self.cfg.peer_timeout();
         let connect_timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
         self.transport.tick(&self.poller, now, &mut self.events);
+        self.expire_orphans(now);
         self.link_events();
         for j in 0..self.peers.len() {
             let p = &mut self.peers[j];

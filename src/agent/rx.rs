@@ -63,6 +63,74 @@ impl Agent {
         Handled::Done
     }
 
+    /// A message from peer `j` for an endpoint not open (yet): held for
+    /// `unknown_ep_grace_ms` in case it opens (processes of a job start at
+    /// different times), within the overflow budget; else refused.
+    pub(super) fn orphan(
+        &mut self,
+        j: usize,
+        src_ep: u32,
+        dst_ep: u32,
+        cookie: u64,
+        flags: u8,
+        data: RemoteData<'_>,
+    ) {
+        let parked = Parked {
+            src_node: j as u32,
+            src_ep,
+            data: match data {
+                RemoteData::Inline(p) => ParkedData::Inline(p.to_vec()),
+                RemoteData::Block { off, len } => ParkedData::Block { off, len },
+            },
+            ack: (flags & FLAG_ACK != 0).then_some((j, src_ep, dst_ep, cookie)),
+        };
+        let nack = (j, src_ep, dst_ep, cookie);
+        if self.cfg.unknown_ep_grace_ms == 0
+            || self.parked_bytes + parked.cost() > self.cfg.overflow_bytes
+        {
+            self.refuse_orphan(nack, parked);
+            return;
+        }
+        self.parked_bytes += parked.cost();
+        self.parked_count += 1;
+        self.orphans.entry(dst_ep).or_default().push_back(Orphan {
+            since: Instant::now(),
+            nack,
+            parked,
+        });
+    }
+
+    fn refuse_orphan(&mut self, nack: (usize, u32, u32, u64), parked: Parked) {
+        if let ParkedData::Block { off, .. } = parked.data {
+            self.blocks.free(off, Owner::Agent);
+        }
+        let (j, s, d, cookie) = nack;
+        self.queue_reply(j, RecordKind::Nack, Status::UnknownEndpoint, s, d, cookie);
+    }
+
+    /// Refuse held messages whose endpoint did not open in time.
+    pub(super) fn expire_orphans(&mut self, now: Instant) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let grace = Duration::from_millis(self.cfg.unknown_ep_grace_ms);
+        let mut expired = Vec::new();
+        self.orphans.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|o| now.duration_since(o.since) > grace)
+            {
+                expired.extend(q.pop_front());
+            }
+            !q.is_empty()
+        });
+        for o in expired {
+            self.parked_bytes -= o.parked.cost();
+            self.parked_count -= 1;
+            self.refuse_orphan(o.nack, o.parked);
+        }
+    }
+
     /// Move parked messages into rings that have room again.
     pub(super) fn drain_parked(&mut self) -> bool {
         if self.parked_count == 0 {
@@ -346,13 +414,16 @@ impl Agent {
                 let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
                 if whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max) {
                     let Some(&(slot, ep)) = self.endpoints.get(&h.dst_ep) else {
-                        self.queue_reply(
+                        let p = &mut self.peers[j];
+                        p.counters.msgs_rx += 1;
+                        p.counters.bytes_rx += h.total;
+                        self.orphan(
                             j,
-                            RecordKind::Nack,
-                            Status::UnknownEndpoint,
                             h.src_ep,
                             h.dst_ep,
                             h.cookie,
+                            h.flags,
+                            RemoteData::Inline(payload),
                         );
                         return Ok(Handled::Done);
                     };
@@ -524,15 +595,11 @@ impl Agent {
 
     pub(super) fn finish_large(&mut self, j: usize, d: Deposit) -> Handled {
         let Some(&(slot, ep)) = self.endpoints.get(&d.dst_ep) else {
-            self.blocks.free(d.block, Owner::Agent);
-            self.queue_reply(
-                j,
-                RecordKind::Nack,
-                Status::UnknownEndpoint,
-                d.src_ep,
-                d.dst_ep,
-                d.cookie,
-            );
+            let data = RemoteData::Block {
+                off: d.block,
+                len: d.len,
+            };
+            self.orphan(j, d.src_ep, d.dst_ep, d.cookie, d.flags, data);
             return Handled::Done;
         };
         let ack = (d.flags & FLAG_ACK != 0).then_some((j, d.src_ep, d.dst_ep, d.cookie));
