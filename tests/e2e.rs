@@ -847,6 +847,10 @@ fn a_stalled_endpoint_does_not_hold_back_others_on_the_same_link() {
         s["peers"][0]["counters"]["rx_stalls"], 0,
         "the link was held back: {s}"
     );
+    assert!(
+        s["parked_msgs"].as_u64().unwrap() > 0,
+        "nothing parked for the stalled endpoint: {s}"
+    );
     // And the stalled endpoint still gets everything, in order, once it reads.
     assert_ok("sender to the stalled endpoint", &to_stalled.result(T));
     let r = stalled.result(T);

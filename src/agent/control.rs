@@ -392,6 +392,8 @@ impl Agent {
             sleeps: self.sleeps,
             local_msgs: self.local_msgs,
             clients_evicted: self.evicted,
+            parked_msgs: self.parked_count as u64,
+            parked_bytes: self.parked_bytes as u64,
             peers,
             clients,
         }

@@ -100,6 +100,10 @@ pub struct Snapshot {
     pub local_msgs: u64,
     /// Clients detached for misbehaving.
     pub clients_evicted: u64,
+    /// Peers' messages held for full receive rings or endpoints not open yet.
+    pub parked_msgs: u64,
+    /// Bytes they take (of `overflow_bytes`).
+    pub parked_bytes: u64,
     /// Peers.
     pub peers: Vec<PeerSnapshot>,
     /// Attached clients.
@@ -113,7 +117,7 @@ impl Snapshot {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "node {} of {} | pool {} MiB on {} | blocks {} / {} MiB free | idle {} | up {:.1} s | rounds {} | sleeps {} | local msgs {} | evicted {}",
+            "node {} of {} | pool {} MiB on {} | blocks {} / {} MiB free | idle {} | up {:.1} s | rounds {} | sleeps {} | local msgs {} | parked {} ({} KiB) | evicted {}",
             self.node,
             self.nodes,
             self.pool_bytes >> 20,
@@ -125,6 +129,8 @@ impl Snapshot {
             self.rounds,
             self.sleeps,
             self.local_msgs,
+            self.parked_msgs,
+            self.parked_bytes >> 10,
             self.clients_evicted
         );
         let _ = writeln!(
