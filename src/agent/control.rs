@@ -117,13 +117,7 @@ impl Agent {
             let req: CtlRequest = match serde_json::from_str(&line) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.reply(
-                        idx,
-                        &CtlReply::Error {
-                            message: format!("malformed control request: {e}"),
-                        },
-                        &[],
-                    );
+                    self.reply_error(idx, format!("malformed control request: {e}"));
                     self.close_conn(idx);
                     return;
                 }
@@ -133,6 +127,14 @@ impl Agent {
                 return;
             }
         }
+    }
+
+    /// Refuse a control request with a message for the client.
+    pub(super) fn reply_error(&mut self, idx: usize, message: impl Into<String>) {
+        let rep = CtlReply::Error {
+            message: message.into(),
+        };
+        self.reply(idx, &rep, &[]);
     }
 
     pub(super) fn reply(&mut self, idx: usize, rep: &CtlReply, fds: &[BorrowedFd<'_>]) {
@@ -155,45 +157,24 @@ impl Agent {
             }
             CtlRequest::Attach { version, pid, name } => {
                 if attached.is_some() {
-                    self.reply(
-                        idx,
-                        &CtlReply::Error {
-                            message: "already attached".into(),
-                        },
-                        &[],
-                    );
+                    self.reply_error(idx, "already attached");
                     return true;
                 }
                 if version != crate::shm::LAYOUT_VERSION {
-                    self.reply(
-                        idx,
-                        &CtlReply::Error {
-                            message: format!(
+                    self.reply_error(idx, format!(
                                 "client speaks layout version {version}, this agent speaks {}; use a matching client library",
                                 crate::shm::LAYOUT_VERSION
-                            ),
-                        },
-                        &[],
-                    );
+                            ));
                     return false;
                 }
                 let Some(wake) = fds.into_iter().next() else {
-                    self.reply(
-                        idx,
-                        &CtlReply::Error {
-                            message: "attach needs the client's eventfd".into(),
-                        },
-                        &[],
-                    );
+                    self.reply_error(idx, "attach needs the client's eventfd");
                     return false;
                 };
                 let Some(slot) = self.clients.iter().position(|c| c.is_none()) else {
-                    self.reply(
+                    self.reply_error(
                         idx,
-                        &CtlReply::Error {
-                            message: format!("all {} client slots are in use", self.clients.len()),
-                        },
-                        &[],
+                        format!("all {} client slots are in use", self.clients.len()),
                     );
                     return false;
                 };
@@ -236,33 +217,18 @@ impl Agent {
             }
             CtlRequest::OpenEndpoint { id } => {
                 let Some(slot) = attached else {
-                    self.reply(
-                        idx,
-                        &CtlReply::Error {
-                            message: "attach first".into(),
-                        },
-                        &[],
-                    );
+                    self.reply_error(idx, "attach first");
                     return true;
                 };
                 let id = match id {
                     Some(id) if id == u32::MAX => {
-                        self.reply(
-                            idx,
-                            &CtlReply::Error {
-                                message: "endpoint id 4294967295 is reserved".into(),
-                            },
-                            &[],
-                        );
+                        self.reply_error(idx, "endpoint id 4294967295 is reserved");
                         return true;
                     }
                     Some(id) if self.endpoints.contains_key(&id) => {
-                        self.reply(
+                        self.reply_error(
                             idx,
-                            &CtlReply::Error {
-                                message: format!("endpoint {id} is already open on this node"),
-                            },
-                            &[],
+                            format!("endpoint {id} is already open on this node"),
                         );
                         return true;
                     }
@@ -281,12 +247,9 @@ impl Agent {
                     .expect("attached client");
                 let Some(e) = c.recv.iter().position(|r| r.is_none()) else {
                     let n = c.recv.len();
-                    self.reply(
+                    self.reply_error(
                         idx,
-                        &CtlReply::Error {
-                            message: format!("all {n} endpoint slots of this client are in use"),
-                        },
-                        &[],
+                        format!("all {n} endpoint slots of this client are in use"),
                     );
                     return true;
                 };
@@ -306,13 +269,7 @@ impl Agent {
             }
             CtlRequest::CloseEndpoint { id } => {
                 let Some(slot) = attached else {
-                    self.reply(
-                        idx,
-                        &CtlReply::Error {
-                            message: "attach first".into(),
-                        },
-                        &[],
-                    );
+                    self.reply_error(idx, "attach first");
                     return true;
                 };
                 match self.endpoints.get(&id) {
@@ -326,13 +283,7 @@ impl Agent {
                         }
                         self.reply(idx, &CtlReply::Ok, &[]);
                     }
-                    _ => self.reply(
-                        idx,
-                        &CtlReply::Error {
-                            message: format!("endpoint {id} is not yours"),
-                        },
-                        &[],
-                    ),
+                    _ => self.reply_error(idx, format!("endpoint {id} is not yours")),
                 }
                 true
             }

@@ -993,16 +993,7 @@ impl Agent {
                     .unwrap_or_else(Instant::now),
             );
             let conn = c.conn;
-            if let Some(cc) = self.conns.get(conn).and_then(|c| c.as_ref()) {
-                let _ = send_line(
-                    &cc.stream,
-                    &serde_json::to_string(&CtlReply::Error {
-                        message: format!("detached by the agent: {why}"),
-                    })
-                    .unwrap_or_default(),
-                    &[],
-                );
-            }
+            self.reply_error(conn, format!("detached by the agent: {why}"));
             self.close_conn(conn);
         }
         self.reclaim(slot);
