@@ -288,10 +288,32 @@ struct CtlConn {
     client: Option<u32>,
 }
 
-/// A message from a peer, before it is deposited.
+/// A message's payload before it is deposited: inline bytes, or a block.
+#[derive(Clone, Copy)]
 enum RemoteData<'a> {
     Inline(&'a [u8]),
     Block { off: u64, len: u64 },
+}
+
+impl RemoteData<'_> {
+    fn to_parked(self) -> ParkedData {
+        match self {
+            RemoteData::Inline(p) => ParkedData::Inline(p.to_vec()),
+            RemoteData::Block { off, len } => ParkedData::Block { off, len },
+        }
+    }
+}
+
+impl ParkedData {
+    fn as_data(&self) -> RemoteData<'_> {
+        match self {
+            ParkedData::Inline(v) => RemoteData::Inline(v),
+            ParkedData::Block { off, len } => RemoteData::Block {
+                off: *off,
+                len: *len,
+            },
+        }
+    }
 }
 
 enum Handled {
@@ -826,11 +848,15 @@ impl Agent {
                 let Some(&(dslot, dep)) = self.endpoints.get(&s.dst_ep) else {
                     return fail(self, Status::UnknownEndpoint);
                 };
-                let res = if s.op == Op::SendBlock {
-                    self.deposit_block(dslot, dep, self.cfg.node_id, src_ep, s.off, s.len)
+                let data = if s.op == Op::SendBlock {
+                    RemoteData::Block {
+                        off: s.off,
+                        len: s.len,
+                    }
                 } else {
-                    self.deposit_inline(dslot, dep, self.cfg.node_id, src_ep, payload)
+                    RemoteData::Inline(payload)
                 };
+                let res = self.deposit(dslot, dep, self.cfg.node_id, src_ep, data);
                 match res {
                     Handled::Stall => Handled::Stall,
                     Handled::Done | Handled::DoneStop => {
@@ -907,50 +933,15 @@ impl Agent {
         }
     }
 
-    /// Push a message into an endpoint's receive ring, inline.
-    fn deposit_inline(
+    /// Deposit a message into an endpoint's receive ring: inline bytes, or
+    /// a block handed to the endpoint's client.
+    fn deposit(
         &mut self,
         slot: u32,
         ep: u32,
         src_node: u32,
         src_ep: u32,
-        payload: &[u8],
-    ) -> Handled {
-        let Some(c) = self.clients[slot as usize].as_mut() else {
-            return Handled::Done;
-        };
-        let Some(r) = c.recv.get_mut(ep as usize).and_then(|r| r.as_mut()) else {
-            return Handled::Done;
-        };
-        let d = Delivery {
-            src_node,
-            src_ep,
-            len: payload.len() as u64,
-            off: Delivery::INLINE,
-        };
-        match r.ring.try_push(&[&d.to_bytes(), payload]) {
-            Ok(true) => {
-                c.delivered += 1;
-                self.touch(slot);
-                Handled::Done
-            }
-            Ok(false) => Handled::Stall,
-            Err(e) => {
-                self.evict(slot, &format!("receive ring: {e}"));
-                Handled::Done
-            }
-        }
-    }
-
-    /// Hand a block to an endpoint's client and tell it through its ring.
-    fn deposit_block(
-        &mut self,
-        slot: u32,
-        ep: u32,
-        src_node: u32,
-        src_ep: u32,
-        block: u64,
-        len: u64,
+        data: RemoteData<'_>,
     ) -> Handled {
         let Some(c) = self.clients[slot as usize].as_mut() else {
             return Handled::Done;
@@ -959,17 +950,23 @@ impl Agent {
         let Some(r) = c.recv.get_mut(ep as usize).and_then(|r| r.as_mut()) else {
             return Handled::Done;
         };
+        let (len, off, inline) = match data {
+            RemoteData::Inline(p) => (p.len() as u64, Delivery::INLINE, p),
+            RemoteData::Block { off, len } => (len, off, &[][..]),
+        };
         let d = Delivery {
             src_node,
             src_ep,
             len,
-            off: block,
+            off,
         };
-        match r.ring.try_push(&[&d.to_bytes()]) {
+        match r.ring.try_push(&[&d.to_bytes(), inline]) {
             Ok(true) => {
                 c.delivered += 1;
-                self.blocks.transfer(block, owner);
-                self.blocks.set_len(block, len);
+                if let RemoteData::Block { off, len } = data {
+                    self.blocks.transfer(off, owner);
+                    self.blocks.set_len(off, len);
+                }
                 self.touch(slot);
                 Handled::Done
             }

@@ -25,12 +25,7 @@ impl Agent {
             .and_then(|r| r.as_ref())
             .is_some_and(|r| r.parked.is_empty());
         if empty {
-            let r = match data {
-                RemoteData::Inline(p) => self.deposit_inline(slot, ep, src_node, src_ep, p),
-                RemoteData::Block { off, len } => {
-                    self.deposit_block(slot, ep, src_node, src_ep, off, len)
-                }
-            };
+            let r = self.deposit(slot, ep, src_node, src_ep, data);
             if !matches!(r, Handled::Stall) {
                 if let Some((j, s, d, cookie)) = ack {
                     self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
@@ -41,10 +36,7 @@ impl Agent {
         let parked = Parked {
             src_node,
             src_ep,
-            data: match data {
-                RemoteData::Inline(p) => ParkedData::Inline(p.to_vec()),
-                RemoteData::Block { off, len } => ParkedData::Block { off, len },
-            },
+            data: data.to_parked(),
             ack,
         };
         if self.parked_bytes + parked.cost() > self.cfg.overflow_bytes {
@@ -78,10 +70,7 @@ impl Agent {
         let parked = Parked {
             src_node: j as u32,
             src_ep,
-            data: match data {
-                RemoteData::Inline(p) => ParkedData::Inline(p.to_vec()),
-                RemoteData::Block { off, len } => ParkedData::Block { off, len },
-            },
+            data: data.to_parked(),
             ack: (flags & FLAG_ACK != 0).then_some((j, src_ep, dst_ep, cookie)),
         };
         let nack = (j, src_ep, dst_ep, cookie);
@@ -149,14 +138,8 @@ impl Agent {
                     .and_then(|r| r.as_mut())
                     .and_then(|r| r.parked.pop_front())
                 {
-                    let r = match &front.data {
-                        ParkedData::Inline(v) => {
-                            self.deposit_inline(slot, ep, front.src_node, front.src_ep, v)
-                        }
-                        ParkedData::Block { off, len } => {
-                            self.deposit_block(slot, ep, front.src_node, front.src_ep, *off, *len)
-                        }
-                    };
+                    let r =
+                        self.deposit(slot, ep, front.src_node, front.src_ep, front.data.as_data());
                     if let Handled::Stall = r {
                         if let Some(r) = self.clients[slot as usize]
                             .as_mut()
