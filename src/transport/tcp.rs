@@ -144,24 +144,6 @@ impl Link {
         Ok(true)
     }
 
-    /// Write queued bytes while no block is queued (the handshake).
-    pub fn flush_bytes(&mut self) -> io::Result<bool> {
-        while let Some(Out::Bytes { buf, pos }) = self.out.front_mut() {
-            match self.stream.write(&buf[*pos..]) {
-                Ok(n) => {
-                    *pos += n;
-                    self.queued -= n;
-                    if *pos == buf.len() {
-                        self.out.pop_front();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(self.out.is_empty())
-    }
-
     /// Blocks still referenced by queued items (to free when the link dies).
     pub fn drain_blocks(&mut self) -> Vec<u64> {
         let v = self
@@ -507,7 +489,7 @@ impl Transport for TcpTransport {
             match d.result.and_then(Link::new) {
                 Ok(mut link) => {
                     link.push(Out::bytes(self.hello.clone()));
-                    let _ = link.flush_bytes();
+                    let _ = link.flush(&self.pool, &mut Vec::new());
                     self.add_pending(poller, link, now);
                 }
                 Err(e) => {
@@ -521,7 +503,7 @@ impl Transport for TcpTransport {
             let Some(p) = self.pending[slot].as_mut() else {
                 continue;
             };
-            let _ = p.link.flush_bytes();
+            let _ = p.link.flush(&self.pool, &mut Vec::new());
             if now.duration_since(p.since) > HANDSHAKE_TIMEOUT {
                 log::warn!("dropping a peer connection that sent no Hello");
                 if let Some(p) = self.pending[slot].take() {
