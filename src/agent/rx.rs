@@ -5,6 +5,13 @@
 use super::*;
 
 impl Agent {
+    /// Whether a message of `len` bytes from a peer is delivered inline
+    /// (else it goes through a pool block).
+    fn fits_inline(&self, len: u64) -> bool {
+        let ring_max = self.pool.layout().recv.max_record() - RECV_HEADER;
+        len as usize <= ring_max.min(self.cfg.eager_max)
+    }
+
     /// Deliver a message from peer `j`: into the ring when nothing waits
     /// before it there, else parked behind what waits (within the overflow
     /// budget). `Stall` only when the budget is spent: then the peer's
@@ -394,8 +401,7 @@ impl Agent {
             }
             RecordKind::Msg => {
                 let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
-                let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
-                if whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max) {
+                if whole && self.fits_inline(h.total) {
                     let Some(&(slot, ep)) = self.endpoints.get(&h.dst_ep) else {
                         let p = &mut self.peers[j];
                         p.counters.msgs_rx += 1;
@@ -538,8 +544,7 @@ impl Agent {
             return false; // the normal path reports it
         };
         let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
-        let inline_max = self.pool.layout().recv.max_record() - RECV_HEADER;
-        let inline = whole && (h.total as usize) <= inline_max.min(self.cfg.eager_max);
+        let inline = whole && self.fits_inline(h.total);
         if h.kind != RecordKind::Msg || inline || h.wire_len() != fh.body_len as usize {
             return false;
         }
