@@ -24,6 +24,8 @@
 //! `Ack`/`Nack` records answer a message sent in *delivered* mode (or a
 //! message that could not be delivered), naming the sender's cookie.
 
+pub mod reliable;
+
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"WYVF";
 /// Protocol version.

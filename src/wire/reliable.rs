@@ -1,0 +1,913 @@
+//! Reliable, ordered delivery over a link that loses, reorders and duplicates
+//! packets: the sans-IO state machine a datagram transport (DPDK) runs per
+//! peer, and that a stream transport (TCP) uses to resume a broken
+//! connection without losing or repeating a frame.
+//!
+//! No I/O and no clock of its own: callers pass `now` and move the packets.
+//! A [`Sender`] numbers what it is given (sequence numbers start at 0 and
+//! never wrap: 64 bits), keeps each item until the peer acknowledges it,
+//! and says what to transmit again and when. A [`Receiver`] puts arriving
+//! packets back in order, drops duplicates, and says what to acknowledge.
+//!
+//! ## Acknowledgements and credits
+//! An [`Ack`] carries the cumulative point `next` (every sequence number
+//! below it arrived), a selective bitmap of the 64 numbers after `next + 0`
+//! (bit `i` = `next + 1 + i` arrived), and `window`: how many numbers from
+//! `next` on the receiver will accept. The window shrinks while the
+//! receiver's consumer leaves in-order packets unread, so a slow consumer
+//! throttles the sender instead of making it retransmit into a full buffer.
+//!
+//! ## Retransmission
+//! An unacknowledged packet goes out again when its retransmission timeout
+//! passes (estimated from round-trip samples as in RFC 6298: Karn's rule, a
+//! doubling backoff, bounded by `rto_min`/`rto_max`), or early ("fast") when
+//! `dup_thresh` acks in a row show packets after it arrived and it did not.
+//! A sender whose oldest packet has gone unacknowledged for a caller-chosen
+//! time reports the peer as stalled ([`Sender::stalled`]); what that means
+//! (peer lost) is the caller's decision.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Tuning shared by both halves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Packets in flight at most, and packets a receiver buffers at most.
+    pub window: u32,
+    /// Retransmission timeout before the first round-trip sample.
+    pub rto_initial: Duration,
+    /// Lower bound of the retransmission timeout.
+    pub rto_min: Duration,
+    /// Upper bound of the retransmission timeout (backoff stops there).
+    pub rto_max: Duration,
+    /// Acknowledge at the latest after this many in-order packets...
+    pub ack_every: u32,
+    /// ...or this long after the first unacknowledged one.
+    pub ack_delay: Duration,
+    /// Acks showing later packets before a missing one retransmits it.
+    pub dup_thresh: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            window: 512,
+            rto_initial: Duration::from_millis(20),
+            rto_min: Duration::from_millis(2),
+            rto_max: Duration::from_millis(500),
+            ack_every: 16,
+            ack_delay: Duration::from_micros(200),
+            dup_thresh: 3,
+        }
+    }
+}
+
+/// What a receiver tells its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ack {
+    /// Every sequence number below this arrived.
+    pub next: u64,
+    /// Bit `i`: `next + 1 + i` arrived.
+    pub sack: u64,
+    /// Sequence numbers from `next` on that may be sent.
+    pub window: u32,
+}
+
+/// Why an [`Ack`] was refused (the peer is confused or malicious; count it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// It acknowledges a sequence number that was never sent.
+    #[error("ack for sequence number {acked} but only {sent} were sent")]
+    Unsent {
+        /// The claimed cumulative point.
+        acked: u64,
+        /// How many were sent.
+        sent: u64,
+    },
+}
+
+/// Counters of a [`Sender`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Packets given to [`Sender::send`].
+    pub sent: u64,
+    /// Transmissions after the first (timeouts and fast).
+    pub retransmits: u64,
+    /// Of those, fast ones.
+    pub fast_retransmits: u64,
+    /// Retransmission timeouts that fired.
+    pub timeouts: u64,
+    /// Packets acknowledged.
+    pub acked: u64,
+    /// Acks refused or stale.
+    pub bad_acks: u64,
+}
+
+struct Slot<T> {
+    item: T,
+    last_tx: Instant,
+    tx: u32,
+    dup_marks: u32,
+}
+
+/// The sending half of one peer's reliable channel.
+pub struct Sender<T> {
+    cfg: Config,
+    /// Oldest sequence number not cumulatively acknowledged.
+    base: u64,
+    /// Next sequence number to assign.
+    next: u64,
+    /// `slots[i]` is `base + i`; `None` once selectively acknowledged.
+    slots: VecDeque<Option<Slot<T>>>,
+    /// The peer accepts sequence numbers below this.
+    limit: u64,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    rto: Duration,
+    /// When the oldest outstanding packet last made progress.
+    progress: Instant,
+    /// When the last window probe went out.
+    probed: Option<Instant>,
+    stats: SenderStats,
+}
+
+impl<T> Sender<T> {
+    /// A sender whose first packet will be number 0.
+    pub fn new(cfg: Config, now: Instant) -> Sender<T> {
+        Sender {
+            cfg,
+            base: 0,
+            next: 0,
+            slots: VecDeque::new(),
+            limit: cfg.window as u64,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto: cfg.rto_initial,
+            progress: now,
+            probed: None,
+            stats: SenderStats::default(),
+        }
+    }
+
+    /// Whether the caller should ask the peer for an ack now (a window probe,
+    /// see [`Receiver::on_probe`]): the peer's credits are used up and
+    /// nothing is outstanding, so no ack would otherwise come, and the
+    /// update that reopens the window may have been lost. Once per timeout.
+    pub fn probe_due(&self, now: Instant) -> bool {
+        self.next >= self.limit
+            && self.in_flight() == 0
+            && self
+                .probed
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.rto)
+    }
+
+    /// A window probe went out now.
+    pub fn probed(&mut self, now: Instant) {
+        self.probed = Some(now);
+    }
+
+    /// Whether [`Sender::send`] would accept a packet now (window and the
+    /// peer's credits both open).
+    pub fn can_send(&self) -> bool {
+        self.next < self.limit && self.next - self.base < self.cfg.window as u64
+    }
+
+    /// Number the next packet and keep `item` until it is acknowledged.
+    /// The caller transmits it with the returned sequence number. Gives the
+    /// item back when the window or the peer's credits are closed.
+    pub fn send(&mut self, item: T, now: Instant) -> Result<u64, T> {
+        if !self.can_send() {
+            return Err(item);
+        }
+        if self.slots.iter().all(Option::is_none) {
+            self.progress = now;
+        }
+        let seq = self.next;
+        self.next += 1;
+        self.slots.push_back(Some(Slot {
+            item,
+            last_tx: now,
+            tx: 1,
+            dup_marks: 0,
+        }));
+        self.stats.sent += 1;
+        Ok(seq)
+    }
+
+    /// Apply an acknowledgement; acknowledged items are appended to `freed`
+    /// in no particular order.
+    pub fn on_ack(&mut self, ack: &Ack, now: Instant, freed: &mut Vec<T>) -> Result<(), AckError> {
+        if ack.next > self.next {
+            self.stats.bad_acks += 1;
+            return Err(AckError::Unsent {
+                acked: ack.next,
+                sent: self.next,
+            });
+        }
+        if ack.next < self.base {
+            // Older than what we know: reordered on the way. Ignore it whole
+            // (its window is stale too).
+            self.stats.bad_acks += 1;
+            return Ok(());
+        }
+        let mut sample = None;
+        while self.base < ack.next {
+            if let Some(slot) = self.slots.pop_front().flatten() {
+                if slot.tx == 1 {
+                    sample = Some(now.saturating_duration_since(slot.last_tx));
+                }
+                freed.push(slot.item);
+                self.stats.acked += 1;
+            }
+            self.base += 1;
+            self.progress = now;
+        }
+        self.limit = ack.next + ack.window as u64;
+        // Selective part: free what arrived, mark what was skipped over.
+        let mut highest = None;
+        for i in 0..64u64 {
+            if ack.sack & (1 << i) == 0 {
+                continue;
+            }
+            let seq = ack.next + 1 + i;
+            if seq >= self.next {
+                break;
+            }
+            let idx = (seq - self.base) as usize;
+            if let Some(slot) = self.slots.get_mut(idx).and_then(Option::take) {
+                if slot.tx == 1 {
+                    sample = Some(now.saturating_duration_since(slot.last_tx));
+                }
+                freed.push(slot.item);
+                self.stats.acked += 1;
+            }
+            highest = Some(idx);
+        }
+        if let Some(h) = highest {
+            for slot in self.slots.iter_mut().take(h).flatten() {
+                slot.dup_marks += 1;
+            }
+        }
+        if let Some(rtt) = sample {
+            self.rtt_sample(rtt);
+        }
+        Ok(())
+    }
+
+    fn rtt_sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+        let srtt = self.srtt.unwrap_or(rtt);
+        self.rto = (srtt + (self.rttvar * 4).max(Duration::from_micros(100)))
+            .clamp(self.cfg.rto_min, self.cfg.rto_max);
+    }
+
+    /// Hand every packet due for retransmission to `f` (sequence number and
+    /// item) and count it as sent again now.
+    pub fn poll_retransmit(&mut self, now: Instant, mut f: impl FnMut(u64, &T)) {
+        let rto = self.rto;
+        let fast_gap = self.srtt.unwrap_or(rto);
+        let mut timed_out = false;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            let since = now.saturating_duration_since(slot.last_tx);
+            let fast = slot.dup_marks >= self.cfg.dup_thresh && since >= fast_gap;
+            if since < rto && !fast {
+                continue;
+            }
+            if fast && since < rto {
+                self.stats.fast_retransmits += 1;
+            } else {
+                timed_out = true;
+            }
+            slot.last_tx = now;
+            slot.tx += 1;
+            slot.dup_marks = 0;
+            self.stats.retransmits += 1;
+            f(self.base + i as u64, &slot.item);
+        }
+        if timed_out {
+            self.stats.timeouts += 1;
+            self.rto = (self.rto * 2).min(self.cfg.rto_max);
+        }
+    }
+
+    /// Send everything outstanding again, oldest first, now (a stream
+    /// transport's new connection after the peer said where it stands).
+    pub fn retransmit_all(&mut self, now: Instant, mut f: impl FnMut(u64, &T)) {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(slot) = slot {
+                slot.last_tx = now;
+                slot.tx += 1;
+                slot.dup_marks = 0;
+                self.stats.retransmits += 1;
+                f(self.base + i as u64, &slot.item);
+            }
+        }
+    }
+
+    /// When [`Sender::poll_retransmit`] has work next, if anything is
+    /// outstanding.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|s| s.last_tx + self.rto)
+            .min()
+    }
+
+    /// Whether something is outstanding and nothing of it has been
+    /// acknowledged for `limit`.
+    pub fn stalled(&self, now: Instant, limit: Duration) -> bool {
+        self.in_flight() > 0 && now.saturating_duration_since(self.progress) >= limit
+    }
+
+    /// Packets sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    /// The next sequence number to be assigned.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// The current retransmission timeout.
+    pub fn rto(&self) -> Duration {
+        self.rto
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SenderStats {
+        self.stats
+    }
+
+    /// Give up on everything outstanding (the peer is gone): the items, oldest
+    /// first. Numbering goes on where it was.
+    pub fn drain(&mut self) -> Vec<T> {
+        let out: Vec<T> = self.slots.drain(..).flatten().map(|s| s.item).collect();
+        self.base = self.next;
+        out
+    }
+}
+
+/// What [`Receiver::on_packet`] made of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Kept; in order or waiting for a gap to fill.
+    Accepted,
+    /// Already had it (or already delivered): dropped.
+    Duplicate,
+    /// Beyond the window the receiver offered: dropped.
+    OutOfWindow,
+}
+
+/// Counters of a [`Receiver`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// Packets accepted.
+    pub accepted: u64,
+    /// Of those, out of order on arrival.
+    pub reordered: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Packets beyond the window dropped.
+    pub out_of_window: u64,
+    /// Acks produced.
+    pub acks: u64,
+}
+
+/// The receiving half of one peer's reliable channel.
+pub struct Receiver<T> {
+    cfg: Config,
+    /// Every sequence number below this arrived.
+    next: u64,
+    /// In order, not yet taken by the consumer.
+    ready: VecDeque<T>,
+    /// `held[i]` is `next + i` (so `held[0]` is always `None`).
+    held: VecDeque<Option<T>>,
+    /// Packets accepted since the last ack.
+    unacked: u32,
+    /// When the first of those arrived.
+    first_unacked: Option<Instant>,
+    /// Acknowledge at once (a gap, a duplicate, a window reopening).
+    urgent: bool,
+    /// The window offered in the last ack.
+    offered: u32,
+    stats: ReceiverStats,
+}
+
+impl<T> Receiver<T> {
+    /// A receiver expecting packet 0.
+    pub fn new(cfg: Config) -> Receiver<T> {
+        Receiver {
+            cfg,
+            next: 0,
+            ready: VecDeque::new(),
+            held: VecDeque::new(),
+            unacked: 0,
+            first_unacked: None,
+            urgent: false,
+            offered: cfg.window,
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    /// The window this receiver offers now.
+    pub fn window(&self) -> u32 {
+        self.cfg.window.saturating_sub(self.ready.len() as u32)
+    }
+
+    /// Take in packet `seq`.
+    pub fn on_packet(&mut self, seq: u64, item: T, now: Instant) -> Verdict {
+        if seq < self.next {
+            self.stats.duplicates += 1;
+            self.urgent = true;
+            return Verdict::Duplicate;
+        }
+        let idx = seq - self.next;
+        if idx >= self.window() as u64 {
+            self.stats.out_of_window += 1;
+            self.urgent = true;
+            return Verdict::OutOfWindow;
+        }
+        let idx = idx as usize;
+        if self.held.len() <= idx {
+            self.held.resize_with(idx + 1, || None);
+        }
+        if self.held[idx].is_some() {
+            self.stats.duplicates += 1;
+            self.urgent = true;
+            return Verdict::Duplicate;
+        }
+        self.held[idx] = Some(item);
+        self.stats.accepted += 1;
+        if idx > 0 {
+            self.stats.reordered += 1;
+            self.urgent = true;
+        }
+        while let Some(Some(_)) = self.held.front() {
+            if let Some(Some(it)) = self.held.pop_front() {
+                self.ready.push_back(it);
+            }
+            self.next += 1;
+        }
+        if !self.held.is_empty() {
+            // A gap remains: the sender should hear about it now.
+            self.urgent = true;
+        }
+        self.unacked += 1;
+        self.first_unacked.get_or_insert(now);
+        Verdict::Accepted
+    }
+
+    /// The next in-order item, if any.
+    pub fn pop(&mut self) -> Option<T> {
+        let it = self.ready.pop_front()?;
+        // Reopening a window the sender saw closed (or a quarter grown)
+        // deserves an ack of its own, or the sender waits for a probe.
+        if self.window() >= self.offered + (self.cfg.window / 4).max(1) {
+            self.urgent = true;
+        }
+        Some(it)
+    }
+
+    /// The sender asks for an ack (its window probe): the next one is due now.
+    pub fn on_probe(&mut self) {
+        self.urgent = true;
+    }
+
+    /// In-order items waiting for [`Receiver::pop`].
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Whether an ack should go out now.
+    pub fn ack_due(&self, now: Instant) -> bool {
+        self.urgent
+            || self.unacked >= self.cfg.ack_every
+            || self
+                .first_unacked
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.ack_delay)
+    }
+
+    /// When an ack becomes due without further packets, if ever.
+    pub fn ack_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.urgent {
+            return Some(now);
+        }
+        self.first_unacked.map(|t| t + self.cfg.ack_delay)
+    }
+
+    /// The acknowledgement to send now (resets what is due). Piggyback it on
+    /// outgoing data or send it alone.
+    pub fn make_ack(&mut self) -> Ack {
+        let mut sack = 0u64;
+        for (i, h) in self.held.iter().enumerate().skip(1).take(64) {
+            if h.is_some() {
+                sack |= 1 << (i - 1);
+            }
+        }
+        self.unacked = 0;
+        self.first_unacked = None;
+        self.urgent = false;
+        self.offered = self.window();
+        self.stats.acks += 1;
+        Ack {
+            next: self.next,
+            sack,
+            window: self.offered,
+        }
+    }
+
+    /// Every sequence number below this arrived.
+    pub fn next_expected(&self) -> u64 {
+        self.next
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReceiverStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn in_order_delivery_and_cumulative_ack() {
+        let now = t0();
+        let cfg = Config::default();
+        let mut s = Sender::new(cfg, now);
+        let mut r = Receiver::new(cfg);
+        for i in 0..10u32 {
+            let seq = s.send(i, now).unwrap();
+            assert_eq!(r.on_packet(seq, i, now), Verdict::Accepted);
+        }
+        let got: Vec<u32> = std::iter::from_fn(|| r.pop()).collect();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        let ack = r.make_ack();
+        assert_eq!(ack.next, 10);
+        assert_eq!(ack.sack, 0);
+        let mut freed = Vec::new();
+        s.on_ack(&ack, now + Duration::from_millis(1), &mut freed)
+            .unwrap();
+        freed.sort();
+        assert_eq!(freed, (0..10).collect::<Vec<_>>());
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn gap_is_sacked_and_fast_retransmitted() {
+        let now = t0();
+        let cfg = Config::default();
+        let mut s = Sender::new(cfg, now);
+        let mut r = Receiver::new(cfg);
+        for i in 0..6u32 {
+            let seq = s.send(i, now).unwrap();
+            if seq != 2 {
+                r.on_packet(seq, i, now);
+            }
+        }
+        assert!(r.ack_due(now), "a gap makes the ack urgent");
+        let ack = r.make_ack();
+        assert_eq!(ack.next, 2);
+        assert_eq!(ack.sack, 0b111, "3, 4, 5 arrived");
+        let later = now + Duration::from_millis(1);
+        let mut freed = Vec::new();
+        for _ in 0..cfg.dup_thresh {
+            s.on_ack(&ack, later, &mut freed).unwrap();
+        }
+        assert_eq!(s.in_flight(), 1, "only 2 is outstanding");
+        let mut re = Vec::new();
+        // Before a round trip passes, the fast path waits (no srtt yet: rto).
+        s.poll_retransmit(later, |seq, _| re.push(seq));
+        let mut t = later;
+        while re.is_empty() {
+            t += Duration::from_millis(1);
+            s.poll_retransmit(t, |seq, _| re.push(seq));
+            assert!(t < now + Duration::from_secs(1));
+        }
+        assert_eq!(re, vec![2]);
+        assert!(s.stats().fast_retransmits >= 1);
+        r.on_packet(2, 2, t);
+        let got: Vec<u32> = std::iter::from_fn(|| r.pop()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn timeout_backs_off_and_stall_is_reported() {
+        let now = t0();
+        let cfg = Config::default();
+        let mut s: Sender<u8> = Sender::new(cfg, now);
+        s.send(7, now).unwrap();
+        let mut t = now;
+        let mut sends = 0;
+        let mut last_rto = s.rto();
+        for _ in 0..1000 {
+            t += Duration::from_millis(1);
+            s.poll_retransmit(t, |seq, item| {
+                assert_eq!((seq, *item), (0, 7));
+                sends += 1;
+            });
+            assert!(
+                s.rto() >= last_rto,
+                "the timeout never shrinks without acks"
+            );
+            last_rto = s.rto();
+        }
+        // 20, 40, 80, 160, 320, 500 ms...: a handful in one second, not hundreds.
+        assert!((4..=8).contains(&sends), "{sends} retransmissions");
+        assert_eq!(s.rto(), cfg.rto_max);
+        assert!(s.stalled(t, Duration::from_millis(900)));
+        assert!(!s.stalled(t, Duration::from_secs(2)));
+        assert_eq!(s.drain(), vec![7]);
+        assert!(!s.stalled(t, Duration::ZERO));
+    }
+
+    #[test]
+    fn credits_close_the_window() {
+        let now = t0();
+        let cfg = Config {
+            window: 4,
+            ..Config::default()
+        };
+        let mut s = Sender::new(cfg, now);
+        let mut r = Receiver::new(cfg);
+        for i in 0..4 {
+            let seq = s.send(i, now).unwrap();
+            r.on_packet(seq, i, now);
+        }
+        assert_eq!(s.send(99, now), Err(99), "window full");
+        // The consumer reads nothing: the ack frees the sender's slots but
+        // offers no credit.
+        let ack = r.make_ack();
+        assert_eq!(ack.window, 0);
+        let mut freed = Vec::new();
+        s.on_ack(&ack, now, &mut freed).unwrap();
+        assert_eq!(s.in_flight(), 0);
+        assert!(!s.can_send(), "no credit");
+        // A packet beyond the offered window is refused by the receiver.
+        assert_eq!(r.on_packet(4, 4, now), Verdict::OutOfWindow);
+        // The consumer reads: the window reopens and says so at once.
+        while r.pop().is_some() {}
+        assert!(r.ack_due(now));
+        let ack = r.make_ack();
+        assert_eq!(ack.window, 4);
+        s.on_ack(&ack, now, &mut freed).unwrap();
+        assert!(s.can_send());
+    }
+
+    #[test]
+    fn bogus_and_stale_acks_change_nothing() {
+        let now = t0();
+        let mut s = Sender::new(Config::default(), now);
+        for i in 0..3 {
+            s.send(i, now).unwrap();
+        }
+        let mut freed = Vec::new();
+        let e = s.on_ack(
+            &Ack {
+                next: 10,
+                sack: 0,
+                window: 5,
+            },
+            now,
+            &mut freed,
+        );
+        assert!(matches!(e, Err(AckError::Unsent { acked: 10, sent: 3 })));
+        assert!(freed.is_empty());
+        s.on_ack(
+            &Ack {
+                next: 2,
+                sack: u64::MAX,
+                window: 5,
+            },
+            now,
+            &mut freed,
+        )
+        .unwrap();
+        freed.sort();
+        assert_eq!(
+            freed,
+            vec![0, 1],
+            "sack bits past what was sent are ignored"
+        );
+        // An older ack arriving late is ignored.
+        s.on_ack(&Ack::default(), now, &mut freed).unwrap();
+        assert_eq!(s.in_flight(), 1);
+        assert_eq!(s.stats().bad_acks, 2);
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let now = t0();
+        let mut r = Receiver::new(Config::default());
+        assert_eq!(r.on_packet(1, 'b', now), Verdict::Accepted);
+        assert_eq!(r.on_packet(1, 'b', now), Verdict::Duplicate);
+        assert_eq!(r.on_packet(0, 'a', now), Verdict::Accepted);
+        assert_eq!(r.on_packet(0, 'a', now), Verdict::Duplicate);
+        assert_eq!(r.pop(), Some('a'));
+        assert_eq!(r.pop(), Some('b'));
+        assert_eq!(r.pop(), None);
+        assert_eq!(r.stats().duplicates, 2);
+    }
+
+    /// A tiny deterministic generator for the simulated link.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    enum Pkt {
+        Data(u64, u32),
+        Ack(Ack),
+        Probe,
+    }
+
+    /// Run `n` packets through a link with the given impairments; return
+    /// what the receiver delivered, in order, and the sender's stats.
+    fn simulate(
+        seed: u64,
+        n: u32,
+        loss: u64,
+        reorder: u64,
+        dup: u64,
+        window: u32,
+    ) -> (Vec<u32>, SenderStats) {
+        let cfg = Config {
+            window,
+            ..Config::default()
+        };
+        let start = t0();
+        let mut now = start;
+        let mut rng = Lcg(seed);
+        let mut s = Sender::new(cfg, now);
+        let mut r = Receiver::new(cfg);
+        // In flight: (deliver_at, packet, towards receiver?)
+        let mut wire: Vec<(Instant, Pkt, bool)> = Vec::new();
+        let mut fed = 0u32;
+        let mut got = Vec::new();
+        let mut freed = Vec::new();
+        let lat = Duration::from_micros(50);
+        let mut push = |wire: &mut Vec<(Instant, Pkt, bool)>,
+                        rng: &mut Lcg,
+                        now: Instant,
+                        p: Pkt,
+                        fwd: bool| {
+            if rng.chance(loss) {
+                return;
+            }
+            let extra = if rng.chance(reorder) {
+                Duration::from_micros(rng.next() % 400)
+            } else {
+                Duration::ZERO
+            };
+            if rng.chance(dup) {
+                let copy = match &p {
+                    Pkt::Data(s, v) => Pkt::Data(*s, *v),
+                    Pkt::Ack(a) => Pkt::Ack(*a),
+                    Pkt::Probe => Pkt::Probe,
+                };
+                wire.push((now + lat + extra + Duration::from_micros(7), copy, fwd));
+            }
+            wire.push((now + lat + extra, p, fwd));
+        };
+        for _step in 0..2_000_000 {
+            if got.len() == n as usize && s.in_flight() == 0 {
+                break;
+            }
+            // Sender side: new data while the window allows.
+            while fed < n && s.can_send() {
+                let seq = s.send(fed, now).unwrap();
+                push(&mut wire, &mut rng, now, Pkt::Data(seq, fed), true);
+                fed += 1;
+            }
+            let mut re = Vec::new();
+            s.poll_retransmit(now, |seq, v| re.push((seq, *v)));
+            for (seq, v) in re {
+                push(&mut wire, &mut rng, now, Pkt::Data(seq, v), true);
+            }
+            if fed < n && s.probe_due(now) {
+                s.probed(now);
+                push(&mut wire, &mut rng, now, Pkt::Probe, true);
+            }
+            // Deliver what is due.
+            let mut i = 0;
+            while i < wire.len() {
+                if wire[i].0 <= now {
+                    let (_, p, _) = wire.swap_remove(i);
+                    match p {
+                        Pkt::Data(seq, v) => {
+                            r.on_packet(seq, v, now);
+                        }
+                        Pkt::Ack(a) => {
+                            s.on_ack(&a, now, &mut freed).unwrap();
+                        }
+                        Pkt::Probe => r.on_probe(),
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            // The consumer reads everything (sometimes late).
+            if !rng.chance(20) {
+                while let Some(v) = r.pop() {
+                    got.push(v);
+                }
+            }
+            if r.ack_due(now) {
+                let a = r.make_ack();
+                push(&mut wire, &mut rng, now, Pkt::Ack(a), false);
+            }
+            now += Duration::from_micros(10);
+        }
+        while let Some(v) = r.pop() {
+            got.push(v);
+        }
+        assert!(
+            now.duration_since(start) < Duration::from_secs(600),
+            "simulation did not converge"
+        );
+        (got, s.stats())
+    }
+
+    #[test]
+    fn clean_link_needs_no_retransmission() {
+        let (got, st) = simulate(1, 5000, 0, 0, 0, 64);
+        assert_eq!(got, (0..5000).collect::<Vec<_>>());
+        assert_eq!(st.retransmits, 0);
+    }
+
+    #[test]
+    fn impaired_link_delivers_everything_once_in_order() {
+        // The impairment: 5 % loss, 25 % reordering, 2 % duplicates
+        // (corruption is the transport's checksum's business: a corrupt
+        // packet is a lost one here).
+        let (got, st) = simulate(42, 20_000, 6, 25, 2, 128);
+        assert_eq!(got.len(), 20_000);
+        assert!(got.iter().enumerate().all(|(i, v)| *v == i as u32));
+        assert!(st.retransmits > 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn any_impairment_delivers_everything_once_in_order(
+            seed in any::<u64>(),
+            n in 1u32..1500,
+            loss in 0u64..30,
+            reorder in 0u64..50,
+            dup in 0u64..20,
+            window in 1u32..200,
+        ) {
+            let (got, _) = simulate(seed, n, loss, reorder, dup, window);
+            prop_assert_eq!(got, (0..n).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn arbitrary_acks_never_panic(acks in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u32>()), 0..50)) {
+            let now = t0();
+            let mut s = Sender::new(Config::default(), now);
+            let mut sent = 0;
+            let mut freed = Vec::new();
+            for (next, sack, window) in acks {
+                while sent < 100 && s.send(sent, now).is_ok() {
+                    sent += 1;
+                }
+                let _ = s.on_ack(&Ack { next: next % 200, sack, window }, now, &mut freed);
+                s.poll_retransmit(now + Duration::from_secs(1), |_, _| {});
+            }
+            let n = freed.len();
+            freed.sort();
+            freed.dedup();
+            prop_assert_eq!(n, freed.len(), "an item was freed twice");
+            prop_assert_eq!(freed.len() + s.in_flight(), s.stats().sent as usize);
+        }
+    }
+}
