@@ -775,7 +775,7 @@ mod tests {
         let mut got = Vec::new();
         let mut freed = Vec::new();
         let lat = Duration::from_micros(50);
-        let mut push = |wire: &mut Vec<(Instant, Pkt, bool)>,
+        let push = |wire: &mut Vec<(Instant, Pkt, bool)>,
                         rng: &mut Lcg,
                         now: Instant,
                         p: Pkt,
