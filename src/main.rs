@@ -26,6 +26,19 @@ struct Cli {
 enum Cmd {
     /// Run this node's agent.
     Agent(AgentArgs),
+    /// Break an agent's connection to one peer, as a network fault would
+    /// (fault injection; the session resumes over a new connection).
+    BreakLink {
+        /// The agent's control socket.
+        #[arg(long, short)]
+        socket: Option<PathBuf>,
+        /// Node id (picks the default socket path of that node).
+        #[arg(long, default_value_t = 0)]
+        node_id: u32,
+        /// The peer node whose connection to break.
+        #[arg(long)]
+        peer: u32,
+    },
     /// Show an agent's live statistics.
     Stat {
         /// The agent's control socket.
@@ -207,6 +220,25 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo(d) => demo::run(d),
+        Cmd::BreakLink {
+            socket,
+            node_id,
+            peer,
+        } => {
+            let path = socket.unwrap_or_else(|| default_socket(node_id));
+            match wyvern::client::break_link(&path, peer) {
+                Ok(()) => {
+                    println!(
+                        "connection to node {peer} broken; it resumes when the peers reconnect"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wyvern break-link: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

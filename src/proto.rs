@@ -314,6 +314,13 @@ pub enum CtlRequest {
     Detach,
     /// Statistics (no attach needed).
     Stat,
+    /// Break the connection to a peer node (no attach needed), as a network
+    /// fault would: the session then resumes over a new connection. For
+    /// operators and fault-injection tests.
+    BreakLink {
+        /// The peer.
+        node: u32,
+    },
 }
 
 /// Replies on the control socket.

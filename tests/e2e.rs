@@ -346,7 +346,9 @@ fn client_killed_mid_stream_is_reclaimed_and_others_go_on() {
 
 #[test]
 fn killed_agent_is_reported_lost_to_senders() {
-    let mut c = Cluster::start(2, &[]);
+    // A broken connection waits a peer timeout for the peer to come back
+    // (resume); a killed agent does not, and is then reported lost.
+    let mut c = Cluster::start(2, &["--peer-timeout-ms", "1000"]);
     let rx = c.peer(1, &["--ep", "5", "recv", "--count", "100000000"]);
     // A buffered sender whose messages wait at node 1 for a receiver that
     // is busy: when node 1 dies they die with it, and the sender is told.
@@ -696,7 +698,9 @@ fn pool_falls_back_to_normal_pages_when_hugepages_run_short() {
 #[test]
 fn malformed_frames_from_the_network_are_counted_and_dropped() {
     use std::net::TcpStream;
-    use wyvern::wire::{control_frame, FrameBuilder, FrameKind, Hello, RecordHeader, RecordKind};
+    use wyvern::wire::{
+        control_frame, FrameBuilder, FrameKind, Hello, RecordHeader, RecordKind, Resume,
+    };
 
     let fake: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let c = common::Cluster::start_partial(&[true, false], fake);
@@ -711,6 +715,17 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
             }
             .to_bytes(),
         )
+    };
+    // Every connection starts a session afresh (a new incarnation each time).
+    let inc = std::cell::Cell::new(100u64);
+    let resume = || {
+        inc.set(inc.get() + 1);
+        let r = Resume {
+            incarnation: inc.get(),
+            known: 0,
+            received: 0,
+        };
+        control_frame(FrameKind::Resume, 1, &r.to_bytes())
     };
     let connect = || {
         let s = TcpStream::connect(c.nodes[0]).unwrap();
@@ -739,9 +754,37 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
     let mut s = connect();
     s.write_all(&hello(5)).unwrap();
     assert!(closed_by_agent(s));
-    // A proper Hello, then a data frame with a broken record.
+    // A proper Hello, then data before the session was agreed.
     let mut s = connect();
     s.write_all(&hello(2)).unwrap();
+    let mut early = FrameBuilder::new(1, 4096);
+    early.push(
+        &RecordHeader {
+            kind: RecordKind::Msg,
+            flags: 0,
+            status: 0,
+            src_ep: 1,
+            dst_ep: 1,
+            chunk_len: 1,
+            total: 1,
+            offset: 0,
+            cookie: 0,
+        },
+        b"x",
+    );
+    s.write_all(&early.finish()).unwrap();
+    assert!(closed_by_agent(s));
+    let mut s2 = connect();
+    s2.write_all(&hello(2)).unwrap();
+    s2.write_all(&resume()).unwrap();
+    // An ack for frames the agent never sent.
+    s2.write_all(&control_frame(FrameKind::Ack, 1, &1000u64.to_le_bytes()))
+        .unwrap();
+    assert!(closed_by_agent(s2));
+    let mut s = connect();
+    s.write_all(&hello(2)).unwrap();
+    s.write_all(&resume()).unwrap();
+    // A data frame with a broken record.
     let mut bad = FrameBuilder::new(1, 4096);
     bad.push(
         &RecordHeader {
@@ -763,15 +806,20 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
     assert!(closed_by_agent(s));
     let st = c.stat(0);
     assert!(
-        st["peers"][0]["counters"]["malformed"].as_u64().unwrap() >= 1,
+        st["peers"][0]["counters"]["malformed"].as_u64().unwrap() >= 3,
         "{st}"
     );
+    let log = c.log(0);
+    assert!(log.contains("Data frame before Resume"), "{log}");
+    assert!(log.contains("bad ack"), "{log}");
+    assert!(log.contains("malformed record"), "{log}");
 
     // The agent still serves: a well-formed message reaches a client on node 0.
     let client = wyvern::client::Client::attach(c.socket(0), "victim").unwrap();
     let ep = client.open_endpoint(Some(33)).unwrap();
     let mut s = connect();
     s.write_all(&hello(2)).unwrap();
+    s.write_all(&resume()).unwrap();
     let mut good = FrameBuilder::new(1, 4096);
     good.push(
         &RecordHeader {
@@ -1047,4 +1095,94 @@ fn messages_wait_for_an_endpoint_that_opens_late() {
     assert_eq!(r.0["received"], 20);
     let s = c.stat(0);
     assert_eq!(s["peers"][0]["counters"]["errors"], 0, "{s}");
+}
+
+#[test]
+fn broken_connections_resume_without_losing_or_repeating_a_message() {
+    let c = Cluster::start(2, &[]);
+    // Small (aggregated), inline-limit, block and multi-chunk messages, in
+    // both modes, while the connection is broken again and again from either
+    // side (as a network fault would: the kernel closes the socket).
+    let sizes = "0,8,100,4096,4097,65536,300000,1048576";
+    let n = "2000";
+    let rx = c.peer(
+        1,
+        &["--ep", "100", "--sizes", sizes, "recv", "--count", "4000"],
+    );
+    let rx0 = c.peer(0, &["--ep", "7", "--sizes", sizes, "recv", "--count", n]);
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", sizes, "send", "--to", "1:100", "--count", n, "--gap-us", "300",
+        ],
+    );
+    let txd = c.peer(
+        0,
+        &[
+            "--sizes",
+            sizes,
+            "send",
+            "--to",
+            "1:100",
+            "--count",
+            n,
+            "--gap-us",
+            "300",
+            "--delivered",
+        ],
+    );
+    let back = c.peer(
+        1,
+        &[
+            "--sizes", sizes, "send", "--to", "0:7", "--count", n, "--gap-us", "300",
+        ],
+    );
+    let mut breaks = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while breaks < 8 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(120));
+        let side = breaks % 2;
+        // Refused while the previous break is still being mended: try again.
+        if wyvern::client::break_link(c.socket(side), 1 - side as u32).is_ok() {
+            breaks += 1;
+        }
+    }
+    assert_eq!(breaks, 8, "could not break the connection 8 times in 60 s");
+    for (name, p) in [
+        ("buffered sender", tx),
+        ("delivered sender", txd),
+        ("sender back", back),
+    ] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["sent"], 2000, "{name}: {}", r.0);
+    }
+    for (name, p, want) in [("receiver", rx, 4000), ("receiver back", rx0, 2000)] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["received"], want, "{name}: {}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
+    }
+    let (mut resumes, mut resent) = (0, 0);
+    for i in 0..2 {
+        let s = c.stat(i);
+        let p = &s["peers"][0];
+        assert_eq!(
+            p["counters"]["losses"], 0,
+            "agent {i} declared its peer lost: {s}"
+        );
+        resumes += p["counters"]["resumes"].as_u64().unwrap();
+        resent += p["counters"]["frames_resent"].as_u64().unwrap();
+        assert_eq!(
+            s["blocks_free"], s["blocks_total"],
+            "agent {i} leaked blocks: {s}"
+        );
+    }
+    assert!(resumes >= 8, "{resumes} resumes for 8 breaks");
+    // Frames were in flight at the breaks (acks come every 32 frames or 5 ms
+    // while ~10 000 messages a second flow): some had to be sent again.
+    eprintln!("8 breaks: {resumes} resumes, {resent} frames sent again");
+    assert!(resent > 0, "no break caught a frame in flight");
+    assert!(c.log(0).contains("resumed"), "{}", c.log(0));
 }

@@ -291,6 +291,24 @@ impl Agent {
                 self.reply(idx, &CtlReply::Ok, &[]);
                 false
             }
+            CtlRequest::BreakLink { node } => {
+                let j = node as usize;
+                let connected = self
+                    .peers
+                    .get(j)
+                    .is_some_and(|p| matches!(p.state, PeerState::Up | PeerState::Resuming));
+                if !connected {
+                    self.reply_error(idx, format!("node {node} is not a connected peer"));
+                    return true;
+                }
+                log::warn!("breaking the connection to node {node} on request");
+                for b in self.transport.close(&self.poller, node) {
+                    self.blocks.free(b, Owner::Agent);
+                }
+                self.peer_disconnected(j, "broken on request".into());
+                self.reply(idx, &CtlReply::Ok, &[]);
+                true
+            }
         }
     }
 

@@ -51,7 +51,7 @@ use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingT
 use crate::transport::tcp::TcpTransport;
 use crate::transport::{LinkEvent, Out, Poller, Transport};
 use crate::wire::{
-    self, control_frame, FrameBuilder, FrameKind, RecordHeader, RecordKind, FLAG_ACK,
+    self, control_frame, reliable, FrameBuilder, FrameKind, RecordHeader, RecordKind, FLAG_ACK,
 };
 
 pub use config::{AgentConfig, IdlePolicy};
@@ -66,6 +66,8 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 const COMP_BACKLOG_MAX: usize = 4096;
 /// Chunks at least this large are read straight into their block.
 const STEER_MIN: usize = 64 * 1024;
+/// Acknowledge a peer's frames at least every this many (and every tick).
+const ACK_EVERY: u64 = 32;
 /// How long a departed client's published submissions may take to go out.
 const CLOSING_GRACE: Duration = Duration::from_secs(10);
 
@@ -128,8 +130,13 @@ enum PeerState {
     Local,
     /// Not connected yet (since start, or since the last loss).
     Connecting,
+    /// Connected; our `Resume` sent, waiting for the peer's.
+    Resuming,
     /// Exchanging frames.
     Up,
+    /// The connection broke; the session waits (up to the peer timeout)
+    /// for a new connection to resume it. Sends wait meanwhile.
+    Disconnected(Instant, String),
     /// Declared lost; sends fail until it comes back.
     Lost(String),
 }
@@ -139,8 +146,97 @@ impl PeerState {
         match self {
             PeerState::Local => "local".into(),
             PeerState::Connecting => "connecting".into(),
+            PeerState::Resuming => "resuming".into(),
             PeerState::Up => "up".into(),
+            PeerState::Disconnected(_, r) => format!("disconnected ({r})"),
             PeerState::Lost(r) => format!("lost ({r})"),
+        }
+    }
+}
+
+/// A `Data` frame kept until the peer acknowledges it, so that a broken
+/// connection can be resumed without losing it.
+enum Retained {
+    /// A whole frame.
+    Bytes(Vec<u8>),
+    /// A chunk of a large message: frame and record header, the payload's
+    /// range of a pool block (sent from there), and padding.
+    Chunk {
+        hdr: Vec<u8>,
+        off: u64,
+        len: u64,
+        pad: usize,
+        /// The block to free once acknowledged (the message's last chunk).
+        free_after: Option<u64>,
+    },
+}
+
+impl Retained {
+    fn len(&self) -> usize {
+        match self {
+            Retained::Bytes(b) => b.len(),
+            Retained::Chunk { hdr, len, pad, .. } => hdr.len() + *len as usize + pad,
+        }
+    }
+
+    /// Queue the frame on a link (again).
+    fn push_to(&self, t: &mut dyn Transport, node: u32) {
+        match self {
+            Retained::Bytes(b) => t.push(node, Out::bytes(b.clone())),
+            Retained::Chunk {
+                hdr, off, len, pad, ..
+            } => {
+                t.push(node, Out::bytes(hdr.clone()));
+                if *len > 0 {
+                    t.push(
+                        node,
+                        Out::Block {
+                            off: *off,
+                            len: *len,
+                            pos: 0,
+                            free_after: None,
+                        },
+                    );
+                }
+                if *pad > 0 {
+                    t.push(node, Out::bytes(vec![0; *pad]));
+                }
+            }
+        }
+    }
+}
+
+/// Sequence numbers never run out; acks carry no window (the byte bound
+/// `retain_limit` is the agent's).
+fn session_config() -> reliable::Config {
+    reliable::Config {
+        window: u32::MAX / 2,
+        ..reliable::Config::default()
+    }
+}
+
+/// What two agents share about the frames between them, across connections.
+struct Session {
+    /// The peer's incarnation this session is with.
+    peer_inc: u64,
+    /// `Data` frames sent and not yet acknowledged.
+    tx: reliable::Sender<Retained>,
+    /// Their bytes.
+    tx_bytes: usize,
+    /// `Data` frames of the peer handled.
+    rx_count: u64,
+    /// The last count acknowledged to the peer.
+    rx_acked: u64,
+}
+
+impl Session {
+    fn new(peer_inc: u64) -> Session {
+        Session {
+            peer_inc,
+            tx: reliable::Sender::new(session_config(), Instant::now()),
+            tx_bytes: 0,
+            rx_count: 0,
+            rx_acked: 0,
         }
     }
 }
@@ -194,6 +290,41 @@ struct Peer {
     rx_steered: Option<RecordHeader>,
     counters: PeerCounters,
     since: Instant,
+    /// Frames sent and received in this session (None before the first
+    /// `Resume` exchange and after a loss).
+    session: Option<Session>,
+}
+
+impl Peer {
+    /// Send a `Data` frame and keep it until acknowledged.
+    fn send_frame(&mut self, t: &mut dyn Transport, r: Retained, freed: &mut Vec<u64>) {
+        r.push_to(t, self.node);
+        self.counters.frames_tx += 1;
+        let Some(s) = self.session.as_mut() else {
+            // Not in a session (cannot happen while up): nothing to keep.
+            if let Retained::Chunk {
+                free_after: Some(b),
+                ..
+            } = r
+            {
+                freed.push(b);
+            }
+            return;
+        };
+        s.tx_bytes += r.len();
+        if let Err(Retained::Chunk {
+            free_after: Some(b),
+            ..
+        }) = s.tx.send(r, Instant::now())
+        {
+            freed.push(b);
+        }
+    }
+
+    /// Bytes sent and not yet acknowledged.
+    fn unacked_bytes(&self) -> usize {
+        self.session.as_ref().map_or(0, |s| s.tx_bytes)
+    }
 }
 
 struct RecvEp {
@@ -360,6 +491,8 @@ pub struct Agent {
     local_msgs: u64,
     evicted: u64,
     uid: u32,
+    /// This run of the agent (start time in ns): tells a restarted agent apart.
+    incarnation: u64,
 }
 
 impl Agent {
@@ -462,6 +595,7 @@ impl Agent {
                 rx_steered: None,
                 counters: PeerCounters::default(),
                 since: now,
+                session: None,
             })
             .collect();
         let max = cfg.pool.max_clients as usize;
@@ -501,6 +635,7 @@ impl Agent {
             local_msgs: 0,
             evicted: 0,
             uid: nix::unistd::geteuid().as_raw(),
+            incarnation,
             cfg,
         })
     }
@@ -873,11 +1008,15 @@ impl Agent {
                 self.peers[j].counters.errors += 1;
                 fail(self, Status::PeerLost)
             }
-            PeerState::Connecting | PeerState::Up => {
+            PeerState::Connecting
+            | PeerState::Resuming
+            | PeerState::Disconnected(..)
+            | PeerState::Up => {
                 let j = s.dst_node as usize;
                 let limit = self.cfg.peer_queue_bytes;
                 if self.peers[j].state != PeerState::Up
                     || self.transport.queued(s.dst_node) >= limit
+                    || self.peers[j].unacked_bytes() >= self.retain_limit()
                 {
                     return Handled::Stall;
                 }
@@ -890,7 +1029,7 @@ impl Agent {
                 if s.op == Op::SendBlock {
                     self.blocks.transfer(s.off, Owner::Agent);
                     // Everything this client sent before goes first.
-                    Self::flush_batch(p, &mut *self.transport);
+                    Self::flush_batch(p, &mut *self.transport, &mut self.freed);
                     p.large.push_back(LargeSend {
                         block: s.off,
                         total: s.len,
@@ -917,7 +1056,7 @@ impl Agent {
                         cookie: s.cookie,
                     };
                     if !p.batch.fits(payload.len()) {
-                        Self::flush_batch(p, &mut *self.transport);
+                        Self::flush_batch(p, &mut *self.transport, &mut self.freed);
                     }
                     p.batch.push(&h, payload);
                     p.batch_msgs += 1;
@@ -1037,15 +1176,19 @@ impl Agent {
 
     // ------------------------------------------------------------------ peers
 
-    fn flush_batch(p: &mut Peer, t: &mut dyn Transport) {
+    fn flush_batch(p: &mut Peer, t: &mut dyn Transport, freed: &mut Vec<u64>) {
         if p.batch.is_empty() {
             return;
         }
         let frame = p.batch.finish();
-        p.counters.frames_tx += 1;
         p.batch_msgs = 0;
         p.batch_since = None;
-        t.push(p.node, Out::bytes(frame));
+        p.send_frame(t, Retained::Bytes(frame), freed);
+    }
+
+    /// Unacknowledged bytes a session may hold before sends wait.
+    fn retain_limit(&self) -> usize {
+        self.cfg.peer_queue_bytes.saturating_mul(4)
     }
 
     fn flush_peers(&mut self) -> bool {
@@ -1053,22 +1196,31 @@ impl Agent {
         let delay = Duration::from_micros(self.cfg.flush_delay_us);
         let chunk = self.cfg.chunk_bytes as u64;
         let limit = self.cfg.peer_queue_bytes;
+        let retain = self.retain_limit();
         let me = self.cfg.node_id;
         for j in 0..self.peers.len() {
             let p = &mut self.peers[j];
             let node = j as u32;
+            if p.state == PeerState::Resuming && self.transport.queued(node) > 0 {
+                // Handshake frames only: data waits for the peer's Resume.
+                work = true;
+                self.transport
+                    .flush(node, &self.pool, &mut self.freed, &mut self.events);
+            }
             if p.state != PeerState::Up {
                 continue;
             }
             if p.batch_since
                 .is_some_and(|t| delay.is_zero() || t.elapsed() >= delay)
             {
-                Self::flush_batch(p, &mut *self.transport);
+                Self::flush_batch(p, &mut *self.transport, &mut self.freed);
             }
             // Cut large messages into chunks while the link has room.
             while let Some(ls) = p.large.front_mut() {
                 let link = &mut *self.transport;
-                if link.queued(node) >= limit {
+                if link.queued(node) >= limit
+                    || p.session.as_ref().is_some_and(|s| s.tx_bytes >= retain)
+                {
                     break;
                 }
                 let n = chunk.min(ls.total - ls.sent);
@@ -1092,32 +1244,25 @@ impl Agent {
                 .to_bytes()
                 .to_vec();
                 hdr.extend_from_slice(&h.to_bytes());
-                link.push(node, Out::bytes(hdr));
                 let last = ls.sent + n == ls.total;
-                if n > 0 {
-                    link.push(
-                        node,
-                        Out::Block {
-                            off: ls.block + ls.sent,
-                            len: n,
-                            pos: 0,
-                            free_after: last.then_some(ls.block),
-                        },
-                    );
-                } else {
+                let frame = Retained::Chunk {
+                    hdr,
+                    off: ls.block + ls.sent,
+                    len: n,
+                    pad: wire::padded(n as usize) - n as usize,
+                    free_after: (last && n > 0).then_some(ls.block),
+                };
+                if n == 0 {
                     self.freed.push(ls.block);
                 }
-                let pad = wire::padded(n as usize) - n as usize;
-                if pad > 0 {
-                    link.push(node, Out::bytes(vec![0; pad]));
-                }
-                p.counters.frames_tx += 1;
                 ls.sent += n;
+                let ls_done = (ls.total, ls.client);
+                p.send_frame(link, frame, &mut self.freed);
                 work = true;
                 if last {
+                    let (total, client) = ls_done;
                     p.counters.msgs_tx += 1;
-                    p.counters.bytes_tx += ls.total;
-                    let client = ls.client;
+                    p.counters.bytes_tx += total;
                     p.large.pop_front();
                     if let Owner::Client { slot, gen } = client {
                         if let Some(c) = self.clients[slot as usize]
@@ -1169,6 +1314,19 @@ impl Agent {
         p.batch_msgs = 0;
         p.batch_since = None;
         p.rx_pos = 0;
+        if let Some(mut sess) = p.session.take() {
+            for r in sess.tx.drain() {
+                if let Retained::Chunk {
+                    free_after: Some(b),
+                    ..
+                } = r
+                {
+                    if !blocks.contains(&b) {
+                        blocks.push(b);
+                    }
+                }
+            }
+        }
         let mut fails: Vec<(Owner, u64)> =
             p.acks.drain().map(|((_, cookie), o)| (o, cookie)).collect();
         let mut unblock = Vec::new();
@@ -1228,20 +1386,176 @@ impl Agent {
         // Clients stalled on this peer retry and now fail fast.
     }
 
+    /// A new connection to peer `j`: say where our session stands; frames
+    /// flow once the peer said the same ([`Agent::handle_resume`]).
     fn peer_up(&mut self, j: usize) {
         let me = self.cfg.node_id;
-        let p = &mut self.peers[j];
-        if p.state == PeerState::Up {
+        if matches!(self.peers[j].state, PeerState::Up | PeerState::Resuming) {
             // A new connection replaced one we still thought alive.
-            self.peer_lost(j, "peer reconnected", false);
+            self.peer_disconnected(j, "peer reconnected".into());
+        }
+        let p = &mut self.peers[j];
+        p.state = PeerState::Resuming;
+        p.rx_stalled = false;
+        let (known, received) = p
+            .session
+            .as_ref()
+            .map_or((0, 0), |s| (s.peer_inc, s.rx_count));
+        let body = wire::Resume {
+            incarnation: self.incarnation,
+            known,
+            received,
+        };
+        let frame = control_frame(FrameKind::Resume, me, &body.to_bytes());
+        self.transport.push(j as u32, Out::bytes(frame));
+        log::debug!("peer node {j}: connected, resuming ({body:?})");
+    }
+
+    /// The peer's `Resume` arrived: carry the session on, or start afresh
+    /// (and report what the old one had in flight as lost).
+    pub(super) fn handle_resume(&mut self, j: usize, r: wire::Resume) -> bool {
+        let me = self.cfg.node_id;
+        let resumable = self.peers[j]
+            .session
+            .as_ref()
+            .is_some_and(|s| s.peer_inc == r.incarnation && r.known == self.incarnation);
+        let now = Instant::now();
+        if resumable {
+            let p = &mut self.peers[j];
+            let s = p.session.as_mut().expect("checked above");
+            let mut acked = Vec::new();
+            let ack = reliable::Ack {
+                next: r.received,
+                sack: 0,
+                window: session_config().window,
+            };
+            if let Err(e) = s.tx.on_ack(&ack, now, &mut acked) {
+                p.counters.malformed += 1;
+                self.peer_lost(j, &format!("cannot resume: {e}"), true);
+                return false;
+            }
+            for f in acked {
+                s.tx_bytes -= f.len();
+                if let Retained::Chunk {
+                    free_after: Some(b),
+                    ..
+                } = f
+                {
+                    self.freed.push(b);
+                }
+            }
+            let mut resent = 0u64;
+            let t = &mut *self.transport;
+            s.tx.retransmit_all(now, |_, f| {
+                f.push_to(t, j as u32);
+                resent += 1;
+            });
+            // A chunk that was being read straight into its block when the
+            // connection broke comes again whole.
+            if let Some(h) = p.rx_steered.take() {
+                if h.offset == 0 {
+                    if let Some(l) = p.rx_large.take() {
+                        self.freed.push(l.block);
+                    }
+                }
+            }
+            p.counters.resumes += 1;
+            p.counters.frames_resent += resent;
+            log::info!(
+                "peer node {} ({}) resumed: {resent} frames sent again",
+                p.node,
+                p.addr
+            );
+        } else {
+            if self.peers[j].session.is_some() {
+                self.peer_lost(j, "peer restarted or gave this node up", false);
+            }
+            let p = &mut self.peers[j];
+            p.session = Some(Session::new(r.incarnation));
+            p.rx_pos = 0;
+            p.rx_steered = None;
+            p.batch = FrameBuilder::new(me, self.cfg.frame_bytes);
+            log::info!("peer node {} ({}) up", p.node, p.addr);
         }
         let p = &mut self.peers[j];
         p.state = PeerState::Up;
-        p.rx_pos = 0;
+        p.since = now;
+        true
+    }
+
+    /// The connection to peer `j` broke: keep the session for a new one.
+    fn peer_disconnected(&mut self, j: usize, why: String) {
+        let p = &mut self.peers[j];
+        match p.state {
+            PeerState::Up | PeerState::Resuming => {}
+            _ => return,
+        }
         p.rx_stalled = false;
-        p.since = Instant::now();
-        p.batch = FrameBuilder::new(me, self.cfg.frame_bytes);
-        log::info!("peer node {} ({}) up", p.node, p.addr);
+        if p.session.is_none() {
+            // Nothing to resume yet: back to connecting.
+            p.state = PeerState::Connecting;
+            return;
+        }
+        // A chunk being read into its block is incomplete; it comes again.
+        if let Some(h) = p.rx_steered.take() {
+            if h.offset == 0 {
+                if let Some(l) = p.rx_large.take() {
+                    self.freed.push(l.block);
+                }
+            }
+        }
+        log::warn!(
+            "peer node {} ({}): connection broke ({why}); waiting to resume",
+            p.node,
+            p.addr
+        );
+        p.state = PeerState::Disconnected(Instant::now(), why);
+    }
+
+    /// The peer handled our `Data` frames up to `n`: forget them.
+    pub(super) fn handle_ack(&mut self, j: usize, n: u64) -> bool {
+        let now = Instant::now();
+        let p = &mut self.peers[j];
+        let Some(s) = p.session.as_mut() else {
+            return true;
+        };
+        let ack = reliable::Ack {
+            next: n,
+            sack: 0,
+            window: session_config().window,
+        };
+        let mut acked = Vec::new();
+        if let Err(e) = s.tx.on_ack(&ack, now, &mut acked) {
+            p.counters.malformed += 1;
+            self.peer_lost(j, &format!("bad ack: {e}"), true);
+            return false;
+        }
+        for f in acked {
+            s.tx_bytes -= f.len();
+            if let Retained::Chunk {
+                free_after: Some(b),
+                ..
+            } = f
+            {
+                self.freed.push(b);
+            }
+        }
+        true
+    }
+
+    /// A `Data` frame of peer `j` was handled whole.
+    pub(super) fn frame_done(&mut self, j: usize) {
+        let me = self.cfg.node_id;
+        let p = &mut self.peers[j];
+        p.counters.frames_rx += 1;
+        if let Some(s) = p.session.as_mut() {
+            s.rx_count += 1;
+            if s.rx_count - s.rx_acked >= ACK_EVERY {
+                s.rx_acked = s.rx_count;
+                let f = control_frame(FrameKind::Ack, me, &s.rx_count.to_le_bytes());
+                self.transport.push(j as u32, Out::bytes(f));
+            }
+        }
     }
 
     fn timers(&mut self, now: Instant) {
@@ -1257,7 +1571,23 @@ impl Agent {
             let node = j as u32;
             match p.state {
                 PeerState::Local | PeerState::Lost(_) => {}
-                PeerState::Up => {
+                PeerState::Disconnected(since, ref why) => {
+                    if now.duration_since(since) > timeout {
+                        let why = format!(
+                            "connection broke ({why}) and was not restored within {} ms",
+                            timeout.as_millis()
+                        );
+                        self.peer_lost(j, &why, true);
+                    }
+                }
+                PeerState::Up | PeerState::Resuming => {
+                    // Acks only once both sides agreed on the session.
+                    let up = p.state == PeerState::Up;
+                    if let Some(s) = p.session.as_mut().filter(|s| up && s.rx_count > s.rx_acked) {
+                        s.rx_acked = s.rx_count;
+                        let f = control_frame(FrameKind::Ack, me, &s.rx_count.to_le_bytes());
+                        self.transport.push(node, Out::bytes(f));
+                    }
                     if p.rx_stalled || self.transport.rx_full(node) {
                         self.transport.mark_alive(node, now);
                     }
@@ -1309,8 +1639,11 @@ impl Agent {
                     if !closed {
                         // Deliver what arrived before the failure.
                         self.process_peer(node as usize);
+                        for b in self.transport.close(&self.poller, node) {
+                            self.blocks.free(b, Owner::Agent);
+                        }
                     }
-                    self.peer_lost(node as usize, &reason, !closed);
+                    self.peer_disconnected(node as usize, reason);
                 }
             }
         }

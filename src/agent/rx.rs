@@ -205,7 +205,7 @@ impl Agent {
     pub(super) fn process_rx(&mut self) -> bool {
         let mut work = false;
         for j in 0..self.peers.len() {
-            if self.peers[j].state == PeerState::Up {
+            if matches!(self.peers[j].state, PeerState::Up | PeerState::Resuming) {
                 work |= self.process_peer(j);
             }
         }
@@ -234,7 +234,7 @@ impl Agent {
                 return work;
             }
             self.peers[j].rx_steered = None;
-            self.peers[j].counters.frames_rx += 1;
+            self.frame_done(j);
             work = true;
             if let Handled::DoneStop = self.chunk_arrived(j, &h) {
                 // Its deposit waits for ring room; nothing may overtake it.
@@ -283,6 +283,13 @@ impl Agent {
         }
     }
 
+    /// Peer `j` broke the protocol: count it and drop the peer.
+    fn malformed(&mut self, j: usize, why: String) -> FrameStep {
+        self.peers[j].counters.malformed += 1;
+        self.peer_lost(j, &why, true);
+        FrameStep::Broken
+    }
+
     pub(super) fn process_frame(&mut self, j: usize, reader: &wire::FrameReader) -> FrameStep {
         let (fh, body) = match reader.peek_frame() {
             Ok(Some(x)) => x,
@@ -300,6 +307,22 @@ impl Agent {
         }
         match fh.kind {
             FrameKind::Heartbeat | FrameKind::Hello => FrameStep::Next,
+            FrameKind::Resume => match wire::Resume::parse(body) {
+                _ if self.peers[j].state != PeerState::Resuming => {
+                    self.malformed(j, "Resume in the middle of a session".into())
+                }
+                Ok(r) if self.handle_resume(j, r) => FrameStep::Next,
+                Ok(_) => FrameStep::Broken,
+                Err(e) => self.malformed(j, format!("malformed frame: {e}")),
+            },
+            FrameKind::Ack => match wire::parse_ack(body) {
+                Ok(n) if self.handle_ack(j, n) => FrameStep::Next,
+                Ok(_) => FrameStep::Broken,
+                Err(e) => self.malformed(j, format!("malformed frame: {e}")),
+            },
+            FrameKind::Data if self.peers[j].state != PeerState::Up => {
+                self.malformed(j, "Data frame before Resume".into())
+            }
             FrameKind::Bye => {
                 self.peer_lost(j, "peer agent shut down", true);
                 FrameStep::Broken
@@ -308,7 +331,7 @@ impl Agent {
                 let start = self.peers[j].rx_pos;
                 match self.process_records(j, body, start) {
                     Ok(None) => {
-                        self.peers[j].counters.frames_rx += 1;
+                        self.frame_done(j);
                         FrameStep::Next
                     }
                     Ok(Some(pos)) => FrameStep::Partial(pos),
@@ -363,7 +386,7 @@ impl Agent {
             cookie,
         };
         if !p.batch.fits(0) {
-            Self::flush_batch(p, &mut *self.transport);
+            Self::flush_batch(p, &mut *self.transport, &mut self.freed);
         }
         p.batch.push(&h, &[]);
         p.batch_since.get_or_insert_with(Instant::now);

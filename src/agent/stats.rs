@@ -29,6 +29,10 @@ pub struct PeerCounters {
     /// Times this peer's frames began to wait for a full receive ring or a
     /// full pool (backpressure towards the peer).
     pub rx_stalls: u64,
+    /// Broken connections resumed without loss.
+    pub resumes: u64,
+    /// Frames sent again on resumed connections.
+    pub frames_resent: u64,
 }
 
 /// One peer as `wyvern stat` shows it.

@@ -382,26 +382,37 @@ pub struct Client {
 
 /// Ask an agent for its statistics (no attach needed).
 pub fn stat(path: impl AsRef<Path>) -> Result<crate::agent::stats::Snapshot, Error> {
-    let path = path.as_ref();
+    match request(path.as_ref(), &CtlRequest::Stat)? {
+        CtlReply::Stat(s) => Ok(*s),
+        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// Have an agent break its connection to peer `node`, as a network fault
+/// would (no attach needed); the two agents then resume over a new one.
+pub fn break_link(path: impl AsRef<Path>, node: u32) -> Result<(), Error> {
+    match request(path.as_ref(), &CtlRequest::BreakLink { node })? {
+        CtlReply::Ok => Ok(()),
+        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// One request on a fresh control connection; an error reply is an `Err`.
+fn request(path: &Path, req: &CtlRequest) -> Result<CtlReply, Error> {
     let s = UnixStream::connect(path).map_err(|source| Error::Connect {
         path: path.into(),
         source,
     })?;
     // The agent may refuse us before reading the request (wrong uid): its
     // answer is still there to read even when our write fails.
-    let sent = send_line(
-        &s,
-        &serde_json::to_string(&CtlRequest::Stat).expect("serialisable"),
-        &[],
-    );
+    let sent = send_line(&s, &serde_json::to_string(req).expect("serialisable"), &[]);
     let (line, _) = match LineReader::new().read_line_blocking(&s) {
         Ok(l) => l,
         Err(e) => return Err(Error::Io(sent.err().unwrap_or(e))),
     };
     match serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))? {
-        CtlReply::Stat(s) => Ok(*s),
         CtlReply::Error { message } => Err(Error::Refused(message)),
-        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+        rep => Ok(rep),
     }
 }
 

@@ -776,10 +776,10 @@ mod tests {
         let mut freed = Vec::new();
         let lat = Duration::from_micros(50);
         let push = |wire: &mut Vec<(Instant, Pkt, bool)>,
-                        rng: &mut Lcg,
-                        now: Instant,
-                        p: Pkt,
-                        fwd: bool| {
+                    rng: &mut Lcg,
+                    now: Instant,
+                    p: Pkt,
+                    fwd: bool| {
             if rng.chance(loss) {
                 return;
             }

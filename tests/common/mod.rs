@@ -175,14 +175,12 @@ impl Cluster {
         ])
         .arg("--socket")
         .arg(self.socket(i))
-        .args([
-            "--idle",
-            "adaptive",
-            "--heartbeat-ms",
-            "100",
-            "--peer-timeout-ms",
-            "3000",
-        ])
+        .args(["--idle", "adaptive", "--heartbeat-ms", "100"])
+        .args(if extra.contains(&"--peer-timeout-ms") {
+            &[][..]
+        } else {
+            &["--peer-timeout-ms", "3000"][..]
+        })
         .args(extra)
         .env(
             "RUST_LOG",
