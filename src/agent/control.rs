@@ -329,6 +329,7 @@ impl Agent {
                     p.counters.msgs_tx as f64 / p.counters.frames_tx as f64
                 },
                 queued_bytes: self.transport.queued(p.node) as u64,
+                unacked_bytes: p.unacked_bytes() as u64,
                 counters: p.counters.clone(),
             })
             .collect();

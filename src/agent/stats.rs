@@ -52,6 +52,9 @@ pub struct PeerSnapshot {
     pub aggregation: f64,
     /// Bytes queued to go out.
     pub queued_bytes: u64,
+    /// Bytes of frames sent and not yet acknowledged by the peer (kept to
+    /// be sent again if the connection breaks).
+    pub unacked_bytes: u64,
 }
 
 /// One client as `wyvern stat` shows it.
@@ -139,14 +142,14 @@ impl Snapshot {
         );
         let _ = writeln!(
             s,
-            "\n{:<5} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10} {:>12} {:>9} {:>6} {:>10} {:>6} {:>6}",
-            "peer", "addr", "via", "state", "msgs_tx", "bytes_tx", "frames_tx", "msgs_rx", "bytes_rx", "frames_rx", "agg", "queued", "errors", "malf"
+            "\n{:<5} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10} {:>12} {:>9} {:>6} {:>10} {:>10} {:>6} {:>6} {:>7}",
+            "peer", "addr", "via", "state", "msgs_tx", "bytes_tx", "frames_tx", "msgs_rx", "bytes_rx", "frames_rx", "agg", "queued", "unacked", "errors", "malf", "resumes"
         );
         for p in &self.peers {
             let c = &p.counters;
             let _ = writeln!(
                 s,
-                "{:<5} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10} {:>12} {:>9} {:>6.1} {:>10} {:>6} {:>6}",
+                "{:<5} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10} {:>12} {:>9} {:>6.1} {:>10} {:>10} {:>6} {:>6} {:>7}",
                 p.node,
                 p.addr,
                 p.transport,
@@ -159,8 +162,10 @@ impl Snapshot {
                 c.frames_rx,
                 p.aggregation,
                 p.queued_bytes,
+                p.unacked_bytes,
                 c.errors,
-                c.malformed
+                c.malformed,
+                c.resumes
             );
         }
         let _ = writeln!(
