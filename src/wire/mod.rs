@@ -24,6 +24,7 @@
 //! `Ack`/`Nack` records answer a message sent in *delivered* mode (or a
 //! message that could not be delivered), naming the sender's cookie.
 
+pub mod packet;
 pub mod reliable;
 
 /// Frame magic.
