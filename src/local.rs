@@ -81,8 +81,9 @@ impl LocalAgents {
                 .map_err(|e| format!("agent {i} did not start: {e}"))?;
             a.addrs[i] = line
                 .trim()
-                .strip_prefix("wyvern agent ready: tcp ")
-                .and_then(|s| s.parse().ok())
+                .strip_prefix("wyvern agent ready: ")
+                .and_then(|s| s.split_once(' '))
+                .and_then(|(_, a)| a.parse().ok())
                 .ok_or_else(|| format!("agent {i} did not start (see its log above)"))?;
         }
         let deadline = Instant::now() + Duration::from_secs(10);

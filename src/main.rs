@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use wyvern::agent::config::default_socket;
+use wyvern::agent::config::{default_socket, TransportKind};
 use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
 
 mod demo;
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run this node's agent.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Break an agent's connection to one peer, as a network fault would
     /// (fault injection; the session resumes over a new connection).
     BreakLink {
@@ -79,6 +79,12 @@ struct AgentArgs {
     /// Idle policy.
     #[arg(long, value_enum)]
     idle: Option<IdlePolicy>,
+    /// Transport between agents.
+    #[arg(long, value_enum)]
+    transport: Option<TransportKind>,
+    /// Largest packet of the udp transport, in bytes.
+    #[arg(long)]
+    packet_bytes: Option<usize>,
     /// Do not try hugepages.
     #[arg(long)]
     no_hugepages: bool,
@@ -147,6 +153,12 @@ impl AgentArgs {
         if let Some(v) = self.max_clients {
             c.pool.max_clients = v;
         }
+        if let Some(v) = self.transport {
+            c.transport = v;
+        }
+        if let Some(v) = self.packet_bytes {
+            c.packet_bytes = v;
+        }
         if let Some(v) = self.flush_delay_us {
             c.flush_delay_us = v;
         }
@@ -188,7 +200,7 @@ fn main() -> ExitCode {
         .format_timestamp_micros()
         .init();
     match Cli::parse().cmd {
-        Cmd::Agent(a) => run_agent(a),
+        Cmd::Agent(a) => run_agent(*a),
         Cmd::Stat {
             socket,
             node_id,
@@ -269,7 +281,11 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         }
     }
     // Readiness line for scripts and tests.
-    println!("wyvern agent ready: tcp {}", agent.tcp_addr());
+    println!(
+        "wyvern agent ready: {} {}",
+        agent.transport_name(),
+        agent.local_addr()
+    );
     agent.run();
     ExitCode::SUCCESS
 }

@@ -31,6 +31,17 @@ pub enum IdlePolicy {
     Adaptive,
 }
 
+/// How agents move frames between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// One TCP connection per peer pair (the kernel's stack; runs anywhere).
+    Tcp,
+    /// UDP datagrams with wyvern's own reliability (sequence numbers, acks,
+    /// retransmission, credits): for routed networks and lossy-link tests.
+    Udp,
+}
+
 /// Everything an agent needs to run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +57,11 @@ pub struct AgentConfig {
     pub addrs: Vec<SocketAddr>,
     /// The control socket clients attach through.
     pub socket: PathBuf,
+    /// How frames move between agents (every agent of a job must agree).
+    pub transport: TransportKind,
+    /// Largest packet of a datagram transport, headers included but not
+    /// the IP/UDP ones (1472 fits a 1500-byte Ethernet MTU).
+    pub packet_bytes: usize,
     /// Cores to pin the polling thread to (the first is used).
     pub cores: Vec<usize>,
     /// Idle policy.
@@ -103,6 +119,8 @@ impl Default for AgentConfig {
             nodes: vec![],
             addrs: vec![],
             socket: default_socket(0),
+            transport: TransportKind::Tcp,
+            packet_bytes: 1472,
             cores: vec![],
             idle: IdlePolicy::Adaptive,
             spin_us: 200,
@@ -238,6 +256,15 @@ impl AgentConfig {
             return bad(format!(
                 "chunk_bytes {} must be a positive multiple of 8 below 4 MiB",
                 self.chunk_bytes
+            ));
+        }
+        let pkt = crate::wire::packet::PKT_HEADER + 64..=65507;
+        if !pkt.contains(&self.packet_bytes) {
+            return bad(format!(
+                "packet_bytes {} must lie in {}..={}",
+                self.packet_bytes,
+                pkt.start(),
+                pkt.end()
             ));
         }
         if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {

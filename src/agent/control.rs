@@ -321,7 +321,7 @@ impl Agent {
             .map(|p| PeerSnapshot {
                 node: p.node,
                 addr: p.addr.to_string(),
-                transport: "tcp".into(),
+                transport: self.transport.name().into(),
                 state: p.state.name(),
                 aggregation: if p.counters.frames_tx == 0 {
                     0.0
@@ -359,6 +359,12 @@ impl Agent {
             idle: format!("{:?}", self.cfg.idle).to_lowercase(),
             uptime_s: self.start.elapsed().as_secs_f64(),
             rounds: self.rounds,
+            transport: self
+                .transport
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             sleeps: self.sleeps,
             local_msgs: self.local_msgs,
             clients_evicted: self.evicted,

@@ -48,13 +48,14 @@ use crate::proto::{
 use crate::shm::blocks::{BlockAlloc, Owner};
 use crate::shm::handoff::{send_line, LineReader, ReadOutcome};
 use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, BLOCK_UNIT};
+use crate::transport::datagram::{DatagramTransport, UdpIo};
 use crate::transport::tcp::TcpTransport;
 use crate::transport::{LinkEvent, Out, Poller, Transport};
 use crate::wire::{
     self, control_frame, reliable, FrameBuilder, FrameKind, RecordHeader, RecordKind, FLAG_ACK,
 };
 
-pub use config::{AgentConfig, IdlePolicy};
+pub use config::{AgentConfig, IdlePolicy, TransportKind};
 use stats::{ClientSnapshot, PeerCounters, PeerSnapshot, Snapshot};
 
 /// Records taken from one submission ring per round.
@@ -211,6 +212,7 @@ impl Retained {
 fn session_config() -> reliable::Config {
     reliable::Config {
         window: u32::MAX / 2,
+        congestion: false,
         ..reliable::Config::default()
     }
 }
@@ -468,7 +470,6 @@ pub struct Agent {
     peers: Vec<Peer>,
     conns: Vec<Option<CtlConn>>,
     ctl: UnixListener,
-    tcp_addr: SocketAddr,
     transport: Box<dyn Transport>,
     events: Vec<LinkEvent>,
     poller: Poller,
@@ -559,16 +560,35 @@ impl Agent {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = db.write(1);
         });
-        let tcp = TcpTransport::new(
-            cfg.node_id,
-            cfg.addrs.clone(),
-            incarnation,
-            &poller,
-            pool.clone(),
-            wake,
-        )
-        .map_err(|source| AgentError::Listen { addr: me, source })?;
-        let tcp_addr = tcp.addr();
+        let listen = |source| AgentError::Listen { addr: me, source };
+        let transport: Box<dyn Transport> = match cfg.transport {
+            TransportKind::Tcp => Box::new(
+                TcpTransport::new(
+                    cfg.node_id,
+                    cfg.addrs.clone(),
+                    incarnation,
+                    &poller,
+                    pool.clone(),
+                    wake,
+                )
+                .map_err(listen)?,
+            ),
+            TransportKind::Udp => {
+                let io = UdpIo::bind(cfg.node_id, &cfg.addrs, cfg.packet_bytes).map_err(listen)?;
+                Box::new(
+                    DatagramTransport::new(
+                        cfg.node_id,
+                        cfg.addrs.len() as u32,
+                        incarnation,
+                        io,
+                        pool.clone(),
+                        &poller,
+                        cfg.peer_timeout(),
+                    )
+                    .map_err(listen)?,
+                )
+            }
+        };
 
         let now = Instant::now();
         let peers = cfg
@@ -600,10 +620,11 @@ impl Agent {
             .collect();
         let max = cfg.pool.max_clients as usize;
         log::info!(
-            "node {} of {}: peers on tcp {}, control socket {}",
+            "node {} of {}: peers on {} {}, control socket {}",
             cfg.node_id,
             cfg.nodes.len(),
-            tcp_addr,
+            transport.name(),
+            transport.local_addr(),
             cfg.socket.display()
         );
         Ok(Agent {
@@ -616,8 +637,7 @@ impl Agent {
             peers,
             conns: Vec::new(),
             ctl,
-            tcp_addr,
-            transport: Box::new(tcp),
+            transport,
             events: Vec::new(),
             poller,
             doorbell,
@@ -646,8 +666,13 @@ impl Agent {
     }
 
     /// The address peers reach this agent at (useful with port 0).
-    pub fn tcp_addr(&self) -> SocketAddr {
-        self.tcp_addr
+    pub fn local_addr(&self) -> String {
+        self.transport.local_addr()
+    }
+
+    /// The transport's name ("tcp", "udp").
+    pub fn transport_name(&self) -> &'static str {
+        self.transport.name()
     }
 
     /// Run until the stop flag is set.
@@ -663,6 +688,8 @@ impl Agent {
             self.rounds += 1;
             let mut work = self.poll_clients();
             work |= self.flush_peers();
+            work |= self.transport.poll(now, &mut self.events);
+            self.link_events();
             let sleep = self.cfg.idle == IdlePolicy::Adaptive
                 && !work
                 && now.duration_since(idle_since) > spin;

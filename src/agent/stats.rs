@@ -113,6 +113,10 @@ pub struct Snapshot {
     pub parked_bytes: u64,
     /// Peers.
     pub peers: Vec<PeerSnapshot>,
+    /// The transport's own counters (datagram transports: packets damaged,
+    /// foreign, stale, sent again, duplicates dropped).
+    #[serde(default)]
+    pub transport: std::collections::BTreeMap<String, u64>,
     /// Attached clients.
     pub clients: Vec<ClientSnapshot>,
 }
@@ -140,6 +144,14 @@ impl Snapshot {
             self.parked_bytes >> 10,
             self.clients_evicted
         );
+        if !self.transport.is_empty() {
+            let t: Vec<String> = self
+                .transport
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(s, "transport: {}", t.join(" | "));
+        }
         let _ = writeln!(
             s,
             "\n{:<5} {:<22} {:<5} {:<12} {:>10} {:>12} {:>9} {:>10} {:>12} {:>9} {:>6} {:>10} {:>10} {:>6} {:>6} {:>7}",

@@ -8,9 +8,11 @@
 //! rings have room. Everything above — routing, batching, reassembly, acks,
 //! heartbeat policy, what a lost peer means for clients — is the agent's.
 //!
-//! Back ends: [`tcp`] (portable, always built). The kernel-bypass back ends
-//! (`dpdk`, `verbs`) implement the same trait.
+//! Back ends: [`tcp`] (portable, always built) and [`datagram`] (reliable
+//! links over lossy packets: UDP here, DPDK's poll-mode drivers with the
+//! `dpdk` feature). The verbs back end implements the same trait.
 
+pub mod datagram;
 pub mod tcp;
 
 use std::io;
@@ -131,6 +133,13 @@ pub trait Transport {
     fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>);
     /// Timers: dialing, handshakes. Called every few milliseconds.
     fn tick(&mut self, poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>);
+    /// Called every poll round: work that cannot wait for a readiness
+    /// event or the next tick (a poll-mode device's receive queue,
+    /// retransmissions, acks). Returns whether it did anything.
+    fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+        let _ = (now, events);
+        false
+    }
     /// Whether frames can flow to `node` now.
     fn is_up(&self, node: u32) -> bool;
     /// Queue an item for `node` (dropped when the link is not up).
@@ -161,6 +170,10 @@ pub trait Transport {
     fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool;
     /// Whether a [`Transport::steer`] of `node` is still under way.
     fn steering(&self, node: u32) -> bool;
+    /// The transport's own counters, by name, for `wyvern stat`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// Close the link to `node`; returns the blocks its queue referenced.
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;
 }

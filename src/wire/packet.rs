@@ -161,8 +161,8 @@ pub fn decode(b: &[u8]) -> Result<(PacketHeader, &[u8]), PacketError> {
     if flags & !FLAG_NOT_UP != 0 || b[15] != 0 {
         return Err(PacketError::Field("unknown flags"));
     }
-    if kind != PktKind::Data && len != 0 {
-        return Err(PacketError::Field("payload on a control packet"));
+    if matches!(kind, PktKind::Ack | PktKind::Probe) && len != 0 {
+        return Err(PacketError::Field("payload on an ack"));
     }
     let h = PacketHeader {
         kind,

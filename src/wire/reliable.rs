@@ -46,6 +46,12 @@ pub struct Config {
     pub ack_delay: Duration,
     /// Acks showing later packets before a missing one retransmits it.
     pub dup_thresh: u32,
+    /// Congestion control (a congestion window, AIMD as in TCP Reno with
+    /// selective acks): on for a network that can be congested; off where
+    /// the layer below paces already (a TCP connection).
+    pub congestion: bool,
+    /// Congestion window at the start and after a timeout's slow start...
+    pub cwnd_initial: u32,
 }
 
 impl Default for Config {
@@ -58,6 +64,8 @@ impl Default for Config {
             ack_every: 16,
             ack_delay: Duration::from_micros(200),
             dup_thresh: 3,
+            congestion: true,
+            cwnd_initial: 16,
         }
     }
 }
@@ -123,11 +131,31 @@ pub struct Sender<T> {
     limit: u64,
     srtt: Option<Duration>,
     rttvar: Duration,
+    /// The timeout the round-trip estimate gives...
+    base_rto: Duration,
+    /// ...and the one in force (backed off after timeouts).
     rto: Duration,
     /// When the oldest outstanding packet last made progress.
     progress: Instant,
     /// When the last window probe went out.
     probed: Option<Instant>,
+    /// The retransmission timer: started when something is outstanding,
+    /// restarted when new data is acknowledged or the timer fired.
+    timer: Instant,
+    /// Packets sent and not acknowledged (the slots that are `Some`).
+    outstanding: usize,
+    /// Congestion window, packets.
+    cwnd: u32,
+    /// Slow-start threshold.
+    ssthresh: u32,
+    /// Acks counted towards the next congestion-avoidance increase.
+    cwnd_acc: u32,
+    /// Losses of packets below this belong to a reduction already made.
+    recover: u64,
+    /// Some packet may be due for a fast retransmission.
+    fast_pending: bool,
+    /// When a packet was last sent again.
+    last_resend: Option<Instant>,
     stats: SenderStats,
 }
 
@@ -142,11 +170,63 @@ impl<T> Sender<T> {
             limit: cfg.window as u64,
             srtt: None,
             rttvar: Duration::ZERO,
+            base_rto: cfg.rto_initial,
             rto: cfg.rto_initial,
             progress: now,
             probed: None,
+            timer: now,
+            outstanding: 0,
+            cwnd: cfg.cwnd_initial.max(1),
+            ssthresh: cfg.window,
+            cwnd_acc: 0,
+            recover: 0,
+            fast_pending: false,
+            last_resend: None,
             stats: SenderStats::default(),
         }
+    }
+
+    /// The congestion window (packets), or the whole window without
+    /// congestion control.
+    pub fn cwnd(&self) -> u32 {
+        if self.cfg.congestion {
+            self.cwnd
+        } else {
+            self.cfg.window
+        }
+    }
+
+    fn on_newly_acked(&mut self, n: u32) {
+        if n == 0 || !self.cfg.congestion {
+            return;
+        }
+        if self.cwnd < self.ssthresh {
+            self.cwnd = (self.cwnd + n).min(self.cfg.window);
+        } else {
+            self.cwnd_acc += n;
+            if self.cwnd_acc >= self.cwnd {
+                self.cwnd_acc -= self.cwnd;
+                self.cwnd = (self.cwnd + 1).min(self.cfg.window);
+            }
+        }
+    }
+
+    /// A loss of packet `seq` was detected: halve the window once per
+    /// window of data (a timeout also restarts slow start).
+    fn on_loss(&mut self, seq: u64, timeout: bool) {
+        if !self.cfg.congestion {
+            return;
+        }
+        if timeout {
+            self.ssthresh = (self.cwnd / 2).max(4);
+            self.cwnd = 4;
+            self.recover = self.next;
+        } else if seq >= self.recover {
+            self.ssthresh = (self.cwnd / 2).max(4);
+            self.cwnd = self.ssthresh;
+            self.recover = self.next;
+        }
+        self.cwnd_acc = 0;
     }
 
     /// Whether the caller should ask the peer for an ack now (a window probe,
@@ -169,7 +249,9 @@ impl<T> Sender<T> {
     /// Whether [`Sender::send`] would accept a packet now (window and the
     /// peer's credits both open).
     pub fn can_send(&self) -> bool {
-        self.next < self.limit && self.next - self.base < self.cfg.window as u64
+        self.next < self.limit
+            && self.next - self.base < self.cfg.window as u64
+            && self.outstanding < self.cwnd() as usize
     }
 
     /// Number the next packet and keep `item` until it is acknowledged.
@@ -179,9 +261,11 @@ impl<T> Sender<T> {
         if !self.can_send() {
             return Err(item);
         }
-        if self.slots.iter().all(Option::is_none) {
+        if self.outstanding == 0 {
             self.progress = now;
+            self.timer = now;
         }
+        self.outstanding += 1;
         let seq = self.next;
         self.next += 1;
         self.slots.push_back(Some(Slot {
@@ -211,16 +295,23 @@ impl<T> Sender<T> {
             return Ok(());
         }
         let mut sample = None;
+        let mut newly = 0u32;
+        let advanced = ack.next > self.base;
         while self.base < ack.next {
             if let Some(slot) = self.slots.pop_front().flatten() {
-                if slot.tx == 1 {
-                    sample = Some(now.saturating_duration_since(slot.last_tx));
+                if slot.tx == 1 && self.last_resend.is_none_or(|r| slot.last_tx > r) {
+                    sample = sample.max(Some(slot.last_tx));
                 }
                 freed.push(slot.item);
-                self.stats.acked += 1;
+                newly += 1;
             }
             self.base += 1;
+        }
+        if advanced {
             self.progress = now;
+            self.timer = now;
+            // New data got through: forget the backoff (as TCP does).
+            self.rto = self.base_rto;
         }
         self.limit = ack.next + ack.window as u64;
         // Selective part: free what arrived, mark what was skipped over.
@@ -235,21 +326,28 @@ impl<T> Sender<T> {
             }
             let idx = (seq - self.base) as usize;
             if let Some(slot) = self.slots.get_mut(idx).and_then(Option::take) {
-                if slot.tx == 1 {
-                    sample = Some(now.saturating_duration_since(slot.last_tx));
+                if slot.tx == 1 && self.last_resend.is_none_or(|r| slot.last_tx > r) {
+                    sample = sample.max(Some(slot.last_tx));
                 }
                 freed.push(slot.item);
-                self.stats.acked += 1;
+                newly += 1;
             }
             highest = Some(idx);
         }
         if let Some(h) = highest {
             for slot in self.slots.iter_mut().take(h).flatten() {
                 slot.dup_marks += 1;
+                self.fast_pending = true;
             }
         }
-        if let Some(rtt) = sample {
-            self.rtt_sample(rtt);
+        self.outstanding -= newly as usize;
+        self.stats.acked += newly as u64;
+        self.on_newly_acked(newly);
+        // The most recently sent packet of those acknowledged gives the
+        // round trip (older ones may have waited for an ack that was lost);
+        // none sent before a retransmission (Karn), whose ack it may be.
+        if let Some(sent) = sample {
+            self.rtt_sample(now.saturating_duration_since(sent));
         }
         Ok(())
     }
@@ -267,36 +365,69 @@ impl<T> Sender<T> {
             }
         }
         let srtt = self.srtt.unwrap_or(rtt);
-        self.rto = (srtt + (self.rttvar * 4).max(Duration::from_micros(100)))
+        self.base_rto = (srtt + (self.rttvar * 4).max(Duration::from_micros(100)))
             .clamp(self.cfg.rto_min, self.cfg.rto_max);
+        self.rto = self.base_rto;
     }
 
     /// Hand every packet due for retransmission to `f` (sequence number and
-    /// item) and count it as sent again now.
+    /// item) and count it as sent again now: the oldest outstanding one when
+    /// the retransmission timer fired (the timeout then doubles), and those
+    /// that `dup_thresh` acks showed missing (once per round trip each).
     pub fn poll_retransmit(&mut self, now: Instant, mut f: impl FnMut(u64, &T)) {
-        let rto = self.rto;
-        let fast_gap = self.srtt.unwrap_or(rto);
-        let mut timed_out = false;
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(slot) = slot else { continue };
-            let since = now.saturating_duration_since(slot.last_tx);
-            let fast = slot.dup_marks >= self.cfg.dup_thresh && since >= fast_gap;
-            if since < rto && !fast {
-                continue;
-            }
-            if fast && since < rto {
-                self.stats.fast_retransmits += 1;
-            } else {
-                timed_out = true;
-            }
-            slot.last_tx = now;
-            slot.tx += 1;
-            slot.dup_marks = 0;
-            self.stats.retransmits += 1;
-            f(self.base + i as u64, &slot.item);
+        if self.outstanding == 0 {
+            return;
         }
-        if timed_out {
-            self.stats.timeouts += 1;
+        let fast_gap = self.srtt.unwrap_or(self.rto);
+        if self.fast_pending {
+            self.fast_pending = false;
+            let mut first = None;
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                let Some(slot) = slot else { continue };
+                if slot.dup_marks == 0 {
+                    continue;
+                }
+                // Lost when `dup_thresh` acks saw later packets arrive and
+                // a round trip passed, or when one did and two passed (the
+                // window may be too small for three acks).
+                let since = now.saturating_duration_since(slot.last_tx);
+                let gone = (slot.dup_marks >= self.cfg.dup_thresh && since >= fast_gap)
+                    || since >= fast_gap * 2;
+                if !gone {
+                    self.fast_pending = true; // look again later
+                    continue;
+                }
+                slot.last_tx = now;
+                slot.tx += 1;
+                slot.dup_marks = 0;
+                self.stats.retransmits += 1;
+                self.stats.fast_retransmits += 1;
+                first.get_or_insert(self.base + i as u64);
+                f(self.base + i as u64, &slot.item);
+            }
+            if let Some(seq) = first {
+                self.on_loss(seq, false);
+                self.last_resend = Some(now);
+            }
+        }
+        if now.saturating_duration_since(self.timer) >= self.rto {
+            if let Some((i, slot)) = self
+                .slots
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, s)| s.as_mut().map(|s| (i, s)))
+            {
+                slot.last_tx = now;
+                slot.tx += 1;
+                slot.dup_marks = 0;
+                self.stats.retransmits += 1;
+                self.stats.timeouts += 1;
+                f(self.base + i as u64, &slot.item);
+                let seq = self.base + i as u64;
+                self.on_loss(seq, true);
+                self.last_resend = Some(now);
+            }
+            self.timer = now;
             self.rto = (self.rto * 2).min(self.cfg.rto_max);
         }
     }
@@ -318,11 +449,28 @@ impl<T> Sender<T> {
     /// When [`Sender::poll_retransmit`] has work next, if anything is
     /// outstanding.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.slots
+        if self.outstanding == 0 {
+            return None;
+        }
+        let timer = self.timer + self.rto;
+        if !self.fast_pending {
+            return Some(timer);
+        }
+        let gap = self.srtt.unwrap_or(self.rto);
+        let fast = self
+            .slots
             .iter()
             .flatten()
-            .map(|s| s.last_tx + self.rto)
-            .min()
+            .filter(|s| s.dup_marks > 0)
+            .map(|s| {
+                if s.dup_marks >= self.cfg.dup_thresh {
+                    s.last_tx + gap
+                } else {
+                    s.last_tx + gap * 2
+                }
+            })
+            .min();
+        Some(fast.map_or(timer, |f| f.min(timer)))
     }
 
     /// Whether something is outstanding and nothing of it has been
@@ -333,7 +481,7 @@ impl<T> Sender<T> {
 
     /// Packets sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
-        self.slots.iter().flatten().count()
+        self.outstanding
     }
 
     /// The next sequence number to be assigned.
@@ -356,6 +504,8 @@ impl<T> Sender<T> {
     pub fn drain(&mut self) -> Vec<T> {
         let out: Vec<T> = self.slots.drain(..).flatten().map(|s| s.item).collect();
         self.base = self.next;
+        self.outstanding = 0;
+        self.fast_pending = false;
         out
     }
 }
@@ -850,10 +1000,22 @@ mod tests {
         while let Some(v) = r.pop() {
             got.push(v);
         }
-        assert!(
-            now.duration_since(start) < Duration::from_secs(600),
-            "simulation did not converge"
-        );
+        if got.len() != n as usize {
+            eprintln!(
+                "stuck after {:?}: srtt {:?} base {:?} sender in flight {} next {} cwnd {} rto {:?} limit {} deadline {:?} stats {:?}; receiver next {} ready {} window {}",
+                now - start, s.srtt, s.base_rto,
+                s.in_flight(),
+                s.next_seq(),
+                s.cwnd(),
+                s.rto(),
+                s.limit,
+                s.next_deadline().map(|d| d.saturating_duration_since(now)),
+                s.stats(),
+                r.next_expected(),
+                r.ready_len(),
+                r.window()
+            );
+        }
         (got, s.stats())
     }
 

@@ -1,6 +1,8 @@
 //! Test harness: real agent processes on loopback TCP, real client processes.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -92,6 +94,12 @@ impl Drop for Proc {
     }
 }
 
+/// The transport the suite runs on: `WYVERN_TEST_TRANSPORT` (tcp or udp;
+/// tcp by default).
+pub fn transport() -> String {
+    std::env::var("WYVERN_TEST_TRANSPORT").unwrap_or_else(|_| "tcp".into())
+}
+
 /// Agents on loopback, one per node.
 pub struct Cluster {
     pub dir: PathBuf,
@@ -102,6 +110,16 @@ pub struct Cluster {
 impl Cluster {
     /// Start `n` agents with extra flags for each.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_via(n, extra, |_, a| a)
+    }
+
+    /// Start `n` agents; `via(i, addr)` says where later agents reach agent
+    /// `i` (a relay in front of it, say).
+    pub fn start_via(
+        n: usize,
+        extra: &[&str],
+        mut via: impl FnMut(usize, SocketAddr) -> SocketAddr,
+    ) -> Cluster {
         let dir = std::env::temp_dir().join(format!(
             "wyvern-test-{}-{}",
             std::process::id(),
@@ -121,6 +139,7 @@ impl Cluster {
         for i in 0..n {
             let p = c.spawn_agent(i, extra);
             c.agents.push(Some(p));
+            c.nodes[i] = via(i, c.nodes[i]);
         }
         // Wait until every agent sees every peer up.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -176,6 +195,11 @@ impl Cluster {
         .arg("--socket")
         .arg(self.socket(i))
         .args(["--idle", "adaptive", "--heartbeat-ms", "100"])
+        .args(if extra.contains(&"--transport") {
+            vec![]
+        } else {
+            vec!["--transport".to_string(), transport()]
+        })
         .args(if extra.contains(&"--peer-timeout-ms") {
             &[][..]
         } else {
@@ -192,8 +216,9 @@ impl Cluster {
         let p = Proc::spawn(cmd, &format!("agent {i}"));
         let l = p.line(Duration::from_secs(20));
         let addr: SocketAddr = l
-            .strip_prefix("wyvern agent ready: tcp ")
-            .and_then(|a| a.parse().ok())
+            .strip_prefix("wyvern agent ready: ")
+            .and_then(|s| s.split_once(' '))
+            .and_then(|(_, a)| a.parse().ok())
             .unwrap_or_else(|| panic!("agent {i}: {l}"));
         self.nodes[i] = addr;
         p

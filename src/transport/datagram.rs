@@ -1,0 +1,713 @@
+//! Reliable links over a lossy packet network: what the `udp` transport
+//! runs on UDP sockets and the `dpdk` transport on a poll-mode driver.
+//!
+//! Each peer's link is a reliable, ordered byte stream of frames, like a
+//! TCP connection, built here from packets ([`crate::wire::packet`]): the
+//! stream is cut into packets as large as the device takes, each numbered
+//! and kept by a [`reliable::Sender`] until acknowledged, resent on timeout
+//! or when selective acks show a gap; the receiving side's
+//! [`reliable::Receiver`] drops duplicates, puts packets back in order and
+//! hands their bytes to the link's [`FrameReader`]. It stops doing so while
+//! the agent leaves too much unread there, which closes the window it
+//! offers: credit-based flow control down to the sending agent. Damaged
+//! packets fail their CRC-32C and are counted and dropped; the sender's
+//! retransmission repairs them like lost ones.
+//!
+//! ## Link set-up
+//! Every link instance has an *epoch* (unique per instance: it changes when
+//! a link is closed and made again). A `Hello` packet says "my epoch is E,
+//! I know yours as F" and carries the job's node count; a side is up once it
+//! hears from the peer a packet that names its own current epoch. Packets
+//! of older epochs are stale and dropped. A peer whose epoch changes while
+//! the link is up restarted its side: the link goes down and is made again;
+//! the agent's session layer (`Resume`) then sends again what the peer had
+//! not handled. Peer addresses are learned from the packets that name the
+//! peer (so agents may bind port 0, as tests do).
+//!
+//! The device is a [`PacketIo`]: [`UdpIo`] here; DPDK's in
+//! `transport::dpdk` (feature `dpdk`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::shm::Pool;
+use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PKT_HEADER};
+use crate::wire::reliable::{self, Ack};
+use crate::wire::{FrameReader, Hello};
+
+use super::{LinkEvent, Out, Poller, Transport};
+
+/// Stop moving a peer's bytes into its frame reader beyond this much unread.
+pub const RX_HIGH_WATER: usize = 8 << 20;
+/// How often a link that is not up says `Hello`.
+const HELLO_EVERY: Duration = Duration::from_millis(100);
+/// Packets taken from the device per call (fairness).
+const RX_BURST: usize = 256;
+
+/// A device that moves whole packets to and from peer nodes.
+pub trait PacketIo {
+    /// Short name for the statistics ("udp", "dpdk").
+    fn name(&self) -> &'static str;
+    /// Where peers reach this node, for logs.
+    fn local_addr(&self) -> String;
+    /// Largest packet, header included.
+    fn max_packet(&self) -> usize;
+    /// Send one packet to `node`. `Ok(false)`: not sent now (no address
+    /// known yet, or the device is full); the reliability layer resends.
+    fn send(&mut self, node: u32, pkt: &[u8]) -> io::Result<bool>;
+    /// The next waiting packet into `buf`: its length, or `None`.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// The packet just received was `node`'s: remember where it came from.
+    fn learn(&mut self, node: u32);
+    /// Register with the agent's poller (a descriptor that becomes readable
+    /// when packets arrive), if the device has one.
+    fn register(&self, poller: &Poller, token: u32) -> io::Result<()>;
+}
+
+/// UDP/IPv4 or IPv6 sockets: the datagram transport for routed networks,
+/// and the lossy-network test bed.
+pub struct UdpIo {
+    sock: UdpSocket,
+    peers: Vec<Option<SocketAddr>>,
+    last_from: Option<SocketAddr>,
+    max_packet: usize,
+}
+
+impl UdpIo {
+    /// Bind `nodes[me]`; peers are first sought at their listed addresses
+    /// (port 0: unknown until they speak).
+    pub fn bind(me: u32, nodes: &[SocketAddr], max_packet: usize) -> io::Result<UdpIo> {
+        let sock = UdpSocket::bind(nodes[me as usize])?;
+        sock.set_nonblocking(true)?;
+        // Room for bursts: the reliability layer repairs drops, but each one
+        // costs a timeout.
+        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
+        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBuf, &(8 << 20));
+        let peers = nodes
+            .iter()
+            .map(|a| (a.port() != 0).then_some(*a))
+            .collect();
+        Ok(UdpIo {
+            sock,
+            peers,
+            last_from: None,
+            max_packet,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+}
+
+impl PacketIo for UdpIo {
+    fn name(&self) -> &'static str {
+        "udp"
+    }
+
+    fn local_addr(&self) -> String {
+        self.addr().map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    fn max_packet(&self) -> usize {
+        self.max_packet
+    }
+
+    fn send(&mut self, node: u32, pkt: &[u8]) -> io::Result<bool> {
+        let Some(addr) = self.peers.get(node as usize).copied().flatten() else {
+            return Ok(false);
+        };
+        match self.sock.send_to(pkt, addr) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            // The peer's port is closed (its agent is down): a lost packet.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            match self.sock.recv_from(buf) {
+                Ok((n, from)) => {
+                    self.last_from = Some(from);
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                // An ICMP error for an earlier send: nothing to read here.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn learn(&mut self, node: u32) {
+        if let (Some(slot), Some(from)) = (self.peers.get_mut(node as usize), self.last_from) {
+            *slot = Some(from);
+        }
+    }
+
+    fn register(&self, poller: &Poller, token: u32) -> io::Result<()> {
+        poller.add(self.sock.as_fd(), token)
+    }
+}
+
+/// Counters of the datagram layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DgramStats {
+    /// Packets that failed their checksum.
+    pub corrupt: u64,
+    /// Packets that were not ours or were malformed.
+    pub foreign: u64,
+    /// Packets of an older link epoch.
+    pub stale: u64,
+    /// Packets sent again.
+    pub retransmits: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+}
+
+struct DLink {
+    /// This side's epoch.
+    epoch: u64,
+    /// The peer's, once heard (0: not yet).
+    peer_epoch: u64,
+    up: bool,
+    tx: reliable::Sender<Vec<u8>>,
+    rx: reliable::Receiver<Vec<u8>>,
+    outq: VecDeque<Out>,
+    queued: usize,
+    reader: FrameReader,
+    last_rx: Instant,
+    last_tx: Instant,
+    last_hello: Option<Instant>,
+}
+
+impl DLink {
+    fn new(epoch: u64, cfg: reliable::Config, now: Instant) -> DLink {
+        DLink {
+            epoch,
+            peer_epoch: 0,
+            up: false,
+            tx: reliable::Sender::new(cfg, now),
+            rx: reliable::Receiver::new(cfg),
+            outq: VecDeque::new(),
+            queued: 0,
+            reader: FrameReader::new(),
+            last_rx: now,
+            last_tx: now,
+            last_hello: None,
+        }
+    }
+}
+
+/// A [`Transport`] over a [`PacketIo`].
+pub struct DatagramTransport<I: PacketIo> {
+    me: u32,
+    nodes: u32,
+    hello: Hello,
+    io: I,
+    pool: Arc<Pool>,
+    cfg: reliable::Config,
+    links: Vec<DLink>,
+    next_epoch: u64,
+    peer_timeout: Duration,
+    buf: Vec<u8>,
+    txbuf: Vec<u8>,
+    stats: DgramStats,
+}
+
+impl<I: PacketIo> DatagramTransport<I> {
+    /// Links to `nodes` peers over `io`; `incarnation` tells this agent's
+    /// runs apart; a peer that acknowledges nothing for `peer_timeout` while
+    /// data waits is declared down.
+    pub fn new(
+        me: u32,
+        nodes: u32,
+        incarnation: u64,
+        io: I,
+        pool: Arc<Pool>,
+        poller: &Poller,
+        peer_timeout: Duration,
+    ) -> io::Result<DatagramTransport<I>> {
+        io.register(poller, 0)?;
+        let cfg = reliable::Config::default();
+        let now = Instant::now();
+        // Epochs: unique per link instance and per run of the agent.
+        let base = incarnation.max(1);
+        let links = (0..nodes)
+            .map(|j| DLink::new(base + j as u64 * (1 << 32), cfg, now))
+            .collect();
+        let max = io.max_packet();
+        Ok(DatagramTransport {
+            me,
+            nodes,
+            hello: Hello {
+                node: me,
+                nodes,
+                incarnation,
+            },
+            io,
+            pool,
+            cfg,
+            links,
+            next_epoch: base + 1,
+            peer_timeout,
+            buf: vec![0; max.max(PKT_HEADER + 64)],
+            txbuf: Vec::with_capacity(max),
+            stats: DgramStats::default(),
+        })
+    }
+
+    /// Counters of the datagram layer.
+    pub fn dgram_stats(&self) -> DgramStats {
+        self.stats
+    }
+
+    fn payload_max(&self) -> usize {
+        self.io.max_packet() - PKT_HEADER
+    }
+
+    fn header(&self, j: usize, kind: PktKind, seq: u64, ack: Ack) -> PacketHeader {
+        let l = &self.links[j];
+        PacketHeader {
+            kind,
+            flags: if l.up { 0 } else { FLAG_NOT_UP },
+            src_node: self.me,
+            dst_node: j as u32,
+            src_epoch: l.epoch,
+            dst_epoch: l.peer_epoch,
+            seq,
+            ack,
+        }
+    }
+
+    fn send_raw(&mut self, j: usize, now: Instant) {
+        match self.io.send(j as u32, &self.txbuf) {
+            Ok(_) => self.links[j].last_tx = now,
+            Err(e) => log::debug!("{} send to node {j}: {e}", self.io.name()),
+        }
+    }
+
+    fn send_hello(&mut self, j: usize, now: Instant) {
+        let h = self.header(j, PktKind::Hello, 0, Ack::default());
+        self.txbuf.clear();
+        packet::encode(&h, &self.hello.to_bytes(), &mut self.txbuf);
+        self.links[j].last_hello = Some(now);
+        self.send_raw(j, now);
+    }
+
+    fn send_control(&mut self, j: usize, kind: PktKind, now: Instant) {
+        let ack = self.links[j].rx.make_ack();
+        let h = self.header(j, kind, 0, ack);
+        self.txbuf.clear();
+        packet::encode(&h, &[], &mut self.txbuf);
+        self.send_raw(j, now);
+    }
+
+    /// A fresh link instance for `j` (new epoch); returns the blocks its
+    /// queue referenced that are to be freed.
+    fn reset(&mut self, j: usize, now: Instant) -> Vec<u64> {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let old = std::mem::replace(&mut self.links[j], DLink::new(epoch, self.cfg, now));
+        self.links[j].peer_epoch = old.peer_epoch;
+        old.outq
+            .into_iter()
+            .filter_map(|o| match o {
+                Out::Block { free_after, .. } => free_after,
+                Out::Bytes { .. } => None,
+            })
+            .collect()
+    }
+
+    fn link_down(&mut self, j: usize, reason: String, now: Instant, events: &mut Vec<LinkEvent>) {
+        let blocks = self.reset(j, now);
+        events.push(LinkEvent::Down {
+            node: j as u32,
+            reason,
+            blocks,
+            closed: true,
+        });
+        self.send_hello(j, now);
+    }
+
+    /// Take what the device has; returns whether anything came.
+    fn receive(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+        let mut any = false;
+        for _ in 0..RX_BURST {
+            let mut buf = std::mem::take(&mut self.buf);
+            let got = self.io.recv(&mut buf);
+            let n = match got {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    self.buf = buf;
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("{} receive: {e}", self.io.name());
+                    self.buf = buf;
+                    break;
+                }
+            };
+            any = true;
+            match packet::decode(&buf[..n]) {
+                Ok((h, payload)) => self.on_packet(&h, payload, now, events),
+                Err(packet::PacketError::Checksum) => self.stats.corrupt += 1,
+                Err(e) => {
+                    self.stats.foreign += 1;
+                    log::debug!("dropped a packet: {e}");
+                }
+            }
+            self.buf = buf;
+        }
+        any
+    }
+
+    fn on_packet(
+        &mut self,
+        h: &PacketHeader,
+        payload: &[u8],
+        now: Instant,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        let j = h.src_node as usize;
+        if h.dst_node != self.me || j >= self.links.len() || h.src_node == self.me {
+            self.stats.foreign += 1;
+            return;
+        }
+        if h.kind == PktKind::Hello {
+            let ok =
+                Hello::parse(payload).is_ok_and(|x| x.node == h.src_node && x.nodes == self.nodes);
+            if !ok {
+                self.stats.foreign += 1;
+                return;
+            }
+            self.io.learn(h.src_node);
+            let l = &mut self.links[j];
+            if l.peer_epoch != h.src_epoch {
+                if l.up {
+                    self.link_down(j, "peer's link restarted".into(), now, events);
+                }
+                self.links[j].peer_epoch = h.src_epoch;
+            }
+            let l = &mut self.links[j];
+            l.last_rx = now;
+            if h.dst_epoch == l.epoch && !l.up {
+                self.become_up(j, now, events);
+            }
+            let l = &self.links[j];
+            if h.flags & FLAG_NOT_UP != 0 || h.dst_epoch != l.epoch {
+                self.send_hello(j, now);
+            }
+            return;
+        }
+        let l = &mut self.links[j];
+        if h.src_epoch != l.peer_epoch || h.dst_epoch != l.epoch {
+            self.stats.stale += 1;
+            return;
+        }
+        self.io.learn(h.src_node);
+        if !self.links[j].up {
+            self.become_up(j, now, events);
+        }
+        let l = &mut self.links[j];
+        l.last_rx = now;
+        let mut acked = Vec::new();
+        if let Err(e) = l.tx.on_ack(&h.ack, now, &mut acked) {
+            self.stats.foreign += 1;
+            log::debug!("node {j}: {e}");
+        }
+        match h.kind {
+            PktKind::Data => {
+                if l.rx.on_packet(h.seq, payload.to_vec(), now) == reliable::Verdict::Duplicate {
+                    self.stats.duplicates += 1;
+                }
+            }
+            PktKind::Probe => l.rx.on_probe(),
+            PktKind::Ack | PktKind::Hello => {}
+        }
+    }
+
+    fn become_up(&mut self, j: usize, now: Instant, events: &mut Vec<LinkEvent>) {
+        let l = &mut self.links[j];
+        l.up = true;
+        l.last_rx = now;
+        events.push(LinkEvent::Up { node: j as u32 });
+    }
+
+    /// Move in-order bytes into the frame reader while it has room.
+    fn deliver(&mut self, j: usize) -> bool {
+        let l = &mut self.links[j];
+        let mut any = false;
+        while l.reader.buffered() < RX_HIGH_WATER {
+            let Some(p) = l.rx.pop() else { break };
+            let spare = l.reader.spare(p.len());
+            let offered = spare.len();
+            spare[..p.len()].copy_from_slice(&p);
+            l.reader.filled(offered, p.len());
+            any = true;
+        }
+        any
+    }
+
+    /// Cut queued bytes into packets while the window allows.
+    fn transmit(&mut self, j: usize, now: Instant, freed: &mut Vec<u64>) -> bool {
+        let max = self.payload_max();
+        let mut any = false;
+        while self.links[j].queued > 0 && self.links[j].tx.can_send() {
+            let l = &mut self.links[j];
+            let mut payload = Vec::with_capacity(max.min(l.queued));
+            while payload.len() < max {
+                let Some(front) = l.outq.front_mut() else {
+                    break;
+                };
+                let room = max - payload.len();
+                let done = match front {
+                    Out::Bytes { buf, pos } => {
+                        let n = room.min(buf.len() - *pos);
+                        payload.extend_from_slice(&buf[*pos..*pos + n]);
+                        *pos += n;
+                        *pos == buf.len()
+                    }
+                    Out::Block { off, len, pos, .. } => {
+                        let n = (room as u64).min(*len - *pos);
+                        match self.pool.block_slice(*off + *pos, n) {
+                            Some(s) => payload.extend_from_slice(s),
+                            // Cannot happen for blocks the agent queued;
+                            // zeros keep the stream's framing intact.
+                            None => payload.resize(payload.len() + n as usize, 0),
+                        }
+                        *pos += n;
+                        *pos == *len
+                    }
+                };
+                if done {
+                    if let Some(Out::Block {
+                        free_after: Some(b),
+                        ..
+                    }) = l.outq.pop_front()
+                    {
+                        freed.push(b);
+                    }
+                }
+            }
+            l.queued -= payload.len();
+            let ack = l.rx.make_ack();
+            let seq = l.tx.next_seq();
+            let h = self.header(j, PktKind::Data, seq, ack);
+            self.txbuf.clear();
+            packet::encode(&h, &payload, &mut self.txbuf);
+            self.send_raw(j, now);
+            let _ = self.links[j].tx.send(payload, now);
+            any = true;
+        }
+        any
+    }
+
+    /// Timers of an up link: retransmissions, acks, window probes.
+    fn service(&mut self, j: usize, now: Instant) -> bool {
+        let mut any = false;
+        let (me, epoch, peer_epoch) = (self.me, self.links[j].epoch, self.links[j].peer_epoch);
+        if self.links[j].tx.next_deadline().is_some_and(|d| d <= now) {
+            let DLink { tx, rx, .. } = &mut self.links[j];
+            let mut resend = Vec::new();
+            tx.poll_retransmit(now, |seq, p| resend.push((seq, p.clone())));
+            for (seq, p) in resend {
+                let ack = rx.make_ack();
+                let h = PacketHeader {
+                    kind: PktKind::Data,
+                    flags: 0,
+                    src_node: me,
+                    dst_node: j as u32,
+                    src_epoch: epoch,
+                    dst_epoch: peer_epoch,
+                    seq,
+                    ack,
+                };
+                self.txbuf.clear();
+                packet::encode(&h, &p, &mut self.txbuf);
+                if let Err(e) = self.io.send(j as u32, &self.txbuf) {
+                    log::debug!("resend to node {j}: {e}");
+                }
+                self.stats.retransmits += 1;
+                any = true;
+            }
+        }
+        if self.links[j].rx.ack_due(now) {
+            self.send_control(j, PktKind::Ack, now);
+            any = true;
+        }
+        if self.links[j].queued > 0 && self.links[j].tx.probe_due(now) {
+            self.links[j].tx.probed(now);
+            self.send_control(j, PktKind::Probe, now);
+        }
+        any
+    }
+}
+
+impl<I: PacketIo> Transport for DatagramTransport<I> {
+    fn name(&self) -> &'static str {
+        self.io.name()
+    }
+
+    fn local_addr(&self) -> String {
+        self.io.local_addr()
+    }
+
+    fn on_ready(
+        &mut self,
+        _poller: &Poller,
+        _token: u32,
+        now: Instant,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        if self.receive(now, events) {
+            for j in 0..self.links.len() {
+                if self.links[j].up {
+                    self.deliver(j);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, _poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
+        for j in 0..self.links.len() {
+            if j as u32 == self.me {
+                continue;
+            }
+            let l = &self.links[j];
+            if !l.up {
+                if l.last_hello
+                    .is_none_or(|t| now.duration_since(t) >= HELLO_EVERY)
+                {
+                    self.send_hello(j, now);
+                }
+                continue;
+            }
+            if l.tx.stalled(now, self.peer_timeout) {
+                let ms = self.peer_timeout.as_millis();
+                self.link_down(
+                    j,
+                    format!("peer acknowledged nothing for {ms} ms"),
+                    now,
+                    events,
+                );
+                continue;
+            }
+            self.service(j, now);
+        }
+    }
+
+    fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+        let _ = events;
+        let mut any = false;
+        for j in 0..self.links.len() {
+            if self.links[j].up {
+                any |= self.deliver(j);
+                any |= self.service(j, now);
+            }
+        }
+        any
+    }
+
+    fn is_up(&self, node: u32) -> bool {
+        self.links.get(node as usize).is_some_and(|l| l.up)
+    }
+
+    fn push(&mut self, node: u32, item: Out) {
+        if let Some(l) = self.links.get_mut(node as usize).filter(|l| l.up) {
+            l.queued += item.remaining();
+            l.outq.push_back(item);
+        }
+    }
+
+    fn queued(&self, node: u32) -> usize {
+        self.links.get(node as usize).map_or(0, |l| l.queued)
+    }
+
+    fn flush(
+        &mut self,
+        node: u32,
+        _pool: &Pool,
+        freed: &mut Vec<u64>,
+        _events: &mut Vec<LinkEvent>,
+    ) {
+        if self.links.get(node as usize).is_some_and(|l| l.up) {
+            self.transmit(node as usize, Instant::now(), freed);
+        }
+    }
+
+    fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
+        self.links
+            .get_mut(node as usize)
+            .filter(|l| l.up)
+            .map(|l| &mut l.reader)
+    }
+
+    fn restore_reader(&mut self, node: u32, reader: FrameReader) {
+        if let Some(l) = self.links.get_mut(node as usize) {
+            l.reader = reader;
+        }
+    }
+
+    fn activity(&self, node: u32) -> Option<(Instant, Instant)> {
+        self.links
+            .get(node as usize)
+            .filter(|l| l.up)
+            .map(|l| (l.last_rx, l.last_tx))
+    }
+
+    fn mark_alive(&mut self, node: u32, now: Instant) {
+        if let Some(l) = self.links.get_mut(node as usize) {
+            l.last_rx = now;
+        }
+    }
+
+    fn rx_full(&self, node: u32) -> bool {
+        self.links
+            .get(node as usize)
+            .is_some_and(|l| l.reader.buffered() >= RX_HIGH_WATER)
+    }
+
+    fn rx_resume(&mut self, _poller: &Poller, node: u32) {
+        if self.links.get(node as usize).is_some_and(|l| l.up) {
+            self.deliver(node as usize);
+        }
+    }
+
+    fn steer(&mut self, _node: u32, _off: u64, _len: u64, _skip: usize) -> bool {
+        false
+    }
+
+    fn steering(&self, _node: u32) -> bool {
+        false
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("packets_corrupt", s.corrupt),
+            ("packets_foreign", s.foreign),
+            ("packets_stale", s.stale),
+            ("packets_resent", s.retransmits),
+            ("packets_duplicate", s.duplicates),
+        ]
+    }
+
+    fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
+        let j = node as usize;
+        if j >= self.links.len() || j as u32 == self.me {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let blocks = self.reset(j, now);
+        self.send_hello(j, now);
+        blocks
+    }
+}
