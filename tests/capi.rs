@@ -242,10 +242,25 @@ fn a_detach_forgets_every_handle_and_threads_take_turns() {
         let ep: *mut wyvern_endpoint = std::ptr::without_provenance_mut(ea_id);
         let mut buf = [0u8; 8];
         let mut len = 0;
-        // SAFETY: valid buffer and out-pointer.
-        unsafe { wyvern_recv(ep, buf.as_mut_ptr().cast(), 8, &mut len, 700_000) }
+        loop {
+            // SAFETY: valid buffer and out-pointer.
+            let rc = unsafe { wyvern_recv(ep, buf.as_mut_ptr().cast(), 8, &mut len, 700_000) };
+            // The main thread's probe may hold the client for an instant.
+            if rc != WYVERN_EBUSY {
+                return rc;
+            }
+        }
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // Probe until the other thread is inside its receive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while wyvern_msg_len(held[0]) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the thread never got in"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(wyvern_msg_len(held[0]), i64::from(WYVERN_EBUSY));
     assert_eq!(wyvern_msg_release(held[0]), WYVERN_EBUSY);
     assert!(last_error().contains("another thread"), "{}", last_error());
     assert_eq!(t.join().unwrap(), WYVERN_ETIMEDOUT);
