@@ -295,3 +295,31 @@ fn a_detach_forgets_every_handle_and_threads_take_turns() {
     assert_eq!(live_handles(), before);
     assert_eq!(wyvern_poll(eb), WYVERN_EBADHANDLE);
 }
+
+/// The header stands alone, in strict C99 and in C++ (its `extern "C"`).
+#[test]
+fn the_header_compiles_as_strict_c_and_as_cpp() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = dir.path().join("h.c");
+    std::fs::write(
+        &src,
+        "#include <wyvern.h>\nint main(void) {\n    wyvern_client *c = 0;\n    \
+         wyvern_async_error e;\n    (void)e;\n    return wyvern_attach(\"x\", 0, &c) == WYVERN_OK;\n}\n",
+    )
+    .unwrap();
+    let inc = Path::new(ROOT).join("include");
+    for (compiler, args) in [
+        ("cc", &["-std=c99", "-pedantic"][..]),
+        ("c++", &["-std=c++11", "-x", "c++"][..]),
+    ] {
+        let out = Command::new(compiler)
+            .args(["-fsyntax-only", "-Wall", "-Wextra", "-Werror"])
+            .args(args)
+            .arg("-I")
+            .arg(&inc)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
+        check(&out, &format!("{compiler} {args:?} include/wyvern.h"));
+    }
+}
