@@ -10,6 +10,8 @@
 #   (c) cargo fmt --all -- --check
 #   (d) cargo clippy --all-targets --locked -- -D warnings
 #   (e) cargo test --lib --bins --tests --locked [args], then cargo test --doc --locked [args]
+#       (the lib's cdylib and staticlib, built by (e) with the rlib, are what tests/capi.rs
+#       installs with scripts/install.sh --from-build and compiles C programs against)
 # Extra args go to both cargo test runs. When they select targets (--lib, --test X, ...)
 # they replace the default targets and the doc-test run is skipped; it is also skipped when
 # the package has no library.

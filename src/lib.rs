@@ -11,12 +11,14 @@
 //! `client` → `agent` → `wire` → `transport` → `shm`.
 //!
 //! `unsafe` code lives only in [`shm`] (raw shared memory, descriptor
-//! hand-over); every other module forbids it.
+//! hand-over) and [`capi`] (the C API: raw pointers from C); every other
+//! module forbids it.
 
 #![warn(missing_docs)]
 
 #[deny(unsafe_code)]
 pub mod agent;
+pub mod capi;
 #[deny(unsafe_code)]
 pub mod client;
 #[deny(unsafe_code)]
