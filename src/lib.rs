@@ -11,7 +11,8 @@
 //! `client` → `agent` → `wire` → `transport` → `shm`.
 //!
 //! `unsafe` code lives only in [`shm`] (raw shared memory, descriptor
-//! hand-over); every other module forbids it.
+//! hand-over) and in the FFI back end `transport::dpdk` (with `--features dpdk`);
+//! every other module forbids it.
 
 #![warn(missing_docs)]
 

@@ -9,8 +9,13 @@
 //! heartbeat policy, what a lost peer means for clients — is the agent's.
 //!
 //! Back ends: [`tcp`] (portable, always built). The kernel-bypass back ends
-//! (`dpdk`, `verbs`) implement the same trait.
+//! (`dpdk`, `verbs`) implement the same trait. With `--features dpdk`, [`dpdk`] holds
+//! the safe layer over DPDK that its back end is built on (the transport itself is
+//! still to come).
 
+#[cfg(feature = "dpdk")]
+#[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
+pub mod dpdk;
 pub mod tcp;
 
 use std::io;

@@ -152,6 +152,7 @@ const FUNCTIONS: &[&str] = &[
     "rte_eth_dev_get_port_by_name",
     "rte_eth_dev_get_name_by_port",
     "rte_eth_dev_info_get",
+    "rte_eth_dev_adjust_nb_rx_tx_desc",
     "rte_eth_dev_configure",
     "rte_eth_rx_queue_setup",
     "rte_eth_tx_queue_setup",
