@@ -33,9 +33,15 @@ fn main() {
     {
         Ok(lib) => lib,
         Err(e) => {
+            // The one sentence a user needs; pkg-config's own (long) words only when
+            // DPDK is there but did not do (too old, broken .pc file).
             eprintln!("error: {MISSING}.");
-            // pkg-config's own words, for when the package is installed but not found.
-            eprintln!("(pkg-config said: {})", e.to_string().trim());
+            if let Some(found) = installed_version() {
+                eprintln!(
+                    "(found DPDK {found}; pkg-config said: {})",
+                    e.to_string().trim()
+                );
+            }
             std::process::exit(1);
         }
     };
@@ -91,6 +97,18 @@ fn main() {
         cc.flag(f);
     }
     cc.compile("wyvern_dpdk_shim");
+}
+
+/// The version of an installed libdpdk.pc, whatever it is.
+fn installed_version() -> Option<String> {
+    let pkg_config = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
+    let out = Command::new(pkg_config)
+        .args(["--modversion", "libdpdk"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// DPDK's own cflags (include paths, `-include rte_config.h`, …) with its `-march`
