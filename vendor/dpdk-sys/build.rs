@@ -57,6 +57,7 @@ fn main() {
         .header(crate_dir.join("wrapper.h").to_string_lossy())
         .clang_args(&cflags)
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
+        .parse_callbacks(Box::new(CComments))
         .wrap_static_fns(true)
         .wrap_static_fns_path(&wrappers)
         .derive_default(true)
@@ -97,6 +98,17 @@ fn main() {
         cc.flag(f);
     }
     cc.compile("wyvern_dpdk_shim");
+}
+
+/// DPDK's doc comments are Doxygen, not Markdown: their indented lines would become Rust
+/// code blocks that `cargo test --doc` tries to compile. Keep them verbatim, as text.
+#[derive(Debug)]
+struct CComments;
+
+impl bindgen::callbacks::ParseCallbacks for CComments {
+    fn process_comment(&self, comment: &str) -> Option<String> {
+        Some(format!("```text\n{}\n```", comment.replace("```", "'''")))
+    }
 }
 
 /// The version of an installed libdpdk.pc, whatever it is.
