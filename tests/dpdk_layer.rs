@@ -187,6 +187,15 @@ fn jumbo_mtu_with_a_pool_that_holds_the_frame() {
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("MTU 9000"), "{err}");
 
+    // A data room smaller than the headroom: refused, not an arithmetic overflow.
+    let tiny = PktPool::new(eal, "t_mtu_tiny", 63, 0, 64).unwrap();
+    let std_mtu = PortConfig {
+        mtu: Some(1500),
+        ..PortConfig::default()
+    };
+    let err = Port::open(eal, "net_ring3", &std_mtu, &tiny).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+
     let big = PktPool::new(eal, "t_mtu_big", 63, 0, 9216 + 128).unwrap();
     assert_eq!(big.data_room(), 9216 + 128);
     let mut port = Port::open(eal, "net_ring3", &cfg, &big).unwrap();

@@ -35,6 +35,9 @@ impl<'p> Mbuf<'p> {
     /// # Safety
     /// `raw` must be a valid, initialised mbuf that nothing else owns or references
     /// (refcount 1, its data buffer not shared), from a pool that lives at least `'p`.
+    ///
+    /// # Panics
+    /// If `raw` is null.
     pub unsafe fn from_raw(raw: *mut rte_mbuf) -> Mbuf<'p> {
         Mbuf {
             raw: NonNull::new(raw).expect("Mbuf::from_raw: null mbuf"),

@@ -192,7 +192,8 @@ impl<'p> Port<'p> {
                 )));
             }
             let frame = u32::from(mtu) + dpdk_sys::RTE_ETHER_HDR_LEN + 4;
-            let room = u32::from(rx_pool.data_room()) - dpdk_sys::RTE_PKTMBUF_HEADROOM;
+            let room =
+                u32::from(rx_pool.data_room()).saturating_sub(dpdk_sys::RTE_PKTMBUF_HEADROOM);
             if frame > room {
                 return Err(self.unsupported(format!(
                     "MTU {mtu} needs {frame} B receive buffers, pool {} has {room} B",
