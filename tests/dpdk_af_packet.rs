@@ -10,6 +10,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use wyvern::transport::dpdk::{Eal, Mbuf, PktPool, Port, PortConfig};
@@ -128,38 +129,60 @@ fn af_packet_frames_cross_a_veth_pair_between_two_processes() {
             .expect("spawn child test process")
     };
 
-    let mut rx = spawn("rx", &b);
-    // Wait (bounded: the child gives up by itself after 20 s) for the receiver to be up.
-    let mut rx_out = BufReader::new(rx.stdout.take().expect("piped"));
-    let mut line = String::new();
-    let mut ready = false;
-    while rx_out.read_line(&mut line).unwrap_or(0) > 0 {
-        if line.contains("WYVERN_AFP_READY") {
-            ready = true;
-            break;
+    // Children are killed if the test fails early (Kid's Drop), before the namespace
+    // goes (declared after _netns, so dropped first).
+    let mut rx = Kid(spawn("rx", &b));
+    // The receiver's stdout, line by line, through a thread: every wait below is bounded.
+    let rx_out = rx.0.stdout.take().expect("piped");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(rx_out).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
         }
-        line.clear();
-    }
-    assert!(ready, "receiver did not come up: {line}");
+    });
+    let wait_for = |what: &str, limit: Duration| -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return Some(l),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    assert!(
+        wait_for("WYVERN_AFP_READY", Duration::from_secs(30)).is_some(),
+        "receiver did not come up in 30 s"
+    );
 
-    let mut tx = spawn("tx", &a);
+    let mut tx = Kid(spawn("tx", &a));
     let tx_status =
-        wait_bounded(&mut tx, Duration::from_secs(30)).expect("sender finished in 30 s");
+        wait_bounded(&mut tx.0, Duration::from_secs(30)).expect("sender finished in 30 s");
     assert!(tx_status.success(), "sender failed: {tx_status}");
 
-    let mut got = String::new();
-    line.clear();
-    while rx_out.read_line(&mut line).unwrap_or(0) > 0 {
-        if line.contains("WYVERN_AFP_GOT") {
-            got = line.clone();
-        }
-        line.clear();
-    }
+    // The receiver stops by itself once it has every frame, or after 20 s.
+    let got = wait_for("WYVERN_AFP_GOT", Duration::from_secs(30)).unwrap_or_default();
     let rx_status =
-        wait_bounded(&mut rx, Duration::from_secs(30)).expect("receiver finished in 30 s");
+        wait_bounded(&mut rx.0, Duration::from_secs(30)).expect("receiver finished in 30 s");
     assert!(rx_status.success(), "receiver failed: {rx_status}");
     eprintln!("receiver reported: {}", got.trim());
     assert_eq!(got.trim(), format!("WYVERN_AFP_GOT {FRAMES}"));
+}
+
+/// A child test process, killed (and reaped) when dropped.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
 }
 
 fn child_eal() -> Eal {
