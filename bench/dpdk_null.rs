@@ -30,6 +30,7 @@ fn main() {
     let args: Vec<String> = [
         "--no-pci",
         "--no-huge",
+        "--no-shconf",
         "-m",
         "256",
         "--no-telemetry",

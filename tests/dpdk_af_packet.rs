@@ -191,6 +191,7 @@ fn child_eal() -> Eal {
     let args: Vec<String> = vec![
         "--no-pci".into(),
         "--no-huge".into(),
+        "--no-shconf".into(),
         "-m".into(),
         "256".into(),
         "--no-telemetry".into(),

@@ -1,5 +1,6 @@
 //! The safe DPDK layer (`wyvern::transport::dpdk`) on the real DPDK, with virtual devices
-//! only (`--no-pci`, no hugepages).
+//! only (`--no-pci`, no hugepages, `--no-shconf`: no 3 MB of runtime files left in
+//! /var/run/dpdk per run).
 //!
 //! One EAL per process: every test takes [`dpdk`], which starts it on first use and then
 //! holds a lock, so the tests of this binary use DPDK one at a time. A port is closed
@@ -29,6 +30,7 @@ fn eal_args() -> Vec<String> {
     let mut args: Vec<String> = [
         "--no-pci",
         "--no-huge",
+        "--no-shconf",
         "-m",
         "256",
         "--no-telemetry",

@@ -30,6 +30,7 @@ fn eal() -> MutexGuard<'static, ()> {
             "dpdk-sys-test".to_owned(),
             "--no-pci".to_owned(),
             "--no-huge".to_owned(),
+            "--no-shconf".to_owned(),
             "-m".to_owned(),
             "256".to_owned(),
             "--no-telemetry".to_owned(),
