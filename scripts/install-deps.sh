@@ -5,7 +5,8 @@
 # (checked with dpkg-query first; apt-get runs only when something is missing),
 # and makes sure the rustfmt and clippy rustup components exist.
 #   core  - what the build and the test suite need: pkg-config build-essential
-#           iproute2 procps util-linux
+#           iproute2 procps util-linux, and for the `dpdk` feature libdpdk-dev
+#           dpdk-dev (DPDK >= 22.11) clang libclang-dev (bindgen)
 #   bench - core + sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine
 #   all   - same as bench (for now)
 # Idempotent: a second run installs nothing. Needs root (or sudo) only when
@@ -23,7 +24,7 @@ case "$mode" in
 esac
 [ "$#" -le 1 ] || die "too many arguments (usage: $0 [core|bench|all])"
 
-core_pkgs=(pkg-config build-essential iproute2 procps util-linux)
+core_pkgs=(pkg-config build-essential iproute2 procps util-linux libdpdk-dev dpdk-dev clang libclang-dev)
 bench_pkgs=(sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine)
 
 pkgs=("${core_pkgs[@]}")

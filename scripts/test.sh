@@ -8,10 +8,15 @@
 #   (a) scripts/install-deps.sh core      (skipped with WYVERN_SKIP_DEPS=1)
 #   (b) scripts/setup-hugepages.sh        (N from WYVERN_HUGEPAGES, default 512; never fails)
 #   (c) cargo fmt --all -- --check
-#   (d) cargo clippy --all-targets --locked -- -D warnings
-#   (e) cargo test --lib --bins --tests --locked [args], then cargo test --doc --locked [args]
-#       (the lib's cdylib and staticlib, built by (e) with the rlib, are what tests/capi.rs
-#       installs with scripts/install.sh --from-build and compiles C programs against)
+#   (d) cargo check --locked                (the default build, no features), then
+#       cargo clippy --workspace --features dpdk --all-targets --locked -- -D warnings
+#   (e) cargo test --workspace --features dpdk --lib --bins --tests --locked [args], then
+#       cargo test --workspace --features dpdk --doc --locked [args]
+# The workspace is wyvern and vendor/dpdk-sys; `--features dpdk` builds the DPDK layer
+# against the system's DPDK (libdpdk-dev, installed in (a)) and its tests run it on
+# virtual devices. The lib's cdylib and staticlib, built by (e) with the rlib, are what
+# tests/capi.rs installs with scripts/install.sh --from-build and compiles C programs against.
+# WYVERN_NO_DPDK=1 drops `--workspace --features dpdk` everywhere.
 # Extra args go to both cargo test runs. When they select targets (--lib, --test X, ...)
 # they replace the default targets and the doc-test run is skipped; it is also skipped when
 # the package has no library.
@@ -54,6 +59,11 @@ step() {
     log "==> $current_step"
 }
 
+dpdk=(--workspace --features dpdk)
+if [ "${WYVERN_NO_DPDK:-0}" = 1 ]; then
+    dpdk=()
+fi
+
 locked=()
 if [ -f Cargo.lock ]; then
     locked=(--locked)
@@ -88,8 +98,12 @@ step "(c) cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
 # ------------------------------------------------------------------------- (d)
-step "(d) cargo clippy --all-targets ${locked[*]} -- -D warnings"
-cargo clippy --all-targets "${locked[@]}" -- -D warnings
+if [ "${#dpdk[@]}" -gt 0 ]; then
+    step "(d) cargo check ${locked[*]} (default features)"
+    cargo check "${locked[@]}"
+fi
+step "(d) cargo clippy ${dpdk[*]} --all-targets ${locked[*]} -- -D warnings"
+cargo clippy "${dpdk[@]}" --all-targets "${locked[@]}" -- -D warnings
 
 # ------------------------------------------------------------------------- (e)
 # Runs one `cargo test`, copying its stdout (where the "test result:" lines are)
@@ -122,7 +136,7 @@ if [ "$selects_targets" = 1 ]; then
     targets=()
 fi
 
-test_args=("${targets[@]}" "${locked[@]}" --no-fail-fast "$@")
+test_args=("${dpdk[@]}" "${targets[@]}" "${locked[@]}" --no-fail-fast "$@")
 step "(e) cargo test ${test_args[*]}"
 test_rc=0
 run_cargo_test "${test_args[@]}" || test_rc=$?
@@ -134,7 +148,7 @@ elif ! cargo metadata --no-deps --format-version 1 "${locked[@]}" 2>/dev/null \
         | grep -Eq '"kind":\[[^]]*"(lib|rlib|dylib|proc-macro)"'; then
     step "(e) cargo test --doc: skipped (package has no library target)"
 else
-    doc_args=(--doc "${locked[@]}" "$@")
+    doc_args=("${dpdk[@]}" --doc "${locked[@]}" "$@")
     step "(e) cargo test ${doc_args[*]}"
     run_cargo_test "${doc_args[@]}" || doc_rc=$?
 fi

@@ -11,8 +11,9 @@
 //! `client` → `agent` → `wire` → `transport` → `shm`.
 //!
 //! `unsafe` code lives only in [`shm`] (raw shared memory, descriptor
-//! hand-over) and [`capi`] (the C API: raw pointers from C); every other
-//! module forbids it.
+//! hand-over), [`capi`] (the C API: raw pointers from C) and the FFI back
+//! end `transport::dpdk` (with `--features dpdk`); every other module forbids
+//! it.
 
 #![warn(missing_docs)]
 

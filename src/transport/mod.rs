@@ -10,9 +10,13 @@
 //!
 //! Back ends: [`tcp`] (portable, always built) and [`datagram`] (reliable
 //! links over lossy packets: UDP here, DPDK's poll-mode drivers with the
-//! `dpdk` feature). The verbs back end implements the same trait.
+//! `dpdk` feature). With `--features dpdk`, `dpdk` holds the safe layer over
+//! DPDK. The verbs back end will implement the same trait.
 
 pub mod datagram;
+#[cfg(feature = "dpdk")]
+#[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
+pub mod dpdk;
 pub mod tcp;
 
 use std::io;

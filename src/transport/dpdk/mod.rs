@@ -1,0 +1,56 @@
+//! The safe layer over DPDK (`--features dpdk`): the only wyvern code that touches the
+//! `dpdk-sys` FFI. The DPDK transport is built on it; nothing else sees DPDK.
+//!
+//! # Quick start
+//! ```no_run
+//! use wyvern::transport::dpdk::{Eal, PktPool, Port, PortConfig};
+//! let args: Vec<String> = ["--no-pci", "--no-huge", "-m", "256", "--file-prefix=demo",
+//!                          "--vdev=net_ring0", "-l", "0"].map(String::from).to_vec();
+//! let eal = Eal::init(&args)?;
+//! let pool = PktPool::new(&eal, "demo_pool", 1023, 0, PktPool::DEFAULT_DATA_ROOM)?;
+//! let mut port = Port::open(&eal, "net_ring0", &PortConfig::default(), &pool)?;
+//! let mut out = Vec::new();
+//! pool.alloc_bulk(&mut out, 4)?;
+//! for m in &mut out {
+//!     m.append(64).expect("room for 64 B").fill(0xab);
+//! }
+//! let sent = port.tx_burst(0, &mut out);     // net_ring loops tx back to rx
+//! let mut rx = Vec::new();
+//! let got = port.rx_burst(0, &mut rx, 32);
+//! assert_eq!((sent, got), (4, 4));
+//! # Ok::<(), wyvern::transport::dpdk::Error>(())
+//! ```
+//!
+//! # Pieces
+//! - [`Eal`]: starts DPDK once per process; every other object is made from an `&Eal`.
+//! - [`PktPool`]: a pool of packet buffers, freed on drop.
+//! - [`Mbuf`]: one owned packet buffer, freed on drop; bulk alloc/free.
+//! - [`Port`]: an ethdev port, configured and started on open, stopped and closed on
+//!   drop; `rx_burst`/`tx_burst` move owned [`Mbuf`]s in and out.
+//!
+//! # Lifetimes and threads
+//! Mbufs borrow their pool and a port borrows its receive pool, so no buffer outlives
+//! the memory it lives in. Pools and mbufs are `Send` (pools also `Sync`); a port is
+//! `Send` but not `Sync`, and bursting takes `&mut Port`: one thread polls a port.
+//!
+//! # Needs
+//! The system's DPDK >= 22.11 (Debian: `libdpdk-dev`) and libclang to build; tests and
+//! development use only virtual devices with `--no-pci` (`net_ring`, `net_null`,
+//! `net_af_packet` on a veth pair).
+//!
+//! # Not supported (yet)
+//! Multi-segment (scatter) receive, offloads (checksum, TSO, RSS configuration), flow
+//! rules, external buffers in the safe API (the raw `rte_pktmbuf_attach_extbuf` is bound
+//! and tested in `dpdk-sys`), secondary processes.
+
+mod eal;
+mod error;
+mod mbuf;
+mod mempool;
+mod port;
+
+pub use eal::Eal;
+pub use error::{Error, Result, RteError};
+pub use mbuf::Mbuf;
+pub use mempool::PktPool;
+pub use port::{Link, MacAddr, Port, PortConfig, PortStats};
