@@ -66,6 +66,12 @@ pub trait PacketIo {
     /// Register with the agent's poller (a descriptor that becomes readable
     /// when packets arrive), if the device has one.
     fn register(&self, poller: &Poller, token: u32) -> io::Result<()>;
+    /// Whether the device has no descriptor and must be polled every round
+    /// (a DPDK poll-mode driver). An adaptive agent then sleeps at most one
+    /// tick at a time.
+    fn poll_mode(&self) -> bool {
+        false
+    }
 }
 
 /// UDP/IPv4 or IPv6 sockets: the datagram transport for routed networks,
@@ -605,8 +611,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     }
 
     fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
-        let _ = events;
-        let mut any = false;
+        let mut any = self.io.poll_mode() && self.receive(now, events);
         for j in 0..self.links.len() {
             if self.links[j].up {
                 any |= self.deliver(j);
