@@ -11,7 +11,8 @@
 #   (d) cargo check --locked                (the default build, no features), then
 #       cargo clippy --workspace --features dpdk --all-targets --locked -- -D warnings
 #   (e) cargo test --workspace --features dpdk --lib --bins --tests --locked [args], then
-#       cargo test --workspace --features dpdk --doc --locked [args]
+#       the end-to-end suite again on the udp transport (WYVERN_TEST_TRANSPORT=udp --test e2e),
+#       then cargo test --workspace --features dpdk --doc --locked [args]
 # The workspace is wyvern and vendor/dpdk-sys; `--features dpdk` builds the DPDK layer
 # against the system's DPDK (libdpdk-dev, installed in (a)) and its tests run it on
 # virtual devices. The lib's cdylib and staticlib, built by (e) with the rlib, are what
@@ -140,6 +141,13 @@ test_args=("${dpdk[@]}" "${targets[@]}" "${locked[@]}" --no-fail-fast "$@")
 step "(e) cargo test ${test_args[*]}"
 test_rc=0
 run_cargo_test "${test_args[@]}" || test_rc=$?
+
+# The end-to-end suite once more on the udp transport (reliable links over datagrams).
+if [ "$selects_targets" = 0 ]; then
+    udp_args=("${dpdk[@]}" "${locked[@]}" --no-fail-fast --test e2e "$@")
+    step "(e) WYVERN_TEST_TRANSPORT=udp cargo test ${udp_args[*]}"
+    WYVERN_TEST_TRANSPORT=udp run_cargo_test "${udp_args[@]}" || test_rc=$?
+fi
 
 doc_rc=0
 if [ "$selects_targets" = 1 ]; then
