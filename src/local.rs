@@ -79,12 +79,16 @@ impl LocalAgents {
             BufReader::new(out)
                 .read_line(&mut line)
                 .map_err(|e| format!("agent {i} did not start: {e}"))?;
-            a.addrs[i] = line
+            // `wyvern agent ready: <transport> <address>`: tcp and udp name a
+            // socket address (the port the agent got); dpdk names a MAC, which
+            // peers learn by themselves, so the configured address stays.
+            let rest = line
                 .trim()
                 .strip_prefix("wyvern agent ready: ")
-                .and_then(|s| s.split_once(' '))
-                .and_then(|(_, a)| a.parse().ok())
                 .ok_or_else(|| format!("agent {i} did not start (see its log above)"))?;
+            if let Some(addr) = rest.split_once(' ').and_then(|(_, a)| a.parse().ok()) {
+                a.addrs[i] = addr;
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         let all_up = |a: &LocalAgents| {

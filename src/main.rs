@@ -85,6 +85,19 @@ struct AgentArgs {
     /// Largest packet of the udp transport, in bytes.
     #[arg(long)]
     packet_bytes: Option<usize>,
+    /// dpdk transport: the EAL arguments, as one string split on whitespace
+    /// (e.g. "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix=wyv0 --no-shconf").
+    #[arg(long, allow_hyphen_values = true)]
+    dpdk_eal: Option<String>,
+    /// dpdk transport: the port (device name or port id; default: the first port).
+    #[arg(long)]
+    dpdk_port: Option<String>,
+    /// dpdk transport: MTU to set on the port (jumbo frames).
+    #[arg(long)]
+    dpdk_mtu: Option<u16>,
+    /// dpdk transport: peers' MACs by node id, comma-separated ("" for unknown: learned).
+    #[arg(long, value_delimiter = ',')]
+    dpdk_peer_macs: Option<Vec<String>>,
     /// Do not try hugepages.
     #[arg(long)]
     no_hugepages: bool,
@@ -158,6 +171,18 @@ impl AgentArgs {
         }
         if let Some(v) = self.packet_bytes {
             c.packet_bytes = v;
+        }
+        if let Some(v) = self.dpdk_eal {
+            c.dpdk_eal_args = v.split_whitespace().map(String::from).collect();
+        }
+        if let Some(v) = self.dpdk_port {
+            c.dpdk_port = Some(v);
+        }
+        if let Some(v) = self.dpdk_mtu {
+            c.dpdk_mtu = Some(v);
+        }
+        if let Some(v) = self.dpdk_peer_macs {
+            c.dpdk_peer_macs = v;
         }
         if let Some(v) = self.flush_delay_us {
             c.flush_delay_us = v;

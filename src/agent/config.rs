@@ -40,6 +40,11 @@ pub enum TransportKind {
     /// UDP datagrams with wyvern's own reliability (sequence numbers, acks,
     /// retransmission, credits): for routed networks and lossy-link tests.
     Udp,
+    /// The same reliable links in raw Ethernet frames (EtherType 0x88B5) on a
+    /// DPDK poll-mode port, bypassing the kernel. Needs a wyvern built with
+    /// the `dpdk` cargo feature; selecting it otherwise is a configuration
+    /// error that says so.
+    Dpdk,
 }
 
 /// Everything an agent needs to run.
@@ -59,9 +64,27 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// How frames move between agents (every agent of a job must agree).
     pub transport: TransportKind,
-    /// Largest packet of a datagram transport, headers included but not
-    /// the IP/UDP ones (1472 fits a 1500-byte Ethernet MTU).
+    /// Largest packet of the udp transport, headers included but not the
+    /// IP/UDP ones (1472 fits a 1500-byte Ethernet MTU). The dpdk transport
+    /// uses its port's MTU instead (see `dpdk_mtu`).
     pub packet_bytes: usize,
+    /// dpdk transport: the EAL's arguments, e.g. `["--no-pci",
+    /// "--vdev=net_af_packet0,iface=veth0", "--file-prefix=wyvern-n0",
+    /// "--no-shconf", "--no-huge", "-m", "256"]`, or `["-a", "0000:3b:00.0",
+    /// "-l", "2"]` for a NIC bound to vfio-pci. Every process on a machine
+    /// needs its own `--file-prefix`.
+    pub dpdk_eal_args: Vec<String>,
+    /// dpdk transport: the port, by device name (`net_af_packet0`, a PCI
+    /// address) or port id; none: the first port.
+    pub dpdk_port: Option<String>,
+    /// dpdk transport: an MTU to set on the port (jumbo frames, if the
+    /// device takes them); none: the device's own (normally 1500). A wire
+    /// packet is at most the MTU.
+    pub dpdk_mtu: Option<u16>,
+    /// dpdk transport: peers' MACs by node id (`aa:bb:cc:dd:ee:ff`; "" for
+    /// unknown). Empty: every MAC is learned from the peer's frames, and
+    /// broadcast is used until then.
+    pub dpdk_peer_macs: Vec<String>,
     /// Cores to pin the polling thread to (the first is used).
     pub cores: Vec<usize>,
     /// Idle policy.
@@ -121,6 +144,10 @@ impl Default for AgentConfig {
             socket: default_socket(0),
             transport: TransportKind::Tcp,
             packet_bytes: 1472,
+            dpdk_eal_args: vec![],
+            dpdk_port: None,
+            dpdk_mtu: None,
+            dpdk_peer_macs: vec![],
             cores: vec![],
             idle: IdlePolicy::Adaptive,
             spin_us: 200,
@@ -267,10 +294,56 @@ impl AgentConfig {
                 pkt.end()
             ));
         }
+        if self.transport == TransportKind::Dpdk {
+            self.validate_dpdk()?;
+        }
         if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {
             return bad("peer_timeout_ms must exceed heartbeat_ms > 0".into());
         }
         Ok(())
+    }
+
+    fn validate_dpdk(&self) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError::Invalid(s));
+        if !cfg!(feature = "dpdk") {
+            return bad(
+                "transport \"dpdk\" needs a wyvern built with the `dpdk` cargo feature \
+                 (cargo build --release --features dpdk); this one was built without it"
+                    .into(),
+            );
+        }
+        if self.dpdk_eal_args.is_empty() {
+            return bad("transport \"dpdk\" needs dpdk_eal_args (--dpdk-eal), e.g. \
+                 \"--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvern-n0 --no-shconf\""
+                .into());
+        }
+        if !self.dpdk_peer_macs.is_empty() {
+            if self.dpdk_peer_macs.len() != self.nodes.len() {
+                return bad(format!(
+                    "dpdk_peer_macs has {} entries for {} nodes (give one per node, \"\" for unknown)",
+                    self.dpdk_peer_macs.len(),
+                    self.nodes.len()
+                ));
+            }
+            for (i, m) in self.dpdk_peer_macs.iter().enumerate() {
+                if !m.is_empty() && parse_mac(m).is_none() {
+                    return bad(format!(
+                        "dpdk_peer_macs[{i}] = {m:?} is not a MAC (aa:bb:cc:dd:ee:ff)"
+                    ));
+                }
+            }
+        }
+        if let Some(mtu) = self.dpdk_mtu {
+            if usize::from(mtu) < crate::wire::packet::PKT_HEADER + 64 {
+                return bad(format!("dpdk_mtu {mtu} is too small for a packet"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `dpdk_peer_macs` as bytes, by node id (`None`: learn it).
+    pub fn peer_macs(&self) -> Vec<Option<[u8; 6]>> {
+        self.dpdk_peer_macs.iter().map(|m| parse_mac(m)).collect()
     }
 
     /// Heartbeat interval.
@@ -282,6 +355,22 @@ impl AgentConfig {
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
     }
+}
+
+/// Parses a MAC address, `aa:bb:cc:dd:ee:ff` (or with `-`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (b, p) in m.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(m)
 }
 
 #[cfg(test)]
@@ -325,6 +414,38 @@ mod tests {
         assert!(e.contains("node 2 (no-such-host.invalid:1)"), "{e}");
         c.nodes[2] = "missing-port".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn dpdk_settings_are_checked() {
+        let mut c = AgentConfig {
+            nodes: vec!["127.0.0.1:0".into(), "127.0.0.1:0".into()],
+            transport: TransportKind::Dpdk,
+            ..AgentConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        if cfg!(feature = "dpdk") {
+            assert!(e.contains("dpdk_eal_args"), "{e}");
+            c.dpdk_eal_args = vec!["--no-pci".into()];
+            c.validate().unwrap();
+            c.dpdk_peer_macs = vec!["".into()];
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("2 nodes"), "{e}");
+            c.dpdk_peer_macs = vec!["".into(), "02:00:00:00:00:zz".into()];
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("dpdk_peer_macs[1]"), "{e}");
+            c.dpdk_peer_macs[1] = "02:00:00:00:00:0a".into();
+            c.validate().unwrap();
+            assert_eq!(c.peer_macs(), vec![None, Some([2, 0, 0, 0, 0, 10])]);
+        } else {
+            assert!(e.contains("`dpdk` cargo feature"), "{e}");
+        }
+        let t: AgentConfig = toml::from_str(
+            "transport = \"dpdk\"\ndpdk_eal_args = [\"--no-pci\"]\ndpdk_port = \"net_af_packet0\"",
+        )
+        .unwrap();
+        assert_eq!(t.transport, TransportKind::Dpdk);
+        assert_eq!(t.dpdk_port.as_deref(), Some("net_af_packet0"));
     }
 
     #[test]

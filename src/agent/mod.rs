@@ -111,6 +111,15 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    /// The packet device (the dpdk transport's port) could not be started.
+    #[error("cannot start the {name} device")]
+    Device {
+        /// The transport.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// epoll/eventfd failed.
     #[error("cannot set up the poller")]
     Poller(#[source] io::Error),
@@ -587,6 +596,45 @@ impl Agent {
                     )
                     .map_err(listen)?,
                 )
+            }
+            #[cfg(feature = "dpdk")]
+            TransportKind::Dpdk => {
+                use crate::transport::dpdk::{DpdkIo, DpdkIoConfig, MacAddr};
+                let dev = |source| AgentError::Device {
+                    name: "dpdk",
+                    source,
+                };
+                let io = DpdkIo::open(&DpdkIoConfig {
+                    me: cfg.node_id,
+                    nodes: cfg.addrs.len() as u32,
+                    eal_args: cfg.dpdk_eal_args.clone(),
+                    port: cfg.dpdk_port.clone(),
+                    mtu: cfg.dpdk_mtu,
+                    peer_macs: cfg
+                        .peer_macs()
+                        .into_iter()
+                        .map(|m| m.map(MacAddr))
+                        .collect(),
+                })
+                .map_err(dev)?;
+                Box::new(
+                    DatagramTransport::new(
+                        cfg.node_id,
+                        cfg.addrs.len() as u32,
+                        incarnation,
+                        io,
+                        pool.clone(),
+                        &poller,
+                        cfg.peer_timeout(),
+                    )
+                    .map_err(dev)?,
+                )
+            }
+            #[cfg(not(feature = "dpdk"))]
+            TransportKind::Dpdk => {
+                return Err(AgentError::Config(config::ConfigError::Invalid(
+                    "transport \"dpdk\" needs a wyvern built with the `dpdk` cargo feature".into(),
+                )))
             }
         };
 

@@ -24,8 +24,8 @@
 //! not handled. Peer addresses are learned from the packets that name the
 //! peer (so agents may bind port 0, as tests do).
 //!
-//! The device is a [`PacketIo`]: [`UdpIo`] here; DPDK's in
-//! `transport::dpdk` (feature `dpdk`).
+//! The device is a [`PacketIo`]: [`UdpIo`] here; `DpdkIo` in
+//! `transport::dpdk` (feature `dpdk`: packets in Ethernet frames).
 
 use std::collections::VecDeque;
 use std::io;
@@ -71,6 +71,14 @@ pub trait PacketIo {
     /// tick at a time.
     fn poll_mode(&self) -> bool {
         false
+    }
+    /// Hand packets `send` queued (a device that batches) to the device. The
+    /// datagram layer calls it at the end of every transport call that may
+    /// have sent, before the agent can go to sleep.
+    fn flush(&mut self) {}
+    /// The device's own counters, by name, for `wyvern stat`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
 }
 
@@ -580,6 +588,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
                 }
             }
         }
+        self.io.flush();
     }
 
     fn tick(&mut self, _poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
@@ -608,6 +617,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             }
             self.service(j, now);
         }
+        self.io.flush();
     }
 
     fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
@@ -618,6 +628,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
                 any |= self.service(j, now);
             }
         }
+        self.io.flush();
         any
     }
 
@@ -646,6 +657,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         if self.links.get(node as usize).is_some_and(|l| l.up) {
             self.transmit(node as usize, Instant::now(), freed);
         }
+        self.io.flush();
     }
 
     fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
@@ -696,13 +708,15 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = &self.stats;
-        vec![
+        let mut c = vec![
             ("packets_corrupt", s.corrupt),
             ("packets_foreign", s.foreign),
             ("packets_stale", s.stale),
             ("packets_resent", s.retransmits),
             ("packets_duplicate", s.duplicates),
-        ]
+        ];
+        c.extend(self.io.counters());
+        c
     }
 
     fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
@@ -713,6 +727,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         let now = Instant::now();
         let blocks = self.reset(j, now);
         self.send_hello(j, now);
+        self.io.flush();
         blocks
     }
 }

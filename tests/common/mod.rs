@@ -105,6 +105,23 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub agents: Vec<Option<Proc>>,
     pub nodes: Vec<SocketAddr>,
+    /// Per node: a command the agent and its clients run under (e.g. `ip
+    /// netns exec wyv0`); empty: none.
+    pub wrap: Vec<Vec<String>>,
+    /// Per node: extra agent flags.
+    pub node_args: Vec<Vec<String>>,
+}
+
+/// A command for `prog`, run under `wrap` when it is not empty.
+fn wrapped(wrap: Option<&Vec<String>>, prog: &str) -> Command {
+    match wrap.filter(|w| !w.is_empty()) {
+        Some(w) => {
+            let mut c = Command::new(&w[0]);
+            c.args(&w[1..]).arg(prog);
+            c
+        }
+        None => Command::new(prog),
+    }
 }
 
 impl Cluster {
@@ -118,6 +135,18 @@ impl Cluster {
     pub fn start_via(
         n: usize,
         extra: &[&str],
+        via: impl FnMut(usize, SocketAddr) -> SocketAddr,
+    ) -> Cluster {
+        Cluster::start_wrapped(n, extra, vec![], vec![], via)
+    }
+
+    /// Start `n` agents, agent `i` (and its clients) under `wrap[i]`, with
+    /// `node_args[i]` after `extra`.
+    pub fn start_wrapped(
+        n: usize,
+        extra: &[&str],
+        wrap: Vec<Vec<String>>,
+        node_args: Vec<Vec<String>>,
         mut via: impl FnMut(usize, SocketAddr) -> SocketAddr,
     ) -> Cluster {
         let dir = std::env::temp_dir().join(format!(
@@ -135,6 +164,8 @@ impl Cluster {
             dir,
             agents: Vec::new(),
             nodes,
+            wrap,
+            node_args,
         };
         for i in 0..n {
             let p = c.spawn_agent(i, extra);
@@ -184,7 +215,7 @@ impl Cluster {
 
     fn spawn_agent(&mut self, i: usize, extra: &[&str]) -> Proc {
         let list: Vec<String> = self.nodes.iter().map(|a| a.to_string()).collect();
-        let mut cmd = Command::new(WYVERN);
+        let mut cmd = wrapped(self.wrap.get(i), WYVERN);
         cmd.args([
             "agent",
             "--node-id",
@@ -206,6 +237,7 @@ impl Cluster {
             &["--peer-timeout-ms", "3000"][..]
         })
         .args(extra)
+        .args(self.node_args.get(i).into_iter().flatten())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -215,12 +247,15 @@ impl Cluster {
         ));
         let p = Proc::spawn(cmd, &format!("agent {i}"));
         let l = p.line(Duration::from_secs(20));
-        let addr: SocketAddr = l
+        // `wyvern agent ready: <transport> <address>`: a socket address for
+        // tcp and udp; a MAC for dpdk (peers learn it), where the configured
+        // address stays.
+        let rest = l
             .strip_prefix("wyvern agent ready: ")
-            .and_then(|s| s.split_once(' '))
-            .and_then(|(_, a)| a.parse().ok())
             .unwrap_or_else(|| panic!("agent {i}: {l}"));
-        self.nodes[i] = addr;
+        if let Some(addr) = rest.split_once(' ').and_then(|(_, a)| a.parse().ok()) {
+            self.nodes[i] = addr;
+        }
         p
     }
 
@@ -242,7 +277,7 @@ impl Cluster {
 
     /// Start a `wyvern-peer` on node `i`; waits for its `ready`.
     pub fn peer(&self, i: usize, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(PEER);
+        let mut cmd = wrapped(self.wrap.get(i), PEER);
         cmd.arg("--socket").arg(self.socket(i)).args(args);
         let p = Proc::spawn(cmd, &format!("peer on node {i} {args:?}"));
         let l = p.line(Duration::from_secs(20));

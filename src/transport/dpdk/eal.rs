@@ -76,6 +76,14 @@ impl Eal {
         unsafe { dpdk_sys::rte_eth_dev_count_avail() }
     }
 
+    /// The lowest valid ethdev port id, if any port exists.
+    pub fn first_port(&self) -> Option<u16> {
+        (0..dpdk_sys::RTE_MAX_ETHPORTS as u16).find(|&id| {
+            // SAFETY: a plain query; any id is accepted.
+            unsafe { dpdk_sys::rte_eth_dev_is_valid_port(id) == 1 }
+        })
+    }
+
     /// Creates a device at run time, as a `--vdev` argument would have at start-up
     /// (e.g. `net_null1`, `net_af_packet0,iface=veth0`). Its ethdev port can then be
     /// opened by name with [`Port::open`](super::Port::open).

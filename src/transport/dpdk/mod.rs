@@ -25,6 +25,8 @@
 //! - [`Eal`]: starts DPDK once per process; every other object is made from an `&Eal`.
 //! - [`PktPool`]: a pool of packet buffers, freed on drop.
 //! - [`Mbuf`]: one owned packet buffer, freed on drop; bulk alloc/free.
+//! - [`DpdkIo`]: the `dpdk` transport's device (a [`PacketIo`](crate::transport::datagram::PacketIo)):
+//!   datagram-layer packets in Ethernet frames of EtherType 0x88B5 on one port.
 //! - [`Port`]: an ethdev port, configured and started on open, stopped and closed on
 //!   drop; `rx_burst`/`tx_burst` move owned [`Mbuf`]s in and out.
 //!
@@ -45,12 +47,17 @@
 
 mod eal;
 mod error;
+mod io;
 mod mbuf;
 mod mempool;
 mod port;
 
 pub use eal::Eal;
 pub use error::{Error, Result, RteError};
+pub use io::{
+    classify, write_header, DpdkIo, DpdkIoConfig, DpdkIoStats, FrameKind, BROADCAST, ETHERTYPE,
+    ETH_HEADER, TX_BURST,
+};
 pub use mbuf::Mbuf;
 pub use mempool::PktPool;
 pub use port::{Link, MacAddr, Port, PortConfig, PortStats};

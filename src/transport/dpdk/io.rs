@@ -1,0 +1,388 @@
+//! [`DpdkIo`]: the `dpdk` transport's device. The datagram layer
+//! ([`crate::transport::datagram`]) makes reliable links out of the packets it
+//! moves; this only puts each packet into one Ethernet frame and takes it out again.
+//!
+//! # Frames
+//! `dst MAC (6) | src MAC (6) | EtherType 0x88B5 (2, big-endian) | wire packet`.
+//! 0x88B5 is IEEE 802's "local experimental EtherType 1": free for use inside one
+//! network, never routed. Frames of any other EtherType (the kernel's ARP, IPv6, …),
+//! our own frames seen again, and frames too short or too long are counted and dropped.
+//!
+//! # Addresses
+//! A peer's MAC is learned from the frames it sends ([`PacketIo::learn`]: the
+//! datagram layer calls it once a packet is known to come from that node). Until
+//! then packets go to the MAC given in the configuration (`dpdk_peer_macs`) or to
+//! the broadcast address `ff:ff:ff:ff:ff:ff`, which is how the first `Hello`s find
+//! their peer on a shared segment.
+//!
+//! # Batching
+//! Sends are copied into mbufs and queued; the queue goes out in one `tx_burst` when
+//! it holds [`TX_BURST`] frames, and whenever the datagram layer calls
+//! [`PacketIo::flush`] (at the end of every transport call that may have sent), so no
+//! frame waits while the agent sleeps.
+//!
+//! One copy per packet each way (packet → mbuf, mbuf → the datagram layer's buffer);
+//! no zero-copy external buffers yet.
+
+use std::collections::VecDeque;
+use std::io;
+
+use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
+use crate::transport::datagram::PacketIo;
+use crate::transport::Poller;
+
+/// wyvern's EtherType: IEEE 802 local experimental EtherType 1.
+pub const ETHERTYPE: u16 = 0x88B5;
+/// Bytes of the Ethernet header (no VLAN tag).
+pub const ETH_HEADER: usize = 14;
+/// The broadcast MAC.
+pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+/// Frames sent in one burst (and the size of a full send queue that triggers one).
+pub const TX_BURST: usize = 32;
+/// Frames taken from the device per `rx_burst`.
+const RX_BURST: u16 = 32;
+/// Most frames queued for sending; past it, `send` says "not now".
+const TX_QUEUE_MAX: usize = 512;
+/// Mbufs in the pool (a power of two minus one, as DPDK likes).
+const POOL_MBUFS: u32 = 4095;
+/// Per-lcore mbuf cache.
+const POOL_CACHE: u32 = 64;
+
+/// How to start the device.
+#[derive(Clone, Debug, Default)]
+pub struct DpdkIoConfig {
+    /// This node's id.
+    pub me: u32,
+    /// Nodes in the job.
+    pub nodes: u32,
+    /// EAL arguments (without a program name).
+    pub eal_args: Vec<String>,
+    /// The port: a device name (`net_af_packet0`, a PCI address) or a port id;
+    /// `None`: the first port.
+    pub port: Option<String>,
+    /// MTU to configure (jumbo frames); `None`: the device's default.
+    pub mtu: Option<u16>,
+    /// Known MACs by node id (`None`: learn it; broadcast until then).
+    pub peer_macs: Vec<Option<MacAddr>>,
+}
+
+/// Counters of the device layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DpdkIoStats {
+    /// Frames handed to the driver.
+    pub tx_frames: u64,
+    /// Frames received with our EtherType.
+    pub rx_frames: u64,
+    /// Frames of another EtherType (or too short to have one), dropped.
+    pub foreign_ethertype: u64,
+    /// Frames we sent, seen again (a shared segment echoing them), dropped.
+    pub own: u64,
+    /// Frames too long for a packet, dropped.
+    pub oversize: u64,
+    /// Sends refused because the send queue was full or no mbuf was free.
+    pub tx_full: u64,
+    /// Packets sent to the broadcast MAC (peer not learned yet).
+    pub tx_broadcast: u64,
+}
+
+/// A DPDK ethdev port as a [`PacketIo`]: one rx and one tx queue, its own mbuf pool.
+/// One per process (the EAL starts once per process).
+pub struct DpdkIo {
+    // Field order is drop order: queued mbufs go back to the pool, then the port
+    // stops and closes. The pool itself is leaked (see `open`).
+    txq: Vec<Mbuf<'static>>,
+    rxq: VecDeque<Mbuf<'static>>,
+    rxbuf: Vec<Mbuf<'static>>,
+    port: Port<'static>,
+    pool: &'static PktPool,
+    mac: MacAddr,
+    peers: Vec<Option<MacAddr>>,
+    last_src: Option<MacAddr>,
+    max_packet: usize,
+    stats: DpdkIoStats,
+}
+
+fn dev_err(e: Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl DpdkIo {
+    /// Starts the EAL with `cfg.eal_args`, creates a pool and opens the port.
+    ///
+    /// Once per process: the EAL cannot start twice (a second call fails).
+    pub fn open(cfg: &DpdkIoConfig) -> io::Result<DpdkIo> {
+        let eal = Eal::init(&cfg.eal_args).map_err(dev_err)?;
+        if eal.port_count() == 0 {
+            return Err(io::Error::other(format!(
+                "DPDK found no ethernet port (EAL arguments: {}); give one with --vdev or \
+                 a PCI address bound to vfio-pci (scripts/bind-nic.sh)",
+                cfg.eal_args.join(" ")
+            )));
+        }
+        // Room for a whole frame of the configured MTU in one mbuf (no scatter).
+        let frame = usize::from(cfg.mtu.unwrap_or(1500)) + ETH_HEADER + 4;
+        let room = (frame + dpdk_sys::RTE_PKTMBUF_HEADROOM as usize)
+            .max(usize::from(PktPool::DEFAULT_DATA_ROOM));
+        let room = u16::try_from(room)
+            .map_err(|_| io::Error::other(format!("an MTU of {frame} does not fit a DPDK mbuf")))?;
+        // The pool lives as long as the process, like the EAL it belongs to: the
+        // port and every mbuf borrow it, and DpdkIo owns them both.
+        let pool: &'static PktPool = Box::leak(Box::new(
+            PktPool::new(
+                &eal,
+                &format!("wyv_io_{}", cfg.me),
+                POOL_MBUFS,
+                POOL_CACHE,
+                room,
+            )
+            .map_err(dev_err)?,
+        ));
+        let pcfg = PortConfig {
+            mtu: cfg.mtu,
+            ..PortConfig::default()
+        };
+        let port = match cfg.port.as_deref() {
+            None => Port::open_id(&eal, first_port(&eal)?, &pcfg, pool),
+            Some(p) => match p.parse::<u16>() {
+                Ok(id) => Port::open_id(&eal, id, &pcfg, pool),
+                Err(_) => Port::open(&eal, p, &pcfg, pool),
+            },
+        }
+        .map_err(dev_err)?;
+        let mac = port.mac_address().map_err(dev_err)?;
+        let mtu = port.mtu().map_err(dev_err)?;
+        let max_packet = usize::from(mtu);
+        let mut peers = cfg.peer_macs.clone();
+        peers.resize(cfg.nodes as usize, None);
+        log::info!(
+            "dpdk: port {} ({}) MAC {mac}, MTU {mtu}, EtherType {ETHERTYPE:#06x}",
+            port.id(),
+            port.name()
+        );
+        Ok(DpdkIo {
+            txq: Vec::with_capacity(TX_QUEUE_MAX),
+            rxq: VecDeque::with_capacity(usize::from(RX_BURST)),
+            rxbuf: Vec::with_capacity(usize::from(RX_BURST)),
+            port,
+            pool,
+            mac,
+            peers,
+            last_src: None,
+            max_packet,
+            stats: DpdkIoStats::default(),
+        })
+    }
+
+    /// This port's MAC.
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    /// The MAC packets to `node` go to now (learned, configured or broadcast).
+    pub fn peer_mac(&self, node: u32) -> MacAddr {
+        self.peers
+            .get(node as usize)
+            .copied()
+            .flatten()
+            .unwrap_or(BROADCAST)
+    }
+
+    /// The device layer's counters.
+    pub fn stats(&self) -> DpdkIoStats {
+        self.stats
+    }
+
+    /// Hands queued frames to the driver; what it does not take stays queued.
+    fn flush_tx(&mut self) {
+        // Bounded: each round sends something or stops.
+        for _ in 0..TX_QUEUE_MAX / TX_BURST + 1 {
+            if self.txq.is_empty() {
+                break;
+            }
+            let sent = self.port.tx_burst(0, &mut self.txq);
+            self.stats.tx_frames += sent as u64;
+            if sent == 0 {
+                break;
+            }
+        }
+    }
+}
+
+fn first_port(eal: &Eal) -> io::Result<u16> {
+    eal.first_port()
+        .ok_or_else(|| io::Error::other("DPDK found no ethernet port"))
+}
+
+/// What a received frame is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Ours: the packet starts at [`ETH_HEADER`]; the source MAC.
+    Packet(MacAddr),
+    /// Another EtherType, or too short.
+    Foreign,
+}
+
+/// Classifies a received frame.
+pub fn classify(frame: &[u8]) -> FrameKind {
+    if frame.len() < ETH_HEADER || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE {
+        return FrameKind::Foreign;
+    }
+    let mut src = [0u8; 6];
+    src.copy_from_slice(&frame[6..12]);
+    FrameKind::Packet(MacAddr(src))
+}
+
+/// Writes the Ethernet header into the first [`ETH_HEADER`] bytes of `out`.
+pub fn write_header(out: &mut [u8], dst: MacAddr, src: MacAddr) {
+    out[0..6].copy_from_slice(&dst.0);
+    out[6..12].copy_from_slice(&src.0);
+    out[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+}
+
+impl PacketIo for DpdkIo {
+    fn name(&self) -> &'static str {
+        "dpdk"
+    }
+
+    fn local_addr(&self) -> String {
+        self.mac.to_string()
+    }
+
+    fn max_packet(&self) -> usize {
+        self.max_packet
+    }
+
+    fn send(&mut self, node: u32, pkt: &[u8]) -> io::Result<bool> {
+        if self.txq.len() >= TX_QUEUE_MAX {
+            self.flush_tx();
+            if self.txq.len() >= TX_QUEUE_MAX {
+                self.stats.tx_full += 1;
+                return Ok(false);
+            }
+        }
+        let dst = self.peer_mac(node);
+        let Ok(mut m) = self.pool.alloc() else {
+            // Every mbuf is in flight: a lost packet, resent later.
+            self.stats.tx_full += 1;
+            return Ok(false);
+        };
+        let Some(frame) = m.append(ETH_HEADER + pkt.len()) else {
+            return Err(io::Error::other(format!(
+                "a packet of {} bytes does not fit an mbuf",
+                pkt.len()
+            )));
+        };
+        write_header(frame, dst, self.mac);
+        frame[ETH_HEADER..].copy_from_slice(pkt);
+        if dst == BROADCAST {
+            self.stats.tx_broadcast += 1;
+        }
+        self.txq.push(m);
+        if self.txq.len() >= TX_BURST {
+            self.flush_tx();
+        }
+        Ok(true)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // Bounded: every round takes a frame from the queue or refills it.
+        for _ in 0..4 * usize::from(RX_BURST) {
+            let Some(m) = self.rxq.pop_front() else {
+                // Frames queued for sending go out first: the caller is about to
+                // wait for answers to them.
+                self.flush_tx();
+                if self.port.rx_burst(0, &mut self.rxbuf, RX_BURST) == 0 {
+                    return Ok(None);
+                }
+                self.rxq.extend(self.rxbuf.drain(..));
+                continue;
+            };
+            let frame = m.data();
+            match classify(frame) {
+                FrameKind::Foreign => self.stats.foreign_ethertype += 1,
+                FrameKind::Packet(src) if src == self.mac => self.stats.own += 1,
+                FrameKind::Packet(src) => {
+                    let pkt = &frame[ETH_HEADER..];
+                    if pkt.len() > buf.len() {
+                        self.stats.oversize += 1;
+                        continue;
+                    }
+                    buf[..pkt.len()].copy_from_slice(pkt);
+                    self.last_src = Some(src);
+                    self.stats.rx_frames += 1;
+                    return Ok(Some(pkt.len()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn learn(&mut self, node: u32) {
+        if let (Some(slot), Some(src)) = (self.peers.get_mut(node as usize), self.last_src) {
+            if *slot != Some(src) {
+                log::info!("dpdk: node {node} is at {src}");
+                *slot = Some(src);
+            }
+        }
+    }
+
+    fn register(&self, _poller: &Poller, _token: u32) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn poll_mode(&self) -> bool {
+        true
+    }
+
+    fn flush(&mut self) {
+        self.flush_tx();
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("frames_tx", s.tx_frames),
+            ("frames_rx", s.rx_frames),
+            ("frames_foreign_ethertype", s.foreign_ethertype),
+            ("frames_own", s.own),
+            ("frames_oversize", s.oversize),
+            ("frames_tx_full", s.tx_full),
+            ("frames_tx_broadcast", s.tx_broadcast),
+            ("frames_tx_queued", self.txq.len() as u64),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_classified_by_ethertype() {
+        let src = MacAddr([2, 0, 0, 0, 0, 7]);
+        let mut f = vec![0u8; ETH_HEADER + 5];
+        write_header(&mut f, BROADCAST, src);
+        assert_eq!(&f[12..14], &[0x88, 0xb5]);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(classify(&f), FrameKind::Packet(src));
+        f[13] = 0x00;
+        assert_eq!(classify(&f), FrameKind::Foreign);
+        assert_eq!(classify(&f[..13]), FrameKind::Foreign);
+    }
+
+    #[test]
+    fn macs_parse_and_print() {
+        let m = MacAddr(crate::agent::config::parse_mac("02:1A:ff:00:10:09").unwrap());
+        assert_eq!(m, MacAddr([2, 0x1a, 0xff, 0, 0x10, 9]));
+        assert_eq!(m.to_string(), "02:1a:ff:00:10:09");
+        for bad in [
+            "",
+            "02:1a:ff:00:10",
+            "02:1a:ff:00:10:09:00",
+            "2:1a:ff:00:10:09",
+            "zz:1a:ff:00:10:09",
+        ] {
+            assert_eq!(crate::agent::config::parse_mac(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! The dpdk transport between real agent processes, each in its own network
+//! namespace (made by `scripts/testbed.sh`), joined by a veth pair; DPDK drives each
+//! namespace's end through `net_af_packet` (`--no-pci`, `--vdev` only, its own
+//! `--file-prefix`, `--no-shconf`, no hugepages). Clients (`wyvern-peer`) run in the
+//! namespaces too; their control sockets are Unix sockets on the shared filesystem.
+//!
+//! Skips, with a loud `*** SKIPPED` message, only where a namespace cannot be made.
+//! The namespaces are removed on every path (the `Testbed` guard).
+
+#![cfg(feature = "dpdk")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_ok, Cluster, Proc};
+use wyvern::transport::dpdk::{
+    write_header, Eal, MacAddr, Mbuf, PktPool, Port, PortConfig, ETHERTYPE, ETH_HEADER,
+};
+use wyvern::wire::packet::{encode, PacketHeader, PktKind};
+use wyvern::wire::reliable::Ack;
+
+const T: Duration = Duration::from_secs(120);
+
+/// Every size class from 0 B to 64 MiB, inline and block paths on both sides.
+const SIZES: &str =
+    "0,1,7,8,63,64,65,200,4095,4096,4097,65536,262144,262145,1048576,3000001,67108864";
+
+/// N namespaces from `scripts/testbed.sh up N`, removed (`down`) when dropped.
+struct Testbed {
+    prefix: String,
+    n: usize,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed.sh")
+}
+
+impl Testbed {
+    /// `None` (after a loud message) where namespaces cannot be made.
+    fn up(test: &str, tag: char, n: usize) -> Option<Testbed> {
+        let prefix = format!("w{}{tag}", std::process::id() % 10_000_000);
+        let tb = Testbed { prefix, n };
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["up", &n.to_string()])
+            .env("TESTBED_PREFIX", &tb.prefix)
+            .env("TESTBED_HUGEPAGES", "skip")
+            .output()
+            .expect("run scripts/testbed.sh");
+        if !out.status.success() {
+            eprintln!(
+                "\n*** SKIPPED {test}: cannot make network namespaces with scripts/testbed.sh \
+                 (needs root and iproute2): {} ***\n",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(tb)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("{}{i}", self.prefix)
+    }
+
+    /// `ip netns exec <ns i>`: what node i's processes run under.
+    fn wrap(&self, i: usize) -> Vec<String> {
+        ["ip", "netns", "exec", &self.ns(i)]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// Agent flags for node i: dpdk on net_af_packet over the namespace's veth0.
+    fn agent_args(&self, i: usize) -> Vec<String> {
+        let eal = format!(
+            "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={}-agent \
+             --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1) \
+             --log-level=lib.eal:warning",
+            self.ns(i)
+        );
+        vec!["--dpdk-eal".into(), eal, "--no-hugepages".into()]
+    }
+
+    /// Two agents on the dpdk transport, one per namespace.
+    fn cluster(&self, extra: &[&str]) -> Cluster {
+        let mut e = vec!["--transport", "dpdk"];
+        e.extend_from_slice(extra);
+        Cluster::start_wrapped(
+            self.n,
+            &e,
+            (0..self.n).map(|i| self.wrap(i)).collect(),
+            (0..self.n).map(|i| self.agent_args(i)).collect(),
+            |_, a| a,
+        )
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("down")
+            .env("TESTBED_PREFIX", &self.prefix)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: testbed down failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("warning: testbed down failed: {e}"),
+        }
+    }
+}
+
+fn counter(s: &serde_json::Value, name: &str) -> u64 {
+    s["transport"][name].as_u64().unwrap_or(0)
+}
+
+fn check_clean(c: &Cluster) {
+    for i in 0..2 {
+        let s = c.stat(i);
+        let p = &s["peers"][0];
+        assert_eq!(p["transport"], "dpdk", "{s}");
+        assert_eq!(p["counters"]["losses"], 0, "agent {i}: {s}");
+        assert_eq!(p["counters"]["malformed"], 0, "agent {i}: {s}");
+        assert_eq!(
+            s["blocks_free"], s["blocks_total"],
+            "agent {i} leaked blocks: {s}"
+        );
+    }
+}
+
+#[test]
+fn every_size_class_arrives_intact_and_in_order_both_ways() {
+    const TEST: &str = "every_size_class_arrives_intact_and_in_order_both_ways";
+    let Some(tb) = Testbed::up(TEST, 'a', 2) else {
+        return;
+    };
+    let c = tb.cluster(&[]);
+    let per = 17u64; // each size once per sender
+    let rx1 = c.peer(
+        1,
+        &["--ep", "100", "--sizes", SIZES, "recv", "--count", "34"],
+    );
+    let rx0 = c.peer(0, &["--ep", "7", "--sizes", SIZES, "recv", "--count", "34"]);
+    let started = Instant::now();
+    let mut tx = Vec::new();
+    for (node, to) in [(0, "1:100"), (1, "0:7")] {
+        for delivered in [false, true] {
+            let mut args = vec!["--sizes", SIZES, "send", "--to", to, "--count", "17"];
+            if delivered {
+                args.push("--delivered");
+            }
+            tx.push(c.peer(node, &args));
+        }
+    }
+    for (k, t) in tx.into_iter().enumerate() {
+        let r = t.result(T);
+        assert_ok(&format!("sender {k}"), &r);
+        assert_eq!(r.0["sent"], per);
+    }
+    for (name, p) in [("receiver on node 1", rx1), ("receiver on node 0", rx0)] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["received"], per * 2, "{name}: {}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
+        assert_eq!(r.0["senders"].as_object().unwrap().len(), 2, "{}", r.0);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    check_clean(&c);
+    let (s0, s1) = (c.stat(0), c.stat(1));
+    // Each side learned the other's MAC: after the first Hellos nothing is broadcast.
+    for s in [&s0, &s1] {
+        assert!(counter(s, "frames_tx") > 100_000, "{s}");
+        assert!(counter(s, "frames_rx") > 100_000, "{s}");
+        assert!(counter(s, "frames_tx_broadcast") < 100, "{s}");
+    }
+    let bytes: u64 = 4 * SIZES
+        .split(',')
+        .map(|s| s.parse::<u64>().unwrap())
+        .sum::<u64>();
+    eprintln!(
+        "dpdk over af_packet/veth: {:.1} MiB of messages both ways in {secs:.2} s \
+         ({:.1} MiB/s); frames tx {} + {}, resent {} + {}",
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / (1 << 20) as f64 / secs,
+        counter(&s0, "frames_tx"),
+        counter(&s1, "frames_tx"),
+        counter(&s0, "packets_resent"),
+        counter(&s1, "packets_resent"),
+    );
+}
+
+#[test]
+fn broken_link_resumes_mid_stream_without_loss() {
+    const TEST: &str = "broken_link_resumes_mid_stream_without_loss";
+    let Some(tb) = Testbed::up(TEST, 'b', 2) else {
+        return;
+    };
+    let c = tb.cluster(&[]);
+    let sizes = "0,8,100,4096,4097,65536,300000,1048576";
+    let n = "800";
+    let rx = c.peer(
+        1,
+        &["--ep", "100", "--sizes", sizes, "recv", "--count", "1600"],
+    );
+    let rx0 = c.peer(0, &["--ep", "7", "--sizes", sizes, "recv", "--count", n]);
+    let gap = ["--gap-us", "500"];
+    let mut tx_args = vec!["--sizes", sizes, "send", "--to", "1:100", "--count", n];
+    tx_args.extend_from_slice(&gap);
+    let tx = c.peer(0, &tx_args);
+    let mut txd_args = tx_args.clone();
+    txd_args.push("--delivered");
+    let txd = c.peer(0, &txd_args);
+    let mut back_args = vec!["--sizes", sizes, "send", "--to", "0:7", "--count", n];
+    back_args.extend_from_slice(&gap);
+    let back = c.peer(1, &back_args);
+    let mut breaks = 0;
+    let until = Instant::now() + Duration::from_secs(30);
+    while breaks < 4 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(150));
+        let side = breaks % 2;
+        // Through the CLI, as an operator would (from the agent's namespace).
+        let out = Command::new("ip")
+            .args(["netns", "exec", &tb.ns(side), common::WYVERN, "break-link"])
+            .arg("--socket")
+            .arg(c.socket(side))
+            .args(["--peer", &(1 - side).to_string()])
+            .output()
+            .expect("run wyvern break-link");
+        // Refused while the previous break is still being mended: try again.
+        if out.status.success() {
+            breaks += 1;
+        }
+    }
+    assert_eq!(breaks, 4, "could not break the link 4 times in 30 s");
+    for (name, p) in [
+        ("buffered sender", tx),
+        ("delivered sender", txd),
+        ("sender back", back),
+    ] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["sent"], 800, "{name}: {}", r.0);
+    }
+    for (name, p, want) in [("receiver", rx, 1600), ("receiver back", rx0, 800)] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["received"], want, "{name}: {}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
+    }
+    check_clean(&c);
+    let resumes: u64 = (0..2)
+        .map(|i| {
+            c.stat(i)["peers"][0]["counters"]["resumes"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(resumes >= 4, "{resumes} resumes for 4 breaks");
+    assert!(c.log(0).contains("resumed"), "{}", c.log(0));
+}
+
+/// The injector child: a second DPDK process in node 0's namespace sending garbage to
+/// node 1 (role `inject` of this test binary; see `garbage_frames_are_counted_and_dropped`).
+fn inject_child() {
+    let prefix = std::env::var("WYVERN_INJECT_PREFIX").expect("WYVERN_INJECT_PREFIX");
+    let args: Vec<String> = [
+        "--no-pci",
+        "--no-huge",
+        "--no-shconf",
+        "-m",
+        "64",
+        "--no-telemetry",
+        "--lcores=0@(0-1)",
+        "--log-level=lib.eal:warning",
+        &format!("--file-prefix={prefix}"),
+        "--vdev=net_af_packet1,iface=veth0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let eal = Eal::init(&args).expect("EAL with net_af_packet");
+    let pool = PktPool::new(&eal, "inject", 1023, 0, PktPool::DEFAULT_DATA_ROOM).unwrap();
+    let mut port = Port::open(&eal, "net_af_packet1", &PortConfig::default(), &pool).unwrap();
+    // A source MAC no node has.
+    let src = MacAddr([0x02, 0, 0, 0, 0x77, 0x01]);
+    let h = PacketHeader {
+        kind: PktKind::Data,
+        flags: 0,
+        src_node: 0,
+        dst_node: 1,
+        src_epoch: 12345,
+        dst_epoch: 67890,
+        seq: 0,
+        ack: Ack::default(),
+    };
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for i in 0..200u32 {
+        let mut packets = Vec::new();
+        // Junk with our EtherType.
+        packets.push((0..(i % 90 + 1)).map(|k| (k * 37 + i) as u8).collect());
+        // A well-formed packet, damaged.
+        let mut p = Vec::new();
+        encode(&h, b"not for you", &mut p);
+        p[70] ^= 0x10;
+        packets.push(p);
+        // Well-formed, from a node outside the job.
+        let mut p = Vec::new();
+        encode(&PacketHeader { src_node: 9, ..h }, b"x", &mut p);
+        packets.push(p);
+        // Well-formed, from a link epoch that does not exist (stale).
+        let mut p = Vec::new();
+        encode(&PacketHeader { seq: i as u64, ..h }, b"stale", &mut p);
+        packets.push(p);
+        for p in packets {
+            let mut f = vec![0u8; ETH_HEADER];
+            write_header(&mut f, MacAddr([0xff; 6]), src);
+            f.extend_from_slice(&p);
+            frames.push(f);
+        }
+        // Another EtherType (IPv4's), to the broadcast MAC.
+        let mut f = vec![0u8; 60];
+        write_header(&mut f, MacAddr([0xff; 6]), src);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14..].fill(i as u8);
+        frames.push(f);
+    }
+    assert_ne!(ETHERTYPE, 0x0800);
+    let total = frames.len();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for chunk in frames.chunks(10) {
+        let mut burst: Vec<Mbuf<'_>> = Vec::new();
+        pool.alloc_bulk(&mut burst, chunk.len()).unwrap();
+        for (m, f) in burst.iter_mut().zip(chunk) {
+            assert!(m.extend_from_slice(f));
+        }
+        while !burst.is_empty() && Instant::now() < deadline {
+            sent += port.tx_burst(0, &mut burst);
+            // Paced: the receiving socket's ring must not overflow meanwhile.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert_eq!(sent, total, "frames sent");
+    println!("WYVERN_INJECTED {total}");
+}
+
+#[test]
+fn garbage_frames_are_counted_and_dropped() {
+    const TEST: &str = "garbage_frames_are_counted_and_dropped";
+    if std::env::var("WYVERN_INJECT_PREFIX").is_ok() {
+        return inject_child();
+    }
+    let Some(tb) = Testbed::up(TEST, 'c', 2) else {
+        return;
+    };
+    let c = tb.cluster(&[]);
+    let rx = c.peer(
+        1,
+        &["--ep", "3", "--sizes", "8,5000", "recv", "--count", "400"],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", "8,5000", "send", "--to", "1:3", "--count", "400", "--gap-us", "500",
+        ],
+    );
+    let before = c.stat(1);
+    let mut inj = Command::new("ip");
+    inj.args(["netns", "exec", &tb.ns(0)])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env("WYVERN_INJECT_PREFIX", format!("{}-inject", tb.ns(0)))
+        .stderr(Stdio::inherit());
+    let inj = Proc::spawn(inj, "injector");
+    let mut got = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let l = inj.line(Duration::from_secs(60));
+        // (libtest prints "test <name> ... " before it on the same line.)
+        if let Some((_, n)) = l.split_once("WYVERN_INJECTED ") {
+            got = Some(n.trim().parse::<u64>().unwrap());
+            break;
+        }
+    }
+    assert_eq!(got, Some(1000), "injector did not finish");
+    assert_ok("sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("receiver", &r);
+    assert_eq!(r.0["received"], 400);
+    assert_eq!(r.0["corrupt"], 0);
+    assert_eq!(r.0["out_of_order"], 0);
+    let s = c.stat(1);
+    let d = |name| counter(&s, name) - counter(&before, name);
+    eprintln!("node 1 transport counters: {}", s["transport"]);
+    // 200 junk frames fail the checksum or are too short (foreign); 200 damaged
+    // packets fail it; 200 from node 9 are foreign; 200 of a dead epoch are stale;
+    // 200 frames of another EtherType never reach the datagram layer.
+    assert!(d("packets_corrupt") + d("packets_foreign") >= 600, "{s}");
+    assert!(d("packets_corrupt") >= 200, "{s}");
+    assert!(d("packets_foreign") >= 200, "{s}");
+    assert!(d("packets_stale") >= 200, "{s}");
+    assert!(d("frames_foreign_ethertype") >= 200, "{s}");
+    assert_eq!(s["peers"][0]["counters"]["losses"], 0, "{s}");
+    assert_eq!(s["peers"][0]["state"], "up", "{s}");
+    check_clean(&c);
+}
