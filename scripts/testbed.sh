@@ -10,18 +10,23 @@
 # The dpdk transport runs on them with net_af_packet:
 #   ip netns exec wyv0 wyvern agent --transport dpdk \
 #       --dpdk-eal "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix=wyv0 --no-shconf --no-huge -m 128" ...
+# TESTBED_MIDDLE=1 (N = 2 only): no direct pair; instead a middle namespace ${PREFIX}mid holds
+# the other ends, l0 (towards ${PREFIX}0) and l1 (towards ${PREFIX}1), and nothing passes unless
+# a forwarder runs there (the impaired-hop test runs one on DPDK).
 # Environment: TESTBED_PREFIX (namespace names), TESTBED_MTU (default 1500; e.g. 9000 for
 # jumbo frames), TESTBED_HUGEPAGES (hugepages to make sure are reserved, via
 # scripts/setup-hugepages.sh; default 512, never lowered; "skip" to leave them alone).
 # Needs root and iproute2. Idempotent: `up` creates only what is missing; `down` removes
-# everything it made (and nothing else: only namespaces named ${PREFIX}<digits> and
-# ${PREFIX}hub). Never touches the root namespace's interfaces.
+# everything it made (and nothing else: only namespaces named ${PREFIX}<digits>,
+# ${PREFIX}hub and ${PREFIX}mid). Never touches the root namespace's interfaces.
 set -euo pipefail
 
 prefix="${TESTBED_PREFIX:-wyv}"
 mtu="${TESTBED_MTU:-1500}"
 huge="${TESTBED_HUGEPAGES:-512}"
 hub="${prefix}hub"
+mid="${prefix}mid"
+middle="${TESTBED_MIDDLE:-0}"
 here="$(cd "$(dirname "$0")" && pwd)"
 
 log() { printf '[wyvern testbed] %s\n' "$*"; }
@@ -34,7 +39,7 @@ case "$mtu" in ''|*[!0-9]*) die "TESTBED_MTU must be a number, got '$mtu'" ;; es
 ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
 # Namespaces this script made: ${prefix}<digits> and ${prefix}hub.
 our_namespaces() {
-    ip netns list | awk '{print $1}' | grep -E "^${prefix}([0-9]+|hub)\$" || true
+    ip netns list | awk '{print $1}' | grep -E "^${prefix}([0-9]+|hub|mid)\$" || true
 }
 
 setup_ns() {
@@ -55,8 +60,8 @@ status() {
     for ns in $(our_namespaces); do
         any=1
         log "namespace $ns:"
-        ip -n "$ns" -br link show | grep -v '^lo ' | sed 's/^/[wyvern testbed]   /'
-        ip -n "$ns" -br -4 addr show | grep -v '^lo ' | sed 's/^/[wyvern testbed]   /'
+        { ip -n "$ns" -br link show | grep -v '^lo ' || true; } | sed 's/^/[wyvern testbed]   /'
+        { ip -n "$ns" -br -4 addr show | grep -v '^lo ' || true; } | sed 's/^/[wyvern testbed]   /'
     done
     [ "$any" = 1 ] || log "no namespaces named ${prefix}N or ${hub}"
 }
@@ -73,7 +78,18 @@ up() {
     fi
     local i
     for ((i = 0; i < n; i++)); do setup_ns "${prefix}${i}"; done
-    if [ "$n" -eq 2 ]; then
+    if [ "$middle" = 1 ]; then
+        [ "$n" -eq 2 ] || die "TESTBED_MIDDLE=1 needs N = 2"
+        setup_ns "$mid"
+        for i in 0 1; do
+            if ! ip -n "${prefix}${i}" link show veth0 >/dev/null 2>&1; then
+                ip -n "$mid" link del "l$i" 2>/dev/null || true
+                ip link add veth0 netns "${prefix}${i}" type veth peer name "l$i" netns "$mid"
+            fi
+            quiet_link "$mid" "l$i"
+            quiet_link "${prefix}${i}" veth0
+        done
+    elif [ "$n" -eq 2 ]; then
         local a="${prefix}0" b="${prefix}1"
         if ! ip -n "$a" link show veth0 >/dev/null 2>&1; then
             # A stale half (the other end's namespace was deleted) goes first.
@@ -104,7 +120,10 @@ up() {
     for ((i = 0; i < n; i++)); do
         ip -n "${prefix}${i}" addr replace "10.77.0.$((i + 1))/24" dev veth0
     done
-    log "up: $n nodes (${prefix}0..${prefix}$((n - 1))), MTU $mtu$([ "$n" -gt 2 ] && echo ", bridge br0 in $hub")"
+    local how=", one veth pair"
+    [ "$n" -gt 2 ] && how=", bridge br0 in $hub"
+    [ "$middle" = 1 ] && how=", through $mid (l0, l1; a forwarder must run there)"
+    log "up: $n nodes (${prefix}0..${prefix}$((n - 1))), MTU $mtu$how"
     status
 }
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::{assert_ok, Cluster, Proc};
 use wyvern::transport::dpdk::{
-    write_header, Eal, MacAddr, Mbuf, PktPool, Port, PortConfig, ETHERTYPE, ETH_HEADER,
+    classify, write_header, Eal, FrameKind, MacAddr, Mbuf, PktPool, Port, PortConfig, ETHERTYPE,
+    ETH_HEADER,
 };
 use wyvern::wire::packet::{encode, PacketHeader, PktKind};
 use wyvern::wire::reliable::Ack;
@@ -41,23 +42,48 @@ fn script() -> PathBuf {
 impl Testbed {
     /// `None` (after a loud message) where namespaces cannot be made.
     fn up(test: &str, tag: char, n: usize) -> Option<Testbed> {
+        Testbed::up_with(test, tag, n, false)
+    }
+
+    /// With `middle`: the two nodes' veths end in a third namespace (`<prefix>mid`,
+    /// interfaces l0 and l1), where nothing passes unless a forwarder runs.
+    fn up_with(test: &str, tag: char, n: usize, middle: bool) -> Option<Testbed> {
         let prefix = format!("w{}{tag}", std::process::id() % 10_000_000);
+        // Skip only where namespaces cannot be made at all; any other failure of the
+        // script is a failure of the test.
+        let probe = format!("{prefix}probe");
+        let can = Command::new("ip").args(["netns", "add", &probe]).output();
+        match can {
+            Ok(o) if o.status.success() => {
+                let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+            }
+            Ok(o) => {
+                eprintln!(
+                    "\n*** SKIPPED {test}: cannot make a network namespace (needs root): {} ***\n",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return None;
+            }
+            Err(e) => {
+                eprintln!("\n*** SKIPPED {test}: cannot run `ip` (iproute2): {e} ***\n");
+                return None;
+            }
+        }
         let tb = Testbed { prefix, n };
         let out = Command::new("bash")
             .arg(script())
             .args(["up", &n.to_string()])
+            .env("TESTBED_MIDDLE", if middle { "1" } else { "0" })
             .env("TESTBED_PREFIX", &tb.prefix)
             .env("TESTBED_HUGEPAGES", "skip")
             .output()
             .expect("run scripts/testbed.sh");
-        if !out.status.success() {
-            eprintln!(
-                "\n*** SKIPPED {test}: cannot make network namespaces with scripts/testbed.sh \
-                 (needs root and iproute2): {} ***\n",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
+        assert!(
+            out.status.success(),
+            "scripts/testbed.sh up {n} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Some(tb)
     }
 
@@ -408,5 +434,251 @@ fn garbage_frames_are_counted_and_dropped() {
     assert!(d("frames_foreign_ethertype") >= 200, "{s}");
     assert_eq!(s["peers"][0]["counters"]["losses"], 0, "{s}");
     assert_eq!(s["peers"][0]["state"], "up", "{s}");
+    check_clean(&c);
+}
+
+/// A seeded generator, so an impaired run replays with the same `WYVERN_FWD_SEED`.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+const LOSS: u64 = 5;
+const REORDER: u64 = 25;
+const DUPLICATE: u64 = 2;
+const CORRUPT: u64 = 1;
+
+/// The forwarder child: a DPDK process in the middle namespace moving frames between
+/// l0 and l1 (two net_af_packet ports), impairing wyvern's: drops 5 %, holds back
+/// (reorders) 25 % for 0.1-2 ms, duplicates 2 %, damages 1 % (one bit of the packet,
+/// after the Ethernet header). Other frames pass untouched. Stops when the file
+/// `WYVERN_FWD_STOP` exists (or after 150 s) and prints what it did.
+fn forward_child() {
+    let stop = PathBuf::from(std::env::var("WYVERN_FWD_STOP").unwrap());
+    let prefix = std::env::var("WYVERN_FWD_PREFIX").unwrap();
+    let seed: u64 = std::env::var("WYVERN_FWD_SEED").unwrap().parse().unwrap();
+    let args: Vec<String> = [
+        "--no-pci",
+        "--no-huge",
+        "--no-shconf",
+        "-m",
+        "64",
+        "--no-telemetry",
+        "--lcores=0@(0-1)",
+        "--log-level=lib.eal:warning",
+        &format!("--file-prefix={prefix}"),
+        "--vdev=net_af_packet0,iface=l0",
+        "--vdev=net_af_packet1,iface=l1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let eal = Eal::init(&args).expect("EAL with two net_af_packet ports");
+    let pool = PktPool::new(&eal, "fwd", 4095, 0, PktPool::DEFAULT_DATA_ROOM).unwrap();
+    let cfg = PortConfig {
+        promiscuous: true,
+        ..PortConfig::default()
+    };
+    let mut ports = [
+        Port::open(&eal, "net_af_packet0", &cfg, &pool).unwrap(),
+        Port::open(&eal, "net_af_packet1", &cfg, &pool).unwrap(),
+    ];
+    println!("WYVERN_FWD_READY");
+    let mut rng = Lcg(seed);
+    let (mut fwd, mut dropped, mut held_n, mut dup, mut bad) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut held: [Vec<(Instant, Mbuf<'_>)>; 2] = [Vec::new(), Vec::new()];
+    let mut out: [Vec<Mbuf<'_>>; 2] = [Vec::new(), Vec::new()];
+    let mut rx: Vec<Mbuf<'_>> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    for round in 0u64.. {
+        if round % 512 == 0 && (stop.exists() || Instant::now() > deadline) {
+            break;
+        }
+        let now = Instant::now();
+        let mut idle = true;
+        for (side, port) in ports.iter_mut().enumerate() {
+            port.rx_burst(0, &mut rx, 32);
+            let to = 1 - side;
+            for mut m in rx.drain(..) {
+                idle = false;
+                if classify(m.data()) == FrameKind::Foreign {
+                    out[to].push(m);
+                    continue;
+                }
+                if rng.chance(LOSS) {
+                    dropped += 1;
+                    continue;
+                }
+                if rng.chance(CORRUPT) && m.len() > ETH_HEADER {
+                    let d = m.data_mut();
+                    let i = ETH_HEADER + (rng.next() as usize) % (d.len() - ETH_HEADER);
+                    d[i] ^= 1 << (rng.next() % 8);
+                    bad += 1;
+                }
+                if rng.chance(DUPLICATE) {
+                    if let Ok(mut c) = pool.alloc() {
+                        assert!(c.extend_from_slice(m.data()));
+                        out[to].push(c);
+                        dup += 1;
+                    }
+                }
+                if rng.chance(REORDER) {
+                    let at = now + Duration::from_micros(100 + rng.next() % 1900);
+                    held[to].push((at, m));
+                    held_n += 1;
+                    continue;
+                }
+                out[to].push(m);
+                fwd += 1;
+            }
+        }
+        for side in 0..2 {
+            let mut k = 0;
+            while k < held[side].len() {
+                if held[side][k].0 <= now {
+                    let (_, m) = held[side].remove(k);
+                    out[side].push(m);
+                } else {
+                    k += 1;
+                }
+            }
+            if !out[side].is_empty() {
+                ports[side].tx_burst(0, &mut out[side]);
+                // What the device did not take is lost, as on a congested link.
+                dropped += out[side].len() as u64;
+                out[side].clear();
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    println!(
+        "WYVERN_FWD forwarded {fwd} dropped {dropped} held {held_n} duplicated {dup} corrupted {bad}"
+    );
+}
+
+#[test]
+fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
+    const TEST: &str = "impaired_middle_hop_delivers_every_message_once_in_order_and_intact";
+    if std::env::var("WYVERN_FWD_STOP").is_ok() {
+        return forward_child();
+    }
+    let Some(tb) = Testbed::up_with(TEST, 'd', 2, true) else {
+        return;
+    };
+    let seed = std::env::var("WYVERN_FWD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!(
+        "forwarder: loss {LOSS}% reorder {REORDER}% duplicate {DUPLICATE}% corrupt {CORRUPT}%, \
+         seed {seed} (replay with WYVERN_FWD_SEED={seed})"
+    );
+    let stop = std::env::temp_dir().join(format!("{}-fwd-stop", tb.prefix));
+    let _ = std::fs::remove_file(&stop);
+    let mut fwd = Command::new("ip");
+    fwd.args(["netns", "exec", &format!("{}mid", tb.prefix)])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env("WYVERN_FWD_STOP", &stop)
+        .env("WYVERN_FWD_PREFIX", format!("{}mid-fwd", tb.prefix))
+        .env("WYVERN_FWD_SEED", seed.to_string())
+        .stderr(Stdio::inherit());
+    let fwd = Proc::spawn(fwd, "forwarder");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "forwarder did not start");
+        if fwd
+            .line(Duration::from_secs(30))
+            .contains("WYVERN_FWD_READY")
+        {
+            break;
+        }
+    }
+    let c = tb.cluster(&[]);
+    let sizes = "0,8,100,4096,4097,65536,300000,1048576";
+    let n = "80";
+    let rx1 = c.peer(
+        1,
+        &["--ep", "10", "--sizes", sizes, "recv", "--count", "160"],
+    );
+    let rx0 = c.peer(0, &["--ep", "20", "--sizes", sizes, "recv", "--count", n]);
+    let senders = [
+        c.peer(0, &["--sizes", sizes, "send", "--to", "1:10", "--count", n]),
+        c.peer(
+            0,
+            &[
+                "--sizes",
+                sizes,
+                "send",
+                "--to",
+                "1:10",
+                "--count",
+                n,
+                "--delivered",
+            ],
+        ),
+        c.peer(1, &["--sizes", sizes, "send", "--to", "0:20", "--count", n]),
+    ];
+    for (k, s) in senders.into_iter().enumerate() {
+        let r = s.result(T);
+        assert_ok(&format!("sender {k} (forwarder seed {seed})"), &r);
+    }
+    for (name, p, want) in [("node 1", rx1, 160), ("node 0", rx0, 80)] {
+        let r = p.result(T);
+        assert_ok(&format!("receiver on {name} (forwarder seed {seed})"), &r);
+        assert_eq!(r.0["received"], want, "{}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "{}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
+    }
+    std::fs::write(&stop, b"stop").unwrap();
+    let mut report = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let l = fwd.line(Duration::from_secs(30));
+        if let Some((_, r)) = l.split_once("WYVERN_FWD ") {
+            report = r.to_owned();
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&stop);
+    let (s0, s1) = (c.stat(0), c.stat(1));
+    let sum = |name| counter(&s0, name) + counter(&s1, name);
+    eprintln!(
+        "forwarder: {report}; agents: resent {} corrupt {} duplicate {}",
+        sum("packets_resent"),
+        sum("packets_corrupt"),
+        sum("packets_duplicate")
+    );
+    let field = |name: &str| -> u64 {
+        let w: Vec<&str> = report.split_whitespace().collect();
+        let i = w.iter().position(|x| *x == name).expect(name);
+        w[i + 1].parse().unwrap()
+    };
+    assert!(field("dropped") > 0 && field("corrupted") > 0, "{report}");
+    assert!(field("held") > 0 && field("duplicated") > 0, "{report}");
+    assert!(
+        sum("packets_resent") > 0,
+        "losses were repaired by resending"
+    );
+    assert!(
+        sum("packets_corrupt") > 0,
+        "damaged frames were caught by the checksum: {s0} {s1}"
+    );
     check_clean(&c);
 }
