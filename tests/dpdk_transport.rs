@@ -145,9 +145,23 @@ fn counter(s: &serde_json::Value, name: &str) -> u64 {
     s["transport"][name].as_u64().unwrap_or(0)
 }
 
+/// Agent `i`'s stat once every pool block is back (blocks of a sent message return
+/// when the peer acknowledges its last packet, which may come just after the receiver
+/// reported); fails after 20 s.
+fn stat_settled(c: &Cluster, i: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = c.stat(i);
+        if s["blocks_free"] == s["blocks_total"] || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn check_clean(c: &Cluster) {
     for i in 0..2 {
-        let s = c.stat(i);
+        let s = stat_settled(c, i);
         let p = &s["peers"][0];
         assert_eq!(p["transport"], "dpdk", "{s}");
         assert_eq!(p["counters"]["losses"], 0, "agent {i}: {s}");
@@ -681,4 +695,96 @@ fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
         "damaged frames were caught by the checksum: {s0} {s1}"
     );
     check_clean(&c);
+}
+
+#[test]
+fn three_nodes_on_a_bridge_learn_each_other_and_exchange_all_to_all() {
+    const TEST: &str = "three_nodes_on_a_bridge_learn_each_other_and_exchange_all_to_all";
+    // N = 3: every veth0 hangs off one bridge in a hub namespace, so a broadcast
+    // (the first Hellos) reaches both other nodes and the one it is not for drops it.
+    let Some(tb) = Testbed::up(TEST, 'e', 3) else {
+        return;
+    };
+    let c = tb.cluster(&[]);
+    let sizes = "8,700,5000,300000";
+    let rx: Vec<_> = (0..3)
+        .map(|i| {
+            c.peer(
+                i,
+                &["--ep", "9", "--sizes", sizes, "recv", "--count", "400"],
+            )
+        })
+        .collect();
+    let mut tx = Vec::new();
+    for from in 0..3usize {
+        for to in (0..3usize).filter(|&t| t != from) {
+            let dst = format!("{to}:9");
+            tx.push(c.peer(
+                from,
+                &["--sizes", sizes, "send", "--to", &dst, "--count", "200"],
+            ));
+        }
+    }
+    for (k, t) in tx.into_iter().enumerate() {
+        assert_ok(&format!("sender {k}"), &t.result(T));
+    }
+    for (i, r) in rx.into_iter().enumerate() {
+        let r = r.result(T);
+        assert_ok(&format!("receiver on node {i}"), &r);
+        assert_eq!(r.0["received"], 400, "{}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "{}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
+        assert_eq!(r.0["senders"].as_object().unwrap().len(), 2, "{}", r.0);
+    }
+    for i in 0..3 {
+        let s = stat_settled(&c, i);
+        let peers = s["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2, "{s}");
+        for p in peers {
+            assert_eq!(p["state"], "up", "{s}");
+            assert_eq!(p["transport"], "dpdk", "{s}");
+            assert_eq!(p["counters"]["losses"], 0, "{s}");
+        }
+        // Learned MACs: only the first Hellos went to the broadcast address.
+        assert!(counter(&s, "frames_tx_broadcast") < 50, "{s}");
+        assert_eq!(s["blocks_free"], s["blocks_total"], "{s}");
+    }
+}
+
+#[test]
+fn a_port_that_does_not_exist_is_a_clear_start_up_error() {
+    const TEST: &str = "a_port_that_does_not_exist_is_a_clear_start_up_error";
+    let Some(tb) = Testbed::up(TEST, 'f', 2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        tb.ns(0),
+        "timeout".into(),
+        "60".into(),
+        common::WYVERN.into(),
+        "agent".into(),
+        "--node-id".into(),
+        "0".into(),
+        "--nodes".into(),
+        "127.0.0.1:0,127.0.0.1:0".into(),
+        "--socket".into(),
+        dir.path().join("a.sock").display().to_string(),
+        "--transport".into(),
+        "dpdk".into(),
+        "--dpdk-port".into(),
+        "net_nosuch9".into(),
+    ];
+    args.extend(tb.agent_args(0));
+    let out = Command::new("ip").args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot start the dpdk device") && err.contains("net_nosuch9"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }
