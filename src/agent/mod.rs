@@ -505,22 +505,27 @@ pub struct Agent {
     incarnation: u64,
 }
 
+/// Pin the calling thread to `core`.
+fn pin_to(core: usize) -> Result<(), AgentError> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(core).map_err(|e| AgentError::Pin {
+        core,
+        source: e.into(),
+    })?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(|e| {
+        AgentError::Pin {
+            core,
+            source: e.into(),
+        }
+    })
+}
+
 impl Agent {
     /// Create the pool, bind the sockets, start dialing peers.
     pub fn new(mut cfg: AgentConfig) -> Result<Agent, AgentError> {
         cfg.validate()?;
         if let Some(&core) = cfg.cores.first() {
-            let mut set = nix::sched::CpuSet::new();
-            set.set(core).map_err(|e| AgentError::Pin {
-                core,
-                source: e.into(),
-            })?;
-            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(|e| {
-                AgentError::Pin {
-                    core,
-                    source: e.into(),
-                }
-            })?;
+            pin_to(core)?;
             if cfg.cores.len() > 1 {
                 log::warn!(
                     "one polling thread for now: using core {core}, ignoring the rest of {:?}",
@@ -617,6 +622,11 @@ impl Agent {
                         .collect(),
                 })
                 .map_err(dev)?;
+                // The EAL pinned this thread to its main lcore's CPU (`-l`/`--lcores`;
+                // without them, the first CPU): `cores`, when given, wins.
+                if let Some(&core) = cfg.cores.first() {
+                    pin_to(core)?;
+                }
                 Box::new(
                     DatagramTransport::new(
                         cfg.node_id,
