@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::testbed::Testbed;
 use common::{assert_ok, Cluster, Proc};
 use wyvern::transport::dpdk::{
     classify, write_header, Eal, FrameKind, MacAddr, Mbuf, PktPool, Port, PortConfig, ETHERTYPE,
@@ -28,118 +29,6 @@ const T: Duration = Duration::from_secs(120);
 /// Every size class from 0 B to 64 MiB, inline and block paths on both sides.
 const SIZES: &str =
     "0,1,7,8,63,64,65,200,4095,4096,4097,65536,262144,262145,1048576,3000001,67108864";
-
-/// N namespaces from `scripts/testbed.sh up N`, removed (`down`) when dropped.
-struct Testbed {
-    prefix: String,
-    n: usize,
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed.sh")
-}
-
-impl Testbed {
-    /// `None` (after a loud message) where namespaces cannot be made.
-    fn up(test: &str, tag: char, n: usize) -> Option<Testbed> {
-        Testbed::up_with(test, tag, n, false)
-    }
-
-    /// With `middle`: the two nodes' veths end in a third namespace (`<prefix>mid`,
-    /// interfaces l0 and l1), where nothing passes unless a forwarder runs.
-    fn up_with(test: &str, tag: char, n: usize, middle: bool) -> Option<Testbed> {
-        let prefix = format!("w{}{tag}", std::process::id() % 10_000_000);
-        // Skip only where namespaces cannot be made at all; any other failure of the
-        // script is a failure of the test.
-        let probe = format!("{prefix}probe");
-        let can = Command::new("ip").args(["netns", "add", &probe]).output();
-        match can {
-            Ok(o) if o.status.success() => {
-                let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-            }
-            Ok(o) => {
-                eprintln!(
-                    "\n*** SKIPPED {test}: cannot make a network namespace (needs root): {} ***\n",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                return None;
-            }
-            Err(e) => {
-                eprintln!("\n*** SKIPPED {test}: cannot run `ip` (iproute2): {e} ***\n");
-                return None;
-            }
-        }
-        let tb = Testbed { prefix, n };
-        let out = Command::new("bash")
-            .arg(script())
-            .args(["up", &n.to_string()])
-            .env("TESTBED_MIDDLE", if middle { "1" } else { "0" })
-            .env("TESTBED_PREFIX", &tb.prefix)
-            .env("TESTBED_HUGEPAGES", "skip")
-            .output()
-            .expect("run scripts/testbed.sh");
-        assert!(
-            out.status.success(),
-            "scripts/testbed.sh up {n} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(tb)
-    }
-
-    fn ns(&self, i: usize) -> String {
-        format!("{}{i}", self.prefix)
-    }
-
-    /// `ip netns exec <ns i>`: what node i's processes run under.
-    fn wrap(&self, i: usize) -> Vec<String> {
-        ["ip", "netns", "exec", &self.ns(i)]
-            .map(String::from)
-            .to_vec()
-    }
-
-    /// Agent flags for node i: dpdk on net_af_packet over the namespace's veth0.
-    fn agent_args(&self, i: usize) -> Vec<String> {
-        let eal = format!(
-            "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={}-agent \
-             --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1) \
-             --log-level=lib.eal:warning",
-            self.ns(i)
-        );
-        vec!["--dpdk-eal".into(), eal, "--no-hugepages".into()]
-    }
-
-    /// Two agents on the dpdk transport, one per namespace.
-    fn cluster(&self, extra: &[&str]) -> Cluster {
-        let mut e = vec!["--transport", "dpdk"];
-        e.extend_from_slice(extra);
-        Cluster::start_wrapped(
-            self.n,
-            &e,
-            (0..self.n).map(|i| self.wrap(i)).collect(),
-            (0..self.n).map(|i| self.agent_args(i)).collect(),
-            |_, a| a,
-        )
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("down")
-            .env("TESTBED_PREFIX", &self.prefix)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "warning: testbed down failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("warning: testbed down failed: {e}"),
-        }
-    }
-}
 
 fn counter(s: &serde_json::Value, name: &str) -> u64 {
     s["transport"][name].as_u64().unwrap_or(0)
@@ -176,7 +65,7 @@ fn check_clean(c: &Cluster) {
 #[test]
 fn every_size_class_arrives_intact_and_in_order_both_ways() {
     const TEST: &str = "every_size_class_arrives_intact_and_in_order_both_ways";
-    let Some(tb) = Testbed::up(TEST, 'a', 2) else {
+    let Some(tb) = Testbed::up(TEST, 2) else {
         return;
     };
     let c = tb.cluster(&[]);
@@ -238,7 +127,7 @@ fn every_size_class_arrives_intact_and_in_order_both_ways() {
 #[test]
 fn broken_link_resumes_mid_stream_without_loss() {
     const TEST: &str = "broken_link_resumes_mid_stream_without_loss";
-    let Some(tb) = Testbed::up(TEST, 'b', 2) else {
+    let Some(tb) = Testbed::up(TEST, 2) else {
         return;
     };
     let c = tb.cluster(&[]);
@@ -396,7 +285,7 @@ fn garbage_frames_are_counted_and_dropped() {
     if std::env::var("WYVERN_INJECT_PREFIX").is_ok() {
         return inject_child();
     }
-    let Some(tb) = Testbed::up(TEST, 'c', 2) else {
+    let Some(tb) = Testbed::up(TEST, 2) else {
         return;
     };
     let c = tb.cluster(&[]);
@@ -587,7 +476,7 @@ fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
     if std::env::var("WYVERN_FWD_STOP").is_ok() {
         return forward_child();
     }
-    let Some(tb) = Testbed::up_with(TEST, 'd', 2, true) else {
+    let Some(tb) = Testbed::up_with(TEST, 2, true) else {
         return;
     };
     let seed = std::env::var("WYVERN_FWD_SEED")
@@ -702,7 +591,7 @@ fn three_nodes_on_a_bridge_learn_each_other_and_exchange_all_to_all() {
     const TEST: &str = "three_nodes_on_a_bridge_learn_each_other_and_exchange_all_to_all";
     // N = 3: every veth0 hangs off one bridge in a hub namespace, so a broadcast
     // (the first Hellos) reaches both other nodes and the one it is not for drops it.
-    let Some(tb) = Testbed::up(TEST, 'e', 3) else {
+    let Some(tb) = Testbed::up(TEST, 3) else {
         return;
     };
     let c = tb.cluster(&[]);
@@ -754,7 +643,7 @@ fn three_nodes_on_a_bridge_learn_each_other_and_exchange_all_to_all() {
 #[test]
 fn a_port_that_does_not_exist_is_a_clear_start_up_error() {
     const TEST: &str = "a_port_that_does_not_exist_is_a_clear_start_up_error";
-    let Some(tb) = Testbed::up(TEST, 'f', 2) else {
+    let Some(tb) = Testbed::up(TEST, 2) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod relay;
+pub mod testbed;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -94,8 +95,9 @@ impl Drop for Proc {
     }
 }
 
-/// The transport the suite runs on: `WYVERN_TEST_TRANSPORT` (tcp or udp;
-/// tcp by default).
+/// The transport the suite runs on: `WYVERN_TEST_TRANSPORT` (tcp, udp, or
+/// dpdk with `--features dpdk`: every cluster then runs in namespaces of its
+/// own from `scripts/testbed.sh`; tcp by default).
 pub fn transport() -> String {
     std::env::var("WYVERN_TEST_TRANSPORT").unwrap_or_else(|_| "tcp".into())
 }
@@ -110,6 +112,8 @@ pub struct Cluster {
     pub wrap: Vec<Vec<String>>,
     /// Per node: extra agent flags.
     pub node_args: Vec<Vec<String>>,
+    /// The namespaces the nodes run in (the dpdk transport), removed after the agents.
+    pub testbed: Option<testbed::Testbed>,
 }
 
 /// A command for `prog`, run under `wrap` when it is not empty.
@@ -149,6 +153,16 @@ impl Cluster {
         node_args: Vec<Vec<String>>,
         mut via: impl FnMut(usize, SocketAddr) -> SocketAddr,
     ) -> Cluster {
+        // The suite on the dpdk transport: every node in a namespace of its own.
+        let mut tb = None;
+        let (mut wrap, mut node_args) = (wrap, node_args);
+        if wrap.is_empty() && n > 0 && transport() == "dpdk" {
+            let t = testbed::Testbed::up("a cluster on the dpdk transport", n.max(2))
+                .expect("WYVERN_TEST_TRANSPORT=dpdk needs network namespaces (root)");
+            wrap = (0..n).map(|i| t.wrap(i)).collect();
+            node_args = (0..n).map(|i| t.agent_args(i)).collect();
+            tb = Some(t);
+        }
         let dir = std::env::temp_dir().join(format!(
             "wyvern-test-{}-{}",
             std::process::id(),
@@ -166,6 +180,7 @@ impl Cluster {
             nodes,
             wrap,
             node_args,
+            testbed: tb,
         };
         for i in 0..n {
             let p = c.spawn_agent(i, extra);

@@ -1,0 +1,125 @@
+//! Nodes as network namespaces from `scripts/testbed.sh`, for the dpdk transport's tests
+//! (and the end-to-end suite with `WYVERN_TEST_TRANSPORT=dpdk`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::Cluster;
+
+/// Namespaces made by this test process so far (each testbed gets its own prefix).
+static MADE: AtomicU32 = AtomicU32::new(0);
+
+/// N namespaces from `scripts/testbed.sh up N`, removed (`down`) when dropped.
+pub struct Testbed {
+    pub prefix: String,
+    pub n: usize,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed.sh")
+}
+
+impl Testbed {
+    /// `None` (after a loud message) where namespaces cannot be made.
+    pub fn up(test: &str, n: usize) -> Option<Testbed> {
+        Testbed::up_with(test, n, false)
+    }
+
+    /// With `middle`: the two nodes' veths end in a third namespace (`<prefix>mid`,
+    /// interfaces l0 and l1), where nothing passes unless a forwarder runs.
+    pub fn up_with(test: &str, n: usize, middle: bool) -> Option<Testbed> {
+        let k = MADE.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("w{}x{k}", std::process::id() % 100_000);
+        // Skip only where namespaces cannot be made at all; any other failure of the
+        // script is a failure of the test.
+        let probe = format!("{prefix}probe");
+        let can = Command::new("ip").args(["netns", "add", &probe]).output();
+        match can {
+            Ok(o) if o.status.success() => {
+                let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+            }
+            Ok(o) => {
+                eprintln!(
+                    "\n*** SKIPPED {test}: cannot make a network namespace (needs root): {} ***\n",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return None;
+            }
+            Err(e) => {
+                eprintln!("\n*** SKIPPED {test}: cannot run `ip` (iproute2): {e} ***\n");
+                return None;
+            }
+        }
+        let tb = Testbed { prefix, n };
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["up", &n.to_string()])
+            .env("TESTBED_MIDDLE", if middle { "1" } else { "0" })
+            .env("TESTBED_PREFIX", &tb.prefix)
+            .env("TESTBED_HUGEPAGES", "skip")
+            .output()
+            .expect("run scripts/testbed.sh");
+        assert!(
+            out.status.success(),
+            "scripts/testbed.sh up {n} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(tb)
+    }
+
+    pub fn ns(&self, i: usize) -> String {
+        format!("{}{i}", self.prefix)
+    }
+
+    /// `ip netns exec <ns i>`: what node i's processes run under.
+    pub fn wrap(&self, i: usize) -> Vec<String> {
+        ["ip", "netns", "exec", &self.ns(i)]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// Agent flags for node i: dpdk on net_af_packet over the namespace's veth0.
+    pub fn agent_args(&self, i: usize) -> Vec<String> {
+        let eal = format!(
+            "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={}-agent \
+             --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1) \
+             --log-level=lib.eal:warning",
+            self.ns(i)
+        );
+        vec!["--dpdk-eal".into(), eal]
+    }
+
+    /// Two agents on the dpdk transport, one per namespace.
+    pub fn cluster(&self, extra: &[&str]) -> Cluster {
+        // Normal pages for the pools: the machine's hugepages are shared.
+        let mut e = vec!["--transport", "dpdk", "--no-hugepages"];
+        e.extend_from_slice(extra);
+        Cluster::start_wrapped(
+            self.n,
+            &e,
+            (0..self.n).map(|i| self.wrap(i)).collect(),
+            (0..self.n).map(|i| self.agent_args(i)).collect(),
+            |_, a| a,
+        )
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("down")
+            .env("TESTBED_PREFIX", &self.prefix)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: testbed down failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("warning: testbed down failed: {e}"),
+        }
+    }
+}
