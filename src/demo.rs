@@ -1,4 +1,5 @@
-//! `wyvern demo`: two agents on this machine over loopback TCP, a client on
+//! `wyvern demo`: two agents on this machine over loopback TCP (or UDP, or
+//! DPDK between two network namespaces joined by a veth pair), a client on
 //! each, a latency, message-rate and bandwidth workload, and a summary.
 
 use std::path::PathBuf;
@@ -6,6 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use std::process::Command;
+
+use wyvern::agent::TransportKind;
 use wyvern::client::{Client, Mode};
 use wyvern::local::LocalAgents;
 
@@ -27,25 +31,129 @@ pub struct DemoArgs {
     /// Idle policy of the two agents.
     #[arg(long, value_enum, default_value_t = wyvern::agent::IdlePolicy::Adaptive)]
     idle: wyvern::agent::IdlePolicy,
+    /// Transport between the agents. dpdk (a wyvern built with `--features dpdk`,
+    /// root): each agent in a network namespace of its own (made and removed by the
+    /// demo), joined by a veth pair, DPDK on `net_af_packet`.
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    transport: TransportKind,
+}
+
+/// Two network namespaces joined by a veth pair (`veth0` in each), removed when
+/// dropped: the dpdk demo's two "nodes".
+struct DemoNet {
+    names: Vec<String>,
+}
+
+impl DemoNet {
+    fn create() -> Result<DemoNet, String> {
+        let pid = std::process::id();
+        let mut net = DemoNet { names: vec![] };
+        for i in 0..2 {
+            let ns = format!("wyvdemo{pid}-{i}");
+            ip(&["netns", "add", &ns])
+                .map_err(|e| format!("cannot make a network namespace (needs root): {e}"))?;
+            net.names.push(ns);
+        }
+        let (a, b) = (&net.names[0], &net.names[1]);
+        ip(&[
+            "link", "add", "veth0", "netns", a, "type", "veth", "peer", "name", "veth0", "netns", b,
+        ])?;
+        for ns in &net.names {
+            // IPv6 off: the kernel would send its own frames on the link.
+            let _ = Command::new("ip")
+                .args(["netns", "exec", ns, "sysctl", "-qw"])
+                .arg("net.ipv6.conf.veth0.disable_ipv6=1")
+                .output();
+            ip(&["-n", ns, "link", "set", "veth0", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn wrap(&self, i: usize) -> Vec<String> {
+        ["ip", "netns", "exec", &self.names[i]]
+            .map(String::from)
+            .to_vec()
+    }
+}
+
+impl Drop for DemoNet {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("wyvern demo: could not remove network namespace {ns}: {e}");
+            }
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 const EP_A: u32 = 1;
 const EP_B: u32 = 2;
 
-fn start_agents(idle: wyvern::agent::IdlePolicy) -> Result<LocalAgents, String> {
+/// The agents, and the namespaces they run in (dpdk); dropped in this order (fields
+/// drop in declaration order), so the agents stop before their namespaces go.
+struct Started {
+    agents: LocalAgents,
+    _net: Option<DemoNet>,
+}
+
+fn start_agents(idle: wyvern::agent::IdlePolicy, t: TransportKind) -> Result<Started, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     let idle = match idle {
         wyvern::agent::IdlePolicy::Spin => "spin",
         wyvern::agent::IdlePolicy::Adaptive => "adaptive",
     };
-    LocalAgents::start(
-        &exe,
-        "demo",
-        2,
-        idle,
-        &[],
-        &["--block-mib", "160", "--max-clients", "8"],
-    )
+    let mut extra = vec!["--block-mib", "160", "--max-clients", "8"];
+    let (net, wrap, node_args) = match t {
+        TransportKind::Tcp => (None, vec![], vec![]),
+        TransportKind::Udp => {
+            extra.extend(["--transport", "udp"]);
+            (None, vec![], vec![])
+        }
+        TransportKind::Dpdk => {
+            if !cfg!(feature = "dpdk") {
+                return Err(
+                    "--transport dpdk needs a wyvern built with the `dpdk` cargo \
+                            feature (cargo build --release --features dpdk)"
+                        .into(),
+                );
+            }
+            extra.extend(["--transport", "dpdk"]);
+            let net = DemoNet::create()?;
+            let wrap: Vec<Vec<String>> = (0..2).map(|i| net.wrap(i)).collect();
+            let node_args: Vec<Vec<String>> = net
+                .names
+                .iter()
+                .map(|ns| {
+                    vec![
+                        "--dpdk-eal".to_string(),
+                        format!(
+                            "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={ns} \
+                             --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1) \
+                             --log-level=lib.eal:warning"
+                        ),
+                    ]
+                })
+                .collect();
+            (Some(net), wrap, node_args)
+        }
+    };
+    let agents = LocalAgents::start_wrapped(&exe, "demo", 2, idle, &[], &extra, &wrap, &node_args)?;
+    Ok(Started { agents, _net: net })
 }
 
 /// A progress bar on a terminal; elsewhere (a log, CI) one line per phase.
@@ -119,8 +227,14 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     if a.size < 8 || a.size > 4096 {
         return Err("--size must be 8..=4096 bytes".into());
     }
-    println!("wyvern demo: two agents on loopback TCP, one client on each");
-    let agents = start_agents(a.idle)?;
+    let how = match a.transport {
+        TransportKind::Tcp => "on loopback TCP",
+        TransportKind::Udp => "on loopback UDP",
+        TransportKind::Dpdk => "on DPDK (net_af_packet) between two network namespaces",
+    };
+    println!("wyvern demo: two agents {how}, one client on each");
+    let started = start_agents(a.idle, a.transport)?;
+    let agents = &started.agents;
     let sock_b = agents.sockets[1].clone();
     let c = Client::attach(&agents.sockets[0], "demo-a").map_err(|e| e.to_string())?;
     println!(
@@ -235,6 +349,6 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     println!(
         "(half round trips for latency; a 2-core VM is noisy: see bench/ for measured comparisons)"
     );
-    drop(agents);
+    drop(started);
     Ok(())
 }

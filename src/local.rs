@@ -36,6 +36,22 @@ impl LocalAgents {
         cores: &[Option<usize>],
         extra: &[&str],
     ) -> Result<LocalAgents, String> {
+        LocalAgents::start_wrapped(bin, tag, n, idle, cores, extra, &[], &[])
+    }
+
+    /// As [`LocalAgents::start`], agent `i` run under the command `wrap[i]` (e.g.
+    /// `ip netns exec ns0`) when given, with `node_args[i]` after `extra`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_wrapped(
+        bin: &Path,
+        tag: &str,
+        n: usize,
+        idle: &str,
+        cores: &[Option<usize>],
+        extra: &[&str],
+        wrap: &[Vec<String>],
+        node_args: &[Vec<String>],
+    ) -> Result<LocalAgents, String> {
         let dir = std::env::temp_dir().join(format!("wyvern-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
@@ -49,7 +65,14 @@ impl LocalAgents {
         for i in 0..n {
             let nodes: Vec<String> = a.addrs.iter().map(|s| s.to_string()).collect();
             let sock = dir.join(format!("agent{i}.sock"));
-            let mut cmd = Command::new(bin);
+            let mut cmd = match wrap.get(i).filter(|w| !w.is_empty()) {
+                Some(w) => {
+                    let mut c = Command::new(&w[0]);
+                    c.args(&w[1..]).arg(bin);
+                    c
+                }
+                None => Command::new(bin),
+            };
             cmd.args([
                 "agent",
                 "--node-id",
@@ -61,6 +84,7 @@ impl LocalAgents {
             .arg("--socket")
             .arg(&sock)
             .args(extra)
+            .args(node_args.get(i).into_iter().flatten())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

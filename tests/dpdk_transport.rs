@@ -677,3 +677,42 @@ fn a_port_that_does_not_exist_is_a_clear_start_up_error() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }
+
+#[test]
+fn the_demo_runs_on_dpdk_between_two_namespaces() {
+    const TEST: &str = "the_demo_runs_on_dpdk_between_two_namespaces";
+    // The demo makes (and removes) its own namespaces; probe that it may.
+    let Some(_tb) = Testbed::up(TEST, 2) else {
+        return;
+    };
+    let out = Command::new("timeout")
+        .args(["120", common::WYVERN, "demo", "--transport", "dpdk"])
+        .args([
+            "--pingpongs",
+            "300",
+            "--messages",
+            "20000",
+            "--bulk-mib",
+            "16",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{so}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(so.contains("two agents on DPDK"), "{so}");
+    assert!(so.contains("one-way latency 8 B, p50"), "{so}");
+    assert!(so.contains("bandwidth, 1 MiB messages"), "{so}");
+    // Its namespaces are gone (another demo running at the same time would show up
+    // here too; none runs during the tests).
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("wyvdemo"),
+        "{}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+}
