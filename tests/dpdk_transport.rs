@@ -716,3 +716,46 @@ fn the_demo_runs_on_dpdk_between_two_namespaces() {
         String::from_utf8_lossy(&list.stdout)
     );
 }
+
+#[test]
+fn configured_peer_macs_are_used_from_the_first_packet() {
+    const TEST: &str = "configured_peer_macs_are_used_from_the_first_packet";
+    let Some(tb) = Testbed::up(TEST, 2) else {
+        return;
+    };
+    let macs = format!("{},{}", tb.mac(0), tb.mac(1));
+    let node_args = (0..2)
+        .map(|i| {
+            let mut a = tb.agent_args(i);
+            a.extend(["--dpdk-peer-macs".to_string(), macs.clone()]);
+            a
+        })
+        .collect();
+    let c = Cluster::start_wrapped(
+        2,
+        &["--transport", "dpdk", "--no-hugepages"],
+        (0..2).map(|i| tb.wrap(i)).collect(),
+        node_args,
+        |_, a| a,
+    );
+    let rx = c.peer(
+        1,
+        &["--ep", "4", "--sizes", "8,70000", "recv", "--count", "100"],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", "8,70000", "send", "--to", "1:4", "--count", "100",
+        ],
+    );
+    assert_ok("sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("receiver", &r);
+    assert_eq!(r.0["received"], 100, "{}", r.0);
+    for i in 0..2 {
+        let s = stat_settled(&c, i);
+        // Not even the first Hello went to the broadcast address.
+        assert_eq!(counter(&s, "frames_tx_broadcast"), 0, "{s}");
+        assert!(counter(&s, "frames_tx") > 0, "{s}");
+    }
+}

@@ -91,6 +91,19 @@ impl Testbed {
         vec!["--dpdk-eal".into(), eal]
     }
 
+    /// The MAC of node i's veth0.
+    pub fn mac(&self, i: usize) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(i), "-br", "link", "show", "veth0"])
+            .output()
+            .expect("ip link show");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("no MAC in {text:?}"))
+            .to_owned()
+    }
+
     /// Two agents on the dpdk transport, one per namespace.
     pub fn cluster(&self, extra: &[&str]) -> Cluster {
         // Normal pages for the pools: the machine's hugepages are shared.
