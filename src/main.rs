@@ -82,6 +82,9 @@ struct AgentArgs {
     /// Transport between agents.
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; port 0 picks one).
+    #[arg(long)]
+    metrics: Option<String>,
     /// Largest packet of the udp transport, in bytes.
     #[arg(long)]
     packet_bytes: Option<usize>,
@@ -155,6 +158,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.transport {
             c.transport = v;
+        }
+        if let Some(v) = self.metrics {
+            c.metrics = Some(v);
         }
         if let Some(v) = self.packet_bytes {
             c.packet_bytes = v;
@@ -266,6 +272,8 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         print!("{}", toml::to_string(&cfg).expect("serialisable"));
         return ExitCode::SUCCESS;
     }
+    let metrics = cfg.metrics.clone();
+    let socket = cfg.socket.clone();
     let mut agent = match Agent::new(cfg) {
         Ok(a) => a,
         Err(e) => {
@@ -278,6 +286,22 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
             eprintln!("wyvern agent: cannot install a signal handler: {e}");
             return ExitCode::FAILURE;
+        }
+    }
+    if let Some(m) = metrics {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&m)
+            .ok()
+            .and_then(|mut a| a.next());
+        let Some(addr) = addr else {
+            eprintln!("wyvern agent: --metrics {m}: not a host:port");
+            return ExitCode::FAILURE;
+        };
+        match wyvern::agent::metrics::serve(addr, socket) {
+            Ok(bound) => log::info!("Prometheus metrics on http://{bound}/metrics"),
+            Err(e) => {
+                eprintln!("wyvern agent: cannot serve metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     // Readiness line for scripts and tests.

@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// How frames move between agents (every agent of a job must agree).
     pub transport: TransportKind,
+    /// Serve Prometheus metrics over HTTP on this address (`host:port`).
+    pub metrics: Option<String>,
     /// Largest packet of a datagram transport, headers included but not
     /// the IP/UDP ones (1472 fits a 1500-byte Ethernet MTU).
     pub packet_bytes: usize,
@@ -121,6 +123,7 @@ impl Default for AgentConfig {
             socket: default_socket(0),
             transport: TransportKind::Tcp,
             packet_bytes: 1472,
+            metrics: None,
             cores: vec![],
             idle: IdlePolicy::Adaptive,
             spin_us: 200,
