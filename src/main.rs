@@ -10,6 +10,7 @@ use wyvern::agent::config::{default_socket, TransportKind};
 use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
 
 mod demo;
+mod launch_cli;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,12 @@ struct Cli {
 enum Cmd {
     /// Run this node's agent.
     Agent(Box<AgentArgs>),
+    /// Run this node's agent as part of a job: node list, node id, addresses
+    /// and socket from Slurm (SLURM_JOB_NODELIST, SLURMD_NODENAME) or a
+    /// nodes file; every `agent` flag passes through.
+    Launch(Box<launch_cli::LaunchArgs>),
+    /// Wait until the local agent answers and every peer is up.
+    Wait(launch_cli::WaitArgs),
     /// Break an agent's connection to one peer, as a network fault would
     /// (fault injection; the session resumes over a new connection).
     BreakLink {
@@ -59,7 +66,7 @@ enum Cmd {
     Demo(demo::DemoArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 struct AgentArgs {
     /// TOML configuration file; flags override it.
     #[arg(long, short)]
@@ -207,6 +214,8 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().cmd {
         Cmd::Agent(a) => run_agent(*a),
+        Cmd::Launch(a) => launch_cli::run_launch(*a),
+        Cmd::Wait(w) => launch_cli::run_wait(w),
         Cmd::Stat {
             socket,
             node_id,

@@ -1,0 +1,287 @@
+//! `wyvern launch` / `wyvern wait` under a real Slurm: two "nodes" (n1, n2)
+//! on this machine started by `scripts/slurm-local.sh`, one batch job that
+//! runs the agents as a background step, waits for them, exchanges messages
+//! node 0 → node 1 with `wyvern-peer` client steps, and tears the agents
+//! down. Skipped (loudly) only when the Slurm daemons cannot start at all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const WYVERN: &str = env!("CARGO_BIN_EXE_wyvern");
+const PEER: &str = env!("CARGO_BIN_EXE_wyvern-peer");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a command under `timeout(1)`.
+fn run(secs: u32, cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new("timeout");
+    c.args(["-k", "5", &secs.to_string(), cmd]).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wyvern-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Our hostlist expansion agrees with `scontrol show hostnames` (which needs
+/// only a slurm.conf to read, no daemon).
+#[test]
+fn hostlist_expansion_matches_scontrol() {
+    if Command::new("scontrol").arg("--version").output().is_err() {
+        eprintln!("*** SKIPPED hostlist_expansion_matches_scontrol: no scontrol (scripts/slurm-local.sh start installs it)");
+        return;
+    }
+    let dir = tmpdir("hostlist");
+    let conf = dir.join("slurm.conf");
+    std::fs::write(&conf, "ClusterName=x\nSlurmctldHost=localhost\n").unwrap();
+    let conf = conf.to_str().unwrap();
+    // Where we differ from Slurm 22.05 (both cases Slurm never generates in
+    // a job's node list, which has one bracket per item): it refuses text
+    // after a lone bracket (`a[1-2]b`), which we accept; and with three or
+    // more brackets in one name (`r[1-2]n[1-2]x[7-8]`) its order is not
+    // leftmost-slowest (`r1n1x7 r1n1x8 r2n1x7 ...`), ours is. Everything
+    // here is valid for both.
+    for expr in [
+        "node[01-04,07]",
+        "n[1-3],gpu[08-09]",
+        "a[1-2]b[3-4]",
+        "r[1-2]n[01-03]",
+        "a[1,3]b[2,5],ab[1-2]cd[3-4]",
+        "n[8-10],n[09-11],x[007]",
+        "n[001-3],login,host-1.example.org",
+        "a, b,c[1,3-4,6]",
+        "cn[0998-1002]",
+    ] {
+        let o = run(
+            10,
+            "scontrol",
+            &["show", "hostnames", expr],
+            &[("SLURM_CONF", conf)],
+        );
+        assert!(o.status.success(), "scontrol on {expr}: {}", text(&o));
+        let want: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let got = wyvern::launch::hostlist::expand(expr).unwrap();
+        assert_eq!(got, want, "{expr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stops the local Slurm on drop, if this test started it.
+struct Slurm {
+    conf: String,
+    started_here: bool,
+}
+
+impl Slurm {
+    fn start() -> Option<Slurm> {
+        let script = repo().join("scripts/slurm-local.sh");
+        let script = script.to_str().unwrap();
+        let was_running = run(20, script, &["status"], &[]).status.success();
+        let o = run(600, script, &["start"], &[]);
+        if !o.status.success() {
+            eprintln!(
+                "\n*** SKIPPED slurm tests: the local Slurm daemons cannot start:\n{}\n",
+                text(&o)
+            );
+            return None;
+        }
+        Some(Slurm {
+            conf: "/tmp/wyvern-slurm/slurm.conf".into(),
+            started_here: !was_running,
+        })
+    }
+}
+
+impl Drop for Slurm {
+    fn drop(&mut self) {
+        if self.started_here {
+            let script = repo().join("scripts/slurm-local.sh");
+            let o = run(30, script.to_str().unwrap(), &["stop"], &[]);
+            if !o.status.success() {
+                eprintln!("slurm-local.sh stop: {}", text(&o));
+            }
+        }
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn json_result(out: &str) -> serde_json::Value {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON result in {out:?}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn launch_wait_and_messages_under_slurm() {
+    let t0 = Instant::now();
+    let Some(slurm) = Slurm::start() else { return };
+    let dir = tmpdir("slurm-job");
+    let d = dir.to_str().unwrap();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let count = 200;
+    // The job: agents as a background step (one per node), `wyvern wait`
+    // on every node, one client step on both nodes (node 0 sends to node 1,
+    // each finds its agent by `wyvern launch --print-socket`), then the
+    // agents are stopped by signalling their step.
+    let script = format!(
+        r#"#!/bin/bash
+set -u
+W={WYVERN}
+P={PEER}
+D={d}
+srun --overlap --ntasks-per-node=1 -J wyvern-agents -o "$D/launch-%n.out" -e "$D/launch-%n.err" \
+    "$W" launch --port {port} --no-hugepages --block-mib 16 --heartbeat-ms 100 --unknown-ep-grace-ms 10000 &
+LAUNCH=$!
+if ! timeout 40 srun --overlap --ntasks-per-node=1 "$W" wait --timeout 30; then
+    echo "WAIT FAILED"; kill $LAUNCH; wait $LAUNCH; exit 3
+fi
+timeout 40 srun --overlap --ntasks-per-node=1 -o "$D/client-%n.out" -e "$D/client-%n.err" bash -c '
+    S=$("$0" launch --print-socket) || exit 1
+    echo "node $SLURMD_NODENAME socket $S" >&2
+    if [ "$SLURM_NODEID" = 0 ]; then
+        exec "$1" --socket "$S" --ep 1 send --to 1:5 --count {count} --delivered
+    else
+        exec "$1" --socket "$S" --ep 5 recv --count {count}
+    fi' "$W" "$P"
+CLIENT=$?
+# SIGTERM to the tasks of the launch step only (found by its name: its
+# step id depends on which srun registered first).
+STEP=$(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' | awk '$2 == "wyvern-agents" {{print $1}}')
+echo "launch step $STEP"
+scancel --signal=TERM "$STEP"
+timeout 20 bash -c "while kill -0 $LAUNCH 2>/dev/null; do sleep 0.1; done" || kill $LAUNCH
+wait $LAUNCH
+LAUNCHED=$?
+echo "client $CLIENT launch-step $LAUNCHED"
+[ "$CLIENT" = 0 ] && [ "$LAUNCHED" = 0 ]
+"#
+    );
+    let job = dir.join("job.sh");
+    std::fs::write(&job, script).unwrap();
+    let out = dir.join("job.out");
+    let name = format!("wyvern-test-{}", std::process::id());
+    let o = run(
+        90,
+        "sbatch",
+        &[
+            "--wait",
+            "-N2",
+            "-t",
+            "2",
+            "-J",
+            &name,
+            "-o",
+            out.to_str().unwrap(),
+            job.to_str().unwrap(),
+        ],
+        &[("SLURM_CONF", &slurm.conf)],
+    );
+    let mut report = format!("sbatch: {}\njob.out:\n{}", text(&o), read(&out));
+    for f in [
+        "launch-0.out",
+        "launch-0.err",
+        "launch-1.out",
+        "launch-1.err",
+        "client-0.out",
+        "client-0.err",
+        "client-1.out",
+        "client-1.err",
+    ] {
+        report += &format!("---- {f}\n{}", read(&dir.join(f)));
+    }
+    if !o.status.success() {
+        // Do not leave the job behind (sbatch may have timed out).
+        run(
+            10,
+            "scancel",
+            &["-n", &name],
+            &[("SLURM_CONF", &slurm.conf)],
+        );
+        panic!("the job failed:\n{report}");
+    }
+    // Both agents ran on this machine: same host, consecutive ports,
+    // distinct sockets (per job and node id).
+    for (i, p) in [(0, port), (1, port + 1)] {
+        let l = read(&dir.join(format!("launch-{i}.out")));
+        assert!(
+            l.contains(&format!("wyvern agent ready: tcp 127.0.0.1:{p}")),
+            "agent {i} not on port {p}:\n{report}"
+        );
+    }
+    let sockets: Vec<String> = (0..2)
+        .map(|i| {
+            let e = read(&dir.join(format!("client-{i}.err")));
+            e.lines()
+                .find_map(|l| l.split_once(" socket ").map(|(_, s)| s.to_string()))
+                .unwrap_or_else(|| panic!("no socket line from client {i}:\n{report}"))
+        })
+        .collect();
+    assert_ne!(sockets[0], sockets[1]);
+    assert!(
+        sockets[0].ends_with("-0.sock") && sockets[1].ends_with("-1.sock"),
+        "{sockets:?}"
+    );
+    let tx = json_result(&read(&dir.join("client-0.out")));
+    let rx = json_result(&read(&dir.join("client-1.out")));
+    assert_eq!(tx["ok"], true, "{report}");
+    assert_eq!(rx["ok"], true, "{report}");
+    assert_eq!(tx["sent"], count, "{tx}");
+    assert_eq!(rx["received"], count, "{rx}");
+    assert_eq!(rx["corrupt"], 0, "{rx}");
+    assert_eq!(rx["out_of_order"], 0, "{rx}");
+    // Teardown: the agents stopped cleanly on SIGTERM (the launch step
+    // exited 0) and removed their sockets.
+    assert!(
+        read(&out).contains("client 0 launch-step 0"),
+        "launch step did not end cleanly:\n{report}"
+    );
+    for s in &sockets {
+        assert!(!Path::new(s).exists(), "{s} left behind:\n{report}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive = sockets
+            .iter()
+            .filter(|s| wyvern::client::stat(s.as_str()).is_ok())
+            .count();
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{alive} agents still answer after the job:\n{report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("slurm job test took {:.1} s", t0.elapsed().as_secs_f64());
+    drop(slurm);
+}
