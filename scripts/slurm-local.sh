@@ -154,24 +154,33 @@ start() {
     log "ready: ${states}(export SLURM_CONF=$CONF)"
 }
 
-stop_pid() { # stop_pid NAME PIDFILE
-    local pf="$2" pid
-    [ -s "$pf" ] || return 0
-    pid="$(cat "$pf")"
-    if kill -0 "$pid" 2>/dev/null; then
-        log "stopping $1 (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        local t=0
-        while kill -0 "$pid" 2>/dev/null && [ "$t" -lt 50 ]; do sleep 0.1; t=$((t + 1)); done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pf"
+# stop_pids NAME... : SIGTERM to every daemon named (by pid file) at once,
+# then up to 5 s for all of them, then SIGKILL to whatever is left.
+stop_pids() {
+    local pids=() d pid t=0
+    for d in "$@"; do
+        if alive "$DIR/run/$d.pid"; then
+            pid="$(cat "$DIR/run/$d.pid")"
+            log "stopping $d (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
+        fi
+    done
+    while [ "$t" -lt 50 ]; do
+        local left=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+        [ "$left" -eq 0 ] && break
+        sleep 0.1; t=$((t + 1))
+    done
+    for pid in "${pids[@]}"; do
+        kill -0 "$pid" 2>/dev/null && { log "pid $pid still there: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
+    done
+    for d in "$@"; do rm -f "$DIR/run/$d.pid"; done
 }
 
 stop() {
-    for n in "${NODES[@]}"; do stop_pid "slurmd $n" "$DIR/run/slurmd-$n.pid"; done
-    stop_pid slurmctld "$DIR/run/slurmctld.pid"
-    stop_pid munged "$DIR/run/munged.pid"
+    stop_pids slurmctld "${NODES[@]/#/slurmd-}"
+    stop_pids munged
     log "stopped"
 }
 

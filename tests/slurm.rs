@@ -130,6 +130,73 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
+/// Submit `script` (2 nodes, 2 minutes) and poll until the job ends (faster
+/// than `sbatch --wait`, whose polls back off to seconds). Returns whether
+/// it COMPLETED (exit 0), and a report of everything it wrote in `dir`.
+fn run_job(slurm: &Slurm, dir: &Path, tag: &str, script: &str) -> (bool, String) {
+    let env = [("SLURM_CONF", slurm.conf.as_str())];
+    let job = dir.join(format!("{tag}.sh"));
+    std::fs::write(&job, script).unwrap();
+    let out = dir.join(format!("{tag}.out"));
+    let name = format!("wyvern-test-{}", std::process::id());
+    let o = run(
+        20,
+        "sbatch",
+        &[
+            "--parsable",
+            "-N2",
+            "-t",
+            "2",
+            "-J",
+            &name,
+            "-o",
+            out.to_str().unwrap(),
+            job.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "sbatch: {}", text(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let state = loop {
+        let o = run(10, "scontrol", &["-o", "show", "job", &id], &env);
+        let line = String::from_utf8_lossy(&o.stdout).to_string();
+        let state = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("JobState="))
+            .unwrap_or("?")
+            .to_string();
+        if !matches!(
+            state.as_str(),
+            "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING" | "?"
+        ) {
+            break state;
+        }
+        if Instant::now() > deadline {
+            run(10, "scancel", &[&id], &env);
+            break format!("{state} (cancelled by the test after 90 s)");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let report = format!("job {id}: {state}\n{}", run_job_report(dir));
+    (state == "COMPLETED", report)
+}
+
+/// Everything a job wrote in `dir` (`*.out`, `*.err`).
+fn run_job_report(dir: &Path) -> String {
+    let mut report = String::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "out" || e == "err"))
+        .collect();
+    files.sort();
+    for f in files {
+        report += &format!("---- {}\n{}", f.display(), read(&f));
+    }
+    report
+}
+
 fn json_result(out: &str) -> serde_json::Value {
     let line = out
         .lines()
@@ -184,49 +251,8 @@ echo "client $CLIENT launch-step $LAUNCHED"
 [ "$CLIENT" = 0 ] && [ "$LAUNCHED" = 0 ]
 "#
     );
-    let job = dir.join("job.sh");
-    std::fs::write(&job, script).unwrap();
-    let out = dir.join("job.out");
-    let name = format!("wyvern-test-{}", std::process::id());
-    let o = run(
-        90,
-        "sbatch",
-        &[
-            "--wait",
-            "-N2",
-            "-t",
-            "2",
-            "-J",
-            &name,
-            "-o",
-            out.to_str().unwrap(),
-            job.to_str().unwrap(),
-        ],
-        &[("SLURM_CONF", &slurm.conf)],
-    );
-    let mut report = format!("sbatch: {}\njob.out:\n{}", text(&o), read(&out));
-    for f in [
-        "launch-0.out",
-        "launch-0.err",
-        "launch-1.out",
-        "launch-1.err",
-        "client-0.out",
-        "client-0.err",
-        "client-1.out",
-        "client-1.err",
-    ] {
-        report += &format!("---- {f}\n{}", read(&dir.join(f)));
-    }
-    if !o.status.success() {
-        // Do not leave the job behind (sbatch may have timed out).
-        run(
-            10,
-            "scancel",
-            &["-n", &name],
-            &[("SLURM_CONF", &slurm.conf)],
-        );
-        panic!("the job failed:\n{report}");
-    }
+    let (ok, report) = run_job(&slurm, &dir, "job", &script);
+    assert!(ok, "the job failed:\n{report}");
     // Both agents ran on this machine: same host, consecutive ports,
     // distinct sockets (per job and node id).
     for (i, p) in [(0, port), (1, port + 1)] {
@@ -260,7 +286,7 @@ echo "client $CLIENT launch-step $LAUNCHED"
     // Teardown: the agents stopped cleanly on SIGTERM (the launch step
     // exited 0) and removed their sockets.
     assert!(
-        read(&out).contains("client 0 launch-step 0"),
+        read(&dir.join("job.out")).contains("client 0 launch-step 0"),
         "launch step did not end cleanly:\n{report}"
     );
     for s in &sockets {
@@ -281,6 +307,41 @@ echo "client $CLIENT launch-step $LAUNCHED"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A job that ends with its agents still running: Slurm stops the step
+    // with SIGTERM and the agents exit cleanly (their sockets removed).
+    let dir2 = tmpdir("slurm-job-end");
+    let d2 = dir2.to_str().unwrap();
+    let script = format!(
+        r#"#!/bin/bash
+srun --overlap --ntasks-per-node=1 -J wyvern-agents -o "{d2}/launch-%n.out" -e "{d2}/launch-%n.err" \
+    {WYVERN} launch --port {port} --no-hugepages --block-mib 16 --heartbeat-ms 100 &
+timeout 40 srun --overlap --ntasks-per-node=1 {WYVERN} wait --timeout 30 || exit 3
+for n in 0 1; do echo "socket $n $(srun --overlap -N1 -n1 -r $n {WYVERN} launch --print-socket)"; done
+"#
+    );
+    let (ok, report) = run_job(&slurm, &dir2, "end", &script);
+    assert!(ok, "the second job failed:\n{report}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for i in 0..2 {
+        let sock = read(&dir2.join("end.out"))
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("socket {i} ")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no socket {i}:\n{report}"));
+        assert!(sock.ends_with(&format!("-{i}.sock")), "{sock}");
+        loop {
+            let log = read(&dir2.join(format!("launch-{i}.err")));
+            if log.contains("agent stopping") && !Path::new(&sock).exists() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {i} did not stop cleanly at the end of the job:\n{}",
+                run_job_report(&dir2)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir2);
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("slurm job test took {:.1} s", t0.elapsed().as_secs_f64());
     drop(slurm);
