@@ -81,13 +81,6 @@ fn plan(a: &LaunchArgs) -> Result<Plan, String> {
             .map(|host| NodeEntry { host, port: None })
             .collect()
     };
-    if let Some(s) = &slurm {
-        if let Some(l) = s.localid.filter(|&l| l > 0) {
-            return Err(format!(
-                "one agent per node: this is local task {l}; run the launch step with --ntasks-per-node=1"
-            ));
-        }
-    }
     let node_id = match a.agent.node_id {
         Some(id) => id,
         None => {
@@ -123,6 +116,10 @@ pub fn run_launch(mut a: LaunchArgs) -> ExitCode {
     if a.print_socket {
         println!("{}", p.socket.display());
         return ExitCode::SUCCESS;
+    }
+    if let Some(e) = p.slurm.as_ref().and_then(launch::extra_task) {
+        eprintln!("wyvern launch: {e}");
+        return ExitCode::FAILURE;
     }
     let addrs = if p.slurm.is_some() {
         launch::assign_addresses(&p.entries, a.port, launch::slurm_resolver())

@@ -130,7 +130,7 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// Submit `script` (2 nodes, 2 minutes) and poll until the job ends (faster
+/// Submit `script` (2 nodes, 2 tasks each, 2 minutes) and poll until the job ends (faster
 /// than `sbatch --wait`, whose polls back off to seconds). Returns whether
 /// it COMPLETED (exit 0), and a report of everything it wrote in `dir`.
 fn run_job(slurm: &Slurm, dir: &Path, tag: &str, script: &str) -> (bool, String) {
@@ -145,6 +145,7 @@ fn run_job(slurm: &Slurm, dir: &Path, tag: &str, script: &str) -> (bool, String)
         &[
             "--parsable",
             "-N2",
+            "--ntasks-per-node=2",
             "-t",
             "2",
             "-J",
@@ -224,13 +225,14 @@ set -u
 W={WYVERN}
 P={PEER}
 D={d}
-srun --overlap --ntasks-per-node=1 -J wyvern-agents -o "$D/launch-%n.out" -e "$D/launch-%n.err" \
+srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 -J wyvern-agents -o "$D/launch-%n.out" -e "$D/launch-%n.err" \
     "$W" launch --port {port} --no-hugepages --block-mib 16 --heartbeat-ms 100 --unknown-ep-grace-ms 10000 &
 LAUNCH=$!
-if ! timeout 40 srun --overlap --ntasks-per-node=1 "$W" wait --timeout 30; then
+# Two tasks per node: `wyvern wait` (and --print-socket) work from any task.
+if ! timeout 40 srun --overlap --ntasks-per-node=2 "$W" wait --timeout 30; then
     echo "WAIT FAILED"; kill $LAUNCH; wait $LAUNCH; exit 3
 fi
-timeout 40 srun --overlap --ntasks-per-node=1 -o "$D/client-%n.out" -e "$D/client-%n.err" bash -c '
+timeout 40 srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 -o "$D/client-%n.out" -e "$D/client-%n.err" bash -c '
     S=$("$0" launch --print-socket) || exit 1
     echo "node $SLURMD_NODENAME socket $S" >&2
     if [ "$SLURM_NODEID" = 0 ]; then
@@ -313,9 +315,9 @@ echo "client $CLIENT launch-step $LAUNCHED"
     let d2 = dir2.to_str().unwrap();
     let script = format!(
         r#"#!/bin/bash
-srun --overlap --ntasks-per-node=1 -J wyvern-agents -o "{d2}/launch-%n.out" -e "{d2}/launch-%n.err" \
+srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 -J wyvern-agents -o "{d2}/launch-%n.out" -e "{d2}/launch-%n.err" \
     {WYVERN} launch --port {port} --no-hugepages --block-mib 16 --heartbeat-ms 100 &
-timeout 40 srun --overlap --ntasks-per-node=1 {WYVERN} wait --timeout 30 || exit 3
+timeout 40 srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 {WYVERN} wait --timeout 30 || exit 3
 for n in 0 1; do echo "socket $n $(srun --overlap -N1 -n1 -r $n {WYVERN} launch --print-socket)"; done
 "#
     );

@@ -63,6 +63,17 @@ impl SlurmEnv {
     }
 }
 
+/// Why this task must not start an agent: it is not the first task on its
+/// node (`SLURM_LOCALID` > 0), so another agent would take the same node id.
+/// (`--print-socket` and `wyvern wait` work from any task.)
+pub fn extra_task(s: &SlurmEnv) -> Option<String> {
+    s.localid.filter(|&l| l > 0).map(|l| {
+        format!(
+            "one agent per node: this is local task {l} on its node; run the launch step with --ntasks-per-node=1"
+        )
+    })
+}
+
 /// One entry of the node list: a host and maybe a port of its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeEntry {
@@ -344,9 +355,15 @@ mod tests {
         assert_eq!(s.nodelist, "n[1-2]");
         assert_eq!(s.job_id.as_deref(), Some("42"));
         assert_eq!(s.nodeid, Some(0));
-        let s = SlurmEnv::read(env(&[("SLURM_STEP_NODELIST", "a,b")])).unwrap();
+        assert_eq!(extra_task(&s), None);
+        let s = SlurmEnv::read(env(&[
+            ("SLURM_STEP_NODELIST", "a,b"),
+            ("SLURM_LOCALID", "1"),
+        ]))
+        .unwrap();
         assert_eq!(s.nodelist, "a,b");
         assert_eq!(s.nodename, None);
+        assert!(extra_task(&s).unwrap().contains("--ntasks-per-node=1"));
     }
 
     #[test]
