@@ -133,6 +133,9 @@ pub fn run_launch(mut a: LaunchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(w) = launch::loopback_warning(&addrs, p.node_id) {
+        log::warn!("wyvern launch: {w}");
+    }
     let nodes: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     if a.dry_run {
         println!("node_id {}", p.node_id);

@@ -164,6 +164,39 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any text: an answer or an error, never a panic.
+        #[test]
+        fn never_panics(s in "[a-z0-9\\[\\],\\- ]{0,40}") {
+            let _ = expand(&s);
+        }
+
+        /// Items built from known parts expand to exactly those names.
+        #[test]
+        fn built_expressions_expand_to_their_names(
+            items in proptest::collection::vec(
+                ("[a-z]{1,4}", proptest::collection::vec((0u64..200, 0u64..5, 1usize..4), 1..4)),
+                1..4,
+            )
+        ) {
+            let mut expr = Vec::new();
+            let mut want = Vec::new();
+            for (prefix, ranges) in &items {
+                let mut parts = Vec::new();
+                for &(lo, len, width) in ranges {
+                    let hi = lo + len;
+                    parts.push(format!("{lo:0width$}-{hi:0width$}"));
+                    // The width of the lower bound as written.
+                    let w = format!("{lo:0width$}").len();
+                    want.extend((lo..=hi).map(|n| format!("{prefix}{n:0w$}")));
+                }
+                expr.push(format!("{prefix}[{}]", parts.join(",")));
+            }
+            let expr = expr.join(",");
+            proptest::prop_assert_eq!(expand(&expr).unwrap(), want, "{}", expr);
+        }
+    }
+
     #[test]
     fn malformed_expressions_are_refused() {
         for bad in [

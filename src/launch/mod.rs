@@ -204,6 +204,21 @@ pub fn assign_addresses(
     Ok(out)
 }
 
+/// A warning when this node's own address is a loopback one while another
+/// node's is not: its agent would listen where no other node can reach it
+/// (typically a host name mapped to 127.0.1.1 in its own /etc/hosts).
+pub fn loopback_warning(addrs: &[SocketAddr], me: u32) -> Option<String> {
+    let mine = addrs.get(me as usize)?;
+    let other = addrs.iter().find(|a| !a.ip().is_loopback())?;
+    mine.ip().is_loopback().then(|| {
+        format!(
+            "this node's address {mine} is a loopback address but node addresses such as {other} are not: \
+             other nodes cannot reach this agent (does this host resolve its own name to 127.0.x.x? \
+             use --nodes-file with addresses)"
+        )
+    })
+}
+
 /// Resolve a host name by DNS, IPv4 preferred.
 pub fn resolve_dns(host: &str) -> Result<IpAddr, String> {
     use std::net::ToSocketAddrs;
@@ -433,6 +448,18 @@ mod tests {
         assert!(e.contains("node 0 (a)"), "{e}");
         let many = vec![NodeEntry::parse("a").unwrap(); 3];
         assert!(assign_addresses(&many, 65535, |_| Ok("10.1.1.1".parse().unwrap())).is_err());
+    }
+
+    #[test]
+    fn own_loopback_address_among_real_ones_is_flagged() {
+        let a: Vec<SocketAddr> = vec![
+            "127.0.1.1:7470".parse().unwrap(),
+            "10.0.0.2:7470".parse().unwrap(),
+        ];
+        assert!(loopback_warning(&a, 0).unwrap().contains("127.0.1.1"));
+        assert_eq!(loopback_warning(&a, 1), None);
+        let l: Vec<SocketAddr> = vec!["127.0.0.1:7470".parse().unwrap(); 2];
+        assert_eq!(loopback_warning(&l, 0), None);
     }
 
     #[test]
