@@ -38,6 +38,8 @@ pub struct LaunchArgs {
 /// Node id, entries and socket for this node (no address resolution).
 struct Plan {
     node_id: u32,
+    /// The node list is the job's (not --nodes, --nodes-file, --hostlist).
+    from_slurm: bool,
     entries: Vec<NodeEntry>,
     socket: PathBuf,
     slurm: Option<SlurmEnv>,
@@ -97,8 +99,10 @@ fn plan(a: &LaunchArgs) -> Result<Plan, String> {
     let socket = a.agent.socket.clone().unwrap_or_else(|| {
         launch::socket_path(slurm.as_ref().and_then(|s| s.job_id.as_deref()), node_id)
     });
+    let from_slurm = a.agent.nodes.is_none() && a.nodes_file.is_none() && a.hostlist.is_none();
     Ok(Plan {
         node_id,
+        from_slurm,
         entries,
         socket,
         slurm,
@@ -117,7 +121,12 @@ pub fn run_launch(mut a: LaunchArgs) -> ExitCode {
         println!("{}", p.socket.display());
         return ExitCode::SUCCESS;
     }
-    if let Some(e) = p.slurm.as_ref().and_then(launch::extra_task) {
+    if let Some(e) = p
+        .slurm
+        .as_ref()
+        .filter(|_| p.from_slurm)
+        .and_then(launch::extra_task)
+    {
         eprintln!("wyvern launch: {e}");
         return ExitCode::FAILURE;
     }

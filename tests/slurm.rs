@@ -348,3 +348,208 @@ for n in 0 1; do echo "socket $n $(srun --overlap -N1 -n1 -r $n {WYVERN} launch 
     eprintln!("slurm job test took {:.1} s", t0.elapsed().as_secs_f64());
     drop(slurm);
 }
+
+/// `wyvern launch` with a faked Slurm environment (no daemons): node id
+/// from SLURMD_NODENAME, the same-host port rule, per-job sockets, a second
+/// task per node refused for launching but not for `--print-socket`.
+#[test]
+fn launch_reads_the_slurm_environment() {
+    let port = (20000 + (std::process::id() % 20000) + 10).to_string();
+    let launch = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut args = vec!["launch", "--port", &port];
+        args.extend(extra);
+        let mut e = vec![
+            ("SLURM_JOB_NODELIST", "localhost,127.0.0.[1-2]"),
+            ("SLURM_JOB_ID", "77"),
+        ];
+        e.extend(env);
+        run(20, WYVERN, &args, &e)
+    };
+    let o = launch(&[("SLURMD_NODENAME", "127.0.0.2")], &["--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let p: u16 = port.parse().unwrap();
+    let sock = std::env::temp_dir().join("wyvern-job77-2.sock");
+    let want = format!(
+        "node_id 2\nsocket {}\nnode 0 localhost 127.0.0.1:{p}\nnode 1 127.0.0.1 127.0.0.1:{}\nnode 2 127.0.0.2 127.0.0.2:{p}\n",
+        sock.display(),
+        p + 1
+    );
+    assert_eq!(out, want);
+    // SLURM_NODEID when the node name is not in the list.
+    let o = launch(
+        &[("SLURMD_NODENAME", "elsewhere"), ("SLURM_NODEID", "1")],
+        &["--print-socket"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.trim().ends_with("wyvern-job77-1.sock"), "{}", text(&o));
+    // A second task on the node: --print-socket works, launching is refused.
+    let env = [("SLURMD_NODENAME", "localhost"), ("SLURM_LOCALID", "1")];
+    let o = launch(&env, &["--print-socket"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = launch(&env, &[]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--ntasks-per-node=1"),
+        "{}",
+        text(&o)
+    );
+    // A bad hostlist is named.
+    let o = run(
+        20,
+        WYVERN,
+        &["launch", "--dry-run"],
+        &[("SLURM_JOB_NODELIST", "n[3-1]"), ("SLURMD_NODENAME", "n1")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bad hostlist \"n[3-1]\""),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Without Slurm: two agents from one nodes file (same host, so ports P and
+/// P+1), `wyvern wait` on each, messages between them; and `wyvern wait`'s
+/// error when no agent comes.
+#[test]
+fn launch_from_a_nodes_file_without_slurm() {
+    let dir = tmpdir("nodes-file");
+    let file = dir.join("nodes.txt");
+    std::fs::write(
+        &file,
+        "# two agents on this machine\n127.0.0.1\n127.0.0.1\n",
+    )
+    .unwrap();
+    let port = (20000 + (std::process::id() % 20000) + 20).to_string();
+    let sock = |i: usize| dir.join(format!("agent{i}.sock"));
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let log = std::fs::File::create(dir.join(format!("agent{i}.log"))).unwrap();
+        let child = Command::new(WYVERN)
+            .args([
+                "launch",
+                "--nodes-file",
+                file.to_str().unwrap(),
+                "--port",
+                &port,
+            ])
+            .args([
+                "--node-id",
+                &i.to_string(),
+                "--no-hugepages",
+                "--block-mib",
+                "16",
+            ])
+            .arg("--socket")
+            .arg(sock(i))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        agents.push(Kill(child));
+    }
+    for i in 0..2 {
+        let o = run(
+            30,
+            WYVERN,
+            &[
+                "wait",
+                "--timeout",
+                "20",
+                "--socket",
+                sock(i).to_str().unwrap(),
+            ],
+            &[],
+        );
+        let logs = (0..2)
+            .map(|i| read(&dir.join(format!("agent{i}.log"))))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(o.status.success(), "wait {i}: {}\n{logs}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout)
+                .contains(&format!("agent node {i} ready, 1 peers up")),
+            "{}",
+            text(&o)
+        );
+    }
+    // Node 0 sends to node 1.
+    let s1 = sock(1).to_str().unwrap().to_string();
+    let rx = std::thread::spawn(move || {
+        run(
+            30,
+            PEER,
+            &["--socket", &s1, "--ep", "5", "recv", "--count", "50"],
+            &[],
+        )
+    });
+    let s0 = sock(0);
+    let tx = run(
+        30,
+        PEER,
+        &[
+            "--socket",
+            s0.to_str().unwrap(),
+            "--ep",
+            "1",
+            "send",
+            "--to",
+            "1:5",
+            "--count",
+            "50",
+        ],
+        &[],
+    );
+    let rx = rx.join().unwrap();
+    let (t, r) = (
+        json_result(&String::from_utf8_lossy(&tx.stdout)),
+        json_result(&String::from_utf8_lossy(&rx.stdout)),
+    );
+    assert!(t["ok"] == true && r["ok"] == true, "{t} {r}");
+    assert_eq!(r["received"], 50);
+    assert_eq!(r["out_of_order"], 0);
+    // The same-host rule: ports P and P+1.
+    let p: u16 = port.parse().unwrap();
+    for (i, q) in [(0, p), (1, p + 1)] {
+        let log = read(&dir.join(format!("agent{i}.log")));
+        assert!(
+            log.contains(&format!("peers on tcp 127.0.0.1:{q}")),
+            "{log}"
+        );
+    }
+    drop(agents);
+    // No agent: a clear error, exit status 1, within the timeout.
+    let t0 = Instant::now();
+    let none = dir.join("none.sock");
+    let o = run(
+        20,
+        WYVERN,
+        &[
+            "wait",
+            "--timeout",
+            "0.5",
+            "--socket",
+            none.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("wyvern wait: not ready after") && err.contains("none.sock"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills its child on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

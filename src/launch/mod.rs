@@ -326,7 +326,7 @@ pub fn wait_ready(
         let waited = start.elapsed();
         if waited >= timeout {
             return Err(format!(
-                "not ready after {:.0} s: {status}",
+                "not ready after {:.1} s: {status}",
                 timeout.as_secs_f64()
             ));
         }
