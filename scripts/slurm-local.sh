@@ -118,7 +118,12 @@ start_munge() {
 }
 
 start() {
+    [ "$(id -u)" -eq 0 ] || die "needs root (the daemons run as root with SlurmUser=root)"
     install_pkgs
+    local b
+    for b in munged mungekey slurmctld slurmd sinfo; do
+        command -v "$b" >/dev/null || die "$b not found on PATH (is slurm-wlm/munge installed? /usr/sbin on PATH?)"
+    done
     mkdir -p "$DIR"/{state,spool,run,log}
     chmod 0755 "$DIR"
     for n in "${NODES[@]}"; do mkdir -p "$DIR/spool/$n"; done

@@ -88,14 +88,35 @@ fn hostlist_expansion_matches_scontrol() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Stops the local Slurm on drop, if this test started it.
+/// Stops the local Slurm on drop, if this test started it. Holds a lock
+/// meanwhile, so that two test runs on one machine (two worktrees) take
+/// turns instead of stopping each other's daemons.
 struct Slurm {
     conf: String,
     started_here: bool,
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Slurm {
     fn start() -> Option<Slurm> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = std::env::temp_dir().join("wyvern-slurm-test.lock");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => break l,
+                Err((f, _)) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "another test run held {} for 180 s",
+                        path.display()
+                    );
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
         let script = repo().join("scripts/slurm-local.sh");
         let script = script.to_str().unwrap();
         let was_running = run(20, script, &["status"], &[]).status.success();
@@ -108,8 +129,12 @@ impl Slurm {
             return None;
         }
         Some(Slurm {
-            conf: "/tmp/wyvern-slurm/slurm.conf".into(),
+            conf: format!(
+                "{}/slurm.conf",
+                std::env::var("WYVERN_SLURM_DIR").unwrap_or_else(|_| "/tmp/wyvern-slurm".into())
+            ),
             started_here: !was_running,
+            _lock: lock,
         })
     }
 }
