@@ -336,18 +336,26 @@ echo "client $CLIENT launch-step $LAUNCHED"
     }
     // A job that ends with its agents still running: Slurm stops the step
     // with SIGTERM and the agents exit cleanly (their sockets removed).
+    // On the udp transport this time (agent flags pass through).
     let dir2 = tmpdir("slurm-job-end");
     let d2 = dir2.to_str().unwrap();
     let script = format!(
         r#"#!/bin/bash
 srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 -J wyvern-agents -o "{d2}/launch-%n.out" -e "{d2}/launch-%n.err" \
-    {WYVERN} launch --port {port} --no-hugepages --block-mib 16 --heartbeat-ms 100 &
+    {WYVERN} launch --port {port} --transport udp --no-hugepages --block-mib 16 --heartbeat-ms 100 &
 timeout 40 srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 {WYVERN} wait --timeout 30 || exit 3
 for n in 0 1; do echo "socket $n $(srun --overlap -N1 -n1 -r $n {WYVERN} launch --print-socket)"; done
 "#
     );
     let (ok, report) = run_job(&slurm, &dir2, "end", &script);
     assert!(ok, "the second job failed:\n{report}");
+    for (i, p) in [(0, port), (1, port + 1)] {
+        let l = read(&dir2.join(format!("launch-{i}.out")));
+        assert!(
+            l.contains(&format!("wyvern agent ready: udp 127.0.0.1:{p}")),
+            "agent {i} not on udp port {p}:\n{report}"
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     for i in 0..2 {
         let sock = read(&dir2.join("end.out"))
