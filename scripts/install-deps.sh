@@ -19,7 +19,7 @@ die() { printf '[wyvern setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 mode="${1:-core}"
 case "$mode" in
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     core|bench|all) ;;
     *) die "unknown mode '$mode' (expected core, bench or all)" ;;
 esac
