@@ -9,6 +9,7 @@ lower one).
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -111,3 +112,4 @@ class Agents:
                 p.kill()
                 p.wait()
         self.procs = []
+        shutil.rmtree(self.dir, ignore_errors=True)
