@@ -18,6 +18,10 @@
 #   bandwidth  1 MiB messages between two agents (bench/bulk.rs) vs iperf3
 #   attach     wyvern-peer attach-loop vs bench/attach_floor.rs (bare UDS)
 #   hop        cargo bench --bench hop (client->agent hop vs cache line)
+#   sweep      latency and 1->1 message rate over SWEEP_SIZES (8 B .. 4 MiB) for
+#              wyvern over tcp and over udp vs UCX tag_lat/tag_bw; writes
+#              bench/results/sweep.{csv,md} and latency.png/rate.png (matplotlib
+#              in a venv under target/benchenv, created on first use)
 #
 # Environment: RUNS (5), RESULTS_FILE, LAT_COUNT (20000), LAT_SPIN_COUNT
 # (300: spinning agents on 2 cores need ~2 ms per hop), RATE_COUNT (500000
@@ -42,6 +46,8 @@ BW_MIB="${BW_MIB:-4096}"
 BW_SPIN_MIB="${BW_SPIN_MIB:-256}"
 IPERF_SECS="${IPERF_SECS:-5}"
 ATTACH_COUNT="${ATTACH_COUNT:-2000}"
+SWEEP_SIZES="${SWEEP_SIZES:-8 64 512 4096 32768 262144 1048576 4194304}"
+PACKET_BYTES="${PACKET_BYTES:-8972}"
 BIN="$ROOT/target/release"
 NCORES="$(nproc)"
 TMP="$(mktemp -d /tmp/wyvern-bench.XXXXXX)"
@@ -189,7 +195,7 @@ agents() {
         ts=(); [ "$layout" = node ] && ts=(taskset -c "$i")
         RUST_LOG=info start "agent$i" 600 "${ts[@]}" "$BIN/wyvern" agent --node-id "$i" \
             --nodes "$nodes" --socket "$TMP/agent$i.sock" --idle "$idle" \
-            --block-mib 64 --max-clients 8
+            --block-mib 64 --max-clients 8 --transport "${TRANSPORT:-tcp}" --packet-bytes "$PACKET_BYTES"
         AGENT_PIDS+=("$LAST")
     done
     SOCK0="$TMP/agent0.sock"; SOCK1="$TMP/agent1.sock"
@@ -217,16 +223,16 @@ ts_for() { if [ "$1" = node ]; then echo "taskset -c $2"; fi; }
 
 # ================================================================= latency
 
-wy_latency() { # IDLE LAYOUT COUNT -> half-RTT p50 in us
-    local idle=$1 layout=$2 count=$3 e
+wy_latency() { # IDLE LAYOUT COUNT [SIZE] -> half-RTT p50 in us
+    local idle=$1 layout=$2 count=$3 size=${4:-8} e
     agents "$idle" "$layout"
     # shellcheck disable=SC2046
-    start echo 300 $(ts_for "$layout" 1) "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --sizes 8 \
+    start echo 300 $(ts_for "$layout" 1) "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --sizes "$size" \
         echo --count $(( count + count / 10 ))
     e=$LAST
     wait_for "$TMP/echo.out" ready 10
     # shellcheck disable=SC2046
-    start ping 300 $(ts_for "$layout" 0) "$BIN/wyvern-peer" --socket "$SOCK0" --ep 1 --sizes 8 \
+    start ping 300 $(ts_for "$layout" 0) "$BIN/wyvern-peer" --socket "$SOCK0" --ep 1 --sizes "$size" \
         ping --to 1:2 --count "$count" --warmup $(( count / 10 ))
     wait "$LAST" || die "ping failed: $(tail -2 "$TMP/ping.out" "$TMP/ping.err")"
     finish "$e"
@@ -234,13 +240,13 @@ wy_latency() { # IDLE LAYOUT COUNT -> half-RTT p50 in us
     RES="$(tail -1 "$TMP/ping.out" | jq -e -r '.half_rtt_p50_us')" || die "no ping result: $(cat "$TMP/ping.out")"
 }
 
-ucx_latency() { # COUNT -> one-way p50 in us (ucx_perftest tag_lat reports half RTT)
-    local count=$1 port s
+ucx_latency() { # COUNT [SIZE] -> one-way p50 in us (ucx_perftest tag_lat reports half RTT)
+    local count=$1 size=${2:-8} port s
     port=$(free_port)
-    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxsrv 120 ucx_perftest -t tag_lat -s 8 -n "$count" -w $(( count / 10 )) -p "$port" -f
+    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxsrv 120 ucx_perftest -t tag_lat -s "$size" -n "$count" -w $(( count / 10 )) -p "$port" -f
     s=$LAST
     wait_port "$port" 10
-    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxcli 120 ucx_perftest 127.0.0.1 -t tag_lat -s 8 -n "$count" \
+    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxcli 120 ucx_perftest 127.0.0.1 -t tag_lat -s "$size" -n "$count" \
         -w $(( count / 10 )) -p "$port" -f
     wait "$LAST" || die "ucx_perftest failed: $(tail -3 "$TMP/ucxcli.out" "$TMP/ucxcli.err")"
     finish "$s"
@@ -528,12 +534,103 @@ cmd_hop() {
     md "Command: \`cargo build --release --bins && RUNS=$RUNS cargo bench --bench hop\`"
 }
 
+# =================================================================== sweep
+
+wy_rate1() { # SIZE COUNT -> msg/s, one sender -> one receiver (adaptive, unpinned)
+    local size=$1 count=$2 r json
+    agents adaptive free
+    start recv 300 "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --sizes "$size" recv --count "$count"
+    r=$LAST
+    wait_for "$TMP/recv.out" ready 10
+    start send1 300 "$BIN/wyvern-peer" --socket "$SOCK0" --sizes "$size" send --to 1:2 --count "$count"
+    finish "$LAST"
+    finish "$r"
+    stop_agents
+    json="$(tail -1 "$TMP/recv.out")"
+    jq -e '.ok == true' >/dev/null <<< "$json" || die "wyvern receiver failed: $json $(cat "$TMP/send1.out")"
+    RES="$(jq -r '.received / .secs' <<< "$json")"
+}
+
+ucx_rate1() { # SIZE COUNT -> msg/s of one tag_bw pair
+    local size=$1 count=$2 port s v
+    port=$(free_port)
+    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxbws 120 ucx_perftest -t tag_bw -s "$size" -n "$count" -p "$port" -f
+    s=$LAST
+    wait_port "$port" 10
+    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxbwc 120 ucx_perftest 127.0.0.1 -t tag_bw -s "$size" -n "$count" -p "$port" -f
+    finish "$LAST"; finish "$s"
+    v=$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {v=$8} END {print v}' "$TMP/ucxbwc.out")
+    [ -n "$v" ] || die "ucx_perftest tag_bw failed: $(tail -3 "$TMP/ucxbwc.out")"
+    RES=$v
+}
+
+# Counts shrink with size so every cell takes about a second.
+lat_count() { python3 -c "print(max(50, min($LAT_COUNT, int(4e8 / ($1 + 4096)))))"; }
+rate_count() { python3 -c "print(max(200, min($RATE_COUNT, int(2e9 / ($1 + 64)))))"; }
+
+cmd_sweep() {
+    section_begin
+    local out="$ROOT/bench/results" sizes=($SWEEP_SIZES) cells total k=0
+    mkdir -p "$out"
+    local csv="$out/sweep.csv"
+    echo "metric,size,system,runs,median" > "$csv"
+    total=$(( ${#sizes[@]} * 5 ))
+    log "== sweep: latency and 1->1 rate over sizes ${sizes[*]}, $RUNS runs; wyvern tcp, wyvern udp (packet $PACKET_BYTES B), UCX tcp =="
+    local size r v lc rc sys
+    for size in "${sizes[@]}"; do
+        lc=$(lat_count "$size"); rc=$(rate_count "$size")
+        declare -A RUNV=()
+        for r in $(seq "$RUNS"); do
+            for sys in wyvern-tcp wyvern-udp ucx; do
+                case $sys in
+                    wyvern-tcp) TRANSPORT=tcp wy_latency adaptive free "$lc" "$size" ;;
+                    wyvern-udp) TRANSPORT=udp wy_latency adaptive free "$lc" "$size" ;;
+                    ucx) ucx_latency "$lc" "$size" ;;
+                esac
+                RUNV[lat,$sys]+="$(fmt "$RES" .2f) "
+            done
+            for sys in wyvern-tcp wyvern-udp ucx; do
+                case $sys in
+                    wyvern-tcp) TRANSPORT=tcp wy_rate1 "$size" "$rc" ;;
+                    wyvern-udp) TRANSPORT=udp wy_rate1 "$size" "$rc" ;;
+                    ucx) ucx_rate1 "$size" "$rc" ;;
+                esac
+                RUNV[rate,$sys]+="$(fmt "$RES" .0f) "
+            done
+            log "[size $size B, run $r/$RUNS] latency µs so far: tcp ${RUNV[lat,wyvern-tcp]}| udp ${RUNV[lat,wyvern-udp]}| ucx ${RUNV[lat,ucx]}; rate msg/s: tcp ${RUNV[rate,wyvern-tcp]}| udp ${RUNV[rate,wyvern-udp]}| ucx ${RUNV[rate,ucx]}"
+        done
+        for metric in lat rate; do
+            for sys in wyvern-tcp wyvern-udp ucx; do
+                # shellcheck disable=SC2086
+                v=$(median ${RUNV[$metric,$sys]})
+                echo "$([ $metric = lat ] && echo latency_us || echo rate_msgs),$size,$sys,\"${RUNV[$metric,$sys]% }\",$v" >> "$csv"
+            done
+        done
+        k=$(( k + 1 ))
+        log "sweep: ${k}/${#sizes[@]} sizes done ($size B: latency medians tcp $(median ${RUNV[lat,wyvern-tcp]}) / udp $(median ${RUNV[lat,wyvern-udp]}) / ucx $(median ${RUNV[lat,ucx]}) us; rate medians tcp $(median ${RUNV[rate,wyvern-tcp]}) / udp $(median ${RUNV[rate,wyvern-udp]}) / ucx $(median ${RUNV[rate,ucx]}) msg/s)"
+        unset RUNV
+    done
+    local plot_py="$ROOT/target/benchenv/bin/python"
+    if [ ! -x "$plot_py" ]; then
+        log "creating target/benchenv for the plots (matplotlib)"
+        python3 -m venv "$ROOT/target/benchenv" && "$ROOT/target/benchenv/bin/pip" install -q matplotlib \
+            || die "cannot install matplotlib into target/benchenv"
+    fi
+    "$plot_py" "$ROOT/bench/plot.py" "$csv" "$out" || die "plotting failed"
+    header "sweep: latency and one-to-one message rate over message sizes"
+    md "Two agents on loopback, \`--idle adaptive\`, unpinned (2 cores: agent 0, agent 1 and the two client processes share them; UCX runs 2 busy-polling processes). wyvern over TCP and over UDP (its own reliability; \`--packet-bytes $PACKET_BYTES\`, a jumbo-frame MTU) against UCX $(ucx_info -v 2>/dev/null | sed -n 's/.*version=\([^ ]*\).*/\1/p' | head -1) \`ucx_perftest\` with UCX_TLS=tcp UCX_NET_DEVICES=lo, measured alternately in the same run. Latency: half round trip p50 (\`wyvern-peer ping\`/\`echo\`; \`tag_lat\`). Rate: one sender, one receiver (\`wyvern-peer send\`/\`recv\` checking every payload; \`tag_bw\` overall msg/s). Medians of $RUNS runs; the ratio column divides wyvern-tcp by UCX (latency: lower is better; rate: higher is better). Table: \`bench/results/sweep.md\`, data: \`bench/results/sweep.csv\`, plots: \`bench/results/latency.png\`, \`bench/results/rate.png\`."
+    md ""
+    cat "$out/sweep.md" >> "$RESULTS_FILE"
+    md ""
+    md "Command: \`RUNS=$RUNS SWEEP_SIZES=\"$SWEEP_SIZES\" bench/run.sh sweep\`"
+}
+
 # ==================================================================== main
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -eq 1 ] || usage
 case "$1" in
-    latency|rate|bandwidth|attach|hop|all) ;;
+    latency|rate|bandwidth|attach|hop|sweep|all) ;;
     *) usage ;;
 esac
 build
@@ -544,6 +641,7 @@ case "$1" in
     bandwidth) cmd_bandwidth ;;
     attach) cmd_attach ;;
     hop) cmd_hop ;;
+    sweep) cmd_sweep ;;
     all) cmd_hop; cmd_latency; cmd_rate; cmd_bandwidth; cmd_attach ;;
 esac
 log "done: appended to $RESULTS_FILE"

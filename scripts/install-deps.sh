@@ -5,8 +5,11 @@
 # (checked with dpkg-query first; apt-get runs only when something is missing),
 # and makes sure the rustfmt and clippy rustup components exist.
 #   core  - what the build and the test suite need: pkg-config build-essential
-#           iproute2 procps util-linux, and for the `dpdk` feature libdpdk-dev
-#           dpdk-dev (DPDK >= 22.11) clang libclang-dev (bindgen)
+#           iproute2 procps util-linux, slurm-wlm munge (tests/slurm.rs runs a
+#           real two-node Slurm through scripts/slurm-local.sh), and for the
+#           `dpdk` feature libdpdk-dev dpdk-dev (DPDK >= 22.11) clang
+#           libclang-dev (bindgen), python3 python3-venv
+#           (scripts/test-python.sh makes a venv; pip then installs numpy pytest cffi)
 #   bench - core + sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine
 #   all   - same as bench (for now)
 # Idempotent: a second run installs nothing. Needs root (or sudo) only when
@@ -18,13 +21,14 @@ die() { printf '[wyvern setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 mode="${1:-core}"
 case "$mode" in
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     core|bench|all) ;;
     *) die "unknown mode '$mode' (expected core, bench or all)" ;;
 esac
 [ "$#" -le 1 ] || die "too many arguments (usage: $0 [core|bench|all])"
 
-core_pkgs=(pkg-config build-essential iproute2 procps util-linux libdpdk-dev dpdk-dev clang libclang-dev)
+core_pkgs=(pkg-config build-essential iproute2 procps util-linux slurm-wlm munge libdpdk-dev dpdk-dev
+           clang libclang-dev python3 python3-venv)
 bench_pkgs=(sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine)
 
 pkgs=("${core_pkgs[@]}")

@@ -72,11 +72,14 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 # What the Rust standard library in libwyvern.a needs from the system (as
 # `rustc --print native-static-libs` lists it for this target).
 static_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
-# A library built with `--features dpdk` also needs DPDK's (the agent's dpdk transport is in
-# it, and the linker may pull it in with the C API's object files).
-if nm -u "$a" 2>/dev/null | grep -E ' U rte_eal_init$' >/dev/null; then  # (no -q: nm must not see SIGPIPE under pipefail)
-    dpdk_libs="$(pkg-config --libs libdpdk 2>/dev/null)" \
-        || { echo "install.sh: libwyvern.a was built with DPDK but pkg-config finds no libdpdk" >&2; exit 1; }
+# Built with `--features dpdk`, the static library carries the DPDK back end and
+# needs DPDK's libraries too.
+syms="$(nm "$a" 2>/dev/null || true)"
+if [[ "$syms" == *" T wyvern_rte_errno"* ]]; then
+    dpdk_libs="$(pkg-config --libs libdpdk 2>/dev/null)" || {
+        echo "install.sh: libwyvern.a was built with the dpdk feature but pkg-config finds no libdpdk" >&2
+        exit 1
+    }
     static_libs="$dpdk_libs $static_libs"
 fi
 

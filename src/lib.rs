@@ -23,6 +23,8 @@ pub mod capi;
 #[deny(unsafe_code)]
 pub mod client;
 #[deny(unsafe_code)]
+pub mod launch;
+#[deny(unsafe_code)]
 pub mod local;
 #[deny(unsafe_code)]
 pub mod proto;

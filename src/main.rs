@@ -10,6 +10,7 @@ use wyvern::agent::config::{default_socket, TransportKind};
 use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
 
 mod demo;
+mod launch_cli;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,12 @@ struct Cli {
 enum Cmd {
     /// Run this node's agent.
     Agent(Box<AgentArgs>),
+    /// Run this node's agent as part of a job: node list, node id, addresses
+    /// and socket from Slurm (SLURM_JOB_NODELIST, SLURMD_NODENAME) or a
+    /// nodes file; every `agent` flag passes through.
+    Launch(Box<launch_cli::LaunchArgs>),
+    /// Wait until the local agent answers and every peer is up.
+    Wait(launch_cli::WaitArgs),
     /// Break an agent's connection to one peer, as a network fault would
     /// (fault injection; the session resumes over a new connection).
     BreakLink {
@@ -59,7 +66,7 @@ enum Cmd {
     Demo(demo::DemoArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 struct AgentArgs {
     /// TOML configuration file; flags override it.
     #[arg(long, short)]
@@ -82,6 +89,9 @@ struct AgentArgs {
     /// Transport between agents.
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; port 0 picks one).
+    #[arg(long)]
+    metrics: Option<String>,
     /// Largest packet of the udp transport, in bytes.
     #[arg(long)]
     packet_bytes: Option<usize>,
@@ -169,6 +179,9 @@ impl AgentArgs {
         if let Some(v) = self.transport {
             c.transport = v;
         }
+        if let Some(v) = self.metrics {
+            c.metrics = Some(v);
+        }
         if let Some(v) = self.packet_bytes {
             c.packet_bytes = v;
         }
@@ -226,6 +239,8 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().cmd {
         Cmd::Agent(a) => run_agent(*a),
+        Cmd::Launch(a) => launch_cli::run_launch(*a),
+        Cmd::Wait(w) => launch_cli::run_wait(w),
         Cmd::Stat {
             socket,
             node_id,
@@ -291,6 +306,8 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         print!("{}", toml::to_string(&cfg).expect("serialisable"));
         return ExitCode::SUCCESS;
     }
+    let metrics = cfg.metrics.clone();
+    let socket = cfg.socket.clone();
     let mut agent = match Agent::new(cfg) {
         Ok(a) => a,
         Err(e) => {
@@ -303,6 +320,22 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
             eprintln!("wyvern agent: cannot install a signal handler: {e}");
             return ExitCode::FAILURE;
+        }
+    }
+    if let Some(m) = metrics {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&m)
+            .ok()
+            .and_then(|mut a| a.next());
+        let Some(addr) = addr else {
+            eprintln!("wyvern agent: --metrics {m}: not a host:port");
+            return ExitCode::FAILURE;
+        };
+        match wyvern::agent::metrics::serve(addr, socket) {
+            Ok(bound) => log::info!("Prometheus metrics on http://{bound}/metrics"),
+            Err(e) => {
+                eprintln!("wyvern agent: cannot serve metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     // Readiness line for scripts and tests.

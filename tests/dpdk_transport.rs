@@ -70,16 +70,36 @@ fn every_size_class_arrives_intact_and_in_order_both_ways() {
     };
     let c = tb.cluster(&[]);
     let per = 17u64; // each size once per sender
+                     // A liveness bound per operation, not a speed requirement: four 64 MiB messages
+                     // share af_packet's ~300 MB/s with whatever else the machine runs (the default
+                     // 20 s timed out once while the whole suite ran on 2 cores).
+    let tmo = ["--timeout-ms", "100000"];
     let rx1 = c.peer(
         1,
-        &["--ep", "100", "--sizes", SIZES, "recv", "--count", "34"],
+        &[
+            &tmo[..],
+            &["--ep", "100", "--sizes", SIZES, "recv", "--count", "34"],
+        ]
+        .concat(),
     );
-    let rx0 = c.peer(0, &["--ep", "7", "--sizes", SIZES, "recv", "--count", "34"]);
+    let rx0 = c.peer(
+        0,
+        &[
+            &tmo[..],
+            &["--ep", "7", "--sizes", SIZES, "recv", "--count", "34"],
+        ]
+        .concat(),
+    );
     let started = Instant::now();
     let mut tx = Vec::new();
-    for (node, to) in [(0, "1:100"), (1, "0:7")] {
-        for delivered in [false, true] {
-            let mut args = vec!["--sizes", SIZES, "send", "--to", to, "--count", "17"];
+    // Senders open endpoints of their own choosing: the agent hands a closed
+    // endpoint's id to the next one that asks, and a receiver tells senders apart by
+    // (node, endpoint), so a sender that finished early must not pass its id on.
+    for (node, to, eps) in [(0, "1:100", ["201", "202"]), (1, "0:7", ["203", "204"])] {
+        for (delivered, ep) in [false, true].into_iter().zip(eps) {
+            let mut args = tmo.to_vec();
+            args.extend(["--ep", ep]);
+            args.extend(["--sizes", SIZES, "send", "--to", to, "--count", "17"]);
             if delivered {
                 args.push("--delivered");
             }
@@ -139,13 +159,16 @@ fn broken_link_resumes_mid_stream_without_loss() {
     );
     let rx0 = c.peer(0, &["--ep", "7", "--sizes", sizes, "recv", "--count", n]);
     let gap = ["--gap-us", "500"];
+    // Own endpoint ids (see every_size_class_arrives_intact_and_in_order_both_ways).
     let mut tx_args = vec!["--sizes", sizes, "send", "--to", "1:100", "--count", n];
     tx_args.extend_from_slice(&gap);
-    let tx = c.peer(0, &tx_args);
+    let tx = c.peer(0, &[&["--ep", "201"][..], &tx_args].concat());
     let mut txd_args = tx_args.clone();
     txd_args.push("--delivered");
-    let txd = c.peer(0, &txd_args);
-    let mut back_args = vec!["--sizes", sizes, "send", "--to", "0:7", "--count", n];
+    let txd = c.peer(0, &[&["--ep", "202"][..], &txd_args].concat());
+    let mut back_args = vec![
+        "--ep", "203", "--sizes", sizes, "send", "--to", "0:7", "--count", n,
+    ];
     back_args.extend_from_slice(&gap);
     let back = c.peer(1, &back_args);
     let mut breaks = 0;
@@ -521,11 +544,19 @@ fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
         &["--ep", "10", "--sizes", sizes, "recv", "--count", "160"],
     );
     let rx0 = c.peer(0, &["--ep", "20", "--sizes", sizes, "recv", "--count", n]);
+    // Own endpoint ids (see every_size_class_arrives_intact_and_in_order_both_ways).
     let senders = [
-        c.peer(0, &["--sizes", sizes, "send", "--to", "1:10", "--count", n]),
         c.peer(
             0,
             &[
+                "--ep", "201", "--sizes", sizes, "send", "--to", "1:10", "--count", n,
+            ],
+        ),
+        c.peer(
+            0,
+            &[
+                "--ep",
+                "202",
                 "--sizes",
                 sizes,
                 "send",
@@ -536,7 +567,12 @@ fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
                 "--delivered",
             ],
         ),
-        c.peer(1, &["--sizes", sizes, "send", "--to", "0:20", "--count", n]),
+        c.peer(
+            1,
+            &[
+                "--ep", "203", "--sizes", sizes, "send", "--to", "0:20", "--count", n,
+            ],
+        ),
     ];
     for (k, s) in senders.into_iter().enumerate() {
         let r = s.result(T);

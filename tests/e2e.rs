@@ -1193,3 +1193,51 @@ fn broken_connections_resume_without_losing_or_repeating_a_message() {
     assert!(resent > 0, "no break caught a frame in flight");
     assert!(c.log(0).contains("resumed"), "{}", c.log(0));
 }
+
+#[test]
+fn prometheus_metrics_show_what_stat_shows() {
+    let c = Cluster::start(2, &["--metrics", "127.0.0.1:0"]);
+    let rx = c.peer(1, &["--ep", "4", "recv", "--count", "50"]);
+    let tx = c.peer(0, &["send", "--to", "1:4", "--count", "50"]);
+    assert_ok("sender", &tx.result(T));
+    assert_ok("receiver", &rx.result(T));
+    let log = c.log(0);
+    let url = log
+        .lines()
+        .find_map(|l| l.split("Prometheus metrics on http://").nth(1))
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"));
+    let addr = url.trim().trim_end_matches("/metrics");
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let page = get("/metrics");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("text/plain; version=0.0.4"), "{page}");
+    assert!(page.contains("wyvern_up{node=\"0\"} 1"), "{page}");
+    let sent: u64 = page
+        .lines()
+        .find(|l| l.starts_with("wyvern_peer_msgs_tx_total{") && l.contains("peer=\"1\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no msgs_tx for peer 1: {page}"));
+    assert_eq!(sent, 50, "{page}");
+    assert!(
+        page.contains("wyvern_peer_up{node=\"0\",peer=\"1\""),
+        "{page}"
+    );
+    // Every sample line parses as `name{labels} number`.
+    for l in page.lines().skip_while(|l| !l.is_empty()).skip(1) {
+        if l.starts_with('#') || l.is_empty() {
+            continue;
+        }
+        let v = l.rsplit(' ').next().unwrap();
+        assert!(v.parse::<f64>().is_ok(), "bad sample line {l:?}");
+        assert!(l.starts_with("wyvern_"), "{l}");
+    }
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+}

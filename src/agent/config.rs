@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// How frames move between agents (every agent of a job must agree).
     pub transport: TransportKind,
+    /// Serve Prometheus metrics over HTTP on this address (`host:port`).
+    pub metrics: Option<String>,
     /// Largest packet of the udp transport, headers included but not the
     /// IP/UDP ones (1472 fits a 1500-byte Ethernet MTU). The dpdk transport
     /// uses its port's MTU instead (see `dpdk_mtu`).
@@ -144,6 +146,7 @@ impl Default for AgentConfig {
             socket: default_socket(0),
             transport: TransportKind::Tcp,
             packet_bytes: 1472,
+            metrics: None,
             dpdk_eal_args: vec![],
             dpdk_port: None,
             dpdk_mtu: None,

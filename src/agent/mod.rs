@@ -26,6 +26,7 @@ use control::bind_control;
 mod rx;
 
 pub mod config;
+pub mod metrics;
 pub mod stats;
 
 use std::collections::{HashMap, VecDeque};

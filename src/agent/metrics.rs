@@ -1,0 +1,260 @@
+//! The Prometheus text endpoint (`wyvern agent --metrics ADDR`): HPC sites
+//! scrape node metrics over HTTP. A thread of its own answers each scrape
+//! with a fresh [`Snapshot`] taken over the agent's control socket, exactly
+//! what `wyvern stat --json` shows, so the polling thread never serves HTTP
+//! and the two views cannot disagree.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::stats::Snapshot;
+
+/// Render a snapshot in the Prometheus text exposition format (0.0.4).
+pub fn render(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let node = s.node;
+    let gauge = |o: &mut String, name: &str, help: &str, kind: &str, v: f64| {
+        let _ = writeln!(o, "# HELP wyvern_{name} {help}");
+        let _ = writeln!(o, "# TYPE wyvern_{name} {kind}");
+        let _ = writeln!(o, "wyvern_{name}{{node=\"{node}\"}} {v}");
+    };
+    gauge(&mut o, "up", "The agent answers.", "gauge", 1.0);
+    gauge(
+        &mut o,
+        "nodes",
+        "Nodes in the job.",
+        "gauge",
+        s.nodes as f64,
+    );
+    gauge(
+        &mut o,
+        "pool_bytes",
+        "Shared-memory pool size.",
+        "gauge",
+        s.pool_bytes as f64,
+    );
+    gauge(
+        &mut o,
+        "blocks_free_bytes",
+        "Free bytes of the block region.",
+        "gauge",
+        s.blocks_free as f64,
+    );
+    gauge(
+        &mut o,
+        "blocks_bytes",
+        "Bytes of the block region.",
+        "gauge",
+        s.blocks_total as f64,
+    );
+    gauge(
+        &mut o,
+        "hugepages",
+        "1 when the pool is on hugepages.",
+        "gauge",
+        s.backing.starts_with("hugepages") as u8 as f64,
+    );
+    gauge(
+        &mut o,
+        "uptime_seconds",
+        "Seconds since the agent started.",
+        "gauge",
+        s.uptime_s,
+    );
+    gauge(
+        &mut o,
+        "poll_rounds_total",
+        "Poll rounds.",
+        "counter",
+        s.rounds as f64,
+    );
+    gauge(
+        &mut o,
+        "sleeps_total",
+        "Times the adaptive agent slept.",
+        "counter",
+        s.sleeps as f64,
+    );
+    gauge(
+        &mut o,
+        "local_messages_total",
+        "Messages delivered on this node.",
+        "counter",
+        s.local_msgs as f64,
+    );
+    gauge(
+        &mut o,
+        "clients_evicted_total",
+        "Clients detached for misbehaving.",
+        "counter",
+        s.clients_evicted as f64,
+    );
+    gauge(
+        &mut o,
+        "parked_messages",
+        "Peers' messages waiting for a full ring or a late endpoint.",
+        "gauge",
+        s.parked_msgs as f64,
+    );
+    gauge(
+        &mut o,
+        "parked_bytes",
+        "Their bytes.",
+        "gauge",
+        s.parked_bytes as f64,
+    );
+    gauge(
+        &mut o,
+        "clients",
+        "Attached clients.",
+        "gauge",
+        s.clients.len() as f64,
+    );
+
+    // Per peer: every counter of `wyvern stat`, by name (kept in step with
+    // the stats by serialising them).
+    let mut families: Vec<(String, Vec<String>)> = Vec::new();
+    let mut add = |name: String, line: String| match families.iter_mut().find(|f| f.0 == name) {
+        Some(f) => f.1.push(line),
+        None => families.push((name, vec![line])),
+    };
+    for p in &s.peers {
+        let labels = format!(
+            "node=\"{node}\",peer=\"{}\",transport=\"{}\"",
+            p.node,
+            escape(&p.transport)
+        );
+        let up = (p.state == "up") as u8;
+        add("peer_up".into(), format!("wyvern_peer_up{{{labels}}} {up}"));
+        add(
+            "peer_queued_bytes".into(),
+            format!("wyvern_peer_queued_bytes{{{labels}}} {}", p.queued_bytes),
+        );
+        add(
+            "peer_unacked_bytes".into(),
+            format!("wyvern_peer_unacked_bytes{{{labels}}} {}", p.unacked_bytes),
+        );
+        if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&p.counters) {
+            for (k, v) in m {
+                if let Some(v) = v.as_u64() {
+                    let name = format!("peer_{k}_total");
+                    add(name.clone(), format!("wyvern_{name}{{{labels}}} {v}"));
+                }
+            }
+        }
+    }
+    for (k, v) in &s.transport {
+        let name = format!("transport_{}_total", sanitize(k));
+        add(
+            name.clone(),
+            format!("wyvern_{name}{{node=\"{node}\"}} {v}"),
+        );
+    }
+    for c in &s.clients {
+        let labels = format!(
+            "node=\"{node}\",slot=\"{}\",pid=\"{}\",name=\"{}\"",
+            c.slot,
+            c.pid,
+            escape(&c.name)
+        );
+        for (name, v) in [
+            ("client_submitted_total", c.submitted),
+            ("client_delivered_total", c.delivered),
+            ("client_errors_total", c.errors),
+            ("client_blocks", c.blocks),
+            ("client_endpoints", c.endpoints.len() as u64),
+        ] {
+            add(name.into(), format!("wyvern_{name}{{{labels}}} {v}"));
+        }
+    }
+    for (name, lines) in families {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(o, "# TYPE wyvern_{name} {kind}");
+        for l in lines {
+            let _ = writeln!(o, "{l}");
+        }
+    }
+    o
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// Serve `/metrics` on `addr` from a thread of its own, reading the agent
+/// at `socket`. Returns the bound address (useful with port 0).
+pub fn serve(addr: SocketAddr, socket: PathBuf) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("wyvern-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => {
+                        if let Err(e) = answer(c, &socket) {
+                            log::debug!("metrics request: {e}");
+                        }
+                    }
+                    Err(e) => log::warn!("metrics listener: {e}"),
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+fn answer(mut c: TcpStream, socket: &PathBuf) -> std::io::Result<()> {
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    let mut r = BufReader::new(c.try_clone()?);
+    r.read_line(&mut line)?;
+    // Drain the headers (bounded).
+    for _ in 0..100 {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = if method != "GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        )
+    } else if path != "/metrics" && path != "/" {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+    } else {
+        match crate::client::stat(socket) {
+            Ok(s) => ("200 OK", "text/plain; version=0.0.4", render(&s)),
+            Err(e) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("the agent does not answer: {e}\n"),
+            ),
+        }
+    };
+    write!(
+        c,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    c.flush()
+}
