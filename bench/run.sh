@@ -27,7 +27,8 @@
 # (300: spinning agents on 2 cores need ~2 ms per hop), RATE_COUNT (500000
 # per sender), UCX_RATE_COUNT (500000 per pair), MPI_ITERS (4000 windows of
 # 64), BW_MIB (4096), BW_SPIN_MIB (256), IPERF_SECS (5), ATTACH_COUNT (2000),
-# SKIP_BUILD=1 to use the binaries as they are.
+# SKIP_BUILD=1 to use the binaries as they are, KEEP_TMP=1 to keep the scratch
+# directory (agent logs) for a post-mortem.
 #
 # Only 127.0.0.1 is used. Every process this script starts is wrapped in
 # `timeout` and killed by the EXIT trap. Needs: cargo, jq, python3, taskset,
@@ -62,7 +63,7 @@ cleanup() {
         for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null || true
     done
-    rm -rf "$TMP"
+    if [ "${KEEP_TMP:-0}" = 1 ]; then echo "run.sh: scratch kept in $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -195,7 +196,7 @@ agents() {
         ts=(); [ "$layout" = node ] && ts=(taskset -c "$i")
         RUST_LOG=info start "agent$i" 600 "${ts[@]}" "$BIN/wyvern" agent --node-id "$i" \
             --nodes "$nodes" --socket "$TMP/agent$i.sock" --idle "$idle" \
-            --block-mib 64 --max-clients 8 --transport "${TRANSPORT:-tcp}" --packet-bytes "$PACKET_BYTES"
+            --block-mib 64 --max-clients 8 --transport "${TRANSPORT:-tcp}" --packet-bytes "$PACKET_BYTES" --job "bench-$$"
         AGENT_PIDS+=("$LAST")
     done
     SOCK0="$TMP/agent0.sock"; SOCK1="$TMP/agent1.sock"

@@ -164,6 +164,15 @@ pub fn run_launch(mut a: LaunchArgs) -> ExitCode {
     );
     a.agent.node_id = Some(p.node_id);
     a.agent.nodes = Some(nodes);
+    // Agents of one Slurm job know each other by its id (agents of other
+    // jobs sharing these hosts are refused).
+    if a.agent.job.is_none() {
+        a.agent.job = p
+            .slurm
+            .as_ref()
+            .and_then(|s| s.job_id.as_ref())
+            .map(|id| format!("slurm-{id}"));
+    }
     a.agent.socket = Some(p.socket);
     crate::run_agent(a.agent)
 }

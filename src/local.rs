@@ -83,6 +83,16 @@ impl LocalAgents {
             .args(["--idle", idle])
             .arg("--socket")
             .arg(&sock)
+            // A job name of their own: no other agents on this machine can
+            // pass for their peers.
+            .args(if extra.contains(&"--job") {
+                vec![]
+            } else {
+                vec![
+                    "--job".to_string(),
+                    format!("local-{tag}-{}", std::process::id()),
+                ]
+            })
             .args(extra)
             .args(node_args.get(i).into_iter().flatten())
             .env(

@@ -92,6 +92,9 @@ struct AgentArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; port 0 picks one).
     #[arg(long)]
     metrics: Option<String>,
+    /// A name every agent of the job shares; peers of another job are refused.
+    #[arg(long)]
+    job: Option<String>,
     /// Largest packet of the udp transport, in bytes.
     #[arg(long)]
     packet_bytes: Option<usize>,
@@ -181,6 +184,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.metrics {
             c.metrics = Some(v);
+        }
+        if let Some(v) = self.job {
+            c.job = Some(v);
         }
         if let Some(v) = self.packet_bytes {
             c.packet_bytes = v;

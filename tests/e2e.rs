@@ -719,6 +719,7 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
                 node: 1,
                 nodes,
                 incarnation: 42,
+                job: wyvern::wire::job_hash(Some(&c.job())),
             }
             .to_bytes(),
         )
@@ -760,6 +761,17 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
     // A Hello with another node count.
     let mut s = connect();
     s.write_all(&hello(5)).unwrap();
+    assert!(closed_by_agent(s));
+    // A Hello from an agent of another job.
+    let mut s = connect();
+    let other = Hello {
+        node: 1,
+        nodes: 2,
+        incarnation: 43,
+        job: wyvern::wire::job_hash(Some("another job")),
+    };
+    s.write_all(&control_frame(FrameKind::Hello, 1, &other.to_bytes()))
+        .unwrap();
     assert!(closed_by_agent(s));
     // A proper Hello, then data before the session was agreed.
     let mut s = connect();
@@ -818,6 +830,7 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
     );
     let log = c.log(0);
     assert!(log.contains("Data frame before Resume"), "{log}");
+    assert!(log.contains("of another job"), "{log}");
     assert!(log.contains("bad ack"), "{log}");
     assert!(log.contains("malformed record"), "{log}");
 

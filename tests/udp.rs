@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use common::relay::{Impair, Relay};
 use common::{assert_ok, Cluster};
-use wyvern::wire::packet::{encode, PacketHeader, PktKind};
+use wyvern::wire::packet::{encode, PacketHeader, PktKind, FLAG_NOT_UP};
 use wyvern::wire::reliable::Ack;
+use wyvern::wire::{job_hash, Hello};
 
 const T: Duration = Duration::from_secs(180);
 const SIZES: &str = "0,8,100,4096,4097,65536,300000,1048576";
@@ -154,6 +155,25 @@ fn garbage_datagrams_are_counted_and_dropped() {
         let mut p = Vec::new();
         encode(&PacketHeader { seq: i as u64, ..h }, b"stale", &mut p);
         sock.send_to(&p, target).unwrap();
+        // A Hello claiming to be node 0, from an agent of another job (a
+        // stale address reused on a shared host): it must not take node 0's
+        // place.
+        let intruder = Hello {
+            node: 0,
+            nodes: 2,
+            incarnation: 7,
+            job: job_hash(Some("another job")),
+        };
+        let mut p = Vec::new();
+        let hh = PacketHeader {
+            kind: PktKind::Hello,
+            flags: FLAG_NOT_UP,
+            src_epoch: 4242 + i as u64,
+            dst_epoch: 0,
+            ..h
+        };
+        encode(&hh, &intruder.to_bytes(), &mut p);
+        sock.send_to(&p, target).unwrap();
     }
     assert_ok("sender", &tx.result(T));
     let r = rx.result(T);
@@ -161,7 +181,11 @@ fn garbage_datagrams_are_counted_and_dropped() {
     assert_eq!(r.0["received"], 400);
     let s = c.stat(1);
     assert!(counter(&s, "packets_corrupt") >= 150, "{s}");
-    assert!(counter(&s, "packets_foreign") >= 300, "{s}");
+    assert!(counter(&s, "packets_foreign") >= 500, "{s}");
+    assert_eq!(
+        s["peers"][0]["counters"]["resumes"], 0,
+        "an intruder broke the link: {s}"
+    );
     assert!(counter(&s, "packets_stale") >= 150, "{s}");
     assert_eq!(s["peers"][0]["counters"]["losses"], 0, "{s}");
     assert_eq!(s["peers"][0]["state"], "up", "{s}");

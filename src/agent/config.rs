@@ -66,6 +66,10 @@ pub struct AgentConfig {
     pub transport: TransportKind,
     /// Serve Prometheus metrics over HTTP on this address (`host:port`).
     pub metrics: Option<String>,
+    /// A name every agent of the job shares (`wyvern launch` uses the Slurm
+    /// job id): agents refuse peers that say another job, so agents of two
+    /// jobs on the same hosts never take each other for peers.
+    pub job: Option<String>,
     /// Largest packet of the udp transport, headers included but not the
     /// IP/UDP ones (1472 fits a 1500-byte Ethernet MTU). The dpdk transport
     /// uses its port's MTU instead (see `dpdk_mtu`).
@@ -147,6 +151,7 @@ impl Default for AgentConfig {
             transport: TransportKind::Tcp,
             packet_bytes: 1472,
             metrics: None,
+            job: None,
             dpdk_eal_args: vec![],
             dpdk_port: None,
             dpdk_mtu: None,

@@ -238,7 +238,12 @@ impl Agent {
                         {
                             self.next_ep = self.next_ep.wrapping_add(1).max(1 << 16);
                         }
-                        self.next_ep
+                        // Not handed out again before the counter wraps: a
+                        // late message for a closed endpoint must not reach
+                        // its successor.
+                        let id = self.next_ep;
+                        self.next_ep = self.next_ep.wrapping_add(1).max(1 << 16);
+                        id
                     }
                 };
                 let pool = self.pool.clone();

@@ -576,12 +576,20 @@ impl Agent {
             let _ = db.write(1);
         });
         let listen = |source| AgentError::Listen { addr: me, source };
+        let job = crate::wire::job_hash(cfg.job.as_deref());
+        let hello = crate::wire::Hello {
+            node: cfg.node_id,
+            nodes: cfg.addrs.len() as u32,
+            incarnation,
+            job,
+        };
         let transport: Box<dyn Transport> = match cfg.transport {
             TransportKind::Tcp => Box::new(
                 TcpTransport::new(
                     cfg.node_id,
                     cfg.addrs.clone(),
                     incarnation,
+                    job,
                     &poller,
                     pool.clone(),
                     wake,
@@ -591,16 +599,8 @@ impl Agent {
             TransportKind::Udp => {
                 let io = UdpIo::bind(cfg.node_id, &cfg.addrs, cfg.packet_bytes).map_err(listen)?;
                 Box::new(
-                    DatagramTransport::new(
-                        cfg.node_id,
-                        cfg.addrs.len() as u32,
-                        incarnation,
-                        io,
-                        pool.clone(),
-                        &poller,
-                        cfg.peer_timeout(),
-                    )
-                    .map_err(listen)?,
+                    DatagramTransport::new(hello, io, pool.clone(), &poller, cfg.peer_timeout())
+                        .map_err(listen)?,
                 )
             }
             #[cfg(feature = "dpdk")]
@@ -629,16 +629,8 @@ impl Agent {
                     pin_to(core)?;
                 }
                 Box::new(
-                    DatagramTransport::new(
-                        cfg.node_id,
-                        cfg.addrs.len() as u32,
-                        incarnation,
-                        io,
-                        pool.clone(),
-                        &poller,
-                        cfg.peer_timeout(),
-                    )
-                    .map_err(dev)?,
+                    DatagramTransport::new(hello, io, pool.clone(), &poller, cfg.peer_timeout())
+                        .map_err(dev)?,
                 )
             }
             #[cfg(not(feature = "dpdk"))]

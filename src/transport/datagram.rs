@@ -237,13 +237,12 @@ pub struct DatagramTransport<I: PacketIo> {
 }
 
 impl<I: PacketIo> DatagramTransport<I> {
-    /// Links to `nodes` peers over `io`; `incarnation` tells this agent's
-    /// runs apart; a peer that acknowledges nothing for `peer_timeout` while
-    /// data waits is declared down.
+    /// Links from node `hello.node` to the other `hello.nodes - 1` over
+    /// `io`; `hello` (this agent's node, node count, incarnation and job) is
+    /// what its `Hello` packets say. A peer that acknowledges nothing for
+    /// `peer_timeout` while data waits is declared down.
     pub fn new(
-        me: u32,
-        nodes: u32,
-        incarnation: u64,
+        hello: Hello,
         io: I,
         pool: Arc<Pool>,
         poller: &Poller,
@@ -252,8 +251,9 @@ impl<I: PacketIo> DatagramTransport<I> {
         io.register(poller, 0)?;
         let cfg = reliable::Config::default();
         let now = Instant::now();
+        let (me, nodes) = (hello.node, hello.nodes);
         // Epochs: unique per link instance and per run of the agent.
-        let base = incarnation.max(1);
+        let base = hello.incarnation.max(1);
         let links = (0..nodes)
             .map(|j| DLink::new(base + j as u64 * (1 << 32), cfg, now))
             .collect();
@@ -261,11 +261,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         Ok(DatagramTransport {
             me,
             nodes,
-            hello: Hello {
-                node: me,
-                nodes,
-                incarnation,
-            },
+            hello,
             io,
             pool,
             cfg,
@@ -396,8 +392,10 @@ impl<I: PacketIo> DatagramTransport<I> {
             return;
         }
         if h.kind == PktKind::Hello {
-            let ok =
-                Hello::parse(payload).is_ok_and(|x| x.node == h.src_node && x.nodes == self.nodes);
+            // Of this job (see `Hello::job`), naming its sender and our node count.
+            let ok = Hello::parse(payload).is_ok_and(|x| {
+                x.node == h.src_node && x.nodes == self.nodes && x.job == self.hello.job
+            });
             if !ok {
                 self.stats.foreign += 1;
                 return;

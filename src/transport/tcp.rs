@@ -291,6 +291,7 @@ pub struct TcpTransport {
     me: u32,
     nodes: Vec<SocketAddr>,
     hello: Vec<u8>,
+    job: u64,
     listener: std::net::TcpListener,
     addr: SocketAddr,
     pool: Arc<Pool>,
@@ -310,6 +311,7 @@ impl TcpTransport {
         me: u32,
         nodes: Vec<SocketAddr>,
         incarnation: u64,
+        job: u64,
         poller: &Poller,
         pool: Arc<Pool>,
         wake: Arc<dyn Fn() + Send + Sync>,
@@ -325,6 +327,7 @@ impl TcpTransport {
                 node: me,
                 nodes: nodes.len() as u32,
                 incarnation,
+                job,
             }
             .to_bytes(),
         );
@@ -334,6 +337,7 @@ impl TcpTransport {
             me,
             nodes,
             hello,
+            job,
             listener,
             addr,
             pool,
@@ -399,6 +403,15 @@ impl TcpTransport {
             Ok(h) => h,
             Err(e) => return drop_it(p, format!("bad Hello ({e})")),
         };
+        if h.job != self.job {
+            return drop_it(
+                p,
+                format!(
+                    "Hello from node {} of another job (job tag {:#x}, ours {:#x})",
+                    h.node, h.job, self.job
+                ),
+            );
+        }
         let n = self.nodes.len();
         if h.nodes as usize != n || h.node as usize >= n || h.node == self.me {
             return drop_it(

@@ -171,11 +171,26 @@ pub struct Hello {
     /// A value unique to this run of the sending agent (its start time), so a
     /// restarted peer can be told apart from the old one.
     pub incarnation: u64,
+    /// The job the sender belongs to ([`job_hash`] of its `job` setting; 0:
+    /// none). Agents of different jobs on the same hosts (ports reused,
+    /// addresses learned from packets) must never take each other for peers.
+    pub job: u64,
+}
+
+/// The `job` value of a [`Hello`] for a job name (FNV-1a; 0 means no name).
+pub fn job_hash(name: Option<&str>) -> u64 {
+    let Some(name) = name else { return 0 };
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h.max(1)
 }
 
 impl Hello {
     /// Encoded size.
-    pub const LEN: usize = 16;
+    pub const LEN: usize = 24;
 
     /// Parse.
     pub fn parse(b: &[u8]) -> Result<Hello, WireError> {
@@ -186,6 +201,7 @@ impl Hello {
             node: u32_at(b, 0),
             nodes: u32_at(b, 4),
             incarnation: u64_at(b, 8),
+            job: u64_at(b, 16),
         })
     }
 
@@ -195,6 +211,7 @@ impl Hello {
         b[0..4].copy_from_slice(&self.node.to_le_bytes());
         b[4..8].copy_from_slice(&self.nodes.to_le_bytes());
         b[8..16].copy_from_slice(&self.incarnation.to_le_bytes());
+        b[16..24].copy_from_slice(&self.job.to_le_bytes());
         b
     }
 }

@@ -241,6 +241,11 @@ impl Cluster {
         .arg("--socket")
         .arg(self.socket(i))
         .args(["--idle", "adaptive", "--heartbeat-ms", "100"])
+        .args(if extra.contains(&"--job") {
+            vec![]
+        } else {
+            vec!["--job".to_string(), self.job()]
+        })
         .args(if extra.contains(&"--transport") {
             vec![]
         } else {
@@ -272,6 +277,15 @@ impl Cluster {
             self.nodes[i] = addr;
         }
         p
+    }
+
+    /// The job name its agents share (its own: other tests' agents on this
+    /// machine are refused as peers).
+    pub fn job(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     pub fn socket(&self, i: usize) -> PathBuf {
