@@ -704,10 +704,6 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         false
     }
 
-    fn poll_mode(&self) -> bool {
-        self.io.poll_mode()
-    }
-
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = &self.stats;
         let mut c = vec![
