@@ -242,6 +242,34 @@ struct Session {
 }
 
 impl Session {
+    /// The peer handled our `Data` frames below `n`: forget them; blocks
+    /// their last chunks held go to `freed`.
+    fn acknowledged(
+        &mut self,
+        n: u64,
+        now: Instant,
+        freed: &mut Vec<u64>,
+    ) -> Result<(), reliable::AckError> {
+        let ack = reliable::Ack {
+            next: n,
+            sack: 0,
+            window: session_config().window,
+        };
+        let mut acked = Vec::new();
+        self.tx.on_ack(&ack, now, &mut acked)?;
+        for f in acked {
+            self.tx_bytes -= f.len();
+            if let Retained::Chunk {
+                free_after: Some(b),
+                ..
+            } = f
+            {
+                freed.push(b);
+            }
+        }
+        Ok(())
+    }
+
     fn new(peer_inc: u64) -> Session {
         Session {
             peer_inc,
@@ -1501,26 +1529,10 @@ impl Agent {
         if resumable {
             let p = &mut self.peers[j];
             let s = p.session.as_mut().expect("checked above");
-            let mut acked = Vec::new();
-            let ack = reliable::Ack {
-                next: r.received,
-                sack: 0,
-                window: session_config().window,
-            };
-            if let Err(e) = s.tx.on_ack(&ack, now, &mut acked) {
+            if let Err(e) = s.acknowledged(r.received, now, &mut self.freed) {
                 p.counters.malformed += 1;
                 self.peer_lost(j, &format!("cannot resume: {e}"), true);
                 return false;
-            }
-            for f in acked {
-                s.tx_bytes -= f.len();
-                if let Retained::Chunk {
-                    free_after: Some(b),
-                    ..
-                } = f
-                {
-                    self.freed.push(b);
-                }
             }
             let mut resent = 0u64;
             let t = &mut *self.transport;
@@ -1597,26 +1609,10 @@ impl Agent {
         let Some(s) = p.session.as_mut() else {
             return true;
         };
-        let ack = reliable::Ack {
-            next: n,
-            sack: 0,
-            window: session_config().window,
-        };
-        let mut acked = Vec::new();
-        if let Err(e) = s.tx.on_ack(&ack, now, &mut acked) {
+        if let Err(e) = s.acknowledged(n, now, &mut self.freed) {
             p.counters.malformed += 1;
             self.peer_lost(j, &format!("bad ack: {e}"), true);
             return false;
-        }
-        for f in acked {
-            s.tx_bytes -= f.len();
-            if let Retained::Chunk {
-                free_after: Some(b),
-                ..
-            } = f
-            {
-                self.freed.push(b);
-            }
         }
         true
     }
