@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::relay::Lcg;
 use common::testbed::Testbed;
 use common::{assert_ok, Cluster, Proc};
 use wyvern::transport::dpdk::{
@@ -361,22 +362,6 @@ fn garbage_frames_are_counted_and_dropped() {
     assert_eq!(s["peers"][0]["counters"]["losses"], 0, "{s}");
     assert_eq!(s["peers"][0]["state"], "up", "{s}");
     check_clean(&c);
-}
-
-/// A seeded generator, so an impaired run replays with the same `WYVERN_FWD_SEED`.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 const LOSS: u64 = 5;

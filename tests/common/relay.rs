@@ -37,17 +37,18 @@ pub struct Relay {
     thread: Option<JoinHandle<()>>,
 }
 
-struct Lcg(u64);
+/// A seeded generator, so an impaired run replays with the same seed.
+pub struct Lcg(pub u64);
 
 impl Lcg {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
-    fn chance(&mut self, percent: u64) -> bool {
+    pub fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
 }
