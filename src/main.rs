@@ -89,6 +89,11 @@ struct AgentArgs {
     /// Transport between agents.
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
+    /// Run several transports at once (the hybrid agent), comma-separated,
+    /// e.g. `verbs,tcp`: each peer is carried by the best one both ends run
+    /// (tcp is always added: the control connection).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    transports: Option<Vec<TransportKind>>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; port 0 picks one).
     #[arg(long)]
     metrics: Option<String>,
@@ -181,6 +186,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.transport {
             c.transport = v;
+        }
+        if let Some(v) = self.transports {
+            c.transports = v;
         }
         if let Some(v) = self.metrics {
             c.metrics = Some(v);

@@ -720,6 +720,8 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
                 nodes,
                 incarnation: 42,
                 job: wyvern::wire::job_hash(Some(&c.job())),
+                caps: wyvern::wire::caps::TCP,
+                fabric: 0,
             }
             .to_bytes(),
         )
@@ -769,6 +771,8 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
         nodes: 2,
         incarnation: 43,
         job: wyvern::wire::job_hash(Some("another job")),
+        caps: wyvern::wire::caps::TCP,
+        fabric: 0,
     };
     s.write_all(&control_frame(FrameKind::Hello, 1, &other.to_bytes()))
         .unwrap();

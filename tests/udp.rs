@@ -163,6 +163,8 @@ fn garbage_datagrams_are_counted_and_dropped() {
             nodes: 2,
             incarnation: 7,
             job: job_hash(Some("another job")),
+            caps: wyvern::wire::caps::UDP,
+            fabric: 0,
         };
         let mut p = Vec::new();
         let hh = PacketHeader {

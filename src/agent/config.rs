@@ -62,8 +62,16 @@ pub struct AgentConfig {
     pub addrs: Vec<SocketAddr>,
     /// The control socket clients attach through.
     pub socket: PathBuf,
-    /// How frames move between agents (every agent of a job must agree).
+    /// How frames move between agents (every agent of a job must agree),
+    /// unless `transports` is given.
     pub transport: TransportKind,
+    /// The hybrid agent: run all these transports at once and carry each
+    /// peer on the best one both ends run (verbs on a common fabric, else
+    /// dpdk, else udp, else tcp). TCP is always among them: it is the
+    /// control connection over which agents learn what their peers run,
+    /// and the fallback. Empty: `transport` alone. Forcing one transport
+    /// for a node means listing only that one (or setting `transport`).
+    pub transports: Vec<TransportKind>,
     /// Serve Prometheus metrics over HTTP on this address (`host:port`).
     pub metrics: Option<String>,
     /// A name every agent of the job shares (`wyvern launch` uses the Slurm
@@ -149,6 +157,7 @@ impl Default for AgentConfig {
             addrs: vec![],
             socket: default_socket(0),
             transport: TransportKind::Tcp,
+            transports: Vec::new(),
             packet_bytes: 1472,
             metrics: None,
             job: None,
@@ -302,13 +311,33 @@ impl AgentConfig {
                 pkt.end()
             ));
         }
-        if self.transport == TransportKind::Dpdk {
+        if self.transport_set().contains(&TransportKind::Dpdk) {
             self.validate_dpdk()?;
         }
         if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {
             return bad("peer_timeout_ms must exceed heartbeat_ms > 0".into());
         }
         Ok(())
+    }
+
+    /// The transports this agent runs: `transports` (with tcp added, and
+    /// first, when there are several) or `transport` alone.
+    pub fn transport_set(&self) -> Vec<TransportKind> {
+        let mut set = Vec::new();
+        for &k in &self.transports {
+            if !set.contains(&k) {
+                set.push(k);
+            }
+        }
+        match set.len() {
+            0 => vec![self.transport],
+            1 => set,
+            _ => {
+                set.retain(|&k| k != TransportKind::Tcp);
+                set.insert(0, TransportKind::Tcp);
+                set
+            }
+        }
     }
 
     fn validate_dpdk(&self) -> Result<(), ConfigError> {

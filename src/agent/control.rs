@@ -326,7 +326,7 @@ impl Agent {
             .map(|p| PeerSnapshot {
                 node: p.node,
                 addr: p.addr.to_string(),
-                transport: self.transport.name().into(),
+                transport: self.transport.link_name(p.node).into(),
                 state: p.state.name(),
                 aggregation: if p.counters.frames_tx == 0 {
                     0.0

@@ -549,6 +549,81 @@ fn pin_to(core: usize) -> Result<(), AgentError> {
     })
 }
 
+/// The [`crate::wire::caps`] bit of a transport.
+fn transport_cap(k: TransportKind) -> u32 {
+    use crate::wire::caps;
+    match k {
+        TransportKind::Tcp => caps::TCP,
+        TransportKind::Udp => caps::UDP,
+        TransportKind::Dpdk => caps::DPDK,
+    }
+}
+
+/// Start one transport back end of this agent.
+fn open_transport(
+    kind: TransportKind,
+    cfg: &AgentConfig,
+    hello: crate::wire::Hello,
+    poller: &Poller,
+    pool: &Arc<Pool>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+) -> Result<Box<dyn Transport>, AgentError> {
+    let me = cfg.addrs[cfg.node_id as usize];
+    let listen = |source| AgentError::Listen { addr: me, source };
+    Ok(match kind {
+        TransportKind::Tcp => Box::new(
+            TcpTransport::new(hello, cfg.addrs.clone(), poller, pool.clone(), wake)
+                .map_err(listen)?,
+        ),
+        TransportKind::Udp => {
+            let _ = wake;
+            let io = UdpIo::bind(cfg.node_id, &cfg.addrs, cfg.packet_bytes).map_err(listen)?;
+            Box::new(
+                DatagramTransport::new(hello, io, pool.clone(), poller, cfg.peer_timeout())
+                    .map_err(listen)?,
+            )
+        }
+        #[cfg(feature = "dpdk")]
+        TransportKind::Dpdk => {
+            use crate::transport::dpdk::{DpdkIo, DpdkIoConfig, MacAddr};
+            let _ = wake;
+            let dev = |source| AgentError::Device {
+                name: "dpdk",
+                source,
+            };
+            let io = DpdkIo::open(&DpdkIoConfig {
+                me: cfg.node_id,
+                nodes: cfg.addrs.len() as u32,
+                eal_args: cfg.dpdk_eal_args.clone(),
+                port: cfg.dpdk_port.clone(),
+                mtu: cfg.dpdk_mtu,
+                peer_macs: cfg
+                    .peer_macs()
+                    .into_iter()
+                    .map(|m| m.map(MacAddr))
+                    .collect(),
+            })
+            .map_err(dev)?;
+            // The EAL pinned this thread to its main lcore's CPU (`-l`/`--lcores`;
+            // without them, the first CPU): `cores`, when given, wins.
+            if let Some(&core) = cfg.cores.first() {
+                pin_to(core)?;
+            }
+            Box::new(
+                DatagramTransport::new(hello, io, pool.clone(), poller, cfg.peer_timeout())
+                    .map_err(dev)?,
+            )
+        }
+        #[cfg(not(feature = "dpdk"))]
+        TransportKind::Dpdk => {
+            let _ = (wake, poller, pool, listen);
+            return Err(AgentError::Config(config::ConfigError::Invalid(
+                "transport \"dpdk\" needs a wyvern built with the `dpdk` cargo feature".into(),
+            )));
+        }
+    })
+}
+
 impl Agent {
     /// Create the pool, bind the sockets, start dialing peers.
     pub fn new(mut cfg: AgentConfig) -> Result<Agent, AgentError> {
@@ -580,7 +655,6 @@ impl Agent {
         let blocks = BlockAlloc::new(l.blocks_off, l.params.block_bytes, BLOCK_UNIT);
 
         let ctl = bind_control(&cfg)?;
-        let me = cfg.addrs[cfg.node_id as usize];
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| AgentError::Poller(e.into()))?;
         let doorbell = Arc::new(
@@ -603,70 +677,42 @@ impl Agent {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = db.write(1);
         });
-        let listen = |source| AgentError::Listen { addr: me, source };
-        let job = crate::wire::job_hash(cfg.job.as_deref());
+        let set = cfg.transport_set();
         let hello = crate::wire::Hello {
             node: cfg.node_id,
             nodes: cfg.addrs.len() as u32,
             incarnation,
-            job,
+            job: crate::wire::job_hash(cfg.job.as_deref()),
+            caps: set.iter().fold(0, |c, &k| c | transport_cap(k)),
+            fabric: 0,
         };
-        let transport: Box<dyn Transport> = match cfg.transport {
-            TransportKind::Tcp => Box::new(
-                TcpTransport::new(
-                    cfg.node_id,
-                    cfg.addrs.clone(),
-                    incarnation,
-                    job,
-                    &poller,
-                    pool.clone(),
-                    wake,
-                )
-                .map_err(listen)?,
-            ),
-            TransportKind::Udp => {
-                let io = UdpIo::bind(cfg.node_id, &cfg.addrs, cfg.packet_bytes).map_err(listen)?;
-                Box::new(
-                    DatagramTransport::new(hello, io, pool.clone(), &poller, cfg.peer_timeout())
-                        .map_err(listen)?,
-                )
-            }
-            #[cfg(feature = "dpdk")]
-            TransportKind::Dpdk => {
-                use crate::transport::dpdk::{DpdkIo, DpdkIoConfig, MacAddr};
-                let dev = |source| AgentError::Device {
-                    name: "dpdk",
-                    source,
-                };
-                let io = DpdkIo::open(&DpdkIoConfig {
-                    me: cfg.node_id,
-                    nodes: cfg.addrs.len() as u32,
-                    eal_args: cfg.dpdk_eal_args.clone(),
-                    port: cfg.dpdk_port.clone(),
-                    mtu: cfg.dpdk_mtu,
-                    peer_macs: cfg
-                        .peer_macs()
-                        .into_iter()
-                        .map(|m| m.map(MacAddr))
-                        .collect(),
-                })
-                .map_err(dev)?;
-                // The EAL pinned this thread to its main lcore's CPU (`-l`/`--lcores`;
-                // without them, the first CPU): `cores`, when given, wins.
-                if let Some(&core) = cfg.cores.first() {
-                    pin_to(core)?;
+        let transport: Box<dyn Transport> = if set.len() == 1 {
+            open_transport(set[0], &cfg, hello, &poller, &pool, wake)?
+        } else {
+            let mut backs = Vec::new();
+            // Every back end listens on the port TCP got (peers know one
+            // address per node); `cfg` itself keeps what was configured.
+            let mut at = cfg.clone();
+            for (i, &k) in set.iter().enumerate() {
+                let p = poller.sub(i as u32);
+                let t = open_transport(k, &at, hello, &p, &pool, wake.clone())?;
+                if i == 0 {
+                    if let Ok(a) = t.local_addr().parse() {
+                        at.addrs[cfg.node_id as usize] = a;
+                    }
                 }
-                Box::new(
-                    DatagramTransport::new(hello, io, pool.clone(), &poller, cfg.peer_timeout())
-                        .map_err(dev)?,
-                )
+                backs.push(crate::transport::multi::Backend {
+                    transport: t,
+                    poller: p,
+                    cap: transport_cap(k),
+                });
             }
-            #[cfg(not(feature = "dpdk"))]
-            TransportKind::Dpdk => {
-                return Err(AgentError::Config(config::ConfigError::Invalid(
-                    "transport \"dpdk\" needs a wyvern built with the `dpdk` cargo feature".into(),
-                )))
-            }
+            Box::new(crate::transport::multi::Multi::new(
+                backs,
+                pool.clone(),
+                cfg.addrs.len(),
+                &hello,
+            ))
         };
 
         let now = Instant::now();

@@ -185,17 +185,18 @@ impl Agent {
     }
 
     pub(super) fn on_event(&mut self, t: u64, now: Instant) -> bool {
+        if let Some((sub, token)) = self.poller.owns(t) {
+            self.transport
+                .on_ready_in(sub, &self.poller, token, now, &mut self.events);
+            self.link_events();
+            return true;
+        }
         let (kind, idx) = (t >> 32, (t & 0xFFFF_FFFF) as usize);
         match kind {
             T_CTL_LISTEN => self.accept_control(),
             T_CTL_CONN => self.serve_control(idx),
             T_DOORBELL => {
                 let _ = self.doorbell.read();
-            }
-            T_TRANSPORT => {
-                self.transport
-                    .on_ready(&self.poller, idx as u32, now, &mut self.events);
-                self.link_events();
             }
             _ => {}
         }

@@ -44,9 +44,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum ModeCmd {
-    /// Send `count` messages to one endpoint.
+    /// Send `count` messages to one endpoint, or in turn to several.
     Send {
-        /// Destination as NODE:EP.
+        /// Destination as NODE:EP; several comma-separated are sent to in
+        /// turn, each with its own sequence (as if by separate senders).
         #[arg(long)]
         to: String,
         /// Messages.
@@ -191,7 +192,11 @@ fn run(cli: Cli) -> Result<bool, String> {
             gap_us,
             linger_ms,
         } => {
-            let (node, dst) = parse_dst(&to)?;
+            let dsts = to
+                .split(',')
+                .map(parse_dst)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut seqs = vec![0u64; dsts.len()];
             let mode = if delivered {
                 Mode::Delivered
             } else {
@@ -201,14 +206,19 @@ fn run(cli: Cli) -> Result<bool, String> {
             let mut failed: BTreeMap<String, u64> = BTreeMap::new();
             let mut sent = 0u64;
             let t0 = Instant::now();
-            for seq in 0..count {
+            for i in 0..count {
+                let k = (i % dsts.len() as u64) as usize;
+                let ((node, dst), seq) = (dsts[k], seqs[k]);
                 let len = sizes[(seq % sizes.len() as u64) as usize];
                 buf.resize(len, 0);
                 if !raw {
                     fill(&mut buf, me, seq);
                 }
                 match ep.send(node, dst, &buf, mode, t) {
-                    Ok(_) => sent += 1,
+                    Ok(_) => {
+                        sent += 1;
+                        seqs[k] += 1;
+                    }
                     Err(e) => {
                         *failed.entry(e.to_string()).or_default() += 1;
                         if !keep_going {

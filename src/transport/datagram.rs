@@ -184,6 +184,10 @@ pub struct DgramStats {
     pub retransmits: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
+    /// Packets handed to the device (first sends, control packets).
+    pub packets_tx: u64,
+    /// Packets received (ours or not).
+    pub packets_rx: u64,
 }
 
 struct DLink {
@@ -299,7 +303,10 @@ impl<I: PacketIo> DatagramTransport<I> {
 
     fn send_raw(&mut self, j: usize, now: Instant) {
         match self.io.send(j as u32, &self.txbuf) {
-            Ok(_) => self.links[j].last_tx = now,
+            Ok(sent) => {
+                self.links[j].last_tx = now;
+                self.stats.packets_tx += sent as u64;
+            }
             Err(e) => log::debug!("{} send to node {j}: {e}", self.io.name()),
         }
     }
@@ -366,6 +373,7 @@ impl<I: PacketIo> DatagramTransport<I> {
                 }
             };
             any = true;
+            self.stats.packets_rx += 1;
             match packet::decode(&buf[..n]) {
                 Ok((h, payload)) => self.on_packet(&h, payload, now, events),
                 Err(packet::PacketError::Checksum) => self.stats.corrupt += 1,
@@ -712,6 +720,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_stale", s.stale),
             ("packets_resent", s.retransmits),
             ("packets_duplicate", s.duplicates),
+            ("packets_tx", s.packets_tx),
+            ("packets_rx", s.packets_rx),
         ];
         c.extend(self.io.counters());
         c

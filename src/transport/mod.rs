@@ -11,22 +11,26 @@
 //! Back ends: [`tcp`] (portable, always built) and [`datagram`] (reliable
 //! links over lossy packets: UDP here, DPDK's poll-mode drivers with the
 //! `dpdk` feature). With `--features dpdk`, `dpdk` holds the safe layer over
-//! DPDK. The verbs back end will implement the same trait.
+//! DPDK. The verbs back end will implement the same trait. [`multi`] runs
+//! several back ends at once and routes each peer to one of them (the
+//! hybrid agent).
 
 pub mod datagram;
 #[cfg(feature = "dpdk")]
 #[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
 pub mod dpdk;
+pub mod multi;
 pub mod tcp;
 
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use crate::shm::Pool;
-use crate::wire::FrameReader;
+use crate::wire::{FrameReader, Hello};
 
 /// Something queued to go out on a link.
 pub enum Out {
@@ -93,15 +97,43 @@ pub enum LinkEvent {
 /// registers its descriptors under its own 32-bit tokens and is handed them
 /// back in [`Transport::on_ready`].
 pub struct Poller {
-    epoll: Epoll,
+    epoll: Arc<Epoll>,
     kind: u64,
+    sub: u32,
 }
+
+/// How many back ends one poller can tell apart ([`Poller::sub`]).
+pub const MAX_SUB: u32 = 16;
 
 impl Poller {
     /// A view of the agent's epoll for a transport whose events carry `kind`
     /// in the token's upper 32 bits.
     pub fn new(epoll: Epoll, kind: u64) -> Poller {
-        Poller { epoll, kind }
+        Poller {
+            epoll: Arc::new(epoll),
+            kind,
+            sub: 0,
+        }
+    }
+
+    /// The same epoll for back end `i` of a hybrid transport: its events
+    /// carry `kind + i` (so `kind + MAX_SUB` must be free), and the agent
+    /// hands them to [`Transport::on_ready_in`] with `sub = i`.
+    pub fn sub(&self, i: u32) -> Poller {
+        assert!(i < MAX_SUB, "at most {MAX_SUB} back ends");
+        Poller {
+            epoll: self.epoll.clone(),
+            kind: self.kind,
+            sub: i,
+        }
+    }
+
+    /// The event kind and back end of an epoll token of this poller's
+    /// transport, or `None` when the token belongs to something else.
+    pub fn owns(&self, t: u64) -> Option<(u32, u32)> {
+        let kind = t >> 32;
+        (kind >= self.kind && kind < self.kind + MAX_SUB as u64)
+            .then(|| ((kind - self.kind) as u32, (t & 0xFFFF_FFFF) as u32))
     }
 
     /// The underlying epoll.
@@ -111,7 +143,7 @@ impl Poller {
 
     /// Watch `fd` for readability under `token`.
     pub fn add(&self, fd: BorrowedFd<'_>, token: u32) -> io::Result<()> {
-        let t = (self.kind << 32) | token as u64;
+        let t = ((self.kind + self.sub as u64) << 32) | token as u64;
         self.epoll
             .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, t))
             .map_err(io::Error::from)
@@ -135,6 +167,31 @@ pub trait Transport {
     fn local_addr(&self) -> String;
     /// A descriptor it registered became ready.
     fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>);
+    /// A descriptor registered through [`Poller::sub`]`(sub)` became ready
+    /// (only a transport made of several back ends registers so).
+    fn on_ready_in(
+        &mut self,
+        sub: u32,
+        poller: &Poller,
+        token: u32,
+        now: Instant,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        let _ = sub;
+        self.on_ready(poller, token, now, events)
+    }
+    /// What `node` said when its link came up, if this transport keeps it
+    /// (the TCP transport does: a hybrid agent routes by it).
+    fn peer_hello(&self, node: u32) -> Option<Hello> {
+        let _ = node;
+        None
+    }
+    /// The name of the back end that carries `node`'s link (a hybrid
+    /// transport has several).
+    fn link_name(&self, node: u32) -> &'static str {
+        let _ = node;
+        self.name()
+    }
     /// Timers: dialing, handshakes. Called every few milliseconds.
     fn tick(&mut self, poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>);
     /// Called every poll round: work that cannot wait for a readiness

@@ -296,6 +296,8 @@ pub struct TcpTransport {
     addr: SocketAddr,
     pool: Arc<Pool>,
     links: Vec<Option<Link>>,
+    /// What each peer said in its last `Hello`.
+    peer_hellos: Vec<Option<Hello>>,
     pending: Vec<Option<Pending>>,
     dialing: Vec<bool>,
     next_dial: Vec<Instant>,
@@ -304,33 +306,24 @@ pub struct TcpTransport {
 }
 
 impl TcpTransport {
-    /// Listen on `nodes[me]`; `incarnation` tells a restarted agent apart;
-    /// `wake` is called from a dialer thread when a dial finished (so a
-    /// sleeping agent looks at it).
+    /// Listen on `nodes[hello.node]`, introducing this agent with `hello`
+    /// (its incarnation tells a restarted agent apart); `wake` is called
+    /// from a dialer thread when a dial finished (so a sleeping agent looks
+    /// at it).
     pub fn new(
-        me: u32,
+        hello: Hello,
         nodes: Vec<SocketAddr>,
-        incarnation: u64,
-        job: u64,
         poller: &Poller,
         pool: Arc<Pool>,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> io::Result<TcpTransport> {
+        let me = hello.node;
+        let job = hello.job;
         let listener = std::net::TcpListener::bind(nodes[me as usize])?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         poller.add(std::os::fd::AsFd::as_fd(&listener), TOK_LISTEN)?;
-        let hello = control_frame(
-            FrameKind::Hello,
-            me,
-            &Hello {
-                node: me,
-                nodes: nodes.len() as u32,
-                incarnation,
-                job,
-            }
-            .to_bytes(),
-        );
+        let hello = control_frame(FrameKind::Hello, me, &hello.to_bytes());
         let n = nodes.len();
         let now = Instant::now();
         Ok(TcpTransport {
@@ -342,6 +335,7 @@ impl TcpTransport {
             addr,
             pool,
             links: (0..n).map(|_| None).collect(),
+            peer_hellos: vec![None; n],
             pending: Vec::new(),
             dialing: vec![false; n],
             next_dial: vec![now; n],
@@ -437,6 +431,7 @@ impl TcpTransport {
             return;
         }
         self.links[node as usize] = Some(p.link);
+        self.peer_hellos[node as usize] = Some(h);
         events.push(LinkEvent::Up { node });
     }
 }
@@ -444,6 +439,10 @@ impl TcpTransport {
 impl Transport for TcpTransport {
     fn name(&self) -> &'static str {
         "tcp"
+    }
+
+    fn peer_hello(&self, node: u32) -> Option<Hello> {
+        self.peer_hellos.get(node as usize).copied().flatten()
     }
 
     fn local_addr(&self) -> String {

@@ -30,7 +30,7 @@ pub mod reliable;
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"WYVF";
 /// Protocol version.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes of a frame header.
 pub const FRAME_HEADER: usize = 16;
 /// Bytes of a record header.
@@ -175,6 +175,30 @@ pub struct Hello {
     /// none). Agents of different jobs on the same hosts (ports reused,
     /// addresses learned from packets) must never take each other for peers.
     pub job: u64,
+    /// The transports the sender runs ([`caps`] bits), so that a hybrid
+    /// agent and its peer pick the same one for their link.
+    pub caps: u32,
+    /// The RDMA fabric the sender's verbs device is on ([`fabric_id`] of its
+    /// name; 0: no RDMA device): verbs only between equal fabrics.
+    pub fabric: u32,
+}
+
+/// Bits of [`Hello::caps`]: the transports an agent runs.
+pub mod caps {
+    /// TCP (every agent of a hybrid job runs it: the control connection).
+    pub const TCP: u32 = 1;
+    /// UDP with wyvern's reliability.
+    pub const UDP: u32 = 2;
+    /// DPDK raw Ethernet.
+    pub const DPDK: u32 = 4;
+    /// RDMA verbs.
+    pub const VERBS: u32 = 8;
+}
+
+/// The `fabric` value of a [`Hello`] for a fabric name (never 0).
+pub fn fabric_id(name: &str) -> u32 {
+    let h = job_hash(Some(name));
+    ((h >> 32) as u32 ^ h as u32).max(1)
 }
 
 /// The `job` value of a [`Hello`] for a job name (FNV-1a; 0 means no name).
@@ -190,7 +214,7 @@ pub fn job_hash(name: Option<&str>) -> u64 {
 
 impl Hello {
     /// Encoded size.
-    pub const LEN: usize = 24;
+    pub const LEN: usize = 32;
 
     /// Parse.
     pub fn parse(b: &[u8]) -> Result<Hello, WireError> {
@@ -202,6 +226,8 @@ impl Hello {
             nodes: u32_at(b, 4),
             incarnation: u64_at(b, 8),
             job: u64_at(b, 16),
+            caps: u32_at(b, 24),
+            fabric: u32_at(b, 28),
         })
     }
 
@@ -212,6 +238,8 @@ impl Hello {
         b[4..8].copy_from_slice(&self.nodes.to_le_bytes());
         b[8..16].copy_from_slice(&self.incarnation.to_le_bytes());
         b[16..24].copy_from_slice(&self.job.to_le_bytes());
+        b[24..28].copy_from_slice(&self.caps.to_le_bytes());
+        b[28..32].copy_from_slice(&self.fabric.to_le_bytes());
         b
     }
 }
@@ -237,7 +265,7 @@ pub struct Resume {
 
 impl Resume {
     /// Encoded size.
-    pub const LEN: usize = 24;
+    pub const LEN: usize = 32;
 
     /// Parse.
     pub fn parse(b: &[u8]) -> Result<Resume, WireError> {

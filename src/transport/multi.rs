@@ -1,0 +1,361 @@
+//! The hybrid transport: several back ends at once, each peer on one.
+//!
+//! Back end 0 is always TCP: every agent of a hybrid job runs it, and its
+//! `Hello` says which transports the sender runs ([`Hello::caps`]) and on
+//! which RDMA fabric ([`Hello::fabric`]). When the TCP link to a peer comes
+//! up, both ends pick, from the same two `Hello`s, the same back end for
+//! their link: verbs when both run it on the same fabric, else dpdk, else
+//! udp, else TCP itself. The agent sees one link per peer, that back end's:
+//! its `Up` once the chosen back end is up too, its frames, its `Down`s. A
+//! broken TCP connection under a link carried elsewhere is the control
+//! connection's business only (it is dialled again; the data link goes on).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{LinkEvent, Out, Poller, Transport};
+use crate::shm::Pool;
+use crate::wire::{caps, FrameReader, Hello};
+
+/// One back end and the poller view it registers its descriptors with.
+pub struct Backend {
+    /// The transport.
+    pub transport: Box<dyn Transport>,
+    /// Its view of the agent's poller ([`Poller::sub`] of its index).
+    pub poller: Poller,
+    /// Its [`caps`] bit.
+    pub cap: u32,
+}
+
+/// Several transports, one per peer. See the module documentation.
+pub struct Multi {
+    backs: Vec<Backend>,
+    pool: Arc<Pool>,
+    /// Per node: the back end carrying its link.
+    route: Vec<usize>,
+    /// Per node: whether `route` was chosen (the peer's TCP `Hello` came).
+    decided: Vec<bool>,
+    caps: u32,
+    fabric: u32,
+    /// Blocks a back end returned for a link the agent does not see; handed
+    /// to the agent with the next flush.
+    orphans: Vec<u64>,
+    scratch: Vec<LinkEvent>,
+    /// Counter names, prefixed with their back end's ("udp.pkts_tx").
+    names: RefCell<HashMap<(usize, &'static str), &'static str>>,
+}
+
+/// The order of preference: the first both ends run wins.
+const PREFERENCE: [u32; 4] = [caps::VERBS, caps::DPDK, caps::UDP, caps::TCP];
+
+/// The transport two agents use between them, as a [`caps`] bit: the same
+/// answer at both ends, since it only depends on the pair of `Hello`s.
+pub fn choose(mine: (u32, u32), theirs: (u32, u32)) -> u32 {
+    let common = mine.0 & theirs.0;
+    for c in PREFERENCE {
+        if common & c == 0 {
+            continue;
+        }
+        if c == caps::VERBS && (mine.1 == 0 || mine.1 != theirs.1) {
+            continue; // no common fabric
+        }
+        return c;
+    }
+    caps::TCP
+}
+
+impl Multi {
+    /// Back ends, TCP first; `hello` is what this agent says (its caps).
+    pub fn new(backs: Vec<Backend>, pool: Arc<Pool>, nodes: usize, hello: &Hello) -> Multi {
+        assert!(
+            backs.first().is_some_and(|b| b.cap == caps::TCP),
+            "back end 0 of a hybrid transport must be tcp"
+        );
+        log::info!(
+            "hybrid transport: {}",
+            backs
+                .iter()
+                .map(|b| format!("{} on {}", b.transport.name(), b.transport.local_addr()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Multi {
+            backs,
+            pool,
+            route: vec![0; nodes],
+            decided: vec![false; nodes],
+            caps: hello.caps,
+            fabric: hello.fabric,
+            orphans: Vec::new(),
+            scratch: Vec::new(),
+            names: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn back(&self, node: u32) -> &dyn Transport {
+        &*self.backs[self.route[node as usize]].transport
+    }
+
+    /// Back end `from` reported `self.scratch`: pass on what concerns the
+    /// links the agent sees.
+    fn sift(&mut self, from: usize, events: &mut Vec<LinkEvent>) {
+        let mut evs = std::mem::take(&mut self.scratch);
+        for ev in evs.drain(..) {
+            match ev {
+                LinkEvent::Up { node } => {
+                    let j = node as usize;
+                    if from == 0 {
+                        let Some(h) = self.backs[0].transport.peer_hello(node) else {
+                            continue;
+                        };
+                        let c = choose((self.caps, self.fabric), (h.caps, h.fabric));
+                        let r = self.backs.iter().position(|b| b.cap == c).unwrap_or(0);
+                        if self.decided[j] && self.route[j] != r {
+                            log::warn!(
+                                "node {node} now runs other transports: its link moves from {} to {}",
+                                self.backs[self.route[j]].transport.name(),
+                                self.backs[r].transport.name()
+                            );
+                        } else if !self.decided[j] {
+                            log::info!("node {node}: link on {}", self.backs[r].transport.name());
+                        }
+                        let moved = !self.decided[j] || self.route[j] != r;
+                        self.route[j] = r;
+                        self.decided[j] = true;
+                        // A new TCP connection is a new link when TCP carries
+                        // the data; under another back end's link that is up
+                        // already, only a first decision or a move is news.
+                        if r == 0 || (moved && self.backs[r].transport.is_up(node)) {
+                            events.push(LinkEvent::Up { node });
+                        }
+                    } else if self.decided[j] && self.route[j] == from {
+                        events.push(LinkEvent::Up { node });
+                    }
+                }
+                LinkEvent::Down {
+                    node,
+                    reason,
+                    mut blocks,
+                    closed,
+                } => {
+                    let j = node as usize;
+                    if self.route[j] == from {
+                        events.push(LinkEvent::Down {
+                            node,
+                            reason,
+                            blocks,
+                            closed,
+                        });
+                        continue;
+                    }
+                    // A link the agent does not use: the control connection
+                    // under a link carried elsewhere, or a back end's own
+                    // link to a peer routed to another one.
+                    log::debug!(
+                        "node {node}: {} link down ({reason}); its data goes by {}",
+                        self.backs[from].transport.name(),
+                        self.backs[self.route[j]].transport.name()
+                    );
+                    if !closed {
+                        let b = &mut self.backs[from];
+                        blocks.extend(b.transport.close(&b.poller, node));
+                    }
+                    self.orphans.extend(blocks);
+                }
+            }
+        }
+        self.scratch = evs;
+    }
+
+    fn each(
+        &mut self,
+        events: &mut Vec<LinkEvent>,
+        mut f: impl FnMut(&mut Backend, &mut Vec<LinkEvent>) -> bool,
+    ) -> bool {
+        let mut any = false;
+        for i in 0..self.backs.len() {
+            let mut evs = std::mem::take(&mut self.scratch);
+            any |= f(&mut self.backs[i], &mut evs);
+            self.scratch = evs;
+            self.sift(i, events);
+        }
+        any
+    }
+}
+
+impl Transport for Multi {
+    fn name(&self) -> &'static str {
+        "hybrid"
+    }
+
+    /// The node's address: its TCP listener's (the others say theirs in
+    /// the log at start-up).
+    fn local_addr(&self) -> String {
+        self.backs[0].transport.local_addr()
+    }
+
+    fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
+        self.on_ready_in(0, poller, token, now, events)
+    }
+
+    fn on_ready_in(
+        &mut self,
+        sub: u32,
+        _poller: &Poller,
+        token: u32,
+        now: Instant,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        let i = sub as usize;
+        let Some(b) = self.backs.get_mut(i) else {
+            return;
+        };
+        let mut evs = std::mem::take(&mut self.scratch);
+        b.transport.on_ready(&b.poller, token, now, &mut evs);
+        self.scratch = evs;
+        self.sift(i, events);
+    }
+
+    fn tick(&mut self, _poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
+        self.each(events, |b, evs| {
+            b.transport.tick(&b.poller, now, evs);
+            false
+        });
+        // The agent flushes the links it uses; the control connections under
+        // links carried elsewhere (their `Hello`s) are flushed here.
+        for node in 0..self.route.len() as u32 {
+            if self.route[node as usize] != 0 && self.backs[0].transport.queued(node) > 0 {
+                let mut evs = std::mem::take(&mut self.scratch);
+                let mut freed = Vec::new();
+                let pool = self.pool.clone();
+                self.backs[0]
+                    .transport
+                    .flush(node, &pool, &mut freed, &mut evs);
+                self.orphans.append(&mut freed);
+                self.scratch = evs;
+                self.sift(0, events);
+            }
+        }
+    }
+
+    fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+        self.each(events, |b, evs| b.transport.poll(now, evs))
+    }
+
+    fn is_up(&self, node: u32) -> bool {
+        self.decided[node as usize] && self.back(node).is_up(node)
+    }
+
+    fn push(&mut self, node: u32, item: Out) {
+        let r = self.route[node as usize];
+        self.backs[r].transport.push(node, item)
+    }
+
+    fn queued(&self, node: u32) -> usize {
+        self.back(node).queued(node)
+    }
+
+    fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>) {
+        freed.append(&mut self.orphans);
+        let r = self.route[node as usize];
+        let mut evs = std::mem::take(&mut self.scratch);
+        self.backs[r].transport.flush(node, pool, freed, &mut evs);
+        self.scratch = evs;
+        self.sift(r, events);
+    }
+
+    fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
+        let r = self.route[node as usize];
+        self.backs[r].transport.reader(node)
+    }
+
+    fn restore_reader(&mut self, node: u32, reader: FrameReader) {
+        let r = self.route[node as usize];
+        self.backs[r].transport.restore_reader(node, reader)
+    }
+
+    fn activity(&self, node: u32) -> Option<(Instant, Instant)> {
+        self.back(node).activity(node)
+    }
+
+    fn mark_alive(&mut self, node: u32, now: Instant) {
+        let r = self.route[node as usize];
+        self.backs[r].transport.mark_alive(node, now)
+    }
+
+    fn rx_full(&self, node: u32) -> bool {
+        self.back(node).rx_full(node)
+    }
+
+    fn rx_resume(&mut self, _poller: &Poller, node: u32) {
+        let b = &mut self.backs[self.route[node as usize]];
+        b.transport.rx_resume(&b.poller, node)
+    }
+
+    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool {
+        let r = self.route[node as usize];
+        self.backs[r].transport.steer(node, off, len, skip)
+    }
+
+    fn steering(&self, node: u32) -> bool {
+        self.back(node).steering(node)
+    }
+
+    fn peer_hello(&self, node: u32) -> Option<Hello> {
+        self.backs[0].transport.peer_hello(node)
+    }
+
+    fn link_name(&self, node: u32) -> &'static str {
+        self.back(node).name()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut names = self.names.borrow_mut();
+        let mut out = Vec::new();
+        for (i, b) in self.backs.iter().enumerate() {
+            for (name, v) in b.transport.counters() {
+                // Leaked once per (back end, counter): a few dozen strings
+                // for the agent's lifetime.
+                let full = *names.entry((i, name)).or_insert_with(|| {
+                    Box::leak(format!("{}.{name}", b.transport.name()).into_boxed_str())
+                });
+                out.push((full, v));
+            }
+        }
+        out
+    }
+
+    fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
+        let b = &mut self.backs[self.route[node as usize]];
+        let mut blocks = b.transport.close(&b.poller, node);
+        blocks.append(&mut self.orphans);
+        blocks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ends_choose_the_same_transport() {
+        let all = caps::TCP | caps::UDP | caps::DPDK | caps::VERBS;
+        let cases = [
+            ((all, 7), (all, 7), caps::VERBS),
+            // Verbs on different fabrics (or none) is no common fabric.
+            ((all, 7), (all, 8), caps::DPDK),
+            ((all, 0), (all, 0), caps::DPDK),
+            ((caps::TCP | caps::VERBS, 7), (all, 7), caps::VERBS),
+            ((caps::TCP | caps::UDP, 0), (all, 7), caps::UDP),
+            ((caps::TCP, 0), (all, 7), caps::TCP),
+            // An old or odd peer that names nothing: tcp.
+            ((all, 7), (0, 0), caps::TCP),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(choose(a, b), want, "{a:?} with {b:?}");
+            assert_eq!(choose(b, a), want, "{b:?} with {a:?}");
+        }
+    }
+}

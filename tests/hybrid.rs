@@ -1,0 +1,184 @@
+//! The hybrid agent: one agent runs several transports and carries each peer
+//! on the best one both ends run. Real agents on loopback: nodes 0 and 1 run
+//! udp and tcp, node 2 tcp only; so 0–1 is a udp link, 0–2 and 1–2 tcp
+//! links, and a client on node 0 talks to both kinds at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_ok, Cluster};
+
+const T: Duration = Duration::from_secs(120);
+
+fn hybrid_cluster() -> Cluster {
+    let udp_tcp = vec!["--transports".to_string(), "udp,tcp".to_string()];
+    Cluster::start_wrapped(
+        3,
+        &["--transport", "tcp"],
+        vec![vec![], vec![], vec![]],
+        vec![udp_tcp.clone(), udp_tcp, vec![]],
+        |_, a| a,
+    )
+}
+
+fn peer_transport(s: &serde_json::Value, node: u64) -> String {
+    s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == node)
+        .unwrap_or_else(|| panic!("no peer {node}: {s}"))["transport"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn counter(s: &serde_json::Value, name: &str) -> u64 {
+    s["transport"][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn each_peer_rides_the_best_transport_both_ends_run() {
+    let c = hybrid_cluster();
+    // Both ends of each link agree on its transport.
+    for (i, j, want) in [
+        (0, 1, "udp"),
+        (1, 0, "udp"),
+        (0, 2, "tcp"),
+        (2, 0, "tcp"),
+        (1, 2, "tcp"),
+        (2, 1, "tcp"),
+    ] {
+        let s = c.stat(i);
+        assert_eq!(peer_transport(&s, j), want, "node {i}'s peer {j}: {s}");
+    }
+    let udp_before = counter(&c.stat(0), "udp.packets_tx");
+
+    // One client on node 0 sends to both, small and large messages.
+    let sizes = "0,8,700,5000,65536,300000,1048576";
+    let rx1 = c.peer(
+        1,
+        &["--ep", "9", "--sizes", sizes, "recv", "--count", "300"],
+    );
+    let rx2 = c.peer(
+        2,
+        &["--ep", "9", "--sizes", sizes, "recv", "--count", "300"],
+    );
+    let back = c.peer(
+        0,
+        &["--ep", "5", "--sizes", sizes, "recv", "--count", "300"],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", sizes, "send", "--to", "1:9,2:9", "--count", "600",
+        ],
+    );
+    let tx1 = c.peer(
+        1,
+        &["--sizes", sizes, "send", "--to", "0:5", "--count", "150"],
+    );
+    let tx2 = c.peer(
+        2,
+        &["--sizes", sizes, "send", "--to", "0:5", "--count", "150"],
+    );
+    for (name, p) in [
+        ("sender on 0", tx),
+        ("sender on 1", tx1),
+        ("sender on 2", tx2),
+    ] {
+        assert_ok(name, &p.result(T));
+    }
+    for (name, p) in [
+        ("receiver on 1", rx1),
+        ("receiver on 2", rx2),
+        ("receiver on 0", back),
+    ] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["received"], 300, "{name}: {}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
+    }
+
+    // The udp link carried node 0–1's messages; node 2's agent runs no udp.
+    let s0 = c.stat(0);
+    let s2 = c.stat(2);
+    assert!(
+        counter(&s0, "udp.packets_tx") > udp_before + 100,
+        "node 0 sent its messages to node 1 by udp: {s0}"
+    );
+    assert!(
+        counter(&s0, "udp.packets_rx") > 100,
+        "node 0 received node 1's messages by udp: {s0}"
+    );
+    assert!(
+        s2["transport"].get("udp.packets_tx").is_none(),
+        "node 2 runs tcp alone: {s2}"
+    );
+    for i in 0..3 {
+        // Blocks come back once the peer acknowledged their frames (acks
+        // ride on the next tick): wait for that, then look.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut s = c.stat(i);
+        while s["blocks_free"] != s["blocks_total"] && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            s = c.stat(i);
+        }
+        assert_eq!(s["blocks_free"], s["blocks_total"], "agent {i}: {s}");
+        for p in s["peers"].as_array().unwrap() {
+            assert_eq!(p["state"], "up", "agent {i}: {s}");
+            assert_eq!(p["counters"]["losses"], 0, "agent {i}: {s}");
+            // Every message went to or came from node 0.
+            if i == 0 || p["node"] == 0 {
+                assert!(
+                    p["counters"]["msgs_rx"].as_u64().unwrap() > 0,
+                    "agent {i} heard from peer {}: {s}",
+                    p["node"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_broken_data_link_resumes_on_its_own_transport() {
+    let c = hybrid_cluster();
+    let sizes = "8,4096,300000";
+    let rx = c.peer(
+        1,
+        &["--ep", "9", "--sizes", sizes, "recv", "--count", "1000"],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", sizes, "send", "--to", "1:9", "--count", "1000", "--gap-us", "300",
+        ],
+    );
+    let mut breaks = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while breaks < 3 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        if wyvern::client::break_link(c.socket(0), 1).is_ok() {
+            breaks += 1;
+        }
+    }
+    assert_eq!(breaks, 3, "could not break the link 3 times in 60 s");
+    assert_ok("sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("receiver", &r);
+    assert_eq!(r.0["received"], 1000, "{}", r.0);
+    assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
+    let s = c.stat(0);
+    assert_eq!(peer_transport(&s, 1), "udp", "{s}");
+    let p = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == 1)
+        .unwrap()
+        .clone();
+    assert_eq!(p["counters"]["losses"], 0, "{s}");
+    assert!(p["counters"]["resumes"].as_u64().unwrap() >= 3, "{s}");
+}
