@@ -12,6 +12,7 @@
 #       cargo clippy --workspace --features dpdk --all-targets --locked -- -D warnings
 #   (e) cargo test --workspace --features dpdk --lib --bins --tests --locked [args], then
 #       the end-to-end suite again on the udp transport (WYVERN_TEST_TRANSPORT=udp --test e2e)
+#       and on hybrid agents running udp and tcp (WYVERN_TEST_TRANSPORT=hybrid)
 #       and, with WYVERN_TEST_DPDK_E2E=1 (as root), on the dpdk transport
 #       (WYVERN_TEST_TRANSPORT=dpdk: agents in network namespaces on net_af_packet),
 #       then cargo test --workspace --features dpdk --doc --locked [args]
@@ -149,6 +150,10 @@ if [ "$selects_targets" = 0 ]; then
     udp_args=("${dpdk[@]}" "${locked[@]}" --no-fail-fast --test e2e "$@")
     step "(e) WYVERN_TEST_TRANSPORT=udp cargo test ${udp_args[*]}"
     WYVERN_TEST_TRANSPORT=udp run_cargo_test "${udp_args[@]}" || test_rc=$?
+    # And on hybrid agents (udp and tcp at once: every link on udp under tcp control
+    # connections, src/transport/multi.rs).
+    step "(e) WYVERN_TEST_TRANSPORT=hybrid cargo test ${udp_args[*]}"
+    WYVERN_TEST_TRANSPORT=hybrid run_cargo_test "${udp_args[@]}" || test_rc=$?
 fi
 
 # And, when asked (WYVERN_TEST_DPDK_E2E=1), on the dpdk transport (needs the feature and root:

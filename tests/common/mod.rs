@@ -95,9 +95,10 @@ impl Drop for Proc {
     }
 }
 
-/// The transport the suite runs on: `WYVERN_TEST_TRANSPORT` (tcp, udp, or
-/// dpdk with `--features dpdk`: every cluster then runs in namespaces of its
-/// own from `scripts/testbed.sh`; tcp by default).
+/// The transport the suite runs on: `WYVERN_TEST_TRANSPORT` (tcp, udp,
+/// hybrid: agents running udp and tcp, every link on udp under tcp control
+/// connections; or dpdk with `--features dpdk`: every cluster then runs in
+/// namespaces of its own from `scripts/testbed.sh`; tcp by default).
 pub fn transport() -> String {
     std::env::var("WYVERN_TEST_TRANSPORT").unwrap_or_else(|_| "tcp".into())
 }
@@ -248,6 +249,9 @@ impl Cluster {
         })
         .args(if extra.contains(&"--transport") {
             vec![]
+        } else if transport() == "hybrid" {
+            // Every link on udp, under tcp control connections.
+            vec!["--transports".to_string(), "udp,tcp".to_string()]
         } else {
             vec!["--transport".to_string(), transport()]
         })
