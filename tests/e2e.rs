@@ -868,7 +868,10 @@ fn malformed_frames_from_the_network_are_counted_and_dropped() {
 #[test]
 fn a_stalled_endpoint_does_not_hold_back_others_on_the_same_link() {
     let c = Cluster::start(2, &[]);
-    // Endpoint 60 on node 1 does not receive for 8 s; endpoint 61 does.
+    // Endpoint 60 on node 1 receives nothing until the test says so;
+    // endpoint 61 receives at once.
+    let go = c.dir.join("stalled-may-read");
+    let go_arg = go.to_string_lossy().into_owned();
     let stalled = c.peer(
         1,
         &[
@@ -876,11 +879,13 @@ fn a_stalled_endpoint_does_not_hold_back_others_on_the_same_link() {
             "60",
             "--sizes",
             "3000",
+            "--timeout-ms",
+            "600000",
             "recv",
             "--count",
             "3000",
-            "--start-delay-ms",
-            "8000",
+            "--start-when",
+            &go_arg,
         ],
     );
     let live = c.peer(
@@ -890,10 +895,24 @@ fn a_stalled_endpoint_does_not_hold_back_others_on_the_same_link() {
     // 9 MB for the stalled endpoint: far more than its ring holds.
     let to_stalled = c.peer(
         0,
-        &["--sizes", "3000", "send", "--to", "1:60", "--count", "3000"],
+        &[
+            "--sizes",
+            "3000",
+            "--timeout-ms",
+            "600000",
+            "send",
+            "--to",
+            "1:60",
+            "--count",
+            "3000",
+        ],
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let t0 = Instant::now();
+    // Until the stalled endpoint's ring is full and messages for it wait.
+    let deadline = Instant::now() + T;
+    while c.stat(1)["parked_msgs"].as_u64().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "nothing parked: {}", c.stat(1));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let to_live = c.peer(
         0,
         &[
@@ -908,12 +927,9 @@ fn a_stalled_endpoint_does_not_hold_back_others_on_the_same_link() {
         ],
     );
     assert_ok("sender to the live endpoint", &to_live.result(T));
+    // All 2000 delivered while endpoint 60 has read nothing (it cannot
+    // before the file exists).
     assert_ok("live receiver", &live.result(T));
-    assert!(
-        t0.elapsed() < Duration::from_secs(6),
-        "the live endpoint waited for the stalled one ({:?})",
-        t0.elapsed()
-    );
     let s = c.stat(1);
     assert_eq!(
         s["peers"][0]["counters"]["rx_stalls"], 0,
@@ -924,6 +940,7 @@ fn a_stalled_endpoint_does_not_hold_back_others_on_the_same_link() {
         "nothing parked for the stalled endpoint: {s}"
     );
     // And the stalled endpoint still gets everything, in order, once it reads.
+    std::fs::write(&go, b"go").unwrap();
     assert_ok("sender to the stalled endpoint", &to_stalled.result(T));
     let r = stalled.result(T);
     assert_ok("stalled receiver", &r);

@@ -77,6 +77,9 @@ enum ModeCmd {
         /// Receive nothing for this long first (a process busy computing).
         #[arg(long, default_value_t = 0)]
         start_delay_ms: u64,
+        /// Receive nothing until this file exists (a test says when).
+        #[arg(long)]
+        start_when: Option<std::path::PathBuf>,
     },
     /// Send back everything received, `count` times.
     Echo {
@@ -250,8 +253,19 @@ fn run(cli: Cli) -> Result<bool, String> {
             count,
             slow_us,
             start_delay_ms,
+            start_when,
         } => {
             std::thread::sleep(Duration::from_millis(start_delay_ms));
+            if let Some(f) = start_when {
+                // Bounded: a test that never says go fails, not hangs.
+                let until = Instant::now() + Duration::from_secs(600);
+                while !f.exists() {
+                    if Instant::now() > until {
+                        return Err(format!("{} never appeared", f.display()));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             let mut next: BTreeMap<u64, u64> = BTreeMap::new();
             let (mut corrupt, mut disorder, mut bytes, mut zero_copy) = (0u64, 0u64, 0u64, 0u64);
             let mut want = Vec::new();
