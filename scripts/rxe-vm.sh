@@ -314,10 +314,9 @@ fi
 
 # --------------------------------------------------------------------- initramfs
 # Busybox, the modules for virtio-pci and 9p in load order, /init and the modprobe wrapper.
-# Named by a hash of the kernel image and this script, so either changing rebuilds it.
+# Named by a hash of what goes into it (kernel version and image, busybox, /init, the build
+# steps), so a new kernel or a change of those parts of this script builds a new one.
 mkdir -p "$cache/runs" || die "cannot create $cache" 77
-key="$( { echo "$kver"; stat -c '%s %Y' "/boot/vmlinuz-$kver"; cat "$script"; } | sha256sum | cut -c1-16)"
-initrd="$cache/initramfs-$kver-$key.cpio.gz"
 
 write_init() {
     cat <<'EOF'
@@ -389,6 +388,10 @@ build_initrd() {
     find "$cache" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -name "$(basename "$initrd")" -mmin +60 \
         -delete 2>/dev/null || true
 }
+key="$( { echo "$kver"; stat -c '%s %Y' "/boot/vmlinuz-$kver" "$busybox"; write_init
+           declare -f build_initrd; } \
+    | sha256sum | cut -c1-16)"
+initrd="$cache/initramfs-$kver-$key.cpio.gz"
 if [ ! -s "$initrd" ]; then
     log "building the initramfs for kernel $kver ($initrd)"
     build_initrd
