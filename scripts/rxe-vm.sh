@@ -398,6 +398,8 @@ if [ ! -s "$initrd" ]; then
 fi
 
 # ----------------------------------------------------------------- control directory
+# A control directory more than a day old was left by a run that was SIGKILLed.
+find "$cache/runs" -mindepth 1 -maxdepth 1 -name 'run.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
 ctl="$(mktemp -d "$cache/runs/run.XXXXXX")"
 cp "$script" "$ctl/rxe-vm.sh"
 printf 'hugepages=%s\nmtu=%s\n' "$hugepages" "$mtu" >"$ctl/config"
