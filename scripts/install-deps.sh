@@ -9,7 +9,11 @@
 #           real two-node Slurm through scripts/slurm-local.sh), and for the
 #           `dpdk` feature libdpdk-dev dpdk-dev (DPDK >= 22.11) clang
 #           libclang-dev (bindgen), python3 python3-venv
-#           (scripts/test-python.sh makes a venv; pip then installs numpy pytest cffi)
+#           (scripts/test-python.sh makes a venv; pip then installs numpy pytest cffi),
+#           and for the `verbs` feature and its tests on Soft-RoCE (scripts/rxe-vm.sh):
+#           libibverbs-dev librdmacm-dev rdma-core ibverbs-providers ibverbs-utils perftest,
+#           qemu-system-x86 linux-image-amd64 (a 6.1 kernel for the VM, installed beside the
+#           running one, which stays untouched) busybox-static cpio kmod
 #   bench - core + sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine
 #   all   - same as bench (for now)
 # Idempotent: a second run installs nothing. Needs root (or sudo) only when
@@ -21,14 +25,16 @@ die() { printf '[wyvern setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 mode="${1:-core}"
 case "$mode" in
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     core|bench|all) ;;
     *) die "unknown mode '$mode' (expected core, bench or all)" ;;
 esac
 [ "$#" -le 1 ] || die "too many arguments (usage: $0 [core|bench|all])"
 
 core_pkgs=(pkg-config build-essential iproute2 procps util-linux slurm-wlm munge libdpdk-dev dpdk-dev
-           clang libclang-dev python3 python3-venv)
+           clang libclang-dev python3 python3-venv
+           libibverbs-dev librdmacm-dev rdma-core ibverbs-providers ibverbs-utils perftest
+           qemu-system-x86 linux-image-amd64 busybox-static cpio kmod)
 bench_pkgs=(sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine)
 
 pkgs=("${core_pkgs[@]}")

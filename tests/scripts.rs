@@ -1,6 +1,10 @@
 //! `scripts/bind-nic.sh`: its refusal paths and `--dry-run`, never a real bind (every
 //! case that names an existing device passes `--dry-run`). A fake sysfs tree
 //! (`BIND_NIC_SYSFS`) stands in for a spare NIC, which the development machine lacks.
+//!
+//! `scripts/rxe-vm.sh`: its argument handling and refusals without booting, `--check`, and
+//! one test that boots the Soft-RoCE VM (twice at once) to see the exit status, output and
+//! environment come back (as root, or whenever the VM's prerequisites are installed).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -124,4 +128,199 @@ fn bind_nic_dry_run_prints_the_plan_and_refuses_non_nics() {
     let o = bind_nic(&["--dry-run", "0000:5e:00.7"], Some(root.path()));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("no PCI device"), "{}", text(&o));
+}
+
+// ------------------------------------------------------------------ scripts/rxe-vm.sh
+
+fn rxe_vm_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/rxe-vm.sh");
+    let mut c = Command::new("bash");
+    c.arg(script).args(args).current_dir(dir);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("run scripts/rxe-vm.sh")
+}
+
+fn rxe_vm(args: &[&str]) -> Output {
+    rxe_vm_in(Path::new(env!("CARGO_MANIFEST_DIR")), args, &[])
+}
+
+#[test]
+fn rxe_vm_help_and_usage_errors() {
+    let o = rxe_vm(&["--help"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(t.contains("Usage: scripts/rxe-vm.sh [options] CMD"), "{t}");
+    for opt in ["--env NAME", "--timeout SECS", "--check", "--accel tcg|kvm"] {
+        assert!(t.contains(opt), "--help lacks {opt}: {t}");
+    }
+    assert!(!t.contains("set -euo"), "{t}");
+
+    let o = rxe_vm(&["--bogus", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown option '--bogus'"),
+        "{}",
+        text(&o)
+    );
+    let o = rxe_vm(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no command given"), "{}", text(&o));
+    let o = rxe_vm(&["--timeout", "soon", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--timeout needs"), "{}", text(&o));
+    let o = rxe_vm(&["--env", "1X", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = rxe_vm(&["--accel", "hvf", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // The guest-side mode refuses to run outside the VM (it rewires the network).
+    let o = rxe_vm(&["--in-guest", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("for the VM's init only"), "{}", text(&o));
+}
+
+#[test]
+fn rxe_vm_refuses_a_working_directory_under_tmp() {
+    // The guest mounts a fresh tmpfs on /tmp: CMD would not find its directory.
+    let dir = tempfile::Builder::new()
+        .prefix("wyvern-rxe-vm")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let o = rxe_vm_in(dir.path(), &["true"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("is under /tmp") && t.contains("outside /tmp"),
+        "{t}"
+    );
+    assert!(!t.contains("booting"), "{t}");
+    // A command that lives under /tmp is refused too.
+    let exe = dir.path().join("cmd.sh");
+    std::fs::write(&exe, "#!/bin/sh\ntrue\n").unwrap();
+    let o = rxe_vm(&[exe.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("cannot see"), "{}", text(&o));
+}
+
+/// `--check`: 0 and "ready", or 77 and what is missing.
+fn rxe_vm_ready() -> (bool, String) {
+    let o = rxe_vm(&["--check"]);
+    let t = text(&o);
+    match o.status.code() {
+        Some(0) => {
+            assert!(t.contains("[rxe-vm] ready"), "{t}");
+            (true, t)
+        }
+        Some(77) => {
+            assert!(
+                t.contains("missing: ") && t.contains("install-deps.sh"),
+                "{t}"
+            );
+            (false, t)
+        }
+        c => panic!("rxe-vm.sh --check exited {c:?}: {t}"),
+    }
+}
+
+#[test]
+fn rxe_vm_check_says_what_is_missing() {
+    rxe_vm_ready();
+    let o = rxe_vm_in(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["--check"],
+        &[("WYVERN_RXE_VM_KERNEL", "0.0-wyvern-none")],
+    );
+    assert_eq!(o.status.code(), Some(77), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("missing: /boot/vmlinuz-0.0-wyvern-none")
+            && t.contains("missing: module rdma_rxe of kernel 0.0-wyvern-none"),
+        "{t}"
+    );
+    // Without --check, missing prerequisites mean "the VM cannot start": 77, before booting.
+    let o = rxe_vm_in(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["true"],
+        &[("WYVERN_RXE_VM_KERNEL", "0.0-wyvern-none")],
+    );
+    assert_eq!(o.status.code(), Some(77), "{}", text(&o));
+    assert!(text(&o).contains("VM CANNOT START"), "{}", text(&o));
+}
+
+/// Boots the VM twice, at the same time (runs may overlap): a command that succeeds and
+/// prints to both streams, and `false`. Each boot takes ~30-60 s of wall time here (TCG).
+/// Runs as root (CI); skipped when the VM's prerequisites are missing and we are not root,
+/// when WYVERN_TEST_RXE_VM=0, and (loudly) when the VM cannot start (exit 77).
+#[test]
+fn rxe_vm_boots_and_passes_the_exit_status_back() {
+    if std::env::var("WYVERN_TEST_RXE_VM").as_deref() == Ok("0") {
+        eprintln!(
+            "*** SKIPPED rxe_vm_boots_and_passes_the_exit_status_back: WYVERN_TEST_RXE_VM=0 ***"
+        );
+        return;
+    }
+    let (ready, why) = rxe_vm_ready();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !ready {
+        // CI runs as root after scripts/install-deps.sh core: there the VM must be possible.
+        assert!(
+            !root,
+            "as root the VM's prerequisites must be installed: {why}"
+        );
+        eprintln!("*** SKIPPED rxe_vm_boots_and_passes_the_exit_status_back (not root): {why} ***");
+        return;
+    }
+    let spawn = |args: &[&str]| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/rxe-vm.sh");
+        Command::new("bash")
+            .arg(script)
+            .args(["--timeout", "600", "--hugepages", "0", "--mem", "1024"])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("WYVERN_SCRIPTS_TEST", "forwarded")
+            .env("NOT_FORWARDED", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn scripts/rxe-vm.sh")
+    };
+    let ok = spawn(&[
+        "--env",
+        "WYVERN_EXTRA=set here",
+        "sh",
+        "-c",
+        "echo \"out:$WYVERN_RXE_DEVS:$WYVERN_SCRIPTS_TEST:$WYVERN_EXTRA:${NOT_FORWARDED:-unset}:$(pwd)\"; \
+         echo to-stderr >&2; true",
+    ]);
+    let bad = spawn(&["false"]);
+    let ok = ok.wait_with_output().unwrap();
+    let bad = bad.wait_with_output().unwrap();
+    for o in [&ok, &bad] {
+        if o.status.code() == Some(77) {
+            eprintln!(
+                "*** SKIPPED rxe_vm_boots_and_passes_the_exit_status_back: the VM could not start: {} ***",
+                text(o)
+            );
+            return;
+        }
+    }
+    let out = String::from_utf8_lossy(&ok.stdout).to_string();
+    let err = String::from_utf8_lossy(&ok.stderr).to_string();
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert_eq!(
+        out.trim(),
+        format!(
+            "out:rxe0 rxe1:forwarded:set here:unset:{}",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        "{}",
+        text(&ok)
+    );
+    assert!(err.contains("to-stderr"), "{err}");
+    assert!(err.contains("[rxe-vm] guest up after"), "{err}");
+    assert!(err.contains("exited with 0"), "{err}");
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("exited with 1"), "{}", text(&bad));
 }
