@@ -45,6 +45,11 @@ pub enum TransportKind {
     /// the `dpdk` cargo feature; selecting it otherwise is a configuration
     /// error that says so.
     Dpdk,
+    /// RDMA reliable-connected queue pairs through rdma-core (InfiniBand, RoCE,
+    /// Soft-RoCE): the pool is registered once, large messages go by RDMA READ
+    /// rendezvous straight between pools. Needs a wyvern built with the `verbs`
+    /// cargo feature; selecting it otherwise is a configuration error that says so.
+    Verbs,
 }
 
 /// Everything an agent needs to run.
@@ -91,6 +96,17 @@ pub struct AgentConfig {
     /// unknown). Empty: every MAC is learned from the peer's frames, and
     /// broadcast is used until then.
     pub dpdk_peer_macs: Vec<String>,
+    /// verbs transport: the RDMA device and port (`mlx5_0:1`, `rxe0`); none:
+    /// the first active port of any device.
+    pub verbs_device: Option<String>,
+    /// verbs transport: the GID index to address the port by; none: the first
+    /// RoCE v2 entry holding an IPv4 address (on InfiniBand: LIDs, no GID).
+    pub verbs_gid_index: Option<u32>,
+    /// verbs transport: the queue pairs are connected over a TCP bootstrap
+    /// connection to each node's address with this added to its port. 0 (the
+    /// default, for an agent whose only transport is verbs): the node's address
+    /// itself. An agent that also runs tcp on that port needs another (e.g. 1).
+    pub verbs_port_offset: u16,
     /// Cores to pin the polling thread to (the first is used).
     pub cores: Vec<usize>,
     /// Idle policy.
@@ -156,6 +172,9 @@ impl Default for AgentConfig {
             dpdk_port: None,
             dpdk_mtu: None,
             dpdk_peer_macs: vec![],
+            verbs_device: None,
+            verbs_gid_index: None,
+            verbs_port_offset: 0,
             cores: vec![],
             idle: IdlePolicy::Adaptive,
             spin_us: 200,
@@ -305,10 +324,40 @@ impl AgentConfig {
         if self.transport == TransportKind::Dpdk {
             self.validate_dpdk()?;
         }
+        if self.transport == TransportKind::Verbs && !cfg!(feature = "verbs") {
+            return bad(
+                "transport \"verbs\" needs a wyvern built with the `verbs` cargo feature \
+                 (cargo build --release --features verbs); this one was built without it"
+                    .into(),
+            );
+        }
         if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {
             return bad("peer_timeout_ms must exceed heartbeat_ms > 0".into());
         }
         Ok(())
+    }
+
+    /// The verbs transport's bootstrap address of every node: its address with
+    /// `verbs_port_offset` added to the port (a port 0, "pick one", stays 0).
+    pub fn verbs_bootstrap(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.addrs
+            .iter()
+            .map(|a| {
+                if a.port() == 0 {
+                    return Ok(*a);
+                }
+                let p = a
+                    .port()
+                    .checked_add(self.verbs_port_offset)
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "verbs_port_offset {} takes the port of {a} past 65535",
+                            self.verbs_port_offset
+                        ))
+                    })?;
+                Ok(SocketAddr::new(a.ip(), p))
+            })
+            .collect()
     }
 
     fn validate_dpdk(&self) -> Result<(), ConfigError> {

@@ -667,6 +667,33 @@ impl Agent {
                     "transport \"dpdk\" needs a wyvern built with the `dpdk` cargo feature".into(),
                 )))
             }
+            #[cfg(feature = "verbs")]
+            TransportKind::Verbs => {
+                use crate::transport::verbs::{VerbsConfig, VerbsTransport};
+                let t = VerbsTransport::new(
+                    VerbsConfig {
+                        hello,
+                        device: cfg.verbs_device.clone(),
+                        gid_index: cfg.verbs_gid_index,
+                        bootstrap: cfg.verbs_bootstrap()?,
+                    },
+                    &poller,
+                    pool.clone(),
+                    wake,
+                )
+                .map_err(|e| AgentError::Device {
+                    name: "verbs",
+                    source: io::Error::other(e),
+                })?;
+                Box::new(t)
+            }
+            #[cfg(not(feature = "verbs"))]
+            TransportKind::Verbs => {
+                return Err(AgentError::Config(config::ConfigError::Invalid(
+                    "transport \"verbs\" needs a wyvern built with the `verbs` cargo feature"
+                        .into(),
+                )))
+            }
         };
 
         let now = Instant::now();

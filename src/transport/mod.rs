@@ -11,13 +11,17 @@
 //! Back ends: [`tcp`] (portable, always built) and [`datagram`] (reliable
 //! links over lossy packets: UDP here, DPDK's poll-mode drivers with the
 //! `dpdk` feature). With `--features dpdk`, `dpdk` holds the safe layer over
-//! DPDK. The verbs back end will implement the same trait.
+//! DPDK; with `--features verbs`, [`verbs`] holds the safe layer over rdma-core
+//! and the RDMA transport (RC queue pairs, rendezvous by RDMA READ).
 
 pub mod datagram;
 #[cfg(feature = "dpdk")]
 #[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
 pub mod dpdk;
 pub mod tcp;
+#[cfg(feature = "verbs")]
+#[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
+pub mod verbs;
 
 use std::io;
 use std::os::fd::BorrowedFd;
