@@ -19,7 +19,11 @@ use wyvern::transport::verbs::{
 /// (with the reason printed) when there is none.
 fn devices(test: &str) -> Option<Vec<String>> {
     if let Ok(v) = std::env::var("WYVERN_RXE_DEVS") {
-        let d: Vec<String> = v.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from).collect();
+        let d: Vec<String> = v
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         if !d.is_empty() {
             return Some(d);
         }
@@ -91,7 +95,9 @@ fn a_missing_device_is_named_with_those_that_exist() {
 
 #[test]
 fn open_a_port_pick_its_gid_and_refuse_absent_ones() {
-    let Some(devs) = devices("open_a_port") else { return };
+    let Some(devs) = devices("open_a_port") else {
+        return;
+    };
     let names = device_names().expect("device list");
     for d in &devs {
         assert!(names.contains(d), "{d} not in {names:?}");
@@ -119,11 +125,16 @@ fn open_a_port_pick_its_gid_and_refuse_absent_ones() {
 /// one QP forced into the error state flushes its work with an error status.
 #[test]
 fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
-    let Some(devs) = devices("qp_pair") else { return };
+    let Some(devs) = devices("qp_pair") else {
+        return;
+    };
     let ca = Context::open(Some(&devs[0])).expect("open a");
     let cb = Context::open(Some(devs.get(1).unwrap_or(&devs[0]))).expect("open b");
     let (pa, pb) = (Pd::new(&ca).unwrap(), Pd::new(&cb).unwrap());
-    let (qa, qb) = (Cq::new(&ca, 256, None).unwrap(), Cq::new(&cb, 256, None).unwrap());
+    let (qa, qb) = (
+        Cq::new(&ca, 256, None).unwrap(),
+        Cq::new(&cb, 256, None).unwrap(),
+    );
     let srq = Srq::new(&pb, 64).unwrap();
     let caps = QpCaps {
         max_send_wr: 64,
@@ -149,7 +160,11 @@ fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
     };
     let (ea, ia) = ep(&ca, &a, 100);
     let (eb, ib) = ep(&cb, &b, 200);
-    let mtu = ca.query_port().unwrap().active_mtu.min(cb.query_port().unwrap().active_mtu);
+    let mtu = ca
+        .query_port()
+        .unwrap()
+        .active_mtu
+        .min(cb.query_port().unwrap().active_mtu);
     a.to_rtr(ca.port(), &eb, mtu, ia, 4).unwrap();
     a.to_rts(ea.psn, 4).unwrap();
     b.to_rtr(cb.port(), &ea, mtu, ib, 4).unwrap();
@@ -175,7 +190,9 @@ fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
     // SAFETY: `rx` outlives the QPs' use of it (it is dropped at the end of the test,
     // after every completion was polled) and is read only after its completion.
     unsafe { srq.post_recv(&recvs).unwrap() };
-    let sizes: Vec<usize> = (0..N).map(|i| [1, 7, 60, 64, 65, 1000, 4096, 8192][i % 8]).collect();
+    let sizes: Vec<usize> = (0..N)
+        .map(|i| [1, 7, 60, 64, 65, 1000, 4096, 8192][i % 8])
+        .collect();
     let mut sums = Vec::new();
     let mut wrs = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
@@ -198,17 +215,28 @@ fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
     }
     // SAFETY: `tx` stays untouched until the signalled completions are polled below.
     unsafe { a.post_send(&wrs).unwrap() };
-    let done = wait_for(&qa, wrs.iter().filter(|w| w.signaled).count(), Duration::from_secs(60));
+    let done = wait_for(
+        &qa,
+        wrs.iter().filter(|w| w.signaled).count(),
+        Duration::from_secs(60),
+    );
     assert!(done.iter().all(|w| w.is_ok()), "{done:?}");
     let mut got = wait_for(&qb, N, Duration::from_secs(60));
-    assert!(got.iter().all(|w| w.is_ok() && w.opcode == WC_RECV), "{got:?}");
+    assert!(
+        got.iter().all(|w| w.is_ok() && w.opcode == WC_RECV),
+        "{got:?}"
+    );
     // In order, each of its size, each intact.
     got.sort_by_key(|w| w.wr_id);
     for (i, w) in got.iter().enumerate() {
         assert_eq!(w.byte_len as usize, sizes[i], "message {i}");
         assert_eq!(w.qp_num, b.qpn());
         let slot = w.wr_id as usize;
-        assert_eq!(crc(rx.slice(slot * SLOT, sizes[i])), sums[i], "message {i} corrupt");
+        assert_eq!(
+            crc(rx.slice(slot * SLOT, sizes[i])),
+            sums[i],
+            "message {i} corrupt"
+        );
     }
 
     // An RDMA READ of 1 MiB of b's memory into a's.
@@ -240,7 +268,10 @@ fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
     // Forced into the error state, the QP flushes what is posted, with a status
     // libibverbs names.
     a.to_error().unwrap();
-    assert_eq!(wyvern::transport::verbs::qp_state_name(a.state().unwrap()), "ERR");
+    assert_eq!(
+        wyvern::transport::verbs::qp_state_name(a.state().unwrap()),
+        "ERR"
+    );
     let again = SendWr {
         wr_id: 2000,
         signaled: true,
@@ -251,12 +282,18 @@ fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
     let w = wait_for(&qa, 1, Duration::from_secs(30));
     assert_eq!(w[0].wr_id, 2000);
     assert_eq!(w[0].status, WC_FLUSH_ERR, "{w:?}");
-    assert!(w[0].status_str().to_lowercase().contains("flush"), "{}", w[0].status_str());
+    assert!(
+        w[0].status_str().to_lowercase().contains("flush"),
+        "{}",
+        w[0].status_str()
+    );
 }
 
 #[test]
 fn registering_more_than_the_memlock_limit_says_so() {
-    let Some(devs) = devices("memlock") else { return };
+    let Some(devs) = devices("memlock") else {
+        return;
+    };
     let ctx = Context::open(Some(&devs[0])).unwrap();
     let pd = Pd::new(&ctx).unwrap();
     // 1 TiB cannot be mapped here, so the failure is the mmap's or the region's:

@@ -522,7 +522,8 @@ pub struct VerbsTransport {
     reposts: Vec<u32>,
     cq: Arc<Cq>,
     _channel: Arc<CompChannel>,
-    pool_mr: Mr,
+    /// The pool's region (none for a job of one node: nobody to share it with).
+    pool_mr: Option<Mr>,
     pd: Arc<Pd>,
     ctx: Arc<Context>,
     pool: Arc<Pool>,
@@ -589,15 +590,19 @@ impl VerbsTransport {
         // `pool_mr`, so the mapping outlives the region; the pool is shared memory the
         // agent already treats as written by others (clients), and peers may only
         // READ/WRITE it through descriptors this transport checks.
-        let pool_mr = unsafe {
-            Mr::register(
-                &pd,
-                pool.base_addr() as *mut u8,
-                pool.len(),
-                Access::LOCAL_WRITE
-                    .with(Access::REMOTE_READ)
-                    .with(Access::REMOTE_WRITE),
-            )?
+        let pool_mr = if n > 1 {
+            Some(unsafe {
+                Mr::register(
+                    &pd,
+                    pool.base_addr() as *mut u8,
+                    pool.len(),
+                    Access::LOCAL_WRITE
+                        .with(Access::REMOTE_READ)
+                        .with(Access::REMOTE_WRITE),
+                )?
+            })
+        } else {
+            None
         };
         let peers = n.saturating_sub(1).max(1) as u32;
         let max_srq = caps.max_srq_wr.max(64);
@@ -645,7 +650,7 @@ impl VerbsTransport {
                 None => format!("LID {}", port.lid),
             },
             pool.len() >> 20,
-            pool_mr.rkey()
+            pool_mr.as_ref().map_or(0, |m| m.rkey())
         );
         let now = Instant::now();
         let mut t = VerbsTransport {
@@ -713,6 +718,10 @@ impl VerbsTransport {
             .is_some_and(|l| l.qp.to_error().is_ok())
     }
 
+    fn pool_rkey(&self) -> u32 {
+        self.pool_mr.as_ref().map_or(0, |m| m.rkey())
+    }
+
     /// Post the receive buffers that are free again, as one list.
     fn repost(&mut self) -> Result<(), Error> {
         if self.reposts.is_empty() {
@@ -773,7 +782,7 @@ impl VerbsTransport {
             base: self.pool.base_addr() as u64,
             region_off,
             region_len,
-            rkey: self.pool_mr.rkey(),
+            rkey: self.pool_rkey(),
             credits: self.credits,
         }
     }
@@ -1316,7 +1325,7 @@ impl VerbsTransport {
         }
         let pool = &self.pool;
         let base = pool.base_addr() as u64;
-        let pool_lkey = self.pool_mr.lkey();
+        let pool_lkey = self.pool_mr.as_ref().map_or(0, |m| m.lkey());
         loop {
             if l.bounce_busy {
                 break;
@@ -1456,7 +1465,7 @@ impl VerbsTransport {
         if l.phase != Phase::Up {
             return;
         }
-        let rkey = self.pool_mr.rkey();
+        let rkey = self.pool_mr.as_ref().map_or(0, |m| m.rkey());
         let owe_threshold = (self.credits / 2).max(2);
         loop {
             let data = l.queued > 0 && !(l.rdv_out.len() >= RDV_MAX_OUT && front_is_rdv(l));
