@@ -190,7 +190,8 @@ fn a_killed_peer_is_reported_lost_and_others_go_on() {
             "--to",
             "2:9",
             "--count",
-            "100000",
+            "3000",
+            "--delivered",
             "--keep-going",
         ],
     );

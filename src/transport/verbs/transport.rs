@@ -586,11 +586,11 @@ impl VerbsTransport {
         let gid = ctx.choose_gid(cfg.gid_index)?;
         let caps = ctx.caps();
         let pd = Pd::new(&ctx)?;
-        // SAFETY: the transport holds `pool` (an `Arc`) in a field dropped after
-        // `pool_mr`, so the mapping outlives the region; the pool is shared memory the
-        // agent already treats as written by others (clients), and peers may only
-        // READ/WRITE it through descriptors this transport checks.
         let pool_mr = if n > 1 {
+            // SAFETY: the transport holds `pool` (an `Arc`) in a field dropped after
+            // `pool_mr`, so the mapping outlives the region; the pool is shared memory the
+            // agent already treats as written by others (clients), and peers may only
+            // READ/WRITE it through descriptors this transport checks.
             Some(unsafe {
                 Mr::register(
                     &pd,
@@ -1494,10 +1494,7 @@ impl VerbsTransport {
             w.set_header(credits as u16, done as u16);
             l.owed -= credits;
             l.rdv_done_owed -= done;
-            while with_data {
-                let Some(front) = l.outq.front_mut() else {
-                    break;
-                };
+            while let (true, Some(front)) = (with_data, l.outq.front_mut()) {
                 if front.remaining() == 0 {
                     if let Some(Out::Block {
                         free_after: Some(b),
