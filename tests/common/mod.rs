@@ -284,15 +284,6 @@ impl Cluster {
         } else {
             &["--peer-timeout-ms", "3000"][..]
         })
-        // On verbs every agent registers (pins) its whole pool: keep it small
-        // enough for several in a small VM.
-        .args(
-            if transport() == "verbs" && !extra.contains(&"--block-mib") {
-                &["--block-mib", "96"][..]
-            } else {
-                &[][..]
-            },
-        )
         .args(extra)
         .args(self.node_args.get(i).into_iter().flatten())
         .env(

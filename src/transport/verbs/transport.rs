@@ -54,7 +54,8 @@ use super::{
 
 /// Bytes of one SEND: a send slot and a receive buffer.
 pub const MSG: usize = 16 * 1024;
-/// Receive buffers each peer may fill before it hears of more (its credits).
+/// Receive buffers each peer may fill before it hears of more (its credits). A
+/// sender keeps its last credit for a SEND that returns credits (see `transmit`).
 const CREDITS: u32 = 32;
 /// Send slots per peer.
 const SEND_SLOTS: u64 = 64;
@@ -130,7 +131,7 @@ pub struct VerbsCounters {
     pub bounce_reads: u64,
     /// Bytes copied out of the bounce buffer.
     pub bounce_bytes: u64,
-    /// Times sending stopped for want of credits.
+    /// Spells in which data waited for credits.
     pub credit_stalls: u64,
     /// Receive buffers posted again.
     pub srq_reposts: u64,
@@ -470,6 +471,8 @@ struct Link {
     outq: VecDeque<Out>,
     queued: usize,
     credits: u32,
+    /// Data waits for credits (counted once per such spell).
+    credit_stalled: bool,
     /// Receive buffers of the peer's SENDs we posted again and have not told it of.
     owed: u32,
     /// Descriptors of the peer's fully fetched, not yet reported.
@@ -825,6 +828,7 @@ impl VerbsTransport {
             outq: VecDeque::new(),
             queued: 0,
             credits: 0,
+            credit_stalled: false,
             owed: 0,
             rdv_done_owed: 0,
             rdv_out: VecDeque::new(),
@@ -1473,12 +1477,15 @@ impl VerbsTransport {
             if !data && !control {
                 break;
             }
-            let need = if data { 2 } else { 1 };
-            if l.credits < need {
-                if data {
+            // The last credit is kept for a SEND that returns credits: if both sides
+            // spent their last one on anything else (a rendezvous completion, data),
+            // neither could ever tell the other of its free buffers again.
+            if l.credits < 2 {
+                if data && !l.credit_stalled {
+                    l.credit_stalled = true;
                     self.stats.credit_stalls += 1;
                 }
-                if l.credits == 0 || !control {
+                if l.credits == 0 || !control || l.owed == 0 {
                     break;
                 }
             }
@@ -1486,6 +1493,9 @@ impl VerbsTransport {
                 break;
             }
             let with_data = data && l.credits >= 2;
+            if with_data {
+                l.credit_stalled = false;
+            }
             let slot = l.slot_next;
             let at = (slot % SEND_SLOTS) as usize * MSG;
             let mut w = MsgWriter::new(l.slots.slice_mut(at, MSG));
