@@ -16,6 +16,7 @@ fn main() {
         for lib in ["libibverbs", "librdmacm"] {
             if pkg_config::Config::new()
                 .cargo_metadata(false)
+                .env_metadata(false)
                 .probe(lib)
                 .is_err()
             {
