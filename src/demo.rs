@@ -124,6 +124,18 @@ fn start_agents(idle: wyvern::agent::IdlePolicy, t: TransportKind) -> Result<Sta
             extra.extend(["--transport", "udp"]);
             (None, vec![], vec![])
         }
+        TransportKind::Verbs => {
+            if !cfg!(feature = "verbs") {
+                return Err(
+                    "--transport verbs needs a wyvern built with the `verbs` cargo \
+                            feature (cargo build --release --features verbs)"
+                        .into(),
+                );
+            }
+            // Both agents on the first active RDMA port (its loopback carries it).
+            extra.extend(["--transport", "verbs"]);
+            (None, vec![], vec![])
+        }
         TransportKind::Dpdk => {
             if !cfg!(feature = "dpdk") {
                 return Err(
@@ -231,6 +243,7 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
         TransportKind::Tcp => "on loopback TCP",
         TransportKind::Udp => "on loopback UDP",
         TransportKind::Dpdk => "on DPDK (net_af_packet) between two network namespaces",
+        TransportKind::Verbs => "on RDMA verbs (the first active port)",
     };
     println!("wyvern demo: two agents {how}, one client on each");
     let started = start_agents(a.idle, a.transport)?;

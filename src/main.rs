@@ -116,6 +116,19 @@ struct AgentArgs {
     /// dpdk transport: peers' MACs by node id, comma-separated ("" for unknown: learned).
     #[arg(long, value_delimiter = ',')]
     dpdk_peer_macs: Option<Vec<String>>,
+    /// verbs transport: the RDMA device and port (e.g. rxe0:1; default: the first active port).
+    #[arg(long)]
+    verbs_device: Option<String>,
+    /// verbs transport: the GID index (default: the RoCE v2 IPv4-mapped entry).
+    #[arg(long)]
+    verbs_gid_index: Option<u32>,
+    /// verbs transport: bootstrap connections go to each node's port plus this (default 0;
+    /// 1000 for a hybrid agent).
+    #[arg(long)]
+    verbs_port_offset: Option<u16>,
+    /// verbs transport: the RDMA fabric's name (hybrid agents use verbs between equal names).
+    #[arg(long)]
+    verbs_fabric: Option<String>,
     /// Do not try hugepages.
     #[arg(long)]
     no_hugepages: bool,
@@ -210,6 +223,18 @@ impl AgentArgs {
         }
         if let Some(v) = self.dpdk_peer_macs {
             c.dpdk_peer_macs = v;
+        }
+        if let Some(v) = self.verbs_device {
+            c.verbs_device = Some(v);
+        }
+        if let Some(v) = self.verbs_gid_index {
+            c.verbs_gid_index = Some(v);
+        }
+        if let Some(v) = self.verbs_port_offset {
+            c.verbs_port_offset = v;
+        }
+        if let Some(v) = self.verbs_fabric {
+            c.verbs_fabric = Some(v);
         }
         if let Some(v) = self.flush_delay_us {
             c.flush_delay_us = v;

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::shm::PoolParams;
 
+/// `verbs_port_offset` of a hybrid agent that sets none.
+pub const HYBRID_VERBS_PORT_OFFSET: u16 = 1000;
+
 /// How the agent waits when there is no work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +48,11 @@ pub enum TransportKind {
     /// the `dpdk` cargo feature; selecting it otherwise is a configuration
     /// error that says so.
     Dpdk,
+    /// RDMA reliable-connected queue pairs through rdma-core (InfiniBand, RoCE,
+    /// Soft-RoCE): the pool is registered once, large messages go by RDMA READ
+    /// rendezvous straight between pools. Needs a wyvern built with the `verbs`
+    /// cargo feature; selecting it otherwise is a configuration error that says so.
+    Verbs,
 }
 
 /// Everything an agent needs to run.
@@ -99,6 +107,25 @@ pub struct AgentConfig {
     /// unknown). Empty: every MAC is learned from the peer's frames, and
     /// broadcast is used until then.
     pub dpdk_peer_macs: Vec<String>,
+    /// verbs transport: the RDMA device and port (`mlx5_0:1`, `rxe0`); none:
+    /// the first active port of any device.
+    pub verbs_device: Option<String>,
+    /// verbs transport: the GID index to address the port by; none: the first
+    /// RoCE v2 entry holding an IPv4 address (on InfiniBand: LIDs, no GID).
+    pub verbs_gid_index: Option<u32>,
+    /// verbs transport: the queue pairs are connected over a TCP bootstrap
+    /// connection to each node's address with this added to its port. 0 (the
+    /// default): the node's address itself for an agent whose only transport
+    /// is verbs, and port + 1000 for a hybrid agent (its tcp listener holds
+    /// the node's port; agents sharing a host get consecutive ports from
+    /// `wyvern launch`, so a small offset would collide). Every agent of a
+    /// job must agree.
+    pub verbs_port_offset: u16,
+    /// verbs transport: the name of the RDMA fabric this node's device is on.
+    /// Two hybrid agents carry their link on verbs only when their fabrics
+    /// have the same name (default "default": all RDMA devices of a job are
+    /// taken to reach each other).
+    pub verbs_fabric: Option<String>,
     /// Cores to pin the polling thread to (the first is used).
     pub cores: Vec<usize>,
     /// Idle policy.
@@ -165,6 +192,10 @@ impl Default for AgentConfig {
             dpdk_port: None,
             dpdk_mtu: None,
             dpdk_peer_macs: vec![],
+            verbs_device: None,
+            verbs_gid_index: None,
+            verbs_port_offset: 0,
+            verbs_fabric: None,
             cores: vec![],
             idle: IdlePolicy::Adaptive,
             spin_us: 200,
@@ -314,6 +345,13 @@ impl AgentConfig {
         if self.transport_set().contains(&TransportKind::Dpdk) {
             self.validate_dpdk()?;
         }
+        if self.transport_set().contains(&TransportKind::Verbs) && !cfg!(feature = "verbs") {
+            return bad(
+                "transport \"verbs\" needs a wyvern built with the `verbs` cargo feature \
+                 (cargo build --release --features verbs); this one was built without it"
+                    .into(),
+            );
+        }
         if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {
             return bad("peer_timeout_ms must exceed heartbeat_ms > 0".into());
         }
@@ -338,6 +376,29 @@ impl AgentConfig {
                 set
             }
         }
+    }
+
+    /// The verbs transport's bootstrap address of every node: its address with
+    /// `verbs_port_offset` added to the port (a port 0, "pick one", stays 0).
+    pub fn verbs_bootstrap(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        let offset = match self.verbs_port_offset {
+            0 if self.transport_set().len() > 1 => HYBRID_VERBS_PORT_OFFSET,
+            o => o,
+        };
+        self.addrs
+            .iter()
+            .map(|a| {
+                if a.port() == 0 {
+                    return Ok(*a);
+                }
+                let p = a.port().checked_add(offset).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "verbs_port_offset {offset} takes the port of {a} past 65535"
+                    ))
+                })?;
+                Ok(SocketAddr::new(a.ip(), p))
+            })
+            .collect()
     }
 
     fn validate_dpdk(&self) -> Result<(), ConfigError> {

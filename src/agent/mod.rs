@@ -556,6 +556,7 @@ fn transport_cap(k: TransportKind) -> u32 {
         TransportKind::Tcp => caps::TCP,
         TransportKind::Udp => caps::UDP,
         TransportKind::Dpdk => caps::DPDK,
+        TransportKind::Verbs => caps::VERBS,
     }
 }
 
@@ -621,6 +622,34 @@ fn open_transport(
                 "transport \"dpdk\" needs a wyvern built with the `dpdk` cargo feature".into(),
             )));
         }
+        #[cfg(feature = "verbs")]
+        TransportKind::Verbs => {
+            use crate::transport::verbs::{VerbsConfig, VerbsTransport};
+            let _ = listen;
+            let t = VerbsTransport::new(
+                VerbsConfig {
+                    hello,
+                    device: cfg.verbs_device.clone(),
+                    gid_index: cfg.verbs_gid_index,
+                    bootstrap: cfg.verbs_bootstrap()?,
+                },
+                poller,
+                pool.clone(),
+                wake,
+            )
+            .map_err(|e| AgentError::Device {
+                name: "verbs",
+                source: io::Error::other(e),
+            })?;
+            Box::new(t)
+        }
+        #[cfg(not(feature = "verbs"))]
+        TransportKind::Verbs => {
+            let _ = (wake, poller, pool, listen);
+            return Err(AgentError::Config(config::ConfigError::Invalid(
+                "transport \"verbs\" needs a wyvern built with the `verbs` cargo feature".into(),
+            )));
+        }
     })
 }
 
@@ -684,7 +713,11 @@ impl Agent {
             incarnation,
             job: crate::wire::job_hash(cfg.job.as_deref()),
             caps: set.iter().fold(0, |c, &k| c | transport_cap(k)),
-            fabric: 0,
+            fabric: if set.contains(&TransportKind::Verbs) {
+                crate::wire::fabric_id(cfg.verbs_fabric.as_deref().unwrap_or("default"))
+            } else {
+                0
+            },
         };
         let transport: Box<dyn Transport> = if set.len() == 1 {
             open_transport(set[0], &cfg, hello, &poller, &pool, wake)?

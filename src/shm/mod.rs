@@ -585,6 +585,17 @@ impl Pool {
         Some(off as usize)
     }
 
+    /// The address the pool is mapped at in this process (to register it with an
+    /// RDMA device: `base_addr() .. base_addr() + len()`).
+    pub fn base_addr(&self) -> usize {
+        self.base as usize
+    }
+
+    /// The block region as `(pool offset, length)`.
+    pub fn block_region(&self) -> (u64, u64) {
+        (self.layout.blocks_off, self.layout.params.block_bytes)
+    }
+
     /// Copy `src` into the block region at pool offset `off`.
     pub fn write_block(&self, off: u64, src: &[u8]) -> Option<()> {
         let at = self.block_range(off, src.len() as u64)?;

@@ -11,8 +11,9 @@
 //! Back ends: [`tcp`] (portable, always built) and [`datagram`] (reliable
 //! links over lossy packets: UDP here, DPDK's poll-mode drivers with the
 //! `dpdk` feature). With `--features dpdk`, `dpdk` holds the safe layer over
-//! DPDK. The verbs back end will implement the same trait. [`multi`] runs
-//! several back ends at once and routes each peer to one of them (the
+//! DPDK; with `--features verbs`, [`verbs`] holds the safe layer over rdma-core
+//! and the RDMA transport (RC queue pairs, rendezvous by RDMA READ). [`multi`]
+//! runs several back ends at once and routes each peer to one of them (the
 //! hybrid agent).
 
 pub mod datagram;
@@ -21,6 +22,9 @@ pub mod datagram;
 pub mod dpdk;
 pub mod multi;
 pub mod tcp;
+#[cfg(feature = "verbs")]
+#[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
+pub mod verbs;
 
 use std::io;
 use std::os::fd::BorrowedFd;

@@ -103,6 +103,28 @@ pub fn transport() -> String {
     std::env::var("WYVERN_TEST_TRANSPORT").unwrap_or_else(|_| "tcp".into())
 }
 
+/// The RDMA devices the verbs suite runs on (`WYVERN_RXE_DEVS`, space- or
+/// comma-separated); empty: the agents pick the first active port.
+pub fn verbs_devices() -> Vec<String> {
+    std::env::var("WYVERN_RXE_DEVS")
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Extra agent flags for node `i` on the verbs transport: its device.
+pub fn verbs_args(i: usize) -> Vec<String> {
+    let devs = verbs_devices();
+    let mut v = vec![];
+    if !devs.is_empty() {
+        v.push("--verbs-device".into());
+        v.push(devs[i % devs.len()].clone());
+    }
+    v
+}
+
 /// Agents on loopback, one per node.
 pub struct Cluster {
     pub dir: PathBuf,
@@ -163,6 +185,12 @@ impl Cluster {
             wrap = (0..n).map(|i| t.wrap(i)).collect();
             node_args = (0..n).map(|i| t.agent_args(i)).collect();
             tb = Some(t);
+        }
+        // The suite on the verbs transport: node i on RDMA device i (mod the count),
+        // from `WYVERN_RXE_DEVS` (scripts/rxe-vm.sh: "rxe0 rxe1", whose traffic
+        // crosses a veth); without it, every agent on the first active port.
+        if node_args.is_empty() && n > 0 && transport() == "verbs" {
+            node_args = (0..n).map(verbs_args).collect();
         }
         let dir = std::env::temp_dir().join(format!(
             "wyvern-test-{}-{}",

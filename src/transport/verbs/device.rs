@@ -1,0 +1,614 @@
+//! Devices, ports and GIDs: [`Context`] is an open device with the port the transport
+//! uses.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::net::Ipv4Addr;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use rdma_sys as sys;
+
+use super::error::{from_ret, last_os, Error, Result};
+
+/// `IBV_LINK_LAYER_INFINIBAND` (an anonymous enum in `verbs.h`).
+pub const LINK_LAYER_INFINIBAND: u8 = 1;
+/// `IBV_LINK_LAYER_ETHERNET`: RoCE.
+pub const LINK_LAYER_ETHERNET: u8 = 2;
+
+/// A 128-bit GID: an IPv6 address (RoCE: the interface's IPv6 address, or an IPv4
+/// address mapped into IPv6) or an InfiniBand port GID.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Gid(pub [u8; 16]);
+
+impl Gid {
+    /// The IPv4 address inside an IPv4-mapped GID (`::ffff:a.b.c.d`).
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        let b = &self.0;
+        (b[..10].iter().all(|&x| x == 0) && b[10] == 0xff && b[11] == 0xff)
+            .then(|| Ipv4Addr::new(b[12], b[13], b[14], b[15]))
+    }
+
+    /// Whether every byte is zero (an empty table entry).
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|&x| x == 0)
+    }
+}
+
+impl fmt::Display for Gid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ipv4() {
+            Some(a) => write!(f, "::ffff:{a}"),
+            None => write!(f, "{}", std::net::Ipv6Addr::from(self.0)),
+        }
+    }
+}
+
+impl fmt::Debug for Gid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Gid({self})")
+    }
+}
+
+/// What the transport needs to know of a device's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceCaps {
+    /// Work requests per queue.
+    pub max_qp_wr: u32,
+    /// Work requests of a shared receive queue.
+    pub max_srq_wr: u32,
+    /// Entries of a completion queue.
+    pub max_cqe: u32,
+    /// RDMA reads a queue pair may have outstanding as initiator.
+    pub max_qp_init_rd_atom: u32,
+    /// ... and as responder.
+    pub max_qp_rd_atom: u32,
+    /// Ports (numbered from 1).
+    pub ports: u8,
+}
+
+/// A port's state, read with `ibv_query_port`.
+#[derive(Clone, Copy, Debug)]
+pub struct PortInfo {
+    /// `IBV_PORT_*` (4: active).
+    pub state: u32,
+    /// The active MTU as `IBV_MTU_*` (1: 256 B ... 5: 4096 B).
+    pub active_mtu: u32,
+    /// The local identifier (InfiniBand; 0 on RoCE).
+    pub lid: u16,
+    /// [`LINK_LAYER_INFINIBAND`] or [`LINK_LAYER_ETHERNET`].
+    pub link_layer: u8,
+    /// Entries of the GID table.
+    pub gid_table_len: u32,
+    /// Largest message.
+    pub max_msg_size: u32,
+}
+
+/// `IBV_PORT_ACTIVE`.
+pub const PORT_ACTIVE: u32 = sys::ibv_port_state::IBV_PORT_ACTIVE;
+
+impl PortInfo {
+    /// Whether the port is up.
+    pub fn is_active(&self) -> bool {
+        self.state == PORT_ACTIVE
+    }
+
+    /// Whether the port is RoCE (Ethernet link layer), where every address is a GID.
+    pub fn is_roce(&self) -> bool {
+        self.link_layer == LINK_LAYER_ETHERNET
+    }
+
+    /// The active MTU in bytes.
+    pub fn mtu_bytes(&self) -> usize {
+        mtu_bytes(self.active_mtu)
+    }
+}
+
+/// An `IBV_MTU_*` value in bytes (256 for anything unknown).
+pub fn mtu_bytes(mtu: u32) -> usize {
+    match mtu {
+        1..=5 => 128 << mtu,
+        _ => 256,
+    }
+}
+
+/// The name of a port state.
+pub fn port_state_name(state: u32) -> &'static str {
+    match state {
+        0 => "nop",
+        1 => "down",
+        2 => "init",
+        3 => "armed",
+        4 => "active",
+        5 => "active-defer",
+        _ => "unknown",
+    }
+}
+
+/// An asynchronous event of a device (`ibv_get_async_event`), copied out and acknowledged.
+#[derive(Clone, Debug)]
+pub struct AsyncEvent {
+    /// `IBV_EVENT_*`.
+    pub kind: u32,
+    /// Its name.
+    pub name: &'static str,
+    /// The queue pair it concerns (QP events).
+    pub qp_num: Option<u32>,
+    /// The port it concerns (port events).
+    pub port: Option<u32>,
+}
+
+impl AsyncEvent {
+    /// A QP-level error: the QP went to the error state.
+    pub fn is_qp_fatal(&self) -> bool {
+        matches!(self.kind, 1..=3)
+    }
+
+    /// The device is gone or broken: every queue pair is lost.
+    pub fn is_device_fatal(&self) -> bool {
+        self.kind == 8
+    }
+}
+
+/// The name of an `IBV_EVENT_*` value. (Not `ibv_event_type_str`: its binding takes a
+/// Rust enum, and an event number the kernel adds later would be undefined behaviour
+/// there.)
+fn event_name(kind: u32) -> &'static str {
+    const NAMES: [&str; 20] = [
+        "CQ error",
+        "local work queue catastrophic error",
+        "invalid request local work queue error",
+        "local access violation work queue error",
+        "communication established",
+        "send queue drained",
+        "path migrated",
+        "path migration request error",
+        "local catastrophic error (device fatal)",
+        "port active",
+        "port error",
+        "LID change",
+        "P_Key change",
+        "SM change",
+        "SRQ catastrophic error",
+        "SRQ limit reached",
+        "last WQE reached",
+        "client reregistration",
+        "GID table change",
+        "WQ fatal",
+    ];
+    NAMES.get(kind as usize).copied().unwrap_or("unknown event")
+}
+
+/// The layout of `struct ibv_async_event` with the event number as a plain integer
+/// (rdma-sys binds it as a Rust enum, which must never hold a value it does not list).
+#[repr(C)]
+struct RawAsyncEvent {
+    element: sys::ibv_async_event_element_t,
+    event_type: u32,
+}
+
+/// The names of the RDMA devices on this machine.
+pub fn device_names() -> Result<Vec<String>> {
+    Ok(DeviceList::get()?.names())
+}
+
+/// `ibv_get_device_list`, freed on drop.
+struct DeviceList {
+    list: NonNull<*mut sys::ibv_device>,
+    len: usize,
+}
+
+impl DeviceList {
+    fn get() -> Result<DeviceList> {
+        let mut n = 0i32;
+        // SAFETY: `n` is a valid out-parameter; the returned array (or null) is ours
+        // until `ibv_free_device_list`.
+        let p = unsafe { sys::ibv_get_device_list(&mut n) };
+        let list = NonNull::new(p).ok_or_else(|| Error::DeviceList(last_os()))?;
+        Ok(DeviceList {
+            list,
+            len: n.max(0) as usize,
+        })
+    }
+
+    fn device(&self, i: usize) -> *mut sys::ibv_device {
+        assert!(i < self.len);
+        // SAFETY: `i` is below the count the list came with (asserted).
+        unsafe { *self.list.as_ptr().add(i) }
+    }
+
+    fn name(&self, i: usize) -> String {
+        let dev = self.device(i);
+        // SAFETY: a device of a live list; its name is a NUL-terminated string that
+        // lives as long as the list, copied out at once.
+        unsafe { CStr::from_ptr(sys::ibv_get_device_name(dev)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn sysfs(&self, i: usize) -> PathBuf {
+        let dev = self.device(i);
+        // SAFETY: a device of a live list; `ibdev_path` is a NUL-terminated array
+        // inside it (the sysfs directory, e.g. /sys/class/infiniband/rxe0).
+        let p = unsafe { CStr::from_ptr((*dev).ibdev_path.as_ptr()) };
+        PathBuf::from(p.to_string_lossy().into_owned())
+    }
+
+    fn names(&self) -> Vec<String> {
+        (0..self.len).map(|i| self.name(i)).collect()
+    }
+}
+
+impl Drop for DeviceList {
+    fn drop(&mut self) {
+        // SAFETY: the list came from `ibv_get_device_list` and is freed once; devices
+        // opened from it stay valid (libibverbs holds its own reference).
+        unsafe { sys::ibv_free_device_list(self.list.as_ptr()) };
+    }
+}
+
+/// An open RDMA device and the port the transport uses on it; closed on drop, after
+/// every object made from it (they hold an `Arc<Context>`).
+///
+/// libibverbs is thread-safe (rdma-core documents every verb as callable from any
+/// thread), so a context is `Send` and `Sync`.
+pub struct Context {
+    ctx: NonNull<sys::ibv_context>,
+    name: String,
+    sysfs: PathBuf,
+    port: u8,
+    caps: DeviceCaps,
+}
+
+// SAFETY: libibverbs objects may be used from any thread (see the type's docs); the
+// pointer is owned by this value alone.
+unsafe impl Send for Context {}
+// SAFETY: as above; every method is a verb call or reads immutable fields.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// Open a device and pick its port. `spec`: `NAME` (its first active port),
+    /// `NAME:PORT`, or `None` (the first active port of any device).
+    pub fn open(spec: Option<&str>) -> Result<Arc<Context>> {
+        let (want, port) = match spec.map(str::trim).filter(|s| !s.is_empty()) {
+            None => (None, None),
+            Some(s) => match s.split_once(':') {
+                Some((n, p)) => {
+                    let port = p
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|&p| p > 0)
+                        .ok_or_else(|| Error::BadSpec(s.into()))?;
+                    (Some(n.to_string()), Some(port))
+                }
+                None => (Some(s.to_string()), None),
+            },
+        };
+        let list = DeviceList::get()?;
+        let names = list.names();
+        if names.is_empty() {
+            return Err(Error::NoDevice);
+        }
+        match want {
+            Some(name) => {
+                let i =
+                    names
+                        .iter()
+                        .position(|n| *n == name)
+                        .ok_or_else(|| Error::UnknownDevice {
+                            name: name.clone(),
+                            available: names.clone(),
+                        })?;
+                let mut ctx = Context::open_index(&list, i)?;
+                let port = match port {
+                    Some(p) => {
+                        if p > ctx.caps.ports {
+                            return Err(Error::NoPort {
+                                device: name,
+                                port: p,
+                                count: ctx.caps.ports,
+                            });
+                        }
+                        p
+                    }
+                    None => ctx.first_active_port()?.unwrap_or(1),
+                };
+                ctx.port = port;
+                let info = ctx.query_port()?;
+                if !info.is_active() {
+                    return Err(Error::PortDown {
+                        device: ctx.name.clone(),
+                        port,
+                        state: port_state_name(info.state).into(),
+                    });
+                }
+                Ok(Arc::new(ctx))
+            }
+            None => {
+                for i in 0..names.len() {
+                    let Ok(mut ctx) = Context::open_index(&list, i) else {
+                        continue;
+                    };
+                    if let Ok(Some(p)) = ctx.first_active_port() {
+                        ctx.port = p;
+                        return Ok(Arc::new(ctx));
+                    }
+                }
+                Err(Error::NoActivePort { available: names })
+            }
+        }
+    }
+
+    fn open_index(list: &DeviceList, i: usize) -> Result<Context> {
+        let name = list.name(i);
+        // SAFETY: a device of a live list; the context is ours until
+        // `ibv_close_device` (in Drop) and outlives the list.
+        let p = unsafe { sys::ibv_open_device(list.device(i)) };
+        let ctx = NonNull::new(p).ok_or_else(|| Error::Open {
+            device: name.clone(),
+            source: last_os(),
+        })?;
+        let mut c = Context {
+            ctx,
+            name,
+            sysfs: list.sysfs(i),
+            port: 1,
+            caps: DeviceCaps {
+                max_qp_wr: 0,
+                max_srq_wr: 0,
+                max_cqe: 0,
+                max_qp_init_rd_atom: 0,
+                max_qp_rd_atom: 0,
+                ports: 0,
+            },
+        };
+        let mut attr = MaybeUninit::<sys::ibv_device_attr>::zeroed();
+        // SAFETY: an open context and an out-parameter of the right type.
+        let r = unsafe { sys::ibv_query_device(c.ctx.as_ptr(), attr.as_mut_ptr()) };
+        if r != 0 {
+            return Err(Error::QueryDevice {
+                device: c.name.clone(),
+                source: from_ret(r),
+            });
+        }
+        // SAFETY: filled by the successful call (and all-zero is valid for it anyway).
+        let a = unsafe { attr.assume_init() };
+        c.caps = DeviceCaps {
+            max_qp_wr: a.max_qp_wr.max(0) as u32,
+            max_srq_wr: a.max_srq_wr.max(0) as u32,
+            max_cqe: a.max_cqe.max(0) as u32,
+            max_qp_init_rd_atom: a.max_qp_init_rd_atom.max(0) as u32,
+            max_qp_rd_atom: a.max_qp_rd_atom.max(0) as u32,
+            ports: a.phys_port_cnt,
+        };
+        Ok(c)
+    }
+
+    fn first_active_port(&mut self) -> Result<Option<u8>> {
+        for p in 1..=self.caps.ports {
+            if self.query_port_n(p)?.is_active() {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The device's name (`rxe0`, `mlx5_0`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The port in use.
+    pub fn port(&self) -> u8 {
+        self.port
+    }
+
+    /// Limits of the device.
+    pub fn caps(&self) -> DeviceCaps {
+        self.caps
+    }
+
+    /// The raw context, for the other wrappers of this module.
+    pub(crate) fn as_ptr(&self) -> *mut sys::ibv_context {
+        self.ctx.as_ptr()
+    }
+
+    /// The state of the port in use.
+    pub fn query_port(&self) -> Result<PortInfo> {
+        self.query_port_n(self.port)
+    }
+
+    fn query_port_n(&self, port: u8) -> Result<PortInfo> {
+        let mut attr = MaybeUninit::<sys::ibv_port_attr>::zeroed();
+        // SAFETY: an open context and an out-parameter of the right type (the inline
+        // `___ibv_query_port` passes its size, as `ibv_query_port` does in C).
+        let r = unsafe { sys::___ibv_query_port(self.ctx.as_ptr(), port, attr.as_mut_ptr()) };
+        if r != 0 {
+            return Err(Error::QueryPort {
+                device: self.name.clone(),
+                port,
+                source: from_ret(r),
+            });
+        }
+        // SAFETY: filled by the successful call (all-zero is valid for it anyway).
+        let a = unsafe { attr.assume_init() };
+        Ok(PortInfo {
+            state: a.state,
+            active_mtu: a.active_mtu,
+            lid: a.lid,
+            link_layer: a.link_layer,
+            gid_table_len: a.gid_tbl_len.max(0) as u32,
+            max_msg_size: a.max_msg_sz,
+        })
+    }
+
+    /// Entry `index` of the port's GID table.
+    pub fn gid(&self, index: u32) -> Result<Gid> {
+        let len = self.query_port()?.gid_table_len;
+        let err = || Error::NoGid {
+            device: self.name.clone(),
+            port: self.port,
+            index,
+            len,
+        };
+        if index >= len {
+            return Err(err());
+        }
+        let mut gid = MaybeUninit::<sys::ibv_gid>::zeroed();
+        // SAFETY: an open context, an index inside the table, an out-parameter of the
+        // right type.
+        let r = unsafe {
+            sys::ibv_query_gid(self.ctx.as_ptr(), self.port, index as i32, gid.as_mut_ptr())
+        };
+        if r != 0 {
+            return Err(err());
+        }
+        // SAFETY: filled by the successful call; every bit pattern is a valid GID.
+        Ok(Gid(unsafe { gid.assume_init().raw }))
+    }
+
+    /// The type of GID table entry `index` as the kernel names it in sysfs
+    /// (`ports/N/gid_attrs/types/IDX`: "RoCE v2", "IB/RoCE v1"); `None` where there is
+    /// no such file (InfiniBand ports, old kernels).
+    pub fn gid_type(&self, index: u32) -> Option<String> {
+        let p = self
+            .sysfs
+            .join(format!("ports/{}/gid_attrs/types/{index}", self.port));
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// The GID index to address this port by: `wanted` when given (it must exist and
+    /// be non-empty), else on RoCE the first RoCE v2 entry holding an IPv4-mapped
+    /// address, and on InfiniBand `None` (LIDs address the port; no GRH).
+    pub fn choose_gid(&self, wanted: Option<u32>) -> Result<Option<(u32, Gid)>> {
+        let info = self.query_port()?;
+        if let Some(i) = wanted {
+            let g = self.gid(i)?;
+            if g.is_zero() {
+                return Err(Error::NoGid {
+                    device: self.name.clone(),
+                    port: self.port,
+                    index: i,
+                    len: info.gid_table_len,
+                });
+            }
+            return Ok(Some((i, g)));
+        }
+        if !info.is_roce() {
+            return Ok(None);
+        }
+        for i in 0..info.gid_table_len {
+            let Ok(g) = self.gid(i) else { continue };
+            if g.is_zero() || g.ipv4().is_none() {
+                continue;
+            }
+            // Without the sysfs file (an old kernel) an IPv4-mapped entry is taken.
+            if self
+                .gid_type(i)
+                .is_none_or(|t| t.eq_ignore_ascii_case("RoCE v2"))
+            {
+                return Ok(Some((i, g)));
+            }
+        }
+        Err(Error::NoRoceGid {
+            device: self.name.clone(),
+            port: self.port,
+        })
+    }
+
+    /// The descriptor that becomes readable when an asynchronous event waits.
+    pub fn async_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `async_fd` is opened with the context and closed with it, so it
+        // lives as long as `&self`.
+        unsafe { BorrowedFd::borrow_raw(self.raw_async_fd()) }
+    }
+
+    fn raw_async_fd(&self) -> RawFd {
+        // SAFETY: reads a field of the live context.
+        unsafe { (*self.ctx.as_ptr()).async_fd }
+    }
+
+    /// Make the asynchronous event descriptor non-blocking, so that
+    /// [`Context::next_async_event`] returns `None` instead of waiting.
+    pub fn set_async_nonblocking(&self) -> std::io::Result<()> {
+        set_nonblocking(self.raw_async_fd())
+    }
+
+    /// The next asynchronous event, if one waits (after
+    /// [`Context::set_async_nonblocking`]), copied out and acknowledged.
+    pub fn next_async_event(&self) -> Option<AsyncEvent> {
+        let mut ev = MaybeUninit::<RawAsyncEvent>::zeroed();
+        // SAFETY: `RawAsyncEvent` has the layout of `struct ibv_async_event` (a union
+        // of pointers and an int, then a C enum, i.e. an unsigned int); the call
+        // fills it or fails.
+        let r = unsafe { sys::ibv_get_async_event(self.ctx.as_ptr(), ev.as_mut_ptr() as *mut _) };
+        if r != 0 {
+            return None;
+        }
+        // SAFETY: filled by the successful call.
+        let raw = unsafe { ev.assume_init_ref() };
+        let kind = raw.event_type;
+        let (mut qp_num, mut port) = (None, None);
+        match kind {
+            // QP events: the element is the QP, alive until the event is acknowledged.
+            // SAFETY: for these event numbers libibverbs sets `element.qp`.
+            1..=7 | 16 => qp_num = Some(unsafe { (*raw.element.qp).qp_num }),
+            // SAFETY: for port events libibverbs sets `element.port_num`.
+            9..=13 | 17 | 18 => port = Some(unsafe { raw.element.port_num } as u32),
+            _ => {}
+        }
+        // SAFETY: an event returned by `ibv_get_async_event`, acknowledged once.
+        unsafe { sys::ibv_ack_async_event(ev.as_mut_ptr() as *mut _) };
+        Some(AsyncEvent {
+            kind,
+            name: event_name(kind),
+            qp_num,
+            port,
+        })
+    }
+
+    /// A counter of the port from sysfs (`ports/N/hw_counters/NAME`), when the device
+    /// has it (rxe: `rcvd_rnr_err`, `send_rnr_err`, `retry_exceeded_err`, ...).
+    pub fn hw_counter(&self, name: &str) -> Option<u64> {
+        let p = self
+            .sysfs
+            .join(format!("ports/{}/hw_counters/{name}", self.port));
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Context({}:{})", self.name, self.port)
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: every object made from this context holds an `Arc<Context>`, so
+        // they are all gone; the context is closed once.
+        let r = unsafe { sys::ibv_close_device(self.ctx.as_ptr()) };
+        if r != 0 {
+            log::warn!("ibv_close_device({}): {}", self.name, from_ret(r));
+        }
+    }
+}
+
+/// Set `O_NONBLOCK` on a descriptor libibverbs owns.
+pub(crate) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller keeps open; only its flags change.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

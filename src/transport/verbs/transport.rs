@@ -1,0 +1,2149 @@
+//! The `verbs` transport: one reliable-connected queue pair per peer agent.
+//!
+//! ## Connection set-up (out of band, like perftest)
+//! Each pair of agents keeps one TCP *bootstrap* connection: the higher node id dials
+//! the lower one's bootstrap address. Over it both sides send a `Hello` (node, node
+//! count, incarnation, job: another job's agent is refused) and their queue pair's
+//! endpoint: QP number, first PSN, LID, GID, active MTU, and the pool's address, block
+//! region and remote key, plus how many receive buffers the peer may fill (credits).
+//! The accepting side moves its QP to RTR/RTS and answers with its own; the dialing side
+//! does the same and sends `Ready`. The connection then stays open and silent: its
+//! close means the peer agent went away.
+//!
+//! ## The stream
+//! The agent's byte stream to a peer (frames) is cut into SENDs of at most [`MSG`]
+//! bytes, each a small header (credits returned, rendezvous completions) and items:
+//! `DATA` (stream bytes, copied into a registered send slot, inline when they fit) and
+//! `RDV` (a pool range of `len` stream bytes the receiver fetches with an RDMA READ:
+//! pool offset, length, rkey). Receives come from one shared receive queue refilled in
+//! batches; every peer may have at most its credits' worth of SENDs unconsumed, so the
+//! queue never runs dry (an RNR retry would be a bug; the device's counter shows it).
+//!
+//! ## Rendezvous (zero copy both ways)
+//! An `Out::Block` of at least [`RDV_MIN`] bytes is not copied: its descriptor goes in
+//! the stream. When the receiver reaches it, the agent has already seen the chunk's
+//! frame header in the reader and (given a round to do so) called
+//! [`Transport::steer`]: the READ then lands straight in the agent's block. Otherwise
+//! the receiver READs into a bounce buffer and appends the bytes to the reader. Once
+//! the whole range has landed the receiver says so (`rdv_done` in a header), and only
+//! then is the sender's block released (`free_after`) - the peer's NIC may still be
+//! reading it before that. READ rather than WRITE-with-immediate: the receiver knows
+//! where the bytes must go only after its agent parsed the header, and pulling needs no
+//! extra round trip to grant a target block; a WRITE would need the receiver to
+//! pre-grant blocks per peer (pool memory held idle) or a request/grant exchange.
+//!
+//! Descriptors are checked before any READ is posted: the rkey must be the one the peer
+//! advertised and the range inside the block region it advertised.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::shm::Pool;
+use crate::transport::tcp::Dialer;
+use crate::transport::{LinkEvent, Out, Poller, Transport};
+use crate::wire::{FrameReader, Hello};
+
+use super::{
+    Access, CompChannel, Context, Cq, Error, Gid, Mr, Pd, Qp, QpCaps, QpEndpoint, RegBuf, SendOp,
+    SendWr, Sge, Srq, Wc, WC_FLUSH_ERR, WC_RECV, WC_RNR_RETRY_EXC_ERR,
+};
+
+/// Bytes of one SEND: a send slot and a receive buffer.
+pub const MSG: usize = 16 * 1024;
+/// Receive buffers each peer may fill before it hears of more (its credits). A
+/// sender keeps its last credit for a SEND that returns credits (see `transmit`).
+const CREDITS: u32 = 32;
+/// Send slots per peer.
+const SEND_SLOTS: u64 = 64;
+/// Ask for a completion at least every this many sends.
+const SIGNAL_EVERY: u32 = 16;
+/// RDMA READs a QP has outstanding at most (capped by the device).
+const MAX_READS: u32 = 16;
+/// Blocks at least this large go by rendezvous (smaller ones are copied into SENDs).
+pub const RDV_MIN: u64 = 64 * 1024;
+/// Rendezvous descriptors a peer may have outstanding to us.
+const RDV_MAX_OUT: usize = 64;
+/// The bounce buffer: a READ the agent did not steer lands here first.
+const BOUNCE: usize = 256 * 1024;
+/// Largest single READ into the pool.
+const READ_PIECE: u64 = 1 << 20;
+/// Stop moving a peer's bytes into its frame reader beyond this much unread.
+pub const RX_HIGH_WATER: usize = 8 << 20;
+/// Completions taken per poll call at most (fairness with the rest of the round).
+const CQ_PER_POLL: usize = 256;
+/// How long a bootstrap connection may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two dial attempts.
+const REDIAL: Duration = Duration::from_millis(100);
+
+const TOK_LISTEN: u32 = 0;
+const TOK_CQ: u32 = 1;
+const TOK_ASYNC: u32 = 2;
+const TOK_LINK: u32 = 1 << 30;
+const TOK_PENDING: u32 = 2 << 30;
+const TOK_MASK: u32 = 3 << 30;
+
+const RECV_BIT: u64 = 1 << 63;
+
+// ------------------------------------------------------------------------ config
+
+/// What a [`VerbsTransport`] needs besides the pool and the poller.
+#[derive(Clone, Debug)]
+pub struct VerbsConfig {
+    /// This agent: node id, node count, incarnation, job (sent in the bootstrap Hello).
+    pub hello: Hello,
+    /// The device and port (`rxe0`, `mlx5_0:1`); none: the first active port.
+    pub device: Option<String>,
+    /// The GID index to use; none: chosen (RoCE v2, IPv4-mapped).
+    pub gid_index: Option<u32>,
+    /// Every node's bootstrap TCP address, by node id; this node's is bound.
+    pub bootstrap: Vec<SocketAddr>,
+}
+
+/// The transport's counters (for `wyvern stat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerbsCounters {
+    /// SENDs posted.
+    pub sends: u64,
+    /// ... of them inline.
+    pub inline_sends: u64,
+    /// Bytes in SENDs.
+    pub send_bytes: u64,
+    /// `ibv_post_send` calls (each posts a linked list).
+    pub post_calls: u64,
+    /// SENDs received.
+    pub recvs: u64,
+    /// Bytes received in SENDs.
+    pub recv_bytes: u64,
+    /// Rendezvous descriptors sent.
+    pub rdv_sent: u64,
+    /// Bytes sent by rendezvous (read by the peer).
+    pub rdv_bytes: u64,
+    /// RDMA READs straight into the pool (steered).
+    pub reads: u64,
+    /// Bytes of those.
+    pub read_bytes: u64,
+    /// RDMA READs into the bounce buffer (then copied into the reader).
+    pub bounce_reads: u64,
+    /// Bytes copied out of the bounce buffer.
+    pub bounce_bytes: u64,
+    /// Spells in which data waited for credits.
+    pub credit_stalls: u64,
+    /// Receive buffers posted again.
+    pub srq_reposts: u64,
+    /// Wake-ups by the completion channel.
+    pub cq_events: u64,
+    /// Work completions with an error status.
+    pub wc_errors: u64,
+    /// Asynchronous events of the device.
+    pub async_events: u64,
+    /// Rendezvous descriptors refused (key or range outside what the peer advertised).
+    pub bad_descriptors: u64,
+}
+
+// ------------------------------------------------------------------- bootstrap
+
+const BOOT_MAGIC: u32 = 0x5759_5642; // "WYVB"
+const K_HELLO: u16 = 1;
+const K_INFO: u16 = 2;
+const K_READY: u16 = 3;
+const INFO_LEN: usize = 60;
+
+/// What a side tells the other about its queue pair and pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Info {
+    ep: QpEndpoint,
+    /// `IBV_MTU_*`.
+    mtu: u8,
+    /// The pool's address in the sender's process (READs name it).
+    base: u64,
+    /// The block region, as pool offsets: descriptors must fall inside it.
+    region_off: u64,
+    region_len: u64,
+    rkey: u32,
+    credits: u32,
+}
+
+impl Info {
+    fn to_bytes(self) -> [u8; INFO_LEN] {
+        let mut b = [0u8; INFO_LEN];
+        b[0..4].copy_from_slice(&self.ep.qpn.to_le_bytes());
+        b[4..8].copy_from_slice(&self.ep.psn.to_le_bytes());
+        b[8..10].copy_from_slice(&self.ep.lid.to_le_bytes());
+        b[10] = self.mtu;
+        b[11] = self.ep.gid.is_some() as u8;
+        b[12..28].copy_from_slice(&self.ep.gid.unwrap_or_default().0);
+        b[28..36].copy_from_slice(&self.base.to_le_bytes());
+        b[36..44].copy_from_slice(&self.region_off.to_le_bytes());
+        b[44..52].copy_from_slice(&self.region_len.to_le_bytes());
+        b[52..56].copy_from_slice(&self.rkey.to_le_bytes());
+        b[56..60].copy_from_slice(&self.credits.to_le_bytes());
+        b
+    }
+
+    fn parse(b: &[u8]) -> Option<Info> {
+        if b.len() < INFO_LEN {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&b[12..28]);
+        Some(Info {
+            ep: QpEndpoint {
+                qpn: u32_at(0),
+                psn: u32_at(4) & 0xff_ffff,
+                lid: u16::from_le_bytes([b[8], b[9]]),
+                gid: (b[11] != 0).then_some(Gid(gid)),
+            },
+            mtu: b[10],
+            base: u64_at(28),
+            region_off: u64_at(36),
+            region_len: u64_at(44),
+            rkey: u32_at(52),
+            credits: u32_at(56),
+        })
+    }
+}
+
+fn boot_msg(kind: u16, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + body.len());
+    v.extend_from_slice(&BOOT_MAGIC.to_le_bytes());
+    v.extend_from_slice(&kind.to_le_bytes());
+    v.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// The next complete bootstrap message in `buf` (consumed), or why the stream is bad.
+fn take_boot_msg(buf: &mut Vec<u8>) -> Result<Option<(u16, Vec<u8>)>, String> {
+    if buf.len() < 8 {
+        return Ok(None);
+    }
+    let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    if magic != BOOT_MAGIC {
+        return Err(format!(
+            "not a wyvern verbs bootstrap stream (magic {magic:#x})"
+        ));
+    }
+    let kind = u16::from_le_bytes([buf[4], buf[5]]);
+    let len = u16::from_le_bytes([buf[6], buf[7]]) as usize;
+    if buf.len() < 8 + len {
+        return Ok(None);
+    }
+    let body = buf[8..8 + len].to_vec();
+    buf.drain(..8 + len);
+    Ok(Some((kind, body)))
+}
+
+/// Read what a non-blocking stream has into `buf`; `Ok(false)`: closed by the peer.
+fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
+    let mut tmp = [0u8; 512];
+    loop {
+        match s.read(&mut tmp) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                if buf.len() < 64 * 1024 {
+                    buf.extend_from_slice(&tmp[..n]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Write a short bootstrap message on a non-blocking stream (an empty socket buffer
+/// takes it whole; anything else is an error).
+fn write_boot(s: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
+    let n = s.write(msg)?;
+    if n != msg.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write on the bootstrap connection",
+        ));
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------- stream messages
+
+const MSG_HEADER: usize = 8;
+const ITEM_HEADER: usize = 8;
+const T_DATA: u8 = 1;
+const T_RDV: u8 = 2;
+const RDV_BODY: usize = 24;
+const MSG_MAGIC: u8 = 0x57;
+
+/// A descriptor of pool bytes to fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rdv {
+    off: u64,
+    len: u64,
+    rkey: u32,
+    /// How much has been fetched (or is being).
+    done: u64,
+}
+
+/// What arrived, in stream order, waiting to be absorbed.
+#[derive(Debug)]
+enum RxItem {
+    /// Bytes `[start, end)` of receive slot `slot`.
+    Data {
+        slot: u32,
+        start: u32,
+        end: u32,
+    },
+    Rdv(Rdv),
+}
+
+/// A parsed SEND.
+#[derive(Debug, Default)]
+struct Parsed {
+    credits: u16,
+    rdv_done: u16,
+    items: Vec<RxItem>,
+}
+
+/// Parse one SEND of `len` bytes in `buf` (receive slot `slot`). Never panics on bad
+/// input: the error names what is wrong.
+fn parse_msg(buf: &[u8], slot: u32) -> Result<Parsed, &'static str> {
+    if buf.len() < MSG_HEADER || buf[0] != MSG_MAGIC {
+        return Err("a SEND without the stream header");
+    }
+    let mut p = Parsed {
+        credits: u16::from_le_bytes([buf[2], buf[3]]),
+        rdv_done: u16::from_le_bytes([buf[4], buf[5]]),
+        items: Vec::new(),
+    };
+    let mut at = MSG_HEADER;
+    while at < buf.len() {
+        if buf.len() - at < ITEM_HEADER {
+            return Err("a truncated item header");
+        }
+        let tag = buf[at];
+        let len = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        at += ITEM_HEADER;
+        if buf.len() - at < len {
+            return Err("an item longer than its SEND");
+        }
+        match tag {
+            T_DATA if len > 0 => p.items.push(RxItem::Data {
+                slot,
+                start: at as u32,
+                end: (at + len) as u32,
+            }),
+            T_DATA => {}
+            T_RDV if len == RDV_BODY => {
+                let b = &buf[at..at + len];
+                let off = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+                let n = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+                let rkey = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
+                if n == 0 {
+                    return Err("an empty rendezvous descriptor");
+                }
+                p.items.push(RxItem::Rdv(Rdv {
+                    off,
+                    len: n,
+                    rkey,
+                    done: 0,
+                }));
+            }
+            _ => return Err("an unknown item"),
+        }
+        at += len;
+    }
+    Ok(p)
+}
+
+/// Writes one SEND into a send slot.
+struct MsgWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    items: usize,
+}
+
+impl<'a> MsgWriter<'a> {
+    fn new(buf: &'a mut [u8]) -> MsgWriter<'a> {
+        buf[..MSG_HEADER].fill(0);
+        buf[0] = MSG_MAGIC;
+        MsgWriter {
+            buf,
+            len: MSG_HEADER,
+            items: 0,
+        }
+    }
+
+    fn set_header(&mut self, credits: u16, rdv_done: u16) {
+        self.buf[2..4].copy_from_slice(&credits.to_le_bytes());
+        self.buf[4..6].copy_from_slice(&rdv_done.to_le_bytes());
+    }
+
+    /// Room for the payload of one more DATA item.
+    fn data_room(&self) -> usize {
+        self.buf.len().saturating_sub(self.len + ITEM_HEADER)
+    }
+
+    fn item(&mut self, tag: u8, len: usize) -> &mut [u8] {
+        let at = self.len;
+        self.buf[at] = tag;
+        self.buf[at + 1..at + 4].fill(0);
+        self.buf[at + 4..at + 8].copy_from_slice(&(len as u32).to_le_bytes());
+        self.len += ITEM_HEADER + len;
+        self.items += 1;
+        &mut self.buf[at + ITEM_HEADER..at + ITEM_HEADER + len]
+    }
+
+    fn rdv_fits(&self) -> bool {
+        self.buf.len() - self.len >= ITEM_HEADER + RDV_BODY
+    }
+
+    fn rdv(&mut self, off: u64, len: u64, rkey: u32) {
+        let b = self.item(T_RDV, RDV_BODY);
+        b[0..8].copy_from_slice(&off.to_le_bytes());
+        b[8..16].copy_from_slice(&len.to_le_bytes());
+        b[16..20].copy_from_slice(&rkey.to_le_bytes());
+        b[20..24].fill(0);
+    }
+}
+
+// ------------------------------------------------------------------------ links
+
+/// Where a link's handshake stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Dialed: our Hello and Info sent, waiting for the peer's.
+    AwaitInfo,
+    /// Accepted: QP ready, our Info sent, waiting for the dialer's Ready.
+    AwaitReady,
+    /// Frames flow.
+    Up,
+    /// Failed (reported down, waiting for the agent to close it).
+    Broken,
+}
+
+/// A work request on a link's send queue, until its completion (or a later signalled
+/// one's) is seen.
+#[derive(Debug)]
+struct SqEntry {
+    seq: u64,
+    kind: SqKind,
+}
+
+#[derive(Debug)]
+enum SqKind {
+    /// A SEND from send slot number `slot` (a running count).
+    Send { slot: u64 },
+    /// A READ into the pool; `last`: it ends its descriptor.
+    ReadPool { last: bool },
+    /// A READ of `len` bytes into the bounce buffer.
+    ReadBounce { len: u32, last: bool },
+}
+
+/// The rest of a large chunk, to be put into the pool at `off` (see
+/// [`Transport::steer`]).
+#[derive(Debug)]
+struct Steer {
+    off: u64,
+    left: u64,
+    skip: usize,
+}
+
+struct Link {
+    node: u32,
+    epoch: u16,
+    phase: Phase,
+    since: Instant,
+    ctl: TcpStream,
+    ctl_in: Vec<u8>,
+    qp: Qp,
+    psn: u32,
+    remote: Option<Info>,
+    /// Send slots ([`SEND_SLOTS`] × [`MSG`]) and the bounce buffer.
+    slots: RegBuf,
+    bounce: RegBuf,
+    // ---- sending
+    outq: VecDeque<Out>,
+    queued: usize,
+    credits: u32,
+    /// Data waits for credits (counted once per such spell).
+    credit_stalled: bool,
+    /// Receive buffers of the peer's SENDs we posted again and have not told it of.
+    owed: u32,
+    /// Descriptors of the peer's fully fetched, not yet reported.
+    rdv_done_owed: u32,
+    /// Our descriptors the peer has not finished fetching, with the block to free then.
+    rdv_out: VecDeque<Option<u64>>,
+    /// Blocks to report freed at the next `flush`.
+    freed: Vec<u64>,
+    slot_next: u64,
+    slot_free: u64,
+    sq: VecDeque<SqEntry>,
+    wr_seq: u64,
+    unsignaled: u32,
+    reads_out: u32,
+    wrs: Vec<SendWr>,
+    wr_kinds: Vec<SqKind>,
+    // ---- receiving
+    reader: FrameReader,
+    rxq: VecDeque<RxItem>,
+    steer: Option<Steer>,
+    reads_to_pool: u32,
+    bounce_busy: bool,
+    /// The poll round in which a descriptor at the head was first seen unsteered.
+    rdv_seen: Option<u64>,
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+/// Per receive slot: who filled it and how many of its items are not absorbed.
+#[derive(Clone, Copy, Default)]
+struct RxSlot {
+    refs: u32,
+    node: u32,
+    epoch: u16,
+}
+
+/// Why a link broke (the text for `LinkEvent::Down`).
+type Broken = String;
+
+/// The verbs transport. See the module docs.
+pub struct VerbsTransport {
+    // Field order is drop order: queue pairs (in `links`/`pending`) go before the
+    // shared receive queue, CQ and memory regions, and the pool stays mapped until
+    // its region is deregistered.
+    links: Vec<Option<Link>>,
+    pending: Vec<Option<(TcpStream, Vec<u8>, Instant)>>,
+    srq: Arc<Srq>,
+    rx_bufs: RegBuf,
+    rx_slots: Vec<RxSlot>,
+    reposts: Vec<u32>,
+    cq: Arc<Cq>,
+    _channel: Arc<CompChannel>,
+    /// The pool's region (none for a job of one node: nobody to share it with).
+    pool_mr: Option<Mr>,
+    pd: Arc<Pd>,
+    ctx: Arc<Context>,
+    pool: Arc<Pool>,
+    me: u32,
+    hello: Hello,
+    hello_msg: Vec<u8>,
+    bootstrap: Vec<SocketAddr>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    gid: Option<(u32, Gid)>,
+    lid: u16,
+    mtu: u32,
+    credits: u32,
+    max_reads: u32,
+    sq_depth: u32,
+    qpn_node: HashMap<u32, (u32, u16)>,
+    next_epoch: u16,
+    dialing: Vec<bool>,
+    next_dial: Vec<Instant>,
+    dialer: Dialer,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    armed: bool,
+    round: u64,
+    stats: VerbsCounters,
+    wcs: Vec<Wc>,
+}
+
+fn wr_id(node: u32, epoch: u16, seq: u64) -> u64 {
+    ((node as u64 & 0x7fff) << 48) | ((epoch as u64) << 32) | (seq & 0xffff_ffff)
+}
+
+fn random_psn(node: u32, epoch: u16) -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (t ^ (node.wrapping_mul(0x9e37_79b9)) ^ ((epoch as u32) << 8)) & 0xff_ffff
+}
+
+impl VerbsTransport {
+    /// Open the device, register the pool once as one memory region (local write,
+    /// remote read and write), make the completion channel and queue and the shared
+    /// receive queue, and listen for bootstrap connections on
+    /// `cfg.bootstrap[me]`. `wake` is called from a dialer thread when a dial
+    /// finished (so a sleeping agent looks at it).
+    ///
+    /// Poller tokens used: 0 the bootstrap listener, 1 the completion channel, 2 the
+    /// device's asynchronous events, `1<<30 | node` a peer's bootstrap connection,
+    /// `2<<30 | slot` a connection not yet identified.
+    pub fn new(
+        cfg: VerbsConfig,
+        poller: &Poller,
+        pool: Arc<Pool>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<VerbsTransport, Error> {
+        let me = cfg.hello.node;
+        let n = cfg.bootstrap.len();
+        let ctx = Context::open(cfg.device.as_deref())?;
+        let port = ctx.query_port()?;
+        let gid = ctx.choose_gid(cfg.gid_index)?;
+        let caps = ctx.caps();
+        let pd = Pd::new(&ctx)?;
+        let pool_mr = if n > 1 {
+            // SAFETY: the transport holds `pool` (an `Arc`) in a field dropped after
+            // `pool_mr`, so the mapping outlives the region; the pool is shared memory the
+            // agent already treats as written by others (clients), and peers may only
+            // READ/WRITE it through descriptors this transport checks.
+            Some(unsafe {
+                Mr::register(
+                    &pd,
+                    pool.base_addr() as *mut u8,
+                    pool.len(),
+                    Access::LOCAL_WRITE
+                        .with(Access::REMOTE_READ)
+                        .with(Access::REMOTE_WRITE),
+                )?
+            })
+        } else {
+            None
+        };
+        let peers = n.saturating_sub(1).max(1) as u32;
+        let max_srq = caps.max_srq_wr.max(64);
+        let credits = (max_srq / peers).clamp(4, CREDITS);
+        let srq_depth = (credits * peers + 16).min(max_srq);
+        let max_reads = MAX_READS
+            .min(caps.max_qp_init_rd_atom.max(1))
+            .min(caps.max_qp_rd_atom.max(1));
+        let sq_depth = (SEND_SLOTS as u32 + max_reads + 4).min(caps.max_qp_wr.max(16));
+        let cq_entries = (srq_depth + peers * sq_depth).min(caps.max_cqe.max(64));
+        let channel = CompChannel::new(&ctx)?;
+        let cq = Cq::new(&ctx, cq_entries, Some(&channel))?;
+        let srq = Srq::new(&pd, srq_depth)?;
+        let rx_bufs = RegBuf::new(&pd, srq_depth as usize * MSG, Access::LOCAL_WRITE)?;
+        let listener =
+            TcpListener::bind(cfg.bootstrap[me as usize]).map_err(|source| Error::Listen {
+                addr: cfg.bootstrap[me as usize],
+                source,
+            })?;
+        let watch = |what| move |source| Error::Watch { what, source };
+        listener
+            .set_nonblocking(true)
+            .map_err(watch("bootstrap listener"))?;
+        let addr = listener.local_addr().map_err(watch("bootstrap listener"))?;
+        poller
+            .add(listener.as_fd(), TOK_LISTEN)
+            .map_err(watch("bootstrap listener"))?;
+        poller
+            .add(channel.fd(), TOK_CQ)
+            .map_err(watch("completion channel"))?;
+        ctx.set_async_nonblocking()
+            .map_err(watch("asynchronous event"))?;
+        poller
+            .add(ctx.async_fd(), TOK_ASYNC)
+            .map_err(watch("asynchronous event"))?;
+        log::info!(
+            "verbs: {}:{} ({}), MTU {} B, {}, pool of {} MiB registered (rkey {:#x}), \
+             {credits} credits per peer, bootstrap on {addr}",
+            ctx.name(),
+            ctx.port(),
+            if port.is_roce() { "RoCE" } else { "InfiniBand" },
+            port.mtu_bytes(),
+            match gid {
+                Some((i, g)) => format!("GID index {i} ({g})"),
+                None => format!("LID {}", port.lid),
+            },
+            pool.len() >> 20,
+            pool_mr.as_ref().map_or(0, |m| m.rkey())
+        );
+        let now = Instant::now();
+        let mut t = VerbsTransport {
+            links: (0..n).map(|_| None).collect(),
+            pending: Vec::new(),
+            srq,
+            rx_slots: vec![RxSlot::default(); srq_depth as usize],
+            reposts: (0..srq_depth).collect(),
+            rx_bufs,
+            cq,
+            _channel: channel,
+            pool_mr,
+            pd,
+            ctx,
+            pool,
+            me,
+            hello: cfg.hello,
+            hello_msg: boot_msg(K_HELLO, &cfg.hello.to_bytes()),
+            bootstrap: cfg.bootstrap,
+            listener,
+            addr,
+            gid,
+            lid: port.lid,
+            mtu: port.active_mtu,
+            credits,
+            max_reads,
+            sq_depth,
+            qpn_node: HashMap::new(),
+            next_epoch: 1,
+            dialing: vec![false; n],
+            next_dial: vec![now; n],
+            dialer: Dialer::default(),
+            wake,
+            armed: false,
+            round: 0,
+            stats: VerbsCounters::default(),
+            wcs: Vec::with_capacity(64),
+        };
+        t.repost()?;
+        Ok(t)
+    }
+
+    /// The bootstrap listener's address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The device in use.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> VerbsCounters {
+        self.stats
+    }
+
+    /// Move the QP to `node` into the error state (a test of what the transport does
+    /// then: its work completes with errors and the link is reported down).
+    #[doc(hidden)]
+    pub fn force_qp_error(&mut self, node: u32) -> bool {
+        self.links
+            .get(node as usize)
+            .and_then(|l| l.as_ref())
+            .is_some_and(|l| l.qp.to_error().is_ok())
+    }
+
+    fn pool_rkey(&self) -> u32 {
+        self.pool_mr.as_ref().map_or(0, |m| m.rkey())
+    }
+
+    /// Post the receive buffers that are free again, as one list.
+    fn repost(&mut self) -> Result<(), Error> {
+        if self.reposts.is_empty() {
+            return Ok(());
+        }
+        let lkey = self.rx_bufs.mr().lkey();
+        let list: Vec<(u64, Sge)> = self
+            .reposts
+            .iter()
+            .map(|&s| {
+                (
+                    RECV_BIT | s as u64,
+                    Sge {
+                        addr: self.rx_bufs.addr(s as usize * MSG),
+                        len: MSG as u32,
+                        lkey,
+                    },
+                )
+            })
+            .collect();
+        // SAFETY: each slot lies in `rx_bufs` (registered with local write, owned by
+        // the transport, dropped after the SRQ); a slot is reposted only once no item
+        // refers to it (its bytes are not read again before its next completion).
+        unsafe { self.srq.post_recv(&list)? };
+        self.stats.srq_reposts += list.len() as u64;
+        for &s in &self.reposts {
+            let rs = self.rx_slots[s as usize];
+            if let Some(l) = self.links[rs.node as usize]
+                .as_mut()
+                .filter(|l| l.epoch == rs.epoch && rs.epoch != 0)
+            {
+                l.owed += 1;
+            }
+            self.rx_slots[s as usize] = RxSlot::default();
+        }
+        self.reposts.clear();
+        Ok(())
+    }
+
+    fn release_slot(slots: &mut [RxSlot], reposts: &mut Vec<u32>, slot: u32) {
+        let s = &mut slots[slot as usize];
+        s.refs = s.refs.saturating_sub(1);
+        if s.refs == 0 {
+            reposts.push(slot);
+        }
+    }
+
+    fn my_info(&self, qp: &Qp, psn: u32) -> Info {
+        let (region_off, region_len) = self.pool.block_region();
+        Info {
+            ep: QpEndpoint {
+                qpn: qp.qpn(),
+                psn,
+                lid: self.lid,
+                gid: self.gid.map(|(_, g)| g),
+            },
+            mtu: self.mtu as u8,
+            base: self.pool.base_addr() as u64,
+            region_off,
+            region_len,
+            rkey: self.pool_rkey(),
+            credits: self.credits,
+        }
+    }
+
+    /// A new link to `node` over `ctl`, its QP in INIT.
+    fn new_link(&mut self, node: u32, ctl: TcpStream, phase: Phase) -> Result<Link, Error> {
+        let qp = Qp::new_rc(
+            &self.pd,
+            &self.cq,
+            Some(&self.srq),
+            QpCaps {
+                max_send_wr: self.sq_depth,
+                max_recv_wr: 0,
+                max_inline: 128,
+            },
+        )?;
+        qp.to_init(
+            self.ctx.port(),
+            Access::LOCAL_WRITE
+                .with(Access::REMOTE_READ)
+                .with(Access::REMOTE_WRITE),
+        )?;
+        let epoch = self.next_epoch;
+        self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
+        let slots = RegBuf::new(&self.pd, SEND_SLOTS as usize * MSG, Access::LOCAL_WRITE)?;
+        let bounce = RegBuf::new(&self.pd, BOUNCE, Access::LOCAL_WRITE)?;
+        let now = Instant::now();
+        Ok(Link {
+            node,
+            epoch,
+            phase,
+            since: now,
+            ctl,
+            ctl_in: Vec::new(),
+            psn: random_psn(node, epoch),
+            qp,
+            remote: None,
+            slots,
+            bounce,
+            outq: VecDeque::new(),
+            queued: 0,
+            credits: 0,
+            credit_stalled: false,
+            owed: 0,
+            rdv_done_owed: 0,
+            rdv_out: VecDeque::new(),
+            freed: Vec::new(),
+            slot_next: 0,
+            slot_free: 0,
+            sq: VecDeque::new(),
+            wr_seq: 0,
+            unsignaled: 0,
+            reads_out: 0,
+            wrs: Vec::new(),
+            wr_kinds: Vec::new(),
+            reader: FrameReader::new(),
+            rxq: VecDeque::new(),
+            steer: None,
+            reads_to_pool: 0,
+            bounce_busy: false,
+            rdv_seen: None,
+            last_rx: now,
+            last_tx: now,
+        })
+    }
+
+    /// Connect `l`'s QP to the peer's (`info`): RTR, then RTS.
+    fn connect_qp(&self, l: &mut Link, info: &Info) -> Result<(), Error> {
+        let mtu = (info.mtu as u32).min(self.mtu).max(1);
+        l.qp.to_rtr(
+            self.ctx.port(),
+            &info.ep,
+            mtu,
+            self.gid.map(|(i, _)| i),
+            self.max_reads as u8,
+        )?;
+        l.qp.to_rts(l.psn, self.max_reads as u8)?;
+        l.credits = info.credits;
+        l.remote = Some(*info);
+        Ok(())
+    }
+
+    /// Check a peer's Hello: same job, same node count, another node.
+    fn check_hello(&self, h: &Hello) -> Result<(), String> {
+        if h.job != self.hello.job {
+            return Err(format!(
+                "Hello from node {} of another job (job tag {:#x}, ours {:#x})",
+                h.node, h.job, self.hello.job
+            ));
+        }
+        let n = self.bootstrap.len();
+        if h.nodes as usize != n || h.node as usize >= n || h.node == self.me {
+            return Err(format!(
+                "Hello from node {} with a node list of {} (ours has {n})",
+                h.node, h.nodes
+            ));
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, poller: &Poller, l: Link, events: &mut Vec<LinkEvent>) {
+        let node = l.node;
+        if self.links[node as usize].is_some() {
+            let blocks = self.close(poller, node);
+            events.push(LinkEvent::Down {
+                node,
+                reason: "peer reconnected (restarted?)".into(),
+                blocks,
+                closed: true,
+            });
+        }
+        if let Err(e) = poller.add(l.ctl.as_fd(), TOK_LINK | node) {
+            log::error!("verbs: cannot watch the bootstrap connection of node {node}: {e}");
+            return;
+        }
+        self.qpn_node.insert(l.qp.qpn(), (node, l.epoch));
+        self.links[node as usize] = Some(l);
+    }
+
+    /// An accepted connection has something to read: its Hello and Info.
+    fn serve_pending(&mut self, poller: &Poller, idx: usize, events: &mut Vec<LinkEvent>) {
+        let Some((mut s, mut buf, since)) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
+            return;
+        };
+        let drop_it = |s: TcpStream, why: String| {
+            log::warn!(
+                "verbs: closing a bootstrap connection from {:?}: {why}",
+                s.peer_addr().ok()
+            );
+            poller.delete(s.as_fd());
+        };
+        match read_some(&mut s, &mut buf) {
+            Ok(true) => {}
+            Ok(false) => return drop_it(s, "closed before its handshake".into()),
+            Err(e) => return drop_it(s, e.to_string()),
+        }
+        // Hello, then Info.
+        let mut probe = buf.clone();
+        let hello = match take_boot_msg(&mut probe) {
+            Ok(None) => {
+                self.pending[idx] = Some((s, buf, since));
+                return;
+            }
+            Ok(Some((K_HELLO, b))) => match Hello::parse(&b) {
+                Ok(h) => h,
+                Err(e) => return drop_it(s, format!("bad Hello ({e})")),
+            },
+            Ok(Some((k, _))) => return drop_it(s, format!("sent message {k} before Hello")),
+            Err(e) => return drop_it(s, e),
+        };
+        if let Err(e) = self.check_hello(&hello) {
+            return drop_it(s, e);
+        }
+        let info = match take_boot_msg(&mut probe) {
+            Ok(None) => {
+                self.pending[idx] = Some((s, buf, since));
+                return;
+            }
+            Ok(Some((K_INFO, b))) => match Info::parse(&b) {
+                Some(i) => i,
+                None => return drop_it(s, "short Info".into()),
+            },
+            Ok(Some((k, _))) => return drop_it(s, format!("sent message {k} instead of Info")),
+            Err(e) => return drop_it(s, e),
+        };
+        poller.delete(s.as_fd());
+        let node = hello.node;
+        let mut l = match self.new_link(node, s, Phase::AwaitReady) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("verbs: cannot make a queue pair for node {node}: {e}");
+                return;
+            }
+        };
+        l.ctl_in = probe;
+        if let Err(e) = self.connect_qp(&mut l, &info) {
+            log::error!("verbs: cannot connect to node {node}: {e}");
+            return;
+        }
+        let mut reply = self.hello_msg.clone();
+        reply.extend(boot_msg(K_INFO, &self.my_info(&l.qp, l.psn).to_bytes()));
+        if let Err(e) = write_boot(&mut l.ctl, &reply) {
+            log::warn!("verbs: bootstrap write to node {node}: {e}");
+            return;
+        }
+        log::debug!(
+            "verbs: node {node} dialed in (QP {} -> {})",
+            l.qp.qpn(),
+            info.ep.qpn
+        );
+        self.install(poller, l, events);
+        // A Ready sent right behind the Info is read on the next readiness event.
+    }
+
+    /// A link's bootstrap connection has something to read.
+    fn serve_link(&mut self, node: u32, events: &mut Vec<LinkEvent>) {
+        let Some(mut l) = self.links.get_mut(node as usize).and_then(|l| l.take()) else {
+            return;
+        };
+        let r = self.serve_link_inner(&mut l, events);
+        self.links[node as usize] = Some(l);
+        if let Err(why) = r {
+            self.fail(node, why, events);
+        }
+    }
+
+    fn serve_link_inner(
+        &mut self,
+        l: &mut Link,
+        events: &mut Vec<LinkEvent>,
+    ) -> Result<(), Broken> {
+        match read_some(&mut l.ctl, &mut l.ctl_in) {
+            Ok(true) => {}
+            Ok(false) => return Err("bootstrap connection closed by the peer".into()),
+            Err(e) => return Err(format!("bootstrap connection: {e}")),
+        }
+        loop {
+            let msg = take_boot_msg(&mut l.ctl_in).map_err(|e| format!("bootstrap: {e}"))?;
+            let Some((kind, body)) = msg else { break };
+            match (l.phase, kind) {
+                (Phase::AwaitInfo, K_HELLO) => {
+                    let h = Hello::parse(&body).map_err(|e| format!("bad Hello ({e})"))?;
+                    self.check_hello(&h)?;
+                    if h.node != l.node {
+                        return Err(format!(
+                            "dialed node {} but node {} answered",
+                            l.node, h.node
+                        ));
+                    }
+                }
+                (Phase::AwaitInfo, K_INFO) => {
+                    let info = Info::parse(&body).ok_or("short Info")?;
+                    self.connect_qp(l, &info).map_err(|e| e.to_string())?;
+                    write_boot(&mut l.ctl, &boot_msg(K_READY, &[]))
+                        .map_err(|e| format!("bootstrap write: {e}"))?;
+                    self.link_up(l, events);
+                }
+                (Phase::AwaitReady, K_READY) => self.link_up(l, events),
+                (Phase::Up | Phase::Broken, _) => {}
+                (p, k) => return Err(format!("bootstrap message {k} unexpected in {p:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn link_up(&mut self, l: &mut Link, events: &mut Vec<LinkEvent>) {
+        l.phase = Phase::Up;
+        let now = Instant::now();
+        l.last_rx = now;
+        l.last_tx = now;
+        log::info!(
+            "verbs: node {} up (QP {} -> {}, {} credits)",
+            l.node,
+            l.qp.qpn(),
+            l.remote.map_or(0, |r| r.ep.qpn),
+            l.credits
+        );
+        events.push(LinkEvent::Up { node: l.node });
+    }
+
+    /// The link to `node` failed: the QP goes to the error state (no more of the
+    /// peer's READs are served), and the agent hears of it (it reads what arrived,
+    /// then closes the link).
+    fn fail(&mut self, node: u32, why: Broken, events: &mut Vec<LinkEvent>) {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return;
+        };
+        if l.phase == Phase::Broken {
+            return;
+        }
+        let was_up = l.phase == Phase::Up;
+        l.phase = Phase::Broken;
+        let _ = l.qp.to_error();
+        log::warn!("verbs: link to node {node} failed: {why}");
+        if was_up {
+            events.push(LinkEvent::Down {
+                node,
+                reason: why,
+                blocks: Vec::new(),
+                closed: false,
+            });
+        } else {
+            // Never up: nobody else knows of it.
+            let l = self.links[node as usize].take().expect("checked above");
+            self.drop_link(None, l);
+        }
+    }
+
+    /// Forget a link: its receive slots are posted again, its QP destroyed; returns
+    /// the blocks its queue and descriptors still referenced.
+    fn drop_link(&mut self, poller: Option<&Poller>, mut l: Link) -> Vec<u64> {
+        if let Some(p) = poller {
+            p.delete(l.ctl.as_fd());
+        }
+        let _ = l.ctl.shutdown(std::net::Shutdown::Both);
+        self.qpn_node.remove(&l.qp.qpn());
+        for it in l.rxq.drain(..) {
+            if let RxItem::Data { slot, .. } = it {
+                Self::release_slot(&mut self.rx_slots, &mut self.reposts, slot);
+            }
+        }
+        let mut blocks: Vec<u64> = l
+            .outq
+            .drain(..)
+            .filter_map(|o| match o {
+                Out::Block { free_after, .. } => free_after,
+                Out::Bytes { .. } => None,
+            })
+            .collect();
+        blocks.extend(l.rdv_out.drain(..).flatten());
+        blocks.append(&mut l.freed);
+        // Slots still counted for this link are no longer credited to anyone.
+        for s in self.rx_slots.iter_mut() {
+            if s.node == l.node && s.epoch == l.epoch {
+                s.epoch = 0;
+            }
+        }
+        drop(l); // destroys the QP: the device stops using its buffers
+        if let Err(e) = self.repost() {
+            log::error!("verbs: reposting receive buffers: {e}");
+        }
+        blocks
+    }
+
+    /// Take completions; returns whether there were any.
+    fn poll_cq(&mut self, events: &mut Vec<LinkEvent>) -> bool {
+        let mut any = false;
+        let mut taken = 0;
+        while taken < CQ_PER_POLL {
+            self.wcs.clear();
+            let mut wcs = std::mem::take(&mut self.wcs);
+            let n = match self.cq.poll(&mut wcs, 32) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::error!("verbs: {e}");
+                    0
+                }
+            };
+            for wc in &wcs {
+                self.on_wc(wc, events);
+            }
+            self.wcs = wcs;
+            if n == 0 {
+                break;
+            }
+            any = true;
+            taken += n;
+        }
+        any
+    }
+
+    fn on_wc(&mut self, wc: &Wc, events: &mut Vec<LinkEvent>) {
+        if !wc.is_ok() {
+            self.stats.wc_errors += 1;
+        }
+        if wc.wr_id & RECV_BIT != 0 {
+            let slot = (wc.wr_id & 0xffff_ffff) as u32;
+            if slot as usize >= self.rx_slots.len() {
+                return;
+            }
+            let owner = self.qpn_node.get(&wc.qp_num).copied();
+            let Some((node, epoch)) = owner.filter(|_| wc.is_ok() && wc.opcode == WC_RECV) else {
+                // A QP that is gone, or a flushed/failed receive: the buffer goes back.
+                if let (Some((node, _)), false) = (owner, wc.status == WC_FLUSH_ERR || wc.is_ok()) {
+                    self.fail(
+                        node,
+                        format!(
+                            "receive failed: {} (vendor error {:#x})",
+                            wc.status_str(),
+                            wc.vendor_err
+                        ),
+                        events,
+                    );
+                }
+                self.reposts.push(slot);
+                return;
+            };
+            self.on_recv(node, epoch, slot, wc.byte_len as usize, events);
+            return;
+        }
+        let node = ((wc.wr_id >> 48) & 0x7fff) as u32;
+        let epoch = ((wc.wr_id >> 32) & 0xffff) as u16;
+        let seq = wc.wr_id & 0xffff_ffff;
+        let Some(l) = self
+            .links
+            .get_mut(node as usize)
+            .and_then(|l| l.as_mut())
+            .filter(|l| l.epoch == epoch)
+        else {
+            return; // a completion of a link that is gone
+        };
+        if !wc.is_ok() {
+            let hint = if wc.status == WC_RNR_RETRY_EXC_ERR {
+                " (the peer had no receive buffer: credits out of step?)"
+            } else {
+                ""
+            };
+            let why = format!(
+                "work completion error: {} (status {}, vendor error {:#x}){hint}",
+                wc.status_str(),
+                wc.status,
+                wc.vendor_err
+            );
+            self.fail(node, why, events);
+            return;
+        }
+        // Everything up to this request is done (a queue completes in order).
+        let mut bounce_done = None;
+        while let Some(e) = l.sq.pop_front() {
+            let last_one = e.seq & 0xffff_ffff == seq;
+            match e.kind {
+                SqKind::Send { slot } => l.slot_free = l.slot_free.max(slot + 1),
+                SqKind::ReadPool { last } => {
+                    l.reads_out -= 1;
+                    l.reads_to_pool -= 1;
+                    if last {
+                        l.rdv_done_owed += 1;
+                    }
+                }
+                SqKind::ReadBounce { len, last } => {
+                    l.reads_out -= 1;
+                    bounce_done = Some((len, last));
+                }
+            }
+            if last_one {
+                break;
+            }
+        }
+        if let Some((len, last)) = bounce_done {
+            l.bounce_busy = false;
+            if last {
+                l.rdv_done_owed += 1;
+            }
+            self.stats.bounce_bytes += len as u64;
+            let bytes = l.bounce.slice(0, len as usize);
+            let mut at = 0;
+            while at < bytes.len() {
+                at += absorb_some(
+                    &mut l.steer,
+                    l.reads_to_pool,
+                    &mut l.reader,
+                    &self.pool,
+                    &bytes[at..],
+                );
+            }
+        }
+        if l.steer.as_ref().is_some_and(|s| s.left == 0 && s.skip == 0) && l.reads_to_pool == 0 {
+            l.steer = None;
+        }
+    }
+
+    fn on_recv(
+        &mut self,
+        node: u32,
+        epoch: u16,
+        slot: u32,
+        len: usize,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            self.reposts.push(slot);
+            return;
+        };
+        self.stats.recvs += 1;
+        self.stats.recv_bytes += len as u64;
+        l.last_rx = Instant::now();
+        let buf = self.rx_bufs.slice(slot as usize * MSG, len.min(MSG));
+        let p = match parse_msg(buf, slot) {
+            Ok(p) => p,
+            Err(why) => {
+                self.reposts.push(slot);
+                self.fail(node, format!("protocol error from the peer: {why}"), events);
+                return;
+            }
+        };
+        l.credits += p.credits as u32;
+        for _ in 0..p.rdv_done {
+            match l.rdv_out.pop_front() {
+                Some(b) => l.freed.extend(b),
+                None => {
+                    self.reposts.push(slot);
+                    self.fail(
+                        node,
+                        "protocol error from the peer: a rendezvous completion for nothing".into(),
+                        events,
+                    );
+                    return;
+                }
+            }
+        }
+        let mut refs = 0;
+        for it in p.items {
+            if let RxItem::Rdv(r) = &it {
+                // Checked before any READ is posted: the peer's own key, a range inside
+                // the block region it advertised.
+                let ok = l.remote.is_some_and(|rm| {
+                    r.rkey == rm.rkey
+                        && r.off >= rm.region_off
+                        && r.off
+                            .checked_add(r.len)
+                            .is_some_and(|e| e <= rm.region_off + rm.region_len)
+                });
+                if !ok {
+                    self.stats.bad_descriptors += 1;
+                    // Items of this SEND already queued keep their slot references;
+                    // the link is closed soon and releases them.
+                    self.rx_slots[slot as usize] = RxSlot { refs, node, epoch };
+                    if refs == 0 {
+                        self.reposts.push(slot);
+                    }
+                    self.fail(
+                        node,
+                        format!(
+                            "protocol error from the peer: a rendezvous descriptor outside the region it advertised \
+                             (offset {:#x}, {} bytes, rkey {:#x}); refused before any READ",
+                            r.off, r.len, r.rkey
+                        ),
+                        events,
+                    );
+                    return;
+                }
+            } else {
+                refs += 1;
+            }
+            l.rxq.push_back(it);
+        }
+        self.rx_slots[slot as usize] = RxSlot { refs, node, epoch };
+        if refs == 0 {
+            self.reposts.push(slot);
+        }
+    }
+
+    /// Move what arrived for `node` on, as far as it can go: into the reader, into the
+    /// pool, or READs posted. `stamp`: the round to mark a newly seen descriptor with.
+    fn drain(&mut self, node: u32, stamp: u64) {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return;
+        };
+        if l.phase == Phase::Broken {
+            return;
+        }
+        let pool = &self.pool;
+        let base = pool.base_addr() as u64;
+        let pool_lkey = self.pool_mr.as_ref().map_or(0, |m| m.lkey());
+        loop {
+            if l.bounce_busy {
+                break;
+            }
+            let Some(front) = l.rxq.front_mut() else {
+                break;
+            };
+            match front {
+                RxItem::Data { slot, start, end } => {
+                    let steering = l.steer.as_ref().is_some_and(|s| s.left > 0 || s.skip > 0);
+                    if !steering && l.reader.buffered() >= RX_HIGH_WATER {
+                        break;
+                    }
+                    let (s, a, e) = (*slot, *start as usize, *end as usize);
+                    let bytes = self.rx_bufs.slice(s as usize * MSG + a, e - a);
+                    let used =
+                        absorb_some(&mut l.steer, l.reads_to_pool, &mut l.reader, pool, bytes);
+                    let RxItem::Data { start, .. } = l.rxq.front_mut().expect("still there") else {
+                        unreachable!("the front is a Data item")
+                    };
+                    *start += used as u32;
+                    if (*start as usize) == e {
+                        l.rxq.pop_front();
+                        Self::release_slot(&mut self.rx_slots, &mut self.reposts, s);
+                    }
+                }
+                RxItem::Rdv(r) => {
+                    let remote = l.remote.expect("an up link has its peer's Info");
+                    if let Some(st) = l.steer.as_mut().filter(|s| s.left > 0) {
+                        if l.reads_out >= self.max_reads
+                            || (l.sq.len() + l.wrs.len()) as u32 + 1 >= self.sq_depth
+                        {
+                            break;
+                        }
+                        let n = st.left.min(r.len - r.done).min(READ_PIECE);
+                        let last = r.done + n == r.len;
+                        l.wrs.push(SendWr {
+                            wr_id: wr_id(l.node, l.epoch, l.wr_seq),
+                            op: SendOp::Read {
+                                remote_addr: remote.base + r.off + r.done,
+                                rkey: r.rkey,
+                            },
+                            local: Sge {
+                                addr: base + st.off,
+                                len: n as u32,
+                                lkey: pool_lkey,
+                            },
+                            signaled: true,
+                        });
+                        l.wr_kinds.push(SqKind::ReadPool { last });
+                        l.wr_seq += 1;
+                        l.unsignaled = 0;
+                        l.reads_out += 1;
+                        l.reads_to_pool += 1;
+                        self.stats.reads += 1;
+                        self.stats.read_bytes += n;
+                        st.off += n;
+                        st.left -= n;
+                        r.done += n;
+                        if last {
+                            l.rxq.pop_front();
+                            l.rdv_seen = None;
+                        }
+                        continue;
+                    }
+                    let skipping = l.steer.as_ref().is_some_and(|s| s.skip > 0);
+                    if l.steer.is_some() && !skipping {
+                        break; // a steer's READs are finishing: the agent looks next
+                    }
+                    if !skipping {
+                        if l.reader.buffered() >= RX_HIGH_WATER {
+                            break;
+                        }
+                        match l.rdv_seen {
+                            None => {
+                                l.rdv_seen = Some(stamp);
+                                break;
+                            }
+                            // Give the agent the round to see the chunk's header and steer.
+                            Some(r) if r >= self.round => break,
+                            Some(_) => {}
+                        }
+                        if matches!(l.reader.peek_frame(), Ok(Some(_))) {
+                            break; // it has frames to take first
+                        }
+                    }
+                    if l.reads_out >= self.max_reads
+                        || (l.sq.len() + l.wrs.len()) as u32 + 1 >= self.sq_depth
+                    {
+                        break;
+                    }
+                    let n = (r.len - r.done).min(BOUNCE as u64);
+                    let last = r.done + n == r.len;
+                    l.wrs.push(SendWr {
+                        wr_id: wr_id(l.node, l.epoch, l.wr_seq),
+                        op: SendOp::Read {
+                            remote_addr: remote.base + r.off + r.done,
+                            rkey: r.rkey,
+                        },
+                        local: Sge {
+                            addr: l.bounce.addr(0),
+                            len: n as u32,
+                            lkey: l.bounce.mr().lkey(),
+                        },
+                        signaled: true,
+                    });
+                    l.wr_kinds.push(SqKind::ReadBounce {
+                        len: n as u32,
+                        last,
+                    });
+                    l.wr_seq += 1;
+                    l.unsignaled = 0;
+                    l.reads_out += 1;
+                    l.bounce_busy = true;
+                    self.stats.bounce_reads += 1;
+                    r.done += n;
+                    if last {
+                        l.rxq.pop_front();
+                        l.rdv_seen = None;
+                    }
+                    break;
+                }
+            }
+        }
+        if l.steer.as_ref().is_some_and(|s| s.left == 0 && s.skip == 0) && l.reads_to_pool == 0 {
+            l.steer = None;
+        }
+    }
+
+    /// Build and queue SENDs for `node`: stream bytes and descriptors while credits,
+    /// slots and send queue room last; a header-only SEND when credits or rendezvous
+    /// completions are owed.
+    fn transmit(&mut self, node: u32) {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return;
+        };
+        if l.phase != Phase::Up {
+            return;
+        }
+        let rkey = self.pool_mr.as_ref().map_or(0, |m| m.rkey());
+        let owe_threshold = (self.credits / 2).max(2);
+        loop {
+            let data = l.queued > 0 && !(l.rdv_out.len() >= RDV_MAX_OUT && front_is_rdv(l));
+            let control = l.rdv_done_owed > 0 || l.owed >= owe_threshold;
+            if !data && !control {
+                break;
+            }
+            // The last credit is kept for a SEND that returns credits: if both sides
+            // spent their last one on anything else (a rendezvous completion, data),
+            // neither could ever tell the other of its free buffers again.
+            if l.credits < 2 {
+                if data && !l.credit_stalled {
+                    l.credit_stalled = true;
+                    self.stats.credit_stalls += 1;
+                }
+                if l.credits == 0 || !control || l.owed == 0 {
+                    break;
+                }
+            }
+            if l.slot_next - l.slot_free >= SEND_SLOTS || sq_used(l) + 1 >= self.sq_depth {
+                break;
+            }
+            let with_data = data && l.credits >= 2;
+            if with_data {
+                l.credit_stalled = false;
+            }
+            let slot = l.slot_next;
+            let at = (slot % SEND_SLOTS) as usize * MSG;
+            let mut w = MsgWriter::new(l.slots.slice_mut(at, MSG));
+            let credits = l.owed.min(u16::MAX as u32);
+            let done = l.rdv_done_owed.min(u16::MAX as u32);
+            w.set_header(credits as u16, done as u16);
+            l.owed -= credits;
+            l.rdv_done_owed -= done;
+            while let (true, Some(front)) = (with_data, l.outq.front_mut()) {
+                if front.remaining() == 0 {
+                    if let Some(Out::Block {
+                        free_after: Some(b),
+                        ..
+                    }) = l.outq.pop_front()
+                    {
+                        l.freed.push(b);
+                    }
+                    continue;
+                }
+                let finished = match front {
+                    Out::Bytes { buf, pos } => {
+                        let n = w.data_room().min(buf.len() - *pos);
+                        if n == 0 {
+                            break;
+                        }
+                        w.item(T_DATA, n).copy_from_slice(&buf[*pos..*pos + n]);
+                        *pos += n;
+                        l.queued -= n;
+                        *pos == buf.len()
+                    }
+                    Out::Block {
+                        off,
+                        len,
+                        pos,
+                        free_after,
+                    } => {
+                        let rem = *len - *pos;
+                        let valid = self.pool.block_slice(*off + *pos, rem).is_some();
+                        if rem >= RDV_MIN && valid {
+                            if l.rdv_out.len() >= RDV_MAX_OUT || !w.rdv_fits() {
+                                break;
+                            }
+                            w.rdv(*off + *pos, rem, rkey);
+                            self.stats.rdv_sent += 1;
+                            self.stats.rdv_bytes += rem;
+                            l.rdv_out.push_back(free_after.take());
+                            *pos = *len;
+                            l.queued -= rem as usize;
+                            true
+                        } else {
+                            let n = (w.data_room() as u64).min(rem);
+                            if n == 0 {
+                                break;
+                            }
+                            let dst = w.item(T_DATA, n as usize);
+                            match self.pool.block_slice(*off + *pos, n) {
+                                Some(src) => dst.copy_from_slice(src),
+                                // Cannot happen for blocks the agent queued; zeros keep
+                                // the stream's framing intact.
+                                None => dst.fill(0),
+                            }
+                            *pos += n;
+                            l.queued -= n as usize;
+                            if *pos == *len {
+                                l.freed.extend(free_after.take());
+                                true
+                            } else {
+                                false
+                            }
+                        }
+                    }
+                };
+                if finished {
+                    l.outq.pop_front();
+                } else if w.data_room() == 0 {
+                    break;
+                }
+            }
+            let len = w.len;
+            if w.items == 0 && credits == 0 && done == 0 {
+                break;
+            }
+            l.credits -= 1;
+            l.slot_next += 1;
+            let inline = len <= l.qp.max_inline() as usize;
+            l.unsignaled += 1;
+            let signaled = l.unsignaled >= SIGNAL_EVERY
+                || l.slot_next - l.slot_free >= SEND_SLOTS
+                || sq_used(l) + 2 + SIGNAL_EVERY >= self.sq_depth;
+            if signaled {
+                l.unsignaled = 0;
+            }
+            l.wrs.push(SendWr {
+                wr_id: wr_id(l.node, l.epoch, l.wr_seq),
+                op: SendOp::Send { inline },
+                local: Sge {
+                    addr: l.slots.addr(at),
+                    len: len as u32,
+                    lkey: l.slots.mr().lkey(),
+                },
+                signaled,
+            });
+            l.wr_kinds.push(SqKind::Send { slot });
+            l.wr_seq += 1;
+            self.stats.sends += 1;
+            self.stats.send_bytes += len as u64;
+            if inline {
+                self.stats.inline_sends += 1;
+            }
+            l.last_tx = Instant::now();
+        }
+    }
+
+    /// Post what `transmit`/`drain` queued for `node`, as one list.
+    fn post(&mut self, node: u32, events: &mut Vec<LinkEvent>) {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return;
+        };
+        if l.wrs.is_empty() {
+            return;
+        }
+        // Even an all-unsignalled list must end signalled when the queue could not
+        // otherwise be seen to drain: READs are always signalled; sends every Nth.
+        // SAFETY: every local buffer lies in a region of this QP's PD: send slots and
+        // the bounce buffer (owned by the link, dropped after its QP: field order) or
+        // the pool (registered for the transport's life, mapped while `self.pool`
+        // lives). A send slot is reused only after a later signalled completion shows
+        // its request done (`slot_free`); the bounce buffer is read only after its
+        // READ's completion; pool ranges are checked against the block region (the
+        // agent's steer target) when steered. Remote ranges were checked against what
+        // the peer advertised.
+        let r = unsafe { l.qp.post_send(&l.wrs) };
+        let n = l.wrs.len();
+        l.wrs.clear();
+        let kinds = std::mem::take(&mut l.wr_kinds);
+        self.stats.post_calls += 1;
+        match r {
+            Ok(()) => {
+                let first = l.wr_seq - n as u64;
+                for (i, kind) in kinds.into_iter().enumerate() {
+                    l.sq.push_back(SqEntry {
+                        seq: first + i as u64,
+                        kind,
+                    });
+                }
+            }
+            Err(e) => self.fail(node, e.to_string(), events),
+        }
+    }
+
+    /// Arm the CQ so the channel wakes a sleeping agent; look once more after arming
+    /// (completions that came in between do not raise an event).
+    fn arm(&mut self, events: &mut Vec<LinkEvent>) -> bool {
+        if self.armed {
+            return false;
+        }
+        match self.cq.arm() {
+            Ok(()) => self.armed = true,
+            Err(e) => log::warn!("verbs: {e}"),
+        }
+        self.poll_cq(events)
+    }
+
+    /// After completions: move bytes on, post READs and SENDs, refill the SRQ.
+    fn service(&mut self, stamp: u64, events: &mut Vec<LinkEvent>) -> bool {
+        let mut any = false;
+        for j in 0..self.links.len() as u32 {
+            let Some(l) = self.links[j as usize].as_ref() else {
+                continue;
+            };
+            if l.phase != Phase::Up {
+                continue;
+            }
+            let before = (l.rxq.len(), l.reader.buffered(), l.wr_seq);
+            self.drain(j, stamp);
+            self.transmit(j);
+            self.post(j, events);
+            if let Some(l) = self.links[j as usize].as_ref() {
+                any |= before != (l.rxq.len(), l.reader.buffered(), l.wr_seq);
+            }
+        }
+        if let Err(e) = self.repost() {
+            log::error!("verbs: {e}");
+        }
+        any
+    }
+
+    fn async_events(&mut self, events: &mut Vec<LinkEvent>) {
+        while let Some(ev) = self.ctx.next_async_event() {
+            self.stats.async_events += 1;
+            let node = ev
+                .qp_num
+                .and_then(|q| self.qpn_node.get(&q))
+                .map(|&(n, _)| n);
+            if ev.is_qp_fatal() {
+                log::warn!("verbs: {} on QP {:?} (node {node:?})", ev.name, ev.qp_num);
+                if let Some(n) = node {
+                    self.fail(n, format!("asynchronous event: {}", ev.name), events);
+                }
+            } else if ev.is_device_fatal() {
+                log::error!("verbs: device {}: {}", self.ctx.name(), ev.name);
+                for j in 0..self.links.len() as u32 {
+                    self.fail(
+                        j,
+                        format!("device {}: {}", self.ctx.name(), ev.name),
+                        events,
+                    );
+                }
+            } else {
+                log::info!(
+                    "verbs: device {}: {} (port {:?}, QP {:?})",
+                    self.ctx.name(),
+                    ev.name,
+                    ev.port,
+                    ev.qp_num
+                );
+            }
+        }
+    }
+}
+
+/// Whether the next thing to send is a rendezvous descriptor.
+fn front_is_rdv(l: &Link) -> bool {
+    matches!(l.outq.front(), Some(Out::Block { len, pos, .. }) if *len - *pos >= RDV_MIN)
+}
+
+/// Put stream bytes where they go: the steer target, then its padding, then the reader.
+/// Returns how many of `bytes` were taken: all, unless the steer still wants more.
+fn absorb_some(
+    steer: &mut Option<Steer>,
+    reads_to_pool: u32,
+    reader: &mut FrameReader,
+    pool: &Pool,
+    bytes: &[u8],
+) -> usize {
+    let mut at = 0;
+    if let Some(st) = steer.as_mut() {
+        if st.left > 0 {
+            let n = (st.left as usize).min(bytes.len());
+            // A range the agent steered (checked by `steer`).
+            let _ = pool.write_block(st.off, &bytes[..n]);
+            st.off += n as u64;
+            st.left -= n as u64;
+            at += n;
+        }
+        if st.left == 0 && st.skip > 0 {
+            let n = st.skip.min(bytes.len() - at);
+            st.skip -= n;
+            at += n;
+        }
+        if st.left > 0 || st.skip > 0 {
+            return at;
+        }
+        if reads_to_pool == 0 {
+            *steer = None;
+        }
+        // Else only its READs are outstanding: what follows them in the stream goes
+        // to the reader, which the agent does not look at until they complete.
+    }
+    let rest = &bytes[at..];
+    if !rest.is_empty() {
+        let spare = reader.spare(rest.len());
+        let offered = spare.len();
+        spare[..rest.len()].copy_from_slice(rest);
+        reader.filled(offered, rest.len());
+    }
+    bytes.len()
+}
+
+/// The send queue's entries in use: posted and not seen complete, plus queued to post.
+fn sq_used(l: &Link) -> u32 {
+    (l.sq.len() + l.wrs.len()) as u32
+}
+
+impl Transport for VerbsTransport {
+    fn name(&self) -> &'static str {
+        "verbs"
+    }
+
+    fn local_addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
+        let idx = token & !TOK_MASK;
+        match token & TOK_MASK {
+            TOK_LINK => self.serve_link(idx, events),
+            TOK_PENDING => self.serve_pending(poller, idx as usize, events),
+            _ => match token {
+                TOK_LISTEN => {
+                    while let Ok((s, addr)) = self.listener.accept() {
+                        if let Err(e) = s.set_nonblocking(true).and_then(|_| s.set_nodelay(true)) {
+                            log::warn!("verbs: cannot set up a connection from {addr}: {e}");
+                            continue;
+                        }
+                        let slot = crate::slab::vacant(&mut self.pending);
+                        if let Err(e) = poller.add(s.as_fd(), TOK_PENDING | slot as u32) {
+                            log::warn!("verbs: cannot watch a connection from {addr}: {e}");
+                            continue;
+                        }
+                        self.pending[slot] = Some((s, Vec::new(), now));
+                    }
+                }
+                TOK_CQ => {
+                    match self.cq.take_events() {
+                        Ok(n) => self.stats.cq_events += n as u64,
+                        Err(e) => log::warn!("verbs: {e}"),
+                    }
+                    self.armed = false;
+                    self.poll_cq(events);
+                    self.service(self.round, events);
+                }
+                TOK_ASYNC => self.async_events(events),
+                _ => {}
+            },
+        }
+    }
+
+    fn tick(&mut self, poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
+        while let Some(d) = self.dialer.poll() {
+            let j = d.node as usize;
+            self.dialing[j] = false;
+            if self.links[j].is_some() {
+                continue;
+            }
+            let s = match d.result.and_then(|s| {
+                s.set_nonblocking(true)?;
+                s.set_nodelay(true)?;
+                Ok(s)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::debug!("verbs: dial node {j}: {e}");
+                    self.next_dial[j] = now + REDIAL;
+                    continue;
+                }
+            };
+            let mut l = match self.new_link(d.node, s, Phase::AwaitInfo) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("verbs: cannot make a queue pair for node {j}: {e}");
+                    self.next_dial[j] = now + Duration::from_secs(1);
+                    continue;
+                }
+            };
+            let mut hello = self.hello_msg.clone();
+            hello.extend(boot_msg(K_INFO, &self.my_info(&l.qp, l.psn).to_bytes()));
+            if let Err(e) = write_boot(&mut l.ctl, &hello) {
+                log::debug!("verbs: bootstrap write to node {j}: {e}");
+                self.next_dial[j] = now + REDIAL;
+                continue;
+            }
+            self.install(poller, l, events);
+        }
+        // Handshakes that take too long.
+        for slot in 0..self.pending.len() {
+            if self.pending[slot]
+                .as_ref()
+                .is_some_and(|p| now.duration_since(p.2) > HANDSHAKE_TIMEOUT)
+            {
+                if let Some((s, _, _)) = self.pending[slot].take() {
+                    log::warn!("verbs: dropping a bootstrap connection that sent no handshake");
+                    poller.delete(s.as_fd());
+                }
+            }
+        }
+        for j in 0..self.links.len() {
+            let stale = self.links[j].as_ref().is_some_and(|l| {
+                matches!(l.phase, Phase::AwaitInfo | Phase::AwaitReady)
+                    && now.duration_since(l.since) > HANDSHAKE_TIMEOUT
+            });
+            if stale {
+                if let Some(l) = self.links[j].take() {
+                    log::warn!("verbs: handshake with node {j} timed out");
+                    self.drop_link(Some(poller), l);
+                }
+                self.next_dial[j] = now + REDIAL;
+            }
+        }
+        // The higher id dials the lower; it goes on dialing a peer that is not up.
+        for j in 0..(self.me as usize) {
+            if self.links[j].is_none() && !self.dialing[j] && now >= self.next_dial[j] {
+                self.dialing[j] = true;
+                self.next_dial[j] = now + REDIAL;
+                let wake = self.wake.clone();
+                self.dialer
+                    .dial(j as u32, self.bootstrap[j], move || wake());
+            }
+        }
+        // Credits owed to a quiet peer go out with the next SEND; a peer that
+        // sends nothing needs none. Nothing else to time here: the QP's own
+        // timeouts (retry count, RNR retries) turn a dead peer into an error.
+        let _ = events;
+    }
+
+    fn poll(&mut self, _now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+        self.round += 1;
+        let mut any = self.poll_cq(events);
+        any |= self.service(self.round, events);
+        if !any {
+            // Idle: arm, so that a sleeping agent wakes at the next completion.
+            if self.arm(events) {
+                any = true;
+                self.service(self.round, events);
+            }
+        }
+        any
+    }
+
+    fn is_up(&self, node: u32) -> bool {
+        self.links
+            .get(node as usize)
+            .and_then(|l| l.as_ref())
+            .is_some_and(|l| l.phase == Phase::Up)
+    }
+
+    fn push(&mut self, node: u32, item: Out) {
+        if let Some(l) = self
+            .links
+            .get_mut(node as usize)
+            .and_then(|l| l.as_mut())
+            .filter(|l| l.phase == Phase::Up)
+        {
+            l.queued += item.remaining();
+            l.outq.push_back(item);
+        }
+    }
+
+    /// Bytes queued; plus one while freed blocks wait to be reported, so that the
+    /// agent calls [`Transport::flush`] (where they are).
+    fn queued(&self, node: u32) -> usize {
+        self.links
+            .get(node as usize)
+            .and_then(|l| l.as_ref())
+            .map_or(0, |l| l.queued + usize::from(!l.freed.is_empty()))
+    }
+
+    fn flush(
+        &mut self,
+        node: u32,
+        _pool: &Pool,
+        freed: &mut Vec<u64>,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        self.transmit(node);
+        self.post(node, events);
+        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
+            freed.append(&mut l.freed);
+        }
+    }
+
+    fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
+        self.links
+            .get_mut(node as usize)?
+            .as_mut()
+            .filter(|l| matches!(l.phase, Phase::Up | Phase::Broken))
+            .map(|l| &mut l.reader)
+    }
+
+    fn restore_reader(&mut self, node: u32, reader: FrameReader) {
+        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
+            l.reader = reader;
+        }
+    }
+
+    fn activity(&self, node: u32) -> Option<(Instant, Instant)> {
+        self.links
+            .get(node as usize)?
+            .as_ref()
+            .filter(|l| l.phase == Phase::Up)
+            .map(|l| (l.last_rx, l.last_tx))
+    }
+
+    fn mark_alive(&mut self, node: u32, now: Instant) {
+        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
+            l.last_rx = now;
+        }
+    }
+
+    fn rx_full(&self, node: u32) -> bool {
+        self.links
+            .get(node as usize)
+            .and_then(|l| l.as_ref())
+            .is_some_and(|l| l.reader.buffered() >= RX_HIGH_WATER)
+    }
+
+    fn rx_resume(&mut self, _poller: &Poller, node: u32) {
+        if !self.is_up(node) {
+            return;
+        }
+        // Descriptors first seen here count from the next round: the agent may not
+        // look at this reader again in this one.
+        let mut events = Vec::new();
+        self.drain(node, self.round + 1);
+        self.transmit(node);
+        self.post(node, &mut events);
+        if let Err(e) = self.repost() {
+            log::error!("verbs: {e}");
+        }
+        // A failure here is seen again (and reported) at the next poll.
+        debug_assert!(events.iter().all(|e| matches!(e, LinkEvent::Down { .. })));
+    }
+
+    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return false;
+        };
+        if l.phase != Phase::Up || l.steer.is_some() || self.pool.block_slice(off, len).is_none() {
+            return false;
+        }
+        l.steer = Some(Steer {
+            off,
+            left: len,
+            skip,
+        });
+        // The READ is posted in the next poll round, not here, where the agent
+        // holds the link's frame reader.
+        true
+    }
+
+    fn steering(&self, node: u32) -> bool {
+        self.links
+            .get(node as usize)
+            .and_then(|l| l.as_ref())
+            .is_some_and(|l| l.steer.is_some())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        let mut c = vec![
+            ("verbs_sends", s.sends),
+            ("verbs_inline_sends", s.inline_sends),
+            ("verbs_send_bytes", s.send_bytes),
+            ("verbs_post_calls", s.post_calls),
+            ("verbs_recvs", s.recvs),
+            ("verbs_recv_bytes", s.recv_bytes),
+            ("verbs_rdv_sent", s.rdv_sent),
+            ("verbs_rdv_bytes", s.rdv_bytes),
+            ("verbs_reads", s.reads),
+            ("verbs_read_bytes", s.read_bytes),
+            ("verbs_bounce_reads", s.bounce_reads),
+            ("verbs_bounce_bytes", s.bounce_bytes),
+            ("verbs_credit_stalls", s.credit_stalls),
+            ("verbs_srq_reposts", s.srq_reposts),
+            ("verbs_cq_events", s.cq_events),
+            ("verbs_wc_errors", s.wc_errors),
+            ("verbs_async_events", s.async_events),
+            ("verbs_bad_descriptors", s.bad_descriptors),
+        ];
+        // RNR: the device's own counters, where it has them (rxe, mlx5).
+        for (name, file) in [
+            ("verbs_rnr_naks_received", "rcvd_rnr_err"),
+            ("verbs_rnr_naks_sent", "send_rnr_err"),
+            ("verbs_rnr_retries_exceeded", "retry_rnr_exceeded_err"),
+        ] {
+            if let Some(v) = self.ctx.hw_counter(file) {
+                c.push((name, v));
+            }
+        }
+        c
+    }
+
+    fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64> {
+        match self.links.get_mut(node as usize).and_then(|l| l.take()) {
+            Some(l) => {
+                self.next_dial[node as usize] = Instant::now() + Duration::from_millis(500);
+                self.drop_link(Some(poller), l)
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_round_trips() {
+        let i = Info {
+            ep: QpEndpoint {
+                qpn: 17,
+                psn: 0xabcdef,
+                lid: 3,
+                gid: Some(Gid([
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 77, 0, 1,
+                ])),
+            },
+            mtu: 3,
+            base: 0x7f00_0000_0000,
+            region_off: 4096,
+            region_len: 1 << 20,
+            rkey: 0x1234,
+            credits: 32,
+        };
+        assert_eq!(Info::parse(&i.to_bytes()), Some(i));
+        assert_eq!(Info::parse(&i.to_bytes()[..10]), None);
+    }
+
+    #[test]
+    fn messages_round_trip_and_bad_ones_are_refused() {
+        let mut buf = vec![0xeeu8; 256];
+        let mut w = MsgWriter::new(&mut buf);
+        w.set_header(5, 2);
+        w.item(T_DATA, 3).copy_from_slice(b"abc");
+        w.rdv(4096, 70_000, 9);
+        let len = w.len;
+        let p = parse_msg(&buf[..len], 7).unwrap();
+        assert_eq!((p.credits, p.rdv_done), (5, 2));
+        assert_eq!(p.items.len(), 2);
+        match &p.items[0] {
+            RxItem::Data { slot, start, end } => {
+                assert_eq!(*slot, 7);
+                assert_eq!(&buf[*start as usize..*end as usize], b"abc");
+            }
+            x => panic!("{x:?}"),
+        }
+        match &p.items[1] {
+            RxItem::Rdv(r) => assert_eq!((r.off, r.len, r.rkey), (4096, 70_000, 9)),
+            x => panic!("{x:?}"),
+        }
+        // Every truncation is refused or parsed, never a panic.
+        for n in 0..len {
+            let _ = parse_msg(&buf[..n], 0);
+        }
+        assert!(parse_msg(&[0u8; 8], 0).is_err());
+        let mut bad = buf[..len].to_vec();
+        bad[MSG_HEADER] = 99;
+        assert!(parse_msg(&bad, 0).is_err());
+    }
+
+    #[test]
+    fn boot_messages_split_anywhere() {
+        let mut all = boot_msg(K_HELLO, &[1, 2, 3]);
+        all.extend(boot_msg(K_READY, &[]));
+        for cut in 0..all.len() {
+            let mut b = all[..cut].to_vec();
+            let mut got = Vec::new();
+            while let Ok(Some(m)) = take_boot_msg(&mut b) {
+                got.push(m);
+            }
+            b.extend_from_slice(&all[cut..]);
+            while let Ok(Some(m)) = take_boot_msg(&mut b) {
+                got.push(m);
+            }
+            assert_eq!(got, vec![(K_HELLO, vec![1, 2, 3]), (K_READY, vec![])]);
+        }
+        let mut junk = vec![0u8; 16];
+        assert!(take_boot_msg(&mut junk).is_err());
+    }
+}
