@@ -3,11 +3,20 @@
 
     plot.py bench/results/sweep.csv bench/results
 
-Writes latency.png (half round trip vs message size) and rate.png (one-to-one
-message rate vs size), each wyvern transport against every peer in the CSV,
-and sweep.md (medians and the wyvern-tcp / peer ratio per size).
+CSV columns: metric (latency_us, rate_msgs, rate4_msgs), size, system, runs,
+median, secs (each run's wall time), note. Writes
+
+    latency.png  half round trip p50 vs message size
+    rate.png     one-to-one message rate vs size
+    rate4.png    four-to-one message rate vs size (peers: 4 pairs, summed)
+
+each wyvern transport against every peer in the CSV (log-log axes), and
+sweep.md: one table per metric with the medians and wyvern-tcp ÷ each peer,
+followed by the notes the CSV carries (sizes a peer measured differently,
+failed cells).
 """
 import csv
+import math
 import sys
 from collections import defaultdict
 
@@ -15,6 +24,57 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
+
+WYVERN = "wyvern-tcp"  # the ratio columns divide this one by each peer
+ORDER = ["wyvern-tcp", "wyvern-udp", "ucx", "mpi", "sockperf", "iperf3"]
+STYLE = {  # marker/line, colour
+    "wyvern-tcp": ("o-", "tab:blue"),
+    "wyvern-udp": ("s-", "tab:cyan"),
+    "ucx": ("^--", "tab:orange"),
+    "mpi": ("v--", "tab:green"),
+    "sockperf": ("D:", "tab:gray"),
+    "iperf3": ("x:", "tab:red"),
+}
+METRICS = {
+    # metric: (png, table title, y label, plot title, better, legend labels)
+    "latency_us": (
+        "latency.png",
+        "Latency: half round trip, p50 (µs)",
+        "half round trip, p50 (µs)",
+        "Latency vs message size",
+        "lower",
+        {
+            "ucx": "UCX tag_lat",
+            "mpi": "Open MPI ping-pong (mpi_lat.c)",
+            "sockperf": "sockperf ping-pong (kernel TCP)",
+        },
+    ),
+    "rate_msgs": (
+        "rate.png",
+        "Message rate, 1 sender → 1 receiver (msg/s)",
+        "messages per second",
+        "Message rate vs size, 1 → 1",
+        "higher",
+        {
+            "ucx": "UCX tag_bw",
+            "mpi": "Open MPI (mpi_rate.c, 1 pair)",
+            "iperf3": "iperf3 stream (bytes/s ÷ size)",
+        },
+    ),
+    "rate4_msgs": (
+        "rate4.png",
+        "Message rate, 4 senders → 1 receiver (msg/s; peers: 4 pairs, rates summed)",
+        "messages per second (sum)",
+        "Message rate vs size, 4 → 1",
+        "higher",
+        {
+            "wyvern-tcp": "wyvern-tcp (4 senders → 1 receiver)",
+            "ucx": "UCX tag_bw × 4 pairs",
+            "mpi": "Open MPI × 4 pairs (mpi_rate.c)",
+        },
+    ),
+}
 
 
 def human(n):
@@ -25,65 +85,102 @@ def human(n):
     return f"{n} B"
 
 
+def ok(v):
+    return v is not None and math.isfinite(v) and v > 0
+
+
 def main():
     src, out = sys.argv[1], sys.argv[2]
     data = defaultdict(dict)  # (metric, system) -> {size: median}
-    runs = {}
+    notes = defaultdict(list)  # metric -> ["system, size: note"]
     with open(src) as f:
         for row in csv.DictReader(f):
-            key = (row["metric"], row["system"])
-            size = int(row["size"])
-            data[key][size] = float(row["median"])
-            runs[(row["metric"], row["system"], size)] = row["runs"]
-    systems = sorted({s for (_, s) in data})
+            metric, system, size = row["metric"], row["system"], int(row["size"])
+            try:
+                data[(metric, system)][size] = float(row["median"])
+            except ValueError:
+                data[(metric, system)][size] = float("nan")
+            note = (row.get("note") or "").strip()
+            # the per-run means stay in the CSV; the table notes say what differs
+            keep = [p.strip() for p in note.split(";") if p.strip().startswith(("measured at", "FAILED"))]
+            if keep:
+                notes[metric].append(f"{system}, {human(size)}: " + "; ".join(keep))
     sizes = sorted({z for d in data.values() for z in d})
-    styles = {"wyvern-tcp": "o-", "wyvern-udp": "s-", "ucx": "^--", "mpi": "v--"}
-    for metric, fname, ylabel, title in (
-        ("latency_us", "latency.png", "half round trip, p50 (µs)", "Latency vs message size"),
-        ("rate_msgs", "rate.png", "messages per second, 1 sender → 1 receiver", "Message rate vs message size"),
-    ):
-        fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    written = []
+    lines = []
+    for metric, (png, table_title, ylabel, title, better, labels) in METRICS.items():
+        systems = [s for s in ORDER if (metric, s) in data] + sorted(
+            s for (m, s) in data if m == metric and s not in ORDER
+        )
+        if not systems:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
         for s in systems:
-            d = data.get((metric, s))
-            if not d:
+            d = data[(metric, s)]
+            xs = [x for x in sorted(d) if ok(d[x])]
+            if not xs:
                 continue
-            xs = sorted(d)
-            ax.plot(xs, [d[x] for x in xs], styles.get(s, ".-"), label=s)
+            fmt, colour = STYLE.get(s, (".-", None))
+            ax.plot(xs, [d[x] for x in xs], fmt, color=colour, label=labels.get(s, s))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        # plain numbers (3, 40, 2k, 1M) rather than 3×10⁰ on the log axis;
+        # minor ticks labelled at 2 and 5 of each decade only
+        plain = mticker.EngFormatter(places=0, sep="") if metric != "latency_us" else None
+
+        def label(v, _pos, plain=plain):
+            return plain(v) if plain else f"{v:g}"
+
+        def minor(v, _pos, plain=plain):
+            lead = round(v / 10 ** math.floor(math.log10(v) + 1e-9)) if v > 0 else 0
+            return label(v, _pos) if lead in (2, 5) else ""
+
+        ax.yaxis.set_major_formatter(mticker.FuncFormatter(label))
+        ax.yaxis.set_minor_formatter(mticker.FuncFormatter(minor))
+        ax.xaxis.set_minor_locator(mticker.NullLocator())
         ax.set_xticks(sizes)
         ax.set_xticklabels([human(z) for z in sizes], rotation=30)
         ax.set_xlabel("message size")
         ax.set_ylabel(ylabel)
-        ax.set_title(title + " (two agents on loopback, 2-core VM)")
+        ax.set_title(f"{title} ({better} is better; two agents on loopback, 2-core VM)", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(f"{out}/{fname}")
+        fig.savefig(f"{out}/{png}")
         plt.close(fig)
-    lines = []
-    for metric, unit, better in (("latency_us", "µs", "lower"), ("rate_msgs", "msg/s", "higher")):
+        written.append(png)
+
         peers = [s for s in systems if not s.startswith("wyvern")]
-        head = ["size"] + [f"{s} ({unit})" for s in systems] + [f"wyvern-tcp ÷ {p}" for p in peers]
-        lines.append(f"**{'Latency' if metric == 'latency_us' else 'One-to-one message rate'}** ({better} is better; medians, runs in the CSV)")
+        head = ["size"] + systems + [f"{WYVERN} ÷ {p}" for p in peers]
+        lines.append(f"**{table_title}**: {better} is better; medians, every run in the CSV")
         lines.append("")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for z in sizes:
             row = [human(z)]
             for s in systems:
-                v = data.get((metric, s), {}).get(z)
-                row.append("—" if v is None else (f"{v:.2f}" if metric == "latency_us" else f"{v:,.0f}"))
-            w = data.get((metric, "wyvern-tcp"), {}).get(z)
+                v = data[(metric, s)].get(z)
+                row.append("—" if not ok(v) else (f"{v:.2f}" if metric == "latency_us" else f"{v:,.0f}"))
+            w = data.get((metric, WYVERN), {}).get(z)
             for p in peers:
-                v = data.get((metric, p), {}).get(z)
-                row.append("—" if not w or not v else f"{w / v:.2f}×")
+                v = data[(metric, p)].get(z)
+                row.append("—" if not ok(w) or not ok(v) else f"{w / v:.2f}×")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-    lines.append("![latency](latency.png) ![rate](rate.png)")
+        if metric == "rate_msgs" and "iperf3" in systems:
+            lines.append(
+                "iperf3 is a byte stream, not messages: its column is received bytes/s ÷ size "
+                "(writes of `-l size`, at most 1 MiB), the kernel-TCP ceiling for that size."
+            )
+            lines.append("")
+        for n in notes.get(metric, []):
+            lines.append(f"* {n}")
+        if notes.get(metric):
+            lines.append("")
+    lines.append(" ".join(f"![{p[:-4]}]({p})" for p in written))
     with open(f"{out}/sweep.md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"wrote {out}/latency.png, {out}/rate.png, {out}/sweep.md")
+    print(f"wrote {', '.join(f'{out}/{p}' for p in written)}, {out}/sweep.md")
 
 
 if __name__ == "__main__":

@@ -18,21 +18,32 @@
 #   bandwidth  1 MiB messages between two agents (bench/bulk.rs) vs iperf3
 #   attach     wyvern-peer attach-loop vs bench/attach_floor.rs (bare UDS)
 #   hop        cargo bench --bench hop (client->agent hop vs cache line)
-#   sweep      latency and 1->1 message rate over SWEEP_SIZES (8 B .. 4 MiB) for
-#              wyvern over tcp and over udp vs UCX tag_lat/tag_bw; writes
-#              bench/results/sweep.{csv,md} and latency.png/rate.png (matplotlib
-#              in a venv under target/benchenv, created on first use)
+#   sweep      over SWEEP_SIZES (8 B .. 4 MiB), medians of RUNS runs:
+#              latency (p50 half round trip): wyvern tcp, wyvern udp vs UCX
+#                tag_lat, MPI (bench/mpi_lat.c) and sockperf ping-pong (kernel
+#                TCP floor, sizes <= SOCKPERF_MAX_SIZE);
+#              1->1 message rate: wyvern tcp, udp vs UCX tag_bw, MPI
+#                (mpi_rate.c, 1 pair) and iperf3 (a stream: bytes/s / size,
+#                sizes >= IPERF_MIN_SIZE);
+#              4->1 message rate: wyvern tcp (4 senders, 1 receiver) vs 4 UCX
+#                tag_bw pairs and 4 MPI pairs, summed;
+#              writes bench/results/sweep.{csv,md} and latency.png, rate.png,
+#              rate4.png (matplotlib in a venv under target/benchenv, created
+#              on first use). A progress line per cell (k of N, ETA) on stderr.
 #
 # Environment: RUNS (5), RESULTS_FILE, LAT_COUNT (20000), LAT_SPIN_COUNT
 # (300: spinning agents on 2 cores need ~2 ms per hop), RATE_COUNT (500000
 # per sender), UCX_RATE_COUNT (500000 per pair), MPI_ITERS (4000 windows of
 # 64), BW_MIB (4096), BW_SPIN_MIB (256), IPERF_SECS (5), ATTACH_COUNT (2000),
-# SKIP_BUILD=1 to use the binaries as they are, KEEP_TMP=1 to keep the scratch
-# directory (agent logs) for a post-mortem.
+# SWEEP_SIZES ("8 64 512 4096 32768 262144 1048576 4194304"),
+# SOCKPERF_MAX_SIZE (65536), SOCKPERF_SECS (1), IPERF_MIN_SIZE (32768),
+# IPERF_SWEEP_SECS (1), SWEEP_PLAN_ONLY=1 (list the sweep's cells and its
+# estimate, measure nothing), SKIP_BUILD=1 to use the binaries as they are,
+# KEEP_TMP=1 to keep the scratch directory (agent logs) for a post-mortem.
 #
 # Only 127.0.0.1 is used. Every process this script starts is wrapped in
 # `timeout` and killed by the EXIT trap. Needs: cargo, jq, python3, taskset,
-# ucx_perftest, iperf3, mpicc/mpirun (scripts/install-deps.sh bench).
+# ucx_perftest, iperf3, sockperf, mpicc/mpirun (scripts/install-deps.sh bench).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +59,11 @@ BW_SPIN_MIB="${BW_SPIN_MIB:-256}"
 IPERF_SECS="${IPERF_SECS:-5}"
 ATTACH_COUNT="${ATTACH_COUNT:-2000}"
 SWEEP_SIZES="${SWEEP_SIZES:-8 64 512 4096 32768 262144 1048576 4194304}"
+SOCKPERF_MAX_SIZE="${SOCKPERF_MAX_SIZE:-65536}"
+SOCKPERF_SECS="${SOCKPERF_SECS:-1}"
+IPERF_MIN_SIZE="${IPERF_MIN_SIZE:-32768}"
+IPERF_SWEEP_SECS="${IPERF_SWEEP_SECS:-1}"
+SWEEP_SENDERS=4
 PACKET_BYTES="${PACKET_BYTES:-8972}"
 BIN="$ROOT/target/release"
 NCORES="$(nproc)"
@@ -93,12 +109,14 @@ wait_for() {
     die "timed out waiting for '$pat' in $f: $(tail -3 "$f" "${f%.out}.err" 2>/dev/null)"
 }
 
-# wait_port PORT SECS: until something listens on 127.0.0.1:PORT (the peers'
-# own "listening" lines are block-buffered when stdout is a file).
+# wait_port PORT SECS [PID]: until something listens on 127.0.0.1:PORT (the
+# peers' own "listening" lines are block-buffered when stdout is a file);
+# gives up at once if PID (the server) has exited.
 wait_port() {
     local n=$(( $2 * 50 ))
     for _ in $(seq "$n"); do
         [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ] && return 0
+        if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then die "the server meant to listen on port $1 exited"; fi
         sleep 0.02
     done
     die "nothing listens on port $1 after $2 s"
@@ -134,6 +152,7 @@ build() {
     mkdir -p "$ROOT/target/bench"
     if command -v mpicc >/dev/null; then
         mpicc -O2 -o "$ROOT/target/bench/mpi_rate" "$ROOT/bench/mpi_rate.c" || die "mpicc failed"
+        mpicc -O2 -o "$ROOT/target/bench/mpi_lat" "$ROOT/bench/mpi_lat.c" || die "mpicc failed"
     fi
 }
 
@@ -337,7 +356,8 @@ ucx_rate() { # SIZE -> summed msg/s of 4 concurrent tag_bw pairs
 }
 
 # shellcheck disable=SC2054
-MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np 8 --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+MPIRUN_BASE=(mpirun --allow-run-as-root --oversubscribe --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+MPIRUN=("${MPIRUN_BASE[@]}" -np 8)
 mpi_rate() { # SIZE -> summed msg/s of 4 pairs
     local size=$1 json
     [ -x "$ROOT/target/bench/mpi_rate" ] || { RES=nan; return; }
@@ -536,81 +556,323 @@ cmd_hop() {
 }
 
 # =================================================================== sweep
+#
+# The sweep is a plan of cells. A cell is one measurement: one system, one
+# size, one run, one metric. For each size and each run, in this order:
+#   latency_us  wyvern-tcp, wyvern-udp, ucx (tag_lat), mpi (bench/mpi_lat.c),
+#               sockperf (ping-pong, sizes <= SOCKPERF_MAX_SIZE)
+#   rate_msgs   1 -> 1: wyvern-tcp, wyvern-udp, ucx (tag_bw), mpi (mpi_rate.c,
+#               1 pair), iperf3 (a byte stream, sizes >= IPERF_MIN_SIZE)
+#   rate4_msgs  4 -> 1: wyvern-tcp (4 senders on node 0, 1 receiver on node 1),
+#               ucx (4 tag_bw pairs), mpi (mpi_rate.c, 4 pairs), rates summed
+# so every system at a size sees the same machine noise. A cell runs in a
+# subshell: a peer that fails at one size costs that cell (recorded as nan,
+# with the reason in the CSV's note column), not the sweep.
 
-wy_rate1() { # SIZE COUNT -> msg/s, one sender -> one receiver (adaptive, unpinned)
-    local size=$1 count=$2 r json
+# Message counts shrink with size so that a cell takes about a second; every
+# system in a cell gets the same count (4 -> 1: count / 4 per sender or pair;
+# an MPI pair always count / 4, see run_cell).
+# (The sweep's per-cell bookkeeping uses awk: python3 takes ~0.1 s to start
+# on this VM, ~1 s per cell under load.)
+clamp() { awk -v v="$1" -v lo="$2" -v hi="$3" 'BEGIN { v = int(v); if (v > hi) v = hi; if (v < lo) v = lo; print v }'; }
+lat_count() { clamp "$(awk -v z="$1" 'BEGIN { print 4e8 / (z + 4096) }')" 50 "$LAT_COUNT"; }
+rate_count() { clamp "$(awk -v z="$1" 'BEGIN { print 2e9 / (z + 64) }')" 200 "$RATE_COUNT"; }
+# mpi_rate keeps WINDOW messages of SIZE in flight, each from its own slot of
+# one buffer: window 64 (osu_mbw_mr's), fewer above 1 MiB so that a rank
+# holds at most 64 MiB.
+mpi_window() { clamp "$(awk -v z="$1" 'BEGIN { print 67108864 / (z > 0 ? z : 1) }')" 1 64; }
+# acalc EXPR [FORMAT]: awk arithmetic, printf FORMAT (default .2f)
+acalc() { awk "BEGIN { printf \"%${2:-.2f}\", $1 }"; }
+# positive NUMBER: true if NUMBER is a finite number > 0
+positive() { awk -v v="$1" 'BEGIN { exit !(v ~ /^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$/ && v + 0 > 0) }'; }
+mmss() { awk -v x="$1" 'BEGIN { s = int(x + 0.5); if (s < 0) s = 0; printf "%d:%02d", s / 60, s % 60 }'; }
+
+wy_rate_n() { # SIZE COUNT_PER_SENDER SENDERS -> msg/s (messages received / receiver's wall time)
+    local size=$1 count=$2 n=$3 r k pids=() json
     agents adaptive free
-    # --raw: no pattern generated or checked (lengths only), as ucx_perftest.
-    start recv 300 "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --raw --sizes "$size" recv --count "$count"
+    # --raw: no pattern generated or checked (lengths and counts only), as ucx_perftest.
+    start recv 120 "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --raw --sizes "$size" recv --count $(( n * count ))
     r=$LAST
     wait_for "$TMP/recv.out" ready 10
-    start send1 300 "$BIN/wyvern-peer" --socket "$SOCK0" --raw --sizes "$size" send --to 1:2 --count "$count"
-    finish "$LAST"
+    for k in $(seq "$n"); do
+        start "send$k" 120 "$BIN/wyvern-peer" --socket "$SOCK0" --raw --sizes "$size" send --to 1:2 --count "$count"
+        pids+=("$LAST")
+    done
+    for k in "${pids[@]}"; do finish "$k"; done
     finish "$r"
     stop_agents
     json="$(tail -1 "$TMP/recv.out")"
-    jq -e '.ok == true' >/dev/null <<< "$json" || die "wyvern receiver failed: $json $(cat "$TMP/send1.out")"
+    jq -e '.ok == true' >/dev/null <<< "$json" || die "wyvern receiver failed: $json $(tail -2 "$TMP/send1.out" "$TMP/send1.err")"
     RES="$(jq -r '.received / .secs' <<< "$json")"
 }
 
-ucx_rate1() { # SIZE COUNT -> msg/s of one tag_bw pair
-    local size=$1 count=$2 port s v
-    port=$(free_port)
-    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxbws 120 ucx_perftest -t tag_bw -s "$size" -n "$count" -p "$port" -f
-    s=$LAST
-    wait_port "$port" 10
-    UCX_TLS=tcp UCX_NET_DEVICES=lo start ucxbwc 120 ucx_perftest 127.0.0.1 -t tag_bw -s "$size" -n "$count" -p "$port" -f
-    finish "$LAST"; finish "$s"
-    v=$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {v=$8} END {print v}' "$TMP/ucxbwc.out")
-    [ -n "$v" ] || die "ucx_perftest tag_bw failed: $(tail -3 "$TMP/ucxbwc.out")"
-    RES=$v
+ucx_rate_n() { # SIZE COUNT_PER_PAIR PAIRS -> summed msg/s of PAIRS concurrent tag_bw pairs
+    local size=$1 count=$2 n=$3 k v ports=() srv=() cli=() sum=0
+    for k in $(seq "$n"); do
+        ports+=("$(free_port)")
+        UCX_TLS=tcp UCX_NET_DEVICES=lo start "ucxbws$k" 120 ucx_perftest -t tag_bw -s "$size" -n "$count" -p "${ports[-1]}" -f
+        srv+=("$LAST")
+    done
+    for k in "${ports[@]}"; do wait_port "$k" 10; done
+    for k in $(seq "$n"); do
+        UCX_TLS=tcp UCX_NET_DEVICES=lo start "ucxbwc$k" 120 ucx_perftest 127.0.0.1 -t tag_bw -s "$size" -n "$count" \
+            -p "${ports[$((k-1))]}" -f
+        cli+=("$LAST")
+    done
+    for k in "${cli[@]}" "${srv[@]}"; do finish "$k"; done
+    for k in $(seq "$n"); do
+        # columns: iterations, overhead 50%/avg/overall, MB/s avg/overall, msg/s avg/overall
+        v=$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {v=$8} END {print v}' "$TMP/ucxbwc$k.out")
+        [ -n "$v" ] || die "ucx_perftest tag_bw pair $k failed: $(tail -3 "$TMP/ucxbwc$k.out" "$TMP/ucxbwc$k.err")"
+        sum=$(acalc "$sum + $v" .1f)
+    done
+    RES=$sum
 }
 
-# Counts shrink with size so every cell takes about a second.
-lat_count() { python3 -c "print(max(50, min($LAT_COUNT, int(4e8 / ($1 + 4096)))))"; }
-rate_count() { python3 -c "print(max(200, min($RATE_COUNT, int(2e9 / ($1 + 64)))))"; }
+mpi_rate_n() { # SIZE MSGS_PER_PAIR PAIRS -> summed msg/s (mpi_rate's rate_sum)
+    local size=$1 msgs=$2 n=$3 win iters json
+    [ -x "$ROOT/target/bench/mpi_rate" ] || die "target/bench/mpi_rate is missing (no mpicc?)"
+    win=$(mpi_window "$size")
+    iters=$(( (msgs + win - 1) / win )); [ "$iters" -ge 2 ] || iters=2
+    start mpi 120 "${MPIRUN_BASE[@]}" -np $(( 2 * n )) "$ROOT/target/bench/mpi_rate" "$size" "$iters" "$win"
+    wait "$LAST" || die "mpirun mpi_rate failed: $(tail -3 "$TMP/mpi.out" "$TMP/mpi.err")"
+    json="$(grep '^{' "$TMP/mpi.out" | tail -1)"
+    RES="$(jq -r '.rate_sum' <<< "$json")"
+}
+
+mpi_latency() { # SIZE COUNT -> half round trip p50 in us; XTRA = mean half round trip (osu_latency's figure)
+    local size=$1 count=$2 json
+    [ -x "$ROOT/target/bench/mpi_lat" ] || die "target/bench/mpi_lat is missing (no mpicc?)"
+    start mpilat 120 "${MPIRUN_BASE[@]}" -np 2 "$ROOT/target/bench/mpi_lat" "$size" "$count" $(( count / 10 ))
+    wait "$LAST" || die "mpirun mpi_lat failed: $(tail -3 "$TMP/mpilat.out" "$TMP/mpilat.err")"
+    json="$(grep '^{' "$TMP/mpilat.out" | tail -1)"
+    RES="$(jq -r '.half_rtt_p50_us' <<< "$json")"
+    XTRA="$(jq -r '.half_rtt_mean_us' <<< "$json")"
+}
+
+sockperf_latency() { # SIZE -> p50 in us of sockperf's latency (RTT/2); XTRA = its mean
+    local size=$1 m port s
+    m=$(( size < 14 ? 14 : size ))   # sockperf's smallest message is 14 B
+    port=$(free_port)
+    # the server's receive buffer (-m) must hold the largest message (default 65507)
+    start spsrv 60 sockperf server --tcp -i 127.0.0.1 -p "$port" -m $(( m > 65507 ? m : 65507 ))
+    s=$LAST
+    wait_port "$port" 10 "$s"
+    start spcli 60 sockperf ping-pong --tcp -i 127.0.0.1 -p "$port" -m "$m" -t "$SOCKPERF_SECS"
+    wait "$LAST" || die "sockperf ping-pong failed: $(tail -3 "$TMP/spcli.out" "$TMP/spcli.err")"
+    kill -TERM "$s" 2>/dev/null || true
+    finish "$s"
+    RES="$(cat "$TMP/spcli.out" "$TMP/spcli.err" | sed -n 's/.*percentile 50\.000 = *\([0-9.]*\).*/\1/p' | tail -1)"
+    XTRA="$(cat "$TMP/spcli.out" "$TMP/spcli.err" | sed -n 's/.*avg-latency=\([0-9.]*\).*/\1/p' | tail -1)"
+    [ -n "$RES" ] || die "no sockperf result: $(tail -5 "$TMP/spcli.out")"
+}
+
+iperf_len() { echo $(( $1 < 1048576 ? $1 : 1048576 )); }   # iperf3's largest -l is 1 MiB
+iperf_rate() { # SIZE -> received bytes/s / SIZE (a byte stream, writes of min(SIZE, 1 MiB))
+    local size=$1 l port s
+    l=$(iperf_len "$size")
+    port=$(free_port)
+    start iperfsrv 60 iperf3 -s -1 -B 127.0.0.1 -p "$port"
+    s=$LAST
+    wait_port "$port" 10 "$s"
+    start iperfcli 60 iperf3 -c 127.0.0.1 -p "$port" -l "$l" -t "$IPERF_SWEEP_SECS" -J
+    wait "$LAST" || die "iperf3 failed: $(tail -3 "$TMP/iperfcli.out" "$TMP/iperfcli.err")"
+    finish "$s"
+    RES="$(jq -r --argjson z "$size" '.end.sum_received.bits_per_second / 8 / $z' "$TMP/iperfcli.out")"
+}
+
+# kill_jobs: TERM, then KILL, this shell's own still-running background jobs.
+kill_jobs() {
+    local p live
+    live="$(jobs -pr)"
+    for p in $live; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in $live; do
+        for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+}
+
+# cell FN ARGS...: one measurement, in a subshell that kills its own
+# processes when it ends. Sets RES (nan on failure), XTRA, CELL_ERR.
+cell() {
+    local pid rc=0
+    rm -f "$TMP/cell.res"
+    (
+        trap kill_jobs EXIT
+        trap 'exit 143' TERM
+        RES=""; XTRA=""
+        "$@"
+        printf '%s %s\n' "$RES" "${XTRA:-}" > "$TMP/cell.res"
+    ) 2> "$TMP/cell.err" &
+    pid=$!
+    wait "$pid" || rc=$?
+    RES=nan; XTRA=""; CELL_ERR=""
+    if [ "$rc" = 0 ] && [ -s "$TMP/cell.res" ]; then read -r RES XTRA < "$TMP/cell.res"; fi
+    if ! positive "$RES"; then
+        RES=nan
+        CELL_ERR="$(sed 's/^run.sh: //' "$TMP/cell.err" | tr '\n",' '   ' | cut -c1-200 | sed 's/ *$//')"
+        [ -n "$CELL_ERR" ] || CELL_ERR="exit status $rc, no result"
+    fi
+}
+
+# A-priori seconds per cell on a quiet 2-core machine (process start-up
+# included; counts are sized for about a second of work), for the estimate
+# printed at the start. The ETA scales them by how fast the cells so far went.
+est_secs() { # METRIC SYSTEM
+    case "$1:$2" in
+        latency_us:sockperf) echo 3.4 ;;        # -t 1 plus ~0.4 s warm-up and ~2 s of start and stop
+        latency_us:ucx) echo 1.2 ;;
+        latency_us:mpi) echo 1.5 ;;
+        latency_us:*) echo 1.5 ;;
+        rate_msgs:iperf3) echo $(( IPERF_SWEEP_SECS + 1 )) ;;
+        rate_msgs:mpi|rate4_msgs:mpi) echo 3 ;;
+        rate_msgs:ucx|rate4_msgs:ucx) echo 2 ;;
+        *) echo 1.5 ;;
+    esac
+}
+
+# The peers this machine can run (a missing tool drops that peer, loudly).
+sweep_peers() {
+    PEERS_OK=" wyvern-tcp wyvern-udp "
+    command -v ucx_perftest >/dev/null && PEERS_OK+="ucx " || log "sweep: ucx_perftest not found: UCX left out (scripts/install-deps.sh bench)"
+    if [ -x "$ROOT/target/bench/mpi_rate" ] && [ -x "$ROOT/target/bench/mpi_lat" ] && command -v mpirun >/dev/null; then
+        PEERS_OK+="mpi "
+    else
+        log "sweep: mpicc/mpirun not found: MPI left out (scripts/install-deps.sh bench)"
+    fi
+    command -v sockperf >/dev/null && PEERS_OK+="sockperf " || log "sweep: sockperf not found: left out"
+    command -v iperf3 >/dev/null && PEERS_OK+="iperf3 " || log "sweep: iperf3 not found: left out"
+}
+
+sweep_plan() { # -> PLAN: "SIZE RUN METRIC SYSTEM" per cell, in the order they run
+    local size r sys
+    PLAN=()
+    for size in "$@"; do
+        for r in $(seq "$RUNS"); do
+            for sys in wyvern-tcp wyvern-udp ucx mpi sockperf; do
+                [[ "$PEERS_OK" == *" $sys "* ]] || continue
+                [ "$sys" = sockperf ] && [ "$size" -gt "$SOCKPERF_MAX_SIZE" ] && continue
+                PLAN+=("$size $r latency_us $sys")
+            done
+            for sys in wyvern-tcp wyvern-udp ucx mpi iperf3; do
+                [[ "$PEERS_OK" == *" $sys "* ]] || continue
+                [ "$sys" = iperf3 ] && [ "$size" -lt "$IPERF_MIN_SIZE" ] && continue
+                PLAN+=("$size $r rate_msgs $sys")
+            done
+            for sys in wyvern-tcp ucx mpi; do
+                [[ "$PEERS_OK" == *" $sys "* ]] || continue
+                PLAN+=("$size $r rate4_msgs $sys")
+            done
+        done
+    done
+}
+
+# run_cell SIZE METRIC SYSTEM -> RES, XTRA, CELL_ERR
+run_cell() {
+    local size=$1 metric=$2 sys=$3 lc rc n=$SWEEP_SENDERS
+    lc=$(lat_count "$size"); rc=$(rate_count "$size")
+    case "$metric:$sys" in
+        latency_us:wyvern-tcp) TRANSPORT=tcp cell wy_latency adaptive free "$lc" "$size" ;;
+        latency_us:wyvern-udp) TRANSPORT=udp cell wy_latency adaptive free "$lc" "$size" ;;
+        latency_us:ucx) cell ucx_latency "$lc" "$size" ;;
+        latency_us:mpi) cell mpi_latency "$size" "$lc" ;;
+        latency_us:sockperf) cell sockperf_latency "$size" ;;
+        rate_msgs:wyvern-tcp) TRANSPORT=tcp cell wy_rate_n "$size" "$rc" 1 ;;
+        rate_msgs:wyvern-udp) TRANSPORT=udp cell wy_rate_n "$size" "$rc" 1 ;;
+        rate_msgs:ucx) cell ucx_rate_n "$size" "$rc" 1 ;;
+        # an MPI pair moves rate_count/4 messages, 1 -> 1 as in 4 -> 1: one
+        # pair runs at 20 - 80 k msg/s at <= 4 KiB here, so rate_count would
+        # take 6 - 25 s (rate_count/4 is still >= 2000 windows of 64 there)
+        rate_msgs:mpi) cell mpi_rate_n "$size" $(( (rc + n - 1) / n )) 1 ;;
+        rate_msgs:iperf3) cell iperf_rate "$size" ;;
+        rate4_msgs:wyvern-tcp) TRANSPORT=tcp cell wy_rate_n "$size" $(( (rc + n - 1) / n )) "$n" ;;
+        rate4_msgs:ucx) cell ucx_rate_n "$size" $(( (rc + n - 1) / n )) "$n" ;;
+        rate4_msgs:mpi) cell mpi_rate_n "$size" $(( (rc + n - 1) / n )) "$n" ;;
+        *) die "no such cell: $metric $sys" ;;
+    esac
+}
+
+# cell_note METRIC SIZE SYSTEM: what the CSV's note column says about a row
+# beyond its runs (per-run extras, sizes measured differently, failures).
+cell_note() {
+    local metric=$1 size=$2 sys=$3 key="$1|$2|$3" x note=""
+    x="${SWX[$key]:-}"; x="${x% }"
+    case "$metric:$sys" in
+        latency_us:mpi)
+            note="p50"
+            [ -z "$x" ] || note+="; mean half round trip per run (osu_latency's figure): $x" ;;
+        latency_us:sockperf)
+            note="p50 of sockperf's RTT/2${x:+; mean per run: $x}"
+            [ "$size" -lt 14 ] && note="measured at 14 B (sockperf's smallest message); $note" ;;
+        rate_msgs:iperf3) note="byte stream: received bytes/s / size; iperf3 -l $(iperf_len "$size")" ;;
+        rate_msgs:mpi) note="window $(mpi_window "$size")" ;;
+        rate4_msgs:mpi) note="$SWEEP_SENDERS pairs, rate_sum; window $(mpi_window "$size")" ;;
+        rate4_msgs:ucx) note="$SWEEP_SENDERS pairs, msg/s summed" ;;
+        rate4_msgs:wyvern-tcp) note="$SWEEP_SENDERS senders on node 0, 1 receiver on node 1" ;;
+    esac
+    [ -z "${SWE[$key]:-}" ] || note="${note:+$note; }FAILED ${SWE[$key]%. }"
+    printf '%s' "$note"
+}
 
 cmd_sweep() {
     section_begin
-    local out="$ROOT/bench/results" sizes=($SWEEP_SIZES) cells total k=0
+    local out="$ROOT/bench/results" sizes=() csv size r metric sys key k=0 total
+    read -r -a sizes <<< "$SWEEP_SIZES"
+    local t_start t0 t1 dt est_total=0 est_done=0 est_left eta v line unit fm
     mkdir -p "$out"
-    local csv="$out/sweep.csv"
-    echo "metric,size,system,runs,median" > "$csv"
-    total=$(( ${#sizes[@]} * 5 ))
-    log "== sweep: latency and 1->1 rate over sizes ${sizes[*]}, $RUNS runs; wyvern tcp, wyvern udp (packet $PACKET_BYTES B), UCX tcp =="
-    local size r v lc rc sys
-    for size in "${sizes[@]}"; do
-        lc=$(lat_count "$size"); rc=$(rate_count "$size")
-        declare -A RUNV=()
-        for r in $(seq "$RUNS"); do
-            for sys in wyvern-tcp wyvern-udp ucx; do
-                case $sys in
-                    wyvern-tcp) TRANSPORT=tcp wy_latency adaptive free "$lc" "$size" ;;
-                    wyvern-udp) TRANSPORT=udp wy_latency adaptive free "$lc" "$size" ;;
-                    ucx) ucx_latency "$lc" "$size" ;;
-                esac
-                RUNV[lat,$sys]+="$(fmt "$RES" .2f) "
-            done
-            for sys in wyvern-tcp wyvern-udp ucx; do
-                case $sys in
-                    wyvern-tcp) TRANSPORT=tcp wy_rate1 "$size" "$rc" ;;
-                    wyvern-udp) TRANSPORT=udp wy_rate1 "$size" "$rc" ;;
-                    ucx) ucx_rate1 "$size" "$rc" ;;
-                esac
-                RUNV[rate,$sys]+="$(fmt "$RES" .0f) "
-            done
-            log "[size $size B, run $r/$RUNS] latency µs so far: tcp ${RUNV[lat,wyvern-tcp]}| udp ${RUNV[lat,wyvern-udp]}| ucx ${RUNV[lat,ucx]}; rate msg/s: tcp ${RUNV[rate,wyvern-tcp]}| udp ${RUNV[rate,wyvern-udp]}| ucx ${RUNV[rate,ucx]}"
-        done
-        for metric in lat rate; do
-            for sys in wyvern-tcp wyvern-udp ucx; do
-                # shellcheck disable=SC2086
-                v=$(median ${RUNV[$metric,$sys]})
-                echo "$([ $metric = lat ] && echo latency_us || echo rate_msgs),$size,$sys,\"${RUNV[$metric,$sys]% }\",$v" >> "$csv"
-            done
-        done
+    csv="$out/sweep.csv"
+    sweep_peers
+    sweep_plan "${sizes[@]}"
+    total=${#PLAN[@]}
+    for line in "${PLAN[@]}"; do
+        read -r _ _ metric sys <<< "$line"
+        est_total=$(acalc "$est_total + $(est_secs "$metric" "$sys")" .1f)
+    done
+    log "== sweep: sizes ${sizes[*]} B, $RUNS runs; systems:${PEERS_OK% } =="
+    log "sweep: $total cells (latency, 1->1 rate, $SWEEP_SENDERS->1 rate); estimate ~$(mmss "$est_total") (min:s) on a quiet 2-core machine, longer under load; each cell is bounded by timeouts"
+    if [ "${SWEEP_PLAN_ONLY:-0}" = 1 ]; then
+        printf '%s\n' "${PLAN[@]}" | awk '{n[$3 " " $4]++} END {for (k in n) print "  " k ": " n[k] " cells"}' | sort >&2
+        exit 0
+    fi
+    echo "metric,size,system,runs,median,secs,note" > "$csv"
+    declare -A SWV=() SWX=() SWT=() SWE=()
+    t_start=$(date +%s.%N)
+    local i=0
+    for i in $(seq 0 $(( total - 1 ))); do
+        read -r size r metric sys <<< "${PLAN[$i]}"
+        key="$metric|$size|$sys"
+        t0=$(date +%s.%N)
+        run_cell "$size" "$metric" "$sys"
+        t1=$(date +%s.%N)
+        dt=$(acalc "$t1 - $t0" .1f)
         k=$(( k + 1 ))
-        log "sweep: ${k}/${#sizes[@]} sizes done ($size B: latency medians tcp $(median ${RUNV[lat,wyvern-tcp]}) / udp $(median ${RUNV[lat,wyvern-udp]}) / ucx $(median ${RUNV[lat,ucx]}) us; rate medians tcp $(median ${RUNV[rate,wyvern-tcp]}) / udp $(median ${RUNV[rate,wyvern-udp]}) / ucx $(median ${RUNV[rate,ucx]}) msg/s)"
-        unset RUNV
+        case $metric in latency_us) unit="µs (p50 half round trip)"; fm=.2f ;; *) unit="msg/s"; fm=.0f ;; esac
+        v=nan; [ "$RES" = nan ] || v=$(acalc "$RES" "$fm")
+        SWV[$key]+="$v "
+        [ -z "$XTRA" ] || SWX[$key]+="$XTRA "
+        SWT[$key]+="$dt "
+        [ -z "$CELL_ERR" ] || SWE[$key]+="run $r: $CELL_ERR. "
+        est_done=$(acalc "$est_done + $(est_secs "$metric" "$sys")" .1f)
+        est_left=$(acalc "$est_total - $est_done" .1f)
+        eta=$(acalc "$est_left * ($t1 - $t_start) / $est_done" .0f)
+        log "[sweep $k/$total · $(mmss "$(acalc "$t1 - $t_start")") elapsed · ETA $(mmss "$eta")] $size B run $r/$RUNS ${metric%_*} $sys: $v $unit (${dt} s)${CELL_ERR:+ FAILED: $CELL_ERR}"
+        # after the last cell of a size: its rows into the CSV, and a summary
+        if [ "$i" = $(( total - 1 )) ] || [ "$(cut -d' ' -f1 <<< "${PLAN[$((i + 1))]}")" != "$size" ]; then
+            local summary=""
+            for metric in latency_us rate_msgs rate4_msgs; do
+                for sys in wyvern-tcp wyvern-udp ucx mpi sockperf iperf3; do
+                    key="$metric|$size|$sys"
+                    [ -n "${SWV[$key]:-}" ] || continue
+                    # shellcheck disable=SC2046
+                    v=$(median $(tr ' ' '\n' <<< "${SWV[$key]}" | grep -v '^nan$' | grep . || true))
+                    [ -n "$v" ] || v=nan
+                    echo "$metric,$size,$sys,\"${SWV[$key]% }\",$v,\"${SWT[$key]% }\",\"$(cell_note "$metric" "$size" "$sys" | tr '"' "'")\"" >> "$csv"
+                    summary+=" $sys=$v"
+                done
+                summary+=" |"
+            done
+            log "sweep: $size B done; medians: latency µs /${summary% |} (rate msg/s: 1->1 | ${SWEEP_SENDERS}->1)"
+        fi
     done
     local plot_py="$ROOT/target/benchenv/bin/python"
     if [ ! -x "$plot_py" ]; then
@@ -619,8 +881,9 @@ cmd_sweep() {
             || die "cannot install matplotlib into target/benchenv"
     fi
     "$plot_py" "$ROOT/bench/plot.py" "$csv" "$out" || die "plotting failed"
-    header "sweep: latency and one-to-one message rate over message sizes"
-    md "Two agents on loopback, \`--idle adaptive\`, unpinned (2 cores: agent 0, agent 1 and the two client processes share them; UCX runs 2 busy-polling processes). wyvern over TCP and over UDP (its own reliability; \`--packet-bytes $PACKET_BYTES\`, a jumbo-frame MTU) against UCX $(ucx_info -v 2>/dev/null | sed -n 's/.*version=\([^ ]*\).*/\1/p' | head -1) \`ucx_perftest\` with UCX_TLS=tcp UCX_NET_DEVICES=lo, measured alternately in the same run. Latency: half round trip p50 (\`wyvern-peer ping\`/\`echo\`; \`tag_lat\`). Rate: one sender, one receiver (\`wyvern-peer --raw send\`/\`recv\`: payloads neither generated nor checked, lengths and counts checked, as \`tag_bw\` does; \`tag_bw\` overall msg/s). The senders use the copying \`Endpoint::send\` (a block round trip and a copy per large message: see README, Known limits). Medians of $RUNS runs; the ratio column divides wyvern-tcp by UCX (latency: lower is better; rate: higher is better). Table: \`bench/results/sweep.md\`, data: \`bench/results/sweep.csv\`, plots: \`bench/results/latency.png\`, \`bench/results/rate.png\`."
+    log "sweep: $total cells in $(mmss "$(acalc "$(date +%s.%N) - $t_start")") (estimate was $(mmss "$est_total"))"
+    header "sweep: latency, one-to-one and ${SWEEP_SENDERS}-to-one message rate over message sizes"
+    md "Two agents on loopback, \`--idle adaptive\`, unpinned (2 cores shared by agent 0, agent 1 and the client processes). wyvern over TCP and over UDP (its own reliability; \`--packet-bytes $PACKET_BYTES\`, a jumbo-frame MTU) against UCX $(ucx_info -v 2>/dev/null | sed -n 's/.*version=\([^ ]*\).*/\1/p;s/^# Version \([^ ]*\).*/\1/p' | head -1) \`ucx_perftest\` (UCX_TLS=tcp UCX_NET_DEVICES=lo), Open MPI $(mpirun --version 2>/dev/null | sed -n 's/.*Open MPI) \([^ ]*\).*/\1/p' | head -1) (ob1, tcp btl on lo), sockperf and iperf3 over kernel TCP loopback, one cell after the other in each run so that noise hits all of them. **Latency** is the p50 of the half round trip for every system: \`wyvern-peer ping\`/\`echo\` \`half_rtt_p50_us\`; \`tag_lat\`'s 50.0%ile column; bench/mpi_lat.c (osu_latency-style ping-pong, each round trip timed; the CSV also has its mean, osu_latency's figure); \`sockperf ping-pong --tcp\` p50 (sockperf reports RTT/2; its smallest message is 14 B, so its 8 B cell is measured at 14 B; up to $SOCKPERF_MAX_SIZE B), the kernel-TCP floor. **1 → 1 rate**: one sender, one receiver: \`wyvern-peer --raw send\`/\`recv\` (payloads neither generated nor checked, lengths and counts checked, as \`tag_bw\` does), \`tag_bw\` overall msg/s, bench/mpi_rate.c with 1 pair (osu_mbw_mr-style windows of 64, fewer above 1 MiB), and from $IPERF_MIN_SIZE B iperf3 \`-l SIZE\` (at most 1 MiB), which is a byte stream without message boundaries: its received bytes/s ÷ size. **${SWEEP_SENDERS} → 1 rate**: ${SWEEP_SENDERS} \`wyvern-peer send\` processes on node 0 → one \`recv\` on node 1 (messages received / receiver's wall time), against ${SWEEP_SENDERS} concurrent \`tag_bw\` pairs and mpi_rate with ${SWEEP_SENDERS} pairs, the peers' rates summed. Every system in a cell moves the same number of messages (shrinking with size: \`lat_count\`, \`rate_count\` in run.sh; ${SWEEP_SENDERS} → 1: a quarter per sender or pair), except that an MPI pair always moves \`rate_count\`/${SWEEP_SENDERS} (one pair runs at 20 – 80 k msg/s at ≤ 4 KiB on this VM). The wyvern senders use the copying \`Endpoint::send\`. Medians of $RUNS runs; ratio columns divide wyvern-tcp by each peer (latency: lower is better; rate: higher is better). Table: \`bench/results/sweep.md\`, data with every run, cell times and notes: \`bench/results/sweep.csv\`, plots: \`bench/results/{latency,rate,rate4}.png\`."
     md ""
     cat "$out/sweep.md" >> "$RESULTS_FILE"
     md ""
@@ -629,7 +892,7 @@ cmd_sweep() {
 
 # ==================================================================== main
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -eq 1 ] || usage
 case "$1" in
     latency|rate|bandwidth|attach|hop|sweep|all) ;;
