@@ -73,7 +73,7 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 # `rustc --print native-static-libs` lists it for this target).
 static_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
 # Built with `--features dpdk`, the static library carries the DPDK back end and
-# needs DPDK's libraries too.
+# needs DPDK's libraries too; with `--features verbs`, rdma-core's.
 syms="$(nm "$a" 2>/dev/null || true)"
 if [[ "$syms" == *" T wyvern_rte_errno"* ]]; then
     dpdk_libs="$(pkg-config --libs libdpdk 2>/dev/null)" || {
@@ -81,6 +81,14 @@ if [[ "$syms" == *" T wyvern_rte_errno"* ]]; then
         exit 1
     }
     static_libs="$dpdk_libs $static_libs"
+fi
+# Built with `--features verbs`, it calls rdma-core (libibverbs; librdmacm if used).
+if [[ "$syms" == *" U ibv_"* ]]; then
+    verbs_libs="$(pkg-config --libs libibverbs 2>/dev/null || echo -libverbs)"
+    if [[ "$syms" == *" U rdma_"* ]]; then
+        verbs_libs="$verbs_libs $(pkg-config --libs librdmacm 2>/dev/null || echo -lrdmacm)"
+    fi
+    static_libs="$verbs_libs $static_libs"
 fi
 
 cat > "$prefix/lib/pkgconfig/wyvern.pc" <<PC
