@@ -254,6 +254,7 @@ impl Session {
             next: n,
             sack: 0,
             window: session_config().window,
+            dsack: None,
         };
         let mut acked = Vec::new();
         self.tx.on_ack(&ack, now, &mut acked)?;
