@@ -578,7 +578,11 @@ impl Agent {
             cfg.pool.block_bytes >> 20
         );
         let l = *pool.layout();
-        let blocks = BlockAlloc::new(l.blocks_off, l.params.block_bytes, BLOCK_UNIT);
+        // A third of the blocks is kept for messages arriving from peers
+        // (see `shm::blocks`: sends waiting for acks must not take the room
+        // an arriving message needs, or two agents can wait for each other).
+        let blocks = BlockAlloc::new(l.blocks_off, l.params.block_bytes, BLOCK_UNIT)
+            .with_reserve(l.params.block_bytes / 3);
 
         let ctl = bind_control(&cfg)?;
         let me = cfg.addrs[cfg.node_id as usize];
@@ -1004,7 +1008,7 @@ impl Agent {
         };
         match s.op {
             Op::Alloc => {
-                let quota = self.cfg.client_block_quota.min(self.blocks.total_bytes());
+                let quota = self.cfg.client_block_quota.min(self.blocks.max_alloc());
                 let comp = if s.len > quota {
                     Completion {
                         kind: CompKind::Alloc,
