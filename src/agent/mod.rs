@@ -63,6 +63,9 @@ use stats::{ClientSnapshot, PeerCounters, PeerSnapshot, Snapshot};
 pub const BURST: usize = 64;
 const TICK: Duration = Duration::from_millis(5);
 const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// Longest sleep of an adaptive agent whose transport must be polled (no
+/// descriptor to wake it when packets arrive).
+const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
 /// Completions kept for a client whose completion ring is full; beyond
 /// this its submissions are not taken (the agent's memory stays bounded).
 const COMP_BACKLOG_MAX: usize = 4096;
@@ -790,7 +793,13 @@ impl Agent {
                 let timeout = if pending {
                     EpollTimeout::ZERO
                 } else {
-                    let until_tick = next_tick.saturating_duration_since(now).min(MAX_SLEEP);
+                    // A poll-mode device cannot wake us: sleep 1 ms at most.
+                    let cap = if self.transport.poll_mode() {
+                        POLL_MODE_SLEEP
+                    } else {
+                        MAX_SLEEP
+                    };
+                    let until_tick = next_tick.saturating_duration_since(now).min(cap);
                     EpollTimeout::try_from(until_tick).unwrap_or(EpollTimeout::ZERO)
                 };
                 let n = self.poller.epoll().wait(&mut events, timeout).unwrap_or(0);

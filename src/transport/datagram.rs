@@ -67,8 +67,8 @@ pub trait PacketIo {
     /// when packets arrive), if the device has one.
     fn register(&self, poller: &Poller, token: u32) -> io::Result<()>;
     /// Whether the device has no descriptor and must be polled every round
-    /// (a DPDK poll-mode driver). An adaptive agent then sleeps at most one
-    /// tick at a time.
+    /// (a DPDK poll-mode driver). An adaptive agent then sleeps at most 1 ms
+    /// at a time.
     fn poll_mode(&self) -> bool {
         false
     }
@@ -755,6 +755,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn steering(&self, _node: u32) -> bool {
         false
+    }
+
+    fn poll_mode(&self) -> bool {
+        self.io.poll_mode()
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
