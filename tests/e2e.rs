@@ -1230,6 +1230,13 @@ fn broken_connections_resume_without_losing_or_repeating_a_message() {
 
 #[test]
 fn prometheus_metrics_show_what_stat_shows() {
+    if common::transport() == "dpdk" {
+        // The agents live in their own network namespaces there, out of this
+        // process's reach over 127.0.0.1; the endpoint does not depend on
+        // the transport and is tested on tcp and udp.
+        eprintln!("skipped on dpdk: the metrics listener is inside the agents' namespaces");
+        return;
+    }
     let c = Cluster::start(2, &["--metrics", "127.0.0.1:0"]);
     let rx = c.peer(1, &["--ep", "4", "recv", "--count", "50"]);
     let tx = c.peer(0, &["send", "--to", "1:4", "--count", "50"]);

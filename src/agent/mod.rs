@@ -63,6 +63,9 @@ use stats::{ClientSnapshot, PeerCounters, PeerSnapshot, Snapshot};
 pub const BURST: usize = 64;
 const TICK: Duration = Duration::from_millis(5);
 const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// Longest sleep of an adaptive agent whose transport must be polled (no
+/// descriptor to wake it when packets arrive).
+const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
 /// Completions kept for a client whose completion ring is full; beyond
 /// this its submissions are not taken (the agent's memory stays bounded).
 const COMP_BACKLOG_MAX: usize = 4096;
@@ -254,6 +257,7 @@ impl Session {
             next: n,
             sack: 0,
             window: session_config().window,
+            dsack: None,
         };
         let mut acked = Vec::new();
         self.tx.on_ack(&ack, now, &mut acked)?;
@@ -681,7 +685,11 @@ impl Agent {
             cfg.pool.block_bytes >> 20
         );
         let l = *pool.layout();
-        let blocks = BlockAlloc::new(l.blocks_off, l.params.block_bytes, BLOCK_UNIT);
+        // A third of the blocks is kept for messages arriving from peers
+        // (see `shm::blocks`: sends waiting for acks must not take the room
+        // an arriving message needs, or two agents can wait for each other).
+        let blocks = BlockAlloc::new(l.blocks_off, l.params.block_bytes, BLOCK_UNIT)
+            .with_reserve(l.params.block_bytes / 3);
 
         let ctl = bind_control(&cfg)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
@@ -864,7 +872,13 @@ impl Agent {
                 let timeout = if pending {
                     EpollTimeout::ZERO
                 } else {
-                    let until_tick = next_tick.saturating_duration_since(now).min(MAX_SLEEP);
+                    // A poll-mode device cannot wake us: sleep 1 ms at most.
+                    let cap = if self.transport.poll_mode() {
+                        POLL_MODE_SLEEP
+                    } else {
+                        MAX_SLEEP
+                    };
+                    let until_tick = next_tick.saturating_duration_since(now).min(cap);
                     EpollTimeout::try_from(until_tick).unwrap_or(EpollTimeout::ZERO)
                 };
                 let n = self.poller.epoll().wait(&mut events, timeout).unwrap_or(0);
@@ -1082,7 +1096,7 @@ impl Agent {
         };
         match s.op {
             Op::Alloc => {
-                let quota = self.cfg.client_block_quota.min(self.blocks.total_bytes());
+                let quota = self.cfg.client_block_quota.min(self.blocks.max_alloc());
                 let comp = if s.len > quota {
                     Completion {
                         kind: CompKind::Alloc,

@@ -492,7 +492,7 @@ impl Agent {
                     "a new large message before the last one ended",
                 ));
             }
-            let Some(b) = self.blocks.alloc(h.total, Owner::Agent) else {
+            let Some(b) = self.blocks.alloc_top(h.total, Owner::Agent) else {
                 return Ok(None);
             };
             self.peers[j].rx_large = Some(RxLarge {

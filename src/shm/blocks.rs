@@ -1,10 +1,28 @@
 //! The agent's private allocator for the pool's block region.
 //!
 //! Nothing of it lives in shared memory: clients cannot corrupt it. It hands
-//! out runs of [`BLOCK_UNIT`](super::BLOCK_UNIT)-byte units, first fit, over
-//! a map of free ranges that coalesces neighbours on free. Every live block is
+//! out runs of [`BLOCK_UNIT`](super::BLOCK_UNIT)-byte units over a map of
+//! free ranges that coalesces neighbours on free. Every live block is
 //! recorded with its owner so the agent can check that an offset a client
 //! names is one it holds, and reclaim everything a dead client held.
+//!
+//! ## Blocks to send and blocks that arrive
+//! Two kinds of block must not starve each other. A block a client sends
+//! from stays allocated until the peer acknowledges it; a block for a
+//! message arriving from a peer is needed *before* the agent can read on in
+//! that peer's stream, and the peer's acknowledgements travel in that very
+//! stream, behind the message. If blocks being sent (waiting for acks) held
+//! the space an arriving message needs, neither would ever move: the two
+//! agents of a link would each wait for the other's acks, which neither
+//! reads (this happened: two agents each sending two 64 MiB messages and
+//! receiving two, in 192 MiB of blocks, 64 MiB of it free but not in one
+//! piece). So the region's top [`BlockAlloc::with_reserve`] bytes are never
+//! given to blocks to send ([`BlockAlloc::alloc`], first fit from the
+//! bottom, below the reserve), and arriving messages are placed from the top
+//! ([`BlockAlloc::alloc_top`], last fit, anywhere). Blocks in the reserve
+//! are freed by local receivers consuming their messages, never by a peer,
+//! so an arriving message no larger than the reserve always finds room once
+//! the local receivers have read what came before it.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -36,9 +54,11 @@ pub struct Block {
     pub owner: Owner,
 }
 
-/// First-fit allocator with ownership records.
+/// Block allocator with ownership records (see the module doc).
 pub struct BlockAlloc {
     unit: u64,
+    /// Where the region starts.
+    start: u64,
     /// start -> length of each free range.
     free: BTreeMap<u64, u64>,
     live: BTreeMap<u64, Block>,
@@ -46,6 +66,8 @@ pub struct BlockAlloc {
     held: HashMap<Owner, u64>,
     free_bytes: u64,
     total: u64,
+    /// Bytes at the top of the region that [`BlockAlloc::alloc`] never uses.
+    reserve: u64,
 }
 
 impl BlockAlloc {
@@ -58,12 +80,32 @@ impl BlockAlloc {
         }
         BlockAlloc {
             unit,
+            start,
             free,
             live: BTreeMap::new(),
             held: HashMap::new(),
             free_bytes: len,
             total: len,
+            reserve: 0,
         }
+    }
+
+    /// Keep the top `reserve` bytes (rounded down to units) for
+    /// [`BlockAlloc::alloc_top`] (arriving messages): blocks to send never
+    /// take them.
+    pub fn with_reserve(mut self, reserve: u64) -> BlockAlloc {
+        self.reserve = reserve.min(self.total) / self.unit * self.unit;
+        self
+    }
+
+    /// The largest block [`BlockAlloc::alloc`] can ever give.
+    pub fn max_alloc(&self) -> u64 {
+        self.total - self.reserve
+    }
+
+    /// Bytes kept for arriving messages.
+    pub fn reserve(&self) -> u64 {
+        self.reserve
     }
 
     /// Bytes free.
@@ -76,14 +118,36 @@ impl BlockAlloc {
         self.total
     }
 
-    /// Allocate `len` bytes (at least one unit) for `owner`.
+    /// Allocate `len` bytes (at least one unit) for `owner` to send from:
+    /// first fit from the bottom, never in the reserve.
     pub fn alloc(&mut self, len: u64, owner: Owner) -> Option<Block> {
         let reserved = len.max(1).checked_next_multiple_of(self.unit)?;
-        let (&start, &flen) = self.free.iter().find(|(_, &l)| l >= reserved)?;
+        let end = self.start + self.total - self.reserve;
+        let (&start, &flen) = self
+            .free
+            .iter()
+            .take_while(|(&s, _)| s < end)
+            .find(|(&s, &l)| l >= reserved && s + reserved <= end)?;
         self.free.remove(&start);
         if flen > reserved {
             self.free.insert(start + reserved, flen - reserved);
         }
+        Some(self.record(start, len, reserved, owner))
+    }
+
+    /// Allocate `len` bytes for a message arriving from a peer: last fit,
+    /// from the top (the reserve first), anywhere in the region.
+    pub fn alloc_top(&mut self, len: u64, owner: Owner) -> Option<Block> {
+        let reserved = len.max(1).checked_next_multiple_of(self.unit)?;
+        let (&start, &flen) = self.free.iter().rev().find(|(_, &l)| l >= reserved)?;
+        self.free.remove(&start);
+        if flen > reserved {
+            self.free.insert(start, flen - reserved);
+        }
+        Some(self.record(start + flen - reserved, len, reserved, owner))
+    }
+
+    fn record(&mut self, start: u64, len: u64, reserved: u64, owner: Owner) -> Block {
         self.free_bytes -= reserved;
         *self.held.entry(owner).or_default() += reserved;
         let b = Block {
@@ -93,7 +157,7 @@ impl BlockAlloc {
             owner,
         };
         self.live.insert(start, b);
-        Some(b)
+        b
     }
 
     /// The live block starting at `off`.
@@ -229,7 +293,71 @@ mod tests {
         assert!(a.alloc(8 * 4096, C1).is_some());
     }
 
+    /// The deadlock the reserve prevents, at small scale: two big blocks
+    /// being sent, and small ones that came and went between them, leave a
+    /// third of the region free but in pieces; a big arrival finds no room
+    /// while the big sends wait for acks that come behind it.
+    #[test]
+    fn sends_cannot_take_the_room_an_arrival_needs() {
+        let unit = 4096;
+        let big = 64 * unit;
+        // One first-fit policy for both kinds (as before the reserve).
+        let mut old = BlockAlloc::new(0, 3 * big, unit);
+        let t1 = old.alloc(3 * unit, C0).unwrap();
+        old.alloc(big, C0).unwrap();
+        let t2 = old.alloc(3 * unit, C1).unwrap();
+        old.alloc(big, C1).unwrap();
+        old.free(t1.off, C0).unwrap();
+        old.free(t2.off, C1).unwrap();
+        assert_eq!(old.free_bytes(), big);
+        assert!(
+            old.alloc(big, Owner::Agent).is_none(),
+            "free, but in pieces"
+        );
+        // With a reserve: the second big send waits (for the first one's
+        // acks, which keep coming), and the arrival finds the reserve whole.
+        let mut a = BlockAlloc::new(0, 3 * big, unit).with_reserve(big);
+        let t1 = a.alloc(3 * unit, C0).unwrap();
+        a.alloc(big, C0).unwrap();
+        let t2 = a.alloc(3 * unit, C1).unwrap();
+        assert!(a.alloc(big, C1).is_none(), "sends stay below the reserve");
+        a.free(t1.off, C0).unwrap();
+        a.free(t2.off, C1).unwrap();
+        let arrival = a.alloc_top(big, Owner::Agent).unwrap();
+        assert_eq!(arrival.off, 2 * big, "from the top");
+        assert_eq!(a.max_alloc(), 2 * big);
+    }
+
     proptest! {
+        /// Whatever blocks to send hold, once the arrivals are freed an
+        /// arrival as large as the reserve fits.
+        #[test]
+        fn the_reserve_is_whole_once_arrivals_are_read(
+            ops in proptest::collection::vec((0u8..3, 1u64..200_000), 1..200),
+        ) {
+            let unit = 4096;
+            let mut a = BlockAlloc::new(1 << 20, 256 * unit, unit).with_reserve(64 * unit);
+            let (mut sends, mut arrivals) = (Vec::new(), Vec::new());
+            for (op, n) in ops {
+                match op {
+                    0 => sends.extend(a.alloc(n, C0)),
+                    1 => arrivals.extend(a.alloc_top(n, Owner::Agent)),
+                    _ if !sends.is_empty() => {
+                        let b: Block = sends.swap_remove(n as usize % sends.len());
+                        prop_assert!(a.free(b.off, C0).is_some());
+                    }
+                    _ => {}
+                }
+                for b in &sends {
+                    prop_assert!(b.off + b.reserved <= (1 << 20) + a.max_alloc());
+                }
+            }
+            for b in arrivals {
+                prop_assert!(a.free(b.off, Owner::Agent).is_some());
+            }
+            prop_assert!(a.alloc_top(64 * unit, Owner::Agent).is_some());
+        }
+
         #[test]
         fn never_overlaps_and_conserves_bytes(ops in proptest::collection::vec((any::<bool>(), 1u64..40_000), 1..300)) {
             let mut a = BlockAlloc::new(1 << 20, 256 * 4096, 4096);

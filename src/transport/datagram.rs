@@ -67,8 +67,8 @@ pub trait PacketIo {
     /// when packets arrive), if the device has one.
     fn register(&self, poller: &Poller, token: u32) -> io::Result<()>;
     /// Whether the device has no descriptor and must be polled every round
-    /// (a DPDK poll-mode driver). An adaptive agent then sleeps at most one
-    /// tick at a time.
+    /// (a DPDK poll-mode driver). An adaptive agent then sleeps at most 1 ms
+    /// at a time.
     fn poll_mode(&self) -> bool {
         false
     }
@@ -204,6 +204,7 @@ struct DLink {
     last_rx: Instant,
     last_tx: Instant,
     last_hello: Option<Instant>,
+    last_dbg: Option<Instant>,
 }
 
 impl DLink {
@@ -220,6 +221,7 @@ impl DLink {
             last_rx: now,
             last_tx: now,
             last_hello: None,
+            last_dbg: None,
         }
     }
 }
@@ -238,6 +240,8 @@ pub struct DatagramTransport<I: PacketIo> {
     buf: Vec<u8>,
     txbuf: Vec<u8>,
     stats: DgramStats,
+    /// Reliability counters of link instances replaced since.
+    retired: reliable::SenderStats,
 }
 
 impl<I: PacketIo> DatagramTransport<I> {
@@ -275,6 +279,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             buf: vec![0; max.max(PKT_HEADER + 64)],
             txbuf: Vec::with_capacity(max),
             stats: DgramStats::default(),
+            retired: reliable::SenderStats::default(),
         })
     }
 
@@ -334,6 +339,11 @@ impl<I: PacketIo> DatagramTransport<I> {
         self.next_epoch += 1;
         let old = std::mem::replace(&mut self.links[j], DLink::new(epoch, self.cfg, now));
         self.links[j].peer_epoch = old.peer_epoch;
+        let s = old.tx.stats();
+        self.retired.timeouts += s.timeouts;
+        self.retired.fast_retransmits += s.fast_retransmits;
+        self.retired.spurious += s.spurious;
+        self.retired.undone += s.undone;
         old.outq
             .into_iter()
             .filter_map(|o| match o {
@@ -518,7 +528,7 @@ impl<I: PacketIo> DatagramTransport<I> {
                 }
             }
             l.queued -= payload.len();
-            let ack = l.rx.make_ack();
+            let ack = l.rx.make_piggyback_ack();
             let seq = l.tx.next_seq();
             let h = self.header(j, PktKind::Data, seq, ack);
             self.txbuf.clear();
@@ -530,6 +540,42 @@ impl<I: PacketIo> DatagramTransport<I> {
         any
     }
 
+    /// A debug line with link `j`'s reliability state (once a second).
+    fn log_link(&mut self, j: usize, now: Instant) {
+        let l = &mut self.links[j];
+        l.last_dbg = Some(now);
+        let (tx, rx) = (&l.tx, &l.rx);
+        log::debug!(
+            "link {j}: queued {} in flight {} cwnd {} ssthresh {} srtt {:?} rto {:?} {:?}; \
+             receiver next {} ready {} window {} reader {} {:?}",
+            l.queued,
+            tx.in_flight(),
+            tx.cwnd(),
+            tx.ssthresh(),
+            tx.srtt(),
+            tx.rto(),
+            tx.stats(),
+            rx.next_expected(),
+            rx.ready_len(),
+            rx.window(),
+            l.reader.buffered(),
+            rx.stats()
+        );
+    }
+
+    /// The reliability counters of every link, past instances included.
+    fn sender_stats(&self) -> reliable::SenderStats {
+        let mut t = self.retired;
+        for l in &self.links {
+            let s = l.tx.stats();
+            t.timeouts += s.timeouts;
+            t.fast_retransmits += s.fast_retransmits;
+            t.spurious += s.spurious;
+            t.undone += s.undone;
+        }
+        t
+    }
+
     /// Timers of an up link: retransmissions, acks, window probes.
     fn service(&mut self, j: usize, now: Instant) -> bool {
         let mut any = false;
@@ -539,7 +585,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             let mut resend = Vec::new();
             tx.poll_retransmit(now, |seq, p| resend.push((seq, p.clone())));
             for (seq, p) in resend {
-                let ack = rx.make_ack();
+                let ack = rx.make_piggyback_ack();
                 let h = PacketHeader {
                     kind: PktKind::Data,
                     flags: 0,
@@ -611,6 +657,13 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
                 }
                 continue;
             }
+            if log::log_enabled!(log::Level::Debug)
+                && l.last_dbg
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                self.log_link(j, now);
+            }
+            let l = &self.links[j];
             if l.tx.stalled(now, self.peer_timeout) {
                 let ms = self.peer_timeout.as_millis();
                 self.link_down(
@@ -712,6 +765,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         false
     }
 
+    fn poll_mode(&self) -> bool {
+        self.io.poll_mode()
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = &self.stats;
         let mut c = vec![
@@ -723,6 +780,13 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_tx", s.packets_tx),
             ("packets_rx", s.packets_rx),
         ];
+        let r = self.sender_stats();
+        c.extend([
+            ("packets_resent_timeout", r.timeouts),
+            ("packets_resent_fast", r.fast_retransmits),
+            ("packets_resent_spurious", r.spurious),
+            ("congestion_undos", r.undone),
+        ]);
         c.extend(self.io.counters());
         c
     }

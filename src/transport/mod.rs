@@ -235,6 +235,11 @@ pub trait Transport {
     fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool;
     /// Whether a [`Transport::steer`] of `node` is still under way.
     fn steering(&self, node: u32) -> bool;
+    /// Whether arriving data cannot wake a sleeping agent (a poll-mode
+    /// device): an adaptive agent then sleeps only briefly.
+    fn poll_mode(&self) -> bool {
+        false
+    }
     /// The transport's own counters, by name, for `wyvern stat`.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

@@ -11,11 +11,11 @@
 //! | 4..8 | source node |
 //! | 8..12 | destination node |
 //! | 12..14 | payload length |
-//! | 14 | flags ([`FLAG_NOT_UP`]) |
+//! | 14 | flags ([`FLAG_NOT_UP`], [`FLAG_DSACK`]) |
 //! | 15 | reserved, zero |
 //! | 16..24 | source link epoch (unique per link instance of the sender) |
 //! | 24..32 | destination link epoch as the sender knows it (0: unknown) |
-//! | 32..40 | sequence number (`Data`) |
+//! | 32..40 | sequence number (`Data`); on an `Ack` or `Probe` with [`FLAG_DSACK`], the number of a packet that arrived twice ([`Ack::dsack`]), else 0 |
 //! | 40..48 | ack: every sequence number below this arrived |
 //! | 48..56 | ack: selective bitmap after it |
 //! | 56..60 | ack: window offered |
@@ -29,12 +29,17 @@ use super::reliable::Ack;
 
 /// Packet magic.
 pub const PKT_MAGIC: [u8; 2] = *b"WY";
-/// Packet format version.
-pub const PKT_VERSION: u8 = 1;
+/// Packet format version (2: acks sent alone may carry a D-SACK).
+pub const PKT_VERSION: u8 = 2;
 /// Bytes of a packet header.
 pub const PKT_HEADER: usize = 64;
 /// Flag: the sender is not up yet and wants a `Hello` back.
 pub const FLAG_NOT_UP: u8 = 1;
+/// Flag (`Ack` and `Probe` only): the sequence number field holds a D-SACK,
+/// a packet the sender of this ack received twice ([`Ack::dsack`]). Set and
+/// read by [`encode`] and [`decode`] from [`Ack::dsack`]; `PacketHeader::flags`
+/// never shows it.
+pub const FLAG_DSACK: u8 = 2;
 
 /// Kinds of packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +93,7 @@ pub struct PacketHeader {
     pub src_epoch: u64,
     /// The receiver's link epoch as the sender knows it.
     pub dst_epoch: u64,
-    /// Sequence number (`Data` only).
+    /// Sequence number (`Data` only; 0 on other kinds).
     pub seq: u64,
     /// Acknowledgement of the reverse direction.
     pub ack: Ack,
@@ -102,21 +107,34 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Append one packet (header and payload) to `out`.
+/// Append one packet (header and payload) to `out`. A D-SACK in `h.ack` is
+/// sent only on `Ack` and `Probe` packets (in the sequence number field);
+/// other kinds have no room for it and drop it.
 pub fn encode(h: &PacketHeader, payload: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     let len = u16::try_from(payload.len()).expect("payload fits a packet");
+    let dsack = h
+        .ack
+        .dsack
+        .filter(|_| matches!(h.kind, PktKind::Ack | PktKind::Probe));
+    debug_assert!(
+        dsack.is_some() == h.ack.dsack.is_some(),
+        "a D-SACK on a {:?} packet",
+        h.kind
+    );
+    let flags = (h.flags & !FLAG_DSACK) | if dsack.is_some() { FLAG_DSACK } else { 0 };
+    let seq = dsack.unwrap_or(h.seq);
     out.extend_from_slice(&PKT_MAGIC);
     out.push(PKT_VERSION);
     out.push(h.kind as u8);
     out.extend_from_slice(&h.src_node.to_le_bytes());
     out.extend_from_slice(&h.dst_node.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
-    out.push(h.flags);
+    out.push(flags);
     out.push(0);
     out.extend_from_slice(&h.src_epoch.to_le_bytes());
     out.extend_from_slice(&h.dst_epoch.to_le_bytes());
-    out.extend_from_slice(&h.seq.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&h.ack.next.to_le_bytes());
     out.extend_from_slice(&h.ack.sack.to_le_bytes());
     out.extend_from_slice(&h.ack.window.to_le_bytes());
@@ -158,24 +176,31 @@ pub fn decode(b: &[u8]) -> Result<(PacketHeader, &[u8]), PacketError> {
         return Err(PacketError::Checksum);
     }
     let flags = b[14];
-    if flags & !FLAG_NOT_UP != 0 || b[15] != 0 {
+    if flags & !(FLAG_NOT_UP | FLAG_DSACK) != 0 || b[15] != 0 {
         return Err(PacketError::Field("unknown flags"));
     }
-    if matches!(kind, PktKind::Ack | PktKind::Probe) && len != 0 {
+    let ack_alone = matches!(kind, PktKind::Ack | PktKind::Probe);
+    if ack_alone && len != 0 {
         return Err(PacketError::Field("payload on an ack"));
     }
+    let dsack = flags & FLAG_DSACK != 0;
+    if dsack && !ack_alone {
+        return Err(PacketError::Field("D-SACK on a packet that is not an ack"));
+    }
+    let seq = u64_at(b, 32);
     let h = PacketHeader {
         kind,
-        flags,
+        flags: flags & !FLAG_DSACK,
         src_node: u32_at(b, 4),
         dst_node: u32_at(b, 8),
         src_epoch: u64_at(b, 16),
         dst_epoch: u64_at(b, 24),
-        seq: u64_at(b, 32),
+        seq: if dsack { 0 } else { seq },
         ack: Ack {
             next: u64_at(b, 40),
             sack: u64_at(b, 48),
             window: u32_at(b, 56),
+            dsack: dsack.then_some(seq),
         },
     };
     Ok((h, &pkt[PKT_HEADER..]))
@@ -199,6 +224,7 @@ mod tests {
                 next: 5,
                 sack: 0b1010,
                 window: 64,
+                dsack: None,
             },
         }
     }
@@ -214,6 +240,33 @@ mod tests {
         // Ethernet minimum-size padding after the packet is ignored.
         out.extend_from_slice(&[0; 20]);
         assert_eq!(decode(&out).unwrap().1, b"payload");
+    }
+
+    #[test]
+    fn a_dsack_travels_on_acks_alone() {
+        for kind in [PktKind::Ack, PktKind::Probe] {
+            let h = PacketHeader {
+                kind,
+                seq: 0,
+                ack: Ack {
+                    dsack: Some(41),
+                    ..header().ack
+                },
+                ..header()
+            };
+            let mut out = Vec::new();
+            encode(&h, &[], &mut out);
+            assert_eq!(out[14], FLAG_DSACK);
+            assert_eq!(u64_at(&out, 32), 41);
+            assert_eq!(decode(&out).unwrap().0, h);
+        }
+        // A data packet claiming one is malformed (its field is its own number).
+        let mut out = Vec::new();
+        encode(&header(), b"x", &mut out);
+        out[14] = FLAG_DSACK;
+        let crc = checksum(&out);
+        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode(&out), Err(PacketError::Field(_))));
     }
 
     #[test]
@@ -233,11 +286,50 @@ mod tests {
             let _ = decode(&bytes);
         }
 
+        /// Every kind, flag and field, a D-SACK on the kinds that carry one:
+        /// what is encoded decodes to the same header and payload.
+        #[test]
+        fn every_kind_round_trips(kind in 1u8..=4, not_up in any::<bool>(), src in any::<u32>(), dst in any::<u32>(),
+                                  src_epoch in any::<u64>(), dst_epoch in any::<u64>(), seq in any::<u64>(),
+                                  next in any::<u64>(), sack in any::<u64>(), window in any::<u32>(),
+                                  dsack in proptest::option::of(any::<u64>()),
+                                  payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let kind = match kind { 1 => PktKind::Data, 2 => PktKind::Ack, 3 => PktKind::Probe, _ => PktKind::Hello };
+            let alone = matches!(kind, PktKind::Ack | PktKind::Probe);
+            let h = PacketHeader {
+                kind,
+                flags: if not_up { FLAG_NOT_UP } else { 0 },
+                src_node: src,
+                dst_node: dst,
+                src_epoch,
+                dst_epoch,
+                seq: if alone { 0 } else { seq },
+                ack: Ack { next, sack, window, dsack: dsack.filter(|_| alone) },
+            };
+            let payload = if alone { &[][..] } else { &payload[..] };
+            let mut out = Vec::new();
+            encode(&h, payload, &mut out);
+            let (g, p) = decode(&out).unwrap();
+            prop_assert_eq!(g, h);
+            prop_assert_eq!(p, payload);
+        }
+
+        /// One byte changed anywhere: refused, never read as another packet.
+        #[test]
+        fn any_changed_byte_is_refused(payload in proptest::collection::vec(any::<u8>(), 0..200),
+                                       at in any::<usize>(), to in 1u8..=255) {
+            let mut out = Vec::new();
+            encode(&header(), &payload, &mut out);
+            let at = at % out.len();
+            out[at] ^= to;
+            prop_assert!(decode(&out).is_err());
+        }
+
         #[test]
         fn any_packet_round_trips(src in any::<u32>(), seq in any::<u64>(), next in any::<u64>(),
                                   sack in any::<u64>(), window in any::<u32>(),
                                   payload in proptest::collection::vec(any::<u8>(), 0..2000)) {
-            let h = PacketHeader { src_node: src, seq, ack: Ack { next, sack, window }, ..header() };
+            let h = PacketHeader { src_node: src, seq, ack: Ack { next, sack, window, dsack: None }, ..header() };
             let mut out = Vec::new();
             encode(&h, &payload, &mut out);
             let (g, p) = decode(&out).unwrap();

@@ -388,6 +388,22 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What every agent saw, while they still run: the counters say where
+            // a stalled transfer stands (queued, unacknowledged, resent, stalls).
+            for i in 0..self.agents.len() {
+                if self.agents[i].is_none() {
+                    continue;
+                }
+                match wyvern::client::stat(self.socket(i)) {
+                    Ok(s) => eprintln!(
+                        "---- agent {i} stat ----\n{}",
+                        serde_json::to_string(&s).unwrap_or_default()
+                    ),
+                    Err(e) => eprintln!("---- agent {i} stat: {e}"),
+                }
+            }
+        }
         for a in self.agents.iter_mut().flatten() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(a.pid()),
