@@ -755,8 +755,9 @@ mod tests {
 
         #[test]
         fn hello_round_trips(node in any::<u32>(), nodes in any::<u32>(), incarnation in any::<u64>(),
-                             job in any::<u64>(), cut in 0usize..Hello::LEN) {
-            let h = Hello { node, nodes, incarnation, job };
+                             job in any::<u64>(), caps in any::<u32>(), fabric in any::<u32>(),
+                             cut in 0usize..Hello::LEN) {
+            let h = Hello { node, nodes, incarnation, job, caps, fabric };
             prop_assert_eq!(Hello::parse(&h.to_bytes()).unwrap(), h);
             prop_assert!(Hello::parse(&h.to_bytes()[..cut]).is_err());
         }
