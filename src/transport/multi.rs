@@ -176,12 +176,24 @@ impl Multi {
     ) -> bool {
         let mut any = false;
         for i in 0..self.backs.len() {
-            let mut evs = std::mem::take(&mut self.scratch);
-            any |= f(&mut self.backs[i], &mut evs);
-            self.scratch = evs;
-            self.sift(i, events);
+            any |= self.on(i, events, &mut f);
         }
         any
+    }
+
+    /// Run `f` on back end `i` with a buffer for its link events, then pass
+    /// on what concerns the agent ([`Multi::sift`]).
+    fn on<R>(
+        &mut self,
+        i: usize,
+        events: &mut Vec<LinkEvent>,
+        f: impl FnOnce(&mut Backend, &mut Vec<LinkEvent>) -> R,
+    ) -> R {
+        let mut evs = std::mem::take(&mut self.scratch);
+        let r = f(&mut self.backs[i], &mut evs);
+        self.scratch = evs;
+        self.sift(i, events);
+        r
     }
 }
 
@@ -209,13 +221,11 @@ impl Transport for Multi {
         events: &mut Vec<LinkEvent>,
     ) {
         let i = sub as usize;
-        let Some(b) = self.backs.get_mut(i) else {
-            return;
-        };
-        let mut evs = std::mem::take(&mut self.scratch);
-        b.transport.on_ready(&b.poller, token, now, &mut evs);
-        self.scratch = evs;
-        self.sift(i, events);
+        if i < self.backs.len() {
+            self.on(i, events, |b, evs| {
+                b.transport.on_ready(&b.poller, token, now, evs)
+            });
+        }
     }
 
     fn tick(&mut self, _poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
@@ -227,15 +237,12 @@ impl Transport for Multi {
         // links carried elsewhere (their `Hello`s) are flushed here.
         for node in 0..self.route.len() as u32 {
             if self.route[node as usize] != 0 && self.backs[0].transport.queued(node) > 0 {
-                let mut evs = std::mem::take(&mut self.scratch);
                 let mut freed = Vec::new();
                 let pool = self.pool.clone();
-                self.backs[0]
-                    .transport
-                    .flush(node, &pool, &mut freed, &mut evs);
+                self.on(0, events, |b, evs| {
+                    b.transport.flush(node, &pool, &mut freed, evs)
+                });
                 self.orphans.append(&mut freed);
-                self.scratch = evs;
-                self.sift(0, events);
             }
         }
     }
@@ -260,10 +267,9 @@ impl Transport for Multi {
     fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>) {
         freed.append(&mut self.orphans);
         let r = self.route[node as usize];
-        let mut evs = std::mem::take(&mut self.scratch);
-        self.backs[r].transport.flush(node, pool, freed, &mut evs);
-        self.scratch = evs;
-        self.sift(r, events);
+        self.on(r, events, |b, evs| {
+            b.transport.flush(node, pool, freed, evs)
+        });
     }
 
     fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
