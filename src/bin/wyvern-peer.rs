@@ -76,6 +76,10 @@ enum ModeCmd {
         /// Receive nothing for this long first (a process busy computing).
         #[arg(long, default_value_t = 0)]
         start_delay_ms: u64,
+        /// Receive nothing until this file exists (a process busy until told
+        /// otherwise); waits at most the operation timeout.
+        #[arg(long)]
+        start_when: Option<PathBuf>,
     },
     /// Send back everything received, `count` times.
     Echo {
@@ -240,8 +244,15 @@ fn run(cli: Cli) -> Result<bool, String> {
             count,
             slow_us,
             start_delay_ms,
+            start_when,
         } => {
             std::thread::sleep(Duration::from_millis(start_delay_ms));
+            if let Some(path) = start_when {
+                let until = Instant::now() + t;
+                while !path.exists() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             let mut next: BTreeMap<u64, u64> = BTreeMap::new();
             let (mut corrupt, mut disorder, mut bytes, mut zero_copy) = (0u64, 0u64, 0u64, 0u64);
             let mut want = Vec::new();
