@@ -125,6 +125,8 @@ fn every_size_class_arrives_intact_and_in_order_both_ways() {
     let (s0, s1) = (c.stat(0), c.stat(1));
     // Each side learned the other's MAC: after the first Hellos nothing is broadcast.
     for s in [&s0, &s1] {
+        // net_af_packet's socket wakes a sleeping agent (found by its interface).
+        assert_eq!(counter(s, "port_wakes_agent"), 1, "{s}");
         assert!(counter(s, "frames_tx") > 100_000, "{s}");
         assert!(counter(s, "frames_rx") > 100_000, "{s}");
         assert!(counter(s, "frames_tx_broadcast") < 100, "{s}");

@@ -66,11 +66,17 @@ pub trait PacketIo {
     /// Register with the agent's poller (a descriptor that becomes readable
     /// when packets arrive), if the device has one.
     fn register(&self, poller: &Poller, token: u32) -> io::Result<()>;
-    /// Whether the device has no descriptor and must be polled every round
-    /// (a DPDK poll-mode driver). An adaptive agent then sleeps at most 1 ms
-    /// at a time.
+    /// Whether the device must be polled every round (a DPDK poll-mode
+    /// driver). Unless it [`wakes`](PacketIo::wakes) the agent too, an
+    /// adaptive agent then sleeps at most 1 ms at a time.
     fn poll_mode(&self) -> bool {
         false
+    }
+    /// Whether [`PacketIo::register`] gave the poller a descriptor that
+    /// becomes readable when packets arrive, so a sleeping agent is woken by
+    /// them (a socket; a poll-mode device whose driver has one).
+    fn wakes(&self) -> bool {
+        !self.poll_mode()
     }
     /// Hand packets `send` queued (a device that batches) to the device. The
     /// datagram layer calls it at the end of every transport call that may
@@ -758,7 +764,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     }
 
     fn poll_mode(&self) -> bool {
-        self.io.poll_mode()
+        self.io.poll_mode() && !self.io.wakes()
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
