@@ -806,6 +806,9 @@ impl Agent {
                     let ms = until_tick.as_micros().div_ceil(1000) as u64;
                     EpollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(EpollTimeout::ZERO)
                 };
+                if !pending {
+                    self.transport.before_sleep(&self.poller);
+                }
                 let n = self.poller.epoll().wait(&mut events, timeout).unwrap_or(0);
                 announce_awake(self.pool.agent_sleeping());
                 self.sleeps += 1;

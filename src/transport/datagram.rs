@@ -78,6 +78,8 @@ pub trait PacketIo {
     fn wakes(&self) -> bool {
         !self.poll_mode()
     }
+    /// The agent is about to sleep (see [`Transport::before_sleep`]).
+    fn before_sleep(&self, _poller: &Poller) {}
     /// Hand packets `send` queued (a device that batches) to the device. The
     /// datagram layer calls it at the end of every transport call that may
     /// have sent, before the agent can go to sleep.
@@ -765,6 +767,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn poll_mode(&self) -> bool {
         self.io.poll_mode() && !self.io.wakes()
+    }
+
+    fn before_sleep(&mut self, poller: &Poller) {
+        self.io.before_sleep(poller);
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

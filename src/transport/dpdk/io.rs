@@ -32,8 +32,11 @@
 //! readable while a received frame waits in the ring. [`DpdkIo::open`] finds it among
 //! the process's descriptors (the one `AF_PACKET` socket bound to the port's interface;
 //! none or several: no wake-up, polling as before) and registers it with the agent's
-//! poller: the agent then sleeps like on a UDP socket and wakes when a frame arrives.
-//! The socket stays the driver's: it is only watched, closed by the driver with the port.
+//! poller, one event at a time, armed again before each sleep
+//! ([`Poller::add_oneshot`]): the agent then sleeps like on a UDP socket and wakes when a
+//! frame arrives, and while it runs (polling the port anyway) the kernel does no epoll
+//! work per packet. The socket stays the driver's: it is only watched, closed by the
+//! driver with the port.
 
 use std::collections::VecDeque;
 use std::io;
@@ -112,8 +115,10 @@ pub struct DpdkIo {
     last_src: Option<MacAddr>,
     max_packet: usize,
     /// The driver's packet socket for the port's interface (`net_af_packet`):
-    /// readable when a frame waits.
+    /// readable when a frame waits...
     wake_fd: Option<RawFd>,
+    /// ...and the poller token it is registered under.
+    wake_token: std::cell::Cell<Option<u32>>,
     stats: DpdkIoStats,
 }
 
@@ -199,6 +204,7 @@ impl DpdkIo {
             last_src: None,
             max_packet,
             wake_fd,
+            wake_token: std::cell::Cell::new(None),
             stats: DpdkIoStats::default(),
         })
     }
@@ -403,7 +409,20 @@ impl PacketIo for DpdkIo {
         // call: the poller keeps only the registration, which the kernel drops when the
         // driver closes the socket.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        poller.add(fd, token)
+        poller.add_oneshot(fd, token)?;
+        self.wake_token.set(Some(token));
+        Ok(())
+    }
+
+    fn before_sleep(&self, poller: &Poller) {
+        let (Some(fd), Some(token)) = (self.wake_fd, self.wake_token.get()) else {
+            return;
+        };
+        // SAFETY: as in `register`: the driver's socket, open while `self.port` lives.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Err(e) = poller.rearm(fd, token) {
+            log::debug!("dpdk: re-arming the packet socket's wake-up: {e}");
+        }
     }
 
     fn poll_mode(&self) -> bool {
