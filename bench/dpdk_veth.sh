@@ -1,66 +1,256 @@
 #!/usr/bin/env bash
 # Usage: bench/dpdk_veth.sh [PROFILE_DIR]      (default: target/release; e.g. target/debug)
 #
-# Throughput of the dpdk transport between two "nodes" on this machine: scripts/testbed.sh
-# makes two network namespaces joined by a veth pair (prefix wyvb), an agent runs in each on
-# net_af_packet (no hugepages), and one wyvern-peer sender on node 0 streams to one receiver
-# on node 1, per message size. Prints one line per size; removes the namespaces on exit
-# (also on failure or Ctrl-C). Needs root and binaries built with --features dpdk:
-#   cargo build --release --features dpdk --bins && bench/dpdk_veth.sh
-# Every wait is bounded (timeout).
+# The dpdk transport between two "nodes" on this machine, against its peers, measured in the
+# same run. scripts/testbed.sh makes two network namespaces (wyvb0, wyvb1) joined by one veth
+# pair (veth0 in each, 10.77.0.1 and 10.77.0.2). Each of RUNS runs (default 5) measures, in
+# this order (the dpdk/tcp order alternates between runs):
+#   (a) frame rate at full-size frames over that veth pair with net_af_packet:
+#       - peer: dpdk-testpmd --forward-mode=txonly (1514 B frames) in wyvb0 against
+#         dpdk-testpmd --forward-mode=rxonly in wyvb1, TESTPMD_SECS seconds; the figure is the
+#         median of rxonly's per-second Rx-pps once it is steady (the first 2 s dropped);
+#       - wyvern: one sender streams BULK_MIB MiB in 1 MiB messages from wyvb0 to wyvb1 over the
+#         dpdk transport; frames/s = frames the receiving agent took from its port
+#         (`frames_rx`) / the receiver's time; every data frame is full size (1514 B).
+#   (b) small messages, dpdk transport against the tcp transport over the same veth pair
+#       (kernel TCP between 10.77.0.1 and 10.77.0.2): RATE_COUNT messages of RATE_SIZE bytes
+#       from one sender to one receiver (msgs/s), and PING_COUNT 8 B ping-pongs (half round
+#       trip p50 and p99).
+# Prints its configuration (core layout, build, load), every run's figures, the medians and
+# the ratios (wyvern ÷ peer). No agent runs while testpmd does (both would read veth0).
+#
+# Core layout (2 cores): agent 0 and testpmd txonly's forwarding lcore on CPU 0, agent 1 and
+# testpmd rxonly's on CPU 1 (EAL --lcores and the agents' --cores); clients unpinned. Agents
+# use the adaptive idle policy, no hugepages (normal pages for pools and EAL memory).
+# testpmd: --no-pci, --vdev only, its own --file-prefix. Needs root, dpdk-testpmd (Debian:
+# dpdk), python3, and binaries built with --features dpdk:
+#   cargo build --release --features dpdk --bins && RUNS=5 bench/dpdk_veth.sh
+# Every process is wrapped in `timeout`; the namespaces are removed on exit (also on failure
+# or Ctrl-C). KEEP_TMP=1 keeps the scratch directory (agent logs, testpmd output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/release}"
+RUNS="${RUNS:-5}"
+TESTPMD_SECS="${TESTPMD_SECS:-6}"
+BULK_MIB="${BULK_MIB:-1024}"
+RATE_COUNT="${RATE_COUNT:-300000}"
+RATE_SIZE="${RATE_SIZE:-64}"
+PING_COUNT="${PING_COUNT:-2000}"
 wyvern="$bin/wyvern"
 peer="$bin/wyvern-peer"
 for b in "$wyvern" "$peer"; do
     [ -x "$b" ] || { echo "dpdk_veth: no $b (cargo build --release --features dpdk --bins)" >&2; exit 1; }
 done
+command -v dpdk-testpmd >/dev/null || { echo "dpdk_veth: no dpdk-testpmd (apt-get install dpdk)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "dpdk_veth: needs python3" >&2; exit 1; }
 export TESTBED_PREFIX=wyvb TESTBED_HUGEPAGES=skip
 dir="$(mktemp -d "${TMPDIR:-/tmp}/wyvern-dpdk-bench.XXXXXX")"
 pids=()
+agent_pid=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     scripts/testbed.sh down >/dev/null || true
-    rm -rf "$dir"
+    if [ "${KEEP_TMP:-0}" = 1 ]; then echo "scratch kept in $dir"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 scripts/testbed.sh up 2 >/dev/null
 
-for i in 0 1; do
-    RUST_LOG=warn ip netns exec "wyvb$i" timeout 300 "$wyvern" agent --node-id "$i" \
-        --nodes 127.0.0.1:0,127.0.0.1:0 --socket "$dir/agent$i.sock" --no-hugepages \
-        --transport dpdk --dpdk-eal "--no-pci --vdev=net_af_packet0,iface=veth0 \
-        --file-prefix=wyvb$i --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1)" \
-        >"$dir/ready$i" 2>"$dir/agent$i.log" &
-    pids+=($!)
-done
-for _ in $(seq 100); do
-    if "$wyvern" stat --json --socket "$dir/agent0.sock" 2>/dev/null | grep -q '"state": "up"'; then
-        break
-    fi
-    sleep 0.1
-done
-"$wyvern" stat --json --socket "$dir/agent0.sock" | grep -q '"state": "up"' \
-    || { echo "dpdk_veth: the agents did not connect; logs:" >&2; cat "$dir"/agent*.log >&2; exit 1; }
-echo "dpdk transport, net_af_packet on a veth pair, $(nproc) cores, binaries from $bin"
-printf '%-10s %8s %10s %12s %10s\n' size count secs "msgs/s" "MB/s"
-for run in "1048576 300" "65536 3000" "4096 50000" "64 200000" "8 300000"; do
-    set -- $run
-    ip netns exec wyvb1 timeout 120 "$peer" --socket "$dir/agent1.sock" --ep 5 --sizes "$1" \
-        recv --count "$2" >"$dir/rx" &
-    rx=$!
+EAL_COMMON="--no-pci --no-huge -m 256 --no-telemetry --no-shconf --log-level=lib.eal:warning"
+HZ="$(getconf CLK_TCK)"
+cpu_busy() { awk -v hz="$HZ" '/^cpu / {print ($2+$3+$4)/hz, $9/hz}' /proc/stat; }
+# `times` must run in this shell (a $(...) subshell would report its own, empty, children).
+my_cpu() { times > "$dir/times"; awk '{for (i=1;i<=NF;i++) {split($i,t,/[ms]/); s+=t[1]*60+t[2]}} END {print s}' "$dir/times"; }
+# CPU seconds of every process alive now (pid comm seconds), to name the other processes that
+# ran meanwhile (those alive at both ends: others' builds, kernel threads moving our packets).
+cpu_by_process() {
+    python3 - "$HZ" <<'PY'
+import os, sys
+hz = int(sys.argv[1])
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        st = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    comm = st[st.index("(") + 1:st.rindex(")")].replace(" ", "_")
+    f = st[st.rindex(")") + 2:].split()
+    print(pid, comm, (int(f[11]) + int(f[12])) / hz)
+PY
+}
+
+# ------------------------------------------------------------------ testpmd
+testpmd_rate() { # prints the median steady Rx-pps of rxonly in wyvb1
+    local run="$1"
+    ip netns exec wyvb1 timeout $((TESTPMD_SECS + 15)) dpdk-testpmd $EAL_COMMON --lcores='0@1,1@1' \
+        --file-prefix="wyvb-rx$run" --vdev=net_af_packet0,iface=veth0 -- \
+        --forward-mode=rxonly --auto-start --stats-period=1 --nb-cores=1 --total-num-mbufs=8192 \
+        </dev/null >"$dir/rx$run.txt" 2>&1 &
+    local rx=$!
+    pids+=("$rx")
+    sleep 2
+    ip netns exec wyvb0 timeout "$TESTPMD_SECS" dpdk-testpmd $EAL_COMMON --lcores='0@0,1@0' \
+        --file-prefix="wyvb-tx$run" --vdev=net_af_packet0,iface=veth0 -- \
+        --forward-mode=txonly --txpkts=1514 --auto-start --stats-period=1 --nb-cores=1 \
+        --total-num-mbufs=8192 </dev/null >"$dir/tx$run.txt" 2>&1 || true
+    sleep 1
+    kill -INT "$rx" 2>/dev/null || true
+    wait "$rx" 2>/dev/null || true
+    python3 - "$dir/rx$run.txt" <<'EOF'
+import re, statistics, sys
+v = [int(m.group(1)) for m in re.finditer(r"Rx-pps:\s+(\d+)", open(sys.argv[1]).read())]
+v = [x for x in v if x > 0][2:]   # from the third busy second on
+print(int(statistics.median(v)) if v else 0)
+EOF
+}
+
+# ------------------------------------------------------------------ agents
+start_agents() { # transport
+    local t="$1" i extra
+    for i in 0 1; do
+        if [ "$t" = dpdk ]; then
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal "$EAL_COMMON \
+                --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvb-agent$i --lcores=0@$i")
+        else
+            extra=(--nodes 10.77.0.1:7470,10.77.0.2:7470 --transport tcp)
+        fi
+        RUST_LOG=warn ip netns exec "wyvb$i" timeout 600 "$wyvern" agent --node-id "$i" \
+            --socket "$dir/agent$i.sock" --no-hugepages --idle adaptive --cores "$i" \
+            --job wyvern-dpdk-bench "${extra[@]}" >"$dir/ready$t$i" 2>"$dir/agent$t$i.log" &
+        pids+=($!)
+        agent_pid[$i]=$!
+    done
+    for _ in $(seq 100); do
+        if "$wyvern" stat --json --socket "$dir/agent0.sock" 2>/dev/null | grep -q '"state": "up"' \
+            && "$wyvern" stat --json --socket "$dir/agent1.sock" 2>/dev/null | grep -q '"state": "up"'; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "dpdk_veth: the $t agents did not connect; logs:" >&2
+    cat "$dir"/agent"$t"*.log >&2
+    exit 1
+}
+stop_agents() {
+    kill "${agent_pid[0]}" "${agent_pid[1]}" 2>/dev/null || true
+    wait "${agent_pid[0]}" "${agent_pid[1]}" 2>/dev/null || true
+    rm -f "$dir/agent0.sock" "$dir/agent1.sock"
+}
+frames_rx() { "$wyvern" stat --json --socket "$dir/agent1.sock" | python3 -c \
+    'import json,sys; print(json.load(sys.stdin)["transport"].get("frames_rx", 0))'; }
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+stream() { # size count -> prints the receiver's JSON line
+    local size="$1" count="$2" ep=$((RANDOM % 1000 + 100))
+    ip netns exec wyvb1 timeout 120 "$peer" --socket "$dir/agent1.sock" --ep "$ep" --raw \
+        --sizes "$size" recv --count "$count" >"$dir/rx.json" &
+    local rx=$!
     sleep 0.3
-    ip netns exec wyvb0 timeout 120 "$peer" --socket "$dir/agent0.sock" --sizes "$1" \
-        send --to 1:5 --count "$2" >"$dir/tx"
+    ip netns exec wyvb0 timeout 120 "$peer" --socket "$dir/agent0.sock" --raw --sizes "$size" \
+        send --to "1:$ep" --count "$count" >"$dir/tx.json"
     wait "$rx"
-    line="$(grep '^{' "$dir/rx" | tail -n1)"
-    secs="$(printf '%s' "$line" | sed -n 's/.*"secs":\([0-9.]*\).*/\1/p')"
-    got="$(printf '%s' "$line" | sed -n 's/.*"received":\([0-9]*\).*/\1/p')"
-    [ "$got" = "$2" ] || { echo "dpdk_veth: size $1: received ${got:-?} of $2: $line" >&2; exit 1; }
-    awk -v s="$1" -v n="$2" -v t="$secs" \
-        'BEGIN { printf "%-10s %8d %10.3f %12.0f %10.1f\n", s, n, t, n / t, s * n / t / 1e6 }'
+    local line
+    line="$(grep '^{' "$dir/rx.json" | tail -n1)"
+    [ "$(field "$line" received)" = "$count" ] || { echo "dpdk_veth: $line" >&2; exit 1; }
+    printf '%s\n' "$line"
+}
+pingpong() { # prints "p50 p99" of the half round trip, µs
+    local ep=$((RANDOM % 1000 + 1100))
+    ip netns exec wyvb1 timeout 120 "$peer" --socket "$dir/agent1.sock" --ep "$ep" --sizes 8 \
+        echo --count $((PING_COUNT + 100)) >/dev/null &
+    local e=$!
+    sleep 0.3
+    local line
+    line="$(ip netns exec wyvb0 timeout 120 "$peer" --socket "$dir/agent0.sock" --sizes 8 \
+        ping --to "1:$ep" --count "$PING_COUNT" --warmup 100 | grep '^{' | tail -n1)"
+    wait "$e"
+    python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(j["rtt_p50_us"]/2, j["rtt_p99_us"]/2)' "$line"
+}
+
+measure() { # transport run -> appends "run transport key value" lines to $dir/results
+    local t="$1" run="$2" f0 f1 line secs
+    start_agents "$t"
+    if [ "$t" = dpdk ]; then
+        f0="$(frames_rx)"
+        line="$(stream 1048576 "$BULK_MIB")"
+        f1="$(frames_rx)"
+        secs="$(field "$line" secs)"
+        echo "$run $t frames_per_s $(python3 -c "print(($f1 - $f0) / $secs)")" >>"$dir/results"
+        echo "$run $t bulk_mb_per_s $(python3 -c "print($BULK_MIB * 1048576 / $secs / 1e6)")" >>"$dir/results"
+    fi
+    line="$(stream "$RATE_SIZE" "$RATE_COUNT")"
+    echo "$run $t msgs_per_s $(python3 -c "print($RATE_COUNT / $(field "$line" secs))")" >>"$dir/results"
+    read -r p50 p99 <<<"$(pingpong)"
+    echo "$run $t lat_p50_us $p50" >>"$dir/results"
+    echo "$run $t lat_p99_us $p99" >>"$dir/results"
+    stop_agents
+}
+
+# ------------------------------------------------------------------ configuration
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
+echo "== bench/dpdk_veth.sh: dpdk transport vs testpmd and vs the tcp transport, one veth pair"
+echo "date $(date -u +%FT%TZ), commit $commit, binaries from $bin, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+echo "kernel $(uname -r), DPDK $(pkg-config --modversion libdpdk 2>/dev/null || echo '?'), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "core layout: agent 0 --cores 0 (EAL --lcores=0@0), agent 1 --cores 1 (0@1); testpmd txonly lcores 0,1@CPU0, rxonly 0,1@CPU1; clients unpinned"
+echo "agents: --idle adaptive --no-hugepages; EAL $EAL_COMMON; tcp agents on 10.77.0.1/2:7470 over the same veth"
+echo "RUNS=$RUNS TESTPMD_SECS=$TESTPMD_SECS BULK_MIB=$BULK_MIB RATE_COUNT=$RATE_COUNT RATE_SIZE=$RATE_SIZE PING_COUNT=$PING_COUNT"
+echo "busiest other processes at start:"
+ps -eo pcpu,comm --sort=-pcpu | sed -n '2,5p' | sed 's/^/    /'
+t0="$(date +%s.%N)"
+read -r busy0 steal0 <<<"$(cpu_busy)"
+my_cpu >"$dir/my0"
+my0="$(cat "$dir/my0")"
+cpu_by_process >"$dir/cpu0"
+
+: >"$dir/results"
+for run in $(seq 1 "$RUNS"); do
+    echo "$run testpmd frames_per_s $(testpmd_rate "$run")" >>"$dir/results"
+    if [ $((run % 2)) = 1 ]; then order="dpdk tcp"; else order="tcp dpdk"; fi
+    for t in $order; do measure "$t" "$run"; done
+    grep "^$run " "$dir/results" | sed 's/^/  run /'
 done
-"$wyvern" stat --socket "$dir/agent0.sock" | sed -n 2p
+
+t1="$(date +%s.%N)"
+read -r busy1 steal1 <<<"$(cpu_busy)"
+my_cpu >"$dir/my1"
+my1="$(cat "$dir/my1")"
+cpu_by_process >"$dir/cpu1"
+python3 - "$dir/results" "$RUNS" <<EOF
+import collections, statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+by = collections.defaultdict(list)
+for run, who, key, val in rows:
+    by[(who, key)].append(float(val))
+med = {k: statistics.median(v) for k, v in by.items()}
+def fmt(x): return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+print(f"\nmedians of {sys.argv[2]} runs (every run above):")
+print("| measurement | wyvern dpdk | peer | peer figure | ratio (dpdk ÷ peer) |")
+print("|---|---|---|---|---|")
+d, p = med[("dpdk", "frames_per_s")], med[("testpmd", "frames_per_s")]
+print(f"| frames/s, 1514 B frames, net_af_packet | {fmt(d)} | testpmd txonly→rxonly | {fmt(p)} | {d/p:.2f}× |")
+print(f"| (wyvern bulk: 1 MiB messages) | {med[('dpdk','bulk_mb_per_s')]:.0f} MB/s | | | |")
+for key, name, better in [("msgs_per_s", "messages/s, ${RATE_SIZE} B, 1 → 1", "higher"),
+                          ("lat_p50_us", "8 B half round trip p50, µs", "lower"),
+                          ("lat_p99_us", "8 B half round trip p99, µs", "lower")]:
+    d, t = med[("dpdk", key)], med[("tcp", key)]
+    print(f"| {name} ({better} is better) | {fmt(d)} | wyvern tcp transport | {fmt(t)} | {d/t:.2f}× |")
+w = ($t1 - $t0) * $(nproc)
+f = max(0.0, ($busy1 - $busy0) - ($my1 - $my0))
+print(f"\nnoise: other processes used {100*f/w:.0f}% of the machine's CPU time during the runs, hypervisor steal {100*($steal1-$steal0)/w:.1f}%; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)")
+def snap(path):
+    out = {}
+    for line in open(path):
+        pid, comm, sec = line.split()
+        out[pid] = (comm, float(sec))
+    return out
+a, b = snap("$dir/cpu0"), snap("$dir/cpu1")
+used = collections.Counter()
+for pid, (comm, sec) in b.items():
+    if pid in a and a[pid][0] == comm:
+        used[comm] += sec - a[pid][1]
+top = [(c, s) for c, s in used.most_common(6) if s >= 0.05 * w / 100]
+print("of which (processes alive at both ends, CPU seconds over %.0f s):" % ($t1 - $t0),
+      ", ".join(f"{c} {s:.1f}" for c, s in top) or "none above 0.05 %")
+EOF

@@ -872,15 +872,22 @@ impl Agent {
                 let timeout = if pending {
                     EpollTimeout::ZERO
                 } else {
-                    // A poll-mode device cannot wake us: sleep 1 ms at most.
+                    // A poll-mode device that cannot wake us: sleep 1 ms at most.
                     let cap = if self.transport.poll_mode() {
                         POLL_MODE_SLEEP
                     } else {
                         MAX_SLEEP
                     };
                     let until_tick = next_tick.saturating_duration_since(now).min(cap);
-                    EpollTimeout::try_from(until_tick).unwrap_or(EpollTimeout::ZERO)
+                    // epoll counts whole milliseconds: round up, or a sleep that ends
+                    // short of the tick is followed by zero-length ones (one per spin)
+                    // until the tick passes (~5 wake-ups per tick instead of one).
+                    let ms = until_tick.as_micros().div_ceil(1000) as u64;
+                    EpollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(EpollTimeout::ZERO)
                 };
+                if !pending {
+                    self.transport.before_sleep(&self.poller);
+                }
                 let n = self.poller.epoll().wait(&mut events, timeout).unwrap_or(0);
                 announce_awake(self.pool.agent_sleeping());
                 self.sleeps += 1;

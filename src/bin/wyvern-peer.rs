@@ -79,7 +79,7 @@ enum ModeCmd {
         start_delay_ms: u64,
         /// Receive nothing until this file exists (a test says when).
         #[arg(long)]
-        start_when: Option<std::path::PathBuf>,
+        start_when: Option<PathBuf>,
     },
     /// Send back everything received, `count` times.
     Echo {

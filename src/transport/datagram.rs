@@ -66,12 +66,20 @@ pub trait PacketIo {
     /// Register with the agent's poller (a descriptor that becomes readable
     /// when packets arrive), if the device has one.
     fn register(&self, poller: &Poller, token: u32) -> io::Result<()>;
-    /// Whether the device has no descriptor and must be polled every round
-    /// (a DPDK poll-mode driver). An adaptive agent then sleeps at most 1 ms
-    /// at a time.
+    /// Whether the device must be polled every round (a DPDK poll-mode
+    /// driver). Unless it [`wakes`](PacketIo::wakes) the agent too, an
+    /// adaptive agent then sleeps at most 1 ms at a time.
     fn poll_mode(&self) -> bool {
         false
     }
+    /// Whether [`PacketIo::register`] gave the poller a descriptor that
+    /// becomes readable when packets arrive, so a sleeping agent is woken by
+    /// them (a socket; a poll-mode device whose driver has one).
+    fn wakes(&self) -> bool {
+        !self.poll_mode()
+    }
+    /// The agent is about to sleep (see [`Transport::before_sleep`]).
+    fn before_sleep(&self, _poller: &Poller) {}
     /// Hand packets `send` queued (a device that batches) to the device. The
     /// datagram layer calls it at the end of every transport call that may
     /// have sent, before the agent can go to sleep.
@@ -766,7 +774,11 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     }
 
     fn poll_mode(&self) -> bool {
-        self.io.poll_mode()
+        self.io.poll_mode() && !self.io.wakes()
+    }
+
+    fn before_sleep(&mut self, poller: &Poller) {
+        self.io.before_sleep(poller);
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -153,6 +153,28 @@ impl Poller {
             .map_err(io::Error::from)
     }
 
+    /// Watch `fd` for readability under `token` for one event at a time:
+    /// after it reports one, it is quiet until [`Poller::rearm`]. For a
+    /// descriptor that only wakes a sleeping agent (the device is polled
+    /// anyway while the agent runs), so a busy agent pays nothing per packet.
+    pub fn add_oneshot(&self, fd: BorrowedFd<'_>, token: u32) -> io::Result<()> {
+        let t = (self.kind << 32) | token as u64;
+        self.epoll
+            .add(
+                fd,
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, t),
+            )
+            .map_err(io::Error::from)
+    }
+
+    /// Arm a [`Poller::add_oneshot`] descriptor again (reported at once if it
+    /// is readable already: no wake-up is lost in between).
+    pub fn rearm(&self, fd: BorrowedFd<'_>, token: u32) -> io::Result<()> {
+        let t = (self.kind << 32) | token as u64;
+        let mut ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, t);
+        self.epoll.modify(fd, &mut ev).map_err(io::Error::from)
+    }
+
     /// Stop watching `fd`.
     pub fn delete(&self, fd: BorrowedFd<'_>) {
         let _ = self.epoll.delete(fd);
@@ -240,6 +262,9 @@ pub trait Transport {
     fn poll_mode(&self) -> bool {
         false
     }
+    /// The agent is about to sleep: arm whatever wakes it when data arrives
+    /// (a one-shot descriptor, see [`Poller::add_oneshot`]).
+    fn before_sleep(&mut self, _poller: &Poller) {}
     /// The transport's own counters, by name, for `wyvern stat`.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

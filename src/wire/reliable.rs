@@ -191,8 +191,11 @@ pub struct Sender<T> {
     rto: Duration,
     /// When the oldest outstanding packet last made progress.
     progress: Instant,
-    /// When the last window probe went out.
+    /// When the last window probe went out...
     probed: Option<Instant>,
+    /// ...and how many went out since the window was last open: each one
+    /// doubles the wait for the next (a persist timer, as TCP's).
+    probes: u32,
     /// The retransmission timer: started when something is outstanding,
     /// restarted when new data is acknowledged or the timer fired.
     timer: Instant,
@@ -230,6 +233,7 @@ impl<T> Sender<T> {
             rto: cfg.rto_initial,
             progress: now,
             probed: None,
+            probes: 0,
             timer: now,
             outstanding: 0,
             cwnd: cfg.cwnd_initial.clamp(1, cfg.window.max(1)),
@@ -346,18 +350,26 @@ impl<T> Sender<T> {
     /// Whether the caller should ask the peer for an ack now (a window probe,
     /// see [`Receiver::on_probe`]): the peer's credits are used up and
     /// nothing is outstanding, so no ack would otherwise come, and the
-    /// update that reopens the window may have been lost. Once per timeout.
+    /// update that reopens the window may have been lost. One timeout after
+    /// the window closed, then at doubling intervals up to `rto_max` while it
+    /// stays closed (a receiver that holds its window shut for seconds is not
+    /// woken hundreds of times a second).
     pub fn probe_due(&self, now: Instant) -> bool {
+        let wait = self
+            .rto
+            .saturating_mul(1 << self.probes.min(16))
+            .min(self.cfg.rto_max.max(self.rto));
         self.next >= self.limit
             && self.in_flight() == 0
             && self
                 .probed
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.rto)
+                .is_none_or(|t| now.saturating_duration_since(t) >= wait)
     }
 
     /// A window probe went out now.
     pub fn probed(&mut self, now: Instant) {
         self.probed = Some(now);
+        self.probes = self.probes.saturating_add(1);
     }
 
     /// Whether [`Sender::send`] would accept a packet now (window and the
@@ -428,6 +440,10 @@ impl<T> Sender<T> {
             self.rto = self.base_rto;
         }
         self.limit = ack.next + ack.window as u64;
+        if self.limit > self.next {
+            // Open again: the next closing starts probing afresh.
+            self.probes = 0;
+        }
         // Selective part: free what arrived, mark what was skipped over.
         let mut highest = None;
         for i in 0..64u64 {
@@ -972,6 +988,62 @@ mod tests {
         assert_eq!(ack.window, 4);
         s.on_ack(&ack, now, &mut freed).unwrap();
         assert!(s.can_send());
+    }
+
+    /// A window held shut is probed one timeout after it closed, then at
+    /// doubling intervals up to `rto_max`; an ack that opens it resets that.
+    #[test]
+    fn window_probes_back_off_while_the_window_stays_shut() {
+        let t = t0();
+        let cfg = Config {
+            window: 4,
+            ..Config::default()
+        };
+        let mut s = Sender::new(cfg, t);
+        let mut r = Receiver::new(cfg);
+        let mut freed = Vec::new();
+        for i in 0..4 {
+            let seq = s.send(i, t).unwrap();
+            r.on_packet(seq, i, t);
+        }
+        s.on_ack(&r.make_ack(), t, &mut freed).unwrap();
+        assert!(!s.can_send(), "the consumer read nothing: window 0");
+        let mut probes = Vec::new();
+        let mut now = t;
+        while now < t + Duration::from_secs(3) {
+            now += Duration::from_millis(1);
+            if s.probe_due(now) {
+                s.probed(now);
+                probes.push(now - t);
+                // The receiver still has no room: its answer keeps the window shut.
+                r.on_probe();
+                s.on_ack(&r.make_ack(), now, &mut freed).unwrap();
+            }
+        }
+        let gaps: Vec<Duration> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+        assert!(gaps
+            .iter()
+            .all(|g| *g <= cfg.rto_max + Duration::from_millis(1)));
+        assert!(
+            (5..=12).contains(&probes.len()),
+            "{} probes in 3 s: {probes:?}",
+            probes.len()
+        );
+        // The consumer reads: the window opens, and closing again probes afresh.
+        while r.pop().is_some() {}
+        s.on_ack(&r.make_ack(), now, &mut freed).unwrap();
+        assert!(s.can_send());
+        for i in 4..8 {
+            let seq = s.send(i, now).unwrap();
+            r.on_packet(seq, i, now);
+        }
+        s.on_ack(&r.make_ack(), now, &mut freed).unwrap();
+        assert!(!s.can_send());
+        assert!(
+            s.probe_due(now + s.rto()),
+            "first probe one timeout after closing"
+        );
     }
 
     #[test]

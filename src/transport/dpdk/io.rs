@@ -23,9 +23,24 @@
 //!
 //! One copy per packet each way (packet → mbuf, mbuf → the datagram layer's buffer);
 //! no zero-copy external buffers yet.
+//!
+//! # Waking a sleeping agent
+//! A poll-mode device has no descriptor to wait on, so an adaptive agent on one sleeps
+//! at most 1 ms at a time. `net_af_packet` has no Rx interrupt either
+//! (`rte_eth_dev_rx_intr_enable` says `ENOTSUP`), but it receives through a kernel
+//! `AF_PACKET` socket with an mmap'ed ring, bound to its interface, and such a socket is
+//! readable while a received frame waits in the ring. [`DpdkIo::open`] finds it among
+//! the process's descriptors (the one `AF_PACKET` socket bound to the port's interface;
+//! none or several: no wake-up, polling as before) and registers it with the agent's
+//! poller, one event at a time, armed again before each sleep
+//! ([`Poller::add_oneshot`]): the agent then sleeps like on a UDP socket and wakes when a
+//! frame arrives, and while it runs (polling the port anyway) the kernel does no epoll
+//! work per packet. The socket stays the driver's: it is only watched, closed by the
+//! driver with the port.
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
@@ -99,6 +114,11 @@ pub struct DpdkIo {
     peers: Vec<Option<MacAddr>>,
     last_src: Option<MacAddr>,
     max_packet: usize,
+    /// The driver's packet socket for the port's interface (`net_af_packet`):
+    /// readable when a frame waits...
+    wake_fd: Option<RawFd>,
+    /// ...and the poller token it is registered under.
+    wake_token: std::cell::Cell<Option<u32>>,
     stats: DpdkIoStats,
 }
 
@@ -154,6 +174,20 @@ impl DpdkIo {
         let max_packet = usize::from(mtu);
         let mut peers = cfg.peer_macs.clone();
         peers.resize(cfg.nodes as usize, None);
+        let wake_fd = match port.if_index() {
+            Some(ifindex) if port.name().starts_with("net_af_packet") => packet_socket(ifindex),
+            _ => None,
+        };
+        match wake_fd {
+            Some(fd) => log::info!(
+                "dpdk: {} receives on packet socket {fd}: an idle agent sleeps until a frame comes",
+                port.name()
+            ),
+            None => log::info!(
+                "dpdk: {} has no descriptor to wait on: an idle agent polls it every 1 ms",
+                port.name()
+            ),
+        }
         log::info!(
             "dpdk: port {} ({}) MAC {mac}, MTU {mtu}, EtherType {ETHERTYPE:#06x}",
             port.id(),
@@ -169,6 +203,8 @@ impl DpdkIo {
             peers,
             last_src: None,
             max_packet,
+            wake_fd,
+            wake_token: std::cell::Cell::new(None),
             stats: DpdkIoStats::default(),
         })
     }
@@ -206,6 +242,44 @@ impl DpdkIo {
             }
         }
     }
+}
+
+/// The one `AF_PACKET` socket of this process bound to interface `ifindex`, if
+/// exactly one is: `net_af_packet`'s (one per queue pair; we use one).
+fn packet_socket(ifindex: u32) -> Option<RawFd> {
+    let mut found = None;
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // (A descriptor closed meanwhile, such as read_dir's own, fails here.) Read
+        // as storage: the kernel gives a packet socket's address a length shorter
+        // than `sockaddr_ll` (only the hardware address bytes it has), which
+        // `LinkAddr` itself refuses.
+        let Ok(addr) = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd)
+        else {
+            continue;
+        };
+        if addr
+            .as_link_addr()
+            .is_some_and(|a| a.ifindex() == ifindex as usize)
+        {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(fd);
+        }
+    }
+    found
 }
 
 fn first_port(eal: &Eal) -> io::Result<u16> {
@@ -326,12 +400,37 @@ impl PacketIo for DpdkIo {
         }
     }
 
-    fn register(&self, _poller: &Poller, _token: u32) -> io::Result<()> {
+    fn register(&self, poller: &Poller, token: u32) -> io::Result<()> {
+        let Some(fd) = self.wake_fd else {
+            return Ok(());
+        };
+        // SAFETY: `fd` is the driver's open packet socket for our port (found in
+        // `open`); it stays open while `self.port` lives, and this borrow ends with the
+        // call: the poller keeps only the registration, which the kernel drops when the
+        // driver closes the socket.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        poller.add_oneshot(fd, token)?;
+        self.wake_token.set(Some(token));
         Ok(())
+    }
+
+    fn before_sleep(&self, poller: &Poller) {
+        let (Some(fd), Some(token)) = (self.wake_fd, self.wake_token.get()) else {
+            return;
+        };
+        // SAFETY: as in `register`: the driver's socket, open while `self.port` lives.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Err(e) = poller.rearm(fd, token) {
+            log::debug!("dpdk: re-arming the packet socket's wake-up: {e}");
+        }
     }
 
     fn poll_mode(&self) -> bool {
         true
+    }
+
+    fn wakes(&self) -> bool {
+        self.wake_fd.is_some()
     }
 
     fn flush(&mut self) {
@@ -349,6 +448,7 @@ impl PacketIo for DpdkIo {
             ("frames_tx_full", s.tx_full),
             ("frames_tx_broadcast", s.tx_broadcast),
             ("frames_tx_queued", self.txq.len() as u64),
+            ("port_wakes_agent", u64::from(self.wake_fd.is_some())),
         ]
     }
 }

@@ -110,6 +110,9 @@ pub struct Port<'p> {
     name: String,
     rx_queues: u16,
     tx_queues: u16,
+    /// The host interface the device is bound to (`net_af_packet`, `net_tap`, ...),
+    /// 0 if none.
+    if_index: u32,
     /// Started: Drop stops and closes the device.
     started: bool,
     _rx_pool: &'p PktPool,
@@ -157,6 +160,7 @@ impl<'p> Port<'p> {
             name: port_name(id),
             rx_queues: 0,
             tx_queues: 0,
+            if_index: 0,
             started: false,
             _rx_pool: rx_pool,
             _not_sync: PhantomData,
@@ -171,6 +175,7 @@ impl<'p> Port<'p> {
         // SAFETY: valid port id; info is a valid out-pointer.
         let rc = unsafe { dpdk_sys::rte_eth_dev_info_get(id, &mut info) };
         self.check(rc, "rte_eth_dev_info_get")?;
+        self.if_index = info.if_index;
         if config.rx_queues == 0 || config.rx_queues > info.max_rx_queues {
             return Err(self.unsupported(format!(
                 "{} rx queues asked, the device has 1 to {}",
@@ -291,6 +296,12 @@ impl<'p> Port<'p> {
     /// The device name (e.g. `net_ring0`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The index of the host network interface the device is bound to, if any
+    /// (`net_af_packet`'s `iface`, a tap device).
+    pub fn if_index(&self) -> Option<u32> {
+        (self.if_index != 0).then_some(self.if_index)
     }
 
     /// Receive queues configured.
