@@ -116,6 +116,14 @@ struct AgentArgs {
     /// dpdk transport: peers' MACs by node id, comma-separated ("" for unknown: learned).
     #[arg(long, value_delimiter = ',')]
     dpdk_peer_macs: Option<Vec<String>>,
+    /// Hybrid agent: the transport to use with some peers, by node id, comma-separated
+    /// ("" to choose; e.g. ",tcp" keeps node 1 on tcp).
+    #[arg(long, value_delimiter = ',')]
+    peer_transports: Option<Vec<String>>,
+    /// Hybrid agent: move a peer to the next transport when its chosen one is not up
+    /// this long (default: half the peer timeout).
+    #[arg(long)]
+    hybrid_fallback_ms: Option<u64>,
     /// verbs transport: the RDMA device and port (e.g. rxe0:1; default: the first active port).
     #[arg(long)]
     verbs_device: Option<String>,
@@ -223,6 +231,12 @@ impl AgentArgs {
         }
         if let Some(v) = self.dpdk_peer_macs {
             c.dpdk_peer_macs = v;
+        }
+        if let Some(v) = self.peer_transports {
+            c.peer_transports = v;
+        }
+        if let Some(v) = self.hybrid_fallback_ms {
+            c.hybrid_fallback_ms = v;
         }
         if let Some(v) = self.verbs_device {
             c.verbs_device = Some(v);

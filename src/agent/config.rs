@@ -80,6 +80,18 @@ pub struct AgentConfig {
     /// and the fallback. Empty: `transport` alone. Forcing one transport
     /// for a node means listing only that one (or setting `transport`).
     pub transports: Vec<TransportKind>,
+    /// Hybrid agent: the transport to use with some peers, by node id (""
+    /// for "the best both run"); e.g. `["", "tcp"]` keeps node 1 on tcp.
+    /// The peer learns it from this agent's `Hello` (which then names only
+    /// that transport and tcp), so both ends agree.
+    pub peer_transports: Vec<String>,
+    /// Hybrid agent: a peer whose chosen transport is not up this long
+    /// while its tcp control connection is (a fast link that cannot connect,
+    /// or broke and does not come back) moves to the next transport both
+    /// run, down to tcp, for the rest of the job. 0: half of
+    /// `peer_timeout_ms`, so that the move comes before the peer would be
+    /// declared lost.
+    pub hybrid_fallback_ms: u64,
     /// Serve Prometheus metrics over HTTP on this address (`host:port`).
     pub metrics: Option<String>,
     /// A name every agent of the job shares (`wyvern launch` uses the Slurm
@@ -185,6 +197,8 @@ impl Default for AgentConfig {
             socket: default_socket(0),
             transport: TransportKind::Tcp,
             transports: Vec::new(),
+            peer_transports: Vec::new(),
+            hybrid_fallback_ms: 0,
             packet_bytes: 1472,
             metrics: None,
             job: None,
@@ -355,7 +369,58 @@ impl AgentConfig {
         if self.heartbeat_ms == 0 || self.peer_timeout_ms <= self.heartbeat_ms {
             return bad("peer_timeout_ms must exceed heartbeat_ms > 0".into());
         }
+        self.forced_transports()?;
         Ok(())
+    }
+
+    /// `peer_transports`, checked, by node id (`None`: choose).
+    pub fn forced_transports(&self) -> Result<Vec<Option<TransportKind>>, ConfigError> {
+        let bad = |s: String| Err(ConfigError::Invalid(s));
+        let set = self.transport_set();
+        if self.peer_transports.is_empty() {
+            return Ok(vec![None; self.nodes.len()]);
+        }
+        if set.len() < 2 {
+            return bad(
+                "peer_transports needs a hybrid agent (transports = [\"udp\", \"tcp\"], ...): \
+                 an agent with one transport uses it for every peer"
+                    .into(),
+            );
+        }
+        if self.peer_transports.len() != self.nodes.len() {
+            return bad(format!(
+                "peer_transports has {} entries for {} nodes (give one per node, \"\" to choose)",
+                self.peer_transports.len(),
+                self.nodes.len()
+            ));
+        }
+        let mut out = Vec::new();
+        for (i, t) in self.peer_transports.iter().enumerate() {
+            if t.trim().is_empty() {
+                out.push(None);
+                continue;
+            }
+            let Ok(k) = <TransportKind as clap::ValueEnum>::from_str(t.trim(), true) else {
+                return bad(format!(
+                    "peer_transports[{i}] = {t:?} is not a transport (tcp, udp, dpdk, verbs)"
+                ));
+            };
+            if !set.contains(&k) {
+                return bad(format!(
+                    "peer_transports[{i}] = {t:?}, but this agent runs only {set:?}"
+                ));
+            }
+            out.push(Some(k));
+        }
+        Ok(out)
+    }
+
+    /// How long a hybrid agent waits for a peer's chosen transport.
+    pub fn hybrid_fallback(&self) -> Duration {
+        match self.hybrid_fallback_ms {
+            0 => Duration::from_millis(self.peer_timeout_ms / 2),
+            ms => Duration::from_millis(ms),
+        }
     }
 
     /// The transports this agent runs: `transports` (with tcp added, and
@@ -544,6 +609,35 @@ mod tests {
         .unwrap();
         assert_eq!(t.transport, TransportKind::Dpdk);
         assert_eq!(t.dpdk_port.as_deref(), Some("net_af_packet0"));
+    }
+
+    #[test]
+    fn peer_transports_are_checked() {
+        let mut c = AgentConfig {
+            nodes: vec!["127.0.0.1:0".into(), "127.0.0.1:0".into()],
+            peer_transports: vec!["".into(), "udp".into()],
+            ..AgentConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("needs a hybrid agent"), "{e}");
+        c.transports = vec![TransportKind::Udp, TransportKind::Tcp];
+        c.validate().unwrap();
+        assert_eq!(
+            c.forced_transports().unwrap(),
+            vec![None, Some(TransportKind::Udp)]
+        );
+        c.peer_transports = vec!["".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("1 entries for 2 nodes"), "{e}");
+        c.peer_transports = vec!["".into(), "smoke".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("peer_transports[1]"), "{e}");
+        c.peer_transports = vec!["".into(), "verbs".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("runs only"), "{e}");
+        assert_eq!(c.hybrid_fallback(), Duration::from_millis(1500));
+        c.hybrid_fallback_ms = 700;
+        assert_eq!(c.hybrid_fallback(), Duration::from_millis(700));
     }
 
     #[test]

@@ -748,11 +748,17 @@ impl Agent {
                     cap: transport_cap(k),
                 });
             }
+            let forced: Vec<Option<u32>> = cfg
+                .forced_transports()?
+                .into_iter()
+                .map(|f| f.map(transport_cap))
+                .collect();
             Box::new(crate::transport::multi::Multi::new(
                 backs,
                 pool.clone(),
-                cfg.addrs.len(),
                 &hello,
+                &forced,
+                cfg.hybrid_fallback(),
             ))
         };
 

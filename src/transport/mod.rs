@@ -212,6 +212,13 @@ pub trait Transport {
         let _ = node;
         None
     }
+    /// Name only the transports `caps` in the `Hello`s of this agent's
+    /// next connections to `node` (the TCP transport of a hybrid agent: a
+    /// transport forced for that peer, or one that failed it). Others
+    /// ignore it.
+    fn set_hello_caps(&mut self, node: u32, caps: u32) {
+        let _ = (node, caps);
+    }
     /// The name of the back end that carries `node`'s link (a hybrid
     /// transport has several).
     fn link_name(&self, node: u32) -> &'static str {

@@ -9,11 +9,20 @@
 //! its `Up` once the chosen back end is up too, its frames, its `Down`s. A
 //! broken TCP connection under a link carried elsewhere is the control
 //! connection's business only (it is dialled again; the data link goes on).
+//!
+//! A peer can be kept on one transport (`peer_transports`): the `Hello` to
+//! it then names only that one and TCP, so both ends choose it. And a peer
+//! whose chosen back end is not up for `hybrid_fallback_ms` while its
+//! control connection is (a fast link that cannot connect, or broke and
+//! does not come back) falls back: that back end is struck from what this
+//! agent offers the peer for the rest of the job, and the control
+//! connection is dropped so that both ends exchange `Hello`s again and
+//! choose anew — the next transport both run, down to TCP.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{LinkEvent, Out, Poller, Transport};
 use crate::shm::Pool;
@@ -37,8 +46,15 @@ pub struct Multi {
     route: Vec<usize>,
     /// Per node: whether `route` was chosen (the peer's TCP `Hello` came).
     decided: Vec<bool>,
-    caps: u32,
     fabric: u32,
+    /// Per node: the transports this agent offers it (what the `Hello`s to
+    /// it name: `caps` less a forced choice's others and the fallen back).
+    offer: Vec<u32>,
+    /// Per node: since when its chosen back end has not been up while its
+    /// control connection was.
+    waiting: Vec<Option<Instant>>,
+    fallback: Duration,
+    fallbacks: u64,
     /// Blocks a back end returned for a link the agent does not see; handed
     /// to the agent with the next flush.
     orphans: Vec<u64>,
@@ -67,8 +83,16 @@ pub fn choose(mine: (u32, u32), theirs: (u32, u32)) -> u32 {
 }
 
 impl Multi {
-    /// Back ends, TCP first; `hello` is what this agent says (its caps).
-    pub fn new(backs: Vec<Backend>, pool: Arc<Pool>, nodes: usize, hello: &Hello) -> Multi {
+    /// Back ends, TCP first; `hello` is what this agent says (its caps);
+    /// `forced`: per node, the [`caps`] bit of the back end to use with it,
+    /// if the configuration says; `fallback`: see the module documentation.
+    pub fn new(
+        mut backs: Vec<Backend>,
+        pool: Arc<Pool>,
+        hello: &Hello,
+        forced: &[Option<u32>],
+        fallback: Duration,
+    ) -> Multi {
         assert!(
             backs.first().is_some_and(|b| b.cap == caps::TCP),
             "back end 0 of a hybrid transport must be tcp"
@@ -81,13 +105,26 @@ impl Multi {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let nodes = forced.len();
+        let offer: Vec<u32> = forced
+            .iter()
+            .map(|f| f.map_or(hello.caps, |c| (c | caps::TCP) & hello.caps))
+            .collect();
+        for (j, &o) in offer.iter().enumerate() {
+            if o != hello.caps {
+                backs[0].transport.set_hello_caps(j as u32, o);
+            }
+        }
         Multi {
             backs,
             pool,
             route: vec![0; nodes],
             decided: vec![false; nodes],
-            caps: hello.caps,
             fabric: hello.fabric,
+            offer,
+            waiting: vec![None; nodes],
+            fallback,
+            fallbacks: 0,
             orphans: Vec::new(),
             scratch: Vec::new(),
             names: RefCell::new(HashMap::new()),
@@ -110,7 +147,7 @@ impl Multi {
                         let Some(h) = self.backs[0].transport.peer_hello(node) else {
                             continue;
                         };
-                        let c = choose((self.caps, self.fabric), (h.caps, h.fabric));
+                        let c = choose((self.offer[j], self.fabric), (h.caps, h.fabric));
                         let r = self.backs.iter().position(|b| b.cap == c).unwrap_or(0);
                         if self.decided[j] && self.route[j] != r {
                             log::warn!(
@@ -122,6 +159,13 @@ impl Multi {
                             log::info!("node {node}: link on {}", self.backs[r].transport.name());
                         }
                         let moved = !self.decided[j] || self.route[j] != r;
+                        let old = self.route[j];
+                        if self.decided[j] && old != r && old != 0 {
+                            // The link it leaves carries nothing more.
+                            let b = &mut self.backs[old];
+                            let blocks = b.transport.close(&b.poller, node);
+                            self.orphans.extend(blocks);
+                        }
                         self.route[j] = r;
                         self.decided[j] = true;
                         // A new TCP connection is a new link when TCP carries
@@ -167,6 +211,47 @@ impl Multi {
             }
         }
         self.scratch = evs;
+    }
+
+    /// Peers whose chosen back end stays down while their control
+    /// connection is up: after `fallback`, strike that back end from what
+    /// we offer them and drop the control connection (both ends then
+    /// choose again from new `Hello`s).
+    fn fall_back(&mut self, now: Instant) {
+        for j in 0..self.route.len() {
+            let r = self.route[j];
+            let node = j as u32;
+            let stuck = self.decided[j]
+                && r != 0
+                && self.backs[0].transport.is_up(node)
+                && !self.backs[r].transport.is_up(node);
+            if !stuck {
+                self.waiting[j] = None;
+                continue;
+            }
+            let since = *self.waiting[j].get_or_insert(now);
+            if now.duration_since(since) < self.fallback {
+                continue;
+            }
+            self.waiting[j] = None;
+            self.fallbacks += 1;
+            self.offer[j] &= !self.backs[r].cap;
+            log::warn!(
+                "node {node}: its {} link has not been up for {:?} while the control connection is; \
+                 falling back (this agent no longer offers {} to it)",
+                self.backs[r].transport.name(),
+                self.fallback,
+                self.backs[r].transport.name()
+            );
+            self.decided[j] = false;
+            let b = &mut self.backs[r];
+            let blocks = b.transport.close(&b.poller, node);
+            self.orphans.extend(blocks);
+            let b = &mut self.backs[0];
+            b.transport.set_hello_caps(node, self.offer[j]);
+            let blocks = b.transport.close(&b.poller, node);
+            self.orphans.extend(blocks);
+        }
     }
 
     fn each(
@@ -245,6 +330,7 @@ impl Transport for Multi {
                 self.orphans.append(&mut freed);
             }
         }
+        self.fall_back(now);
     }
 
     fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
@@ -319,7 +405,7 @@ impl Transport for Multi {
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let mut names = self.names.borrow_mut();
-        let mut out = Vec::new();
+        let mut out = vec![("hybrid_fallbacks", self.fallbacks)];
         for (i, b) in self.backs.iter().enumerate() {
             for (name, v) in b.transport.counters() {
                 // Leaked once per (back end, counter): a few dozen strings

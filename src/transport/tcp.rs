@@ -290,7 +290,10 @@ struct Pending {
 pub struct TcpTransport {
     me: u32,
     nodes: Vec<SocketAddr>,
-    hello: Vec<u8>,
+    hello: Hello,
+    /// Per node: the transports our `Hello` to it names (a hybrid agent
+    /// may name fewer to one peer: see [`Transport::set_hello_caps`]).
+    hello_caps: Vec<u32>,
     job: u64,
     listener: std::net::TcpListener,
     addr: SocketAddr,
@@ -323,13 +326,13 @@ impl TcpTransport {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         poller.add(std::os::fd::AsFd::as_fd(&listener), TOK_LISTEN)?;
-        let hello = control_frame(FrameKind::Hello, me, &hello.to_bytes());
         let n = nodes.len();
         let now = Instant::now();
         Ok(TcpTransport {
             me,
             nodes,
             hello,
+            hello_caps: vec![hello.caps; n],
             job,
             listener,
             addr,
@@ -347,6 +350,13 @@ impl TcpTransport {
     /// The bound address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Our `Hello` frame for `node`.
+    fn hello_for(&self, node: u32) -> Vec<u8> {
+        let mut h = self.hello;
+        h.caps = self.hello_caps[node as usize];
+        control_frame(FrameKind::Hello, self.me, &h.to_bytes())
     }
 
     fn add_pending(&mut self, poller: &Poller, link: Link, now: Instant) {
@@ -419,7 +429,7 @@ impl TcpTransport {
         p.link.reader.consume();
         // The side that accepted answers with its own Hello.
         if h.node > self.me {
-            p.link.push(Out::bytes(self.hello.clone()));
+            p.link.push(Out::bytes(self.hello_for(h.node)));
         }
         let node = h.node;
         if self.links[node as usize].is_some() {
@@ -443,6 +453,12 @@ impl Transport for TcpTransport {
 
     fn peer_hello(&self, node: u32) -> Option<Hello> {
         self.peer_hellos.get(node as usize).copied().flatten()
+    }
+
+    fn set_hello_caps(&mut self, node: u32, caps: u32) {
+        if let Some(c) = self.hello_caps.get_mut(node as usize) {
+            *c = caps;
+        }
     }
 
     fn local_addr(&self) -> String {
@@ -500,7 +516,7 @@ impl Transport for TcpTransport {
             }
             match d.result.and_then(Link::new) {
                 Ok(mut link) => {
-                    link.push(Out::bytes(self.hello.clone()));
+                    link.push(Out::bytes(self.hello_for(d.node)));
                     let _ = link.flush(&self.pool, &mut Vec::new());
                     self.add_pending(poller, link, now);
                 }
