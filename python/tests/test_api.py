@@ -344,6 +344,35 @@ def test_wrong_thread_gets_busy(pair):
     assert seen == ["timeout"]
 
 
+# ----------------------------------------------------------------- package
+def test_the_package_installs_with_pip_and_works_from_there(agents, tmp_path):
+    # `pip install ./python` (into a directory of its own, offline: the
+    # venv's setuptools builds it), then a process elsewhere that sees only
+    # that directory imports it and exchanges a message.
+    target = tmp_path / "site"
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "--no-build-isolation", "--no-deps", "--target", str(target), str(ROOT / "python")],
+        capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (target / "wyvern" / "_core.py").is_file()
+    assert not (target / "tests").exists(), "the tests are not part of the package"
+    code = (
+        "import sys, wyvern\n"
+        "assert wyvern.__file__.startswith(sys.argv[1]), wyvern.__file__\n"
+        "with wyvern.attach(sys.argv[2], name='pip-test') as c:\n"
+        "    with c.open_endpoint() as ep:\n"
+        "        ep.send(c.node, ep.id, b'installed', delivered=True, timeout=10.0)\n"
+        "        assert ep.recv(timeout=10.0) == b'installed'\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(target))
+    r = subprocess.run([sys.executable, "-c", code, str(target), agents.socket(0)],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "ok"
+
+
 # ----------------------------------------------------------------- example
 def test_numpy_pingpong_example(agents):
     ex = ROOT / "examples" / "python" / "numpy_pingpong.py"
