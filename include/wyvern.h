@@ -152,6 +152,13 @@
 #define WYVERN_NO_NODE UINT32_MAX
 
 /*
+ A pool block to fill in place and send without a copy (opaque): from
+ `wyvern_alloc`, consumed by `wyvern_send_buf`, or given back with
+ `wyvern_buf_free`.
+ */
+typedef struct wyvern_buf wyvern_buf;
+
+/*
  An attached client (opaque).
  */
 typedef struct wyvern_client wyvern_client;
@@ -305,6 +312,64 @@ int wyvern_send_ex(struct wyvern_endpoint *ep,
                    uint32_t flags,
                    int64_t timeout_us,
                    uint64_t *out_cookie);
+
+/*
+ Get a pool block of `len` bytes to fill in place and send with
+ `wyvern_send_buf`: no copy on this side (`wyvern_send` of a message
+ larger than `wyvern_eager_max` allocates one and copies into it). Asks
+ the agent (a round trip); waits up to `timeout_us` while the pool, or
+ this client's share of it, is full (`WYVERN_EAGAIN` when it stays full,
+ `WYVERN_ETOOLARGE` when it can never hold `len`). Allocate ahead and
+ reuse the pattern: a block is consumed by its send.
+
+ # Safety
+ `out_buf` is NULL or valid for a write of a pointer.
+ */
+int wyvern_alloc(struct wyvern_client *client,
+                 size_t len,
+                 int64_t timeout_us,
+                 struct wyvern_buf **out_buf);
+
+/*
+ Where to write a buffer's bytes (`wyvern_buf_len` of them), valid until
+ the buffer is sent or freed or its client detaches. NULL for an invalid
+ handle (see `wyvern_last_error`).
+ */
+void *wyvern_buf_data(struct wyvern_buf *buf);
+
+/*
+ A buffer's length in bytes, or a negative error code for an invalid
+ handle (one already sent or freed: `WYVERN_EBADHANDLE`).
+ */
+int64_t wyvern_buf_len(struct wyvern_buf *buf);
+
+/*
+ Give an unsent buffer back to the agent. Its handle and data pointer
+ are invalid afterwards.
+ */
+int wyvern_buf_free(struct wyvern_buf *buf);
+
+/*
+ Send a buffer from `wyvern_alloc` of the same client, filled in place,
+ to endpoint `dst_ep` of node `dst_node`: the agent takes the pool block
+ as it is (no copy). `flags` and `timeout_us` as `wyvern_send`;
+ `out_cookie` (may be NULL) as `wyvern_send_ex`. The buffer is consumed
+ (its handle and data pointer invalid) by every return except
+ `WYVERN_EAGAIN` (no room in the ring: the buffer is still yours, send it
+ again or free it), `WYVERN_EINVAL` (bad flags, or a buffer of another
+ client), `WYVERN_EBADHANDLE` and `WYVERN_ECLOSED`, which leave it as it
+ was.
+
+ # Safety
+ `out_cookie` is NULL or valid for a write of a `uint64_t`.
+ */
+int wyvern_send_buf(struct wyvern_endpoint *ep,
+                    uint32_t dst_node,
+                    uint32_t dst_ep,
+                    struct wyvern_buf *buf,
+                    uint32_t flags,
+                    int64_t timeout_us,
+                    uint64_t *out_cookie);
 
 /*
  Receive the next message into `buf` (capacity `cap` bytes), storing its

@@ -136,6 +136,17 @@ fn c_program_exchanges_messages_and_gets_errors_for_bad_arguments() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
     assert!(n > 500, "only {n} checks ran");
+    // Every block came back: sent ones, freed ones, and the one b still held
+    // unsent when it detached.
+    for i in 0..2 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut s = c.stat(i);
+        while s["blocks_free"] != s["blocks_total"] && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            s = c.stat(i);
+        }
+        assert_eq!(s["blocks_free"], s["blocks_total"], "agent {i}: {s}");
+    }
 }
 
 #[test]

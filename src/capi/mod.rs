@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use crate::client::{self, Client, Message, Mode, Status};
+use crate::client::{self, Client, Message, Mode, SendBuf, Status};
 
 mod registry;
 use registry::{ClientState, EpState, Kind};
@@ -105,6 +105,14 @@ pub struct wyvern_endpoint {
 /// A received message held until `wyvern_msg_release` (opaque).
 #[allow(non_camel_case_types)]
 pub struct wyvern_msg {
+    _opaque: [u8; 0],
+}
+
+/// A pool block to fill in place and send without a copy (opaque): from
+/// `wyvern_alloc`, consumed by `wyvern_send_buf`, or given back with
+/// `wyvern_buf_free`.
+#[allow(non_camel_case_types)]
+pub struct wyvern_buf {
     _opaque: [u8; 0],
 }
 
@@ -300,6 +308,7 @@ pub unsafe extern "C" fn wyvern_attach(
             client,
             eps: Default::default(),
             msgs: Default::default(),
+            bufs: Default::default(),
             errors: Default::default(),
         });
         // SAFETY: checked non-NULL; the caller's promise otherwise.
@@ -320,11 +329,13 @@ pub extern "C" fn wyvern_detach(client: *mut wyvern_client) -> c_int {
             client,
             eps,
             msgs,
+            bufs,
             errors: _,
         } = st;
-        // Messages and endpoints first: they return their blocks through
-        // the client's rings before it leaves.
+        // Messages, buffers and endpoints first: they return their blocks
+        // through the client's rings before it leaves.
         drop(msgs);
+        drop(bufs);
         drop(eps);
         client.detach()?;
         Ok(WYVERN_OK)
@@ -545,16 +556,7 @@ pub unsafe extern "C" fn wyvern_send_ex(
     out_cookie: *mut u64,
 ) -> c_int {
     ffi("wyvern_send", || {
-        let mode = match flags {
-            WYVERN_BUFFERED => Mode::Buffered,
-            WYVERN_DELIVERED => Mode::Delivered,
-            f => {
-                return Err(Fail::new(
-                    WYVERN_EINVAL,
-                    format!("flags {f:#x}: expected WYVERN_BUFFERED or WYVERN_DELIVERED"),
-                ))
-            }
-        };
+        let mode = send_mode(flags)?;
         let data: &[u8] = if len == 0 {
             &[]
         } else {
@@ -572,6 +574,182 @@ pub unsafe extern "C" fn wyvern_send_ex(
         };
         let cookie = with_ep(id(ep), |e| {
             Ok(e.ep.send(dst_node, dst_ep, data, mode, timeout(timeout_us))?)
+        })?;
+        if !out_cookie.is_null() {
+            // SAFETY: not NULL; the caller's promise otherwise.
+            unsafe { put(out_cookie, cookie) };
+        }
+        Ok(WYVERN_OK)
+    })
+}
+
+fn send_mode(flags: u32) -> Result<Mode, Fail> {
+    match flags {
+        WYVERN_BUFFERED => Ok(Mode::Buffered),
+        WYVERN_DELIVERED => Ok(Mode::Delivered),
+        f => Err(Fail::new(
+            WYVERN_EINVAL,
+            format!("flags {f:#x}: expected WYVERN_BUFFERED or WYVERN_DELIVERED"),
+        )),
+    }
+}
+
+// ------------------------------------------------------- zero-copy send
+
+/// Get a pool block of `len` bytes to fill in place and send with
+/// `wyvern_send_buf`: no copy on this side (`wyvern_send` of a message
+/// larger than `wyvern_eager_max` allocates one and copies into it). Asks
+/// the agent (a round trip); waits up to `timeout_us` while the pool, or
+/// this client's share of it, is full (`WYVERN_EAGAIN` when it stays full,
+/// `WYVERN_ETOOLARGE` when it can never hold `len`). Allocate ahead and
+/// reuse the pattern: a block is consumed by its send.
+///
+/// # Safety
+/// `out_buf` is NULL or valid for a write of a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn wyvern_alloc(
+    client: *mut wyvern_client,
+    len: usize,
+    timeout_us: i64,
+    out_buf: *mut *mut wyvern_buf,
+) -> c_int {
+    ffi("wyvern_alloc", || {
+        nonnull(out_buf, "out_buf")?;
+        let bid = registry::with(id(client), Kind::Client, |slot, st| {
+            let b = st.client.alloc(len, timeout(timeout_us))?;
+            let bid = registry::add(Kind::Buf, slot);
+            st.bufs.insert(bid, b);
+            Ok(bid)
+        })?;
+        // SAFETY: checked non-NULL; the caller's promise otherwise.
+        unsafe { put(out_buf, handle(bid)) };
+        Ok(WYVERN_OK)
+    })
+}
+
+fn with_buf<R>(buf: *mut wyvern_buf, f: impl FnOnce(&mut SendBuf) -> R) -> Result<R, Fail> {
+    let bid = id(buf);
+    registry::with(bid, Kind::Buf, |_, st| {
+        st.bufs
+            .get_mut(&bid)
+            .map(f)
+            .ok_or_else(|| Fail::new(WYVERN_EBADHANDLE, "unknown buffer handle"))
+    })
+}
+
+/// Where to write a buffer's bytes (`wyvern_buf_len` of them), valid until
+/// the buffer is sent or freed or its client detaches. NULL for an invalid
+/// handle (see `wyvern_last_error`).
+#[no_mangle]
+pub extern "C" fn wyvern_buf_data(buf: *mut wyvern_buf) -> *mut c_void {
+    static mut EMPTY: u8 = 0;
+    let mut ptr = std::ptr::null_mut();
+    ffi("wyvern_buf_data", || {
+        ptr = with_buf(buf, |b| {
+            if b.is_empty() {
+                // Never written through: a caller may write 0 bytes.
+                (&raw mut EMPTY).cast::<c_void>()
+            } else {
+                b.as_mut_ptr().cast::<c_void>()
+            }
+        })?;
+        Ok(WYVERN_OK)
+    });
+    ptr
+}
+
+/// A buffer's length in bytes, or a negative error code for an invalid
+/// handle (one already sent or freed: `WYVERN_EBADHANDLE`).
+#[no_mangle]
+pub extern "C" fn wyvern_buf_len(buf: *mut wyvern_buf) -> i64 {
+    let mut len = 0i64;
+    let rc = ffi("wyvern_buf_len", || {
+        len = with_buf(buf, |b| b.len() as i64)?;
+        Ok(WYVERN_OK)
+    });
+    if rc < 0 {
+        rc.into()
+    } else {
+        len
+    }
+}
+
+/// Give an unsent buffer back to the agent. Its handle and data pointer
+/// are invalid afterwards.
+#[no_mangle]
+pub extern "C" fn wyvern_buf_free(buf: *mut wyvern_buf) -> c_int {
+    ffi("wyvern_buf_free", || {
+        let bid = id(buf);
+        registry::with(bid, Kind::Buf, |_, st| {
+            let b = st
+                .bufs
+                .remove(&bid)
+                .ok_or_else(|| Fail::new(WYVERN_EBADHANDLE, "unknown buffer handle"))?;
+            registry::remove(bid);
+            drop(b);
+            Ok(WYVERN_OK)
+        })
+    })
+}
+
+/// Send a buffer from `wyvern_alloc` of the same client, filled in place,
+/// to endpoint `dst_ep` of node `dst_node`: the agent takes the pool block
+/// as it is (no copy). `flags` and `timeout_us` as `wyvern_send`;
+/// `out_cookie` (may be NULL) as `wyvern_send_ex`. The buffer is consumed
+/// (its handle and data pointer invalid) by every return except
+/// `WYVERN_EAGAIN` (no room in the ring: the buffer is still yours, send it
+/// again or free it), `WYVERN_EINVAL` (bad flags, or a buffer of another
+/// client), `WYVERN_EBADHANDLE` and `WYVERN_ECLOSED`, which leave it as it
+/// was.
+///
+/// # Safety
+/// `out_cookie` is NULL or valid for a write of a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn wyvern_send_buf(
+    ep: *mut wyvern_endpoint,
+    dst_node: u32,
+    dst_ep: u32,
+    buf: *mut wyvern_buf,
+    flags: u32,
+    timeout_us: i64,
+    out_cookie: *mut u64,
+) -> c_int {
+    ffi("wyvern_send_buf", || {
+        let mode = send_mode(flags)?;
+        let (eid, bid) = (id(ep), id(buf));
+        let bslot = registry::lookup(bid, Kind::Buf)?;
+        let cookie = registry::with(eid, Kind::Endpoint, |slot, st| {
+            if !std::sync::Arc::ptr_eq(slot, &bslot) {
+                return Err(Fail::new(
+                    WYVERN_EINVAL,
+                    "the buffer was allocated by another client than the endpoint's",
+                ));
+            }
+            let e = st
+                .eps
+                .get(&eid)
+                .ok_or_else(|| Fail::new(WYVERN_EBADHANDLE, "unknown endpoint handle"))?;
+            let b = st
+                .bufs
+                .remove(&bid)
+                .ok_or_else(|| Fail::new(WYVERN_EBADHANDLE, "unknown buffer handle"))?;
+            match e
+                .ep
+                .try_send_buf(dst_node, dst_ep, b, mode, timeout(timeout_us))
+            {
+                Ok(c) => {
+                    registry::remove(bid);
+                    Ok(c)
+                }
+                Err((err, Some(b))) => {
+                    st.bufs.insert(bid, b);
+                    Err(err.into())
+                }
+                Err((err, None)) => {
+                    registry::remove(bid);
+                    Err(err.into())
+                }
+            }
         })?;
         if !out_cookie.is_null() {
             // SAFETY: not NULL; the caller's promise otherwise.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use super::{
     Fail, WYVERN_EBADHANDLE, WYVERN_EBUSY, WYVERN_ECLOSED, WYVERN_EINTERNAL, WYVERN_EINVAL,
 };
-use crate::client::{AsyncError, Client, Endpoint, Message};
+use crate::client::{AsyncError, Client, Endpoint, Message, SendBuf};
 
 /// What a handle names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub(super) enum Kind {
     /// client detaches, so that using it says "closed", not "unknown".
     ClosedEndpoint,
     Msg,
+    /// A pool block allocated with `wyvern_alloc`, not yet sent or freed.
+    Buf,
 }
 
 /// An open endpoint and the message a too-small receive buffer left at the
@@ -46,10 +48,11 @@ pub(super) struct ClientState {
     pub(super) client: Client,
     pub(super) eps: BTreeMap<u64, EpState>,
     pub(super) msgs: BTreeMap<u64, Message>,
+    pub(super) bufs: BTreeMap<u64, SendBuf>,
     pub(super) errors: VecDeque<AsyncError>,
 }
 
-// SAFETY: `Client`, `Endpoint` and `Message` are `!Send` only because they
+// SAFETY: `Client`, `Endpoint`, `Message` and `SendBuf` are `!Send` only because they
 // share the client's state through `Rc` and `RefCell`, whose counts and
 // borrow flags are not atomic. Every one of those objects that shares one
 // client's state lives inside that client's `ClientState` (the C side only
@@ -116,7 +119,7 @@ pub(super) fn retag(id: u64, kind: Kind) {
 }
 
 /// The slot a handle of `kind` belongs to.
-fn lookup(id: u64, kind: Kind) -> Result<Arc<Slot>, Fail> {
+pub(super) fn lookup(id: u64, kind: Kind) -> Result<Arc<Slot>, Fail> {
     if id == 0 {
         return Err(Fail::new(WYVERN_EINVAL, "NULL handle"));
     }

@@ -78,6 +78,16 @@ fn null_arguments_are_invalid_not_crashes() {
         assert!(wyvern_msg_data(null_mut()).is_null());
         assert_eq!(wyvern_msg_len(null_mut()), i64::from(WYVERN_EINVAL));
         assert_eq!(wyvern_endpoint_close(null_mut()), WYVERN_EINVAL);
+        let mut b = null_mut();
+        assert_eq!(wyvern_alloc(null_mut(), 8, 0, &mut b), WYVERN_EINVAL);
+        assert!(b.is_null(), "nothing written on failure");
+        assert!(wyvern_buf_data(null_mut()).is_null());
+        assert_eq!(wyvern_buf_len(null_mut()), i64::from(WYVERN_EINVAL));
+        assert_eq!(wyvern_buf_free(null_mut()), WYVERN_EINVAL);
+        assert_eq!(
+            wyvern_send_buf(null_mut(), 0, 0, null_mut(), WYVERN_BUFFERED, 0, null_mut()),
+            WYVERN_EINVAL
+        );
     }
     assert_eq!(c, null_mut(), "nothing written on failure");
 }
@@ -110,6 +120,14 @@ fn made_up_handles_are_rejected_without_being_touched() {
             assert_eq!(wyvern_msg_release(msg), WYVERN_EBADHANDLE);
             assert_eq!(wyvern_msg_len(msg), i64::from(WYVERN_EBADHANDLE));
             assert_eq!(wyvern_poll(ep), WYVERN_EBADHANDLE);
+            let b: *mut wyvern_buf = std::ptr::without_provenance_mut(v);
+            assert!(wyvern_buf_data(b).is_null());
+            assert_eq!(wyvern_buf_len(b), i64::from(WYVERN_EBADHANDLE));
+            assert_eq!(wyvern_buf_free(b), WYVERN_EBADHANDLE);
+            assert_eq!(
+                wyvern_send_buf(ep, 0, 0, b, WYVERN_BUFFERED, 0, null_mut()),
+                WYVERN_EBADHANDLE
+            );
         }
     }
 }

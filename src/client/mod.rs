@@ -789,17 +789,41 @@ impl Endpoint {
         self.finish_send(&s, data, timeout)
     }
 
-    /// Send a block filled in place (no copy on this side).
+    /// Send a block filled in place (no copy on this side). The block is
+    /// the agent's from then on, also when the send fails (except
+    /// [`Error::WouldBlock`]: see [`Endpoint::try_send_buf`] to keep it).
     pub fn send_buf(
+        &self,
+        dst_node: u32,
+        dst_ep: u32,
+        buf: SendBuf,
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
+        self.try_send_buf(dst_node, dst_ep, buf, mode, timeout)
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`Endpoint::send_buf`], giving the block back when it was not
+    /// submitted: no room in the ring within the timeout
+    /// ([`Error::WouldBlock`]), a closed endpoint, or a block of another
+    /// client. Any other failure comes after the agent took the block.
+    pub fn try_send_buf(
         &self,
         dst_node: u32,
         dst_ep: u32,
         mut buf: SendBuf,
         mode: Mode,
         timeout: Duration,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, (Error, Option<SendBuf>)> {
         if !self.open.get() {
-            return Err(Error::Closed);
+            return Err((Error::Closed, Some(buf)));
+        }
+        if !Rc::ptr_eq(&buf.inner, &self.inner) {
+            return Err((
+                Error::Refused("the block was allocated by another client".into()),
+                Some(buf),
+            ));
         }
         let cookie = self.inner.next_cookie();
         let s = Submit {
@@ -813,11 +837,13 @@ impl Endpoint {
             len: buf.len as u64,
         };
         // From the moment it is submitted the block is the agent's.
-        let r = self.finish_send(&s, &[], timeout);
-        if !matches!(r, Err(Error::WouldBlock)) {
-            buf.sent = true;
+        match self.finish_send(&s, &[], timeout) {
+            Err(Error::WouldBlock) => Err((Error::WouldBlock, Some(buf))),
+            r => {
+                buf.sent = true;
+                r.map_err(|e| (e, None))
+            }
         }
-        r
     }
 
     fn finish_send(&self, s: &Submit, payload: &[u8], timeout: Duration) -> Result<u64, Error> {
