@@ -38,8 +38,15 @@
 # SWEEP_SIZES ("8 64 512 4096 32768 262144 1048576 4194304"),
 # SOCKPERF_MAX_SIZE (65536), SOCKPERF_SECS (1), IPERF_MIN_SIZE (32768),
 # IPERF_SWEEP_SECS (1), SWEEP_PLAN_ONLY=1 (list the sweep's cells and its
-# estimate, measure nothing), SKIP_BUILD=1 to use the binaries as they are,
-# KEEP_TMP=1 to keep the scratch directory (agent logs) for a post-mortem.
+# estimate, measure nothing), SKIP_BUILD=1 to use the binaries as they are
+# (no cargo at all), WYVERN_FEATURES (cargo features; default "dpdk" where
+# pkg-config finds libdpdk), KEEP_TMP=1 to keep the scratch directory (agent
+# logs) for a post-mortem.
+#
+# Build: one `cargo bench --no-run [--features F] --bench bulk --bench
+# attach_floor --bench hop`, which also builds target/release/wyvern and
+# wyvern-peer; a second call compiles nothing (see build() for why it is one
+# invocation), mpicc only when bench/mpi_*.c is newer than its binary.
 #
 # Only 127.0.0.1 is used. Every process this script starts is wrapped in
 # `timeout` and killed by the EXIT trap. Needs: cargo, jq, python3, taskset,
@@ -135,24 +142,74 @@ join_runs() { local IFS='|'; echo "$*" | sed 's/|/ \/ /g'; }
 
 # ------------------------------------------------------------------ build
 
-EXE_BULK=""; EXE_FLOOR=""
+EXE_BULK=""; EXE_FLOOR=""; FEAT_ARGS=(); BUILT_FEATURES=""
+# One cargo invocation builds everything the benchmarks run, with one feature
+# set: `cargo bench --no-run` compiles the library and both binaries (benches
+# need the binaries; they land in target/release as with `cargo build
+# --release`) next to the bench executables. Why one: the library's crate
+# types include cdylib and staticlib, so cargo names its outputs without a
+# hash (target/release/deps/libwyvern.{rlib,so,a}); two builds whose
+# dependency graphs differ write the same files, and each makes the other
+# stale. `cargo build --release --bins` and `cargo bench --no-run` differ that
+# way: a bench build unifies dev-dependency features (proptest, tempfile,
+# cbindgen turn on bitflags/std and serde_core/alloc under nix and serde), so
+# the two rebuilt the library and both binaries on every call. A different
+# --features set does the same, so cmd_hop's `cargo bench` uses FEAT_ARGS too.
+# WYVERN_FEATURES: the cargo features to build with; default "dpdk" where
+# pkg-config finds libdpdk (the sweep's dpdk columns need it), else none.
+build_features() {
+    if [ -n "${WYVERN_FEATURES+x}" ]; then
+        BUILT_FEATURES="$WYVERN_FEATURES"
+    elif pkg-config --exists libdpdk 2>/dev/null; then
+        BUILT_FEATURES=dpdk
+    else
+        BUILT_FEATURES=""
+        log "build: no libdpdk (pkg-config): building without the dpdk feature"
+    fi
+    FEAT_ARGS=(); [ -z "$BUILT_FEATURES" ] || FEAT_ARGS=(--features "$BUILT_FEATURES")
+}
+cargo_bench_build() { # -> the JSON messages on stdout
+    (cd "$ROOT" && timeout 1800 cargo bench --no-run --quiet --message-format=json "${FEAT_ARGS[@]}" \
+        --bench bulk --bench attach_floor --bench hop 2> "$TMP/build.err")
+}
 build() {
     command -v jq >/dev/null || die "jq is needed"
+    build_features
+    local json t0
+    t0=$(date +%s.%N)
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
-        log "building: cargo build --release --bins; cargo bench --no-run (bulk, attach_floor, hop)"
-        (cd "$ROOT" && cargo build --release --bins --quiet) || die "cargo build failed"
+        log "building: cargo bench --no-run ${FEAT_ARGS[*]} --bench bulk --bench attach_floor --bench hop (also builds the wyvern and wyvern-peer binaries)"
+        if ! json="$(cargo_bench_build)"; then
+            if [ "$BUILT_FEATURES" = dpdk ] && [ -z "${WYVERN_FEATURES+x}" ]; then
+                log "build: with --features dpdk it failed ($(grep -m1 -i error "$TMP/build.err" | cut -c1-160)); building without it"
+                BUILT_FEATURES=""; FEAT_ARGS=()
+                json="$(cargo_bench_build)" || die "cargo bench --no-run failed: $(tail -5 "$TMP/build.err")"
+            else
+                die "cargo bench --no-run failed: $(tail -5 "$TMP/build.err")"
+            fi
+        fi
+        EXE_BULK="$(jq -r 'select(.executable != null and .target.name == "bulk") | .executable' <<< "$json" | tail -1)"
+        EXE_FLOOR="$(jq -r 'select(.executable != null and .target.name == "attach_floor") | .executable' <<< "$json" | tail -1)"
+        log "build step: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s, $(jq -s '[.[] | select(.reason == "compiler-artifact" and .fresh == false)] | length' <<< "$json") artifacts compiled (features: ${BUILT_FEATURES:-none})"
+    else
+        # the binaries as they are: no cargo at all (the newest bench executables)
+        EXE_BULK="$(find "$ROOT/target/release/deps" -maxdepth 1 -type f -executable -name 'bulk-*' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)"
+        EXE_FLOOR="$(find "$ROOT/target/release/deps" -maxdepth 1 -type f -executable -name 'attach_floor-*' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)"
+        # which features the binaries have: a dpdk-less wyvern refuses the transport
+        if "$BIN/wyvern" agent --node-id 0 --nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk \
+            --dpdk-eal "--no-pci" --print-config >/dev/null 2>&1; then BUILT_FEATURES=dpdk; else BUILT_FEATURES=""; fi
     fi
-    local json
-    json="$(cd "$ROOT" && cargo bench --no-run --quiet --message-format=json \
-        --bench bulk --bench attach_floor --bench hop 2>/dev/null)" || die "cargo bench --no-run failed"
-    EXE_BULK="$(jq -r 'select(.executable != null and .target.name == "bulk") | .executable' <<< "$json" | tail -1)"
-    EXE_FLOOR="$(jq -r 'select(.executable != null and .target.name == "attach_floor") | .executable' <<< "$json" | tail -1)"
-    [ -x "$EXE_BULK" ] && [ -x "$EXE_FLOOR" ] || die "bench executables not found"
     [ -x "$BIN/wyvern" ] && [ -x "$BIN/wyvern-peer" ] || die "release binaries missing"
+    if [ "${SWEEP_PLAN_ONLY:-0}" != 1 ]; then
+        [ -x "$EXE_BULK" ] && [ -x "$EXE_FLOOR" ] || die "bench executables not found"
+    fi
     mkdir -p "$ROOT/target/bench"
     if command -v mpicc >/dev/null; then
-        mpicc -O2 -o "$ROOT/target/bench/mpi_rate" "$ROOT/bench/mpi_rate.c" || die "mpicc failed"
-        mpicc -O2 -o "$ROOT/target/bench/mpi_lat" "$ROOT/bench/mpi_lat.c" || die "mpicc failed"
+        local m
+        for m in mpi_rate mpi_lat; do   # only when the source is newer
+            [ "$ROOT/target/bench/$m" -nt "$ROOT/bench/$m.c" ] && continue
+            mpicc -O2 -o "$ROOT/target/bench/$m" "$ROOT/bench/$m.c" || die "mpicc $m.c failed"
+        done
     fi
 }
 
@@ -536,7 +593,7 @@ cmd_attach() {
 cmd_hop() {
     section_begin
     log "== hop: cargo bench --bench hop (RUNS=$RUNS) =="
-    RUNS="$RUNS" start hop 600 cargo bench --quiet --manifest-path "$ROOT/Cargo.toml" --bench hop
+    RUNS="$RUNS" start hop 600 cargo bench --quiet --manifest-path "$ROOT/Cargo.toml" "${FEAT_ARGS[@]}" --bench hop
     wait "$LAST" || die "hop bench failed: $(tail -5 "$TMP/hop.err")"
     cat "$TMP/hop.out" >&2
     local json
