@@ -3,8 +3,8 @@
 
     plot.py bench/results/sweep.csv bench/results
 
-CSV columns: metric (latency_us, rate_msgs, rate4_msgs), size, system, runs,
-median, secs (each run's wall time), note. Writes
+CSV columns: metric (latency_us, rate_msgs, rate4_msgs, frames_s), size,
+system, runs, median, secs (each run's wall time), note. Writes
 
     latency.png  half round trip p50 vs message size
     rate.png     one-to-one message rate vs size
@@ -13,7 +13,9 @@ median, secs (each run's wall time), note. Writes
 each wyvern transport against every peer in the CSV (log-log axes), and
 sweep.md: one table per metric with the medians and wyvern-tcp ÷ each peer,
 followed by the notes the CSV carries (sizes a peer measured differently,
-failed cells).
+failed cells), and, when the CSV has frames_s rows, a small table of the
+frame rate at full-size frames: wyvern-dpdk against testpmd on the same
+veth pair, every run, the medians and their ratio (no plot).
 """
 import csv
 import math
@@ -27,10 +29,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as mticker  # noqa: E402
 
 WYVERN = "wyvern-tcp"  # the ratio columns divide this one by each peer
-ORDER = ["wyvern-tcp", "wyvern-udp", "ucx", "mpi", "sockperf", "iperf3"]
+ORDER = ["wyvern-tcp", "wyvern-udp", "wyvern-dpdk", "ucx", "mpi", "sockperf", "iperf3"]
 STYLE = {  # marker/line, colour
     "wyvern-tcp": ("o-", "tab:blue"),
     "wyvern-udp": ("s-", "tab:cyan"),
+    "wyvern-dpdk": ("P-", "tab:purple"),
     "ucx": ("^--", "tab:orange"),
     "mpi": ("v--", "tab:green"),
     "sockperf": ("D:", "tab:gray"),
@@ -70,6 +73,7 @@ METRICS = {
         "higher",
         {
             "wyvern-tcp": "wyvern-tcp (4 senders → 1 receiver)",
+            "wyvern-dpdk": "wyvern-dpdk (4 senders → 1 receiver, veth pair)",
             "ucx": "UCX tag_bw × 4 pairs",
             "mpi": "Open MPI × 4 pairs (mpi_rate.c)",
         },
@@ -92,10 +96,12 @@ def ok(v):
 def main():
     src, out = sys.argv[1], sys.argv[2]
     data = defaultdict(dict)  # (metric, system) -> {size: median}
+    runs = defaultdict(dict)  # (metric, system) -> {size: "r1 r2 ..."}
     notes = defaultdict(list)  # metric -> ["system, size: note"]
     with open(src) as f:
         for row in csv.DictReader(f):
             metric, system, size = row["metric"], row["system"], int(row["size"])
+            runs[(metric, system)][size] = row.get("runs", "")
             try:
                 data[(metric, system)][size] = float(row["median"])
             except ValueError:
@@ -105,7 +111,7 @@ def main():
             keep = [p.strip() for p in note.split(";") if p.strip().startswith(("measured at", "FAILED"))]
             if keep:
                 notes[metric].append(f"{system}, {human(size)}: " + "; ".join(keep))
-    sizes = sorted({z for d in data.values() for z in d})
+    sizes = sorted({z for (m, _), d in data.items() if m in METRICS for z in d})
     written = []
     lines = []
     for metric, (png, table_title, ylabel, title, better, labels) in METRICS.items():
@@ -142,7 +148,10 @@ def main():
         ax.set_xticklabels([human(z) for z in sizes], rotation=30)
         ax.set_xlabel("message size")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title} ({better} is better; two agents on loopback, 2-core VM)", fontsize=10)
+        where = "two agents on loopback"
+        if any(s == "wyvern-dpdk" for s in systems):
+            where += "; dpdk: two namespaces, one veth pair"
+        ax.set_title(f"{title} ({better} is better)\n{where}, 2-core VM", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -176,6 +185,34 @@ def main():
         for n in notes.get(metric, []):
             lines.append(f"* {n}")
         if notes.get(metric):
+            lines.append("")
+    frames = {s: data.get(("frames_s", s), {}) for s in ("wyvern-dpdk", "testpmd")}
+    if any(frames.values()):
+        w = next(iter(frames["wyvern-dpdk"].values()), None)
+        t = next(iter(frames["testpmd"].values()), None)
+        wr = next(iter(runs.get(("frames_s", "wyvern-dpdk"), {}).values()), "")
+        tr = next(iter(runs.get(("frames_s", "testpmd"), {}).values()), "")
+
+        def cell(v):
+            return "—" if not ok(v) else f"{v:,.0f}"
+
+        def per_run(r):
+            return " / ".join("—" if x == "nan" else f"{float(x):,.0f}" for x in r.split()) or "—"
+
+        lines.append(
+            "**Frame rate at full-size (1514 B) frames, net_af_packet on one veth pair** "
+            "(higher is better; medians, every run listed)"
+        )
+        lines.append("")
+        lines.append("| system | runs (frames/s) | median (frames/s) | wyvern-dpdk ÷ testpmd |")
+        lines.append("|---|---|---|---|")
+        ratio = "—" if not ok(w) or not ok(t) else f"{w / t:.2f}×"
+        lines.append(f"| wyvern-dpdk: 1 MiB messages, frames the receiving agent took / its time | {per_run(wr)} | {cell(w)} | {ratio} |")
+        lines.append(f"| dpdk-testpmd txonly → rxonly | {per_run(tr)} | {cell(t)} | 1 |")
+        lines.append("")
+        for n in notes.get("frames_s", []):
+            lines.append(f"* {n}")
+        if notes.get("frames_s"):
             lines.append("")
     lines.append(" ".join(f"![{p[:-4]}]({p})" for p in written))
     with open(f"{out}/sweep.md", "w") as f:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh — wyvern against its peers, measured in the same run.
 #
-#   bench/run.sh latency|rate|bandwidth|attach|hop|all
+#   bench/run.sh latency|rate|bandwidth|attach|hop|sweep|all
 #
 # Each subcommand runs wyvern and its peer(s) RUNS times (default 5),
 # alternating them so machine noise hits both, prints every run's figures,
@@ -19,17 +19,25 @@
 #   attach     wyvern-peer attach-loop vs bench/attach_floor.rs (bare UDS)
 #   hop        cargo bench --bench hop (client->agent hop vs cache line)
 #   sweep      over SWEEP_SIZES (8 B .. 4 MiB), medians of RUNS runs:
-#              latency (p50 half round trip): wyvern tcp, wyvern udp vs UCX
+#              latency (p50 half round trip): wyvern tcp, udp, dpdk vs UCX
 #                tag_lat, MPI (bench/mpi_lat.c) and sockperf ping-pong (kernel
 #                TCP floor, sizes <= SOCKPERF_MAX_SIZE);
-#              1->1 message rate: wyvern tcp, udp vs UCX tag_bw, MPI
+#              1->1 message rate: wyvern tcp, udp, dpdk vs UCX tag_bw, MPI
 #                (mpi_rate.c, 1 pair) and iperf3 (a stream: bytes/s / size,
 #                sizes >= IPERF_MIN_SIZE);
-#              4->1 message rate: wyvern tcp (4 senders, 1 receiver) vs 4 UCX
-#                tag_bw pairs and 4 MPI pairs, summed;
-#              writes bench/results/sweep.{csv,md} and latency.png, rate.png,
+#              4->1 message rate: wyvern tcp, dpdk (4 senders, 1 receiver) vs
+#                4 UCX tag_bw pairs and 4 MPI pairs, summed;
+#              frames/s at 1514 B frames, once per run: wyvern dpdk (1 MiB
+#                messages) vs dpdk-testpmd txonly -> rxonly on the same veth;
+#              wyvern-dpdk runs where it can (a --features dpdk build, root,
+#                namespaces that scripts/testbed.sh can make: two agents in
+#                two namespaces on one veth pair, net_af_packet, as
+#                bench/dpdk_veth.sh); else the sweep says why it skips it;
+#              writes $SWEEP_OUT/sweep.{csv,md} and latency.png, rate.png,
 #              rate4.png (matplotlib in a venv under target/benchenv, created
 #              on first use). A progress line per cell (k of N, ETA) on stderr.
+#              Estimate for RUNS=3 and the default sizes: 369 cells, ~13 min
+#              on a quiet machine (SWEEP_PLAN_ONLY=1 prints it).
 #
 # Environment: RUNS (5), RESULTS_FILE, LAT_COUNT (20000), LAT_SPIN_COUNT
 # (300: spinning agents on 2 cores need ~2 ms per hop), RATE_COUNT (500000
@@ -38,12 +46,26 @@
 # SWEEP_SIZES ("8 64 512 4096 32768 262144 1048576 4194304"),
 # SOCKPERF_MAX_SIZE (65536), SOCKPERF_SECS (1), IPERF_MIN_SIZE (32768),
 # IPERF_SWEEP_SECS (1), SWEEP_PLAN_ONLY=1 (list the sweep's cells and its
-# estimate, measure nothing), SKIP_BUILD=1 to use the binaries as they are,
-# KEEP_TMP=1 to keep the scratch directory (agent logs) for a post-mortem.
+# estimate, measure nothing), SKIP_BUILD=1 to use the binaries as they are
+# (no cargo at all), WYVERN_FEATURES (cargo features; default "dpdk" where
+# pkg-config finds libdpdk), SWEEP_OUT (bench/results; a scratch directory
+# for a trial sweep), SWEEP_SYSTEMS (only these systems, e.g. "wyvern-dpdk
+# testpmd"), TESTPMD_SECS (6), DPDK_FRAMES_MIB (512), DPDK_RATE_BYTES (4e8:
+# most bytes one dpdk rate cell moves), DPDK_LAT_BYTES (2e8, the same for its
+# ping-pongs), KEEP_TMP=1 to keep the scratch directory (agent logs) for a
+# post-mortem.
 #
-# Only 127.0.0.1 is used. Every process this script starts is wrapped in
-# `timeout` and killed by the EXIT trap. Needs: cargo, jq, python3, taskset,
-# ucx_perftest, iperf3, sockperf, mpicc/mpirun (scripts/install-deps.sh bench).
+# Build: one `cargo bench --no-run [--features F] --bench bulk --bench
+# attach_floor --bench hop`, which also builds target/release/wyvern and
+# wyvern-peer; a second call compiles nothing (see build() for why it is one
+# invocation), mpicc only when bench/mpi_*.c is newer than its binary.
+#
+# Only 127.0.0.1 is used, and 10.77.0.0/24 inside the sweep's own two
+# namespaces (ws<pid>-0, ws<pid>-1; the EXIT trap removes them). Every process
+# this script starts is wrapped in `timeout` and killed by the EXIT trap.
+# Needs: cargo, jq, python3, taskset, ucx_perftest, iperf3, sockperf,
+# mpicc/mpirun (scripts/install-deps.sh bench); for the sweep's dpdk columns
+# also root, iproute2, libdpdk-dev (the build) and dpdk-testpmd (Debian: dpdk).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,6 +86,16 @@ SOCKPERF_SECS="${SOCKPERF_SECS:-1}"
 IPERF_MIN_SIZE="${IPERF_MIN_SIZE:-32768}"
 IPERF_SWEEP_SECS="${IPERF_SWEEP_SECS:-1}"
 SWEEP_SENDERS=4
+SWEEP_OUT="${SWEEP_OUT:-$ROOT/bench/results}"
+TESTPMD_SECS="${TESTPMD_SECS:-6}"
+DPDK_FRAMES_MIB="${DPDK_FRAMES_MIB:-512}"
+DPDK_RATE_BYTES="${DPDK_RATE_BYTES:-400000000}"
+DPDK_LAT_BYTES="${DPDK_LAT_BYTES:-200000000}"
+# EAL options of every dpdk process (agents and testpmd), as bench/dpdk_veth.sh:
+# no PCI, no hugepages (they are shared with other users), no shared config.
+EAL_COMMON="--no-pci --no-huge -m 256 --no-telemetry --no-shconf --log-level=lib.eal:warning"
+DPDK_NS=""       # the sweep's namespace prefix once scripts/testbed.sh made them
+DPDK_SKIP=""     # why the sweep leaves dpdk out
 PACKET_BYTES="${PACKET_BYTES:-8972}"
 BIN="$ROOT/target/release"
 NCORES="$(nproc)"
@@ -79,6 +111,10 @@ cleanup() {
         for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null || true
     done
+    if [ -n "$DPDK_NS" ]; then
+        TESTBED_PREFIX="$DPDK_NS" TESTBED_HUGEPAGES=skip timeout 60 "$ROOT/scripts/testbed.sh" down >/dev/null 2>&1 \
+            || echo "run.sh: could not remove the namespaces ${DPDK_NS}0, ${DPDK_NS}1 (ip netns del them)" >&2
+    fi
     if [ "${KEEP_TMP:-0}" = 1 ]; then echo "run.sh: scratch kept in $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -135,24 +171,74 @@ join_runs() { local IFS='|'; echo "$*" | sed 's/|/ \/ /g'; }
 
 # ------------------------------------------------------------------ build
 
-EXE_BULK=""; EXE_FLOOR=""
+EXE_BULK=""; EXE_FLOOR=""; FEAT_ARGS=(); BUILT_FEATURES=""
+# One cargo invocation builds everything the benchmarks run, with one feature
+# set: `cargo bench --no-run` compiles the library and both binaries (benches
+# need the binaries; they land in target/release as with `cargo build
+# --release`) next to the bench executables. Why one: the library's crate
+# types include cdylib and staticlib, so cargo names its outputs without a
+# hash (target/release/deps/libwyvern.{rlib,so,a}); two builds whose
+# dependency graphs differ write the same files, and each makes the other
+# stale. `cargo build --release --bins` and `cargo bench --no-run` differ that
+# way: a bench build unifies dev-dependency features (proptest, tempfile,
+# cbindgen turn on bitflags/std and serde_core/alloc under nix and serde), so
+# the two rebuilt the library and both binaries on every call. A different
+# --features set does the same, so cmd_hop's `cargo bench` uses FEAT_ARGS too.
+# WYVERN_FEATURES: the cargo features to build with; default "dpdk" where
+# pkg-config finds libdpdk (the sweep's dpdk columns need it), else none.
+build_features() {
+    if [ -n "${WYVERN_FEATURES+x}" ]; then
+        BUILT_FEATURES="$WYVERN_FEATURES"
+    elif pkg-config --exists libdpdk 2>/dev/null; then
+        BUILT_FEATURES=dpdk
+    else
+        BUILT_FEATURES=""
+        log "build: no libdpdk (pkg-config): building without the dpdk feature"
+    fi
+    FEAT_ARGS=(); [ -z "$BUILT_FEATURES" ] || FEAT_ARGS=(--features "$BUILT_FEATURES")
+}
+cargo_bench_build() { # -> the JSON messages on stdout
+    (cd "$ROOT" && timeout 1800 cargo bench --no-run --quiet --message-format=json "${FEAT_ARGS[@]}" \
+        --bench bulk --bench attach_floor --bench hop 2> "$TMP/build.err")
+}
 build() {
     command -v jq >/dev/null || die "jq is needed"
+    build_features
+    local json t0
+    t0=$(date +%s.%N)
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
-        log "building: cargo build --release --bins; cargo bench --no-run (bulk, attach_floor, hop)"
-        (cd "$ROOT" && cargo build --release --bins --quiet) || die "cargo build failed"
+        log "building: cargo bench --no-run ${FEAT_ARGS[*]} --bench bulk --bench attach_floor --bench hop (also builds the wyvern and wyvern-peer binaries)"
+        if ! json="$(cargo_bench_build)"; then
+            if [ "$BUILT_FEATURES" = dpdk ] && [ -z "${WYVERN_FEATURES+x}" ]; then
+                log "build: with --features dpdk it failed ($(grep -m1 -i error "$TMP/build.err" | cut -c1-160)); building without it"
+                BUILT_FEATURES=""; FEAT_ARGS=()
+                json="$(cargo_bench_build)" || die "cargo bench --no-run failed: $(tail -5 "$TMP/build.err")"
+            else
+                die "cargo bench --no-run failed: $(tail -5 "$TMP/build.err")"
+            fi
+        fi
+        EXE_BULK="$(jq -r 'select(.executable != null and .target.name == "bulk") | .executable' <<< "$json" | tail -1)"
+        EXE_FLOOR="$(jq -r 'select(.executable != null and .target.name == "attach_floor") | .executable' <<< "$json" | tail -1)"
+        log "build step: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s, $(jq -s '[.[] | select(.reason == "compiler-artifact" and .fresh == false)] | length' <<< "$json") artifacts compiled (features: ${BUILT_FEATURES:-none})"
+    else
+        # the binaries as they are: no cargo at all (the newest bench executables)
+        EXE_BULK="$(find "$ROOT/target/release/deps" -maxdepth 1 -type f -executable -name 'bulk-*' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)"
+        EXE_FLOOR="$(find "$ROOT/target/release/deps" -maxdepth 1 -type f -executable -name 'attach_floor-*' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)"
+        # which features the binaries have: a dpdk-less wyvern refuses the transport
+        if "$BIN/wyvern" agent --node-id 0 --nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk \
+            --dpdk-eal "--no-pci" --print-config >/dev/null 2>&1; then BUILT_FEATURES=dpdk; else BUILT_FEATURES=""; fi
     fi
-    local json
-    json="$(cd "$ROOT" && cargo bench --no-run --quiet --message-format=json \
-        --bench bulk --bench attach_floor --bench hop 2>/dev/null)" || die "cargo bench --no-run failed"
-    EXE_BULK="$(jq -r 'select(.executable != null and .target.name == "bulk") | .executable' <<< "$json" | tail -1)"
-    EXE_FLOOR="$(jq -r 'select(.executable != null and .target.name == "attach_floor") | .executable' <<< "$json" | tail -1)"
-    [ -x "$EXE_BULK" ] && [ -x "$EXE_FLOOR" ] || die "bench executables not found"
     [ -x "$BIN/wyvern" ] && [ -x "$BIN/wyvern-peer" ] || die "release binaries missing"
+    if [ "${SWEEP_PLAN_ONLY:-0}" != 1 ]; then
+        [ -x "$EXE_BULK" ] && [ -x "$EXE_FLOOR" ] || die "bench executables not found"
+    fi
     mkdir -p "$ROOT/target/bench"
     if command -v mpicc >/dev/null; then
-        mpicc -O2 -o "$ROOT/target/bench/mpi_rate" "$ROOT/bench/mpi_rate.c" || die "mpicc failed"
-        mpicc -O2 -o "$ROOT/target/bench/mpi_lat" "$ROOT/bench/mpi_lat.c" || die "mpicc failed"
+        local m
+        for m in mpi_rate mpi_lat; do   # only when the source is newer
+            [ "$ROOT/target/bench/$m" -nt "$ROOT/bench/$m.c" ] && continue
+            mpicc -O2 -o "$ROOT/target/bench/$m" "$ROOT/bench/$m.c" || die "mpicc $m.c failed"
+        done
     fi
 }
 
@@ -208,16 +294,29 @@ AGENT_PIDS=(); SOCK0=""; SOCK1=""; BACKING=""
 # node = agent 0 on core 0, agent 1 on core 1 (taskset; clients follow).
 agents() {
     local idle=$1 layout=$2 p0 p1 nodes i ts
-    p0=$(free_port); p1=$(free_port)
-    nodes="127.0.0.1:$p0,127.0.0.1:$p1"
     AGENT_PIDS=()
-    for i in 0 1; do
-        ts=(); [ "$layout" = node ] && ts=(taskset -c "$i")
-        RUST_LOG=info start "agent$i" 600 "${ts[@]}" "$BIN/wyvern" agent --node-id "$i" \
-            --nodes "$nodes" --socket "$TMP/agent$i.sock" --idle "$idle" \
-            --block-mib 64 --max-clients 8 --transport "${TRANSPORT:-tcp}" --packet-bytes "$PACKET_BYTES" --job "bench-$$"
-        AGENT_PIDS+=("$LAST")
-    done
+    if [ "${TRANSPORT:-tcp}" = dpdk ]; then
+        # One agent per namespace of the sweep's veth pair (net_af_packet on
+        # veth0), as bench/dpdk_veth.sh: agent I and its EAL lcore on CPU I.
+        [ -n "$DPDK_NS" ] || die "dpdk agents without the sweep's namespaces"
+        for i in 0 1; do
+            RUST_LOG=info start "agent$i" 600 ip netns exec "${DPDK_NS}$i" "$BIN/wyvern" agent --node-id "$i" \
+                --nodes 127.0.0.1:0,127.0.0.1:0 --socket "$TMP/agent$i.sock" --idle "$idle" --cores "$i" \
+                --block-mib 64 --max-clients 8 --transport dpdk --job "bench-$$" \
+                --dpdk-eal "$EAL_COMMON --vdev=net_af_packet0,iface=veth0 --file-prefix=${DPDK_NS}a$i --lcores=0@$i"
+            AGENT_PIDS+=("$LAST")
+        done
+    else
+        p0=$(free_port); p1=$(free_port)
+        nodes="127.0.0.1:$p0,127.0.0.1:$p1"
+        for i in 0 1; do
+            ts=(); [ "$layout" = node ] && ts=(taskset -c "$i")
+            RUST_LOG=info start "agent$i" 600 "${ts[@]}" "$BIN/wyvern" agent --node-id "$i" \
+                --nodes "$nodes" --socket "$TMP/agent$i.sock" --idle "$idle" \
+                --block-mib 64 --max-clients 8 --transport "${TRANSPORT:-tcp}" --packet-bytes "$PACKET_BYTES" --job "bench-$$"
+            AGENT_PIDS+=("$LAST")
+        done
+    fi
     SOCK0="$TMP/agent0.sock"; SOCK1="$TMP/agent1.sock"
     wait_for "$TMP/agent0.out" "wyvern agent ready" 10
     wait_for "$TMP/agent1.out" "wyvern agent ready" 10
@@ -536,7 +635,7 @@ cmd_attach() {
 cmd_hop() {
     section_begin
     log "== hop: cargo bench --bench hop (RUNS=$RUNS) =="
-    RUNS="$RUNS" start hop 600 cargo bench --quiet --manifest-path "$ROOT/Cargo.toml" --bench hop
+    RUNS="$RUNS" start hop 600 cargo bench --quiet --manifest-path "$ROOT/Cargo.toml" "${FEAT_ARGS[@]}" --bench hop
     wait "$LAST" || die "hop bench failed: $(tail -5 "$TMP/hop.err")"
     cat "$TMP/hop.out" >&2
     local json
@@ -563,8 +662,11 @@ cmd_hop() {
 #               sockperf (ping-pong, sizes <= SOCKPERF_MAX_SIZE)
 #   rate_msgs   1 -> 1: wyvern-tcp, wyvern-udp, ucx (tag_bw), mpi (mpi_rate.c,
 #               1 pair), iperf3 (a byte stream, sizes >= IPERF_MIN_SIZE)
-#   rate4_msgs  4 -> 1: wyvern-tcp (4 senders on node 0, 1 receiver on node 1),
-#               ucx (4 tag_bw pairs), mpi (mpi_rate.c, 4 pairs), rates summed
+#   rate4_msgs  4 -> 1: wyvern-tcp, wyvern-dpdk (4 senders on node 0, 1
+#               receiver on node 1), ucx (4 tag_bw pairs), mpi (mpi_rate.c, 4
+#               pairs), rates summed
+# (wyvern-dpdk right after wyvern-udp in the first two), and after every size,
+# once per run: frames_s (size 1514): testpmd and wyvern-dpdk, alternating.
 # so every system at a size sees the same machine noise. A cell runs in a
 # subshell: a peer that fails at one size costs that cell (recorded as nan,
 # with the reason in the CSV's note column), not the sweep.
@@ -577,6 +679,20 @@ cmd_hop() {
 clamp() { awk -v v="$1" -v lo="$2" -v hi="$3" 'BEGIN { v = int(v); if (v > hi) v = hi; if (v < lo) v = lo; print v }'; }
 lat_count() { clamp "$(awk -v z="$1" 'BEGIN { print 4e8 / (z + 4096) }')" 50 "$LAT_COUNT"; }
 rate_count() { clamp "$(awk -v z="$1" 'BEGIN { print 2e9 / (z + 64) }')" 200 "$RATE_COUNT"; }
+# The dpdk transport moves 0.3 - 0.6 GB/s over net_af_packet on a veth pair
+# (a fifth of loopback TCP or less): its rate cells carry at most
+# DPDK_RATE_BYTES (400 MB) so that they too take about a second (same count
+# as the others up to ~800 B, fewer above), and its ping-pongs at most
+# DPDK_LAT_BYTES (200 MB both ways: 95 round trips at 1 MiB, where
+# lat_count's 381 took 9 s); the CSV's note gives the count.
+dpdk_lat_count() {
+    local lc; lc=$(lat_count "$1")
+    clamp "$(awk -v z="$1" -v b="$DPDK_LAT_BYTES" 'BEGIN { print b / (2 * (z + 64)) }')" 20 "$lc"
+}
+dpdk_rate_count() {
+    local rc; rc=$(rate_count "$1")
+    clamp "$(awk -v z="$1" -v b="$DPDK_RATE_BYTES" 'BEGIN { print b / (z + 64) }')" 50 "$rc"
+}
 # mpi_rate keeps WINDOW messages of SIZE in flight, each from its own slot of
 # one buffer: window 64 (osu_mbw_mr's), fewer above 1 MiB so that a rank
 # holds at most 64 MiB.
@@ -604,6 +720,53 @@ wy_rate_n() { # SIZE COUNT_PER_SENDER SENDERS -> msg/s (messages received / rece
     json="$(tail -1 "$TMP/recv.out")"
     jq -e '.ok == true' >/dev/null <<< "$json" || die "wyvern receiver failed: $json $(tail -2 "$TMP/send1.out" "$TMP/send1.err")"
     RES="$(jq -r '.received / .secs' <<< "$json")"
+}
+
+# wy_frames MIB -> frames/s the receiving dpdk agent took from its port
+# while one sender streamed MIB messages of 1 MiB (--raw), over the
+# receiver's time (bench/dpdk_veth.sh's figure: every data frame is full
+# size, 1514 B); XTRA = payload MB/s.
+wy_frames() {
+    local mib=$1 r f0 f1 json
+    TRANSPORT=dpdk agents adaptive free
+    f0="$("$BIN/wyvern" stat -s "$SOCK1" --json | jq -r '.transport.frames_rx // 0')"
+    start recv 120 "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --raw --sizes 1048576 recv --count "$mib"
+    r=$LAST
+    wait_for "$TMP/recv.out" ready 10
+    start send1 120 "$BIN/wyvern-peer" --socket "$SOCK0" --raw --sizes 1048576 send --to 1:2 --count "$mib"
+    finish "$LAST"
+    finish "$r"
+    f1="$("$BIN/wyvern" stat -s "$SOCK1" --json | jq -r '.transport.frames_rx // 0')"
+    stop_agents
+    json="$(tail -1 "$TMP/recv.out")"
+    jq -e '.ok == true' >/dev/null <<< "$json" || die "wyvern receiver failed: $json $(tail -2 "$TMP/send1.out" "$TMP/send1.err")"
+    RES="$(jq -r --argjson f "$((f1 - f0))" '$f / .secs' <<< "$json")"
+    XTRA="$(jq -r --argjson m "$mib" '$m * 1048576 / .secs / 1e6 | . * 10 | round / 10' <<< "$json")"
+}
+
+# testpmd_frames -> the median steady Rx-pps of `dpdk-testpmd
+# --forward-mode=rxonly` in namespace 1 while `--forward-mode=txonly
+# --txpkts=1514` runs TESTPMD_SECS in namespace 0 (the first 2 busy seconds
+# dropped), as bench/dpdk_veth.sh. No agent runs meanwhile (cells run one at
+# a time), so nothing else reads veth0.
+testpmd_frames() {
+    local rx
+    timeout $(( TESTPMD_SECS + 20 )) ip netns exec "${DPDK_NS}1" dpdk-testpmd $EAL_COMMON --lcores='0@1,1@1' \
+        --file-prefix="${DPDK_NS}rx" --vdev=net_af_packet0,iface=veth0 -- \
+        --forward-mode=rxonly --auto-start --stats-period=1 --nb-cores=1 --total-num-mbufs=8192 \
+        < /dev/null > "$TMP/tpmdrx.out" 2>&1 &
+    rx=$!
+    sleep 2
+    timeout "$TESTPMD_SECS" ip netns exec "${DPDK_NS}0" dpdk-testpmd $EAL_COMMON --lcores='0@0,1@0' \
+        --file-prefix="${DPDK_NS}tx" --vdev=net_af_packet0,iface=veth0 -- \
+        --forward-mode=txonly --txpkts=1514 --auto-start --stats-period=1 --nb-cores=1 --total-num-mbufs=8192 \
+        < /dev/null > "$TMP/tpmdtx.out" 2>&1 || true
+    sleep 1
+    kill -INT "$rx" 2>/dev/null || true
+    finish "$rx"
+    RES="$(grep -o 'Rx-pps: *[0-9]*' "$TMP/tpmdrx.out" | awk '$2 > 0 {n++; if (n > 2) print $2}' | sort -n \
+        | awk '{a[NR] = $1} END {if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}')"
+    [ -n "$RES" ] || die "no steady Rx-pps from testpmd rxonly: $(tail -3 "$TMP/tpmdrx.out" "$TMP/tpmdtx.out" | tr '\n' ' ')"
 }
 
 ucx_rate_n() { # SIZE COUNT_PER_PAIR PAIRS -> summed msg/s of PAIRS concurrent tag_bw pairs
@@ -727,6 +890,9 @@ est_secs() { # METRIC SYSTEM
         rate_msgs:iperf3) echo $(( IPERF_SWEEP_SECS + 1 )) ;;
         rate_msgs:mpi|rate4_msgs:mpi) echo 3 ;;
         rate_msgs:ucx|rate4_msgs:ucx) echo 2 ;;
+        latency_us:wyvern-dpdk|rate_msgs:wyvern-dpdk|rate4_msgs:wyvern-dpdk) echo 3 ;;   # EAL start-up of two agents
+        frames_s:testpmd) echo $(( TESTPMD_SECS + 5 )) ;;
+        frames_s:wyvern-dpdk) echo 4 ;;
         *) echo 1.5 ;;
     esac
 }
@@ -742,29 +908,77 @@ sweep_peers() {
     fi
     command -v sockperf >/dev/null && PEERS_OK+="sockperf " || log "sweep: sockperf not found: left out"
     command -v iperf3 >/dev/null && PEERS_OK+="iperf3 " || log "sweep: iperf3 not found: left out"
+    sweep_dpdk
+}
+
+# sweep_dpdk: wyvern-dpdk (and testpmd) join the sweep where they can run: a
+# wyvern built with --features dpdk, root, and network namespaces that
+# scripts/testbed.sh can make (tried, not guessed: two namespaces named
+# ws<pid>-0, ws<pid>-1 joined by a veth pair, removed by the EXIT trap).
+# Otherwise DPDK_SKIP says why and the sweep goes on without them.
+sweep_dpdk() {
+    local ns="ws$$-"
+    if [ "$BUILT_FEATURES" != dpdk ]; then
+        DPDK_SKIP="wyvern was built without the dpdk feature (no libdpdk found by pkg-config, or WYVERN_FEATURES left it out)"
+    elif [ "$(id -u)" != 0 ]; then
+        DPDK_SKIP="needs root (network namespaces, packet sockets)"
+    elif ! command -v ip >/dev/null; then
+        DPDK_SKIP="no ip (iproute2)"
+    elif ! TESTBED_PREFIX="$ns" TESTBED_HUGEPAGES=skip timeout 60 "$ROOT/scripts/testbed.sh" up 2 > "$TMP/testbed.log" 2>&1; then
+        DPDK_SKIP="scripts/testbed.sh up 2 failed: $(grep -m1 -i 'error\|cannot\|denied' "$TMP/testbed.log" | cut -c1-160)"
+        TESTBED_PREFIX="$ns" TESTBED_HUGEPAGES=skip timeout 60 "$ROOT/scripts/testbed.sh" down > /dev/null 2>&1 || true
+    fi
+    if [ -n "$DPDK_SKIP" ]; then
+        log "sweep: skips dpdk: $DPDK_SKIP"
+        return 0
+    fi
+    DPDK_NS="$ns"
+    PEERS_OK+="wyvern-dpdk "
+    if command -v dpdk-testpmd >/dev/null; then
+        PEERS_OK+="testpmd "
+    else
+        log "sweep: dpdk-testpmd not found: the frame-rate reference is left out (apt-get install dpdk)"
+    fi
+    log "sweep: dpdk on namespaces ${DPDK_NS}0, ${DPDK_NS}1 (one veth pair, net_af_packet)"
 }
 
 sweep_plan() { # -> PLAN: "SIZE RUN METRIC SYSTEM" per cell, in the order they run
     local size r sys
     PLAN=()
+    if [ -n "${SWEEP_SYSTEMS:-}" ]; then   # keep only these (a partial sweep, for checks)
+        local keep=" " p
+        for p in $PEERS_OK; do [[ " $SWEEP_SYSTEMS " == *" $p "* ]] && keep+="$p "; done
+        PEERS_OK="$keep"
+    fi
     for size in "$@"; do
         for r in $(seq "$RUNS"); do
-            for sys in wyvern-tcp wyvern-udp ucx mpi sockperf; do
+            for sys in wyvern-tcp wyvern-udp wyvern-dpdk ucx mpi sockperf; do
                 [[ "$PEERS_OK" == *" $sys "* ]] || continue
                 [ "$sys" = sockperf ] && [ "$size" -gt "$SOCKPERF_MAX_SIZE" ] && continue
                 PLAN+=("$size $r latency_us $sys")
             done
-            for sys in wyvern-tcp wyvern-udp ucx mpi iperf3; do
+            for sys in wyvern-tcp wyvern-udp wyvern-dpdk ucx mpi iperf3; do
                 [[ "$PEERS_OK" == *" $sys "* ]] || continue
                 [ "$sys" = iperf3 ] && [ "$size" -lt "$IPERF_MIN_SIZE" ] && continue
                 PLAN+=("$size $r rate_msgs $sys")
             done
-            for sys in wyvern-tcp ucx mpi; do
+            for sys in wyvern-tcp wyvern-dpdk ucx mpi; do
                 [[ "$PEERS_OK" == *" $sys "* ]] || continue
                 PLAN+=("$size $r rate4_msgs $sys")
             done
         done
     done
+    # frames/s at full-size (1514 B) frames on the veth pair: wyvern-dpdk and
+    # testpmd, once per run, alternating which goes first
+    if [[ "$PEERS_OK" == *" wyvern-dpdk "* ]]; then
+        for r in $(seq "$RUNS"); do
+            if [ $(( r % 2 )) = 1 ]; then set -- testpmd wyvern-dpdk; else set -- wyvern-dpdk testpmd; fi
+            for sys in "$@"; do
+                [[ "$PEERS_OK" == *" $sys "* ]] || continue
+                PLAN+=("1514 $r frames_s $sys")
+            done
+        done
+    fi
 }
 
 # run_cell SIZE METRIC SYSTEM -> RES, XTRA, CELL_ERR
@@ -774,11 +988,13 @@ run_cell() {
     case "$metric:$sys" in
         latency_us:wyvern-tcp) TRANSPORT=tcp cell wy_latency adaptive free "$lc" "$size" ;;
         latency_us:wyvern-udp) TRANSPORT=udp cell wy_latency adaptive free "$lc" "$size" ;;
+        latency_us:wyvern-dpdk) TRANSPORT=dpdk cell wy_latency adaptive free "$(dpdk_lat_count "$size")" "$size" ;;
         latency_us:ucx) cell ucx_latency "$lc" "$size" ;;
         latency_us:mpi) cell mpi_latency "$size" "$lc" ;;
         latency_us:sockperf) cell sockperf_latency "$size" ;;
         rate_msgs:wyvern-tcp) TRANSPORT=tcp cell wy_rate_n "$size" "$rc" 1 ;;
         rate_msgs:wyvern-udp) TRANSPORT=udp cell wy_rate_n "$size" "$rc" 1 ;;
+        rate_msgs:wyvern-dpdk) TRANSPORT=dpdk cell wy_rate_n "$size" "$(dpdk_rate_count "$size")" 1 ;;
         rate_msgs:ucx) cell ucx_rate_n "$size" "$rc" 1 ;;
         # an MPI pair moves rate_count/4 messages, 1 -> 1 as in 4 -> 1: one
         # pair runs at 20 - 80 k msg/s at <= 4 KiB here, so rate_count would
@@ -786,6 +1002,9 @@ run_cell() {
         rate_msgs:mpi) cell mpi_rate_n "$size" $(( (rc + n - 1) / n )) 1 ;;
         rate_msgs:iperf3) cell iperf_rate "$size" ;;
         rate4_msgs:wyvern-tcp) TRANSPORT=tcp cell wy_rate_n "$size" $(( (rc + n - 1) / n )) "$n" ;;
+        rate4_msgs:wyvern-dpdk) TRANSPORT=dpdk cell wy_rate_n "$size" $(( ($(dpdk_rate_count "$size") + n - 1) / n )) "$n" ;;
+        frames_s:wyvern-dpdk) cell wy_frames "$DPDK_FRAMES_MIB" ;;
+        frames_s:testpmd) cell testpmd_frames ;;
         rate4_msgs:ucx) cell ucx_rate_n "$size" $(( (rc + n - 1) / n )) "$n" ;;
         rate4_msgs:mpi) cell mpi_rate_n "$size" $(( (rc + n - 1) / n )) "$n" ;;
         *) die "no such cell: $metric $sys" ;;
@@ -809,6 +1028,16 @@ cell_note() {
         rate4_msgs:mpi) note="$SWEEP_SENDERS pairs, rate_sum; window $(mpi_window "$size")" ;;
         rate4_msgs:ucx) note="$SWEEP_SENDERS pairs, msg/s summed" ;;
         rate4_msgs:wyvern-tcp) note="$SWEEP_SENDERS senders on node 0, 1 receiver on node 1" ;;
+        latency_us:wyvern-dpdk)
+            note="two namespaces, one veth pair, net_af_packet; agents on CPU 0 and 1; $(dpdk_lat_count "$size") round trips"
+            [ "$(dpdk_lat_count "$size")" = "$(lat_count "$size")" ] || note+=" (others: $(lat_count "$size"))" ;;
+        rate_msgs:wyvern-dpdk)
+            note="two namespaces, one veth pair, net_af_packet; $(dpdk_rate_count "$size") messages"
+            [ "$(dpdk_rate_count "$size")" = "$(rate_count "$size")" ] || note+=" (others: $(rate_count "$size"))" ;;
+        rate4_msgs:wyvern-dpdk)
+            note="$SWEEP_SENDERS senders on node 0, 1 receiver on node 1; veth pair; $(( ($(dpdk_rate_count "$size") + SWEEP_SENDERS - 1) / SWEEP_SENDERS )) messages per sender" ;;
+        frames_s:wyvern-dpdk) note="frames_rx of the receiving agent / receiver's time; $DPDK_FRAMES_MIB x 1 MiB (--raw)${x:+; MB/s per run: $x}" ;;
+        frames_s:testpmd) note="median steady Rx-pps of rxonly (ns 1) while txonly --txpkts=1514 runs ${TESTPMD_SECS} s (ns 0)" ;;
     esac
     [ -z "${SWE[$key]:-}" ] || note="${note:+$note; }FAILED ${SWE[$key]%. }"
     printf '%s' "$note"
@@ -816,7 +1045,7 @@ cell_note() {
 
 cmd_sweep() {
     section_begin
-    local out="$ROOT/bench/results" sizes=() csv size r metric sys key k=0 total
+    local out="$SWEEP_OUT" sizes=() csv size r metric sys key k=0 total
     read -r -a sizes <<< "$SWEEP_SIZES"
     local t_start t0 t1 dt est_total=0 est_done=0 est_left eta v line unit fm
     mkdir -p "$out"
@@ -829,13 +1058,13 @@ cmd_sweep() {
         est_total=$(acalc "$est_total + $(est_secs "$metric" "$sys")" .1f)
     done
     log "== sweep: sizes ${sizes[*]} B, $RUNS runs; systems:${PEERS_OK% } =="
-    log "sweep: $total cells (latency, 1->1 rate, $SWEEP_SENDERS->1 rate); estimate ~$(mmss "$est_total") (min:s) on a quiet 2-core machine, longer under load; each cell is bounded by timeouts"
+    log "sweep: $total cells (latency, 1->1 rate, $SWEEP_SENDERS->1 rate${DPDK_NS:+, frames/s on the veth pair}); results to $out; estimate ~$(mmss "$est_total") (min:s) on a quiet 2-core machine, longer under load; each cell is bounded by timeouts"
     if [ "${SWEEP_PLAN_ONLY:-0}" = 1 ]; then
         printf '%s\n' "${PLAN[@]}" | awk '{n[$3 " " $4]++} END {for (k in n) print "  " k ": " n[k] " cells"}' | sort >&2
         exit 0
     fi
     echo "metric,size,system,runs,median,secs,note" > "$csv"
-    declare -A SWV=() SWX=() SWT=() SWE=()
+    declare -A SWV=() SWX=() SWT=() SWE=() DONE=()
     t_start=$(date +%s.%N)
     local i=0
     for i in $(seq 0 $(( total - 1 ))); do
@@ -846,7 +1075,11 @@ cmd_sweep() {
         t1=$(date +%s.%N)
         dt=$(acalc "$t1 - $t0" .1f)
         k=$(( k + 1 ))
-        case $metric in latency_us) unit="µs (p50 half round trip)"; fm=.2f ;; *) unit="msg/s"; fm=.0f ;; esac
+        case $metric in
+            latency_us) unit="µs (p50 half round trip)"; fm=.2f ;;
+            frames_s) unit="frames/s (1514 B)"; fm=.0f ;;
+            *) unit="msg/s"; fm=.0f ;;
+        esac
         v=nan; [ "$RES" = nan ] || v=$(acalc "$RES" "$fm")
         SWV[$key]+="$v "
         [ -z "$XTRA" ] || SWX[$key]+="$XTRA "
@@ -858,20 +1091,26 @@ cmd_sweep() {
         log "[sweep $k/$total · $(mmss "$(acalc "$t1 - $t_start")") elapsed · ETA $(mmss "$eta")] $size B run $r/$RUNS ${metric%_*} $sys: $v $unit (${dt} s)${CELL_ERR:+ FAILED: $CELL_ERR}"
         # after the last cell of a size: its rows into the CSV, and a summary
         if [ "$i" = $(( total - 1 )) ] || [ "$(cut -d' ' -f1 <<< "${PLAN[$((i + 1))]}")" != "$size" ]; then
-            local summary=""
-            for metric in latency_us rate_msgs rate4_msgs; do
-                for sys in wyvern-tcp wyvern-udp ucx mpi sockperf iperf3; do
+            local summary="" part gm=$metric
+            for metric in latency_us rate_msgs rate4_msgs frames_s; do
+                part=""
+                for sys in wyvern-tcp wyvern-udp wyvern-dpdk ucx mpi sockperf iperf3 testpmd; do
                     key="$metric|$size|$sys"
-                    [ -n "${SWV[$key]:-}" ] || continue
+                    [ -n "${SWV[$key]:-}" ] && [ -z "${DONE[$key]:-}" ] || continue
+                    DONE[$key]=1
                     # shellcheck disable=SC2046
                     v=$(median $(tr ' ' '\n' <<< "${SWV[$key]}" | grep -v '^nan$' | grep . || true))
                     [ -n "$v" ] || v=nan
                     echo "$metric,$size,$sys,\"${SWV[$key]% }\",$v,\"${SWT[$key]% }\",\"$(cell_note "$metric" "$size" "$sys" | tr '"' "'")\"" >> "$csv"
-                    summary+=" $sys=$v"
+                    part+=" $sys=$v"
                 done
-                summary+=" |"
+                [ -z "$part" ] || summary+="${summary:+ |}$part"
             done
-            log "sweep: $size B done; medians: latency µs /${summary% |} (rate msg/s: 1->1 | ${SWEEP_SENDERS}->1)"
+            if [ "$gm" = frames_s ]; then
+                log "sweep: frames done; medians, frames/s at 1514 B:$summary"
+            else
+                log "sweep: $size B done; medians: latency µs |$summary (rate msg/s: 1->1 | ${SWEEP_SENDERS}->1)"
+            fi
         fi
     done
     local plot_py="$ROOT/target/benchenv/bin/python"
@@ -885,6 +1124,12 @@ cmd_sweep() {
     header "sweep: latency, one-to-one and ${SWEEP_SENDERS}-to-one message rate over message sizes"
     md "Two agents on loopback, \`--idle adaptive\`, unpinned (2 cores shared by agent 0, agent 1 and the client processes). wyvern over TCP and over UDP (its own reliability; \`--packet-bytes $PACKET_BYTES\`, a jumbo-frame MTU) against UCX $(ucx_info -v 2>/dev/null | sed -n 's/.*version=\([^ ]*\).*/\1/p;s/^# Version \([^ ]*\).*/\1/p' | head -1) \`ucx_perftest\` (UCX_TLS=tcp UCX_NET_DEVICES=lo), Open MPI $(mpirun --version 2>/dev/null | sed -n 's/.*Open MPI) \([^ ]*\).*/\1/p' | head -1) (ob1, tcp btl on lo), sockperf and iperf3 over kernel TCP loopback, one cell after the other in each run so that noise hits all of them. **Latency** is the p50 of the half round trip for every system: \`wyvern-peer ping\`/\`echo\` \`half_rtt_p50_us\`; \`tag_lat\`'s 50.0%ile column; bench/mpi_lat.c (osu_latency-style ping-pong, each round trip timed; the CSV also has its mean, osu_latency's figure); \`sockperf ping-pong --tcp\` p50 (sockperf reports RTT/2; its smallest message is 14 B, so its 8 B cell is measured at 14 B; up to $SOCKPERF_MAX_SIZE B), the kernel-TCP floor. **1 → 1 rate**: one sender, one receiver: \`wyvern-peer --raw send\`/\`recv\` (payloads neither generated nor checked, lengths and counts checked, as \`tag_bw\` does), \`tag_bw\` overall msg/s, bench/mpi_rate.c with 1 pair (osu_mbw_mr-style windows of 64, fewer above 1 MiB), and from $IPERF_MIN_SIZE B iperf3 \`-l SIZE\` (at most 1 MiB), which is a byte stream without message boundaries: its received bytes/s ÷ size. **${SWEEP_SENDERS} → 1 rate**: ${SWEEP_SENDERS} \`wyvern-peer send\` processes on node 0 → one \`recv\` on node 1 (messages received / receiver's wall time), against ${SWEEP_SENDERS} concurrent \`tag_bw\` pairs and mpi_rate with ${SWEEP_SENDERS} pairs, the peers' rates summed. Every system in a cell moves the same number of messages (shrinking with size: \`lat_count\`, \`rate_count\` in run.sh; ${SWEEP_SENDERS} → 1: a quarter per sender or pair), except that an MPI pair always moves \`rate_count\`/${SWEEP_SENDERS} (one pair runs at 20 – 80 k msg/s at ≤ 4 KiB on this VM). The wyvern senders use the copying \`Endpoint::send\`. Medians of $RUNS runs; ratio columns divide wyvern-tcp by each peer (latency: lower is better; rate: higher is better). Table: \`bench/results/sweep.md\`, data with every run, cell times and notes: \`bench/results/sweep.csv\`, plots: \`bench/results/{latency,rate,rate4}.png\`."
     md ""
+    if [ -n "$DPDK_NS" ]; then
+        md "**wyvern-dpdk**: the dpdk transport between two network namespaces joined by one veth pair (\`scripts/testbed.sh up 2\`, MTU 1500), \`net_af_packet\` on each end, EAL \`$EAL_COMMON\`, each with its own \`--file-prefix\`; agent 0 and its EAL lcore on CPU 0, agent 1 on CPU 1 (\`--cores\`, \`--lcores\`; as bench/dpdk_veth.sh), clients unpinned; the same \`wyvern-peer\` cells as wyvern-tcp, except that its rate cells carry at most $DPDK_RATE_BYTES bytes (fewer messages than the others above ~800 B: the count is in the CSV's note). It is not the same path as the loopback columns: frames cross a veth pair through packet sockets (a copy each way in the kernel, ~1.5 KB per frame), where loopback TCP moves 64 KiB segments. **Frames/s** (its own table): wyvern-dpdk streams $DPDK_FRAMES_MIB × 1 MiB (frames the receiving agent took from its port ÷ the receiver's time; every data frame is 1514 B) against \`dpdk-testpmd --forward-mode=txonly --txpkts=1514\` in namespace 0 → \`--forward-mode=rxonly\` in namespace 1 (median steady \`Rx-pps\`, ${TESTPMD_SECS} s), once per run, alternating which goes first; no agent runs while testpmd does."
+    else
+        md "**wyvern-dpdk**: left out of this sweep: $DPDK_SKIP."
+    fi
+    md ""
     cat "$out/sweep.md" >> "$RESULTS_FILE"
     md ""
     md "Command: \`RUNS=$RUNS SWEEP_SIZES=\"$SWEEP_SIZES\" bench/run.sh sweep\`"
@@ -892,7 +1137,7 @@ cmd_sweep() {
 
 # ==================================================================== main
 
-usage() { sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
 [ $# -eq 1 ] || usage
 case "$1" in
     latency|rate|bandwidth|attach|hop|sweep|all) ;;
