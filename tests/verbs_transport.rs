@@ -240,3 +240,180 @@ fn a_killed_peer_is_reported_lost_and_others_go_on() {
         "{p2}"
     );
 }
+
+/// Rendezvous throughput, printed (not asserted: figures under emulation only mean
+/// something as ratios within one run): 16 MiB messages, every one READ chunk by chunk
+/// straight into the receiving agent's block, the sender waiting for each (delivered)
+/// and, in a second phase, queueing them (buffered). Payloads are checksummed.
+#[test]
+fn rendezvous_throughput_is_printed() {
+    if !have_device("rendezvous_throughput") {
+        return;
+    }
+    let c = start(2);
+    let size: u64 = 16 << 20;
+    let count = 4u64;
+    for mode in ["delivered", "buffered"] {
+        let ep = if mode == "delivered" { "30" } else { "31" };
+        let rx = c.peer(
+            1,
+            &[
+                "--ep",
+                ep,
+                "--sizes",
+                &size.to_string(),
+                "recv",
+                "--count",
+                &count.to_string(),
+            ],
+        );
+        let mut a = vec![
+            "--sizes".to_string(),
+            size.to_string(),
+            "send".into(),
+            "--to".into(),
+            format!("1:{ep}"),
+            "--count".into(),
+            count.to_string(),
+        ];
+        if mode == "delivered" {
+            a.push("--delivered".into());
+        }
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let before = c.stat(1);
+        let t0 = std::time::Instant::now();
+        let tx = c.peer(0, &a);
+        assert_ok("sender", &tx.result(T));
+        let r = rx.result(T);
+        let secs = t0.elapsed().as_secs_f64();
+        assert_ok("receiver", &r);
+        assert_eq!(r.0["received"], count);
+        assert_eq!(r.0["corrupt"], 0);
+        let s1 = c.stat(1);
+        let reads = counter(&s1, "verbs_reads") - counter(&before, "verbs_reads");
+        eprintln!(
+            "rendezvous {mode}: {count} x {} MiB in {secs:.2} s = {:.2} MB/s ({reads} READs)",
+            size >> 20,
+            (count * size) as f64 / secs / 1e6
+        );
+    }
+}
+
+/// A peer that forges rendezvous descriptors: a raw verbs peer (`verbs::forge`,
+/// speaking the bootstrap and stream formats by hand) plays node 1 of three and hands
+/// agent 0 descriptors with the wrong rkey, an offset + length that overflows, a range
+/// before, across the end of and past the block region agent 0 advertised, and an
+/// empty one, each over a fresh connection. Each is refused before any READ is posted
+/// (no READ counted, no work completion error), counted in `verbs_bad_descriptors`
+/// and as a malformed frame of node 1, which is declared lost (as a malformed frame on
+/// tcp); agent 0 and its clients' traffic with node 2 go on.
+#[test]
+fn forged_rendezvous_descriptors_are_refused_before_any_read() {
+    if !have_device("forged_descriptors") {
+        return;
+    }
+    use wyvern::transport::verbs::forge::{Advertised, RawPeer};
+    let node_args: Vec<Vec<String>> = (0..3).map(common::verbs_args).collect();
+    // Node 1's address: nothing listens there (node 2 dials it in vain).
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let c = common::Cluster::start_partial_with(
+        &[true, false, true],
+        absent,
+        &["--transport", "verbs", "--block-mib", "96"],
+        node_args,
+    );
+    c.wait_up(0, 2);
+    c.wait_up(2, 0);
+    let sizes = "100,4096,60000";
+    let rx = c.peer(
+        0,
+        &["--ep", "40", "--sizes", sizes, "recv", "--count", "40"],
+    );
+    let send = |n: &str| {
+        c.peer(
+            2,
+            &[
+                "--sizes",
+                sizes,
+                "send",
+                "--to",
+                "0:40",
+                "--count",
+                n,
+                "--delivered",
+            ],
+        )
+    };
+    assert_ok("sender before", &send("20").result(T));
+
+    let dev = common::verbs_devices().get(1).cloned();
+    let gid = std::env::var("WYVERN_RXE_GID_INDEX")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    type Forge = fn(Advertised) -> (u64, u64, u32);
+    let cases: [(&str, Forge); 6] = [
+        ("wrong rkey", |a| (a.region_off, 64 << 10, a.rkey ^ 0x80)),
+        ("offset + length overflows", |a| {
+            (u64::MAX - 4095, 64 << 10, a.rkey)
+        }),
+        ("before the region", |a| {
+            (a.region_off.saturating_sub(64 << 10), 64 << 10, a.rkey)
+        }),
+        ("across the region's end", |a| {
+            (a.region_off + a.region_len - 4096, 64 << 10, a.rkey)
+        }),
+        ("huge", |a| (a.region_off, 1 << 62, a.rkey)),
+        ("empty", |a| (a.region_off, 0, a.rkey)),
+    ];
+    let t = Duration::from_secs(60);
+    for (k, (name, forge)) in cases.iter().enumerate() {
+        let hello = wyvern::wire::Hello {
+            node: 1,
+            nodes: 3,
+            incarnation: 1000 + k as u64,
+            job: wyvern::wire::job_hash(Some(&c.job())),
+            caps: 0,
+            fabric: 0,
+        };
+        let mut p = RawPeer::connect(dev.as_deref(), gid, hello, c.nodes[0], t)
+            .unwrap_or_else(|e| panic!("{name}: raw peer: {e}"));
+        // The agent sends (its Resume) only on a link it has up.
+        p.wait_for_a_send(t)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (off, len, rkey) = forge(p.advertised());
+        p.send_descriptor(off, len, rkey, t)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(p.wait_closed(t), "{name}: agent 0 kept the link");
+        let s = c.stat(0);
+        assert_eq!(
+            counter(&s, "verbs_bad_descriptors"),
+            k as u64 + 1,
+            "{name}: {s}"
+        );
+    }
+    let s = c.stat(0);
+    eprintln!("agent 0 transport counters: {}", s["transport"]);
+    for name in ["verbs_reads", "verbs_bounce_reads", "verbs_wc_errors"] {
+        assert_eq!(counter(&s, name), 0, "{name}: {s}");
+    }
+    let p1 = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == 1)
+        .cloned()
+        .unwrap();
+    assert_eq!(p1["counters"]["malformed"], cases.len() as u64, "{p1}");
+    let state = p1["state"].as_str().unwrap_or("");
+    assert!(
+        state.starts_with("lost") && state.contains("rendezvous descriptor"),
+        "{p1}"
+    );
+    // Agent 0 and node 2's clients go on.
+    assert_ok("sender after", &send("20").result(T));
+    let r = rx.result(T);
+    assert_ok("receiver on 0", &r);
+    assert_eq!(r.0["corrupt"], 0);
+    assert_eq!(r.0["out_of_order"], 0);
+    assert!(c.agents[0].is_some());
+}

@@ -1825,6 +1825,14 @@ impl Agent {
                     }
                     self.peer_disconnected(node as usize, reason);
                 }
+                LinkEvent::Malformed { node, reason } => {
+                    // As a malformed frame (rx.rs): counted, the peer lost.
+                    let j = node as usize;
+                    if j < self.peers.len() {
+                        self.peers[j].counters.malformed += 1;
+                        self.peer_lost(j, &reason, true);
+                    }
+                }
             }
         }
     }

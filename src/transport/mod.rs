@@ -95,6 +95,17 @@ pub enum LinkEvent {
         /// closes it with [`Transport::close`] when done.
         closed: bool,
     },
+    /// The peer broke the transport's own protocol (what the transport carries
+    /// besides frames: a verbs rendezvous descriptor outside the region the peer
+    /// advertised, a message that does not parse). The agent treats it as a
+    /// malformed frame: counted, the peer declared lost and its link closed
+    /// (a resumed session would only bring the same again).
+    Malformed {
+        /// The peer.
+        node: u32,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// The agent's readiness poller, shared with transports: a transport

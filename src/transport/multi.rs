@@ -208,6 +208,22 @@ impl Multi {
                     }
                     self.orphans.extend(blocks);
                 }
+                LinkEvent::Malformed { node, reason } => {
+                    let j = node as usize;
+                    if self.route[j] == from {
+                        events.push(LinkEvent::Malformed { node, reason });
+                        continue;
+                    }
+                    log::warn!(
+                        "node {node}: {} link closed, the peer broke its protocol ({reason}); \
+                         its data goes by {}",
+                        self.backs[from].transport.name(),
+                        self.backs[self.route[j]].transport.name()
+                    );
+                    let b = &mut self.backs[from];
+                    let blocks = b.transport.close(&b.poller, node);
+                    self.orphans.extend(blocks);
+                }
             }
         }
         self.scratch = evs;

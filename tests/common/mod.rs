@@ -239,7 +239,19 @@ impl Cluster {
     /// Start only the agents marked `true`; the others' addresses are
     /// `absent` (a test plays them by hand). Does not wait for peers.
     pub fn start_partial(which: &[bool], absent: SocketAddr) -> Cluster {
+        Cluster::start_partial_with(which, absent, &[], vec![])
+    }
+
+    /// [`Cluster::start_partial`] with `extra` flags for every agent and
+    /// `node_args[i]` after them for agent `i`.
+    pub fn start_partial_with(
+        which: &[bool],
+        absent: SocketAddr,
+        extra: &[&str],
+        node_args: Vec<Vec<String>>,
+    ) -> Cluster {
         let mut c = Cluster::start(0, &[]);
+        c.node_args = node_args;
         c.nodes = which
             .iter()
             .map(|&on| {
@@ -251,7 +263,7 @@ impl Cluster {
             })
             .collect();
         for (i, &on) in which.iter().enumerate() {
-            let p = on.then(|| c.spawn_agent(i, &[]));
+            let p = on.then(|| c.spawn_agent(i, extra));
             c.agents.push(p);
         }
         c

@@ -46,6 +46,8 @@
 
 mod device;
 mod error;
+#[doc(hidden)]
+pub mod forge;
 mod memory;
 mod queue;
 mod transport;

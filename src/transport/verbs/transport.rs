@@ -148,28 +148,28 @@ pub struct VerbsCounters {
 // ------------------------------------------------------------------- bootstrap
 
 const BOOT_MAGIC: u32 = 0x5759_5642; // "WYVB"
-const K_HELLO: u16 = 1;
-const K_INFO: u16 = 2;
-const K_READY: u16 = 3;
+pub(super) const K_HELLO: u16 = 1;
+pub(super) const K_INFO: u16 = 2;
+pub(super) const K_READY: u16 = 3;
 const INFO_LEN: usize = 60;
 
 /// What a side tells the other about its queue pair and pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Info {
-    ep: QpEndpoint,
+pub(super) struct Info {
+    pub(super) ep: QpEndpoint,
     /// `IBV_MTU_*`.
-    mtu: u8,
+    pub(super) mtu: u8,
     /// The pool's address in the sender's process (READs name it).
-    base: u64,
+    pub(super) base: u64,
     /// The block region, as pool offsets: descriptors must fall inside it.
-    region_off: u64,
-    region_len: u64,
-    rkey: u32,
-    credits: u32,
+    pub(super) region_off: u64,
+    pub(super) region_len: u64,
+    pub(super) rkey: u32,
+    pub(super) credits: u32,
 }
 
 impl Info {
-    fn to_bytes(self) -> [u8; INFO_LEN] {
+    pub(super) fn to_bytes(self) -> [u8; INFO_LEN] {
         let mut b = [0u8; INFO_LEN];
         b[0..4].copy_from_slice(&self.ep.qpn.to_le_bytes());
         b[4..8].copy_from_slice(&self.ep.psn.to_le_bytes());
@@ -185,7 +185,7 @@ impl Info {
         b
     }
 
-    fn parse(b: &[u8]) -> Option<Info> {
+    pub(super) fn parse(b: &[u8]) -> Option<Info> {
         if b.len() < INFO_LEN {
             return None;
         }
@@ -210,7 +210,94 @@ impl Info {
     }
 }
 
-fn boot_msg(kind: u16, body: &[u8]) -> Vec<u8> {
+impl Info {
+    /// Whether the region a peer advertises can be addressed at all: pool address
+    /// plus region end must not overflow (every READ's remote address is below it).
+    fn check(&self) -> Result<(), String> {
+        let end = self.region_off.checked_add(self.region_len);
+        if end.and_then(|e| self.base.checked_add(e)).is_none() {
+            return Err(format!(
+                "an Info whose block region overflows the address space \
+                 (pool at {:#x}, region {:#x} + {} bytes)",
+                self.base, self.region_off, self.region_len
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a peer's rendezvous descriptor is refused (see [`check_rdv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadRdv {
+    /// Zero bytes.
+    #[error("an empty rendezvous descriptor")]
+    Empty,
+    /// Not the key the peer advertised for its pool.
+    #[error("rkey {got:#x}, not the {advertised:#x} the peer advertised")]
+    WrongKey {
+        /// In the descriptor.
+        got: u32,
+        /// In the peer's Info.
+        advertised: u32,
+    },
+    /// Offset plus length does not fit in 64 bits.
+    #[error("offset {off:#x} + {len} bytes overflows")]
+    Overflow {
+        /// Pool offset.
+        off: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Not inside the block region the peer advertised.
+    #[error(
+        "{len} bytes at offset {off:#x} are outside the block region the peer advertised \
+         ({region_off:#x} + {region_len} bytes)"
+    )]
+    Outside {
+        /// Pool offset.
+        off: u64,
+        /// Length.
+        len: u64,
+        /// The advertised region's start.
+        region_off: u64,
+        /// Its length.
+        region_len: u64,
+    },
+}
+
+/// The check every rendezvous descriptor of a peer passes before any READ is built
+/// from it: a non-empty range, the peer's own rkey, and `[off, off + len)` inside the
+/// block region of its bootstrap Info, with no arithmetic overflow anywhere (the
+/// READs then address `remote.base + off ..`, which [`Info::check`] keeps in range).
+/// Pure: no device needed.
+fn check_rdv(remote: &Info, off: u64, len: u64, rkey: u32) -> Result<(), BadRdv> {
+    if len == 0 {
+        return Err(BadRdv::Empty);
+    }
+    if rkey != remote.rkey {
+        return Err(BadRdv::WrongKey {
+            got: rkey,
+            advertised: remote.rkey,
+        });
+    }
+    let end = off.checked_add(len).ok_or(BadRdv::Overflow { off, len })?;
+    let outside = BadRdv::Outside {
+        off,
+        len,
+        region_off: remote.region_off,
+        region_len: remote.region_len,
+    };
+    let region_end = remote
+        .region_off
+        .checked_add(remote.region_len)
+        .ok_or(outside)?;
+    if off < remote.region_off || end > region_end {
+        return Err(outside);
+    }
+    Ok(())
+}
+
+pub(super) fn boot_msg(kind: u16, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + body.len());
     v.extend_from_slice(&BOOT_MAGIC.to_le_bytes());
     v.extend_from_slice(&kind.to_le_bytes());
@@ -220,7 +307,7 @@ fn boot_msg(kind: u16, body: &[u8]) -> Vec<u8> {
 }
 
 /// The next complete bootstrap message in `buf` (consumed), or why the stream is bad.
-fn take_boot_msg(buf: &mut Vec<u8>) -> Result<Option<(u16, Vec<u8>)>, String> {
+pub(super) fn take_boot_msg(buf: &mut Vec<u8>) -> Result<Option<(u16, Vec<u8>)>, String> {
     if buf.len() < 8 {
         return Ok(None);
     }
@@ -344,9 +431,8 @@ fn parse_msg(buf: &[u8], slot: u32) -> Result<Parsed, &'static str> {
                 let off = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
                 let n = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
                 let rkey = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
-                if n == 0 {
-                    return Err("an empty rendezvous descriptor");
-                }
+                // Its bounds (an empty range included) are checked by `check_rdv`
+                // before anything is done with it.
                 p.items.push(RxItem::Rdv(Rdv {
                     off,
                     len: n,
@@ -362,14 +448,14 @@ fn parse_msg(buf: &[u8], slot: u32) -> Result<Parsed, &'static str> {
 }
 
 /// Writes one SEND into a send slot.
-struct MsgWriter<'a> {
+pub(super) struct MsgWriter<'a> {
     buf: &'a mut [u8],
-    len: usize,
+    pub(super) len: usize,
     items: usize,
 }
 
 impl<'a> MsgWriter<'a> {
-    fn new(buf: &'a mut [u8]) -> MsgWriter<'a> {
+    pub(super) fn new(buf: &'a mut [u8]) -> MsgWriter<'a> {
         buf[..MSG_HEADER].fill(0);
         buf[0] = MSG_MAGIC;
         MsgWriter {
@@ -403,7 +489,7 @@ impl<'a> MsgWriter<'a> {
         self.buf.len() - self.len >= ITEM_HEADER + RDV_BODY
     }
 
-    fn rdv(&mut self, off: u64, len: u64, rkey: u32) {
+    pub(super) fn rdv(&mut self, off: u64, len: u64, rkey: u32) {
         let b = self.item(T_RDV, RDV_BODY);
         b[0..8].copy_from_slice(&off.to_le_bytes());
         b[8..16].copy_from_slice(&len.to_le_bytes());
@@ -944,8 +1030,9 @@ impl VerbsTransport {
                 self.pending[idx] = Some((s, buf, since));
                 return;
             }
-            Ok(Some((K_INFO, b))) => match Info::parse(&b) {
-                Some(i) => i,
+            Ok(Some((K_INFO, b))) => match Info::parse(&b).map(|i| (i, i.check())) {
+                Some((i, Ok(()))) => i,
+                Some((_, Err(e))) => return drop_it(s, e),
                 None => return drop_it(s, "short Info".into()),
             },
             Ok(Some((k, _))) => return drop_it(s, format!("sent message {k} instead of Info")),
@@ -1018,6 +1105,7 @@ impl VerbsTransport {
                 }
                 (Phase::AwaitInfo, K_INFO) => {
                     let info = Info::parse(&body).ok_or("short Info")?;
+                    info.check()?;
                     self.connect_qp(l, &info).map_err(|e| e.to_string())?;
                     write_boot(&mut l.ctl, &boot_msg(K_READY, &[]))
                         .map_err(|e| format!("bootstrap write: {e}"))?;
@@ -1050,6 +1138,24 @@ impl VerbsTransport {
     /// peer's READs are served), and the agent hears of it (it reads what arrived,
     /// then closes the link).
     fn fail(&mut self, node: u32, why: Broken, events: &mut Vec<LinkEvent>) {
+        self.break_link(node, why, false, events)
+    }
+
+    /// The peer broke the protocol (a SEND that does not parse, a descriptor outside
+    /// what it advertised, ...): like [`fail`](Self::fail), but the agent hears of it as
+    /// [`LinkEvent::Malformed`], which it handles like a malformed frame on tcp (the
+    /// peer is counted malformed and declared lost, not resumed: it would only send
+    /// the same again).
+    fn malformed(&mut self, node: u32, why: Broken, events: &mut Vec<LinkEvent>) {
+        self.break_link(
+            node,
+            format!("protocol error from the peer: {why}"),
+            true,
+            events,
+        )
+    }
+
+    fn break_link(&mut self, node: u32, why: Broken, malformed: bool, events: &mut Vec<LinkEvent>) {
         let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
             return;
         };
@@ -1060,7 +1166,9 @@ impl VerbsTransport {
         l.phase = Phase::Broken;
         let _ = l.qp.to_error();
         log::warn!("verbs: link to node {node} failed: {why}");
-        if was_up {
+        if was_up && malformed {
+            events.push(LinkEvent::Malformed { node, reason: why });
+        } else if was_up {
             events.push(LinkEvent::Down {
                 node,
                 reason: why,
@@ -1257,7 +1365,7 @@ impl VerbsTransport {
             Ok(p) => p,
             Err(why) => {
                 self.reposts.push(slot);
-                self.fail(node, format!("protocol error from the peer: {why}"), events);
+                self.malformed(node, why.into(), events);
                 return;
             }
         };
@@ -1267,11 +1375,7 @@ impl VerbsTransport {
                 Some(b) => l.freed.extend(b),
                 None => {
                     self.reposts.push(slot);
-                    self.fail(
-                        node,
-                        "protocol error from the peer: a rendezvous completion for nothing".into(),
-                        events,
-                    );
+                    self.malformed(node, "a rendezvous completion for nothing".into(), events);
                     return;
                 }
             }
@@ -1279,16 +1383,15 @@ impl VerbsTransport {
         let mut refs = 0;
         for it in p.items {
             if let RxItem::Rdv(r) = &it {
-                // Checked before any READ is posted: the peer's own key, a range inside
-                // the block region it advertised.
-                let ok = l.remote.is_some_and(|rm| {
-                    r.rkey == rm.rkey
-                        && r.off >= rm.region_off
-                        && r.off
-                            .checked_add(r.len)
-                            .is_some_and(|e| e <= rm.region_off + rm.region_len)
-                });
-                if !ok {
+                // Checked before any READ is posted: see `check_rdv`.
+                let checked = match l.remote.as_ref() {
+                    Some(rm) => check_rdv(rm, r.off, r.len, r.rkey),
+                    None => Err(BadRdv::WrongKey {
+                        got: r.rkey,
+                        advertised: 0,
+                    }),
+                };
+                if let Err(bad) = checked {
                     self.stats.bad_descriptors += 1;
                     // Items of this SEND already queued keep their slot references;
                     // the link is closed soon and releases them.
@@ -1296,13 +1399,9 @@ impl VerbsTransport {
                     if refs == 0 {
                         self.reposts.push(slot);
                     }
-                    self.fail(
+                    self.malformed(
                         node,
-                        format!(
-                            "protocol error from the peer: a rendezvous descriptor outside the region it advertised \
-                             (offset {:#x}, {} bytes, rkey {:#x}); refused before any READ",
-                            r.off, r.len, r.rkey
-                        ),
+                        format!("a bad rendezvous descriptor ({bad}); refused before any READ"),
                         events,
                     );
                     return;
@@ -2125,6 +2224,88 @@ mod tests {
         let mut bad = buf[..len].to_vec();
         bad[MSG_HEADER] = 99;
         assert!(parse_msg(&bad, 0).is_err());
+    }
+
+    fn peer_info(base: u64, region_off: u64, region_len: u64, rkey: u32) -> Info {
+        Info {
+            ep: QpEndpoint {
+                qpn: 1,
+                psn: 0,
+                lid: 0,
+                gid: None,
+            },
+            mtu: 5,
+            base,
+            region_off,
+            region_len,
+            rkey,
+            credits: 32,
+        }
+    }
+
+    #[test]
+    fn rendezvous_descriptors_outside_the_advertised_region_are_refused() {
+        let rm = peer_info(0x7f00_0000_0000, 1 << 20, 96 << 20, 0x1234);
+        let (lo, hi) = (1u64 << 20, (1u64 << 20) + (96 << 20));
+        // Inside: the whole region, its first and last byte, a chunk in the middle.
+        for (off, len) in [(lo, hi - lo), (lo, 1), (hi - 1, 1), (lo + 4096, 256 << 10)] {
+            assert_eq!(check_rdv(&rm, off, len, 0x1234), Ok(()), "{off:#x}+{len}");
+        }
+        assert_eq!(check_rdv(&rm, lo, 0, 0x1234), Err(BadRdv::Empty));
+        assert_eq!(
+            check_rdv(&rm, lo, 4096, 0x1235),
+            Err(BadRdv::WrongKey {
+                got: 0x1235,
+                advertised: 0x1234
+            })
+        );
+        // Overflowing offset + length, whatever the key and region say.
+        for (off, len) in [(u64::MAX, 1), (u64::MAX - 10, 64 << 10), (lo, u64::MAX)] {
+            assert_eq!(
+                check_rdv(&rm, off, len, 0x1234),
+                Err(BadRdv::Overflow { off, len }),
+                "{off:#x}+{len}"
+            );
+        }
+        // Before the region (the pool's header and rings), straddling either end,
+        // past it, longer than it.
+        for (off, len) in [
+            (0, 64 << 10),
+            (lo - 1, 2),
+            (hi - 1, 2),
+            (hi, 1),
+            (hi + (1 << 30), 64 << 10),
+            (lo, hi - lo + 1),
+            (lo, 1 << 62),
+        ] {
+            assert!(
+                matches!(
+                    check_rdv(&rm, off, len, 0x1234),
+                    Err(BadRdv::Outside { .. })
+                ),
+                "{off:#x}+{len} accepted"
+            );
+        }
+        // A peer whose advertised region itself overflows accepts nothing near the end
+        // (and its Info is refused at the handshake anyway).
+        let wild = peer_info(0, u64::MAX - 10, 100, 1);
+        assert!(wild.check().is_err());
+        assert!(check_rdv(&wild, u64::MAX - 10, 5, 1).is_err());
+        assert!(peer_info(u64::MAX - 4096, 0, 8192, 1).check().is_err());
+        assert!(rm.check().is_ok());
+        // The error names the numbers.
+        let e = check_rdv(&rm, 0, 65536, 0x1234).unwrap_err().to_string();
+        assert!(e.contains("0x100000") && e.contains("65536"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_descriptor_parses_and_is_left_to_the_check() {
+        let mut buf = vec![0xeeu8; 64];
+        let mut w = MsgWriter::new(&mut buf);
+        w.rdv(4096, 0, 9);
+        let len = w.len;
+        let p = parse_msg(&buf[..len], 0).unwrap();
+        assert!(matches!(p.items[..], [RxItem::Rdv(Rdv { len: 0, .. })]));
     }
 
     #[test]
