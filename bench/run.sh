@@ -36,8 +36,10 @@
 #              writes $SWEEP_OUT/sweep.{csv,md} and latency.png, rate.png,
 #              rate4.png (matplotlib in a venv under target/benchenv, created
 #              on first use). A progress line per cell (k of N, ETA) on stderr.
-#              Estimate for RUNS=3 and the default sizes: 369 cells, ~13 min
-#              on a quiet machine (SWEEP_PLAN_ONLY=1 prints it).
+#              Estimate for RUNS=3 and the default sizes: 369 cells, ~12.5
+#              min on a quiet machine (SWEEP_PLAN_ONLY=1 prints it); the
+#              full run at 585bf46 took 20 min with 41 % of the CPU taken
+#              by other work (UCX's busy-polling cells lost the most).
 #
 # Environment: RUNS (5), RESULTS_FILE, LAT_COUNT (20000), LAT_SPIN_COUNT
 # (300: spinning agents on 2 cores need ~2 ms per hop), RATE_COUNT (500000
@@ -883,6 +885,7 @@ cell() {
 # printed at the start. The ETA scales them by how fast the cells so far went.
 est_secs() { # METRIC SYSTEM
     case "$1:$2" in
+        latency_us:wyvern-dpdk|rate_msgs:wyvern-dpdk|rate4_msgs:wyvern-dpdk) echo 2 ;;   # before latency_us:*; 1.6 - 1.8 s a cell in the loaded 585bf46 run
         latency_us:sockperf) echo 3.4 ;;        # -t 1 plus ~0.4 s warm-up and ~2 s of start and stop
         latency_us:ucx) echo 1.2 ;;
         latency_us:mpi) echo 1.5 ;;
@@ -890,9 +893,8 @@ est_secs() { # METRIC SYSTEM
         rate_msgs:iperf3) echo $(( IPERF_SWEEP_SECS + 1 )) ;;
         rate_msgs:mpi|rate4_msgs:mpi) echo 3 ;;
         rate_msgs:ucx|rate4_msgs:ucx) echo 2 ;;
-        latency_us:wyvern-dpdk|rate_msgs:wyvern-dpdk|rate4_msgs:wyvern-dpdk) echo 3 ;;   # EAL start-up of two agents
         frames_s:testpmd) echo $(( TESTPMD_SECS + 5 )) ;;
-        frames_s:wyvern-dpdk) echo 4 ;;
+        frames_s:wyvern-dpdk) echo 3 ;;
         *) echo 1.5 ;;
     esac
 }
@@ -1064,7 +1066,7 @@ cmd_sweep() {
         exit 0
     fi
     echo "metric,size,system,runs,median,secs,note" > "$csv"
-    declare -A SWV=() SWX=() SWT=() SWE=() DONE=()
+    declare -A SWV=() SWX=() SWT=() SWE=() SWDONE=()
     t_start=$(date +%s.%N)
     local i=0
     for i in $(seq 0 $(( total - 1 ))); do
@@ -1096,8 +1098,8 @@ cmd_sweep() {
                 part=""
                 for sys in wyvern-tcp wyvern-udp wyvern-dpdk ucx mpi sockperf iperf3 testpmd; do
                     key="$metric|$size|$sys"
-                    [ -n "${SWV[$key]:-}" ] && [ -z "${DONE[$key]:-}" ] || continue
-                    DONE[$key]=1
+                    [ -n "${SWV[$key]:-}" ] && [ -z "${SWDONE[$key]:-}" ] || continue
+                    SWDONE[$key]=1
                     # shellcheck disable=SC2046
                     v=$(median $(tr ' ' '\n' <<< "${SWV[$key]}" | grep -v '^nan$' | grep . || true))
                     [ -n "$v" ] || v=nan
