@@ -324,3 +324,52 @@ fn rxe_vm_boots_and_passes_the_exit_status_back() {
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     assert!(text(&bad).contains("exited with 1"), "{}", text(&bad));
 }
+
+// ------------------------------------------------------------------ bench/verbs_rxe.sh
+
+/// The verbs benchmark's two scripts parse; the host script's plan-only mode prints the
+/// configuration and every measurement without booting the VM, and honours the guest's
+/// settings; the guest script refuses to measure outside the VM.
+#[test]
+fn verbs_bench_scripts_parse_and_print_their_plan() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for s in ["bench/verbs_rxe.sh", "bench/verbs_rxe_guest.sh"] {
+        let o = Command::new("bash")
+            .arg("-n")
+            .arg(root.join(s))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "bash -n {s}: {}", text(&o));
+    }
+    let o = Command::new("bash")
+        .arg(root.join("bench/verbs_rxe.sh"))
+        .env("VERBS_BENCH_PLAN_ONLY", "1")
+        .env("RUNS", "5")
+        .env("BW_SIZES", "65536 4194304")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    for want in [
+        "plan only",
+        "plan: 5 runs",
+        "core layout: 2 vCPUs",
+        "--transport verbs --verbs-device rxeI --verbs-gid-index 1",
+        "ib_send_lat",
+        "ib_write_bw and ib_read_bw -s 65536 -n 256",
+        "-s 4194304 -n 8",
+        "ib_send_bw -s 8",
+        "UCX_TLS=rc_verbs",
+    ] {
+        assert!(t.contains(want), "plan lacks {want:?}: {t}");
+    }
+    assert!(!t.contains("booting"), "{t}");
+    let o = Command::new("bash")
+        .arg(root.join("bench/verbs_rxe_guest.sh"))
+        .env_remove("WYVERN_RXE_DEVS")
+        .env_remove("PLAN_ONLY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("run me through"), "{}", text(&o));
+}
