@@ -186,11 +186,11 @@ perftest() {
     local name=$1; shift
     PORT=$((PORT + 1))
     # shellcheck disable=SC2046
-    bg "$name-srv" 120 $(on 1) stdbuf -oL "$name" -d "$DEV1" -x "$GID" -p "$PORT" "$@"
+    bg "$name-srv" 70 $(on 1) stdbuf -oL "$name" -d "$DEV1" -x "$GID" -p "$PORT" "$@"
     local s=$LAST rc=0
     wait_listen "$PORT" 30 "$s" || { log "$name server did not listen: $(tail -3 "$TMP/$name-srv.out")"; return 1; }
     # shellcheck disable=SC2046
-    timeout 120 $(on 0) stdbuf -oL "$name" -d "$DEV0" -x "$GID" -p "$PORT" "$@" "$ADDR1" \
+    timeout 60 $(on 0) stdbuf -oL "$name" -d "$DEV0" -x "$GID" -p "$PORT" "$@" "$ADDR1" \
         >"$TMP/$name.out" 2>&1 || rc=$?
     wait "$s" 2>/dev/null || rc=$((rc == 0 ? 1 : rc))
     if [ "$rc" != 0 ]; then
@@ -205,7 +205,7 @@ perftest() {
 ptest() {
     local name=$1 size=$2 attempt l; shift 2
     for attempt in 1 2 3; do
-        perftest "$name" -s "$size" "$@" || return 1
+        perftest "$name" -s "$size" "$@" || { miss "$name -s $size $* failed"; return 1; }
         ROW=()
         while read -r -a l; do
             if [ "${l[0]:-}" = "$size" ] && [[ "${l[1]:-}" =~ ^[0-9]+$ ]]; then ROW=("${l[@]}"); break; fi
