@@ -17,6 +17,7 @@ CDEF = """
 typedef struct wyvern_client wyvern_client;
 typedef struct wyvern_endpoint wyvern_endpoint;
 typedef struct wyvern_msg wyvern_msg;
+typedef struct wyvern_buf wyvern_buf;
 typedef struct wyvern_async_error {
   uint64_t cookie;
   int status;
@@ -44,6 +45,12 @@ int64_t wyvern_msg_len(wyvern_msg *msg);
 int wyvern_msg_src(wyvern_msg *msg, uint32_t *out_node, uint32_t *out_ep);
 int wyvern_msg_zero_copy(wyvern_msg *msg);
 int wyvern_msg_release(wyvern_msg *msg);
+int wyvern_alloc(wyvern_client *client, size_t len, int64_t timeout_us, wyvern_buf **out_buf);
+void *wyvern_buf_data(wyvern_buf *buf);
+int64_t wyvern_buf_len(wyvern_buf *buf);
+int wyvern_buf_free(wyvern_buf *buf);
+int wyvern_send_buf(wyvern_endpoint *ep, uint32_t dst_node, uint32_t dst_ep, wyvern_buf *buf,
+                    uint32_t flags, int64_t timeout_us, uint64_t *out_cookie);
 const char *wyvern_strerror(int code);
 const char *wyvern_last_error(void);
 """
