@@ -349,10 +349,17 @@ def test_the_package_installs_with_pip_and_works_from_there(agents, tmp_path):
     # `pip install ./python` (into a directory of its own, offline: the
     # venv's setuptools builds it), then a process elsewhere that sees only
     # that directory imports it and exchanges a message.
+    # From a copy: building in place would leave build/ and *.egg-info in the tree.
+    import shutil
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(ROOT / "python" / "pyproject.toml", src)
+    shutil.copytree(ROOT / "python" / "wyvern", src / "wyvern",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     target = tmp_path / "site"
     r = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "--no-build-isolation", "--no-deps", "--target", str(target), str(ROOT / "python")],
+         "--no-build-isolation", "--no-deps", "--target", str(target), str(src)],
         capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (target / "wyvern" / "_core.py").is_file()
