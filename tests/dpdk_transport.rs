@@ -130,6 +130,19 @@ fn every_size_class_arrives_intact_and_in_order_both_ways() {
         assert!(counter(s, "frames_tx") > 100_000, "{s}");
         assert!(counter(s, "frames_rx") > 100_000, "{s}");
         assert!(counter(s, "frames_tx_broadcast") < 100, "{s}");
+        // The tx path in use: every packet written into its mbuf by the CPU.
+        assert_eq!(s["transport_info"]["dpdk_tx_path"], "copy", "{s}");
+        assert!(counter(s, "tx_bytes_copied") > 100_000 * 64, "{s}");
+        assert_eq!(counter(s, "tx_bytes_attached"), 0, "{s}");
+        // Packets parsed in place; most went straight on to the stream.
+        assert!(counter(s, "packets_rx_in_place") > 0, "{s}");
+    }
+    // Payload buffers are reused: far fewer allocated than packets sent.
+    for s in [&s0, &s1] {
+        assert!(
+            counter(s, "payload_allocs") < counter(s, "frames_tx") / 2,
+            "{s}"
+        );
     }
     let bytes: u64 = 4 * SIZES
         .split(',')

@@ -375,6 +375,12 @@ impl Agent {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            transport_info: self
+                .transport
+                .info()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             sleeps: self.sleeps,
             local_msgs: self.local_msgs,
             clients_evicted: self.evicted,

@@ -583,13 +583,15 @@ impl Agent {
         };
         let at = block + h.offset;
         let head = &body[wire::RECORD_HEADER..wire::RECORD_HEADER + have];
-        if self.pool.write_block(at, head).is_none() {
-            return false;
-        }
         let pad = wire::padded(h.chunk_len as usize) - h.chunk_len as usize;
-        if !self
-            .transport
-            .steer(j as u32, at + have as u64, left as u64, pad)
+        // Ask the transport first and copy the head only once it agreed: a
+        // transport that refuses would otherwise have the head copied again
+        // every round until the whole chunk arrived (quadratic in its size).
+        // `steer` only takes note; the bytes come later, after the head.
+        if self.pool.block_slice(at, have as u64).is_none()
+            || !self
+                .transport
+                .steer(j as u32, at + have as u64, left as u64, pad)
         {
             if h.offset == 0 {
                 // Undo what `chunk_target` began; the normal path redoes it.
@@ -598,6 +600,10 @@ impl Agent {
                 }
             }
             return false;
+        }
+        if self.pool.write_block(at, head).is_none() {
+            // Cannot happen: the range was checked above.
+            log::error!("node {j}: a chunk's head does not fit its block");
         }
         reader.discard_partial();
         self.peers[j].rx_steered = Some(h);

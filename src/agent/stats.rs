@@ -117,6 +117,10 @@ pub struct Snapshot {
     /// foreign, stale, sent again, duplicates dropped).
     #[serde(default)]
     pub transport: std::collections::BTreeMap<String, u64>,
+    /// The transport's facts that are not counts (the dpdk transport:
+    /// `dpdk_tx_path`, "copy" or "extbuf").
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub transport_info: std::collections::BTreeMap<String, String>,
     /// Attached clients.
     pub clients: Vec<ClientSnapshot>,
 }
@@ -151,6 +155,14 @@ impl Snapshot {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             let _ = writeln!(s, "transport: {}", t.join(" | "));
+        }
+        if !self.transport_info.is_empty() {
+            let t: Vec<String> = self
+                .transport_info
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(s, "transport info: {}", t.join(" | "));
         }
         let _ = writeln!(
             s,

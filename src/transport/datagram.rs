@@ -47,6 +47,9 @@ pub const RX_HIGH_WATER: usize = 8 << 20;
 const HELLO_EVERY: Duration = Duration::from_millis(100);
 /// Packets taken from the device per call (fairness).
 const RX_BURST: usize = 256;
+/// Payload buffers kept for reuse (acknowledged packets' and delivered
+/// ones'), so that a packet in steady state allocates nothing.
+const SPARE_MAX: usize = 1024;
 
 /// A device that moves whole packets to and from peer nodes.
 pub trait PacketIo {
@@ -56,11 +59,28 @@ pub trait PacketIo {
     fn local_addr(&self) -> String;
     /// Largest packet, header included.
     fn max_packet(&self) -> usize;
-    /// Send one packet to `node`. `Ok(false)`: not sent now (no address
-    /// known yet, or the device is full); the reliability layer resends.
-    fn send(&mut self, node: u32, pkt: &[u8]) -> io::Result<bool>;
-    /// The next waiting packet into `buf`: its length, or `None`.
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// Send one packet of `len` bytes to `node`, written by `fill` straight
+    /// into the device's buffer (an mbuf's data room, a reusable send
+    /// buffer): no intermediate copy. `Ok(false)`: not sent now (no address
+    /// known yet, or the device is full; `fill` was not called); the
+    /// reliability layer resends.
+    fn send_with<F: FnOnce(&mut [u8])>(
+        &mut self,
+        node: u32,
+        len: usize,
+        fill: F,
+    ) -> io::Result<bool>;
+    /// Send a copy of `pkt` (see [`PacketIo::send_with`]).
+    fn send(&mut self, node: u32, pkt: &[u8]) -> io::Result<bool> {
+        self.send_with(node, pkt.len(), |out| out.copy_from_slice(pkt))
+    }
+    /// A received packet, read in place (the device's buffer: an mbuf, a
+    /// reusable receive buffer); give it back with [`PacketIo::release`].
+    type Rx: std::ops::Deref<Target = [u8]>;
+    /// The next waiting packet, or `None`.
+    fn recv(&mut self) -> io::Result<Option<Self::Rx>>;
+    /// The caller is done with a packet [`PacketIo::recv`] gave it.
+    fn release(&mut self, _pkt: Self::Rx) {}
     /// The packet just received was `node`'s: remember where it came from.
     fn learn(&mut self, node: u32);
     /// Register with the agent's poller (a descriptor that becomes readable
@@ -88,6 +108,11 @@ pub trait PacketIo {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The device's own facts that are not counts (e.g. which tx path is in
+    /// use), by name, for `wyvern stat`.
+    fn info(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// UDP/IPv4 or IPv6 sockets: the datagram transport for routed networks,
@@ -97,6 +122,23 @@ pub struct UdpIo {
     peers: Vec<Option<SocketAddr>>,
     last_from: Option<SocketAddr>,
     max_packet: usize,
+    /// The send buffer packets are encoded into, reused.
+    txbuf: Vec<u8>,
+    /// A receive buffer given back by [`PacketIo::release`], reused.
+    rxbuf: Option<Vec<u8>>,
+}
+
+/// A packet [`UdpIo`] received: its buffer and length.
+pub struct UdpRx {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl std::ops::Deref for UdpRx {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 impl UdpIo {
@@ -118,6 +160,8 @@ impl UdpIo {
             peers,
             last_from: None,
             max_packet,
+            txbuf: Vec::with_capacity(max_packet),
+            rxbuf: None,
         })
     }
 
@@ -140,11 +184,18 @@ impl PacketIo for UdpIo {
         self.max_packet
     }
 
-    fn send(&mut self, node: u32, pkt: &[u8]) -> io::Result<bool> {
+    fn send_with<F: FnOnce(&mut [u8])>(
+        &mut self,
+        node: u32,
+        len: usize,
+        fill: F,
+    ) -> io::Result<bool> {
         let Some(addr) = self.peers.get(node as usize).copied().flatten() else {
             return Ok(false);
         };
-        match self.sock.send_to(pkt, addr) {
+        self.txbuf.resize(len, 0);
+        fill(&mut self.txbuf);
+        match self.sock.send_to(&self.txbuf, addr) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             // The peer's port is closed (its agent is down): a lost packet.
@@ -153,19 +204,35 @@ impl PacketIo for UdpIo {
         }
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    type Rx = UdpRx;
+
+    fn recv(&mut self) -> io::Result<Option<UdpRx>> {
+        let mut buf = self
+            .rxbuf
+            .take()
+            .unwrap_or_else(|| vec![0; self.max_packet.max(PKT_HEADER + 64)]);
         loop {
-            match self.sock.recv_from(buf) {
-                Ok((n, from)) => {
+            match self.sock.recv_from(&mut buf) {
+                Ok((len, from)) => {
                     self.last_from = Some(from);
-                    return Ok(Some(n));
+                    return Ok(Some(UdpRx { buf, len }));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.rxbuf = Some(buf);
+                    return Ok(None);
+                }
                 // An ICMP error for an earlier send: nothing to read here.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.rxbuf = Some(buf);
+                    return Err(e);
+                }
             }
         }
+    }
+
+    fn release(&mut self, pkt: UdpRx) {
+        self.rxbuf = Some(pkt.buf);
     }
 
     fn learn(&mut self, node: u32) {
@@ -196,6 +263,23 @@ pub struct DgramStats {
     pub packets_tx: u64,
     /// Packets received (ours or not).
     pub packets_rx: u64,
+    /// Data packets whose payload went from the device's buffer straight to
+    /// the stream (the frame reader, or a steered pool block): in order,
+    /// nothing waiting before them.
+    pub rx_in_place: u64,
+    /// Data packets kept (a copy of the payload) for reordering or while the
+    /// frame reader was full.
+    pub rx_kept: u64,
+    /// Payload buffers allocated (none spare to reuse).
+    pub payload_allocs: u64,
+}
+
+/// A [`Transport::steer`] under way: the rest of a large chunk goes to its
+/// pool block, then its padding is skipped.
+struct Steer {
+    off: u64,
+    left: u64,
+    skip: usize,
 }
 
 struct DLink {
@@ -209,6 +293,7 @@ struct DLink {
     outq: VecDeque<Out>,
     queued: usize,
     reader: FrameReader,
+    steer: Option<Steer>,
     last_rx: Instant,
     last_tx: Instant,
     last_hello: Option<Instant>,
@@ -226,6 +311,7 @@ impl DLink {
             outq: VecDeque::new(),
             queued: 0,
             reader: FrameReader::new(),
+            steer: None,
             last_rx: now,
             last_tx: now,
             last_hello: None,
@@ -245,8 +331,14 @@ pub struct DatagramTransport<I: PacketIo> {
     links: Vec<DLink>,
     next_epoch: u64,
     peer_timeout: Duration,
-    buf: Vec<u8>,
-    txbuf: Vec<u8>,
+    /// Payload buffers to reuse.
+    spare: Vec<Vec<u8>>,
+    /// Scratch: what an ack freed.
+    acked: Vec<Vec<u8>>,
+    /// The time of this agent round (`poll`, `tick`): `flush` goes by it
+    /// instead of reading the clock once more per call. `None` after the agent
+    /// slept (`before_sleep`), until the next `poll`: then `flush` reads the clock.
+    now: Option<Instant>,
     stats: DgramStats,
     /// Reliability counters of link instances replaced since.
     retired: reliable::SenderStats,
@@ -273,7 +365,6 @@ impl<I: PacketIo> DatagramTransport<I> {
         let links = (0..nodes)
             .map(|j| DLink::new(base + j as u64 * (1 << 32), cfg, now))
             .collect();
-        let max = io.max_packet();
         Ok(DatagramTransport {
             me,
             nodes,
@@ -284,8 +375,9 @@ impl<I: PacketIo> DatagramTransport<I> {
             links,
             next_epoch: base + 1,
             peer_timeout,
-            buf: vec![0; max.max(PKT_HEADER + 64)],
-            txbuf: Vec::with_capacity(max),
+            spare: Vec::new(),
+            acked: Vec::new(),
+            now: None,
             stats: DgramStats::default(),
             retired: reliable::SenderStats::default(),
         })
@@ -314,8 +406,9 @@ impl<I: PacketIo> DatagramTransport<I> {
         }
     }
 
-    fn send_raw(&mut self, j: usize, now: Instant) {
-        match self.io.send(j as u32, &self.txbuf) {
+    /// Encode a packet straight into the device's buffer and send it.
+    fn send_raw(&mut self, j: usize, h: &PacketHeader, payload: &[u8], now: Instant) {
+        match send_packet(&mut self.io, j, h, payload) {
             Ok(sent) => {
                 self.links[j].last_tx = now;
                 self.stats.packets_tx += sent as u64;
@@ -326,18 +419,26 @@ impl<I: PacketIo> DatagramTransport<I> {
 
     fn send_hello(&mut self, j: usize, now: Instant) {
         let h = self.header(j, PktKind::Hello, 0, Ack::default());
-        self.txbuf.clear();
-        packet::encode(&h, &self.hello.to_bytes(), &mut self.txbuf);
         self.links[j].last_hello = Some(now);
-        self.send_raw(j, now);
+        let hello = self.hello.to_bytes();
+        self.send_raw(j, &h, &hello, now);
     }
 
     fn send_control(&mut self, j: usize, kind: PktKind, now: Instant) {
         let ack = self.links[j].rx.make_ack();
         let h = self.header(j, kind, 0, ack);
-        self.txbuf.clear();
-        packet::encode(&h, &[], &mut self.txbuf);
-        self.send_raw(j, now);
+        self.send_raw(j, &h, &[], now);
+    }
+
+    /// A buffer for a payload: a spare one, else a new one.
+    fn payload_buf(&mut self, cap: usize) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(v) => v,
+            None => {
+                self.stats.payload_allocs += 1;
+                Vec::with_capacity(cap)
+            }
+        }
     }
 
     /// A fresh link instance for `j` (new epoch); returns the blocks its
@@ -372,27 +473,22 @@ impl<I: PacketIo> DatagramTransport<I> {
         self.send_hello(j, now);
     }
 
-    /// Take what the device has; returns whether anything came.
+    /// Take what the device has; returns whether anything came. Each packet
+    /// is parsed and checked where the device received it.
     fn receive(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
         let mut any = false;
         for _ in 0..RX_BURST {
-            let mut buf = std::mem::take(&mut self.buf);
-            let got = self.io.recv(&mut buf);
-            let n = match got {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    self.buf = buf;
-                    break;
-                }
+            let pkt = match self.io.recv() {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
                 Err(e) => {
                     log::warn!("{} receive: {e}", self.io.name());
-                    self.buf = buf;
                     break;
                 }
             };
             any = true;
             self.stats.packets_rx += 1;
-            match packet::decode(&buf[..n]) {
+            match packet::decode(&pkt) {
                 Ok((h, payload)) => self.on_packet(&h, payload, now, events),
                 Err(packet::PacketError::Checksum) => self.stats.corrupt += 1,
                 Err(e) => {
@@ -400,7 +496,7 @@ impl<I: PacketIo> DatagramTransport<I> {
                     log::debug!("dropped a packet: {e}");
                 }
             }
-            self.buf = buf;
+            self.io.release(pkt);
         }
         any
     }
@@ -456,15 +552,31 @@ impl<I: PacketIo> DatagramTransport<I> {
         }
         let l = &mut self.links[j];
         l.last_rx = now;
-        let mut acked = Vec::new();
+        let mut acked = std::mem::take(&mut self.acked);
         if let Err(e) = l.tx.on_ack(&h.ack, now, &mut acked) {
             self.stats.foreign += 1;
             log::debug!("node {j}: {e}");
         }
+        for v in acked.drain(..) {
+            recycle(&mut self.spare, v);
+        }
+        self.acked = acked;
+        let l = &mut self.links[j];
         match h.kind {
             PktKind::Data => {
-                if l.rx.on_packet(h.seq, payload.to_vec(), now) == reliable::Verdict::Duplicate {
-                    self.stats.duplicates += 1;
+                if l.reader.buffered() < RX_HIGH_WATER && l.rx.accept_in_order(h.seq, now) {
+                    // Next in the stream and nothing before it: straight from the
+                    // device's buffer to where the stream goes.
+                    self.stats.rx_in_place += 1;
+                    sink(&self.pool, l, payload);
+                } else {
+                    let mut v = self.payload_buf(payload.len());
+                    v.extend_from_slice(payload);
+                    self.stats.rx_kept += 1;
+                    let l = &mut self.links[j];
+                    if l.rx.on_packet(h.seq, v, now) == reliable::Verdict::Duplicate {
+                        self.stats.duplicates += 1;
+                    }
                 }
             }
             PktKind::Probe => l.rx.on_probe(),
@@ -479,16 +591,15 @@ impl<I: PacketIo> DatagramTransport<I> {
         events.push(LinkEvent::Up { node: j as u32 });
     }
 
-    /// Move in-order bytes into the frame reader while it has room.
+    /// Move in-order bytes into the frame reader (or a steered block) while
+    /// it has room.
     fn deliver(&mut self, j: usize) -> bool {
         let l = &mut self.links[j];
         let mut any = false;
         while l.reader.buffered() < RX_HIGH_WATER {
             let Some(p) = l.rx.pop() else { break };
-            let spare = l.reader.spare(p.len());
-            let offered = spare.len();
-            spare[..p.len()].copy_from_slice(&p);
-            l.reader.filled(offered, p.len());
+            sink(&self.pool, l, &p);
+            recycle(&mut self.spare, p);
             any = true;
         }
         any
@@ -499,8 +610,9 @@ impl<I: PacketIo> DatagramTransport<I> {
         let max = self.payload_max();
         let mut any = false;
         while self.links[j].queued > 0 && self.links[j].tx.can_send() {
+            let mut payload = self.payload_buf(max);
+            payload.clear();
             let l = &mut self.links[j];
-            let mut payload = Vec::with_capacity(max.min(l.queued));
             while payload.len() < max {
                 let Some(front) = l.outq.front_mut() else {
                     break;
@@ -539,10 +651,10 @@ impl<I: PacketIo> DatagramTransport<I> {
             let ack = l.rx.make_piggyback_ack();
             let seq = l.tx.next_seq();
             let h = self.header(j, PktKind::Data, seq, ack);
-            self.txbuf.clear();
-            packet::encode(&h, &payload, &mut self.txbuf);
-            self.send_raw(j, now);
-            let _ = self.links[j].tx.send(payload, now);
+            self.send_raw(j, &h, &payload, now);
+            if let Err(p) = self.links[j].tx.send(payload, now) {
+                recycle(&mut self.spare, p);
+            }
             any = true;
         }
         any
@@ -590,9 +702,8 @@ impl<I: PacketIo> DatagramTransport<I> {
         let (me, epoch, peer_epoch) = (self.me, self.links[j].epoch, self.links[j].peer_epoch);
         if self.links[j].tx.next_deadline().is_some_and(|d| d <= now) {
             let DLink { tx, rx, .. } = &mut self.links[j];
-            let mut resend = Vec::new();
-            tx.poll_retransmit(now, |seq, p| resend.push((seq, p.clone())));
-            for (seq, p) in resend {
+            let (io, stats) = (&mut self.io, &mut self.stats);
+            tx.poll_retransmit(now, |seq, p| {
                 let ack = rx.make_piggyback_ack();
                 let h = PacketHeader {
                     kind: PktKind::Data,
@@ -604,14 +715,12 @@ impl<I: PacketIo> DatagramTransport<I> {
                     seq,
                     ack,
                 };
-                self.txbuf.clear();
-                packet::encode(&h, &p, &mut self.txbuf);
-                if let Err(e) = self.io.send(j as u32, &self.txbuf) {
+                if let Err(e) = send_packet(io, j, &h, p) {
                     log::debug!("resend to node {j}: {e}");
                 }
-                self.stats.retransmits += 1;
+                stats.retransmits += 1;
                 any = true;
-            }
+            });
         }
         if self.links[j].rx.ack_due(now) {
             self.send_control(j, PktKind::Ack, now);
@@ -652,6 +761,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     }
 
     fn tick(&mut self, _poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
+        self.now = self.now.max(Some(now));
         for j in 0..self.links.len() {
             if j as u32 == self.me {
                 continue;
@@ -688,6 +798,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     }
 
     fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+        self.now = self.now.max(Some(now));
         let mut any = self.io.poll_mode() && self.receive(now, events);
         for j in 0..self.links.len() {
             if self.links[j].up {
@@ -722,7 +833,9 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         _events: &mut Vec<LinkEvent>,
     ) {
         if self.links.get(node as usize).is_some_and(|l| l.up) {
-            self.transmit(node as usize, Instant::now(), freed);
+            // The agent's clock of this round (one read per round, not per call).
+            let now = *self.now.get_or_insert_with(Instant::now);
+            self.transmit(node as usize, now, freed);
         }
         self.io.flush();
     }
@@ -765,12 +878,27 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         }
     }
 
-    fn steer(&mut self, _node: u32, _off: u64, _len: u64, _skip: usize) -> bool {
-        false
+    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool {
+        let Some(l) = self.links.get_mut(node as usize).filter(|l| l.up) else {
+            return false;
+        };
+        if l.steer.is_some() || self.pool.block_slice(off, len).is_none() {
+            return false;
+        }
+        // The bytes are moved as packets are delivered, not here (the agent
+        // holds the link's frame reader now).
+        l.steer = Some(Steer {
+            off,
+            left: len,
+            skip,
+        });
+        true
     }
 
-    fn steering(&self, _node: u32) -> bool {
-        false
+    fn steering(&self, node: u32) -> bool {
+        self.links
+            .get(node as usize)
+            .is_some_and(|l| l.steer.is_some())
     }
 
     fn poll_mode(&self) -> bool {
@@ -778,6 +906,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     }
 
     fn before_sleep(&mut self, poller: &Poller) {
+        // Time passes while the agent sleeps: `flush` reads the clock again.
+        self.now = None;
         self.io.before_sleep(poller);
     }
 
@@ -791,6 +921,9 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_duplicate", s.duplicates),
             ("packets_tx", s.packets_tx),
             ("packets_rx", s.packets_rx),
+            ("packets_rx_in_place", s.rx_in_place),
+            ("packets_rx_kept", s.rx_kept),
+            ("payload_allocs", s.payload_allocs),
         ];
         let r = self.sender_stats();
         c.extend([
@@ -803,6 +936,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         c
     }
 
+    fn info(&self) -> Vec<(&'static str, String)> {
+        self.io.info()
+    }
+
     fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
         let j = node as usize;
         if j >= self.links.len() || j as u32 == self.me {
@@ -813,5 +950,57 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         self.send_hello(j, now);
         self.io.flush();
         blocks
+    }
+}
+
+/// Encode a packet straight into `io`'s buffer and send it to node `j`.
+fn send_packet<I: PacketIo>(
+    io: &mut I,
+    j: usize,
+    h: &PacketHeader,
+    payload: &[u8],
+) -> io::Result<bool> {
+    io.send_with(j as u32, PKT_HEADER + payload.len(), |out| {
+        packet::encode_into(h, payload, out)
+    })
+}
+
+/// Keep a payload buffer for reuse (up to [`SPARE_MAX`]).
+fn recycle(spare: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
+    if spare.len() < SPARE_MAX {
+        v.clear();
+        spare.push(v);
+    }
+}
+
+/// In-order stream bytes of link `l`: into the steered pool block first (the
+/// rest of a large chunk, then its padding skipped), then into the frame
+/// reader.
+fn sink(pool: &Pool, l: &mut DLink, mut b: &[u8]) {
+    if let Some(st) = l.steer.as_mut() {
+        if st.left > 0 {
+            let n = (st.left as usize).min(b.len());
+            if pool.write_block(st.off, &b[..n]).is_none() {
+                // Cannot happen: `steer` checked the range.
+                log::error!("steered bytes outside the pool at {}", st.off);
+            }
+            st.off += n as u64;
+            st.left -= n as u64;
+            b = &b[n..];
+        }
+        if st.left == 0 {
+            let n = st.skip.min(b.len());
+            st.skip -= n;
+            b = &b[n..];
+            if st.skip == 0 {
+                l.steer = None;
+            }
+        }
+    }
+    if !b.is_empty() {
+        let spare = l.reader.spare(b.len());
+        let offered = spare.len();
+        spare[..b.len()].copy_from_slice(b);
+        l.reader.filled(offered, b.len());
     }
 }

@@ -295,6 +295,11 @@ pub trait Transport {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The transport's facts that are not counts (e.g. the dpdk transport's
+    /// tx path), by name, for `wyvern stat`.
+    fn info(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// Close the link to `node`; returns the blocks its queue referenced.
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;
 }

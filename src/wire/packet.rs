@@ -112,6 +112,19 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// other kinds have no room for it and drop it.
 pub fn encode(h: &PacketHeader, payload: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
+    out.resize(start + PKT_HEADER + payload.len(), 0);
+    encode_into(h, payload, &mut out[start..]);
+}
+
+/// Write one packet (header and payload) into `out`, which must be exactly
+/// [`PKT_HEADER`] + `payload.len()` bytes: a device's own buffer (an mbuf's
+/// data room), so that the packet is built where it is sent from. As
+/// [`encode`] otherwise.
+///
+/// # Panics
+/// If `out` has another length, or the payload does not fit a packet.
+pub fn encode_into(h: &PacketHeader, payload: &[u8], out: &mut [u8]) {
+    assert_eq!(out.len(), PKT_HEADER + payload.len(), "packet buffer size");
     let len = u16::try_from(payload.len()).expect("payload fits a packet");
     let dsack = h
         .ack
@@ -124,24 +137,24 @@ pub fn encode(h: &PacketHeader, payload: &[u8], out: &mut Vec<u8>) {
     );
     let flags = (h.flags & !FLAG_DSACK) | if dsack.is_some() { FLAG_DSACK } else { 0 };
     let seq = dsack.unwrap_or(h.seq);
-    out.extend_from_slice(&PKT_MAGIC);
-    out.push(PKT_VERSION);
-    out.push(h.kind as u8);
-    out.extend_from_slice(&h.src_node.to_le_bytes());
-    out.extend_from_slice(&h.dst_node.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.push(flags);
-    out.push(0);
-    out.extend_from_slice(&h.src_epoch.to_le_bytes());
-    out.extend_from_slice(&h.dst_epoch.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&h.ack.next.to_le_bytes());
-    out.extend_from_slice(&h.ack.sack.to_le_bytes());
-    out.extend_from_slice(&h.ack.window.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(payload);
-    let crc = checksum(&out[start..]);
-    out[start + 60..start + 64].copy_from_slice(&crc.to_le_bytes());
+    let (hdr, body) = out.split_at_mut(PKT_HEADER);
+    hdr[0..2].copy_from_slice(&PKT_MAGIC);
+    hdr[2] = PKT_VERSION;
+    hdr[3] = h.kind as u8;
+    hdr[4..8].copy_from_slice(&h.src_node.to_le_bytes());
+    hdr[8..12].copy_from_slice(&h.dst_node.to_le_bytes());
+    hdr[12..14].copy_from_slice(&len.to_le_bytes());
+    hdr[14] = flags;
+    hdr[15] = 0;
+    hdr[16..24].copy_from_slice(&h.src_epoch.to_le_bytes());
+    hdr[24..32].copy_from_slice(&h.dst_epoch.to_le_bytes());
+    hdr[32..40].copy_from_slice(&seq.to_le_bytes());
+    hdr[40..48].copy_from_slice(&h.ack.next.to_le_bytes());
+    hdr[48..56].copy_from_slice(&h.ack.sack.to_le_bytes());
+    hdr[56..60].copy_from_slice(&h.ack.window.to_le_bytes());
+    body.copy_from_slice(payload);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[..60]), body);
+    hdr[60..64].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn checksum(pkt: &[u8]) -> u32 {
@@ -240,6 +253,16 @@ mod tests {
         // Ethernet minimum-size padding after the packet is ignored.
         out.extend_from_slice(&[0; 20]);
         assert_eq!(decode(&out).unwrap().1, b"payload");
+    }
+
+    #[test]
+    fn encode_into_a_buffer_matches_encode() {
+        let mut v = vec![0xee; 3];
+        encode(&header(), b"payload", &mut v);
+        let mut b = vec![0xcc; PKT_HEADER + 7];
+        encode_into(&header(), b"payload", &mut b);
+        assert_eq!(&v[..3], &[0xee; 3]);
+        assert_eq!(&v[3..], &b[..]);
     }
 
     #[test]

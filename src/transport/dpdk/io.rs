@@ -16,13 +16,16 @@
 //! their peer on a shared segment.
 //!
 //! # Batching
-//! Sends are copied into mbufs and queued; the queue goes out in one `tx_burst` when
+//! Sends are encoded straight into mbufs ([`PacketIo::send_with`]: header, payload
+//! and checksum written into the data room) and queued; the queue goes out in one `tx_burst` when
 //! it holds [`TX_BURST`] frames, and whenever the datagram layer calls
 //! [`PacketIo::flush`] (at the end of every transport call that may have sent), so no
 //! frame waits while the agent sleeps.
 //!
-//! One copy per packet each way (packet → mbuf, mbuf → the datagram layer's buffer);
-//! no zero-copy external buffers yet.
+//! Received packets are read in place ([`RxFrame`]: the datagram layer parses and
+//! checks the packet inside the mbuf and copies its payload once, to where the stream
+//! goes). The tx path is `copy` (`wyvern stat`: `dpdk_tx_path`, `tx_bytes_copied`): the
+//! CPU writes every packet into its mbuf; no zero-copy external buffers yet.
 //!
 //! # Waking a sleeping agent
 //! A poll-mode device has no descriptor to wait on, so an adaptive agent on one sleeps
@@ -45,6 +48,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
 use crate::transport::Poller;
+use crate::wire::packet::PKT_HEADER;
 
 /// wyvern's EtherType: IEEE 802 local experimental EtherType 1.
 pub const ETHERTYPE: u16 = 0x88B5;
@@ -98,6 +102,24 @@ pub struct DpdkIoStats {
     pub tx_full: u64,
     /// Packets sent to the broadcast MAC (peer not learned yet).
     pub tx_broadcast: u64,
+    /// Packet bytes (header and payload) written into mbufs by the CPU: the
+    /// `copy` tx path.
+    pub tx_bytes_copied: u64,
+    /// Payload bytes sent from pool memory attached to mbufs (external
+    /// buffers): the zero-copy tx path. Always 0: not built (see the README).
+    pub tx_bytes_attached: u64,
+}
+
+/// A frame [`DpdkIo`] received and kept as it came: the packet is read in
+/// place in the mbuf (after the Ethernet header). Give it back with
+/// [`PacketIo::release`] (dropping it frees the mbuf too, one at a time).
+pub struct RxFrame(Mbuf<'static>);
+
+impl std::ops::Deref for RxFrame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0.data()[ETH_HEADER..]
+    }
 }
 
 /// A DPDK ethdev port as a [`PacketIo`]: one rx and one tx queue, its own mbuf pool.
@@ -108,6 +130,8 @@ pub struct DpdkIo {
     txq: Vec<Mbuf<'static>>,
     rxq: VecDeque<Mbuf<'static>>,
     rxbuf: Vec<Mbuf<'static>>,
+    /// Received frames the datagram layer is done with, freed in bulk.
+    rx_done: Vec<Mbuf<'static>>,
     port: Port<'static>,
     pool: &'static PktPool,
     mac: MacAddr,
@@ -197,6 +221,7 @@ impl DpdkIo {
             txq: Vec::with_capacity(TX_QUEUE_MAX),
             rxq: VecDeque::with_capacity(usize::from(RX_BURST)),
             rxbuf: Vec::with_capacity(usize::from(RX_BURST)),
+            rx_done: Vec::with_capacity(usize::from(RX_BURST)),
             port,
             pool,
             mac,
@@ -326,7 +351,12 @@ impl PacketIo for DpdkIo {
         self.max_packet
     }
 
-    fn send(&mut self, node: u32, pkt: &[u8]) -> io::Result<bool> {
+    fn send_with<F: FnOnce(&mut [u8])>(
+        &mut self,
+        node: u32,
+        len: usize,
+        fill: F,
+    ) -> io::Result<bool> {
         if self.txq.len() >= TX_QUEUE_MAX {
             self.flush_tx();
             if self.txq.len() >= TX_QUEUE_MAX {
@@ -340,14 +370,15 @@ impl PacketIo for DpdkIo {
             self.stats.tx_full += 1;
             return Ok(false);
         };
-        let Some(frame) = m.append(ETH_HEADER + pkt.len()) else {
+        let Some(frame) = m.append(ETH_HEADER + len) else {
             return Err(io::Error::other(format!(
-                "a packet of {} bytes does not fit an mbuf",
-                pkt.len()
+                "a packet of {len} bytes does not fit an mbuf"
             )));
         };
         write_header(frame, dst, self.mac);
-        frame[ETH_HEADER..].copy_from_slice(pkt);
+        // The packet is encoded straight into the mbuf's data room.
+        fill(&mut frame[ETH_HEADER..]);
+        self.stats.tx_bytes_copied += len as u64;
         if dst == BROADCAST {
             self.stats.tx_broadcast += 1;
         }
@@ -358,10 +389,15 @@ impl PacketIo for DpdkIo {
         Ok(true)
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    type Rx = RxFrame;
+
+    fn recv(&mut self) -> io::Result<Option<RxFrame>> {
         // Bounded: every round takes a frame from the queue or refills it.
         for _ in 0..4 * usize::from(RX_BURST) {
             let Some(m) = self.rxq.pop_front() else {
+                if !self.rx_done.is_empty() {
+                    Mbuf::free_bulk(&mut self.rx_done);
+                }
                 // Frames queued for sending go out first: the caller is about to
                 // wait for answers to them.
                 self.flush_tx();
@@ -376,19 +412,26 @@ impl PacketIo for DpdkIo {
                 FrameKind::Foreign => self.stats.foreign_ethertype += 1,
                 FrameKind::Packet(src) if src == self.mac => self.stats.own += 1,
                 FrameKind::Packet(src) => {
-                    let pkt = &frame[ETH_HEADER..];
-                    if pkt.len() > buf.len() {
+                    if frame.len() - ETH_HEADER > self.max_packet.max(PKT_HEADER + 64) {
                         self.stats.oversize += 1;
+                        self.rx_done.push(m);
                         continue;
                     }
-                    buf[..pkt.len()].copy_from_slice(pkt);
                     self.last_src = Some(src);
                     self.stats.rx_frames += 1;
-                    return Ok(Some(pkt.len()));
+                    return Ok(Some(RxFrame(m)));
                 }
             }
+            self.rx_done.push(m);
         }
         Ok(None)
+    }
+
+    fn release(&mut self, pkt: RxFrame) {
+        self.rx_done.push(pkt.0);
+        if self.rx_done.len() >= usize::from(RX_BURST) {
+            Mbuf::free_bulk(&mut self.rx_done);
+        }
     }
 
     fn learn(&mut self, node: u32) {
@@ -437,6 +480,10 @@ impl PacketIo for DpdkIo {
         self.flush_tx();
     }
 
+    fn info(&self) -> Vec<(&'static str, String)> {
+        vec![("dpdk_tx_path", "copy".to_string())]
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = &self.stats;
         vec![
@@ -448,6 +495,8 @@ impl PacketIo for DpdkIo {
             ("frames_tx_full", s.tx_full),
             ("frames_tx_broadcast", s.tx_broadcast),
             ("frames_tx_queued", self.txq.len() as u64),
+            ("tx_bytes_copied", s.tx_bytes_copied),
+            ("tx_bytes_attached", s.tx_bytes_attached),
             ("port_wakes_agent", u64::from(self.wake_fd.is_some())),
         ]
     }

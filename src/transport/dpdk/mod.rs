@@ -55,8 +55,8 @@ mod port;
 pub use eal::Eal;
 pub use error::{Error, Result, RteError};
 pub use io::{
-    classify, write_header, DpdkIo, DpdkIoConfig, DpdkIoStats, FrameKind, BROADCAST, ETHERTYPE,
-    ETH_HEADER, TX_BURST,
+    classify, write_header, DpdkIo, DpdkIoConfig, DpdkIoStats, FrameKind, RxFrame, BROADCAST,
+    ETHERTYPE, ETH_HEADER, TX_BURST,
 };
 pub use mbuf::Mbuf;
 pub use mempool::PktPool;

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Usage: bench/dpdk_profile.sh [PROFILE_DIR]      (default: target/release)
+#
+# Profiles the frame-rate case of bench/dpdk_veth.sh once: two dpdk agents in namespaces
+# wyvp0/wyvp1 (one veth pair, net_af_packet, the same EAL arguments and core layout as
+# dpdk_veth.sh), one sender streams BULK_MIB MiB in 1 MiB messages from node 0 to node 1, and
+# `perf record -e cpu-clock` (the VM has no hardware counters) samples both agents meanwhile (PERF_SECS seconds, from 1 s into the stream).
+# Prints frames/s, both agents' `wyvern stat` transport counters and `perf report` (self time,
+# per agent). Needs root, perf, binaries built with --features dpdk (with debug symbols the
+# report names functions: CARGO_PROFILE_RELEASE_DEBUG=line-tables-only). KEEP_TMP=1 keeps the
+# scratch directory (perf.data files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin="${1:-target/release}"
+BULK_MIB="${BULK_MIB:-2048}"
+PERF_SECS="${PERF_SECS:-3}"
+wyvern="$bin/wyvern"
+peer="$bin/wyvern-peer"
+command -v perf >/dev/null || { echo "dpdk_profile: no perf (apt-get install linux-perf)" >&2; exit 1; }
+export TESTBED_PREFIX=wyvp TESTBED_HUGEPAGES=skip
+dir="$(mktemp -d "${TMPDIR:-/tmp}/wyvern-dpdk-prof.XXXXXX")"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    scripts/testbed.sh down >/dev/null || true
+    if [ "${KEEP_TMP:-0}" = 1 ]; then echo "scratch kept in $dir"; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+scripts/testbed.sh up 2 >/dev/null
+EAL_COMMON="--no-pci --no-huge -m 256 --no-telemetry --no-shconf --log-level=lib.eal:warning"
+apid=()
+for i in 0 1; do
+    RUST_LOG=warn ip netns exec "wyvp$i" timeout 300 "$wyvern" agent --node-id "$i" \
+        --socket "$dir/agent$i.sock" --no-hugepages --idle adaptive --cores "$i" \
+        --job wyvern-dpdk-prof --nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk \
+        --dpdk-eal "$EAL_COMMON --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvp-agent$i --lcores=0@$i" \
+        ${WYVERN_AGENT_ARGS:-} >"$dir/ready$i" 2>"$dir/agent$i.log" &
+    pids+=($!)
+    apid[$i]=$!
+done
+for _ in $(seq 100); do
+    if "$wyvern" stat --json --socket "$dir/agent0.sock" 2>/dev/null | grep -q '"state": "up"' \
+        && "$wyvern" stat --json --socket "$dir/agent1.sock" 2>/dev/null | grep -q '"state": "up"'; then
+        break
+    fi
+    sleep 0.1
+done
+stat() { "$wyvern" stat --json --socket "$dir/agent$1.sock" | python3 -c \
+    'import json,sys; t=json.load(sys.stdin)["transport"]; print(" ".join(f"{k}={v}" for k,v in t.items() if not isinstance(v,(dict,list))))'; }
+f0="$("$wyvern" stat --json --socket "$dir/agent1.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["transport"].get("frames_rx",0))')"
+ip netns exec wyvp1 timeout 120 "$peer" --socket "$dir/agent1.sock" --ep 300 --raw \
+    --sizes 1048576 recv --count "$BULK_MIB" >"$dir/rx.json" &
+rx=$!
+sleep 0.3
+ip netns exec wyvp0 timeout 120 "$peer" --socket "$dir/agent0.sock" --raw --sizes 1048576 \
+    send --to 1:300 --count "$BULK_MIB" >"$dir/tx.json" &
+tx=$!
+sleep 1
+# The agents run under `timeout` (its child): sample the wyvern processes themselves.
+agent_of() { pgrep -P "$1" | head -n1; }
+perf record -e cpu-clock -F "${PERF_FREQ:-4000}" ${PERF_ARGS:-} -o "$dir/perf0.data" -p "$(agent_of "${apid[0]}")" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
+p0=$!
+perf record -e cpu-clock -F "${PERF_FREQ:-4000}" ${PERF_ARGS:-} -o "$dir/perf1.data" -p "$(agent_of "${apid[1]}")" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
+p1=$!
+wait "$p0" "$p1" || true
+wait "$tx" "$rx"
+f1="$("$wyvern" stat --json --socket "$dir/agent1.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["transport"].get("frames_rx",0))')"
+secs="$(grep '^{' "$dir/rx.json" | tail -n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["secs"])')"
+echo "== frames/s $(python3 -c "print(int(($f1 - $f0) / $secs))"), $BULK_MIB MiB in $secs s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for i in 0 1; do echo "== agent $i: $(stat "$i")"; done
+for i in 0 1; do
+    echo "== agent $i ($([ "$i" = 0 ] && echo sender || echo receiver)): perf report, self time"
+    perf report -i "$dir/perf$i.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+        | grep -E '^ +[0-9]' | head -n "${TOP:-30}" || true
+done
