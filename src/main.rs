@@ -34,8 +34,7 @@ enum Cmd {
     /// Wait until the local agent answers and every peer is up.
     Wait(launch_cli::WaitArgs),
     /// Break an agent's connection to one peer, as a network fault would
-    /// (fault injection; the session resumes over a new connection). On the
-    /// verbs transport the link's queue pair is forced into the error state.
+    /// (fault injection; the session resumes over a new connection).
     BreakLink {
         /// The agent's control socket.
         #[arg(long, short)]
