@@ -5,8 +5,9 @@
 # wyvp0/wyvp1 (one veth pair, net_af_packet, the same EAL arguments and core layout as
 # dpdk_veth.sh), one sender streams BULK_MIB MiB in 1 MiB messages from node 0 to node 1, and
 # `perf record -e cpu-clock` (the VM has no hardware counters) samples both agents meanwhile (PERF_SECS seconds, from 1 s into the stream).
-# Prints frames/s, both agents' `wyvern stat` transport counters and `perf report` (self time,
-# per agent). Needs root, perf, binaries built with --features dpdk (with debug symbols the
+# Prints frames/s, each agent's CPU time per frame over the whole stream (user + system, from
+# /proc: less sensitive to other processes than the rate), both agents' `wyvern stat`
+# transport counters and `perf report` (self time, per agent). PERF_SECS=0: no perf. Needs root, perf, binaries built with --features dpdk (with debug symbols the
 # report names functions: CARGO_PROFILE_RELEASE_DEBUG=line-tables-only). KEEP_TMP=1 keeps the
 # scratch directory (perf.data files).
 set -euo pipefail
@@ -49,6 +50,12 @@ for _ in $(seq 100); do
 done
 stat() { "$wyvern" stat --json --socket "$dir/agent$1.sock" | python3 -c \
     'import json,sys; t=json.load(sys.stdin)["transport"]; print(" ".join(f"{k}={v}" for k,v in t.items() if not isinstance(v,(dict,list))))'; }
+# The agents run under `timeout` (its child): sample the wyvern processes themselves.
+agent_of() { pgrep -P "$1" | head -n1; }
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); split($0, f, " "); print (f[12] + f[13]) / hz}' "/proc/$1/stat"; }
+a0="$(agent_of "${apid[0]}")"
+a1="$(agent_of "${apid[1]}")"
+c0="$(cpu_s "$a0") $(cpu_s "$a1")"
 f0="$("$wyvern" stat --json --socket "$dir/agent1.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["transport"].get("frames_rx",0))')"
 ip netns exec wyvp1 timeout 120 "$peer" --socket "$dir/agent1.sock" --ep 300 --raw \
     --sizes 1048576 recv --count "$BULK_MIB" >"$dir/rx.json" &
@@ -58,18 +65,27 @@ ip netns exec wyvp0 timeout 120 "$peer" --socket "$dir/agent0.sock" --raw --size
     send --to 1:300 --count "$BULK_MIB" >"$dir/tx.json" &
 tx=$!
 sleep 1
-# The agents run under `timeout` (its child): sample the wyvern processes themselves.
-agent_of() { pgrep -P "$1" | head -n1; }
-perf record -e cpu-clock -F "${PERF_FREQ:-4000}" ${PERF_ARGS:-} -o "$dir/perf0.data" -p "$(agent_of "${apid[0]}")" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
+if [ "$PERF_SECS" != 0 ]; then
+perf record -e cpu-clock -F "${PERF_FREQ:-4000}" ${PERF_ARGS:-} -o "$dir/perf0.data" -p "$a0" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
 p0=$!
-perf record -e cpu-clock -F "${PERF_FREQ:-4000}" ${PERF_ARGS:-} -o "$dir/perf1.data" -p "$(agent_of "${apid[1]}")" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
+perf record -e cpu-clock -F "${PERF_FREQ:-4000}" ${PERF_ARGS:-} -o "$dir/perf1.data" -p "$a1" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
 p1=$!
 wait "$p0" "$p1" || true
+fi
 wait "$tx" "$rx"
+c1="$(cpu_s "$a0") $(cpu_s "$a1")"
 f1="$("$wyvern" stat --json --socket "$dir/agent1.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["transport"].get("frames_rx",0))')"
 secs="$(grep '^{' "$dir/rx.json" | tail -n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["secs"])')"
 echo "== frames/s $(python3 -c "print(int(($f1 - $f0) / $secs))"), $BULK_MIB MiB in $secs s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - $c0 $c1 "$f0" "$f1" <<'PY'
+import sys
+a0, a1, b0, b1, f0, f1 = map(float, sys.argv[1:])
+n = f1 - f0
+print(f"== CPU per frame over the stream: sender {1e6 * (b0 - a0) / n:.2f} µs, receiver {1e6 * (b1 - a1) / n:.2f} µs "
+      f"({b0 - a0:.2f} s and {b1 - a1:.2f} s for {n:.0f} frames; perf adds its share while it samples)")
+PY
 for i in 0 1; do echo "== agent $i: $(stat "$i")"; done
+[ "$PERF_SECS" = 0 ] && exit 0
 for i in 0 1; do
     echo "== agent $i ($([ "$i" = 0 ] && echo sender || echo receiver)): perf report, self time"
     perf report -i "$dir/perf$i.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
