@@ -417,3 +417,60 @@ fn forged_rendezvous_descriptors_are_refused_before_any_read() {
     assert_eq!(r.0["out_of_order"], 0);
     assert!(c.agents[0].is_some());
 }
+
+/// `wyvern break-link` on verbs forces the link's queue pair into the error state
+/// (`Transport::inject_fault`): the next work request completes with a flush error,
+/// the link fails with libibverbs' words for it, and the agents' session resumes over
+/// a new queue pair. Twice, during a stream of eager and rendezvous messages: every
+/// message arrives once, intact, in order; nothing is reported lost.
+#[test]
+fn a_queue_pair_forced_into_error_fails_the_link_and_the_session_resumes() {
+    if !have_device("qp_forced_into_error") {
+        return;
+    }
+    let c = start(2);
+    let sizes = "8,5000,300000";
+    let rx = c.peer(
+        1,
+        &["--ep", "50", "--sizes", sizes, "recv", "--count", "300"],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", sizes, "send", "--to", "1:50", "--count", "300", "--gap-us", "2000",
+        ],
+    );
+    let mut faults = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while faults < 2 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(300));
+        // Refused while the peer is not connected (between the fault and the resume).
+        if wyvern::client::break_link(c.socket(0), 1).is_ok() {
+            faults += 1;
+        }
+    }
+    assert_eq!(
+        faults, 2,
+        "could not force the queue pair into ERR twice in 120 s"
+    );
+    assert_ok("sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("receiver", &r);
+    assert_eq!(r.0["received"], 300, "{}", r.0);
+    assert_eq!(r.0["corrupt"], 0, "{}", r.0);
+    assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
+    let s = c.stat(0);
+    assert!(
+        counter(&s, "verbs_wc_errors") >= 1,
+        "no flush error seen: {s}"
+    );
+    let p = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == 1)
+        .cloned()
+        .unwrap();
+    assert_eq!(p["counters"]["losses"], 0, "{p}");
+    assert!(p["counters"]["resumes"].as_u64().unwrap() >= 2, "{p}");
+}

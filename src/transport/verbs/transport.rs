@@ -2157,6 +2157,30 @@ impl Transport for VerbsTransport {
         c
     }
 
+    /// The queue pair goes to ERR: what is posted on it then (the agent's
+    /// next frame or heartbeat, within its heartbeat interval) completes with
+    /// a flush error, and the link fails as on any work completion error.
+    fn inject_fault(&mut self, node: u32) -> bool {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return false;
+        };
+        if l.phase != Phase::Up {
+            return false;
+        }
+        match l.qp.to_error() {
+            Ok(()) => {
+                log::warn!(
+                    "verbs: the queue pair of node {node} forced into the error state on request"
+                );
+                true
+            }
+            Err(e) => {
+                log::warn!("verbs: cannot force the queue pair of node {node} into ERR: {e}");
+                false
+            }
+        }
+    }
+
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64> {
         match self.links.get_mut(node as usize).and_then(|l| l.take()) {
             Some(l) => {
