@@ -34,7 +34,8 @@ enum Cmd {
     /// Wait until the local agent answers and every peer is up.
     Wait(launch_cli::WaitArgs),
     /// Break an agent's connection to one peer, as a network fault would
-    /// (fault injection; the session resumes over a new connection).
+    /// (fault injection; the session resumes over a new connection). On the
+    /// verbs transport the link's queue pair is forced into the error state.
     BreakLink {
         /// The agent's control socket.
         #[arg(long, short)]

@@ -417,3 +417,193 @@ fn forged_rendezvous_descriptors_are_refused_before_any_read() {
     assert_eq!(r.0["out_of_order"], 0);
     assert!(c.agents[0].is_some());
 }
+
+/// `wyvern break-link` on verbs forces the link's queue pair into the error state
+/// (`Transport::inject_fault`): the next work request completes with a flush error,
+/// the link fails with libibverbs' words for it, and the agents' session resumes over
+/// a new queue pair. Twice, during a stream of eager and rendezvous messages: every
+/// message arrives once, intact, in order; nothing is reported lost.
+#[test]
+fn a_queue_pair_forced_into_error_fails_the_link_and_the_session_resumes() {
+    if !have_device("qp_forced_into_error") {
+        return;
+    }
+    let c = start(2);
+    let sizes = "8,5000,300000";
+    let rx = c.peer(
+        1,
+        &["--ep", "50", "--sizes", sizes, "recv", "--count", "300"],
+    );
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes", sizes, "send", "--to", "1:50", "--count", "300", "--gap-us", "2000",
+        ],
+    );
+    let mut faults = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while faults < 2 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(300));
+        // Refused while the peer is not connected (between the fault and the resume).
+        if wyvern::client::break_link(c.socket(0), 1).is_ok() {
+            faults += 1;
+        }
+    }
+    assert_eq!(
+        faults, 2,
+        "could not force the queue pair into ERR twice in 120 s"
+    );
+    assert_ok("sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("receiver", &r);
+    assert_eq!(r.0["received"], 300, "{}", r.0);
+    assert_eq!(r.0["corrupt"], 0, "{}", r.0);
+    assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
+    let s = c.stat(0);
+    assert!(
+        counter(&s, "verbs_wc_errors") >= 1,
+        "no flush error seen: {s}"
+    );
+    let p = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == 1)
+        .cloned()
+        .unwrap();
+    assert_eq!(p["counters"]["losses"], 0, "{p}");
+    assert!(p["counters"]["resumes"].as_u64().unwrap() >= 2, "{p}");
+}
+
+/// A queue pair forced into the error state while its link is idle: nothing is
+/// posted on it, its receives come from the shared receive queue (not flushed), and
+/// with heartbeats 30 s apart no work request will be posted for a long while, so no
+/// completion reports the fault. The transport's periodic QP state query (or a "last
+/// WQE reached" event) must find it: the link fails and the session resumes within a
+/// few seconds, three times, from either side, and the traffic after each resume
+/// arrives whole and in order. Before that check such a link stayed "up" and dead
+/// (seen in CI: a buffered sender timed out).
+#[test]
+fn an_idle_queue_pair_forced_into_error_is_found_and_the_link_resumes() {
+    if !have_device("idle_qp_forced_into_error") {
+        return;
+    }
+    // Far below the heartbeat interval and the peer timeout: only the QP state
+    // check (or the event) can be what finds the fault in time.
+    const BOUND: Duration = Duration::from_secs(5);
+    let c = start_with(
+        2,
+        &["--heartbeat-ms", "30000", "--peer-timeout-ms", "120000"],
+    );
+    let sizes = "8,5000,300000";
+    let burst = |k: u32| {
+        let ep = (60 + k).to_string();
+        let rx = c.peer(1, &["--ep", &ep, "--sizes", sizes, "recv", "--count", "60"]);
+        let to = format!("1:{ep}");
+        let tx = c.peer(0, &["--sizes", sizes, "send", "--to", &to, "--count", "60"]);
+        assert_ok(&format!("sender of burst {k}"), &tx.result(T));
+        let r = rx.result(T);
+        assert_ok(&format!("receiver of burst {k}"), &r);
+        assert_eq!(r.0["received"], 60, "burst {k}: {}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "burst {k}: {}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "burst {k}: {}", r.0);
+    };
+    let peer_counter = |s: &serde_json::Value, node: u32, name: &str| {
+        s["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == node)
+            .map_or(0, |p| p["counters"][name].as_u64().unwrap_or(0))
+    };
+    for (k, side) in [(1u32, 0usize), (2, 1), (3, 0)] {
+        let other = 1 - side as u32;
+        c.wait_up(side, other);
+        burst(k);
+        // Let the link fall quiet: acks and credits go out within milliseconds.
+        std::thread::sleep(Duration::from_secs(1));
+        let before = c.stat(side);
+        let resumes = peer_counter(&before, other, "resumes");
+        let found = counter(&before, "verbs_qp_errors_found");
+        let t0 = std::time::Instant::now();
+        wyvern::client::break_link(c.socket(side), other)
+            .unwrap_or_else(|e| panic!("break-link {side} -> {other}: {e}"));
+        let after = loop {
+            let s = c.stat(side);
+            if peer_counter(&s, other, "resumes") > resumes {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < BOUND,
+                "fault {k} (agent {side}): the link was not failed and resumed within \
+                 {BOUND:?} of forcing its idle QP into ERR: {s}\n---- agent {side} log ----\n{}",
+                c.log(side)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eprintln!(
+            "fault {k} on agent {side}: link failed and resumed {:?} after the QP was forced into ERR \
+             (verbs_qp_errors_found {} -> {}, verbs_wc_errors {} -> {}, verbs_async_events {} -> {})",
+            t0.elapsed(),
+            found,
+            counter(&after, "verbs_qp_errors_found"),
+            counter(&before, "verbs_wc_errors"),
+            counter(&after, "verbs_wc_errors"),
+            counter(&before, "verbs_async_events"),
+            counter(&after, "verbs_async_events"),
+        );
+        assert!(
+            counter(&after, "verbs_qp_errors_found") > found,
+            "fault {k}: the QP in ERR was not found by the state check or an event: {after}"
+        );
+    }
+    // Traffic after the last resume, both ways, mixed sizes.
+    let rx = c.peer(
+        1,
+        &["--ep", "70", "--sizes", sizes, "recv", "--count", "100"],
+    );
+    let rx0 = c.peer(
+        0,
+        &["--ep", "71", "--sizes", sizes, "recv", "--count", "100"],
+    );
+    let tx = c.peer(
+        0,
+        &["--sizes", sizes, "send", "--to", "1:70", "--count", "100"],
+    );
+    let back = c.peer(
+        1,
+        &[
+            "--sizes",
+            sizes,
+            "send",
+            "--to",
+            "0:71",
+            "--count",
+            "100",
+            "--delivered",
+        ],
+    );
+    assert_ok("sender", &tx.result(T));
+    assert_ok("sender back", &back.result(T));
+    for (name, p) in [("receiver", rx), ("receiver back", rx0)] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["received"], 100, "{name}: {}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
+    }
+    for i in 0..2 {
+        let s = c.stat(i);
+        let other = 1 - i as u32;
+        assert_eq!(peer_counter(&s, other, "losses"), 0, "agent {i}: {s}");
+        assert_eq!(
+            s["blocks_free"], s["blocks_total"],
+            "agent {i} leaked blocks: {s}"
+        );
+    }
+    let log = c.log(0) + &c.log(1);
+    assert!(
+        log.contains("found in the ERR state") || log.contains("last WQE reached"),
+        "no link failed for a QP found in ERR"
+    );
+}

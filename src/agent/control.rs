@@ -306,6 +306,11 @@ impl Agent {
                     self.reply_error(idx, format!("node {node} is not a connected peer"));
                     return true;
                 }
+                if self.transport.inject_fault(node) {
+                    // The transport reports the link down once it finds the fault.
+                    self.reply(idx, &CtlReply::Ok, &[]);
+                    return true;
+                }
                 log::warn!("breaking the connection to node {node} on request");
                 for b in self.transport.close(&self.poller, node) {
                     self.blocks.free(b, Owner::Agent);

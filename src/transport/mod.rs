@@ -223,6 +223,14 @@ pub trait Transport {
         let _ = node;
         None
     }
+    /// Break `node`'s link from below, as a device fault would (verbs: its
+    /// queue pair forced into the error state), for `wyvern break-link`;
+    /// the transport then finds the fault on its own and reports the link
+    /// down. `false`: no such fault here (the agent closes the link instead).
+    fn inject_fault(&mut self, node: u32) -> bool {
+        let _ = node;
+        false
+    }
     /// Name only the transports `caps` in the `Hello`s of this agent's
     /// next connections to `node` (the TCP transport of a hybrid agent: a
     /// transport forced for that peer, or one that failed it). Others

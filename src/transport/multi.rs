@@ -435,6 +435,11 @@ impl Transport for Multi {
         out
     }
 
+    fn inject_fault(&mut self, node: u32) -> bool {
+        let r = self.route[node as usize];
+        self.backs[r].transport.inject_fault(node)
+    }
+
     fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
         let b = &mut self.backs[self.route[node as usize]];
         let mut blocks = b.transport.close(&b.poller, node);

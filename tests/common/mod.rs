@@ -281,7 +281,12 @@ impl Cluster {
         ])
         .arg("--socket")
         .arg(self.socket(i))
-        .args(["--idle", "adaptive", "--heartbeat-ms", "100"])
+        .args(["--idle", "adaptive"])
+        .args(if extra.contains(&"--heartbeat-ms") {
+            &[][..]
+        } else {
+            &["--heartbeat-ms", "100"][..]
+        })
         .args(if extra.contains(&"--job") {
             vec![]
         } else {

@@ -147,6 +147,14 @@ impl AsyncEvent {
         matches!(self.kind, 1..=3)
     }
 
+    /// `IBV_EVENT_QP_LAST_WQE_REACHED`: a QP attached to a shared receive queue
+    /// entered the error state and will take no more of its receive buffers. For such
+    /// a QP this is the event that says it failed (the receives it would otherwise
+    /// flush belong to the SRQ, and are not flushed).
+    pub fn is_qp_last_wqe(&self) -> bool {
+        self.kind == 16
+    }
+
     /// The device is gone or broken: every queue pair is lost.
     pub fn is_device_fatal(&self) -> bool {
         self.kind == 8

@@ -60,6 +60,7 @@ pub use error::{Error, Result};
 pub use memory::{Access, Mr, Pd, RegBuf};
 pub use queue::{
     qp_state_name, status_str, CompChannel, Cq, Qp, QpCaps, QpEndpoint, SendOp, SendWr, Sge, Srq,
-    Wc, WC_FLUSH_ERR, WC_RDMA_READ, WC_RECV, WC_RNR_RETRY_EXC_ERR, WC_SEND, WC_SUCCESS,
+    Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR, WC_RDMA_READ, WC_RECV, WC_RNR_RETRY_EXC_ERR, WC_SEND,
+    WC_SUCCESS,
 };
 pub use transport::{VerbsConfig, VerbsCounters, VerbsTransport};

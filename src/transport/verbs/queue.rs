@@ -413,6 +413,11 @@ pub struct SendWr {
     pub signaled: bool,
 }
 
+/// `IBV_QPS_SQE`: send queue error (a send failed; UC/UD queue pairs).
+pub const QPS_SQE: u32 = sys::ibv_qp_state::IBV_QPS_SQE;
+/// `IBV_QPS_ERR`: the error state (nothing is sent or received; work is flushed).
+pub const QPS_ERR: u32 = sys::ibv_qp_state::IBV_QPS_ERR;
+
 /// The name of a QP state.
 pub fn qp_state_name(s: u32) -> &'static str {
     match s {

@@ -48,8 +48,9 @@ use crate::transport::{LinkEvent, Out, Poller, Transport};
 use crate::wire::{FrameReader, Hello};
 
 use super::{
-    Access, CompChannel, Context, Cq, Error, Gid, Mr, Pd, Qp, QpCaps, QpEndpoint, RegBuf, SendOp,
-    SendWr, Sge, Srq, Wc, WC_FLUSH_ERR, WC_RECV, WC_RNR_RETRY_EXC_ERR,
+    qp_state_name, Access, CompChannel, Context, Cq, Error, Gid, Mr, Pd, Qp, QpCaps, QpEndpoint,
+    RegBuf, SendOp, SendWr, Sge, Srq, Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR, WC_RECV,
+    WC_RNR_RETRY_EXC_ERR,
 };
 
 /// Bytes of one SEND: a send slot and a receive buffer.
@@ -79,6 +80,11 @@ const CQ_PER_POLL: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two dial attempts.
 const REDIAL: Duration = Duration::from_millis(100);
+/// How often `tick` asks the device for an up link's QP state (`ibv_query_qp`, a
+/// system call). A QP that went to the error state with nothing posted on it (its
+/// receives come from the shared receive queue, which is not flushed) reports no
+/// completion and, on rxe, no event: this is how such a link is found dead.
+const QP_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 const TOK_LISTEN: u32 = 0;
 const TOK_CQ: u32 = 1;
@@ -143,6 +149,9 @@ pub struct VerbsCounters {
     pub async_events: u64,
     /// Rendezvous descriptors refused (key or range outside what the peer advertised).
     pub bad_descriptors: u64,
+    /// Up links whose queue pair was found in the error state (by the periodic state
+    /// query or a "last WQE reached" event) rather than by a failed work completion.
+    pub qp_errors_found: u64,
 }
 
 // ------------------------------------------------------------------- bootstrap
@@ -585,6 +594,8 @@ struct Link {
     rdv_seen: Option<u64>,
     last_rx: Instant,
     last_tx: Instant,
+    /// When `tick` next queries the QP's state (while up).
+    next_qp_check: Instant,
 }
 
 /// Per receive slot: who filled it and how many of its items are not absorbed.
@@ -935,6 +946,7 @@ impl VerbsTransport {
             rdv_seen: None,
             last_rx: now,
             last_tx: now,
+            next_qp_check: now,
         })
     }
 
@@ -1124,6 +1136,7 @@ impl VerbsTransport {
         let now = Instant::now();
         l.last_rx = now;
         l.last_tx = now;
+        l.next_qp_check = now + QP_CHECK_EVERY;
         log::info!(
             "verbs: node {} up (QP {} -> {}, {} credits)",
             l.node,
@@ -1782,6 +1795,42 @@ impl VerbsTransport {
         any
     }
 
+    /// Ask the device for the state of each up link's QP, every [`QP_CHECK_EVERY`]
+    /// per link, and fail a link whose QP is in the error state. A QP that went to
+    /// ERR (forced by `wyvern break-link`, or on its own) only reports it through the
+    /// completion of a work request posted on it: its receives come from the shared
+    /// receive queue, whose buffers are not flushed, so a link with nothing to send
+    /// (or whose data waits for credits the dead QP will never bring) would
+    /// otherwise stay "up" and silent until the agent's peer timeout, or forever
+    /// while the agent keeps it alive for a stalled receiver.
+    fn check_qp_states(&mut self, now: Instant, events: &mut Vec<LinkEvent>) {
+        for j in 0..self.links.len() {
+            let Some(l) = self.links[j].as_mut() else {
+                continue;
+            };
+            if l.phase != Phase::Up || now < l.next_qp_check {
+                continue;
+            }
+            l.next_qp_check = now + QP_CHECK_EVERY;
+            let state = match l.qp.state() {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("verbs: node {j}: {e}");
+                    continue;
+                }
+            };
+            if state == QPS_ERR || state == QPS_SQE {
+                self.stats.qp_errors_found += 1;
+                let why = format!(
+                    "queue pair {} found in the {} state",
+                    l.qp.qpn(),
+                    qp_state_name(state)
+                );
+                self.fail(j as u32, why, events);
+            }
+        }
+    }
+
     fn async_events(&mut self, events: &mut Vec<LinkEvent>) {
         while let Some(ev) = self.ctx.next_async_event() {
             self.stats.async_events += 1;
@@ -1789,9 +1838,15 @@ impl VerbsTransport {
                 .qp_num
                 .and_then(|q| self.qpn_node.get(&q))
                 .map(|&(n, _)| n);
-            if ev.is_qp_fatal() {
+            if ev.is_qp_fatal() || ev.is_qp_last_wqe() {
                 log::warn!("verbs: {} on QP {:?} (node {node:?})", ev.name, ev.qp_num);
                 if let Some(n) = node {
+                    // "Last WQE reached": a QP attached to the shared receive queue
+                    // entered the error state (on its own, or forced by us - then
+                    // the link is already broken and this does nothing).
+                    if ev.is_qp_last_wqe() && self.is_up(n) {
+                        self.stats.qp_errors_found += 1;
+                    }
                     self.fail(n, format!("asynchronous event: {}", ev.name), events);
                 }
             } else if ev.is_device_fatal() {
@@ -1985,9 +2040,9 @@ impl Transport for VerbsTransport {
             }
         }
         // Credits owed to a quiet peer go out with the next SEND; a peer that
-        // sends nothing needs none. Nothing else to time here: the QP's own
-        // timeouts (retry count, RNR retries) turn a dead peer into an error.
-        let _ = events;
+        // sends nothing needs none. The QP's own timeouts (retry count, RNR
+        // retries) turn a dead peer into an error on the next work request.
+        self.check_qp_states(now, events);
     }
 
     fn poll(&mut self, _now: Instant, events: &mut Vec<LinkEvent>) -> bool {
@@ -2143,6 +2198,7 @@ impl Transport for VerbsTransport {
             ("verbs_wc_errors", s.wc_errors),
             ("verbs_async_events", s.async_events),
             ("verbs_bad_descriptors", s.bad_descriptors),
+            ("verbs_qp_errors_found", s.qp_errors_found),
         ];
         // RNR: the device's own counters, where it has them (rxe, mlx5).
         for (name, file) in [
@@ -2155,6 +2211,32 @@ impl Transport for VerbsTransport {
             }
         }
         c
+    }
+
+    /// The queue pair goes to ERR, as a device fault would put it: the link fails
+    /// when a work request posted on it completes with a flush error, or when `tick`
+    /// finds it in ERR (within [`QP_CHECK_EVERY`]: with nothing posted - the link
+    /// idle, or its data waiting for credits - no completion would ever say so), or
+    /// on a "last WQE reached" event, whichever comes first.
+    fn inject_fault(&mut self, node: u32) -> bool {
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return false;
+        };
+        if l.phase != Phase::Up {
+            return false;
+        }
+        match l.qp.to_error() {
+            Ok(()) => {
+                log::warn!(
+                    "verbs: the queue pair of node {node} forced into the error state on request"
+                );
+                true
+            }
+            Err(e) => {
+                log::warn!("verbs: cannot force the queue pair of node {node} into ERR: {e}");
+                false
+            }
+        }
     }
 
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64> {
