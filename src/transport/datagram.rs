@@ -85,7 +85,7 @@ pub trait PacketIo {
     fn learn(&mut self, node: u32);
     /// Register with the agent's poller (a descriptor that becomes readable
     /// when packets arrive), if the device has one.
-    fn register(&self, poller: &Poller, token: u32) -> io::Result<()>;
+    fn register(&mut self, poller: &Poller, token: u32) -> io::Result<()>;
     /// Whether the device must be polled every round (a DPDK poll-mode
     /// driver). Unless it [`wakes`](PacketIo::wakes) the agent too, an
     /// adaptive agent then sleeps at most 1 ms at a time.
@@ -99,7 +99,7 @@ pub trait PacketIo {
         !self.poll_mode()
     }
     /// The agent is about to sleep (see [`Transport::before_sleep`]).
-    fn before_sleep(&self, _poller: &Poller) {}
+    fn before_sleep(&mut self, _poller: &Poller) {}
     /// Hand packets `send` queued (a device that batches) to the device. The
     /// datagram layer calls it at the end of every transport call that may
     /// have sent, before the agent can go to sleep.
@@ -241,7 +241,7 @@ impl PacketIo for UdpIo {
         }
     }
 
-    fn register(&self, poller: &Poller, token: u32) -> io::Result<()> {
+    fn register(&mut self, poller: &Poller, token: u32) -> io::Result<()> {
         poller.add(self.sock.as_fd(), token)
     }
 }
@@ -351,7 +351,7 @@ impl<I: PacketIo> DatagramTransport<I> {
     /// `peer_timeout` while data waits is declared down.
     pub fn new(
         hello: Hello,
-        io: I,
+        mut io: I,
         pool: Arc<Pool>,
         poller: &Poller,
         peer_timeout: Duration,
