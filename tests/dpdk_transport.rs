@@ -621,6 +621,10 @@ fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
         sum("packets_resent") > 0,
         "losses were repaired by resending"
     );
+    // The large messages' packets went out straight from their pool blocks (one
+    // copy), and lost ones were read again from there.
+    assert!(sum("packets_tx_from_pool") > 0, "{s0} {s1}");
+    assert!(sum("packets_resent_from_pool") > 0, "{s0} {s1}");
     assert!(
         sum("packets_corrupt") > 0,
         "damaged frames were caught by the checksum: {s0} {s1}"

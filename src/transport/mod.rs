@@ -54,6 +54,10 @@ pub enum Out {
         /// How far written.
         pos: u64,
         /// Once written, free this block (the last chunk of a message).
+        /// `None`: the caller frees it, and keeps the range unchanged at least
+        /// until the peer has received it (the agent: until the peer's session
+        /// ack), so a transport may read it again until then (the datagram
+        /// transports resend lost packets from it).
         free_after: Option<u64>,
     },
 }
