@@ -14,10 +14,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/release}"
 BULK_MIB="${BULK_MIB:-2048}"
+# SIZE=64 COUNT=2000000: that many messages of that size instead (the small-message case).
+SIZE="${SIZE:-1048576}"
+COUNT="${COUNT:-$((BULK_MIB * 1048576 / SIZE))}"
 PERF_SECS="${PERF_SECS:-3}"
 wyvern="$bin/wyvern"
 peer="$bin/wyvern-peer"
 command -v perf >/dev/null || { echo "dpdk_profile: no perf (apt-get install linux-perf)" >&2; exit 1; }
+# DPDK_MTU=9000: jumbo frames (the veth pair's MTU, net_af_packet's ring frames, --dpdk-mtu).
+DPDK_MTU="${DPDK_MTU:-}"
+vdev_extra="" mtu_arg=""
+if [ -n "$DPDK_MTU" ]; then
+    export TESTBED_MTU="$DPDK_MTU"
+    vdev_extra=",framesz=16384,blocksz=16384"
+    mtu_arg="--dpdk-mtu $DPDK_MTU"
+fi
 export TESTBED_PREFIX=wyvp TESTBED_HUGEPAGES=skip
 dir="$(mktemp -d "${TMPDIR:-/tmp}/wyvern-dpdk-prof.XXXXXX")"
 pids=()
@@ -36,8 +47,8 @@ for i in 0 1; do
     RUST_LOG=warn ip netns exec "wyvp$i" timeout 300 "$wyvern" agent --node-id "$i" \
         --socket "$dir/agent$i.sock" --no-hugepages --idle adaptive --cores "$i" \
         --job wyvern-dpdk-prof --nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk \
-        --dpdk-eal "$EAL_COMMON --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvp-agent$i --lcores=0@$i" \
-        ${WYVERN_AGENT_ARGS:-} >"$dir/ready$i" 2>"$dir/agent$i.log" &
+        --dpdk-eal "$EAL_COMMON --vdev=net_af_packet0,iface=veth0$vdev_extra --file-prefix=wyvp-agent$i --lcores=0@$i" \
+        $mtu_arg ${WYVERN_AGENT_ARGS:-} >"$dir/ready$i" 2>"$dir/agent$i.log" &
     pids+=($!)
     apid[$i]=$!
 done
@@ -58,11 +69,11 @@ a1="$(agent_of "${apid[1]}")"
 c0="$(cpu_s "$a0") $(cpu_s "$a1")"
 f0="$("$wyvern" stat --json --socket "$dir/agent1.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["transport"].get("frames_rx",0))')"
 ip netns exec wyvp1 timeout 120 "$peer" --socket "$dir/agent1.sock" --ep 300 --raw \
-    --sizes 1048576 recv --count "$BULK_MIB" >"$dir/rx.json" &
+    --sizes "$SIZE" recv --count "$COUNT" >"$dir/rx.json" &
 rx=$!
 sleep 0.3
-ip netns exec wyvp0 timeout 120 "$peer" --socket "$dir/agent0.sock" --raw --sizes 1048576 \
-    send --to 1:300 --count "$BULK_MIB" >"$dir/tx.json" &
+ip netns exec wyvp0 timeout 120 "$peer" --socket "$dir/agent0.sock" --raw --sizes "$SIZE" \
+    send --to 1:300 --count "$COUNT" >"$dir/tx.json" &
 tx=$!
 sleep 1
 if [ "$PERF_SECS" != 0 ]; then
@@ -76,7 +87,7 @@ wait "$tx" "$rx"
 c1="$(cpu_s "$a0") $(cpu_s "$a1")"
 f1="$("$wyvern" stat --json --socket "$dir/agent1.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["transport"].get("frames_rx",0))')"
 secs="$(grep '^{' "$dir/rx.json" | tail -n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["secs"])')"
-echo "== frames/s $(python3 -c "print(int(($f1 - $f0) / $secs))"), $BULK_MIB MiB in $secs s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== frames/s $(python3 -c "print(int(($f1 - $f0) / $secs))"), $COUNT x $SIZE B in $secs s ($(python3 -c "print(int($COUNT / $secs))") msgs/s); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - $c0 $c1 "$f0" "$f1" <<'PY'
 import sys
 a0, a1, b0, b1, f0, f1 = map(float, sys.argv[1:])

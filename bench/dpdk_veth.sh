@@ -15,7 +15,12 @@
 #   (b) small messages, dpdk transport against the tcp transport over the same veth pair
 #       (kernel TCP between 10.77.0.1 and 10.77.0.2): RATE_COUNT messages of RATE_SIZE bytes
 #       from one sender to one receiver (msgs/s), and PING_COUNT 8 B ping-pongs (half round
-#       trip p50 and p99).
+#       trip p50 and p99); and BULK_MIB MiB in 1 MiB messages (MB/s) on each.
+#   (c) the same as (b) on the dpdk transport with jumbo frames (`dpdk-jumbo`): --dpdk-mtu
+#       JUMBO_MTU (default 9000; 0 = skip), net_af_packet with framesz=16384,blocksz=16384.
+#       The veth pair's MTU is JUMBO_MTU for the whole run (testpmd's 1514 B frames and the
+#       1500-MTU dpdk agents do not care; kernel TCP over veth sends 64 KiB GSO segments
+#       whatever the MTU).
 # Prints its configuration (core layout, build, load), every run's figures, the medians and
 # the ratios (wyvern ÷ peer). No agent runs while testpmd does (both would read veth0).
 #
@@ -33,9 +38,11 @@ bin="${1:-target/release}"
 RUNS="${RUNS:-5}"
 TESTPMD_SECS="${TESTPMD_SECS:-6}"
 BULK_MIB="${BULK_MIB:-1024}"
-RATE_COUNT="${RATE_COUNT:-300000}"
+RATE_COUNT="${RATE_COUNT:-2000000}"
 RATE_SIZE="${RATE_SIZE:-64}"
 PING_COUNT="${PING_COUNT:-2000}"
+JUMBO_MTU="${JUMBO_MTU:-9000}"
+case "$JUMBO_MTU" in ''|*[!0-9]*) echo "dpdk_veth: JUMBO_MTU must be a number" >&2; exit 2 ;; esac
 wyvern="$bin/wyvern"
 peer="$bin/wyvern-peer"
 for b in "$wyvern" "$peer"; do
@@ -44,6 +51,7 @@ done
 command -v dpdk-testpmd >/dev/null || { echo "dpdk_veth: no dpdk-testpmd (apt-get install dpdk)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "dpdk_veth: needs python3" >&2; exit 1; }
 export TESTBED_PREFIX=wyvb TESTBED_HUGEPAGES=skip
+if [ "$JUMBO_MTU" -gt 0 ]; then export TESTBED_MTU="$JUMBO_MTU"; fi
 dir="$(mktemp -d "${TMPDIR:-/tmp}/wyvern-dpdk-bench.XXXXXX")"
 pids=()
 agent_pid=()
@@ -113,6 +121,10 @@ start_agents() { # transport
         if [ "$t" = dpdk ]; then
             extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal "$EAL_COMMON \
                 --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvb-agent$i --lcores=0@$i")
+        elif [ "$t" = dpdk-jumbo ]; then
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-mtu "$JUMBO_MTU" \
+                --dpdk-eal "$EAL_COMMON --vdev=net_af_packet0,iface=veth0,framesz=16384,blocksz=16384 \
+                --file-prefix=wyvb-agent$i --lcores=0@$i")
         else
             extra=(--nodes 10.77.0.1:7470,10.77.0.2:7470 --transport tcp)
         fi
@@ -172,14 +184,14 @@ pingpong() { # prints "p50 p99" of the half round trip, µs
 measure() { # transport run -> appends "run transport key value" lines to $dir/results
     local t="$1" run="$2" f0 f1 line secs
     start_agents "$t"
-    if [ "$t" = dpdk ]; then
-        f0="$(frames_rx)"
-        line="$(stream 1048576 "$BULK_MIB")"
+    [ "$t" = tcp ] || f0="$(frames_rx)"
+    line="$(stream 1048576 "$BULK_MIB")"
+    secs="$(field "$line" secs)"
+    if [ "$t" != tcp ]; then
         f1="$(frames_rx)"
-        secs="$(field "$line" secs)"
         echo "$run $t frames_per_s $(python3 -c "print(($f1 - $f0) / $secs)")" >>"$dir/results"
-        echo "$run $t bulk_mb_per_s $(python3 -c "print($BULK_MIB * 1048576 / $secs / 1e6)")" >>"$dir/results"
     fi
+    echo "$run $t bulk_mb_per_s $(python3 -c "print($BULK_MIB * 1048576 / $secs / 1e6)")" >>"$dir/results"
     line="$(stream "$RATE_SIZE" "$RATE_COUNT")"
     echo "$run $t msgs_per_s $(python3 -c "print($RATE_COUNT / $(field "$line" secs))")" >>"$dir/results"
     read -r p50 p99 <<<"$(pingpong)"
@@ -195,7 +207,7 @@ echo "date $(date -u +%FT%TZ), commit $commit, binaries from $bin, $(nproc) core
 echo "kernel $(uname -r), DPDK $(pkg-config --modversion libdpdk 2>/dev/null || echo '?'), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "core layout: agent 0 --cores 0 (EAL --lcores=0@0), agent 1 --cores 1 (0@1); testpmd txonly lcores 0,1@CPU0, rxonly 0,1@CPU1; clients unpinned"
 echo "agents: --idle adaptive --no-hugepages; EAL $EAL_COMMON; tcp agents on 10.77.0.1/2:7470 over the same veth"
-echo "RUNS=$RUNS TESTPMD_SECS=$TESTPMD_SECS BULK_MIB=$BULK_MIB RATE_COUNT=$RATE_COUNT RATE_SIZE=$RATE_SIZE PING_COUNT=$PING_COUNT"
+echo "RUNS=$RUNS TESTPMD_SECS=$TESTPMD_SECS BULK_MIB=$BULK_MIB RATE_COUNT=$RATE_COUNT RATE_SIZE=$RATE_SIZE PING_COUNT=$PING_COUNT JUMBO_MTU=$JUMBO_MTU (veth MTU ${TESTBED_MTU:-1500})"
 echo "busiest other processes at start:"
 ps -eo pcpu,comm --sort=-pcpu | sed -n '2,5p' | sed 's/^/    /'
 t0="$(date +%s.%N)"
@@ -208,6 +220,9 @@ cpu_by_process >"$dir/cpu0"
 for run in $(seq 1 "$RUNS"); do
     echo "$run testpmd frames_per_s $(testpmd_rate "$run")" >>"$dir/results"
     if [ $((run % 2)) = 1 ]; then order="dpdk tcp"; else order="tcp dpdk"; fi
+    if [ "$JUMBO_MTU" -gt 0 ]; then
+        if [ $((run % 2)) = 1 ]; then order="$order dpdk-jumbo"; else order="dpdk-jumbo $order"; fi
+    fi
     for t in $order; do measure "$t" "$run"; done
     grep "^$run " "$dir/results" | sed 's/^/  run /'
 done
@@ -230,12 +245,16 @@ print("| measurement | wyvern dpdk | peer | peer figure | ratio (dpdk ÷ peer) |
 print("|---|---|---|---|---|")
 d, p = med[("dpdk", "frames_per_s")], med[("testpmd", "frames_per_s")]
 print(f"| frames/s, 1514 B frames, net_af_packet | {fmt(d)} | testpmd txonly→rxonly | {fmt(p)} | {d/p:.2f}× |")
-print(f"| (wyvern bulk: 1 MiB messages) | {med[('dpdk','bulk_mb_per_s')]:.0f} MB/s | | | |")
-for key, name, better in [("msgs_per_s", "messages/s, ${RATE_SIZE} B, 1 → 1", "higher"),
-                          ("lat_p50_us", "8 B half round trip p50, µs", "lower"),
-                          ("lat_p99_us", "8 B half round trip p99, µs", "lower")]:
-    d, t = med[("dpdk", key)], med[("tcp", key)]
-    print(f"| {name} ({better} is better) | {fmt(d)} | wyvern tcp transport | {fmt(t)} | {d/t:.2f}× |")
+rows = [("msgs_per_s", "messages/s, ${RATE_SIZE} B, 1 → 1", "higher"),
+        ("bulk_mb_per_s", "MB/s, 1 MiB messages", "higher"),
+        ("lat_p50_us", "8 B half round trip p50, µs", "lower"),
+        ("lat_p99_us", "8 B half round trip p99, µs", "lower")]
+for variant, label in [("dpdk", "MTU 1500"), ("dpdk-jumbo", "MTU $JUMBO_MTU")]:
+    if (variant, "msgs_per_s") not in med:
+        continue
+    for key, name, better in rows:
+        d, t = med[(variant, key)], med[("tcp", key)]
+        print(f"| {name}, dpdk {label} ({better} is better) | {fmt(d)} | wyvern tcp transport | {fmt(t)} | {d/t:.2f}× |")
 w = ($t1 - $t0) * $(nproc)
 f = max(0.0, ($busy1 - $busy0) - ($my1 - $my0))
 print(f"\nnoise: other processes used {100*f/w:.0f}% of the machine's CPU time during the runs, hypervisor steal {100*($steal1-$steal0)/w:.1f}%; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)")

@@ -111,7 +111,8 @@ struct AgentArgs {
     /// dpdk transport: the port (device name or port id; default: the first port).
     #[arg(long)]
     dpdk_port: Option<String>,
-    /// dpdk transport: MTU to set on the port (jumbo frames).
+    /// dpdk transport: MTU to set on the port (jumbo frames; on net_af_packet, the
+    /// interface's MTU, with framesz=16384,blocksz=16384 in its --vdev).
     #[arg(long)]
     dpdk_mtu: Option<u16>,
     /// dpdk transport: peers' MACs by node id, comma-separated ("" for unknown: learned).

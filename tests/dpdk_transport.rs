@@ -621,6 +621,10 @@ fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
         sum("packets_resent") > 0,
         "losses were repaired by resending"
     );
+    // The large messages' packets went out straight from their pool blocks (one
+    // copy), and lost ones were read again from there.
+    assert!(sum("packets_tx_from_pool") > 0, "{s0} {s1}");
+    assert!(sum("packets_resent_from_pool") > 0, "{s0} {s1}");
     assert!(
         sum("packets_corrupt") > 0,
         "damaged frames were caught by the checksum: {s0} {s1}"
@@ -819,4 +823,136 @@ fn configured_peer_macs_are_used_from_the_first_packet() {
         assert_eq!(counter(&s, "frames_tx_broadcast"), 0, "{s}");
         assert!(counter(&s, "frames_tx") > 0, "{s}");
     }
+}
+
+/// Runs one agent in node 0's namespace with `extra` flags (and the testbed's EAL
+/// arguments unless `extra` has its own `--dpdk-eal`); it must fail at start-up.
+/// Returns its stderr.
+fn agent_start_fails(tb: &Testbed, extra: &[String]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        tb.ns(0),
+        "timeout".into(),
+        "60".into(),
+        common::WYVERN.into(),
+        "agent".into(),
+        "--node-id".into(),
+        "0".into(),
+        "--nodes".into(),
+        "127.0.0.1:0,127.0.0.1:0".into(),
+        "--socket".into(),
+        dir.path().join("a.sock").display().to_string(),
+        "--no-hugepages".into(),
+        "--transport".into(),
+        "dpdk".into(),
+    ];
+    if !extra.iter().any(|a| a == "--dpdk-eal") {
+        args.extend(tb.agent_args(0));
+    }
+    args.extend(extra.iter().cloned());
+    let out = Command::new("ip").args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err
+}
+
+#[test]
+fn jumbo_frames_carry_messages_when_the_interface_allows_them() {
+    const TEST: &str = "jumbo_frames_carry_messages_when_the_interface_allows_them";
+    let Some(tb) = Testbed::up_mtu(TEST, 2, 9000) else {
+        return;
+    };
+    let c = tb.cluster(&["--dpdk-mtu", "9000"]);
+    const JUMBO_SIZES: &str = "0,1,64,4097,8999,9000,65536,262145,1048576,3000001";
+    let tmo = ["--timeout-ms", "60000"];
+    let rx1 = c.peer(
+        1,
+        &[
+            &tmo[..],
+            &[
+                "--ep",
+                "100",
+                "--sizes",
+                JUMBO_SIZES,
+                "recv",
+                "--count",
+                "30",
+            ],
+        ]
+        .concat(),
+    );
+    let rx0 = c.peer(
+        0,
+        &[
+            &tmo[..],
+            &["--ep", "7", "--sizes", JUMBO_SIZES, "recv", "--count", "30"],
+        ]
+        .concat(),
+    );
+    let send = |node: usize, to: &str, ep: &str| {
+        c.peer(
+            node,
+            &[
+                &tmo[..],
+                &["--ep", ep, "--sizes", JUMBO_SIZES],
+                &["send", "--to", to, "--count", "30", "--delivered"],
+            ]
+            .concat(),
+        )
+    };
+    let (tx0, tx1) = (send(0, "1:100", "201"), send(1, "0:7", "202"));
+    for (name, p) in [("sender on node 0", tx0), ("sender on node 1", tx1)] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["sent"], 30, "{name}: {}", r.0);
+    }
+    for (name, p) in [("receiver on node 1", rx1), ("receiver on node 0", rx0)] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["received"], 30, "{name}: {}", r.0);
+        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
+        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
+    }
+    check_clean(&c);
+    for i in 0..2 {
+        let s = c.stat(i);
+        // Packets bigger than a 1500-byte MTU allows went out: the bytes written into
+        // mbufs per frame sent (the large messages fill their packets) are well past
+        // 1500, and nothing was too long for the receiver.
+        let (bytes, frames) = (counter(&s, "tx_bytes_copied"), counter(&s, "frames_tx"));
+        assert!(frames > 0 && bytes / frames > 3000, "node {i}: {s}");
+        assert_eq!(counter(&s, "frames_oversize"), 0, "node {i}: {s}");
+    }
+}
+
+#[test]
+fn a_jumbo_mtu_the_rings_or_the_interface_cannot_carry_is_a_clear_start_up_error() {
+    const TEST: &str =
+        "a_jumbo_mtu_the_rings_or_the_interface_cannot_carry_is_a_clear_start_up_error";
+    let Some(tb) = Testbed::up(TEST, 2) else {
+        return;
+    };
+    // net_af_packet's default 2048-byte ring frames cannot hold a 9000-byte MTU.
+    let err = agent_start_fails(&tb, &["--dpdk-mtu".into(), "9000".into()]);
+    assert!(
+        err.contains("net_af_packet0") && err.contains("framesz="),
+        "{err}"
+    );
+    // Rings big enough, but the interface's MTU is 1500.
+    let eal = format!(
+        "--no-pci --vdev=net_af_packet0,iface=veth0,framesz=16384,blocksz=16384 \
+         --file-prefix={}-big --no-shconf --no-huge -m 192 --no-telemetry \
+         --lcores=0@(0-1) --log-level=lib.eal:warning",
+        tb.ns(0)
+    );
+    let err = agent_start_fails(
+        &tb,
+        &["--dpdk-mtu".into(), "9000".into(), "--dpdk-eal".into(), eal],
+    );
+    assert!(
+        err.contains("has 1500") && err.contains("ip link set dev"),
+        "{err}"
+    );
 }

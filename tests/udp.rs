@@ -101,6 +101,10 @@ fn impaired_link_delivers_every_message_once_in_order_and_intact() {
         sum("packets_resent") > 0,
         "losses were repaired by resending"
     );
+    // Large messages' packets go out straight from their pool blocks, and lost
+    // ones are read again from there.
+    assert!(sum("packets_tx_from_pool") > 0, "{s0} {s1}");
+    assert!(sum("packets_resent_from_pool") > 0, "{s0} {s1}");
     assert!(
         sum("packets_corrupt") > 0,
         "damaged datagrams were caught by the checksum: {s0} {s1}"

@@ -85,7 +85,7 @@ pub trait PacketIo {
     fn learn(&mut self, node: u32);
     /// Register with the agent's poller (a descriptor that becomes readable
     /// when packets arrive), if the device has one.
-    fn register(&self, poller: &Poller, token: u32) -> io::Result<()>;
+    fn register(&mut self, poller: &Poller, token: u32) -> io::Result<()>;
     /// Whether the device must be polled every round (a DPDK poll-mode
     /// driver). Unless it [`wakes`](PacketIo::wakes) the agent too, an
     /// adaptive agent then sleeps at most 1 ms at a time.
@@ -99,7 +99,7 @@ pub trait PacketIo {
         !self.poll_mode()
     }
     /// The agent is about to sleep (see [`Transport::before_sleep`]).
-    fn before_sleep(&self, _poller: &Poller) {}
+    fn before_sleep(&mut self, _poller: &Poller) {}
     /// Hand packets `send` queued (a device that batches) to the device. The
     /// datagram layer calls it at the end of every transport call that may
     /// have sent, before the agent can go to sleep.
@@ -241,7 +241,7 @@ impl PacketIo for UdpIo {
         }
     }
 
-    fn register(&self, poller: &Poller, token: u32) -> io::Result<()> {
+    fn register(&mut self, poller: &Poller, token: u32) -> io::Result<()> {
         poller.add(self.sock.as_fd(), token)
     }
 }
@@ -272,6 +272,35 @@ pub struct DgramStats {
     pub rx_kept: u64,
     /// Payload buffers allocated (none spare to reuse).
     pub payload_allocs: u64,
+    /// Data packets encoded straight from a pool block (one copy: block →
+    /// device buffer), and sent again from it when lost.
+    pub tx_from_pool: u64,
+    /// Of the packets sent again, those read again from their pool block.
+    pub resent_from_pool: u64,
+}
+
+/// What the reliability layer keeps of a sent data packet, to send it again.
+enum TxItem {
+    /// A copy of the payload: a packet that gathers the queue's byte buffers
+    /// (frame headers, small messages, padding), or a block the transport frees.
+    Owned(Vec<u8>),
+    /// A packet whose payload is one range of a pool block that its owner keeps
+    /// unchanged until the peer has it ([`Out::Block`] without `free_after`: the
+    /// agent frees it on the peer's session ack), read again for a resend. A
+    /// resend after that ack can only be a needless one, which the peer drops as
+    /// a duplicate by its sequence number before looking at the bytes.
+    Pool { off: u64, len: u64 },
+}
+
+impl TxItem {
+    /// The payload's bytes (a pool range that no longer resolves, which cannot
+    /// happen for ranges checked when sent, reads as empty).
+    fn bytes<'a>(&'a self, pool: &'a Pool) -> &'a [u8] {
+        match self {
+            TxItem::Owned(v) => v,
+            TxItem::Pool { off, len } => pool.block_slice(*off, *len).unwrap_or(&[]),
+        }
+    }
 }
 
 /// A [`Transport::steer`] under way: the rest of a large chunk goes to its
@@ -288,7 +317,7 @@ struct DLink {
     /// The peer's, once heard (0: not yet).
     peer_epoch: u64,
     up: bool,
-    tx: reliable::Sender<Vec<u8>>,
+    tx: reliable::Sender<TxItem>,
     rx: reliable::Receiver<Vec<u8>>,
     outq: VecDeque<Out>,
     queued: usize,
@@ -334,7 +363,7 @@ pub struct DatagramTransport<I: PacketIo> {
     /// Payload buffers to reuse.
     spare: Vec<Vec<u8>>,
     /// Scratch: what an ack freed.
-    acked: Vec<Vec<u8>>,
+    acked: Vec<TxItem>,
     /// The time of this agent round (`poll`, `tick`): `flush` goes by it
     /// instead of reading the clock once more per call. `None` after the agent
     /// slept (`before_sleep`), until the next `poll`: then `flush` reads the clock.
@@ -351,7 +380,7 @@ impl<I: PacketIo> DatagramTransport<I> {
     /// `peer_timeout` while data waits is declared down.
     pub fn new(
         hello: Hello,
-        io: I,
+        mut io: I,
         pool: Arc<Pool>,
         poller: &Poller,
         peer_timeout: Duration,
@@ -557,8 +586,10 @@ impl<I: PacketIo> DatagramTransport<I> {
             self.stats.foreign += 1;
             log::debug!("node {j}: {e}");
         }
-        for v in acked.drain(..) {
-            recycle(&mut self.spare, v);
+        for it in acked.drain(..) {
+            if let TxItem::Owned(v) = it {
+                recycle(&mut self.spare, v);
+            }
         }
         self.acked = acked;
         let l = &mut self.links[j];
@@ -610,6 +641,37 @@ impl<I: PacketIo> DatagramTransport<I> {
         let max = self.payload_max();
         let mut any = false;
         while self.links[j].queued > 0 && self.links[j].tx.can_send() {
+            // A packet that starts at a pool block range its owner keeps (the
+            // rest of a large chunk) is encoded straight from the block, and the
+            // reliability layer keeps only where it is: one copy, not two.
+            if let Some(Out::Block {
+                off,
+                len,
+                pos,
+                free_after: None,
+            }) = self.links[j].outq.front_mut()
+            {
+                let n = (max as u64).min(*len - *pos);
+                let at = *off + *pos;
+                if n > 0 && self.pool.block_slice(at, n).is_some() {
+                    *pos += n;
+                    if *pos == *len {
+                        self.links[j].outq.pop_front();
+                    }
+                    let l = &mut self.links[j];
+                    l.queued -= n as usize;
+                    let ack = l.rx.make_piggyback_ack();
+                    let seq = l.tx.next_seq();
+                    let h = self.header(j, PktKind::Data, seq, ack);
+                    let pool = Arc::clone(&self.pool);
+                    let bytes = pool.block_slice(at, n).unwrap_or(&[]);
+                    self.send_raw(j, &h, bytes, now);
+                    self.stats.tx_from_pool += 1;
+                    let _ = self.links[j].tx.send(TxItem::Pool { off: at, len: n }, now);
+                    any = true;
+                    continue;
+                }
+            }
             let mut payload = self.payload_buf(max);
             payload.clear();
             let l = &mut self.links[j];
@@ -652,7 +714,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             let seq = l.tx.next_seq();
             let h = self.header(j, PktKind::Data, seq, ack);
             self.send_raw(j, &h, &payload, now);
-            if let Err(p) = self.links[j].tx.send(payload, now) {
+            if let Err(TxItem::Owned(p)) = self.links[j].tx.send(TxItem::Owned(payload), now) {
                 recycle(&mut self.spare, p);
             }
             any = true;
@@ -702,7 +764,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         let (me, epoch, peer_epoch) = (self.me, self.links[j].epoch, self.links[j].peer_epoch);
         if self.links[j].tx.next_deadline().is_some_and(|d| d <= now) {
             let DLink { tx, rx, .. } = &mut self.links[j];
-            let (io, stats) = (&mut self.io, &mut self.stats);
+            let (io, stats, pool) = (&mut self.io, &mut self.stats, &self.pool);
             tx.poll_retransmit(now, |seq, p| {
                 let ack = rx.make_piggyback_ack();
                 let h = PacketHeader {
@@ -715,10 +777,13 @@ impl<I: PacketIo> DatagramTransport<I> {
                     seq,
                     ack,
                 };
-                if let Err(e) = send_packet(io, j, &h, p) {
+                if let Err(e) = send_packet(io, j, &h, p.bytes(pool)) {
                     log::debug!("resend to node {j}: {e}");
                 }
                 stats.retransmits += 1;
+                if matches!(p, TxItem::Pool { .. }) {
+                    stats.resent_from_pool += 1;
+                }
                 any = true;
             });
         }
@@ -923,6 +988,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_rx", s.packets_rx),
             ("packets_rx_in_place", s.rx_in_place),
             ("packets_rx_kept", s.rx_kept),
+            ("packets_tx_from_pool", s.tx_from_pool),
+            ("packets_resent_from_pool", s.resent_from_pool),
             ("payload_allocs", s.payload_allocs),
         ];
         let r = self.sender_stats();

@@ -54,6 +54,10 @@ pub enum Out {
         /// How far written.
         pos: u64,
         /// Once written, free this block (the last chunk of a message).
+        /// `None`: the caller frees it, and keeps the range unchanged at least
+        /// until the peer has received it (the agent: until the peer's session
+        /// ack), so a transport may read it again until then (the datagram
+        /// transports resend lost packets from it).
         free_after: Option<u64>,
     },
 }
@@ -110,7 +114,10 @@ pub enum LinkEvent {
 
 /// The agent's readiness poller, shared with transports: a transport
 /// registers its descriptors under its own 32-bit tokens and is handed them
-/// back in [`Transport::on_ready`].
+/// back in [`Transport::on_ready`]. A clone is another handle on the same
+/// epoll (for a device that stops watching a descriptor outside the calls
+/// that hand it the poller).
+#[derive(Clone)]
 pub struct Poller {
     epoll: Arc<Epoll>,
     kind: u64,
@@ -169,7 +176,7 @@ impl Poller {
     /// descriptor that only wakes a sleeping agent (the device is polled
     /// anyway while the agent runs), so a busy agent pays nothing per packet.
     pub fn add_oneshot(&self, fd: BorrowedFd<'_>, token: u32) -> io::Result<()> {
-        let t = (self.kind << 32) | token as u64;
+        let t = ((self.kind + self.sub as u64) << 32) | token as u64;
         self.epoll
             .add(
                 fd,
@@ -181,7 +188,7 @@ impl Poller {
     /// Arm a [`Poller::add_oneshot`] descriptor again (reported at once if it
     /// is readable already: no wake-up is lost in between).
     pub fn rearm(&self, fd: BorrowedFd<'_>, token: u32) -> io::Result<()> {
-        let t = (self.kind << 32) | token as u64;
+        let t = ((self.kind + self.sub as u64) << 32) | token as u64;
         let mut ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, t);
         self.epoll.modify(fd, &mut ev).map_err(io::Error::from)
     }

@@ -856,9 +856,12 @@ impl<T> Receiver<T> {
     /// due for the next ack sent alone.
     pub fn make_piggyback_ack(&mut self) -> Ack {
         let mut sack = 0u64;
-        for (i, h) in self.held.iter().enumerate().skip(1).take(64) {
-            if h.is_some() {
-                sack |= 1 << (i - 1);
+        // (Nothing held, the usual case: no walk. `held[0]` is always empty.)
+        if self.held.len() > 1 {
+            for (i, h) in self.held.iter().enumerate().skip(1).take(64) {
+                if h.is_some() {
+                    sack |= 1 << (i - 1);
+                }
             }
         }
         self.unacked = 0;

@@ -14,6 +14,9 @@ static MADE: AtomicU32 = AtomicU32::new(0);
 pub struct Testbed {
     pub prefix: String,
     pub n: usize,
+    /// The veths' MTU (`TESTBED_MTU`); above 1500 the agents' `net_af_packet` gets ring
+    /// frames big enough for it (`framesz`), but no `--dpdk-mtu` (the test gives that).
+    pub mtu: u32,
 }
 
 fn script() -> PathBuf {
@@ -29,6 +32,15 @@ impl Testbed {
     /// With `middle`: the two nodes' veths end in a third namespace (`<prefix>mid`,
     /// interfaces l0 and l1), where nothing passes unless a forwarder runs.
     pub fn up_with(test: &str, n: usize, middle: bool) -> Option<Testbed> {
+        Testbed::up_full(test, n, middle, 1500)
+    }
+
+    /// With the veths' MTU set to `mtu` (jumbo frames).
+    pub fn up_mtu(test: &str, n: usize, mtu: u32) -> Option<Testbed> {
+        Testbed::up_full(test, n, false, mtu)
+    }
+
+    fn up_full(test: &str, n: usize, middle: bool, mtu: u32) -> Option<Testbed> {
         let k = MADE.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("w{}x{k}", std::process::id() % 100_000);
         // Skip only where namespaces cannot be made at all; any other failure of the
@@ -51,13 +63,14 @@ impl Testbed {
                 return None;
             }
         }
-        let tb = Testbed { prefix, n };
+        let tb = Testbed { prefix, n, mtu };
         let out = Command::new("bash")
             .arg(script())
             .args(["up", &n.to_string()])
             .env("TESTBED_MIDDLE", if middle { "1" } else { "0" })
             .env("TESTBED_PREFIX", &tb.prefix)
             .env("TESTBED_HUGEPAGES", "skip")
+            .env("TESTBED_MTU", tb.mtu.to_string())
             .output()
             .expect("run scripts/testbed.sh");
         assert!(
@@ -82,9 +95,15 @@ impl Testbed {
 
     /// Agent flags for node i: dpdk on net_af_packet over the namespace's veth0.
     pub fn agent_args(&self, i: usize) -> Vec<String> {
+        // Jumbo: 16 KiB ring frames, and EAL memory for 4095 mbufs that hold one.
+        let (rings, mem) = if self.mtu > 1500 {
+            (",framesz=16384,blocksz=16384", 192)
+        } else {
+            ("", 64)
+        };
         let eal = format!(
-            "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={}-agent \
-             --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1) \
+            "--no-pci --vdev=net_af_packet0,iface=veth0{rings} --file-prefix={}-agent \
+             --no-shconf --no-huge -m {mem} --no-telemetry --lcores=0@(0-1) \
              --log-level=lib.eal:warning",
             self.ns(i)
         );
