@@ -692,36 +692,11 @@ fn a_port_that_does_not_exist_is_a_clear_start_up_error() {
     let Some(tb) = Testbed::up(TEST, 2) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "netns".to_string(),
-        "exec".into(),
-        tb.ns(0),
-        "timeout".into(),
-        "60".into(),
-        common::WYVERN.into(),
-        "agent".into(),
-        "--node-id".into(),
-        "0".into(),
-        "--nodes".into(),
-        "127.0.0.1:0,127.0.0.1:0".into(),
-        "--socket".into(),
-        dir.path().join("a.sock").display().to_string(),
-        "--transport".into(),
-        "dpdk".into(),
-        "--dpdk-port".into(),
-        "net_nosuch9".into(),
-    ];
-    args.extend(tb.agent_args(0));
-    let out = Command::new("ip").args(&args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = agent_start_fails(&tb, &["--dpdk-port".into(), "net_nosuch9".into()]);
     assert!(
         err.contains("cannot start the dpdk device") && err.contains("net_nosuch9"),
         "{err}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }
 
 #[test]
@@ -855,6 +830,8 @@ fn agent_start_fails(tb: &Testbed, extra: &[String]) -> String {
     let out = Command::new("ip").args(&args).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "{err}");
+    // Nothing on stdout: the readiness line never came.
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "{err}");
     err
 }
 
