@@ -9,6 +9,9 @@
 #       - peer: dpdk-testpmd --forward-mode=txonly (1514 B frames) in wyvb0 against
 #         dpdk-testpmd --forward-mode=rxonly in wyvb1, TESTPMD_SECS seconds; the figure is the
 #         median of rxonly's per-second Rx-pps once it is steady (the first 2 s dropped);
+#       - peer, the issue's reference: dpdk-testpmd --forward-mode=io (--port-topology=loop:
+#         what comes in on veth0 goes back out of it) in wyvb1, fed by txonly in wyvb0; the
+#         figure is the median of io's per-second Tx-pps, steady;
 #       - wyvern: one sender streams BULK_MIB MiB in 1 MiB messages from wyvb0 to wyvb1 over the
 #         dpdk transport; frames/s = frames the receiving agent took from its port
 #         (`frames_rx`) / the receiver's time; every data frame is full size (1514 B).
@@ -112,6 +115,32 @@ v = [int(m.group(1)) for m in re.finditer(r"Rx-pps:\s+(\d+)", open(sys.argv[1]).
 v = [x for x in v if x > 0][2:]   # from the third busy second on
 print(int(statistics.median(v)) if v else 0)
 EOF
+}
+
+testpmd_io_rate() { # prints the median steady forwarding rate (Tx-pps) of io mode in wyvb1
+    # The issue's reference: testpmd --forward-mode=io in wyvb1 (its one port looped onto
+    # itself: every frame received on veth0 is sent back out of it), fed by txonly in wyvb0.
+    local run="$1"
+    ip netns exec wyvb1 timeout $((TESTPMD_SECS + 15)) dpdk-testpmd $EAL_COMMON --lcores='0@1,1@1' \
+        --file-prefix="wyvb-io$run" --vdev=net_af_packet0,iface=veth0 -- \
+        --forward-mode=io --port-topology=loop --auto-start --stats-period=1 --nb-cores=1 \
+        --total-num-mbufs=8192 </dev/null >"$dir/io$run.txt" 2>&1 &
+    local io=$!
+    pids+=("$io")
+    sleep 2
+    ip netns exec wyvb0 timeout "$TESTPMD_SECS" dpdk-testpmd $EAL_COMMON --lcores='0@0,1@0' \
+        --file-prefix="wyvb-iotx$run" --vdev=net_af_packet0,iface=veth0 -- \
+        --forward-mode=txonly --txpkts=1514 --auto-start --stats-period=1 --nb-cores=1 \
+        --total-num-mbufs=8192 </dev/null >"$dir/iotx$run.txt" 2>&1 || true
+    sleep 1
+    kill -INT "$io" 2>/dev/null || true
+    wait "$io" 2>/dev/null || true
+    python3 - "$dir/io$run.txt" <<'EOF2'
+import re, statistics, sys
+v = [int(m.group(1)) for m in re.finditer(r"Tx-pps:\s+(\d+)", open(sys.argv[1]).read())]
+v = [x for x in v if x > 0][2:]   # from the third busy second on
+print(int(statistics.median(v)) if v else 0)
+EOF2
 }
 
 # ------------------------------------------------------------------ agents
@@ -219,6 +248,7 @@ cpu_by_process >"$dir/cpu0"
 : >"$dir/results"
 for run in $(seq 1 "$RUNS"); do
     echo "$run testpmd frames_per_s $(testpmd_rate "$run")" >>"$dir/results"
+    echo "$run testpmd-io frames_per_s $(testpmd_io_rate "$run")" >>"$dir/results"
     if [ $((run % 2)) = 1 ]; then order="dpdk tcp"; else order="tcp dpdk"; fi
     if [ "$JUMBO_MTU" -gt 0 ]; then
         if [ $((run % 2)) = 1 ]; then order="$order dpdk-jumbo"; else order="dpdk-jumbo $order"; fi
@@ -245,6 +275,9 @@ print("| measurement | wyvern dpdk | peer | peer figure | ratio (dpdk ÷ peer) |
 print("|---|---|---|---|---|")
 d, p = med[("dpdk", "frames_per_s")], med[("testpmd", "frames_per_s")]
 print(f"| frames/s, 1514 B frames, net_af_packet | {fmt(d)} | testpmd txonly→rxonly | {fmt(p)} | {d/p:.2f}× |")
+io = med.get(("testpmd-io", "frames_per_s"), 0)
+if io:
+    print(f"| frames/s, 1514 B frames, net_af_packet | {fmt(d)} | testpmd io-forwarding (fed by txonly) | {fmt(io)} | {d/io:.2f}× |")
 rows = [("msgs_per_s", "messages/s, ${RATE_SIZE} B, 1 → 1", "higher"),
         ("bulk_mb_per_s", "MB/s, 1 MiB messages", "higher"),
         ("lat_p50_us", "8 B half round trip p50, µs", "lower"),
