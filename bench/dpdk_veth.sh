@@ -93,55 +93,38 @@ PY
 }
 
 # ------------------------------------------------------------------ testpmd
-testpmd_rate() { # prints the median steady Rx-pps of rxonly in wyvb1
-    local run="$1"
+# testpmd in wyvb1 (mode arguments: the rest), fed by txonly (1514 B frames) from wyvb0 for
+# TESTPMD_SECS seconds; prints the median of wyvb1's per-second COUNTER (Rx-pps or Tx-pps)
+# once steady (from the third busy second on).
+testpmd_pair() { # run tag counter mode-args...
+    local run="$1" tag="$2" counter="$3"
+    shift 3
     ip netns exec wyvb1 timeout $((TESTPMD_SECS + 15)) dpdk-testpmd $EAL_COMMON --lcores='0@1,1@1' \
-        --file-prefix="wyvb-rx$run" --vdev=net_af_packet0,iface=veth0 -- \
-        --forward-mode=rxonly --auto-start --stats-period=1 --nb-cores=1 --total-num-mbufs=8192 \
-        </dev/null >"$dir/rx$run.txt" 2>&1 &
-    local rx=$!
-    pids+=("$rx")
+        --file-prefix="wyvb-$tag$run" --vdev=net_af_packet0,iface=veth0 -- \
+        "$@" --auto-start --stats-period=1 --nb-cores=1 --total-num-mbufs=8192 \
+        </dev/null >"$dir/$tag$run.txt" 2>&1 &
+    local peer_pid=$!
+    pids+=("$peer_pid")
     sleep 2
     ip netns exec wyvb0 timeout "$TESTPMD_SECS" dpdk-testpmd $EAL_COMMON --lcores='0@0,1@0' \
-        --file-prefix="wyvb-tx$run" --vdev=net_af_packet0,iface=veth0 -- \
+        --file-prefix="wyvb-${tag}tx$run" --vdev=net_af_packet0,iface=veth0 -- \
         --forward-mode=txonly --txpkts=1514 --auto-start --stats-period=1 --nb-cores=1 \
-        --total-num-mbufs=8192 </dev/null >"$dir/tx$run.txt" 2>&1 || true
+        --total-num-mbufs=8192 </dev/null >"$dir/${tag}tx$run.txt" 2>&1 || true
     sleep 1
-    kill -INT "$rx" 2>/dev/null || true
-    wait "$rx" 2>/dev/null || true
-    python3 - "$dir/rx$run.txt" <<'EOF'
+    kill -INT "$peer_pid" 2>/dev/null || true
+    wait "$peer_pid" 2>/dev/null || true
+    python3 - "$dir/$tag$run.txt" "$counter" <<'EOF'
 import re, statistics, sys
-v = [int(m.group(1)) for m in re.finditer(r"Rx-pps:\s+(\d+)", open(sys.argv[1]).read())]
+v = [int(m.group(1)) for m in re.finditer(sys.argv[2] + r":\s+(\d+)", open(sys.argv[1]).read())]
 v = [x for x in v if x > 0][2:]   # from the third busy second on
 print(int(statistics.median(v)) if v else 0)
 EOF
 }
-
-testpmd_io_rate() { # prints the median steady forwarding rate (Tx-pps) of io mode in wyvb1
-    # The issue's reference: testpmd --forward-mode=io in wyvb1 (its one port looped onto
-    # itself: every frame received on veth0 is sent back out of it), fed by txonly in wyvb0.
-    local run="$1"
-    ip netns exec wyvb1 timeout $((TESTPMD_SECS + 15)) dpdk-testpmd $EAL_COMMON --lcores='0@1,1@1' \
-        --file-prefix="wyvb-io$run" --vdev=net_af_packet0,iface=veth0 -- \
-        --forward-mode=io --port-topology=loop --auto-start --stats-period=1 --nb-cores=1 \
-        --total-num-mbufs=8192 </dev/null >"$dir/io$run.txt" 2>&1 &
-    local io=$!
-    pids+=("$io")
-    sleep 2
-    ip netns exec wyvb0 timeout "$TESTPMD_SECS" dpdk-testpmd $EAL_COMMON --lcores='0@0,1@0' \
-        --file-prefix="wyvb-iotx$run" --vdev=net_af_packet0,iface=veth0 -- \
-        --forward-mode=txonly --txpkts=1514 --auto-start --stats-period=1 --nb-cores=1 \
-        --total-num-mbufs=8192 </dev/null >"$dir/iotx$run.txt" 2>&1 || true
-    sleep 1
-    kill -INT "$io" 2>/dev/null || true
-    wait "$io" 2>/dev/null || true
-    python3 - "$dir/io$run.txt" <<'EOF2'
-import re, statistics, sys
-v = [int(m.group(1)) for m in re.finditer(r"Tx-pps:\s+(\d+)", open(sys.argv[1]).read())]
-v = [x for x in v if x > 0][2:]   # from the third busy second on
-print(int(statistics.median(v)) if v else 0)
-EOF2
-}
+# txonly -> rxonly: the rate the receiving testpmd takes frames from veth0.
+testpmd_rate() { testpmd_pair "$1" rx Rx-pps --forward-mode=rxonly; }
+# The issue's reference: io-forwarding in wyvb1 (its one port looped onto itself: every frame
+# received on veth0 is sent back out of it), fed by txonly; its forwarding (Tx-pps) rate.
+testpmd_io_rate() { testpmd_pair "$1" io Tx-pps --forward-mode=io --port-topology=loop; }
 
 # ------------------------------------------------------------------ agents
 start_agents() { # transport
