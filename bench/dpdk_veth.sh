@@ -34,7 +34,8 @@
 # dpdk), python3, and binaries built with --features dpdk:
 #   cargo build --release --features dpdk --bins && RUNS=5 bench/dpdk_veth.sh
 # Every process is wrapped in `timeout`; the namespaces are removed on exit (also on failure
-# or Ctrl-C). KEEP_TMP=1 keeps the scratch directory (agent logs, testpmd output).
+# or Ctrl-C). KEEP_TMP=1 keeps the scratch directory (agent logs per transport and run, testpmd
+# output); AGENT_LOG sets the agents' RUST_LOG (default warn; e.g. info,wyvern::transport::datagram=debug).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/release}"
@@ -127,8 +128,8 @@ testpmd_rate() { testpmd_pair "$1" rx Rx-pps --forward-mode=rxonly; }
 testpmd_io_rate() { testpmd_pair "$1" io Tx-pps --forward-mode=io --port-topology=loop; }
 
 # ------------------------------------------------------------------ agents
-start_agents() { # transport
-    local t="$1" i extra
+start_agents() { # transport run
+    local t="$1" run="$2" i extra
     for i in 0 1; do
         if [ "$t" = dpdk ]; then
             extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal "$EAL_COMMON \
@@ -140,9 +141,9 @@ start_agents() { # transport
         else
             extra=(--nodes 10.77.0.1:7470,10.77.0.2:7470 --transport tcp)
         fi
-        RUST_LOG=warn ip netns exec "wyvb$i" timeout 600 "$wyvern" agent --node-id "$i" \
+        RUST_LOG="${AGENT_LOG:-warn}" ip netns exec "wyvb$i" timeout 600 "$wyvern" agent --node-id "$i" \
             --socket "$dir/agent$i.sock" --no-hugepages --idle adaptive --cores "$i" \
-            --job wyvern-dpdk-bench "${extra[@]}" >"$dir/ready$t$i" 2>"$dir/agent$t$i.log" &
+            --job wyvern-dpdk-bench "${extra[@]}" >"$dir/ready$t$i" 2>"$dir/agent$t$i-run$run.log" &
         pids+=($!)
         agent_pid[$i]=$!
     done
@@ -154,7 +155,7 @@ start_agents() { # transport
         sleep 0.1
     done
     echo "dpdk_veth: the $t agents did not connect; logs:" >&2
-    cat "$dir"/agent"$t"*.log >&2
+    cat "$dir"/agent"$t"*-run"$run".log >&2
     exit 1
 }
 stop_agents() {
@@ -195,7 +196,7 @@ pingpong() { # prints "p50 p99" of the half round trip, µs
 
 measure() { # transport run -> appends "run transport key value" lines to $dir/results
     local t="$1" run="$2" f0 f1 line secs
-    start_agents "$t"
+    start_agents "$t" "$run"
     [ "$t" = tcp ] || f0="$(frames_rx)"
     line="$(stream 1048576 "$BULK_MIB")"
     secs="$(field "$line" secs)"
