@@ -482,6 +482,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         self.retired.fast_retransmits += s.fast_retransmits;
         self.retired.spurious += s.spurious;
         self.retired.undone += s.undone;
+        self.retired.partial_ack_resends += s.partial_ack_resends;
         old.outq
             .into_iter()
             .filter_map(|o| match o {
@@ -754,6 +755,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             t.fast_retransmits += s.fast_retransmits;
             t.spurious += s.spurious;
             t.undone += s.undone;
+            t.partial_ack_resends += s.partial_ack_resends;
         }
         t
     }
@@ -998,6 +1000,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_resent_fast", r.fast_retransmits),
             ("packets_resent_spurious", r.spurious),
             ("congestion_undos", r.undone),
+            ("packets_resent_partial_ack", r.partial_ack_resends),
         ]);
         c.extend(self.io.counters());
         c

@@ -136,6 +136,8 @@ pub struct SenderStats {
     /// Loss episodes whose every retransmission proved spurious: their
     /// congestion window reduction was undone.
     pub undone: u64,
+    /// Packets sent again on a partial ack after a timeout (see `rto_chain`).
+    pub partial_ack_resends: u64,
 }
 
 struct Slot<T> {
@@ -211,6 +213,14 @@ pub struct Sender<T> {
     recover: u64,
     /// Some packet may be due for a fast retransmission.
     fast_pending: bool,
+    /// After a retransmission timeout: the next sequence number when it
+    /// fired, and the packet last sent again in its recovery. An ack that
+    /// acknowledges exactly up to that packet and reports nothing received
+    /// beyond it (a partial ack, as in NewReno) shows the next one lost as
+    /// well, though it went out before the timeout: it is sent again at once,
+    /// not one more timeout later. Any other ack ends the chain (a receiver
+    /// that was only slow acks the originals, further than that).
+    rto_chain: Option<(u64, u64)>,
     /// When a packet was last sent again.
     last_resend: Option<Instant>,
     /// The loss episode a D-SACK may undo.
@@ -241,6 +251,7 @@ impl<T> Sender<T> {
             cwnd_acc: 0,
             recover: 0,
             fast_pending: false,
+            rto_chain: None,
             last_resend: None,
             undo: None,
             stats: SenderStats::default(),
@@ -438,6 +449,22 @@ impl<T> Sender<T> {
             self.timer = now;
             // New data got through: forget the backoff (as TCP does).
             self.rto = self.base_rto;
+            if let Some((high, resent)) = self.rto_chain.take() {
+                if self.base == resent + 1 && self.base < high && ack.sack == 0 {
+                    // A partial ack after a timeout: the receiver has the
+                    // packet that was resent and nothing after it, although
+                    // the next one went out before the timeout. Lost too.
+                    let gap = self.srtt.unwrap_or(self.rto);
+                    if let Some(Some(slot)) = self.slots.front_mut() {
+                        if now.saturating_duration_since(slot.last_tx) >= gap {
+                            slot.dup_marks = slot.dup_marks.max(self.cfg.dup_thresh);
+                            self.fast_pending = true;
+                            self.stats.partial_ack_resends += 1;
+                            self.rto_chain = Some((high, self.base));
+                        }
+                    }
+                }
+            }
         }
         self.limit = ack.next + ack.window as u64;
         if self.limit > self.next {
@@ -565,6 +592,7 @@ impl<T> Sender<T> {
                 self.note_resend(seq);
                 self.on_loss(seq, true);
                 self.last_resend = Some(now);
+                self.rto_chain = Some((self.next, seq));
             }
             self.timer = now;
             self.rto = (self.rto * 2).min(self.cfg.rto_max);
@@ -1022,6 +1050,98 @@ mod tests {
         assert!(!s.stalled(t, Duration::from_secs(2)));
         assert_eq!(s.drain(), vec![7]);
         assert!(!s.stalled(t, Duration::ZERO));
+    }
+
+    /// A burst lost whole (a receiver ring that overflowed): after the timeout
+    /// resends the oldest, each partial ack (the resent one arrived, nothing
+    /// after it) resends the next at once, one round trip apart, not one
+    /// timeout apart; an ack that shows the rest arrived resends nothing.
+    #[test]
+    fn partial_acks_after_a_timeout_resend_the_next_lost_packet_at_once() {
+        let now = t0();
+        let cfg = Config::default();
+        let mut s: Sender<u32> = Sender::new(cfg, now);
+        let mut freed = Vec::new();
+        // A round-trip sample first, so the timeout is the 2 ms floor.
+        s.send(100, now).unwrap();
+        let t = now + Duration::from_micros(100);
+        s.on_ack(
+            &Ack {
+                next: 1,
+                sack: 0,
+                window: 512,
+                dsack: None,
+            },
+            t,
+            &mut freed,
+        )
+        .unwrap();
+        for i in 1..=8 {
+            s.send(100 + i, t).unwrap();
+        }
+        // All eight lost. The timeout fires and resends number 1.
+        let mut t = t + s.rto();
+        let mut resent = Vec::new();
+        s.poll_retransmit(t, |seq, _| resent.push(seq));
+        assert_eq!(resent, vec![1]);
+        // Each partial ack brings the next resend within a round trip.
+        for want in 2..=8u64 {
+            t += Duration::from_micros(100);
+            let ack = Ack {
+                next: want,
+                sack: 0,
+                window: 512,
+                dsack: None,
+            };
+            s.on_ack(&ack, t, &mut freed).unwrap();
+            let due = s.next_deadline().unwrap();
+            assert!(due <= t, "packet {want} waits until {:?}", due - t);
+            resent.clear();
+            s.poll_retransmit(t, |seq, _| resent.push(seq));
+            assert_eq!(resent, vec![want]);
+        }
+        assert_eq!(s.stats().partial_ack_resends, 7);
+        assert_eq!(s.stats().timeouts, 1);
+
+        // A timeout that was needless: the originals arrive, the ack jumps past
+        // everything sent before it, and nothing more is resent.
+        let mut s: Sender<u32> = Sender::new(cfg, now);
+        s.send(0, now).unwrap();
+        let t = now + Duration::from_micros(100);
+        s.on_ack(
+            &Ack {
+                next: 1,
+                sack: 0,
+                window: 512,
+                dsack: None,
+            },
+            t,
+            &mut freed,
+        )
+        .unwrap();
+        for i in 1..=8 {
+            s.send(i, t).unwrap();
+        }
+        let t = t + s.rto();
+        s.poll_retransmit(t, |_, _| {});
+        let t = t + Duration::from_micros(50);
+        s.on_ack(
+            &Ack {
+                next: 9,
+                sack: 0,
+                window: 512,
+                dsack: None,
+            },
+            t,
+            &mut freed,
+        )
+        .unwrap();
+        let mut more = 0;
+        s.poll_retransmit(t + Duration::from_micros(500), |_, _| more += 1);
+        assert_eq!(more, 0);
+        assert_eq!(s.stats().partial_ack_resends, 0);
+        // An ack that reports later packets received (SACK) is no partial ack:
+        // the selective logic handles those holes.
     }
 
     #[test]
