@@ -641,6 +641,8 @@ impl<I: PacketIo> DatagramTransport<I> {
     fn transmit(&mut self, j: usize, now: Instant, freed: &mut Vec<u64>) -> bool {
         let max = self.payload_max();
         let mut any = false;
+        // (Its own handle: the slices it gives out outlive `send_raw`'s `&mut self`.)
+        let pool = Arc::clone(&self.pool);
         while self.links[j].queued > 0 && self.links[j].tx.can_send() {
             // A packet that starts at a pool block range its owner keeps (the
             // rest of a large chunk) is encoded straight from the block, and the
@@ -654,7 +656,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             {
                 let n = (max as u64).min(*len - *pos);
                 let at = *off + *pos;
-                if n > 0 && self.pool.block_slice(at, n).is_some() {
+                if let Some(bytes) = pool.block_slice(at, n).filter(|_| n > 0) {
                     *pos += n;
                     if *pos == *len {
                         self.links[j].outq.pop_front();
@@ -664,8 +666,6 @@ impl<I: PacketIo> DatagramTransport<I> {
                     let ack = l.rx.make_piggyback_ack();
                     let seq = l.tx.next_seq();
                     let h = self.header(j, PktKind::Data, seq, ack);
-                    let pool = Arc::clone(&self.pool);
-                    let bytes = pool.block_slice(at, n).unwrap_or(&[]);
                     self.send_raw(j, &h, bytes, now);
                     self.stats.tx_from_pool += 1;
                     let _ = self.links[j].tx.send(TxItem::Pool { off: at, len: n }, now);

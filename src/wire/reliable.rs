@@ -1060,40 +1060,35 @@ mod tests {
     fn partial_acks_after_a_timeout_resend_the_next_lost_packet_at_once() {
         let now = t0();
         let cfg = Config::default();
-        let mut s: Sender<u32> = Sender::new(cfg, now);
-        let mut freed = Vec::new();
-        // A round-trip sample first, so the timeout is the 2 ms floor.
-        s.send(100, now).unwrap();
-        let t = now + Duration::from_micros(100);
-        s.on_ack(
-            &Ack {
-                next: 1,
-                sack: 0,
-                window: 512,
-                dsack: None,
-            },
-            t,
-            &mut freed,
-        )
-        .unwrap();
-        for i in 1..=8 {
-            s.send(100 + i, t).unwrap();
-        }
+        let ack = |next| Ack {
+            next,
+            sack: 0,
+            window: 512,
+            dsack: None,
+        };
+        // Packet 0 acked after 100 µs (a round-trip sample, so the timeout is
+        // the 2 ms floor), then packets 1..=8 in flight.
+        let eight_in_flight = || {
+            let mut s: Sender<u32> = Sender::new(cfg, now);
+            s.send(0, now).unwrap();
+            let t = now + Duration::from_micros(100);
+            s.on_ack(&ack(1), t, &mut Vec::new()).unwrap();
+            for i in 1..=8 {
+                s.send(i, t).unwrap();
+            }
+            (s, t)
+        };
+        let (mut s, t) = eight_in_flight();
         // All eight lost. The timeout fires and resends number 1.
         let mut t = t + s.rto();
         let mut resent = Vec::new();
         s.poll_retransmit(t, |seq, _| resent.push(seq));
         assert_eq!(resent, vec![1]);
         // Each partial ack brings the next resend within a round trip.
+        let mut freed = Vec::new();
         for want in 2..=8u64 {
             t += Duration::from_micros(100);
-            let ack = Ack {
-                next: want,
-                sack: 0,
-                window: 512,
-                dsack: None,
-            };
-            s.on_ack(&ack, t, &mut freed).unwrap();
+            s.on_ack(&ack(want), t, &mut freed).unwrap();
             let due = s.next_deadline().unwrap();
             assert!(due <= t, "packet {want} waits until {:?}", due - t);
             resent.clear();
@@ -1105,37 +1100,11 @@ mod tests {
 
         // A timeout that was needless: the originals arrive, the ack jumps past
         // everything sent before it, and nothing more is resent.
-        let mut s: Sender<u32> = Sender::new(cfg, now);
-        s.send(0, now).unwrap();
-        let t = now + Duration::from_micros(100);
-        s.on_ack(
-            &Ack {
-                next: 1,
-                sack: 0,
-                window: 512,
-                dsack: None,
-            },
-            t,
-            &mut freed,
-        )
-        .unwrap();
-        for i in 1..=8 {
-            s.send(i, t).unwrap();
-        }
+        let (mut s, t) = eight_in_flight();
         let t = t + s.rto();
         s.poll_retransmit(t, |_, _| {});
         let t = t + Duration::from_micros(50);
-        s.on_ack(
-            &Ack {
-                next: 9,
-                sack: 0,
-                window: 512,
-                dsack: None,
-            },
-            t,
-            &mut freed,
-        )
-        .unwrap();
+        s.on_ack(&ack(9), t, &mut freed).unwrap();
         let mut more = 0;
         s.poll_retransmit(t + Duration::from_micros(500), |_, _| more += 1);
         assert_eq!(more, 0);
