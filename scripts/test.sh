@@ -34,6 +34,8 @@
 # they replace the default targets and the doc-test run is skipped; it is also skipped when
 # the package has no library.
 # Each cargo test run is killed after WYVERN_TEST_TIMEOUT seconds (default 900; 0 = none).
+# The fuzz targets (tests/fuzz.rs) run WYVERN_FUZZ_SECS seconds each (default here 20; the
+# test binary alone defaults to 2), replaying fuzz/regressions/ first.
 # Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -158,6 +160,7 @@ if [ "$selects_targets" = 1 ]; then
     targets=()
 fi
 
+export WYVERN_FUZZ_SECS="${WYVERN_FUZZ_SECS:-20}"
 test_args=("${dpdk[@]}" "${targets[@]}" "${locked[@]}" --no-fail-fast "$@")
 step "(e) cargo test ${test_args[*]}"
 test_rc=0
