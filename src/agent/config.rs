@@ -98,6 +98,13 @@ pub struct AgentConfig {
     /// job id): agents refuse peers that say another job, so agents of two
     /// jobs on the same hosts never take each other for peers.
     pub job: Option<String>,
+    /// A file holding the job's secret key (64 hexadecimal digits, or 32 raw
+    /// bytes), readable only by the agent's user: peers must prove they hold
+    /// it (a MAC on every handshake). Without it, the key is taken from the
+    /// environment variable `WYVERN_JOB_KEY` (64 hexadecimal digits; `wyvern
+    /// launch --print-key` makes one); without either, peers are not
+    /// authenticated (a trusted fabric only; the agent warns at start).
+    pub job_key_file: Option<PathBuf>,
     /// Largest packet of the udp transport, headers included but not the
     /// IP/UDP ones (1472 fits a 1500-byte Ethernet MTU). The dpdk transport
     /// uses its port's MTU instead (see `dpdk_mtu`).
@@ -205,6 +212,7 @@ impl Default for AgentConfig {
             packet_bytes: 1472,
             metrics: None,
             job: None,
+            job_key_file: None,
             dpdk_eal_args: vec![],
             dpdk_port: None,
             dpdk_mtu: None,
@@ -282,9 +290,35 @@ pub enum ConfigError {
     /// Values make no sense together.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The job key cannot be had (unreadable, exposed, malformed).
+    #[error("job key")]
+    JobKey(#[source] crate::wire::auth::KeyError),
 }
 
 impl AgentConfig {
+    /// The job key: from `job_key_file`, else from `WYVERN_JOB_KEY`; `None`
+    /// when neither is set (peers are not authenticated).
+    pub fn job_key(&self) -> Result<Option<crate::wire::auth::JobKey>, ConfigError> {
+        self.job_key_from(|k| std::env::var(k).ok())
+    }
+
+    /// [`AgentConfig::job_key`] with the environment read through `env`.
+    pub fn job_key_from(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<crate::wire::auth::JobKey>, ConfigError> {
+        use crate::wire::auth::{JobKey, KEY_ENV};
+        if let Some(p) = &self.job_key_file {
+            return JobKey::load_file(p).map(Some).map_err(ConfigError::JobKey);
+        }
+        match env(KEY_ENV).filter(|v| !v.trim().is_empty()) {
+            Some(v) => JobKey::from_hex(&v, KEY_ENV)
+                .map(Some)
+                .map_err(ConfigError::JobKey),
+            None => Ok(None),
+        }
+    }
+
     /// Load a TOML file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
