@@ -62,7 +62,9 @@ fn rss_kib(pid: i32) -> u64 {
 }
 
 fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Per-peer counters of agent `i` about node `j`: (resumes, losses, state).
@@ -107,7 +109,8 @@ fn honest_round_trip(c: &Cluster, ep: u32, n: u64) {
 
 /// Whether the agent closes `s` within 5 s (reads and drops what it sends).
 fn closed_by_agent(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -128,7 +131,8 @@ fn closed_by_agent(s: &mut TcpStream) -> bool {
 /// Read the acceptor's challenge if one comes within 500 ms (an agent of the
 /// protocol before the authenticated handshake sends none).
 fn read_challenge(s: &mut TcpStream) -> Option<Vec<u8>> {
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut h = [0u8; FRAME_HEADER];
     s.read_exact(&mut h).ok()?;
     let fh = FrameHeader::parse(&h).ok()?;
@@ -196,7 +200,8 @@ fn strangers_announcing_huge_hellos_cannot_bloat_the_agent() {
         let Ok(mut s) = TcpStream::connect_timeout(&c.nodes[0], Duration::from_secs(2)) else {
             continue;
         };
-        s.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let _ = s.write_all(&header);
         conns.push(s);
     }
@@ -275,13 +280,20 @@ fn tcp_stranger_without_the_key_cannot_take_a_peers_place() {
         };
         let _ = s.write_all(&control_frame(FrameKind::Resume, 1, &r.to_bytes()));
         let _ = s.write_all(&msg_frame(1, 33, b"forged"));
-        assert!(closed_by_agent(&mut s), "the agent kept a stranger's connection");
+        assert!(
+            closed_by_agent(&mut s),
+            "the agent kept a stranger's connection"
+        );
     }
     assert!(
         ep.recv(Duration::from_millis(1500)).is_err(),
         "a stranger's message was delivered"
     );
-    assert_eq!(link_facts(&c, 0, 1), before, "the stranger touched the link");
+    assert_eq!(
+        link_facts(&c, 0, 1),
+        before,
+        "the stranger touched the link"
+    );
     let log = c.log(0);
     assert!(log.contains("failed its MAC"), "{log}");
     let s = c.stat(0);
@@ -371,7 +383,8 @@ fn tcp_replayed_hello_is_refused() {
     let rec = TcpRecorder::start(listener, upstream.clone());
     let args = vec!["--job-key-file".to_string(), key.arg()];
     // Node 0 first; node 1 (which dials node 0) reaches it through the recorder.
-    let mut c = Cluster::start_partial_with(&[true, false], rec.addr, &[], vec![args.clone(), args]);
+    let mut c =
+        Cluster::start_partial_with(&[true, false], rec.addr, &[], vec![args.clone(), args]);
     let a0 = c.nodes[0];
     *upstream.lock().unwrap() = Some(a0);
     c.nodes[0] = rec.addr;
@@ -394,10 +407,17 @@ fn tcp_replayed_hello_is_refused() {
             received: 0,
         };
         let _ = s.write_all(&control_frame(FrameKind::Resume, 1, &r.to_bytes()));
-        assert!(closed_by_agent(&mut s), "the agent kept a replayed connection");
+        assert!(
+            closed_by_agent(&mut s),
+            "the agent kept a replayed connection"
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(link_facts(&c, 0, 1), before, "a replayed Hello touched the link");
+    assert_eq!(
+        link_facts(&c, 0, 1),
+        before,
+        "a replayed Hello touched the link"
+    );
     let log = c.log(0);
     assert!(log.contains("failed its MAC"), "{log}");
     honest_round_trip(&c, 50, 100);
@@ -444,15 +464,22 @@ fn udp_forged_hello_does_not_move_or_break_a_link() {
     honest_round_trip(&c, 40, 100);
     let before = link_facts(&c, 0, 1);
     let rx = c.peer(1, &["--ep", "5", "recv", "--count", "2000"]);
-    let tx = c.peer(0, &["send", "--to", "1:5", "--count", "2000", "--gap-us", "500"]);
+    let tx = c.peer(
+        0,
+        &["send", "--to", "1:5", "--count", "2000", "--gap-us", "500"],
+    );
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
     let mut answered = 0;
     let mut buf = [0u8; 2048];
     for i in 0..300u64 {
         for dst_epoch in [0, i] {
-            sock.send_to(&forged_udp_hello(&c, 0xfeed_0000 + i, dst_epoch), c.nodes[0])
-                .unwrap();
+            sock.send_to(
+                &forged_udp_hello(&c, 0xfeed_0000 + i, dst_epoch),
+                c.nodes[0],
+            )
+            .unwrap();
         }
         if sock.recv_from(&mut buf).is_ok() {
             answered += 1;
@@ -462,8 +489,15 @@ fn udp_forged_hello_does_not_move_or_break_a_link() {
     let r = rx.result(T);
     assert_ok("receiver", &r);
     assert_eq!(r.0["received"], 2000);
-    assert_eq!(answered, 0, "node 0 answered a forger: it took its address for node 1's");
-    assert_eq!(link_facts(&c, 0, 1), before, "a forged Hello touched the link");
+    assert_eq!(
+        answered, 0,
+        "node 0 answered a forger: it took its address for node 1's"
+    );
+    assert_eq!(
+        link_facts(&c, 0, 1),
+        before,
+        "a forged Hello touched the link"
+    );
     let s = c.stat(0);
     assert!(counter(&s, "packets_unauthenticated") >= 600, "{s}");
     assert_eq!(s["transport_info"]["peer_auth"], "mac", "{s}");
@@ -482,7 +516,8 @@ fn udp_forged_packets_with_guessed_epochs_are_dropped() {
     let c = Cluster::start(2, &["--transport", "udp", "--job-key-file", &key.arg()]);
     honest_round_trip(&c, 40, 50);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let my_epoch = 0x00c0_ffee;
     sock.send_to(&forged_udp_hello(&c, my_epoch, 0), c.nodes[0])
         .unwrap();
@@ -519,7 +554,11 @@ fn udp_forged_packets_with_guessed_epochs_are_dropped() {
                     dsack: None,
                 },
             };
-            let payload: &[u8] = if kind == PktKind::Data { b"forged!!" } else { b"" };
+            let payload: &[u8] = if kind == PktKind::Data {
+                b"forged!!"
+            } else {
+                b""
+            };
             let mut p = Vec::new();
             encode(&h, payload, &mut p);
             sock.send_to(&p, c.nodes[0]).unwrap();
@@ -536,6 +575,15 @@ fn udp_forged_packets_with_guessed_epochs_are_dropped() {
     );
     let (resumes, losses, state) = link_facts(&c, 0, 1);
     assert_eq!((resumes, losses, state.as_str()), (0, 0, "up"), "{s}");
+    // Nothing ever went to the forger: no epoch given away, no packet taken.
+    assert_eq!(
+        leaked, None,
+        "node 0 answered a forged Hello with its epoch"
+    );
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "node 0 sent to the forger"
+    );
     honest_round_trip(&c, 50, 100);
 }
 
@@ -555,7 +603,13 @@ fn agent_without_a_key_warns_and_a_readable_key_file_is_refused() {
     let key = KeyFile::new();
     std::fs::set_permissions(&key.path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = std::process::Command::new(common::WYVERN)
-        .args(["agent", "--node-id", "0", "--nodes", "127.0.0.1:0,127.0.0.1:0"])
+        .args([
+            "agent",
+            "--node-id",
+            "0",
+            "--nodes",
+            "127.0.0.1:0,127.0.0.1:0",
+        ])
         .arg("--socket")
         .arg(c.dir.join("refused.sock"))
         .arg("--job-key-file")
@@ -563,6 +617,9 @@ fn agent_without_a_key_warns_and_a_readable_key_file_is_refused() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "an agent started with a readable key file");
+    assert!(
+        !out.status.success(),
+        "an agent started with a readable key file"
+    );
     assert!(err.contains("readable by group or others"), "{err}");
 }

@@ -600,7 +600,7 @@ fn open_transport(
                     cfg.peer_timeout(),
                     key.clone(),
                 )
-                    .map_err(listen)?,
+                .map_err(listen)?,
             )
         }
         #[cfg(feature = "dpdk")]
@@ -638,7 +638,7 @@ fn open_transport(
                     cfg.peer_timeout(),
                     key.clone(),
                 )
-                    .map_err(dev)?,
+                .map_err(dev)?,
             )
         }
         #[cfg(not(feature = "dpdk"))]

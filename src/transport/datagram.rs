@@ -33,10 +33,10 @@
 //! handled. After the handshake, every packet must carry both link epochs:
 //! 128 bits an off-path party cannot guess (they travel in the clear, so an
 //! on-path one is outside this model; see `docs/security-notes-peer.md` for
-//! why not a MAC per packet). Peer addresses are learned only when a link is
-//! made (from a fresh `Hello`, or the first packet with both epochs right), so
-//! agents may bind port 0, as tests do; a known address is never rewritten
-//! while the link is up.
+//! why not a MAC per packet). Peer addresses are learned only while a link is
+//! not up (from an authenticated `Hello`, or the first packet with both epochs
+//! right) or from the fresh `Hello` of a restarted peer, so agents may bind
+//! port 0, as tests do; an up link's address is never rewritten otherwise.
 //!
 //! The device is a [`PacketIo`]: [`UdpIo`] here; `DpdkIo` in
 //! `transport::dpdk` (feature `dpdk`: packets in Ethernet frames).
@@ -49,8 +49,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
-use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PKT_HEADER};
 use crate::wire::auth::{self, JobKey, MAC_LEN};
+use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PKT_HEADER};
 use crate::wire::reliable::{self, Ack};
 use crate::wire::{FrameReader, Hello};
 
@@ -98,10 +98,6 @@ pub trait PacketIo {
     fn release(&mut self, _pkt: Self::Rx) {}
     /// The packet just received was `node`'s: remember where it came from.
     fn learn(&mut self, node: u32);
-    /// Whether an address of `node` is known (configured or learned).
-    fn knows(&self, _node: u32) -> bool {
-        true
-    }
     /// Register with the agent's poller (a descriptor that becomes readable
     /// when packets arrive), if the device has one.
     fn register(&mut self, poller: &Poller, token: u32) -> io::Result<()>;
@@ -258,10 +254,6 @@ impl PacketIo for UdpIo {
         if let (Some(slot), Some(from)) = (self.peers.get_mut(node as usize), self.last_from) {
             *slot = Some(from);
         }
-    }
-
-    fn knows(&self, node: u32) -> bool {
-        self.peers.get(node as usize).is_some_and(|a| a.is_some())
     }
 
     fn register(&mut self, poller: &Poller, token: u32) -> io::Result<()> {
@@ -623,7 +615,9 @@ impl<I: PacketIo> DatagramTransport<I> {
             if l.up && l.peer_epoch != h.src_epoch {
                 self.io.learn(h.src_node);
                 self.link_down(j, "peer's link restarted".into(), now, events);
-            } else if !l.up && (fresh || !self.io.knows(h.src_node)) {
+            } else if !l.up {
+                // A link that is not up carries nothing to divert: a peer that
+                // restarted elsewhere (another port) must be answered where it is.
                 self.io.learn(h.src_node);
             }
             let l = &mut self.links[j];

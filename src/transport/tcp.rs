@@ -648,7 +648,10 @@ impl TcpTransport {
                     return Err("Hello that does not echo our nonce".into());
                 }
                 if h.node != node {
-                    return Err(format!("node {} answered where node {node} was dialed", h.node));
+                    return Err(format!(
+                        "node {} answered where node {node} was dialed",
+                        h.node
+                    ));
                 }
                 Ok(Step::Done(h))
             }
@@ -708,7 +711,9 @@ impl TcpTransport {
             if p.link.reader.buffered() < want {
                 match p.link.fill_upto(want) {
                     Ok(true) => {}
-                    Ok(false) => return self.drop_pending(poller, p, "closed during its handshake".into()),
+                    Ok(false) => {
+                        return self.drop_pending(poller, p, "closed during its handshake".into())
+                    }
                     Err(e) => return self.drop_pending(poller, p, e.to_string()),
                 }
                 if p.link.reader.buffered() < want {

@@ -171,9 +171,8 @@ impl JobKey {
             return Ok(JobKey(k));
         }
         let what = format!("job key file {}", path.display());
-        let text = std::str::from_utf8(&bytes).map_err(|_| KeyError::Format {
-            what: what.clone(),
-        })?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|_| KeyError::Format { what: what.clone() })?;
         JobKey::from_hex(text, &what)
     }
 

@@ -603,10 +603,6 @@ impl PacketIo for DpdkIo {
         }
     }
 
-    fn knows(&self, node: u32) -> bool {
-        self.peers.get(node as usize).is_some_and(|a| a.is_some())
-    }
-
     fn register(&mut self, poller: &Poller, token: u32) -> io::Result<()> {
         let Some(fd) = self.wake_fd else {
             return Ok(());
