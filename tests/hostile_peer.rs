@@ -240,6 +240,40 @@ fn strangers_announcing_huge_hellos_cannot_bloat_the_agent() {
     honest_round_trip(&c, 60, 100);
 }
 
+/// Finding 8, the other half: 100 strangers connect and say nothing (a slow
+/// handshake). Before: every one was held for 5 s, without a cap. Now: at
+/// most 64 handshakes are under way (the rest are closed at once and
+/// counted), each is closed after 2 s, the fds return to their baseline, and
+/// the live link is untouched.
+#[test]
+fn silent_connections_beyond_the_cap_are_closed_at_once() {
+    let c = Cluster::start(2, &["--transport", "tcp"]);
+    let pid = agent_pid(&c, 0);
+    let fds0 = fd_count(pid);
+    let mut conns: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect_timeout(&c.nodes[0], Duration::from_secs(2)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let s = c.stat(0);
+    assert!(counter(&s, "tcp_pending_refused") >= 30, "{s}");
+    assert!(
+        fd_count(pid) <= fds0 + 64 + 2,
+        "fds {} (baseline {fds0})",
+        fd_count(pid)
+    );
+    honest_round_trip(&c, 40, 100);
+    // The handshake deadline closes the rest (the agent reads EOF on each).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while fd_count(pid) > fds0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fd_count(pid) <= fds0, "fds {} > {fds0}", fd_count(pid));
+    assert!(conns.iter_mut().all(closed_by_agent));
+    let (resumes, losses, state) = link_facts(&c, 0, 1);
+    assert_eq!((resumes, losses, state.as_str()), (0, 0, "up"));
+    honest_round_trip(&c, 50, 100);
+}
+
 /// The Hello a stranger who knows the job name (not the key) sends as node 1.
 fn stranger_hello(c: &Cluster, incarnation: u64) -> Vec<u8> {
     let h = Hello {

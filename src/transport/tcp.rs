@@ -476,6 +476,15 @@ impl TcpTransport {
         control_frame(FrameKind::Hello, self.me, &body)
     }
 
+    /// Whether a connection from `from` may be a peer's: its IP is one of the
+    /// node list's, or the list names a node by an unspecified address (any).
+    fn may_be_a_peer(&self, from: SocketAddr) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .any(|(i, a)| i as u32 != self.me && (a.ip().is_unspecified() || a.ip() == from.ip()))
+    }
+
     /// Accepted connections whose handshake is under way.
     fn pending_accepted(&self) -> usize {
         self.pending
@@ -791,6 +800,12 @@ impl Transport for TcpTransport {
             TOK_LISTEN => {
                 let mut room = MAX_PENDING.saturating_sub(self.pending_accepted());
                 while let Ok((s, addr)) = self.listener.accept() {
+                    if !self.may_be_a_peer(addr) {
+                        // Not from any node's address: closed before it takes a slot.
+                        self.handshakes_failed += 1;
+                        log::debug!("closed a connection from {addr}: no node has that address");
+                        continue;
+                    }
                     if room == 0 {
                         // Closed on drop, before anything is read.
                         self.refuse(addr, now);
