@@ -706,6 +706,12 @@ impl Agent {
                  the job name can speak as a peer. Run like this on a trusted fabric only."
             );
         }
+        if key.is_some() && cfg.transport_set().contains(&TransportKind::Verbs) {
+            log::warn!(
+                "job key set, but the verbs transport's bootstrap Hello is not authenticated yet: \
+                 verbs peers are not authenticated (peer_auth: none)"
+            );
+        }
         let pool = Arc::new(Pool::create(cfg.pool, cfg.node_id, cfg.hugepages)?);
         log::info!(
             "pool: {} MiB on {}, {} client slots, {} MiB of blocks",
