@@ -657,3 +657,30 @@ fn agent_without_a_key_warns_and_a_readable_key_file_is_refused() {
     );
     assert!(err.contains("readable by group or others"), "{err}");
 }
+
+/// Two agents of one job with different keys (a stale key file, say) never
+/// take each other for peers, on tcp and on udp, and say why.
+#[test]
+fn agents_with_different_keys_never_link() {
+    for transport in ["tcp", "udp"] {
+        let (k0, k1) = (KeyFile::new(), KeyFile::new());
+        let args = |k: &KeyFile| vec!["--job-key-file".to_string(), k.arg()];
+        let absent: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let c = Cluster::start_partial_with(
+            &[true, true],
+            absent,
+            &["--transport", transport],
+            vec![args(&k0), args(&k1)],
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        for (i, j) in [(0, 1), (1, 0)] {
+            let (_, _, state) = link_facts(&c, i, j);
+            assert_ne!(
+                state, "up",
+                "{transport}: agent {i} took node {j} for a peer"
+            );
+        }
+        let logs = c.log(0) + &c.log(1);
+        assert!(logs.contains("failed its MAC"), "{transport}: {logs}");
+    }
+}

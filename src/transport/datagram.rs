@@ -382,6 +382,8 @@ pub struct DatagramTransport<I: PacketIo> {
     peer_timeout: Duration,
     /// The job key; `None`: peers are not authenticated.
     key: Option<JobKey>,
+    /// When a failed `Hello` MAC was last logged at warn level.
+    auth_warned: Option<Instant>,
     /// Payload buffers to reuse.
     spare: Vec<Vec<u8>>,
     /// Scratch: what an ack freed.
@@ -427,6 +429,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             links,
             peer_timeout,
             key,
+            auth_warned: None,
             spare: Vec::new(),
             acked: Vec::new(),
             now: None,
@@ -591,7 +594,19 @@ impl<I: PacketIo> DatagramTransport<I> {
                     );
                 if !authentic {
                     self.stats.unauthenticated += 1;
-                    log::debug!("node {j}: a Hello failed its MAC (forged, or another job key)");
+                    // Said at warn level at most every 5 s (a forger may send many).
+                    if self
+                        .auth_warned
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+                    {
+                        self.auth_warned = Some(now);
+                        log::warn!(
+                            "{}: a Hello claiming node {j} failed its MAC (forged, or a peer with \
+                             another job key or none); {} so far",
+                            self.io.name(),
+                            self.stats.unauthenticated
+                        );
+                    }
                     return;
                 }
             }
