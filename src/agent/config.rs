@@ -4,6 +4,7 @@
 //! node_id = 0
 //! nodes = ["10.0.0.1:7470", "10.0.0.2:7470"]   # TCP address of each node's agent, by id
 //! socket = "/run/wyvern/agent0.sock"
+//! job_key_file = "/home/me/.wyvern/job.key"   # mode 600; or WYVERN_JOB_KEY (64 hex digits)
 //! cores = [2]
 //! idle = "adaptive"            # or "spin"
 //! hugepages = true
@@ -576,6 +577,39 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_key_from_file_then_environment() {
+        use crate::wire::auth::JobKey;
+        let hex = "ab".repeat(32);
+        let env_key =
+            |v: Option<String>| move |k: &str| (k == "WYVERN_JOB_KEY").then(|| v.clone()).flatten();
+        let mut c = AgentConfig::default();
+        assert_eq!(c.job_key_from(env_key(None)).unwrap(), None);
+        assert_eq!(
+            c.job_key_from(env_key(Some(hex.clone()))).unwrap(),
+            Some(JobKey::from_bytes([0xab; 32]))
+        );
+        assert!(matches!(
+            c.job_key_from(env_key(Some("not hex".into()))),
+            Err(ConfigError::JobKey(_))
+        ));
+        // The file wins over the environment.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, [0x11u8; 32]).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        c.job_key_file = Some(p);
+        assert_eq!(
+            c.job_key_from(env_key(Some(hex))).unwrap(),
+            Some(JobKey::from_bytes([0x11; 32]))
+        );
+        let t: AgentConfig = toml::from_str("job_key_file = \"/x/y\"").unwrap();
+        assert_eq!(t.job_key_file.as_deref(), Some(Path::new("/x/y")));
+    }
 
     #[test]
     fn toml_round_trip_and_validation() {
