@@ -30,6 +30,14 @@ pub struct LaunchArgs {
     /// Print this node's id, the node list and the socket, and exit.
     #[arg(long)]
     dry_run: bool,
+    /// Print a new random job key (64 hex digits) and exit. Agents of a job
+    /// must share one key: make it once where the job starts and hand it to
+    /// every task through the environment, e.g. in the batch script
+    /// `export WYVERN_JOB_KEY=$(wyvern launch --print-key)` before `srun`
+    /// (Slurm passes the environment on to every task), or write it to a
+    /// mode-600 file on a shared file system for `--job-key-file`.
+    #[arg(long)]
+    print_key: bool,
     /// Every `wyvern agent` flag.
     #[command(flatten)]
     agent: AgentArgs,
@@ -110,6 +118,18 @@ fn plan(a: &LaunchArgs) -> Result<Plan, String> {
 }
 
 pub fn run_launch(mut a: LaunchArgs) -> ExitCode {
+    if a.print_key {
+        return match wyvern::wire::auth::JobKey::generate() {
+            Ok(k) => {
+                println!("{}", k.to_hex());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wyvern launch: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let p = match plan(&a) {
         Ok(p) => p,
         Err(e) => {
@@ -208,6 +228,7 @@ fn wait_socket(w: &WaitArgs) -> Result<PathBuf, String> {
         hostlist: None,
         print_socket: true,
         dry_run: false,
+        print_key: false,
         agent: AgentArgs {
             node_id: w.node_id,
             ..AgentArgs::default()

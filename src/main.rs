@@ -101,6 +101,11 @@ struct AgentArgs {
     /// A name every agent of the job shares; peers of another job are refused.
     #[arg(long)]
     job: Option<String>,
+    /// A file with the job's secret key (64 hex digits or 32 raw bytes, mode
+    /// 600): peers must prove they hold it. Default: $WYVERN_JOB_KEY (64 hex
+    /// digits); without either, peers are not authenticated.
+    #[arg(long)]
+    job_key_file: Option<PathBuf>,
     /// Largest packet of the udp transport, in bytes.
     #[arg(long)]
     packet_bytes: Option<usize>,
@@ -218,6 +223,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.job {
             c.job = Some(v);
+        }
+        if let Some(v) = self.job_key_file {
+            c.job_key_file = Some(v);
         }
         if let Some(v) = self.packet_bytes {
             c.packet_bytes = v;

@@ -380,6 +380,20 @@ fn forged_rendezvous_descriptors_are_refused_before_any_read() {
         // The agent sends (its Resume) only on a link it has up.
         p.wait_for_a_send(t)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if k == 0 {
+            // Issue 13, finding 16: the key a peer gets covers the block region
+            // only (the header and the clients' rings are not in it), for remote
+            // READ only.
+            let a = p.advertised();
+            let s = c.stat(0);
+            assert_eq!(Some(a.region_len), s["blocks_total"].as_u64(), "{a:?}: {s}");
+            assert!(
+                a.region_off > 0,
+                "the pool header is in the advertised range: {a:?}"
+            );
+            let log = c.log(0);
+            assert!(log.contains("registered for remote READ"), "{log}");
+        }
         let (off, len, rkey) = forge(p.advertised());
         p.send_descriptor(off, len, rkey, t)
             .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -4,6 +4,7 @@
 //! node_id = 0
 //! nodes = ["10.0.0.1:7470", "10.0.0.2:7470"]   # TCP address of each node's agent, by id
 //! socket = "/run/wyvern/agent0.sock"
+//! job_key_file = "/home/me/.wyvern/job.key"   # mode 600; or WYVERN_JOB_KEY (64 hex digits)
 //! cores = [2]
 //! idle = "adaptive"            # or "spin"
 //! hugepages = true
@@ -98,6 +99,13 @@ pub struct AgentConfig {
     /// job id): agents refuse peers that say another job, so agents of two
     /// jobs on the same hosts never take each other for peers.
     pub job: Option<String>,
+    /// A file holding the job's secret key (64 hexadecimal digits, or 32 raw
+    /// bytes), readable only by the agent's user: peers must prove they hold
+    /// it (a MAC on every handshake). Without it, the key is taken from the
+    /// environment variable `WYVERN_JOB_KEY` (64 hexadecimal digits; `wyvern
+    /// launch --print-key` makes one); without either, peers are not
+    /// authenticated (a trusted fabric only; the agent warns at start).
+    pub job_key_file: Option<PathBuf>,
     /// Largest packet of the udp transport, headers included but not the
     /// IP/UDP ones (1472 fits a 1500-byte Ethernet MTU). The dpdk transport
     /// uses its port's MTU instead (see `dpdk_mtu`).
@@ -205,6 +213,7 @@ impl Default for AgentConfig {
             packet_bytes: 1472,
             metrics: None,
             job: None,
+            job_key_file: None,
             dpdk_eal_args: vec![],
             dpdk_port: None,
             dpdk_mtu: None,
@@ -282,9 +291,35 @@ pub enum ConfigError {
     /// Values make no sense together.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The job key cannot be had (unreadable, exposed, malformed).
+    #[error("job key")]
+    JobKey(#[source] crate::wire::auth::KeyError),
 }
 
 impl AgentConfig {
+    /// The job key: from `job_key_file`, else from `WYVERN_JOB_KEY`; `None`
+    /// when neither is set (peers are not authenticated).
+    pub fn job_key(&self) -> Result<Option<crate::wire::auth::JobKey>, ConfigError> {
+        self.job_key_from(|k| std::env::var(k).ok())
+    }
+
+    /// [`AgentConfig::job_key`] with the environment read through `env`.
+    pub fn job_key_from(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<crate::wire::auth::JobKey>, ConfigError> {
+        use crate::wire::auth::{JobKey, KEY_ENV};
+        if let Some(p) = &self.job_key_file {
+            return JobKey::load_file(p).map(Some).map_err(ConfigError::JobKey);
+        }
+        match env(KEY_ENV).filter(|v| !v.trim().is_empty()) {
+            Some(v) => JobKey::from_hex(&v, KEY_ENV)
+                .map(Some)
+                .map_err(ConfigError::JobKey),
+            None => Ok(None),
+        }
+    }
+
     /// Load a TOML file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -542,6 +577,39 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_key_from_file_then_environment() {
+        use crate::wire::auth::JobKey;
+        let hex = "ab".repeat(32);
+        let env_key =
+            |v: Option<String>| move |k: &str| (k == "WYVERN_JOB_KEY").then(|| v.clone()).flatten();
+        let mut c = AgentConfig::default();
+        assert_eq!(c.job_key_from(env_key(None)).unwrap(), None);
+        assert_eq!(
+            c.job_key_from(env_key(Some(hex.clone()))).unwrap(),
+            Some(JobKey::from_bytes([0xab; 32]))
+        );
+        assert!(matches!(
+            c.job_key_from(env_key(Some("not hex".into()))),
+            Err(ConfigError::JobKey(_))
+        ));
+        // The file wins over the environment.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, [0x11u8; 32]).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        c.job_key_file = Some(p);
+        assert_eq!(
+            c.job_key_from(env_key(Some(hex))).unwrap(),
+            Some(JobKey::from_bytes([0x11; 32]))
+        );
+        let t: AgentConfig = toml::from_str("job_key_file = \"/x/y\"").unwrap();
+        assert_eq!(t.job_key_file.as_deref(), Some(Path::new("/x/y")));
+    }
 
     #[test]
     fn toml_round_trip_and_validation() {

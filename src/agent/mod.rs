@@ -572,20 +572,35 @@ fn open_transport(
     poller: &Poller,
     pool: &Arc<Pool>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    key: &Option<crate::wire::auth::JobKey>,
 ) -> Result<Box<dyn Transport>, AgentError> {
     let me = cfg.addrs[cfg.node_id as usize];
     let listen = |source| AgentError::Listen { addr: me, source };
     Ok(match kind {
         TransportKind::Tcp => Box::new(
-            TcpTransport::new(hello, cfg.addrs.clone(), poller, pool.clone(), wake)
-                .map_err(listen)?,
+            TcpTransport::new(
+                hello,
+                cfg.addrs.clone(),
+                poller,
+                pool.clone(),
+                wake,
+                key.clone(),
+            )
+            .map_err(listen)?,
         ),
         TransportKind::Udp => {
             let _ = wake;
             let io = UdpIo::bind(cfg.node_id, &cfg.addrs, cfg.packet_bytes).map_err(listen)?;
             Box::new(
-                DatagramTransport::new(hello, io, pool.clone(), poller, cfg.peer_timeout())
-                    .map_err(listen)?,
+                DatagramTransport::new(
+                    hello,
+                    io,
+                    pool.clone(),
+                    poller,
+                    cfg.peer_timeout(),
+                    key.clone(),
+                )
+                .map_err(listen)?,
             )
         }
         #[cfg(feature = "dpdk")]
@@ -615,8 +630,15 @@ fn open_transport(
                 pin_to(core)?;
             }
             Box::new(
-                DatagramTransport::new(hello, io, pool.clone(), poller, cfg.peer_timeout())
-                    .map_err(dev)?,
+                DatagramTransport::new(
+                    hello,
+                    io,
+                    pool.clone(),
+                    poller,
+                    cfg.peer_timeout(),
+                    key.clone(),
+                )
+                .map_err(dev)?,
             )
         }
         #[cfg(not(feature = "dpdk"))]
@@ -676,6 +698,20 @@ impl Agent {
                  where cores are fewer than spinning processes this starves clients (use 'adaptive')"
             );
         }
+        let key = cfg.job_key()?;
+        if key.is_none() && cfg.addrs.len() > 1 {
+            log::warn!(
+                "NO JOB KEY (job_key_file, --job-key-file, WYVERN_JOB_KEY): peers are NOT \
+                 authenticated (peer_auth: none); whoever reaches this agent's port and knows \
+                 the job name can speak as a peer. Run like this on a trusted fabric only."
+            );
+        }
+        if key.is_some() && cfg.transport_set().contains(&TransportKind::Verbs) {
+            log::warn!(
+                "job key set, but the verbs transport's bootstrap Hello is not authenticated yet: \
+                 verbs peers are not authenticated (peer_auth: none)"
+            );
+        }
         let pool = Arc::new(Pool::create(cfg.pool, cfg.node_id, cfg.hugepages)?);
         log::info!(
             "pool: {} MiB on {}, {} client slots, {} MiB of blocks",
@@ -728,7 +764,7 @@ impl Agent {
             },
         };
         let transport: Box<dyn Transport> = if set.len() == 1 {
-            open_transport(set[0], &cfg, hello, &poller, &pool, wake)?
+            open_transport(set[0], &cfg, hello, &poller, &pool, wake, &key)?
         } else {
             let mut backs = Vec::new();
             // Every back end listens on the port TCP got (peers know one
@@ -736,7 +772,7 @@ impl Agent {
             let mut at = cfg.clone();
             for (i, &k) in set.iter().enumerate() {
                 let p = poller.sub(i as u32);
-                let t = open_transport(k, &at, hello, &p, &pool, wake.clone())?;
+                let t = open_transport(k, &at, hello, &p, &pool, wake.clone(), &key)?;
                 if i == 0 {
                     if let Ok(a) = t.local_addr().parse() {
                         at.addrs[cfg.node_id as usize] = a;

@@ -307,7 +307,7 @@ impl Agent {
             return FrameStep::Broken;
         }
         match fh.kind {
-            FrameKind::Heartbeat | FrameKind::Hello => FrameStep::Next,
+            FrameKind::Heartbeat | FrameKind::Hello | FrameKind::Challenge => FrameStep::Next,
             FrameKind::Resume => match wire::Resume::parse(body) {
                 _ if self.peers[j].state != PeerState::Resuming => {
                     self.malformed(j, "Resume in the middle of a session".into())

@@ -14,15 +14,29 @@
 //! retransmission repairs them like lost ones.
 //!
 //! ## Link set-up
-//! Every link instance has an *epoch* (unique per instance: it changes when
-//! a link is closed and made again). A `Hello` packet says "my epoch is E,
-//! I know yours as F" and carries the job's node count; a side is up once it
-//! hears from the peer a packet that names its own current epoch. Packets
-//! of older epochs are stale and dropped. A peer whose epoch changes while
-//! the link is up restarted its side: the link goes down and is made again;
-//! the agent's session layer (`Resume`) then sends again what the peer had
-//! not handled. Peer addresses are learned from the packets that name the
-//! peer (so agents may bind port 0, as tests do).
+//! Every link instance has an *epoch*: 64 random bits, new whenever a link is
+//! closed and made again. A `Hello` packet says "my epoch is E, I know yours
+//! as F" and carries the job's node count and, with a job key, a MAC
+//! ([`crate::wire::auth`]) over both epochs, the header's nodes and flags and
+//! every `Hello` field; a `Hello` whose MAC fails is counted
+//! (`packets_unauthenticated`) and changes nothing. A side is up once it hears
+//! from the peer a packet that names its own current epoch. Packets of other
+//! epochs are stale and dropped.
+//!
+//! A `Hello` acts on the link (a new peer epoch taking an up link down, an
+//! address learned) only when it is *fresh*: it names this side's current
+//! epoch, which is random and new per link instance, so a `Hello` recorded
+//! earlier cannot be replayed to take a link down. A peer that restarted
+//! (new epoch, ours unknown to it) is answered with our `Hello`, which tells
+//! it our epoch; its next `Hello` is fresh and the link is made again; the
+//! agent's session layer (`Resume`) then sends again what the peer had not
+//! handled. After the handshake, every packet must carry both link epochs:
+//! 128 bits an off-path party cannot guess (they travel in the clear, so an
+//! on-path one is outside this model; see `docs/security-notes-peer.md` for
+//! why not a MAC per packet). Peer addresses are learned only while a link is
+//! not up (from an authenticated `Hello`, or the first packet with both epochs
+//! right) or from the fresh `Hello` of a restarted peer, so agents may bind
+//! port 0, as tests do; an up link's address is never rewritten otherwise.
 //!
 //! The device is a [`PacketIo`]: [`UdpIo`] here; `DpdkIo` in
 //! `transport::dpdk` (feature `dpdk`: packets in Ethernet frames).
@@ -35,6 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
+use crate::wire::auth::{self, JobKey, MAC_LEN};
 use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PKT_HEADER};
 use crate::wire::reliable::{self, Ack};
 use crate::wire::{FrameReader, Hello};
@@ -255,6 +270,12 @@ pub struct DgramStats {
     pub foreign: u64,
     /// Packets of an older link epoch.
     pub stale: u64,
+    /// `Hello` packets whose MAC failed (or that had none while this agent
+    /// has a job key).
+    pub unauthenticated: u64,
+    /// `Hello` packets with a valid MAC that were not fresh (they did not
+    /// name this side's current epoch) and so changed nothing.
+    pub hello_not_fresh: u64,
     /// Packets sent again.
     pub retransmits: u64,
     /// Duplicates dropped.
@@ -358,8 +379,11 @@ pub struct DatagramTransport<I: PacketIo> {
     pool: Arc<Pool>,
     cfg: reliable::Config,
     links: Vec<DLink>,
-    next_epoch: u64,
     peer_timeout: Duration,
+    /// The job key; `None`: peers are not authenticated.
+    key: Option<JobKey>,
+    /// When a failed `Hello` MAC was last logged at warn level.
+    auth_warned: Option<Instant>,
     /// Payload buffers to reuse.
     spare: Vec<Vec<u8>>,
     /// Scratch: what an ack freed.
@@ -377,22 +401,23 @@ impl<I: PacketIo> DatagramTransport<I> {
     /// Links from node `hello.node` to the other `hello.nodes - 1` over
     /// `io`; `hello` (this agent's node, node count, incarnation and job) is
     /// what its `Hello` packets say. A peer that acknowledges nothing for
-    /// `peer_timeout` while data waits is declared down.
+    /// `peer_timeout` while data waits is declared down. With `key`, `Hello`
+    /// packets carry a MAC and peers' are checked (see the module doc).
     pub fn new(
         hello: Hello,
         mut io: I,
         pool: Arc<Pool>,
         poller: &Poller,
         peer_timeout: Duration,
+        key: Option<JobKey>,
     ) -> io::Result<DatagramTransport<I>> {
         io.register(poller, 0)?;
         let cfg = reliable::Config::default();
         let now = Instant::now();
         let (me, nodes) = (hello.node, hello.nodes);
-        // Epochs: unique per link instance and per run of the agent.
-        let base = hello.incarnation.max(1);
+        // Epochs: random, new per link instance (unguessable off the path).
         let links = (0..nodes)
-            .map(|j| DLink::new(base + j as u64 * (1 << 32), cfg, now))
+            .map(|_| DLink::new(auth::random_u64(), cfg, now))
             .collect();
         Ok(DatagramTransport {
             me,
@@ -402,8 +427,9 @@ impl<I: PacketIo> DatagramTransport<I> {
             pool,
             cfg,
             links,
-            next_epoch: base + 1,
             peer_timeout,
+            key,
+            auth_warned: None,
             spare: Vec::new(),
             acked: Vec::new(),
             now: None,
@@ -450,7 +476,14 @@ impl<I: PacketIo> DatagramTransport<I> {
         let h = self.header(j, PktKind::Hello, 0, Ack::default());
         self.links[j].last_hello = Some(now);
         let hello = self.hello.to_bytes();
-        self.send_raw(j, &h, &hello, now);
+        let mac = self
+            .key
+            .as_ref()
+            .map_or([0; MAC_LEN], |k| hello_mac(k, &h, &hello));
+        let mut payload = [0u8; Hello::LEN + MAC_LEN];
+        payload[..Hello::LEN].copy_from_slice(&hello);
+        payload[Hello::LEN..].copy_from_slice(&mac);
+        self.send_raw(j, &h, &payload, now);
     }
 
     fn send_control(&mut self, j: usize, kind: PktKind, now: Instant) {
@@ -473,8 +506,7 @@ impl<I: PacketIo> DatagramTransport<I> {
     /// A fresh link instance for `j` (new epoch); returns the blocks its
     /// queue referenced that are to be freed.
     fn reset(&mut self, j: usize, now: Instant) -> Vec<u64> {
-        let epoch = self.next_epoch;
-        self.next_epoch += 1;
+        let epoch = auth::random_u64();
         let old = std::mem::replace(&mut self.links[j], DLink::new(epoch, self.cfg, now));
         self.links[j].peer_epoch = old.peer_epoch;
         let s = old.tx.stats();
@@ -552,17 +584,67 @@ impl<I: PacketIo> DatagramTransport<I> {
                 self.stats.foreign += 1;
                 return;
             }
-            self.io.learn(h.src_node);
-            let l = &mut self.links[j];
-            if l.peer_epoch != h.src_epoch {
-                if l.up {
-                    self.link_down(j, "peer's link restarted".into(), now, events);
+            // With a job key: nothing from a Hello is acted on before its MAC checks.
+            if let Some(k) = &self.key {
+                let authentic = payload.len() == Hello::LEN + MAC_LEN
+                    && k.verify(
+                        auth::label::DGRAM_HELLO,
+                        &hello_mac_fields(h, &payload[..Hello::LEN]).each(),
+                        &payload[Hello::LEN..],
+                    );
+                if !authentic {
+                    self.stats.unauthenticated += 1;
+                    // Said at warn level at most every 5 s (a forger may send many).
+                    if self
+                        .auth_warned
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+                    {
+                        self.auth_warned = Some(now);
+                        log::warn!(
+                            "{}: a Hello claiming node {j} failed its MAC (forged, or a peer with \
+                             another job key or none); {} so far",
+                            self.io.name(),
+                            self.stats.unauthenticated
+                        );
+                    }
+                    return;
                 }
-                self.links[j].peer_epoch = h.src_epoch;
+            }
+            // Fresh: it names our current epoch (random, new per link
+            // instance), so it was made for this instance, not replayed
+            // from an earlier one.
+            let l = &self.links[j];
+            let fresh = h.dst_epoch == l.epoch;
+            if l.up && l.peer_epoch != h.src_epoch && !fresh {
+                // A restarted peer that does not know our epoch yet, or a
+                // replay: answer with our epoch (at most every 10 ms), change
+                // nothing.
+                self.stats.hello_not_fresh += 1;
+                if l.last_hello
+                    .is_none_or(|t| now.duration_since(t) >= HELLO_EVERY / 10)
+                {
+                    self.send_hello(j, now);
+                }
+                return;
+            }
+            if l.up && l.peer_epoch != h.src_epoch {
+                self.io.learn(h.src_node);
+                self.link_down(j, "peer's link restarted".into(), now, events);
+            } else if !l.up {
+                // A link that is not up carries nothing to divert: a peer that
+                // restarted elsewhere (another port) must be answered where it is.
+                self.io.learn(h.src_node);
             }
             let l = &mut self.links[j];
-            l.last_rx = now;
-            if h.dst_epoch == l.epoch && !l.up {
+            // Again: a link just made afresh has a new epoch the peer does not know.
+            let fresh = h.dst_epoch == l.epoch;
+            if !l.up {
+                l.peer_epoch = h.src_epoch;
+            }
+            if fresh {
+                l.last_rx = now;
+            }
+            if fresh && !l.up {
                 self.become_up(j, now, events);
             }
             let l = &self.links[j];
@@ -576,8 +658,9 @@ impl<I: PacketIo> DatagramTransport<I> {
             self.stats.stale += 1;
             return;
         }
-        self.io.learn(h.src_node);
         if !self.links[j].up {
+            // Both epochs right: the peer heard our (authenticated) Hello.
+            self.io.learn(h.src_node);
             self.become_up(j, now, events);
         }
         let l = &mut self.links[j];
@@ -984,6 +1067,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_corrupt", s.corrupt),
             ("packets_foreign", s.foreign),
             ("packets_stale", s.stale),
+            ("packets_unauthenticated", s.unauthenticated),
+            ("packets_hello_not_fresh", s.hello_not_fresh),
             ("packets_resent", s.retransmits),
             ("packets_duplicate", s.duplicates),
             ("packets_tx", s.packets_tx),
@@ -1007,7 +1092,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     }
 
     fn info(&self) -> Vec<(&'static str, String)> {
-        self.io.info()
+        let mut v = self.io.info();
+        let auth = if self.key.is_some() { "mac" } else { "none" };
+        v.push(("peer_auth", auth.to_string()));
+        v
     }
 
     fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
@@ -1021,6 +1109,35 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         self.io.flush();
         blocks
     }
+}
+
+/// The fields a datagram `Hello`'s MAC covers: the header's kind, flags,
+/// nodes and both epochs, then the `Hello`.
+struct HelloMacFields<'a> {
+    head: [u8; 26],
+    hello: &'a [u8],
+}
+
+impl<'a> HelloMacFields<'a> {
+    fn each(&self) -> [&[u8]; 2] {
+        [&self.head, self.hello]
+    }
+}
+
+fn hello_mac_fields<'a>(h: &PacketHeader, hello: &'a [u8]) -> HelloMacFields<'a> {
+    let mut head = [0u8; 26];
+    head[0] = h.kind as u8;
+    head[1] = h.flags;
+    head[2..6].copy_from_slice(&h.src_node.to_le_bytes());
+    head[6..10].copy_from_slice(&h.dst_node.to_le_bytes());
+    head[10..18].copy_from_slice(&h.src_epoch.to_le_bytes());
+    head[18..26].copy_from_slice(&h.dst_epoch.to_le_bytes());
+    HelloMacFields { head, hello }
+}
+
+/// The MAC of a datagram `Hello` packet with header `h` and `Hello` bytes `hello`.
+fn hello_mac(key: &JobKey, h: &PacketHeader, hello: &[u8]) -> [u8; MAC_LEN] {
+    key.mac(auth::label::DGRAM_HELLO, &hello_mac_fields(h, hello).each())
 }
 
 /// Encode a packet straight into `io`'s buffer and send it to node `j`.

@@ -415,6 +415,25 @@ impl Transport for Multi {
         self.backs[0].transport.peer_hello(node)
     }
 
+    fn info(&self) -> Vec<(&'static str, String)> {
+        // Every back end's facts (the first of each name); peers are
+        // authenticated ("mac") only if every back end authenticates them.
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        let mut all_mac = true;
+        for b in &self.backs {
+            for (k, v) in b.transport.info() {
+                if k == "peer_auth" {
+                    all_mac &= v == "mac";
+                } else if !out.iter().any(|(o, _)| *o == k) {
+                    out.push((k, v));
+                }
+            }
+        }
+        let auth = if all_mac { "mac" } else { "none" };
+        out.push(("peer_auth", auth.to_string()));
+        out
+    }
+
     fn link_name(&self, node: u32) -> &'static str {
         self.back(node).name()
     }

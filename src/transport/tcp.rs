@@ -6,6 +6,26 @@
 //! takes frames from it as its receive rings have room, and stops reading
 //! the socket while too much is buffered, so TCP's own window pushes back on
 //! the sending agent.
+//!
+//! ## Handshake
+//! The accepting side speaks first: a `Challenge` frame with a fresh random
+//! nonce. The dialing side answers with its `Hello`, its own nonce and a MAC
+//! (keyed by the job key, [`crate::wire::auth`]) over a label naming the
+//! direction, both nonces and every `Hello` field; the accepting side checks
+//! it and answers with its own `Hello` and a MAC under the other label over
+//! the same nonces. A captured `Hello` therefore cannot be replayed (the
+//! acceptor's nonce is new on every connection), and nothing a connection
+//! sends is acted on (no link replaced, no session reset) before its `Hello`
+//! verifies. After it, TCP's own sequence numbers keep an off-path party from
+//! injecting into the stream (an on-path one is outside this model). Without a
+//! job key the MACs are zero and not checked (`peer_auth: none`): the job
+//! hash alone keeps jobs apart, for trusted fabrics.
+//!
+//! Connections whose handshake is not done are bounded: at most
+//! [`MAX_PENDING`] accepted ones at a time (more are closed at once), each
+//! buffering at most one handshake frame ([`HANDSHAKE_BODY_MAX`] bytes of body;
+//! a frame header that announces more closes it) for at most
+//! [`HANDSHAKE_TIMEOUT`].
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -15,7 +35,10 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
-use crate::wire::{control_frame, FrameKind, FrameReader, Hello};
+use crate::wire::auth::{self, JobKey, MAC_LEN, NONCE_LEN};
+use crate::wire::{
+    control_frame, FrameHeader, FrameKind, FrameReader, Hello, FRAME_HEADER, HANDSHAKE_BODY_MAX,
+};
 
 use super::{LinkEvent, Out, Poller, Transport};
 
@@ -215,6 +238,28 @@ impl Link {
         Ok(true)
     }
 
+    /// Read until `want` bytes are buffered, not one byte more (a connection
+    /// whose handshake is not done: what it may make the agent hold is one
+    /// handshake frame). `Ok(false)`: the peer closed the connection.
+    fn fill_upto(&mut self, want: usize) -> io::Result<bool> {
+        while self.reader.buffered() < want {
+            let n = want - self.reader.buffered();
+            let spare = self.reader.spare(n);
+            let r = self.stream.read(&mut spare[..n]);
+            self.reader.filled(n, *r.as_ref().unwrap_or(&0));
+            match r {
+                Ok(0) => return Ok(false),
+                Ok(_) => self.last_rx = Instant::now(),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                },
+            }
+        }
+        Ok(true)
+    }
+
     /// Whether reading is paused because too much is buffered.
     pub fn rx_full(&self) -> bool {
         self.reader.buffered() >= RX_HIGH_WATER
@@ -269,8 +314,13 @@ impl Dialer {
     }
 }
 
-/// How long an accepted or dialed connection may take to say Hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an accepted or dialed connection may take to finish its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Accepted connections whose handshake is not done, at most; more are
+/// closed as soon as they are accepted.
+pub const MAX_PENDING: usize = 64;
+/// At most one warning about refused connections this often.
+const REFUSE_WARN_EVERY: Duration = Duration::from_secs(1);
 /// Pause between two dial attempts to a peer that is not up.
 const REDIAL: Duration = Duration::from_millis(100);
 
@@ -279,9 +329,43 @@ const TOK_PEER: u32 = 1 << 30;
 const TOK_PENDING: u32 = 2 << 30;
 const TOK_MASK: u32 = 3 << 30;
 
+/// Where a connection's handshake stands.
+#[derive(Clone, Copy)]
+enum Role {
+    /// We accepted it and sent our challenge `ours`; its `Hello` is due.
+    Accepted { ours: [u8; NONCE_LEN] },
+    /// We dialed `node`: its challenge is due (`theirs: None`), then its
+    /// `Hello` (our `Hello` with our nonce `ours` went out in between).
+    Dialed {
+        node: u32,
+        ours: [u8; NONCE_LEN],
+        theirs: Option<[u8; NONCE_LEN]>,
+    },
+}
+
 struct Pending {
     link: Link,
     since: Instant,
+    role: Role,
+}
+
+/// What one handshake frame did.
+enum Step {
+    /// Handled; more is due.
+    More,
+    /// The peer's `Hello` verified: the connection is its link.
+    Done(Hello),
+}
+
+/// The MAC of a TCP `Hello` (see the module doc).
+fn hello_mac(
+    key: &JobKey,
+    label: &[u8],
+    challenge: &[u8; NONCE_LEN],
+    nonce: &[u8; NONCE_LEN],
+    h: &Hello,
+) -> [u8; MAC_LEN] {
+    key.mac(label, &[challenge, nonce, &h.to_bytes()])
 }
 
 /// The TCP transport: a listener, one connection per peer, dialing and the
@@ -306,19 +390,32 @@ pub struct TcpTransport {
     next_dial: Vec<Instant>,
     dialer: Dialer,
     wake: Arc<dyn Fn() + Send + Sync>,
+    /// The job key; `None`: peers are not authenticated.
+    key: Option<JobKey>,
+    /// Connections closed at once: too many handshakes under way.
+    pending_refused: u64,
+    /// Connections whose handshake failed (bad or missing MAC, wrong job,
+    /// wrong node or address, oversized or unexpected frames, timeouts).
+    handshakes_failed: u64,
+    /// When a refusal was last logged, and how many since.
+    refuse_warned: Option<Instant>,
+    refused_quiet: u64,
+    /// Failed handshakes logged at warn level: since when, how many.
+    fail_warned: Option<(Instant, u32)>,
 }
 
 impl TcpTransport {
     /// Listen on `nodes[hello.node]`, introducing this agent with `hello`
     /// (its incarnation tells a restarted agent apart); `wake` is called
     /// from a dialer thread when a dial finished (so a sleeping agent looks
-    /// at it).
+    /// at it). With `key`, peers must prove they hold it (see the module doc).
     pub fn new(
         hello: Hello,
         nodes: Vec<SocketAddr>,
         poller: &Poller,
         pool: Arc<Pool>,
         wake: Arc<dyn Fn() + Send + Sync>,
+        key: Option<JobKey>,
     ) -> io::Result<TcpTransport> {
         let me = hello.node;
         let job = hello.job;
@@ -344,6 +441,12 @@ impl TcpTransport {
             next_dial: vec![now; n],
             dialer: Dialer::default(),
             wake,
+            key,
+            pending_refused: 0,
+            handshakes_failed: 0,
+            refuse_warned: None,
+            refused_quiet: 0,
+            fail_warned: None,
         })
     }
 
@@ -352,20 +455,75 @@ impl TcpTransport {
         self.addr
     }
 
-    /// Our `Hello` frame for `node`.
-    fn hello_for(&self, node: u32) -> Vec<u8> {
+    /// Our `Hello` frame for `node`, with our nonce and its MAC under
+    /// `label` over the challenge and our nonce (zero without a key).
+    fn hello_for(
+        &self,
+        node: u32,
+        label: &[u8],
+        challenge: &[u8; NONCE_LEN],
+        nonce: &[u8; NONCE_LEN],
+    ) -> Vec<u8> {
         let mut h = self.hello;
         h.caps = self.hello_caps[node as usize];
-        control_frame(FrameKind::Hello, self.me, &h.to_bytes())
+        let mac = self
+            .key
+            .as_ref()
+            .map_or([0; MAC_LEN], |k| hello_mac(k, label, challenge, nonce, &h));
+        let mut body = h.to_bytes().to_vec();
+        body.extend_from_slice(nonce);
+        body.extend_from_slice(&mac);
+        control_frame(FrameKind::Hello, self.me, &body)
     }
 
-    fn add_pending(&mut self, poller: &Poller, link: Link, now: Instant) {
+    /// Whether a connection from `from` may be a peer's: its IP is one of the
+    /// node list's, or the list names a node by an unspecified address (any).
+    fn may_be_a_peer(&self, from: SocketAddr) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .any(|(i, a)| i as u32 != self.me && (a.ip().is_unspecified() || a.ip() == from.ip()))
+    }
+
+    /// Accepted connections whose handshake is under way.
+    fn pending_accepted(&self) -> usize {
+        self.pending
+            .iter()
+            .flatten()
+            .filter(|p| matches!(p.role, Role::Accepted { .. }))
+            .count()
+    }
+
+    /// A connection closed at once (too many handshakes under way): counted,
+    /// and logged at most once a second.
+    fn refuse(&mut self, from: SocketAddr, now: Instant) {
+        self.pending_refused += 1;
+        self.refused_quiet += 1;
+        if self
+            .refuse_warned
+            .is_none_or(|t| now.duration_since(t) >= REFUSE_WARN_EVERY)
+        {
+            log::warn!(
+                "{} peer connection(s) closed at once (last from {from}): {MAX_PENDING} handshakes \
+                 already under way",
+                self.refused_quiet
+            );
+            self.refuse_warned = Some(now);
+            self.refused_quiet = 0;
+        }
+    }
+
+    fn add_pending(&mut self, poller: &Poller, link: Link, role: Role, now: Instant) {
         let slot = crate::slab::vacant(&mut self.pending);
         if let Err(e) = poller.add(link.as_fd(), TOK_PENDING | slot as u32) {
             log::warn!("cannot watch a peer connection: {e}");
             return;
         }
-        self.pending[slot] = Some(Pending { link, since: now });
+        self.pending[slot] = Some(Pending {
+            link,
+            since: now,
+            role,
+        });
     }
 
     fn down(&mut self, poller: &Poller, node: u32, reason: String, events: &mut Vec<LinkEvent>) {
@@ -378,59 +536,218 @@ impl TcpTransport {
         });
     }
 
-    fn serve_pending(&mut self, poller: &Poller, idx: usize, events: &mut Vec<LinkEvent>) {
-        let Some(mut p) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
-            return;
-        };
-        let drop_it = |p: Pending, why: String| {
+    /// Check a peer's `Hello` (and its MAC under `label` over `challenge` and
+    /// the peer's nonce) on a connection from `from`.
+    fn check_hello(
+        &self,
+        fh: &FrameHeader,
+        body: &[u8],
+        label: &[u8],
+        challenge: &[u8; NONCE_LEN],
+        from: Option<SocketAddr>,
+    ) -> Result<Hello, String> {
+        let h = Hello::parse(body).map_err(|e| format!("bad Hello ({e})"))?;
+        if h.job != self.job {
+            return Err(format!(
+                "Hello from node {} of another job (job tag {:#x}, ours {:#x})",
+                h.node, h.job, self.job
+            ));
+        }
+        let n = self.nodes.len();
+        if h.nodes as usize != n || h.node as usize >= n || h.node == self.me {
+            return Err(format!(
+                "Hello from node {} with a node list of {} (ours has {n})",
+                h.node, h.nodes
+            ));
+        }
+        if fh.src_node != h.node {
+            return Err(format!(
+                "Hello from node {} in a frame from node {}",
+                h.node, fh.src_node
+            ));
+        }
+        // The node list's address, when it names one: compare IPs only
+        // (the peer's end of a connection has an ephemeral port).
+        let listed = self.nodes[h.node as usize].ip();
+        if !listed.is_unspecified() {
+            if let Some(from) = from.filter(|f| f.ip() != listed) {
+                return Err(format!(
+                    "Hello claiming node {} from {from}, but node {} is at {listed}",
+                    h.node, h.node
+                ));
+            }
+        }
+        if let Some(key) = &self.key {
+            if body.len() != crate::wire::HELLO_BODY {
+                return Err(format!(
+                    "Hello from node {} without a MAC (peer has no job key?)",
+                    h.node
+                ));
+            }
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(&body[Hello::LEN..Hello::LEN + NONCE_LEN]);
+            let tag = &body[Hello::LEN + NONCE_LEN..];
+            if !key.verify(label, &[challenge, &nonce, &h.to_bytes()], tag) {
+                return Err(format!(
+                    "Hello claiming node {} failed its MAC (another job key, or a replay)",
+                    h.node
+                ));
+            }
+        }
+        Ok(h)
+    }
+
+    /// One complete handshake frame of pending connection `p`.
+    fn handshake_step(
+        &self,
+        p: &mut Pending,
+        fh: &FrameHeader,
+        body: &[u8],
+    ) -> Result<Step, String> {
+        let from = p.link.peer_addr();
+        match (p.role, fh.kind) {
+            (Role::Accepted { ours }, FrameKind::Hello) => {
+                let theirs = body
+                    .get(Hello::LEN..Hello::LEN + NONCE_LEN)
+                    .and_then(|b| <[u8; NONCE_LEN]>::try_from(b).ok())
+                    .unwrap_or([0; NONCE_LEN]);
+                let h = self.check_hello(fh, body, auth::label::TCP_HELLO_DIALER, &ours, from)?;
+                if h.node < self.me {
+                    return Err(format!(
+                        "node {} dialed node {} (the higher id dials)",
+                        h.node, self.me
+                    ));
+                }
+                // The side that accepted answers with its own Hello.
+                let reply = self.hello_for(h.node, auth::label::TCP_HELLO_ACCEPTOR, &ours, &theirs);
+                p.link.push(Out::bytes(reply));
+                Ok(Step::Done(h))
+            }
+            (
+                Role::Dialed {
+                    node,
+                    ours,
+                    theirs: None,
+                },
+                FrameKind::Challenge,
+            ) => {
+                let c = <[u8; NONCE_LEN]>::try_from(body)
+                    .map_err(|_| format!("challenge of {} bytes", body.len()))?;
+                let hello = self.hello_for(node, auth::label::TCP_HELLO_DIALER, &c, &ours);
+                p.link.push(Out::bytes(hello));
+                let _ = p.link.flush(&self.pool, &mut Vec::new());
+                p.role = Role::Dialed {
+                    node,
+                    ours,
+                    theirs: Some(c),
+                };
+                Ok(Step::More)
+            }
+            (
+                Role::Dialed {
+                    node,
+                    ours,
+                    theirs: Some(c),
+                },
+                FrameKind::Hello,
+            ) => {
+                let h = self.check_hello(fh, body, auth::label::TCP_HELLO_ACCEPTOR, &c, from)?;
+                let nonce = body.get(Hello::LEN..Hello::LEN + NONCE_LEN);
+                if self.key.is_some() && nonce != Some(&ours[..]) {
+                    return Err("Hello that does not echo our nonce".into());
+                }
+                if h.node != node {
+                    return Err(format!(
+                        "node {} answered where node {node} was dialed",
+                        h.node
+                    ));
+                }
+                Ok(Step::Done(h))
+            }
+            (_, k) => Err(format!("sent {k:?} out of its turn in the handshake")),
+        }
+    }
+
+    /// Close a connection whose handshake failed.
+    fn drop_pending(&mut self, poller: &Poller, p: Pending, why: String) {
+        // At most 10 warnings a second (a stranger may try many times).
+        let now = Instant::now();
+        if self
+            .fail_warned
+            .is_none_or(|(t, _)| now.duration_since(t) >= REFUSE_WARN_EVERY)
+        {
+            self.fail_warned = Some((now, 0));
+        }
+        let (_, n) = self.fail_warned.get_or_insert((now, 0));
+        *n += 1;
+        if *n <= 10 {
             log::warn!(
                 "closing a peer connection from {:?}: {why}",
                 p.link.peer_addr()
             );
-            poller.delete(p.link.as_fd());
-        };
-        match p.link.fill(&self.pool) {
-            Ok(true) => {}
-            Ok(false) => return drop_it(p, "closed before Hello".into()),
-            Err(e) => return drop_it(p, e.to_string()),
+        } else {
+            log::debug!(
+                "closing a peer connection from {:?}: {why}",
+                p.link.peer_addr()
+            );
         }
-        let hello = match p.link.reader.peek_frame() {
-            Ok(None) => {
-                self.pending[idx] = Some(p);
-                return;
+        self.handshakes_failed += 1;
+        poller.delete(p.link.as_fd());
+    }
+
+    fn serve_pending(&mut self, poller: &Poller, idx: usize, events: &mut Vec<LinkEvent>) {
+        let Some(mut p) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
+            return;
+        };
+        // One frame at a time, and never more than it: its header first
+        // (refused by it if too long), then its body.
+        let h = loop {
+            let want = match p.link.reader.peek_header() {
+                Err(e) => return self.drop_pending(poller, p, format!("sent garbage ({e})")),
+                Ok(None) => FRAME_HEADER,
+                Ok(Some(h)) if h.body_len as usize > HANDSHAKE_BODY_MAX => {
+                    return self.drop_pending(
+                        poller,
+                        p,
+                        format!(
+                            "announced a {:?} frame of {} bytes during its handshake (at most {HANDSHAKE_BODY_MAX})",
+                            h.kind, h.body_len
+                        ),
+                    )
+                }
+                Ok(Some(h)) => FRAME_HEADER + h.body_len as usize,
+            };
+            if p.link.reader.buffered() < want {
+                match p.link.fill_upto(want) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self.drop_pending(poller, p, "closed during its handshake".into())
+                    }
+                    Err(e) => return self.drop_pending(poller, p, e.to_string()),
+                }
+                if p.link.reader.buffered() < want {
+                    self.pending[idx] = Some(p);
+                    return;
+                }
+                continue;
             }
-            Ok(Some((h, body))) if h.kind == FrameKind::Hello => Hello::parse(body),
-            Ok(Some((h, _))) => return drop_it(p, format!("sent {:?} before Hello", h.kind)),
-            Err(e) => return drop_it(p, format!("sent garbage ({e})")),
+            let step = match p.link.reader.peek_frame() {
+                Ok(Some((fh, body))) => {
+                    let body = body.to_vec();
+                    self.handshake_step(&mut p, &fh, &body)
+                }
+                Ok(None) => Err("incomplete frame".into()),
+                Err(e) => Err(format!("sent garbage ({e})")),
+            };
+            match step {
+                Ok(Step::More) => p.link.reader.consume(),
+                Ok(Step::Done(h)) => {
+                    p.link.reader.consume();
+                    break h;
+                }
+                Err(why) => return self.drop_pending(poller, p, why),
+            }
         };
-        let h = match hello {
-            Ok(h) => h,
-            Err(e) => return drop_it(p, format!("bad Hello ({e})")),
-        };
-        if h.job != self.job {
-            return drop_it(
-                p,
-                format!(
-                    "Hello from node {} of another job (job tag {:#x}, ours {:#x})",
-                    h.node, h.job, self.job
-                ),
-            );
-        }
-        let n = self.nodes.len();
-        if h.nodes as usize != n || h.node as usize >= n || h.node == self.me {
-            return drop_it(
-                p,
-                format!(
-                    "Hello from node {} with a node list of {} (ours has {n})",
-                    h.node, h.nodes
-                ),
-            );
-        }
-        p.link.reader.consume();
-        // The side that accepted answers with its own Hello.
-        if h.node > self.me {
-            p.link.push(Out::bytes(self.hello_for(h.node)));
-        }
         let node = h.node;
         if self.links[node as usize].is_some() {
             self.down(poller, node, "peer reconnected (restarted?)".into(), events);
@@ -465,13 +782,48 @@ impl Transport for TcpTransport {
         self.addr.to_string()
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("tcp_pending_refused", self.pending_refused),
+            ("tcp_handshakes_failed", self.handshakes_failed),
+        ]
+    }
+
+    fn info(&self) -> Vec<(&'static str, String)> {
+        let auth = if self.key.is_some() { "mac" } else { "none" };
+        vec![("peer_auth", auth.to_string())]
+    }
+
     fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
         let idx = token & !TOK_MASK;
         match token & TOK_MASK {
             TOK_LISTEN => {
+                let mut room = MAX_PENDING.saturating_sub(self.pending_accepted());
                 while let Ok((s, addr)) = self.listener.accept() {
+                    if !self.may_be_a_peer(addr) {
+                        // Not from any node's address: closed before it takes a slot.
+                        self.handshakes_failed += 1;
+                        log::debug!("closed a connection from {addr}: no node has that address");
+                        continue;
+                    }
+                    if room == 0 {
+                        // Closed on drop, before anything is read.
+                        self.refuse(addr, now);
+                        continue;
+                    }
+                    let ours = auth::random_bytes::<NONCE_LEN>();
                     match Link::new(s) {
-                        Ok(link) => self.add_pending(poller, link, now),
+                        Ok(mut link) => {
+                            // The acceptor speaks first: its challenge.
+                            link.push(Out::bytes(control_frame(
+                                FrameKind::Challenge,
+                                self.me,
+                                &ours,
+                            )));
+                            let _ = link.flush(&self.pool, &mut Vec::new());
+                            self.add_pending(poller, link, Role::Accepted { ours }, now);
+                            room -= 1;
+                        }
                         Err(e) => log::warn!("cannot set up a connection from {addr}: {e}"),
                     }
                 }
@@ -515,10 +867,14 @@ impl Transport for TcpTransport {
                 continue;
             }
             match d.result.and_then(Link::new) {
-                Ok(mut link) => {
-                    link.push(Out::bytes(self.hello_for(d.node)));
-                    let _ = link.flush(&self.pool, &mut Vec::new());
-                    self.add_pending(poller, link, now);
+                Ok(link) => {
+                    // Our Hello goes out once the acceptor's challenge came.
+                    let role = Role::Dialed {
+                        node: d.node,
+                        ours: auth::random_bytes::<NONCE_LEN>(),
+                        theirs: None,
+                    };
+                    self.add_pending(poller, link, role, now);
                 }
                 Err(e) => {
                     log::debug!("dial node {j}: {e}");
@@ -533,7 +889,11 @@ impl Transport for TcpTransport {
             };
             let _ = p.link.flush(&self.pool, &mut Vec::new());
             if now.duration_since(p.since) > HANDSHAKE_TIMEOUT {
-                log::warn!("dropping a peer connection that sent no Hello");
+                log::warn!(
+                    "dropping a peer connection from {:?} that did not finish its handshake within {HANDSHAKE_TIMEOUT:?}",
+                    p.link.peer_addr()
+                );
+                self.handshakes_failed += 1;
                 if let Some(p) = self.pending[slot].take() {
                     poller.delete(p.link.as_fd());
                 }

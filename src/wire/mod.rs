@@ -24,13 +24,15 @@
 //! `Ack`/`Nack` records answer a message sent in *delivered* mode (or a
 //! message that could not be delivered), naming the sender's cookie.
 
+pub mod auth;
 pub mod packet;
 pub mod reliable;
 
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"WYVF";
-/// Protocol version.
-pub const VERSION: u8 = 3;
+/// Protocol version (4: the authenticated handshake, [`FrameKind::Challenge`]
+/// and the nonce and MAC after a `Hello`).
+pub const VERSION: u8 = 4;
 /// Bytes of a frame header.
 pub const FRAME_HEADER: usize = 16;
 /// Bytes of a record header.
@@ -81,6 +83,9 @@ pub enum FrameKind {
     /// How many `Data` frames of the current session the sender has handled
     /// (a little-endian `u64` body), so the receiver may forget them.
     Ack = 6,
+    /// First frame of the accepting side of a TCP connection: its nonce
+    /// ([`auth::NONCE_LEN`] bytes), which the dialer's `Hello` MAC covers.
+    Challenge = 7,
 }
 
 impl FrameKind {
@@ -92,6 +97,7 @@ impl FrameKind {
             4 => FrameKind::Bye,
             5 => FrameKind::Resume,
             6 => FrameKind::Ack,
+            7 => FrameKind::Challenge,
             _ => return Err(WireError::Kind(v)),
         })
     }
@@ -182,6 +188,14 @@ pub struct Hello {
     /// name; 0: no RDMA device): verbs only between equal fabrics.
     pub fabric: u32,
 }
+
+/// Bytes of a TCP `Hello` frame's body: the [`Hello`], the sender's nonce and
+/// the MAC (all zero without a job key).
+pub const HELLO_BODY: usize = Hello::LEN + auth::NONCE_LEN + auth::MAC_LEN;
+/// Largest body of a frame a TCP connection may send before its handshake is
+/// done (`Challenge`, `Hello`): what an unauthenticated connection may make
+/// the agent buffer.
+pub const HANDSHAKE_BODY_MAX: usize = HELLO_BODY;
 
 /// Bits of [`Hello::caps`]: the transports an agent runs.
 pub mod caps {
@@ -578,6 +592,17 @@ impl FrameReader {
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.end - self.start
+    }
+
+    /// The header of the next frame once its 16 bytes are buffered (the body
+    /// may not be), so that a reader can refuse a frame by its header before
+    /// buffering its body.
+    pub fn peek_header(&self) -> Result<Option<FrameHeader>, WireError> {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < FRAME_HEADER {
+            return Ok(None);
+        }
+        FrameHeader::parse(avail).map(Some)
     }
 
     /// The next complete frame, if any: its header and body. It stays

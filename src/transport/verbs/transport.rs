@@ -687,18 +687,24 @@ impl VerbsTransport {
         let caps = ctx.caps();
         let pd = Pd::new(&ctx)?;
         let pool_mr = if n > 1 {
+            // Only the block region is registered, and for remote READ only: peers
+            // READ the blocks of large messages (rendezvous); nothing else of the pool
+            // (header, clients' rings) is theirs to see, and no peer ever writes into
+            // it. LOCAL_WRITE: our own READs land in blocks (steered chunks).
+            let (region_off, region_len) = pool.block_region();
+            let region = pool.base_addr() + region_off as usize;
             // SAFETY: the transport holds `pool` (an `Arc`) in a field dropped after
-            // `pool_mr`, so the mapping outlives the region; the pool is shared memory the
-            // agent already treats as written by others (clients), and peers may only
-            // READ/WRITE it through descriptors this transport checks.
+            // `pool_mr`, so the mapping outlives the registration; `region` ..
+            // `region + region_len` is the block region, inside the mapping
+            // (`Pool::block_region`); the pool is shared memory the agent already
+            // treats as written by others (clients), and peers may only READ the
+            // block region, through descriptors this transport checks.
             Some(unsafe {
                 Mr::register(
                     &pd,
-                    pool.base_addr() as *mut u8,
-                    pool.len(),
-                    Access::LOCAL_WRITE
-                        .with(Access::REMOTE_READ)
-                        .with(Access::REMOTE_WRITE),
+                    region as *mut u8,
+                    region_len as usize,
+                    Access::LOCAL_WRITE.with(Access::REMOTE_READ),
                 )?
             })
         } else {
@@ -739,7 +745,7 @@ impl VerbsTransport {
             .add(ctx.async_fd(), TOK_ASYNC)
             .map_err(watch("asynchronous event"))?;
         log::info!(
-            "verbs: {}:{} ({}), MTU {} B, {}, pool of {} MiB registered (rkey {:#x}), \
+            "verbs: {}:{} ({}), MTU {} B, {}, block region of {} MiB registered for remote READ (rkey {:#x}), \
              {credits} credits per peer, bootstrap on {addr}",
             ctx.name(),
             ctx.port(),
@@ -749,7 +755,7 @@ impl VerbsTransport {
                 Some((i, g)) => format!("GID index {i} ({g})"),
                 None => format!("LID {}", port.lid),
             },
-            pool.len() >> 20,
+            pool.block_region().1 >> 20,
             pool_mr.as_ref().map_or(0, |m| m.rkey())
         );
         let now = Instant::now();
@@ -899,11 +905,10 @@ impl VerbsTransport {
                 max_inline: 128,
             },
         )?;
+        // Peers READ our blocks; they never WRITE.
         qp.to_init(
             self.ctx.port(),
-            Access::LOCAL_WRITE
-                .with(Access::REMOTE_READ)
-                .with(Access::REMOTE_WRITE),
+            Access::LOCAL_WRITE.with(Access::REMOTE_READ),
         )?;
         let epoch = self.next_epoch;
         self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
@@ -2175,6 +2180,11 @@ impl Transport for VerbsTransport {
             .get(node as usize)
             .and_then(|l| l.as_ref())
             .is_some_and(|l| l.steer.is_some())
+    }
+
+    fn info(&self) -> Vec<(&'static str, String)> {
+        // The bootstrap connection's Hello carries no MAC yet (issue 13).
+        vec![("peer_auth", "none".to_string())]
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
