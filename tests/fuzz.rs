@@ -306,6 +306,7 @@ fn frame_seeds() -> Vec<Vec<u8>> {
     stream.extend(wire::control_frame(FrameKind::Ack, 1, &42u64.to_le_bytes()));
     stream.extend(wire::control_frame(FrameKind::Heartbeat, 1, &[]));
     stream.extend(wire::control_frame(FrameKind::Bye, 1, &[]));
+    stream.extend(wire::control_frame(FrameKind::Challenge, 0, &[7; 32]));
     vec![
         wire::control_frame(FrameKind::Hello, 1, &hello.to_bytes()),
         wire::control_frame(FrameKind::Data, 2, &data),
