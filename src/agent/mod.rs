@@ -30,8 +30,7 @@ pub mod metrics;
 pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -47,7 +46,7 @@ use crate::proto::{
     CompKind, Completion, CtlReply, CtlRequest, Delivery, Mode, Op, Status, Submit, RECV_HEADER,
 };
 use crate::shm::blocks::{BlockAlloc, Owner};
-use crate::shm::handoff::{send_line, LineReader, ReadOutcome};
+use crate::shm::handoff::{LineReader, ReadOutcome};
 use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, BLOCK_UNIT};
 use crate::transport::datagram::{DatagramTransport, UdpIo};
 use crate::transport::tcp::TcpTransport;
@@ -80,6 +79,8 @@ const T_CTL_LISTEN: u64 = 1;
 const T_CTL_CONN: u64 = 2;
 const T_DOORBELL: u64 = 3;
 const T_TRANSPORT: u64 = 4;
+/// A client's bell (index: its slot).
+const T_BELL: u64 = 5;
 
 fn token(kind: u64, idx: usize) -> u64 {
     (kind << 32) | idx as u64
@@ -424,7 +425,11 @@ struct ClientState {
     comp: RingTx,
     comp_backlog: VecDeque<Completion>,
     recv: Vec<Option<RecvEp>>,
-    wake: File,
+    /// The agent's end of this client's bell (a datagram socket pair made
+    /// by the agent at attach): a byte from the client rings the agent, a
+    /// byte from the agent wakes the client. Non-blocking, and the client
+    /// never holds this file description, so it cannot make it block.
+    bell: std::os::unix::net::UnixDatagram,
     stalled: Option<Vec<u8>>,
     waiting_large: bool,
     /// Set when the client left; its slot is reclaimed once drained.
@@ -461,6 +466,8 @@ struct CtlConn {
     stream: UnixStream,
     reader: LineReader,
     client: Option<u32>,
+    /// Replies not yet taken by the connection (bounded; see `control`).
+    out: control::Outbox,
 }
 
 /// A message's payload before it is deposited: inline bytes, or a block.
@@ -512,6 +519,9 @@ pub struct Agent {
     peers: Vec<Peer>,
     conns: Vec<Option<CtlConn>>,
     ctl: UnixListener,
+    /// When accepting failed for want of descriptors: the listener is not
+    /// watched until then (so a full fd table does not make the agent spin).
+    ctl_paused: Option<Instant>,
     transport: Box<dyn Transport>,
     events: Vec<LinkEvent>,
     poller: Poller,
@@ -809,6 +819,7 @@ impl Agent {
             peers,
             conns: Vec::new(),
             ctl,
+            ctl_paused: None,
             transport,
             events: Vec::new(),
             poller,
@@ -917,6 +928,7 @@ impl Agent {
             now = Instant::now();
             if now >= next_tick {
                 self.timers(now);
+                self.expire_conns(now);
                 next_tick = now + TICK;
             }
             self.wake_clients();
@@ -1380,7 +1392,10 @@ impl Agent {
             self.touched_flag[slot as usize] = false;
             if let Some(c) = self.clients[slot as usize].as_mut() {
                 if needs_wake(self.pool.client_sleeping(slot)) {
-                    let _ = c.wake.write(&1u64.to_ne_bytes());
+                    // Non-blocking: a full queue means wake-ups are already
+                    // pending there (EAGAIN is ignored); a closed peer end
+                    // is the client leaving (seen on its control socket).
+                    let _ = c.bell.send(&[1]);
                 }
             }
         }

@@ -14,8 +14,9 @@
 //!
 //! Attaching and opening endpoints go through the agent's control socket;
 //! after that, `send` and `recv` only touch shared memory: no system call,
-//! except the doorbell (an `eventfd` write) when the agent said it sleeps,
-//! and a `poll` when this client itself waits long enough to sleep.
+//! except ringing the agent's bell (one byte sent on a datagram socket the
+//! agent made for this client) when the agent said it sleeps, and a `poll`
+//! on that bell when this client itself waits long enough to sleep.
 //!
 //! A [`Client`] and its [`Endpoint`]s belong to one thread (they are not
 //! `Send`); a multi-threaded process attaches once per thread.
@@ -24,17 +25,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::proto::{CompKind, Completion, CtlReply, CtlRequest, Delivery, Op, Submit, SUB_HEADER};
 pub use crate::proto::{Mode, Status};
@@ -145,8 +144,9 @@ struct Inner {
     reader: RefCell<LineReader>,
     sub: RefCell<RingTx>,
     comp: RefCell<RingRx>,
-    doorbell: RefCell<File>,
-    wake: EventFd,
+    /// This client's end of its bell: bytes sent ring the agent, bytes
+    /// received wake this client. Non-blocking.
+    bell: UnixDatagram,
     cookie: Cell<u64>,
     awaited: RefCell<HashSet<u64>>,
     done: RefCell<HashMap<u64, Completion>>,
@@ -166,7 +166,8 @@ impl Inner {
 
     fn ring_doorbell(&self) {
         if needs_wake(self.pool.agent_sleeping()) {
-            let _ = self.doorbell.borrow_mut().write(&1u64.to_ne_bytes());
+            // A full bell (EAGAIN) already holds wake-ups for the agent.
+            let _ = self.bell.send(&[1]);
         }
     }
 
@@ -314,13 +315,13 @@ impl Inner {
             let ms =
                 PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(PollTimeout::MAX);
             let mut fds = [
-                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.bell.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.ctl.as_fd(), PollFlags::POLLIN),
             ];
             let _ = poll(&mut fds, ms);
             let ctl_ev = fds[1].revents().unwrap_or(PollFlags::empty());
             announce_awake(word);
-            let _ = self.wake.read();
+            self.drain_bell();
             if ctl_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLIN) {
                 self.check_agent()?;
             }
@@ -328,6 +329,17 @@ impl Inner {
                 return Ok(v);
             }
             now = Instant::now();
+        }
+    }
+
+    /// Take the wake-ups the agent sent (bounded: what is left wakes the
+    /// next poll at once, which is harmless).
+    fn drain_bell(&self) {
+        let mut b = [0u8; 16];
+        for _ in 0..64 {
+            if self.bell.recv(&mut b).is_err() {
+                break;
+            }
         }
     }
 
@@ -424,8 +436,6 @@ impl Client {
             path: path.into(),
             source,
         })?;
-        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-            .map_err(io::Error::from)?;
         let req = CtlRequest::Attach {
             version: crate::shm::LAYOUT_VERSION,
             pid: std::process::id(),
@@ -436,7 +446,7 @@ impl Client {
         let sent = send_line(
             &ctl,
             &serde_json::to_string(&req).map_err(|e| Error::Protocol(e.to_string()))?,
-            &[wake.as_fd()],
+            &[],
         );
         let mut reader = LineReader::new();
         let (line, fds) = reader
@@ -447,23 +457,29 @@ impl Client {
             })?;
         let rep: CtlReply =
             serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;
-        let (slot, node, nodes, eager_max) = match rep {
+        let (slot, node, nodes, eager_max, params, backing) = match rep {
             CtlReply::Attached {
                 slot,
                 node,
                 nodes,
                 eager_max,
-            } => (slot, node, nodes, eager_max),
+                pool,
+                backing,
+            } => (slot, node, nodes, eager_max, pool, backing),
             CtlReply::Error { message } => return Err(Error::Refused(message)),
             other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
         };
         let mut fds = fds.into_iter();
-        let (Some(pool_fd), Some(doorbell)) = (fds.next(), fds.next()) else {
+        let (Some(pool_fd), Some(bell)) = (fds.next(), fds.next()) else {
             return Err(Error::Protocol(
-                "attach reply without the pool and doorbell fds".into(),
+                "attach reply without the pool and bell fds".into(),
             ));
         };
-        let pool = Arc::new(Pool::open(pool_fd)?);
+        let bell = UnixDatagram::from(bell);
+        bell.set_nonblocking(true)?;
+        // The geometry the agent sent, never the pool's header (which any
+        // client may have overwritten).
+        let pool = Arc::new(Pool::open_with(pool_fd, params, node, backing)?);
         if slot >= pool.layout().params.max_clients {
             return Err(Error::Protocol(format!("slot {slot} outside the pool")));
         }
@@ -477,8 +493,7 @@ impl Client {
             eager_max: eager_max as usize,
             ctl,
             reader: RefCell::new(reader),
-            doorbell: RefCell::new(File::from(doorbell)),
-            wake,
+            bell,
             cookie: Cell::new(1),
             awaited: RefCell::default(),
             done: RefCell::default(),

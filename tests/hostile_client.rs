@@ -1,0 +1,456 @@
+//! Hostile local parties (issue 13): a client with an allowed uid, a local
+//! stranger, a scraper. Each test attacks a real agent process and checks
+//! that honest clients keep being served during and after the attack, and
+//! that what the attacker made the agent hold returns to its baseline.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{assert_ok, Cluster};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+
+const T: Duration = Duration::from_secs(60);
+
+/// `{"req":"stat"}` on a fresh connection, answered within `t` (or an error
+/// saying why not): a hung agent fails the test instead of hanging it.
+fn stat_within(sock: &Path, t: Duration) -> Result<serde_json::Value, String> {
+    let start = Instant::now();
+    let mut s = UnixStream::connect(sock).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(t)).unwrap();
+    s.set_write_timeout(Some(t)).unwrap();
+    s.write_all(b"{\"req\":\"stat\"}\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !out.ends_with(b"\n") {
+        if start.elapsed() > t {
+            return Err(format!("no stat reply within {t:?}"));
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Err("closed".into()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("no stat reply within {t:?}: {e}")),
+        }
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out).map_err(|e| format!("bad reply: {e}"))?;
+    Ok(v)
+}
+
+/// The agent answers `stat` within 2 s.
+fn assert_serving(c: &Cluster, i: usize, when: &str) {
+    let start = Instant::now();
+    let v = stat_within(&c.socket(i), Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("agent {i} {when}: {e}"));
+    assert_eq!(v["rep"], "stat", "{when}: {v}");
+    assert!(start.elapsed() < Duration::from_secs(2), "{when}: slow stat");
+}
+
+/// Two honest `wyvern-peer`s exchange `n` messages between node `from` and
+/// node `to` (endpoint `ep`).
+fn honest_exchange(c: &Cluster, from: usize, to: usize, ep: u32, n: u32) {
+    let rx = c.peer(
+        to,
+        &["--ep", &ep.to_string(), "recv", "--count", &n.to_string()],
+    );
+    let tx = c.peer(
+        from,
+        &[
+            "send",
+            "--to",
+            &format!("{to}:{ep}"),
+            "--count",
+            &n.to_string(),
+            "--delivered",
+        ],
+    );
+    assert_ok("honest sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("honest receiver", &r);
+    assert_eq!(r.0["received"], n);
+}
+
+fn agent_pid(c: &Cluster, i: usize) -> i32 {
+    c.agents[i].as_ref().expect("agent runs").pid()
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Wait (up to `t`) until the agent holds at most `base` descriptors.
+fn fds_back_to(pid: i32, base: usize, t: Duration) -> usize {
+    let deadline = Instant::now() + t;
+    loop {
+        let n = fd_count(pid);
+        if n <= base || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One request line on `s`, one reply line back (blocking, with timeouts).
+fn roundtrip(s: &mut UnixStream, line: &str) -> serde_json::Value {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(line.as_bytes()).unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\n") {
+        match s.read(&mut b) {
+            Ok(1) => out.push(b[0]),
+            other => panic!("no reply to {line}: {other:?}"),
+        }
+    }
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Attach by speaking the control protocol directly, handing the agent
+/// `fd` as the old protocol's wake-up descriptor; returns the connection,
+/// the reply and the descriptors the agent sent.
+fn raw_attach(
+    sock: &Path,
+    name: &str,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> (UnixStream, serde_json::Value, Vec<std::os::fd::OwnedFd>) {
+    let s = UnixStream::connect(sock).unwrap();
+    let line = format!(
+        "{{\"req\":\"attach\",\"version\":{},\"pid\":{},\"name\":\"{name}\"}}\n",
+        wyvern::shm::LAYOUT_VERSION,
+        std::process::id()
+    );
+    let raw = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let iov = [std::io::IoSlice::new(line.as_bytes())];
+    sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+    let mut r = wyvern::shm::handoff::LineReader::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (l, fds) = r.read_line_blocking(&s).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+    (s, v, fds)
+}
+
+/// Finding 1: a client that hands over a *blocking* eventfd whose counter
+/// is at 2^64-2 (or a full pipe) as its wake-up fd, then sleeps and is sent
+/// messages. The agent used to write to that fd from the polling thread and
+/// hang for good. Now the agent makes each client's bell itself and ignores
+/// what a client hands over.
+#[test]
+fn a_blocking_wakeup_fd_cannot_hang_the_agent() {
+    let c = Cluster::start(2, &[]);
+    let sock = c.socket(0);
+    // A blocking eventfd one short of its maximum: any write blocks.
+    let efd = nix::sys::eventfd::EventFd::from_value_and_flags(
+        0,
+        nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+    )
+    .unwrap();
+    efd.write(u64::MAX - 1).unwrap();
+    // A pipe, full, then made blocking again.
+    let (prd, pwr) = nix::unistd::pipe().unwrap();
+    nix::fcntl::fcntl(
+        pwr.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let junk = [0u8; 4096];
+    for _ in 0..1024 {
+        if nix::unistd::write(&pwr, &junk).is_err() {
+            break;
+        }
+    }
+    nix::fcntl::fcntl(
+        pwr.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .unwrap();
+
+    let mut held = Vec::new();
+    for (k, (name, fd)) in [("evfd", efd.as_fd()), ("pipe", pwr.as_fd())]
+        .into_iter()
+        .enumerate()
+    {
+        let (mut s, rep, fds) = raw_attach(&sock, name, fd);
+        assert_eq!(rep["rep"], "attached", "{rep}");
+        let slot = rep["slot"].as_u64().unwrap() as u32;
+        let pool_fd = fds.into_iter().next().expect("pool fd");
+        let pool = wyvern::shm::Pool::open(pool_fd).expect("pool maps");
+        // Say we sleep: the agent will want to wake us.
+        wyvern::shm::announce_sleep(pool.client_sleeping(slot));
+        let ep = 77 + k as u32;
+        let r = roundtrip(&mut s, &format!("{{\"req\":\"open_endpoint\",\"id\":{ep}}}"));
+        assert_eq!(r["rep"], "endpoint", "{r}");
+        held.push((s, pool));
+    }
+    // Messages for both sleepers, from the other node and from this one.
+    for ep in [77, 78] {
+        for from in [1, 0] {
+            let tx = c.peer(
+                from,
+                &["send", "--to", &format!("0:{ep}"), "--count", "3"],
+            );
+            assert_ok("sender to a sleeper", &tx.result(T));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_serving(&c, 0, "after waking clients with hostile fds");
+    honest_exchange(&c, 1, 0, 5, 100);
+    honest_exchange(&c, 0, 1, 6, 100);
+    assert_serving(&c, 0, "after the exchange");
+    // The hostile clients leave; the agent goes on.
+    drop(held);
+    drop((prd, efd));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_serving(&c, 0, "after the hostile clients left");
+    let s = c.stat(0);
+    assert_eq!(s["clients"].as_array().unwrap().len(), 0, "{s}");
+}
+
+/// Finding 2: a connection that sends thousands of `stat` requests and
+/// never reads its replies. The agent used to retry its reply forever on
+/// the polling thread; now replies are queued (bounded), the connection is
+/// not read while they wait, and it is dropped after 5 s.
+#[test]
+fn unread_replies_do_not_stall_the_agent() {
+    let c = Cluster::start(2, &[]);
+    let pid = agent_pid(&c, 0);
+    assert_serving(&c, 0, "before");
+    let base_fds = fd_count(pid);
+    let mut attacker = UnixStream::connect(c.socket(0)).unwrap();
+    attacker.set_nonblocking(true).unwrap();
+    let req = b"{\"req\":\"stat\"}\n";
+    let mut sent = 0usize;
+    let until = Instant::now() + Duration::from_secs(3);
+    // Bounded: at most 20000 requests or 3 s, whatever the agent takes.
+    while sent < 20_000 && Instant::now() < until {
+        match attacker.write(req) {
+            Ok(n) if n == req.len() => sent += 1,
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(sent >= 300, "the attacker sent only {sent} requests");
+    // The attacker never reads. Others are served meanwhile.
+    for k in 0..3 {
+        assert_serving(&c, 0, &format!("while replies pile up unread ({k})"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    honest_exchange(&c, 1, 0, 5, 100);
+    // Dropped after its replies stayed unread 5 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !c.log(0).contains("dropping a control connection") {
+        assert!(
+            Instant::now() < deadline,
+            "the attacker's connection was never dropped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let n = fds_back_to(pid, base_fds, Duration::from_secs(5));
+    assert!(n <= base_fds, "agent holds {n} fds, was {base_fds}");
+    assert_serving(&c, 0, "after");
+    honest_exchange(&c, 0, 1, 6, 100);
+}
+
+/// Lower finding: control connections are capped; past the cap a new one
+/// gets a clear refusal and the agent does not spin; when they close, all
+/// is back to normal.
+#[test]
+fn control_connections_are_capped() {
+    let c = Cluster::start(2, &[]);
+    let pid = agent_pid(&c, 0);
+    let base_fds = fd_count(pid);
+    let mut conns = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let s = UnixStream::connect(c.socket(0)).unwrap();
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for s in &mut conns {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 512];
+        if let Ok(n) = s.read(&mut b) {
+            if String::from_utf8_lossy(&b[..n]).contains("at most 256 control connections") {
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 300 - 256, "connections past the cap were not refused");
+    assert!(c.log(0).contains("refusing a control connection"));
+    // The agent is idle (adaptive), not spinning on its listener.
+    let cpu = |pid: i32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let t0 = cpu(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks = cpu(pid) - t0;
+    assert!(ticks < 50, "agent used {ticks} ticks of CPU in 1 s at the cap");
+    drop(conns);
+    let n = fds_back_to(pid, base_fds, Duration::from_secs(5));
+    assert!(n <= base_fds, "agent holds {n} fds, was {base_fds}");
+    assert_serving(&c, 0, "after the connections closed");
+    honest_exchange(&c, 1, 0, 5, 50);
+}
+
+/// Lower findings: a client's name reaches the log truncated and without
+/// control characters (no forged log lines).
+#[test]
+fn client_names_cannot_forge_log_lines() {
+    let c = Cluster::start(1, &[]);
+    let name = format!("x\nFORGED LOG LINE\x1b[2J{}", "y".repeat(10_000));
+    let client = wyvern::client::Client::attach(c.socket(0), &name).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = c.log(0);
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a client forged a log line"
+    );
+    assert!(!log.contains('\x1b'), "escape sequence in the log");
+    assert!(
+        log.lines().all(|l| l.len() < 1000),
+        "unbounded client name in the log"
+    );
+    drop(client);
+}
+
+/// Lower finding: `BreakLink` (fault injection) is for the agent's own uid
+/// and root only, not for every uid allowed to attach.
+#[test]
+fn break_link_is_for_the_agents_uid_only() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED break_link_is_for_the_agents_uid_only: needs root");
+        return;
+    }
+    let c = Cluster::start(2, &["--allow-gid", "65534"]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&c.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["break-link", "--socket"])
+        .arg(c.socket(0))
+        .args(["--peer", "1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "break-link by uid 65534 succeeded");
+    assert!(err.contains("permission denied"), "{err}");
+    // Still up, never broken; the agent's own uid may.
+    assert_eq!(c.stat(0)["peers"][0]["state"], "up");
+    assert!(!c.log(0).contains("breaking the connection"));
+    wyvern::client::break_link(c.socket(0), 1).expect("root may break a link");
+    c.wait_up(0, 1);
+    honest_exchange(&c, 1, 0, 5, 20);
+}
+
+/// Finding 14: one scraper sends an endless request line, another half a
+/// request and stalls: a normal scrape still answers within 2 s and the
+/// agent does not grow.
+#[test]
+fn metrics_requests_are_bounded_and_do_not_stall_scrapes() {
+    let c = Cluster::start(2, &["--metrics", "127.0.0.1:0"]);
+    let pid = agent_pid(&c, 0);
+    let addr = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = c.log(0);
+            if let Some(a) = log
+                .lines()
+                .find_map(|l| l.split("metrics on http://").nth(1))
+                .and_then(|r| r.split('/').next())
+            {
+                break a.to_string();
+            }
+            assert!(Instant::now() < deadline, "no metrics address in the log");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let scrape = || -> Result<String, String> {
+        let mut s = std::net::TcpStream::connect(&addr).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    assert!(scrape().unwrap().contains("wyvern_up"));
+    let base_rss = rss_kib(pid);
+    // A half request that stalls.
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /metr").unwrap();
+    // An endless line: up to 64 MiB, in a bounded loop, from a thread.
+    let flood_addr = addr.clone();
+    let flood = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(&flood_addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+        let chunk = vec![b'A'; 1 << 20];
+        let mut sent = 0usize;
+        for _ in 0..64 {
+            match s.write_all(&chunk) {
+                Ok(()) => sent += chunk.len(),
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let r = scrape();
+    let took = t0.elapsed();
+    assert!(
+        matches!(&r, Ok(b) if b.contains("wyvern_up")),
+        "scrape during the attack: {r:?}"
+    );
+    assert!(took < Duration::from_secs(2), "scrape took {took:?}");
+    let sent = flood.join().unwrap();
+    let grown = rss_kib(pid).saturating_sub(base_rss);
+    assert!(
+        grown < 16 * 1024,
+        "agent RSS grew by {grown} KiB after a {sent}-byte request line"
+    );
+    drop(half);
+    assert!(scrape().unwrap().contains("wyvern_up"));
+    assert_serving(&c, 0, "after the metrics attack");
+    honest_exchange(&c, 1, 0, 5, 20);
+}
+
+/// Finding 6: a client zeroes the pool header in the shared mapping. Later
+/// clients used to fail to attach (they trusted that header); now the
+/// geometry comes with the attach reply.
+#[test]
+fn a_zeroed_pool_header_does_not_stop_attaches() {
+    let c = Cluster::start(2, &[]);
+    let vandal = wyvern::client::Client::attach(c.socket(0), "vandal").unwrap();
+    vandal.scribble(0, &[0u8; 256]);
+    drop(vandal);
+    let later = wyvern::client::Client::attach(c.socket(0), "later")
+        .expect("a client attaches after the header was zeroed");
+    drop(later);
+    honest_exchange(&c, 1, 0, 5, 50);
+    honest_exchange(&c, 0, 0, 6, 50);
+    assert_serving(&c, 0, "after the header was zeroed");
+}
