@@ -141,8 +141,15 @@ fn raw_attach(
     let iov = [std::io::IoSlice::new(line.as_bytes())];
     sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
     let mut r = wyvern::shm::handoff::LineReader::new();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (l, fds) = r.read_line_blocking(&s).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (l, fds) = loop {
+        if let Some(l) = r.next_line() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no attach reply within 10 s");
+        r.read_from(&s).expect("attach reply");
+    };
     let v: serde_json::Value = serde_json::from_str(&l).unwrap();
     (s, v, fds)
 }
@@ -453,4 +460,167 @@ fn a_zeroed_pool_header_does_not_stop_attaches() {
     honest_exchange(&c, 1, 0, 5, 50);
     honest_exchange(&c, 0, 0, 6, 50);
     assert_serving(&c, 0, "after the header was zeroed");
+}
+
+/// A scratch directory for one test, owned by `uid` with `mode`.
+fn scratch_dir(tag: &str, uid: u32, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = std::env::temp_dir().join(format!("wyvern-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+    nix::unistd::chown(
+        &d,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(uid)),
+    )
+    .unwrap();
+    d
+}
+
+/// A single agent on loopback with its control socket at `sock`, run as
+/// `uid` (None: this process's), stderr into `log`.
+fn lone_agent(
+    sock: &Path,
+    uid: Option<u32>,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(common::WYVERN);
+    cmd.args([
+        "agent",
+        "--node-id",
+        "0",
+        "--nodes",
+        "127.0.0.1:0",
+        "--transport",
+        "tcp",
+        "--idle",
+        "adaptive",
+    ]);
+    if !sock.as_os_str().is_empty() {
+        cmd.arg("--socket").arg(sock);
+    }
+    cmd.env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(std::fs::File::create(log).unwrap());
+    if let Some(u) = uid {
+        cmd.uid(u).gid(u);
+    }
+    cmd
+}
+
+/// Finding 15 (a): another uid listens where the client looks for its
+/// agent. The client used to attach to whoever listened; now it checks the
+/// listener's uid (SO_PEERCRED) and refuses with a clear error, unless told
+/// that uid with `WYVERN_AGENT_UID`.
+#[test]
+fn a_listener_of_another_uid_is_not_trusted() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED a_listener_of_another_uid_is_not_trusted: needs root");
+        return;
+    }
+    let dir = scratch_dir("squat", 65534, 0o700);
+    let sock = dir.join("agent.sock");
+    // The squatter: an agent running as uid 65534 (any listener would do).
+    let squatter = common::Proc::spawn(
+        lone_agent(&sock, Some(65534), &std::env::temp_dir().join(format!("wyvern-squatter-{}.log", std::process::id())), &[]),
+        "squatter",
+    );
+    let l = squatter.line(Duration::from_secs(20));
+    assert!(l.starts_with("wyvern agent ready"), "{l}");
+    let err = wyvern::client::Client::attach(&sock, "victim")
+        .err()
+        .expect("attached to another uid's listener");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("runs as uid 65534") && msg.contains(&sock.display().to_string()),
+        "{msg}"
+    );
+    let err = wyvern::client::stat(&sock).err().expect("stat from a squatter");
+    assert!(err.to_string().contains("runs as uid 65534"), "{err}");
+    // The operator may name the agent's uid explicitly.
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["stat", "--socket"])
+        .arg(&sock)
+        .env("WYVERN_AGENT_UID", "65534")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(squatter);
+    let _ = std::fs::remove_dir_all(&dir);
+    // Honest clients of an honest agent are unaffected.
+    let c = Cluster::start(2, &[]);
+    honest_exchange(&c, 1, 0, 5, 20);
+}
+
+/// Finding 15 (b): the agent refuses a socket directory another uid owns or
+/// anybody may write in, and a file at the socket path that is not its own
+/// socket; by default it makes a private directory (0700) of its own.
+#[test]
+fn an_agent_refuses_an_unsafe_socket_directory() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED an_agent_refuses_an_unsafe_socket_directory: needs root");
+        return;
+    }
+    let log = std::env::temp_dir().join(format!("wyvern-unsafe-{}.log", std::process::id()));
+    let refused = |sock: &Path, want: &str| {
+        let mut child = lone_agent(sock, None, &log, &[])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent started on {}", sock.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!status.success());
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(text.contains(want), "wanted {want:?} in: {text}");
+    };
+    // Owned by another uid.
+    let d = scratch_dir("other-owner", 65534, 0o755);
+    refused(&d.join("agent.sock"), "belongs to uid 65534");
+    let _ = std::fs::remove_dir_all(&d);
+    // Ours, but anybody may write in it (no sticky bit).
+    let d = scratch_dir("open-dir", 0, 0o777);
+    refused(&d.join("agent.sock"), "writable by others");
+    let _ = std::fs::remove_dir_all(&d);
+    // A socket of another uid at the path (in a sticky shared directory).
+    let d = scratch_dir("sticky", 0, 0o1777);
+    let sock = d.join("agent.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    drop(l);
+    nix::unistd::chown(&sock, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    refused(&sock, "belongs to uid 65534");
+    let _ = std::fs::remove_dir_all(&d);
+    // The default: a private directory of its own under XDG_RUNTIME_DIR.
+    let rt = scratch_dir("xdg", 0, 0o700);
+    let xdg = rt.to_str().unwrap();
+    let agent = common::Proc::spawn(
+        lone_agent(Path::new(""), None, &log, &[("XDG_RUNTIME_DIR", xdg)]),
+        "default-socket agent",
+    );
+    let l = agent.line(Duration::from_secs(20));
+    assert!(l.starts_with("wyvern agent ready"), "{l}");
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(rt.join("wyvern")).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o700);
+    let out = std::process::Command::new(common::WYVERN)
+        .arg("stat")
+        .env("XDG_RUNTIME_DIR", xdg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&rt);
+    let _ = std::fs::remove_file(&log);
 }

@@ -580,21 +580,74 @@ impl Agent {
 }
 
 pub(super) fn bind_control(cfg: &AgentConfig) -> Result<UnixListener, AgentError> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
     let path = &cfg.socket;
-    if path.exists() {
+    let uid = nix::unistd::geteuid().as_raw();
+    let unsafe_ = |why: String| AgentError::SocketUnsafe {
+        path: path.clone(),
+        why,
+    };
+    let sock_err = |source: io::Error| AgentError::Socket {
+        path: path.clone(),
+        source,
+    };
+    // The directory: made private when the agent creates it; refused when
+    // another uid owns it, or anybody else may write in it (without the
+    // sticky bit, which keeps others from replacing our socket).
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.exists() {
+        if let Some(up) = dir.parent() {
+            let _ = std::fs::create_dir_all(up);
+        }
+        let mode = if cfg.allow_gid.is_some() { 0o750 } else { 0o700 };
+        match std::fs::DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => {
+                // The umask may have narrowed it; set it exactly.
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+                if let Some(gid) = cfg.allow_gid {
+                    let _ = nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid)));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(sock_err(e)),
+        }
+    }
+    let md = std::fs::metadata(dir).map_err(sock_err)?;
+    if md.uid() != uid && md.uid() != 0 {
+        return Err(unsafe_(format!(
+            "its directory {} belongs to uid {}, not to this agent's uid {uid}",
+            dir.display(),
+            md.uid()
+        )));
+    }
+    let mode = md.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(unsafe_(format!(
+            "its directory {} is writable by others (mode {:o}) without the sticky bit",
+            dir.display(),
+            mode & 0o7777
+        )));
+    }
+    // A file already there: only our own stale socket is replaced.
+    if let Ok(old) = std::fs::symlink_metadata(path) {
+        if !old.file_type().is_socket() {
+            return Err(unsafe_("a file that is not a socket is in the way".into()));
+        }
+        if old.uid() != uid {
+            return Err(unsafe_(format!(
+                "the socket there belongs to uid {}, not to this agent's uid {uid}",
+                old.uid()
+            )));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(AgentError::SocketBusy(path.clone()));
         }
         let _ = std::fs::remove_file(path);
     }
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let l = UnixListener::bind(path).map_err(|source| AgentError::Socket {
-        path: path.clone(),
-        source,
-    })?;
-    use std::os::unix::fs::PermissionsExt;
+    let l = UnixListener::bind(path).map_err(sock_err)?;
     let mode = if cfg.allow_gid.is_some() {
         0o770
     } else {
@@ -604,11 +657,7 @@ pub(super) fn bind_control(cfg: &AgentConfig) -> Result<UnixListener, AgentError
     if let Some(gid) = cfg.allow_gid {
         let _ = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)));
     }
-    l.set_nonblocking(true)
-        .map_err(|source| AgentError::Socket {
-            path: path.clone(),
-            source,
-        })?;
+    l.set_nonblocking(true).map_err(sock_err)?;
     Ok(l)
 }
 

@@ -107,6 +107,15 @@ pub enum AgentError {
     /// Another agent serves this socket.
     #[error("another agent is already listening on {0}")]
     SocketBusy(PathBuf),
+    /// The socket's directory, or a file at the socket's path, is not safe
+    /// to use (another uid could put its own listener there).
+    #[error("refusing to use the control socket {path}: {why}")]
+    SocketUnsafe {
+        /// Socket path.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The TCP listener could not be bound.
     #[error("cannot listen for peer agents on {addr}")]
     Listen {

@@ -163,7 +163,8 @@ impl From<client::Error> for Fail {
     fn from(e: client::Error) -> Fail {
         use client::Error as E;
         let code = match &e {
-            E::Connect { .. } => WYVERN_ECONNECT,
+            E::Connect { .. } | E::WrongAgent { .. } => WYVERN_ECONNECT,
+            E::PermissionDenied { .. } => WYVERN_EREFUSED,
             E::Refused(_) => WYVERN_EREFUSED,
             E::Protocol(_) | E::Pool(_) | E::Io(_) => WYVERN_EPROTO,
             E::WouldBlock => WYVERN_EAGAIN,

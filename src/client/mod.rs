@@ -55,6 +55,24 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Connecting to the socket was not permitted.
+    #[error("permission denied: cannot connect to the agent at {path} ({owner}); only the agent's user, root and the agent's allowed group may attach")]
+    PermissionDenied {
+        /// Socket path.
+        path: PathBuf,
+        /// Who owns the socket (or its directory), as far as visible.
+        owner: String,
+    },
+    /// The listener is not the expected agent: another uid listens there.
+    #[error("the listener at {path} runs as uid {uid}, not as {expected} (set WYVERN_AGENT_UID to the agent's uid if it runs as another user)")]
+    WrongAgent {
+        /// Socket path.
+        path: PathBuf,
+        /// The listener's uid (SO_PEERCRED).
+        uid: u32,
+        /// Who was expected.
+        expected: String,
+    },
     /// The agent refused the request.
     #[error("agent refused: {0}")]
     Refused(String),
@@ -409,12 +427,62 @@ pub fn break_link(path: impl AsRef<Path>, node: u32) -> Result<(), Error> {
     }
 }
 
+/// Connect to the agent's control socket and check who listens there:
+/// this process's own uid, root, or the uid in `WYVERN_AGENT_UID`. Another
+/// user's listener (a squatter) is refused.
+fn connect(path: &Path) -> Result<UnixStream, Error> {
+    let s = UnixStream::connect(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(path)
+                .or_else(|_| std::fs::metadata(path.parent().unwrap_or(Path::new("."))))
+                .map(|m| {
+                    format!(
+                        "owned by uid {} gid {}, mode {:o}",
+                        m.uid(),
+                        m.gid(),
+                        m.mode() & 0o7777
+                    )
+                })
+                .unwrap_or_else(|e| format!("not visible: {e}"));
+            Error::PermissionDenied {
+                path: path.into(),
+                owner,
+            }
+        } else {
+            Error::Connect {
+                path: path.into(),
+                source,
+            }
+        }
+    })?;
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| Error::Connect {
+            path: path.into(),
+            source: e.into(),
+        })?;
+    let me = nix::unistd::geteuid().as_raw();
+    let want: Option<u32> = std::env::var("WYVERN_AGENT_UID")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    let uid = cred.uid();
+    if uid != me && uid != 0 && Some(uid) != want {
+        let expected = match want {
+            Some(w) => format!("this user's uid {me}, root or WYVERN_AGENT_UID={w}"),
+            None => format!("this user's uid {me} or root"),
+        };
+        return Err(Error::WrongAgent {
+            path: path.into(),
+            uid,
+            expected,
+        });
+    }
+    Ok(s)
+}
+
 /// One request on a fresh control connection; an error reply is an `Err`.
 fn request(path: &Path, req: &CtlRequest) -> Result<CtlReply, Error> {
-    let s = UnixStream::connect(path).map_err(|source| Error::Connect {
-        path: path.into(),
-        source,
-    })?;
+    let s = connect(path)?;
     // The agent may refuse us before reading the request (wrong uid): its
     // answer is still there to read even when our write fails.
     let sent = send_line(&s, &serde_json::to_string(req).expect("serialisable"), &[]);
@@ -432,10 +500,7 @@ impl Client {
     /// Attach to the agent listening on `path`. `name` shows in `wyvern stat`.
     pub fn attach(path: impl AsRef<Path>, name: &str) -> Result<Client, Error> {
         let path = path.as_ref();
-        let ctl = UnixStream::connect(path).map_err(|source| Error::Connect {
-            path: path.into(),
-            source,
-        })?;
+        let ctl = connect(path)?;
         let req = CtlRequest::Attach {
             version: crate::shm::LAYOUT_VERSION,
             pid: std::process::id(),
