@@ -45,10 +45,23 @@ fn stat_within(sock: &Path, t: Duration) -> Result<serde_json::Value, String> {
 /// The agent answers `stat` within 2 s.
 fn assert_serving(c: &Cluster, i: usize, when: &str) {
     let start = Instant::now();
-    let v = stat_within(&c.socket(i), Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("agent {i} {when}: {e}"));
+    let v = match stat_within(&c.socket(i), Duration::from_secs(2)) {
+        Ok(v) => v,
+        Err(e) => {
+            // A hung agent would also hang the harness's clean-up (its stat
+            // has no timeout): kill it first, then fail.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(agent_pid(c, i)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("agent {i} does not answer {when}: {e}");
+        }
+    };
     assert_eq!(v["rep"], "stat", "{when}: {v}");
-    assert!(start.elapsed() < Duration::from_secs(2), "{when}: slow stat");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{when}: slow stat"
+    );
 }
 
 /// Two honest `wyvern-peer`s exchange `n` messages between node `from` and
@@ -141,7 +154,8 @@ fn raw_attach(
     let iov = [std::io::IoSlice::new(line.as_bytes())];
     sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
     let mut r = wyvern::shm::handoff::LineReader::new();
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (l, fds) = loop {
         if let Some(l) = r.next_line() {
@@ -202,22 +216,22 @@ fn a_blocking_wakeup_fd_cannot_hang_the_agent() {
         // Say we sleep: the agent will want to wake us.
         wyvern::shm::announce_sleep(pool.client_sleeping(slot));
         let ep = 77 + k as u32;
-        let r = roundtrip(&mut s, &format!("{{\"req\":\"open_endpoint\",\"id\":{ep}}}"));
+        let r = roundtrip(
+            &mut s,
+            &format!("{{\"req\":\"open_endpoint\",\"id\":{ep}}}"),
+        );
         assert_eq!(r["rep"], "endpoint", "{r}");
         held.push((s, pool));
     }
-    // Messages for both sleepers, from the other node and from this one.
-    for ep in [77, 78] {
-        for from in [1, 0] {
-            let tx = c.peer(
-                from,
-                &["send", "--to", &format!("0:{ep}"), "--count", "3"],
-            );
+    // Messages for both sleepers, from the other node, then from this one.
+    for from in [1, 0] {
+        for ep in [77, 78] {
+            let tx = c.peer(from, &["send", "--to", &format!("0:{ep}"), "--count", "3"]);
             assert_ok("sender to a sleeper", &tx.result(T));
         }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_serving(&c, 0, "after waking clients with hostile fds");
     }
-    std::thread::sleep(Duration::from_millis(300));
-    assert_serving(&c, 0, "after waking clients with hostile fds");
     honest_exchange(&c, 1, 0, 5, 100);
     honest_exchange(&c, 0, 1, 6, 100);
     assert_serving(&c, 0, "after the exchange");
@@ -302,7 +316,11 @@ fn control_connections_are_capped() {
             }
         }
     }
-    assert_eq!(refused, 300 - 256, "connections past the cap were not refused");
+    assert_eq!(
+        refused,
+        300 - 256,
+        "connections past the cap were not refused"
+    );
     assert!(c.log(0).contains("refusing a control connection"));
     // The agent is idle (adaptive), not spinning on its listener.
     let cpu = |pid: i32| -> u64 {
@@ -313,7 +331,10 @@ fn control_connections_are_capped() {
     let t0 = cpu(pid);
     std::thread::sleep(Duration::from_secs(1));
     let ticks = cpu(pid) - t0;
-    assert!(ticks < 50, "agent used {ticks} ticks of CPU in 1 s at the cap");
+    assert!(
+        ticks < 50,
+        "agent used {ticks} ticks of CPU in 1 s at the cap"
+    );
     drop(conns);
     let n = fds_back_to(pid, base_fds, Duration::from_secs(5));
     assert!(n <= base_fds, "agent holds {n} fds, was {base_fds}");
@@ -525,7 +546,12 @@ fn a_listener_of_another_uid_is_not_trusted() {
     let sock = dir.join("agent.sock");
     // The squatter: an agent running as uid 65534 (any listener would do).
     let squatter = common::Proc::spawn(
-        lone_agent(&sock, Some(65534), &std::env::temp_dir().join(format!("wyvern-squatter-{}.log", std::process::id())), &[]),
+        lone_agent(
+            &sock,
+            Some(65534),
+            &std::env::temp_dir().join(format!("wyvern-squatter-{}.log", std::process::id())),
+            &[],
+        ),
         "squatter",
     );
     let l = squatter.line(Duration::from_secs(20));
@@ -538,7 +564,7 @@ fn a_listener_of_another_uid_is_not_trusted() {
         msg.contains("runs as uid 65534") && msg.contains(&sock.display().to_string()),
         "{msg}"
     );
-    let err = wyvern::client::stat(&sock).err().expect("stat from a squatter");
+    let err = wyvern::client::stat(&sock).expect_err("stat from a squatter");
     assert!(err.to_string().contains("runs as uid 65534"), "{err}");
     // The operator may name the agent's uid explicitly.
     let out = std::process::Command::new(common::WYVERN)
@@ -547,7 +573,11 @@ fn a_listener_of_another_uid_is_not_trusted() {
         .env("WYVERN_AGENT_UID", "65534")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(squatter);
     let _ = std::fs::remove_dir_all(&dir);
     // Honest clients of an honest agent are unaffected.
@@ -619,7 +649,11 @@ fn an_agent_refuses_an_unsafe_socket_directory() {
         .env("XDG_RUNTIME_DIR", xdg)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(&rt);
     let _ = std::fs::remove_file(&log);

@@ -52,7 +52,9 @@ impl Agent {
                 continue;
             }
             let live = self.conns.iter().flatten().count();
-            if live >= MAX_CTL_CONNS {
+            // Room for every client slot whatever the pool's size.
+            let cap = MAX_CTL_CONNS.max(self.cfg.pool.max_clients as usize + 64);
+            if live >= cap {
                 log::warn!(
                     "refusing a control connection: {live} are open, the most the agent serves at once"
                 );
@@ -60,7 +62,7 @@ impl Agent {
                     &stream,
                     &CtlReply::Error {
                         message: format!(
-                            "the agent serves at most {MAX_CTL_CONNS} control connections at once; try again later"
+                            "the agent serves at most {cap} control connections at once; try again later"
                         ),
                     },
                 );
@@ -602,7 +604,11 @@ pub(super) fn bind_control(cfg: &AgentConfig) -> Result<UnixListener, AgentError
         if let Some(up) = dir.parent() {
             let _ = std::fs::create_dir_all(up);
         }
-        let mode = if cfg.allow_gid.is_some() { 0o750 } else { 0o700 };
+        let mode = if cfg.allow_gid.is_some() {
+            0o750
+        } else {
+            0o700
+        };
         match std::fs::DirBuilder::new().mode(mode).create(dir) {
             Ok(()) => {
                 // The umask may have narrowed it; set it exactly.
@@ -661,7 +667,8 @@ pub(super) fn bind_control(cfg: &AgentConfig) -> Result<UnixListener, AgentError
     Ok(l)
 }
 
-/// Control connections served at once; more are refused with an error line.
+/// Control connections served at once (or the client slots plus 64, if
+/// more); more are refused with an error line.
 pub(super) const MAX_CTL_CONNS: usize = 256;
 /// Bytes of replies a control connection may leave unread; past it the
 /// connection is dropped.

@@ -262,10 +262,7 @@ fn read_request(c: &mut TcpStream) -> std::io::Result<String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let end = buf
-            .windows(4)
-            .any(|w| w == b"\r\n\r\n")
-            || buf.windows(2).any(|w| w == b"\n\n");
+        let end = buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n");
         if end {
             break;
         }

@@ -11,7 +11,8 @@
 //! 3. large messages queued per peer are cut into chunks as the link drains;
 //! 4. readiness of sockets (`epoll_wait` with timeout 0, or a real wait when
 //!    an adaptive agent goes to sleep): peer links, accepted connections, the
-//!    control socket and the doorbell clients ring;
+//!    control socket, the clients' bells and the agent's own doorbell
+//!    (its transport threads' wake-up; never handed to a client);
 //! 5. frames that arrived are split and deposited into receive rings; a full
 //!    ring pauses that peer's frames (and TCP's window pauses the sender);
 //! 6. timers: heartbeats, lost peers, dialing;

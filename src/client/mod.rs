@@ -82,7 +82,7 @@ pub enum Error {
     /// The pool handed over could not be used.
     #[error("cannot map the agent's pool")]
     Pool(#[from] ShmError),
-    /// An I/O error on the control socket or an eventfd.
+    /// An I/O error on the control socket or the bell.
     #[error("control socket I/O")]
     Io(#[from] io::Error),
     /// The submission ring stayed full for the whole timeout.
@@ -283,7 +283,7 @@ impl Inner {
     }
 
     /// Poll `f` until it yields, spinning briefly and then sleeping on the
-    /// wake-up eventfd, until the deadline. The clock is not read when `f`
+    /// bell, until the deadline. The clock is not read when `f`
     /// yields at once (the common case on the data path).
     fn wait<T>(
         &self,

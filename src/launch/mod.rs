@@ -285,8 +285,9 @@ pub fn slurm_resolver() -> impl FnMut(&str) -> Result<IpAddr, String> {
 /// ([`crate::agent::config::default_socket`]).
 pub fn socket_path(job_id: Option<&str>, node_id: u32) -> PathBuf {
     match job_id {
-        Some(j) => crate::agent::config::default_socket_dir()
-            .join(format!("wyvern-job{j}-{node_id}.sock")),
+        Some(j) => {
+            crate::agent::config::default_socket_dir().join(format!("wyvern-job{j}-{node_id}.sock"))
+        }
         None => crate::agent::config::default_socket(node_id),
     }
 }
