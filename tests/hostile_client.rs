@@ -58,10 +58,9 @@ fn assert_serving(c: &Cluster, i: usize, when: &str) {
         }
     };
     assert_eq!(v["rep"], "stat", "{when}: {v}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{when}: slow stat"
-    );
+    let took = start.elapsed();
+    eprintln!("stat of agent {i} {when}: {took:?}");
+    assert!(took < Duration::from_secs(2), "{when}: slow stat");
 }
 
 /// Two honest `wyvern-peer`s exchange `n` messages between node `from` and
@@ -287,6 +286,7 @@ fn unread_replies_do_not_stall_the_agent() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let n = fds_back_to(pid, base_fds, Duration::from_secs(5));
+    eprintln!("{sent} unread stat requests taken; agent fds {base_fds} before, {n} after");
     assert!(n <= base_fds, "agent holds {n} fds, was {base_fds}");
     assert_serving(&c, 0, "after");
     honest_exchange(&c, 0, 1, 6, 100);
@@ -337,6 +337,9 @@ fn control_connections_are_capped() {
     );
     drop(conns);
     let n = fds_back_to(pid, base_fds, Duration::from_secs(5));
+    eprintln!(
+        "{refused} of 300 refused; {ticks} CPU ticks in 1 s at the cap; fds {base_fds} -> {n}"
+    );
     assert!(n <= base_fds, "agent holds {n} fds, was {base_fds}");
     assert_serving(&c, 0, "after the connections closed");
     honest_exchange(&c, 1, 0, 5, 50);
@@ -456,6 +459,9 @@ fn metrics_requests_are_bounded_and_do_not_stall_scrapes() {
     assert!(took < Duration::from_secs(2), "scrape took {took:?}");
     let sent = flood.join().unwrap();
     let grown = rss_kib(pid).saturating_sub(base_rss);
+    eprintln!(
+        "scrape under attack took {took:?}; {sent} bytes of request line taken; RSS +{grown} KiB"
+    );
     assert!(
         grown < 16 * 1024,
         "agent RSS grew by {grown} KiB after a {sent}-byte request line"

@@ -257,8 +257,9 @@ pub fn default_socket(node: u32) -> PathBuf {
 }
 
 /// The private directory default sockets live in: `$XDG_RUNTIME_DIR/wyvern`,
-/// else `/run/wyvern/<uid>` (when `/run/wyvern` exists or `/run` is
-/// writable), else `<tmp>/wyvern-<uid>`. The agent creates it 0700 (0750
+/// else `/run/wyvern/<uid>` (when it exists, or this user may create it:
+/// `/run/wyvern` writable, or absent and `/run` writable), else
+/// `<tmp>/wyvern-<uid>`. The agent creates it 0700 (0750
 /// with `allow_gid`) and refuses one another uid owns, so no other user can
 /// put a listener where clients look for their agent.
 pub fn default_socket_dir() -> PathBuf {
@@ -269,8 +270,15 @@ pub fn default_socket_dir() -> PathBuf {
     let run = std::path::Path::new("/run");
     let writable =
         |p: &std::path::Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
-    if run.join("wyvern").is_dir() || writable(run) {
-        return run.join("wyvern").join(uid.to_string());
+    let base = run.join("wyvern");
+    let mine = base.join(uid.to_string());
+    let can_create = if base.exists() {
+        writable(&base)
+    } else {
+        writable(run)
+    };
+    if mine.is_dir() || can_create {
+        return mine;
     }
     std::env::temp_dir().join(format!("wyvern-{uid}"))
 }

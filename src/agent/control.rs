@@ -772,3 +772,53 @@ impl Outbox {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_never_waits_and_delivers_lines_in_order_with_their_fds() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut out = Outbox::default();
+        let line = |i: usize| format!("{i:08} {}\n", "x".repeat(1000)).into_bytes();
+        let n = 2000;
+        let mut all_sent = true;
+        for i in 0..n {
+            let fds = if i == 1500 {
+                vec![std::fs::File::open("/dev/null").unwrap().into()]
+            } else {
+                Vec::new()
+            };
+            out.push(line(i), fds);
+            all_sent = out.flush(&a).unwrap();
+        }
+        // ~2 MB cannot fit a socket buffer: the outbox kept the rest
+        // instead of waiting.
+        assert!(!all_sent && out.since.is_some() && out.bytes > 0);
+        let mut r = LineReader::new();
+        b.set_nonblocking(true).unwrap();
+        let (mut got, mut fds) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got < n {
+            assert!(Instant::now() < deadline, "only {got} lines arrived");
+            let _ = out.flush(&a).unwrap();
+            let _ = r.read_from(&b).unwrap();
+            while let Some((l, f)) = r.next_line() {
+                assert_eq!(l.as_bytes(), &line(got)[..line(got).len() - 1]);
+                fds += f.len();
+                got += 1;
+            }
+        }
+        assert!(out.flush(&a).unwrap());
+        assert!(out.is_empty() && out.since.is_none() && out.bytes == 0);
+        assert_eq!(fds, 1);
+    }
+
+    #[test]
+    fn client_names_are_cut_and_cleaned() {
+        assert_eq!(clean_name("a\nb\x1b"), "a?b?");
+        assert_eq!(clean_name(&"é".repeat(100)).chars().count(), 32);
+    }
+}
