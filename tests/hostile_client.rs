@@ -552,12 +552,7 @@ fn a_listener_of_another_uid_is_not_trusted() {
     let sock = dir.join("agent.sock");
     // The squatter: an agent running as uid 65534 (any listener would do).
     let squatter = common::Proc::spawn(
-        lone_agent(
-            &sock,
-            Some(65534),
-            &std::env::temp_dir().join(format!("wyvern-squatter-{}.log", std::process::id())),
-            &[],
-        ),
+        lone_agent(&sock, Some(65534), &dir.join("squatter.log"), &[]),
         "squatter",
     );
     let l = squatter.line(Duration::from_secs(20));
