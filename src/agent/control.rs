@@ -209,6 +209,10 @@ impl Agent {
     }
 
     pub(super) fn serve_control(&mut self, idx: usize) {
+        // Reads per event: what is left waits for the next round (the
+        // socket stays readable), so one busy connection cannot hold the
+        // polling thread.
+        let mut reads = 0;
         loop {
             let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
                 return;
@@ -237,6 +241,10 @@ impl Agent {
             }
             let line = conn.reader.next_line();
             let Some((line, fds)) = line else {
+                if reads == CTL_READS_PER_EVENT {
+                    return;
+                }
+                reads += 1;
                 match conn.reader.read_from(&conn.stream) {
                     Ok(ReadOutcome::Data) => continue,
                     Ok(ReadOutcome::WouldBlock) => return,
@@ -677,6 +685,8 @@ pub(super) const CTL_OUT_MAX: usize = 1 << 20;
 pub(super) const CTL_OUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long accepting pauses when the agent runs out of descriptors.
 const CTL_PAUSE: Duration = Duration::from_millis(100);
+/// Reads (of up to 4 KiB) from one control connection per event.
+const CTL_READS_PER_EVENT: usize = 8;
 /// Datagrams taken from one client's bell per event.
 const BELL_DRAIN: usize = 64;
 
