@@ -40,6 +40,8 @@ pub use crate::proto::{Mode, Status};
 use crate::shm::handoff::{send_line, LineReader};
 use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, ShmError};
 
+/// Longest wait for a control reply.
+const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a waiting client polls before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -477,6 +479,9 @@ fn connect(path: &Path) -> Result<UnixStream, Error> {
             expected,
         });
     }
+    // A reply that never comes ends the wait (a wedged agent must not hang
+    // `wyvern stat` or an application for ever).
+    s.set_read_timeout(Some(CTL_TIMEOUT))?;
     Ok(s)
 }
 
