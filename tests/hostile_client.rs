@@ -345,6 +345,54 @@ fn control_connections_are_capped() {
     honest_exchange(&c, 1, 0, 5, 50);
 }
 
+/// Lower finding, other users: members of the allowed group (not the
+/// agent's uid) share 3/4 of the connection cap, so they cannot lock the
+/// agent's own user out.
+#[test]
+fn other_users_cannot_take_every_control_connection() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED other_users_cannot_take_every_control_connection: needs root");
+        return;
+    }
+    let c = Cluster::start(2, &["--allow-gid", "65534"]);
+    let pid = agent_pid(&c, 0);
+    let base_fds = fd_count(pid);
+    use std::os::unix::process::CommandExt;
+    let script = r#"
+import socket, sys, time
+conns, refused = [], 0
+for i in range(256):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    conns.append(s)
+time.sleep(0.5)
+for s in conns:
+    s.setblocking(False)
+    try:
+        if b"their share" in s.recv(512):
+            refused += 1
+    except BlockingIOError:
+        pass
+print(refused, flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(c.socket(0))
+        .stdin(std::process::Stdio::piped())
+        .uid(65534)
+        .gid(65534);
+    let mut guest = common::Proc::spawn(cmd, "guest holding connections");
+    let refused: usize = guest.line(Duration::from_secs(20)).trim().parse().unwrap();
+    assert_eq!(refused, 256 - 192, "the other user got more than its share");
+    // The agent's own user is still served, and can attach.
+    assert_serving(&c, 0, "while another user holds its share");
+    honest_exchange(&c, 1, 0, 5, 20);
+    drop(guest.child.stdin.take());
+    let n = fds_back_to(pid, base_fds, Duration::from_secs(5));
+    assert!(n <= base_fds, "agent holds {n} fds, was {base_fds}");
+}
+
 /// Lower findings: a client's name reaches the log truncated and without
 /// control characters (no forged log lines).
 #[test]

@@ -51,9 +51,31 @@ impl Agent {
                 );
                 continue;
             }
+            let guest = cred
+                .as_ref()
+                .is_ok_and(|c| c.uid() != self.uid && c.uid() != 0);
             let live = self.conns.iter().flatten().count();
-            // Room for every client slot whatever the pool's size.
+            let guests = self.conns.iter().flatten().filter(|c| c.guest).count();
+            // Room for every client slot whatever the pool's size; other
+            // users of the allowed group share 3/4 of it, so they cannot
+            // lock the agent's own user out.
             let cap = MAX_CTL_CONNS.max(self.cfg.pool.max_clients as usize + 64);
+            let guest_cap = cap * 3 / 4;
+            if guest && guests >= guest_cap {
+                log::warn!(
+                    "refusing a control connection from uid {}: other users hold {guests}, their share",
+                    cred.as_ref().map(|c| c.uid()).unwrap_or(0)
+                );
+                send_once(
+                    &stream,
+                    &CtlReply::Error {
+                        message: format!(
+                            "users other than the agent's own hold {guest_cap} control connections, their share; try again later"
+                        ),
+                    },
+                );
+                continue;
+            }
             if live >= cap {
                 log::warn!(
                     "refusing a control connection: {live} are open, the most the agent serves at once"
@@ -85,6 +107,7 @@ impl Agent {
                 reader: LineReader::new(),
                 client: None,
                 out: Outbox::default(),
+                guest,
             });
         }
     }

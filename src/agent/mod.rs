@@ -478,6 +478,9 @@ struct CtlConn {
     client: Option<u32>,
     /// Replies not yet taken by the connection (bounded; see `control`).
     out: control::Outbox,
+    /// Whether it comes from another uid than the agent's own or root (an
+    /// allowed group's member): those share part of the connection cap.
+    guest: bool,
 }
 
 /// A message's payload before it is deposited: inline bytes, or a block.
