@@ -37,9 +37,14 @@ impl Agent {
                     .map(|c| format!("uid {} gid {}", c.uid(), c.gid()))
                     .unwrap_or_default();
                 log::warn!("refusing a control connection from {who}");
+                let owner = if self.uid == 0 {
+                    "root".to_string()
+                } else {
+                    format!("uid {} and root", self.uid)
+                };
                 let may = match self.cfg.allow_gid {
-                    Some(g) => format!("uid {}, root and group {g}", self.uid),
-                    None => format!("uid {} and root", self.uid),
+                    Some(g) => format!("{owner} and members of group {g}"),
+                    None => owner,
                 };
                 send_once(
                     &stream,
