@@ -94,12 +94,14 @@
 #define WYVERN_ENOMEM -12
 
 /*
- The agent refused the request (attach not allowed, endpoint id in use, …).
+ The agent refused the request (attach not allowed, endpoint id in use, …),
+ or the socket's permissions do not let this user connect.
  */
 #define WYVERN_EREFUSED -13
 
 /*
- No agent listens at that socket.
+ No agent listens at that socket, or the listener runs as another uid
+ than this user's, root's or `WYVERN_AGENT_UID` (not our agent).
  */
 #define WYVERN_ECONNECT -14
 

@@ -291,7 +291,8 @@ impl Delivery {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "req", rename_all = "snake_case")]
 pub enum CtlRequest {
-    /// Attach; the client's wake-up eventfd travels with it (SCM_RIGHTS).
+    /// Attach. No descriptor travels with it (any sent is ignored): the
+    /// agent makes the client's bell itself (layout version 2).
     Attach {
         /// Layout version the client speaks.
         version: u32,
@@ -327,7 +328,11 @@ pub enum CtlRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "rep", rename_all = "snake_case")]
 pub enum CtlReply {
-    /// Attached: the pool fd and the agent's doorbell eventfd travel with it.
+    /// Attached. Two descriptors travel with it (SCM_RIGHTS): the pool's
+    /// memfd, then the client's end of its bell, a datagram socket pair
+    /// the agent made for this client alone (a byte sent rings the agent; a
+    /// byte arriving wakes the client). The pool's geometry comes with the
+    /// reply, not from the pool's header, which every client may write.
     Attached {
         /// Client slot in the pool.
         slot: u32,
@@ -337,6 +342,10 @@ pub enum CtlReply {
         nodes: u32,
         /// Largest inline payload.
         eager_max: u64,
+        /// The pool's geometry.
+        pool: crate::shm::PoolParams,
+        /// What backs the pool.
+        backing: crate::shm::Backing,
     },
     /// An endpoint is open.
     Endpoint {

@@ -402,7 +402,7 @@ fn launch_reads_the_slurm_environment() {
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let p: u16 = port.parse().unwrap();
-    let sock = std::env::temp_dir().join("wyvern-job77-2.sock");
+    let sock = wyvern::launch::socket_path(Some("77"), 2);
     let want = format!(
         "node_id 2\nsocket {}\nnode 0 localhost 127.0.0.1:{p}\nnode 1 127.0.0.1 127.0.0.1:{}\nnode 2 127.0.0.2 127.0.0.2:{p}\n",
         sock.display(),

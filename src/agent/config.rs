@@ -259,12 +259,37 @@ fn resolve(node: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| "resolves to no address".to_string())
 }
 
-/// The control socket path used when none is configured.
+/// The control socket path used when none is configured:
+/// `wyvern-agent-<node>.sock` in [`default_socket_dir`].
 pub fn default_socket(node: u32) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("wyvern-agent-{node}.sock"))
+    default_socket_dir().join(format!("wyvern-agent-{node}.sock"))
+}
+
+/// The private directory default sockets live in: `$XDG_RUNTIME_DIR/wyvern`,
+/// else `/run/wyvern/<uid>` (when it exists, or this user may create it:
+/// `/run/wyvern` writable, or absent and `/run` writable), else
+/// `<tmp>/wyvern-<uid>`. The agent creates it 0700 (0750
+/// with `allow_gid`) and refuses one another uid owns, so no other user can
+/// put a listener where clients look for their agent.
+pub fn default_socket_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("wyvern");
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    let run = std::path::Path::new("/run");
+    let writable =
+        |p: &std::path::Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+    let base = run.join("wyvern");
+    let mine = base.join(uid.to_string());
+    let can_create = if base.exists() {
+        writable(&base)
+    } else {
+        writable(run)
+    };
+    if mine.is_dir() || can_create {
+        return mine;
+    }
+    std::env::temp_dir().join(format!("wyvern-{uid}"))
 }
 
 /// A configuration that cannot work.

@@ -2,13 +2,17 @@
 //! scrape node metrics over HTTP. A thread of its own answers each scrape
 //! with a fresh [`Snapshot`] taken over the agent's control socket, exactly
 //! what `wyvern stat --json` shows, so the polling thread never serves HTTP
-//! and the two views cannot disagree.
+//! and the two views cannot disagree. Requests are bounded in size and
+//! time, and served concurrently (a few at once), so one slow or endless
+//! request cannot stall the next scrape or grow the agent.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::stats::Snapshot;
 
@@ -196,41 +200,109 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
+/// Bytes of a request (request line and headers) read at most.
+const MAX_REQUEST: usize = 8 * 1024;
+/// How long a client has to send its whole request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests served at once; a connection beyond is closed at once.
+const MAX_HANDLERS: usize = 8;
+
 /// Serve `/metrics` on `addr` from a thread of its own, reading the agent
 /// at `socket`. Returns the bound address (useful with port 0).
+///
+/// Each connection gets a thread of its own (at most [`MAX_HANDLERS`] at
+/// once), [`REQUEST_TIMEOUT`] to send its request and [`MAX_REQUEST`]
+/// bytes for it: a slow or endless request cannot hold the next scrape
+/// back nor grow the agent.
 pub fn serve(addr: SocketAddr, socket: PathBuf) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let socket = Arc::new(socket);
+    let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("wyvern-metrics".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                match conn {
-                    Ok(c) => {
+                let c = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::warn!("metrics listener: {e}");
+                        // Out of descriptors: do not spin.
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_HANDLERS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    log::debug!("metrics: {MAX_HANDLERS} requests in progress, closing one more");
+                    continue;
+                }
+                let (socket, busy2) = (socket.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("wyvern-metrics-req".into())
+                    .spawn(move || {
                         if let Err(e) = answer(c, &socket) {
                             log::debug!("metrics request: {e}");
                         }
-                    }
-                    Err(e) => log::warn!("metrics listener: {e}"),
+                        busy2.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if let Err(e) = spawned {
+                    log::warn!("metrics: cannot start a request thread: {e}");
+                    busy.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })?;
     Ok(bound)
 }
 
-fn answer(mut c: TcpStream, socket: &PathBuf) -> std::io::Result<()> {
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    c.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    let mut r = BufReader::new(c.try_clone()?);
-    r.read_line(&mut line)?;
-    // Drain the headers (bounded).
-    for _ in 0..100 {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+/// Read a request's line and headers: at most [`MAX_REQUEST`] bytes, within
+/// [`REQUEST_TIMEOUT`]. Returns the request line.
+fn read_request(c: &mut TcpStream) -> std::io::Result<String> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let end = buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n");
+        if end {
             break;
         }
+        if buf.len() >= MAX_REQUEST {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("request longer than {MAX_REQUEST} bytes"),
+            ));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("request not complete within {REQUEST_TIMEOUT:?}"),
+            ));
+        }
+        c.set_read_timeout(Some(left))?;
+        let want = chunk.len().min(MAX_REQUEST - buf.len());
+        let n = c.read(&mut chunk[..want])?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    Ok(String::from_utf8_lossy(line).trim_end().to_string())
+}
+
+fn answer(mut c: TcpStream, socket: &PathBuf) -> std::io::Result<()> {
+    c.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let line = match read_request(&mut c) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = write!(
+                c,
+                "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            return Err(e);
+        }
+    };
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, ctype, body) = if method != "GET" {

@@ -11,7 +11,8 @@
 //! 3. large messages queued per peer are cut into chunks as the link drains;
 //! 4. readiness of sockets (`epoll_wait` with timeout 0, or a real wait when
 //!    an adaptive agent goes to sleep): peer links, accepted connections, the
-//!    control socket and the doorbell clients ring;
+//!    control socket, the clients' bells and the agent's own doorbell
+//!    (its transport threads' wake-up; never handed to a client);
 //! 5. frames that arrived are split and deposited into receive rings; a full
 //!    ring pauses that peer's frames (and TCP's window pauses the sender);
 //! 6. timers: heartbeats, lost peers, dialing;
@@ -30,8 +31,7 @@ pub mod metrics;
 pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -47,7 +47,7 @@ use crate::proto::{
     CompKind, Completion, CtlReply, CtlRequest, Delivery, Mode, Op, Status, Submit, RECV_HEADER,
 };
 use crate::shm::blocks::{BlockAlloc, Owner};
-use crate::shm::handoff::{send_line, LineReader, ReadOutcome};
+use crate::shm::handoff::{LineReader, ReadOutcome};
 use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, BLOCK_UNIT};
 use crate::transport::datagram::{DatagramTransport, UdpIo};
 use crate::transport::tcp::TcpTransport;
@@ -80,6 +80,8 @@ const T_CTL_LISTEN: u64 = 1;
 const T_CTL_CONN: u64 = 2;
 const T_DOORBELL: u64 = 3;
 const T_TRANSPORT: u64 = 4;
+/// A client's bell (index: its slot).
+const T_BELL: u64 = 5;
 
 fn token(kind: u64, idx: usize) -> u64 {
     (kind << 32) | idx as u64
@@ -106,6 +108,15 @@ pub enum AgentError {
     /// Another agent serves this socket.
     #[error("another agent is already listening on {0}")]
     SocketBusy(PathBuf),
+    /// The socket's directory, or a file at the socket's path, is not safe
+    /// to use (another uid could put its own listener there).
+    #[error("refusing to use the control socket {path}: {why}")]
+    SocketUnsafe {
+        /// Socket path.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The TCP listener could not be bound.
     #[error("cannot listen for peer agents on {addr}")]
     Listen {
@@ -424,7 +435,11 @@ struct ClientState {
     comp: RingTx,
     comp_backlog: VecDeque<Completion>,
     recv: Vec<Option<RecvEp>>,
-    wake: File,
+    /// The agent's end of this client's bell (a datagram socket pair made
+    /// by the agent at attach): a byte from the client rings the agent, a
+    /// byte from the agent wakes the client. Non-blocking, and the client
+    /// never holds this file description, so it cannot make it block.
+    bell: std::os::unix::net::UnixDatagram,
     stalled: Option<Vec<u8>>,
     waiting_large: bool,
     /// Set when the client left; its slot is reclaimed once drained.
@@ -461,6 +476,11 @@ struct CtlConn {
     stream: UnixStream,
     reader: LineReader,
     client: Option<u32>,
+    /// Replies not yet taken by the connection (bounded; see `control`).
+    out: control::Outbox,
+    /// Whether it comes from another uid than the agent's own or root (an
+    /// allowed group's member): those share part of the connection cap.
+    guest: bool,
 }
 
 /// A message's payload before it is deposited: inline bytes, or a block.
@@ -512,6 +532,9 @@ pub struct Agent {
     peers: Vec<Peer>,
     conns: Vec<Option<CtlConn>>,
     ctl: UnixListener,
+    /// When accepting failed for want of descriptors: the listener is not
+    /// watched until then (so a full fd table does not make the agent spin).
+    ctl_paused: Option<Instant>,
     transport: Box<dyn Transport>,
     events: Vec<LinkEvent>,
     poller: Poller,
@@ -845,6 +868,7 @@ impl Agent {
             peers,
             conns: Vec::new(),
             ctl,
+            ctl_paused: None,
             transport,
             events: Vec::new(),
             poller,
@@ -953,6 +977,7 @@ impl Agent {
             now = Instant::now();
             if now >= next_tick {
                 self.timers(now);
+                self.expire_conns(now);
                 next_tick = now + TICK;
             }
             self.wake_clients();
@@ -1416,7 +1441,10 @@ impl Agent {
             self.touched_flag[slot as usize] = false;
             if let Some(c) = self.clients[slot as usize].as_mut() {
                 if needs_wake(self.pool.client_sleeping(slot)) {
-                    let _ = c.wake.write(&1u64.to_ne_bytes());
+                    // Non-blocking: a full queue means wake-ups are already
+                    // pending there (EAGAIN is ignored); a closed peer end
+                    // is the client leaving (seen on its control socket).
+                    let _ = c.bell.send(&[1]);
                 }
             }
         }

@@ -198,6 +198,7 @@ impl Agent {
             T_DOORBELL => {
                 let _ = self.doorbell.read();
             }
+            T_BELL => self.drain_bell(idx),
             _ => {}
         }
         true

@@ -63,9 +63,11 @@ pub const WYVERN_EPEER_LOST: c_int = -10;
 pub const WYVERN_EDEST_CLOSED: c_int = -11;
 /// The pool has no block of that size right now.
 pub const WYVERN_ENOMEM: c_int = -12;
-/// The agent refused the request (attach not allowed, endpoint id in use, …).
+/// The agent refused the request (attach not allowed, endpoint id in use, …),
+/// or the socket's permissions do not let this user connect.
 pub const WYVERN_EREFUSED: c_int = -13;
-/// No agent listens at that socket.
+/// No agent listens at that socket, or the listener runs as another uid
+/// than this user's, root's or `WYVERN_AGENT_UID` (not our agent).
 pub const WYVERN_ECONNECT: c_int = -14;
 /// The agent went away; the client is useless (detach it).
 pub const WYVERN_EAGENT_GONE: c_int = -15;
@@ -163,7 +165,8 @@ impl From<client::Error> for Fail {
     fn from(e: client::Error) -> Fail {
         use client::Error as E;
         let code = match &e {
-            E::Connect { .. } => WYVERN_ECONNECT,
+            E::Connect { .. } | E::WrongAgent { .. } => WYVERN_ECONNECT,
+            E::PermissionDenied { .. } => WYVERN_EREFUSED,
             E::Refused(_) => WYVERN_EREFUSED,
             E::Protocol(_) | E::Pool(_) | E::Io(_) => WYVERN_EPROTO,
             E::WouldBlock => WYVERN_EAGAIN,

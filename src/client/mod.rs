@@ -14,8 +14,9 @@
 //!
 //! Attaching and opening endpoints go through the agent's control socket;
 //! after that, `send` and `recv` only touch shared memory: no system call,
-//! except the doorbell (an `eventfd` write) when the agent said it sleeps,
-//! and a `poll` when this client itself waits long enough to sleep.
+//! except ringing the agent's bell (one byte sent on a datagram socket the
+//! agent made for this client) when the agent said it sleeps, and a `poll`
+//! on that bell when this client itself waits long enough to sleep.
 //!
 //! A [`Client`] and its [`Endpoint`]s belong to one thread (they are not
 //! `Send`); a multi-threaded process attaches once per thread.
@@ -24,23 +25,23 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::proto::{CompKind, Completion, CtlReply, CtlRequest, Delivery, Op, Submit, SUB_HEADER};
 pub use crate::proto::{Mode, Status};
 use crate::shm::handoff::{send_line, LineReader};
 use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, ShmError};
 
+/// Longest wait for a control reply.
+const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a waiting client polls before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -56,6 +57,24 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Connecting to the socket was not permitted.
+    #[error("permission denied: cannot connect to the agent at {path} ({owner}); only the agent's user, root and the agent's allowed group may attach")]
+    PermissionDenied {
+        /// Socket path.
+        path: PathBuf,
+        /// Who owns the socket (or its directory), as far as visible.
+        owner: String,
+    },
+    /// The listener is not the expected agent: another uid listens there.
+    #[error("the listener at {path} runs as uid {uid}, not as {expected} (set WYVERN_AGENT_UID to the agent's uid if it runs as another user)")]
+    WrongAgent {
+        /// Socket path.
+        path: PathBuf,
+        /// The listener's uid (SO_PEERCRED).
+        uid: u32,
+        /// Who was expected.
+        expected: String,
+    },
     /// The agent refused the request.
     #[error("agent refused: {0}")]
     Refused(String),
@@ -65,7 +84,7 @@ pub enum Error {
     /// The pool handed over could not be used.
     #[error("cannot map the agent's pool")]
     Pool(#[from] ShmError),
-    /// An I/O error on the control socket or an eventfd.
+    /// An I/O error on the control socket or the bell.
     #[error("control socket I/O")]
     Io(#[from] io::Error),
     /// The submission ring stayed full for the whole timeout.
@@ -145,8 +164,9 @@ struct Inner {
     reader: RefCell<LineReader>,
     sub: RefCell<RingTx>,
     comp: RefCell<RingRx>,
-    doorbell: RefCell<File>,
-    wake: EventFd,
+    /// This client's end of its bell: bytes sent ring the agent, bytes
+    /// received wake this client. Non-blocking.
+    bell: UnixDatagram,
     cookie: Cell<u64>,
     awaited: RefCell<HashSet<u64>>,
     done: RefCell<HashMap<u64, Completion>>,
@@ -166,7 +186,8 @@ impl Inner {
 
     fn ring_doorbell(&self) {
         if needs_wake(self.pool.agent_sleeping()) {
-            let _ = self.doorbell.borrow_mut().write(&1u64.to_ne_bytes());
+            // A full bell (EAGAIN) already holds wake-ups for the agent.
+            let _ = self.bell.send(&[1]);
         }
     }
 
@@ -264,7 +285,7 @@ impl Inner {
     }
 
     /// Poll `f` until it yields, spinning briefly and then sleeping on the
-    /// wake-up eventfd, until the deadline. The clock is not read when `f`
+    /// bell, until the deadline. The clock is not read when `f`
     /// yields at once (the common case on the data path).
     fn wait<T>(
         &self,
@@ -314,13 +335,13 @@ impl Inner {
             let ms =
                 PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(PollTimeout::MAX);
             let mut fds = [
-                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.bell.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.ctl.as_fd(), PollFlags::POLLIN),
             ];
             let _ = poll(&mut fds, ms);
             let ctl_ev = fds[1].revents().unwrap_or(PollFlags::empty());
             announce_awake(word);
-            let _ = self.wake.read();
+            self.drain_bell();
             if ctl_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLIN) {
                 self.check_agent()?;
             }
@@ -328,6 +349,17 @@ impl Inner {
                 return Ok(v);
             }
             now = Instant::now();
+        }
+    }
+
+    /// Take the wake-ups the agent sent (bounded: what is left wakes the
+    /// next poll at once, which is harmless).
+    fn drain_bell(&self) {
+        let mut b = [0u8; 16];
+        for _ in 0..64 {
+            if self.bell.recv(&mut b).is_err() {
+                break;
+            }
         }
     }
 
@@ -397,12 +429,65 @@ pub fn break_link(path: impl AsRef<Path>, node: u32) -> Result<(), Error> {
     }
 }
 
+/// Connect to the agent's control socket and check who listens there:
+/// this process's own uid, root, or the uid in `WYVERN_AGENT_UID`. Another
+/// user's listener (a squatter) is refused.
+fn connect(path: &Path) -> Result<UnixStream, Error> {
+    let s = UnixStream::connect(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(path)
+                .or_else(|_| std::fs::metadata(path.parent().unwrap_or(Path::new("."))))
+                .map(|m| {
+                    format!(
+                        "owned by uid {} gid {}, mode {:o}",
+                        m.uid(),
+                        m.gid(),
+                        m.mode() & 0o7777
+                    )
+                })
+                .unwrap_or_else(|e| format!("not visible: {e}"));
+            Error::PermissionDenied {
+                path: path.into(),
+                owner,
+            }
+        } else {
+            Error::Connect {
+                path: path.into(),
+                source,
+            }
+        }
+    })?;
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| Error::Connect {
+            path: path.into(),
+            source: e.into(),
+        })?;
+    let me = nix::unistd::geteuid().as_raw();
+    let want: Option<u32> = std::env::var("WYVERN_AGENT_UID")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    let uid = cred.uid();
+    if uid != me && uid != 0 && Some(uid) != want {
+        let expected = match want {
+            Some(w) => format!("this user's uid {me}, root or WYVERN_AGENT_UID={w}"),
+            None => format!("this user's uid {me} or root"),
+        };
+        return Err(Error::WrongAgent {
+            path: path.into(),
+            uid,
+            expected,
+        });
+    }
+    // A reply that never comes ends the wait (a wedged agent must not hang
+    // `wyvern stat` or an application for ever).
+    s.set_read_timeout(Some(CTL_TIMEOUT))?;
+    Ok(s)
+}
+
 /// One request on a fresh control connection; an error reply is an `Err`.
 fn request(path: &Path, req: &CtlRequest) -> Result<CtlReply, Error> {
-    let s = UnixStream::connect(path).map_err(|source| Error::Connect {
-        path: path.into(),
-        source,
-    })?;
+    let s = connect(path)?;
     // The agent may refuse us before reading the request (wrong uid): its
     // answer is still there to read even when our write fails.
     let sent = send_line(&s, &serde_json::to_string(req).expect("serialisable"), &[]);
@@ -420,12 +505,7 @@ impl Client {
     /// Attach to the agent listening on `path`. `name` shows in `wyvern stat`.
     pub fn attach(path: impl AsRef<Path>, name: &str) -> Result<Client, Error> {
         let path = path.as_ref();
-        let ctl = UnixStream::connect(path).map_err(|source| Error::Connect {
-            path: path.into(),
-            source,
-        })?;
-        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-            .map_err(io::Error::from)?;
+        let ctl = connect(path)?;
         let req = CtlRequest::Attach {
             version: crate::shm::LAYOUT_VERSION,
             pid: std::process::id(),
@@ -436,7 +516,7 @@ impl Client {
         let sent = send_line(
             &ctl,
             &serde_json::to_string(&req).map_err(|e| Error::Protocol(e.to_string()))?,
-            &[wake.as_fd()],
+            &[],
         );
         let mut reader = LineReader::new();
         let (line, fds) = reader
@@ -447,23 +527,29 @@ impl Client {
             })?;
         let rep: CtlReply =
             serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))?;
-        let (slot, node, nodes, eager_max) = match rep {
+        let (slot, node, nodes, eager_max, params, backing) = match rep {
             CtlReply::Attached {
                 slot,
                 node,
                 nodes,
                 eager_max,
-            } => (slot, node, nodes, eager_max),
+                pool,
+                backing,
+            } => (slot, node, nodes, eager_max, pool, backing),
             CtlReply::Error { message } => return Err(Error::Refused(message)),
             other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
         };
         let mut fds = fds.into_iter();
-        let (Some(pool_fd), Some(doorbell)) = (fds.next(), fds.next()) else {
+        let (Some(pool_fd), Some(bell)) = (fds.next(), fds.next()) else {
             return Err(Error::Protocol(
-                "attach reply without the pool and doorbell fds".into(),
+                "attach reply without the pool and bell fds".into(),
             ));
         };
-        let pool = Arc::new(Pool::open(pool_fd)?);
+        let bell = UnixDatagram::from(bell);
+        bell.set_nonblocking(true)?;
+        // The geometry the agent sent, never the pool's header (which any
+        // client may have overwritten).
+        let pool = Arc::new(Pool::open_with(pool_fd, params, node, backing)?);
         if slot >= pool.layout().params.max_clients {
             return Err(Error::Protocol(format!("slot {slot} outside the pool")));
         }
@@ -477,8 +563,7 @@ impl Client {
             eager_max: eager_max as usize,
             ctl,
             reader: RefCell::new(reader),
-            doorbell: RefCell::new(File::from(doorbell)),
-            wake,
+            bell,
             cookie: Cell::new(1),
             awaited: RefCell::default(),
             done: RefCell::default(),

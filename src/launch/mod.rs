@@ -279,12 +279,15 @@ pub fn slurm_resolver() -> impl FnMut(&str) -> Result<IpAddr, String> {
 }
 
 /// The control socket of node `node_id`'s agent. Under Slurm (a job id):
-/// `$TMPDIR/wyvern-job<JOB>-<node_id>.sock` (`/tmp` without `TMPDIR`), the
-/// same path in every step of the job on that node; otherwise the agent's
-/// usual default ([`crate::agent::config::default_socket`]).
+/// `wyvern-job<JOB>-<node_id>.sock` in the user's private socket directory
+/// ([`crate::agent::config::default_socket_dir`]), the same path in every
+/// step of the job on that node; otherwise the agent's usual default
+/// ([`crate::agent::config::default_socket`]).
 pub fn socket_path(job_id: Option<&str>, node_id: u32) -> PathBuf {
     match job_id {
-        Some(j) => std::env::temp_dir().join(format!("wyvern-job{j}-{node_id}.sock")),
+        Some(j) => {
+            crate::agent::config::default_socket_dir().join(format!("wyvern-job{j}-{node_id}.sock"))
+        }
         None => crate::agent::config::default_socket(node_id),
     }
 }

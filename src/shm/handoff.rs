@@ -123,8 +123,11 @@ impl LineReader {
         Some((s, std::mem::take(&mut self.fds)))
     }
 
-    /// Read (blocking socket) until one line is complete.
+    /// Read (blocking socket) until one line is complete. A read timeout
+    /// set on the socket (`SO_RCVTIMEO`) ends the wait with `TimedOut`.
     pub fn read_line_blocking(&mut self, sock: &UnixStream) -> io::Result<(String, Vec<OwnedFd>)> {
+        let start = std::time::Instant::now();
+        let limit = sock.read_timeout()?;
         loop {
             if let Some(l) = self.next_line() {
                 return Ok(l);
@@ -136,7 +139,16 @@ impl LineReader {
                         "agent closed the control socket",
                     ))
                 }
-                ReadOutcome::Data | ReadOutcome::WouldBlock => {}
+                // EAGAIN after the socket's read timeout, or EINTR.
+                ReadOutcome::WouldBlock => {
+                    if limit.is_some_and(|t| start.elapsed() >= t) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the agent did not answer in time",
+                        ));
+                    }
+                }
+                ReadOutcome::Data => {}
             }
         }
     }

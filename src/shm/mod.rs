@@ -40,7 +40,7 @@ pub use ring::{Consumer, Producer, RingError, RingGeometry};
 /// "WYVERNPL" as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"WYVERNPL");
 /// Bumped whenever anything in the pool's layout or record formats changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Hugepage size the pool uses when it can.
 pub const HUGEPAGE: usize = 2 << 20;
 /// Granularity of the block region.
@@ -51,7 +51,7 @@ const SLEEP_WORD_OFF: usize = 256;
 const CLIENT_CTL_BYTES: usize = 256;
 
 /// What backs the pool's memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backing {
     /// 2 MiB hugepages (`memfd` with `MFD_HUGETLB`).
@@ -232,7 +232,10 @@ impl Layout {
 }
 
 /// The header at offset 0 of every pool. Written once by the agent before
-/// any client sees the pool; read (copied) by clients at attach.
+/// any client sees the pool. Informational only: it lies in memory every
+/// client may write, so neither the agent nor the client library trusts it
+/// (clients take the geometry from the agent's attach reply, see
+/// [`Pool::open_with`]); [`Pool::open`] reads it for tools and tests.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct PoolHeader {
@@ -373,7 +376,43 @@ impl Pool {
         })
     }
 
-    /// Map a pool received from an agent, checking its header.
+    /// Map a pool received from an agent whose geometry the agent gave over
+    /// the control socket (not read from the pool's header, which any client
+    /// may overwrite): the layout is computed from `params`, and the memfd's
+    /// size must match it.
+    pub fn open_with(
+        fd: OwnedFd,
+        params: PoolParams,
+        node_id: u32,
+        backing: Backing,
+    ) -> Result<Pool, ShmError> {
+        let layout = Layout::compute(params)?;
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| ShmError::Map {
+            bytes: 0,
+            source: e.into(),
+        })?;
+        if st.st_size < 0 || st.st_size as u64 != layout.total {
+            return Err(ShmError::Inconsistent(
+                "the pool's size disagrees with the geometry the agent sent",
+            ));
+        }
+        let len = layout.total as usize;
+        let base = map(fd.as_raw_fd(), len, false).map_err(|e| ShmError::Map {
+            bytes: len,
+            source: e,
+        })?;
+        Ok(Pool {
+            base,
+            layout,
+            fd,
+            backing,
+            node_id,
+        })
+    }
+
+    /// Map a pool, taking its geometry from the header in the pool itself.
+    /// Only for tools and tests: a client could have overwritten the header
+    /// (clients use [`Pool::open_with`]).
     pub fn open(fd: OwnedFd) -> Result<Pool, ShmError> {
         let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| ShmError::Map {
             bytes: 0,
