@@ -707,3 +707,45 @@ fn an_agent_refuses_an_unsafe_socket_directory() {
     let _ = std::fs::remove_dir_all(&rt);
     let _ = std::fs::remove_file(&log);
 }
+
+/// Clients that publish sends nobody can take (here: to a node that never
+/// comes up) and die keep their slots for the closing grace (10 s) so the
+/// sends may still go out; a few such deaths a second used to hold every
+/// slot, and a live client could not attach. Now a live client takes the
+/// slot of the client that left first.
+#[test]
+fn departed_clients_with_waiting_sends_give_their_slots_up() {
+    // Node 1 never comes up (nothing listens at the discard port): sends to
+    // it wait for it, up to the 30 s connect timeout.
+    let absent = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let c = Cluster::start_partial_with(&[true, false], absent, &["--max-clients", "4"], vec![]);
+    for i in 0..6 {
+        // Each publishes ten buffered sends to node 1 and leaves.
+        let r = c
+            .peer(0, &["--sizes", "8", "send", "--to", "1:5", "--count", "10"])
+            .result(T);
+        assert_ok(&format!("departing sender {i}"), &r);
+    }
+    let s = stat_within(&c.socket(0), Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        s["clients"].as_array().map(|a| a.len()),
+        Some(4),
+        "the departed senders should still hold every slot: {s}"
+    );
+    // A live client attaches at once and is served.
+    let t0 = Instant::now();
+    assert_ok(
+        "live client",
+        &c.peer(0, &["--ep", "3", "send", "--to", "0:3", "--count", "3"])
+            .result(T),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let s = stat_within(&c.socket(0), Duration::from_secs(5)).unwrap();
+    assert!(
+        s["clients_departed_reclaimed"].as_u64().unwrap() >= 3,
+        "{s}"
+    );
+    assert!(c
+        .log(0)
+        .contains("dropping what its departed client left unsent"));
+}

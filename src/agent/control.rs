@@ -236,6 +236,27 @@ impl Agent {
         }
     }
 
+    /// Every slot is taken: a client that already left but whose published
+    /// sends still wait (for a peer, for ring room: up to [`CLOSING_GRACE`])
+    /// gives its slot up to a live client now, the one that left first.
+    /// Without this, clients that publish sends nobody can take and die,
+    /// a few a second, would hold every slot.
+    fn reclaim_oldest_departed(&mut self) -> Option<usize> {
+        let slot = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((c.as_ref()?.closing?, i)))
+            .min()
+            .map(|(_, i)| i)?;
+        log::warn!(
+            "client slot {slot}: every slot is taken; dropping what its departed client left unsent to make room"
+        );
+        self.departed_reclaimed += 1;
+        self.reclaim(slot as u32);
+        self.clients[slot].is_none().then_some(slot)
+    }
+
     pub(super) fn serve_control(&mut self, idx: usize) {
         // Reads per event: what is left waits for the next round (the
         // socket stays readable), so one busy connection cannot hold the
@@ -354,7 +375,12 @@ impl Agent {
                 // Descriptors sent along (an old client's eventfd) are not
                 // used: the agent makes the bell itself.
                 drop(fds);
-                let Some(slot) = self.clients.iter().position(|c| c.is_none()) else {
+                let Some(slot) = self
+                    .clients
+                    .iter()
+                    .position(|c| c.is_none())
+                    .or_else(|| self.reclaim_oldest_departed())
+                else {
                     self.reply_error(
                         idx,
                         format!("all {} client slots are in use", self.clients.len()),
@@ -609,6 +635,7 @@ impl Agent {
             sleeps: self.sleeps,
             local_msgs: self.local_msgs,
             clients_evicted: self.evicted,
+            clients_departed_reclaimed: self.departed_reclaimed,
             parked_msgs: self.parked_count as u64,
             parked_bytes: self.parked_bytes as u64,
             peers,

@@ -98,6 +98,13 @@ pub fn render(s: &Snapshot) -> String {
     );
     gauge(
         &mut o,
+        "clients_departed_reclaimed_total",
+        "Departed clients whose unsent sends were dropped early to free a slot for a new client.",
+        "counter",
+        s.clients_departed_reclaimed as f64,
+    );
+    gauge(
+        &mut o,
         "parked_messages",
         "Peers' messages waiting for a full ring or a late endpoint.",
         "gauge",

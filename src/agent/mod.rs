@@ -556,6 +556,8 @@ pub struct Agent {
     sleeps: u64,
     local_msgs: u64,
     evicted: u64,
+    /// Departed clients' slots taken back early for a new client.
+    departed_reclaimed: u64,
     uid: u32,
     /// This run of the agent (start time in ns): tells a restarted agent apart.
     incarnation: u64,
@@ -886,6 +888,7 @@ impl Agent {
             sleeps: 0,
             local_msgs: 0,
             evicted: 0,
+            departed_reclaimed: 0,
             uid: nix::unistd::geteuid().as_raw(),
             incarnation,
             cfg,

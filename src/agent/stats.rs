@@ -107,6 +107,10 @@ pub struct Snapshot {
     pub local_msgs: u64,
     /// Clients detached for misbehaving.
     pub clients_evicted: u64,
+    /// Departed clients whose unsent sends were dropped early because every
+    /// client slot was taken and a live client asked to attach.
+    #[serde(default)]
+    pub clients_departed_reclaimed: u64,
     /// Peers' messages held for full receive rings or endpoints not open yet.
     pub parked_msgs: u64,
     /// Bytes they take (of `overflow_bytes`).
