@@ -491,6 +491,20 @@ impl ParkedData {
     }
 }
 
+/// What became of a message offered to an endpoint's receive ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deposited {
+    /// In the ring; a block now belongs to the endpoint's client.
+    Delivered,
+    /// The ring has no room now: nothing changed, try again later.
+    Full,
+    /// The endpoint or its client is gone (it may have been detached just
+    /// now, for a corrupt ring): the message was not delivered, and a block
+    /// still belongs to whoever offered it, who must free it (once) and tell
+    /// a sender waiting for delivery that it failed.
+    Gone,
+}
+
 enum Handled {
     /// Processed.
     Done,
@@ -930,12 +944,34 @@ impl Agent {
     /// Whether anything waits that a sleep would delay: a client's
     /// submissions, or a frame held back by `flush_delay_us` (it must go out
     /// within that bound, not after a sleep).
+    ///
+    /// Not urgent (the next tick, at most [`TICK`] away, retries them): a
+    /// departed client (its published submissions are taken in the rounds
+    /// that follow its departure, and what waits on a peer can wait); a
+    /// submission stalled on a remote peer (the link is down or full:
+    /// spinning would not bring it back); a client waiting for its large
+    /// send to be queued, or for room in its completion ring (it may never
+    /// read). Counting those kept an adaptive agent at 100 % CPU for as long
+    /// as the peer was down or the client was stuck, or forever for a dead one.
     fn any_client_work(&mut self) -> bool {
+        let me = self.cfg.node_id;
+        let peers = self.peers.len();
         self.peers.iter().any(|p| p.batch_since.is_some())
             || self.clients.iter_mut().flatten().any(|c| {
-                c.stalled.is_some()
-                    || !c.comp_backlog.is_empty()
-                    || !matches!(c.sub.is_empty(), Ok(true))
+                if c.closing.is_some()
+                    || c.waiting_large
+                    || c.comp_backlog.len() >= COMP_BACKLOG_MAX
+                {
+                    return false;
+                }
+                match &c.stalled {
+                    Some(rec) => !Submit::parse(rec).is_ok_and(|(s, _)| {
+                        matches!(s.op, Op::Send | Op::SendBlock)
+                            && s.dst_node != me
+                            && (s.dst_node as usize) < peers
+                    }),
+                    None => !matches!(c.sub.is_empty(), Ok(true)),
+                }
             })
     }
 
@@ -965,6 +1001,12 @@ impl Agent {
             let Some(c) = self.clients[slot as usize].as_mut() else {
                 continue;
             };
+            if c.closing.is_some() {
+                // Nobody reads a departed client's completions: drop them, or
+                // a full backlog would keep its submissions (and its slot)
+                // waiting forever.
+                c.comp_backlog.clear();
+            }
             // Completions that did not fit earlier go first.
             let mut moved = false;
             while let Some(comp) = c.comp_backlog.front() {
@@ -985,7 +1027,10 @@ impl Agent {
             };
             if c.waiting_large || c.comp_backlog.len() >= COMP_BACKLOG_MAX {
                 // Waiting for its large send to be queued, or for it to read
-                // its completions: its submissions wait too.
+                // its completions: its submissions wait too. A departed
+                // client is still reclaimed (after its grace period if a
+                // large send holds it).
+                self.maybe_reclaim(slot);
                 continue;
             }
             let mut rec = std::mem::take(&mut self.rec);
@@ -1036,6 +1081,10 @@ impl Agent {
 
     fn complete(&mut self, slot: u32, comp: Completion) {
         if let Some(c) = self.clients[slot as usize].as_mut() {
+            if c.closing.is_some() {
+                // Nobody will read it.
+                return;
+            }
             if !c.comp_backlog.is_empty()
                 || !matches!(c.comp.try_push(&[&comp.to_bytes()]), Ok(true))
             {
@@ -1203,10 +1252,11 @@ impl Agent {
                 } else {
                     RemoteData::Inline(payload)
                 };
-                let res = self.deposit(dslot, dep, self.cfg.node_id, src_ep, data);
-                match res {
-                    Handled::Stall => Handled::Stall,
-                    Handled::Done | Handled::DoneStop => {
+                match self.deposit(dslot, dep, self.cfg.node_id, src_ep, data) {
+                    Deposited::Full => Handled::Stall,
+                    // The block (still the sender's) is freed, the sender told.
+                    Deposited::Gone => fail(self, Status::EndpointClosed),
+                    Deposited::Delivered => {
                         self.local_msgs += 1;
                         if s.mode == Mode::Delivered {
                             self.complete_owner(owner, s.cookie, Status::Ok);
@@ -1293,13 +1343,16 @@ impl Agent {
         src_node: u32,
         src_ep: u32,
         data: RemoteData<'_>,
-    ) -> Handled {
-        let Some(c) = self.clients[slot as usize].as_mut() else {
-            return Handled::Done;
+    ) -> Deposited {
+        let Some(c) = self.clients[slot as usize]
+            .as_mut()
+            .filter(|c| c.closing.is_none())
+        else {
+            return Deposited::Gone;
         };
         let owner = c.owner(slot);
         let Some(r) = c.recv.get_mut(ep as usize).and_then(|r| r.as_mut()) else {
-            return Handled::Done;
+            return Deposited::Gone;
         };
         let (len, off, inline) = match data {
             RemoteData::Inline(p) => (p.len() as u64, Delivery::INLINE, p),
@@ -1319,12 +1372,12 @@ impl Agent {
                     self.blocks.set_len(off, len);
                 }
                 self.touch(slot);
-                Handled::Done
+                Deposited::Delivered
             }
-            Ok(false) => Handled::Stall,
+            Ok(false) => Deposited::Full,
             Err(e) => {
                 self.evict(slot, &format!("receive ring: {e}"));
-                Handled::Done
+                Deposited::Gone
             }
         }
     }
@@ -1340,9 +1393,22 @@ impl Agent {
                     .checked_sub(CLOSING_GRACE)
                     .unwrap_or_else(Instant::now),
             );
+            // `conn` is a slab index, reused once the client's connection
+            // closed (it may have, if the client was already leaving): only
+            // a connection that still belongs to this client is told and
+            // closed, never the one a later client got in its place. (A
+            // slot's connection is closed before the slot can be reused, so
+            // the slot number alone identifies the client here.)
             let conn = c.conn;
-            self.reply_error(conn, format!("detached by the agent: {why}"));
-            self.close_conn(conn);
+            let ours = self
+                .conns
+                .get(conn)
+                .and_then(|k| k.as_ref())
+                .is_some_and(|k| k.client == Some(slot));
+            if ours {
+                self.reply_error(conn, format!("detached by the agent: {why}"));
+                self.close_conn(conn);
+            }
         }
         self.reclaim(slot);
     }

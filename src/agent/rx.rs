@@ -32,12 +32,18 @@ impl Agent {
             .and_then(|r| r.as_ref())
             .is_some_and(|r| r.parked.is_empty());
         if empty {
-            let r = self.deposit(slot, ep, src_node, src_ep, data);
-            if !matches!(r, Handled::Stall) {
-                if let Some((j, s, d, cookie)) = ack {
-                    self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
+            match self.deposit(slot, ep, src_node, src_ep, data) {
+                Deposited::Delivered => {
+                    if let Some((j, s, d, cookie)) = ack {
+                        self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
+                    }
+                    return Handled::Done;
                 }
-                return r;
+                Deposited::Gone => {
+                    self.undeliverable(data, ack);
+                    return Handled::Done;
+                }
+                Deposited::Full => {}
             }
         }
         let parked = Parked {
@@ -46,6 +52,16 @@ impl Agent {
             data: data.to_parked(),
             ack,
         };
+        let open = self.clients[slot as usize]
+            .as_ref()
+            .filter(|c| c.closing.is_none())
+            .and_then(|c| c.recv.get(ep as usize))
+            .is_some_and(|r| r.is_some());
+        if !open {
+            // Nothing to wait for: the endpoint will not take it.
+            self.undeliverable(data, ack);
+            return Handled::Done;
+        }
         if self.parked_bytes + parked.cost() > self.cfg.overflow_bytes {
             return Handled::Stall;
         }
@@ -60,6 +76,23 @@ impl Agent {
         self.parked_count += 1;
         r.parked.push_back(parked);
         Handled::Done
+    }
+
+    /// A message from a peer that its endpoint will never take (the client
+    /// was detached while it was being deposited, or is leaving): its block
+    /// returns to the pool, and a sender waiting for delivery hears that it
+    /// failed. Called exactly once per such message, by whoever held it.
+    pub(super) fn undeliverable(
+        &mut self,
+        data: RemoteData<'_>,
+        ack: Option<(usize, u32, u32, u64)>,
+    ) {
+        if let RemoteData::Block { off, .. } = data {
+            self.blocks.free(off, Owner::Agent);
+        }
+        if let Some((j, s, d, cookie)) = ack {
+            self.queue_reply(j, RecordKind::Nack, Status::EndpointClosed, s, d, cookie);
+        }
     }
 
     /// A message from peer `j` for an endpoint not open (yet): held for
@@ -147,7 +180,7 @@ impl Agent {
                 {
                     let r =
                         self.deposit(slot, ep, front.src_node, front.src_ep, front.data.as_data());
-                    if let Handled::Stall = r {
+                    if r == Deposited::Full {
                         if let Some(r) = self.clients[slot as usize]
                             .as_mut()
                             .and_then(|c| c.recv.get_mut(ep as usize))
@@ -160,6 +193,11 @@ impl Agent {
                     work = true;
                     self.parked_bytes -= front.cost();
                     self.parked_count -= 1;
+                    if r == Deposited::Gone {
+                        // The rest of its queue went with the endpoint.
+                        self.undeliverable(front.data.as_data(), front.ack);
+                        break;
+                    }
                     if let Some((j, s, d, cookie)) = front.ack {
                         self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
                     }

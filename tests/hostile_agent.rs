@@ -1,0 +1,322 @@
+//! Hostile and broken parties against the agent's core (issue 13): clients
+//! that die with full rings, detached clients whose connection index was
+//! reused, clients that corrupt their receive rings, peers that flood or
+//! starve. Every test uses real agent processes and checks that honest
+//! clients are still served afterwards and that what the agent held
+//! (client slots, pool blocks, CPU) returns to its baseline.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use wyvern::client::{Client, Mode};
+use wyvern::proto::{Op, Submit};
+
+const SOCKET_ENV: &str = "WYVERN_HOSTILE_SOCKET";
+
+/// CPU time (user + system, in seconds) the process `pid` used so far.
+fn cpu_secs(pid: i32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &s[s.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // USER_HZ: 100 on every Linux architecture the agent runs on.
+    ticks / 100.0
+}
+
+/// Fraction of one core agent `pid` used over `d` (nothing else asked of it).
+fn cpu_share(pid: i32, d: Duration) -> f64 {
+    let a = cpu_secs(pid);
+    std::thread::sleep(d);
+    (cpu_secs(pid) - a) / d.as_secs_f64()
+}
+
+/// Poll `f` every 20 ms until it holds, for at most `t`.
+fn wait_for(t: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + t;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn clients(s: &Value) -> usize {
+    s["clients"].as_array().map_or(0, |a| a.len())
+}
+
+/// A record asking for an allocation no client may get: the agent answers
+/// each with a `TooLarge` completion and holds nothing for it.
+fn too_large_alloc(cookie: u64) -> [u8; wyvern::proto::SUB_HEADER] {
+    Submit {
+        op: Op::Alloc,
+        mode: wyvern::proto::Mode::Buffered,
+        src_slot: 0,
+        dst_node: 0,
+        dst_ep: 0,
+        cookie,
+        off: 0,
+        len: u64::MAX / 2,
+    }
+    .to_bytes()
+}
+
+/// Run this test binary's helper `name` as a separate client process on
+/// `socket`; returns once it printed `ready`.
+fn helper(name: &str, socket: &std::path::Path) -> Proc {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(SOCKET_ENV, socket);
+    let p = Proc::spawn(cmd, name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = p.line(deadline.saturating_duration_since(Instant::now()));
+        if l.ends_with("ready") {
+            return p;
+        }
+    }
+}
+
+/// Helper process (run by `dead_client_with_full_rings_is_reclaimed`): holds
+/// a few blocks, fills its completion backlog past the agent's cap with
+/// answers it never reads, fills its submission ring behind that, says
+/// `ready` and waits to be killed.
+#[test]
+#[ignore = "a helper process of another test"]
+fn helper_fill_rings_and_wait() {
+    let Ok(socket) = std::env::var(SOCKET_ENV) else {
+        return;
+    };
+    let c = Client::attach(&socket, "zombie").unwrap();
+    // Blocks it holds when it dies.
+    for _ in 0..8 {
+        std::mem::forget(c.alloc(64 << 10, Duration::from_secs(5)).unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pushed = 0u64;
+    let mut full_since: Option<Instant> = None;
+    // The agent takes submissions until 1024 completions fill the ring and
+    // 4096 more its backlog; then the ring (4096 slots) fills and stays full.
+    while Instant::now() < deadline {
+        if c.submit_raw(&too_large_alloc(pushed + 1)).unwrap() {
+            pushed += 1;
+            full_since = None;
+        } else {
+            let since = *full_since.get_or_insert_with(Instant::now);
+            if pushed > 5120 + 1024 && since.elapsed() > Duration::from_millis(300) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// A local message round trip between two honest `wyvern-peer`s on node
+/// `to` (sent from node `from`).
+fn honest_round_trip(c: &Cluster, from: usize, to: usize, ep: &str) {
+    let r = c.peer(to, &["--ep", ep, "recv", "--count", "20"]);
+    let s = c.peer(
+        from,
+        &["send", "--to", &format!("{to}:{ep}"), "--count", "20"],
+    );
+    assert_ok("honest sender", &s.result(Duration::from_secs(20)));
+    assert_ok("honest receiver", &r.result(Duration::from_secs(20)));
+}
+
+/// Finding 3: a client SIGKILLed with more than `COMP_BACKLOG_MAX`
+/// completions queued and a full submission ring was never reclaimed (its
+/// slot stayed taken; 32 of them took every slot) and kept an adaptive agent
+/// polling at 100 % CPU. Now its backlog is dropped, its slot, blocks and CPU
+/// return, 40 times in a row (more than the 32 slots).
+#[test]
+fn dead_client_with_full_rings_is_reclaimed() {
+    let c = Cluster::start(1, &[]);
+    let agent = c.agents[0].as_ref().unwrap().pid();
+    let base = c.stat(0)["blocks_free"].as_u64().unwrap();
+    for i in 0..40 {
+        let mut z = helper("helper_fill_rings_and_wait", &c.socket(0));
+        let s = c.stat(0);
+        assert_eq!(clients(&s), 1, "round {i}: {s}");
+        assert!(
+            s["blocks_free"].as_u64().unwrap() < base,
+            "round {i}: holds blocks"
+        );
+        z.kill9();
+        let mut last = Value::Null;
+        let gone = wait_for(Duration::from_secs(5), || {
+            last = c.stat(0);
+            clients(&last) == 0
+        });
+        assert!(
+            gone,
+            "round {i}: the dead client's slot was not reclaimed: {last}"
+        );
+        assert_eq!(
+            last["blocks_free"].as_u64().unwrap(),
+            base,
+            "round {i}: blocks not back"
+        );
+    }
+    let share = cpu_share(agent, Duration::from_secs(2));
+    assert!(share < 0.3, "idle agent used {:.0} % CPU", share * 100.0);
+    honest_round_trip(&c, 0, 0, "77");
+}
+
+/// Finding 5: client A's control connection closes while its slot is still
+/// closing (a send it published waits for a peer that is not up), client B
+/// attaches and gets the same connection index; then A is detached by the
+/// agent (its submissions, taken once the peer is declared unreachable, are
+/// bad). The eviction closed B's connection. Now B stays attached and works.
+/// Also: while a live client waits on the unreachable peer, an adaptive
+/// agent does not spin.
+#[test]
+fn eviction_of_a_departed_client_spares_the_next_one() {
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cfg = std::env::temp_dir().join(format!("wyvern-hostile-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "connect_timeout_ms = 3000\nmax_client_errors = 20\n").unwrap();
+    let cfg_s = path_str(&cfg);
+    let c = Cluster::start_partial_with(&[true, false], absent, &["--config", &cfg_s], vec![]);
+    let agent = c.agents[0].as_ref().unwrap().pid();
+    let t0 = Instant::now();
+
+    let a = Client::attach(c.socket(0), "A").unwrap();
+    let a_ep = a.open_endpoint(None).unwrap();
+    // A send to node 1 (not up): it waits at the head of A's ring.
+    let send = Submit {
+        op: Op::Send,
+        mode: wyvern::proto::Mode::Buffered,
+        src_slot: 0,
+        dst_node: 1,
+        dst_ep: 5,
+        cookie: 1,
+        off: 0,
+        len: 0,
+    };
+    assert!(a.submit_raw(&send.to_bytes()).unwrap());
+    // Behind it, records the agent refuses (unknown op): taken once the
+    // send fails, they get A detached.
+    for _ in 0..50 {
+        assert!(a.submit_raw(&[0u8; 40]).unwrap());
+    }
+    // A live client stalled on a peer that is down: the agent sleeps.
+    let share = cpu_share(agent, Duration::from_millis(1500));
+    assert!(
+        share < 0.3,
+        "agent used {:.0} % CPU while a client waited on an unreachable peer",
+        share * 100.0
+    );
+    drop(a_ep);
+    drop(a);
+    // A's slot stays (its send is still published); its connection is gone.
+    let b = Client::attach(c.socket(0), "B").unwrap();
+    let b_ep = b.open_endpoint(None).unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(2900),
+        "too slow: node 1 may already be declared unreachable"
+    );
+    let mut last = Value::Null;
+    let evicted = wait_for(Duration::from_secs(10), || {
+        last = c.stat(0);
+        last["clients_evicted"].as_u64() == Some(1)
+    });
+    assert!(evicted, "A was not detached: {last}");
+    // B still attached, still working.
+    let b_ep2 = b
+        .open_endpoint(None)
+        .expect("B's control connection survives A's eviction");
+    b_ep.send(
+        0,
+        b_ep2.id(),
+        b"still here",
+        Mode::Delivered,
+        Duration::from_secs(5),
+    )
+    .expect("B can send");
+    let m = b_ep2.recv(Duration::from_secs(5)).expect("B can receive");
+    assert_eq!(m.data(), b"still here");
+    let s = c.stat(0);
+    let names: Vec<&str> = s["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["B"], "{s}");
+    let _ = std::fs::remove_file(&cfg);
+}
+
+/// Finding 4: a receiver whose ring is full corrupts its ring header while a
+/// large Delivered message is on its way. The agent detaches it while
+/// depositing that message: it leaked the message's block and told the
+/// sender it was delivered. Now the sender hears of the failure and the
+/// receiving agent's blocks return to their baseline.
+#[test]
+fn corrupt_receive_ring_fails_the_send_and_frees_its_block() {
+    let c = Cluster::start(2, &[]);
+    let base = c.stat(1)["blocks_free"].as_u64().unwrap();
+    let r = Client::attach(c.socket(1), "corrupt-receiver").unwrap();
+    let ep = r.open_endpoint(None).unwrap();
+    let dst = format!("1:{}", ep.id());
+    // 4096 messages of one slot each: its ring (4096 slots) is exactly full.
+    let s = c.peer(
+        0,
+        &["--sizes", "16", "send", "--to", &dst, "--count", "4096"],
+    );
+    assert_ok("filler", &s.result(Duration::from_secs(30)));
+    let mut last = Value::Null;
+    let full = wait_for(Duration::from_secs(10), || {
+        last = c.stat(1);
+        last["clients"][0]["delivered"].as_u64() == Some(4096)
+    });
+    assert!(full, "ring not filled: {last}");
+    // The consumer index, far ahead of the producer's: corrupt.
+    let (layout, slot) = r.layout();
+    r.scribble(layout.recv_off(slot, 0) + 128, &u64::MAX.to_le_bytes());
+    let s = c.peer(
+        0,
+        &[
+            "--sizes",
+            "1000000",
+            "--timeout-ms",
+            "10000",
+            "send",
+            "--to",
+            &dst,
+            "--count",
+            "1",
+            "--delivered",
+        ],
+    );
+    let (v, ok) = s.result(Duration::from_secs(20));
+    assert!(
+        !ok && v["ok"] == false,
+        "the sender was told it was delivered: {v}"
+    );
+    let back = wait_for(Duration::from_secs(5), || {
+        last = c.stat(1);
+        last["blocks_free"].as_u64() == Some(base)
+    });
+    assert!(back, "blocks not back to {base}: {last}");
+    assert_eq!(last["clients_evicted"].as_u64(), Some(1), "{last}");
+    honest_round_trip(&c, 0, 1, "78");
+    drop(ep);
+    drop(r);
+}
