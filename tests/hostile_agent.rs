@@ -320,3 +320,68 @@ fn corrupt_receive_ring_fails_the_send_and_frees_its_block() {
     drop(ep);
     drop(r);
 }
+
+/// Finding 12: a message larger than what the receiving agent can ever hold
+/// (its block region, here 4 MiB) was reserved whole and the link stalled
+/// forever, waiting for room that never comes. Now the sender gets
+/// `TooLarge` at once, the chunks are dropped as they arrive, and the next
+/// message on the same link is delivered.
+#[test]
+fn message_larger_than_the_receiver_can_hold_is_refused() {
+    let c = Cluster::start_wrapped(
+        2,
+        &[],
+        vec![],
+        vec![vec![], vec!["--block-mib".into(), "4".into()]],
+        |_, a| a,
+    );
+    let base = c.stat(1)["blocks_free"].as_u64().unwrap();
+    let r = c.peer(1, &["--ep", "90", "--sizes", "100", "recv", "--count", "5"]);
+    let t0 = Instant::now();
+    let s = c.peer(
+        0,
+        &[
+            "--sizes",
+            "8000000",
+            "--timeout-ms",
+            "15000",
+            "send",
+            "--to",
+            "1:90",
+            "--count",
+            "1",
+            "--delivered",
+        ],
+    );
+    let (v, ok) = s.result(Duration::from_secs(30));
+    assert!(!ok, "an 8 MB message to a 4 MiB region was accepted: {v}");
+    let why = v["failed"].to_string();
+    assert!(why.contains("too large"), "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "refused only after {:?}",
+        t0.elapsed()
+    );
+    // The same link carries the next messages.
+    let s = c.peer(
+        0,
+        &[
+            "--sizes",
+            "100",
+            "send",
+            "--to",
+            "1:90",
+            "--count",
+            "5",
+            "--delivered",
+        ],
+    );
+    assert_ok("small sender", &s.result(Duration::from_secs(20)));
+    assert_ok("receiver", &r.result(Duration::from_secs(20)));
+    let mut last = Value::Null;
+    let back = wait_for(Duration::from_secs(5), || {
+        last = c.stat(1);
+        last["blocks_free"].as_u64() == Some(base)
+    });
+    assert!(back, "blocks not back to {base}: {last}");
+}

@@ -302,7 +302,9 @@ struct RxLarge {
     cookie: u64,
     total: u64,
     got: u64,
-    block: u64,
+    /// Where it is reassembled; `None`: refused (larger than this agent
+    /// takes from one peer), its chunks are checked and dropped.
+    block: Option<u64>,
     flags: u8,
 }
 
@@ -1619,8 +1621,8 @@ impl Agent {
             }
             unblock.push(ls.client);
         }
-        if let Some(r) = p.rx_large.take() {
-            blocks.push(r.block);
+        if let Some(b) = p.rx_large.take().and_then(|r| r.block) {
+            blocks.push(b);
         }
         if let Some(d) = p.rx_deposit.take() {
             blocks.push(d.block);
@@ -1716,8 +1718,8 @@ impl Agent {
             // connection broke comes again whole.
             if let Some(h) = p.rx_steered.take() {
                 if h.offset == 0 {
-                    if let Some(l) = p.rx_large.take() {
-                        self.freed.push(l.block);
+                    if let Some(b) = p.rx_large.take().and_then(|l| l.block) {
+                        self.freed.push(b);
                     }
                 }
             }
@@ -1761,8 +1763,8 @@ impl Agent {
         // A chunk being read into its block is incomplete; it comes again.
         if let Some(h) = p.rx_steered.take() {
             if h.offset == 0 {
-                if let Some(l) = p.rx_large.take() {
-                    self.freed.push(l.block);
+                if let Some(b) = p.rx_large.take().and_then(|l| l.block) {
+                    self.freed.push(b);
                 }
             }
         }

@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// Where a chunk of a large message from a peer goes.
+pub(super) enum ChunkTarget {
+    /// Into this pool block (at the chunk's offset).
+    Block(u64),
+    /// Nowhere: its message was refused.
+    Discard,
+    /// Not now: the pool has no room; the peer's frames wait.
+    Wait,
+}
+
 impl Agent {
     /// Whether a message of `len` bytes from a peer is delivered inline
     /// (else it goes through a pool block).
@@ -506,32 +516,75 @@ impl Agent {
         h: &RecordHeader,
         payload: &[u8],
     ) -> Result<Handled, wire::WireError> {
-        let Some(block) = self.chunk_target(j, h)? else {
+        match self.chunk_target(j, h)? {
             // No room in the pool now: hold the peer back until blocks free up.
-            return Ok(Handled::Stall);
-        };
-        if self.pool.write_block(block + h.offset, payload).is_none() {
-            return Err(wire::WireError::Record("chunk outside its block"));
+            ChunkTarget::Wait => Ok(Handled::Stall),
+            // A refused message: its bytes go nowhere.
+            ChunkTarget::Discard => Ok(self.chunk_arrived(j, h)),
+            ChunkTarget::Block(block) => {
+                if self.pool.write_block(block + h.offset, payload).is_none() {
+                    return Err(wire::WireError::Record("chunk outside its block"));
+                }
+                Ok(self.chunk_arrived(j, h))
+            }
         }
-        Ok(self.chunk_arrived(j, h))
+    }
+
+    /// The most block bytes one large message from a peer may reserve
+    /// (`peer_rx_bytes`; 0: the block region divided among the peers, but
+    /// at least what one client may hold, and never more than the region).
+    /// Only one message per peer is reassembled at a time, so this bounds
+    /// what a peer that declares a huge size and then sends nothing (or
+    /// sends slowly) can take from everyone else.
+    pub(super) fn peer_rx_limit(&self) -> u64 {
+        let region = self.blocks.total_bytes();
+        if self.cfg.peer_rx_bytes > 0 {
+            return self.cfg.peer_rx_bytes.min(region);
+        }
+        let peers = (self.peers.len() as u64).saturating_sub(1).max(1);
+        let one_client = self.cfg.client_block_quota.min(self.blocks.max_alloc());
+        (region / peers).max(one_client).min(region)
     }
 
     /// The block a chunk goes into: a new one for the first chunk of a
-    /// message (`None` when the pool has no room now), else the block of the
-    /// message in progress, which the chunk must continue.
+    /// message, else the block of the message in progress, which the chunk
+    /// must continue. A message larger than [`Agent::peer_rx_limit`] is
+    /// refused at its first chunk (the sender hears `TooLarge` at once) and
+    /// its chunks are dropped as they come: the link carries on.
     pub(super) fn chunk_target(
         &mut self,
         j: usize,
         h: &RecordHeader,
-    ) -> Result<Option<u64>, wire::WireError> {
+    ) -> Result<ChunkTarget, wire::WireError> {
         if h.offset == 0 {
             if self.peers[j].rx_large.is_some() {
                 return Err(wire::WireError::Record(
                     "a new large message before the last one ended",
                 ));
             }
-            let Some(b) = self.blocks.alloc_top(h.total, Owner::Agent) else {
-                return Ok(None);
+            let block = if h.total > self.peer_rx_limit() {
+                let limit = self.peer_rx_limit();
+                let p = &mut self.peers[j];
+                p.counters.errors += 1;
+                log::warn!(
+                    "peer node {j}: refusing a message of {} bytes for endpoint {} (this agent takes at most {limit} from one peer)",
+                    h.total,
+                    h.dst_ep
+                );
+                self.queue_reply(
+                    j,
+                    RecordKind::Nack,
+                    Status::TooLarge,
+                    h.src_ep,
+                    h.dst_ep,
+                    h.cookie,
+                );
+                None
+            } else {
+                let Some(b) = self.blocks.alloc_top(h.total, Owner::Agent) else {
+                    return Ok(ChunkTarget::Wait);
+                };
+                Some(b.off)
             };
             self.peers[j].rx_large = Some(RxLarge {
                 src_ep: h.src_ep,
@@ -539,7 +592,7 @@ impl Agent {
                 cookie: h.cookie,
                 total: h.total,
                 got: 0,
-                block: b.off,
+                block,
                 flags: h.flags,
             });
         }
@@ -556,7 +609,7 @@ impl Agent {
                 "chunk does not continue the message in progress",
             ));
         }
-        Ok(Some(r.block))
+        Ok(r.block.map_or(ChunkTarget::Discard, ChunkTarget::Block))
     }
 
     /// A chunk's bytes are in its block: count them, deposit a finished message.
@@ -570,12 +623,16 @@ impl Agent {
             return Handled::Done;
         }
         let r = p.rx_large.take().expect("checked above");
+        let Some(block) = r.block else {
+            // Refused at its first chunk; the last one passed.
+            return Handled::Done;
+        };
         p.counters.msgs_rx += 1;
         p.counters.bytes_rx += r.total;
         let d = Deposit {
             src_ep: r.src_ep,
             dst_ep: r.dst_ep,
-            block: r.block,
+            block,
             len: r.total,
             cookie: r.cookie,
             flags: r.flags,
@@ -616,8 +673,10 @@ impl Agent {
             return false;
         }
         let block = match self.chunk_target(j, &h) {
-            Ok(Some(b)) => b,
-            _ => return false, // no room, or malformed: the normal path decides
+            Ok(ChunkTarget::Block(b)) => b,
+            // Refused (dropped by the normal path), no room, or malformed:
+            // the normal path decides.
+            _ => return false,
         };
         let at = block + h.offset;
         let head = &body[wire::RECORD_HEADER..wire::RECORD_HEADER + have];
@@ -633,8 +692,8 @@ impl Agent {
         {
             if h.offset == 0 {
                 // Undo what `chunk_target` began; the normal path redoes it.
-                if let Some(r) = self.peers[j].rx_large.take() {
-                    self.blocks.free(r.block, Owner::Agent);
+                if let Some(b) = self.peers[j].rx_large.take().and_then(|r| r.block) {
+                    self.blocks.free(b, Owner::Agent);
                 }
             }
             return false;
