@@ -385,3 +385,65 @@ fn message_larger_than_the_receiver_can_hold_is_refused() {
     });
     assert!(back, "blocks not back to {base}: {last}");
 }
+
+/// Finding 11: a peer's Nack records completed any client's sends, with no
+/// cap: an idle client got millions of bogus failures and the agent grew
+/// with its completion backlog. Now a Nack of a buffered send reaches only a
+/// client that sent to that peer, at most a backlog's worth; the rest is
+/// dropped and counted.
+#[test]
+fn nack_flood_from_a_peer_is_bounded() {
+    use common::fakepeer::*;
+    use wyvern::wire::RecordKind;
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let c = Cluster::start_partial(&[true, false], absent);
+    let agent = c.agents[0].as_ref().unwrap().pid();
+    let mut fake = FakePeer::connect(&c, 0, 1, 2);
+    fake.drain_in_background();
+    c.wait_up(0, 1);
+    // The idle victim never sent anything; the other sent one buffered
+    // message to node 1 (so a Nack from node 1 may concern it).
+    let idle = Client::attach(c.socket(0), "idle").unwrap();
+    let idle_ep = idle.open_endpoint(None).unwrap();
+    let sender = Client::attach(c.socket(0), "sender").unwrap();
+    let sender_ep = sender.open_endpoint(None).unwrap();
+    sender_ep
+        .send(1, 7, b"hello", Mode::Buffered, Duration::from_secs(5))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let rss0 = rss(agent);
+    let n = 400_000u64;
+    for round in 0..4 {
+        let eps = [idle_ep.id(), sender_ep.id()];
+        let recs = (0..n / 4).map(|i| {
+            let ep = eps[(i % 2) as usize];
+            (reply(RecordKind::Nack, 5, ep, 7, round * n + i), &[][..])
+        });
+        fake.send_records(60_000, recs).unwrap();
+        fake.heartbeat().unwrap();
+    }
+    let mut last = Value::Null;
+    let dropped = |s: &Value| {
+        s["peers"][0]["counters"]["replies_dropped"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // Half of the flood names the idle client: all dropped; of the other
+    // half, all but a backlog's worth.
+    let settled = wait_for(Duration::from_secs(20), || {
+        last = c.stat(0);
+        dropped(&last) >= n - 4096 - 1024 - 64
+    });
+    let grown = rss(agent).saturating_sub(rss0);
+    let bogus = idle.take_errors().len();
+    assert_eq!(
+        bogus, 0,
+        "the idle client got failures of sends it never made"
+    );
+    assert!(grown < 16 << 20, "agent grew by {} MiB", grown >> 20);
+    assert!(settled, "flood not dropped: {last}");
+    let got = sender.take_errors().len();
+    assert!(got <= 4096 + 1024, "sender got {got} failures");
+    // The agent still serves.
+    honest_round_trip(&c, 0, 0, "79");
+}

@@ -308,6 +308,58 @@ struct RxLarge {
     flags: u8,
 }
 
+/// Completions a peer's Nacks of buffered sends may queue for one client
+/// whose completion ring is full; beyond, they are dropped and counted
+/// (`replies_dropped`). (Replies to Delivered sends are bounded by the sends
+/// themselves: one each.)
+const PEER_COMP_BACKLOG_MAX: usize = COMP_BACKLOG_MAX;
+/// Set in the cookies the agent puts on the wire for Delivered sends.
+const WIRE_SEQ_BIT: u64 = 1 << 63;
+
+/// A Delivered send waiting for the peer's Ack or Nack.
+struct PendingAck {
+    owner: Owner,
+    src_ep: u32,
+    /// The client's cookie, for its completion.
+    cookie: u64,
+}
+
+/// The Delivered sends to one peer waiting for its reply. The cookie on the
+/// wire is the agent's own sequence number, unique per peer (not the
+/// client's cookie): two clients that use the same endpoint id one after
+/// the other and the same cookies never complete each other's sends, and a
+/// reply completes a send only if that send was made to this peer.
+#[derive(Default)]
+struct AckTable {
+    next: u64,
+    map: HashMap<u64, PendingAck>,
+}
+
+impl AckTable {
+    /// Remember a send; returns the cookie to put on the wire.
+    fn insert(&mut self, owner: Owner, src_ep: u32, cookie: u64) -> u64 {
+        self.next += 1;
+        let wire = self.next | WIRE_SEQ_BIT;
+        self.map.insert(
+            wire,
+            PendingAck {
+                owner,
+                src_ep,
+                cookie,
+            },
+        );
+        wire
+    }
+
+    /// The send a reply names, if it was made.
+    fn take(&mut self, src_ep: u32, wire: u64) -> Option<PendingAck> {
+        match self.map.get(&wire) {
+            Some(a) if a.src_ep == src_ep => self.map.remove(&wire),
+            _ => None,
+        }
+    }
+}
+
 struct Deposit {
     src_ep: u32,
     dst_ep: u32,
@@ -325,7 +377,7 @@ struct Peer {
     batch_msgs: u64,
     batch_since: Option<Instant>,
     large: VecDeque<LargeSend>,
-    acks: HashMap<(u32, u64), Owner>,
+    acks: AckTable,
     rx_pos: usize,
     rx_large: Option<RxLarge>,
     rx_deposit: Option<Deposit>,
@@ -795,7 +847,7 @@ impl Agent {
                 batch_msgs: 0,
                 batch_since: None,
                 large: VecDeque::new(),
-                acks: HashMap::new(),
+                acks: AckTable::default(),
                 rx_pos: 0,
                 rx_large: None,
                 rx_deposit: None,
@@ -1290,6 +1342,14 @@ impl Agent {
                     }
                 }
                 let p = &mut self.peers[j];
+                // A Delivered send goes out under the agent's own cookie
+                // (see `AckTable`); a buffered one under the client's, which a
+                // Nack brings back.
+                let cookie = if s.mode == Mode::Delivered {
+                    p.acks.insert(owner, src_ep, s.cookie)
+                } else {
+                    s.cookie
+                };
                 if s.op == Op::SendBlock {
                     self.blocks.transfer(s.off, Owner::Agent);
                     // Everything this client sent before goes first.
@@ -1300,7 +1360,7 @@ impl Agent {
                         sent: 0,
                         src_ep,
                         dst_ep: s.dst_ep,
-                        cookie: s.cookie,
+                        cookie,
                         flags,
                         client: owner,
                     });
@@ -1317,7 +1377,7 @@ impl Agent {
                         chunk_len: payload.len() as u32,
                         total: payload.len() as u64,
                         offset: 0,
-                        cookie: s.cookie,
+                        cookie,
                     };
                     if !p.batch.fits(payload.len()) {
                         Self::flush_batch(p, &mut *self.transport, &mut self.freed);
@@ -1327,9 +1387,6 @@ impl Agent {
                     p.batch_since.get_or_insert_with(Instant::now);
                     p.counters.msgs_tx += 1;
                     p.counters.bytes_tx += payload.len() as u64;
-                }
-                if s.mode == Mode::Delivered {
-                    p.acks.insert((src_ep, s.cookie), owner);
                 }
                 Handled::Done
             }
@@ -1607,8 +1664,12 @@ impl Agent {
                 }
             }
         }
-        let mut fails: Vec<(Owner, u64)> =
-            p.acks.drain().map(|((_, cookie), o)| (o, cookie)).collect();
+        let mut fails: Vec<(Owner, u64)> = p
+            .acks
+            .map
+            .drain()
+            .map(|(_, a)| (a.owner, a.cookie))
+            .collect();
         let mut unblock = Vec::new();
         for ls in p.large.drain(..) {
             // A block whose last chunk never went out was not in the link's

@@ -88,6 +88,41 @@ impl Agent {
         Handled::Done
     }
 
+    /// A Nack from peer `j` for a buffered send (not tracked one by one):
+    /// reported to the client of endpoint `src_ep` only if it sent buffered
+    /// messages to `j` since its last loss report, and only while its
+    /// completion backlog is below [`PEER_COMP_BACKLOG_MAX`]; else dropped
+    /// and counted, so a peer cannot flood a client with failures of sends
+    /// it never made nor grow the agent with them.
+    fn buffered_nack(&mut self, j: usize, src_ep: u32, cookie: u64, status: Status) {
+        let target = self.endpoints.get(&src_ep).and_then(|&(slot, _)| {
+            let c = self.clients[slot as usize].as_ref()?;
+            let sent = c.sent_to.get(j).copied().unwrap_or(false);
+            (sent && c.comp_backlog.len() < PEER_COMP_BACKLOG_MAX).then_some(slot)
+        });
+        let Some(slot) = target else {
+            let p = &mut self.peers[j];
+            p.counters.replies_dropped += 1;
+            if p.counters.replies_dropped.is_power_of_two() {
+                log::warn!(
+                    "peer node {j}: {} replies dropped (no matching send, or the sender's completions are not read)",
+                    p.counters.replies_dropped
+                );
+            }
+            return;
+        };
+        self.complete(
+            slot,
+            Completion {
+                kind: CompKind::Send,
+                status,
+                cookie,
+                off: 0,
+                len: 0,
+            },
+        );
+    }
+
     /// A message from a peer that its endpoint will never take (the client
     /// was detached while it was being deposited, or is leaving): its block
     /// returns to the pool, and a sender waiting for delivery hears that it
@@ -454,20 +489,17 @@ impl Agent {
                 } else {
                     Status::from_u16(h.status)
                 };
-                let owner = self.peers[j]
-                    .acks
-                    .remove(&(h.src_ep, h.cookie))
-                    .or_else(|| {
-                        // A Nack for a buffered send: find the sender by endpoint.
-                        self.endpoints.get(&h.src_ep).and_then(|&(slot, _)| {
-                            self.clients[slot as usize].as_ref().map(|c| c.owner(slot))
-                        })
-                    });
                 if status != Status::Ok {
                     self.peers[j].counters.errors += 1;
                 }
-                if let Some(o) = owner {
-                    self.complete_owner(o, h.cookie, status);
+                if let Some(a) = self.peers[j].acks.take(h.src_ep, h.cookie) {
+                    // A Delivered send made to this peer: one reply each.
+                    self.complete_owner(a.owner, a.cookie, status);
+                } else if h.kind == RecordKind::Nack {
+                    self.buffered_nack(j, h.src_ep, h.cookie, status);
+                } else {
+                    // An Ack for no send of ours.
+                    self.peers[j].counters.replies_dropped += 1;
                 }
                 Ok(Handled::Done)
             }
