@@ -447,3 +447,56 @@ fn nack_flood_from_a_peer_is_bounded() {
     // The agent still serves.
     honest_round_trip(&c, 0, 0, "79");
 }
+
+/// Finding 9: a peer that sends Delivered messages (here to an endpoint that
+/// does not exist: each is refused with a Nack at once) and never reads grew
+/// the agent without bound: every reply was queued towards it. Now its
+/// messages wait once 4 × `peer_queue_bytes` (here 1 MiB) of frames are
+/// queued for it, and TCP pushes back on it.
+#[test]
+fn peer_that_never_reads_its_replies_cannot_grow_the_agent() {
+    use common::fakepeer::*;
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cfg = std::env::temp_dir().join(format!("wyvern-hostile9-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "peer_queue_bytes = 1048576\n").unwrap();
+    let cfg_s = path_str(&cfg);
+    let c = Cluster::start_partial_with(
+        &[true, false],
+        absent,
+        &["--config", &cfg_s, "--unknown-ep-grace-ms", "0"],
+        vec![],
+    );
+    let agent = c.agents[0].as_ref().unwrap().pid();
+    let mut fake = FakePeer::connect(&c, 0, 1, 2);
+    c.wait_up(0, 1);
+    let rss0 = rss(agent);
+    // Never read; stop when the agent stops taking (a write blocks 2 s) or
+    // after 2 M messages (80 MB of replies without the bound).
+    fake.stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    let flag = wyvern::wire::FLAG_ACK;
+    while sent < 2_000_000 && t0.elapsed() < Duration::from_secs(60) {
+        let recs = (0..50_000u64).map(|i| (msg(flag, 3, 999, 8, sent + i), &[0u8; 8][..]));
+        if fake.send_records(60_000, recs).is_err() {
+            break;
+        }
+        sent += 50_000;
+        let _ = fake.heartbeat();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss(agent).saturating_sub(rss0);
+    eprintln!("sent {sent} messages; agent grew by {} KiB", grown >> 10);
+    // Bound: 4 MiB queued and the same retained until acknowledged, plus
+    // buffers; without it 2 M messages grew the agent by ~150 MiB.
+    assert!(grown < 40 << 20, "agent grew by {} MiB", grown >> 20);
+    // Still serving (stat answers, local messages go).
+    let t = Instant::now();
+    let s = c.stat(0);
+    assert!(t.elapsed() < Duration::from_secs(3), "{s}");
+    honest_round_trip(&c, 0, 0, "80");
+    let _ = std::fs::remove_file(&cfg);
+    drop(fake);
+}

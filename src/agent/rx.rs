@@ -88,6 +88,17 @@ impl Agent {
         Handled::Done
     }
 
+    /// Whether the bytes queued towards peer `j` (our frames it has not
+    /// taken yet) reached the bound past which its messages wait instead of
+    /// adding replies: 4 × `peer_queue_bytes` (32 MiB by default). Client
+    /// sends stop at 1 × (`handle_send`), so what lies above is replies; an
+    /// honest peer that reads keeps this queue near empty. Without it a peer
+    /// that sends Delivered messages and never reads grew the agent without
+    /// bound (every reply queued, and kept again until acknowledged).
+    pub(super) fn replies_backlogged(&self, j: usize) -> bool {
+        self.transport.queued(j as u32) >= self.cfg.peer_queue_bytes.saturating_mul(4)
+    }
+
     /// A Nack from peer `j` for a buffered send (not tracked one by one):
     /// reported to the client of endpoint `src_ep` only if it sent buffered
     /// messages to `j` since its last loss report, and only while its
@@ -502,6 +513,15 @@ impl Agent {
                     self.peers[j].counters.replies_dropped += 1;
                 }
                 Ok(Handled::Done)
+            }
+            RecordKind::Msg if self.replies_backlogged(j) => {
+                // Any message may need a reply (Ack, or a Nack when it is
+                // refused): while the peer does not take what we already
+                // queued for it, its messages wait, and TCP pushes back on it.
+                if !self.peers[j].rx_stalled {
+                    log::debug!("peer node {j}: not reading its replies; its messages wait");
+                }
+                Ok(Handled::Stall)
             }
             RecordKind::Msg => {
                 let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
