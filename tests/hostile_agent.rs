@@ -500,3 +500,64 @@ fn peer_that_never_reads_its_replies_cannot_grow_the_agent() {
     let _ = std::fs::remove_file(&cfg);
     drop(fake);
 }
+
+/// Finding 10: messages held for an endpoint that is not open yet were
+/// charged 64 B each against `overflow_bytes` and cost several times that:
+/// an 8 MiB budget let the agent grow by far more. Now each is charged its
+/// real cost, the agent's heap grows within the budget (plus slack), and
+/// messages beyond it are refused at once (the sender hears "unknown
+/// endpoint").
+#[test]
+fn messages_held_for_an_unopened_endpoint_stay_within_the_budget() {
+    use common::fakepeer::*;
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let c = Cluster::start_partial_with(
+        &[true, false],
+        absent,
+        &["--overflow-mib", "8", "--unknown-ep-grace-ms", "60000"],
+        vec![],
+    );
+    let agent = c.agents[0].as_ref().unwrap().pid();
+    let mut fake = FakePeer::connect(&c, 0, 1, 2);
+    fake.drain_in_background();
+    c.wait_up(0, 1);
+    let rss0 = rss(agent);
+    // In batches, acknowledging the agent's replies as a peer does (so
+    // that what grows is what the agent holds, not our unread replies).
+    let n = 300_000u64;
+    let batch = 5_000u64;
+    for k in 0..n / batch {
+        let recs = (0..batch).map(|i| (msg(0, 3, 4242, 8, k * batch + i), &[7u8; 8][..]));
+        fake.send_records(60_000, recs).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        fake.ack().unwrap();
+    }
+    let mut last = Value::Null;
+    let all = wait_for(Duration::from_secs(20), || {
+        let _ = fake.ack();
+        last = c.stat(0);
+        let held = last["parked_msgs"].as_u64().unwrap_or(0);
+        held + fake
+            .rx
+            .unknown_ep
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= n
+    });
+    let refused = fake
+        .rx
+        .unknown_ep
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let held = last["parked_msgs"].as_u64().unwrap();
+    let grown = rss(agent).saturating_sub(rss0);
+    eprintln!(
+        "held {held} ({} B charged), refused {refused}, agent heap grew by {} KiB",
+        last["parked_bytes"],
+        grown >> 10
+    );
+    assert!(all, "not every message held or refused: {last}");
+    // 8 MiB at 256 + 32 B each: about 29 000 (at 64 + 8 B: 116 000).
+    assert!(held > 0 && held < 30_000, "held {held} messages: {last}");
+    // The budget and 4 MiB of slack (buffers, replies in flight).
+    assert!(grown < 12 << 20, "agent grew by {} KiB", grown >> 10);
+    honest_round_trip(&c, 0, 0, "81");
+}

@@ -460,12 +460,47 @@ struct Orphan {
     parked: Parked,
 }
 
+/// Heap bytes glibc's malloc takes for an allocation of `len` bytes: the
+/// request plus its 8-byte chunk header, rounded up to 16, at least 32 (an
+/// empty `Vec` allocates nothing).
+fn malloc_bytes(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        (len + 8).next_multiple_of(16).max(32)
+    }
+}
+
+/// What one held message costs the agent beyond its payload, as charged
+/// against `overflow_bytes` (the real cost, an upper bound, not a guess):
+/// - its slot in a `VecDeque<Orphan>` (an orphan is the larger form of a
+///   parked message), twice: a deque grows by doubling, so up to half its
+///   slots are empty;
+/// - its entry `(since, dst_ep)` in the expiry FIFO, twice for the same
+///   reason.
+///
+/// On x86-64: Orphan = 104 B, the FIFO entry 24 B, so 256 B + payload.
+const HELD_MSG_COST: usize =
+    2 * std::mem::size_of::<Orphan>() + 2 * std::mem::size_of::<(Instant, u32)>();
+
+/// What one endpoint with held messages costs beyond its messages: its
+/// entry in the `orphans` map (key and deque header, plus hashbrown's
+/// control byte), twice (load factor 7/8 and growth by doubling), and the
+/// deque's first allocation, which is 4 slots (2 of them charged to its
+/// first message already). On x86-64: 2 × (40 + 1) + 2 × 104 = 290 B.
+const HELD_EP_COST: usize =
+    2 * (std::mem::size_of::<(u32, VecDeque<Orphan>)>() + 1) + 2 * std::mem::size_of::<Orphan>();
+
 impl Parked {
+    /// Its real cost: [`HELD_MSG_COST`] and an inline payload's heap
+    /// allocation (a block's payload lives in the pool, not the heap). Was 64
+    /// + payload, about 8 × too little for small messages.
     fn cost(&self) -> usize {
-        64 + match &self.data {
-            ParkedData::Inline(v) => v.len(),
-            ParkedData::Block { .. } => 0,
-        }
+        HELD_MSG_COST
+            + match &self.data {
+                ParkedData::Inline(v) => malloc_bytes(v.capacity()),
+                ParkedData::Block { .. } => 0,
+            }
     }
 }
 
@@ -592,6 +627,10 @@ pub struct Agent {
     parked_count: usize,
     /// Messages from peers for endpoints not open yet, by endpoint id.
     orphans: HashMap<u32, VecDeque<Orphan>>,
+    /// `(since, dst_ep)` of every orphan in arrival order, so that expiry
+    /// looks only at what expires (entries whose orphan was taken by an
+    /// endpoint that opened are skipped as they come up).
+    orphan_fifo: VecDeque<(Instant, u32)>,
     /// Clients given something this round, to wake if they sleep.
     touched: Vec<u32>,
     touched_flag: Vec<bool>,
@@ -886,6 +925,7 @@ impl Agent {
             parked_bytes: 0,
             parked_count: 0,
             orphans: HashMap::new(),
+            orphan_fifo: VecDeque::new(),
             touched: Vec::new(),
             touched_flag: vec![false; max],
             freed: Vec::new(),

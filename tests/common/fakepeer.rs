@@ -5,6 +5,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use wyvern::wire::{
@@ -17,6 +19,17 @@ pub struct FakePeer {
     pub me: u32,
     /// Data frames sent (what an Ack of ours would count).
     pub frames: u64,
+    /// What the background reader saw.
+    pub rx: Arc<RxCount>,
+}
+
+/// Counts of what the agent sent a [`FakePeer`].
+#[derive(Default)]
+pub struct RxCount {
+    pub frames: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+    pub unknown_ep: AtomicU64,
 }
 
 impl FakePeer {
@@ -46,21 +59,64 @@ impl FakePeer {
             stream: s,
             me,
             frames: 0,
+            rx: Arc::default(),
         }
     }
 
-    /// Read and discard what the agent sent, in a thread of its own (so
-    /// that the agent's frames never back up).
+    /// Read what the agent sends, in a thread of its own (so that its frames
+    /// never back up), counting Data frames and reply records in `rx`.
     pub fn drain_in_background(&self) {
         let mut r = self.stream.try_clone().unwrap();
+        let rx = self.rx.clone();
         std::thread::spawn(move || {
-            let mut buf = vec![0u8; 1 << 16];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
+            let mut hdr = [0u8; wyvern::wire::FRAME_HEADER];
+            let mut body = Vec::new();
+            loop {
+                if r.read_exact(&mut hdr).is_err() {
                     break;
+                }
+                let Ok(h) = wyvern::wire::FrameHeader::parse(&hdr) else {
+                    // Not a frame boundary (cannot happen): just drain.
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n) = r.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    break;
+                };
+                body.resize(h.body_len as usize, 0);
+                if r.read_exact(&mut body).is_err() {
+                    break;
+                }
+                if h.kind != FrameKind::Data {
+                    continue;
+                }
+                rx.frames.fetch_add(1, Ordering::Relaxed);
+                for (rh, _) in wyvern::wire::records(&body).flatten() {
+                    match rh.kind {
+                        RecordKind::Nack => {
+                            rx.nacks.fetch_add(1, Ordering::Relaxed);
+                            if rh.status == wyvern::proto::Status::UnknownEndpoint as u16 {
+                                rx.unknown_ep.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        RecordKind::Ack => {
+                            rx.acks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        RecordKind::Msg => {}
+                    }
                 }
             }
         });
+    }
+
+    /// Acknowledge the Data frames received so far (as a peer agent does),
+    /// so that the agent does not keep them for us.
+    pub fn ack(&mut self) -> std::io::Result<()> {
+        let n = self.rx.frames.load(Ordering::Relaxed);
+        self.stream
+            .write_all(&control_frame(FrameKind::Ack, self.me, &n.to_le_bytes()))
     }
 
     /// Send `records` (header, payload) packed into Data frames of at most
@@ -127,11 +183,13 @@ pub fn msg(flags: u8, src_ep: u32, dst_ep: u32, len: usize, cookie: u64) -> Reco
     }
 }
 
-/// VmRSS of process `pid`, in bytes.
+/// Anonymous resident memory (RssAnon: the heap, not the shared pool,
+/// which on normal pages would count in VmRSS as it is touched) of process
+/// `pid`, in bytes.
 pub fn rss(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap()
         * 1024
