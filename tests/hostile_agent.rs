@@ -561,3 +561,66 @@ fn messages_held_for_an_unopened_endpoint_stay_within_the_budget() {
     assert!(grown < 12 << 20, "agent grew by {} KiB", grown >> 10);
     honest_round_trip(&c, 0, 0, "81");
 }
+
+/// Finding 3, second path: a client whose large send waits for a link that
+/// does not drain (the peer heartbeats but never reads) was skipped before
+/// reclaim was tried: once dead, its slot was never reclaimed, and while it
+/// lived with submissions queued behind the large send an adaptive agent
+/// spun. Now the agent sleeps, and the dead client's slot is reclaimed after
+/// the closing grace (10 s).
+#[test]
+fn dead_client_waiting_on_a_stuck_large_send_is_reclaimed() {
+    use common::fakepeer::*;
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let c = Cluster::start_partial(&[true, false], absent);
+    let agent = c.agents[0].as_ref().unwrap().pid();
+    let mut fake = FakePeer::connect(&c, 0, 1, 2);
+    c.wait_up(0, 1);
+    let base = c.stat(0)["blocks_free"].as_u64().unwrap();
+    let cl = Client::attach(c.socket(0), "stuck-large").unwrap();
+    let ep = cl.open_endpoint(None).unwrap();
+    let buf = cl.alloc(32 << 20, Duration::from_secs(5)).unwrap();
+    ep.send_buf(1, 7, buf, Mode::Buffered, Duration::from_secs(5))
+        .unwrap();
+    for i in 0..16 {
+        assert!(cl.submit_raw(&too_large_alloc(i)).unwrap());
+    }
+    // Keep the peer alive (heartbeats) without ever reading from it.
+    let mut beat_for = |d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            fake.heartbeat().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let cpu0 = cpu_secs(agent);
+    beat_for(Duration::from_millis(1500));
+    let share = (cpu_secs(agent) - cpu0) / 1.5;
+    assert!(
+        share < 0.3,
+        "agent used {:.0} % CPU while a client waited on its large send",
+        share * 100.0
+    );
+    drop(ep);
+    drop(cl);
+    let t0 = Instant::now();
+    let mut last = Value::Null;
+    let mut gone = false;
+    while t0.elapsed() < Duration::from_secs(15) {
+        beat_for(Duration::from_millis(300));
+        last = c.stat(0);
+        if clients(&last) == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the dead client's slot was not reclaimed: {last}");
+    // Its block goes back once the link gives the message up.
+    drop(fake);
+    let back = wait_for(Duration::from_secs(10), || {
+        last = c.stat(0);
+        last["blocks_free"].as_u64() == Some(base)
+    });
+    assert!(back, "blocks not back to {base}: {last}");
+    honest_round_trip(&c, 0, 0, "82");
+}

@@ -69,6 +69,9 @@ const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
 /// Completions kept for a client whose completion ring is full; beyond
 /// this its submissions are not taken (the agent's memory stays bounded).
 const COMP_BACKLOG_MAX: usize = 4096;
+/// How long a link that takes none of what is queued for it still counts
+/// as work (keeps an adaptive agent polling); then the tick retries it.
+const TX_STUCK_SPIN: Duration = Duration::from_millis(100);
 /// Chunks at least this large are read straight into their block.
 const STEER_MIN: usize = 64 * 1024;
 /// Acknowledge a peer's frames at least every this many (and every tick).
@@ -386,6 +389,8 @@ struct Peer {
     rx_stalled: bool,
     /// A chunk whose payload the transport is reading into its block.
     rx_steered: Option<RecordHeader>,
+    /// Since when the link took none of what is queued for it.
+    tx_stuck_since: Option<Instant>,
     counters: PeerCounters,
     since: Instant,
     /// Frames sent and received in this session (None before the first
@@ -892,6 +897,7 @@ impl Agent {
                 rx_deposit: None,
                 rx_stalled: false,
                 rx_steered: None,
+                tx_stuck_since: None,
                 counters: PeerCounters::default(),
                 since: now,
                 session: None,
@@ -1651,10 +1657,23 @@ impl Agent {
                     }
                 }
             }
-            if self.transport.queued(node) > 0 {
-                work = true;
+            let before = self.transport.queued(node);
+            if before > 0 {
                 self.transport
                     .flush(node, &self.pool, &mut self.freed, &mut self.events);
+                let after = self.transport.queued(node);
+                let p = &mut self.peers[j];
+                if after < before {
+                    p.tx_stuck_since = None;
+                    work = true;
+                } else {
+                    // Nothing went out. A link that takes nothing for a while
+                    // (a peer that does not read) is not urgent: the tick
+                    // retries it. Counting it kept an adaptive agent at
+                    // 100 % CPU for as long as the peer did not read.
+                    let since = *p.tx_stuck_since.get_or_insert_with(Instant::now);
+                    work |= since.elapsed() < TX_STUCK_SPIN;
+                }
             }
         }
         self.link_events();
