@@ -90,13 +90,22 @@ impl Agent {
 
     /// Whether the bytes queued towards peer `j` (our frames it has not
     /// taken yet) reached the bound past which its messages wait instead of
-    /// adding replies: 4 × `peer_queue_bytes` (32 MiB by default). Client
-    /// sends stop at 1 × (`handle_send`), so what lies above is replies; an
-    /// honest peer that reads keeps this queue near empty. Without it a peer
-    /// that sends Delivered messages and never reads grew the agent without
-    /// bound (every reply queued, and kept again until acknowledged).
+    /// adding replies: the retain limit plus 2 × `peer_queue_bytes` (6 ×
+    /// `peer_queue_bytes`, 48 MiB by default). Why that much: every Data
+    /// frame we queue is also retained until acknowledged, and client sends
+    /// and chunks stop once the retained bytes reach the retain limit (4 ×),
+    /// so an honest queue (even all of it sent again after a resume) stays
+    /// below that plus a frame or chunk; what lies above is replies to a peer
+    /// that does not read them. Stopping below that could make two honest
+    /// agents that both resent a full window stop reading each other at once.
+    /// Without any bound a peer that sends Delivered messages and never reads
+    /// grew the agent without limit (every reply queued, and kept again
+    /// until acknowledged).
     pub(super) fn replies_backlogged(&self, j: usize) -> bool {
-        self.transport.queued(j as u32) >= self.cfg.peer_queue_bytes.saturating_mul(4)
+        let bound = self
+            .retain_limit()
+            .saturating_add(self.cfg.peer_queue_bytes.saturating_mul(2));
+        self.transport.queued(j as u32) >= bound
     }
 
     /// A Nack from peer `j` for a buffered send (not tracked one by one):
