@@ -394,6 +394,10 @@ fn message_larger_than_the_receiver_can_hold_is_refused() {
 #[test]
 fn nack_flood_from_a_peer_is_bounded() {
     use common::fakepeer::*;
+    if transport() != "tcp" {
+        eprintln!("this test plays a tcp peer (tests/common/fakepeer.rs)");
+        return;
+    }
     use wyvern::wire::RecordKind;
     let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let c = Cluster::start_partial(&[true, false], absent);
@@ -456,6 +460,10 @@ fn nack_flood_from_a_peer_is_bounded() {
 #[test]
 fn peer_that_never_reads_its_replies_cannot_grow_the_agent() {
     use common::fakepeer::*;
+    if transport() != "tcp" {
+        eprintln!("this test plays a tcp peer (tests/common/fakepeer.rs)");
+        return;
+    }
     let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let cfg = std::env::temp_dir().join(format!("wyvern-hostile9-{}.toml", std::process::id()));
     std::fs::write(&cfg, "peer_queue_bytes = 524288\n").unwrap();
@@ -510,6 +518,10 @@ fn peer_that_never_reads_its_replies_cannot_grow_the_agent() {
 #[test]
 fn messages_held_for_an_unopened_endpoint_stay_within_the_budget() {
     use common::fakepeer::*;
+    if transport() != "tcp" {
+        eprintln!("this test plays a tcp peer (tests/common/fakepeer.rs)");
+        return;
+    }
     let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let c = Cluster::start_partial_with(
         &[true, false],
@@ -571,6 +583,10 @@ fn messages_held_for_an_unopened_endpoint_stay_within_the_budget() {
 #[test]
 fn dead_client_waiting_on_a_stuck_large_send_is_reclaimed() {
     use common::fakepeer::*;
+    if transport() != "tcp" {
+        eprintln!("this test plays a tcp peer (tests/common/fakepeer.rs)");
+        return;
+    }
     let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let c = Cluster::start_partial(&[true, false], absent);
     let agent = c.agents[0].as_ref().unwrap().pid();
