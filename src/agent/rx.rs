@@ -756,6 +756,11 @@ impl Agent {
         if left < STEER_MIN / 4 {
             return false;
         }
+        if h.offset == 0 && h.total > self.peer_rx_limit() {
+            // Refused: the normal path refuses it once and drops its chunks
+            // (calling `chunk_target` here would refuse it a first time).
+            return false;
+        }
         let block = match self.chunk_target(j, &h) {
             Ok(ChunkTarget::Block(b)) => b,
             // Refused (dropped by the normal path), no room, or malformed:
