@@ -197,6 +197,11 @@ pub struct AgentConfig {
     pub allow_gid: Option<u32>,
     /// Bad requests tolerated from one client before it is detached.
     pub max_client_errors: u64,
+    /// The largest message (bytes) accepted from one peer; a larger one is
+    /// refused with `TooLarge` as its first chunk arrives (its pool block
+    /// would be reserved whole until the last). 0: the block region divided
+    /// among the peers, at least `client_block_quota`, at most the region.
+    pub peer_rx_bytes: u64,
 }
 
 impl Default for AgentConfig {
@@ -240,6 +245,7 @@ impl Default for AgentConfig {
             unknown_ep_grace_ms: 2000,
             allow_gid: None,
             max_client_errors: 100,
+            peer_rx_bytes: 0,
         }
     }
 }

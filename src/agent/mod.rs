@@ -69,6 +69,9 @@ const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
 /// Completions kept for a client whose completion ring is full; beyond
 /// this its submissions are not taken (the agent's memory stays bounded).
 const COMP_BACKLOG_MAX: usize = 4096;
+/// How long a link that takes none of what is queued for it still counts
+/// as work (keeps an adaptive agent polling); then the tick retries it.
+const TX_STUCK_SPIN: Duration = Duration::from_millis(100);
 /// Chunks at least this large are read straight into their block.
 const STEER_MIN: usize = 64 * 1024;
 /// Acknowledge a peer's frames at least every this many (and every tick).
@@ -313,8 +316,62 @@ struct RxLarge {
     cookie: u64,
     total: u64,
     got: u64,
-    block: u64,
+    /// Where it is reassembled; `None`: refused (larger than this agent
+    /// takes from one peer), its chunks are checked and dropped.
+    block: Option<u64>,
     flags: u8,
+}
+
+/// Completions a peer's Nacks of buffered sends may queue for one client
+/// whose completion ring is full; beyond, they are dropped and counted
+/// (`replies_dropped`). (Replies to Delivered sends are bounded by the sends
+/// themselves: one each.)
+const PEER_COMP_BACKLOG_MAX: usize = COMP_BACKLOG_MAX;
+/// Set in the cookies the agent puts on the wire for Delivered sends.
+const WIRE_SEQ_BIT: u64 = 1 << 63;
+
+/// A Delivered send waiting for the peer's Ack or Nack.
+struct PendingAck {
+    owner: Owner,
+    src_ep: u32,
+    /// The client's cookie, for its completion.
+    cookie: u64,
+}
+
+/// The Delivered sends to one peer waiting for its reply. The cookie on the
+/// wire is the agent's own sequence number, unique per peer (not the
+/// client's cookie): two clients that use the same endpoint id one after
+/// the other and the same cookies never complete each other's sends, and a
+/// reply completes a send only if that send was made to this peer.
+#[derive(Default)]
+struct AckTable {
+    next: u64,
+    map: HashMap<u64, PendingAck>,
+}
+
+impl AckTable {
+    /// Remember a send; returns the cookie to put on the wire.
+    fn insert(&mut self, owner: Owner, src_ep: u32, cookie: u64) -> u64 {
+        self.next += 1;
+        let wire = self.next | WIRE_SEQ_BIT;
+        self.map.insert(
+            wire,
+            PendingAck {
+                owner,
+                src_ep,
+                cookie,
+            },
+        );
+        wire
+    }
+
+    /// The send a reply names, if it was made.
+    fn take(&mut self, src_ep: u32, wire: u64) -> Option<PendingAck> {
+        match self.map.get(&wire) {
+            Some(a) if a.src_ep == src_ep => self.map.remove(&wire),
+            _ => None,
+        }
+    }
 }
 
 struct Deposit {
@@ -334,7 +391,7 @@ struct Peer {
     batch_msgs: u64,
     batch_since: Option<Instant>,
     large: VecDeque<LargeSend>,
-    acks: HashMap<(u32, u64), Owner>,
+    acks: AckTable,
     rx_pos: usize,
     rx_large: Option<RxLarge>,
     rx_deposit: Option<Deposit>,
@@ -343,6 +400,8 @@ struct Peer {
     rx_stalled: bool,
     /// A chunk whose payload the transport is reading into its block.
     rx_steered: Option<RecordHeader>,
+    /// Since when the link took none of what is queued for it.
+    tx_stuck_since: Option<Instant>,
     counters: PeerCounters,
     since: Instant,
     /// Frames sent and received in this session (None before the first
@@ -417,12 +476,47 @@ struct Orphan {
     parked: Parked,
 }
 
+/// Heap bytes glibc's malloc takes for an allocation of `len` bytes: the
+/// request plus its 8-byte chunk header, rounded up to 16, at least 32 (an
+/// empty `Vec` allocates nothing).
+fn malloc_bytes(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        (len + 8).next_multiple_of(16).max(32)
+    }
+}
+
+/// What one held message costs the agent beyond its payload, as charged
+/// against `overflow_bytes` (the real cost, an upper bound, not a guess):
+/// - its slot in a `VecDeque<Orphan>` (an orphan is the larger form of a
+///   parked message), twice: a deque grows by doubling, so up to half its
+///   slots are empty;
+/// - its entry `(since, dst_ep)` in the expiry FIFO, twice for the same
+///   reason.
+///
+/// On x86-64: Orphan = 104 B, the FIFO entry 24 B, so 256 B + payload.
+const HELD_MSG_COST: usize =
+    2 * std::mem::size_of::<Orphan>() + 2 * std::mem::size_of::<(Instant, u32)>();
+
+/// What one endpoint with held messages costs beyond its messages: its
+/// entry in the `orphans` map (key and deque header, plus hashbrown's
+/// control byte), twice (load factor 7/8 and growth by doubling), and the
+/// deque's first allocation, which is 4 slots (2 of them charged to its
+/// first message already). On x86-64: 2 × (40 + 1) + 2 × 104 = 290 B.
+const HELD_EP_COST: usize =
+    2 * (std::mem::size_of::<(u32, VecDeque<Orphan>)>() + 1) + 2 * std::mem::size_of::<Orphan>();
+
 impl Parked {
+    /// Its real cost: [`HELD_MSG_COST`] and an inline payload's heap
+    /// allocation (a block's payload lives in the pool, not the heap). Was 64
+    /// + payload, about 8 × too little for small messages.
     fn cost(&self) -> usize {
-        64 + match &self.data {
-            ParkedData::Inline(v) => v.len(),
-            ParkedData::Block { .. } => 0,
-        }
+        HELD_MSG_COST
+            + match &self.data {
+                ParkedData::Inline(v) => malloc_bytes(v.capacity()),
+                ParkedData::Block { .. } => 0,
+            }
     }
 }
 
@@ -511,6 +605,20 @@ impl ParkedData {
     }
 }
 
+/// What became of a message offered to an endpoint's receive ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deposited {
+    /// In the ring; a block now belongs to the endpoint's client.
+    Delivered,
+    /// The ring has no room now: nothing changed, try again later.
+    Full,
+    /// The endpoint or its client is gone (it may have been detached just
+    /// now, for a corrupt ring): the message was not delivered, and a block
+    /// still belongs to whoever offered it, who must free it (once) and tell
+    /// a sender waiting for delivery that it failed.
+    Gone,
+}
+
 enum Handled {
     /// Processed.
     Done,
@@ -547,6 +655,10 @@ pub struct Agent {
     parked_count: usize,
     /// Messages from peers for endpoints not open yet, by endpoint id.
     orphans: HashMap<u32, VecDeque<Orphan>>,
+    /// `(since, dst_ep)` of every orphan in arrival order, so that expiry
+    /// looks only at what expires (entries whose orphan was taken by an
+    /// endpoint that opened are skipped as they come up).
+    orphan_fifo: VecDeque<(Instant, u32)>,
     /// Clients given something this round, to wake if they sleep.
     touched: Vec<u32>,
     touched_flag: Vec<bool>,
@@ -840,12 +952,13 @@ impl Agent {
                 batch_msgs: 0,
                 batch_since: None,
                 large: VecDeque::new(),
-                acks: HashMap::new(),
+                acks: AckTable::default(),
                 rx_pos: 0,
                 rx_large: None,
                 rx_deposit: None,
                 rx_stalled: false,
                 rx_steered: None,
+                tx_stuck_since: None,
                 counters: PeerCounters::default(),
                 since: now,
                 session: None,
@@ -880,6 +993,7 @@ impl Agent {
             parked_bytes: 0,
             parked_count: 0,
             orphans: HashMap::new(),
+            orphan_fifo: VecDeque::new(),
             touched: Vec::new(),
             touched_flag: vec![false; max],
             freed: Vec::new(),
@@ -994,12 +1108,34 @@ impl Agent {
     /// Whether anything waits that a sleep would delay: a client's
     /// submissions, or a frame held back by `flush_delay_us` (it must go out
     /// within that bound, not after a sleep).
+    ///
+    /// Not urgent (the next tick, at most [`TICK`] away, retries them): a
+    /// departed client (its published submissions are taken in the rounds
+    /// that follow its departure, and what waits on a peer can wait); a
+    /// submission stalled on a remote peer (the link is down or full:
+    /// spinning would not bring it back); a client waiting for its large
+    /// send to be queued, or for room in its completion ring (it may never
+    /// read). Counting those kept an adaptive agent at 100 % CPU for as long
+    /// as the peer was down or the client was stuck, or forever for a dead one.
     fn any_client_work(&mut self) -> bool {
+        let me = self.cfg.node_id;
+        let peers = self.peers.len();
         self.peers.iter().any(|p| p.batch_since.is_some())
             || self.clients.iter_mut().flatten().any(|c| {
-                c.stalled.is_some()
-                    || !c.comp_backlog.is_empty()
-                    || !matches!(c.sub.is_empty(), Ok(true))
+                if c.closing.is_some()
+                    || c.waiting_large
+                    || c.comp_backlog.len() >= COMP_BACKLOG_MAX
+                {
+                    return false;
+                }
+                match &c.stalled {
+                    Some(rec) => !Submit::parse(rec).is_ok_and(|(s, _)| {
+                        matches!(s.op, Op::Send | Op::SendBlock)
+                            && s.dst_node != me
+                            && (s.dst_node as usize) < peers
+                    }),
+                    None => !matches!(c.sub.is_empty(), Ok(true)),
+                }
             })
     }
 
@@ -1029,6 +1165,12 @@ impl Agent {
             let Some(c) = self.clients[slot as usize].as_mut() else {
                 continue;
             };
+            if c.closing.is_some() {
+                // Nobody reads a departed client's completions: drop them, or
+                // a full backlog would keep its submissions (and its slot)
+                // waiting forever.
+                c.comp_backlog.clear();
+            }
             // Completions that did not fit earlier go first.
             let mut moved = false;
             while let Some(comp) = c.comp_backlog.front() {
@@ -1049,7 +1191,10 @@ impl Agent {
             };
             if c.waiting_large || c.comp_backlog.len() >= COMP_BACKLOG_MAX {
                 // Waiting for its large send to be queued, or for it to read
-                // its completions: its submissions wait too.
+                // its completions: its submissions wait too. A departed
+                // client is still reclaimed (after its grace period if a
+                // large send holds it).
+                self.maybe_reclaim(slot);
                 continue;
             }
             let mut rec = std::mem::take(&mut self.rec);
@@ -1100,6 +1245,10 @@ impl Agent {
 
     fn complete(&mut self, slot: u32, comp: Completion) {
         if let Some(c) = self.clients[slot as usize].as_mut() {
+            if c.closing.is_some() {
+                // Nobody will read it.
+                return;
+            }
             if !c.comp_backlog.is_empty()
                 || !matches!(c.comp.try_push(&[&comp.to_bytes()]), Ok(true))
             {
@@ -1267,10 +1416,11 @@ impl Agent {
                 } else {
                     RemoteData::Inline(payload)
                 };
-                let res = self.deposit(dslot, dep, self.cfg.node_id, src_ep, data);
-                match res {
-                    Handled::Stall => Handled::Stall,
-                    Handled::Done | Handled::DoneStop => {
+                match self.deposit(dslot, dep, self.cfg.node_id, src_ep, data) {
+                    Deposited::Full => Handled::Stall,
+                    // The block (still the sender's) is freed, the sender told.
+                    Deposited::Gone => fail(self, Status::EndpointClosed),
+                    Deposited::Delivered => {
                         self.local_msgs += 1;
                         if s.mode == Mode::Delivered {
                             self.complete_owner(owner, s.cookie, Status::Ok);
@@ -1302,6 +1452,14 @@ impl Agent {
                     }
                 }
                 let p = &mut self.peers[j];
+                // A Delivered send goes out under the agent's own cookie
+                // (see `AckTable`); a buffered one under the client's, which a
+                // Nack brings back.
+                let cookie = if s.mode == Mode::Delivered {
+                    p.acks.insert(owner, src_ep, s.cookie)
+                } else {
+                    s.cookie
+                };
                 if s.op == Op::SendBlock {
                     self.blocks.transfer(s.off, Owner::Agent);
                     // Everything this client sent before goes first.
@@ -1312,7 +1470,7 @@ impl Agent {
                         sent: 0,
                         src_ep,
                         dst_ep: s.dst_ep,
-                        cookie: s.cookie,
+                        cookie,
                         flags,
                         client: owner,
                     });
@@ -1329,7 +1487,7 @@ impl Agent {
                         chunk_len: payload.len() as u32,
                         total: payload.len() as u64,
                         offset: 0,
-                        cookie: s.cookie,
+                        cookie,
                     };
                     if !p.batch.fits(payload.len()) {
                         Self::flush_batch(p, &mut *self.transport, &mut self.freed);
@@ -1339,9 +1497,6 @@ impl Agent {
                     p.batch_since.get_or_insert_with(Instant::now);
                     p.counters.msgs_tx += 1;
                     p.counters.bytes_tx += payload.len() as u64;
-                }
-                if s.mode == Mode::Delivered {
-                    p.acks.insert((src_ep, s.cookie), owner);
                 }
                 Handled::Done
             }
@@ -1357,13 +1512,16 @@ impl Agent {
         src_node: u32,
         src_ep: u32,
         data: RemoteData<'_>,
-    ) -> Handled {
-        let Some(c) = self.clients[slot as usize].as_mut() else {
-            return Handled::Done;
+    ) -> Deposited {
+        let Some(c) = self.clients[slot as usize]
+            .as_mut()
+            .filter(|c| c.closing.is_none())
+        else {
+            return Deposited::Gone;
         };
         let owner = c.owner(slot);
         let Some(r) = c.recv.get_mut(ep as usize).and_then(|r| r.as_mut()) else {
-            return Handled::Done;
+            return Deposited::Gone;
         };
         let (len, off, inline) = match data {
             RemoteData::Inline(p) => (p.len() as u64, Delivery::INLINE, p),
@@ -1383,12 +1541,12 @@ impl Agent {
                     self.blocks.set_len(off, len);
                 }
                 self.touch(slot);
-                Handled::Done
+                Deposited::Delivered
             }
-            Ok(false) => Handled::Stall,
+            Ok(false) => Deposited::Full,
             Err(e) => {
                 self.evict(slot, &format!("receive ring: {e}"));
-                Handled::Done
+                Deposited::Gone
             }
         }
     }
@@ -1404,9 +1562,22 @@ impl Agent {
                     .checked_sub(CLOSING_GRACE)
                     .unwrap_or_else(Instant::now),
             );
+            // `conn` is a slab index, reused once the client's connection
+            // closed (it may have, if the client was already leaving): only
+            // a connection that still belongs to this client is told and
+            // closed, never the one a later client got in its place. (A
+            // slot's connection is closed before the slot can be reused, so
+            // the slot number alone identifies the client here.)
             let conn = c.conn;
-            self.reply_error(conn, format!("detached by the agent: {why}"));
-            self.close_conn(conn);
+            let ours = self
+                .conns
+                .get(conn)
+                .and_then(|k| k.as_ref())
+                .is_some_and(|k| k.client == Some(slot));
+            if ours {
+                self.reply_error(conn, format!("detached by the agent: {why}"));
+                self.close_conn(conn);
+            }
         }
         self.reclaim(slot);
     }
@@ -1553,10 +1724,23 @@ impl Agent {
                     }
                 }
             }
-            if self.transport.queued(node) > 0 {
-                work = true;
+            let before = self.transport.queued(node);
+            if before > 0 {
                 self.transport
                     .flush(node, &self.pool, &mut self.freed, &mut self.events);
+                let after = self.transport.queued(node);
+                let p = &mut self.peers[j];
+                if after < before {
+                    p.tx_stuck_since = None;
+                    work = true;
+                } else {
+                    // Nothing went out. A link that takes nothing for a while
+                    // (a peer that does not read) is not urgent: the tick
+                    // retries it. Counting it kept an adaptive agent at
+                    // 100 % CPU for as long as the peer did not read.
+                    let since = *p.tx_stuck_since.get_or_insert_with(Instant::now);
+                    work |= since.elapsed() < TX_STUCK_SPIN;
+                }
             }
         }
         self.link_events();
@@ -1606,8 +1790,12 @@ impl Agent {
                 }
             }
         }
-        let mut fails: Vec<(Owner, u64)> =
-            p.acks.drain().map(|((_, cookie), o)| (o, cookie)).collect();
+        let mut fails: Vec<(Owner, u64)> = p
+            .acks
+            .map
+            .drain()
+            .map(|(_, a)| (a.owner, a.cookie))
+            .collect();
         let mut unblock = Vec::new();
         for ls in p.large.drain(..) {
             // A block whose last chunk never went out was not in the link's
@@ -1620,8 +1808,8 @@ impl Agent {
             }
             unblock.push(ls.client);
         }
-        if let Some(r) = p.rx_large.take() {
-            blocks.push(r.block);
+        if let Some(b) = p.rx_large.take().and_then(|r| r.block) {
+            blocks.push(b);
         }
         if let Some(d) = p.rx_deposit.take() {
             blocks.push(d.block);
@@ -1717,8 +1905,8 @@ impl Agent {
             // connection broke comes again whole.
             if let Some(h) = p.rx_steered.take() {
                 if h.offset == 0 {
-                    if let Some(l) = p.rx_large.take() {
-                        self.freed.push(l.block);
+                    if let Some(b) = p.rx_large.take().and_then(|l| l.block) {
+                        self.freed.push(b);
                     }
                 }
             }
@@ -1762,8 +1950,8 @@ impl Agent {
         // A chunk being read into its block is incomplete; it comes again.
         if let Some(h) = p.rx_steered.take() {
             if h.offset == 0 {
-                if let Some(l) = p.rx_large.take() {
-                    self.freed.push(l.block);
+                if let Some(b) = p.rx_large.take().and_then(|l| l.block) {
+                    self.freed.push(b);
                 }
             }
         }

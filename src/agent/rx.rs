@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// Where a chunk of a large message from a peer goes.
+pub(super) enum ChunkTarget {
+    /// Into this pool block (at the chunk's offset).
+    Block(u64),
+    /// Nowhere: its message was refused.
+    Discard,
+    /// Not now: the pool has no room; the peer's frames wait.
+    Wait,
+}
+
 impl Agent {
     /// Whether a message of `len` bytes from a peer is delivered inline
     /// (else it goes through a pool block).
@@ -32,12 +42,18 @@ impl Agent {
             .and_then(|r| r.as_ref())
             .is_some_and(|r| r.parked.is_empty());
         if empty {
-            let r = self.deposit(slot, ep, src_node, src_ep, data);
-            if !matches!(r, Handled::Stall) {
-                if let Some((j, s, d, cookie)) = ack {
-                    self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
+            match self.deposit(slot, ep, src_node, src_ep, data) {
+                Deposited::Delivered => {
+                    if let Some((j, s, d, cookie)) = ack {
+                        self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
+                    }
+                    return Handled::Done;
                 }
-                return r;
+                Deposited::Gone => {
+                    self.undeliverable(data, ack);
+                    return Handled::Done;
+                }
+                Deposited::Full => {}
             }
         }
         let parked = Parked {
@@ -46,7 +62,17 @@ impl Agent {
             data: data.to_parked(),
             ack,
         };
-        if self.parked_bytes + parked.cost() > self.cfg.overflow_bytes {
+        let open = self.clients[slot as usize]
+            .as_ref()
+            .filter(|c| c.closing.is_none())
+            .and_then(|c| c.recv.get(ep as usize))
+            .is_some_and(|r| r.is_some());
+        if !open {
+            // Nothing to wait for: the endpoint will not take it.
+            self.undeliverable(data, ack);
+            return Handled::Done;
+        }
+        if self.held_bytes() + parked.cost() > self.cfg.overflow_bytes {
             return Handled::Stall;
         }
         let Some(r) = self.clients[slot as usize]
@@ -60,6 +86,78 @@ impl Agent {
         self.parked_count += 1;
         r.parked.push_back(parked);
         Handled::Done
+    }
+
+    /// Whether the bytes queued towards peer `j` (our frames it has not
+    /// taken yet) reached the bound past which its messages wait instead of
+    /// adding replies: the retain limit plus 2 × `peer_queue_bytes` (6 ×
+    /// `peer_queue_bytes`, 48 MiB by default). Why that much: every Data
+    /// frame we queue is also retained until acknowledged, and client sends
+    /// and chunks stop once the retained bytes reach the retain limit (4 ×),
+    /// so an honest queue (even all of it sent again after a resume) stays
+    /// below that plus a frame or chunk; what lies above is replies to a peer
+    /// that does not read them. Stopping below that could make two honest
+    /// agents that both resent a full window stop reading each other at once.
+    /// Without any bound a peer that sends Delivered messages and never reads
+    /// grew the agent without limit (every reply queued, and kept again
+    /// until acknowledged).
+    pub(super) fn replies_backlogged(&self, j: usize) -> bool {
+        let bound = self
+            .retain_limit()
+            .saturating_add(self.cfg.peer_queue_bytes.saturating_mul(2));
+        self.transport.queued(j as u32) >= bound
+    }
+
+    /// A Nack from peer `j` for a buffered send (not tracked one by one):
+    /// reported to the client of endpoint `src_ep` only if it sent buffered
+    /// messages to `j` since its last loss report, and only while its
+    /// completion backlog is below [`PEER_COMP_BACKLOG_MAX`]; else dropped
+    /// and counted, so a peer cannot flood a client with failures of sends
+    /// it never made nor grow the agent with them.
+    fn buffered_nack(&mut self, j: usize, src_ep: u32, cookie: u64, status: Status) {
+        let target = self.endpoints.get(&src_ep).and_then(|&(slot, _)| {
+            let c = self.clients[slot as usize].as_ref()?;
+            let sent = c.sent_to.get(j).copied().unwrap_or(false);
+            (sent && c.comp_backlog.len() < PEER_COMP_BACKLOG_MAX).then_some(slot)
+        });
+        let Some(slot) = target else {
+            let p = &mut self.peers[j];
+            p.counters.replies_dropped += 1;
+            if p.counters.replies_dropped.is_power_of_two() {
+                log::warn!(
+                    "peer node {j}: {} replies dropped (no matching send, or the sender's completions are not read)",
+                    p.counters.replies_dropped
+                );
+            }
+            return;
+        };
+        self.complete(
+            slot,
+            Completion {
+                kind: CompKind::Send,
+                status,
+                cookie,
+                off: 0,
+                len: 0,
+            },
+        );
+    }
+
+    /// A message from a peer that its endpoint will never take (the client
+    /// was detached while it was being deposited, or is leaving): its block
+    /// returns to the pool, and a sender waiting for delivery hears that it
+    /// failed. Called exactly once per such message, by whoever held it.
+    pub(super) fn undeliverable(
+        &mut self,
+        data: RemoteData<'_>,
+        ack: Option<(usize, u32, u32, u64)>,
+    ) {
+        if let RemoteData::Block { off, .. } = data {
+            self.blocks.free(off, Owner::Agent);
+        }
+        if let Some((j, s, d, cookie)) = ack {
+            self.queue_reply(j, RecordKind::Nack, Status::EndpointClosed, s, d, cookie);
+        }
     }
 
     /// A message from peer `j` for an endpoint not open (yet): held for
@@ -81,19 +179,33 @@ impl Agent {
             ack: (flags & FLAG_ACK != 0).then_some((j, src_ep, dst_ep, cookie)),
         };
         let nack = (j, src_ep, dst_ep, cookie);
+        let new_ep = if self.orphans.contains_key(&dst_ep) {
+            0
+        } else {
+            HELD_EP_COST
+        };
         if self.cfg.unknown_ep_grace_ms == 0
-            || self.parked_bytes + parked.cost() > self.cfg.overflow_bytes
+            || self.held_bytes() + new_ep + parked.cost() > self.cfg.overflow_bytes
         {
             self.refuse_orphan(nack, parked);
             return;
         }
         self.parked_bytes += parked.cost();
         self.parked_count += 1;
+        let since = Instant::now();
         self.orphans.entry(dst_ep).or_default().push_back(Orphan {
-            since: Instant::now(),
+            since,
             nack,
             parked,
         });
+        self.orphan_fifo.push_back((since, dst_ep));
+    }
+
+    /// Bytes of memory held for messages from peers (parked and orphans,
+    /// at their real cost) against `overflow_bytes`. The endpoints' share is
+    /// counted from the map itself, so it cannot drift.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.parked_bytes + self.orphans.len() * HELD_EP_COST
     }
 
     fn refuse_orphan(&mut self, nack: (usize, u32, u32, u64), parked: Parked) {
@@ -104,22 +216,31 @@ impl Agent {
         self.queue_reply(j, RecordKind::Nack, Status::UnknownEndpoint, s, d, cookie);
     }
 
-    /// Refuse held messages whose endpoint did not open in time.
+    /// Refuse held messages whose endpoint did not open in time. Looks at
+    /// the expiry FIFO from its oldest entry and stops at the first that has
+    /// not expired: the cost is the number of entries expired (was: a walk
+    /// over every held endpoint every tick).
     pub(super) fn expire_orphans(&mut self, now: Instant) {
-        if self.orphans.is_empty() {
-            return;
-        }
         let grace = Duration::from_millis(self.cfg.unknown_ep_grace_ms);
         let mut expired = Vec::new();
-        self.orphans.retain(|_, q| {
-            while q
-                .front()
-                .is_some_and(|o| now.duration_since(o.since) > grace)
-            {
+        while let Some(&(since, ep)) = self.orphan_fifo.front() {
+            if now.duration_since(since) <= grace {
+                break;
+            }
+            self.orphan_fifo.pop_front();
+            // The orphans of one endpoint are in arrival order too: this
+            // entry's orphan is the front of its queue, unless the endpoint
+            // opened and took them (then nothing is there, or younger ones).
+            let Some(q) = self.orphans.get_mut(&ep) else {
+                continue;
+            };
+            if q.front().is_some_and(|o| o.since == since) {
                 expired.extend(q.pop_front());
             }
-            !q.is_empty()
-        });
+            if q.is_empty() {
+                self.orphans.remove(&ep);
+            }
+        }
         for o in expired {
             self.parked_bytes -= o.parked.cost();
             self.parked_count -= 1;
@@ -147,7 +268,7 @@ impl Agent {
                 {
                     let r =
                         self.deposit(slot, ep, front.src_node, front.src_ep, front.data.as_data());
-                    if let Handled::Stall = r {
+                    if r == Deposited::Full {
                         if let Some(r) = self.clients[slot as usize]
                             .as_mut()
                             .and_then(|c| c.recv.get_mut(ep as usize))
@@ -160,6 +281,11 @@ impl Agent {
                     work = true;
                     self.parked_bytes -= front.cost();
                     self.parked_count -= 1;
+                    if r == Deposited::Gone {
+                        // The rest of its queue went with the endpoint.
+                        self.undeliverable(front.data.as_data(), front.ack);
+                        break;
+                    }
                     if let Some((j, s, d, cookie)) = front.ack {
                         self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
                     }
@@ -407,22 +533,28 @@ impl Agent {
                 } else {
                     Status::from_u16(h.status)
                 };
-                let owner = self.peers[j]
-                    .acks
-                    .remove(&(h.src_ep, h.cookie))
-                    .or_else(|| {
-                        // A Nack for a buffered send: find the sender by endpoint.
-                        self.endpoints.get(&h.src_ep).and_then(|&(slot, _)| {
-                            self.clients[slot as usize].as_ref().map(|c| c.owner(slot))
-                        })
-                    });
                 if status != Status::Ok {
                     self.peers[j].counters.errors += 1;
                 }
-                if let Some(o) = owner {
-                    self.complete_owner(o, h.cookie, status);
+                if let Some(a) = self.peers[j].acks.take(h.src_ep, h.cookie) {
+                    // A Delivered send made to this peer: one reply each.
+                    self.complete_owner(a.owner, a.cookie, status);
+                } else if h.kind == RecordKind::Nack {
+                    self.buffered_nack(j, h.src_ep, h.cookie, status);
+                } else {
+                    // An Ack for no send of ours.
+                    self.peers[j].counters.replies_dropped += 1;
                 }
                 Ok(Handled::Done)
+            }
+            RecordKind::Msg if self.replies_backlogged(j) => {
+                // Any message may need a reply (Ack, or a Nack when it is
+                // refused): while the peer does not take what we already
+                // queued for it, its messages wait, and TCP pushes back on it.
+                if !self.peers[j].rx_stalled {
+                    log::debug!("peer node {j}: not reading its replies; its messages wait");
+                }
+                Ok(Handled::Stall)
             }
             RecordKind::Msg => {
                 let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
@@ -469,32 +601,75 @@ impl Agent {
         h: &RecordHeader,
         payload: &[u8],
     ) -> Result<Handled, wire::WireError> {
-        let Some(block) = self.chunk_target(j, h)? else {
+        match self.chunk_target(j, h)? {
             // No room in the pool now: hold the peer back until blocks free up.
-            return Ok(Handled::Stall);
-        };
-        if self.pool.write_block(block + h.offset, payload).is_none() {
-            return Err(wire::WireError::Record("chunk outside its block"));
+            ChunkTarget::Wait => Ok(Handled::Stall),
+            // A refused message: its bytes go nowhere.
+            ChunkTarget::Discard => Ok(self.chunk_arrived(j, h)),
+            ChunkTarget::Block(block) => {
+                if self.pool.write_block(block + h.offset, payload).is_none() {
+                    return Err(wire::WireError::Record("chunk outside its block"));
+                }
+                Ok(self.chunk_arrived(j, h))
+            }
         }
-        Ok(self.chunk_arrived(j, h))
+    }
+
+    /// The most block bytes one large message from a peer may reserve
+    /// (`peer_rx_bytes`; 0: the block region divided among the peers, but
+    /// at least what one client may hold, and never more than the region).
+    /// Only one message per peer is reassembled at a time, so this bounds
+    /// what a peer that declares a huge size and then sends nothing (or
+    /// sends slowly) can take from everyone else.
+    pub(super) fn peer_rx_limit(&self) -> u64 {
+        let region = self.blocks.total_bytes();
+        if self.cfg.peer_rx_bytes > 0 {
+            return self.cfg.peer_rx_bytes.min(region);
+        }
+        let peers = (self.peers.len() as u64).saturating_sub(1).max(1);
+        let one_client = self.cfg.client_block_quota.min(self.blocks.max_alloc());
+        (region / peers).max(one_client).min(region)
     }
 
     /// The block a chunk goes into: a new one for the first chunk of a
-    /// message (`None` when the pool has no room now), else the block of the
-    /// message in progress, which the chunk must continue.
+    /// message, else the block of the message in progress, which the chunk
+    /// must continue. A message larger than [`Agent::peer_rx_limit`] is
+    /// refused at its first chunk (the sender hears `TooLarge` at once) and
+    /// its chunks are dropped as they come: the link carries on.
     pub(super) fn chunk_target(
         &mut self,
         j: usize,
         h: &RecordHeader,
-    ) -> Result<Option<u64>, wire::WireError> {
+    ) -> Result<ChunkTarget, wire::WireError> {
         if h.offset == 0 {
             if self.peers[j].rx_large.is_some() {
                 return Err(wire::WireError::Record(
                     "a new large message before the last one ended",
                 ));
             }
-            let Some(b) = self.blocks.alloc_top(h.total, Owner::Agent) else {
-                return Ok(None);
+            let block = if h.total > self.peer_rx_limit() {
+                let limit = self.peer_rx_limit();
+                let p = &mut self.peers[j];
+                p.counters.errors += 1;
+                log::warn!(
+                    "peer node {j}: refusing a message of {} bytes for endpoint {} (this agent takes at most {limit} from one peer)",
+                    h.total,
+                    h.dst_ep
+                );
+                self.queue_reply(
+                    j,
+                    RecordKind::Nack,
+                    Status::TooLarge,
+                    h.src_ep,
+                    h.dst_ep,
+                    h.cookie,
+                );
+                None
+            } else {
+                let Some(b) = self.blocks.alloc_top(h.total, Owner::Agent) else {
+                    return Ok(ChunkTarget::Wait);
+                };
+                Some(b.off)
             };
             self.peers[j].rx_large = Some(RxLarge {
                 src_ep: h.src_ep,
@@ -502,7 +677,7 @@ impl Agent {
                 cookie: h.cookie,
                 total: h.total,
                 got: 0,
-                block: b.off,
+                block,
                 flags: h.flags,
             });
         }
@@ -519,7 +694,7 @@ impl Agent {
                 "chunk does not continue the message in progress",
             ));
         }
-        Ok(Some(r.block))
+        Ok(r.block.map_or(ChunkTarget::Discard, ChunkTarget::Block))
     }
 
     /// A chunk's bytes are in its block: count them, deposit a finished message.
@@ -533,12 +708,16 @@ impl Agent {
             return Handled::Done;
         }
         let r = p.rx_large.take().expect("checked above");
+        let Some(block) = r.block else {
+            // Refused at its first chunk; the last one passed.
+            return Handled::Done;
+        };
         p.counters.msgs_rx += 1;
         p.counters.bytes_rx += r.total;
         let d = Deposit {
             src_ep: r.src_ep,
             dst_ep: r.dst_ep,
-            block: r.block,
+            block,
             len: r.total,
             cookie: r.cookie,
             flags: r.flags,
@@ -578,9 +757,16 @@ impl Agent {
         if left < STEER_MIN / 4 {
             return false;
         }
+        if h.offset == 0 && h.total > self.peer_rx_limit() {
+            // Refused: the normal path refuses it once and drops its chunks
+            // (calling `chunk_target` here would refuse it a first time).
+            return false;
+        }
         let block = match self.chunk_target(j, &h) {
-            Ok(Some(b)) => b,
-            _ => return false, // no room, or malformed: the normal path decides
+            Ok(ChunkTarget::Block(b)) => b,
+            // Refused (dropped by the normal path), no room, or malformed:
+            // the normal path decides.
+            _ => return false,
         };
         let at = block + h.offset;
         let head = &body[wire::RECORD_HEADER..wire::RECORD_HEADER + have];
@@ -596,8 +782,8 @@ impl Agent {
         {
             if h.offset == 0 {
                 // Undo what `chunk_target` began; the normal path redoes it.
-                if let Some(r) = self.peers[j].rx_large.take() {
-                    self.blocks.free(r.block, Owner::Agent);
+                if let Some(b) = self.peers[j].rx_large.take().and_then(|r| r.block) {
+                    self.blocks.free(b, Owner::Agent);
                 }
             }
             return false;
@@ -633,5 +819,24 @@ impl Agent {
                 Handled::Stall
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures the cost comments give (x86-64), so a change of the
+    /// structs shows up here and in the comments.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn held_message_costs_are_what_the_comments_say() {
+        assert_eq!(std::mem::size_of::<Orphan>(), 104);
+        assert_eq!(HELD_MSG_COST, 256);
+        assert_eq!(HELD_EP_COST, 290);
+        assert_eq!(malloc_bytes(0), 0);
+        assert_eq!(malloc_bytes(1), 32);
+        assert_eq!(malloc_bytes(24), 32);
+        assert_eq!(malloc_bytes(25), 48);
     }
 }

@@ -33,6 +33,10 @@ pub struct PeerCounters {
     pub resumes: u64,
     /// Frames sent again on resumed connections.
     pub frames_resent: u64,
+    /// Acks and Nacks from this peer that matched no send made to it, or
+    /// found the sender's completion backlog full: dropped.
+    #[serde(default)]
+    pub replies_dropped: u64,
 }
 
 /// One peer as `wyvern stat` shows it.

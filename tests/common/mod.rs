@@ -1,6 +1,7 @@
 //! Test harness: real agent processes on loopback TCP, real client processes.
 #![allow(dead_code)]
 
+pub mod fakepeer;
 pub mod relay;
 pub mod testbed;
 
