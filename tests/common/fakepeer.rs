@@ -38,6 +38,17 @@ impl FakePeer {
     pub fn connect(c: &super::Cluster, to: usize, me: u32, nodes: u32) -> FakePeer {
         let mut s = TcpStream::connect(c.nodes[to]).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The accepting agent speaks first: a Challenge with its nonce. The
+        // cluster runs without a job key, so the MACs are zeros, unchecked
+        // (with a key this peer could not get in: tests/hostile_peer.rs).
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut h = [0u8; wyvern::wire::FRAME_HEADER];
+        s.read_exact(&mut h).expect("the agent's Challenge");
+        let fh = wyvern::wire::FrameHeader::parse(&h).unwrap();
+        assert_eq!(fh.kind, FrameKind::Challenge, "the agent speaks first");
+        let mut challenge = vec![0u8; fh.body_len as usize];
+        s.read_exact(&mut challenge).unwrap();
+        s.set_read_timeout(None).unwrap();
         let hello = Hello {
             node: me,
             nodes,
@@ -46,7 +57,10 @@ impl FakePeer {
             caps: wyvern::wire::caps::TCP,
             fabric: 0,
         };
-        s.write_all(&control_frame(FrameKind::Hello, me, &hello.to_bytes()))
+        let mut body = hello.to_bytes().to_vec();
+        body.extend_from_slice(&[0x42; wyvern::wire::auth::NONCE_LEN]);
+        body.extend_from_slice(&[0; wyvern::wire::auth::MAC_LEN]);
+        s.write_all(&control_frame(FrameKind::Hello, me, &body))
             .unwrap();
         let r = Resume {
             incarnation: 4242,
@@ -55,6 +69,25 @@ impl FakePeer {
         };
         s.write_all(&control_frame(FrameKind::Resume, me, &r.to_bytes()))
             .unwrap();
+        // Past the handshake for real: the agent shows this node up (a fake
+        // peer that never got in would make every attack test pass vacuously).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = c.stat(to);
+            let up = st["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["node"] == me && p["state"] == "up");
+            if up {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fake node {me} did not get up at agent {to}: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         FakePeer {
             stream: s,
             me,
