@@ -11,30 +11,13 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::procfs::{cpu_secs, cpu_share, rss_anon};
 use common::*;
 use serde_json::Value;
 use wyvern::client::{Client, Mode};
 use wyvern::proto::{Op, Submit};
 
 const SOCKET_ENV: &str = "WYVERN_HOSTILE_SOCKET";
-
-/// CPU time (user + system, in seconds) the process `pid` used so far.
-fn cpu_secs(pid: i32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let rest = &s[s.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // USER_HZ: 100 on every Linux architecture the agent runs on.
-    ticks / 100.0
-}
-
-/// Fraction of one core agent `pid` used over `d` (nothing else asked of it).
-fn cpu_share(pid: i32, d: Duration) -> f64 {
-    let a = cpu_secs(pid);
-    std::thread::sleep(d);
-    (cpu_secs(pid) - a) / d.as_secs_f64()
-}
 
 /// Poll `f` every 20 ms until it holds, for at most `t`.
 fn wait_for(t: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -415,7 +398,7 @@ fn nack_flood_from_a_peer_is_bounded() {
         .send(1, 7, b"hello", Mode::Buffered, Duration::from_secs(5))
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let rss0 = rss(agent);
+    let rss0 = rss_anon(agent);
     let n = 400_000u64;
     for round in 0..4 {
         let eps = [idle_ep.id(), sender_ep.id()];
@@ -438,7 +421,7 @@ fn nack_flood_from_a_peer_is_bounded() {
         last = c.stat(0);
         dropped(&last) >= n - 4096 - 1024 - 64
     });
-    let grown = rss(agent).saturating_sub(rss0);
+    let grown = rss_anon(agent).saturating_sub(rss0);
     let bogus = idle.take_errors().len();
     assert_eq!(
         bogus, 0,
@@ -477,7 +460,7 @@ fn peer_that_never_reads_its_replies_cannot_grow_the_agent() {
     let agent = c.agents[0].as_ref().unwrap().pid();
     let mut fake = FakePeer::connect(&c, 0, 1, 2);
     c.wait_up(0, 1);
-    let rss0 = rss(agent);
+    let rss0 = rss_anon(agent);
     // Never read; stop when the agent stops taking (a write blocks 2 s) or
     // after 2 M messages (80 MB of replies without the bound).
     fake.stream
@@ -495,7 +478,7 @@ fn peer_that_never_reads_its_replies_cannot_grow_the_agent() {
         let _ = fake.heartbeat();
     }
     std::thread::sleep(Duration::from_millis(500));
-    let grown = rss(agent).saturating_sub(rss0);
+    let grown = rss_anon(agent).saturating_sub(rss0);
     eprintln!("sent {sent} messages; agent grew by {} KiB", grown >> 10);
     // Bound: 3 MiB queued and the same retained until acknowledged, plus
     // buffers; without it 2 M messages grew the agent by ~150 MiB.
@@ -533,7 +516,7 @@ fn messages_held_for_an_unopened_endpoint_stay_within_the_budget() {
     let mut fake = FakePeer::connect(&c, 0, 1, 2);
     fake.drain_in_background();
     c.wait_up(0, 1);
-    let rss0 = rss(agent);
+    let rss0 = rss_anon(agent);
     // In batches, acknowledging the agent's replies as a peer does (so
     // that what grows is what the agent holds, not our unread replies).
     let n = 300_000u64;
@@ -560,7 +543,7 @@ fn messages_held_for_an_unopened_endpoint_stay_within_the_budget() {
         .unknown_ep
         .load(std::sync::atomic::Ordering::Relaxed);
     let held = last["parked_msgs"].as_u64().unwrap();
-    let grown = rss(agent).saturating_sub(rss0);
+    let grown = rss_anon(agent).saturating_sub(rss0);
     eprintln!(
         "held {held} ({} B charged), refused {refused}, agent heap grew by {} KiB",
         last["parked_bytes"],

@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::procfs::{agent_pid, fd_count, fds_back_to, rss_kib};
 use common::{assert_ok, Cluster};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
@@ -85,37 +86,6 @@ fn honest_exchange(c: &Cluster, from: usize, to: usize, ep: u32, n: u32) {
     let r = rx.result(T);
     assert_ok("honest receiver", &r);
     assert_eq!(r.0["received"], n);
-}
-
-fn agent_pid(c: &Cluster, i: usize) -> i32 {
-    c.agents[i].as_ref().expect("agent runs").pid()
-}
-
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Wait (up to `t`) until the agent holds at most `base` descriptors.
-fn fds_back_to(pid: i32, base: usize, t: Duration) -> usize {
-    let deadline = Instant::now() + t;
-    loop {
-        let n = fd_count(pid);
-        if n <= base || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One request line on `s`, one reply line back (blocking, with timeouts).

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::procfs::{agent_pid, fd_count, rss_kib};
 use common::{assert_ok, Cluster};
 use wyvern::wire::packet::{encode, PacketHeader, PktKind, FLAG_NOT_UP};
 use wyvern::wire::reliable::Ack;
@@ -45,26 +46,6 @@ impl KeyFile {
     fn arg(&self) -> String {
         self.path.display().to_string()
     }
-}
-
-fn agent_pid(c: &Cluster, i: usize) -> i32 {
-    c.agents[i].as_ref().unwrap().pid()
-}
-
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 /// Per-peer counters of agent `i` about node `j`: (resumes, losses, state).

@@ -13,6 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::procfs::{fd_count, fd_list, rss_kib};
 use common::*;
 
 const T: Duration = Duration::from_secs(120);
@@ -28,33 +29,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// (resident KiB, open fds) of a process.
 fn rss_and_fds(pid: i32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    (rss, fds)
-}
-
-/// What a process's fds point at, for a failure message.
-fn fd_list(pid: i32) -> String {
-    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| {
-                    let to = std::fs::read_link(e.path()).unwrap_or_default();
-                    format!("{} -> {}", e.file_name().to_string_lossy(), to.display())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v.join(", ")
+    (rss_kib(pid), fd_count(pid))
 }
 
 fn clients(s: &serde_json::Value) -> usize {

@@ -215,15 +215,3 @@ pub fn msg(flags: u8, src_ep: u32, dst_ep: u32, len: usize, cookie: u64) -> Reco
         cookie,
     }
 }
-
-/// Anonymous resident memory (RssAnon: the heap, not the shared pool,
-/// which on normal pages would count in VmRSS as it is touched) of process
-/// `pid`, in bytes.
-pub fn rss(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
