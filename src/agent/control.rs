@@ -378,7 +378,8 @@ impl Agent {
                 let Some(slot) = self
                     .clients
                     .iter()
-                    .position(|c| c.is_none())
+                    .zip(&self.retired)
+                    .position(|(c, &retired)| c.is_none() && !retired)
                     .or_else(|| self.reclaim_oldest_departed())
                 else {
                     self.reply_error(
@@ -636,6 +637,7 @@ impl Agent {
             local_msgs: self.local_msgs,
             clients_evicted: self.evicted,
             clients_departed_reclaimed: self.departed_reclaimed,
+            pool_pages_damaged: self.pool_pages_damaged,
             parked_msgs: self.parked_count as u64,
             parked_bytes: self.parked_bytes as u64,
             peers,

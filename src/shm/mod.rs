@@ -26,6 +26,7 @@
 //! keeps its own indices privately (see [`ring`]).
 
 pub mod blocks;
+pub mod guard;
 pub mod handoff;
 pub mod ring;
 
@@ -215,6 +216,13 @@ impl Layout {
         (self.clients_off + self.client_stride * client as u64) as usize
     }
 
+    /// The pool range `[start, end)` of client slot `c` (its control line
+    /// and all its rings).
+    pub fn client_range(&self, c: u32) -> (u64, u64) {
+        let s = self.client_base(c) as u64;
+        (s, s + self.client_stride)
+    }
+
     /// Offset of client `c`'s submission ring.
     pub fn sub_off(&self, c: u32) -> usize {
         self.client_base(c) + CLIENT_CTL_BYTES
@@ -262,6 +270,8 @@ pub struct Pool {
     fd: OwnedFd,
     backing: Backing,
     node_id: u32,
+    /// The SIGBUS guard's handle for this mapping (see [`Pool::guard`]).
+    guard: Option<usize>,
 }
 
 // SAFETY: the mapping is process-wide and stays valid until `Drop`; every
@@ -373,6 +383,7 @@ impl Pool {
             fd,
             backing,
             node_id,
+            guard: None,
         })
     }
 
@@ -407,6 +418,7 @@ impl Pool {
             fd,
             backing,
             node_id,
+            guard: None,
         })
     }
 
@@ -475,12 +487,52 @@ impl Pool {
                 fd,
                 backing,
                 node_id: hdr.node_id,
+                guard: None,
             }),
             Err(e) => {
                 unmap(base);
                 Err(e)
             }
         }
+    }
+
+    /// Put this mapping under the SIGBUS guard ([`guard`]): a page a client
+    /// punched out of the memfd (`fallocate(FALLOC_FL_PUNCH_HOLE)`) that
+    /// cannot be faulted back in (no free huge page) becomes a private zero
+    /// page of this process and a damage record, instead of killing it.
+    /// For the agent; installs the process-wide handler on first use.
+    pub fn guard(&mut self) -> io::Result<()> {
+        if self.guard.is_some() {
+            return Ok(());
+        }
+        guard::install()?;
+        let region = guard::register(self.base as usize, self.len(), self.page_size())
+            .ok_or_else(|| io::Error::other("too many guarded pools in this process"))?;
+        self.guard = Some(region);
+        Ok(())
+    }
+
+    /// The guard's handle for this mapping, if it is guarded
+    /// ([`guard::Damage::region`]).
+    pub fn guard_region(&self) -> Option<usize> {
+        self.guard
+    }
+
+    /// Bytes of one page of the backing (what a hole punch frees at least).
+    pub fn page_size(&self) -> usize {
+        match self.backing {
+            Backing::Hugepages => HUGEPAGE,
+            // SAFETY: sysconf has no memory inputs.
+            Backing::Normal => match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+                n if n > 0 => n as usize,
+                _ => 4096,
+            },
+        }
+    }
+
+    /// Offset of the agent's sleeping word (in the header page).
+    pub fn layout_sleep_word(&self) -> u64 {
+        SLEEP_WORD_OFF as u64
     }
 
     /// The pool's layout.
@@ -725,6 +777,9 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if let Some(r) = self.guard.take() {
+            guard::unregister(r);
+        }
         // SAFETY: unmapping our own mapping; every ring end holds an `Arc`
         // to the pool, so none outlives it.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len()) };
