@@ -300,6 +300,15 @@ fn map(fd: RawFd, bytes: usize, populate: bool) -> io::Result<*mut u8> {
     let mut flags = libc::MAP_SHARED;
     if populate {
         flags |= libc::MAP_POPULATE;
+    } else {
+        // A client's mapping of a pool the agent populated: nothing to
+        // reserve. Without this, a hugetlb mmap reserves a huge page for
+        // every page not in the file, so once a client punched a hole in the
+        // pool (fallocate PUNCH_HOLE) and no huge page is free, no client
+        // could map the pool (attach) any more. The punched range itself
+        // is retired by the agent (see `guard`); touching it is a SIGBUS in
+        // whoever touches it.
+        flags |= libc::MAP_NORESERVE;
     }
     // SAFETY: a fresh mapping chosen by the kernel (addr null) of a file we
     // hold open; no existing memory is affected.
