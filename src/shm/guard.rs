@@ -25,8 +25,10 @@ use std::sync::Once;
 
 /// Mappings that can be registered at once.
 pub const MAX_REGIONS: usize = 4;
-/// Damage records kept; later ones only count in [`overflow`].
-pub const MAX_DAMAGE: usize = 256;
+/// Damage records kept (a page is recorded once: it never faults again, so
+/// this covers every page of a pool up to 2 GiB of huge pages); later ones
+/// only count in [`overflow`].
+pub const MAX_DAMAGE: usize = 1024;
 
 struct Region {
     /// Start address; 0 when the entry is free.

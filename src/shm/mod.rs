@@ -727,9 +727,35 @@ impl Pool {
         let at = self.block_range(off, len).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "block range outside the pool")
         })?;
-        // SAFETY: the source range lies inside the mapping (checked); the
-        // kernel only reads it.
-        let n = unsafe { libc::write(fd, self.base.add(at) as *const libc::c_void, len as usize) };
+        self.guarded_syscall(at, len as usize, || {
+            // SAFETY: the source range lies inside the mapping (checked); the
+            // kernel only reads it.
+            unsafe { libc::write(fd, self.base.add(at) as *const libc::c_void, len as usize) }
+        })
+    }
+
+    /// Run a system call on `[at, at+len)` of the pool. A page a client
+    /// punched out that cannot be faulted back in makes the kernel's copy
+    /// fail with EFAULT (no signal); in a guarded pool, the range is then
+    /// touched from user space (the guard replaces such pages, see
+    /// [`guard`]) and the call is made once more.
+    fn guarded_syscall(&self, at: usize, len: usize, call: impl Fn() -> isize) -> io::Result<usize> {
+        let mut n = call();
+        if n < 0
+            && self.guard.is_some()
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT)
+        {
+            let page = self.page_size();
+            let mut p = at / page * page;
+            while p < at + len {
+                // SAFETY: `p` is a page start inside the mapping (the range
+                // was checked by the caller); a read of one byte faults the
+                // page in, or lets the guard replace it.
+                unsafe { std::ptr::read_volatile(self.base.add(p)) };
+                p += page;
+            }
+            n = call();
+        }
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -742,14 +768,11 @@ impl Pool {
         let at = self.block_range(off, len).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "block range outside the pool")
         })?;
-        // SAFETY: the destination range lies inside the mapping (checked) and
-        // is owned by the agent while it is being filled.
-        let n = unsafe { libc::read(fd, self.base.add(at) as *mut libc::c_void, len as usize) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        self.guarded_syscall(at, len as usize, || {
+            // SAFETY: the destination range lies inside the mapping (checked)
+            // and is owned by the agent while it is being filled.
+            unsafe { libc::read(fd, self.base.add(at) as *mut libc::c_void, len as usize) }
+        })
     }
 
     /// A read-only view of a block for a client that owns it.
@@ -936,6 +959,41 @@ mod tests {
             Pool::open(pool.fd().try_clone().unwrap()),
             Err(ShmError::Magic(0))
         ));
+    }
+
+    /// A system call on a pool page that cannot be faulted in fails with
+    /// EFAULT (no signal): a guarded pool touches the range, the guard
+    /// replaces the page, and the call goes through. (A shmem pool cannot
+    /// lose a page to a hole punch, so the page is unmapped by hand here:
+    /// MAP_FIXED of a file range beyond the memfd's end, which faults like a
+    /// hugetlb page that cannot be allocated.)
+    #[test]
+    fn a_syscall_on_a_lost_pool_page_is_retried_after_the_guard() {
+        let mut pool = Pool::create(small(), 1, false).unwrap();
+        pool.guard().unwrap();
+        let (boff, _) = pool.block_region();
+        let at = boff as usize;
+        let page = pool.page_size();
+        let beyond = memfd("beyond", false).unwrap();
+        // SAFETY: replaces one page of our own pool mapping (a block page
+        // nobody uses) with a shared mapping of an empty memfd.
+        let p = unsafe {
+            libc::mmap(
+                pool.base.add(at) as *mut libc::c_void,
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                beyond.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let n = pool.write_block_to(w.as_raw_fd(), boff, 100).unwrap();
+        assert_eq!(n, 100);
+        let mut buf = [1u8; 100];
+        nix::unistd::read(r.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 100]);
     }
 
     #[test]
