@@ -304,10 +304,8 @@ mod tests {
         // SAFETY: as above.
         unsafe { std::ptr::write_volatile((base + 3 * page + 5) as *mut u8, 9) };
         // SAFETY: page 3 is now private memory of ours.
-        assert_eq!(
-            unsafe { std::ptr::read_volatile((base + 3 * page + 5) as *const u8) },
-            9
-        );
+        let v = unsafe { std::ptr::read_volatile((base + 3 * page + 5) as *const u8) };
+        assert_eq!(v, 9);
         assert!(reader.pending());
         let mut got = Vec::new();
         reader.take(&mut got);

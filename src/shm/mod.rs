@@ -739,7 +739,12 @@ impl Pool {
     /// fail with EFAULT (no signal); in a guarded pool, the range is then
     /// touched from user space (the guard replaces such pages, see
     /// [`guard`]) and the call is made once more.
-    fn guarded_syscall(&self, at: usize, len: usize, call: impl Fn() -> isize) -> io::Result<usize> {
+    fn guarded_syscall(
+        &self,
+        at: usize,
+        len: usize,
+        call: impl Fn() -> isize,
+    ) -> io::Result<usize> {
         let mut n = call();
         if n < 0
             && self.guard.is_some()
