@@ -382,10 +382,16 @@ impl Agent {
                     .position(|(c, &retired)| c.is_none() && !retired)
                     .or_else(|| self.reclaim_oldest_departed())
                 else {
-                    self.reply_error(
-                        idx,
-                        format!("all {} client slots are in use", self.clients.len()),
-                    );
+                    let retired = self.retired.iter().filter(|&&r| r).count();
+                    let why = if retired > 0 {
+                        format!(
+                            "all {} client slots are in use ({retired} retired: a client punched holes in the pool there)",
+                            self.clients.len()
+                        )
+                    } else {
+                        format!("all {} client slots are in use", self.clients.len())
+                    };
+                    self.reply_error(idx, why);
                     return false;
                 };
                 let slot32 = slot as u32;
