@@ -182,11 +182,13 @@ impl DamageReader {
 
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() } as usize;
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     // SAFETY: errno is thread-local; saving and restoring it keeps the
     // interrupted code's errno intact across our system calls.
     let errno = unsafe { *libc::__errno_location() };
-    if !recover(addr) {
+    // Only a fault the kernel raised (si_code > 0) names an address; a
+    // SIGBUS sent with kill/tgkill (si_code <= 0) is never recovered.
+    if code <= 0 || !recover(addr) {
         // Not ours: restore what was there before (the default action:
         // terminate with a core) and re-raise. The signal is blocked while
         // we run, so it is delivered as we return; a genuine fault would
