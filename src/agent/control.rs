@@ -378,13 +378,20 @@ impl Agent {
                 let Some(slot) = self
                     .clients
                     .iter()
-                    .position(|c| c.is_none())
+                    .zip(&self.retired)
+                    .position(|(c, &retired)| c.is_none() && !retired)
                     .or_else(|| self.reclaim_oldest_departed())
                 else {
-                    self.reply_error(
-                        idx,
-                        format!("all {} client slots are in use", self.clients.len()),
-                    );
+                    let retired = self.retired.iter().filter(|&&r| r).count();
+                    let why = if retired > 0 {
+                        format!(
+                            "all {} client slots are in use ({retired} retired: a client punched holes in the pool there)",
+                            self.clients.len()
+                        )
+                    } else {
+                        format!("all {} client slots are in use", self.clients.len())
+                    };
+                    self.reply_error(idx, why);
                     return false;
                 };
                 let slot32 = slot as u32;
@@ -636,6 +643,7 @@ impl Agent {
             local_msgs: self.local_msgs,
             clients_evicted: self.evicted,
             clients_departed_reclaimed: self.departed_reclaimed,
+            pool_pages_damaged: self.pool_pages_damaged,
             parked_msgs: self.parked_count as u64,
             parked_bytes: self.parked_bytes as u64,
             peers,

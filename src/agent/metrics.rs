@@ -105,6 +105,13 @@ pub fn render(s: &Snapshot) -> String {
     );
     gauge(
         &mut o,
+        "pool_pages_damaged_total",
+        "Pool pages a client punched out that the agent now holds privately (slots retired, blocks quarantined).",
+        "counter",
+        s.pool_pages_damaged as f64,
+    );
+    gauge(
+        &mut o,
         "parked_messages",
         "Peers' messages waiting for a full ring or a late endpoint.",
         "gauge",

@@ -670,6 +670,13 @@ pub struct Agent {
     evicted: u64,
     /// Departed clients' slots taken back early for a new client.
     departed_reclaimed: u64,
+    /// Damage records of the pool's SIGBUS guard (see [`Agent::pool_damage`]).
+    damage: crate::shm::guard::DamageReader,
+    /// Pool pages a client punched out that the agent now holds privately.
+    pool_pages_damaged: u64,
+    /// Client slots whose memory is no longer shared with clients: never
+    /// given to a client again (until restart).
+    retired: Vec<bool>,
     uid: u32,
     /// This run of the agent (start time in ns): tells a restarted agent apart.
     incarnation: u64,
@@ -849,7 +856,15 @@ impl Agent {
                  verbs peers are not authenticated (peer_auth: none)"
             );
         }
-        let pool = Arc::new(Pool::create(cfg.pool, cfg.node_id, cfg.hugepages)?);
+        let mut pool = Pool::create(cfg.pool, cfg.node_id, cfg.hugepages)?;
+        // A client can punch a hole in the pool memfd (fallocate); on
+        // hugetlbfs with no free huge page left, the agent's next touch of
+        // that range would be a SIGBUS: the guard makes it a private zero
+        // page and a damage record instead (see `pool_damage`).
+        if let Err(e) = pool.guard() {
+            log::warn!("cannot guard the pool against SIGBUS: {e}; a client punching a hole in a hugepage pool may crash the agent");
+        }
+        let pool = Arc::new(pool);
         log::info!(
             "pool: {} MiB on {}, {} client slots, {} MiB of blocks",
             pool.len() >> 20,
@@ -1003,6 +1018,9 @@ impl Agent {
             local_msgs: 0,
             evicted: 0,
             departed_reclaimed: 0,
+            damage: crate::shm::guard::DamageReader::new(),
+            pool_pages_damaged: 0,
+            retired: vec![false; max],
             uid: nix::unistd::geteuid().as_raw(),
             incarnation,
             cfg,
@@ -1035,6 +1053,9 @@ impl Agent {
         let mut now = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             self.rounds += 1;
+            if self.damage.pending() {
+                self.pool_damage();
+            }
             let mut work = self.poll_clients();
             work |= self.flush_peers();
             work |= self.transport.poll(now, &mut self.events);
@@ -1580,6 +1601,74 @@ impl Agent {
             }
         }
         self.reclaim(slot);
+    }
+
+    /// Act on pool pages the SIGBUS guard replaced: a client punched a hole
+    /// in the pool memfd (fallocate PUNCH_HOLE) and no page could be faulted
+    /// back in, so the agent now has a private zero copy of that page. What
+    /// it held is no longer shared with clients: the clients whose slots
+    /// overlap it are detached and their slots retired, the block range is
+    /// quarantined, and the agent serves everyone else as before.
+    fn pool_damage(&mut self) {
+        let mut found = Vec::new();
+        self.damage.take(&mut found);
+        let Some(region) = self.pool.guard_region() else {
+            return;
+        };
+        let page = self.pool.page_size() as u64;
+        let l = *self.pool.layout();
+        for d in found.into_iter().filter(|d| d.region == region) {
+            let (lo, hi) = (d.offset, d.offset + page);
+            self.pool_pages_damaged += 1;
+            log::error!(
+                "a client punched a hole in the pool at offset {lo:#x} ({} KiB; fallocate PUNCH_HOLE?) \
+                 and no free page was left to fault it back in; the agent now holds a private copy of \
+                 that page (zeros) and stops sharing it with clients",
+                page >> 10
+            );
+            let sleep = self.pool.layout_sleep_word();
+            if (lo..hi).contains(&sleep) {
+                log::error!(
+                    "the damaged page holds the agent's sleeping word: clients no longer see the agent \
+                     asleep, so it wakes at least every {} ms to look at their rings",
+                    MAX_SLEEP.as_millis()
+                );
+            }
+            for slot in 0..l.params.max_clients {
+                let (s, e) = l.client_range(slot);
+                if s >= hi || e <= lo {
+                    continue;
+                }
+                if !std::mem::replace(&mut self.retired[slot as usize], true) {
+                    log::error!(
+                        "client slot {slot} lies in the damaged page: retired until the agent restarts"
+                    );
+                }
+                if self.clients[slot as usize].is_some() {
+                    self.evict(
+                        slot,
+                        &format!(
+                            "its rings are in a pool page a client punched out (offset {lo:#x}): \
+                             they are no longer shared with the agent"
+                        ),
+                    );
+                }
+            }
+            let (bs, bl) = self.pool.block_region();
+            if lo < bs + bl && hi > bs {
+                let taken = self.blocks.quarantine(lo, page);
+                log::error!(
+                    "blocks at {:#x}..{:#x} quarantined ({} KiB were free); messages in flight there may arrive as zeros",
+                    lo.max(bs),
+                    hi.min(bs + bl),
+                    taken >> 10
+                );
+            }
+        }
+        let lost = crate::shm::guard::overflow();
+        if lost > 0 {
+            log::error!("{lost} more damaged pool page(s) could not be recorded (table full)");
+        }
     }
 
     fn reclaim(&mut self, slot: u32) {

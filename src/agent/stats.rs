@@ -115,6 +115,11 @@ pub struct Snapshot {
     /// client slot was taken and a live client asked to attach.
     #[serde(default)]
     pub clients_departed_reclaimed: u64,
+    /// Pool pages a client punched out (fallocate PUNCH_HOLE) that could not
+    /// be faulted back in: the agent holds a private copy and no longer
+    /// shares them (their client slots are retired, their blocks quarantined).
+    #[serde(default)]
+    pub pool_pages_damaged: u64,
     /// Peers' messages held for full receive rings or endpoints not open yet.
     pub parked_msgs: u64,
     /// Bytes they take (of `overflow_bytes`).

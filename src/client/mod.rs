@@ -640,6 +640,14 @@ impl Client {
         self.inner.pool.scribble(off, bytes)
     }
 
+    /// The pool memfd this client maps (every client holds it read-write).
+    /// For tests that play a hostile client (e.g. punching holes in it).
+    #[doc(hidden)]
+    pub fn pool_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.inner.pool.fd().as_fd()
+    }
+
     /// The pool's layout and this client's slot. For tests.
     #[doc(hidden)]
     pub fn layout(&self) -> (crate::shm::Layout, u32) {

@@ -68,6 +68,9 @@ pub struct BlockAlloc {
     total: u64,
     /// Bytes at the top of the region that [`BlockAlloc::alloc`] never uses.
     reserve: u64,
+    /// Quarantined ranges (start -> length): memory the agent no longer
+    /// shares with clients (see [`BlockAlloc::quarantine`]); never handed out.
+    bad: BTreeMap<u64, u64>,
 }
 
 impl BlockAlloc {
@@ -87,6 +90,7 @@ impl BlockAlloc {
             free_bytes: len,
             total: len,
             reserve: 0,
+            bad: BTreeMap::new(),
         }
     }
 
@@ -211,7 +215,81 @@ impl BlockAlloc {
         Some(b)
     }
 
-    fn release(&mut self, mut start: u64, mut len: u64) {
+    /// Never hand out `[start, start+len)` again (rounded out to units,
+    /// clipped to the region): a client punched that memory out of the pool,
+    /// so the agent's copy of it is no longer shared with clients. Free parts
+    /// leave the free map now; a live block across it keeps working (its
+    /// owner may see zeros there) and, when freed, gives back only what lies
+    /// outside. Returns the free bytes taken out now.
+    pub fn quarantine(&mut self, start: u64, len: u64) -> u64 {
+        let lo = (start.max(self.start) - self.start) / self.unit * self.unit + self.start;
+        let end = start.saturating_add(len).min(self.start + self.total);
+        if end <= lo {
+            return 0;
+        }
+        let hi = (end - self.start).next_multiple_of(self.unit) + self.start;
+        let hit: Vec<(u64, u64)> = self
+            .free
+            .range(..hi)
+            .filter(|(&s, &l)| s + l > lo)
+            .map(|(&s, &l)| (s, l))
+            .collect();
+        let mut taken = 0;
+        for (s, l) in hit {
+            self.free.remove(&s);
+            let e = s + l;
+            if s < lo {
+                self.free.insert(s, lo - s);
+            }
+            if e > hi {
+                self.free.insert(hi, e - hi);
+            }
+            taken += e.min(hi) - s.max(lo);
+        }
+        self.free_bytes -= taken;
+        let len = self.bad.get(&lo).copied().unwrap_or(0).max(hi - lo);
+        self.bad.insert(lo, len);
+        taken
+    }
+
+    /// Bytes of the region quarantined (see [`BlockAlloc::quarantine`]).
+    pub fn quarantined_bytes(&self) -> u64 {
+        let (mut sum, mut upto) = (0, 0);
+        for (&s, &l) in &self.bad {
+            let e = s + l;
+            if e > upto {
+                sum += e - s.max(upto);
+                upto = e;
+            }
+        }
+        sum
+    }
+
+    /// Give `[start, start+len)` back, minus what is quarantined.
+    fn release(&mut self, start: u64, len: u64) {
+        if self.bad.is_empty() {
+            return self.release_clean(start, len);
+        }
+        let end = start + len;
+        let mut at = start;
+        let bad: Vec<(u64, u64)> = self
+            .bad
+            .range(..end)
+            .filter(|(&s, &l)| s + l > start)
+            .map(|(&s, &l)| (s, s + l))
+            .collect();
+        for (bs, be) in bad {
+            if bs > at {
+                self.release_clean(at, bs - at);
+            }
+            at = at.max(be);
+        }
+        if at < end {
+            self.release_clean(at, end - at);
+        }
+    }
+
+    fn release_clean(&mut self, mut start: u64, mut len: u64) {
         self.free_bytes += len;
         // Merge with the free range just before, if adjacent.
         if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
@@ -326,6 +404,40 @@ mod tests {
         let arrival = a.alloc_top(big, Owner::Agent).unwrap();
         assert_eq!(arrival.off, 2 * big, "from the top");
         assert_eq!(a.max_alloc(), 2 * big);
+    }
+
+    #[test]
+    fn quarantined_memory_is_never_handed_out_again() {
+        let unit = 4096;
+        let mut a = BlockAlloc::new(1 << 20, 64 * unit, unit);
+        let x = a.alloc(8 * unit, C0).unwrap();
+        assert_eq!(x.off, 1 << 20);
+        // A damaged range across the live block and the free space after it.
+        let taken = a.quarantine(x.off + 6 * unit + 100, 4 * unit);
+        assert_eq!(taken, 3 * unit, "units 8..11 left the free map");
+        assert_eq!(a.free_bytes(), 56 * unit - 3 * unit);
+        assert_eq!(a.quarantined_bytes(), 5 * unit);
+        // The block still works; freed, it gives back only its clean part.
+        a.free(x.off, C0).unwrap();
+        assert_eq!(a.free_bytes(), 64 * unit - 5 * unit);
+        let mut got = Vec::new();
+        while let Some(b) = a.alloc(1, C1) {
+            got.push(b);
+        }
+        while let Some(b) = a.alloc_top(1, C1) {
+            got.push(b);
+        }
+        assert_eq!(got.len(), 59);
+        let (qs, qe) = (x.off + 6 * unit, x.off + 11 * unit);
+        for b in &got {
+            assert!(
+                b.off + b.reserved <= qs || b.off >= qe,
+                "{b:?} in quarantine"
+            );
+        }
+        // Outside the region: nothing happens.
+        assert_eq!(a.quarantine(0, 4096), 0);
+        assert_eq!(a.quarantine(1 << 30, 4096), 0);
     }
 
     proptest! {

@@ -26,6 +26,7 @@
 //! keeps its own indices privately (see [`ring`]).
 
 pub mod blocks;
+pub mod guard;
 pub mod handoff;
 pub mod ring;
 
@@ -215,6 +216,13 @@ impl Layout {
         (self.clients_off + self.client_stride * client as u64) as usize
     }
 
+    /// The pool range `[start, end)` of client slot `c` (its control line
+    /// and all its rings).
+    pub fn client_range(&self, c: u32) -> (u64, u64) {
+        let s = self.client_base(c) as u64;
+        (s, s + self.client_stride)
+    }
+
     /// Offset of client `c`'s submission ring.
     pub fn sub_off(&self, c: u32) -> usize {
         self.client_base(c) + CLIENT_CTL_BYTES
@@ -262,6 +270,8 @@ pub struct Pool {
     fd: OwnedFd,
     backing: Backing,
     node_id: u32,
+    /// The SIGBUS guard's handle for this mapping (see [`Pool::guard`]).
+    guard: Option<usize>,
 }
 
 // SAFETY: the mapping is process-wide and stays valid until `Drop`; every
@@ -290,6 +300,15 @@ fn map(fd: RawFd, bytes: usize, populate: bool) -> io::Result<*mut u8> {
     let mut flags = libc::MAP_SHARED;
     if populate {
         flags |= libc::MAP_POPULATE;
+    } else {
+        // A client's mapping of a pool the agent populated: nothing to
+        // reserve. Without this, a hugetlb mmap reserves a huge page for
+        // every page not in the file, so once a client punched a hole in the
+        // pool (fallocate PUNCH_HOLE) and no huge page is free, no client
+        // could map the pool (attach) any more. The punched range itself
+        // is retired by the agent (see `guard`); touching it is a SIGBUS in
+        // whoever touches it.
+        flags |= libc::MAP_NORESERVE;
     }
     // SAFETY: a fresh mapping chosen by the kernel (addr null) of a file we
     // hold open; no existing memory is affected.
@@ -373,6 +392,7 @@ impl Pool {
             fd,
             backing,
             node_id,
+            guard: None,
         })
     }
 
@@ -407,6 +427,7 @@ impl Pool {
             fd,
             backing,
             node_id,
+            guard: None,
         })
     }
 
@@ -475,12 +496,52 @@ impl Pool {
                 fd,
                 backing,
                 node_id: hdr.node_id,
+                guard: None,
             }),
             Err(e) => {
                 unmap(base);
                 Err(e)
             }
         }
+    }
+
+    /// Put this mapping under the SIGBUS guard ([`guard`]): a page a client
+    /// punched out of the memfd (`fallocate(FALLOC_FL_PUNCH_HOLE)`) that
+    /// cannot be faulted back in (no free huge page) becomes a private zero
+    /// page of this process and a damage record, instead of killing it.
+    /// For the agent; installs the process-wide handler on first use.
+    pub fn guard(&mut self) -> io::Result<()> {
+        if self.guard.is_some() {
+            return Ok(());
+        }
+        guard::install()?;
+        let region = guard::register(self.base as usize, self.len(), self.page_size())
+            .ok_or_else(|| io::Error::other("too many guarded pools in this process"))?;
+        self.guard = Some(region);
+        Ok(())
+    }
+
+    /// The guard's handle for this mapping, if it is guarded
+    /// ([`guard::Damage::region`]).
+    pub fn guard_region(&self) -> Option<usize> {
+        self.guard
+    }
+
+    /// Bytes of one page of the backing (what a hole punch frees at least).
+    pub fn page_size(&self) -> usize {
+        match self.backing {
+            Backing::Hugepages => HUGEPAGE,
+            // SAFETY: sysconf has no memory inputs.
+            Backing::Normal => match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+                n if n > 0 => n as usize,
+                _ => 4096,
+            },
+        }
+    }
+
+    /// Offset of the agent's sleeping word (in the header page).
+    pub fn layout_sleep_word(&self) -> u64 {
+        SLEEP_WORD_OFF as u64
     }
 
     /// The pool's layout.
@@ -666,9 +727,40 @@ impl Pool {
         let at = self.block_range(off, len).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "block range outside the pool")
         })?;
-        // SAFETY: the source range lies inside the mapping (checked); the
-        // kernel only reads it.
-        let n = unsafe { libc::write(fd, self.base.add(at) as *const libc::c_void, len as usize) };
+        self.guarded_syscall(at, len as usize, || {
+            // SAFETY: the source range lies inside the mapping (checked); the
+            // kernel only reads it.
+            unsafe { libc::write(fd, self.base.add(at) as *const libc::c_void, len as usize) }
+        })
+    }
+
+    /// Run a system call on `[at, at+len)` of the pool. A page a client
+    /// punched out that cannot be faulted back in makes the kernel's copy
+    /// fail with EFAULT (no signal); in a guarded pool, the range is then
+    /// touched from user space (the guard replaces such pages, see
+    /// [`guard`]) and the call is made once more.
+    fn guarded_syscall(
+        &self,
+        at: usize,
+        len: usize,
+        call: impl Fn() -> isize,
+    ) -> io::Result<usize> {
+        let mut n = call();
+        if n < 0
+            && self.guard.is_some()
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT)
+        {
+            let page = self.page_size();
+            let mut p = at / page * page;
+            while p < at + len {
+                // SAFETY: `p` is a page start inside the mapping (the range
+                // was checked by the caller); a read of one byte faults the
+                // page in, or lets the guard replace it.
+                unsafe { std::ptr::read_volatile(self.base.add(p)) };
+                p += page;
+            }
+            n = call();
+        }
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -681,14 +773,11 @@ impl Pool {
         let at = self.block_range(off, len).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "block range outside the pool")
         })?;
-        // SAFETY: the destination range lies inside the mapping (checked) and
-        // is owned by the agent while it is being filled.
-        let n = unsafe { libc::read(fd, self.base.add(at) as *mut libc::c_void, len as usize) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        self.guarded_syscall(at, len as usize, || {
+            // SAFETY: the destination range lies inside the mapping (checked)
+            // and is owned by the agent while it is being filled.
+            unsafe { libc::read(fd, self.base.add(at) as *mut libc::c_void, len as usize) }
+        })
     }
 
     /// A read-only view of a block for a client that owns it.
@@ -725,6 +814,9 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if let Some(r) = self.guard.take() {
+            guard::unregister(r);
+        }
         // SAFETY: unmapping our own mapping; every ring end holds an `Arc`
         // to the pool, so none outlives it.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len()) };
@@ -872,6 +964,41 @@ mod tests {
             Pool::open(pool.fd().try_clone().unwrap()),
             Err(ShmError::Magic(0))
         ));
+    }
+
+    /// A system call on a pool page that cannot be faulted in fails with
+    /// EFAULT (no signal): a guarded pool touches the range, the guard
+    /// replaces the page, and the call goes through. (A shmem pool cannot
+    /// lose a page to a hole punch, so the page is unmapped by hand here:
+    /// MAP_FIXED of a file range beyond the memfd's end, which faults like a
+    /// hugetlb page that cannot be allocated.)
+    #[test]
+    fn a_syscall_on_a_lost_pool_page_is_retried_after_the_guard() {
+        let mut pool = Pool::create(small(), 1, false).unwrap();
+        pool.guard().unwrap();
+        let (boff, _) = pool.block_region();
+        let at = boff as usize;
+        let page = pool.page_size();
+        let beyond = memfd("beyond", false).unwrap();
+        // SAFETY: replaces one page of our own pool mapping (a block page
+        // nobody uses) with a shared mapping of an empty memfd.
+        let p = unsafe {
+            libc::mmap(
+                pool.base.add(at) as *mut libc::c_void,
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                beyond.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let n = pool.write_block_to(w.as_raw_fd(), boff, 100).unwrap();
+        assert_eq!(n, 100);
+        let mut buf = [1u8; 100];
+        nix::unistd::read(r.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 100]);
     }
 
     #[test]
