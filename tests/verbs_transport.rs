@@ -42,6 +42,14 @@ fn counter(s: &serde_json::Value, name: &str) -> u64 {
     s["transport"][name].as_u64().unwrap_or(0)
 }
 
+/// The job key the test agents take from the environment (`WYVERN_JOB_KEY`), if any:
+/// a raw peer playing a node must prove it holds it, as the agents do.
+fn env_key() -> Option<wyvern::wire::auth::JobKey> {
+    std::env::var(wyvern::wire::auth::KEY_ENV)
+        .ok()
+        .map(|k| wyvern::wire::auth::JobKey::from_hex(&k, "WYVERN_JOB_KEY").unwrap())
+}
+
 /// Sizes from one byte through the eager threshold and the rendezvous threshold to
 /// 64 MiB, checksummed by the receiver; the large ones go by RDMA READ straight into
 /// the receiving agent's blocks, and every block returns to its pool.
@@ -375,8 +383,15 @@ fn forged_rendezvous_descriptors_are_refused_before_any_read() {
             caps: 0,
             fabric: 0,
         };
-        let mut p = RawPeer::connect(dev.as_deref(), gid, hello, c.nodes[0], t)
-            .unwrap_or_else(|e| panic!("{name}: raw peer: {e}"));
+        let mut p = RawPeer::connect(
+            dev.as_deref(),
+            gid,
+            hello,
+            env_key().as_ref(),
+            c.nodes[0],
+            t,
+        )
+        .unwrap_or_else(|e| panic!("{name}: raw peer: {e}"));
         // The agent sends (its Resume) only on a link it has up.
         p.wait_for_a_send(t)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
