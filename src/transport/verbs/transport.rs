@@ -1400,7 +1400,7 @@ impl VerbsTransport {
     }
 
     /// A link's bootstrap connection has something to read.
-    fn serve_link(&mut self, node: u32, events: &mut Vec<LinkEvent>) {
+    fn serve_link(&mut self, poller: &Poller, node: u32, events: &mut Vec<LinkEvent>) {
         let Some(mut l) = self.links.get_mut(node as usize).and_then(|l| l.take()) else {
             return;
         };
@@ -1415,7 +1415,7 @@ impl VerbsTransport {
                 self.handshake_failed(&format!("handshake with node {node}"), &why);
                 if let Some(l) = self.links[node as usize].take() {
                     // Never up: nobody else knows of it.
-                    self.drop_link(None, l);
+                    self.drop_link(Some(poller), l);
                 }
                 self.next_dial[node as usize] = Instant::now() + REDIAL;
             } else {
@@ -2307,7 +2307,7 @@ impl Transport for VerbsTransport {
     fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
         let idx = token & !TOK_MASK;
         match token & TOK_MASK {
-            TOK_LINK => self.serve_link(idx, events),
+            TOK_LINK => self.serve_link(poller, idx, events),
             TOK_PENDING => self.serve_pending(poller, idx as usize, events),
             _ => match token {
                 TOK_LISTEN => {
