@@ -42,6 +42,14 @@ fn counter(s: &serde_json::Value, name: &str) -> u64 {
     s["transport"][name].as_u64().unwrap_or(0)
 }
 
+/// The job key the test agents take from the environment (`WYVERN_JOB_KEY`), if any:
+/// a raw peer playing a node must prove it holds it, as the agents do.
+fn env_key() -> Option<wyvern::wire::auth::JobKey> {
+    std::env::var(wyvern::wire::auth::KEY_ENV)
+        .ok()
+        .map(|k| wyvern::wire::auth::JobKey::from_hex(&k, "WYVERN_JOB_KEY").unwrap())
+}
+
 /// Sizes from one byte through the eager threshold and the rendezvous threshold to
 /// 64 MiB, checksummed by the receiver; the large ones go by RDMA READ straight into
 /// the receiving agent's blocks, and every block returns to its pool.
@@ -375,8 +383,15 @@ fn forged_rendezvous_descriptors_are_refused_before_any_read() {
             caps: 0,
             fabric: 0,
         };
-        let mut p = RawPeer::connect(dev.as_deref(), gid, hello, c.nodes[0], t)
-            .unwrap_or_else(|e| panic!("{name}: raw peer: {e}"));
+        let mut p = RawPeer::connect(
+            dev.as_deref(),
+            gid,
+            hello,
+            env_key().as_ref(),
+            c.nodes[0],
+            t,
+        )
+        .unwrap_or_else(|e| panic!("{name}: raw peer: {e}"));
         // The agent sends (its Resume) only on a link it has up.
         p.wait_for_a_send(t)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -620,4 +635,251 @@ fn an_idle_queue_pair_forced_into_error_is_found_and_the_link_resumes() {
         log.contains("found in the ERR state") || log.contains("last WQE reached"),
         "no link failed for a QP found in ERR"
     );
+}
+
+/// A private job key file for the agents of one test (`--job-key-file`), whatever
+/// `WYVERN_JOB_KEY` says (the file wins).
+struct KeyFile {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl KeyFile {
+    fn new() -> KeyFile {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.key");
+        let key = wyvern::wire::auth::JobKey::generate().unwrap();
+        std::fs::write(&path, key.to_hex()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        KeyFile { _dir: dir, path }
+    }
+
+    fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Agent `i`'s view of peer `j`: (resumes, losses, state).
+fn link_facts(c: &Cluster, i: usize, j: u64) -> (u64, u64, String) {
+    let s = c.stat(i);
+    let p = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == j)
+        .cloned()
+        .unwrap_or_else(|| panic!("agent {i} has no peer {j}: {s}"));
+    (
+        p["counters"]["resumes"].as_u64().unwrap_or(0),
+        p["counters"]["losses"].as_u64().unwrap_or(0),
+        p["state"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// `n` messages (eager and rendezvous sizes) from node 0 to node 1 on endpoint `ep`,
+/// delivered and intact.
+fn honest_transfer(c: &Cluster, ep: u32, n: u32) {
+    let sizes = "100,5000,100000";
+    let ep = ep.to_string();
+    let count = n.to_string();
+    let rx = c.peer(
+        1,
+        &["--ep", &ep, "--sizes", sizes, "recv", "--count", &count],
+    );
+    let to = format!("1:{ep}");
+    let tx = c.peer(
+        0,
+        &[
+            "--sizes",
+            sizes,
+            "send",
+            "--to",
+            &to,
+            "--count",
+            &count,
+            "--delivered",
+        ],
+    );
+    assert_ok("honest sender", &tx.result(T));
+    let r = rx.result(T);
+    assert_ok("honest receiver", &r);
+    assert_eq!(r.0["corrupt"], 0);
+}
+
+/// Issue 13, finding 7 on verbs: the agents hold a job key; a stranger that knows the
+/// job name but not the key dials agent 0's verbs bootstrap as node 1 while the real
+/// node 1's link is up: with no MAC, with another key, and by hand with a made-up MAC
+/// (and an Info of its own choosing). Before (89206fd) the bootstrap was not
+/// authenticated: the stranger's Hello and Info replaced the live link (agent 0 tore
+/// it down as "peer reconnected" and connected its QP to the stranger's). Now every
+/// attempt is closed before agent 0 acts on it: the link to the real node 1 stays up,
+/// its counters show no reset, the refusals are counted and logged, and honest
+/// messages flow before and after.
+#[test]
+fn verbs_stranger_without_the_key_cannot_take_a_peers_place() {
+    if !have_device("verbs_stranger") {
+        return;
+    }
+    use std::io::{Read, Write};
+    use wyvern::transport::verbs::forge::RawPeer;
+    use wyvern::wire::auth::JobKey;
+    let key = KeyFile::new();
+    let c = start_with(2, &["--job-key-file", &key.arg()]);
+    c.wait_up(0, 1);
+    honest_transfer(&c, 60, 20);
+    let before = link_facts(&c, 0, 1);
+    assert_eq!(before.2, "up", "{before:?}");
+    let s = c.stat(0);
+    assert_eq!(s["transport_info"]["peer_auth"], "mac", "{s}");
+
+    let dev = common::verbs_devices().get(1).cloned();
+    let gid = std::env::var("WYVERN_RXE_GID_INDEX")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let hello = |incarnation| wyvern::wire::Hello {
+        node: 1,
+        nodes: 2,
+        incarnation,
+        job: wyvern::wire::job_hash(Some(&c.job())),
+        caps: 0,
+        fabric: 0,
+    };
+    let t = Duration::from_secs(30);
+    let other = JobKey::generate().unwrap();
+    let mut got_in = Vec::new();
+    for (k, key) in [None, Some(&other)].into_iter().enumerate() {
+        let r = RawPeer::connect(
+            dev.as_deref(),
+            gid,
+            hello(1000 + k as u64),
+            key,
+            c.nodes[0],
+            t,
+        );
+        match r {
+            Ok(p) => got_in.push((k, p)),
+            Err(e) => eprintln!("stranger {k} refused: {e}"),
+        }
+    }
+    // By hand: the challenge, then a Hello with a made-up MAC and an Info.
+    {
+        let mut s = std::net::TcpStream::connect(c.nodes[0]).unwrap();
+        s.set_read_timeout(Some(t)).unwrap();
+        let mut challenge = [0u8; 8 + 32];
+        s.read_exact(&mut challenge).unwrap();
+        assert_eq!(
+            &challenge[..4],
+            &0x5759_5643u32.to_le_bytes(),
+            "not a challenge"
+        );
+        let msg = |kind: u16, body: &[u8]| {
+            let mut m = 0x5759_5643u32.to_le_bytes().to_vec();
+            m.extend_from_slice(&kind.to_le_bytes());
+            m.extend_from_slice(&(body.len() as u16).to_le_bytes());
+            m.extend_from_slice(body);
+            m
+        };
+        let mut body = hello(2000).to_bytes().to_vec();
+        body.extend_from_slice(&[7u8; 32]); // its nonce
+        body.extend_from_slice(&[9u8; 32]); // a MAC it cannot make
+        let mut out = msg(1, &body);
+        out.extend(msg(2, &[0x11u8; 60])); // an Info naming what it likes
+        s.write_all(&out).unwrap();
+        let mut b = [0u8; 64];
+        assert!(
+            matches!(s.read(&mut b), Ok(0) | Err(_)),
+            "the agent answered a stranger's Hello"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        link_facts(&c, 0, 1),
+        before,
+        "the stranger touched the link"
+    );
+    assert!(
+        got_in.is_empty(),
+        "strangers {:?} got a verbs link to agent 0",
+        got_in.iter().map(|g| g.0).collect::<Vec<_>>()
+    );
+    let s = c.stat(0);
+    eprintln!("agent 0 transport counters: {}", s["transport"]);
+    assert!(counter(&s, "verbs_handshakes_failed") >= 3, "{s}");
+    let log = c.log(0);
+    assert!(log.contains("without a MAC"), "{log}");
+    assert!(log.contains("failed their MAC"), "{log}");
+    assert_eq!(
+        link_facts(&c, 0, 1),
+        before,
+        "the stranger touched the link"
+    );
+    honest_transfer(&c, 61, 20);
+    assert_eq!(link_facts(&c, 0, 1), before);
+}
+
+/// The bootstrap listener holds little for strangers: 100 connections that say
+/// nothing (at most 64 are kept, the rest closed at once and counted in
+/// `verbs_pending_refused`; the kept ones are closed after the 2 s handshake
+/// deadline), and one whose first header announces a 64 KiB body (closed at once,
+/// before any body is read). The agent's fds return to their baseline and the live
+/// link carries honest messages throughout.
+#[test]
+fn verbs_bootstrap_strangers_are_bounded() {
+    if !have_device("verbs_bootstrap_bounded") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let c = start(2);
+    c.wait_up(0, 1);
+    honest_transfer(&c, 70, 10);
+    let before = link_facts(&c, 0, 1);
+    let pid = c.agents[0].as_ref().unwrap().pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let fds0 = fds();
+    let mut big = std::net::TcpStream::connect(c.nodes[0]).unwrap();
+    let mut hdr = 0x5759_5643u32.to_le_bytes().to_vec();
+    hdr.extend_from_slice(&1u16.to_le_bytes());
+    hdr.extend_from_slice(&u16::MAX.to_le_bytes());
+    big.write_all(&hdr).unwrap();
+    let conns: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&c.nodes[0], Duration::from_secs(5)).ok()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let s = c.stat(0);
+    assert!(counter(&s, "verbs_pending_refused") >= 30, "{s}");
+    assert!(counter(&s, "verbs_handshakes_failed") >= 1, "{s}");
+    assert!(fds() <= fds0 + 64 + 2, "fds {} (baseline {fds0})", fds());
+    // The oversized one was closed on its header.
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 256];
+    let mut closed = false;
+    for _ in 0..4 {
+        match big.read(&mut b) {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {} // its challenge
+        }
+    }
+    assert!(closed, "a connection announcing 64 KiB was kept");
+    honest_transfer(&c, 71, 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fds() > fds0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(fds() <= fds0, "fds {} > {fds0}", fds());
+    drop(conns);
+    let s = c.stat(0);
+    eprintln!("agent 0 transport counters: {}", s["transport"]);
+    assert!(counter(&s, "verbs_handshakes_failed") >= 60, "{s}");
+    assert_eq!(link_facts(&c, 0, 1), before);
+    honest_transfer(&c, 72, 10);
 }

@@ -802,6 +802,7 @@ fn open_transport(
                     device: cfg.verbs_device.clone(),
                     gid_index: cfg.verbs_gid_index,
                     bootstrap: cfg.verbs_bootstrap()?,
+                    key: key.clone(),
                 },
                 poller,
                 pool.clone(),
@@ -848,12 +849,6 @@ impl Agent {
                 "NO JOB KEY (job_key_file, --job-key-file, WYVERN_JOB_KEY): peers are NOT \
                  authenticated (peer_auth: none); whoever reaches this agent's port and knows \
                  the job name can speak as a peer. Run like this on a trusted fabric only."
-            );
-        }
-        if key.is_some() && cfg.transport_set().contains(&TransportKind::Verbs) {
-            log::warn!(
-                "job key set, but the verbs transport's bootstrap Hello is not authenticated yet: \
-                 verbs peers are not authenticated (peer_auth: none)"
             );
         }
         let mut pool = Pool::create(cfg.pool, cfg.node_id, cfg.hugepages)?;

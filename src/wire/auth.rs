@@ -39,6 +39,10 @@ pub mod label {
     pub const TCP_HELLO_ACCEPTOR: &[u8] = b"wyvern tcp hello from acceptor v1";
     /// Datagram (udp, dpdk): a `Hello` packet.
     pub const DGRAM_HELLO: &[u8] = b"wyvern datagram hello v1";
+    /// Verbs bootstrap: the dialing agent's `Hello` and `Info`.
+    pub const VERBS_BOOT_DIALER: &[u8] = b"wyvern verbs bootstrap from dialer v2";
+    /// Verbs bootstrap: the accepting agent's `Hello` and `Info`.
+    pub const VERBS_BOOT_ACCEPTOR: &[u8] = b"wyvern verbs bootstrap from acceptor v2";
 }
 
 /// Why a job key could not be had.

@@ -2,20 +2,26 @@
 //! hand, so that a test can hand a real agent what no agent would send (a rendezvous
 //! descriptor outside the region the peer advertised, say). Not part of the API.
 //!
-//! It plays node `hello.node`, dials the agent's bootstrap address, exchanges Hello and
-//! Info, connects its own RC QP (with its own small SRQ, so the agent's SENDs find a
-//! receive buffer) and says Ready. Everything is blocking with timeouts; errors are
-//! strings (a test prints them).
+//! It plays node `hello.node`, dials the agent's bootstrap address, waits for the
+//! agent's challenge, sends its Hello (with a MAC under the job key it is given, zeros
+//! without one) and Info, checks the agent's answer (its MAC too, with a key), connects
+//! its own RC QP (with its own small SRQ, so the agent's SENDs find a receive buffer)
+//! and says Ready. Everything is blocking with timeouts; errors are strings (a test
+//! prints them).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::transport::{boot_msg, take_boot_msg, Info, MsgWriter, K_HELLO, K_INFO, K_READY, MSG};
+use super::transport::{
+    boot_hello, boot_msg, take_boot_msg, BootHello, Info, MsgWriter, K_CHALLENGE, K_HELLO, K_INFO,
+    K_READY, MSG,
+};
 use super::{
     Access, Context, Cq, Pd, Qp, QpCaps, QpEndpoint, RegBuf, SendOp, SendWr, Sge, Srq, Wc,
 };
+use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::Hello;
 
 /// Receive buffers the raw peer posts (and credits it grants the agent).
@@ -59,11 +65,13 @@ fn err(what: &str) -> impl FnOnce(std::io::Error) -> String + '_ {
 
 impl RawPeer {
     /// Connect to the agent whose bootstrap listens at `agent`, from `device` (none:
-    /// the first active port), as the node of `hello`.
+    /// the first active port), as the node of `hello`, proving it holds `key` (none: no
+    /// MAC, as an agent without a job key).
     pub fn connect(
         device: Option<&str>,
         gid_index: Option<u32>,
         hello: Hello,
+        key: Option<&JobKey>,
         agent: SocketAddr,
         timeout: Duration,
     ) -> Result<RawPeer, String> {
@@ -122,21 +130,12 @@ impl RawPeer {
         };
         let mut ctl = TcpStream::connect_timeout(&agent, timeout).map_err(err("dial"))?;
         ctl.set_read_timeout(Some(timeout)).map_err(err("socket"))?;
-        let mut out = boot_msg(K_HELLO, &hello.to_bytes());
-        out.extend(boot_msg(K_INFO, &mine.to_bytes()));
-        ctl.write_all(&out).map_err(err("bootstrap write"))?;
-        // The agent's Hello, then its Info.
         let mut buf = Vec::new();
-        let mut theirs = None;
-        while theirs.is_none() {
-            while let Some((kind, body)) = take_boot_msg(&mut buf)? {
-                match kind {
-                    K_HELLO => {}
-                    K_INFO => theirs = Info::parse(&body),
-                    k => return Err(format!("bootstrap message {k} before Info")),
+        let mut next = |ctl: &mut TcpStream| -> Result<(u16, Vec<u8>), String> {
+            loop {
+                if let Some(m) = take_boot_msg(&mut buf)? {
+                    return Ok(m);
                 }
-            }
-            if theirs.is_none() {
                 let mut tmp = [0u8; 512];
                 let n = ctl.read(&mut tmp).map_err(err("bootstrap read"))?;
                 if n == 0 {
@@ -144,8 +143,40 @@ impl RawPeer {
                 }
                 buf.extend_from_slice(&tmp[..n]);
             }
-        }
-        let remote = theirs.expect("loop ends with it");
+        };
+        // The agent's challenge first.
+        let challenge: [u8; NONCE_LEN] = match next(&mut ctl)? {
+            (K_CHALLENGE, b) => b
+                .try_into()
+                .map_err(|b: Vec<u8>| format!("a challenge of {} bytes", b.len()))?,
+            (k, _) => return Err(format!("bootstrap message {k} instead of a challenge")),
+        };
+        let ours = auth::random_bytes::<NONCE_LEN>();
+        let info = mine.to_bytes();
+        let mut out = boot_hello(
+            key,
+            auth::label::VERBS_BOOT_DIALER,
+            &challenge,
+            &ours,
+            &hello,
+            &info,
+        );
+        out.extend(boot_msg(K_INFO, &info));
+        ctl.write_all(&out).map_err(err("bootstrap write"))?;
+        // The agent's Hello, then its Info.
+        let theirs = match next(&mut ctl)? {
+            (K_HELLO, b) => BootHello::parse(&b)?,
+            (k, _) => return Err(format!("bootstrap message {k} instead of Hello")),
+        };
+        let remote = match next(&mut ctl)? {
+            (K_INFO, b) => {
+                if !theirs.verify(key, auth::label::VERBS_BOOT_ACCEPTOR, &challenge, &ours, &b) {
+                    return Err("the agent's Hello and Info failed their MAC".into());
+                }
+                Info::parse(&b).ok_or("short Info")?
+            }
+            (k, _) => return Err(format!("bootstrap message {k} instead of Info")),
+        };
         let mtu = (remote.mtu as u32).min(port.active_mtu).max(1);
         qp.to_rtr(ctx.port(), &remote.ep, mtu, gid.map(|(i, _)| i), 1)
             .map_err(s)?;

@@ -2,13 +2,27 @@
 //!
 //! ## Connection set-up (out of band, like perftest)
 //! Each pair of agents keeps one TCP *bootstrap* connection: the higher node id dials
-//! the lower one's bootstrap address. Over it both sides send a `Hello` (node, node
-//! count, incarnation, job: another job's agent is refused) and their queue pair's
-//! endpoint: QP number, first PSN, LID, GID, active MTU, and the pool's address, block
-//! region and remote key, plus how many receive buffers the peer may fill (credits).
-//! The accepting side moves its QP to RTR/RTS and answers with its own; the dialing side
-//! does the same and sends `Ready`. The connection then stays open and silent: its
-//! close means the peer agent went away.
+//! the lower one's bootstrap address. The accepting side speaks first: a `Challenge`
+//! with a fresh 32-byte random nonce. The dialer then sends its `Hello` (node, node
+//! count, incarnation, job: another job's agent is refused) with its own nonce and a MAC
+//! (job key, [`crate::wire::auth`]) and its queue pair's endpoint (`Info`): QP number,
+//! first PSN, LID, GID, active MTU, and the pool's address, block region and remote
+//! key, plus how many receive buffers the peer may fill (credits). The MAC covers a
+//! label naming the direction, both nonces, the `Hello` and the `Info` bytes: a forger
+//! can neither replay a recorded handshake (the challenge is new on every connection)
+//! nor swap the addresses or the rkey. The accepting side checks it before it acts on
+//! anything (no queue pair made, no link replaced), moves its QP to RTR/RTS and answers
+//! with its own `Hello` (echoing the dialer's nonce, MAC under the acceptor's label over
+//! both nonces, its `Hello` and its `Info`) and `Info`; the dialing side checks that,
+//! connects its QP and sends `Ready`. The connection then stays open and silent: its
+//! close means the peer agent went away. Without a job key the MACs are zero and not
+//! checked (`peer_auth: none`).
+//!
+//! Accepted connections are bounded like the tcp transport's: from node addresses only
+//! (when the node list names real ones), at most [`MAX_PENDING`] in their handshake,
+//! each reading one bootstrap message at a time (a header announcing more than
+//! [`BOOT_BODY_MAX`] bytes closes it before its body is read), done within
+//! [`HANDSHAKE_TIMEOUT`].
 //!
 //! ## The stream
 //! The agent's byte stream to a peer (frames) is cut into SENDs of at most [`MSG`]
@@ -45,6 +59,7 @@ use std::time::{Duration, Instant};
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
 use crate::transport::{LinkEvent, Out, Poller, Transport};
+use crate::wire::auth::{self, JobKey, MAC_LEN, NONCE_LEN};
 use crate::wire::{FrameReader, Hello};
 
 use super::{
@@ -76,8 +91,15 @@ const READ_PIECE: u64 = 1 << 20;
 pub const RX_HIGH_WATER: usize = 8 << 20;
 /// Completions taken per poll call at most (fairness with the rest of the round).
 const CQ_PER_POLL: usize = 256;
-/// How long a bootstrap connection may take to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a bootstrap connection may take to complete its handshake (as tcp's).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Accepted bootstrap connections whose handshake is not done, at most; more are
+/// closed as soon as they are accepted (as tcp's).
+pub const MAX_PENDING: usize = 64;
+/// At most one warning about refused connections this often, and at most
+/// [`FAIL_WARNS`] warnings about failed handshakes in such a spell.
+const REFUSE_WARN_EVERY: Duration = Duration::from_secs(1);
+const FAIL_WARNS: u32 = 10;
 /// Pause between two dial attempts.
 const REDIAL: Duration = Duration::from_millis(100);
 /// How often `tick` asks the device for an up link's QP state (`ibv_query_qp`, a
@@ -108,6 +130,8 @@ pub struct VerbsConfig {
     pub gid_index: Option<u32>,
     /// Every node's bootstrap TCP address, by node id; this node's is bound.
     pub bootstrap: Vec<SocketAddr>,
+    /// The job key; `None`: peers are not authenticated (see the module docs).
+    pub key: Option<JobKey>,
 }
 
 /// The transport's counters (for `wyvern stat`).
@@ -152,15 +176,31 @@ pub struct VerbsCounters {
     /// Up links whose queue pair was found in the error state (by the periodic state
     /// query or a "last WQE reached" event) rather than by a failed work completion.
     pub qp_errors_found: u64,
+    /// Bootstrap connections closed at once: [`MAX_PENDING`] handshakes under way.
+    pub pending_refused: u64,
+    /// Bootstrap handshakes that failed: a bad or missing MAC, another job, a wrong
+    /// node or address, oversized or out-of-turn messages, an older wyvern, timeouts.
+    pub handshakes_failed: u64,
 }
 
 // ------------------------------------------------------------------- bootstrap
 
-const BOOT_MAGIC: u32 = 0x5759_5642; // "WYVB"
+/// Bootstrap version 2 (challenge, MACs): "WYVC".
+const BOOT_MAGIC: u32 = 0x5759_5643;
+/// Version 1 (no challenge, no MAC; wyvern before issue 13's verbs fix): "WYVB".
+const BOOT_MAGIC_V1: u32 = 0x5759_5642;
 pub(super) const K_HELLO: u16 = 1;
 pub(super) const K_INFO: u16 = 2;
 pub(super) const K_READY: u16 = 3;
-const INFO_LEN: usize = 60;
+pub(super) const K_CHALLENGE: u16 = 4;
+pub(super) const INFO_LEN: usize = 60;
+/// Bytes of a bootstrap message's header: magic, kind, body length.
+const BOOT_HEADER: usize = 8;
+/// A `Hello` message's body: the `Hello`, the dialer's nonce, the MAC.
+pub(super) const HELLO_MSG_BODY: usize = Hello::LEN + NONCE_LEN + MAC_LEN;
+/// The largest body of any bootstrap message (a `Hello`): a header announcing more
+/// closes the connection before the body is read.
+pub const BOOT_BODY_MAX: usize = HELLO_MSG_BODY;
 
 /// What a side tells the other about its queue pair and pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,12 +355,21 @@ pub(super) fn boot_msg(kind: u16, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// The next complete bootstrap message in `buf` (consumed), or why the stream is bad.
-pub(super) fn take_boot_msg(buf: &mut Vec<u8>) -> Result<Option<(u16, Vec<u8>)>, String> {
-    if buf.len() < 8 {
+/// The header of the bootstrap message at the start of `buf` (kind, body length),
+/// once its 8 bytes are there; an error for a stream that is not a wyvern verbs
+/// bootstrap of this version or a body longer than [`BOOT_BODY_MAX`].
+pub(super) fn peek_boot_header(buf: &[u8]) -> Result<Option<(u16, usize)>, String> {
+    if buf.len() < BOOT_HEADER {
         return Ok(None);
     }
     let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    if magic == BOOT_MAGIC_V1 {
+        return Err(
+            "the peer speaks the verbs bootstrap of an older wyvern (version 1: \
+                    no challenge, no MAC); every agent of a job must run the same version"
+                .into(),
+        );
+    }
     if magic != BOOT_MAGIC {
         return Err(format!(
             "not a wyvern verbs bootstrap stream (magic {magic:#x})"
@@ -328,12 +377,119 @@ pub(super) fn take_boot_msg(buf: &mut Vec<u8>) -> Result<Option<(u16, Vec<u8>)>,
     }
     let kind = u16::from_le_bytes([buf[4], buf[5]]);
     let len = u16::from_le_bytes([buf[6], buf[7]]) as usize;
-    if buf.len() < 8 + len {
+    if len > BOOT_BODY_MAX {
+        return Err(format!(
+            "a bootstrap message {kind} announcing {len} bytes (at most {BOOT_BODY_MAX})"
+        ));
+    }
+    Ok(Some((kind, len)))
+}
+
+/// The next complete bootstrap message in `buf` (consumed), or why the stream is bad.
+pub(super) fn take_boot_msg(buf: &mut Vec<u8>) -> Result<Option<(u16, Vec<u8>)>, String> {
+    let Some((kind, len)) = peek_boot_header(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < BOOT_HEADER + len {
         return Ok(None);
     }
-    let body = buf[8..8 + len].to_vec();
-    buf.drain(..8 + len);
+    let body = buf[BOOT_HEADER..BOOT_HEADER + len].to_vec();
+    buf.drain(..BOOT_HEADER + len);
     Ok(Some((kind, body)))
+}
+
+/// The MAC a bootstrap `Hello` carries: under `label` (the direction), over the
+/// acceptor's challenge, the dialer's nonce, the sender's `Hello` and its `Info` bytes.
+pub(super) fn boot_mac(
+    key: &JobKey,
+    label: &[u8],
+    challenge: &[u8; NONCE_LEN],
+    nonce: &[u8; NONCE_LEN],
+    hello: &[u8; Hello::LEN],
+    info: &[u8; INFO_LEN],
+) -> [u8; MAC_LEN] {
+    key.mac(label, &[challenge, nonce, hello, info])
+}
+
+/// A bootstrap `Hello` message: `hello`, the dialer's `nonce` and the MAC (zero
+/// without a key) under `label` over it and the `info` that follows it.
+pub(super) fn boot_hello(
+    key: Option<&JobKey>,
+    label: &[u8],
+    challenge: &[u8; NONCE_LEN],
+    nonce: &[u8; NONCE_LEN],
+    hello: &Hello,
+    info: &[u8; INFO_LEN],
+) -> Vec<u8> {
+    let h = hello.to_bytes();
+    let mac = key.map_or([0; MAC_LEN], |k| {
+        boot_mac(k, label, challenge, nonce, &h, info)
+    });
+    let mut body = Vec::with_capacity(HELLO_MSG_BODY);
+    body.extend_from_slice(&h);
+    body.extend_from_slice(nonce);
+    body.extend_from_slice(&mac);
+    boot_msg(K_HELLO, &body)
+}
+
+/// A received bootstrap `Hello`, its MAC not yet checked (that needs the `Info`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BootHello {
+    pub(super) hello: Hello,
+    raw: [u8; Hello::LEN],
+    /// The dialer's nonce (the acceptor echoes it).
+    pub(super) nonce: [u8; NONCE_LEN],
+    mac: [u8; MAC_LEN],
+}
+
+impl BootHello {
+    pub(super) fn parse(body: &[u8]) -> Result<BootHello, String> {
+        if body.len() != HELLO_MSG_BODY {
+            return Err(format!(
+                "a Hello of {} bytes, not {HELLO_MSG_BODY}",
+                body.len()
+            ));
+        }
+        let hello = Hello::parse(&body[..Hello::LEN]).map_err(|e| format!("bad Hello ({e})"))?;
+        let part = |i: usize| -> [u8; 32] { body[i..i + 32].try_into().expect("32 bytes") };
+        Ok(BootHello {
+            hello,
+            raw: part(0),
+            nonce: part(Hello::LEN),
+            mac: part(Hello::LEN + NONCE_LEN),
+        })
+    }
+
+    /// Whether its MAC is right for `label`, `challenge`, the dialer's `nonce` (for
+    /// the acceptor's answer: the dialer's own, not the echo) and the `info` that
+    /// followed it; always true without a key.
+    pub(super) fn verify(
+        &self,
+        key: Option<&JobKey>,
+        label: &[u8],
+        challenge: &[u8; NONCE_LEN],
+        nonce: &[u8; NONCE_LEN],
+        info: &[u8],
+    ) -> bool {
+        key.is_none_or(|k| k.verify(label, &[challenge, nonce, &self.raw, info], &self.mac))
+    }
+}
+
+/// Read from a non-blocking stream until `buf` holds `want` bytes, and no further;
+/// `Ok(false)`: closed by the peer.
+fn read_upto(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> io::Result<bool> {
+    let mut tmp = [0u8; BOOT_HEADER + BOOT_BODY_MAX];
+    while buf.len() < want {
+        let n = (want - buf.len()).min(tmp.len());
+        match s.read(&mut tmp[..n]) {
+            Ok(0) => return Ok(false),
+            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Read what a non-blocking stream has into `buf`; `Ok(false)`: closed by the peer.
@@ -512,6 +668,8 @@ impl<'a> MsgWriter<'a> {
 /// Where a link's handshake stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Dialed: nothing sent, waiting for the acceptor's challenge.
+    AwaitChallenge,
     /// Dialed: our Hello and Info sent, waiting for the peer's.
     AwaitInfo,
     /// Accepted: QP ready, our Info sent, waiting for the dialer's Ready.
@@ -556,6 +714,11 @@ struct Link {
     since: Instant,
     ctl: TcpStream,
     ctl_in: Vec<u8>,
+    /// Dialed links: our nonce, the acceptor's challenge (once it came) and its
+    /// `Hello` (once it came; checked with the `Info` that follows).
+    ours: [u8; NONCE_LEN],
+    challenge: Option<[u8; NONCE_LEN]>,
+    peer_hello: Option<BootHello>,
     qp: Qp,
     psn: u32,
     remote: Option<Info>,
@@ -609,13 +772,26 @@ struct RxSlot {
 /// Why a link broke (the text for `LinkEvent::Down`).
 type Broken = String;
 
+/// An accepted bootstrap connection in its handshake: our challenge went out, the
+/// dialer's `Hello` and then `Info` are due. `buf` holds at most one message.
+struct Pending {
+    s: TcpStream,
+    buf: Vec<u8>,
+    since: Instant,
+    from: SocketAddr,
+    /// Our challenge.
+    ours: [u8; NONCE_LEN],
+    /// The dialer's `Hello`, once it came (its MAC is checked with the `Info`).
+    hello: Option<BootHello>,
+}
+
 /// The verbs transport. See the module docs.
 pub struct VerbsTransport {
     // Field order is drop order: queue pairs (in `links`/`pending`) go before the
     // shared receive queue, CQ and memory regions, and the pool stays mapped until
     // its region is deregistered.
     links: Vec<Option<Link>>,
-    pending: Vec<Option<(TcpStream, Vec<u8>, Instant)>>,
+    pending: Vec<Option<Pending>>,
     srq: Arc<Srq>,
     rx_bufs: RegBuf,
     rx_slots: Vec<RxSlot>,
@@ -629,7 +805,7 @@ pub struct VerbsTransport {
     pool: Arc<Pool>,
     me: u32,
     hello: Hello,
-    hello_msg: Vec<u8>,
+    key: Option<JobKey>,
     bootstrap: Vec<SocketAddr>,
     listener: TcpListener,
     addr: SocketAddr,
@@ -649,6 +825,11 @@ pub struct VerbsTransport {
     round: u64,
     stats: VerbsCounters,
     wcs: Vec<Wc>,
+    /// When a refusal was last logged, and how many since.
+    refuse_warned: Option<Instant>,
+    refused_quiet: u64,
+    /// Failed handshakes logged at warn level: since when, how many.
+    fail_warned: Option<(Instant, u32)>,
 }
 
 fn wr_id(node: u32, epoch: u16, seq: u64) -> u64 {
@@ -774,7 +955,7 @@ impl VerbsTransport {
             pool,
             me,
             hello: cfg.hello,
-            hello_msg: boot_msg(K_HELLO, &cfg.hello.to_bytes()),
+            key: cfg.key,
             bootstrap: cfg.bootstrap,
             listener,
             addr,
@@ -794,6 +975,9 @@ impl VerbsTransport {
             round: 0,
             stats: VerbsCounters::default(),
             wcs: Vec::with_capacity(64),
+            refuse_warned: None,
+            refused_quiet: 0,
+            fail_warned: None,
         };
         t.repost()?;
         Ok(t)
@@ -922,6 +1106,9 @@ impl VerbsTransport {
             since: now,
             ctl,
             ctl_in: Vec::new(),
+            ours: auth::random_bytes::<NONCE_LEN>(),
+            challenge: None,
+            peer_hello: None,
             psn: random_psn(node, epoch),
             qp,
             remote: None,
@@ -971,8 +1158,9 @@ impl VerbsTransport {
         Ok(())
     }
 
-    /// Check a peer's Hello: same job, same node count, another node.
-    fn check_hello(&self, h: &Hello) -> Result<(), String> {
+    /// Check a peer's Hello: same job, same node count, another node, and (when the
+    /// node list names a real address for it) from that node's IP.
+    fn check_hello(&self, h: &Hello, from: Option<SocketAddr>) -> Result<(), String> {
         if h.job != self.hello.job {
             return Err(format!(
                 "Hello from node {} of another job (job tag {:#x}, ours {:#x})",
@@ -986,7 +1174,70 @@ impl VerbsTransport {
                 h.node, h.nodes
             ));
         }
+        // IPs only: the peer's end of a connection has an ephemeral port.
+        let listed = self.bootstrap[h.node as usize].ip();
+        if !listed.is_unspecified() {
+            if let Some(from) = from.filter(|f| f.ip() != listed) {
+                return Err(format!(
+                    "Hello claiming node {} from {from}, but node {} is at {listed}",
+                    h.node, h.node
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a connection from `from` may be a peer's: its IP is one of the node
+    /// list's, or the list names a node by an unspecified address (any).
+    fn may_be_a_peer(&self, from: SocketAddr) -> bool {
+        self.bootstrap
+            .iter()
+            .enumerate()
+            .any(|(i, a)| i as u32 != self.me && (a.ip().is_unspecified() || a.ip() == from.ip()))
+    }
+
+    /// A connection closed at once (too many handshakes under way): counted, and
+    /// logged at most once a second.
+    fn refuse(&mut self, from: SocketAddr, now: Instant) {
+        self.stats.pending_refused += 1;
+        self.refused_quiet += 1;
+        if self
+            .refuse_warned
+            .is_none_or(|t| now.duration_since(t) >= REFUSE_WARN_EVERY)
+        {
+            log::warn!(
+                "verbs: {} bootstrap connection(s) closed at once (last from {from}): \
+                 {MAX_PENDING} handshakes already under way",
+                self.refused_quiet
+            );
+            self.refuse_warned = Some(now);
+            self.refused_quiet = 0;
+        }
+    }
+
+    /// A handshake failed: counted, and logged at warn at most [`FAIL_WARNS`] times
+    /// a second (a stranger may try many times), at debug beyond.
+    fn handshake_failed(&mut self, what: &str, why: &str) {
+        self.stats.handshakes_failed += 1;
+        let now = Instant::now();
+        if self
+            .fail_warned
+            .is_none_or(|(t, _)| now.duration_since(t) >= REFUSE_WARN_EVERY)
+        {
+            self.fail_warned = Some((now, 0));
+        }
+        let (_, n) = self.fail_warned.get_or_insert((now, 0));
+        *n += 1;
+        if *n <= FAIL_WARNS {
+            log::warn!("verbs: {what}: {why}");
+        } else {
+            log::debug!("verbs: {what}: {why}");
+        }
+    }
+
+    /// Accepted connections whose handshake is under way.
+    fn pending_count(&self) -> usize {
+        self.pending.iter().flatten().count()
     }
 
     fn install(&mut self, poller: &Poller, l: Link, events: &mut Vec<LinkEvent>) {
@@ -1008,69 +1259,133 @@ impl VerbsTransport {
         self.links[node as usize] = Some(l);
     }
 
-    /// An accepted connection has something to read: its Hello and Info.
+    /// Close a pending connection whose handshake failed.
+    fn drop_pending(&mut self, poller: &Poller, p: Pending, why: &str) {
+        poller.delete(p.s.as_fd());
+        self.handshake_failed(
+            &format!("closing a bootstrap connection from {}", p.from),
+            why,
+        );
+    }
+
+    /// One complete bootstrap message of pending connection `p`: `Ok(Some(..))` when
+    /// the dialer's `Hello` and `Info` are both in and its MAC verified.
+    fn pending_step(
+        &self,
+        p: &mut Pending,
+        kind: u16,
+        body: &[u8],
+    ) -> Result<Option<(Hello, [u8; NONCE_LEN], Info)>, String> {
+        match (p.hello, kind) {
+            (None, K_HELLO) => {
+                let bh = BootHello::parse(body)?;
+                let h = bh.hello;
+                self.check_hello(&h, Some(p.from))?;
+                if h.node < self.me {
+                    return Err(format!(
+                        "node {} dialed node {} (the higher id dials)",
+                        h.node, self.me
+                    ));
+                }
+                if self.key.is_some() && bh.mac == [0; MAC_LEN] {
+                    // A Hello that cannot be right whatever follows (the other side
+                    // has no key): refused here, with the likely cause.
+                    return Err(format!(
+                        "Hello claiming node {} without a MAC (peer has no job key?)",
+                        h.node
+                    ));
+                }
+                p.hello = Some(bh);
+                Ok(None)
+            }
+            (Some(bh), K_INFO) => {
+                if body.len() != INFO_LEN {
+                    return Err(format!("an Info of {} bytes, not {INFO_LEN}", body.len()));
+                }
+                if !bh.verify(
+                    self.key.as_ref(),
+                    auth::label::VERBS_BOOT_DIALER,
+                    &p.ours,
+                    &bh.nonce,
+                    body,
+                ) {
+                    return Err(format!(
+                        "Hello and Info claiming node {} failed their MAC (another job key, \
+                         a replay, or a changed Info)",
+                        bh.hello.node
+                    ));
+                }
+                let info = Info::parse(body).ok_or("short Info")?;
+                info.check()?;
+                Ok(Some((bh.hello, bh.nonce, info)))
+            }
+            (_, k) => Err(format!(
+                "sent bootstrap message {k} out of its turn in the handshake"
+            )),
+        }
+    }
+
+    /// An accepted connection has something to read: its Hello, then its Info. One
+    /// message at a time and not one byte more: its header first (refused by it if
+    /// too long), then its body. Nothing is acted on before both verified.
     fn serve_pending(&mut self, poller: &Poller, idx: usize, events: &mut Vec<LinkEvent>) {
-        let Some((mut s, mut buf, since)) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
+        let Some(mut p) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
             return;
         };
-        let drop_it = |s: TcpStream, why: String| {
-            log::warn!(
-                "verbs: closing a bootstrap connection from {:?}: {why}",
-                s.peer_addr().ok()
-            );
-            poller.delete(s.as_fd());
-        };
-        match read_some(&mut s, &mut buf) {
-            Ok(true) => {}
-            Ok(false) => return drop_it(s, "closed before its handshake".into()),
-            Err(e) => return drop_it(s, e.to_string()),
-        }
-        // Hello, then Info.
-        let mut probe = buf.clone();
-        let hello = match take_boot_msg(&mut probe) {
-            Ok(None) => {
-                self.pending[idx] = Some((s, buf, since));
-                return;
+        let (hello, nonce, info) = loop {
+            let want = match peek_boot_header(&p.buf) {
+                Err(e) => return self.drop_pending(poller, p, &e),
+                Ok(None) => BOOT_HEADER,
+                Ok(Some((_, len))) => BOOT_HEADER + len,
+            };
+            if p.buf.len() < want {
+                match read_upto(&mut p.s, &mut p.buf, want) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self.drop_pending(poller, p, "closed during its handshake")
+                    }
+                    Err(e) => return self.drop_pending(poller, p, &e.to_string()),
+                }
+                if p.buf.len() < want {
+                    self.pending[idx] = Some(p);
+                    return;
+                }
+                continue;
             }
-            Ok(Some((K_HELLO, b))) => match Hello::parse(&b) {
-                Ok(h) => h,
-                Err(e) => return drop_it(s, format!("bad Hello ({e})")),
-            },
-            Ok(Some((k, _))) => return drop_it(s, format!("sent message {k} before Hello")),
-            Err(e) => return drop_it(s, e),
-        };
-        if let Err(e) = self.check_hello(&hello) {
-            return drop_it(s, e);
-        }
-        let info = match take_boot_msg(&mut probe) {
-            Ok(None) => {
-                self.pending[idx] = Some((s, buf, since));
-                return;
+            let msg = match take_boot_msg(&mut p.buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => return self.drop_pending(poller, p, "incomplete message"),
+                Err(e) => return self.drop_pending(poller, p, &e),
+            };
+            match self.pending_step(&mut p, msg.0, &msg.1) {
+                Ok(None) => {}
+                Ok(Some(done)) => break done,
+                Err(e) => return self.drop_pending(poller, p, &e),
             }
-            Ok(Some((K_INFO, b))) => match Info::parse(&b).map(|i| (i, i.check())) {
-                Some((i, Ok(()))) => i,
-                Some((_, Err(e))) => return drop_it(s, e),
-                None => return drop_it(s, "short Info".into()),
-            },
-            Ok(Some((k, _))) => return drop_it(s, format!("sent message {k} instead of Info")),
-            Err(e) => return drop_it(s, e),
         };
-        poller.delete(s.as_fd());
+        poller.delete(p.s.as_fd());
         let node = hello.node;
-        let mut l = match self.new_link(node, s, Phase::AwaitReady) {
+        let mut l = match self.new_link(node, p.s, Phase::AwaitReady) {
             Ok(l) => l,
             Err(e) => {
                 log::error!("verbs: cannot make a queue pair for node {node}: {e}");
                 return;
             }
         };
-        l.ctl_in = probe;
         if let Err(e) = self.connect_qp(&mut l, &info) {
             log::error!("verbs: cannot connect to node {node}: {e}");
             return;
         }
-        let mut reply = self.hello_msg.clone();
-        reply.extend(boot_msg(K_INFO, &self.my_info(&l.qp, l.psn).to_bytes()));
+        let mine = self.my_info(&l.qp, l.psn).to_bytes();
+        let mut reply = boot_hello(
+            self.key.as_ref(),
+            auth::label::VERBS_BOOT_ACCEPTOR,
+            &p.ours,
+            &nonce,
+            &self.hello,
+            &mine,
+        );
+        reply.extend(boot_msg(K_INFO, &mine));
         if let Err(e) = write_boot(&mut l.ctl, &reply) {
             log::warn!("verbs: bootstrap write to node {node}: {e}");
             return;
@@ -1085,14 +1400,27 @@ impl VerbsTransport {
     }
 
     /// A link's bootstrap connection has something to read.
-    fn serve_link(&mut self, node: u32, events: &mut Vec<LinkEvent>) {
+    fn serve_link(&mut self, poller: &Poller, node: u32, events: &mut Vec<LinkEvent>) {
         let Some(mut l) = self.links.get_mut(node as usize).and_then(|l| l.take()) else {
             return;
         };
+        let handshake = matches!(
+            l.phase,
+            Phase::AwaitChallenge | Phase::AwaitInfo | Phase::AwaitReady
+        );
         let r = self.serve_link_inner(&mut l, events);
         self.links[node as usize] = Some(l);
         if let Err(why) = r {
-            self.fail(node, why, events);
+            if handshake {
+                self.handshake_failed(&format!("handshake with node {node}"), &why);
+                if let Some(l) = self.links[node as usize].take() {
+                    // Never up: nobody else knows of it.
+                    self.drop_link(Some(poller), l);
+                }
+                self.next_dial[node as usize] = Instant::now() + REDIAL;
+            } else {
+                self.fail(node, why, events);
+            }
         }
     }
 
@@ -1110,17 +1438,55 @@ impl VerbsTransport {
             let msg = take_boot_msg(&mut l.ctl_in).map_err(|e| format!("bootstrap: {e}"))?;
             let Some((kind, body)) = msg else { break };
             match (l.phase, kind) {
-                (Phase::AwaitInfo, K_HELLO) => {
-                    let h = Hello::parse(&body).map_err(|e| format!("bad Hello ({e})"))?;
-                    self.check_hello(&h)?;
-                    if h.node != l.node {
+                (Phase::AwaitChallenge, K_CHALLENGE) => {
+                    let c = <[u8; NONCE_LEN]>::try_from(&body[..])
+                        .map_err(|_| format!("a challenge of {} bytes", body.len()))?;
+                    let mine = self.my_info(&l.qp, l.psn).to_bytes();
+                    let mut out = boot_hello(
+                        self.key.as_ref(),
+                        auth::label::VERBS_BOOT_DIALER,
+                        &c,
+                        &l.ours,
+                        &self.hello,
+                        &mine,
+                    );
+                    out.extend(boot_msg(K_INFO, &mine));
+                    write_boot(&mut l.ctl, &out).map_err(|e| format!("bootstrap write: {e}"))?;
+                    l.challenge = Some(c);
+                    l.phase = Phase::AwaitInfo;
+                }
+                (Phase::AwaitInfo, K_HELLO) if l.peer_hello.is_none() => {
+                    let bh = BootHello::parse(&body)?;
+                    self.check_hello(&bh.hello, None)?;
+                    if bh.hello.node != l.node {
                         return Err(format!(
                             "dialed node {} but node {} answered",
-                            l.node, h.node
+                            l.node, bh.hello.node
                         ));
                     }
+                    if self.key.is_some() && bh.nonce != l.ours {
+                        return Err("a Hello that does not echo our nonce".into());
+                    }
+                    l.peer_hello = Some(bh);
                 }
-                (Phase::AwaitInfo, K_INFO) => {
+                (Phase::AwaitInfo, K_INFO) if l.peer_hello.is_some() => {
+                    let bh = l.peer_hello.expect("checked by the guard");
+                    let c = l.challenge.expect("set with the phase");
+                    if body.len() != INFO_LEN {
+                        return Err(format!("an Info of {} bytes, not {INFO_LEN}", body.len()));
+                    }
+                    if !bh.verify(
+                        self.key.as_ref(),
+                        auth::label::VERBS_BOOT_ACCEPTOR,
+                        &c,
+                        &l.ours,
+                        &body,
+                    ) {
+                        return Err(format!(
+                            "node {}'s Hello and Info failed their MAC (another job key?)",
+                            l.node
+                        ));
+                    }
                     let info = Info::parse(&body).ok_or("short Info")?;
                     info.check()?;
                     self.connect_qp(l, &info).map_err(|e| e.to_string())?;
@@ -1941,13 +2307,33 @@ impl Transport for VerbsTransport {
     fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
         let idx = token & !TOK_MASK;
         match token & TOK_MASK {
-            TOK_LINK => self.serve_link(idx, events),
+            TOK_LINK => self.serve_link(poller, idx, events),
             TOK_PENDING => self.serve_pending(poller, idx as usize, events),
             _ => match token {
                 TOK_LISTEN => {
-                    while let Ok((s, addr)) = self.listener.accept() {
+                    let mut room = MAX_PENDING.saturating_sub(self.pending_count());
+                    while let Ok((mut s, addr)) = self.listener.accept() {
+                        if !self.may_be_a_peer(addr) {
+                            // Not from any node's address: closed before it takes a slot.
+                            self.stats.handshakes_failed += 1;
+                            log::debug!(
+                                "verbs: closed a bootstrap connection from {addr}: no node has that address"
+                            );
+                            continue;
+                        }
+                        if room == 0 {
+                            // Closed on drop, before anything is read.
+                            self.refuse(addr, now);
+                            continue;
+                        }
                         if let Err(e) = s.set_nonblocking(true).and_then(|_| s.set_nodelay(true)) {
                             log::warn!("verbs: cannot set up a connection from {addr}: {e}");
+                            continue;
+                        }
+                        // The acceptor speaks first: its challenge.
+                        let ours = auth::random_bytes::<NONCE_LEN>();
+                        if let Err(e) = write_boot(&mut s, &boot_msg(K_CHALLENGE, &ours)) {
+                            log::debug!("verbs: cannot challenge a connection from {addr}: {e}");
                             continue;
                         }
                         let slot = crate::slab::vacant(&mut self.pending);
@@ -1955,7 +2341,15 @@ impl Transport for VerbsTransport {
                             log::warn!("verbs: cannot watch a connection from {addr}: {e}");
                             continue;
                         }
-                        self.pending[slot] = Some((s, Vec::new(), now));
+                        self.pending[slot] = Some(Pending {
+                            s,
+                            buf: Vec::new(),
+                            since: now,
+                            from: addr,
+                            ours,
+                            hello: None,
+                        });
+                        room -= 1;
                     }
                 }
                 TOK_CQ => {
@@ -1992,7 +2386,8 @@ impl Transport for VerbsTransport {
                     continue;
                 }
             };
-            let mut l = match self.new_link(d.node, s, Phase::AwaitInfo) {
+            // Our Hello and Info go out once the acceptor's challenge came.
+            let l = match self.new_link(d.node, s, Phase::AwaitChallenge) {
                 Ok(l) => l,
                 Err(e) => {
                     log::error!("verbs: cannot make a queue pair for node {j}: {e}");
@@ -2000,37 +2395,43 @@ impl Transport for VerbsTransport {
                     continue;
                 }
             };
-            let mut hello = self.hello_msg.clone();
-            hello.extend(boot_msg(K_INFO, &self.my_info(&l.qp, l.psn).to_bytes()));
-            if let Err(e) = write_boot(&mut l.ctl, &hello) {
-                log::debug!("verbs: bootstrap write to node {j}: {e}");
-                self.next_dial[j] = now + REDIAL;
-                continue;
-            }
             self.install(poller, l, events);
         }
         // Handshakes that take too long.
         for slot in 0..self.pending.len() {
             if self.pending[slot]
                 .as_ref()
-                .is_some_and(|p| now.duration_since(p.2) > HANDSHAKE_TIMEOUT)
+                .is_some_and(|p| now.duration_since(p.since) > HANDSHAKE_TIMEOUT)
             {
-                if let Some((s, _, _)) = self.pending[slot].take() {
-                    log::warn!("verbs: dropping a bootstrap connection that sent no handshake");
-                    poller.delete(s.as_fd());
+                if let Some(p) = self.pending[slot].take() {
+                    self.drop_pending(
+                        poller,
+                        p,
+                        &format!("no complete handshake within {HANDSHAKE_TIMEOUT:?}"),
+                    );
                 }
             }
         }
         for j in 0..self.links.len() {
-            let stale = self.links[j].as_ref().is_some_and(|l| {
-                matches!(l.phase, Phase::AwaitInfo | Phase::AwaitReady)
-                    && now.duration_since(l.since) > HANDSHAKE_TIMEOUT
+            let stale = self.links[j].as_ref().and_then(|l| {
+                (matches!(
+                    l.phase,
+                    Phase::AwaitChallenge | Phase::AwaitInfo | Phase::AwaitReady
+                ) && now.duration_since(l.since) > HANDSHAKE_TIMEOUT)
+                    .then_some(l.phase)
             });
-            if stale {
+            if let Some(phase) = stale {
                 if let Some(l) = self.links[j].take() {
-                    log::warn!("verbs: handshake with node {j} timed out");
                     self.drop_link(Some(poller), l);
                 }
+                let why = match phase {
+                    Phase::AwaitChallenge => format!(
+                        "no challenge within {HANDSHAKE_TIMEOUT:?} (an older wyvern, whose \
+                         verbs bootstrap sends none? every agent of a job must run the same version)"
+                    ),
+                    _ => format!("not done within {HANDSHAKE_TIMEOUT:?}"),
+                };
+                self.handshake_failed(&format!("handshake with node {j}"), &why);
                 self.next_dial[j] = now + REDIAL;
             }
         }
@@ -2183,8 +2584,8 @@ impl Transport for VerbsTransport {
     }
 
     fn info(&self) -> Vec<(&'static str, String)> {
-        // The bootstrap connection's Hello carries no MAC yet (issue 13).
-        vec![("peer_auth", "none".to_string())]
+        let auth = if self.key.is_some() { "mac" } else { "none" };
+        vec![("peer_auth", auth.to_string())]
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -2209,6 +2610,8 @@ impl Transport for VerbsTransport {
             ("verbs_async_events", s.async_events),
             ("verbs_bad_descriptors", s.bad_descriptors),
             ("verbs_qp_errors_found", s.qp_errors_found),
+            ("verbs_pending_refused", s.pending_refused),
+            ("verbs_handshakes_failed", s.handshakes_failed),
         ];
         // RNR: the device's own counters, where it has them (rxe, mlx5).
         for (name, file) in [
@@ -2418,5 +2821,130 @@ mod tests {
         }
         let mut junk = vec![0u8; 16];
         assert!(take_boot_msg(&mut junk).is_err());
+    }
+
+    fn boot_parts() -> (
+        JobKey,
+        Hello,
+        [u8; NONCE_LEN],
+        [u8; NONCE_LEN],
+        [u8; INFO_LEN],
+    ) {
+        let h = Hello {
+            node: 1,
+            nodes: 3,
+            incarnation: 77,
+            job: 0xfeed,
+            caps: 0,
+            fabric: 0,
+        };
+        let info = peer_info(0x7f00_0000_0000, 1 << 20, 96 << 20, 0x1234).to_bytes();
+        (JobKey::from_bytes([5; 32]), h, [1; 32], [2; 32], info)
+    }
+
+    /// The Hello message as received: parsed from the stream.
+    fn received(msg: &[u8]) -> BootHello {
+        let mut b = msg.to_vec();
+        let (kind, body) = take_boot_msg(&mut b).unwrap().unwrap();
+        assert_eq!(kind, K_HELLO);
+        assert!(b.is_empty());
+        BootHello::parse(&body).unwrap()
+    }
+
+    #[test]
+    fn boot_hello_mac_verifies_and_covers_every_info_byte() {
+        use auth::label::{VERBS_BOOT_ACCEPTOR as ACC, VERBS_BOOT_DIALER as DIAL};
+        let (key, h, challenge, nonce, info) = boot_parts();
+        let k = Some(&key);
+        let bh = received(&boot_hello(k, DIAL, &challenge, &nonce, &h, &info));
+        assert_eq!(bh.hello, h);
+        assert_eq!(bh.nonce, nonce);
+        assert!(bh.verify(k, DIAL, &challenge, &nonce, &info));
+        // Any changed Info byte (the rkey, the addresses, the QP number...) fails.
+        for i in 0..INFO_LEN {
+            let mut bad = info;
+            bad[i] ^= 0x01;
+            assert!(
+                !bh.verify(k, DIAL, &challenge, &nonce, &bad),
+                "Info byte {i} is not covered"
+            );
+        }
+        assert!(!bh.verify(k, DIAL, &challenge, &nonce, &info[..INFO_LEN - 1]));
+        // The other direction's label, another nonce, another key: refused.
+        assert!(!bh.verify(k, ACC, &challenge, &nonce, &info));
+        assert!(!bh.verify(k, DIAL, &challenge, &[3; 32], &info));
+        let other = JobKey::from_bytes([6; 32]);
+        assert!(!bh.verify(Some(&other), DIAL, &challenge, &nonce, &info));
+        // A changed Hello byte in the message fails too.
+        let mut msg = boot_hello(k, DIAL, &challenge, &nonce, &h, &info);
+        msg[BOOT_HEADER + 12] ^= 0x80; // the incarnation
+        assert!(!received(&msg).verify(k, DIAL, &challenge, &nonce, &info));
+        // Without a key: zero MAC, nothing checked; an unkeyed Hello fails a keyed check.
+        let plain = received(&boot_hello(None, DIAL, &challenge, &nonce, &h, &info));
+        assert_eq!(plain.mac, [0; MAC_LEN]);
+        assert!(plain.verify(None, DIAL, &[9; 32], &nonce, &info));
+        assert!(!plain.verify(k, DIAL, &challenge, &nonce, &info));
+    }
+
+    #[test]
+    fn a_replayed_boot_hello_fails_under_another_challenge() {
+        use auth::label::VERBS_BOOT_DIALER as DIAL;
+        let (key, h, challenge, nonce, info) = boot_parts();
+        let k = Some(&key);
+        // Recorded on one connection, replayed on the next: that one's challenge is
+        // new, so the recorded MAC does not fit it.
+        let recorded = boot_hello(k, DIAL, &challenge, &nonce, &h, &info);
+        let next_challenge = auth::random_bytes::<NONCE_LEN>();
+        let bh = received(&recorded);
+        assert!(bh.verify(k, DIAL, &challenge, &nonce, &info));
+        assert!(!bh.verify(k, DIAL, &next_challenge, &bh.nonce, &info));
+        // Nor can the acceptor's answer from one handshake pass for another's.
+        let answer = boot_hello(
+            k,
+            auth::label::VERBS_BOOT_ACCEPTOR,
+            &challenge,
+            &nonce,
+            &h,
+            &info,
+        );
+        let a = received(&answer);
+        assert!(a.verify(
+            k,
+            auth::label::VERBS_BOOT_ACCEPTOR,
+            &challenge,
+            &nonce,
+            &info
+        ));
+        assert!(!a.verify(
+            k,
+            auth::label::VERBS_BOOT_ACCEPTOR,
+            &challenge,
+            &[4; 32],
+            &info
+        ));
+    }
+
+    #[test]
+    fn boot_headers_are_checked_before_any_body() {
+        // A header announcing more than the largest legit body: refused on its 8
+        // bytes alone, before its body would be read.
+        let mut big = boot_msg(K_HELLO, &[0u8; BOOT_BODY_MAX + 1])[..BOOT_HEADER].to_vec();
+        let e = peek_boot_header(&big).unwrap_err();
+        assert!(e.contains("announcing"), "{e}");
+        assert!(take_boot_msg(&mut big).is_err());
+        let ok = boot_msg(K_HELLO, &[0u8; BOOT_BODY_MAX]);
+        assert_eq!(
+            peek_boot_header(&ok[..BOOT_HEADER]),
+            Ok(Some((K_HELLO, BOOT_BODY_MAX)))
+        );
+        assert_eq!(peek_boot_header(&ok[..BOOT_HEADER - 1]), Ok(None));
+        // An older agent's stream (version 1 magic): a clear word, not a hang.
+        let mut old = BOOT_MAGIC_V1.to_le_bytes().to_vec();
+        old.extend_from_slice(&[1, 0, 32, 0]);
+        let e = peek_boot_header(&old).unwrap_err();
+        assert!(e.contains("older wyvern"), "{e}");
+        // Short or long Hellos do not parse.
+        assert!(BootHello::parse(&[0u8; Hello::LEN]).is_err());
+        assert!(BootHello::parse(&[0u8; HELLO_MSG_BODY + 1]).is_err());
     }
 }
