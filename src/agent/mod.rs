@@ -76,6 +76,8 @@ const TX_STUCK_SPIN: Duration = Duration::from_millis(100);
 const STEER_MIN: usize = 64 * 1024;
 /// Acknowledge a peer's frames at least every this many (and every tick).
 const ACK_EVERY: u64 = 32;
+/// At most one heap trim ([`crate::shm::release_free_heap`]) this often.
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(5);
 /// How long a departed client's published submissions may take to go out.
 const CLOSING_GRACE: Duration = Duration::from_secs(10);
 
@@ -670,6 +672,10 @@ pub struct Agent {
     evicted: u64,
     /// Departed clients' slots taken back early for a new client.
     departed_reclaimed: u64,
+    /// A client was reclaimed since the heap was last trimmed.
+    heap_dirty: bool,
+    /// No heap trim before this.
+    trim_after: Instant,
     /// Damage records of the pool's SIGBUS guard (see [`Agent::pool_damage`]).
     damage: crate::shm::guard::DamageReader,
     /// Pool pages a client punched out that the agent now holds privately.
@@ -1013,6 +1019,8 @@ impl Agent {
             local_msgs: 0,
             evicted: 0,
             departed_reclaimed: 0,
+            heap_dirty: false,
+            trim_after: now,
             damage: crate::shm::guard::DamageReader::new(),
             pool_pages_damaged: 0,
             retired: vec![false; max],
@@ -1086,6 +1094,12 @@ impl Agent {
                 };
                 if !pending {
                     self.transport.before_sleep(&self.poller);
+                    if self.heap_dirty && now >= self.trim_after {
+                        // Idle after clients left: hand their heap back.
+                        crate::shm::release_free_heap();
+                        self.heap_dirty = false;
+                        self.trim_after = now + HEAP_TRIM_EVERY;
+                    }
                 }
                 let n = self.poller.epoll().wait(&mut events, timeout).unwrap_or(0);
                 announce_awake(self.pool.agent_sleeping());
@@ -1670,6 +1684,7 @@ impl Agent {
         let Some(c) = self.clients[slot as usize].take() else {
             return;
         };
+        self.heap_dirty = true;
         let owner = c.owner(slot);
         for ep in c.recv.iter().flatten() {
             self.endpoints.remove(&ep.id);

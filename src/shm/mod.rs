@@ -858,6 +858,20 @@ impl std::ops::DerefMut for RingRx {
     }
 }
 
+/// Give the heap memory the allocator keeps after frees back to the
+/// system (glibc's `malloc_trim`; nothing elsewhere). The agent calls it
+/// when it goes idle after clients left: a burst of clients (rings drained
+/// into backlogs, parked messages) grows the heap to its peak, and glibc
+/// would otherwise keep that peak resident for the agent's whole life.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists (it takes
+    // the arena locks itself) and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Raise the sleeping word's value and publish it before the caller checks
 /// for work once more (the Dekker pattern both sides of a doorbell follow).
 pub fn announce_sleep(word: &AtomicU32) {
