@@ -10,11 +10,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::keys::{link_facts, KeyFile};
 use common::procfs::{agent_pid, fd_count, rss_kib};
 use common::{assert_ok, Cluster};
 use wyvern::wire::packet::{encode, PacketHeader, PktKind, FLAG_NOT_UP};
@@ -25,45 +25,6 @@ use wyvern::wire::{
 };
 
 const T: Duration = Duration::from_secs(120);
-
-/// A job key file (mode 600) in a directory of its own; kept while the value lives.
-struct KeyFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl KeyFile {
-    fn new() -> KeyFile {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("job.key");
-        let key = wyvern::wire::auth::JobKey::generate().unwrap();
-        std::fs::write(&path, key.to_hex()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        KeyFile { _dir: dir, path }
-    }
-
-    fn arg(&self) -> String {
-        self.path.display().to_string()
-    }
-}
-
-/// Per-peer counters of agent `i` about node `j`: (resumes, losses, state).
-fn link_facts(c: &Cluster, i: usize, j: usize) -> (u64, u64, String) {
-    let s = c.stat(i);
-    let p = s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == j as u64)
-        .cloned()
-        .unwrap_or_else(|| panic!("agent {i} has no peer {j}: {s}"));
-    (
-        p["counters"]["resumes"].as_u64().unwrap_or(0),
-        p["counters"]["losses"].as_u64().unwrap_or(0),
-        p["state"].as_str().unwrap_or("").to_string(),
-    )
-}
 
 fn counter(s: &serde_json::Value, name: &str) -> u64 {
     s["transport"][name].as_u64().unwrap_or(0)

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::keys::{link_facts, KeyFile};
 use common::{assert_ok, Cluster};
 
 const T: Duration = Duration::from_secs(300);
@@ -635,46 +636,6 @@ fn an_idle_queue_pair_forced_into_error_is_found_and_the_link_resumes() {
         log.contains("found in the ERR state") || log.contains("last WQE reached"),
         "no link failed for a QP found in ERR"
     );
-}
-
-/// A private job key file for the agents of one test (`--job-key-file`), whatever
-/// `WYVERN_JOB_KEY` says (the file wins).
-struct KeyFile {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-impl KeyFile {
-    fn new() -> KeyFile {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("job.key");
-        let key = wyvern::wire::auth::JobKey::generate().unwrap();
-        std::fs::write(&path, key.to_hex()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        KeyFile { _dir: dir, path }
-    }
-
-    fn arg(&self) -> String {
-        self.path.display().to_string()
-    }
-}
-
-/// Agent `i`'s view of peer `j`: (resumes, losses, state).
-fn link_facts(c: &Cluster, i: usize, j: u64) -> (u64, u64, String) {
-    let s = c.stat(i);
-    let p = s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == j)
-        .cloned()
-        .unwrap_or_else(|| panic!("agent {i} has no peer {j}: {s}"));
-    (
-        p["counters"]["resumes"].as_u64().unwrap_or(0),
-        p["counters"]["losses"].as_u64().unwrap_or(0),
-        p["state"].as_str().unwrap_or("").to_string(),
-    )
 }
 
 /// `n` messages (eager and rendezvous sizes) from node 0 to node 1 on endpoint `ep`,

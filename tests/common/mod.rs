@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fakepeer;
+pub mod keys;
 pub mod procfs;
 pub mod relay;
 pub mod testbed;
