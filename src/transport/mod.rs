@@ -310,3 +310,54 @@ pub trait Transport {
     /// Close the link to `node`; returns the blocks its queue referenced.
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;
 }
+
+/// What every handshake checks of a peer's `Hello` before its MAC (tcp and
+/// the verbs bootstrap): our job, our node count, another node, and, when
+/// the node list names a real address for that node, a connection `from`
+/// that node's IP (IPs only: the peer's end of a connection has an
+/// ephemeral port).
+pub(crate) fn check_peer_hello(
+    h: &Hello,
+    job: u64,
+    nodes: &[std::net::SocketAddr],
+    me: u32,
+    from: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    if h.job != job {
+        return Err(format!(
+            "Hello from node {} of another job (job tag {:#x}, ours {job:#x})",
+            h.node, h.job
+        ));
+    }
+    let n = nodes.len();
+    if h.nodes as usize != n || h.node as usize >= n || h.node == me {
+        return Err(format!(
+            "Hello from node {} with a node list of {} (ours has {n})",
+            h.node, h.nodes
+        ));
+    }
+    let listed = nodes[h.node as usize].ip();
+    if !listed.is_unspecified() {
+        if let Some(from) = from.filter(|f| f.ip() != listed) {
+            return Err(format!(
+                "Hello claiming node {} from {from}, but node {} is at {listed}",
+                h.node, h.node
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a connection from `from` may be a peer's: its IP is one of the
+/// node list's (other than ours), or the list names a node by an unspecified
+/// address (any).
+pub(crate) fn may_be_a_peer(
+    nodes: &[std::net::SocketAddr],
+    me: u32,
+    from: std::net::SocketAddr,
+) -> bool {
+    nodes
+        .iter()
+        .enumerate()
+        .any(|(i, a)| i as u32 != me && (a.ip().is_unspecified() || a.ip() == from.ip()))
+}

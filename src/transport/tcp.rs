@@ -479,10 +479,7 @@ impl TcpTransport {
     /// Whether a connection from `from` may be a peer's: its IP is one of the
     /// node list's, or the list names a node by an unspecified address (any).
     fn may_be_a_peer(&self, from: SocketAddr) -> bool {
-        self.nodes
-            .iter()
-            .enumerate()
-            .any(|(i, a)| i as u32 != self.me && (a.ip().is_unspecified() || a.ip() == from.ip()))
+        super::may_be_a_peer(&self.nodes, self.me, from)
     }
 
     /// Accepted connections whose handshake is under way.
@@ -547,35 +544,12 @@ impl TcpTransport {
         from: Option<SocketAddr>,
     ) -> Result<Hello, String> {
         let h = Hello::parse(body).map_err(|e| format!("bad Hello ({e})"))?;
-        if h.job != self.job {
-            return Err(format!(
-                "Hello from node {} of another job (job tag {:#x}, ours {:#x})",
-                h.node, h.job, self.job
-            ));
-        }
-        let n = self.nodes.len();
-        if h.nodes as usize != n || h.node as usize >= n || h.node == self.me {
-            return Err(format!(
-                "Hello from node {} with a node list of {} (ours has {n})",
-                h.node, h.nodes
-            ));
-        }
+        super::check_peer_hello(&h, self.job, &self.nodes, self.me, from)?;
         if fh.src_node != h.node {
             return Err(format!(
                 "Hello from node {} in a frame from node {}",
                 h.node, fh.src_node
             ));
-        }
-        // The node list's address, when it names one: compare IPs only
-        // (the peer's end of a connection has an ephemeral port).
-        let listed = self.nodes[h.node as usize].ip();
-        if !listed.is_unspecified() {
-            if let Some(from) = from.filter(|f| f.ip() != listed) {
-                return Err(format!(
-                    "Hello claiming node {} from {from}, but node {} is at {listed}",
-                    h.node, h.node
-                ));
-            }
         }
         if let Some(key) = &self.key {
             if body.len() != crate::wire::HELLO_BODY {

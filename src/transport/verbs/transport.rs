@@ -1161,39 +1161,13 @@ impl VerbsTransport {
     /// Check a peer's Hello: same job, same node count, another node, and (when the
     /// node list names a real address for it) from that node's IP.
     fn check_hello(&self, h: &Hello, from: Option<SocketAddr>) -> Result<(), String> {
-        if h.job != self.hello.job {
-            return Err(format!(
-                "Hello from node {} of another job (job tag {:#x}, ours {:#x})",
-                h.node, h.job, self.hello.job
-            ));
-        }
-        let n = self.bootstrap.len();
-        if h.nodes as usize != n || h.node as usize >= n || h.node == self.me {
-            return Err(format!(
-                "Hello from node {} with a node list of {} (ours has {n})",
-                h.node, h.nodes
-            ));
-        }
-        // IPs only: the peer's end of a connection has an ephemeral port.
-        let listed = self.bootstrap[h.node as usize].ip();
-        if !listed.is_unspecified() {
-            if let Some(from) = from.filter(|f| f.ip() != listed) {
-                return Err(format!(
-                    "Hello claiming node {} from {from}, but node {} is at {listed}",
-                    h.node, h.node
-                ));
-            }
-        }
-        Ok(())
+        crate::transport::check_peer_hello(h, self.hello.job, &self.bootstrap, self.me, from)
     }
 
     /// Whether a connection from `from` may be a peer's: its IP is one of the node
     /// list's, or the list names a node by an unspecified address (any).
     fn may_be_a_peer(&self, from: SocketAddr) -> bool {
-        self.bootstrap
-            .iter()
-            .enumerate()
-            .any(|(i, a)| i as u32 != self.me && (a.ip().is_unspecified() || a.ip() == from.ip()))
+        crate::transport::may_be_a_peer(&self.bootstrap, self.me, from)
     }
 
     /// A connection closed at once (too many handshakes under way): counted, and
