@@ -10,7 +10,10 @@
 # In the guest: two rxe devices on the two ends of a veth pair, with policy routing so that
 # rxe0 <-> rxe1 traffic really crosses the veth; hugetlbfs at /dev/hugepages; fresh tmpfs on
 # /tmp /run /dev/shm; `ulimit -l unlimited`. CMD runs as root in the caller's working
-# directory (which must not be under /tmp, /run, /dev, /proc or /sys: the guest hides them).
+# directory. The guest's /tmp, /run and /dev/shm are its own, so a working directory under
+# them (a clone in /tmp), CMD's own directory and $CARGO_TARGET_DIR when they lie there, and
+# each --share DIR, are shared again, read-only, each over a 9p share of its own, mounted at
+# the same path in the guest. (Under /proc, /sys or the rest of /dev they are refused.)
 # CMD's stdout and stderr come back live; the script exits with CMD's exit status.
 #
 # CMD's environment is clean except: PATH, RUST_BACKTRACE, RUST_LOG, every WYVERN_* variable
@@ -22,6 +25,8 @@
 #
 # Options:
 #   --env NAME[=VALUE]  forward NAME from the caller's environment (or set it); repeatable
+#   --share DIR         make DIR (under /tmp, /run or /dev/shm) visible at the same path in
+#                       the guest, read-only; repeatable (the working directory is by itself)
 #   --timeout SECS      kill the VM after SECS in all (default 900, WYVERN_RXE_VM_TIMEOUT)
 #   --boot-timeout SECS the guest's init must start within SECS (default 180)
 #   --mem MIB           guest memory (default 2048)       --smp N   vCPUs (default 2)
@@ -47,6 +52,7 @@ set -euo pipefail
 
 log()  { printf '[rxe-vm] %s\n' "$*" >&2; }
 die()  { printf '[rxe-vm] ERROR: %s\n' "$*" >&2; exit "${2:-2}"; }
+qesc() { printf '%s' "${1//,/,,}"; }   # qemu option values double their commas
 
 # Fixed guest network: rxe0 on veth0 (10.77.0.1), rxe1 on veth1 (10.77.0.2).
 RXE_DEVS=(rxe0 rxe1)
@@ -183,6 +189,7 @@ keep=0
 verbose=0
 check_only=0
 env_args=()
+share_args=()
 
 is_num() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
 need_val() { [ "$#" -ge 2 ] || die "$1 needs a value (see --help)"; }
@@ -200,6 +207,7 @@ while [ "$#" -gt 0 ]; do
                name="${2%%=*}"
                case "$name" in *[!A-Za-z0-9_]*) die "--env: '$name' is not a variable name" ;; esac
                env_args+=("$2"); shift 2 ;;
+        --share) need_val "$@"; share_args+=("$2"); shift 2 ;;
         --timeout) num_opt "$@"; timeout_s="$2"; shift 2 ;;
         --boot-timeout) num_opt "$@"; boot_timeout_s="$2"; shift 2 ;;
         --mem) num_opt "$@"; mem="$2"; shift 2 ;;
@@ -222,24 +230,53 @@ is_num "$timeout_s" || die "WYVERN_RXE_VM_TIMEOUT must be a number of seconds, g
 [ "$smp" -ge 1 ] || die "--smp: at least 1"
 [ "$check_only" = 1 ] || [ "$#" -gt 0 ] || die "no command given (usage: $0 [options] CMD [ARGS...]; see --help)"
 
-# Paths the guest replaces with fresh file systems: the caller's files there are invisible.
-hidden_path() {
+# Paths the guest replaces with fresh file systems: a directory there is shared again (its
+# own 9p share, read-only, at the same path); one under /proc, /sys or /dev (but /dev/shm)
+# cannot be, nor can /tmp, /run and /dev/shm themselves (the guest needs its own).
+under_tmpfs() {
     case "$1" in
-        /tmp|/tmp/*|/run|/run/*|/dev|/dev/*|/proc|/proc/*|/sys|/sys/*) return 0 ;;
+        /tmp/*|/run/*|/dev/shm/*) return 0 ;;
         *) return 1 ;;
     esac
 }
+unshareable() {
+    case "$1" in
+        /tmp|/run|/dev/shm|/proc|/proc/*|/sys|/sys/*) return 0 ;;
+        /dev/shm/*) return 1 ;;
+        /dev|/dev/*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+shares=()    # directories to share, each at most once and none inside another
+add_share() {   # add_share WHAT DIR
+    local d="$2" s kept=()
+    case "$d" in *$'\n'*) die "$1 $d: a path with a newline cannot be shared with the guest" ;; esac
+    if unshareable "$d"; then
+        die "$1 $d is under ${d%"${d#/*/}"}, which the guest replaces with its own (fresh tmpfs, /dev, /proc or /sys) and which cannot be shared; use a directory below /tmp, /run or /dev/shm, or elsewhere"
+    fi
+    under_tmpfs "$d" || return 0
+    for s in "${shares[@]}"; do
+        case "$d/" in "$s"/*) return 0 ;; esac   # already inside a share
+        case "$s/" in "$d"/*) ;; *) kept+=("$s") ;; esac   # inside the new one: dropped
+    done
+    shares=("${kept[@]}" "$d")
+}
 cwd="$(pwd -P)"
 if [ "$check_only" = 0 ]; then
-    if hidden_path "$cwd"; then
-        die "the current directory $cwd is under ${cwd%"${cwd#/*/}"}, which the guest replaces with an empty tmpfs (or its own /dev, /proc, /sys); run from a directory outside /tmp, /run, /dev, /proc and /sys (e.g. the repository)"
-    fi
+    add_share "the current directory" "$cwd"
     case "$1" in
         */*) if [ -e "$1" ]; then
                  real="$(realpath -- "$1")"
-                 ! hidden_path "$real" || die "the command $1 lives in $real, which the guest cannot see (fresh tmpfs there); put it outside /tmp and /run"
+                 add_share "the command $1 lives in $real: its directory" "$(dirname "$real")"
              fi ;;
     esac
+    if [ -n "${CARGO_TARGET_DIR:-}" ] && [ -d "$CARGO_TARGET_DIR" ]; then
+        add_share "CARGO_TARGET_DIR" "$(realpath -- "$CARGO_TARGET_DIR")"
+    fi
+    for d in "${share_args[@]}"; do
+        [ -d "$d" ] || die "--share $d: not a directory"
+        add_share "--share" "$(realpath -- "$d")"
+    done
 fi
 
 repo="$(cd "$(dirname "$0")/.." && pwd -P)"
@@ -348,6 +385,16 @@ mount -t tmpfs -o mode=1777 tmp /host/tmp || fail "mount /tmp"
 mount -t tmpfs -o mode=755 run /host/run || fail "mount /run"
 mkdir -p /host/run/rxe-vm /host/tmp/home
 mount -o bind /ctl /host/run/rxe-vm || fail "bind the control share"
+# Directories under /tmp, /run or /dev/shm the host shares again (the working directory of
+# a clone in /tmp): one 9p share each, "TAG PATH" a line in /ctl/shares, at the same path.
+if [ -s /ctl/shares ]; then
+    while IFS= read -r line; do
+        tag="${line%% *}"; dir="${line#* }"
+        mkdir -p "/host$dir" \
+            && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro "$tag" "/host$dir" \
+            || fail "cannot mount the shared directory $dir"
+    done </ctl/shares
+fi
 # Modules the kernel asks for by itself (rdma_rxe wants crc32) come from the host root.
 echo /sbin/modprobe-host >/proc/sys/kernel/modprobe
 chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -403,6 +450,13 @@ find "$cache/runs" -mindepth 1 -maxdepth 1 -name 'run.*' -mmin +1440 -exec rm -r
 ctl="$(mktemp -d "$cache/runs/run.XXXXXX")"
 cp "$script" "$ctl/rxe-vm.sh"
 printf 'hugepages=%s\nmtu=%s\n' "$hugepages" "$mtu" >"$ctl/config"
+share_qemu=()
+: >"$ctl/shares"
+for i in "${!shares[@]}"; do
+    printf 'share%d %s\n' "$i" "${shares[$i]}" >>"$ctl/shares"
+    share_qemu+=(-virtfs "local,path=$(qesc "${shares[$i]}"),mount_tag=share$i,security_model=none,readonly=on,multidevs=remap")
+done
+[ "${#shares[@]}" -eq 0 ] || log "sharing with the guest, read-only at the same path: ${shares[*]}"
 : >"$ctl/stdout"
 : >"$ctl/stderr"
 : >"$ctl/console.log"
@@ -449,7 +503,6 @@ trap cleanup EXIT
 trap 'log "interrupted: stopping the VM"; exit 130' INT
 trap 'log "terminated: stopping the VM"; exit 143' TERM
 
-qesc() { printf '%s' "${1//,/,,}"; }   # qemu option values double their commas
 case "$accel" in
     tcg) accel_args=(-accel "tcg,thread=multi" -cpu max) ;;
     kvm) accel_args=(-accel kvm -cpu host) ;;
@@ -462,6 +515,7 @@ qemu_args=(
     -chardev "file,id=con,path=$(qesc "$ctl/console.log")" -serial chardev:con
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
     -virtfs "local,path=$(qesc "$ctl"),mount_tag=rxectl,security_model=none,multidevs=remap"
+    "${share_qemu[@]}"
 )
 
 elapsed() { local n="${EPOCHREALTIME//[!0-9]/}"; n=$((n / 1000 - t0_ms)); printf '%d.%d' $((n / 1000)) $((n % 1000 / 100)); }

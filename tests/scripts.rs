@@ -4,7 +4,8 @@
 //!
 //! `scripts/rxe-vm.sh`: its argument handling and refusals without booting, `--check`, and
 //! one test that boots the Soft-RoCE VM (twice at once) to see the exit status, output and
-//! environment come back (as root, or whenever the VM's prerequisites are installed).
+//! environment come back, and a working directory under /tmp shared into the guest (as
+//! root, or whenever the VM's prerequisites are installed).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -181,26 +182,27 @@ fn rxe_vm_help_and_usage_errors() {
 }
 
 #[test]
-fn rxe_vm_refuses_a_working_directory_under_tmp() {
-    // The guest mounts a fresh tmpfs on /tmp: CMD would not find its directory.
-    let dir = tempfile::Builder::new()
-        .prefix("wyvern-rxe-vm")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let o = rxe_vm_in(dir.path(), &["true"], &[]);
+fn rxe_vm_refuses_what_it_cannot_share() {
+    // The guest needs its own /tmp (a fresh tmpfs), /proc, /sys and /dev: a working
+    // directory there cannot be shared again. (Below /tmp it can: see the boot test.)
+    for dir in ["/tmp", "/proc", "/sys/kernel"] {
+        let o = rxe_vm_in(Path::new(dir), &["true"], &[]);
+        assert_eq!(o.status.code(), Some(2), "{dir}: {}", text(&o));
+        let t = text(&o);
+        assert!(
+            t.contains(&format!("the current directory {dir}")) && t.contains("cannot be shared"),
+            "{dir}: {t}"
+        );
+        assert!(!t.contains("booting"), "{t}");
+    }
+    let o = rxe_vm(&["--share", "/proc/self", "true"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let t = text(&o);
-    assert!(
-        t.contains("is under /tmp") && t.contains("outside /tmp"),
-        "{t}"
-    );
-    assert!(!t.contains("booting"), "{t}");
-    // A command that lives under /tmp is refused too.
-    let exe = dir.path().join("cmd.sh");
-    std::fs::write(&exe, "#!/bin/sh\ntrue\n").unwrap();
-    let o = rxe_vm(&[exe.to_str().unwrap()]);
+    assert!(text(&o).contains("cannot be shared"), "{}", text(&o));
+    let o = rxe_vm(&["--share", "/nonexistent-wyvern", "true"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("cannot see"), "{}", text(&o));
+    assert!(text(&o).contains("not a directory"), "{}", text(&o));
+    let o = rxe_vm(&["--share"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
 /// `--check`: 0 and "ready", or 77 and what is missing.
@@ -272,13 +274,26 @@ fn rxe_vm_boots_and_passes_the_exit_status_back() {
         eprintln!("*** SKIPPED rxe_vm_boots_and_passes_the_exit_status_back (not root): {why} ***");
         return;
     }
-    let spawn = |args: &[&str]| {
+    // The first run works in a directory under /tmp (the guest's /tmp is its own tmpfs):
+    // the VM shares it again at the same path, with the command that lives there.
+    let here = tempfile::Builder::new()
+        .prefix("wyvern-rxe-vm")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::write(here.path().join("file.txt"), "seen-in-guest\n").unwrap();
+    std::fs::write(
+        here.path().join("cmd.sh"),
+        "echo \"out:$WYVERN_RXE_DEVS:$WYVERN_SCRIPTS_TEST:$WYVERN_EXTRA:${NOT_FORWARDED:-unset}:$(pwd):$(cat file.txt)\"\n\
+         echo to-stderr >&2\n",
+    )
+    .unwrap();
+    let spawn = |dir: &Path, args: &[&str]| {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/rxe-vm.sh");
         Command::new("bash")
             .arg(script)
             .args(["--timeout", "600", "--hugepages", "0", "--mem", "1024"])
             .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(dir)
             .env("WYVERN_SCRIPTS_TEST", "forwarded")
             .env("NOT_FORWARDED", "1")
             .stdout(std::process::Stdio::piped())
@@ -286,15 +301,17 @@ fn rxe_vm_boots_and_passes_the_exit_status_back() {
             .spawn()
             .expect("spawn scripts/rxe-vm.sh")
     };
-    let ok = spawn(&[
-        "--env",
-        "WYVERN_EXTRA=set here",
-        "sh",
-        "-c",
-        "echo \"out:$WYVERN_RXE_DEVS:$WYVERN_SCRIPTS_TEST:$WYVERN_EXTRA:${NOT_FORWARDED:-unset}:$(pwd)\"; \
-         echo to-stderr >&2; true",
-    ]);
-    let bad = spawn(&["false"]);
+    let cmd = here.path().join("cmd.sh");
+    let ok = spawn(
+        here.path(),
+        &[
+            "--env",
+            "WYVERN_EXTRA=set here",
+            "sh",
+            cmd.to_str().unwrap(),
+        ],
+    );
+    let bad = spawn(Path::new(env!("CARGO_MANIFEST_DIR")), &["false"]);
     let ok = ok.wait_with_output().unwrap();
     let bad = bad.wait_with_output().unwrap();
     for o in [&ok, &bad] {
@@ -312,14 +329,15 @@ fn rxe_vm_boots_and_passes_the_exit_status_back() {
     assert_eq!(
         out.trim(),
         format!(
-            "out:rxe0 rxe1:forwarded:set here:unset:{}",
-            env!("CARGO_MANIFEST_DIR")
+            "out:rxe0 rxe1:forwarded:set here:unset:{}:seen-in-guest",
+            std::fs::canonicalize(here.path()).unwrap().display()
         ),
         "{}",
         text(&ok)
     );
     assert!(err.contains("to-stderr"), "{err}");
     assert!(err.contains("[rxe-vm] guest up after"), "{err}");
+    assert!(err.contains("sharing with the guest"), "{err}");
     assert!(err.contains("exited with 0"), "{err}");
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     assert!(text(&bad).contains("exited with 1"), "{}", text(&bad));
