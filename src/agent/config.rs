@@ -610,6 +610,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_partial_pool_table_takes_defaults_and_refuses_typos() {
+        let c: AgentConfig = toml::from_str("[pool]\nmax_clients = 8\n").unwrap();
+        assert_eq!(c.pool.max_clients, 8);
+        let d = PoolParams::default();
+        assert_eq!(
+            (c.pool.sub_slots, c.pool.block_bytes),
+            (d.sub_slots, d.block_bytes)
+        );
+        let e = toml::from_str::<AgentConfig>("[pool]\nblock_byte = 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `block_byte`"), "{e}");
+    }
+
+    #[test]
     fn job_key_from_file_then_environment() {
         use crate::wire::auth::JobKey;
         let hex = "ab".repeat(32);

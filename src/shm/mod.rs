@@ -113,8 +113,11 @@ pub enum ShmError {
     Params(String),
 }
 
-/// The sizes an agent chooses for its pool.
+/// The sizes an agent chooses for its pool. As the `[pool]` table of the
+/// agent's TOML configuration, a key left out takes its default and an
+/// unknown key (a typo) is an error, like the top-level keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PoolParams {
     /// Clients that can be attached at once.
     pub max_clients: u32,

@@ -1,0 +1,193 @@
+//! The documentation's configuration snippets load: every ```toml block of README.md and
+//! docs/**/*.md is written to a file and given to `wyvern agent -c FILE --print-config`
+//! (the same loading and checks an agent does at start, without starting one); then the
+//! printed configuration is loaded again the same way (it must round-trip). A failure
+//! names the file and line of the snippet and the agent's error.
+//!
+//! Host names in `nodes` are the reader's cluster (`node02:7470`): they are replaced by
+//! 127.0.0.1 with the same port before loading, so only name resolution is not checked.
+//! A snippet for a transport whose cargo feature this build lacks is skipped, loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A fenced block of a markdown file: its language, first line (1-based) and text.
+struct Block {
+    lang: String,
+    line: usize,
+    text: String,
+}
+
+/// The fenced code blocks (```lang ... ```) of a markdown text.
+fn blocks(md: &str) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut cur: Option<Block> = None;
+    for (i, l) in md.lines().enumerate() {
+        let t = l.trim_start();
+        match &mut cur {
+            None => {
+                if let Some(lang) = t.strip_prefix("```") {
+                    cur = Some(Block {
+                        lang: lang.trim().to_string(),
+                        line: i + 2,
+                        text: String::new(),
+                    });
+                }
+            }
+            Some(b) => {
+                if t.starts_with("```") {
+                    out.push(cur.take().unwrap());
+                } else {
+                    b.text.push_str(l);
+                    b.text.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+/// README.md and every .md under docs/.
+fn doc_files() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `nodes` entries naming a host other than an IP address get 127.0.0.1 instead.
+fn unname_nodes(text: &str) -> String {
+    let Ok(mut t) = text.parse::<toml::Table>() else {
+        return text.to_string(); // the agent's loader says what is wrong
+    };
+    let Some(toml::Value::Array(nodes)) = t.get_mut("nodes") else {
+        return text.to_string();
+    };
+    let mut changed = false;
+    for n in nodes.iter_mut() {
+        if let toml::Value::String(s) = n {
+            if let Some((host, port)) = s.rsplit_once(':') {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.parse::<std::net::IpAddr>().is_err() {
+                    *s = format!("127.0.0.1:{port}");
+                    changed = true;
+                }
+            }
+        }
+    }
+    if changed {
+        toml::to_string(&t).expect("serialisable")
+    } else {
+        text.to_string()
+    }
+}
+
+/// `wyvern agent -c FILE --print-config`: the printed configuration, or the error.
+fn print_config(file: &Path) -> Result<String, String> {
+    let o = Command::new(env!("CARGO_BIN_EXE_wyvern"))
+        .args(["agent", "-c"])
+        .arg(file)
+        .arg("--print-config")
+        .env_remove("WYVERN_SOCKET")
+        .output()
+        .expect("run wyvern agent --print-config");
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+/// Skipped for a feature this build lacks: the error says which cargo feature it needs.
+fn lacks_feature(err: &str) -> Option<&'static str> {
+    [("dpdk", cfg!(feature = "dpdk")), ("verbs", cfg!(feature = "verbs"))]
+        .into_iter()
+        .find(|(f, built)| !built && err.contains(&format!("the `{f}` cargo feature")))
+        .map(|(f, _)| f)
+}
+
+#[test]
+fn every_toml_snippet_in_the_docs_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for f in doc_files() {
+        let md = std::fs::read_to_string(&f).unwrap();
+        let rel = f.strip_prefix(&root).unwrap_or(&f).display().to_string();
+        for b in blocks(&md).into_iter().filter(|b| b.lang == "toml") {
+            let at = format!("{rel}:{}", b.line);
+            let file = dir.path().join(format!("snippet{checked}.toml"));
+            std::fs::write(&file, unname_nodes(&b.text)).unwrap();
+            checked += 1;
+            let printed = match print_config(&file) {
+                Ok(p) => p,
+                Err(e) => {
+                    if let Some(feat) = lacks_feature(&e) {
+                        eprintln!("*** SKIPPED the snippet at {at}: needs the {feat} feature ***");
+                    } else {
+                        failures.push(format!("{at}: the snippet does not load: {e}"));
+                    }
+                    continue;
+                }
+            };
+            // What --print-config prints is a configuration file too.
+            let again = dir.path().join(format!("printed{checked}.toml"));
+            std::fs::write(&again, &printed).unwrap();
+            match print_config(&again) {
+                Ok(p) if p == printed => {}
+                Ok(p) => failures.push(format!(
+                    "{at}: --print-config does not round-trip:\n{printed}\n---\n{p}"
+                )),
+                Err(e) => failures.push(format!(
+                    "{at}: the configuration --print-config printed does not load: {e}"
+                )),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} snippets fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(checked >= 1, "no ```toml block found in README.md or docs/");
+}
+
+/// The checker itself: a bad snippet is reported with its file and line.
+#[test]
+fn a_bad_snippet_is_reported_with_its_line() {
+    let md = "text\n\n```toml\nnode_id = 0\n[pool]\nblock_byte = 1\n```\n";
+    let b = blocks(md);
+    assert_eq!(b.len(), 1);
+    assert_eq!((b[0].lang.as_str(), b[0].line), ("toml", 4));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, &b[0].text).unwrap();
+    let e = print_config(&file).unwrap_err();
+    assert!(e.contains("unknown field `block_byte`"), "{e}");
+    // Names in `nodes` are replaced, addresses kept.
+    let t = unname_nodes("nodes = [\"node02:7470\", \"10.0.0.1:7470\", \"[::1]:9\"]\n");
+    assert!(
+        t.contains("\"127.0.0.1:7470\"") && t.contains("\"10.0.0.1:7470\"") && t.contains("\"[::1]:9\""),
+        "{t}"
+    );
+}
