@@ -215,12 +215,21 @@ pub struct WaitArgs {
     quiet: bool,
 }
 
-fn wait_socket(w: &WaitArgs) -> Result<PathBuf, String> {
-    if let Some(s) = &w.socket {
-        return Ok(s.clone());
+/// The control socket a client subcommand (`wait`, `stat`, `break-link`, ...)
+/// talks to: `socket` if given, else `$WYVERN_SOCKET`, else the path `wyvern
+/// launch` uses for this node (under Slurm: the job's socket of this node,
+/// `node_id` or the one Slurm names; otherwise the default socket of
+/// `node_id`, 0 if none). The flag says whether it was named (`--socket`,
+/// `WYVERN_SOCKET`) rather than derived.
+pub fn client_socket(
+    socket: Option<&std::path::Path>,
+    node_id: Option<u32>,
+) -> Result<(PathBuf, bool), String> {
+    if let Some(s) = socket {
+        return Ok((s.to_path_buf(), true));
     }
     if let Some(s) = std::env::var_os("WYVERN_SOCKET").filter(|s| !s.is_empty()) {
-        return Ok(s.into());
+        return Ok((s.into(), true));
     }
     let args = LaunchArgs {
         port: launch::DEFAULT_PORT,
@@ -230,19 +239,19 @@ fn wait_socket(w: &WaitArgs) -> Result<PathBuf, String> {
         dry_run: false,
         print_key: false,
         agent: AgentArgs {
-            node_id: w.node_id,
+            node_id,
             ..AgentArgs::default()
         },
     };
-    match (SlurmEnv::from_process(), w.node_id) {
-        (Some(_), _) => plan(&args).map(|p| p.socket),
-        (None, id) => Ok(launch::socket_path(None, id.unwrap_or(0))),
+    match (SlurmEnv::from_process(), node_id) {
+        (Some(_), _) => plan(&args).map(|p| (p.socket, false)),
+        (None, id) => Ok((launch::socket_path(None, id.unwrap_or(0)), false)),
     }
 }
 
 pub fn run_wait(w: WaitArgs) -> ExitCode {
-    let socket = match wait_socket(&w) {
-        Ok(s) => s,
+    let socket = match client_socket(w.socket.as_deref(), w.node_id) {
+        Ok((s, _)) => s,
         Err(e) => {
             eprintln!("wyvern wait: {e}");
             return ExitCode::FAILURE;

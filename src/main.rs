@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -11,6 +10,7 @@ use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
 
 mod demo;
 mod launch_cli;
+mod stat_cli;
 
 #[derive(Parser)]
 #[command(
@@ -37,31 +37,20 @@ enum Cmd {
     /// (fault injection; the session resumes over a new connection). On the
     /// verbs transport the link's queue pair is forced into the error state.
     BreakLink {
-        /// The agent's control socket.
+        /// The agent's control socket (default: $WYVERN_SOCKET, else the path
+        /// `wyvern launch` uses for this node: the job's socket under Slurm).
         #[arg(long, short)]
         socket: Option<PathBuf>,
-        /// Node id (picks the default socket path of that node).
-        #[arg(long, default_value_t = 0)]
-        node_id: u32,
+        /// Node id, when not under Slurm (picks the default socket of that node).
+        #[arg(long)]
+        node_id: Option<u32>,
         /// The peer node whose connection to break.
         #[arg(long)]
         peer: u32,
     },
-    /// Show an agent's live statistics.
-    Stat {
-        /// The agent's control socket.
-        #[arg(long, short)]
-        socket: Option<PathBuf>,
-        /// Node id (picks the default socket path of that node).
-        #[arg(long, default_value_t = 0)]
-        node_id: u32,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Refresh every N seconds until interrupted.
-        #[arg(long)]
-        watch: Option<f64>,
-    },
+    /// Show an agent's live statistics: counters, and rates per second
+    /// between two samples.
+    Stat(stat_cli::StatArgs),
     /// Start two agents on this machine over loopback TCP, run a workload
     /// between them, and print a summary.
     Demo(demo::DemoArgs),
@@ -304,43 +293,20 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => run_agent(*a),
         Cmd::Launch(a) => launch_cli::run_launch(*a),
         Cmd::Wait(w) => launch_cli::run_wait(w),
-        Cmd::Stat {
-            socket,
-            node_id,
-            json,
-            watch,
-        } => {
-            let path = socket.unwrap_or_else(|| default_socket(node_id));
-            loop {
-                match wyvern::client::stat(&path) {
-                    Ok(s) if json => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&s).expect("serialisable")
-                    ),
-                    Ok(s) => {
-                        if watch.is_some() {
-                            print!("\x1b[2J\x1b[H");
-                        }
-                        println!("{}", s.render())
-                    }
-                    Err(e) => {
-                        eprintln!("wyvern stat: {e}: {}", source_chain(&e));
-                        return ExitCode::FAILURE;
-                    }
-                }
-                match watch {
-                    Some(s) => std::thread::sleep(Duration::from_secs_f64(s.max(0.1))),
-                    None => return ExitCode::SUCCESS,
-                }
-            }
-        }
+        Cmd::Stat(a) => stat_cli::run(a),
         Cmd::Demo(d) => demo::run(d),
         Cmd::BreakLink {
             socket,
             node_id,
             peer,
         } => {
-            let path = socket.unwrap_or_else(|| default_socket(node_id));
+            let (path, named) = match launch_cli::client_socket(socket.as_deref(), node_id) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("wyvern break-link: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             match wyvern::client::break_link(&path, peer) {
                 Ok(()) => {
                     println!(
@@ -349,7 +315,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("wyvern break-link: {e}");
+                    eprintln!("wyvern break-link: {}", stat_cli::client_error(&e, named));
                     ExitCode::FAILURE
                 }
             }

@@ -118,10 +118,13 @@ fn print_config(file: &Path) -> Result<String, String> {
 
 /// Skipped for a feature this build lacks: the error says which cargo feature it needs.
 fn lacks_feature(err: &str) -> Option<&'static str> {
-    [("dpdk", cfg!(feature = "dpdk")), ("verbs", cfg!(feature = "verbs"))]
-        .into_iter()
-        .find(|(f, built)| !built && err.contains(&format!("the `{f}` cargo feature")))
-        .map(|(f, _)| f)
+    [
+        ("dpdk", cfg!(feature = "dpdk")),
+        ("verbs", cfg!(feature = "verbs")),
+    ]
+    .into_iter()
+    .find(|(f, built)| !built && err.contains(&format!("the `{f}` cargo feature")))
+    .map(|(f, _)| f)
 }
 
 #[test]
@@ -187,7 +190,9 @@ fn a_bad_snippet_is_reported_with_its_line() {
     // Names in `nodes` are replaced, addresses kept.
     let t = unname_nodes("nodes = [\"node02:7470\", \"10.0.0.1:7470\", \"[::1]:9\"]\n");
     assert!(
-        t.contains("\"127.0.0.1:7470\"") && t.contains("\"10.0.0.1:7470\"") && t.contains("\"[::1]:9\""),
+        t.contains("\"127.0.0.1:7470\"")
+            && t.contains("\"10.0.0.1:7470\"")
+            && t.contains("\"[::1]:9\""),
         "{t}"
     );
 }

@@ -29,7 +29,14 @@ impl Agent {
             let cred =
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
             let allowed = match &cred {
-                Ok(c) => c.uid() == self.uid || c.uid() == 0 || self.cfg.allow_gid == Some(c.gid()),
+                Ok(c) => {
+                    c.uid() == self.uid
+                        || c.uid() == 0
+                        || self
+                            .cfg
+                            .allow_gid
+                            .is_some_and(|g| c.gid() == g || in_group(c.pid(), g))
+                }
                 Err(_) => false,
             };
             if !allowed {
@@ -736,6 +743,16 @@ pub(super) fn bind_control(cfg: &AgentConfig) -> Result<UnixListener, AgentError
     }
     l.set_nonblocking(true).map_err(sock_err)?;
     Ok(l)
+}
+
+/// Whether process `pid` has `gid` among its supplementary groups (a user is
+/// usually a member of the allowed group that way, not by primary group).
+fn in_group(pid: i32, gid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|st| {
+        st.lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+    })
 }
 
 /// Control connections served at once (or the client slots plus 64, if

@@ -58,12 +58,16 @@ pub enum Error {
         source: io::Error,
     },
     /// Connecting to the socket was not permitted.
-    #[error("permission denied: cannot connect to the agent at {path} ({owner}); only the agent's user, root and the agent's allowed group may attach")]
+    #[error("permission denied: {who} may not attach to the agent at {path}: {may}")]
     PermissionDenied {
         /// Socket path.
         path: PathBuf,
-        /// Who owns the socket (or its directory), as far as visible.
-        owner: String,
+        /// This process: its uid (and user name).
+        who: String,
+        /// Who may attach, as the socket's (or its directory's) owner,
+        /// group and mode tell: the agent's user, root, and the members of
+        /// its `allow_gid` group if it set one.
+        may: String,
     },
     /// The listener is not the expected agent: another uid listens there.
     #[error("the listener at {path} runs as uid {uid}, not as {expected} (set WYVERN_AGENT_UID to the agent's uid if it runs as another user)")]
@@ -435,21 +439,11 @@ pub fn break_link(path: impl AsRef<Path>, node: u32) -> Result<(), Error> {
 fn connect(path: &Path) -> Result<UnixStream, Error> {
     let s = UnixStream::connect(path).map_err(|source| {
         if source.kind() == io::ErrorKind::PermissionDenied {
-            use std::os::unix::fs::MetadataExt;
-            let owner = std::fs::metadata(path)
-                .or_else(|_| std::fs::metadata(path.parent().unwrap_or(Path::new("."))))
-                .map(|m| {
-                    format!(
-                        "owned by uid {} gid {}, mode {:o}",
-                        m.uid(),
-                        m.gid(),
-                        m.mode() & 0o7777
-                    )
-                })
-                .unwrap_or_else(|e| format!("not visible: {e}"));
+            let me = nix::unistd::geteuid().as_raw();
             Error::PermissionDenied {
                 path: path.into(),
-                owner,
+                who: user_name(me),
+                may: who_may_attach(path),
             }
         } else {
             Error::Connect {
@@ -483,6 +477,76 @@ fn connect(path: &Path) -> Result<UnixStream, Error> {
     // `wyvern stat` or an application for ever).
     s.set_read_timeout(Some(CTL_TIMEOUT))?;
     Ok(s)
+}
+
+/// `uid N (name)`, or `root`.
+fn user_name(uid: u32) -> String {
+    if uid == 0 {
+        return "root".into();
+    }
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("uid {uid} ({})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// `group N (name)`.
+fn group_name(gid: u32) -> String {
+    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        Ok(Some(g)) => format!("group {gid} ({})", g.name),
+        _ => format!("group {gid}"),
+    }
+}
+
+/// Who may attach to the agent whose socket is `path`, as far as its
+/// owner, group and mode show (the agent makes the socket 0700, its
+/// directory 0700, or 0770 and 0750 with the group `allow_gid`).
+fn who_may_attach(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // The socket needs write permission; its directory search permission.
+    let (md, what, group_bit) = match std::fs::metadata(path) {
+        Ok(m) => (m, "socket", 0o020),
+        Err(_) => match std::fs::metadata(dir) {
+            Ok(m) => (m, "directory", 0o010),
+            Err(e) => {
+                return format!(
+                    "only the agent's user, root and members of its allow_gid group may \
+                     ({} is not visible: {e})",
+                    dir.display()
+                )
+            }
+        },
+    };
+    let mode = md.mode() & 0o7777;
+    let users = if md.uid() == 0 {
+        "root".to_string()
+    } else {
+        format!("{} and root", user_name(md.uid()))
+    };
+    if mode & group_bit != 0 && md.gid() != 0 {
+        let mine: Vec<String> = nix::unistd::getgroups()
+            .unwrap_or_default()
+            .into_iter()
+            .chain([nix::unistd::getegid()])
+            .map(|g| g.as_raw().to_string())
+            .collect();
+        format!(
+            "only {users} and members of {} (the agent's allow_gid) may (its {what} is mode \
+             {mode:o}); this process's groups are {}",
+            group_name(md.gid()),
+            mine.join(",")
+        )
+    } else {
+        format!(
+            "only {users} may: the agent sets no allow_gid (its {what} is mode {mode:o}); \
+             start it with --allow-gid GID (allow_gid in its configuration) to let that group's \
+             members attach"
+        )
+    }
 }
 
 /// One request on a fresh control connection; an error reply is an `Err`.
