@@ -6,7 +6,7 @@
 #
 # The project's one test command (CI runs it through .ci/run). Steps:
 #   (a) scripts/install-deps.sh core      (skipped with WYVERN_SKIP_DEPS=1)
-#   (b) scripts/setup-hugepages.sh        (N from WYVERN_HUGEPAGES, default 512; never fails)
+#   (b) scripts/setup-hugepages.sh        (N from WYVERN_HUGEPAGES, default 512; a failure is a warning)
 #   (c) cargo fmt --all -- --check
 #   (d) cargo check --locked                (the default build, no features), then
 #       cargo clippy --workspace --features dpdk,verbs --all-targets --locked -- -D warnings
@@ -115,7 +115,9 @@ fi
 
 # ------------------------------------------------------------------------- (b)
 step "(b) scripts/setup-hugepages.sh${WYVERN_HUGEPAGES:+ $WYVERN_HUGEPAGES}"
-bash scripts/setup-hugepages.sh ${WYVERN_HUGEPAGES:+"$WYVERN_HUGEPAGES"}
+# Short of hugepages, wyvern falls back to normal shared pages (and says so): the tests run.
+bash scripts/setup-hugepages.sh ${WYVERN_HUGEPAGES:+"$WYVERN_HUGEPAGES"} \
+    || log "WARNING: hugepages not (fully) set up (above); wyvern falls back to normal shared pages"
 
 # ------------------------------------------------------------------------- (c)
 step "(c) cargo fmt --all -- --check"

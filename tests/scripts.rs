@@ -6,6 +6,10 @@
 //! one test that boots the Soft-RoCE VM (twice at once) to see the exit status, output and
 //! environment come back, and a working directory under /tmp shared into the guest (as
 //! root, or whenever the VM's prerequisites are installed).
+//!
+//! `scripts/setup-hugepages.sh`: `--show` against the kernel's own counts, refusals that
+//! change nothing (the machine's reservation is checked and put back), and sizes, nodes,
+//! `--clear` and a kernel granting too few pages against a fake sysfs (`HUGEPAGES_ROOT`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -390,4 +394,224 @@ fn verbs_bench_scripts_parse_and_print_their_plan() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("run me through"), "{}", text(&o));
+}
+
+// ------------------------------------------------------------ scripts/setup-hugepages.sh
+
+fn hugepages(args: &[&str], root: Option<&Path>) -> Output {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-hugepages.sh");
+    let mut c = Command::new("bash");
+    c.arg(script).args(args);
+    match root {
+        Some(r) => c.env("HUGEPAGES_ROOT", r),
+        None => c.env_remove("HUGEPAGES_ROOT"),
+    };
+    c.output().expect("run scripts/setup-hugepages.sh")
+}
+
+fn nr_hugepages() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    m.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Puts the reservation back as the tests found it (the CI's pages), even if a check failed.
+struct RestorePages(Option<u64>);
+
+impl Drop for RestorePages {
+    fn drop(&mut self) {
+        if let Some(n) = self.0 {
+            if nr_hugepages() != Some(n) {
+                let _ = std::fs::write("/proc/sys/vm/nr_hugepages", format!("{n}\n"));
+            }
+        }
+    }
+}
+
+/// On this machine: `--show` agrees with /proc/meminfo and /proc/mounts; a page size the
+/// kernel lacks, a node that does not exist and a request larger than the machine's memory
+/// are refused (exit 2) before anything changes; a user who may not write the reservation
+/// gets exit 1 and why; a request already met changes nothing and exits 0.
+#[test]
+fn hugepages_script_shows_the_state_and_fails_loudly() {
+    if !Path::new("/sys/kernel/mm/hugepages").is_dir() {
+        eprintln!("*** SKIPPED hugepages_script_shows_the_state_and_fails_loudly: no hugetlb ***");
+        return;
+    }
+    let before = nr_hugepages();
+    let _restore = RestorePages(before);
+    let o = hugepages(&["--show"], None);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let size_kb = meminfo("Hugepagesize").unwrap();
+    let name = if size_kb % (1 << 20) == 0 {
+        format!("{}G", size_kb >> 20)
+    } else {
+        format!("{}M", size_kb >> 10)
+    };
+    // The default size's line for all nodes: total as the kernel counts it.
+    let line = t
+        .lines()
+        .find(|l| l.starts_with(&name) && l.contains("(default size)"))
+        .unwrap_or_else(|| panic!("no default-size line: {t}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[1], "all", "{t}");
+    assert_eq!(f[2].parse::<u64>().ok(), meminfo("HugePages_Total"), "{t}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    match mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("hugetlbfs"))
+    {
+        Some(m) => {
+            let dir = m.split_whitespace().nth(1).unwrap();
+            assert!(t.contains(&format!("mount: {dir} (")), "{t}");
+        }
+        None => assert!(t.contains("no hugetlbfs mounted"), "{t}"),
+    }
+
+    for (args, want) in [
+        (&["-p", "3M", "4"][..], "page size 3M is not supported"),
+        (&["-p", "2X", "4"][..], "is not a size"),
+        (&["-n", "4095", "4"][..], "no NUMA node 4095"),
+        (&["--no-mount", "100000000"][..], "more than this machine's memory"),
+        (&["--show", "--clear"][..], "only one of"),
+        (&["many"][..], "non-negative integer"),
+    ] {
+        let o = hugepages(args, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("ERROR"), "{args:?}: {}", text(&o));
+        assert_eq!(nr_hugepages(), before, "{args:?} changed the reservation");
+    }
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    // Already met: nothing to do, exit 0 (as CI's step (b) runs it).
+    let have = before.unwrap_or(0).to_string();
+    let o = hugepages(&["--no-mount", &have], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("leaving as is"), "{}", text(&o));
+    // Another user cannot raise the reservation: exit 1, and why.
+    let more = (before.unwrap_or(0) + 1).to_string();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-hugepages.sh");
+    if let Ok(o) = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"])
+        .arg(&script)
+        .args(["--no-mount", &more])
+        .output()
+    {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("not root"), "{}", text(&o));
+    }
+    assert_eq!(nr_hugepages(), before);
+}
+
+/// A fake sysfs/procfs tree (HUGEPAGES_ROOT) with two sizes on two NUMA nodes.
+fn fake_hugepages_tree(root: &Path) {
+    for kb in ["2048", "1048576"] {
+        let g = root.join(format!("sys/kernel/mm/hugepages/hugepages-{kb}kB"));
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::write(g.join("nr_hugepages"), "8\n").unwrap();
+        std::fs::write(g.join("free_hugepages"), "6\n").unwrap();
+        for n in 0..2 {
+            let d = root.join(format!(
+                "sys/devices/system/node/node{n}/hugepages/hugepages-{kb}kB"
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("nr_hugepages"), "4\n").unwrap();
+            std::fs::write(d.join("free_hugepages"), "3\n").unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    std::fs::write(
+        root.join("proc/meminfo"),
+        "MemTotal:       16000000 kB\nHugepagesize:       2048 kB\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("proc/mounts"),
+        "nodev /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n",
+    )
+    .unwrap();
+}
+
+/// Against a fake tree: per-size and per-node `--show`, reserving 1G pages on one node,
+/// `--clear` of one size, and a kernel that grants fewer pages than asked (exit 1).
+#[test]
+fn hugepages_script_sizes_nodes_clear_and_shortfall_on_a_fake_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fake_hugepages_tree(root);
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap().trim().to_string();
+    let o = hugepages(&["--show"], Some(root));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for want in [
+        "size node total free",
+        "2M all 8 6 (default size)",
+        "2M 1 4 3",
+        "1G 0 4 3",
+        "mount: /dev/hugepages (rw,relatime,pagesize=2M)",
+    ] {
+        assert!(
+            t.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == want),
+            "lacks {want:?}: {t}"
+        );
+    }
+    // 1G pages on node 1 (the fake kernel grants what is written).
+    let o = hugepages(&["-p", "1G", "-n", "1", "--no-mount", "6"], Some(root));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        read("sys/devices/system/node/node1/hugepages/hugepages-1048576kB/nr_hugepages"),
+        "6"
+    );
+    assert_eq!(
+        read("sys/devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages"),
+        "4"
+    );
+    // --reserve rounds up to whole pages: 5M of 2M pages = 3 pages, fewer than the 8 there.
+    let o = hugepages(&["-r", "5M", "--no-mount"], Some(root));
+    assert!(
+        text(&o).contains("8 reserved (>= 3 wanted), leaving as is"),
+        "{}",
+        text(&o)
+    );
+    // --clear of one size leaves the other.
+    let o = hugepages(&["--clear", "-p", "2M"], Some(root));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(read("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), "0");
+    assert_eq!(
+        read("sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"),
+        "8"
+    );
+    // A kernel that grants nothing (the count reads back 0): exit 1, saying so.
+    let f = root.join("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
+    std::fs::remove_file(&f).unwrap();
+    std::os::unix::fs::symlink("/dev/null", &f).unwrap();
+    let o = hugepages(&["--no-mount", "16"], Some(root));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("the kernel granted only 0 of 16 2M pages"),
+        "{}",
+        text(&o)
+    );
+    // A mount point of another page size is refused, not remounted.
+    let o = hugepages(&["--mount", "-p", "1G", "-d", "/dev/hugepages"], Some(root));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("another page size"), "{}", text(&o));
 }
