@@ -1,45 +1,75 @@
 #!/usr/bin/env bash
-# Usage: scripts/install-deps.sh [core|bench|all]     (default: core)
+# Usage: scripts/install-deps.sh [SET...]      (default: core)
+#        scripts/install-deps.sh --list [SET...]
 #
-# Installs the Debian packages wyvern needs, but only the ones that are missing
-# (checked with dpkg-query first; apt-get runs only when something is missing),
-# and makes sure the rustfmt and clippy rustup components exist.
-#   core  - what the build and the test suite need: pkg-config build-essential
-#           iproute2 procps util-linux, slurm-wlm munge (tests/slurm.rs runs a
-#           real two-node Slurm through scripts/slurm-local.sh), and for the
-#           `dpdk` feature libdpdk-dev dpdk-dev (DPDK >= 22.11) clang
-#           libclang-dev (bindgen), python3 python3-venv
-#           (scripts/test-python.sh makes a venv; pip then installs numpy pytest cffi),
-#           and for the `verbs` feature and its tests on Soft-RoCE (scripts/rxe-vm.sh):
-#           libibverbs-dev librdmacm-dev rdma-core ibverbs-providers ibverbs-utils perftest,
-#           qemu-system-x86 linux-image-amd64 (a 6.1 kernel for the VM, installed beside the
-#           running one, which stays untouched) busybox-static cpio kmod
-#   bench - core + sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine
-#   all   - same as bench (for now)
-# Idempotent: a second run installs nothing. Needs root (or sudo) only when
-# something has to be installed.
+# Installs the Debian packages of the named sets, but only the ones that are missing
+# (checked with dpkg-query first; apt-get runs only when something is missing). Sets:
+#   runtime - what running a wyvern built with --features dpdk,verbs needs on a node:
+#             rdma-core libibverbs1 librdmacm1 ibverbs-providers (RDMA devices) libnuma1,
+#             dpdk (its libraries and poll-mode drivers, dpdk-devbind.py for
+#             scripts/bind-nic.sh, dpdk-hugepages.py). A default build (no features) needs
+#             nothing beyond libc. Hugepages: scripts/setup-hugepages.sh.
+#   build   - what building needs: pkg-config build-essential, clang libclang-dev (bindgen),
+#             libdpdk-dev dpdk-dev (DPDK >= 22.11) for `dpdk`, libibverbs-dev librdmacm-dev
+#             for `verbs`; and the rustup components rustfmt and clippy
+#   test    - what scripts/test.sh needs besides a build: iproute2 procps util-linux
+#             (namespaces, setpriv), slurm-wlm munge (tests/slurm.rs runs a real two-node
+#             Slurm through scripts/slurm-local.sh), python3 python3-venv
+#             (scripts/test-python.sh; pip then installs numpy pytest cffi), and the
+#             Soft-RoCE VM of scripts/rxe-vm.sh: qemu-system-x86 linux-image-amd64 (a 6.1
+#             kernel for the VM, installed beside the running one, which stays untouched)
+#             busybox-static cpio kmod rdma-core ibverbs-providers ibverbs-utils perftest
+#   core    - build + test: what CI (scripts/test.sh, step (a)) installs
+#   bench   - core + the peers bench/run.sh compares against: sockperf iperf3 ucx-utils
+#             openmpi-bin libopenmpi-dev hyperfine (the test suite does not use them)
+#   all     - every set
+# --list prints the packages of the sets, one a line, and installs nothing.
+# Idempotent: a second run installs nothing. Needs root (or sudo) only when something has to
+# be installed. It changes nothing else (no hugepages, no caches dropped).
 set -euo pipefail
 
 log() { printf '[wyvern setup] %s\n' "$*"; }
-die() { printf '[wyvern setup] ERROR: %s\n' "$*" >&2; exit 1; }
+die() { printf '[wyvern setup] ERROR: %s\n' "$*" >&2; exit "${2:-1}"; }
 
-mode="${1:-core}"
-case "$mode" in
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    core|bench|all) ;;
-    *) die "unknown mode '$mode' (expected core, bench or all)" ;;
-esac
-[ "$#" -le 1 ] || die "too many arguments (usage: $0 [core|bench|all])"
-
-core_pkgs=(pkg-config build-essential iproute2 procps util-linux slurm-wlm munge libdpdk-dev dpdk-dev
-           clang libclang-dev python3 python3-venv
-           libibverbs-dev librdmacm-dev rdma-core ibverbs-providers ibverbs-utils perftest
-           qemu-system-x86 linux-image-amd64 busybox-static cpio kmod)
+runtime_pkgs=(rdma-core libibverbs1 librdmacm1 ibverbs-providers libnuma1 dpdk)
+build_pkgs=(pkg-config build-essential clang libclang-dev libdpdk-dev dpdk-dev libibverbs-dev librdmacm-dev)
+test_pkgs=(iproute2 procps util-linux slurm-wlm munge python3 python3-venv
+           qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+           rdma-core ibverbs-providers ibverbs-utils perftest)
 bench_pkgs=(sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine)
 
-pkgs=("${core_pkgs[@]}")
-if [ "$mode" != core ]; then
-    pkgs+=("${bench_pkgs[@]}")
+list_only=0
+sets=()
+for a in "$@"; do
+    case "$a" in
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --list) list_only=1 ;;
+        runtime|build|test|core|bench|all) sets+=("$a") ;;
+        *) die "unknown set '$a' (expected runtime, build, test, core, bench or all; see --help)" 2 ;;
+    esac
+done
+[ "${#sets[@]}" -gt 0 ] || sets=(core)
+mode="${sets[*]}"
+
+pkgs=()
+rust_components=0
+for set in "${sets[@]}"; do
+    case "$set" in
+        runtime) pkgs+=("${runtime_pkgs[@]}") ;;
+        build) pkgs+=("${build_pkgs[@]}"); rust_components=1 ;;
+        test) pkgs+=("${test_pkgs[@]}") ;;
+        core) pkgs+=("${build_pkgs[@]}" "${test_pkgs[@]}"); rust_components=1 ;;
+        bench) pkgs+=("${build_pkgs[@]}" "${test_pkgs[@]}" "${bench_pkgs[@]}"); rust_components=1 ;;
+        all) pkgs+=("${runtime_pkgs[@]}" "${build_pkgs[@]}" "${test_pkgs[@]}" "${bench_pkgs[@]}")
+             rust_components=1 ;;
+    esac
+done
+# Each once, in first-seen order.
+mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | awk '!seen[$0]++')
+
+if [ "$list_only" = 1 ]; then
+    printf '%s\n' "${pkgs[@]}"
+    exit 0
 fi
 
 # ---------------------------------------------------------------- apt packages
@@ -80,6 +110,10 @@ else
 fi
 
 # ---------------------------------------------------------- rustup components
+if [ "$rust_components" = 0 ]; then
+    log "install-deps ($mode) done"
+    exit 0
+fi
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"

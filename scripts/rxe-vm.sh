@@ -46,7 +46,7 @@
 # Cache: the initramfs is kept in $WYVERN_RXE_VM_CACHE (default target/rxe-vm of the repo,
 # or $CARGO_TARGET_DIR/rxe-vm) and rebuilt when the kernel or this script changes; each run
 # gets its own control directory there, so runs may overlap.
-# Needs (scripts/install-deps.sh core): qemu-system-x86 linux-image-amd64 busybox-static
+# Needs (scripts/install-deps.sh test): qemu-system-x86 linux-image-amd64 busybox-static
 # cpio kmod iproute2 rdma-core ibverbs-providers (ibverbs-utils perftest for the smoke test).
 set -euo pipefail
 
@@ -334,7 +334,7 @@ if [ "$check_only" = 1 ]; then
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         for m in "${missing[@]}"; do log "missing: $m"; done
-        log "not ready: install with scripts/install-deps.sh core"
+        log "not ready: install with scripts/install-deps.sh test"
         exit 77
     fi
     log "ready"
@@ -344,7 +344,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     log "******************************************************************"
     log "*** VM CANNOT START: prerequisites missing"
     for m in "${missing[@]}"; do log "***   missing: $m"; done
-    log "*** (scripts/install-deps.sh core installs them)"
+    log "*** (scripts/install-deps.sh test installs them)"
     log "******************************************************************"
     exit 77
 fi

@@ -615,3 +615,81 @@ fn hugepages_script_sizes_nodes_clear_and_shortfall_on_a_fake_tree() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("another page size"), "{}", text(&o));
 }
+
+// ---------------------------------------------------------------- scripts/install-deps.sh
+
+fn install_deps_list(sets: &[&str]) -> Vec<String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
+    let o = Command::new("bash")
+        .arg(script)
+        .arg("--list")
+        .args(sets)
+        .output()
+        .expect("run scripts/install-deps.sh --list");
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The package sets: running needs neither the test machinery nor a compiler; core (what
+/// CI installs) is build + test, as before the split; unknown sets are refused.
+#[test]
+fn install_deps_sets_say_what_each_is_for() {
+    let runtime = install_deps_list(&["runtime"]);
+    let build = install_deps_list(&["build"]);
+    let test = install_deps_list(&["test"]);
+    let core = install_deps_list(&[]);
+    assert_eq!(core, install_deps_list(&["core"]));
+    let has = |l: &[String], p: &str| l.iter().any(|x| x == p);
+    for p in ["slurm-wlm", "munge", "qemu-system-x86", "linux-image-amd64", "clang"] {
+        assert!(!has(&runtime, p), "runtime installs {p}: {runtime:?}");
+    }
+    for p in ["libibverbs1", "ibverbs-providers", "dpdk"] {
+        assert!(has(&runtime, p), "runtime lacks {p}: {runtime:?}");
+    }
+    for p in ["clang", "libdpdk-dev", "libibverbs-dev", "build-essential"] {
+        assert!(has(&build, p), "build lacks {p}: {build:?}");
+    }
+    for p in ["slurm-wlm", "qemu-system-x86", "busybox-static", "perftest", "python3-venv"] {
+        assert!(has(&test, p) && !has(&build, p), "{p}: build {build:?} test {test:?}");
+    }
+    // core = build + test, exactly what CI installed before the split.
+    let mut want: Vec<String> = build.iter().chain(&test).cloned().collect();
+    want.sort();
+    want.dedup();
+    let mut got = core.clone();
+    got.sort();
+    assert_eq!(got, want);
+    for p in [
+        "pkg-config", "build-essential", "iproute2", "procps", "util-linux", "slurm-wlm", "munge",
+        "libdpdk-dev", "dpdk-dev", "clang", "libclang-dev", "python3", "python3-venv",
+        "libibverbs-dev", "librdmacm-dev", "rdma-core", "ibverbs-providers", "ibverbs-utils",
+        "perftest", "qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio", "kmod",
+    ] {
+        assert!(has(&core, p), "core lacks {p}");
+    }
+    let bench = install_deps_list(&["bench"]);
+    assert!(core.iter().all(|p| has(&bench, p)) && has(&bench, "sockperf"), "{bench:?}");
+    let both = install_deps_list(&["runtime", "build"]);
+    assert_eq!(both.len(), {
+        let mut u: Vec<&String> = runtime.iter().chain(&build).collect();
+        u.sort();
+        u.dedup();
+        u.len()
+    });
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg("bogus")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("unknown set 'bogus'"), "{}", text(&o));
+    let o = Command::new("bash").arg(&script).arg("--help").output().unwrap();
+    let t = text(&o);
+    for set in ["runtime -", "build   -", "test    -", "core    -", "bench   -"] {
+        assert!(t.contains(set), "--help lacks {set:?}: {t}");
+    }
+}
