@@ -485,7 +485,10 @@ fn hugepages_script_shows_the_state_and_fails_loudly() {
         (&["-p", "3M", "4"][..], "page size 3M is not supported"),
         (&["-p", "2X", "4"][..], "is not a size"),
         (&["-n", "4095", "4"][..], "no NUMA node 4095"),
-        (&["--no-mount", "100000000"][..], "more than this machine's memory"),
+        (
+            &["--no-mount", "100000000"][..],
+            "more than this machine's memory",
+        ),
         (&["--show", "--clear"][..], "only one of"),
         (&["many"][..], "non-negative integer"),
     ] {
@@ -556,7 +559,12 @@ fn hugepages_script_sizes_nodes_clear_and_shortfall_on_a_fake_tree() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     fake_hugepages_tree(root);
-    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap().trim().to_string();
+    let read = |p: &str| {
+        std::fs::read_to_string(root.join(p))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
     let o = hugepages(&["--show"], Some(root));
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -594,7 +602,10 @@ fn hugepages_script_sizes_nodes_clear_and_shortfall_on_a_fake_tree() {
     // --clear of one size leaves the other.
     let o = hugepages(&["--clear", "-p", "2M"], Some(root));
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(read("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), "0");
+    assert_eq!(
+        read("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
+        "0"
+    );
     assert_eq!(
         read("sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"),
         "8"
@@ -643,7 +654,13 @@ fn install_deps_sets_say_what_each_is_for() {
     let core = install_deps_list(&[]);
     assert_eq!(core, install_deps_list(&["core"]));
     let has = |l: &[String], p: &str| l.iter().any(|x| x == p);
-    for p in ["slurm-wlm", "munge", "qemu-system-x86", "linux-image-amd64", "clang"] {
+    for p in [
+        "slurm-wlm",
+        "munge",
+        "qemu-system-x86",
+        "linux-image-amd64",
+        "clang",
+    ] {
         assert!(!has(&runtime, p), "runtime installs {p}: {runtime:?}");
     }
     for p in ["libibverbs1", "ibverbs-providers", "dpdk"] {
@@ -652,8 +669,17 @@ fn install_deps_sets_say_what_each_is_for() {
     for p in ["clang", "libdpdk-dev", "libibverbs-dev", "build-essential"] {
         assert!(has(&build, p), "build lacks {p}: {build:?}");
     }
-    for p in ["slurm-wlm", "qemu-system-x86", "busybox-static", "perftest", "python3-venv"] {
-        assert!(has(&test, p) && !has(&build, p), "{p}: build {build:?} test {test:?}");
+    for p in [
+        "slurm-wlm",
+        "qemu-system-x86",
+        "busybox-static",
+        "perftest",
+        "python3-venv",
+    ] {
+        assert!(
+            has(&test, p) && !has(&build, p),
+            "{p}: build {build:?} test {test:?}"
+        );
     }
     // core = build + test, exactly what CI installed before the split.
     let mut want: Vec<String> = build.iter().chain(&test).cloned().collect();
@@ -663,15 +689,38 @@ fn install_deps_sets_say_what_each_is_for() {
     got.sort();
     assert_eq!(got, want);
     for p in [
-        "pkg-config", "build-essential", "iproute2", "procps", "util-linux", "slurm-wlm", "munge",
-        "libdpdk-dev", "dpdk-dev", "clang", "libclang-dev", "python3", "python3-venv",
-        "libibverbs-dev", "librdmacm-dev", "rdma-core", "ibverbs-providers", "ibverbs-utils",
-        "perftest", "qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio", "kmod",
+        "pkg-config",
+        "build-essential",
+        "iproute2",
+        "procps",
+        "util-linux",
+        "slurm-wlm",
+        "munge",
+        "libdpdk-dev",
+        "dpdk-dev",
+        "clang",
+        "libclang-dev",
+        "python3",
+        "python3-venv",
+        "libibverbs-dev",
+        "librdmacm-dev",
+        "rdma-core",
+        "ibverbs-providers",
+        "ibverbs-utils",
+        "perftest",
+        "qemu-system-x86",
+        "linux-image-amd64",
+        "busybox-static",
+        "cpio",
+        "kmod",
     ] {
         assert!(has(&core, p), "core lacks {p}");
     }
     let bench = install_deps_list(&["bench"]);
-    assert!(core.iter().all(|p| has(&bench, p)) && has(&bench, "sockperf"), "{bench:?}");
+    assert!(
+        core.iter().all(|p| has(&bench, p)) && has(&bench, "sockperf"),
+        "{bench:?}"
+    );
     let both = install_deps_list(&["runtime", "build"]);
     assert_eq!(both.len(), {
         let mut u: Vec<&String> = runtime.iter().chain(&build).collect();
@@ -687,9 +736,19 @@ fn install_deps_sets_say_what_each_is_for() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("unknown set 'bogus'"), "{}", text(&o));
-    let o = Command::new("bash").arg(&script).arg("--help").output().unwrap();
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg("--help")
+        .output()
+        .unwrap();
     let t = text(&o);
-    for set in ["runtime -", "build   -", "test    -", "core    -", "bench   -"] {
+    for set in [
+        "runtime -",
+        "build   -",
+        "test    -",
+        "core    -",
+        "bench   -",
+    ] {
         assert!(t.contains(set), "--help lacks {set:?}: {t}");
     }
 }
