@@ -7,6 +7,9 @@
 //! Host names in `nodes` are the reader's cluster (`node02:7470`): they are replaced by
 //! 127.0.0.1 with the same port before loading, so only name resolution is not checked.
 //! A snippet for a transport whose cargo feature this build lacks is skipped, loudly.
+//!
+//! And every `wyvern ...` command of a ```sh/```console/```bash block parses (run with
+//! `--help` appended: clap refuses unknown subcommands, unknown flags and bad values first).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -173,6 +176,7 @@ fn every_toml_snippet_in_the_docs_loads() {
         failures.join("\n")
     );
     assert!(checked >= 1, "no ```toml block found in README.md or docs/");
+    eprintln!("{checked} toml snippets load");
 }
 
 /// The checker itself: a bad snippet is reported with its file and line.
@@ -195,4 +199,135 @@ fn a_bad_snippet_is_reported_with_its_line() {
             && t.contains("\"[::1]:9\""),
         "{t}"
     );
+}
+
+/// The `wyvern ...` command lines of a shell block: backslash continuations joined, each
+/// from the word `wyvern` to the end of its command (`#` comment, `)`, `;`, `&`, `|`).
+fn wyvern_commands(block: &str) -> Vec<String> {
+    let joined = block.replace("\\\n", " ");
+    let mut out = Vec::new();
+    for line in joined.lines() {
+        let line = line.trim_start().trim_start_matches("$ ");
+        if line.starts_with('#') {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("wyvern ") {
+            let before = rest[..i].chars().last();
+            let after = &rest[i..];
+            if before.is_none_or(|c| c == ' ' || c == '(' || c == '\'' || c == '"') {
+                let end = after
+                    .char_indices()
+                    .find(|&(j, c)| {
+                        matches!(c, ')' | ';' | '&' | '|' | '<' | '>')
+                            || (c == '#' && after[..j].ends_with(' '))
+                    })
+                    .map_or(after.len(), |(j, _)| j);
+                out.push(after[..end].trim().to_string());
+                rest = &after[end..];
+            } else {
+                rest = &after["wyvern ".len()..];
+            }
+        }
+    }
+    out
+}
+
+/// Shell words: blanks separate, quotes group, a backslash escapes.
+fn shell_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut chars = s.chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.get_or_insert_with(String::new).push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                cur.get_or_insert_with(String::new);
+            }
+            (None, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.get_or_insert_with(String::new).push(n);
+                }
+            }
+            (None, c) if c.is_whitespace() => words.extend(cur.take()),
+            (None, c) => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(cur);
+    words
+}
+
+/// Every `wyvern ...` command of a ```sh/```console/```bash block parses: run with
+/// `--help` appended, clap refuses an unknown flag, a subcommand that does not exist or a
+/// bad value before it (nothing runs). Placeholders in values are not checked.
+#[test]
+fn every_wyvern_command_in_the_docs_parses() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for f in doc_files() {
+        let md = std::fs::read_to_string(&f).unwrap();
+        let rel = f.strip_prefix(&root).unwrap_or(&f).display().to_string();
+        for b in blocks(&md)
+            .into_iter()
+            .filter(|b| matches!(b.lang.as_str(), "sh" | "console" | "bash" | "shell"))
+        {
+            for cmd in wyvern_commands(&b.text) {
+                let words = shell_words(&cmd);
+                checked += 1;
+                let o = Command::new(env!("CARGO_BIN_EXE_wyvern"))
+                    .args(&words[1..])
+                    .arg("--help")
+                    .output()
+                    .expect("run wyvern");
+                if !o.status.success() {
+                    failures.push(format!(
+                        "{rel}:{} (block): `{cmd}`: {}",
+                        b.line,
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} commands do not parse:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        checked >= 1,
+        "no wyvern command found in the docs' shell blocks"
+    );
+    eprintln!("{checked} wyvern commands parse");
+}
+
+#[test]
+fn commands_are_found_and_split_like_a_shell() {
+    let block = "wyvern agent --a 1 \\\n  --b \"x y\"   # comment\n\
+                 srun bash -c 'export S=$(wyvern launch --print-socket); exec app'\n\
+                 ip netns exec n0 wyvern stat --watch 1 | head\n# wyvern not this\n";
+    let c = wyvern_commands(block);
+    assert_eq!(
+        c,
+        [
+            "wyvern agent --a 1    --b \"x y\"",
+            "wyvern launch --print-socket",
+            "wyvern stat --watch 1"
+        ]
+    );
+    assert_eq!(
+        shell_words(&c[0]),
+        ["wyvern", "agent", "--a", "1", "--b", "x y"]
+    );
+    // A bad flag is caught.
+    let o = Command::new(env!("CARGO_BIN_EXE_wyvern"))
+        .args(["stat", "--wach", "1", "--help"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
 }
