@@ -338,6 +338,12 @@ fn a_user_who_may_not_attach_is_told_who_may() {
         "{t}"
     );
     assert!(!t.contains("cannot reach"), "{t}");
+    // `wyvern wait` says so at once instead of waiting for an agent that will not let it in.
+    let t0 = Instant::now();
+    let o = as_nobody("", &["wait", "--timeout", "30"], &c.socket(0));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("permission denied"), "{}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     drop(c);
 
     // allow_gid 4242: its members may, by supplementary group too; others are told so.

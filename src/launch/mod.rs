@@ -324,6 +324,14 @@ pub fn wait_ready(
                     down.join(", ")
                 )
             }
+            // Waiting does not make an agent of another user let us in.
+            Err(
+                e @ (crate::client::Error::PermissionDenied { .. }
+                | crate::client::Error::WrongAgent { .. }),
+            ) => return Err(e.to_string()),
+            Err(crate::client::Error::Refused(m)) if m.starts_with("permission denied") => {
+                return Err(m)
+            }
             Err(e) => format!("no agent answers at {} yet ({e})", socket.display()),
         };
         let waited = start.elapsed();
