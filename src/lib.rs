@@ -23,6 +23,9 @@ pub mod capi;
 #[deny(unsafe_code)]
 pub mod client;
 #[deny(unsafe_code)]
+/// Spin, yield or sleep: the idle policy of the agent's and clients' polling loops.
+pub mod idle;
+#[deny(unsafe_code)]
 pub mod launch;
 #[deny(unsafe_code)]
 pub mod local;
