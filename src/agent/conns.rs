@@ -17,7 +17,19 @@ use crate::shm::handoff::LineReader;
 use crate::transport::Poller;
 
 use super::config::AgentConfig;
-use super::{token, AgentError, T_CTL_CONN, T_CTL_LISTEN};
+use super::AgentError;
+
+pub(super) const T_CTL_LISTEN: u64 = 1;
+pub(super) const T_CTL_CONN: u64 = 2;
+pub(super) const T_DOORBELL: u64 = 3;
+pub(super) const T_TRANSPORT: u64 = 4;
+/// A client's bell (index: its slot).
+pub(super) const T_BELL: u64 = 5;
+
+/// The epoll token of a descriptor of the agent's own.
+pub(super) fn token(kind: u64, idx: usize) -> u64 {
+    (kind << 32) | idx as u64
+}
 
 /// One control connection.
 pub(super) struct CtlConn {

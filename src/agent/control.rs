@@ -14,13 +14,14 @@ use crate::shm::blocks::Owner;
 use crate::shm::handoff::{LineReader, ReadOutcome};
 
 use super::clients::ClientState;
+use super::conns::token;
 use super::conns::{
     clean_name, send_once, CtlConn, Outbox, BELL_DRAIN, CTL_PAUSE, CTL_READS_PER_EVENT,
-    MAX_CTL_CONNS,
+    MAX_CTL_CONNS, T_BELL,
 };
 use super::peers::PeerState;
 use super::stats::{ClientSnapshot, PeerSnapshot, Snapshot};
-use super::{token, Agent, T_BELL};
+use super::Agent;
 
 impl Agent {
     pub(super) fn accept_control(&mut self) {

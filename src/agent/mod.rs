@@ -80,7 +80,7 @@ use crate::transport::{LinkEvent, Poller, Transport};
 pub use config::{AgentConfig, IdlePolicy, TransportKind};
 
 use clients::Clients;
-use conns::Conns;
+use conns::{token, Conns, T_CTL_LISTEN, T_DOORBELL, T_TRANSPORT};
 use inbox::Inbox;
 use peers::{Peer, Timing};
 use plan::Plan;
@@ -91,18 +91,6 @@ pub const BURST: usize = 64;
 const TICK: Duration = Duration::from_millis(5);
 /// Longest sleep of an adaptive agent.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
-
-const T_CTL_LISTEN: u64 = 1;
-const T_CTL_CONN: u64 = 2;
-const T_DOORBELL: u64 = 3;
-const T_TRANSPORT: u64 = 4;
-/// A client's bell (index: its slot).
-const T_BELL: u64 = 5;
-
-/// The epoll token of a descriptor of the agent's own.
-fn token(kind: u64, idx: usize) -> u64 {
-    (kind << 32) | idx as u64
-}
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]

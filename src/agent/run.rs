@@ -14,7 +14,8 @@ use crate::shm::{announce_awake, announce_sleep};
 use crate::transport::{LinkEvent, Out};
 use crate::wire::{control_frame, FrameKind};
 
-use super::{Agent, IdlePolicy, MAX_SLEEP, TICK, T_BELL, T_CTL_CONN, T_CTL_LISTEN, T_DOORBELL};
+use super::conns::{T_BELL, T_CTL_CONN, T_CTL_LISTEN, T_DOORBELL};
+use super::{Agent, IdlePolicy, MAX_SLEEP, TICK};
 
 /// Longest sleep of an adaptive agent whose transport must be polled (no
 /// descriptor to wake it when packets arrive).
