@@ -24,18 +24,19 @@
 //!
 //! ## Rooms
 //! The agent's state lives in rooms that know nothing of each other and take
-//! time as `now`: [`clients`] (slots, rings, endpoints, completions, who to
-//! wake), [`peers`] (each node's state machine and session), [`inbox`]
-//! (messages waiting for a ring or an endpoint, and their budget), [`conns`]
+//! time as `now`: `clients` (slots, rings, endpoints, completions, who to
+//! wake), `peers` (each node's state machine and session), `inbox`
+//! (messages waiting for a ring or an endpoint, and their budget), `conns`
 //! (control connections and their replies). The [`Agent`] holds them and
-//! carries out what crosses rooms, in files that only call downwards:
+//! carries out what crosses rooms, in files that only call downwards
+//! (`tests/architecture.rs` checks it):
 //!
 //! ```text
-//! run ──> control ──> links ──> deliver ──> rooms
-//!  │ └──> rx ───────────┘  ↗
-//!  └────> submit ────────┘
+//! run ─┬─> submit ──> deliver ──> rooms
+//!      ├─> control ─┬─> links ──┘
+//!      └─> rx ──────┘
 //! ```
-//! - [`run`](run.rs): the poll round, the idle [`Backoff`](crate::idle::Backoff),
+//! - `run`: the poll round, the idle [`Backoff`](crate::idle::Backoff),
 //!   readiness events, link events, shutdown;
 //! - `submit`: clients' submission rings, routing a send;
 //! - `control`: control requests (attach, endpoints, stat);
@@ -44,7 +45,8 @@
 //! - `deliver`: completions, deposits into receive rings, held messages,
 //!   replies to peers, detaching a client.
 //!
-//! Start-up runs one way too ([`plan`]): configuration → plan → parts.
+//! Start-up runs one way too (`plan`): configuration → plan → parts.
+//! docs/architecture.md has the whole picture.
 
 mod clients;
 mod conns;
