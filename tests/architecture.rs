@@ -19,7 +19,11 @@ fn agent_files() -> BTreeMap<String, String> {
             files.insert(name, std::fs::read_to_string(&p).unwrap());
         }
     }
-    assert!(files.len() > 5, "no agent sources found in {}", dir.display());
+    assert!(
+        files.len() > 5,
+        "no agent sources found in {}",
+        dir.display()
+    );
     files
 }
 
@@ -101,7 +105,11 @@ fn agent_files_call_each_other_in_one_direction() {
             }
         }
     }
-    assert!(home.len() > 40, "found only {} methods of Agent", home.len());
+    assert!(
+        home.len() > 40,
+        "found only {} methods of Agent",
+        home.len()
+    );
     let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (file, src) in &files {
         for c in self_calls(&agent_impls(src)) {
