@@ -7,13 +7,14 @@
 //! rings, aggregates small messages from every process per destination node
 //! into frames ([`wire`]), and moves them over a transport ([`transport`]).
 //!
-//! Layers, top to bottom (each knows nothing of the ones above it):
-//! `client` → `agent` → `wire` → `transport` → `shm`.
+//! Layers, bottom to top (each knows nothing of the ones above it):
+//! `shm` and `wire` → `transport` → `agent` → `client`, `capi`, `launch`.
+//! docs/architecture.md draws them and the agent's rooms.
 //!
 //! `unsafe` code lives only in [`shm`] (raw shared memory, descriptor
 //! hand-over), [`capi`] (the C API: raw pointers from C) and the FFI back
-//! end `transport::dpdk` (with `--features dpdk`); every other module forbids
-//! it.
+//! ends `transport::dpdk` and `transport::verbs` (with their features); every
+//! other module forbids it.
 
 #![warn(missing_docs)]
 
@@ -22,6 +23,9 @@ pub mod agent;
 pub mod capi;
 #[deny(unsafe_code)]
 pub mod client;
+#[deny(unsafe_code)]
+/// Spin, yield or sleep: the idle policy of the agent's and clients' polling loops.
+pub mod idle;
 #[deny(unsafe_code)]
 pub mod launch;
 #[deny(unsafe_code)]

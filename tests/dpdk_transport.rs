@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::relay::Lcg;
 use common::testbed::Testbed;
-use common::{assert_ok, Cluster, Proc};
+use common::{assert_ok, counter, stat_settled, Cluster, Proc};
 use wyvern::transport::dpdk::{
     classify, write_header, Eal, FrameKind, MacAddr, Mbuf, PktPool, Port, PortConfig, ETHERTYPE,
     ETH_HEADER,
@@ -30,24 +30,6 @@ const T: Duration = Duration::from_secs(120);
 /// Every size class from 0 B to 64 MiB, inline and block paths on both sides.
 const SIZES: &str =
     "0,1,7,8,63,64,65,200,4095,4096,4097,65536,262144,262145,1048576,3000001,67108864";
-
-fn counter(s: &serde_json::Value, name: &str) -> u64 {
-    s["transport"][name].as_u64().unwrap_or(0)
-}
-
-/// Agent `i`'s stat once every pool block is back (blocks of a sent message return
-/// when the peer acknowledges its last packet, which may come just after the receiver
-/// reported); fails after 20 s.
-fn stat_settled(c: &Cluster, i: usize) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = c.stat(i);
-        if s["blocks_free"] == s["blocks_total"] || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn check_clean(c: &Cluster) {
     for i in 0..2 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::keys::{link_facts, KeyFile};
 use common::procfs::{agent_pid, fd_count, rss_kib};
-use common::{assert_ok, Cluster};
+use common::{assert_ok, counter, Cluster};
 use wyvern::wire::packet::{encode, PacketHeader, PktKind, FLAG_NOT_UP};
 use wyvern::wire::reliable::Ack;
 use wyvern::wire::{
@@ -25,10 +25,6 @@ use wyvern::wire::{
 };
 
 const T: Duration = Duration::from_secs(120);
-
-fn counter(s: &serde_json::Value, name: &str) -> u64 {
-    s["transport"][name].as_u64().unwrap_or(0)
-}
 
 /// Honest traffic: `n` messages from node 0 to node 1 and back the other way,
 /// all delivered.

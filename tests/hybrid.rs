@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_ok, Cluster};
+use common::{assert_ok, counter, Cluster};
 
 const T: Duration = Duration::from_secs(300);
 
@@ -51,10 +51,6 @@ fn peer_transport(s: &serde_json::Value, node: u64) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn counter(s: &serde_json::Value, name: &str) -> u64 {
-    s["transport"][name].as_u64().unwrap_or(0)
 }
 
 #[test]

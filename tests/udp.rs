@@ -8,17 +8,13 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::relay::{Impair, Relay};
-use common::{assert_ok, Cluster};
+use common::{assert_ok, counter, Cluster};
 use wyvern::wire::packet::{encode, PacketHeader, PktKind, FLAG_NOT_UP};
 use wyvern::wire::reliable::Ack;
 use wyvern::wire::{job_hash, Hello};
 
 const T: Duration = Duration::from_secs(180);
 const SIZES: &str = "0,8,100,4096,4097,65536,300000,1048576";
-
-fn counter(s: &serde_json::Value, name: &str) -> u64 {
-    s["transport"][name].as_u64().unwrap_or(0)
-}
 
 #[test]
 fn impaired_link_delivers_every_message_once_in_order_and_intact() {

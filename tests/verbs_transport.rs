@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::keys::{link_facts, KeyFile};
-use common::{assert_ok, Cluster};
+use common::{assert_ok, counter, Cluster};
 
 const T: Duration = Duration::from_secs(300);
 
@@ -37,10 +37,6 @@ fn start_with(n: usize, extra: &[&str]) -> Cluster {
     let mut args = vec!["--transport", "verbs", "--block-mib", "96"];
     args.extend_from_slice(extra);
     Cluster::start_wrapped(n, &args, vec![], node_args, |_, a| a)
-}
-
-fn counter(s: &serde_json::Value, name: &str) -> u64 {
-    s["transport"][name].as_u64().unwrap_or(0)
 }
 
 /// The job key the test agents take from the environment (`WYVERN_JOB_KEY`), if any:

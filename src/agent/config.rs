@@ -512,27 +512,19 @@ impl AgentConfig {
         }
     }
 
+    /// The port offset of the verbs transport's bootstrap listener
+    /// (`verbs_port_offset`; 0 in a hybrid agent: the hybrid default).
+    pub fn verbs_offset(&self) -> u16 {
+        match self.verbs_port_offset {
+            0 if self.transport_set().len() > 1 => HYBRID_VERBS_PORT_OFFSET,
+            o => o,
+        }
+    }
+
     /// The verbs transport's bootstrap address of every node: its address with
     /// `verbs_port_offset` added to the port (a port 0, "pick one", stays 0).
     pub fn verbs_bootstrap(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        let offset = match self.verbs_port_offset {
-            0 if self.transport_set().len() > 1 => HYBRID_VERBS_PORT_OFFSET,
-            o => o,
-        };
-        self.addrs
-            .iter()
-            .map(|a| {
-                if a.port() == 0 {
-                    return Ok(*a);
-                }
-                let p = a.port().checked_add(offset).ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "verbs_port_offset {offset} takes the port of {a} past 65535"
-                    ))
-                })?;
-                Ok(SocketAddr::new(a.ip(), p))
-            })
-            .collect()
+        bootstrap_addrs(&self.addrs, self.verbs_offset())
     }
 
     fn validate_dpdk(&self) -> Result<(), ConfigError> {
@@ -603,6 +595,24 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
         *b = u8::from_str_radix(p, 16).ok()?;
     }
     Some(m)
+}
+
+/// `addrs` with `offset` added to every port (a port 0, "pick one", stays 0).
+pub fn bootstrap_addrs(addrs: &[SocketAddr], offset: u16) -> Result<Vec<SocketAddr>, ConfigError> {
+    addrs
+        .iter()
+        .map(|a| {
+            if a.port() == 0 {
+                return Ok(*a);
+            }
+            let p = a.port().checked_add(offset).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "verbs_port_offset {offset} takes the port of {a} past 65535"
+                ))
+            })?;
+            Ok(SocketAddr::new(a.ip(), p))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,11 +1,22 @@
-//! The receive side of the agent: frames from peers, split into records,
-//! reassembled and deposited into receive rings (or parked while a ring is
-//! full).
+//! The receive walk: frames from a peer's link, split into records,
+//! reassembled (large messages, straight into their block where the
+//! transport can) and deposited into receive rings, or parked while a ring
+//! is full.
 
-use super::*;
+use crate::proto::Status;
+use crate::shm::blocks::Owner;
+use crate::wire::{self, FrameKind, RecordHeader, RecordKind, FLAG_ACK};
+
+use super::deliver::Handled;
+use super::inbox::{RemoteData, ReplyTo};
+use super::peers::{Deposit, PeerState, RxLarge};
+use super::Agent;
+
+/// Chunks at least this large are read straight into their block.
+const STEER_MIN: usize = 64 * 1024;
 
 /// Where a chunk of a large message from a peer goes.
-pub(super) enum ChunkTarget {
+enum ChunkTarget {
     /// Into this pool block (at the chunk's offset).
     Block(u64),
     /// Nowhere: its message was refused.
@@ -14,80 +25,30 @@ pub(super) enum ChunkTarget {
     Wait,
 }
 
+/// What became of the frame at the head of a link.
+enum FrameStep {
+    /// The frame was handled whole.
+    Next,
+    /// No complete frame buffered.
+    Empty,
+    /// Handled up to this body offset; a ring is full.
+    Partial(usize),
+    /// The link was declared lost.
+    Broken,
+}
+
+/// Whom to answer about record `h` of peer `j`, if its sender waits for
+/// delivery.
+fn ack_of(j: usize, h_src: u32, h_dst: u32, cookie: u64, flags: u8) -> Option<ReplyTo> {
+    (flags & FLAG_ACK != 0).then_some(ReplyTo {
+        peer: j,
+        src_ep: h_src,
+        dst_ep: h_dst,
+        cookie,
+    })
+}
+
 impl Agent {
-    /// Whether a message of `len` bytes from a peer is delivered inline
-    /// (else it goes through a pool block).
-    fn fits_inline(&self, len: u64) -> bool {
-        let ring_max = self.pool.layout().recv.max_record() - RECV_HEADER;
-        len as usize <= ring_max.min(self.cfg.eager_max)
-    }
-
-    /// Deliver a message from peer `j`: into the ring when nothing waits
-    /// before it there, else parked behind what waits (within the overflow
-    /// budget). `Stall` only when the budget is spent: then the peer's
-    /// frames wait, and TCP pushes back on the sender.
-    pub(super) fn deposit_remote(
-        &mut self,
-        slot: u32,
-        ep: u32,
-        j: usize,
-        src_ep: u32,
-        data: RemoteData<'_>,
-        ack: Option<(usize, u32, u32, u64)>,
-    ) -> Handled {
-        let src_node = j as u32;
-        let empty = self.clients[slot as usize]
-            .as_ref()
-            .and_then(|c| c.recv.get(ep as usize))
-            .and_then(|r| r.as_ref())
-            .is_some_and(|r| r.parked.is_empty());
-        if empty {
-            match self.deposit(slot, ep, src_node, src_ep, data) {
-                Deposited::Delivered => {
-                    if let Some((j, s, d, cookie)) = ack {
-                        self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
-                    }
-                    return Handled::Done;
-                }
-                Deposited::Gone => {
-                    self.undeliverable(data, ack);
-                    return Handled::Done;
-                }
-                Deposited::Full => {}
-            }
-        }
-        let parked = Parked {
-            src_node,
-            src_ep,
-            data: data.to_parked(),
-            ack,
-        };
-        let open = self.clients[slot as usize]
-            .as_ref()
-            .filter(|c| c.closing.is_none())
-            .and_then(|c| c.recv.get(ep as usize))
-            .is_some_and(|r| r.is_some());
-        if !open {
-            // Nothing to wait for: the endpoint will not take it.
-            self.undeliverable(data, ack);
-            return Handled::Done;
-        }
-        if self.held_bytes() + parked.cost() > self.cfg.overflow_bytes {
-            return Handled::Stall;
-        }
-        let Some(r) = self.clients[slot as usize]
-            .as_mut()
-            .and_then(|c| c.recv.get_mut(ep as usize))
-            .and_then(|r| r.as_mut())
-        else {
-            return Handled::Stall;
-        };
-        self.parked_bytes += parked.cost();
-        self.parked_count += 1;
-        r.parked.push_back(parked);
-        Handled::Done
-    }
-
     /// Whether the bytes queued towards peer `j` (our frames it has not
     /// taken yet) reached the bound past which its messages wait instead of
     /// adding replies: the retain limit plus 2 × `peer_queue_bytes` (6 ×
@@ -101,239 +62,17 @@ impl Agent {
     /// Without any bound a peer that sends Delivered messages and never reads
     /// grew the agent without limit (every reply queued, and kept again
     /// until acknowledged).
-    pub(super) fn replies_backlogged(&self, j: usize) -> bool {
+    fn replies_backlogged(&self, j: usize) -> bool {
         let bound = self
             .retain_limit()
             .saturating_add(self.cfg.peer_queue_bytes.saturating_mul(2));
         self.transport.queued(j as u32) >= bound
     }
 
-    /// A Nack from peer `j` for a buffered send (not tracked one by one):
-    /// reported to the client of endpoint `src_ep` only if it sent buffered
-    /// messages to `j` since its last loss report, and only while its
-    /// completion backlog is below [`PEER_COMP_BACKLOG_MAX`]; else dropped
-    /// and counted, so a peer cannot flood a client with failures of sends
-    /// it never made nor grow the agent with them.
-    fn buffered_nack(&mut self, j: usize, src_ep: u32, cookie: u64, status: Status) {
-        let target = self.endpoints.get(&src_ep).and_then(|&(slot, _)| {
-            let c = self.clients[slot as usize].as_ref()?;
-            let sent = c.sent_to.get(j).copied().unwrap_or(false);
-            (sent && c.comp_backlog.len() < PEER_COMP_BACKLOG_MAX).then_some(slot)
-        });
-        let Some(slot) = target else {
-            let p = &mut self.peers[j];
-            p.counters.replies_dropped += 1;
-            if p.counters.replies_dropped.is_power_of_two() {
-                log::warn!(
-                    "peer node {j}: {} replies dropped (no matching send, or the sender's completions are not read)",
-                    p.counters.replies_dropped
-                );
-            }
-            return;
-        };
-        self.complete(
-            slot,
-            Completion {
-                kind: CompKind::Send,
-                status,
-                cookie,
-                off: 0,
-                len: 0,
-            },
-        );
-    }
-
-    /// A message from a peer that its endpoint will never take (the client
-    /// was detached while it was being deposited, or is leaving): its block
-    /// returns to the pool, and a sender waiting for delivery hears that it
-    /// failed. Called exactly once per such message, by whoever held it.
-    pub(super) fn undeliverable(
-        &mut self,
-        data: RemoteData<'_>,
-        ack: Option<(usize, u32, u32, u64)>,
-    ) {
-        if let RemoteData::Block { off, .. } = data {
-            self.blocks.free(off, Owner::Agent);
-        }
-        if let Some((j, s, d, cookie)) = ack {
-            self.queue_reply(j, RecordKind::Nack, Status::EndpointClosed, s, d, cookie);
-        }
-    }
-
-    /// A message from peer `j` for an endpoint not open (yet): held for
-    /// `unknown_ep_grace_ms` in case it opens (processes of a job start at
-    /// different times), within the overflow budget; else refused.
-    pub(super) fn orphan(
-        &mut self,
-        j: usize,
-        src_ep: u32,
-        dst_ep: u32,
-        cookie: u64,
-        flags: u8,
-        data: RemoteData<'_>,
-    ) {
-        let parked = Parked {
-            src_node: j as u32,
-            src_ep,
-            data: data.to_parked(),
-            ack: (flags & FLAG_ACK != 0).then_some((j, src_ep, dst_ep, cookie)),
-        };
-        let nack = (j, src_ep, dst_ep, cookie);
-        let new_ep = if self.orphans.contains_key(&dst_ep) {
-            0
-        } else {
-            HELD_EP_COST
-        };
-        if self.cfg.unknown_ep_grace_ms == 0
-            || self.held_bytes() + new_ep + parked.cost() > self.cfg.overflow_bytes
-        {
-            self.refuse_orphan(nack, parked);
-            return;
-        }
-        self.parked_bytes += parked.cost();
-        self.parked_count += 1;
-        let since = Instant::now();
-        self.orphans.entry(dst_ep).or_default().push_back(Orphan {
-            since,
-            nack,
-            parked,
-        });
-        self.orphan_fifo.push_back((since, dst_ep));
-    }
-
-    /// Bytes of memory held for messages from peers (parked and orphans,
-    /// at their real cost) against `overflow_bytes`. The endpoints' share is
-    /// counted from the map itself, so it cannot drift.
-    pub(super) fn held_bytes(&self) -> usize {
-        self.parked_bytes + self.orphans.len() * HELD_EP_COST
-    }
-
-    fn refuse_orphan(&mut self, nack: (usize, u32, u32, u64), parked: Parked) {
-        if let ParkedData::Block { off, .. } = parked.data {
-            self.blocks.free(off, Owner::Agent);
-        }
-        let (j, s, d, cookie) = nack;
-        self.queue_reply(j, RecordKind::Nack, Status::UnknownEndpoint, s, d, cookie);
-    }
-
-    /// Refuse held messages whose endpoint did not open in time. Looks at
-    /// the expiry FIFO from its oldest entry and stops at the first that has
-    /// not expired: the cost is the number of entries expired (was: a walk
-    /// over every held endpoint every tick).
-    pub(super) fn expire_orphans(&mut self, now: Instant) {
-        let grace = Duration::from_millis(self.cfg.unknown_ep_grace_ms);
-        let mut expired = Vec::new();
-        while let Some(&(since, ep)) = self.orphan_fifo.front() {
-            if now.duration_since(since) <= grace {
-                break;
-            }
-            self.orphan_fifo.pop_front();
-            // The orphans of one endpoint are in arrival order too: this
-            // entry's orphan is the front of its queue, unless the endpoint
-            // opened and took them (then nothing is there, or younger ones).
-            let Some(q) = self.orphans.get_mut(&ep) else {
-                continue;
-            };
-            if q.front().is_some_and(|o| o.since == since) {
-                expired.extend(q.pop_front());
-            }
-            if q.is_empty() {
-                self.orphans.remove(&ep);
-            }
-        }
-        for o in expired {
-            self.parked_bytes -= o.parked.cost();
-            self.parked_count -= 1;
-            self.refuse_orphan(o.nack, o.parked);
-        }
-    }
-
-    /// Move parked messages into rings that have room again.
-    pub(super) fn drain_parked(&mut self) -> bool {
-        if self.parked_count == 0 {
-            return false;
-        }
-        let mut work = false;
-        for slot in 0..self.clients.len() as u32 {
-            let eps = match self.clients[slot as usize].as_ref() {
-                Some(c) => c.recv.len() as u32,
-                None => continue,
-            };
-            for ep in 0..eps {
-                while let Some(front) = self.clients[slot as usize]
-                    .as_mut()
-                    .and_then(|c| c.recv.get_mut(ep as usize))
-                    .and_then(|r| r.as_mut())
-                    .and_then(|r| r.parked.pop_front())
-                {
-                    let r =
-                        self.deposit(slot, ep, front.src_node, front.src_ep, front.data.as_data());
-                    if r == Deposited::Full {
-                        if let Some(r) = self.clients[slot as usize]
-                            .as_mut()
-                            .and_then(|c| c.recv.get_mut(ep as usize))
-                            .and_then(|r| r.as_mut())
-                        {
-                            r.parked.push_front(front);
-                        }
-                        break;
-                    }
-                    work = true;
-                    self.parked_bytes -= front.cost();
-                    self.parked_count -= 1;
-                    if r == Deposited::Gone {
-                        // The rest of its queue went with the endpoint.
-                        self.undeliverable(front.data.as_data(), front.ack);
-                        break;
-                    }
-                    if let Some((j, s, d, cookie)) = front.ack {
-                        self.queue_reply(j, RecordKind::Ack, Status::Ok, s, d, cookie);
-                    }
-                }
-            }
-        }
-        work
-    }
-
-    /// Drop what is parked for an endpoint that goes away: blocks return to
-    /// the pool, senders waiting for delivery hear why.
-    pub(super) fn drop_parked(&mut self, parked: VecDeque<Parked>) {
-        for p in parked {
-            self.parked_bytes -= p.cost();
-            self.parked_count -= 1;
-            if let ParkedData::Block { off, .. } = p.data {
-                self.blocks.free(off, Owner::Agent);
-            }
-            if let Some((j, s, d, cookie)) = p.ack {
-                self.queue_reply(j, RecordKind::Nack, Status::EndpointClosed, s, d, cookie);
-            }
-        }
-    }
-
-    pub(super) fn on_event(&mut self, t: u64, now: Instant) -> bool {
-        if let Some((sub, token)) = self.poller.owns(t) {
-            self.transport
-                .on_ready_in(sub, &self.poller, token, now, &mut self.events);
-            self.link_events();
-            return true;
-        }
-        let (kind, idx) = (t >> 32, (t & 0xFFFF_FFFF) as usize);
-        match kind {
-            T_CTL_LISTEN => self.accept_control(),
-            T_CTL_CONN => self.serve_control(idx),
-            T_DOORBELL => {
-                let _ = self.doorbell.read();
-            }
-            T_BELL => self.drain_bell(idx),
-            _ => {}
-        }
-        true
-    }
-
     pub(super) fn process_rx(&mut self) -> bool {
         let mut work = false;
         for j in 0..self.peers.len() {
-            if matches!(self.peers[j].state, PeerState::Up | PeerState::Resuming) {
+            if self.peers[j].state().connected() {
                 work |= self.process_peer(j);
             }
         }
@@ -418,7 +157,7 @@ impl Agent {
         FrameStep::Broken
     }
 
-    pub(super) fn process_frame(&mut self, j: usize, reader: &wire::FrameReader) -> FrameStep {
+    fn process_frame(&mut self, j: usize, reader: &wire::FrameReader) -> FrameStep {
         let (fh, body) = match reader.peek_frame() {
             Ok(Some(x)) => x,
             Ok(None) => return FrameStep::Empty,
@@ -436,7 +175,7 @@ impl Agent {
         match fh.kind {
             FrameKind::Heartbeat | FrameKind::Hello | FrameKind::Challenge => FrameStep::Next,
             FrameKind::Resume => match wire::Resume::parse(body) {
-                _ if self.peers[j].state != PeerState::Resuming => {
+                _ if self.peers[j].state() != &PeerState::Resuming => {
                     self.malformed(j, "Resume in the middle of a session".into())
                 }
                 Ok(r) if self.handle_resume(j, r) => FrameStep::Next,
@@ -448,7 +187,7 @@ impl Agent {
                 Ok(_) => FrameStep::Broken,
                 Err(e) => self.malformed(j, format!("malformed frame: {e}")),
             },
-            FrameKind::Data if self.peers[j].state != PeerState::Up => {
+            FrameKind::Data if self.peers[j].state() != &PeerState::Up => {
                 self.malformed(j, "Data frame before Resume".into())
             }
             FrameKind::Bye => {
@@ -474,7 +213,7 @@ impl Agent {
     }
 
     /// Returns `Ok(Some(pos))` when a ring is full at body offset `pos`.
-    pub(super) fn process_records(
+    fn process_records(
         &mut self,
         j: usize,
         body: &[u8],
@@ -492,35 +231,7 @@ impl Agent {
         Ok(None)
     }
 
-    pub(super) fn queue_reply(
-        &mut self,
-        j: usize,
-        kind: RecordKind,
-        status: Status,
-        src_ep: u32,
-        dst_ep: u32,
-        cookie: u64,
-    ) {
-        let p = &mut self.peers[j];
-        let h = RecordHeader {
-            kind,
-            flags: 0,
-            status: status as u16,
-            src_ep,
-            dst_ep,
-            chunk_len: 0,
-            total: 0,
-            offset: 0,
-            cookie,
-        };
-        if !p.batch.fits(0) {
-            Self::flush_batch(p, &mut *self.transport, &mut self.freed);
-        }
-        p.batch.push(&h, &[]);
-        p.batch_since.get_or_insert_with(Instant::now);
-    }
-
-    pub(super) fn handle_record(
+    fn handle_record(
         &mut self,
         j: usize,
         h: &RecordHeader,
@@ -538,7 +249,7 @@ impl Agent {
                 }
                 if let Some(a) = self.peers[j].acks.take(h.src_ep, h.cookie) {
                     // A Delivered send made to this peer: one reply each.
-                    self.complete_owner(a.owner, a.cookie, status);
+                    self.clients.complete_send(a.owner, a.cookie, status);
                 } else if h.kind == RecordKind::Nack {
                     self.buffered_nack(j, h.src_ep, h.cookie, status);
                 } else {
@@ -559,30 +270,15 @@ impl Agent {
             RecordKind::Msg => {
                 let whole = h.offset == 0 && h.chunk_len as u64 == h.total;
                 if whole && self.fits_inline(h.total) {
-                    let Some(&(slot, ep)) = self.endpoints.get(&h.dst_ep) else {
+                    let Some(to) = self.clients.endpoint(h.dst_ep) else {
                         let p = &mut self.peers[j];
                         p.counters.msgs_rx += 1;
                         p.counters.bytes_rx += h.total;
-                        self.orphan(
-                            j,
-                            h.src_ep,
-                            h.dst_ep,
-                            h.cookie,
-                            h.flags,
-                            RemoteData::Inline(payload),
-                        );
+                        self.orphan(j, h, RemoteData::Inline(payload));
                         return Ok(Handled::Done);
                     };
-                    let ack =
-                        (h.flags & FLAG_ACK != 0).then_some((j, h.src_ep, h.dst_ep, h.cookie));
-                    let r = self.deposit_remote(
-                        slot,
-                        ep,
-                        j,
-                        h.src_ep,
-                        RemoteData::Inline(payload),
-                        ack,
-                    );
+                    let ack = ack_of(j, h.src_ep, h.dst_ep, h.cookie, h.flags);
+                    let r = self.deposit_remote(to, j, h.src_ep, RemoteData::Inline(payload), ack);
                     if let Handled::Done = r {
                         let p = &mut self.peers[j];
                         p.counters.msgs_rx += 1;
@@ -595,7 +291,7 @@ impl Agent {
         }
     }
 
-    pub(super) fn handle_chunk(
+    fn handle_chunk(
         &mut self,
         j: usize,
         h: &RecordHeader,
@@ -621,7 +317,7 @@ impl Agent {
     /// Only one message per peer is reassembled at a time, so this bounds
     /// what a peer that declares a huge size and then sends nothing (or
     /// sends slowly) can take from everyone else.
-    pub(super) fn peer_rx_limit(&self) -> u64 {
+    fn peer_rx_limit(&self) -> u64 {
         let region = self.blocks.total_bytes();
         if self.cfg.peer_rx_bytes > 0 {
             return self.cfg.peer_rx_bytes.min(region);
@@ -636,11 +332,7 @@ impl Agent {
     /// must continue. A message larger than [`Agent::peer_rx_limit`] is
     /// refused at its first chunk (the sender hears `TooLarge` at once) and
     /// its chunks are dropped as they come: the link carries on.
-    pub(super) fn chunk_target(
-        &mut self,
-        j: usize,
-        h: &RecordHeader,
-    ) -> Result<ChunkTarget, wire::WireError> {
+    fn chunk_target(&mut self, j: usize, h: &RecordHeader) -> Result<ChunkTarget, wire::WireError> {
         if h.offset == 0 {
             if self.peers[j].rx_large.is_some() {
                 return Err(wire::WireError::Record(
@@ -656,14 +348,13 @@ impl Agent {
                     h.total,
                     h.dst_ep
                 );
-                self.queue_reply(
-                    j,
-                    RecordKind::Nack,
-                    Status::TooLarge,
-                    h.src_ep,
-                    h.dst_ep,
-                    h.cookie,
-                );
+                let to = ReplyTo {
+                    peer: j,
+                    src_ep: h.src_ep,
+                    dst_ep: h.dst_ep,
+                    cookie: h.cookie,
+                };
+                self.queue_reply(to, RecordKind::Nack, Status::TooLarge);
                 None
             } else {
                 let Some(b) = self.blocks.alloc_top(h.total, Owner::Agent) else {
@@ -698,7 +389,7 @@ impl Agent {
     }
 
     /// A chunk's bytes are in its block: count them, deposit a finished message.
-    pub(super) fn chunk_arrived(&mut self, j: usize, h: &RecordHeader) -> Handled {
+    fn chunk_arrived(&mut self, j: usize, h: &RecordHeader) -> Handled {
         let p = &mut self.peers[j];
         let Some(r) = p.rx_large.as_mut() else {
             return Handled::Done;
@@ -733,7 +424,7 @@ impl Agent {
     /// A large chunk whose frame is only partly read: have the transport
     /// read the rest of its payload straight into the message's block,
     /// sparing a copy. Returns whether it did.
-    pub(super) fn try_steer(&mut self, j: usize, reader: &mut wire::FrameReader) -> bool {
+    fn try_steer(&mut self, j: usize, reader: &mut wire::FrameReader) -> bool {
         let Some((fh, body)) = reader.peek_partial() else {
             return false;
         };
@@ -798,45 +489,33 @@ impl Agent {
         true
     }
 
-    pub(super) fn finish_large(&mut self, j: usize, d: Deposit) -> Handled {
-        let Some(&(slot, ep)) = self.endpoints.get(&d.dst_ep) else {
-            let data = RemoteData::Block {
-                off: d.block,
-                len: d.len,
-            };
-            self.orphan(j, d.src_ep, d.dst_ep, d.cookie, d.flags, data);
-            return Handled::Done;
-        };
-        let ack = (d.flags & FLAG_ACK != 0).then_some((j, d.src_ep, d.dst_ep, d.cookie));
+    fn finish_large(&mut self, j: usize, d: Deposit) -> Handled {
         let data = RemoteData::Block {
             off: d.block,
             len: d.len,
         };
-        match self.deposit_remote(slot, ep, j, d.src_ep, data, ack) {
+        let Some(to) = self.clients.endpoint(d.dst_ep) else {
+            let h = RecordHeader {
+                kind: RecordKind::Msg,
+                flags: d.flags,
+                status: 0,
+                src_ep: d.src_ep,
+                dst_ep: d.dst_ep,
+                chunk_len: 0,
+                total: d.len,
+                offset: 0,
+                cookie: d.cookie,
+            };
+            self.orphan(j, &h, data);
+            return Handled::Done;
+        };
+        let ack = ack_of(j, d.src_ep, d.dst_ep, d.cookie, d.flags);
+        match self.deposit_remote(to, j, d.src_ep, data, ack) {
             Handled::Done | Handled::DoneStop => Handled::Done,
             Handled::Stall => {
                 self.peers[j].rx_deposit = Some(d);
                 Handled::Stall
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The figures the cost comments give (x86-64), so a change of the
-    /// structs shows up here and in the comments.
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn held_message_costs_are_what_the_comments_say() {
-        assert_eq!(std::mem::size_of::<Orphan>(), 104);
-        assert_eq!(HELD_MSG_COST, 256);
-        assert_eq!(HELD_EP_COST, 290);
-        assert_eq!(malloc_bytes(0), 0);
-        assert_eq!(malloc_bytes(1), 32);
-        assert_eq!(malloc_bytes(24), 32);
-        assert_eq!(malloc_bytes(25), 48);
     }
 }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::idle::{Backoff, Step};
 use crate::proto::{CompKind, Completion, CtlReply, CtlRequest, Delivery, Op, Submit, SUB_HEADER};
 pub use crate::proto::{Mode, Status};
 use crate::shm::handoff::{send_line, LineReader};
@@ -300,9 +301,10 @@ impl Inner {
             return Ok(v);
         }
         let deadline = dl.at();
-        let start = Instant::now();
-        let mut now = start;
-        let mut spins = 0u32;
+        let mut now = Instant::now();
+        // Spin 64 polls, then yield between polls (an agent sharing this
+        // core gets to run), then sleep on the bell once SPIN passed.
+        let mut backoff = Backoff::new(SPIN, 64, now);
         loop {
             if self.gone.get() {
                 return Err(Error::AgentGone);
@@ -310,11 +312,9 @@ impl Inner {
             if now >= deadline {
                 return Err(Error::Timeout);
             }
-            if now.duration_since(start) < SPIN {
-                // Spin a little, then yield between polls so that an agent
-                // sharing this core gets to run.
-                spins += 1;
-                if spins < 64 {
+            let step = backoff.idle(now);
+            if step != Step::Sleep {
+                if step == Step::Spin {
                     std::hint::spin_loop();
                 } else {
                     std::thread::yield_now();
@@ -322,7 +322,8 @@ impl Inner {
                 if let Some(v) = f()? {
                     return Ok(v);
                 }
-                if spins % 16 == 0 || spins >= 64 {
+                // The clock is read every 16 spins, and after every yield.
+                if step == Step::Yield || backoff.polls() % 16 == 0 {
                     now = Instant::now();
                 }
                 continue;

@@ -462,3 +462,22 @@ pub fn assert_ok(name: &str, r: &(serde_json::Value, bool)) {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A counter of the transport in a stat snapshot (0 when absent).
+pub fn counter(s: &serde_json::Value, name: &str) -> u64 {
+    s["transport"][name].as_u64().unwrap_or(0)
+}
+
+/// Agent `i`'s stat once every pool block is back (blocks of a sent message
+/// return when the peer acknowledges its last packet, which may come just
+/// after the receiver reported); gives the last stat after 20 s.
+pub fn stat_settled(c: &Cluster, i: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = c.stat(i);
+        if s["blocks_free"] == s["blocks_total"] || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,279 @@
+//! The agent's side of its links: peers coming up, resuming, breaking and
+//! lost (the state machine itself is [`super::peers`]'s), what goes out on
+//! each link every round, and the peers' timers.
+
+use std::time::{Duration, Instant};
+
+use crate::proto::{CompKind, Completion, Status};
+use crate::shm::blocks::Owner;
+use crate::transport::Out;
+use crate::wire::{self, control_frame, FrameKind, RecordHeader, RecordKind};
+
+use super::peers::{PeerState, Resumed, Retained};
+use super::Agent;
+
+/// How long a link that takes none of what is queued for it still counts
+/// as work (keeps an adaptive agent polling); then the tick retries it.
+const TX_STUCK_SPIN: Duration = Duration::from_millis(100);
+
+impl Agent {
+    /// Unacknowledged bytes a session may hold before sends wait.
+    pub(super) fn retain_limit(&self) -> usize {
+        self.cfg.peer_queue_bytes.saturating_mul(4)
+    }
+
+    /// Queue a control frame (`Ack`, `Heartbeat`) on peer `j`'s link.
+    fn push_control(&mut self, j: usize, kind: FrameKind, body: &[u8]) {
+        let f = control_frame(kind, self.cfg.node_id, body);
+        self.transport.push(j as u32, Out::bytes(f));
+    }
+
+    /// What goes out this round: frames being built, chunks of large
+    /// messages while the links have room, then each link's queue.
+    pub(super) fn flush_peers(&mut self) -> bool {
+        let mut work = false;
+        let delay = Duration::from_micros(self.cfg.flush_delay_us);
+        let limit = self.cfg.peer_queue_bytes;
+        let retain = self.retain_limit();
+        let now = self.now;
+        for j in 0..self.peers.len() {
+            let node = j as u32;
+            let state = self.peers[j].state().clone();
+            if state == PeerState::Resuming && self.transport.queued(node) > 0 {
+                // Handshake frames only: data waits for the peer's Resume.
+                work = true;
+                self.transport
+                    .flush(node, &self.pool, &mut self.freed, &mut self.events);
+            }
+            if state != PeerState::Up {
+                continue;
+            }
+            let p = &mut self.peers[j];
+            if p.batch_since
+                .is_some_and(|t| delay.is_zero() || now.saturating_duration_since(t) >= delay)
+            {
+                p.flush_batch(&mut *self.transport, now, &mut self.freed);
+            }
+            // Cut large messages into chunks while the link has room.
+            while !self.peers[j].large.is_empty()
+                && self.transport.queued(node) < limit
+                && self.peers[j].unacked_bytes() < retain
+            {
+                self.send_chunk(j);
+                work = true;
+            }
+            let before = self.transport.queued(node);
+            if before > 0 {
+                self.transport
+                    .flush(node, &self.pool, &mut self.freed, &mut self.events);
+                let after = self.transport.queued(node);
+                let p = &mut self.peers[j];
+                if after < before {
+                    p.tx_stuck_since = None;
+                    work = true;
+                } else {
+                    // Nothing went out. A link that takes nothing for a while
+                    // (a peer that does not read) is not urgent: the tick
+                    // retries it. Counting it kept an adaptive agent at
+                    // 100 % CPU for as long as the peer did not read.
+                    let since = *p.tx_stuck_since.get_or_insert(now);
+                    work |= now.saturating_duration_since(since) < TX_STUCK_SPIN;
+                }
+            }
+        }
+        for b in std::mem::take(&mut self.freed) {
+            self.blocks.free(b, Owner::Agent);
+        }
+        work
+    }
+
+    /// Send the next chunk of peer `j`'s first large message (its header
+    /// frame is made here, its payload goes from the block).
+    fn send_chunk(&mut self, j: usize) {
+        let me = self.cfg.node_id;
+        let chunk = self.cfg.chunk_bytes as u64;
+        let now = self.now;
+        let p = &mut self.peers[j];
+        let Some(ls) = p.large.front_mut() else {
+            return;
+        };
+        let n = chunk.min(ls.total - ls.sent);
+        let h = RecordHeader {
+            kind: RecordKind::Msg,
+            flags: ls.flags,
+            status: 0,
+            src_ep: ls.src_ep,
+            dst_ep: ls.dst_ep,
+            chunk_len: n as u32,
+            total: ls.total,
+            offset: ls.sent,
+            cookie: ls.cookie,
+        };
+        let mut hdr = wire::FrameHeader {
+            kind: FrameKind::Data,
+            src_node: me,
+            body_len: h.wire_len() as u32,
+        }
+        .to_bytes()
+        .to_vec();
+        hdr.extend_from_slice(&h.to_bytes());
+        let last = ls.sent + n == ls.total;
+        let frame = Retained::Chunk {
+            hdr,
+            off: ls.block + ls.sent,
+            len: n,
+            pad: wire::padded(n as usize) - n as usize,
+            free_after: (last && n > 0).then_some(ls.block),
+        };
+        if n == 0 {
+            self.freed.push(ls.block);
+        }
+        ls.sent += n;
+        let (total, client) = (ls.total, ls.client);
+        p.send_frame(&mut *self.transport, frame, now, &mut self.freed);
+        if last {
+            p.counters.msgs_tx += 1;
+            p.counters.bytes_tx += total;
+            p.large.pop_front();
+            self.clients.unblock(client);
+        }
+    }
+
+    /// Peer `j` is gone: fail what waited on it, free what it held. With
+    /// `close_link`, the transport's link is closed too.
+    pub(super) fn peer_lost(&mut self, j: usize, why: &str, close_link: bool) {
+        let closed = if close_link {
+            self.transport.close(&self.poller, j as u32)
+        } else {
+            Vec::new()
+        };
+        let Some(loss) = self.peers[j].lose(why, closed.clone(), self.now) else {
+            // Already lost: only what the link gave back is freed.
+            for b in closed {
+                self.blocks.free(b, Owner::Agent);
+            }
+            return;
+        };
+        for b in loss.blocks {
+            self.blocks.free(b, Owner::Agent);
+        }
+        for o in loss.unblocked {
+            self.clients.unblock(o);
+        }
+        for f in loss.failed {
+            self.clients
+                .complete_send(f.owner, f.cookie, Status::PeerLost);
+        }
+        // Buffered sends are not tracked one by one: tell every client that
+        // sent some to this node since the last report.
+        let told: Vec<u32> = self
+            .clients
+            .iter_mut()
+            .filter_map(|(slot, c)| std::mem::take(&mut c.sent_to[j]).then_some(slot))
+            .collect();
+        for slot in told {
+            self.clients.complete(
+                slot,
+                Completion {
+                    kind: CompKind::Send,
+                    status: Status::PeerLost,
+                    cookie: crate::proto::LOSS_COOKIE,
+                    off: j as u64,
+                    len: 0,
+                },
+            );
+        }
+        // Clients stalled on this peer retry and now fail fast.
+    }
+
+    /// A new connection to peer `j`: say where our session stands; frames
+    /// flow once the peer said the same ([`Agent::handle_resume`]).
+    pub(super) fn peer_up(&mut self, j: usize) {
+        if self.peers[j].state().connected() {
+            // A new connection replaced one we still thought alive.
+            self.peer_disconnected(j, "peer reconnected".into());
+        }
+        let frame = self.peers[j].connected(self.cfg.node_id, self.incarnation, self.now);
+        self.transport.push(j as u32, Out::bytes(frame));
+    }
+
+    /// The peer's `Resume` arrived: carry the session on, or start afresh
+    /// (and report what the old one had in flight as lost). Returns false
+    /// when the peer was dropped instead.
+    pub(super) fn handle_resume(&mut self, j: usize, r: wire::Resume) -> bool {
+        let p = &self.peers[j];
+        if !p.resumable(&r, self.incarnation) && p.session.is_some() {
+            self.peer_lost(j, "peer restarted or gave this node up", false);
+        }
+        let p = &mut self.peers[j];
+        match p.resumed(
+            &r,
+            self.incarnation,
+            &mut *self.transport,
+            self.now,
+            &mut self.freed,
+        ) {
+            Ok(Resumed::Carried { .. } | Resumed::Fresh) => true,
+            Err(why) => {
+                self.peer_lost(j, &why, true);
+                false
+            }
+        }
+    }
+
+    /// The connection to peer `j` broke: keep the session for a new one.
+    pub(super) fn peer_disconnected(&mut self, j: usize, why: String) {
+        self.peers[j].disconnected(why, self.now, &mut self.freed);
+    }
+
+    /// The peer handled our `Data` frames up to `n`: forget them.
+    pub(super) fn handle_ack(&mut self, j: usize, n: u64) -> bool {
+        match self.peers[j].acked(n, self.now, &mut self.freed) {
+            Ok(()) => true,
+            Err(why) => {
+                self.peer_lost(j, &why, true);
+                false
+            }
+        }
+    }
+
+    /// A `Data` frame of peer `j` was handled whole.
+    pub(super) fn frame_done(&mut self, j: usize) {
+        if let Some(n) = self.peers[j].frame_handled() {
+            self.push_control(j, FrameKind::Ack, &n.to_le_bytes());
+        }
+    }
+
+    /// Every tick: acknowledge what was handled, send heartbeats on quiet
+    /// links, declare silent or unreachable peers lost.
+    pub(super) fn peer_timers(&mut self, now: Instant) {
+        let timing = self.timing;
+        for j in 0..self.peers.len() {
+            let node = j as u32;
+            if let Some(why) = self.peers[j].tick(&timing, now).lose {
+                self.peer_lost(j, &why, true);
+                continue;
+            }
+            if !self.peers[j].state().connected() {
+                continue;
+            }
+            if let Some(n) = self.peers[j].ack_due() {
+                self.push_control(j, FrameKind::Ack, &n.to_le_bytes());
+            }
+            if self.peers[j].rx_stalled || self.transport.rx_full(node) {
+                // We are not reading: the peer's silence proves nothing.
+                self.transport.mark_alive(node, now);
+            }
+            let Some((last_rx, last_tx)) = self.transport.activity(node) else {
+                continue;
+            };
+            if let Some(why) = self.peers[j].silent(&timing, last_rx, now) {
+                self.peer_lost(j, &why, true);
+                continue;
+            }
+            if now.duration_since(last_tx) > timing.heartbeat && self.transport.queued(node) == 0 {
+                self.push_control(j, FrameKind::Heartbeat, &[]);
+            }
+        }
+    }
+}

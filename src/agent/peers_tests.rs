@@ -1,0 +1,220 @@
+//! Unit tests of the peers room (`peers.rs`): the state machine and the
+//! session, driven with made-up time and a link that only records.
+
+use super::*;
+use crate::transport::LinkEvent;
+use crate::transport::Poller;
+use crate::wire::{FrameReader, Hello};
+
+/// A link that only records what is queued on it.
+#[derive(Default)]
+struct Recorder {
+    pushed: Vec<Vec<u8>>,
+}
+
+impl Transport for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn local_addr(&self) -> String {
+        String::new()
+    }
+    fn on_ready(&mut self, _: &Poller, _: u32, _: Instant, _: &mut Vec<LinkEvent>) {}
+    fn tick(&mut self, _: &Poller, _: Instant, _: &mut Vec<LinkEvent>) {}
+    fn is_up(&self, _: u32) -> bool {
+        true
+    }
+    fn push(&mut self, _: u32, item: Out) {
+        if let Out::Bytes { buf, .. } = item {
+            self.pushed.push(buf);
+        }
+    }
+    fn queued(&self, _: u32) -> usize {
+        0
+    }
+    fn flush(&mut self, _: u32, _: &crate::shm::Pool, _: &mut Vec<u64>, _: &mut Vec<LinkEvent>) {}
+    fn reader(&mut self, _: u32) -> Option<&mut FrameReader> {
+        None
+    }
+    fn restore_reader(&mut self, _: u32, _: FrameReader) {}
+    fn activity(&self, _: u32) -> Option<(Instant, Instant)> {
+        None
+    }
+    fn mark_alive(&mut self, _: u32, _: Instant) {}
+    fn rx_full(&self, _: u32) -> bool {
+        false
+    }
+    fn rx_resume(&mut self, _: &Poller, _: u32) {}
+    fn steer(&mut self, _: u32, _: u64, _: u64, _: usize) -> bool {
+        false
+    }
+    fn steering(&self, _: u32) -> bool {
+        false
+    }
+    fn close(&mut self, _: &Poller, _: u32) -> Vec<u64> {
+        Vec::new()
+    }
+    fn peer_hello(&self, _: u32) -> Option<Hello> {
+        None
+    }
+}
+
+const ME: u64 = 0xA;
+const THEM: u64 = 0xB;
+
+fn peer(now: Instant) -> Peer {
+    Peer::new(1, "127.0.0.1:1".parse().unwrap(), 0, 4096, now)
+}
+
+fn resume(incarnation: u64, known: u64, received: u64) -> wire::Resume {
+    wire::Resume {
+        incarnation,
+        known,
+        received,
+    }
+}
+
+/// A peer brought up: connected, and the peer's Resume taken.
+fn up(p: &mut Peer, t: &mut Recorder, now: Instant) {
+    let _ = p.connected(0, ME, now);
+    let mut freed = Vec::new();
+    assert_eq!(
+        p.resumed(&resume(THEM, 0, 0), ME, t, now, &mut freed),
+        Ok(Resumed::Fresh)
+    );
+}
+
+#[test]
+fn a_session_survives_a_broken_connection_and_resends_what_was_not_acked() {
+    let now = Instant::now();
+    let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
+    assert_eq!(p.state(), &PeerState::Connecting);
+    up(&mut p, &mut t, now);
+    assert_eq!(p.state(), &PeerState::Up);
+    for i in 0..3u8 {
+        p.send_frame(&mut t, Retained::Bytes(vec![i; 10]), now, &mut freed);
+    }
+    assert_eq!(p.unacked_bytes(), 30);
+    p.acked(1, now, &mut freed).unwrap();
+    assert_eq!(p.unacked_bytes(), 20);
+    assert!(p.disconnected("test".into(), now, &mut freed));
+    assert!(matches!(p.state(), PeerState::Disconnected(..)));
+    // A second report of the same break changes nothing.
+    assert!(!p.disconnected("again".into(), now, &mut freed));
+    t.pushed.clear();
+    let _ = p.connected(0, ME, now);
+    assert_eq!(p.state(), &PeerState::Resuming);
+    // The peer got our first two frames.
+    let r = p.resumed(&resume(THEM, ME, 2), ME, &mut t, now, &mut freed);
+    assert_eq!(r, Ok(Resumed::Carried { resent: 1 }));
+    assert_eq!(t.pushed, vec![vec![2u8; 10]]);
+    assert_eq!(p.unacked_bytes(), 10);
+    assert_eq!(p.counters.resumes, 1);
+    assert!(freed.is_empty());
+}
+
+#[test]
+fn a_restarted_peer_gets_a_fresh_session() {
+    let now = Instant::now();
+    let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
+    up(&mut p, &mut t, now);
+    assert!(p.disconnected("x".into(), now, &mut freed));
+    let _ = p.connected(0, ME, now);
+    let r = resume(THEM + 1, 0, 0);
+    assert!(!p.resumable(&r, ME));
+    assert_eq!(
+        p.resumed(&r, ME, &mut t, now, &mut freed),
+        Ok(Resumed::Fresh)
+    );
+    assert_eq!(p.session.as_ref().unwrap().peer_inc, THEM + 1);
+}
+
+#[test]
+fn an_ack_beyond_what_was_sent_is_refused_and_counted() {
+    let now = Instant::now();
+    let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
+    up(&mut p, &mut t, now);
+    p.send_frame(&mut t, Retained::Bytes(vec![1; 4]), now, &mut freed);
+    assert!(p.acked(5, now, &mut freed).is_err());
+    assert_eq!(p.counters.malformed, 1);
+}
+
+#[test]
+fn a_loss_returns_every_block_once_and_fails_waiting_sends() {
+    let now = Instant::now();
+    let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
+    up(&mut p, &mut t, now);
+    let client = Owner::Client { slot: 3, gen: 1 };
+    let chunk = |free_after| Retained::Chunk {
+        hdr: vec![0; 8],
+        off: 4096,
+        len: 100,
+        pad: 4,
+        free_after,
+    };
+    p.send_frame(&mut t, chunk(Some(4096)), now, &mut freed);
+    let wire = p.acks.insert(client, 7, 99);
+    assert_ne!(wire, 99);
+    p.large.push_back(LargeSend {
+        block: 8192,
+        total: 10,
+        sent: 0,
+        src_ep: 7,
+        dst_ep: 8,
+        cookie: 5,
+        flags: 0,
+        client,
+    });
+    // The link gave back block 4096 already when it was closed.
+    let loss = p.lose("test", vec![4096], now).unwrap();
+    assert_eq!(loss.blocks, vec![4096, 8192]);
+    let mut cookies: Vec<u64> = loss.failed.iter().map(|f| f.cookie).collect();
+    cookies.sort();
+    assert_eq!(cookies, vec![5, 99]);
+    assert_eq!(loss.unblocked, vec![client]);
+    assert_eq!(p.counters.losses, 1);
+    assert!(matches!(p.state(), PeerState::Lost(_)));
+    assert!(p.lose("again", Vec::new(), now).is_none());
+    assert!(freed.is_empty());
+}
+
+#[test]
+fn acks_are_owed_every_32_frames_and_on_the_tick() {
+    let now = Instant::now();
+    let (mut p, mut t) = (peer(now), Recorder::default());
+    up(&mut p, &mut t, now);
+    let due: Vec<u64> = (0..70).filter_map(|_| p.frame_handled()).collect();
+    assert_eq!(due, vec![32, 64]);
+    assert_eq!(p.ack_due(), Some(70));
+    assert_eq!(p.ack_due(), None);
+}
+
+#[test]
+fn waiting_states_time_out() {
+    let now = Instant::now();
+    let timing = Timing {
+        heartbeat: Duration::from_millis(100),
+        peer_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
+    assert_eq!(
+        p.tick(&timing, now + Duration::from_secs(4)),
+        TickOutcome::default()
+    );
+    assert!(p.tick(&timing, now + Duration::from_secs(6)).lose.is_some());
+    up(&mut p, &mut t, now);
+    assert!(p
+        .silent(&timing, now, now + Duration::from_millis(500))
+        .is_none());
+    assert!(p
+        .silent(&timing, now, now + Duration::from_secs(2))
+        .is_some());
+    assert!(p.disconnected("x".into(), now, &mut freed));
+    assert_eq!(
+        p.tick(&timing, now + Duration::from_millis(900)),
+        TickOutcome::default()
+    );
+    let lost = p.tick(&timing, now + Duration::from_secs(2)).lose.unwrap();
+    assert!(lost.contains("not restored"), "{lost}");
+}

@@ -1,0 +1,236 @@
+//! The run loop: one poll round after another (see the module docs of
+//! [`super`]), the idle policy between them, readiness events, link events
+//! and shutdown.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{EpollEvent, EpollTimeout};
+
+use crate::idle::{Backoff, Step};
+use crate::proto::Submit;
+use crate::shm::blocks::Owner;
+use crate::shm::{announce_awake, announce_sleep};
+use crate::transport::{LinkEvent, Out};
+use crate::wire::{control_frame, FrameKind};
+
+use super::conns::{T_BELL, T_CTL_CONN, T_CTL_LISTEN, T_DOORBELL};
+use super::{Agent, IdlePolicy, MAX_SLEEP, TICK};
+
+/// Longest sleep of an adaptive agent whose transport must be polled (no
+/// descriptor to wake it when packets arrive).
+const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
+/// At most one heap trim ([`crate::shm::release_free_heap`]) this often.
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(5);
+
+impl Agent {
+    /// Run until the stop flag is set.
+    pub fn run(&mut self) {
+        let mut events = vec![EpollEvent::empty(); 64];
+        // One clock read per round: the end of the previous round stands for
+        // the start of this one.
+        self.now = Instant::now();
+        let mut next_tick = self.now;
+        let mut backoff = match self.cfg.idle {
+            IdlePolicy::Adaptive => {
+                Backoff::new(Duration::from_micros(self.cfg.spin_us), 0, self.now)
+            }
+            IdlePolicy::Spin => Backoff::spinning(self.now),
+        };
+        while !self.stop.load(Ordering::Relaxed) {
+            self.counters.rounds += 1;
+            if self.damage.pending() {
+                self.pool_damage();
+            }
+            let mut work = self.poll_clients();
+            work |= self.flush_peers();
+            self.link_events();
+            work |= self.transport.poll(self.now, &mut self.events);
+            self.link_events();
+            let step = (!work).then(|| backoff.idle(self.now));
+            let n = match step {
+                Some(Step::Sleep) => {
+                    let n = self.sleep(&mut events, next_tick);
+                    backoff.busy(self.now);
+                    n
+                }
+                Some(Step::Yield) | Some(Step::Spin) | None => {
+                    if step == Some(Step::Yield) {
+                        // Polling without work: let a client sharing this core
+                        // run (returns at once when nothing else is runnable).
+                        std::thread::yield_now();
+                    }
+                    if !work || self.counters.rounds % 4 == 0 {
+                        self.poller
+                            .epoll()
+                            .wait(&mut events, EpollTimeout::ZERO)
+                            .unwrap_or(0)
+                    } else {
+                        // Busy with clients: look at the sockets every 4th
+                        // round only (a system call each round would cost
+                        // more than it finds).
+                        0
+                    }
+                }
+            };
+            for ev in &events[..n] {
+                work |= self.on_event(ev.data());
+            }
+            work |= self.drain_parked();
+            work |= self.process_rx();
+            self.now = Instant::now();
+            let now = self.now;
+            if now >= next_tick {
+                self.transport.tick(&self.poller, now, &mut self.events);
+                self.expire_orphans(now);
+                self.link_events();
+                self.peer_timers(now);
+                self.expire_conns(now);
+                next_tick = now + TICK;
+            }
+            self.clients.wake(&self.pool);
+            if work {
+                backoff.busy(now);
+            }
+        }
+        self.shutdown();
+    }
+
+    /// Sleep until something is ready, a client rings, or the next tick;
+    /// returns the number of events (the clock is read again after).
+    fn sleep(&mut self, events: &mut [EpollEvent], next_tick: Instant) -> usize {
+        announce_sleep(self.pool.agent_sleeping());
+        // Dekker: after announcing sleep, look once more, so a client that
+        // published just before reading our word is not missed.
+        let pending = self.any_client_work();
+        let timeout = if pending {
+            EpollTimeout::ZERO
+        } else {
+            // A poll-mode device that cannot wake us: sleep 1 ms at most.
+            let cap = if self.transport.poll_mode() {
+                POLL_MODE_SLEEP
+            } else {
+                MAX_SLEEP
+            };
+            let until_tick = next_tick.saturating_duration_since(self.now).min(cap);
+            // epoll counts whole milliseconds: round up, or a sleep that ends
+            // short of the tick is followed by zero-length ones (one per spin)
+            // until the tick passes (~5 wake-ups per tick instead of one).
+            let ms = until_tick.as_micros().div_ceil(1000) as u64;
+            EpollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(EpollTimeout::ZERO)
+        };
+        if !pending {
+            self.transport.before_sleep(&self.poller);
+            if self.heap_dirty && self.now >= self.trim_after {
+                // Idle after clients left: hand their heap back.
+                crate::shm::release_free_heap();
+                self.heap_dirty = false;
+                self.trim_after = self.now + HEAP_TRIM_EVERY;
+            }
+        }
+        let n = self.poller.epoll().wait(events, timeout).unwrap_or(0);
+        announce_awake(self.pool.agent_sleeping());
+        self.counters.sleeps += 1;
+        self.now = Instant::now();
+        n
+    }
+
+    /// Whether anything waits that a sleep would delay: a client's
+    /// submissions, or a frame held back by `flush_delay_us` (it must go out
+    /// within that bound, not after a sleep).
+    ///
+    /// Not urgent (the next tick, at most [`TICK`] away, retries them): a
+    /// departed client (its published submissions are taken in the rounds
+    /// that follow its departure, and what waits on a peer can wait); a
+    /// submission stalled on a remote peer (the link is down or full:
+    /// spinning would not bring it back); a client waiting for its large
+    /// send to be queued, or for room in its completion ring (it may never
+    /// read). Counting those kept an adaptive agent at 100 % CPU for as long
+    /// as the peer was down or the client was stuck, or forever for a dead one.
+    fn any_client_work(&mut self) -> bool {
+        let me = self.cfg.node_id;
+        let peers = self.peers.len();
+        let remote = |s: &Submit| s.dst_node != me && (s.dst_node as usize) < peers;
+        self.peers.iter().any(|p| p.batch_since.is_some()) || self.clients.any_work(remote)
+    }
+
+    /// A descriptor of ours is ready.
+    fn on_event(&mut self, t: u64) -> bool {
+        if let Some((sub, token)) = self.poller.owns(t) {
+            self.transport
+                .on_ready_in(sub, &self.poller, token, self.now, &mut self.events);
+            self.link_events();
+            return true;
+        }
+        let (kind, idx) = (t >> 32, (t & 0xFFFF_FFFF) as usize);
+        match kind {
+            T_CTL_LISTEN => self.accept_control(),
+            T_CTL_CONN => self.serve_control(idx),
+            T_DOORBELL => {
+                let _ = self.doorbell.read();
+            }
+            T_BELL => self.drain_bell(idx),
+            _ => {}
+        }
+        true
+    }
+
+    /// Act on what the transport reported.
+    fn link_events(&mut self) {
+        while !self.events.is_empty() {
+            for ev in std::mem::take(&mut self.events) {
+                self.link_event(ev);
+            }
+        }
+    }
+
+    fn link_event(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up { node } => self.peer_up(node as usize),
+            LinkEvent::Down {
+                node,
+                reason,
+                blocks,
+                closed,
+            } => {
+                for b in blocks {
+                    self.blocks.free(b, Owner::Agent);
+                }
+                if !closed {
+                    // Deliver what arrived before the failure.
+                    self.process_peer(node as usize);
+                    for b in self.transport.close(&self.poller, node) {
+                        self.blocks.free(b, Owner::Agent);
+                    }
+                }
+                self.peer_disconnected(node as usize, reason);
+            }
+            LinkEvent::Malformed { node, reason } => {
+                // As a malformed frame (rx.rs): counted, the peer lost.
+                let j = node as usize;
+                if j < self.peers.len() {
+                    self.peers[j].counters.malformed += 1;
+                    self.peer_lost(j, &reason, true);
+                }
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        log::info!("agent stopping: saying goodbye to peers");
+        let bye = control_frame(FrameKind::Bye, self.cfg.node_id, &[]);
+        for j in 0..self.peers.len() as u32 {
+            if !self.transport.is_up(j) {
+                continue;
+            }
+            self.transport.push(j, Out::bytes(bye.clone()));
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while self.transport.queued(j) > 0 && Instant::now() < deadline {
+                self.transport
+                    .flush(j, &self.pool, &mut self.freed, &mut self.events);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let _ = std::fs::remove_file(&self.cfg.socket);
+    }
+}
