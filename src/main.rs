@@ -11,6 +11,7 @@ use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
 
 mod demo;
 mod launch_cli;
+mod tools;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +66,25 @@ enum Cmd {
     /// Start two agents on this machine over loopback TCP, run a workload
     /// between them, and print a summary.
     Demo(demo::DemoArgs),
+    /// What this build and this machine offer: version, features, transports,
+    /// RDMA devices and GIDs, DPDK, hugepages, memlock, and the configuration
+    /// an agent with the same `-c FILE` and flags would run with.
+    Info(Box<InfoArgs>),
+    /// Latency to another node's agent (run `wyvern ping --serve` there): an
+    /// OSU-style table of sizes and µs.
+    Ping(tools::perf::PerfArgs),
+    /// Bandwidth to another node's agent (run `wyvern ping --serve` there): an
+    /// OSU-style table of sizes, MB/s and messages/s.
+    Bw(tools::perf::PerfArgs),
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    /// Print JSON instead of the report.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
 }
 
 #[derive(clap::Args, Default)]
@@ -335,6 +355,30 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo(d) => demo::run(d),
+        Cmd::Info(a) => {
+            let InfoArgs { json, agent } = *a;
+            let info = tools::info::gather(agent.into_config().map(|(c, _)| c));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).expect("serialisable")
+                );
+            } else {
+                print!("{}", info.render());
+            }
+            if info.config_error.is_some() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Ping(a) => {
+            let path = a.socket.clone().unwrap_or_else(|| default_socket(a.node_id));
+            tools::perf::run(tools::perf::Kind::Ping, a, &path)
+        }
+        Cmd::Bw(a) => {
+            let path = a.socket.clone().unwrap_or_else(|| default_socket(a.node_id));
+            tools::perf::run(tools::perf::Kind::Bw, a, &path)
+        }
         Cmd::BreakLink {
             socket,
             node_id,
