@@ -372,11 +372,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Ping(a) => {
-            let path = a.socket.clone().unwrap_or_else(|| default_socket(a.node_id));
+            let path = a
+                .socket
+                .clone()
+                .unwrap_or_else(|| default_socket(a.node_id));
             tools::perf::run(tools::perf::Kind::Ping, a, &path)
         }
         Cmd::Bw(a) => {
-            let path = a.socket.clone().unwrap_or_else(|| default_socket(a.node_id));
+            let path = a
+                .socket
+                .clone()
+                .unwrap_or_else(|| default_socket(a.node_id));
             tools::perf::run(tools::perf::Kind::Bw, a, &path)
         }
         Cmd::BreakLink {

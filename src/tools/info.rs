@@ -141,10 +141,7 @@ pub fn gather(config: Result<AgentConfig, String>) -> Info {
         features.push("verbs".to_string());
         transports.push("verbs".to_string());
     }
-    let config_toml = config
-        .as_ref()
-        .ok()
-        .and_then(|c| toml::to_string(c).ok());
+    let config_toml = config.as_ref().ok().and_then(|c| toml::to_string(c).ok());
     let pool_bytes = config
         .as_ref()
         .ok()
@@ -461,7 +458,10 @@ impl Info {
         let _ = writeln!(o, "\n# DPDK");
         let d = &self.dpdk;
         if !d.built {
-            let _ = writeln!(o, "  dpdk transport not built (cargo build --features dpdk)");
+            let _ = writeln!(
+                o,
+                "  dpdk transport not built (cargo build --features dpdk)"
+            );
         } else {
             let _ = writeln!(
                 o,
@@ -471,7 +471,9 @@ impl Info {
             let _ = writeln!(
                 o,
                 "  library:       {}",
-                d.library.as_deref().unwrap_or("not found among this process's mappings")
+                d.library
+                    .as_deref()
+                    .unwrap_or("not found among this process's mappings")
             );
             let _ = writeln!(
                 o,
@@ -552,7 +554,9 @@ impl Info {
             let verdict = match self.memlock.soft {
                 None => "within the limit",
                 Some(l) if l >= b => "within the limit",
-                Some(_) => "above the limit: raise it (ulimit -l, LimitMEMLOCK=) for the verbs transport",
+                Some(_) => {
+                    "above the limit: raise it (ulimit -l, LimitMEMLOCK=) for the verbs transport"
+                }
             };
             let _ = writeln!(
                 o,
@@ -583,34 +587,34 @@ fn render_rdma_device(o: &mut String, d: &RdmaDevice) {
         let _ = writeln!(o, "  {}: cannot open: {e}", d.name);
     }
     for p in &d.ports {
-                let _ = writeln!(
-                    o,
-                    "  {}:{}  {}  {}  MTU {}{}",
-                    d.name,
-                    p.port,
-                    p.state,
-                    if p.link_layer == "Ethernet" {
-                        "RoCE (Ethernet)"
-                    } else {
-                        "InfiniBand"
-                    },
-                    p.mtu,
-                    if p.lid != 0 {
-                        format!("  LID {}", p.lid)
-                    } else {
-                        String::new()
-                    }
-                );
-                for g in &p.gids {
-                    let _ = writeln!(
-                        o,
-                        "    GID {:<3} {:<40} {:<11} {}",
-                        g.index,
-                        g.gid,
-                        g.kind.as_deref().unwrap_or("-"),
-                        g.netdev.as_deref().unwrap_or("-")
-                    );
-                }
+        let _ = writeln!(
+            o,
+            "  {}:{}  {}  {}  MTU {}{}",
+            d.name,
+            p.port,
+            p.state,
+            if p.link_layer == "Ethernet" {
+                "RoCE (Ethernet)"
+            } else {
+                "InfiniBand"
+            },
+            p.mtu,
+            if p.lid != 0 {
+                format!("  LID {}", p.lid)
+            } else {
+                String::new()
+            }
+        );
+        for g in &p.gids {
+            let _ = writeln!(
+                o,
+                "    GID {:<3} {:<40} {:<11} {}",
+                g.index,
+                g.gid,
+                g.kind.as_deref().unwrap_or("-"),
+                g.netdev.as_deref().unwrap_or("-")
+            );
+        }
     }
 }
 
@@ -638,14 +642,20 @@ mod tests {
             ("surplus_hugepages", "0\n"),
         ] {
             w(&format!("sys/kernel/mm/hugepages/hugepages-2048kB/{f}"), v);
-            w(&format!("sys/kernel/mm/hugepages/hugepages-1048576kB/{f}"), "0\n");
+            w(
+                &format!("sys/kernel/mm/hugepages/hugepages-1048576kB/{f}"),
+                "0\n",
+            );
         }
         for (n, tot, free) in [(0, "6", "4"), (1, "2", "1")] {
             let d = format!("sys/devices/system/node/node{n}/hugepages/hugepages-2048kB");
             w(&format!("{d}/nr_hugepages"), tot);
             w(&format!("{d}/free_hugepages"), free);
         }
-        w("proc/meminfo", "MemTotal: 1 kB\nHugepagesize:       2048 kB\n");
+        w(
+            "proc/meminfo",
+            "MemTotal: 1 kB\nHugepagesize:       2048 kB\n",
+        );
         w(
             "proc/mounts",
             "proc /proc proc rw 0 0\nnodev /mnt/huge1G hugetlbfs rw,pagesize=1024M 0 0\n",

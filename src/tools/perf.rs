@@ -275,6 +275,9 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let mut senders: HashMap<(u32, u32), Sender> = HashMap::new();
     let (mut stray, mut echoed) = (0u64, 0u64);
+    // Messages checked and found damaged by runs forgotten since (a new
+    // announcement from the same sender, or one sender too many).
+    let (mut checked, mut damaged) = (0u64, 0u64);
     let mut acks: Vec<((u32, u32), Ctl)> = Vec::new();
     let mut last_errors = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -339,9 +342,14 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
                                 .iter()
                                 .min_by_key(|(_, s)| s.announced)
                                 .map(|(k, _)| *k);
-                            if let Some(k) = oldest {
-                                senders.remove(&k);
+                            if let Some(s) = oldest.and_then(|k| senders.remove(&k)) {
+                                checked += s.got;
+                                damaged += s.bad;
                             }
+                        }
+                        if let Some(s) = senders.get(&key) {
+                            checked += s.got;
+                            damaged += s.bad;
                         }
                         senders.insert(
                             key,
@@ -387,7 +395,14 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
             }
         }
     }
-    eprintln!("wyvern responder: stopped ({echoed} pings echoed, {stray} stray messages)");
+    let (checked, damaged) = (
+        checked + senders.values().map(|s| s.got).sum::<u64>(),
+        damaged + senders.values().map(|s| s.bad).sum::<u64>(),
+    );
+    println!(
+        "wyvern responder: stopped: {echoed} pings echoed, {checked} bw messages checked, \
+         {damaged} damaged, {stray} stray"
+    );
     let _ = c.detach();
     Ok(())
 }
@@ -409,7 +424,10 @@ fn measure(kind: Kind, a: &PerfArgs, socket: &Path) -> Result<(), String> {
         return Err("--sizes is empty".into());
     }
     if !(a.time > 0.0 && a.time.is_finite()) {
-        return Err(format!("--time {} must be a positive number of seconds", a.time));
+        return Err(format!(
+            "--time {} must be a positive number of seconds",
+            a.time
+        ));
     }
     let c = attach(
         socket,
