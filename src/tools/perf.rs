@@ -113,18 +113,26 @@ enum Ctl {
     Refused { why: String },
 }
 
-/// The payloads of one size: a fixed pseudo-random body, and the message's
-/// sequence number XORed into its first (up to) 8 bytes.
+/// Period of the payload pattern: a prime just above 64 KiB, so that a piece
+/// of a message moved by any power-of-two distance (a chunk resent in the
+/// wrong place) no longer matches, while the pattern's memory stays 64 KiB
+/// whatever the message size (the responder keeps one per sender).
+const PERIOD: usize = 65_537;
+
+/// The payloads of one size: a pseudo-random table of [`PERIOD`] bytes
+/// (seeded by the size) repeated, with the message's sequence number XORed
+/// into its first (up to) 8 bytes.
 pub struct Pattern {
-    base: Vec<u8>,
+    size: usize,
+    table: Vec<u8>,
 }
 
 impl Pattern {
     /// The pattern of `size`-byte messages.
     pub fn new(size: usize) -> Pattern {
-        let mut base = vec![0u8; size];
+        let mut table = vec![0u8; size.min(PERIOD)];
         let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ size as u64;
-        for chunk in base.chunks_mut(8) {
+        for chunk in table.chunks_mut(8) {
             // splitmix64
             s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = s;
@@ -133,34 +141,50 @@ impl Pattern {
             z ^= z >> 31;
             chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
         }
-        Pattern { base }
+        Pattern { size, table }
     }
 
-    /// Message `seq`, written into `buf` (which must hold the size's bytes and
-    /// otherwise already hold the pattern: only the head changes).
+    /// Message `seq`, written into `buf` (which must already hold a message of
+    /// this pattern: only the head changes).
     pub fn stamp(&self, buf: &mut [u8], seq: u64) {
         let n = buf.len().min(8);
         let s = seq.to_le_bytes();
         for i in 0..n {
-            buf[i] = self.base[i] ^ s[i];
+            buf[i] = self.table[i] ^ s[i];
         }
     }
 
     /// A fresh buffer holding message `seq`.
     pub fn message(&self, seq: u64) -> Vec<u8> {
-        let mut v = self.base.clone();
+        let mut v = Vec::with_capacity(self.size);
+        while v.len() < self.size {
+            let take = (self.size - v.len()).min(self.table.len());
+            v.extend_from_slice(&self.table[..take]);
+        }
         self.stamp(&mut v, seq);
         v
     }
 
     /// Whether `data` is exactly message `seq`.
     pub fn check(&self, data: &[u8], seq: u64) -> bool {
-        if data.len() != self.base.len() {
+        if data.len() != self.size {
             return false;
         }
         let n = data.len().min(8);
         let s = seq.to_le_bytes();
-        (0..n).all(|i| data[i] == self.base[i] ^ s[i]) && data[n..] == self.base[n..]
+        if !(0..n).all(|i| data[i] == self.table[i] ^ s[i]) {
+            return false;
+        }
+        let mut i = n;
+        while i < data.len() {
+            let off = i % PERIOD;
+            let take = (PERIOD - off).min(data.len() - i);
+            if data[i..i + take] != self.table[off..off + take] {
+                return false;
+            }
+            i += take;
+        }
+        true
     }
 }
 
@@ -700,7 +724,7 @@ mod tests {
 
     #[test]
     fn the_pattern_tells_every_message_and_any_damage_apart() {
-        for size in [0usize, 1, 7, 8, 9, 4096] {
+        for size in [0usize, 1, 7, 8, 9, 4096, PERIOD + 3, 3 * PERIOD + 17] {
             let p = Pattern::new(size);
             let m = p.message(5);
             assert!(p.check(&m, 5), "size {size}");
@@ -712,6 +736,16 @@ mod tests {
                 assert!(!p.check(&d, 5), "size {size}: a flipped bit");
             }
             assert!(!p.check(&[m.as_slice(), &[0]].concat(), 5), "longer");
+            if size > 2 * PERIOD {
+                // A piece moved by a power of two (a chunk in the wrong place).
+                let mut d = m.clone();
+                d.copy_within(8..8 + 4096, 8 + 65536);
+                assert!(!p.check(&d, 5), "size {size}: a moved piece");
+                // A byte damaged past the first period.
+                let mut d = m.clone();
+                d[PERIOD + 5] ^= 0x80;
+                assert!(!p.check(&d, 5), "size {size}: damage in a later period");
+            }
             let mut b = p.message(0);
             p.stamp(&mut b, 5);
             assert_eq!(b, m, "stamp == message");
