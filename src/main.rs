@@ -359,12 +359,9 @@ fn main() -> ExitCode {
             let InfoArgs { json, agent } = *a;
             let info = tools::info::gather(agent.into_config().map(|(c, _)| c));
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&info).expect("serialisable")
-                );
+                tools::out(&(serde_json::to_string_pretty(&info).expect("serialisable") + "\n"));
             } else {
-                print!("{}", info.render());
+                tools::out(&info.render());
             }
             if info.config_error.is_some() {
                 return ExitCode::FAILURE;

@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -286,7 +285,7 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot install a signal handler: {e}"))?;
     }
-    println!(
+    outln!(
         "wyvern responder on node {} endpoints {} (control), {} (echo), {} (sink); \
          run `wyvern ping --to {}` or `wyvern bw --to {}` on another node",
         c.node(),
@@ -296,7 +295,6 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
         c.node(),
         c.node()
     );
-    let _ = std::io::stdout().flush();
     let mut senders: HashMap<(u32, u32), Sender> = HashMap::new();
     let (mut stray, mut echoed) = (0u64, 0u64);
     // Messages checked and found damaged by runs forgotten since (a new
@@ -423,7 +421,7 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
         checked + senders.values().map(|s| s.got).sum::<u64>(),
         damaged + senders.values().map(|s| s.bad).sum::<u64>(),
     );
-    println!(
+    outln!(
         "wyvern responder: stopped: {echoed} pings echoed, {checked} bw messages checked, \
          {damaged} damaged, {stray} stray"
     );
@@ -481,23 +479,30 @@ fn measure(kind: Kind, a: &PerfArgs, socket: &Path) -> Result<(), String> {
     if out {
         match kind {
             Kind::Ping => {
-                println!(
+                outln!(
                     "# wyvern ping: node {} -> node {node} via {via}; latency = half the round trip",
                     c.node()
                 );
-                println!(
+                outln!(
                     "{:>10} {:>10} {:>10} {:>10} {:>10}",
-                    "# size (B)", "iterations", "p50 (us)", "avg (us)", "p99 (us)"
+                    "# size (B)",
+                    "iterations",
+                    "p50 (us)",
+                    "avg (us)",
+                    "p99 (us)"
                 );
             }
             Kind::Bw => {
-                println!(
+                outln!(
                     "# wyvern bw: node {} -> node {node} via {via}; payload bytes, 1 MB = 10^6 B",
                     c.node()
                 );
-                println!(
+                outln!(
                     "{:>10} {:>10} {:>12} {:>12}",
-                    "# size (B)", "messages", "MB/s", "msgs/s"
+                    "# size (B)",
+                    "messages",
+                    "MB/s",
+                    "msgs/s"
                 );
             }
         }
@@ -511,7 +516,7 @@ fn measure(kind: Kind, a: &PerfArgs, socket: &Path) -> Result<(), String> {
         .map_err(|e| format!("size {size} B: {e}"))?;
         if out {
             match kind {
-                Kind::Ping => println!(
+                Kind::Ping => outln!(
                     "{:>10} {:>10} {:>10.2} {:>10.2} {:>10.2}{}",
                     row.size,
                     row.iterations,
@@ -520,7 +525,7 @@ fn measure(kind: Kind, a: &PerfArgs, socket: &Path) -> Result<(), String> {
                     row.p99_us.unwrap_or(0.0),
                     if row.time_bound { "  (time bound)" } else { "" }
                 ),
-                Kind::Bw => println!(
+                Kind::Bw => outln!(
                     "{:>10} {:>10} {:>12.2} {:>12.0}{}",
                     row.size,
                     row.iterations,
@@ -529,12 +534,11 @@ fn measure(kind: Kind, a: &PerfArgs, socket: &Path) -> Result<(), String> {
                     if row.time_bound { "  (time bound)" } else { "" }
                 ),
             }
-            let _ = std::io::stdout().flush();
         }
         rows.push(row);
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"ok": true, "from": c.node(), "to": node, "via": via, "rows": rows})
         );
