@@ -173,6 +173,101 @@ fn info_reports_every_section_true_hugepages_and_the_effective_config() {
     );
 }
 
+#[test]
+fn info_lists_rdma_devices_with_their_ports_and_gids_as_sysfs_has_them() {
+    if !cfg!(feature = "verbs") {
+        eprintln!("skipped: built without the verbs feature");
+        return;
+    }
+    let ib = Path::new("/sys/class/infiniband");
+    let mut names: Vec<String> = std::fs::read_dir(ib)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let o = run_bounded(
+        {
+            let mut c = Command::new(WYVERN);
+            c.args(["info", "--json"]);
+            c
+        },
+        T,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let devs = v["rdma"]["devices"].as_array().unwrap();
+    let got: Vec<&str> = devs.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(got, names, "{v}");
+    if names.is_empty() {
+        eprintln!("no RDMA device here (scripts/rxe-vm.sh has two): only the empty list checked");
+        return;
+    }
+    let sysfs = |p: String| std::fs::read_to_string(ib.join(p)).map(|s| s.trim().to_string());
+    for d in devs {
+        let name = d["name"].as_str().unwrap();
+        assert!(d["error"].is_null(), "{d}");
+        let ports = d["ports"].as_array().unwrap();
+        let in_sysfs = std::fs::read_dir(ib.join(name).join("ports"))
+            .unwrap()
+            .count();
+        assert_eq!(ports.len(), in_sysfs, "{d}");
+        for p in ports {
+            let n = p["port"].as_u64().unwrap();
+            // "4: ACTIVE"
+            let state = sysfs(format!("{name}/ports/{n}/state")).unwrap();
+            assert!(
+                state.to_lowercase().ends_with(p["state"].as_str().unwrap()),
+                "{state} vs {p}"
+            );
+            let gids = p["gids"].as_array().unwrap();
+            assert!(!gids.is_empty(), "{p}");
+            for g in gids {
+                let i = g["index"].as_u64().unwrap();
+                let want: std::net::Ipv6Addr = sysfs(format!("{name}/ports/{n}/gids/{i}"))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let shown: std::net::Ipv6Addr = g["gid"].as_str().unwrap().parse().unwrap();
+                assert_eq!(shown, want, "{g}");
+                if let Ok(t) = sysfs(format!("{name}/ports/{n}/gid_attrs/types/{i}")) {
+                    assert_eq!(g["kind"].as_str(), Some(t.as_str()), "{g}");
+                }
+                if let Ok(nd) = sysfs(format!("{name}/ports/{n}/gid_attrs/ndevs/{i}")) {
+                    assert_eq!(g["netdev"].as_str(), Some(nd.as_str()), "{g}");
+                }
+            }
+        }
+    }
+    // In scripts/rxe-vm.sh: device i's RoCE v2 entry holds its IPv4 address.
+    if let (Ok(devs), Ok(addrs), Ok(idx)) = (
+        std::env::var("WYVERN_RXE_DEVS"),
+        std::env::var("WYVERN_RXE_ADDRS"),
+        std::env::var("WYVERN_RXE_GID_INDEX"),
+    ) {
+        let text = String::from_utf8_lossy(
+            &run_bounded(
+                {
+                    let mut c = Command::new(WYVERN);
+                    c.arg("info");
+                    c
+                },
+                T,
+            )
+            .stdout,
+        )
+        .into_owned();
+        for (dev, addr) in devs.split_whitespace().zip(addrs.split_whitespace()) {
+            let line = format!("GID {idx:<3} ::ffff:{addr}");
+            assert!(text.contains(&line), "no {line:?} for {dev} in:\n{text}");
+            assert!(text.contains(&format!("{dev}:1  active  RoCE")), "{text}");
+        }
+    }
+}
+
 /// Whether `wyvern info --json`'s hugepages agree with sysfs and /proc/meminfo now.
 fn hugepages_match(v: &serde_json::Value) -> Result<(), String> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();

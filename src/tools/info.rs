@@ -209,21 +209,21 @@ fn rdma() -> Rdma {
     }
 }
 
-/// Net PMDs that make virtual devices (`--vdev=net_NAME...`), which need no NIC.
-const VDEV_DRIVERS: &[&str] = &[
-    "af_packet",
-    "af_xdp",
-    "bond",
-    "bonding",
-    "failsafe",
-    "memif",
-    "null",
-    "pcap",
-    "ring",
-    "softnic",
-    "tap",
-    "vhost",
-    "virtio",
+/// Net PMD libraries (`librte_net_NAME.so`) that make virtual devices, with
+/// the driver name `--vdev=` takes: they need no NIC.
+const VDEV_DRIVERS: &[(&str, &str)] = &[
+    ("af_packet", "net_af_packet"),
+    ("af_xdp", "net_af_xdp"),
+    ("bond", "net_bonding"),
+    ("failsafe", "net_failsafe"),
+    ("memif", "net_memif"),
+    ("null", "net_null"),
+    ("pcap", "net_pcap"),
+    ("ring", "net_ring"),
+    ("softnic", "net_softnic"),
+    ("tap", "net_tap"),
+    ("vhost", "net_vhost"),
+    ("virtio", "net_virtio_user"),
 ];
 
 fn dpdk() -> Dpdk {
@@ -268,8 +268,8 @@ fn dpdk() -> Dpdk {
     net_drivers.sort();
     let vdev_drivers = net_drivers
         .iter()
-        .filter(|d| VDEV_DRIVERS.contains(&d.as_str()))
-        .map(|d| format!("net_{d}"))
+        .filter_map(|d| VDEV_DRIVERS.iter().find(|v| v.0 == d.as_str()))
+        .map(|v| v.1.to_string())
         .collect();
     let mut pci_bound = Vec::new();
     for drv in ["vfio-pci", "uio_pci_generic", "igb_uio"] {

@@ -526,10 +526,10 @@ fn measure(kind: Kind, a: &PerfArgs, socket: &Path) -> Result<(), String> {
                     if row.time_bound { "  (time bound)" } else { "" }
                 ),
                 Kind::Bw => outln!(
-                    "{:>10} {:>10} {:>12.2} {:>12.0}{}",
+                    "{:>10} {:>10} {:>12} {:>12.0}{}",
                     row.size,
                     row.iterations,
-                    row.mb_s.unwrap_or(0.0),
+                    mb_s(row.mb_s.unwrap_or(0.0)),
                     row.msgs_s.unwrap_or(0.0),
                     if row.time_bound { "  (time bound)" } else { "" }
                 ),
@@ -545,6 +545,16 @@ fn measure(kind: Kind, a: &PerfArgs, socket: &Path) -> Result<(), String> {
     }
     let _ = c.detach();
     Ok(())
+}
+
+/// MB/s with 2 decimals, or 4 below 1 MB/s (tiny messages on a slow link
+/// would all print as 0.00).
+fn mb_s(v: f64) -> String {
+    if v < 1.0 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// Check that the responder is there: a `hello` delivered to its control
