@@ -526,11 +526,11 @@ fn measure(kind: Kind, a: &PerfArgs, socket: &Path) -> Result<(), String> {
                     if row.time_bound { "  (time bound)" } else { "" }
                 ),
                 Kind::Bw => outln!(
-                    "{:>10} {:>10} {:>12} {:>12.0}{}",
+                    "{:>10} {:>10} {:>12} {:>12}{}",
                     row.size,
                     row.iterations,
                     mb_s(row.mb_s.unwrap_or(0.0)),
-                    row.msgs_s.unwrap_or(0.0),
+                    msgs_s(row.msgs_s.unwrap_or(0.0)),
                     if row.time_bound { "  (time bound)" } else { "" }
                 ),
             }
@@ -554,6 +554,15 @@ fn mb_s(v: f64) -> String {
         format!("{v:.4}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+/// Messages per second, whole, or with one decimal below 100.
+fn msgs_s(v: f64) -> String {
+    if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
     }
 }
 
