@@ -38,6 +38,10 @@ pub const DEFAULT_EP: u32 = 7470;
 /// Senders the responder keeps bandwidth state for; the least recently
 /// announced is forgotten beyond.
 const MAX_SENDERS: usize = 64;
+/// How long the responder keeps polling all its endpoints after its last
+/// message before it waits on the echo endpoint alone (a wait there does not
+/// see the other endpoints' messages for up to a millisecond).
+const BUSY_LINGER: Duration = Duration::from_millis(5);
 /// Bytes of one bandwidth window at most (its message count shrinks for
 /// large messages), so one window never needs more pool than this.
 const WINDOW_BYTES: usize = 16 << 20;
@@ -302,6 +306,7 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
     let (mut checked, mut damaged) = (0u64, 0u64);
     let mut acks: Vec<((u32, u32), Ctl)> = Vec::new();
     let mut last_errors = Instant::now();
+    let mut last_busy = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let mut busy = false;
         // Echo: back as it came.
@@ -407,7 +412,13 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
             }
             last_errors = Instant::now();
         }
-        if !busy {
+        if busy {
+            last_busy = Instant::now();
+        } else if last_busy.elapsed() < BUSY_LINGER {
+            // Just active: the next window of a bandwidth run comes a round
+            // trip after our ack; keep looking at every endpoint.
+            std::thread::yield_now();
+        } else {
             // Idle: wait on the echo endpoint (a ping is answered at once); the
             // others are looked at again within a millisecond.
             match echo.recv(Duration::from_millis(1)) {
