@@ -408,6 +408,35 @@ fn ping_and_bw_measure_every_size_against_a_responder_and_check_the_payloads() {
     }
     let bw_msgs: f64 = r.iter().map(|row| row[1]).sum();
 
+    // --json: one object with every row.
+    for kind in ["ping", "bw"] {
+        let o = run_bounded(
+            wyvern_on(
+                &c,
+                0,
+                &[
+                    kind, "--to", "1", "--socket", &sock0, "--sizes", "8,5000", "--iters", "64",
+                    "--json",
+                ],
+            ),
+            T,
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(
+            (v["from"].as_u64(), v["to"].as_u64()),
+            (Some(0), Some(1)),
+            "{v}"
+        );
+        let rows = v["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{v}");
+        assert_eq!(rows[1]["size"], 5000, "{v}");
+        let key = if kind == "ping" { "p50_us" } else { "mb_s" };
+        assert!(rows.iter().all(|r| r[key].as_f64().unwrap() > 0.0), "{v}");
+    }
+
     // The responder checked every bw message (measured ones and one warm-up
     // window per size) and echoed every ping (and 10 warm-ups per size).
     let summary = stop(srv);
