@@ -2,6 +2,15 @@
 //! With the `verbs` feature, rdma-core's libibverbs must be there: say so in one
 //! sentence naming the package, before `rdma-sys`'s own build script fails with a
 //! panic (`vendor/dpdk-sys/build.rs` does the same for the `dpdk` feature).
+//!
+//! It also records, for `wyvern info` and `wyvern_build_info`:
+//! - `WYVERN_GIT_COMMIT`: the commit of a release build (`git rev-parse HEAD`,
+//!   re-read when HEAD moves), empty for other profiles or outside a git checkout.
+//!   Only release builds follow HEAD, so that a commit does not rebuild every test
+//!   binary of a developer's debug tree.
+//! - `WYVERN_DPDK_BUILT_WITH`: the DPDK version the `dpdk` feature was built against.
+
+use std::process::Command;
 
 /// What the user reads when libibverbs is missing.
 const VERBS_MISSING: &str = "wyvern's `verbs` feature needs rdma-core's libibverbs and librdmacm \
@@ -25,4 +34,40 @@ fn main() {
             }
         }
     }
+    // Set by vendor/dpdk-sys's build script (`links = "dpdk"`, `cargo:version=`).
+    let dpdk = std::env::var("DEP_DPDK_VERSION").unwrap_or_default();
+    println!("cargo:rustc-env=WYVERN_DPDK_BUILT_WITH={dpdk}");
+    let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
+    let commit = if release { git_commit() } else { None };
+    println!(
+        "cargo:rustc-env=WYVERN_GIT_COMMIT={}",
+        commit.unwrap_or_default()
+    );
+}
+
+/// `git rev-parse HEAD` of the source tree, and the files whose change moves it
+/// (HEAD, the branch's ref, packed-refs) as rerun triggers.
+fn git_commit() -> Option<String> {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = git(&["rev-parse", "HEAD"])?;
+    let mut watch = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+    watch.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(git(&["rev-parse", "--git-path", &r]));
+    }
+    // A file that does not exist would rerun this script on every build.
+    for p in watch
+        .into_iter()
+        .flatten()
+        .filter(|p| std::path::Path::new(p).exists())
+    {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    Some(commit)
 }

@@ -21,7 +21,8 @@
 #       (scripts/rxe-vm.sh): scripts/rxe-smoke.sh (perftest rxe0 -> rxe1), then the test
 #       binaries (e) built, run there: verbs_layer, verbs_transport, hybrid on verbs+tcp
 #       (WYVERN_HYBRID_FAST=verbs) and the end-to-end suite's agent-to-agent tests on verbs
-#       (WYVERN_TEST_TRANSPORT=verbs; see rxe_vm_stage for what is skipped). A VM that cannot start
+#       (WYVERN_TEST_TRANSPORT=verbs; see rxe_vm_stage for what is skipped), and tests/tools.rs
+#       on verbs (`wyvern info`'s RDMA devices and GIDs, ping/bw). A VM that cannot start
 #       (exit 77) is a loud skip, any other failure fails the run. Only without extra args,
 #       unless WYVERN_TEST_RXE_VM=1; =0 skips. Needs the verbs feature.
 # The workspace is wyvern and vendor/dpdk-sys; `--features dpdk` builds the DPDK layer
@@ -251,12 +252,12 @@ skip_loudly() {
     log "******************************************************************************"
 }
 rxe_vm_stage() {
-    step "(f) verbs (Soft-RoCE VM): smoke test, verbs_layer, verbs_transport, hybrid, e2e on verbs"
+    step "(f) verbs (Soft-RoCE VM): smoke test, verbs_layer, verbs_transport, hybrid, e2e and tools on verbs"
     # The test binaries of step (e), already built: cargo only lists them.
     local list exes=() rc=0
     if [[ " ${features[*]} " == *" verbs "* ]]; then
         list="$(cargo test "${dpdk[@]}" "${locked[@]}" --no-run --message-format=json \
-            --test verbs_layer --test verbs_transport --test hybrid --test e2e 2>/dev/null \
+            --test verbs_layer --test verbs_transport --test hybrid --test e2e --test tools 2>/dev/null \
             | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -280,6 +281,7 @@ for e in "$@"; do
     case $name in
         hybrid) WYVERN_HYBRID_FAST=verbs "$exe" --test-threads=1 || rc=1 ;;
         e2e) WYVERN_TEST_TRANSPORT=verbs "$exe" --test-threads=1 $E2E_SKIP || rc=1 ;;
+        tools) WYVERN_TEST_TRANSPORT=verbs "$exe" --test-threads=1 || rc=1 ;;
         *) "$exe" --test-threads=1 || rc=1 ;;
     esac
 done

@@ -11,6 +11,7 @@ use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
 mod demo;
 mod launch_cli;
 mod stat_cli;
+mod tools;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,25 @@ enum Cmd {
     /// Start two agents on this machine over loopback TCP, run a workload
     /// between them, and print a summary.
     Demo(demo::DemoArgs),
+    /// What this build and this machine offer: version, features, transports,
+    /// RDMA devices and GIDs, DPDK, hugepages, memlock, and the configuration
+    /// an agent with the same `-c FILE` and flags would run with.
+    Info(Box<InfoArgs>),
+    /// Latency to another node's agent (run `wyvern ping --serve` there): an
+    /// OSU-style table of sizes and µs.
+    Ping(tools::perf::PerfArgs),
+    /// Bandwidth to another node's agent (run `wyvern ping --serve` there): an
+    /// OSU-style table of sizes, MB/s and messages/s.
+    Bw(tools::perf::PerfArgs),
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    /// Print JSON instead of the report.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
 }
 
 #[derive(clap::Args, Default)]
@@ -285,6 +305,19 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// `wyvern ping` / `wyvern bw`: the local agent's socket found as every client
+/// subcommand finds it (`--socket`, `WYVERN_SOCKET`, the Slurm job's, the
+/// default of `--node-id`).
+fn run_perf(kind: tools::perf::Kind, a: tools::perf::PerfArgs) -> ExitCode {
+    match launch_cli::client_socket(a.socket.as_deref(), a.node_id) {
+        Ok((path, _)) => tools::perf::run(kind, a, &path),
+        Err(e) => {
+            eprintln!("wyvern {}: {e}", kind.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_micros()
@@ -295,6 +328,21 @@ fn main() -> ExitCode {
         Cmd::Wait(w) => launch_cli::run_wait(w),
         Cmd::Stat(a) => stat_cli::run(a),
         Cmd::Demo(d) => demo::run(d),
+        Cmd::Info(a) => {
+            let InfoArgs { json, agent } = *a;
+            let info = tools::info::gather(agent.into_config().map(|(c, _)| c));
+            if json {
+                tools::out(&(serde_json::to_string_pretty(&info).expect("serialisable") + "\n"));
+            } else {
+                tools::out(&info.render());
+            }
+            if info.config_error.is_some() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Ping(a) => run_perf(tools::perf::Kind::Ping, a),
+        Cmd::Bw(a) => run_perf(tools::perf::Kind::Bw, a),
         Cmd::BreakLink {
             socket,
             node_id,

@@ -1280,7 +1280,7 @@ fn prometheus_metrics_show_what_stat_shows() {
     assert!(page.contains("wyvern_up{node=\"0\"} 1"), "{page}");
     let sent: u64 = page
         .lines()
-        .find(|l| l.starts_with("wyvern_peer_msgs_tx_total{") && l.contains("peer=\"1\""))
+        .find(|l| l.starts_with("wyvern_peer_tx_messages_total{") && l.contains("peer=\"1\""))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no msgs_tx for peer 1: {page}"));

@@ -1,211 +1,461 @@
-//! The Prometheus text endpoint (`wyvern agent --metrics ADDR`): HPC sites
+//! The Prometheus endpoint (`wyvern agent --metrics ADDR`): HPC sites
 //! scrape node metrics over HTTP. A thread of its own answers each scrape
 //! with a fresh [`Snapshot`] taken over the agent's control socket, exactly
 //! what `wyvern stat --json` shows, so the polling thread never serves HTTP
 //! and the two views cannot disagree. Requests are bounded in size and
 //! time, and served concurrently (a few at once), so one slow or endless
 //! request cannot stall the next scrape or grow the agent.
+//!
+//! The page is written by the `prometheus-client` crate: the Prometheus text
+//! format 0.0.4, or OpenMetrics 1.0 when the scraper asks for it (`Accept:
+//! application/openmetrics-text`). Names follow Prometheus' conventions:
+//! `wyvern_` first, the unit last (`_bytes`, `_seconds`, then `_total` for
+//! counters: `wyvern_peer_rx_bytes_total`), every family with HELP and TYPE,
+//! a `node` label on every series, and no label that churns (clients are
+//! told apart by pool slot and name, not pid). docs/tools.md lists them.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
 use super::stats::Snapshot;
+
+/// `Content-Type` of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The label set of one series (beside the registry-wide `node`).
+type Labels = Vec<(&'static str, String)>;
+/// A gauge family of this page.
+type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
+/// A counter family of this page.
+type CounterFamily = Family<Labels, Counter<u64>>;
+
+/// Each peer counter of [`super::stats::PeerCounters`] (by its `wyvern stat
+/// --json` name): the metric name (before the unit), its unit, its help.
+/// A unit test checks that every counter has a row.
+const PEER_COUNTERS: &[(&str, &str, Option<Unit>, &str)] = &[
+    (
+        "msgs_tx",
+        "peer_tx_messages",
+        None,
+        "Messages sent to the peer (whole messages, not chunks)",
+    ),
+    ("bytes_tx", "peer_tx", Some(Unit::Bytes), "Payload bytes sent to the peer"),
+    ("frames_tx", "peer_tx_frames", None, "Frames written to the peer"),
+    ("msgs_rx", "peer_rx_messages", None, "Messages received from the peer"),
+    ("bytes_rx", "peer_rx", Some(Unit::Bytes), "Payload bytes received from the peer"),
+    (
+        "bytes_rx_direct",
+        "peer_rx_direct",
+        Some(Unit::Bytes),
+        "Of the payload bytes received, those the transport read straight into their pool block (no copy)",
+    ),
+    ("frames_rx", "peer_rx_frames", None, "Frames read from the peer"),
+    (
+        "malformed",
+        "peer_malformed_frames",
+        None,
+        "Malformed frames or records from the peer (the connection was closed for each)",
+    ),
+    (
+        "errors",
+        "peer_send_errors",
+        None,
+        "Sends to the peer that failed (peer lost, unknown endpoint at the peer, ...)",
+    ),
+    ("losses", "peer_link_losses", None, "Times the link to the peer was lost"),
+    (
+        "rx_stalls",
+        "peer_rx_stalls",
+        None,
+        "Times the peer's frames began to wait for a full receive ring or pool (backpressure)",
+    ),
+    (
+        "resumes",
+        "peer_resumes",
+        None,
+        "Broken connections to the peer resumed without loss",
+    ),
+    (
+        "frames_resent",
+        "peer_resent_frames",
+        None,
+        "Frames sent again to the peer on resumed connections",
+    ),
+    (
+        "replies_dropped",
+        "peer_dropped_replies",
+        None,
+        "Acks and Nacks from the peer that matched no send or found the completion backlog full",
+    ),
+];
+
+/// Transport counters that are levels, not counts.
+const TRANSPORT_GAUGES: &[&str] = &["frames_tx_queued", "port_wakes_agent"];
+
+/// The metric name (after `wyvern_transport_`) and unit of a transport
+/// counter as `wyvern stat` names it: count nouns and `bytes` move to the
+/// end (`packets_resent_timeout` -> `resent_timeout_packets`,
+/// `tx_bytes_copied` -> `tx_copied` + bytes).
+fn transport_metric_name(key: &str) -> (String, Option<Unit>) {
+    let key = sanitize(key);
+    let mut words: Vec<&str> = key.split('_').filter(|w| !w.is_empty()).collect();
+    let mut unit = None;
+    if let Some(i) = words.iter().position(|w| *w == "bytes") {
+        if words.len() > 1 {
+            words.remove(i);
+            unit = Some(Unit::Bytes);
+        }
+    }
+    for noun in ["packets", "frames"] {
+        if let Some(i) = words.iter().position(|w| *w == noun) {
+            if i + 1 < words.len() {
+                let w = words.remove(i);
+                words.push(w);
+            }
+        }
+    }
+    (words.join("_"), unit)
+}
+
+/// One scrape's page under construction.
+struct Page {
+    reg: Registry,
+    gauges: BTreeMap<String, GaugeFamily>,
+    counters: BTreeMap<String, CounterFamily>,
+}
+
+impl Page {
+    fn new(node: u32) -> Page {
+        let labels = [(Cow::Borrowed("node"), Cow::Owned(node.to_string()))];
+        Page {
+            reg: Registry::with_prefix_and_labels("wyvern", labels.into_iter()),
+            gauges: BTreeMap::new(),
+            counters: BTreeMap::new(),
+        }
+    }
+
+    /// The gauge family `name` (registered on first use).
+    fn gauges(&mut self, name: &str, unit: Option<Unit>, help: &str) -> GaugeFamily {
+        let key = full_name(name, unit.as_ref());
+        if let Some(f) = self.gauges.get(&key) {
+            return f.clone();
+        }
+        let f = GaugeFamily::default();
+        match unit {
+            Some(u) => self.reg.register_with_unit(name, help, u, f.clone()),
+            None => self.reg.register(name, help, f.clone()),
+        }
+        self.gauges.insert(key, f.clone());
+        f
+    }
+
+    /// The counter family `name` (without `_total`; registered on first use).
+    fn counters(&mut self, name: &str, unit: Option<Unit>, help: &str) -> CounterFamily {
+        let key = full_name(name, unit.as_ref());
+        if let Some(f) = self.counters.get(&key) {
+            return f.clone();
+        }
+        let f = CounterFamily::default();
+        match unit {
+            Some(u) => self.reg.register_with_unit(name, help, u, f.clone()),
+            None => self.reg.register(name, help, f.clone()),
+        }
+        self.counters.insert(key, f.clone());
+        f
+    }
+
+    fn gauge(&mut self, name: &str, unit: Option<Unit>, help: &str, labels: Labels, v: f64) {
+        self.gauges(name, unit, help).get_or_create(&labels).set(v);
+    }
+
+    fn counter(&mut self, name: &str, unit: Option<Unit>, help: &str, labels: Labels, v: u64) {
+        self.counters(name, unit, help)
+            .get_or_create(&labels)
+            .inc_by(v);
+    }
+}
+
+fn full_name(name: &str, unit: Option<&Unit>) -> String {
+    match unit {
+        Some(u) => format!("{name}_{}", u.as_str()),
+        None => name.to_string(),
+    }
+}
+
+/// The cargo features this agent was built with, comma-separated.
+fn features() -> String {
+    let mut f = Vec::new();
+    if cfg!(feature = "dpdk") {
+        f.push("dpdk");
+    }
+    if cfg!(feature = "verbs") {
+        f.push("verbs");
+    }
+    f.join(",")
+}
+
+/// Fill a registry from a snapshot.
+fn registry(s: &Snapshot) -> Registry {
+    let mut p = Page::new(s.node);
+    p.reg.register(
+        "build",
+        "The agent's version and cargo features",
+        Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("features", features()),
+        ]),
+    );
+    let none = Labels::new;
+    p.gauge("up", None, "1: the agent answers", none(), 1.0);
+    p.gauge("nodes", None, "Nodes in the job", none(), s.nodes as f64);
+    p.gauge(
+        "pool",
+        Some(Unit::Bytes),
+        "Size of the shared-memory pool",
+        none(),
+        s.pool_bytes as f64,
+    );
+    p.gauge(
+        "pool_hugepages",
+        None,
+        "1 when the pool is on hugepages",
+        none(),
+        s.backing.starts_with("hugepages") as u8 as f64,
+    );
+    p.gauge(
+        "block_region",
+        Some(Unit::Bytes),
+        "Size of the pool's block region (large messages)",
+        none(),
+        s.blocks_total as f64,
+    );
+    p.gauge(
+        "block_region_free",
+        Some(Unit::Bytes),
+        "Free bytes of the block region",
+        none(),
+        s.blocks_free as f64,
+    );
+    p.gauge(
+        "uptime",
+        Some(Unit::Seconds),
+        "Time since the agent started",
+        none(),
+        s.uptime_s,
+    );
+    p.counter(
+        "poll_rounds",
+        None,
+        "Rounds of the agent's polling loop",
+        none(),
+        s.rounds,
+    );
+    p.counter(
+        "sleeps",
+        None,
+        "Times the adaptive agent went to sleep",
+        none(),
+        s.sleeps,
+    );
+    p.counter(
+        "local_messages",
+        None,
+        "Messages delivered between clients of this node",
+        none(),
+        s.local_msgs,
+    );
+    p.counter(
+        "clients_evicted",
+        None,
+        "Clients detached for misbehaving",
+        none(),
+        s.clients_evicted,
+    );
+    p.counter(
+        "clients_departed_reclaimed",
+        None,
+        "Departed clients whose unsent sends were dropped early to free a slot for a new client",
+        none(),
+        s.clients_departed_reclaimed,
+    );
+    p.counter(
+        "pool_pages_damaged",
+        None,
+        "Pool pages a client punched out that the agent now holds privately (slots retired, blocks quarantined)",
+        none(),
+        s.pool_pages_damaged,
+    );
+    p.gauge(
+        "parked_messages",
+        None,
+        "Peers' messages waiting for a full receive ring or an endpoint not open yet",
+        none(),
+        s.parked_msgs as f64,
+    );
+    p.gauge(
+        "parked",
+        Some(Unit::Bytes),
+        "Bytes of the parked messages",
+        none(),
+        s.parked_bytes as f64,
+    );
+    p.gauge(
+        "clients",
+        None,
+        "Attached clients",
+        none(),
+        s.clients.len() as f64,
+    );
+
+    // Per peer. The families exist (HELP and TYPE) even with no peer.
+    p.gauges("peer_up", None, "1: the link to the peer is up");
+    for (_, name, unit, help) in PEER_COUNTERS {
+        p.counters(name, unit.clone(), help);
+    }
+    for peer in &s.peers {
+        let labels = || -> Labels {
+            vec![
+                ("peer", peer.node.to_string()),
+                ("transport", peer.transport.clone()),
+            ]
+        };
+        p.gauge(
+            "peer_up",
+            None,
+            "1: the link to the peer is up",
+            labels(),
+            (peer.state == "up") as u8 as f64,
+        );
+        p.gauge(
+            "peer_queued",
+            Some(Unit::Bytes),
+            "Bytes queued to go out to the peer",
+            labels(),
+            peer.queued_bytes as f64,
+        );
+        p.gauge(
+            "peer_unacked",
+            Some(Unit::Bytes),
+            "Bytes sent to the peer and not yet acknowledged (kept to be sent again)",
+            labels(),
+            peer.unacked_bytes as f64,
+        );
+        let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&peer.counters) else {
+            continue;
+        };
+        for (k, v) in m {
+            let Some(v) = v.as_u64() else { continue };
+            match PEER_COUNTERS.iter().find(|c| c.0 == k) {
+                Some((_, name, unit, help)) => p.counter(name, unit.clone(), help, labels(), v),
+                // A counter added to the stats without a row above (the unit
+                // test says so): still shown.
+                None => p.counter(
+                    &format!("peer_{}", sanitize(&k)),
+                    None,
+                    "A peer counter of `wyvern stat --json`",
+                    labels(),
+                    v,
+                ),
+            }
+        }
+    }
+
+    // The transport's own counters; a hybrid agent's are named
+    // `backend.counter`: the back end becomes a label.
+    for (k, v) in &s.transport {
+        let (backend, key) = match k.split_once('.') {
+            Some((b, k)) => (Some(b), k),
+            None => (None, k.as_str()),
+        };
+        let labels: Labels = backend
+            .map(|b| vec![("backend", b.to_string())])
+            .unwrap_or_default();
+        let (name, unit) = transport_metric_name(key);
+        let name = format!("transport_{name}");
+        let help = format!("The transport's `{key}` (see `wyvern stat`)");
+        if TRANSPORT_GAUGES.contains(&key) {
+            p.gauge(&name, unit, &help, labels, *v as f64);
+        } else {
+            p.counter(&name, unit, &help, labels, *v);
+        }
+    }
+
+    // Per client, by pool slot and the name it gave (never its pid: series
+    // would churn with every process).
+    let client_families: [(&str, bool, &str); 5] = [
+        (
+            "client_submitted_messages",
+            true,
+            "Messages the client submitted",
+        ),
+        (
+            "client_delivered_messages",
+            true,
+            "Messages deposited into the client's receive rings",
+        ),
+        ("client_errors", true, "Bad requests seen from the client"),
+        ("client_blocks", false, "Pool blocks the client holds"),
+        ("client_endpoints", false, "Endpoints the client has open"),
+    ];
+    for (name, counter, help) in client_families {
+        if counter {
+            p.counters(name, None, help);
+        } else {
+            p.gauges(name, None, help);
+        }
+    }
+    for c in &s.clients {
+        let labels = || -> Labels { vec![("slot", c.slot.to_string()), ("name", c.name.clone())] };
+        let vals = [
+            c.submitted,
+            c.delivered,
+            c.errors,
+            c.blocks,
+            c.endpoints.len() as u64,
+        ];
+        for ((name, counter, help), v) in client_families.iter().zip(vals) {
+            if *counter {
+                p.counter(name, None, help, labels(), v);
+            } else {
+                p.gauge(name, None, help, labels(), v as f64);
+            }
+        }
+    }
+    p.reg
+}
 
 /// Render a snapshot in the Prometheus text exposition format (0.0.4).
 pub fn render(s: &Snapshot) -> String {
     let mut o = String::new();
-    let node = s.node;
-    let gauge = |o: &mut String, name: &str, help: &str, kind: &str, v: f64| {
-        let _ = writeln!(o, "# HELP wyvern_{name} {help}");
-        let _ = writeln!(o, "# TYPE wyvern_{name} {kind}");
-        let _ = writeln!(o, "wyvern_{name}{{node=\"{node}\"}} {v}");
-    };
-    gauge(&mut o, "up", "The agent answers.", "gauge", 1.0);
-    gauge(
-        &mut o,
-        "nodes",
-        "Nodes in the job.",
-        "gauge",
-        s.nodes as f64,
-    );
-    gauge(
-        &mut o,
-        "pool_bytes",
-        "Shared-memory pool size.",
-        "gauge",
-        s.pool_bytes as f64,
-    );
-    gauge(
-        &mut o,
-        "blocks_free_bytes",
-        "Free bytes of the block region.",
-        "gauge",
-        s.blocks_free as f64,
-    );
-    gauge(
-        &mut o,
-        "blocks_bytes",
-        "Bytes of the block region.",
-        "gauge",
-        s.blocks_total as f64,
-    );
-    gauge(
-        &mut o,
-        "hugepages",
-        "1 when the pool is on hugepages.",
-        "gauge",
-        s.backing.starts_with("hugepages") as u8 as f64,
-    );
-    gauge(
-        &mut o,
-        "uptime_seconds",
-        "Seconds since the agent started.",
-        "gauge",
-        s.uptime_s,
-    );
-    gauge(
-        &mut o,
-        "poll_rounds_total",
-        "Poll rounds.",
-        "counter",
-        s.rounds as f64,
-    );
-    gauge(
-        &mut o,
-        "sleeps_total",
-        "Times the adaptive agent slept.",
-        "counter",
-        s.sleeps as f64,
-    );
-    gauge(
-        &mut o,
-        "local_messages_total",
-        "Messages delivered on this node.",
-        "counter",
-        s.local_msgs as f64,
-    );
-    gauge(
-        &mut o,
-        "clients_evicted_total",
-        "Clients detached for misbehaving.",
-        "counter",
-        s.clients_evicted as f64,
-    );
-    gauge(
-        &mut o,
-        "clients_departed_reclaimed_total",
-        "Departed clients whose unsent sends were dropped early to free a slot for a new client.",
-        "counter",
-        s.clients_departed_reclaimed as f64,
-    );
-    gauge(
-        &mut o,
-        "pool_pages_damaged_total",
-        "Pool pages a client punched out that the agent now holds privately (slots retired, blocks quarantined).",
-        "counter",
-        s.pool_pages_damaged as f64,
-    );
-    gauge(
-        &mut o,
-        "parked_messages",
-        "Peers' messages waiting for a full ring or a late endpoint.",
-        "gauge",
-        s.parked_msgs as f64,
-    );
-    gauge(
-        &mut o,
-        "parked_bytes",
-        "Their bytes.",
-        "gauge",
-        s.parked_bytes as f64,
-    );
-    gauge(
-        &mut o,
-        "clients",
-        "Attached clients.",
-        "gauge",
-        s.clients.len() as f64,
-    );
-
-    // Per peer: every counter of `wyvern stat`, by name (kept in step with
-    // the stats by serialising them).
-    let mut families: Vec<(String, Vec<String>)> = Vec::new();
-    let mut add = |name: String, line: String| match families.iter_mut().find(|f| f.0 == name) {
-        Some(f) => f.1.push(line),
-        None => families.push((name, vec![line])),
-    };
-    for p in &s.peers {
-        let labels = format!(
-            "node=\"{node}\",peer=\"{}\",transport=\"{}\"",
-            p.node,
-            escape(&p.transport)
-        );
-        let up = (p.state == "up") as u8;
-        add("peer_up".into(), format!("wyvern_peer_up{{{labels}}} {up}"));
-        add(
-            "peer_queued_bytes".into(),
-            format!("wyvern_peer_queued_bytes{{{labels}}} {}", p.queued_bytes),
-        );
-        add(
-            "peer_unacked_bytes".into(),
-            format!("wyvern_peer_unacked_bytes{{{labels}}} {}", p.unacked_bytes),
-        );
-        if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&p.counters) {
-            for (k, v) in m {
-                if let Some(v) = v.as_u64() {
-                    let name = format!("peer_{k}_total");
-                    add(name.clone(), format!("wyvern_{name}{{{labels}}} {v}"));
-                }
-            }
-        }
-    }
-    for (k, v) in &s.transport {
-        let name = format!("transport_{}_total", sanitize(k));
-        add(
-            name.clone(),
-            format!("wyvern_{name}{{node=\"{node}\"}} {v}"),
-        );
-    }
-    for c in &s.clients {
-        let labels = format!(
-            "node=\"{node}\",slot=\"{}\",pid=\"{}\",name=\"{}\"",
-            c.slot,
-            c.pid,
-            escape(&c.name)
-        );
-        for (name, v) in [
-            ("client_submitted_total", c.submitted),
-            ("client_delivered_total", c.delivered),
-            ("client_errors_total", c.errors),
-            ("client_blocks", c.blocks),
-            ("client_endpoints", c.endpoints.len() as u64),
-        ] {
-            add(name.into(), format!("wyvern_{name}{{{labels}}} {v}"));
-        }
-    }
-    for (name, lines) in families {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(o, "# TYPE wyvern_{name} {kind}");
-        for l in lines {
-            let _ = writeln!(o, "{l}");
-        }
-    }
+    // NOTE(unwrap): writing into a String cannot fail.
+    prometheus_client::encoding::prometheus_text::encode(&mut o, &registry(s))
+        .expect("formatting into a String");
     o
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Render a snapshot in the OpenMetrics text format 1.0 (ends with `# EOF`).
+pub fn render_openmetrics(s: &Snapshot) -> String {
+    let mut o = String::new();
+    // NOTE(unwrap): writing into a String cannot fail.
+    prometheus_client::encoding::text::encode(&mut o, &registry(s))
+        .expect("formatting into a String");
+    o
 }
 
 fn sanitize(s: &str) -> String {
@@ -270,7 +520,7 @@ pub fn serve(addr: SocketAddr, socket: PathBuf) -> std::io::Result<SocketAddr> {
 }
 
 /// Read a request's line and headers: at most [`MAX_REQUEST`] bytes, within
-/// [`REQUEST_TIMEOUT`]. Returns the request line.
+/// [`REQUEST_TIMEOUT`]. Returns them as text.
 fn read_request(c: &mut TcpStream) -> std::io::Result<String> {
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     let mut buf = Vec::with_capacity(1024);
@@ -301,13 +551,12 @@ fn read_request(c: &mut TcpStream) -> std::io::Result<String> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    Ok(String::from_utf8_lossy(line).trim_end().to_string())
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 fn answer(mut c: TcpStream, socket: &PathBuf) -> std::io::Result<()> {
     c.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let line = match read_request(&mut c) {
+    let head = match read_request(&mut c) {
         Ok(l) => l,
         Err(e) => {
             let _ = write!(
@@ -317,8 +566,16 @@ fn answer(mut c: TcpStream, socket: &PathBuf) -> std::io::Result<()> {
             return Err(e);
         }
     };
+    let line = head.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // The query string (`/metrics?x=1`) does not matter.
+    let path = target.split('?').next().unwrap_or("");
+    let openmetrics = head.lines().skip(1).any(|h| {
+        h.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("accept") && v.contains("application/openmetrics-text")
+        })
+    });
     let (status, ctype, body) = if method != "GET" {
         (
             "405 Method Not Allowed",
@@ -329,7 +586,8 @@ fn answer(mut c: TcpStream, socket: &PathBuf) -> std::io::Result<()> {
         ("404 Not Found", "text/plain", "try /metrics\n".to_string())
     } else {
         match crate::client::stat(socket) {
-            Ok(s) => ("200 OK", "text/plain; version=0.0.4", render(&s)),
+            Ok(s) if openmetrics => ("200 OK", OPENMETRICS_CONTENT_TYPE, render_openmetrics(&s)),
+            Ok(s) => ("200 OK", PROMETHEUS_CONTENT_TYPE, render(&s)),
             Err(e) => (
                 "503 Service Unavailable",
                 "text/plain",
@@ -343,4 +601,143 @@ fn answer(mut c: TcpStream, socket: &PathBuf) -> std::io::Result<()> {
         body.len()
     )?;
     c.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::stats::{ClientSnapshot, PeerCounters, PeerSnapshot};
+
+    #[test]
+    fn every_peer_counter_has_a_metric_name() {
+        let serde_json::Value::Object(m) = serde_json::to_value(PeerCounters::default()).unwrap()
+        else {
+            panic!("counters serialise as an object")
+        };
+        for k in m.keys() {
+            assert!(
+                PEER_COUNTERS.iter().any(|c| c.0 == k),
+                "peer counter {k} has no row in PEER_COUNTERS"
+            );
+        }
+        assert_eq!(
+            m.len(),
+            PEER_COUNTERS.len(),
+            "a row for a counter that is gone"
+        );
+    }
+
+    #[test]
+    fn transport_counters_get_their_unit_last() {
+        let n = |k: &str| {
+            let (name, unit) = transport_metric_name(k);
+            full_name(&name, unit.as_ref())
+        };
+        assert_eq!(n("packets_resent_timeout"), "resent_timeout_packets");
+        assert_eq!(n("frames_tx_full"), "tx_full_frames");
+        assert_eq!(n("tx_bytes_copied"), "tx_copied_bytes");
+        assert_eq!(n("verbs_send_bytes"), "verbs_send_bytes");
+        assert_eq!(n("packets_tx"), "tx_packets");
+        assert_eq!(n("tcp_pending_refused"), "tcp_pending_refused");
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            node: 3,
+            nodes: 4,
+            backing: "hugepages (2 MiB)".into(),
+            pool_bytes: 1 << 30,
+            blocks_free: 100,
+            blocks_total: 200,
+            idle: "spin".into(),
+            uptime_s: 1.5,
+            rounds: 10,
+            sleeps: 2,
+            local_msgs: 5,
+            clients_evicted: 0,
+            clients_departed_reclaimed: 0,
+            pool_pages_damaged: 0,
+            parked_msgs: 0,
+            parked_bytes: 0,
+            peers: vec![PeerSnapshot {
+                node: 1,
+                addr: "127.0.0.1:1".into(),
+                transport: "udp".into(),
+                state: "up".into(),
+                counters: PeerCounters {
+                    bytes_rx: 77,
+                    ..Default::default()
+                },
+                aggregation: 1.0,
+                queued_bytes: 0,
+                unacked_bytes: 9,
+            }],
+            transport: [
+                ("udp.packets_resent_timeout".to_string(), 4u64),
+                ("udp.frames_tx_queued".to_string(), 2u64),
+            ]
+            .into_iter()
+            .collect(),
+            transport_info: Default::default(),
+            clients: vec![ClientSnapshot {
+                slot: 2,
+                pid: 4242,
+                name: "a \"quoted\" name".into(),
+                endpoints: vec![1, 2],
+                submitted: 8,
+                delivered: 6,
+                errors: 0,
+                sub_ring_used: 0,
+                blocks: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_page_follows_the_conventions() {
+        let page = render(&snapshot());
+        assert!(
+            page.contains("wyvern_peer_rx_bytes_total{node=\"3\",peer=\"1\",transport=\"udp\"} 77"),
+            "{page}"
+        );
+        assert!(
+            page.contains("wyvern_build_info{node=\"3\",version=\""),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "wyvern_transport_resent_timeout_packets_total{node=\"3\",backend=\"udp\"} 4"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("# TYPE wyvern_transport_tx_queued_frames gauge"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "wyvern_client_blocks{node=\"3\",slot=\"2\",name=\"a \\\"quoted\\\" name\"} 1"
+            ),
+            "{page}"
+        );
+        assert!(!page.contains("pid"), "{page}");
+        let mut help = std::collections::HashSet::new();
+        let mut kind = std::collections::HashMap::new();
+        for l in page.lines() {
+            if let Some(r) = l.strip_prefix("# HELP ") {
+                help.insert(r.split(' ').next().unwrap().to_string());
+            } else if let Some(r) = l.strip_prefix("# TYPE ") {
+                let mut w = r.split(' ');
+                kind.insert(w.next().unwrap().to_string(), w.next().unwrap().to_string());
+            }
+        }
+        for (name, k) in &kind {
+            assert!(help.contains(name), "{name} has no HELP");
+            assert!(name.starts_with("wyvern_"), "{name}");
+            assert_eq!(k == "counter", name.ends_with("_total"), "{name} is a {k}");
+        }
+        let om = render_openmetrics(&snapshot());
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# UNIT wyvern_peer_rx_bytes bytes"), "{om}");
+    }
 }

@@ -456,9 +456,14 @@ impl Context {
     /// Entry `index` of the port's GID table.
     pub fn gid(&self, index: u32) -> Result<Gid> {
         let len = self.query_port()?.gid_table_len;
+        self.gid_at(self.port, index, len)
+    }
+
+    /// Entry `index` of port `port`'s GID table of `len` entries.
+    fn gid_at(&self, port: u8, index: u32, len: u32) -> Result<Gid> {
         let err = || Error::NoGid {
             device: self.name.clone(),
-            port: self.port,
+            port,
             index,
             len,
         };
@@ -468,9 +473,8 @@ impl Context {
         let mut gid = MaybeUninit::<sys::ibv_gid>::zeroed();
         // SAFETY: an open context, an index inside the table, an out-parameter of the
         // right type.
-        let r = unsafe {
-            sys::ibv_query_gid(self.ctx.as_ptr(), self.port, index as i32, gid.as_mut_ptr())
-        };
+        let r =
+            unsafe { sys::ibv_query_gid(self.ctx.as_ptr(), port, index as i32, gid.as_mut_ptr()) };
         if r != 0 {
             return Err(err());
         }
@@ -482,12 +486,18 @@ impl Context {
     /// (`ports/N/gid_attrs/types/IDX`: "RoCE v2", "IB/RoCE v1"); `None` where there is
     /// no such file (InfiniBand ports, old kernels).
     pub fn gid_type(&self, index: u32) -> Option<String> {
+        self.gid_attr(self.port, "types", index)
+    }
+
+    /// A GID table entry's attribute from sysfs (`ports/N/gid_attrs/WHAT/IDX`).
+    fn gid_attr(&self, port: u8, what: &str, index: u32) -> Option<String> {
         let p = self
             .sysfs
-            .join(format!("ports/{}/gid_attrs/types/{index}", self.port));
+            .join(format!("ports/{port}/gid_attrs/{what}/{index}"));
         std::fs::read_to_string(p)
             .ok()
             .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
     }
 
     /// The GID index to address this port by: `wanted` when given (it must exist and
@@ -587,6 +597,97 @@ impl Context {
             .sysfs
             .join(format!("ports/{}/hw_counters/{name}", self.port));
         std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+}
+
+/// One port of an RDMA device as `wyvern info` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PortReport {
+    /// Port number (from 1).
+    pub port: u8,
+    /// State name ("active", "down", ...).
+    pub state: String,
+    /// "InfiniBand" or "Ethernet" (RoCE).
+    pub link_layer: String,
+    /// Active MTU in bytes.
+    pub mtu: usize,
+    /// Local identifier (InfiniBand; 0 on RoCE).
+    pub lid: u16,
+    /// The non-empty entries of the GID table.
+    pub gids: Vec<GidReport>,
+}
+
+/// One GID table entry as `wyvern info` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GidReport {
+    /// Index in the table.
+    pub index: u32,
+    /// The GID.
+    pub gid: String,
+    /// "RoCE v2", "IB/RoCE v1" (sysfs), when known.
+    pub kind: Option<String>,
+    /// The network interface it belongs to (RoCE), when known.
+    pub netdev: Option<String>,
+}
+
+/// One RDMA device as `wyvern info` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceReport {
+    /// Device name.
+    pub name: String,
+    /// Its ports, or why it could not be opened.
+    pub ports: std::result::Result<Vec<PortReport>, String>,
+}
+
+/// Every RDMA device on this machine with its ports and GID tables (`wyvern info`);
+/// an empty list when there is none. Each device is opened and closed again.
+pub fn inventory() -> Result<Vec<DeviceReport>> {
+    let list = DeviceList::get()?;
+    let mut out = Vec::with_capacity(list.len);
+    for i in 0..list.len {
+        let name = list.name(i);
+        let ports = Context::open_index(&list, i)
+            .and_then(|ctx| ctx.port_reports())
+            .map_err(|e| e.to_string());
+        out.push(DeviceReport { name, ports });
+    }
+    Ok(out)
+}
+
+impl Context {
+    fn port_reports(&self) -> Result<Vec<PortReport>> {
+        let mut v = Vec::new();
+        for port in 1..=self.caps.ports {
+            let info = self.query_port_n(port)?;
+            let mut gids = Vec::new();
+            for index in 0..info.gid_table_len {
+                let Ok(g) = self.gid_at(port, index, info.gid_table_len) else {
+                    continue;
+                };
+                if g.is_zero() {
+                    continue;
+                }
+                gids.push(GidReport {
+                    index,
+                    gid: g.to_string(),
+                    kind: self.gid_attr(port, "types", index),
+                    netdev: self.gid_attr(port, "ndevs", index),
+                });
+            }
+            v.push(PortReport {
+                port,
+                state: port_state_name(info.state).to_string(),
+                link_layer: if info.is_roce() {
+                    "Ethernet".into()
+                } else {
+                    "InfiniBand".into()
+                },
+                mtu: info.mtu_bytes(),
+                lid: info.lid,
+                gids,
+            });
+        }
+        Ok(v)
     }
 }
 
