@@ -60,6 +60,7 @@ use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
 use crate::transport::{LinkEvent, Out, Poller, Transport};
 use crate::wire::auth::{self, JobKey, MAC_LEN, NONCE_LEN};
+use crate::wire::bytes::Fields;
 use crate::wire::{FrameReader, Hello};
 
 use super::{
@@ -235,26 +236,20 @@ impl Info {
     }
 
     pub(super) fn parse(b: &[u8]) -> Option<Info> {
-        if b.len() < INFO_LEN {
-            return None;
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let mut gid = [0u8; 16];
-        gid.copy_from_slice(&b[12..28]);
+        let f = Fields::<INFO_LEN>::new(b)?;
         Some(Info {
             ep: QpEndpoint {
-                qpn: u32_at(0),
-                psn: u32_at(4) & 0xff_ffff,
-                lid: u16::from_le_bytes([b[8], b[9]]),
-                gid: (b[11] != 0).then_some(Gid(gid)),
+                qpn: f.u32::<0>(),
+                psn: f.u32::<4>() & 0xff_ffff,
+                lid: f.u16::<8>(),
+                gid: (f.u8::<11>() != 0).then(|| Gid(f.array::<12, 16>())),
             },
-            mtu: b[10],
-            base: u64_at(28),
-            region_off: u64_at(36),
-            region_len: u64_at(44),
-            rkey: u32_at(52),
-            credits: u32_at(56),
+            mtu: f.u8::<10>(),
+            base: f.u64::<28>(),
+            region_off: f.u64::<36>(),
+            region_len: f.u64::<44>(),
+            rkey: f.u32::<52>(),
+            credits: f.u32::<56>(),
         })
     }
 }
@@ -359,10 +354,10 @@ pub(super) fn boot_msg(kind: u16, body: &[u8]) -> Vec<u8> {
 /// once its 8 bytes are there; an error for a stream that is not a wyvern verbs
 /// bootstrap of this version or a body longer than [`BOOT_BODY_MAX`].
 pub(super) fn peek_boot_header(buf: &[u8]) -> Result<Option<(u16, usize)>, String> {
-    if buf.len() < BOOT_HEADER {
+    let Some(f) = Fields::<BOOT_HEADER>::new(buf) else {
         return Ok(None);
-    }
-    let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    };
+    let magic = f.u32::<0>();
     if magic == BOOT_MAGIC_V1 {
         return Err(
             "the peer speaks the verbs bootstrap of an older wyvern (version 1: \
@@ -375,8 +370,8 @@ pub(super) fn peek_boot_header(buf: &[u8]) -> Result<Option<(u16, usize)>, Strin
             "not a wyvern verbs bootstrap stream (magic {magic:#x})"
         ));
     }
-    let kind = u16::from_le_bytes([buf[4], buf[5]]);
-    let len = u16::from_le_bytes([buf[6], buf[7]]) as usize;
+    let kind = f.u16::<4>();
+    let len = f.u16::<6>() as usize;
     if len > BOOT_BODY_MAX {
         return Err(format!(
             "a bootstrap message {kind} announcing {len} bytes (at most {BOOT_BODY_MAX})"
@@ -565,21 +560,21 @@ struct Parsed {
 /// Parse one SEND of `len` bytes in `buf` (receive slot `slot`). Never panics on bad
 /// input: the error names what is wrong.
 fn parse_msg(buf: &[u8], slot: u32) -> Result<Parsed, &'static str> {
-    if buf.len() < MSG_HEADER || buf[0] != MSG_MAGIC {
+    let Some(f) = Fields::<MSG_HEADER>::new(buf).filter(|f| f.u8::<0>() == MSG_MAGIC) else {
         return Err("a SEND without the stream header");
-    }
+    };
     let mut p = Parsed {
-        credits: u16::from_le_bytes([buf[2], buf[3]]),
-        rdv_done: u16::from_le_bytes([buf[4], buf[5]]),
+        credits: f.u16::<2>(),
+        rdv_done: f.u16::<4>(),
         items: Vec::new(),
     };
     let mut at = MSG_HEADER;
     while at < buf.len() {
-        if buf.len() - at < ITEM_HEADER {
+        let Some(item) = Fields::<ITEM_HEADER>::new(&buf[at..]) else {
             return Err("a truncated item header");
-        }
-        let tag = buf[at];
-        let len = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        };
+        let tag = item.u8::<0>();
+        let len = item.u32::<4>() as usize;
         at += ITEM_HEADER;
         if buf.len() - at < len {
             return Err("an item longer than its SEND");
@@ -592,10 +587,9 @@ fn parse_msg(buf: &[u8], slot: u32) -> Result<Parsed, &'static str> {
             }),
             T_DATA => {}
             T_RDV if len == RDV_BODY => {
-                let b = &buf[at..at + len];
-                let off = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
-                let n = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-                let rkey = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
+                let b =
+                    Fields::<RDV_BODY>::new(&buf[at..]).ok_or("an item longer than its SEND")?;
+                let (off, n, rkey) = (b.u64::<0>(), b.u64::<8>(), b.u32::<16>());
                 // Its bounds (an empty range included) are checked by `check_rdv`
                 // before anything is done with it.
                 p.items.push(RxItem::Rdv(Rdv {
