@@ -28,6 +28,7 @@ pub mod auth;
 pub(crate) mod bytes;
 pub mod packet;
 pub mod reliable;
+pub mod verbs;
 
 use bytes::{Fields, FieldsMut};
 
