@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::transport::MSG;
-use super::{Access, Context, Cq, Pd, Qp, QpCaps, RegBuf, SendOp, SendWr, Sge, Srq, Wc};
+use super::{Access, Context, Cq, Pd, Qp, QpCaps, RecvWr, RegBuf, SendOp, SendWr, Sge, Srq, Wc};
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
     boot_hello, boot_msg, parse_challenge, take_boot_msg, BootHello, BootKind, BootMsg, Info,
@@ -97,16 +97,14 @@ impl RawPeer {
         let recv = RegBuf::new(&pd, RECVS as usize * MSG, Access::LOCAL_WRITE).map_err(s)?;
         let send =
             RegBuf::new(&pd, MSG, Access::LOCAL_WRITE.with(Access::REMOTE_READ)).map_err(s)?;
-        let list: Vec<(u64, Sge)> = (0..RECVS)
-            .map(|i| {
-                (
-                    RECV_BIT | i as u64,
-                    Sge {
-                        addr: recv.addr(i as usize * MSG),
-                        len: MSG as u32,
-                        lkey: recv.mr().lkey(),
-                    },
-                )
+        let list: Vec<RecvWr> = (0..RECVS)
+            .map(|i| RecvWr {
+                wr_id: RECV_BIT | i as u64,
+                buf: Sge {
+                    addr: recv.addr(i as usize * MSG),
+                    len: MSG as u32,
+                    lkey: recv.mr().lkey(),
+                },
             })
             .collect();
         // SAFETY: the buffers lie in `recv` (registered with local write), which the
@@ -118,7 +116,7 @@ impl RawPeer {
                 qpn: qp.qpn(),
                 psn,
                 lid: port.lid,
-                gid: gid.map(|(_, g)| g.0),
+                gid: gid.map(|e| e.gid.0),
             },
             mtu: port.active_mtu as u8,
             base: send.addr(0),
@@ -177,7 +175,7 @@ impl RawPeer {
             (k, _) => return Err(format!("bootstrap message {k:?} instead of Info")),
         };
         let mtu = (remote.mtu as u32).min(port.active_mtu).max(1);
-        qp.to_rtr(ctx.port(), &remote.qp.into(), mtu, gid.map(|(i, _)| i), 1)
+        qp.to_rtr(ctx.port(), &remote.qp.into(), mtu, gid.map(|e| e.index), 1)
             .map_err(s)?;
         qp.to_rts(psn, 1).map_err(s)?;
         ctl.write_all(&boot_msg(BootKind::Ready, &[]))

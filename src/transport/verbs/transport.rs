@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
-use crate::transport::{LinkEvent, Out, Poller, Transport};
+use crate::transport::{LinkEvent, Out, Poller, Transport, WarnSpell};
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
     boot_hello, boot_msg, parse_challenge, take_boot_msg, BadRdv, BootHeader, BootHello, BootKind,
@@ -72,9 +72,9 @@ use crate::wire::verbs::{
 use crate::wire::{FrameReader, Hello};
 
 use super::{
-    qp_state_name, Access, CompChannel, Context, Cq, Error, Gid, Mr, Pd, Qp, QpCaps, QpEndpoint,
-    RegBuf, SendOp, SendWr, Sge, Srq, Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR, WC_RECV,
-    WC_RNR_RETRY_EXC_ERR,
+    qp_state_name, Access, CompChannel, Context, Cq, Error, Gid, GidEntry, Mr, Pd, Qp, QpCaps,
+    QpEndpoint, RecvWr, RegBuf, SendOp, SendWr, Sge, Srq, Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR,
+    WC_RECV, WC_RNR_RETRY_EXC_ERR,
 };
 
 /// Bytes of one SEND: a send slot and a receive buffer.
@@ -374,6 +374,14 @@ struct Link {
     next_qp_check: Instant,
 }
 
+/// One link instance: the peer node and the link's epoch (a new queue pair to the same
+/// node gets a new epoch, so what belonged to the old one is told apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LinkId {
+    node: u32,
+    epoch: u16,
+}
+
 /// Per receive slot: who filled it and how many of its items are not absorbed.
 #[derive(Clone, Copy, Default)]
 struct RxSlot {
@@ -396,6 +404,14 @@ struct Pending {
     ours: [u8; NONCE_LEN],
     /// The dialer's `Hello`, once it came (its MAC is checked with the `Info`).
     hello: Option<BootHello>,
+}
+
+/// What an accepted connection's handshake brought, verified: the dialer's `Hello`, its
+/// nonce (echoed in the answer) and its `Info`.
+struct Dialed {
+    hello: Hello,
+    nonce: [u8; NONCE_LEN],
+    info: Info,
 }
 
 /// The verbs transport. See the module docs.
@@ -422,13 +438,14 @@ pub struct VerbsTransport {
     bootstrap: Vec<SocketAddr>,
     listener: TcpListener,
     addr: SocketAddr,
-    gid: Option<(u32, Gid)>,
+    gid: Option<GidEntry>,
     lid: u16,
     mtu: u32,
     credits: u32,
     max_reads: u32,
     sq_depth: u32,
-    qpn_node: HashMap<u32, (u32, u16)>,
+    /// Whose queue pair a QP number is (the link a completion belongs to).
+    qpn_node: HashMap<u32, LinkId>,
     next_epoch: u16,
     dialing: Vec<bool>,
     next_dial: Vec<Instant>,
@@ -441,8 +458,8 @@ pub struct VerbsTransport {
     /// When a refusal was last logged, and how many since.
     refuse_warned: Option<Instant>,
     refused_quiet: u64,
-    /// Failed handshakes logged at warn level: since when, how many.
-    fail_warned: Option<(Instant, u32)>,
+    /// Failed handshakes logged at warn level.
+    fail_warned: WarnSpell,
 }
 
 fn wr_id(node: u32, epoch: u16, seq: u64) -> u64 {
@@ -546,7 +563,7 @@ impl VerbsTransport {
             if port.is_roce() { "RoCE" } else { "InfiniBand" },
             port.mtu_bytes(),
             match gid {
-                Some((i, g)) => format!("GID index {i} ({g})"),
+                Some(e) => format!("GID index {} ({})", e.index, e.gid),
                 None => format!("LID {}", port.lid),
             },
             pool.block_region().1 >> 20,
@@ -590,7 +607,7 @@ impl VerbsTransport {
             wcs: Vec::with_capacity(64),
             refuse_warned: None,
             refused_quiet: 0,
-            fail_warned: None,
+            fail_warned: WarnSpell::default(),
         };
         t.repost()?;
         Ok(t)
@@ -631,18 +648,16 @@ impl VerbsTransport {
             return Ok(());
         }
         let lkey = self.rx_bufs.mr().lkey();
-        let list: Vec<(u64, Sge)> = self
+        let list: Vec<RecvWr> = self
             .reposts
             .iter()
-            .map(|&s| {
-                (
-                    RECV_BIT | s as u64,
-                    Sge {
-                        addr: self.rx_bufs.addr(s as usize * MSG),
-                        len: MSG as u32,
-                        lkey,
-                    },
-                )
+            .map(|&s| RecvWr {
+                wr_id: RECV_BIT | s as u64,
+                buf: Sge {
+                    addr: self.rx_bufs.addr(s as usize * MSG),
+                    len: MSG as u32,
+                    lkey,
+                },
             })
             .collect();
         // SAFETY: each slot lies in `rx_bufs` (registered with local write, owned by
@@ -679,7 +694,7 @@ impl VerbsTransport {
                 qpn: qp.qpn(),
                 psn,
                 lid: self.lid,
-                gid: self.gid.map(|(_, g)| g.0),
+                gid: self.gid.map(|e| e.gid.0),
             },
             mtu: self.mtu as u8,
             base: self.pool.base_addr() as u64,
@@ -762,7 +777,7 @@ impl VerbsTransport {
             self.ctx.port(),
             &info.qp.into(),
             mtu,
-            self.gid.map(|(i, _)| i),
+            self.gid.map(|e| e.index),
             self.max_reads as u8,
         )?;
         l.qp.to_rts(l.psn, self.max_reads as u8)?;
@@ -806,16 +821,10 @@ impl VerbsTransport {
     /// a second (a stranger may try many times), at debug beyond.
     fn handshake_failed(&mut self, what: &str, why: &str) {
         self.stats.handshakes_failed += 1;
-        let now = Instant::now();
         if self
             .fail_warned
-            .is_none_or(|(t, _)| now.duration_since(t) >= REFUSE_WARN_EVERY)
+            .warn(Instant::now(), REFUSE_WARN_EVERY, FAIL_WARNS)
         {
-            self.fail_warned = Some((now, 0));
-        }
-        let (_, n) = self.fail_warned.get_or_insert((now, 0));
-        *n += 1;
-        if *n <= FAIL_WARNS {
             log::warn!("verbs: {what}: {why}");
         } else {
             log::debug!("verbs: {what}: {why}");
@@ -842,7 +851,13 @@ impl VerbsTransport {
             log::error!("verbs: cannot watch the bootstrap connection of node {node}: {e}");
             return;
         }
-        self.qpn_node.insert(l.qp.qpn(), (node, l.epoch));
+        self.qpn_node.insert(
+            l.qp.qpn(),
+            LinkId {
+                node,
+                epoch: l.epoch,
+            },
+        );
         self.links[node as usize] = Some(l);
     }
 
@@ -857,11 +872,7 @@ impl VerbsTransport {
 
     /// One complete bootstrap message of pending connection `p`: `Ok(Some(..))` when
     /// the dialer's `Hello` and `Info` are both in and its MAC verified.
-    fn pending_step(
-        &self,
-        p: &mut Pending,
-        msg: &BootMsg,
-    ) -> Result<Option<(Hello, [u8; NONCE_LEN], Info)>, String> {
+    fn pending_step(&self, p: &mut Pending, msg: &BootMsg) -> Result<Option<Dialed>, String> {
         let body = &msg.body[..];
         match (p.hello, msg.kind) {
             (None, BootKind::Hello) => {
@@ -900,7 +911,11 @@ impl VerbsTransport {
                     ));
                 }
                 let info = Info::parse(body).map_err(|e| e.to_string())?;
-                Ok(Some((bh.hello, bh.nonce, info)))
+                Ok(Some(Dialed {
+                    hello: bh.hello,
+                    nonce: bh.nonce,
+                    info,
+                }))
             }
             (_, k) => Err(format!(
                 "sent bootstrap message {k:?} out of its turn in the handshake"
@@ -915,7 +930,7 @@ impl VerbsTransport {
         let Some(mut p) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
             return;
         };
-        let (hello, nonce, info) = loop {
+        let Dialed { hello, nonce, info } = loop {
             let want = match BootHeader::peek(&p.buf) {
                 Err(e) => return self.drop_pending(poller, p, &e.to_string()),
                 Ok(None) => BOOT_HEADER,
@@ -1219,9 +1234,12 @@ impl VerbsTransport {
                 return;
             }
             let owner = self.qpn_node.get(&wc.qp_num).copied();
-            let Some((node, epoch)) = owner.filter(|_| wc.is_ok() && wc.opcode == WC_RECV) else {
+            let Some(LinkId { node, epoch }) = owner.filter(|_| wc.is_ok() && wc.opcode == WC_RECV)
+            else {
                 // A QP that is gone, or a flushed/failed receive: the buffer goes back.
-                if let (Some((node, _)), false) = (owner, wc.status == WC_FLUSH_ERR || wc.is_ok()) {
+                if let (Some(LinkId { node, .. }), false) =
+                    (owner, wc.status == WC_FLUSH_ERR || wc.is_ok())
+                {
                     self.fail(
                         node,
                         format!(
@@ -1800,7 +1818,7 @@ impl VerbsTransport {
             let node = ev
                 .qp_num
                 .and_then(|q| self.qpn_node.get(&q))
-                .map(|&(n, _)| n);
+                .map(|id| id.node);
             if ev.is_qp_fatal() || ev.is_qp_last_wqe() {
                 log::warn!("verbs: {} on QP {:?} (node {node:?})", ev.name, ev.qp_num);
                 if let Some(n) = node {
