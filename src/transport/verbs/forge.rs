@@ -1,6 +1,7 @@
 //! A raw verbs peer for tests: it speaks the agent's bootstrap and stream formats by
 //! hand, so that a test can hand a real agent what no agent would send (a rendezvous
-//! descriptor outside the region the peer advertised, say). Not part of the API.
+//! descriptor outside the region the peer advertised, say). Not part of the API: only
+//! in a build with the `testing` feature (every `cargo test` build has it).
 //!
 //! It plays node `hello.node`, dials the agent's bootstrap address, waits for the
 //! agent's challenge, sends its Hello (with a MAC under the job key it is given, zeros

@@ -46,7 +46,7 @@
 
 mod device;
 mod error;
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod forge;
 mod memory;
 mod queue;

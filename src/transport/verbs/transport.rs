@@ -628,16 +628,6 @@ impl VerbsTransport {
         self.stats
     }
 
-    /// Move the QP to `node` into the error state (a test of what the transport does
-    /// then: its work completes with errors and the link is reported down).
-    #[doc(hidden)]
-    pub fn force_qp_error(&mut self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .is_some_and(|l| l.qp.to_error().is_ok())
-    }
-
     fn pool_rkey(&self) -> u32 {
         self.pool_mr.as_ref().map_or(0, |m| m.rkey())
     }
