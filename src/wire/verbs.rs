@@ -623,7 +623,7 @@ impl Iterator for Items<'_> {
             match tag {
                 T_DATA if len == 0 => continue,
                 T_DATA => return Some(Item::Data(start..end)),
-                _ => {
+                T_RDV => {
                     let f = Fields::<RDV_BODY>::new(body)?;
                     return Some(Item::Rdv(Rdv {
                         off: f.u64::<0>(),
@@ -631,6 +631,7 @@ impl Iterator for Items<'_> {
                         rkey: f.u32::<16>(),
                     }));
                 }
+                _ => return None,
             }
         }
     }
@@ -690,10 +691,11 @@ impl<'a> StreamWriter<'a> {
     /// Append a `DATA` item of `n` bytes and return them to fill.
     ///
     /// # Panics
-    /// If `n` is more than [`StreamWriter::data_room`].
+    /// If the item does not fit (`n` more than [`StreamWriter::data_room`], or no
+    /// room left for an item header).
     pub fn data(&mut self, n: usize) -> &mut [u8] {
         assert!(
-            n <= self.data_room(),
+            self.len + ITEM_HEADER + n <= self.buf.len(),
             "a DATA item of {n} bytes does not fit"
         );
         self.item(T_DATA, n)
@@ -987,6 +989,15 @@ mod tests {
         assert!(!w.rdv_fits());
         assert_eq!(w.data_room(), 0);
         assert_eq!(w.len(), buf.len());
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn a_data_item_without_room_for_its_header_is_a_bug_of_the_caller() {
+        let mut buf = [0u8; SEND_HEADER + ITEM_HEADER - 1];
+        let mut w = StreamWriter::new(&mut buf);
+        assert_eq!(w.data_room(), 0);
+        w.data(0);
     }
 
     fn check(rm: &Info, off: u64, len: u64, rkey: u32) -> Result<(), BadRdv> {
