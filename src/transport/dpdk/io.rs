@@ -135,6 +135,13 @@ impl std::ops::Deref for RxFrame {
     }
 }
 
+/// Where the packet socket is registered: the agent's poller and the token its
+/// readiness comes under.
+struct Registration {
+    poller: Poller,
+    token: u32,
+}
+
 /// A DPDK ethdev port as a [`PacketIo`]: one rx and one tx queue, its own mbuf pool.
 /// One per process (the EAL starts once per process).
 pub struct DpdkIo {
@@ -155,7 +162,7 @@ pub struct DpdkIo {
     /// readable when a frame waits...
     wake_fd: Option<RawFd>,
     /// ...the poller and token it is registered under (set by `register`)...
-    wake: Option<(Poller, u32)>,
+    wake: Option<Registration>,
     /// ...whether it is in the poller now...
     watched: bool,
     /// ...and the packets moved since the agent last slept.
@@ -336,7 +343,9 @@ impl DpdkIo {
     fn moved(&mut self, n: u32) {
         self.busy = self.busy.saturating_add(n);
         if self.busy >= UNWATCH_AFTER && self.watched {
-            if let (Some(fd), Some((poller, _))) = (self.wake_fd, self.wake.as_ref()) {
+            if let (Some(fd), Some(Registration { poller, .. })) =
+                (self.wake_fd, self.wake.as_ref())
+            {
                 // SAFETY: as in `register`: the driver's socket, open while `self.port` lives.
                 poller.delete(unsafe { BorrowedFd::borrow_raw(fd) });
                 self.watched = false;
@@ -617,13 +626,17 @@ impl PacketIo for DpdkIo {
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         poller.add_oneshot(fd, token)?;
         self.watched = true;
-        self.wake = Some((poller.clone(), token));
+        self.wake = Some(Registration {
+            poller: poller.clone(),
+            token,
+        });
         Ok(())
     }
 
     fn before_sleep(&mut self, _poller: &Poller) {
         self.busy = 0;
-        let (Some(fd), Some((poller, token))) = (self.wake_fd, self.wake.as_ref()) else {
+        let (Some(fd), Some(Registration { poller, token })) = (self.wake_fd, self.wake.as_ref())
+        else {
             return;
         };
         // SAFETY: as in `register`: the driver's socket, open while `self.port` lives.
