@@ -31,6 +31,8 @@
 # tests/capi.rs installs with scripts/install.sh --from-build and compiles C programs against.
 # Features: `--workspace --features dpdk,verbs` everywhere below; WYVERN_NO_DPDK=1 drops dpdk,
 # WYVERN_NO_VERBS=1 drops verbs (the `dpdk,verbs` in the steps above means these).
+# The test hooks (feature `testing`) need no flag: every cargo test build turns them on
+# through the package's dev-dependency on itself (Cargo.toml).
 # Extra args go to both cargo test runs. When they select targets (--lib, --test X, ...)
 # they replace the default targets and the doc-test run is skipped; it is also skipped when
 # the package has no library.

@@ -99,7 +99,9 @@ enum ModeCmd {
         #[arg(long, default_value_t = 100)]
         warmup: u64,
     },
-    /// Fill the submission ring with random records.
+    /// Fill the submission ring with random records (a build with the
+    /// `testing` feature: every test build).
+    #[cfg(feature = "testing")]
     Hostile {
         /// Records to push.
         #[arg(long)]
@@ -375,6 +377,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             let _ = c.detach();
             Ok(true)
         }
+        #[cfg(feature = "testing")]
         ModeCmd::Hostile { count, seed } => {
             let mut s = seed;
             let (layout, _) = c.layout();

@@ -274,8 +274,9 @@ unsafe fn put<T>(p: *mut T, v: T) {
 }
 
 /// How many handles (clients, endpoints, closed endpoints, messages) this
-/// process holds. For tests: a detach leaves none of its client's behind.
-#[doc(hidden)]
+/// process holds. For tests: a detach leaves none of its client's behind
+/// (feature `testing`).
+#[cfg(feature = "testing")]
 pub fn live_handles() -> usize {
     registry::live_handles()
 }

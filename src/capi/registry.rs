@@ -194,6 +194,7 @@ pub(super) fn take_client(id: u64) -> Result<ClientState, Fail> {
 }
 
 /// How many handles are registered (for tests: nothing leaks).
+#[cfg(feature = "testing")]
 pub(super) fn live_handles() -> usize {
     table().handles.len()
 }

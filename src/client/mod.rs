@@ -692,29 +692,31 @@ impl Client {
     }
 
     /// Push an arbitrary record into this client's submission ring, as a
-    /// buggy or hostile client could. For tests of the agent's defences only.
-    #[doc(hidden)]
+    /// buggy or hostile client could. For tests of the agent's defences only
+    /// (feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn submit_raw(&self, rec: &[u8]) -> Result<bool, Error> {
         self.inner.try_submit(&[rec])
     }
 
     /// Write arbitrary bytes anywhere in the pool. For tests of the agent's
-    /// defences only.
-    #[doc(hidden)]
+    /// defences only (feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn scribble(&self, off: usize, bytes: &[u8]) {
         self.inner.pool.scribble(off, bytes)
     }
 
     /// The pool memfd this client maps (every client holds it read-write).
-    /// For tests that play a hostile client (e.g. punching holes in it).
-    #[doc(hidden)]
+    /// For tests that play a hostile client (e.g. punching holes in it;
+    /// feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn pool_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.inner.pool.fd().as_fd()
     }
 
-    /// The pool's layout and this client's slot. For tests.
-    #[doc(hidden)]
+    /// The pool's layout and this client's slot. For tests (feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn layout(&self) -> (crate::shm::Layout, u32) {
         (*self.inner.pool.layout(), self.inner.slot)
     }

@@ -806,7 +806,8 @@ impl Pool {
     }
 
     /// The raw bytes at `[off, off+len)` for a test that plays a hostile
-    /// client and scribbles over shared memory.
+    /// client and scribbles over shared memory (feature `testing`).
+    #[cfg(any(test, feature = "testing"))]
     pub fn scribble(&self, off: usize, bytes: &[u8]) {
         assert!(off + bytes.len() <= self.len());
         // SAFETY: in bounds (asserted). Racing with the agent is the point:

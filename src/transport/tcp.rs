@@ -40,7 +40,7 @@ use crate::wire::{
     control_frame, FrameHeader, FrameKind, FrameReader, Hello, FRAME_HEADER, HANDSHAKE_BODY_MAX,
 };
 
-use super::{LinkEvent, Out, Poller, Transport};
+use super::{LinkEvent, Out, Poller, Transport, WarnSpell};
 
 /// Stop reading a socket while this much is buffered but not yet consumed.
 pub const RX_HIGH_WATER: usize = 8 << 20;
@@ -400,8 +400,8 @@ pub struct TcpTransport {
     /// When a refusal was last logged, and how many since.
     refuse_warned: Option<Instant>,
     refused_quiet: u64,
-    /// Failed handshakes logged at warn level: since when, how many.
-    fail_warned: Option<(Instant, u32)>,
+    /// Failed handshakes logged at warn level.
+    fail_warned: WarnSpell,
 }
 
 impl TcpTransport {
@@ -446,7 +446,7 @@ impl TcpTransport {
             handshakes_failed: 0,
             refuse_warned: None,
             refused_quiet: 0,
-            fail_warned: None,
+            fail_warned: WarnSpell::default(),
         })
     }
 
@@ -645,16 +645,7 @@ impl TcpTransport {
     /// Close a connection whose handshake failed.
     fn drop_pending(&mut self, poller: &Poller, p: Pending, why: String) {
         // At most 10 warnings a second (a stranger may try many times).
-        let now = Instant::now();
-        if self
-            .fail_warned
-            .is_none_or(|(t, _)| now.duration_since(t) >= REFUSE_WARN_EVERY)
-        {
-            self.fail_warned = Some((now, 0));
-        }
-        let (_, n) = self.fail_warned.get_or_insert((now, 0));
-        *n += 1;
-        if *n <= 10 {
+        if self.fail_warned.warn(Instant::now(), REFUSE_WARN_EVERY, 10) {
             log::warn!(
                 "closing a peer connection from {:?}: {why}",
                 p.link.peer_addr()

@@ -53,6 +53,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
 use crate::transport::Poller;
+use crate::wire::bytes::{Fields, FieldsMut};
 use crate::wire::packet::PKT_HEADER;
 
 /// wyvern's EtherType: IEEE 802 local experimental EtherType 1.
@@ -134,6 +135,13 @@ impl std::ops::Deref for RxFrame {
     }
 }
 
+/// Where the packet socket is registered: the agent's poller and the token its
+/// readiness comes under.
+struct Registration {
+    poller: Poller,
+    token: u32,
+}
+
 /// A DPDK ethdev port as a [`PacketIo`]: one rx and one tx queue, its own mbuf pool.
 /// One per process (the EAL starts once per process).
 pub struct DpdkIo {
@@ -154,7 +162,7 @@ pub struct DpdkIo {
     /// readable when a frame waits...
     wake_fd: Option<RawFd>,
     /// ...the poller and token it is registered under (set by `register`)...
-    wake: Option<(Poller, u32)>,
+    wake: Option<Registration>,
     /// ...whether it is in the poller now...
     watched: bool,
     /// ...and the packets moved since the agent last slept.
@@ -335,7 +343,9 @@ impl DpdkIo {
     fn moved(&mut self, n: u32) {
         self.busy = self.busy.saturating_add(n);
         if self.busy >= UNWATCH_AFTER && self.watched {
-            if let (Some(fd), Some((poller, _))) = (self.wake_fd, self.wake.as_ref()) {
+            if let (Some(fd), Some(Registration { poller, .. })) =
+                (self.wake_fd, self.wake.as_ref())
+            {
                 // SAFETY: as in `register`: the driver's socket, open while `self.port` lives.
                 poller.delete(unsafe { BorrowedFd::borrow_raw(fd) });
                 self.watched = false;
@@ -482,19 +492,21 @@ pub enum FrameKind {
 
 /// Classifies a received frame.
 pub fn classify(frame: &[u8]) -> FrameKind {
-    if frame.len() < ETH_HEADER || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE {
-        return FrameKind::Foreign;
+    match Fields::<ETH_HEADER>::new(frame) {
+        Some(f) if f.be_u16::<12>() == ETHERTYPE => FrameKind::Packet(MacAddr(f.array::<6, 6>())),
+        _ => FrameKind::Foreign,
     }
-    let mut src = [0u8; 6];
-    src.copy_from_slice(&frame[6..12]);
-    FrameKind::Packet(MacAddr(src))
 }
 
 /// Writes the Ethernet header into the first [`ETH_HEADER`] bytes of `out`.
+///
+/// # Panics
+/// If `out` is shorter than [`ETH_HEADER`].
 pub fn write_header(out: &mut [u8], dst: MacAddr, src: MacAddr) {
-    out[0..6].copy_from_slice(&dst.0);
-    out[6..12].copy_from_slice(&src.0);
-    out[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    let mut w = FieldsMut::<ETH_HEADER>::new(out).expect("room for an Ethernet header");
+    w.put::<0, 6>(dst.0);
+    w.put::<6, 6>(src.0);
+    w.put_be_u16::<12>(ETHERTYPE);
 }
 
 impl PacketIo for DpdkIo {
@@ -614,13 +626,17 @@ impl PacketIo for DpdkIo {
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         poller.add_oneshot(fd, token)?;
         self.watched = true;
-        self.wake = Some((poller.clone(), token));
+        self.wake = Some(Registration {
+            poller: poller.clone(),
+            token,
+        });
         Ok(())
     }
 
     fn before_sleep(&mut self, _poller: &Poller) {
         self.busy = 0;
-        let (Some(fd), Some((poller, token))) = (self.wake_fd, self.wake.as_ref()) else {
+        let (Some(fd), Some(Registration { poller, token })) = (self.wake_fd, self.wake.as_ref())
+        else {
             return;
         };
         // SAFETY: as in `register`: the driver's socket, open while `self.port` lives.
