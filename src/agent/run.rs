@@ -45,7 +45,9 @@ impl Agent {
             let mut work = self.poll_clients();
             work |= self.flush_peers();
             self.link_events();
-            work |= self.transport.poll(self.now, &mut self.events);
+            work |= self
+                .transport
+                .poll(self.now, &mut self.inflow, &mut self.events);
             self.link_events();
             let step = (!work).then(|| backoff.idle(self.now));
             let n = match step {
@@ -81,7 +83,8 @@ impl Agent {
             self.now = Instant::now();
             let now = self.now;
             if now >= next_tick {
-                self.transport.tick(&self.poller, now, &mut self.events);
+                self.transport
+                    .tick(&self.poller, now, &mut self.inflow, &mut self.events);
                 self.expire_orphans(now);
                 self.link_events();
                 self.peer_timers(now);
@@ -157,8 +160,14 @@ impl Agent {
     /// A descriptor of ours is ready.
     fn on_event(&mut self, t: u64) -> bool {
         if let Some((sub, token)) = self.poller.owns(t) {
-            self.transport
-                .on_ready_in(sub, &self.poller, token, self.now, &mut self.events);
+            self.transport.on_ready_in(
+                sub,
+                &self.poller,
+                token,
+                self.now,
+                &mut self.inflow,
+                &mut self.events,
+            );
             self.link_events();
             return true;
         }
