@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::bytes::{Fields, FieldsMut};
+
 /// Bytes of a submission header.
 pub const SUB_HEADER: usize = 40;
 /// Bytes of a completion record.
@@ -115,45 +117,36 @@ pub struct Submit {
     pub len: u64,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
 impl Submit {
     /// Encode the header.
     pub fn to_bytes(&self) -> [u8; SUB_HEADER] {
         let mut b = [0u8; SUB_HEADER];
-        b[0] = self.op as u8;
-        b[1] = matches!(self.mode, Mode::Delivered) as u8;
-        b[4..8].copy_from_slice(&self.src_slot.to_le_bytes());
-        b[8..12].copy_from_slice(&self.dst_node.to_le_bytes());
-        b[12..16].copy_from_slice(&self.dst_ep.to_le_bytes());
-        b[16..24].copy_from_slice(&self.cookie.to_le_bytes());
-        b[24..32].copy_from_slice(&self.off.to_le_bytes());
-        b[32..40].copy_from_slice(&self.len.to_le_bytes());
+        let mut w = FieldsMut::of(&mut b);
+        w.put_u8::<0>(self.op as u8);
+        w.put_u8::<1>(matches!(self.mode, Mode::Delivered) as u8);
+        w.put_u32::<4>(self.src_slot);
+        w.put_u32::<8>(self.dst_node);
+        w.put_u32::<12>(self.dst_ep);
+        w.put_u64::<16>(self.cookie);
+        w.put_u64::<24>(self.off);
+        w.put_u64::<32>(self.len);
         b
     }
 
     /// Decode a record copied out of a submission ring: the header and, for
     /// `Send`, the inline payload that must be exactly `len` bytes.
     pub fn parse(rec: &[u8]) -> Result<(Submit, &[u8]), &'static str> {
-        if rec.len() < SUB_HEADER {
+        let Some(f) = Fields::<SUB_HEADER>::new(rec) else {
             return Err("record shorter than a submission header");
-        }
-        let op = match rec[0] {
+        };
+        let op = match f.u8::<0>() {
             1 => Op::Send,
             2 => Op::SendBlock,
             3 => Op::Alloc,
             4 => Op::Free,
             _ => return Err("unknown op"),
         };
-        let mode = match rec[1] {
+        let mode = match f.u8::<1>() {
             0 => Mode::Buffered,
             1 => Mode::Delivered,
             _ => return Err("unknown send mode"),
@@ -161,12 +154,12 @@ impl Submit {
         let s = Submit {
             op,
             mode,
-            src_slot: u32_at(rec, 4),
-            dst_node: u32_at(rec, 8),
-            dst_ep: u32_at(rec, 12),
-            cookie: u64_at(rec, 16),
-            off: u64_at(rec, 24),
-            len: u64_at(rec, 32),
+            src_slot: f.u32::<4>(),
+            dst_node: f.u32::<8>(),
+            dst_ep: f.u32::<12>(),
+            cookie: f.u64::<16>(),
+            off: f.u64::<24>(),
+            len: f.u64::<32>(),
         };
         let payload = &rec[SUB_HEADER..];
         match op {
@@ -211,11 +204,12 @@ impl Completion {
     /// Encode.
     pub fn to_bytes(&self) -> [u8; COMP_LEN] {
         let mut b = [0u8; COMP_LEN];
-        b[0] = self.kind as u8;
-        b[2..4].copy_from_slice(&(self.status as u16).to_le_bytes());
-        b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
-        b[16..24].copy_from_slice(&self.off.to_le_bytes());
-        b[24..32].copy_from_slice(&self.len.to_le_bytes());
+        let mut w = FieldsMut::of(&mut b);
+        w.put_u8::<0>(self.kind as u8);
+        w.put_u16::<2>(self.status as u16);
+        w.put_u64::<8>(self.cookie);
+        w.put_u64::<16>(self.off);
+        w.put_u64::<24>(self.len);
         b
     }
 
@@ -224,7 +218,8 @@ impl Completion {
         if b.len() != COMP_LEN {
             return None;
         }
-        let kind = match b[0] {
+        let f = Fields::<COMP_LEN>::new(b)?;
+        let kind = match f.u8::<0>() {
             1 => CompKind::Send,
             2 => CompKind::Alloc,
             3 => CompKind::Refused,
@@ -232,10 +227,10 @@ impl Completion {
         };
         Some(Completion {
             kind,
-            status: Status::from_u16(u16::from_le_bytes([b[2], b[3]])),
-            cookie: u64_at(b, 8),
-            off: u64_at(b, 16),
-            len: u64_at(b, 24),
+            status: Status::from_u16(f.u16::<2>()),
+            cookie: f.u64::<8>(),
+            off: f.u64::<16>(),
+            len: f.u64::<24>(),
         })
     }
 }
@@ -261,23 +256,22 @@ impl Delivery {
     /// Encode.
     pub fn to_bytes(&self) -> [u8; RECV_HEADER] {
         let mut b = [0u8; RECV_HEADER];
-        b[0..4].copy_from_slice(&self.src_node.to_le_bytes());
-        b[4..8].copy_from_slice(&self.src_ep.to_le_bytes());
-        b[8..16].copy_from_slice(&self.len.to_le_bytes());
-        b[16..24].copy_from_slice(&self.off.to_le_bytes());
+        let mut w = FieldsMut::of(&mut b);
+        w.put_u32::<0>(self.src_node);
+        w.put_u32::<4>(self.src_ep);
+        w.put_u64::<8>(self.len);
+        w.put_u64::<16>(self.off);
         b
     }
 
     /// Decode.
     pub fn parse(b: &[u8]) -> Option<(Delivery, &[u8])> {
-        if b.len() < RECV_HEADER {
-            return None;
-        }
+        let f = Fields::<RECV_HEADER>::new(b)?;
         let d = Delivery {
-            src_node: u32_at(b, 0),
-            src_ep: u32_at(b, 4),
-            len: u64_at(b, 8),
-            off: u64_at(b, 16),
+            src_node: f.u32::<0>(),
+            src_ep: f.u32::<4>(),
+            len: f.u64::<8>(),
+            off: f.u64::<16>(),
         };
         let payload = &b[RECV_HEADER..];
         if d.off == Self::INLINE && payload.len() as u64 != d.len {

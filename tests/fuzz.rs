@@ -18,7 +18,8 @@
 //! stream reader), the datagram packet decoder and the reliability layer it
 //! feeds, the control-line reader and request parser, the ring record
 //! parsers (a ring in a real pool whose memory the input overwrites, and the
-//! submission/completion/delivery records), and the TOML configuration.
+//! submission/completion/delivery records), the TOML configuration, and
+//! the verbs transport's bootstrap messages and stream SENDs.
 
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -693,5 +694,124 @@ fn fuzz_toml_config() {
         seeds: config_seeds,
         fixup: None,
         check: config_check,
+    });
+}
+
+// ------------------------------------------------------------------- verbs
+
+fn verbs_seeds() -> Vec<Vec<u8>> {
+    use wyvern::wire::auth::{label, JobKey};
+    use wyvern::wire::verbs::{boot_hello, boot_msg, BootKind, Info, QpAddr, Rdv, StreamWriter};
+    let info = Info {
+        qp: QpAddr {
+            qpn: 17,
+            psn: 0xabcdef,
+            lid: 3,
+            gid: Some([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 77, 0, 1]),
+        },
+        mtu: 3,
+        base: 0x7f00_0000_0000,
+        region_off: 4096,
+        region_len: 1 << 20,
+        rkey: 0x1234,
+        credits: 32,
+    }
+    .to_bytes();
+    let hello = wire::Hello {
+        node: 1,
+        nodes: 2,
+        incarnation: 9,
+        job: 0xfeed,
+        caps: 8,
+        fabric: 5,
+    };
+    let key = JobKey::from_bytes([5; 32]);
+    let mut handshake = boot_msg(BootKind::Challenge, &[1; 32]);
+    handshake.extend(boot_hello(
+        Some(&key),
+        label::VERBS_BOOT_DIALER,
+        &[1; 32],
+        &[2; 32],
+        &hello,
+        &info,
+    ));
+    handshake.extend(boot_msg(BootKind::Info, &info));
+    handshake.extend(boot_msg(BootKind::Ready, &[]));
+    let mut send = vec![0u8; 256];
+    let mut w = StreamWriter::new(&mut send);
+    w.set_header(3, 1);
+    w.data(11).copy_from_slice(b"frame bytes");
+    w.rdv(&Rdv {
+        off: 8192,
+        len: 70_000,
+        rkey: 0x1234,
+    });
+    let n = w.len();
+    send.truncate(n);
+    vec![handshake, boot_msg(BootKind::Info, &info), send]
+}
+
+/// Bootstrap messages: the stream split into messages, each body parsed by its
+/// kind, a `Hello` verified against the `Info` after it; and the same bytes as
+/// a stream SEND, its descriptors checked against an advertised region. Refused
+/// or parsed, never a panic, and what parses stays inside the input.
+fn verbs_check(input: &[u8]) {
+    use wyvern::wire::auth::{label, JobKey};
+    use wyvern::wire::verbs::{
+        parse_challenge, take_boot_msg, BootHello, BootKind, Info, Item, StreamMsg, BOOT_BODY_MAX,
+    };
+    let key = JobKey::from_bytes([5; 32]);
+    let mut buf = input.to_vec();
+    let mut hello = None;
+    while let Ok(Some(m)) = take_boot_msg(&mut buf) {
+        assert!(m.body.len() <= BOOT_BODY_MAX);
+        match m.kind {
+            BootKind::Challenge => {
+                let _ = parse_challenge(&m.body);
+            }
+            BootKind::Hello => hello = BootHello::parse(&m.body).ok(),
+            BootKind::Info => {
+                if let Some(h) = hello {
+                    let _ = h.verify(
+                        Some(&key),
+                        label::VERBS_BOOT_DIALER,
+                        &[1; 32],
+                        &h.nonce,
+                        &m.body,
+                    );
+                }
+                if let Ok(i) = Info::parse(&m.body) {
+                    assert!(i.qp.psn < 1 << 24);
+                    assert!(i.base.checked_add(i.region_off + i.region_len).is_some());
+                }
+            }
+            BootKind::Ready => {}
+        }
+    }
+    if let Ok(msg) = StreamMsg::parse(input) {
+        // The region the seed's descriptor points into.
+        let advertised = Info::parse(&verbs_seeds()[1][8..]).ok();
+        assert!(advertised.is_some());
+        for it in msg.items() {
+            match it {
+                Item::Data(r) => assert!(!r.is_empty() && r.end <= input.len()),
+                Item::Rdv(d) => {
+                    if let Some(a) = advertised.filter(|a| d.check(a).is_ok()) {
+                        assert!(d.off >= a.region_off);
+                        assert!(d.off + d.len <= a.region_off + a.region_len);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fuzz_verbs_bootstrap_and_stream_parsers() {
+    run(Target {
+        name: "verbs",
+        seeds: verbs_seeds,
+        fixup: None,
+        check: verbs_check,
     });
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wyvern::transport::verbs::{
-    device_names, Access, Context, Cq, Error, Pd, Qp, QpCaps, QpEndpoint, RegBuf, SendOp, SendWr,
-    Sge, Srq, Wc, WC_FLUSH_ERR, WC_RDMA_READ, WC_RECV,
+    device_names, Access, Context, Cq, Error, Pd, Qp, QpCaps, QpEndpoint, RecvWr, RegBuf, SendOp,
+    SendWr, Sge, Srq, Wc, WC_FLUSH_ERR, WC_RDMA_READ, WC_RECV,
 };
 
 /// The devices to test on: `WYVERN_RXE_DEVS`, else whatever this machine has; `None`
@@ -107,7 +107,8 @@ fn open_a_port_pick_its_gid_and_refuse_absent_ones() {
         assert!(port.is_active());
         let chosen = ctx.choose_gid(None).expect("a GID");
         if port.is_roce() {
-            let (i, g) = chosen.expect("RoCE ports address by GID");
+            let wyvern::transport::verbs::GidEntry { index: i, gid: g } =
+                chosen.expect("RoCE ports address by GID");
             assert!(g.ipv4().is_some(), "not IPv4-mapped: {g}");
             assert_eq!(ctx.gid_type(i).as_deref(), Some("RoCE v2"));
             assert_eq!(ctx.gid(i).unwrap(), g);
@@ -153,9 +154,9 @@ fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
                 qpn: q.qpn(),
                 psn,
                 lid: c.query_port().unwrap().lid,
-                gid: gid.map(|(_, g)| g),
+                gid: gid.map(|e| e.gid),
             },
-            gid.map(|(i, _)| i),
+            gid.map(|e| e.index),
         )
     };
     let (ea, ia) = ep(&ca, &a, 100);
@@ -175,16 +176,14 @@ fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
     const N: usize = 24;
     let mut tx = RegBuf::new(&pa, N * SLOT, Access::LOCAL_WRITE).unwrap();
     let rx = RegBuf::new(&pb, N * SLOT, Access::LOCAL_WRITE).unwrap();
-    let recvs: Vec<(u64, Sge)> = (0..N)
-        .map(|i| {
-            (
-                i as u64,
-                Sge {
-                    addr: rx.addr(i * SLOT),
-                    len: SLOT as u32,
-                    lkey: rx.mr().lkey(),
-                },
-            )
+    let recvs: Vec<RecvWr> = (0..N)
+        .map(|i| RecvWr {
+            wr_id: i as u64,
+            buf: Sge {
+                addr: rx.addr(i * SLOT),
+                len: SLOT as u32,
+                lkey: rx.mr().lkey(),
+            },
         })
         .collect();
     // SAFETY: `rx` outlives the QPs' use of it (it is dropped at the end of the test,

@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
 use crate::wire::auth::{self, JobKey, MAC_LEN};
+use crate::wire::bytes::FieldsMut;
 use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PKT_HEADER};
 use crate::wire::reliable::{self, Ack};
 use crate::wire::{FrameReader, Hello};
@@ -1073,12 +1074,13 @@ impl<'a> HelloMacFields<'a> {
 
 fn hello_mac_fields<'a>(h: &PacketHeader, hello: &'a [u8]) -> HelloMacFields<'a> {
     let mut head = [0u8; 26];
-    head[0] = h.kind as u8;
-    head[1] = h.flags;
-    head[2..6].copy_from_slice(&h.src_node.to_le_bytes());
-    head[6..10].copy_from_slice(&h.dst_node.to_le_bytes());
-    head[10..18].copy_from_slice(&h.src_epoch.to_le_bytes());
-    head[18..26].copy_from_slice(&h.dst_epoch.to_le_bytes());
+    let mut w = FieldsMut::of(&mut head);
+    w.put_u8::<0>(h.kind as u8);
+    w.put_u8::<1>(h.flags);
+    w.put_u32::<2>(h.src_node);
+    w.put_u32::<6>(h.dst_node);
+    w.put_u64::<10>(h.src_epoch);
+    w.put_u64::<18>(h.dst_epoch);
     HelloMacFields { head, hello }
 }
 

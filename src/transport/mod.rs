@@ -362,3 +362,46 @@ pub(crate) fn may_be_a_peer(
         .enumerate()
         .any(|(i, a)| i as u32 != me && (a.ip().is_unspecified() || a.ip() == from.ip()))
 }
+
+/// Warnings about failed handshakes (tcp and the verbs bootstrap): at most
+/// `max` per spell of `every` at warn level, the rest at debug, since a
+/// stranger may try many times and must not flood the log.
+#[derive(Debug, Default)]
+pub(crate) struct WarnSpell {
+    /// When the current spell began.
+    since: Option<Instant>,
+    /// Failures in it so far.
+    count: u32,
+}
+
+impl WarnSpell {
+    /// One more failure at `now`: whether it is logged at warn level.
+    pub(crate) fn warn(&mut self, now: Instant, every: std::time::Duration, max: u32) -> bool {
+        if self.since.is_none_or(|t| now.duration_since(t) >= every) {
+            self.since = Some(now);
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count <= max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn warnings_are_limited_per_spell() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(1);
+        let mut w = WarnSpell::default();
+        let first: Vec<bool> = (0..12).map(|_| w.warn(t0, every, 10)).collect();
+        assert_eq!(first.iter().filter(|&&b| b).count(), 10);
+        assert!(!first[10] && !first[11]);
+        // Still the same spell just before its end; a new one after.
+        assert!(!w.warn(t0 + every - Duration::from_millis(1), every, 10));
+        assert!(w.warn(t0 + every, every, 10));
+        assert_eq!(w.count, 1);
+    }
+}

@@ -76,15 +76,26 @@ pub struct Multi {
 /// The order of preference: the first both ends run wins.
 const PREFERENCE: [u32; 4] = [caps::VERBS, caps::DPDK, caps::UDP, caps::TCP];
 
+/// What an agent offers a peer, from its `Hello`: the transports it runs with
+/// that peer ([`caps`] bits) and its RDMA fabric ([`crate::wire::fabric_id`];
+/// 0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// [`caps`] bits.
+    pub caps: u32,
+    /// RDMA fabric id, 0 for none.
+    pub fabric: u32,
+}
+
 /// The transport two agents use between them, as a [`caps`] bit: the same
 /// answer at both ends, since it only depends on the pair of `Hello`s.
-pub fn choose(mine: (u32, u32), theirs: (u32, u32)) -> u32 {
-    let common = mine.0 & theirs.0;
+pub fn choose(mine: Offer, theirs: Offer) -> u32 {
+    let common = mine.caps & theirs.caps;
     for c in PREFERENCE {
         if common & c == 0 {
             continue;
         }
-        if c == caps::VERBS && (mine.1 == 0 || mine.1 != theirs.1) {
+        if c == caps::VERBS && (mine.fabric == 0 || mine.fabric != theirs.fabric) {
             continue; // no common fabric
         }
         return c;
@@ -163,7 +174,15 @@ impl Multi {
                         let Some(h) = self.backs[0].transport.peer_hello(node) else {
                             continue;
                         };
-                        let c = choose((self.offer[j], self.fabric), (h.caps, h.fabric));
+                        let mine = Offer {
+                            caps: self.offer[j],
+                            fabric: self.fabric,
+                        };
+                        let theirs = Offer {
+                            caps: h.caps,
+                            fabric: h.fabric,
+                        };
+                        let c = choose(mine, theirs);
                         let r = self.backs.iter().position(|b| b.cap == c).unwrap_or(0);
                         if self.decided[j] && self.route[j] != r {
                             log::warn!(
@@ -547,7 +566,15 @@ mod tests {
             // An old or odd peer that names nothing: tcp.
             ((all, 7), (0, 0), caps::TCP),
         ];
-        for (a, b, want) in cases {
+        for ((ca, fa), (cb, fb), want) in cases {
+            let a = Offer {
+                caps: ca,
+                fabric: fa,
+            };
+            let b = Offer {
+                caps: cb,
+                fabric: fb,
+            };
             assert_eq!(choose(a, b), want, "{a:?} with {b:?}");
             assert_eq!(choose(b, a), want, "{b:?} with {a:?}");
         }

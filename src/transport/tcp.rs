@@ -40,7 +40,7 @@ use crate::wire::{
     control_frame, FrameHeader, FrameKind, FrameReader, Hello, FRAME_HEADER, HANDSHAKE_BODY_MAX,
 };
 
-use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport};
+use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, WarnSpell};
 
 /// Read at most this much from one socket per poll round (fairness).
 const RX_PER_ROUND: usize = 1 << 20;
@@ -336,8 +336,8 @@ pub struct TcpTransport {
     /// When a refusal was last logged, and how many since.
     refuse_warned: Option<Instant>,
     refused_quiet: u64,
-    /// Failed handshakes logged at warn level: since when, how many.
-    fail_warned: Option<(Instant, u32)>,
+    /// Failed handshakes logged at warn level.
+    fail_warned: WarnSpell,
 }
 
 impl TcpTransport {
@@ -384,7 +384,7 @@ impl TcpTransport {
             handshakes_failed: 0,
             refuse_warned: None,
             refused_quiet: 0,
-            fail_warned: None,
+            fail_warned: WarnSpell::default(),
         })
     }
 
@@ -583,16 +583,7 @@ impl TcpTransport {
     /// Close a connection whose handshake failed.
     fn drop_pending(&mut self, poller: &Poller, p: Pending, why: String) {
         // At most 10 warnings a second (a stranger may try many times).
-        let now = Instant::now();
-        if self
-            .fail_warned
-            .is_none_or(|(t, _)| now.duration_since(t) >= REFUSE_WARN_EVERY)
-        {
-            self.fail_warned = Some((now, 0));
-        }
-        let (_, n) = self.fail_warned.get_or_insert((now, 0));
-        *n += 1;
-        if *n <= 10 {
+        if self.fail_warned.warn(Instant::now(), REFUSE_WARN_EVERY, 10) {
             log::warn!(
                 "closing a peer connection from {:?}: {why}",
                 p.link.peer_addr()

@@ -25,8 +25,12 @@
 //! message that could not be delivered), naming the sender's cookie.
 
 pub mod auth;
+pub(crate) mod bytes;
 pub mod packet;
 pub mod reliable;
+pub mod verbs;
+
+use bytes::{Fields, FieldsMut};
 
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"WYVF";
@@ -114,49 +118,42 @@ pub struct FrameHeader {
     pub body_len: u32,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
 impl FrameHeader {
     /// Parse and check a frame header.
     pub fn parse(b: &[u8]) -> Result<FrameHeader, WireError> {
-        if b.len() < FRAME_HEADER {
-            return Err(WireError::Truncated("frame header"));
-        }
-        let magic = [b[0], b[1], b[2], b[3]];
+        let f = Fields::<FRAME_HEADER>::new(b).ok_or(WireError::Truncated("frame header"))?;
+        let magic = f.array::<0, 4>();
         if magic != MAGIC {
             return Err(WireError::Magic(magic));
         }
-        if b[4] != VERSION {
-            return Err(WireError::Version(b[4]));
+        let version = f.u8::<4>();
+        if version != VERSION {
+            return Err(WireError::Version(version));
         }
-        let kind = FrameKind::from_u8(b[5])?;
-        let body_len = u32_at(b, 12);
+        let kind = FrameKind::from_u8(f.u8::<5>())?;
+        let body_len = f.u32::<12>();
         if body_len as usize > MAX_BODY {
             return Err(WireError::BodyTooLarge(body_len));
         }
         Ok(FrameHeader {
             kind,
-            src_node: u32_at(b, 8),
+            src_node: f.u32::<8>(),
             body_len,
         })
     }
 
     /// Write the header into `out[..16]`.
+    ///
+    /// # Panics
+    /// If `out` is shorter than [`FRAME_HEADER`].
     pub fn emit(&self, out: &mut [u8]) {
-        out[0..4].copy_from_slice(&MAGIC);
-        out[4] = VERSION;
-        out[5] = self.kind as u8;
-        out[6..8].fill(0);
-        out[8..12].copy_from_slice(&self.src_node.to_le_bytes());
-        out[12..16].copy_from_slice(&self.body_len.to_le_bytes());
+        let mut w = FieldsMut::<FRAME_HEADER>::new(out).expect("room for a frame header");
+        w.put::<0, 4>(MAGIC);
+        w.put_u8::<4>(VERSION);
+        w.put_u8::<5>(self.kind as u8);
+        w.zero::<6, 2>();
+        w.put_u32::<8>(self.src_node);
+        w.put_u32::<12>(self.body_len);
     }
 
     /// The header as bytes.
@@ -232,28 +229,27 @@ impl Hello {
 
     /// Parse.
     pub fn parse(b: &[u8]) -> Result<Hello, WireError> {
-        if b.len() < Self::LEN {
-            return Err(WireError::Truncated("hello"));
-        }
+        let f = Fields::<{ Self::LEN }>::new(b).ok_or(WireError::Truncated("hello"))?;
         Ok(Hello {
-            node: u32_at(b, 0),
-            nodes: u32_at(b, 4),
-            incarnation: u64_at(b, 8),
-            job: u64_at(b, 16),
-            caps: u32_at(b, 24),
-            fabric: u32_at(b, 28),
+            node: f.u32::<0>(),
+            nodes: f.u32::<4>(),
+            incarnation: f.u64::<8>(),
+            job: f.u64::<16>(),
+            caps: f.u32::<24>(),
+            fabric: f.u32::<28>(),
         })
     }
 
     /// Encode.
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
-        b[0..4].copy_from_slice(&self.node.to_le_bytes());
-        b[4..8].copy_from_slice(&self.nodes.to_le_bytes());
-        b[8..16].copy_from_slice(&self.incarnation.to_le_bytes());
-        b[16..24].copy_from_slice(&self.job.to_le_bytes());
-        b[24..28].copy_from_slice(&self.caps.to_le_bytes());
-        b[28..32].copy_from_slice(&self.fabric.to_le_bytes());
+        let mut w = FieldsMut::of(&mut b);
+        w.put_u32::<0>(self.node);
+        w.put_u32::<4>(self.nodes);
+        w.put_u64::<8>(self.incarnation);
+        w.put_u64::<16>(self.job);
+        w.put_u32::<24>(self.caps);
+        w.put_u32::<28>(self.fabric);
         b
     }
 }
@@ -283,32 +279,31 @@ impl Resume {
 
     /// Parse.
     pub fn parse(b: &[u8]) -> Result<Resume, WireError> {
-        if b.len() != Self::LEN {
-            return Err(WireError::Truncated("resume"));
-        }
+        let f = Fields::<{ Self::LEN }>::new(b)
+            .filter(|_| b.len() == Self::LEN)
+            .ok_or(WireError::Truncated("resume"))?;
         Ok(Resume {
-            incarnation: u64_at(b, 0),
-            known: u64_at(b, 8),
-            received: u64_at(b, 16),
+            incarnation: f.u64::<0>(),
+            known: f.u64::<8>(),
+            received: f.u64::<16>(),
         })
     }
 
     /// Encode.
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
-        b[0..8].copy_from_slice(&self.incarnation.to_le_bytes());
-        b[8..16].copy_from_slice(&self.known.to_le_bytes());
-        b[16..24].copy_from_slice(&self.received.to_le_bytes());
+        let mut w = FieldsMut::of(&mut b);
+        w.put_u64::<0>(self.incarnation);
+        w.put_u64::<8>(self.known);
+        w.put_u64::<16>(self.received);
         b
     }
 }
 
 /// Parse the body of an `Ack` frame.
 pub fn parse_ack(b: &[u8]) -> Result<u64, WireError> {
-    if b.len() != 8 {
-        return Err(WireError::Truncated("ack"));
-    }
-    Ok(u64_at(b, 0))
+    let b: [u8; 8] = b.try_into().map_err(|_| WireError::Truncated("ack"))?;
+    Ok(u64::from_le_bytes(b))
 }
 
 /// Kinds of record.
@@ -352,10 +347,8 @@ pub struct RecordHeader {
 impl RecordHeader {
     /// Parse and check a record header.
     pub fn parse(b: &[u8]) -> Result<RecordHeader, WireError> {
-        if b.len() < RECORD_HEADER {
-            return Err(WireError::Truncated("record header"));
-        }
-        let kind = match b[0] {
+        let f = Fields::<RECORD_HEADER>::new(b).ok_or(WireError::Truncated("record header"))?;
+        let kind = match f.u8::<0>() {
             1 => RecordKind::Msg,
             2 => RecordKind::Ack,
             3 => RecordKind::Nack,
@@ -363,14 +356,14 @@ impl RecordHeader {
         };
         let h = RecordHeader {
             kind,
-            flags: b[1],
-            status: u16::from_le_bytes([b[2], b[3]]),
-            src_ep: u32_at(b, 4),
-            dst_ep: u32_at(b, 8),
-            chunk_len: u32_at(b, 12),
-            total: u64_at(b, 16),
-            offset: u64_at(b, 24),
-            cookie: u64_at(b, 32),
+            flags: f.u8::<1>(),
+            status: f.u16::<2>(),
+            src_ep: f.u32::<4>(),
+            dst_ep: f.u32::<8>(),
+            chunk_len: f.u32::<12>(),
+            total: f.u64::<16>(),
+            offset: f.u64::<24>(),
+            cookie: f.u64::<32>(),
         };
         if h.flags & !FLAG_ACK != 0 {
             return Err(WireError::Record("unknown flags"));
@@ -398,16 +391,20 @@ impl RecordHeader {
     }
 
     /// Write the header into `out[..40]`.
+    ///
+    /// # Panics
+    /// If `out` is shorter than [`RECORD_HEADER`].
     pub fn emit(&self, out: &mut [u8]) {
-        out[0] = self.kind as u8;
-        out[1] = self.flags;
-        out[2..4].copy_from_slice(&self.status.to_le_bytes());
-        out[4..8].copy_from_slice(&self.src_ep.to_le_bytes());
-        out[8..12].copy_from_slice(&self.dst_ep.to_le_bytes());
-        out[12..16].copy_from_slice(&self.chunk_len.to_le_bytes());
-        out[16..24].copy_from_slice(&self.total.to_le_bytes());
-        out[24..32].copy_from_slice(&self.offset.to_le_bytes());
-        out[32..40].copy_from_slice(&self.cookie.to_le_bytes());
+        let mut w = FieldsMut::<RECORD_HEADER>::new(out).expect("room for a record header");
+        w.put_u8::<0>(self.kind as u8);
+        w.put_u8::<1>(self.flags);
+        w.put_u16::<2>(self.status);
+        w.put_u32::<4>(self.src_ep);
+        w.put_u32::<8>(self.dst_ep);
+        w.put_u32::<12>(self.chunk_len);
+        w.put_u64::<16>(self.total);
+        w.put_u64::<24>(self.offset);
+        w.put_u64::<32>(self.cookie);
     }
 
     /// The header as bytes.

@@ -25,6 +25,7 @@
 //! NICs do not: a corrupted packet is counted and dropped, and the sender's
 //! retransmission repairs it like a lost one.
 
+use super::bytes::{Fields, FieldsMut};
 use super::reliable::Ack;
 
 /// Packet magic.
@@ -99,14 +100,6 @@ pub struct PacketHeader {
     pub ack: Ack,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// Append one packet (header and payload) to `out`. A D-SACK in `h.ack` is
 /// sent only on `Ack` and `Probe` packets (in the sequence number field);
 /// other kinds have no room for it and drop it.
@@ -138,23 +131,26 @@ pub fn encode_into(h: &PacketHeader, payload: &[u8], out: &mut [u8]) {
     let flags = (h.flags & !FLAG_DSACK) | if dsack.is_some() { FLAG_DSACK } else { 0 };
     let seq = dsack.unwrap_or(h.seq);
     let (hdr, body) = out.split_at_mut(PKT_HEADER);
-    hdr[0..2].copy_from_slice(&PKT_MAGIC);
-    hdr[2] = PKT_VERSION;
-    hdr[3] = h.kind as u8;
-    hdr[4..8].copy_from_slice(&h.src_node.to_le_bytes());
-    hdr[8..12].copy_from_slice(&h.dst_node.to_le_bytes());
-    hdr[12..14].copy_from_slice(&len.to_le_bytes());
-    hdr[14] = flags;
-    hdr[15] = 0;
-    hdr[16..24].copy_from_slice(&h.src_epoch.to_le_bytes());
-    hdr[24..32].copy_from_slice(&h.dst_epoch.to_le_bytes());
-    hdr[32..40].copy_from_slice(&seq.to_le_bytes());
-    hdr[40..48].copy_from_slice(&h.ack.next.to_le_bytes());
-    hdr[48..56].copy_from_slice(&h.ack.sack.to_le_bytes());
-    hdr[56..60].copy_from_slice(&h.ack.window.to_le_bytes());
+    let mut w = FieldsMut::<PKT_HEADER>::new(hdr).expect("split at the header's length");
+    w.put::<0, 2>(PKT_MAGIC);
+    w.put_u8::<2>(PKT_VERSION);
+    w.put_u8::<3>(h.kind as u8);
+    w.put_u32::<4>(h.src_node);
+    w.put_u32::<8>(h.dst_node);
+    w.put_u16::<12>(len);
+    w.put_u8::<14>(flags);
+    w.put_u8::<15>(0);
+    w.put_u64::<16>(h.src_epoch);
+    w.put_u64::<24>(h.dst_epoch);
+    w.put_u64::<32>(seq);
+    w.put_u64::<40>(h.ack.next);
+    w.put_u64::<48>(h.ack.sack);
+    w.put_u32::<56>(h.ack.window);
     body.copy_from_slice(payload);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[..60]), body);
-    hdr[60..64].copy_from_slice(&crc.to_le_bytes());
+    FieldsMut::<PKT_HEADER>::new(hdr)
+        .expect("split at the header's length")
+        .put_u32::<60>(crc);
 }
 
 fn checksum(pkt: &[u8]) -> u32 {
@@ -163,33 +159,32 @@ fn checksum(pkt: &[u8]) -> u32 {
 
 /// Parse and check one packet; returns its header and payload.
 pub fn decode(b: &[u8]) -> Result<(PacketHeader, &[u8]), PacketError> {
-    if b.len() < PKT_HEADER {
-        return Err(PacketError::Truncated(b.len()));
-    }
-    if b[0..2] != PKT_MAGIC {
+    let f = Fields::<PKT_HEADER>::new(b).ok_or(PacketError::Truncated(b.len()))?;
+    if f.array::<0, 2>() != PKT_MAGIC {
         return Err(PacketError::Magic);
     }
-    if b[2] != PKT_VERSION {
-        return Err(PacketError::Version(b[2]));
+    let version = f.u8::<2>();
+    if version != PKT_VERSION {
+        return Err(PacketError::Version(version));
     }
-    let kind = match b[3] {
+    let kind = match f.u8::<3>() {
         1 => PktKind::Data,
         2 => PktKind::Ack,
         3 => PktKind::Probe,
         4 => PktKind::Hello,
         k => return Err(PacketError::Kind(k)),
     };
-    let len = u16::from_le_bytes([b[12], b[13]]) as usize;
+    let len = f.u16::<12>() as usize;
     // Ethernet pads short frames: more bytes than the header says is fine.
     if b.len() < PKT_HEADER + len {
         return Err(PacketError::Truncated(b.len()));
     }
     let pkt = &b[..PKT_HEADER + len];
-    if checksum(pkt) != u32_at(pkt, 60) {
+    if checksum(pkt) != f.u32::<60>() {
         return Err(PacketError::Checksum);
     }
-    let flags = b[14];
-    if flags & !(FLAG_NOT_UP | FLAG_DSACK) != 0 || b[15] != 0 {
+    let flags = f.u8::<14>();
+    if flags & !(FLAG_NOT_UP | FLAG_DSACK) != 0 || f.u8::<15>() != 0 {
         return Err(PacketError::Field("unknown flags"));
     }
     let ack_alone = matches!(kind, PktKind::Ack | PktKind::Probe);
@@ -200,19 +195,19 @@ pub fn decode(b: &[u8]) -> Result<(PacketHeader, &[u8]), PacketError> {
     if dsack && !ack_alone {
         return Err(PacketError::Field("D-SACK on a packet that is not an ack"));
     }
-    let seq = u64_at(b, 32);
+    let seq = f.u64::<32>();
     let h = PacketHeader {
         kind,
         flags: flags & !FLAG_DSACK,
-        src_node: u32_at(b, 4),
-        dst_node: u32_at(b, 8),
-        src_epoch: u64_at(b, 16),
-        dst_epoch: u64_at(b, 24),
+        src_node: f.u32::<4>(),
+        dst_node: f.u32::<8>(),
+        src_epoch: f.u64::<16>(),
+        dst_epoch: f.u64::<24>(),
         seq: if dsack { 0 } else { seq },
         ack: Ack {
-            next: u64_at(b, 40),
-            sack: u64_at(b, 48),
-            window: u32_at(b, 56),
+            next: f.u64::<40>(),
+            sack: f.u64::<48>(),
+            window: f.u32::<56>(),
             dsack: dsack.then_some(seq),
         },
     };
@@ -280,7 +275,7 @@ mod tests {
             let mut out = Vec::new();
             encode(&h, &[], &mut out);
             assert_eq!(out[14], FLAG_DSACK);
-            assert_eq!(u64_at(&out, 32), 41);
+            assert_eq!(Fields::<PKT_HEADER>::new(&out).unwrap().u64::<32>(), 41);
             assert_eq!(decode(&out).unwrap().0, h);
         }
         // A data packet claiming one is malformed (its field is its own number).

@@ -174,6 +174,15 @@ struct Undo {
     overflow: bool,
 }
 
+/// The recovery after a retransmission timeout (see `Sender::rto_chain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RtoChain {
+    /// The next sequence number when the timeout fired.
+    high: u64,
+    /// The packet last sent again in its recovery.
+    resent: u64,
+}
+
 /// The sending half of one peer's reliable channel.
 pub struct Sender<T> {
     cfg: Config,
@@ -213,14 +222,14 @@ pub struct Sender<T> {
     recover: u64,
     /// Some packet may be due for a fast retransmission.
     fast_pending: bool,
-    /// After a retransmission timeout: the next sequence number when it
-    /// fired, and the packet last sent again in its recovery. An ack that
-    /// acknowledges exactly up to that packet and reports nothing received
-    /// beyond it (a partial ack, as in NewReno) shows the next one lost as
-    /// well, though it went out before the timeout: it is sent again at once,
-    /// not one more timeout later. Any other ack ends the chain (a receiver
-    /// that was only slow acks the originals, further than that).
-    rto_chain: Option<(u64, u64)>,
+    /// After a retransmission timeout, its recovery ([`RtoChain`]). An ack
+    /// that acknowledges exactly up to the packet last sent again and reports
+    /// nothing received beyond it (a partial ack, as in NewReno) shows the
+    /// next one lost as well, though it went out before the timeout: it is
+    /// sent again at once, not one more timeout later. Any other ack ends the
+    /// chain (a receiver that was only slow acks the originals, further than
+    /// that).
+    rto_chain: Option<RtoChain>,
     /// When a packet was last sent again.
     last_resend: Option<Instant>,
     /// The loss episode a D-SACK may undo.
@@ -449,7 +458,7 @@ impl<T> Sender<T> {
             self.timer = now;
             // New data got through: forget the backoff (as TCP does).
             self.rto = self.base_rto;
-            if let Some((high, resent)) = self.rto_chain.take() {
+            if let Some(RtoChain { high, resent }) = self.rto_chain.take() {
                 if self.base == resent + 1 && self.base < high && ack.sack == 0 {
                     // A partial ack after a timeout: the receiver has the
                     // packet that was resent and nothing after it, although
@@ -460,7 +469,10 @@ impl<T> Sender<T> {
                             slot.dup_marks = slot.dup_marks.max(self.cfg.dup_thresh);
                             self.fast_pending = true;
                             self.stats.partial_ack_resends += 1;
-                            self.rto_chain = Some((high, self.base));
+                            self.rto_chain = Some(RtoChain {
+                                high,
+                                resent: self.base,
+                            });
                         }
                     }
                 }
@@ -592,7 +604,10 @@ impl<T> Sender<T> {
                 self.note_resend(seq);
                 self.on_loss(seq, true);
                 self.last_resend = Some(now);
-                self.rto_chain = Some((self.next, seq));
+                self.rto_chain = Some(RtoChain {
+                    high: self.next,
+                    resent: seq,
+                });
             }
             self.timer = now;
             self.rto = (self.rto * 2).min(self.cfg.rto_max);

@@ -53,6 +53,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
 use crate::transport::Poller;
+use crate::wire::bytes::{Fields, FieldsMut};
 use crate::wire::packet::PKT_HEADER;
 
 /// wyvern's EtherType: IEEE 802 local experimental EtherType 1.
@@ -482,19 +483,21 @@ pub enum FrameKind {
 
 /// Classifies a received frame.
 pub fn classify(frame: &[u8]) -> FrameKind {
-    if frame.len() < ETH_HEADER || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE {
-        return FrameKind::Foreign;
+    match Fields::<ETH_HEADER>::new(frame) {
+        Some(f) if f.be_u16::<12>() == ETHERTYPE => FrameKind::Packet(MacAddr(f.array::<6, 6>())),
+        _ => FrameKind::Foreign,
     }
-    let mut src = [0u8; 6];
-    src.copy_from_slice(&frame[6..12]);
-    FrameKind::Packet(MacAddr(src))
 }
 
 /// Writes the Ethernet header into the first [`ETH_HEADER`] bytes of `out`.
+///
+/// # Panics
+/// If `out` is shorter than [`ETH_HEADER`].
 pub fn write_header(out: &mut [u8], dst: MacAddr, src: MacAddr) {
-    out[0..6].copy_from_slice(&dst.0);
-    out[6..12].copy_from_slice(&src.0);
-    out[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    let mut w = FieldsMut::<ETH_HEADER>::new(out).expect("room for an Ethernet header");
+    w.put::<0, 6>(dst.0);
+    w.put::<6, 6>(src.0);
+    w.put_be_u16::<12>(ETHERTYPE);
 }
 
 impl PacketIo for DpdkIo {

@@ -24,6 +24,15 @@ pub const LINK_LAYER_ETHERNET: u8 = 2;
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct Gid(pub [u8; 16]);
 
+/// An entry of a port's GID table: what [`Context::choose_gid`] picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GidEntry {
+    /// Its index in the table (the `sgid_index` of an address handle).
+    pub index: u32,
+    /// The GID.
+    pub gid: Gid,
+}
+
 impl Gid {
     /// The IPv4 address inside an IPv4-mapped GID (`::ffff:a.b.c.d`).
     pub fn ipv4(&self) -> Option<Ipv4Addr> {
@@ -493,7 +502,7 @@ impl Context {
     /// The GID index to address this port by: `wanted` when given (it must exist and
     /// be non-empty), else on RoCE the first RoCE v2 entry holding an IPv4-mapped
     /// address, and on InfiniBand `None` (LIDs address the port; no GRH).
-    pub fn choose_gid(&self, wanted: Option<u32>) -> Result<Option<(u32, Gid)>> {
+    pub fn choose_gid(&self, wanted: Option<u32>) -> Result<Option<GidEntry>> {
         let info = self.query_port()?;
         if let Some(i) = wanted {
             let g = self.gid(i)?;
@@ -505,7 +514,7 @@ impl Context {
                     len: info.gid_table_len,
                 });
             }
-            return Ok(Some((i, g)));
+            return Ok(Some(GidEntry { index: i, gid: g }));
         }
         if !info.is_roce() {
             return Ok(None);
@@ -520,7 +529,7 @@ impl Context {
                 .gid_type(i)
                 .is_none_or(|t| t.eq_ignore_ascii_case("RoCE v2"))
             {
-                return Ok(Some((i, g)));
+                return Ok(Some(GidEntry { index: i, gid: g }));
             }
         }
         Err(Error::NoRoceGid {

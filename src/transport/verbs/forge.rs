@@ -14,14 +14,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::transport::{
-    boot_hello, boot_msg, take_boot_msg, BootHello, Info, MsgWriter, K_CHALLENGE, K_HELLO, K_INFO,
-    K_READY, MSG,
-};
-use super::{
-    Access, Context, Cq, Pd, Qp, QpCaps, QpEndpoint, RegBuf, SendOp, SendWr, Sge, Srq, Wc,
-};
+use super::transport::MSG;
+use super::{Access, Context, Cq, Pd, Qp, QpCaps, RecvWr, RegBuf, SendOp, SendWr, Sge, Srq, Wc};
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
+use crate::wire::verbs::{
+    boot_hello, boot_msg, parse_challenge, take_boot_msg, BootHello, BootKind, BootMsg, Info,
+    QpAddr, Rdv, StreamWriter,
+};
 use crate::wire::Hello;
 
 /// Receive buffers the raw peer posts (and credits it grants the agent).
@@ -98,16 +97,14 @@ impl RawPeer {
         let recv = RegBuf::new(&pd, RECVS as usize * MSG, Access::LOCAL_WRITE).map_err(s)?;
         let send =
             RegBuf::new(&pd, MSG, Access::LOCAL_WRITE.with(Access::REMOTE_READ)).map_err(s)?;
-        let list: Vec<(u64, Sge)> = (0..RECVS)
-            .map(|i| {
-                (
-                    RECV_BIT | i as u64,
-                    Sge {
-                        addr: recv.addr(i as usize * MSG),
-                        len: MSG as u32,
-                        lkey: recv.mr().lkey(),
-                    },
-                )
+        let list: Vec<RecvWr> = (0..RECVS)
+            .map(|i| RecvWr {
+                wr_id: RECV_BIT | i as u64,
+                buf: Sge {
+                    addr: recv.addr(i as usize * MSG),
+                    len: MSG as u32,
+                    lkey: recv.mr().lkey(),
+                },
             })
             .collect();
         // SAFETY: the buffers lie in `recv` (registered with local write), which the
@@ -115,11 +112,11 @@ impl RawPeer {
         unsafe { srq.post_recv(&list) }.map_err(s)?;
         let psn = 0x1234;
         let mine = Info {
-            ep: QpEndpoint {
+            qp: QpAddr {
                 qpn: qp.qpn(),
                 psn,
                 lid: port.lid,
-                gid: gid.map(|(_, g)| g),
+                gid: gid.map(|e| e.gid.0),
             },
             mtu: port.active_mtu as u8,
             base: send.addr(0),
@@ -131,10 +128,12 @@ impl RawPeer {
         let mut ctl = TcpStream::connect_timeout(&agent, timeout).map_err(err("dial"))?;
         ctl.set_read_timeout(Some(timeout)).map_err(err("socket"))?;
         let mut buf = Vec::new();
-        let mut next = |ctl: &mut TcpStream| -> Result<(u16, Vec<u8>), String> {
+        let mut next = |ctl: &mut TcpStream| -> Result<(BootKind, Vec<u8>), String> {
             loop {
-                if let Some(m) = take_boot_msg(&mut buf)? {
-                    return Ok(m);
+                if let Some(BootMsg { kind, body }) =
+                    take_boot_msg(&mut buf).map_err(|e| e.to_string())?
+                {
+                    return Ok((kind, body));
                 }
                 let mut tmp = [0u8; 512];
                 let n = ctl.read(&mut tmp).map_err(err("bootstrap read"))?;
@@ -146,10 +145,8 @@ impl RawPeer {
         };
         // The agent's challenge first.
         let challenge: [u8; NONCE_LEN] = match next(&mut ctl)? {
-            (K_CHALLENGE, b) => b
-                .try_into()
-                .map_err(|b: Vec<u8>| format!("a challenge of {} bytes", b.len()))?,
-            (k, _) => return Err(format!("bootstrap message {k} instead of a challenge")),
+            (BootKind::Challenge, b) => parse_challenge(&b).map_err(|e| e.to_string())?,
+            (k, _) => return Err(format!("bootstrap message {k:?} instead of a challenge")),
         };
         let ours = auth::random_bytes::<NONCE_LEN>();
         let info = mine.to_bytes();
@@ -161,27 +158,27 @@ impl RawPeer {
             &hello,
             &info,
         );
-        out.extend(boot_msg(K_INFO, &info));
+        out.extend(boot_msg(BootKind::Info, &info));
         ctl.write_all(&out).map_err(err("bootstrap write"))?;
         // The agent's Hello, then its Info.
         let theirs = match next(&mut ctl)? {
-            (K_HELLO, b) => BootHello::parse(&b)?,
-            (k, _) => return Err(format!("bootstrap message {k} instead of Hello")),
+            (BootKind::Hello, b) => BootHello::parse(&b).map_err(|e| e.to_string())?,
+            (k, _) => return Err(format!("bootstrap message {k:?} instead of Hello")),
         };
         let remote = match next(&mut ctl)? {
-            (K_INFO, b) => {
+            (BootKind::Info, b) => {
                 if !theirs.verify(key, auth::label::VERBS_BOOT_ACCEPTOR, &challenge, &ours, &b) {
                     return Err("the agent's Hello and Info failed their MAC".into());
                 }
-                Info::parse(&b).ok_or("short Info")?
+                Info::parse(&b).map_err(|e| e.to_string())?
             }
-            (k, _) => return Err(format!("bootstrap message {k} instead of Info")),
+            (k, _) => return Err(format!("bootstrap message {k:?} instead of Info")),
         };
         let mtu = (remote.mtu as u32).min(port.active_mtu).max(1);
-        qp.to_rtr(ctx.port(), &remote.ep, mtu, gid.map(|(i, _)| i), 1)
+        qp.to_rtr(ctx.port(), &remote.qp.into(), mtu, gid.map(|e| e.index), 1)
             .map_err(s)?;
         qp.to_rts(psn, 1).map_err(s)?;
-        ctl.write_all(&boot_msg(K_READY, &[]))
+        ctl.write_all(&boot_msg(BootKind::Ready, &[]))
             .map_err(err("bootstrap write"))?;
         Ok(RawPeer {
             qp,
@@ -253,9 +250,9 @@ impl RawPeer {
         if self.credits == 0 {
             return Err("no credits left".into());
         }
-        let mut w = MsgWriter::new(self.send.slice_mut(0, MSG));
-        w.rdv(off, len, rkey);
-        let n = w.len;
+        let mut w = StreamWriter::new(self.send.slice_mut(0, MSG));
+        w.rdv(&Rdv { off, len, rkey });
+        let n = w.len();
         self.credits -= 1;
         let id = self.seq;
         self.seq += 1;

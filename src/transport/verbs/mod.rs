@@ -53,14 +53,14 @@ mod queue;
 mod transport;
 
 pub use device::{
-    device_names, mtu_bytes, port_state_name, AsyncEvent, Context, DeviceCaps, Gid, PortInfo,
-    LINK_LAYER_ETHERNET, LINK_LAYER_INFINIBAND, PORT_ACTIVE,
+    device_names, mtu_bytes, port_state_name, AsyncEvent, Context, DeviceCaps, Gid, GidEntry,
+    PortInfo, LINK_LAYER_ETHERNET, LINK_LAYER_INFINIBAND, PORT_ACTIVE,
 };
 pub use error::{Error, Result};
 pub use memory::{Access, Mr, Pd, RegBuf};
 pub use queue::{
-    qp_state_name, status_str, CompChannel, Cq, Qp, QpCaps, QpEndpoint, SendOp, SendWr, Sge, Srq,
-    Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR, WC_RDMA_READ, WC_RECV, WC_RNR_RETRY_EXC_ERR, WC_SEND,
-    WC_SUCCESS,
+    qp_state_name, status_str, CompChannel, Cq, Qp, QpCaps, QpEndpoint, RecvWr, SendOp, SendWr,
+    Sge, Srq, Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR, WC_RDMA_READ, WC_RECV, WC_RNR_RETRY_EXC_ERR,
+    WC_SEND, WC_SUCCESS,
 };
 pub use transport::{VerbsConfig, VerbsCounters, VerbsTransport};

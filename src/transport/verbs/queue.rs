@@ -303,22 +303,22 @@ impl Srq {
     /// # Safety
     /// Each buffer must lie in a registered region with local write, and stay valid and
     /// unread until its completion is polled (or the queue is destroyed).
-    pub unsafe fn post_recv(&self, bufs: &[(u64, Sge)]) -> Result<()> {
+    pub unsafe fn post_recv(&self, bufs: &[RecvWr]) -> Result<()> {
         if bufs.is_empty() {
             return Ok(());
         }
         let mut sges: Vec<sys::ibv_sge> = bufs
             .iter()
-            .map(|(_, s)| sys::ibv_sge {
-                addr: s.addr,
-                length: s.len,
-                lkey: s.lkey,
+            .map(|r| sys::ibv_sge {
+                addr: r.buf.addr,
+                length: r.buf.len,
+                lkey: r.buf.lkey,
             })
             .collect();
         let mut wrs: Vec<sys::ibv_recv_wr> = Vec::with_capacity(bufs.len());
-        for (i, (id, _)) in bufs.iter().enumerate() {
+        for (i, r) in bufs.iter().enumerate() {
             wrs.push(sys::ibv_recv_wr {
-                wr_id: *id,
+                wr_id: r.wr_id,
                 next: ptr::null_mut(),
                 sg_list: &mut sges[i],
                 num_sge: 1,
@@ -397,6 +397,15 @@ pub enum SendOp {
         /// The peer region's remote key.
         rkey: u32,
     },
+}
+
+/// One receive for [`Srq::post_recv`]: a buffer and the id its completion returns.
+#[derive(Clone, Copy, Debug)]
+pub struct RecvWr {
+    /// Returned in its completion.
+    pub wr_id: u64,
+    /// The buffer.
+    pub buf: Sge,
 }
 
 /// One work request for [`Qp::post_send`].

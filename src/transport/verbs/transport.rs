@@ -48,6 +48,10 @@
 //!
 //! Descriptors are checked before any READ is posted: the rkey must be the one the peer
 //! advertised and the range inside the block region it advertised.
+//!
+//! The bytes of all this (bootstrap messages, `Info`, SENDs and their items, the check
+//! of a descriptor) are written and parsed by [`crate::wire::verbs`], which does no
+//! I/O; this module moves them over the TCP bootstrap connection and the queue pairs.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -58,18 +62,23 @@ use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
-use crate::transport::{LinkEvent, Out, Poller, Transport};
-use crate::wire::auth::{self, JobKey, MAC_LEN, NONCE_LEN};
+use crate::transport::{LinkEvent, Out, Poller, Transport, WarnSpell};
+use crate::wire::auth::{self, JobKey, NONCE_LEN};
+use crate::wire::verbs::{
+    boot_hello, boot_msg, parse_challenge, take_boot_msg, BadRdv, BootHeader, BootHello, BootKind,
+    BootMsg, Info, Item, QpAddr, Rdv, StreamMsg, StreamWriter, BOOT_BODY_MAX, BOOT_HEADER,
+    SEND_MAX,
+};
 use crate::wire::{FrameReader, Hello};
 
 use super::{
-    qp_state_name, Access, CompChannel, Context, Cq, Error, Gid, Mr, Pd, Qp, QpCaps, QpEndpoint,
-    RegBuf, SendOp, SendWr, Sge, Srq, Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR, WC_RECV,
-    WC_RNR_RETRY_EXC_ERR,
+    qp_state_name, Access, CompChannel, Context, Cq, Error, Gid, GidEntry, Mr, Pd, Qp, QpCaps,
+    QpEndpoint, RecvWr, RegBuf, SendOp, SendWr, Sge, Srq, Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR,
+    WC_RECV, WC_RNR_RETRY_EXC_ERR,
 };
 
 /// Bytes of one SEND: a send slot and a receive buffer.
-pub const MSG: usize = 16 * 1024;
+pub const MSG: usize = SEND_MAX;
 /// Receive buffers each peer may fill before it hears of more (its credits). A
 /// sender keeps its last credit for a SEND that returns credits (see `transmit`).
 const CREDITS: u32 = 32;
@@ -185,293 +194,14 @@ pub struct VerbsCounters {
 
 // ------------------------------------------------------------------- bootstrap
 
-/// Bootstrap version 2 (challenge, MACs): "WYVC".
-const BOOT_MAGIC: u32 = 0x5759_5643;
-/// Version 1 (no challenge, no MAC; wyvern before issue 13's verbs fix): "WYVB".
-const BOOT_MAGIC_V1: u32 = 0x5759_5642;
-pub(super) const K_HELLO: u16 = 1;
-pub(super) const K_INFO: u16 = 2;
-pub(super) const K_READY: u16 = 3;
-pub(super) const K_CHALLENGE: u16 = 4;
-pub(super) const INFO_LEN: usize = 60;
-/// Bytes of a bootstrap message's header: magic, kind, body length.
-const BOOT_HEADER: usize = 8;
-/// A `Hello` message's body: the `Hello`, the dialer's nonce, the MAC.
-pub(super) const HELLO_MSG_BODY: usize = Hello::LEN + NONCE_LEN + MAC_LEN;
-/// The largest body of any bootstrap message (a `Hello`): a header announcing more
-/// closes the connection before the body is read.
-pub const BOOT_BODY_MAX: usize = HELLO_MSG_BODY;
-
-/// What a side tells the other about its queue pair and pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Info {
-    pub(super) ep: QpEndpoint,
-    /// `IBV_MTU_*`.
-    pub(super) mtu: u8,
-    /// The pool's address in the sender's process (READs name it).
-    pub(super) base: u64,
-    /// The block region, as pool offsets: descriptors must fall inside it.
-    pub(super) region_off: u64,
-    pub(super) region_len: u64,
-    pub(super) rkey: u32,
-    pub(super) credits: u32,
-}
-
-impl Info {
-    pub(super) fn to_bytes(self) -> [u8; INFO_LEN] {
-        let mut b = [0u8; INFO_LEN];
-        b[0..4].copy_from_slice(&self.ep.qpn.to_le_bytes());
-        b[4..8].copy_from_slice(&self.ep.psn.to_le_bytes());
-        b[8..10].copy_from_slice(&self.ep.lid.to_le_bytes());
-        b[10] = self.mtu;
-        b[11] = self.ep.gid.is_some() as u8;
-        b[12..28].copy_from_slice(&self.ep.gid.unwrap_or_default().0);
-        b[28..36].copy_from_slice(&self.base.to_le_bytes());
-        b[36..44].copy_from_slice(&self.region_off.to_le_bytes());
-        b[44..52].copy_from_slice(&self.region_len.to_le_bytes());
-        b[52..56].copy_from_slice(&self.rkey.to_le_bytes());
-        b[56..60].copy_from_slice(&self.credits.to_le_bytes());
-        b
-    }
-
-    pub(super) fn parse(b: &[u8]) -> Option<Info> {
-        if b.len() < INFO_LEN {
-            return None;
+impl From<QpAddr> for QpEndpoint {
+    fn from(a: QpAddr) -> QpEndpoint {
+        QpEndpoint {
+            qpn: a.qpn,
+            psn: a.psn,
+            lid: a.lid,
+            gid: a.gid.map(Gid),
         }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let mut gid = [0u8; 16];
-        gid.copy_from_slice(&b[12..28]);
-        Some(Info {
-            ep: QpEndpoint {
-                qpn: u32_at(0),
-                psn: u32_at(4) & 0xff_ffff,
-                lid: u16::from_le_bytes([b[8], b[9]]),
-                gid: (b[11] != 0).then_some(Gid(gid)),
-            },
-            mtu: b[10],
-            base: u64_at(28),
-            region_off: u64_at(36),
-            region_len: u64_at(44),
-            rkey: u32_at(52),
-            credits: u32_at(56),
-        })
-    }
-}
-
-impl Info {
-    /// Whether the region a peer advertises can be addressed at all: pool address
-    /// plus region end must not overflow (every READ's remote address is below it).
-    fn check(&self) -> Result<(), String> {
-        let end = self.region_off.checked_add(self.region_len);
-        if end.and_then(|e| self.base.checked_add(e)).is_none() {
-            return Err(format!(
-                "an Info whose block region overflows the address space \
-                 (pool at {:#x}, region {:#x} + {} bytes)",
-                self.base, self.region_off, self.region_len
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Why a peer's rendezvous descriptor is refused (see [`check_rdv`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum BadRdv {
-    /// Zero bytes.
-    #[error("an empty rendezvous descriptor")]
-    Empty,
-    /// Not the key the peer advertised for its pool.
-    #[error("rkey {got:#x}, not the {advertised:#x} the peer advertised")]
-    WrongKey {
-        /// In the descriptor.
-        got: u32,
-        /// In the peer's Info.
-        advertised: u32,
-    },
-    /// Offset plus length does not fit in 64 bits.
-    #[error("offset {off:#x} + {len} bytes overflows")]
-    Overflow {
-        /// Pool offset.
-        off: u64,
-        /// Length.
-        len: u64,
-    },
-    /// Not inside the block region the peer advertised.
-    #[error(
-        "{len} bytes at offset {off:#x} are outside the block region the peer advertised \
-         ({region_off:#x} + {region_len} bytes)"
-    )]
-    Outside {
-        /// Pool offset.
-        off: u64,
-        /// Length.
-        len: u64,
-        /// The advertised region's start.
-        region_off: u64,
-        /// Its length.
-        region_len: u64,
-    },
-}
-
-/// The check every rendezvous descriptor of a peer passes before any READ is built
-/// from it: a non-empty range, the peer's own rkey, and `[off, off + len)` inside the
-/// block region of its bootstrap Info, with no arithmetic overflow anywhere (the
-/// READs then address `remote.base + off ..`, which [`Info::check`] keeps in range).
-/// Pure: no device needed.
-fn check_rdv(remote: &Info, off: u64, len: u64, rkey: u32) -> Result<(), BadRdv> {
-    if len == 0 {
-        return Err(BadRdv::Empty);
-    }
-    if rkey != remote.rkey {
-        return Err(BadRdv::WrongKey {
-            got: rkey,
-            advertised: remote.rkey,
-        });
-    }
-    let end = off.checked_add(len).ok_or(BadRdv::Overflow { off, len })?;
-    let outside = BadRdv::Outside {
-        off,
-        len,
-        region_off: remote.region_off,
-        region_len: remote.region_len,
-    };
-    let region_end = remote
-        .region_off
-        .checked_add(remote.region_len)
-        .ok_or(outside)?;
-    if off < remote.region_off || end > region_end {
-        return Err(outside);
-    }
-    Ok(())
-}
-
-pub(super) fn boot_msg(kind: u16, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + body.len());
-    v.extend_from_slice(&BOOT_MAGIC.to_le_bytes());
-    v.extend_from_slice(&kind.to_le_bytes());
-    v.extend_from_slice(&(body.len() as u16).to_le_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-/// The header of the bootstrap message at the start of `buf` (kind, body length),
-/// once its 8 bytes are there; an error for a stream that is not a wyvern verbs
-/// bootstrap of this version or a body longer than [`BOOT_BODY_MAX`].
-pub(super) fn peek_boot_header(buf: &[u8]) -> Result<Option<(u16, usize)>, String> {
-    if buf.len() < BOOT_HEADER {
-        return Ok(None);
-    }
-    let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
-    if magic == BOOT_MAGIC_V1 {
-        return Err(
-            "the peer speaks the verbs bootstrap of an older wyvern (version 1: \
-                    no challenge, no MAC); every agent of a job must run the same version"
-                .into(),
-        );
-    }
-    if magic != BOOT_MAGIC {
-        return Err(format!(
-            "not a wyvern verbs bootstrap stream (magic {magic:#x})"
-        ));
-    }
-    let kind = u16::from_le_bytes([buf[4], buf[5]]);
-    let len = u16::from_le_bytes([buf[6], buf[7]]) as usize;
-    if len > BOOT_BODY_MAX {
-        return Err(format!(
-            "a bootstrap message {kind} announcing {len} bytes (at most {BOOT_BODY_MAX})"
-        ));
-    }
-    Ok(Some((kind, len)))
-}
-
-/// The next complete bootstrap message in `buf` (consumed), or why the stream is bad.
-pub(super) fn take_boot_msg(buf: &mut Vec<u8>) -> Result<Option<(u16, Vec<u8>)>, String> {
-    let Some((kind, len)) = peek_boot_header(buf)? else {
-        return Ok(None);
-    };
-    if buf.len() < BOOT_HEADER + len {
-        return Ok(None);
-    }
-    let body = buf[BOOT_HEADER..BOOT_HEADER + len].to_vec();
-    buf.drain(..BOOT_HEADER + len);
-    Ok(Some((kind, body)))
-}
-
-/// The MAC a bootstrap `Hello` carries: under `label` (the direction), over the
-/// acceptor's challenge, the dialer's nonce, the sender's `Hello` and its `Info` bytes.
-pub(super) fn boot_mac(
-    key: &JobKey,
-    label: &[u8],
-    challenge: &[u8; NONCE_LEN],
-    nonce: &[u8; NONCE_LEN],
-    hello: &[u8; Hello::LEN],
-    info: &[u8; INFO_LEN],
-) -> [u8; MAC_LEN] {
-    key.mac(label, &[challenge, nonce, hello, info])
-}
-
-/// A bootstrap `Hello` message: `hello`, the dialer's `nonce` and the MAC (zero
-/// without a key) under `label` over it and the `info` that follows it.
-pub(super) fn boot_hello(
-    key: Option<&JobKey>,
-    label: &[u8],
-    challenge: &[u8; NONCE_LEN],
-    nonce: &[u8; NONCE_LEN],
-    hello: &Hello,
-    info: &[u8; INFO_LEN],
-) -> Vec<u8> {
-    let h = hello.to_bytes();
-    let mac = key.map_or([0; MAC_LEN], |k| {
-        boot_mac(k, label, challenge, nonce, &h, info)
-    });
-    let mut body = Vec::with_capacity(HELLO_MSG_BODY);
-    body.extend_from_slice(&h);
-    body.extend_from_slice(nonce);
-    body.extend_from_slice(&mac);
-    boot_msg(K_HELLO, &body)
-}
-
-/// A received bootstrap `Hello`, its MAC not yet checked (that needs the `Info`).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct BootHello {
-    pub(super) hello: Hello,
-    raw: [u8; Hello::LEN],
-    /// The dialer's nonce (the acceptor echoes it).
-    pub(super) nonce: [u8; NONCE_LEN],
-    mac: [u8; MAC_LEN],
-}
-
-impl BootHello {
-    pub(super) fn parse(body: &[u8]) -> Result<BootHello, String> {
-        if body.len() != HELLO_MSG_BODY {
-            return Err(format!(
-                "a Hello of {} bytes, not {HELLO_MSG_BODY}",
-                body.len()
-            ));
-        }
-        let hello = Hello::parse(&body[..Hello::LEN]).map_err(|e| format!("bad Hello ({e})"))?;
-        let part = |i: usize| -> [u8; 32] { body[i..i + 32].try_into().expect("32 bytes") };
-        Ok(BootHello {
-            hello,
-            raw: part(0),
-            nonce: part(Hello::LEN),
-            mac: part(Hello::LEN + NONCE_LEN),
-        })
-    }
-
-    /// Whether its MAC is right for `label`, `challenge`, the dialer's `nonce` (for
-    /// the acceptor's answer: the dialer's own, not the echo) and the `info` that
-    /// followed it; always true without a key.
-    pub(super) fn verify(
-        &self,
-        key: Option<&JobKey>,
-        label: &[u8],
-        challenge: &[u8; NONCE_LEN],
-        nonce: &[u8; NONCE_LEN],
-        info: &[u8],
-    ) -> bool {
-        key.is_none_or(|k| k.verify(label, &[challenge, nonce, &self.raw, info], &self.mac))
     }
 }
 
@@ -525,19 +255,11 @@ fn write_boot(s: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
 
 // -------------------------------------------------------------- stream messages
 
-const MSG_HEADER: usize = 8;
-const ITEM_HEADER: usize = 8;
-const T_DATA: u8 = 1;
-const T_RDV: u8 = 2;
-const RDV_BODY: usize = 24;
-const MSG_MAGIC: u8 = 0x57;
-
-/// A descriptor of pool bytes to fetch.
+/// A rendezvous descriptor of the peer's being fetched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Rdv {
-    off: u64,
-    len: u64,
-    rkey: u32,
+struct Fetch {
+    /// The descriptor (checked: [`Rdv::check`]).
+    rdv: Rdv,
     /// How much has been fetched (or is being).
     done: u64,
 }
@@ -551,116 +273,7 @@ enum RxItem {
         start: u32,
         end: u32,
     },
-    Rdv(Rdv),
-}
-
-/// A parsed SEND.
-#[derive(Debug, Default)]
-struct Parsed {
-    credits: u16,
-    rdv_done: u16,
-    items: Vec<RxItem>,
-}
-
-/// Parse one SEND of `len` bytes in `buf` (receive slot `slot`). Never panics on bad
-/// input: the error names what is wrong.
-fn parse_msg(buf: &[u8], slot: u32) -> Result<Parsed, &'static str> {
-    if buf.len() < MSG_HEADER || buf[0] != MSG_MAGIC {
-        return Err("a SEND without the stream header");
-    }
-    let mut p = Parsed {
-        credits: u16::from_le_bytes([buf[2], buf[3]]),
-        rdv_done: u16::from_le_bytes([buf[4], buf[5]]),
-        items: Vec::new(),
-    };
-    let mut at = MSG_HEADER;
-    while at < buf.len() {
-        if buf.len() - at < ITEM_HEADER {
-            return Err("a truncated item header");
-        }
-        let tag = buf[at];
-        let len = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
-        at += ITEM_HEADER;
-        if buf.len() - at < len {
-            return Err("an item longer than its SEND");
-        }
-        match tag {
-            T_DATA if len > 0 => p.items.push(RxItem::Data {
-                slot,
-                start: at as u32,
-                end: (at + len) as u32,
-            }),
-            T_DATA => {}
-            T_RDV if len == RDV_BODY => {
-                let b = &buf[at..at + len];
-                let off = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
-                let n = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-                let rkey = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
-                // Its bounds (an empty range included) are checked by `check_rdv`
-                // before anything is done with it.
-                p.items.push(RxItem::Rdv(Rdv {
-                    off,
-                    len: n,
-                    rkey,
-                    done: 0,
-                }));
-            }
-            _ => return Err("an unknown item"),
-        }
-        at += len;
-    }
-    Ok(p)
-}
-
-/// Writes one SEND into a send slot.
-pub(super) struct MsgWriter<'a> {
-    buf: &'a mut [u8],
-    pub(super) len: usize,
-    items: usize,
-}
-
-impl<'a> MsgWriter<'a> {
-    pub(super) fn new(buf: &'a mut [u8]) -> MsgWriter<'a> {
-        buf[..MSG_HEADER].fill(0);
-        buf[0] = MSG_MAGIC;
-        MsgWriter {
-            buf,
-            len: MSG_HEADER,
-            items: 0,
-        }
-    }
-
-    fn set_header(&mut self, credits: u16, rdv_done: u16) {
-        self.buf[2..4].copy_from_slice(&credits.to_le_bytes());
-        self.buf[4..6].copy_from_slice(&rdv_done.to_le_bytes());
-    }
-
-    /// Room for the payload of one more DATA item.
-    fn data_room(&self) -> usize {
-        self.buf.len().saturating_sub(self.len + ITEM_HEADER)
-    }
-
-    fn item(&mut self, tag: u8, len: usize) -> &mut [u8] {
-        let at = self.len;
-        self.buf[at] = tag;
-        self.buf[at + 1..at + 4].fill(0);
-        self.buf[at + 4..at + 8].copy_from_slice(&(len as u32).to_le_bytes());
-        self.len += ITEM_HEADER + len;
-        self.items += 1;
-        &mut self.buf[at + ITEM_HEADER..at + ITEM_HEADER + len]
-    }
-
-    fn rdv_fits(&self) -> bool {
-        self.buf.len() - self.len >= ITEM_HEADER + RDV_BODY
-    }
-
-    pub(super) fn rdv(&mut self, off: u64, len: u64, rkey: u32) {
-        let b = self.item(T_RDV, RDV_BODY);
-        b[0..8].copy_from_slice(&off.to_le_bytes());
-        b[8..16].copy_from_slice(&len.to_le_bytes());
-        b[16..20].copy_from_slice(&rkey.to_le_bytes());
-        b[20..24].fill(0);
-    }
+    Rdv(Fetch),
 }
 
 // ------------------------------------------------------------------------ links
@@ -761,6 +374,14 @@ struct Link {
     next_qp_check: Instant,
 }
 
+/// One link instance: the peer node and the link's epoch (a new queue pair to the same
+/// node gets a new epoch, so what belonged to the old one is told apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LinkId {
+    node: u32,
+    epoch: u16,
+}
+
 /// Per receive slot: who filled it and how many of its items are not absorbed.
 #[derive(Clone, Copy, Default)]
 struct RxSlot {
@@ -783,6 +404,14 @@ struct Pending {
     ours: [u8; NONCE_LEN],
     /// The dialer's `Hello`, once it came (its MAC is checked with the `Info`).
     hello: Option<BootHello>,
+}
+
+/// What an accepted connection's handshake brought, verified: the dialer's `Hello`, its
+/// nonce (echoed in the answer) and its `Info`.
+struct Dialed {
+    hello: Hello,
+    nonce: [u8; NONCE_LEN],
+    info: Info,
 }
 
 /// The verbs transport. See the module docs.
@@ -809,13 +438,14 @@ pub struct VerbsTransport {
     bootstrap: Vec<SocketAddr>,
     listener: TcpListener,
     addr: SocketAddr,
-    gid: Option<(u32, Gid)>,
+    gid: Option<GidEntry>,
     lid: u16,
     mtu: u32,
     credits: u32,
     max_reads: u32,
     sq_depth: u32,
-    qpn_node: HashMap<u32, (u32, u16)>,
+    /// Whose queue pair a QP number is (the link a completion belongs to).
+    qpn_node: HashMap<u32, LinkId>,
     next_epoch: u16,
     dialing: Vec<bool>,
     next_dial: Vec<Instant>,
@@ -828,8 +458,8 @@ pub struct VerbsTransport {
     /// When a refusal was last logged, and how many since.
     refuse_warned: Option<Instant>,
     refused_quiet: u64,
-    /// Failed handshakes logged at warn level: since when, how many.
-    fail_warned: Option<(Instant, u32)>,
+    /// Failed handshakes logged at warn level.
+    fail_warned: WarnSpell,
 }
 
 fn wr_id(node: u32, epoch: u16, seq: u64) -> u64 {
@@ -933,7 +563,7 @@ impl VerbsTransport {
             if port.is_roce() { "RoCE" } else { "InfiniBand" },
             port.mtu_bytes(),
             match gid {
-                Some((i, g)) => format!("GID index {i} ({g})"),
+                Some(e) => format!("GID index {} ({})", e.index, e.gid),
                 None => format!("LID {}", port.lid),
             },
             pool.block_region().1 >> 20,
@@ -977,7 +607,7 @@ impl VerbsTransport {
             wcs: Vec::with_capacity(64),
             refuse_warned: None,
             refused_quiet: 0,
-            fail_warned: None,
+            fail_warned: WarnSpell::default(),
         };
         t.repost()?;
         Ok(t)
@@ -1018,18 +648,16 @@ impl VerbsTransport {
             return Ok(());
         }
         let lkey = self.rx_bufs.mr().lkey();
-        let list: Vec<(u64, Sge)> = self
+        let list: Vec<RecvWr> = self
             .reposts
             .iter()
-            .map(|&s| {
-                (
-                    RECV_BIT | s as u64,
-                    Sge {
-                        addr: self.rx_bufs.addr(s as usize * MSG),
-                        len: MSG as u32,
-                        lkey,
-                    },
-                )
+            .map(|&s| RecvWr {
+                wr_id: RECV_BIT | s as u64,
+                buf: Sge {
+                    addr: self.rx_bufs.addr(s as usize * MSG),
+                    len: MSG as u32,
+                    lkey,
+                },
             })
             .collect();
         // SAFETY: each slot lies in `rx_bufs` (registered with local write, owned by
@@ -1062,11 +690,11 @@ impl VerbsTransport {
     fn my_info(&self, qp: &Qp, psn: u32) -> Info {
         let (region_off, region_len) = self.pool.block_region();
         Info {
-            ep: QpEndpoint {
+            qp: QpAddr {
                 qpn: qp.qpn(),
                 psn,
                 lid: self.lid,
-                gid: self.gid.map(|(_, g)| g),
+                gid: self.gid.map(|e| e.gid.0),
             },
             mtu: self.mtu as u8,
             base: self.pool.base_addr() as u64,
@@ -1147,9 +775,9 @@ impl VerbsTransport {
         let mtu = (info.mtu as u32).min(self.mtu).max(1);
         l.qp.to_rtr(
             self.ctx.port(),
-            &info.ep,
+            &info.qp.into(),
             mtu,
-            self.gid.map(|(i, _)| i),
+            self.gid.map(|e| e.index),
             self.max_reads as u8,
         )?;
         l.qp.to_rts(l.psn, self.max_reads as u8)?;
@@ -1193,16 +821,10 @@ impl VerbsTransport {
     /// a second (a stranger may try many times), at debug beyond.
     fn handshake_failed(&mut self, what: &str, why: &str) {
         self.stats.handshakes_failed += 1;
-        let now = Instant::now();
         if self
             .fail_warned
-            .is_none_or(|(t, _)| now.duration_since(t) >= REFUSE_WARN_EVERY)
+            .warn(Instant::now(), REFUSE_WARN_EVERY, FAIL_WARNS)
         {
-            self.fail_warned = Some((now, 0));
-        }
-        let (_, n) = self.fail_warned.get_or_insert((now, 0));
-        *n += 1;
-        if *n <= FAIL_WARNS {
             log::warn!("verbs: {what}: {why}");
         } else {
             log::debug!("verbs: {what}: {why}");
@@ -1229,7 +851,13 @@ impl VerbsTransport {
             log::error!("verbs: cannot watch the bootstrap connection of node {node}: {e}");
             return;
         }
-        self.qpn_node.insert(l.qp.qpn(), (node, l.epoch));
+        self.qpn_node.insert(
+            l.qp.qpn(),
+            LinkId {
+                node,
+                epoch: l.epoch,
+            },
+        );
         self.links[node as usize] = Some(l);
     }
 
@@ -1244,15 +872,11 @@ impl VerbsTransport {
 
     /// One complete bootstrap message of pending connection `p`: `Ok(Some(..))` when
     /// the dialer's `Hello` and `Info` are both in and its MAC verified.
-    fn pending_step(
-        &self,
-        p: &mut Pending,
-        kind: u16,
-        body: &[u8],
-    ) -> Result<Option<(Hello, [u8; NONCE_LEN], Info)>, String> {
-        match (p.hello, kind) {
-            (None, K_HELLO) => {
-                let bh = BootHello::parse(body)?;
+    fn pending_step(&self, p: &mut Pending, msg: &BootMsg) -> Result<Option<Dialed>, String> {
+        let body = &msg.body[..];
+        match (p.hello, msg.kind) {
+            (None, BootKind::Hello) => {
+                let bh = BootHello::parse(body).map_err(|e| e.to_string())?;
                 let h = bh.hello;
                 self.check_hello(&h, Some(p.from))?;
                 if h.node < self.me {
@@ -1261,7 +885,7 @@ impl VerbsTransport {
                         h.node, self.me
                     ));
                 }
-                if self.key.is_some() && bh.mac == [0; MAC_LEN] {
+                if self.key.is_some() && !bh.has_mac() {
                     // A Hello that cannot be right whatever follows (the other side
                     // has no key): refused here, with the likely cause.
                     return Err(format!(
@@ -1272,10 +896,7 @@ impl VerbsTransport {
                 p.hello = Some(bh);
                 Ok(None)
             }
-            (Some(bh), K_INFO) => {
-                if body.len() != INFO_LEN {
-                    return Err(format!("an Info of {} bytes, not {INFO_LEN}", body.len()));
-                }
+            (Some(bh), BootKind::Info) => {
                 if !bh.verify(
                     self.key.as_ref(),
                     auth::label::VERBS_BOOT_DIALER,
@@ -1289,12 +910,15 @@ impl VerbsTransport {
                         bh.hello.node
                     ));
                 }
-                let info = Info::parse(body).ok_or("short Info")?;
-                info.check()?;
-                Ok(Some((bh.hello, bh.nonce, info)))
+                let info = Info::parse(body).map_err(|e| e.to_string())?;
+                Ok(Some(Dialed {
+                    hello: bh.hello,
+                    nonce: bh.nonce,
+                    info,
+                }))
             }
             (_, k) => Err(format!(
-                "sent bootstrap message {k} out of its turn in the handshake"
+                "sent bootstrap message {k:?} out of its turn in the handshake"
             )),
         }
     }
@@ -1306,11 +930,11 @@ impl VerbsTransport {
         let Some(mut p) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
             return;
         };
-        let (hello, nonce, info) = loop {
-            let want = match peek_boot_header(&p.buf) {
-                Err(e) => return self.drop_pending(poller, p, &e),
+        let Dialed { hello, nonce, info } = loop {
+            let want = match BootHeader::peek(&p.buf) {
+                Err(e) => return self.drop_pending(poller, p, &e.to_string()),
                 Ok(None) => BOOT_HEADER,
-                Ok(Some((_, len))) => BOOT_HEADER + len,
+                Ok(Some(h)) => BOOT_HEADER + h.body_len,
             };
             if p.buf.len() < want {
                 match read_upto(&mut p.s, &mut p.buf, want) {
@@ -1329,9 +953,9 @@ impl VerbsTransport {
             let msg = match take_boot_msg(&mut p.buf) {
                 Ok(Some(m)) => m,
                 Ok(None) => return self.drop_pending(poller, p, "incomplete message"),
-                Err(e) => return self.drop_pending(poller, p, &e),
+                Err(e) => return self.drop_pending(poller, p, &e.to_string()),
             };
-            match self.pending_step(&mut p, msg.0, &msg.1) {
+            match self.pending_step(&mut p, &msg) {
                 Ok(None) => {}
                 Ok(Some(done)) => break done,
                 Err(e) => return self.drop_pending(poller, p, &e),
@@ -1359,7 +983,7 @@ impl VerbsTransport {
             &self.hello,
             &mine,
         );
-        reply.extend(boot_msg(K_INFO, &mine));
+        reply.extend(boot_msg(BootKind::Info, &mine));
         if let Err(e) = write_boot(&mut l.ctl, &reply) {
             log::warn!("verbs: bootstrap write to node {node}: {e}");
             return;
@@ -1367,7 +991,7 @@ impl VerbsTransport {
         log::debug!(
             "verbs: node {node} dialed in (QP {} -> {})",
             l.qp.qpn(),
-            info.ep.qpn
+            info.qp.qpn
         );
         self.install(poller, l, events);
         // A Ready sent right behind the Info is read on the next readiness event.
@@ -1410,11 +1034,12 @@ impl VerbsTransport {
         }
         loop {
             let msg = take_boot_msg(&mut l.ctl_in).map_err(|e| format!("bootstrap: {e}"))?;
-            let Some((kind, body)) = msg else { break };
+            let Some(BootMsg { kind, body }) = msg else {
+                break;
+            };
             match (l.phase, kind) {
-                (Phase::AwaitChallenge, K_CHALLENGE) => {
-                    let c = <[u8; NONCE_LEN]>::try_from(&body[..])
-                        .map_err(|_| format!("a challenge of {} bytes", body.len()))?;
+                (Phase::AwaitChallenge, BootKind::Challenge) => {
+                    let c = parse_challenge(&body).map_err(|e| e.to_string())?;
                     let mine = self.my_info(&l.qp, l.psn).to_bytes();
                     let mut out = boot_hello(
                         self.key.as_ref(),
@@ -1424,13 +1049,13 @@ impl VerbsTransport {
                         &self.hello,
                         &mine,
                     );
-                    out.extend(boot_msg(K_INFO, &mine));
+                    out.extend(boot_msg(BootKind::Info, &mine));
                     write_boot(&mut l.ctl, &out).map_err(|e| format!("bootstrap write: {e}"))?;
                     l.challenge = Some(c);
                     l.phase = Phase::AwaitInfo;
                 }
-                (Phase::AwaitInfo, K_HELLO) if l.peer_hello.is_none() => {
-                    let bh = BootHello::parse(&body)?;
+                (Phase::AwaitInfo, BootKind::Hello) if l.peer_hello.is_none() => {
+                    let bh = BootHello::parse(&body).map_err(|e| e.to_string())?;
                     self.check_hello(&bh.hello, None)?;
                     if bh.hello.node != l.node {
                         return Err(format!(
@@ -1443,12 +1068,9 @@ impl VerbsTransport {
                     }
                     l.peer_hello = Some(bh);
                 }
-                (Phase::AwaitInfo, K_INFO) if l.peer_hello.is_some() => {
+                (Phase::AwaitInfo, BootKind::Info) if l.peer_hello.is_some() => {
                     let bh = l.peer_hello.expect("checked by the guard");
                     let c = l.challenge.expect("set with the phase");
-                    if body.len() != INFO_LEN {
-                        return Err(format!("an Info of {} bytes, not {INFO_LEN}", body.len()));
-                    }
                     if !bh.verify(
                         self.key.as_ref(),
                         auth::label::VERBS_BOOT_ACCEPTOR,
@@ -1461,16 +1083,15 @@ impl VerbsTransport {
                             l.node
                         ));
                     }
-                    let info = Info::parse(&body).ok_or("short Info")?;
-                    info.check()?;
+                    let info = Info::parse(&body).map_err(|e| e.to_string())?;
                     self.connect_qp(l, &info).map_err(|e| e.to_string())?;
-                    write_boot(&mut l.ctl, &boot_msg(K_READY, &[]))
+                    write_boot(&mut l.ctl, &boot_msg(BootKind::Ready, &[]))
                         .map_err(|e| format!("bootstrap write: {e}"))?;
                     self.link_up(l, events);
                 }
-                (Phase::AwaitReady, K_READY) => self.link_up(l, events),
+                (Phase::AwaitReady, BootKind::Ready) => self.link_up(l, events),
                 (Phase::Up | Phase::Broken, _) => {}
-                (p, k) => return Err(format!("bootstrap message {k} unexpected in {p:?}")),
+                (p, k) => return Err(format!("bootstrap message {k:?} unexpected in {p:?}")),
             }
         }
         Ok(())
@@ -1486,7 +1107,7 @@ impl VerbsTransport {
             "verbs: node {} up (QP {} -> {}, {} credits)",
             l.node,
             l.qp.qpn(),
-            l.remote.map_or(0, |r| r.ep.qpn),
+            l.remote.map_or(0, |r| r.qp.qpn),
             l.credits
         );
         events.push(LinkEvent::Up { node: l.node });
@@ -1613,9 +1234,12 @@ impl VerbsTransport {
                 return;
             }
             let owner = self.qpn_node.get(&wc.qp_num).copied();
-            let Some((node, epoch)) = owner.filter(|_| wc.is_ok() && wc.opcode == WC_RECV) else {
+            let Some(LinkId { node, epoch }) = owner.filter(|_| wc.is_ok() && wc.opcode == WC_RECV)
+            else {
                 // A QP that is gone, or a flushed/failed receive: the buffer goes back.
-                if let (Some((node, _)), false) = (owner, wc.status == WC_FLUSH_ERR || wc.is_ok()) {
+                if let (Some(LinkId { node, .. }), false) =
+                    (owner, wc.status == WC_FLUSH_ERR || wc.is_ok())
+                {
                     self.fail(
                         node,
                         format!(
@@ -1719,16 +1343,16 @@ impl VerbsTransport {
         self.stats.recv_bytes += len as u64;
         l.last_rx = Instant::now();
         let buf = self.rx_bufs.slice(slot as usize * MSG, len.min(MSG));
-        let p = match parse_msg(buf, slot) {
-            Ok(p) => p,
+        let msg = match StreamMsg::parse(buf) {
+            Ok(m) => m,
             Err(why) => {
                 self.reposts.push(slot);
-                self.malformed(node, why.into(), events);
+                self.malformed(node, why.to_string(), events);
                 return;
             }
         };
-        l.credits += p.credits as u32;
-        for _ in 0..p.rdv_done {
+        l.credits += msg.credits() as u32;
+        for _ in 0..msg.rdv_done() {
             match l.rdv_out.pop_front() {
                 Some(b) => l.freed.extend(b),
                 None => {
@@ -1739,13 +1363,21 @@ impl VerbsTransport {
             }
         }
         let mut refs = 0;
-        for it in p.items {
-            if let RxItem::Rdv(r) = &it {
-                // Checked before any READ is posted: see `check_rdv`.
+        for it in msg.items() {
+            let it = match it {
+                Item::Data(r) => RxItem::Data {
+                    slot,
+                    start: r.start as u32,
+                    end: r.end as u32,
+                },
+                Item::Rdv(rdv) => RxItem::Rdv(Fetch { rdv, done: 0 }),
+            };
+            if let RxItem::Rdv(Fetch { rdv, .. }) = &it {
+                // Checked before any READ is posted: see `Rdv::check`.
                 let checked = match l.remote.as_ref() {
-                    Some(rm) => check_rdv(rm, r.off, r.len, r.rkey),
+                    Some(rm) => rdv.check(rm),
                     None => Err(BadRdv::WrongKey {
-                        got: r.rkey,
+                        got: rdv.rkey,
                         advertised: 0,
                     }),
                 };
@@ -1821,13 +1453,13 @@ impl VerbsTransport {
                         {
                             break;
                         }
-                        let n = st.left.min(r.len - r.done).min(READ_PIECE);
-                        let last = r.done + n == r.len;
+                        let n = st.left.min(r.rdv.len - r.done).min(READ_PIECE);
+                        let last = r.done + n == r.rdv.len;
                         l.wrs.push(SendWr {
                             wr_id: wr_id(l.node, l.epoch, l.wr_seq),
                             op: SendOp::Read {
-                                remote_addr: remote.base + r.off + r.done,
-                                rkey: r.rkey,
+                                remote_addr: remote.base + r.rdv.off + r.done,
+                                rkey: r.rdv.rkey,
                             },
                             local: Sge {
                                 addr: base + st.off,
@@ -1878,13 +1510,13 @@ impl VerbsTransport {
                     {
                         break;
                     }
-                    let n = (r.len - r.done).min(BOUNCE as u64);
-                    let last = r.done + n == r.len;
+                    let n = (r.rdv.len - r.done).min(BOUNCE as u64);
+                    let last = r.done + n == r.rdv.len;
                     l.wrs.push(SendWr {
                         wr_id: wr_id(l.node, l.epoch, l.wr_seq),
                         op: SendOp::Read {
-                            remote_addr: remote.base + r.off + r.done,
-                            rkey: r.rkey,
+                            remote_addr: remote.base + r.rdv.off + r.done,
+                            rkey: r.rdv.rkey,
                         },
                         local: Sge {
                             addr: l.bounce.addr(0),
@@ -1955,7 +1587,7 @@ impl VerbsTransport {
             }
             let slot = l.slot_next;
             let at = (slot % SEND_SLOTS) as usize * MSG;
-            let mut w = MsgWriter::new(l.slots.slice_mut(at, MSG));
+            let mut w = StreamWriter::new(l.slots.slice_mut(at, MSG));
             let credits = l.owed.min(u16::MAX as u32);
             let done = l.rdv_done_owed.min(u16::MAX as u32);
             w.set_header(credits as u16, done as u16);
@@ -1978,7 +1610,7 @@ impl VerbsTransport {
                         if n == 0 {
                             break;
                         }
-                        w.item(T_DATA, n).copy_from_slice(&buf[*pos..*pos + n]);
+                        w.data(n).copy_from_slice(&buf[*pos..*pos + n]);
                         *pos += n;
                         l.queued -= n;
                         *pos == buf.len()
@@ -1995,7 +1627,11 @@ impl VerbsTransport {
                             if l.rdv_out.len() >= RDV_MAX_OUT || !w.rdv_fits() {
                                 break;
                             }
-                            w.rdv(*off + *pos, rem, rkey);
+                            w.rdv(&Rdv {
+                                off: *off + *pos,
+                                len: rem,
+                                rkey,
+                            });
                             self.stats.rdv_sent += 1;
                             self.stats.rdv_bytes += rem;
                             l.rdv_out.push_back(free_after.take());
@@ -2007,7 +1643,7 @@ impl VerbsTransport {
                             if n == 0 {
                                 break;
                             }
-                            let dst = w.item(T_DATA, n as usize);
+                            let dst = w.data(n as usize);
                             match self.pool.block_slice(*off + *pos, n) {
                                 Some(src) => dst.copy_from_slice(src),
                                 // Cannot happen for blocks the agent queued; zeros keep
@@ -2031,8 +1667,8 @@ impl VerbsTransport {
                     break;
                 }
             }
-            let len = w.len;
-            if w.items == 0 && credits == 0 && done == 0 {
+            let len = w.len();
+            if w.is_empty() && credits == 0 && done == 0 {
                 break;
             }
             l.credits -= 1;
@@ -2182,7 +1818,7 @@ impl VerbsTransport {
             let node = ev
                 .qp_num
                 .and_then(|q| self.qpn_node.get(&q))
-                .map(|&(n, _)| n);
+                .map(|id| id.node);
             if ev.is_qp_fatal() || ev.is_qp_last_wqe() {
                 log::warn!("verbs: {} on QP {:?} (node {node:?})", ev.name, ev.qp_num);
                 if let Some(n) = node {
@@ -2306,7 +1942,7 @@ impl Transport for VerbsTransport {
                         }
                         // The acceptor speaks first: its challenge.
                         let ours = auth::random_bytes::<NONCE_LEN>();
-                        if let Err(e) = write_boot(&mut s, &boot_msg(K_CHALLENGE, &ours)) {
+                        if let Err(e) = write_boot(&mut s, &boot_msg(BootKind::Challenge, &ours)) {
                             log::debug!("verbs: cannot challenge a connection from {addr}: {e}");
                             continue;
                         }
@@ -2634,291 +2270,5 @@ impl Transport for VerbsTransport {
             }
             None => Vec::new(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn info_round_trips() {
-        let i = Info {
-            ep: QpEndpoint {
-                qpn: 17,
-                psn: 0xabcdef,
-                lid: 3,
-                gid: Some(Gid([
-                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 77, 0, 1,
-                ])),
-            },
-            mtu: 3,
-            base: 0x7f00_0000_0000,
-            region_off: 4096,
-            region_len: 1 << 20,
-            rkey: 0x1234,
-            credits: 32,
-        };
-        assert_eq!(Info::parse(&i.to_bytes()), Some(i));
-        assert_eq!(Info::parse(&i.to_bytes()[..10]), None);
-    }
-
-    #[test]
-    fn messages_round_trip_and_bad_ones_are_refused() {
-        let mut buf = vec![0xeeu8; 256];
-        let mut w = MsgWriter::new(&mut buf);
-        w.set_header(5, 2);
-        w.item(T_DATA, 3).copy_from_slice(b"abc");
-        w.rdv(4096, 70_000, 9);
-        let len = w.len;
-        let p = parse_msg(&buf[..len], 7).unwrap();
-        assert_eq!((p.credits, p.rdv_done), (5, 2));
-        assert_eq!(p.items.len(), 2);
-        match &p.items[0] {
-            RxItem::Data { slot, start, end } => {
-                assert_eq!(*slot, 7);
-                assert_eq!(&buf[*start as usize..*end as usize], b"abc");
-            }
-            x => panic!("{x:?}"),
-        }
-        match &p.items[1] {
-            RxItem::Rdv(r) => assert_eq!((r.off, r.len, r.rkey), (4096, 70_000, 9)),
-            x => panic!("{x:?}"),
-        }
-        // Every truncation is refused or parsed, never a panic.
-        for n in 0..len {
-            let _ = parse_msg(&buf[..n], 0);
-        }
-        assert!(parse_msg(&[0u8; 8], 0).is_err());
-        let mut bad = buf[..len].to_vec();
-        bad[MSG_HEADER] = 99;
-        assert!(parse_msg(&bad, 0).is_err());
-    }
-
-    fn peer_info(base: u64, region_off: u64, region_len: u64, rkey: u32) -> Info {
-        Info {
-            ep: QpEndpoint {
-                qpn: 1,
-                psn: 0,
-                lid: 0,
-                gid: None,
-            },
-            mtu: 5,
-            base,
-            region_off,
-            region_len,
-            rkey,
-            credits: 32,
-        }
-    }
-
-    #[test]
-    fn rendezvous_descriptors_outside_the_advertised_region_are_refused() {
-        let rm = peer_info(0x7f00_0000_0000, 1 << 20, 96 << 20, 0x1234);
-        let (lo, hi) = (1u64 << 20, (1u64 << 20) + (96 << 20));
-        // Inside: the whole region, its first and last byte, a chunk in the middle.
-        for (off, len) in [(lo, hi - lo), (lo, 1), (hi - 1, 1), (lo + 4096, 256 << 10)] {
-            assert_eq!(check_rdv(&rm, off, len, 0x1234), Ok(()), "{off:#x}+{len}");
-        }
-        assert_eq!(check_rdv(&rm, lo, 0, 0x1234), Err(BadRdv::Empty));
-        assert_eq!(
-            check_rdv(&rm, lo, 4096, 0x1235),
-            Err(BadRdv::WrongKey {
-                got: 0x1235,
-                advertised: 0x1234
-            })
-        );
-        // Overflowing offset + length, whatever the key and region say.
-        for (off, len) in [(u64::MAX, 1), (u64::MAX - 10, 64 << 10), (lo, u64::MAX)] {
-            assert_eq!(
-                check_rdv(&rm, off, len, 0x1234),
-                Err(BadRdv::Overflow { off, len }),
-                "{off:#x}+{len}"
-            );
-        }
-        // Before the region (the pool's header and rings), straddling either end,
-        // past it, longer than it.
-        for (off, len) in [
-            (0, 64 << 10),
-            (lo - 1, 2),
-            (hi - 1, 2),
-            (hi, 1),
-            (hi + (1 << 30), 64 << 10),
-            (lo, hi - lo + 1),
-            (lo, 1 << 62),
-        ] {
-            assert!(
-                matches!(
-                    check_rdv(&rm, off, len, 0x1234),
-                    Err(BadRdv::Outside { .. })
-                ),
-                "{off:#x}+{len} accepted"
-            );
-        }
-        // A peer whose advertised region itself overflows accepts nothing near the end
-        // (and its Info is refused at the handshake anyway).
-        let wild = peer_info(0, u64::MAX - 10, 100, 1);
-        assert!(wild.check().is_err());
-        assert!(check_rdv(&wild, u64::MAX - 10, 5, 1).is_err());
-        assert!(peer_info(u64::MAX - 4096, 0, 8192, 1).check().is_err());
-        assert!(rm.check().is_ok());
-        // The error names the numbers.
-        let e = check_rdv(&rm, 0, 65536, 0x1234).unwrap_err().to_string();
-        assert!(e.contains("0x100000") && e.contains("65536"), "{e}");
-    }
-
-    #[test]
-    fn an_empty_descriptor_parses_and_is_left_to_the_check() {
-        let mut buf = vec![0xeeu8; 64];
-        let mut w = MsgWriter::new(&mut buf);
-        w.rdv(4096, 0, 9);
-        let len = w.len;
-        let p = parse_msg(&buf[..len], 0).unwrap();
-        assert!(matches!(p.items[..], [RxItem::Rdv(Rdv { len: 0, .. })]));
-    }
-
-    #[test]
-    fn boot_messages_split_anywhere() {
-        let mut all = boot_msg(K_HELLO, &[1, 2, 3]);
-        all.extend(boot_msg(K_READY, &[]));
-        for cut in 0..all.len() {
-            let mut b = all[..cut].to_vec();
-            let mut got = Vec::new();
-            while let Ok(Some(m)) = take_boot_msg(&mut b) {
-                got.push(m);
-            }
-            b.extend_from_slice(&all[cut..]);
-            while let Ok(Some(m)) = take_boot_msg(&mut b) {
-                got.push(m);
-            }
-            assert_eq!(got, vec![(K_HELLO, vec![1, 2, 3]), (K_READY, vec![])]);
-        }
-        let mut junk = vec![0u8; 16];
-        assert!(take_boot_msg(&mut junk).is_err());
-    }
-
-    fn boot_parts() -> (
-        JobKey,
-        Hello,
-        [u8; NONCE_LEN],
-        [u8; NONCE_LEN],
-        [u8; INFO_LEN],
-    ) {
-        let h = Hello {
-            node: 1,
-            nodes: 3,
-            incarnation: 77,
-            job: 0xfeed,
-            caps: 0,
-            fabric: 0,
-        };
-        let info = peer_info(0x7f00_0000_0000, 1 << 20, 96 << 20, 0x1234).to_bytes();
-        (JobKey::from_bytes([5; 32]), h, [1; 32], [2; 32], info)
-    }
-
-    /// The Hello message as received: parsed from the stream.
-    fn received(msg: &[u8]) -> BootHello {
-        let mut b = msg.to_vec();
-        let (kind, body) = take_boot_msg(&mut b).unwrap().unwrap();
-        assert_eq!(kind, K_HELLO);
-        assert!(b.is_empty());
-        BootHello::parse(&body).unwrap()
-    }
-
-    #[test]
-    fn boot_hello_mac_verifies_and_covers_every_info_byte() {
-        use auth::label::{VERBS_BOOT_ACCEPTOR as ACC, VERBS_BOOT_DIALER as DIAL};
-        let (key, h, challenge, nonce, info) = boot_parts();
-        let k = Some(&key);
-        let bh = received(&boot_hello(k, DIAL, &challenge, &nonce, &h, &info));
-        assert_eq!(bh.hello, h);
-        assert_eq!(bh.nonce, nonce);
-        assert!(bh.verify(k, DIAL, &challenge, &nonce, &info));
-        // Any changed Info byte (the rkey, the addresses, the QP number...) fails.
-        for i in 0..INFO_LEN {
-            let mut bad = info;
-            bad[i] ^= 0x01;
-            assert!(
-                !bh.verify(k, DIAL, &challenge, &nonce, &bad),
-                "Info byte {i} is not covered"
-            );
-        }
-        assert!(!bh.verify(k, DIAL, &challenge, &nonce, &info[..INFO_LEN - 1]));
-        // The other direction's label, another nonce, another key: refused.
-        assert!(!bh.verify(k, ACC, &challenge, &nonce, &info));
-        assert!(!bh.verify(k, DIAL, &challenge, &[3; 32], &info));
-        let other = JobKey::from_bytes([6; 32]);
-        assert!(!bh.verify(Some(&other), DIAL, &challenge, &nonce, &info));
-        // A changed Hello byte in the message fails too.
-        let mut msg = boot_hello(k, DIAL, &challenge, &nonce, &h, &info);
-        msg[BOOT_HEADER + 12] ^= 0x80; // the incarnation
-        assert!(!received(&msg).verify(k, DIAL, &challenge, &nonce, &info));
-        // Without a key: zero MAC, nothing checked; an unkeyed Hello fails a keyed check.
-        let plain = received(&boot_hello(None, DIAL, &challenge, &nonce, &h, &info));
-        assert_eq!(plain.mac, [0; MAC_LEN]);
-        assert!(plain.verify(None, DIAL, &[9; 32], &nonce, &info));
-        assert!(!plain.verify(k, DIAL, &challenge, &nonce, &info));
-    }
-
-    #[test]
-    fn a_replayed_boot_hello_fails_under_another_challenge() {
-        use auth::label::VERBS_BOOT_DIALER as DIAL;
-        let (key, h, challenge, nonce, info) = boot_parts();
-        let k = Some(&key);
-        // Recorded on one connection, replayed on the next: that one's challenge is
-        // new, so the recorded MAC does not fit it.
-        let recorded = boot_hello(k, DIAL, &challenge, &nonce, &h, &info);
-        let next_challenge = auth::random_bytes::<NONCE_LEN>();
-        let bh = received(&recorded);
-        assert!(bh.verify(k, DIAL, &challenge, &nonce, &info));
-        assert!(!bh.verify(k, DIAL, &next_challenge, &bh.nonce, &info));
-        // Nor can the acceptor's answer from one handshake pass for another's.
-        let answer = boot_hello(
-            k,
-            auth::label::VERBS_BOOT_ACCEPTOR,
-            &challenge,
-            &nonce,
-            &h,
-            &info,
-        );
-        let a = received(&answer);
-        assert!(a.verify(
-            k,
-            auth::label::VERBS_BOOT_ACCEPTOR,
-            &challenge,
-            &nonce,
-            &info
-        ));
-        assert!(!a.verify(
-            k,
-            auth::label::VERBS_BOOT_ACCEPTOR,
-            &challenge,
-            &[4; 32],
-            &info
-        ));
-    }
-
-    #[test]
-    fn boot_headers_are_checked_before_any_body() {
-        // A header announcing more than the largest legit body: refused on its 8
-        // bytes alone, before its body would be read.
-        let mut big = boot_msg(K_HELLO, &[0u8; BOOT_BODY_MAX + 1])[..BOOT_HEADER].to_vec();
-        let e = peek_boot_header(&big).unwrap_err();
-        assert!(e.contains("announcing"), "{e}");
-        assert!(take_boot_msg(&mut big).is_err());
-        let ok = boot_msg(K_HELLO, &[0u8; BOOT_BODY_MAX]);
-        assert_eq!(
-            peek_boot_header(&ok[..BOOT_HEADER]),
-            Ok(Some((K_HELLO, BOOT_BODY_MAX)))
-        );
-        assert_eq!(peek_boot_header(&ok[..BOOT_HEADER - 1]), Ok(None));
-        // An older agent's stream (version 1 magic): a clear word, not a hang.
-        let mut old = BOOT_MAGIC_V1.to_le_bytes().to_vec();
-        old.extend_from_slice(&[1, 0, 32, 0]);
-        let e = peek_boot_header(&old).unwrap_err();
-        assert!(e.contains("older wyvern"), "{e}");
-        // Short or long Hellos do not parse.
-        assert!(BootHello::parse(&[0u8; Hello::LEN]).is_err());
-        assert!(BootHello::parse(&[0u8; HELLO_MSG_BODY + 1]).is_err());
     }
 }
