@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::transport::{Inflow, LinkEvent, Poller};
-use crate::wire::Hello;
 
 /// A link that only records what is queued on it.
 #[derive(Default)]
@@ -20,6 +19,7 @@ impl Transport for Recorder {
     }
     fn on_ready(
         &mut self,
+        _: u32,
         _: &Poller,
         _: u32,
         _: Instant,
@@ -28,9 +28,6 @@ impl Transport for Recorder {
     ) {
     }
     fn tick(&mut self, _: &Poller, _: Instant, _: &mut dyn Inflow, _: &mut Vec<LinkEvent>) {}
-    fn is_up(&self, _: u32) -> bool {
-        true
-    }
     fn push(&mut self, _: u32, item: Out) {
         if let Out::Bytes { buf, .. } = item {
             self.pushed.push(buf);
@@ -45,9 +42,6 @@ impl Transport for Recorder {
     }
     fn close(&mut self, _: &Poller, _: u32) -> Vec<u64> {
         Vec::new()
-    }
-    fn peer_hello(&self, _: u32) -> Option<Hello> {
-        None
     }
 }
 

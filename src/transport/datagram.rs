@@ -57,7 +57,7 @@ use crate::wire::{FrameReader, Hello};
 
 use super::stream::Inflow;
 
-use super::{LinkEvent, Out, Poller, Transport};
+use super::{LinkEvent, Out, Poller, Transport, TransportStats};
 
 /// How often a link that is not up says `Hello`.
 const HELLO_EVERY: Duration = Duration::from_millis(100);
@@ -114,7 +114,7 @@ pub trait PacketIo {
     fn wakes(&self) -> bool {
         !self.poll_mode()
     }
-    /// The agent is about to sleep (see [`Transport::before_sleep`]).
+    /// The agent is about to sleep (see [`Transport::before_sleep`](super::Transport::before_sleep)).
     fn before_sleep(&mut self, _poller: &Poller) {}
     /// Hand packets `send` queued (a device that batches) to the device. The
     /// datagram layer calls it at the end of every transport call that may
@@ -890,6 +890,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn on_ready(
         &mut self,
+        _sub: u32,
         _poller: &Poller,
         _token: u32,
         now: Instant,
@@ -962,10 +963,6 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         any
     }
 
-    fn is_up(&self, node: u32) -> bool {
-        self.links.get(node as usize).is_some_and(|l| l.up)
-    }
-
     fn push(&mut self, node: u32, item: Out) {
         if let Some(l) = self.links.get_mut(node as usize).filter(|l| l.up) {
             l.queued += item.remaining();
@@ -999,17 +996,14 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             .map(|l| l.last_tx)
     }
 
-    fn poll_mode(&self) -> bool {
-        self.io.poll_mode() && !self.io.wakes()
-    }
-
-    fn before_sleep(&mut self, poller: &Poller) {
+    fn before_sleep(&mut self, poller: &Poller) -> bool {
         // Time passes while the agent sleeps: `flush` reads the clock again.
         self.now = None;
         self.io.before_sleep(poller);
+        !self.io.poll_mode() || self.io.wakes()
     }
 
-    fn counters(&self) -> Vec<(&'static str, u64)> {
+    fn stats(&self) -> TransportStats {
         let s = &self.stats;
         let mut c = vec![
             ("packets_corrupt", s.corrupt),
@@ -1036,14 +1030,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_resent_partial_ack", r.partial_ack_resends),
         ]);
         c.extend(self.io.counters());
-        c
-    }
-
-    fn info(&self) -> Vec<(&'static str, String)> {
-        let mut v = self.io.info();
+        let mut info = self.io.info();
         let auth = if self.key.is_some() { "mac" } else { "none" };
-        v.push(("peer_auth", auth.to_string()));
-        v
+        info.push(("peer_auth", auth.to_string()));
+        TransportStats { counters: c, info }
     }
 
     fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {

@@ -143,7 +143,7 @@ impl Poller {
 
     /// The same epoll for back end `i` of a hybrid transport: its events
     /// carry `kind + i` (so `kind + MAX_SUB` must be free), and the agent
-    /// hands them to [`Transport::on_ready_in`] with `sub = i`.
+    /// hands them to [`Transport::on_ready`] with `sub = i`.
     pub fn sub(&self, i: u32) -> Poller {
         assert!(i < MAX_SUB, "at most {MAX_SUB} back ends");
         Poller {
@@ -202,6 +202,15 @@ impl Poller {
     }
 }
 
+/// A transport's own figures for `wyvern stat`.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Counters, by name.
+    pub counters: Vec<(&'static str, u64)>,
+    /// Facts that are not counts, by name.
+    pub info: Vec<(&'static str, String)>,
+}
+
 /// A way to move frames between this agent and its peers.
 ///
 /// Drive it from one thread: feed readiness ([`Transport::on_ready`]) and
@@ -212,19 +221,11 @@ pub trait Transport {
     fn name(&self) -> &'static str;
     /// Where peers reach this node, for logs.
     fn local_addr(&self) -> String;
-    /// A descriptor it registered became ready. What arrives for a peer
-    /// goes into that peer's stream in `rx`.
+    /// A descriptor it registered became ready: `sub` is the back end it
+    /// was registered for through [`Poller::sub`] (0 unless the transport
+    /// is made of several). What arrives for a peer goes into that peer's
+    /// stream in `rx`.
     fn on_ready(
-        &mut self,
-        poller: &Poller,
-        token: u32,
-        now: Instant,
-        rx: &mut dyn Inflow,
-        events: &mut Vec<LinkEvent>,
-    );
-    /// A descriptor registered through [`Poller::sub`]`(sub)` became ready
-    /// (only a transport made of several back ends registers so).
-    fn on_ready_in(
         &mut self,
         sub: u32,
         poller: &Poller,
@@ -232,16 +233,7 @@ pub trait Transport {
         now: Instant,
         rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
-    ) {
-        let _ = sub;
-        self.on_ready(poller, token, now, rx, events)
-    }
-    /// What `node` said when its link came up, if this transport keeps it
-    /// (the TCP transport does: a hybrid agent routes by it).
-    fn peer_hello(&self, node: u32) -> Option<Hello> {
-        let _ = node;
-        None
-    }
+    );
     /// Break `node`'s link from below, as a device fault would (verbs: its
     /// queue pair forced into the error state), for `wyvern break-link`;
     /// the transport then finds the fault on its own and reports the link
@@ -249,13 +241,6 @@ pub trait Transport {
     fn inject_fault(&mut self, node: u32) -> bool {
         let _ = node;
         false
-    }
-    /// Name only the transports `caps` in the `Hello`s of this agent's
-    /// next connections to `node` (the TCP transport of a hybrid agent: a
-    /// transport forced for that peer, or one that failed it). Others
-    /// ignore it.
-    fn set_hello_caps(&mut self, node: u32, caps: u32) {
-        let _ = (node, caps);
     }
     /// The name of the back end that carries `node`'s link (a hybrid
     /// transport has several).
@@ -279,8 +264,6 @@ pub trait Transport {
         let _ = (now, rx, events);
         false
     }
-    /// Whether frames can flow to `node` now.
-    fn is_up(&self, node: u32) -> bool;
     /// Queue an item for `node` (dropped when the link is not up).
     fn push(&mut self, node: u32, item: Out);
     /// Bytes queued for `node`.
@@ -289,24 +272,21 @@ pub trait Transport {
     /// are appended to `freed`. An error means the link is broken: it is
     /// closed and a `Down` event reported.
     fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>);
-    /// When something was last written to `node` (`None`: no link).
+    /// Whether a link to `node` is up (frames can flow), and when something
+    /// was last written to it.
     fn last_tx(&self, node: u32) -> Option<Instant>;
-    /// Whether arriving data cannot wake a sleeping agent (a poll-mode
-    /// device): an adaptive agent then sleeps only briefly.
-    fn poll_mode(&self) -> bool {
-        false
-    }
     /// The agent is about to sleep: arm whatever wakes it when data arrives
-    /// (a one-shot descriptor, see [`Poller::add_oneshot`]).
-    fn before_sleep(&mut self, _poller: &Poller) {}
-    /// The transport's own counters, by name, for `wyvern stat`.
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        Vec::new()
+    /// (a one-shot descriptor, see [`Poller::add_oneshot`]). Returns whether
+    /// arriving data wakes the agent at all: a poll-mode device cannot, and
+    /// an adaptive agent then sleeps only briefly.
+    fn before_sleep(&mut self, poller: &Poller) -> bool {
+        let _ = poller;
+        true
     }
-    /// The transport's facts that are not counts (e.g. the dpdk transport's
-    /// tx path), by name, for `wyvern stat`.
-    fn info(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
+    /// The transport's own counters and facts that are not counts (e.g. the
+    /// dpdk transport's tx path), by name, for `wyvern stat`.
+    fn stats(&self) -> TransportStats {
+        TransportStats::default()
     }
     /// Close the link to `node`; returns the blocks its queue referenced.
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;

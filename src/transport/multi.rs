@@ -24,14 +24,59 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport};
+use super::tcp::TcpTransport;
+use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats};
 use crate::shm::Pool;
 use crate::wire::{caps, Hello};
+
+/// A back end's transport: TCP (back end 0, whose `Hello`s the hybrid
+/// transport reads and writes) or another.
+pub enum Back {
+    /// The TCP transport.
+    Tcp(Box<TcpTransport>),
+    /// Any other.
+    Other(Box<dyn Transport>),
+}
+
+impl Back {
+    fn tcp(&self) -> Option<&TcpTransport> {
+        match self {
+            Back::Tcp(t) => Some(t),
+            Back::Other(_) => None,
+        }
+    }
+
+    fn tcp_mut(&mut self) -> Option<&mut TcpTransport> {
+        match self {
+            Back::Tcp(t) => Some(t),
+            Back::Other(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for Back {
+    type Target = dyn Transport;
+    fn deref(&self) -> &(dyn Transport + 'static) {
+        match self {
+            Back::Tcp(t) => &**t,
+            Back::Other(b) => &**b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Back {
+    fn deref_mut(&mut self) -> &mut (dyn Transport + 'static) {
+        match self {
+            Back::Tcp(t) => &mut **t,
+            Back::Other(b) => &mut **b,
+        }
+    }
+}
 
 /// One back end and the poller view it registers its descriptors with.
 pub struct Backend {
     /// The transport.
-    pub transport: Box<dyn Transport>,
+    pub transport: Back,
     /// Its view of the agent's poller ([`Poller::sub`] of its index).
     pub poller: Poller,
     /// Its [`caps`] bit.
@@ -115,7 +160,9 @@ impl Multi {
         fallback: Duration,
     ) -> Multi {
         assert!(
-            backs.first().is_some_and(|b| b.cap == caps::TCP),
+            backs
+                .first()
+                .is_some_and(|b| b.cap == caps::TCP && b.transport.tcp().is_some()),
             "back end 0 of a hybrid transport must be tcp"
         );
         log::info!(
@@ -133,7 +180,9 @@ impl Multi {
             .collect();
         for (j, &o) in offer.iter().enumerate() {
             if o != hello.caps {
-                backs[0].transport.set_hello_caps(j as u32, o);
+                if let Some(t) = backs[0].transport.tcp_mut() {
+                    t.set_hello_caps(j as u32, o);
+                }
             }
         }
         let n_backs = backs.len();
@@ -171,7 +220,11 @@ impl Multi {
                 LinkEvent::Up { node } => {
                     let j = node as usize;
                     if from == 0 {
-                        let Some(h) = self.backs[0].transport.peer_hello(node) else {
+                        let Some(h) = self.backs[0]
+                            .transport
+                            .tcp()
+                            .and_then(|t| t.peer_hello(node))
+                        else {
                             continue;
                         };
                         let mine = Offer {
@@ -206,7 +259,7 @@ impl Multi {
                         // A new TCP connection is a new link when TCP carries
                         // the data; under another back end's link that is up
                         // already, only a first decision or a move is news.
-                        if r == 0 || (moved && self.backs[r].transport.is_up(node)) {
+                        if r == 0 || (moved && self.backs[r].transport.last_tx(node).is_some()) {
                             self.to_place.push(node);
                             events.push(LinkEvent::Up { node });
                         }
@@ -276,8 +329,8 @@ impl Multi {
             let node = j as u32;
             let stuck = self.decided[j]
                 && r != 0
-                && self.backs[0].transport.is_up(node)
-                && !self.backs[r].transport.is_up(node);
+                && self.backs[0].transport.last_tx(node).is_some()
+                && self.backs[r].transport.last_tx(node).is_none();
             if !stuck {
                 self.waiting[j] = None;
                 continue;
@@ -301,7 +354,9 @@ impl Multi {
             let blocks = b.transport.close(&b.poller, node);
             self.orphans.extend(blocks);
             let b = &mut self.backs[0];
-            b.transport.set_hello_caps(node, self.offer[j]);
+            if let Some(t) = b.transport.tcp_mut() {
+                t.set_hello_caps(node, self.offer[j]);
+            }
             let blocks = b.transport.close(&b.poller, node);
             self.orphans.extend(blocks);
         }
@@ -411,17 +466,6 @@ impl Transport for Multi {
 
     fn on_ready(
         &mut self,
-        poller: &Poller,
-        token: u32,
-        now: Instant,
-        rx: &mut dyn Inflow,
-        events: &mut Vec<LinkEvent>,
-    ) {
-        self.on_ready_in(0, poller, token, now, rx, events)
-    }
-
-    fn on_ready_in(
-        &mut self,
         sub: u32,
         _poller: &Poller,
         token: u32,
@@ -432,7 +476,7 @@ impl Transport for Multi {
         let i = sub as usize;
         if i < self.backs.len() {
             self.on(i, rx, events, |b, rx, evs| {
-                b.transport.on_ready(&b.poller, token, now, rx, evs)
+                b.transport.on_ready(0, &b.poller, token, now, rx, evs)
             });
         }
     }
@@ -467,10 +511,6 @@ impl Transport for Multi {
         self.each(rx, events, |b, rx, evs| b.transport.poll(now, rx, evs))
     }
 
-    fn is_up(&self, node: u32) -> bool {
-        self.decided[node as usize] && self.back(node).is_up(node)
-    }
-
     fn push(&mut self, node: u32, item: Out) {
         let r = self.route[node as usize];
         self.backs[r].transport.push(node, item)
@@ -489,29 +529,41 @@ impl Transport for Multi {
     }
 
     fn last_tx(&self, node: u32) -> Option<Instant> {
-        self.back(node).last_tx(node)
+        self.back(node)
+            .last_tx(node)
+            .filter(|_| self.decided[node as usize])
     }
 
-    fn peer_hello(&self, node: u32) -> Option<Hello> {
-        self.backs[0].transport.peer_hello(node)
-    }
-
-    fn info(&self) -> Vec<(&'static str, String)> {
+    fn stats(&self) -> TransportStats {
         // Every back end's facts (the first of each name); peers are
         // authenticated ("mac") only if every back end authenticates them.
-        let mut out: Vec<(&'static str, String)> = Vec::new();
+        // Counters get their back end's name ("udp.packets_tx").
+        let mut names = self.names.borrow_mut();
+        let mut out = TransportStats {
+            counters: vec![("hybrid_fallbacks", self.fallbacks)],
+            info: Vec::new(),
+        };
         let mut all_mac = true;
-        for b in &self.backs {
-            for (k, v) in b.transport.info() {
+        for (i, b) in self.backs.iter().enumerate() {
+            let st = b.transport.stats();
+            for (k, v) in st.info {
                 if k == "peer_auth" {
                     all_mac &= v == "mac";
-                } else if !out.iter().any(|(o, _)| *o == k) {
-                    out.push((k, v));
+                } else if !out.info.iter().any(|(o, _)| *o == k) {
+                    out.info.push((k, v));
                 }
+            }
+            for (name, v) in st.counters {
+                // Leaked once per (back end, counter): a few dozen strings
+                // for the agent's lifetime.
+                let full = *names.entry((i, name)).or_insert_with(|| {
+                    Box::leak(format!("{}.{name}", b.transport.name()).into_boxed_str())
+                });
+                out.counters.push((full, v));
             }
         }
         let auth = if all_mac { "mac" } else { "none" };
-        out.push(("peer_auth", auth.to_string()));
+        out.info.push(("peer_auth", auth.to_string()));
         out
     }
 
@@ -519,20 +571,13 @@ impl Transport for Multi {
         self.back(node).name()
     }
 
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        let mut names = self.names.borrow_mut();
-        let mut out = vec![("hybrid_fallbacks", self.fallbacks)];
-        for (i, b) in self.backs.iter().enumerate() {
-            for (name, v) in b.transport.counters() {
-                // Leaked once per (back end, counter): a few dozen strings
-                // for the agent's lifetime.
-                let full = *names.entry((i, name)).or_insert_with(|| {
-                    Box::leak(format!("{}.{name}", b.transport.name()).into_boxed_str())
-                });
-                out.push((full, v));
-            }
+    fn before_sleep(&mut self, _poller: &Poller) -> bool {
+        // Woken by arriving data only if every back end can wake it.
+        let mut wakes = true;
+        for b in &mut self.backs {
+            wakes &= b.transport.before_sleep(&b.poller);
         }
-        out
+        wakes
     }
 
     fn inject_fault(&mut self, node: u32) -> bool {

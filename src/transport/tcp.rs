@@ -40,7 +40,7 @@ use crate::wire::{
     control_frame, FrameHeader, FrameKind, FrameReader, Hello, FRAME_HEADER, HANDSHAKE_BODY_MAX,
 };
 
-use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, WarnSpell};
+use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell};
 
 /// Read at most this much from one socket per poll round (fairness).
 const RX_PER_ROUND: usize = 1 << 20;
@@ -388,6 +388,20 @@ impl TcpTransport {
         })
     }
 
+    /// What `node` said in its last `Hello` (a hybrid agent routes by it).
+    pub fn peer_hello(&self, node: u32) -> Option<Hello> {
+        self.peer_hellos.get(node as usize).copied().flatten()
+    }
+
+    /// Name only the transports `caps` in the `Hello`s of this agent's next
+    /// connections to `node` (a hybrid agent: a transport forced for that
+    /// peer, or one that failed it).
+    pub fn set_hello_caps(&mut self, node: u32, caps: u32) {
+        if let Some(c) = self.hello_caps.get_mut(node as usize) {
+            *c = caps;
+        }
+    }
+
     /// The bound address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -681,34 +695,24 @@ impl Transport for TcpTransport {
         "tcp"
     }
 
-    fn peer_hello(&self, node: u32) -> Option<Hello> {
-        self.peer_hellos.get(node as usize).copied().flatten()
-    }
-
-    fn set_hello_caps(&mut self, node: u32, caps: u32) {
-        if let Some(c) = self.hello_caps.get_mut(node as usize) {
-            *c = caps;
-        }
-    }
-
     fn local_addr(&self) -> String {
         self.addr.to_string()
     }
 
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("tcp_pending_refused", self.pending_refused),
-            ("tcp_handshakes_failed", self.handshakes_failed),
-        ]
-    }
-
-    fn info(&self) -> Vec<(&'static str, String)> {
+    fn stats(&self) -> TransportStats {
         let auth = if self.key.is_some() { "mac" } else { "none" };
-        vec![("peer_auth", auth.to_string())]
+        TransportStats {
+            counters: vec![
+                ("tcp_pending_refused", self.pending_refused),
+                ("tcp_handshakes_failed", self.handshakes_failed),
+            ],
+            info: vec![("peer_auth", auth.to_string())],
+        }
     }
 
     fn on_ready(
         &mut self,
+        _sub: u32,
         poller: &Poller,
         token: u32,
         now: Instant,
@@ -838,10 +842,6 @@ impl Transport for TcpTransport {
             }
         }
         let _ = events;
-    }
-
-    fn is_up(&self, node: u32) -> bool {
-        self.links.get(node as usize).is_some_and(|l| l.is_some())
     }
 
     fn push(&mut self, node: u32, item: Out) {

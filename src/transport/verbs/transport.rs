@@ -62,7 +62,9 @@ use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
-use crate::transport::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, WarnSpell};
+use crate::transport::{
+    Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell,
+};
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
     boot_hello, boot_msg, parse_challenge, take_boot_msg, BadRdv, BootHeader, BootHello, BootKind,
@@ -1806,7 +1808,7 @@ impl VerbsTransport {
                     // "Last WQE reached": a QP attached to the shared receive queue
                     // entered the error state (on its own, or forced by us - then
                     // the link is already broken and this does nothing).
-                    if ev.is_qp_last_wqe() && self.is_up(n) {
+                    if ev.is_qp_last_wqe() && self.last_tx(n).is_some() {
                         self.stats.qp_errors_found += 1;
                     }
                     self.fail(n, format!("asynchronous event: {}", ev.name), events);
@@ -1873,6 +1875,7 @@ impl Transport for VerbsTransport {
 
     fn on_ready(
         &mut self,
+        _sub: u32,
         poller: &Poller,
         token: u32,
         now: Instant,
@@ -2045,13 +2048,6 @@ impl Transport for VerbsTransport {
         any
     }
 
-    fn is_up(&self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .is_some_and(|l| l.phase == Phase::Up)
-    }
-
     fn push(&mut self, node: u32, item: Out) {
         if let Some(l) = self
             .links
@@ -2095,12 +2091,7 @@ impl Transport for VerbsTransport {
             .map(|l| l.last_tx)
     }
 
-    fn info(&self) -> Vec<(&'static str, String)> {
-        let auth = if self.key.is_some() { "mac" } else { "none" };
-        vec![("peer_auth", auth.to_string())]
-    }
-
-    fn counters(&self) -> Vec<(&'static str, u64)> {
+    fn stats(&self) -> TransportStats {
         let s = &self.stats;
         let mut c = vec![
             ("verbs_sends", s.sends),
@@ -2135,7 +2126,11 @@ impl Transport for VerbsTransport {
                 c.push((name, v));
             }
         }
-        c
+        let auth = if self.key.is_some() { "mac" } else { "none" };
+        TransportStats {
+            counters: c,
+            info: vec![("peer_auth", auth.to_string())],
+        }
     }
 
     /// The queue pair goes to ERR, as a device fault would put it: the link fails
