@@ -166,6 +166,35 @@ fn agent_files_call_each_other_in_one_direction() {
     );
 }
 
+/// The methods of the `Transport` trait: what a back end must provide. The
+/// goal (issue 15) is 12; this bound only goes down.
+const MAX_TRANSPORT_METHODS: usize = 14;
+
+#[test]
+fn the_transport_trait_stays_small() {
+    let src =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/transport/mod.rs"))
+            .unwrap();
+    let body: Vec<&str> = src
+        .lines()
+        .skip_while(|l| !l.starts_with("pub trait Transport {"))
+        .take_while(|l| *l != "}")
+        .collect();
+    assert!(
+        !body.is_empty(),
+        "no Transport trait in src/transport/mod.rs"
+    );
+    let methods: Vec<&str> = body
+        .iter()
+        .filter_map(|l| l.strip_prefix("    fn "))
+        .collect();
+    assert!(
+        methods.len() <= MAX_TRANSPORT_METHODS,
+        "the Transport trait has {} methods (at most {MAX_TRANSPORT_METHODS}): {methods:?}",
+        methods.len()
+    );
+}
+
 #[test]
 fn the_cycle_check_finds_a_cycle() {
     // The parser sees definitions and calls as the real check does.

@@ -423,6 +423,7 @@ impl Agent {
 
     /// Current statistics.
     pub fn snapshot(&mut self) -> Snapshot {
+        let stats = self.transport.stats();
         let peers = self
             .peers
             .iter()
@@ -467,15 +468,13 @@ impl Agent {
             idle: format!("{:?}", self.cfg.idle).to_lowercase(),
             uptime_s: self.start.elapsed().as_secs_f64(),
             rounds: self.counters.rounds,
-            transport: self
-                .transport
-                .counters()
+            transport: stats
+                .counters
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
-            transport_info: self
-                .transport
-                .info()
+            transport_info: stats
+                .info
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),

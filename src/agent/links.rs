@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{CompKind, Completion, Status};
 use crate::shm::blocks::Owner;
-use crate::transport::Out;
+use crate::transport::{LinkRx, Out};
 use crate::wire::{self, control_frame, FrameKind, RecordHeader, RecordKind};
 
 use super::peers::{PeerState, Resumed, Retained};
@@ -143,6 +143,8 @@ impl Agent {
     /// `close_link`, the transport's link is closed too.
     pub(super) fn peer_lost(&mut self, j: usize, why: &str, close_link: bool) {
         let closed = if close_link {
+            // The stream goes with the link (its buffer back to the heap).
+            self.inflow[j] = LinkRx::default();
             self.transport.close(&self.poller, j as u32)
         } else {
             Vec::new()
@@ -223,7 +225,10 @@ impl Agent {
 
     /// The connection to peer `j` broke: keep the session for a new one.
     pub(super) fn peer_disconnected(&mut self, j: usize, why: String) {
-        self.peers[j].disconnected(why, self.now, &mut self.freed);
+        if self.peers[j].disconnected(why, self.now, &mut self.freed) {
+            // The next connection brings a stream of its own.
+            self.inflow[j] = LinkRx::default();
+        }
     }
 
     /// The peer handled our `Data` frames up to `n`: forget them.
@@ -260,11 +265,13 @@ impl Agent {
             if let Some(n) = self.peers[j].ack_due() {
                 self.push_control(j, FrameKind::Ack, &n.to_le_bytes());
             }
-            if self.peers[j].rx_stalled || self.transport.rx_full(node) {
+            if self.peers[j].rx_stalled || self.inflow[j].full() {
                 // We are not reading: the peer's silence proves nothing.
-                self.transport.mark_alive(node, now);
+                self.inflow[j].heard(now);
             }
-            let Some((last_rx, last_tx)) = self.transport.activity(node) else {
+            let (Some(last_tx), Some(last_rx)) =
+                (self.transport.last_tx(node), self.inflow[j].last_rx())
+            else {
                 continue;
             };
             if let Some(why) = self.peers[j].silent(&timing, last_rx, now) {

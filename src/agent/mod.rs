@@ -77,7 +77,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::shm::blocks::BlockAlloc;
 use crate::shm::{Pool, BLOCK_UNIT};
-use crate::transport::{LinkEvent, Poller, Transport};
+use crate::transport::{LinkEvent, LinkRx, Poller, Transport};
 
 pub use config::{AgentConfig, IdlePolicy, TransportKind};
 
@@ -177,6 +177,9 @@ pub struct Agent {
     inbox: Inbox,
     conns: Conns,
     transport: Box<dyn Transport>,
+    /// Per peer: its link's incoming stream (the transport fills it, the
+    /// receive walk reads it).
+    inflow: Vec<LinkRx>,
     events: Vec<LinkEvent>,
     poller: Poller,
     doorbell: Arc<EventFd>,
@@ -282,6 +285,7 @@ impl Agent {
             inbox: Inbox::new(cfg.overflow_bytes),
             conns: Conns::new(ctl),
             transport,
+            inflow: cfg.addrs.iter().map(|_| LinkRx::default()).collect(),
             events: Vec::new(),
             poller,
             doorbell,

@@ -2,9 +2,7 @@
 //! session, driven with made-up time and a link that only records.
 
 use super::*;
-use crate::transport::LinkEvent;
-use crate::transport::Poller;
-use crate::wire::{FrameReader, Hello};
+use crate::transport::{Inflow, LinkEvent, Poller};
 
 /// A link that only records what is queued on it.
 #[derive(Default)]
@@ -19,11 +17,17 @@ impl Transport for Recorder {
     fn local_addr(&self) -> String {
         String::new()
     }
-    fn on_ready(&mut self, _: &Poller, _: u32, _: Instant, _: &mut Vec<LinkEvent>) {}
-    fn tick(&mut self, _: &Poller, _: Instant, _: &mut Vec<LinkEvent>) {}
-    fn is_up(&self, _: u32) -> bool {
-        true
+    fn on_ready(
+        &mut self,
+        _: u32,
+        _: &Poller,
+        _: u32,
+        _: Instant,
+        _: &mut dyn Inflow,
+        _: &mut Vec<LinkEvent>,
+    ) {
     }
+    fn tick(&mut self, _: &Poller, _: Instant, _: &mut dyn Inflow, _: &mut Vec<LinkEvent>) {}
     fn push(&mut self, _: u32, item: Out) {
         if let Out::Bytes { buf, .. } = item {
             self.pushed.push(buf);
@@ -33,29 +37,11 @@ impl Transport for Recorder {
         0
     }
     fn flush(&mut self, _: u32, _: &crate::shm::Pool, _: &mut Vec<u64>, _: &mut Vec<LinkEvent>) {}
-    fn reader(&mut self, _: u32) -> Option<&mut FrameReader> {
+    fn last_tx(&self, _: u32) -> Option<Instant> {
         None
-    }
-    fn restore_reader(&mut self, _: u32, _: FrameReader) {}
-    fn activity(&self, _: u32) -> Option<(Instant, Instant)> {
-        None
-    }
-    fn mark_alive(&mut self, _: u32, _: Instant) {}
-    fn rx_full(&self, _: u32) -> bool {
-        false
-    }
-    fn rx_resume(&mut self, _: &Poller, _: u32) {}
-    fn steer(&mut self, _: u32, _: u64, _: u64, _: usize) -> bool {
-        false
-    }
-    fn steering(&self, _: u32) -> bool {
-        false
     }
     fn close(&mut self, _: &Poller, _: u32) -> Vec<u64> {
         Vec::new()
-    }
-    fn peer_hello(&self, _: u32) -> Option<Hello> {
-        None
     }
 }
 

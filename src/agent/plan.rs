@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::shm::Pool;
 use crate::transport::datagram::{DatagramTransport, UdpIo};
+use crate::transport::multi::Back;
 use crate::transport::tcp::TcpTransport;
 use crate::transport::{Poller, Transport};
 use crate::wire::{self, auth::JobKey, caps, Hello};
@@ -126,12 +127,14 @@ impl Plan {
         let me = self.cfg.node_id as usize;
         for (i, &k) in self.set.iter().enumerate() {
             let p = poller.sub(i as u32);
-            let t = self.open(k, &addrs, &p, pool, wake.clone())?;
-            if i == 0 {
-                if let Ok(a) = t.local_addr().parse() {
-                    addrs[me] = a;
-                }
-            }
+            let t = if i == 0 {
+                // TCP, first in every hybrid set (see `transport_set`).
+                let t = self.open_tcp(&addrs, &p, pool, wake.clone())?;
+                addrs[me] = t.addr();
+                Back::Tcp(Box::new(t))
+            } else {
+                Back::Other(self.open(k, &addrs, &p, pool, wake.clone())?)
+            };
             backs.push(crate::transport::multi::Backend {
                 transport: t,
                 poller: p,
@@ -145,6 +148,26 @@ impl Plan {
             &self.forced,
             self.cfg.hybrid_fallback(),
         )))
+    }
+
+    /// Start the tcp transport, listening at `addrs[me]`.
+    fn open_tcp(
+        &self,
+        addrs: &[SocketAddr],
+        poller: &Poller,
+        pool: &Arc<Pool>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<TcpTransport, AgentError> {
+        let me = addrs[self.cfg.node_id as usize];
+        TcpTransport::new(
+            self.hello,
+            addrs.to_vec(),
+            poller,
+            pool.clone(),
+            wake,
+            self.key.clone(),
+        )
+        .map_err(|source| AgentError::Listen { addr: me, source })
     }
 
     /// Start one transport back end, listening at `addrs[me]`.
@@ -162,17 +185,7 @@ impl Plan {
         let key = &self.key;
         let hello = self.hello;
         Ok(match kind {
-            TransportKind::Tcp => Box::new(
-                TcpTransport::new(
-                    hello,
-                    addrs.to_vec(),
-                    poller,
-                    pool.clone(),
-                    wake,
-                    key.clone(),
-                )
-                .map_err(listen)?,
-            ),
+            TransportKind::Tcp => Box::new(self.open_tcp(addrs, poller, pool, wake)?),
             TransportKind::Udp => {
                 let io = UdpIo::bind(cfg.node_id, addrs, cfg.packet_bytes).map_err(listen)?;
                 Box::new(

@@ -45,7 +45,9 @@ impl Agent {
             let mut work = self.poll_clients();
             work |= self.flush_peers();
             self.link_events();
-            work |= self.transport.poll(self.now, &mut self.events);
+            work |= self
+                .transport
+                .poll(self.now, &mut self.inflow, &mut self.events);
             self.link_events();
             let step = (!work).then(|| backoff.idle(self.now));
             let n = match step {
@@ -81,7 +83,8 @@ impl Agent {
             self.now = Instant::now();
             let now = self.now;
             if now >= next_tick {
-                self.transport.tick(&self.poller, now, &mut self.events);
+                self.transport
+                    .tick(&self.poller, now, &mut self.inflow, &mut self.events);
                 self.expire_orphans(now);
                 self.link_events();
                 self.peer_timers(now);
@@ -106,28 +109,25 @@ impl Agent {
         let timeout = if pending {
             EpollTimeout::ZERO
         } else {
-            // A poll-mode device that cannot wake us: sleep 1 ms at most.
-            let cap = if self.transport.poll_mode() {
-                POLL_MODE_SLEEP
-            } else {
+            // Arm what wakes us; a poll-mode device that cannot: 1 ms at most.
+            let cap = if self.transport.before_sleep(&self.poller) {
                 MAX_SLEEP
+            } else {
+                POLL_MODE_SLEEP
             };
             let until_tick = next_tick.saturating_duration_since(self.now).min(cap);
             // epoll counts whole milliseconds: round up, or a sleep that ends
             // short of the tick is followed by zero-length ones (one per spin)
             // until the tick passes (~5 wake-ups per tick instead of one).
             let ms = until_tick.as_micros().div_ceil(1000) as u64;
-            EpollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(EpollTimeout::ZERO)
-        };
-        if !pending {
-            self.transport.before_sleep(&self.poller);
             if self.heap_dirty && self.now >= self.trim_after {
                 // Idle after clients left: hand their heap back.
                 crate::shm::release_free_heap();
                 self.heap_dirty = false;
                 self.trim_after = self.now + HEAP_TRIM_EVERY;
             }
-        }
+            EpollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(EpollTimeout::ZERO)
+        };
         let n = self.poller.epoll().wait(events, timeout).unwrap_or(0);
         announce_awake(self.pool.agent_sleeping());
         self.counters.sleeps += 1;
@@ -157,8 +157,14 @@ impl Agent {
     /// A descriptor of ours is ready.
     fn on_event(&mut self, t: u64) -> bool {
         if let Some((sub, token)) = self.poller.owns(t) {
-            self.transport
-                .on_ready_in(sub, &self.poller, token, self.now, &mut self.events);
+            self.transport.on_ready(
+                sub,
+                &self.poller,
+                token,
+                self.now,
+                &mut self.inflow,
+                &mut self.events,
+            );
             self.link_events();
             return true;
         }
@@ -220,7 +226,7 @@ impl Agent {
         log::info!("agent stopping: saying goodbye to peers");
         let bye = control_frame(FrameKind::Bye, self.cfg.node_id, &[]);
         for j in 0..self.peers.len() as u32 {
-            if !self.transport.is_up(j) {
+            if self.transport.last_tx(j).is_none() {
                 continue;
             }
             self.transport.push(j, Out::bytes(bye.clone()));

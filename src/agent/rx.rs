@@ -5,6 +5,7 @@
 
 use crate::proto::Status;
 use crate::shm::blocks::Owner;
+use crate::transport::LinkRx;
 use crate::wire::{self, FrameKind, RecordHeader, RecordKind, FLAG_ACK};
 
 use super::deliver::Handled;
@@ -95,9 +96,8 @@ impl Agent {
                 Handled::Done | Handled::DoneStop => work = true,
             }
         }
-        let node = j as u32;
         if let Some(h) = self.peers[j].rx_steered {
-            if self.transport.steering(node) {
+            if self.inflow[j].steering() {
                 return work;
             }
             self.peers[j].rx_steered = None;
@@ -108,24 +108,21 @@ impl Agent {
                 return work;
             }
         }
+        // The stream leaves `inflow` while its frames are handled (they
+        // borrow its buffer, handling needs `&mut self`) and goes back after:
+        // it never leaves the agent.
+        let mut link = std::mem::take(&mut self.inflow[j]);
         loop {
-            let Some(reader) = self.transport.reader(node) else {
-                return work;
-            };
-            // Take the reader out of the link so records can be handled with
-            // `&mut self` while they borrow the reader's buffer.
-            let reader = std::mem::take(reader);
-            let step = self.process_frame(j, &reader);
-            let mut reader = reader;
-            match step {
+            match self.process_frame(j, &link.reader) {
                 FrameStep::Next => {
-                    reader.consume();
+                    link.reader.consume();
                     self.peers[j].rx_pos = 0;
                     work = true;
+                    continue;
                 }
                 FrameStep::Empty => {
                     self.peers[j].rx_stalled = false;
-                    if self.peers[j].rx_pos == 0 && self.try_steer(j, &mut reader) {
+                    if self.peers[j].rx_pos == 0 && self.try_steer(j, &mut link) {
                         work = true;
                     }
                 }
@@ -137,17 +134,13 @@ impl Agent {
                     work |= pos != self.peers[j].rx_pos;
                     self.peers[j].rx_pos = pos;
                 }
-                FrameStep::Broken => work = true,
+                // The peer was dropped: its stream goes with its link.
+                FrameStep::Broken => return true,
             }
-            let more = matches!(step, FrameStep::Next);
-            self.transport.restore_reader(node, reader);
-            if work {
-                self.transport.rx_resume(&self.poller, node);
-            }
-            if !more {
-                return work;
-            }
+            break;
         }
+        self.inflow[j] = link;
+        work
     }
 
     /// Peer `j` broke the protocol: count it and drop the peer.
@@ -424,8 +417,8 @@ impl Agent {
     /// A large chunk whose frame is only partly read: have the transport
     /// read the rest of its payload straight into the message's block,
     /// sparing a copy. Returns whether it did.
-    fn try_steer(&mut self, j: usize, reader: &mut wire::FrameReader) -> bool {
-        let Some((fh, body)) = reader.peek_partial() else {
+    fn try_steer(&mut self, j: usize, link: &mut LinkRx) -> bool {
+        let Some((fh, body)) = link.reader.peek_partial() else {
             return false;
         };
         if fh.kind != FrameKind::Data
@@ -462,14 +455,13 @@ impl Agent {
         let at = block + h.offset;
         let head = &body[wire::RECORD_HEADER..wire::RECORD_HEADER + have];
         let pad = wire::padded(h.chunk_len as usize) - h.chunk_len as usize;
-        // Ask the transport first and copy the head only once it agreed: a
-        // transport that refuses would otherwise have the head copied again
-        // every round until the whole chunk arrived (quadratic in its size).
-        // `steer` only takes note; the bytes come later, after the head.
+        // Check that the steer will be taken before copying the head: one
+        // refused would otherwise have the head copied again every round
+        // until the whole chunk arrived (quadratic in its size).
+        let rest_at = at + have as u64;
         if self.pool.block_slice(at, have as u64).is_none()
-            || !self
-                .transport
-                .steer(j as u32, at + have as u64, left as u64, pad)
+            || link.steering()
+            || self.pool.block_slice(rest_at, left as u64).is_none()
         {
             if h.offset == 0 {
                 // Undo what `chunk_target` began; the normal path redoes it.
@@ -483,7 +475,10 @@ impl Agent {
             // Cannot happen: the range was checked above.
             log::error!("node {j}: a chunk's head does not fit its block");
         }
-        reader.discard_partial();
+        // The rest of the chunk goes straight into its block as it arrives
+        // (checked above: taken).
+        let _ = link.steer(&self.pool, rest_at, left as u64, pad);
+        link.reader.discard_partial();
         self.peers[j].rx_steered = Some(h);
         self.peers[j].counters.bytes_rx_direct += left as u64;
         true

@@ -55,10 +55,10 @@ use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PKT_HEADER};
 use crate::wire::reliable::{self, Ack};
 use crate::wire::{FrameReader, Hello};
 
-use super::{LinkEvent, Out, Poller, Transport};
+use super::stream::Inflow;
 
-/// Stop moving a peer's bytes into its frame reader beyond this much unread.
-pub const RX_HIGH_WATER: usize = 8 << 20;
+use super::{LinkEvent, Out, Poller, Transport, TransportStats};
+
 /// How often a link that is not up says `Hello`.
 const HELLO_EVERY: Duration = Duration::from_millis(100);
 /// Packets taken from the device per call (fairness).
@@ -114,7 +114,7 @@ pub trait PacketIo {
     fn wakes(&self) -> bool {
         !self.poll_mode()
     }
-    /// The agent is about to sleep (see [`Transport::before_sleep`]).
+    /// The agent is about to sleep (see [`Transport::before_sleep`](super::Transport::before_sleep)).
     fn before_sleep(&mut self, _poller: &Poller) {}
     /// Hand packets `send` queued (a device that batches) to the device. The
     /// datagram layer calls it at the end of every transport call that may
@@ -325,14 +325,6 @@ impl TxItem {
     }
 }
 
-/// A [`Transport::steer`] under way: the rest of a large chunk goes to its
-/// pool block, then its padding is skipped.
-struct Steer {
-    off: u64,
-    left: u64,
-    skip: usize,
-}
-
 struct DLink {
     /// This side's epoch.
     epoch: u64,
@@ -343,9 +335,6 @@ struct DLink {
     rx: reliable::Receiver<Vec<u8>>,
     outq: VecDeque<Out>,
     queued: usize,
-    reader: FrameReader,
-    steer: Option<Steer>,
-    last_rx: Instant,
     last_tx: Instant,
     last_hello: Option<Instant>,
     last_dbg: Option<Instant>,
@@ -361,9 +350,6 @@ impl DLink {
             rx: reliable::Receiver::new(cfg),
             outq: VecDeque::new(),
             queued: 0,
-            reader: FrameReader::new(),
-            steer: None,
-            last_rx: now,
             last_tx: now,
             last_hello: None,
             last_dbg: None,
@@ -538,7 +524,7 @@ impl<I: PacketIo> DatagramTransport<I> {
 
     /// Take what the device has; returns whether anything came. Each packet
     /// is parsed and checked where the device received it.
-    fn receive(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+    fn receive(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         let mut any = false;
         for _ in 0..RX_BURST {
             let pkt = match self.io.recv() {
@@ -552,7 +538,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             any = true;
             self.stats.packets_rx += 1;
             match packet::decode(&pkt) {
-                Ok((h, payload)) => self.on_packet(&h, payload, now, events),
+                Ok((h, payload)) => self.on_packet(&h, payload, now, rx, events),
                 Err(packet::PacketError::Checksum) => self.stats.corrupt += 1,
                 Err(e) => {
                     self.stats.foreign += 1;
@@ -569,6 +555,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         h: &PacketHeader,
         payload: &[u8],
         now: Instant,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
         let j = h.src_node as usize;
@@ -642,11 +629,11 @@ impl<I: PacketIo> DatagramTransport<I> {
             if !l.up {
                 l.peer_epoch = h.src_epoch;
             }
-            if fresh {
-                l.last_rx = now;
-            }
             if fresh && !l.up {
-                self.become_up(j, now, events);
+                self.become_up(j, now, rx, events);
+            }
+            if fresh {
+                rx.link(j as u32).heard(now);
             }
             let l = &self.links[j];
             if h.flags & FLAG_NOT_UP != 0 || h.dst_epoch != l.epoch {
@@ -662,10 +649,10 @@ impl<I: PacketIo> DatagramTransport<I> {
         if !self.links[j].up {
             // Both epochs right: the peer heard our (authenticated) Hello.
             self.io.learn(h.src_node);
-            self.become_up(j, now, events);
+            self.become_up(j, now, rx, events);
         }
+        rx.link(j as u32).heard(now);
         let l = &mut self.links[j];
-        l.last_rx = now;
         let mut acked = std::mem::take(&mut self.acked);
         if let Err(e) = l.tx.on_ack(&h.ack, now, &mut acked) {
             self.stats.foreign += 1;
@@ -680,11 +667,12 @@ impl<I: PacketIo> DatagramTransport<I> {
         let l = &mut self.links[j];
         match h.kind {
             PktKind::Data => {
-                if l.reader.buffered() < RX_HIGH_WATER && l.rx.accept_in_order(h.seq, now) {
+                let stream = rx.link(j as u32);
+                if !stream.full() && l.rx.accept_in_order(h.seq, now) {
                     // Next in the stream and nothing before it: straight from the
                     // device's buffer to where the stream goes.
                     self.stats.rx_in_place += 1;
-                    sink(&self.pool, l, payload);
+                    stream.absorb(&self.pool, payload, false);
                 } else {
                     let mut v = self.payload_buf(payload.len());
                     v.extend_from_slice(payload);
@@ -700,21 +688,28 @@ impl<I: PacketIo> DatagramTransport<I> {
         }
     }
 
-    fn become_up(&mut self, j: usize, now: Instant, events: &mut Vec<LinkEvent>) {
-        let l = &mut self.links[j];
-        l.up = true;
-        l.last_rx = now;
+    fn become_up(
+        &mut self,
+        j: usize,
+        now: Instant,
+        rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        self.links[j].up = true;
+        // A new stream: the link's epochs are new.
+        rx.link(j as u32).reset(FrameReader::new(), now);
         events.push(LinkEvent::Up { node: j as u32 });
     }
 
-    /// Move in-order bytes into the frame reader (or a steered block) while
+    /// Move in-order bytes into the peer's stream (or a steered block) while
     /// it has room.
-    fn deliver(&mut self, j: usize) -> bool {
+    fn deliver(&mut self, j: usize, rx: &mut dyn Inflow) -> bool {
         let l = &mut self.links[j];
+        let stream = rx.link(j as u32);
         let mut any = false;
-        while l.reader.buffered() < RX_HIGH_WATER {
+        while !stream.full() {
             let Some(p) = l.rx.pop() else { break };
-            sink(&self.pool, l, &p);
+            stream.absorb(&self.pool, &p, false);
             recycle(&mut self.spare, p);
             any = true;
         }
@@ -814,7 +809,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         let (tx, rx) = (&l.tx, &l.rx);
         log::debug!(
             "link {j}: queued {} in flight {} cwnd {} ssthresh {} srtt {:?} rto {:?} {:?}; \
-             receiver next {} ready {} window {} reader {} {:?}",
+             receiver next {} ready {} window {} {:?}",
             l.queued,
             tx.in_flight(),
             tx.cwnd(),
@@ -825,7 +820,6 @@ impl<I: PacketIo> DatagramTransport<I> {
             rx.next_expected(),
             rx.ready_len(),
             rx.window(),
-            l.reader.buffered(),
             rx.stats()
         );
     }
@@ -896,22 +890,30 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn on_ready(
         &mut self,
+        _sub: u32,
         _poller: &Poller,
         _token: u32,
         now: Instant,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
-        if self.receive(now, events) {
+        if self.receive(now, rx, events) {
             for j in 0..self.links.len() {
                 if self.links[j].up {
-                    self.deliver(j);
+                    self.deliver(j, rx);
                 }
             }
         }
         self.io.flush();
     }
 
-    fn tick(&mut self, _poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
+    fn tick(
+        &mut self,
+        _poller: &Poller,
+        now: Instant,
+        _rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
         self.now = self.now.max(Some(now));
         for j in 0..self.links.len() {
             if j as u32 == self.me {
@@ -948,21 +950,17 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         self.io.flush();
     }
 
-    fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+    fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         self.now = self.now.max(Some(now));
-        let mut any = self.io.poll_mode() && self.receive(now, events);
+        let mut any = self.io.poll_mode() && self.receive(now, rx, events);
         for j in 0..self.links.len() {
             if self.links[j].up {
-                any |= self.deliver(j);
+                any |= self.deliver(j, rx);
                 any |= self.service(j, now);
             }
         }
         self.io.flush();
         any
-    }
-
-    fn is_up(&self, node: u32) -> bool {
-        self.links.get(node as usize).is_some_and(|l| l.up)
     }
 
     fn push(&mut self, node: u32, item: Out) {
@@ -991,78 +989,21 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         self.io.flush();
     }
 
-    fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
-        self.links
-            .get_mut(node as usize)
-            .filter(|l| l.up)
-            .map(|l| &mut l.reader)
-    }
-
-    fn restore_reader(&mut self, node: u32, reader: FrameReader) {
-        if let Some(l) = self.links.get_mut(node as usize) {
-            l.reader = reader;
-        }
-    }
-
-    fn activity(&self, node: u32) -> Option<(Instant, Instant)> {
+    fn last_tx(&self, node: u32) -> Option<Instant> {
         self.links
             .get(node as usize)
             .filter(|l| l.up)
-            .map(|l| (l.last_rx, l.last_tx))
+            .map(|l| l.last_tx)
     }
 
-    fn mark_alive(&mut self, node: u32, now: Instant) {
-        if let Some(l) = self.links.get_mut(node as usize) {
-            l.last_rx = now;
-        }
-    }
-
-    fn rx_full(&self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .is_some_and(|l| l.reader.buffered() >= RX_HIGH_WATER)
-    }
-
-    fn rx_resume(&mut self, _poller: &Poller, node: u32) {
-        if self.links.get(node as usize).is_some_and(|l| l.up) {
-            self.deliver(node as usize);
-        }
-    }
-
-    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool {
-        let Some(l) = self.links.get_mut(node as usize).filter(|l| l.up) else {
-            return false;
-        };
-        if l.steer.is_some() || self.pool.block_slice(off, len).is_none() {
-            return false;
-        }
-        // The bytes are moved as packets are delivered, not here (the agent
-        // holds the link's frame reader now).
-        l.steer = Some(Steer {
-            off,
-            left: len,
-            skip,
-        });
-        true
-    }
-
-    fn steering(&self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .is_some_and(|l| l.steer.is_some())
-    }
-
-    fn poll_mode(&self) -> bool {
-        self.io.poll_mode() && !self.io.wakes()
-    }
-
-    fn before_sleep(&mut self, poller: &Poller) {
+    fn before_sleep(&mut self, poller: &Poller) -> bool {
         // Time passes while the agent sleeps: `flush` reads the clock again.
         self.now = None;
         self.io.before_sleep(poller);
+        !self.io.poll_mode() || self.io.wakes()
     }
 
-    fn counters(&self) -> Vec<(&'static str, u64)> {
+    fn stats(&self) -> TransportStats {
         let s = &self.stats;
         let mut c = vec![
             ("packets_corrupt", s.corrupt),
@@ -1089,14 +1030,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_resent_partial_ack", r.partial_ack_resends),
         ]);
         c.extend(self.io.counters());
-        c
-    }
-
-    fn info(&self) -> Vec<(&'static str, String)> {
-        let mut v = self.io.info();
+        let mut info = self.io.info();
         let auth = if self.key.is_some() { "mac" } else { "none" };
-        v.push(("peer_auth", auth.to_string()));
-        v
+        info.push(("peer_auth", auth.to_string()));
+        TransportStats { counters: c, info }
     }
 
     fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
@@ -1159,37 +1096,5 @@ fn recycle(spare: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
     if spare.len() < SPARE_MAX {
         v.clear();
         spare.push(v);
-    }
-}
-
-/// In-order stream bytes of link `l`: into the steered pool block first (the
-/// rest of a large chunk, then its padding skipped), then into the frame
-/// reader.
-fn sink(pool: &Pool, l: &mut DLink, mut b: &[u8]) {
-    if let Some(st) = l.steer.as_mut() {
-        if st.left > 0 {
-            let n = (st.left as usize).min(b.len());
-            if pool.write_block(st.off, &b[..n]).is_none() {
-                // Cannot happen: `steer` checked the range.
-                log::error!("steered bytes outside the pool at {}", st.off);
-            }
-            st.off += n as u64;
-            st.left -= n as u64;
-            b = &b[n..];
-        }
-        if st.left == 0 {
-            let n = st.skip.min(b.len());
-            st.skip -= n;
-            b = &b[n..];
-            if st.skip == 0 {
-                l.steer = None;
-            }
-        }
-    }
-    if !b.is_empty() {
-        let spare = l.reader.spare(b.len());
-        let offered = spare.len();
-        spare[..b.len()].copy_from_slice(b);
-        l.reader.filled(offered, b.len());
     }
 }

@@ -3,9 +3,9 @@
 //! A [`Transport`] owns the connections to peer agents: it establishes them
 //! (dialing, accepting, a `Hello` handshake that names the peer's node id),
 //! queues outgoing frames ([`Out`]: owned bytes, or a range of a pool block
-//! sent without copying), writes them, and collects incoming bytes into a
-//! [`FrameReader`] per peer from which the agent takes frames as its receive
-//! rings have room. Everything above — routing, batching, reassembly, acks,
+//! sent without copying), writes them, and moves incoming bytes into the
+//! agent's stream of that peer ([`stream::LinkRx`], lent as an [`Inflow`]),
+//! from which the agent takes frames as its receive rings have room. Everything above — routing, batching, reassembly, acks,
 //! heartbeat policy, what a lost peer means for clients — is the agent's.
 //!
 //! Back ends: [`tcp`] (portable, always built) and [`datagram`] (reliable
@@ -21,6 +21,7 @@ pub mod datagram;
 #[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
 pub mod dpdk;
 pub mod multi;
+pub mod stream;
 pub mod tcp;
 #[cfg(feature = "verbs")]
 #[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
@@ -34,7 +35,9 @@ use std::time::Instant;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use crate::shm::Pool;
-use crate::wire::{FrameReader, Hello};
+use crate::wire::Hello;
+
+pub use stream::{Inflow, LinkRx, RX_HIGH_WATER};
 
 /// Something queued to go out on a link.
 pub enum Out {
@@ -140,7 +143,7 @@ impl Poller {
 
     /// The same epoll for back end `i` of a hybrid transport: its events
     /// carry `kind + i` (so `kind + MAX_SUB` must be free), and the agent
-    /// hands them to [`Transport::on_ready_in`] with `sub = i`.
+    /// hands them to [`Transport::on_ready`] with `sub = i`.
     pub fn sub(&self, i: u32) -> Poller {
         assert!(i < MAX_SUB, "at most {MAX_SUB} back ends");
         Poller {
@@ -199,6 +202,15 @@ impl Poller {
     }
 }
 
+/// A transport's own figures for `wyvern stat`.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Counters, by name.
+    pub counters: Vec<(&'static str, u64)>,
+    /// Facts that are not counts, by name.
+    pub info: Vec<(&'static str, String)>,
+}
+
 /// A way to move frames between this agent and its peers.
 ///
 /// Drive it from one thread: feed readiness ([`Transport::on_ready`]) and
@@ -209,27 +221,19 @@ pub trait Transport {
     fn name(&self) -> &'static str;
     /// Where peers reach this node, for logs.
     fn local_addr(&self) -> String;
-    /// A descriptor it registered became ready.
-    fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>);
-    /// A descriptor registered through [`Poller::sub`]`(sub)` became ready
-    /// (only a transport made of several back ends registers so).
-    fn on_ready_in(
+    /// A descriptor it registered became ready: `sub` is the back end it
+    /// was registered for through [`Poller::sub`] (0 unless the transport
+    /// is made of several). What arrives for a peer goes into that peer's
+    /// stream in `rx`.
+    fn on_ready(
         &mut self,
         sub: u32,
         poller: &Poller,
         token: u32,
         now: Instant,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
-    ) {
-        let _ = sub;
-        self.on_ready(poller, token, now, events)
-    }
-    /// What `node` said when its link came up, if this transport keeps it
-    /// (the TCP transport does: a hybrid agent routes by it).
-    fn peer_hello(&self, node: u32) -> Option<Hello> {
-        let _ = node;
-        None
-    }
+    );
     /// Break `node`'s link from below, as a device fault would (verbs: its
     /// queue pair forced into the error state), for `wyvern break-link`;
     /// the transport then finds the fault on its own and reports the link
@@ -238,13 +242,6 @@ pub trait Transport {
         let _ = node;
         false
     }
-    /// Name only the transports `caps` in the `Hello`s of this agent's
-    /// next connections to `node` (the TCP transport of a hybrid agent: a
-    /// transport forced for that peer, or one that failed it). Others
-    /// ignore it.
-    fn set_hello_caps(&mut self, node: u32, caps: u32) {
-        let _ = (node, caps);
-    }
     /// The name of the back end that carries `node`'s link (a hybrid
     /// transport has several).
     fn link_name(&self, node: u32) -> &'static str {
@@ -252,16 +249,21 @@ pub trait Transport {
         self.name()
     }
     /// Timers: dialing, handshakes. Called every few milliseconds.
-    fn tick(&mut self, poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>);
+    fn tick(
+        &mut self,
+        poller: &Poller,
+        now: Instant,
+        rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    );
     /// Called every poll round: work that cannot wait for a readiness
     /// event or the next tick (a poll-mode device's receive queue,
-    /// retransmissions, acks). Returns whether it did anything.
-    fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
-        let _ = (now, events);
+    /// retransmissions, acks, reading again a link paused while its stream
+    /// was full). Returns whether it did anything.
+    fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
+        let _ = (now, rx, events);
         false
     }
-    /// Whether frames can flow to `node` now.
-    fn is_up(&self, node: u32) -> bool;
     /// Queue an item for `node` (dropped when the link is not up).
     fn push(&mut self, node: u32, item: Out);
     /// Bytes queued for `node`.
@@ -270,42 +272,21 @@ pub trait Transport {
     /// are appended to `freed`. An error means the link is broken: it is
     /// closed and a `Down` event reported.
     fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>);
-    /// Incoming frames of `node`.
-    fn reader(&mut self, node: u32) -> Option<&mut FrameReader>;
-    /// Put back a reader taken with `std::mem::take` from [`Transport::reader`].
-    fn restore_reader(&mut self, node: u32, reader: FrameReader);
-    /// When `node` last sent us anything, and when we last wrote to it.
-    fn activity(&self, node: u32) -> Option<(Instant, Instant)>;
-    /// Count the link to `node` as alive now (we are the ones not reading).
-    fn mark_alive(&mut self, node: u32, now: Instant);
-    /// Whether we stopped reading `node` because too much is buffered.
-    fn rx_full(&self, node: u32) -> bool;
-    /// The agent consumed frames of `node`: resume reading it if it was
-    /// paused for having too much buffered.
-    fn rx_resume(&mut self, poller: &Poller, node: u32);
-    /// Read the next `len` bytes of `node`'s stream straight into the pool
-    /// at `off` (the rest of a large chunk whose frame header the agent has
-    /// seen), then discard `skip` bytes (its padding), then go on as before.
-    /// Returns false when the transport cannot (the agent then copies).
-    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool;
-    /// Whether a [`Transport::steer`] of `node` is still under way.
-    fn steering(&self, node: u32) -> bool;
-    /// Whether arriving data cannot wake a sleeping agent (a poll-mode
-    /// device): an adaptive agent then sleeps only briefly.
-    fn poll_mode(&self) -> bool {
-        false
-    }
+    /// Whether a link to `node` is up (frames can flow), and when something
+    /// was last written to it.
+    fn last_tx(&self, node: u32) -> Option<Instant>;
     /// The agent is about to sleep: arm whatever wakes it when data arrives
-    /// (a one-shot descriptor, see [`Poller::add_oneshot`]).
-    fn before_sleep(&mut self, _poller: &Poller) {}
-    /// The transport's own counters, by name, for `wyvern stat`.
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        Vec::new()
+    /// (a one-shot descriptor, see [`Poller::add_oneshot`]). Returns whether
+    /// arriving data wakes the agent at all: a poll-mode device cannot, and
+    /// an adaptive agent then sleeps only briefly.
+    fn before_sleep(&mut self, poller: &Poller) -> bool {
+        let _ = poller;
+        true
     }
-    /// The transport's facts that are not counts (e.g. the dpdk transport's
-    /// tx path), by name, for `wyvern stat`.
-    fn info(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
+    /// The transport's own counters and facts that are not counts (e.g. the
+    /// dpdk transport's tx path), by name, for `wyvern stat`.
+    fn stats(&self) -> TransportStats {
+        TransportStats::default()
     }
     /// Close the link to `node`; returns the blocks its queue referenced.
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;

@@ -24,14 +24,59 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{LinkEvent, Out, Poller, Transport};
+use super::tcp::TcpTransport;
+use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats};
 use crate::shm::Pool;
-use crate::wire::{caps, FrameReader, Hello};
+use crate::wire::{caps, Hello};
+
+/// A back end's transport: TCP (back end 0, whose `Hello`s the hybrid
+/// transport reads and writes) or another.
+pub enum Back {
+    /// The TCP transport.
+    Tcp(Box<TcpTransport>),
+    /// Any other.
+    Other(Box<dyn Transport>),
+}
+
+impl Back {
+    fn tcp(&self) -> Option<&TcpTransport> {
+        match self {
+            Back::Tcp(t) => Some(t),
+            Back::Other(_) => None,
+        }
+    }
+
+    fn tcp_mut(&mut self) -> Option<&mut TcpTransport> {
+        match self {
+            Back::Tcp(t) => Some(t),
+            Back::Other(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for Back {
+    type Target = dyn Transport;
+    fn deref(&self) -> &(dyn Transport + 'static) {
+        match self {
+            Back::Tcp(t) => &**t,
+            Back::Other(b) => &**b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Back {
+    fn deref_mut(&mut self) -> &mut (dyn Transport + 'static) {
+        match self {
+            Back::Tcp(t) => &mut **t,
+            Back::Other(b) => &mut **b,
+        }
+    }
+}
 
 /// One back end and the poller view it registers its descriptors with.
 pub struct Backend {
     /// The transport.
-    pub transport: Box<dyn Transport>,
+    pub transport: Back,
     /// Its view of the agent's poller ([`Poller::sub`] of its index).
     pub poller: Poller,
     /// Its [`caps`] bit.
@@ -59,6 +104,16 @@ pub struct Multi {
     /// to the agent with the next flush.
     orphans: Vec<u64>,
     scratch: Vec<LinkEvent>,
+    /// Per back end, per node: the incoming stream of a link the agent does
+    /// not read (a control connection under a link carried elsewhere, or a
+    /// link not chosen yet). The chosen back end's stream of a node sits in
+    /// the agent's [`Inflow`] instead; see [`Routed`].
+    private: Vec<Vec<LinkRx>>,
+    /// Per node: the back end whose stream is in the agent's.
+    in_agent: Vec<Option<usize>>,
+    /// Nodes whose chosen back end's stream is to be moved into the agent's
+    /// at the next call that has it.
+    to_place: Vec<u32>,
     /// Counter names, prefixed with their back end's ("udp.pkts_tx").
     names: RefCell<HashMap<(usize, &'static str), &'static str>>,
 }
@@ -105,7 +160,9 @@ impl Multi {
         fallback: Duration,
     ) -> Multi {
         assert!(
-            backs.first().is_some_and(|b| b.cap == caps::TCP),
+            backs
+                .first()
+                .is_some_and(|b| b.cap == caps::TCP && b.transport.tcp().is_some()),
             "back end 0 of a hybrid transport must be tcp"
         );
         log::info!(
@@ -123,9 +180,12 @@ impl Multi {
             .collect();
         for (j, &o) in offer.iter().enumerate() {
             if o != hello.caps {
-                backs[0].transport.set_hello_caps(j as u32, o);
+                if let Some(t) = backs[0].transport.tcp_mut() {
+                    t.set_hello_caps(j as u32, o);
+                }
             }
         }
+        let n_backs = backs.len();
         Multi {
             backs,
             pool,
@@ -138,6 +198,11 @@ impl Multi {
             fallbacks: 0,
             orphans: Vec::new(),
             scratch: Vec::new(),
+            private: (0..n_backs)
+                .map(|_| (0..nodes).map(|_| LinkRx::default()).collect())
+                .collect(),
+            in_agent: vec![None; nodes],
+            to_place: Vec::new(),
             names: RefCell::new(HashMap::new()),
         }
     }
@@ -155,7 +220,11 @@ impl Multi {
                 LinkEvent::Up { node } => {
                     let j = node as usize;
                     if from == 0 {
-                        let Some(h) = self.backs[0].transport.peer_hello(node) else {
+                        let Some(h) = self.backs[0]
+                            .transport
+                            .tcp()
+                            .and_then(|t| t.peer_hello(node))
+                        else {
                             continue;
                         };
                         let mine = Offer {
@@ -190,10 +259,12 @@ impl Multi {
                         // A new TCP connection is a new link when TCP carries
                         // the data; under another back end's link that is up
                         // already, only a first decision or a move is news.
-                        if r == 0 || (moved && self.backs[r].transport.is_up(node)) {
+                        if r == 0 || (moved && self.backs[r].transport.last_tx(node).is_some()) {
+                            self.to_place.push(node);
                             events.push(LinkEvent::Up { node });
                         }
                     } else if self.decided[j] && self.route[j] == from {
+                        self.to_place.push(node);
                         events.push(LinkEvent::Up { node });
                     }
                 }
@@ -258,8 +329,8 @@ impl Multi {
             let node = j as u32;
             let stuck = self.decided[j]
                 && r != 0
-                && self.backs[0].transport.is_up(node)
-                && !self.backs[r].transport.is_up(node);
+                && self.backs[0].transport.last_tx(node).is_some()
+                && self.backs[r].transport.last_tx(node).is_none();
             if !stuck {
                 self.waiting[j] = None;
                 continue;
@@ -283,7 +354,9 @@ impl Multi {
             let blocks = b.transport.close(&b.poller, node);
             self.orphans.extend(blocks);
             let b = &mut self.backs[0];
-            b.transport.set_hello_caps(node, self.offer[j]);
+            if let Some(t) = b.transport.tcp_mut() {
+                t.set_hello_caps(node, self.offer[j]);
+            }
             let blocks = b.transport.close(&b.poller, node);
             self.orphans.extend(blocks);
         }
@@ -291,19 +364,45 @@ impl Multi {
 
     fn each(
         &mut self,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
-        mut f: impl FnMut(&mut Backend, &mut Vec<LinkEvent>) -> bool,
+        mut f: impl FnMut(&mut Backend, &mut dyn Inflow, &mut Vec<LinkEvent>) -> bool,
     ) -> bool {
         let mut any = false;
         for i in 0..self.backs.len() {
-            any |= self.on(i, events, &mut f);
+            any |= self.on(i, rx, events, &mut f);
         }
         any
     }
 
-    /// Run `f` on back end `i` with a buffer for its link events, then pass
-    /// on what concerns the agent ([`Multi::sift`]).
+    /// Run `f` on back end `i` with a buffer for its link events and its
+    /// view of the streams ([`Routed`]), then pass on what concerns the
+    /// agent ([`Multi::sift`]) and move the streams of links the agent now
+    /// reads into its `rx`.
     fn on<R>(
+        &mut self,
+        i: usize,
+        rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+        f: impl FnOnce(&mut Backend, &mut dyn Inflow, &mut Vec<LinkEvent>) -> R,
+    ) -> R {
+        let mut evs = std::mem::take(&mut self.scratch);
+        let mut routed = Routed {
+            agent: &mut *rx,
+            private: &mut self.private[i],
+            in_agent: &self.in_agent,
+            me: i,
+        };
+        let r = f(&mut self.backs[i], &mut routed, &mut evs);
+        self.scratch = evs;
+        self.sift(i, events);
+        self.place(rx);
+        r
+    }
+
+    /// As [`Multi::on`], for a call that moves nothing into streams (a
+    /// flush): streams are placed at the next call that has them.
+    fn on_tx<R>(
         &mut self,
         i: usize,
         events: &mut Vec<LinkEvent>,
@@ -314,6 +413,43 @@ impl Multi {
         self.scratch = evs;
         self.sift(i, events);
         r
+    }
+
+    /// Put the chosen back end's stream of each node in `to_place` into the
+    /// agent's (the one there before goes back to its back end).
+    fn place(&mut self, rx: &mut dyn Inflow) {
+        for node in std::mem::take(&mut self.to_place) {
+            let j = node as usize;
+            let r = self.route[j];
+            if self.in_agent[j] == Some(r) {
+                continue;
+            }
+            if let Some(old) = self.in_agent[j] {
+                std::mem::swap(rx.link(node), &mut self.private[old][j]);
+            }
+            std::mem::swap(rx.link(node), &mut self.private[r][j]);
+            self.in_agent[j] = Some(r);
+        }
+    }
+}
+
+/// What back end `me` of a hybrid transport sees as the streams: the
+/// agent's for the nodes whose chosen back end it is, its own private ones
+/// for the others.
+struct Routed<'a> {
+    agent: &'a mut dyn Inflow,
+    private: &'a mut [LinkRx],
+    in_agent: &'a [Option<usize>],
+    me: usize,
+}
+
+impl Inflow for Routed<'_> {
+    fn link(&mut self, node: u32) -> &mut LinkRx {
+        if self.in_agent[node as usize] == Some(self.me) {
+            self.agent.link(node)
+        } else {
+            &mut self.private[node as usize]
+        }
     }
 }
 
@@ -328,29 +464,32 @@ impl Transport for Multi {
         self.backs[0].transport.local_addr()
     }
 
-    fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
-        self.on_ready_in(0, poller, token, now, events)
-    }
-
-    fn on_ready_in(
+    fn on_ready(
         &mut self,
         sub: u32,
         _poller: &Poller,
         token: u32,
         now: Instant,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
         let i = sub as usize;
         if i < self.backs.len() {
-            self.on(i, events, |b, evs| {
-                b.transport.on_ready(&b.poller, token, now, evs)
+            self.on(i, rx, events, |b, rx, evs| {
+                b.transport.on_ready(0, &b.poller, token, now, rx, evs)
             });
         }
     }
 
-    fn tick(&mut self, _poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
-        self.each(events, |b, evs| {
-            b.transport.tick(&b.poller, now, evs);
+    fn tick(
+        &mut self,
+        _poller: &Poller,
+        now: Instant,
+        rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        self.each(rx, events, |b, rx, evs| {
+            b.transport.tick(&b.poller, now, rx, evs);
             false
         });
         // The agent flushes the links it uses; the control connections under
@@ -359,7 +498,7 @@ impl Transport for Multi {
             if self.route[node as usize] != 0 && self.backs[0].transport.queued(node) > 0 {
                 let mut freed = Vec::new();
                 let pool = self.pool.clone();
-                self.on(0, events, |b, evs| {
+                self.on_tx(0, events, |b, evs| {
                     b.transport.flush(node, &pool, &mut freed, evs)
                 });
                 self.orphans.append(&mut freed);
@@ -368,12 +507,8 @@ impl Transport for Multi {
         self.fall_back(now);
     }
 
-    fn poll(&mut self, now: Instant, events: &mut Vec<LinkEvent>) -> bool {
-        self.each(events, |b, evs| b.transport.poll(now, evs))
-    }
-
-    fn is_up(&self, node: u32) -> bool {
-        self.decided[node as usize] && self.back(node).is_up(node)
+    fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
+        self.each(rx, events, |b, rx, evs| b.transport.poll(now, rx, evs))
     }
 
     fn push(&mut self, node: u32, item: Out) {
@@ -388,68 +523,47 @@ impl Transport for Multi {
     fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>) {
         freed.append(&mut self.orphans);
         let r = self.route[node as usize];
-        self.on(r, events, |b, evs| {
+        self.on_tx(r, events, |b, evs| {
             b.transport.flush(node, pool, freed, evs)
         });
     }
 
-    fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
-        let r = self.route[node as usize];
-        self.backs[r].transport.reader(node)
+    fn last_tx(&self, node: u32) -> Option<Instant> {
+        self.back(node)
+            .last_tx(node)
+            .filter(|_| self.decided[node as usize])
     }
 
-    fn restore_reader(&mut self, node: u32, reader: FrameReader) {
-        let r = self.route[node as usize];
-        self.backs[r].transport.restore_reader(node, reader)
-    }
-
-    fn activity(&self, node: u32) -> Option<(Instant, Instant)> {
-        self.back(node).activity(node)
-    }
-
-    fn mark_alive(&mut self, node: u32, now: Instant) {
-        let r = self.route[node as usize];
-        self.backs[r].transport.mark_alive(node, now)
-    }
-
-    fn rx_full(&self, node: u32) -> bool {
-        self.back(node).rx_full(node)
-    }
-
-    fn rx_resume(&mut self, _poller: &Poller, node: u32) {
-        let b = &mut self.backs[self.route[node as usize]];
-        b.transport.rx_resume(&b.poller, node)
-    }
-
-    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool {
-        let r = self.route[node as usize];
-        self.backs[r].transport.steer(node, off, len, skip)
-    }
-
-    fn steering(&self, node: u32) -> bool {
-        self.back(node).steering(node)
-    }
-
-    fn peer_hello(&self, node: u32) -> Option<Hello> {
-        self.backs[0].transport.peer_hello(node)
-    }
-
-    fn info(&self) -> Vec<(&'static str, String)> {
+    fn stats(&self) -> TransportStats {
         // Every back end's facts (the first of each name); peers are
         // authenticated ("mac") only if every back end authenticates them.
-        let mut out: Vec<(&'static str, String)> = Vec::new();
+        // Counters get their back end's name ("udp.packets_tx").
+        let mut names = self.names.borrow_mut();
+        let mut out = TransportStats {
+            counters: vec![("hybrid_fallbacks", self.fallbacks)],
+            info: Vec::new(),
+        };
         let mut all_mac = true;
-        for b in &self.backs {
-            for (k, v) in b.transport.info() {
+        for (i, b) in self.backs.iter().enumerate() {
+            let st = b.transport.stats();
+            for (k, v) in st.info {
                 if k == "peer_auth" {
                     all_mac &= v == "mac";
-                } else if !out.iter().any(|(o, _)| *o == k) {
-                    out.push((k, v));
+                } else if !out.info.iter().any(|(o, _)| *o == k) {
+                    out.info.push((k, v));
                 }
+            }
+            for (name, v) in st.counters {
+                // Leaked once per (back end, counter): a few dozen strings
+                // for the agent's lifetime.
+                let full = *names.entry((i, name)).or_insert_with(|| {
+                    Box::leak(format!("{}.{name}", b.transport.name()).into_boxed_str())
+                });
+                out.counters.push((full, v));
             }
         }
         let auth = if all_mac { "mac" } else { "none" };
-        out.push(("peer_auth", auth.to_string()));
+        out.info.push(("peer_auth", auth.to_string()));
         out
     }
 
@@ -457,20 +571,13 @@ impl Transport for Multi {
         self.back(node).name()
     }
 
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        let mut names = self.names.borrow_mut();
-        let mut out = vec![("hybrid_fallbacks", self.fallbacks)];
-        for (i, b) in self.backs.iter().enumerate() {
-            for (name, v) in b.transport.counters() {
-                // Leaked once per (back end, counter): a few dozen strings
-                // for the agent's lifetime.
-                let full = *names.entry((i, name)).or_insert_with(|| {
-                    Box::leak(format!("{}.{name}", b.transport.name()).into_boxed_str())
-                });
-                out.push((full, v));
-            }
+    fn before_sleep(&mut self, _poller: &Poller) -> bool {
+        // Woken by arriving data only if every back end can wake it.
+        let mut wakes = true;
+        for b in &mut self.backs {
+            wakes &= b.transport.before_sleep(&b.poller);
         }
-        out
+        wakes
     }
 
     fn inject_fault(&mut self, node: u32) -> bool {

@@ -40,35 +40,23 @@ use crate::wire::{
     control_frame, FrameHeader, FrameKind, FrameReader, Hello, FRAME_HEADER, HANDSHAKE_BODY_MAX,
 };
 
-use super::{LinkEvent, Out, Poller, Transport, WarnSpell};
+use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell};
 
-/// Stop reading a socket while this much is buffered but not yet consumed.
-pub const RX_HIGH_WATER: usize = 8 << 20;
 /// Read at most this much from one socket per poll round (fairness).
 const RX_PER_ROUND: usize = 1 << 20;
 
 /// One established TCP connection to a peer agent.
 pub struct Link {
     stream: TcpStream,
-    /// Frames read and not yet consumed.
-    pub reader: FrameReader,
+    /// Handshake frames read and not yet consumed (once the link is up,
+    /// its bytes go to the agent's stream of the peer).
+    handshake: FrameReader,
     out: VecDeque<Out>,
     queued: usize,
     /// When something was last written.
     pub last_tx: Instant,
-    /// When something was last read.
-    pub last_rx: Instant,
-    /// Not watched for readability: too much is buffered.
+    /// Not watched for readability: the agent's stream of the peer is full.
     pub paused: bool,
-    /// Bytes to read straight into the pool before anything else.
-    steer: Option<Steer>,
-}
-
-/// The rest of a large chunk, read into its pool block.
-struct Steer {
-    off: u64,
-    left: u64,
-    skip: usize,
 }
 
 impl Link {
@@ -79,13 +67,11 @@ impl Link {
         let now = Instant::now();
         Ok(Link {
             stream,
-            reader: FrameReader::new(),
+            handshake: FrameReader::new(),
             out: VecDeque::new(),
             queued: 0,
             last_tx: now,
-            last_rx: now,
             paused: false,
-            steer: None,
         })
     }
 
@@ -182,74 +168,25 @@ impl Link {
         v
     }
 
-    /// Read what the socket has, up to the per-round limit: first what a
-    /// steer sends into the pool, then into the frame reader. `Ok(false)`:
+    /// Read what the socket has into the peer's stream, up to the
+    /// per-round limit (a steer's bytes straight into the pool). `Ok(false)`:
     /// the peer closed the connection.
-    pub fn fill(&mut self, pool: &Pool) -> io::Result<bool> {
-        let mut got = 0;
-        while got < RX_PER_ROUND {
-            let r = if let Some(st) = self.steer.as_mut() {
-                if st.left > 0 {
-                    pool.read_block_from(self.stream.as_raw_fd(), st.off, st.left)
-                        .inspect(|&n| {
-                            st.off += n as u64;
-                            st.left -= n as u64;
-                        })
-                } else if st.skip > 0 {
-                    let mut pad = [0u8; 8];
-                    let k = st.skip.min(8);
-                    self.stream.read(&mut pad[..k]).inspect(|&n| {
-                        st.skip -= n;
-                    })
-                } else {
-                    self.steer = None;
-                    continue;
-                }
-            } else {
-                if self.reader.buffered() >= RX_HIGH_WATER {
-                    break;
-                }
-                let spare = self.reader.spare(256 * 1024);
-                let offered = spare.len();
-                let r = self.stream.read(spare);
-                self.reader.filled(offered, *r.as_ref().unwrap_or(&0));
-                r
-            };
-            match r {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    got += n;
-                    self.last_rx = Instant::now();
-                }
-                Err(e) => match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return Err(e),
-                },
-            }
-        }
-        if self
-            .steer
-            .as_ref()
-            .is_some_and(|st| st.left == 0 && st.skip == 0)
-        {
-            self.steer = None;
-        }
-        Ok(true)
+    pub fn fill(&mut self, rx: &mut LinkRx, pool: &Pool, now: Instant) -> io::Result<bool> {
+        rx.fill_from(self.stream.as_raw_fd(), pool, RX_PER_ROUND, now)
     }
 
     /// Read until `want` bytes are buffered, not one byte more (a connection
     /// whose handshake is not done: what it may make the agent hold is one
     /// handshake frame). `Ok(false)`: the peer closed the connection.
     fn fill_upto(&mut self, want: usize) -> io::Result<bool> {
-        while self.reader.buffered() < want {
-            let n = want - self.reader.buffered();
-            let spare = self.reader.spare(n);
+        while self.handshake.buffered() < want {
+            let n = want - self.handshake.buffered();
+            let spare = self.handshake.spare(n);
             let r = self.stream.read(&mut spare[..n]);
-            self.reader.filled(n, *r.as_ref().unwrap_or(&0));
+            self.handshake.filled(n, *r.as_ref().unwrap_or(&0));
             match r {
                 Ok(0) => return Ok(false),
-                Ok(_) => self.last_rx = Instant::now(),
+                Ok(_) => {}
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => break,
                     io::ErrorKind::Interrupted => continue,
@@ -258,11 +195,6 @@ impl Link {
             }
         }
         Ok(true)
-    }
-
-    /// Whether reading is paused because too much is buffered.
-    pub fn rx_full(&self) -> bool {
-        self.reader.buffered() >= RX_HIGH_WATER
     }
 
     /// Shut the connection down both ways.
@@ -383,6 +315,10 @@ pub struct TcpTransport {
     addr: SocketAddr,
     pool: Arc<Pool>,
     links: Vec<Option<Link>>,
+    /// Links not watched for readability (their stream was full).
+    paused: usize,
+    /// Its own handle on the agent's poller (to watch paused links again).
+    poller: Poller,
     /// What each peer said in its last `Hello`.
     peer_hellos: Vec<Option<Hello>>,
     pending: Vec<Option<Pending>>,
@@ -435,6 +371,8 @@ impl TcpTransport {
             addr,
             pool,
             links: (0..n).map(|_| None).collect(),
+            paused: 0,
+            poller: poller.clone(),
             peer_hellos: vec![None; n],
             pending: Vec::new(),
             dialing: vec![false; n],
@@ -448,6 +386,20 @@ impl TcpTransport {
             refused_quiet: 0,
             fail_warned: WarnSpell::default(),
         })
+    }
+
+    /// What `node` said in its last `Hello` (a hybrid agent routes by it).
+    pub fn peer_hello(&self, node: u32) -> Option<Hello> {
+        self.peer_hellos.get(node as usize).copied().flatten()
+    }
+
+    /// Name only the transports `caps` in the `Hello`s of this agent's next
+    /// connections to `node` (a hybrid agent: a transport forced for that
+    /// peer, or one that failed it).
+    pub fn set_hello_caps(&mut self, node: u32, caps: u32) {
+        if let Some(c) = self.hello_caps.get_mut(node as usize) {
+            *c = caps;
+        }
     }
 
     /// The bound address (useful with port 0).
@@ -660,14 +612,21 @@ impl TcpTransport {
         poller.delete(p.link.as_fd());
     }
 
-    fn serve_pending(&mut self, poller: &Poller, idx: usize, events: &mut Vec<LinkEvent>) {
+    fn serve_pending(
+        &mut self,
+        poller: &Poller,
+        idx: usize,
+        now: Instant,
+        rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
         let Some(mut p) = self.pending.get_mut(idx).and_then(|p| p.take()) else {
             return;
         };
         // One frame at a time, and never more than it: its header first
         // (refused by it if too long), then its body.
         let h = loop {
-            let want = match p.link.reader.peek_header() {
+            let want = match p.link.handshake.peek_header() {
                 Err(e) => return self.drop_pending(poller, p, format!("sent garbage ({e})")),
                 Ok(None) => FRAME_HEADER,
                 Ok(Some(h)) if h.body_len as usize > HANDSHAKE_BODY_MAX => {
@@ -682,7 +641,7 @@ impl TcpTransport {
                 }
                 Ok(Some(h)) => FRAME_HEADER + h.body_len as usize,
             };
-            if p.link.reader.buffered() < want {
+            if p.link.handshake.buffered() < want {
                 match p.link.fill_upto(want) {
                     Ok(true) => {}
                     Ok(false) => {
@@ -690,13 +649,13 @@ impl TcpTransport {
                     }
                     Err(e) => return self.drop_pending(poller, p, e.to_string()),
                 }
-                if p.link.reader.buffered() < want {
+                if p.link.handshake.buffered() < want {
                     self.pending[idx] = Some(p);
                     return;
                 }
                 continue;
             }
-            let step = match p.link.reader.peek_frame() {
+            let step = match p.link.handshake.peek_frame() {
                 Ok(Some((fh, body))) => {
                     let body = body.to_vec();
                     self.handshake_step(&mut p, &fh, &body)
@@ -705,9 +664,9 @@ impl TcpTransport {
                 Err(e) => Err(format!("sent garbage ({e})")),
             };
             match step {
-                Ok(Step::More) => p.link.reader.consume(),
+                Ok(Step::More) => p.link.handshake.consume(),
                 Ok(Step::Done(h)) => {
-                    p.link.reader.consume();
+                    p.link.handshake.consume();
                     break h;
                 }
                 Err(why) => return self.drop_pending(poller, p, why),
@@ -722,6 +681,9 @@ impl TcpTransport {
             log::error!("cannot watch the link to node {node}: {e}");
             return;
         }
+        // A new stream for the peer, with what came after the handshake.
+        rx.link(node)
+            .reset(std::mem::take(&mut p.link.handshake), now);
         self.links[node as usize] = Some(p.link);
         self.peer_hellos[node as usize] = Some(h);
         events.push(LinkEvent::Up { node });
@@ -733,33 +695,30 @@ impl Transport for TcpTransport {
         "tcp"
     }
 
-    fn peer_hello(&self, node: u32) -> Option<Hello> {
-        self.peer_hellos.get(node as usize).copied().flatten()
-    }
-
-    fn set_hello_caps(&mut self, node: u32, caps: u32) {
-        if let Some(c) = self.hello_caps.get_mut(node as usize) {
-            *c = caps;
-        }
-    }
-
     fn local_addr(&self) -> String {
         self.addr.to_string()
     }
 
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("tcp_pending_refused", self.pending_refused),
-            ("tcp_handshakes_failed", self.handshakes_failed),
-        ]
-    }
-
-    fn info(&self) -> Vec<(&'static str, String)> {
+    fn stats(&self) -> TransportStats {
         let auth = if self.key.is_some() { "mac" } else { "none" };
-        vec![("peer_auth", auth.to_string())]
+        TransportStats {
+            counters: vec![
+                ("tcp_pending_refused", self.pending_refused),
+                ("tcp_handshakes_failed", self.handshakes_failed),
+            ],
+            info: vec![("peer_auth", auth.to_string())],
+        }
     }
 
-    fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
+    fn on_ready(
+        &mut self,
+        _sub: u32,
+        poller: &Poller,
+        token: u32,
+        now: Instant,
+        rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
         let idx = token & !TOK_MASK;
         match token & TOK_MASK {
             TOK_LISTEN => {
@@ -797,13 +756,15 @@ impl Transport for TcpTransport {
                 let Some(link) = self.links.get_mut(idx as usize).and_then(|l| l.as_mut()) else {
                     return;
                 };
-                let reason = match link.fill(&self.pool) {
+                let stream = rx.link(idx);
+                let reason = match link.fill(stream, &self.pool, now) {
                     Ok(true) => {
-                        if link.rx_full() && !link.paused {
+                        if stream.full() && !link.paused {
                             // Stop watching until the agent catches up, so a
                             // level-triggered poller does not spin on it.
                             poller.delete(link.as_fd());
                             link.paused = true;
+                            self.paused += 1;
                         }
                         return;
                     }
@@ -819,12 +780,18 @@ impl Transport for TcpTransport {
                     closed: false,
                 });
             }
-            TOK_PENDING => self.serve_pending(poller, idx as usize, events),
+            TOK_PENDING => self.serve_pending(poller, idx as usize, now, rx, events),
             _ => {}
         }
     }
 
-    fn tick(&mut self, poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
+    fn tick(
+        &mut self,
+        poller: &Poller,
+        now: Instant,
+        _rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
         while let Some(d) = self.dialer.poll() {
             let j = d.node as usize;
             self.dialing[j] = false;
@@ -877,10 +844,6 @@ impl Transport for TcpTransport {
         let _ = events;
     }
 
-    fn is_up(&self, node: u32) -> bool {
-        self.links.get(node as usize).is_some_and(|l| l.is_some())
-    }
-
     fn push(&mut self, node: u32, item: Out) {
         if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
             l.push(item);
@@ -905,6 +868,9 @@ impl Transport for TcpTransport {
             // Needs a poller to deregister; the socket closes on drop, which
             // removes it from epoll by itself.
             let blocks = self.links[node as usize].take().map(|mut l| {
+                if l.paused {
+                    self.paused -= 1;
+                }
                 l.shutdown();
                 l.drain_blocks()
             });
@@ -917,80 +883,41 @@ impl Transport for TcpTransport {
         }
     }
 
-    fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
-        self.links
-            .get_mut(node as usize)?
-            .as_mut()
-            .map(|l| &mut l.reader)
+    fn last_tx(&self, node: u32) -> Option<Instant> {
+        self.links.get(node as usize)?.as_ref().map(|l| l.last_tx)
     }
 
-    fn restore_reader(&mut self, node: u32, reader: FrameReader) {
-        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
-            l.reader = reader;
-        }
-    }
-
-    fn activity(&self, node: u32) -> Option<(Instant, Instant)> {
-        self.links
-            .get(node as usize)?
-            .as_ref()
-            .map(|l| (l.last_rx, l.last_tx))
-    }
-
-    fn mark_alive(&mut self, node: u32, now: Instant) {
-        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
-            l.last_rx = now;
-        }
-    }
-
-    fn rx_full(&self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .is_some_and(|l| l.rx_full())
-    }
-
-    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool {
-        let Some(link) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
-            return false;
-        };
-        if link.steer.is_some() || self.pool.block_slice(off, len).is_none() {
+    /// Watch again the links paused while their stream was full, once the
+    /// agent read half of it.
+    fn poll(&mut self, _now: Instant, rx: &mut dyn Inflow, _events: &mut Vec<LinkEvent>) -> bool {
+        if self.paused == 0 {
             return false;
         }
-        link.steer = Some(Steer {
-            off,
-            left: len,
-            skip,
-        });
-        // The bytes are read on the next readiness event (the socket is
-        // watched level-triggered): not here, where the agent holds the
-        // link's frame reader.
-        true
-    }
-
-    fn steering(&self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .is_some_and(|l| l.steer.is_some())
-    }
-
-    fn rx_resume(&mut self, poller: &Poller, node: u32) {
-        let Some(link) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
-            return;
-        };
-        if link.paused && link.reader.buffered() < RX_HIGH_WATER / 2 {
-            match poller.add(link.as_fd(), TOK_PEER | node) {
-                Ok(()) => link.paused = false,
-                Err(e) => log::error!("cannot watch the link to node {node} again: {e}"),
+        for (node, link) in self.links.iter_mut().enumerate() {
+            let Some(link) = link.as_mut().filter(|l| l.paused) else {
+                continue;
+            };
+            if rx.link(node as u32).drained() {
+                match self.poller.add(link.as_fd(), TOK_PEER | node as u32) {
+                    Ok(()) => {
+                        link.paused = false;
+                        self.paused -= 1;
+                    }
+                    Err(e) => log::error!("cannot watch the link to node {node} again: {e}"),
+                }
             }
         }
+        false
     }
 
     fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64> {
         match self.links.get_mut(node as usize).and_then(|l| l.take()) {
             Some(mut l) => {
-                poller.delete(l.as_fd());
+                if l.paused {
+                    self.paused -= 1;
+                } else {
+                    poller.delete(l.as_fd());
+                }
                 l.shutdown();
                 self.next_dial[node as usize] = Instant::now() + Duration::from_millis(500);
                 l.drain_blocks()

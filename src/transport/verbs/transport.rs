@@ -62,7 +62,9 @@ use std::time::{Duration, Instant};
 
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
-use crate::transport::{LinkEvent, Out, Poller, Transport, WarnSpell};
+use crate::transport::{
+    Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell,
+};
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
     boot_hello, boot_msg, parse_challenge, take_boot_msg, BadRdv, BootHeader, BootHello, BootKind,
@@ -96,8 +98,6 @@ const RDV_MAX_OUT: usize = 64;
 const BOUNCE: usize = 256 * 1024;
 /// Largest single READ into the pool.
 const READ_PIECE: u64 = 1 << 20;
-/// Stop moving a peer's bytes into its frame reader beyond this much unread.
-pub const RX_HIGH_WATER: usize = 8 << 20;
 /// Completions taken per poll call at most (fairness with the rest of the round).
 const CQ_PER_POLL: usize = 256;
 /// How long a bootstrap connection may take to complete its handshake (as tcp's).
@@ -311,15 +311,6 @@ enum SqKind {
     ReadBounce { len: u32, last: bool },
 }
 
-/// The rest of a large chunk, to be put into the pool at `off` (see
-/// [`Transport::steer`]).
-#[derive(Debug)]
-struct Steer {
-    off: u64,
-    left: u64,
-    skip: usize,
-}
-
 struct Link {
     node: u32,
     epoch: u16,
@@ -361,14 +352,14 @@ struct Link {
     wrs: Vec<SendWr>,
     wr_kinds: Vec<SqKind>,
     // ---- receiving
-    reader: FrameReader,
     rxq: VecDeque<RxItem>,
-    steer: Option<Steer>,
+    /// The link came up: the agent's stream of the peer starts afresh
+    /// before anything of it goes there ([`stream_of`]).
+    fresh: bool,
     reads_to_pool: u32,
     bounce_busy: bool,
     /// The poll round in which a descriptor at the head was first seen unsteered.
     rdv_seen: Option<u64>,
-    last_rx: Instant,
     last_tx: Instant,
     /// When `tick` next queries the QP's state (while up).
     next_qp_check: Instant,
@@ -748,13 +739,11 @@ impl VerbsTransport {
             reads_out: 0,
             wrs: Vec::new(),
             wr_kinds: Vec::new(),
-            reader: FrameReader::new(),
+            fresh: false,
             rxq: VecDeque::new(),
-            steer: None,
             reads_to_pool: 0,
             bounce_busy: false,
             rdv_seen: None,
-            last_rx: now,
             last_tx: now,
             next_qp_check: now,
         })
@@ -1089,8 +1078,8 @@ impl VerbsTransport {
 
     fn link_up(&mut self, l: &mut Link, events: &mut Vec<LinkEvent>) {
         l.phase = Phase::Up;
+        l.fresh = true;
         let now = Instant::now();
-        l.last_rx = now;
         l.last_tx = now;
         l.next_qp_check = now + QP_CHECK_EVERY;
         log::info!(
@@ -1188,7 +1177,7 @@ impl VerbsTransport {
     }
 
     /// Take completions; returns whether there were any.
-    fn poll_cq(&mut self, events: &mut Vec<LinkEvent>) -> bool {
+    fn poll_cq(&mut self, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         let mut any = false;
         let mut taken = 0;
         while taken < CQ_PER_POLL {
@@ -1202,7 +1191,7 @@ impl VerbsTransport {
                 }
             };
             for wc in &wcs {
-                self.on_wc(wc, events);
+                self.on_wc(wc, rx, events);
             }
             self.wcs = wcs;
             if n == 0 {
@@ -1214,7 +1203,7 @@ impl VerbsTransport {
         any
     }
 
-    fn on_wc(&mut self, wc: &Wc, events: &mut Vec<LinkEvent>) {
+    fn on_wc(&mut self, wc: &Wc, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) {
         if !wc.is_ok() {
             self.stats.wc_errors += 1;
         }
@@ -1243,7 +1232,7 @@ impl VerbsTransport {
                 self.reposts.push(slot);
                 return;
             };
-            self.on_recv(node, epoch, slot, wc.byte_len as usize, events);
+            self.on_recv(node, epoch, slot, wc.byte_len as usize, rx, events);
             return;
         }
         let node = ((wc.wr_id >> 48) & 0x7fff) as u32;
@@ -1301,20 +1290,13 @@ impl VerbsTransport {
             }
             self.stats.bounce_bytes += len as u64;
             let bytes = l.bounce.slice(0, len as usize);
+            let stream = stream_of(&mut l.fresh, l.node, rx);
             let mut at = 0;
             while at < bytes.len() {
-                at += absorb_some(
-                    &mut l.steer,
-                    l.reads_to_pool,
-                    &mut l.reader,
-                    &self.pool,
-                    &bytes[at..],
-                );
+                at += stream.absorb(&self.pool, &bytes[at..], l.reads_to_pool != 0);
             }
         }
-        if l.steer.as_ref().is_some_and(|s| s.left == 0 && s.skip == 0) && l.reads_to_pool == 0 {
-            l.steer = None;
-        }
+        end_steer_if_done(l, rx);
     }
 
     fn on_recv(
@@ -1323,6 +1305,7 @@ impl VerbsTransport {
         epoch: u16,
         slot: u32,
         len: usize,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
         let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
@@ -1331,7 +1314,7 @@ impl VerbsTransport {
         };
         self.stats.recvs += 1;
         self.stats.recv_bytes += len as u64;
-        l.last_rx = Instant::now();
+        stream_of(&mut l.fresh, l.node, rx).heard(Instant::now());
         let buf = self.rx_bufs.slice(slot as usize * MSG, len.min(MSG));
         let msg = match StreamMsg::parse(buf) {
             Ok(m) => m,
@@ -1399,13 +1382,14 @@ impl VerbsTransport {
 
     /// Move what arrived for `node` on, as far as it can go: into the reader, into the
     /// pool, or READs posted. `stamp`: the round to mark a newly seen descriptor with.
-    fn drain(&mut self, node: u32, stamp: u64) {
+    fn drain(&mut self, node: u32, stamp: u64, rx: &mut dyn Inflow) {
         let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
             return;
         };
         if l.phase == Phase::Broken {
             return;
         }
+        let stream = stream_of(&mut l.fresh, l.node, rx);
         let pool = &self.pool;
         let base = pool.base_addr() as u64;
         let pool_lkey = self.pool_mr.as_ref().map_or(0, |m| m.lkey());
@@ -1418,14 +1402,13 @@ impl VerbsTransport {
             };
             match front {
                 RxItem::Data { slot, start, end } => {
-                    let steering = l.steer.as_ref().is_some_and(|s| s.left > 0 || s.skip > 0);
-                    if !steering && l.reader.buffered() >= RX_HIGH_WATER {
+                    let steering = stream.steer_mut().is_some_and(|s| !s.done());
+                    if !steering && stream.full() {
                         break;
                     }
                     let (s, a, e) = (*slot, *start as usize, *end as usize);
                     let bytes = self.rx_bufs.slice(s as usize * MSG + a, e - a);
-                    let used =
-                        absorb_some(&mut l.steer, l.reads_to_pool, &mut l.reader, pool, bytes);
+                    let used = stream.absorb(pool, bytes, l.reads_to_pool != 0);
                     let RxItem::Data { start, .. } = l.rxq.front_mut().expect("still there") else {
                         unreachable!("the front is a Data item")
                     };
@@ -1437,7 +1420,7 @@ impl VerbsTransport {
                 }
                 RxItem::Rdv(r) => {
                     let remote = l.remote.expect("an up link has its peer's Info");
-                    if let Some(st) = l.steer.as_mut().filter(|s| s.left > 0) {
+                    if let Some(st) = stream.steer_mut().filter(|s| s.left > 0) {
                         if l.reads_out >= self.max_reads
                             || (l.sq.len() + l.wrs.len()) as u32 + 1 >= self.sq_depth
                         {
@@ -1474,12 +1457,12 @@ impl VerbsTransport {
                         }
                         continue;
                     }
-                    let skipping = l.steer.as_ref().is_some_and(|s| s.skip > 0);
-                    if l.steer.is_some() && !skipping {
+                    let skipping = stream.steer_mut().is_some_and(|s| s.skip > 0);
+                    if stream.steering() && !skipping {
                         break; // a steer's READs are finishing: the agent looks next
                     }
                     if !skipping {
-                        if l.reader.buffered() >= RX_HIGH_WATER {
+                        if stream.full() {
                             break;
                         }
                         match l.rdv_seen {
@@ -1491,7 +1474,7 @@ impl VerbsTransport {
                             Some(r) if r >= self.round => break,
                             Some(_) => {}
                         }
-                        if matches!(l.reader.peek_frame(), Ok(Some(_))) {
+                        if matches!(stream.reader.peek_frame(), Ok(Some(_))) {
                             break; // it has frames to take first
                         }
                     }
@@ -1533,8 +1516,8 @@ impl VerbsTransport {
                 }
             }
         }
-        if l.steer.as_ref().is_some_and(|s| s.left == 0 && s.skip == 0) && l.reads_to_pool == 0 {
-            l.steer = None;
+        if stream.steer_mut().is_some_and(|s| s.done()) && l.reads_to_pool == 0 {
+            stream.end_steer();
         }
     }
 
@@ -1731,7 +1714,7 @@ impl VerbsTransport {
 
     /// Arm the CQ so the channel wakes a sleeping agent; look once more after arming
     /// (completions that came in between do not raise an event).
-    fn arm(&mut self, events: &mut Vec<LinkEvent>) -> bool {
+    fn arm(&mut self, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         if self.armed {
             return false;
         }
@@ -1739,11 +1722,11 @@ impl VerbsTransport {
             Ok(()) => self.armed = true,
             Err(e) => log::warn!("verbs: {e}"),
         }
-        self.poll_cq(events)
+        self.poll_cq(rx, events)
     }
 
     /// After completions: move bytes on, post READs and SENDs, refill the SRQ.
-    fn service(&mut self, stamp: u64, events: &mut Vec<LinkEvent>) -> bool {
+    fn service(&mut self, stamp: u64, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         let mut any = false;
         for j in 0..self.links.len() as u32 {
             let Some(l) = self.links[j as usize].as_ref() else {
@@ -1752,12 +1735,12 @@ impl VerbsTransport {
             if l.phase != Phase::Up {
                 continue;
             }
-            let before = (l.rxq.len(), l.reader.buffered(), l.wr_seq);
-            self.drain(j, stamp);
+            let before = (l.rxq.len(), rx.link(j).reader.buffered(), l.wr_seq);
+            self.drain(j, stamp, rx);
             self.transmit(j);
             self.post(j, events);
             if let Some(l) = self.links[j as usize].as_ref() {
-                any |= before != (l.rxq.len(), l.reader.buffered(), l.wr_seq);
+                any |= before != (l.rxq.len(), rx.link(j).reader.buffered(), l.wr_seq);
             }
         }
         if let Err(e) = self.repost() {
@@ -1815,7 +1798,7 @@ impl VerbsTransport {
                     // "Last WQE reached": a QP attached to the shared receive queue
                     // entered the error state (on its own, or forced by us - then
                     // the link is already broken and this does nothing).
-                    if ev.is_qp_last_wqe() && self.is_up(n) {
+                    if ev.is_qp_last_wqe() && self.last_tx(n).is_some() {
                         self.stats.qp_errors_found += 1;
                     }
                     self.fail(n, format!("asynchronous event: {}", ev.name), events);
@@ -1847,47 +1830,23 @@ fn front_is_rdv(l: &Link) -> bool {
     matches!(l.outq.front(), Some(Out::Block { len, pos, .. }) if *len - *pos >= RDV_MIN)
 }
 
-/// Put stream bytes where they go: the steer target, then its padding, then the reader.
-/// Returns how many of `bytes` were taken: all, unless the steer still wants more.
-fn absorb_some(
-    steer: &mut Option<Steer>,
-    reads_to_pool: u32,
-    reader: &mut FrameReader,
-    pool: &Pool,
-    bytes: &[u8],
-) -> usize {
-    let mut at = 0;
-    if let Some(st) = steer.as_mut() {
-        if st.left > 0 {
-            let n = (st.left as usize).min(bytes.len());
-            // A range the agent steered (checked by `steer`).
-            let _ = pool.write_block(st.off, &bytes[..n]);
-            st.off += n as u64;
-            st.left -= n as u64;
-            at += n;
-        }
-        if st.left == 0 && st.skip > 0 {
-            let n = st.skip.min(bytes.len() - at);
-            st.skip -= n;
-            at += n;
-        }
-        if st.left > 0 || st.skip > 0 {
-            return at;
-        }
-        if reads_to_pool == 0 {
-            *steer = None;
-        }
-        // Else only its READs are outstanding: what follows them in the stream goes
-        // to the reader, which the agent does not look at until they complete.
+/// The agent's stream of `node`; a link that just came up (`fresh`) starts it
+/// afresh.
+fn stream_of<'a>(fresh: &mut bool, node: u32, rx: &'a mut dyn Inflow) -> &'a mut LinkRx {
+    let stream = rx.link(node);
+    if std::mem::take(fresh) {
+        stream.reset(FrameReader::new(), Instant::now());
     }
-    let rest = &bytes[at..];
-    if !rest.is_empty() {
-        let spare = reader.spare(rest.len());
-        let offered = spare.len();
-        spare[..rest.len()].copy_from_slice(rest);
-        reader.filled(offered, rest.len());
+    stream
+}
+
+/// End the stream's steer once its bytes landed and no READ into its block
+/// is outstanding.
+fn end_steer_if_done(l: &mut Link, rx: &mut dyn Inflow) {
+    let stream = stream_of(&mut l.fresh, l.node, rx);
+    if stream.steer_mut().is_some_and(|s| s.done()) && l.reads_to_pool == 0 {
+        stream.end_steer();
     }
-    bytes.len()
 }
 
 /// The send queue's entries in use: posted and not seen complete, plus queued to post.
@@ -1904,7 +1863,15 @@ impl Transport for VerbsTransport {
         self.addr.to_string()
     }
 
-    fn on_ready(&mut self, poller: &Poller, token: u32, now: Instant, events: &mut Vec<LinkEvent>) {
+    fn on_ready(
+        &mut self,
+        _sub: u32,
+        poller: &Poller,
+        token: u32,
+        now: Instant,
+        rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
         let idx = token & !TOK_MASK;
         match token & TOK_MASK {
             TOK_LINK => self.serve_link(poller, idx, events),
@@ -1958,8 +1925,8 @@ impl Transport for VerbsTransport {
                         Err(e) => log::warn!("verbs: {e}"),
                     }
                     self.armed = false;
-                    self.poll_cq(events);
-                    self.service(self.round, events);
+                    self.poll_cq(rx, events);
+                    self.service(self.round, rx, events);
                 }
                 TOK_ASYNC => self.async_events(events),
                 _ => {}
@@ -1967,7 +1934,13 @@ impl Transport for VerbsTransport {
         }
     }
 
-    fn tick(&mut self, poller: &Poller, now: Instant, events: &mut Vec<LinkEvent>) {
+    fn tick(
+        &mut self,
+        poller: &Poller,
+        now: Instant,
+        _rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
         while let Some(d) = self.dialer.poll() {
             let j = d.node as usize;
             self.dialing[j] = false;
@@ -2051,25 +2024,18 @@ impl Transport for VerbsTransport {
         self.check_qp_states(now, events);
     }
 
-    fn poll(&mut self, _now: Instant, events: &mut Vec<LinkEvent>) -> bool {
+    fn poll(&mut self, _now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         self.round += 1;
-        let mut any = self.poll_cq(events);
-        any |= self.service(self.round, events);
+        let mut any = self.poll_cq(rx, events);
+        any |= self.service(self.round, rx, events);
         if !any {
             // Idle: arm, so that a sleeping agent wakes at the next completion.
-            if self.arm(events) {
+            if self.arm(rx, events) {
                 any = true;
-                self.service(self.round, events);
+                self.service(self.round, rx, events);
             }
         }
         any
-    }
-
-    fn is_up(&self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .is_some_and(|l| l.phase == Phase::Up)
     }
 
     fn push(&mut self, node: u32, item: Out) {
@@ -2107,88 +2073,15 @@ impl Transport for VerbsTransport {
         }
     }
 
-    fn reader(&mut self, node: u32) -> Option<&mut FrameReader> {
-        self.links
-            .get_mut(node as usize)?
-            .as_mut()
-            .filter(|l| matches!(l.phase, Phase::Up | Phase::Broken))
-            .map(|l| &mut l.reader)
-    }
-
-    fn restore_reader(&mut self, node: u32, reader: FrameReader) {
-        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
-            l.reader = reader;
-        }
-    }
-
-    fn activity(&self, node: u32) -> Option<(Instant, Instant)> {
+    fn last_tx(&self, node: u32) -> Option<Instant> {
         self.links
             .get(node as usize)?
             .as_ref()
             .filter(|l| l.phase == Phase::Up)
-            .map(|l| (l.last_rx, l.last_tx))
+            .map(|l| l.last_tx)
     }
 
-    fn mark_alive(&mut self, node: u32, now: Instant) {
-        if let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) {
-            l.last_rx = now;
-        }
-    }
-
-    fn rx_full(&self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .is_some_and(|l| l.reader.buffered() >= RX_HIGH_WATER)
-    }
-
-    fn rx_resume(&mut self, _poller: &Poller, node: u32) {
-        if !self.is_up(node) {
-            return;
-        }
-        // Descriptors first seen here count from the next round: the agent may not
-        // look at this reader again in this one.
-        let mut events = Vec::new();
-        self.drain(node, self.round + 1);
-        self.transmit(node);
-        self.post(node, &mut events);
-        if let Err(e) = self.repost() {
-            log::error!("verbs: {e}");
-        }
-        // A failure here is seen again (and reported) at the next poll.
-        debug_assert!(events.iter().all(|e| matches!(e, LinkEvent::Down { .. })));
-    }
-
-    fn steer(&mut self, node: u32, off: u64, len: u64, skip: usize) -> bool {
-        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
-            return false;
-        };
-        if l.phase != Phase::Up || l.steer.is_some() || self.pool.block_slice(off, len).is_none() {
-            return false;
-        }
-        l.steer = Some(Steer {
-            off,
-            left: len,
-            skip,
-        });
-        // The READ is posted in the next poll round, not here, where the agent
-        // holds the link's frame reader.
-        true
-    }
-
-    fn steering(&self, node: u32) -> bool {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .is_some_and(|l| l.steer.is_some())
-    }
-
-    fn info(&self) -> Vec<(&'static str, String)> {
-        let auth = if self.key.is_some() { "mac" } else { "none" };
-        vec![("peer_auth", auth.to_string())]
-    }
-
-    fn counters(&self) -> Vec<(&'static str, u64)> {
+    fn stats(&self) -> TransportStats {
         let s = &self.stats;
         let mut c = vec![
             ("verbs_sends", s.sends),
@@ -2223,7 +2116,11 @@ impl Transport for VerbsTransport {
                 c.push((name, v));
             }
         }
-        c
+        let auth = if self.key.is_some() { "mac" } else { "none" };
+        TransportStats {
+            counters: c,
+            info: vec![("peer_auth", auth.to_string())],
+        }
     }
 
     /// The queue pair goes to ERR, as a device fault would put it: the link fails

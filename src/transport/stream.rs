@@ -1,0 +1,309 @@
+//! The receive side of one link, the same for every transport: the bytes a
+//! peer sent, in order, as complete frames for the agent, and where the rest
+//! of a large chunk goes instead (*steering*: straight into its pool block).
+//!
+//! The agent owns one [`LinkRx`] per peer and lends the whole set to the
+//! transport while it reads ([`super::Transport::on_ready`], `poll`, `tick`):
+//! bytes flow one way, transport → `LinkRx` → agent, and nothing is handed
+//! back. A transport starts a fresh stream ([`LinkRx::reset`]) when a link
+//! comes up; the agent reads frames and asks for steering on its own.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use crate::shm::Pool;
+use crate::wire::FrameReader;
+
+/// Stop moving a link's bytes into its frame reader beyond this much unread
+/// (the agent is not reading: a full ring holds it back).
+pub const RX_HIGH_WATER: usize = 8 << 20;
+
+/// The rest of a large chunk, going straight into its pool block, then its
+/// padding (skipped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steer {
+    /// Pool offset of the next byte.
+    pub off: u64,
+    /// Bytes still to land there.
+    pub left: u64,
+    /// Padding to skip after them.
+    pub skip: usize,
+}
+
+impl Steer {
+    /// Whether every byte landed and the padding was skipped.
+    pub fn done(&self) -> bool {
+        self.left == 0 && self.skip == 0
+    }
+}
+
+/// The agent's incoming streams, one per peer, lent to a transport while it
+/// reads (see the module documentation).
+pub trait Inflow {
+    /// Peer `node`'s stream.
+    fn link(&mut self, node: u32) -> &mut LinkRx;
+}
+
+impl Inflow for Vec<LinkRx> {
+    fn link(&mut self, node: u32) -> &mut LinkRx {
+        &mut self[node as usize]
+    }
+}
+
+/// One link's incoming stream.
+#[derive(Default)]
+pub struct LinkRx {
+    /// Bytes read and not yet consumed, as frames.
+    pub reader: FrameReader,
+    steer: Option<Steer>,
+    /// When the peer last sent anything on this link (`None`: not yet).
+    last_rx: Option<Instant>,
+}
+
+impl LinkRx {
+    /// A fresh stream for a link that just came up, starting with what its
+    /// handshake left buffered.
+    pub fn reset(&mut self, reader: FrameReader, now: Instant) {
+        *self = LinkRx {
+            reader,
+            steer: None,
+            last_rx: Some(now),
+        };
+    }
+
+    /// Whether too much is buffered to take more.
+    pub fn full(&self) -> bool {
+        self.reader.buffered() >= RX_HIGH_WATER
+    }
+
+    /// Whether the agent read enough of it for a paused reading to resume.
+    pub fn drained(&self) -> bool {
+        self.reader.buffered() < RX_HIGH_WATER / 2
+    }
+
+    /// The peer sent something now (or: count it as alive, the agent is
+    /// the one not reading).
+    pub fn heard(&mut self, now: Instant) {
+        self.last_rx = Some(now);
+    }
+
+    /// When the peer last sent anything.
+    pub fn last_rx(&self) -> Option<Instant> {
+        self.last_rx
+    }
+
+    /// Send the next `len` bytes of the stream to the pool at `off`, then
+    /// skip `skip` bytes. False when a steer is under way already or the
+    /// range is not the pool's (the agent then copies).
+    pub fn steer(&mut self, pool: &Pool, off: u64, len: u64, skip: usize) -> bool {
+        if self.steer.is_some() || pool.block_slice(off, len).is_none() {
+            return false;
+        }
+        self.steer = Some(Steer {
+            off,
+            left: len,
+            skip,
+        });
+        true
+    }
+
+    /// Whether a steer is under way (the agent waits for it to end).
+    pub fn steering(&self) -> bool {
+        self.steer.is_some()
+    }
+
+    /// The steer under way, for a transport that moves its bytes itself
+    /// (verbs: RDMA READs into the block).
+    pub fn steer_mut(&mut self) -> Option<&mut Steer> {
+        self.steer.as_mut()
+    }
+
+    /// The steer is over (its bytes landed, its padding was skipped).
+    pub fn end_steer(&mut self) {
+        self.steer = None;
+    }
+
+    /// Put stream bytes where they go: the steer target, then its padding,
+    /// then the frame reader. With `keep_steer`, a finished steer stays (a
+    /// transport whose own moves into the block are still under way ends it
+    /// with [`LinkRx::end_steer`]). Returns how many of `bytes` were taken:
+    /// all, unless the steer still wants more than they hold.
+    pub fn absorb(&mut self, pool: &Pool, bytes: &[u8], keep_steer: bool) -> usize {
+        let mut at = 0;
+        if let Some(st) = self.steer.as_mut() {
+            if st.left > 0 {
+                let n = (st.left as usize).min(bytes.len());
+                if pool.write_block(st.off, &bytes[..n]).is_none() {
+                    // Cannot happen: `steer` checked the range.
+                    log::error!("steered bytes outside the pool at {}", st.off);
+                }
+                st.off += n as u64;
+                st.left -= n as u64;
+                at += n;
+            }
+            if st.left == 0 && st.skip > 0 {
+                let n = st.skip.min(bytes.len() - at);
+                st.skip -= n;
+                at += n;
+            }
+            if !st.done() {
+                return at;
+            }
+            if !keep_steer {
+                self.steer = None;
+            }
+        }
+        let rest = &bytes[at..];
+        if !rest.is_empty() {
+            let spare = self.reader.spare(rest.len());
+            let offered = spare.len();
+            spare[..rest.len()].copy_from_slice(rest);
+            self.reader.filled(offered, rest.len());
+        }
+        bytes.len()
+    }
+
+    /// Read what the descriptor has, up to `limit` bytes: a steer's bytes
+    /// straight into the pool, then into the frame reader (not beyond
+    /// [`RX_HIGH_WATER`]). `Ok(false)`: the peer closed the connection.
+    pub fn fill_from(
+        &mut self,
+        fd: RawFd,
+        pool: &Pool,
+        limit: usize,
+        now: Instant,
+    ) -> io::Result<bool> {
+        let mut got = 0;
+        while got < limit {
+            let r = if let Some(st) = self.steer.as_mut() {
+                if st.left > 0 {
+                    pool.read_block_from(fd, st.off, st.left).inspect(|&n| {
+                        st.off += n as u64;
+                        st.left -= n as u64;
+                    })
+                } else if st.skip > 0 {
+                    let mut pad = [0u8; 8];
+                    let k = st.skip.min(8);
+                    read_fd(fd, &mut pad[..k]).inspect(|&n| st.skip -= n)
+                } else {
+                    self.steer = None;
+                    continue;
+                }
+            } else {
+                if self.full() {
+                    break;
+                }
+                let spare = self.reader.spare(256 * 1024);
+                let offered = spare.len();
+                let r = read_fd(fd, spare);
+                self.reader.filled(offered, *r.as_ref().unwrap_or(&0));
+                r
+            };
+            match r {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    got += n;
+                    self.last_rx = Some(now);
+                }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                },
+            }
+        }
+        if self.steer.is_some_and(|st| st.done()) {
+            self.steer = None;
+        }
+        Ok(true)
+    }
+}
+
+/// `read(2)` on a descriptor the caller keeps open while it reads.
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    nix::unistd::read(fd, buf).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::{Pool, PoolParams};
+
+    fn pool() -> Pool {
+        let params = PoolParams {
+            max_clients: 1,
+            endpoints_per_client: 1,
+            sub_slots: 64,
+            comp_slots: 16,
+            recv_slots: 64,
+            block_bytes: 1 << 20,
+        };
+        Pool::create(params, 0, false).unwrap()
+    }
+
+    #[test]
+    fn absorbed_bytes_go_to_the_steer_target_then_past_its_padding_then_to_the_reader() {
+        let pool = pool();
+        let (off, _) = pool.block_region();
+        let mut rx = LinkRx::default();
+        assert!(rx.steer(&pool, off, 5, 3));
+        assert!(!rx.steer(&pool, off, 5, 3), "one steer at a time");
+        assert_eq!(rx.absorb(&pool, b"abc", false), 3);
+        assert!(rx.steering());
+        assert_eq!(
+            rx.absorb(&pool, b"de__", false),
+            4,
+            "two bytes of padding skipped"
+        );
+        assert_eq!(rx.absorb(&pool, b"_XYZ", false), 4);
+        assert!(!rx.steering());
+        assert_eq!(pool.block_slice(off, 5).unwrap(), b"abcde");
+        assert_eq!(rx.reader.buffered(), 3);
+    }
+
+    #[test]
+    fn a_steer_outside_the_pool_is_refused() {
+        let pool = pool();
+        let mut rx = LinkRx::default();
+        assert!(!rx.steer(&pool, u64::MAX - 4, 4, 0));
+        assert!(!rx.steering());
+    }
+
+    #[test]
+    fn a_kept_steer_ends_when_its_owner_says() {
+        let pool = pool();
+        let (off, _) = pool.block_region();
+        let mut rx = LinkRx::default();
+        assert!(rx.steer(&pool, off, 2, 0));
+        assert_eq!(rx.absorb(&pool, b"hi!", true), 3);
+        assert!(rx.steering() && rx.steer_mut().unwrap().done());
+        rx.end_steer();
+        assert!(!rx.steering());
+        assert_eq!(rx.reader.buffered(), 1);
+    }
+
+    #[test]
+    fn reading_a_socket_honours_the_steer_and_the_high_water_mark() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let pool = pool();
+        let (off, _) = pool.block_region();
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        a.write_all(b"0123456789..tail").unwrap();
+        let mut rx = LinkRx::default();
+        assert!(rx.steer(&pool, off, 10, 2));
+        let now = Instant::now();
+        assert!(rx.fill_from(b.as_raw_fd(), &pool, 1 << 20, now).unwrap());
+        assert_eq!(pool.block_slice(off, 10).unwrap(), b"0123456789");
+        assert!(!rx.steering());
+        assert_eq!(rx.reader.buffered(), 4);
+        assert_eq!(rx.last_rx(), Some(now));
+        drop(a);
+        assert!(
+            !rx.fill_from(b.as_raw_fd(), &pool, 1 << 20, now).unwrap(),
+            "closed"
+        );
+    }
+}
