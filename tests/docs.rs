@@ -429,7 +429,11 @@ fn anchors(md: &str) -> std::collections::HashSet<String> {
             if h.starts_with(' ') {
                 let s = slug(h);
                 let n = seen.entry(s.clone()).or_insert(0);
-                out.insert(if *n == 0 { s.clone() } else { format!("{s}-{n}") });
+                out.insert(if *n == 0 {
+                    s.clone()
+                } else {
+                    format!("{s}-{n}")
+                });
                 *n += 1;
             }
         }
@@ -459,8 +463,7 @@ fn every_relative_link_in_the_docs_resolves() {
         let rel = f.strip_prefix(&root).unwrap_or(&f).display().to_string();
         for (line, text) in prose_lines(&md) {
             for target in link_targets(&text) {
-                if target.is_empty() || target.contains("://") || target.starts_with("mailto:")
-                {
+                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
                     continue;
                 }
                 checked += 1;
