@@ -14,6 +14,8 @@
 //! And every relative link of README.md, docs/**/*.md and bench/*.md (`[text](path)`,
 //! `![alt](path)`, `path#anchor`, `#anchor`) names a file or directory that exists, and its
 //! `#anchor`, if any, a heading (GitHub's slug) or an `<a id>` of that markdown file.
+//!
+//! And the README's quick start runs: two agents, a responder, `wyvern ping` and `wyvern bw`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -528,4 +530,108 @@ fn links_and_anchors_are_found_like_github() {
     let p = prose_lines("a `[x](nope.md)` b\n```\n[y](nope2.md)\n```\n[z](yes.md)\n");
     let targets: Vec<String> = p.iter().flat_map(|(_, t)| link_targets(t)).collect();
     assert_eq!(targets, ["yes.md"]);
+}
+
+/// The README's quick start, run as written (but for `cargo build` and the `PATH` line:
+/// this test's own build is used): two agents, `wyvern wait`, a responder, `wyvern ping` and
+/// `wyvern bw` through both agents, under `set -e`. Only the ports are replaced (free ones, so that
+/// parallel tests do not collide) and the default socket directory is a private one
+/// (`XDG_RUNTIME_DIR`). It must exit 0 with both tables and a responder that checked every
+/// message and found none damaged.
+#[test]
+fn the_readme_quick_start_runs() {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let md = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = blocks(&md)
+        .into_iter()
+        .find(|b| b.lang == "sh" && b.text.contains("wyvern ping --serve"))
+        .expect("README.md has a ```sh block with `wyvern ping --serve`");
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (p0, p1) = (free_port(), free_port());
+    // `set -e`: a command that fails fails the script (its last line, `wait`, says 0).
+    let script: String = std::iter::once("set -e\n".to_string())
+        .chain(
+            block
+                .text
+                .lines()
+                .filter(|l| !l.starts_with("cargo build") && !l.starts_with("export PATH="))
+                .map(|l| {
+                    l.replace("127.0.0.1:7470", &format!("127.0.0.1:{p0}"))
+                        .replace("127.0.0.1:7471", &format!("127.0.0.1:{p1}"))
+                        + "\n"
+                }),
+        )
+        .collect();
+    assert!(
+        script.contains(&format!("127.0.0.1:{p1}")),
+        "the quick start's node list changed: {script}"
+    );
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_wyvern")).parent().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("PATH", path)
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env_remove("WYVERN_SOCKET")
+        .env_remove("SLURM_JOB_ID")
+        .env_remove("SLURM_JOB_NODELIST")
+        .env_remove("SLURM_STEP_NODELIST")
+        .stdout(out.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("run bash");
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The script waits for what it started; give anything left a moment, then, whatever
+    // happened, nothing the script started outlives the test.
+    let gone = Instant::now() + Duration::from_secs(10);
+    while nix::sys::signal::killpg(pgid, None).is_ok() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    let text = std::fs::read_to_string(out.path()).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the quick start ran over 120 s:\n{text}"));
+    assert!(
+        status.success(),
+        "the quick start failed ({status}):\n{text}"
+    );
+    for want in [
+        "agent node 0 ready, 1 peers up",
+        "agent node 1 ready, 1 peers up",
+        "# wyvern ping: node 0 -> node 1 via tcp (up)",
+        "# wyvern bw: node 0 -> node 1 via tcp (up)",
+        "   1048576 ",
+        " 0 damaged, 0 stray",
+    ] {
+        assert!(
+            text.contains(want),
+            "no `{want}` in what it printed:\n{text}"
+        );
+    }
 }
