@@ -249,7 +249,7 @@ fn churn_of_killed_clients_leaves_nothing_behind() {
         // The receiver that never reads goes before the honest check: while
         // it lives, what node 1 sends to it fills node 0's overflow budget
         // and then holds the whole 1 -> 0 link (head-of-line blocking by
-        // one endpoint: a known limit, README "Known limits").
+        // one endpoint: a known limit, docs/development.md "Known limits").
         drop(sink);
         drop(echo);
         honest(&c, &format!("round {round}"));

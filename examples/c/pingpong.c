@@ -4,7 +4,7 @@
  *   pingpong SOCKET pong                          # echo every message back, until an empty one
  *   pingpong SOCKET ping PEER_NODE [ROUNDS] [SIZE]  # send, wait for the echo, check it, time it
  *
- * Both sides use endpoint 1. Build (see README.md, "C API"):
+ * Both sides use endpoint 1. Build (see docs/api.md, "C"):
  *   cc -O2 -o pingpong pingpong.c $(PKG_CONFIG_PATH=PREFIX/lib/pkgconfig pkg-config --cflags --libs wyvern)
  */
 #define _POSIX_C_SOURCE 200809L

@@ -4,7 +4,6 @@
 //! poller, the transports. Nothing made later goes back to the
 //! configuration file's rules.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +183,8 @@ impl Plan {
         let listen = |source| AgentError::Listen { addr: me, source };
         let key = &self.key;
         let hello = self.hello;
+        #[cfg(not(feature = "verbs"))]
+        let _ = self.verbs_offset;
         Ok(match kind {
             TransportKind::Tcp => Box::new(self.open_tcp(addrs, poller, pool, wake)?),
             TransportKind::Udp => {
@@ -254,7 +255,7 @@ impl Plan {
                 )
                 .map_err(|e| AgentError::Device {
                     name: "verbs",
-                    source: io::Error::other(e),
+                    source: std::io::Error::other(e),
                 })?;
                 Box::new(t)
             }

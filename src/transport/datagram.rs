@@ -32,7 +32,7 @@
 //! agent's session layer (`Resume`) then sends again what the peer had not
 //! handled. After the handshake, every packet must carry both link epochs:
 //! 128 bits an off-path party cannot guess (they travel in the clear, so an
-//! on-path one is outside this model; see `docs/security-notes-peer.md` for
+//! on-path one is outside this model; see `docs/security.md` for
 //! why not a MAC per packet). Peer addresses are learned only while a link is
 //! not up (from an authenticated `Hello`, or the first packet with both epochs
 //! right) or from the fresh `Hello` of a restarted peer, so agents may bind

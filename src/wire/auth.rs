@@ -6,7 +6,7 @@
 //! widely used and reviewed, constant-time tag comparison (`verify_slice`), and
 //! SHA-NI / AVX2 code paths picked at run time (no host CPU flags at build
 //! time). It is used only on handshakes, so its per-packet cost does not matter
-//! (see `docs/security-notes-peer.md` for the figure and for why datagram links
+//! (see `docs/security.md` for the figure and for why datagram links
 //! rely on unguessable epochs after the handshake instead of a MAC per packet).
 //!
 //! Every MAC is over a label naming the message and the direction, then fixed-size

@@ -115,7 +115,7 @@ pub struct DpdkIoStats {
     /// `copy` tx path.
     pub tx_bytes_copied: u64,
     /// Payload bytes sent from pool memory attached to mbufs (external
-    /// buffers): the zero-copy tx path. Always 0: not built (see the README).
+    /// buffers): the zero-copy tx path. Always 0: not built (see docs/dpdk.md).
     pub tx_bytes_attached: u64,
     /// `tx_burst` calls that handed the driver at least one frame.
     pub tx_bursts: u64,
