@@ -201,6 +201,17 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// The completion of a send (no block range).
+    pub fn send(status: Status, cookie: u64) -> Completion {
+        Completion {
+            kind: CompKind::Send,
+            status,
+            cookie,
+            off: 0,
+            len: 0,
+        }
+    }
+
     /// Encode.
     pub fn to_bytes(&self) -> [u8; COMP_LEN] {
         let mut b = [0u8; COMP_LEN];

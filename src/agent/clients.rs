@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::proto::{CompKind, Completion, Op, Status, Submit};
+use crate::proto::{Completion, Op, Status, Submit};
 use crate::shm::blocks::Owner;
 use crate::shm::{needs_wake, Pool, RingRx, RingTx};
 
@@ -222,16 +222,7 @@ impl Clients {
     pub(super) fn complete_send(&mut self, owner: Owner, cookie: u64, status: Status) {
         if let Owner::Client { slot, gen } = owner {
             if self.get(slot).map(|c| c.gen) == Some(gen) {
-                self.complete(
-                    slot,
-                    Completion {
-                        kind: CompKind::Send,
-                        status,
-                        cookie,
-                        off: 0,
-                        len: 0,
-                    },
-                );
+                self.complete(slot, Completion::send(status, cookie));
             }
         }
     }

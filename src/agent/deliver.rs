@@ -196,16 +196,8 @@ impl Agent {
             }
             return;
         };
-        self.clients.complete(
-            slot,
-            Completion {
-                kind: CompKind::Send,
-                status,
-                cookie,
-                off: 0,
-                len: 0,
-            },
-        );
+        self.clients
+            .complete(slot, Completion::send(status, cookie));
     }
 
     /// A message from a peer that its endpoint will never take (the client

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::proto::{CompKind, Completion, Status};
+use crate::proto::{Completion, Status};
 use crate::shm::blocks::Owner;
 use crate::transport::{LinkRx, Out};
 use crate::wire::{self, control_frame, FrameKind, RecordHeader, RecordKind};
@@ -174,16 +174,10 @@ impl Agent {
             .filter_map(|(slot, c)| std::mem::take(&mut c.sent_to[j]).then_some(slot))
             .collect();
         for slot in told {
-            self.clients.complete(
-                slot,
-                Completion {
-                    kind: CompKind::Send,
-                    status: Status::PeerLost,
-                    cookie: crate::proto::LOSS_COOKIE,
-                    off: j as u64,
-                    len: 0,
-                },
-            );
+            // The lost node rides in `off`.
+            let mut c = Completion::send(Status::PeerLost, crate::proto::LOSS_COOKIE);
+            c.off = j as u64;
+            self.clients.complete(slot, c);
         }
         // Clients stalled on this peer retry and now fail fast.
     }
