@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{Completion, Status};
 use crate::shm::blocks::Owner;
-use crate::transport::{LinkRx, Out};
+use crate::transport::Out;
 use crate::wire::{self, control_frame, FrameKind, RecordHeader, RecordKind};
 
 use super::peers::{PeerState, Resumed, Retained};
@@ -143,8 +143,6 @@ impl Agent {
     /// `close_link`, the transport's link is closed too.
     pub(super) fn peer_lost(&mut self, j: usize, why: &str, close_link: bool) {
         let closed = if close_link {
-            // The stream goes with the link (its buffer back to the heap).
-            self.inflow[j] = LinkRx::default();
             self.transport.close(&self.poller, j as u32)
         } else {
             Vec::new()
@@ -219,10 +217,10 @@ impl Agent {
 
     /// The connection to peer `j` broke: keep the session for a new one.
     pub(super) fn peer_disconnected(&mut self, j: usize, why: String) {
-        if self.peers[j].disconnected(why, self.now, &mut self.freed) {
-            // The next connection brings a stream of its own.
-            self.inflow[j] = LinkRx::default();
-        }
+        // The stream stays: the transport starts a fresh one when the next
+        // link comes up, and may already have (with the new link's first
+        // bytes in it) when this is heard.
+        self.peers[j].disconnected(why, self.now, &mut self.freed);
     }
 
     /// The peer handled our `Data` frames up to `n`: forget them.

@@ -977,7 +977,13 @@ impl VerbsTransport {
     }
 
     /// A link's bootstrap connection has something to read.
-    fn serve_link(&mut self, poller: &Poller, node: u32, events: &mut Vec<LinkEvent>) {
+    fn serve_link(
+        &mut self,
+        poller: &Poller,
+        node: u32,
+        rx: &mut dyn Inflow,
+        events: &mut Vec<LinkEvent>,
+    ) {
         let Some(mut l) = self.links.get_mut(node as usize).and_then(|l| l.take()) else {
             return;
         };
@@ -986,6 +992,11 @@ impl VerbsTransport {
             Phase::AwaitChallenge | Phase::AwaitInfo | Phase::AwaitReady
         );
         let r = self.serve_link_inner(&mut l, events);
+        if l.fresh {
+            // Up just now: the peer's stream starts afresh before the agent
+            // hears of it (it would read what the last link left otherwise).
+            let _ = stream_of(&mut l.fresh, l.node, rx);
+        }
         self.links[node as usize] = Some(l);
         if let Err(why) = r {
             if handshake {
@@ -1874,7 +1885,7 @@ impl Transport for VerbsTransport {
     ) {
         let idx = token & !TOK_MASK;
         match token & TOK_MASK {
-            TOK_LINK => self.serve_link(poller, idx, events),
+            TOK_LINK => self.serve_link(poller, idx, rx, events),
             TOK_PENDING => self.serve_pending(poller, idx as usize, events),
             _ => match token {
                 TOK_LISTEN => {
