@@ -12,6 +12,7 @@ use crate::proto::{CtlReply, CtlRequest};
 use crate::shm::announce_awake;
 use crate::shm::blocks::Owner;
 use crate::shm::handoff::{LineReader, ReadOutcome};
+use crate::transport::Close;
 
 use super::clients::ClientState;
 use super::conns::token;
@@ -405,14 +406,15 @@ impl Agent {
                     self.reply_error(idx, format!("node {node} is not a connected peer"));
                     return true;
                 }
-                if self.transport.inject_fault(node) {
-                    // The transport reports the link down once it finds the fault.
+                log::warn!("breaking the connection to node {node} on request");
+                for b in self.transport.close(&self.poller, node, Close::Fault) {
+                    self.blocks.free(b, Owner::Agent);
+                }
+                if self.transport.last_tx(node).is_some() {
+                    // A fault from below (verbs): the transport reports the
+                    // link down once it finds it.
                     self.reply(idx, &CtlReply::Ok, Vec::new());
                     return true;
-                }
-                log::warn!("breaking the connection to node {node} on request");
-                for b in self.transport.close(&self.poller, node) {
-                    self.blocks.free(b, Owner::Agent);
                 }
                 self.peer_disconnected(j, "broken on request".into());
                 self.reply(idx, &CtlReply::Ok, Vec::new());
@@ -431,7 +433,7 @@ impl Agent {
             .map(|p| PeerSnapshot {
                 node: p.node,
                 addr: p.addr.to_string(),
-                transport: self.transport.link_name(p.node).into(),
+                transport: self.transport.name(Some(p.node)).into(),
                 state: p.state().name(),
                 aggregation: if p.counters.frames_tx == 0 {
                     0.0

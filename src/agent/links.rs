@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{Completion, Status};
 use crate::shm::blocks::Owner;
-use crate::transport::Out;
+use crate::transport::{Close, Out};
 use crate::wire::{self, control_frame, FrameKind, RecordHeader, RecordKind};
 
 use super::peers::{PeerState, Resumed, Retained};
@@ -143,7 +143,7 @@ impl Agent {
     /// `close_link`, the transport's link is closed too.
     pub(super) fn peer_lost(&mut self, j: usize, why: &str, close_link: bool) {
         let closed = if close_link {
-            self.transport.close(&self.poller, j as u32)
+            self.transport.close(&self.poller, j as u32, Close::Now)
         } else {
             Vec::new()
         };

@@ -272,7 +272,7 @@ impl Agent {
             "node {} of {}: peers on {} {}, control socket {}",
             cfg.node_id,
             cfg.nodes.len(),
-            transport.name(),
+            transport.name(None),
             transport.local_addr(),
             cfg.socket.display()
         );
@@ -316,6 +316,6 @@ impl Agent {
 
     /// The transport's name ("tcp", "udp").
     pub fn transport_name(&self) -> &'static str {
-        self.transport.name()
+        self.transport.name(None)
     }
 }

@@ -2,7 +2,7 @@
 //! session, driven with made-up time and a link that only records.
 
 use super::*;
-use crate::transport::{Inflow, LinkEvent, Poller};
+use crate::transport::{Close, Inflow, LinkEvent, Poller};
 
 /// A link that only records what is queued on it.
 #[derive(Default)]
@@ -11,7 +11,7 @@ struct Recorder {
 }
 
 impl Transport for Recorder {
-    fn name(&self) -> &'static str {
+    fn name(&self, _: Option<u32>) -> &'static str {
         "recorder"
     }
     fn local_addr(&self) -> String {
@@ -40,7 +40,7 @@ impl Transport for Recorder {
     fn last_tx(&self, _: u32) -> Option<Instant> {
         None
     }
-    fn close(&mut self, _: &Poller, _: u32) -> Vec<u64> {
+    fn close(&mut self, _: &Poller, _: u32, _: Close) -> Vec<u64> {
         Vec::new()
     }
 }

@@ -11,7 +11,7 @@ use crate::idle::{Backoff, Step};
 use crate::proto::Submit;
 use crate::shm::blocks::Owner;
 use crate::shm::{announce_awake, announce_sleep};
-use crate::transport::{LinkEvent, Out};
+use crate::transport::{Close, LinkEvent, Out};
 use crate::wire::{control_frame, FrameKind};
 
 use super::conns::{T_BELL, T_CTL_CONN, T_CTL_LISTEN, T_DOORBELL};
@@ -205,7 +205,7 @@ impl Agent {
                 if !closed {
                     // Deliver what arrived before the failure.
                     self.process_peer(node as usize);
-                    for b in self.transport.close(&self.poller, node) {
+                    for b in self.transport.close(&self.poller, node, Close::Now) {
                         self.blocks.free(b, Owner::Agent);
                     }
                 }

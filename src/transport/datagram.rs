@@ -57,7 +57,7 @@ use crate::wire::{FrameReader, Hello};
 
 use super::stream::Inflow;
 
-use super::{LinkEvent, Out, Poller, Transport, TransportStats};
+use super::{Close, LinkEvent, Out, Poller, Transport, TransportStats};
 
 /// How often a link that is not up says `Hello`.
 const HELLO_EVERY: Duration = Duration::from_millis(100);
@@ -880,7 +880,7 @@ impl<I: PacketIo> DatagramTransport<I> {
 }
 
 impl<I: PacketIo> Transport for DatagramTransport<I> {
-    fn name(&self) -> &'static str {
+    fn name(&self, _node: Option<u32>) -> &'static str {
         self.io.name()
     }
 
@@ -1036,7 +1036,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         TransportStats { counters: c, info }
     }
 
-    fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
+    fn close(&mut self, _poller: &Poller, node: u32, _how: Close) -> Vec<u64> {
         let j = node as usize;
         if j >= self.links.len() || j as u32 == self.me {
             return Vec::new();

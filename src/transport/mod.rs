@@ -202,6 +202,18 @@ impl Poller {
     }
 }
 
+/// How [`Transport::close`] closes a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// Now.
+    Now,
+    /// From below, as a device fault would (verbs: its queue pair forced
+    /// into the error state), for `wyvern break-link`: the transport then
+    /// finds the fault on its own and reports the link down. A transport
+    /// with no such fault closes the link now.
+    Fault,
+}
+
 /// A transport's own figures for `wyvern stat`.
 #[derive(Debug, Default)]
 pub struct TransportStats {
@@ -217,8 +229,10 @@ pub struct TransportStats {
 /// time ([`Transport::tick`]), queue and flush, read frames; then act on the
 /// [`LinkEvent`]s it reported.
 pub trait Transport {
-    /// Short name for the statistics ("tcp").
-    fn name(&self) -> &'static str;
+    /// Short name for the statistics ("tcp"); with `Some(node)`, the name
+    /// of the back end that carries `node`'s link (a hybrid transport has
+    /// several).
+    fn name(&self, node: Option<u32>) -> &'static str;
     /// Where peers reach this node, for logs.
     fn local_addr(&self) -> String;
     /// A descriptor it registered became ready: `sub` is the back end it
@@ -234,20 +248,6 @@ pub trait Transport {
         rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     );
-    /// Break `node`'s link from below, as a device fault would (verbs: its
-    /// queue pair forced into the error state), for `wyvern break-link`;
-    /// the transport then finds the fault on its own and reports the link
-    /// down. `false`: no such fault here (the agent closes the link instead).
-    fn inject_fault(&mut self, node: u32) -> bool {
-        let _ = node;
-        false
-    }
-    /// The name of the back end that carries `node`'s link (a hybrid
-    /// transport has several).
-    fn link_name(&self, node: u32) -> &'static str {
-        let _ = node;
-        self.name()
-    }
     /// Timers: dialing, handshakes. Called every few milliseconds.
     fn tick(
         &mut self,
@@ -288,8 +288,11 @@ pub trait Transport {
     fn stats(&self) -> TransportStats {
         TransportStats::default()
     }
-    /// Close the link to `node`; returns the blocks its queue referenced.
-    fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64>;
+    /// Close the link to `node` ([`Close`] says how); returns the blocks its
+    /// queue referenced. After a [`Close::Fault`] that the transport could
+    /// inject, the link is still up ([`Transport::last_tx`]) until it finds
+    /// the fault and reports it down.
+    fn close(&mut self, poller: &Poller, node: u32, how: Close) -> Vec<u64>;
 }
 
 /// What every handshake checks of a peer's `Hello` before its MAC (tcp and

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::tcp::TcpTransport;
-use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats};
+use super::{Close, Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats};
 use crate::shm::Pool;
 use crate::wire::{caps, Hello};
 
@@ -169,7 +169,7 @@ impl Multi {
             "hybrid transport: {}",
             backs
                 .iter()
-                .map(|b| format!("{} on {}", b.transport.name(), b.transport.local_addr()))
+                .map(|b| format!("{} on {}", b.transport.name(None), b.transport.local_addr()))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -240,18 +240,21 @@ impl Multi {
                         if self.decided[j] && self.route[j] != r {
                             log::warn!(
                                 "node {node} now runs other transports: its link moves from {} to {}",
-                                self.backs[self.route[j]].transport.name(),
-                                self.backs[r].transport.name()
+                                self.backs[self.route[j]].transport.name(None),
+                                self.backs[r].transport.name(None)
                             );
                         } else if !self.decided[j] {
-                            log::info!("node {node}: link on {}", self.backs[r].transport.name());
+                            log::info!(
+                                "node {node}: link on {}",
+                                self.backs[r].transport.name(None)
+                            );
                         }
                         let moved = !self.decided[j] || self.route[j] != r;
                         let old = self.route[j];
                         if self.decided[j] && old != r && old != 0 {
                             // The link it leaves carries nothing more.
                             let b = &mut self.backs[old];
-                            let blocks = b.transport.close(&b.poller, node);
+                            let blocks = b.transport.close(&b.poller, node, Close::Now);
                             self.orphans.extend(blocks);
                         }
                         self.route[j] = r;
@@ -289,12 +292,12 @@ impl Multi {
                     // link to a peer routed to another one.
                     log::debug!(
                         "node {node}: {} link down ({reason}); its data goes by {}",
-                        self.backs[from].transport.name(),
-                        self.backs[self.route[j]].transport.name()
+                        self.backs[from].transport.name(None),
+                        self.backs[self.route[j]].transport.name(None)
                     );
                     if !closed {
                         let b = &mut self.backs[from];
-                        blocks.extend(b.transport.close(&b.poller, node));
+                        blocks.extend(b.transport.close(&b.poller, node, Close::Now));
                     }
                     self.orphans.extend(blocks);
                 }
@@ -307,11 +310,11 @@ impl Multi {
                     log::warn!(
                         "node {node}: {} link closed, the peer broke its protocol ({reason}); \
                          its data goes by {}",
-                        self.backs[from].transport.name(),
-                        self.backs[self.route[j]].transport.name()
+                        self.backs[from].transport.name(None),
+                        self.backs[self.route[j]].transport.name(None)
                     );
                     let b = &mut self.backs[from];
-                    let blocks = b.transport.close(&b.poller, node);
+                    let blocks = b.transport.close(&b.poller, node, Close::Now);
                     self.orphans.extend(blocks);
                 }
             }
@@ -345,19 +348,19 @@ impl Multi {
             log::warn!(
                 "node {node}: its {} link has not been up for {:?} while the control connection is; \
                  falling back (this agent no longer offers {} to it)",
-                self.backs[r].transport.name(),
+                self.backs[r].transport.name(None),
                 self.fallback,
-                self.backs[r].transport.name()
+                self.backs[r].transport.name(None)
             );
             self.decided[j] = false;
             let b = &mut self.backs[r];
-            let blocks = b.transport.close(&b.poller, node);
+            let blocks = b.transport.close(&b.poller, node, Close::Now);
             self.orphans.extend(blocks);
             let b = &mut self.backs[0];
             if let Some(t) = b.transport.tcp_mut() {
                 t.set_hello_caps(node, self.offer[j]);
             }
-            let blocks = b.transport.close(&b.poller, node);
+            let blocks = b.transport.close(&b.poller, node, Close::Now);
             self.orphans.extend(blocks);
         }
     }
@@ -454,8 +457,11 @@ impl Inflow for Routed<'_> {
 }
 
 impl Transport for Multi {
-    fn name(&self) -> &'static str {
-        "hybrid"
+    fn name(&self, node: Option<u32>) -> &'static str {
+        match node {
+            Some(n) => self.back(n).name(None),
+            None => "hybrid",
+        }
     }
 
     /// The node's address: its TCP listener's (the others say theirs in
@@ -557,7 +563,7 @@ impl Transport for Multi {
                 // Leaked once per (back end, counter): a few dozen strings
                 // for the agent's lifetime.
                 let full = *names.entry((i, name)).or_insert_with(|| {
-                    Box::leak(format!("{}.{name}", b.transport.name()).into_boxed_str())
+                    Box::leak(format!("{}.{name}", b.transport.name(None)).into_boxed_str())
                 });
                 out.counters.push((full, v));
             }
@@ -565,10 +571,6 @@ impl Transport for Multi {
         let auth = if all_mac { "mac" } else { "none" };
         out.info.push(("peer_auth", auth.to_string()));
         out
-    }
-
-    fn link_name(&self, node: u32) -> &'static str {
-        self.back(node).name()
     }
 
     fn before_sleep(&mut self, _poller: &Poller) -> bool {
@@ -580,14 +582,9 @@ impl Transport for Multi {
         wakes
     }
 
-    fn inject_fault(&mut self, node: u32) -> bool {
-        let r = self.route[node as usize];
-        self.backs[r].transport.inject_fault(node)
-    }
-
-    fn close(&mut self, _poller: &Poller, node: u32) -> Vec<u64> {
+    fn close(&mut self, _poller: &Poller, node: u32, how: Close) -> Vec<u64> {
         let b = &mut self.backs[self.route[node as usize]];
-        let mut blocks = b.transport.close(&b.poller, node);
+        let mut blocks = b.transport.close(&b.poller, node, how);
         blocks.append(&mut self.orphans);
         blocks
     }

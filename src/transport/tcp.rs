@@ -40,7 +40,7 @@ use crate::wire::{
     control_frame, FrameHeader, FrameKind, FrameReader, Hello, FRAME_HEADER, HANDSHAKE_BODY_MAX,
 };
 
-use super::{Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell};
+use super::{Close, Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell};
 
 /// Read at most this much from one socket per poll round (fairness).
 const RX_PER_ROUND: usize = 1 << 20;
@@ -476,7 +476,7 @@ impl TcpTransport {
     }
 
     fn down(&mut self, poller: &Poller, node: u32, reason: String, events: &mut Vec<LinkEvent>) {
-        let blocks = self.close(poller, node);
+        let blocks = self.close(poller, node, Close::Now);
         events.push(LinkEvent::Down {
             node,
             reason,
@@ -691,7 +691,7 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
-    fn name(&self) -> &'static str {
+    fn name(&self, _node: Option<u32>) -> &'static str {
         "tcp"
     }
 
@@ -910,7 +910,7 @@ impl Transport for TcpTransport {
         false
     }
 
-    fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64> {
+    fn close(&mut self, poller: &Poller, node: u32, _how: Close) -> Vec<u64> {
         match self.links.get_mut(node as usize).and_then(|l| l.take()) {
             Some(mut l) => {
                 if l.paused {

@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
 use crate::transport::{
-    Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell,
+    Close, Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell,
 };
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
@@ -818,7 +818,7 @@ impl VerbsTransport {
     fn install(&mut self, poller: &Poller, l: Link, events: &mut Vec<LinkEvent>) {
         let node = l.node;
         if self.links[node as usize].is_some() {
-            let blocks = self.close(poller, node);
+            let blocks = self.close(poller, node, Close::Now);
             events.push(LinkEvent::Down {
                 node,
                 reason: "peer reconnected (restarted?)".into(),
@@ -1866,7 +1866,7 @@ fn sq_used(l: &Link) -> u32 {
 }
 
 impl Transport for VerbsTransport {
-    fn name(&self) -> &'static str {
+    fn name(&self, _node: Option<u32>) -> &'static str {
         "verbs"
     }
 
@@ -2139,6 +2139,23 @@ impl Transport for VerbsTransport {
     /// finds it in ERR (within [`QP_CHECK_EVERY`]: with nothing posted - the link
     /// idle, or its data waiting for credits - no completion would ever say so), or
     /// on a "last WQE reached" event, whichever comes first.
+    fn close(&mut self, poller: &Poller, node: u32, how: Close) -> Vec<u64> {
+        if how == Close::Fault && self.inject_fault(node) {
+            return Vec::new();
+        }
+        match self.links.get_mut(node as usize).and_then(|l| l.take()) {
+            Some(l) => {
+                self.next_dial[node as usize] = Instant::now() + Duration::from_millis(500);
+                self.drop_link(Some(poller), l)
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+impl VerbsTransport {
+    /// Force `node`'s queue pair into ERR ([`Close::Fault`]); false when it
+    /// is not up or the device refused.
     fn inject_fault(&mut self, node: u32) -> bool {
         let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
             return false;
@@ -2157,16 +2174,6 @@ impl Transport for VerbsTransport {
                 log::warn!("verbs: cannot force the queue pair of node {node} into ERR: {e}");
                 false
             }
-        }
-    }
-
-    fn close(&mut self, poller: &Poller, node: u32) -> Vec<u64> {
-        match self.links.get_mut(node as usize).and_then(|l| l.take()) {
-            Some(l) => {
-                self.next_dial[node as usize] = Instant::now() + Duration::from_millis(500);
-                self.drop_link(Some(poller), l)
-            }
-            None => Vec::new(),
         }
     }
 }
