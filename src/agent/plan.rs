@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::shm::Pool;
-use crate::transport::datagram::{DatagramTransport, UdpIo};
+use crate::transport::datagram::{DatagramTransport, PacketIo, UdpIo};
 use crate::transport::multi::Back;
 use crate::transport::tcp::TcpTransport;
 use crate::transport::{Poller, Transport};
@@ -149,6 +149,23 @@ impl Plan {
         )))
     }
 
+    /// The reliable datagram transport over a packet device (udp, dpdk).
+    fn datagram<I: PacketIo>(
+        &self,
+        io: I,
+        poller: &Poller,
+        pool: &Arc<Pool>,
+    ) -> std::io::Result<DatagramTransport<I>> {
+        DatagramTransport::new(
+            self.hello,
+            io,
+            pool.clone(),
+            poller,
+            self.timing.peer_timeout,
+            self.key.clone(),
+        )
+    }
+
     /// Start the tcp transport, listening at `addrs[me]`.
     fn open_tcp(
         &self,
@@ -181,25 +198,13 @@ impl Plan {
         let cfg = &self.cfg;
         let me = addrs[cfg.node_id as usize];
         let listen = |source| AgentError::Listen { addr: me, source };
-        let key = &self.key;
-        let hello = self.hello;
         #[cfg(not(feature = "verbs"))]
         let _ = self.verbs_offset;
         Ok(match kind {
             TransportKind::Tcp => Box::new(self.open_tcp(addrs, poller, pool, wake)?),
             TransportKind::Udp => {
                 let io = UdpIo::bind(cfg.node_id, addrs, cfg.packet_bytes).map_err(listen)?;
-                Box::new(
-                    DatagramTransport::new(
-                        hello,
-                        io,
-                        pool.clone(),
-                        poller,
-                        self.timing.peer_timeout,
-                        key.clone(),
-                    )
-                    .map_err(listen)?,
-                )
+                Box::new(self.datagram(io, poller, pool).map_err(listen)?)
             }
             #[cfg(feature = "dpdk")]
             TransportKind::Dpdk => {
@@ -226,28 +231,18 @@ impl Plan {
                 if let Some(&core) = cfg.cores.first() {
                     pin_to(core)?;
                 }
-                Box::new(
-                    DatagramTransport::new(
-                        hello,
-                        io,
-                        pool.clone(),
-                        poller,
-                        self.timing.peer_timeout,
-                        key.clone(),
-                    )
-                    .map_err(dev)?,
-                )
+                Box::new(self.datagram(io, poller, pool).map_err(dev)?)
             }
             #[cfg(feature = "verbs")]
             TransportKind::Verbs => {
                 use crate::transport::verbs::{VerbsConfig, VerbsTransport};
                 let t = VerbsTransport::new(
                     VerbsConfig {
-                        hello,
+                        hello: self.hello,
                         device: cfg.verbs_device.clone(),
                         gid_index: cfg.verbs_gid_index,
                         bootstrap: config::bootstrap_addrs(addrs, self.verbs_offset)?,
-                        key: key.clone(),
+                        key: self.key.clone(),
                     },
                     poller,
                     pool.clone(),
