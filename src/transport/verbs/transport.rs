@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
 use crate::transport::{
-    Close, Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell,
+    Close, Inflow, LinkEvent, Out, Poller, Transport, TransportStats, WarnSpell,
 };
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
@@ -353,9 +353,6 @@ struct Link {
     wr_kinds: Vec<SqKind>,
     // ---- receiving
     rxq: VecDeque<RxItem>,
-    /// The link came up: the agent's stream of the peer starts afresh
-    /// before anything of it goes there ([`stream_of`]).
-    fresh: bool,
     reads_to_pool: u32,
     bounce_busy: bool,
     /// The poll round in which a descriptor at the head was first seen unsteered.
@@ -739,7 +736,6 @@ impl VerbsTransport {
             reads_out: 0,
             wrs: Vec::new(),
             wr_kinds: Vec::new(),
-            fresh: false,
             rxq: VecDeque::new(),
             reads_to_pool: 0,
             bounce_busy: false,
@@ -991,12 +987,7 @@ impl VerbsTransport {
             l.phase,
             Phase::AwaitChallenge | Phase::AwaitInfo | Phase::AwaitReady
         );
-        let r = self.serve_link_inner(&mut l, events);
-        if l.fresh {
-            // Up just now: the peer's stream starts afresh before the agent
-            // hears of it (it would read what the last link left otherwise).
-            let _ = stream_of(&mut l.fresh, l.node, rx);
-        }
+        let r = self.serve_link_inner(&mut l, rx, events);
         self.links[node as usize] = Some(l);
         if let Err(why) = r {
             if handshake {
@@ -1015,6 +1006,7 @@ impl VerbsTransport {
     fn serve_link_inner(
         &mut self,
         l: &mut Link,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) -> Result<(), Broken> {
         match read_some(&mut l.ctl, &mut l.ctl_in) {
@@ -1077,9 +1069,9 @@ impl VerbsTransport {
                     self.connect_qp(l, &info).map_err(|e| e.to_string())?;
                     write_boot(&mut l.ctl, &boot_msg(BootKind::Ready, &[]))
                         .map_err(|e| format!("bootstrap write: {e}"))?;
-                    self.link_up(l, events);
+                    self.link_up(l, rx, events);
                 }
-                (Phase::AwaitReady, BootKind::Ready) => self.link_up(l, events),
+                (Phase::AwaitReady, BootKind::Ready) => self.link_up(l, rx, events),
                 (Phase::Up | Phase::Broken, _) => {}
                 (p, k) => return Err(format!("bootstrap message {k:?} unexpected in {p:?}")),
             }
@@ -1087,10 +1079,12 @@ impl VerbsTransport {
         Ok(())
     }
 
-    fn link_up(&mut self, l: &mut Link, events: &mut Vec<LinkEvent>) {
+    fn link_up(&mut self, l: &mut Link, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) {
         l.phase = Phase::Up;
-        l.fresh = true;
         let now = Instant::now();
+        // The peer's stream starts afresh before the agent hears of the link
+        // (it would read what the last link left otherwise).
+        rx.link(l.node).reset(FrameReader::new(), now);
         l.last_tx = now;
         l.next_qp_check = now + QP_CHECK_EVERY;
         log::info!(
@@ -1301,7 +1295,7 @@ impl VerbsTransport {
             }
             self.stats.bounce_bytes += len as u64;
             let bytes = l.bounce.slice(0, len as usize);
-            let stream = stream_of(&mut l.fresh, l.node, rx);
+            let stream = rx.link(l.node);
             let mut at = 0;
             while at < bytes.len() {
                 at += stream.absorb(&self.pool, &bytes[at..], l.reads_to_pool != 0);
@@ -1325,7 +1319,7 @@ impl VerbsTransport {
         };
         self.stats.recvs += 1;
         self.stats.recv_bytes += len as u64;
-        stream_of(&mut l.fresh, l.node, rx).heard(Instant::now());
+        rx.link(l.node).heard(Instant::now());
         let buf = self.rx_bufs.slice(slot as usize * MSG, len.min(MSG));
         let msg = match StreamMsg::parse(buf) {
             Ok(m) => m,
@@ -1400,7 +1394,7 @@ impl VerbsTransport {
         if l.phase == Phase::Broken {
             return;
         }
-        let stream = stream_of(&mut l.fresh, l.node, rx);
+        let stream = rx.link(l.node);
         let pool = &self.pool;
         let base = pool.base_addr() as u64;
         let pool_lkey = self.pool_mr.as_ref().map_or(0, |m| m.lkey());
@@ -1841,20 +1835,10 @@ fn front_is_rdv(l: &Link) -> bool {
     matches!(l.outq.front(), Some(Out::Block { len, pos, .. }) if *len - *pos >= RDV_MIN)
 }
 
-/// The agent's stream of `node`; a link that just came up (`fresh`) starts it
-/// afresh.
-fn stream_of<'a>(fresh: &mut bool, node: u32, rx: &'a mut dyn Inflow) -> &'a mut LinkRx {
-    let stream = rx.link(node);
-    if std::mem::take(fresh) {
-        stream.reset(FrameReader::new(), Instant::now());
-    }
-    stream
-}
-
 /// End the stream's steer once its bytes landed and no READ into its block
 /// is outstanding.
 fn end_steer_if_done(l: &mut Link, rx: &mut dyn Inflow) {
-    let stream = stream_of(&mut l.fresh, l.node, rx);
+    let stream = rx.link(l.node);
     if stream.steer_mut().is_some_and(|s| s.done()) && l.reads_to_pool == 0 {
         stream.end_steer();
     }
