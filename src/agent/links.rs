@@ -147,12 +147,15 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let Some(loss) = self.peers[j].lose(why, closed.clone(), self.now) else {
-            // Already lost: only what the link gave back is freed.
-            for b in closed {
-                self.blocks.free(b, Owner::Agent);
+        let loss = match self.peers[j].lose(why, closed, self.now) {
+            Ok(loss) => loss,
+            Err(closed) => {
+                // Already lost: only what the link gave back is freed.
+                for b in closed {
+                    self.blocks.free(b, Owner::Agent);
+                }
+                return;
             }
-            return;
         };
         for b in loss.blocks {
             self.blocks.free(b, Owner::Agent);

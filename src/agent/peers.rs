@@ -528,10 +528,16 @@ impl Peer {
 
     /// Declare the peer lost: everything that waited on it is returned for
     /// the agent to fail and free. `closed` are the blocks the link gave
-    /// back when it was closed (not freed twice). `None`: it already was.
-    pub(super) fn lose(&mut self, why: &str, closed: Vec<u64>, now: Instant) -> Option<Loss> {
+    /// back when it was closed (not freed twice). `Err(closed)`: it already
+    /// was; only those are the caller's to free.
+    pub(super) fn lose(
+        &mut self,
+        why: &str,
+        closed: Vec<u64>,
+        now: Instant,
+    ) -> Result<Loss, Vec<u64>> {
         if let PeerState::Lost(_) = self.state {
-            return None;
+            return Err(closed);
         }
         log::warn!("peer node {} ({}) lost: {why}", self.node, self.addr);
         self.set_state(PeerState::Lost(why.to_string()), now);
@@ -579,7 +585,7 @@ impl Peer {
             .extend(self.rx_large.take().and_then(|r| r.block));
         loss.blocks.extend(self.rx_deposit.take().map(|d| d.block));
         self.counters.errors += loss.failed.len() as u64;
-        Some(loss)
+        Ok(loss)
     }
 
     /// The peer handled our `Data` frames up to `n`: forget them.

@@ -160,7 +160,7 @@ fn a_loss_returns_every_block_once_and_fails_waiting_sends() {
     assert_eq!(loss.unblocked, vec![client]);
     assert_eq!(p.counters.losses, 1);
     assert!(matches!(p.state(), PeerState::Lost(_)));
-    assert!(p.lose("again", Vec::new(), now).is_none());
+    assert_eq!(p.lose("again", vec![8], now).err(), Some(vec![8]));
     assert!(freed.is_empty());
 }
 
