@@ -169,7 +169,14 @@ impl Conns {
 
     /// Queue a reply (with `fds` riding on its first byte) and send what the
     /// connection takes now, never waiting for it.
-    pub(super) fn reply(&mut self, poller: &Poller, idx: usize, rep: &CtlReply, fds: Vec<OwnedFd>) {
+    pub(super) fn reply(
+        &mut self,
+        poller: &Poller,
+        idx: usize,
+        rep: &CtlReply,
+        fds: Vec<OwnedFd>,
+        now: Instant,
+    ) {
         let Some(c) = self.get_mut(idx) else {
             return;
         };
@@ -184,7 +191,7 @@ impl Conns {
             c.out.overflow = true;
             return;
         }
-        c.out.push(line, fds);
+        c.out.push(line, fds, now);
         if let Err(e) = c.out.flush(&c.stream) {
             log::debug!("control reply failed: {e}");
             c.out.overflow = true;
@@ -193,11 +200,17 @@ impl Conns {
     }
 
     /// Refuse a control request with a message for the client.
-    pub(super) fn reply_error(&mut self, poller: &Poller, idx: usize, message: impl Into<String>) {
+    pub(super) fn reply_error(
+        &mut self,
+        poller: &Poller,
+        idx: usize,
+        message: impl Into<String>,
+        now: Instant,
+    ) {
         let rep = CtlReply::Error {
             message: message.into(),
         };
-        self.reply(poller, idx, &rep, Vec::new());
+        self.reply(poller, idx, &rep, Vec::new(), now);
     }
 }
 
@@ -349,9 +362,9 @@ impl Outbox {
         self.lines.is_empty()
     }
 
-    fn push(&mut self, bytes: Vec<u8>, fds: Vec<OwnedFd>) {
+    fn push(&mut self, bytes: Vec<u8>, fds: Vec<OwnedFd>, now: Instant) {
         if self.lines.is_empty() {
-            self.since = Some(Instant::now());
+            self.since = Some(now);
         }
         self.bytes += bytes.len();
         self.lines.push_back(OutLine {
@@ -413,7 +426,7 @@ mod tests {
             } else {
                 Vec::new()
             };
-            out.push(line(i), fds);
+            out.push(line(i), fds, Instant::now());
             all_sent = out.flush(&a).unwrap();
         }
         // ~2 MB cannot fit a socket buffer: the outbox kept the rest

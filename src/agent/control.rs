@@ -225,11 +225,11 @@ impl Agent {
     }
 
     fn reply_error(&mut self, idx: usize, message: impl Into<String>) {
-        self.conns.reply_error(&self.poller, idx, message);
+        self.conns.reply_error(&self.poller, idx, message, self.now);
     }
 
     fn reply(&mut self, idx: usize, rep: &CtlReply, fds: Vec<OwnedFd>) {
-        self.conns.reply(&self.poller, idx, rep, fds);
+        self.conns.reply(&self.poller, idx, rep, fds, self.now);
     }
 
     /// Returns false when the connection must be closed.

@@ -346,8 +346,8 @@ impl Agent {
             let conn = c.conn;
             let ours = self.conns.get(conn).is_some_and(|k| k.client == Some(slot));
             if ours {
-                self.conns
-                    .reply_error(&self.poller, conn, format!("detached by the agent: {why}"));
+                let why = format!("detached by the agent: {why}");
+                self.conns.reply_error(&self.poller, conn, why, self.now);
                 let _ = self.conns.close(&self.poller, conn);
             }
         }

@@ -223,7 +223,8 @@ impl Agent {
         // The stream stays: the transport starts a fresh one when the next
         // link comes up, and may already have (with the new link's first
         // bytes in it) when this is heard.
-        self.peers[j].disconnected(why, self.now, &mut self.freed);
+        let heard = self.inflow[j].last_rx().unwrap_or(self.now);
+        self.peers[j].disconnected(why, heard, self.now, &mut self.freed);
     }
 
     /// The peer handled our `Data` frames up to `n`: forget them.

@@ -75,11 +75,13 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::clock::Clock;
 use crate::shm::blocks::BlockAlloc;
 use crate::shm::{Pool, BLOCK_UNIT};
 use crate::transport::{LinkEvent, LinkRx, Poller, Transport};
 
 pub use config::{AgentConfig, IdlePolicy, TransportKind};
+pub use run::Rounds;
 
 use clients::Clients;
 use conns::{token, Conns, T_CTL_LISTEN, T_DOORBELL, T_TRANSPORT};
@@ -184,6 +186,8 @@ pub struct Agent {
     poller: Poller,
     doorbell: Arc<EventFd>,
     stop: Arc<AtomicBool>,
+    /// Where time comes from (real; virtual in a simulation).
+    clock: Clock,
     start: Instant,
     /// The clock of this round (read once per round by [`Agent::run`], and
     /// again after a sleep).
@@ -208,10 +212,50 @@ impl Agent {
     /// Resolve the configuration, create the pool, bind the sockets, start
     /// dialing peers.
     pub fn new(cfg: AgentConfig) -> Result<Agent, AgentError> {
-        Agent::build(Plan::resolve(cfg)?)
+        Agent::build(
+            Plan::resolve(cfg)?,
+            Clock::Real,
+            |plan, poller, pool, wake| plan.open_transports(poller, pool, wake),
+        )
     }
 
-    fn build(plan: Plan) -> Result<Agent, AgentError> {
+    /// An agent of the in-process simulation (`tests/sim.rs`): its peers are
+    /// reached through `io`, a simulated network, by the datagram transport
+    /// (the one udp and dpdk run), and its time is `clock`'s. Drive it with
+    /// [`Agent::sim_rounds`] and [`Agent::sim_round`]; everything else (the
+    /// pool, the control socket, the rooms) is as in a real agent.
+    #[cfg(feature = "testing")]
+    pub fn simulated(
+        cfg: AgentConfig,
+        io: crate::transport::sim::SimIo,
+        clock: crate::clock::VirtualClock,
+    ) -> Result<Agent, AgentError> {
+        let plan = Plan::resolve(cfg)?;
+        Agent::build(
+            plan,
+            Clock::Virtual(clock),
+            move |plan, poller, pool, _wake| {
+                let t = plan
+                    .datagram(io, poller, pool)
+                    .map_err(|source| AgentError::Device {
+                        name: "sim",
+                        source,
+                    })?;
+                Ok(Box::new(t) as Box<dyn Transport>)
+            },
+        )
+    }
+
+    fn build(
+        plan: Plan,
+        clock: Clock,
+        open: impl FnOnce(
+            &Plan,
+            &Poller,
+            &Arc<Pool>,
+            Arc<dyn Fn() + Send + Sync>,
+        ) -> Result<Box<dyn Transport>, AgentError>,
+    ) -> Result<Agent, AgentError> {
         let cfg = &plan.cfg;
         if let Some(&core) = cfg.cores.first() {
             plan::pin_to(core)?;
@@ -258,9 +302,9 @@ impl Agent {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = db.write(1);
         });
-        let transport = plan.open_transports(&poller, &pool, wake)?;
+        let transport = open(&plan, &poller, &pool, wake)?;
 
-        let now = Instant::now();
+        let now = clock.now();
         let peers = cfg
             .addrs
             .iter()
@@ -290,6 +334,7 @@ impl Agent {
             poller,
             doorbell,
             stop: Arc::new(AtomicBool::new(false)),
+            clock,
             start: now,
             now,
             freed: Vec::new(),

@@ -506,7 +506,17 @@ impl Peer {
 
     /// The connection broke: keep the session for a new one (or go back to
     /// connecting when there is none yet). Returns whether it was connected.
-    pub(super) fn disconnected(&mut self, why: String, now: Instant, freed: &mut Vec<u64>) -> bool {
+    /// `heard`: when the peer last said anything; the session waits
+    /// `peer_timeout` from then, not from now (a link that broke because it
+    /// timed out was silent that long already: waiting again would make a
+    /// silent peer lost after twice the timeout).
+    pub(super) fn disconnected(
+        &mut self,
+        why: String,
+        heard: Instant,
+        now: Instant,
+        freed: &mut Vec<u64>,
+    ) -> bool {
         if !self.state.connected() {
             return false;
         }
@@ -522,7 +532,7 @@ impl Peer {
             self.node,
             self.addr
         );
-        self.set_state(PeerState::Disconnected(now, why), now);
+        self.set_state(PeerState::Disconnected(heard.min(now), why), now);
         true
     }
 
@@ -633,7 +643,7 @@ impl Peer {
                 if now.duration_since(*since) > timing.peer_timeout =>
             {
                 Some(format!(
-                    "connection broke ({why}) and was not restored within {} ms",
+                    "connection broke ({why}) and was not restored within {} ms of the peer's last word",
                     timing.peer_timeout.as_millis()
                 ))
             }

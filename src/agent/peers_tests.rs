@@ -83,10 +83,10 @@ fn a_session_survives_a_broken_connection_and_resends_what_was_not_acked() {
     assert_eq!(p.unacked_bytes(), 30);
     p.acked(1, now, &mut freed).unwrap();
     assert_eq!(p.unacked_bytes(), 20);
-    assert!(p.disconnected("test".into(), now, &mut freed));
+    assert!(p.disconnected("test".into(), now, now, &mut freed));
     assert!(matches!(p.state(), PeerState::Disconnected(..)));
     // A second report of the same break changes nothing.
-    assert!(!p.disconnected("again".into(), now, &mut freed));
+    assert!(!p.disconnected("again".into(), now, now, &mut freed));
     t.pushed.clear();
     let _ = p.connected(0, ME, now);
     assert_eq!(p.state(), &PeerState::Resuming);
@@ -104,7 +104,7 @@ fn a_restarted_peer_gets_a_fresh_session() {
     let now = Instant::now();
     let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
     up(&mut p, &mut t, now);
-    assert!(p.disconnected("x".into(), now, &mut freed));
+    assert!(p.disconnected("x".into(), now, now, &mut freed));
     let _ = p.connected(0, ME, now);
     let r = resume(THEM + 1, 0, 0);
     assert!(!p.resumable(&r, ME));
@@ -196,11 +196,21 @@ fn waiting_states_time_out() {
     assert!(p
         .silent(&timing, now, now + Duration::from_secs(2))
         .is_some());
-    assert!(p.disconnected("x".into(), now, &mut freed));
+    assert!(p.disconnected("x".into(), now, now, &mut freed));
     assert_eq!(
         p.tick(&timing, now + Duration::from_millis(900)),
         TickOutcome::default()
     );
     let lost = p.tick(&timing, now + Duration::from_secs(2)).lose.unwrap();
     assert!(lost.contains("not restored"), "{lost}");
+    // A link that broke after the peer had been silent a while: the wait
+    // counts from the peer's last word, not from the break.
+    let later = now + Duration::from_secs(10);
+    up(&mut p, &mut t, later);
+    let heard = later - Duration::from_millis(900);
+    assert!(p.disconnected("timed out".into(), heard, later, &mut freed));
+    assert!(p
+        .tick(&timing, later + Duration::from_millis(200))
+        .lose
+        .is_some());
 }

@@ -150,7 +150,7 @@ impl Plan {
     }
 
     /// The reliable datagram transport over a packet device (udp, dpdk).
-    fn datagram<I: PacketIo>(
+    pub(super) fn datagram<I: PacketIo>(
         &self,
         io: I,
         poller: &Poller,

@@ -23,80 +23,124 @@ const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
 /// At most one heap trim ([`crate::shm::release_free_heap`]) this often.
 const HEAP_TRIM_EVERY: Duration = Duration::from_secs(5);
 
+/// What the run loop keeps from one round to the next.
+pub struct Rounds {
+    events: Vec<EpollEvent>,
+    next_tick: Instant,
+    /// `None`: never sleep, never yield (a simulation drives the rounds).
+    backoff: Option<Backoff>,
+}
+
 impl Agent {
     /// Run until the stop flag is set.
     pub fn run(&mut self) {
-        let mut events = vec![EpollEvent::empty(); 64];
         // One clock read per round: the end of the previous round stands for
         // the start of this one.
-        self.now = Instant::now();
-        let mut next_tick = self.now;
-        let mut backoff = match self.cfg.idle {
+        self.now = self.clock.now();
+        let backoff = match self.cfg.idle {
             IdlePolicy::Adaptive => {
                 Backoff::new(Duration::from_micros(self.cfg.spin_us), 0, self.now)
             }
             IdlePolicy::Spin => Backoff::spinning(self.now),
         };
+        let mut r = Rounds {
+            events: vec![EpollEvent::empty(); 64],
+            next_tick: self.now,
+            backoff: Some(backoff),
+        };
         while !self.stop.load(Ordering::Relaxed) {
-            self.counters.rounds += 1;
-            if self.damage.pending() {
-                self.pool_damage();
-            }
-            let mut work = self.poll_clients();
-            work |= self.flush_peers();
-            self.link_events();
-            work |= self
-                .transport
-                .poll(self.now, &mut self.inflow, &mut self.events);
-            self.link_events();
-            let step = (!work).then(|| backoff.idle(self.now));
-            let n = match step {
-                Some(Step::Sleep) => {
-                    let n = self.sleep(&mut events, next_tick);
-                    backoff.busy(self.now);
-                    n
-                }
-                Some(Step::Yield) | Some(Step::Spin) | None => {
-                    if step == Some(Step::Yield) {
-                        // Polling without work: let a client sharing this core
-                        // run (returns at once when nothing else is runnable).
-                        std::thread::yield_now();
-                    }
-                    if !work || self.counters.rounds % 4 == 0 {
-                        self.poller
-                            .epoll()
-                            .wait(&mut events, EpollTimeout::ZERO)
-                            .unwrap_or(0)
-                    } else {
-                        // Busy with clients: look at the sockets every 4th
-                        // round only (a system call each round would cost
-                        // more than it finds).
-                        0
-                    }
-                }
-            };
-            for ev in &events[..n] {
-                work |= self.on_event(ev.data());
-            }
-            work |= self.drain_parked();
-            work |= self.process_rx();
-            self.now = Instant::now();
-            let now = self.now;
-            if now >= next_tick {
-                self.transport
-                    .tick(&self.poller, now, &mut self.inflow, &mut self.events);
-                self.expire_orphans(now);
-                self.link_events();
-                self.peer_timers(now);
-                self.expire_conns(now);
-                next_tick = now + TICK;
-            }
-            self.clients.wake(&self.pool);
-            if work {
-                backoff.busy(now);
-            }
+            self.round(&mut r);
         }
         self.shutdown();
+    }
+
+    /// Rounds for a simulation to drive with [`Agent::sim_round`]: never
+    /// sleeping, the clock read from the agent's [`Clock`](crate::clock::Clock).
+    #[cfg(feature = "testing")]
+    pub fn sim_rounds(&mut self) -> Rounds {
+        self.now = self.clock.now();
+        Rounds {
+            events: vec![EpollEvent::empty(); 64],
+            next_tick: self.now,
+            backoff: None,
+        }
+    }
+
+    /// One poll round of a simulation (see [`Agent::sim_rounds`]); returns
+    /// whether it found work.
+    #[cfg(feature = "testing")]
+    pub fn sim_round(&mut self, r: &mut Rounds) -> bool {
+        self.now = self.clock.now();
+        self.round(r)
+    }
+
+    /// One poll round; returns whether it found work.
+    fn round(&mut self, r: &mut Rounds) -> bool {
+        self.counters.rounds += 1;
+        if self.damage.pending() {
+            self.pool_damage();
+        }
+        let mut work = self.poll_clients();
+        work |= self.flush_peers();
+        self.link_events();
+        work |= self
+            .transport
+            .poll(self.now, &mut self.inflow, &mut self.events);
+        self.link_events();
+        let step = match r.backoff.as_mut() {
+            Some(b) => (!work).then(|| b.idle(self.now)),
+            None => None,
+        };
+        let n = match step {
+            Some(Step::Sleep) => {
+                let n = self.sleep(&mut r.events, r.next_tick);
+                if let Some(b) = r.backoff.as_mut() {
+                    b.busy(self.now);
+                }
+                n
+            }
+            Some(Step::Yield) | Some(Step::Spin) | None => {
+                if step == Some(Step::Yield) {
+                    // Polling without work: let a client sharing this core
+                    // run (returns at once when nothing else is runnable).
+                    std::thread::yield_now();
+                }
+                if !work || self.counters.rounds % 4 == 0 {
+                    self.poller
+                        .epoll()
+                        .wait(&mut r.events, EpollTimeout::ZERO)
+                        .unwrap_or(0)
+                } else {
+                    // Busy with clients: look at the sockets every 4th
+                    // round only (a system call each round would cost
+                    // more than it finds).
+                    0
+                }
+            }
+        };
+        for ev in &r.events[..n] {
+            work |= self.on_event(ev.data());
+        }
+        work |= self.drain_parked();
+        work |= self.process_rx();
+        self.now = self.clock.now();
+        let now = self.now;
+        if now >= r.next_tick {
+            self.transport
+                .tick(&self.poller, now, &mut self.inflow, &mut self.events);
+            self.expire_orphans(now);
+            self.link_events();
+            self.peer_timers(now);
+            self.expire_conns(now);
+            r.next_tick = now + TICK;
+        }
+        self.clients.wake(&self.pool);
+        if work {
+            if let Some(b) = r.backoff.as_mut() {
+                b.busy(now);
+            }
+        }
+        work
     }
 
     /// Sleep until something is ready, a client rings, or the next tick;
@@ -131,7 +175,7 @@ impl Agent {
         let n = self.poller.epoll().wait(events, timeout).unwrap_or(0);
         announce_awake(self.pool.agent_sleeping());
         self.counters.sleeps += 1;
-        self.now = Instant::now();
+        self.now = self.clock.now();
         n
     }
 

@@ -1041,7 +1041,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         if j >= self.links.len() || j as u32 == self.me {
             return Vec::new();
         }
-        let now = Instant::now();
+        // The clock of this round when there is one (a simulation's is virtual).
+        let now = self.now.unwrap_or_else(Instant::now);
         let blocks = self.reset(j, now);
         self.send_hello(j, now);
         self.io.flush();

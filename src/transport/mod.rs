@@ -21,6 +21,8 @@ pub mod datagram;
 #[allow(unsafe_code)] // the FFI back end: every unsafe block says why it is sound
 pub mod dpdk;
 pub mod multi;
+#[cfg(feature = "testing")]
+pub mod sim;
 pub mod stream;
 pub mod tcp;
 #[cfg(feature = "verbs")]

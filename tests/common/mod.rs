@@ -5,6 +5,7 @@ pub mod fakepeer;
 pub mod keys;
 pub mod procfs;
 pub mod relay;
+pub mod sim;
 pub mod testbed;
 
 use std::io::{BufRead, BufReader};
