@@ -211,3 +211,42 @@ fn sim_a_partition_longer_than_the_peer_timeout_fails_sends_and_the_peer_comes_b
         sim.elapsed()
     );
 }
+
+#[test]
+fn sim_a_restarted_agent_is_a_new_session_and_its_partner_says_so() {
+    let sim = Sim::start(2, Impair::clean(), 4, |_| {});
+    let t = Duration::from_secs(30);
+    let c = Client::attach(&sim.sockets[0], "tx").unwrap();
+    let ep = c.open_endpoint(Some(TX_EP)).unwrap();
+    {
+        let r = Client::attach(&sim.sockets[1], "rx").unwrap();
+        let rx = r.open_endpoint(Some(RX_EP)).unwrap();
+        ep.send(1, RX_EP, b"to the first", Mode::Delivered, t)
+            .unwrap();
+        assert_eq!(rx.recv(t).unwrap().data(), b"to the first");
+        sim.restart(1);
+        // The old agent is gone: its client hears so.
+        assert!(
+            rx.recv(t).is_err(),
+            "a client of a dead agent still receives"
+        );
+    }
+    let r = Client::attach(&sim.sockets[1], "rx again").unwrap();
+    let rx = r.open_endpoint(Some(RX_EP)).unwrap();
+    // Node 0 notices the new incarnation (its Hello) and starts a new
+    // session; what it sends from then on reaches the new agent.
+    sim.wait_virtual(
+        Duration::from_secs(10),
+        "node 0 up with the new agent",
+        |s| s.state(0, 1) == "up" && s.state(1, 0) == "up" && peer_counters(s, 0, 1).losses >= 1,
+    );
+    ep.send(1, RX_EP, b"to the second", Mode::Delivered, t)
+        .unwrap();
+    assert_eq!(rx.recv(t).unwrap().data(), b"to the second");
+    assert_eq!(
+        peer_counters(&sim, 1, 0).msgs_rx,
+        1,
+        "the new agent got an old message"
+    );
+    println!("restart: {:?} of virtual time in all", sim.elapsed());
+}

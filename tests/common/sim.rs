@@ -35,9 +35,18 @@ pub struct Sim {
     pub dir: PathBuf,
     pub sockets: Vec<PathBuf>,
     stop: Arc<AtomicBool>,
+    /// Requests to the simulation thread.
+    cmds: mpsc::Sender<Cmd>,
     /// Rounds run, all agents together.
     rounds: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the simulation thread is asked to do between rounds.
+enum Cmd {
+    /// Kill agent `i` (no goodbye: as SIGKILL) and start it again (a new
+    /// incarnation); say when done.
+    Restart(usize, mpsc::Sender<()>),
 }
 
 /// The configuration of simulated node `i` of `n`.
@@ -91,6 +100,7 @@ impl Sim {
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel();
+        let (cmds, cmd_rx) = mpsc::channel::<Cmd>();
         let thread = {
             let (clock, net, stop, rounds) =
                 (clock.clone(), net.clone(), stop.clone(), rounds.clone());
@@ -98,9 +108,12 @@ impl Sim {
                 .name("sim".into())
                 .spawn(move || {
                     // Built here: an agent stays on the thread that runs it.
+                    let make = |i: usize| {
+                        Agent::simulated(cfgs[i].clone(), net.io(i as u32, packet), clock.clone())
+                    };
                     let mut agents: Vec<Agent> = Vec::new();
-                    for (i, c) in cfgs.into_iter().enumerate() {
-                        match Agent::simulated(c, net.io(i as u32, packet), clock.clone()) {
+                    for i in 0..cfgs.len() {
+                        match make(i) {
                             Ok(a) => agents.push(a),
                             Err(e) => {
                                 let _ = ready_tx.send(Err(format!("agent {i}: {e:#}")));
@@ -111,6 +124,18 @@ impl Sim {
                     let mut rs: Vec<_> = agents.iter_mut().map(|a| a.sim_rounds()).collect();
                     let _ = ready_tx.send(Ok(()));
                     while !stop.load(Ordering::Relaxed) {
+                        while let Ok(cmd) = cmd_rx.try_recv() {
+                            match cmd {
+                                Cmd::Restart(i, done) => {
+                                    // The old one goes first: its control
+                                    // socket's path is the new one's.
+                                    agents.remove(i);
+                                    agents.insert(i, make(i).expect("restart"));
+                                    rs[i] = agents[i].sim_rounds();
+                                    let _ = done.send(());
+                                }
+                            }
+                        }
                         net.deliver_due();
                         let mut work = false;
                         for (a, r) in agents.iter_mut().zip(rs.iter_mut()) {
@@ -139,6 +164,7 @@ impl Sim {
             dir,
             sockets,
             stop,
+            cmds,
             rounds,
             thread: Some(thread),
         };
@@ -146,6 +172,15 @@ impl Sim {
             (0..n).all(|i| (0..n).all(|j| j == i || s.state(i, j) == "up"))
         });
         sim
+    }
+
+    /// Kill agent `i` without a goodbye (as SIGKILL would) and start it
+    /// again at once, as a new incarnation with the same configuration.
+    pub fn restart(&self, i: usize) {
+        let (done, wait) = mpsc::channel();
+        self.cmds.send(Cmd::Restart(i, done)).unwrap();
+        wait.recv_timeout(Duration::from_secs(30))
+            .expect("the simulation did not restart the agent");
     }
 
     /// Virtual time since the start.
