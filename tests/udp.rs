@@ -101,6 +101,8 @@ fn impaired_link_delivers_every_message_once_in_order_and_intact() {
     // ones are read again from there.
     assert!(sum("packets_tx_from_pool") > 0, "{s0} {s1}");
     assert!(sum("packets_resent_from_pool") > 0, "{s0} {s1}");
+    // Small messages' frames too, packet by packet, not copied.
+    assert!(sum("packets_tx_from_frame") > 0, "{s0} {s1}");
     assert!(
         sum("packets_corrupt") > 0,
         "damaged datagrams were caught by the checksum: {s0} {s1}"

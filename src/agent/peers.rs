@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shm::blocks::Owner;
@@ -61,8 +62,8 @@ impl PeerState {
 /// A `Data` frame kept until the peer acknowledges it, so that a broken
 /// connection can be resumed without losing it.
 pub(super) enum Retained {
-    /// A whole frame.
-    Bytes(Vec<u8>),
+    /// A whole frame (shared with the link that sends it: not copied).
+    Bytes(Arc<Vec<u8>>),
     /// A chunk of a large message: frame and record header, the payload's
     /// range of a pool block (sent from there), and padding.
     Chunk {
@@ -94,7 +95,7 @@ impl Retained {
     /// Queue the frame on a link (again).
     pub(super) fn push_to(&self, t: &mut dyn Transport, node: u32) {
         match self {
-            Retained::Bytes(b) => t.push(node, Out::bytes(b.clone())),
+            Retained::Bytes(b) => t.push(node, Out::shared(b.clone())),
             Retained::Chunk {
                 hdr, off, len, pad, ..
             } => {
@@ -413,7 +414,7 @@ impl Peer {
         }
         let frame = self.batch.finish();
         self.batch_since = None;
-        self.send_frame(t, Retained::Bytes(frame), now, freed);
+        self.send_frame(t, Retained::Bytes(Arc::new(frame)), now, freed);
     }
 
     /// Bytes sent and not yet acknowledged.

@@ -30,7 +30,7 @@ impl Transport for Recorder {
     fn tick(&mut self, _: &Poller, _: Instant, _: &mut dyn Inflow, _: &mut Vec<LinkEvent>) {}
     fn push(&mut self, _: u32, item: Out) {
         if let Out::Bytes { buf, .. } = item {
-            self.pushed.push(buf);
+            self.pushed.push(buf.to_vec());
         }
     }
     fn queued(&self, _: u32) -> usize {
@@ -78,7 +78,12 @@ fn a_session_survives_a_broken_connection_and_resends_what_was_not_acked() {
     up(&mut p, &mut t, now);
     assert_eq!(p.state(), &PeerState::Up);
     for i in 0..3u8 {
-        p.send_frame(&mut t, Retained::Bytes(vec![i; 10]), now, &mut freed);
+        p.send_frame(
+            &mut t,
+            Retained::Bytes(Arc::new(vec![i; 10])),
+            now,
+            &mut freed,
+        );
     }
     assert_eq!(p.unacked_bytes(), 30);
     p.acked(1, now, &mut freed).unwrap();
@@ -120,7 +125,12 @@ fn an_ack_beyond_what_was_sent_is_refused_and_counted() {
     let now = Instant::now();
     let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
     up(&mut p, &mut t, now);
-    p.send_frame(&mut t, Retained::Bytes(vec![1; 4]), now, &mut freed);
+    p.send_frame(
+        &mut t,
+        Retained::Bytes(Arc::new(vec![1; 4])),
+        now,
+        &mut freed,
+    );
     assert!(p.acked(5, now, &mut freed).is_err());
     assert_eq!(p.counters.malformed, 1);
 }

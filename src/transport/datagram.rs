@@ -297,6 +297,9 @@ pub struct DgramStats {
     /// Data packets encoded straight from a pool block (one copy: block →
     /// device buffer), and sent again from it when lost.
     pub tx_from_pool: u64,
+    /// Data packets sent straight from a queued frame (not copied, and kept
+    /// for a resend as a reference to the frame).
+    pub tx_from_frame: u64,
     /// Of the packets sent again, those read again from their pool block.
     pub resent_from_pool: u64,
 }
@@ -312,6 +315,14 @@ enum TxItem {
     /// resend after that ack can only be a needless one, which the peer drops as
     /// a duplicate by its sequence number before looking at the bytes.
     Pool { off: u64, len: u64 },
+    /// A packet whose payload is one range of a frame the agent queued
+    /// ([`Out::Bytes`]): the frame is shared, not copied (the agent's session
+    /// keeps the same frame until the peer acknowledges it).
+    Frame {
+        buf: Arc<Vec<u8>>,
+        start: usize,
+        len: usize,
+    },
 }
 
 impl TxItem {
@@ -321,6 +332,7 @@ impl TxItem {
         match self {
             TxItem::Owned(v) => v,
             TxItem::Pool { off, len } => pool.block_slice(*off, *len).unwrap_or(&[]),
+            TxItem::Frame { buf, start, len } => &buf[*start..*start + *len],
         }
     }
 }
@@ -752,6 +764,36 @@ impl<I: PacketIo> DatagramTransport<I> {
                     continue;
                 }
             }
+            // A packet within one queued frame (a whole packet's worth of it,
+            // or all there is to send): sent from the frame and kept as a
+            // reference to it, not copied. Packets that would gather several
+            // items (a frame's tail and the next frame's head) are copied
+            // together below, so small frames still share packets.
+            let l = &mut self.links[j];
+            if let Some(Out::Bytes { buf, pos }) = l.outq.front_mut() {
+                let left = buf.len() - *pos;
+                if left > 0 && (left >= max || left == l.queued) {
+                    let n = left.min(max);
+                    let item = TxItem::Frame {
+                        buf: buf.clone(),
+                        start: *pos,
+                        len: n,
+                    };
+                    *pos += n;
+                    if *pos == buf.len() {
+                        l.outq.pop_front();
+                    }
+                    l.queued -= n;
+                    let ack = l.rx.make_piggyback_ack();
+                    let seq = l.tx.next_seq();
+                    let h = self.header(j, PktKind::Data, seq, ack);
+                    self.send_raw(j, &h, item.bytes(&pool), now);
+                    self.stats.tx_from_frame += 1;
+                    let _ = self.links[j].tx.send(item, now);
+                    any = true;
+                    continue;
+                }
+            }
             let mut payload = self.payload_buf(max);
             payload.clear();
             let l = &mut self.links[j];
@@ -1018,6 +1060,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_rx_in_place", s.rx_in_place),
             ("packets_rx_kept", s.rx_kept),
             ("packets_tx_from_pool", s.tx_from_pool),
+            ("packets_tx_from_frame", s.tx_from_frame),
             ("packets_resent_from_pool", s.resent_from_pool),
             ("payload_allocs", s.payload_allocs),
         ];

@@ -43,10 +43,12 @@ pub use stream::{Inflow, LinkRx, RX_HIGH_WATER};
 
 /// Something queued to go out on a link.
 pub enum Out {
-    /// Bytes the link owns.
+    /// Bytes the link holds (shared, not copied, with whoever else keeps
+    /// them: the agent's session keeps each `Data` frame until the peer
+    /// acknowledges it).
     Bytes {
         /// The bytes.
-        buf: Vec<u8>,
+        buf: Arc<Vec<u8>>,
         /// How far written.
         pos: usize,
     },
@@ -70,6 +72,14 @@ pub enum Out {
 impl Out {
     /// Owned bytes, nothing written yet.
     pub fn bytes(buf: Vec<u8>) -> Out {
+        Out::Bytes {
+            buf: Arc::new(buf),
+            pos: 0,
+        }
+    }
+
+    /// Shared bytes, nothing written yet.
+    pub fn shared(buf: Arc<Vec<u8>>) -> Out {
         Out::Bytes { buf, pos: 0 }
     }
 
