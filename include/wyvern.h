@@ -195,6 +195,39 @@ typedef struct wyvern_async_error {
   uint32_t node;
 } wyvern_async_error;
 
+/*
+ One message of a batch for `wyvern_send_many`.
+ */
+typedef struct wyvern_out {
+  /*
+   Destination node.
+   */
+  uint32_t dst_node;
+  /*
+   Destination endpoint.
+   */
+  uint32_t dst_ep;
+  /*
+   The bytes (NULL when `len` is 0).
+   */
+  const void *data;
+  /*
+   How many.
+   */
+  size_t len;
+} wyvern_out;
+
+/*
+ Called by `wyvern_recv_many` for each message, in order: `data` holds
+ `len` bytes, readable only during the call. It must not call wyvern
+ functions on the same client (they fail with `WYVERN_EBUSY`).
+ */
+typedef void (*wyvern_recv_fn)(void *ctx,
+                               uint32_t src_node,
+                               uint32_t src_ep,
+                               const void *data,
+                               size_t len);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -316,6 +349,28 @@ int wyvern_send_ex(struct wyvern_endpoint *ep,
                    uint64_t *out_cookie);
 
 /*
+ Send `n` messages in order, `WYVERN_BUFFERED`, paying one publication of
+ the submission ring and at most one wake-up of the agent per run of small
+ messages that fits the ring at once (`wyvern_send` pays them per message).
+ Messages larger than `wyvern_eager_max` are sent as `wyvern_send` sends
+ them, in their place. Waits up to `timeout_us` in all for room. Stores how
+ many were submitted (from the first) in `*out_sent` (may be NULL):
+ `WYVERN_OK` when all `n` were; `WYVERN_EAGAIN` when the time ran out
+ before (send the rest again). Failures after submission come from
+ `wyvern_take_error`.
+
+ # Safety
+ `msgs` is valid for reads of `n` `wyvern_out`s, each `data` valid for
+ reads of its `len` bytes (or NULL with `len` 0); `out_sent` is NULL or
+ valid for a write of a `size_t`.
+ */
+int wyvern_send_many(struct wyvern_endpoint *ep,
+                     const struct wyvern_out *msgs,
+                     size_t n,
+                     size_t *out_sent,
+                     int64_t timeout_us);
+
+/*
  Get a pool block of `len` bytes to fill in place and send with
  `wyvern_send_buf`: no copy on this side (`wyvern_send` of a message
  larger than `wyvern_eager_max` allocates one and copies into it). Asks
@@ -420,6 +475,25 @@ int wyvern_recv_from(struct wyvern_endpoint *ep,
  `out_msg` is NULL or valid for a write of a pointer.
  */
 int wyvern_recv_zc(struct wyvern_endpoint *ep, struct wyvern_msg **out_msg, int64_t timeout_us);
+
+/*
+ Hand up to `max` waiting messages to `f` (with `ctx`), in order, giving
+ their ring slots back to the agent once for the batch; waits up to
+ `timeout_us` for the first (see `wyvern_send`). Stores how many in
+ `*out_n` (may be NULL). None: `WYVERN_EAGAIN` (timeout 0) or
+ `WYVERN_ETIMEDOUT`. A message's bytes are readable only during its call
+ of `f` (a large message's pool block returns to the agent after it).
+
+ # Safety
+ `f` is a function safe to call with `ctx` and the arguments described
+ at `wyvern_recv_fn`; `out_n` is NULL or valid for a write of a `size_t`.
+ */
+int wyvern_recv_many(struct wyvern_endpoint *ep,
+                     size_t max,
+                     wyvern_recv_fn f,
+                     void *ctx,
+                     size_t *out_n,
+                     int64_t timeout_us);
 
 /*
  Whether a message is ready, without waiting: 1 if one is (it is fetched

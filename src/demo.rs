@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::process::Command;
 
 use wyvern::agent::TransportKind;
-use wyvern::client::{Client, Mode};
+use wyvern::client::{Client, Mode, Outgoing};
 use wyvern::local::LocalAgents;
 
 /// Options of the demo.
@@ -25,6 +25,11 @@ pub struct DemoArgs {
     /// Size of those messages in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Messages per call in the message-rate phase: 1 sends and receives one
+    /// at a time (`send`/`recv`); more uses the batch calls (`send_many` /
+    /// `recv_many`) with that many per call.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    batch: u64,
     /// MiB moved in 1 MiB messages for the bandwidth phase.
     #[arg(long, default_value_t = 512)]
     bulk_mib: u64,
@@ -169,6 +174,35 @@ fn start_agents(idle: wyvern::agent::IdlePolicy, t: TransportKind) -> Result<Sta
 }
 
 /// A progress bar on a terminal; elsewhere (a log, CI) one line per phase.
+/// CPU time (user + system, seconds) of this process (the clients) and the
+/// two agents so far.
+fn cpu_secs(agents: &LocalAgents) -> f64 {
+    let own = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |v: nix::sys::time::TimeVal| v.tv_sec() as f64 + v.tv_usec() as f64 * 1e-6;
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or(0.0);
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let agent = |i: usize| {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", agents.pid(i))).unwrap_or_default();
+        // After the command's ")": state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let n = |k: usize| {
+            f.get(k - 3)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (n(14) + n(15)) / tick
+    };
+    own + agent(0) + agent(1)
+}
+
 fn bar(len: u64, what: &str, unit: &str) -> ProgressBar {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!("  {what}: {len} {unit} ...");
@@ -203,11 +237,26 @@ fn node_b(sock: PathBuf, a: &DemoArgs, ready: std::sync::mpsc::Sender<()>) -> Re
         ep.send(0, EP_A, m.data(), Mode::Buffered, t)
             .map_err(|e| e.to_string())?;
     }
-    for i in 0..a.messages {
-        let m = ep.recv(t).map_err(|e| format!("rate side: {e}"))?;
-        let seq = u64::from_le_bytes(m.data()[..8].try_into().expect("8 bytes"));
-        if seq != i {
-            return Err(format!("message {i} arrived as {seq}: order broken"));
+    let mut i = 0;
+    let mut broken = None;
+    while i < a.messages {
+        let max = (a.batch as usize).min((a.messages - i) as usize);
+        let mut check = |data: &[u8]| {
+            let seq = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+            if seq != i && broken.is_none() {
+                broken = Some(format!("message {i} arrived as {seq}: order broken"));
+            }
+            i += 1;
+        };
+        if a.batch > 1 {
+            ep.recv_many(max, t, |m| check(m.data))
+                .map_err(|e| format!("rate side: {e}"))?;
+        } else {
+            let m = ep.recv(t).map_err(|e| format!("rate side: {e}"))?;
+            check(m.data());
+        }
+        if let Some(b) = broken.take() {
+            return Err(b);
         }
     }
     ep.send(0, EP_A, b"rate-done", Mode::Buffered, t)
@@ -259,6 +308,7 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     let ep = c.open_endpoint(Some(EP_A)).map_err(|e| e.to_string())?;
     let args = DemoArgs { ..a };
     let (pp, msgs, size, bulk) = (args.pingpongs, args.messages, args.size, args.bulk_mib);
+    let batch = args.batch as usize;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let b = std::thread::spawn(move || node_b(sock_b, &args, ready_tx));
     if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
@@ -288,18 +338,42 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
 
     // 2. Message rate.
     let pb = bar(msgs, "msg rate", "messages");
-    let mut buf = vec![0u8; size];
+    let mut bufs = vec![vec![0u8; size]; batch];
+    let cpu0 = cpu_secs(agents);
     let t0 = Instant::now();
-    for i in 0..msgs {
-        buf[..8].copy_from_slice(&i.to_le_bytes());
-        ep.send(1, EP_B, &buf, Mode::Buffered, t)
-            .map_err(|e| e.to_string())?;
-        if i % 4096 == 0 {
+    let mut i = 0;
+    while i < msgs {
+        if batch == 1 {
+            bufs[0][..8].copy_from_slice(&i.to_le_bytes());
+            ep.send(1, EP_B, &bufs[0], Mode::Buffered, t)
+                .map_err(|e| e.to_string())?;
+            i += 1;
+        } else {
+            let n = batch.min((msgs - i) as usize);
+            for (k, b) in bufs[..n].iter_mut().enumerate() {
+                b[..8].copy_from_slice(&(i + k as u64).to_le_bytes());
+            }
+            let out: Vec<Outgoing<'_>> = bufs[..n]
+                .iter()
+                .map(|b| Outgoing {
+                    dst_node: 1,
+                    dst_ep: EP_B,
+                    data: b,
+                })
+                .collect();
+            let mut done = 0;
+            while done < n {
+                done += ep.send_many(&out[done..], t).map_err(|e| e.to_string())?;
+            }
+            i += n as u64;
+        }
+        if i % 4096 < batch as u64 {
             pb.set_position(i);
         }
     }
     let m = ep.recv(t).map_err(|e| format!("rate: {e}"))?;
     let rate_s = t0.elapsed().as_secs_f64();
+    let cpu_ns = (cpu_secs(agents) - cpu0) * 1e9 / msgs as f64;
     pb.finish();
     if m.data() != b"rate-done" {
         return Err("unexpected message after the rate phase".into());
@@ -345,10 +419,19 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
         "| one-way latency 8 B, p99.9          | {:>10.2} us  |",
         percentile(&rtts, 0.999)
     );
+    let how = if batch > 1 {
+        format!("batch {batch:>4}")
+    } else {
+        "1 sender  ".to_string()
+    };
     println!(
-        "| message rate, {:>4} B, 1 sender     | {:>8.3} M/s   |",
+        "| message rate, {:>4} B, {how} | {:>8.3} M/s   |",
         size,
         msgs as f64 / rate_s / 1e6
+    );
+    println!(
+        "| CPU per message (all processes)     | {:>10.0} ns  |",
+        cpu_ns
     );
     println!(
         "| aggregation (messages per frame)    | {:>10.1}     |",

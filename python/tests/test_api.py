@@ -148,6 +148,28 @@ def test_recv_into(pair):
         b.recv_into(b"read-only", timeout=0)
 
 
+def test_batches(pair):
+    a, b = pair
+    msgs = [(1, b.id, payload(1 + (k * 7) % 300 if k % 50 != 49 else 100_000, k)) for k in range(500)]
+    assert a.send_many(msgs, timeout=10) == len(msgs)
+    got = []
+    while len(got) < len(msgs):
+        batch = b.recv_many(64, timeout=10)
+        assert 1 <= len(batch) <= 64
+        got.extend(batch)
+    assert [g[0] for g in got] == [m[2] for m in msgs]
+    assert all(g[1:] == (0, a.id) for g in got)
+    with pytest.raises(wyvern.WouldBlockError):
+        b.recv_many(8, timeout=0)
+    assert a.send_many([], timeout=0) == 0
+    with pytest.raises(TypeError):
+        a.send_many([(1, b.id)], timeout=0)
+    with pytest.raises(TypeError):
+        a.send_many([(1, b.id, "text")], timeout=0)
+    with pytest.raises(ValueError):
+        b.recv_many(0)
+
+
 def test_poll_and_timeouts(pair):
     a, b = pair
     assert b.poll() is False

@@ -267,6 +267,62 @@ class Endpoint:
         _check(rc)
         return cookie[0]
 
+    def send_many(self, msgs, timeout=None):
+        """Send a batch of (dst_node, dst_ep, data) in order, buffered (as
+        send with delivered=False): one publication of the submission ring
+        and at most one wake-up of the agent per run of small messages that
+        fits the ring at once, instead of one per message. timeout: seconds
+        for the whole batch. Returns how many were submitted, from the first:
+        all, or fewer when the time ran out (send the rest again)."""
+        h = self._handle()
+        us = _timeout_us(timeout)
+        msgs = list(msgs)
+        out = ffi.new("wyvern_out[]", max(len(msgs), 1))
+        bufs = []
+        try:
+            for k, m in enumerate(msgs):
+                try:
+                    dst_node, dst_ep, data = m
+                except (TypeError, ValueError):
+                    raise TypeError("message %d must be (dst_node, dst_ep, data)" % k) from None
+                if isinstance(data, str):
+                    raise TypeError("data must be a bytes-like object, not str (encode it)")
+                b = ffi.from_buffer(data)
+                bufs.append(b)
+                o = out[k]
+                o.dst_node = _u32("dst_node", dst_node)
+                o.dst_ep = _u32("dst_ep", dst_ep)
+                o.data = b
+                o.len = len(b)
+            sent = ffi.new("size_t *")
+            rc = lib.wyvern_send_many(h, out, len(msgs), sent, us)
+        finally:
+            for b in bufs:
+                ffi.release(b)
+        if rc == E.EAGAIN and sent[0] > 0:
+            return sent[0]
+        _check(rc)
+        return sent[0]
+
+    def recv_many(self, max=64, timeout=None):
+        """Up to `max` waiting messages as a list of (bytes, src_node,
+        src_ep), taken from the ring at once (one copy each); waits up to
+        `timeout` seconds for the first (0: try once, WouldBlockError if none;
+        TimeoutError after a positive timeout)."""
+        h = self._handle()
+        if isinstance(max, bool) or not isinstance(max, int) or max < 1:
+            raise ValueError("max must be a positive int, not %r" % (max,))
+        us = _timeout_us(timeout)
+        got = []
+
+        @ffi.callback("void(void *, uint32_t, uint32_t, const void *, size_t)")
+        def each(_ctx, src_node, src_ep, data, n):
+            got.append((ffi.buffer(data, n)[:], src_node, src_ep))
+
+        count = ffi.new("size_t *")
+        _check(lib.wyvern_recv_many(h, max, each, ffi.NULL, count, us))
+        return got
+
     def _recv_zc(self, timeout):
         h = self._handle()
         out = ffi.new("wyvern_msg **")

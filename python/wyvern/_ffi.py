@@ -39,6 +39,18 @@ int wyvern_send_ex(wyvern_endpoint *ep, uint32_t dst_node, uint32_t dst_ep,
 int wyvern_recv_from(wyvern_endpoint *ep, void *buf, size_t cap, size_t *out_len,
                      uint32_t *out_src_node, uint32_t *out_src_ep, int64_t timeout_us);
 int wyvern_recv_zc(wyvern_endpoint *ep, wyvern_msg **out_msg, int64_t timeout_us);
+typedef struct wyvern_out {
+  uint32_t dst_node;
+  uint32_t dst_ep;
+  const void *data;
+  size_t len;
+} wyvern_out;
+typedef void (*wyvern_recv_fn)(void *ctx, uint32_t src_node, uint32_t src_ep,
+                               const void *data, size_t len);
+int wyvern_send_many(wyvern_endpoint *ep, const wyvern_out *msgs, size_t n, size_t *out_sent,
+                     int64_t timeout_us);
+int wyvern_recv_many(wyvern_endpoint *ep, size_t max, wyvern_recv_fn f, void *ctx,
+                     size_t *out_n, int64_t timeout_us);
 int wyvern_poll(wyvern_endpoint *ep);
 const void *wyvern_msg_data(wyvern_msg *msg);
 int64_t wyvern_msg_len(wyvern_msg *msg);

@@ -61,7 +61,10 @@ impl Agent {
                     rec = s;
                     true
                 } else {
-                    match c.sub.try_pop(&mut rec) {
+                    // Taken now, the slots given back once for the burst
+                    // (below): one store the client's core sees, not one
+                    // per record. (A stalled record is kept as a copy.)
+                    match c.sub.try_take(&mut rec) {
                         Ok(true) => {
                             c.submitted += 1;
                             false
@@ -90,6 +93,9 @@ impl Agent {
                 }
             }
             self.rec = rec;
+            if let Some(c) = self.clients.get_mut(slot) {
+                c.sub.release();
+            }
             self.maybe_reclaim(slot);
         }
         work

@@ -133,6 +133,35 @@ pub struct wyvern_async_error {
     pub node: u32,
 }
 
+/// One message of a batch for `wyvern_send_many`.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug)]
+pub struct wyvern_out {
+    /// Destination node.
+    pub dst_node: u32,
+    /// Destination endpoint.
+    pub dst_ep: u32,
+    /// The bytes (NULL when `len` is 0).
+    pub data: *const c_void,
+    /// How many.
+    pub len: usize,
+}
+
+/// Called by `wyvern_recv_many` for each message, in order: `data` holds
+/// `len` bytes, readable only during the call. It must not call wyvern
+/// functions on the same client (they fail with `WYVERN_EBUSY`).
+#[allow(non_camel_case_types)]
+pub type wyvern_recv_fn = Option<
+    unsafe extern "C" fn(
+        ctx: *mut c_void,
+        src_node: u32,
+        src_ep: u32,
+        data: *const c_void,
+        len: usize,
+    ),
+>;
+
 /// A failed call: its code and the detail for `wyvern_last_error`.
 pub(crate) struct Fail {
     code: c_int,
@@ -587,6 +616,88 @@ pub unsafe extern "C" fn wyvern_send_ex(
     })
 }
 
+/// Send `n` messages in order, `WYVERN_BUFFERED`, paying one publication of
+/// the submission ring and at most one wake-up of the agent per run of small
+/// messages that fits the ring at once (`wyvern_send` pays them per message).
+/// Messages larger than `wyvern_eager_max` are sent as `wyvern_send` sends
+/// them, in their place. Waits up to `timeout_us` in all for room. Stores how
+/// many were submitted (from the first) in `*out_sent` (may be NULL):
+/// `WYVERN_OK` when all `n` were; `WYVERN_EAGAIN` when the time ran out
+/// before (send the rest again). Failures after submission come from
+/// `wyvern_take_error`.
+///
+/// # Safety
+/// `msgs` is valid for reads of `n` `wyvern_out`s, each `data` valid for
+/// reads of its `len` bytes (or NULL with `len` 0); `out_sent` is NULL or
+/// valid for a write of a `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn wyvern_send_many(
+    ep: *mut wyvern_endpoint,
+    msgs: *const wyvern_out,
+    n: usize,
+    out_sent: *mut usize,
+    timeout_us: i64,
+) -> c_int {
+    ffi("wyvern_send_many", || {
+        if n == 0 {
+            if !out_sent.is_null() {
+                // SAFETY: not NULL; the caller's promise otherwise.
+                unsafe { put(out_sent, 0) };
+            }
+            return Ok(WYVERN_OK);
+        }
+        nonnull(msgs, "msgs (with n > 0)")?;
+        if n > isize::MAX as usize / std::mem::size_of::<wyvern_out>() {
+            return Err(Fail::new(WYVERN_EINVAL, format!("n {n} is not a count")));
+        }
+        // SAFETY: not NULL (checked), the count fits (checked), and the
+        // caller promises `n` readable `wyvern_out`s that do not change
+        // during the call.
+        let raw = unsafe { std::slice::from_raw_parts(msgs, n) };
+        let mut batch = Vec::with_capacity(n);
+        for (k, m) in raw.iter().enumerate() {
+            let data: &[u8] = if m.len == 0 {
+                &[]
+            } else {
+                nonnull(m.data, &format!("msgs[{k}].data (with len > 0)"))?;
+                if m.len > isize::MAX as usize {
+                    return Err(Fail::new(
+                        WYVERN_EINVAL,
+                        format!("msgs[{k}].len {} is not a length", m.len),
+                    ));
+                }
+                // SAFETY: not NULL (checked), the length fits an isize
+                // (checked), and the caller promises `len` readable bytes
+                // that do not change during the call.
+                unsafe { std::slice::from_raw_parts(m.data.cast::<u8>(), m.len) }
+            };
+            batch.push(client::Outgoing {
+                dst_node: m.dst_node,
+                dst_ep: m.dst_ep,
+                data,
+            });
+        }
+        let sent = with_ep(id(ep), |e| {
+            match e.ep.send_many(&batch, timeout(timeout_us)) {
+                Ok(k) => Ok(k),
+                Err(client::Error::WouldBlock) => Ok(0),
+                Err(err) => Err(err.into()),
+            }
+        })?;
+        if !out_sent.is_null() {
+            // SAFETY: not NULL; the caller's promise otherwise.
+            unsafe { put(out_sent, sent) };
+        }
+        if sent < n {
+            return Err(Fail::new(
+                WYVERN_EAGAIN,
+                format!("{sent} of {n} messages submitted before the timeout"),
+            ));
+        }
+        Ok(WYVERN_OK)
+    })
+}
+
 fn send_mode(flags: u32) -> Result<Mode, Fail> {
     match flags {
         WYVERN_BUFFERED => Ok(Mode::Buffered),
@@ -906,6 +1017,71 @@ pub unsafe extern "C" fn wyvern_recv_zc(
         })?;
         // SAFETY: checked non-NULL; the caller's promise otherwise.
         unsafe { put(out_msg, handle(mid)) };
+        Ok(WYVERN_OK)
+    })
+}
+
+/// Hand up to `max` waiting messages to `f` (with `ctx`), in order, giving
+/// their ring slots back to the agent once for the batch; waits up to
+/// `timeout_us` for the first (see `wyvern_send`). Stores how many in
+/// `*out_n` (may be NULL). None: `WYVERN_EAGAIN` (timeout 0) or
+/// `WYVERN_ETIMEDOUT`. A message's bytes are readable only during its call
+/// of `f` (a large message's pool block returns to the agent after it).
+///
+/// # Safety
+/// `f` is a function safe to call with `ctx` and the arguments described
+/// at `wyvern_recv_fn`; `out_n` is NULL or valid for a write of a `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn wyvern_recv_many(
+    ep: *mut wyvern_endpoint,
+    max: usize,
+    f: wyvern_recv_fn,
+    ctx: *mut c_void,
+    out_n: *mut usize,
+    timeout_us: i64,
+) -> c_int {
+    ffi("wyvern_recv_many", || {
+        let Some(f) = f else {
+            return Err(Fail::new(WYVERN_EINVAL, "f is NULL"));
+        };
+        let call = |src_node: u32, src_ep: u32, data: &[u8]| {
+            // SAFETY: the caller's promise about `f` and `ctx`; `data` is our
+            // own memory, valid for `len` bytes during the call.
+            unsafe { f(ctx, src_node, src_ep, data.as_ptr().cast(), data.len()) }
+        };
+        let got = with_ep(id(ep), |e| {
+            let mut got = 0;
+            // One held back by `wyvern_recv` (too large for its buffer) or
+            // fetched by `wyvern_poll` comes first.
+            if max > 0 {
+                if let Some(m) = e.pending.take() {
+                    call(m.src_node, m.src_ep, m.data());
+                    got += 1;
+                }
+            }
+            let rest = max - got;
+            if rest == 0 {
+                return Ok(got);
+            }
+            let mut each = |m: &client::MessageRef<'_>| call(m.src_node, m.src_ep, m.data);
+            let r = if got > 0 || timeout_us == 0 {
+                e.ep.try_recv_many(rest, &mut each)
+            } else {
+                e.ep.recv_many(rest, timeout(timeout_us), &mut each)
+            };
+            match r {
+                Ok(k) => Ok(got + k),
+                Err(_) if got > 0 => Ok(got),
+                Err(err) => Err(err.into()),
+            }
+        })?;
+        if !out_n.is_null() {
+            // SAFETY: not NULL; the caller's promise otherwise.
+            unsafe { put(out_n, got) };
+        }
+        if got == 0 && max > 0 {
+            return Err(Fail::new(WYVERN_EAGAIN, "no message waiting"));
+        }
         Ok(WYVERN_OK)
     })
 }

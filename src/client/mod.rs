@@ -832,6 +832,17 @@ impl Drop for SendBuf {
     }
 }
 
+/// One message of a batch for [`Endpoint::send_many`].
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    /// Destination node.
+    pub dst_node: u32,
+    /// Destination endpoint.
+    pub dst_ep: u32,
+    /// The bytes.
+    pub data: &'a [u8],
+}
+
 /// A received message.
 pub struct Message {
     /// Sending node.
@@ -947,6 +958,82 @@ impl Endpoint {
             len: data.len() as u64,
         };
         self.finish_send(&s, data, timeout)
+    }
+
+    /// Send a batch of messages in [`Mode::Buffered`], in order, paying one
+    /// publication of the submission ring and at most one wake-up of the
+    /// agent for every run of small messages that fits the ring at once
+    /// (instead of one each, as [`Endpoint::send`] does). Messages above
+    /// [`Client::eager_max`] go as [`Endpoint::send`] sends them (a block),
+    /// in their place in the order. Waits up to `timeout` in all for room;
+    /// returns how many of `msgs` were submitted, from the first: all, or
+    /// fewer when the time ran out (the rest are the caller's to send again;
+    /// none: [`Error::WouldBlock`]). Failures come from
+    /// [`Client::take_errors`].
+    pub fn send_many(&self, msgs: &[Outgoing<'_>], timeout: Duration) -> Result<usize, Error> {
+        let i = &self.inner;
+        if !self.open.get() {
+            return Err(Error::Closed);
+        }
+        let deadline = Deadline::new(timeout);
+        let mut sent = 0;
+        while sent < msgs.len() {
+            let m = &msgs[sent];
+            if m.data.len() > i.eager_max {
+                let left = deadline.at().saturating_duration_since(Instant::now());
+                match self.send(m.dst_node, m.dst_ep, m.data, Mode::Buffered, left) {
+                    Ok(_) => sent += 1,
+                    Err(Error::WouldBlock) | Err(Error::Timeout) if sent > 0 => break,
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            // As many small ones as the ring takes now, shown to the agent
+            // at once; wait for room only when not even one fits.
+            let staged = i.wait(&deadline, || {
+                i.flush_deferred();
+                let mut sub = i.sub.borrow_mut();
+                let mut n = 0;
+                for m in msgs[sent..]
+                    .iter()
+                    .take_while(|m| m.data.len() <= i.eager_max)
+                {
+                    let s = Submit {
+                        op: Op::Send,
+                        mode: Mode::Buffered,
+                        src_slot: self.slot,
+                        dst_node: m.dst_node,
+                        dst_ep: m.dst_ep,
+                        cookie: i.next_cookie(),
+                        off: 0,
+                        len: m.data.len() as u64,
+                    };
+                    let staged = sub
+                        .try_stage(&[&s.to_bytes(), m.data])
+                        .map_err(|e| Error::Protocol(e.to_string()))?;
+                    if !staged {
+                        // That cookie was not used: give it back.
+                        i.cookie.set(s.cookie);
+                        break;
+                    }
+                    n += 1;
+                }
+                if n == 0 {
+                    return Ok(None);
+                }
+                sub.publish();
+                drop(sub);
+                i.ring_doorbell();
+                Ok(Some(n))
+            });
+            match staged {
+                Ok(n) => sent += n,
+                Err(Error::Timeout) if sent > 0 => break,
+                Err(Error::Timeout) => return Err(Error::WouldBlock),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
     }
 
     /// Send a block filled in place (no copy on this side). The block is
@@ -1096,6 +1183,88 @@ impl Endpoint {
             i.free_block(d.off);
         }
         Ok(Some(r))
+    }
+
+    /// Hand up to `max` waiting messages to `f`, in order, as
+    /// [`Endpoint::try_recv_with`] does, giving their ring slots back to the
+    /// agent once for the batch; returns how many (0: none waiting). A large
+    /// message's block returns to the agent when `f` is done with it.
+    pub fn try_recv_many(
+        &self,
+        max: usize,
+        mut f: impl FnMut(&MessageRef<'_>),
+    ) -> Result<usize, Error> {
+        let i = &self.inner;
+        let mut rx = self.rx.borrow_mut();
+        let mut buf = i.recv_scratch.borrow_mut();
+        let mut n = 0;
+        let mut freed = false;
+        let mut step = || -> Result<bool, Error> {
+            if n >= max
+                || !rx
+                    .try_take(&mut buf)
+                    .map_err(|e| Error::Protocol(e.to_string()))?
+            {
+                return Ok(false);
+            }
+            n += 1;
+            let Some((d, payload)) = Delivery::parse(&buf) else {
+                return Err(Error::Protocol("malformed delivery".into()));
+            };
+            let (data, block) = if d.off == Delivery::INLINE {
+                (payload, None)
+            } else {
+                let Some(data) = i.pool.block_slice(d.off, d.len) else {
+                    return Err(Error::Protocol("delivery outside the block region".into()));
+                };
+                (data, Some((d.off, d.len)))
+            };
+            f(&MessageRef {
+                src_node: d.src_node,
+                src_ep: d.src_ep,
+                data,
+                block,
+                keep_block: Cell::new(false),
+            });
+            if block.is_some() {
+                i.deferred_free.borrow_mut().push(d.off);
+                freed = true;
+            }
+            Ok(true)
+        };
+        let r = loop {
+            match step() {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        rx.release();
+        drop(rx);
+        if freed {
+            i.flush_deferred();
+            i.ring_doorbell();
+        }
+        r.map(|()| n)
+    }
+
+    /// Wait up to `timeout` for at least one message, then hand up to `max`
+    /// waiting ones to `f` (see [`Endpoint::try_recv_many`]); returns how
+    /// many ([`Error::Timeout`] when none came).
+    pub fn recv_many(
+        &self,
+        max: usize,
+        timeout: Duration,
+        mut f: impl FnMut(&MessageRef<'_>),
+    ) -> Result<usize, Error> {
+        if !self.open.get() {
+            return Err(Error::Closed);
+        }
+        let deadline = Deadline::new(timeout);
+        self.inner.wait(&deadline, || {
+            let n = self.try_recv_many(max, &mut f)?;
+            Ok((n > 0).then_some(n))
+        })
     }
 
     /// Wait up to `timeout` for the next message and hand it to `f` (see

@@ -238,6 +238,18 @@ impl Producer {
     /// Append one record made of the concatenation of `parts`. Returns
     /// `Ok(false)` when the ring has no room now.
     pub fn try_push(&mut self, parts: &[&[u8]]) -> Result<bool, RingError> {
+        let ok = self.try_stage(parts)?;
+        if ok {
+            self.publish();
+        }
+        Ok(ok)
+    }
+
+    /// Write one record like [`Producer::try_push`] but do not show it to
+    /// the consumer yet: [`Producer::publish`] shows every record staged
+    /// since, at once (a batch costs one store the consumer's core sees,
+    /// not one per record).
+    pub fn try_stage(&mut self, parts: &[&[u8]]) -> Result<bool, RingError> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let max = self.raw.geo.max_record();
         if len > max {
@@ -255,10 +267,14 @@ impl Producer {
             skip += p.len();
         }
         self.tail = self.tail.wrapping_add(RingGeometry::slots_for(len));
-        // Release: publishes the record bytes written above to the consumer's
-        // Acquire load of `tail`.
-        self.raw.tail().store(self.tail, Ordering::Release);
         Ok(true)
+    }
+
+    /// Show the consumer every record staged so far.
+    pub fn publish(&mut self) {
+        // Release: publishes the record bytes written before to the
+        // consumer's Acquire load of `tail`.
+        self.raw.tail().store(self.tail, Ordering::Release);
     }
 
     /// Records (in slots) the consumer has not taken yet, as last seen.
@@ -328,6 +344,16 @@ impl Consumer {
     /// Take the next record, copying it into `out` (cleared first). Returns
     /// `Ok(false)` when the ring is empty.
     pub fn try_pop(&mut self, out: &mut Vec<u8>) -> Result<bool, RingError> {
+        let ok = self.try_take(out)?;
+        if ok {
+            self.release();
+        }
+        Ok(ok)
+    }
+
+    /// Take the next record like [`Consumer::try_pop`] but keep its slots
+    /// from the producer until [`Consumer::release`] (one store for a batch).
+    pub fn try_take(&mut self, out: &mut Vec<u8>) -> Result<bool, RingError> {
         let avail = self.available()?;
         if avail == 0 {
             return Ok(false);
@@ -346,9 +372,13 @@ impl Consumer {
         out.resize(len, 0);
         self.raw.read_at(self.head, FRAMING, out);
         self.head = self.head.wrapping_add(slots);
-        // Release: the slots just copied may now be overwritten.
-        self.raw.head().store(self.head, Ordering::Release);
         Ok(true)
+    }
+
+    /// Give the producer back the slots of every record taken so far.
+    pub fn release(&mut self) {
+        // Release: the slots copied before may now be overwritten.
+        self.raw.head().store(self.head, Ordering::Release);
     }
 }
 

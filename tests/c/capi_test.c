@@ -106,6 +106,24 @@ struct blocked_recv {
     double took;
 };
 
+/* wyvern_recv_many's callback: check message `next` of the batch test. */
+struct batch_check {
+    unsigned next;
+    uint32_t src_node, src_ep;
+    int bad;
+};
+static size_t batch_size(unsigned k) { return (k % 50 == 49) ? 100000 : 1 + k % 300; }
+static void on_batch_msg(void *ctx, uint32_t src_node, uint32_t src_ep, const void *data,
+                         size_t len) {
+    struct batch_check *b = ctx;
+    unsigned k = b->next++;
+    if (src_node != b->src_node || src_ep != b->src_ep || len != batch_size(k) ||
+        !intact(data, len, 1000 + k)) {
+        fprintf(stderr, "batch message %u: from (%u,%u), %zu bytes\n", k, src_node, src_ep, len);
+        b->bad++;
+    }
+}
+
 static void *recv_in_thread(void *arg) {
     struct blocked_recv *b = arg;
     uint8_t buf[16];
@@ -168,6 +186,42 @@ int main(int argc, char **argv) {
         size_t sz = (k % 2) ? 200000 : 10 + k, len = 0;
         OK(wyvern_recv(eb, rbuf, 3u << 20, &len, TIMEOUT));
         CHECK(len == sz && intact(rbuf, sz, k), "message %u of a burst: %zu bytes", k, len);
+    }
+
+    /* ---- batches: 1000 messages (every 50th above eager_max) in one call, read in batches */
+    {
+        enum { N = 1000 };
+        wyvern_out *out = calloc(N, sizeof *out);
+        uint8_t *bytes = malloc((size_t)N * 100000);
+        CHECK(out && bytes, "malloc");
+        for (unsigned k = 0; k < N; k++) {
+            uint8_t *p = bytes + (size_t)k * 100000;
+            fill(p, batch_size(k), 1000 + k);
+            out[k] = (wyvern_out){.dst_node = 1, .dst_ep = idb, .data = p, .len = batch_size(k)};
+        }
+        size_t sent = 0;
+        OK(wyvern_send_many(ea, out, N, &sent, TIMEOUT));
+        CHECK(sent == N, "send_many submitted %zu of %d", sent, N);
+        struct batch_check bc = {.next = 0, .src_node = 0, .src_ep = ida, .bad = 0};
+        unsigned calls = 0;
+        while (bc.next < N && calls < 100000) {
+            size_t got = 0;
+            OK(wyvern_recv_many(eb, 64, on_batch_msg, &bc, &got, TIMEOUT));
+            CHECK(got >= 1 && got <= 64, "recv_many gave %zu", got);
+            calls++;
+        }
+        CHECK(bc.next == N && bc.bad == 0, "batch: %u received, %d bad", bc.next, bc.bad);
+        size_t got = 7;
+        FAILS(wyvern_recv_many(eb, 64, on_batch_msg, &bc, &got, 0), WYVERN_EAGAIN);
+        CHECK(got == 0, "nothing waiting, yet %zu", got);
+        FAILS(wyvern_recv_many(eb, 64, NULL, &bc, &got, 0), WYVERN_EINVAL);
+        FAILS(wyvern_send_many(ea, NULL, 3, &sent, 0), WYVERN_EINVAL);
+        out[1].data = NULL;
+        FAILS(wyvern_send_many(ea, out, 3, &sent, 0), WYVERN_EINVAL);
+        OK(wyvern_send_many(ea, out, 0, &sent, 0));
+        CHECK(sent == 0, "an empty batch sent %zu", sent);
+        free(out);
+        free(bytes);
     }
 
     /* ---- a receive buffer too small: the needed length, the message kept */
