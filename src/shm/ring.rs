@@ -420,6 +420,30 @@ mod tests {
     }
 
     #[test]
+    fn staged_records_are_shown_at_publish_and_taken_slots_given_back_at_release() {
+        let geo = RingGeometry::new(64);
+        let mut buf = Buf::new(geo);
+        let (mut p, mut c) = pair(geo, &mut buf);
+        let mut out = Vec::new();
+        for k in 0..3u8 {
+            assert!(p.try_stage(&[&[k; 10]]).unwrap());
+        }
+        assert!(!c.try_pop(&mut out).unwrap(), "a staged record was visible");
+        p.publish();
+        let free_before = p.free_slots().unwrap();
+        assert!(c.try_take(&mut out).unwrap());
+        assert_eq!(out, vec![0; 10]);
+        assert!(c.try_take(&mut out).unwrap());
+        assert_eq!(out, vec![1; 10]);
+        assert_eq!(p.free_slots().unwrap(), free_before, "taken slots freed before release");
+        c.release();
+        assert!(p.free_slots().unwrap() > free_before);
+        assert!(c.try_pop(&mut out).unwrap());
+        assert_eq!(out, vec![2; 10]);
+        assert!(!c.try_pop(&mut out).unwrap());
+    }
+
+    #[test]
     fn empty_ring_pops_nothing() {
         let geo = RingGeometry::new(16);
         let mut buf = Buf::new(geo);
