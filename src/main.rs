@@ -68,6 +68,8 @@ enum Cmd {
 }
 
 #[derive(clap::Args)]
+// `info` prints the configuration anyway: the agent's --print-config means nothing here.
+#[command(mut_arg("print_config", |a| a.hide(true)))]
 struct InfoArgs {
     /// Print JSON instead of the report.
     #[arg(long)]

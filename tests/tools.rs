@@ -449,6 +449,20 @@ fn ping_and_bw_measure_every_size_against_a_responder_and_check_the_payloads() {
     assert_eq!(num(" damaged"), 0, "{summary}");
 }
 
+/// A responder whose agent goes away first still says what it did, and why
+/// it stopped.
+#[test]
+fn a_responder_whose_agent_dies_says_so_with_its_summary() {
+    let mut c = Cluster::start(2, &[]);
+    let srv = responder(&c, 1);
+    c.kill_agent(1);
+    let summary = srv.line(Duration::from_secs(20));
+    assert!(
+        summary.starts_with("wyvern responder: stopped (") && summary.contains("pings echoed"),
+        "{summary}"
+    );
+}
+
 #[test]
 fn ping_without_a_responder_names_the_node() {
     let c = Cluster::start(2, &[]);

@@ -435,7 +435,11 @@ mod tests {
         assert_eq!(out, vec![0; 10]);
         assert!(c.try_take(&mut out).unwrap());
         assert_eq!(out, vec![1; 10]);
-        assert_eq!(p.free_slots().unwrap(), free_before, "taken slots freed before release");
+        assert_eq!(
+            p.free_slots().unwrap(),
+            free_before,
+            "taken slots freed before release"
+        );
         c.release();
         assert!(p.free_slots().unwrap() > free_before);
         assert!(c.try_pop(&mut out).unwrap());

@@ -318,7 +318,10 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
     let mut acks: Vec<((u32, u32), Ctl)> = Vec::new();
     let mut last_errors = Instant::now();
     let mut last_busy = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    let end: Result<(), String> = 'serve: loop {
+        if stop.load(Ordering::Relaxed) {
+            break 'serve Ok(());
+        }
         let mut busy = false;
         // Echo: back as it came.
         for _ in 0..64 {
@@ -328,7 +331,7 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
                     echo_back(&echo, &m, t, &mut echoed);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(format!("echo endpoint: {e}")),
+                Err(e) => break 'serve Err(format!("echo endpoint: {e}")),
             }
         }
         // Sink: check and count, ack every window.
@@ -356,7 +359,7 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
             match r {
                 Ok(Some(())) => busy = true,
                 Ok(None) => break,
-                Err(e) => return Err(format!("sink endpoint: {e}")),
+                Err(e) => break 'serve Err(format!("sink endpoint: {e}")),
             }
         }
         for ((node, ep), m) in acks.drain(..) {
@@ -413,7 +416,7 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
                 }
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("control endpoint: {e}")),
+            Err(e) => break 'serve Err(format!("control endpoint: {e}")),
         }
         if last_errors.elapsed() > Duration::from_millis(200) {
             // Replies to clients that went away come back as errors: drain them.
@@ -435,20 +438,25 @@ fn serve(a: &PerfArgs, socket: &Path) -> Result<(), String> {
             match echo.recv(Duration::from_millis(1)) {
                 Ok(m) => echo_back(&echo, &m, t, &mut echoed),
                 Err(Error::Timeout) => {}
-                Err(e) => return Err(format!("echo endpoint: {e}")),
+                Err(e) => break 'serve Err(format!("echo endpoint: {e}")),
             }
         }
-    }
+    };
     let (checked, damaged) = (
         checked + senders.values().map(|s| s.got).sum::<u64>(),
         damaged + senders.values().map(|s| s.bad).sum::<u64>(),
     );
+    // Said also when the agent went first (the error follows).
+    let why = match &end {
+        Ok(()) => "stopped".to_string(),
+        Err(e) => format!("stopped ({e})"),
+    };
     outln!(
-        "wyvern responder: stopped: {echoed} pings echoed, {checked} bw messages checked, \
+        "wyvern responder: {why}: {echoed} pings echoed, {checked} bw messages checked, \
          {damaged} damaged, {stray} stray"
     );
     let _ = c.detach();
-    Ok(())
+    end
 }
 
 fn echo_back(echo: &Endpoint, m: &Message, t: Duration, echoed: &mut u64) {
