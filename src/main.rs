@@ -59,6 +59,11 @@ enum Cmd {
     /// RDMA devices and GIDs, DPDK, hugepages, memlock, and the configuration
     /// an agent with the same `-c FILE` and flags would run with.
     Info(Box<InfoArgs>),
+    /// Preflight: would an agent with this `-c FILE` and these flags get what
+    /// it asks for on this machine (hugepages, memlock, RDMA device, DPDK
+    /// drivers, socket directory, cores, clock)? Each problem with its fix;
+    /// exits 1 when one would stop the agent or deny it what it asks for.
+    Doctor(Box<InfoArgs>),
     /// Latency to another node's agent (run `wyvern ping --serve` there): an
     /// OSU-style table of sizes and µs.
     Ping(tools::perf::PerfArgs),
@@ -339,6 +344,24 @@ fn main() -> ExitCode {
                 tools::out(&info.render());
             }
             if info.config_error.is_some() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Doctor(a) => {
+            let InfoArgs { json, agent } = *a;
+            let cfg = agent.into_config().map(|(c, _)| c);
+            let info = tools::info::gather(cfg.clone());
+            let m = tools::doctor::Machine {
+                sys: std::path::Path::new("/sys"),
+            };
+            let report = tools::doctor::examine(cfg.as_ref().map_err(|e| e.as_str()), &info, &m);
+            if json {
+                tools::out(&(serde_json::to_string_pretty(&report).expect("serialisable") + "\n"));
+            } else {
+                tools::out(&report.render());
+            }
+            if report.failed() {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS

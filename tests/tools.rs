@@ -619,3 +619,138 @@ fn metrics_follow_prometheus_conventions_and_serve_concurrent_scrapes() {
     assert!(first.contains("wyvern_up{node=\"0\"} 1"), "{first}");
     drop(srv);
 }
+
+/// `wyvern doctor` with `args`: (exit code, the JSON report's checks by name).
+fn doctor(args: &[&str], prlimit_memlock: Option<u64>) -> (i32, Vec<serde_json::Value>) {
+    let mut cmd = match prlimit_memlock {
+        Some(b) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--memlock={b}")).arg(WYVERN);
+            c
+        }
+        None => Command::new(WYVERN),
+    };
+    cmd.arg("doctor").arg("--json").args(args);
+    let o = run_bounded(cmd, Duration::from_secs(30));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor {args:?}: {e}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    });
+    (
+        o.status.code().unwrap_or(-1),
+        v["checks"].as_array().unwrap().clone(),
+    )
+}
+
+fn verdict<'a>(checks: &'a [serde_json::Value], name: &str) -> (&'a str, &'a str) {
+    let c = checks
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {checks:?}"));
+    (c["verdict"].as_str().unwrap(), c["found"].as_str().unwrap())
+}
+
+/// Each check of the preflight, provoked on this machine: what would stop an
+/// agent or deny it what it asks for fails (exit 1) with the reason; advice
+/// warns; a configuration the machine serves passes (exit 0).
+#[test]
+fn doctor_finds_each_problem_it_checks_and_passes_a_good_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ok/agent.sock");
+    let sock = sock.to_str().unwrap();
+    // A small pool on normal pages, tcp, adaptive: nothing to fail here.
+    let (code, c) = doctor(
+        &["--socket", sock, "--no-hugepages", "--block-mib", "16"],
+        None,
+    );
+    assert_eq!(code, 0, "{c:?}");
+    assert_eq!(verdict(&c, "config").0, "ok");
+    assert_eq!(verdict(&c, "socket").0, "ok");
+    assert_eq!(
+        verdict(&c, "hugepages").0,
+        "warn",
+        "hugepages off is advice"
+    );
+
+    // Hugepages: a pool no reservation here can hold.
+    let (code, c) = doctor(&["--socket", sock, "--block-mib", "200000"], None);
+    assert_eq!(code, 1);
+    let (v, found) = verdict(&c, "hugepages");
+    assert!(
+        v == "fail" && found.contains("fall back to normal pages"),
+        "{found}"
+    );
+
+    // Cores: one that is not there; spinning without cores warns only.
+    let (code, c) = doctor(&["--socket", sock, "--cores", "4095"], None);
+    assert_eq!(code, 1);
+    assert!(verdict(&c, "cores").1.contains("4095"), "{c:?}");
+    let (_, c) = doctor(&["--socket", sock, "--idle", "spin"], None);
+    assert_eq!(verdict(&c, "cores").0, "warn");
+
+    // The socket's directory open to everyone: the agent would refuse it.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let s = open.join("a.sock");
+    let (code, c) = doctor(&["--socket", s.to_str().unwrap()], None);
+    assert_eq!(code, 1);
+    let (v, found) = verdict(&c, "socket");
+    assert!(
+        v == "fail" && found.contains("writable by others"),
+        "{found}"
+    );
+
+    // verbs: memlock below the pool it registers (and, outside the Soft-RoCE
+    // VM, no RDMA device at all).
+    let (code, c) = doctor(&["--socket", sock, "--transport", "verbs"], Some(65536));
+    assert_eq!(code, 1);
+    let (v, found) = verdict(&c, "memlock");
+    assert!(v == "fail" && found.contains("64 KiB"), "{found}");
+    let (v, _) = verdict(&c, "rdma");
+    assert!(
+        v == "fail" || std::env::var("WYVERN_RXE_VM").is_ok(),
+        "{c:?}"
+    );
+    // A device that is not there.
+    let (_, c) = doctor(
+        &[
+            "--socket",
+            sock,
+            "--transport",
+            "verbs",
+            "--verbs-device",
+            "nosuch9",
+        ],
+        None,
+    );
+    assert_eq!(verdict(&c, "rdma").0, "fail");
+
+    // dpdk: a virtual device whose driver is not installed.
+    let (code, c) = doctor(
+        &[
+            "--socket",
+            sock,
+            "--transport",
+            "dpdk",
+            "--dpdk-eal",
+            "--no-pci --vdev=net_nosuch0 --vdev=net_null0",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    let (v, found) = verdict(&c, "dpdk");
+    assert!(
+        v == "fail" && found.contains("net_nosuch") && !found.contains("net_null"),
+        "{found}"
+    );
+
+    // A configuration that does not load.
+    let (code, c) = doctor(&["--socket", sock, "--nodes", "not an address"], None);
+    assert_eq!(code, 1, "{c:?}");
+    let (v, found) = verdict(&c, "config");
+    assert!(v == "fail" && found.contains("not an address"), "{found}");
+}

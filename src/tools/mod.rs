@@ -1,5 +1,6 @@
 //! The tools a user runs beside the agent: `wyvern info` (what this build and
-//! machine offer), `wyvern ping` and `wyvern bw` (latency and bandwidth to
+//! machine offer), `wyvern doctor` (a preflight of an agent's configuration
+//! on this machine), `wyvern ping` and `wyvern bw` (latency and bandwidth to
 //! another node's agent). See docs/tools.md.
 
 /// `println!` through [`out`]: flushed, and quiet when the reader went away.
@@ -9,6 +10,7 @@ macro_rules! outln {
     };
 }
 
+pub mod doctor;
 pub mod info;
 pub mod perf;
 
