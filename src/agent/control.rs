@@ -467,7 +467,11 @@ impl Agent {
             pool_bytes: self.pool.len() as u64,
             blocks_free: self.blocks.free_bytes(),
             blocks_total: self.blocks.total_bytes(),
-            idle: format!("{:?}", self.cfg.idle).to_lowercase(),
+            idle: if self.counters.spin_shared {
+                "spin, yielding (core shared)".to_string()
+            } else {
+                format!("{:?}", self.cfg.idle).to_lowercase()
+            },
             uptime_s: self.start.elapsed().as_secs_f64(),
             rounds: self.counters.rounds,
             transport: stats
@@ -481,6 +485,7 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             sleeps: self.counters.sleeps,
+            preempted: self.counters.preempted,
             local_msgs: self.counters.local_msgs,
             clients_evicted: self.clients.evicted,
             clients_departed_reclaimed: self.clients.departed_reclaimed,

@@ -274,6 +274,13 @@ fn registry(s: &Snapshot) -> Registry {
         s.sleeps,
     );
     p.counter(
+        "preemptions",
+        None,
+        "Times the spinning polling thread was preempted (its core is shared)",
+        none(),
+        s.preempted,
+    );
+    p.counter(
         "local_messages",
         None,
         "Messages delivered between clients of this node",
@@ -653,6 +660,7 @@ mod tests {
             uptime_s: 1.5,
             rounds: 10,
             sleeps: 2,
+            preempted: 0,
             local_msgs: 5,
             clients_evicted: 0,
             clients_departed_reclaimed: 0,

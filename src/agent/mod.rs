@@ -166,6 +166,11 @@ struct AgentCounters {
     local_msgs: u64,
     /// Pool pages a client punched out that the agent now holds privately.
     pool_pages_damaged: u64,
+    /// Times a spinning polling thread was preempted (involuntary context
+    /// switches: another thread wanted its core).
+    preempted: u64,
+    /// A spinning agent found its core shared and now yields it when idle.
+    spin_shared: bool,
 }
 
 /// The agent.

@@ -23,12 +23,23 @@ const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
 /// At most one heap trim ([`crate::shm::release_free_heap`]) this often.
 const HEAP_TRIM_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a spinning agent looks whether its core is shared.
+const SHARED_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Preemptions in [`SHARED_CHECK_EVERY`] that say the core is shared (a core
+/// of its own sees a kernel thread now and then, not this many).
+const SHARED_PREEMPTIONS: u64 = 5;
+/// Empty polls a spinning agent on a shared core spins before each yield.
+const SHARED_HOT_POLLS: u32 = 64;
+
 /// What the run loop keeps from one round to the next.
 pub struct Rounds {
     events: Vec<EpollEvent>,
     next_tick: Instant,
     /// `None`: never sleep, never yield (a simulation drives the rounds).
     backoff: Option<Backoff>,
+    /// The spin policy's check of a shared core: when next, and the
+    /// polling thread's involuntary context switches then.
+    shared_check: Option<(Instant, u64)>,
 }
 
 impl Agent {
@@ -43,10 +54,13 @@ impl Agent {
             }
             IdlePolicy::Spin => Backoff::spinning(self.now),
         };
+        let shared_check = (self.cfg.idle == IdlePolicy::Spin)
+            .then(|| (self.now + SHARED_CHECK_EVERY, preemptions()));
         let mut r = Rounds {
             events: vec![EpollEvent::empty(); 64],
             next_tick: self.now,
             backoff: Some(backoff),
+            shared_check,
         };
         while !self.stop.load(Ordering::Relaxed) {
             self.round(&mut r);
@@ -63,6 +77,7 @@ impl Agent {
             events: vec![EpollEvent::empty(); 64],
             next_tick: self.now,
             backoff: None,
+            shared_check: None,
         }
     }
 
@@ -132,6 +147,7 @@ impl Agent {
             self.link_events();
             self.peer_timers(now);
             self.expire_conns(now);
+            self.check_shared_core(r, now);
             r.next_tick = now + TICK;
         }
         self.clients.wake(&self.pool);
@@ -141,6 +157,34 @@ impl Agent {
             }
         }
         work
+    }
+
+    /// A spinning agent whose thread keeps being preempted shares its core
+    /// with other work (more spinning processes than cores): a client on that
+    /// core then waits for the scheduler's time slice, milliseconds per hop.
+    /// Say so once, count it, and from then on yield the core after a few
+    /// empty polls (never sleep: still a spinning agent).
+    fn check_shared_core(&mut self, r: &mut Rounds, now: Instant) {
+        let Some((at, before)) = r.shared_check else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        let n = preemptions();
+        let d = n.saturating_sub(before);
+        self.counters.preempted += d;
+        r.shared_check = Some((now + SHARED_CHECK_EVERY, n));
+        if d >= SHARED_PREEMPTIONS && !self.counters.spin_shared {
+            self.counters.spin_shared = true;
+            log::warn!(
+                "idle policy 'spin': the polling thread was preempted {d} times in the last \
+                 second, so its core is shared with other work; it now yields the core after \
+                 {SHARED_HOT_POLLS} empty polls (give the agent a core of its own: --cores N on \
+                 an isolated core, or use --idle adaptive)"
+            );
+            r.backoff = Some(Backoff::new(Duration::MAX, SHARED_HOT_POLLS, now));
+        }
     }
 
     /// Sleep until something is ready, a client rings, or the next tick;
@@ -283,4 +327,10 @@ impl Agent {
         }
         let _ = std::fs::remove_file(&self.cfg.socket);
     }
+}
+
+/// Involuntary context switches of the calling thread so far.
+fn preemptions() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(0, |u| u.involuntary_context_switches() as u64)
 }

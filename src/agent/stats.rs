@@ -107,6 +107,10 @@ pub struct Snapshot {
     pub rounds: u64,
     /// Times the agent went to sleep (adaptive).
     pub sleeps: u64,
+    /// Times the spinning polling thread was preempted (another thread wanted
+    /// its core; the spin policy only).
+    #[serde(default)]
+    pub preempted: u64,
     /// Messages delivered node-locally.
     pub local_msgs: u64,
     /// Clients detached for misbehaving.
@@ -468,6 +472,7 @@ mod tests {
             uptime_s,
             rounds: 1000,
             sleeps: 10,
+            preempted: 0,
             local_msgs: 0,
             clients_evicted: 0,
             clients_departed_reclaimed: 0,

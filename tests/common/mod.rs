@@ -285,7 +285,11 @@ impl Cluster {
         ])
         .arg("--socket")
         .arg(self.socket(i))
-        .args(["--idle", "adaptive"])
+        .args(if extra.contains(&"--idle") {
+            &[][..]
+        } else {
+            &["--idle", "adaptive"][..]
+        })
         .args(if extra.contains(&"--heartbeat-ms") {
             &[][..]
         } else {
