@@ -496,6 +496,33 @@ int wyvern_recv_many(struct wyvern_endpoint *ep,
                      int64_t timeout_us);
 
 /*
+ The descriptor to wait on in an event loop (poll, epoll, libuv, ...) for
+ `ep`'s next message, stored in `*out_fd`; use `wyvern_arm` before the
+ wait and `wyvern_disarm` after. It is the client's (shared by its
+ endpoints: a wake-up may be for another one; receive with timeout 0 and
+ arm again when nothing came), owned by the client: do not close it.
+
+ # Safety
+ `out_fd` is NULL or valid for a write of an `int`.
+ */
+int wyvern_wait_fd(struct wyvern_endpoint *ep, int *out_fd);
+
+/*
+ Before waiting on `wyvern_wait_fd`'s descriptor: asks the agent to make
+ it readable for anything new. Returns 1: armed, wait, then
+ `wyvern_disarm`; 0: a message is already waiting (receive now, nothing
+ armed); or a negative error code.
+ */
+int wyvern_arm(struct wyvern_endpoint *ep);
+
+/*
+ After the wait on `wyvern_wait_fd`'s descriptor (it was readable, or the
+ wait ended): the agent need not make it readable any more, and what it
+ signalled is taken.
+ */
+int wyvern_disarm(struct wyvern_endpoint *ep);
+
+/*
  Whether a message is ready, without waiting: 1 if one is (it is fetched
  from the ring and is the next one `wyvern_recv*` returns, at once), 0 if
  none, or a negative error code.

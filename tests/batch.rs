@@ -119,3 +119,34 @@ fn a_batch_the_ring_cannot_take_is_submitted_in_part_and_says_how_much() {
     ));
     println!("{sent} of {} submitted in {took:?}", msgs.len());
 }
+
+/// An endpoint's wait descriptor: armed and nothing there, it stays quiet; a
+/// message makes it readable; with a message already waiting, `arm` says so
+/// and arms nothing.
+#[test]
+fn the_wait_descriptor_is_readable_once_a_message_comes() {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use wyvern::client::Mode;
+    let c = Cluster::start(2, &[]);
+    let a = Client::attach(c.socket(0), "fd-tx").unwrap();
+    let tx = a.open_endpoint(None).unwrap();
+    let b = Client::attach(c.socket(1), "fd-rx").unwrap();
+    let rx = b.open_endpoint(None).unwrap();
+    let readable = |ms: u16| {
+        let mut fds = [PollFd::new(rx.wait_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(ms)).unwrap() == 1
+    };
+    assert!(rx.arm().unwrap());
+    assert!(!readable(100), "readable with nothing sent");
+    let t0 = Instant::now();
+    tx.send(1, rx.id(), b"wake", Mode::Buffered, Duration::from_secs(10))
+        .unwrap();
+    assert!(readable(10_000), "not readable after a message came");
+    println!("woken {:?} after the send", t0.elapsed());
+    rx.disarm();
+    assert!(!rx.arm().unwrap(), "arm did not see the waiting message");
+    assert_eq!(rx.try_recv().unwrap().unwrap().data(), b"wake");
+    assert!(rx.arm().unwrap());
+    rx.disarm();
+    assert!(!readable(50), "readable after disarm with nothing new");
+}

@@ -170,6 +170,44 @@ def test_batches(pair):
         b.recv_many(0)
 
 
+def test_asyncio_waits_on_the_endpoint_descriptor(pair):
+    import asyncio
+    import select
+
+    a, b = pair
+    # By hand: armed, nothing yet; a message makes the descriptor readable.
+    assert b.arm() is True
+    assert select.select([b.fileno()], [], [], 0)[0] == []
+    a.send(1, b.id, b"ring", delivered=True, timeout=10)
+    assert select.select([b.fileno()], [], [], 10)[0] == [b.fileno()]
+    b.disarm()
+    assert b.arm() is False  # a message waits: nothing armed
+    assert b.recv(timeout=0) == b"ring"
+
+    async def main():
+        # The loop stays free while recv_async waits: a timer task runs.
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, lambda: a.send(1, b.id, b"later", timeout=10))
+        got = await b.recv_async(timeout=10)
+        with pytest.raises(wyvern.TimeoutError):
+            await b.recv_async(timeout=0.05)
+        t.cancel()
+        return got, ticks
+
+    (data, node, ep), ticks = asyncio.run(main())
+    assert (data, node, ep) == (b"later", 0, a.id)
+    assert ticks >= 5, ticks
+
+
 def test_poll_and_timeouts(pair):
     a, b = pair
     assert b.poll() is False

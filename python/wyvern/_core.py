@@ -374,6 +374,53 @@ class Endpoint:
         block returns to the agent at Message.release() (see Message)."""
         return Message(self._client, self._recv_zc(timeout))
 
+    def fileno(self):
+        """The descriptor to wait on in an event loop (select, selectors,
+        asyncio's add_reader) for this endpoint's next message, with arm()
+        before and disarm() after the wait (see recv_async). Shared by the
+        client's endpoints: a wake-up may be for another one."""
+        fd = ffi.new("int *")
+        _check(lib.wyvern_wait_fd(self._handle(), fd))
+        return fd[0]
+
+    def arm(self):
+        """Before waiting on fileno(): True when armed (wait, then
+        disarm()); False when a message is already waiting (receive now)."""
+        return _check(lib.wyvern_arm(self._handle())) == 1
+
+    def disarm(self):
+        """After waiting on fileno()."""
+        _check(lib.wyvern_disarm(self._handle()))
+
+    async def recv_async(self, timeout=None):
+        """The next message as (bytes, src_node, src_ep), awaited in the
+        running asyncio loop (the loop watches fileno(); nothing blocks it).
+        timeout: seconds, None waits as long as it takes; TimeoutError after
+        it."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        fd = self.fileno()
+        while True:
+            try:
+                return self.recv_from(timeout=0)
+            except E.WouldBlockError:
+                pass
+            if not self.arm():
+                continue
+            ready = loop.create_future()
+            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    await asyncio.wait_for(ready, left)
+                except asyncio.TimeoutError:
+                    raise E.TimeoutError("no message within %s s" % timeout, code=E.ETIMEDOUT) from None
+            finally:
+                loop.remove_reader(fd)
+                self.disarm()
+
     def poll(self):
         """True if a message is ready (the next receive returns it at once);
         never waits."""

@@ -52,6 +52,9 @@ int wyvern_send_many(wyvern_endpoint *ep, const wyvern_out *msgs, size_t n, size
 int wyvern_recv_many(wyvern_endpoint *ep, size_t max, wyvern_recv_fn f, void *ctx,
                      size_t *out_n, int64_t timeout_us);
 int wyvern_poll(wyvern_endpoint *ep);
+int wyvern_wait_fd(wyvern_endpoint *ep, int *out_fd);
+int wyvern_arm(wyvern_endpoint *ep);
+int wyvern_disarm(wyvern_endpoint *ep);
 const void *wyvern_msg_data(wyvern_msg *msg);
 int64_t wyvern_msg_len(wyvern_msg *msg);
 int wyvern_msg_src(wyvern_msg *msg, uint32_t *out_node, uint32_t *out_ep);

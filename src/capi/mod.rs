@@ -1086,6 +1086,57 @@ pub unsafe extern "C" fn wyvern_recv_many(
     })
 }
 
+/// The descriptor to wait on in an event loop (poll, epoll, libuv, ...) for
+/// `ep`'s next message, stored in `*out_fd`; use `wyvern_arm` before the
+/// wait and `wyvern_disarm` after. It is the client's (shared by its
+/// endpoints: a wake-up may be for another one; receive with timeout 0 and
+/// arm again when nothing came), owned by the client: do not close it.
+///
+/// # Safety
+/// `out_fd` is NULL or valid for a write of an `int`.
+#[no_mangle]
+pub unsafe extern "C" fn wyvern_wait_fd(ep: *mut wyvern_endpoint, out_fd: *mut c_int) -> c_int {
+    ffi("wyvern_wait_fd", || {
+        nonnull(out_fd, "out_fd")?;
+        let fd = with_ep(id(ep), |e| {
+            use std::os::fd::AsRawFd;
+            Ok(e.ep.wait_fd().as_raw_fd())
+        })?;
+        // SAFETY: checked non-NULL; the caller's promise otherwise.
+        unsafe { put(out_fd, fd) };
+        Ok(WYVERN_OK)
+    })
+}
+
+/// Before waiting on `wyvern_wait_fd`'s descriptor: asks the agent to make
+/// it readable for anything new. Returns 1: armed, wait, then
+/// `wyvern_disarm`; 0: a message is already waiting (receive now, nothing
+/// armed); or a negative error code.
+#[no_mangle]
+pub extern "C" fn wyvern_arm(ep: *mut wyvern_endpoint) -> c_int {
+    ffi("wyvern_arm", || {
+        with_ep(id(ep), |e| {
+            if e.pending.is_some() {
+                return Ok(0);
+            }
+            Ok(c_int::from(e.ep.arm()?))
+        })
+    })
+}
+
+/// After the wait on `wyvern_wait_fd`'s descriptor (it was readable, or the
+/// wait ended): the agent need not make it readable any more, and what it
+/// signalled is taken.
+#[no_mangle]
+pub extern "C" fn wyvern_disarm(ep: *mut wyvern_endpoint) -> c_int {
+    ffi("wyvern_disarm", || {
+        with_ep(id(ep), |e| {
+            e.ep.disarm();
+            Ok(WYVERN_OK)
+        })
+    })
+}
+
 /// Whether a message is ready, without waiting: 1 if one is (it is fetched
 /// from the ring and is the next one `wyvern_recv*` returns, at once), 0 if
 /// none, or a negative error code.

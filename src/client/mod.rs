@@ -1299,6 +1299,52 @@ impl Endpoint {
         self.inner.wait(&deadline, || self.try_recv())
     }
 
+    /// A descriptor to wait on in an event loop (poll, epoll, asyncio's
+    /// `add_reader`) for this endpoint's next message, with [`Endpoint::arm`]
+    /// and [`Endpoint::disarm`] around the wait: it becomes readable when the
+    /// agent gives the client something after `arm` (it is the client's bell,
+    /// shared by its endpoints, so a wake-up may be for another of them:
+    /// receive with `try_recv*` and arm again when it gave nothing).
+    pub fn wait_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.bell.as_fd()
+    }
+
+    /// Before waiting on [`Endpoint::wait_fd`]: tells the agent to ring it
+    /// for anything new. `Ok(false)`: a message is already waiting (nothing
+    /// was armed: receive now); `Ok(true)`: wait for the descriptor, then
+    /// [`Endpoint::disarm`].
+    pub fn arm(&self) -> Result<bool, Error> {
+        if !self.open.get() {
+            return Err(Error::Closed);
+        }
+        if self.inner.gone.get() {
+            return Err(Error::AgentGone);
+        }
+        // Wake-ups left from earlier waits would make the descriptor
+        // readable at once.
+        self.inner.drain_bell();
+        let word = self.inner.pool.client_sleeping(self.inner.slot);
+        announce_sleep(word);
+        // Looked at after the announcement: a message deposited before it
+        // is seen here, one after it rings the bell.
+        let empty = self
+            .rx
+            .borrow_mut()
+            .is_empty()
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if !empty {
+            announce_awake(word);
+        }
+        Ok(empty)
+    }
+
+    /// After waiting (the descriptor was readable, or the wait ended): the
+    /// agent need not ring any more, and the wake-ups it sent are taken.
+    pub fn disarm(&self) {
+        announce_awake(self.inner.pool.client_sleeping(self.inner.slot));
+        self.inner.drain_bell();
+    }
+
     /// Close the endpoint; messages still in its ring are dropped.
     pub fn close(self) -> Result<(), Error> {
         self.open.set(false);

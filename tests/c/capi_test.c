@@ -12,6 +12,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +223,32 @@ int main(int argc, char **argv) {
         CHECK(sent == 0, "an empty batch sent %zu", sent);
         free(out);
         free(bytes);
+    }
+
+    /* ---- the wait descriptor for event loops */
+    {
+        int fd = -1;
+        OK(wyvern_wait_fd(eb, &fd));
+        CHECK(fd >= 0, "wait fd %d", fd);
+        /* The agent may still ring for earlier work (the frees of the batch's
+           blocks): a wake-up may be spurious, but they must settle. */
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int quiet = 0;
+        for (int k = 0; k < 20 && !quiet; k++) {
+            CHECK(wyvern_arm(eb) == 1, "armed with nothing waiting");
+            quiet = poll(&p, 1, 50) == 0;
+            if (!quiet)
+                OK(wyvern_disarm(eb));
+        }
+        CHECK(quiet, "readable with nothing sent, 20 times");
+        OK(wyvern_send(ea, 1, idb, "fd", 2, WYVERN_BUFFERED, TIMEOUT));
+        CHECK(poll(&p, 1, 10000) == 1, "not readable after a message came");
+        OK(wyvern_disarm(eb));
+        CHECK(wyvern_arm(eb) == 0, "a message waits: nothing armed");
+        size_t l = 0;
+        OK(wyvern_recv(eb, rbuf, 16, &l, 0));
+        CHECK(l == 2 && memcmp(rbuf, "fd", 2) == 0, "the message after the wait");
+        FAILS(wyvern_wait_fd(eb, NULL), WYVERN_EINVAL);
     }
 
     /* ---- a receive buffer too small: the needed length, the message kept */
