@@ -238,7 +238,7 @@ pub fn impaired_link(
     let s = [settled_clean(c, 0), settled_clean(c, 1)];
     let sum = |name| counter_sum(&[&s[0], &s[1]], name);
     eprintln!(
-        "impaired ({label}): {imp:?}; agents: resent {} corrupt {} duplicate {}",
+        "impaired {label}: {imp:?}; agents: resent {} corrupt {} duplicate {}",
         sum("packets_resent"),
         sum("packets_corrupt"),
         sum("packets_duplicate")
