@@ -341,8 +341,8 @@ fn client_killed_mid_stream_is_reclaimed_and_others_go_on() {
 /// not, and is then reported lost.
 #[test]
 fn killed_agent_is_reported_lost_to_senders() {
-    let tmo = scenarios::killed_peer_timeout_ms();
-    let mut c = Cluster::start(3, &["--peer-timeout-ms", tmo]);
+    let tmo = scenarios::killed_peer_timeout_ms().to_string();
+    let mut c = Cluster::start(3, &["--peer-timeout-ms", &tmo]);
     scenarios::killed_peer_is_reported_lost(&mut c);
 }
 

@@ -366,7 +366,7 @@ pub fn broken_link_resumes(
 /// to it fail with "destination node lost", buffered ones waiting there are
 /// reported once; the survivors (nodes 0 and 1) go on talking; and when node 2
 /// comes back (a new agent process) its link is made again and messages flow.
-/// Start the cluster with a short `--peer-timeout-ms` ([`killed_peer_timeout_ms`]).
+/// Start the cluster with `--peer-timeout-ms` [`killed_peer_timeout_ms`] (short).
 pub fn killed_peer_is_reported_lost(c: &mut Cluster) {
     assert_eq!(c.agents.len(), 3, "three nodes");
     let rx = c.peer(2, &["--ep", "5", "recv", "--count", "100000000"]);
@@ -384,6 +384,8 @@ pub fn killed_peer_is_reported_lost(c: &mut Cluster) {
             "60000",
         ],
     );
+    // It waits for the loss report: a peer timeout after the kill, and then some.
+    let linger = (killed_peer_timeout_ms() + 3000).to_string();
     let tx_buffered = c.peer(
         0,
         &[
@@ -395,7 +397,7 @@ pub fn killed_peer_is_reported_lost(c: &mut Cluster) {
             "--count",
             "1000",
             "--linger-ms",
-            "3000",
+            &linger,
         ],
     );
     let tx = c.peer(
@@ -466,11 +468,11 @@ pub fn killed_peer_is_reported_lost(c: &mut Cluster) {
 /// The peer timeout [`killed_peer_is_reported_lost`] wants: short, so the loss
 /// is reported soon; 5 s on verbs, whose emulated guest can stall for a second
 /// or more (the survivors must not be declared lost for that).
-pub fn killed_peer_timeout_ms() -> &'static str {
+pub fn killed_peer_timeout_ms() -> u64 {
     if transport() == "verbs" {
-        "5000"
+        5000
     } else {
-        "1000"
+        1000
     }
 }
 
