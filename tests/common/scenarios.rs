@@ -217,9 +217,10 @@ pub struct Impaired {
 /// packets (`c` was started behind it): `n` messages of [`MIXED`] sizes from
 /// each of three senders, two from node 0 (buffered, delivered), one back. Every
 /// message arrives once, in order, intact; losses were repaired by resending
-/// (large messages' packets straight from their pool blocks), damage caught by
-/// the checksum, nobody declared lost, no block leaked. `stop` ends the
-/// impairment and says what it did (`label` names its seed).
+/// (large messages' packets straight from their pool blocks, small ones' from
+/// their frames), damage caught by the checksum, nobody declared lost, no block
+/// leaked. `stop` ends the impairment and says what it did (`label` names its
+/// seed).
 pub fn impaired_link(
     c: &Cluster,
     n: u64,
@@ -251,6 +252,8 @@ pub fn impaired_link(
     );
     assert!(sum("packets_tx_from_pool") > 0, "{} {}", s[0], s[1]);
     assert!(sum("packets_resent_from_pool") > 0, "{} {}", s[0], s[1]);
+    // Small messages' frames too, packet by packet, not copied.
+    assert!(sum("packets_tx_from_frame") > 0, "{} {}", s[0], s[1]);
     assert!(
         sum("packets_corrupt") > 0,
         "damaged packets were not caught by the checksum: {} {}",
