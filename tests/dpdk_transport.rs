@@ -4,6 +4,13 @@
 //! `--file-prefix`, `--no-shconf`, no hugepages). Clients (`wyvern-peer`) run in the
 //! namespaces too; their control sockets are Unix sockets on the shared filesystem.
 //!
+//! What needs more than `Cluster::start` on the dpdk transport gives lives here: the
+//! shared scenarios with a DPDK child of their own (an impaired middle hop, a garbage
+//! injector), and what only dpdk has (MACs, jumbo frames, start-up errors, the demo).
+//! Every size class, a broken link and three nodes on a bridge run in the end-to-end
+//! suite on dpdk (`WYVERN_TEST_TRANSPORT=dpdk --test e2e`; docs/development.md, "The
+//! test matrix").
+//!
 //! Skips, with a loud `*** SKIPPED` message, only where a namespace cannot be made.
 //! The namespaces are removed on every path (the `Testbed` guard).
 
@@ -16,8 +23,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::relay::Lcg;
+use common::scenarios::{self, Impaired};
 use common::testbed::Testbed;
-use common::{assert_ok, counter, stat_settled, Cluster, Proc};
+use common::{check, counter, stat_settled, Cluster, Proc};
 use wyvern::transport::dpdk::{
     classify, write_header, Eal, FrameKind, MacAddr, Mbuf, PktPool, Port, PortConfig, ETHERTYPE,
     ETH_HEADER,
@@ -25,195 +33,15 @@ use wyvern::transport::dpdk::{
 use wyvern::wire::packet::{encode, PacketHeader, PktKind};
 use wyvern::wire::reliable::Ack;
 
-const T: Duration = Duration::from_secs(120);
-
-/// Every size class from 0 B to 64 MiB, inline and block paths on both sides.
-const SIZES: &str =
-    "0,1,7,8,63,64,65,200,4095,4096,4097,65536,262144,262145,1048576,3000001,67108864";
-
-fn check_clean(c: &Cluster) {
-    for i in 0..2 {
-        let s = stat_settled(c, i);
-        let p = &s["peers"][0];
-        assert_eq!(p["transport"], "dpdk", "{s}");
-        assert_eq!(p["counters"]["losses"], 0, "agent {i}: {s}");
-        assert_eq!(p["counters"]["malformed"], 0, "agent {i}: {s}");
-        assert_eq!(
-            s["blocks_free"], s["blocks_total"],
-            "agent {i} leaked blocks: {s}"
-        );
-    }
-}
-
-#[test]
-fn every_size_class_arrives_intact_and_in_order_both_ways() {
-    const TEST: &str = "every_size_class_arrives_intact_and_in_order_both_ways";
-    let Some(tb) = Testbed::up(TEST, 2) else {
-        return;
-    };
-    let c = tb.cluster(&[]);
-    let per = 17u64; // each size once per sender
-                     // A liveness bound per operation, not a speed requirement: four 64 MiB messages
-                     // share af_packet's ~300 MB/s with whatever else the machine runs (the default
-                     // 20 s timed out once while the whole suite ran on 2 cores).
-    let tmo = ["--timeout-ms", "100000"];
-    let rx1 = c.peer(
-        1,
-        &[
-            &tmo[..],
-            &["--ep", "100", "--sizes", SIZES, "recv", "--count", "34"],
-        ]
-        .concat(),
-    );
-    let rx0 = c.peer(
-        0,
-        &[
-            &tmo[..],
-            &["--ep", "7", "--sizes", SIZES, "recv", "--count", "34"],
-        ]
-        .concat(),
-    );
-    let started = Instant::now();
-    let mut tx = Vec::new();
-    // Senders open endpoints of their own choosing: the agent hands a closed
-    // endpoint's id to the next one that asks, and a receiver tells senders apart by
-    // (node, endpoint), so a sender that finished early must not pass its id on.
-    for (node, to, eps) in [(0, "1:100", ["201", "202"]), (1, "0:7", ["203", "204"])] {
-        for (delivered, ep) in [false, true].into_iter().zip(eps) {
-            let mut args = tmo.to_vec();
-            args.extend(["--ep", ep]);
-            args.extend(["--sizes", SIZES, "send", "--to", to, "--count", "17"]);
-            if delivered {
-                args.push("--delivered");
-            }
-            tx.push(c.peer(node, &args));
-        }
-    }
-    for (k, t) in tx.into_iter().enumerate() {
-        let r = t.result(T);
-        assert_ok(&format!("sender {k}"), &r);
-        assert_eq!(r.0["sent"], per);
-    }
-    for (name, p) in [("receiver on node 1", rx1), ("receiver on node 0", rx0)] {
-        let r = p.result(T);
-        assert_ok(name, &r);
-        assert_eq!(r.0["received"], per * 2, "{name}: {}", r.0);
-        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
-        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
-        assert_eq!(r.0["senders"].as_object().unwrap().len(), 2, "{}", r.0);
-    }
-    let secs = started.elapsed().as_secs_f64();
-    check_clean(&c);
-    let (s0, s1) = (c.stat(0), c.stat(1));
-    // Each side learned the other's MAC: after the first Hellos nothing is broadcast.
-    for s in [&s0, &s1] {
-        // net_af_packet's socket wakes a sleeping agent (found by its interface).
-        assert_eq!(counter(s, "port_wakes_agent"), 1, "{s}");
-        assert!(counter(s, "frames_tx") > 100_000, "{s}");
-        assert!(counter(s, "frames_rx") > 100_000, "{s}");
-        assert!(counter(s, "frames_tx_broadcast") < 100, "{s}");
-        // The tx path in use: every packet written into its mbuf by the CPU.
-        assert_eq!(s["transport_info"]["dpdk_tx_path"], "copy", "{s}");
-        assert!(counter(s, "tx_bytes_copied") > 100_000 * 64, "{s}");
-        assert_eq!(counter(s, "tx_bytes_attached"), 0, "{s}");
-        // Packets parsed in place; most went straight on to the stream.
-        assert!(counter(s, "packets_rx_in_place") > 0, "{s}");
-    }
-    // Payload buffers are reused: far fewer allocated than packets sent.
-    for s in [&s0, &s1] {
-        assert!(
-            counter(s, "payload_allocs") < counter(s, "frames_tx") / 2,
-            "{s}"
-        );
-    }
-    let bytes: u64 = 4 * SIZES
-        .split(',')
-        .map(|s| s.parse::<u64>().unwrap())
-        .sum::<u64>();
-    eprintln!(
-        "dpdk over af_packet/veth: {:.1} MiB of messages both ways in {secs:.2} s \
-         ({:.1} MiB/s); frames tx {} + {}, resent {} + {}",
-        bytes as f64 / (1 << 20) as f64,
-        bytes as f64 / (1 << 20) as f64 / secs,
-        counter(&s0, "frames_tx"),
-        counter(&s1, "frames_tx"),
-        counter(&s0, "packets_resent"),
-        counter(&s1, "packets_resent"),
-    );
-}
-
-#[test]
-fn broken_link_resumes_mid_stream_without_loss() {
-    const TEST: &str = "broken_link_resumes_mid_stream_without_loss";
-    let Some(tb) = Testbed::up(TEST, 2) else {
-        return;
-    };
-    let c = tb.cluster(&[]);
-    let sizes = "0,8,100,4096,4097,65536,300000,1048576";
-    let n = "800";
-    let rx = c.peer(
-        1,
-        &["--ep", "100", "--sizes", sizes, "recv", "--count", "1600"],
-    );
-    let rx0 = c.peer(0, &["--ep", "7", "--sizes", sizes, "recv", "--count", n]);
-    let gap = ["--gap-us", "500"];
-    // Own endpoint ids (see every_size_class_arrives_intact_and_in_order_both_ways).
-    let mut tx_args = vec!["--sizes", sizes, "send", "--to", "1:100", "--count", n];
-    tx_args.extend_from_slice(&gap);
-    let tx = c.peer(0, &[&["--ep", "201"][..], &tx_args].concat());
-    let mut txd_args = tx_args.clone();
-    txd_args.push("--delivered");
-    let txd = c.peer(0, &[&["--ep", "202"][..], &txd_args].concat());
-    let mut back_args = vec![
-        "--ep", "203", "--sizes", sizes, "send", "--to", "0:7", "--count", n,
-    ];
-    back_args.extend_from_slice(&gap);
-    let back = c.peer(1, &back_args);
-    let mut breaks = 0;
-    let until = Instant::now() + Duration::from_secs(30);
-    while breaks < 4 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(150));
-        let side = breaks % 2;
-        // Through the CLI, as an operator would (from the agent's namespace).
-        let out = Command::new("ip")
-            .args(["netns", "exec", &tb.ns(side), common::WYVERN, "break-link"])
-            .arg("--socket")
-            .arg(c.socket(side))
-            .args(["--peer", &(1 - side).to_string()])
-            .output()
-            .expect("run wyvern break-link");
-        // Refused while the previous break is still being mended: try again.
-        if out.status.success() {
-            breaks += 1;
-        }
-    }
-    assert_eq!(breaks, 4, "could not break the link 4 times in 30 s");
-    for (name, p) in [
-        ("buffered sender", tx),
-        ("delivered sender", txd),
-        ("sender back", back),
-    ] {
-        let r = p.result(T);
-        assert_ok(name, &r);
-        assert_eq!(r.0["sent"], 800, "{name}: {}", r.0);
-    }
-    for (name, p, want) in [("receiver", rx, 1600), ("receiver back", rx0, 800)] {
-        let r = p.result(T);
-        assert_ok(name, &r);
-        assert_eq!(r.0["received"], want, "{name}: {}", r.0);
-        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
-        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
-    }
-    check_clean(&c);
-    let resumes: u64 = (0..2)
+/// Both agents settled and clean ([`check::settled_clean`]), every peer on dpdk.
+fn settled_on_dpdk(c: &Cluster) -> Vec<serde_json::Value> {
+    (0..2)
         .map(|i| {
-            c.stat(i)["peers"][0]["counters"]["resumes"]
-                .as_u64()
-                .unwrap()
+            let s = check::settled_clean(c, i);
+            check::peers_on(&s, "dpdk");
+            s
         })
-        .sum();
-    assert!(resumes >= 4, "{resumes} resumes for 4 breaks");
-    assert!(c.log(0).contains("resumed"), "{}", c.log(0));
+        .collect()
 }
 
 /// The injector child: a second DPDK process in node 0's namespace sending garbage to
@@ -310,44 +138,32 @@ fn garbage_frames_are_counted_and_dropped() {
         return;
     };
     let c = tb.cluster(&[]);
-    let rx = c.peer(
-        1,
-        &["--ep", "3", "--sizes", "8,5000", "recv", "--count", "400"],
-    );
-    let tx = c.peer(
-        0,
-        &[
-            "--sizes", "8,5000", "send", "--to", "1:3", "--count", "400", "--gap-us", "500",
-        ],
-    );
-    let before = c.stat(1);
-    let mut inj = Command::new("ip");
-    inj.args(["netns", "exec", &tb.ns(0)])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env("WYVERN_INJECT_PREFIX", format!("{}-inject", tb.ns(0)))
-        .stderr(Stdio::inherit());
-    let inj = Proc::spawn(inj, "injector");
-    let mut got = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let l = inj.line(Duration::from_secs(60));
-        // (libtest prints "test <name> ... " before it on the same line.)
-        if let Some((_, n)) = l.split_once("WYVERN_INJECTED ") {
-            got = Some(n.trim().parse::<u64>().unwrap());
-            break;
+    let (before, s) = scenarios::garbage_is_counted_and_dropped(&c, || {
+        let mut inj = Command::new("ip");
+        inj.args(["netns", "exec", &tb.ns(0)])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env("WYVERN_INJECT_PREFIX", format!("{}-inject", tb.ns(0)))
+            .stderr(Stdio::inherit());
+        let mut inj = Proc::spawn(inj, "injector");
+        let mut got = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let l = inj.line(Duration::from_secs(60));
+            // (libtest prints "test <name> ... " before it on the same line.)
+            if let Some((_, n)) = l.split_once("WYVERN_INJECTED ") {
+                got = Some(n.trim().parse::<u64>().unwrap());
+                break;
+            }
         }
-    }
-    assert_eq!(got, Some(1000), "injector did not finish");
-    assert_ok("sender", &tx.result(T));
-    let r = rx.result(T);
-    assert_ok("receiver", &r);
-    assert_eq!(r.0["received"], 400);
-    assert_eq!(r.0["corrupt"], 0);
-    assert_eq!(r.0["out_of_order"], 0);
-    let s = c.stat(1);
+        assert_eq!(got, Some(1000), "injector did not finish");
+        // Let it close its port and exit by itself (bounded; Drop kills it after).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(inj.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
     let d = |name| counter(&s, name) - counter(&before, name);
-    eprintln!("node 1 transport counters: {}", s["transport"]);
     // 200 junk frames fail the checksum or are too short (foreign); 200 damaged
     // packets fail it; 200 from node 9 are foreign; 200 of a dead epoch are stale;
     // 200 frames of another EtherType never reach the datagram layer.
@@ -356,9 +172,7 @@ fn garbage_frames_are_counted_and_dropped() {
     assert!(d("packets_foreign") >= 200, "{s}");
     assert!(d("packets_stale") >= 200, "{s}");
     assert!(d("frames_foreign_ethertype") >= 200, "{s}");
-    assert_eq!(s["peers"][0]["counters"]["losses"], 0, "{s}");
-    assert_eq!(s["peers"][0]["state"], "up", "{s}");
-    check_clean(&c);
+    settled_on_dpdk(&c);
 }
 
 const LOSS: u64 = 5;
@@ -519,153 +333,33 @@ fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
         }
     }
     let c = tb.cluster(&[]);
-    let sizes = "0,8,100,4096,4097,65536,300000,1048576";
-    let n = "80";
-    // A liveness bound per operation, not a speed requirement: a delivered send
-    // waits behind what the buffered sender queued on the same lossy link, which
-    // took over 20 s (the default) on 2 cores shared with the rest of the suite
-    // and CPU hogs (load average 20).
-    let tmo = ["--timeout-ms", "100000"];
-    let peer = |i: usize, args: &[&str]| c.peer(i, &[&tmo[..], args].concat());
-    let rx1 = peer(
-        1,
-        &["--ep", "10", "--sizes", sizes, "recv", "--count", "160"],
-    );
-    let rx0 = peer(0, &["--ep", "20", "--sizes", sizes, "recv", "--count", n]);
-    // Own endpoint ids (see every_size_class_arrives_intact_and_in_order_both_ways).
-    let senders = [
-        peer(
-            0,
-            &[
-                "--ep", "201", "--sizes", sizes, "send", "--to", "1:10", "--count", n,
-            ],
-        ),
-        peer(
-            0,
-            &[
-                "--ep",
-                "202",
-                "--sizes",
-                sizes,
-                "send",
-                "--to",
-                "1:10",
-                "--count",
-                n,
-                "--delivered",
-            ],
-        ),
-        peer(
-            1,
-            &[
-                "--ep", "203", "--sizes", sizes, "send", "--to", "0:20", "--count", n,
-            ],
-        ),
-    ];
-    for (k, s) in senders.into_iter().enumerate() {
-        let r = s.result(T);
-        assert_ok(&format!("sender {k} (forwarder seed {seed})"), &r);
-    }
-    for (name, p, want) in [("node 1", rx1, 160), ("node 0", rx0, 80)] {
-        let r = p.result(T);
-        assert_ok(&format!("receiver on {name} (forwarder seed {seed})"), &r);
-        assert_eq!(r.0["received"], want, "{}", r.0);
-        assert_eq!(r.0["corrupt"], 0, "{}", r.0);
-        assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
-    }
-    std::fs::write(&stop, b"stop").unwrap();
-    let mut report = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let l = fwd.line(Duration::from_secs(30));
-        if let Some((_, r)) = l.split_once("WYVERN_FWD ") {
-            report = r.to_owned();
-            break;
+    let label = format!("(forwarder seed {seed}, replay with WYVERN_FWD_SEED={seed})");
+    scenarios::impaired_link(&c, 80, &label, || {
+        std::fs::write(&stop, b"stop").unwrap();
+        let mut report = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let l = fwd.line(Duration::from_secs(30));
+            if let Some((_, r)) = l.split_once("WYVERN_FWD ") {
+                report = r.to_owned();
+                break;
+            }
         }
-    }
-    let _ = std::fs::remove_file(&stop);
-    let (s0, s1) = (c.stat(0), c.stat(1));
-    let sum = |name| counter(&s0, name) + counter(&s1, name);
-    eprintln!(
-        "forwarder: {report}; agents: resent {} corrupt {} duplicate {}",
-        sum("packets_resent"),
-        sum("packets_corrupt"),
-        sum("packets_duplicate")
-    );
-    let field = |name: &str| -> u64 {
-        let w: Vec<&str> = report.split_whitespace().collect();
-        let i = w.iter().position(|x| *x == name).expect(name);
-        w[i + 1].parse().unwrap()
-    };
-    assert!(field("dropped") > 0 && field("corrupted") > 0, "{report}");
-    assert!(field("held") > 0 && field("duplicated") > 0, "{report}");
-    assert!(
-        sum("packets_resent") > 0,
-        "losses were repaired by resending"
-    );
-    // The large messages' packets went out straight from their pool blocks (one
-    // copy), and lost ones were read again from there.
-    assert!(sum("packets_tx_from_pool") > 0, "{s0} {s1}");
-    assert!(sum("packets_resent_from_pool") > 0, "{s0} {s1}");
-    assert!(
-        sum("packets_corrupt") > 0,
-        "damaged frames were caught by the checksum: {s0} {s1}"
-    );
-    check_clean(&c);
-}
-
-#[test]
-fn three_nodes_on_a_bridge_learn_each_other_and_exchange_all_to_all() {
-    const TEST: &str = "three_nodes_on_a_bridge_learn_each_other_and_exchange_all_to_all";
-    // N = 3: every veth0 hangs off one bridge in a hub namespace, so a broadcast
-    // (the first Hellos) reaches both other nodes and the one it is not for drops it.
-    let Some(tb) = Testbed::up(TEST, 3) else {
-        return;
-    };
-    let c = tb.cluster(&[]);
-    let sizes = "8,700,5000,300000";
-    let rx: Vec<_> = (0..3)
-        .map(|i| {
-            c.peer(
-                i,
-                &["--ep", "9", "--sizes", sizes, "recv", "--count", "400"],
-            )
-        })
-        .collect();
-    let mut tx = Vec::new();
-    for from in 0..3usize {
-        for to in (0..3usize).filter(|&t| t != from) {
-            let dst = format!("{to}:9");
-            tx.push(c.peer(
-                from,
-                &["--sizes", sizes, "send", "--to", &dst, "--count", "200"],
-            ));
+        let _ = std::fs::remove_file(&stop);
+        let field = |name: &str| -> u64 {
+            let w: Vec<&str> = report.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == name).expect(name);
+            w[i + 1].parse().unwrap()
+        };
+        Impaired {
+            forwarded: field("forwarded"),
+            dropped: field("dropped"),
+            held: field("held"),
+            duplicated: field("duplicated"),
+            corrupted: field("corrupted"),
         }
-    }
-    for (k, t) in tx.into_iter().enumerate() {
-        assert_ok(&format!("sender {k}"), &t.result(T));
-    }
-    for (i, r) in rx.into_iter().enumerate() {
-        let r = r.result(T);
-        assert_ok(&format!("receiver on node {i}"), &r);
-        assert_eq!(r.0["received"], 400, "{}", r.0);
-        assert_eq!(r.0["corrupt"], 0, "{}", r.0);
-        assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
-        assert_eq!(r.0["senders"].as_object().unwrap().len(), 2, "{}", r.0);
-    }
-    for i in 0..3 {
-        let s = stat_settled(&c, i);
-        let peers = s["peers"].as_array().unwrap();
-        assert_eq!(peers.len(), 2, "{s}");
-        for p in peers {
-            assert_eq!(p["state"], "up", "{s}");
-            assert_eq!(p["transport"], "dpdk", "{s}");
-            assert_eq!(p["counters"]["losses"], 0, "{s}");
-        }
-        // Learned MACs: only the first Hellos went to the broadcast address.
-        assert!(counter(&s, "frames_tx_broadcast") < 50, "{s}");
-        assert_eq!(s["blocks_free"], s["blocks_total"], "{s}");
-    }
+    });
+    settled_on_dpdk(&c);
 }
 
 #[test]
@@ -760,20 +454,11 @@ fn configured_peer_macs_are_used_from_the_first_packet() {
         node_args,
         |_, a| a,
     );
-    let rx = c.peer(
-        1,
-        &["--ep", "4", "--sizes", "8,70000", "recv", "--count", "100"],
-    );
-    let tx = c.peer(
-        0,
-        &[
-            "--sizes", "8,70000", "send", "--to", "1:4", "--count", "100",
-        ],
-    );
-    assert_ok("sender", &tx.result(T));
-    let r = rx.result(T);
-    assert_ok("receiver", &r);
-    assert_eq!(r.0["received"], 100, "{}", r.0);
+    scenarios::Traffic::new(&c, "8,70000")
+        .recv(1, 4, 100)
+        .send(0, (1, 4), 100, scenarios::Mode::Buffered)
+        .start()
+        .finish("");
     for i in 0..2 {
         let s = stat_settled(&c, i);
         // Not even the first Hello went to the broadcast address.
@@ -825,56 +510,15 @@ fn jumbo_frames_carry_messages_when_the_interface_allows_them() {
     };
     let c = tb.cluster(&["--dpdk-mtu", "9000"]);
     const JUMBO_SIZES: &str = "0,1,64,4097,8999,9000,65536,262145,1048576,3000001";
-    let tmo = ["--timeout-ms", "60000"];
-    let rx1 = c.peer(
-        1,
-        &[
-            &tmo[..],
-            &[
-                "--ep",
-                "100",
-                "--sizes",
-                JUMBO_SIZES,
-                "recv",
-                "--count",
-                "30",
-            ],
-        ]
-        .concat(),
-    );
-    let rx0 = c.peer(
-        0,
-        &[
-            &tmo[..],
-            &["--ep", "7", "--sizes", JUMBO_SIZES, "recv", "--count", "30"],
-        ]
-        .concat(),
-    );
-    let send = |node: usize, to: &str, ep: &str| {
-        c.peer(
-            node,
-            &[
-                &tmo[..],
-                &["--ep", ep, "--sizes", JUMBO_SIZES],
-                &["send", "--to", to, "--count", "30", "--delivered"],
-            ]
-            .concat(),
-        )
-    };
-    let (tx0, tx1) = (send(0, "1:100", "201"), send(1, "0:7", "202"));
-    for (name, p) in [("sender on node 0", tx0), ("sender on node 1", tx1)] {
-        let r = p.result(T);
-        assert_ok(name, &r);
-        assert_eq!(r.0["sent"], 30, "{name}: {}", r.0);
-    }
-    for (name, p) in [("receiver on node 1", rx1), ("receiver on node 0", rx0)] {
-        let r = p.result(T);
-        assert_ok(name, &r);
-        assert_eq!(r.0["received"], 30, "{name}: {}", r.0);
-        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
-        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
-    }
-    check_clean(&c);
+    // Delivered both ways, each size three times per sender.
+    scenarios::Traffic::new(&c, JUMBO_SIZES)
+        .recv(1, 100, 30)
+        .recv(0, 7, 30)
+        .send(0, (1, 100), 30, scenarios::Mode::Delivered)
+        .send(1, (0, 7), 30, scenarios::Mode::Delivered)
+        .start()
+        .finish("(jumbo)");
+    settled_on_dpdk(&c);
     for i in 0..2 {
         let s = c.stat(i);
         // Packets bigger than a 1500-byte MTU allows went out: the bytes written into

@@ -10,7 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_ok, counter, Cluster};
+use common::scenarios::{self, Mode, Traffic};
+use common::{assert_ok, check, counter, Cluster};
 
 const T: Duration = Duration::from_secs(300);
 
@@ -111,11 +112,7 @@ fn each_peer_rides_the_best_transport_both_ends_run() {
         ("receiver on 2", rx2),
         ("receiver on 0", back),
     ] {
-        let r = p.result(T);
-        assert_ok(name, &r);
-        assert_eq!(r.0["received"], 300, "{name}: {}", r.0);
-        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
-        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
+        check::delivered(name, &p.result(T), 300);
     }
 
     // The fast link carried node 0–1's messages; node 2's agent runs tcp alone.
@@ -131,17 +128,10 @@ fn each_peer_rides_the_best_transport_both_ends_run() {
     );
     for i in 0..3 {
         // Blocks come back once the peer acknowledged their frames (acks
-        // ride on the next tick): wait for that, then look.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut s = c.stat(i);
-        while s["blocks_free"] != s["blocks_total"] && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            s = c.stat(i);
-        }
-        assert_eq!(s["blocks_free"], s["blocks_total"], "agent {i}: {s}");
+        // ride on the next tick): settled_clean waits for that, then looks.
+        let s = check::settled_clean(&c, i);
+        check::all_up(&s);
         for p in s["peers"].as_array().unwrap() {
-            assert_eq!(p["state"], "up", "agent {i}: {s}");
-            assert_eq!(p["counters"]["losses"], 0, "agent {i}: {s}");
             // Every message went to or came from node 0.
             if i == 0 || p["node"] == 0 {
                 assert!(
@@ -157,42 +147,10 @@ fn each_peer_rides_the_best_transport_both_ends_run() {
 #[test]
 fn a_broken_fast_link_resumes_on_its_own_transport() {
     let c = hybrid_cluster();
-    let sizes = "8,4096,300000";
-    let rx = c.peer(
-        1,
-        &["--ep", "9", "--sizes", sizes, "recv", "--count", "1000"],
-    );
-    let tx = c.peer(
-        0,
-        &[
-            "--sizes", sizes, "send", "--to", "1:9", "--count", "1000", "--gap-us", "300",
-        ],
-    );
-    let mut breaks = 0;
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while breaks < 3 && std::time::Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-        if wyvern::client::break_link(c.socket(0), 1).is_ok() {
-            breaks += 1;
-        }
-    }
-    assert_eq!(breaks, 3, "could not break the link 3 times in 60 s");
-    assert_ok("sender", &tx.result(T));
-    let r = rx.result(T);
-    assert_ok("receiver", &r);
-    assert_eq!(r.0["received"], 1000, "{}", r.0);
-    assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
-    let s = c.stat(0);
-    assert_eq!(peer_transport(&s, 1), fast().0, "{s}");
-    let p = s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == 1)
-        .unwrap()
-        .clone();
-    assert_eq!(p["counters"]["losses"], 0, "{s}");
-    assert!(p["counters"]["resumes"].as_u64().unwrap() >= 3, "{s}");
+    // Three breaks from node 0 (the library, the CLI, the library) under streams
+    // both ways: everything arrives once, in order, intact; nothing lost.
+    let [s0, _] = scenarios::broken_link_resumes(&c, 400, 300, 3, Some(0));
+    assert_eq!(peer_transport(&s0, 1), fast().0, "{s0}");
 }
 
 fn pair(node_args: Vec<Vec<String>>) -> Cluster {
@@ -216,22 +174,14 @@ fn fast_and_tcp(i: usize) -> Vec<String> {
 }
 
 /// Both send to each other, checksummed; nothing lost or reordered.
-fn exchange(c: &Cluster, count: u32) {
-    let sizes = "8,5000,300000";
-    let n = count.to_string();
-    let rx0 = c.peer(0, &["--ep", "4", "--sizes", sizes, "recv", "--count", &n]);
-    let rx1 = c.peer(1, &["--ep", "4", "--sizes", sizes, "recv", "--count", &n]);
-    let tx0 = c.peer(0, &["--sizes", sizes, "send", "--to", "1:4", "--count", &n]);
-    let tx1 = c.peer(1, &["--sizes", sizes, "send", "--to", "0:4", "--count", &n]);
-    assert_ok("sender on 0", &tx0.result(T));
-    assert_ok("sender on 1", &tx1.result(T));
-    for (name, p) in [("receiver on 0", rx0), ("receiver on 1", rx1)] {
-        let r = p.result(T);
-        assert_ok(name, &r);
-        assert_eq!(r.0["received"], count, "{name}: {}", r.0);
-        assert_eq!(r.0["corrupt"], 0, "{name}: {}", r.0);
-        assert_eq!(r.0["out_of_order"], 0, "{name}: {}", r.0);
-    }
+fn exchange(c: &Cluster, count: u64) {
+    Traffic::new(c, "8,5000,300000")
+        .recv(0, 4, count)
+        .recv(1, 4, count)
+        .send(0, (1, 4), count, Mode::Buffered)
+        .send(1, (0, 4), count, Mode::Buffered)
+        .start()
+        .finish("(exchange)");
 }
 
 #[test]

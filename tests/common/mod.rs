@@ -1,10 +1,12 @@
 //! Test harness: real agent processes on loopback TCP, real client processes.
 #![allow(dead_code)]
 
+pub mod check;
 pub mod fakepeer;
 pub mod keys;
 pub mod procfs;
 pub mod relay;
+pub mod scenarios;
 pub mod sim;
 pub mod testbed;
 
