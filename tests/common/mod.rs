@@ -101,7 +101,9 @@ impl Drop for Proc {
 /// The transport the suite runs on: `WYVERN_TEST_TRANSPORT` (tcp, udp,
 /// hybrid: agents running udp and tcp, every link on udp under tcp control
 /// connections; or dpdk with `--features dpdk`: every cluster then runs in
-/// namespaces of its own from `scripts/testbed.sh`; tcp by default).
+/// namespaces of its own from `scripts/testbed.sh`, or with
+/// `WYVERN_TEST_DPDK_DEV=memif` on a memif pair, see [`testbed::memif_cluster`];
+/// tcp by default).
 pub fn transport() -> String {
     std::env::var("WYVERN_TEST_TRANSPORT").unwrap_or_else(|_| "tcp".into())
 }
@@ -179,22 +181,6 @@ impl Cluster {
         node_args: Vec<Vec<String>>,
         mut via: impl FnMut(usize, SocketAddr) -> SocketAddr,
     ) -> Cluster {
-        // The suite on the dpdk transport: every node in a namespace of its own.
-        let mut tb = None;
-        let (mut wrap, mut node_args) = (wrap, node_args);
-        if wrap.is_empty() && n > 0 && transport() == "dpdk" {
-            let t = testbed::Testbed::up("a cluster on the dpdk transport", n.max(2))
-                .expect("WYVERN_TEST_TRANSPORT=dpdk needs network namespaces (root)");
-            wrap = (0..n).map(|i| t.wrap(i)).collect();
-            node_args = (0..n).map(|i| t.agent_args(i)).collect();
-            tb = Some(t);
-        }
-        // The suite on the verbs transport: node i on RDMA device i (mod the count),
-        // from `WYVERN_RXE_DEVS` (scripts/rxe-vm.sh: "rxe0 rxe1", whose traffic
-        // crosses a veth); without it, every agent on the first active port.
-        if node_args.is_empty() && n > 0 && transport() == "verbs" {
-            node_args = (0..n).map(verbs_args).collect();
-        }
         let dir = std::env::temp_dir().join(format!(
             "wyvern-test-{}-{}",
             std::process::id(),
@@ -204,6 +190,27 @@ impl Cluster {
                 .as_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        // The suite on the dpdk transport: every node in a namespace of its own on
+        // net_af_packet, or (WYVERN_TEST_DPDK_DEV=memif) two agents on a memif pair.
+        let mut tb = None;
+        let (mut wrap, mut node_args) = (wrap, node_args);
+        if wrap.is_empty() && n > 0 && transport() == "dpdk" {
+            if testbed::memif_cluster(n) {
+                node_args = (0..n).map(|i| testbed::memif_agent_args(&dir, i, "")).collect();
+            } else {
+                let t = testbed::Testbed::up("a cluster on the dpdk transport", n.max(2))
+                    .expect("WYVERN_TEST_TRANSPORT=dpdk needs network namespaces (root)");
+                wrap = (0..n).map(|i| t.wrap(i)).collect();
+                node_args = (0..n).map(|i| t.agent_args(i)).collect();
+                tb = Some(t);
+            }
+        }
+        // The suite on the verbs transport: node i on RDMA device i (mod the count),
+        // from `WYVERN_RXE_DEVS` (scripts/rxe-vm.sh: "rxe0 rxe1", whose traffic
+        // crosses a veth); without it, every agent on the first active port.
+        if node_args.is_empty() && n > 0 && transport() == "verbs" {
+            node_args = (0..n).map(verbs_args).collect();
+        }
         // Port 0: each agent picks its own and says which (see spawn_agent).
         let nodes: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 0)); n];
         let mut c = Cluster {
