@@ -194,9 +194,11 @@ impl Cluster {
         // net_af_packet, or (WYVERN_TEST_DPDK_DEV=memif) two agents on a memif pair.
         let mut tb = None;
         let (mut wrap, mut node_args) = (wrap, node_args);
-        if wrap.is_empty() && n > 0 && transport() == "dpdk" {
+        if wrap.is_empty() && node_args.is_empty() && n > 0 && transport() == "dpdk" {
             if testbed::memif_cluster(n) {
-                node_args = (0..n).map(|i| testbed::memif_agent_args(&dir, i, "")).collect();
+                node_args = (0..n)
+                    .map(|i| testbed::memif_agent_args(&dir, i, ""))
+                    .collect();
             } else {
                 let t = testbed::Testbed::up("a cluster on the dpdk transport", n.max(2))
                     .expect("WYVERN_TEST_TRANSPORT=dpdk needs network namespaces (root)");
@@ -281,6 +283,8 @@ impl Cluster {
 
     fn spawn_agent(&mut self, i: usize, extra: &[&str]) -> Proc {
         let list: Vec<String> = self.nodes.iter().map(|a| a.to_string()).collect();
+        // This node's own flags may name the transport (then kept on a restart).
+        let own = self.node_args.get(i).cloned().unwrap_or_default();
         let mut cmd = wrapped(self.wrap.get(i), WYVERN);
         cmd.args([
             "agent",
@@ -302,14 +306,16 @@ impl Cluster {
         } else {
             vec!["--job".to_string(), self.job()]
         })
-        .args(if extra.contains(&"--transport") {
-            vec![]
-        } else if transport() == "hybrid" {
-            // Every link on udp, under tcp control connections.
-            vec!["--transports".to_string(), "udp,tcp".to_string()]
-        } else {
-            vec!["--transport".to_string(), transport()]
-        })
+        .args(
+            if extra.contains(&"--transport") || own.iter().any(|a| a == "--transport") {
+                vec![]
+            } else if transport() == "hybrid" {
+                // Every link on udp, under tcp control connections.
+                vec!["--transports".to_string(), "udp,tcp".to_string()]
+            } else {
+                vec!["--transport".to_string(), transport()]
+            },
+        )
         .args(if extra.contains(&"--peer-timeout-ms") {
             &[][..]
         } else if std::env::var("WYVERN_RXE_VM").as_deref() == Ok("1") {

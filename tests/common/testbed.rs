@@ -179,10 +179,7 @@ pub fn memif_cluster(n: usize) -> bool {
     if n <= 2 {
         return true;
     }
-    let name = std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_owned();
+    let name = std::thread::current().name().unwrap_or("a test").to_owned();
     let line = format!(
         "*** NOT ON MEMIF: {name}: a cluster of {n} nodes runs on net_af_packet instead \
          (a memif pair joins two agents) ***\n"
