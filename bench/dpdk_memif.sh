@@ -7,6 +7,9 @@
 #       64 B and 1500 B frames (median steady Rx-pps over TESTPMD_SECS s), against the
 #       frames/s the receiving agent takes from its port while 1 MiB messages stream
 #       (every data frame 1514 B, so compared with testpmd's 1500 B row);
+#   (b') the same with jumbo frames (`dpdk-jumbo`): --dpdk-mtu JUMBO_MTU (default 9000; 0 =
+#       skip) and bsize=JUMBO_MTU+14 rounded up to 1 KiB on both --vdev (memif carries a
+#       frame in one buffer only; see docs/dpdk.md);
 #   (b) the dpdk transport on a memif pair (agent 0 the memif server, agent 1 the client)
 #       and (c) the tcp transport on loopback (127.0.0.1), alternating which goes first,
 #       each: 1 MiB messages (MB/s), 64 B messages 1 -> 1 and 4 -> 1 (messages/s, the
@@ -35,6 +38,10 @@ BULK_MIB="${BULK_MIB:-1024}"
 RATE_COUNT="${RATE_COUNT:-2000000}"
 PING_COUNT="${PING_COUNT:-5000}"
 IDLE="${IDLE:-adaptive}"
+JUMBO_MTU="${JUMBO_MTU:-9000}"
+case "$JUMBO_MTU" in ''|*[!0-9]*) echo "dpdk_memif: JUMBO_MTU must be a number" >&2; exit 2 ;; esac
+# memif's buffers must hold a whole frame (docs/dpdk.md): bsize = MTU + 14, rounded up to 1 KiB.
+JUMBO_BSIZE=$(( (JUMBO_MTU + 14 + 1023) / 1024 * 1024 ))
 MEMIF_VDEV_EXTRA="${MEMIF_VDEV_EXTRA:-}"
 wyvern="$bin/wyvern"
 peer="$bin/wyvern-peer"
@@ -111,11 +118,16 @@ start_agents() { # transport run
     local t="$1" run="$2" i extra role
     local p0=$((20000 + RANDOM % 20000))
     for i in 0 1; do
+        role=server
+        [ "$i" = 1 ] && role=client
         if [ "$t" = dpdk ]; then
-            role=server
-            [ "$i" = 1 ] && role=client
             extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal "$EAL_COMMON -m 128 \
                 --vdev=net_memif0,role=$role,socket=$dir/memif$run.sock$MEMIF_VDEV_EXTRA \
+                --file-prefix=$tag-agent$i --lcores=0@$i")
+        elif [ "$t" = dpdk-jumbo ]; then
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-mtu "$JUMBO_MTU" \
+                --dpdk-eal "$EAL_COMMON -m 256 \
+                --vdev=net_memif0,role=$role,socket=$dir/memifj$run.sock,bsize=$JUMBO_BSIZE$MEMIF_VDEV_EXTRA \
                 --file-prefix=$tag-agent$i --lcores=0@$i")
         else
             extra=(--nodes "127.0.0.1:$p0,127.0.0.1:$((p0 + 1))" --transport tcp)
@@ -216,6 +228,7 @@ echo "date $(date -u +%FT%TZ), commit $commit, binaries from $bin, $(nproc) core
 echo "kernel $(uname -r), DPDK $(pkg-config --modversion libdpdk 2>/dev/null || echo '?'), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "core layout: agent 0 --cores 0 (EAL --lcores=0@0, memif server), agent 1 --cores 1 (0@1, memif client); testpmd txonly (memif client) lcores 0,1@CPU0, rxonly (server) 0,1@CPU1; clients unpinned"
 echo "agents: --idle $IDLE --no-hugepages; EAL $EAL_COMMON -m 128 --vdev=net_memif0,role=...,socket=...$MEMIF_VDEV_EXTRA; tcp agents on 127.0.0.1"
+echo "dpdk-jumbo: --dpdk-mtu $JUMBO_MTU, bsize=$JUMBO_BSIZE, EAL -m 256"
 echo "RUNS=$RUNS TESTPMD_SECS=$TESTPMD_SECS BULK_MIB=$BULK_MIB RATE_COUNT=$RATE_COUNT (64 B; 4 -> 1: RATE_COUNT/4 per sender) PING_COUNT=$PING_COUNT"
 echo "busiest other processes at start:"
 ps -eo pcpu,comm --sort=-pcpu | sed -n '2,5p' | sed 's/^/    /'
@@ -229,6 +242,9 @@ for run in $(seq 1 "$RUNS"); do
     res "$run" testpmd64 frames_per_s "$(testpmd_rate "$run" 64)"
     res "$run" testpmd1500 frames_per_s "$(testpmd_rate "$run" 1500)"
     if [ $((run % 2)) = 1 ]; then order="dpdk tcp"; else order="tcp dpdk"; fi
+    if [ "$JUMBO_MTU" -gt 0 ]; then
+        if [ $((run % 2)) = 1 ]; then order="$order dpdk-jumbo"; else order="dpdk-jumbo $order"; fi
+    fi
     for t in $order; do measure "$t" "$run"; done
     grep "^$run " "$dir/results" | sed 's/^/  run /'
 done
@@ -253,7 +269,8 @@ d, p = med[("dpdk", "frames_per_s")], med[("testpmd1500", "frames_per_s")]
 print(f"| frames/s, 1514 B data frames (1 MiB stream) | {fmt(d)} ({spread(('dpdk', 'frames_per_s'))}) | testpmd txonly → rxonly, 1500 B | {fmt(p)} ({spread(('testpmd1500', 'frames_per_s'))}) | {d/p:.2f}× |")
 p64 = med[("testpmd64", "frames_per_s")]
 print(f"| (reference) testpmd txonly → rxonly, 64 B frames/s | — | — | {fmt(p64)} ({spread(('testpmd64', 'frames_per_s'))}) | — |")
-for key, name, better in [("rate1_msgs_per_s", "64 B messages/s, 1 → 1", "higher"),
+for key, name, better in [("frames_per_s", "frames/s (1 MiB stream)", "higher"),
+                          ("rate1_msgs_per_s", "64 B messages/s, 1 → 1", "higher"),
                           ("rate1_cpu_ns_per_msg", "CPU ns per message, 64 B 1 → 1 (all processes)", "lower"),
                           ("rate4_msgs_per_s", "64 B messages/s, 4 → 1", "higher"),
                           ("rate4_cpu_ns_per_msg", "CPU ns per message, 64 B 4 → 1 (all processes)", "lower"),
@@ -261,8 +278,24 @@ for key, name, better in [("rate1_msgs_per_s", "64 B messages/s, 1 → 1", "high
                           ("bulk_cpu_us_per_msg", "CPU µs per 1 MiB message (all processes)", "lower"),
                           ("lat_p50_us", "8 B one-way (half round trip) p50, µs", "lower"),
                           ("lat_p99_us", "8 B one-way (half round trip) p99, µs", "lower")]:
+    if key == "frames_per_s":
+        continue
     d, t = med[("dpdk", key)], med[("tcp", key)]
     print(f"| {name} ({better} is better) | {fmt(d)} ({spread(('dpdk', key))}) | wyvern tcp transport, loopback | {fmt(t)} ({spread(('tcp', key))}) | {d/t:.2f}× |")
+if ("dpdk-jumbo", "bulk_mb_per_s") in med:
+    print(f"\ndpdk-jumbo (MTU $JUMBO_MTU, bsize $JUMBO_BSIZE) against the tcp transport (and against dpdk at MTU 1500):")
+    print("| measurement | dpdk-jumbo | wyvern tcp transport | ratio | dpdk MTU 1500 |")
+    print("|---|---|---|---|---|")
+    for key, name, better in [("frames_per_s", "frames/s (1 MiB stream)", "higher"),
+                              ("bulk_mb_per_s", "MB/s, 1 MiB messages", "higher"),
+                              ("bulk_cpu_us_per_msg", "CPU µs per 1 MiB message", "lower"),
+                              ("rate1_msgs_per_s", "64 B messages/s, 1 → 1", "higher"),
+                              ("rate4_msgs_per_s", "64 B messages/s, 4 → 1", "higher"),
+                              ("lat_p50_us", "8 B one-way p50, µs", "lower")]:
+        j, d = med[("dpdk-jumbo", key)], med[("dpdk", key)]
+        t = med.get(("tcp", key))
+        ts, r = (f"{fmt(t)} ({spread(('tcp', key))})", f"{j/t:.2f}×") if t else ("—", "—")
+        print(f"| {name} ({better} is better) | {fmt(j)} ({spread(('dpdk-jumbo', key))}) | {ts} | {r} | {fmt(d)} |")
 w = ($t1 - $t0) * $(nproc)
 f = max(0.0, ($busy1 - $busy0) - ($my1 - $my0))
 print(f"\nnoise: other processes used {100*f/w:.0f}% of the machine's CPU time during the runs, hypervisor steal {100*($steal1-$steal0)/w:.1f}%; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)")
