@@ -19,7 +19,9 @@
 #       messages delivered.
 # RUNS (default 3) runs of everything; prints each run, then the medians with the peer's
 # figure and the ratio. Every process is wrapped in `timeout`; the scratch directory is
-# removed on exit (KEEP_TMP=1 keeps it: agent logs per transport and run, testpmd output).
+# removed on exit (KEEP_TMP=1 keeps it: agent logs per transport and run, testpmd output;
+# AGENT_LOG sets the agents' RUST_LOG, default warn; EAL_EXTRA is added to every EAL's
+# arguments, e.g. --log-level=pmd.net.memif:debug).
 #
 # Core layout (2 cores): agent 0 (and its EAL lcore) on CPU 0, agent 1 on CPU 1 (--cores,
 # EAL --lcores=0@I); testpmd txonly's lcores on CPU 0, rxonly's on CPU 1; clients unpinned;
@@ -62,7 +64,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-EAL_COMMON="--no-pci --no-huge --no-telemetry --log-level=lib.eal:warning"
+EAL_COMMON="--no-pci --no-huge --no-telemetry --log-level=lib.eal:warning${EAL_EXTRA:+ $EAL_EXTRA}"
 HZ="$(getconf CLK_TCK)"
 cpu_busy() { awk -v hz="$HZ" '/^cpu / {print ($2+$3+$4)/hz, $9/hz}' /proc/stat; }
 # User + system seconds of this shell's reaped children (`times` must run in this shell).

@@ -78,8 +78,13 @@ const POOL_MBUFS: u32 = 4095;
 const POOL_CACHE: u32 = 64;
 /// Empty receive polls between two looks at a memif client's link.
 const LINK_CHECK_EVERY: u32 = 256;
-/// How often a memif client whose link is down connects to its server again.
+/// How often a memif client that could not connect tries again, and how long its
+/// link must have been down before a connected client connects again.
 const MEMIF_RETRY: Duration = Duration::from_secs(1);
+/// How long a memif client leaves a connection it started to come up (the handshake
+/// runs in DPDK's interrupt thread, which a busy machine may hold back for a while)
+/// before it starts again.
+const MEMIF_HANDSHAKE: Duration = Duration::from_secs(5);
 
 /// How to start the device.
 #[derive(Clone, Debug, Default)]
@@ -126,7 +131,8 @@ pub struct DpdkIoStats {
     pub tx_bursts: u64,
     /// Times the packet socket left the poller because the agent was busy.
     pub unwatched: u64,
-    /// Times a memif client found its link down and connected to its server again.
+    /// Times a memif client port was started again (after a failed start, or with its
+    /// link down).
     pub restarts: u64,
 }
 
@@ -179,8 +185,10 @@ pub struct DpdkIo {
     memif_client: bool,
     /// ...looked at after this many empty receive polls...
     idle_polls: u32,
-    /// ...at most once per [`MEMIF_RETRY`].
+    /// ...at most once per [`MEMIF_RETRY`] (see `check_link`)...
     last_start: Option<Instant>,
+    /// ...and when its link was first seen down since it was last up.
+    link_down_since: Option<Instant>,
     stats: DpdkIoStats,
 }
 
@@ -361,6 +369,7 @@ impl DpdkIo {
             memif_client,
             idle_polls: 0,
             last_start,
+            link_down_since: None,
             stats: DpdkIoStats::default(),
         })
     }
@@ -402,18 +411,33 @@ impl DpdkIo {
     }
 
     /// A memif client's link: down (its server went away, or was never there), it
-    /// connects again, at most once per [`MEMIF_RETRY`]. No system call and no clock
-    /// read while the link is up.
+    /// connects again: a port that failed to start, once per [`MEMIF_RETRY`]; a
+    /// started one once its link has been down that long and its last start is
+    /// [`MEMIF_HANDSHAKE`] ago (a handshake still under way is left to finish). No
+    /// system call and no clock read while the link is up.
     fn check_link(&mut self) {
-        let up = self.port.is_started() && self.port.link().is_ok_and(|l| l.up);
-        if up {
+        let started = self.port.is_started();
+        if started && self.port.link().is_ok_and(|l| l.up) {
+            self.link_down_since = None;
             return;
         }
         let now = Instant::now();
-        if self
+        if started && self.link_down_since.is_none() {
+            log::warn!(
+                "dpdk: {} (memif client): link down; connecting to the server again",
+                self.port.name()
+            );
+        }
+        let down = now.duration_since(*self.link_down_since.get_or_insert(now));
+        let since_start = self
             .last_start
-            .is_some_and(|t| now.duration_since(t) < MEMIF_RETRY)
-        {
+            .map_or(Duration::MAX, |t| now.duration_since(t));
+        let due = if started {
+            down >= MEMIF_RETRY && since_start >= MEMIF_HANDSHAKE
+        } else {
+            since_start >= MEMIF_RETRY
+        };
+        if !due {
             return;
         }
         self.last_start = Some(now);
@@ -426,7 +450,7 @@ impl DpdkIo {
             Ok(()) => {
                 self.stats.restarts += 1;
                 log::info!(
-                    "dpdk: {} (memif client) connected to its server",
+                    "dpdk: {} (memif client) started again: connecting to its server",
                     self.port.name()
                 );
             }
