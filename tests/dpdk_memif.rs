@@ -270,7 +270,8 @@ fn a_memif_pair_comes_back_when_either_agent_is_killed_and_restarted() {
     let s1 = c.stat(1);
     assert!(counter(&s1, "port_restarts") >= 1, "{s1}");
     assert!(
-        c.log(1).contains("(memif client) started again: connecting to its server"),
+        c.log(1)
+            .contains("(memif client) started again: connecting to its server"),
         "{}",
         c.log(1)
     );
