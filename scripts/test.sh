@@ -15,7 +15,9 @@
 #       and on hybrid agents running udp and tcp (WYVERN_TEST_TRANSPORT=hybrid)
 #       and on the dpdk transport (WYVERN_TEST_TRANSPORT=dpdk: agents in network namespaces
 #       on net_af_packet) where network namespaces can be made (root, iproute2);
-#       WYVERN_TEST_DPDK_E2E=0 skips that run. Then
+#       WYVERN_TEST_DPDK_E2E=0 skips that run; and on dpdk over a memif pair
+#       (WYVERN_TEST_DPDK_DEV=memif: no namespaces; a three-node cluster runs on
+#       net_af_packet and says so); WYVERN_TEST_DPDK_MEMIF_E2E=0 skips that run. Then
 #       cargo test --workspace --features dpdk,verbs --doc --locked [args]
 #   (f) verbs on Soft-RoCE, in one boot of an emulated VM with two rxe devices
 #       (scripts/rxe-vm.sh): scripts/rxe-smoke.sh (perftest rxe0 -> rxe1), then the test
@@ -201,6 +203,26 @@ if [ "$selects_targets" = 0 ] && [ "${#dpdk[@]}" -gt 0 ]; then
         WYVERN_TEST_TRANSPORT=dpdk run_cargo_test "${dpdk_e2e_args[@]}" || test_rc=$?
     else
         step "(e) end-to-end suite on the dpdk transport: *** SKIPPED (needs root and iproute2 for network namespaces) ***"
+    fi
+    # And on dpdk over memif (no namespaces, no kernel on the data path: two-agent
+    # clusters on a memif pair; a cluster of three runs on net_af_packet, each such test
+    # printing a "*** NOT ON MEMIF" line, counted below, so that one test needs namespaces
+    # here too), unless WYVERN_TEST_DPDK_MEMIF_E2E=0.
+    if [ "${WYVERN_TEST_DPDK_MEMIF_E2E:-1}" = 0 ]; then
+        step "(e) end-to-end suite on dpdk over memif: skipped (WYVERN_TEST_DPDK_MEMIF_E2E=0)"
+    else
+        memif_args=("${dpdk[@]}" "${locked[@]}" --no-fail-fast --test e2e "$@")
+        step "(e) WYVERN_TEST_TRANSPORT=dpdk WYVERN_TEST_DPDK_DEV=memif cargo test ${memif_args[*]}"
+        memif_out="$(mktemp "${TMPDIR:-/tmp}/wyvern-test-memif.XXXXXX")"
+        set +e
+        WYVERN_TEST_TRANSPORT=dpdk WYVERN_TEST_DPDK_DEV=memif run_cargo_test "${memif_args[@]}" \
+            | tee "$memif_out"
+        memif_rc=${PIPESTATUS[0]}
+        set -e
+        [ "$memif_rc" -eq 0 ] || test_rc=$memif_rc
+        not_on_memif="$(grep -c '\*\*\* NOT ON MEMIF' "$memif_out" || true)"
+        log "dpdk over memif: $not_on_memif test(s) ran their cluster on net_af_packet instead (a memif pair joins two agents; lines above)"
+        rm -f "$memif_out"
     fi
 fi
 

@@ -2,6 +2,15 @@
 # Usage: scripts/testbed.sh up N     make N "nodes" on this machine (N >= 2)
 #        scripts/testbed.sh down     remove them
 #        scripts/testbed.sh status   print the state
+#        scripts/testbed.sh memif [SOCKET]   print two agents' command lines on a memif pair
+#
+# memif (no namespaces, nothing to make): DPDK's net_memif joins exactly two processes
+# through shared memory, one the memif server and one the client, named by one socket
+# (SOCKET, default /tmp/wyvern-memif.sock; in the abstract namespace, memif's default, so
+# no file is made). Nothing of the kernel on the data path, no root, no hugepages
+# (--no-huge). `memif` prints the command lines; the agents may start in either order.
+# A pair joins two agents only: three or more need the namespaces below (or one memif
+# port per peer, which the dpdk transport does not have).
 #
 # Each node is a network namespace ${PREFIX}0 .. ${PREFIX}{N-1} (PREFIX: $TESTBED_PREFIX,
 # default "wyv") with one veth interface, veth0, addressed 10.77.0.{i+1}/24 (IPv6 off, so
@@ -138,10 +147,27 @@ down() {
     status
 }
 
+memif() {
+    local sock="${1:-/tmp/wyvern-memif.sock}" i role
+    case "$sock" in *,*|*' '*) die "SOCKET must not hold commas or spaces" ;; esac
+    for i in 0 1; do
+        role=server
+        [ "$i" = 1 ] && role=client
+        cat <<EOF
+wyvern agent --node-id $i --nodes 127.0.0.1:0,127.0.0.1:0 --socket /tmp/wyvern-agent-$i.sock \\
+    --transport dpdk --dpdk-eal "--no-pci --vdev=net_memif0,role=$role,socket=$sock \\
+    --file-prefix=wyvmemif$i --no-shconf --no-huge -m 128 --no-telemetry"
+EOF
+    done
+    echo "# clients: wyvern-peer --socket /tmp/wyvern-agent-I.sock ...; jumbo frames: --dpdk-mtu 9000"
+    echo "# and ,bsize=9216 on both --vdev (a memif buffer must hold a whole frame); docs/dpdk.md"
+}
+
 case "${1:-}" in
     up) up "${2:-2}" ;;
+    memif) memif "${2:-}" ;;
     down) down ;;
     status) status ;;
-    -h|--help|'') sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
-    *) die "unknown command '$1' (up N | down | status)" ;;
+    -h|--help|'') sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] ;;
+    *) die "unknown command '$1' (up N | down | status | memif [SOCKET])" ;;
 esac

@@ -104,7 +104,9 @@ impl Drop for Proc {
 /// The transport the suite runs on: `WYVERN_TEST_TRANSPORT` (tcp, udp,
 /// hybrid: agents running udp and tcp, every link on udp under tcp control
 /// connections; or dpdk with `--features dpdk`: every cluster then runs in
-/// namespaces of its own from `scripts/testbed.sh`; tcp by default).
+/// namespaces of its own from `scripts/testbed.sh`, or with
+/// `WYVERN_TEST_DPDK_DEV=memif` on a memif pair, see [`testbed::memif_cluster`];
+/// tcp by default).
 pub fn transport() -> String {
     std::env::var("WYVERN_TEST_TRANSPORT").unwrap_or_else(|_| "tcp".into())
 }
@@ -182,22 +184,6 @@ impl Cluster {
         node_args: Vec<Vec<String>>,
         mut via: impl FnMut(usize, SocketAddr) -> SocketAddr,
     ) -> Cluster {
-        // The suite on the dpdk transport: every node in a namespace of its own.
-        let mut tb = None;
-        let (mut wrap, mut node_args) = (wrap, node_args);
-        if wrap.is_empty() && n > 0 && transport() == "dpdk" {
-            let t = testbed::Testbed::up("a cluster on the dpdk transport", n.max(2))
-                .expect("WYVERN_TEST_TRANSPORT=dpdk needs network namespaces (root)");
-            wrap = (0..n).map(|i| t.wrap(i)).collect();
-            node_args = (0..n).map(|i| t.agent_args(i)).collect();
-            tb = Some(t);
-        }
-        // The suite on the verbs transport: node i on RDMA device i (mod the count),
-        // from `WYVERN_RXE_DEVS` (scripts/rxe-vm.sh: "rxe0 rxe1", whose traffic
-        // crosses a veth); without it, every agent on the first active port.
-        if node_args.is_empty() && n > 0 && transport() == "verbs" {
-            node_args = (0..n).map(verbs_args).collect();
-        }
         let dir = std::env::temp_dir().join(format!(
             "wyvern-test-{}-{}",
             std::process::id(),
@@ -207,6 +193,29 @@ impl Cluster {
                 .as_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        // The suite on the dpdk transport: every node in a namespace of its own on
+        // net_af_packet, or (WYVERN_TEST_DPDK_DEV=memif) two agents on a memif pair.
+        let mut tb = None;
+        let (mut wrap, mut node_args) = (wrap, node_args);
+        if wrap.is_empty() && node_args.is_empty() && n > 0 && transport() == "dpdk" {
+            if testbed::memif_cluster(n) {
+                node_args = (0..n)
+                    .map(|i| testbed::memif_agent_args(&dir, i, ""))
+                    .collect();
+            } else {
+                let t = testbed::Testbed::up("a cluster on the dpdk transport", n.max(2))
+                    .expect("WYVERN_TEST_TRANSPORT=dpdk needs network namespaces (root)");
+                wrap = (0..n).map(|i| t.wrap(i)).collect();
+                node_args = (0..n).map(|i| t.agent_args(i)).collect();
+                tb = Some(t);
+            }
+        }
+        // The suite on the verbs transport: node i on RDMA device i (mod the count),
+        // from `WYVERN_RXE_DEVS` (scripts/rxe-vm.sh: "rxe0 rxe1", whose traffic
+        // crosses a veth); without it, every agent on the first active port.
+        if node_args.is_empty() && n > 0 && transport() == "verbs" {
+            node_args = (0..n).map(verbs_args).collect();
+        }
         // Port 0: each agent picks its own and says which (see spawn_agent).
         let nodes: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 0)); n];
         let mut c = Cluster {
@@ -277,6 +286,8 @@ impl Cluster {
 
     fn spawn_agent(&mut self, i: usize, extra: &[&str]) -> Proc {
         let list: Vec<String> = self.nodes.iter().map(|a| a.to_string()).collect();
+        // This node's own flags may name the transport (then kept on a restart).
+        let own = self.node_args.get(i).cloned().unwrap_or_default();
         let mut cmd = wrapped(self.wrap.get(i), WYVERN);
         cmd.args([
             "agent",
@@ -302,14 +313,16 @@ impl Cluster {
         } else {
             vec!["--job".to_string(), self.job()]
         })
-        .args(if extra.contains(&"--transport") {
-            vec![]
-        } else if transport() == "hybrid" {
-            // Every link on udp, under tcp control connections.
-            vec!["--transports".to_string(), "udp,tcp".to_string()]
-        } else {
-            vec!["--transport".to_string(), transport()]
-        })
+        .args(
+            if extra.contains(&"--transport") || own.iter().any(|a| a == "--transport") {
+                vec![]
+            } else if transport() == "hybrid" {
+                // Every link on udp, under tcp control connections.
+                vec!["--transports".to_string(), "udp,tcp".to_string()]
+            } else {
+                vec!["--transport".to_string(), transport()]
+            },
+        )
         .args(if extra.contains(&"--peer-timeout-ms") {
             &[][..]
         } else if std::env::var("WYVERN_RXE_VM").as_deref() == Ok("1") {

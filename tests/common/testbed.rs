@@ -155,3 +155,58 @@ impl Drop for Testbed {
         }
     }
 }
+
+/// The device the suite on the dpdk transport runs on: `WYVERN_TEST_DPDK_DEV`,
+/// `af_packet` (default: namespaces from `scripts/testbed.sh`) or `memif`.
+pub fn dpdk_dev() -> String {
+    std::env::var("WYVERN_TEST_DPDK_DEV").unwrap_or_else(|_| "af_packet".into())
+}
+
+/// Is the suite on the dpdk transport over memif (`WYVERN_TEST_DPDK_DEV=memif`)?
+pub fn memif() -> bool {
+    super::transport() == "dpdk" && dpdk_dev() == "memif"
+}
+
+/// Does a cluster of `n` nodes on the dpdk transport run on a memif pair? On memif,
+/// yes for one or two nodes. A memif pair joins two agents only (an agent with a port
+/// per peer would be multi-rail), so a larger cluster runs on `net_af_packet` in
+/// namespaces instead, and says so with a line that the test harness does not capture
+/// (`scripts/test.sh` counts them).
+pub fn memif_cluster(n: usize) -> bool {
+    if !memif() {
+        return false;
+    }
+    if n <= 2 {
+        return true;
+    }
+    let name = std::thread::current().name().unwrap_or("a test").to_owned();
+    let line = format!(
+        "*** NOT ON MEMIF: {name}: a cluster of {n} nodes runs on net_af_packet instead \
+         (a memif pair joins two agents) ***\n"
+    );
+    // Straight to the file descriptor: the test harness captures print!/eprint!.
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(line.as_bytes());
+    false
+}
+
+/// Agent flags for node `i` of a memif pair whose socket lives in `dir` (the
+/// cluster's own directory): node 0 is the memif server, node 1 the client; no
+/// namespaces, no hugepages (`--no-huge`), an EAL file prefix per process, and
+/// `vdev_extra` appended to the `--vdev` (e.g. `,bsize=4096`). The socket is in
+/// the abstract namespace (memif's default): it goes with the process, so a killed
+/// server leaves no file that would keep its successor from listening.
+pub fn memif_agent_args(dir: &std::path::Path, i: usize, vdev_extra: &str) -> Vec<String> {
+    let role = if i == 0 { "server" } else { "client" };
+    let prefix = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let eal = format!(
+        "--no-pci --vdev=net_memif0,role={role},socket={}/memif.sock{vdev_extra} \
+         --file-prefix={prefix}-{i} --no-shconf --no-huge -m 64 --no-telemetry \
+         --lcores=0@(0-1) --log-level=lib.eal:warning",
+        dir.display()
+    );
+    vec!["--dpdk-eal".into(), eal]
+}

@@ -49,6 +49,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
@@ -75,6 +76,15 @@ const TX_QUEUE_MAX: usize = 512;
 const POOL_MBUFS: u32 = 4095;
 /// Per-lcore mbuf cache.
 const POOL_CACHE: u32 = 64;
+/// Empty receive polls between two looks at a memif client's link.
+const LINK_CHECK_EVERY: u32 = 256;
+/// How often a memif client that could not connect tries again, and how long its
+/// link must have been down before a connected client connects again.
+const MEMIF_RETRY: Duration = Duration::from_secs(1);
+/// How long a memif client leaves a connection it started to come up (the handshake
+/// runs in DPDK's interrupt thread, which a busy machine may hold back for a while)
+/// before it starts again.
+const MEMIF_HANDSHAKE: Duration = Duration::from_secs(5);
 
 /// How to start the device.
 #[derive(Clone, Debug, Default)]
@@ -121,6 +131,9 @@ pub struct DpdkIoStats {
     pub tx_bursts: u64,
     /// Times the packet socket left the poller because the agent was busy.
     pub unwatched: u64,
+    /// Times a memif client port was started again (after a failed start, or with its
+    /// link down).
+    pub restarts: u64,
 }
 
 /// A frame [`DpdkIo`] received and kept as it came: the packet is read in
@@ -167,6 +180,15 @@ pub struct DpdkIo {
     watched: bool,
     /// ...and the packets moved since the agent last slept.
     busy: u32,
+    /// The port is a memif client: it connects to its server when started, and
+    /// again (stopped and started) when its link is down (see `check_link`)...
+    memif_client: bool,
+    /// ...looked at after this many empty receive polls...
+    idle_polls: u32,
+    /// ...at most once per [`MEMIF_RETRY`] (see `check_link`)...
+    last_start: Option<Instant>,
+    /// ...and when its link was first seen down since it was last up.
+    link_down_since: Option<Instant>,
     stats: DpdkIoStats,
 }
 
@@ -195,6 +217,18 @@ impl DpdkIo {
             (Some(m), Some(_)) if m > 1500 => Some(m),
             _ => None,
         };
+        // `net_memif` is the same: its ethdev says 1518 B, but its rings carry frames as
+        // long as their buffers (`bsize`, default 2048; the client's is the pair's). It
+        // would split a longer frame over chained descriptors, but DPDK 22.11's receiver
+        // then hands out chained mbufs and, seen here, frames that were never sent, in
+        // an endless stream: so a jumbo MTU on memif needs a `bsize` that holds the
+        // whole frame (checked below), the same on both agents, and the same MTU on
+        // both (a longer frame would arrive in chained mbufs: dropped as oversize).
+        let memif = memif_vdev(&cfg.eal_args, cfg.port.as_deref());
+        let memif_mtu = match (cfg.mtu, &memif) {
+            (Some(m), Some(_)) if m > 1500 => Some(m),
+            _ => None,
+        };
         // Room for a whole frame of the configured MTU in one mbuf (no scatter), and for
         // whatever `net_af_packet` may copy out of one frame of its ring.
         let frame = usize::from(cfg.mtu.unwrap_or(1500)) + ETH_HEADER + 4;
@@ -217,11 +251,18 @@ impl DpdkIo {
             )
             .map_err(dev_err)?,
         ));
+        let memif_client = memif.as_ref().is_some_and(|m| m.client);
         let pcfg = PortConfig {
-            mtu: if kernel_mtu.is_some() { None } else { cfg.mtu },
+            mtu: if kernel_mtu.is_some() || memif_mtu.is_some() {
+                None
+            } else {
+                cfg.mtu
+            },
+            // A memif client connects when started; its server may not be there yet.
+            defer_start: memif_client,
             ..PortConfig::default()
         };
-        let port = match cfg.port.as_deref() {
+        let mut port = match cfg.port.as_deref() {
             None => Port::open_id(&eal, first_port(&eal)?, &pcfg, pool),
             Some(p) => match p.parse::<u16>() {
                 Ok(id) => Port::open_id(&eal, id, &pcfg, pool),
@@ -229,6 +270,18 @@ impl DpdkIo {
             },
         }
         .map_err(dev_err)?;
+        let mut last_start = None;
+        if memif_client {
+            last_start = Some(Instant::now());
+            if let Err(e) = port.start() {
+                log::warn!(
+                    "dpdk: {} (memif client) cannot connect to its server yet ({e}); \
+                     trying again every {} s",
+                    port.name(),
+                    MEMIF_RETRY.as_secs()
+                );
+            }
+        }
         let mac = port.mac_address().map_err(dev_err)?;
         let mtu = match (kernel_mtu, &af_packet) {
             (Some(want), Some(a)) => {
@@ -259,7 +312,22 @@ impl DpdkIo {
                 }
                 want
             }
-            _ => port.mtu().map_err(dev_err)?,
+            _ => match (memif_mtu, &memif) {
+                (Some(want), Some(m)) => {
+                    let frame = usize::from(want) + ETH_HEADER;
+                    if m.bsize < frame {
+                        return Err(io::Error::other(format!(
+                            "{}: an MTU of {want} needs bsize={frame} or more in its --vdev \
+                             arguments (its buffers are {} B; the same bsize on both ends \
+                             of the pair, e.g. bsize=9216 for an MTU of 9000)",
+                            port.name(),
+                            m.bsize
+                        )));
+                    }
+                    want
+                }
+                _ => port.mtu().map_err(dev_err)?,
+            },
         };
         let max_packet = usize::from(mtu);
         let mut peers = cfg.peer_macs.clone();
@@ -298,6 +366,10 @@ impl DpdkIo {
             wake: None,
             watched: false,
             busy: 0,
+            memif_client,
+            idle_polls: 0,
+            last_start,
+            link_down_since: None,
             stats: DpdkIoStats::default(),
         })
     }
@@ -335,6 +407,54 @@ impl DpdkIo {
             }
             self.stats.tx_bursts += 1;
             self.moved(sent as u32);
+        }
+    }
+
+    /// A memif client's link: down (its server went away, or was never there), it
+    /// connects again: a port that failed to start, once per [`MEMIF_RETRY`]; a
+    /// started one once its link has been down that long and its last start is
+    /// [`MEMIF_HANDSHAKE`] ago (a handshake still under way is left to finish). No
+    /// system call and no clock read while the link is up.
+    fn check_link(&mut self) {
+        let started = self.port.is_started();
+        if started && self.port.link().is_ok_and(|l| l.up) {
+            self.link_down_since = None;
+            return;
+        }
+        let now = Instant::now();
+        if started && self.link_down_since.is_none() {
+            log::warn!(
+                "dpdk: {} (memif client): link down; connecting to the server again",
+                self.port.name()
+            );
+        }
+        let down = now.duration_since(*self.link_down_since.get_or_insert(now));
+        let since_start = self
+            .last_start
+            .map_or(Duration::MAX, |t| now.duration_since(t));
+        let due = if started {
+            down >= MEMIF_RETRY && since_start >= MEMIF_HANDSHAKE
+        } else {
+            since_start >= MEMIF_RETRY
+        };
+        if !due {
+            return;
+        }
+        self.last_start = Some(now);
+        // A started client whose link is down lost its server: memif does not
+        // connect again by itself, a start does.
+        if let Err(e) = self.port.stop() {
+            log::warn!("dpdk: {}: stop: {e}", self.port.name());
+        }
+        match self.port.start() {
+            Ok(()) => {
+                self.stats.restarts += 1;
+                log::info!(
+                    "dpdk: {} (memif client) started again: connecting to its server",
+                    self.port.name()
+                );
+            }
+            Err(e) => log::debug!("dpdk: {} (memif client): {e}", self.port.name()),
         }
     }
 
@@ -408,9 +528,9 @@ struct AfPacketVdev {
     framesz: usize,
 }
 
-/// The `net_af_packet` vdev that will be the port: the one named `port`, or,
-/// with no port named, the first vdev if it is one.
-fn af_packet_vdev(eal_args: &[String], port: Option<&str>) -> Option<AfPacketVdev> {
+/// The `--vdev` that will be the port: the one named `port`, or, with no port
+/// named, the first.
+fn port_vdev(eal_args: &[String], port: Option<&str>) -> Option<String> {
     let mut specs = Vec::new();
     let mut it = eal_args.iter();
     while let Some(a) = it.next() {
@@ -422,10 +542,48 @@ fn af_packet_vdev(eal_args: &[String], port: Option<&str>) -> Option<AfPacketVde
             }
         }
     }
-    let spec = match port {
-        Some(p) => specs.into_iter().find(|s| s.split(',').next() == Some(p))?,
-        None => specs.into_iter().next()?,
+    match port {
+        Some(p) => specs.into_iter().find(|s| s.split(',').next() == Some(p)),
+        None => specs.into_iter().next(),
+    }
+}
+
+/// A `net_memif` device given with `--vdev` in the EAL arguments.
+#[derive(Debug, PartialEq, Eq)]
+struct MemifVdev {
+    /// `role=client` (DPDK's default role is server).
+    client: bool,
+    /// Its ring buffers' size (`bsize`, default 2048).
+    bsize: usize,
+}
+
+/// `net_memif`'s buffer size without `bsize`.
+const MEMIF_DEFAULT_BSIZE: usize = 2048;
+
+/// The `net_memif` vdev that will be the port (as [`port_vdev`]), if it is one.
+fn memif_vdev(eal_args: &[String], port: Option<&str>) -> Option<MemifVdev> {
+    let spec = port_vdev(eal_args, port)?;
+    let mut parts = spec.split(',');
+    if !parts.next()?.starts_with("net_memif") {
+        return None;
+    }
+    let mut vdev = MemifVdev {
+        client: false,
+        bsize: MEMIF_DEFAULT_BSIZE,
     };
+    for kv in parts {
+        match kv.split_once('=') {
+            Some(("role", r)) => vdev.client = matches!(r, "client" | "slave"),
+            Some(("bsize", v)) => vdev.bsize = v.parse().unwrap_or(MEMIF_DEFAULT_BSIZE),
+            _ => {}
+        }
+    }
+    Some(vdev)
+}
+
+/// The `net_af_packet` vdev that will be the port (as [`port_vdev`]), if it is one.
+fn af_packet_vdev(eal_args: &[String], port: Option<&str>) -> Option<AfPacketVdev> {
+    let spec = port_vdev(eal_args, port)?;
     let mut parts = spec.split(',');
     let name = parts.next()?.to_string();
     if !name.starts_with("net_af_packet") {
@@ -573,6 +731,13 @@ impl PacketIo for DpdkIo {
                 // wait for answers to them.
                 self.flush_tx();
                 if self.port.rx_burst(0, &mut self.rxbuf, RX_BURST) == 0 {
+                    if self.memif_client {
+                        self.idle_polls += 1;
+                        if self.idle_polls >= LINK_CHECK_EVERY {
+                            self.idle_polls = 0;
+                            self.check_link();
+                        }
+                    }
                     return Ok(None);
                 }
                 self.rxq.extend(self.rxbuf.drain(..));
@@ -583,7 +748,11 @@ impl PacketIo for DpdkIo {
                 FrameKind::Foreign => self.stats.foreign_ethertype += 1,
                 FrameKind::Packet(src) if src == self.mac => self.stats.own += 1,
                 FrameKind::Packet(src) => {
-                    if frame.len() - ETH_HEADER > self.max_packet.max(PKT_HEADER + 64) {
+                    // A frame in chained mbufs is longer than our MTU's buffers (a
+                    // memif peer with a larger MTU): oversize too.
+                    if frame.len() - ETH_HEADER > self.max_packet.max(PKT_HEADER + 64)
+                        || m.segments() > 1
+                    {
                         self.stats.oversize += 1;
                         self.rx_done.push(m);
                         continue;
@@ -684,6 +853,7 @@ impl PacketIo for DpdkIo {
             ("port_wakes_agent", u64::from(self.wake_fd.is_some())),
             ("port_unwatched", s.unwatched),
             ("frames_tx_bursts", s.tx_bursts),
+            ("port_restarts", s.restarts),
         ]
     }
 }
@@ -703,6 +873,37 @@ mod tests {
         f[13] = 0x00;
         assert_eq!(classify(&f), FrameKind::Foreign);
         assert_eq!(classify(&f[..13]), FrameKind::Foreign);
+    }
+
+    #[test]
+    fn memif_vdevs_and_their_role_are_found_in_the_eal_arguments() {
+        let args: Vec<String> = [
+            "--no-pci",
+            "--vdev=net_memif0,role=client,socket=/tmp/x/memif.sock",
+            "--vdev",
+            "net_memif1,socket=/tmp/y.sock",
+        ]
+        .map(String::from)
+        .to_vec();
+        let client = MemifVdev {
+            client: true,
+            bsize: 2048,
+        };
+        assert_eq!(memif_vdev(&args, None), Some(client));
+        let server = MemifVdev {
+            client: false,
+            bsize: 2048,
+        };
+        assert_eq!(memif_vdev(&args, Some("net_memif1")), Some(server));
+        let big = vec!["--vdev=net_memif0,role=server,bsize=9216".to_string()];
+        let want = MemifVdev {
+            client: false,
+            bsize: 9216,
+        };
+        assert_eq!(memif_vdev(&big, None), Some(want));
+        let other = vec!["--vdev=net_af_packet0,iface=veth0".to_string()];
+        assert_eq!(memif_vdev(&other, None), None);
+        assert_eq!(memif_vdev(&args, Some("net_ring0")), None);
     }
 
     #[test]

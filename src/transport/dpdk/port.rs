@@ -34,6 +34,10 @@ pub struct PortConfig {
     pub mtu: Option<u16>,
     /// Receive frames for any destination MAC.
     pub promiscuous: bool,
+    /// Configure the port but do not start it: [`Port::start`] does, later (a memif
+    /// client whose server is not listening yet fails to start). Until it is started
+    /// the port sends and receives nothing.
+    pub defer_start: bool,
 }
 
 impl Default for PortConfig {
@@ -46,6 +50,7 @@ impl Default for PortConfig {
             tx_descriptors: 1024,
             mtu: None,
             promiscuous: false,
+            defer_start: false,
         }
     }
 }
@@ -97,8 +102,9 @@ pub struct PortStats {
     pub rx_no_mbuf: u64,
 }
 
-/// A started ethdev port, stopped and closed when dropped (a closed port cannot be
-/// opened again; a failed [`Port::open`] leaves the device open, to be tried again).
+/// A configured (normally started) ethdev port, stopped and closed when dropped (a
+/// closed port cannot be opened again; a failed [`Port::open`] leaves the device open,
+/// to be tried again).
 ///
 /// `'p` is the receive pool's borrow: the pool outlives the port, and so does every
 /// mbuf received or sent through it. Bursting takes `&mut self`: a port (and each of
@@ -113,8 +119,10 @@ pub struct Port<'p> {
     /// The host interface the device is bound to (`net_af_packet`, `net_tap`, ...),
     /// 0 if none.
     if_index: u32,
-    /// Started: Drop stops and closes the device.
+    /// Started: Drop stops the device.
     started: bool,
+    /// Configured (started or not): Drop closes the device.
+    configured: bool,
     _rx_pool: &'p PktPool,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -153,7 +161,7 @@ impl<'p> Port<'p> {
             open.push(id);
         }
         // From here on, dropping `port` releases the id. A failed set-up leaves the
-        // device open (it can be configured again); only a started port is stopped and
+        // device open (it can be configured again); only a configured port is stopped and
         // closed on drop.
         let mut port = Port {
             id,
@@ -162,6 +170,7 @@ impl<'p> Port<'p> {
             tx_queues: 0,
             if_index: 0,
             started: false,
+            configured: false,
             _rx_pool: rx_pool,
             _not_sync: PhantomData,
         };
@@ -255,10 +264,22 @@ impl<'p> Port<'p> {
             let rc = unsafe { dpdk_sys::rte_eth_promiscuous_enable(id) };
             self.check(rc, "rte_eth_promiscuous_enable")?;
         }
+        if config.defer_start {
+            self.configured = true;
+            log::info!(
+                "DPDK port {id} ({}) configured: {} rx / {} tx queues, {nb_rx}/{nb_tx} \
+                 descriptors; to be started",
+                self.name,
+                self.rx_queues,
+                self.tx_queues
+            );
+            return Ok(());
+        }
         // SAFETY: valid port with all its queues set up.
         let rc = unsafe { dpdk_sys::rte_eth_dev_start(id) };
         self.check(rc, "rte_eth_dev_start")?;
         self.started = true;
+        self.configured = true;
         log::info!(
             "DPDK port {id} ({}) started: {} rx / {} tx queues, {nb_rx}/{nb_tx} descriptors",
             self.name,
@@ -266,6 +287,36 @@ impl<'p> Port<'p> {
             self.tx_queues
         );
         Ok(())
+    }
+
+    /// Starts a port configured with [`PortConfig::defer_start`] or stopped with
+    /// [`Port::stop`]; a started port is left as it is.
+    pub fn start(&mut self) -> Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        // SAFETY: a valid port this handle configured (every queue set up), stopped.
+        let rc = unsafe { dpdk_sys::rte_eth_dev_start(self.id) };
+        self.check(rc, "rte_eth_dev_start")?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Stops a started port (it keeps its configuration: [`Port::start`] starts it
+    /// again); a stopped one is left as it is. Frames the driver still held are freed.
+    pub fn stop(&mut self) -> Result<()> {
+        if !self.started {
+            return Ok(());
+        }
+        // SAFETY: a valid, started port of this handle; no burst runs meanwhile (&mut).
+        let rc = unsafe { dpdk_sys::rte_eth_dev_stop(self.id) };
+        self.started = false;
+        self.check(rc, "rte_eth_dev_stop")
+    }
+
+    /// Is the port started (sending and receiving)?
+    pub fn is_started(&self) -> bool {
+        self.started
     }
 
     fn check(&self, rc: i32, op: &str) -> Result<()> {
@@ -381,6 +432,9 @@ impl<'p> Port<'p> {
             "rx queue {queue} of {}",
             self.rx_queues
         );
+        if !self.started {
+            return 0;
+        }
         out.reserve(usize::from(max));
         let spare = out.spare_capacity_mut();
         // SAFETY: the port is started and queue is configured; spare has room for max
@@ -418,6 +472,9 @@ impl<'p> Port<'p> {
             "tx queue {queue} of {}",
             self.tx_queues
         );
+        if !self.started {
+            return 0;
+        }
         let len = pkts.len();
         let count = u16::try_from(len).unwrap_or(u16::MAX);
         // SAFETY: the port is started and queue is configured; pkts holds at least
@@ -448,12 +505,16 @@ impl<'p> Port<'p> {
 
 impl Drop for Port<'_> {
     fn drop(&mut self) {
-        if self.started {
-            // SAFETY: a valid, started port id that self has claimed (OPEN); after
-            // close self does not use the id again.
+        if self.configured {
+            // SAFETY: a valid, configured port id that self has claimed (OPEN); it is
+            // stopped only if started; after close self does not use the id again.
             let (stop, close) = unsafe {
                 (
-                    dpdk_sys::rte_eth_dev_stop(self.id),
+                    if self.started {
+                        dpdk_sys::rte_eth_dev_stop(self.id)
+                    } else {
+                        0
+                    },
                     dpdk_sys::rte_eth_dev_close(self.id),
                 )
             };
