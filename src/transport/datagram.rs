@@ -496,12 +496,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         let epoch = auth::random_u64();
         let old = std::mem::replace(&mut self.links[j], DLink::new(epoch, self.cfg, now));
         self.links[j].peer_epoch = old.peer_epoch;
-        let s = old.tx.stats();
-        self.retired.timeouts += s.timeouts;
-        self.retired.fast_retransmits += s.fast_retransmits;
-        self.retired.spurious += s.spurious;
-        self.retired.undone += s.undone;
-        self.retired.partial_ack_resends += s.partial_ack_resends;
+        self.retired.add(&old.tx.stats());
         old.outq
             .into_iter()
             .filter_map(|o| match o {
@@ -828,12 +823,7 @@ impl<I: PacketIo> DatagramTransport<I> {
     fn sender_stats(&self) -> reliable::SenderStats {
         let mut t = self.retired;
         for l in &self.links {
-            let s = l.tx.stats();
-            t.timeouts += s.timeouts;
-            t.fast_retransmits += s.fast_retransmits;
-            t.spurious += s.spurious;
-            t.undone += s.undone;
-            t.partial_ack_resends += s.partial_ack_resends;
+            t.add(&l.tx.stats());
         }
         t
     }
@@ -1027,7 +1017,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_resent_fast", r.fast_retransmits),
             ("packets_resent_spurious", r.spurious),
             ("congestion_undos", r.undone),
-            ("packets_resent_partial_ack", r.partial_ack_resends),
+            ("packets_resent_tail_probe", r.tail_probes),
+            ("reorder_window_widened", r.reorder_widened),
         ]);
         c.extend(self.io.counters());
         let mut info = self.io.info();
