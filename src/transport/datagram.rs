@@ -1019,6 +1019,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("congestion_undos", r.undone),
             ("packets_resent_tail_probe", r.tail_probes),
             ("reorder_window_widened", r.reorder_widened),
+            ("loss_episodes_random", r.random_losses),
         ]);
         c.extend(self.io.counters());
         let mut info = self.io.info();
