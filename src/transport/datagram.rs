@@ -48,6 +48,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+
 use crate::shm::Pool;
 use crate::wire::auth::{self, JobKey, MAC_LEN};
 use crate::wire::bytes::FieldsMut;
@@ -61,6 +64,9 @@ use super::{Close, LinkEvent, Out, Poller, Transport, TransportStats};
 
 /// How often a link that is not up says `Hello`.
 const HELLO_EVERY: Duration = Duration::from_millis(100);
+/// The poller token of the reliability timer ([`DatagramTransport::wake`]);
+/// the device registers under token 0.
+const TIMER_TOKEN: u32 = 1;
 /// Packets taken from the device per call (fairness).
 const RX_BURST: usize = 256;
 /// Payload buffers kept for reuse (acknowledged packets' and delivered
@@ -382,6 +388,12 @@ pub struct DatagramTransport<I: PacketIo> {
     stats: DgramStats,
     /// Reliability counters of link instances replaced since.
     retired: reliable::SenderStats,
+    /// Wakes a sleeping agent at the links' next reliability deadline
+    /// (loss detection's reordering timer, a tail loss probe, a delayed
+    /// ack): the agent's own timers run every 5 ms, and a sleep that long
+    /// turned a 25 µs reordering window into milliseconds of idle link.
+    /// `None` where the kernel refused one (then the tick serves).
+    wake: Option<TimerFd>,
 }
 
 impl<I: PacketIo> DatagramTransport<I> {
@@ -399,6 +411,19 @@ impl<I: PacketIo> DatagramTransport<I> {
         key: Option<JobKey>,
     ) -> io::Result<DatagramTransport<I>> {
         io.register(poller, 0)?;
+        let wake = match TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        ) {
+            Ok(t) => {
+                poller.add(t.as_fd(), TIMER_TOKEN)?;
+                Some(t)
+            }
+            Err(e) => {
+                log::warn!("{}: no timerfd ({e}): retransmissions wait for the agent's tick while it sleeps", io.name());
+                None
+            }
+        };
         let cfg = reliable::Config::default();
         let now = Instant::now();
         let (me, nodes) = (hello.node, hello.nodes);
@@ -422,6 +447,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             now: None,
             stats: DgramStats::default(),
             retired: reliable::SenderStats::default(),
+            wake,
         })
     }
 
@@ -828,6 +854,34 @@ impl<I: PacketIo> DatagramTransport<I> {
         t
     }
 
+    /// Set the wake-up timer to the earliest reliability deadline of an up
+    /// link (disarmed when there is none).
+    fn arm_wake(&mut self) {
+        let Some(t) = &self.wake else { return };
+        let now = Instant::now();
+        let due = self
+            .links
+            .iter()
+            .filter(|l| l.up)
+            .flat_map(|l| [l.tx.next_deadline(), l.rx.ack_deadline(now)])
+            .flatten()
+            .min();
+        let r = match due {
+            // (A deadline already passed: as soon as possible; 0 would disarm.)
+            Some(d) => t.set(
+                Expiration::OneShot(TimeSpec::from_duration(
+                    d.saturating_duration_since(now)
+                        .max(Duration::from_micros(1)),
+                )),
+                TimerSetTimeFlags::empty(),
+            ),
+            None => t.unset(),
+        };
+        if let Err(e) = r {
+            log::debug!("{}: wake-up timer: {e}", self.io.name());
+        }
+    }
+
     /// Timers of an up link: retransmissions, acks, window probes.
     fn service(&mut self, j: usize, now: Instant) -> bool {
         let mut any = false;
@@ -882,11 +936,20 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         &mut self,
         _sub: u32,
         _poller: &Poller,
-        _token: u32,
+        token: u32,
         now: Instant,
         rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
+        if token == TIMER_TOKEN {
+            // Only to wake the agent: its next round's `poll` serves the
+            // links. Read the expiry so the descriptor is quiet again
+            // (nonblocking: an early wake-up finds nothing to read).
+            if let Some(t) = &self.wake {
+                let _ = t.wait();
+            }
+            return;
+        }
         if self.receive(now, rx, events) {
             for j in 0..self.links.len() {
                 if self.links[j].up {
@@ -989,6 +1052,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     fn before_sleep(&mut self, poller: &Poller) -> bool {
         // Time passes while the agent sleeps: `flush` reads the clock again.
         self.now = None;
+        self.arm_wake();
         self.io.before_sleep(poller);
         !self.io.poll_mode() || self.io.wakes()
     }
@@ -1020,6 +1084,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_resent_tail_probe", r.tail_probes),
             ("reorder_window_widened", r.reorder_widened),
             ("loss_episodes_random", r.random_losses),
+            ("loss_episodes_congestion", r.congestion_cuts),
         ]);
         c.extend(self.io.counters());
         let mut info = self.io.info();

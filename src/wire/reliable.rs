@@ -156,6 +156,9 @@ pub struct SenderStats {
     /// Loss episodes taken as random (no queue on the path): the window
     /// was held, not cut.
     pub random_losses: u64,
+    /// Loss episodes taken as congestion (a queue on the path): the window
+    /// was cut to 0.7.
+    pub congestion_cuts: u64,
 }
 
 impl SenderStats {
@@ -172,6 +175,7 @@ impl SenderStats {
         self.tail_probes += o.tail_probes;
         self.reorder_widened += o.reorder_widened;
         self.random_losses += o.random_losses;
+        self.congestion_cuts += o.congestion_cuts;
     }
 }
 
@@ -487,6 +491,7 @@ impl<T> Sender<T> {
             } else {
                 self.ssthresh = (self.cwnd * 7 / 10).max(4);
                 self.cwnd = self.ssthresh;
+                self.stats.congestion_cuts += 1;
             }
             self.recover = self.next;
             self.rack.reo_persist = self.rack.reo_persist.saturating_sub(1);
@@ -2183,7 +2188,7 @@ mod tests {
                 eprintln!(
                     "netsim {name:>9} seed {seed}: goodput {:5.1} % of the link in {:?}; \
                      tail drops {}, impaired {}; sent {} resent {} (fast {}, timeouts {}) \
-                     spurious {} undone {} probes {} widened {} random {}",
+                     spurious {} undone {} probes {} widened {} random {} cuts {}",
                     o.share * 100.0,
                     o.took,
                     o.tail_drops,
@@ -2197,6 +2202,7 @@ mod tests {
                     st.tail_probes,
                     st.reorder_widened,
                     st.random_losses,
+                    st.congestion_cuts,
                 );
                 if o.share < floor {
                     failed.push(format!("{name} seed {seed}: {:.1} %", o.share * 100.0));
