@@ -4,8 +4,9 @@
 //! Each peer's link is a reliable, ordered byte stream of frames, like a
 //! TCP connection, built here from packets ([`crate::wire::packet`]): the
 //! stream is cut into packets as large as the device takes, each numbered
-//! and kept by a [`reliable::Sender`] until acknowledged, resent on timeout
-//! or when selective acks show a gap; the receiving side's
+//! and kept by a [`reliable::Sender`] until acknowledged, resent when its
+//! loss detection (RACK-TLP, by time) or its timeout says so; a timerfd
+//! wakes a sleeping agent at those deadlines; the receiving side's
 //! [`reliable::Receiver`] drops duplicates, puts packets back in order and
 //! hands their bytes to the link's [`FrameReader`]. It stops doing so while
 //! the agent leaves too much unread there, which closes the window it

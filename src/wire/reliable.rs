@@ -230,9 +230,15 @@ struct Undo {
     overflow: bool,
 }
 
-/// Packets queued on the path (see `Sender::backlog`) below which a loss
-/// is taken as random rather than congestion (TCP Veno's β).
+/// Packets queued on the path (see `Sender::queue_on_path`) below which a
+/// loss is taken as random rather than congestion (TCP Veno's β).
 const VENO_BACKLOG: f64 = 3.0;
+/// The share of the round trip spent queueing below which a loss is taken
+/// as random: the round trip must have doubled. Veno's packet count alone
+/// reads a host's scheduling noise as a queue once the window is large (at
+/// 100 packets, a round trip 3 % above its minimum): on the 2-core bench
+/// host every loss then looked like congestion.
+const QUEUE_SHARE: f64 = 0.5;
 
 /// The smallest round trips of the current and the last round (a round:
 /// until what was sent at its start is acknowledged).
@@ -455,18 +461,21 @@ impl<T> Sender<T> {
         }
     }
 
-    /// The packets queued on the path by the round-trip estimate (TCP
-    /// Veno's `N = cwnd × (RTT − min RTT) / RTT`), with RTT the smallest
-    /// round trip of this round and the last (acks held back by reordering
-    /// do not count), if measured.
-    fn backlog(&self) -> Option<f64> {
-        let min = self.min_rtt?;
+    /// Whether the path shows a queue: the share of the round trip spent
+    /// queueing `q = (RTT − min RTT) / RTT`, with RTT the smallest round
+    /// trip of this round and the last (acks held back by reordering, a
+    /// peer descheduled for a moment, do not count), is at least
+    /// [`QUEUE_SHARE`] and amounts to at least [`VENO_BACKLOG`] packets
+    /// (TCP Veno's `N = cwnd × q`). Unmeasured: yes (as TCP would).
+    fn queue_on_path(&self) -> bool {
+        let Some(min) = self.min_rtt else { return true };
         let rtt = match (self.rounds.cur, self.rounds.prev) {
             (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return true,
         };
-        let q = rtt.saturating_sub(min).as_secs_f64();
-        Some(f64::from(self.cwnd) * q / rtt.as_secs_f64().max(1e-9))
+        let q = rtt.saturating_sub(min).as_secs_f64() / rtt.as_secs_f64().max(1e-9);
+        q >= QUEUE_SHARE && f64::from(self.cwnd) * q >= VENO_BACKLOG
     }
 
     /// A loss of packet `seq` was detected: once per window of data, the
@@ -483,7 +492,7 @@ impl<T> Sender<T> {
             self.cwnd = 4;
             self.recover = self.next;
         } else if seq >= self.recover {
-            if self.backlog().is_some_and(|n| n < VENO_BACKLOG) {
+            if !self.queue_on_path() {
                 // No queue built up: not congestion. Hold the window (leave
                 // slow start, grow no more this round).
                 self.ssthresh = self.cwnd.max(4);
@@ -2162,10 +2171,10 @@ mod tests {
         };
         let cells: [(&str, Impair, f64); 5] = [
             ("clean", imp(0, 0, 0, 0), 0.90),
-            ("1/25/2/1", imp(1, 25, 2, 1), 0.60),
-            ("5/25/2/1", imp(5, 25, 2, 1), 0.55),
-            ("0/50/0/0", imp(0, 50, 0, 0), 0.65),
-            ("5/0/0/0", imp(5, 0, 0, 0), 0.45),
+            ("1/25/2/1", imp(1, 25, 2, 1), 0.75),
+            ("5/25/2/1", imp(5, 25, 2, 1), 0.70),
+            ("0/50/0/0", imp(0, 50, 0, 0), 0.80),
+            ("5/0/0/0", imp(5, 0, 0, 0), 0.65),
         ];
         let mut failed = Vec::new();
         for (name, imp, floor) in cells {
