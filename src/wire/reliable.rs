@@ -30,7 +30,8 @@
 //!
 //! When nothing is acknowledged for a probe timeout (two smoothed round
 //! trips plus the receiver's ack delay) after the last transmission, the
-//! newest outstanding packet goes out again once: a tail loss probe. Its
+//! newest outstanding packet goes out again: a tail loss probe (a second
+//! one after twice that wait, if the first went unanswered). Its
 //! ack (or D-SACK) makes RACK find what was lost at the tail, without
 //! waiting for the retransmission timeout. The timeout (RFC 6298: Karn's
 //! rule, a doubling backoff, bounded by `rto_min`/`rto_max`) is the last
@@ -250,6 +251,10 @@ struct Rounds {
     end: u64,
 }
 
+/// Tail loss probes in a row without an answer before only the timeout is
+/// left.
+const PROBES_MAX: u32 = 2;
+
 /// Loss episodes after which a widened reordering window returns to its
 /// start (RFC 8985's `RACK.reo_wnd_persist`).
 const REO_PERSIST: u32 = 16;
@@ -273,8 +278,9 @@ struct Rack {
     /// The earliest moment a packet sent before `xmit` becomes lost, if
     /// one is waiting for its reordering window.
     timer: Option<Instant>,
-    /// A tail loss probe went out and nothing new was delivered since.
-    probe_out: bool,
+    /// Tail loss probes sent since something was last delivered (at most
+    /// [`PROBES_MAX`]).
+    probes_out: u32,
 }
 
 /// The sending half of one peer's reliable channel.
@@ -649,7 +655,7 @@ impl<T> Sender<T> {
             self.rack_update(sent, seq, now);
         }
         if newly > 0 {
-            self.rack.probe_out = false;
+            self.rack.probes_out = 0;
         }
         if let Some(seq) = ack.dsack.filter(|&d| d < self.next) {
             self.on_dsack(seq, now);
@@ -695,10 +701,13 @@ impl<T> Sender<T> {
         }
     }
 
-    /// When a tail loss probe is due, if one may be sent.
+    /// When a tail loss probe is due, if one may be sent: a probe timeout
+    /// after the last send, doubled for a second probe (a first probe or
+    /// its ack may be lost too: RFC 9002 sends probes, not a timeout, until
+    /// one is answered).
     fn probe_deadline(&self) -> Option<Instant> {
-        (self.outstanding > 0 && !self.rack.probe_out && self.rack.timer.is_none())
-            .then(|| self.last_send + self.pto())
+        (self.outstanding > 0 && self.rack.probes_out < PROBES_MAX && self.rack.timer.is_none())
+            .then(|| self.last_send + self.pto() * (1 << self.rack.probes_out))
     }
 
     /// RFC 8985 §6.2 step 5: every outstanding packet sent before the
@@ -790,7 +799,7 @@ impl<T> Sender<T> {
                 self.stats.retransmits += 1;
                 self.stats.tail_probes += 1;
                 f(self.base + i as u64, &slot.item);
-                self.rack.probe_out = true;
+                self.rack.probes_out += 1;
                 self.last_resend = Some(now);
                 self.last_send = now;
             }
@@ -1851,9 +1860,9 @@ mod tests {
             s.poll_retransmit(now, |q, _| resent.push(q));
             assert!(now < sent + Duration::from_millis(30));
         }
-        // A tail loss probe first (it changes no window), then the timeout.
-        assert_eq!(resent, vec![seq, seq]);
-        assert_eq!(s.stats().tail_probes, 1);
+        // Two tail loss probes first (they change no window), then the timeout.
+        assert_eq!(resent, vec![seq, seq, seq]);
+        assert_eq!(s.stats().tail_probes, 2);
         assert_eq!(s.cwnd(), 4, "a timeout restarts slow start");
         now = sent + Duration::from_millis(30);
         s.on_ack(&r.make_ack(), now, &mut freed).unwrap();
