@@ -4,8 +4,9 @@
 //! Each peer's link is a reliable, ordered byte stream of frames, like a
 //! TCP connection, built here from packets ([`crate::wire::packet`]): the
 //! stream is cut into packets as large as the device takes, each numbered
-//! and kept by a [`reliable::Sender`] until acknowledged, resent on timeout
-//! or when selective acks show a gap; the receiving side's
+//! and kept by a [`reliable::Sender`] until acknowledged, resent when its
+//! loss detection (RACK-TLP, by time) or its timeout says so; a timerfd
+//! wakes a sleeping agent at those deadlines; the receiving side's
 //! [`reliable::Receiver`] drops duplicates, puts packets back in order and
 //! hands their bytes to the link's [`FrameReader`]. It stops doing so while
 //! the agent leaves too much unread there, which closes the window it
@@ -48,6 +49,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+
 use crate::shm::Pool;
 use crate::wire::auth::{self, JobKey, MAC_LEN};
 use crate::wire::bytes::FieldsMut;
@@ -61,6 +65,9 @@ use super::{Close, LinkEvent, Out, Poller, Transport, TransportStats};
 
 /// How often a link that is not up says `Hello`.
 const HELLO_EVERY: Duration = Duration::from_millis(100);
+/// The poller token of the reliability timer ([`DatagramTransport::wake`]);
+/// the device registers under token 0.
+const TIMER_TOKEN: u32 = 1;
 /// Packets taken from the device per call (fairness).
 const RX_BURST: usize = 256;
 /// Payload buffers kept for reuse (acknowledged packets' and delivered
@@ -394,6 +401,12 @@ pub struct DatagramTransport<I: PacketIo> {
     stats: DgramStats,
     /// Reliability counters of link instances replaced since.
     retired: reliable::SenderStats,
+    /// Wakes a sleeping agent at the links' next reliability deadline
+    /// (loss detection's reordering timer, a tail loss probe, a delayed
+    /// ack): the agent's own timers run every 5 ms, and a sleep that long
+    /// turned a 25 µs reordering window into milliseconds of idle link.
+    /// `None` where the kernel refused one (then the tick serves).
+    wake: Option<TimerFd>,
 }
 
 impl<I: PacketIo> DatagramTransport<I> {
@@ -411,6 +424,19 @@ impl<I: PacketIo> DatagramTransport<I> {
         key: Option<JobKey>,
     ) -> io::Result<DatagramTransport<I>> {
         io.register(poller, 0)?;
+        let wake = match TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        ) {
+            Ok(t) => {
+                poller.add(t.as_fd(), TIMER_TOKEN)?;
+                Some(t)
+            }
+            Err(e) => {
+                log::warn!("{}: no timerfd ({e}): retransmissions wait for the agent's tick while it sleeps", io.name());
+                None
+            }
+        };
         let cfg = reliable::Config::default();
         let now = Instant::now();
         let (me, nodes) = (hello.node, hello.nodes);
@@ -434,6 +460,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             now: None,
             stats: DgramStats::default(),
             retired: reliable::SenderStats::default(),
+            wake,
         })
     }
 
@@ -508,12 +535,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         let epoch = auth::random_u64();
         let old = std::mem::replace(&mut self.links[j], DLink::new(epoch, self.cfg, now));
         self.links[j].peer_epoch = old.peer_epoch;
-        let s = old.tx.stats();
-        self.retired.timeouts += s.timeouts;
-        self.retired.fast_retransmits += s.fast_retransmits;
-        self.retired.spurious += s.spurious;
-        self.retired.undone += s.undone;
-        self.retired.partial_ack_resends += s.partial_ack_resends;
+        self.retired.add(&old.tx.stats());
         old.outq
             .into_iter()
             .filter_map(|o| match o {
@@ -870,14 +892,37 @@ impl<I: PacketIo> DatagramTransport<I> {
     fn sender_stats(&self) -> reliable::SenderStats {
         let mut t = self.retired;
         for l in &self.links {
-            let s = l.tx.stats();
-            t.timeouts += s.timeouts;
-            t.fast_retransmits += s.fast_retransmits;
-            t.spurious += s.spurious;
-            t.undone += s.undone;
-            t.partial_ack_resends += s.partial_ack_resends;
+            t.add(&l.tx.stats());
         }
         t
+    }
+
+    /// Set the wake-up timer to the earliest reliability deadline of an up
+    /// link (disarmed when there is none).
+    fn arm_wake(&mut self) {
+        let Some(t) = &self.wake else { return };
+        let now = Instant::now();
+        let due = self
+            .links
+            .iter()
+            .filter(|l| l.up)
+            .flat_map(|l| [l.tx.next_deadline(), l.rx.ack_deadline(now)])
+            .flatten()
+            .min();
+        let r = match due {
+            // (A deadline already passed: as soon as possible; 0 would disarm.)
+            Some(d) => t.set(
+                Expiration::OneShot(TimeSpec::from_duration(
+                    d.saturating_duration_since(now)
+                        .max(Duration::from_micros(1)),
+                )),
+                TimerSetTimeFlags::empty(),
+            ),
+            None => t.unset(),
+        };
+        if let Err(e) = r {
+            log::debug!("{}: wake-up timer: {e}", self.io.name());
+        }
     }
 
     /// Timers of an up link: retransmissions, acks, window probes.
@@ -934,11 +979,20 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         &mut self,
         _sub: u32,
         _poller: &Poller,
-        _token: u32,
+        token: u32,
         now: Instant,
         rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
+        if token == TIMER_TOKEN {
+            // Only to wake the agent: its next round's `poll` serves the
+            // links. Read the expiry so the descriptor is quiet again
+            // (nonblocking: an early wake-up finds nothing to read).
+            if let Some(t) = &self.wake {
+                let _ = t.wait();
+            }
+            return;
+        }
         if self.receive(now, rx, events) {
             for j in 0..self.links.len() {
                 if self.links[j].up {
@@ -1041,6 +1095,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
     fn before_sleep(&mut self, poller: &Poller) -> bool {
         // Time passes while the agent sleeps: `flush` reads the clock again.
         self.now = None;
+        self.arm_wake();
         self.io.before_sleep(poller);
         !self.io.poll_mode() || self.io.wakes()
     }
@@ -1070,7 +1125,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_resent_fast", r.fast_retransmits),
             ("packets_resent_spurious", r.spurious),
             ("congestion_undos", r.undone),
-            ("packets_resent_partial_ack", r.partial_ack_resends),
+            ("packets_resent_tail_probe", r.tail_probes),
+            ("reorder_window_widened", r.reorder_widened),
+            ("loss_episodes_random", r.random_losses),
+            ("loss_episodes_congestion", r.congestion_cuts),
         ]);
         c.extend(self.io.counters());
         let mut info = self.io.info();
