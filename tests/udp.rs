@@ -7,13 +7,17 @@ mod common;
 
 use std::net::UdpSocket;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use common::relay::{Impair, Relay};
 use common::scenarios::{self, Impaired};
-use common::{check, Cluster};
+use common::{assert_ok, check, counter, Cluster};
 use wyvern::wire::packet::{encode, PacketHeader, PktKind, FLAG_NOT_UP};
 use wyvern::wire::reliable::Ack;
 use wyvern::wire::{job_hash, Hello};
+
+/// How long a client process of these tests may take.
+const T: Duration = Duration::from_secs(120);
 
 #[test]
 fn impaired_link_delivers_every_message_once_in_order_and_intact() {
