@@ -106,8 +106,8 @@ struct Net {
     impair: Impair,
     rng: u64,
     seq: u64,
-    /// `cut[a * n + b]`: nothing passes from a to b.
-    cut: Vec<bool>,
+    /// `cut[a * n + b]`: nothing passes from a to b before that time.
+    cut: Vec<Option<Instant>>,
     nodes: usize,
     flight: BinaryHeap<InFlight>,
     /// Per node: packets that arrived, with their sender.
@@ -126,10 +126,14 @@ impl Net {
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    fn is_cut(&self, src: u32, dst: u32) -> bool {
+        self.cut[src as usize * self.nodes + dst as usize].is_some_and(|t| self.clock.now() < t)
+    }
+
     fn send(&mut self, src: u32, dst: u32, mut bytes: Vec<u8>) {
         self.stats.sent += 1;
         let n = self.nodes;
-        if dst as usize >= n || self.cut[src as usize * n + dst as usize] {
+        if dst as usize >= n || self.is_cut(src, dst) {
             self.stats.cut += 1;
             return;
         }
@@ -186,7 +190,7 @@ impl SimNet {
             impair,
             rng: seed | 1,
             seq: 0,
-            cut: vec![false; nodes * nodes],
+            cut: vec![None; nodes * nodes],
             nodes,
             flight: BinaryHeap::new(),
             queues: (0..nodes).map(|_| VecDeque::new()).collect(),
@@ -216,10 +220,23 @@ impl SimNet {
 
     /// Cut (or heal) both directions between `a` and `b`.
     pub fn set_cut(&self, a: u32, b: u32, cut: bool) {
+        let far = self.lock().clock.now() + Duration::from_secs(1 << 30);
+        self.cut_until(a, b, cut.then_some(far));
+    }
+
+    /// Cut both directions between `a` and `b` for `d` of virtual time
+    /// from now (healed at that instant, however the test's own thread is
+    /// scheduled).
+    pub fn cut_for(&self, a: u32, b: u32, d: Duration) {
+        let until = self.lock().clock.now() + d;
+        self.cut_until(a, b, Some(until));
+    }
+
+    fn cut_until(&self, a: u32, b: u32, until: Option<Instant>) {
         let mut n = self.lock();
         let nodes = n.nodes;
-        n.cut[a as usize * nodes + b as usize] = cut;
-        n.cut[b as usize * nodes + a as usize] = cut;
+        n.cut[a as usize * nodes + b as usize] = until;
+        n.cut[b as usize * nodes + a as usize] = until;
     }
 
     /// Move packets due by the clock's time into their receive queues;
@@ -231,7 +248,7 @@ impl SimNet {
         while n.flight.peek().is_some_and(|p| p.at <= now) {
             let p = n.flight.pop().expect("peeked");
             let (src, dst) = (p.src, p.dst);
-            if n.cut[src as usize * n.nodes + dst as usize] {
+            if n.is_cut(src, dst) {
                 // Cut while it was on its way.
                 n.stats.cut += 1;
                 continue;

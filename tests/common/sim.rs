@@ -75,6 +75,8 @@ impl Sim {
     /// `seed`; `tweak` may change each node's configuration. Returns once
     /// every agent sees every peer up (in virtual time; at most 60 s of it).
     pub fn start(n: usize, impair: Impair, seed: u64, tweak: impl Fn(&mut AgentConfig)) -> Sim {
+        // The agents' log lines with RUST_LOG (captured per test).
+        let _ = env_logger::builder().is_test(true).try_init();
         let dir = std::env::temp_dir().join(format!(
             "wyvern-sim-{}-{}",
             std::process::id(),
