@@ -184,15 +184,7 @@ impl Cluster {
         node_args: Vec<Vec<String>>,
         mut via: impl FnMut(usize, SocketAddr) -> SocketAddr,
     ) -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "wyvern-test-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = unique_dir("wyvern-test");
         // The suite on the dpdk transport: every node in a namespace of its own on
         // net_af_packet, or (WYVERN_TEST_DPDK_DEV=memif) two agents on a memif pair.
         let mut tb = None;
@@ -473,6 +465,20 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A new directory `<tmp>/<prefix>-<pid>-<ns>` of this test's own.
+pub fn unique_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 pub fn assert_ok(name: &str, r: &(serde_json::Value, bool)) {

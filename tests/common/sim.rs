@@ -77,15 +77,7 @@ impl Sim {
     pub fn start(n: usize, impair: Impair, seed: u64, tweak: impl Fn(&mut AgentConfig)) -> Sim {
         // The agents' log lines with RUST_LOG (captured per test).
         let _ = env_logger::builder().is_test(true).try_init();
-        let dir = std::env::temp_dir().join(format!(
-            "wyvern-sim-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = super::unique_dir("wyvern-sim");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let clock = VirtualClock::new();
