@@ -30,8 +30,6 @@ use wyvern::transport::dpdk::{
     classify, write_header, Eal, FrameKind, MacAddr, Mbuf, PktPool, Port, PortConfig, ETHERTYPE,
     ETH_HEADER,
 };
-use wyvern::wire::packet::{encode, PacketHeader, PktKind};
-use wyvern::wire::reliable::Ack;
 
 /// Both agents settled and clean ([`check::settled_clean`]), every peer on dpdk.
 fn settled_on_dpdk(c: &Cluster) -> Vec<serde_json::Value> {
@@ -67,35 +65,9 @@ fn inject_child() {
     let mut port = Port::open(&eal, "net_af_packet1", &PortConfig::default(), &pool).unwrap();
     // A source MAC no node has.
     let src = MacAddr([0x02, 0, 0, 0, 0x77, 0x01]);
-    let h = PacketHeader {
-        kind: PktKind::Data,
-        flags: 0,
-        src_node: 0,
-        dst_node: 1,
-        src_epoch: 12345,
-        dst_epoch: 67890,
-        seq: 0,
-        ack: Ack::default(),
-    };
     let mut frames: Vec<Vec<u8>> = Vec::new();
     for i in 0..200u32 {
-        let mut packets = Vec::new();
-        // Junk with our EtherType.
-        packets.push((0..(i % 90 + 1)).map(|k| (k * 37 + i) as u8).collect());
-        // A well-formed packet, damaged.
-        let mut p = Vec::new();
-        encode(&h, b"not for you", &mut p);
-        p[70] ^= 0x10;
-        packets.push(p);
-        // Well-formed, from a node outside the job.
-        let mut p = Vec::new();
-        encode(&PacketHeader { src_node: 9, ..h }, b"x", &mut p);
-        packets.push(p);
-        // Well-formed, from a link epoch that does not exist (stale).
-        let mut p = Vec::new();
-        encode(&PacketHeader { seq: i as u64, ..h }, b"stale", &mut p);
-        packets.push(p);
-        for p in packets {
+        for p in scenarios::garbage_datagrams(i) {
             let mut f = vec![0u8; ETH_HEADER];
             write_header(&mut f, MacAddr([0xff; 6]), src);
             f.extend_from_slice(&p);

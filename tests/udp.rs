@@ -13,7 +13,6 @@ use common::relay::{Impair, Relay};
 use common::scenarios::{self, Impaired};
 use common::{assert_ok, check, counter, Cluster};
 use wyvern::wire::packet::{encode, PacketHeader, PktKind, FLAG_NOT_UP};
-use wyvern::wire::reliable::Ack;
 use wyvern::wire::{job_hash, Hello};
 
 /// How long a client process of these tests may take.
@@ -138,33 +137,11 @@ fn garbage_datagrams_are_counted_and_dropped() {
     let target = c.nodes[1];
     let (before, s) = scenarios::garbage_is_counted_and_dropped(&c, || {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let h = PacketHeader {
-            kind: PktKind::Data,
-            flags: 0,
-            src_node: 0,
-            dst_node: 1,
-            src_epoch: 12345,
-            dst_epoch: 67890,
-            seq: 0,
-            ack: Ack::default(),
-        };
+        let h = scenarios::garbage_header();
         for i in 0..200u32 {
-            // Random bytes.
-            let junk: Vec<u8> = (0..(i % 90 + 1)).map(|k| (k * 37 + i) as u8).collect();
-            sock.send_to(&junk, target).unwrap();
-            // A well-formed packet, damaged.
-            let mut p = Vec::new();
-            encode(&h, b"not for you", &mut p);
-            p[70] ^= 0x10;
-            sock.send_to(&p, target).unwrap();
-            // Well-formed, from a node outside the job.
-            let mut p = Vec::new();
-            encode(&PacketHeader { src_node: 9, ..h }, b"x", &mut p);
-            sock.send_to(&p, target).unwrap();
-            // Well-formed, from a link epoch that does not exist (stale).
-            let mut p = Vec::new();
-            encode(&PacketHeader { seq: i as u64, ..h }, b"stale", &mut p);
-            sock.send_to(&p, target).unwrap();
+            for p in scenarios::garbage_datagrams(i) {
+                sock.send_to(&p, target).unwrap();
+            }
             // A Hello claiming to be node 0, from an agent of another job (a
             // stale address reused on a shared host): it must not take node 0's
             // place (the scenario checks the link never resumed).

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wyvern::wire::packet::{PacketHeader, PktKind};
 
 use super::check::{
     all_up, counter_sum, delivered, peer, peer_counter, peers_counter, senders, sent, settled_clean,
@@ -264,6 +265,39 @@ pub fn impaired_link(
         all_up(st);
     }
     s
+}
+
+/// Round `i`'s garbage datagrams for [`garbage_is_counted_and_dropped`], as a
+/// datagram transport's payloads (udp sends them as they are, dpdk in
+/// Ethernet frames): junk, a well-formed packet damaged, one from a node
+/// outside the job, and one of a link epoch that does not exist (stale),
+/// forged from [`garbage_header`].
+pub fn garbage_datagrams(i: u32) -> Vec<Vec<u8>> {
+    use wyvern::wire::packet::encode;
+    let h = garbage_header();
+    let junk: Vec<u8> = (0..(i % 90 + 1)).map(|k| (k * 37 + i) as u8).collect();
+    let mut damaged = Vec::new();
+    encode(&h, b"not for you", &mut damaged);
+    damaged[70] ^= 0x10;
+    let mut foreign = Vec::new();
+    encode(&PacketHeader { src_node: 9, ..h }, b"x", &mut foreign);
+    let mut stale = Vec::new();
+    encode(&PacketHeader { seq: i as u64, ..h }, b"stale", &mut stale);
+    vec![junk, damaged, foreign, stale]
+}
+
+/// The header [`garbage_datagrams`] forges: node 0 to node 1, epochs no link has.
+pub fn garbage_header() -> PacketHeader {
+    PacketHeader {
+        kind: PktKind::Data,
+        flags: 0,
+        src_node: 0,
+        dst_node: 1,
+        src_epoch: 12345,
+        dst_epoch: 67890,
+        seq: 0,
+        ack: wyvern::wire::reliable::Ack::default(),
+    }
 }
 
 /// Garbage reaching agent 1 from the network while node 0 streams 400 messages
