@@ -832,6 +832,29 @@ impl Drop for SendBuf {
     }
 }
 
+/// The message a delivery record (copied out of a receive ring) names: its
+/// bytes inline in the record, or a view of its pool block.
+fn message_ref<'a>(i: &'a Inner, rec: &'a [u8]) -> Result<MessageRef<'a>, Error> {
+    let Some((d, payload)) = Delivery::parse(rec) else {
+        return Err(Error::Protocol("malformed delivery".into()));
+    };
+    let (data, block) = if d.off == Delivery::INLINE {
+        (payload, None)
+    } else {
+        let Some(data) = i.pool.block_slice(d.off, d.len) else {
+            return Err(Error::Protocol("delivery outside the block region".into()));
+        };
+        (data, Some((d.off, d.len)))
+    };
+    Ok(MessageRef {
+        src_node: d.src_node,
+        src_ep: d.src_ep,
+        data,
+        block,
+        keep_block: Cell::new(false),
+    })
+}
+
 /// One message of a batch for [`Endpoint::send_many`].
 #[derive(Clone, Copy, Debug)]
 pub struct Outgoing<'a> {
@@ -1155,32 +1178,10 @@ impl Endpoint {
             return Ok(None);
         }
         drop(rx);
-        let Some((d, payload)) = Delivery::parse(&buf) else {
-            return Err(Error::Protocol("malformed delivery".into()));
-        };
-        if d.off == Delivery::INLINE {
-            let m = MessageRef {
-                src_node: d.src_node,
-                src_ep: d.src_ep,
-                data: payload,
-                block: None,
-                keep_block: Cell::new(false),
-            };
-            return Ok(Some(f(&m)));
-        }
-        let Some(data) = i.pool.block_slice(d.off, d.len) else {
-            return Err(Error::Protocol("delivery outside the block region".into()));
-        };
-        let m = MessageRef {
-            src_node: d.src_node,
-            src_ep: d.src_ep,
-            data,
-            block: Some((d.off, d.len)),
-            keep_block: Cell::new(false),
-        };
+        let m = message_ref(i, &buf)?;
         let r = f(&m);
-        if !m.keep_block.get() {
-            i.free_block(d.off);
+        if let (Some((off, _)), false) = (m.block, m.keep_block.get()) {
+            i.free_block(off);
         }
         Ok(Some(r))
     }
@@ -1199,46 +1200,24 @@ impl Endpoint {
         let mut buf = i.recv_scratch.borrow_mut();
         let mut n = 0;
         let mut freed = false;
-        let mut step = || -> Result<bool, Error> {
-            if n >= max
-                || !rx
+        // Every record taken is released below, also when one fails.
+        let mut take = || -> Result<(), Error> {
+            while n < max
+                && rx
                     .try_take(&mut buf)
                     .map_err(|e| Error::Protocol(e.to_string()))?
             {
-                return Ok(false);
+                n += 1;
+                let m = message_ref(i, &buf)?;
+                f(&m);
+                if let Some((off, _)) = m.block {
+                    i.deferred_free.borrow_mut().push(off);
+                    freed = true;
+                }
             }
-            n += 1;
-            let Some((d, payload)) = Delivery::parse(&buf) else {
-                return Err(Error::Protocol("malformed delivery".into()));
-            };
-            let (data, block) = if d.off == Delivery::INLINE {
-                (payload, None)
-            } else {
-                let Some(data) = i.pool.block_slice(d.off, d.len) else {
-                    return Err(Error::Protocol("delivery outside the block region".into()));
-                };
-                (data, Some((d.off, d.len)))
-            };
-            f(&MessageRef {
-                src_node: d.src_node,
-                src_ep: d.src_ep,
-                data,
-                block,
-                keep_block: Cell::new(false),
-            });
-            if block.is_some() {
-                i.deferred_free.borrow_mut().push(d.off);
-                freed = true;
-            }
-            Ok(true)
+            Ok(())
         };
-        let r = loop {
-            match step() {
-                Ok(true) => {}
-                Ok(false) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
+        let r = take();
         rx.release();
         drop(rx);
         if freed {

@@ -192,12 +192,12 @@ fn hugepages(cfg: &AgentConfig, info: &Info) -> Check {
             Some("a kernel with hugetlbfs, or hugepages = false".into()),
         );
     };
-    let free = info
+    let (total, free) = info
         .hugepages
         .sizes
         .iter()
         .find(|s| s.kb == kb)
-        .map_or(0, |s| s.free);
+        .map_or((0, 0), |s| (s.total, s.free));
     let need = need_b.div_ceil(kb * 1024);
     if free >= need {
         check(
@@ -221,12 +221,7 @@ fn hugepages(cfg: &AgentConfig, info: &Info) -> Check {
             Some(format!(
                 "reserve at least {} more: scripts/setup-hugepages.sh {} (or a smaller pool: block_mib)",
                 need - free,
-                info.hugepages
-                    .sizes
-                    .iter()
-                    .find(|s| s.kb == kb)
-                    .map_or(0, |s| s.total)
-                    + (need - free)
+                total + (need - free)
             )),
         )
     }
