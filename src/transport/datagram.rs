@@ -769,19 +769,14 @@ impl<I: PacketIo> DatagramTransport<I> {
             {
                 let n = (max as u64).min(*len - *pos);
                 let at = *off + *pos;
-                if let Some(bytes) = pool.block_slice(at, n).filter(|_| n > 0) {
+                if pool.block_slice(at, n).filter(|_| n > 0).is_some() {
                     *pos += n;
                     if *pos == *len {
                         self.links[j].outq.pop_front();
                     }
-                    let l = &mut self.links[j];
-                    l.queued -= n as usize;
-                    let ack = l.rx.make_piggyback_ack();
-                    let seq = l.tx.next_seq();
-                    let h = self.header(j, PktKind::Data, seq, ack);
-                    self.send_raw(j, &h, bytes, now);
+                    self.links[j].queued -= n as usize;
                     self.stats.tx_from_pool += 1;
-                    let _ = self.links[j].tx.send(TxItem::Pool { off: at, len: n }, now);
+                    self.send_data(j, TxItem::Pool { off: at, len: n }, now);
                     any = true;
                     continue;
                 }
@@ -806,12 +801,8 @@ impl<I: PacketIo> DatagramTransport<I> {
                         l.outq.pop_front();
                     }
                     l.queued -= n;
-                    let ack = l.rx.make_piggyback_ack();
-                    let seq = l.tx.next_seq();
-                    let h = self.header(j, PktKind::Data, seq, ack);
-                    self.send_raw(j, &h, item.bytes(&pool), now);
                     self.stats.tx_from_frame += 1;
-                    let _ = self.links[j].tx.send(item, now);
+                    self.send_data(j, item, now);
                     any = true;
                     continue;
                 }
@@ -854,16 +845,25 @@ impl<I: PacketIo> DatagramTransport<I> {
                 }
             }
             l.queued -= payload.len();
-            let ack = l.rx.make_piggyback_ack();
-            let seq = l.tx.next_seq();
-            let h = self.header(j, PktKind::Data, seq, ack);
-            self.send_raw(j, &h, &payload, now);
-            if let Err(TxItem::Owned(p)) = self.links[j].tx.send(TxItem::Owned(payload), now) {
-                recycle(&mut self.spare, p);
-            }
+            self.send_data(j, TxItem::Owned(payload), now);
             any = true;
         }
         any
+    }
+
+    /// Send `item` as link `j`'s next `Data` packet (with the ack it owes)
+    /// and hand it to the reliability layer to keep until acknowledged.
+    fn send_data(&mut self, j: usize, item: TxItem, now: Instant) {
+        // (Its own handle: the bytes outlive `send_raw`'s `&mut self`.)
+        let pool = Arc::clone(&self.pool);
+        let l = &mut self.links[j];
+        let ack = l.rx.make_piggyback_ack();
+        let seq = l.tx.next_seq();
+        let h = self.header(j, PktKind::Data, seq, ack);
+        self.send_raw(j, &h, item.bytes(&pool), now);
+        if let Err(TxItem::Owned(p)) = self.links[j].tx.send(item, now) {
+            recycle(&mut self.spare, p);
+        }
     }
 
     /// A debug line with link `j`'s reliability state (once a second).
