@@ -606,14 +606,38 @@ fn dead_client_waiting_on_a_stuck_large_send_is_reclaimed() {
         }
         before = now;
     }
-    let cpu0 = cpu_secs(agent);
-    beat_for(Duration::from_millis(1500));
-    let share = (cpu_secs(agent) - cpu0) / 1.5;
+    // The agent's CPU share over 1.5 s, and what kept it awake (rounds,
+    // sleeps and busy rounds by source, from `stat`).
+    let mut window = |c: &Cluster| {
+        let (s0, cpu0) = (c.stat(0), cpu_secs(agent));
+        beat_for(Duration::from_millis(1500));
+        let share = (cpu_secs(agent) - cpu0) / 1.5;
+        let s1 = c.stat(0);
+        let why = format!(
+            "rounds {} -> {}, sleeps {} -> {}, busy rounds {} -> {}, unacked {}",
+            s0["rounds"],
+            s1["rounds"],
+            s0["sleeps"],
+            s1["sleeps"],
+            s0["busy_rounds"],
+            s1["busy_rounds"],
+            s1["peers"][0]["unacked_bytes"]
+        );
+        (share, why)
+    };
+    let (share, why) = window(&c);
+    eprintln!("agent CPU {:.0} % while stalled: {why}", share * 100.0);
+    // One more window if the first was busy: a stall that settles late (the
+    // kernel's buffers still filling on a loaded machine) is not a spin.
+    let (share, why) = if share < 0.3 {
+        (share, why)
+    } else {
+        window(&c)
+    };
     assert!(
         share < 0.3,
-        "agent used {:.0} % CPU while a client waited on its large send (stalled at {} unacked bytes)",
+        "agent used {:.0} % CPU while a client waited on its large send: {why}",
         share * 100.0,
-        unacked(&c)
     );
     drop(ep);
     drop(cl);

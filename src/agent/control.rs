@@ -486,6 +486,11 @@ impl Agent {
                 .collect(),
             sleeps: self.counters.sleeps,
             preempted: self.counters.preempted,
+            busy_rounds: super::BUSY_SOURCES
+                .iter()
+                .zip(self.counters.busy)
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             local_msgs: self.counters.local_msgs,
             clients_evicted: self.clients.evicted,
             clients_departed_reclaimed: self.clients.departed_reclaimed,

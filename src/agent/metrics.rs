@@ -280,6 +280,20 @@ fn registry(s: &Snapshot) -> Registry {
         none(),
         s.preempted,
     );
+    p.counters(
+        "busy_rounds",
+        None,
+        "Polling rounds that found work, by where (source): what keeps an adaptive agent awake",
+    );
+    for (src, v) in &s.busy_rounds {
+        p.counter(
+            "busy_rounds",
+            None,
+            "Polling rounds that found work, by where (source): what keeps an adaptive agent awake",
+            vec![("source", src.clone())],
+            *v,
+        );
+    }
     p.counter(
         "local_messages",
         None,
@@ -661,6 +675,7 @@ mod tests {
             rounds: 10,
             sleeps: 2,
             preempted: 0,
+            busy_rounds: [("clients".to_string(), 4)].into_iter().collect(),
             local_msgs: 5,
             clients_evicted: 0,
             clients_departed_reclaimed: 0,

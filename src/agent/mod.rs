@@ -171,7 +171,13 @@ struct AgentCounters {
     preempted: u64,
     /// A spinning agent found its core shared and now yields it when idle.
     spin_shared: bool,
+    /// Rounds that found work, by where they found it ([`BUSY_SOURCES`]): why
+    /// an adaptive agent does not sleep.
+    busy: [u64; BUSY_SOURCES.len()],
 }
+
+/// Where a poll round finds work (the keys of `busy_rounds` in `wyvern stat`).
+const BUSY_SOURCES: [&str; 6] = ["clients", "links_tx", "transport", "events", "parked", "rx"];
 
 /// The agent.
 pub struct Agent {

@@ -95,13 +95,16 @@ impl Agent {
         if self.damage.pending() {
             self.pool_damage();
         }
-        let mut work = self.poll_clients();
-        work |= self.flush_peers();
+        // Which sources found work, one bit each (BUSY_SOURCES).
+        let mut why = self.poll_clients() as u8;
+        why |= (self.flush_peers() as u8) << 1;
         self.link_events();
-        work |= self
+        why |= (self
             .transport
-            .poll(self.now, &mut self.inflow, &mut self.events);
+            .poll(self.now, &mut self.inflow, &mut self.events) as u8)
+            << 2;
         self.link_events();
+        let mut work = why != 0;
         let step = match r.backoff.as_mut() {
             Some(b) => (!work).then(|| b.idle(self.now)),
             None => None,
@@ -134,10 +137,18 @@ impl Agent {
             }
         };
         for ev in &r.events[..n] {
-            work |= self.on_event(ev.data());
+            why |= (self.on_event(ev.data()) as u8) << 3;
         }
-        work |= self.drain_parked();
-        work |= self.process_rx();
+        why |= (self.drain_parked() as u8) << 4;
+        why |= (self.process_rx() as u8) << 5;
+        work |= why != 0;
+        if why != 0 {
+            let mut bits = why;
+            while bits != 0 {
+                self.counters.busy[bits.trailing_zeros() as usize] += 1;
+                bits &= bits - 1;
+            }
+        }
         self.now = self.clock.now();
         let now = self.now;
         if now >= r.next_tick {

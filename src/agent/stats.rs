@@ -111,6 +111,14 @@ pub struct Snapshot {
     /// its core; the spin policy only).
     #[serde(default)]
     pub preempted: u64,
+    /// Rounds that found work, by where they found it (`clients`: client
+    /// submissions; `links_tx`: frames or chunks written to peers;
+    /// `transport`: the transport's own polling; `events`: ready
+    /// descriptors; `parked`: held messages delivered; `rx`: received frames
+    /// processed). An adaptive agent sleeps only after rounds without work:
+    /// these say what kept it awake.
+    #[serde(default)]
+    pub busy_rounds: std::collections::BTreeMap<String, u64>,
     /// Messages delivered node-locally.
     pub local_msgs: u64,
     /// Clients detached for misbehaving.
@@ -473,6 +481,7 @@ mod tests {
             rounds: 1000,
             sleeps: 10,
             preempted: 0,
+            busy_rounds: Default::default(),
             local_msgs: 0,
             clients_evicted: 0,
             clients_departed_reclaimed: 0,
