@@ -442,6 +442,7 @@ impl Agent {
                 },
                 queued_bytes: self.transport.queued(p.node) as u64,
                 unacked_bytes: p.unacked_bytes() as u64,
+                rx_buffer_bytes: self.inflow[p.node as usize].reader.capacity() as u64,
                 counters: p.counters.clone(),
             })
             .collect();

@@ -377,6 +377,13 @@ fn registry(s: &Snapshot) -> Registry {
             labels(),
             peer.unacked_bytes as f64,
         );
+        p.gauge(
+            "peer_rx_buffer",
+            Some(Unit::Bytes),
+            "Bytes of the buffer the link's incoming stream is read into",
+            labels(),
+            peer.rx_buffer_bytes as f64,
+        );
         let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&peer.counters) else {
             continue;
         };
@@ -694,6 +701,7 @@ mod tests {
                 aggregation: 1.0,
                 queued_bytes: 0,
                 unacked_bytes: 9,
+                rx_buffer_bytes: 0,
             }],
             transport: [
                 ("udp.packets_resent_timeout".to_string(), 4u64),

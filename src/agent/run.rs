@@ -23,6 +23,10 @@ const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
 /// At most one heap trim ([`crate::shm::release_free_heap`]) this often.
 const HEAP_TRIM_EVERY: Duration = Duration::from_secs(5);
 
+/// A link's read buffer shrinks back to a small one after this long without
+/// a byte from its peer ([`crate::transport::LinkRx::release_idle`]).
+const RX_IDLE: Duration = Duration::from_millis(20);
+
 /// How often a spinning agent looks whether its core is shared.
 const SHARED_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Preemptions in [`SHARED_CHECK_EVERY`] that say the core is shared (a core
@@ -155,6 +159,15 @@ impl Agent {
             self.transport
                 .tick(&self.poller, now, &mut self.inflow, &mut self.events);
             self.expire_orphans(now);
+            let released: usize = self
+                .inflow
+                .iter_mut()
+                .map(|rx| rx.release_idle(now, RX_IDLE))
+                .sum();
+            if released > 0 {
+                // Hand the idle links' read buffers back on the next sleep.
+                self.heap_dirty = true;
+            }
             self.link_events();
             self.peer_timers(now);
             self.expire_conns(now);

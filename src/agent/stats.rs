@@ -59,6 +59,10 @@ pub struct PeerSnapshot {
     /// Bytes of frames sent and not yet acknowledged by the peer (kept to
     /// be sent again if the connection breaks).
     pub unacked_bytes: u64,
+    /// Bytes of the buffer the link's incoming stream is read into (256 KiB
+    /// on a busy link, 16 KiB on an idle one, 0 on one never heard from).
+    #[serde(default)]
+    pub rx_buffer_bytes: u64,
 }
 
 /// One client as `wyvern stat` shows it.
@@ -501,6 +505,7 @@ mod tests {
                 aggregation: 1.0,
                 queued_bytes: 0,
                 unacked_bytes: 0,
+                rx_buffer_bytes: 0,
             }],
             transport: Default::default(),
             transport_info: Default::default(),

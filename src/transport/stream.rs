@@ -19,6 +19,14 @@ use crate::wire::FrameReader;
 /// (the agent is not reading: a full ring holds it back).
 pub const RX_HIGH_WATER: usize = 8 << 20;
 
+/// The first read of a link that holds no buffer offers this much; a read
+/// that fills what it was offered doubles the next one, up to
+/// [`READ_MAX`]. An idle link gives its buffer back ([`LinkRx::release_idle`]):
+/// a busy link reads 256 KiB at a time, an idle one holds none.
+const READ_MIN: usize = 16 * 1024;
+/// The largest read offered (see [`READ_MIN`]).
+const READ_MAX: usize = 256 * 1024;
+
 /// The rest of a large chunk, going straight into its pool block, then its
 /// padding (skipped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +67,8 @@ pub struct LinkRx {
     steer: Option<Steer>,
     /// When the peer last sent anything on this link (`None`: not yet).
     last_rx: Option<Instant>,
+    /// What the next read offers (0: [`READ_MIN`]).
+    read_size: usize,
 }
 
 impl LinkRx {
@@ -69,7 +79,25 @@ impl LinkRx {
             reader,
             steer: None,
             last_rx: Some(now),
+            read_size: 0,
         };
+    }
+
+    /// Shrink the read buffer to [`READ_MIN`] if the peer sent nothing for
+    /// `idle` and nothing is buffered; returns the bytes released. (A busy
+    /// link keeps its buffer; an idle one, hearing only heartbeats, keeps a
+    /// small one.)
+    pub fn release_idle(&mut self, now: Instant, idle: std::time::Duration) -> usize {
+        if self.steer.is_some()
+            || self.reader.capacity() <= READ_MIN
+            || self
+                .last_rx
+                .is_some_and(|t| now.saturating_duration_since(t) < idle)
+        {
+            return 0;
+        }
+        self.read_size = 0;
+        self.reader.shrink_if_empty(READ_MIN)
     }
 
     /// Whether too much is buffered to take more.
@@ -194,10 +222,18 @@ impl LinkRx {
                 if self.full() {
                     break;
                 }
-                let spare = self.reader.spare(256 * 1024);
+                // The room there is if it is worth a read; else room to
+                // read `want` bytes.
+                let want = self.read_size.max(READ_MIN);
+                let spare = self.reader.spare_grow(READ_MIN / 4, want);
                 let offered = spare.len();
                 let r = read_fd(fd, spare);
-                self.reader.filled(offered, *r.as_ref().unwrap_or(&0));
+                let n = *r.as_ref().unwrap_or(&0);
+                self.reader.filled(offered, n);
+                if n == offered {
+                    // More may be waiting: offer more next time.
+                    self.read_size = (want * 2).min(READ_MAX);
+                }
                 r
             };
             match r {

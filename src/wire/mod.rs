@@ -463,7 +463,9 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
-/// Builds one `Data` frame in a reusable buffer.
+/// Builds one `Data` frame. Its buffer is allocated by the first record (a
+/// peer never sent to costs no buffer) and handed out by
+/// [`FrameBuilder::finish`].
 pub struct FrameBuilder {
     buf: Vec<u8>,
     limit: usize,
@@ -475,10 +477,8 @@ impl FrameBuilder {
     /// A builder whose frames hold at most `limit` bytes (header included).
     pub fn new(src_node: u32, limit: usize) -> FrameBuilder {
         let limit = limit.clamp(FRAME_HEADER + RECORD_HEADER + 8, MAX_BODY + FRAME_HEADER);
-        let mut buf = Vec::with_capacity(limit);
-        buf.resize(FRAME_HEADER, 0);
         FrameBuilder {
-            buf,
+            buf: Vec::new(),
             limit,
             records: 0,
             src_node,
@@ -497,7 +497,7 @@ impl FrameBuilder {
 
     /// Bytes still free.
     pub fn room(&self) -> usize {
-        self.limit - self.buf.len()
+        self.limit - self.buf.len().max(FRAME_HEADER)
     }
 
     /// Whether a record with `payload` bytes fits.
@@ -509,6 +509,10 @@ impl FrameBuilder {
     pub fn push(&mut self, h: &RecordHeader, payload: &[u8]) {
         debug_assert_eq!(h.chunk_len as usize, payload.len());
         debug_assert!(self.fits(payload.len()));
+        if self.buf.is_empty() {
+            self.buf.reserve_exact(self.limit);
+            self.buf.resize(FRAME_HEADER, 0);
+        }
         self.buf.extend_from_slice(&h.to_bytes());
         self.buf.extend_from_slice(payload);
         let pad = padded(payload.len()) - payload.len();
@@ -518,6 +522,9 @@ impl FrameBuilder {
 
     /// Finish the frame: returns its bytes and resets the builder.
     pub fn finish(&mut self) -> Vec<u8> {
+        if self.buf.is_empty() {
+            self.buf.resize(FRAME_HEADER, 0);
+        }
         let body = (self.buf.len() - FRAME_HEADER) as u32;
         FrameHeader {
             kind: FrameKind::Data,
@@ -525,10 +532,8 @@ impl FrameBuilder {
             body_len: body,
         }
         .emit(&mut self.buf[..FRAME_HEADER]);
-        let mut next = Vec::with_capacity(self.limit);
-        next.resize(FRAME_HEADER, 0);
         self.records = 0;
-        std::mem::replace(&mut self.buf, next)
+        std::mem::take(&mut self.buf)
     }
 }
 
@@ -564,6 +569,14 @@ impl FrameReader {
     /// prefix of the returned slice and reports how much with
     /// [`FrameReader::filled`]. The storage is reused, never re-zeroed.
     pub fn spare(&mut self, at_least: usize) -> &mut [u8] {
+        self.spare_grow(at_least, at_least)
+    }
+
+    /// Like [`FrameReader::spare`], but the room already there is offered
+    /// when it is at least `at_least` bytes, and storage that must grow grows
+    /// to `grow` bytes of room (so a small read after a few buffered bytes
+    /// does not double the buffer).
+    pub fn spare_grow(&mut self, at_least: usize, grow: usize) -> &mut [u8] {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -574,9 +587,29 @@ impl FrameReader {
             self.start = 0;
         }
         if self.buf.len() - self.end < at_least {
-            self.buf.resize(self.end + at_least, 0);
+            self.buf.resize(self.end + grow.max(at_least), 0);
         }
         &mut self.buf[self.end..]
+    }
+
+    /// When nothing is buffered, keep at most `keep` bytes of storage (an
+    /// idle link keeps a small buffer, not its busiest); returns the bytes
+    /// released.
+    pub fn shrink_if_empty(&mut self, keep: usize) -> usize {
+        let had = self.buf.capacity();
+        if self.start != self.end || had <= keep {
+            return 0;
+        }
+        self.start = 0;
+        self.end = 0;
+        self.buf.truncate(keep);
+        self.buf.shrink_to_fit();
+        had - self.buf.capacity()
+    }
+
+    /// The storage held (bytes).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// After [`FrameReader::spare`]: `n` bytes were filled. (`offered` is

@@ -534,33 +534,40 @@ pub fn incast(c: &Cluster) {
 }
 
 /// Three nodes all to all: every node sends 200 messages to each of the others.
-/// Each receiver hears from exactly the two others, everything intact and in
-/// order; every agent has both peers up, nothing lost, no block leaked. Gives the
-/// three agents' settled stats.
+/// See [`all_to_all_n`].
 pub fn all_to_all(c: &Cluster) -> Vec<Value> {
-    let mut t = Traffic::new(c, "8,700,5000,300000");
-    for i in 0..3 {
-        t = t.recv(i, 9, 400);
+    all_to_all_n(c, 3, 200, "8,700,5000,300000")
+}
+
+/// `n` nodes all to all: every node sends `count` messages of `sizes` to each
+/// of the others (one sender process per pair, one receiver per node). Each
+/// receiver hears from exactly the n - 1 others, everything intact and in
+/// order; every agent has every peer up, nothing lost, no block leaked. Gives
+/// the agents' settled stats.
+pub fn all_to_all_n(c: &Cluster, n: usize, count: u64, sizes: &str) -> Vec<Value> {
+    let mut t = Traffic::new(c, sizes);
+    for i in 0..n {
+        t = t.recv(i, 9, count * (n as u64 - 1));
     }
-    for from in 0..3 {
-        for to in (0..3).filter(|&t| t != from) {
-            t = t.send(from, (to, 9), 200, Mode::Buffered);
+    for from in 0..n {
+        for to in (0..n).filter(|&t| t != from) {
+            t = t.send(from, (to, 9), count, Mode::Buffered);
         }
     }
-    let r = t.start().finish("(all to all)");
+    let r = t.start().finish(&format!("(all to all, {n} nodes)"));
     for (i, r) in r.iter().enumerate() {
         let from: Vec<&String> = r.0["senders"].as_object().unwrap().keys().collect();
-        assert_eq!(from.len(), 2, "{}", r.0);
+        assert_eq!(from.len(), n - 1, "{}", r.0);
         assert!(
             from.iter().all(|k| !k.starts_with(&format!("{i}:"))),
             "{}",
             r.0
         );
     }
-    (0..3)
+    (0..n)
         .map(|i| {
             let s = settled_clean(c, i);
-            assert_eq!(s["peers"].as_array().unwrap().len(), 2, "{s}");
+            assert_eq!(s["peers"].as_array().unwrap().len(), n - 1, "{s}");
             all_up(&s);
             s
         })
