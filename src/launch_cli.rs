@@ -213,6 +213,11 @@ pub struct WaitArgs {
     /// No progress lines.
     #[arg(long, short)]
     quiet: bool,
+    /// Only wait for this node's agent to answer, not for links to every
+    /// peer (on-demand links are then made by the first messages: for jobs
+    /// of thousands of nodes).
+    #[arg(long)]
+    local: bool,
 }
 
 /// The control socket a client subcommand (`wait`, `stat`, `break-link`, ...)
@@ -259,17 +264,24 @@ pub fn run_wait(w: WaitArgs) -> ExitCode {
     };
     let t = Duration::from_secs_f64(w.timeout.max(0.0));
     let quiet = w.quiet;
-    let r = launch::wait_ready(&socket, t, |l| {
+    let r = launch::wait_ready(&socket, t, w.local, |l| {
         if !quiet {
             eprintln!("wyvern wait: {l}");
         }
     });
     match r {
         Ok((node, peers)) => {
-            println!(
-                "wyvern wait: agent node {node} ready, {peers} peers up ({})",
-                socket.display()
-            );
+            if w.local {
+                println!(
+                    "wyvern wait: agent node {node} ready, {peers} peers ({})",
+                    socket.display()
+                );
+            } else {
+                println!(
+                    "wyvern wait: agent node {node} ready, {peers} peers up ({})",
+                    socket.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use wyvern::agent::config::{default_socket, TransportKind};
-use wyvern::agent::{Agent, AgentConfig, IdlePolicy};
+use wyvern::agent::{Agent, AgentConfig, ConnectPolicy, IdlePolicy};
 
 mod demo;
 mod launch_cli;
@@ -48,6 +48,20 @@ enum Cmd {
         /// The peer node whose connection to break.
         #[arg(long)]
         peer: u32,
+    },
+    /// Have an agent make its links now (to one peer, or to all) rather
+    /// than on the first message to each (on-demand links).
+    Connect {
+        /// The agent's control socket (default: $WYVERN_SOCKET, else the path
+        /// `wyvern launch` uses for this node: the job's socket under Slurm).
+        #[arg(long, short)]
+        socket: Option<PathBuf>,
+        /// Node id, when not under Slurm (picks the default socket of that node).
+        #[arg(long)]
+        node_id: Option<u32>,
+        /// The peer node to connect to (default: every peer).
+        #[arg(long)]
+        peer: Option<u32>,
     },
     /// Show an agent's live statistics: counters, and rates per second
     /// between two samples.
@@ -103,6 +117,10 @@ struct AgentArgs {
     /// Idle policy.
     #[arg(long, value_enum)]
     idle: Option<IdlePolicy>,
+    /// When links to peers are made: on the first message to each (and on
+    /// `wyvern wait`), or to all of them at start.
+    #[arg(long, value_enum)]
+    connect: Option<ConnectPolicy>,
     /// Transport between agents.
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
@@ -218,6 +236,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.idle {
             c.idle = v;
+        }
+        if let Some(v) = self.connect {
+            c.connect = v;
         }
         if self.no_hugepages {
             c.hugepages = false;
@@ -368,6 +389,36 @@ fn main() -> ExitCode {
         }
         Cmd::Ping(a) => run_perf(tools::perf::Kind::Ping, a),
         Cmd::Bw(a) => run_perf(tools::perf::Kind::Bw, a),
+        Cmd::Connect {
+            socket,
+            node_id,
+            peer,
+        } => {
+            let (path, named) = match launch_cli::client_socket(socket.as_deref(), node_id) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("wyvern connect: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match wyvern::client::connect_peers(&path, peer) {
+                Ok(()) => {
+                    match peer {
+                        Some(j) => {
+                            println!("connecting to node {j} (wyvern stat shows when it is up)")
+                        }
+                        None => println!(
+                            "connecting to every peer (wyvern wait returns once all are up)"
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wyvern connect: {}", stat_cli::client_error(&e, named));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::BreakLink {
             socket,
             node_id,

@@ -327,6 +327,12 @@ pub enum CtlRequest {
         /// The peer.
         node: u32,
     },
+    /// Make the links to peers now rather than on their first message
+    /// (on-demand links; no attach needed): to `node`, or to every peer.
+    Connect {
+        /// The peer; `None`: all of them.
+        node: Option<u32>,
+    },
 }
 
 /// Replies on the control socket.

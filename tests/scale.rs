@@ -1,14 +1,15 @@
-//! Many agents on one machine (issue 17): real agent processes on loopback,
-//! the suite's transport (`WYVERN_TEST_TRANSPORT`), every node sending checked
-//! messages to every other. CI runs 8 agents; `WYVERN_SCALE_AGENTS=N` runs
-//! more (the benchmark, `bench/scale.sh`, runs 32 and 64 and reports figures).
+//! Many agents on one machine, on-demand links (issue 17): real agent
+//! processes on loopback, the suite's transport (`WYVERN_TEST_TRANSPORT`).
+//! CI runs 8 agents all to all; `WYVERN_SCALE_AGENTS=N` runs more (the
+//! benchmark, `bench/scale.sh`, runs 32 and 64 and reports figures).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::procfs::rss_anon;
-use common::{scenarios, Cluster};
+use common::scenarios::{self, Mode, Traffic};
+use common::Cluster;
 use serde_json::Value;
 
 /// A link's read buffer once idle (`READ_MIN` in src/transport/stream.rs).
@@ -21,7 +22,51 @@ fn agents() -> usize {
         .unwrap_or(8)
 }
 
+/// `n` agents with on-demand links (kept across restarts), none made yet.
+fn on_demand(n: usize) -> Cluster {
+    let args = vec![vec!["--connect".to_string(), "on-demand".to_string()]; n];
+    Cluster::start_wrapped(n, &[], vec![], args, |_, a| a)
+}
+
+/// Peer `j`'s state at agent `i`.
+fn state(c: &Cluster, i: usize, j: usize) -> String {
+    let s = c.stat(i);
+    s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == j as u64)
+        .map(|p| p["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no peer {j} at agent {i}: {s}"))
+}
+
+/// The nodes agent `i` has a link up with.
+fn up_at(c: &Cluster, i: usize) -> Vec<u64> {
+    let s = c.stat(i);
+    s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "up")
+        .map(|p| p["node"].as_u64().unwrap())
+        .collect()
+}
+
+fn wait_state(c: &Cluster, i: usize, j: usize, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(c, i, j) != want {
+        assert!(
+            Instant::now() < deadline,
+            "peer {j} at agent {i} is {} after 20 s, not {want}: {}",
+            state(c, i, j),
+            c.stat(i)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether every agent sees every peer up.
+#[allow(dead_code)]
 fn all_links_up(c: &Cluster, n: usize) -> bool {
     (0..n).all(|i| {
         let s = c.stat(i);
@@ -39,28 +84,43 @@ fn rx_buffers(s: &Value) -> Vec<u64> {
         .collect()
 }
 
-/// Every agent talks to every other, each pair's messages arrive intact and
-/// in order, and once the traffic stops every link's read buffer shrinks back
-/// to a small one (a busy link reads 256 KiB at a time: kept by every link, 32
-/// agents' RSS was 0.27 MB per peer).
+/// Agents with on-demand links start with none; every agent then talks to
+/// every other, which makes every link (from both ends at once), each pair's
+/// messages arrive intact and in order, and once the traffic stops every
+/// link's read buffer shrinks back to a small one (a busy link reads 256 KiB
+/// at a time: kept by every link, 32 agents' RSS was 0.27 MB per peer).
 #[test]
 fn many_agents_all_to_all_deliver_everything_and_idle_links_give_their_buffers_back() {
     let n = agents();
     let t0 = Instant::now();
-    let c = Cluster::start(n, &[]);
-    let deadline = t0 + Duration::from_secs(60);
-    while !all_links_up(&c, n) {
-        assert!(Instant::now() < deadline, "not every link up after 60 s");
-        std::thread::sleep(Duration::from_millis(50));
+    let c = on_demand(n);
+    let started = t0.elapsed();
+    for i in 0..n {
+        assert!(
+            up_at(&c, i).is_empty(),
+            "a link made before any message: {}",
+            c.stat(i)
+        );
     }
-    let up = t0.elapsed();
-    let pids: Vec<i32> = (0..n)
-        .map(|i| c.agents[i].as_ref().unwrap().pid())
+    let rss_idle: Vec<u64> = (0..n)
+        .map(|i| rss_anon(c.agents[i].as_ref().unwrap().pid()))
         .collect();
-    let rss0: Vec<u64> = pids.iter().map(|&p| rss_anon(p)).collect();
+    // The traffic makes every link (both ways at once: the pairs that want each
+    // other at the same time); then `wyvern connect` is a no-op.
     let t1 = Instant::now();
     let stats = scenarios::all_to_all_n(&c, n, 20, "8,700,5000,300000");
     let moved = t1.elapsed();
+    let pids: Vec<i32> = (0..n)
+        .map(|i| c.agents[i].as_ref().unwrap().pid())
+        .collect();
+    let dups: u64 = stats
+        .iter()
+        .map(|s| {
+            s["transport"]["tcp_duplicate_connections"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
     // The traffic made some links read with a large buffer: seen while busy
     // or not, they must all be small again once idle.
     let busiest = stats.iter().flat_map(rx_buffers).max().unwrap_or(0);
@@ -89,17 +149,73 @@ fn many_agents_all_to_all_deliver_everything_and_idle_links_give_their_buffers_b
     let rss: Vec<u64> = pids.iter().map(|&p| rss_anon(p)).collect();
     let max = |v: &[u64]| v.iter().max().copied().unwrap_or(0) >> 10;
     eprintln!(
-        "{n} agents on {}: all {} links up in {:.2} s; all to all ({} messages) in {:.2} s; \
-         busiest read buffer seen {} KiB; agents' RssAnon (KiB) before the traffic {:?}, \
-         after it {:?} (largest {} KiB)",
+        "{n} agents on {} (on-demand links): started in {:.2} s with no link; all to all ({} \
+         messages, which made all {} links, {dups} second connections settled) in {:.2} s; \
+         busiest read buffer seen {} KiB; agents' RssAnon (KiB) with no link {:?}, after the \
+         traffic {:?} (largest {} KiB)",
         common::transport(),
-        n * (n - 1),
-        up.as_secs_f64(),
+        started.as_secs_f64(),
         n * (n - 1) * 20,
+        n * (n - 1),
         moved.as_secs_f64(),
         busiest >> 10,
-        rss0.iter().map(|r| r >> 10).collect::<Vec<_>>(),
+        rss_idle.iter().map(|r| r >> 10).collect::<Vec<_>>(),
         rss.iter().map(|r| r >> 10).collect::<Vec<_>>(),
         max(&rss)
     );
+}
+
+/// On-demand links are made by the first message, between that pair only,
+/// whichever end is the lower node id; asked (`wyvern connect`, as `wyvern
+/// wait` does), an agent makes the rest; a peer it talked to that restarts is
+/// reconnected by this side and talks again.
+#[test]
+fn on_demand_links_are_made_by_the_first_message_between_that_pair_only() {
+    let mut c = on_demand(4);
+    for i in 0..4 {
+        for j in (0..4).filter(|&j| j != i) {
+            assert_eq!(state(&c, i, j), "idle", "{}", c.stat(i));
+        }
+    }
+    // Lower to higher: node 0 makes the link (after its short deferral).
+    Traffic::new(&c, "8,5000,300000")
+        .recv(3, 9, 30)
+        .send(0, (3, 9), 30, Mode::Delivered)
+        .start()
+        .finish("(0 -> 3)");
+    assert_eq!(up_at(&c, 0), vec![3]);
+    assert_eq!(up_at(&c, 3), vec![0]);
+    assert!(up_at(&c, 1).is_empty() && up_at(&c, 2).is_empty());
+    assert_eq!(state(&c, 1, 2), "idle");
+    // Higher to lower.
+    Traffic::new(&c, "8,5000,300000")
+        .recv(1, 9, 30)
+        .send(2, (1, 9), 30, Mode::Buffered)
+        .start()
+        .finish("(2 -> 1)");
+    assert_eq!(up_at(&c, 1), vec![2]);
+    assert_eq!(up_at(&c, 2), vec![1]);
+    assert_eq!(state(&c, 0, 1), "idle");
+    // Asked, agent 1 connects to the rest of its peers (the others follow).
+    wyvern::client::connect_peers(c.socket(1), None).unwrap();
+    for j in [0, 3] {
+        wait_state(&c, 1, j, "up");
+        wait_state(&c, j, 1, "up");
+    }
+    assert_eq!(state(&c, 0, 2), "idle", "only agent 1 was asked");
+    let e = wyvern::client::connect_peers(c.socket(1), Some(9)).unwrap_err();
+    assert!(e.to_string().contains("no node 9"), "{e}");
+    // Node 3 restarts: node 0, which talked to it, reconnects; the new node 3
+    // wanted nothing yet and was made no link but that one.
+    c.kill_agent(3);
+    c.restart_agent(3);
+    wait_state(&c, 0, 3, "up");
+    wait_state(&c, 3, 0, "up");
+    wait_state(&c, 3, 1, "up");
+    assert_eq!(state(&c, 3, 2), "idle", "{}", c.stat(3));
+    Traffic::new(&c, "8,5000,300000")
+        .recv(0, 9, 20)
+        .send(3, (0, 9), 20, Mode::Delivered)
+        .start()
+        .finish("(3 -> 0 after the restart)");
 }

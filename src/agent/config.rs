@@ -35,6 +35,19 @@ pub enum IdlePolicy {
     Adaptive,
 }
 
+/// When an agent makes its links to other agents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectPolicy {
+    /// A link to a peer is made when the first message for it is sent (or
+    /// when asked: `wyvern wait`, `wyvern connect`), from either side: a peer
+    /// never talked to costs no connection and a few hundred bytes.
+    OnDemand,
+    /// Links to every peer from the start (the higher node id dials the
+    /// lower). The verbs transport and the hybrid agent always do.
+    All,
+}
+
 /// How agents move frames between nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +166,8 @@ pub struct AgentConfig {
     pub cores: Vec<usize>,
     /// Idle policy.
     pub idle: IdlePolicy,
+    /// When links to peers are made.
+    pub connect: ConnectPolicy,
     /// Microseconds of fruitless polling before an adaptive agent sleeps.
     pub spin_us: u64,
     /// Try hugepages for the pool.
@@ -229,6 +244,7 @@ impl Default for AgentConfig {
             verbs_fabric: None,
             cores: vec![],
             idle: IdlePolicy::Adaptive,
+            connect: ConnectPolicy::OnDemand,
             spin_us: 200,
             hugepages: true,
             pool: PoolParams::default(),

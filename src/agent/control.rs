@@ -241,6 +241,24 @@ impl Agent {
                 self.reply(idx, &CtlReply::Stat(Box::new(s)), Vec::new());
                 true
             }
+            CtlRequest::Connect { node } => {
+                let n = self.peers.len();
+                let which: Vec<usize> = match node {
+                    Some(j) if (j as usize) < n => vec![j as usize],
+                    Some(j) => {
+                        self.reply_error(idx, format!("no node {j}: the job has {n}"));
+                        return true;
+                    }
+                    None => (0..n).collect(),
+                };
+                for j in which {
+                    if self.peers[j].state() != &PeerState::Local {
+                        self.want_peer(j);
+                    }
+                }
+                self.reply(idx, &CtlReply::Ok, Vec::new());
+                true
+            }
             CtlRequest::Attach { version, pid, name } => {
                 if attached.is_some() {
                     self.reply_error(idx, "already attached");

@@ -183,9 +183,21 @@ impl Agent {
         // Clients stalled on this peer retry and now fail fast.
     }
 
+    /// Make (and keep) a link to peer `j` (on-demand links): an idle peer
+    /// starts connecting.
+    pub(super) fn want_peer(&mut self, j: usize) {
+        if self.peers[j].wanted(self.now) {
+            log::debug!("peer node {j}: a link is wanted");
+        }
+        self.transport.want(j as u32, self.now);
+    }
+
     /// A new connection to peer `j`: say where our session stands; frames
     /// flow once the peer said the same ([`Agent::handle_resume`]).
     pub(super) fn peer_up(&mut self, j: usize) {
+        // Once linked, a pair stays linked: a link that breaks is made again
+        // from this side too (on-demand links; otherwise a no-op).
+        self.transport.want(j as u32, self.now);
         if self.peers[j].state().connected() {
             // A new connection replaced one we still thought alive.
             self.peer_disconnected(j, "peer reconnected".into());

@@ -80,7 +80,7 @@ use crate::shm::blocks::BlockAlloc;
 use crate::shm::{Pool, BLOCK_UNIT};
 use crate::transport::{LinkEvent, LinkRx, Poller, Transport};
 
-pub use config::{AgentConfig, IdlePolicy, TransportKind};
+pub use config::{AgentConfig, ConnectPolicy, IdlePolicy, TransportKind};
 pub use run::Rounds;
 
 use clients::Clients;
@@ -313,14 +313,27 @@ impl Agent {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = db.write(1);
         });
-        let transport = open(&plan, &poller, &pool, wake)?;
+        let mut transport = open(&plan, &poller, &pool, wake)?;
+        let on_demand = cfg.connect == ConnectPolicy::OnDemand && transport.on_demand();
+        if cfg.connect == ConnectPolicy::OnDemand && !on_demand {
+            log::info!(
+                "connect = on-demand: the {} transport links to every peer from the start",
+                transport.name(None)
+            );
+        }
 
         let now = clock.now();
         let peers = cfg
             .addrs
             .iter()
             .enumerate()
-            .map(|(i, &addr)| Peer::new(i as u32, addr, cfg.node_id, cfg.frame_bytes, now))
+            .map(|(i, &addr)| {
+                let mut p = Peer::new(i as u32, addr, cfg.node_id, cfg.frame_bytes, now);
+                if on_demand && i as u32 != cfg.node_id {
+                    p.idle(now);
+                }
+                p
+            })
             .collect();
         let max = cfg.pool.max_clients as usize;
         log::info!(

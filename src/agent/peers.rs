@@ -28,6 +28,9 @@ const WIRE_SEQ_BIT: u64 = 1 << 63;
 pub(super) enum PeerState {
     /// This node.
     Local,
+    /// Not connected, and no link wanted yet (on-demand links: nothing was
+    /// sent to it and it sent nothing).
+    Idle,
     /// Not connected yet (since start, or since the last loss).
     Connecting,
     /// Connected; our `Resume` sent, waiting for the peer's.
@@ -45,6 +48,7 @@ impl PeerState {
     pub(super) fn name(&self) -> String {
         match self {
             PeerState::Local => "local".into(),
+            PeerState::Idle => "idle".into(),
             PeerState::Connecting => "connecting".into(),
             PeerState::Resuming => "resuming".into(),
             PeerState::Up => "up".into(),
@@ -367,6 +371,22 @@ impl Peer {
 
     pub(super) fn state(&self) -> &PeerState {
         &self.state
+    }
+
+    /// Start without a link (on-demand links).
+    pub(super) fn idle(&mut self, now: Instant) {
+        self.set_state(PeerState::Idle, now);
+    }
+
+    /// A link is wanted (a message waits for it, or the agent was asked to
+    /// connect): an idle peer starts connecting (and is reported unreachable
+    /// after the connect timeout). Returns whether it was idle.
+    pub(super) fn wanted(&mut self, now: Instant) -> bool {
+        if self.state != PeerState::Idle {
+            return false;
+        }
+        self.set_state(PeerState::Connecting, now);
+        true
     }
 
     /// The one place a peer changes state: logged as `A -> B`.

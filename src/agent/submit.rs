@@ -200,6 +200,11 @@ impl Agent {
                 self.peers[j].counters.errors += 1;
                 fail(self, Status::PeerLost)
             }
+            PeerState::Idle => {
+                // The first message for it: make the link; the send waits.
+                self.want_peer(j);
+                Handled::Stall
+            }
             PeerState::Connecting
             | PeerState::Resuming
             | PeerState::Disconnected(..)

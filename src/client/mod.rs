@@ -434,6 +434,15 @@ pub fn break_link(path: impl AsRef<Path>, node: u32) -> Result<(), Error> {
     }
 }
 
+/// Have an agent make its links to peer `node` (or to every peer) now
+/// rather than on their first message (no attach needed).
+pub fn connect_peers(path: impl AsRef<Path>, node: Option<u32>) -> Result<(), Error> {
+    match request(path.as_ref(), &CtlRequest::Connect { node })? {
+        CtlReply::Ok => Ok(()),
+        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
 /// Connect to the agent's control socket and check who listens there:
 /// this process's own uid, root, or the uid in `WYVERN_AGENT_UID`. Another
 /// user's listener (a squatter) is refused.

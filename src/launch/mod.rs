@@ -292,20 +292,30 @@ pub fn socket_path(job_id: Option<&str>, node_id: u32) -> PathBuf {
     }
 }
 
-/// Wait until the agent at `socket` answers and sees every peer up; calls
-/// `progress` with a line whenever the situation changes (and every 5 s).
-/// Returns the agent's node id and peer count.
+/// Wait until the agent at `socket` answers and sees every peer up (with
+/// on-demand links, it is asked once to connect to them all); with `local`,
+/// until it answers. Calls `progress` with a line whenever the situation
+/// changes (and every 5 s). Returns the agent's node id and peer count.
 pub fn wait_ready(
     socket: &Path,
     timeout: Duration,
+    local: bool,
     mut progress: impl FnMut(&str),
 ) -> Result<(u32, usize), String> {
     let start = Instant::now();
     let mut last = String::new();
     let mut last_at = start;
+    let mut asked = false;
     loop {
         let status = match crate::client::stat(socket) {
+            Ok(s) if local => return Ok((s.node, s.peers.len())),
             Ok(s) => {
+                if !asked && s.peers.iter().any(|p| p.state == "idle") {
+                    asked = true;
+                    if let Err(e) = crate::client::connect_peers(socket, None) {
+                        return Err(format!("cannot ask the agent to connect: {e}"));
+                    }
+                }
                 let down: Vec<String> = s
                     .peers
                     .iter()
@@ -528,6 +538,7 @@ mod tests {
         let e = wait_ready(
             Path::new("/nonexistent/wyvern.sock"),
             Duration::from_millis(200),
+            false,
             |l| lines.push(l.to_string()),
         )
         .unwrap_err();

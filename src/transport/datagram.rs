@@ -385,6 +385,10 @@ pub struct DatagramTransport<I: PacketIo> {
     pool: Arc<Pool>,
     cfg: reliable::Config,
     links: Vec<DLink>,
+    /// On-demand links ([`Transport::on_demand`]): `Hello`s go only to the
+    /// peers wanted (every peer's are answered). Otherwise to every peer.
+    on_demand: bool,
+    wanted: Vec<bool>,
     peer_timeout: Duration,
     /// The job key; `None`: peers are not authenticated.
     key: Option<JobKey>,
@@ -451,6 +455,8 @@ impl<I: PacketIo> DatagramTransport<I> {
             io,
             pool,
             cfg,
+            wanted: vec![false; nodes as usize],
+            on_demand: false,
             links,
             peer_timeout,
             key,
@@ -1017,8 +1023,9 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             }
             let l = &self.links[j];
             if !l.up {
-                if l.last_hello
-                    .is_none_or(|t| now.duration_since(t) >= HELLO_EVERY)
+                if (!self.on_demand || self.wanted[j])
+                    && l.last_hello
+                        .is_none_or(|t| now.duration_since(t) >= HELLO_EVERY)
                 {
                     self.send_hello(j, now);
                 }
@@ -1044,6 +1051,23 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             self.service(j, now);
         }
         self.io.flush();
+    }
+
+    fn on_demand(&mut self) -> bool {
+        self.on_demand = true;
+        true
+    }
+
+    fn want(&mut self, node: u32, now: Instant) {
+        let j = node as usize;
+        if j < self.wanted.len() && j as u32 != self.me && !self.wanted[j] {
+            self.wanted[j] = true;
+            if !self.links[j].up {
+                // At once, not at the next tick.
+                self.send_hello(j, now);
+                self.io.flush();
+            }
+        }
     }
 
     fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {

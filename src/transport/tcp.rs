@@ -255,6 +255,13 @@ pub const MAX_PENDING: usize = 64;
 const REFUSE_WARN_EVERY: Duration = Duration::from_secs(1);
 /// Pause between two dial attempts to a peer that is not up.
 const REDIAL: Duration = Duration::from_millis(100);
+/// On-demand links: the lower node id waits this long before it dials a
+/// higher one it wants, so that two agents that want each other at once (the
+/// first messages both ways, `wyvern wait` on every node) make one connection,
+/// the higher one's. A second one is settled by [`TcpTransport::keep_new`].
+const DIAL_DEFER: Duration = Duration::from_millis(100);
+/// Dials under way at most (each on a thread of its own).
+const MAX_DIALS: usize = 64;
 
 const TOK_LISTEN: u32 = 0;
 const TOK_PEER: u32 = 1 << 30;
@@ -323,7 +330,18 @@ pub struct TcpTransport {
     peer_hellos: Vec<Option<Hello>>,
     pending: Vec<Option<Pending>>,
     dialing: Vec<bool>,
+    /// Dials under way.
+    dials: usize,
     next_dial: Vec<Instant>,
+    /// On-demand links ([`Transport::on_demand`]): only the peers wanted
+    /// (since when) are dialed. Otherwise the higher node id dials every
+    /// lower one from the start.
+    on_demand: bool,
+    wanted: Vec<Option<Instant>>,
+    /// Per link: whether this agent dialed it (else: accepted it).
+    dialed: Vec<bool>,
+    /// A second connection with a peer settled in favour of the other one.
+    duplicates: u64,
     dialer: Dialer,
     wake: Arc<dyn Fn() + Send + Sync>,
     /// The job key; `None`: peers are not authenticated.
@@ -376,7 +394,12 @@ impl TcpTransport {
             peer_hellos: vec![None; n],
             pending: Vec::new(),
             dialing: vec![false; n],
+            dials: 0,
             next_dial: vec![now; n],
+            on_demand: false,
+            wanted: vec![None; n],
+            dialed: vec![false; n],
+            duplicates: 0,
             dialer: Dialer::default(),
             wake,
             key,
@@ -538,9 +561,9 @@ impl TcpTransport {
                     .and_then(|b| <[u8; NONCE_LEN]>::try_from(b).ok())
                     .unwrap_or([0; NONCE_LEN]);
                 let h = self.check_hello(fh, body, auth::label::TCP_HELLO_DIALER, &ours, from)?;
-                if h.node < self.me {
+                if h.node < self.me && !self.on_demand {
                     return Err(format!(
-                        "node {} dialed node {} (the higher id dials)",
+                        "node {} dialed node {} (the higher id dials; on-demand links are off here)",
                         h.node, self.me
                     ));
                 }
@@ -592,6 +615,19 @@ impl TcpTransport {
             }
             (_, k) => Err(format!("sent {k:?} out of its turn in the handshake")),
         }
+    }
+
+    /// A connection with `node` finished its handshake while the pair has
+    /// a link already: whether the new one replaces it. It does when the peer
+    /// restarted (another incarnation), or when the new one was dialed by the
+    /// higher node id or the old one was not (a reconnection after a break
+    /// this side has not noticed yet). Two connections made at once (both
+    /// agents wanted the link) thus settle on the higher id's at both ends.
+    fn keep_new(&self, node: u32, h: &Hello, we_dialed: bool) -> bool {
+        let restarted =
+            self.peer_hellos[node as usize].is_none_or(|old| old.incarnation != h.incarnation);
+        let by_higher = |we: bool| we == (self.me > node);
+        restarted || by_higher(we_dialed) || !by_higher(self.dialed[node as usize])
     }
 
     /// Close a connection whose handshake failed.
@@ -673,7 +709,15 @@ impl TcpTransport {
             }
         };
         let node = h.node;
+        let we_dialed = matches!(p.role, Role::Dialed { .. });
         if self.links[node as usize].is_some() {
+            if !self.keep_new(node, &h, we_dialed) {
+                // The pair's other connection stays (see `keep_new`).
+                log::debug!("node {node}: a second connection closed, the other one stays");
+                self.duplicates += 1;
+                poller.delete(p.link.as_fd());
+                return;
+            }
             self.down(poller, node, "peer reconnected (restarted?)".into(), events);
         }
         poller.delete(p.link.as_fd());
@@ -685,6 +729,7 @@ impl TcpTransport {
         rx.link(node)
             .reset(std::mem::take(&mut p.link.handshake), now);
         self.links[node as usize] = Some(p.link);
+        self.dialed[node as usize] = we_dialed;
         self.peer_hellos[node as usize] = Some(h);
         events.push(LinkEvent::Up { node });
     }
@@ -705,6 +750,7 @@ impl Transport for TcpTransport {
             counters: vec![
                 ("tcp_pending_refused", self.pending_refused),
                 ("tcp_handshakes_failed", self.handshakes_failed),
+                ("tcp_duplicate_connections", self.duplicates),
             ],
             info: vec![("peer_auth", auth.to_string())],
         }
@@ -795,6 +841,7 @@ impl Transport for TcpTransport {
         while let Some(d) = self.dialer.poll() {
             let j = d.node as usize;
             self.dialing[j] = false;
+            self.dials -= 1;
             if self.links[j].is_some() {
                 continue;
             }
@@ -831,17 +878,39 @@ impl Transport for TcpTransport {
                 }
             }
         }
-        // The higher id dials the lower; it goes on dialing a peer that is
-        // not up, so a restarted agent is picked up again.
-        for j in 0..(self.me as usize) {
-            if self.links[j].is_none() && !self.dialing[j] && now >= self.next_dial[j] {
+        // The higher id dials the lower (on demand: the wanted ones, and a
+        // lower id a higher one after `DIAL_DEFER`); it goes on dialing a
+        // peer that is not up, so a restarted agent is picked up again.
+        for j in 0..self.nodes.len() {
+            if self.dials >= MAX_DIALS {
+                break;
+            }
+            let me = self.me as usize;
+            let may = match (self.on_demand, self.wanted[j]) {
+                (false, _) => j < me,
+                (true, None) => false,
+                (true, Some(t)) => j < me || (j > me && now >= t + DIAL_DEFER),
+            };
+            if may && self.links[j].is_none() && !self.dialing[j] && now >= self.next_dial[j] {
                 self.dialing[j] = true;
+                self.dials += 1;
                 self.next_dial[j] = now + REDIAL;
                 let wake = self.wake.clone();
                 self.dialer.dial(j as u32, self.nodes[j], move || wake());
             }
         }
         let _ = events;
+    }
+
+    fn on_demand(&mut self) -> bool {
+        self.on_demand = true;
+        true
+    }
+
+    fn want(&mut self, node: u32, now: Instant) {
+        if let Some(w) = self.wanted.get_mut(node as usize) {
+            w.get_or_insert(now);
+        }
     }
 
     fn push(&mut self, node: u32, item: Out) {

@@ -107,6 +107,12 @@ impl Drop for Proc {
 /// namespaces of its own from `scripts/testbed.sh`, or with
 /// `WYVERN_TEST_DPDK_DEV=memif` on a memif pair, see [`testbed::memif_cluster`];
 /// tcp by default).
+/// The links policy agents of the suite run with (`WYVERN_TEST_CONNECT`:
+/// `all`, the default, or `on-demand`).
+pub fn connect_policy() -> String {
+    std::env::var("WYVERN_TEST_CONNECT").unwrap_or_else(|_| "all".into())
+}
+
 pub fn transport() -> String {
     std::env::var("WYVERN_TEST_TRANSPORT").unwrap_or_else(|_| "tcp".into())
 }
@@ -145,6 +151,22 @@ pub struct Cluster {
     pub node_args: Vec<Vec<String>>,
     /// The namespaces the nodes run in (the dpdk transport), removed after the agents.
     pub testbed: Option<testbed::Testbed>,
+    /// Every agent's port was picked before any started (on-demand links: a
+    /// lower node id dials a higher one, so every address must be known
+    /// from the start), and a restarted agent keeps its own.
+    pub fixed_ports: bool,
+}
+
+/// A loopback port free for both TCP and UDP right now (another process may
+/// take it before the agent binds it: rare, and the agent then says so).
+pub fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = t.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// A command for `prog`, run under `wrap` when it is not empty.
@@ -208,8 +230,19 @@ impl Cluster {
         if node_args.is_empty() && n > 0 && transport() == "verbs" {
             node_args = (0..n).map(verbs_args).collect();
         }
-        // Port 0: each agent picks its own and says which (see spawn_agent).
-        let nodes: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 0)); n];
+        // A test that chose on-demand links itself makes them itself.
+        let chose = |a: &[String]| {
+            a.windows(2)
+                .any(|w| w[0] == "--connect" && w[1] == "on-demand")
+        };
+        let extra_s: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let lazy = chose(&extra_s) || node_args.iter().any(|a| chose(a));
+        // Port 0: each agent picks its own and says which (see spawn_agent);
+        // with on-demand links every port is known before any agent starts.
+        let fixed_ports = lazy || connect_policy() == "on-demand";
+        let nodes: Vec<SocketAddr> = (0..n)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], if fixed_ports { free_port() } else { 0 })))
+            .collect();
         let mut c = Cluster {
             dir,
             agents: Vec::new(),
@@ -217,11 +250,21 @@ impl Cluster {
             wrap,
             node_args,
             testbed: tb,
+            fixed_ports,
         };
         for i in 0..n {
             let p = c.spawn_agent(i, extra);
             c.agents.push(Some(p));
             c.nodes[i] = via(i, c.nodes[i]);
+        }
+        if lazy {
+            return c;
+        }
+        // On-demand links: ask every agent to connect, as `wyvern wait` does.
+        if !extra.contains(&"--connect") && connect_policy() == "on-demand" {
+            for i in 0..n {
+                wyvern::client::connect_peers(c.socket(i), None).expect("connect");
+            }
         }
         // Wait until every agent sees every peer up.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -295,6 +338,16 @@ impl Cluster {
         } else {
             &["--idle", "adaptive"][..]
         })
+        .args(
+            // Links to every peer from the start, as the suite was written
+            // for; `WYVERN_TEST_CONNECT=on-demand` runs it with on-demand
+            // links (Cluster::start then asks every agent to connect).
+            if extra.contains(&"--connect") || own.iter().any(|a| a == "--connect") {
+                vec![]
+            } else {
+                vec!["--connect".to_string(), connect_policy()]
+            },
+        )
         .args(if extra.contains(&"--heartbeat-ms") {
             &[][..]
         } else {
@@ -385,7 +438,9 @@ impl Cluster {
 
     /// Start agent `i` again (after [`Cluster::kill_agent`]).
     pub fn restart_agent(&mut self, i: usize) {
-        self.nodes[i] = SocketAddr::from(([127, 0, 0, 1], 0));
+        if !self.fixed_ports {
+            self.nodes[i] = SocketAddr::from(([127, 0, 0, 1], 0));
+        }
         let p = self.spawn_agent(i, &[]);
         self.agents[i] = Some(p);
     }
@@ -451,7 +506,12 @@ impl Drop for Cluster {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        if !std::thread::panicking() {
+        if std::env::var_os("WYVERN_TEST_KEEP_LOGS").is_some() {
+            eprintln!(
+                "agent logs kept in {} (WYVERN_TEST_KEEP_LOGS)",
+                self.dir.display()
+            );
+        } else if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("test failed: agent logs kept in {}", self.dir.display());

@@ -66,6 +66,9 @@ pub fn config(i: usize, n: usize, dir: &std::path::Path) -> AgentConfig {
         },
         heartbeat_ms: 100,
         peer_timeout_ms: 3000,
+        // Every link from the start, as the tests were written for (a test
+        // of on-demand links says so in its tweak).
+        connect: wyvern::agent::ConnectPolicy::All,
         ..AgentConfig::default()
     }
 }
