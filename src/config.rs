@@ -317,8 +317,8 @@ pub struct AgentArgs {
         env = "WYVERN_AGENT_HUGEPAGES"
     )]
     pub hugepages: Option<bool>,
-    /// Do not try hugepages (the same as `--hugepages false`).
-    #[arg(long, conflicts_with = "hugepages")]
+    /// Do not try hugepages (the same as `--hugepages false`; wins over it).
+    #[arg(long)]
     pub no_hugepages: bool,
     /// Client slots in the pool.
     #[arg(long, env = "WYVERN_AGENT_MAX_CLIENTS")]
@@ -339,7 +339,7 @@ pub struct AgentArgs {
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_BLOCK_BYTES")]
     pub block_bytes: Option<u64>,
     /// Deprecated: --block-bytes NMiB.
-    #[arg(long, hide = true, conflicts_with = "block_bytes")]
+    #[arg(long, hide = true)]
     pub block_mib: Option<u64>,
     /// Largest frame of aggregated small messages (a size).
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_FRAME_BYTES")]
@@ -369,13 +369,13 @@ pub struct AgentArgs {
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_OVERFLOW_BYTES")]
     pub overflow_bytes: Option<u64>,
     /// Deprecated: --overflow-bytes NMiB.
-    #[arg(long, hide = true, conflicts_with = "overflow_bytes")]
+    #[arg(long, hide = true)]
     pub overflow_mib: Option<u64>,
     /// Pool blocks one client may hold through its allocations (a size).
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_CLIENT_BLOCK_QUOTA")]
     pub client_block_quota: Option<u64>,
     /// Deprecated: --client-block-quota NMiB.
-    #[arg(long, hide = true, conflicts_with = "client_block_quota")]
+    #[arg(long, hide = true)]
     pub client_quota_mib: Option<u64>,
     /// ms a peer's message for an endpoint not open yet is held (0: refuse at once).
     #[arg(long, env = "WYVERN_AGENT_UNKNOWN_EP_GRACE_MS")]

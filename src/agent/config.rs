@@ -545,7 +545,7 @@ impl AgentConfig {
             );
         }
         if self.dpdk_eal_args.is_empty() {
-            return bad("transport \"dpdk\" needs dpdk_eal_args (--dpdk-eal), e.g. \
+            return bad("transport \"dpdk\" needs dpdk_eal_args (--dpdk-eal-args), e.g. \
                  \"--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvern-n0 --no-shconf\""
                 .into());
         }
