@@ -29,7 +29,8 @@ use serde::de::{self, Deserializer, Visitor};
 use crate::agent::config::{default_socket, AgentConfig, IdlePolicy, TransportKind};
 
 /// What a size may look like (the text of every size error).
-pub const SIZE_FORMS: &str = "write bytes as an integer (65536) or with a unit: 64KiB, 4 MiB, 1GiB \
+pub const SIZE_FORMS: &str =
+    "write bytes as an integer (65536) or with a unit: 64KiB, 4 MiB, 1GiB \
 (K, M, G, T and KiB, MiB, GiB, TiB are powers of 1024; kB, MB, GB, TB powers of 1000)";
 
 /// The prefix of every agent setting's environment variable.
@@ -433,7 +434,12 @@ impl AgentArgs {
         }
         set!(node_id, nodes, transport, transports, peer_transports);
         set!(hybrid_fallback_ms, verbs_port_offset, cores, idle, spin_us);
-        set!(flush_delay_us, heartbeat_ms, peer_timeout_ms, connect_timeout_ms);
+        set!(
+            flush_delay_us,
+            heartbeat_ms,
+            peer_timeout_ms,
+            connect_timeout_ms
+        );
         set!(client_block_quota, unknown_ep_grace_ms, max_client_errors);
         set!(peer_rx_bytes, dpdk_peer_macs, hugepages);
         set_some!(metrics, job, job_key_file, dpdk_port, dpdk_mtu);
@@ -500,11 +506,22 @@ mod tests {
         ] {
             assert_eq!(parse_size(s), Ok(n), "{s:?}");
         }
-        for bad in ["", "MiB", "-1", "1.5GiB", "12XB", "_1", "99999999999999999999", "16EiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "-1",
+            "1.5GiB",
+            "12XB",
+            "_1",
+            "99999999999999999999",
+            "16EiB",
+        ] {
             let e = parse_size(bad).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
-        assert!(parse_size("17179869184GiB").unwrap_err().contains("too large"));
+        assert!(parse_size("17179869184GiB")
+            .unwrap_err()
+            .contains("too large"));
         assert!(parse_size("4 XB").unwrap_err().contains("KiB, MiB"));
         for n in [0, 1472, 4096, 64 << 20, 3 << 30, (1 << 40) + 1] {
             assert_eq!(parse_size(&format_size(n)), Ok(n));

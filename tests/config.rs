@@ -41,7 +41,8 @@ const fn s(
 }
 
 /// Four nodes, so that node ids 1..=3 are valid.
-const NODES: &str = r#"nodes = ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]"#;
+const NODES: &str =
+    r#"nodes = ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]"#;
 
 const MACS_A: &str = r#"["", "02:00:00:00:00:01", "", ""]"#;
 
@@ -72,7 +73,13 @@ fn samples() -> Vec<Sample> {
                 r#""/tmp/wyv-flag.sock""#,
             ],
         ),
-        s("transport", r#""udp""#, "tcp", "udp", [r#""udp""#, r#""tcp""#, r#""udp""#]),
+        s(
+            "transport",
+            r#""udp""#,
+            "tcp",
+            "udp",
+            [r#""udp""#, r#""tcp""#, r#""udp""#],
+        ),
         s(
             "transports",
             r#"["udp", "tcp"]"#,
@@ -91,13 +98,23 @@ fn samples() -> Vec<Sample> {
                 r#"["udp", "", "", ""]"#,
             ],
         ),
-        s("hybrid_fallback_ms", "100", "200", "300", ["100", "200", "300"]),
+        s(
+            "hybrid_fallback_ms",
+            "100",
+            "200",
+            "300",
+            ["100", "200", "300"],
+        ),
         s(
             "metrics",
             r#""127.0.0.1:9001""#,
             "127.0.0.1:9002",
             "127.0.0.1:9003",
-            [r#""127.0.0.1:9001""#, r#""127.0.0.1:9002""#, r#""127.0.0.1:9003""#],
+            [
+                r#""127.0.0.1:9001""#,
+                r#""127.0.0.1:9002""#,
+                r#""127.0.0.1:9003""#,
+            ],
         ),
         s("job", r#""a""#, "b", "c", [r#""a""#, r#""b""#, r#""c""#]),
         s(
@@ -107,13 +124,23 @@ fn samples() -> Vec<Sample> {
             "/k/flag",
             [r#""/k/file""#, r#""/k/env""#, r#""/k/flag""#],
         ),
-        s("packet_bytes", "1400", "9000", "8KiB", ["1400", "9000", "8192"]),
+        s(
+            "packet_bytes",
+            "1400",
+            "9000",
+            "8KiB",
+            ["1400", "9000", "8192"],
+        ),
         s(
             "dpdk_eal_args",
             r#"["--no-pci"]"#,
             "--no-pci -m 64",
             "--no-huge",
-            [r#"["--no-pci"]"#, r#"["--no-pci", "-m", "64"]"#, r#"["--no-huge"]"#],
+            [
+                r#"["--no-pci"]"#,
+                r#"["--no-pci", "-m", "64"]"#,
+                r#"["--no-huge"]"#,
+            ],
         ),
         s(
             "dpdk_port",
@@ -142,17 +169,59 @@ fn samples() -> Vec<Sample> {
             [r#""rxe0""#, r#""rxe1""#, r#""mlx5_0:1""#],
         ),
         s("verbs_gid_index", "1", "2", "3", ["1", "2", "3"]),
-        s("verbs_port_offset", "100", "200", "300", ["100", "200", "300"]),
-        s("verbs_fabric", r#""a""#, "b", "c", [r#""a""#, r#""b""#, r#""c""#]),
+        s(
+            "verbs_port_offset",
+            "100",
+            "200",
+            "300",
+            ["100", "200", "300"],
+        ),
+        s(
+            "verbs_fabric",
+            r#""a""#,
+            "b",
+            "c",
+            [r#""a""#, r#""b""#, r#""c""#],
+        ),
         s("cores", "[0]", "1", "0,1", ["[0]", "[1]", "[0, 1]"]),
-        s("idle", r#""spin""#, "adaptive", "spin", [r#""spin""#, r#""adaptive""#, r#""spin""#]),
+        s(
+            "idle",
+            r#""spin""#,
+            "adaptive",
+            "spin",
+            [r#""spin""#, r#""adaptive""#, r#""spin""#],
+        ),
         s("spin_us", "10", "20", "30", ["10", "20", "30"]),
-        s("hugepages", "false", "true", "false", ["false", "true", "false"]),
+        s(
+            "hugepages",
+            "false",
+            "true",
+            "false",
+            ["false", "true", "false"],
+        ),
         s("pool.max_clients", "8", "16", "4", ["8", "16", "4"]),
         s("pool.endpoints_per_client", "2", "3", "5", ["2", "3", "5"]),
-        s("pool.sub_slots", "8192", "16384", "32768", ["8192", "16384", "32768"]),
-        s("pool.comp_slots", "256", "512", "2048", ["256", "512", "2048"]),
-        s("pool.recv_slots", "8192", "16384", "32768", ["8192", "16384", "32768"]),
+        s(
+            "pool.sub_slots",
+            "8192",
+            "16384",
+            "32768",
+            ["8192", "16384", "32768"],
+        ),
+        s(
+            "pool.comp_slots",
+            "256",
+            "512",
+            "2048",
+            ["256", "512", "2048"],
+        ),
+        s(
+            "pool.recv_slots",
+            "8192",
+            "16384",
+            "32768",
+            ["8192", "16384", "32768"],
+        ),
         s(
             "pool.block_bytes",
             r#""64MiB""#,
@@ -160,15 +229,57 @@ fn samples() -> Vec<Sample> {
             "268435456",
             ["67108864", "134217728", "268435456"],
         ),
-        s("frame_bytes", "32768", "128KiB", "256 KiB", ["32768", "131072", "262144"]),
-        s("eager_max", r#""1KiB""#, "2048", "512B", ["1024", "2048", "512"]),
-        s("chunk_bytes", r#""64 KiB""#, "128k", "1M", ["65536", "131072", "1048576"]),
+        s(
+            "frame_bytes",
+            "32768",
+            "128KiB",
+            "256 KiB",
+            ["32768", "131072", "262144"],
+        ),
+        s(
+            "eager_max",
+            r#""1KiB""#,
+            "2048",
+            "512B",
+            ["1024", "2048", "512"],
+        ),
+        s(
+            "chunk_bytes",
+            r#""64 KiB""#,
+            "128k",
+            "1M",
+            ["65536", "131072", "1048576"],
+        ),
         s("flush_delay_us", "5", "10", "20", ["5", "10", "20"]),
         s("heartbeat_ms", "100", "150", "250", ["100", "150", "250"]),
-        s("peer_timeout_ms", "1000", "2000", "4000", ["1000", "2000", "4000"]),
-        s("connect_timeout_ms", "1000", "2000", "3000", ["1000", "2000", "3000"]),
-        s("peer_queue_bytes", r#""1MiB""#, "2MiB", "4MB", ["1048576", "2097152", "4000000"]),
-        s("overflow_bytes", r#""1MiB""#, "2MiB", "0", ["1048576", "2097152", "0"]),
+        s(
+            "peer_timeout_ms",
+            "1000",
+            "2000",
+            "4000",
+            ["1000", "2000", "4000"],
+        ),
+        s(
+            "connect_timeout_ms",
+            "1000",
+            "2000",
+            "3000",
+            ["1000", "2000", "3000"],
+        ),
+        s(
+            "peer_queue_bytes",
+            r#""1MiB""#,
+            "2MiB",
+            "4MB",
+            ["1048576", "2097152", "4000000"],
+        ),
+        s(
+            "overflow_bytes",
+            r#""1MiB""#,
+            "2MiB",
+            "0",
+            ["1048576", "2097152", "0"],
+        ),
         s(
             "client_block_quota",
             r#""16MiB""#,
@@ -176,10 +287,22 @@ fn samples() -> Vec<Sample> {
             "64MiB",
             ["16777216", "33554432", "67108864"],
         ),
-        s("unknown_ep_grace_ms", "0", "100", "200", ["0", "100", "200"]),
+        s(
+            "unknown_ep_grace_ms",
+            "0",
+            "100",
+            "200",
+            ["0", "100", "200"],
+        ),
         s("allow_gid", "10", "20", "30", ["10", "20", "30"]),
         s("max_client_errors", "1", "2", "3", ["1", "2", "3"]),
-        s("peer_rx_bytes", r#""1MiB""#, "2G", "3k", ["1048576", "2147483648", "3072"]),
+        s(
+            "peer_rx_bytes",
+            r#""1MiB""#,
+            "2G",
+            "3k",
+            ["1048576", "2147483648", "3072"],
+        ),
     ]
 }
 
@@ -247,10 +370,9 @@ fn file_with(dir: &Path, key: &str, value: Option<&str>) -> std::path::PathBuf {
 #[test]
 fn every_key_has_a_flag_a_variable_and_a_row_in_the_user_guide() {
     let cmd = AgentArgs::augment_args(clap::Command::new("agent"));
-    let guide = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/user-guide.md"),
-    )
-    .expect("docs/user-guide.md");
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/user-guide.md"))
+            .expect("docs/user-guide.md");
     let keys = config_keys();
     assert!(keys.len() >= 40, "too few keys found: {keys:?}");
     let mut missing = Vec::new();
@@ -263,14 +385,21 @@ fn every_key_has_a_flag_a_variable_and_a_row_in_the_user_guide() {
                 if got.as_deref() != Some(env.as_str()) {
                     missing.push(format!("{key}: --{flag} reads {got:?}, not {env}"));
                 }
-                if SIZE_KEYS.contains(&key.as_str()) && a.get_value_names().map(|v| v[0].as_str()) != Some("SIZE") {
+                if SIZE_KEYS.contains(&key.as_str())
+                    && a.get_value_names().map(|v| v[0].as_str()) != Some("SIZE")
+                {
                     missing.push(format!("{key}: --{flag} does not take a SIZE"));
                 }
             }
         }
         let row = format!("| `{key}` | `--{flag}`");
-        if !guide.lines().any(|l| l.starts_with(&row) && l.contains(&format!("`{env}`"))) {
-            missing.push(format!("{key}: no row `{row} ... {env}` in docs/user-guide.md"));
+        if !guide
+            .lines()
+            .any(|l| l.starts_with(&row) && l.contains(&format!("`{env}`")))
+        {
+            missing.push(format!(
+                "{key}: no row `{row} ... {env}` in docs/user-guide.md"
+            ));
         }
     }
     // Sizes are the keys in bytes, and only they.
@@ -283,9 +412,16 @@ fn every_key_has_a_flag_a_variable_and_a_row_in_the_user_guide() {
         );
     }
     for k in SIZE_KEYS {
-        assert!(keys.iter().any(|x| x == k), "SIZE_KEYS names {k}, not a key");
+        assert!(
+            keys.iter().any(|x| x == k),
+            "SIZE_KEYS names {k}, not a key"
+        );
     }
-    assert!(missing.is_empty(), "keys without their flag, variable or docs:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "keys without their flag, variable or docs:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -295,13 +431,17 @@ fn every_key_is_settable_three_ways_and_the_first_wins() {
     let keys = config_keys();
     for key in &keys {
         assert!(
-            samples.iter().any(|s| &s.key == key),
+            samples.iter().any(|s| s.key == key),
             "{key}: no sample in tests/config.rs (add one, with its flag and variable)"
         );
     }
     let default = toml::Value::try_from(wyvern::agent::AgentConfig::default()).unwrap();
     for s in &samples {
-        assert!(keys.iter().any(|k| k == s.key), "sample for {}, not a key", s.key);
+        assert!(
+            keys.iter().any(|k| k == s.key),
+            "sample for {}, not a key",
+            s.key
+        );
         let (flag, env) = (format!("--{}", flag_of(s.key)), env_of(s.key));
         let base = file_with(dir.path(), s.key, None);
         let file = file_with(dir.path(), s.key, Some(s.file));
@@ -369,7 +509,12 @@ fn a_bad_size_is_refused_naming_the_key_in_each_of_the_three_ways() {
             (
                 "file",
                 agent(
-                    &["-c", file_with(dir.path(), key, Some(r#""1.5GiB""#)).to_str().unwrap()],
+                    &[
+                        "-c",
+                        file_with(dir.path(), key, Some(r#""1.5GiB""#))
+                            .to_str()
+                            .unwrap(),
+                    ],
                     &[],
                 ),
             ),
@@ -377,13 +522,19 @@ fn a_bad_size_is_refused_naming_the_key_in_each_of_the_three_ways() {
         for (how, out) in cases {
             assert!(!out.status.success(), "{key} by {how}: accepted");
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains(key), "{key} by {how}: the error does not name it:\n{err}");
+            assert!(
+                err.contains(key),
+                "{key} by {how}: the error does not name it:\n{err}"
+            );
             assert!(
                 err.contains("64KiB") && err.contains("MiB"),
                 "{key} by {how}: the error does not say the accepted forms:\n{err}"
             );
             if how != "file" {
-                assert!(err.contains(&flag) && err.contains(&env), "{key} by {how}:\n{err}");
+                assert!(
+                    err.contains(&flag) && err.contains(&env),
+                    "{key} by {how}:\n{err}"
+                );
             }
         }
     }
@@ -394,11 +545,19 @@ fn a_bad_size_is_refused_naming_the_key_in_each_of_the_three_ways() {
     assert!(err.contains("--max-clients"), "{err}");
     // A negative size in the file.
     let out = agent(
-        &["-c", file_with(dir.path(), "eager_max", Some("-4")).to_str().unwrap()],
+        &[
+            "-c",
+            file_with(dir.path(), "eager_max", Some("-4"))
+                .to_str()
+                .unwrap(),
+        ],
         &[],
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("eager_max: -4 is negative"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("eager_max: -4 is negative"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -416,9 +575,18 @@ fn old_spellings_still_work_and_warn() {
         ],
         &[("RUST_LOG", "warn")],
     );
-    assert_eq!(printed(&out, "pool.block_bytes"), Ok(Some(literal("16777216"))));
-    assert_eq!(printed(&out, "overflow_bytes"), Ok(Some(literal("8388608"))));
-    assert_eq!(printed(&out, "client_block_quota"), Ok(Some(literal("4194304"))));
+    assert_eq!(
+        printed(&out, "pool.block_bytes"),
+        Ok(Some(literal("16777216")))
+    );
+    assert_eq!(
+        printed(&out, "overflow_bytes"),
+        Ok(Some(literal("8388608")))
+    );
+    assert_eq!(
+        printed(&out, "client_block_quota"),
+        Ok(Some(literal("4194304")))
+    );
     assert_eq!(
         printed(&out, "dpdk_eal_args"),
         Ok(Some(literal(r#"["--no-pci", "-m", "64"]"#)))
@@ -433,8 +601,14 @@ fn old_spellings_still_work_and_warn() {
         assert!(err.contains(new), "the warning says {new}:\n{err}");
     }
     // A deprecated flag is still a flag: it wins over the variable.
-    let out = agent(&["--block-mib", "16"], &[("WYVERN_AGENT_BLOCK_BYTES", "1GiB")]);
-    assert_eq!(printed(&out, "pool.block_bytes"), Ok(Some(literal("16777216"))));
+    let out = agent(
+        &["--block-mib", "16"],
+        &[("WYVERN_AGENT_BLOCK_BYTES", "1GiB")],
+    );
+    assert_eq!(
+        printed(&out, "pool.block_bytes"),
+        Ok(Some(literal("16777216")))
+    );
     // --no-hugepages is --hugepages false, and wins over the variable.
     let out = agent(&["--no-hugepages"], &[("WYVERN_AGENT_HUGEPAGES", "yes")]);
     assert_eq!(printed(&out, "hugepages"), Ok(Some(literal("false"))));
@@ -449,14 +623,26 @@ fn old_spellings_still_work_and_warn() {
 fn the_printed_configuration_loads_back_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let out = agent(
-        &["--nodes=127.0.0.1:1,127.0.0.1:2", "--block-bytes=96MiB", "--eager-max=2KiB"],
+        &[
+            "--nodes=127.0.0.1:1,127.0.0.1:2",
+            "--block-bytes=96MiB",
+            "--eager-max=2KiB",
+        ],
         &[("WYVERN_AGENT_PEER_QUEUE_BYTES", "3MiB")],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = dir.path().join("printed.toml");
     std::fs::write(&p, &out.stdout).unwrap();
     let again = agent(&["-c", p.to_str().unwrap()], &[]);
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&again.stdout)

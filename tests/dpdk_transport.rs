@@ -524,7 +524,12 @@ fn a_jumbo_mtu_the_rings_or_the_interface_cannot_carry_is_a_clear_start_up_error
     );
     let err = agent_start_fails(
         &tb,
-        &["--dpdk-mtu".into(), "9000".into(), "--dpdk-eal-args".into(), eal],
+        &[
+            "--dpdk-mtu".into(),
+            "9000".into(),
+            "--dpdk-eal-args".into(),
+            eal,
+        ],
     );
     assert!(
         err.contains("has 1500") && err.contains("ip link set dev"),

@@ -926,7 +926,10 @@ fn agent_runs_from_a_config_file_and_stat_prints_json_and_a_table() {
 
 #[test]
 fn one_client_cannot_take_every_block() {
-    let c = Cluster::start(1, &["--block-bytes", "64MiB", "--client-block-quota", "16MiB"]);
+    let c = Cluster::start(
+        1,
+        &["--block-bytes", "64MiB", "--client-block-quota", "16MiB"],
+    );
     let a = wyvern::client::Client::attach(c.socket(0), "greedy").unwrap();
     let t = Duration::from_secs(5);
     let mut held: Vec<_> = (0..4).map(|_| a.alloc(4 << 20, t).unwrap()).collect();

@@ -1,4 +1,6 @@
-//! Agent configuration: a TOML file, overridden by command-line flags.
+//! Agent configuration: a TOML file, overridden by `WYVERN_AGENT_*` environment
+//! variables, overridden by command-line flags (`crate::config` reads the three;
+//! sizes may be written with units, `block_bytes = "192MiB"`).
 //!
 //! ```toml
 //! node_id = 0

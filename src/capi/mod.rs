@@ -92,10 +92,11 @@ pub extern "C" fn wyvern_api_version() -> c_int {
 /// (`"0.1.0"`).
 #[no_mangle]
 pub extern "C" fn wyvern_version_string() -> *const c_char {
-    const V: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-        Ok(v) => v,
-        Err(_) => panic!("Cargo's version has a NUL"),
-    };
+    const V: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("Cargo's version has a NUL"),
+        };
     V.as_ptr()
 }
 
