@@ -154,19 +154,7 @@ impl clap::builder::TypedValueParser for SizeParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<u64, clap::Error> {
-        let name = arg
-            .map(|a| {
-                let long = a.get_long().unwrap_or_default();
-                let key = SIZE_KEYS
-                    .iter()
-                    .find(|k| flag_of(k) == long)
-                    .map_or_else(|| long.replace('-', "_"), |k| k.to_string());
-                match a.get_env() {
-                    Some(e) => format!("{key} (--{long} or {})", e.to_string_lossy()),
-                    None => format!("{key} (--{long})"),
-                }
-            })
-            .unwrap_or_else(|| "a size".into());
+        let name = setting_name(arg);
         let text = value.to_str().ok_or_else(|| {
             clap::Error::raw(
                 clap::error::ErrorKind::InvalidUtf8,
@@ -177,6 +165,68 @@ impl clap::builder::TypedValueParser for SizeParser {
             clap::Error::raw(
                 clap::error::ErrorKind::ValueValidation,
                 format!("invalid value for {name}: {e}\n"),
+            )
+        })
+    }
+}
+
+/// How an error names the setting of `arg`: its key, flag and variable
+/// (`pool.block_bytes (--block-bytes or WYVERN_AGENT_BLOCK_BYTES)`).
+fn setting_name(arg: Option<&clap::Arg>) -> String {
+    let Some(a) = arg else {
+        return "a setting".into();
+    };
+    let long = a.get_long().unwrap_or_default();
+    let key = config_keys()
+        .into_iter()
+        .find(|k| flag_of(k) == long)
+        .unwrap_or_else(|| long.replace('-', "_"));
+    match a.get_env() {
+        Some(e) => format!("{key} (--{long} or {})", e.to_string_lossy()),
+        None => format!("{key} (--{long})"),
+    }
+}
+
+/// The clap value parser of an integer flag (and its variable): the error
+/// names the key, the flag and the variable, like [`SizeParser`]'s.
+#[derive(Clone, Copy, Debug)]
+pub struct IntParser<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> IntParser<T> {
+    /// A parser of `T`.
+    pub const fn new() -> Self {
+        IntParser(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for IntParser<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> clap::builder::TypedValueParser for IntParser<T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        text.trim().parse::<T>().map_err(|e| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "invalid value for {}: {text:?} is not a {} ({e})\n",
+                    setting_name(arg),
+                    std::any::type_name::<T>()
+                ),
             )
         })
     }
@@ -225,7 +275,7 @@ pub struct AgentArgs {
     #[arg(long, short, env = "WYVERN_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
     /// This node's id (its index in the node list).
-    #[arg(long, env = "WYVERN_AGENT_NODE_ID")]
+    #[arg(long, value_parser = IntParser::<u32>::new(), env = "WYVERN_AGENT_NODE_ID")]
     pub node_id: Option<u32>,
     /// Every node's agent address, by id, comma-separated (host:port,...; host may be a name).
     #[arg(long, value_delimiter = ',', env = "WYVERN_AGENT_NODES")]
@@ -252,7 +302,7 @@ pub struct AgentArgs {
     pub peer_transports: Option<Vec<String>>,
     /// Hybrid agent: move a peer to the next transport when its chosen one is not up
     /// this long, in ms (0: half the peer timeout).
-    #[arg(long, env = "WYVERN_AGENT_HYBRID_FALLBACK_MS")]
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_HYBRID_FALLBACK_MS")]
     pub hybrid_fallback_ms: Option<u64>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; port 0 picks one).
     #[arg(long, env = "WYVERN_AGENT_METRICS")]
@@ -283,7 +333,7 @@ pub struct AgentArgs {
     pub dpdk_port: Option<String>,
     /// dpdk transport: MTU to set on the port (jumbo frames; on net_af_packet, the
     /// interface's MTU, with framesz=16384,blocksz=16384 in its --vdev).
-    #[arg(long, env = "WYVERN_AGENT_DPDK_MTU")]
+    #[arg(long, value_parser = IntParser::<u16>::new(), env = "WYVERN_AGENT_DPDK_MTU")]
     pub dpdk_mtu: Option<u16>,
     /// dpdk transport: peers' MACs by node id, comma-separated ("" for unknown: learned).
     #[arg(long, value_delimiter = ',', env = "WYVERN_AGENT_DPDK_PEER_MACS")]
@@ -292,23 +342,23 @@ pub struct AgentArgs {
     #[arg(long, env = "WYVERN_AGENT_VERBS_DEVICE")]
     pub verbs_device: Option<String>,
     /// verbs transport: the GID index (default: the RoCE v2 IPv4-mapped entry).
-    #[arg(long, env = "WYVERN_AGENT_VERBS_GID_INDEX")]
+    #[arg(long, value_parser = IntParser::<u32>::new(), env = "WYVERN_AGENT_VERBS_GID_INDEX")]
     pub verbs_gid_index: Option<u32>,
     /// verbs transport: bootstrap connections go to each node's port plus this (default 0;
     /// 1000 for a hybrid agent).
-    #[arg(long, env = "WYVERN_AGENT_VERBS_PORT_OFFSET")]
+    #[arg(long, value_parser = IntParser::<u16>::new(), env = "WYVERN_AGENT_VERBS_PORT_OFFSET")]
     pub verbs_port_offset: Option<u16>,
     /// verbs transport: the RDMA fabric's name (hybrid agents use verbs between equal names).
     #[arg(long, env = "WYVERN_AGENT_VERBS_FABRIC")]
     pub verbs_fabric: Option<String>,
     /// Cores to pin the polling thread to (comma-separated).
-    #[arg(long, value_delimiter = ',', env = "WYVERN_AGENT_CORES")]
+    #[arg(long, value_parser = IntParser::<usize>::new(), value_delimiter = ',', env = "WYVERN_AGENT_CORES")]
     pub cores: Option<Vec<usize>>,
     /// Idle policy.
     #[arg(long, value_enum, env = "WYVERN_AGENT_IDLE")]
     pub idle: Option<IdlePolicy>,
     /// Microseconds of fruitless polling before an adaptive agent sleeps.
-    #[arg(long, env = "WYVERN_AGENT_SPIN_US")]
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_SPIN_US")]
     pub spin_us: Option<u64>,
     /// Try hugepages for the pool (true/false; `--no-hugepages` is `--hugepages false`).
     #[arg(
@@ -322,19 +372,19 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_hugepages: bool,
     /// Client slots in the pool.
-    #[arg(long, env = "WYVERN_AGENT_MAX_CLIENTS")]
+    #[arg(long, value_parser = IntParser::<u32>::new(), env = "WYVERN_AGENT_MAX_CLIENTS")]
     pub max_clients: Option<u32>,
     /// Endpoints one client can open.
-    #[arg(long, env = "WYVERN_AGENT_ENDPOINTS_PER_CLIENT")]
+    #[arg(long, value_parser = IntParser::<u32>::new(), env = "WYVERN_AGENT_ENDPOINTS_PER_CLIENT")]
     pub endpoints_per_client: Option<u32>,
     /// Slots of a client's submission ring (a power of two).
-    #[arg(long, env = "WYVERN_AGENT_SUB_SLOTS")]
+    #[arg(long, value_parser = IntParser::<u32>::new(), env = "WYVERN_AGENT_SUB_SLOTS")]
     pub sub_slots: Option<u32>,
     /// Slots of a client's completion ring (a power of two).
-    #[arg(long, env = "WYVERN_AGENT_COMP_SLOTS")]
+    #[arg(long, value_parser = IntParser::<u32>::new(), env = "WYVERN_AGENT_COMP_SLOTS")]
     pub comp_slots: Option<u32>,
     /// Slots of an endpoint's receive ring (a power of two).
-    #[arg(long, env = "WYVERN_AGENT_RECV_SLOTS")]
+    #[arg(long, value_parser = IntParser::<u32>::new(), env = "WYVERN_AGENT_RECV_SLOTS")]
     pub recv_slots: Option<u32>,
     /// The pool's block region (large messages; a size: 192MiB, 1GiB).
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_BLOCK_BYTES")]
@@ -352,16 +402,16 @@ pub struct AgentArgs {
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_CHUNK_BYTES")]
     pub chunk_bytes: Option<u64>,
     /// Longest a partly filled frame waits, in microseconds (0: never).
-    #[arg(long, env = "WYVERN_AGENT_FLUSH_DELAY_US")]
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_FLUSH_DELAY_US")]
     pub flush_delay_us: Option<u64>,
     /// Heartbeat interval in ms.
-    #[arg(long, env = "WYVERN_AGENT_HEARTBEAT_MS")]
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
     /// A silent peer is lost after this many ms.
-    #[arg(long, env = "WYVERN_AGENT_PEER_TIMEOUT_MS")]
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_PEER_TIMEOUT_MS")]
     pub peer_timeout_ms: Option<u64>,
     /// A peer not reached this many ms after start is reported unreachable (dialing goes on).
-    #[arg(long, env = "WYVERN_AGENT_CONNECT_TIMEOUT_MS")]
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u64>,
     /// Bytes queued towards one peer before its senders are held back (a size).
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_PEER_QUEUE_BYTES")]
@@ -379,13 +429,13 @@ pub struct AgentArgs {
     #[arg(long, hide = true)]
     pub client_quota_mib: Option<u64>,
     /// ms a peer's message for an endpoint not open yet is held (0: refuse at once).
-    #[arg(long, env = "WYVERN_AGENT_UNKNOWN_EP_GRACE_MS")]
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_UNKNOWN_EP_GRACE_MS")]
     pub unknown_ep_grace_ms: Option<u64>,
     /// Members of this group may attach too.
-    #[arg(long, env = "WYVERN_AGENT_ALLOW_GID")]
+    #[arg(long, value_parser = IntParser::<u32>::new(), env = "WYVERN_AGENT_ALLOW_GID")]
     pub allow_gid: Option<u32>,
     /// Bad requests tolerated from one client before it is detached.
-    #[arg(long, env = "WYVERN_AGENT_MAX_CLIENT_ERRORS")]
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_MAX_CLIENT_ERRORS")]
     pub max_client_errors: Option<u64>,
     /// The largest message accepted from one peer (a size; 0: the block region
     /// divided among the peers).

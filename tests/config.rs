@@ -499,7 +499,7 @@ fn every_key_is_settable_three_ways_and_the_first_wins() {
 }
 
 #[test]
-fn a_bad_size_is_refused_naming_the_key_in_each_of_the_three_ways() {
+fn a_bad_value_is_refused_naming_the_key_in_each_of_the_three_ways() {
     let dir = tempfile::tempdir().unwrap();
     for key in SIZE_KEYS {
         let (flag, env) = (format!("--{}", flag_of(key)), env_of(key));
@@ -538,11 +538,28 @@ fn a_bad_size_is_refused_naming_the_key_in_each_of_the_three_ways() {
             }
         }
     }
-    // A non-size value: clap names the flag.
-    let out = agent(&[], &[("WYVERN_AGENT_MAX_CLIENTS", "many")]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--max-clients"), "{err}");
+    // Integers too (by flag and by variable).
+    let mut ints = 0;
+    for s in samples() {
+        if SIZE_KEYS.contains(&s.key) || s.flag.parse::<u64>().is_err() {
+            continue;
+        }
+        ints += 1;
+        let (flag, env) = (format!("--{}", flag_of(s.key)), env_of(s.key));
+        for (how, out) in [
+            ("flag", agent(&[&format!("{flag}=many")], &[])),
+            ("env", agent(&[], &[(&env, "-1x")])),
+        ] {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{} by {how}: accepted", s.key);
+            assert!(
+                err.contains(&format!("{} ({flag} or {env})", s.key)),
+                "{} by {how}: the error does not name it:\n{err}",
+                s.key
+            );
+        }
+    }
+    assert!(ints >= 18, "only {ints} integer keys");
     // A negative size in the file.
     let out = agent(
         &[
