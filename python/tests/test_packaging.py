@@ -52,3 +52,11 @@ def test_the_versions_agree():
     text = (ROOT / "python" / "pyproject.toml").read_text()
     assert re.search(r'^name = "%s"$' % DIST, text, re.M)
     assert re.search(r'^version = "%s"$' % re.escape(cargo_version()), text, re.M)
+
+
+def test_the_loaded_library_is_this_version():
+    # wyvern_version_string / wyvern_api_version of the C library the package loaded.
+    assert wyvern.library_version() == cargo_version()
+    major, minor, patch = (int(x) for x in cargo_version().split("."))
+    from wyvern import _ffi
+    assert _ffi.lib.wyvern_api_version() == major * 10000 + minor * 100 + patch
