@@ -18,9 +18,9 @@
 //! `64KiB`, `4 MiB`, `1G` are powers of 1024, `1kB`, `10MB` powers of 1000.
 //! A bad value is refused with the key's name and these forms.
 //!
-//! Old spellings still work, with a warning: `--block-mib N`,
-//! `--overflow-mib N`, `--client-quota-mib N` (sizes in MiB) and
-//! `--dpdk-eal` (now `--dpdk-eal-args`).
+//! Old spellings still work: `--block-mib N`, `--overflow-mib N`,
+//! `--client-quota-mib N` (sizes in MiB) with a warning each; `--dpdk-eal` is
+//! another name of `--dpdk-eal-args`. TOML keys did not change.
 
 use std::path::PathBuf;
 
