@@ -9,6 +9,8 @@
 //!   Only release builds follow HEAD, so that a commit does not rebuild every test
 //!   binary of a developer's debug tree.
 //! - `WYVERN_DPDK_BUILT_WITH`: the DPDK version the `dpdk` feature was built against.
+//!
+//! And it gives the C library (the cdylib) its soname, see `soname()`.
 
 use std::process::Command;
 
@@ -34,6 +36,12 @@ fn main() {
             }
         }
     }
+    // The C library's soname (what a program linked to it records, and looks
+    // for at run time): libwyvern.so.MAJOR, or libwyvern.so.0.MINOR while the
+    // major is 0, where Cargo's semver lets every minor release break (the
+    // rule cargo-c follows). scripts/install.sh installs the file under the
+    // full version with the soname and libwyvern.so as links to it.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{}", soname());
     // Set by vendor/dpdk-sys's build script (`links = "dpdk"`, `cargo:version=`).
     let dpdk = std::env::var("DEP_DPDK_VERSION").unwrap_or_default();
     println!("cargo:rustc-env=WYVERN_DPDK_BUILT_WITH={dpdk}");
@@ -70,4 +78,14 @@ fn git_commit() -> Option<String> {
         println!("cargo:rerun-if-changed={p}");
     }
     Some(commit)
+}
+
+/// `libwyvern.so.MAJOR` (`libwyvern.so.0.MINOR` for 0.x) of this package's version.
+fn soname() -> String {
+    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap_or_default();
+    let minor = std::env::var("CARGO_PKG_VERSION_MINOR").unwrap_or_default();
+    match major.as_str() {
+        "0" => format!("libwyvern.so.0.{minor}"),
+        m => format!("libwyvern.so.{m}"),
+    }
 }

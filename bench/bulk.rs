@@ -67,7 +67,12 @@ fn run() -> Result<(), String> {
         2,
         &idle,
         &cores,
-        &["--block-mib", &block_mib.to_string(), "--max-clients", "4"],
+        &[
+            "--block-bytes",
+            &format!("{block_mib}MiB"),
+            "--max-clients",
+            "4",
+        ],
     )?;
     let t = Duration::from_secs(10);
     let total = WARMUP + mib;

@@ -132,11 +132,11 @@ start_agents() { # transport run
     local t="$1" run="$2" i extra
     for i in 0 1; do
         if [ "$t" = dpdk ]; then
-            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal "$EAL_COMMON \
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal-args "$EAL_COMMON \
                 --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvb-agent$i --lcores=0@$i")
         elif [ "$t" = dpdk-jumbo ]; then
             extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-mtu "$JUMBO_MTU" \
-                --dpdk-eal "$EAL_COMMON --vdev=net_af_packet0,iface=veth0,framesz=16384,blocksz=16384 \
+                --dpdk-eal-args "$EAL_COMMON --vdev=net_af_packet0,iface=veth0,framesz=16384,blocksz=16384 \
                 --file-prefix=wyvb-agent$i --lcores=0@$i")
         else
             extra=(--nodes 10.77.0.1:7470,10.77.0.2:7470 --transport tcp)

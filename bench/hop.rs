@@ -120,7 +120,7 @@ fn run() -> Result<(), String> {
         1,
         "spin",
         &[pin.then_some(1)],
-        &["--block-mib", "16", "--max-clients", "4"],
+        &["--block-bytes", "16MiB", "--max-clients", "4"],
     )?;
     if pin {
         common::pin(0)?;

@@ -228,7 +228,7 @@ build() {
         EXE_FLOOR="$(find "$ROOT/target/release/deps" -maxdepth 1 -type f -executable -name 'attach_floor-*' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)"
         # which features the binaries have: a dpdk-less wyvern refuses the transport
         if "$BIN/wyvern" agent --node-id 0 --nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk \
-            --dpdk-eal "--no-pci" --print-config >/dev/null 2>&1; then BUILT_FEATURES=dpdk; else BUILT_FEATURES=""; fi
+            --dpdk-eal-args "--no-pci" --print-config >/dev/null 2>&1; then BUILT_FEATURES=dpdk; else BUILT_FEATURES=""; fi
     fi
     [ -x "$BIN/wyvern" ] && [ -x "$BIN/wyvern-peer" ] || die "release binaries missing"
     if [ "${SWEEP_PLAN_ONLY:-0}" != 1 ]; then
@@ -304,8 +304,8 @@ agents() {
         for i in 0 1; do
             RUST_LOG=info start "agent$i" 600 ip netns exec "${DPDK_NS}$i" "$BIN/wyvern" agent --node-id "$i" \
                 --nodes 127.0.0.1:0,127.0.0.1:0 --socket "$TMP/agent$i.sock" --idle "$idle" --cores "$i" \
-                --block-mib 64 --max-clients 8 --transport dpdk --job "bench-$$" \
-                --dpdk-eal "$EAL_COMMON --vdev=net_af_packet0,iface=veth0 --file-prefix=${DPDK_NS}a$i --lcores=0@$i"
+                --block-bytes 64MiB --max-clients 8 --transport dpdk --job "bench-$$" \
+                --dpdk-eal-args "$EAL_COMMON --vdev=net_af_packet0,iface=veth0 --file-prefix=${DPDK_NS}a$i --lcores=0@$i"
             AGENT_PIDS+=("$LAST")
         done
     else
@@ -315,7 +315,7 @@ agents() {
             ts=(); [ "$layout" = node ] && ts=(taskset -c "$i")
             RUST_LOG=info start "agent$i" 600 "${ts[@]}" "$BIN/wyvern" agent --node-id "$i" \
                 --nodes "$nodes" --socket "$TMP/agent$i.sock" --idle "$idle" \
-                --block-mib 64 --max-clients 8 --transport "${TRANSPORT:-tcp}" --packet-bytes "$PACKET_BYTES" --job "bench-$$"
+                --block-bytes 64MiB --max-clients 8 --transport "${TRANSPORT:-tcp}" --packet-bytes "$PACKET_BYTES" --job "bench-$$"
             AGENT_PIDS+=("$LAST")
         done
     fi
@@ -404,7 +404,7 @@ cmd_latency() {
     md ""
     md "Commands:"
     md '```'
-    md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive|spin --block-mib 64 --max-clients 8   # I = 0, 1"
+    md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive|spin --block-bytes 64MiB --max-clients 8   # I = 0, 1"
     md "wyvern-peer --socket S_1 --ep 2 --sizes 8 echo --count $(( LAT_COUNT + LAT_COUNT / 10 ))"
     md "wyvern-peer --socket S_0 --ep 1 --sizes 8 ping --to 1:2 --count $LAT_COUNT --warmup $(( LAT_COUNT / 10 ))   # spin: --count $LAT_SPIN_COUNT"
     md "UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest -t tag_lat -s 8 -n $LAT_COUNT -w $(( LAT_COUNT / 10 )) -p PORT -f"
@@ -507,7 +507,7 @@ cmd_rate() {
     md ""
     md "Commands (SIZE = 8, 64):"
     md '```'
-    md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive|spin --block-mib 64 --max-clients 8"
+    md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive|spin --block-bytes 64MiB --max-clients 8"
     md "wyvern-peer --socket S_1 --ep 2 --sizes SIZE recv --count $(( 4 * RATE_COUNT ))"
     md "4 x wyvern-peer --socket S_0 --sizes SIZE send --to 1:2 --count $RATE_COUNT   # concurrently"
     md "4 x { UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f & UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest 127.0.0.1 -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f; }   # concurrently, K = 1..4"
@@ -571,7 +571,7 @@ cmd_bandwidth() {
     md ""
     md "Commands:"
     md '```'
-    md "cargo bench --bench bulk -- --idle adaptive --mode zerocopy --mib $BW_MIB          # starts its two agents: --block-mib 64 --max-clients 4"
+    md "cargo bench --bench bulk -- --idle adaptive --mode zerocopy --mib $BW_MIB          # starts its two agents: --block-bytes 64MiB --max-clients 4"
     md "cargo bench --bench bulk -- --idle adaptive --mode copy --mib $BW_MIB"
     md "cargo bench --bench bulk -- --idle adaptive --mode zerocopy --mib $BW_MIB --pin"
     md "cargo bench --bench bulk -- --idle spin --mode zerocopy --mib $BW_SPIN_MIB"
@@ -585,7 +585,7 @@ wy_attach() { # IDLE -> "p50 p99"
     local idle=$1 p0 json
     p0=$(free_port)
     RUST_LOG=warn start agent1n 120 "$BIN/wyvern" agent --node-id 0 --nodes "127.0.0.1:$p0" \
-        --socket "$TMP/single.sock" --idle "$idle" --block-mib 64 --max-clients 8
+        --socket "$TMP/single.sock" --idle "$idle" --block-bytes 64MiB --max-clients 8
     AGENT_PIDS=("$LAST")
     wait_for "$TMP/agent1n.out" "wyvern agent ready" 10
     BACKING="$("$BIN/wyvern" stat -s "$TMP/single.sock" --json | jq -r .backing)"
@@ -626,7 +626,7 @@ cmd_attach() {
     md ""
     md "Commands:"
     md '```'
-    md "wyvern agent --node-id 0 --nodes 127.0.0.1:P --socket S --idle adaptive|spin --block-mib 64 --max-clients 8"
+    md "wyvern agent --node-id 0 --nodes 127.0.0.1:P --socket S --idle adaptive|spin --block-bytes 64MiB --max-clients 8"
     md "wyvern-peer --socket S attach-loop --count $ATTACH_COUNT"
     md "cargo bench --bench attach_floor -- --count $ATTACH_COUNT"
     md '```'

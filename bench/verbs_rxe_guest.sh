@@ -74,7 +74,7 @@ layout() {
 plan() {
     local s
     echo "plan: $RUNS runs; in each, wyvern and peer alternate per measurement (wyvern first in odd runs)"
-    echo "  agents: wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --transport verbs --verbs-device rxeI --verbs-gid-index $GID --idle $IDLE --block-mib $BLOCK_MIB --max-clients 8 --peer-timeout-ms 30000   # I = 0, 1; restarted each run"
+    echo "  agents: wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --transport verbs --verbs-device rxeI --verbs-gid-index $GID --idle $IDLE --block-bytes ${BLOCK_MIB}MiB --max-clients 8 --peer-timeout-ms 30000   # I = 0, 1; restarted each run"
     echo "  latency: wyvern-peer ping --count $LAT_COUNT --warmup $LAT_WARMUP (8 B) vs ib_send_lat -d rxe0/rxe1 -x $GID -s 8 -n $LAT_COUNT"
     if [ "$SPIN_LAT_COUNT" -gt 0 ] && [ "$IDLE" != spin ]; then
         echo "  diagnostic, at the end of each run: agents restarted with --idle spin, wyvern-peer ping --count $SPIN_LAT_COUNT"
@@ -336,7 +336,7 @@ agents_up() { # RUN IDLE
         # shellcheck disable=SC2046
         RUST_LOG=warn bg "agent$i-$1-$2" 900 $(on "$i") "$BIN/wyvern" agent --node-id "$i" --nodes "$nodes" \
             --socket "$TMP/agent$i.sock" --transport verbs --verbs-device "${devs[$i]}" \
-            --verbs-gid-index "$GID" --idle "$2" --block-mib "$BLOCK_MIB" --max-clients 8 \
+            --verbs-gid-index "$GID" --idle "$2" --block-bytes "${BLOCK_MIB}MiB" --max-clients 8 \
             --peer-timeout-ms 30000 --job "verbs-bench-$$"
         AGENTS+=("$LAST")
     done

@@ -24,6 +24,31 @@
 #include <stdint.h>
 
 /*
+ The major version of the C API this header describes (Cargo's version of
+ the crate; a test and a compile-time check keep them equal). The shared
+ library's soname follows it: `libwyvern.so.MAJOR`, or `libwyvern.so.0.MINOR`
+ while the major is 0 (where every minor release may break the ABI).
+ */
+#define WYVERN_VERSION_MAJOR 0
+
+/*
+ The minor version of the C API this header describes.
+ */
+#define WYVERN_VERSION_MINOR 1
+
+/*
+ The patch version of the C API this header describes.
+ */
+#define WYVERN_VERSION_PATCH 0
+
+/*
+ The version of this header as one number, MAJOR * 10000 + MINOR * 100 +
+ PATCH (0.1.0 is 100), for `#if WYVERN_API_VERSION >= 200`; compare it with
+ `wyvern_api_version()`, the library's own, at run time.
+ */
+#define WYVERN_API_VERSION 100
+
+/*
  Success.
  */
 #define WYVERN_OK 0
@@ -231,6 +256,20 @@ typedef void (*wyvern_recv_fn)(void *ctx,
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ The version of the library loaded at run time, as `WYVERN_API_VERSION`
+ counts it (MAJOR * 10000 + MINOR * 100 + PATCH). A program built against
+ one header and run with another library can compare the two, e.g. refuse
+ to run when `wyvern_api_version() / 10000 != WYVERN_VERSION_MAJOR`.
+ */
+int wyvern_api_version(void);
+
+/*
+ The version of the library loaded at run time as a static string
+ (`"0.1.0"`).
+ */
+const char *wyvern_version_string(void);
 
 /*
  Attach to the agent whose control socket is `socket_path`; `name` (may be

@@ -6,7 +6,7 @@
 # 0000:3b:00.0, as `dpdk-devbind.py --status` lists it) to vfio-pci with dpdk-devbind.py,
 # after loading the vfio-pci module. The kernel loses the interface: its addresses and
 # routes go with it. Then run the agent with
-#   --transport dpdk --dpdk-eal "-a 0000:3b:00.0 -l 2 --file-prefix=wyvern" --dpdk-port 0000:3b:00.0
+#   --transport dpdk --dpdk-eal-args "-a 0000:3b:00.0 -l 2 --file-prefix=wyvern" --dpdk-port 0000:3b:00.0
 # `--unbind` gives the function back to a kernel driver (--driver, e.g. ice, mlx5_core;
 # default: the one dpdk-devbind.py reports as unused for it).
 #
@@ -78,7 +78,7 @@ if [ "$unbind" = 0 ]; then
     case "$cur_driver" in
         mlx5_core|mlx4_core)
             log "$cur_driver NICs are driven by DPDK beside the kernel driver (bifurcated): no binding needed"
-            log "use: --dpdk-eal \"-a $pci -l 2 --file-prefix=wyvern\""
+            log "use: --dpdk-eal-args \"-a $pci -l 2 --file-prefix=wyvern\""
             exit 0 ;;
         vfio-pci|uio_pci_generic|igb_uio)
             log "$pci is already bound to $cur_driver: nothing to do"

@@ -18,7 +18,7 @@
 # each veth0 is paired with a port of a bridge, br0, in a hub namespace ${PREFIX}hub.
 # The dpdk transport runs on them with net_af_packet:
 #   ip netns exec wyv0 wyvern agent --transport dpdk \
-#       --dpdk-eal "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix=wyv0 --no-shconf --no-huge -m 128" ...
+#       --dpdk-eal-args "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix=wyv0 --no-shconf --no-huge -m 128" ...
 # TESTBED_MIDDLE=1 (N = 2 only): no direct pair; instead a middle namespace ${PREFIX}mid holds
 # the other ends, l0 (towards ${PREFIX}0) and l1 (towards ${PREFIX}1), and nothing passes unless
 # a forwarder runs there (the impaired-hop test runs one on DPDK).
@@ -155,7 +155,7 @@ memif() {
         [ "$i" = 1 ] && role=client
         cat <<EOF
 wyvern agent --node-id $i --nodes 127.0.0.1:0,127.0.0.1:0 --socket /tmp/wyvern-agent-$i.sock \\
-    --transport dpdk --dpdk-eal "--no-pci --vdev=net_memif0,role=$role,socket=$sock \\
+    --transport dpdk --dpdk-eal-args "--no-pci --vdev=net_memif0,role=$role,socket=$sock \\
     --file-prefix=wyvmemif$i --no-shconf --no-huge -m 128 --no-telemetry"
 EOF
     done

@@ -122,7 +122,7 @@ fn start_agents(idle: wyvern::agent::IdlePolicy, t: TransportKind) -> Result<Sta
         wyvern::agent::IdlePolicy::Spin => "spin",
         wyvern::agent::IdlePolicy::Adaptive => "adaptive",
     };
-    let mut extra = vec!["--block-mib", "160", "--max-clients", "8"];
+    let mut extra = vec!["--block-bytes", "160MiB", "--max-clients", "8"];
     let (net, wrap, node_args) = match t {
         TransportKind::Tcp => (None, vec![], vec![]),
         TransportKind::Udp => {
@@ -157,7 +157,7 @@ fn start_agents(idle: wyvern::agent::IdlePolicy, t: TransportKind) -> Result<Sta
                 .iter()
                 .map(|ns| {
                     vec![
-                        "--dpdk-eal".to_string(),
+                        "--dpdk-eal-args".to_string(),
                         format!(
                             "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={ns} \
                              --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1) \

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wyvern::launch::{self, hostlist, NodeEntry, SlurmEnv};
 
-use crate::AgentArgs;
+use wyvern::config::AgentArgs;
 
 /// `wyvern launch`.
 #[derive(clap::Args)]

@@ -26,6 +26,8 @@ pub mod client;
 #[deny(unsafe_code)]
 pub mod clock;
 #[deny(unsafe_code)]
+pub mod config;
+#[deny(unsafe_code)]
 /// Spin, yield or sleep: the idle policy of the agent's and clients' polling loops.
 pub mod idle;
 #[deny(unsafe_code)]

@@ -114,7 +114,8 @@ fn c_program_exchanges_messages_and_gets_errors_for_bad_arguments() {
         .output()
         .expect("ldd");
     let ldd = String::from_utf8_lossy(&ldd.stdout).into_owned();
-    let want = p.dir.path().join("lib/libwyvern.so");
+    // Through its soname (libwyvern.so.0.MINOR), the link install.sh makes.
+    let want = p.dir.path().join("lib").join(soname());
     assert!(
         ldd.contains(&want.display().to_string()),
         "capi_test does not load {}:\n{ldd}",
@@ -181,6 +182,68 @@ fn the_pingpong_example_runs_linked_shared_and_static() {
             );
         }
     }
+}
+
+/// The soname build.rs gives the library: libwyvern.so.MAJOR, or
+/// libwyvern.so.0.MINOR while the major is 0.
+fn soname() -> String {
+    match env!("CARGO_PKG_VERSION_MAJOR") {
+        "0" => format!("libwyvern.so.0.{}", env!("CARGO_PKG_VERSION_MINOR")),
+        m => format!("libwyvern.so.{m}"),
+    }
+}
+
+/// Cargo's version as `WYVERN_API_VERSION` counts it.
+fn cargo_api_version() -> i32 {
+    let part = |s: &str| s.parse::<i32>().expect("a version number");
+    part(env!("CARGO_PKG_VERSION_MAJOR")) * 10000
+        + part(env!("CARGO_PKG_VERSION_MINOR")) * 100
+        + part(env!("CARGO_PKG_VERSION_PATCH"))
+}
+
+/// The installed shared library carries its soname, is installed under its
+/// full version with the soname and `libwyvern.so` as links, and a C program
+/// sees the header's version and the library's agree (both Cargo's).
+#[test]
+fn the_library_has_a_soname_and_tells_its_version() {
+    let p = Prefix::install();
+    let lib = p.dir.path().join("lib");
+    let real = format!("libwyvern.so.{}", env!("CARGO_PKG_VERSION"));
+    assert!(lib.join(&real).is_file(), "no lib/{real}");
+    for (link, to) in [(soname(), real.clone()), ("libwyvern.so".into(), soname())] {
+        let got = std::fs::read_link(lib.join(&link)).unwrap_or_else(|e| panic!("lib/{link}: {e}"));
+        assert_eq!(got, Path::new(&to), "lib/{link}");
+    }
+    let elf = Command::new("readelf")
+        .arg("-d")
+        .arg(lib.join(&real))
+        .output()
+        .expect("run readelf");
+    check(&elf, "readelf -d");
+    let dynamic = String::from_utf8_lossy(&elf.stdout);
+    assert!(
+        dynamic.contains(&format!("Library soname: [{}]", soname())),
+        "no soname {} in:\n{dynamic}",
+        soname()
+    );
+    let exe = p.cc("tests/c/version_test.c", "wyvern", "version_test");
+    let out = Command::new(&exe)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run version_test");
+    check(&out, "version_test");
+    let v = env!("CARGO_PKG_VERSION");
+    let n = cargo_api_version();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("header {v} {n} library {n} {v}")
+    );
+    // In process too.
+    assert_eq!(wyvern_api_version(), n);
+    assert_eq!(WYVERN_API_VERSION, n);
+    // SAFETY: a static NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(wyvern_version_string()) };
+    assert_eq!(s.to_str(), Ok(v));
 }
 
 fn last_error() -> String {

@@ -45,3 +45,37 @@ fn the_checked_in_header_is_up_to_date() {
         );
     }
 }
+
+/// The header's version macros are Cargo's version (src/capi also refuses to
+/// build otherwise), and `WYVERN_API_VERSION` is MAJOR * 10000 + MINOR * 100 +
+/// PATCH.
+#[test]
+fn the_header_version_is_cargos() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let header = std::fs::read_to_string(root.join("include/wyvern.h")).expect("wyvern.h");
+    let define = |name: &str| -> i64 {
+        let prefix = format!("#define {name} ");
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("include/wyvern.h has no {name}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let part = |s: &str| s.parse::<i64>().expect("a version number");
+    let (major, minor, patch) = (
+        part(env!("CARGO_PKG_VERSION_MAJOR")),
+        part(env!("CARGO_PKG_VERSION_MINOR")),
+        part(env!("CARGO_PKG_VERSION_PATCH")),
+    );
+    assert_eq!(define("WYVERN_VERSION_MAJOR"), major);
+    assert_eq!(define("WYVERN_VERSION_MINOR"), minor);
+    assert_eq!(define("WYVERN_VERSION_PATCH"), patch);
+    assert_eq!(
+        define("WYVERN_API_VERSION"),
+        major * 10000 + minor * 100 + patch
+    );
+    assert!(header.contains("int wyvern_api_version(void);"));
+    assert!(header.contains("const char *wyvern_version_string(void);"));
+}

@@ -440,7 +440,7 @@ fn configured_peer_macs_are_used_from_the_first_packet() {
 }
 
 /// Runs one agent in node 0's namespace with `extra` flags (and the testbed's EAL
-/// arguments unless `extra` has its own `--dpdk-eal`); it must fail at start-up.
+/// arguments unless `extra` has its own `--dpdk-eal-args`); it must fail at start-up.
 /// Returns its stderr.
 fn agent_start_fails(tb: &Testbed, extra: &[String]) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -462,7 +462,7 @@ fn agent_start_fails(tb: &Testbed, extra: &[String]) -> String {
         "--transport".into(),
         "dpdk".into(),
     ];
-    if !extra.iter().any(|a| a == "--dpdk-eal") {
+    if !extra.iter().any(|a| a == "--dpdk-eal-args") {
         args.extend(tb.agent_args(0));
     }
     args.extend(extra.iter().cloned());
@@ -524,7 +524,12 @@ fn a_jumbo_mtu_the_rings_or_the_interface_cannot_carry_is_a_clear_start_up_error
     );
     let err = agent_start_fails(
         &tb,
-        &["--dpdk-mtu".into(), "9000".into(), "--dpdk-eal".into(), eal],
+        &[
+            "--dpdk-mtu".into(),
+            "9000".into(),
+            "--dpdk-eal-args".into(),
+            eal,
+        ],
     );
     assert!(
         err.contains("has 1500") && err.contains("ip link set dev"),

@@ -216,7 +216,7 @@ fn slow_receiver_gets_everything_and_pushes_back() {
     // timeout (3 s): its agent stops reading the link meanwhile, and that
     // silence must not be mistaken for a dead peer. No overflow room, so the
     // link itself is held back.
-    let c = Cluster::start(2, &["--overflow-mib", "0"]);
+    let c = Cluster::start(2, &["--overflow-bytes", "0"]);
     let n = 6000u64;
     let rx = c.peer(
         1,
@@ -583,7 +583,7 @@ fn the_demo_runs() {
 #[test]
 fn pool_falls_back_to_normal_pages_when_hugepages_run_short() {
     // A block region larger than any hugepage reservation this machine makes.
-    let c = Cluster::start(1, &["--block-mib", "4096"]);
+    let c = Cluster::start(1, &["--block-bytes", "4096MiB"]);
     let s = c.stat(0);
     assert!(s["backing"].as_str().unwrap().starts_with("normal"), "{s}");
     assert!(
@@ -926,7 +926,10 @@ fn agent_runs_from_a_config_file_and_stat_prints_json_and_a_table() {
 
 #[test]
 fn one_client_cannot_take_every_block() {
-    let c = Cluster::start(1, &["--block-mib", "64", "--client-quota-mib", "16"]);
+    let c = Cluster::start(
+        1,
+        &["--block-bytes", "64MiB", "--client-block-quota", "16MiB"],
+    );
     let a = wyvern::client::Client::attach(c.socket(0), "greedy").unwrap();
     let t = Duration::from_secs(5);
     let mut held: Vec<_> = (0..4).map(|_| a.alloc(4 << 20, t).unwrap()).collect();

@@ -315,7 +315,7 @@ fn message_larger_than_the_receiver_can_hold_is_refused() {
         2,
         &[],
         vec![],
-        vec![vec![], vec!["--block-mib".into(), "4".into()]],
+        vec![vec![], vec!["--block-bytes".into(), "4MiB".into()]],
         |_, a| a,
     );
     let base = c.stat(1)["blocks_free"].as_u64().unwrap();
@@ -509,7 +509,7 @@ fn messages_held_for_an_unopened_endpoint_stay_within_the_budget() {
     let c = Cluster::start_partial_with(
         &[true, false],
         absent,
-        &["--overflow-mib", "8", "--unknown-ep-grace-ms", "60000"],
+        &["--overflow-bytes", "8MiB", "--unknown-ep-grace-ms", "60000"],
         vec![],
     );
     let agent = c.agents[0].as_ref().unwrap().pid();

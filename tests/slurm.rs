@@ -251,7 +251,7 @@ W={WYVERN}
 P={PEER}
 D={d}
 srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 -J wyvern-agents -o "$D/launch-%n.out" -e "$D/launch-%n.err" \
-    "$W" launch --port {port} --no-hugepages --block-mib 16 --heartbeat-ms 100 --unknown-ep-grace-ms 10000 &
+    "$W" launch --port {port} --no-hugepages --block-bytes 16MiB --heartbeat-ms 100 --unknown-ep-grace-ms 10000 &
 LAUNCH=$!
 # Two tasks per node: `wyvern wait` (and --print-socket) work from any task.
 if ! timeout 40 srun --overlap --ntasks-per-node=2 "$W" wait --timeout 30; then
@@ -342,7 +342,7 @@ echo "client $CLIENT launch-step $LAUNCHED"
     let script = format!(
         r#"#!/bin/bash
 srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 -J wyvern-agents -o "{d2}/launch-%n.out" -e "{d2}/launch-%n.err" \
-    {WYVERN} launch --port {port} --transport udp --no-hugepages --block-mib 16 --heartbeat-ms 100 &
+    {WYVERN} launch --port {port} --transport udp --no-hugepages --block-bytes 16MiB --heartbeat-ms 100 &
 timeout 40 srun --overlap -n "$SLURM_NNODES" --ntasks-per-node=1 {WYVERN} wait --timeout 30 || exit 3
 for n in 0 1; do echo "socket $n $(srun --overlap -N1 -n1 -r $n {WYVERN} launch --print-socket)"; done
 "#
@@ -471,8 +471,8 @@ fn launch_from_a_nodes_file_without_slurm() {
                 "--node-id",
                 &i.to_string(),
                 "--no-hugepages",
-                "--block-mib",
-                "16",
+                "--block-bytes",
+                "16MiB",
             ])
             .arg("--socket")
             .arg(sock(i))

@@ -662,7 +662,7 @@ fn doctor_finds_each_problem_it_checks_and_passes_a_good_configuration() {
     let sock = sock.to_str().unwrap();
     // A small pool on normal pages, tcp, adaptive: nothing to fail here.
     let (code, c) = doctor(
-        &["--socket", sock, "--no-hugepages", "--block-mib", "16"],
+        &["--socket", sock, "--no-hugepages", "--block-bytes", "16MiB"],
         None,
     );
     assert_eq!(code, 0, "{c:?}");
@@ -675,7 +675,7 @@ fn doctor_finds_each_problem_it_checks_and_passes_a_good_configuration() {
     );
 
     // Hugepages: a pool no reservation here can hold.
-    let (code, c) = doctor(&["--socket", sock, "--block-mib", "200000"], None);
+    let (code, c) = doctor(&["--socket", sock, "--block-bytes", "200000MiB"], None);
     assert_eq!(code, 1);
     let (v, found) = verdict(&c, "hugepages");
     assert!(
@@ -736,7 +736,7 @@ fn doctor_finds_each_problem_it_checks_and_passes_a_good_configuration() {
             sock,
             "--transport",
             "dpdk",
-            "--dpdk-eal",
+            "--dpdk-eal-args",
             "--no-pci --vdev=net_nosuch0 --vdev=net_null0",
         ],
         None,

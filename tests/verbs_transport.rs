@@ -35,8 +35,8 @@ fn start(n: usize) -> Cluster {
 fn start_with(n: usize, extra: &[&str]) -> Cluster {
     let node_args = (0..n).map(common::verbs_args).collect();
     let mut args = vec!["--transport", "verbs"];
-    if !extra.contains(&"--block-mib") {
-        args.extend(["--block-mib", "96"]);
+    if !extra.contains(&"--block-bytes") {
+        args.extend(["--block-bytes", "96MiB"]);
     }
     args.extend_from_slice(extra);
     Cluster::start_wrapped(n, &args, vec![], node_args, |_, a| a)
@@ -64,7 +64,7 @@ fn two_agents_on_two_devices_move_every_size_by_send_and_rdma_read() {
     // The pools the other transports run this scenario with (the default): both
     // ways, each agent holds up to two or three 64 MiB messages going out while one
     // comes in (each READ lands in a block the whole message's size).
-    let c = start_with(2, &["--block-mib", "192"]);
+    let c = start_with(2, &["--block-bytes", "192MiB"]);
     let [s0, s1] = scenarios::every_size_class_both_ways(&c);
     eprintln!("agent 0 transport counters: {}", s0["transport"]);
     eprintln!("agent 1 transport counters: {}", s1["transport"]);
@@ -162,7 +162,7 @@ fn forged_rendezvous_descriptors_are_refused_before_any_read() {
     let c = common::Cluster::start_partial_with(
         &[true, false, true],
         absent,
-        &["--transport", "verbs", "--block-mib", "96"],
+        &["--transport", "verbs", "--block-bytes", "96MiB"],
         node_args,
     );
     c.wait_up(0, 2);

@@ -39,7 +39,7 @@ class Agents:
         cmd = [
             wyvern_bin(), "agent", "--node-id", str(i), "--nodes", ",".join(self.addrs),
             "--socket", self.socket(i), "--idle", "adaptive", "--heartbeat-ms", "100",
-            "--peer-timeout-ms", "3000", "--block-mib", "64",
+            "--peer-timeout-ms", "3000", "--block-bytes", "64MiB",
         ] + self.extra
         log = open(self.dir / ("agent%d.log" % i), "wb")
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)

@@ -423,6 +423,9 @@ def test_the_package_installs_with_pip_and_works_from_there(agents, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (target / "wyvern" / "_core.py").is_file()
+    # Installed as the distribution wyvern-hpc (its metadata), imported as wyvern.
+    assert [p.name for p in target.glob("*.dist-info")] == [
+        "wyvern_hpc-%s.dist-info" % wyvern.__version__]
     assert not (target / "tests").exists(), "the tests are not part of the package"
     code = (
         "import sys, wyvern\n"

@@ -19,7 +19,8 @@ this package, then ctypes.util.find_library("wyvern"), then pkg-config.
 
 from . import errors
 from ._core import (
-    AsyncError, Client, Endpoint, Message, attach, last_error, strerror,
+    AsyncError, Client, Endpoint, Message, attach, last_error, library_version,
+    strerror,
 )
 from ._ffi import path as library_path
 from .errors import (
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attach", "Client", "Endpoint", "Message", "AsyncError", "strerror",
+    "library_version",
     "last_error", "library_path", "errors", "WyvernError", "WouldBlockError",
     "TimeoutError", "InvalidArgumentError", "BadHandleError", "ClosedError",
     "NoSpaceError", "TooLargeError", "UnknownEndpointError", "UnknownNodeError",

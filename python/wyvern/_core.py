@@ -23,6 +23,12 @@ def last_error():
     return ffi.string(lib.wyvern_last_error()).decode("utf-8", "replace")
 
 
+def library_version():
+    """The version of the loaded libwyvern.so ("0.1.0"): the package's own
+    (``wyvern.__version__``) when both come from one build."""
+    return ffi.string(lib.wyvern_version_string()).decode("utf-8", "replace")
+
+
 def strerror(code):
     """The C library's description of a WYVERN_E* code."""
     return ffi.string(lib.wyvern_strerror(int(code))).decode("utf-8", "replace")

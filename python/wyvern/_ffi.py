@@ -68,6 +68,8 @@ int wyvern_send_buf(wyvern_endpoint *ep, uint32_t dst_node, uint32_t dst_ep, wyv
                     uint32_t flags, int64_t timeout_us, uint64_t *out_cookie);
 const char *wyvern_strerror(int code);
 const char *wyvern_last_error(void);
+int wyvern_api_version(void);
+const char *wyvern_version_string(void);
 """
 
 # Constants of include/wyvern.h (cffi's ABI mode cannot read #defines of

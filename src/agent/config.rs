@@ -1,4 +1,6 @@
-//! Agent configuration: a TOML file, overridden by command-line flags.
+//! Agent configuration: a TOML file, overridden by `WYVERN_AGENT_*` environment
+//! variables, overridden by command-line flags (`crate::config` reads the three;
+//! sizes may be written with units, `block_bytes = "192MiB"`).
 //!
 //! ```toml
 //! node_id = 0
@@ -122,6 +124,7 @@ pub struct AgentConfig {
     /// Largest packet of the udp transport, headers included but not the
     /// IP/UDP ones (1472 fits a 1500-byte Ethernet MTU). The dpdk transport
     /// uses its port's MTU instead (see `dpdk_mtu`).
+    #[serde(deserialize_with = "crate::config::size_de::packet_bytes")]
     pub packet_bytes: usize,
     /// dpdk transport: the EAL's arguments, e.g. `["--no-pci",
     /// "--vdev=net_af_packet0,iface=veth0", "--file-prefix=wyvern-n0",
@@ -175,10 +178,13 @@ pub struct AgentConfig {
     /// Pool sizes.
     pub pool: PoolParams,
     /// Largest frame of aggregated small messages, in bytes.
+    #[serde(deserialize_with = "crate::config::size_de::frame_bytes")]
     pub frame_bytes: usize,
     /// Messages up to this size travel inline through the rings.
+    #[serde(deserialize_with = "crate::config::size_de::eager_max")]
     pub eager_max: usize,
     /// Chunk size for large messages on the wire.
+    #[serde(deserialize_with = "crate::config::size_de::chunk_bytes")]
     pub chunk_bytes: usize,
     /// Longest a partly filled frame may wait for more messages, in
     /// microseconds. 0: a frame goes out at the end of the poll round that
@@ -192,16 +198,19 @@ pub struct AgentConfig {
     /// unreachable (dialing goes on), milliseconds.
     pub connect_timeout_ms: u64,
     /// Bytes queued towards one peer before its senders are held back.
+    #[serde(deserialize_with = "crate::config::size_de::peer_queue_bytes")]
     pub peer_queue_bytes: usize,
     /// Bytes of messages from peers the agent holds for endpoints whose
     /// receive ring is full, so that one slow endpoint does not hold back
     /// the links it shares with others. Past it, the links wait.
+    #[serde(deserialize_with = "crate::config::size_de::overflow_bytes")]
     pub overflow_bytes: usize,
     /// An allocation is refused (for now: `NoMemory`, the client retries)
     /// when the client would then hold more block bytes than this, counting
     /// its own allocations and the large messages it received and still
     /// holds; so that one client cannot take the whole block region from
     /// the others. Deliveries to it are never refused.
+    #[serde(deserialize_with = "crate::config::size_de::client_block_quota")]
     pub client_block_quota: u64,
     /// How long a message from a peer for an endpoint that is not open is
     /// held in case it opens (processes of a job start at different
@@ -216,6 +225,7 @@ pub struct AgentConfig {
     /// refused with `TooLarge` as its first chunk arrives (its pool block
     /// would be reserved whole until the last). 0: the block region divided
     /// among the peers, at least `client_block_quota`, at most the region.
+    #[serde(deserialize_with = "crate::config::size_de::peer_rx_bytes")]
     pub peer_rx_bytes: u64,
 }
 
@@ -553,7 +563,7 @@ impl AgentConfig {
             );
         }
         if self.dpdk_eal_args.is_empty() {
-            return bad("transport \"dpdk\" needs dpdk_eal_args (--dpdk-eal), e.g. \
+            return bad("transport \"dpdk\" needs dpdk_eal_args (--dpdk-eal-args), e.g. \
                  \"--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvern-n0 --no-shconf\""
                 .into());
         }

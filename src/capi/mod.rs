@@ -32,6 +32,76 @@ use registry::{ClientState, EpState, Kind};
 #[cfg(test)]
 mod tests;
 
+// ----------------------------------------------------------------- version
+
+/// The major version of the C API this header describes (Cargo's version of
+/// the crate; a test and a compile-time check keep them equal). The shared
+/// library's soname follows it: `libwyvern.so.MAJOR`, or `libwyvern.so.0.MINOR`
+/// while the major is 0 (where every minor release may break the ABI).
+pub const WYVERN_VERSION_MAJOR: c_int = 0;
+/// The minor version of the C API this header describes.
+pub const WYVERN_VERSION_MINOR: c_int = 1;
+/// The patch version of the C API this header describes.
+pub const WYVERN_VERSION_PATCH: c_int = 0;
+/// The version of this header as one number, MAJOR * 10000 + MINOR * 100 +
+/// PATCH (0.1.0 is 100), for `#if WYVERN_API_VERSION >= 200`; compare it with
+/// `wyvern_api_version()`, the library's own, at run time.
+pub const WYVERN_API_VERSION: c_int = 100;
+
+/// `digits` as a number, at compile time (Cargo's version parts).
+const fn parse_version_part(digits: &str) -> c_int {
+    let b = digits.as_bytes();
+    let mut i = 0;
+    let mut n: c_int = 0;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "a version part that is not a number");
+        n = n * 10 + (b[i] - b'0') as c_int;
+        i += 1;
+    }
+    n
+}
+
+/// The library's version parts, from Cargo (`Cargo.toml`).
+const LIB_VERSION: (c_int, c_int, c_int) = (
+    parse_version_part(env!("CARGO_PKG_VERSION_MAJOR")),
+    parse_version_part(env!("CARGO_PKG_VERSION_MINOR")),
+    parse_version_part(env!("CARGO_PKG_VERSION_PATCH")),
+);
+
+// The header's version is Cargo's: a release that bumps Cargo.toml's version
+// must bump these constants (and regenerate include/wyvern.h) or not build.
+const _: () = assert!(
+    WYVERN_VERSION_MAJOR == LIB_VERSION.0
+        && WYVERN_VERSION_MINOR == LIB_VERSION.1
+        && WYVERN_VERSION_PATCH == LIB_VERSION.2
+        && WYVERN_API_VERSION
+            == WYVERN_VERSION_MAJOR * 10000 + WYVERN_VERSION_MINOR * 100 + WYVERN_VERSION_PATCH,
+    "the WYVERN_VERSION_* constants of src/capi must be Cargo.toml's version"
+);
+
+/// The version of the library loaded at run time, as `WYVERN_API_VERSION`
+/// counts it (MAJOR * 10000 + MINOR * 100 + PATCH). A program built against
+/// one header and run with another library can compare the two, e.g. refuse
+/// to run when `wyvern_api_version() / 10000 != WYVERN_VERSION_MAJOR`.
+#[no_mangle]
+pub extern "C" fn wyvern_api_version() -> c_int {
+    LIB_VERSION.0 * 10000 + LIB_VERSION.1 * 100 + LIB_VERSION.2
+}
+
+/// The version of the library loaded at run time as a static string
+/// (`"0.1.0"`).
+#[no_mangle]
+pub extern "C" fn wyvern_version_string() -> *const c_char {
+    const V: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("Cargo's version has a NUL"),
+        };
+    V.as_ptr()
+}
+
+// ------------------------------------------------------------------ codes
+
 /// Success.
 pub const WYVERN_OK: c_int = 0;
 /// Nothing could be done right now: no message waiting (a receive with

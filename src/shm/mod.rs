@@ -130,6 +130,7 @@ pub struct PoolParams {
     /// Slots of an endpoint's receive ring.
     pub recv_slots: u32,
     /// Bytes of the block region (large payloads).
+    #[serde(deserialize_with = "crate::config::size_de::block_bytes")]
     pub block_bytes: u64,
 }
 

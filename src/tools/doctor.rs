@@ -219,7 +219,7 @@ fn hugepages(cfg: &AgentConfig, info: &Info) -> Check {
                 pool_mib(info)
             ),
             Some(format!(
-                "reserve at least {} more: scripts/setup-hugepages.sh {} (or a smaller pool: block_mib)",
+                "reserve at least {} more: scripts/setup-hugepages.sh {} (or a smaller pool: --block-bytes, pool.block_bytes)",
                 need - free,
                 total + (need - free)
             )),

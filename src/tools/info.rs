@@ -495,7 +495,7 @@ impl Info {
             let _ = writeln!(o, "  PCI bound to a DPDK driver: {p}");
             let _ = writeln!(
                 o,
-                "  ports:         not probed (`info` does not start the EAL; the agent does, with --dpdk-eal)"
+                "  ports:         not probed (`info` does not start the EAL; the agent does, with --dpdk-eal-args)"
             );
         }
 

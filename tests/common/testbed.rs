@@ -107,7 +107,7 @@ impl Testbed {
              --log-level=lib.eal:warning",
             self.ns(i)
         );
-        vec!["--dpdk-eal".into(), eal]
+        vec!["--dpdk-eal-args".into(), eal]
     }
 
     /// The MAC of node i's veth0.
@@ -208,5 +208,5 @@ pub fn memif_agent_args(dir: &std::path::Path, i: usize, vdev_extra: &str) -> Ve
          --lcores=0@(0-1) --log-level=lib.eal:warning",
         dir.display()
     );
-    vec!["--dpdk-eal".into(), eal]
+    vec!["--dpdk-eal-args".into(), eal]
 }
