@@ -333,8 +333,9 @@ pub(super) struct Peer {
     pub(super) tx_stuck_since: Option<Instant>,
     pub(super) counters: PeerCounters,
     /// Frames sent and received in this session (None before the first
-    /// `Resume` exchange and after a loss).
-    pub(super) session: Option<Session>,
+    /// `Resume` exchange and after a loss). Boxed: a peer never talked to
+    /// costs a pointer, not the session's 650 bytes.
+    pub(super) session: Option<Box<Session>>,
 }
 
 impl Peer {
@@ -513,7 +514,7 @@ impl Peer {
             );
             Resumed::Carried { resent }
         } else {
-            self.session = Some(Session::new(r.incarnation, now));
+            self.session = Some(Box::new(Session::new(r.incarnation, now)));
             self.rx_pos = 0;
             self.rx_steered = None;
             self.batch.finish();

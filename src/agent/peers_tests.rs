@@ -224,3 +224,17 @@ fn waiting_states_time_out() {
         .lose
         .is_some());
 }
+
+/// The agent's own state for a peer it never talked to (the peer, its
+/// incoming stream): inline fields only, the session and buffers come with
+/// the first link. With the transport's share (tcp: about 100 bytes, udp: a
+/// pointer) it stays under the 1 KiB per idle peer that docs/scaling.md
+/// promises; a big field added inline fails here first.
+#[test]
+fn a_peer_never_talked_to_costs_little() {
+    let inline = std::mem::size_of::<Peer>() + std::mem::size_of::<crate::transport::LinkRx>();
+    assert!(inline <= 768, "Peer + LinkRx = {inline} bytes");
+    let p = peer(Instant::now());
+    assert!(p.session.is_none());
+    assert_eq!(p.batch.records(), 0);
+}

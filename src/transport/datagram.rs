@@ -359,6 +359,56 @@ struct DLink {
     last_dbg: Option<Instant>,
 }
 
+/// The links, one per node, each made when first needed (a `Hello` to send
+/// or answer, on-demand links): a peer never talked to costs a pointer.
+/// Indexing for reading expects the link made; indexing for writing makes it.
+struct Links {
+    v: Vec<Option<Box<DLink>>>,
+    cfg: reliable::Config,
+    /// The time a link made by indexing starts at (the transport's round).
+    now: Instant,
+}
+
+impl Links {
+    fn len(&self) -> usize {
+        self.v.len()
+    }
+
+    fn get(&self, j: usize) -> Option<&DLink> {
+        self.v.get(j)?.as_deref()
+    }
+
+    fn get_mut(&mut self, j: usize) -> Option<&mut DLink> {
+        self.v.get_mut(j)?.as_deref_mut()
+    }
+
+    /// Whether link `j` is made and up.
+    fn up(&self, j: usize) -> bool {
+        self.get(j).is_some_and(|l| l.up)
+    }
+
+    /// The links made.
+    fn iter(&self) -> impl Iterator<Item = &DLink> {
+        self.v.iter().flatten().map(|b| &**b)
+    }
+}
+
+impl std::ops::Index<usize> for Links {
+    type Output = DLink;
+    fn index(&self, j: usize) -> &DLink {
+        self.get(j)
+            .unwrap_or_else(|| panic!("datagram link {j} read before it was made"))
+    }
+}
+
+impl std::ops::IndexMut<usize> for Links {
+    fn index_mut(&mut self, j: usize) -> &mut DLink {
+        let (cfg, now) = (self.cfg, self.now);
+        // Epochs: random, new per link instance (unguessable off the path).
+        self.v[j].get_or_insert_with(|| Box::new(DLink::new(auth::random_u64(), cfg, now)))
+    }
+}
+
 impl DLink {
     fn new(epoch: u64, cfg: reliable::Config, now: Instant) -> DLink {
         DLink {
@@ -384,7 +434,7 @@ pub struct DatagramTransport<I: PacketIo> {
     io: I,
     pool: Arc<Pool>,
     cfg: reliable::Config,
-    links: Vec<DLink>,
+    links: Links,
     /// On-demand links ([`Transport::on_demand`]): `Hello`s go only to the
     /// peers wanted (every peer's are answered). Otherwise to every peer.
     on_demand: bool,
@@ -444,10 +494,11 @@ impl<I: PacketIo> DatagramTransport<I> {
         let cfg = reliable::Config::default();
         let now = Instant::now();
         let (me, nodes) = (hello.node, hello.nodes);
-        // Epochs: random, new per link instance (unguessable off the path).
-        let links = (0..nodes)
-            .map(|_| DLink::new(auth::random_u64(), cfg, now))
-            .collect();
+        let links = Links {
+            v: (0..nodes).map(|_| None).collect(),
+            cfg,
+            now,
+        };
         Ok(DatagramTransport {
             me,
             nodes,
@@ -505,8 +556,9 @@ impl<I: PacketIo> DatagramTransport<I> {
     }
 
     fn send_hello(&mut self, j: usize, now: Instant) {
-        let h = self.header(j, PktKind::Hello, 0, Ack::default());
+        self.links.now = now;
         self.links[j].last_hello = Some(now);
+        let h = self.header(j, PktKind::Hello, 0, Ack::default());
         let hello = self.hello.to_bytes();
         let mac = self
             .key
@@ -603,6 +655,10 @@ impl<I: PacketIo> DatagramTransport<I> {
             self.stats.foreign += 1;
             return;
         }
+        // (Made now if it was not: a peer's `Hello` is answered, and a node
+        // that exists may send at most this one link's worth of state.)
+        self.links.now = now;
+        let _ = &mut self.links[j];
         if h.kind == PktKind::Hello {
             // Of this job (see `Hello::job`), naming its sender and our node count.
             let ok = Hello::parse(payload).is_ok_and(|x| {
@@ -897,7 +953,7 @@ impl<I: PacketIo> DatagramTransport<I> {
     /// The reliability counters of every link, past instances included.
     fn sender_stats(&self) -> reliable::SenderStats {
         let mut t = self.retired;
-        for l in &self.links {
+        for l in self.links.iter() {
             t.add(&l.tx.stats());
         }
         t
@@ -1001,7 +1057,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         }
         if self.receive(now, rx, events) {
             for j in 0..self.links.len() {
-                if self.links[j].up {
+                if self.links.up(j) {
                     self.deliver(j, rx);
                 }
             }
@@ -1021,16 +1077,18 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             if j as u32 == self.me {
                 continue;
             }
-            let l = &self.links[j];
-            if !l.up {
+            if !self.links.up(j) {
                 if (!self.on_demand || self.wanted[j])
-                    && l.last_hello
-                        .is_none_or(|t| now.duration_since(t) >= HELLO_EVERY)
+                    && self.links.get(j).is_none_or(|l| {
+                        l.last_hello
+                            .is_none_or(|t| now.duration_since(t) >= HELLO_EVERY)
+                    })
                 {
                     self.send_hello(j, now);
                 }
                 continue;
             }
+            let l = &self.links[j];
             if log::log_enabled!(log::Level::Debug)
                 && l.last_dbg
                     .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
@@ -1062,7 +1120,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         let j = node as usize;
         if j < self.wanted.len() && j as u32 != self.me && !self.wanted[j] {
             self.wanted[j] = true;
-            if !self.links[j].up {
+            if !self.links.up(j) {
                 // At once, not at the next tick.
                 self.send_hello(j, now);
                 self.io.flush();
@@ -1074,7 +1132,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         self.now = self.now.max(Some(now));
         let mut any = self.io.poll_mode() && self.receive(now, rx, events);
         for j in 0..self.links.len() {
-            if self.links[j].up {
+            if self.links.up(j) {
                 any |= self.deliver(j, rx);
                 any |= self.service(j, now);
             }
@@ -1163,7 +1221,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn close(&mut self, _poller: &Poller, node: u32, _how: Close) -> Vec<u64> {
         let j = node as usize;
-        if j >= self.links.len() || j as u32 == self.me {
+        if self.links.get(j).is_none() || j as u32 == self.me {
+            // (Never made: nothing to close, and no `Hello` to send.)
             return Vec::new();
         }
         // The clock of this round when there is one (a simulation's is virtual).
