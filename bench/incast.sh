@@ -124,7 +124,8 @@ run_wyvern() { # run -> $dir/r$run.json
     for ((i = 0; i < SENDERS; i++)); do first_line "$d/s$i.out" 60 >/dev/null; done
     local -a cpu0=()
     for p in "${apids[@]}"; do cpu0+=("$(cpu_ticks "$p")"); done
-    local t0
+    local t0 anon0
+    anon0=$(awk '/^RssAnon:/{print $2}' "/proc/${apids[0]}/status")
     t0=$(date +%s.%N)
     touch "$d/go"
     # Sample the receiving agent while the receiver runs.
@@ -143,9 +144,9 @@ run_wyvern() { # run -> $dir/r$run.json
     for p in "${apids[@]}"; do cpu=$((cpu + $(cpu_ticks "$p") - cpu0[k])); k=$((k + 1)); done
     local cpu_rx=$(($(cpu_ticks "${apids[0]}") - cpu0[0]))
     for p in "${apids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    python3 - "$d" "$SENDERS" "$cpu" "$cpu_rx" "$t0" "$t1" "$OVERFLOW_MIB" >"$dir/r$run.json" <<'EOF'
+    python3 - "$d" "$SENDERS" "$cpu" "$cpu_rx" "$t0" "$t1" "$OVERFLOW_MIB" "$anon0" >"$dir/r$run.json" <<'EOF'
 import json, sys
-d, n, cpu, cpu_rx, t0, t1, ovf = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
+d, n, cpu, cpu_rx, t0, t1, ovf, anon0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
 def last_json(path):
     js = [l for l in open(path) if l.startswith("{")]
     return json.loads(js[-1]) if js else {"ok": False, "error": open(path.replace(".out", ".err")).read()[-500:]}
@@ -170,7 +171,7 @@ print(json.dumps({
     "longest_block_ms": max((s.get("longest_block_ms", 0) for s in ss), default=0),
     "rss_max_mib": max((s["rss_kib"] for s in samples), default=0) / 1024,
     "anon_max_mib": max((s["anon_kib"] for s in samples), default=0) / 1024,
-    "anon_first_mib": (samples[0]["anon_kib"] / 1024) if samples else 0,
+    "anon_before_mib": anon0 / 1024,
     "parked_max_mib": max((s.get("parked_bytes", 0) for s in stats), default=0) / 2**20,
     "parked_max_msgs": max((s.get("parked_msgs", 0) for s in stats), default=0),
     "overflow_mib": ovf,
@@ -200,7 +201,7 @@ print(f"lost {sum(r['lost'] for r in rs)}, corrupt {sum(r['corrupt'] or 0 for r 
       f"incomplete senders {sum(r['incomplete'] for r in rs)}, receivers ok {sum(1 for r in rs if r['recv_ok'])}/{runs}")
 print(f"backpressure: senders that found their ring full {med('senders_full'):.0f}, full {med('full'):,.0f}, would_block {med('would_block'):,.0f}, "
       f"share of sender time blocked {med('blocked_share'):.2f}, longest block {med('longest_block_ms'):.0f} ms")
-print(f"receiving agent: VmRSS max {med('rss_max_mib'):.1f} MiB, RssAnon max {med('anon_max_mib'):.1f} MiB (first sample {med('anon_first_mib'):.1f}), "
+print(f"receiving agent: VmRSS max {med('rss_max_mib'):.1f} MiB, RssAnon max {med('anon_max_mib'):.1f} MiB (before the senders started {med('anon_before_mib'):.1f}), "
       f"parked max {med('parked_max_mib'):.1f} MiB / {med('parked_max_msgs'):,.0f} msgs of bound {rs[0]['overflow_mib']} MiB, rx_stalls {med('rx_stalls'):,.0f}")
 print(f"CPU per message: all agents {med('cpu_ns_per_msg'):,.0f} ns, receiving agent {med('rx_agent_cpu_ns_per_msg'):,.0f} ns")
 EOF

@@ -19,13 +19,15 @@ use common::{check, Cluster};
 /// The receiving agent's `--overflow-mib`.
 const OVERFLOW_MIB: u64 = 1;
 
-/// Jain's index the window must reach. Why 0.85: one of the four sending
+/// Jain's index the window must reach. Why 0.8: one of the four sending
 /// agents starved outright (its 5 senders get nothing, the other 15 an equal
-/// share) gives 15/20 = 0.75, two starved 0.5; a fair scheduler measured
-/// 0.97 – 1.0 here (runs of one sender's messages make a 3 s window lumpy on
-/// a loaded machine). [`MIN_SHARE`] catches a single starved sender, which
-/// the index alone would not (19/20 = 0.95).
-const JAIN_MIN: f64 = 0.85;
+/// share) gives 15/20 = 0.75, two starved 0.5 (today's agent: 0.25, one node
+/// takes everything); a fair scheduler measured 0.89 – 0.995 on this 2-core
+/// machine at load 12 (the sending agents take up to 64 records of one
+/// client at a time, so a 3 s window holds runs of one sender: lumpy).
+/// [`MIN_SHARE`] catches a single starved sender, which the index alone
+/// would not (19/20 = 0.95).
+const JAIN_MIN: f64 = 0.8;
 /// Every sender's delivered count in the window, relative to the mean.
 const MIN_SHARE: f64 = 0.2;
 
@@ -33,7 +35,7 @@ fn small_buffers(c_dir: &std::path::Path) -> String {
     let f = c_dir.join("incast.toml");
     std::fs::write(
         &f,
-        "peer_queue_bytes = 262144\n[pool]\nsub_slots = 512\n",
+        "peer_queue_bytes = 262144\nframe_bytes = 8192\n[pool]\nsub_slots = 512\n",
     )
     .unwrap();
     f.display().to_string()
@@ -57,22 +59,30 @@ fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
     };
     let o = incast::run(&c, &plan);
     let r = &o.recv.0;
+    let ms = |k: &str| r["lat_us"][k].as_f64().unwrap_or(0.0) / 1e3;
     eprintln!(
-        "incast: window {} msg/s, Jain {:.3} (min share {:.2}), by node {:?}, latency p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms, \
-         parked max {} B / {} msgs, RssAnon {} -> {} KiB, {} samples, {:.1} s",
+        "incast: {:.1} s; sent in the window: Jain {:.3}, min share {:.2}, by node {:?}; \
+         delivered in it: {} msg/s, Jain {:.3}, by node {:?}; latency p50 {:.1} ms p99 {:.1} ms \
+         p99.9 {:.1} ms; parked max {} B / {} msgs; RssAnon {} -> {} KiB ({} samples)",
+        t0.elapsed().as_secs_f64(),
+        incast::fairness(r, true).0,
+        incast::fairness(r, true).1,
+        incast::window_by_node(r, true),
         r["window"]["rate"],
-        r["window"]["jain"].as_f64().unwrap_or(0.0),
-        r["window"]["min_rel"].as_f64().unwrap_or(0.0),
-        incast::window_by_node(r),
-        r["lat_us"]["p50"].as_f64().unwrap_or(0.0) / 1e3,
-        r["lat_us"]["p99"].as_f64().unwrap_or(0.0) / 1e3,
-        r["lat_us"]["p999"].as_f64().unwrap_or(0.0) / 1e3,
+        incast::fairness(r, false).0,
+        incast::window_by_node(r, false),
+        ms("p50"),
+        ms("p99"),
+        ms("p999"),
         o.parked_max,
         o.parked_msgs_max,
         o.anon_before / 1024,
         o.anon_max / 1024,
         o.samples,
-        t0.elapsed().as_secs_f64(),
+    );
+    eprintln!(
+        "incast: [delivered, sent] in the window by sender: {}",
+        r["window_counts"]
     );
 
     // Nothing lost: every sender's sequence complete, in order and intact at
@@ -105,8 +115,10 @@ fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
     }
 
     // The receiving agent stayed within its bounds: held messages within
-    // `overflow_bytes`, and its heap grew by no more than that plus the
-    // stream buffers of its four links (4 MiB of slack).
+    // `overflow_bytes`, and its heap grew by no more than that plus 8 MiB
+    // (measured: 5 MiB, the stream buffers of its four links and the
+    // receive walk's state; unbounded parking would take ~47 MB/s of the
+    // senders' first burst).
     let bound = OVERFLOW_MIB << 20;
     assert!(o.samples >= 10, "too few samples: {}", o.samples);
     assert!(o.parked_max > 0, "the overflow was never used: not an incast");
@@ -117,16 +129,19 @@ fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
     );
     let grew = o.anon_max.saturating_sub(o.anon_before);
     assert!(
-        grew <= bound + (4 << 20),
-        "receiving agent's heap grew {grew} B (bound {bound} B + 4 MiB)"
+        grew <= bound + (8 << 20),
+        "receiving agent's heap grew {grew} B (bound {bound} B + 8 MiB)"
     );
 
-    // No sender starved in the window (all of them active in it).
-    let (jain, min_share) = incast::fairness(r);
+    // No sender starved in the window (all of them active in it): by what
+    // each sent in it, all of which was delivered (checked above). (What was
+    // delivered in the window itself left the senders seconds earlier, when
+    // the buffers on the way filled: the startup's order, printed above.)
+    let (jain, min_share) = incast::fairness(r, true);
     assert!(
         jain >= JAIN_MIN,
-        "Jain's index {jain:.3} < {JAIN_MIN}; delivered in the window by node: {:?}; {}",
-        incast::window_by_node(r),
+        "Jain's index {jain:.3} < {JAIN_MIN}; sent in the window by node: {:?}; [delivered, sent] by sender: {}",
+        incast::window_by_node(r, true),
         r["window_counts"]
     );
     assert!(

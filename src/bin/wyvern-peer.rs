@@ -139,12 +139,16 @@ enum ModeCmd {
     },
     /// Incast receiver: reads `incast-send` messages from `--senders`
     /// senders at a paced rate, checks every sender's sequence (complete, in
-    /// order, intact), and measures per-sender delivered rates (Jain's
-    /// fairness index) and delivery latency over a window in which every
-    /// sender is active (they start together and stop after it): it opens
-    /// `--warmup-ms` after the first message and lasts `--window-ms`; then
-    /// the receiver creates `--stop-file` (the senders stop) and reads the
-    /// rest unpaced.
+    /// order, intact), and measures per-sender rates (Jain's fairness index)
+    /// and delivery latency over a window in which every sender is active
+    /// (they start together and stop after it): it opens `--warmup-ms` after
+    /// the first message and lasts `--window-ms`; then the receiver creates
+    /// `--stop-file` (the senders stop) and reads the rest unpaced. Two
+    /// counts per sender: messages delivered in the window (`window`: what
+    /// the buffers let through then, which may have been queued long before)
+    /// and messages sent in it (`sent_window`: by their stamps, all of them
+    /// delivered by the end: each sender's delivered throughput while every
+    /// buffer on the way is full).
     IncastRecv {
         /// Senders expected.
         #[arg(long)]
@@ -672,6 +676,8 @@ mod incast {
         next: u64,
         /// Messages delivered within the window.
         in_window: u64,
+        /// Messages sent within the window (their stamp in it).
+        sent_in_window: u64,
         /// Its count, once its last message came.
         total: Option<u64>,
     }
@@ -696,6 +702,9 @@ mod incast {
         let mut lat: Vec<u64> = Vec::new();
         // The window: [open, close); set at the first message.
         let mut open: Option<Instant> = None;
+        // The same window on the senders' clock (CLOCK_MONOTONIC, ns).
+        let mut open_ns = u64::MAX;
+        let mut close_ns = u64::MAX;
         let mut close: Option<Instant> = None;
         let mut in_window = false;
         let mut stopped: Option<Instant> = None;
@@ -736,6 +745,9 @@ mod incast {
                     s.total = Some(seq + 1);
                     lasts += 1;
                 }
+                if (open_ns..close_ns).contains(&stamp) {
+                    s.sent_in_window += 1;
+                }
                 if in_window {
                     s.in_window += 1;
                     lat.push(now_ns.saturating_sub(stamp));
@@ -754,6 +766,8 @@ mod incast {
                 // them are active in it, heard or not (one never heard counts 0).
                 open = Some(now + plan.warmup);
                 close = Some(now + plan.warmup + plan.window);
+                open_ns = mono_ns() + plan.warmup.as_nanos() as u64;
+                close_ns = open_ns + plan.window.as_nanos() as u64;
             }
             in_window = open.is_some_and(|o| now >= o) && close.is_some_and(|c| now < c);
             if stopped.is_none() && close.is_some_and(|c| now >= c) {
@@ -763,13 +777,18 @@ mod incast {
         }
         let drain_secs = stopped.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let window_secs = plan.window.as_secs_f64();
-        let mut counts: Vec<f64> = senders.values().map(|s| s.in_window as f64).collect();
-        counts.resize(counts.len().max(plan.senders), 0.0);
-        let in_win: f64 = counts.iter().sum();
-        let mean = in_win / counts.len().max(1) as f64;
-        let (lo, hi) = counts
-            .iter()
-            .fold((f64::MAX, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
+        let window_of = |count: &dyn Fn(&Sender) -> u64| {
+            let mut counts: Vec<f64> = senders.values().map(|s| count(s) as f64).collect();
+            counts.resize(counts.len().max(plan.senders), 0.0);
+            let sum: f64 = counts.iter().sum();
+            let mean = sum / counts.len().max(1) as f64;
+            let (lo, hi) = counts
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
+            let rel = |v: f64| if mean > 0.0 { v / mean } else { 0.0 };
+            json!({"secs": window_secs, "msgs": sum, "rate": sum / window_secs, "jain": jain(&counts),
+                   "min_rel": rel(lo), "max_rel": rel(hi)})
+        };
         lat.sort_unstable();
         let p = |q: f64| {
             if lat.is_empty() {
@@ -789,7 +808,7 @@ mod incast {
             .collect();
         let window_counts: serde_json::Map<String, Value> = senders
             .iter()
-            .map(|(k, s)| (format!("{}:{}", k >> 32, k & 0xFFFF_FFFF), json!(s.in_window)))
+            .map(|(k, s)| (format!("{}:{}", k >> 32, k & 0xFFFF_FFFF), json!([s.in_window, s.sent_in_window])))
             .collect();
         let ok = lasts == plan.senders
             && senders.len() == plan.senders
@@ -799,9 +818,8 @@ mod incast {
         Ok(json!({"ok": ok, "received": got, "senders": senders.len(), "complete": lasts,
                   "incomplete": incomplete, "corrupt": corrupt, "out_of_order": disorder,
                   "foreign": foreign, "short": short,
-                  "window": {"secs": window_secs, "msgs": in_win, "rate": in_win / window_secs,
-                             "jain": jain(&counts), "min_rel": if mean > 0.0 { lo / mean } else { 0.0 },
-                             "max_rel": if mean > 0.0 { hi / mean } else { 0.0 }},
+                  "window": window_of(&|s: &Sender| s.in_window),
+                  "sent_window": window_of(&|s: &Sender| s.sent_in_window),
                   "lat_us": {"p50": p(0.5), "p99": p(0.99), "p999": p(0.999),
                              "max": lat.last().map_or(0.0, |v| *v as f64 / 1e3), "samples": lat.len()},
                   "drain_secs": drain_secs, "totals": totals, "window_counts": window_counts}))

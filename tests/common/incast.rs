@@ -131,23 +131,26 @@ pub fn run(c: &Cluster, plan: &Plan) -> Outcome {
     }
 }
 
-/// Jain's fairness index of the receiver's per-sender window counts, and
-/// the smallest count relative to their mean.
-pub fn fairness(recv: &Value) -> (f64, f64) {
+/// Jain's fairness index of the senders' rates in the window, and the
+/// smallest relative to their mean: by what they sent in it (`sent_window`:
+/// every message of it was delivered by the end, checked) when `sent`, else
+/// by what was delivered in it (`window`).
+pub fn fairness(recv: &Value, sent: bool) -> (f64, f64) {
+    let w = &recv[if sent { "sent_window" } else { "window" }];
     (
-        recv["window"]["jain"].as_f64().unwrap_or(0.0),
-        recv["window"]["min_rel"].as_f64().unwrap_or(0.0),
+        w["jain"].as_f64().unwrap_or(0.0),
+        w["min_rel"].as_f64().unwrap_or(0.0),
     )
 }
 
-/// Per sending agent (node), the messages its senders got delivered in the
-/// window: where a starved node shows.
-pub fn window_by_node(recv: &Value) -> Vec<(u64, u64)> {
+/// Per sending agent (node), the messages its senders sent in the window
+/// (`sent`) or got delivered in it: where a starved node shows.
+pub fn window_by_node(recv: &Value, sent: bool) -> Vec<(u64, u64)> {
     let mut by: std::collections::BTreeMap<u64, u64> = Default::default();
     if let Some(m) = recv["window_counts"].as_object() {
         for (k, v) in m {
             let node = k.split(':').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-            *by.entry(node).or_default() += v.as_u64().unwrap_or(0);
+            *by.entry(node).or_default() += v[sent as usize].as_u64().unwrap_or(0);
         }
     }
     by.into_iter().collect()
