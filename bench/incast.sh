@@ -16,9 +16,13 @@
 # CPU time per message: user + system time of all agents over the run / messages delivered.
 # RUNS runs (default 3), medians printed at the end. TRANSPORT=tcp (default) or udp.
 #
-# With MPI=1 and `mpicc`/`mpirun` installed, the same pattern over Open MPI's tcp BTL
-# (bench/mpi_incast.c: SENDERS ranks MPI_Send to rank 0, which receives with MPI_ANY_SOURCE at
-# the same paced rate): fairness and latency by the same definitions.
+# With `mpicc`/`mpirun` installed (and MPI=1, the default), the same pattern over Open MPI's tcp
+# BTL (bench/mpi_incast.c: SENDERS ranks MPI_Send to rank 0, which receives with MPI_ANY_SOURCE at
+# the same paced rate): fairness and latency by the same definitions, and the peak RSS of rank 0
+# and of the largest sender (MPI has no agent: what waits, waits in those processes and in TCP).
+# MPI has no backpressure for small (eager) messages: rank 0's unexpected-message queue grows
+# without bound, so each MPI sender stops after MPI_MAX_MSGS messages (default 10000: about
+# 1 GB in rank 0 with 100 senders); SKIP_WYVERN=1 runs the MPI part only.
 #
 #   cargo build --release --bins && RUNS=3 bench/incast.sh
 #
@@ -38,6 +42,8 @@ WINDOW_MS="${WINDOW_MS:-5000}"
 OVERFLOW_MIB="${OVERFLOW_MIB:-64}"
 TRANSPORT="${TRANSPORT:-tcp}"
 MPI="${MPI:-1}"
+MPI_MAX_MSGS="${MPI_MAX_MSGS:-10000}"
+SKIP_WYVERN="${SKIP_WYVERN:-0}"
 SENDERS=$((SENDER_AGENTS * PER_AGENT))
 for b in "$bin/wyvern" "$bin/wyvern-peer"; do
     [ -x "$b" ] || { echo "incast: no $b (cargo build --release --bins)" >&2; exit 1; }
@@ -153,6 +159,11 @@ def last_json(path):
 r = last_json(f"{d}/recv.out")
 ss = [last_json(f"{d}/s{i}.out") for i in range(n)]
 samples = [json.loads(l) for l in open(f"{d}/samples") if l.strip()]
+def by_node(r, i):
+    by = {}
+    for k, v in r.get("window_counts", {}).items():
+        by[int(k.split(":")[0])] = by.get(int(k.split(":")[0]), 0) + v[i]
+    return [by[n] for n in sorted(by)]
 stats = [s["stat"] for s in samples if s["stat"]]
 sent = sum(s.get("sent", 0) for s in ss)
 # Nothing lost: every sender's own count is what the receiver got from it.
@@ -161,8 +172,11 @@ print(json.dumps({
     "recv_ok": r.get("ok"), "senders_ok": n - lost, "sent": sent, "received": r.get("received", 0),
     "lost": sent - r.get("received", 0), "corrupt": r.get("corrupt"), "out_of_order": r.get("out_of_order"),
     "incomplete": len(r.get("incomplete", [])),
-    "rate": r.get("window", {}).get("rate", 0), "jain": r.get("window", {}).get("jain", 0),
-    "min_rel": r.get("window", {}).get("min_rel", 0), "max_rel": r.get("window", {}).get("max_rel", 0),
+    "rate": r.get("window", {}).get("rate", 0), "jain_delivered": r.get("window", {}).get("jain", 0),
+    "min_rel_delivered": r.get("window", {}).get("min_rel", 0),
+    "jain": r.get("sent_window", {}).get("jain", 0), "sent_rate": r.get("sent_window", {}).get("rate", 0),
+    "min_rel": r.get("sent_window", {}).get("min_rel", 0), "max_rel": r.get("sent_window", {}).get("max_rel", 0),
+    "by_node_sent": by_node(r, 1), "by_node_delivered": by_node(r, 0),
     "p50_us": r.get("lat_us", {}).get("p50", 0), "p99_us": r.get("lat_us", {}).get("p99", 0),
     "p999_us": r.get("lat_us", {}).get("p999", 0),
     "senders_full": sum(1 for s in ss if s.get("full", 0) > 0),
@@ -185,6 +199,7 @@ EOF
     echo "run $run: $(cat "$dir/r$run.json")"
 }
 
+if [ "$SKIP_WYVERN" != 1 ]; then
 for ((run = 1; run <= RUNS; run++)); do
     run_wyvern "$run"
 done
@@ -195,7 +210,12 @@ d, runs = sys.argv[1], int(sys.argv[2])
 rs = [json.load(open(f"{d}/r{i}.json")) for i in range(1, runs + 1)]
 med = lambda k: statistics.median(r[k] for r in rs)
 print(f"== wyvern, medians of {runs} runs")
-print(f"delivered rate (window) {med('rate'):,.0f} msg/s, Jain {med('jain'):.4f} (min/mean {med('min_rel'):.2f}, max/mean {med('max_rel'):.2f})")
+runs_jain = ", ".join(f"{r['jain']:.3f}" for r in rs)
+print(f"delivered rate (window) {med('rate'):,.0f} msg/s; sent in the window {med('sent_rate'):,.0f} msg/s")
+print(f"fairness by what each sender sent in the window (all of it delivered): Jain {med('jain'):.4f} "
+      f"(min/mean {med('min_rel'):.2f}, max/mean {med('max_rel'):.2f}); runs: {runs_jain}")
+print(f"fairness by what was delivered in the window: Jain {med('jain_delivered'):.4f} (min/mean {med('min_rel_delivered'):.2f})")
+print(f"sent in the window by sending agent, run 1: {rs[0]['by_node_sent']}; delivered: {rs[0]['by_node_delivered']}")
 print(f"latency p50 {med('p50_us')/1e3:.1f} ms, p99 {med('p99_us')/1e3:.1f} ms, p99.9 {med('p999_us')/1e3:.1f} ms")
 print(f"lost {sum(r['lost'] for r in rs)}, corrupt {sum(r['corrupt'] or 0 for r in rs)}, out of order {sum(r['out_of_order'] or 0 for r in rs)}, "
       f"incomplete senders {sum(r['incomplete'] for r in rs)}, receivers ok {sum(1 for r in rs if r['recv_ok'])}/{runs}")
@@ -205,3 +225,38 @@ print(f"receiving agent: VmRSS max {med('rss_max_mib'):.1f} MiB, RssAnon max {me
       f"parked max {med('parked_max_mib'):.1f} MiB / {med('parked_max_msgs'):,.0f} msgs of bound {rs[0]['overflow_mib']} MiB, rx_stalls {med('rx_stalls'):,.0f}")
 print(f"CPU per message: all agents {med('cpu_ns_per_msg'):,.0f} ns, receiving agent {med('rx_agent_cpu_ns_per_msg'):,.0f} ns")
 EOF
+fi
+
+if [ "$MPI" = 1 ] && command -v mpicc >/dev/null && command -v mpirun >/dev/null; then
+    mpicc -O2 -o "$dir/mpi_incast" bench/mpi_incast.c
+    # ob1 over the tcp BTL on loopback (as bench/run.sh's MPI peers); ranks yield when idle:
+    # 101 busy-polling ranks on 2 cores would starve rank 0 otherwise.
+    for ((run = 1; run <= RUNS; run++)); do
+        timeout 600 mpirun --allow-run-as-root --oversubscribe --mca pml ob1 --mca btl tcp,self \
+            --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo --mca mpi_yield_when_idle 1 \
+            -np $((SENDERS + 1)) "$dir/mpi_incast" "$SIZE" "$RATE" "$WARMUP_MS" "$WINDOW_MS" 120 "$MPI_MAX_MSGS" \
+            >"$dir/mpi$run.out" 2>"$dir/mpi$run.err" || echo "mpi run $run failed: $(tail -3 "$dir/mpi$run.err")"
+        echo "mpi run $run: $(grep '^{' "$dir/mpi$run.out" | tail -1)"
+    done
+    python3 - "$dir" "$RUNS" <<'EOF2'
+import json, statistics, sys
+d, runs = sys.argv[1], int(sys.argv[2])
+rs = []
+for i in range(1, runs + 1):
+    ls = [l for l in open(f"{d}/mpi{i}.out") if l.startswith("{")]
+    if ls:
+        rs.append(json.loads(ls[-1]))
+if not rs:
+    print("== Open MPI: no run finished"); sys.exit(0)
+med = lambda f: statistics.median(f(r) for r in rs)
+print(f"== Open MPI (tcp BTL), medians of {len(rs)} runs")
+print(f"delivered rate (window) {med(lambda r: r['window']['rate']):,.0f} msg/s; sent in the window {med(lambda r: r['sent_window']['rate']):,.0f} msg/s")
+print(f"fairness by what each sender sent in the window: Jain {med(lambda r: r['sent_window']['jain']):.4f} (min/mean {med(lambda r: r['sent_window']['min_rel']):.2f}); "
+      f"by what was delivered in it: Jain {med(lambda r: r['window']['jain']):.4f}")
+print(f"latency p50 {med(lambda r: r['lat_us']['p50'])/1e3:.1f} ms, p99 {med(lambda r: r['lat_us']['p99'])/1e3:.1f} ms, p99.9 {med(lambda r: r['lat_us']['p999'])/1e3:.1f} ms")
+print(f"lost/incomplete senders {sum(r['incomplete'] for r in rs)}, corrupt {sum(r['corrupt'] for r in rs)}, out of order {sum(r['out_of_order'] for r in rs)}, ok {sum(1 for r in rs if r['ok'])}/{len(rs)}")
+print(f"memory: rank 0 peak RSS {med(lambda r: r['rank0_hwm_kib'])/1024:.1f} MiB, largest sender peak RSS {med(lambda r: r['sender_hwm_kib_max'])/1024:.1f} MiB")
+EOF2
+else
+    echo "== Open MPI: skipped (MPI=$MPI; mpicc/mpirun not installed: scripts/install-deps.sh bench)"
+fi

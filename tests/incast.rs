@@ -48,7 +48,12 @@ fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
     let cfg = small_buffers(&dir);
     let c = Cluster::start(
         5,
-        &["--overflow-mib", &OVERFLOW_MIB.to_string(), "--config", &cfg],
+        &[
+            "--overflow-mib",
+            &OVERFLOW_MIB.to_string(),
+            "--config",
+            &cfg,
+        ],
     );
     let plan = Plan {
         per_agent: 5,
@@ -121,7 +126,10 @@ fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
     // senders' first burst).
     let bound = OVERFLOW_MIB << 20;
     assert!(o.samples >= 10, "too few samples: {}", o.samples);
-    assert!(o.parked_max > 0, "the overflow was never used: not an incast");
+    assert!(
+        o.parked_max > 0,
+        "the overflow was never used: not an incast"
+    );
     assert!(
         o.parked_max <= bound,
         "parked {} B > overflow bound {bound} B",
@@ -154,5 +162,9 @@ fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
     assert!(rate > plan.rate as f64 * 0.5, "window rate {rate}: {r}");
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
 }

@@ -495,13 +495,21 @@ fn run(cli: Cli) -> Result<bool, String> {
             attempt_ms,
         } => {
             let dst = parse_dst(&to)?;
-            let r = incast::send(&c, &ep, me, dst, sizes[0], raw, &incast::SendLimits {
-                stop_when,
-                start_when,
-                max_count,
-                max_secs,
-                attempt: Duration::from_millis(attempt_ms),
-            })?;
+            let r = incast::send(
+                &c,
+                &ep,
+                me,
+                dst,
+                sizes[0],
+                raw,
+                &incast::SendLimits {
+                    stop_when,
+                    start_when,
+                    max_count,
+                    max_secs,
+                    attempt: Duration::from_millis(attempt_ms),
+                },
+            )?;
             let _ = c.detach();
             println!("{r}");
             Ok(r["ok"] == true)
@@ -513,13 +521,18 @@ fn run(cli: Cli) -> Result<bool, String> {
             window_ms,
             stop_file,
         } => {
-            let r = incast::recv(&ep, t, raw, &incast::RecvPlan {
-                senders,
-                rate,
-                warmup: Duration::from_millis(warmup_ms),
-                window: Duration::from_millis(window_ms),
-                stop_file,
-            })?;
+            let r = incast::recv(
+                &ep,
+                t,
+                raw,
+                &incast::RecvPlan {
+                    senders,
+                    rate,
+                    warmup: Duration::from_millis(warmup_ms),
+                    window: Duration::from_millis(window_ms),
+                    stop_file,
+                },
+            )?;
             let _ = c.detach();
             println!("{r}");
             Ok(r["ok"] == true)
@@ -587,7 +600,9 @@ mod incast {
         lim: &SendLimits,
     ) -> Result<Value, String> {
         if len < HDR {
-            return Err(format!("incast messages carry a {HDR}-byte header: --sizes >= {HDR}"));
+            return Err(format!(
+                "incast messages carry a {HDR}-byte header: --sizes >= {HDR}"
+            ));
         }
         if let Some(f) = &lim.start_when {
             wait_for(f, Duration::from_secs(600))?;
@@ -631,7 +646,9 @@ mod incast {
                                 // Bounded: a receiver that never reads
                                 // fails the sender, not hangs it.
                                 if Instant::now() > hard_end + Duration::from_secs(120) {
-                                    return Err(format!("message {seq}: blocked past the time limit"));
+                                    return Err(format!(
+                                        "message {seq}: blocked past the time limit"
+                                    ));
                                 }
                             }
                             Err(e) => return Err(format!("message {seq}: {e}")),
@@ -656,10 +673,12 @@ mod incast {
             .iter()
             .map(|e| e.status.describe().to_string())
             .collect();
-        Ok(json!({"ok": errors.is_empty(), "sent": seq, "secs": secs, "rate": seq as f64 / secs,
+        Ok(
+            json!({"ok": errors.is_empty(), "sent": seq, "secs": secs, "rate": seq as f64 / secs,
                   "full": full, "would_block": would_block,
                   "blocked_secs": blocked.as_secs_f64(), "longest_block_ms": longest.as_secs_f64() * 1e3,
-                  "errors": errors}))
+                  "errors": errors}),
+        )
     }
 
     pub struct RecvPlan {
@@ -800,7 +819,15 @@ mod incast {
         let incomplete: Vec<String> = senders
             .iter()
             .filter(|(_, s)| s.total != Some(s.next))
-            .map(|(k, s)| format!("{}:{} got {} of {:?}", k >> 32, k & 0xFFFF_FFFF, s.next, s.total))
+            .map(|(k, s)| {
+                format!(
+                    "{}:{} got {} of {:?}",
+                    k >> 32,
+                    k & 0xFFFF_FFFF,
+                    s.next,
+                    s.total
+                )
+            })
             .collect();
         let totals: serde_json::Map<String, Value> = senders
             .iter()
@@ -808,20 +835,27 @@ mod incast {
             .collect();
         let window_counts: serde_json::Map<String, Value> = senders
             .iter()
-            .map(|(k, s)| (format!("{}:{}", k >> 32, k & 0xFFFF_FFFF), json!([s.in_window, s.sent_in_window])))
+            .map(|(k, s)| {
+                (
+                    format!("{}:{}", k >> 32, k & 0xFFFF_FFFF),
+                    json!([s.in_window, s.sent_in_window]),
+                )
+            })
             .collect();
         let ok = lasts == plan.senders
             && senders.len() == plan.senders
             && incomplete.is_empty()
             && corrupt + disorder + foreign + short == 0
             && stopped.is_some();
-        Ok(json!({"ok": ok, "received": got, "senders": senders.len(), "complete": lasts,
+        Ok(
+            json!({"ok": ok, "received": got, "senders": senders.len(), "complete": lasts,
                   "incomplete": incomplete, "corrupt": corrupt, "out_of_order": disorder,
                   "foreign": foreign, "short": short,
                   "window": window_of(&|s: &Sender| s.in_window),
                   "sent_window": window_of(&|s: &Sender| s.sent_in_window),
                   "lat_us": {"p50": p(0.5), "p99": p(0.99), "p999": p(0.999),
                              "max": lat.last().map_or(0.0, |v| *v as f64 / 1e3), "samples": lat.len()},
-                  "drain_secs": drain_secs, "totals": totals, "window_counts": window_counts}))
+                  "drain_secs": drain_secs, "totals": totals, "window_counts": window_counts}),
+        )
     }
 }

@@ -149,7 +149,11 @@ pub fn window_by_node(recv: &Value, sent: bool) -> Vec<(u64, u64)> {
     let mut by: std::collections::BTreeMap<u64, u64> = Default::default();
     if let Some(m) = recv["window_counts"].as_object() {
         for (k, v) in m {
-            let node = k.split(':').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let node = k
+                .split(':')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             *by.entry(node).or_default() += v[sent as usize].as_u64().unwrap_or(0);
         }
     }
