@@ -89,6 +89,16 @@ fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
         "incast: [delivered, sent] in the window by sender: {}",
         r["window_counts"]
     );
+    for i in 0..5 {
+        let s = c.stat(i);
+        eprintln!(
+            "incast: agent {i}: rounds {}, sleeps {}, busy rounds {}, CPU {:.2} s",
+            s["rounds"],
+            s["sleeps"],
+            s["busy_rounds"],
+            common::procfs::cpu_secs(common::procfs::agent_pid(&c, i))
+        );
+    }
 
     // Nothing lost: every sender's sequence complete, in order and intact at
     // the receiver, and as long as the sender says it sent.
