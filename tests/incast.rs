@@ -31,8 +31,8 @@ const JAIN_MIN: f64 = 0.8;
 /// Every sender's delivered count in the window, relative to the mean.
 const MIN_SHARE: f64 = 0.2;
 
-fn small_buffers(c_dir: &std::path::Path) -> String {
-    let f = c_dir.join("incast.toml");
+fn small_buffers(dir: &std::path::Path) -> String {
+    let f = dir.join("incast.toml");
     std::fs::write(
         &f,
         "peer_queue_bytes = 262144\nframe_bytes = 8192\n[pool]\nsub_slots = 512\n",
@@ -44,8 +44,12 @@ fn small_buffers(c_dir: &std::path::Path) -> String {
 #[test]
 fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
     let t0 = Instant::now();
-    let dir = common::unique_dir("wyvern-incast-cfg");
-    let cfg = small_buffers(&dir);
+    // Removed when dropped, also when the test fails.
+    let dir = tempfile::Builder::new()
+        .prefix("wyvern-incast-cfg")
+        .tempdir()
+        .unwrap();
+    let cfg = small_buffers(dir.path());
     let c = Cluster::start(
         5,
         &[
@@ -171,7 +175,6 @@ fn incast_20_to_1_loses_nothing_starves_no_sender_and_stays_bounded() {
     let rate = r["window"]["rate"].as_f64().unwrap();
     assert!(rate > plan.rate as f64 * 0.5, "window rate {rate}: {r}");
     drop(c);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         t0.elapsed() < Duration::from_secs(60),
         "took {:?}",
