@@ -110,6 +110,62 @@ enum ModeCmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Incast sender: checked, timestamped messages (`--sizes`' first size,
+    /// at least 32 bytes) to one endpoint as fast as it takes them, until
+    /// `--stop-when` exists, then one last message that says so. Every send
+    /// first tries without waiting (a full submission ring is counted as
+    /// `full`: backpressure reached this sender), then waits up to
+    /// `--attempt-ms` (a timeout is counted as `would_block` and retried,
+    /// nothing is skipped).
+    IncastSend {
+        /// Destination as NODE:EP.
+        #[arg(long)]
+        to: String,
+        /// Stop when this file exists (looked at every 5 ms).
+        #[arg(long)]
+        stop_when: PathBuf,
+        /// Send nothing until this file exists (every sender starts at once).
+        #[arg(long)]
+        start_when: Option<PathBuf>,
+        /// Stop after this many messages anyway.
+        #[arg(long, default_value_t = 100_000_000)]
+        max_count: u64,
+        /// Stop after this many seconds anyway.
+        #[arg(long, default_value_t = 300)]
+        max_secs: u64,
+        /// How long one send attempt waits for room, milliseconds.
+        #[arg(long, default_value_t = 100)]
+        attempt_ms: u64,
+    },
+    /// Incast receiver: reads `incast-send` messages from `--senders`
+    /// senders at a paced rate, checks every sender's sequence (complete, in
+    /// order, intact), and measures per-sender rates (Jain's fairness index)
+    /// and delivery latency over a window in which every sender is active
+    /// (they start together and stop after it): it opens `--warmup-ms` after
+    /// the first message and lasts `--window-ms`; then the receiver creates
+    /// `--stop-file` (the senders stop) and reads the rest unpaced. Two
+    /// counts per sender: messages delivered in the window (`window`: what
+    /// the buffers let through then, which may have been queued long before)
+    /// and messages sent in it (`sent_window`: by their stamps, all of them
+    /// delivered by the end: each sender's delivered throughput while every
+    /// buffer on the way is full).
+    IncastRecv {
+        /// Senders expected.
+        #[arg(long)]
+        senders: usize,
+        /// Read at most this many messages per second (0: unpaced).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Steady state: the window opens this long after the first message.
+        #[arg(long, default_value_t = 1000)]
+        warmup_ms: u64,
+        /// Length of the measuring window.
+        #[arg(long)]
+        window_ms: u64,
+        /// Created at the end of the window (the senders' `--stop-when`).
+        #[arg(long)]
+        stop_file: PathBuf,
+    },
     /// Attach and detach repeatedly, timing each pair.
     AttachLoop {
         /// Repetitions.
@@ -430,6 +486,376 @@ fn run(cli: Cli) -> Result<bool, String> {
             );
             Ok(true)
         }
+        ModeCmd::IncastSend {
+            to,
+            stop_when,
+            start_when,
+            max_count,
+            max_secs,
+            attempt_ms,
+        } => {
+            let dst = parse_dst(&to)?;
+            let r = incast::send(
+                &c,
+                &ep,
+                me,
+                dst,
+                sizes[0],
+                raw,
+                &incast::SendLimits {
+                    stop_when,
+                    start_when,
+                    max_count,
+                    max_secs,
+                    attempt: Duration::from_millis(attempt_ms),
+                },
+            )?;
+            let _ = c.detach();
+            println!("{r}");
+            Ok(r["ok"] == true)
+        }
+        ModeCmd::IncastRecv {
+            senders,
+            rate,
+            warmup_ms,
+            window_ms,
+            stop_file,
+        } => {
+            let r = incast::recv(
+                &ep,
+                t,
+                raw,
+                &incast::RecvPlan {
+                    senders,
+                    rate,
+                    warmup: Duration::from_millis(warmup_ms),
+                    window: Duration::from_millis(window_ms),
+                    stop_file,
+                },
+            )?;
+            let _ = c.detach();
+            println!("{r}");
+            Ok(r["ok"] == true)
+        }
         ModeCmd::AttachLoop { .. } => unreachable!("handled above"),
+    }
+}
+
+/// The incast pattern (many senders, one slow receiver): what each message
+/// carries and what the receiver checks and measures.
+mod incast {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+    use wyvern::client::{Client, Endpoint, Error, Mode};
+
+    /// Header of an incast message: sender key (node << 32 | endpoint),
+    /// sequence, CLOCK_MONOTONIC nanoseconds at the send call, flags; the
+    /// rest is the checkable pattern of (key, sequence).
+    const HDR: usize = 32;
+    /// Flag: the sender's last message (its sequence + 1 is its count).
+    const LAST: u64 = 1;
+
+    /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the
+    /// machine, so a receiver can subtract a sender's stamp.
+    fn mono_ns() -> u64 {
+        // NOTE(unwrap): CLOCK_MONOTONIC exists on every Linux.
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    }
+
+    fn word(b: &[u8], i: usize) -> u64 {
+        u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+    }
+
+    pub struct SendLimits {
+        pub stop_when: PathBuf,
+        pub start_when: Option<PathBuf>,
+        pub max_count: u64,
+        pub max_secs: u64,
+        pub attempt: Duration,
+    }
+
+    fn wait_for(f: &std::path::Path, limit: Duration) -> Result<(), String> {
+        let until = Instant::now() + limit;
+        while !f.exists() {
+            if Instant::now() > until {
+                return Err(format!("{} never appeared", f.display()));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(
+        c: &Client,
+        ep: &Endpoint,
+        me: u64,
+        (node, dst): (u32, u32),
+        len: usize,
+        raw: bool,
+        lim: &SendLimits,
+    ) -> Result<Value, String> {
+        if len < HDR {
+            return Err(format!(
+                "incast messages carry a {HDR}-byte header: --sizes >= {HDR}"
+            ));
+        }
+        if let Some(f) = &lim.start_when {
+            wait_for(f, Duration::from_secs(600))?;
+        }
+        let mut buf = vec![0u8; len];
+        let t0 = Instant::now();
+        let hard_end = t0 + Duration::from_secs(lim.max_secs);
+        let mut next_look = t0;
+        let (mut seq, mut full, mut would_block) = (0u64, 0u64, 0u64);
+        let mut blocked = Duration::ZERO;
+        let mut longest = Duration::ZERO;
+        loop {
+            let now = Instant::now();
+            let mut last = seq + 1 >= lim.max_count || now >= hard_end;
+            if now >= next_look {
+                next_look = now + Duration::from_millis(5);
+                last |= lim.stop_when.exists();
+            }
+            buf[0..8].copy_from_slice(&me.to_le_bytes());
+            buf[8..16].copy_from_slice(&seq.to_le_bytes());
+            buf[24..32].copy_from_slice(&(if last { LAST } else { 0 }).to_le_bytes());
+            if !raw {
+                super::fill(&mut buf[HDR..], me, seq);
+            }
+            buf[16..24].copy_from_slice(&mono_ns().to_le_bytes());
+            // First without waiting: a full submission ring is the
+            // backpressure this test looks for.
+            match ep.send(node, dst, &buf, Mode::Buffered, Duration::ZERO) {
+                Ok(_) => {}
+                Err(Error::WouldBlock) => {
+                    full += 1;
+                    let a = Instant::now();
+                    loop {
+                        // Stamped again: the latency counts from the send
+                        // call the agent took.
+                        buf[16..24].copy_from_slice(&mono_ns().to_le_bytes());
+                        match ep.send(node, dst, &buf, Mode::Buffered, lim.attempt) {
+                            Ok(_) => break,
+                            Err(Error::WouldBlock) => {
+                                would_block += 1;
+                                // Bounded: a receiver that never reads
+                                // fails the sender, not hangs it.
+                                if Instant::now() > hard_end + Duration::from_secs(120) {
+                                    return Err(format!(
+                                        "message {seq}: blocked past the time limit"
+                                    ));
+                                }
+                            }
+                            Err(e) => return Err(format!("message {seq}: {e}")),
+                        }
+                    }
+                    let d = a.elapsed();
+                    blocked += d;
+                    longest = longest.max(d);
+                }
+                Err(e) => return Err(format!("message {seq}: {e}")),
+            }
+            seq += 1;
+            if last {
+                break;
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        // Late failure reports of buffered sends.
+        std::thread::sleep(Duration::from_millis(50));
+        let errors: Vec<String> = c
+            .take_errors()
+            .iter()
+            .map(|e| e.status.describe().to_string())
+            .collect();
+        Ok(
+            json!({"ok": errors.is_empty(), "sent": seq, "secs": secs, "rate": seq as f64 / secs,
+                  "full": full, "would_block": would_block,
+                  "blocked_secs": blocked.as_secs_f64(), "longest_block_ms": longest.as_secs_f64() * 1e3,
+                  "errors": errors}),
+        )
+    }
+
+    pub struct RecvPlan {
+        pub senders: usize,
+        pub rate: u64,
+        pub warmup: Duration,
+        pub window: Duration,
+        pub stop_file: PathBuf,
+    }
+
+    #[derive(Default)]
+    struct Sender {
+        /// The next sequence expected.
+        next: u64,
+        /// Messages delivered within the window.
+        in_window: u64,
+        /// Messages sent within the window (their stamp in it).
+        sent_in_window: u64,
+        /// Its count, once its last message came.
+        total: Option<u64>,
+    }
+
+    /// Jain's fairness index of `x`: (Σx)² / (n Σx²), 1 when all are equal,
+    /// 1/n when one has everything.
+    pub fn jain(x: &[f64]) -> f64 {
+        let s: f64 = x.iter().sum();
+        let q: f64 = x.iter().map(|v| v * v).sum();
+        if q == 0.0 {
+            0.0
+        } else {
+            s * s / (x.len() as f64 * q)
+        }
+    }
+
+    pub fn recv(ep: &Endpoint, t: Duration, raw: bool, plan: &RecvPlan) -> Result<Value, String> {
+        let mut senders: HashMap<u64, Sender> = HashMap::new();
+        let (mut corrupt, mut disorder, mut foreign, mut short) = (0u64, 0u64, 0u64, 0u64);
+        let (mut got, mut lasts) = (0u64, 0usize);
+        let mut want = Vec::new();
+        let mut lat: Vec<u64> = Vec::new();
+        // The window: [open, close); set at the first message.
+        let mut open: Option<Instant> = None;
+        // The same window on the senders' clock (CLOCK_MONOTONIC, ns).
+        let mut open_ns = u64::MAX;
+        let mut close_ns = u64::MAX;
+        let mut close: Option<Instant> = None;
+        let mut in_window = false;
+        let mut stopped: Option<Instant> = None;
+        let mut paced = (Instant::now(), 0u64);
+        while lasts < plan.senders {
+            if plan.rate > 0 && stopped.is_none() {
+                // At most `rate` per second: sleep once a millisecond ahead.
+                let due = paced.0 + Duration::from_secs_f64(paced.1 as f64 / plan.rate as f64);
+                let now = Instant::now();
+                if due > now + Duration::from_millis(1) {
+                    std::thread::sleep(due - now);
+                }
+            }
+            let r = ep.recv_with(t, |m| {
+                let now_ns = mono_ns();
+                let d = m.data;
+                if d.len() < HDR {
+                    short += 1;
+                    return;
+                }
+                let key = word(d, 0);
+                if key != ((m.src_node as u64) << 32) | m.src_ep as u64 {
+                    foreign += 1;
+                    return;
+                }
+                let (seq, stamp, flags) = (word(d, 1), word(d, 2), word(d, 3));
+                let s = senders.entry(key).or_default();
+                if seq != s.next {
+                    disorder += 1;
+                }
+                s.next = seq + 1;
+                if !raw {
+                    want.resize(d.len() - HDR, 0);
+                    super::fill(&mut want, key, seq);
+                    corrupt += (d[HDR..] != want[..]) as u64;
+                }
+                if flags & LAST != 0 && s.total.is_none() {
+                    s.total = Some(seq + 1);
+                    lasts += 1;
+                }
+                if (open_ns..close_ns).contains(&stamp) {
+                    s.sent_in_window += 1;
+                }
+                if in_window {
+                    s.in_window += 1;
+                    lat.push(now_ns.saturating_sub(stamp));
+                }
+            });
+            match r {
+                Ok(()) => got += 1,
+                Err(Error::Timeout) => break,
+                Err(e) => return Err(format!("after {got} messages: {e}")),
+            }
+            paced.1 += 1;
+            let now = Instant::now();
+            if open.is_none() {
+                // Every sender attached before the first message (they start
+                // together) and stops only at the end of the window: all of
+                // them are active in it, heard or not (one never heard counts 0).
+                open = Some(now + plan.warmup);
+                close = Some(now + plan.warmup + plan.window);
+                open_ns = mono_ns() + plan.warmup.as_nanos() as u64;
+                close_ns = open_ns + plan.window.as_nanos() as u64;
+            }
+            in_window = open.is_some_and(|o| now >= o) && close.is_some_and(|c| now < c);
+            if stopped.is_none() && close.is_some_and(|c| now >= c) {
+                std::fs::write(&plan.stop_file, b"stop").map_err(|e| e.to_string())?;
+                stopped = Some(now);
+            }
+        }
+        let drain_secs = stopped.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let window_secs = plan.window.as_secs_f64();
+        let window_of = |count: &dyn Fn(&Sender) -> u64| {
+            let mut counts: Vec<f64> = senders.values().map(|s| count(s) as f64).collect();
+            counts.resize(counts.len().max(plan.senders), 0.0);
+            let sum: f64 = counts.iter().sum();
+            let mean = sum / counts.len().max(1) as f64;
+            let (lo, hi) = counts
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
+            let rel = |v: f64| if mean > 0.0 { v / mean } else { 0.0 };
+            json!({"secs": window_secs, "msgs": sum, "rate": sum / window_secs, "jain": jain(&counts),
+                   "min_rel": rel(lo), "max_rel": rel(hi)})
+        };
+        lat.sort_unstable();
+        let p = |q: f64| {
+            if lat.is_empty() {
+                0.0
+            } else {
+                lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1e3
+            }
+        };
+        let incomplete: Vec<String> = senders
+            .iter()
+            .filter(|(_, s)| s.total != Some(s.next))
+            .map(|(k, s)| {
+                format!(
+                    "{}:{} got {} of {:?}",
+                    k >> 32,
+                    k & 0xFFFF_FFFF,
+                    s.next,
+                    s.total
+                )
+            })
+            .collect();
+        let totals: serde_json::Map<String, Value> = senders
+            .iter()
+            .map(|(k, s)| (format!("{}:{}", k >> 32, k & 0xFFFF_FFFF), json!(s.next)))
+            .collect();
+        let window_counts: serde_json::Map<String, Value> = senders
+            .iter()
+            .map(|(k, s)| {
+                (
+                    format!("{}:{}", k >> 32, k & 0xFFFF_FFFF),
+                    json!([s.in_window, s.sent_in_window]),
+                )
+            })
+            .collect();
+        let ok = lasts == plan.senders
+            && senders.len() == plan.senders
+            && incomplete.is_empty()
+            && corrupt + disorder + foreign + short == 0
+            && stopped.is_some();
+        Ok(
+            json!({"ok": ok, "received": got, "senders": senders.len(), "complete": lasts,
+                  "incomplete": incomplete, "corrupt": corrupt, "out_of_order": disorder,
+                  "foreign": foreign, "short": short,
+                  "window": window_of(&|s: &Sender| s.in_window),
+                  "sent_window": window_of(&|s: &Sender| s.sent_in_window),
+                  "lat_us": {"p50": p(0.5), "p99": p(0.99), "p999": p(0.999),
+                             "max": lat.last().map_or(0.0, |v| *v as f64 / 1e3), "samples": lat.len()},
+                  "drain_secs": drain_secs, "totals": totals, "window_counts": window_counts}),
+        )
     }
 }

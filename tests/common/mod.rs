@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod fakepeer;
+pub mod incast;
 pub mod keys;
 pub mod procfs;
 pub mod relay;
