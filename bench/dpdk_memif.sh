@@ -123,11 +123,11 @@ start_agents() { # transport run
         role=server
         [ "$i" = 1 ] && role=client
         if [ "$t" = dpdk ]; then
-            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal-args "$EAL_COMMON -m 128 \
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk --dpdk-eal-args "$EAL_COMMON -m 128 \
                 --vdev=net_memif0,role=$role,socket=$dir/memif$run.sock$MEMIF_VDEV_EXTRA \
                 --file-prefix=$tag-agent$i --lcores=0@$i")
         elif [ "$t" = dpdk-jumbo ]; then
-            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-mtu "$JUMBO_MTU" \
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk --dpdk-mtu "$JUMBO_MTU" \
                 --dpdk-eal-args "$EAL_COMMON -m 256 \
                 --vdev=net_memif0,role=$role,socket=$dir/memifj$run.sock,bsize=$JUMBO_BSIZE$MEMIF_VDEV_EXTRA \
                 --file-prefix=$tag-agent$i --lcores=0@$i")

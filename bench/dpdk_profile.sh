@@ -46,7 +46,7 @@ apid=()
 for i in 0 1; do
     RUST_LOG=warn ip netns exec "wyvp$i" timeout 300 "$wyvern" agent --node-id "$i" \
         --socket "$dir/agent$i.sock" --no-hugepages --idle adaptive --cores "$i" \
-        --job wyvern-dpdk-prof --nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk \
+        --job wyvern-dpdk-prof --nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk \
         --dpdk-eal-args "$EAL_COMMON --vdev=net_af_packet0,iface=veth0$vdev_extra --file-prefix=wyvp-agent$i --lcores=0@$i" \
         $mtu_arg ${WYVERN_AGENT_ARGS:-} >"$dir/ready$i" 2>"$dir/agent$i.log" &
     pids+=($!)

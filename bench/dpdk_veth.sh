@@ -132,10 +132,10 @@ start_agents() { # transport run
     local t="$1" run="$2" i extra
     for i in 0 1; do
         if [ "$t" = dpdk ]; then
-            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal-args "$EAL_COMMON \
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk --dpdk-eal-args "$EAL_COMMON \
                 --vdev=net_af_packet0,iface=veth0 --file-prefix=wyvb-agent$i --lcores=0@$i")
         elif [ "$t" = dpdk-jumbo ]; then
-            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-mtu "$JUMBO_MTU" \
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk --dpdk-mtu "$JUMBO_MTU" \
                 --dpdk-eal-args "$EAL_COMMON --vdev=net_af_packet0,iface=veth0,framesz=16384,blocksz=16384 \
                 --file-prefix=wyvb-agent$i --lcores=0@$i")
         else

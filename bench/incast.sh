@@ -94,8 +94,8 @@ run_wyvern() { # run -> $dir/r$run.json
         # (No `timeout`: its pid would stand for the agent's in /proc; the agents are
         # stopped at the end of the run and on exit.)
         RUST_LOG=warn "$bin/wyvern" agent --node-id "$i" --nodes "$nodes" \
-            --socket "$d/a$i.sock" --transport "$TRANSPORT" --idle adaptive --heartbeat-ms 100 \
-            ${AGENT_CONFIG:+--config "$AGENT_CONFIG"} --job "incast-$$-$run" --overflow-mib "$OVERFLOW_MIB" --max-clients $((PER_AGENT + 4)) \
+            --socket "$d/a$i.sock" --transport "$TRANSPORT" --idle adaptive --heartbeat-ms 100 --connect all \
+            ${AGENT_CONFIG:+--config "$AGENT_CONFIG"} --job "incast-$$-$run" --overflow-bytes "${OVERFLOW_MIB}MiB" --max-clients $((PER_AGENT + 4)) \
             >"$d/a$i.out" 2>"$d/a$i.log" &
         pids+=($!); apids+=($!)
         local l

@@ -227,7 +227,7 @@ build() {
         EXE_BULK="$(find "$ROOT/target/release/deps" -maxdepth 1 -type f -executable -name 'bulk-*' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)"
         EXE_FLOOR="$(find "$ROOT/target/release/deps" -maxdepth 1 -type f -executable -name 'attach_floor-*' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)"
         # which features the binaries have: a dpdk-less wyvern refuses the transport
-        if "$BIN/wyvern" agent --node-id 0 --nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk \
+        if "$BIN/wyvern" agent --node-id 0 --nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk \
             --dpdk-eal-args "--no-pci" --print-config >/dev/null 2>&1; then BUILT_FEATURES=dpdk; else BUILT_FEATURES=""; fi
     fi
     [ -x "$BIN/wyvern" ] && [ -x "$BIN/wyvern-peer" ] || die "release binaries missing"
@@ -303,7 +303,7 @@ agents() {
         [ -n "$DPDK_NS" ] || die "dpdk agents without the sweep's namespaces"
         for i in 0 1; do
             RUST_LOG=info start "agent$i" 600 ip netns exec "${DPDK_NS}$i" "$BIN/wyvern" agent --node-id "$i" \
-                --nodes 127.0.0.1:0,127.0.0.1:0 --socket "$TMP/agent$i.sock" --idle "$idle" --cores "$i" \
+                --nodes 127.0.0.1:0,127.0.0.1:0 --connect all --socket "$TMP/agent$i.sock" --idle "$idle" --cores "$i" \
                 --block-bytes 64MiB --max-clients 8 --transport dpdk --job "bench-$$" \
                 --dpdk-eal-args "$EAL_COMMON --vdev=net_af_packet0,iface=veth0 --file-prefix=${DPDK_NS}a$i --lcores=0@$i"
             AGENT_PIDS+=("$LAST")

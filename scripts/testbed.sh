@@ -154,7 +154,7 @@ memif() {
         role=server
         [ "$i" = 1 ] && role=client
         cat <<EOF
-wyvern agent --node-id $i --nodes 127.0.0.1:0,127.0.0.1:0 --socket /tmp/wyvern-agent-$i.sock \\
+wyvern agent --node-id $i --nodes 127.0.0.1:0,127.0.0.1:0 --connect all --socket /tmp/wyvern-agent-$i.sock \\
     --transport dpdk --dpdk-eal-args "--no-pci --vdev=net_memif0,role=$role,socket=$sock \\
     --file-prefix=wyvmemif$i --no-shconf --no-huge -m 128 --no-telemetry"
 EOF

@@ -93,6 +93,14 @@ impl LocalAgents {
                     format!("local-{tag}-{}", std::process::id()),
                 ]
             })
+            // Every link from the start: each agent takes a free port as it
+            // starts, so only a later agent knows an earlier one's address
+            // (and the higher id dials the lower).
+            .args(if extra.contains(&"--connect") {
+                &[][..]
+            } else {
+                &["--connect", "all"][..]
+            })
             .args(extra)
             .args(node_args.get(i).into_iter().flatten())
             .env(

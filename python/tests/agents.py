@@ -40,6 +40,9 @@ class Agents:
             wyvern_bin(), "agent", "--node-id", str(i), "--nodes", ",".join(self.addrs),
             "--socket", self.socket(i), "--idle", "adaptive", "--heartbeat-ms", "100",
             "--peer-timeout-ms", "3000", "--block-bytes", "64MiB",
+            # Every link from the start: each agent takes a free port as it
+            # starts, so only later agents know an earlier one's address.
+            "--connect", "all",
         ] + self.extra
         log = open(self.dir / ("agent%d.log" % i), "wb")
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)

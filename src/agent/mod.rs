@@ -193,6 +193,10 @@ pub struct Agent {
     /// Per peer: its link's incoming stream (the transport fills it, the
     /// receive walk reads it).
     inflow: Vec<LinkRx>,
+    /// The peer `process_rx` starts with this round (rotates).
+    rx_turn: usize,
+    /// The client slot `poll_clients` starts with this round (rotates).
+    sub_turn: usize,
     events: Vec<LinkEvent>,
     poller: Poller,
     doorbell: Arc<EventFd>,
@@ -354,6 +358,8 @@ impl Agent {
             conns: Conns::new(ctl),
             transport,
             inflow: cfg.addrs.iter().map(|_| LinkRx::default()).collect(),
+            rx_turn: 0,
+            sub_turn: 0,
             events: Vec::new(),
             poller,
             doorbell,

@@ -72,11 +72,24 @@ impl Agent {
 
     pub(super) fn process_rx(&mut self) -> bool {
         let mut work = false;
-        for j in 0..self.peers.len() {
+        let n = self.peers.len();
+        // Round robin: start with the first peer that stalled last round
+        // without getting anything through (a full ring, the overflow budget
+        // spent); a peer served passes the turn. From peer 0 every round,
+        // the lowest peer took all the room the reader freed.
+        let start = self.rx_turn % n.max(1);
+        let mut waiting: Option<usize> = None;
+        for k in 0..n {
+            let j = (start + k) % n;
             if self.peers[j].state().connected() {
-                work |= self.process_peer(j);
+                let moved = self.process_peer(j);
+                work |= moved;
+                if !moved && waiting.is_none() && self.peers.get(j).is_some_and(|p| p.rx_stalled) {
+                    waiting = Some(j);
+                }
             }
         }
+        self.rx_turn = waiting.unwrap_or(start + 1);
         work
     }
 

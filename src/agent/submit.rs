@@ -15,7 +15,15 @@ impl Agent {
     /// Take what clients submitted; returns whether anything was done.
     pub(super) fn poll_clients(&mut self) -> bool {
         let mut work = false;
-        for slot in 0..self.clients.len() as u32 {
+        // Round robin: start with the first client that stalled last round
+        // without getting anything through (it has waited longest); a
+        // client served passes the turn. From slot 0 every round, the first
+        // few clients took all the room a full link freed.
+        let n = self.clients.len();
+        let first = self.sub_turn % n.max(1);
+        let mut waiting: Option<usize> = None;
+        for k in 0..n {
+            let slot = ((first + k) % n) as u32;
             let Some(c) = self.clients.get_mut(slot) else {
                 continue;
             };
@@ -50,6 +58,7 @@ impl Agent {
                 continue;
             }
             let mut rec = std::mem::take(&mut self.rec);
+            let mut taken = 0;
             for _ in 0..BURST {
                 let Some(c) = self.clients.get_mut(slot) else {
                     break;
@@ -76,17 +85,24 @@ impl Agent {
                         }
                     }
                 };
-                work = true;
                 self.clients.touch(slot);
                 match self.handle_submit(slot, &rec) {
-                    Handled::Done | Handled::DoneStop => {}
+                    Handled::Done | Handled::DoneStop => {
+                        work = true;
+                        taken += 1;
+                    }
                     Handled::Stall => {
                         if let Some(c) = self.clients.get_mut(slot) {
                             c.stalled = Some(std::mem::take(&mut rec));
                         }
-                        // A stall retried without progress is not work.
-                        if from_stall {
-                            work = false;
+                        // A stall retried without progress is not work (a
+                        // record just taken from the ring is). Not `work =
+                        // false`: that undid what the clients before did.
+                        if !from_stall {
+                            work = true;
+                        }
+                        if taken == 0 && waiting.is_none() {
+                            waiting = Some(slot as usize);
                         }
                         break;
                     }
@@ -98,6 +114,7 @@ impl Agent {
             }
             self.maybe_reclaim(slot);
         }
+        self.sub_turn = waiting.unwrap_or(first + 1);
         work
     }
 
