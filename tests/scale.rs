@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::procfs::rss_anon;
+use common::procfs::{rss_anon, rss_kib};
 use common::scenarios::{self, Mode, Traffic};
 use common::Cluster;
 use serde_json::Value;
@@ -147,12 +147,13 @@ fn many_agents_all_to_all_deliver_everything_and_idle_links_give_their_buffers_b
         );
     }
     let rss: Vec<u64> = pids.iter().map(|&p| rss_anon(p)).collect();
+    let vm_rss_max = pids.iter().map(|&p| rss_kib(p)).max().unwrap_or(0);
     let max = |v: &[u64]| v.iter().max().copied().unwrap_or(0) >> 10;
     eprintln!(
         "{n} agents on {} (on-demand links): started in {:.2} s with no link; all to all ({} \
          messages, which made all {} links, {dups} second connections settled) in {:.2} s; \
          busiest read buffer seen {} KiB; agents' RssAnon (KiB) with no link {:?}, after the \
-         traffic {:?} (largest {} KiB)",
+         traffic {:?} (largest {} KiB; largest VmRSS {vm_rss_max} KiB)",
         common::transport(),
         started.as_secs_f64(),
         n * (n - 1) * 20,
@@ -177,6 +178,7 @@ fn on_demand_links_are_made_by_the_first_message_between_that_pair_only() {
             assert_eq!(state(&c, i, j), "idle", "{}", c.stat(i));
         }
     }
+    assert_eq!(c.stat(0)["links"], serde_json::json!({"idle": 3}));
     // Lower to higher: node 0 makes the link (after its short deferral).
     Traffic::new(&c, "8,5000,300000")
         .recv(3, 9, 30)
@@ -185,6 +187,7 @@ fn on_demand_links_are_made_by_the_first_message_between_that_pair_only() {
         .finish("(0 -> 3)");
     assert_eq!(up_at(&c, 0), vec![3]);
     assert_eq!(up_at(&c, 3), vec![0]);
+    assert_eq!(c.stat(0)["links"], serde_json::json!({"idle": 2, "up": 1}));
     assert!(up_at(&c, 1).is_empty() && up_at(&c, 2).is_empty());
     assert_eq!(state(&c, 1, 2), "idle");
     // Higher to lower.

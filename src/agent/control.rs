@@ -444,7 +444,7 @@ impl Agent {
     /// Current statistics.
     pub fn snapshot(&mut self) -> Snapshot {
         let stats = self.transport.stats();
-        let peers = self
+        let peers: Vec<PeerSnapshot> = self
             .peers
             .iter()
             .filter(|p| p.state() != &PeerState::Local)
@@ -505,6 +505,14 @@ impl Agent {
                 .collect(),
             sleeps: self.counters.sleeps,
             preempted: self.counters.preempted,
+            links: {
+                let mut m = std::collections::BTreeMap::new();
+                for p in peers.iter() {
+                    let k = p.state.split(' ').next().unwrap_or("").to_string();
+                    *m.entry(k).or_insert(0) += 1;
+                }
+                m
+            },
             busy_rounds: super::BUSY_SOURCES
                 .iter()
                 .zip(self.counters.busy)

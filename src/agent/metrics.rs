@@ -280,6 +280,20 @@ fn registry(s: &Snapshot) -> Registry {
         none(),
         s.preempted,
     );
+    p.gauges(
+        "links",
+        None,
+        "Peers by the state of their link (idle: never linked, on-demand links)",
+    );
+    for (state, v) in &s.links {
+        p.gauge(
+            "links",
+            None,
+            "Peers by the state of their link (idle: never linked, on-demand links)",
+            vec![("state", state.clone())],
+            *v as f64,
+        );
+    }
     p.counters(
         "busy_rounds",
         None,
@@ -683,6 +697,7 @@ mod tests {
             sleeps: 2,
             preempted: 0,
             busy_rounds: [("clients".to_string(), 4)].into_iter().collect(),
+            links: [("up".to_string(), 1)].into_iter().collect(),
             local_msgs: 5,
             clients_evicted: 0,
             clients_departed_reclaimed: 0,

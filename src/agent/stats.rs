@@ -123,6 +123,10 @@ pub struct Snapshot {
     /// these say what kept it awake.
     #[serde(default)]
     pub busy_rounds: std::collections::BTreeMap<String, u64>,
+    /// The peers by the state of their link (`up`, `idle`: never linked,
+    /// on-demand links; `connecting`, `resuming`, `disconnected`, `lost`).
+    #[serde(default)]
+    pub links: std::collections::BTreeMap<String, u64>,
     /// Messages delivered node-locally.
     pub local_msgs: u64,
     /// Clients detached for misbehaving.
@@ -218,6 +222,10 @@ impl Snapshot {
             line.push(format!("pool pages damaged {}", self.pool_pages_damaged));
         }
         let _ = writeln!(s, "{}", line.join(" | "));
+        if !self.links.is_empty() {
+            let l: Vec<String> = self.links.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            let _ = writeln!(s, "links: {}", l.join(", "));
+        }
         match dt {
             Some(d) => {
                 let _ = writeln!(s, "rates: per second over the last {d:.1} s");
@@ -486,6 +494,7 @@ mod tests {
             sleeps: 10,
             preempted: 0,
             busy_rounds: Default::default(),
+            links: Default::default(),
             local_msgs: 0,
             clients_evicted: 0,
             clients_departed_reclaimed: 0,

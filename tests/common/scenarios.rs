@@ -40,7 +40,8 @@ pub enum Mode {
 
 struct Sender {
     node: usize,
-    to: (usize, u32),
+    /// Sent to in turn, each with its own sequence.
+    to: Vec<(usize, u32)>,
     count: u64,
     mode: Mode,
 }
@@ -91,11 +92,17 @@ impl<'a> Traffic<'a> {
     }
 
     /// A sender on `node` of `count` messages to `to` (node, endpoint).
-    pub fn send(mut self, node: usize, to: (usize, u32), count: u64, mode: Mode) -> Self {
+    pub fn send(self, node: usize, to: (usize, u32), count: u64, mode: Mode) -> Self {
+        self.send_each(node, &[to], count, mode)
+    }
+
+    /// A sender on `node` of `count` messages to each of `to` in turn (one
+    /// process, one sequence per destination: each receiver sees one sender).
+    pub fn send_each(mut self, node: usize, to: &[(usize, u32)], count: u64, mode: Mode) -> Self {
         self.send.push(Sender {
             node,
-            to,
-            count,
+            to: to.to_vec(),
+            count: count * to.len() as u64,
             mode,
         });
         self
@@ -125,7 +132,12 @@ impl<'a> Traffic<'a> {
             .enumerate()
             .map(|(k, s)| {
                 let ep = (self.first_ep + k as u32).to_string();
-                let to = format!("{}:{}", s.to.0, s.to.1);
+                let to = s
+                    .to
+                    .iter()
+                    .map(|(n, e)| format!("{n}:{e}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 let n = s.count.to_string();
                 let mut args = [
                     &common[..],
@@ -540,7 +552,8 @@ pub fn all_to_all(c: &Cluster) -> Vec<Value> {
 }
 
 /// `n` nodes all to all: every node sends `count` messages of `sizes` to each
-/// of the others (one sender process per pair, one receiver per node). Each
+/// of the others (one sender process per node, to each in turn; one receiver
+/// per node). Each
 /// receiver hears from exactly the n - 1 others, everything intact and in
 /// order; every agent has every peer up, nothing lost, no block leaked. Gives
 /// the agents' settled stats.
@@ -550,9 +563,8 @@ pub fn all_to_all_n(c: &Cluster, n: usize, count: u64, sizes: &str) -> Vec<Value
         t = t.recv(i, 9, count * (n as u64 - 1));
     }
     for from in 0..n {
-        for to in (0..n).filter(|&t| t != from) {
-            t = t.send(from, (to, 9), count, Mode::Buffered);
-        }
+        let to: Vec<(usize, u32)> = (0..n).filter(|&t| t != from).map(|t| (t, 9)).collect();
+        t = t.send_each(from, &to, count, Mode::Buffered);
     }
     let r = t.start().finish(&format!("(all to all, {n} nodes)"));
     for (i, r) in r.iter().enumerate() {
