@@ -189,7 +189,7 @@ impl Agent {
         if self.peers[j].wanted(self.now) {
             log::debug!("peer node {j}: a link is wanted");
         }
-        self.transport.want(j as u32, self.now);
+        self.transport.want(Some(j as u32), self.now);
     }
 
     /// A new connection to peer `j`: say where our session stands; frames
@@ -197,7 +197,7 @@ impl Agent {
     pub(super) fn peer_up(&mut self, j: usize) {
         // Once linked, a pair stays linked: a link that breaks is made again
         // from this side too (on-demand links; otherwise a no-op).
-        self.transport.want(j as u32, self.now);
+        self.transport.want(Some(j as u32), self.now);
         if self.peers[j].state().connected() {
             // A new connection replaced one we still thought alive.
             self.peer_disconnected(j, "peer reconnected".into());

@@ -318,7 +318,7 @@ impl Agent {
             let _ = db.write(1);
         });
         let mut transport = open(&plan, &poller, &pool, wake)?;
-        let on_demand = cfg.connect == ConnectPolicy::OnDemand && transport.on_demand();
+        let on_demand = cfg.connect == ConnectPolicy::OnDemand && transport.want(None, clock.now());
         if cfg.connect == ConnectPolicy::OnDemand && !on_demand {
             log::info!(
                 "connect = on-demand: the {} transport links to every peer from the start",

@@ -1111,12 +1111,11 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         self.io.flush();
     }
 
-    fn on_demand(&mut self) -> bool {
-        self.on_demand = true;
-        true
-    }
-
-    fn want(&mut self, node: u32, now: Instant) {
+    fn want(&mut self, node: Option<u32>, now: Instant) -> bool {
+        let Some(node) = node else {
+            self.on_demand = true;
+            return true;
+        };
         let j = node as usize;
         if j < self.wanted.len() && j as u32 != self.me && !self.wanted[j] {
             self.wanted[j] = true;
@@ -1126,6 +1125,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
                 self.io.flush();
             }
         }
+        self.on_demand
     }
 
     fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {

@@ -287,16 +287,14 @@ pub trait Transport {
     /// Whether a link to `node` is up (frames can flow), and when something
     /// was last written to it.
     fn last_tx(&self, node: u32) -> Option<Instant>;
-    /// Make links only to the peers [`Transport::want`] names, from now on
-    /// (on-demand connection); returns whether this transport can. One that
-    /// cannot links to every peer from the start.
-    fn on_demand(&mut self) -> bool {
+    /// On-demand links. `None`: from now on make links only to the peers
+    /// wanted; returns whether this transport can (one that cannot links to
+    /// every peer from the start and ignores wants). `Some(node)`: the agent
+    /// wants a link to `node` (a message waits for it, or it was asked to
+    /// connect): make one, and make it again whenever it breaks.
+    fn want(&mut self, _node: Option<u32>, _now: Instant) -> bool {
         false
     }
-    /// The agent wants a link to `node` (a message waits for it, or it was
-    /// asked to connect): make one, and make it again whenever it breaks.
-    /// Only for a transport in on-demand mode; others link to every peer.
-    fn want(&mut self, _node: u32, _now: Instant) {}
     /// The agent is about to sleep: arm whatever wakes it when data arrives
     /// (a one-shot descriptor, see [`Poller::add_oneshot`]). Returns whether
     /// arriving data wakes the agent at all: a poll-mode device cannot, and

@@ -902,15 +902,15 @@ impl Transport for TcpTransport {
         let _ = events;
     }
 
-    fn on_demand(&mut self) -> bool {
-        self.on_demand = true;
-        true
-    }
-
-    fn want(&mut self, node: u32, now: Instant) {
+    fn want(&mut self, node: Option<u32>, now: Instant) -> bool {
+        let Some(node) = node else {
+            self.on_demand = true;
+            return true;
+        };
         if let Some(w) = self.wanted.get_mut(node as usize) {
             w.get_or_insert(now);
         }
+        self.on_demand
     }
 
     fn push(&mut self, node: u32, item: Out) {

@@ -132,12 +132,11 @@ impl<'a> Traffic<'a> {
             .enumerate()
             .map(|(k, s)| {
                 let ep = (self.first_ep + k as u32).to_string();
-                let to = s
-                    .to
-                    .iter()
-                    .map(|(n, e)| format!("{n}:{e}"))
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let to =
+                    s.to.iter()
+                        .map(|(n, e)| format!("{n}:{e}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
                 let n = s.count.to_string();
                 let mut args = [
                     &common[..],
