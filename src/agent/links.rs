@@ -211,7 +211,7 @@ impl Agent {
     /// when the peer was dropped instead.
     pub(super) fn handle_resume(&mut self, j: usize, r: wire::Resume) -> bool {
         let p = &self.peers[j];
-        if !p.resumable(&r, self.incarnation) && p.session.is_some() {
+        if !p.resumable(&r, self.incarnation) && p.session.is_some() && !p.half_open(&r) {
             self.peer_lost(j, "peer restarted or gave this node up", false);
         }
         let p = &mut self.peers[j];

@@ -480,6 +480,21 @@ impl Peer {
             .is_some_and(|s| s.peer_inc == r.incarnation && r.known == incarnation)
     }
 
+    /// Whether our session is one the peer (the same instance) never took
+    /// up: its `Resume` knows no session with us. Two connections made at
+    /// once (both ends wanted the link) can leave one side in a session
+    /// whose link was replaced before the other side read our `Resume`; the
+    /// peer was never up in it, so it handled none of our frames and sent
+    /// none: they go again in a new session, nothing is lost.
+    pub(super) fn half_open(&self, r: &wire::Resume) -> bool {
+        r.known == 0
+            && r.received == 0
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.peer_inc == r.incarnation && s.rx_count == 0)
+    }
+
     /// The peer's `Resume` arrived: carry the session on (its frames the
     /// peer did not get are queued on `t` again), or start a fresh one. A
     /// session that cannot carry on and had frames in flight must be
@@ -509,6 +524,21 @@ impl Peer {
             self.counters.frames_resent += resent;
             log::info!(
                 "peer node {} ({}) resumed: {resent} frames sent again",
+                self.node,
+                self.addr
+            );
+            Resumed::Carried { resent }
+        } else if self.half_open(r) {
+            let mut old = self.session.take().expect("checked by half_open");
+            self.session = Some(Box::new(Session::new(r.incarnation, now)));
+            self.drop_steered(freed);
+            let mut resent = 0u64;
+            for f in old.tx.drain() {
+                self.send_frame(t, f, now, freed);
+                resent += 1;
+            }
+            log::info!(
+                "peer node {} ({}) up (a session it never took up begun again: {resent} frames sent again)",
                 self.node,
                 self.addr
             );

@@ -64,9 +64,12 @@ fn resume(incarnation: u64, known: u64, received: u64) -> wire::Resume {
 fn up(p: &mut Peer, t: &mut Recorder, now: Instant) {
     let _ = p.connected(0, ME, now);
     let mut freed = Vec::new();
-    assert_eq!(
-        p.resumed(&resume(THEM, 0, 0), ME, t, now, &mut freed),
-        Ok(Resumed::Fresh)
+    // (Again on a peer up before: the peer knows no session, the same
+    // instance: the half-open case, begun again with nothing to resend.)
+    let r = p.resumed(&resume(THEM, 0, 0), ME, t, now, &mut freed);
+    assert!(
+        matches!(r, Ok(Resumed::Fresh) | Ok(Resumed::Carried { resent: 0 })),
+        "{r:?}"
     );
 }
 
@@ -102,6 +105,38 @@ fn a_session_survives_a_broken_connection_and_resends_what_was_not_acked() {
     assert_eq!(p.unacked_bytes(), 10);
     assert_eq!(p.counters.resumes, 1);
     assert!(freed.is_empty());
+}
+
+/// Two connections made at once: this side took the peer's `Resume` on the
+/// first (up, frames sent), the peer replaced that connection before reading
+/// ours, so its `Resume` on the second knows no session with us. Nothing is
+/// lost: a new session, our frames sent again from its start.
+#[test]
+fn a_session_the_peer_never_took_up_begins_again_with_its_frames() {
+    let now = Instant::now();
+    let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
+    up(&mut p, &mut t, now);
+    for i in 0..2u8 {
+        p.send_frame(&mut t, Retained::Bytes(Arc::new(vec![i; 4])), now, &mut freed);
+    }
+    assert!(p.disconnected("replaced".into(), now, now, &mut freed));
+    t.pushed.clear();
+    let _ = p.connected(0, ME, now);
+    let r = resume(THEM, 0, 0);
+    assert!(!p.resumable(&r, ME) && p.half_open(&r));
+    assert_eq!(
+        p.resumed(&r, ME, &mut t, now, &mut freed),
+        Ok(Resumed::Carried { resent: 2 })
+    );
+    assert_eq!(t.pushed, vec![vec![0u8; 4], vec![1u8; 4]]);
+    assert_eq!(p.unacked_bytes(), 8);
+    assert_eq!(p.state(), &PeerState::Up);
+    // The peer acknowledges them in the new session's numbering.
+    p.acked(2, now, &mut freed).unwrap();
+    assert_eq!(p.unacked_bytes(), 0);
+    // A peer that handled frames of ours, or another instance, is not that.
+    assert!(!p.half_open(&resume(THEM, 0, 1)));
+    assert!(!p.half_open(&resume(THEM + 1, 0, 0)));
 }
 
 #[test]

@@ -321,7 +321,8 @@ pub struct TcpTransport {
     listener: std::net::TcpListener,
     addr: SocketAddr,
     pool: Arc<Pool>,
-    links: Vec<Option<Link>>,
+    /// (Boxed: a peer without a link costs a pointer.)
+    links: Vec<Option<Box<Link>>>,
     /// Links not watched for readability (their stream was full).
     paused: usize,
     /// Its own handle on the agent's poller (to watch paused links again).
@@ -728,7 +729,7 @@ impl TcpTransport {
         // A new stream for the peer, with what came after the handshake.
         rx.link(node)
             .reset(std::mem::take(&mut p.link.handshake), now);
-        self.links[node as usize] = Some(p.link);
+        self.links[node as usize] = Some(Box::new(p.link));
         self.dialed[node as usize] = we_dialed;
         self.peer_hellos[node as usize] = Some(h);
         events.push(LinkEvent::Up { node });
