@@ -117,7 +117,12 @@ fn a_session_the_peer_never_took_up_begins_again_with_its_frames() {
     let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
     up(&mut p, &mut t, now);
     for i in 0..2u8 {
-        p.send_frame(&mut t, Retained::Bytes(Arc::new(vec![i; 4])), now, &mut freed);
+        p.send_frame(
+            &mut t,
+            Retained::Bytes(Arc::new(vec![i; 4])),
+            now,
+            &mut freed,
+        );
     }
     assert!(p.disconnected("replaced".into(), now, now, &mut freed));
     t.pushed.clear();

@@ -38,7 +38,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::idle::{Backoff, Step};
 use crate::proto::{CompKind, Completion, CtlReply, CtlRequest, Delivery, Op, Submit, SUB_HEADER};
 pub use crate::proto::{Mode, Status};
-use crate::shm::handoff::{send_line, LineReader};
+use crate::shm::handoff::{send_line, LineReader, MAX_REPLY_LINE};
 use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, ShmError};
 
 /// Longest wait for a control reply.
@@ -565,7 +565,7 @@ fn request(path: &Path, req: &CtlRequest) -> Result<CtlReply, Error> {
     // The agent may refuse us before reading the request (wrong uid): its
     // answer is still there to read even when our write fails.
     let sent = send_line(&s, &serde_json::to_string(req).expect("serialisable"), &[]);
-    let (line, _) = match LineReader::new().read_line_blocking(&s) {
+    let (line, _) = match LineReader::with_limit(MAX_REPLY_LINE).read_line_blocking(&s) {
         Ok(l) => l,
         Err(e) => return Err(Error::Io(sent.err().unwrap_or(e))),
     };
@@ -592,7 +592,7 @@ impl Client {
             &serde_json::to_string(&req).map_err(|e| Error::Protocol(e.to_string()))?,
             &[],
         );
-        let mut reader = LineReader::new();
+        let mut reader = LineReader::with_limit(MAX_REPLY_LINE);
         let (line, fds) = reader
             .read_line_blocking(&ctl)
             .map_err(|e| Error::Connect {

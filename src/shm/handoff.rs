@@ -10,8 +10,11 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
-/// Longest control line accepted.
+/// Longest control line the agent accepts (a request).
 pub const MAX_LINE: usize = 16 * 1024;
+/// Longest line a client accepts from its agent (a reply: `wyvern stat` of
+/// an agent with thousands of peers is megabytes).
+pub const MAX_REPLY_LINE: usize = 64 << 20;
 /// Most fds accepted with one line.
 pub const MAX_FDS: usize = 4;
 
@@ -48,10 +51,17 @@ pub fn send_line(sock: &UnixStream, line: &str, fds: &[BorrowedFd<'_>]) -> io::R
 }
 
 /// Accumulates bytes and fds from a control socket and splits lines.
-#[derive(Default)]
 pub struct LineReader {
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
+    /// Longest line accepted.
+    max: usize,
+}
+
+impl Default for LineReader {
+    fn default() -> LineReader {
+        LineReader::with_limit(MAX_LINE)
+    }
 }
 
 /// What one read produced.
@@ -65,9 +75,19 @@ pub enum ReadOutcome {
 }
 
 impl LineReader {
-    /// A new reader.
+    /// A new reader of lines up to [`MAX_LINE`] (the agent's, of requests).
     pub fn new() -> LineReader {
         LineReader::default()
+    }
+
+    /// A reader of lines up to `max` bytes (a client's, of replies:
+    /// [`MAX_REPLY_LINE`]).
+    pub fn with_limit(max: usize) -> LineReader {
+        LineReader {
+            buf: Vec::new(),
+            fds: Vec::new(),
+            max,
+        }
     }
 
     /// Read once from `sock`.
@@ -100,7 +120,7 @@ impl LineReader {
             return Ok(ReadOutcome::Closed);
         }
         self.buf.extend_from_slice(&chunk[..n]);
-        if self.buf.len() > MAX_LINE && !self.buf.contains(&b'\n') {
+        if self.buf.len() > self.max && !self.buf.contains(&b'\n') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "control line too long",
