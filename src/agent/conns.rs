@@ -182,7 +182,11 @@ impl Conns {
         };
         let mut line = serde_json::to_vec(rep).unwrap_or_default();
         line.push(b'\n');
-        if c.out.bytes + line.len() > CTL_OUT_MAX {
+        // One reply is always taken, whatever its size (`stat` of an agent with
+        // thousands of peers is megabytes; its size is the agent's own state,
+        // and no request is read while a reply waits): the bound is on what
+        // piles up unread.
+        if c.out.bytes > 0 && c.out.bytes + line.len() > CTL_OUT_MAX {
             if !c.out.overflow {
                 log::warn!(
                     "a control connection leaves more than {CTL_OUT_MAX} bytes of replies unread: dropping it"
@@ -303,8 +307,8 @@ pub(super) fn bind_control(cfg: &AgentConfig) -> Result<UnixListener, AgentError
 /// Control connections served at once (or the client slots plus 64, if
 /// more); more are refused with an error line.
 pub(super) const MAX_CTL_CONNS: usize = 256;
-/// Bytes of replies a control connection may leave unread; past it the
-/// connection is dropped.
+/// Bytes of replies a control connection may leave unread (one reply is
+/// always taken whole); past it the connection is dropped.
 pub(super) const CTL_OUT_MAX: usize = 1 << 20;
 /// How long replies may stay unread before the connection is dropped.
 pub(super) const CTL_OUT_TIMEOUT: Duration = Duration::from_secs(5);

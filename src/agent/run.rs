@@ -159,10 +159,16 @@ impl Agent {
             self.transport
                 .tick(&self.poller, now, &mut self.inflow, &mut self.events);
             self.expire_orphans(now);
+            // Each link's share of what unread streams may hold together.
+            let up = self.peers.iter().filter(|p| p.state().connected()).count();
+            let share = crate::transport::RX_BUFFERS_MAX / up.max(1);
             let released: usize = self
                 .inflow
                 .iter_mut()
-                .map(|rx| rx.release_idle(now, RX_IDLE))
+                .map(|rx| {
+                    rx.set_high_water(share);
+                    rx.release_idle(now, RX_IDLE)
+                })
                 .sum();
             if released > 0 {
                 // Hand the idle links' read buffers back on the next sleep.

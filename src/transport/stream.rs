@@ -16,8 +16,16 @@ use crate::shm::Pool;
 use crate::wire::FrameReader;
 
 /// Stop moving a link's bytes into its frame reader beyond this much unread
-/// (the agent is not reading: a full ring holds it back).
+/// (the agent is not reading: a full ring holds it back), at most: the agent
+/// lowers it when many links are up ([`LinkRx::set_high_water`]).
 pub const RX_HIGH_WATER: usize = 8 << 20;
+/// What all links' frame readers may hold unread together: each link's high
+/// water is this divided among the links up, between [`RX_HIGH_WATER_MIN`]
+/// and [`RX_HIGH_WATER`]. (With 8 MiB per link, an incast from 4,096 nodes
+/// could make the agent hold 32 GiB.)
+pub const RX_BUFFERS_MAX: usize = 256 << 20;
+/// The lowest high water of a link: room for a few of the largest frames.
+pub const RX_HIGH_WATER_MIN: usize = 256 << 10;
 
 /// The first read of a link that holds no buffer offers this much; a read
 /// that fills what it was offered doubles the next one, up to
@@ -69,6 +77,8 @@ pub struct LinkRx {
     last_rx: Option<Instant>,
     /// What the next read offers (0: [`READ_MIN`]).
     read_size: usize,
+    /// Unread bytes past which reading stops (0: [`RX_HIGH_WATER`]).
+    high: usize,
 }
 
 impl LinkRx {
@@ -80,7 +90,22 @@ impl LinkRx {
             steer: None,
             last_rx: Some(now),
             read_size: 0,
+            high: self.high,
         };
+    }
+
+    /// Stop reading past `bytes` unread (the agent's share of
+    /// [`RX_BUFFERS_MAX`] for this link).
+    pub fn set_high_water(&mut self, bytes: usize) {
+        self.high = bytes.clamp(RX_HIGH_WATER_MIN, RX_HIGH_WATER);
+    }
+
+    fn high_water(&self) -> usize {
+        if self.high == 0 {
+            RX_HIGH_WATER
+        } else {
+            self.high
+        }
     }
 
     /// Shrink the read buffer to [`READ_MIN`] if the peer sent nothing for
@@ -102,12 +127,12 @@ impl LinkRx {
 
     /// Whether too much is buffered to take more.
     pub fn full(&self) -> bool {
-        self.reader.buffered() >= RX_HIGH_WATER
+        self.reader.buffered() >= self.high_water()
     }
 
     /// Whether the agent read enough of it for a paused reading to resume.
     pub fn drained(&self) -> bool {
-        self.reader.buffered() < RX_HIGH_WATER / 2
+        self.reader.buffered() < self.high_water() / 2
     }
 
     /// The peer sent something now (or: count it as alive, the agent is
@@ -341,5 +366,23 @@ mod tests {
             !rx.fill_from(b.as_raw_fd(), &pool, 1 << 20, now).unwrap(),
             "closed"
         );
+    }
+
+    #[test]
+    fn the_high_water_is_the_agents_share_within_bounds() {
+        let mut rx = LinkRx::default();
+        assert!(!rx.full());
+        rx.set_high_water(1);
+        assert_eq!(rx.high_water(), RX_HIGH_WATER_MIN);
+        rx.set_high_water(usize::MAX);
+        assert_eq!(rx.high_water(), RX_HIGH_WATER);
+        rx.set_high_water(300 << 10);
+        let spare = rx.reader.spare(300 << 10);
+        let n = spare.len();
+        rx.reader.filled(n, 300 << 10);
+        assert!(rx.full() && !rx.drained());
+        // A new link keeps the share.
+        rx.reset(FrameReader::new(), Instant::now());
+        assert_eq!(rx.high_water(), 300 << 10);
     }
 }
