@@ -97,6 +97,30 @@ struct InfoArgs {
     agent: AgentArgs,
 }
 
+/// A one-request subcommand (`connect`, `break-link`) on the agent found as
+/// every client subcommand finds it; errors said as `wyvern CMD: ...`.
+fn on_agent(
+    cmd: &str,
+    socket: Option<PathBuf>,
+    node_id: Option<u32>,
+    f: impl FnOnce(&std::path::Path) -> Result<(), wyvern::client::Error>,
+) -> ExitCode {
+    let (path, named) = match launch_cli::client_socket(socket.as_deref(), node_id) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("wyvern {cmd}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match f(&path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wyvern {cmd}: {}", stat_cli::client_error(&e, named));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `wyvern ping` / `wyvern bw`: the local agent's socket found as every client
 /// subcommand finds it (`--socket`, `WYVERN_SOCKET`, the Slurm job's, the
 /// default of `--node-id`).
@@ -157,57 +181,23 @@ fn main() -> ExitCode {
             socket,
             node_id,
             peer,
-        } => {
-            let (path, named) = match launch_cli::client_socket(socket.as_deref(), node_id) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("wyvern connect: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match wyvern::client::connect_peers(&path, peer) {
-                Ok(()) => {
-                    match peer {
-                        Some(j) => {
-                            println!("connecting to node {j} (wyvern stat shows when it is up)")
-                        }
-                        None => println!(
-                            "connecting to every peer (wyvern wait returns once all are up)"
-                        ),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("wyvern connect: {}", stat_cli::client_error(&e, named));
-                    ExitCode::FAILURE
-                }
+        } => on_agent("connect", socket, node_id, |path| {
+            wyvern::client::connect_peers(path, peer)?;
+            match peer {
+                Some(j) => println!("connecting to node {j} (wyvern stat shows when it is up)"),
+                None => println!("connecting to every peer (wyvern wait returns once all are up)"),
             }
-        }
+            Ok(())
+        }),
         Cmd::BreakLink {
             socket,
             node_id,
             peer,
-        } => {
-            let (path, named) = match launch_cli::client_socket(socket.as_deref(), node_id) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("wyvern break-link: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match wyvern::client::break_link(&path, peer) {
-                Ok(()) => {
-                    println!(
-                        "connection to node {peer} broken; it resumes when the peers reconnect"
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("wyvern break-link: {}", stat_cli::client_error(&e, named));
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => on_agent("break-link", socket, node_id, |path| {
+            wyvern::client::break_link(path, peer)?;
+            println!("connection to node {peer} broken; it resumes when the peers reconnect");
+            Ok(())
+        }),
     }
 }
 

@@ -199,15 +199,33 @@ fn on_demand_links_are_made_by_the_first_message_between_that_pair_only() {
     assert_eq!(up_at(&c, 1), vec![2]);
     assert_eq!(up_at(&c, 2), vec![1]);
     assert_eq!(state(&c, 0, 1), "idle");
-    // Asked, agent 1 connects to the rest of its peers (the others follow).
-    wyvern::client::connect_peers(c.socket(1), None).unwrap();
+    // Asked (`wyvern connect`), agent 1 connects to the rest of its peers.
+    let out = std::process::Command::new(common::WYVERN)
+        .arg("connect")
+        .arg("--socket")
+        .arg(c.socket(1))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("connecting to every peer"),
+        "{out:?}"
+    );
     for j in [0, 3] {
         wait_state(&c, 1, j, "up");
         wait_state(&c, j, 1, "up");
     }
     assert_eq!(state(&c, 0, 2), "idle", "only agent 1 was asked");
-    let e = wyvern::client::connect_peers(c.socket(1), Some(9)).unwrap_err();
-    assert!(e.to_string().contains("no node 9"), "{e}");
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["connect", "--peer", "9", "--socket"])
+        .arg(c.socket(1))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no node 9: the job has 4"),
+        "{err}"
+    );
     // Node 3 restarts: node 0, which talked to it, reconnects; the new node 3
     // wanted nothing yet and was made no link but that one.
     c.kill_agent(3);
