@@ -435,7 +435,7 @@ pub struct DatagramTransport<I: PacketIo> {
     pool: Arc<Pool>,
     cfg: reliable::Config,
     links: Links,
-    /// On-demand links ([`Transport::on_demand`]): `Hello`s go only to the
+    /// On-demand links ([`Transport::want`]): `Hello`s go only to the
     /// peers wanted (every peer's are answered). Otherwise to every peer.
     on_demand: bool,
     wanted: Vec<bool>,

@@ -29,8 +29,9 @@ pub const RX_HIGH_WATER_MIN: usize = 256 << 10;
 
 /// The first read of a link that holds no buffer offers this much; a read
 /// that fills what it was offered doubles the next one, up to
-/// [`READ_MAX`]. An idle link gives its buffer back ([`LinkRx::release_idle`]):
-/// a busy link reads 256 KiB at a time, an idle one holds none.
+/// [`READ_MAX`]. An idle link shrinks its buffer back to this
+/// ([`LinkRx::release_idle`]): a busy link reads 256 KiB at a time, an idle
+/// one holds 16 KiB, one never heard from none.
 const READ_MIN: usize = 16 * 1024;
 /// The largest read offered (see [`READ_MIN`]).
 const READ_MAX: usize = 256 * 1024;

@@ -334,7 +334,7 @@ pub struct TcpTransport {
     /// Dials under way.
     dials: usize,
     next_dial: Vec<Instant>,
-    /// On-demand links ([`Transport::on_demand`]): only the peers wanted
+    /// On-demand links ([`Transport::want`]): only the peers wanted
     /// (since when) are dialed. Otherwise the higher node id dials every
     /// lower one from the start.
     on_demand: bool,
