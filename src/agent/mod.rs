@@ -177,7 +177,15 @@ struct AgentCounters {
 }
 
 /// Where a poll round finds work (the keys of `busy_rounds` in `wyvern stat`).
-const BUSY_SOURCES: [&str; 6] = ["clients", "links_tx", "transport", "events", "parked", "rx"];
+const BUSY_SOURCES: [&str; 7] = [
+    "clients",
+    "links_tx",
+    "transport",
+    "events",
+    "parked",
+    "rx",
+    "control",
+];
 
 /// The agent.
 pub struct Agent {

@@ -141,7 +141,7 @@ impl Agent {
             }
         };
         for ev in &r.events[..n] {
-            why |= (self.on_event(ev.data()) as u8) << 3;
+            why |= self.on_event(ev.data());
         }
         why |= (self.drain_parked() as u8) << 4;
         why |= (self.process_rx() as u8) << 5;
@@ -272,8 +272,12 @@ impl Agent {
         self.peers.iter().any(|p| p.batch_since.is_some()) || self.clients.any_work(remote)
     }
 
-    /// A descriptor of ours is ready.
-    fn on_event(&mut self, t: u64) -> bool {
+    /// A descriptor of ours is ready; returns the [`BUSY_SOURCES`] bit it
+    /// counts under: a peer link's (`events`) or the control socket's and
+    /// the clients' bells (`control`).
+    ///
+    /// [`BUSY_SOURCES`]: super::BUSY_SOURCES
+    fn on_event(&mut self, t: u64) -> u8 {
         if let Some((sub, token)) = self.poller.owns(t) {
             self.transport.on_ready(
                 sub,
@@ -284,7 +288,7 @@ impl Agent {
                 &mut self.events,
             );
             self.link_events();
-            return true;
+            return 1 << 3;
         }
         let (kind, idx) = (t >> 32, (t & 0xFFFF_FFFF) as usize);
         match kind {
@@ -296,7 +300,7 @@ impl Agent {
             T_BELL => self.drain_bell(idx),
             _ => {}
         }
-        true
+        1 << 6
     }
 
     /// Act on what the transport reported.

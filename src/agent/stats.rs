@@ -117,9 +117,10 @@ pub struct Snapshot {
     pub preempted: u64,
     /// Rounds that found work, by where they found it (`clients`: client
     /// submissions; `links_tx`: frames or chunks written to peers;
-    /// `transport`: the transport's own polling; `events`: ready
-    /// descriptors; `parked`: held messages delivered; `rx`: received frames
-    /// processed). An adaptive agent sleeps only after rounds without work:
+    /// `transport`: the transport's own polling; `events`: a peer link's
+    /// descriptor ready; `parked`: held messages delivered; `rx`: received
+    /// frames processed; `control`: the control socket, a client's bell or
+    /// the agent's doorbell ready). An adaptive agent sleeps only after rounds without work:
     /// these say what kept it awake.
     #[serde(default)]
     pub busy_rounds: std::collections::BTreeMap<String, u64>,
