@@ -59,3 +59,41 @@ fn a_spinning_agent_on_a_shared_core_says_so_and_yields() {
 fn counter_top(s: &serde_json::Value, k: &str) -> u64 {
     s[k].as_u64().unwrap_or(0)
 }
+
+/// An adaptive agent whose clients rang its bell (they do when it sleeps and
+/// they submit) sleeps again once idle. The bells' epoll events went to the
+/// transport (a kind inside its range), which took them for its listener and
+/// never drained them: readable for ever, the agent never slept again, at
+/// full CPU with nothing to do.
+#[test]
+fn an_adaptive_agent_sleeps_again_after_its_clients_rang() {
+    use wyvern::client::{Client, Mode};
+    let c = Cluster::start(2, &[]);
+    let pid = c.agents[0].as_ref().unwrap().pid();
+    let cl = Client::attach(c.socket(0), "ringer").unwrap();
+    let ep = cl.open_endpoint(None).unwrap();
+    let me = ep.id();
+    // Sends with pauses, so that the agent sleeps in between and each
+    // submission rings its bell.
+    for i in 0..20u8 {
+        std::thread::sleep(Duration::from_millis(20));
+        ep.send(0, me, &[i], Mode::Buffered, Duration::from_secs(5))
+            .unwrap();
+        ep.recv(Duration::from_secs(5)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (s0, cpu0) = (c.stat(0), procfs::cpu_secs(pid));
+    std::thread::sleep(Duration::from_secs(1));
+    let (s1, cpu1) = (c.stat(0), procfs::cpu_secs(pid));
+    let sleeps = s1["sleeps"].as_u64().unwrap() - s0["sleeps"].as_u64().unwrap();
+    let share = cpu1 - cpu0;
+    assert!(
+        sleeps >= 50 && share < 0.3,
+        "idle for 1 s after its client rang: {sleeps} sleeps, {:.0} % CPU; busy rounds {} -> {}",
+        share * 100.0,
+        s0["busy_rounds"],
+        s1["busy_rounds"]
+    );
+    drop(ep);
+    drop(cl);
+}

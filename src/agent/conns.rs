@@ -22,9 +22,21 @@ use super::AgentError;
 pub(super) const T_CTL_LISTEN: u64 = 1;
 pub(super) const T_CTL_CONN: u64 = 2;
 pub(super) const T_DOORBELL: u64 = 3;
-pub(super) const T_TRANSPORT: u64 = 4;
 /// A client's bell (index: its slot).
-pub(super) const T_BELL: u64 = 5;
+pub(super) const T_BELL: u64 = 4;
+/// The transport's kinds: this and the next [`crate::transport::MAX_SUB`]
+/// (one per back end), so it comes after every kind of the agent's own. (It
+/// was 4 with the bells at 5: every bell's event went to the transport as
+/// back end 1, which took it for its listener, and the bell was never
+/// drained: readable for ever, an adaptive agent whose client had rung once
+/// never slept again.)
+pub(super) const T_TRANSPORT: u64 = 5;
+const _: () = assert!(
+    T_CTL_LISTEN < T_TRANSPORT
+        && T_CTL_CONN < T_TRANSPORT
+        && T_DOORBELL < T_TRANSPORT
+        && T_BELL < T_TRANSPORT
+);
 
 /// The epoll token of a descriptor of the agent's own.
 pub(super) fn token(kind: u64, idx: usize) -> u64 {
