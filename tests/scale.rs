@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::procfs::{rss_anon, rss_kib};
 use common::scenarios::{self, Mode, Traffic};
-use common::Cluster;
+use common::{check, Cluster};
 use serde_json::Value;
 
 /// A link's read buffer once idle (`READ_MIN` in src/transport/stream.rs).
@@ -31,13 +31,7 @@ fn on_demand(n: usize) -> Cluster {
 /// Peer `j`'s state at agent `i`.
 fn state(c: &Cluster, i: usize, j: usize) -> String {
     let s = c.stat(i);
-    s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == j as u64)
-        .map(|p| p["state"].as_str().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no peer {j} at agent {i}: {s}"))
+    check::peer(&s, j)["state"].as_str().unwrap().to_string()
 }
 
 /// The nodes agent `i` has a link up with.
@@ -63,16 +57,6 @@ fn wait_state(c: &Cluster, i: usize, j: usize, want: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Whether every agent sees every peer up.
-#[allow(dead_code)]
-fn all_links_up(c: &Cluster, n: usize) -> bool {
-    (0..n).all(|i| {
-        let s = c.stat(i);
-        let ps = s["peers"].as_array().unwrap();
-        ps.len() == n - 1 && ps.iter().all(|p| p["state"] == "up")
-    })
 }
 
 fn rx_buffers(s: &Value) -> Vec<u64> {
