@@ -428,7 +428,7 @@ impl Agent {
                 for b in self.transport.close(&self.poller, node, Close::Fault) {
                     self.blocks.free(b, Owner::Agent);
                 }
-                if self.transport.last_tx(node).is_some() {
+                if self.transport.link(node).last_tx.is_some() {
                     // A fault from below (verbs): the transport reports the
                     // link down once it finds it.
                     self.reply(idx, &CtlReply::Ok, Vec::new());
@@ -458,7 +458,7 @@ impl Agent {
                 } else {
                     p.counters.msgs_tx as f64 / p.counters.frames_tx as f64
                 },
-                queued_bytes: self.transport.queued(p.node) as u64,
+                queued_bytes: self.transport.link(p.node).queued as u64,
                 unacked_bytes: p.unacked_bytes() as u64,
                 rx_buffer_bytes: self.inflow[p.node as usize].reader.capacity() as u64,
                 counters: p.counters.clone(),

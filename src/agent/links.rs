@@ -39,7 +39,7 @@ impl Agent {
         for j in 0..self.peers.len() {
             let node = j as u32;
             let state = self.peers[j].state().clone();
-            if state == PeerState::Resuming && self.transport.queued(node) > 0 {
+            if state == PeerState::Resuming && self.transport.link(node).queued > 0 {
                 // Handshake frames only: data waits for the peer's Resume.
                 work = true;
                 self.transport
@@ -56,17 +56,17 @@ impl Agent {
             }
             // Cut large messages into chunks while the link has room.
             while !self.peers[j].large.is_empty()
-                && self.transport.queued(node) < limit
+                && self.transport.link(node).queued < limit
                 && self.peers[j].unacked_bytes() < retain
             {
                 self.send_chunk(j);
                 work = true;
             }
-            let before = self.transport.queued(node);
+            let before = self.transport.link(node).queued;
             if before > 0 {
                 self.transport
                     .flush(node, &self.pool, &mut self.freed, &mut self.events);
-                let after = self.transport.queued(node);
+                let after = self.transport.link(node).queued;
                 let p = &mut self.peers[j];
                 if after < before {
                     p.tx_stuck_since = None;
@@ -278,7 +278,7 @@ impl Agent {
                 self.inflow[j].heard(now);
             }
             let (Some(last_tx), Some(last_rx)) =
-                (self.transport.last_tx(node), self.inflow[j].last_rx())
+                (self.transport.link(node).last_tx, self.inflow[j].last_rx())
             else {
                 continue;
             };
@@ -286,7 +286,9 @@ impl Agent {
                 self.peer_lost(j, &why, true);
                 continue;
             }
-            if now.duration_since(last_tx) > timing.heartbeat && self.transport.queued(node) == 0 {
+            if now.duration_since(last_tx) > timing.heartbeat
+                && self.transport.link(node).queued == 0
+            {
                 self.push_control(j, FrameKind::Heartbeat, &[]);
             }
         }

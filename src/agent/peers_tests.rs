@@ -2,7 +2,7 @@
 //! session, driven with made-up time and a link that only records.
 
 use super::*;
-use crate::transport::{Close, Inflow, LinkEvent, Poller};
+use crate::transport::{Close, Inflow, LinkEvent, LinkView, Poller};
 
 /// A link that only records what is queued on it.
 #[derive(Default)]
@@ -33,12 +33,9 @@ impl Transport for Recorder {
             self.pushed.push(buf.to_vec());
         }
     }
-    fn queued(&self, _: u32) -> usize {
-        0
-    }
     fn flush(&mut self, _: u32, _: &crate::shm::Pool, _: &mut Vec<u64>, _: &mut Vec<LinkEvent>) {}
-    fn last_tx(&self, _: u32) -> Option<Instant> {
-        None
+    fn link(&self, _: u32) -> LinkView {
+        LinkView::default()
     }
     fn close(&mut self, _: &Poller, _: u32, _: Close) -> Vec<u64> {
         Vec::new()

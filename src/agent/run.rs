@@ -348,12 +348,12 @@ impl Agent {
         log::info!("agent stopping: saying goodbye to peers");
         let bye = control_frame(FrameKind::Bye, self.cfg.node_id, &[]);
         for j in 0..self.peers.len() as u32 {
-            if self.transport.last_tx(j).is_none() {
+            if self.transport.link(j).last_tx.is_none() {
                 continue;
             }
             self.transport.push(j, Out::bytes(bye.clone()));
             let deadline = Instant::now() + Duration::from_millis(200);
-            while self.transport.queued(j) > 0 && Instant::now() < deadline {
+            while self.transport.link(j).queued > 0 && Instant::now() < deadline {
                 self.transport
                     .flush(j, &self.pool, &mut self.freed, &mut self.events);
                 std::thread::sleep(Duration::from_millis(1));

@@ -67,7 +67,7 @@ impl Agent {
         let bound = self
             .retain_limit()
             .saturating_add(self.cfg.peer_queue_bytes.saturating_mul(2));
-        self.transport.queued(j as u32) >= bound
+        self.transport.link(j as u32).queued >= bound
     }
 
     pub(super) fn process_rx(&mut self) -> bool {

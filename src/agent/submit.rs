@@ -227,7 +227,7 @@ impl Agent {
             | PeerState::Disconnected(..)
             | PeerState::Up => {
                 if peer.state() != &PeerState::Up
-                    || self.transport.queued(s.dst_node) >= self.cfg.peer_queue_bytes
+                    || self.transport.link(s.dst_node).queued >= self.cfg.peer_queue_bytes
                     || peer.unacked_bytes() >= self.retain_limit()
                 {
                     return Handled::Stall;

@@ -61,7 +61,7 @@ use crate::wire::{FrameReader, Hello};
 
 use super::stream::Inflow;
 
-use super::{Close, LinkEvent, Out, Poller, Transport, TransportStats};
+use super::{Close, LinkEvent, LinkView, Out, Poller, Transport, TransportStats};
 
 /// How often a link that is not up says `Hello`.
 const HELLO_EVERY: Duration = Duration::from_millis(100);
@@ -1148,10 +1148,6 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         }
     }
 
-    fn queued(&self, node: u32) -> usize {
-        self.links.get(node as usize).map_or(0, |l| l.queued)
-    }
-
     fn flush(
         &mut self,
         node: u32,
@@ -1167,11 +1163,12 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         self.io.flush();
     }
 
-    fn last_tx(&self, node: u32) -> Option<Instant> {
-        self.links
-            .get(node as usize)
-            .filter(|l| l.up)
-            .map(|l| l.last_tx)
+    fn link(&self, node: u32) -> LinkView {
+        let l = self.links.get(node as usize);
+        LinkView {
+            last_tx: l.filter(|l| l.up).map(|l| l.last_tx),
+            queued: l.map_or(0, |l| l.queued),
+        }
     }
 
     fn before_sleep(&mut self, poller: &Poller) -> bool {

@@ -235,6 +235,17 @@ pub struct TransportStats {
     pub info: Vec<(&'static str, String)>,
 }
 
+/// The state of one link as the agent sees it ([`Transport::link`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkView {
+    /// `Some` while the link is up (frames can flow): when something was
+    /// last written to it.
+    pub last_tx: Option<Instant>,
+    /// Bytes queued for the peer and not yet written (a transport may add
+    /// one to make the agent call [`Transport::flush`] for other work).
+    pub queued: usize,
+}
+
 /// A way to move frames between this agent and its peers.
 ///
 /// Drive it from one thread: feed readiness ([`Transport::on_ready`]) and
@@ -278,15 +289,13 @@ pub trait Transport {
     }
     /// Queue an item for `node` (dropped when the link is not up).
     fn push(&mut self, node: u32, item: Out);
-    /// Bytes queued for `node`.
-    fn queued(&self, node: u32) -> usize;
     /// Write what can be written to `node`; blocks whose last byte went out
     /// are appended to `freed`. An error means the link is broken: it is
     /// closed and a `Down` event reported.
     fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>);
-    /// Whether a link to `node` is up (frames can flow), and when something
-    /// was last written to it.
-    fn last_tx(&self, node: u32) -> Option<Instant>;
+    /// What the agent may know of the link to `node`: whether it is up
+    /// and when something was last written to it, and the bytes queued.
+    fn link(&self, node: u32) -> LinkView;
     /// On-demand links. `None`: from now on make links only to the peers
     /// wanted; returns whether this transport can (one that cannot links to
     /// every peer from the start and ignores wants). `Some(node)`: the agent

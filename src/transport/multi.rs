@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::tcp::TcpTransport;
-use super::{Close, Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats};
+use super::{Close, Inflow, LinkEvent, LinkRx, LinkView, Out, Poller, Transport, TransportStats};
 use crate::shm::Pool;
 use crate::wire::{caps, Hello};
 
@@ -262,7 +262,8 @@ impl Multi {
                         // A new TCP connection is a new link when TCP carries
                         // the data; under another back end's link that is up
                         // already, only a first decision or a move is news.
-                        if r == 0 || (moved && self.backs[r].transport.last_tx(node).is_some()) {
+                        if r == 0 || (moved && self.backs[r].transport.link(node).last_tx.is_some())
+                        {
                             self.to_place.push(node);
                             events.push(LinkEvent::Up { node });
                         }
@@ -332,8 +333,8 @@ impl Multi {
             let node = j as u32;
             let stuck = self.decided[j]
                 && r != 0
-                && self.backs[0].transport.last_tx(node).is_some()
-                && self.backs[r].transport.last_tx(node).is_none();
+                && self.backs[0].transport.link(node).last_tx.is_some()
+                && self.backs[r].transport.link(node).last_tx.is_none();
             if !stuck {
                 self.waiting[j] = None;
                 continue;
@@ -501,7 +502,7 @@ impl Transport for Multi {
         // The agent flushes the links it uses; the control connections under
         // links carried elsewhere (their `Hello`s) are flushed here.
         for node in 0..self.route.len() as u32 {
-            if self.route[node as usize] != 0 && self.backs[0].transport.queued(node) > 0 {
+            if self.route[node as usize] != 0 && self.backs[0].transport.link(node).queued > 0 {
                 let mut freed = Vec::new();
                 let pool = self.pool.clone();
                 self.on_tx(0, events, |b, evs| {
@@ -522,10 +523,6 @@ impl Transport for Multi {
         self.backs[r].transport.push(node, item)
     }
 
-    fn queued(&self, node: u32) -> usize {
-        self.back(node).queued(node)
-    }
-
     fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>) {
         freed.append(&mut self.orphans);
         let r = self.route[node as usize];
@@ -534,10 +531,12 @@ impl Transport for Multi {
         });
     }
 
-    fn last_tx(&self, node: u32) -> Option<Instant> {
-        self.back(node)
-            .last_tx(node)
-            .filter(|_| self.decided[node as usize])
+    fn link(&self, node: u32) -> LinkView {
+        let l = self.back(node).link(node);
+        LinkView {
+            last_tx: l.last_tx.filter(|_| self.decided[node as usize]),
+            queued: l.queued,
+        }
     }
 
     fn stats(&self) -> TransportStats {

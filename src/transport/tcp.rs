@@ -40,7 +40,9 @@ use crate::wire::{
     control_frame, FrameHeader, FrameKind, FrameReader, Hello, FRAME_HEADER, HANDSHAKE_BODY_MAX,
 };
 
-use super::{Close, Inflow, LinkEvent, LinkRx, Out, Poller, Transport, TransportStats, WarnSpell};
+use super::{
+    Close, Inflow, LinkEvent, LinkRx, LinkView, Out, Poller, Transport, TransportStats, WarnSpell,
+};
 
 /// Read at most this much from one socket per poll round (fairness).
 const RX_PER_ROUND: usize = 1 << 20;
@@ -920,13 +922,6 @@ impl Transport for TcpTransport {
         }
     }
 
-    fn queued(&self, node: u32) -> usize {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .map_or(0, |l| l.queued())
-    }
-
     fn flush(&mut self, node: u32, pool: &Pool, freed: &mut Vec<u64>, events: &mut Vec<LinkEvent>) {
         let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
             return;
@@ -953,8 +948,12 @@ impl Transport for TcpTransport {
         }
     }
 
-    fn last_tx(&self, node: u32) -> Option<Instant> {
-        self.links.get(node as usize)?.as_ref().map(|l| l.last_tx)
+    fn link(&self, node: u32) -> LinkView {
+        let l = self.links.get(node as usize).and_then(|l| l.as_ref());
+        LinkView {
+            last_tx: l.map(|l| l.last_tx),
+            queued: l.map_or(0, |l| l.queued()),
+        }
     }
 
     /// Watch again the links paused while their stream was full, once the

@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
 use crate::transport::{
-    Close, Inflow, LinkEvent, Out, Poller, Transport, TransportStats, WarnSpell,
+    Close, Inflow, LinkEvent, LinkView, Out, Poller, Transport, TransportStats, WarnSpell,
 };
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
@@ -1803,7 +1803,7 @@ impl VerbsTransport {
                     // "Last WQE reached": a QP attached to the shared receive queue
                     // entered the error state (on its own, or forced by us - then
                     // the link is already broken and this does nothing).
-                    if ev.is_qp_last_wqe() && self.last_tx(n).is_some() {
+                    if ev.is_qp_last_wqe() && self.link(n).last_tx.is_some() {
                         self.stats.qp_errors_found += 1;
                     }
                     self.fail(n, format!("asynchronous event: {}", ev.name), events);
@@ -2045,15 +2045,6 @@ impl Transport for VerbsTransport {
         }
     }
 
-    /// Bytes queued; plus one while freed blocks wait to be reported, so that the
-    /// agent calls [`Transport::flush`] (where they are).
-    fn queued(&self, node: u32) -> usize {
-        self.links
-            .get(node as usize)
-            .and_then(|l| l.as_ref())
-            .map_or(0, |l| l.queued + usize::from(!l.freed.is_empty()))
-    }
-
     fn flush(
         &mut self,
         node: u32,
@@ -2068,12 +2059,14 @@ impl Transport for VerbsTransport {
         }
     }
 
-    fn last_tx(&self, node: u32) -> Option<Instant> {
-        self.links
-            .get(node as usize)?
-            .as_ref()
-            .filter(|l| l.phase == Phase::Up)
-            .map(|l| l.last_tx)
+    /// Bytes queued count one more while freed blocks wait to be reported,
+    /// so that the agent calls [`Transport::flush`] (where they are).
+    fn link(&self, node: u32) -> LinkView {
+        let l = self.links.get(node as usize).and_then(|l| l.as_ref());
+        LinkView {
+            last_tx: l.filter(|l| l.phase == Phase::Up).map(|l| l.last_tx),
+            queued: l.map_or(0, |l| l.queued + usize::from(!l.freed.is_empty())),
+        }
     }
 
     fn stats(&self) -> TransportStats {
