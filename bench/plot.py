@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """Plots and a Markdown table from bench/run.sh sweep's CSV.
 
-    plot.py bench/results/sweep.csv bench/results
+    plot.py bench/results/sweep.csv bench/results [--stamp "git 585bf46, 2026-11-28"]
 
 CSV columns: metric (latency_us, rate_msgs, rate4_msgs, frames_s), size,
 system, runs, median, secs (each run's wall time), note. Writes
 
-    latency.png  half round trip p50 vs message size
-    rate.png     one-to-one message rate vs size
-    rate4.png    four-to-one message rate vs size (peers: 4 pairs, summed)
+    latency.png    half round trip p50 vs message size
+    rate.png       one-to-one message rate vs size
+    rate4.png      four-to-one message rate vs size (peers: 4 pairs, summed)
+    bandwidth.png  one-to-one bandwidth (rate x size, MB/s) vs size
+
+Every legend entry says which transport the system ran on (the peers were
+forced to tcp on loopback), and every figure carries the stamp (the commit and
+date the data was measured at; bench/run.sh passes them) in its corner and in
+the PNG's metadata ("Description").
 
 each wyvern transport against every peer in the CSV (log-log axes), and
 sweep.md: one table per metric with the medians and wyvern-tcp ÷ each peer,
@@ -39,6 +45,29 @@ STYLE = {  # marker/line, colour
     "sockperf": ("D:", "tab:gray"),
     "iperf3": ("x:", "tab:red"),
 }
+# What each system ran on, in every legend (UCX and MPI were forced to tcp).
+ON = {
+    "wyvern-tcp": "tcp transport, loopback",
+    "wyvern-udp": "udp transport, own reliability, loopback",
+    "wyvern-dpdk": "dpdk transport, net_af_packet, one veth pair",
+    "ucx": "UCX_TLS=tcp, loopback",
+    "mpi": "ob1, tcp btl, loopback",
+    "sockperf": "kernel TCP, loopback",
+    "iperf3": "kernel TCP, loopback",
+}
+# The bandwidth plot: the 1 -> 1 rate times the message size.
+BANDWIDTH = (
+    "bandwidth.png",
+    "Bandwidth, 1 sender → 1 receiver (MB/s = msg/s × size)",
+    "MB/s (10⁶ bytes per second)",
+    "Bandwidth vs size, 1 → 1",
+    "higher",
+    {
+        "ucx": "UCX tag_bw",
+        "mpi": "Open MPI (mpi_rate.c, 1 pair)",
+        "iperf3": "iperf3 stream",
+    },
+)
 METRICS = {
     # metric: (png, table title, y label, plot title, better, legend labels)
     "latency_us": (
@@ -73,7 +102,7 @@ METRICS = {
         "higher",
         {
             "wyvern-tcp": "wyvern-tcp (4 senders → 1 receiver)",
-            "wyvern-dpdk": "wyvern-dpdk (4 senders → 1 receiver, veth pair)",
+            "wyvern-dpdk": "wyvern-dpdk (4 senders → 1 receiver)",
             "ucx": "UCX tag_bw × 4 pairs",
             "mpi": "Open MPI × 4 pairs (mpi_rate.c)",
         },
@@ -93,8 +122,31 @@ def ok(v):
     return v is not None and math.isfinite(v) and v > 0
 
 
+def legend(system, labels):
+    """The system's label and, in parentheses, what it ran on."""
+    name = labels.get(system, system)
+    on = ON.get(system)
+    if not on or on in name:
+        return name
+    return f"{name[:-1]}; {on})" if name.endswith(")") else f"{name} ({on})"
+
+
+def parse_args(argv):
+    args = [a for a in argv[1:]]
+    stamp = ""
+    if "--stamp" in args:
+        i = args.index("--stamp")
+        if i + 1 >= len(args):
+            sys.exit("plot.py: --stamp needs a value (e.g. \"git 585bf46, 2026-11-28\")")
+        stamp = args[i + 1]
+        del args[i : i + 2]
+    if len(args) != 2:
+        sys.exit("usage: plot.py SWEEP.csv OUT_DIR [--stamp 'git COMMIT, DATE']")
+    return args[0], args[1], stamp
+
+
 def main():
-    src, out = sys.argv[1], sys.argv[2]
+    src, out, stamp = parse_args(sys.argv)
     data = defaultdict(dict)  # (metric, system) -> {size: median}
     runs = defaultdict(dict)  # (metric, system) -> {size: "r1 r2 ..."}
     notes = defaultdict(list)  # metric -> ["system, size: note"]
@@ -111,10 +163,15 @@ def main():
             keep = [p.strip() for p in note.split(";") if p.strip().startswith(("measured at", "FAILED"))]
             if keep:
                 notes[metric].append(f"{system}, {human(size)}: " + "; ".join(keep))
-    sizes = sorted({z for (m, _), d in data.items() if m in METRICS for z in d})
+    for (m, system), d in list(data.items()):
+        if m == "rate_msgs":
+            data[("bandwidth_mbs", system)] = {z: v * z / 1e6 for z, v in d.items()}
+    metrics = dict(METRICS)
+    metrics["bandwidth_mbs"] = BANDWIDTH
+    sizes = sorted({z for (m, _), d in data.items() if m in metrics for z in d})
     written = []
     lines = []
-    for metric, (png, table_title, ylabel, title, better, labels) in METRICS.items():
+    for metric, (png, table_title, ylabel, title, better, labels) in metrics.items():
         systems = [s for s in ORDER if (metric, s) in data] + sorted(
             s for (m, s) in data if m == metric and s not in ORDER
         )
@@ -127,12 +184,12 @@ def main():
             if not xs:
                 continue
             fmt, colour = STYLE.get(s, (".-", None))
-            ax.plot(xs, [d[x] for x in xs], fmt, color=colour, label=labels.get(s, s))
+            ax.plot(xs, [d[x] for x in xs], fmt, color=colour, label=legend(s, labels))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         # plain numbers (3, 40, 2k, 1M) rather than 3×10⁰ on the log axis;
         # minor ticks labelled at 2 and 5 of each decade only
-        plain = mticker.EngFormatter(places=0, sep="") if metric != "latency_us" else None
+        plain = mticker.EngFormatter(places=0, sep="") if metric not in ("latency_us", "bandwidth_mbs") else None
 
         def label(v, _pos, plain=plain):
             return plain(v) if plain else f"{v:g}"
@@ -153,15 +210,18 @@ def main():
             where += "; dpdk: two namespaces, one veth pair"
         ax.set_title(f"{title} ({better} is better)\n{where}, 2-core VM", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+        if stamp:
+            fig.text(0.995, 0.005, stamp, ha="right", va="bottom", fontsize=7, color="dimgray")
         fig.tight_layout()
-        fig.savefig(f"{out}/{png}")
+        fig.savefig(f"{out}/{png}", metadata={"Description": f"{title}; {stamp}" if stamp else title})
         plt.close(fig)
         written.append(png)
 
         peers = [s for s in systems if not s.startswith("wyvern")]
         head = ["size"] + systems + [f"{WYVERN} ÷ {p}" for p in peers]
-        lines.append(f"**{table_title}**: {better} is better; medians, every run in the CSV")
+        lines.append(f"**{table_title}**: {better} is better; medians, every run in the CSV"
+                     + (f" ({stamp})" if stamp else ""))
         lines.append("")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -169,7 +229,7 @@ def main():
             row = [human(z)]
             for s in systems:
                 v = data[(metric, s)].get(z)
-                row.append("—" if not ok(v) else (f"{v:.2f}" if metric == "latency_us" else f"{v:,.0f}"))
+                row.append("—" if not ok(v) else (f"{v:,.2f}" if metric in ("latency_us", "bandwidth_mbs") else f"{v:,.0f}"))
             w = data.get((metric, WYVERN), {}).get(z)
             for p in peers:
                 v = data[(metric, p)].get(z)
@@ -214,6 +274,9 @@ def main():
             lines.append(f"* {n}")
         if notes.get("frames_s"):
             lines.append("")
+    shown = [s for s in ORDER if any(sy == s for (_, sy) in data)]
+    lines.append("What each system ran on: " + "; ".join(f"{s}: {ON[s]}" for s in shown) + ".")
+    lines.append("")
     lines.append(" ".join(f"![{p[:-4]}]({p})" for p in written))
     with open(f"{out}/sweep.md", "w") as f:
         f.write("\n".join(lines) + "\n")

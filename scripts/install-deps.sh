@@ -15,7 +15,8 @@
 #   test    - what scripts/test.sh needs besides a build: iproute2 procps util-linux
 #             (namespaces, setpriv), slurm-wlm munge (tests/slurm.rs runs a real two-node
 #             Slurm through scripts/slurm-local.sh), python3 python3-venv
-#             (scripts/test-python.sh; pip then installs numpy pytest cffi), and the
+#             (scripts/test-python.sh; pip then installs numpy pytest cffi), python3-matplotlib
+#             (bench/plot.py, which tests/scripts.rs runs), and the
 #             Soft-RoCE VM of scripts/rxe-vm.sh: qemu-system-x86 linux-image-amd64 (a 6.1
 #             kernel for the VM, installed beside the running one, which stays untouched)
 #             busybox-static cpio kmod rdma-core ibverbs-providers ibverbs-utils perftest
@@ -33,7 +34,7 @@ die() { printf '[wyvern setup] ERROR: %s\n' "$*" >&2; exit "${2:-1}"; }
 
 runtime_pkgs=(rdma-core libibverbs1 librdmacm1 ibverbs-providers libnuma1 dpdk)
 build_pkgs=(pkg-config build-essential clang libclang-dev libdpdk-dev dpdk-dev libibverbs-dev librdmacm-dev)
-test_pkgs=(iproute2 procps util-linux slurm-wlm munge python3 python3-venv
+test_pkgs=(iproute2 procps util-linux slurm-wlm munge python3 python3-venv python3-matplotlib
            qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
            rdma-core ibverbs-providers ibverbs-utils perftest)
 bench_pkgs=(sockperf iperf3 ucx-utils openmpi-bin libopenmpi-dev hyperfine)

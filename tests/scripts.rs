@@ -752,3 +752,117 @@ fn install_deps_sets_say_what_each_is_for() {
         assert!(t.contains(set), "--help lacks {set:?}: {t}");
     }
 }
+
+/// A PNG's text chunks (`tEXt`, and `iTXt` uncompressed, which matplotlib
+/// writes for text beyond Latin-1): keyword and text.
+fn png_texts(png: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut at = 8; // the signature
+    while at + 8 <= png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+        let kind = &png[at + 4..at + 8];
+        let body = &png[at + 8..(at + 8 + len).min(png.len())];
+        if let Some(z) = body.iter().position(|&b| b == 0) {
+            let key = String::from_utf8_lossy(&body[..z]).into_owned();
+            let rest = &body[z + 1..];
+            if kind == b"tEXt" {
+                out.push((key, String::from_utf8_lossy(rest).into_owned()));
+            } else if kind == b"iTXt" && rest.first() == Some(&0) {
+                // flag 0 (uncompressed), method, language\0, translated keyword\0, text
+                let text = rest[2..].splitn(3, |&b| b == 0).nth(2).unwrap_or_default();
+                out.push((key, String::from_utf8_lossy(text).into_owned()));
+            }
+        }
+        at += 12 + len;
+    }
+    out
+}
+
+/// `bench/plot.py` on a small sweep CSV: the four plots (bandwidth among them),
+/// each stamped with the commit and date it is given (in the figure and in the
+/// PNG's metadata), the bandwidth table computed from the 1 → 1 rate, and what
+/// each system ran on. Needs matplotlib (`python3-matplotlib`, installed by
+/// `scripts/install-deps.sh test`).
+#[test]
+fn plot_script_draws_every_figure_with_its_stamp_and_a_bandwidth_table() {
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "import matplotlib"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("no python3 with matplotlib: apt-get install python3-matplotlib (scripts/install-deps.sh test)");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("sweep.csv");
+    std::fs::write(
+        &csv,
+        "metric,size,system,runs,median,secs,note\n\
+         latency_us,8,wyvern-tcp,\"10 12 11\",11,\"1 1 1\",\"\"\n\
+         latency_us,8,ucx,\"5 5 5\",5,\"1 1 1\",\"\"\n\
+         latency_us,1048576,wyvern-tcp,\"500\",500,\"1\",\"\"\n\
+         latency_us,1048576,ucx,\"250\",250,\"1\",\"\"\n\
+         rate_msgs,8,wyvern-tcp,\"3000000\",3000000,\"1\",\"\"\n\
+         rate_msgs,8,ucx,\"200000\",200000,\"1\",\"\"\n\
+         rate_msgs,1048576,wyvern-tcp,\"2000\",2000,\"1\",\"\"\n\
+         rate_msgs,1048576,ucx,\"1000\",1000,\"1\",\"\"\n\
+         rate4_msgs,8,wyvern-tcp,\"3000000\",3000000,\"1\",\"\"\n\
+         rate4_msgs,8,mpi,\"500000\",500000,\"1\",\"\"\n",
+    )
+    .unwrap();
+    let stamp = "data: git abc1234, 2026-12-07 (test)";
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/plot.py");
+    let o = Command::new(python)
+        .arg(&script)
+        .arg(&csv)
+        .arg(dir.path())
+        .args(["--stamp", stamp])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "plot.py failed: {}", text(&o));
+    for png in ["latency", "rate", "rate4", "bandwidth"] {
+        let bytes = std::fs::read(dir.path().join(format!("{png}.png")))
+            .unwrap_or_else(|e| panic!("{png}.png not written: {e}; {}", text(&o)));
+        assert!(bytes.starts_with(b"\x89PNG"), "{png}.png is not a PNG");
+        let texts = png_texts(&bytes);
+        assert!(
+            texts
+                .iter()
+                .any(|(k, v)| k == "Description" && v.contains(stamp)),
+            "{png}.png does not carry the stamp: {texts:?}"
+        );
+    }
+    let md = std::fs::read_to_string(dir.path().join("sweep.md")).unwrap();
+    // 2,000 msgs/s of 1 MiB = 2,097.15 MB/s; 1,000 = 1,048.58; ratio 2.00×.
+    let bw = md
+        .lines()
+        .skip_while(|l| !l.starts_with("**Bandwidth"))
+        .find(|l| l.starts_with("| 1 MiB"))
+        .unwrap_or_else(|| panic!("no 1 MiB row in the bandwidth table:\n{md}"));
+    assert!(
+        bw.contains("2,097.15") && bw.contains("1,048.58") && bw.contains("2.00×"),
+        "bandwidth row: {bw}"
+    );
+    assert!(
+        md.contains(stamp),
+        "the tables do not say what data they show:\n{md}"
+    );
+    assert!(
+        md.contains("ucx: UCX_TLS=tcp") && md.contains("mpi: ob1, tcp btl"),
+        "sweep.md does not say what the peers ran on:\n{md}"
+    );
+    // A stamp flag without its value is a usage error, not a plot without one.
+    let o = Command::new(python)
+        .arg(&script)
+        .arg(&csv)
+        .arg(dir.path())
+        .arg("--stamp")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && text(&o).contains("--stamp needs a value"),
+        "{}",
+        text(&o)
+    );
+}
