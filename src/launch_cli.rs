@@ -104,7 +104,17 @@ fn plan(a: &LaunchArgs) -> Result<Plan, String> {
             entries.len()
         ));
     }
-    let socket = a.agent.socket.clone().unwrap_or_else(|| {
+    // The socket: the flag (or WYVERN_AGENT_SOCKET), else the configuration
+    // file's `socket` if it sets one (a site's file names the directory
+    // client containers mount), else the job's default path.
+    let from_file = a
+        .agent
+        .config
+        .as_ref()
+        .and_then(|p| wyvern::agent::config::AgentConfig::load(p).ok())
+        .map(|c| c.socket)
+        .filter(|s| *s != wyvern::agent::config::default_socket(0));
+    let socket = a.agent.socket.clone().or(from_file).unwrap_or_else(|| {
         launch::socket_path(slurm.as_ref().and_then(|s| s.job_id.as_deref()), node_id)
     });
     let from_slurm = a.agent.nodes.is_none() && a.nodes_file.is_none() && a.hostlist.is_none();

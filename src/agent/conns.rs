@@ -54,6 +54,10 @@ pub(super) struct CtlConn {
     /// Whether it comes from another uid than the agent's own or root (an
     /// allowed group's member): those share part of the connection cap.
     pub(super) guest: bool,
+    /// The process at the other end as the kernel saw it connect
+    /// (SO_PEERCRED, in the agent's PID namespace; 0 if unknown). A client in
+    /// a container's PID namespace knows itself by another number.
+    pub(super) pid: u32,
 }
 
 /// The listener and the connections served.

@@ -129,6 +129,7 @@ impl Agent {
                     client: None,
                     out: Outbox::default(),
                     guest,
+                    pid: cred.as_ref().map_or(0, |c| c.pid().max(0) as u32),
                 },
             );
         }
@@ -313,6 +314,20 @@ impl Agent {
                     }
                 };
                 let name = clean_name(&name);
+                // The kernel's pid, not the one the client claims: in a
+                // container's PID namespace the client's own is another
+                // number (1 for a container's first process), useless here.
+                let pid = match self.conns.get(idx).map_or(0, |c| c.pid) {
+                    0 => pid,
+                    seen => {
+                        if seen != pid {
+                            log::info!(
+                                "client {name:?} says pid {pid} (its own PID namespace): pid {seen} here"
+                            );
+                        }
+                        seen
+                    }
+                };
                 let eps = self.cfg.pool.endpoints_per_client as usize;
                 announce_awake(self.pool.client_sleeping(slot32));
                 let (pool, peers) = (&self.pool, self.peers.len());

@@ -450,9 +450,16 @@ fn connect(path: &Path) -> Result<UnixStream, Error> {
     let s = UnixStream::connect(path).map_err(|source| {
         if source.kind() == io::ErrorKind::PermissionDenied {
             let me = nix::unistd::geteuid().as_raw();
+            let who = match outside_uid(me) {
+                Some(out) => format!(
+                    "{} in a user namespace (uid {out} outside it, which is who the agent sees)",
+                    user_name(me)
+                ),
+                None => user_name(me),
+            };
             Error::PermissionDenied {
                 path: path.into(),
-                who: user_name(me),
+                who,
                 may: who_may_attach(path),
             }
         } else {
@@ -473,10 +480,19 @@ fn connect(path: &Path) -> Result<UnixStream, Error> {
         .and_then(|v| v.trim().parse().ok());
     let uid = cred.uid();
     if uid != me && uid != 0 && Some(uid) != want {
-        let expected = match want {
+        let mut expected = match want {
             Some(w) => format!("this user's uid {me}, root or WYVERN_AGENT_UID={w}"),
             None => format!("this user's uid {me} or root"),
         };
+        if uid == overflow_uid() && outside_uid(me).is_some() {
+            // A container's user namespace that does not map the agent's
+            // user: who listens cannot be told from here.
+            expected.push_str(&format!(
+                "; uid {uid} is the overflow uid: the listener's user is not mapped into this \
+                 user namespace (a container's), so WYVERN_AGENT_UID={uid} accepts it if the \
+                 socket directory was mounted in by whoever runs the agent"
+            ));
+        }
         return Err(Error::WrongAgent {
             path: path.into(),
             uid,
@@ -487,6 +503,38 @@ fn connect(path: &Path) -> Result<UnixStream, Error> {
     // `wyvern stat` or an application for ever).
     s.set_read_timeout(Some(CTL_TIMEOUT))?;
     Ok(s)
+}
+
+/// The uid that `uid` of this process's user namespace is outside it, when
+/// the namespace maps ids (a container's); `None` in the initial namespace.
+fn outside_uid(uid: u32) -> Option<u32> {
+    let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
+    let lines: Vec<Vec<u64>> = map
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .collect();
+    if lines.len() == 1 && lines[0] == [0, 0, u64::from(u32::MAX)] {
+        return None; // the identity: the initial user namespace
+    }
+    lines.iter().find_map(|l| match l[..] {
+        [inside, outside, count] if (inside..inside + count).contains(&u64::from(uid)) => {
+            u32::try_from(outside + (u64::from(uid) - inside)).ok()
+        }
+        _ => None,
+    })
+}
+
+/// The kernel's overflow uid: what a file's owner shows as in a user
+/// namespace that does not map it.
+fn overflow_uid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65534)
 }
 
 /// `uid N (name)`, or `root`.
@@ -532,6 +580,18 @@ fn who_may_attach(path: &Path) -> String {
         },
     };
     let mode = md.mode() & 0o7777;
+    let me = nix::unistd::geteuid().as_raw();
+    if md.uid() == overflow_uid() && outside_uid(me).is_some() {
+        // In a container's user namespace the agent's user is not mapped:
+        // the owner shown is the overflow uid, not who runs the agent.
+        return format!(
+            "the {what}'s owner is not mapped into this user namespace (it shows as uid {}, the \
+             overflow uid), so this process cannot be the agent's user here; run the container \
+             as (mapped to) the agent's user, or as a member of its allow_gid group with the \
+             socket directory mounted in",
+            md.uid()
+        );
+    }
     let users = if md.uid() == 0 {
         "root".to_string()
     } else {
