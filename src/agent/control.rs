@@ -459,6 +459,20 @@ impl Agent {
     /// Current statistics.
     pub fn snapshot(&mut self) -> Snapshot {
         let stats = self.transport.stats();
+        let fallbacks = stats
+            .counters
+            .iter()
+            .find(|(k, _)| *k == "hybrid_fallbacks");
+        if let Some(&(_, n)) = fallbacks.filter(|(_, n)| *n > 0) {
+            self.degraded.note(
+                "hybrid_fallback",
+                format!(
+                    "{n} time(s) a peer's link fell back from its chosen transport to tcp \
+                     (it stays on tcp until both ends offer the better one again)"
+                ),
+                "the agent log names each peer and why; wyvern doctor on both nodes",
+            );
+        }
         let peers: Vec<PeerSnapshot> = self
             .peers
             .iter()
@@ -541,6 +555,7 @@ impl Agent {
             parked_bytes: self.inbox.msg_bytes() as u64,
             peers,
             clients,
+            degraded: self.degraded.list().to_vec(),
         }
     }
 }

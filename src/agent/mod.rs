@@ -51,6 +51,7 @@
 mod clients;
 mod conns;
 mod control;
+mod degraded;
 mod deliver;
 mod inbox;
 mod links;
@@ -220,6 +221,8 @@ pub struct Agent {
     /// The submission record being handled (kept for its capacity).
     rec: Vec<u8>,
     counters: AgentCounters,
+    /// What runs degraded, for stat and the metrics (logged once each).
+    degraded: degraded::Degraded,
     /// A client was reclaimed since the heap was last trimmed.
     heap_dirty: bool,
     /// No heap trim before this.
@@ -270,7 +273,7 @@ impl Agent {
     }
 
     fn build(
-        plan: Plan,
+        mut plan: Plan,
         clock: Clock,
         open: impl FnOnce(
             &Plan,
@@ -288,8 +291,29 @@ impl Agent {
         // hugetlbfs with no free huge page left, the agent's next touch of
         // that range would be a SIGBUS: the guard makes it a private zero
         // page and a damage record instead (see `pool_damage`).
+        let mut degraded = std::mem::take(&mut plan.degraded);
         if let Err(e) = pool.guard() {
-            log::warn!("cannot guard the pool against SIGBUS: {e}; a client punching a hole in a hugepage pool may crash the agent");
+            degraded.note(
+                "pool_guard",
+                format!("cannot guard the pool against SIGBUS ({e}): a client punching a hole in a hugepage pool may crash the agent"),
+                "none while the pool is on normal pages; otherwise report it (the guard's handler or \
+                 its table of regions could not be set up)",
+            );
+        }
+        if cfg.hugepages && pool.backing() != crate::shm::Backing::Hugepages {
+            degraded.note(
+                "hugepages",
+                format!(
+                    "the {} MiB pool is on normal pages: no free hugepages for it (more TLB \
+                     misses on every ring and block access)",
+                    pool.len() >> 20
+                ),
+                format!(
+                    "reserve {} more 2 MiB pages (scripts/setup-hugepages.sh, `wyvern doctor` \
+                     checks), or hugepages = false to say normal pages are meant",
+                    pool.len().div_ceil(2 << 20)
+                ),
+            );
         }
         let pool = Arc::new(pool);
         log::info!(
@@ -378,6 +402,7 @@ impl Agent {
             freed: Vec::new(),
             rec: Vec::with_capacity(64 * 1024),
             counters: AgentCounters::default(),
+            degraded,
             heap_dirty: false,
             trim_after: now,
             damage: crate::shm::guard::DamageReader::new(),

@@ -16,6 +16,7 @@ use crate::transport::{Poller, Transport};
 use crate::wire::{self, auth::JobKey, caps, Hello};
 
 use super::config::{self, AgentConfig, IdlePolicy, TransportKind};
+use super::degraded::Degraded;
 use super::peers::Timing;
 use super::AgentError;
 
@@ -36,31 +37,41 @@ pub(super) struct Plan {
     /// The port offset of the verbs bootstrap listeners (checked for every
     /// node's port in `resolve`).
     pub(super) verbs_offset: u16,
+    /// What the configuration makes run degraded (the agent keeps the list).
+    pub(super) degraded: Degraded,
 }
 
 impl Plan {
     /// Check `cfg` and resolve what the agent's parts need from it.
     pub(super) fn resolve(mut cfg: AgentConfig) -> Result<Plan, AgentError> {
         cfg.validate()?;
+        let mut degraded = Degraded::default();
         if cfg.cores.len() > 1 {
-            log::warn!(
-                "one polling thread for now: using core {}, ignoring the rest of {:?}",
-                cfg.cores[0],
-                cfg.cores
+            degraded.note(
+                "cores",
+                format!(
+                    "one polling thread for now: it runs on core {}, the rest of {:?} stay unused",
+                    cfg.cores[0], cfg.cores
+                ),
+                "give one core (--cores N)",
             );
         }
         if cfg.idle == IdlePolicy::Spin && cfg.cores.is_empty() {
-            log::warn!(
-                "idle policy 'spin' without --cores: the agent takes a whole core it shares with others; \
-                 where cores are fewer than spinning processes this starves clients (use 'adaptive')"
+            degraded.note(
+                "spin",
+                "idle policy 'spin' without --cores: the agent takes a whole core it shares with \
+                 others; where cores are fewer than spinning processes this starves clients",
+                "--cores N on an isolated core, or --idle adaptive",
             );
         }
         let key = cfg.job_key()?;
         if key.is_none() && cfg.addrs.len() > 1 {
-            log::warn!(
-                "NO JOB KEY (job_key_file, --job-key-file, WYVERN_JOB_KEY): peers are NOT \
-                 authenticated (peer_auth: none); whoever reaches this agent's port and knows \
-                 the job name can speak as a peer. Run like this on a trusted fabric only."
+            degraded.note(
+                "peer_auth",
+                "NO JOB KEY: peers are NOT authenticated (peer_auth: none); whoever reaches this \
+                 agent's port and knows the job name can speak as a peer (a trusted fabric only)",
+                "a job key for every agent of the job: job_key_file, --job-key-file or \
+                 WYVERN_JOB_KEY (wyvern launch --print-key makes one)",
             );
         }
         let set = cfg.transport_set();
@@ -106,6 +117,7 @@ impl Plan {
             forced,
             timing,
             verbs_offset,
+            degraded,
         })
     }
 

@@ -207,11 +207,14 @@ impl Agent {
         r.shared_check = Some((now + SHARED_CHECK_EVERY, n));
         if d >= SHARED_PREEMPTIONS && !self.counters.spin_shared {
             self.counters.spin_shared = true;
-            log::warn!(
-                "idle policy 'spin': the polling thread was preempted {d} times in the last \
-                 second, so its core is shared with other work; it now yields the core after \
-                 {SHARED_HOT_POLLS} empty polls (give the agent a core of its own: --cores N on \
-                 an isolated core, or use --idle adaptive)"
+            self.degraded.note(
+                "spin_shared",
+                format!(
+                    "idle policy 'spin': the polling thread was preempted {d} times in a second, \
+                     so its core is shared with other work; it now yields the core after \
+                     {SHARED_HOT_POLLS} empty polls"
+                ),
+                "give the agent a core of its own (--cores N on an isolated core), or --idle adaptive",
             );
             r.backoff = Some(Backoff::new(Duration::MAX, SHARED_HOT_POLLS, now));
         }

@@ -88,6 +88,18 @@ pub struct ClientSnapshot {
     pub blocks: u64,
 }
 
+/// One degraded path, as `wyvern stat` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degradation {
+    /// What runs degraded, a short stable name (`hugepages`, `spin`,
+    /// `peer_auth`, `hybrid_fallback`, `pool_guard`, `cores`).
+    pub what: String,
+    /// Why, as found.
+    pub why: String,
+    /// What would mend it.
+    pub fix: String,
+}
+
 /// Everything `wyvern stat` prints.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -157,6 +169,11 @@ pub struct Snapshot {
     pub transport_info: std::collections::BTreeMap<String, String>,
     /// Attached clients.
     pub clients: Vec<ClientSnapshot>,
+    /// What runs degraded (normal pages for hugepages, a spinning thread on
+    /// a shared core, peers not authenticated, links moved to tcp ...), with
+    /// why and the fix; empty when the agent got everything it asked for.
+    #[serde(default)]
+    pub degraded: Vec<Degradation>,
 }
 
 impl Snapshot {
@@ -194,6 +211,9 @@ impl Snapshot {
             self.blocks_total >> 20,
             self.idle,
         );
+        for d in &self.degraded {
+            let _ = writeln!(s, "DEGRADED {}: {}; fix: {}", d.what, d.why, d.fix);
+        }
         let with_rate = |v: u64, old: Option<u64>| match (dt, rate(v, old)) {
             (Some(_), Some(r)) => format!("{v} ({}/s)", si(r)),
             (Some(_), None) => format!("{v} (-/s)"),
@@ -530,6 +550,7 @@ mod tests {
                 sub_ring_used: 0,
                 blocks: 0,
             }],
+            degraded: Vec::new(),
         }
     }
 
