@@ -293,6 +293,10 @@ pub struct AgentArgs {
     /// this long, in ms (0: half the peer timeout).
     #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_HYBRID_FALLBACK_MS")]
     pub hybrid_fallback_ms: Option<u64>,
+    /// Hybrid agent: try a transport it fell back from again after this many ms,
+    /// doubling after each failed try (up to 16 times); 0: never.
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_HYBRID_RETRY_MS")]
+    pub hybrid_retry_ms: Option<u64>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; port 0 picks one).
     #[arg(long, env = "WYVERN_AGENT_METRICS")]
     pub metrics: Option<String>,
@@ -478,6 +482,7 @@ impl AgentArgs {
         set!(node_id, nodes, transport, transports, peer_transports);
         set!(
             hybrid_fallback_ms,
+            hybrid_retry_ms,
             verbs_port_offset,
             cores,
             idle,

@@ -48,6 +48,11 @@ enum Cmd {
         /// The peer node whose connection to break.
         #[arg(long)]
         peer: u32,
+        /// Keep the link down this many milliseconds (an outage drill: what
+        /// the job does while a link is out; udp and dpdk links only, at
+        /// most an hour).
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
     },
     /// Have an agent make its links now (to one peer, or to all) rather
     /// than on the first message to each (on-demand links).
@@ -193,9 +198,16 @@ fn main() -> ExitCode {
             socket,
             node_id,
             peer,
+            hold_ms,
         } => on_agent("break-link", socket, node_id, |path| {
-            wyvern::client::break_link(path, peer)?;
-            println!("connection to node {peer} broken; it resumes when the peers reconnect");
+            wyvern::client::hold_link_down(path, peer, std::time::Duration::from_millis(hold_ms))?;
+            if hold_ms > 0 {
+                println!(
+                    "connection to node {peer} broken and held down for {hold_ms} ms; it resumes after"
+                );
+            } else {
+                println!("connection to node {peer} broken; it resumes when the peers reconnect");
+            }
             Ok(())
         }),
     }

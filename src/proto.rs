@@ -326,6 +326,10 @@ pub enum CtlRequest {
     BreakLink {
         /// The peer.
         node: u32,
+        /// Keep the link down this long (ms; 0: let it come back at once).
+        /// An outage drill: udp and dpdk links only.
+        #[serde(default)]
+        hold_ms: u64,
     },
     /// Make the links to peers now rather than on their first message
     /// (on-demand links; no attach needed): to `node`, or to every peer.

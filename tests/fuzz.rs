@@ -489,7 +489,14 @@ fn control_seeds() -> Vec<Vec<u8>> {
         CtlRequest::CloseEndpoint { id: 7 },
         CtlRequest::Detach,
         CtlRequest::Stat,
-        CtlRequest::BreakLink { node: 1 },
+        CtlRequest::BreakLink {
+            node: 1,
+            hold_ms: 0,
+        },
+        CtlRequest::BreakLink {
+            node: 2,
+            hold_ms: 5000,
+        },
     ];
     let all: String = reqs
         .iter()

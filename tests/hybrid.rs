@@ -244,3 +244,90 @@ fn a_fast_link_that_cannot_connect_falls_back_to_tcp() {
         }
     }
 }
+
+/// The state of node `i`'s link to `j` in the hybrid agent: (its transport,
+/// the stat), polled until `want` holds or `within` passes.
+fn wait_transport(
+    c: &Cluster,
+    i: usize,
+    j: u64,
+    want: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let s = c.stat(i);
+        if peer_transport(&s, j) == want {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {i}'s link to {j} not on {want} within {within:?}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_fast_link_held_down_falls_back_to_tcp_and_moves_back_when_it_returns() {
+    let (fast, _) = fast();
+    if fast != "udp" {
+        eprintln!(
+            "*** SKIPPED a_fast_link_held_down_falls_back_to_tcp_and_moves_back_when_it_returns: \
+             a link can be held down on udp and dpdk only, not on {fast}"
+        );
+        return;
+    }
+    let args = |i: usize| {
+        let mut a = fast_and_tcp(i);
+        a.extend(["--hybrid-fallback-ms", "800", "--hybrid-retry-ms", "1500"].map(String::from));
+        a
+    };
+    let c = pair(vec![args(0), args(1)]);
+    wait_transport(&c, 0, 1, "udp", Duration::from_secs(20));
+    // Traffic both ways all along: nothing lost or repeated across the
+    // fallback and the move back.
+    let run = Traffic::new(&c, "8,5000,300000")
+        .gap_us(2000)
+        .recv(0, 4, 2500)
+        .recv(1, 4, 2500)
+        .send(0, (1, 4), 2500, Mode::Buffered)
+        .send(1, (0, 4), 2500, Mode::Buffered)
+        .start();
+    // A real outage of the udp link for 3 s (node 0 takes nothing from node
+    // 1's udp and sends it nothing); the tcp control connection stays.
+    wyvern::client::hold_link_down(c.socket(0), 1, Duration::from_secs(3)).unwrap();
+    let s = wait_transport(&c, 0, 1, "tcp", Duration::from_secs(15));
+    let degraded: Vec<&str> = s["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["what"].as_str())
+        .collect();
+    assert!(degraded.contains(&"hybrid_fallback"), "{s}");
+    // After the hold, a retry offers udp again and both ends move back.
+    let s0 = wait_transport(&c, 0, 1, "udp", Duration::from_secs(45));
+    let s1 = wait_transport(&c, 1, 0, "udp", Duration::from_secs(45));
+    run.finish("(across fallback and move back)");
+    assert!(counter(&s0, "hybrid_fallbacks") >= 1, "{s0}");
+    assert!(
+        counter(&s0, "hybrid_retries") + counter(&s1, "hybrid_retries") >= 1,
+        "{s0}\n{s1}"
+    );
+    assert!(counter(&s0, "udp.packets_dropped_held") > 0, "{s0}");
+    let (s0, s1) = (c.stat(0), c.stat(1));
+    for s in [&s0, &s1] {
+        assert_eq!(counter(s, "hybrid_fallen_back_peers"), 0, "{s}");
+        assert!(
+            !s["degraded"].to_string().contains("hybrid_fallback"),
+            "moved back, no longer degraded: {s}"
+        );
+        for p in s["peers"].as_array().unwrap() {
+            assert_eq!(p["counters"]["losses"], 0, "{s}");
+        }
+    }
+    assert!(
+        counter(&s0, "hybrid_moved_back") + counter(&s1, "hybrid_moved_back") >= 1,
+        "{s0}\n{s1}"
+    );
+}

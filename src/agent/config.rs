@@ -108,6 +108,10 @@ pub struct AgentConfig {
     /// `peer_timeout_ms`, so that the move comes before the peer would be
     /// declared lost.
     pub hybrid_fallback_ms: u64,
+    /// A hybrid agent tries the transport it fell back from again this long
+    /// after the fallback (ms), doubling after each try that fails, up to
+    /// 16 times as long; 0: never (the fallback holds for the job's life).
+    pub hybrid_retry_ms: u64,
     /// Serve Prometheus metrics over HTTP on this address (`host:port`).
     pub metrics: Option<String>,
     /// A name every agent of the job shares (`wyvern launch` uses the Slurm
@@ -240,6 +244,7 @@ impl Default for AgentConfig {
             transports: Vec::new(),
             peer_transports: Vec::new(),
             hybrid_fallback_ms: 0,
+            hybrid_retry_ms: 30_000,
             packet_bytes: 1472,
             metrics: None,
             job: None,
@@ -516,6 +521,12 @@ impl AgentConfig {
             0 => Duration::from_millis(self.peer_timeout_ms / 2),
             ms => Duration::from_millis(ms),
         }
+    }
+
+    /// When a hybrid agent tries a transport it fell back from again (the
+    /// first wait; `None`: never).
+    pub fn hybrid_retry(&self) -> Option<Duration> {
+        (self.hybrid_retry_ms > 0).then(|| Duration::from_millis(self.hybrid_retry_ms))
     }
 
     /// The transports this agent runs: `transports` (with tcp added, and

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 
@@ -23,6 +23,9 @@ use super::conns::{
 use super::peers::PeerState;
 use super::stats::{ClientSnapshot, PeerSnapshot, Snapshot};
 use super::Agent;
+
+/// The longest `wyvern break-link --hold-ms` (an hour).
+const MAX_HOLD_MS: u64 = 3_600_000;
 
 impl Agent {
     pub(super) fn accept_control(&mut self) {
@@ -410,7 +413,7 @@ impl Agent {
                 self.reply(idx, &CtlReply::Ok, Vec::new());
                 false
             }
-            CtlRequest::BreakLink { node } => {
+            CtlRequest::BreakLink { node, hold_ms } => {
                 let uid = self
                     .conns
                     .get(idx)
@@ -439,8 +442,30 @@ impl Agent {
                     self.reply_error(idx, format!("node {node} is not a connected peer"));
                     return true;
                 }
-                log::warn!("breaking the connection to node {node} on request");
-                for b in self.transport.close(&self.poller, node, Close::Fault) {
+                let how = if hold_ms == 0 {
+                    Close::Fault
+                } else if hold_ms > MAX_HOLD_MS {
+                    self.reply_error(
+                        idx,
+                        format!("--hold-ms {hold_ms}: at most {MAX_HOLD_MS} (an hour)"),
+                    );
+                    return true;
+                } else if !matches!(self.transport.name(Some(node)), "udp" | "dpdk") {
+                    self.reply_error(
+                        idx,
+                        format!(
+                            "node {node}'s link is on {}: only udp and dpdk links can be held down",
+                            self.transport.name(Some(node))
+                        ),
+                    );
+                    return true;
+                } else {
+                    Close::Hold(Duration::from_millis(hold_ms))
+                };
+                log::warn!(
+                    "breaking the connection to node {node} on request (held down {hold_ms} ms)"
+                );
+                for b in self.transport.close(&self.poller, node, how) {
                     self.blocks.free(b, Owner::Agent);
                 }
                 if self.transport.link(node).last_tx.is_some() {
@@ -459,19 +484,24 @@ impl Agent {
     /// Current statistics.
     pub fn snapshot(&mut self) -> Snapshot {
         let stats = self.transport.stats();
-        let fallbacks = stats
-            .counters
-            .iter()
-            .find(|(k, _)| *k == "hybrid_fallbacks");
-        if let Some(&(_, n)) = fallbacks.filter(|(_, n)| *n > 0) {
-            self.degraded.note(
+        let count = |name: &str| {
+            stats
+                .counters
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map_or(0, |&(_, v)| v)
+        };
+        match count("hybrid_fallen_back_peers") {
+            0 => self.degraded.clear("hybrid_fallback"),
+            n => self.degraded.note(
                 "hybrid_fallback",
                 format!(
-                    "{n} time(s) a peer's link fell back from its chosen transport to tcp \
-                     (it stays on tcp until both ends offer the better one again)"
+                    "{n} peer(s) fell back from the transport both ends run to a slower one \
+                     ({} fallbacks so far; hybrid_retry_ms tries it again)",
+                    count("hybrid_fallbacks")
                 ),
                 "the agent log names each peer and why; wyvern doctor on both nodes",
-            );
+            ),
         }
         let peers: Vec<PeerSnapshot> = self
             .peers

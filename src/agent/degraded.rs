@@ -32,6 +32,14 @@ impl Degraded {
         });
     }
 
+    /// `what` is mended (a hybrid link moved back): no longer listed.
+    pub(super) fn clear(&mut self, what: &str) {
+        if let Some(i) = self.list.iter().position(|d| d.what == what) {
+            log::info!("no longer degraded ({what})");
+            self.list.remove(i);
+        }
+    }
+
     pub(super) fn list(&self) -> &[Degradation] {
         &self.list
     }

@@ -157,7 +157,10 @@ impl Plan {
             pool.clone(),
             &self.hello,
             &self.forced,
-            self.cfg.hybrid_fallback(),
+            crate::transport::multi::Fallback {
+                after: self.cfg.hybrid_fallback(),
+                retry: self.cfg.hybrid_retry(),
+            },
         )))
     }
 

@@ -428,7 +428,16 @@ pub fn stat(path: impl AsRef<Path>) -> Result<crate::agent::stats::Snapshot, Err
 /// Have an agent break its connection to peer `node`, as a network fault
 /// would (no attach needed); the two agents then resume over a new one.
 pub fn break_link(path: impl AsRef<Path>, node: u32) -> Result<(), Error> {
-    match request(path.as_ref(), &CtlRequest::BreakLink { node })? {
+    hold_link_down(path, node, Duration::ZERO)
+}
+
+/// Break an agent's link to peer `node` and keep it down for `hold` (an
+/// outage drill; the udp and dpdk transports hold, others refuse): nothing
+/// to or from that peer is taken meanwhile, then the link is made again
+/// and the session resumes. Only the agent's uid and root may.
+pub fn hold_link_down(path: impl AsRef<Path>, node: u32, hold: Duration) -> Result<(), Error> {
+    let hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+    match request(path.as_ref(), &CtlRequest::BreakLink { node, hold_ms })? {
         CtlReply::Ok => Ok(()),
         other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
     }

@@ -284,6 +284,9 @@ pub struct DgramStats {
     /// `Hello` packets with a valid MAC that were not fresh (they did not
     /// name this side's current epoch) and so changed nothing.
     pub hello_not_fresh: u64,
+    /// Packets from a peer whose link is held down ([`Close::Hold`]),
+    /// dropped.
+    pub held: u64,
     /// Packets sent again.
     pub retransmits: u64,
     /// Duplicates dropped.
@@ -444,6 +447,8 @@ pub struct DatagramTransport<I: PacketIo> {
     key: Option<JobKey>,
     /// When a failed `Hello` MAC was last logged at warn level.
     auth_warned: Option<Instant>,
+    /// Links held down until then ([`Close::Hold`]; a few at most).
+    held: Vec<(usize, Instant)>,
     /// Payload buffers to reuse.
     spare: Vec<Vec<u8>>,
     /// Scratch: what an ack freed.
@@ -512,6 +517,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             peer_timeout,
             key,
             auth_warned: None,
+            held: Vec::new(),
             spare: Vec::new(),
             acked: Vec::new(),
             now: None,
@@ -555,7 +561,19 @@ impl<I: PacketIo> DatagramTransport<I> {
         }
     }
 
+    /// Whether link `j` is held down now (holds that ended are dropped).
+    fn held(&mut self, j: usize, now: Instant) -> bool {
+        if self.held.is_empty() {
+            return false;
+        }
+        self.held.retain(|&(_, until)| until > now);
+        self.held.iter().any(|&(k, _)| k == j)
+    }
+
     fn send_hello(&mut self, j: usize, now: Instant) {
+        if self.held(j, now) {
+            return;
+        }
         self.links.now = now;
         self.links[j].last_hello = Some(now);
         let h = self.header(j, PktKind::Hello, 0, Ack::default());
@@ -653,6 +671,10 @@ impl<I: PacketIo> DatagramTransport<I> {
         let j = h.src_node as usize;
         if h.dst_node != self.me || j >= self.links.len() || h.src_node == self.me {
             self.stats.foreign += 1;
+            return;
+        }
+        if self.held(j, now) {
+            self.stats.held += 1;
             return;
         }
         // (Made now if it was not: a peer's `Hello` is answered, and a node
@@ -1186,6 +1208,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_foreign", s.foreign),
             ("packets_stale", s.stale),
             ("packets_unauthenticated", s.unauthenticated),
+            ("packets_dropped_held", s.held),
             ("packets_hello_not_fresh", s.hello_not_fresh),
             ("packets_resent", s.retransmits),
             ("packets_duplicate", s.duplicates),
@@ -1216,7 +1239,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         TransportStats { counters: c, info }
     }
 
-    fn close(&mut self, _poller: &Poller, node: u32, _how: Close) -> Vec<u64> {
+    fn close(&mut self, _poller: &Poller, node: u32, how: Close) -> Vec<u64> {
         let j = node as usize;
         if self.links.get(j).is_none() || j as u32 == self.me {
             // (Never made: nothing to close, and no `Hello` to send.)
@@ -1224,6 +1247,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         }
         // The clock of this round when there is one (a simulation's is virtual).
         let now = self.now.unwrap_or_else(Instant::now);
+        if let Close::Hold(d) = how {
+            self.held.retain(|&(k, _)| k != j);
+            self.held.push((j, now + d));
+        }
         let blocks = self.reset(j, now);
         self.send_hello(j, now);
         self.io.flush();

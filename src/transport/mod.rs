@@ -224,6 +224,11 @@ pub enum Close {
     /// finds the fault on its own and reports the link down. A transport
     /// with no such fault closes the link now.
     Fault,
+    /// Now, and keep the link down for this long: nothing to or from the
+    /// peer is taken meanwhile (`wyvern break-link --hold-ms`, an outage
+    /// drill). The datagram transports (udp, dpdk) hold; the others close
+    /// now and do not hold.
+    Hold(std::time::Duration),
 }
 
 /// A transport's own figures for `wyvern stat`.

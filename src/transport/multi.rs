@@ -17,7 +17,11 @@
 //! does not come back) falls back: that back end is struck from what this
 //! agent offers the peer for the rest of the job, and the control
 //! connection is dropped so that both ends exchange `Hello`s again and
-//! choose anew — the next transport both run, down to TCP.
+//! choose anew — the next transport both run, down to TCP. After
+//! `hybrid_retry_ms` the agent offers the struck transports again (the
+//! same way: new `Hello`s on a new control connection), and the link moves
+//! back if they come up; each try that fails again doubles the wait, up to
+//! 16 times.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -98,8 +102,17 @@ pub struct Multi {
     /// Per node: since when its chosen back end has not been up while its
     /// control connection was.
     waiting: Vec<Option<Instant>>,
-    fallback: Duration,
+    fallback: Fallback,
     fallbacks: u64,
+    /// Per node: what it was offered before any fallback.
+    full_offer: Vec<u32>,
+    /// Per node: when to offer the struck transports again, and the wait
+    /// that led there (doubled at the next fallback).
+    retry: Vec<(Option<Instant>, Duration)>,
+    retries: u64,
+    moved_back: u64,
+    /// Per node: the struck transports are offered again, not up yet.
+    retrying: Vec<bool>,
     /// Blocks a back end returned for a link the agent does not see; handed
     /// to the agent with the next flush.
     orphans: Vec<u64>,
@@ -116,6 +129,18 @@ pub struct Multi {
     to_place: Vec<u32>,
     /// Counter names, prefixed with their back end's ("udp.pkts_tx").
     names: RefCell<HashMap<(usize, &'static str), &'static str>>,
+}
+
+/// When a hybrid agent leaves a transport that stays down, and when it
+/// tries it again.
+#[derive(Clone, Copy, Debug)]
+pub struct Fallback {
+    /// A chosen transport not up this long (while the control connection
+    /// is) is left for the next.
+    pub after: Duration,
+    /// The first wait before offering it again (`None`: never); doubled
+    /// after each try that fails, up to 16 times.
+    pub retry: Option<Duration>,
 }
 
 /// The order of preference: the first both ends run wins.
@@ -157,7 +182,7 @@ impl Multi {
         pool: Arc<Pool>,
         hello: &Hello,
         forced: &[Option<u32>],
-        fallback: Duration,
+        fallback: Fallback,
     ) -> Multi {
         assert!(
             backs
@@ -192,10 +217,15 @@ impl Multi {
             route: vec![0; nodes],
             decided: vec![false; nodes],
             fabric: hello.fabric,
+            full_offer: offer.clone(),
             offer,
             waiting: vec![None; nodes],
             fallback,
             fallbacks: 0,
+            retry: vec![(None, Duration::ZERO); nodes],
+            retries: 0,
+            moved_back: 0,
+            retrying: vec![false; nodes],
             orphans: Vec::new(),
             scratch: Vec::new(),
             private: (0..n_backs)
@@ -268,6 +298,14 @@ impl Multi {
                             events.push(LinkEvent::Up { node });
                         }
                     } else if self.decided[j] && self.route[j] == from {
+                        if std::mem::take(&mut self.retrying[j]) {
+                            self.moved_back += 1;
+                            self.retry[j].1 = Duration::ZERO;
+                            log::info!(
+                                "node {node}: its link is back on {}",
+                                self.backs[from].transport.name(None)
+                            );
+                        }
                         self.to_place.push(node);
                         events.push(LinkEvent::Up { node });
                     }
@@ -340,23 +378,66 @@ impl Multi {
                 continue;
             }
             let since = *self.waiting[j].get_or_insert(now);
-            if now.duration_since(since) < self.fallback {
+            if now.duration_since(since) < self.fallback.after {
                 continue;
             }
             self.waiting[j] = None;
             self.fallbacks += 1;
+            self.retrying[j] = false;
             self.offer[j] &= !self.backs[r].cap;
+            let again = self.fallback.retry.map(|first| {
+                let wait = match self.retry[j].1 {
+                    w if w.is_zero() => first,
+                    w => (w * 2).min(first * 16),
+                };
+                self.retry[j] = (Some(now + wait), wait);
+                format!("it tries it again in {wait:?}")
+            });
             log::warn!(
                 "node {node}: its {} link has not been up for {:?} while the control connection is; \
-                 falling back (this agent no longer offers {} to it)",
+                 falling back (this agent no longer offers {} to it; {})",
                 self.backs[r].transport.name(None),
-                self.fallback,
-                self.backs[r].transport.name(None)
+                self.fallback.after,
+                self.backs[r].transport.name(None),
+                again.unwrap_or_else(|| "for the rest of the job".into())
             );
             self.decided[j] = false;
             let b = &mut self.backs[r];
             let blocks = b.transport.close(&b.poller, node, Close::Now);
             self.orphans.extend(blocks);
+            let b = &mut self.backs[0];
+            if let Some(t) = b.transport.tcp_mut() {
+                t.set_hello_caps(node, self.offer[j]);
+            }
+            let blocks = b.transport.close(&b.poller, node, Close::Now);
+            self.orphans.extend(blocks);
+        }
+    }
+
+    /// Peers fallen back whose wait is over: offer them the struck
+    /// transports again, and drop the control connection so that both ends
+    /// choose anew from new `Hello`s (the session resumes over it).
+    fn try_again(&mut self, now: Instant) {
+        for j in 0..self.route.len() {
+            let Some(at) = self.retry[j].0 else {
+                continue;
+            };
+            if now < at {
+                continue;
+            }
+            self.retry[j].0 = None;
+            if self.offer[j] == self.full_offer[j] {
+                continue;
+            }
+            self.retries += 1;
+            self.retrying[j] = true;
+            self.offer[j] = self.full_offer[j];
+            let node = j as u32;
+            log::info!(
+                "node {node}: trying again the transports it fell back from (waited {:?})",
+                self.retry[j].1
+            );
+            self.decided[j] = false;
             let b = &mut self.backs[0];
             if let Some(t) = b.transport.tcp_mut() {
                 t.set_hello_caps(node, self.offer[j]);
@@ -512,6 +593,7 @@ impl Transport for Multi {
             }
         }
         self.fall_back(now);
+        self.try_again(now);
     }
 
     fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
@@ -545,7 +627,19 @@ impl Transport for Multi {
         // Counters get their back end's name ("udp.packets_tx").
         let mut names = self.names.borrow_mut();
         let mut out = TransportStats {
-            counters: vec![("hybrid_fallbacks", self.fallbacks)],
+            counters: vec![
+                ("hybrid_fallbacks", self.fallbacks),
+                ("hybrid_retries", self.retries),
+                ("hybrid_moved_back", self.moved_back),
+                (
+                    "hybrid_fallen_back_peers",
+                    self.offer
+                        .iter()
+                        .zip(&self.full_offer)
+                        .filter(|(o, f)| o != f)
+                        .count() as u64,
+                ),
+            ],
             info: Vec::new(),
         };
         let mut all_mac = true;
