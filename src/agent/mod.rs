@@ -53,6 +53,7 @@ mod conns;
 mod control;
 mod deliver;
 mod inbox;
+pub mod jobstat;
 mod links;
 mod peers;
 mod plan;
@@ -229,6 +230,8 @@ pub struct Agent {
     uid: u32,
     /// This run of the agent (start time in ns): tells a restarted agent apart.
     incarnation: u64,
+    /// The job-wide view: the query in flight, peers' answer budgets.
+    jobstat: jobstat::JobStat,
 }
 
 impl Agent {
@@ -383,6 +386,7 @@ impl Agent {
             damage: crate::shm::guard::DamageReader::new(),
             uid: nix::unistd::geteuid().as_raw(),
             incarnation: plan.incarnation,
+            jobstat: Default::default(),
             cfg: plan.cfg,
         })
     }
