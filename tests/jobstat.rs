@@ -53,7 +53,10 @@ fn traffic(c: &Cluster, n: u64) {
     let count = n.to_string();
     let all = (3 * n).to_string();
     let rx1 = c.peer(1, &["--ep", "7", "--sizes", "100", "recv", "--count", &all]);
-    let rx3 = c.peer(3, &["--ep", "8", "--sizes", "3000", "recv", "--count", &count]);
+    let rx3 = c.peer(
+        3,
+        &["--ep", "8", "--sizes", "3000", "recv", "--count", &count],
+    );
     let mut tx = Vec::new();
     for i in [0, 2, 3] {
         let args = ["--sizes", "100", "send", "--to", "1:7", "--count", &count];
@@ -148,11 +151,26 @@ fn job_view_lists_every_node_with_its_own_counts() {
         );
     }
     assert!(
-        lines.iter().any(|l| l.starts_with("total") && l.contains("4/4")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("total") && l.contains("4/4")),
         "{text}"
     );
     assert!(text.contains("local"), "{text}");
-    assert!(text.contains("every node answered"), "{text}");
+    // Nothing went wrong, but a datagram transport may have resent a
+    // packet or two (tail-loss probes): then the node with the most resends
+    // may be named, and nothing else.
+    if !text.contains("nothing stands out: every node answered") {
+        let look: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "look first at:")
+            .skip(1)
+            .collect();
+        assert!(
+            look.len() == 1 && look[0].contains("most resends"),
+            "{text}"
+        );
+    }
 }
 
 /// Two clients asking at once share one query (both get the whole view);
@@ -223,7 +241,10 @@ fn killed_agent_has_a_row_that_says_why_and_the_rest_answer() {
         if st.starts_with("lost") {
             break;
         }
-        assert!(Instant::now() < deadline, "node 2 never lost at node 0: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never lost at node 0: {s}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (ok, text, took) = stat_job(&c, 0, &["--timeout", "1"]);

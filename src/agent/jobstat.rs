@@ -495,14 +495,19 @@ impl JobView {
     /// note column) and the detail.
     pub fn notes(&self) -> Vec<Vec<(&'static str, String)>> {
         let mut notes = vec![Vec::new(); self.rows.len()];
-        let answered = || self.rows.iter().enumerate().filter_map(|(i, r)| Some((i, r.summary?)));
+        let answered = || {
+            self.rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((i, r.summary?)))
+        };
         let mut times: Vec<(usize, f64)> = (self.rows.iter().enumerate())
             .filter_map(|(i, r)| Some((i, r.answer_ms?)))
             .collect();
         times.sort_by(|a, b| a.1.total_cmp(&b.1));
         if times.len() >= 2 {
             let (i, slowest) = times[times.len() - 1];
-            let median = times[times.len() / 2].1;
+            let median = times[(times.len() - 1) / 2].1;
             if slowest >= 2.0 * median {
                 notes[i].push((
                     "slowest",
@@ -510,21 +515,38 @@ impl JobView {
                 ));
             }
         }
-        if let Some((i, s)) = answered().max_by_key(|(_, s)| s.trouble()).filter(|(_, s)| s.trouble() > 0) {
-            notes[i].push(("trouble", format!(
-                "most trouble ({} failed sends, {} links lost, {} malformed, {} resent)",
-                s.errors,
-                s.losses,
-                s.malformed,
-                s.frames_resent + s.packets_resent
-            )));
+        if let Some((i, s)) = answered()
+            .max_by_key(|(_, s)| s.trouble())
+            .filter(|(_, s)| s.trouble() > 0)
+        {
+            notes[i].push((
+                "trouble",
+                format!(
+                    "most trouble ({} failed sends, {} links lost, {} malformed)",
+                    s.errors, s.losses, s.malformed,
+                ),
+            ));
         }
-        if let Some((i, s)) = answered().max_by_key(|(_, s)| s.slow_backlog).filter(|(_, s)| s.slow_backlog > 0) {
-            notes[i].push(("backlog", format!(
-                "largest backlog ({} towards node {})",
-                short(s.slow_backlog, true),
-                s.slow_node
-            )));
+        let mut resent: Vec<(usize, u64)> = answered().map(|(i, s)| (i, s.resent())).collect();
+        resent.sort_by_key(|x| x.1);
+        if let Some(&(i, most)) = resent.last() {
+            let median = resent[(resent.len() - 1) / 2].1;
+            if resent.len() >= 2 && most > 0 && most >= 2 * median {
+                notes[i].push(("resent", format!("most resends ({most}, median {median})")));
+            }
+        }
+        if let Some((i, s)) = answered()
+            .max_by_key(|(_, s)| s.slow_backlog)
+            .filter(|(_, s)| s.slow_backlog > 0)
+        {
+            notes[i].push((
+                "backlog",
+                format!(
+                    "largest backlog ({} towards node {})",
+                    short(s.slow_backlog, true),
+                    s.slow_node
+                ),
+            ));
         }
         for (i, s) in answered() {
             let not_up = s.links_connecting + s.links_disconnected + s.links_lost;
@@ -545,7 +567,7 @@ impl JobView {
     pub fn render(&self) -> String {
         let notes = self.notes();
         let head = [
-            "node", "answer", "up", "links", "msgs tx", "msgs rx", "bytes tx", "bytes rx",
+            "node", "answer", "uptime", "links", "msgs tx", "msgs rx", "bytes tx", "bytes rx",
             "errors", "lost", "bad", "resent", "backlog", "cpu s", "note",
         ];
         let cells = |s: &NodeSummary| -> Vec<String> {
@@ -553,7 +575,11 @@ impl JobView {
                 format!(
                     "{}/{}",
                     s.links_up,
-                    s.links_up + s.links_connecting + s.links_disconnected + s.links_lost + s.links_idle
+                    s.links_up
+                        + s.links_connecting
+                        + s.links_disconnected
+                        + s.links_lost
+                        + s.links_idle
                 ),
                 short(s.msgs_tx, false),
                 short(s.msgs_rx, false),
@@ -562,7 +588,7 @@ impl JobView {
                 s.errors.to_string(),
                 s.losses.to_string(),
                 s.malformed.to_string(),
-                (s.frames_resent + s.packets_resent).to_string(),
+                s.resent().to_string(),
                 short(s.slow_backlog, true),
                 format!("{:.1}", s.cpu_ms as f64 / 1e3),
             ]
@@ -585,7 +611,11 @@ impl JobView {
             table.push(row);
         }
         let t = &self.total;
-        let mut total = vec!["total".to_string(), format!("{}/{}", self.answered, self.nodes), String::new()];
+        let mut total = vec![
+            "total".to_string(),
+            format!("{}/{}", self.answered, self.nodes),
+            String::new(),
+        ];
         total.extend(cells(t));
         total.push(String::new());
         table.push(total);
@@ -598,7 +628,7 @@ impl JobView {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "job of {} nodes, asked by node {}: {} answered in {:.0} ms (waiting at most {} ms)",
+            "job of {} nodes, asked by node {}: {} answered in {:.1} ms (waiting at most {} ms)",
             self.nodes, self.asked_by, self.answered, self.elapsed_ms, self.timeout_ms
         );
         for row in &table {
@@ -621,7 +651,10 @@ impl JobView {
             })
             .collect();
         if look.is_empty() {
-            out.push_str("every node answered; no failed sends, lost links, malformed frames or resends\n");
+            out.push_str(
+                "nothing stands out: every node answered, no link down or lost, no failed \
+                 sends or malformed frames\n",
+            );
         } else {
             out.push_str("look first at:\n");
             for l in look {
@@ -641,5 +674,171 @@ fn human_ms(ms: u64) -> String {
         60..=3599 => format!("{}m{}s", s / 60, s % 60),
         3600..=86399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_one_per_refill() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(t0);
+        for _ in 0..BURST {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0));
+        assert!(!b.take(t0 + REFILL / 2));
+        assert!(b.take(t0 + REFILL));
+        assert!(!b.take(t0 + REFILL));
+        // A long pause refills to the burst, no more.
+        let later = t0 + REFILL * 100;
+        for _ in 0..BURST {
+            assert!(b.take(later));
+        }
+        assert!(!b.take(later));
+    }
+
+    #[test]
+    fn a_peer_past_its_rate_is_not_answered_and_others_still_are() {
+        let t0 = Instant::now();
+        let mut js = JobStat::default();
+        let answered = (0..100).filter(|_| js.may_answer(5, t0)).count();
+        assert_eq!(answered, BURST as usize);
+        assert_eq!(js.dropped, 100 - BURST as u64);
+        assert!(js.may_answer(6, t0), "another peer has its own budget");
+        // The map of askers stays bounded by the peers that asked lately.
+        for n in 0..1000 {
+            js.may_answer(n, t0 + REFILL * (BURST * 2 + n));
+        }
+        assert!(
+            js.answers.len() <= 257 + BURST as usize * 2,
+            "{}",
+            js.answers.len()
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_gets_no_reply() {
+        let now = Instant::now();
+        let mut js = JobStat {
+            query: Some(Query {
+                id: 1,
+                started: now,
+                deadline: now,
+                waiters: vec![3, 4],
+                slots: vec![],
+                pending: 0,
+            }),
+            ..JobStat::default()
+        };
+        js.forget(3);
+        assert_eq!(js.query.unwrap().waiters, vec![4]);
+    }
+
+    fn summary(node: u32) -> NodeSummary {
+        NodeSummary {
+            node,
+            nodes: 4,
+            uptime_ms: 1000 + node as u64,
+            links_up: 3,
+            msgs_tx: 10,
+            msgs_rx: 10,
+            slow_node: NO_NODE,
+            ..NodeSummary::default()
+        }
+    }
+
+    fn row(node: u32, ms: Option<f64>, s: Option<NodeSummary>) -> JobRow {
+        JobRow {
+            node,
+            answer: if s.is_none() { "none" } else { "answered" }.into(),
+            why: s
+                .is_none()
+                .then(|| "link lost (peer timed out)".to_string()),
+            answer_ms: ms,
+            summary: s,
+        }
+    }
+
+    /// Four nodes: 1 slow to answer and with a backlog, 2 with errors, 3
+    /// silent. Each outlier is named once, on its own row, and the total
+    /// adds up the nodes that answered.
+    #[test]
+    fn the_outliers_stand_out_and_the_total_adds_up() {
+        let mut slow = summary(1);
+        slow.slow_node = 2;
+        slow.slow_backlog = 3 << 20;
+        let mut bad = summary(2);
+        bad.errors = 7;
+        bad.links_up = 2;
+        bad.links_lost = 1;
+        let rows = vec![
+            JobRow {
+                answer: "local".into(),
+                ..row(0, None, Some(summary(0)))
+            },
+            row(1, Some(40.0), Some(slow)),
+            row(2, Some(0.3), Some(bad)),
+            row(3, None, None),
+        ];
+        let t = total(&rows);
+        assert_eq!(
+            (t.nodes, t.msgs_tx, t.errors, t.links_up, t.links_lost),
+            (3, 30, 7, 8, 1)
+        );
+        assert_eq!(
+            (t.uptime_ms, t.slow_node, t.slow_backlog),
+            (1000, 2, 3 << 20)
+        );
+        let v = JobView {
+            asked_by: 0,
+            nodes: 4,
+            answered: 3,
+            timeout_ms: 2000,
+            elapsed_ms: 2000.0,
+            rows,
+            total: t,
+        };
+        let notes = v.notes();
+        let tags = |i: usize| notes[i].iter().map(|n| n.0).collect::<Vec<_>>();
+        assert_eq!(tags(0), Vec::<&str>::new());
+        assert_eq!(tags(1), vec!["slowest", "backlog"]);
+        assert_eq!(tags(2), vec!["trouble", "links"]);
+        assert_eq!(tags(3), vec!["NO ANSWER"]);
+        let text = v.render();
+        assert!(
+            text.starts_with("job of 4 nodes, asked by node 0: 3 answered"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node 3: no answer: link lost (peer timed out)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node 1: slowest answer (40.0 ms, median 0.3)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("largest backlog (3.0 MiB towards node 2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node 2: most trouble (7 failed sends"),
+            "{text}"
+        );
+        let total_line = text.lines().find(|l| l.starts_with("total")).unwrap();
+        assert!(total_line.contains("3/4"), "{text}");
+        assert!(
+            text.lines().all(|l| l == l.trim_end()),
+            "no trailing blanks"
+        );
+        // Every row has as many columns as the header up to the notes.
+        let row3 = text.lines().find(|l| l.starts_with("3 ")).unwrap();
+        assert!(
+            row3.contains("none") && row3.ends_with("NO ANSWER"),
+            "{row3}"
+        );
     }
 }
