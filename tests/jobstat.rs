@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use wyvern::wire::{self, jobstat::NodeSummary, jobstat::NO_NODE, FrameKind};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -261,4 +262,166 @@ fn killed_agent_has_a_row_that_says_why_and_the_rest_answer() {
         text.contains("node 2: no answer: link lost"),
         "the lost node's reason: {text}"
     );
+}
+
+/// Read frames from `s` for `dur`: the `StatReply` bodies, parsed.
+fn read_replies(s: &mut std::net::TcpStream, dur: Duration) -> Vec<NodeSummary> {
+    use std::io::Read;
+    let deadline = Instant::now() + dur;
+    let mut got = Vec::new();
+    let mut hdr = [0u8; wire::FRAME_HEADER];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return got;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        if s.read_exact(&mut hdr).is_err() {
+            return got;
+        }
+        let h = wire::FrameHeader::parse(&hdr).expect("the agent's frames parse");
+        let mut body = vec![0u8; h.body_len as usize];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.read_exact(&mut body).unwrap();
+        if h.kind == FrameKind::StatReply {
+            got.push(NodeSummary::parse(&body).expect("a well-formed answer"));
+        }
+    }
+}
+
+/// An authenticated peer that floods `StatQuery` frames gets a bounded number
+/// of answers, each of fixed size; an answer to no query is dropped and the
+/// link stays; an answer that lies about its node drops the link as
+/// malformed. The agent's own job view shows the silent peer's row with why.
+#[test]
+fn hostile_peer_gets_bounded_answers_and_lies_drop_its_link() {
+    use common::fakepeer::FakePeer;
+    use std::io::Write;
+    if transport() != "tcp" {
+        eprintln!("this test plays a tcp peer (tests/common/fakepeer.rs)");
+        return;
+    }
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let c = Cluster::start_partial(&[true, false], absent);
+    let mut fake = FakePeer::connect(&c, 0, 1, 2);
+    let mut flood = Vec::new();
+    for q in 0..2000u64 {
+        flood.extend(wire::control_frame(
+            FrameKind::StatQuery,
+            1,
+            &q.to_le_bytes(),
+        ));
+    }
+    let t0 = Instant::now();
+    fake.stream.write_all(&flood).unwrap();
+    let got = read_replies(&mut fake.stream, Duration::from_millis(1000));
+    let took = t0.elapsed();
+    eprintln!("2000 stat queries: {} answers in {took:?}", got.len());
+    let most = 4 + (took.as_millis() / 250) as usize + 1;
+    assert!(
+        !got.is_empty() && got.len() <= most,
+        "2000 queries got {} answers in {took:?} (at most {most})",
+        got.len()
+    );
+    for s in &got {
+        assert_eq!((s.node, s.nodes), (0, 2), "{s:?}");
+        assert!(s.query < 2000);
+    }
+    // A job view of node 0 while the fake peer answers nothing: its row
+    // says it was asked and did not answer.
+    let v = wyvern::client::job_stat(c.socket(0), Duration::from_millis(300)).unwrap();
+    assert_eq!(v.answered, 1, "{v:?}");
+    let why = v.rows[1].why.clone().unwrap();
+    assert!(why.contains("asked, no answer within 300 ms"), "{why}");
+    // An answer to no query: dropped, the link stays up.
+    let stray = NodeSummary {
+        query: 999_999,
+        node: 1,
+        nodes: 2,
+        slow_node: NO_NODE,
+        ..Default::default()
+    };
+    fake.stream
+        .write_all(&wire::control_frame(
+            FrameKind::StatReply,
+            1,
+            &stray.to_bytes(),
+        ))
+        .unwrap();
+    fake.heartbeat().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let s = c.stat(0);
+    assert_eq!(s["peers"][0]["state"], "up", "{s}");
+    assert_eq!(s["peers"][0]["counters"]["malformed"], 0, "{s}");
+    // An answer naming another node: a broken peer, its link dropped.
+    let liar = NodeSummary { node: 0, ..stray };
+    fake.stream
+        .write_all(&wire::control_frame(
+            FrameKind::StatReply,
+            1,
+            &liar.to_bytes(),
+        ))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.stat(0);
+        if s["peers"][0]["counters"]["malformed"] == 1 {
+            assert_ne!(s["peers"][0]["state"], "up", "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lying answer was taken: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        c.log(0).contains("stat reply for node 0 of 2 from node 1"),
+        "{}",
+        c.log(0)
+    );
+}
+
+/// An agent of the previous protocol version (4, without these frames) is
+/// refused at the handshake with a log line that says so, rather than
+/// linking and then dropping the link at the first `StatQuery`.
+#[test]
+fn an_agent_of_the_previous_protocol_version_is_refused_clearly() {
+    use std::io::{Read, Write};
+    if transport() != "tcp" {
+        eprintln!("this test plays a tcp peer");
+        return;
+    }
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let c = Cluster::start_partial(&[true, false], absent);
+    let mut s = std::net::TcpStream::connect(c.nodes[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut h = [0u8; wire::FRAME_HEADER];
+    s.read_exact(&mut h).expect("the agent's Challenge");
+    assert_eq!(h[4], wire::VERSION);
+    assert_eq!(wire::VERSION, 5);
+    let mut challenge = vec![0u8; wire::FrameHeader::parse(&h).unwrap().body_len as usize];
+    s.read_exact(&mut challenge).unwrap();
+    let hello = wire::Hello {
+        node: 1,
+        nodes: 2,
+        incarnation: 1,
+        job: wire::job_hash(Some(&c.job())),
+        caps: wire::caps::TCP,
+        fabric: 0,
+    };
+    let mut body = hello.to_bytes().to_vec();
+    body.extend_from_slice(&[0; wire::auth::NONCE_LEN + wire::auth::MAC_LEN]);
+    let mut f = wire::control_frame(FrameKind::Hello, 1, &body);
+    f[4] = 4;
+    s.write_all(&f).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log(0).contains("protocol version 4, this agent speaks 5") {
+        assert!(
+            Instant::now() < deadline,
+            "no clear refusal in the log: {}",
+            c.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.stat(0)["peers"][0]["state"], "connecting");
 }
