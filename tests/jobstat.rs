@@ -159,8 +159,8 @@ fn job_view_lists_every_node_with_its_own_counts() {
     );
     assert!(text.contains("local"), "{text}");
     // Nothing went wrong, but a datagram transport may have resent a
-    // packet or two (tail-loss probes): then the node with the most resends
-    // may be named, and nothing else.
+    // few packets (tail-loss probes): then nodes with many resends may be
+    // named, and nothing else.
     if !text.contains("nothing stands out: every node answered") {
         let look: Vec<&str> = text
             .lines()
@@ -168,7 +168,7 @@ fn job_view_lists_every_node_with_its_own_counts() {
             .skip(1)
             .collect();
         assert!(
-            look.len() == 1 && look[0].contains("most resends"),
+            !look.is_empty() && look.iter().all(|l| l.contains("resends: ")),
             "{text}"
         );
     }
@@ -207,7 +207,7 @@ fn concurrent_queries_share_one_and_a_burst_is_refused() {
 
 /// A killed agent: its row says no answer and why, the others still answer,
 /// and the view comes within its timeout. Once the peer is declared lost,
-/// the row says so.
+/// the row says so and the view no longer waits for it.
 #[test]
 fn killed_agent_has_a_row_that_says_why_and_the_rest_answer() {
     let mut c = Cluster::start(4, &["--peer-timeout-ms", "1000"]);
@@ -248,7 +248,15 @@ fn killed_agent_has_a_row_that_says_why_and_the_rest_answer() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Only a lost peer left to hear from: the view does not wait for it.
+    let (v, _) = stat_job_json(&c, 0, &["--timeout", "5"]);
+    assert_eq!(v["answered"], 3, "{v}");
+    assert!(
+        v["elapsed_ms"].as_f64().unwrap() < 2500.0,
+        "a lost peer cannot answer: the view must not wait its 5 s for it: {v}"
+    );
     let (ok, text, took) = stat_job(&c, 0, &["--timeout", "1"]);
+    eprintln!("{text}");
     assert!(ok, "{text}");
     assert!(took < Duration::from_millis(2500), "{took:?}");
     assert!(text.contains("3 answered"), "{text}");
