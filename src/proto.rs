@@ -377,7 +377,7 @@ pub enum CtlReply {
     /// Statistics.
     Stat(Box<crate::agent::stats::Snapshot>),
     /// The job-wide view.
-    JobStat(Box<crate::agent::jobstat::JobView>),
+    JobStat(Box<crate::agent::jobview::JobView>),
     /// Refused.
     Error {
         /// Why.

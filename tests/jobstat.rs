@@ -431,5 +431,5 @@ fn an_agent_of_the_previous_protocol_version_is_refused_clearly() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(c.stat(0)["peers"][0]["state"], "connecting");
+    assert_ne!(c.stat(0)["peers"][0]["state"], "up");
 }

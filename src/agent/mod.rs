@@ -54,6 +54,7 @@ mod control;
 mod deliver;
 mod inbox;
 pub mod jobstat;
+pub mod jobview;
 mod links;
 mod peers;
 mod plan;

@@ -432,7 +432,7 @@ pub fn stat(path: impl AsRef<Path>) -> Result<crate::agent::stats::Snapshot, Err
 pub fn job_stat(
     path: impl AsRef<Path>,
     timeout: std::time::Duration,
-) -> Result<crate::agent::jobstat::JobView, Error> {
+) -> Result<crate::agent::jobview::JobView, Error> {
     let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
     match request(path.as_ref(), &CtlRequest::JobStat { timeout_ms })? {
         CtlReply::JobStat(v) => Ok(*v),
