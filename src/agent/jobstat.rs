@@ -8,12 +8,15 @@
 //! - queries start at most [`BURST`] at once and one per [`REFILL`] after
 //!   (a local loop of `wyvern stat --job` cannot make the agent flood the
 //!   job); the time a query waits is clamped to [`MIN_WAIT`]..[`MAX_WAIT`];
-//! - a peer's queries are answered at the same rate per asking peer, the
-//!   rest dropped (counted, logged at debug): a hostile peer cannot make an
-//!   agent send a reply storm; every answer is [`NodeSummary::LEN`] bytes;
+//! - a peer's queries are answered at the same rate per asking peer, and
+//!   at most [`ALL_BURST`] at once and one per [`ALL_REFILL`] to all peers
+//!   together, the rest dropped (counted, logged at debug): hostile peers
+//!   cannot make an agent send a reply storm or spend its time summarising
+//!   itself; every answer is [`NodeSummary::LEN`] bytes;
 //! - both frames are acted on only from a peer whose session is up (after
-//!   the authenticated handshake and the `Resume`), else the link is dropped
-//!   as malformed; an answer to no query of ours is dropped.
+//!   the authenticated handshake and the `Resume`; before it they are
+//!   ignored); a malformed body, or an answer that names another node,
+//!   drops the link as malformed; an answer to no query of ours is dropped.
 //!
 //! Neither frame is retained: a query or answer lost with its link shows as
 //! "no answer". The answer time the asking agent measures (query sent →
@@ -42,27 +45,41 @@ pub const MIN_WAIT: Duration = Duration::from_millis(50);
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// Control connections that may wait for one query's reply.
 pub const MAX_WAITERS: usize = 64;
+/// Answers to all peers together: at most this many at once...
+pub const ALL_BURST: u32 = 64;
+/// ... and one more per this long (250 a second: a job's worth of askers
+/// cannot make the agent spend its time summarising itself).
+pub const ALL_REFILL: Duration = Duration::from_millis(4);
 
-/// A token bucket: [`BURST`] at once, one more per [`REFILL`].
+/// A token bucket: `burst` at once, one more per `refill`.
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     tokens: u32,
     since: Instant,
+    burst: u32,
+    refill: Duration,
 }
 
 impl Bucket {
+    /// [`BURST`] at once, one more per [`REFILL`].
     fn full(now: Instant) -> Bucket {
+        Bucket::new(now, BURST, REFILL)
+    }
+
+    fn new(now: Instant, burst: u32, refill: Duration) -> Bucket {
         Bucket {
-            tokens: BURST,
+            tokens: burst,
             since: now,
+            burst,
+            refill,
         }
     }
 
     /// Take a token if there is one.
     fn take(&mut self, now: Instant) -> bool {
-        let gained = now.saturating_duration_since(self.since).as_nanos() / REFILL.as_nanos();
+        let gained = now.saturating_duration_since(self.since).as_nanos() / self.refill.as_nanos();
         if gained > 0 {
-            self.tokens = (self.tokens as u128 + gained).min(BURST as u128) as u32;
+            self.tokens = (self.tokens as u128 + gained).min(self.burst as u128) as u32;
             self.since = now;
         }
         if self.tokens == 0 {
@@ -74,7 +91,7 @@ impl Bucket {
 
     /// Whether it is full again (it can be forgotten).
     fn refilled(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.since) >= REFILL * BURST
+        now.saturating_duration_since(self.since) >= self.refill * self.burst
     }
 }
 
@@ -113,6 +130,8 @@ pub(super) struct JobStat {
     starts: Option<Bucket>,
     /// Per asking peer: its answers' budget (only peers that asked lately).
     answers: HashMap<u32, Bucket>,
+    /// Answers to all peers together (none before the first).
+    all_answers: Option<Bucket>,
     /// Peers' queries not answered (over their rate).
     dropped: u64,
 }
@@ -135,7 +154,11 @@ impl JobStat {
             .answers
             .entry(node)
             .or_insert_with(|| Bucket::full(now))
-            .take(now);
+            .take(now)
+            && self
+                .all_answers
+                .get_or_insert_with(|| Bucket::new(now, ALL_BURST, ALL_REFILL))
+                .take(now);
         if !ok {
             self.dropped += 1;
         }
@@ -224,7 +247,9 @@ impl Agent {
     pub(super) fn job_asked(&mut self, j: usize, body: &[u8]) -> Result<(), String> {
         let id = parse_query(body).map_err(|e| e.to_string())?;
         if self.peers[j].state() != &PeerState::Up {
-            return Err("stat query before Resume".into());
+            // (Not from an honest peer, whose Resume comes first; not acted on.)
+            log::debug!("peer node {j}: a stat query before its Resume, ignored");
+            return Ok(());
         }
         if !self.jobstat.may_answer(j as u32, self.now) {
             log::debug!(
@@ -245,7 +270,8 @@ impl Agent {
     pub(super) fn job_answered(&mut self, j: usize, body: &[u8]) -> Result<(), String> {
         let s = NodeSummary::parse(body).map_err(|e| e.to_string())?;
         if self.peers[j].state() != &PeerState::Up {
-            return Err("stat reply before Resume".into());
+            log::debug!("peer node {j}: a stat reply before its Resume, ignored");
+            return Ok(());
         }
         if s.node as usize != j || s.nodes as usize != self.peers.len() {
             return Err(format!(
@@ -420,6 +446,11 @@ mod tests {
         assert_eq!(answered, BURST as usize);
         assert_eq!(js.dropped, 100 - BURST as u64);
         assert!(js.may_answer(6, t0), "another peer has its own budget");
+        // All peers together: at most the global burst at once.
+        let mut js = JobStat::default();
+        let all = (0..1000u32).filter(|&n| js.may_answer(n, t0)).count();
+        assert_eq!(all, ALL_BURST as usize);
+        assert!(js.may_answer(2000, t0 + ALL_REFILL));
         // The map of askers stays bounded by the peers that asked lately.
         for n in 0..1000 {
             js.may_answer(n, t0 + REFILL * (BURST * 2 + n));
