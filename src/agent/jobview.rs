@@ -62,27 +62,27 @@ pub(super) fn total(rows: &[JobRow]) -> NodeSummary {
     for s in rows.iter().filter_map(|r| r.summary.as_ref()) {
         t.nodes += 1;
         t.uptime_ms = t.uptime_ms.min(s.uptime_ms);
-        t.rounds += s.rounds;
-        t.cpu_ms += s.cpu_ms;
-        t.links_up += s.links_up;
-        t.links_connecting += s.links_connecting;
-        t.links_disconnected += s.links_disconnected;
-        t.links_lost += s.links_lost;
-        t.links_idle += s.links_idle;
-        t.clients += s.clients;
-        t.msgs_tx += s.msgs_tx;
-        t.bytes_tx += s.bytes_tx;
-        t.msgs_rx += s.msgs_rx;
-        t.bytes_rx += s.bytes_rx;
-        t.local_msgs += s.local_msgs;
-        t.errors += s.errors;
-        t.losses += s.losses;
-        t.malformed += s.malformed;
-        t.resumes += s.resumes;
-        t.frames_resent += s.frames_resent;
-        t.packets_resent += s.packets_resent;
-        t.rx_stalls += s.rx_stalls;
-        t.parked_msgs += s.parked_msgs;
+        t.rounds = t.rounds.saturating_add(s.rounds);
+        t.cpu_ms = t.cpu_ms.saturating_add(s.cpu_ms);
+        t.links_up = t.links_up.saturating_add(s.links_up);
+        t.links_connecting = t.links_connecting.saturating_add(s.links_connecting);
+        t.links_disconnected = t.links_disconnected.saturating_add(s.links_disconnected);
+        t.links_lost = t.links_lost.saturating_add(s.links_lost);
+        t.links_idle = t.links_idle.saturating_add(s.links_idle);
+        t.clients = t.clients.saturating_add(s.clients);
+        t.msgs_tx = t.msgs_tx.saturating_add(s.msgs_tx);
+        t.bytes_tx = t.bytes_tx.saturating_add(s.bytes_tx);
+        t.msgs_rx = t.msgs_rx.saturating_add(s.msgs_rx);
+        t.bytes_rx = t.bytes_rx.saturating_add(s.bytes_rx);
+        t.local_msgs = t.local_msgs.saturating_add(s.local_msgs);
+        t.errors = t.errors.saturating_add(s.errors);
+        t.losses = t.losses.saturating_add(s.losses);
+        t.malformed = t.malformed.saturating_add(s.malformed);
+        t.resumes = t.resumes.saturating_add(s.resumes);
+        t.frames_resent = t.frames_resent.saturating_add(s.frames_resent);
+        t.packets_resent = t.packets_resent.saturating_add(s.packets_resent);
+        t.rx_stalls = t.rx_stalls.saturating_add(s.rx_stalls);
+        t.parked_msgs = t.parked_msgs.saturating_add(s.parked_msgs);
         if s.slow_backlog > t.slow_backlog {
             t.slow_backlog = s.slow_backlog;
             t.slow_node = s.slow_node;
@@ -148,7 +148,7 @@ impl JobView {
         let (trouble_median, resent_median) = (lower_median(trouble), lower_median(resent));
         for (i, s) in answered() {
             let t = s.trouble();
-            if t > 0 && t >= 2 * trouble_median {
+            if t > 0 && t >= trouble_median.saturating_mul(2) {
                 notes[i].push((
                     "trouble",
                     format!(
@@ -158,7 +158,7 @@ impl JobView {
                 ));
             }
             let r = s.resent();
-            if r >= 2 * resent_median.max(RESENT_FLOOR) {
+            if r >= resent_median.max(RESENT_FLOOR).saturating_mul(2) {
                 notes[i].push(("resent", format!("resends: {r} (median {resent_median})")));
             }
         }
@@ -176,7 +176,7 @@ impl JobView {
             ));
         }
         for (i, s) in answered() {
-            let not_up = s.links_connecting + s.links_disconnected + s.links_lost;
+            let not_up = s.links_not_up();
             if not_up > 0 {
                 notes[i].push(("links", format!("links not up: {not_up}")));
             }
@@ -199,15 +199,7 @@ impl JobView {
         ];
         let cells = |s: &NodeSummary| -> Vec<String> {
             vec![
-                format!(
-                    "{}/{}",
-                    s.links_up,
-                    s.links_up
-                        + s.links_connecting
-                        + s.links_disconnected
-                        + s.links_lost
-                        + s.links_idle
-                ),
+                format!("{}/{}", s.links_up, s.peers()),
                 short(s.msgs_tx, false),
                 short(s.msgs_rx, false),
                 short(s.bytes_tx, true),
@@ -337,6 +329,44 @@ mod tests {
             answer_ms: ms,
             summary: s,
         }
+    }
+
+    /// Whatever a peer claims (every count at its largest), the total and
+    /// the table are made without overflow.
+    #[test]
+    fn the_largest_counts_do_not_overflow() {
+        let mut big = NodeSummary {
+            node: 1,
+            nodes: 3,
+            slow_node: 2,
+            ..NodeSummary::default()
+        };
+        let b = big.to_bytes();
+        let mut raw = b;
+        for at in (16..NodeSummary::LEN).step_by(8) {
+            if at != 168 {
+                raw[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            }
+        }
+        big = NodeSummary::parse(&raw).unwrap();
+        assert_eq!(big.links_up, u32::MAX);
+        let rows = vec![
+            row(0, None, Some(big)),
+            row(1, Some(1.0), Some(big)),
+            row(2, None, None),
+        ];
+        let t = total(&rows);
+        assert_eq!((t.msgs_tx, t.links_up), (u64::MAX, u32::MAX));
+        let v = JobView {
+            asked_by: 0,
+            nodes: 3,
+            answered: 2,
+            timeout_ms: 1,
+            elapsed_ms: 1.0,
+            rows,
+            total: t,
+        };
+        assert!(v.render().contains("total"));
     }
 
     /// Four nodes: 1 slow to answer and with a backlog, 2 with errors, 3

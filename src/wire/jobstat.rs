@@ -206,6 +206,20 @@ impl NodeSummary {
             .saturating_add(self.malformed)
     }
 
+    /// Its peers: linked or not (saturating: the counts are the peer's word).
+    pub fn peers(&self) -> u32 {
+        self.links_up
+            .saturating_add(self.links_not_up())
+            .saturating_add(self.links_idle)
+    }
+
+    /// Its peers being connected, disconnected or lost.
+    pub fn links_not_up(&self) -> u32 {
+        self.links_connecting
+            .saturating_add(self.links_disconnected)
+            .saturating_add(self.links_lost)
+    }
+
     /// Frames and packets sent again.
     pub fn resent(&self) -> u64 {
         self.frames_resent.saturating_add(self.packets_resent)
