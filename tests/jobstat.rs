@@ -433,3 +433,38 @@ fn an_agent_of_the_previous_protocol_version_is_refused_clearly() {
     }
     assert_ne!(c.stat(0)["peers"][0]["state"], "up");
 }
+
+/// On-demand links, none made yet: the job view links the asking agent to
+/// every node (and only that: the others stay unlinked to each other), and
+/// every node answers. `WYVERN_JOBSTAT_AGENTS=N` runs more than 8.
+#[test]
+fn on_demand_agents_are_linked_by_the_view_and_all_answer() {
+    let n: usize = std::env::var("WYVERN_JOBSTAT_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let args = vec![vec!["--connect".to_string(), "on-demand".to_string()]; n];
+    let c = Cluster::start_wrapped(n, &[], vec![], args, |_, a| a);
+    let (v, took) = stat_job_json(&c, 0, &["--timeout", "10"]);
+    eprintln!(
+        "{n} on-demand agents: view in {:.1} ms at the agent, {took:?} for the command",
+        v["elapsed_ms"].as_f64().unwrap()
+    );
+    assert_eq!(v["answered"], n, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["summary"]["links_up"], n - 1, "{v}");
+    for r in &rows[1..] {
+        assert_eq!(
+            r["summary"]["links_up"], 1,
+            "only the asker links to it: {r}"
+        );
+        assert_eq!(r["summary"]["links_idle"], n - 2, "{r}");
+    }
+    // A second view comes at once: the links are there now.
+    let (v2, _) = stat_job_json(&c, 0, &[]);
+    assert_eq!(v2["answered"], n, "{v2}");
+    eprintln!(
+        "again, links up: {:.1} ms",
+        v2["elapsed_ms"].as_f64().unwrap()
+    );
+}
