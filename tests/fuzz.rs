@@ -526,6 +526,7 @@ fn control_seeds() -> Vec<Vec<u8>> {
         CtlRequest::Detach,
         CtlRequest::Stat,
         CtlRequest::BreakLink { node: 1 },
+        CtlRequest::JobStat { timeout_ms: 2000 },
     ];
     let all: String = reqs
         .iter()
