@@ -1,5 +1,6 @@
 //! The agent's control requests (attach, endpoints, stat, the job view,
-//! break-link) and its statistics. The connections themselves are [`super::conns`]'s.
+//! break-link) and its statistics. The connections themselves are
+//! [`super::conns`]'s; the job view is [`super::jobstat`]'s.
 
 use std::collections::VecDeque;
 use std::io;

@@ -1,6 +1,6 @@
 //! The job-wide view's two frames (`wyvern stat --job`): an agent asks each
-//! peer over their authenticated link ([`FrameKind::StatQuery`]) and each
-//! answers with a summary of itself of fixed size ([`FrameKind::StatReply`]).
+//! peer over their authenticated link ([`super::FrameKind::StatQuery`]) and each
+//! answers with a summary of itself of fixed size ([`super::FrameKind::StatReply`]).
 //! Neither is retained or resent: a query or an answer lost with its link
 //! shows as "no answer" at the asking agent.
 //!
