@@ -174,11 +174,11 @@ fn job_view_lists_every_node_with_its_own_counts() {
     }
 }
 
-/// Two clients asking at once share one query (both get the whole view);
-/// a burst of queries past the agent's rate gets a clear refusal, not a
-/// storm of frames, and the agent goes on answering afterwards.
+/// Two clients asking at once both get the whole view; a burst of queries
+/// past the agent's rate gets a clear refusal, not a storm of frames, and
+/// the agent goes on answering afterwards.
 #[test]
-fn concurrent_queries_share_one_and_a_burst_is_refused() {
+fn concurrent_queries_are_served_and_a_burst_is_refused() {
     let c = Cluster::start(3, &[]);
     let sock = c.socket(1);
     let ask = |s: std::path::PathBuf| {
@@ -300,7 +300,8 @@ fn read_replies(s: &mut std::net::TcpStream, dur: Duration) -> Vec<NodeSummary> 
 /// An authenticated peer that floods `StatQuery` frames gets a bounded number
 /// of answers, each of fixed size; an answer to no query is dropped and the
 /// link stays; an answer that lies about its node drops the link as
-/// malformed. The agent's own job view shows the silent peer's row with why.
+/// malformed. The agent's own job view shows the silent peer's row with why,
+/// and a client asking while that view waits shares it.
 #[test]
 fn hostile_peer_gets_bounded_answers_and_lies_drop_its_link() {
     use common::fakepeer::FakePeer;
@@ -341,6 +342,20 @@ fn hostile_peer_gets_bounded_answers_and_lies_drop_its_link() {
     assert_eq!(v.answered, 1, "{v:?}");
     let why = v.rows[1].why.clone().unwrap();
     assert!(why.contains("asked, no answer within 300 ms"), "{why}");
+    // A second client asking while a query waits shares it: one query, one
+    // reply to both (the same elapsed time, to the nanosecond).
+    let sock = c.socket(0);
+    let first = std::thread::spawn(move || {
+        wyvern::client::job_stat(sock, Duration::from_millis(600)).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let second = wyvern::client::job_stat(c.socket(0), Duration::from_millis(5000)).unwrap();
+    let first = first.join().unwrap();
+    assert_eq!(first.elapsed_ms, second.elapsed_ms, "{first:?} {second:?}");
+    assert_eq!(
+        second.timeout_ms, 600,
+        "the query joined keeps its own timeout"
+    );
     // An answer to no query: dropped, the link stays up.
     let stray = NodeSummary {
         query: 999_999,
