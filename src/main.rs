@@ -69,7 +69,8 @@ enum Cmd {
         peer: Option<u32>,
     },
     /// Show an agent's live statistics: counters, and rates per second
-    /// between two samples.
+    /// between two samples; with --job, every node's agent of the job in one
+    /// table (asked over the agents' own links).
     Stat(stat_cli::StatArgs),
     /// Start two agents on this machine over loopback TCP, run a workload
     /// between them, and print a summary.

@@ -337,6 +337,13 @@ pub enum CtlRequest {
         /// The peer; `None`: all of them.
         node: Option<u32>,
     },
+    /// The job-wide view (no attach needed): the agent asks every peer over
+    /// its link for a summary and replies once all answered or after
+    /// `timeout_ms` (clamped to 50 ms .. 20 s) with [`CtlReply::JobStat`].
+    JobStat {
+        /// How long to wait for answers, ms.
+        timeout_ms: u64,
+    },
 }
 
 /// Replies on the control socket.
@@ -373,6 +380,8 @@ pub enum CtlReply {
     Ok,
     /// Statistics.
     Stat(Box<crate::agent::stats::Snapshot>),
+    /// The job-wide view.
+    JobStat(Box<crate::agent::jobview::JobView>),
     /// Refused.
     Error {
         /// Why.

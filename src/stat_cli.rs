@@ -1,5 +1,6 @@
 //! `wyvern stat`: an agent's counters with rates per second, once or every
-//! few seconds; and how client subcommands report a failure to reach the agent.
+//! few seconds; `wyvern stat --job`: every node's agent in one table; and how
+//! client subcommands report a failure to reach the agent.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -34,6 +35,30 @@ pub struct StatArgs {
     /// With --watch: the first refresh's.
     #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_interval)]
     interval: f64,
+    /// The whole job: this node's agent asks every other node's agent, over
+    /// their links, for a summary of itself (links up, messages and bytes,
+    /// failed sends, lost links, malformed frames, resends, the peer with the
+    /// largest backlog, CPU time), and prints one row per node, the job's
+    /// total and the nodes to look at first. A node that does not answer
+    /// within --timeout has a row that says why (link lost, no link, asked
+    /// and no answer). Links are made to peers not linked yet (on-demand
+    /// links), as `wyvern connect` does. With --json: the rows as JSON.
+    #[arg(long)]
+    job: bool,
+    /// With --job: how long the agent waits for the other nodes' answers
+    /// (0.05 to 20 seconds); it replies as soon as every node answered.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_timeout)]
+    timeout: f64,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    let v = seconds(s)?;
+    if !(0.05..=20.0).contains(&v) {
+        return Err(format!(
+            "the job view waits 0.05 to 20 seconds for answers (got {s})"
+        ));
+    }
+    Ok(v)
 }
 
 fn seconds(s: &str) -> Result<f64, String> {
@@ -115,6 +140,9 @@ pub fn run(a: StatArgs) -> ExitCode {
         })
     };
     let tty = std::io::stdout().is_terminal();
+    if a.job {
+        return run_job(&a, &path, named, tty);
+    }
     if a.json {
         loop {
             let s = match sample() {
@@ -174,6 +202,37 @@ pub fn run(a: StatArgs) -> ExitCode {
     }
 }
 
+/// `wyvern stat --job`: the job view, once or every `--watch` seconds.
+fn run_job(a: &StatArgs, path: &std::path::Path, named: bool, tty: bool) -> ExitCode {
+    let mut frames = 0u64;
+    loop {
+        let v = match wyvern::client::job_stat(path, Duration::from_secs_f64(a.timeout)) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("wyvern stat --job: {}", client_error(&e, named));
+                return ExitCode::FAILURE;
+            }
+        };
+        let text = if a.json {
+            serde_json::to_string_pretty(&v).expect("serialisable") + "\n"
+        } else if a.watch.is_some() && tty {
+            format!("\x1b[2J\x1b[H{}", v.render())
+        } else if frames > 0 {
+            format!("\n{}", v.render())
+        } else {
+            v.render()
+        };
+        if !emit(&text) {
+            return ExitCode::SUCCESS;
+        }
+        frames += 1;
+        match a.watch {
+            Some(w) => std::thread::sleep(Duration::from_secs_f64(w)),
+            None => return ExitCode::SUCCESS,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +247,8 @@ mod tests {
         assert_eq!(parse_interval("0"), Ok(0.0));
         assert!(parse_interval("0.01").is_err());
         assert_eq!(parse_interval("2"), Ok(2.0));
+        assert!(parse_timeout("0.01").is_err());
+        assert!(parse_timeout("21").is_err());
+        assert_eq!(parse_timeout("3"), Ok(3.0));
     }
 }

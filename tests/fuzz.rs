@@ -15,7 +15,7 @@
 //! (re)writes the seed corpus from the encoders.
 //!
 //! Targets: the frame decoder (frames, records, Hello, Resume, Ack, the
-//! stream reader), the datagram packet decoder and the reliability layer it
+//! job view's StatQuery and StatReply, the stream reader), the datagram packet decoder and the reliability layer it
 //! feeds, the control-line reader and request parser, the ring record
 //! parsers (a ring in a real pool whose memory the input overwrites, and the
 //! submission/completion/delivery records), the TOML configuration, and
@@ -308,6 +308,25 @@ fn frame_seeds() -> Vec<Vec<u8>> {
     stream.extend(wire::control_frame(FrameKind::Heartbeat, 1, &[]));
     stream.extend(wire::control_frame(FrameKind::Bye, 1, &[]));
     stream.extend(wire::control_frame(FrameKind::Challenge, 0, &[7; 32]));
+    stream.extend(wire::control_frame(
+        FrameKind::StatQuery,
+        1,
+        &9u64.to_le_bytes(),
+    ));
+    let summary = wire::jobstat::NodeSummary {
+        query: 9,
+        node: 1,
+        nodes: 4,
+        msgs_tx: 1000,
+        slow_node: 3,
+        slow_backlog: 4096,
+        ..Default::default()
+    };
+    stream.extend(wire::control_frame(
+        FrameKind::StatReply,
+        1,
+        &summary.to_bytes(),
+    ));
     vec![
         wire::control_frame(FrameKind::Hello, 1, &hello.to_bytes()),
         wire::control_frame(FrameKind::Data, 2, &data),
@@ -340,6 +359,8 @@ fn frame_check(input: &[u8]) {
     let _ = wire::Hello::parse(input);
     let _ = wire::Resume::parse(input);
     let _ = wire::parse_ack(input);
+    let _ = wire::jobstat::parse_query(input);
+    check_summary(input);
     check_records(input);
     // The stream reader, fed in pieces of input-chosen sizes.
     let mut r = FrameReader::new();
@@ -356,12 +377,27 @@ fn frame_check(input: &[u8]) {
         let _ = r.peek_partial();
         while let Ok(Some((h, body))) = r.peek_frame() {
             assert_eq!(body.len(), h.body_len as usize);
-            if h.kind == FrameKind::Data {
-                check_records(body);
+            match h.kind {
+                FrameKind::Data => check_records(body),
+                FrameKind::StatQuery => {
+                    let _ = wire::jobstat::parse_query(body);
+                }
+                FrameKind::StatReply => check_summary(body),
+                _ => {}
             }
             r.consume();
         }
         assert!(r.buffered() <= input.len());
+    }
+}
+
+/// A `StatReply` body parses only at its exact size, and what parses
+/// encodes back to the same bytes.
+fn check_summary(body: &[u8]) {
+    if let Ok(s) = wire::jobstat::NodeSummary::parse(body) {
+        assert_eq!(body.len(), wire::jobstat::NodeSummary::LEN);
+        assert_eq!(&s.to_bytes()[..], body);
+        assert!(s.slow_node == wire::jobstat::NO_NODE || s.slow_node < s.nodes);
     }
 }
 
@@ -497,6 +533,7 @@ fn control_seeds() -> Vec<Vec<u8>> {
             node: 2,
             hold_ms: 5000,
         },
+        CtlRequest::JobStat { timeout_ms: 2000 },
     ];
     let all: String = reqs
         .iter()

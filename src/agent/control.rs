@@ -1,5 +1,6 @@
-//! The agent's control requests (attach, endpoints, stat, break-link) and
-//! its statistics. The connections themselves are [`super::conns`]'s.
+//! The agent's control requests (attach, endpoints, stat, the job view,
+//! break-link) and its statistics. The connections themselves are
+//! [`super::conns`]'s; the job view is [`super::jobstat`]'s.
 
 use std::collections::VecDeque;
 use std::io;
@@ -140,6 +141,7 @@ impl Agent {
 
     /// Close control connection `idx`; the client attached over it leaves.
     fn close_conn(&mut self, idx: usize) {
+        self.jobstat.forget(idx);
         if let Some(slot) = self.conns.close(&self.poller, idx) {
             self.start_closing(slot);
         }
@@ -151,6 +153,7 @@ impl Agent {
         for idx in self.conns.expired(&self.poller, now) {
             self.close_conn(idx);
         }
+        self.job_tick(now);
     }
 
     /// A client rang: take what it sent (the rings are polled every round;
@@ -243,6 +246,10 @@ impl Agent {
             CtlRequest::Stat => {
                 let s = self.snapshot();
                 self.reply(idx, &CtlReply::Stat(Box::new(s)), Vec::new());
+                true
+            }
+            CtlRequest::JobStat { timeout_ms } => {
+                self.job_query(idx, timeout_ms);
                 true
             }
             CtlRequest::Connect { node } => {

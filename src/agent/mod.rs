@@ -54,6 +54,8 @@ mod control;
 mod degraded;
 mod deliver;
 mod inbox;
+pub mod jobstat;
+pub mod jobview;
 mod links;
 mod peers;
 mod plan;
@@ -232,6 +234,8 @@ pub struct Agent {
     uid: u32,
     /// This run of the agent (start time in ns): tells a restarted agent apart.
     incarnation: u64,
+    /// The job-wide view: the query in flight, peers' answer budgets.
+    jobstat: jobstat::JobStat,
 }
 
 impl Agent {
@@ -408,6 +412,7 @@ impl Agent {
             damage: crate::shm::guard::DamageReader::new(),
             uid: nix::unistd::geteuid().as_raw(),
             incarnation: plan.incarnation,
+            jobstat: Default::default(),
             cfg: plan.cfg,
         })
     }

@@ -196,6 +196,14 @@ impl Agent {
             FrameKind::Data if self.peers[j].state() != &PeerState::Up => {
                 self.malformed(j, "Data frame before Resume".into())
             }
+            FrameKind::StatQuery => match self.job_asked(j, body) {
+                Ok(()) => FrameStep::Next,
+                Err(e) => self.malformed(j, format!("malformed frame: {e}")),
+            },
+            FrameKind::StatReply => match self.job_answered(j, body) {
+                Ok(()) => FrameStep::Next,
+                Err(e) => self.malformed(j, format!("malformed frame: {e}")),
+            },
             FrameKind::Bye => {
                 self.peer_lost(j, "peer agent shut down", true);
                 FrameStep::Broken

@@ -425,6 +425,21 @@ pub fn stat(path: impl AsRef<Path>) -> Result<crate::agent::stats::Snapshot, Err
     }
 }
 
+/// Ask an agent for the job-wide view (no attach needed): it asks every peer
+/// over its link and answers once all did or after `timeout` (the agent
+/// clamps it to 50 ms .. 20 s); a node that did not answer has a row that
+/// says why.
+pub fn job_stat(
+    path: impl AsRef<Path>,
+    timeout: std::time::Duration,
+) -> Result<crate::agent::jobview::JobView, Error> {
+    let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
+    match request(path.as_ref(), &CtlRequest::JobStat { timeout_ms })? {
+        CtlReply::JobStat(v) => Ok(*v),
+        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
 /// Have an agent break its connection to peer `node`, as a network fault
 /// would (no attach needed); the two agents then resume over a new one.
 pub fn break_link(path: impl AsRef<Path>, node: u32) -> Result<(), Error> {

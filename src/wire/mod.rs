@@ -15,7 +15,8 @@
 //! | 12..16 | body length (at most [`MAX_BODY`]) |
 //!
 //! A `Hello` body is [`Hello`]; a `Data` body is a sequence of records, each a
-//! [`RecordHeader`] followed by its payload padded to 8 bytes.
+//! [`RecordHeader`] followed by its payload padded to 8 bytes; `StatQuery`
+//! and `StatReply` bodies are [`jobstat`]'s.
 //!
 //! ## Records
 //! A message of up to the eager limit travels in one `Msg` record; a larger
@@ -26,6 +27,7 @@
 
 pub mod auth;
 pub(crate) mod bytes;
+pub mod jobstat;
 pub mod packet;
 pub mod reliable;
 pub mod verbs;
@@ -35,8 +37,11 @@ use bytes::{Fields, FieldsMut};
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"WYVF";
 /// Protocol version (4: the authenticated handshake, [`FrameKind::Challenge`]
-/// and the nonce and MAC after a `Hello`).
-pub const VERSION: u8 = 4;
+/// and the nonce and MAC after a `Hello`; 5: [`FrameKind::StatQuery`] and
+/// [`FrameKind::StatReply`], which a version 4 agent would take for a broken
+/// stream and drop the link: agents of different versions never link, and
+/// each says why in its log).
+pub const VERSION: u8 = 5;
 /// Bytes of a frame header.
 pub const FRAME_HEADER: usize = 16;
 /// Bytes of a record header.
@@ -90,6 +95,11 @@ pub enum FrameKind {
     /// First frame of the accepting side of a TCP connection: its nonce
     /// ([`auth::NONCE_LEN`] bytes), which the dialer's `Hello` MAC covers.
     Challenge = 7,
+    /// The job-wide view: "summarise yourself" ([`jobstat::parse_query`]: a
+    /// query id). Only on an authenticated link whose session is up.
+    StatQuery = 8,
+    /// The answer to a `StatQuery`: a [`jobstat::NodeSummary`], fixed size.
+    StatReply = 9,
 }
 
 impl FrameKind {
@@ -102,6 +112,8 @@ impl FrameKind {
             5 => FrameKind::Resume,
             6 => FrameKind::Ack,
             7 => FrameKind::Challenge,
+            8 => FrameKind::StatQuery,
+            9 => FrameKind::StatReply,
             _ => return Err(WireError::Kind(v)),
         })
     }
