@@ -1219,11 +1219,31 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         TransportStats { counters: c, info }
     }
 
-    fn close(&mut self, _poller: &Poller, node: u32, _how: Close) -> Vec<u64> {
+    fn close(&mut self, _poller: &Poller, node: u32, how: Close) -> Vec<u64> {
         let j = node as usize;
+        if how == Close::Idle && j < self.wanted.len() {
+            self.wanted[j] = false;
+        }
         if self.links.get(j).is_none() || j as u32 == self.me {
             // (Never made: nothing to close, and no `Hello` to send.)
             return Vec::new();
+        }
+        if how == Close::Idle {
+            // Forgotten whole (its buffers, its reliability state): the next
+            // `Hello` either way makes a new link, as with a peer never
+            // talked to. Packets of the old one still coming are stale.
+            let Some(old) = self.links.v[j].take() else {
+                return Vec::new();
+            };
+            self.retired.add(&old.tx.stats());
+            return old
+                .outq
+                .into_iter()
+                .filter_map(|o| match o {
+                    Out::Block { free_after, .. } => free_after,
+                    Out::Bytes { .. } => None,
+                })
+                .collect();
         }
         // The clock of this round when there is one (a simulation's is virtual).
         let now = self.now.unwrap_or_else(Instant::now);

@@ -224,6 +224,10 @@ pub enum Close {
     /// finds the fault on its own and reports the link down. A transport
     /// with no such fault closes the link now.
     Fault,
+    /// Now, and the link is no longer wanted (on-demand links, see
+    /// [`Transport::want`]): it is not made again until wanted again, and
+    /// what it held is released. The agent closes idle links so.
+    Idle,
 }
 
 /// A transport's own figures for `wyvern stat`.

@@ -980,7 +980,15 @@ impl Transport for TcpTransport {
         false
     }
 
-    fn close(&mut self, poller: &Poller, node: u32, _how: Close) -> Vec<u64> {
+    fn close(&mut self, poller: &Poller, node: u32, how: Close) -> Vec<u64> {
+        let idle = how == Close::Idle;
+        if idle {
+            // Not made again until wanted again; then at once (the pause
+            // below is for links that failed).
+            if let Some(w) = self.wanted.get_mut(node as usize) {
+                *w = None;
+            }
+        }
         match self.links.get_mut(node as usize).and_then(|l| l.take()) {
             Some(mut l) => {
                 if l.paused {
@@ -989,7 +997,12 @@ impl Transport for TcpTransport {
                     poller.delete(l.as_fd());
                 }
                 l.shutdown();
-                self.next_dial[node as usize] = Instant::now() + Duration::from_millis(500);
+                let pause = if idle {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(500)
+                };
+                self.next_dial[node as usize] = Instant::now() + pause;
                 l.drain_blocks()
             }
             None => Vec::new(),
