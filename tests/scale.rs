@@ -441,3 +441,84 @@ fn an_idle_close_racing_with_messages_loses_and_repeats_nothing() {
     // closed many times (not once at the end).
     assert!(closes > 6, "links closed only {closes} times: {stats:?}");
 }
+
+/// How long a message to a peer whose link was closed for idleness takes
+/// (the link is made again under it) against one on an open link, each way
+/// (on tcp the higher node id dials at once, the lower one after 100 ms, see
+/// docs/scaling.md): one-way, from the send to the receiver's `recv`, both
+/// clients in this process. Every message arrives, in order, whatever the
+/// link's state.
+#[test]
+fn a_message_to_a_closed_link_reopens_it_and_arrives() {
+    use wyvern::client::{Client, Mode};
+    let c = on_demand_idle(2);
+    let a = Client::attach(c.socket(0), "reopen-0").unwrap();
+    let b = Client::attach(c.socket(1), "reopen-1").unwrap();
+    let eps = [
+        a.open_endpoint(Some(9)).unwrap(),
+        b.open_endpoint(Some(9)).unwrap(),
+    ];
+    let t = Duration::from_secs(5);
+    let mut seq = [0u32; 2];
+    let mut one_way = |from: usize| -> Duration {
+        let to = 1 - from;
+        seq[from] += 1;
+        let t0 = Instant::now();
+        eps[from]
+            .send(to as u32, 9, &seq[from].to_le_bytes(), Mode::Buffered, t)
+            .unwrap();
+        let m = eps[to].recv(t).expect("a message to a closed link arrives");
+        let d = t0.elapsed();
+        assert_eq!(
+            m.data(),
+            seq[from].to_le_bytes(),
+            "from {from}: lost or out of order"
+        );
+        d
+    };
+    let closed = |i: usize| state(&c, i, 1 - i) != "up";
+    // [from][0: first on a closed link, 1: on an open link]
+    let mut lat: [[Vec<Duration>; 2]; 2] = Default::default();
+    for round in 0..7 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(closed(0) && closed(1)) {
+            assert!(Instant::now() < deadline, "not closed: {}", c.stat(0));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let first = round % 2;
+        let d = one_way(first);
+        if round > 0 {
+            // (Round 0 makes the link the first time.)
+            lat[first][0].push(d);
+        }
+        for _ in 0..5 {
+            lat[1 - first][1].push(one_way(1 - first));
+            lat[first][1].push(one_way(first));
+        }
+    }
+    for i in 0..2 {
+        let s = c.stat(i);
+        assert_eq!(check::peer_counter(&s, 1 - i, "losses"), 0, "{s}");
+        assert!(check::peer_counter(&s, 1 - i, "idle_closes") >= 5, "{s}");
+    }
+    let ms = |v: &Vec<Duration>| {
+        let mut v: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        format!(
+            "median {:.2} ms (min {:.2}, max {:.2}, n {})",
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1],
+            v.len()
+        )
+    };
+    eprintln!(
+        "{}: one-way latency of the first message on a link closed for idleness: 0 -> 1 \
+         (lower id first) {}, 1 -> 0 {}; on an open link: 0 -> 1 {}, 1 -> 0 {}",
+        common::transport(),
+        ms(&lat[0][0]),
+        ms(&lat[1][0]),
+        ms(&lat[0][1]),
+        ms(&lat[1][1])
+    );
+}

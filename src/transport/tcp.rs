@@ -339,6 +339,8 @@ pub struct TcpTransport {
     /// lower one from the start.
     on_demand: bool,
     wanted: Vec<Option<Instant>>,
+    /// Links closed for idleness ([`Close::Idle`]) not wanted since.
+    idle_closed: Vec<bool>,
     /// Per link: whether this agent dialed it (else: accepted it).
     dialed: Vec<bool>,
     /// A second connection with a peer settled in favour of the other one.
@@ -399,6 +401,7 @@ impl TcpTransport {
             next_dial: vec![now; n],
             on_demand: false,
             wanted: vec![None; n],
+            idle_closed: vec![false; n],
             dialed: vec![false; n],
             duplicates: 0,
             dialer: Dialer::default(),
@@ -483,6 +486,25 @@ impl TcpTransport {
             );
             self.refuse_warned = Some(now);
             self.refused_quiet = 0;
+        }
+    }
+
+    /// Dial node `j` if this end dials it (the higher node id dials the
+    /// lower; on demand: the wanted ones, and a lower id a higher one after
+    /// `DIAL_DEFER`) and it is not linked or being dialed.
+    fn maybe_dial(&mut self, j: usize, now: Instant) {
+        let me = self.me as usize;
+        let may = match (self.on_demand, self.wanted[j]) {
+            (false, _) => j < me,
+            (true, None) => false,
+            (true, Some(t)) => j < me || (j > me && now >= t + DIAL_DEFER),
+        };
+        if may && self.links[j].is_none() && !self.dialing[j] && now >= self.next_dial[j] {
+            self.dialing[j] = true;
+            self.dials += 1;
+            self.next_dial[j] = now + REDIAL;
+            let wake = self.wake.clone();
+            self.dialer.dial(j as u32, self.nodes[j], move || wake());
         }
     }
 
@@ -886,19 +908,7 @@ impl Transport for TcpTransport {
             if self.dials >= MAX_DIALS {
                 break;
             }
-            let me = self.me as usize;
-            let may = match (self.on_demand, self.wanted[j]) {
-                (false, _) => j < me,
-                (true, None) => false,
-                (true, Some(t)) => j < me || (j > me && now >= t + DIAL_DEFER),
-            };
-            if may && self.links[j].is_none() && !self.dialing[j] && now >= self.next_dial[j] {
-                self.dialing[j] = true;
-                self.dials += 1;
-                self.next_dial[j] = now + REDIAL;
-                let wake = self.wake.clone();
-                self.dialer.dial(j as u32, self.nodes[j], move || wake());
-            }
+            self.maybe_dial(j, now);
         }
         let _ = events;
     }
@@ -908,8 +918,23 @@ impl Transport for TcpTransport {
             self.on_demand = true;
             return true;
         };
-        if let Some(w) = self.wanted.get_mut(node as usize) {
-            w.get_or_insert(now);
+        let j = node as usize;
+        if let Some(w) = self.wanted.get_mut(j) {
+            if w.is_none() {
+                // A link closed for idleness is made again without the
+                // deferral: the peer closed it too and wants nothing yet (a
+                // second connection, if both ends want it at once, is
+                // settled as at start). Dialed now, not at the next tick.
+                let reopen = std::mem::take(&mut self.idle_closed[j]);
+                *w = Some(if reopen {
+                    now.checked_sub(DIAL_DEFER).unwrap_or(now)
+                } else {
+                    now
+                });
+                if self.dials < MAX_DIALS {
+                    self.maybe_dial(j, now);
+                }
+            }
         }
         self.on_demand
     }
@@ -987,6 +1012,7 @@ impl Transport for TcpTransport {
             // below is for links that failed).
             if let Some(w) = self.wanted.get_mut(node as usize) {
                 *w = None;
+                self.idle_closed[node as usize] = true;
             }
         }
         match self.links.get_mut(node as usize).and_then(|l| l.take()) {
