@@ -655,9 +655,16 @@ impl<I: PacketIo> DatagramTransport<I> {
             self.stats.foreign += 1;
             return;
         }
+        self.links.now = now;
+        if h.kind != PktKind::Hello && self.links.get(j).is_none() {
+            // No link, so no epoch it could name (one closed for idleness:
+            // its last acks and resends come late): stale, and not worth
+            // making a link for.
+            self.stats.stale += 1;
+            return;
+        }
         // (Made now if it was not: a peer's `Hello` is answered, and a node
         // that exists may send at most this one link's worth of state.)
-        self.links.now = now;
         let _ = &mut self.links[j];
         if h.kind == PktKind::Hello {
             // Of this job (see `Hello::job`), naming its sender and our node count.
