@@ -116,6 +116,12 @@ impl Peer {
         self.counters.idle_closes += 1;
         self.idle = IdleWatch::new(self.frames(), now);
         self.set_state(PeerState::Idle, now);
+        // What a busy link grew and a closed one does not need.
+        if let Some(s) = self.session.as_mut() {
+            s.tx.shrink_to_fit();
+        }
+        self.acks.map.shrink_to_fit();
+        self.large.shrink_to_fit();
         self.unacked_bytes() > 0
             || !self.large.is_empty()
             || !self.batch.is_empty()
