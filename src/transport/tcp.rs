@@ -489,6 +489,36 @@ impl TcpTransport {
         }
     }
 
+    /// Dials that finished (on the dialer's threads): their connections
+    /// start their handshake. Every round while dials are under way, not
+    /// only at the tick, so a link made again (an idle one) waits for no
+    /// timer.
+    fn take_dials(&mut self, poller: &Poller, now: Instant) {
+        while let Some(d) = self.dialer.poll() {
+            let j = d.node as usize;
+            self.dialing[j] = false;
+            self.dials -= 1;
+            if self.links[j].is_some() {
+                continue;
+            }
+            match d.result.and_then(Link::new) {
+                Ok(link) => {
+                    // Our Hello goes out once the acceptor's challenge came.
+                    let role = Role::Dialed {
+                        node: d.node,
+                        ours: auth::random_bytes::<NONCE_LEN>(),
+                        theirs: None,
+                    };
+                    self.add_pending(poller, link, role, now);
+                }
+                Err(e) => {
+                    log::debug!("dial node {j}: {e}");
+                    self.next_dial[j] = now + REDIAL;
+                }
+            }
+        }
+    }
+
     /// Dial node `j` if this end dials it (the higher node id dials the
     /// lower; on demand: the wanted ones, and a lower id a higher one after
     /// `DIAL_DEFER`) and it is not linked or being dialed.
@@ -861,29 +891,7 @@ impl Transport for TcpTransport {
         _rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
-        while let Some(d) = self.dialer.poll() {
-            let j = d.node as usize;
-            self.dialing[j] = false;
-            self.dials -= 1;
-            if self.links[j].is_some() {
-                continue;
-            }
-            match d.result.and_then(Link::new) {
-                Ok(link) => {
-                    // Our Hello goes out once the acceptor's challenge came.
-                    let role = Role::Dialed {
-                        node: d.node,
-                        ours: auth::random_bytes::<NONCE_LEN>(),
-                        theirs: None,
-                    };
-                    self.add_pending(poller, link, role, now);
-                }
-                Err(e) => {
-                    log::debug!("dial node {j}: {e}");
-                    self.next_dial[j] = now + REDIAL;
-                }
-            }
-        }
+        self.take_dials(poller, now);
         // Pending connections: write our Hello, drop the silent ones.
         for slot in 0..self.pending.len() {
             let Some(p) = self.pending[slot].as_mut() else {
@@ -984,7 +992,11 @@ impl Transport for TcpTransport {
 
     /// Watch again the links paused while their stream was full, once the
     /// agent read half of it.
-    fn poll(&mut self, _now: Instant, rx: &mut dyn Inflow, _events: &mut Vec<LinkEvent>) -> bool {
+    fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, _events: &mut Vec<LinkEvent>) -> bool {
+        if self.dials > 0 {
+            let poller = self.poller.clone();
+            self.take_dials(&poller, now);
+        }
         if self.paused == 0 {
             return false;
         }
