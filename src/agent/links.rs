@@ -13,10 +13,12 @@ use super::peers::{IdleStep, PeerState, Resumed, Retained};
 use super::Agent;
 
 /// The body of a `Bye` that closes an idle link (an empty `Bye`: the agent
-/// shuts down). The sender was [`Peer::quiet`](super::peers::Peer::quiet)
-/// and keeps its session; the receiver answers with its own and closes
-/// its end at once, the sender when that answer comes (or the link breaks,
-/// or after [`Agent::bye_wait`]). Neither end takes it for a failure.
+/// shuts down). The sender was quiet (`Peer::quiet`: nothing in flight
+/// either way) and keeps its session; the receiver answers with its own and
+/// closes its end at once, the sender when that answer comes (or the link
+/// breaks, or after `bye_wait`). Neither end takes it for a failure; a
+/// frame that crossed it is sent again on the next link (the sessions say
+/// whether it is needed), so nothing is lost or handled twice.
 pub(super) const BYE_IDLE: &[u8] = &[1];
 
 /// How long a link that takes none of what is queued for it still counts
