@@ -231,7 +231,12 @@ const LINK_IDLE_MS: u64 = 300;
 
 /// `n` agents with on-demand links closed after [`LINK_IDLE_MS`] idle.
 fn on_demand_idle(n: usize) -> Cluster {
-    let args = vec![
+    on_demand_idle_with(n, vec![])
+}
+
+/// The same, agent 0 with `first` besides.
+fn on_demand_idle_with(n: usize, first: Vec<String>) -> Cluster {
+    let mut args = vec![
         vec![
             "--connect".to_string(),
             "on-demand".to_string(),
@@ -240,7 +245,19 @@ fn on_demand_idle(n: usize) -> Cluster {
         ];
         n
     ];
+    args[0].extend(first);
     Cluster::start_wrapped(n, &[], vec![], args, |_, a| a)
+}
+
+/// The Prometheus page an agent serves at `addr`.
+fn metrics_page(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    page
 }
 
 /// Every node sends `count` messages of `sizes` to every other (one sender
@@ -304,7 +321,8 @@ fn check_closed(i: usize, s: &Value, closes: u64) {
 #[test]
 fn idle_links_close_at_both_ends_and_the_next_messages_reopen_them() {
     let n = agents();
-    let c = on_demand_idle(n);
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let c = on_demand_idle_with(n, vec!["--metrics".into(), metrics.clone()]);
     let pids: Vec<i32> = (0..n)
         .map(|i| c.agents[i].as_ref().unwrap().pid())
         .collect();
@@ -353,6 +371,17 @@ fn idle_links_close_at_both_ends_and_the_next_messages_reopen_them() {
     assert!(
         text.contains(&format!("links: {} closed | closed for idleness", n - 1)),
         "{text}"
+    );
+    let page = metrics_page(&metrics);
+    let closes = check::peers_counter(&c.stat(0), "idle_closes");
+    assert!(
+        page.contains(&format!(
+            "wyvern_links{{node=\"0\",state=\"closed\"}} {}",
+            n - 1
+        )) && page.contains(&format!(
+            "wyvern_links_closed_idle_total{{node=\"0\"}} {closes}"
+        )),
+        "{page}"
     );
     // Let the heap trim run (on the agent's next sleep, at most every 5 s).
     std::thread::sleep(Duration::from_millis(5500));
