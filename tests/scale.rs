@@ -383,6 +383,17 @@ fn idle_links_close_at_both_ends_and_the_next_messages_reopen_them() {
         )),
         "{page}"
     );
+    // `wyvern wait` makes closed links again, as never-made ones.
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["wait", "--timeout", "20", "--socket"])
+        .arg(c.socket(0))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(&format!("{} peers up", n - 1)),
+        "{out:?}"
+    );
     // Let the heap trim run (on the agent's next sleep, at most every 5 s).
     std::thread::sleep(Duration::from_millis(5500));
     let rss_closed: Vec<u64> = pids.iter().map(|&p| rss_anon(p)).collect();
