@@ -410,6 +410,9 @@ pub struct AgentArgs {
     /// A peer not reached this many ms after start is reported unreachable (dialing goes on).
     #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u64>,
+    /// On-demand links: close a link idle this many ms (reopened by the next message; 0: never).
+    #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_LINK_IDLE_MS")]
+    pub link_idle_ms: Option<u64>,
     /// Bytes queued towards one peer before its senders are held back (a size).
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_PEER_QUEUE_BYTES")]
     pub peer_queue_bytes: Option<u64>,
@@ -493,7 +496,8 @@ impl AgentArgs {
             flush_delay_us,
             heartbeat_ms,
             peer_timeout_ms,
-            connect_timeout_ms
+            connect_timeout_ms,
+            link_idle_ms
         );
         set!(client_block_quota, unknown_ep_grace_ms, max_client_errors);
         set!(peer_rx_bytes, dpdk_peer_macs, hugepages);

@@ -224,3 +224,341 @@ fn on_demand_links_are_made_by_the_first_message_between_that_pair_only() {
         .start()
         .finish("(3 -> 0 after the restart)");
 }
+
+/// The idle time of the idle-link tests: short, so that links close within
+/// a test (the default is a minute).
+const LINK_IDLE_MS: u64 = 300;
+
+/// `n` agents with on-demand links closed after [`LINK_IDLE_MS`] idle.
+fn on_demand_idle(n: usize) -> Cluster {
+    on_demand_idle_with(n, vec![])
+}
+
+/// The same, agent 0 with `first` besides.
+fn on_demand_idle_with(n: usize, first: Vec<String>) -> Cluster {
+    let mut args = vec![
+        vec![
+            "--connect".to_string(),
+            "on-demand".to_string(),
+            "--link-idle-ms".to_string(),
+            LINK_IDLE_MS.to_string(),
+        ];
+        n
+    ];
+    args[0].extend(first);
+    Cluster::start_wrapped(n, &[], vec![], args, |_, a| a)
+}
+
+/// The Prometheus page an agent serves at `addr`.
+fn metrics_page(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    page
+}
+
+/// Every node sends `count` messages of `sizes` to every other (one sender
+/// per node, to each in turn; one receiver per node): all intact, in order.
+fn all_to_all_checked(c: &Cluster, n: usize, count: u64, sizes: &str, label: &str) {
+    let mut t = Traffic::new(c, sizes);
+    for i in 0..n {
+        t = t.recv(i, 9, count * (n as u64 - 1));
+    }
+    for from in 0..n {
+        let to: Vec<(usize, u32)> = (0..n).filter(|&t| t != from).map(|t| (t, 9)).collect();
+        t = t.send_each(from, &to, count, Mode::Buffered);
+    }
+    t.start().finish(label);
+}
+
+/// Agent `i`'s stat once every one of its links was closed for idleness
+/// (all its peers `closed`), within 10 s.
+fn all_closed(c: &Cluster, i: usize, n: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.stat(i);
+        if s["links"] == serde_json::json!({ "closed": n - 1 }) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent {i}: links not all closed 10 s after the traffic: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What an agent whose links all closed for idleness shows, and must: no
+/// peer lost or disconnected (an idle close is not a failure), nothing
+/// queued or unacknowledged, every link's read buffer released, every
+/// block back, each link closed at least `closes` times.
+fn check_closed(i: usize, s: &Value, closes: u64) {
+    assert_eq!(s["blocks_free"], s["blocks_total"], "agent {i}: {s}");
+    for p in s["peers"].as_array().unwrap() {
+        assert_eq!(p["state"], "closed", "agent {i}: {s}");
+        assert_eq!(p["rx_buffer_bytes"], 0, "agent {i}: read buffer kept: {s}");
+        assert_eq!(p["queued_bytes"], 0, "agent {i}: {s}");
+        assert_eq!(p["unacked_bytes"], 0, "agent {i}: {s}");
+        let c = &p["counters"];
+        assert_eq!(c["losses"], 0, "agent {i}: a peer lost: {s}");
+        assert_eq!(c["malformed"], 0, "agent {i}: {s}");
+        assert!(
+            c["idle_closes"].as_u64().unwrap() >= closes,
+            "agent {i}: peer {} closed fewer than {closes} times: {s}",
+            p["node"]
+        );
+    }
+}
+
+/// With `link_idle_ms` (300 ms here), every link made by an all-to-all
+/// closes once the traffic stops, at both ends, as a clean close (`closed`,
+/// not lost or disconnected), its read buffer released; the next messages
+/// either way make every link again, and everything arrives intact and in
+/// order; then the links close again.
+#[test]
+fn idle_links_close_at_both_ends_and_the_next_messages_reopen_them() {
+    let n = agents();
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let c = on_demand_idle_with(n, vec!["--metrics".into(), metrics.clone()]);
+    let pids: Vec<i32> = (0..n)
+        .map(|i| c.agents[i].as_ref().unwrap().pid())
+        .collect();
+    let sizes = "8,700,5000,300000";
+    all_to_all_checked(&c, n, 20, sizes, "(all to all, first)");
+    let t_traffic = Instant::now();
+    // Some links may have closed already (those whose traffic ended first):
+    // the RSS with links open is the one a reader sees right after.
+    let rss_open: Vec<u64> = pids.iter().map(|&p| rss_anon(p)).collect();
+    let closed: Vec<Value> = (0..n).map(|i| all_closed(&c, i, n)).collect();
+    let took = t_traffic.elapsed();
+    for (i, s) in closed.iter().enumerate() {
+        check_closed(i, s, 1);
+    }
+    // Not before the idle time: one message reopens link 0-1, which closes
+    // again no sooner than the idle time after it was sent.
+    let closes = |i: usize, j: usize| check::peer_counter(&c.stat(i), j, "idle_closes");
+    let before = closes(0, 1);
+    let t0 = Instant::now();
+    Traffic::new(&c, "8")
+        .recv(1, 9, 1)
+        .send(0, (1, 9), 1, Mode::Delivered)
+        .start()
+        .finish("(one message 0 -> 1)");
+    let deadline = t0 + Duration::from_secs(10);
+    while closes(0, 1) == before {
+        assert!(
+            Instant::now() < deadline,
+            "link 0-1 not closed again: {}",
+            c.stat(0)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let again_after = t0.elapsed();
+    assert!(
+        again_after >= Duration::from_millis(LINK_IDLE_MS),
+        "link 0-1 closed {again_after:?} after a message, before the idle time"
+    );
+    all_closed(&c, 1, n);
+    let text = std::process::Command::new(common::WYVERN)
+        .args(["stat", "--socket"])
+        .arg(c.socket(0))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("links: {} closed | closed for idleness", n - 1)),
+        "{text}"
+    );
+    let page = metrics_page(&metrics);
+    let closes = check::peers_counter(&c.stat(0), "idle_closes");
+    assert!(
+        page.contains(&format!(
+            "wyvern_links{{node=\"0\",state=\"closed\"}} {}",
+            n - 1
+        )) && page.contains(&format!(
+            "wyvern_links_closed_idle_total{{node=\"0\"}} {closes}"
+        )),
+        "{page}"
+    );
+    // `wyvern wait` makes closed links again, as never-made ones.
+    let out = std::process::Command::new(common::WYVERN)
+        .args(["wait", "--timeout", "20", "--socket"])
+        .arg(c.socket(0))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(&format!("{} peers up", n - 1)),
+        "{out:?}"
+    );
+    // Let the heap trim run (on the agent's next sleep, at most every 5 s).
+    std::thread::sleep(Duration::from_millis(5500));
+    let rss_closed: Vec<u64> = pids.iter().map(|&p| rss_anon(p)).collect();
+    // Again: the next messages either way make the links again.
+    all_to_all_checked(&c, n, 20, sizes, "(all to all, after the idle close)");
+    let again: Vec<Value> = (0..n).map(|i| all_closed(&c, i, n)).collect();
+    for (i, s) in again.iter().enumerate() {
+        check_closed(i, s, 2);
+        assert!(
+            check::peers_counter(s, "resumes") >= (n as u64 - 1),
+            "each link reopened resumes its session: {s}"
+        );
+    }
+    eprintln!(
+        "{n} agents on {}, link_idle_ms {LINK_IDLE_MS}: all links closed {:.2} s after the \
+         traffic, one reopened by a message closed {again_after:?} after it; RssAnon (KiB) just after the traffic {:?}, links closed {:?}",
+        common::transport(),
+        took.as_secs_f64(),
+        rss_open.iter().map(|r| r >> 10).collect::<Vec<_>>(),
+        rss_closed.iter().map(|r| r >> 10).collect::<Vec<_>>(),
+    );
+}
+
+/// Messages sent right around the idle deadline, both ways: one link's
+/// sender pauses exactly the idle time between messages, the other end's a
+/// little less and a little more, so closes race with new messages
+/// (frames sent after an idle `Bye`, or crossing it). Nothing is lost or
+/// repeated (every receiver checks each sender's sequence), nothing is
+/// reported lost, every block returns.
+#[test]
+fn an_idle_close_racing_with_messages_loses_and_repeats_nothing() {
+    let c = on_demand_idle(3);
+    let count = 12;
+    let gap = |ms: u64| ms * 1000;
+    // 0 <-> 1: both ways, gaps straddling the idle time; 0 -> 2 exactly the
+    // idle time, Delivered (its replies cross closes too); 2 -> 1 a little
+    // past it, with large messages (chunks across closes).
+    let ab = Traffic::new(&c, "8,700,5000")
+        .gap_us(gap(LINK_IDLE_MS))
+        .first_ep(200)
+        .recv(1, 9, count)
+        .send(0, (1, 9), count, Mode::Buffered)
+        .start();
+    let ba = Traffic::new(&c, "8,5000")
+        .gap_us(gap(LINK_IDLE_MS) - 3000)
+        .first_ep(210)
+        .recv(0, 10, count)
+        .send(1, (0, 10), count, Mode::Buffered)
+        .start();
+    let ac = Traffic::new(&c, "8,700")
+        .gap_us(gap(LINK_IDLE_MS) + 1000)
+        .first_ep(220)
+        .recv(2, 11, count)
+        .send(0, (2, 11), count, Mode::Delivered)
+        .start();
+    let cb = Traffic::new(&c, "8,300000")
+        .gap_us(gap(LINK_IDLE_MS) + 5000)
+        .first_ep(230)
+        .recv(1, 12, count)
+        .send(2, (1, 12), count, Mode::Buffered)
+        .start();
+    ab.finish("(0 -> 1 at the idle time)");
+    ba.finish("(1 -> 0 just before it)");
+    ac.finish("(0 -> 2 just after it, delivered)");
+    cb.finish("(2 -> 1 after it, large)");
+    let stats: Vec<Value> = (0..3).map(|i| all_closed(&c, i, 3)).collect();
+    let mut closes = 0;
+    for (i, s) in stats.iter().enumerate() {
+        check_closed(i, s, 1);
+        closes += check::peers_counter(s, "idle_closes");
+    }
+    eprintln!(
+        "{}: {closes} idle closes at the 3 agents, {} frames sent again, {} resumes",
+        common::transport(),
+        stats
+            .iter()
+            .map(|s| check::peers_counter(s, "frames_resent"))
+            .sum::<u64>(),
+        stats
+            .iter()
+            .map(|s| check::peers_counter(s, "resumes"))
+            .sum::<u64>()
+    );
+    // Each sender paused about the idle time between its messages: links
+    // closed many times (not once at the end).
+    assert!(closes > 6, "links closed only {closes} times: {stats:?}");
+}
+
+/// How long a message to a peer whose link was closed for idleness takes
+/// (the link is made again under it) against one on an open link, each way
+/// (on tcp the higher node id dials at once, the lower one after 100 ms, see
+/// docs/scaling.md): one-way, from the send to the receiver's `recv`, both
+/// clients in this process. Every message arrives, in order, whatever the
+/// link's state.
+#[test]
+fn a_message_to_a_closed_link_reopens_it_and_arrives() {
+    use wyvern::client::{Client, Mode};
+    let c = on_demand_idle(2);
+    let a = Client::attach(c.socket(0), "reopen-0").unwrap();
+    let b = Client::attach(c.socket(1), "reopen-1").unwrap();
+    let eps = [
+        a.open_endpoint(Some(9)).unwrap(),
+        b.open_endpoint(Some(9)).unwrap(),
+    ];
+    let t = Duration::from_secs(5);
+    let mut seq = [0u32; 2];
+    let mut one_way = |from: usize| -> Duration {
+        let to = 1 - from;
+        seq[from] += 1;
+        let t0 = Instant::now();
+        eps[from]
+            .send(to as u32, 9, &seq[from].to_le_bytes(), Mode::Buffered, t)
+            .unwrap();
+        let m = eps[to].recv(t).expect("a message to a closed link arrives");
+        let d = t0.elapsed();
+        assert_eq!(
+            m.data(),
+            seq[from].to_le_bytes(),
+            "from {from}: lost or out of order"
+        );
+        d
+    };
+    let closed = |i: usize| state(&c, i, 1 - i) != "up";
+    // [from][0: first on a closed link, 1: on an open link]
+    let mut lat: [[Vec<Duration>; 2]; 2] = Default::default();
+    for round in 0..7 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(closed(0) && closed(1)) {
+            assert!(Instant::now() < deadline, "not closed: {}", c.stat(0));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let first = round % 2;
+        let d = one_way(first);
+        if round > 0 {
+            // (Round 0 makes the link the first time.)
+            lat[first][0].push(d);
+        }
+        for _ in 0..5 {
+            lat[1 - first][1].push(one_way(1 - first));
+            lat[first][1].push(one_way(first));
+        }
+    }
+    for i in 0..2 {
+        let s = c.stat(i);
+        assert_eq!(check::peer_counter(&s, 1 - i, "losses"), 0, "{s}");
+        assert!(check::peer_counter(&s, 1 - i, "idle_closes") >= 5, "{s}");
+    }
+    let ms = |v: &Vec<Duration>| {
+        let mut v: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        format!(
+            "median {:.2} ms (min {:.2}, max {:.2}, n {})",
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1],
+            v.len()
+        )
+    };
+    eprintln!(
+        "{}: one-way latency of the first message on a link closed for idleness: 0 -> 1 \
+         (lower id first) {}, 1 -> 0 {}; on an open link: 0 -> 1 {}, 1 -> 0 {}",
+        common::transport(),
+        ms(&lat[0][0]),
+        ms(&lat[1][0]),
+        ms(&lat[0][1]),
+        ms(&lat[1][1])
+    );
+}

@@ -201,6 +201,14 @@ pub struct AgentConfig {
     /// A peer not reached within this long after start is reported
     /// unreachable (dialing goes on), milliseconds.
     pub connect_timeout_ms: u64,
+    /// On-demand links: a link with no traffic either way for this long
+    /// (heartbeats do not count), nothing queued, unacknowledged or half
+    /// sent or received on it, is closed (both ends agree with an idle
+    /// `Bye`) and made again by the next message either way; its session
+    /// is kept, so nothing in flight is lost or repeated. Milliseconds;
+    /// 0: never. Ignored with `connect = all`, verbs and the hybrid agent
+    /// (their links are made at start and kept).
+    pub link_idle_ms: u64,
     /// Bytes queued towards one peer before its senders are held back.
     #[serde(deserialize_with = "crate::config::size_de::peer_queue_bytes")]
     pub peer_queue_bytes: usize,
@@ -270,6 +278,7 @@ impl Default for AgentConfig {
             heartbeat_ms: 200,
             peer_timeout_ms: 3000,
             connect_timeout_ms: 30_000,
+            link_idle_ms: 60_000,
             peer_queue_bytes: 8 << 20,
             overflow_bytes: 64 << 20,
             client_block_quota: 128 << 20,

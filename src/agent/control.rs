@@ -518,7 +518,7 @@ impl Agent {
                 node: p.node,
                 addr: p.addr.to_string(),
                 transport: self.transport.name(Some(p.node)).into(),
-                state: p.state().name(),
+                state: p.state_name(),
                 aggregation: if p.counters.frames_tx == 0 {
                     0.0
                 } else {

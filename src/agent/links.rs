@@ -6,11 +6,20 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{Completion, Status};
 use crate::shm::blocks::Owner;
-use crate::transport::{Close, Out};
+use crate::transport::{Close, LinkRx, Out};
 use crate::wire::{self, control_frame, FrameKind, RecordHeader, RecordKind};
 
-use super::peers::{PeerState, Resumed, Retained};
+use super::peers::{IdleStep, PeerState, Resumed, Retained};
 use super::Agent;
+
+/// The body of a `Bye` that closes an idle link (an empty `Bye`: the agent
+/// shuts down). The sender was quiet (`Peer::quiet`: nothing in flight
+/// either way) and keeps its session; the receiver answers with its own and
+/// closes its end at once, the sender when that answer comes (or the link
+/// breaks, or after `bye_wait`). Neither end takes it for a failure; a
+/// frame that crossed it is sent again on the next link (the sessions say
+/// whether it is needed), so nothing is lost or handled twice.
+pub(super) const BYE_IDLE: &[u8] = &[1];
 
 /// How long a link that takes none of what is queued for it still counts
 /// as work (keeps an adaptive agent polling); then the tick retries it.
@@ -183,6 +192,42 @@ impl Agent {
         // Clients stalled on this peer retry and now fail fast.
     }
 
+    /// How long our idle `Bye` waits for the peer's before the link is
+    /// closed anyway (a datagram link resends it meanwhile).
+    fn bye_wait(&self) -> Duration {
+        self.timing.heartbeat * 2
+    }
+
+    /// The peer said its link is idle (an idle `Bye`): answer with ours
+    /// (unless we said it first) and close the link.
+    pub(super) fn peer_said_idle(&mut self, j: usize) {
+        if self.peers[j].idle.bye_sent.is_none() {
+            self.push_control(j, FrameKind::Bye, BYE_IDLE);
+        }
+        self.idle_close(j);
+    }
+
+    /// Close peer `j`'s link for idleness: the peer goes back to idle with
+    /// its session kept, the link and its read buffer are released, and
+    /// the link is made again at once if something waits for it (what
+    /// crossed the close).
+    pub(super) fn idle_close(&mut self, j: usize) {
+        let node = j as u32;
+        // Our `Bye` (or the answer to the peer's) goes out first.
+        self.transport
+            .flush(node, &self.pool, &mut self.freed, &mut self.events);
+        for b in self.transport.close(&self.poller, node, Close::Idle) {
+            self.blocks.free(b, Owner::Agent);
+        }
+        self.inflow[j] = LinkRx::default();
+        self.heap_dirty = true;
+        let pending = self.peers[j].closed_idle(self.now, &mut self.freed);
+        log::debug!("peer node {j}: idle link closed (again at once: {pending})");
+        if pending {
+            self.want_peer(j);
+        }
+    }
+
     /// Make (and keep) a link to peer `j` (on-demand links): an idle peer
     /// starts connecting.
     pub(super) fn want_peer(&mut self, j: usize) {
@@ -285,6 +330,22 @@ impl Agent {
             if let Some(why) = self.peers[j].silent(&timing, last_rx, now) {
                 self.peer_lost(j, &why, true);
                 continue;
+            }
+            let idle = Duration::from_millis(self.cfg.link_idle_ms);
+            let link_quiet =
+                self.transport.link(node).queued == 0 && self.inflow[j].reader.buffered() == 0;
+            let wait = self.bye_wait();
+            match self.peers[j].idle_tick(idle, wait, link_quiet, now) {
+                IdleStep::Keep => {}
+                IdleStep::Bye => {
+                    log::debug!("peer node {j}: link idle for {idle:?}: saying so");
+                    self.push_control(j, FrameKind::Bye, BYE_IDLE);
+                    continue;
+                }
+                IdleStep::Close => {
+                    self.idle_close(j);
+                    continue;
+                }
             }
             if now.duration_since(last_tx) > timing.heartbeat
                 && self.transport.link(node).queued == 0

@@ -103,6 +103,12 @@ const PEER_COUNTERS: &[(&str, &str, Option<Unit>, &str)] = &[
         None,
         "Acks and Nacks from the peer that matched no send or found the completion backlog full",
     ),
+    (
+        "idle_closes",
+        "peer_idle_closes",
+        None,
+        "Times the link to the peer was closed for idleness (link_idle_ms; made again by the next message)",
+    ),
 ];
 
 /// Transport counters that are levels, not counts.
@@ -286,20 +292,25 @@ fn registry(s: &Snapshot) -> Registry {
     for d in &s.degraded {
         p.gauge("degraded", None, help, vec![("what", d.what.clone())], 1.0);
     }
-    p.gauges(
-        "links",
-        None,
-        "Peers by the state of their link (idle: never linked, on-demand links)",
-    );
+    let links_help = "Peers by the state of their link (up: open; idle: never linked, closed: \
+                      closed for idleness, on-demand links)";
+    p.gauges("links", None, links_help);
     for (state, v) in &s.links {
         p.gauge(
             "links",
             None,
-            "Peers by the state of their link (idle: never linked, on-demand links)",
+            links_help,
             vec![("state", state.clone())],
             *v as f64,
         );
     }
+    p.counter(
+        "links_closed_idle",
+        None,
+        "Times links were closed for idleness (link_idle_ms), all peers",
+        none(),
+        s.peers.iter().map(|p| p.counters.idle_closes).sum(),
+    );
     p.counters(
         "busy_rounds",
         None,

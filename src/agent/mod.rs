@@ -362,6 +362,8 @@ impl Agent {
             );
         }
 
+        // Idle links are closed only where the next message makes them again.
+        let link_idle_ms = if on_demand { cfg.link_idle_ms } else { 0 };
         let now = clock.now();
         let peers = cfg
             .addrs
@@ -413,7 +415,10 @@ impl Agent {
             uid: nix::unistd::geteuid().as_raw(),
             incarnation: plan.incarnation,
             jobstat: Default::default(),
-            cfg: plan.cfg,
+            cfg: AgentConfig {
+                link_idle_ms,
+                ..plan.cfg
+            },
         })
     }
 

@@ -336,6 +336,8 @@ pub(super) struct Peer {
     /// `Resume` exchange and after a loss). Boxed: a peer never talked to
     /// costs a pointer, not the session's 650 bytes.
     pub(super) session: Option<Box<Session>>,
+    /// Whether its up link is idle ([`Peer::idle_tick`]).
+    pub(super) idle: IdleWatch,
 }
 
 impl Peer {
@@ -367,6 +369,7 @@ impl Peer {
             tx_stuck_since: None,
             counters: PeerCounters::default(),
             session: None,
+            idle: IdleWatch::new(0, now),
         }
     }
 
@@ -460,6 +463,7 @@ impl Peer {
     pub(super) fn connected(&mut self, me: u32, incarnation: u64, now: Instant) -> Vec<u8> {
         self.set_state(PeerState::Resuming, now);
         self.rx_stalled = false;
+        self.idle = IdleWatch::new(self.frames(), now);
         let (known, received) = self
             .session
             .as_ref()
@@ -721,6 +725,10 @@ impl Peer {
         })
     }
 }
+
+#[path = "peers_idle.rs"]
+mod idle;
+pub(super) use idle::{IdleStep, IdleWatch};
 
 #[cfg(test)]
 #[path = "peers_tests.rs"]

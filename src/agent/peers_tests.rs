@@ -275,3 +275,110 @@ fn a_peer_never_talked_to_costs_little() {
     assert!(p.session.is_none());
     assert_eq!(p.batch.records(), 0);
 }
+
+/// The idle watch of an up link: traffic (a `Data` frame either way) starts
+/// the idle time again, heartbeats do not count (nothing here counts them),
+/// anything in flight keeps the link open, and a `Bye` unanswered for the
+/// wait closes it.
+#[test]
+fn an_idle_link_says_bye_after_the_idle_time_and_only_when_quiet() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let (idle, wait) = (ms(300), ms(400));
+    let (mut p, mut t, mut freed) = (peer(t0), Recorder::default(), Vec::new());
+    // Not up: never idle.
+    assert_eq!(p.idle_tick(idle, wait, true, t0 + ms(1000)), IdleStep::Keep);
+    up(&mut p, &mut t, t0);
+    // 0: never.
+    assert_eq!(
+        p.idle_tick(ms(0), wait, true, t0 + ms(5000)),
+        IdleStep::Keep
+    );
+    let t1 = t0 + ms(5000);
+    assert_eq!(p.idle_tick(idle, wait, true, t1), IdleStep::Keep);
+    // A frame sent and not acknowledged: not quiet however long it waits.
+    p.send_frame(
+        &mut t,
+        Retained::Bytes(Arc::new(vec![0; 64])),
+        t1,
+        &mut freed,
+    );
+    assert_eq!(p.idle_tick(idle, wait, true, t1 + ms(10)), IdleStep::Keep);
+    assert_eq!(p.idle_tick(idle, wait, true, t1 + ms(900)), IdleStep::Keep);
+    // Acknowledged at +900: the idle time runs from the last frame seen
+    // (+10), so it is over already.
+    p.acked(1, t1 + ms(900), &mut freed).unwrap();
+    assert!(p.quiet());
+    // Something queued on the link or unread in its stream: not yet.
+    assert_eq!(p.idle_tick(idle, wait, false, t1 + ms(905)), IdleStep::Keep);
+    // A frame received and not acknowledged yet: not quiet.
+    let t2 = t1 + ms(1000);
+    let _ = p.frame_handled();
+    assert!(!p.quiet());
+    assert_eq!(p.idle_tick(idle, wait, true, t2), IdleStep::Keep);
+    assert_eq!(p.ack_due(), Some(1));
+    assert!(p.quiet());
+    // The frame received at t2 started the idle time again.
+    assert_eq!(p.idle_tick(idle, wait, true, t2 + ms(299)), IdleStep::Keep);
+    assert_eq!(p.idle_tick(idle, wait, true, t2 + ms(300)), IdleStep::Bye);
+    assert_eq!(p.idle.bye_sent, Some(t2 + ms(300)));
+    // Once said: closed when the wait is over (or earlier, by the peer's Bye).
+    assert_eq!(p.idle_tick(idle, wait, true, t2 + ms(699)), IdleStep::Keep);
+    assert_eq!(p.idle_tick(idle, wait, true, t2 + ms(700)), IdleStep::Close);
+    // Closed: idle, not lost; the session kept; nothing waits for a link.
+    assert!(!p.closed_idle(t2 + ms(700), &mut freed));
+    assert_eq!(p.state(), &PeerState::Idle);
+    assert_eq!(p.state_name(), "closed");
+    assert!(p.session.is_some());
+    assert_eq!(p.counters.idle_closes, 1);
+    assert_eq!(p.counters.losses, 0);
+    assert!(freed.is_empty());
+    // A closed peer is wanted again by the next message, and its session
+    // carries on (the peer's Resume knows it).
+    assert!(p.wanted(t2 + ms(800)));
+    let _ = p.connected(0, ME, t2 + ms(810));
+    let r = p.resumed(&resume(THEM, ME, 1), ME, &mut t, t2 + ms(811), &mut freed);
+    assert_eq!(r, Ok(Resumed::Carried { resent: 0 }));
+    assert_eq!(p.idle.bye_sent, None);
+    assert_eq!(p.idle_tick(idle, wait, true, t2 + ms(812)), IdleStep::Keep);
+}
+
+/// A close that crossed a frame (sent after our `Bye`, or not acknowledged
+/// before the link went): the peer goes idle, and the caller is told to
+/// make the link again at once; the frame is kept and sent again on the
+/// next link, which the peer's `Resume` count tells whether it needs.
+#[test]
+fn a_frame_crossing_an_idle_close_waits_for_the_next_link_and_goes_once() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let (mut p, mut t, mut freed) = (peer(t0), Recorder::default(), Vec::new());
+    up(&mut p, &mut t, t0);
+    assert_eq!(
+        p.idle_tick(ms(300), ms(400), true, t0 + ms(300)),
+        IdleStep::Bye
+    );
+    // A message after our Bye.
+    p.send_frame(
+        &mut t,
+        Retained::Bytes(Arc::new(vec![7; 64])),
+        t0 + ms(301),
+        &mut freed,
+    );
+    assert!(
+        p.closed_idle(t0 + ms(302), &mut freed),
+        "a frame waits: link again"
+    );
+    assert_eq!(p.state(), &PeerState::Idle);
+    assert_eq!(p.unacked_bytes(), 64);
+    t.pushed.clear();
+    assert!(p.wanted(t0 + ms(303)));
+    // The peer never read it (it closed on our Bye): sent again once.
+    let _ = p.connected(0, ME, t0 + ms(304));
+    let r = p.resumed(&resume(THEM, ME, 0), ME, &mut t, t0 + ms(305), &mut freed);
+    assert_eq!(r, Ok(Resumed::Carried { resent: 1 }));
+    assert_eq!(t.pushed, vec![vec![7; 64]]);
+    // Had the peer read it (its Resume says so), it would not go again.
+    p.acked(1, t0 + ms(306), &mut freed).unwrap();
+    assert_eq!(p.unacked_bytes(), 0);
+    assert!(p.quiet());
+}

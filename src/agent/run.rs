@@ -327,14 +327,21 @@ impl Agent {
                 for b in blocks {
                     self.blocks.free(b, Owner::Agent);
                 }
+                let j = node as usize;
                 if !closed {
                     // Deliver what arrived before the failure.
-                    self.process_peer(node as usize);
+                    self.process_peer(j);
                     for b in self.transport.close(&self.poller, node, Close::Now) {
                         self.blocks.free(b, Owner::Agent);
                     }
                 }
-                self.peer_disconnected(node as usize, reason);
+                if self.peers[j].state().connected() && self.peers[j].idle.bye_sent.is_some() {
+                    // We said the link is idle: the peer closing its end
+                    // (before its answer reached us) is the close we asked for.
+                    self.idle_close(j);
+                } else {
+                    self.peer_disconnected(j, reason);
+                }
             }
             LinkEvent::Malformed { node, reason } => {
                 // As a malformed frame (rx.rs): counted, the peer lost.

@@ -36,6 +36,8 @@ enum FrameStep {
     Partial(usize),
     /// The link was declared lost.
     Broken,
+    /// The link was closed for idleness (the peer's idle `Bye`).
+    Closed,
 }
 
 /// Whom to answer about record `h` of peer `j`, if its sender waits for
@@ -149,6 +151,9 @@ impl Agent {
                 }
                 // The peer was dropped: its stream goes with its link.
                 FrameStep::Broken => return true,
+                // Nothing after an idle `Bye` is read: the stream was let go
+                // (what the peer sent after it comes again on the next link).
+                FrameStep::Closed => return true,
             }
             break;
         }
@@ -204,6 +209,10 @@ impl Agent {
                 Ok(()) => FrameStep::Next,
                 Err(e) => self.malformed(j, format!("malformed frame: {e}")),
             },
+            FrameKind::Bye if body == super::links::BYE_IDLE => {
+                self.peer_said_idle(j);
+                FrameStep::Closed
+            }
             FrameKind::Bye => {
                 self.peer_lost(j, "peer agent shut down", true);
                 FrameStep::Broken

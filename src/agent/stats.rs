@@ -37,6 +37,10 @@ pub struct PeerCounters {
     /// found the sender's completion backlog full: dropped.
     #[serde(default)]
     pub replies_dropped: u64,
+    /// Times the link was closed for idleness (`link_idle_ms`; made again
+    /// by the next message).
+    #[serde(default)]
+    pub idle_closes: u64,
 }
 
 /// One peer as `wyvern stat` shows it.
@@ -136,8 +140,9 @@ pub struct Snapshot {
     /// these say what kept it awake.
     #[serde(default)]
     pub busy_rounds: std::collections::BTreeMap<String, u64>,
-    /// The peers by the state of their link (`up`, `idle`: never linked,
-    /// on-demand links; `connecting`, `resuming`, `disconnected`, `lost`).
+    /// The peers by the state of their link (`up`: open; `idle`: never
+    /// linked and `closed`: closed for idleness, on-demand links;
+    /// `connecting`, `resuming`, `disconnected`, `lost`).
     #[serde(default)]
     pub links: std::collections::BTreeMap<String, u64>,
     /// Messages delivered node-locally.
@@ -245,7 +250,12 @@ impl Snapshot {
         let _ = writeln!(s, "{}", line.join(" | "));
         if !self.links.is_empty() {
             let l: Vec<String> = self.links.iter().map(|(k, v)| format!("{v} {k}")).collect();
-            let _ = writeln!(s, "links: {}", l.join(", "));
+            let closes: u64 = self.peers.iter().map(|p| p.counters.idle_closes).sum();
+            let _ = writeln!(
+                s,
+                "links: {} | closed for idleness {closes} times",
+                l.join(", ")
+            );
         }
         match dt {
             Some(d) => {

@@ -310,7 +310,13 @@ pub fn wait_ready(
         let status = match crate::client::stat(socket) {
             Ok(s) if local => return Ok((s.node, s.peers.len())),
             Ok(s) => {
-                if !asked && s.peers.iter().any(|p| p.state == "idle") {
+                // (`closed`: its link was closed for idleness; made again
+                // as an idle one's.)
+                if !asked
+                    && s.peers
+                        .iter()
+                        .any(|p| p.state == "idle" || p.state == "closed")
+                {
                     asked = true;
                     if let Err(e) = crate::client::connect_peers(socket, None) {
                         return Err(format!("cannot ask the agent to connect: {e}"));

@@ -677,9 +677,16 @@ impl<I: PacketIo> DatagramTransport<I> {
             self.stats.held += 1;
             return;
         }
+        self.links.now = now;
+        if h.kind != PktKind::Hello && self.links.get(j).is_none() {
+            // No link, so no epoch it could name (one closed for idleness:
+            // its last acks and resends come late): stale, and not worth
+            // making a link for.
+            self.stats.stale += 1;
+            return;
+        }
         // (Made now if it was not: a peer's `Hello` is answered, and a node
         // that exists may send at most this one link's worth of state.)
-        self.links.now = now;
         let _ = &mut self.links[j];
         if h.kind == PktKind::Hello {
             // Of this job (see `Hello::job`), naming its sender and our node count.
@@ -1241,9 +1248,29 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn close(&mut self, _poller: &Poller, node: u32, how: Close) -> Vec<u64> {
         let j = node as usize;
+        if how == Close::Idle && j < self.wanted.len() {
+            self.wanted[j] = false;
+        }
         if self.links.get(j).is_none() || j as u32 == self.me {
             // (Never made: nothing to close, and no `Hello` to send.)
             return Vec::new();
+        }
+        if how == Close::Idle {
+            // Forgotten whole (its buffers, its reliability state): the next
+            // `Hello` either way makes a new link, as with a peer never
+            // talked to. Packets of the old one still coming are stale.
+            let Some(old) = self.links.v[j].take() else {
+                return Vec::new();
+            };
+            self.retired.add(&old.tx.stats());
+            return old
+                .outq
+                .into_iter()
+                .filter_map(|o| match o {
+                    Out::Block { free_after, .. } => free_after,
+                    Out::Bytes { .. } => None,
+                })
+                .collect();
         }
         // The clock of this round when there is one (a simulation's is virtual).
         let now = self.now.unwrap_or_else(Instant::now);

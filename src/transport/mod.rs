@@ -229,6 +229,10 @@ pub enum Close {
     /// drill). The datagram transports (udp, dpdk) hold; the others close
     /// now and do not hold.
     Hold(std::time::Duration),
+    /// Now, and the link is no longer wanted (on-demand links, see
+    /// [`Transport::want`]): it is not made again until wanted again, and
+    /// what it held is released. The agent closes idle links so.
+    Idle,
 }
 
 /// A transport's own figures for `wyvern stat`.

@@ -341,6 +341,8 @@ pub struct TcpTransport {
     /// lower one from the start.
     on_demand: bool,
     wanted: Vec<Option<Instant>>,
+    /// Links closed for idleness ([`Close::Idle`]) not wanted since.
+    idle_closed: Vec<bool>,
     /// Per link: whether this agent dialed it (else: accepted it).
     dialed: Vec<bool>,
     /// A second connection with a peer settled in favour of the other one.
@@ -401,6 +403,7 @@ impl TcpTransport {
             next_dial: vec![now; n],
             on_demand: false,
             wanted: vec![None; n],
+            idle_closed: vec![false; n],
             dialed: vec![false; n],
             duplicates: 0,
             dialer: Dialer::default(),
@@ -485,6 +488,55 @@ impl TcpTransport {
             );
             self.refuse_warned = Some(now);
             self.refused_quiet = 0;
+        }
+    }
+
+    /// Dials that finished (on the dialer's threads): their connections
+    /// start their handshake. Every round while dials are under way, not
+    /// only at the tick, so a link made again (an idle one) waits for no
+    /// timer.
+    fn take_dials(&mut self, poller: &Poller, now: Instant) {
+        while let Some(d) = self.dialer.poll() {
+            let j = d.node as usize;
+            self.dialing[j] = false;
+            self.dials -= 1;
+            if self.links[j].is_some() {
+                continue;
+            }
+            match d.result.and_then(Link::new) {
+                Ok(link) => {
+                    // Our Hello goes out once the acceptor's challenge came.
+                    let role = Role::Dialed {
+                        node: d.node,
+                        ours: auth::random_bytes::<NONCE_LEN>(),
+                        theirs: None,
+                    };
+                    self.add_pending(poller, link, role, now);
+                }
+                Err(e) => {
+                    log::debug!("dial node {j}: {e}");
+                    self.next_dial[j] = now + REDIAL;
+                }
+            }
+        }
+    }
+
+    /// Dial node `j` if this end dials it (the higher node id dials the
+    /// lower; on demand: the wanted ones, and a lower id a higher one after
+    /// `DIAL_DEFER`) and it is not linked or being dialed.
+    fn maybe_dial(&mut self, j: usize, now: Instant) {
+        let me = self.me as usize;
+        let may = match (self.on_demand, self.wanted[j]) {
+            (false, _) => j < me,
+            (true, None) => false,
+            (true, Some(t)) => j < me || (j > me && now >= t + DIAL_DEFER),
+        };
+        if may && self.links[j].is_none() && !self.dialing[j] && now >= self.next_dial[j] {
+            self.dialing[j] = true;
+            self.dials += 1;
+            self.next_dial[j] = now + REDIAL;
+            let wake = self.wake.clone();
+            self.dialer.dial(j as u32, self.nodes[j], move || wake());
         }
     }
 
@@ -841,29 +893,7 @@ impl Transport for TcpTransport {
         _rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
-        while let Some(d) = self.dialer.poll() {
-            let j = d.node as usize;
-            self.dialing[j] = false;
-            self.dials -= 1;
-            if self.links[j].is_some() {
-                continue;
-            }
-            match d.result.and_then(Link::new) {
-                Ok(link) => {
-                    // Our Hello goes out once the acceptor's challenge came.
-                    let role = Role::Dialed {
-                        node: d.node,
-                        ours: auth::random_bytes::<NONCE_LEN>(),
-                        theirs: None,
-                    };
-                    self.add_pending(poller, link, role, now);
-                }
-                Err(e) => {
-                    log::debug!("dial node {j}: {e}");
-                    self.next_dial[j] = now + REDIAL;
-                }
-            }
-        }
+        self.take_dials(poller, now);
         // Pending connections: write our Hello, drop the silent ones.
         for slot in 0..self.pending.len() {
             let Some(p) = self.pending[slot].as_mut() else {
@@ -888,19 +918,7 @@ impl Transport for TcpTransport {
             if self.dials >= MAX_DIALS {
                 break;
             }
-            let me = self.me as usize;
-            let may = match (self.on_demand, self.wanted[j]) {
-                (false, _) => j < me,
-                (true, None) => false,
-                (true, Some(t)) => j < me || (j > me && now >= t + DIAL_DEFER),
-            };
-            if may && self.links[j].is_none() && !self.dialing[j] && now >= self.next_dial[j] {
-                self.dialing[j] = true;
-                self.dials += 1;
-                self.next_dial[j] = now + REDIAL;
-                let wake = self.wake.clone();
-                self.dialer.dial(j as u32, self.nodes[j], move || wake());
-            }
+            self.maybe_dial(j, now);
         }
         let _ = events;
     }
@@ -910,8 +928,23 @@ impl Transport for TcpTransport {
             self.on_demand = true;
             return true;
         };
-        if let Some(w) = self.wanted.get_mut(node as usize) {
-            w.get_or_insert(now);
+        let j = node as usize;
+        if let Some(w) = self.wanted.get_mut(j) {
+            if w.is_none() {
+                // A link closed for idleness is made again without the
+                // deferral: the peer closed it too and wants nothing yet (a
+                // second connection, if both ends want it at once, is
+                // settled as at start). Dialed now, not at the next tick.
+                let reopen = std::mem::take(&mut self.idle_closed[j]);
+                *w = Some(if reopen {
+                    now.checked_sub(DIAL_DEFER).unwrap_or(now)
+                } else {
+                    now
+                });
+                if self.dials < MAX_DIALS {
+                    self.maybe_dial(j, now);
+                }
+            }
         }
         self.on_demand
     }
@@ -958,7 +991,11 @@ impl Transport for TcpTransport {
 
     /// Watch again the links paused while their stream was full, once the
     /// agent read half of it.
-    fn poll(&mut self, _now: Instant, rx: &mut dyn Inflow, _events: &mut Vec<LinkEvent>) -> bool {
+    fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, _events: &mut Vec<LinkEvent>) -> bool {
+        if self.dials > 0 {
+            let poller = self.poller.clone();
+            self.take_dials(&poller, now);
+        }
         if self.paused == 0 {
             return false;
         }
@@ -979,7 +1016,16 @@ impl Transport for TcpTransport {
         false
     }
 
-    fn close(&mut self, poller: &Poller, node: u32, _how: Close) -> Vec<u64> {
+    fn close(&mut self, poller: &Poller, node: u32, how: Close) -> Vec<u64> {
+        let idle = how == Close::Idle;
+        if idle {
+            // Not made again until wanted again; then at once (the pause
+            // below is for links that failed).
+            if let Some(w) = self.wanted.get_mut(node as usize) {
+                *w = None;
+                self.idle_closed[node as usize] = true;
+            }
+        }
         match self.links.get_mut(node as usize).and_then(|l| l.take()) {
             Some(mut l) => {
                 if l.paused {
@@ -988,7 +1034,12 @@ impl Transport for TcpTransport {
                     poller.delete(l.as_fd());
                 }
                 l.shutdown();
-                self.next_dial[node as usize] = Instant::now() + Duration::from_millis(500);
+                let pause = if idle {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(500)
+                };
+                self.next_dial[node as usize] = Instant::now() + pause;
                 l.drain_blocks()
             }
             None => Vec::new(),

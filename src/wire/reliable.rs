@@ -892,6 +892,13 @@ impl<T> Sender<T> {
         self.stats
     }
 
+    /// Give back the memory of the slots no longer in use (a busy sender's
+    /// queue keeps the room its peak took): for a sender kept while its
+    /// link is closed.
+    pub fn shrink_to_fit(&mut self) {
+        self.slots.shrink_to_fit();
+    }
+
     /// Give up on everything outstanding (the peer is gone): the items, oldest
     /// first. Numbering goes on where it was.
     pub fn drain(&mut self) -> Vec<T> {
