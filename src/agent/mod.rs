@@ -32,14 +32,18 @@
 //! (`tests/architecture.rs` checks it):
 //!
 //! ```text
-//! run ─┬─> submit ──> deliver ──> rooms
-//!      ├─> control ─┬─> links ──┘
-//!      └─> rx ──────┘
+//! run ─┬─> submit ─────────────> deliver ──> rooms
+//!      ├─> control ─┬─> jobstat ─┬─> links ──┘
+//!      └─> rx ──────┘            │
+//!                   └────────────┘
 //! ```
 //! - `run`: the poll round, the idle [`Backoff`](crate::idle::Backoff),
 //!   readiness events, link events, shutdown;
 //! - `submit`: clients' submission rings, routing a send;
-//! - `control`: control requests (attach, endpoints, stat);
+//! - `control`: control requests (attach, endpoints, stat, break-link,
+//!   connect, the job view);
+//! - `jobstat`: `wyvern stat --job`, a query to every peer and their answers
+//!   (`jobview` renders it);
 //! - `rx`: the receive walk, frame → records → deposit;
 //! - `links`: peers coming up, resuming, lost; the send side of links; timers;
 //! - `deliver`: completions, deposits into receive rings, held messages,
