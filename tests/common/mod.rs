@@ -212,7 +212,16 @@ impl Cluster {
         // net_af_packet, or (WYVERN_TEST_DPDK_DEV=memif) two agents on a memif pair.
         let mut tb = None;
         let (mut wrap, mut node_args) = (wrap, node_args);
-        if wrap.is_empty() && node_args.is_empty() && n > 0 && transport() == "dpdk" {
+        // Per-node flags that choose no transport of their own (on-demand
+        // links, an idle time ...) go after the testbed's.
+        let own_transport = node_args.iter().flatten().any(|a| {
+            matches!(
+                a.as_str(),
+                "--transport" | "--transports" | "--dpdk-eal-args" | "--verbs-device"
+            )
+        });
+        if wrap.is_empty() && !own_transport && n > 0 && transport() == "dpdk" {
+            let given = std::mem::take(&mut node_args);
             if testbed::memif_cluster(n) {
                 node_args = (0..n)
                     .map(|i| testbed::memif_agent_args(&dir, i, ""))
@@ -223,6 +232,9 @@ impl Cluster {
                 wrap = (0..n).map(|i| t.wrap(i)).collect();
                 node_args = (0..n).map(|i| t.agent_args(i)).collect();
                 tb = Some(t);
+            }
+            for (a, g) in node_args.iter_mut().zip(given) {
+                a.extend(g);
             }
         }
         // The suite on the verbs transport: node i on RDMA device i (mod the count),
