@@ -105,20 +105,86 @@ fn open_a_port_pick_its_gid_and_refuse_absent_ones() {
         assert_eq!(ctx.name(), d);
         let port = ctx.query_port().expect("query port");
         assert!(port.is_active());
-        let chosen = ctx.choose_gid(None).expect("a GID");
+        let chosen = ctx.choose_gid(None, None).expect("a GID");
         if port.is_roce() {
-            let wyvern::transport::verbs::GidEntry { index: i, gid: g } =
+            let (wyvern::transport::verbs::GidEntry { index: i, gid: g }, _) =
                 chosen.expect("RoCE ports address by GID");
             assert!(g.ipv4().is_some(), "not IPv4-mapped: {g}");
             assert_eq!(ctx.gid_type(i).as_deref(), Some("RoCE v2"));
             assert_eq!(ctx.gid(i).unwrap(), g);
+            gid_follows_the_node_address(d, &ctx, i, g.ipv4().unwrap());
         }
         // Explicit ports and indices outside the device are refused clearly.
         let e = Context::open(Some(&format!("{d}:9"))).expect_err("no port 9");
         assert!(e.to_string().contains("no port 9"), "{e}");
-        let e = ctx.choose_gid(Some(10_000)).expect_err("no such GID");
+        let e = ctx.choose_gid(Some(10_000), None).expect_err("no such GID");
         assert!(e.to_string().contains("no GID at index 10000"), "{e}");
     }
+}
+
+/// Several GIDs on one port, as a RoCE host has: a second IPv4 address on the
+/// device's netdev adds v1 and v2 entries for it. The node's address decides:
+/// the v2 entry carrying it is chosen, with the reason; an address the port
+/// does not carry gets the first v2 entry and a reason that says so.
+fn gid_follows_the_node_address(
+    dev: &str,
+    ctx: &Context,
+    first: u32,
+    first_addr: std::net::Ipv4Addr,
+) {
+    use wyvern::transport::verbs::GidChoice;
+    let netdev = std::fs::read_to_string(format!(
+        "/sys/class/infiniband/{dev}/ports/{}/gid_attrs/ndevs/{first}",
+        ctx.port()
+    ))
+    .expect("the GID's netdev")
+    .trim()
+    .to_string();
+    let second = std::net::Ipv4Addr::new(10, 213, 7, 1 + first_addr.octets()[3] % 200);
+    let ip = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(o.status.success(), "ip {args:?}: {o:?}");
+    };
+    let cidr = format!("{second}/32");
+    ip(&["addr", "add", &cidr, "dev", &netdev]);
+    // Taken away again however the checks go.
+    struct Del(String, String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["addr", "del", &self.0, "dev", &self.1])
+                .output();
+        }
+    }
+    let del = Del(cidr.clone(), netdev.clone());
+    // The kernel adds the GID entries at once, or nearly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let chosen = loop {
+        let c = ctx.choose_gid(None, Some(second)).expect("a GID");
+        if matches!(&c, Some((_, GidChoice::CarriesAddress(..))))
+            || std::time::Instant::now() > deadline
+        {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (e, why) = chosen.expect("RoCE");
+    assert_eq!(e.gid.ipv4(), Some(second), "{why}");
+    assert_ne!(e.index, first);
+    assert_eq!(ctx.gid_type(e.index).as_deref(), Some("RoCE v2"));
+    assert_eq!(why, GidChoice::CarriesAddress(second, Some(netdev.clone())));
+    drop(del);
+    // The first address again, by its own entry.
+    let (e, _) = ctx.choose_gid(None, Some(first_addr)).unwrap().unwrap();
+    assert_eq!(e.index, first);
+    // An address nobody carries: the first v2 entry, and a reason saying so.
+    let nowhere = std::net::Ipv4Addr::new(192, 0, 2, 77);
+    let (e, why) = ctx.choose_gid(None, Some(nowhere)).unwrap().unwrap();
+    assert_eq!(e.index, first);
+    assert!(why.to_string().contains("NONE carries"), "{why}");
 }
 
 /// Two RC QPs on one device (or across two, when there are two), connected by hand:
@@ -148,7 +214,7 @@ fn a_queue_pair_pair_sends_and_reads_checksummed_payloads() {
     a.to_init(ca.port(), access).unwrap();
     b.to_init(cb.port(), access).unwrap();
     let ep = |c: &Arc<Context>, q: &Qp, psn| {
-        let gid = c.choose_gid(None).unwrap();
+        let gid = c.choose_gid(None, None).unwrap().map(|(e, _)| e);
         (
             QpEndpoint {
                 qpn: q.qpn(),

@@ -33,6 +33,79 @@ pub struct GidEntry {
     pub gid: Gid,
 }
 
+/// A GID table entry as [`pick_gid`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GidCandidate {
+    /// Its index in the table.
+    pub index: u32,
+    /// The GID.
+    pub gid: Gid,
+    /// `ports/N/gid_attrs/types/IDX` ("RoCE v2", "IB/RoCE v1"), if the kernel says.
+    pub kind: Option<String>,
+    /// `ports/N/gid_attrs/ndevs/IDX`: the network device it belongs to.
+    pub netdev: Option<String>,
+}
+
+/// Why a GID was chosen (for the log, `wyvern stat` and `wyvern info`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GidChoice {
+    /// `verbs_gid_index` named it.
+    Asked,
+    /// A RoCE v2 entry carrying this node's address in the node list: the
+    /// address peers reach this node at.
+    CarriesAddress(Ipv4Addr, Option<String>),
+    /// No RoCE v2 entry carries this node's address (`wanted`, if known): the
+    /// first RoCE v2 IPv4-mapped entry, on this netdev. Peers may not reach it.
+    FirstV2(Option<Ipv4Addr>, Option<String>),
+}
+
+impl std::fmt::Display for GidChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = |d: &Option<String>| d.as_deref().map(|d| format!(" on {d}")).unwrap_or_default();
+        match self {
+            GidChoice::Asked => f.write_str("verbs_gid_index names it"),
+            GidChoice::CarriesAddress(a, d) => write!(
+                f,
+                "RoCE v2, carries this node's address {a} from the node list{}",
+                on(d)
+            ),
+            GidChoice::FirstV2(Some(a), d) => write!(
+                f,
+                "RoCE v2, the first IPv4 entry{}: NONE carries this node's address {a} from the \
+                 node list (is {a} on this device's netdev? set verbs_gid_index if peers reach \
+                 this node at another address)",
+                on(d)
+            ),
+            GidChoice::FirstV2(None, d) => write!(f, "RoCE v2, the first IPv4 entry{}", on(d)),
+        }
+    }
+}
+
+/// The GID to address a RoCE port by, from its table: among the non-empty
+/// RoCE v2 entries holding an IPv4-mapped address (an entry whose type the
+/// kernel does not say counts as v2), the one carrying `address`, else the
+/// first. RoCE v1 and IPv6 (link-local) entries are never chosen: v2 is
+/// routable and IPv4 is what the node list speaks.
+pub fn pick_gid(
+    table: &[GidCandidate],
+    address: Option<Ipv4Addr>,
+) -> Option<(&GidCandidate, GidChoice)> {
+    let v2 = |c: &&GidCandidate| {
+        !c.gid.is_zero()
+            && c.gid.ipv4().is_some()
+            && c.kind
+                .as_deref()
+                .is_none_or(|t| t.eq_ignore_ascii_case("RoCE v2"))
+    };
+    if let Some(a) = address {
+        if let Some(c) = table.iter().filter(v2).find(|c| c.gid.ipv4() == Some(a)) {
+            return Some((c, GidChoice::CarriesAddress(a, c.netdev.clone())));
+        }
+    }
+    let c = table.iter().find(v2)?;
+    Some((c, GidChoice::FirstV2(address, c.netdev.clone())))
+}
+
 impl Gid {
     /// The IPv4 address inside an IPv4-mapped GID (`::ffff:a.b.c.d`).
     pub fn ipv4(&self) -> Option<Ipv4Addr> {
@@ -509,10 +582,16 @@ impl Context {
             .filter(|s| !s.is_empty())
     }
 
-    /// The GID index to address this port by: `wanted` when given (it must exist and
-    /// be non-empty), else on RoCE the first RoCE v2 entry holding an IPv4-mapped
-    /// address, and on InfiniBand `None` (LIDs address the port; no GRH).
-    pub fn choose_gid(&self, wanted: Option<u32>) -> Result<Option<GidEntry>> {
+    /// The GID index to address this port by, and why: `wanted` when given (it
+    /// must exist and be non-empty); else on RoCE the RoCE v2 IPv4-mapped entry
+    /// that carries `address` (this node's address in the node list, which peers
+    /// use), or the first RoCE v2 IPv4-mapped entry when none does
+    /// ([`pick_gid`]); on InfiniBand `None` (LIDs address the port; no GRH).
+    pub fn choose_gid(
+        &self,
+        wanted: Option<u32>,
+        address: Option<Ipv4Addr>,
+    ) -> Result<Option<(GidEntry, GidChoice)>> {
         let info = self.query_port()?;
         if let Some(i) = wanted {
             let g = self.gid(i)?;
@@ -524,28 +603,35 @@ impl Context {
                     len: info.gid_table_len,
                 });
             }
-            return Ok(Some(GidEntry { index: i, gid: g }));
+            return Ok(Some((GidEntry { index: i, gid: g }, GidChoice::Asked)));
         }
         if !info.is_roce() {
             return Ok(None);
         }
-        for i in 0..info.gid_table_len {
-            let Ok(g) = self.gid(i) else { continue };
-            if g.is_zero() || g.ipv4().is_none() {
-                continue;
-            }
-            // Without the sysfs file (an old kernel) an IPv4-mapped entry is taken.
-            if self
-                .gid_type(i)
-                .is_none_or(|t| t.eq_ignore_ascii_case("RoCE v2"))
-            {
-                return Ok(Some(GidEntry { index: i, gid: g }));
-            }
+        let table: Vec<GidCandidate> = (0..info.gid_table_len)
+            .filter_map(|i| {
+                let g = self.gid(i).ok()?;
+                Some(GidCandidate {
+                    index: i,
+                    gid: g,
+                    kind: self.gid_type(i),
+                    netdev: self.gid_attr(self.port, "ndevs", i),
+                })
+            })
+            .collect();
+        match pick_gid(&table, address) {
+            Some((c, why)) => Ok(Some((
+                GidEntry {
+                    index: c.index,
+                    gid: c.gid,
+                },
+                why,
+            ))),
+            None => Err(Error::NoRoceGid {
+                device: self.name.clone(),
+                port: self.port,
+            }),
         }
-        Err(Error::NoRoceGid {
-            device: self.name.clone(),
-            port: self.port,
-        })
     }
 
     /// The descriptor that becomes readable when an asynchronous event waits.
@@ -729,4 +815,83 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> Gid {
+        let mut g = [0u8; 16];
+        g[10] = 0xff;
+        g[11] = 0xff;
+        g[12..].copy_from_slice(&a);
+        Gid(g)
+    }
+
+    fn entry(index: u32, gid: Gid, kind: &str, netdev: &str) -> GidCandidate {
+        GidCandidate {
+            index,
+            gid,
+            kind: Some(kind.into()),
+            netdev: Some(netdev.into()),
+        }
+    }
+
+    /// A port with what a RoCE host shows: an IPv6 link-local pair, then
+    /// v1 and v2 entries for two IPv4 addresses on two netdevs.
+    fn table() -> Vec<GidCandidate> {
+        let mut ll = [0u8; 16];
+        ll[0] = 0xfe;
+        ll[1] = 0x80;
+        ll[15] = 1;
+        vec![
+            entry(0, Gid(ll), "IB/RoCE v1", "eth1"),
+            entry(1, Gid(ll), "RoCE v2", "eth1"),
+            entry(2, v4([10, 0, 0, 5]), "IB/RoCE v1", "eth1"),
+            entry(3, v4([10, 0, 0, 5]), "RoCE v2", "eth1"),
+            entry(4, Gid::default(), "RoCE v2", ""),
+            entry(5, v4([10, 1, 0, 5]), "IB/RoCE v1", "eth1.100"),
+            entry(6, v4([10, 1, 0, 5]), "RoCE v2", "eth1.100"),
+        ]
+    }
+
+    #[test]
+    fn the_gid_carrying_the_node_address_wins_then_the_first_v2_ipv4() {
+        let t = table();
+        let (c, why) = pick_gid(&t, Some(Ipv4Addr::new(10, 1, 0, 5))).unwrap();
+        assert_eq!(c.index, 6);
+        assert_eq!(
+            why,
+            GidChoice::CarriesAddress(Ipv4Addr::new(10, 1, 0, 5), Some("eth1.100".into()))
+        );
+        assert!(why
+            .to_string()
+            .contains("carries this node's address 10.1.0.5"));
+        // An address no entry carries: the first v2 IPv4 entry, and the
+        // reason says none carries it.
+        let (c, why) = pick_gid(&t, Some(Ipv4Addr::new(192, 0, 2, 1))).unwrap();
+        assert_eq!(c.index, 3);
+        assert!(
+            why.to_string()
+                .contains("NONE carries this node's address 192.0.2.1"),
+            "{why}"
+        );
+        // No address known: the first v2 IPv4 entry.
+        assert_eq!(pick_gid(&t, None).unwrap().0.index, 3);
+        // v1 or IPv6 entries only: nothing to choose.
+        let v1_only: Vec<GidCandidate> = t
+            .into_iter()
+            .filter(|c| c.kind.as_deref() != Some("RoCE v2") || c.gid.ipv4().is_none())
+            .collect();
+        assert!(pick_gid(&v1_only, Some(Ipv4Addr::new(10, 0, 0, 5))).is_none());
+        // An old kernel that does not say the type: IPv4-mapped entries count.
+        let old = vec![GidCandidate {
+            index: 2,
+            gid: v4([10, 0, 0, 5]),
+            kind: None,
+            netdev: None,
+        }];
+        assert_eq!(pick_gid(&old, None).unwrap().0.index, 2);
+    }
 }

@@ -78,7 +78,7 @@ impl RawPeer {
         let s = |e: super::Error| e.to_string();
         let ctx = Context::open(device).map_err(s)?;
         let port = ctx.query_port().map_err(s)?;
-        let gid = ctx.choose_gid(gid_index).map_err(s)?;
+        let gid = ctx.choose_gid(gid_index, None).map_err(s)?.map(|(e, _)| e);
         let pd = Pd::new(&ctx).map_err(s)?;
         let cq = Cq::new(&ctx, 64, None).map_err(s)?;
         let srq = Srq::new(&pd, RECVS).map_err(s)?;

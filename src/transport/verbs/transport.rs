@@ -427,6 +427,8 @@ pub struct VerbsTransport {
     listener: TcpListener,
     addr: SocketAddr,
     gid: Option<GidEntry>,
+    /// The GID chosen and why ([`Context::choose_gid`]), for stat.
+    gid_why: Option<String>,
     lid: u16,
     mtu: u32,
     credits: u32,
@@ -482,7 +484,25 @@ impl VerbsTransport {
         let n = cfg.bootstrap.len();
         let ctx = Context::open(cfg.device.as_deref())?;
         let port = ctx.query_port()?;
-        let gid = ctx.choose_gid(cfg.gid_index)?;
+        // The address peers reach this node at (its bootstrap address in the
+        // node list), unless it is loopback (one host: no GID carries it).
+        let address = cfg.bootstrap.get(me as usize).and_then(|a| match a.ip() {
+            std::net::IpAddr::V4(v) if !v.is_loopback() && !v.is_unspecified() => Some(v),
+            _ => None,
+        });
+        let chosen = ctx.choose_gid(cfg.gid_index, address)?;
+        if let Some((e, why @ super::device::GidChoice::FirstV2(Some(_), _))) = &chosen {
+            log::warn!(
+                "verbs: {}: GID index {} ({}): {why}",
+                ctx.name(),
+                e.index,
+                e.gid
+            );
+        }
+        let gid_why = chosen
+            .as_ref()
+            .map(|(e, why)| format!("index {} {}: {why}", e.index, e.gid));
+        let gid = chosen.map(|(e, _)| e);
         let caps = ctx.caps();
         let pd = Pd::new(&ctx)?;
         let pool_mr = if n > 1 {
@@ -550,8 +570,8 @@ impl VerbsTransport {
             ctx.port(),
             if port.is_roce() { "RoCE" } else { "InfiniBand" },
             port.mtu_bytes(),
-            match gid {
-                Some(e) => format!("GID index {} ({})", e.index, e.gid),
+            match &gid_why {
+                Some(why) => format!("GID {why}"),
                 None => format!("LID {}", port.lid),
             },
             pool.block_region().1 >> 20,
@@ -578,6 +598,7 @@ impl VerbsTransport {
             listener,
             addr,
             gid,
+            gid_why,
             lid: port.lid,
             mtu: port.active_mtu,
             credits,
@@ -2107,7 +2128,9 @@ impl Transport for VerbsTransport {
         let auth = if self.key.is_some() { "mac" } else { "none" };
         TransportStats {
             counters: c,
-            info: vec![("peer_auth", auth.to_string())],
+            info: std::iter::once(("peer_auth", auth.to_string()))
+                .chain(self.gid_why.clone().map(|w| ("verbs_gid", w)))
+                .collect(),
         }
     }
 
