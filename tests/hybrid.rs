@@ -331,3 +331,58 @@ fn a_fast_link_held_down_falls_back_to_tcp_and_moves_back_when_it_returns() {
         "{s0}\n{s1}"
     );
 }
+
+#[test]
+fn a_hybrid_agent_and_an_agent_of_its_fast_transport_alone_refuse_each_other_clearly() {
+    let (fast, _) = fast();
+    if fast != "udp" {
+        eprintln!(
+            "*** SKIPPED a_hybrid_agent_and_an_agent_of_its_fast_transport_alone_refuse_each_other_clearly: \
+             the datagram transports' check, run on udp, not {fast}"
+        );
+        return;
+    }
+    // Node 0 runs udp and tcp (hybrid), node 1 udp alone: its udp Hellos
+    // reach node 0's udp back end, which would answer them, and a link up
+    // there would carry frames node 0 never reads (it reads a link once its
+    // tcp control connection chose it). Both ends refuse, and say why.
+    let c = Cluster::start_wrapped(
+        2,
+        &["--connect", "on-demand"],
+        vec![vec![], vec![]],
+        vec![
+            fast_and_tcp(0),
+            vec!["--transport".to_string(), "udp".to_string()],
+        ],
+        |_, a| a,
+    );
+    wyvern::client::connect_peers(c.socket(1), None).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (l0, l1) = loop {
+        let (l0, l1) = (c.log(0), c.log(1));
+        if l0.contains("node 1 refused") && l1.contains("node 0 refused") {
+            break (l0, l1);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal logged:\n--- node 0\n{l0}\n--- node 1\n{l1}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        l0.contains("this agent runs a hybrid agent") && l0.contains("node 1 runs udp alone"),
+        "{l0}"
+    );
+    assert!(
+        l1.contains("node 0 runs a hybrid agent") && l1.contains("this agent runs udp alone"),
+        "{l1}"
+    );
+    let (s0, s1) = (c.stat(0), c.stat(1));
+    assert!(counter(&s0, "udp.hellos_refused_mixed") > 0, "{s0}");
+    assert!(counter(&s1, "hellos_refused_mixed") > 0, "{s1}");
+    assert_ne!(peer_transport(&s1, 0), "", "{s1}");
+    assert!(
+        s1["peers"][0]["state"] != "up" && s0["peers"][0]["state"] != "up",
+        "no link may come up between them:\n{s0}\n{s1}"
+    );
+}

@@ -57,7 +57,7 @@ use crate::wire::auth::{self, JobKey, MAC_LEN};
 use crate::wire::bytes::FieldsMut;
 use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PKT_HEADER};
 use crate::wire::reliable::{self, Ack};
-use crate::wire::{FrameReader, Hello};
+use crate::wire::{caps, FrameReader, Hello};
 
 use super::stream::Inflow;
 
@@ -287,6 +287,9 @@ pub struct DgramStats {
     /// Packets from a peer whose link is held down ([`Close::Hold`]),
     /// dropped.
     pub held: u64,
+    /// `Hello`s refused because one end runs a hybrid agent and the other
+    /// this transport alone.
+    pub mixed: u64,
     /// Packets sent again.
     pub retransmits: u64,
     /// Duplicates dropped.
@@ -447,6 +450,8 @@ pub struct DatagramTransport<I: PacketIo> {
     key: Option<JobKey>,
     /// When a failed `Hello` MAC was last logged at warn level.
     auth_warned: Option<Instant>,
+    /// When a refused hybrid/single-transport `Hello` was last logged.
+    mixed_warned: Option<Instant>,
     /// Links held down until then ([`Close::Hold`]; a few at most).
     held: Vec<(usize, Instant)>,
     /// Payload buffers to reuse.
@@ -518,6 +523,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             key,
             auth_warned: None,
             held: Vec::new(),
+            mixed_warned: None,
             spare: Vec::new(),
             acked: Vec::new(),
             now: None,
@@ -690,13 +696,12 @@ impl<I: PacketIo> DatagramTransport<I> {
         let _ = &mut self.links[j];
         if h.kind == PktKind::Hello {
             // Of this job (see `Hello::job`), naming its sender and our node count.
-            let ok = Hello::parse(payload).is_ok_and(|x| {
+            let Some(x) = Hello::parse(payload).ok().filter(|x| {
                 x.node == h.src_node && x.nodes == self.nodes && x.job == self.hello.job
-            });
-            if !ok {
+            }) else {
                 self.stats.foreign += 1;
                 return;
-            }
+            };
             // With a job key: nothing from a Hello is acted on before its MAC checks.
             if let Some(k) = &self.key {
                 let authentic = payload.len() == Hello::LEN + MAC_LEN
@@ -722,6 +727,33 @@ impl<I: PacketIo> DatagramTransport<I> {
                     }
                     return;
                 }
+            }
+            // A hybrid agent (tcp among its transports: its control path) and
+            // an agent of this transport alone cannot be peers: the hybrid
+            // one reads a link only once the tcp control connection chose it.
+            if (x.caps & caps::TCP != 0) != (self.hello.caps & caps::TCP != 0) {
+                self.stats.mixed += 1;
+                if self
+                    .mixed_warned
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+                {
+                    self.mixed_warned = Some(now);
+                    let (hybrid, alone) = if x.caps & caps::TCP != 0 {
+                        (format!("node {j}"), "this agent".to_string())
+                    } else {
+                        ("this agent".to_string(), format!("node {j}"))
+                    };
+                    log::warn!(
+                        "{}: node {j} refused: {hybrid} runs a hybrid agent (several transports, \
+                         tcp its control path) and {alone} runs {} alone; a job's agents must \
+                         all run tcp (--transports {},tcp) or all run {} alone",
+                        self.io.name(),
+                        self.io.name(),
+                        self.io.name(),
+                        self.io.name()
+                    );
+                }
+                return;
             }
             // Fresh: it names our current epoch (random, new per link
             // instance), so it was made for this instance, not replayed
@@ -1216,6 +1248,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_stale", s.stale),
             ("packets_unauthenticated", s.unauthenticated),
             ("packets_dropped_held", s.held),
+            ("hellos_refused_mixed", s.mixed),
             ("packets_hello_not_fresh", s.hello_not_fresh),
             ("packets_resent", s.retransmits),
             ("packets_duplicate", s.duplicates),
