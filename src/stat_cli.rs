@@ -190,13 +190,8 @@ pub fn run(a: StatArgs) -> ExitCode {
         } else {
             format!("\n{table}")
         };
-        if !emit(&text) {
-            return ExitCode::SUCCESS;
-        }
-        frames += 1;
-        match a.watch {
-            Some(w) => std::thread::sleep(Duration::from_secs_f64(w)),
-            None => return ExitCode::SUCCESS,
+        if let Some(done) = shown(&text, &mut frames, a.watch) {
+            return done;
         }
         prev = Some(s);
     }
@@ -222,14 +217,25 @@ fn run_job(a: &StatArgs, path: &std::path::Path, named: bool, tty: bool) -> Exit
         } else {
             v.render()
         };
-        if !emit(&text) {
-            return ExitCode::SUCCESS;
+        if let Some(done) = shown(&text, &mut frames, a.watch) {
+            return done;
         }
-        frames += 1;
-        match a.watch {
-            Some(w) => std::thread::sleep(Duration::from_secs_f64(w)),
-            None => return ExitCode::SUCCESS,
+    }
+}
+
+/// Show one frame; then, with `--watch`, wait for the next (`None`), else
+/// the command is done (also when the reader went away).
+fn shown(text: &str, frames: &mut u64, watch: Option<f64>) -> Option<ExitCode> {
+    if !emit(text) {
+        return Some(ExitCode::SUCCESS);
+    }
+    *frames += 1;
+    match watch {
+        Some(w) => {
+            std::thread::sleep(Duration::from_secs_f64(w));
+            None
         }
+        None => Some(ExitCode::SUCCESS),
     }
 }
 

@@ -263,15 +263,9 @@ fn metrics_page(addr: &str) -> String {
 /// Every node sends `count` messages of `sizes` to every other (one sender
 /// per node, to each in turn; one receiver per node): all intact, in order.
 fn all_to_all_checked(c: &Cluster, n: usize, count: u64, sizes: &str, label: &str) {
-    let mut t = Traffic::new(c, sizes);
-    for i in 0..n {
-        t = t.recv(i, 9, count * (n as u64 - 1));
-    }
-    for from in 0..n {
-        let to: Vec<(usize, u32)> = (0..n).filter(|&t| t != from).map(|t| (t, 9)).collect();
-        t = t.send_each(from, &to, count, Mode::Buffered);
-    }
-    t.start().finish(label);
+    scenarios::all_to_all_traffic(c, n, count, sizes)
+        .start()
+        .finish(label);
 }
 
 /// Agent `i`'s stat once every one of its links was closed for idleness

@@ -550,13 +550,10 @@ pub fn all_to_all(c: &Cluster) -> Vec<Value> {
     all_to_all_n(c, 3, 200, "8,700,5000,300000")
 }
 
-/// `n` nodes all to all: every node sends `count` messages of `sizes` to each
-/// of the others (one sender process per node, to each in turn; one receiver
-/// per node). Each
-/// receiver hears from exactly the n - 1 others, everything intact and in
-/// order; every agent has every peer up, nothing lost, no block leaked. Gives
-/// the agents' settled stats.
-pub fn all_to_all_n(c: &Cluster, n: usize, count: u64, sizes: &str) -> Vec<Value> {
+/// The traffic of an all-to-all of `n` nodes (endpoint 9 everywhere): one
+/// receiver per node expecting `count` from each other node, one sender per
+/// node sending `count` to each other in turn, buffered.
+pub fn all_to_all_traffic<'a>(c: &'a Cluster, n: usize, count: u64, sizes: &str) -> Traffic<'a> {
     let mut t = Traffic::new(c, sizes);
     for i in 0..n {
         t = t.recv(i, 9, count * (n as u64 - 1));
@@ -565,7 +562,19 @@ pub fn all_to_all_n(c: &Cluster, n: usize, count: u64, sizes: &str) -> Vec<Value
         let to: Vec<(usize, u32)> = (0..n).filter(|&t| t != from).map(|t| (t, 9)).collect();
         t = t.send_each(from, &to, count, Mode::Buffered);
     }
-    let r = t.start().finish(&format!("(all to all, {n} nodes)"));
+    t
+}
+
+/// `n` nodes all to all: every node sends `count` messages of `sizes` to each
+/// of the others (one sender process per node, to each in turn; one receiver
+/// per node). Each
+/// receiver hears from exactly the n - 1 others, everything intact and in
+/// order; every agent has every peer up, nothing lost, no block leaked. Gives
+/// the agents' settled stats.
+pub fn all_to_all_n(c: &Cluster, n: usize, count: u64, sizes: &str) -> Vec<Value> {
+    let r = all_to_all_traffic(c, n, count, sizes)
+        .start()
+        .finish(&format!("(all to all, {n} nodes)"));
     for (i, r) in r.iter().enumerate() {
         let from: Vec<&String> = r.0["senders"].as_object().unwrap().keys().collect();
         assert_eq!(from.len(), n - 1, "{}", r.0);
