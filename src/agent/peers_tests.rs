@@ -2,7 +2,7 @@
 //! session, driven with made-up time and a link that only records.
 
 use super::*;
-use crate::transport::{Close, Inflow, LinkEvent, Poller};
+use crate::transport::{Close, Inflow, LinkEvent, LinkRx, Poller};
 
 /// A link that only records what is queued on it.
 #[derive(Default)]
@@ -265,16 +265,37 @@ fn waiting_states_time_out() {
         .is_some());
 }
 
-/// The agent's own state for a peer it never talked to (the peer, its
-/// incoming stream): inline fields only, the session and buffers come with
-/// the first link. With the transport's share (tcp: about 100 bytes, udp: a
-/// pointer) it stays under the 1 KiB per idle peer that docs/scaling.md
-/// promises; a big field added inline fails here first.
+/// The agent's own state for a peer it never talked to (the peer, the
+/// pointer to its incoming stream): inline fields only; the session, the
+/// link state and the stream come with the first link. With the
+/// transport's share (tcp: about 100 bytes, udp: a pointer) and the node
+/// table's entry it stays far under the 1 KiB per idle peer that
+/// docs/scaling.md promises (4,096 simulated agents in one process hold
+/// 16.7 M of these); a big field added inline fails here first.
 #[test]
 fn a_peer_never_talked_to_costs_little() {
-    let inline = std::mem::size_of::<Peer>() + std::mem::size_of::<crate::transport::LinkRx>();
-    assert!(inline <= 768, "Peer + LinkRx = {inline} bytes");
-    let p = peer(Instant::now());
+    let inline = std::mem::size_of::<Peer>() + std::mem::size_of::<Option<Box<LinkRx>>>();
+    println!(
+        "Peer {} B, PeerLink {} B",
+        std::mem::size_of::<Peer>(),
+        std::mem::size_of::<PeerLink>()
+    );
+    assert!(
+        inline <= 136,
+        "Peer + its stream's pointer = {inline} bytes"
+    );
+    let mut p = peer(Instant::now());
     assert!(p.session.is_none());
+    // Reading makes nothing; the first write makes the link state.
     assert_eq!(p.batch.records(), 0);
+    assert!(p.batch_since.is_none() && p.large.is_empty() && p.counters.msgs_tx == 0);
+    assert!(!p.has_link_state(), "reading a peer made its link state");
+    p.counters.msgs_tx += 1;
+    assert!(p.has_link_state());
+    assert_eq!(p.counters.msgs_tx, 1);
+    assert_eq!(
+        peer(Instant::now()).counters.msgs_tx,
+        0,
+        "the empty link state was written"
+    );
 }
