@@ -266,6 +266,8 @@ pub struct SimCensus {
     pub sessions: usize,
     /// Peers whose incoming stream was made.
     pub inflows: usize,
+    /// Times peers were declared lost, all peers together.
+    pub losses: u64,
     /// Every peer not idle (nor this node): its node and state.
     pub active: Vec<(u32, String)>,
 }
@@ -499,6 +501,7 @@ impl Agent {
             }
             c.link_states += p.has_link_state() as usize;
             c.sessions += p.session.is_some() as usize;
+            c.losses += p.counters.losses;
             if !matches!(p.state(), S::Idle | S::Local) {
                 c.active.push((p.node, p.state().name()));
             }

@@ -740,6 +740,17 @@ impl<I: PacketIo> DatagramTransport<I> {
         let l = &mut self.links[j];
         if h.src_epoch != l.peer_epoch || h.dst_epoch != l.epoch {
             self.stats.stale += 1;
+            // The peer sends on a link instance we do not have (we
+            // restarted: on-demand links, we want nothing from it, so we
+            // would never say so): tell it our epoch, at most every 10 ms,
+            // and it gives the old instance up at once, not after its peer
+            // timeout of silence (sends failing meanwhile).
+            if !l.up
+                && l.last_hello
+                    .is_none_or(|t| now.duration_since(t) >= HELLO_EVERY / 10)
+            {
+                self.send_hello(j, now);
+            }
             return;
         }
         if !self.links[j].up {

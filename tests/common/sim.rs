@@ -49,7 +49,16 @@ enum Cmd {
     Restart(usize, mpsc::Sender<()>),
     /// Run this on the agents (between rounds).
     Inspect(Box<dyn FnOnce(&mut [Agent]) + Send>),
+    /// Check this after every round of the agents; say the virtual time
+    /// when it first holds.
+    Watch(Watch),
 }
+
+/// A condition [`Sim::watch`] checks after every round, and who waits for it.
+type Watch = (
+    Box<dyn FnMut(&mut [Agent]) -> bool + Send>,
+    mpsc::Sender<Duration>,
+);
 
 /// The configuration of simulated node `i` of `n`.
 pub fn config(i: usize, n: usize, dir: &std::path::Path) -> AgentConfig {
@@ -156,6 +165,7 @@ impl Runner {
         // Whether each agent runs this round (work last round counts).
         let mut due = vec![true; n];
         let mut evs = vec![EpollEvent::empty(); 1024];
+        let mut watches: Vec<Watch> = vec![];
         while !stop.load(Ordering::Relaxed) {
             while let Ok(cmd) = cmd_rx.try_recv() {
                 match cmd {
@@ -171,6 +181,7 @@ impl Runner {
                         let _ = done.send(());
                     }
                     Cmd::Inspect(f) => f(&mut agents),
+                    Cmd::Watch(w) => watches.push(w),
                 }
             }
             net.deliver_due();
@@ -195,6 +206,13 @@ impl Runner {
                 }
             }
             rounds.fetch_add(ran, Ordering::Relaxed);
+            watches.retain_mut(|(cond, tx)| {
+                if cond(&mut agents) {
+                    let _ = tx.send(clock.elapsed());
+                    return false;
+                }
+                true
+            });
             if work || net.queued() > 0 {
                 clock.advance(BUSY_STEP);
             } else {
@@ -226,6 +244,18 @@ impl Sim {
         let (sim, _) = Sim::launch(n, impair, seed, tweak);
         sim.wait_virtual(Duration::from_secs(60), "every peer up", |s| {
             (0..n).all(|i| (0..n).all(|j| j == i || s.state(i, j) == "up"))
+        });
+        sim
+    }
+
+    /// Start `n` agents with links on demand (the default of a real
+    /// agent): returns once every agent is running, every peer idle.
+    pub fn start_on_demand(n: usize, impair: Impair, seed: u64) -> Sim {
+        let (sim, _) = Sim::launch(n, impair, seed, |c| {
+            c.connect = wyvern::agent::ConnectPolicy::OnDemand
+        });
+        sim.wait_virtual(Duration::from_secs(1), "every peer idle", |s| {
+            (0..n).all(|i| (0..n).all(|j| j == i || s.state(i, j) == "idle"))
         });
         sim
     }
@@ -304,6 +334,31 @@ impl Sim {
             .expect("the simulation did not answer")
     }
 
+    /// The virtual time (since the start) when `cond` first holds, checked
+    /// on the simulation thread after every round; at most `limit` of
+    /// virtual time from now.
+    pub fn watch(
+        &self,
+        limit: Duration,
+        what: &str,
+        cond: impl FnMut(&mut [Agent]) -> bool + Send + 'static,
+    ) -> Duration {
+        let (tx, rx) = mpsc::channel();
+        self.cmds.send(Cmd::Watch((Box::new(cond), tx))).unwrap();
+        let until = self.clock.elapsed() + limit;
+        let t0 = Instant::now();
+        loop {
+            if let Ok(t) = rx.recv_timeout(Duration::from_millis(2)) {
+                return t;
+            }
+            assert!(
+                self.clock.elapsed() < until && t0.elapsed() < Duration::from_secs(120),
+                "not {what} after {limit:?} of virtual time ({:?} wall)",
+                t0.elapsed()
+            );
+        }
+    }
+
     /// Every agent's peers by state and the per-peer state each holds.
     pub fn census(&self) -> Vec<SimCensus> {
         self.inspect(|a| a.iter().map(|a| a.sim_census()).collect())
@@ -341,10 +396,11 @@ impl Sim {
             .unwrap_or_else(|| format!("node {j} not in node {i}'s stat"))
     }
 
-    /// Let `d` of virtual time pass (at most 60 s of wall time).
+    /// Let `d` of virtual time pass (at most 600 s of wall time: thousands
+    /// of agents run about 1 s of virtual time in 10-20 s).
     pub fn run_for(&self, d: Duration) {
         let until = self.clock.elapsed() + d;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(600);
         while self.clock.elapsed() < until {
             assert!(Instant::now() < deadline, "virtual time stands still");
             std::thread::sleep(Duration::from_millis(1));
