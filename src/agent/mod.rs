@@ -86,7 +86,7 @@ pub use run::Rounds;
 use clients::Clients;
 use conns::{token, Conns, T_CTL_LISTEN, T_DOORBELL, T_TRANSPORT};
 use inbox::Inbox;
-use peers::{Peer, Timing};
+use peers::{Peer, Peers, Timing};
 use plan::Plan;
 
 /// Records taken from one submission ring per round.
@@ -279,14 +279,15 @@ pub struct Agent {
     pool: Arc<Pool>,
     blocks: BlockAlloc,
     clients: Clients,
-    peers: Vec<Peer>,
+    peers: Peers,
     inbox: Inbox,
     conns: Conns,
     transport: Box<dyn Transport>,
     /// Per peer: its link's incoming stream (the transport fills it, the
     /// receive walk reads it), made when first written.
     inflow: Inflows,
-    /// The peer `process_rx` starts with this round (rotates).
+    /// Where `process_rx` starts this round in the list of peers written
+    /// (rotates; see `Peers`).
     rx_turn: usize,
     /// The client slot `poll_clients` starts with this round (rotates).
     sub_turn: usize,
@@ -420,18 +421,19 @@ impl Agent {
         }
 
         let now = clock.now();
-        let peers = cfg
-            .addrs
-            .iter()
-            .enumerate()
-            .map(|(i, &addr)| {
-                let mut p = Peer::new(i as u32, addr, cfg.node_id, cfg.frame_bytes, now);
-                if on_demand && i as u32 != cfg.node_id {
-                    p.idle(now);
-                }
-                p
-            })
-            .collect();
+        let peers = Peers::new(
+            cfg.addrs
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| {
+                    let mut p = Peer::new(i as u32, addr, cfg.node_id, cfg.frame_bytes, now);
+                    if on_demand && i as u32 != cfg.node_id {
+                        p.idle(now);
+                    }
+                    p
+                })
+                .collect(),
+        );
         let max = cfg.pool.max_clients as usize;
         log::info!(
             "node {} of {}: peers on {} {}, control socket {}",

@@ -376,6 +376,87 @@ impl PeerLink {
     }
 }
 
+/// Every node's [`Peer`], and which of them were ever written (made to
+/// connect, linked, sent to): the walks of a poll round (flushing,
+/// receiving, timers) go over those only, so an agent of a 4,096-node job
+/// that talks to a few peers checks a few per round, not 4,096. A peer can
+/// only leave idle by being written (`peers[j]` for writing), which puts it
+/// on the list; it stays there (a peer back to idle is checked for nothing
+/// and costs a look).
+pub(super) struct Peers {
+    v: Vec<Peer>,
+    /// The peers written, in the order they were first written.
+    touched: Vec<u32>,
+    /// One bit per peer: on `touched`.
+    seen: Vec<u64>,
+}
+
+impl Peers {
+    /// The peers, those not idle (connecting from the start: every link
+    /// wanted) already on the list.
+    pub(super) fn new(v: Vec<Peer>) -> Peers {
+        let mut p = Peers {
+            seen: vec![0; v.len().div_ceil(64)],
+            v,
+            touched: Vec::new(),
+        };
+        for j in 0..p.v.len() {
+            if !matches!(p.v[j].state, PeerState::Idle | PeerState::Local) {
+                let _ = &mut p[j];
+            }
+        }
+        p
+    }
+
+    /// How many peers were written since start.
+    pub(super) fn touched(&self) -> usize {
+        self.touched.len()
+    }
+
+    /// The `k`th peer written (an index into the peers).
+    pub(super) fn touched_at(&self, k: usize) -> usize {
+        self.touched[k] as usize
+    }
+
+    /// The peers written since start (every one that is not idle among them).
+    pub(super) fn active(&self) -> impl Iterator<Item = &Peer> {
+        self.touched.iter().map(|&j| &self.v[j as usize])
+    }
+}
+
+impl std::ops::Deref for Peers {
+    type Target = [Peer];
+    fn deref(&self) -> &[Peer] {
+        &self.v
+    }
+}
+
+impl std::ops::Index<usize> for Peers {
+    type Output = Peer;
+    fn index(&self, j: usize) -> &Peer {
+        &self.v[j]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Peers {
+    fn index_mut(&mut self, j: usize) -> &mut Peer {
+        let (w, b) = (j / 64, 1u64 << (j % 64));
+        if self.seen[w] & b == 0 {
+            self.seen[w] |= b;
+            self.touched.push(j as u32);
+        }
+        &mut self.v[j]
+    }
+}
+
+impl<'a> IntoIterator for &'a Peers {
+    type Item = &'a Peer;
+    type IntoIter = std::slice::Iter<'a, Peer>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.v.iter()
+    }
+}
+
 /// What a peer without link state reads: nothing queued, nothing counted.
 static NO_LINK: std::sync::LazyLock<PeerLink> = std::sync::LazyLock::new(|| PeerLink::new(0, 0));
 

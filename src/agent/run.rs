@@ -174,7 +174,11 @@ impl Agent {
                 .tick(&self.poller, now, &mut self.inflow, &mut self.events);
             self.expire_orphans(now);
             // Each link's share of what unread streams may hold together.
-            let up = self.peers.iter().filter(|p| p.state().connected()).count();
+            let up = self
+                .peers
+                .active()
+                .filter(|p| p.state().connected())
+                .count();
             let share = crate::transport::RX_BUFFERS_MAX / up.max(1);
             let released: usize = self
                 .inflow
@@ -283,7 +287,7 @@ impl Agent {
         let me = self.cfg.node_id;
         let peers = self.peers.len();
         let remote = |s: &Submit| s.dst_node != me && (s.dst_node as usize) < peers;
-        self.peers.iter().any(|p| p.batch_since.is_some()) || self.clients.any_work(remote)
+        self.peers.active().any(|p| p.batch_since.is_some()) || self.clients.any_work(remote)
     }
 
     /// A descriptor of ours is ready; returns the [`BUSY_SOURCES`] bit it
