@@ -358,6 +358,10 @@ impl PacketIo for SimIo {
     fn poll_mode(&self) -> bool {
         true
     }
+
+    fn agent_sleeps(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
