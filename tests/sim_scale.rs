@@ -41,9 +41,9 @@ const RANDOM_PEERS: usize = 4;
 const MSGS: u32 = 4;
 /// Client threads (each drives every `WORKERS`-th agent's client).
 const WORKERS: usize = 4;
-/// Descriptors a client holds (its socket and the agent's end, its pool,
-/// its bell), to size the waves of clients under the open-file limit.
-const FDS_PER_CLIENT: usize = 4;
+/// Descriptors a client costs (5 measured: its socket and the agent's end,
+/// its pool, its bell, ...; one spare), to size the waves of clients under the open-file limit.
+const FDS_PER_CLIENT: usize = 6;
 /// Wall-time bound of one phase's traffic.
 const PHASE_WALL: Duration = Duration::from_secs(120);
 
@@ -471,7 +471,15 @@ fn sim_scale_many_agents_on_demand_links_and_one_percent_restarted() {
         let (t, v) = (Instant::now(), sim.elapsed());
         for r in &waves {
             let list: Vec<usize> = r.clone().collect();
+            let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
             workers.run(|w| Job::Attach(Workers::share(&list, w)));
+            if p == 1 && r.start == 0 {
+                let after = std::fs::read_dir("/proc/self/fd").unwrap().count();
+                println!(
+                    "{:.1} descriptors per client (with the agent's end)",
+                    (after - before) as f64 / list.len() as f64
+                );
+            }
             if let Err(e) = workers.try_run(|_| Job::Traffic {
                 phase: p,
                 wave: r.clone(),
@@ -493,6 +501,8 @@ fn sim_scale_many_agents_on_demand_links_and_one_percent_restarted() {
             sim.run_for(Duration::from_millis(50));
             workers.run(|_| Job::CheckQuiet);
             workers.run(|w| Job::Detach(Workers::share(&list, w)));
+            // The agents close their ends (the next wave needs the room).
+            sim.run_for(Duration::from_millis(10));
         }
         println!(
             "phase {p}: {} checked messages in {:.2} s wall, {:.3} s virtual; {} agent rounds so far",

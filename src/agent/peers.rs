@@ -7,16 +7,14 @@
 //! carry out; the only outside thing a peer touches is the link it queues
 //! frames on ([`Transport::push`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shm::blocks::Owner;
 use crate::transport::{Out, Transport};
-use crate::wire::{self, control_frame, reliable, FrameBuilder, FrameKind, RecordHeader};
-
-use super::stats::PeerCounters;
+use crate::wire::{self, control_frame, reliable, FrameKind};
 
 /// Acknowledge a peer's frames at least every this many (and every tick).
 pub(super) const ACK_EVERY: u64 = 32;
@@ -336,143 +334,6 @@ pub(super) struct Peer {
     pub(super) session: Option<Box<Session>>,
     /// The state of a peer talked to (`None`: never written since start).
     link: Option<Box<PeerLink>>,
-}
-
-/// What a peer the agent talks to holds beside its session (see [`Peer`]).
-pub(super) struct PeerLink {
-    pub(super) batch: FrameBuilder,
-    pub(super) batch_since: Option<Instant>,
-    pub(super) large: VecDeque<LargeSend>,
-    pub(super) acks: AckTable,
-    /// How far the frame at the head of the link was handled.
-    pub(super) rx_pos: usize,
-    pub(super) rx_large: Option<RxLarge>,
-    pub(super) rx_deposit: Option<Deposit>,
-    /// Frames wait for a full ring: we are not reading, so the peer's
-    /// silence proves nothing.
-    pub(super) rx_stalled: bool,
-    /// A chunk whose payload the transport is reading into its block.
-    pub(super) rx_steered: Option<RecordHeader>,
-    /// Since when the link took none of what is queued for it.
-    pub(super) tx_stuck_since: Option<Instant>,
-    pub(super) counters: PeerCounters,
-}
-
-impl PeerLink {
-    fn new(me: u32, frame_bytes: usize) -> PeerLink {
-        PeerLink {
-            batch: FrameBuilder::new(me, frame_bytes),
-            batch_since: None,
-            large: VecDeque::new(),
-            acks: AckTable::default(),
-            rx_pos: 0,
-            rx_large: None,
-            rx_deposit: None,
-            rx_stalled: false,
-            rx_steered: None,
-            tx_stuck_since: None,
-            counters: PeerCounters::default(),
-        }
-    }
-}
-
-/// Every node's [`Peer`], and which of them were ever written (made to
-/// connect, linked, sent to): the walks of a poll round (flushing,
-/// receiving, timers) go over those only, so an agent of a 4,096-node job
-/// that talks to a few peers checks a few per round, not 4,096. A peer can
-/// only leave idle by being written (`peers[j]` for writing), which puts it
-/// on the list; it stays there (a peer back to idle is checked for nothing
-/// and costs a look).
-pub(super) struct Peers {
-    v: Vec<Peer>,
-    /// The peers written, in the order they were first written.
-    touched: Vec<u32>,
-    /// One bit per peer: on `touched`.
-    seen: Vec<u64>,
-}
-
-impl Peers {
-    /// The peers, those not idle (connecting from the start: every link
-    /// wanted) already on the list.
-    pub(super) fn new(v: Vec<Peer>) -> Peers {
-        let mut p = Peers {
-            seen: vec![0; v.len().div_ceil(64)],
-            v,
-            touched: Vec::new(),
-        };
-        for j in 0..p.v.len() {
-            if !matches!(p.v[j].state, PeerState::Idle | PeerState::Local) {
-                let _ = &mut p[j];
-            }
-        }
-        p
-    }
-
-    /// How many peers were written since start.
-    pub(super) fn touched(&self) -> usize {
-        self.touched.len()
-    }
-
-    /// The `k`th peer written (an index into the peers).
-    pub(super) fn touched_at(&self, k: usize) -> usize {
-        self.touched[k] as usize
-    }
-
-    /// The peers written since start (every one that is not idle among them).
-    pub(super) fn active(&self) -> impl Iterator<Item = &Peer> {
-        self.touched.iter().map(|&j| &self.v[j as usize])
-    }
-}
-
-impl std::ops::Deref for Peers {
-    type Target = [Peer];
-    fn deref(&self) -> &[Peer] {
-        &self.v
-    }
-}
-
-impl std::ops::Index<usize> for Peers {
-    type Output = Peer;
-    fn index(&self, j: usize) -> &Peer {
-        &self.v[j]
-    }
-}
-
-impl std::ops::IndexMut<usize> for Peers {
-    fn index_mut(&mut self, j: usize) -> &mut Peer {
-        let (w, b) = (j / 64, 1u64 << (j % 64));
-        if self.seen[w] & b == 0 {
-            self.seen[w] |= b;
-            self.touched.push(j as u32);
-        }
-        &mut self.v[j]
-    }
-}
-
-impl<'a> IntoIterator for &'a Peers {
-    type Item = &'a Peer;
-    type IntoIter = std::slice::Iter<'a, Peer>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.v.iter()
-    }
-}
-
-/// What a peer without link state reads: nothing queued, nothing counted.
-static NO_LINK: std::sync::LazyLock<PeerLink> = std::sync::LazyLock::new(|| PeerLink::new(0, 0));
-
-impl std::ops::Deref for Peer {
-    type Target = PeerLink;
-    fn deref(&self) -> &PeerLink {
-        self.link.as_deref().unwrap_or(&NO_LINK)
-    }
-}
-
-impl std::ops::DerefMut for Peer {
-    fn deref_mut(&mut self) -> &mut PeerLink {
-        let (me, frame) = (self.me, self.frame_bytes as usize);
-        self.link
-            .get_or_insert_with(|| Box::new(PeerLink::new(me, frame)))
-    }
 }
 
 impl Peer {
@@ -856,6 +717,10 @@ impl Peer {
         })
     }
 }
+
+#[path = "peer_table.rs"]
+mod table;
+pub(super) use table::{PeerLink, Peers};
 
 #[cfg(test)]
 #[path = "peers_tests.rs"]

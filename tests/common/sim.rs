@@ -48,11 +48,14 @@ enum Cmd {
     /// incarnation); say when done.
     Restart(usize, mpsc::Sender<()>),
     /// Run this on the agents (between rounds).
-    Inspect(Box<dyn FnOnce(&mut [Agent]) + Send>),
+    Inspect(Inspect),
     /// Check this after every round of the agents; say the virtual time
     /// when it first holds.
     Watch(Watch),
 }
+
+/// What [`Sim::inspect`] runs on the agents.
+type Inspect = Box<dyn FnOnce(&mut [Agent]) + Send>;
 
 /// A condition [`Sim::watch`] checks after every round, and who waits for it.
 type Watch = (
