@@ -299,3 +299,44 @@ fn a_peer_never_talked_to_costs_little() {
         "the empty link state was written"
     );
 }
+
+/// The poll round walks only the peers ever written: a peer leaves idle only
+/// by being written, so every peer not idle is on the list, each once; peers
+/// connecting from the start (every link wanted) are on it from the start.
+#[test]
+fn the_peers_walked_are_those_written_each_once() {
+    let now = Instant::now();
+    let addr = "127.0.0.1:1".parse().unwrap();
+    let make = |on_demand: bool| {
+        Peers::new(
+            (0..200u32)
+                .map(|j| {
+                    let mut p = Peer::new(j, addr, 0, 4096, now);
+                    if on_demand && j != 0 {
+                        p.idle(now);
+                    }
+                    p
+                })
+                .collect(),
+        )
+    };
+    let mut ps = make(true);
+    assert_eq!(ps.touched(), 0);
+    // Reading walks nothing new.
+    assert!(ps
+        .iter()
+        .all(|p| !p.state().connected() && p.batch_since.is_none()));
+    assert_eq!(ps.touched(), 0);
+    assert!(ps[130].wanted(now));
+    ps[130].counters.msgs_tx += 1;
+    ps[7].wanted(now);
+    assert_eq!(ps.touched(), 2);
+    assert_eq!((ps.touched_at(0), ps.touched_at(1)), (130, 7));
+    assert_eq!(ps.active().map(|p| p.node).collect::<Vec<_>>(), [130, 7]);
+    assert!(ps
+        .iter()
+        .filter(|p| *p.state() != PeerState::Idle && *p.state() != PeerState::Local)
+        .all(|p| ps.active().any(|a| a.node == p.node)));
+    // Every link wanted from the start: all but this node's own.
+    assert_eq!(make(false).touched(), 199);
+}
