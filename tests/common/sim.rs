@@ -5,9 +5,10 @@
 //! test's threads attach through the agents' control sockets, which the
 //! simulation thread serves between rounds).
 //!
-//! The simulation thread runs every agent's poll round, then moves time on:
-//! by [`BUSY_STEP`] after a round that found work, else to the next packet's
-//! arrival but at most [`IDLE_STEP`] on. So timers (heartbeats, a lost peer
+//! The simulation thread runs the poll round of every agent with something
+//! due (see [`Runner`]), then moves time on: by [`BUSY_STEP`] after a round
+//! that found work, else to the next packet's arrival or agent's tick but at
+//! most [`IDLE_STEP`] on. So timers (heartbeats, a lost peer
 //! after seconds) pass in milliseconds of wall time while the network and
 //! every agent see one consistent clock. Clients run on wall time: a test
 //! lets virtual time pass with [`Sim::run_for`].
