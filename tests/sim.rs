@@ -272,3 +272,54 @@ fn sim_a_restarted_agent_is_a_new_session_and_its_partner_says_so() {
     );
     println!("restart: {:?} of virtual time in all", sim.elapsed());
 }
+
+/// On-demand links (the default): a restarted agent says nothing to the
+/// peers its old incarnation talked to (it has no link it wants); the
+/// peer that had a session with the old one must not stay stuck on it: its
+/// next packet (a heartbeat) makes the new agent say who it is, the old
+/// session is given up at once (what was in flight in it failed to its
+/// sender), and its next send reaches the new agent.
+#[test]
+fn sim_on_demand_a_partner_of_a_restarted_agent_is_not_stuck() {
+    let sim = Sim::start_on_demand(3, Impair::clean(), 5);
+    let t = Duration::from_secs(30);
+    let c = Client::attach(&sim.sockets[0], "tx").unwrap();
+    let ep = c.open_endpoint(Some(TX_EP)).unwrap();
+    {
+        let r = Client::attach(&sim.sockets[1], "rx").unwrap();
+        let rx = r.open_endpoint(Some(RX_EP)).unwrap();
+        ep.send(1, RX_EP, b"to the first", Mode::Delivered, t)
+            .unwrap();
+        assert_eq!(rx.recv(t).unwrap().data(), b"to the first");
+        assert_eq!(sim.state(0, 1), "up");
+        sim.restart(1);
+    }
+    let r = Client::attach(&sim.sockets[1], "rx again").unwrap();
+    let rx = r.open_endpoint(Some(RX_EP)).unwrap();
+    let restarted = sim.elapsed();
+    let took = sim.watch(
+        Duration::from_secs(10),
+        "node 0 done with the old incarnation",
+        |a| a[0].sim_census().losses >= 1,
+    ) - restarted;
+    println!(
+        "node 0 gave the old incarnation up after {took:?}: {}",
+        sim.state(0, 1)
+    );
+    // Its heartbeat (every 100 ms) reached the new agent, which answered
+    // with its Hello: not the 3 s peer timeout of silence.
+    assert!(
+        took < Duration::from_millis(300),
+        "node 0 held on to the old incarnation for {took:?}"
+    );
+    ep.send(1, RX_EP, b"to the second", Mode::Delivered, t)
+        .unwrap();
+    assert_eq!(rx.recv(t).unwrap().data(), b"to the second");
+    assert_eq!(sim.state(0, 1), "up");
+    assert_eq!(sim.state(1, 0), "up");
+    assert_eq!(
+        sim.state(1, 2),
+        "idle",
+        "the new agent linked to a peer it never wanted"
+    );
+}

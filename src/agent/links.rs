@@ -45,7 +45,9 @@ impl Agent {
         let limit = self.cfg.peer_queue_bytes;
         let retain = self.retain_limit();
         let now = self.now;
-        for j in 0..self.peers.len() {
+        // Only peers ever written can be up or resuming (see `Peers`).
+        for k in 0..self.peers.touched() {
+            let j = self.peers.touched_at(k);
             let node = j as u32;
             let state = self.peers[j].state().clone();
             if state == PeerState::Resuming && self.transport.link(node).queued > 0 {
@@ -306,7 +308,10 @@ impl Agent {
     /// links, declare silent or unreachable peers lost.
     pub(super) fn peer_timers(&mut self, now: Instant) {
         let timing = self.timing;
-        for j in 0..self.peers.len() {
+        // An idle peer has no timer (see `Peers`: only those written can be
+        // anything else).
+        for k in 0..self.peers.touched() {
+            let j = self.peers.touched_at(k);
             let node = j as u32;
             if let Some(why) = self.peers[j].tick(&timing, now).lose {
                 self.peer_lost(j, &why, true);

@@ -85,7 +85,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use crate::clock::Clock;
 use crate::shm::blocks::BlockAlloc;
 use crate::shm::{Pool, BLOCK_UNIT};
-use crate::transport::{LinkEvent, LinkRx, Poller, Transport};
+use crate::transport::{Inflow, LinkEvent, LinkRx, Poller, Transport};
 
 pub use config::{AgentConfig, ConnectPolicy, IdlePolicy, TransportKind};
 pub use run::Rounds;
@@ -93,7 +93,7 @@ pub use run::Rounds;
 use clients::Clients;
 use conns::{token, Conns, T_CTL_LISTEN, T_DOORBELL, T_TRANSPORT};
 use inbox::Inbox;
-use peers::{Peer, Timing};
+use peers::{Peer, Peers, Timing};
 use plan::Plan;
 
 /// Records taken from one submission ring per round.
@@ -194,6 +194,91 @@ const BUSY_SOURCES: [&str; 7] = [
     "control",
 ];
 
+/// Every peer's incoming stream, each made when first written (a link came
+/// up): a peer never talked to costs a pointer here, not a [`LinkRx`]'s
+/// 100-odd bytes. Reading one not made reads an empty stream.
+struct Inflows {
+    v: Vec<Option<Box<LinkRx>>>,
+}
+
+/// What a stream not made reads as.
+static NO_INFLOW: std::sync::LazyLock<LinkRx> = std::sync::LazyLock::new(LinkRx::default);
+
+impl Inflows {
+    fn new(peers: usize) -> Inflows {
+        Inflows {
+            v: (0..peers).map(|_| None).collect(),
+        }
+    }
+
+    /// The streams made.
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut LinkRx> {
+        self.v.iter_mut().flatten().map(|b| &mut **b)
+    }
+
+    /// How many were made.
+    #[cfg(feature = "testing")]
+    fn made(&self) -> usize {
+        self.v.iter().filter(|x| x.is_some()).count()
+    }
+}
+
+impl std::ops::Index<usize> for Inflows {
+    type Output = LinkRx;
+    fn index(&self, j: usize) -> &LinkRx {
+        self.v[j].as_deref().unwrap_or(&NO_INFLOW)
+    }
+}
+
+impl std::ops::IndexMut<usize> for Inflows {
+    fn index_mut(&mut self, j: usize) -> &mut LinkRx {
+        self.v[j].get_or_insert_with(|| {
+            let mut rx = LinkRx::default();
+            // The smallest share of the unread bound until the next tick
+            // gives this link its share of it.
+            rx.set_high_water(0);
+            Box::new(rx)
+        })
+    }
+}
+
+impl Inflow for Inflows {
+    fn link(&mut self, node: u32) -> &mut LinkRx {
+        &mut self[node as usize]
+    }
+}
+
+/// A simulated agent's peers by state, and how many hold each part of the
+/// per-peer state that is made on first contact ([`Agent::sim_census`]).
+#[cfg(feature = "testing")]
+#[derive(Clone, Debug, Default)]
+pub struct SimCensus {
+    /// Nodes in the job (this one included).
+    pub peers: usize,
+    /// Peers by state.
+    pub idle: usize,
+    /// Connecting.
+    pub connecting: usize,
+    /// Resuming.
+    pub resuming: usize,
+    /// Up.
+    pub up: usize,
+    /// Disconnected, waiting to resume.
+    pub disconnected: usize,
+    /// Lost.
+    pub lost: usize,
+    /// Peers whose link state (frame builder, queues, counters) was made.
+    pub link_states: usize,
+    /// Peers with a session.
+    pub sessions: usize,
+    /// Peers whose incoming stream was made.
+    pub inflows: usize,
+    /// Times peers were declared lost, all peers together.
+    pub losses: u64,
+    /// Every peer not idle (nor this node): its node and state.
+    pub active: Vec<(u32, String)>,
+}
+
 /// The agent.
 pub struct Agent {
     cfg: AgentConfig,
@@ -201,14 +286,15 @@ pub struct Agent {
     pool: Arc<Pool>,
     blocks: BlockAlloc,
     clients: Clients,
-    peers: Vec<Peer>,
+    peers: Peers,
     inbox: Inbox,
     conns: Conns,
     transport: Box<dyn Transport>,
     /// Per peer: its link's incoming stream (the transport fills it, the
-    /// receive walk reads it).
-    inflow: Vec<LinkRx>,
-    /// The peer `process_rx` starts with this round (rotates).
+    /// receive walk reads it), made when first written.
+    inflow: Inflows,
+    /// Where `process_rx` starts this round in the list of peers written
+    /// (rotates; see `Peers`).
     rx_turn: usize,
     /// The client slot `poll_clients` starts with this round (rotates).
     sub_turn: usize,
@@ -369,18 +455,19 @@ impl Agent {
         // Idle links are closed only where the next message makes them again.
         let link_idle_ms = if on_demand { cfg.link_idle_ms } else { 0 };
         let now = clock.now();
-        let peers = cfg
-            .addrs
-            .iter()
-            .enumerate()
-            .map(|(i, &addr)| {
-                let mut p = Peer::new(i as u32, addr, cfg.node_id, cfg.frame_bytes, now);
-                if on_demand && i as u32 != cfg.node_id {
-                    p.idle(now);
-                }
-                p
-            })
-            .collect();
+        let peers = Peers::new(
+            cfg.addrs
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| {
+                    let mut p = Peer::new(i as u32, addr, cfg.node_id, cfg.frame_bytes, now);
+                    if on_demand && i as u32 != cfg.node_id {
+                        p.idle(now);
+                    }
+                    p
+                })
+                .collect(),
+        );
         let max = cfg.pool.max_clients as usize;
         log::info!(
             "node {} of {}: peers on {} {}, control socket {}",
@@ -399,7 +486,7 @@ impl Agent {
             inbox: Inbox::new(cfg.overflow_bytes),
             conns: Conns::new(ctl),
             transport,
-            inflow: cfg.addrs.iter().map(|_| LinkRx::default()).collect(),
+            inflow: Inflows::new(cfg.addrs.len()),
             rx_turn: 0,
             sub_turn: 0,
             events: Vec::new(),
@@ -424,6 +511,43 @@ impl Agent {
                 ..plan.cfg
             },
         })
+    }
+
+    /// The descriptor that is readable when this agent has a descriptor
+    /// ready (its epoll): a simulation of thousands of agents polls these
+    /// together instead of every agent's.
+    #[cfg(feature = "testing")]
+    pub fn sim_fd(&self) -> BorrowedFd<'_> {
+        self.poller.epoll().0.as_fd()
+    }
+
+    /// What a simulated agent holds per peer, counted (see [`SimCensus`]).
+    #[cfg(feature = "testing")]
+    pub fn sim_census(&self) -> SimCensus {
+        use peers::PeerState as S;
+        let mut c = SimCensus {
+            peers: self.peers.len(),
+            inflows: self.inflow.made(),
+            ..SimCensus::default()
+        };
+        for p in &self.peers {
+            match p.state() {
+                S::Local => {}
+                S::Idle => c.idle += 1,
+                S::Connecting => c.connecting += 1,
+                S::Resuming => c.resuming += 1,
+                S::Up => c.up += 1,
+                S::Disconnected(..) => c.disconnected += 1,
+                S::Lost(_) => c.lost += 1,
+            }
+            c.link_states += p.has_link_state() as usize;
+            c.sessions += p.session.is_some() as usize;
+            c.losses += p.counters.losses;
+            if !matches!(p.state(), S::Idle | S::Local) {
+                c.active.push((p.node, p.state().name()));
+            }
+        }
+        c
     }
 
     /// A flag that stops [`Agent::run`] when set (signal handlers set it).

@@ -93,6 +93,20 @@ impl Agent {
         self.round(r)
     }
 
+    /// Whether a simulated agent has anything to do that the simulation
+    /// cannot see from outside (its tick is due, a client submitted), and
+    /// when its next tick is: a simulation of thousands of agents runs only
+    /// those with something due (and those with packets, ready descriptors,
+    /// or work last round).
+    #[cfg(feature = "testing")]
+    pub fn sim_due(&mut self, r: &Rounds) -> (bool, Instant) {
+        let me = self.cfg.node_id;
+        let peers = self.peers.len();
+        let remote = |s: &Submit| s.dst_node != me && (s.dst_node as usize) < peers;
+        let due = self.clock.now() >= r.next_tick || self.clients.any_work(remote);
+        (due, r.next_tick)
+    }
+
     /// One poll round; returns whether it found work.
     fn round(&mut self, r: &mut Rounds) -> bool {
         self.counters.rounds += 1;
@@ -160,7 +174,11 @@ impl Agent {
                 .tick(&self.poller, now, &mut self.inflow, &mut self.events);
             self.expire_orphans(now);
             // Each link's share of what unread streams may hold together.
-            let up = self.peers.iter().filter(|p| p.state().connected()).count();
+            let up = self
+                .peers
+                .active()
+                .filter(|p| p.state().connected())
+                .count();
             let share = crate::transport::RX_BUFFERS_MAX / up.max(1);
             let released: usize = self
                 .inflow
@@ -272,7 +290,7 @@ impl Agent {
         let me = self.cfg.node_id;
         let peers = self.peers.len();
         let remote = |s: &Submit| s.dst_node != me && (s.dst_node as usize) < peers;
-        self.peers.iter().any(|p| p.batch_since.is_some()) || self.clients.any_work(remote)
+        self.peers.active().any(|p| p.batch_since.is_some()) || self.clients.any_work(remote)
     }
 
     /// A descriptor of ours is ready; returns the [`BUSY_SOURCES`] bit it

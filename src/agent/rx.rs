@@ -74,7 +74,8 @@ impl Agent {
 
     pub(super) fn process_rx(&mut self) -> bool {
         let mut work = false;
-        let n = self.peers.len();
+        // Only peers ever written can be connected (see `Peers`).
+        let n = self.peers.touched();
         // Round robin: start with the first peer that stalled last round
         // without getting anything through (a full ring, the overflow budget
         // spent); a peer served passes the turn. From peer 0 every round,
@@ -82,12 +83,12 @@ impl Agent {
         let start = self.rx_turn % n.max(1);
         let mut waiting: Option<usize> = None;
         for k in 0..n {
-            let j = (start + k) % n;
+            let j = self.peers.touched_at((start + k) % n);
             if self.peers[j].state().connected() {
                 let moved = self.process_peer(j);
                 work |= moved;
                 if !moved && waiting.is_none() && self.peers.get(j).is_some_and(|p| p.rx_stalled) {
-                    waiting = Some(j);
+                    waiting = Some((start + k) % n);
                 }
             }
         }

@@ -121,6 +121,12 @@ pub trait PacketIo {
     fn wakes(&self) -> bool {
         !self.poll_mode()
     }
+    /// Whether the agent on this device ever sleeps: a simulated network's
+    /// agents never do, so they need no timer to wake them (a descriptor
+    /// fewer each: 4,096 of them in one process meet the open-file limit).
+    fn agent_sleeps(&self) -> bool {
+        true
+    }
     /// The agent is about to sleep (see [`Transport::before_sleep`](super::Transport::before_sleep)).
     fn before_sleep(&mut self, _poller: &Poller) {}
     /// Hand packets `send` queued (a device that batches) to the device. The
@@ -452,6 +458,8 @@ pub struct DatagramTransport<I: PacketIo> {
     auth_warned: Option<Instant>,
     /// When a refused hybrid/single-transport `Hello` was last logged.
     mixed_warned: Option<Instant>,
+    /// A bit per node: a link to it was up since this agent started.
+    was_up: Vec<u64>,
     /// Links held down until then ([`Close::Hold`]; a few at most).
     held: Vec<(usize, Instant)>,
     /// Payload buffers to reuse.
@@ -488,11 +496,17 @@ impl<I: PacketIo> DatagramTransport<I> {
         key: Option<JobKey>,
     ) -> io::Result<DatagramTransport<I>> {
         io.register(poller, 0)?;
-        let wake = match TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        ) {
-            Ok(t) => {
+        let timer = match io.agent_sleeps() {
+            true => TimerFd::new(
+                ClockId::CLOCK_MONOTONIC,
+                TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+            )
+            .map(Some),
+            false => Ok(None),
+        };
+        let wake = match timer {
+            Ok(None) => None,
+            Ok(Some(t)) => {
                 poller.add(t.as_fd(), TIMER_TOKEN)?;
                 Some(t)
             }
@@ -524,6 +538,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             auth_warned: None,
             held: Vec::new(),
             mixed_warned: None,
+            was_up: vec![0; (nodes as usize).div_ceil(64)],
             spare: Vec::new(),
             acked: Vec::new(),
             now: None,
@@ -684,10 +699,12 @@ impl<I: PacketIo> DatagramTransport<I> {
             return;
         }
         self.links.now = now;
-        if h.kind != PktKind::Hello && self.links.get(j).is_none() {
-            // No link, so no epoch it could name (one closed for idleness:
-            // its last acks and resends come late): stale, and not worth
-            // making a link for.
+        let was_up = self.was_up[j / 64] & (1 << (j % 64)) != 0;
+        if h.kind != PktKind::Hello && self.links.get(j).is_none() && was_up {
+            // No link now, though there was one (closed for idleness: its
+            // last acks and resends come late): stale, and not worth making
+            // a link for. (A peer this agent never had a link with speaks to
+            // an earlier incarnation of it: answered below with a Hello.)
             self.stats.stale += 1;
             return;
         }
@@ -801,6 +818,17 @@ impl<I: PacketIo> DatagramTransport<I> {
         let l = &mut self.links[j];
         if h.src_epoch != l.peer_epoch || h.dst_epoch != l.epoch {
             self.stats.stale += 1;
+            // The peer sends on a link instance we do not have (we
+            // restarted: on-demand links, we want nothing from it, so we
+            // would never say so): tell it our epoch, at most every 10 ms,
+            // and it gives the old instance up at once, not after its peer
+            // timeout of silence (sends failing meanwhile).
+            if !l.up
+                && l.last_hello
+                    .is_none_or(|t| now.duration_since(t) >= HELLO_EVERY / 10)
+            {
+                self.send_hello(j, now);
+            }
             return;
         }
         if !self.links[j].up {
@@ -853,6 +881,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         events: &mut Vec<LinkEvent>,
     ) {
         self.links[j].up = true;
+        self.was_up[j / 64] |= 1 << (j % 64);
         // A new stream: the link's epochs are new.
         rx.link(j as u32).reset(FrameReader::new(), now);
         events.push(LinkEvent::Up { node: j as u32 });

@@ -14,7 +14,7 @@
 //! node's receive queue; [`SimNet::next_due`] says when the next one comes,
 //! so a driver can jump virtual time over idle stretches.
 
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -106,8 +106,9 @@ struct Net {
     impair: Impair,
     rng: u64,
     seq: u64,
-    /// `cut[a * n + b]`: nothing passes from a to b before that time.
-    cut: Vec<Option<Instant>>,
+    /// `cut[(a, b)]`: nothing passes from a to b before that time (sparse:
+    /// 4,096 nodes would make a dense table of 16.7 M entries).
+    cut: HashMap<(u32, u32), Instant>,
     nodes: usize,
     flight: BinaryHeap<InFlight>,
     /// Per node: packets that arrived, with their sender.
@@ -127,7 +128,11 @@ impl Net {
     }
 
     fn is_cut(&self, src: u32, dst: u32) -> bool {
-        self.cut[src as usize * self.nodes + dst as usize].is_some_and(|t| self.clock.now() < t)
+        !self.cut.is_empty()
+            && self
+                .cut
+                .get(&(src, dst))
+                .is_some_and(|&t| self.clock.now() < t)
     }
 
     fn send(&mut self, src: u32, dst: u32, mut bytes: Vec<u8>) {
@@ -190,7 +195,7 @@ impl SimNet {
             impair,
             rng: seed | 1,
             seq: 0,
-            cut: vec![None; nodes * nodes],
+            cut: HashMap::new(),
             nodes,
             flight: BinaryHeap::new(),
             queues: (0..nodes).map(|_| VecDeque::new()).collect(),
@@ -234,9 +239,12 @@ impl SimNet {
 
     fn cut_until(&self, a: u32, b: u32, until: Option<Instant>) {
         let mut n = self.lock();
-        let nodes = n.nodes;
-        n.cut[a as usize * nodes + b as usize] = until;
-        n.cut[b as usize * nodes + a as usize] = until;
+        for k in [(a, b), (b, a)] {
+            match until {
+                Some(t) => n.cut.insert(k, t),
+                None => n.cut.remove(&k),
+            };
+        }
     }
 
     /// Move packets due by the clock's time into their receive queues;
@@ -263,6 +271,16 @@ impl SimNet {
     /// When the next packet on its way arrives.
     pub fn next_due(&self) -> Option<Instant> {
         self.lock().flight.peek().map(|p| p.at)
+    }
+
+    /// Call `f` with every node that has packets waiting in its receive queue.
+    pub fn each_queued(&self, mut f: impl FnMut(usize)) {
+        let n = self.lock();
+        for (i, q) in n.queues.iter().enumerate() {
+            if !q.is_empty() {
+                f(i);
+            }
+        }
     }
 
     /// Packets waiting in receive queues.
@@ -339,6 +357,10 @@ impl PacketIo for SimIo {
 
     fn poll_mode(&self) -> bool {
         true
+    }
+
+    fn agent_sleeps(&self) -> bool {
+        false
     }
 }
 
