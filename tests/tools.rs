@@ -265,6 +265,27 @@ fn info_lists_rdma_devices_with_their_ports_and_gids_as_sysfs_has_them() {
             assert!(text.contains(&line), "no {line:?} for {dev} in:\n{text}");
             assert!(text.contains(&format!("{dev}:1  active  RoCE")), "{text}");
         }
+        // With a node list naming the devices' addresses, info says which GID
+        // the verbs transport would take for this node, and why.
+        let addrs: Vec<&str> = addrs.split_whitespace().collect();
+        let nodes: Vec<String> = addrs.iter().map(|a| format!("{a}:7470")).collect();
+        let text = String::from_utf8_lossy(
+            &run_bounded(
+                {
+                    let mut c = Command::new(WYVERN);
+                    c.args(["info", "--node-id", "1", "--nodes", &nodes.join(",")]);
+                    c
+                },
+                T,
+            )
+            .stdout,
+        )
+        .into_owned();
+        let want = format!(
+            "verbs would use GID {idx}: RoCE v2, carries this node's address {} from the node list",
+            addrs[1]
+        );
+        assert!(text.contains(&want), "no {want:?} in:\n{text}");
     }
 }
 

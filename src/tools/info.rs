@@ -69,6 +69,22 @@ pub struct RdmaDevice {
     /// Why the device could not be opened.
     #[cfg(feature = "verbs")]
     pub error: Option<String>,
+    /// Per RoCE port, the GID the verbs transport would address it by for
+    /// this node (the configuration's node address), and why.
+    #[cfg(feature = "verbs")]
+    pub gid_chosen: Vec<GidChosen>,
+}
+
+/// The GID the verbs transport would choose on one port, and why.
+#[cfg(feature = "verbs")]
+#[derive(Serialize)]
+pub struct GidChosen {
+    /// The port.
+    pub port: u8,
+    /// Its index in the port's table.
+    pub index: u32,
+    /// Why (`wyvern::transport::verbs::GidChoice`).
+    pub why: String,
 }
 
 /// DPDK as far as it can be seen without starting the EAL.
@@ -147,6 +163,14 @@ pub fn gather(config: Result<AgentConfig, String>) -> Info {
         .ok()
         .and_then(|c| wyvern::shm::Layout::compute(c.pool).ok())
         .map(|l| l.total);
+    // This node's address in the node list: the one its GID should carry.
+    let address = config.as_ref().ok().and_then(|c| {
+        let entry = c.nodes.get(c.node_id as usize)?;
+        match entry.parse::<std::net::SocketAddr>().ok()?.ip() {
+            std::net::IpAddr::V4(a) if !a.is_loopback() && !a.is_unspecified() => Some(a),
+            _ => None,
+        }
+    });
     let config_value = config.and_then(|c| toml::Value::try_from(&c).map_err(|e| e.to_string()));
     let commit = Some(env!("WYVERN_GIT_COMMIT").to_string()).filter(|c| !c.is_empty());
     Info {
@@ -154,7 +178,7 @@ pub fn gather(config: Result<AgentConfig, String>) -> Info {
         commit,
         features,
         transports,
-        rdma: rdma(),
+        rdma: rdma(address),
         dpdk: dpdk(),
         hugepages: hugepages(Path::new("/sys"), Path::new("/proc")),
         memlock: memlock(),
@@ -166,7 +190,8 @@ pub fn gather(config: Result<AgentConfig, String>) -> Info {
 }
 
 #[cfg(feature = "verbs")]
-fn rdma() -> Rdma {
+fn rdma(address: Option<std::net::Ipv4Addr>) -> Rdma {
+    use wyvern::transport::verbs::{pick_gid, Gid, GidCandidate};
     match wyvern::transport::verbs::inventory() {
         Ok(devs) => Rdma {
             built: true,
@@ -177,10 +202,40 @@ fn rdma() -> Rdma {
                         Ok(p) => (p, None),
                         Err(e) => (vec![], Some(e)),
                     };
+                    // The verbs transport's own rule (`pick_gid`) on each RoCE port.
+                    let gid_chosen = ports
+                        .iter()
+                        .filter(|p| p.link_layer == "Ethernet")
+                        .filter_map(|p| {
+                            let table: Vec<GidCandidate> = p
+                                .gids
+                                .iter()
+                                .filter_map(|g| {
+                                    Some(GidCandidate {
+                                        index: g.index,
+                                        gid: Gid(g
+                                            .gid
+                                            .parse::<std::net::Ipv6Addr>()
+                                            .ok()?
+                                            .octets()),
+                                        kind: g.kind.clone(),
+                                        netdev: g.netdev.clone(),
+                                    })
+                                })
+                                .collect();
+                            let (c, why) = pick_gid(&table, address)?;
+                            Some(GidChosen {
+                                port: p.port,
+                                index: c.index,
+                                why: why.to_string(),
+                            })
+                        })
+                        .collect();
                     RdmaDevice {
                         name: d.name,
                         ports,
                         error,
+                        gid_chosen,
                     }
                 })
                 .collect(),
@@ -195,7 +250,7 @@ fn rdma() -> Rdma {
 }
 
 #[cfg(not(feature = "verbs"))]
-fn rdma() -> Rdma {
+fn rdma(_address: Option<std::net::Ipv4Addr>) -> Rdma {
     // Names only, from sysfs: the ports need libibverbs.
     let mut devices: Vec<RdmaDevice> = list_dir(Path::new("/sys/class/infiniband"))
         .into_iter()
@@ -614,6 +669,9 @@ fn render_rdma_device(o: &mut String, d: &RdmaDevice) {
                 g.kind.as_deref().unwrap_or("-"),
                 g.netdev.as_deref().unwrap_or("-")
             );
+        }
+        for c in d.gid_chosen.iter().filter(|c| c.port == p.port) {
+            let _ = writeln!(o, "    verbs would use GID {}: {}", c.index, c.why);
         }
     }
 }
