@@ -578,3 +578,70 @@ fn verbs_bootstrap_strangers_are_bounded() {
     assert_eq!(link_facts(&c, 0, 1), before);
     honest_transfer(&c, 72, 10);
 }
+
+/// A wrong GID forced on one node (`verbs_gid_index` naming its IPv6
+/// link-local entry, which cannot reach the peer's IPv4 one) is not a silent
+/// hang: the link never comes up, and the log says why with both GIDs and
+/// where to look, a bounded number of times; `wyvern wait` gives up in time.
+#[test]
+fn a_wrong_gid_forced_on_one_node_is_a_clear_error_not_a_hang() {
+    let test = "a_wrong_gid_forced_on_one_node_is_a_clear_error_not_a_hang";
+    if !have_device(test) {
+        return;
+    }
+    let devs = common::verbs_devices();
+    let dev0 = devs.first().cloned().unwrap_or_else(|| "rxe0".into());
+    // Its IPv6 link-local entry (fe80::), when the port has one.
+    let Some(wrong) = (0..16u32).find(|i| {
+        std::fs::read_to_string(format!("/sys/class/infiniband/{dev0}/ports/1/gids/{i}"))
+            .is_ok_and(|g| g.starts_with("fe80"))
+    }) else {
+        eprintln!("{test}: skipped: {dev0} has no link-local GID");
+        return;
+    };
+    let mut node_args: Vec<Vec<String>> = (0..2).map(common::verbs_args).collect();
+    node_args[0].extend(["--verbs-gid-index".to_string(), wrong.to_string()]);
+    let c = Cluster::start_wrapped(
+        2,
+        &[
+            "--transport",
+            "verbs",
+            "--block-bytes",
+            "96MiB",
+            "--connect",
+            "on-demand",
+        ],
+        vec![],
+        node_args,
+        |_, a| a,
+    );
+    let t0 = std::time::Instant::now();
+    let o = std::process::Command::new(common::WYVERN)
+        .args(["wait", "--timeout", "4", "--socket"])
+        .arg(c.socket(1))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "no link can come up: {o:?}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    let logs = format!("{}\n{}", c.log(0), c.log(1));
+    let said: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("cannot connect to node"))
+        .collect();
+    assert!(!said.is_empty(), "nothing says why:\n{logs}");
+    assert!(
+        said.iter().any(
+            |l| l.contains(&format!("this node's GID index {wrong} fe80"))
+                && l.contains("verbs_gid_index names it")
+                && l.contains("check verbs_gid_index at both ends")
+        ),
+        "{said:#?}"
+    );
+    // Retried every ~125 ms for seconds, said at most a few times a second.
+    let secs = t0.elapsed().as_secs_f64().max(1.0);
+    assert!(
+        (said.len() as f64) < 25.0 * secs,
+        "{} lines in {secs:.1} s",
+        said.len()
+    );
+}

@@ -767,6 +767,25 @@ impl VerbsTransport {
     }
 
     /// Connect `l`'s QP to the peer's (`info`): RTR, then RTS.
+    /// Why a queue pair could not be connected to `node`'s: most often the two
+    /// GIDs cannot reach each other (a wrong `verbs_gid_index` at either end), so
+    /// say which they were and where to look.
+    fn cannot_connect(&self, node: u32, e: &Error, info: &Info) -> String {
+        let cause = std::error::Error::source(e)
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        let theirs = info
+            .qp
+            .gid
+            .map_or("none (LID addressing)".to_string(), |g| Gid(g).to_string());
+        format!(
+            "{e}{cause}; this node's GID {}, node {node}'s {theirs}: if these two cannot reach \
+             each other, check verbs_gid_index at both ends (`wyvern info --node-id N --nodes \
+             ...` shows which GID verbs takes and why)",
+            self.gid_why.as_deref().unwrap_or("none (LID addressing)")
+        )
+    }
+
     fn connect_qp(&self, l: &mut Link, info: &Info) -> Result<(), Error> {
         let mtu = (info.mtu as u32).min(self.mtu).max(1);
         l.qp.to_rtr(
@@ -967,7 +986,9 @@ impl VerbsTransport {
             }
         };
         if let Err(e) = self.connect_qp(&mut l, &info) {
-            log::error!("verbs: cannot connect to node {node}: {e}");
+            // Retried: said at most a few times a second.
+            let why = self.cannot_connect(node, &e, &info);
+            self.handshake_failed(&format!("cannot connect to node {node}"), &why);
             return;
         }
         let mine = self.my_info(&l.qp, l.psn).to_bytes();
@@ -1087,7 +1108,8 @@ impl VerbsTransport {
                         ));
                     }
                     let info = Info::parse(&body).map_err(|e| e.to_string())?;
-                    self.connect_qp(l, &info).map_err(|e| e.to_string())?;
+                    self.connect_qp(l, &info)
+                        .map_err(|e| self.cannot_connect(l.node, &e, &info))?;
                     write_boot(&mut l.ctl, &boot_msg(BootKind::Ready, &[]))
                         .map_err(|e| format!("bootstrap write: {e}"))?;
                     self.link_up(l, rx, events);
