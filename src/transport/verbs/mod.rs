@@ -17,7 +17,8 @@
 //! # Pieces
 //! - [`Context`]: an open device and the port in use (`NAME`, `NAME:PORT`, or the first
 //!   active port), its GID table ([`Context::choose_gid`]: the RoCE v2 IPv4-mapped
-//!   entry, or an override), asynchronous events.
+//!   entry carrying the node's address, else the first such, or an override;
+//!   [`pick_gid`] is the rule), asynchronous events.
 //! - [`Pd`], [`Mr`] (memory the caller owns, e.g. the agent's pool), [`RegBuf`] (memory
 //!   this layer owns: send/receive slots, bounce buffers).
 //! - [`CompChannel`], [`Cq`]: completions, polled in batches, or armed to wake a
