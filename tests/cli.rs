@@ -363,3 +363,39 @@ fn a_user_who_may_not_attach_is_told_who_may() {
     assert!(o.status.success(), "a member of group 4242: {}", text(&o));
     assert!(text(&o).contains("node 0 of 1"), "{}", text(&o));
 }
+
+/// `wyvern break-link --hold-ms`: refused, with the reason, where the link
+/// cannot be held (tcp) and beyond an hour; nothing is broken then.
+#[test]
+fn break_link_hold_is_refused_where_it_cannot_hold() {
+    if common::transport() != "tcp" {
+        eprintln!("skipped: the tcp refusal is checked on tcp (tests/hybrid.rs holds a udp link)");
+        return;
+    }
+    let c = Cluster::start(2, &[]);
+    let hold = |ms: &str| {
+        Command::new(WYVERN)
+            .args(["break-link", "--peer", "1", "--hold-ms", ms, "--socket"])
+            .arg(c.socket(0))
+            .output()
+            .unwrap()
+    };
+    let o = hold("1000");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("node 1's link is on tcp: only udp and dpdk links can be held down"),
+        "{}",
+        text(&o)
+    );
+    let o = hold("3600001");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("at most 3600000 (an hour)"),
+        "{}",
+        text(&o)
+    );
+    // The link was left alone both times.
+    let s = c.stat(0);
+    assert_eq!(s["peers"][0]["state"], "up", "{s}");
+    assert_eq!(s["peers"][0]["counters"]["resumes"], 0, "{s}");
+}
