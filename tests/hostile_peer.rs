@@ -353,7 +353,14 @@ fn tcp_replayed_hello_is_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = Arc::new(Mutex::new(None));
     let rec = TcpRecorder::start(listener, upstream.clone());
-    let args = vec!["--job-key-file".to_string(), key.arg()];
+    // Links from the start, kept across the restart (also under
+    // WYVERN_TEST_CONNECT=on-demand): node 1 must dial.
+    let args = vec![
+        "--job-key-file".to_string(),
+        key.arg(),
+        "--connect".to_string(),
+        "all".to_string(),
+    ];
     // Node 0 first; node 1 (which dials node 0) reaches it through the recorder.
     let mut c =
         Cluster::start_partial_with(&[true, false], rec.addr, &[], vec![args.clone(), args]);
@@ -602,7 +609,16 @@ fn agent_without_a_key_warns_and_a_readable_key_file_is_refused() {
 fn agents_with_different_keys_never_link() {
     for transport in ["tcp", "udp"] {
         let (k0, k1) = (KeyFile::new(), KeyFile::new());
-        let args = |k: &KeyFile| vec!["--job-key-file".to_string(), k.arg()];
+        // Links from the start (also under WYVERN_TEST_CONNECT=on-demand): the
+        // handshake is what is tested.
+        let args = |k: &KeyFile| {
+            vec![
+                "--job-key-file".to_string(),
+                k.arg(),
+                "--connect".to_string(),
+                "all".to_string(),
+            ]
+        };
         let absent: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let c = Cluster::start_partial_with(
             &[true, true],

@@ -20,11 +20,13 @@ const T: Duration = Duration::from_secs(120);
 
 #[test]
 fn impaired_link_delivers_every_message_once_in_order_and_intact() {
+    // (`--connect all`: node 0 learns node 1's address from what the relay
+    // brings, so both directions cross it, under any WYVERN_TEST_CONNECT.)
     // Node 1 reaches node 0 only through a relay that loses 5 %, holds back
     // (reorders) 25 %, duplicates 2 % and damages 1 % of the datagrams, both
     // ways.
     let mut relay = None;
-    let c = Cluster::start_via(2, &["--transport", "udp"], |i, a| {
+    let c = Cluster::start_via(2, &["--transport", "udp", "--connect", "all"], |i, a| {
         if i != 0 {
             return a;
         }
@@ -66,7 +68,7 @@ fn impaired_link_goodput_keeps_a_floor_of_the_clean_link() {
     let mib = 32;
     let goodput = |imp: Impair| {
         let mut relay = None;
-        let c = Cluster::start_via(2, &["--transport", "udp"], |i, a| {
+        let c = Cluster::start_via(2, &["--transport", "udp", "--connect", "all"], |i, a| {
             if i != 0 {
                 return a;
             }
