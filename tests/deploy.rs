@@ -28,6 +28,16 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// What makes a deployed command print its configuration for a one-node job
+/// instead of running (the node list comes from `wyvern launch` on a site).
+const PRINT_ONE_NODE: [&str; 5] = [
+    "--node-id",
+    "0",
+    "--nodes",
+    "127.0.0.1:7470",
+    "--print-config",
+];
+
 /// `path` in the deployed layout -> the repository's file standing for it.
 fn local(arg: &str, nodes: &std::path::Path) -> String {
     match arg {
@@ -56,13 +66,7 @@ fn the_site_configuration_loads_with_the_socket_where_clients_mount_it() {
     let o = Command::new(WYVERN)
         .args(["agent", "-c"])
         .arg(repo("deploy/agent.toml"))
-        .args([
-            "--node-id",
-            "0",
-            "--nodes",
-            "127.0.0.1:7470",
-            "--print-config",
-        ])
+        .args(PRINT_ONE_NODE)
         .env_remove("WYVERN_AGENT_CONFIG")
         .output()
         .unwrap();
@@ -99,13 +103,7 @@ fn the_systemd_unit_starts_an_agent_the_binary_accepts() {
     assert_eq!(args[0], WYVERN, "{exec}");
     let o = Command::new(&args[0])
         .args(&args[1..])
-        .args([
-            "--node-id",
-            "0",
-            "--nodes",
-            "127.0.0.1:7470",
-            "--print-config",
-        ])
+        .args(PRINT_ONE_NODE)
         .output()
         .unwrap();
     assert!(o.status.success(), "{exec}: {}", text(&o));
