@@ -354,7 +354,9 @@ impl Pool {
             Some(Ok((fd, base))) => (fd, base, Backing::Hugepages),
             other => {
                 if let Some(Err(e)) = other {
-                    log::warn!(
+                    // The cause, for the log; the agent says it once at warn
+                    // with the fix (its `hugepages` degraded path).
+                    log::info!(
                         "no hugepages for a {} MiB pool ({e}: {}); falling back to normal shared pages",
                         total >> 20,
                         std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
