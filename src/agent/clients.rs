@@ -3,7 +3,9 @@
 //!
 //! It knows nothing of peers or links; time comes in as `now`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 use crate::proto::{Completion, Op, Status, Submit};
@@ -102,8 +104,10 @@ pub(super) struct Clients {
     slots: Vec<Option<ClientState>>,
     /// Generation of each slot, bumped at every attach.
     gens: Vec<u32>,
-    /// Open endpoints by id.
-    endpoints: HashMap<u32, EpAddr>,
+    /// Open endpoints by id, looked up for every message delivered. Fx, not
+    /// SipHash: the keys are chosen by clients, but each client opens at most
+    /// `endpoints_per_client`, so no client can make a long collision chain.
+    endpoints: FxHashMap<u32, EpAddr>,
     next_ep: u32,
     /// Clients given something this round, to wake if they sleep.
     touched: Vec<u32>,
@@ -122,7 +126,7 @@ impl Clients {
         Clients {
             slots: (0..max).map(|_| None).collect(),
             gens: vec![0; max],
-            endpoints: HashMap::new(),
+            endpoints: FxHashMap::default(),
             next_ep: FIRST_AUTO_EP,
             touched: Vec::new(),
             touched_flag: vec![false; max],

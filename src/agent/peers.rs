@@ -78,6 +78,18 @@ pub(super) enum Retained {
     },
 }
 
+impl Drop for Retained {
+    /// An acknowledged (or dropped) batch frame no link still holds gives
+    /// its buffer back for the next frame (`wire::recycle_frame`).
+    fn drop(&mut self) {
+        if let Retained::Bytes(b) = self {
+            if let Some(v) = Arc::get_mut(b) {
+                crate::wire::recycle_frame(std::mem::take(v));
+            }
+        }
+    }
+}
+
 impl Retained {
     pub(super) fn len(&self) -> usize {
         match self {
