@@ -41,6 +41,21 @@ pub struct DemoArgs {
     /// demo), joined by a veth pair, DPDK on `net_af_packet`.
     #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
     transport: TransportKind,
+    /// The DPDK device of `--transport dpdk`: `af-packet` (a veth pair between two
+    /// network namespaces, the kernel on every frame) or `memif` (a `net_memif`
+    /// pair: shared memory between the two agents, no kernel on the data path, no
+    /// namespaces).
+    #[arg(long, value_enum, default_value_t = DpdkDev::AfPacket)]
+    dpdk_dev: DpdkDev,
+}
+
+/// The DPDK device the demo's dpdk agents use.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DpdkDev {
+    /// `net_af_packet` on a veth pair between two network namespaces.
+    AfPacket,
+    /// A `net_memif` pair (agent 0 the server, agent 1 the client).
+    Memif,
 }
 
 /// Two network namespaces joined by a veth pair (`veth0` in each), removed when
@@ -116,7 +131,11 @@ struct Started {
     _net: Option<DemoNet>,
 }
 
-fn start_agents(idle: wyvern::agent::IdlePolicy, t: TransportKind) -> Result<Started, String> {
+fn start_agents(
+    idle: wyvern::agent::IdlePolicy,
+    t: TransportKind,
+    dev: DpdkDev,
+) -> Result<Started, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     let idle = match idle {
         wyvern::agent::IdlePolicy::Spin => "spin",
@@ -150,23 +169,45 @@ fn start_agents(idle: wyvern::agent::IdlePolicy, t: TransportKind) -> Result<Sta
                 );
             }
             extra.extend(["--transport", "dpdk"]);
-            let net = DemoNet::create()?;
-            let wrap: Vec<Vec<String>> = (0..2).map(|i| net.wrap(i)).collect();
-            let node_args: Vec<Vec<String>> = net
-                .names
-                .iter()
-                .map(|ns| {
-                    vec![
-                        "--dpdk-eal-args".to_string(),
-                        format!(
-                            "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={ns} \
+            if dev == DpdkDev::Memif {
+                // The socket is in the abstract namespace (memif's default):
+                // the path is only a name, unique to this demo.
+                let pid = std::process::id();
+                let node_args = (0..2)
+                    .map(|i| {
+                        let role = if i == 0 { "server" } else { "client" };
+                        vec![
+                            "--dpdk-eal-args".to_string(),
+                            format!(
+                                "--no-pci --vdev=net_memif0,role={role},\
+                                 socket=/run/wyvern-demo-{pid}/memif.sock \
+                                 --file-prefix=wyvern-demo-{pid}-{i} --no-shconf --no-huge \
+                                 -m 64 --no-telemetry --lcores=0@(0-1) \
+                                 --log-level=lib.eal:warning"
+                            ),
+                        ]
+                    })
+                    .collect();
+                (None, vec![], node_args)
+            } else {
+                let net = DemoNet::create()?;
+                let wrap: Vec<Vec<String>> = (0..2).map(|i| net.wrap(i)).collect();
+                let node_args: Vec<Vec<String>> = net
+                    .names
+                    .iter()
+                    .map(|ns| {
+                        vec![
+                            "--dpdk-eal-args".to_string(),
+                            format!(
+                                "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={ns} \
                              --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1) \
                              --log-level=lib.eal:warning"
-                        ),
-                    ]
-                })
-                .collect();
-            (Some(net), wrap, node_args)
+                            ),
+                        ]
+                    })
+                    .collect();
+                (Some(net), wrap, node_args)
+            }
         }
     };
     let agents = LocalAgents::start_wrapped(&exe, "demo", 2, idle, &[], &extra, &wrap, &node_args)?;
@@ -292,11 +333,12 @@ fn run_inner(a: DemoArgs) -> Result<(), String> {
     let how = match a.transport {
         TransportKind::Tcp => "on loopback TCP",
         TransportKind::Udp => "on loopback UDP",
+        TransportKind::Dpdk if a.dpdk_dev == DpdkDev::Memif => "on DPDK (a net_memif pair)",
         TransportKind::Dpdk => "on DPDK (net_af_packet) between two network namespaces",
         TransportKind::Verbs => "on RDMA verbs (the first active port)",
     };
     println!("wyvern demo: two agents {how}, one client on each");
-    let started = start_agents(a.idle, a.transport)?;
+    let started = start_agents(a.idle, a.transport, a.dpdk_dev)?;
     let agents = &started.agents;
     let sock_b = agents.sockets[1].clone();
     let c = Client::attach(&agents.sockets[0], "demo-a").map_err(|e| e.to_string())?;
