@@ -259,11 +259,7 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         }
     }
     // Readiness line for scripts and tests.
-    println!(
-        "wyvern agent ready: {} {}",
-        agent.transport_name(),
-        agent.local_addr()
-    );
+    println!("{}", agent.ready_line());
     agent.run();
     ExitCode::SUCCESS
 }

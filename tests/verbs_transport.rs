@@ -65,6 +65,19 @@ fn two_agents_on_two_devices_move_every_size_by_send_and_rdma_read() {
     // ways, each agent holds up to two or three 64 MiB messages going out while one
     // comes in (each READ lands in a block the whole message's size).
     let c = start_with(2, &["--block-bytes", "192MiB"]);
+    // Issue 18: the ready line says which RoCE GID the agent took, and why,
+    // as stat does.
+    for i in 0..2 {
+        let ready = std::fs::read_to_string(c.dir.join(format!("agent{i}.ready"))).unwrap();
+        let why = c.stat(i)["transport_info"]["verbs_gid"].clone();
+        let why = why
+            .as_str()
+            .unwrap_or_else(|| panic!("agent {i}: no verbs_gid in stat"));
+        assert!(
+            ready.contains(&format!("(verbs_gid: {why})")),
+            "agent {i}: ready line {ready:?} does not name the GID ({why})"
+        );
+    }
     let [s0, s1] = scenarios::every_size_class_both_ways(&c);
     eprintln!("agent 0 transport counters: {}", s0["transport"]);
     eprintln!("agent 1 transport counters: {}", s1["transport"]);

@@ -564,4 +564,21 @@ impl Agent {
     pub fn transport_name(&self) -> &'static str {
         self.transport.name(None)
     }
+
+    /// The line an agent prints when it is ready, for scripts and people:
+    /// `wyvern agent ready: <transport> <address>`, then the choices made at
+    /// start that decide whether peers can reach it (the RoCE GID and why).
+    pub fn ready_line(&self) -> String {
+        let mut l = format!(
+            "wyvern agent ready: {} {}",
+            self.transport_name(),
+            self.local_addr()
+        );
+        for (k, v) in self.transport.stats().info {
+            if k == "verbs_gid" {
+                l.push_str(&format!(" ({k}: {v})"));
+            }
+        }
+        l
+    }
 }

@@ -410,13 +410,16 @@ impl Cluster {
         ));
         let p = Proc::spawn(cmd, &format!("agent {i}"));
         let l = p.line(Duration::from_secs(20));
-        // `wyvern agent ready: <transport> <address>`: a socket address for
-        // tcp and udp; a MAC for dpdk (peers learn it), where the configured
-        // address stays.
+        // `wyvern agent ready: <transport> <address> [(more)]`: a socket
+        // address for tcp and udp; a MAC for dpdk (peers learn it), where the
+        // configured address stays.
         let rest = l
             .strip_prefix("wyvern agent ready: ")
             .unwrap_or_else(|| panic!("agent {i}: {l}"));
-        if let Some(addr) = rest.split_once(' ').and_then(|(_, a)| a.parse().ok()) {
+        // Kept for tests that check what the line says (agent{i}.ready).
+        let _ = std::fs::write(self.dir.join(format!("agent{i}.ready")), &l);
+        let addr = rest.split_whitespace().nth(1).and_then(|a| a.parse().ok());
+        if let Some(addr) = addr {
             self.nodes[i] = addr;
         }
         p
