@@ -650,6 +650,22 @@ fn a_wrong_gid_forced_on_one_node_is_a_clear_error_not_a_hang() {
         ),
         "{said:#?}"
     );
+    // Found at bootstrap, before a queue pair is connected (not by a failed
+    // move to RTR), and counted.
+    assert!(
+        said.iter()
+            .any(|l| l.contains("checked before connecting a queue pair")
+                && l.contains("the peer's is IPv4-mapped")),
+        "{said:#?}"
+    );
+    let n: u64 = (0..2)
+        .map(|i| {
+            c.stat(i)["transport"]["verbs_gids_unreachable"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(n > 0, "verbs_gids_unreachable not counted");
     // Retried every ~125 ms for seconds, said at most a few times a second.
     let secs = t0.elapsed().as_secs_f64().max(1.0);
     assert!(

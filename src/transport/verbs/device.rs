@@ -106,6 +106,57 @@ pub fn pick_gid(
     Some((c, GidChoice::FirstV2(address, c.netdev.clone())))
 }
 
+/// Whether a queue pair from GID `mine` can reach GID `theirs`, checked at
+/// bootstrap before a queue pair is connected to the peer's: both addressed the
+/// same way (GRH or LID), both IPv4-mapped or both not, and for IPv4-mapped
+/// GIDs a route from the one to the other in this host's routing table (a
+/// connected UDP socket bound to our GID's address: a route lookup, no packet
+/// sent). `Err`: why not, in a sentence.
+pub fn gids_can_reach(mine: Option<Gid>, theirs: Option<Gid>) -> std::result::Result<(), String> {
+    let (mine, theirs) = match (mine, theirs) {
+        (None, None) => return Ok(()),
+        (Some(m), None) => {
+            return Err(format!(
+                "this node addresses by GID ({m}), the peer by LID only (no GID): one \
+                 end is on RoCE or sets verbs_gid_index, the other does not"
+            ))
+        }
+        (None, Some(t)) => {
+            return Err(format!(
+                "the peer addresses by GID ({t}), this node by LID only (no GID): one \
+                 end is on RoCE or sets verbs_gid_index, the other does not"
+            ))
+        }
+        (Some(m), Some(t)) => (m, t),
+    };
+    match (mine.ipv4(), theirs.ipv4()) {
+        (Some(a), Some(b)) => {
+            use std::io::ErrorKind as K;
+            let route = std::net::UdpSocket::bind((a, 0)).and_then(|s| s.connect((b, 4791)));
+            match route {
+                Err(e) if matches!(e.kind(), K::NetworkUnreachable | K::HostUnreachable) => {
+                    Err(format!(
+                        "no route from this node's GID address {a} to the peer's {b} ({e}): \
+                         the two are on networks this host does not route between"
+                    ))
+                }
+                // Reachable, or a failure that says nothing about routes
+                // (our address not up yet): the queue pair will tell.
+                _ => Ok(()),
+            }
+        }
+        (Some(a), None) => Err(format!(
+            "this node's GID is IPv4-mapped ({a}), the peer's is IPv6 ({theirs}): RoCE v2 \
+             cannot carry one to the other"
+        )),
+        (None, Some(b)) => Err(format!(
+            "this node's GID is IPv6 ({mine}), the peer's is IPv4-mapped ({b}): RoCE v2 \
+             cannot carry one to the other"
+        )),
+        (None, None) => Ok(()),
+    }
+}
+
 impl Gid {
     /// The IPv4 address inside an IPv4-mapped GID (`::ffff:a.b.c.d`).
     pub fn ipv4(&self) -> Option<Ipv4Addr> {
@@ -836,6 +887,32 @@ mod tests {
             kind: Some(kind.into()),
             netdev: Some(netdev.into()),
         }
+    }
+
+    #[test]
+    fn gids_that_cannot_reach_each_other_are_named_before_any_queue_pair() {
+        let mut ll = [0u8; 16];
+        ll[0] = 0xfe;
+        ll[1] = 0x80;
+        ll[15] = 7;
+        let ll = Gid(ll);
+        let lo = v4([127, 0, 0, 1]);
+        // The same way on both ends: fine (loopback always routes).
+        assert_eq!(gids_can_reach(None, None), Ok(()));
+        assert_eq!(gids_can_reach(Some(lo), Some(v4([127, 0, 0, 2]))), Ok(()));
+        assert_eq!(gids_can_reach(Some(ll), Some(ll)), Ok(()));
+        // IPv4-mapped against IPv6, either way round.
+        let e = gids_can_reach(Some(ll), Some(lo)).unwrap_err();
+        assert!(e.contains("IPv6") && e.contains("127.0.0.1"), "{e}");
+        let e = gids_can_reach(Some(lo), Some(ll)).unwrap_err();
+        assert!(
+            e.contains("IPv4-mapped (127.0.0.1)") && e.contains("fe80"),
+            "{e}"
+        );
+        // GID against LID addressing.
+        let e = gids_can_reach(Some(lo), None).unwrap_err();
+        assert!(e.contains("LID"), "{e}");
+        assert!(gids_can_reach(None, Some(lo)).unwrap_err().contains("LID"));
     }
 
     /// A port with what a RoCE host shows: an IPv6 link-local pair, then

@@ -54,9 +54,9 @@ mod queue;
 mod transport;
 
 pub use device::{
-    device_names, inventory, mtu_bytes, pick_gid, port_state_name, AsyncEvent, Context, DeviceCaps,
-    DeviceReport, Gid, GidCandidate, GidChoice, GidEntry, GidReport, PortInfo, PortReport,
-    LINK_LAYER_ETHERNET, LINK_LAYER_INFINIBAND, PORT_ACTIVE,
+    device_names, gids_can_reach, inventory, mtu_bytes, pick_gid, port_state_name, AsyncEvent,
+    Context, DeviceCaps, DeviceReport, Gid, GidCandidate, GidChoice, GidEntry, GidReport, PortInfo,
+    PortReport, LINK_LAYER_ETHERNET, LINK_LAYER_INFINIBAND, PORT_ACTIVE,
 };
 pub use error::{Error, Result};
 pub use memory::{Access, Mr, Pd, RegBuf};

@@ -190,6 +190,9 @@ pub struct VerbsCounters {
     /// Bootstrap handshakes that failed: a bad or missing MAC, another job, a wrong
     /// node or address, oversized or out-of-turn messages, an older wyvern, timeouts.
     pub handshakes_failed: u64,
+    /// Bootstrap handshakes given up before a queue pair was connected: the
+    /// two GIDs cannot reach each other (see [`super::gids_can_reach`]).
+    pub gids_unreachable: u64,
 }
 
 // ------------------------------------------------------------------- bootstrap
@@ -774,12 +777,31 @@ impl VerbsTransport {
         let cause = std::error::Error::source(e)
             .map(|s| format!(" ({s})"))
             .unwrap_or_default();
+        self.gids_hint(node, format!("{e}{cause}"), info)
+    }
+
+    /// Whether our GID can reach the one `info` names, before a queue pair is
+    /// connected to it (the acceptor checks before it makes one; see
+    /// [`super::gids_can_reach`]): `Err` is the warning.
+    fn check_gids(&self, node: u32, info: &Info) -> std::result::Result<(), String> {
+        super::gids_can_reach(self.gid.map(|e| e.gid), info.qp.gid.map(Gid)).map_err(|why| {
+            self.gids_hint(
+                node,
+                format!("checked before connecting a queue pair: {why}"),
+                info,
+            )
+        })
+    }
+
+    /// `what` went wrong connecting to `node`: say it with both GIDs and
+    /// where to look.
+    fn gids_hint(&self, node: u32, what: String, info: &Info) -> String {
         let theirs = info
             .qp
             .gid
             .map_or("none (LID addressing)".to_string(), |g| Gid(g).to_string());
         format!(
-            "{e}{cause}; this node's GID {}, node {node}'s {theirs}: if these two cannot reach \
+            "{what}; this node's GID {}, node {node}'s {theirs}: if these two cannot reach \
              each other, check verbs_gid_index at both ends (`wyvern info --node-id N --nodes \
              ...` shows which GID verbs takes and why)",
             self.gid_why.as_deref().unwrap_or("none (LID addressing)")
@@ -978,6 +1000,11 @@ impl VerbsTransport {
         };
         poller.delete(p.s.as_fd());
         let node = hello.node;
+        if let Err(why) = self.check_gids(node, &info) {
+            self.stats.gids_unreachable += 1;
+            self.handshake_failed(&format!("cannot connect to node {node}"), &why);
+            return;
+        }
         let mut l = match self.new_link(node, p.s, Phase::AwaitReady) {
             Ok(l) => l,
             Err(e) => {
@@ -1108,6 +1135,10 @@ impl VerbsTransport {
                         ));
                     }
                     let info = Info::parse(&body).map_err(|e| e.to_string())?;
+                    if let Err(why) = self.check_gids(l.node, &info) {
+                        self.stats.gids_unreachable += 1;
+                        return Err(why);
+                    }
                     self.connect_qp(l, &info)
                         .map_err(|e| self.cannot_connect(l.node, &e, &info))?;
                     write_boot(&mut l.ctl, &boot_msg(BootKind::Ready, &[]))
@@ -2136,6 +2167,7 @@ impl Transport for VerbsTransport {
             ("verbs_qp_errors_found", s.qp_errors_found),
             ("verbs_pending_refused", s.pending_refused),
             ("verbs_handshakes_failed", s.handshakes_failed),
+            ("verbs_gids_unreachable", s.gids_unreachable),
         ];
         // RNR: the device's own counters, where it has them (rxe, mlx5).
         for (name, file) in [
