@@ -28,11 +28,16 @@
 //!
 //! # Rail health
 //! A rail is down for node N when its port says its link is down (looked at every
-//! [`LINK_CHECK`]), or when we have sent on it to N for [`DOWN_AFTER`] without
-//! hearing N on it while N was heard on another rail within the last half of that
-//! (loss based: `net_af_packet` says its link is up whatever its interface does).
+//! [`LINK_CHECK`]), or when N was heard on other rails for [`DOWN_AFTER`] while
+//! silent on this one although we sent to it there (loss based:
+//! `net_af_packet` says its link is up whatever its interface does). A peer that
+//! is silent on every rail (descheduled, gone) takes no rail down; a rail taken
+//! down wrongly costs little, as it is up again at the peer's next probe on it.
+//! Detection is quick on purpose: until then the reliability layer resends what
+//! was lost on the dying rail partly on that rail again, and each round of that
+//! doubles its retransmission timeout.
 //! A down rail carries no large packets; it is still probed, and is up again as soon
-//! as N is heard on it.
+//! as N is heard on it, [`UP_AFTER`] after it went down or later.
 //!
 //! "Heard" means a frame that names N as its sender and carries N's link epoch as
 //! the datagram layer last accepted it ([`PacketIo::learn`], called on an
@@ -56,9 +61,13 @@ pub const MAX_RAILS: usize = 8;
 /// Large packets sent on one rail before the next takes over.
 pub const STRIPE_RUN: u32 = 16;
 /// At most one small packet per this goes on each rail that is not a node's home.
-pub const PROBE_EVERY: Duration = Duration::from_millis(10);
+pub const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// Sent on for this long without hearing the node (heard on another rail): down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(50);
+/// A rail down for a node is up again when the node is heard on it this long after
+/// it went down (frames heard sooner may have waited in the receive ring since
+/// before it went down).
+pub const UP_AFTER: Duration = Duration::from_millis(10);
 /// How often the ports' link states are read.
 pub const LINK_CHECK: Duration = Duration::from_millis(100);
 /// Sends and receives between two clock reads while busy.
@@ -86,8 +95,10 @@ struct PeerRail {
     sent: Option<Instant>,
     /// The first send on this rail since the node was last heard on it.
     unanswered: Option<Instant>,
-    /// Down for this node (loss based).
+    /// Down for this node (loss based)...
     down: bool,
+    /// ...since then.
+    down_at: Option<Instant>,
 }
 
 /// Names of one rail's counters in `wyvern stat` (made once, at open).
@@ -273,8 +284,7 @@ impl Rails {
     /// Whether rail `r` may carry node `n`'s large packets now (decides a loss-based
     /// down on the way).
     fn usable(&mut self, r: usize, n: usize) -> bool {
-        let now = self.now;
-        let heard_elsewhere = self.heard_any[n].is_some_and(|t| now.duration_since(t) < DOWN_AFTER / 2);
+        let heard_any = self.heard_any[n];
         let rail = &mut self.rails[r];
         if !rail.link_up {
             return false;
@@ -283,14 +293,20 @@ impl Rails {
         if p.down {
             return false;
         }
-        let silent = p.unanswered.is_some_and(|t| now.duration_since(t) >= DOWN_AFTER)
-            && p.heard.is_none_or(|t| now.duration_since(t) >= DOWN_AFTER);
-        if silent && heard_elsewhere {
+        // Silent here since we started sending here (or since last heard here, if
+        // later), while heard elsewhere for DOWN_AFTER after that: a peer silent
+        // on every rail (descheduled) takes nothing down.
+        let (Some(sending), Some(elsewhere)) = (p.unanswered, heard_any) else {
+            return true;
+        };
+        let since = p.heard.map_or(sending, |h| h.max(sending));
+        if elsewhere.saturating_duration_since(since) >= DOWN_AFTER {
             p.down = true;
+            p.down_at = Some(self.now);
             rail.downs += 1;
             log::warn!(
-                "dpdk: rail {r} ({}): node {n} not heard on it for {} ms although sent to \
-                 and heard on another rail: down for it, its traffic moves to the other rails",
+                "dpdk: rail {r} ({}): node {n} not heard on it for {} ms although sent to and \
+                 heard on another rail meanwhile: down for it, its traffic moves to the other rails",
                 rail.io.port_name(),
                 DOWN_AFTER.as_millis()
             );
@@ -311,11 +327,12 @@ impl Rails {
     fn small_rail(&mut self, n: usize, len: usize) -> usize {
         let home = self.home(n);
         let now = self.now;
-        for (r, rail) in self.rails.iter().enumerate() {
-            if r == home || !rail.link_up {
+        for r in 0..self.rails.len() {
+            // (Also where a rail that carries only probes is found down.)
+            if r == home || (!self.usable(r, n) && !self.rails[r].link_up) {
                 continue;
             }
-            let p = &rail.peers[n];
+            let p = &self.rails[r].peers[n];
             // A rail down for the node gets only packets whose loss costs nothing.
             if p.down && len > PKT_HEADER {
                 continue;
@@ -352,7 +369,7 @@ impl Rails {
         };
         p.heard = Some(now);
         p.unanswered = None;
-        if p.down {
+        if p.down && p.down_at.is_none_or(|t| now.duration_since(t) >= UP_AFTER) {
             p.down = false;
             rail.ups += 1;
             log::info!(
