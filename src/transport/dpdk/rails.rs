@@ -36,6 +36,9 @@
 //! Detection is quick on purpose: until then the reliability layer resends what
 //! was lost on the dying rail partly on that rail again, and each round of that
 //! doubles its retransmission timeout.
+//! Before that, a rail on which N was last heard more than [`STALE_AFTER`] before
+//! N was last heard anywhere carries no data for N (only probes), so little more
+//! is lost on a dying rail than what was on it when it died.
 //! A down rail carries no large packets; it is still probed, and is up again as soon
 //! as N is heard on it, [`UP_AFTER`] after it went down or later.
 //!
@@ -68,6 +71,10 @@ pub const DOWN_AFTER: Duration = Duration::from_millis(50);
 /// it went down (frames heard sooner may have waited in the receive ring since
 /// before it went down).
 pub const UP_AFTER: Duration = Duration::from_millis(10);
+/// A rail carries a node's data only while the node was heard on it at most this
+/// long before it was last heard anywhere: a rail that stopped answering stops
+/// getting data well before it is found down.
+pub const STALE_AFTER: Duration = Duration::from_millis(15);
 /// How often the ports' link states are read.
 pub const LINK_CHECK: Duration = Duration::from_millis(100);
 /// Sends and receives between two clock reads while busy.
@@ -315,11 +322,31 @@ impl Rails {
         true
     }
 
-    /// Node `n`'s home rail: `n` mod the rails, or the next one up.
+    /// Whether rail `r` may carry node `n`'s data now: usable, and the node heard
+    /// on it about as recently as anywhere ([`STALE_AFTER`]).
+    fn fresh(&mut self, r: usize, n: usize) -> bool {
+        if !self.usable(r, n) {
+            return false;
+        }
+        let Some(any) = self.heard_any[n] else {
+            return true;
+        };
+        self.rails[r].peers[n]
+            .heard
+            .is_some_and(|h| any.saturating_duration_since(h) <= STALE_AFTER)
+    }
+
+    /// Node `n`'s home rail: `n` mod the rails, or the next one fresh (or else
+    /// usable).
     fn home(&mut self, n: usize) -> usize {
         let k = self.rails.len();
         let h = n % k;
-        (0..k).map(|i| (h + i) % k).find(|&r| self.usable(r, n)).unwrap_or(h)
+        let order = |i| (h + i) % k;
+        (0..k)
+            .map(order)
+            .find(|&r| self.fresh(r, n))
+            .or_else(|| (0..k).map(order).find(|&r| self.usable(r, n)))
+            .unwrap_or(h)
     }
 
     /// The rail for a small packet of `len` bytes to `n`: its home, unless another
@@ -350,8 +377,13 @@ impl Rails {
         let k = self.rails.len();
         let (mut r, left) = self.stripe[n];
         let mut left = left;
-        if left == 0 || !self.usable(r, n) {
-            if let Some(c) = (1..=k).map(|i| (r + i) % k).find(|&c| self.usable(c, n)) {
+        if left == 0 || !self.fresh(r, n) {
+            let next = |i| (r + i) % k;
+            if let Some(c) = (1..=k)
+                .map(next)
+                .find(|&c| self.fresh(c, n))
+                .or_else(|| (1..=k).map(next).find(|&c| self.usable(c, n)))
+            {
                 r = c;
             }
             left = STRIPE_RUN;
