@@ -65,4 +65,6 @@ pub use io::{
 pub use mbuf::Mbuf;
 pub use mempool::PktPool;
 pub use port::{Link, MacAddr, Port, PortConfig, PortStats};
-pub use rails::{port_list, Rails, DOWN_AFTER, MAX_RAILS, PROBE_EVERY, STRIPE_RUN};
+pub use rails::{
+    port_list, Rails, DOWN_AFTER, DOWN_COUNT, MAX_RAILS, PROBE_EVERY, STALE_AFTER, STRIPE_RUN, UP_AFTER,
+};

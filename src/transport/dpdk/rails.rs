@@ -13,10 +13,11 @@
 //! - **Small packets** (acks, control, small messages) to node N go on N's *home*
 //!   rail, N mod the number of rails (or the next rail up if that one is down), so
 //!   small traffic is not reordered; except that at most one small packet per
-//!   [`PROBE_EVERY`] goes on each other rail whose port is up (to a rail that is
-//!   down for N only a packet without payload, an ack or a probe, whose loss costs
-//!   nothing): so each side hears the other on every rail now and then, even when
-//!   only small messages flow, which is what tells a dead rail from an idle one.
+//!   [`PROBE_EVERY`] goes on each other rail whose port is up, the one least
+//!   recently sent on first (to a rail that is down for N only a packet without
+//!   payload, an ack or a probe, whose loss costs nothing): so each side hears the
+//!   other on every rail now and then, even when only small messages flow, which
+//!   is what tells a dead rail from an idle one.
 //!
 //! # Receiving
 //! Every rail is read; of the packets waiting at the heads of the rails' receive
@@ -28,8 +29,9 @@
 //!
 //! # Rail health
 //! A rail is down for node N when its port says its link is down (looked at every
-//! [`LINK_CHECK`]), or when N was heard on other rails for [`DOWN_AFTER`] while
-//! silent on this one although we sent to it there (loss based:
+//! [`LINK_CHECK`]), or when N was heard on other rails for [`DOWN_AFTER`] and
+//! [`DOWN_COUNT`] packets while silent on this one although we sent to it there
+//! (loss based:
 //! `net_af_packet` says its link is up whatever its interface does). A peer that
 //! is silent on every rail (descheduled, gone) takes no rail down; a rail taken
 //! down wrongly costs little, as it is up again at the peer's next probe on it.
@@ -67,6 +69,9 @@ pub const STRIPE_RUN: u32 = 16;
 pub const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// Sent on for this long without hearing the node (heard on another rail): down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(50);
+/// ...and this many of its packets heard on other rails meanwhile (an idle peer
+/// sends a packet now and then, on one rail at a time: that says nothing).
+pub const DOWN_COUNT: u32 = 64;
 /// A rail down for a node is up again when the node is heard on it this long after
 /// it went down (frames heard sooner may have waited in the receive ring since
 /// before it went down).
@@ -102,6 +107,8 @@ struct PeerRail {
     sent: Option<Instant>,
     /// The first send on this rail since the node was last heard on it.
     unanswered: Option<Instant>,
+    /// Packets of the node heard on other rails since it was last heard on this one.
+    elsewhere: u32,
     /// Down for this node (loss based)...
     down: bool,
     /// ...since then.
@@ -307,7 +314,7 @@ impl Rails {
             return true;
         };
         let since = p.heard.map_or(sending, |h| h.max(sending));
-        if elsewhere.saturating_duration_since(since) >= DOWN_AFTER {
+        if p.elsewhere >= DOWN_COUNT && elsewhere.saturating_duration_since(since) >= DOWN_AFTER {
             p.down = true;
             p.down_at = Some(self.now);
             rail.downs += 1;
@@ -350,10 +357,12 @@ impl Rails {
     }
 
     /// The rail for a small packet of `len` bytes to `n`: its home, unless another
-    /// rail is due a probe.
+    /// rail is due a probe: the one least recently sent on, if that was at least
+    /// [`PROBE_EVERY`] ago (so rails take turns when the node gets little).
     fn small_rail(&mut self, n: usize, len: usize) -> usize {
         let home = self.home(n);
         let now = self.now;
+        let mut due: Option<(usize, Option<Instant>)> = None;
         for r in 0..self.rails.len() {
             // (Also where a rail that carries only probes is found down.)
             if r == home || (!self.usable(r, n) && !self.rails[r].link_up) {
@@ -364,11 +373,17 @@ impl Rails {
             if p.down && len > PKT_HEADER {
                 continue;
             }
-            if p.sent.is_none_or(|t| now.duration_since(t) >= PROBE_EVERY) {
-                return r;
+            if p.sent.is_none_or(|t| now.duration_since(t) >= PROBE_EVERY)
+                && due.is_none_or(|(_, t)| p.sent < t)
+            {
+                due = Some((r, p.sent));
             }
         }
-        home
+        let home_sent = self.rails[home].peers[n].sent;
+        match due {
+            Some((r, sent)) if sent <= home_sent => r,
+            _ => home,
+        }
     }
 
     /// The rail for a large packet to `n`: the striping rail, or the next one up
@@ -401,6 +416,7 @@ impl Rails {
         };
         p.heard = Some(now);
         p.unanswered = None;
+        p.elsewhere = 0;
         if p.down && p.down_at.is_none_or(|t| now.duration_since(t) >= UP_AFTER) {
             p.down = false;
             rail.ups += 1;
@@ -411,6 +427,12 @@ impl Rails {
         }
         // Its MAC on this rail: the source of the frame just received on it.
         rail.io.learn(n);
+        for (i, other) in self.rails.iter_mut().enumerate() {
+            if i != r {
+                let q = &mut other.peers[n as usize];
+                q.elsewhere = q.elsewhere.saturating_add(1);
+            }
+        }
         self.heard_any[n as usize] = Some(now);
     }
 
