@@ -154,7 +154,11 @@ fn samples() -> Vec<Sample> {
             r#""net_af_packet0""#,
             "1",
             "net_memif0,net_memif1",
-            [r#""net_af_packet0""#, r#""1""#, r#""net_memif0,net_memif1""#],
+            [
+                r#""net_af_packet0""#,
+                r#""1""#,
+                r#""net_memif0,net_memif1""#,
+            ],
         ),
         s("dpdk_mtu", "1500", "9000", "4000", ["1500", "9000", "4000"]),
         s(

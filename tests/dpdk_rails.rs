@@ -38,7 +38,12 @@ fn memif_rails_args(dir: &std::path::Path, i: usize, rails: usize) -> Vec<String
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let vdevs: String = (0..rails)
-        .map(|r| format!("--vdev=net_memif{r},role={role},socket={}/memif{r}.sock ", dir.display()))
+        .map(|r| {
+            format!(
+                "--vdev=net_memif{r},role={role},socket={}/memif{r}.sock ",
+                dir.display()
+            )
+        })
         .collect();
     let ports: Vec<String> = (0..rails).map(|r| format!("net_memif{r}")).collect();
     let eal = format!(
@@ -139,15 +144,39 @@ fn two_memif_rails_stripe_large_messages_and_keep_small_ones_in_order() {
     let receivers = vec![
         ("1 MiB on node 1".into(), recv(&c, 1, "10", MIB, big), big),
         ("1 MiB on node 0".into(), recv(&c, 0, "11", MIB, big), big),
-        ("64 B on node 1".into(), recv(&c, 1, "12", "64,8,200", small), small),
-        ("64 B on node 0".into(), recv(&c, 0, "13", "64,8,200", small), small),
+        (
+            "64 B on node 1".into(),
+            recv(&c, 1, "12", "64,8,200", small),
+            small,
+        ),
+        (
+            "64 B on node 0".into(),
+            recv(&c, 0, "13", "64,8,200", small),
+            small,
+        ),
     ];
     let started = Instant::now();
     let senders = vec![
-        ("1 MiB 0 -> 1".into(), send(&c, 0, "20", "1:10", MIB, big), big),
-        ("1 MiB 1 -> 0".into(), send(&c, 1, "21", "0:11", MIB, big), big),
-        ("64 B 0 -> 1".into(), send(&c, 0, "22", "1:12", "64,8,200", small), small),
-        ("64 B 1 -> 0".into(), send(&c, 1, "23", "0:13", "64,8,200", small), small),
+        (
+            "1 MiB 0 -> 1".into(),
+            send(&c, 0, "20", "1:10", MIB, big),
+            big,
+        ),
+        (
+            "1 MiB 1 -> 0".into(),
+            send(&c, 1, "21", "0:11", MIB, big),
+            big,
+        ),
+        (
+            "64 B 0 -> 1".into(),
+            send(&c, 0, "22", "1:12", "64,8,200", small),
+            small,
+        ),
+        (
+            "64 B 1 -> 0".into(),
+            send(&c, 1, "23", "0:13", "64,8,200", small),
+            small,
+        ),
     ];
     check_all(senders, receivers);
     let secs = started.elapsed().as_secs_f64();
@@ -180,8 +209,16 @@ fn two_memif_rails_stripe_large_messages_and_keep_small_ones_in_order() {
         // moment on a machine too busy to read it in time: up again at once, and
         // counted in `railN_downs`, printed below.)
         for r in 0..2 {
-            assert_eq!(counter(&s, &format!("rail{r}_nodes_down")), 0, "agent {i}: {s}");
-            assert_eq!(counter(&s, &format!("rail{r}_link_up")), 1, "agent {i}: {s}");
+            assert_eq!(
+                counter(&s, &format!("rail{r}_nodes_down")),
+                0,
+                "agent {i}: {s}"
+            );
+            assert_eq!(
+                counter(&s, &format!("rail{r}_link_up")),
+                1,
+                "agent {i}: {s}"
+            );
         }
         assert_eq!(counter(&s, "frames_oversize"), 0, "agent {i}: {s}");
         assert_eq!(counter(&s, "packets_corrupt"), 0, "agent {i}: {s}");
@@ -246,8 +283,7 @@ fn ip(args: &[&str]) {
 /// order: what was lost on the dying rail was resent on the other.
 #[test]
 fn a_rail_killed_mid_stream_loses_nothing_and_comes_back() {
-    let Some(tb) = Testbed::up("a_rail_killed_mid_stream_loses_nothing_and_comes_back", 2)
-    else {
+    let Some(tb) = Testbed::up("a_rail_killed_mid_stream_loses_nothing_and_comes_back", 2) else {
         return;
     };
     let (ns0, ns1) = (tb.ns(0), tb.ns(1));
@@ -285,12 +321,20 @@ fn a_rail_killed_mid_stream_loses_nothing_and_comes_back() {
     let receivers = vec![
         ("1 MiB on node 1".into(), recv(&c, 1, "10", MIB, n), n),
         ("1 MiB on node 0".into(), recv(&c, 0, "11", MIB, n), n),
-        ("small on node 1".into(), recv(&c, 1, "12", "8,64,3000", 4 * n), 4 * n),
+        (
+            "small on node 1".into(),
+            recv(&c, 1, "12", "8,64,3000", 4 * n),
+            4 * n,
+        ),
     ];
     let senders = vec![
         ("1 MiB 0 -> 1".into(), send(&c, 0, "20", "1:10", MIB, n), n),
         ("1 MiB 1 -> 0".into(), send(&c, 1, "21", "0:11", MIB, n), n),
-        ("small 0 -> 1".into(), send(&c, 0, "22", "1:12", "8,64,3000", 4 * n), 4 * n),
+        (
+            "small 0 -> 1".into(),
+            send(&c, 0, "22", "1:12", "8,64,3000", 4 * n),
+            4 * n,
+        ),
     ];
     // Both rails busy first.
     let t0 = Instant::now();
@@ -321,9 +365,8 @@ fn a_rail_killed_mid_stream_loses_nothing_and_comes_back() {
     );
     ip(&["-n", &ns0, "link", "set", "veth1", "up"]);
     let revived = Instant::now();
-    let up = |s: &serde_json::Value| {
-        counter(s, "rail1_ups") >= 1 && counter(s, "rail1_nodes_down") == 0
-    };
+    let up =
+        |s: &serde_json::Value| counter(s, "rail1_ups") >= 1 && counter(s, "rail1_nodes_down") == 0;
     while !(up(&c.stat(0)) && up(&c.stat(1))) && revived.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -209,7 +209,12 @@ impl DpdkIo {
     /// Once per process: the EAL cannot start twice (a second call fails).
     pub fn open(cfg: &DpdkIoConfig) -> io::Result<DpdkIo> {
         let eal = start_eal(cfg)?;
-        DpdkIo::open_port(&eal, cfg, cfg.port.as_deref(), &format!("wyv_io_{}", cfg.me))
+        DpdkIo::open_port(
+            &eal,
+            cfg,
+            cfg.port.as_deref(),
+            &format!("wyv_io_{}", cfg.me),
+        )
     }
 
     /// Opens `port` (`None`: the first) on a running EAL, with a pool of its own
@@ -265,14 +270,7 @@ impl DpdkIo {
         // The pool lives as long as the process, like the EAL it belongs to: the
         // port and every mbuf borrow it, and DpdkIo owns them both.
         let pool: &'static PktPool = Box::leak(Box::new(
-            PktPool::new(
-                &eal,
-                pool_name,
-                POOL_MBUFS,
-                POOL_CACHE,
-                room,
-            )
-            .map_err(dev_err)?,
+            PktPool::new(eal, pool_name, POOL_MBUFS, POOL_CACHE, room).map_err(dev_err)?,
         ));
         let memif_client = memif.as_ref().is_some_and(|m| m.client);
         let pcfg = PortConfig {
@@ -286,10 +284,10 @@ impl DpdkIo {
             ..PortConfig::default()
         };
         let mut port = match cfg.port.as_deref() {
-            None => Port::open_id(&eal, first_port(&eal)?, &pcfg, pool),
+            None => Port::open_id(eal, first_port(eal)?, &pcfg, pool),
             Some(p) => match p.parse::<u16>() {
-                Ok(id) => Port::open_id(&eal, id, &pcfg, pool),
-                Err(_) => Port::open(&eal, p, &pcfg, pool),
+                Ok(id) => Port::open_id(eal, id, &pcfg, pool),
+                Err(_) => Port::open(eal, p, &pcfg, pool),
             },
         }
         .map_err(dev_err)?;
@@ -441,7 +439,9 @@ impl DpdkIo {
             }
             self.rxq.extend(self.rxbuf.drain(..));
         }
-        self.rxq.front().map(|m| m.data().get(ETH_HEADER..).unwrap_or(&[]))
+        self.rxq
+            .front()
+            .map(|m| m.data().get(ETH_HEADER..).unwrap_or(&[]))
     }
 
     /// Packets `send` queued that the driver has not taken yet.

@@ -66,5 +66,6 @@ pub use mbuf::Mbuf;
 pub use mempool::PktPool;
 pub use port::{Link, MacAddr, Port, PortConfig, PortStats};
 pub use rails::{
-    port_list, Rails, DOWN_AFTER, DOWN_COUNT, MAX_RAILS, PROBE_EVERY, STALE_AFTER, STRIPE_RUN, UP_AFTER,
+    port_list, Rails, DOWN_AFTER, DOWN_COUNT, MAX_RAILS, PROBE_EVERY, STALE_AFTER, STRIPE_RUN,
+    UP_AFTER,
 };

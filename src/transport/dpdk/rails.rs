@@ -651,7 +651,10 @@ impl PacketIo for Rails {
                 (n.downs, r.downs),
                 (n.ups, r.ups),
                 (n.link_up, u64::from(r.link_up)),
-                (n.nodes_down, r.peers.iter().filter(|p| p.down).count() as u64),
+                (
+                    n.nodes_down,
+                    r.peers.iter().filter(|p| p.down).count() as u64,
+                ),
             ]);
         }
         out
