@@ -435,6 +435,7 @@ impl DpdkIo {
                 Mbuf::free_bulk(&mut self.rx_done);
             }
             if self.port.rx_burst(0, &mut self.rxbuf, RX_BURST) == 0 {
+                self.empty_poll();
                 return None;
             }
             self.rxq.extend(self.rxbuf.drain(..));
@@ -463,6 +464,17 @@ impl DpdkIo {
             }
             self.stats.tx_bursts += 1;
             self.moved(sent as u32);
+        }
+    }
+
+    /// A receive poll found nothing: a memif client looks at its link now and then.
+    fn empty_poll(&mut self) {
+        if self.memif_client {
+            self.idle_polls += 1;
+            if self.idle_polls >= LINK_CHECK_EVERY {
+                self.idle_polls = 0;
+                self.check_link();
+            }
         }
     }
 
@@ -787,13 +799,7 @@ impl PacketIo for DpdkIo {
                 // wait for answers to them.
                 self.flush_tx();
                 if self.port.rx_burst(0, &mut self.rxbuf, RX_BURST) == 0 {
-                    if self.memif_client {
-                        self.idle_polls += 1;
-                        if self.idle_polls >= LINK_CHECK_EVERY {
-                            self.idle_polls = 0;
-                            self.check_link();
-                        }
-                    }
+                    self.empty_poll();
                     return Ok(None);
                 }
                 self.rxq.extend(self.rxbuf.drain(..));
