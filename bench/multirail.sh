@@ -89,9 +89,12 @@ start_agents() { # rails run
         pids+=($!)
         agent_pid[$i]=$!
     done
+    # Up, and (several rails) every rail's link up on both agents: a memif client that
+    # started before its server connects within a second or two.
     for _ in $(seq 300); do
         if "$wyvern" stat --json --socket "$dir/agent0.sock" 2>/dev/null | grep -q '"state": "up"' \
-            && "$wyvern" stat --json --socket "$dir/agent1.sock" 2>/dev/null | grep -q '"state": "up"'; then
+            && "$wyvern" stat --json --socket "$dir/agent1.sock" 2>/dev/null | grep -q '"state": "up"' \
+            && { [ "$rails" = 1 ] || [ "$(rails_up 0)$(rails_up 1)" = "$rails$rails" ]; }; then
             return 0
         fi
         sleep 0.1
@@ -99,6 +102,11 @@ start_agents() { # rails run
     echo "multirail: the agents ($rails rails) did not connect; logs:" >&2
     cat "$dir"/agent*-rails"$rails"-run"$run".log >&2
     exit 1
+}
+rails_up() { # agent -> how many of its rails have their link up
+    "$wyvern" stat --json --socket "$dir/agent$1.sock" 2>/dev/null | python3 -c \
+        'import json,sys; t=json.load(sys.stdin)["transport"]; print(sum(v for k, v in t.items() if k.endswith("_link_up")))' \
+        2>/dev/null || echo 0
 }
 stop_agents() {
     kill "${agent_pid[0]}" "${agent_pid[1]}" 2>/dev/null || true
