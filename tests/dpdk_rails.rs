@@ -29,25 +29,25 @@ fn socket_dir() -> PathBuf {
     ))
 }
 
-/// Agent flags for node `i` of two joined by `rails` memif pairs (node 0 the server
-/// of every pair, or with `client_first` the client).
+/// Agent flags for node `i` of two joined by `rails` memif pairs: node 0 is the
+/// server of every pair but those in `node0_client`.
 fn memif_rails_args(
     dir: &std::path::Path,
     i: usize,
     rails: usize,
-    client_first: bool,
+    node0_client: &[usize],
 ) -> Vec<String> {
-    let role = if (i == 0) != client_first {
-        "server"
-    } else {
-        "client"
-    };
     let prefix = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let vdevs: String = (0..rails)
         .map(|r| {
+            let role = if (i == 0) != node0_client.contains(&r) {
+                "server"
+            } else {
+                "client"
+            };
             format!(
                 "--vdev=net_memif{r},role={role},socket={}/memif{r}.sock ",
                 dir.display()
@@ -73,16 +73,16 @@ fn memif_rails_args(
     .to_vec()
 }
 
-/// Two agents on `rails` memif pairs; with `client_first` node 0, started (and ready)
-/// first, is the client of every pair: its ports cannot connect until node 1 is there.
-fn memif_rails(rails: usize, client_first: bool) -> Cluster {
+/// Two agents on `rails` memif pairs (roles as [`memif_rails_args`]); node 0 starts
+/// (and is ready) first.
+fn memif_rails(rails: usize, node0_client: &[usize]) -> Cluster {
     let dir = socket_dir();
     Cluster::start_wrapped(
         2,
         &[],
         vec![],
         (0..2)
-            .map(|i| memif_rails_args(&dir, i, rails, client_first))
+            .map(|i| memif_rails_args(&dir, i, rails, node0_client))
             .collect(),
         |_, a| a,
     )
@@ -149,7 +149,7 @@ fn check_all(senders: Vec<(String, Proc, u32)>, receivers: Vec<(String, Proc, u3
 /// are up at the end.
 #[test]
 fn two_memif_rails_stripe_large_messages_and_keep_small_ones_in_order() {
-    let c = memif_rails(2, false);
+    let c = memif_rails(2, &[]);
     for i in 0..2 {
         assert!(c.log(i).contains("dpdk: 2 rails"), "{}", c.log(i));
     }
@@ -251,34 +251,39 @@ fn two_memif_rails_stripe_large_messages_and_keep_small_ones_in_order() {
     eprintln!("2 × 64 MiB and 2 × {small} small messages over two memif rails in {secs:.2} s");
 }
 
-/// Rails of a memif client started before its server: every one connects once the
-/// server is there, also while another rail already carries traffic (the client
-/// looks at each rail's link when that rail's receive polls come back empty), and
-/// 1 MiB messages then go over both.
+/// A rail that comes up while another already carries traffic: node 0 is the
+/// server of rail 0 and the client of rail 1, and starts first, so its rail 1 cannot
+/// connect until node 1 is there, and then only by trying again (once a second,
+/// when that rail's receive polls come back empty). A stream over rail 0 starts at
+/// once; rail 1 joins it and takes its share.
 #[test]
-fn memif_client_rails_started_before_their_server_all_connect() {
-    let c = memif_rails(2, true);
-    let n = 48u32;
+fn a_rail_that_connects_late_joins_a_running_stream() {
+    let c = memif_rails(2, &[1]);
+    let n = 600u32;
     let receivers = vec![("1 MiB on node 1".into(), recv(&c, 1, "10", MIB, n), n)];
     let senders = vec![("1 MiB 0 -> 1".into(), send(&c, 0, "20", "1:10", MIB, n), n)];
     check_all(senders, receivers);
     let s = stat_settled(&c, 0);
-    for r in 0..2 {
-        assert_eq!(counter(&s, &format!("rail{r}_link_up")), 1, "{s}");
-        // Each rail carried at least a quarter of the 48 MiB.
-        assert!(
-            counter(&s, &format!("rail{r}_bytes_tx")) > 12 << 20,
-            "rail {r} carried little: {s}"
-        );
-    }
-    assert!(counter(&s, "port_restarts") >= 2, "{s}");
+    let (b0, b1) = (counter(&s, "rail0_bytes_tx"), counter(&s, "rail1_bytes_tx"));
+    eprintln!(
+        "rail 0 {:.0} MiB, rail 1 {:.0} MiB",
+        b0 as f64 / (1 << 20) as f64,
+        b1 as f64 / (1 << 20) as f64
+    );
+    assert_eq!(counter(&s, "rail1_link_up"), 1, "{s}");
+    assert!(counter(&s, "port_restarts") >= 1, "{s}");
+    assert!(
+        b1 * 10 > b0 + b1,
+        "rail 1 carried {b1} B of {}: {s}",
+        b0 + b1
+    );
 }
 
 /// A list that names a port twice is refused at start-up with one sentence.
 #[test]
 fn a_port_named_twice_is_a_clear_start_up_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = memif_rails_args(dir.path(), 0, 2, false);
+    let mut args = memif_rails_args(dir.path(), 0, 2, &[]);
     let last = args.len() - 1;
     args[last] = "net_memif0,net_memif0".into();
     let out = Command::new("timeout")
