@@ -136,8 +136,20 @@ measure() { # rails run
             send --to "1:$ep" --count $((BULK_MIB / SENDERS)) >"$dir/tx$k.json" &
         tx+=($!)
     done
-    for k in "${tx[@]}"; do wait "$k"; done
-    wait "$rx"
+    local bad=0
+    for ((k = 0; k < SENDERS; k++)); do
+        wait "${tx[$k]}" || { bad=1; echo "  run $run: $rails rail(s): sender $k failed: $(grep '^{' "$dir/tx$k.json" | tail -n1)"; }
+    done
+    wait "$rx" || { bad=1; echo "  run $run: $rails rail(s): receiver failed: $(grep '^{' "$dir/rx.json" | tail -n1)"; }
+    if [ "$bad" = 1 ]; then
+        # Counted, the agents' warnings shown, and on to the next measurement.
+        res "$run" "rails$rails" failed 1
+        for i in 0 1; do
+            grep -h "WARN\|ERROR" "$dir/agent$i-rails$rails-run$run.log" | grep -v DEGRADED | tail -n 4 | sed "s/^/    agent $i: /"
+        done
+        stop_agents
+        return 0
+    fi
     my_cpu >"$dir/c1"; c1="$(cat "$dir/c1")"; a1="$(agents_cpu)"
     line="$(grep '^{' "$dir/rx.json" | tail -n1)"
     [ "$(field "$line" received)" = "$((BULK_MIB / SENDERS * SENDERS))" ] || { echo "multirail: $line" >&2; exit 1; }
@@ -201,6 +213,10 @@ for key, name in [("mb_per_s", "MB/s, 1 MiB messages"),
     a, b = med[("rails1", key)], med[("rails2", key)]
     r = f"{b/a:.2f}×" if a else "—"
     print(f"| {name} | {fmt(a)} ({spread(('rails1', key))}) | {fmt(b)} ({spread(('rails2', key))}) | {r} |")
+for who in ("rails1", "rails2"):
+    n = len(by.get((who, "failed"), []))
+    if n:
+        print(f"{who}: {n} of {sys.argv[2]} runs FAILED (a stream stalled: see the lines above); medians over the others")
 one, two = med[("rails1", "mb_per_s")], med[("rails2", "mb_per_s")]
 print(f"\ntwo rails ÷ summed single-rail figure (2 × one rail): {two:,.0f} ÷ {2*one:,.0f} = {two/(2*one):.2f} (goal >= 0.90)")
 print(f"rail 0's share of the bytes received on two rails: {med[('rails2', 'rail0_share')]:.2f} ({spread(('rails2', 'rail0_share'))}); rails taken for down (both agents): {spread(('rails2', 'rail_downs'))}")
