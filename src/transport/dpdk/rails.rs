@@ -8,8 +8,10 @@
 //! # Which rail a packet takes
 //! - **Large packets** (at least half the largest packet: the pieces of large messages
 //!   and full frames of small ones) are striped over the rails that are up for the
-//!   node, [`STRIPE_RUN`] packets on one rail, then the next. A rail whose send
-//!   queue is full passes the packet to the next.
+//!   node, [`STRIPE_RUN`] packets on one rail, then the next; each run is handed to
+//!   the driver when it ends, before the next run starts (else a run waiting in its
+//!   rail's queue would be overtaken by the ones after it). A rail whose send queue
+//!   is full passes the packet to the next.
 //! - **Small packets** (acks, control, small messages) to node N go on N's *home*
 //!   rail, N mod the number of rails (or the next rail up if that one is down), so
 //!   small traffic is not reordered; except that at most one small packet per
@@ -82,6 +84,9 @@ pub const UP_AFTER: Duration = Duration::from_millis(10);
 pub const STALE_AFTER: Duration = Duration::from_millis(15);
 /// How often the ports' link states are read.
 pub const LINK_CHECK: Duration = Duration::from_millis(100);
+/// Receives in a row a rail with a packet waiting may be passed over for lower
+/// sequence numbers on the others.
+const PASS_MAX: u32 = 256;
 /// Sends and receives between two clock reads while busy.
 const CLOCK_EVERY: u32 = 32;
 
@@ -157,6 +162,8 @@ struct Rail {
     downs: u64,
     /// Times it came back.
     ups: u64,
+    /// Receives in a row that took another rail's packet while this one had one.
+    passed: u32,
     names: RailNames,
 }
 
@@ -224,6 +231,7 @@ impl Rails {
                 peers: vec![PeerRail::default(); nodes],
                 downs: 0,
                 ups: 0,
+                passed: 0,
                 names: RailNames::new(i),
             });
         }
@@ -393,6 +401,11 @@ impl Rails {
         let (mut r, left) = self.stripe[n];
         let mut left = left;
         if left == 0 || !self.fresh(r, n) {
+            // The run just ended goes to the driver now, before the next run on
+            // another rail: held in this rail's queue until it filled, it would be
+            // overtaken by the runs after it (the receiver then keeps those out of
+            // order, and the sender may take the late ones for lost).
+            self.rails[r].io.flush();
             let next = |i| (r + i) % k;
             if let Some(c) = (1..=k)
                 .map(next)
@@ -523,11 +536,20 @@ impl PacketIo for Rails {
         // order whenever every rail has its next packet waiting); packets of
         // different nodes by turns.
         let mut pick: Option<(usize, u32, u64)> = None;
+        let mut waiting = [false; MAX_RAILS];
         for i in 0..k {
             let r = (self.rx_cur + i) % k;
+            let passed = self.rails[r].passed;
             let Some(head) = self.rails[r].io.peek() else {
                 continue;
             };
+            waiting[r] = true;
+            // A rail passed over [`PASS_MAX`] times in a row goes now, whatever its
+            // head (a stale packet with a high number must not hold the rail up).
+            if passed >= PASS_MAX {
+                pick = Some((r, 0, 0));
+                break;
+            }
             match data_seq(head) {
                 None => {
                     pick = Some((r, 0, 0));
@@ -541,6 +563,13 @@ impl PacketIo for Rails {
             }
         }
         if let Some((r, _, _)) = pick {
+            for (i, rail) in self.rails.iter_mut().enumerate() {
+                rail.passed = if i != r && waiting[i] {
+                    rail.passed + 1
+                } else {
+                    0
+                };
+            }
             self.rx_cur = (r + 1) % k;
             if let Some(pkt) = self.rails[r].io.recv()? {
                 self.on_frame(r, &pkt);
