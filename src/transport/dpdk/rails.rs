@@ -82,8 +82,10 @@ pub const UP_AFTER: Duration = Duration::from_millis(10);
 /// long before it was last heard anywhere: a rail that stopped answering stops
 /// getting data well before it is found down.
 pub const STALE_AFTER: Duration = Duration::from_millis(15);
-/// How often the ports' link states are read.
+/// How often the ports' link states are read...
 pub const LINK_CHECK: Duration = Duration::from_millis(100);
+/// ...and while one of them is down.
+const LINK_CHECK_DOWN: Duration = Duration::from_millis(1);
 /// Receives in a row a rail with a packet waiting may be passed over for lower
 /// sequence numbers on the others.
 const PASS_MAX: u32 = 256;
@@ -278,11 +280,16 @@ impl Rails {
     fn clock(&mut self) {
         self.ops = 0;
         self.now = Instant::now();
-        // A link that is down is looked at on every clock read (a memif client
-        // connects a moment after it starts: the peer hears nothing on that rail
-        // until we see its link up).
-        let any_down = self.rails.iter().any(|r| !r.link_up);
-        if any_down || self.now.duration_since(self.last_link_check) >= LINK_CHECK {
+        // While a link is down, the links are looked at every millisecond (a memif
+        // client connects a moment after it starts: the peer hears nothing on that
+        // rail until we see its link up); reading a link may be a system call on a
+        // real NIC's driver, so not on every clock read.
+        let every = if self.rails.iter().any(|r| !r.link_up) {
+            LINK_CHECK_DOWN
+        } else {
+            LINK_CHECK
+        };
+        if self.now.duration_since(self.last_link_check) >= every {
             self.last_link_check = self.now;
             for (i, r) in self.rails.iter_mut().enumerate() {
                 let up = r.io.link_up();
