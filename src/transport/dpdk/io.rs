@@ -414,6 +414,11 @@ impl DpdkIo {
         self.stats
     }
 
+    /// The NUMA node of the port's device, if DPDK knows it.
+    pub fn numa_node(&self) -> Option<u32> {
+        self.port.numa_node()
+    }
+
     /// The port's name (`net_memif0`, a PCI address).
     pub fn port_name(&self) -> &str {
         self.port.name()

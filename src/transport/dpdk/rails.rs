@@ -13,7 +13,8 @@
 //!   rail's queue would be overtaken by the ones after it). A rail whose send queue
 //!   is full passes the packet to the next.
 //! - **Small packets** (acks, control, small messages) to node N go on N's *home*
-//!   rail, N mod the number of rails (or the next rail up if that one is down), so
+//!   rail, N mod the number of rails (of the rails on the agent's NUMA node, when
+//!   only some are; the next rail up if that one is down), so
 //!   small traffic is not reordered; except that at most one small packet per
 //!   [`PROBE_EVERY`] goes on each other rail whose port is up, the one least
 //!   recently sent on first (to a rail that is down for N only a packet without
@@ -176,6 +177,9 @@ pub struct Rails {
     epochs: Vec<Option<u64>>,
     /// By node id: when it was last heard on any rail.
     heard_any: Vec<Option<Instant>>,
+    /// The rails home rails are chosen from: those on the agent's NUMA node, if
+    /// some but not all are; else all.
+    homes: Vec<usize>,
     /// By node id: the rail large packets go on now, and how many more go there.
     stripe: Vec<(usize, u32)>,
     /// The rail read first next time.
@@ -238,6 +242,16 @@ impl Rails {
             });
         }
         let max_packet = rails.iter().map(|r| r.io.max_packet()).min().unwrap_or(0);
+        let homes = home_rails(
+            eal.numa_node(),
+            &rails.iter().map(|r| r.io.numa_node()).collect::<Vec<_>>(),
+        );
+        if homes.len() < rails.len() {
+            log::info!(
+                "dpdk: small packets' home rails: {homes:?}, on the agent's NUMA node {:?}",
+                eal.numa_node()
+            );
+        }
         log::info!(
             "dpdk: {} rails ({}), packets up to {max_packet} B; large packets striped, \
              small ones on each peer's home rail",
@@ -249,6 +263,7 @@ impl Rails {
             rails,
             epochs: vec![None; nodes],
             heard_any: vec![None; nodes],
+            homes,
             stripe: vec![(0, 0); nodes],
             rx_cur: 0,
             last: None,
@@ -358,11 +373,11 @@ impl Rails {
             .is_some_and(|h| any.saturating_duration_since(h) <= STALE_AFTER)
     }
 
-    /// Node `n`'s home rail: `n` mod the rails, or the next one fresh (or else
-    /// usable).
+    /// Node `n`'s home rail: of the home rails (see [`home_rails`]) the one `n`
+    /// mod their number picks, or the next rail fresh (or else usable).
     fn home(&mut self, n: usize) -> usize {
         let k = self.rails.len();
-        let h = n % k;
+        let h = self.homes[n % self.homes.len()];
         let order = |i| (h + i) % k;
         (0..k)
             .map(order)
@@ -697,6 +712,25 @@ impl PacketIo for Rails {
     }
 }
 
+/// The rails small packets' home rails are chosen from: those whose port is on the
+/// agent's NUMA node (`me`), if some but not all are (and both are known); else all.
+fn home_rails(me: Option<u32>, ports: &[Option<u32>]) -> Vec<usize> {
+    let all: Vec<usize> = (0..ports.len()).collect();
+    let Some(me) = me else {
+        return all;
+    };
+    let local: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&r| ports[r] == Some(me))
+        .collect();
+    if local.is_empty() {
+        all
+    } else {
+        local
+    }
+}
+
 /// A data packet's sender and sequence number, read from its header (unchecked:
 /// only an ordering hint).
 fn data_seq(pkt: &[u8]) -> Option<(u32, u64)> {
@@ -708,6 +742,15 @@ fn data_seq(pkt: &[u8]) -> Option<(u32, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_rails_are_the_numa_local_ones_when_some_are() {
+        assert_eq!(home_rails(None, &[Some(0), Some(1)]), vec![0, 1]);
+        assert_eq!(home_rails(Some(1), &[Some(0), Some(1)]), vec![1]);
+        assert_eq!(home_rails(Some(0), &[Some(0), Some(0)]), vec![0, 1]);
+        assert_eq!(home_rails(Some(2), &[Some(0), Some(1)]), vec![0, 1]);
+        assert_eq!(home_rails(Some(0), &[None, Some(0), None]), vec![1]);
+    }
 
     #[test]
     fn the_port_list_is_split_on_commas() {
