@@ -321,7 +321,8 @@ pub struct AgentArgs {
         env = "WYVERN_AGENT_DPDK_EAL_ARGS"
     )]
     pub dpdk_eal_args: Option<String>,
-    /// dpdk transport: the port (device name or port id; default: the first port).
+    /// dpdk transport: the port (device name or port id; default: the first port);
+    /// several, comma-separated, are rails to the same peers (multi-rail).
     #[arg(long, env = "WYVERN_AGENT_DPDK_PORT")]
     pub dpdk_port: Option<String>,
     /// dpdk transport: MTU to set on the port (jumbo frames; on net_af_packet, the

@@ -153,8 +153,12 @@ fn samples() -> Vec<Sample> {
             "dpdk_port",
             r#""net_af_packet0""#,
             "1",
-            "0000:3b:00.0",
-            [r#""net_af_packet0""#, r#""1""#, r#""0000:3b:00.0""#],
+            "net_memif0,net_memif1",
+            [
+                r#""net_af_packet0""#,
+                r#""1""#,
+                r#""net_memif0,net_memif1""#,
+            ],
         ),
         s("dpdk_mtu", "1500", "9000", "4000", ["1500", "9000", "4000"]),
         s(

@@ -137,7 +137,8 @@ pub struct AgentConfig {
     /// needs its own `--file-prefix`.
     pub dpdk_eal_args: Vec<String>,
     /// dpdk transport: the port, by device name (`net_af_packet0`, a PCI
-    /// address) or port id; none: the first port.
+    /// address) or port id; none: the first port. Several, comma-separated
+    /// (`"net_memif0,net_memif1"`), are rails to the same peers (docs/dpdk.md).
     pub dpdk_port: Option<String>,
     /// dpdk transport: an MTU to set on the port (jumbo frames, if the
     /// device takes them); none: the device's own (normally 1500). A wire

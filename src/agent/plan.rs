@@ -223,12 +223,12 @@ impl Plan {
             }
             #[cfg(feature = "dpdk")]
             TransportKind::Dpdk => {
-                use crate::transport::dpdk::{DpdkIo, DpdkIoConfig, MacAddr};
+                use crate::transport::dpdk::{port_list, DpdkIo, DpdkIoConfig, MacAddr, Rails};
                 let dev = |source| AgentError::Device {
                     name: "dpdk",
                     source,
                 };
-                let io = DpdkIo::open(&DpdkIoConfig {
+                let dcfg = DpdkIoConfig {
                     me: cfg.node_id,
                     nodes: addrs.len() as u32,
                     eal_args: cfg.dpdk_eal_args.clone(),
@@ -239,14 +239,21 @@ impl Plan {
                         .into_iter()
                         .map(|m| m.map(MacAddr))
                         .collect(),
-                })
-                .map_err(dev)?;
-                // The EAL pinned this thread to its main lcore's CPU (`-l`/`--lcores`;
+                };
+                // The EAL pins this thread to its main lcore's CPU (`-l`/`--lcores`;
                 // without them, the first CPU): `cores`, when given, wins.
-                if let Some(&core) = cfg.cores.first() {
-                    pin_to(core)?;
+                let pin = || cfg.cores.first().map_or(Ok(()), |&core| pin_to(core));
+                // Several ports (`dpdk_port = "a,b"`): one rail each (docs/dpdk.md).
+                let ports = port_list(cfg.dpdk_port.as_deref());
+                if ports.len() > 1 {
+                    let io = Rails::open(&dcfg, &ports).map_err(dev)?;
+                    pin()?;
+                    Box::new(self.datagram(io, poller, pool).map_err(dev)?)
+                } else {
+                    let io = DpdkIo::open(&dcfg).map_err(dev)?;
+                    pin()?;
+                    Box::new(self.datagram(io, poller, pool).map_err(dev)?)
                 }
-                Box::new(self.datagram(io, poller, pool).map_err(dev)?)
             }
             #[cfg(feature = "verbs")]
             TransportKind::Verbs => {

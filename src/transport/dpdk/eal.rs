@@ -70,6 +70,13 @@ impl Eal {
         unsafe { dpdk_sys::rte_lcore_count() }
     }
 
+    /// The NUMA node of the calling thread's lcore, if DPDK knows it.
+    pub fn numa_node(&self) -> Option<u32> {
+        // SAFETY: reads the calling thread's EAL state; the EAL is up.
+        let socket = unsafe { dpdk_sys::rte_socket_id() };
+        (socket != dpdk_sys::SOCKET_ID_ANY as u32).then_some(socket)
+    }
+
     /// The number of ethdev ports available (probed and not yet closed).
     pub fn port_count(&self) -> u16 {
         // SAFETY: reads ethdev state; the EAL is up.

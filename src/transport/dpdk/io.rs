@@ -111,6 +111,8 @@ pub struct DpdkIoStats {
     pub tx_frames: u64,
     /// Frames received with our EtherType.
     pub rx_frames: u64,
+    /// Packet bytes (header and payload) of the frames received with our EtherType.
+    pub rx_bytes: u64,
     /// Frames of another EtherType (or too short to have one), dropped.
     pub foreign_ethertype: u64,
     /// Frames we sent, seen again (a shared segment echoing them), dropped.
@@ -196,12 +198,38 @@ fn dev_err(e: Error) -> io::Error {
     io::Error::other(e)
 }
 
+/// Starts the EAL with `cfg.eal_args` (once per process).
+pub(super) fn start_eal(cfg: &DpdkIoConfig) -> io::Result<Eal> {
+    Eal::init(&cfg.eal_args).map_err(dev_err)
+}
+
 impl DpdkIo {
     /// Starts the EAL with `cfg.eal_args`, creates a pool and opens the port.
     ///
     /// Once per process: the EAL cannot start twice (a second call fails).
     pub fn open(cfg: &DpdkIoConfig) -> io::Result<DpdkIo> {
-        let eal = Eal::init(&cfg.eal_args).map_err(dev_err)?;
+        let eal = start_eal(cfg)?;
+        DpdkIo::open_port(
+            &eal,
+            cfg,
+            cfg.port.as_deref(),
+            &format!("wyv_io_{}", cfg.me),
+        )
+    }
+
+    /// Opens `port` (`None`: the first) on a running EAL, with a pool of its own
+    /// named `pool_name` (unique in the process): one rail of [`super::Rails`], or
+    /// the one port of [`DpdkIo::open`].
+    pub fn open_port(
+        eal: &Eal,
+        cfg: &DpdkIoConfig,
+        port: Option<&str>,
+        pool_name: &str,
+    ) -> io::Result<DpdkIo> {
+        let cfg = &DpdkIoConfig {
+            port: port.map(String::from),
+            ..cfg.clone()
+        };
         if eal.port_count() == 0 {
             return Err(io::Error::other(format!(
                 "DPDK found no ethernet port (EAL arguments: {}); give one with --vdev or \
@@ -242,14 +270,7 @@ impl DpdkIo {
         // The pool lives as long as the process, like the EAL it belongs to: the
         // port and every mbuf borrow it, and DpdkIo owns them both.
         let pool: &'static PktPool = Box::leak(Box::new(
-            PktPool::new(
-                &eal,
-                &format!("wyv_io_{}", cfg.me),
-                POOL_MBUFS,
-                POOL_CACHE,
-                room,
-            )
-            .map_err(dev_err)?,
+            PktPool::new(eal, pool_name, POOL_MBUFS, POOL_CACHE, room).map_err(dev_err)?,
         ));
         let memif_client = memif.as_ref().is_some_and(|m| m.client);
         let pcfg = PortConfig {
@@ -263,10 +284,10 @@ impl DpdkIo {
             ..PortConfig::default()
         };
         let mut port = match cfg.port.as_deref() {
-            None => Port::open_id(&eal, first_port(&eal)?, &pcfg, pool),
+            None => Port::open_id(eal, first_port(eal)?, &pcfg, pool),
             Some(p) => match p.parse::<u16>() {
-                Ok(id) => Port::open_id(&eal, id, &pcfg, pool),
-                Err(_) => Port::open(&eal, p, &pcfg, pool),
+                Ok(id) => Port::open_id(eal, id, &pcfg, pool),
+                Err(_) => Port::open(eal, p, &pcfg, pool),
             },
         }
         .map_err(dev_err)?;
@@ -393,6 +414,47 @@ impl DpdkIo {
         self.stats
     }
 
+    /// The NUMA node of the port's device, if DPDK knows it.
+    pub fn numa_node(&self) -> Option<u32> {
+        self.port.numa_node()
+    }
+
+    /// The port's name (`net_memif0`, a PCI address).
+    pub fn port_name(&self) -> &str {
+        self.port.name()
+    }
+
+    /// Whether the port is started and says its link is up (`net_af_packet` says up
+    /// while it runs, whatever its interface does).
+    pub fn link_up(&self) -> bool {
+        self.port.is_started() && self.port.link().is_ok_and(|l| l.up)
+    }
+
+    /// The packet at the head of the receive queue (after its Ethernet header, not
+    /// classified yet), polling the port once if the queue is empty; `recv` hands
+    /// it out next. [`super::Rails`] reads the heads of its rails to take packets
+    /// in sequence order.
+    pub fn peek(&mut self) -> Option<&[u8]> {
+        if self.rxq.is_empty() {
+            if !self.rx_done.is_empty() {
+                Mbuf::free_bulk(&mut self.rx_done);
+            }
+            if self.port.rx_burst(0, &mut self.rxbuf, RX_BURST) == 0 {
+                self.empty_poll();
+                return None;
+            }
+            self.rxq.extend(self.rxbuf.drain(..));
+        }
+        self.rxq
+            .front()
+            .map(|m| m.data().get(ETH_HEADER..).unwrap_or(&[]))
+    }
+
+    /// Packets `send` queued that the driver has not taken yet.
+    pub fn tx_queued(&self) -> usize {
+        self.txq.len()
+    }
+
     /// Hands queued frames to the driver; what it does not take stays queued.
     fn flush_tx(&mut self) {
         // Bounded: each round sends something or stops.
@@ -407,6 +469,17 @@ impl DpdkIo {
             }
             self.stats.tx_bursts += 1;
             self.moved(sent as u32);
+        }
+    }
+
+    /// A receive poll found nothing: a memif client looks at its link now and then.
+    fn empty_poll(&mut self) {
+        if self.memif_client {
+            self.idle_polls += 1;
+            if self.idle_polls >= LINK_CHECK_EVERY {
+                self.idle_polls = 0;
+                self.check_link();
+            }
         }
     }
 
@@ -731,13 +804,7 @@ impl PacketIo for DpdkIo {
                 // wait for answers to them.
                 self.flush_tx();
                 if self.port.rx_burst(0, &mut self.rxbuf, RX_BURST) == 0 {
-                    if self.memif_client {
-                        self.idle_polls += 1;
-                        if self.idle_polls >= LINK_CHECK_EVERY {
-                            self.idle_polls = 0;
-                            self.check_link();
-                        }
-                    }
+                    self.empty_poll();
                     return Ok(None);
                 }
                 self.rxq.extend(self.rxbuf.drain(..));
@@ -759,6 +826,7 @@ impl PacketIo for DpdkIo {
                     }
                     self.last_src = Some(src);
                     self.stats.rx_frames += 1;
+                    self.stats.rx_bytes += (frame.len() - ETH_HEADER) as u64;
                     self.moved(1);
                     return Ok(Some(RxFrame(m)));
                 }

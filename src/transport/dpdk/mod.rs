@@ -27,6 +27,9 @@
 //! - [`Mbuf`]: one owned packet buffer, freed on drop; bulk alloc/free.
 //! - [`DpdkIo`]: the `dpdk` transport's device (a [`PacketIo`](crate::transport::datagram::PacketIo)):
 //!   datagram-layer packets in Ethernet frames of EtherType 0x88B5 on one port.
+//! - [`Rails`]: several ports to the same peers as one `PacketIo` (multi-rail): large
+//!   packets striped over them, small ones on a home rail per peer, a failed rail's
+//!   traffic moved to the others.
 //! - [`Port`]: an ethdev port, configured and started on open, stopped and closed on
 //!   drop; `rx_burst`/`tx_burst` move owned [`Mbuf`]s in and out.
 //!
@@ -51,6 +54,7 @@ mod io;
 mod mbuf;
 mod mempool;
 mod port;
+mod rails;
 
 pub use eal::Eal;
 pub use error::{Error, Result, RteError};
@@ -61,3 +65,7 @@ pub use io::{
 pub use mbuf::Mbuf;
 pub use mempool::PktPool;
 pub use port::{Link, MacAddr, Port, PortConfig, PortStats};
+pub use rails::{
+    port_list, Rails, DOWN_AFTER, DOWN_COUNT, MAX_RAILS, PROBE_EVERY, STALE_AFTER, STRIPE_RUN,
+    UP_AFTER,
+};

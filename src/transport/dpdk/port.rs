@@ -374,6 +374,13 @@ impl<'p> Port<'p> {
         Ok(MacAddr(a.addr_bytes))
     }
 
+    /// The NUMA node the device is attached to, if DPDK knows it.
+    pub fn numa_node(&self) -> Option<u32> {
+        // SAFETY: a plain query on a valid port id.
+        let socket = unsafe { dpdk_sys::rte_eth_dev_socket_id(self.id) };
+        u32::try_from(socket).ok()
+    }
+
     /// The link state, without waiting for it to settle.
     pub fn link(&self) -> Result<Link> {
         let mut l = dpdk_sys::rte_eth_link::default();
