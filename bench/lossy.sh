@@ -30,6 +30,7 @@ IPERF_SECS="${IPERF_SECS:-8}"
 BULK_MIB="${BULK_MIB:-200}"
 SEED="${SEED:-14}"
 CELLS="${CELLS:-0/0/0/0 1/25/2/1 5/25/2/1 0/50/0/0 5/0/0/0}"
+IDLE="${IDLE:-adaptive}"
 for b in "$bin/wyvern" "$bin/wyvern-peer" ${old:+"$old/wyvern" "$old/wyvern-peer"}; do
     [ -x "$b" ] || { echo "lossy: no $b (cargo build --release --bins)" >&2; exit 1; }
 done
@@ -103,8 +104,8 @@ wyvern_cell() { # bindir tag -> "MB/s resent spurious undos probes timeouts rack
     local ap=()
     for i in 0 1; do
         RUST_LOG=warn ip netns exec "wyl$i" timeout 600 "$b/wyvern" agent --node-id "$i" \
-            --socket "$dir/a$i.sock" --no-hugepages --idle adaptive --cores "$i" \
-            --job wyvern-lossy --transport udp --nodes 10.78.0.1:7480,10.78.0.2:7480 \
+            --socket "$dir/a$i.sock" --no-hugepages --idle "$IDLE" --cores "$i" \
+            --job wyvern-lossy --connect all --transport udp --nodes 10.78.0.1:7480,10.78.0.2:7480 \
             >/dev/null 2>"$dir/agent$tag$i.log" &
         ap+=($!)
         pids+=($!)
@@ -128,16 +129,45 @@ wyvern_cell() { # bindir tag -> "MB/s resent spurious undos probes timeouts rack
         wait "$rx" 2>/dev/null || true
         line="$(grep '^{' "$dir/rx.json" | tail -n1 || echo '{}')"
         "$b/wyvern" stat --json --socket "$dir/a0.sock" >"$dir/stat0.json" 2>/dev/null || echo '{}' >"$dir/stat0.json"
+        "$b/wyvern" stat --json --socket "$dir/a1.sock" >"$dir/stat1.json" 2>/dev/null || echo '{}' >"$dir/stat1.json"
+        # The agents' main (polling) threads: on-CPU ms, ms waiting for a CPU, involuntary switches.
+        local sched=""
+        for i in 0 1; do
+            local c; c="$(pgrep -P "${ap[$i]}" | head -n1 || true)"
+            if [ -n "$c" ] && [ -r "/proc/$c/schedstat" ]; then
+                read -r oncpu waitq _ <"/proc/$c/schedstat"
+                sched+=" a$i cpu/runq-wait ms $((oncpu / 1000000))/$((waitq / 1000000)) invol $(awk '/nonvoluntary/{print $2}' "/proc/$c/status")"
+            fi
+        done
+        echo "$tag$sched" >>"$dir/sched"
     else
         echo '{}' >"$dir/stat0.json"
+        echo '{}' >"$dir/stat1.json"
     fi
     kill "${ap[@]}" 2>/dev/null || true
     wait "${ap[@]}" 2>/dev/null || true
     rm -f "$dir/a0.sock" "$dir/a1.sock"
-    python3 - "$line" "$dir/stat0.json" "$BULK_MIB" <<'EOF'
+    python3 - "$line" "$dir/stat0.json" "$BULK_MIB" "$dir/stat1.json" "$dir/detail" "$tag" <<'EOF'
 import json, sys
 r = json.loads(sys.argv[1] or "{}")
-t = json.load(open(sys.argv[2])).get("transport", {})
+s0 = json.load(open(sys.argv[2]))
+s1 = json.load(open(sys.argv[4]))
+t = s0.get("transport", {})
+# Where the sender's time went (ms) and the agents' own scheduling: written to the detail log.
+def ms(k):
+    v = t.get(k)
+    return "-" if v is None else f"{v / 1000:.0f}"
+det = ("sending/cwnd/peer-window/send-window/drained ms "
+       + "/".join(ms("tx_us_" + k) for k in ["sending", "cwnd_limited", "peer_window_limited",
+                                             "send_window_limited", "drained"])
+       + " stalled before probe/timeout ms " + ms("tx_us_stalled_before_probe") + "/"
+       + ms("tx_us_stalled_before_timeout") + f" cwnd mean {t.get('tx_cwnd_mean', '-')}"
+       + f" | sender preemptions {s0.get('preempted', '-')} sleeps {s0.get('sleeps', '-')}"
+       + f" | receiver preemptions {s1.get('preempted', '-')} sleeps {s1.get('sleeps', '-')}"
+       + f" dup {s1.get('transport', {}).get('packets_duplicate', '-')}"
+       + f" rx {s1.get('transport', {}).get('packets_rx', '-')} acks-sent? tx {s1.get('transport', {}).get('packets_tx', '-')}")
+with open(sys.argv[5], "a") as f:
+    f.write(sys.argv[6] + " " + det + "\n")
 n = int(sys.argv[3])
 ok = r.get("received") == n
 mbs = n * 1048576 / r["secs"] / 1e6 if ok and r.get("secs") else float("nan")
@@ -165,7 +195,7 @@ for run in $(seq 1 "$RUNS"); do
             start_fwd "$cell" "$run"
             out="$(wyvern_cell "$b" "$tag")"
             f="$(stop_fwd)"
-            echo "$run $cell udp-$tag $out | fwd: $f" | tee -a "$dir/log" >&2
+            echo "$run $cell udp-$tag $out | fwd: $f | $(tail -n1 "$dir/detail") |$(tail -n1 "$dir/sched" 2>/dev/null | cut -d' ' -f2-)" | tee -a "$dir/log" >&2
             echo "$run $cell udp-$tag $out" >>"$dir/results"
         done
     done

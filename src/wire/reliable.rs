@@ -160,6 +160,28 @@ pub struct SenderStats {
     /// Loss episodes taken as congestion (a queue on the path): the window
     /// was cut to 0.7.
     pub congestion_cuts: u64,
+    /// Where the time went while the caller had data queued (microseconds,
+    /// by [`Sender::account`]): sending (nothing held it back)...
+    pub us_open: u64,
+    /// ...held by the congestion window...
+    pub us_cwnd: u64,
+    /// ...by the receiver's credits...
+    pub us_rwnd: u64,
+    /// ...by the send window (the oldest unacknowledged packet is a whole
+    /// `window` behind the newest).
+    pub us_window: u64,
+    /// Time with packets in flight and nothing queued (the caller had no
+    /// more to give).
+    pub us_drained: u64,
+    /// Of all, the time before each tail probe and each timeout in which
+    /// nothing was sent or acknowledged: stalls that only a timer ended.
+    pub us_before_probe: u64,
+    /// (see `us_before_probe`)
+    pub us_before_timeout: u64,
+    /// The congestion window times the microseconds it was in force while
+    /// data was queued: `cwnd_us / (us_open + us_cwnd + us_rwnd +
+    /// us_window)` is its mean.
+    pub cwnd_us: u64,
 }
 
 impl SenderStats {
@@ -177,6 +199,14 @@ impl SenderStats {
         self.reorder_widened += o.reorder_widened;
         self.random_losses += o.random_losses;
         self.congestion_cuts += o.congestion_cuts;
+        self.us_open += o.us_open;
+        self.us_cwnd += o.us_cwnd;
+        self.us_rwnd += o.us_rwnd;
+        self.us_window += o.us_window;
+        self.us_drained += o.us_drained;
+        self.us_before_probe += o.us_before_probe;
+        self.us_before_timeout += o.us_before_timeout;
+        self.cwnd_us += o.cwnd_us;
     }
 }
 
@@ -283,6 +313,31 @@ struct Rack {
     probes_out: u32,
 }
 
+/// What held a sender back since [`Sender::account`] was last called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Held {
+    /// Nothing queued, nothing in flight: not counted.
+    #[default]
+    Idle,
+    Open,
+    Cwnd,
+    Rwnd,
+    Window,
+    Drained,
+}
+
+/// The time accounting of [`Sender::account`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Account {
+    /// The state since this moment.
+    since: Option<Instant>,
+    held: Held,
+    /// The congestion window then.
+    cwnd: u32,
+    /// When the sender last sent or had something acknowledged.
+    event: Option<Instant>,
+}
+
 /// The sending half of one peer's reliable channel.
 pub struct Sender<T> {
     cfg: Config,
@@ -333,6 +388,8 @@ pub struct Sender<T> {
     last_resend: Option<Instant>,
     /// The loss episode a D-SACK may undo.
     undo: Option<Undo>,
+    /// Where the time goes.
+    acct: Account,
     stats: SenderStats,
 }
 
@@ -368,6 +425,7 @@ impl<T> Sender<T> {
             rounds: Rounds::default(),
             last_resend: None,
             undo: None,
+            acct: Account::default(),
             stats: SenderStats::default(),
         }
     }
@@ -435,6 +493,60 @@ impl<T> Sender<T> {
                 self.stats.undone += 1;
             }
         }
+    }
+
+    /// Time accounting: the time since the last call goes to what held the
+    /// sender back then (see [`SenderStats::us_open`] and the fields after
+    /// it); `queued`: the caller has data waiting for the window now. Call
+    /// after anything that may change it (sends, acks, resends; the caller's
+    /// new data); cheap (no clock read: `now` is the caller's).
+    pub fn account(&mut self, now: Instant, queued: bool) {
+        if let Some(since) = self.acct.since {
+            let us = now.saturating_duration_since(since).as_micros() as u64;
+            let st = &mut self.stats;
+            match self.acct.held {
+                Held::Idle => {}
+                Held::Open => st.us_open += us,
+                Held::Cwnd => st.us_cwnd += us,
+                Held::Rwnd => st.us_rwnd += us,
+                Held::Window => st.us_window += us,
+                Held::Drained => st.us_drained += us,
+            }
+            if matches!(
+                self.acct.held,
+                Held::Open | Held::Cwnd | Held::Rwnd | Held::Window
+            ) {
+                st.cwnd_us += us * u64::from(self.acct.cwnd);
+            }
+        }
+        self.acct.since = Some(now);
+        self.acct.cwnd = self.cwnd();
+        self.acct.held = if !queued {
+            if self.outstanding > 0 {
+                Held::Drained
+            } else {
+                Held::Idle
+            }
+        } else if self.next >= self.limit {
+            Held::Rwnd
+        } else if self.next - self.base >= self.cfg.window as u64 {
+            Held::Window
+        } else if self.outstanding >= self.cwnd() as usize {
+            Held::Cwnd
+        } else {
+            Held::Open
+        };
+    }
+
+    /// Something was sent or acknowledged now (for `us_before_*`).
+    fn event(&mut self, now: Instant) {
+        self.acct.event = Some(now);
+    }
+
+    /// A timer fired: the time since the last send or ack was a stall.
+    fn stalled_for(&self, now: Instant) -> u64 {
+        let since = self.acct.event.unwrap_or(now).max(self.last_send);
+        now.saturating_duration_since(since).as_micros() as u64
     }
 
     /// The congestion window (packets), or the whole window without
@@ -569,6 +681,7 @@ impl<T> Sender<T> {
         }
         self.outstanding += 1;
         self.last_send = now;
+        self.event(now);
         let seq = self.next;
         self.next += 1;
         self.slots.push_back(Some(Slot {
@@ -656,6 +769,7 @@ impl<T> Sender<T> {
         }
         if newly > 0 {
             self.rack.probes_out = 0;
+            self.event(now);
         }
         if let Some(seq) = ack.dsack.filter(|&d| d < self.next) {
             self.on_dsack(seq, now);
@@ -785,6 +899,7 @@ impl<T> Sender<T> {
             }
         }
         if self.probe_deadline().is_some_and(|t| t <= now) {
+            let stall = self.stalled_for(now);
             // The newest outstanding packet again: its ack shows RACK what
             // is missing before it.
             if let Some((i, slot)) = self
@@ -794,6 +909,7 @@ impl<T> Sender<T> {
                 .rev()
                 .find_map(|(i, s)| s.as_mut().map(|s| (i, s)))
             {
+                self.stats.us_before_probe += stall;
                 slot.last_tx = now;
                 slot.tx += 1;
                 self.stats.retransmits += 1;
@@ -805,12 +921,14 @@ impl<T> Sender<T> {
             }
         }
         if now.saturating_duration_since(self.timer) >= self.rto {
+            let stall = self.stalled_for(now);
             if let Some((i, slot)) = self
                 .slots
                 .iter_mut()
                 .enumerate()
                 .find_map(|(i, s)| s.as_mut().map(|s| (i, s)))
             {
+                self.stats.us_before_timeout += stall;
                 slot.last_tx = now;
                 slot.tx += 1;
                 self.stats.retransmits += 1;
