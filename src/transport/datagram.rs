@@ -515,7 +515,7 @@ impl<I: PacketIo> DatagramTransport<I> {
                 None
             }
         };
-        let cfg = reliable::Config::default();
+        let cfg = reliable::Config::datagram();
         let now = Instant::now();
         let (me, nodes) = (hello.node, hello.nodes);
         let links = Links {
