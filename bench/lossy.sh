@@ -31,6 +31,8 @@ BULK_MIB="${BULK_MIB:-200}"
 SEED="${SEED:-14}"
 CELLS="${CELLS:-0/0/0/0 1/25/2/1 5/25/2/1 0/50/0/0 5/0/0/0}"
 IDLE="${IDLE:-adaptive}"
+TRANSPORTS="${TRANSPORTS:-udp}"
+EAL_COMMON="--no-pci --no-huge -m 256 --no-telemetry --no-shconf --log-level=lib.eal:warning"
 for b in "$bin/wyvern" "$bin/wyvern-peer" ${old:+"$old/wyvern" "$old/wyvern-peer"}; do
     [ -x "$b" ] || { echo "lossy: no $b (cargo build --release --bins)" >&2; exit 1; }
 done
@@ -99,14 +101,21 @@ except Exception:
 EOF
 }
 
-wyvern_cell() { # bindir tag -> "MB/s resent spurious undos probes timeouts rack random"
-    local b="$1" tag="$2" i
-    local ap=()
+wyvern_cell() { # bindir tag transport -> "MB/s resent spurious undos probes timeouts rack random"
+    local b="$1" tag="$2" t="$3" i
+    local ap=() extra
     for i in 0 1; do
+        if [ "$t" = dpdk ]; then
+            # net_af_packet on the namespace's veth (the forwarder bridges the raw frames too).
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal-args "$EAL_COMMON \
+                --vdev=net_af_packet0,iface=l$i --file-prefix=wyl-agent$i --lcores=0@$i")
+        else
+            extra=(--transport udp --nodes 10.78.0.1:7480,10.78.0.2:7480)
+        fi
         RUST_LOG=warn ip netns exec "wyl$i" timeout 600 "$b/wyvern" agent --node-id "$i" \
             --socket "$dir/a$i.sock" --no-hugepages --idle "$IDLE" --cores "$i" \
-            --job wyvern-lossy --connect all --transport udp --nodes 10.78.0.1:7480,10.78.0.2:7480 \
-            >/dev/null 2>"$dir/agent$tag$i.log" &
+            --job wyvern-lossy --connect all "${extra[@]}" \
+            >/dev/null 2>"$dir/agent$tag$t$i.log" &
         ap+=($!)
         pids+=($!)
     done
@@ -190,13 +199,15 @@ for run in $(seq 1 "$RUNS"); do
         echo "$run $cell fwd_fps ${fps:-nan}" >>"$dir/results"
         tags="new"
         [ -n "$old" ] && { if [ $((run % 2)) = 1 ]; then tags="new old"; else tags="old new"; fi; }
-        for tag in $tags; do
-            b="$bin"; [ "$tag" = old ] && b="$old"
-            start_fwd "$cell" "$run"
-            out="$(wyvern_cell "$b" "$tag")"
-            f="$(stop_fwd)"
-            echo "$run $cell udp-$tag $out | fwd: $f | $(tail -n1 "$dir/detail") |$(tail -n1 "$dir/sched" 2>/dev/null | cut -d' ' -f2-)" | tee -a "$dir/log" >&2
-            echo "$run $cell udp-$tag $out" >>"$dir/results"
+        for t in $TRANSPORTS; do
+            for tag in $tags; do
+                b="$bin"; [ "$tag" = old ] && b="$old"
+                start_fwd "$cell" "$run"
+                out="$(wyvern_cell "$b" "$tag" "$t")"
+                f="$(stop_fwd)"
+                echo "$run $cell $t-$tag $out | fwd: $f | $(tail -n1 "$dir/detail") |$(tail -n1 "$dir/sched" 2>/dev/null | cut -d' ' -f2-)" | tee -a "$dir/log" >&2
+                echo "$run $cell $t-$tag $out" >>"$dir/results"
+            done
         done
     done
 done
@@ -208,7 +219,8 @@ cells = sys.argv[2].split()
 def med(xs):
     xs = [float(x) for x in xs if x not in ("-", "nan", "")]
     return statistics.median(xs) if xs else float("nan")
-kinds = sorted({r[2] for r in rows if r[2].startswith("udp-")}, reverse=True)
+kinds = sorted({r[2] for r in rows if r[2].startswith(("udp-", "dpdk-"))},
+               key=lambda k: (k.split("-")[0] != "udp", k.split("-")[1] != "old"))
 print()
 print("| loss/reorder/dup/corrupt % | forwarder frames/s (iperf3 cell) | iperf3 MB/s (retrans) | "
       + " | ".join(f"{k} MB/s (× iperf3) | {k} resent / spurious / undos / TLP / RTO / RACK / random / cut" for k in kinds) + " |")
