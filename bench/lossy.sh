@@ -15,6 +15,12 @@
 # receiver's seconds) and the sending agent's counters (resent, spurious, undos, tail probes,
 # timeouts, RACK resends, loss episodes read as random / as congestion); with OLD_BIN_DIR the same with those
 # binaries (before/after in one run). Medians of RUNS runs (default 3), ratio to iperf3.
+# TRANSPORTS="udp dpdk" adds the dpdk transport through the same hop (net_af_packet on l0/l1, EAL args as
+# bench/dpdk_veth.sh, binaries built with --features dpdk); IDLE=spin|adaptive (default adaptive).
+# Per wyvern cell the log line also shows where the sending agent's time went (its tx_us_* counters:
+# sending / held by the congestion window / by the peer's credits / by the send window / drained / idle;
+# stalls ended by a tail probe / a timeout; mean window) and both agents' polling threads' time on a CPU and
+# waiting for one (/proc/PID/schedstat), involuntary switches.
 #
 #   cargo build --release --bins && RUNS=3 bench/lossy.sh
 #
@@ -166,9 +172,9 @@ t = s0.get("transport", {})
 def ms(k):
     v = t.get(k)
     return "-" if v is None else f"{v / 1000:.0f}"
-det = ("sending/cwnd/peer-window/send-window/drained ms "
+det = ("sending/cwnd/peer-window/send-window/drained/idle ms "
        + "/".join(ms("tx_us_" + k) for k in ["sending", "cwnd_limited", "peer_window_limited",
-                                             "send_window_limited", "drained"])
+                                             "send_window_limited", "drained", "idle"])
        + " stalled before probe/timeout ms " + ms("tx_us_stalled_before_probe") + "/"
        + ms("tx_us_stalled_before_timeout") + f" cwnd mean {t.get('tx_cwnd_mean', '-')}"
        + f" | sender preemptions {s0.get('preempted', '-')} sleeps {s0.get('sleeps', '-')}"

@@ -1310,6 +1310,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("tx_us_peer_window_limited", r.us_rwnd),
             ("tx_us_send_window_limited", r.us_window),
             ("tx_us_drained", r.us_drained),
+            ("tx_us_idle", r.us_idle),
             ("tx_us_stalled_before_probe", r.us_before_probe),
             ("tx_us_stalled_before_timeout", r.us_before_timeout),
             (

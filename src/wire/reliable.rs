@@ -190,6 +190,9 @@ pub struct SenderStats {
     /// Time with packets in flight and nothing queued (the caller had no
     /// more to give).
     pub us_drained: u64,
+    /// Time with nothing in flight and nothing queued (since the first
+    /// call of [`Sender::account`]).
+    pub us_idle: u64,
     /// Of all, the time before each tail probe and each timeout in which
     /// nothing was sent or acknowledged: stalls that only a timer ended.
     pub us_before_probe: u64,
@@ -221,6 +224,7 @@ impl SenderStats {
         self.us_rwnd += o.us_rwnd;
         self.us_window += o.us_window;
         self.us_drained += o.us_drained;
+        self.us_idle += o.us_idle;
         self.us_before_probe += o.us_before_probe;
         self.us_before_timeout += o.us_before_timeout;
         self.cwnd_us += o.cwnd_us;
@@ -355,7 +359,7 @@ struct Rack {
 /// What held a sender back since [`Sender::account`] was last called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum Held {
-    /// Nothing queued, nothing in flight: not counted.
+    /// Nothing queued, nothing in flight.
     #[default]
     Idle,
     Open,
@@ -548,7 +552,7 @@ impl<T> Sender<T> {
             let us = now.saturating_duration_since(since).as_micros() as u64;
             let st = &mut self.stats;
             match self.acct.held {
-                Held::Idle => {}
+                Held::Idle => st.us_idle += us,
                 Held::Open => st.us_open += us,
                 Held::Cwnd => st.us_cwnd += us,
                 Held::Rwnd => st.us_rwnd += us,
@@ -1636,7 +1640,8 @@ mod tests {
         }
         // 2..=5 arrive, then 1, 60 µs after its reordering deadline would
         // have been without the window (the sender did not look between).
-        s.on_ack(&ack(1, 0b1111), now + us(100), &mut freed).unwrap();
+        s.on_ack(&ack(1, 0b1111), now + us(100), &mut freed)
+            .unwrap();
         let now = now + us(160);
         s.on_ack(&ack(6, 0), now, &mut freed).unwrap();
         assert_eq!(s.in_flight(), 0);
