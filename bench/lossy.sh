@@ -140,7 +140,7 @@ wyvern_cell() { # bindir tag transport -> "MB/s resent spurious undos probes tim
         local rx=$!
         sleep 0.3
         ip netns exec wyl0 timeout 300 "$b/wyvern-peer" --socket "$dir/a0.sock" --raw --sizes 1048576 \
-            send --to 1:77 --count "$BULK_MIB" >/dev/null 2>&1 || true
+            send --to 1:77 --count "$BULK_MIB" >"$dir/tx.json" 2>/dev/null || true
         wait "$rx" 2>/dev/null || true
         line="$(grep '^{' "$dir/rx.json" | tail -n1 || echo '{}')"
         "$b/wyvern" stat --json --socket "$dir/a0.sock" >"$dir/stat0.json" 2>/dev/null || echo '{}' >"$dir/stat0.json"
@@ -162,11 +162,15 @@ wyvern_cell() { # bindir tag transport -> "MB/s resent spurious undos probes tim
     kill "${ap[@]}" 2>/dev/null || true
     wait "${ap[@]}" 2>/dev/null || true
     rm -f "$dir/a0.sock" "$dir/a1.sock"
-    python3 - "$line" "$dir/stat0.json" "$BULK_MIB" "$dir/stat1.json" "$dir/detail" "$tag" <<'EOF'
+    python3 - "$line" "$dir/stat0.json" "$BULK_MIB" "$dir/stat1.json" "$dir/detail" "$tag" "$dir/tx.json" <<'EOF'
 import json, sys
 r = json.loads(sys.argv[1] or "{}")
 s0 = json.load(open(sys.argv[2]))
 s1 = json.load(open(sys.argv[4]))
+try:
+    tx = json.loads([l for l in open(sys.argv[7]) if l.startswith("{")][-1])
+except Exception:
+    tx = {}
 t = s0.get("transport", {})
 # Where the sender's time went (ms) and the agents' own scheduling: written to the detail log.
 def ms(k):
@@ -180,7 +184,8 @@ det = ("sending/cwnd/peer-window/send-window/drained/idle ms "
        + f" | sender preemptions {s0.get('preempted', '-')} sleeps {s0.get('sleeps', '-')}"
        + f" | receiver preemptions {s1.get('preempted', '-')} sleeps {s1.get('sleeps', '-')}"
        + f" dup {s1.get('transport', {}).get('packets_duplicate', '-')}"
-       + f" rx {s1.get('transport', {}).get('packets_rx', '-')} acks-sent? tx {s1.get('transport', {}).get('packets_tx', '-')}")
+       + f" rx {s1.get('transport', {}).get('packets_rx', '-')} acks-sent? tx {s1.get('transport', {}).get('packets_tx', '-')}"
+       + f" | receiving client s {r.get('secs', '-')} sending client s {tx.get('secs', '-')}")
 with open(sys.argv[5], "a") as f:
     f.write(sys.argv[6] + " " + det + "\n")
 n = int(sys.argv[3])
