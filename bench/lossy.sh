@@ -15,6 +15,12 @@
 # receiver's seconds) and the sending agent's counters (resent, spurious, undos, tail probes,
 # timeouts, RACK resends, loss episodes read as random / as congestion); with OLD_BIN_DIR the same with those
 # binaries (before/after in one run). Medians of RUNS runs (default 3), ratio to iperf3.
+# TRANSPORTS="udp dpdk" adds the dpdk transport through the same hop (net_af_packet on l0/l1, EAL args as
+# bench/dpdk_veth.sh, binaries built with --features dpdk); IDLE=spin|adaptive (default adaptive).
+# Per wyvern cell the log line also shows where the sending agent's time went (its tx_us_* counters:
+# sending / held by the congestion window / by the peer's credits / by the send window / drained / idle;
+# stalls ended by a tail probe / a timeout; mean window) and both agents' polling threads' time on a CPU and
+# waiting for one (/proc/PID/schedstat), involuntary switches.
 #
 #   cargo build --release --bins && RUNS=3 bench/lossy.sh
 #
@@ -30,6 +36,9 @@ IPERF_SECS="${IPERF_SECS:-8}"
 BULK_MIB="${BULK_MIB:-200}"
 SEED="${SEED:-14}"
 CELLS="${CELLS:-0/0/0/0 1/25/2/1 5/25/2/1 0/50/0/0 5/0/0/0}"
+IDLE="${IDLE:-adaptive}"
+TRANSPORTS="${TRANSPORTS:-udp}"
+EAL_COMMON="--no-pci --no-huge -m 256 --no-telemetry --no-shconf --log-level=lib.eal:warning"
 for b in "$bin/wyvern" "$bin/wyvern-peer" ${old:+"$old/wyvern" "$old/wyvern-peer"}; do
     [ -x "$b" ] || { echo "lossy: no $b (cargo build --release --bins)" >&2; exit 1; }
 done
@@ -98,14 +107,21 @@ except Exception:
 EOF
 }
 
-wyvern_cell() { # bindir tag -> "MB/s resent spurious undos probes timeouts rack random"
-    local b="$1" tag="$2" i
-    local ap=()
+wyvern_cell() { # bindir tag transport -> "MB/s resent spurious undos probes timeouts rack random"
+    local b="$1" tag="$2" t="$3" i
+    local ap=() extra
     for i in 0 1; do
+        if [ "$t" = dpdk ]; then
+            # net_af_packet on the namespace's veth (the forwarder bridges the raw frames too).
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --transport dpdk --dpdk-eal-args "$EAL_COMMON \
+                --vdev=net_af_packet0,iface=l$i --file-prefix=wyl-agent$i --lcores=0@$i")
+        else
+            extra=(--transport udp --nodes 10.78.0.1:7480,10.78.0.2:7480)
+        fi
         RUST_LOG=warn ip netns exec "wyl$i" timeout 600 "$b/wyvern" agent --node-id "$i" \
-            --socket "$dir/a$i.sock" --no-hugepages --idle adaptive --cores "$i" \
-            --job wyvern-lossy --transport udp --nodes 10.78.0.1:7480,10.78.0.2:7480 \
-            >/dev/null 2>"$dir/agent$tag$i.log" &
+            --socket "$dir/a$i.sock" --no-hugepages --idle "$IDLE" --cores "$i" \
+            --job wyvern-lossy --connect all "${extra[@]}" \
+            >/dev/null 2>"$dir/agent$tag$t$i.log" &
         ap+=($!)
         pids+=($!)
     done
@@ -124,20 +140,54 @@ wyvern_cell() { # bindir tag -> "MB/s resent spurious undos probes timeouts rack
         local rx=$!
         sleep 0.3
         ip netns exec wyl0 timeout 300 "$b/wyvern-peer" --socket "$dir/a0.sock" --raw --sizes 1048576 \
-            send --to 1:77 --count "$BULK_MIB" >/dev/null 2>&1 || true
+            send --to 1:77 --count "$BULK_MIB" >"$dir/tx.json" 2>/dev/null || true
         wait "$rx" 2>/dev/null || true
         line="$(grep '^{' "$dir/rx.json" | tail -n1 || echo '{}')"
         "$b/wyvern" stat --json --socket "$dir/a0.sock" >"$dir/stat0.json" 2>/dev/null || echo '{}' >"$dir/stat0.json"
+        "$b/wyvern" stat --json --socket "$dir/a1.sock" >"$dir/stat1.json" 2>/dev/null || echo '{}' >"$dir/stat1.json"
+        # The agents' main (polling) threads: on-CPU ms, ms waiting for a CPU, involuntary switches.
+        local sched=""
+        for i in 0 1; do
+            local c; c="$(pgrep -P "${ap[$i]}" | head -n1 || true)"
+            if [ -n "$c" ] && [ -r "/proc/$c/schedstat" ]; then
+                read -r oncpu waitq _ <"/proc/$c/schedstat"
+                sched+=" a$i cpu/runq-wait ms $((oncpu / 1000000))/$((waitq / 1000000)) invol $(awk '/nonvoluntary/{print $2}' "/proc/$c/status")"
+            fi
+        done
+        echo "$tag$sched" >>"$dir/sched"
     else
         echo '{}' >"$dir/stat0.json"
+        echo '{}' >"$dir/stat1.json"
     fi
     kill "${ap[@]}" 2>/dev/null || true
     wait "${ap[@]}" 2>/dev/null || true
     rm -f "$dir/a0.sock" "$dir/a1.sock"
-    python3 - "$line" "$dir/stat0.json" "$BULK_MIB" <<'EOF'
+    python3 - "$line" "$dir/stat0.json" "$BULK_MIB" "$dir/stat1.json" "$dir/detail" "$tag" "$dir/tx.json" <<'EOF'
 import json, sys
 r = json.loads(sys.argv[1] or "{}")
-t = json.load(open(sys.argv[2])).get("transport", {})
+s0 = json.load(open(sys.argv[2]))
+s1 = json.load(open(sys.argv[4]))
+try:
+    tx = json.loads([l for l in open(sys.argv[7]) if l.startswith("{")][-1])
+except Exception:
+    tx = {}
+t = s0.get("transport", {})
+# Where the sender's time went (ms) and the agents' own scheduling: written to the detail log.
+def ms(k):
+    v = t.get(k)
+    return "-" if v is None else f"{v / 1000:.0f}"
+det = ("sending/cwnd/peer-window/send-window/drained/idle ms "
+       + "/".join(ms("tx_us_" + k) for k in ["sending", "cwnd_limited", "peer_window_limited",
+                                             "send_window_limited", "drained", "idle"])
+       + " stalled before probe/timeout ms " + ms("tx_us_stalled_before_probe") + "/"
+       + ms("tx_us_stalled_before_timeout") + f" cwnd mean {t.get('tx_cwnd_mean', '-')}"
+       + f" | sender preemptions {s0.get('preempted', '-')} sleeps {s0.get('sleeps', '-')}"
+       + f" | receiver preemptions {s1.get('preempted', '-')} sleeps {s1.get('sleeps', '-')}"
+       + f" dup {s1.get('transport', {}).get('packets_duplicate', '-')}"
+       + f" rx {s1.get('transport', {}).get('packets_rx', '-')} acks-sent? tx {s1.get('transport', {}).get('packets_tx', '-')}"
+       + f" | receiving client s {r.get('secs', '-')} sending client s {tx.get('secs', '-')}")
+with open(sys.argv[5], "a") as f:
+    f.write(sys.argv[6] + " " + det + "\n")
 n = int(sys.argv[3])
 ok = r.get("received") == n
 mbs = n * 1048576 / r["secs"] / 1e6 if ok and r.get("secs") else float("nan")
@@ -160,13 +210,15 @@ for run in $(seq 1 "$RUNS"); do
         echo "$run $cell fwd_fps ${fps:-nan}" >>"$dir/results"
         tags="new"
         [ -n "$old" ] && { if [ $((run % 2)) = 1 ]; then tags="new old"; else tags="old new"; fi; }
-        for tag in $tags; do
-            b="$bin"; [ "$tag" = old ] && b="$old"
-            start_fwd "$cell" "$run"
-            out="$(wyvern_cell "$b" "$tag")"
-            f="$(stop_fwd)"
-            echo "$run $cell udp-$tag $out | fwd: $f" | tee -a "$dir/log" >&2
-            echo "$run $cell udp-$tag $out" >>"$dir/results"
+        for t in $TRANSPORTS; do
+            for tag in $tags; do
+                b="$bin"; [ "$tag" = old ] && b="$old"
+                start_fwd "$cell" "$run"
+                out="$(wyvern_cell "$b" "$tag" "$t")"
+                f="$(stop_fwd)"
+                echo "$run $cell $t-$tag $out | fwd: $f | $(tail -n1 "$dir/detail") |$(tail -n1 "$dir/sched" 2>/dev/null | cut -d' ' -f2-)" | tee -a "$dir/log" >&2
+                echo "$run $cell $t-$tag $out" >>"$dir/results"
+            done
         done
     done
 done
@@ -178,7 +230,8 @@ cells = sys.argv[2].split()
 def med(xs):
     xs = [float(x) for x in xs if x not in ("-", "nan", "")]
     return statistics.median(xs) if xs else float("nan")
-kinds = sorted({r[2] for r in rows if r[2].startswith("udp-")}, reverse=True)
+kinds = sorted({r[2] for r in rows if r[2].startswith(("udp-", "dpdk-"))},
+               key=lambda k: (k.split("-")[0] != "udp", k.split("-")[1] != "old"))
 print()
 print("| loss/reorder/dup/corrupt % | forwarder frames/s (iperf3 cell) | iperf3 MB/s (retrans) | "
       + " | ".join(f"{k} MB/s (× iperf3) | {k} resent / spurious / undos / TLP / RTO / RACK / random / cut" for k in kinds) + " |")

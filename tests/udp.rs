@@ -59,12 +59,15 @@ fn impaired_link_delivers_every_message_once_in_order_and_intact() {
 
 /// Goodput through the impaired relay (5 % loss, 25 % reordering, 2 %
 /// duplicates, 1 % damage, both ways) against the same transfer through a
-/// clean relay in the same run: at least `FLOOR` of it (loose: a loaded
-/// 2-core CI machine; the relay is one user-space thread). On the 2-core
-/// dev VM at load 10, 2026-12-07: 1.5 MB/s against 17.8 (0.08).
+/// clean relay in the same run, and pure reordering (50 %) likewise: at
+/// least `FLOOR` of it (loose: a loaded 2-core CI machine; the relay is one
+/// user-space thread). On the 2-core dev VM, debug build, 2026-12-07: at
+/// load 10 before loss by count and the ack every second packet, 1.5 MB/s
+/// against 17.8 (0.08); after, at load ~7, 3.6 and 5.2 (pure reordering)
+/// against 16.0 (0.22, 0.33).
 #[test]
 fn impaired_link_goodput_keeps_a_floor_of_the_clean_link() {
-    const FLOOR: f64 = 0.03;
+    const FLOOR: f64 = 0.05;
     let mib = 32;
     let goodput = |imp: Impair| {
         let mut relay = None;
@@ -121,16 +124,24 @@ fn impaired_link_goodput_keeps_a_floor_of_the_clean_link() {
         duplicate: 0,
         corrupt: 0,
     });
-    let impaired = goodput(Impair {
-        loss: 5,
-        reorder: 25,
-        duplicate: 2,
-        corrupt: 1,
-    });
-    assert!(
-        impaired >= clean * FLOOR,
-        "impaired {impaired:.1} MiB/s, clean {clean:.1} MiB/s: below {FLOOR} of it"
-    );
+    // The worst setting, and pure reordering (nothing lost: every
+    // resend a mistake of the loss detection).
+    let imp = |loss, reorder, duplicate, corrupt| Impair {
+        loss,
+        reorder,
+        duplicate,
+        corrupt,
+    };
+    let mut low = Vec::new();
+    for i in [imp(5, 25, 2, 1), imp(0, 50, 0, 0)] {
+        let impaired = goodput(i);
+        if impaired < clean * FLOOR {
+            low.push(format!(
+                "{i:?}: {impaired:.1} MiB/s, clean {clean:.1} MiB/s: below {FLOOR} of it"
+            ));
+        }
+    }
+    assert!(low.is_empty(), "{low:?}");
 }
 
 #[test]

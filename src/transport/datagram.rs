@@ -515,7 +515,7 @@ impl<I: PacketIo> DatagramTransport<I> {
                 None
             }
         };
-        let cfg = reliable::Config::default();
+        let cfg = reliable::Config::datagram();
         let now = Instant::now();
         let (me, nodes) = (hello.node, hello.nodes);
         let links = Links {
@@ -843,6 +843,7 @@ impl<I: PacketIo> DatagramTransport<I> {
             self.stats.foreign += 1;
             log::debug!("node {j}: {e}");
         }
+        l.tx.account(now, l.queued > 0);
         for it in acked.drain(..) {
             if let TxItem::Owned(v) = it {
                 recycle(&mut self.spare, v);
@@ -1000,6 +1001,8 @@ impl<I: PacketIo> DatagramTransport<I> {
             self.send_data(j, TxItem::Owned(payload), now);
             any = true;
         }
+        let l = &mut self.links[j];
+        l.tx.account(now, l.queued > 0);
         any
     }
 
@@ -1105,6 +1108,8 @@ impl<I: PacketIo> DatagramTransport<I> {
                 }
                 any = true;
             });
+            let l = &mut self.links[j];
+            l.tx.account(now, l.queued > 0);
         }
         if self.links[j].rx.ack_due(now) {
             self.send_control(j, PktKind::Ack, now);
@@ -1300,6 +1305,18 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("reorder_window_widened", r.reorder_widened),
             ("loss_episodes_random", r.random_losses),
             ("loss_episodes_congestion", r.congestion_cuts),
+            ("tx_us_sending", r.us_open),
+            ("tx_us_cwnd_limited", r.us_cwnd),
+            ("tx_us_peer_window_limited", r.us_rwnd),
+            ("tx_us_send_window_limited", r.us_window),
+            ("tx_us_drained", r.us_drained),
+            ("tx_us_idle", r.us_idle),
+            ("tx_us_stalled_before_probe", r.us_before_probe),
+            ("tx_us_stalled_before_timeout", r.us_before_timeout),
+            (
+                "tx_cwnd_mean",
+                r.cwnd_us / (r.us_open + r.us_cwnd + r.us_rwnd + r.us_window).max(1),
+            ),
         ]);
         c.extend(self.io.counters());
         let mut info = self.io.info();
