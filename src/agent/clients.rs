@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{Completion, Op, Status, Submit};
 use crate::shm::blocks::Owner;
-use crate::shm::{needs_wake, Pool, RingRx, RingTx};
+use crate::shm::{sleeping_for, Pool, RingRx, RingTx, SLEEP_FOR_ROOM};
 
 use super::inbox::Parked;
 
@@ -99,6 +99,16 @@ pub(super) enum Departure {
     Overdue,
 }
 
+/// Why a client was touched this round (ordered: the most waking wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Touch {
+    None,
+    /// Records taken from its submission ring: room made.
+    Room,
+    /// Something given: a completion, a message.
+    Given,
+}
+
 /// The attached clients.
 pub(super) struct Clients {
     slots: Vec<Option<ClientState>>,
@@ -111,7 +121,7 @@ pub(super) struct Clients {
     next_ep: u32,
     /// Clients given something this round, to wake if they sleep.
     touched: Vec<u32>,
-    touched_flag: Vec<bool>,
+    touched_flag: Vec<Touch>,
     /// Slots whose memory is no longer shared with clients: never given to
     /// a client again (until restart).
     retired: Vec<bool>,
@@ -129,7 +139,7 @@ impl Clients {
             endpoints: FxHashMap::default(),
             next_ep: FIRST_AUTO_EP,
             touched: Vec::new(),
-            touched_flag: vec![false; max],
+            touched_flag: vec![Touch::None; max],
             retired: vec![false; max],
             evicted: 0,
             departed_reclaimed: 0,
@@ -185,19 +195,41 @@ impl Clients {
             .as_mut()
     }
 
-    /// Remember `slot` for waking at the end of the round.
+    /// Remember `slot` for waking at the end of the round: it was given
+    /// something (a completion, a message).
     pub(super) fn touch(&mut self, slot: u32) {
-        if !std::mem::replace(&mut self.touched_flag[slot as usize], true) {
-            self.touched.push(slot);
-        }
+        self.mark(slot, Touch::Given);
     }
 
-    /// Wake the clients given something this round that sleep.
+    /// Remember `slot` for waking at the end of the round, if it sleeps
+    /// waiting for room: records were taken from its submission ring.
+    pub(super) fn touch_room(&mut self, slot: u32) {
+        self.mark(slot, Touch::Room);
+    }
+
+    fn mark(&mut self, slot: u32, t: Touch) {
+        let f = &mut self.touched_flag[slot as usize];
+        if *f == Touch::None {
+            self.touched.push(slot);
+        }
+        *f = (*f).max(t);
+    }
+
+    /// Wake the clients given something this round that sleep. A client
+    /// that sleeps only for room in its submission ring, and was given
+    /// nothing but room, is woken once half its ring is free, not for every
+    /// burst taken (it would fill the few slots and sleep again: a wake-up,
+    /// two context switches, per burst).
     pub(super) fn wake(&mut self, pool: &Pool) {
         for slot in self.touched.drain(..) {
-            self.touched_flag[slot as usize] = false;
+            let t = std::mem::replace(&mut self.touched_flag[slot as usize], Touch::None);
             if let Some(c) = self.slots[slot as usize].as_mut() {
-                if needs_wake(pool.client_sleeping(slot)) {
+                let wake = match sleeping_for(pool.client_sleeping(slot)) {
+                    None => false,
+                    Some(SLEEP_FOR_ROOM) if t == Touch::Room => c.sub.half_free(),
+                    Some(_) => true,
+                };
+                if wake {
                     // Non-blocking: a full queue means wake-ups are already
                     // pending there (EAGAIN is ignored); a closed peer end
                     // is the client leaving (seen on its control socket).

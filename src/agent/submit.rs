@@ -85,7 +85,7 @@ impl Agent {
                         }
                     }
                 };
-                self.clients.touch(slot);
+                self.clients.touch_room(slot);
                 match self.handle_submit(slot, &rec) {
                     Handled::Done | Handled::DoneStop => {
                         work = true;

@@ -39,7 +39,10 @@ use crate::idle::{Backoff, Step};
 use crate::proto::{CompKind, Completion, CtlReply, CtlRequest, Delivery, Op, Submit, SUB_HEADER};
 pub use crate::proto::{Mode, Status};
 use crate::shm::handoff::{send_line, LineReader, MAX_REPLY_LINE};
-use crate::shm::{announce_awake, announce_sleep, needs_wake, Pool, RingRx, RingTx, ShmError};
+use crate::shm::{
+    announce_awake, announce_sleep, announce_sleep_for_room, needs_wake, Pool, RingRx, RingTx,
+    ShmError,
+};
 
 /// Longest wait for a control reply.
 const CTL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,7 +215,7 @@ impl Inner {
 
     /// Submit, waiting up to the deadline for room.
     fn submit(&self, parts: &[&[u8]], deadline: &Deadline) -> Result<(), Error> {
-        self.wait(deadline, || Ok(self.try_submit(parts)?.then_some(())))
+        self.wait_as(deadline, true, || Ok(self.try_submit(parts)?.then_some(())))
             .map_err(|e| {
                 if matches!(e, Error::Timeout) {
                     Error::WouldBlock
@@ -295,6 +298,18 @@ impl Inner {
     fn wait<T>(
         &self,
         dl: &Deadline,
+        f: impl FnMut() -> Result<Option<T>, Error>,
+    ) -> Result<T, Error> {
+        self.wait_as(dl, false, f)
+    }
+
+    /// [`Inner::wait`]; `room`: what is awaited is only room in the
+    /// submission ring, so the agent may let this client sleep until half
+    /// the ring is free ([`announce_sleep_for_room`]).
+    fn wait_as<T>(
+        &self,
+        dl: &Deadline,
+        room: bool,
         mut f: impl FnMut() -> Result<Option<T>, Error>,
     ) -> Result<T, Error> {
         if let Some(v) = f()? {
@@ -329,7 +344,11 @@ impl Inner {
                 continue;
             }
             let word = self.pool.client_sleeping(self.slot);
-            announce_sleep(word);
+            if room {
+                announce_sleep_for_room(word);
+            } else {
+                announce_sleep(word);
+            }
             if let Some(v) = f()? {
                 announce_awake(word);
                 return Ok(v);

@@ -889,6 +889,29 @@ pub fn announce_sleep(word: &AtomicU32) {
     std::sync::atomic::fence(Ordering::SeqCst);
 }
 
+/// Like [`announce_sleep`], for a client that waits only for room in its
+/// submission ring: the agent may leave it asleep until half the ring is
+/// free (a sender woken for every few slots freed paid a wake-up per burst).
+pub fn announce_sleep_for_room(word: &AtomicU32) {
+    word.store(SLEEP_FOR_ROOM, Ordering::SeqCst);
+    // StoreLoad, as in `announce_sleep`.
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// The sleeping word's value of a client waiting only for submission room.
+pub const SLEEP_FOR_ROOM: u32 = 2;
+
+/// After publishing work, what the other side sleeps for: `None` awake, else
+/// the word ([`SLEEP_FOR_ROOM`], or anything else: wake for anything).
+pub fn sleeping_for(word: &AtomicU32) -> Option<u32> {
+    // SeqCst fence: as in `needs_wake`.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    match word.load(Ordering::SeqCst) {
+        0 => None,
+        v => Some(v),
+    }
+}
+
 /// Clear a sleeping word.
 pub fn announce_awake(word: &AtomicU32) {
     word.store(0, Ordering::SeqCst);

@@ -327,6 +327,16 @@ impl Consumer {
         self.raw.geo
     }
 
+    /// Whether at least half of the ring is free for the producer: the
+    /// records published and not yet given back are no more than half its
+    /// slots (the producer's index read now; a hostile one only fools
+    /// itself).
+    pub fn half_free(&self) -> bool {
+        let tail = self.raw.tail().load(Ordering::Acquire);
+        let used = tail.wrapping_sub(self.raw.head().load(Ordering::Relaxed));
+        used <= self.raw.geo.slots as u64 / 2
+    }
+
     fn available(&mut self) -> Result<u64, RingError> {
         let mut avail = self.cached_tail.wrapping_sub(self.head);
         if avail == 0 {
@@ -463,6 +473,26 @@ mod tests {
         assert!(c.try_pop(&mut out).unwrap());
         assert_eq!(out, vec![2; 10]);
         assert!(!c.try_pop(&mut out).unwrap());
+    }
+
+    #[test]
+    fn half_free_follows_what_the_consumer_gave_back() {
+        let geo = RingGeometry::new(16);
+        let mut buf = Buf::new(geo);
+        let (mut p, mut c) = pair(geo, &mut buf);
+        assert!(c.half_free(), "an empty ring");
+        for n in 0..9u32 {
+            assert!(p.try_push(&[&n.to_le_bytes()]).unwrap());
+        }
+        assert!(!c.half_free(), "9 of 16 slots used");
+        let mut out = Vec::new();
+        // Taken but not given back: still used, as the producer sees it.
+        assert!(c.try_take(&mut out).unwrap());
+        assert!(!c.half_free());
+        c.release();
+        assert!(c.half_free(), "8 of 16 used after the release");
+        assert!(p.try_push(&[&9u32.to_le_bytes()]).unwrap());
+        assert!(!c.half_free());
     }
 
     #[test]
