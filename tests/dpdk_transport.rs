@@ -503,36 +503,113 @@ fn jumbo_frames_carry_messages_when_the_interface_allows_them() {
 }
 
 #[test]
-fn a_jumbo_mtu_the_rings_or_the_interface_cannot_carry_is_a_clear_start_up_error() {
-    const TEST: &str =
-        "a_jumbo_mtu_the_rings_or_the_interface_cannot_carry_is_a_clear_start_up_error";
+fn a_jumbo_mtu_the_rings_cannot_carry_is_a_clear_start_up_error() {
+    const TEST: &str = "a_jumbo_mtu_the_rings_cannot_carry_is_a_clear_start_up_error";
     let Some(tb) = Testbed::up(TEST, 2) else {
         return;
     };
-    // net_af_packet's default 2048-byte ring frames cannot hold a 9000-byte MTU.
+    // net_af_packet's default 2048-byte ring frames cannot hold a 9000-byte MTU: the
+    // agent's own arguments contradict each other, so it does not start.
     let err = agent_start_fails(&tb, &["--dpdk-mtu".into(), "9000".into()]);
     assert!(
         err.contains("net_af_packet0") && err.contains("framesz="),
         "{err}"
     );
-    // Rings big enough, but the interface's MTU is 1500.
-    let eal = format!(
-        "--no-pci --vdev=net_af_packet0,iface=veth0,framesz=16384,blocksz=16384 \
-         --file-prefix={}-big --no-shconf --no-huge -m 192 --no-telemetry \
-         --lcores=0@(0-1) --log-level=lib.eal:warning",
-        tb.ns(0)
-    );
-    let err = agent_start_fails(
-        &tb,
-        &[
-            "--dpdk-mtu".into(),
-            "9000".into(),
-            "--dpdk-eal-args".into(),
-            eal,
-        ],
-    );
+    // An interface too small for any packet (below the packet header and 64 bytes):
+    // nothing smaller can run, a clear start-up error.
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["-n", &tb.ns(0), "link", "set", "dev", "veth0", "mtu", "68"]);
+    let err = agent_start_fails(&tb, &[]);
     assert!(
-        err.contains("has 1500") && err.contains("ip link set dev"),
+        err.contains("veth0") && err.contains("MTU of 68") && err.contains("ip link set dev"),
         "{err}"
     );
+}
+
+/// Loud fallback: the veths' MTU is 1500 and `--dpdk-mtu 9000` asks for jumbo frames
+/// (the rings could hold them). The agents run at what the interfaces carry, packets
+/// cut to 1500 (a longer frame would vanish in the kernel), and say so: once in the
+/// log at warn, in `wyvern stat` (JSON and text) with the interface, the reason and the
+/// fix. Every message, large ones too, arrives intact.
+#[test]
+fn an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so() {
+    const TEST: &str = "an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so";
+    let Some(tb) = Testbed::up(TEST, 2) else {
+        return;
+    };
+    // Ring frames and mbufs for 9000 bytes: only the interface is short.
+    let node_args: Vec<Vec<String>> = (0..2)
+        .map(|i| {
+            tb.agent_args(i)
+                .into_iter()
+                .map(|a| {
+                    a.replace("iface=veth0", "iface=veth0,framesz=16384,blocksz=16384")
+                        .replace("-m 64", "-m 192")
+                })
+                .collect()
+        })
+        .collect();
+    let c = Cluster::start_wrapped(
+        2,
+        &[
+            "--transport",
+            "dpdk",
+            "--no-hugepages",
+            "--dpdk-mtu",
+            "9000",
+        ],
+        (0..2).map(|i| tb.wrap(i)).collect(),
+        node_args,
+        |_, a| a,
+    );
+    const SIZES: &str = "0,1,64,1500,4097,9000,65536,262145,1048576";
+    scenarios::Traffic::new(&c, SIZES)
+        .recv(1, 100, 27)
+        .recv(0, 7, 27)
+        .send(0, (1, 100), 27, scenarios::Mode::Delivered)
+        .send(1, (0, 7), 27, scenarios::Mode::Delivered)
+        .start()
+        .finish("(mtu below dpdk_mtu)");
+    settled_on_dpdk(&c);
+    for i in 0..2 {
+        let s = c.stat(i);
+        // Packets of at most 1500 bytes went out, well filled; none was too long.
+        let (bytes, frames) = (counter(&s, "tx_bytes_copied"), counter(&s, "frames_tx"));
+        assert!(frames > 0 && bytes / frames > 700, "node {i}: {s}");
+        assert!(
+            bytes <= frames * 1500,
+            "node {i}: {bytes} B in {frames} frames: {s}"
+        );
+        assert_eq!(counter(&s, "frames_oversize"), 0, "node {i}: {s}");
+        let listed = s["degraded"].as_array().unwrap();
+        let mtu: Vec<_> = listed.iter().filter(|d| d["what"] == "mtu").collect();
+        assert_eq!(mtu.len(), 1, "node {i}: {s}");
+        let (why, fix) = (
+            mtu[0]["why"].as_str().unwrap(),
+            mtu[0]["fix"].as_str().unwrap(),
+        );
+        assert!(
+            why.contains("veth0's MTU is 1500") && why.contains("dpdk_mtu asks 9000"),
+            "{why}"
+        );
+        assert!(
+            fix.contains("ip link set dev veth0 mtu 9000") && fix.contains("lower dpdk_mtu"),
+            "{fix}"
+        );
+        let log = c.log(i);
+        assert_eq!(log.matches("DEGRADED (mtu)").count(), 1, "{log}");
+        let o = Command::new(common::WYVERN)
+            .args(["stat", "--interval", "0", "--socket"])
+            .arg(c.socket(i))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.contains("DEGRADED mtu: "),
+            "{out}"
+        );
+    }
 }

@@ -274,6 +274,15 @@ impl Rails {
         })
     }
 
+    /// What the rails run below the configuration (each rail's, see
+    /// [`DpdkIo::shortfall`]).
+    pub fn shortfall(&self) -> Vec<crate::transport::Shortfall> {
+        self.rails
+            .iter()
+            .flat_map(|r| r.io.shortfall().iter().cloned())
+            .collect()
+    }
+
     /// The number of rails.
     pub fn len(&self) -> usize {
         self.rails.len()
