@@ -282,6 +282,7 @@ impl Plan {
                     name: "verbs",
                     source: std::io::Error::other(e),
                 })?;
+                self.shortfall.borrow_mut().extend(t.shortfall().cloned());
                 Box::new(t)
             }
             #[allow(unreachable_patterns)]
