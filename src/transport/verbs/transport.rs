@@ -584,14 +584,17 @@ impl VerbsTransport {
             pool_mr.as_ref().map_or(0, |m| m.rkey())
         );
         // A RoCE port cut below its largest MTU by its netdev's: listed as degraded.
-        let shortfall = super::device::roce_mtu_shortfall(
-            ctx.name(),
-            ctx.port(),
-            &port,
-            ctx.netdev(gid.map(|e| e.index))
-                .as_ref()
-                .map(|(n, m)| (n.as_str(), *m)),
-        );
+        let netdev = ctx.netdev(gid.map(|e| e.index));
+        let shortfall = port.is_roce().then(|| {
+            super::device::roce_mtu_shortfall(
+                ctx.name(),
+                ctx.port(),
+                port.mtu_bytes(),
+                super::device::mtu_bytes(port.max_mtu),
+                netdev.as_ref().map(|(n, m)| (n.as_str(), *m)),
+            )
+        });
+        let shortfall = shortfall.flatten();
         let now = Instant::now();
         let mut t = VerbsTransport {
             links: (0..n).map(|_| None).collect(),
