@@ -552,6 +552,17 @@ fn an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so() {
                 .collect()
         })
         .collect();
+    // `wyvern doctor` finds it before the agents start (in the agent's namespace, where
+    // the interface is): it fails, with the interface's MTU and the fix.
+    let (code, v, found, fix) = doctor_dpdk_mtu(&tb, &node_args[0], &["--dpdk-mtu", "9000"]);
+    assert_eq!((code, v.as_str()), (1, "fail"), "{found}");
+    assert!(
+        found.contains("veth0's MTU is 1500") && found.contains("dpdk_mtu asks 9000"),
+        "{found}"
+    );
+    assert!(fix.contains("ip link set dev veth0 mtu 9000"), "{fix}");
+    let (_, v, found, _) = doctor_dpdk_mtu(&tb, &node_args[0], &["--dpdk-mtu", "1500"]);
+    assert_eq!(v, "ok", "{found}");
     let c = Cluster::start_wrapped(
         2,
         &[
@@ -612,4 +623,42 @@ fn an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so() {
             "{out}"
         );
     }
+}
+
+/// `wyvern doctor --json` in node 0's namespace with its EAL arguments `eal` and
+/// `extra`: (exit code, the dpdk_mtu check's verdict, found, fix).
+fn doctor_dpdk_mtu(tb: &Testbed, eal: &[String], extra: &[&str]) -> (i32, String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("a.sock");
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &tb.ns(0),
+            common::WYVERN,
+            "doctor",
+            "--json",
+        ])
+        .args(["--transport", "dpdk", "--no-hugepages", "--socket"])
+        .arg(&sock)
+        .args(eal)
+        .args(extra)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dpdk_mtu")
+        .unwrap_or_else(|| panic!("no dpdk_mtu check: {v}"))
+        .clone();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (
+        o.status.code().unwrap_or(-1),
+        s("verdict"),
+        s("found"),
+        s("fix"),
+    )
 }

@@ -749,6 +749,14 @@ fn a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded() {
     {
         let _mtu = NetdevMtu::set(&netdevs, 1500);
         wait_active_mtu(&devs, 3);
+        // `wyvern doctor` finds it before an agent starts: a warning (the
+        // configuration asks no RDMA MTU) with the netdev's MTU and the fix.
+        let (v, found, fix) = doctor_rdma_mtu(&devs[0]);
+        assert_eq!(v, "warn", "{found}");
+        assert!(
+            found.contains(&format!("{}'s MTU is 1500", netdevs[0])) && fix.contains("4192"),
+            "{found} / {fix}"
+        );
         let c = start(2);
         let sizes = "0,1,1024,4097,65536,1048577";
         scenarios::Traffic::new(&c, sizes)
@@ -799,6 +807,8 @@ fn a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded() {
     }
     // Back at the VM's MTU (9000: active 4096, the largest): nothing to say.
     wait_active_mtu(&devs, 5);
+    let (v, found, _) = doctor_rdma_mtu(&devs[0]);
+    assert_eq!(v, "ok", "{found}");
     let c = start(2);
     for i in 0..2 {
         let s = c.stat(i);
@@ -811,4 +821,34 @@ fn a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded() {
             "agent {i}: {s}"
         );
     }
+}
+
+/// `wyvern doctor --json --transport verbs --verbs-device DEV`: the rdma_mtu check's
+/// (verdict, found, fix).
+fn doctor_rdma_mtu(dev: &str) -> (String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(common::WYVERN)
+        .args([
+            "doctor",
+            "--json",
+            "--transport",
+            "verbs",
+            "--verbs-device",
+            dev,
+        ])
+        .arg("--socket")
+        .arg(dir.path().join("a.sock"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "rdma_mtu")
+        .unwrap_or_else(|| panic!("no rdma_mtu check: {v}"))
+        .clone();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (s("verdict"), s("found"), s("fix"))
 }
