@@ -610,6 +610,7 @@ fn an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so() {
             fix.contains("ip link set dev veth0 mtu 9000") && fix.contains("lower dpdk_mtu"),
             "{fix}"
         );
+        eprintln!("agent {i}: {}", mtu[0]);
         let log = c.log(i);
         assert_eq!(log.matches("DEGRADED (mtu)").count(), 1, "{log}");
         let o = Command::new(common::WYVERN)

@@ -791,6 +791,7 @@ fn a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded() {
                 fix.contains("4192") && fix.contains(&format!("ip link set dev {}", netdevs[i])),
                 "agent {i}: {fix}"
             );
+            eprintln!("agent {i}: {}", mtu[0]);
             let log = c.log(i);
             assert_eq!(log.matches("DEGRADED (mtu)").count(), 1, "{log}");
             let o = std::process::Command::new(common::WYVERN)

@@ -281,7 +281,7 @@ pub fn roce_mtu_shortfall(
         ),
         fix: format!(
             "raise the netdev's MTU to {need} or more (ip link set dev {dev} mtu 9000, on every \
-             node and the switch ports between them); the agent reads the active MTU when it starts"
+             node and the switch ports between them), then restart the agent (it reads the port's MTU when it starts)"
         ),
     })
 }
