@@ -672,4 +672,21 @@ mod tests {
         assert_eq!(cpu_list(""), Vec::<usize>::new());
         assert_eq!(cpu_list("5"), vec![5]);
     }
+
+    #[test]
+    fn vdevs_are_found_in_either_form() {
+        let args = vec![
+            "--no-pci --vdev=net_af_packet0,iface=veth0,framesz=16384".to_string(),
+            "--vdev".into(),
+            "net_af_packet1,iface=eth2".into(),
+        ];
+        assert_eq!(
+            vdevs(&args),
+            [
+                "net_af_packet0,iface=veth0,framesz=16384",
+                "net_af_packet1,iface=eth2"
+            ]
+        );
+        assert!(vdevs(&["--no-pci".to_string()]).is_empty());
+    }
 }
