@@ -503,36 +503,213 @@ fn jumbo_frames_carry_messages_when_the_interface_allows_them() {
 }
 
 #[test]
-fn a_jumbo_mtu_the_rings_or_the_interface_cannot_carry_is_a_clear_start_up_error() {
-    const TEST: &str =
-        "a_jumbo_mtu_the_rings_or_the_interface_cannot_carry_is_a_clear_start_up_error";
+fn a_jumbo_mtu_the_rings_cannot_carry_is_a_clear_start_up_error() {
+    const TEST: &str = "a_jumbo_mtu_the_rings_cannot_carry_is_a_clear_start_up_error";
     let Some(tb) = Testbed::up(TEST, 2) else {
         return;
     };
-    // net_af_packet's default 2048-byte ring frames cannot hold a 9000-byte MTU.
+    // net_af_packet's default 2048-byte ring frames cannot hold a 9000-byte MTU: the
+    // agent's own arguments contradict each other, so it does not start.
     let err = agent_start_fails(&tb, &["--dpdk-mtu".into(), "9000".into()]);
     assert!(
         err.contains("net_af_packet0") && err.contains("framesz="),
         "{err}"
     );
-    // Rings big enough, but the interface's MTU is 1500.
-    let eal = format!(
-        "--no-pci --vdev=net_af_packet0,iface=veth0,framesz=16384,blocksz=16384 \
-         --file-prefix={}-big --no-shconf --no-huge -m 192 --no-telemetry \
-         --lcores=0@(0-1) --log-level=lib.eal:warning",
-        tb.ns(0)
-    );
-    let err = agent_start_fails(
-        &tb,
-        &[
-            "--dpdk-mtu".into(),
-            "9000".into(),
-            "--dpdk-eal-args".into(),
-            eal,
-        ],
-    );
+    // An interface too small for any packet (below the packet header and 64 bytes):
+    // nothing smaller can run, a clear start-up error.
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["-n", &tb.ns(0), "link", "set", "dev", "veth0", "mtu", "68"]);
+    let err = agent_start_fails(&tb, &[]);
     assert!(
-        err.contains("has 1500") && err.contains("ip link set dev"),
+        err.contains("veth0") && err.contains("MTU of 68") && err.contains("ip link set dev"),
         "{err}"
     );
+}
+
+/// Loud fallback: the veths' MTU is 1500 and `--dpdk-mtu 9000` asks for jumbo frames
+/// (the rings could hold them). The agents run at what the interfaces carry, packets
+/// cut to 1500 (a longer frame would vanish in the kernel), and say so: once in the
+/// log at warn, in `wyvern stat` (JSON and text) with the interface, the reason and the
+/// fix. Every message, large ones too, arrives intact.
+#[test]
+fn an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so() {
+    const TEST: &str = "an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so";
+    let Some(tb) = Testbed::up(TEST, 2) else {
+        return;
+    };
+    // Ring frames and mbufs for 9000 bytes: only the interface is short.
+    let node_args: Vec<Vec<String>> = (0..2)
+        .map(|i| {
+            tb.agent_args(i)
+                .into_iter()
+                .map(|a| {
+                    a.replace("iface=veth0", "iface=veth0,framesz=16384,blocksz=16384")
+                        .replace("-m 64", "-m 192")
+                })
+                .collect()
+        })
+        .collect();
+    // `wyvern doctor` finds it before the agents start (in the agent's namespace, where
+    // the interface is): it fails, with the interface's MTU and the fix.
+    let (code, v, found, fix) = doctor_dpdk_mtu(&tb, &node_args[0], &["--dpdk-mtu", "9000"]);
+    assert_eq!((code, v.as_str()), (1, "fail"), "{found}");
+    assert!(
+        found.contains("veth0's MTU is 1500") && found.contains("dpdk_mtu asks 9000"),
+        "{found}"
+    );
+    assert!(fix.contains("ip link set dev veth0 mtu 9000"), "{fix}");
+    let (_, v, found, _) = doctor_dpdk_mtu(&tb, &node_args[0], &["--dpdk-mtu", "1500"]);
+    assert_eq!(v, "ok", "{found}");
+    let c = Cluster::start_wrapped(
+        2,
+        &[
+            "--transport",
+            "dpdk",
+            "--no-hugepages",
+            "--dpdk-mtu",
+            "9000",
+        ],
+        (0..2).map(|i| tb.wrap(i)).collect(),
+        node_args,
+        |_, a| a,
+    );
+    const SIZES: &str = "0,1,64,1500,4097,9000,65536,262145,1048576";
+    scenarios::Traffic::new(&c, SIZES)
+        .recv(1, 100, 27)
+        .recv(0, 7, 27)
+        .send(0, (1, 100), 27, scenarios::Mode::Delivered)
+        .send(1, (0, 7), 27, scenarios::Mode::Delivered)
+        .start()
+        .finish("(mtu below dpdk_mtu)");
+    settled_on_dpdk(&c);
+    for i in 0..2 {
+        let s = c.stat(i);
+        // Packets of at most 1500 bytes went out, well filled; none was too long.
+        let (bytes, frames) = (counter(&s, "tx_bytes_copied"), counter(&s, "frames_tx"));
+        assert!(frames > 0 && bytes / frames > 700, "node {i}: {s}");
+        assert!(
+            bytes <= frames * 1500,
+            "node {i}: {bytes} B in {frames} frames: {s}"
+        );
+        assert_eq!(counter(&s, "frames_oversize"), 0, "node {i}: {s}");
+        let listed = s["degraded"].as_array().unwrap();
+        let mtu: Vec<_> = listed.iter().filter(|d| d["what"] == "mtu").collect();
+        assert_eq!(mtu.len(), 1, "node {i}: {s}");
+        let (why, fix) = (
+            mtu[0]["why"].as_str().unwrap(),
+            mtu[0]["fix"].as_str().unwrap(),
+        );
+        assert!(
+            why.contains("veth0's MTU is 1500") && why.contains("dpdk_mtu asks 9000"),
+            "{why}"
+        );
+        assert!(
+            fix.contains("ip link set dev veth0 mtu 9000") && fix.contains("lower dpdk_mtu"),
+            "{fix}"
+        );
+        eprintln!("agent {i}: {}", mtu[0]);
+        let log = c.log(i);
+        assert_eq!(log.matches("DEGRADED (mtu)").count(), 1, "{log}");
+        let o = Command::new(common::WYVERN)
+            .args(["stat", "--interval", "0", "--socket"])
+            .arg(c.socket(i))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.contains("DEGRADED mtu: "),
+            "{out}"
+        );
+    }
+}
+
+/// `wyvern doctor --json` in node 0's namespace with its EAL arguments `eal` and
+/// `extra`: (exit code, the dpdk_mtu check's verdict, found, fix).
+fn doctor_dpdk_mtu(tb: &Testbed, eal: &[String], extra: &[&str]) -> (i32, String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("a.sock");
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &tb.ns(0),
+            common::WYVERN,
+            "doctor",
+            "--json",
+        ])
+        .args(["--transport", "dpdk", "--no-hugepages", "--socket"])
+        .arg(&sock)
+        .args(eal)
+        .args(extra)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dpdk_mtu")
+        .unwrap_or_else(|| panic!("no dpdk_mtu check: {v}"))
+        .clone();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (
+        o.status.code().unwrap_or(-1),
+        s("verdict"),
+        s("found"),
+        s("fix"),
+    )
+}
+
+/// Without `--dpdk-mtu` the port says 1500, but the interfaces carry 1280: the kernel
+/// would drop every longer frame without a word to the driver, so the agents cut their
+/// packets to the interfaces' MTU (nothing asked more: not listed as degraded) and every
+/// message arrives.
+#[test]
+fn an_interface_below_the_ports_default_mtu_carries_every_message() {
+    const TEST: &str = "an_interface_below_the_ports_default_mtu_carries_every_message";
+    let Some(tb) = Testbed::up(TEST, 2) else {
+        return;
+    };
+    for i in 0..2 {
+        let o = Command::new("ip")
+            .args([
+                "-n",
+                &tb.ns(i),
+                "link",
+                "set",
+                "dev",
+                "veth0",
+                "mtu",
+                "1280",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    }
+    let c = tb.cluster(&[]);
+    scenarios::Traffic::new(&c, "0,1,1280,4097,65536,1048577")
+        .recv(1, 100, 12)
+        .recv(0, 7, 12)
+        .send(0, (1, 100), 12, scenarios::Mode::Delivered)
+        .send(1, (0, 7), 12, scenarios::Mode::Delivered)
+        .start()
+        .finish("(interface MTU 1280)");
+    settled_on_dpdk(&c);
+    for i in 0..2 {
+        let s = c.stat(i);
+        let (bytes, frames) = (counter(&s, "tx_bytes_copied"), counter(&s, "frames_tx"));
+        assert!(frames > 0 && bytes <= frames * 1280, "node {i}: {s}");
+        assert!(
+            !s["degraded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["what"] == "mtu"),
+            "node {i}: {s}"
+        );
+    }
 }

@@ -674,3 +674,182 @@ fn a_wrong_gid_forced_on_one_node_is_a_clear_error_not_a_hang() {
         said.len()
     );
 }
+
+/// The VM's veths (`WYVERN_RXE_NETDEVS`) set to `mtu`; the old MTUs come back when
+/// dropped.
+struct NetdevMtu(Vec<(String, String)>);
+
+impl NetdevMtu {
+    fn set(devs: &[String], mtu: u32) -> NetdevMtu {
+        let mut old = Vec::new();
+        for d in devs {
+            let was = std::fs::read_to_string(format!("/sys/class/net/{d}/mtu")).unwrap();
+            old.push((d.clone(), was.trim().to_string()));
+            ip_mtu(d, &mtu.to_string());
+        }
+        NetdevMtu(old)
+    }
+}
+
+impl Drop for NetdevMtu {
+    fn drop(&mut self) {
+        for (d, m) in &self.0 {
+            ip_mtu(d, m);
+        }
+    }
+}
+
+fn ip_mtu(dev: &str, mtu: &str) {
+    let o = std::process::Command::new("ip")
+        .args(["link", "set", "dev", dev, "mtu", mtu])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ip link set dev {dev} mtu {mtu}: {o:?}");
+}
+
+/// Waits (up to 10 s) until every device's port 1 has active MTU `want` (`IBV_MTU_*`).
+fn wait_active_mtu(devs: &[String], want: u32) {
+    let t0 = std::time::Instant::now();
+    for d in devs {
+        loop {
+            let ctx = wyvern::transport::verbs::Context::open(Some(d)).unwrap();
+            let active = ctx.query_port().unwrap().active_mtu;
+            if active == want {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{d}: active MTU {active}, not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Loud fallback (issue 18): a RoCE port whose netdev's MTU is 1500 runs an RDMA MTU
+/// of 1024 B where it could do 4096 B. The agents still move every message, and say
+/// so: once in the log at warn, in `wyvern stat` (JSON and text) with the netdev, its
+/// MTU and the fix. With the veths back at 9000 nothing is listed. VM only: the test
+/// changes the veths' MTU (`WYVERN_RXE_NETDEVS`), which is not a test's to do on a
+/// real machine.
+#[test]
+fn a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded() {
+    let test = "a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded";
+    let netdevs: Vec<String> = std::env::var("WYVERN_RXE_NETDEVS")
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let devs = common::verbs_devices();
+    if !have_device(test) || netdevs.len() < 2 || devs.len() < 2 {
+        eprintln!("{test}: skipped: only in scripts/rxe-vm.sh (WYVERN_RXE_NETDEVS)");
+        return;
+    }
+    {
+        let _mtu = NetdevMtu::set(&netdevs, 1500);
+        wait_active_mtu(&devs, 3);
+        // `wyvern doctor` finds it before an agent starts: a warning (the
+        // configuration asks no RDMA MTU) with the netdev's MTU and the fix.
+        let (v, found, fix) = doctor_rdma_mtu(&devs[0]);
+        assert_eq!(v, "warn", "{found}");
+        assert!(
+            found.contains(&format!("{}'s MTU is 1500", netdevs[0])) && fix.contains("4192"),
+            "{found} / {fix}"
+        );
+        let c = start(2);
+        let sizes = "0,1,1024,4097,65536,1048577";
+        scenarios::Traffic::new(&c, sizes)
+            .recv(1, 100, 12)
+            .recv(0, 7, 12)
+            .send(0, (1, 100), 12, Mode::Delivered)
+            .send(1, (0, 7), 12, Mode::Delivered)
+            .start()
+            .finish("(RoCE MTU 1024)");
+        for i in 0..2 {
+            let s = check::settled_clean(&c, i);
+            check::peers_on(&s, "verbs");
+            let mtu: Vec<_> = s["degraded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["what"] == "mtu")
+                .collect();
+            assert_eq!(mtu.len(), 1, "agent {i}: {s}");
+            let (why, fix) = (
+                mtu[0]["why"].as_str().unwrap(),
+                mtu[0]["fix"].as_str().unwrap(),
+            );
+            assert!(
+                why.contains(&format!("{}:1", devs[i]))
+                    && why.contains("1024 B")
+                    && why.contains("4096 B")
+                    && why.contains(&format!("{}'s MTU is 1500", netdevs[i])),
+                "agent {i}: {why}"
+            );
+            assert!(
+                fix.contains("4192") && fix.contains(&format!("ip link set dev {}", netdevs[i])),
+                "agent {i}: {fix}"
+            );
+            eprintln!("agent {i}: {}", mtu[0]);
+            let log = c.log(i);
+            assert_eq!(log.matches("DEGRADED (mtu)").count(), 1, "{log}");
+            let o = std::process::Command::new(common::WYVERN)
+                .args(["stat", "--interval", "0", "--socket"])
+                .arg(c.socket(i))
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success() && out.contains("DEGRADED mtu: "),
+                "{out}"
+            );
+        }
+    }
+    // Back at the VM's MTU (9000: active 4096, the largest): nothing to say.
+    wait_active_mtu(&devs, 5);
+    let (v, found, _) = doctor_rdma_mtu(&devs[0]);
+    assert_eq!(v, "ok", "{found}");
+    let c = start(2);
+    for i in 0..2 {
+        let s = c.stat(i);
+        assert!(
+            !s["degraded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["what"] == "mtu"),
+            "agent {i}: {s}"
+        );
+    }
+}
+
+/// `wyvern doctor --json --transport verbs --verbs-device DEV`: the rdma_mtu check's
+/// (verdict, found, fix).
+fn doctor_rdma_mtu(dev: &str) -> (String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(common::WYVERN)
+        .args([
+            "doctor",
+            "--json",
+            "--transport",
+            "verbs",
+            "--verbs-device",
+            dev,
+        ])
+        .arg("--socket")
+        .arg(dir.path().join("a.sock"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "rdma_mtu")
+        .unwrap_or_else(|| panic!("no rdma_mtu check: {v}"))
+        .clone();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (s("verdict"), s("found"), s("fix"))
+}

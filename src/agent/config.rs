@@ -143,9 +143,10 @@ pub struct AgentConfig {
     /// dpdk transport: an MTU to set on the port (jumbo frames, if the
     /// device takes them); none: the device's own (normally 1500). A wire
     /// packet is at most the MTU. On `net_af_packet` (whose ethdev says 1500 at
-    /// most) an MTU above 1500 is the kernel interface's, which must be at
-    /// least that (`ip link set dev IFACE mtu N`), with ring frames to hold it
-    /// (`framesz=16384,blocksz=16384` in its `--vdev`).
+    /// most) an MTU above 1500 is the kernel interface's, with ring frames to
+    /// hold it (`framesz=16384,blocksz=16384` in its `--vdev`); an interface
+    /// whose MTU is smaller cuts the packets to it (degraded `mtu`; fix: `ip
+    /// link set dev IFACE mtu N`).
     pub dpdk_mtu: Option<u16>,
     /// dpdk transport: peers' MACs by node id (`aa:bb:cc:dd:ee:ff`; "" for
     /// unknown). Empty: every MAC is learned from the peer's frames, and

@@ -287,7 +287,7 @@ fn registry(s: &Snapshot) -> Registry {
         s.preempted,
     );
     let help = "1 for each degraded path the agent runs on (what: hugepages, spin, spin_shared, \
-                peer_auth, hybrid_fallback, pool_guard, cores); `wyvern stat` says why and the fix";
+                peer_auth, hybrid_fallback, pool_guard, cores, mtu); `wyvern stat` says why and the fix";
     p.gauges("degraded", None, help);
     for d in &s.degraded {
         p.gauge("degraded", None, help, vec![("what", d.what.clone())], 1.0);

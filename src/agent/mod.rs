@@ -444,6 +444,9 @@ impl Agent {
             let _ = db.write(1);
         });
         let mut transport = open(&plan, &poller, &pool, wake)?;
+        for s in plan.shortfall.take() {
+            degraded.note(s.what, s.why, s.fix);
+        }
         let on_demand = cfg.connect == ConnectPolicy::OnDemand && transport.want(None, clock.now());
         if cfg.connect == ConnectPolicy::OnDemand && !on_demand {
             log::info!(

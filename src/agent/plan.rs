@@ -12,7 +12,7 @@ use crate::shm::Pool;
 use crate::transport::datagram::{DatagramTransport, PacketIo, UdpIo};
 use crate::transport::multi::Back;
 use crate::transport::tcp::TcpTransport;
-use crate::transport::{Poller, Transport};
+use crate::transport::{Poller, Shortfall, Transport};
 use crate::wire::{self, auth::JobKey, caps, Hello};
 
 use super::config::{self, AgentConfig, IdlePolicy, TransportKind};
@@ -39,6 +39,9 @@ pub(super) struct Plan {
     pub(super) verbs_offset: u16,
     /// What the configuration makes run degraded (the agent keeps the list).
     pub(super) degraded: Degraded,
+    /// What the devices opened run below the configuration (a NIC's MTU),
+    /// for the agent's list.
+    pub(super) shortfall: std::cell::RefCell<Vec<Shortfall>>,
 }
 
 impl Plan {
@@ -118,6 +121,7 @@ impl Plan {
             timing,
             verbs_offset,
             degraded,
+            shortfall: Default::default(),
         })
     }
 
@@ -247,10 +251,14 @@ impl Plan {
                 let ports = port_list(cfg.dpdk_port.as_deref());
                 if ports.len() > 1 {
                     let io = Rails::open(&dcfg, &ports).map_err(dev)?;
+                    self.shortfall.borrow_mut().extend(io.shortfall());
                     pin()?;
                     Box::new(self.datagram(io, poller, pool).map_err(dev)?)
                 } else {
                     let io = DpdkIo::open(&dcfg).map_err(dev)?;
+                    self.shortfall
+                        .borrow_mut()
+                        .extend_from_slice(io.shortfall());
                     pin()?;
                     Box::new(self.datagram(io, poller, pool).map_err(dev)?)
                 }
@@ -274,6 +282,7 @@ impl Plan {
                     name: "verbs",
                     source: std::io::Error::other(e),
                 })?;
+                self.shortfall.borrow_mut().extend(t.shortfall().cloned());
                 Box::new(t)
             }
             #[allow(unreachable_patterns)]

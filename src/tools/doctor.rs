@@ -157,9 +157,12 @@ pub fn examine(cfg: Result<&AgentConfig, &str>, info: &Info, m: &Machine<'_>) ->
     if set.contains(&TransportKind::Verbs) {
         checks.push(memlock(info));
         checks.push(rdma(cfg, info));
+        #[cfg(feature = "verbs")]
+        checks.extend(rdma_mtu(cfg, info));
     }
     if set.contains(&TransportKind::Dpdk) {
         checks.push(dpdk(cfg, info));
+        checks.extend(dpdk_mtu(cfg, m));
     }
     checks.push(socket_dir(cfg));
     checks.extend(cores(cfg, m));
@@ -355,6 +358,162 @@ fn dpdk(cfg: &AgentConfig, info: &Info) -> Check {
     }
 }
 
+/// The `--vdev` arguments of the EAL arguments (`--vdev=X` or `--vdev X`).
+fn vdevs(eal_args: &[String]) -> Vec<String> {
+    let words: Vec<&str> = eal_args.iter().flat_map(|a| a.split_whitespace()).collect();
+    let mut out = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        match w.strip_prefix("--vdev") {
+            Some("") => out.extend(it.next().map(|v| v.to_string())),
+            Some(v) => out.push(v.trim_start_matches('=').to_string()),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The kernel interfaces of `net_af_packet` ports against `dpdk_mtu` (1500 when
+/// not set): the interface's MTU decides what passes, and an agent whose
+/// interface carries less than `dpdk_mtu` runs with packets cut to it (degraded
+/// `mtu`), so that fails; one below 1500 without `dpdk_mtu` warns. `None` where
+/// doctor cannot tell (PCI ports, memif: the port itself says at start).
+fn dpdk_mtu(cfg: &AgentConfig, m: &Machine<'_>) -> Option<Check> {
+    let ifaces: Vec<String> = vdevs(&cfg.dpdk_eal_args)
+        .iter()
+        .filter(|v| v.starts_with("net_af_packet"))
+        .filter_map(|v| {
+            v.split(',')
+                .find_map(|kv| kv.strip_prefix("iface="))
+                .map(String::from)
+        })
+        .collect();
+    if ifaces.is_empty() {
+        return None;
+    }
+    let want = u32::from(cfg.dpdk_mtu.unwrap_or(1500));
+    let mut short = Vec::new();
+    let mut fine = Vec::new();
+    for i in &ifaces {
+        let path = m.sys.join("class/net").join(i).join("mtu");
+        match std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            None => {
+                return Some(check(
+                    "dpdk_mtu",
+                    Verdict::Fail,
+                    format!(
+                        "net_af_packet's interface {i} is not in this network namespace \
+                         ({} unreadable): the port would not open",
+                        path.display()
+                    ),
+                    Some(
+                        "run doctor where the agent runs (ip netns exec NS wyvern doctor ...), \
+                         or fix iface= in dpdk_eal_args"
+                            .into(),
+                    ),
+                ))
+            }
+            Some(has) if has < want => short.push((i.clone(), has)),
+            Some(has) => fine.push(format!("{i} {has}")),
+        }
+    }
+    if short.is_empty() {
+        return Some(check(
+            "dpdk_mtu",
+            Verdict::Ok,
+            format!(
+                "interface MTU {} carries {}",
+                fine.join(", "),
+                match cfg.dpdk_mtu {
+                    Some(w) => format!("dpdk_mtu {w}"),
+                    None => "the default 1500".into(),
+                }
+            ),
+            None,
+        ));
+    }
+    let said: Vec<String> = short
+        .iter()
+        .map(|(i, has)| format!("{i}'s MTU is {has}"))
+        .collect();
+    let least = short.iter().map(|&(_, h)| h).min().unwrap_or(0);
+    let devs: Vec<&str> = short.iter().map(|(i, _)| i.as_str()).collect();
+    Some(match cfg.dpdk_mtu {
+        Some(w) => check(
+            "dpdk_mtu",
+            Verdict::Fail,
+            format!(
+                "{}, dpdk_mtu asks {w}: the agent would cut packets to {least} (degraded mtu)",
+                said.join(", ")
+            ),
+            Some(format!(
+                "raise the interface's MTU (ip link set dev {} mtu {w}, on every node) or lower \
+                 dpdk_mtu to {least}",
+                devs.join("/")
+            )),
+        ),
+        None => check(
+            "dpdk_mtu",
+            Verdict::Warn,
+            format!(
+                "{}, below the default 1500: the agent cuts packets to {least}",
+                said.join(", ")
+            ),
+            Some(format!(
+                "ip link set dev {} mtu 1500 (or more, with dpdk_mtu to match)",
+                devs.join("/")
+            )),
+        ),
+    })
+}
+
+/// RoCE ports whose active MTU is below their largest because their netdev's MTU
+/// is small: the agent runs so (degraded `mtu`). A warning: the configuration
+/// asks no RDMA MTU (the ports of `verbs_device`, or of every device).
+#[cfg(feature = "verbs")]
+fn rdma_mtu(cfg: &AgentConfig, info: &Info) -> Option<Check> {
+    let mut short = Vec::new();
+    let mut fine = Vec::new();
+    for d in &info.rdma.devices {
+        if cfg.verbs_device.as_ref().is_some_and(|v| *v != d.name) {
+            continue;
+        }
+        for p in &d.ports {
+            if p.link_layer != "Ethernet" || p.state != "active" {
+                continue;
+            }
+            let netdev = p.netdev.as_ref().map(|(n, m)| (n.as_str(), *m));
+            match wyvern::transport::verbs::roce_mtu_shortfall(
+                &d.name, p.port, p.mtu, p.max_mtu, netdev,
+            ) {
+                Some(s) => short.push(s),
+                None => fine.push(format!("{}:{} {} B", d.name, p.port, p.mtu)),
+            }
+        }
+    }
+    if let Some(s) = short.first() {
+        let why: Vec<&str> = short.iter().map(|s| s.why.as_str()).collect();
+        return Some(check(
+            "rdma_mtu",
+            Verdict::Warn,
+            why.join("; "),
+            Some(s.fix.clone()),
+        ));
+    }
+    if fine.is_empty() {
+        return None;
+    }
+    Some(check(
+        "rdma_mtu",
+        Verdict::Ok,
+        format!("RoCE ports at their largest MTU: {}", fine.join(", ")),
+        None,
+    ))
+}
+
 fn socket_dir(cfg: &AgentConfig) -> Check {
     use std::os::unix::fs::MetadataExt;
     let dir = cfg
@@ -512,5 +671,22 @@ mod tests {
         assert_eq!(cpu_list("0-3,8\n"), vec![0, 1, 2, 3, 8]);
         assert_eq!(cpu_list(""), Vec::<usize>::new());
         assert_eq!(cpu_list("5"), vec![5]);
+    }
+
+    #[test]
+    fn vdevs_are_found_in_either_form() {
+        let args = vec![
+            "--no-pci --vdev=net_af_packet0,iface=veth0,framesz=16384".to_string(),
+            "--vdev".into(),
+            "net_af_packet1,iface=eth2".into(),
+        ];
+        assert_eq!(
+            vdevs(&args),
+            [
+                "net_af_packet0,iface=veth0,framesz=16384",
+                "net_af_packet1,iface=eth2"
+            ]
+        );
+        assert!(vdevs(&["--no-pci".to_string()]).is_empty());
     }
 }

@@ -235,6 +235,19 @@ pub enum Close {
     Idle,
 }
 
+/// Something a device runs below what the configuration asks (a NIC's MTU
+/// below the configured one): the agent lists it as degraded (`wyvern
+/// stat`, the metrics) and logs it once at warn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shortfall {
+    /// A short stable name (`mtu`).
+    pub what: &'static str,
+    /// What runs smaller, and why.
+    pub why: String,
+    /// How to get what was asked.
+    pub fix: String,
+}
+
 /// A transport's own figures for `wyvern stat`.
 #[derive(Debug, Default)]
 pub struct TransportStats {

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
-use crate::transport::Poller;
+use crate::transport::{Poller, Shortfall};
 use crate::wire::bytes::{Fields, FieldsMut};
 use crate::wire::packet::PKT_HEADER;
 
@@ -192,6 +192,23 @@ pub struct DpdkIo {
     /// ...and when its link was first seen down since it was last up.
     link_down_since: Option<Instant>,
     stats: DpdkIoStats,
+    /// What the port runs below the configuration (see [`DpdkIo::shortfall`]).
+    shortfall: Vec<Shortfall>,
+}
+
+/// The degradation of a port whose interface carries less than `dpdk_mtu` asks.
+fn mtu_shortfall(iface: &str, has: u16, asked: u16) -> Shortfall {
+    Shortfall {
+        what: "mtu",
+        why: format!(
+            "{iface}'s MTU is {has}, dpdk_mtu asks {asked}: packets are cut to {has} B (more \
+             packets, headers and per-packet work for large messages)"
+        ),
+        fix: format!(
+            "raise the interface's MTU (ip link set dev {iface} mtu {asked}, on every node) or \
+             lower dpdk_mtu to {has}"
+        ),
+    }
 }
 
 fn dev_err(e: Error) -> io::Error {
@@ -304,36 +321,61 @@ impl DpdkIo {
             }
         }
         let mac = port.mac_address().map_err(dev_err)?;
-        let mtu = match (kernel_mtu, &af_packet) {
-            (Some(want), Some(a)) => {
-                let fits = a.framesz.saturating_sub(AF_PACKET_FRAME_OVERHEAD);
-                if fits < usize::from(want) + ETH_HEADER {
-                    return Err(io::Error::other(format!(
-                        "{}: an MTU of {want} needs framesz={} or more in its --vdev \
-                         arguments (its socket rings' frames are {} B; e.g. \
-                         framesz=16384,blocksz=16384)",
-                        a.name,
-                        usize::from(want) + ETH_HEADER + AF_PACKET_FRAME_OVERHEAD,
-                        a.framesz
-                    )));
+        let mut shortfall = Vec::new();
+        let mtu = match &af_packet {
+            Some(a) => {
+                let want = match kernel_mtu {
+                    Some(want) => {
+                        let fits = a.framesz.saturating_sub(AF_PACKET_FRAME_OVERHEAD);
+                        if fits < usize::from(want) + ETH_HEADER {
+                            return Err(io::Error::other(format!(
+                                "{}: an MTU of {want} needs framesz={} or more in its --vdev \
+                                 arguments (its socket rings' frames are {} B; e.g. \
+                                 framesz=16384,blocksz=16384)",
+                                a.name,
+                                usize::from(want) + ETH_HEADER + AF_PACKET_FRAME_OVERHEAD,
+                                a.framesz
+                            )));
+                        }
+                        want
+                    }
+                    None => port.mtu().map_err(dev_err)?,
+                };
+                // The kernel interface's MTU decides what passes: a longer frame is
+                // dropped by the kernel (on send, or by the veth's other end), with
+                // no word to the driver. So packets are cut to it, never longer.
+                let iface = a.iface.clone().unwrap_or_else(|| a.name.clone());
+                match port.if_index().and_then(interface_mtu) {
+                    Some(ifmtu) if ifmtu < u32::from(want) => {
+                        let ifmtu = u16::try_from(ifmtu).unwrap_or(want);
+                        if usize::from(ifmtu) < PKT_HEADER + 64 {
+                            return Err(io::Error::other(format!(
+                                "{}: its interface {iface} has an MTU of {ifmtu}, too small \
+                                 for a packet (ip link set dev {iface} mtu {want})",
+                                a.name
+                            )));
+                        }
+                        match cfg.mtu {
+                            Some(asked) => shortfall.push(mtu_shortfall(&iface, ifmtu, asked)),
+                            None => log::info!(
+                                "dpdk: {}: packets cut to {iface}'s MTU of {ifmtu} (the port \
+                                 says {want})",
+                                a.name
+                            ),
+                        }
+                        ifmtu
+                    }
+                    Some(_) => want,
+                    None if kernel_mtu.is_some() => {
+                        return Err(io::Error::other(format!(
+                            "{}: cannot read its interface's MTU",
+                            a.name
+                        )))
+                    }
+                    None => want,
                 }
-                let ifmtu = port.if_index().and_then(interface_mtu).ok_or_else(|| {
-                    io::Error::other(format!("{}: cannot read its interface's MTU", a.name))
-                })?;
-                if ifmtu < u32::from(want) {
-                    return Err(io::Error::other(format!(
-                        "{}: an MTU of {want} asked, its interface{} has {ifmtu} \
-                         (ip link set dev IFACE mtu {want})",
-                        a.name,
-                        a.iface
-                            .as_deref()
-                            .map(|i| format!(" {i}"))
-                            .unwrap_or_default()
-                    )));
-                }
-                want
             }
-            _ => match (memif_mtu, &memif) {
+            None => match (memif_mtu, &memif) {
                 (Some(want), Some(m)) => {
                     let frame = usize::from(want) + ETH_HEADER;
                     if m.bsize < frame {
@@ -392,6 +434,7 @@ impl DpdkIo {
             last_start,
             link_down_since: None,
             stats: DpdkIoStats::default(),
+            shortfall,
         })
     }
 
@@ -407,6 +450,12 @@ impl DpdkIo {
             .copied()
             .flatten()
             .unwrap_or(BROADCAST)
+    }
+
+    /// What the port runs below the configuration: an interface whose MTU is
+    /// below `dpdk_mtu` (packets are cut to the interface's).
+    pub fn shortfall(&self) -> &[Shortfall] {
+        &self.shortfall
     }
 
     /// The device layer's counters.

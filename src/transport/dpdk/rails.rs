@@ -274,6 +274,13 @@ impl Rails {
         })
     }
 
+    /// What the rails run below the configuration (see [`DpdkIo::shortfall`]):
+    /// one entry per `what`, with every rail's reason (all rails carry packets of
+    /// the smallest rail's size).
+    pub fn shortfall(&self) -> Vec<crate::transport::Shortfall> {
+        merge_shortfalls(self.rails.iter().flat_map(|r| r.io.shortfall()))
+    }
+
     /// The number of rails.
     pub fn len(&self) -> usize {
         self.rails.len()
@@ -739,9 +746,41 @@ fn data_seq(pkt: &[u8]) -> Option<(u32, u64)> {
         .then(|| (f.u32::<4>(), f.u64::<32>()))
 }
 
+/// One entry per `what`, with every rail's reason and fix.
+fn merge_shortfalls<'a>(
+    each: impl Iterator<Item = &'a crate::transport::Shortfall>,
+) -> Vec<crate::transport::Shortfall> {
+    let mut out: Vec<crate::transport::Shortfall> = Vec::new();
+    for s in each {
+        match out.iter_mut().find(|o| o.what == s.what) {
+            Some(o) => {
+                o.why = format!("{}; {}", o.why, s.why);
+                o.fix = format!("{}; {}", o.fix, s.fix);
+            }
+            None => out.push(s.clone()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_rails_shortfall_is_said_in_one_entry_per_what() {
+        let s = |why: &str| crate::transport::Shortfall {
+            what: "mtu",
+            why: why.into(),
+            fix: format!("fix {why}"),
+        };
+        let all = [s("eth1 1500"), s("eth2 4000")];
+        let m = merge_shortfalls(all.iter());
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].why, "eth1 1500; eth2 4000");
+        assert_eq!(m[0].fix, "fix eth1 1500; fix eth2 4000");
+        assert!(merge_shortfalls([].iter()).is_empty());
+    }
 
     #[test]
     fn home_rails_are_the_numa_local_ones_when_some_are() {

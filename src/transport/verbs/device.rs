@@ -6,13 +6,14 @@ use std::fmt;
 use std::mem::MaybeUninit;
 use std::net::Ipv4Addr;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use rdma_sys as sys;
 
 use super::error::{from_ret, last_os, Error, Result};
+use crate::transport::Shortfall;
 
 /// `IBV_LINK_LAYER_INFINIBAND` (an anonymous enum in `verbs.h`).
 pub const LINK_LAYER_INFINIBAND: u8 = 1;
@@ -210,6 +211,8 @@ pub struct PortInfo {
     pub state: u32,
     /// The active MTU as `IBV_MTU_*` (1: 256 B ... 5: 4096 B).
     pub active_mtu: u32,
+    /// The largest MTU the port supports, as `IBV_MTU_*`.
+    pub max_mtu: u32,
     /// The local identifier (InfiniBand; 0 on RoCE).
     pub lid: u16,
     /// [`LINK_LAYER_INFINIBAND`] or [`LINK_LAYER_ETHERNET`].
@@ -238,6 +241,59 @@ impl PortInfo {
     pub fn mtu_bytes(&self) -> usize {
         mtu_bytes(self.active_mtu)
     }
+}
+
+/// The RoCE headers inside an Ethernet frame besides the RDMA payload (GRH or
+/// IPv4/IPv6 40, UDP 8, BTH 12, extended headers up to 32, ICRC 4): the kernel
+/// (`iboe_get_mtu`) takes them off the netdev's MTU and makes the port's active
+/// MTU the largest `IBV_MTU_*` that fits the rest.
+/// rxe takes 80 of them; 96 fits both.
+pub const ROCE_HEADERS: usize = 96;
+
+/// A RoCE port whose active MTU (`active` bytes) is below its largest (`max`)
+/// because its netdev's MTU is small (1500 → 1024 B packets where the port does
+/// 4096): the classic misconfiguration, as a degradation with the netdev's MTU and
+/// the fix; `None` where the port runs its largest. For RoCE ports only (on
+/// InfiniBand the subnet manager sets the MTU). `netdev`: the port's network
+/// interface and its MTU, when known.
+pub fn roce_mtu_shortfall(
+    device: &str,
+    port: u8,
+    active: usize,
+    max: usize,
+    netdev: Option<(&str, u32)>,
+) -> Option<Shortfall> {
+    if active >= max {
+        return None;
+    }
+    let need = max + ROCE_HEADERS;
+    let (dev, has) = match netdev {
+        Some((d, m)) => (d.to_string(), format!("its netdev {d}'s MTU is {m}")),
+        None => ("DEV".to_string(), "its netdev's MTU is small".to_string()),
+    };
+    Some(Shortfall {
+        what: "mtu",
+        why: format!(
+            "RoCE port {device}:{port} runs an RDMA MTU of {active} B where it can do {max} B: \
+             {has} (RoCE needs the MTU + {ROCE_HEADERS} B of headers), so large messages take \
+             {}x the packets",
+            max / active
+        ),
+        fix: format!(
+            "raise the netdev's MTU to {need} or more (ip link set dev {dev} mtu 9000, on every \
+             node and the switch ports between them), then restart the agent (it reads the port's MTU when it starts)"
+        ),
+    })
+}
+
+/// The MTU of network interface `name` (sysfs `class/net/NAME/mtu` under `sys`,
+/// in this process's network namespace).
+pub fn netdev_mtu(sys: &Path, name: &str) -> Option<u32> {
+    std::fs::read_to_string(sys.join("class/net").join(name).join("mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// An `IBV_MTU_*` value in bytes (256 for anything unknown).
@@ -579,6 +635,7 @@ impl Context {
         Ok(PortInfo {
             state: a.state,
             active_mtu: a.active_mtu,
+            max_mtu: a.max_mtu,
             lid: a.lid,
             link_layer: a.link_layer,
             gid_table_len: a.gid_tbl_len.max(0) as u32,
@@ -620,6 +677,20 @@ impl Context {
     /// no such file (InfiniBand ports, old kernels).
     pub fn gid_type(&self, index: u32) -> Option<String> {
         self.gid_attr(self.port, "types", index)
+    }
+
+    /// The network interface of the port in use (RoCE): the one of GID table entry
+    /// `index` when given, else of the first entry that names one; with its MTU.
+    pub fn netdev(&self, index: Option<u32>) -> Option<(String, u32)> {
+        let name = match index {
+            Some(i) => self.gid_attr(self.port, "ndevs", i),
+            None => {
+                let len = self.query_port().ok()?.gid_table_len;
+                (0..len).find_map(|i| self.gid_attr(self.port, "ndevs", i))
+            }
+        }?;
+        let mtu = netdev_mtu(Path::new("/sys"), &name)?;
+        Some((name, mtu))
     }
 
     /// A GID table entry's attribute from sysfs (`ports/N/gid_attrs/WHAT/IDX`).
@@ -757,6 +828,10 @@ pub struct PortReport {
     pub link_layer: String,
     /// Active MTU in bytes.
     pub mtu: usize,
+    /// The largest MTU the port supports, in bytes.
+    pub max_mtu: usize,
+    /// RoCE: the network interface (of the first GID that names one) and its MTU.
+    pub netdev: Option<(String, u32)>,
     /// Local identifier (InfiniBand; 0 on RoCE).
     pub lid: u16,
     /// The non-empty entries of the GID table.
@@ -829,6 +904,11 @@ impl Context {
                     "InfiniBand".into()
                 },
                 mtu: info.mtu_bytes(),
+                max_mtu: mtu_bytes(info.max_mtu),
+                netdev: gids
+                    .iter()
+                    .find_map(|g| g.netdev.clone())
+                    .and_then(|n| Some((n.clone(), netdev_mtu(Path::new("/sys"), &n)?))),
                 lid: info.lid,
                 gids,
             });
@@ -871,6 +951,30 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_roce_port_below_its_largest_mtu_is_a_shortfall_with_its_netdev() {
+        // 1500-byte netdev: active 1024 (IBV_MTU_1024 = 3), max 4096 (5).
+        let s = roce_mtu_shortfall("rxe0", 1, mtu_bytes(3), mtu_bytes(5), Some(("eth1", 1500)))
+            .unwrap();
+        assert_eq!(s.what, "mtu");
+        assert!(s.why.contains("rxe0:1") && s.why.contains("1024 B") && s.why.contains("4096 B"));
+        assert!(
+            s.why.contains("eth1's MTU is 1500") && s.why.contains("4x"),
+            "{}",
+            s.why
+        );
+        assert!(
+            s.fix.contains("4192") && s.fix.contains("ip link set dev eth1 mtu"),
+            "{}",
+            s.fix
+        );
+        // The netdev unknown: still said, with a placeholder.
+        let s = roce_mtu_shortfall("rxe0", 1, 1024, 4096, None).unwrap();
+        assert!(s.fix.contains("ip link set dev DEV"), "{}", s.fix);
+        // At its largest: nothing to say.
+        assert_eq!(roce_mtu_shortfall("rxe0", 1, 4096, 4096, None), None);
+    }
 
     fn v4(a: [u8; 4]) -> Gid {
         let mut g = [0u8; 16];

@@ -54,9 +54,10 @@ mod queue;
 mod transport;
 
 pub use device::{
-    device_names, gids_can_reach, inventory, mtu_bytes, pick_gid, port_state_name, AsyncEvent,
-    Context, DeviceCaps, DeviceReport, Gid, GidCandidate, GidChoice, GidEntry, GidReport, PortInfo,
-    PortReport, LINK_LAYER_ETHERNET, LINK_LAYER_INFINIBAND, PORT_ACTIVE,
+    device_names, gids_can_reach, inventory, mtu_bytes, netdev_mtu, pick_gid, port_state_name,
+    roce_mtu_shortfall, AsyncEvent, Context, DeviceCaps, DeviceReport, Gid, GidCandidate,
+    GidChoice, GidEntry, GidReport, PortInfo, PortReport, LINK_LAYER_ETHERNET,
+    LINK_LAYER_INFINIBAND, PORT_ACTIVE, ROCE_HEADERS,
 };
 pub use error::{Error, Result};
 pub use memory::{Access, Mr, Pd, RegBuf};

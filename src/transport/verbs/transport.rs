@@ -63,7 +63,8 @@ use std::time::{Duration, Instant};
 use crate::shm::Pool;
 use crate::transport::tcp::Dialer;
 use crate::transport::{
-    Close, Inflow, LinkEvent, LinkView, Out, Poller, Transport, TransportStats, WarnSpell,
+    Close, Inflow, LinkEvent, LinkView, Out, Poller, Shortfall, Transport, TransportStats,
+    WarnSpell,
 };
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
@@ -453,6 +454,8 @@ pub struct VerbsTransport {
     refused_quiet: u64,
     /// Failed handshakes logged at warn level.
     fail_warned: WarnSpell,
+    /// What the port runs below what it can (see [`VerbsTransport::shortfall`]).
+    shortfall: Option<Shortfall>,
 }
 
 fn wr_id(node: u32, epoch: u16, seq: u64) -> u64 {
@@ -580,6 +583,18 @@ impl VerbsTransport {
             pool.block_region().1 >> 20,
             pool_mr.as_ref().map_or(0, |m| m.rkey())
         );
+        // A RoCE port cut below its largest MTU by its netdev's: listed as degraded.
+        let netdev = ctx.netdev(gid.map(|e| e.index));
+        let shortfall = port.is_roce().then(|| {
+            super::device::roce_mtu_shortfall(
+                ctx.name(),
+                ctx.port(),
+                port.mtu_bytes(),
+                super::device::mtu_bytes(port.max_mtu),
+                netdev.as_ref().map(|(n, m)| (n.as_str(), *m)),
+            )
+        });
+        let shortfall = shortfall.flatten();
         let now = Instant::now();
         let mut t = VerbsTransport {
             links: (0..n).map(|_| None).collect(),
@@ -620,9 +635,16 @@ impl VerbsTransport {
             refuse_warned: None,
             refused_quiet: 0,
             fail_warned: WarnSpell::default(),
+            shortfall,
         };
         t.repost()?;
         Ok(t)
+    }
+
+    /// What the port runs below what it can: a RoCE port whose active MTU is below
+    /// its largest because of its netdev's MTU (see [`super::roce_mtu_shortfall`]).
+    pub fn shortfall(&self) -> Option<&Shortfall> {
+        self.shortfall.as_ref()
     }
 
     /// The bootstrap listener's address (useful with port 0).
