@@ -4,9 +4,9 @@
 //! It knows nothing of peers or links; time comes in as `now`.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
-use std::time::{Duration, Instant};
 
 use crate::proto::{Completion, Op, Status, Submit};
 use crate::shm::blocks::Owner;
