@@ -611,18 +611,7 @@ fn an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so() {
             "{fix}"
         );
         eprintln!("agent {i}: {}", mtu[0]);
-        let log = c.log(i);
-        assert_eq!(log.matches("DEGRADED (mtu)").count(), 1, "{log}");
-        let o = Command::new(common::WYVERN)
-            .args(["stat", "--interval", "0", "--socket"])
-            .arg(c.socket(i))
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            o.status.success() && out.contains("DEGRADED mtu: "),
-            "{out}"
-        );
+        check::degraded_said(&c, i, "mtu");
     }
 }
 
@@ -646,22 +635,7 @@ fn doctor_dpdk_mtu(tb: &Testbed, eal: &[String], extra: &[&str]) -> (i32, String
         .args(extra)
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
-    let c = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "dpdk_mtu")
-        .unwrap_or_else(|| panic!("no dpdk_mtu check: {v}"))
-        .clone();
-    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    (
-        o.status.code().unwrap_or(-1),
-        s("verdict"),
-        s("found"),
-        s("fix"),
-    )
+    common::doctor_check(&o, "dpdk_mtu")
 }
 
 /// Without `--dpdk-mtu` the port says 1500, but the interfaces carry 1280: the kernel

@@ -792,18 +792,7 @@ fn a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded() {
                 "agent {i}: {fix}"
             );
             eprintln!("agent {i}: {}", mtu[0]);
-            let log = c.log(i);
-            assert_eq!(log.matches("DEGRADED (mtu)").count(), 1, "{log}");
-            let o = std::process::Command::new(common::WYVERN)
-                .args(["stat", "--interval", "0", "--socket"])
-                .arg(c.socket(i))
-                .output()
-                .unwrap();
-            let out = String::from_utf8_lossy(&o.stdout);
-            assert!(
-                o.status.success() && out.contains("DEGRADED mtu: "),
-                "{out}"
-            );
+            check::degraded_said(&c, i, "mtu");
         }
     }
     // Back at the VM's MTU (9000: active 4096, the largest): nothing to say.
@@ -841,15 +830,6 @@ fn doctor_rdma_mtu(dev: &str) -> (String, String, String) {
         .arg(dir.path().join("a.sock"))
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
-    let c = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "rdma_mtu")
-        .unwrap_or_else(|| panic!("no rdma_mtu check: {v}"))
-        .clone();
-    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    (s("verdict"), s("found"), s("fix"))
+    let (_, verdict, found, fix) = common::doctor_check(&o, "rdma_mtu");
+    (verdict, found, fix)
 }

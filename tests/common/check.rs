@@ -73,6 +73,27 @@ pub fn settled_clean(c: &Cluster, i: usize) -> Value {
     s
 }
 
+/// Agent `i` said the degraded path `what` loudly: one `DEGRADED (what)`
+/// warning in its log, and a `DEGRADED what:` line in `wyvern stat`'s text.
+pub fn degraded_said(c: &Cluster, i: usize, what: &str) {
+    let log = c.log(i);
+    assert_eq!(
+        log.matches(&format!("DEGRADED ({what})")).count(),
+        1,
+        "agent {i}: {log}"
+    );
+    let o = std::process::Command::new(super::WYVERN)
+        .args(["stat", "--interval", "0", "--socket"])
+        .arg(c.socket(i))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains(&format!("DEGRADED {what}: ")),
+        "agent {i}: {out}"
+    );
+}
+
 /// Every peer of `s` is up.
 pub fn all_up(s: &Value) {
     let ps = s["peers"].as_array().unwrap();

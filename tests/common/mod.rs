@@ -573,6 +573,26 @@ pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// A `wyvern doctor --json` run: its exit code and the check `name`'s
+/// verdict, found and fix (panics when the report or the check is missing).
+pub fn doctor_check(o: &std::process::Output, name: &str) -> (i32, String, String, String) {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {v}"));
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (
+        o.status.code().unwrap_or(-1),
+        s("verdict"),
+        s("found"),
+        s("fix"),
+    )
+}
+
 /// A counter of the transport in a stat snapshot (0 when absent).
 pub fn counter(s: &serde_json::Value, name: &str) -> u64 {
     s["transport"][name].as_u64().unwrap_or(0)
