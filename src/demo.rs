@@ -169,6 +169,16 @@ fn start_agents(
                 );
             }
             extra.extend(["--transport", "dpdk"]);
+            // Each agent's EAL: its device, its own file prefix, no hugepages.
+            let eal = |vdev: String, prefix: String| {
+                vec![
+                    "--dpdk-eal-args".to_string(),
+                    format!(
+                        "--no-pci --vdev={vdev} --file-prefix={prefix} --no-shconf --no-huge \
+                         -m 64 --no-telemetry --lcores=0@(0-1) --log-level=lib.eal:warning"
+                    ),
+                ]
+            };
             if dev == DpdkDev::Memif {
                 // The socket is in the abstract namespace (memif's default):
                 // the path is only a name, unique to this demo.
@@ -176,16 +186,12 @@ fn start_agents(
                 let node_args = (0..2)
                     .map(|i| {
                         let role = if i == 0 { "server" } else { "client" };
-                        vec![
-                            "--dpdk-eal-args".to_string(),
+                        eal(
                             format!(
-                                "--no-pci --vdev=net_memif0,role={role},\
-                                 socket=/run/wyvern-demo-{pid}/memif.sock \
-                                 --file-prefix=wyvern-demo-{pid}-{i} --no-shconf --no-huge \
-                                 -m 64 --no-telemetry --lcores=0@(0-1) \
-                                 --log-level=lib.eal:warning"
+                                "net_memif0,role={role},socket=/run/wyvern-demo-{pid}/memif.sock"
                             ),
-                        ]
+                            format!("wyvern-demo-{pid}-{i}"),
+                        )
                     })
                     .collect();
                 (None, vec![], node_args)
@@ -195,16 +201,7 @@ fn start_agents(
                 let node_args: Vec<Vec<String>> = net
                     .names
                     .iter()
-                    .map(|ns| {
-                        vec![
-                            "--dpdk-eal-args".to_string(),
-                            format!(
-                                "--no-pci --vdev=net_af_packet0,iface=veth0 --file-prefix={ns} \
-                             --no-shconf --no-huge -m 64 --no-telemetry --lcores=0@(0-1) \
-                             --log-level=lib.eal:warning"
-                            ),
-                        ]
-                    })
+                    .map(|ns| eal("net_af_packet0,iface=veth0".into(), ns.clone()))
                     .collect();
                 (Some(net), wrap, node_args)
             }
