@@ -904,7 +904,8 @@ pub const SLEEP_FOR_ROOM: u32 = 2;
 /// After publishing work, what the other side sleeps for: `None` awake, else
 /// the word ([`SLEEP_FOR_ROOM`], or anything else: wake for anything).
 pub fn sleeping_for(word: &AtomicU32) -> Option<u32> {
-    // SeqCst fence: as in `needs_wake`.
+    // SeqCst fence: orders our preceding ring publish before this load, as
+    // the sleeper's SeqCst store precedes its final check of the ring.
     std::sync::atomic::fence(Ordering::SeqCst);
     match word.load(Ordering::SeqCst) {
         0 => None,
@@ -919,10 +920,7 @@ pub fn announce_awake(word: &AtomicU32) {
 
 /// After publishing work, whether the other side must be woken.
 pub fn needs_wake(word: &AtomicU32) -> bool {
-    // SeqCst fence: orders our preceding ring publish before this load, as
-    // the sleeper's SeqCst store precedes its final check of the ring.
-    std::sync::atomic::fence(Ordering::SeqCst);
-    word.load(Ordering::SeqCst) != 0
+    sleeping_for(word).is_some()
 }
 
 #[cfg(test)]
