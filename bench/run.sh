@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh — wyvern against its peers, measured in the same run.
 #
-#   bench/run.sh latency|rate|bandwidth|attach|hop|sweep|all
+#   bench/run.sh latency|rate|node|bandwidth|attach|hop|sweep|all
 #
 # Each subcommand runs wyvern and its peer(s) RUNS times (default 5),
 # alternating them so machine noise hits both, prints every run's figures,
@@ -15,6 +15,11 @@
 #   rate       4 senders on node A -> 1 receiver on node B, 8 B and 64 B, vs
 #              4 concurrent `ucx_perftest -t tag_bw` pairs and 4 MPI pairs
 #              (bench/mpi_rate.c, Open MPI ob1 + tcp btl), peers' rates summed
+#   node       the node-level figure: NODE_SENDERS (2) senders on each of two
+#              agents -> the receiver on the other node, both ways at once, 8 B
+#              and 64 B (NODE_SIZES); messages/s summed, messages per agent
+#              CPU-second ("per agent core") and CPU per message, vs
+#              2*NODE_SENDERS concurrent UCX tag_bw pairs and MPI pairs
 #   bandwidth  1 MiB messages between two agents (bench/bulk.rs) vs iperf3
 #   attach     wyvern-peer attach-loop vs bench/attach_floor.rs (bare UDS)
 #   hop        cargo bench --bench hop (client->agent hop vs cache line)
@@ -46,7 +51,8 @@
 # per sender), UCX_RATE_COUNT (500000 per pair), MPI_ITERS (4000 windows of
 # 64), BW_MIB (4096), BW_SPIN_MIB (256), IPERF_SECS (5), ATTACH_COUNT (2000),
 # SWEEP_SIZES ("8 64 512 4096 32768 262144 1048576 4194304"),
-# SOCKPERF_MAX_SIZE (65536), SOCKPERF_SECS (1), IPERF_MIN_SIZE (32768),
+# NODE_SENDERS (2), NODE_SIZES ("8 64"), TRANSPORT (tcp: the agents' transport for
+# latency/rate/node; udp works too), SOCKPERF_MAX_SIZE (65536), SOCKPERF_SECS (1), IPERF_MIN_SIZE (32768),
 # IPERF_SWEEP_SECS (1), SWEEP_PLAN_ONLY=1 (list the sweep's cells and its
 # estimate, measure nothing), SKIP_BUILD=1 to use the binaries as they are
 # (no cargo at all), WYVERN_FEATURES (cargo features; default "dpdk" where
@@ -465,23 +471,23 @@ wy_rate() { # IDLE SIZE -> aggregate msg/s (total received / receiver wall time)
     RES="$(jq -r '.received / .secs' <<< "$json")"
 }
 
-ucx_rate() { # SIZE -> summed msg/s of 4 concurrent tag_bw pairs; CPUMSG
-    local size=$1 k ports=() srv=() cli=() sum
+ucx_rate() { # SIZE [PAIRS=4] -> summed msg/s of PAIRS concurrent tag_bw pairs; CPUMSG
+    local size=$1 pairs=${2:-4} k ports=() srv=() cli=() sum
     cpu_mark
-    for k in 1 2 3 4; do
+    for k in $(seq "$pairs"); do
         ports+=("$(free_port)")
         UCX_TLS=tcp UCX_NET_DEVICES=lo start "ucxbws$k" 120 ucx_perftest -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
         srv+=("$LAST")
     done
-    for k in 1 2 3 4; do wait_port "${ports[$((k-1))]}" 10; done
-    for k in 1 2 3 4; do
+    for k in $(seq "$pairs"); do wait_port "${ports[$((k-1))]}" 10; done
+    for k in $(seq "$pairs"); do
         UCX_TLS=tcp UCX_NET_DEVICES=lo start "ucxbwc$k" 120 ucx_perftest 127.0.0.1 -t tag_bw -s "$size" -n "$UCX_RATE_COUNT" -p "${ports[$((k-1))]}" -f
         cli+=("$LAST")
     done
     for k in "${cli[@]}" "${srv[@]}"; do finish "$k"; done
-    cpu_per_msg $(( 4 * UCX_RATE_COUNT ))
+    cpu_per_msg $(( pairs * UCX_RATE_COUNT ))
     sum=0
-    for k in 1 2 3 4; do
+    for k in $(seq "$pairs"); do
         # columns: iterations, overhead 50%/avg/overall, MB/s avg/overall, msg/s avg/overall
         v=$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {v=$8} END {print v}' "$TMP/ucxbwc$k.out")
         [ -n "$v" ] || die "ucx_perftest tag_bw pair $k failed: $(tail -3 "$TMP/ucxbwc$k.out")"
@@ -493,13 +499,13 @@ ucx_rate() { # SIZE -> summed msg/s of 4 concurrent tag_bw pairs; CPUMSG
 # shellcheck disable=SC2054
 MPIRUN_BASE=(mpirun --allow-run-as-root --oversubscribe --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
 MPIRUN=("${MPIRUN_BASE[@]}" -np 8)
-mpi_rate() { # SIZE -> summed msg/s of 4 pairs; CPUMSG
-    local size=$1 json
+mpi_rate() { # SIZE [PAIRS=4] -> summed msg/s of PAIRS pairs; CPUMSG
+    local size=$1 pairs=${2:-4} json
     [ -x "$ROOT/target/bench/mpi_rate" ] || { RES=nan; CPUMSG=nan; return; }
     cpu_mark
-    start mpi 120 "${MPIRUN[@]}" "$ROOT/target/bench/mpi_rate" "$size" "$MPI_ITERS" 64
+    start mpi 120 "${MPIRUN_BASE[@]}" -np $(( 2 * pairs )) "$ROOT/target/bench/mpi_rate" "$size" "$MPI_ITERS" 64
     wait "$LAST" || die "mpirun failed: $(tail -5 "$TMP/mpi.out" "$TMP/mpi.err")"
-    cpu_per_msg $(( 4 * MPI_ITERS * 64 ))
+    cpu_per_msg $(( pairs * MPI_ITERS * 64 ))
     json="$(grep '^{' "$TMP/mpi.out" | tail -1)"
     RES="$(jq -r '.rate_sum' <<< "$json")"
 }
@@ -553,6 +559,87 @@ cmd_rate() {
     md "4 x { UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f & UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest 127.0.0.1 -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f; }   # concurrently, K = 1..4"
     md "mpicc -O2 -o target/bench/mpi_rate bench/mpi_rate.c"
     md "${MPIRUN[*]} target/bench/mpi_rate SIZE $MPI_ITERS 64"
+    md '```'
+}
+
+# ==================================================================== node
+
+# wy_node IDLE SIZE N: N senders on each node -> the receiver on the other
+# node, both ways at once. RES: the two receivers' rates summed (msg/s); CPUMSG:
+# every process's CPU per message (agents, senders, receivers); AGENT_SECS: the
+# agents' CPU seconds from the receivers' start to the last message.
+wy_node() {
+    local idle=$1 size=$2 n=$3 k pids=() r0 r1 json sum=0 i
+    agents "$idle" free
+    cpu_mark "${AGENT_PIDS[@]}"
+    start recv0 300 "$BIN/wyvern-peer" --socket "$SOCK0" --ep 2 --sizes "$size" recv --count $(( n * RATE_COUNT ))
+    r0=$LAST
+    start recv1 300 "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --sizes "$size" recv --count $(( n * RATE_COUNT ))
+    r1=$LAST
+    wait_for "$TMP/recv0.out" ready 10
+    wait_for "$TMP/recv1.out" ready 10
+    for k in $(seq "$n"); do
+        start "sendA$k" 300 "$BIN/wyvern-peer" --socket "$SOCK0" --sizes "$size" send --to 1:2 --count "$RATE_COUNT"
+        pids+=("$LAST")
+        start "sendB$k" 300 "$BIN/wyvern-peer" --socket "$SOCK1" --sizes "$size" send --to 0:2 --count "$RATE_COUNT"
+        pids+=("$LAST")
+    done
+    for k in "${pids[@]}"; do finish "$k"; done
+    finish "$r0"; finish "$r1"
+    agents_cpu_end "${AGENT_PIDS[@]}"
+    AGENT_SECS="$(calc "$(cat "$TMP/acpu1") - $(cat "$TMP/acpu0")" .4f)"
+    cpu_per_msg $(( 2 * n * RATE_COUNT ))
+    stop_agents
+    for i in 0 1; do
+        json="$(tail -1 "$TMP/recv$i.out")"
+        jq -e '.ok == true' >/dev/null <<< "$json" || die "wyvern receiver on node $i failed: $json $(cat "$TMP"/send*.out)"
+        sum="$(calc "$sum + $(jq -r '.received / .secs' <<< "$json")" .1f)"
+    done
+    RES=$sum
+}
+
+cmd_node() {
+    local n="${NODE_SENDERS:-2}" pairs
+    pairs=$(( 2 * n ))
+    section_begin
+    log "== node: $n senders on each of two agents -> the receiver on the other, both ways; $RUNS runs =="
+    local ROWS=()
+    row() { ROWS+=("$*"); }
+    row "The node-level figure: $n sender processes on each of the two nodes, each sending $RATE_COUNT messages to the receiver on the other node, both directions at once (${TRANSPORT:-tcp} transport between the agents, --idle adaptive). wyvern's rate: the two receivers' rates summed (messages received ÷ that receiver's wall time, first to last message; \`wyvern-peer recv\` checks every payload). **Per agent core**: all messages ÷ the two agents' CPU seconds over the exchange (/proc): how many messages one agent core moves. CPU per message: every process (both agents, senders, receivers) ÷ messages. Peers: $pairs concurrent pairs ($(( 2 * pairs )) processes, the same number of senders and receivers as wyvern), each pair's rate summed, CPU per message over every process's whole life (\`times\`)."
+    row ""
+    row "| size | config | runs (M msg/s) | median (M msg/s) | wyvern ÷ this | per agent core, median (M msg/s per agent CPU-second) | CPU per message, median (ns) |"
+    row "|---|---|---|---|---|---|---|"
+    local size r a u m pc
+    for size in ${NODE_SIZES:-8 64}; do
+        local A=() U=() M=() PC=() CA=() CU=() CM=()
+        for r in $(seq "$RUNS"); do
+            wy_node adaptive "$size" "$n"; a=$RES; CA+=("$CPUMSG")
+            pc="$(calc "2 * $n * $RATE_COUNT / $AGENT_SECS / 1e6" .3f)"; PC+=("$pc")
+            ucx_rate "$size" "$pairs"; u=$RES; CU+=("$CPUMSG")
+            mpi_rate "$size" "$pairs"; m=$RES; CM+=("$CPUMSG")
+            A+=("$(calc "$a/1e6" .3f)"); U+=("$(calc "$u/1e6" .3f)"); M+=("$(calc "$m/1e6" .3f)")
+            log "size $size run $r: wyvern ${A[-1]} M/s (${pc} M msgs per agent CPU-second, ${CA[-1]} ns CPU/msg); ucx $pairs pairs ${U[-1]} M/s (${CU[-1]} ns); mpi $pairs pairs ${M[-1]} M/s (${CM[-1]} ns)"
+        done
+        local ma mu mm
+        ma=$(median "${A[@]}"); mu=$(median "${U[@]}"); mm=$(median "${M[@]}")
+        log "size $size median: wyvern $ma M/s, $(median "${PC[@]}") M per agent core; ucx $mu (ratio $(calc "$ma/$mu")); mpi $mm (ratio $(calc "$ma/$mm"))"
+        row "| $size B | wyvern, ${TRANSPORT:-tcp}, $n + $n senders, 2 receivers | $(join_runs "${A[@]}") | $ma | 1 | $(median "${PC[@]}") | $(median "${CA[@]}") |"
+        row "| $size B | UCX tag_bw ×$pairs pairs, UCX_TLS=tcp UCX_NET_DEVICES=lo | $(join_runs "${U[@]}") | $mu | $(calc "$ma/$mu")× | — | $(median "${CU[@]}") |"
+        row "| $size B | Open MPI ob1/tcp ×$pairs pairs (mpi_rate, window 64) | $(join_runs "${M[@]}") | $mm | $(calc "$ma/$mm")× | — | $(median "${CM[@]}") |"
+    done
+    header "node level: $n senders on each of two nodes → the receiver on the other, both ways"
+    local line
+    for line in "${ROWS[@]}"; do md "$line"; done
+    md ""
+    md "Core layout: 2 cores, nothing pinned. wyvern: $(( 2 + 2 * n + 2 )) processes (2 agents, $(( 2 * n )) senders, 2 receivers); UCX: $(( 2 * pairs )) busy-polling processes; MPI: $(( 2 * pairs )) ranks (\`--oversubscribe\`). Pool backing: $BACKING."
+    md ""
+    md "Commands (SIZE = ${NODE_SIZES:-8 64}; I = 0, 1; J = 1 - I):"
+    md '```'
+    md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive --block-bytes 64MiB --max-clients 8 --transport ${TRANSPORT:-tcp}"
+    md "wyvern-peer --socket S_I --ep 2 --sizes SIZE recv --count $(( n * RATE_COUNT ))"
+    md "$n x wyvern-peer --socket S_I --sizes SIZE send --to J:2 --count $RATE_COUNT   # on both nodes, concurrently"
+    md "$pairs x { UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f & UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest 127.0.0.1 -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f; }"
+    md "${MPIRUN_BASE[*]} -np $(( 2 * pairs )) target/bench/mpi_rate SIZE $MPI_ITERS 64"
     md '```'
 }
 
@@ -1189,7 +1276,7 @@ cmd_sweep() {
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
 [ $# -eq 1 ] || usage
 case "$1" in
-    latency|rate|bandwidth|attach|hop|sweep|all) ;;
+    latency|rate|node|bandwidth|attach|hop|sweep|all) ;;
     *) usage ;;
 esac
 build
@@ -1197,6 +1284,7 @@ log "results go to $RESULTS_FILE; scratch in $TMP"
 case "$1" in
     latency) cmd_latency ;;
     rate) cmd_rate ;;
+    node) cmd_node ;;
     bandwidth) cmd_bandwidth ;;
     attach) cmd_attach ;;
     hop) cmd_hop ;;
