@@ -589,6 +589,7 @@ wy_node() {
     agents_cpu_end "${AGENT_PIDS[@]}"
     AGENT_SECS="$(calc "$(cat "$TMP/acpu1") - $(cat "$TMP/acpu0")" .4f)"
     cpu_per_msg $(( 2 * n * RATE_COUNT ))
+    AGG="$("$BIN/wyvern" stat -s "$SOCK0" --json | jq -r '.peers[0].aggregation')"
     stop_agents
     for i in 0 1; do
         json="$(tail -1 "$TMP/recv$i.out")"
@@ -611,19 +612,19 @@ cmd_node() {
     row "|---|---|---|---|---|---|---|"
     local size r a u m pc
     for size in ${NODE_SIZES:-8 64}; do
-        local A=() U=() M=() PC=() CA=() CU=() CM=()
+        local A=() U=() M=() PC=() CA=() CU=() CM=() AG=()
         for r in $(seq "$RUNS"); do
-            wy_node adaptive "$size" "$n"; a=$RES; CA+=("$CPUMSG")
+            wy_node adaptive "$size" "$n"; a=$RES; CA+=("$CPUMSG"); AG+=("$AGG")
             pc="$(calc "2 * $n * $RATE_COUNT / $AGENT_SECS / 1e6" .3f)"; PC+=("$pc")
             ucx_rate "$size" "$pairs"; u=$RES; CU+=("$CPUMSG")
             mpi_rate "$size" "$pairs"; m=$RES; CM+=("$CPUMSG")
             A+=("$(calc "$a/1e6" .3f)"); U+=("$(calc "$u/1e6" .3f)"); M+=("$(calc "$m/1e6" .3f)")
-            log "size $size run $r: wyvern ${A[-1]} M/s (${pc} M msgs per agent CPU-second, ${CA[-1]} ns CPU/msg); ucx $pairs pairs ${U[-1]} M/s (${CU[-1]} ns); mpi $pairs pairs ${M[-1]} M/s (${CM[-1]} ns)"
+            log "size $size run $r: wyvern ${A[-1]} M/s (${pc} M msgs per agent CPU-second, ${CA[-1]} ns CPU/msg, aggregation $(fmt "${AG[-1]}" .1f) msgs/frame); ucx $pairs pairs ${U[-1]} M/s (${CU[-1]} ns); mpi $pairs pairs ${M[-1]} M/s (${CM[-1]} ns)"
         done
         local ma mu mm
         ma=$(median "${A[@]}"); mu=$(median "${U[@]}"); mm=$(median "${M[@]}")
         log "size $size median: wyvern $ma M/s, $(median "${PC[@]}") M per agent core; ucx $mu (ratio $(calc "$ma/$mu")); mpi $mm (ratio $(calc "$ma/$mm"))"
-        row "| $size B | wyvern, ${TRANSPORT:-tcp}, $n + $n senders, 2 receivers | $(join_runs "${A[@]}") | $ma | 1 | $(median "${PC[@]}") | $(median "${CA[@]}") |"
+        row "| $size B | wyvern, ${TRANSPORT:-tcp}, $n + $n senders, 2 receivers (aggregation $(fmt "$(median "${AG[@]}")" .0f) msgs/frame) | $(join_runs "${A[@]}") | $ma | 1 | $(median "${PC[@]}") | $(median "${CA[@]}") |"
         row "| $size B | UCX tag_bw ×$pairs pairs, UCX_TLS=tcp UCX_NET_DEVICES=lo | $(join_runs "${U[@]}") | $mu | $(calc "$ma/$mu")× | — | $(median "${CU[@]}") |"
         row "| $size B | Open MPI ob1/tcp ×$pairs pairs (mpi_rate, window 64) | $(join_runs "${M[@]}") | $mm | $(calc "$ma/$mm")× | — | $(median "${CM[@]}") |"
     done
