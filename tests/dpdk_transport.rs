@@ -687,3 +687,40 @@ fn an_interface_below_the_ports_default_mtu_carries_every_message() {
         );
     }
 }
+
+/// Peers with different MTUs: node 0's interface is at 9000 and its agent asks
+/// `--dpdk-mtu 9000`; node 1's end of the veth pair is at 1500 and its agent runs at
+/// 1500 (the port's default). The kernel drops every frame longer than 1500 that node 0
+/// sends to node 1 (no word to either driver), so packets to node 1 must be cut to what
+/// node 1 said in its Hello it receives. Messages up to 1 MiB both ways, all intact.
+#[test]
+fn peers_with_different_mtus_send_each_other_what_the_smaller_receives() {
+    const TEST: &str = "peers_with_different_mtus_send_each_other_what_the_smaller_receives";
+    let Some(tb) = Testbed::up_mtu(TEST, 2, 9000) else {
+        return;
+    };
+    let o = Command::new("ip")
+        .args(["-n", &tb.ns(1), "link", "set", "dev", "veth0", "mtu", "1500"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let mut node_args: Vec<Vec<String>> = (0..2).map(|i| tb.agent_args(i)).collect();
+    node_args[0].extend(["--dpdk-mtu".to_string(), "9000".to_string()]);
+    let c = Cluster::start_wrapped(
+        2,
+        &["--transport", "dpdk", "--no-hugepages"],
+        (0..2).map(|i| tb.wrap(i)).collect(),
+        node_args,
+        |_, a| a,
+    );
+    const SIZES: &str = "0,1,1400,1500,1501,4097,8999,9000,65536,262145,1048576";
+    scenarios::Traffic::new(&c, SIZES)
+        .timeout_ms(30_000)
+        .recv(1, 100, 22)
+        .recv(0, 7, 22)
+        .send(0, (1, 100), 22, scenarios::Mode::Delivered)
+        .send(1, (0, 7), 22, scenarios::Mode::Delivered)
+        .start()
+        .finish("(peers with MTUs 9000 and 1500)");
+    settled_on_dpdk(&c);
+}
