@@ -700,7 +700,16 @@ fn peers_with_different_mtus_send_each_other_what_the_smaller_receives() {
         return;
     };
     let o = Command::new("ip")
-        .args(["-n", &tb.ns(1), "link", "set", "dev", "veth0", "mtu", "1500"])
+        .args([
+            "-n",
+            &tb.ns(1),
+            "link",
+            "set",
+            "dev",
+            "veth0",
+            "mtu",
+            "1500",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{o:?}");
@@ -722,5 +731,42 @@ fn peers_with_different_mtus_send_each_other_what_the_smaller_receives() {
         .send(1, (0, 7), 22, scenarios::Mode::Delivered)
         .start()
         .finish("(peers with MTUs 9000 and 1500)");
-    settled_on_dpdk(&c);
+    let s = settled_on_dpdk(&c);
+    // Nothing longer than 1500 left node 0 (its only peer is node 1) or reached node
+    // 1, and node 0's packets were cut to 1500, not shorter.
+    assert!(counter(&s[0], "frames_tx_largest") <= 1500, "{}", s[0]);
+    assert!(counter(&s[0], "frames_tx_largest") > 1400, "{}", s[0]);
+    assert!(counter(&s[1], "frames_rx_largest") <= 1500, "{}", s[1]);
+    assert!(counter(&s[1], "frames_tx_largest") <= 1500, "{}", s[1]);
+    for (i, s) in s.iter().enumerate() {
+        assert_eq!(counter(s, "frames_oversize"), 0, "node {i}: {s}");
+        assert_eq!(counter(s, "hellos_refused_packet"), 0, "node {i}: {s}");
+        // Not this node's misconfiguration, and not node 1's either (it asked for
+        // nothing more than its interface carries): no `mtu` shortfall listed.
+        assert!(
+            !s["degraded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["what"] == "mtu"),
+            "node {i}: {s}"
+        );
+        // The link's packet size, per peer.
+        assert_eq!(s["peers"][0]["packet_bytes"], 1500, "node {i}: {s}");
+        eprintln!(
+            "node {i}: link packets {} B, largest sent {} B, received {} B",
+            s["peers"][0]["packet_bytes"],
+            counter(s, "frames_tx_largest"),
+            counter(s, "frames_rx_largest")
+        );
+    }
+    // Node 0 said once, at info, that its packets to node 1 are cut to 1500 B.
+    let log = c.log(0);
+    let said = "node 1 receives packets of at most 1500 B: packets to it are cut to 1500 B";
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(
+        !c.log(1).contains("receives packets of at most"),
+        "{}",
+        c.log(1)
+    );
 }

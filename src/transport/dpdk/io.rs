@@ -55,7 +55,7 @@ use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
 use crate::transport::{Poller, Shortfall};
 use crate::wire::bytes::{Fields, FieldsMut};
-use crate::wire::packet::PKT_HEADER;
+use crate::wire::packet::PACKET_MIN;
 
 /// wyvern's EtherType: IEEE 802 local experimental EtherType 1.
 pub const ETHERTYPE: u16 = 0x88B5;
@@ -119,6 +119,12 @@ pub struct DpdkIoStats {
     pub own: u64,
     /// Frames too long for a packet, dropped.
     pub oversize: u64,
+    /// The longest packet (header and payload, no Ethernet header) received
+    /// with our EtherType: at most this port's MTU...
+    pub rx_largest: u64,
+    /// ...and the longest sent: at most the MTU, and the peer's when smaller
+    /// (what its `Hello` says it receives).
+    pub tx_largest: u64,
     /// Sends refused because the send queue was full or no mbuf was free.
     pub tx_full: u64,
     /// Packets sent to the broadcast MAC (peer not learned yet).
@@ -348,7 +354,7 @@ impl DpdkIo {
                 match port.if_index().and_then(interface_mtu) {
                     Some(ifmtu) if ifmtu < u32::from(want) => {
                         let ifmtu = u16::try_from(ifmtu).unwrap_or(want);
-                        if usize::from(ifmtu) < PKT_HEADER + 64 {
+                        if usize::from(ifmtu) < PACKET_MIN {
                             return Err(io::Error::other(format!(
                                 "{}: its interface {iface} has an MTU of {ifmtu}, too small \
                                  for a packet (ip link set dev {iface} mtu {want})",
@@ -830,6 +836,7 @@ impl PacketIo for DpdkIo {
         // The packet is encoded straight into the mbuf's data room.
         fill(&mut frame[ETH_HEADER..]);
         self.stats.tx_bytes_copied += len as u64;
+        self.stats.tx_largest = self.stats.tx_largest.max(len as u64);
         if dst == BROADCAST {
             self.stats.tx_broadcast += 1;
         }
@@ -866,7 +873,7 @@ impl PacketIo for DpdkIo {
                 FrameKind::Packet(src) => {
                     // A frame in chained mbufs is longer than our MTU's buffers (a
                     // memif peer with a larger MTU): oversize too.
-                    if frame.len() - ETH_HEADER > self.max_packet.max(PKT_HEADER + 64)
+                    if frame.len() - ETH_HEADER > self.max_packet.max(PACKET_MIN)
                         || m.segments() > 1
                     {
                         self.stats.oversize += 1;
@@ -875,7 +882,9 @@ impl PacketIo for DpdkIo {
                     }
                     self.last_src = Some(src);
                     self.stats.rx_frames += 1;
-                    self.stats.rx_bytes += (frame.len() - ETH_HEADER) as u64;
+                    let len = (frame.len() - ETH_HEADER) as u64;
+                    self.stats.rx_bytes += len;
+                    self.stats.rx_largest = self.stats.rx_largest.max(len);
                     self.moved(1);
                     return Ok(Some(RxFrame(m)));
                 }
@@ -962,6 +971,8 @@ impl PacketIo for DpdkIo {
             ("frames_foreign_ethertype", s.foreign_ethertype),
             ("frames_own", s.own),
             ("frames_oversize", s.oversize),
+            ("frames_rx_largest", s.rx_largest),
+            ("frames_tx_largest", s.tx_largest),
             ("frames_tx_full", s.tx_full),
             ("frames_tx_broadcast", s.tx_broadcast),
             ("frames_tx_queued", self.txq.len() as u64),
