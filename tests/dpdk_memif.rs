@@ -331,6 +331,26 @@ fn jumbo_frames_on_memif_carry_messages_when_bsize_holds_them() {
 /// message, large ones too, arrives intact, nothing chained.
 #[test]
 fn memif_buffers_smaller_than_dpdk_mtu_run_at_the_buffer_size_and_say_so() {
+    // `wyvern doctor` finds it before the agents start: it fails, with the fix.
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = |more: &[&str]| {
+        let o = Command::new(common::WYVERN)
+            .args(["doctor", "--json", "--socket"])
+            .arg(dir.path().join("a.sock"))
+            .args(&pair_args(false, "", 256, more)[1])
+            .output()
+            .unwrap();
+        common::doctor_check(&o, "memif_bsize")
+    };
+    let (code, v, found, fix) = doctor(&["--dpdk-mtu", "9000"]);
+    assert_eq!((code, v.as_str()), (1, "fail"), "{found}");
+    assert!(
+        found.contains("net_memif0 bsize=2048") && found.contains("dpdk_mtu asks 9000"),
+        "{found}"
+    );
+    assert!(fix.contains("bsize=9014 or more"), "{fix}");
+    let (_, v, found, _) = doctor(&["--dpdk-mtu", "2000"]);
+    assert_eq!(v, "ok", "{found}");
     let c = pair(false, "", 256, &["--dpdk-mtu", "9000"]);
     exchange(
         &c,
