@@ -760,6 +760,16 @@ fn peers_with_different_mtus_send_each_other_what_the_smaller_receives() {
             counter(s, "frames_rx_largest")
         );
     }
+    // `wyvern stat`'s table shows it too, in the peer's `via` column.
+    for i in 0..2 {
+        let o = Command::new(common::WYVERN)
+            .args(["stat", "--interval", "0", "--socket"])
+            .arg(c.socket(i))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("dpdk/1500"), "node {i}: {text}");
+    }
     // Node 0 said once, at info, that its packets to node 1 are cut to 1500 B.
     let log = c.log(0);
     let said = "node 1 receives packets of at most 1500 B: packets to it are cut to 1500 B";

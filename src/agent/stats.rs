@@ -321,7 +321,11 @@ impl Snapshot {
             peers.row(vec![
                 p.node.to_string(),
                 p.addr.clone(),
-                p.transport.clone(),
+                // A link made of packets shows its packet size ("dpdk/1500").
+                match p.packet_bytes {
+                    0 => p.transport.clone(),
+                    n => format!("{}/{n}", p.transport),
+                },
                 p.state.clone(),
                 c.msgs_tx.to_string(),
                 msg_rate(c.msgs_tx, |c| c.msgs_tx),
