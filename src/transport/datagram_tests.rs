@@ -279,3 +279,51 @@ fn the_least_packet_a_peer_may_say_makes_a_link_that_carries_frames() {
     }
     assert!(data > 0, "no data packet sent");
 }
+
+#[test]
+fn a_peer_restarted_with_a_smaller_size_gets_a_new_link_of_that_size() {
+    let (net, clock, mut ends) = pair([9000, 9000], None);
+    run(&net, &clock, &mut ends, 20);
+    assert_eq!(ends[0].t.link(1).packet, 9000);
+    // Node 1 restarts with a device of 1500 (a new transport: new epochs, its
+    // Hellos name no epoch of node 0's until node 0 answers one).
+    let poller = poller();
+    let t = DatagramTransport::new(
+        Hello {
+            incarnation: 99,
+            ..hello(1)
+        },
+        net.io(1, 1500),
+        pool(1),
+        &poller,
+        Duration::from_secs(3),
+        None,
+    )
+    .unwrap();
+    ends[1] = End {
+        t,
+        rx: (0..2).map(|_| LinkRx::default()).collect(),
+        poller,
+    };
+    // (Node 1 says Hello every 100 ms while its link is not up.)
+    run(&net, &clock, &mut ends, 4000);
+    assert!(ends[0].t.links.up(1) && ends[1].t.links.up(0));
+    assert_eq!(ends[0].t.link(1).packet, 1500);
+    assert_eq!(ends[1].t.link(0).packet, 1500);
+    let body = vec![3u8; 30_000];
+    ends[0].t.push(
+        1,
+        Out::Bytes {
+            buf: Arc::new(control_frame(FrameKind::Data, 0, &body)),
+            pos: 0,
+        },
+    );
+    run(&net, &clock, &mut ends, 500);
+    assert_eq!(net.stats().oversize, 0, "{:?}", net.stats());
+    let (_, got) = ends[1].rx[0]
+        .reader
+        .next_frame()
+        .unwrap()
+        .expect("the frame");
+    assert!(got == body);
+}
