@@ -324,12 +324,105 @@ fn jumbo_frames_on_memif_carry_messages_when_bsize_holds_them() {
     }
 }
 
-/// A jumbo MTU that memif's buffers cannot hold in one piece is refused at start-up
-/// with one sentence naming `bsize` (chained descriptors garble DPDK 22.11's receiver).
+/// Loud fallback: a jumbo MTU that memif's buffers cannot hold in one piece (`bsize`
+/// 2048, the default, against `--dpdk-mtu 9000`; chained descriptors garble DPDK
+/// 22.11's receiver) runs at what a buffer holds, 2034 B packets, and says so: once in
+/// the log at warn, in `wyvern stat` with the reason and the fix (`bsize=`). Every
+/// message, large ones too, arrives intact, nothing chained.
 #[test]
-fn a_jumbo_mtu_memif_buffers_cannot_hold_is_a_clear_start_up_error() {
+fn memif_buffers_smaller_than_dpdk_mtu_run_at_the_buffer_size_and_say_so() {
+    // `wyvern doctor` finds it before the agents start: it fails, with the fix.
     let dir = tempfile::tempdir().unwrap();
-    let mut args = pair_args(false, "", 256, &["--dpdk-mtu", "9000"]).remove(0);
+    let doctor = |more: &[&str]| {
+        let o = Command::new(common::WYVERN)
+            .args(["doctor", "--json", "--socket"])
+            .arg(dir.path().join("a.sock"))
+            .args(&pair_args(false, "", 256, more)[1])
+            .output()
+            .unwrap();
+        common::doctor_check(&o, "memif_bsize")
+    };
+    let (code, v, found, fix) = doctor(&["--dpdk-mtu", "9000"]);
+    assert_eq!((code, v.as_str()), (1, "fail"), "{found}");
+    assert!(
+        found.contains("net_memif0 bsize=2048") && found.contains("dpdk_mtu asks 9000"),
+        "{found}"
+    );
+    assert!(fix.contains("bsize=9014 or more"), "{fix}");
+    let (_, v, found, _) = doctor(&["--dpdk-mtu", "2000"]);
+    assert_eq!(v, "ok", "{found}");
+    let c = pair(false, "", 256, &["--dpdk-mtu", "9000"]);
+    exchange(
+        &c,
+        "0,1,64,2034,2035,4097,9000,65536,262145,1048576",
+        20,
+        ["100", "7", "201", "202"],
+    );
+    check_clean(&c);
+    for i in 0..2 {
+        let s = c.stat(i);
+        assert!(counter(&s, "frames_tx_largest") <= 2034, "node {i}: {s}");
+        assert!(counter(&s, "frames_tx_largest") > 1500, "node {i}: {s}");
+        assert_eq!(s["peers"][0]["packet_bytes"], 2034, "node {i}: {s}");
+        let listed = s["degraded"].as_array().unwrap();
+        let mtu: Vec<_> = listed.iter().filter(|d| d["what"] == "mtu").collect();
+        assert_eq!(mtu.len(), 1, "node {i}: {s}");
+        let (why, fix) = (
+            mtu[0]["why"].as_str().unwrap(),
+            mtu[0]["fix"].as_str().unwrap(),
+        );
+        assert!(
+            why.contains("net_memif0's buffers are 2048 B") && why.contains("dpdk_mtu asks 9000"),
+            "{why}"
+        );
+        assert!(
+            fix.contains("bsize=9014 or more") && fix.contains("lower dpdk_mtu to 2034"),
+            "{fix}"
+        );
+        common::check::degraded_said(&c, i, "mtu");
+    }
+}
+
+/// The two ends of a memif pair with different sizes: the server's `bsize` holds 9000
+/// B frames, the client's only 2048 (the client's buffers are the pair's). Each agent
+/// says in its `Hello` what it receives; the link's packets are the smaller, so the
+/// server sends nothing the client would get in chained buffers (dropped).
+#[test]
+fn a_memif_pair_with_different_bsizes_sends_what_the_smaller_holds() {
+    let mut args = pair_args(false, "", 256, &["--dpdk-mtu", "9000"]);
+    for a in &mut args[0] {
+        *a = a.replace("memif.sock ", "memif.sock,bsize=9216 ");
+    }
+    assert!(args[0].iter().any(|a| a.contains("bsize=9216")), "{args:?}");
+    let c = Cluster::start_wrapped(2, &[], vec![], args, |_, a| a);
+    exchange(
+        &c,
+        "0,1,2034,2035,9000,65536,1048576",
+        14,
+        ["100", "7", "201", "202"],
+    );
+    check_clean(&c);
+    for i in 0..2 {
+        let s = c.stat(i);
+        assert!(counter(&s, "frames_tx_largest") <= 2034, "node {i}: {s}");
+        assert!(counter(&s, "frames_rx_largest") <= 2034, "node {i}: {s}");
+        assert_eq!(s["peers"][0]["packet_bytes"], 2034, "node {i}: {s}");
+    }
+    // The server runs at 9000 and cuts its packets to the client: said at info.
+    let log = c.log(0);
+    assert!(log.contains("MTU 9000"), "{log}");
+    assert!(
+        log.contains("node 1 receives packets of at most 2034 B"),
+        "{log}"
+    );
+}
+
+/// Buffers too small for any packet (`bsize=256`): nothing smaller can run, a clear
+/// start-up error naming `bsize`.
+#[test]
+fn memif_buffers_too_small_for_a_packet_are_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = pair_args(false, ",bsize=256", 256, &[]).remove(0);
     args.splice(
         0..0,
         [
@@ -353,7 +446,7 @@ fn a_jumbo_mtu_memif_buffers_cannot_hold_is_a_clear_start_up_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "{err}");
     assert!(
-        err.contains("net_memif0") && err.contains("bsize=9014"),
+        err.contains("net_memif0") && err.contains("bsize=256") && err.contains("bsize=1514"),
         "{err}"
     );
 }

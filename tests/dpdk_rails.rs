@@ -437,3 +437,74 @@ fn a_rail_killed_mid_stream_loses_nothing_and_comes_back() {
         assert_eq!(s["blocks_free"], s["blocks_total"], "agent {i}: {s}");
     }
 }
+
+/// Rails of different sizes: `--dpdk-mtu 9000` on both agents, every memif buffer
+/// 9216 B but node 1's on rail 1 (the client's are the pair's), 2048. Node 1 runs at
+/// its smallest rail's size (2034 B, listed as degraded `mtu`) and says so in its
+/// Hello; node 0, whose own rails both hold 9000, sends it packets of 2034 on both
+/// rails (a 9000-byte one on rail 1 would arrive chained: dropped) and still stripes
+/// them. 1 MiB messages both ways, all intact.
+#[test]
+fn rails_of_different_sizes_send_what_the_smallest_rail_carries() {
+    let dir = socket_dir();
+    let args: Vec<Vec<String>> = (0..2)
+        .map(|i| {
+            let mut a = memif_rails_args(&dir, i, 2, &[]);
+            for w in &mut a {
+                *w = w.replace("memif0.sock ", "memif0.sock,bsize=9216 ");
+                if i == 0 {
+                    *w = w.replace("memif1.sock ", "memif1.sock,bsize=9216 ");
+                }
+            }
+            a.extend(["--dpdk-mtu".to_string(), "9000".to_string()]);
+            a
+        })
+        .collect();
+    assert!(
+        args[1]
+            .iter()
+            .any(|a| a.contains("memif1.sock --file-prefix")),
+        "{args:?}"
+    );
+    let c = Cluster::start_wrapped(2, &[], vec![], args, |_, a| a);
+    let n = 24u32;
+    let receivers = vec![
+        ("1 MiB on node 1".into(), recv(&c, 1, "10", MIB, n), n),
+        ("1 MiB on node 0".into(), recv(&c, 0, "11", MIB, n), n),
+    ];
+    let senders = vec![
+        ("1 MiB 0 -> 1".into(), send(&c, 0, "20", "1:10", MIB, n), n),
+        ("1 MiB 1 -> 0".into(), send(&c, 1, "21", "0:11", MIB, n), n),
+    ];
+    check_all(senders, receivers);
+    let s: Vec<_> = (0..2).map(|i| stat_settled(&c, i)).collect();
+    for (i, s) in s.iter().enumerate() {
+        assert_eq!(s["peers"][0]["counters"]["losses"], 0, "agent {i}: {s}");
+        assert_eq!(s["peers"][0]["packet_bytes"], 2034, "agent {i}: {s}");
+        assert!(counter(s, "frames_tx_largest") <= 2034, "agent {i}: {s}");
+        assert!(counter(s, "frames_tx_largest") > 1500, "agent {i}: {s}");
+        assert_eq!(counter(s, "frames_oversize"), 0, "agent {i}: {s}");
+        // Both rails carried the large packets (striped at half the link's size).
+        let (b0, b1) = (counter(s, "rail0_bytes_tx"), counter(s, "rail1_bytes_tx"));
+        assert!(
+            b0 * 4 > b0 + b1 && b1 * 4 > b0 + b1,
+            "agent {i}: rail 0 {b0} B, rail 1 {b1} B: {s}"
+        );
+    }
+    let degraded = |i: usize| {
+        s[i]["degraded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["what"] == "mtu")
+    };
+    // Node 1's own rail is short of what it asked; node 0's are not (it says the cut
+    // to node 1 at info).
+    assert!(degraded(1) && !degraded(0), "{} {}", s[0], s[1]);
+    assert!(
+        c.log(0)
+            .contains("node 1 receives packets of at most 2034 B"),
+        "{}",
+        c.log(0)
+    );
+}

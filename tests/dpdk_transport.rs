@@ -687,3 +687,96 @@ fn an_interface_below_the_ports_default_mtu_carries_every_message() {
         );
     }
 }
+
+/// Peers with different MTUs: node 0's interface is at 9000 and its agent asks
+/// `--dpdk-mtu 9000`; node 1's end of the veth pair is at 1500 and its agent runs at
+/// 1500 (the port's default). The kernel drops every frame longer than 1500 that node 0
+/// sends to node 1 (no word to either driver), so packets to node 1 must be cut to what
+/// node 1 said in its Hello it receives. Messages up to 1 MiB both ways, all intact.
+#[test]
+fn peers_with_different_mtus_send_each_other_what_the_smaller_receives() {
+    const TEST: &str = "peers_with_different_mtus_send_each_other_what_the_smaller_receives";
+    let Some(tb) = Testbed::up_mtu(TEST, 2, 9000) else {
+        return;
+    };
+    let o = Command::new("ip")
+        .args([
+            "-n",
+            &tb.ns(1),
+            "link",
+            "set",
+            "dev",
+            "veth0",
+            "mtu",
+            "1500",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let mut node_args: Vec<Vec<String>> = (0..2).map(|i| tb.agent_args(i)).collect();
+    node_args[0].extend(["--dpdk-mtu".to_string(), "9000".to_string()]);
+    let c = Cluster::start_wrapped(
+        2,
+        &["--transport", "dpdk", "--no-hugepages"],
+        (0..2).map(|i| tb.wrap(i)).collect(),
+        node_args,
+        |_, a| a,
+    );
+    const SIZES: &str = "0,1,1400,1500,1501,4097,8999,9000,65536,262145,1048576";
+    scenarios::Traffic::new(&c, SIZES)
+        .timeout_ms(30_000)
+        .recv(1, 100, 22)
+        .recv(0, 7, 22)
+        .send(0, (1, 100), 22, scenarios::Mode::Delivered)
+        .send(1, (0, 7), 22, scenarios::Mode::Delivered)
+        .start()
+        .finish("(peers with MTUs 9000 and 1500)");
+    let s = settled_on_dpdk(&c);
+    // Nothing longer than 1500 left node 0 (its only peer is node 1) or reached node
+    // 1, and node 0's packets were cut to 1500, not shorter.
+    assert!(counter(&s[0], "frames_tx_largest") <= 1500, "{}", s[0]);
+    assert!(counter(&s[0], "frames_tx_largest") > 1400, "{}", s[0]);
+    assert!(counter(&s[1], "frames_rx_largest") <= 1500, "{}", s[1]);
+    assert!(counter(&s[1], "frames_tx_largest") <= 1500, "{}", s[1]);
+    for (i, s) in s.iter().enumerate() {
+        assert_eq!(counter(s, "frames_oversize"), 0, "node {i}: {s}");
+        assert_eq!(counter(s, "hellos_refused_packet"), 0, "node {i}: {s}");
+        // Not this node's misconfiguration, and not node 1's either (it asked for
+        // nothing more than its interface carries): no `mtu` shortfall listed.
+        assert!(
+            !s["degraded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["what"] == "mtu"),
+            "node {i}: {s}"
+        );
+        // The link's packet size, per peer.
+        assert_eq!(s["peers"][0]["packet_bytes"], 1500, "node {i}: {s}");
+        eprintln!(
+            "node {i}: link packets {} B, largest sent {} B, received {} B",
+            s["peers"][0]["packet_bytes"],
+            counter(s, "frames_tx_largest"),
+            counter(s, "frames_rx_largest")
+        );
+    }
+    // `wyvern stat`'s table shows it too, in the peer's `via` column.
+    for i in 0..2 {
+        let o = Command::new(common::WYVERN)
+            .args(["stat", "--interval", "0", "--socket"])
+            .arg(c.socket(i))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("dpdk/1500"), "node {i}: {text}");
+    }
+    // Node 0 said once, at info, that its packets to node 1 are cut to 1500 B.
+    let log = c.log(0);
+    let said = "node 1 receives packets of at most 1500 B: packets to it are cut to 1500 B";
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(
+        !c.log(1).contains("receives packets of at most"),
+        "{}",
+        c.log(1)
+    );
+}

@@ -20,8 +20,8 @@ use common::{assert_ok, counter, Cluster};
 use wyvern::wire::packet::{encode, PacketHeader, PktKind, FLAG_NOT_UP};
 use wyvern::wire::reliable::Ack;
 use wyvern::wire::{
-    caps, control_frame, job_hash, FrameBuilder, FrameHeader, FrameKind, Hello, RecordHeader,
-    RecordKind, Resume, FRAME_HEADER,
+    caps, control_frame, job_hash, FrameBuilder, FrameHeader, FrameKind, Hello, PacketLimits,
+    RecordHeader, RecordKind, Resume, FRAME_HEADER,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -425,6 +425,8 @@ fn forged_udp_hello(c: &Cluster, src_epoch: u64, dst_epoch: u64) -> Vec<u8> {
         fabric: 0,
     };
     let mut payload = hello.to_bytes().to_vec();
+    // The largest packet it receives, then a MAC it cannot make.
+    payload.extend_from_slice(&PacketLimits { max_packet: 1472 }.to_bytes());
     payload.extend_from_slice(&[3u8; 32]);
     let mut p = Vec::new();
     encode(&h, &payload, &mut p);

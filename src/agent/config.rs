@@ -458,7 +458,7 @@ impl AgentConfig {
                 self.chunk_bytes
             ));
         }
-        let pkt = crate::wire::packet::PKT_HEADER + 64..=65507;
+        let pkt = crate::wire::packet::PACKET_MIN..=65507;
         if !pkt.contains(&self.packet_bytes) {
             return bad(format!(
                 "packet_bytes {} must lie in {}..={}",
@@ -606,7 +606,7 @@ impl AgentConfig {
             }
         }
         if let Some(mtu) = self.dpdk_mtu {
-            if usize::from(mtu) < crate::wire::packet::PKT_HEADER + 64 {
+            if usize::from(mtu) < crate::wire::packet::PACKET_MIN {
                 return bad(format!("dpdk_mtu {mtu} is too small for a packet"));
             }
         }

@@ -67,6 +67,10 @@ pub struct PeerSnapshot {
     /// on a busy link, 16 KiB on an idle one, 0 on one never heard from).
     #[serde(default)]
     pub rx_buffer_bytes: u64,
+    /// The largest packet the link sends, where it is made of packets (udp,
+    /// dpdk: the smaller of this node's and the peer's); 0 otherwise.
+    #[serde(default)]
+    pub packet_bytes: u64,
 }
 
 /// One client as `wyvern stat` shows it.
@@ -317,7 +321,11 @@ impl Snapshot {
             peers.row(vec![
                 p.node.to_string(),
                 p.addr.clone(),
-                p.transport.clone(),
+                // A link made of packets shows its packet size ("dpdk/1500").
+                match p.packet_bytes {
+                    0 => p.transport.clone(),
+                    n => format!("{}/{n}", p.transport),
+                },
                 p.state.clone(),
                 c.msgs_tx.to_string(),
                 msg_rate(c.msgs_tx, |c| c.msgs_tx),
@@ -546,6 +554,7 @@ mod tests {
                 queued_bytes: 0,
                 unacked_bytes: 0,
                 rx_buffer_bytes: 0,
+                packet_bytes: 0,
             }],
             transport: Default::default(),
             transport_info: Default::default(),

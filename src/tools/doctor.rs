@@ -163,6 +163,7 @@ pub fn examine(cfg: Result<&AgentConfig, &str>, info: &Info, m: &Machine<'_>) ->
     if set.contains(&TransportKind::Dpdk) {
         checks.push(dpdk(cfg, info));
         checks.extend(dpdk_mtu(cfg, m));
+        checks.extend(memif_bsize(cfg));
     }
     checks.push(socket_dir(cfg));
     checks.extend(cores(cfg, m));
@@ -371,6 +372,80 @@ fn vdevs(eal_args: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The buffers of `net_memif` ports (`bsize`, default 2048) against `dpdk_mtu`
+/// (1500 when not set): a buffer must hold a whole frame (MTU + 14), so an agent
+/// whose `bsize` is shorter runs with packets cut to it (degraded `mtu`), which
+/// fails where `dpdk_mtu` asked more and warns where it did not. `None` without
+/// a memif port.
+fn memif_bsize(cfg: &AgentConfig) -> Option<Check> {
+    const ETH_HEADER: usize = 14;
+    let ports: Vec<(String, usize)> = vdevs(&cfg.dpdk_eal_args)
+        .iter()
+        .filter(|v| v.starts_with("net_memif"))
+        .map(|v| {
+            let mut kv = v.split(',');
+            let name = kv.next().unwrap_or_default().to_string();
+            let bsize = kv
+                .find_map(|kv| kv.strip_prefix("bsize="))
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(2048);
+            (name, bsize)
+        })
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    let want = usize::from(cfg.dpdk_mtu.unwrap_or(1500));
+    let need = want + ETH_HEADER;
+    let short: Vec<&(String, usize)> = ports.iter().filter(|(_, b)| *b < need).collect();
+    let said = |l: &[&(String, usize)]| {
+        l.iter()
+            .map(|(n, b)| format!("{n} bsize={b}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(least) = short
+        .iter()
+        .map(|(_, b)| b.saturating_sub(ETH_HEADER))
+        .min()
+    else {
+        return Some(check(
+            "memif_bsize",
+            Verdict::Ok,
+            format!(
+                "{} holds a frame of MTU {want}",
+                said(&ports.iter().collect::<Vec<_>>())
+            ),
+            None,
+        ));
+    };
+    let fix = format!(
+        "bsize={need} or more on the --vdev in dpdk_eal_args, the same on both agents of the \
+         pair (e.g. bsize={})",
+        need.next_multiple_of(1024)
+    );
+    Some(match cfg.dpdk_mtu {
+        Some(w) => check(
+            "memif_bsize",
+            Verdict::Fail,
+            format!(
+                "{}, dpdk_mtu asks {w}: the agent would cut packets to {least} (degraded mtu)",
+                said(&short)
+            ),
+            Some(format!("{fix}, or lower dpdk_mtu to {least}")),
+        ),
+        None => check(
+            "memif_bsize",
+            Verdict::Warn,
+            format!(
+                "{}, below a 1500-byte frame: the agent cuts packets to {least}",
+                said(&short)
+            ),
+            Some(fix),
+        ),
+    })
 }
 
 /// The kernel interfaces of `net_af_packet` ports against `dpdk_mtu` (1500 when
@@ -671,6 +746,37 @@ mod tests {
         assert_eq!(cpu_list("0-3,8\n"), vec![0, 1, 2, 3, 8]);
         assert_eq!(cpu_list(""), Vec::<usize>::new());
         assert_eq!(cpu_list("5"), vec![5]);
+    }
+
+    #[test]
+    fn memif_buffers_are_checked_against_dpdk_mtu() {
+        let cfg = |bsize: &str, mtu: Option<u16>| AgentConfig {
+            dpdk_eal_args: vec![format!(
+                "--no-pci --vdev=net_memif0,role=client,socket=/tmp/m.sock{bsize} --no-huge"
+            )],
+            dpdk_mtu: mtu,
+            ..AgentConfig::default()
+        };
+        let c = memif_bsize(&cfg("", Some(9000))).unwrap();
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.found.contains("net_memif0 bsize=2048"), "{}", c.found);
+        assert!(c.found.contains("cut packets to 2034"), "{}", c.found);
+        let fix = c.fix.unwrap();
+        assert!(
+            fix.contains("bsize=9014 or more") && fix.contains("dpdk_mtu to 2034"),
+            "{fix}"
+        );
+        let c = memif_bsize(&cfg(",bsize=9216", Some(9000))).unwrap();
+        assert_eq!(c.verdict, Verdict::Ok, "{}", c.found);
+        assert_eq!(memif_bsize(&cfg("", None)).unwrap().verdict, Verdict::Ok);
+        let c = memif_bsize(&cfg(",bsize=1024", None)).unwrap();
+        assert_eq!(c.verdict, Verdict::Warn, "{}", c.found);
+        assert!(c.found.contains("cuts packets to 1010"), "{}", c.found);
+        let none = AgentConfig {
+            dpdk_eal_args: vec!["--vdev=net_af_packet0,iface=veth0".into()],
+            ..AgentConfig::default()
+        };
+        assert!(memif_bsize(&none).is_none());
     }
 
     #[test]

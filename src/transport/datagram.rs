@@ -39,6 +39,21 @@
 //! right) or from the fresh `Hello` of a restarted peer, so agents may bind
 //! port 0, as tests do; an up link's address is never rewritten otherwise.
 //!
+//! ## Packet size
+//! Each side's `Hello` also says the largest packet its device receives
+//! ([`PacketLimits`]: an interface's MTU, `dpdk_mtu`, udp's `packet_bytes`),
+//! and a link's packets are at most the smaller of the two ends' sizes: a node
+//! at 9000 and one at 1500 send each other packets of 1500, where packets of
+//! 9000 would be dropped by the smaller node's interface (or read cut short by
+//! its socket) without a word, and resent at the same size forever. The size
+//! is taken only from an authenticated `Hello`, only while the link is not up
+//! (it is fixed for a link instance, so nothing queued or unacknowledged was
+//! cut to another size: packets are cut only once the link is up), and a
+//! `Hello` saying less than [`PACKET_MIN`] is refused (counted in
+//! `hellos_refused_packet`, logged at warn); one saying more than this side's
+//! own size changes nothing. A link cut below this side's own size is logged
+//! once per peer and size at info (the smaller node lists its own shortfall).
+//!
 //! The device is a [`PacketIo`]: [`UdpIo`] here; `DpdkIo` in
 //! `transport::dpdk` (feature `dpdk`: packets in Ethernet frames).
 
@@ -55,9 +70,9 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use crate::shm::Pool;
 use crate::wire::auth::{self, JobKey, MAC_LEN};
 use crate::wire::bytes::FieldsMut;
-use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PKT_HEADER};
+use crate::wire::packet::{self, PacketHeader, PktKind, FLAG_NOT_UP, PACKET_MIN, PKT_HEADER};
 use crate::wire::reliable::{self, Ack};
-use crate::wire::{caps, FrameReader, Hello};
+use crate::wire::{caps, FrameReader, Hello, PacketLimits};
 
 use super::stream::Inflow;
 
@@ -65,6 +80,11 @@ use super::{Close, LinkEvent, LinkView, Out, Poller, Transport, TransportStats};
 
 /// How often a link that is not up says `Hello`.
 const HELLO_EVERY: Duration = Duration::from_millis(100);
+/// Bytes of a `Hello` packet's payload before its MAC: the [`Hello`] and the
+/// [`PacketLimits`] (the MAC covers both).
+const HELLO_BODY: usize = Hello::LEN + PacketLimits::LEN;
+// Every device receives a whole `Hello` packet (see `PACKET_MIN`).
+const _: () = assert!(PKT_HEADER + HELLO_BODY + MAC_LEN <= PACKET_MIN);
 /// The poller token of the reliability timer ([`DatagramTransport::wake`]);
 /// the device registers under token 0.
 const TIMER_TOKEN: u32 = 1;
@@ -80,8 +100,11 @@ pub trait PacketIo {
     fn name(&self) -> &'static str;
     /// Where peers reach this node, for logs.
     fn local_addr(&self) -> String;
-    /// Largest packet, header included.
+    /// Largest packet, header included, the device sends and receives.
     fn max_packet(&self) -> usize;
+    /// Packets to `node` are at most `max` bytes from now on (its link's
+    /// size: the smaller of this device's and what the peer receives).
+    fn peer_packet(&mut self, _node: u32, _max: usize) {}
     /// Send one packet of `len` bytes to `node`, written by `fill` straight
     /// into the device's buffer (an mbuf's data room, a reusable send
     /// buffer): no intermediate copy. `Ok(false)`: not sent now (no address
@@ -239,7 +262,7 @@ impl PacketIo for UdpIo {
         let mut buf = self
             .rxbuf
             .take()
-            .unwrap_or_else(|| vec![0; self.max_packet.max(PKT_HEADER + 64)]);
+            .unwrap_or_else(|| vec![0; self.max_packet.max(PACKET_MIN)]);
         loop {
             match self.sock.recv_from(&mut buf) {
                 Ok((len, from)) => {
@@ -296,6 +319,9 @@ pub struct DgramStats {
     /// `Hello`s refused because one end runs a hybrid agent and the other
     /// this transport alone.
     pub mixed: u64,
+    /// Authenticated `Hello`s refused because they said their sender receives
+    /// packets smaller than [`PACKET_MIN`].
+    pub refused_packet: u64,
     /// Packets sent again.
     pub retransmits: u64,
     /// Duplicates dropped.
@@ -366,6 +392,11 @@ struct DLink {
     rx: reliable::Receiver<Vec<u8>>,
     outq: VecDeque<Out>,
     queued: usize,
+    /// The largest packet, header included, sent on this link: the smaller of
+    /// the device's and the peer's (its authenticated `Hello`). Set with
+    /// `peer_epoch`, before the link is up, and fixed for the link instance;
+    /// 0 until then.
+    packet: usize,
     last_tx: Instant,
     last_hello: Option<Instant>,
     last_dbg: Option<Instant>,
@@ -431,6 +462,7 @@ impl DLink {
             rx: reliable::Receiver::new(cfg),
             outq: VecDeque::new(),
             queued: 0,
+            packet: 0,
             last_tx: now,
             last_hello: None,
             last_dbg: None,
@@ -458,6 +490,11 @@ pub struct DatagramTransport<I: PacketIo> {
     auth_warned: Option<Instant>,
     /// When a refused hybrid/single-transport `Hello` was last logged.
     mixed_warned: Option<Instant>,
+    /// When a `Hello` refused for its packet size was last logged.
+    packet_warned: Option<Instant>,
+    /// By node: the link packet size last logged (a link cut below this
+    /// device's size is said once per peer and size).
+    packet_said: Vec<u32>,
     /// A bit per node: a link to it was up since this agent started.
     was_up: Vec<u64>,
     /// Links held down until then ([`Close::Hold`]; a few at most).
@@ -538,6 +575,8 @@ impl<I: PacketIo> DatagramTransport<I> {
             auth_warned: None,
             held: Vec::new(),
             mixed_warned: None,
+            packet_warned: None,
+            packet_said: vec![0; nodes as usize],
             was_up: vec![0; (nodes as usize).div_ceil(64)],
             spare: Vec::new(),
             acked: Vec::new(),
@@ -553,8 +592,20 @@ impl<I: PacketIo> DatagramTransport<I> {
         self.stats
     }
 
-    fn payload_max(&self) -> usize {
-        self.io.max_packet() - PKT_HEADER
+    /// The largest payload of a packet on link `j` (see [`DLink::packet`]; an
+    /// up link always has its size, the device's is the fallback).
+    fn payload_max(&self, j: usize) -> usize {
+        let p = self.links[j].packet;
+        debug_assert!(
+            p >= PACKET_MIN || !self.links[j].up,
+            "link {j} up without a packet size"
+        );
+        match p {
+            0 => self.io.max_packet(),
+            p => p,
+        }
+        .saturating_sub(PKT_HEADER)
+        .max(1)
     }
 
     fn header(&self, j: usize, kind: PktKind, seq: u64, ack: Ack) -> PacketHeader {
@@ -598,14 +649,17 @@ impl<I: PacketIo> DatagramTransport<I> {
         self.links.now = now;
         self.links[j].last_hello = Some(now);
         let h = self.header(j, PktKind::Hello, 0, Ack::default());
-        let hello = self.hello.to_bytes();
+        let mut payload = [0u8; HELLO_BODY + MAC_LEN];
+        payload[..Hello::LEN].copy_from_slice(&self.hello.to_bytes());
+        let limits = PacketLimits {
+            max_packet: u32::try_from(self.io.max_packet()).unwrap_or(u32::MAX),
+        };
+        payload[Hello::LEN..HELLO_BODY].copy_from_slice(&limits.to_bytes());
         let mac = self
             .key
             .as_ref()
-            .map_or([0; MAC_LEN], |k| hello_mac(k, &h, &hello));
-        let mut payload = [0u8; Hello::LEN + MAC_LEN];
-        payload[..Hello::LEN].copy_from_slice(&hello);
-        payload[Hello::LEN..].copy_from_slice(&mac);
+            .map_or([0; MAC_LEN], |k| hello_mac(k, &h, &payload[..HELLO_BODY]));
+        payload[HELLO_BODY..].copy_from_slice(&mac);
         self.send_raw(j, &h, &payload, now);
     }
 
@@ -632,6 +686,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         let epoch = auth::random_u64();
         let old = std::mem::replace(&mut self.links[j], DLink::new(epoch, self.cfg, now));
         self.links[j].peer_epoch = old.peer_epoch;
+        self.links[j].packet = old.packet;
         self.retired.add(&old.tx.stats());
         old.outq
             .into_iter()
@@ -719,13 +774,20 @@ impl<I: PacketIo> DatagramTransport<I> {
                 self.stats.foreign += 1;
                 return;
             };
+            let Some(limits) = payload
+                .get(Hello::LEN..)
+                .and_then(|b| PacketLimits::parse(b).ok())
+            else {
+                self.stats.foreign += 1;
+                return;
+            };
             // With a job key: nothing from a Hello is acted on before its MAC checks.
             if let Some(k) = &self.key {
-                let authentic = payload.len() == Hello::LEN + MAC_LEN
+                let authentic = payload.len() == HELLO_BODY + MAC_LEN
                     && k.verify(
                         auth::label::DGRAM_HELLO,
-                        &hello_mac_fields(h, &payload[..Hello::LEN]).each(),
-                        &payload[Hello::LEN..],
+                        &hello_mac_fields(h, &payload[..HELLO_BODY]).each(),
+                        &payload[HELLO_BODY..],
                     );
                 if !authentic {
                     self.stats.unauthenticated += 1;
@@ -772,6 +834,12 @@ impl<I: PacketIo> DatagramTransport<I> {
                 }
                 return;
             }
+            // The peer's packet size, bounded: below the least a link runs on
+            // it is refused (the link never comes up, said at warn); above
+            // this device's own it changes nothing.
+            let Some(packet) = self.link_packet(j, limits, now) else {
+                return;
+            };
             // Fresh: it names our current epoch (random, new per link
             // instance), so it was made for this instance, not replayed
             // from an earlier one.
@@ -799,11 +867,15 @@ impl<I: PacketIo> DatagramTransport<I> {
             }
             let l = &mut self.links[j];
             // Again: a link just made afresh has a new epoch the peer does not know.
-            let fresh = h.dst_epoch == l.epoch;
-            if !l.up {
+            let (fresh, up) = (h.dst_epoch == l.epoch, l.up);
+            if !up {
                 l.peer_epoch = h.src_epoch;
+                // The link's packet size, fixed once it is up: nothing is cut
+                // into packets before.
+                l.packet = packet;
+                self.peer_packet(j, packet);
             }
-            if fresh && !l.up {
+            if fresh && !up {
                 self.become_up(j, now, rx, events);
             }
             if fresh {
@@ -874,6 +946,57 @@ impl<I: PacketIo> DatagramTransport<I> {
         }
     }
 
+    /// The packet size of a link to `j` whose authenticated `Hello` says
+    /// `limits`: the smaller of this device's and the peer's; `None` (refused,
+    /// counted, said at warn at most every 5 s) when the peer's is below
+    /// [`PACKET_MIN`].
+    fn link_packet(&mut self, j: usize, limits: PacketLimits, now: Instant) -> Option<usize> {
+        let theirs = limits.max_packet as usize;
+        if theirs >= PACKET_MIN {
+            return Some(theirs.min(self.io.max_packet()));
+        }
+        self.stats.refused_packet += 1;
+        if self
+            .packet_warned
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+        {
+            self.packet_warned = Some(now);
+            log::warn!(
+                "{}: node {j} refused: it says it receives packets of at most {theirs} B, \
+                 below the {PACKET_MIN} B a link needs; raise node {j}'s MTU (its interface, \
+                 dpdk_mtu or packet_bytes); {} refused so far",
+                self.io.name(),
+                self.stats.refused_packet
+            );
+        }
+        None
+    }
+
+    /// Link `j`'s packets are at most `packet` bytes from now on: the device
+    /// is told, and a size below this device's own is said once per peer and
+    /// size.
+    fn peer_packet(&mut self, j: usize, packet: usize) {
+        self.io.peer_packet(j as u32, packet);
+        let ours = self.io.max_packet();
+        let said = &mut self.packet_said[j];
+        if *said as usize == packet || (packet >= ours && *said == 0) {
+            return;
+        }
+        *said = packet as u32;
+        if packet < ours {
+            log::info!(
+                "{}: node {j} receives packets of at most {packet} B: packets to it are cut to \
+                 {packet} B (this node's are {ours} B)",
+                self.io.name()
+            );
+        } else {
+            log::info!(
+                "{}: node {j} receives packets of {ours} B again: packets to it are {ours} B",
+                self.io.name()
+            );
+        }
+    }
+
     fn become_up(
         &mut self,
         j: usize,
@@ -905,7 +1028,7 @@ impl<I: PacketIo> DatagramTransport<I> {
 
     /// Cut queued bytes into packets while the window allows.
     fn transmit(&mut self, j: usize, now: Instant, freed: &mut Vec<u64>) -> bool {
-        let max = self.payload_max();
+        let max = self.payload_max(j);
         let mut any = false;
         // (Its own handle: the slices it gives out outlive `send_raw`'s `&mut self`.)
         let pool = Arc::clone(&self.pool);
@@ -1263,6 +1386,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         LinkView {
             last_tx: l.filter(|l| l.up).map(|l| l.last_tx),
             queued: l.map_or(0, |l| l.queued),
+            packet: l.filter(|l| l.up).map_or(0, |l| l.packet),
         }
     }
 
@@ -1283,6 +1407,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             ("packets_unauthenticated", s.unauthenticated),
             ("packets_dropped_held", s.held),
             ("hellos_refused_mixed", s.mixed),
+            ("hellos_refused_packet", s.refused_packet),
             ("packets_hello_not_fresh", s.hello_not_fresh),
             ("packets_resent", s.retransmits),
             ("packets_duplicate", s.duplicates),
@@ -1365,7 +1490,7 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 }
 
 /// The fields a datagram `Hello`'s MAC covers: the header's kind, flags,
-/// nodes and both epochs, then the `Hello`.
+/// nodes and both epochs, then the `Hello` and the [`PacketLimits`].
 struct HelloMacFields<'a> {
     head: [u8; 26],
     hello: &'a [u8],
@@ -1389,7 +1514,8 @@ fn hello_mac_fields<'a>(h: &PacketHeader, hello: &'a [u8]) -> HelloMacFields<'a>
     HelloMacFields { head, hello }
 }
 
-/// The MAC of a datagram `Hello` packet with header `h` and `Hello` bytes `hello`.
+/// The MAC of a datagram `Hello` packet with header `h` and body `hello` (the
+/// `Hello` and the [`PacketLimits`]).
 fn hello_mac(key: &JobKey, h: &PacketHeader, hello: &[u8]) -> [u8; MAC_LEN] {
     key.mac(auth::label::DGRAM_HELLO, &hello_mac_fields(h, hello).each())
 }
@@ -1413,3 +1539,7 @@ fn recycle(spare: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
         spare.push(v);
     }
 }
+
+#[cfg(test)]
+#[path = "datagram_tests.rs"]
+mod tests;

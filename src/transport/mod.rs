@@ -266,6 +266,10 @@ pub struct LinkView {
     /// Bytes queued for the peer and not yet written (a transport may add
     /// one to make the agent call [`Transport::flush`] for other work).
     pub queued: usize,
+    /// The largest packet the link sends (header included), where a link is
+    /// made of packets: the smaller of this node's and the peer's (udp,
+    /// dpdk); 0 where it is a byte stream or not up.
+    pub packet: usize,
 }
 
 /// A way to move frames between this agent and its peers.

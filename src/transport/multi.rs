@@ -618,6 +618,7 @@ impl Transport for Multi {
         LinkView {
             last_tx: l.last_tx.filter(|_| self.decided[node as usize]),
             queued: l.queued,
+            packet: l.packet,
         }
     }
 

@@ -10,6 +10,7 @@
 //! [`Impair::hold_max`] (later packets overtake it). Packets may be dropped,
 //! duplicated or corrupted (one byte flipped), each with its probability,
 //! from one seeded generator, and every pair of nodes can be cut and healed.
+//! A packet longer than its receiver's device takes is dropped when it comes.
 //! [`SimNet::deliver_due`] moves packets whose time has come to their
 //! node's receive queue; [`SimNet::next_due`] says when the next one comes,
 //! so a driver can jump virtual time over idle stretches.
@@ -71,6 +72,9 @@ pub struct NetStats {
     pub duplicated: u64,
     /// Corrupted.
     pub corrupted: u64,
+    /// Longer than the receiving device's largest packet: dropped when it
+    /// came, as a NIC or an interface drops a frame beyond its MTU.
+    pub oversize: u64,
 }
 
 /// A packet on its way.
@@ -340,11 +344,16 @@ impl PacketIo for SimIo {
     type Rx = SimRx;
 
     fn recv(&mut self) -> io::Result<Option<SimRx>> {
-        let got = self.net.lock().queues[self.me as usize].pop_front();
-        Ok(got.map(|(src, bytes)| {
+        let mut net = self.net.lock();
+        while let Some((src, bytes)) = net.queues[self.me as usize].pop_front() {
+            if bytes.len() > self.max_packet {
+                net.stats.oversize += 1;
+                continue;
+            }
             self.from = Some(src);
-            SimRx(bytes)
-        }))
+            return Ok(Some(SimRx(bytes)));
+        }
+        Ok(None)
     }
 
     fn learn(&mut self, _node: u32) {

@@ -986,6 +986,7 @@ impl Transport for TcpTransport {
         LinkView {
             last_tx: l.map(|l| l.last_tx),
             queued: l.map_or(0, |l| l.queued()),
+            packet: 0,
         }
     }
 

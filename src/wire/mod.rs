@@ -266,6 +266,37 @@ impl Hello {
     }
 }
 
+/// What a datagram `Hello` packet carries after its [`Hello`] (its MAC covers
+/// both): the largest packet the sender's device receives. Each end of a
+/// datagram link says it, and packets on the link are cut to the smaller of
+/// the two ends' sizes, so peers with different MTUs (a node at 9000, one at
+/// 1500) send each other nothing the receiver's interface would drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketLimits {
+    /// The largest packet, header included, the sender receives.
+    pub max_packet: u32,
+}
+
+impl PacketLimits {
+    /// Encoded size.
+    pub const LEN: usize = 4;
+
+    /// Parse (the first [`PacketLimits::LEN`] bytes of `b`).
+    pub fn parse(b: &[u8]) -> Result<PacketLimits, WireError> {
+        let f = Fields::<{ Self::LEN }>::new(b).ok_or(WireError::Truncated("packet limits"))?;
+        Ok(PacketLimits {
+            max_packet: f.u32::<0>(),
+        })
+    }
+
+    /// Encode.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        FieldsMut::of(&mut b).put_u32::<0>(self.max_packet);
+        b
+    }
+}
+
 /// The body of a `Resume` frame: sent first on every new connection, it
 /// lets two agents that both lived through a broken connection carry on
 /// where they were. Each side keeps the `Data` frames it sent until the
@@ -881,6 +912,7 @@ mod tests {
             let _ = FrameHeader::parse(&bytes);
             let _ = RecordHeader::parse(&bytes);
             let _ = Hello::parse(&bytes);
+            let _ = PacketLimits::parse(&bytes);
             let _ = Resume::parse(&bytes);
             let _ = parse_ack(&bytes);
             for (h, p) in records(&bytes).flatten() {
@@ -900,6 +932,13 @@ mod tests {
             let h = Hello { node, nodes, incarnation, job, caps, fabric };
             prop_assert_eq!(Hello::parse(&h.to_bytes()).unwrap(), h);
             prop_assert!(Hello::parse(&h.to_bytes()[..cut]).is_err());
+        }
+
+        #[test]
+        fn packet_limits_round_trip(max_packet in any::<u32>(), cut in 0usize..PacketLimits::LEN) {
+            let l = PacketLimits { max_packet };
+            prop_assert_eq!(PacketLimits::parse(&l.to_bytes()).unwrap(), l);
+            prop_assert!(PacketLimits::parse(&l.to_bytes()[..cut]).is_err());
         }
 
         #[test]

@@ -30,10 +30,16 @@ use super::reliable::Ack;
 
 /// Packet magic.
 pub const PKT_MAGIC: [u8; 2] = *b"WY";
-/// Packet format version (2: acks sent alone may carry a D-SACK).
-pub const PKT_VERSION: u8 = 2;
+/// Packet format version (2: acks sent alone may carry a D-SACK; 3: a `Hello`
+/// says the largest packet its sender receives, [`crate::wire::PacketLimits`]).
+pub const PKT_VERSION: u8 = 3;
 /// Bytes of a packet header.
 pub const PKT_HEADER: usize = 64;
+/// The smallest packet, header included, a datagram link runs on: a device
+/// (`packet_bytes`, `dpdk_mtu`, an interface's MTU) or a peer's `Hello` that
+/// says less is refused. Every device must receive a whole `Hello` packet
+/// (132 B with its MAC; checked where it is built), whatever its links' size.
+pub const PACKET_MIN: usize = PKT_HEADER + 192;
 /// Flag: the sender is not up yet and wants a `Hello` back.
 pub const FLAG_NOT_UP: u8 = 1;
 /// Flag (`Ack` and `Probe` only): the sequence number field holds a D-SACK,

@@ -72,6 +72,12 @@ impl<'a> Traffic<'a> {
         }
     }
 
+    /// How long each sender and receiver waits for its messages (100 s by default).
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = ms;
+        self
+    }
+
     /// A pause between a sender's messages.
     pub fn gap_us(mut self, us: u64) -> Self {
         self.gap_us = us;

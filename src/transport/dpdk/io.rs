@@ -55,7 +55,7 @@ use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
 use crate::transport::{Poller, Shortfall};
 use crate::wire::bytes::{Fields, FieldsMut};
-use crate::wire::packet::PKT_HEADER;
+use crate::wire::packet::PACKET_MIN;
 
 /// wyvern's EtherType: IEEE 802 local experimental EtherType 1.
 pub const ETHERTYPE: u16 = 0x88B5;
@@ -119,6 +119,12 @@ pub struct DpdkIoStats {
     pub own: u64,
     /// Frames too long for a packet, dropped.
     pub oversize: u64,
+    /// The longest packet (header and payload, no Ethernet header) received
+    /// with our EtherType: at most this port's MTU...
+    pub rx_largest: u64,
+    /// ...and the longest sent: at most the MTU, and the peer's when smaller
+    /// (what its `Hello` says it receives).
+    pub tx_largest: u64,
     /// Sends refused because the send queue was full or no mbuf was free.
     pub tx_full: u64,
     /// Packets sent to the broadcast MAC (peer not learned yet).
@@ -211,6 +217,24 @@ fn mtu_shortfall(iface: &str, has: u16, asked: u16) -> Shortfall {
     }
 }
 
+/// The degradation of a memif port whose buffers (`bsize`) hold less than a
+/// frame of the MTU `dpdk_mtu` asks.
+fn memif_shortfall(port: &str, bsize: usize, has: u16, asked: u16) -> Shortfall {
+    let need = usize::from(asked) + ETH_HEADER;
+    Shortfall {
+        what: "mtu",
+        why: format!(
+            "{port}'s buffers are {bsize} B (bsize), dpdk_mtu asks {asked}: packets are cut to \
+             {has} B (more packets, headers and per-packet work for large messages)"
+        ),
+        fix: format!(
+            "give bsize={need} or more in {port}'s --vdev arguments, the same on both agents of \
+             the pair (e.g. bsize={}), or lower dpdk_mtu to {has}",
+            need.next_multiple_of(1024)
+        ),
+    }
+}
+
 fn dev_err(e: Error) -> io::Error {
     io::Error::other(e)
 }
@@ -266,9 +290,11 @@ impl DpdkIo {
         // long as their buffers (`bsize`, default 2048; the client's is the pair's). It
         // would split a longer frame over chained descriptors, but DPDK 22.11's receiver
         // then hands out chained mbufs and, seen here, frames that were never sent, in
-        // an endless stream: so a jumbo MTU on memif needs a `bsize` that holds the
-        // whole frame (checked below), the same on both agents, and the same MTU on
-        // both (a longer frame would arrive in chained mbufs: dropped as oversize).
+        // an endless stream: so packets on memif are never longer than a buffer holds
+        // (below: cut to it, and listed as degraded `mtu` where `dpdk_mtu` asked
+        // more). The two agents' sizes may differ (another `bsize` or MTU): each
+        // says in its `Hello` what it receives, and the link's packets are the
+        // smaller (a longer frame would arrive in chained mbufs: dropped as oversize).
         let memif = memif_vdev(&cfg.eal_args, cfg.port.as_deref());
         let memif_mtu = match (cfg.mtu, &memif) {
             (Some(m), Some(_)) if m > 1500 => Some(m),
@@ -348,7 +374,7 @@ impl DpdkIo {
                 match port.if_index().and_then(interface_mtu) {
                     Some(ifmtu) if ifmtu < u32::from(want) => {
                         let ifmtu = u16::try_from(ifmtu).unwrap_or(want);
-                        if usize::from(ifmtu) < PKT_HEADER + 64 {
+                        if usize::from(ifmtu) < PACKET_MIN {
                             return Err(io::Error::other(format!(
                                 "{}: its interface {iface} has an MTU of {ifmtu}, too small \
                                  for a packet (ip link set dev {iface} mtu {want})",
@@ -375,22 +401,43 @@ impl DpdkIo {
                     None => want,
                 }
             }
-            None => match (memif_mtu, &memif) {
-                (Some(want), Some(m)) => {
-                    let frame = usize::from(want) + ETH_HEADER;
-                    if m.bsize < frame {
-                        return Err(io::Error::other(format!(
-                            "{}: an MTU of {want} needs bsize={frame} or more in its --vdev \
-                             arguments (its buffers are {} B; the same bsize on both ends \
-                             of the pair, e.g. bsize=9216 for an MTU of 9000)",
-                            port.name(),
-                            m.bsize
-                        )));
+            None => {
+                let want = match memif_mtu {
+                    Some(want) => want,
+                    None => port.mtu().map_err(dev_err)?,
+                };
+                match &memif {
+                    // memif's buffers (`bsize`) must hold a whole frame: a longer
+                    // one would be split over chained descriptors (see above). So
+                    // packets are cut to what a buffer holds.
+                    Some(m) if m.bsize < usize::from(want) + ETH_HEADER => {
+                        let fits = m.bsize.saturating_sub(ETH_HEADER);
+                        if fits < PACKET_MIN {
+                            return Err(io::Error::other(format!(
+                                "{}: its buffers (bsize={}) are too small for a packet; give \
+                                 bsize={} or more in its --vdev arguments",
+                                port.name(),
+                                m.bsize,
+                                usize::from(want) + ETH_HEADER
+                            )));
+                        }
+                        let fits = u16::try_from(fits).unwrap_or(want);
+                        match cfg.mtu {
+                            Some(asked) => {
+                                shortfall.push(memif_shortfall(port.name(), m.bsize, fits, asked))
+                            }
+                            None => log::info!(
+                                "dpdk: {}: packets cut to {fits} B, what its buffers \
+                                 (bsize={}) hold (the port says {want})",
+                                port.name(),
+                                m.bsize
+                            ),
+                        }
+                        fits
                     }
-                    want
+                    _ => want,
                 }
-                _ => port.mtu().map_err(dev_err)?,
-            },
+            }
         };
         let max_packet = usize::from(mtu);
         let mut peers = cfg.peer_macs.clone();
@@ -830,6 +877,7 @@ impl PacketIo for DpdkIo {
         // The packet is encoded straight into the mbuf's data room.
         fill(&mut frame[ETH_HEADER..]);
         self.stats.tx_bytes_copied += len as u64;
+        self.stats.tx_largest = self.stats.tx_largest.max(len as u64);
         if dst == BROADCAST {
             self.stats.tx_broadcast += 1;
         }
@@ -866,7 +914,7 @@ impl PacketIo for DpdkIo {
                 FrameKind::Packet(src) => {
                     // A frame in chained mbufs is longer than our MTU's buffers (a
                     // memif peer with a larger MTU): oversize too.
-                    if frame.len() - ETH_HEADER > self.max_packet.max(PKT_HEADER + 64)
+                    if frame.len() - ETH_HEADER > self.max_packet.max(PACKET_MIN)
                         || m.segments() > 1
                     {
                         self.stats.oversize += 1;
@@ -875,7 +923,9 @@ impl PacketIo for DpdkIo {
                     }
                     self.last_src = Some(src);
                     self.stats.rx_frames += 1;
-                    self.stats.rx_bytes += (frame.len() - ETH_HEADER) as u64;
+                    let len = (frame.len() - ETH_HEADER) as u64;
+                    self.stats.rx_bytes += len;
+                    self.stats.rx_largest = self.stats.rx_largest.max(len);
                     self.moved(1);
                     return Ok(Some(RxFrame(m)));
                 }
@@ -962,6 +1012,8 @@ impl PacketIo for DpdkIo {
             ("frames_foreign_ethertype", s.foreign_ethertype),
             ("frames_own", s.own),
             ("frames_oversize", s.oversize),
+            ("frames_rx_largest", s.rx_largest),
+            ("frames_tx_largest", s.tx_largest),
             ("frames_tx_full", s.tx_full),
             ("frames_tx_broadcast", s.tx_broadcast),
             ("frames_tx_queued", self.txq.len() as u64),

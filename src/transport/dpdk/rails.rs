@@ -190,7 +190,11 @@ pub struct Rails {
     now: Instant,
     ops: u32,
     last_link_check: Instant,
+    /// The largest packet every rail carries (the smallest rail's MTU)...
     max_packet: usize,
+    /// ...and by node id, the largest its link sends (0: `max_packet`): packets
+    /// of at least half that are large ones, striped.
+    peer_packet: Vec<usize>,
 }
 
 impl Rails {
@@ -271,6 +275,7 @@ impl Rails {
             ops: 0,
             last_link_check: now,
             max_packet,
+            peer_packet: vec![0; nodes],
         })
     }
 
@@ -512,6 +517,12 @@ impl PacketIo for Rails {
         self.max_packet
     }
 
+    fn peer_packet(&mut self, node: u32, max: usize) {
+        if let Some(p) = self.peer_packet.get_mut(node as usize) {
+            *p = max;
+        }
+    }
+
     fn send_with<F: FnOnce(&mut [u8])>(
         &mut self,
         node: u32,
@@ -524,7 +535,11 @@ impl PacketIo for Rails {
             // Not a node of the job: the first rail says what it says.
             return self.rails[0].io.send_with(node, len, fill);
         }
-        let first = if len * 2 >= self.max_packet {
+        let max = match self.peer_packet[n] {
+            0 => self.max_packet,
+            p => p.min(self.max_packet),
+        };
+        let first = if len * 2 >= max {
             self.stripe_rail(n)
         } else {
             self.small_rail(n, len)
@@ -688,7 +703,11 @@ impl PacketIo for Rails {
         let mut out = self.rails[0].io.counters();
         for r in &self.rails[1..] {
             for (o, (_, v)) in out.iter_mut().zip(r.io.counters()) {
-                o.1 += v;
+                // (The largest frames are the largest over the rails.)
+                o.1 = match o.0.ends_with("_largest") {
+                    true => o.1.max(v),
+                    false => o.1 + v,
+                };
             }
         }
         for o in &mut out {
