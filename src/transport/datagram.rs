@@ -548,6 +548,15 @@ impl<I: PacketIo> DatagramTransport<I> {
         })
     }
 
+    /// Use congestion model `model` for the links made from now on (the
+    /// agent's `congestion` setting; [`reliable::Config::datagram`]'s by
+    /// default).
+    pub fn with_congestion(mut self, model: reliable::Model) -> Self {
+        self.cfg.model = model;
+        self.links.cfg.model = model;
+        self
+    }
+
     /// Counters of the datagram layer.
     pub fn dgram_stats(&self) -> DgramStats {
         self.stats
@@ -909,7 +918,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         let mut any = false;
         // (Its own handle: the slices it gives out outlive `send_raw`'s `&mut self`.)
         let pool = Arc::clone(&self.pool);
-        while self.links[j].queued > 0 && self.links[j].tx.can_send() {
+        while self.links[j].queued > 0 && self.links[j].tx.can_send(now) {
             // A packet that starts at a pool block range its owner keeps (the
             // rest of a large chunk) is encoded straight from the block, and the
             // reliability layer keeps only where it is: one copy, not two.
