@@ -1159,6 +1159,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             }
             return;
         }
+        // (Not behind the sends' time: see `poll`.)
+        let now = self.now.map_or(now, |t| t.max(now));
         if self.receive(now, rx, events) {
             for j in 0..self.links.len() {
                 if self.links.up(j) {
@@ -1234,6 +1236,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         self.now = self.now.max(Some(now));
+        // Never behind what `flush` stamped sends with: an ack taken in at an
+        // earlier time gave round trips of 0 (the rate model's minimum round
+        // trip, and with it its window, fell to nothing on the dpdk links).
+        let now = self.now.unwrap_or(now);
         let mut any = self.io.poll_mode() && self.receive(now, rx, events);
         for j in 0..self.links.len() {
             if self.links.up(j) {

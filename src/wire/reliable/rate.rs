@@ -432,7 +432,11 @@ impl Rate {
     }
 
     fn update_min_rtt(&mut self, now: Instant, rtt: Option<Duration>) {
-        let Some(rtt) = rtt else { return };
+        // (A round trip under a microsecond is a clock artefact, not a path:
+        // it would make the window the floor for ten seconds.)
+        let Some(rtt) = rtt.filter(|r| *r >= Duration::from_micros(1)) else {
+            return;
+        };
         if let Mode::ProbeRtt(_) = self.mode {
             self.probe_min = Some(self.probe_min.map_or(rtt, |m| m.min(rtt)));
         }
