@@ -56,6 +56,17 @@
 //! a D-SACK does not say which copy an ack answered, and a network that
 //! duplicates the retransmission of a lost packet would teach the timeout
 //! a whole timeout too much.)
+//!
+//! ## Congestion: two models ([`Model`])
+//! [`Model::Rate`] (the datagram transports' default, [`Config::datagram`];
+//! the `rate` module) sends at the path's estimated bottleneck rate with
+//! about two round trips' worth in flight and lets random loss cut nothing;
+//! only an epoch whose loss rate is clearly above the path's own bounds what
+//! is in flight. Its losses are resent paced, before new data. [`Model::Aimd`]
+//! (kept for comparison: `--congestion aimd`) is a congestion window that a
+//! loss cuts to 0.7 unless the round trip shows no queue (TCP Veno's test).
+//! The design and the measurements are in docs/architecture.md
+//! ("Congestion") and bench/RESULTS.md (issue 14).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -65,7 +76,15 @@ mod rate;
 /// How a sender's congestion control responds to what it sees (see
 /// "Congestion" in docs/architecture.md).
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Model {
@@ -678,10 +697,7 @@ impl<T> Sender<T> {
     /// nothing about the network, so a slow receiver neither grows nor
     /// shrinks it).
     fn on_newly_acked(&mut self, n: u32, flight: usize) {
-        if n == 0
-            || !self.cfg.congestion
-            || self.rate.is_some()
-            || flight * 2 < self.cwnd as usize
+        if n == 0 || !self.cfg.congestion || self.rate.is_some() || flight * 2 < self.cwnd as usize
         {
             return;
         }
@@ -1172,17 +1188,16 @@ impl<T> Sender<T> {
             // ack's bitmap: then its resend is what was lost (the cumulative
             // point is stuck on it), and RACK cannot see anything sent after
             // that resend.
-            let oldest = self
-                .slots
-                .iter()
-                .position(Option::is_some)
-                .filter(|&i| {
-                    self.rate.is_some()
-                        && self.next > self.visible
-                        && self.slots[i].as_ref().is_some_and(|s| s.tx > 1)
-                });
+            let oldest = self.slots.iter().position(Option::is_some).filter(|&i| {
+                self.rate.is_some()
+                    && self.next > self.visible
+                    && self.slots[i].as_ref().is_some_and(|s| s.tx > 1)
+            });
             let pick = match oldest {
-                Some(i) => self.slots.get_mut(i).and_then(|s| s.as_mut().map(|s| (i, s))),
+                Some(i) => self
+                    .slots
+                    .get_mut(i)
+                    .and_then(|s| s.as_mut().map(|s| (i, s))),
                 None => self
                     .slots
                     .iter_mut()
@@ -1238,7 +1253,8 @@ impl<T> Sender<T> {
         let mut any = false;
         while let Some(&seq) = self.pending.front() {
             let idx = seq.wrapping_sub(self.base) as usize;
-            let waiting = seq >= self.base && matches!(self.slots.get(idx), Some(Some(s)) if s.lost);
+            let waiting =
+                seq >= self.base && matches!(self.slots.get(idx), Some(Some(s)) if s.lost);
             if !waiting {
                 self.pending.pop_front();
                 continue;
@@ -1293,9 +1309,14 @@ impl<T> Sender<T> {
             return pace;
         }
         let mut due = self.timer + self.rto;
-        for t in [self.rack.dirty, self.rack.timer, self.probe_deadline(), pace]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.rack.dirty,
+            self.rack.timer,
+            self.probe_deadline(),
+            pace,
+        ]
+        .into_iter()
+        .flatten()
         {
             due = due.min(t);
         }
@@ -2676,7 +2697,10 @@ mod tests {
                 }
                 s.account(now, fed < r.n);
                 if trace && now >= next_trace {
-                    next_trace = now + Duration::from_micros(std::env::var("TRACE_US").map_or(5000, |v| v.parse().unwrap()));
+                    next_trace = now
+                        + Duration::from_micros(
+                            std::env::var("TRACE_US").map_or(5000, |v| v.parse().unwrap()),
+                        );
                     eprintln!(
                         "t {:?} inflight {} cwnd {} q {} {} {:?}",
                         now - start,
@@ -2895,10 +2919,15 @@ mod tests {
                         (Model::Rate, _) => 0.85,
                     };
                     if o.share < floor {
-                        failed.push(format!("{name} {model:?} seed {seed}: goodput {:.3}", o.share));
+                        failed.push(format!(
+                            "{name} {model:?} seed {seed}: goodput {:.3}",
+                            o.share
+                        ));
                     }
                     if model == Model::Rate && drops > 0.05 {
-                        failed.push(format!("{name} {model:?} seed {seed}: tail drops {drops:.3}"));
+                        failed.push(format!(
+                            "{name} {model:?} seed {seed}: tail drops {drops:.3}"
+                        ));
                     }
                     if model == Model::Rate && o.mean_queue > 200.0 {
                         failed.push(format!(
@@ -2920,16 +2949,23 @@ mod tests {
     #[ignore]
     fn netsim_trace_one() {
         let var = |k: &str, d: u64| std::env::var(k).map_or(d, |v| v.parse().unwrap());
-        let model = if std::env::var_os("TAIMD").is_some() { Model::Aimd } else { Model::Rate };
-        netsim_cell("trace", netsim::Run {
-            seed: var("TSEED", 1),
-            n: var("TN", 30000) as u32,
-            rate: 100_000,
-            delay: Duration::from_micros(var("TD", 500)),
-            queue: var("TQ", 20) as u32,
-            imp: imp(var("TL", 1), var("TR", 0), var("TDUP", 0), var("TC", 0)),
-            model,
-        });
+        let model = if std::env::var_os("TAIMD").is_some() {
+            Model::Aimd
+        } else {
+            Model::Rate
+        };
+        netsim_cell(
+            "trace",
+            netsim::Run {
+                seed: var("TSEED", 1),
+                n: var("TN", 30000) as u32,
+                rate: 100_000,
+                delay: Duration::from_micros(var("TD", 500)),
+                queue: var("TQ", 20) as u32,
+                imp: imp(var("TL", 1), var("TR", 0), var("TDUP", 0), var("TC", 0)),
+                model,
+            },
+        );
     }
 
     proptest! {

@@ -377,9 +377,7 @@ impl Rate {
             self.app_limited_until = 0;
         }
         self.update_min_rtt(now, rtt);
-        let Some((stamp, sent)) = self.rs.take() else {
-            return None;
-        };
+        let (stamp, sent) = self.rs.take()?;
         // Round counting.
         let round_start = stamp.delivered >= self.next_round_delivered;
         if round_start {
