@@ -14,7 +14,8 @@
 //!   much had been delivered then ([`Stamp`]); an ack gives a sample of
 //!   packets delivered over the longer of the send and the ack interval of
 //!   the newest packet it delivers (not shorter than the minimum round trip,
-//!   so a burst of acks after a stall is not read as a fast path);
+//!   so a burst of acks after a stall is not read as a fast path), and at
+//!   most [`ROUND_RATE_SLACK`] times the last round's mean delivery rate;
 //! - **bottleneck bandwidth**: the largest sample of the last [`BW_ROUNDS`]
 //!   round trips (samples taken while the sender had nothing to send or was
 //!   held by the receiver's credits count only if they raise it: a slow
@@ -43,7 +44,7 @@
 //!   rate whatever the sender does; a queue overflows only when the sender
 //!   pushes more than the path holds, so its loss comes on top. A congested
 //!   epoch bounds what may be in flight to [`HI_BETA`] of the window
-//!   (BBRv2's `inflight_hi`), and the bound grows back by a 32nd a round
+//!   (BBRv2's `inflight_hi`), and the bound grows back by a 32nd per epoch
 //!   while no epoch is congested. Resends the receiver reported as
 //!   duplicates (D-SACK) are taken back off the epoch's count.
 
