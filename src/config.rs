@@ -351,6 +351,10 @@ pub struct AgentArgs {
     /// Idle policy.
     #[arg(long, value_enum, env = "WYVERN_AGENT_IDLE")]
     pub idle: Option<IdlePolicy>,
+    /// udp and dpdk transports: the links' congestion model (rate: BBR-style,
+    /// random loss cuts nothing; aimd: the earlier loss-driven window).
+    #[arg(long, value_enum, env = "WYVERN_AGENT_CONGESTION")]
+    pub congestion: Option<crate::wire::reliable::Model>,
     /// When links to peers are made: on the first message to each (and on
     /// `wyvern wait` / `wyvern connect`), or to all of them at start.
     #[arg(long, value_enum, env = "WYVERN_AGENT_CONNECT")]
@@ -490,6 +494,7 @@ impl AgentArgs {
             verbs_port_offset,
             cores,
             idle,
+            congestion,
             connect,
             spin_us
         );

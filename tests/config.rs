@@ -203,6 +203,13 @@ fn samples() -> Vec<Sample> {
             [r#""spin""#, r#""adaptive""#, r#""spin""#],
         ),
         s(
+            "congestion",
+            r#""aimd""#,
+            "rate",
+            "aimd",
+            [r#""aimd""#, r#""rate""#, r#""aimd""#],
+        ),
+        s(
             "connect",
             r#""all""#,
             "on-demand",

@@ -175,6 +175,10 @@ pub struct AgentConfig {
     pub cores: Vec<usize>,
     /// Idle policy.
     pub idle: IdlePolicy,
+    /// udp and dpdk transports: the congestion model of their links
+    /// (`rate`: BBR-style; `aimd`: the earlier window, see
+    /// docs/architecture.md "Congestion").
+    pub congestion: crate::wire::reliable::Model,
     /// When links to peers are made.
     pub connect: ConnectPolicy,
     /// Microseconds of fruitless polling before an adaptive agent sleeps.
@@ -269,6 +273,7 @@ impl Default for AgentConfig {
             verbs_fabric: None,
             cores: vec![],
             idle: IdlePolicy::Adaptive,
+            congestion: crate::wire::reliable::Config::datagram().model,
             connect: ConnectPolicy::OnDemand,
             spin_us: 200,
             hugepages: true,

@@ -183,6 +183,7 @@ impl Plan {
             self.timing.peer_timeout,
             self.key.clone(),
         )
+        .map(|t| t.with_congestion(self.cfg.congestion))
     }
 
     /// Start the tcp transport, listening at `addrs[me]`.

@@ -587,6 +587,15 @@ impl<I: PacketIo> DatagramTransport<I> {
         })
     }
 
+    /// Use congestion model `model` for the links made from now on (the
+    /// agent's `congestion` setting; [`reliable::Config::datagram`]'s by
+    /// default).
+    pub fn with_congestion(mut self, model: reliable::Model) -> Self {
+        self.cfg.model = model;
+        self.links.cfg.model = model;
+        self
+    }
+
     /// Counters of the datagram layer.
     pub fn dgram_stats(&self) -> DgramStats {
         self.stats
@@ -1032,7 +1041,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         let mut any = false;
         // (Its own handle: the slices it gives out outlive `send_raw`'s `&mut self`.)
         let pool = Arc::clone(&self.pool);
-        while self.links[j].queued > 0 && self.links[j].tx.can_send() {
+        while self.links[j].queued > 0 && self.links[j].tx.can_send(now) {
             // A packet that starts at a pool block range its owner keeps (the
             // rest of a large chunk) is encoded straight from the block, and the
             // reliability layer keeps only where it is: one copy, not two.
@@ -1273,6 +1282,8 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
             }
             return;
         }
+        // (Not behind the sends' time: see `poll`.)
+        let now = self.now.map_or(now, |t| t.max(now));
         if self.receive(now, rx, events) {
             for j in 0..self.links.len() {
                 if self.links.up(j) {
@@ -1348,6 +1359,10 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
 
     fn poll(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         self.now = self.now.max(Some(now));
+        // Never behind what `flush` stamped sends with: an ack taken in at an
+        // earlier time gave round trips of 0 (the rate model's minimum round
+        // trip, and with it its window, fell to nothing on the dpdk links).
+        let now = self.now.unwrap_or(now);
         let mut any = self.io.poll_mode() && self.receive(now, rx, events);
         for j in 0..self.links.len() {
             if self.links.up(j) {

@@ -56,9 +56,49 @@
 //! a D-SACK does not say which copy an ack answered, and a network that
 //! duplicates the retransmission of a lost packet would teach the timeout
 //! a whole timeout too much.)
+//!
+//! ## Congestion: two models ([`Model`])
+//! [`Model::Rate`] (the datagram transports' default, [`Config::datagram`];
+//! the `rate` module) sends at the path's estimated bottleneck rate with
+//! about two round trips' worth in flight and lets random loss cut nothing;
+//! only an epoch whose loss rate is clearly above the path's own bounds what
+//! is in flight. Its losses are resent paced, before new data. [`Model::Aimd`]
+//! (kept for comparison: `--congestion aimd`) is a congestion window that a
+//! loss cuts to 0.7 unless the round trip shows no queue (TCP Veno's test).
+//! The design and the measurements are in docs/architecture.md
+//! ("Congestion") and bench/RESULTS.md (issue 14).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+mod rate;
+
+/// How a sender's congestion control responds to what it sees (see
+/// "Congestion" in docs/architecture.md).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// A congestion window, AIMD as in TCP Reno with selective acks, and
+    /// TCP Veno's test: a loss when the round trip shows no queue is taken
+    /// as random and holds the window, else it is cut to 0.7.
+    #[default]
+    Aimd,
+    /// A delivery-rate model (BBR-style): the window and a pacing rate follow
+    /// the path's estimated bottleneck rate and minimum round trip; random
+    /// loss cuts nothing, only a loss rate clearly above the path's own
+    /// bounds what is in flight.
+    Rate,
+}
 
 /// Tuning shared by both halves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +121,8 @@ pub struct Config {
     pub congestion: bool,
     /// Congestion window at the start and after a timeout's slow start...
     pub cwnd_initial: u32,
+    /// ...and how it responds to loss and delay.
+    pub model: Model,
 }
 
 impl Default for Config {
@@ -94,6 +136,7 @@ impl Default for Config {
             ack_delay: Duration::from_micros(200),
             congestion: true,
             cwnd_initial: 16,
+            model: Model::Aimd,
         }
     }
 }
@@ -110,6 +153,7 @@ impl Config {
         Config {
             ack_every: 2,
             ack_delay: Duration::from_micros(100),
+            model: Model::Rate,
             ..Config::default()
         }
     }
@@ -238,6 +282,10 @@ struct Slot<T> {
     /// ...and last.
     last_tx: Instant,
     tx: u32,
+    /// The rate model's note of the last transmission.
+    stamp: Option<rate::Stamp>,
+    /// Found lost, waiting in `Sender::pending` to be resent.
+    lost: bool,
 }
 
 impl<T> Slot<T> {
@@ -271,9 +319,11 @@ struct Resent {
 /// D-SACKs may yet prove spurious.
 #[derive(Debug)]
 struct Undo {
-    /// The window and threshold before the episode's first reduction.
+    /// The window and threshold before the episode's first reduction...
     cwnd: u32,
     ssthresh: u32,
+    /// ...and the rate model's in-flight bound.
+    hi: Option<u32>,
     /// `next` at the episode's last reduction: once `base` passes it, a new
     /// reduction starts a new episode.
     high: u64,
@@ -327,6 +377,10 @@ struct Rack {
     /// When the most recently sent of the packets delivered so far was sent
     /// (its last transmission), and its sequence number (ties)...
     xmit: Option<(Instant, u64)>,
+    /// The same for a packet known delivered only by a D-SACK beyond the
+    /// ack's bitmap (the rate model's): it finds losses only among packets
+    /// the bitmap covers (what arrived beyond it is unknown).
+    far: Option<(Instant, u64)>,
     /// ...and its round trip.
     rtt: Duration,
     /// The reordering window in quarters of the minimum round trip.
@@ -437,6 +491,16 @@ pub struct Sender<T> {
     last_resend: Option<Instant>,
     /// The loss episode a D-SACK may undo.
     undo: Option<Undo>,
+    /// The rate model ([`Model::Rate`] with congestion control on).
+    rate: Option<rate::Rate>,
+    /// The rate model's losses waiting to be resent (as its pacer allows,
+    /// before new data), oldest first; stale entries are skipped...
+    pending: VecDeque<u64>,
+    /// ...and how many slots are so marked (`Slot::lost`).
+    lost: usize,
+    /// Sequence numbers below this are covered by the last ack (its
+    /// cumulative point and bitmap): loss detection stops there.
+    visible: u64,
     /// Where the time goes.
     acct: Account,
     stats: SenderStats,
@@ -474,6 +538,11 @@ impl<T> Sender<T> {
             rounds: Rounds::default(),
             last_resend: None,
             undo: None,
+            rate: (cfg.congestion && cfg.model == Model::Rate)
+                .then(|| rate::Rate::new(cfg.cwnd_initial, cfg.window, now)),
+            pending: VecDeque::new(),
+            lost: 0,
+            visible: 0,
             acct: Account::default(),
             stats: SenderStats::default(),
         }
@@ -491,6 +560,7 @@ impl<T> Sender<T> {
             self.undo = Some(Undo {
                 cwnd: self.cwnd,
                 ssthresh: self.ssthresh,
+                hi: self.rate.as_ref().and_then(|r| r.hi),
                 high: self.next,
                 resent: Vec::new(),
                 overflow: false,
@@ -522,6 +592,9 @@ impl<T> Sender<T> {
         r.dup = true;
         let done = u.resent.iter().all(|r| r.dup);
         self.stats.spurious += 1;
+        if let Some(m) = self.rate.as_mut() {
+            m.on_spurious();
+        }
         // A needless resend: the reordering was deeper than the window
         // allowed for. Widen it, once per round trip (RFC 8985 §6.2 step 4).
         let rtt = self.srtt.unwrap_or(self.rto);
@@ -543,6 +616,11 @@ impl<T> Sender<T> {
             if let Some(u) = self.undo.take() {
                 self.cwnd = self.cwnd.max(u.cwnd);
                 self.ssthresh = self.ssthresh.max(u.ssthresh);
+                if let Some(m) = self.rate.as_mut() {
+                    if m.hi.is_some() {
+                        m.hi = u.hi.map(|h| h.max(m.hi.unwrap_or(0)));
+                    }
+                }
                 self.stats.undone += 1;
             }
         }
@@ -581,6 +659,13 @@ impl<T> Sender<T> {
         } else {
             Held::Open
         };
+        if let Some(m) = self.rate.as_mut() {
+            // Nothing to send, or held by the peer: the rate samples until
+            // what is in flight now is delivered do not measure the path.
+            if matches!(self.acct.held, Held::Idle | Held::Drained | Held::Rwnd) {
+                m.app_limited(self.outstanding);
+            }
+        }
     }
 
     /// Something was sent or acknowledged now (for `us_before_*`).
@@ -597,7 +682,9 @@ impl<T> Sender<T> {
     /// The congestion window (packets), or the whole window without
     /// congestion control.
     pub fn cwnd(&self) -> u32 {
-        if self.cfg.congestion {
+        if let Some(m) = &self.rate {
+            m.cwnd()
+        } else if self.cfg.congestion {
             self.cwnd
         } else {
             self.cfg.window
@@ -610,7 +697,8 @@ impl<T> Sender<T> {
     /// nothing about the network, so a slow receiver neither grows nor
     /// shrinks it).
     fn on_newly_acked(&mut self, n: u32, flight: usize) {
-        if n == 0 || !self.cfg.congestion || flight * 2 < self.cwnd as usize {
+        if n == 0 || !self.cfg.congestion || self.rate.is_some() || flight * 2 < self.cwnd as usize
+        {
             return;
         }
         if self.cwnd < self.ssthresh {
@@ -650,6 +738,19 @@ impl<T> Sender<T> {
         if !self.cfg.congestion {
             return;
         }
+        if self.rate.is_some() {
+            // The rate model counts losses per epoch (`poll_retransmit`):
+            // one loss, or a timeout (a stalled peer as often as a lost
+            // flight), changes nothing by itself.
+            if !timeout && seq >= self.recover {
+                self.recover = self.next;
+                self.reo_persist_tick();
+            }
+            if let Some(u) = self.undo.as_mut() {
+                u.high = self.next;
+            }
+            return;
+        }
         if timeout {
             self.ssthresh = (self.cwnd / 2).max(4);
             self.cwnd = 4;
@@ -666,13 +767,7 @@ impl<T> Sender<T> {
                 self.stats.congestion_cuts += 1;
             }
             self.recover = self.next;
-            self.rack.reo_persist = self.rack.reo_persist.saturating_sub(1);
-            if self.rack.reo_persist == 0 {
-                self.rack.reo_mult = 1;
-                self.rack.degree = 0;
-                self.rack.late = Duration::ZERO;
-                self.rack.reo_persist = REO_PERSIST;
-            }
+            self.reo_persist_tick();
         }
         if let Some(u) = self.undo.as_mut() {
             u.high = self.next;
@@ -680,6 +775,18 @@ impl<T> Sender<T> {
         // Never more than the window, however small it was configured.
         self.cwnd = self.cwnd.min(self.cfg.window.max(1));
         self.cwnd_acc = 0;
+    }
+
+    /// A loss episode went by: a widened reordering window returns to its
+    /// start after [`REO_PERSIST`] of them.
+    fn reo_persist_tick(&mut self) {
+        self.rack.reo_persist = self.rack.reo_persist.saturating_sub(1);
+        if self.rack.reo_persist == 0 {
+            self.rack.reo_mult = 1;
+            self.rack.degree = 0;
+            self.rack.late = Duration::ZERO;
+            self.rack.reo_persist = REO_PERSIST;
+        }
     }
 
     /// Whether the caller should ask the peer for an ack now (a window probe,
@@ -707,21 +814,30 @@ impl<T> Sender<T> {
         self.probes = self.probes.saturating_add(1);
     }
 
-    /// Whether [`Sender::send`] would accept a packet now (window and the
-    /// peer's credits both open).
-    pub fn can_send(&self) -> bool {
+    /// Whether [`Sender::send`] would accept a packet now (window, the
+    /// peer's credits and the rate model's pacer all open).
+    pub fn can_send(&self, now: Instant) -> bool {
         self.next < self.limit
             && self.next - self.base < self.cfg.window as u64
             && self.outstanding < self.cwnd() as usize
+            && self.rate.as_ref().is_none_or(|m| m.pace_ok(now))
+            && self.lost == 0
+    }
+
+    /// The rate model's note of a (re)transmission now.
+    fn stamp(&mut self, now: Instant) -> Option<rate::Stamp> {
+        let inflight = self.outstanding;
+        self.rate.as_mut().map(|m| m.on_send(now, inflight))
     }
 
     /// Number the next packet and keep `item` until it is acknowledged.
     /// The caller transmits it with the returned sequence number. Gives the
     /// item back when the window or the peer's credits are closed.
     pub fn send(&mut self, item: T, now: Instant) -> Result<u64, T> {
-        if !self.can_send() {
+        if !self.can_send(now) {
             return Err(item);
         }
+        let stamp = self.stamp(now);
         if self.outstanding == 0 {
             self.progress = now;
             self.timer = now;
@@ -736,6 +852,8 @@ impl<T> Sender<T> {
             first_tx: now,
             last_tx: now,
             tx: 1,
+            stamp,
+            lost: false,
         }));
         self.stats.sent += 1;
         Ok(seq)
@@ -759,6 +877,7 @@ impl<T> Sender<T> {
         }
         let mut sample = None;
         let mut newly = 0u32;
+        let visible_before = self.visible;
         let mut delivered: Option<(Instant, u64)> = None;
         let advanced = ack.next > self.base;
         // Reordering: a packet sent once delivered behind a later one.
@@ -776,7 +895,11 @@ impl<T> Sender<T> {
                     late = late.max(now.saturating_duration_since(slot.last_tx + self.rack.rtt));
                 }
                 high = Some(self.base);
+                self.lost -= usize::from(slot.lost);
                 delivered = delivered.max(Some((slot.acked_tx(), self.base)));
+                if let (Some(m), Some(st)) = (self.rate.as_mut(), &slot.stamp) {
+                    m.delivered_one(st, slot.last_tx, now);
+                }
                 freed.push(slot.item);
                 newly += 1;
             }
@@ -793,12 +916,19 @@ impl<T> Sender<T> {
             // Open again: the next closing starts probing afresh.
             self.probes = 0;
         }
-        // Selective part: free what arrived.
-        for i in 0..64u64 {
-            if ack.sack & (1 << i) == 0 {
-                continue;
-            }
-            let seq = ack.next + 1 + i;
+        // Selective part: free what arrived. With the rate model also a
+        // D-SACK beyond the bitmap's 64: the receiver has that packet (a
+        // tail probe's, typically). A window wider than the bitmap otherwise
+        // hid every packet sent after a lost resend, so RACK could not find
+        // that loss, and only the timeout did.
+        let beyond = ack
+            .dsack
+            .filter(|&d| self.rate.is_some() && d > ack.next + 64 && d < self.next);
+        let selective = (0..64u64)
+            .filter(|i| ack.sack & (1 << i) != 0)
+            .map(|i| ack.next + 1 + i)
+            .chain(beyond);
+        for seq in selective {
             if seq >= self.next {
                 break;
             }
@@ -807,12 +937,27 @@ impl<T> Sender<T> {
                 if slot.tx == 1 && self.last_resend.is_none_or(|r| slot.last_tx > r) {
                     sample = sample.max(Some(slot.last_tx));
                 }
-                if slot.tx == 1 && fack.is_some_and(|f| f > seq) {
+                if slot.tx == 1 && fack.is_some_and(|f| f > seq) && Some(seq) != beyond {
                     degree = degree.max(fack.map_or(0, |f| f - seq));
                     late = late.max(now.saturating_duration_since(slot.last_tx + self.rack.rtt));
                 }
-                high = Some(seq);
-                delivered = delivered.max(Some((slot.acked_tx(), seq)));
+                if Some(seq) != beyond {
+                    high = Some(seq);
+                }
+                self.lost -= usize::from(slot.lost);
+                if Some(seq) == beyond {
+                    // RACK may go by it only for what the bitmap covers.
+                    let far = Some((slot.acked_tx(), seq));
+                    if far > self.rack.far {
+                        self.rack.far = far;
+                        self.rack.dirty = Some(now);
+                    }
+                } else {
+                    delivered = delivered.max(Some((slot.acked_tx(), seq)));
+                }
+                if let (Some(m), Some(st)) = (self.rate.as_mut(), &slot.stamp) {
+                    m.delivered_one(st, slot.last_tx, now);
+                }
                 freed.push(slot.item);
                 newly += 1;
             }
@@ -823,14 +968,27 @@ impl<T> Sender<T> {
             self.rack.reo_persist = REO_PERSIST;
         }
         self.rack.fack = self.rack.fack.max(high);
+        self.visible = ack.next + 65;
         self.outstanding -= newly as usize;
         self.stats.acked += newly as u64;
         self.on_newly_acked(newly, self.outstanding + newly as usize);
         // The most recently sent packet of those acknowledged gives the
         // round trip (older ones may have waited for an ack that was lost);
         // none sent before a retransmission (Karn), whose ack it may be.
-        if let Some(sent) = sample {
-            self.rtt_sample(now.saturating_duration_since(sent));
+        let rtt = sample.map(|sent| now.saturating_duration_since(sent));
+        if let Some(rtt) = rtt {
+            self.rtt_sample(rtt);
+        }
+        if let Some(m) = self.rate.as_mut() {
+            // An ack whose cumulative point passed the last one's bitmap
+            // delivers at once what arrived unseen behind a hole: its rate
+            // sample would count those as if delivered in its interval.
+            let seen = ack.next <= visible_before;
+            match m.on_ack(now, newly, self.outstanding, rtt, seen) {
+                Some(rate::Judged::Random) => self.stats.random_losses += 1,
+                Some(rate::Judged::Congested) => self.stats.congestion_cuts += 1,
+                _ => {}
+            }
         }
         if let Some((sent, seq)) = delivered {
             self.rack_update(sent, seq, now);
@@ -899,7 +1057,10 @@ impl<T> Sender<T> {
     /// its ack may be lost too: RFC 9002 sends probes, not a timeout, until
     /// one is answered).
     fn probe_deadline(&self) -> Option<Instant> {
-        (self.outstanding > 0 && self.rack.probes_out < PROBES_MAX && self.rack.timer.is_none())
+        (self.outstanding > 0
+            && self.rack.probes_out < PROBES_MAX
+            && self.rack.timer.is_none()
+            && self.lost == 0)
             .then(|| self.last_send + self.pto() * (1 << self.rack.probes_out))
     }
 
@@ -909,7 +1070,9 @@ impl<T> Sender<T> {
     fn detect_lost(&mut self, now: Instant, lost: &mut Vec<u64>) {
         self.rack.dirty = None;
         self.rack.timer = None;
-        let Some(xmit) = self.rack.xmit else { return };
+        let Some(near) = self.rack.xmit.max(self.rack.far) else {
+            return;
+        };
         let wait = self.rack.rtt + self.reo_wnd();
         // By count (FACK, RFC 6675's DupThresh made adaptive as Linux's
         // `tp->reordering`): a packet sent once is lost when packets more
@@ -919,8 +1082,16 @@ impl<T> Sender<T> {
         let thresh = u64::from(self.rack.degree.max(2) + 1);
         let fack = self.rack.fack;
         for (i, slot) in self.slots.iter().enumerate() {
-            let Some(slot) = slot else { continue };
+            let Some(slot) = slot.as_ref().filter(|s| !s.lost) else {
+                continue;
+            };
             let seq = self.base + i as u64;
+            let xmit = match self.rack.xmit {
+                // Past the ack's bitmap: only RACK's own newest counts.
+                _ if seq < self.visible => near,
+                Some(x) => x,
+                None => break,
+            };
             if (slot.last_tx, seq) >= xmit {
                 continue;
             }
@@ -965,13 +1136,35 @@ impl<T> Sender<T> {
         if self.rack.dirty.is_some() || self.rack.timer.is_some_and(|t| t <= now) {
             let mut lost = Vec::new();
             self.detect_lost(now, &mut lost);
+            if self.rate.is_some() {
+                // Resent below, paced, before new data: a burst of resends
+                // overflowed the queue that had dropped the originals, and
+                // the lost resends left RACK nothing newer to go by.
+                for &seq in &lost {
+                    let idx = (seq - self.base) as usize;
+                    if let Some(Some(slot)) = self.slots.get_mut(idx) {
+                        slot.lost = true;
+                        self.lost += 1;
+                        self.pending.push_back(seq);
+                    }
+                }
+                if let Some(m) = self.rate.as_mut() {
+                    m.on_lost(lost.len());
+                }
+                if let Some(&seq) = lost.first() {
+                    self.on_loss(seq, false);
+                }
+                lost.clear();
+            }
             for &seq in &lost {
                 let idx = (seq - self.base) as usize;
+                let stamp = self.stamp(now);
                 let Some(Some(slot)) = self.slots.get_mut(idx) else {
                     continue;
                 };
                 slot.last_tx = now;
                 slot.tx += 1;
+                slot.stamp = stamp;
                 self.stats.retransmits += 1;
                 self.stats.fast_retransmits += 1;
                 f(seq, &slot.item);
@@ -985,20 +1178,39 @@ impl<T> Sender<T> {
                 self.last_send = now;
             }
         }
+        self.resend_pending(now, &mut f);
         if self.probe_deadline().is_some_and(|t| t <= now) {
             let stall = self.stalled_for(now);
+            let stamp = self.stamp(now);
             // The newest outstanding packet again: its ack shows RACK what
-            // is missing before it.
-            if let Some((i, slot)) = self
-                .slots
-                .iter_mut()
-                .enumerate()
-                .rev()
-                .find_map(|(i, s)| s.as_mut().map(|s| (i, s)))
-            {
+            // is missing before it. With the rate model, the oldest instead
+            // when it was resent already and packets are out beyond the
+            // ack's bitmap: then its resend is what was lost (the cumulative
+            // point is stuck on it), and RACK cannot see anything sent after
+            // that resend.
+            let oldest = self.slots.iter().position(Option::is_some).filter(|&i| {
+                self.rate.is_some()
+                    && self.next > self.visible
+                    && self.slots[i].as_ref().is_some_and(|s| s.tx > 1)
+            });
+            let pick = match oldest {
+                Some(i) => self
+                    .slots
+                    .get_mut(i)
+                    .and_then(|s| s.as_mut().map(|s| (i, s))),
+                None => self
+                    .slots
+                    .iter_mut()
+                    .enumerate()
+                    .rev()
+                    .find_map(|(i, s)| s.as_mut().map(|s| (i, s))),
+            };
+            if let Some((i, slot)) = pick {
                 self.stats.us_before_probe += stall;
                 slot.last_tx = now;
                 slot.tx += 1;
+                slot.stamp = stamp;
+                self.lost -= usize::from(std::mem::take(&mut slot.lost));
                 self.stats.retransmits += 1;
                 self.stats.tail_probes += 1;
                 f(self.base + i as u64, &slot.item);
@@ -1009,6 +1221,7 @@ impl<T> Sender<T> {
         }
         if now.saturating_duration_since(self.timer) >= self.rto {
             let stall = self.stalled_for(now);
+            let stamp = self.stamp(now);
             if let Some((i, slot)) = self
                 .slots
                 .iter_mut()
@@ -1018,6 +1231,8 @@ impl<T> Sender<T> {
                 self.stats.us_before_timeout += stall;
                 slot.last_tx = now;
                 slot.tx += 1;
+                slot.stamp = stamp;
+                self.lost -= usize::from(std::mem::take(&mut slot.lost));
                 self.stats.retransmits += 1;
                 self.stats.timeouts += 1;
                 f(self.base + i as u64, &slot.item);
@@ -1032,6 +1247,43 @@ impl<T> Sender<T> {
         }
     }
 
+    /// The rate model's losses waiting to be resent, oldest first, while its
+    /// pacer lets them go.
+    fn resend_pending<F: FnMut(u64, &T)>(&mut self, now: Instant, f: &mut F) {
+        let mut any = false;
+        while let Some(&seq) = self.pending.front() {
+            let idx = seq.wrapping_sub(self.base) as usize;
+            let waiting =
+                seq >= self.base && matches!(self.slots.get(idx), Some(Some(s)) if s.lost);
+            if !waiting {
+                self.pending.pop_front();
+                continue;
+            }
+            if !self.rate.as_ref().is_none_or(|m| m.pace_ok(now)) {
+                break;
+            }
+            self.pending.pop_front();
+            self.note_resend(seq);
+            let stamp = self.stamp(now);
+            let Some(Some(slot)) = self.slots.get_mut(idx) else {
+                continue;
+            };
+            slot.lost = false;
+            self.lost -= 1;
+            slot.last_tx = now;
+            slot.tx += 1;
+            slot.stamp = stamp;
+            self.stats.retransmits += 1;
+            self.stats.fast_retransmits += 1;
+            f(seq, &slot.item);
+            any = true;
+        }
+        if any {
+            self.last_resend = Some(now);
+            self.last_send = now;
+        }
+    }
+
     /// Send everything outstanding again, oldest first, now (a stream
     /// transport's new connection after the peer said where it stands).
     pub fn retransmit_all(&mut self, now: Instant, mut f: impl FnMut(u64, &T)) {
@@ -1039,22 +1291,32 @@ impl<T> Sender<T> {
             if let Some(slot) = slot {
                 slot.last_tx = now;
                 slot.tx += 1;
+                slot.lost = false;
                 self.stats.retransmits += 1;
                 f(self.base + i as u64, &slot.item);
             }
         }
+        self.pending.clear();
+        self.lost = 0;
     }
 
     /// When [`Sender::poll_retransmit`] has work next, if anything is
-    /// outstanding.
+    /// outstanding; or when the rate model's pacer lets the next packet go,
+    /// if it holds one now ([`Sender::can_send`]).
     pub fn next_deadline(&self) -> Option<Instant> {
+        let pace = self.rate.as_ref().and_then(|m| m.pace_deadline());
         if self.outstanding == 0 {
-            return None;
+            return pace;
         }
         let mut due = self.timer + self.rto;
-        for t in [self.rack.dirty, self.rack.timer, self.probe_deadline()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.rack.dirty,
+            self.rack.timer,
+            self.probe_deadline(),
+            pace,
+        ]
+        .into_iter()
+        .flatten()
         {
             due = due.min(t);
         }
@@ -1122,6 +1384,8 @@ impl<T> Sender<T> {
         self.rack.dirty = None;
         self.rack.timer = None;
         self.undo = None;
+        self.pending.clear();
+        self.lost = 0;
         out
     }
 }
@@ -1775,7 +2039,7 @@ mod tests {
         let mut freed = Vec::new();
         s.on_ack(&ack, now, &mut freed).unwrap();
         assert_eq!(s.in_flight(), 0);
-        assert!(!s.can_send(), "no credit");
+        assert!(!s.can_send(now), "no credit");
         // A packet beyond the offered window is refused by the receiver.
         assert_eq!(r.on_packet(4, 4, now), Verdict::OutOfWindow);
         // The consumer reads: the window reopens and says so at once.
@@ -1784,7 +2048,7 @@ mod tests {
         let ack = r.make_ack();
         assert_eq!(ack.window, 4);
         s.on_ack(&ack, now, &mut freed).unwrap();
-        assert!(s.can_send());
+        assert!(s.can_send(now));
     }
 
     /// A window held shut is probed one timeout after it closed, then at
@@ -1804,7 +2068,7 @@ mod tests {
             r.on_packet(seq, i, t);
         }
         s.on_ack(&r.make_ack(), t, &mut freed).unwrap();
-        assert!(!s.can_send(), "the consumer read nothing: window 0");
+        assert!(!s.can_send(t), "the consumer read nothing: window 0");
         let mut probes = Vec::new();
         let mut now = t;
         while now < t + Duration::from_secs(3) {
@@ -1830,13 +2094,13 @@ mod tests {
         // The consumer reads: the window opens, and closing again probes afresh.
         while r.pop().is_some() {}
         s.on_ack(&r.make_ack(), now, &mut freed).unwrap();
-        assert!(s.can_send());
+        assert!(s.can_send(now));
         for i in 4..8 {
             let seq = s.send(i, now).unwrap();
             r.on_packet(seq, i, now);
         }
         s.on_ack(&r.make_ack(), now, &mut freed).unwrap();
-        assert!(!s.can_send());
+        assert!(!s.can_send(now));
         assert!(
             s.probe_due(now + s.rto()),
             "first probe one timeout after closing"
@@ -2005,7 +2269,7 @@ mod tests {
                 break;
             }
             // Sender side: new data while the window allows.
-            while fed < n && s.can_send() {
+            while fed < n && s.can_send(now) {
                 let seq = s.send(fed, now).unwrap();
                 push(&mut wire, &mut rng, now, Pkt::Data(seq, fed), true);
                 fed += 1;
@@ -2142,7 +2406,7 @@ mod tests {
         let mut now = t;
         let mut v = 0u32;
         for _ in 0..6 {
-            while s.can_send() {
+            while s.can_send(now) {
                 let seq = s.send(v, now).unwrap();
                 r.on_packet(seq, v, now);
                 v += 1;
@@ -2339,6 +2603,12 @@ mod tests {
                 }
             }
 
+            /// Packets waiting in the queue in front of the wire now.
+            fn backlog(&self, now: Instant) -> u32 {
+                (self.busy_until.saturating_duration_since(now).as_nanos()
+                    / self.ser.as_nanos().max(1)) as u32
+            }
+
             fn next_event(&self) -> Option<Instant> {
                 let f = self.flying.front().map(|f| f.0);
                 let h = self.held.iter().map(|h| h.0).min();
@@ -2366,6 +2636,7 @@ mod tests {
             /// The queue in front of the link, packets.
             pub queue: u32,
             pub imp: Impair,
+            pub model: Model,
         }
 
         pub struct Outcome {
@@ -2375,11 +2646,21 @@ mod tests {
             /// Goodput over the link's capacity.
             pub share: f64,
             pub tail_drops: u64,
+            /// Data packets that went onto the link.
+            pub wire_packets: u64,
+            /// Data packets the receiver already had.
+            pub rx_duplicates: u64,
             pub impaired: u64,
+            /// The mean of the data queue's length, in packets, sampled at
+            /// every step.
+            pub mean_queue: f64,
         }
 
         pub fn run(r: Run) -> Outcome {
-            let cfg = Config::datagram();
+            let cfg = Config {
+                model: r.model,
+                ..Config::datagram()
+            };
             let start = t0();
             let mut now = start;
             let ser = Duration::from_secs(1) / r.rate;
@@ -2391,6 +2672,10 @@ mod tests {
             let mut rx: Receiver<u32> = Receiver::new(cfg);
             let (mut fed, mut got, mut freed) = (0u32, Vec::new(), Vec::new());
             let mut last_rx = now;
+            let trace = std::env::var_os("NETSIM_TRACE").is_some();
+            let mut next_trace = now;
+            // (Queue length × time, time.)
+            let (mut q_sum, mut q_n, mut wire_packets) = (0f64, 0f64, 0u64);
             for _ in 0..5_000_000 {
                 if got.len() == r.n as usize && s.in_flight() == 0 {
                     break;
@@ -2401,12 +2686,30 @@ mod tests {
                     s.poll_retransmit(now, |seq, v| re.push((seq, *v)));
                     for (seq, v) in re {
                         fwd.send(now, Pkt::Data(seq, v));
+                        wire_packets += 1;
                     }
                 }
-                while fed < r.n && s.can_send() {
+                while fed < r.n && s.can_send(now) {
                     let seq = s.send(fed, now).unwrap();
                     fwd.send(now, Pkt::Data(seq, fed));
+                    wire_packets += 1;
                     fed += 1;
+                }
+                s.account(now, fed < r.n);
+                if trace && now >= next_trace {
+                    next_trace = now
+                        + Duration::from_micros(
+                            std::env::var("TRACE_US").map_or(5000, |v| v.parse().unwrap()),
+                        );
+                    eprintln!(
+                        "t {:?} inflight {} cwnd {} q {} {} {:?}",
+                        now - start,
+                        s.in_flight(),
+                        s.cwnd(),
+                        fwd.backlog(now),
+                        s.rate.as_ref().map(|m| m.describe()).unwrap_or_default(),
+                        s.stats()
+                    );
                 }
                 if fed < r.n && s.probe_due(now) {
                     s.probed(now);
@@ -2435,7 +2738,7 @@ mod tests {
                         s.on_ack(&a, now, &mut freed).unwrap();
                     }
                 }
-                if fed < r.n && s.can_send() {
+                if fed < r.n && s.can_send(now) {
                     continue; // more to send at this instant
                 }
                 let mut next = now + Duration::from_millis(1);
@@ -2450,7 +2753,11 @@ mod tests {
                 {
                     next = next.min(t);
                 }
-                now = next.max(now + Duration::from_micros(1));
+                let next = next.max(now + Duration::from_micros(1));
+                let dt = (next - now).as_secs_f64();
+                q_sum += f64::from(fwd.backlog(now)) * dt;
+                q_n += dt;
+                now = next;
             }
             let took = last_rx - start;
             let ideal = ser * r.n;
@@ -2460,80 +2767,206 @@ mod tests {
                 took,
                 share: ideal.as_secs_f64() / took.as_secs_f64().max(1e-9),
                 tail_drops: fwd.tail_drops + rev.tail_drops,
+                wire_packets,
+                rx_duplicates: rx.stats().duplicates,
                 impaired: fwd.impaired + rev.impaired,
+                mean_queue: q_sum / q_n.max(1e-9),
             }
+        }
+    }
+
+    /// One netsim transfer: everything delivered once and in order (else
+    /// the test fails), the outcome printed.
+    fn netsim_cell(name: &str, r: netsim::Run) -> netsim::Outcome {
+        let o = netsim::run(r);
+        let (n, seed, model) = (r.n, r.seed, r.model);
+        assert_eq!(
+            o.got.len(),
+            n as usize,
+            "{name} {model:?} seed {seed}: delivered"
+        );
+        assert!(
+            o.got.iter().enumerate().all(|(i, v)| *v == i as u32),
+            "{name} {model:?} seed {seed}: once and in order"
+        );
+        let st = o.stats;
+        eprintln!(
+            "netsim {name:>14} {:>4} seed {seed}: goodput {:5.1} % of the link in {:?}; \
+             tail drops {} ({:.2} % of {} sent on the link), mean queue {:.1}, impaired {}, \
+             duplicates at the receiver {}; \
+             resent {} (fast {}, timeouts {}) spurious {} undone {} probes {} widened {} \
+             random {} cuts {}",
+            format!("{model:?}"),
+            o.share * 100.0,
+            o.took,
+            o.tail_drops,
+            o.tail_drops as f64 * 100.0 / o.wire_packets.max(1) as f64,
+            o.wire_packets,
+            o.mean_queue,
+            o.impaired,
+            o.rx_duplicates,
+            st.retransmits,
+            st.fast_retransmits,
+            st.timeouts,
+            st.spurious,
+            st.undone,
+            st.tail_probes,
+            st.reorder_widened,
+            st.random_losses,
+            st.congestion_cuts,
+        );
+        o
+    }
+
+    fn imp(loss: u64, reorder: u64, dup: u64, corrupt: u64) -> netsim::Impair {
+        netsim::Impair {
+            loss,
+            reorder,
+            dup,
+            corrupt,
         }
     }
 
     /// The issue's settings (loss / reorder / dup / corrupt, %, both ways)
     /// and clean, over a 100 000 packets/s link with 25 µs each way and a
-    /// queue of 100 packets in front of it: every packet delivered once and
-    /// in order, and a goodput share of the link's capacity at least the
-    /// bound. Before RACK and the loss test (duplicate acks, every loss
-    /// halving the window) it moved 12-35 % at the impaired settings and
-    /// 5-98 % at pure reordering; with RACK by time alone and an ack every
-    /// 16 packets 77-98 %; with the count rule, the measured reordering
-    /// window and an ack every second packet 72-97 % (5/0/0/0: 91-93 %,
-    /// was 77-79); the figures are in bench/RESULTS.md.
+    /// queue of 100 packets in front of it, for both congestion models:
+    /// every packet delivered once and in order, and a goodput share of the
+    /// link's capacity at least the model's bound. Before RACK and the loss
+    /// test (duplicate acks, every loss halving the window) it moved 12-35 %
+    /// at the impaired settings and 5-98 % at pure reordering; with RACK by
+    /// time alone and an ack every 16 packets 77-98 %; with the count rule,
+    /// the measured reordering window and an ack every second packet 72-97 %
+    /// (AIMD; the rate model's figures and the history are in
+    /// bench/RESULTS.md).
     #[test]
     fn netsim_matrix_delivers_all_in_order_at_a_goodput_floor() {
-        use netsim::{run, Impair, Run};
-        let imp = |loss, reorder, dup, corrupt| Impair {
-            loss,
-            reorder,
-            dup,
-            corrupt,
-        };
-        let cells: [(&str, Impair, f64); 5] = [
-            ("clean", imp(0, 0, 0, 0), 0.90),
-            ("1/25/2/1", imp(1, 25, 2, 1), 0.85),
-            ("5/25/2/1", imp(5, 25, 2, 1), 0.70),
-            ("0/50/0/0", imp(0, 50, 0, 0), 0.85),
-            ("5/0/0/0", imp(5, 0, 0, 0), 0.85),
+        // (name, impairment, AIMD's floor, the rate model's floor)
+        let cells: [(&str, netsim::Impair, f64, f64); 5] = [
+            ("clean", imp(0, 0, 0, 0), 0.90, 0.97),
+            ("1/25/2/1", imp(1, 25, 2, 1), 0.85, 0.90),
+            ("5/25/2/1", imp(5, 25, 2, 1), 0.70, 0.60),
+            ("0/50/0/0", imp(0, 50, 0, 0), 0.85, 0.95),
+            ("5/0/0/0", imp(5, 0, 0, 0), 0.85, 0.90),
         ];
         let mut failed = Vec::new();
-        for (name, imp, floor) in cells {
-            for seed in [1u64, 2, 3] {
-                let n = 20_000;
-                let o = run(Run {
-                    seed,
-                    n,
-                    rate: 100_000,
-                    delay: Duration::from_micros(25),
-                    queue: 100,
-                    imp,
-                });
-                assert_eq!(o.got.len(), n as usize, "{name} seed {seed}: delivered");
-                assert!(
-                    o.got.iter().enumerate().all(|(i, v)| *v == i as u32),
-                    "{name} seed {seed}: once and in order"
-                );
-                let st = o.stats;
-                eprintln!(
-                    "netsim {name:>9} seed {seed}: goodput {:5.1} % of the link in {:?}; \
-                     tail drops {}, impaired {}; sent {} resent {} (fast {}, timeouts {}) \
-                     spurious {} undone {} probes {} widened {} random {} cuts {}",
-                    o.share * 100.0,
-                    o.took,
-                    o.tail_drops,
-                    o.impaired,
-                    st.sent,
-                    st.retransmits,
-                    st.fast_retransmits,
-                    st.timeouts,
-                    st.spurious,
-                    st.undone,
-                    st.tail_probes,
-                    st.reorder_widened,
-                    st.random_losses,
-                    st.congestion_cuts,
-                );
-                if o.share < floor {
-                    failed.push(format!("{name} seed {seed}: {:.1} %", o.share * 100.0));
+        for (name, imp, aimd, rate) in cells {
+            for (model, floor) in [(Model::Aimd, aimd), (Model::Rate, rate)] {
+                for seed in [1u64, 2, 3] {
+                    let o = netsim_cell(
+                        name,
+                        netsim::Run {
+                            seed,
+                            n: 20_000,
+                            rate: 100_000,
+                            delay: Duration::from_micros(25),
+                            queue: 100,
+                            imp,
+                            model,
+                        },
+                    );
+                    if o.share < floor {
+                        failed.push(format!(
+                            "{name} {model:?} seed {seed}: {:.1} %",
+                            o.share * 100.0
+                        ));
+                    }
                 }
             }
         }
         assert!(failed.is_empty(), "below the goodput floor: {failed:?}");
+    }
+
+    /// A real bottleneck with random loss on top: 100 000 packets/s, 250 µs
+    /// each way (the path holds 50 packets: less than the ack bitmap's 64,
+    /// past which the sender is blind to what arrived behind a hole), 1 % or
+    /// 5 % of the packets lost at random both ways, and a queue in front of
+    /// the link that is shallow (10 packets: a sender that pushes twice the
+    /// path, as the rate model's window would without its loss bound,
+    /// overflows it every round) or deep (1000 packets: one that never
+    /// backs off fills it). The rate model must move a floor of the link
+    /// AND keep the queue's overflow (tail drops, under 5 %) and its mean
+    /// length (under 4 paths) bounded. With its loss bound switched off it
+    /// moved 22-26 % at the 5 % shallow cell with 6.5-8.6 % tail drops and
+    /// fails here (at 1 % the bound hardly acts); one that read every random
+    /// loss as congestion would move a fraction of the link. AIMD is run
+    /// too, for the record, at a goodput floor only: its Veno test sees no
+    /// queue in a 10-packet buffer and never cuts (22-34 %).
+    #[test]
+    fn netsim_bottleneck_with_random_loss_bounds_the_queue() {
+        let mut failed = Vec::new();
+        for (name, queue, loss) in [
+            ("shallow 1 %", 10, 1),
+            ("shallow 5 %", 10, 5),
+            ("deep 1 %", 1000, 1),
+        ] {
+            for model in [Model::Aimd, Model::Rate] {
+                for seed in [1u64, 2, 3] {
+                    let o = netsim_cell(
+                        name,
+                        netsim::Run {
+                            seed,
+                            n: 30_000,
+                            rate: 100_000,
+                            delay: Duration::from_micros(250),
+                            queue,
+                            imp: imp(loss, 0, 0, 0),
+                            model,
+                        },
+                    );
+                    let drops = o.tail_drops as f64 / o.wire_packets.max(1) as f64;
+                    let floor = match (model, queue) {
+                        (Model::Aimd, _) => 0.2,
+                        (Model::Rate, 10) => 0.4,
+                        (Model::Rate, _) => 0.85,
+                    };
+                    if o.share < floor {
+                        failed.push(format!(
+                            "{name} {model:?} seed {seed}: goodput {:.3}",
+                            o.share
+                        ));
+                    }
+                    if model == Model::Rate && drops > 0.05 {
+                        failed.push(format!(
+                            "{name} {model:?} seed {seed}: tail drops {drops:.3}"
+                        ));
+                    }
+                    if model == Model::Rate && o.mean_queue > 200.0 {
+                        failed.push(format!(
+                            "{name} {model:?} seed {seed}: mean queue {:.1}",
+                            o.mean_queue
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    /// One netsim transfer with a state line every `TRACE_US` µs (virtual),
+    /// for tuning: `NETSIM_TRACE=1 TRACE_US=1000 TL=5 TR=25 cargo test --lib
+    /// netsim_trace_one -- --ignored --nocapture` (T*: seed, count, delay
+    /// µs, queue, loss/reorder/dup/corrupt %, TAIMD=1 for the old model).
+    #[test]
+    #[ignore]
+    fn netsim_trace_one() {
+        let var = |k: &str, d: u64| std::env::var(k).map_or(d, |v| v.parse().unwrap());
+        let model = if std::env::var_os("TAIMD").is_some() {
+            Model::Aimd
+        } else {
+            Model::Rate
+        };
+        netsim_cell(
+            "trace",
+            netsim::Run {
+                seed: var("TSEED", 1),
+                n: var("TN", 30000) as u32,
+                rate: 100_000,
+                delay: Duration::from_micros(var("TD", 500)),
+                queue: var("TQ", 20) as u32,
+                imp: imp(var("TL", 1), var("TR", 0), var("TDUP", 0), var("TC", 0)),
+                model,
+            },
+        );
     }
 
     proptest! {
@@ -2619,7 +3052,7 @@ mod tests {
                 now += Duration::from_micros(dt);
                 match op {
                     0 => {
-                        while s.can_send() && next_item < 1000 {
+                        while s.can_send(now) && next_item < 1000 {
                             s.send(next_item, now).unwrap();
                             next_item += 1;
                         }
