@@ -1704,9 +1704,7 @@ impl VerbsTransport {
             return;
         };
         if l.phase != Phase::Up || !l.paths.get(r).is_some_and(|p| p.up) {
-            if l.phase != Phase::Up || rails == 1 {
-                self.fail(node, why, events);
-            }
+            // A link in its handshake, broken already, or a path dropped before.
             return;
         }
         let others = l.paths.iter().enumerate().any(|(k, p)| k != r && p.up);
@@ -1798,8 +1796,10 @@ impl VerbsTransport {
         else {
             return; // a completion of a link that is gone
         };
-        if !l.paths.get(r).is_some_and(|p| p.up) {
-            return; // a path dropped: its READs were moved to others
+        if !l.paths.get(r).is_some_and(|p| p.up) || (l.phase == Phase::Broken && !wc.is_ok()) {
+            // A path dropped (its READs were moved to others), or more errors of
+            // a link that failed already.
+            return;
         }
         if !wc.is_ok() {
             let hint = if wc.status == WC_RNR_RETRY_EXC_ERR {
