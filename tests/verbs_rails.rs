@@ -89,7 +89,9 @@ impl Downed {
 impl Drop for Downed {
     fn drop(&mut self) {
         for d in &self.0 {
-            let _ = Command::new("ip").args(["link", "set", "dev", d, "up"]).status();
+            let _ = Command::new("ip")
+                .args(["link", "set", "dev", d, "up"])
+                .status();
         }
     }
 }
@@ -157,7 +159,10 @@ fn two_rails_stripe_rendezvous_reads_and_keep_sends_on_the_home_rail() {
         .send(1, (0, 11), 24, Mode::Buffered)
         .start()
         .finish("(two rails)");
-    eprintln!("two rails: both ways in {:.2} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "two rails: both ways in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
     for i in 0..2 {
         let s = check::settled_clean(&c, i);
         let t = &s["transport"];

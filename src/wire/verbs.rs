@@ -395,7 +395,11 @@ impl InfoMsg {
     /// # Panics
     /// With more than [`MAX_RAILS`] - 1 extra rails.
     pub fn to_bytes(&self) -> Vec<u8> {
-        assert!(self.rails.len() < MAX_RAILS, "{} extra rails", self.rails.len());
+        assert!(
+            self.rails.len() < MAX_RAILS,
+            "{} extra rails",
+            self.rails.len()
+        );
         let mut v = self.info.to_bytes().to_vec();
         if self.rails.is_empty() {
             return v;
@@ -989,10 +993,7 @@ mod tests {
         assert_eq!(InfoMsg::parse(&zero), Err(BootError::Rails(0)));
         let mut many = b.clone();
         many[INFO_LEN] = MAX_RAILS as u8;
-        assert_eq!(
-            InfoMsg::parse(&many),
-            Err(BootError::Rails(MAX_RAILS))
-        );
+        assert_eq!(InfoMsg::parse(&many), Err(BootError::Rails(MAX_RAILS)));
         let mut reserved = b.clone();
         reserved[INFO_LEN + 2] = 1;
         assert_eq!(InfoMsg::parse(&reserved), Err(BootError::Rails(2)));

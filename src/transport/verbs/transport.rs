@@ -329,6 +329,59 @@ struct FetchState {
     all_posted: bool,
 }
 
+/// The peer's descriptors being fetched, in the order they came, until each is
+/// fully fetched: READs of several paths complete in any order, and the peer
+/// hears of descriptors done in its own order (it frees its blocks in that order).
+#[derive(Debug, Default)]
+struct Fetches {
+    states: VecDeque<FetchState>,
+    /// The id of `states[0]`.
+    base: u64,
+    /// The id the next descriptor gets.
+    next: u64,
+}
+
+impl Fetches {
+    /// A new descriptor, behind the others: its id.
+    fn add(&mut self) -> u64 {
+        self.states.push_back(FetchState::default());
+        self.next += 1;
+        self.next - 1
+    }
+
+    fn get(&mut self, id: u64) -> Option<&mut FetchState> {
+        let i = id.checked_sub(self.base)?;
+        self.states.get_mut(usize::try_from(i).ok()?)
+    }
+
+    /// A READ of descriptor `id` is posted (`last`: its last one).
+    fn posted(&mut self, id: u64, last: bool) {
+        if let Some(f) = self.get(id) {
+            f.pending += 1;
+            f.all_posted |= last;
+        }
+    }
+
+    /// A READ of descriptor `id` completed: how many descriptors at the front
+    /// are now wholly fetched (all READs posted and done), forgotten here.
+    fn done(&mut self, id: u64) -> u32 {
+        if let Some(f) = self.get(id) {
+            f.pending = f.pending.saturating_sub(1);
+        }
+        let mut n = 0;
+        while self
+            .states
+            .front()
+            .is_some_and(|f| f.all_posted && f.pending == 0)
+        {
+            self.states.pop_front();
+            self.base += 1;
+            n += 1;
+        }
+        n
+    }
+}
+
 /// One RDMA READ of a descriptor's range: again on another path if its own fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Piece {
@@ -455,12 +508,8 @@ struct Link {
     bounce_busy: bool,
     /// The poll round in which a descriptor at the head was first seen unsteered.
     rdv_seen: Option<u64>,
-    /// The peer's descriptors from `fetch_base` on, in order, until each is
-    /// fully fetched (pieces on several paths complete in any order; the peer
-    /// hears of descriptors done in its order).
-    fetches: VecDeque<FetchState>,
-    fetch_base: u64,
-    fetch_next: u64,
+    /// The peer's descriptors being fetched.
+    fetches: Fetches,
     /// READs of a failed path, to post again on another.
     reissue: VecDeque<Piece>,
     last_tx: Instant,
@@ -1064,9 +1113,7 @@ impl VerbsTransport {
             reads_to_pool: 0,
             bounce_busy: false,
             rdv_seen: None,
-            fetches: VecDeque::new(),
-            fetch_base: 0,
-            fetch_next: 0,
+            fetches: Fetches::default(),
             reissue: VecDeque::new(),
             last_tx: now,
         })
@@ -1085,7 +1132,12 @@ impl VerbsTransport {
     /// Whether rail `r`'s GID can reach the one `theirs` names, before a queue
     /// pair is connected to it (the acceptor checks before it makes one; see
     /// [`super::gids_can_reach`]): `Err` is the warning.
-    fn check_gids(&self, r: usize, node: u32, theirs: &RailAddr) -> std::result::Result<(), String> {
+    fn check_gids(
+        &self,
+        r: usize,
+        node: u32,
+        theirs: &RailAddr,
+    ) -> std::result::Result<(), String> {
         super::gids_can_reach(self.rails[r].gid.map(|e| e.gid), theirs.qp.gid.map(Gid)).map_err(
             |why| {
                 self.gids_hint(
@@ -1148,9 +1200,8 @@ impl VerbsTransport {
             }
             let mtu = (theirs.mtu as u32).min(rail.mtu).max(1);
             let p = &mut l.paths[r];
-            let res = p
-                .qp
-                .to_rtr(
+            let res =
+                p.qp.to_rtr(
                     rail.ctx.port(),
                     &theirs.qp.into(),
                     mtu,
@@ -1748,7 +1799,11 @@ impl VerbsTransport {
         );
         if bounce {
             // Bounce READs go on the home path only: cannot happen.
-            self.fail(node, format!("rail {r} failed with a bounce READ on it"), events);
+            self.fail(
+                node,
+                format!("rail {r} failed with a bounce READ on it"),
+                events,
+            );
         }
     }
 
@@ -1911,9 +1966,7 @@ impl VerbsTransport {
             }
             let it = match it {
                 RxItem::Rdv(mut f) => {
-                    f.id = l.fetch_next;
-                    l.fetch_next += 1;
-                    l.fetches.push_back(FetchState::default());
+                    f.id = l.fetches.add();
                     RxItem::Rdv(f)
                 }
                 d => d,
@@ -1995,7 +2048,7 @@ impl VerbsTransport {
                             local_off: st.off,
                             len: n as u32,
                         };
-                        fetch_posted(l, f.id, last);
+                        l.fetches.posted(f.id, last);
                         post_read(l, r, piece, false, &mut rails[r], pool);
                         l.reads_to_pool += 1;
                         self.stats.reads += 1;
@@ -2045,7 +2098,7 @@ impl VerbsTransport {
                         local_off: 0,
                         len: n as u32,
                     };
-                    fetch_posted(l, f.id, last);
+                    l.fetches.posted(f.id, last);
                     post_read(l, home, piece, true, &mut rails[home], pool);
                     l.bounce_busy = true;
                     self.stats.bounce_reads += 1;
@@ -2099,8 +2152,7 @@ impl VerbsTransport {
                     break;
                 }
             }
-            if l.slot_next - l.slot_free >= SEND_SLOTS || sq_used(&l.paths[home]) + 1 >= sq_depth
-            {
+            if l.slot_next - l.slot_free >= SEND_SLOTS || sq_used(&l.paths[home]) + 1 >= sq_depth {
                 break;
             }
             let with_data = data && l.credits >= 2;
@@ -2204,9 +2256,8 @@ impl VerbsTransport {
             p.sends = true;
             let inline = len <= p.qp.max_inline() as usize;
             p.unsignaled += 1;
-            let signaled = p.unsignaled >= SIGNAL_EVERY
-                || full
-                || sq_used(p) + 2 + SIGNAL_EVERY >= sq_depth;
+            let signaled =
+                p.unsignaled >= SIGNAL_EVERY || full || sq_used(p) + 2 + SIGNAL_EVERY >= sq_depth;
             if signaled {
                 p.unsignaled = 0;
             }
@@ -2272,7 +2323,10 @@ impl VerbsTransport {
                 Err(e) => {
                     // Not posted: READs go again on another path (or with the link).
                     for k in kinds {
-                        p.sq.push_back(SqEntry { seq: u64::MAX, kind: k });
+                        p.sq.push_back(SqEntry {
+                            seq: u64::MAX,
+                            kind: k,
+                        });
                     }
                     self.fail_path(node, r, e.to_string(), events)
                 }
@@ -2437,7 +2491,12 @@ impl VerbsTransport {
                     self.fail_path(j, r, format!("device {name}: {}", ev.name), events);
                 }
             } else if ev.is_port_err() {
-                self.port_state(r, false, &format!("asynchronous event: {}", ev.name), events);
+                self.port_state(
+                    r,
+                    false,
+                    &format!("asynchronous event: {}", ev.name),
+                    events,
+                );
             } else if ev.is_port_active() {
                 self.port_state(r, true, ev.name, events);
             } else {
@@ -2507,32 +2566,7 @@ fn done_upto(
 /// One READ of descriptor `id` completed: the descriptors at the front whose
 /// READs are all posted and done are reported fetched, in order.
 fn fetch_done(l: &mut Link, id: u64) {
-    if let Some(f) = id
-        .checked_sub(l.fetch_base)
-        .and_then(|i| l.fetches.get_mut(i as usize))
-    {
-        f.pending = f.pending.saturating_sub(1);
-    }
-    while l
-        .fetches
-        .front()
-        .is_some_and(|f| f.all_posted && f.pending == 0)
-    {
-        l.fetches.pop_front();
-        l.fetch_base += 1;
-        l.rdv_done_owed += 1;
-    }
-}
-
-/// A READ of descriptor `id` is posted (`last`: its last one).
-fn fetch_posted(l: &mut Link, id: u64, last: bool) {
-    if let Some(f) = id
-        .checked_sub(l.fetch_base)
-        .and_then(|i| l.fetches.get_mut(i as usize))
-    {
-        f.pending += 1;
-        f.all_posted |= last;
-    }
+    l.rdv_done_owed += l.fetches.done(id);
 }
 
 /// The bytes of each READ of a descriptor of `len` bytes with `paths` paths up:
@@ -2911,10 +2945,7 @@ impl Transport for VerbsTransport {
                 }
             }
         }
-        TransportStats {
-            counters: c,
-            info,
-        }
+        TransportStats { counters: c, info }
     }
 
     /// The queue pair goes to ERR, as a device fault would put it: the link fails
@@ -2958,5 +2989,60 @@ impl VerbsTransport {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One path: a READ of up to 1 MiB (as before rails); several: about an equal
+    /// share each, in 4 KiB multiples, between 32 KiB and 1 MiB.
+    #[test]
+    fn stripe_pieces_share_a_chunk_among_the_paths() {
+        assert_eq!(stripe_piece(256 << 10, 1), READ_PIECE);
+        assert_eq!(stripe_piece(256 << 10, 0), READ_PIECE);
+        assert_eq!(stripe_piece(256 << 10, 2), 128 << 10);
+        assert_eq!(stripe_piece(256 << 10, 3), 88 << 10); // 85.3 KiB rounded up
+        assert_eq!(stripe_piece(64 << 10, 4), STRIPE_MIN);
+        assert_eq!(stripe_piece(4 << 20, 2), READ_PIECE);
+        for len in [64 << 10, 100_000, 256 << 10, 1 << 20, 3 << 20, 64 << 20] {
+            for paths in 1..=MAX_RAILS {
+                let p = stripe_piece(len, paths);
+                assert!(p >= STRIPE_MIN && p <= READ_PIECE && p % 4096 == 0);
+                // Never more pieces than paths unless the cap or the floor says so.
+                assert!(len.div_ceil(p) <= paths as u64 || p == READ_PIECE || p == STRIPE_MIN);
+            }
+        }
+    }
+
+    /// Descriptors are reported fetched in the order they came, each once all its
+    /// READs were posted and completed, whatever order the READs complete in
+    /// (several paths); one not wholly posted holds back those behind it.
+    #[test]
+    fn fetches_are_reported_done_in_descriptor_order() {
+        let mut f = Fetches::default();
+        let (a, b, c) = (f.add(), f.add(), f.add());
+        assert_eq!((a, b, c), (0, 1, 2));
+        // a: two pieces; b: one; c: two, the last not posted yet.
+        f.posted(a, false);
+        f.posted(a, true);
+        f.posted(b, true);
+        f.posted(c, false);
+        assert_eq!(f.done(b), 0, "b is done but a is not");
+        assert_eq!(f.done(a), 0, "a has one piece left");
+        assert_eq!(f.done(c), 0, "c's last piece is not even posted");
+        assert_eq!(f.done(a), 2, "a, then b behind it");
+        f.posted(c, true);
+        assert_eq!(f.done(c), 1);
+        assert!(f.states.is_empty());
+        // Stale or unknown ids change nothing.
+        assert_eq!(f.done(a), 0);
+        assert_eq!(f.done(99), 0);
+        f.posted(99, true);
+        let d = f.add();
+        assert_eq!(d, 3);
+        f.posted(d, true);
+        assert_eq!(f.done(d), 1);
     }
 }
