@@ -142,10 +142,10 @@ fn two_rails_stripe_rendezvous_reads_and_keep_sends_on_the_home_rail() {
         return;
     };
     let c = start(&devs);
-    for i in 0..2 {
+    for (i, dev) in devs.iter().enumerate() {
         let s = c.stat(i);
         assert_eq!(counter(&s, "verbs_rails"), 2, "agent {i}: {s}");
-        let names: Vec<&str> = devs[i].split(',').collect();
+        let names: Vec<&str> = dev.split(',').collect();
         for (r, d) in names.iter().enumerate() {
             let got = s["transport_info"][format!("verbs_rail{r}_device")].clone();
             assert_eq!(got, format!("{d}:1"), "agent {i} rail {r}: {s}");

@@ -2523,10 +2523,7 @@ fn done_upto(
     stats: &mut VerbsCounters,
 ) {
     let mut bounce_done = None;
-    loop {
-        let Some(e) = l.paths[r].sq.front() else {
-            break;
-        };
+    while let Some(e) = l.paths[r].sq.front() {
         let this = e.seq & 0xffff_ffff == seq;
         if this && !through {
             break;
@@ -3009,7 +3006,7 @@ mod tests {
         for len in [64 << 10, 100_000, 256 << 10, 1 << 20, 3 << 20, 64 << 20] {
             for paths in 1..=MAX_RAILS {
                 let p = stripe_piece(len, paths);
-                assert!(p >= STRIPE_MIN && p <= READ_PIECE && p % 4096 == 0);
+                assert!((STRIPE_MIN..=READ_PIECE).contains(&p) && p % 4096 == 0);
                 // Never more pieces than paths unless the cap or the floor says so.
                 assert!(len.div_ceil(p) <= paths as u64 || p == READ_PIECE || p == STRIPE_MIN);
             }
