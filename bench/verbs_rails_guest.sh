@@ -12,9 +12,12 @@
 # two rails also each rail's share of the bytes node 1 READ (verbs_rail0/1_read_bytes).
 # Prints each run, the medians, and two rails / one rail (the issue's goal is >= 0.9 of the
 # summed single-rail figure, i.e. a ratio >= 1.8 over one rail).
+# The control (PERFTEST=1, the default): in each run, `ib_read_bw` (RDMA READs, what the
+# rendezvous does) on one rxe pair alone, and on both pairs at once (their sum): what two
+# rails can give at all on these emulated devices and vCPUs, whatever wyvern does.
 #
 # Environment: RUNS (3), SIZE (1048576), COUNT (24 per sender), SENDERS (2), CHUNK (agents'
-# --chunk-bytes; default theirs, 256 KiB), IDLE (adaptive), BLOCK_MIB (96), BIN
+# --chunk-bytes; default theirs, 256 KiB), IDLE (adaptive), BLOCK_MIB (96), PERFTEST (1), BIN
 # (target/release). Every process runs under `timeout`; the EXIT trap stops what still runs.
 set -euo pipefail
 
@@ -27,12 +30,16 @@ SENDERS="${SENDERS:-2}"
 CHUNK="${CHUNK:-}"
 IDLE="${IDLE:-adaptive}"
 BLOCK_MIB="${BLOCK_MIB:-96}"
+PERFTEST="${PERFTEST:-1}"
+GID="${WYVERN_RXE_GID_INDEX:-1}"
 
 log() { printf "[verbs-rails %4ss] %s\n" "$SECONDS" "$*"; }
 die() { printf '[verbs-rails] ERROR: %s\n' "$*" >&2; exit 1; }
 
 read -r DEV0 DEV1 _ <<<"${WYVERN_RXE_DEVS:-}"
 read -r RDEV0 RDEV1 _ <<<"${WYVERN_RXE_RAIL_DEVS:-}"
+read -r _ ADDR1 _ <<<"${WYVERN_RXE_ADDRS:-}"
+read -r _ RADDR1 _ <<<"${WYVERN_RXE_RAIL_ADDRS:-}"
 [ -n "${RDEV1:-}" ] || die "WYVERN_RXE_RAIL_DEVS is not set: run me through scripts/rxe-vm.sh (bench/verbs_rails.sh)"
 for t in jq python3; do command -v "$t" >/dev/null || die "$t not found"; done
 for b in "$BIN/wyvern" "$BIN/wyvern-peer"; do [ -x "$b" ] || die "no $b"; done
@@ -130,17 +137,63 @@ measure() { # RUN RAILS
     agents_down
 }
 
+listening() { # PORT: a TCP socket listens on it (/proc/net/tcp{,6}, state 0A)
+    local hex f l st
+    printf -v hex '%04X' "$1"
+    for f in /proc/net/tcp /proc/net/tcp6; do
+        [ -r "$f" ] || continue
+        while read -r _ l _ st _; do
+            [[ "$l" == *":$hex" && "$st" == 0A ]] && return 0
+        done <"$f"
+    done
+    return 1
+}
+PT_PORT=18700
+# pt_start NAME SDEV CDEV ADDR: an ib_read_bw pair (server on SDEV, client on CDEV -> ADDR),
+# the client in the background (pid in $LAST), its output in $TMP/NAME.out.
+pt_start() {
+    local name=$1 i
+    PT_PORT=$((PT_PORT + 1))
+    bg "$name-srv" 120 ib_read_bw -d "$2" -x "$GID" -p "$PT_PORT" -s "$SIZE" -n "$((COUNT * SENDERS))"
+    for ((i = 0; i < 300; i++)); do listening "$PT_PORT" && break; sleep 0.1; done
+    bg "$name" 120 ib_read_bw -d "$3" -x "$GID" -p "$PT_PORT" -s "$SIZE" -n "$((COUNT * SENDERS))" "$4"
+}
+pt_mbps() { # NAME: BW average of its report in MB/s (perftest's MB = 2^20 B); "" if none
+    awk -v s="$SIZE" '$1 == s && $2 ~ /^[0-9]+$/ && $4 ~ /^[0-9.]+$/ {printf "%.1f", $4 * 1048576 / 1e6}' "$TMP/$1.out"
+}
+perftest_control() { # RUN
+    command -v ib_read_bw >/dev/null || { log "no ib_read_bw: control skipped"; return 0; }
+    pt_start pt1 "$DEV1" "$DEV0" "$ADDR1"
+    wait "$LAST" || true
+    local one; one="$(pt_mbps pt1)"
+    pt_start pta "$DEV1" "$DEV0" "$ADDR1"
+    local a=$LAST
+    pt_start ptb "$RDEV1" "$RDEV0" "$RADDR1"
+    wait "$a" || true
+    wait "$LAST" || true
+    local x y; x="$(pt_mbps pta)"; y="$(pt_mbps ptb)"
+    if [ -z "$one" ] || [ -z "$x" ] || [ -z "$y" ]; then
+        log "run $1: ib_read_bw control: no usable report ($(tail -2 "$TMP/pt1.out" "$TMP/pta.out" "$TMP/ptb.out" | tr '\n' ' '))"
+        return 0
+    fi
+    printf 'pt %s %s %s %s\n' "$1" "$one" "$x" "$y" >>"$RESULTS"
+    log "run $1: ib_read_bw $SIZE B: one pair alone $one MB/s; both pairs at once $x + $y = $(awk -v a="$x" -v b="$y" 'BEGIN {printf "%.1f", a + b}') MB/s"
+}
+
 echo "== bench/verbs_rails_guest.sh: verbs one rail ($DEV0 <-> $DEV1) vs two rails ($DEV0,$RDEV0 <-> $DEV1,$RDEV1)"
 echo "guest: $(nproc) vCPUs, kernel $(uname -r); $RUNS runs; $SENDERS senders x $COUNT x $SIZE B, node 0 -> node 1; agents --idle $IDLE --block-bytes ${BLOCK_MIB}MiB${CHUNK:+ --chunk-bytes $CHUNK}"
 for ((run = 1; run <= RUNS; run++)); do
     if ((run % 2)); then order="1 2"; else order="2 1"; fi
     for rails in $order; do measure "$run" "$rails"; done
+    if [ "$PERFTEST" = 1 ]; then perftest_control "$run"; fi
 done
 python3 - "$RESULTS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 by = {1: [], 2: []}
 share = []
+pt = [r[2:] for r in rows if r[0] == "pt"]
+rows = [r for r in rows if r[0] != "pt"]
 for run, rails, mbps, r0, r1 in rows:
     by[int(rails)].append(float(mbps))
     if rails == "2" and int(r0) + int(r1) > 0:
@@ -150,4 +203,9 @@ print(f"median: one rail {one:.1f} MB/s, two rails {two:.1f} MB/s ({len(by[1])} 
 print(f"two rails / one rail = {two / one:.2f}; two rails / (2 x one rail) = {two / (2 * one):.2f} (issue 18's goal: >= 0.9)")
 if share:
     print(f"two rails: rail 0's share of the bytes READ, per run: {', '.join(f'{s:.2f}' for s in share)}")
+if pt:
+    alone = statistics.median(float(p[0]) for p in pt)
+    both = statistics.median(float(p[1]) + float(p[2]) for p in pt)
+    print(f"control, ib_read_bw: one pair alone {alone:.1f} MB/s, both pairs at once {both:.1f} MB/s "
+          f"(x {both / alone:.2f}: what a second rail can add on these emulated devices at all)")
 PY
