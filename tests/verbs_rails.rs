@@ -284,3 +284,33 @@ fn a_rail_killed_mid_stream_moves_its_traffic_to_the_other_and_loses_nothing() {
         check::settled_clean(&c, i);
     }
 }
+
+/// A node with two rails and a node with one: the pair uses the rail both have
+/// (rail 0), every message arrives, and the two-rail node's second rail carries
+/// nothing to that peer.
+#[test]
+fn a_two_rail_node_and_a_one_rail_node_use_the_rail_they_share() {
+    let Some((devs, one, _)) = rails("two_and_one") else {
+        return;
+    };
+    let mixed = [devs[0].clone(), one[1].clone()];
+    let c = start(&mixed);
+    Traffic::new(&c, "1048576,64,300000")
+        .recv(1, 10, 12)
+        .recv(0, 11, 12)
+        .send(0, (1, 10), 12, Mode::Delivered)
+        .send(1, (0, 11), 12, Mode::Delivered)
+        .start()
+        .finish("(two rails and one)");
+    let s0 = check::settled_clean(&c, 0);
+    let t = &s0["transport"];
+    assert_eq!(counter(&s0, "verbs_rails"), 2, "{t}");
+    assert!(counter(&s0, "verbs_rail0_read_bytes") > 0, "{t}");
+    assert!(counter(&s0, "verbs_rail0_sends") > 0, "{t}");
+    for k in ["read_bytes", "sends", "recvs"] {
+        assert_eq!(counter(&s0, &format!("verbs_rail1_{k}")), 0, "{k}: {t}");
+    }
+    let s1 = check::settled_clean(&c, 1);
+    assert_eq!(counter(&s1, "verbs_rails"), 1, "{}", s1["transport"]);
+    assert!(c.log(0).contains("home rail 0"), "{}", c.log(0));
+}
