@@ -4,8 +4,9 @@
 //! veth2/veth3: `WYVERN_RXE_DEVS` and `WYVERN_RXE_RAIL_DEVS`). SENDs of the pair go on
 //! its home rail ((0 + 1) mod 2 = rail 1); rendezvous READs are striped over both; a
 //! rail killed mid-stream (`ip link set vethN down`) moves its READs to the other
-//! rail (rail 0) or, for the home rail, fails the link, which resumes on the rail left
-//! (rail 1) — nothing lost either way. Elsewhere (no such devices) the tests print
+//! rail (rail 0 killed: to rail 1) or, for the home rail, fails the link, which
+//! resumes on the rail left (rail 1 killed: on rail 0) — nothing lost either way; a
+//! rail whose port comes back is taken up again by the link, remade when idle. Elsewhere (no such devices) the tests print
 //! why and return. Emulation is slow: counts are modest, timeouts long.
 #![cfg(feature = "verbs")]
 
@@ -191,6 +192,8 @@ fn two_rails_stripe_rendezvous_reads_and_keep_sends_on_the_home_rail() {
 ///    paths on it fail, their outstanding READs are posted again on rail 1
 ///    (`verbs_reads_reissued`), the link stays up (no resume) and every message
 ///    arrives once, intact and in order. Rail 0 comes back.
+///    Rail 0 comes back: the idle link is remade to take it up again
+///    (`verbs_rails_rejoined`), and READs use it again.
 /// 2. rail 1 (the home rail, carrying the SENDs): the link fails and the session
 ///    resumes over a new link on rail 0, again with nothing lost or repeated.
 #[test]
@@ -245,6 +248,35 @@ fn a_rail_killed_mid_stream_moves_its_traffic_to_the_other_and_loses_nothing() {
     downed.up(&netdevs[0]);
     wait_rail_up(&c, &rail0_devs[0], 0);
     wait_rail_up(&c, &rail0_devs[1], 0);
+    // The link, idle now, is remade to take rail 0 up again (a resume: nothing lost),
+    // and READs go on both rails again.
+    let t0 = Instant::now();
+    while (0..2).all(|i| counter(&c.stat(i), "verbs_rails_rejoined") == 0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "rail 0 not taken up again: {}\n{}",
+            c.stat(0)["transport"],
+            c.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.wait_up(0, 1);
+    c.wait_up(1, 0);
+    let before = c.stat(1);
+    Traffic::new(&c, sizes)
+        .first_ep(60)
+        .recv(1, 25, 9)
+        .send(0, (1, 25), 9, Mode::Delivered)
+        .start()
+        .finish("(rail 0 back)");
+    let after = c.stat(1);
+    assert!(
+        counter(&after, "verbs_rail0_read_bytes") > counter(&before, "verbs_rail0_read_bytes"),
+        "rail 0 carries no READs after it came back: {}",
+        after["transport"]
+    );
+    let said = "is back: a new link takes it up again";
+    assert!(c.log(0).contains(said) || c.log(1).contains(said));
     // ---- 2. rail 1: the home rail, carrying the SENDs.
     let before = c.stat(1);
     let resumes = check::peer_counter(&before, 0, "resumes");

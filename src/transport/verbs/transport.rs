@@ -65,8 +65,8 @@
 //! its QP found in ERR, its port going down) and carried no SENDs is dropped from the
 //! link and its outstanding READs are posted again on the other paths; the home path
 //! failing (or the last one) fails the link, and the agent's session resumes over a new
-//! one as for any failed link. A rail whose port came back is used again by the next
-//! link to the peer (not by the one that lost it).
+//! one as for any failed link. A rail whose port came back is taken up again: links
+//! without a path on it are failed once idle, and the new link has it.
 //!
 //! The bytes of all this (bootstrap messages, `Info`, SENDs and their items, the check
 //! of a descriptor) are written and parsed by [`crate::wire::verbs`], which does no
@@ -122,6 +122,9 @@ const READ_PIECE: u64 = 1 << 20;
 const STRIPE_MIN: u64 = 32 * 1024;
 /// How often `tick` reads each rail's port state (its events say so sooner).
 const PORT_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long after a rail's port came back its links are remade to take it up
+/// again (time for the peer's end of the rail to come up too).
+const REJOIN_AFTER: Duration = Duration::from_secs(1);
 /// Completions taken per poll call at most (fairness with the rest of the round).
 const CQ_PER_POLL: usize = 256;
 /// How long a bootstrap connection may take to complete its handshake (as tcp's).
@@ -223,6 +226,8 @@ pub struct VerbsCounters {
     pub path_downs: u64,
     /// RDMA READs posted again on another rail after theirs failed.
     pub reads_reissued: u64,
+    /// Links remade (when idle) to take up again a rail whose port came back.
+    pub rails_rejoined: u64,
 }
 
 /// One rail's counters (for `wyvern stat`, as `verbs_railR_*`).
@@ -478,6 +483,8 @@ struct Link {
     paths: Vec<Path>,
     /// The path SENDs go on (and bounce READs).
     home: usize,
+    /// Rails both ends have (the first this many paths may be up).
+    common: usize,
     /// The next path a READ is tried on (round robin).
     next_path: usize,
     /// The peer's rail-0 `Info` (pool, block region, credits).
@@ -620,6 +627,9 @@ struct Rail {
     port_up: bool,
     /// What the port runs below what it can (see [`VerbsTransport::shortfall`]).
     shortfall: Option<Shortfall>,
+    /// The port came back: from then on, links without a path on this rail are
+    /// remade when idle (see [`VerbsTransport::rejoin`]).
+    rejoin_at: Option<Instant>,
     c: RailCounters,
     names: RailNames,
 }
@@ -822,6 +832,7 @@ fn open_rail(
         qpn_node: HashMap::new(),
         port_up: port.is_active(),
         shortfall,
+        rejoin_at: None,
         c: RailCounters::default(),
         names: RailNames::new(r),
     })
@@ -1095,6 +1106,7 @@ impl VerbsTransport {
             peer_hello: None,
             paths,
             home: 0,
+            common: 0,
             next_path: 0,
             remote: None,
             slots: None,
@@ -1180,6 +1192,7 @@ impl VerbsTransport {
     /// `true` says the GIDs cannot reach each other).
     fn connect_qp(&mut self, l: &mut Link, msg: &InfoMsg) -> Result<(), (String, bool)> {
         let rails = self.rails.len().min(msg.rail_count());
+        l.common = rails;
         let mut first_err: Option<(String, bool)> = None;
         for r in 0..rails {
             let theirs = msg.rail(r).expect("r < rail_count");
@@ -2433,6 +2446,50 @@ impl VerbsTransport {
         }
     }
 
+    /// A rail whose port came back (at least [`REJOIN_AFTER`] ago): each up link
+    /// that has no path on it, once idle (nothing queued, nothing arriving or
+    /// being READ), fails with that reason, so that the agent's session resumes
+    /// over a new link, which takes the rail up again; nothing is lost (as for any
+    /// failed link). Done for the rail once no such link is left.
+    fn rejoin(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) {
+        for r in 0..self.rails.len() {
+            let rail = &self.rails[r];
+            if !rail.port_up || rail.rejoin_at.is_none_or(|t| now < t) {
+                continue;
+            }
+            let name = rail.ctx.name().to_string();
+            let mut waiting = false;
+            for j in 0..self.links.len() {
+                let Some(l) = self.links[j].as_ref() else {
+                    continue;
+                };
+                if l.phase != Phase::Up || r >= l.common || l.paths[r].up {
+                    continue;
+                }
+                let idle = l.queued == 0
+                    && l.outq.is_empty()
+                    && l.rxq.is_empty()
+                    && l.rdv_out.is_empty()
+                    && l.reissue.is_empty()
+                    && l.paths.iter().all(|p| p.reads_out == 0)
+                    && !rx.link(j as u32).steering();
+                if !idle {
+                    waiting = true;
+                    continue;
+                }
+                self.stats.rails_rejoined += 1;
+                self.fail(
+                    j as u32,
+                    format!("rail {r} ({name}) is back: a new link takes it up again"),
+                    events,
+                );
+            }
+            if !waiting {
+                self.rails[r].rejoin_at = None;
+            }
+        }
+    }
+
     /// Rail `r`'s port was found up or down: down fails its paths (their READs
     /// move to the other rails, or their links fail); new links use it again once up.
     fn port_state(&mut self, r: usize, active: bool, why: &str, events: &mut Vec<LinkEvent>) {
@@ -2443,11 +2500,14 @@ impl VerbsTransport {
         rail.port_up = active;
         if active {
             log::info!(
-                "verbs: rail {r} ({}): port up again: the next link to each peer uses it",
+                "verbs: rail {r} ({}): port up again: links without it are remade to use it \
+                 when idle",
                 rail.ctx.name()
             );
+            rail.rejoin_at = Some(Instant::now() + REJOIN_AFTER);
             return;
         }
+        rail.rejoin_at = None;
         rail.c.port_downs += 1;
         log::warn!("verbs: rail {r} ({}): {why}", rail.ctx.name());
         let name = rail.ctx.name().to_string();
@@ -2736,7 +2796,7 @@ impl Transport for VerbsTransport {
         &mut self,
         poller: &Poller,
         now: Instant,
-        _rx: &mut dyn Inflow,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
         while let Some(d) = self.dialer.poll() {
@@ -2821,6 +2881,7 @@ impl Transport for VerbsTransport {
         // retries) turn a dead peer into an error on the next work request.
         self.check_qp_states(now, events);
         self.check_ports(now, events);
+        self.rejoin(now, rx, events);
     }
 
     fn poll(&mut self, _now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
@@ -2917,6 +2978,7 @@ impl Transport for VerbsTransport {
         c.push(("verbs_rails", self.rails.len() as u64));
         c.push(("verbs_path_downs", s.path_downs));
         c.push(("verbs_reads_reissued", s.reads_reissued));
+        c.push(("verbs_rails_rejoined", s.rails_rejoined));
         let mut info = vec![(
             "peer_auth",
             if self.key.is_some() { "mac" } else { "none" }.to_string(),
