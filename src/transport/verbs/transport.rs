@@ -1788,8 +1788,14 @@ impl VerbsTransport {
         let _ = p.qp.to_error();
         let mut moved = 0u64;
         let mut bounce = false;
-        for e in p.sq.drain(..) {
-            match e.kind {
+        // Posted and not seen complete, then queued and not posted yet.
+        let kinds: Vec<SqKind> =
+            p.sq.drain(..)
+                .map(|e| e.kind)
+                .chain(p.wr_kinds.drain(..))
+                .collect();
+        for kind in kinds {
+            match kind {
                 SqKind::ReadPool(piece) => {
                     l.reissue.push_back(piece);
                     moved += 1;
@@ -1800,7 +1806,6 @@ impl VerbsTransport {
         }
         p.reads_out = 0;
         p.wrs.clear();
-        p.wr_kinds.clear();
         self.stats.path_downs += 1;
         self.stats.reads_reissued += moved;
         let rail = &mut self.rails[r];
@@ -2100,7 +2105,7 @@ impl VerbsTransport {
                     }
                     // Into the bounce buffer, registered with the home rail's device.
                     let home = l.home;
-                    if !path_has_room(&l.paths[home], &rails[home]) {
+                    if l.bounce.is_none() || !path_has_room(&l.paths[home], &rails[home]) {
                         break;
                     }
                     let n = (f.rdv.len - f.done).min(BOUNCE as u64);
@@ -2658,7 +2663,9 @@ fn post_read(l: &mut Link, r: usize, piece: Piece, bounce: bool, rail: &mut Rail
     let remote_base = l.remote.map_or(0, |i| i.base);
     let (addr, lkey, kind) = match (bounce, l.bounce.as_ref()) {
         (true, Some(b)) => (b.addr(0), b.mr().lkey(), SqKind::ReadBounce(piece)),
-        _ => (
+        // An up link has its bounce buffer (`connect_qp`): never into the pool instead.
+        (true, None) => return,
+        (false, _) => (
             pool.base_addr() as u64 + piece.local_off,
             rail.pool_lkey(),
             SqKind::ReadPool(piece),
