@@ -8,7 +8,8 @@
 # script builds and caches; the host's root file system is shared read-only over 9p and the
 # guest chroots into it, so host binaries (cargo test binaries included) run unchanged.
 # In the guest: two rxe devices on the two ends of a veth pair, with policy routing so that
-# rxe0 <-> rxe1 traffic really crosses the veth; hugetlbfs at /dev/hugepages; fresh tmpfs on
+# rxe0 <-> rxe1 traffic really crosses the veth, and a second such pair (rxe2 <-> rxe3) for
+# multi-rail tests (each node's second rail); hugetlbfs at /dev/hugepages; fresh tmpfs on
 # /tmp /run /dev/shm; `ulimit -l unlimited`. CMD runs as root in the caller's working
 # directory. The guest's /tmp, /run and /dev/shm are its own, so a working directory under
 # them (a clone in /tmp), CMD's own directory and $CARGO_TARGET_DIR when they lie there, and
@@ -21,6 +22,8 @@
 # stays visible read-only), and what the guest adds:
 #   WYVERN_RXE_VM=1  WYVERN_RXE_DEVS="rxe0 rxe1"  WYVERN_RXE_NETDEVS="veth0 veth1"
 #   WYVERN_RXE_ADDRS="10.77.0.1 10.77.0.2"  WYVERN_RXE_GID_INDEX=1 (IPv4-mapped, RoCE v2)
+#   WYVERN_RXE_RAIL_DEVS="rxe2 rxe3"  WYVERN_RXE_RAIL_NETDEVS="veth2 veth3"
+#   WYVERN_RXE_RAIL_ADDRS="10.77.1.1 10.77.1.2" (the second pair: node i's second rail)
 #   WYVERN_RXE_MTU (active path MTU, 4096 by default)  WYVERN_RXE_HUGEPAGES (2 MiB pages granted)
 #
 # Options:
@@ -54,10 +57,11 @@ log()  { printf '[rxe-vm] %s\n' "$*" >&2; }
 die()  { printf '[rxe-vm] ERROR: %s\n' "$*" >&2; exit "${2:-2}"; }
 qesc() { printf '%s' "${1//,/,,}"; }   # qemu option values double their commas
 
-# Fixed guest network: rxe0 on veth0 (10.77.0.1), rxe1 on veth1 (10.77.0.2).
-RXE_DEVS=(rxe0 rxe1)
-RXE_NETDEVS=(veth0 veth1)
-RXE_ADDRS=(10.77.0.1 10.77.0.2)
+# Fixed guest network: rxe0 on veth0 (10.77.0.1), rxe1 on veth1 (10.77.0.2); and the rails'
+# second pair, rxe2 on veth2 (10.77.1.1), rxe3 on veth3 (10.77.1.2).
+RXE_DEVS=(rxe0 rxe1 rxe2 rxe3)
+RXE_NETDEVS=(veth0 veth1 veth2 veth3)
+RXE_ADDRS=(10.77.0.1 10.77.0.2 10.77.1.1 10.77.1.2)
 GUEST_CTL=/run/rxe-vm          # where the guest sees the run's control directory
 
 # =========================================================================== guest side
@@ -92,7 +96,8 @@ in_guest() {
     fi
 
     local n0="${RXE_NETDEVS[0]}" n1="${RXE_NETDEVS[1]}" a0="${RXE_ADDRS[0]}" a1="${RXE_ADDRS[1]}"
-    glog "set-up: network $n0 $a0 <-> $n1 $a1, mtu $mtu"
+    local n2="${RXE_NETDEVS[2]}" n3="${RXE_NETDEVS[3]}" a2="${RXE_ADDRS[2]}" a3="${RXE_ADDRS[3]}"
+    glog "set-up: network $n0 $a0 <-> $n1 $a1, $n2 $a2 <-> $n3 $a3, mtu $mtu"
     # Both addresses are local, so by default the kernel would route rxe0 -> rxe1 through lo,
     # where rxe drops it. Policy routing sends it out of the own end of the veth instead, and
     # lets what arrives on a veth end be delivered locally: first the rules for packets
@@ -105,32 +110,43 @@ addr add $a0/24 dev $n0
 addr add $a1/24 dev $n1
 link set $n0 up
 link set $n1 up
+link add $n2 mtu $mtu type veth peer name $n3 mtu $mtu
+addr add $a2/24 dev $n2
+addr add $a3/24 dev $n3
+link set $n2 up
+link set $n3 up
 rule add pref 10 iif $n0 lookup local
 rule add pref 11 iif $n1 lookup local
+rule add pref 12 iif $n2 lookup local
+rule add pref 13 iif $n3 lookup local
 route add $a1/32 dev $n0 src $a0 table 100
 route add $a0/32 dev $n1 src $a1 table 100
+route add $a3/32 dev $n2 src $a2 table 100
+route add $a2/32 dev $n3 src $a3 table 100
 rule add pref 20 lookup 100
 rule add pref 1000 lookup local
 rule del pref 0 lookup local
 NET
-    for d in all "$n0" "$n1"; do
+    for d in all "$n0" "$n1" "$n2" "$n3"; do
         { echo 1 >"/proc/sys/net/ipv4/conf/$d/accept_local" && echo 0 >"/proc/sys/net/ipv4/conf/$d/rp_filter"; } \
             || gfail "accept_local/rp_filter for $d failed"
     done
     rdma -b - <<RDMA || gfail "rdma link add failed"
 link add ${RXE_DEVS[0]} type rxe netdev $n0
 link add ${RXE_DEVS[1]} type rxe netdev $n1
+link add ${RXE_DEVS[2]} type rxe netdev $n2
+link add ${RXE_DEVS[3]} type rxe netdev $n3
 RDMA
-    # Wait until both ports are ACTIVE and GID 1 holds the IPv4-mapped address.
+    # Wait until every port is ACTIVE and GID 1 holds the IPv4-mapped address.
     local t state gid ok a b c e
     local -a want=()
-    for i in 0 1; do
+    for i in 0 1 2 3; do
         IFS=. read -r a b c e <<<"${RXE_ADDRS[$i]}"
         printf -v "want[$i]" '0000:0000:0000:0000:0000:ffff:%02x%02x:%02x%02x' "$a" "$b" "$c" "$e"
     done
     for ((t = 0; t < 100; t++)); do
         ok=1
-        for i in 0 1; do
+        for i in 0 1 2 3; do
             state="" gid=""
             read -r state 2>/dev/null <"/sys/class/infiniband/${RXE_DEVS[$i]}/ports/1/state" || true
             read -r gid 2>/dev/null <"/sys/class/infiniband/${RXE_DEVS[$i]}/ports/1/gids/1" || true
@@ -147,9 +163,12 @@ RDMA
     done
     {
         echo "export WYVERN_RXE_VM=1"
-        echo "export WYVERN_RXE_DEVS='${RXE_DEVS[*]}'"
-        echo "export WYVERN_RXE_NETDEVS='${RXE_NETDEVS[*]}'"
-        echo "export WYVERN_RXE_ADDRS='${RXE_ADDRS[*]}'"
+        echo "export WYVERN_RXE_DEVS='${RXE_DEVS[*]:0:2}'"
+        echo "export WYVERN_RXE_NETDEVS='${RXE_NETDEVS[*]:0:2}'"
+        echo "export WYVERN_RXE_ADDRS='${RXE_ADDRS[*]:0:2}'"
+        echo "export WYVERN_RXE_RAIL_DEVS='${RXE_DEVS[*]:2:2}'"
+        echo "export WYVERN_RXE_RAIL_NETDEVS='${RXE_NETDEVS[*]:2:2}'"
+        echo "export WYVERN_RXE_RAIL_ADDRS='${RXE_ADDRS[*]:2:2}'"
         echo "export WYVERN_RXE_GID_INDEX=1"
         echo "export WYVERN_RXE_MTU=$active_mtu"
         echo "export WYVERN_RXE_HUGEPAGES=$granted"
@@ -157,7 +176,7 @@ RDMA
 
     read -r up _ </proc/uptime
     # One short write each: the host polls for these files being non-empty.
-    echo "$up ${RXE_DEVS[0]}/$n0 $a0, ${RXE_DEVS[1]}/$n1 $a1, active MTU $active_mtu, $granted hugepages" \
+    echo "$up ${RXE_DEVS[0]}/$n0 $a0, ${RXE_DEVS[1]}/$n1 $a1, ${RXE_DEVS[2]}/$n2 $a2, ${RXE_DEVS[3]}/$n3 $a3, active MTU $active_mtu, $granted hugepages" \
         >"$ctl/up"
     glog "running the command"
     local st=0

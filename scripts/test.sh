@@ -21,7 +21,7 @@
 #       cargo test --workspace --features dpdk,verbs --doc --locked [args]
 #   (f) verbs on Soft-RoCE, in one boot of an emulated VM with two rxe devices
 #       (scripts/rxe-vm.sh): scripts/rxe-smoke.sh (perftest rxe0 -> rxe1), then the test
-#       binaries (e) built, run there: verbs_layer, verbs_transport, hybrid on verbs+tcp
+#       binaries (e) built, run there: verbs_layer, verbs_transport, verbs_rails, hybrid on verbs+tcp
 #       (WYVERN_HYBRID_FAST=verbs) and the end-to-end suite's agent-to-agent tests on verbs
 #       (WYVERN_TEST_TRANSPORT=verbs; see rxe_vm_stage for what is skipped), and tests/tools.rs
 #       on verbs (`wyvern info`'s RDMA devices and GIDs, ping/bw). A VM that cannot start
@@ -276,12 +276,12 @@ skip_loudly() {
     log "******************************************************************************"
 }
 rxe_vm_stage() {
-    step "(f) verbs (Soft-RoCE VM): smoke test, verbs_layer, verbs_transport, hybrid, e2e and tools on verbs"
+    step "(f) verbs (Soft-RoCE VM): smoke test, verbs_layer, verbs_transport, verbs_rails, hybrid, e2e and tools on verbs"
     # The test binaries of step (e), already built: cargo only lists them.
     local list exes=() rc=0
     if [[ " ${features[*]} " == *" verbs "* ]]; then
         list="$(cargo test "${dpdk[@]}" "${locked[@]}" --no-run --message-format=json \
-            --test verbs_layer --test verbs_transport --test hybrid --test e2e --test tools 2>/dev/null \
+            --test verbs_layer --test verbs_transport --test verbs_rails --test hybrid --test e2e --test tools 2>/dev/null \
             | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -285,16 +285,25 @@ fn rdma(cfg: &AgentConfig, info: &Info) -> Check {
             Some("load the NIC's RDMA driver (or Soft-RoCE: `rdma link add rxe0 type rxe netdev DEV`), or another transport".into()),
         );
     }
+    // `verbs_device` may name several devices (rails), each `name[:port]`.
+    let missing = cfg.verbs_device.as_deref().and_then(|v| {
+        v.split(',')
+            .map(|d| d.trim().split(':').next().unwrap_or(""))
+            .find(|d| !d.is_empty() && !names.contains(d))
+    });
     match &cfg.verbs_device {
-        Some(d) if !names.contains(&d.as_str()) => check(
+        Some(_) if missing.is_some() => {
+            let d = missing.unwrap_or_default();
+            check(
             "rdma",
             Verdict::Fail,
             format!(
                 "verbs_device {d} is not here (devices: {})",
                 names.join(", ")
             ),
-            Some("set verbs_device to one of them (`wyvern info` lists ports and GIDs)".into()),
-        ),
+            Some("set verbs_device to one of them, or several comma-separated (rails; `wyvern info` lists ports and GIDs)".into()),
+        )
+        }
         d => check(
             "rdma",
             Verdict::Ok,
@@ -553,7 +562,10 @@ fn rdma_mtu(cfg: &AgentConfig, info: &Info) -> Option<Check> {
     let mut short = Vec::new();
     let mut fine = Vec::new();
     for d in &info.rdma.devices {
-        if cfg.verbs_device.as_ref().is_some_and(|v| *v != d.name) {
+        if cfg.verbs_device.as_ref().is_some_and(|v| {
+            !v.split(',')
+                .any(|x| x.trim().split(':').next() == Some(d.name.as_str()))
+        }) {
             continue;
         }
         for p in &d.ports {

@@ -16,9 +16,11 @@
 //!
 //! Bodies: `Challenge`, the acceptor's nonce ([`NONCE_LEN`] bytes); `Hello`,
 //! a [`Hello`], the dialer's nonce and a MAC ([`BootHello`]); `Info`, an
-//! [`Info`] ([`INFO_LEN`] bytes); `Ready`, nothing. The MAC of a `Hello`
-//! covers a label naming the direction, the acceptor's challenge, the dialer's
-//! nonce, the `Hello` and the `Info` that follows it ([`BootHello::verify`]).
+//! [`Info`] ([`INFO_LEN`] bytes), followed when the sender drives several
+//! rails by the other rails' queue pairs ([`InfoMsg`]); `Ready`, nothing. The MAC
+//! of a `Hello` covers a label naming the direction, the acceptor's challenge,
+//! the dialer's nonce, the `Hello` and the whole `Info` message that follows it
+//! ([`BootHello::verify`]).
 //!
 //! ## Info (60 bytes)
 //! | bytes | field |
@@ -34,6 +36,18 @@
 //! | 44..52 | the block region's length |
 //! | 52..56 | the pool's remote key |
 //! | 56..60 | credits: receive buffers the peer may fill |
+//!
+//! ## Rails (after the Info, only when the sender has more than one)
+//! | bytes | field |
+//! | --- | --- |
+//! | 60 | rails beyond the first, 1 ..= [`MAX_RAILS`] - 1 |
+//! | 61..64 | zero |
+//!
+//! then per rail ([`RAIL_LEN`] bytes, [`RailAddr`]): 0..4 queue pair number,
+//! 4..8 first PSN, 8..10 LID, 10 active MTU, 11 1: a GID follows, 12..28 GID,
+//! 28..32 the pool's remote key on that rail's device. Rail 0 is the `Info`'s
+//! own queue pair and rkey; the pool address, block region and credits are
+//! the same on every rail.
 //!
 //! ## Stream SENDs (at most [`SEND_MAX`] bytes)
 //! | bytes | field |
@@ -64,9 +78,20 @@ pub const BOOT_HEADER: usize = 8;
 pub const INFO_LEN: usize = 60;
 /// A `Hello` message's body: the [`Hello`], the dialer's nonce, the MAC.
 pub const HELLO_MSG_BODY: usize = Hello::LEN + NONCE_LEN + MAC_LEN;
-/// The largest body of any bootstrap message (a `Hello`): a header announcing more
-/// is refused before its body is read.
-pub const BOOT_BODY_MAX: usize = HELLO_MSG_BODY;
+/// Rails (RDMA devices) an agent drives at most.
+pub const MAX_RAILS: usize = 8;
+/// Bytes of one extra rail's address in an `Info` message ([`RailAddr`]).
+pub const RAIL_LEN: usize = 32;
+/// The largest `Info` message body: the [`Info`] and [`MAX_RAILS`] - 1 rails.
+pub const INFO_MSG_MAX: usize = INFO_LEN + 4 + (MAX_RAILS - 1) * RAIL_LEN;
+/// The largest body of any bootstrap message (an `Info` message of
+/// [`MAX_RAILS`] rails): a header announcing more is refused before its body
+/// is read.
+pub const BOOT_BODY_MAX: usize = if HELLO_MSG_BODY > INFO_MSG_MAX {
+    HELLO_MSG_BODY
+} else {
+    INFO_MSG_MAX
+};
 
 /// Why bootstrap bytes were refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +129,10 @@ pub enum BootError {
     /// The `Hello` inside a `Hello` message does not parse.
     #[error("bad Hello ({0})")]
     Hello(#[source] WireError),
+    /// An `Info` message naming a number of extra rails outside 1 ..=
+    /// [`MAX_RAILS`] - 1 (or with its reserved bytes set).
+    #[error("an Info naming {0} extra rails (1 to {max} allowed, reserved bytes zero)", max = MAX_RAILS - 1)]
+    Rails(usize),
     /// An `Info` whose block region cannot be addressed.
     #[error(
         "an Info whose block region overflows the address space \
@@ -321,6 +350,128 @@ impl Info {
     }
 }
 
+/// Another rail's queue pair and the pool's remote key on that rail's device,
+/// as an `Info` message carries it after the [`Info`] (rail 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RailAddr {
+    /// The queue pair on this rail.
+    pub qp: QpAddr,
+    /// The rail's active MTU (`IBV_MTU_*`).
+    pub mtu: u8,
+    /// The pool's remote key on this rail's device.
+    pub rkey: u32,
+}
+
+/// A whole `Info` message: the [`Info`] (rail 0) and the other rails, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InfoMsg {
+    /// Rail 0, the pool and the credits.
+    pub info: Info,
+    /// Rails 1.. (at most [`MAX_RAILS`] - 1).
+    pub rails: Vec<RailAddr>,
+}
+
+impl InfoMsg {
+    /// The address of rail `r` (0: the `Info`'s own).
+    pub fn rail(&self, r: usize) -> Option<RailAddr> {
+        if r == 0 {
+            Some(RailAddr {
+                qp: self.info.qp,
+                mtu: self.info.mtu,
+                rkey: self.info.rkey,
+            })
+        } else {
+            self.rails.get(r - 1).copied()
+        }
+    }
+
+    /// How many rails it names.
+    pub fn rail_count(&self) -> usize {
+        1 + self.rails.len()
+    }
+
+    /// Encode: the `Info`, then (with more than one rail) the rails.
+    ///
+    /// # Panics
+    /// With more than [`MAX_RAILS`] - 1 extra rails.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        assert!(
+            self.rails.len() < MAX_RAILS,
+            "{} extra rails",
+            self.rails.len()
+        );
+        let mut v = self.info.to_bytes().to_vec();
+        if self.rails.is_empty() {
+            return v;
+        }
+        v.extend_from_slice(&[self.rails.len() as u8, 0, 0, 0]);
+        for r in &self.rails {
+            let mut b = [0u8; RAIL_LEN];
+            let mut w = FieldsMut::of(&mut b);
+            w.put_u32::<0>(r.qp.qpn);
+            w.put_u32::<4>(r.qp.psn);
+            w.put_u16::<8>(r.qp.lid);
+            w.put_u8::<10>(r.mtu);
+            w.put_u8::<11>(r.qp.gid.is_some() as u8);
+            w.put::<12, 16>(r.qp.gid.unwrap_or_default());
+            w.put_u32::<28>(r.rkey);
+            v.extend_from_slice(&b);
+        }
+        v
+    }
+
+    /// Parse and check an `Info` message's body: an [`Info`] ([`Info::parse`]'s
+    /// checks), alone or followed by a rail count in 1 ..= [`MAX_RAILS`] - 1 and
+    /// exactly that many rails.
+    pub fn parse(b: &[u8]) -> Result<InfoMsg, BootError> {
+        if b.len() == INFO_LEN {
+            return Ok(InfoMsg {
+                info: Info::parse(b)?,
+                rails: Vec::new(),
+            });
+        }
+        let bad = BootError::Length {
+            what: "an Info with rails",
+            got: b.len(),
+            want: INFO_LEN,
+        };
+        if b.len() < INFO_LEN + 4 {
+            return Err(bad);
+        }
+        let (head, ext) = b.split_at(INFO_LEN);
+        let info = Info::parse(head)?;
+        let k = ext[0] as usize;
+        if k == 0 || k >= MAX_RAILS || ext[1..4] != [0, 0, 0] {
+            return Err(BootError::Rails(k));
+        }
+        let want = INFO_LEN + 4 + k * RAIL_LEN;
+        if b.len() != want {
+            return Err(BootError::Length {
+                what: "an Info with rails",
+                got: b.len(),
+                want,
+            });
+        }
+        let rails = ext[4..]
+            .chunks_exact(RAIL_LEN)
+            .map(|c| {
+                let f = Fields::<RAIL_LEN>::new(c).expect("chunks of RAIL_LEN");
+                RailAddr {
+                    qp: QpAddr {
+                        qpn: f.u32::<0>(),
+                        psn: f.u32::<4>() & 0xff_ffff,
+                        lid: f.u16::<8>(),
+                        gid: (f.u8::<11>() != 0).then(|| f.array::<12, 16>()),
+                    },
+                    mtu: f.u8::<10>(),
+                    rkey: f.u32::<28>(),
+                }
+            })
+            .collect();
+        Ok(InfoMsg { info, rails })
+    }
+}
+
 /// The MAC a bootstrap `Hello` carries: under `label` (the direction), over the
 /// acceptor's challenge, the dialer's nonce, the sender's `Hello` and its `Info` bytes.
 fn boot_mac(
@@ -329,7 +480,7 @@ fn boot_mac(
     challenge: &[u8; NONCE_LEN],
     nonce: &[u8; NONCE_LEN],
     hello: &[u8; Hello::LEN],
-    info: &[u8; INFO_LEN],
+    info: &[u8],
 ) -> [u8; MAC_LEN] {
     key.mac(label, &[challenge, nonce, hello, info])
 }
@@ -343,7 +494,7 @@ pub fn boot_hello(
     challenge: &[u8; NONCE_LEN],
     nonce: &[u8; NONCE_LEN],
     hello: &Hello,
-    info: &[u8; INFO_LEN],
+    info: &[u8],
 ) -> Vec<u8> {
     let h = hello.to_bytes();
     let mac = key.map_or([0; MAC_LEN], |k| {
@@ -770,6 +921,89 @@ mod tests {
             rkey: 0x1234,
             credits: 32,
         }
+    }
+
+    fn rails(k: usize) -> Vec<RailAddr> {
+        (0..k)
+            .map(|i| RailAddr {
+                qp: QpAddr {
+                    qpn: 100 + i as u32,
+                    psn: 0x10_0000 + i as u32,
+                    lid: i as u16,
+                    gid: (i % 2 == 0).then_some([i as u8 + 1; 16]),
+                },
+                mtu: 5,
+                rkey: 0xaa00 + i as u32,
+            })
+            .collect()
+    }
+
+    /// An Info message of one rail is the plain 60-byte Info (what a one-rail
+    /// agent always sent); with more, the rails follow in order and round-trip,
+    /// rail 0 being the Info's own queue pair and rkey.
+    #[test]
+    fn info_messages_with_rails_round_trip() {
+        let one = InfoMsg {
+            info: full_info(),
+            rails: vec![],
+        };
+        assert_eq!(one.to_bytes(), full_info().to_bytes().to_vec());
+        assert_eq!(InfoMsg::parse(&one.to_bytes()), Ok(one.clone()));
+        assert_eq!(one.rail_count(), 1);
+        assert_eq!(one.rail(0).unwrap().rkey, 0x1234);
+        assert_eq!(one.rail(1), None);
+        for k in 1..MAX_RAILS {
+            let m = InfoMsg {
+                info: full_info(),
+                rails: rails(k),
+            };
+            let b = m.to_bytes();
+            assert_eq!(b.len(), INFO_LEN + 4 + k * RAIL_LEN);
+            assert!(b.len() <= INFO_MSG_MAX && INFO_MSG_MAX <= BOOT_BODY_MAX);
+            assert_eq!(InfoMsg::parse(&b), Ok(m.clone()));
+            assert_eq!(m.rail_count(), k + 1);
+            assert_eq!(m.rail(k).unwrap().qp.qpn, 100 + k as u32 - 1);
+            // The whole message travels in one bootstrap message.
+            let mut buf = boot_msg(BootKind::Info, &b);
+            assert_eq!(take_boot_msg(&mut buf).unwrap().unwrap().body, b);
+        }
+    }
+
+    /// Rails beyond the Info are refused unless their count is 1..MAX_RAILS-1,
+    /// the reserved bytes are zero and exactly that many follow.
+    #[test]
+    fn info_messages_with_bad_rails_are_refused() {
+        let m = InfoMsg {
+            info: full_info(),
+            rails: rails(2),
+        };
+        let b = m.to_bytes();
+        for n in 0..b.len() + RAIL_LEN {
+            let mut v = b.clone();
+            v.resize(n, 0);
+            let r = InfoMsg::parse(&v);
+            if n == b.len() || n == INFO_LEN {
+                assert!(r.is_ok(), "{n}: {r:?}");
+            } else {
+                assert!(r.is_err(), "{n} bytes parsed: {r:?}");
+            }
+        }
+        let mut zero = b.clone();
+        zero[INFO_LEN] = 0;
+        assert_eq!(InfoMsg::parse(&zero), Err(BootError::Rails(0)));
+        let mut many = b.clone();
+        many[INFO_LEN] = MAX_RAILS as u8;
+        assert_eq!(InfoMsg::parse(&many), Err(BootError::Rails(MAX_RAILS)));
+        let mut reserved = b.clone();
+        reserved[INFO_LEN + 2] = 1;
+        assert_eq!(InfoMsg::parse(&reserved), Err(BootError::Rails(2)));
+        // The rails' bytes are under the Hello's MAC like the Info's.
+        let (key, h, c, nonce, _) = boot_parts();
+        let bh = received(&boot_hello(Some(&key), DIAL, &c, &nonce, &h, &b));
+        assert!(bh.verify(Some(&key), DIAL, &c, &nonce, &b));
+        let mut changed = b.clone();
+        *changed.last_mut().unwrap() ^= 1;
+        assert!(!bh.verify(Some(&key), DIAL, &c, &nonce, &changed));
     }
 
     #[test]

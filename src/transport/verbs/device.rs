@@ -348,6 +348,16 @@ impl AsyncEvent {
     pub fn is_device_fatal(&self) -> bool {
         self.kind == 8
     }
+
+    /// `IBV_EVENT_PORT_ERR`: the port went down (its link, or its netdev).
+    pub fn is_port_err(&self) -> bool {
+        self.kind == 10
+    }
+
+    /// `IBV_EVENT_PORT_ACTIVE`: the port is up again.
+    pub fn is_port_active(&self) -> bool {
+        self.kind == 9
+    }
 }
 
 /// The name of an `IBV_EVENT_*` value. (Not `ibv_event_type_str`: its binding takes a

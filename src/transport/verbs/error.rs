@@ -23,6 +23,14 @@ pub enum Error {
         /// The devices that exist.
         available: Vec<String>,
     },
+    /// A list of devices (rails) that cannot be used: too many, or one named twice.
+    #[error("verbs_device {spec:?}: {why}")]
+    BadRails {
+        /// The list given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A device spec (`name[:port]`) that does not parse.
     #[error("bad RDMA device {0:?}: write NAME or NAME:PORT (e.g. rxe0:1)")]
     BadSpec(String),

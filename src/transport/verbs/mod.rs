@@ -25,7 +25,8 @@
 //!   sleeping thread through the channel's descriptor.
 //! - [`Srq`]: a shared receive queue; [`Qp`]: an RC queue pair (RESET → INIT → RTR →
 //!   RTS, or ERR), posting linked lists of sends and RDMA READs.
-//! - [`VerbsTransport`]: the agent's `verbs` transport, on top of them.
+//! - [`VerbsTransport`]: the agent's `verbs` transport, on top of them, on one device
+//!   or several ("rails": a QP per peer and device, rendezvous READs striped over them).
 //!
 //! # Lifetimes and threads
 //! Every object holds an `Arc` of what it was made from (a QP holds its PD, CQ and
@@ -41,8 +42,8 @@
 //! agent's pool size.
 //!
 //! # Not supported (yet)
-//! Several QPs per peer (one per agent core), XRC/DC, on-demand paging, device
-//! memory, multi-port failover, RDMA CM (connection set-up is over the agents' own
+//! Several QPs per peer on one device (one per agent core), XRC/DC, on-demand
+//! paging, device memory, RDMA CM (connection set-up is over the agents' own
 //! TCP bootstrap connection).
 
 mod device;
@@ -66,4 +67,4 @@ pub use queue::{
     Sge, Srq, Wc, QPS_ERR, QPS_SQE, WC_FLUSH_ERR, WC_RDMA_READ, WC_RECV, WC_RNR_RETRY_EXC_ERR,
     WC_SEND, WC_SUCCESS,
 };
-pub use transport::{VerbsConfig, VerbsCounters, VerbsTransport};
+pub use transport::{RailCounters, VerbsConfig, VerbsCounters, VerbsTransport};

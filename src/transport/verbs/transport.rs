@@ -49,6 +49,25 @@
 //! Descriptors are checked before any READ is posted: the rkey must be the one the peer
 //! advertised and the range inside the block region it advertised.
 //!
+//! ## Rails (several devices)
+//! `verbs_device = "rxe0,rxe2"` names several devices ("rails"), paired by position
+//! with the peer's (rail i to rail i; a job uses as many as the node with the fewest
+//! has). Each rail has its own context, protection domain, completion queue, shared
+//! receive queue and registration of the pool (its own rkey); a link has one RC queue
+//! pair per rail (a *path*), all connected by the one bootstrap exchange (the `Info`
+//! message carries every rail's QP and rkey, under the same MAC). SENDs (small
+//! messages, descriptors, credits) go on one path, the link's *home*: rail
+//! `(a + b) mod rails` for nodes a and b, or the next rail whose port is up, so the
+//! stream stays in order. The receiver stripes a rendezvous chunk's READs over every
+//! path that is up (pieces of about `len / paths`, round robin): they land in the
+//! chunk's block in any order, and a descriptor is reported fetched only once all its
+//! pieces completed, in descriptor order. A path that fails (a work completion error,
+//! its QP found in ERR, its port going down) and carried no SENDs is dropped from the
+//! link and its outstanding READs are posted again on the other paths; the home path
+//! failing (or the last one) fails the link, and the agent's session resumes over a new
+//! one as for any failed link. A rail whose port came back is taken up again: links
+//! without a path on it are failed once idle, and the new link has it.
+//!
 //! The bytes of all this (bootstrap messages, `Info`, SENDs and their items, the check
 //! of a descriptor) are written and parsed by [`crate::wire::verbs`], which does no
 //! I/O; this module moves them over the TCP bootstrap connection and the queue pairs.
@@ -69,8 +88,8 @@ use crate::transport::{
 use crate::wire::auth::{self, JobKey, NONCE_LEN};
 use crate::wire::verbs::{
     boot_hello, boot_msg, parse_challenge, take_boot_msg, BadRdv, BootHeader, BootHello, BootKind,
-    BootMsg, Info, Item, QpAddr, Rdv, StreamMsg, StreamWriter, BOOT_BODY_MAX, BOOT_HEADER,
-    SEND_MAX,
+    BootMsg, Info, InfoMsg, Item, QpAddr, RailAddr, Rdv, StreamMsg, StreamWriter, BOOT_BODY_MAX,
+    BOOT_HEADER, MAX_RAILS, SEND_MAX,
 };
 use crate::wire::{FrameReader, Hello};
 
@@ -99,6 +118,13 @@ const RDV_MAX_OUT: usize = 64;
 const BOUNCE: usize = 256 * 1024;
 /// Largest single READ into the pool.
 const READ_PIECE: u64 = 1 << 20;
+/// Smallest piece a chunk is cut into to stripe it over several paths.
+const STRIPE_MIN: u64 = 32 * 1024;
+/// How often `tick` reads each rail's port state (its events say so sooner).
+const PORT_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long after a rail's port came back its links are remade to take it up
+/// again (time for the peer's end of the rail to come up too).
+const REJOIN_AFTER: Duration = Duration::from_secs(1);
 /// Completions taken per poll call at most (fairness with the rest of the round).
 const CQ_PER_POLL: usize = 256;
 /// How long a bootstrap connection may take to complete its handshake (as tcp's).
@@ -119,8 +145,9 @@ const REDIAL: Duration = Duration::from_millis(100);
 const QP_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 const TOK_LISTEN: u32 = 0;
-const TOK_CQ: u32 = 1;
-const TOK_ASYNC: u32 = 2;
+/// Rail r's completion channel: `TOK_CQ + r`; its asynchronous events: `TOK_ASYNC + r`.
+const TOK_CQ: u32 = 16;
+const TOK_ASYNC: u32 = 32;
 const TOK_LINK: u32 = 1 << 30;
 const TOK_PENDING: u32 = 2 << 30;
 const TOK_MASK: u32 = 3 << 30;
@@ -134,7 +161,8 @@ const RECV_BIT: u64 = 1 << 63;
 pub struct VerbsConfig {
     /// This agent: node id, node count, incarnation, job (sent in the bootstrap Hello).
     pub hello: Hello,
-    /// The device and port (`rxe0`, `mlx5_0:1`); none: the first active port.
+    /// The device and port (`rxe0`, `mlx5_0:1`), or several, comma-separated (rails:
+    /// `rxe0,rxe2`); none: the first active port.
     pub device: Option<String>,
     /// The GID index to use; none: chosen (RoCE v2, IPv4-mapped).
     pub gid_index: Option<u32>,
@@ -194,6 +222,33 @@ pub struct VerbsCounters {
     /// Bootstrap handshakes given up before a queue pair was connected: the
     /// two GIDs cannot reach each other (see [`super::gids_can_reach`]).
     pub gids_unreachable: u64,
+    /// Paths (a link's queue pair on one rail) that failed while the link lived on.
+    pub path_downs: u64,
+    /// RDMA READs posted again on another rail after theirs failed.
+    pub reads_reissued: u64,
+    /// Links remade (when idle) to take up again a rail whose port came back.
+    pub rails_rejoined: u64,
+}
+
+/// One rail's counters (for `wyvern stat`, as `verbs_railR_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RailCounters {
+    /// SENDs posted on it.
+    pub sends: u64,
+    /// Bytes of those.
+    pub send_bytes: u64,
+    /// SENDs received on it.
+    pub recvs: u64,
+    /// RDMA READs into the pool posted on it (steered, reissued included).
+    pub reads: u64,
+    /// Bytes of those.
+    pub read_bytes: u64,
+    /// READs moved off it (posted again on another rail) when a path failed.
+    pub reissued: u64,
+    /// Paths on it that failed (queue pair error, port down).
+    pub downs: u64,
+    /// Times its port was found down.
+    pub port_downs: u64,
 }
 
 // ------------------------------------------------------------------- bootstrap
@@ -266,13 +321,90 @@ struct Fetch {
     rdv: Rdv,
     /// How much has been fetched (or is being).
     done: u64,
+    /// Its number among the link's descriptors (see [`Link::fetches`]).
+    id: u64,
+    /// Bytes per READ (striped over the paths up when it was first reached).
+    piece: u64,
+}
+
+/// A descriptor being fetched: READs outstanding, and whether all are posted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct FetchState {
+    pending: u32,
+    all_posted: bool,
+}
+
+/// The peer's descriptors being fetched, in the order they came, until each is
+/// fully fetched: READs of several paths complete in any order, and the peer
+/// hears of descriptors done in its own order (it frees its blocks in that order).
+#[derive(Debug, Default)]
+struct Fetches {
+    states: VecDeque<FetchState>,
+    /// The id of `states[0]`.
+    base: u64,
+    /// The id the next descriptor gets.
+    next: u64,
+}
+
+impl Fetches {
+    /// A new descriptor, behind the others: its id.
+    fn add(&mut self) -> u64 {
+        self.states.push_back(FetchState::default());
+        self.next += 1;
+        self.next - 1
+    }
+
+    fn get(&mut self, id: u64) -> Option<&mut FetchState> {
+        let i = id.checked_sub(self.base)?;
+        self.states.get_mut(usize::try_from(i).ok()?)
+    }
+
+    /// A READ of descriptor `id` is posted (`last`: its last one).
+    fn posted(&mut self, id: u64, last: bool) {
+        if let Some(f) = self.get(id) {
+            f.pending += 1;
+            f.all_posted |= last;
+        }
+    }
+
+    /// A READ of descriptor `id` completed: how many descriptors at the front
+    /// are now wholly fetched (all READs posted and done), forgotten here.
+    fn done(&mut self, id: u64) -> u32 {
+        if let Some(f) = self.get(id) {
+            f.pending = f.pending.saturating_sub(1);
+        }
+        let mut n = 0;
+        while self
+            .states
+            .front()
+            .is_some_and(|f| f.all_posted && f.pending == 0)
+        {
+            self.states.pop_front();
+            self.base += 1;
+            n += 1;
+        }
+        n
+    }
+}
+
+/// One RDMA READ of a descriptor's range: again on another path if its own fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    /// The descriptor it belongs to.
+    fetch: u64,
+    /// Offset in the peer's pool.
+    remote_off: u64,
+    /// Offset in our pool (a steered READ) or in the bounce buffer.
+    local_off: u64,
+    len: u32,
 }
 
 /// What arrived, in stream order, waiting to be absorbed.
 #[derive(Debug)]
 enum RxItem {
-    /// Bytes `[start, end)` of receive slot `slot`.
+    /// Bytes `[start, end)` of receive slot `slot` of rail `rail`.
     Data {
+        rail: u8,
         slot: u32,
         start: u32,
         end: u32,
@@ -309,10 +441,30 @@ struct SqEntry {
 enum SqKind {
     /// A SEND from send slot number `slot` (a running count).
     Send { slot: u64 },
-    /// A READ into the pool; `last`: it ends its descriptor.
-    ReadPool { last: bool },
-    /// A READ of `len` bytes into the bounce buffer.
-    ReadBounce { len: u32, last: bool },
+    /// A READ into the pool.
+    ReadPool(Piece),
+    /// A READ into the bounce buffer.
+    ReadBounce(Piece),
+}
+
+/// A link's queue pair on one rail.
+struct Path {
+    qp: Qp,
+    psn: u32,
+    /// The peer's queue pair and rkey on this rail (once known).
+    remote: Option<RailAddr>,
+    /// Connected and not failed.
+    up: bool,
+    /// SENDs went or came on it: its failure may lose stream bytes (the link fails).
+    sends: bool,
+    sq: VecDeque<SqEntry>,
+    wr_seq: u64,
+    unsignaled: u32,
+    reads_out: u32,
+    wrs: Vec<SendWr>,
+    wr_kinds: Vec<SqKind>,
+    /// When `tick` next queries the QP's state (while up).
+    next_qp_check: Instant,
 }
 
 struct Link {
@@ -327,12 +479,20 @@ struct Link {
     ours: [u8; NONCE_LEN],
     challenge: Option<[u8; NONCE_LEN]>,
     peer_hello: Option<BootHello>,
-    qp: Qp,
-    psn: u32,
+    /// One per rail of ours (a rail the peer lacks stays down).
+    paths: Vec<Path>,
+    /// The path SENDs go on (and bounce READs).
+    home: usize,
+    /// Rails both ends have (the first this many paths may be up).
+    common: usize,
+    /// The next path a READ is tried on (round robin).
+    next_path: usize,
+    /// The peer's rail-0 `Info` (pool, block region, credits).
     remote: Option<Info>,
-    /// Send slots ([`SEND_SLOTS`] × [`MSG`]) and the bounce buffer.
-    slots: RegBuf,
-    bounce: RegBuf,
+    /// Send slots ([`SEND_SLOTS`] × [`MSG`]) and the bounce buffer, registered
+    /// with the home rail's protection domain once the link is connected.
+    slots: Option<RegBuf>,
+    bounce: Option<RegBuf>,
     // ---- sending
     outq: VecDeque<Out>,
     queued: usize,
@@ -349,21 +509,17 @@ struct Link {
     freed: Vec<u64>,
     slot_next: u64,
     slot_free: u64,
-    sq: VecDeque<SqEntry>,
-    wr_seq: u64,
-    unsignaled: u32,
-    reads_out: u32,
-    wrs: Vec<SendWr>,
-    wr_kinds: Vec<SqKind>,
     // ---- receiving
     rxq: VecDeque<RxItem>,
     reads_to_pool: u32,
     bounce_busy: bool,
     /// The poll round in which a descriptor at the head was first seen unsteered.
     rdv_seen: Option<u64>,
+    /// The peer's descriptors being fetched.
+    fetches: Fetches,
+    /// READs of a failed path, to post again on another.
+    reissue: VecDeque<Piece>,
     last_tx: Instant,
-    /// When `tick` next queries the QP's state (while up).
-    next_qp_check: Instant,
 }
 
 /// One link instance: the peer node and the link's epoch (a new queue pair to the same
@@ -403,26 +559,99 @@ struct Pending {
 struct Dialed {
     hello: Hello,
     nonce: [u8; NONCE_LEN],
-    info: Info,
+    info: InfoMsg,
 }
 
-/// The verbs transport. See the module docs.
-pub struct VerbsTransport {
-    // Field order is drop order: queue pairs (in `links`/`pending`) go before the
-    // shared receive queue, CQ and memory regions, and the pool stays mapped until
-    // its region is deregistered.
-    links: Vec<Option<Link>>,
-    pending: Vec<Option<Pending>>,
+/// The names of one rail's counters in stat (`verbs_railR_*`).
+struct RailNames {
+    sends: &'static str,
+    send_bytes: &'static str,
+    recvs: &'static str,
+    reads: &'static str,
+    read_bytes: &'static str,
+    reissued: &'static str,
+    downs: &'static str,
+    port_downs: &'static str,
+    port_up: &'static str,
+    device: &'static str,
+    gid: &'static str,
+}
+
+impl RailNames {
+    fn new(r: usize) -> RailNames {
+        // Leaked once per rail per transport (at most MAX_RAILS): the counters'
+        // names are `&'static str`.
+        let n = |what: &str| -> &'static str { Box::leak(format!("verbs_rail{r}_{what}").into()) };
+        RailNames {
+            sends: n("sends"),
+            send_bytes: n("send_bytes"),
+            recvs: n("recvs"),
+            reads: n("reads"),
+            read_bytes: n("read_bytes"),
+            reissued: n("reissued"),
+            downs: n("downs"),
+            port_downs: n("port_downs"),
+            port_up: n("port_up"),
+            device: n("device"),
+            gid: n("gid"),
+        }
+    }
+}
+
+/// One RDMA device (a rail): everything of the transport's that belongs to one
+/// device. Field order is drop order (the objects also hold `Arc`s of what they
+/// were made from).
+struct Rail {
     srq: Arc<Srq>,
     rx_bufs: RegBuf,
     rx_slots: Vec<RxSlot>,
     reposts: Vec<u32>,
     cq: Arc<Cq>,
-    _channel: Arc<CompChannel>,
+    channel: Arc<CompChannel>,
     /// The pool's region (none for a job of one node: nobody to share it with).
     pool_mr: Option<Mr>,
     pd: Arc<Pd>,
     ctx: Arc<Context>,
+    gid: Option<GidEntry>,
+    /// The GID chosen and why ([`Context::choose_gid`]), for stat.
+    gid_why: Option<String>,
+    lid: u16,
+    mtu: u32,
+    max_reads: u32,
+    sq_depth: u32,
+    armed: bool,
+    /// Whose queue pair a QP number is (the link a completion belongs to).
+    qpn_node: HashMap<u32, LinkId>,
+    /// The port was active when last seen (event or query); new links use
+    /// only rails whose port is up.
+    port_up: bool,
+    /// What the port runs below what it can (see [`VerbsTransport::shortfall`]).
+    shortfall: Option<Shortfall>,
+    /// The port came back: from then on, links without a path on this rail are
+    /// remade when idle (see [`VerbsTransport::rejoin`]).
+    rejoin_at: Option<Instant>,
+    c: RailCounters,
+    names: RailNames,
+}
+
+impl Rail {
+    fn pool_rkey(&self) -> u32 {
+        self.pool_mr.as_ref().map_or(0, |m| m.rkey())
+    }
+
+    fn pool_lkey(&self) -> u32 {
+        self.pool_mr.as_ref().map_or(0, |m| m.lkey())
+    }
+}
+
+/// The verbs transport. See the module docs.
+pub struct VerbsTransport {
+    // Field order is drop order: queue pairs (in `links`/`pending`) go before the
+    // rails' shared receive queues, CQs and memory regions, and the pool stays
+    // mapped until its regions are deregistered.
+    links: Vec<Option<Link>>,
+    pending: Vec<Option<Pending>>,
+    rails: Vec<Rail>,
     pool: Arc<Pool>,
     me: u32,
     hello: Hello,
@@ -430,22 +659,12 @@ pub struct VerbsTransport {
     bootstrap: Vec<SocketAddr>,
     listener: TcpListener,
     addr: SocketAddr,
-    gid: Option<GidEntry>,
-    /// The GID chosen and why ([`Context::choose_gid`]), for stat.
-    gid_why: Option<String>,
-    lid: u16,
-    mtu: u32,
     credits: u32,
-    max_reads: u32,
-    sq_depth: u32,
-    /// Whose queue pair a QP number is (the link a completion belongs to).
-    qpn_node: HashMap<u32, LinkId>,
     next_epoch: u16,
     dialing: Vec<bool>,
     next_dial: Vec<Instant>,
     dialer: Dialer,
     wake: Arc<dyn Fn() + Send + Sync>,
-    armed: bool,
     round: u64,
     stats: VerbsCounters,
     wcs: Vec<Wc>,
@@ -454,8 +673,9 @@ pub struct VerbsTransport {
     refused_quiet: u64,
     /// Failed handshakes logged at warn level.
     fail_warned: WarnSpell,
-    /// What the port runs below what it can (see [`VerbsTransport::shortfall`]).
-    shortfall: Option<Shortfall>,
+    /// The rails' shortfalls, for [`VerbsTransport::shortfall`].
+    shortfalls: Vec<Shortfall>,
+    next_port_check: Instant,
 }
 
 fn wr_id(node: u32, epoch: u16, seq: u64) -> u64 {
@@ -468,6 +688,154 @@ fn random_psn(node: u32, epoch: u16) -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     (t ^ (node.wrapping_mul(0x9e37_79b9)) ^ ((epoch as u32) << 8)) & 0xff_ffff
+}
+
+/// The devices `verbs_device` names: none (the first active port), one, or
+/// several comma-separated (rails), each at most once.
+fn rail_specs(device: Option<&str>) -> Result<Vec<Option<String>>, Error> {
+    let Some(spec) = device else {
+        return Ok(vec![None]);
+    };
+    let names: Vec<String> = spec
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let bad = |why: String| Error::BadRails {
+        spec: spec.to_string(),
+        why,
+    };
+    if names.is_empty() {
+        return Err(bad("names no device".into()));
+    }
+    if names.len() > MAX_RAILS {
+        return Err(bad(format!(
+            "{} devices, at most {MAX_RAILS} rails",
+            names.len()
+        )));
+    }
+    for (i, a) in names.iter().enumerate() {
+        if names[..i].contains(a) {
+            return Err(bad(format!("{a} named twice")));
+        }
+    }
+    Ok(names.into_iter().map(Some).collect())
+}
+
+/// Open rail `r` on `ctx`: its GID, protection domain, the pool's registration,
+/// completion channel and queue, shared receive queue and its buffers.
+fn open_rail(
+    r: usize,
+    ctx: Arc<Context>,
+    cfg: &VerbsConfig,
+    address: Option<std::net::Ipv4Addr>,
+    pool: &Arc<Pool>,
+    credits: u32,
+    peers: u32,
+) -> Result<Rail, Error> {
+    let n = cfg.bootstrap.len();
+    let port = ctx.query_port()?;
+    let chosen = ctx.choose_gid(cfg.gid_index, address)?;
+    if let Some((e, why @ super::device::GidChoice::FirstV2(Some(_), _))) = &chosen {
+        log::warn!(
+            "verbs: {}: GID index {} ({}): {why}",
+            ctx.name(),
+            e.index,
+            e.gid
+        );
+    }
+    let gid_why = chosen
+        .as_ref()
+        .map(|(e, why)| format!("index {} {}: {why}", e.index, e.gid));
+    let gid = chosen.map(|(e, _)| e);
+    let caps = ctx.caps();
+    let pd = Pd::new(&ctx)?;
+    let pool_mr = if n > 1 {
+        // Only the block region is registered, and for remote READ only: peers
+        // READ the blocks of large messages (rendezvous); nothing else of the pool
+        // (header, clients' rings) is theirs to see, and no peer ever writes into
+        // it. LOCAL_WRITE: our own READs land in blocks (steered chunks).
+        let (region_off, region_len) = pool.block_region();
+        let region = pool.base_addr() + region_off as usize;
+        // SAFETY: the transport holds `pool` (an `Arc`) in a field dropped after
+        // its rails (and so this region), so the mapping outlives the
+        // registration; `region` .. `region + region_len` is the block region,
+        // inside the mapping (`Pool::block_region`); the pool is shared memory the
+        // agent already treats as written by others (clients), and peers may only
+        // READ the block region, through descriptors this transport checks.
+        Some(unsafe {
+            Mr::register(
+                &pd,
+                region as *mut u8,
+                region_len as usize,
+                Access::LOCAL_WRITE.with(Access::REMOTE_READ),
+            )?
+        })
+    } else {
+        None
+    };
+    let max_srq = caps.max_srq_wr.max(64);
+    let srq_depth = (credits * peers + 16).min(max_srq);
+    let max_reads = MAX_READS
+        .min(caps.max_qp_init_rd_atom.max(1))
+        .min(caps.max_qp_rd_atom.max(1));
+    let sq_depth = (SEND_SLOTS as u32 + max_reads + 4).min(caps.max_qp_wr.max(16));
+    let cq_entries = (srq_depth + peers * sq_depth).min(caps.max_cqe.max(64));
+    let channel = CompChannel::new(&ctx)?;
+    let cq = Cq::new(&ctx, cq_entries, Some(&channel))?;
+    let srq = Srq::new(&pd, srq_depth)?;
+    let rx_bufs = RegBuf::new(&pd, srq_depth as usize * MSG, Access::LOCAL_WRITE)?;
+    log::info!(
+        "verbs: rail {r}: {}:{} ({}), MTU {} B, {}, block region of {} MiB registered for remote READ (rkey {:#x})",
+        ctx.name(),
+        ctx.port(),
+        if port.is_roce() { "RoCE" } else { "InfiniBand" },
+        port.mtu_bytes(),
+        match &gid_why {
+            Some(why) => format!("GID {why}"),
+            None => format!("LID {}", port.lid),
+        },
+        pool.block_region().1 >> 20,
+        pool_mr.as_ref().map_or(0, |m| m.rkey())
+    );
+    // A RoCE port cut below its largest MTU by its netdev's: listed as degraded.
+    let netdev = ctx.netdev(gid.map(|e| e.index));
+    let shortfall = port
+        .is_roce()
+        .then(|| {
+            super::device::roce_mtu_shortfall(
+                ctx.name(),
+                ctx.port(),
+                port.mtu_bytes(),
+                super::device::mtu_bytes(port.max_mtu),
+                netdev.as_ref().map(|(n, m)| (n.as_str(), *m)),
+            )
+        })
+        .flatten();
+    Ok(Rail {
+        srq,
+        rx_slots: vec![RxSlot::default(); srq_depth as usize],
+        reposts: (0..srq_depth).collect(),
+        rx_bufs,
+        cq,
+        channel,
+        pool_mr,
+        pd,
+        ctx,
+        gid,
+        gid_why,
+        lid: port.lid,
+        mtu: port.active_mtu,
+        max_reads,
+        sq_depth,
+        armed: false,
+        qpn_node: HashMap::new(),
+        port_up: port.is_active(),
+        shortfall,
+        rejoin_at: None,
+        c: RailCounters::default(),
+        names: RailNames::new(r),
+    })
 }
 
 impl VerbsTransport {
@@ -488,66 +856,29 @@ impl VerbsTransport {
     ) -> Result<VerbsTransport, Error> {
         let me = cfg.hello.node;
         let n = cfg.bootstrap.len();
-        let ctx = Context::open(cfg.device.as_deref())?;
-        let port = ctx.query_port()?;
+        let specs = rail_specs(cfg.device.as_deref())?;
         // The address peers reach this node at (its bootstrap address in the
         // node list), unless it is loopback (one host: no GID carries it).
         let address = cfg.bootstrap.get(me as usize).and_then(|a| match a.ip() {
             std::net::IpAddr::V4(v) if !v.is_loopback() && !v.is_unspecified() => Some(v),
             _ => None,
         });
-        let chosen = ctx.choose_gid(cfg.gid_index, address)?;
-        if let Some((e, why @ super::device::GidChoice::FirstV2(Some(_), _))) = &chosen {
-            log::warn!(
-                "verbs: {}: GID index {} ({}): {why}",
-                ctx.name(),
-                e.index,
-                e.gid
-            );
-        }
-        let gid_why = chosen
-            .as_ref()
-            .map(|(e, why)| format!("index {} {}: {why}", e.index, e.gid));
-        let gid = chosen.map(|(e, _)| e);
-        let caps = ctx.caps();
-        let pd = Pd::new(&ctx)?;
-        let pool_mr = if n > 1 {
-            // Only the block region is registered, and for remote READ only: peers
-            // READ the blocks of large messages (rendezvous); nothing else of the pool
-            // (header, clients' rings) is theirs to see, and no peer ever writes into
-            // it. LOCAL_WRITE: our own READs land in blocks (steered chunks).
-            let (region_off, region_len) = pool.block_region();
-            let region = pool.base_addr() + region_off as usize;
-            // SAFETY: the transport holds `pool` (an `Arc`) in a field dropped after
-            // `pool_mr`, so the mapping outlives the registration; `region` ..
-            // `region + region_len` is the block region, inside the mapping
-            // (`Pool::block_region`); the pool is shared memory the agent already
-            // treats as written by others (clients), and peers may only READ the
-            // block region, through descriptors this transport checks.
-            Some(unsafe {
-                Mr::register(
-                    &pd,
-                    region as *mut u8,
-                    region_len as usize,
-                    Access::LOCAL_WRITE.with(Access::REMOTE_READ),
-                )?
-            })
-        } else {
-            None
-        };
+        let ctxs = specs
+            .iter()
+            .map(|s| Context::open(s.as_deref()))
+            .collect::<Result<Vec<_>, Error>>()?;
         let peers = n.saturating_sub(1).max(1) as u32;
-        let max_srq = caps.max_srq_wr.max(64);
-        let credits = (max_srq / peers).clamp(4, CREDITS);
-        let srq_depth = (credits * peers + 16).min(max_srq);
-        let max_reads = MAX_READS
-            .min(caps.max_qp_init_rd_atom.max(1))
-            .min(caps.max_qp_rd_atom.max(1));
-        let sq_depth = (SEND_SLOTS as u32 + max_reads + 4).min(caps.max_qp_wr.max(16));
-        let cq_entries = (srq_depth + peers * sq_depth).min(caps.max_cqe.max(64));
-        let channel = CompChannel::new(&ctx)?;
-        let cq = Cq::new(&ctx, cq_entries, Some(&channel))?;
-        let srq = Srq::new(&pd, srq_depth)?;
-        let rx_bufs = RegBuf::new(&pd, srq_depth as usize * MSG, Access::LOCAL_WRITE)?;
+        // Every rail's shared receive queue takes all of a peer's credits (its
+        // SENDs go on one path, whichever), so the credits fit the smallest.
+        let credits = ctxs
+            .iter()
+            .map(|c| (c.caps().max_srq_wr.max(64) / peers).clamp(4, CREDITS))
+            .min()
+            .unwrap_or(4);
+        let mut rails = Vec::with_capacity(ctxs.len());
+        for (r, ctx) in ctxs.into_iter().enumerate() {
+            rails.push(open_rail(r, ctx, &cfg, address, &pool, credits, peers)?);
+        }
         let listener =
             TcpListener::bind(cfg.bootstrap[me as usize]).map_err(|source| Error::Listen {
                 addr: cfg.bootstrap[me as usize],
@@ -561,53 +892,27 @@ impl VerbsTransport {
         poller
             .add(listener.as_fd(), TOK_LISTEN)
             .map_err(watch("bootstrap listener"))?;
-        poller
-            .add(channel.fd(), TOK_CQ)
-            .map_err(watch("completion channel"))?;
-        ctx.set_async_nonblocking()
-            .map_err(watch("asynchronous event"))?;
-        poller
-            .add(ctx.async_fd(), TOK_ASYNC)
-            .map_err(watch("asynchronous event"))?;
+        for (r, rail) in rails.iter().enumerate() {
+            poller
+                .add(rail.channel.fd(), TOK_CQ + r as u32)
+                .map_err(watch("completion channel"))?;
+            rail.ctx
+                .set_async_nonblocking()
+                .map_err(watch("asynchronous event"))?;
+            poller
+                .add(rail.ctx.async_fd(), TOK_ASYNC + r as u32)
+                .map_err(watch("asynchronous event"))?;
+        }
         log::info!(
-            "verbs: {}:{} ({}), MTU {} B, {}, block region of {} MiB registered for remote READ (rkey {:#x}), \
-             {credits} credits per peer, bootstrap on {addr}",
-            ctx.name(),
-            ctx.port(),
-            if port.is_roce() { "RoCE" } else { "InfiniBand" },
-            port.mtu_bytes(),
-            match &gid_why {
-                Some(why) => format!("GID {why}"),
-                None => format!("LID {}", port.lid),
-            },
-            pool.block_region().1 >> 20,
-            pool_mr.as_ref().map_or(0, |m| m.rkey())
+            "verbs: {} rail(s), {credits} credits per peer, bootstrap on {addr}",
+            rails.len()
         );
-        // A RoCE port cut below its largest MTU by its netdev's: listed as degraded.
-        let netdev = ctx.netdev(gid.map(|e| e.index));
-        let shortfall = port.is_roce().then(|| {
-            super::device::roce_mtu_shortfall(
-                ctx.name(),
-                ctx.port(),
-                port.mtu_bytes(),
-                super::device::mtu_bytes(port.max_mtu),
-                netdev.as_ref().map(|(n, m)| (n.as_str(), *m)),
-            )
-        });
-        let shortfall = shortfall.flatten();
+        let shortfalls = rails.iter().filter_map(|r| r.shortfall.clone()).collect();
         let now = Instant::now();
         let mut t = VerbsTransport {
             links: (0..n).map(|_| None).collect(),
             pending: Vec::new(),
-            srq,
-            rx_slots: vec![RxSlot::default(); srq_depth as usize],
-            reposts: (0..srq_depth).collect(),
-            rx_bufs,
-            cq,
-            _channel: channel,
-            pool_mr,
-            pd,
-            ctx,
+            rails,
             pool,
             me,
             hello: cfg.hello,
@@ -615,36 +920,32 @@ impl VerbsTransport {
             bootstrap: cfg.bootstrap,
             listener,
             addr,
-            gid,
-            gid_why,
-            lid: port.lid,
-            mtu: port.active_mtu,
             credits,
-            max_reads,
-            sq_depth,
-            qpn_node: HashMap::new(),
             next_epoch: 1,
             dialing: vec![false; n],
             next_dial: vec![now; n],
             dialer: Dialer::default(),
             wake,
-            armed: false,
             round: 0,
             stats: VerbsCounters::default(),
             wcs: Vec::with_capacity(64),
             refuse_warned: None,
             refused_quiet: 0,
             fail_warned: WarnSpell::default(),
-            shortfall,
+            shortfalls,
+            next_port_check: now + PORT_CHECK_EVERY,
         };
-        t.repost()?;
+        for r in 0..t.rails.len() {
+            t.repost(r)?;
+        }
         Ok(t)
     }
 
-    /// What the port runs below what it can: a RoCE port whose active MTU is below
-    /// its largest because of its netdev's MTU (see [`super::roce_mtu_shortfall`]).
-    pub fn shortfall(&self) -> Option<&Shortfall> {
-        self.shortfall.as_ref()
+    /// What the ports run below what they can: a RoCE port whose active MTU is
+    /// below its largest because of its netdev's (see [`super::roce_mtu_shortfall`]),
+    /// one per rail at most.
+    pub fn shortfall(&self) -> std::slice::Iter<'_, Shortfall> {
+        self.shortfalls.iter()
     }
 
     /// The bootstrap listener's address (useful with port 0).
@@ -652,9 +953,9 @@ impl VerbsTransport {
         self.addr
     }
 
-    /// The device in use.
+    /// The device in use (the first rail's).
     pub fn context(&self) -> &Arc<Context> {
-        &self.ctx
+        &self.rails[0].ctx
     }
 
     /// The counters.
@@ -662,45 +963,57 @@ impl VerbsTransport {
         self.stats
     }
 
-    fn pool_rkey(&self) -> u32 {
-        self.pool_mr.as_ref().map_or(0, |m| m.rkey())
+    /// Rail `r`'s counters.
+    pub fn rail_stats(&self, r: usize) -> Option<RailCounters> {
+        self.rails.get(r).map(|rail| rail.c)
     }
 
-    /// Post the receive buffers that are free again, as one list.
-    fn repost(&mut self) -> Result<(), Error> {
-        if self.reposts.is_empty() {
+    /// Post rail `r`'s receive buffers that are free again, as one list.
+    fn repost(&mut self, r: usize) -> Result<(), Error> {
+        let rail = &mut self.rails[r];
+        if rail.reposts.is_empty() {
             return Ok(());
         }
-        let lkey = self.rx_bufs.mr().lkey();
-        let list: Vec<RecvWr> = self
+        let lkey = rail.rx_bufs.mr().lkey();
+        let list: Vec<RecvWr> = rail
             .reposts
             .iter()
             .map(|&s| RecvWr {
                 wr_id: RECV_BIT | s as u64,
                 buf: Sge {
-                    addr: self.rx_bufs.addr(s as usize * MSG),
+                    addr: rail.rx_bufs.addr(s as usize * MSG),
                     len: MSG as u32,
                     lkey,
                 },
             })
             .collect();
-        // SAFETY: each slot lies in `rx_bufs` (registered with local write, owned by
-        // the transport, dropped after the SRQ); a slot is reposted only once no item
-        // refers to it (its bytes are not read again before its next completion).
-        unsafe { self.srq.post_recv(&list)? };
+        // SAFETY: each slot lies in the rail's `rx_bufs` (registered with local
+        // write, owned by the rail, dropped after its SRQ); a slot is reposted only
+        // once no item refers to it (its bytes are not read again before its next
+        // completion).
+        unsafe { rail.srq.post_recv(&list)? };
         self.stats.srq_reposts += list.len() as u64;
-        for &s in &self.reposts {
-            let rs = self.rx_slots[s as usize];
+        for &s in &rail.reposts {
+            let rs = rail.rx_slots[s as usize];
             if let Some(l) = self.links[rs.node as usize]
                 .as_mut()
                 .filter(|l| l.epoch == rs.epoch && rs.epoch != 0)
             {
                 l.owed += 1;
             }
-            self.rx_slots[s as usize] = RxSlot::default();
+            rail.rx_slots[s as usize] = RxSlot::default();
         }
-        self.reposts.clear();
+        rail.reposts.clear();
         Ok(())
+    }
+
+    /// Post every rail's free receive buffers.
+    fn repost_all(&mut self) {
+        for r in 0..self.rails.len() {
+            if let Err(e) = self.repost(r) {
+                log::error!("verbs: reposting receive buffers: {e}");
+            }
+        }
     }
 
     fn release_slot(slots: &mut [RxSlot], reposts: &mut Vec<u32>, slot: u32) {
@@ -711,46 +1024,76 @@ impl VerbsTransport {
         }
     }
 
-    fn my_info(&self, qp: &Qp, psn: u32) -> Info {
+    /// Our `Info` message for link `l`: every rail's queue pair and rkey.
+    fn my_info(&self, l: &Link) -> Vec<u8> {
         let (region_off, region_len) = self.pool.block_region();
-        Info {
-            qp: QpAddr {
-                qpn: qp.qpn(),
-                psn,
-                lid: self.lid,
-                gid: self.gid.map(|e| e.gid.0),
+        let addr = |r: usize| {
+            let rail = &self.rails[r];
+            let p = &l.paths[r];
+            RailAddr {
+                qp: QpAddr {
+                    qpn: p.qp.qpn(),
+                    psn: p.psn,
+                    lid: rail.lid,
+                    gid: rail.gid.map(|e| e.gid.0),
+                },
+                mtu: rail.mtu as u8,
+                rkey: rail.pool_rkey(),
+            }
+        };
+        let first = addr(0);
+        InfoMsg {
+            info: Info {
+                qp: first.qp,
+                mtu: first.mtu,
+                base: self.pool.base_addr() as u64,
+                region_off,
+                region_len,
+                rkey: first.rkey,
+                credits: self.credits,
             },
-            mtu: self.mtu as u8,
-            base: self.pool.base_addr() as u64,
-            region_off,
-            region_len,
-            rkey: self.pool_rkey(),
-            credits: self.credits,
+            rails: (1..self.rails.len()).map(addr).collect(),
         }
+        .to_bytes()
     }
 
-    /// A new link to `node` over `ctl`, its QP in INIT.
+    /// A new link to `node` over `ctl`, a queue pair per rail in INIT.
     fn new_link(&mut self, node: u32, ctl: TcpStream, phase: Phase) -> Result<Link, Error> {
-        let qp = Qp::new_rc(
-            &self.pd,
-            &self.cq,
-            Some(&self.srq),
-            QpCaps {
-                max_send_wr: self.sq_depth,
-                max_recv_wr: 0,
-                max_inline: 128,
-            },
-        )?;
-        // Peers READ our blocks; they never WRITE.
-        qp.to_init(
-            self.ctx.port(),
-            Access::LOCAL_WRITE.with(Access::REMOTE_READ),
-        )?;
         let epoch = self.next_epoch;
         self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
-        let slots = RegBuf::new(&self.pd, SEND_SLOTS as usize * MSG, Access::LOCAL_WRITE)?;
-        let bounce = RegBuf::new(&self.pd, BOUNCE, Access::LOCAL_WRITE)?;
         let now = Instant::now();
+        let mut paths = Vec::with_capacity(self.rails.len());
+        for (r, rail) in self.rails.iter().enumerate() {
+            let qp = Qp::new_rc(
+                &rail.pd,
+                &rail.cq,
+                Some(&rail.srq),
+                QpCaps {
+                    max_send_wr: rail.sq_depth,
+                    max_recv_wr: 0,
+                    max_inline: 128,
+                },
+            )?;
+            // Peers READ our blocks; they never WRITE.
+            qp.to_init(
+                rail.ctx.port(),
+                Access::LOCAL_WRITE.with(Access::REMOTE_READ),
+            )?;
+            paths.push(Path {
+                qp,
+                psn: random_psn(node, epoch) ^ ((r as u32) << 16) & 0xff_ffff,
+                remote: None,
+                up: false,
+                sends: false,
+                sq: VecDeque::new(),
+                wr_seq: 0,
+                unsignaled: 0,
+                reads_out: 0,
+                wrs: Vec::new(),
+                wr_kinds: Vec::new(),
+                next_qp_check: now,
+            });
+        }
         Ok(Link {
             node,
             epoch,
@@ -761,11 +1104,13 @@ impl VerbsTransport {
             ours: auth::random_bytes::<NONCE_LEN>(),
             challenge: None,
             peer_hello: None,
-            psn: random_psn(node, epoch),
-            qp,
+            paths,
+            home: 0,
+            common: 0,
+            next_path: 0,
             remote: None,
-            slots,
-            bounce,
+            slots: None,
+            bounce: None,
             outq: VecDeque::new(),
             queued: 0,
             credits: 0,
@@ -776,72 +1121,145 @@ impl VerbsTransport {
             freed: Vec::new(),
             slot_next: 0,
             slot_free: 0,
-            sq: VecDeque::new(),
-            wr_seq: 0,
-            unsignaled: 0,
-            reads_out: 0,
-            wrs: Vec::new(),
-            wr_kinds: Vec::new(),
             rxq: VecDeque::new(),
             reads_to_pool: 0,
             bounce_busy: false,
             rdv_seen: None,
+            fetches: Fetches::default(),
+            reissue: VecDeque::new(),
             last_tx: now,
-            next_qp_check: now,
         })
     }
 
-    /// Connect `l`'s QP to the peer's (`info`): RTR, then RTS.
     /// Why a queue pair could not be connected to `node`'s: most often the two
     /// GIDs cannot reach each other (a wrong `verbs_gid_index` at either end), so
     /// say which they were and where to look.
-    fn cannot_connect(&self, node: u32, e: &Error, info: &Info) -> String {
+    fn cannot_connect(&self, r: usize, node: u32, e: &Error, theirs: &RailAddr) -> String {
         let cause = std::error::Error::source(e)
             .map(|s| format!(" ({s})"))
             .unwrap_or_default();
-        self.gids_hint(node, format!("{e}{cause}"), info)
+        self.gids_hint(r, node, format!("{e}{cause}"), theirs)
     }
 
-    /// Whether our GID can reach the one `info` names, before a queue pair is
-    /// connected to it (the acceptor checks before it makes one; see
+    /// Whether rail `r`'s GID can reach the one `theirs` names, before a queue
+    /// pair is connected to it (the acceptor checks before it makes one; see
     /// [`super::gids_can_reach`]): `Err` is the warning.
-    fn check_gids(&self, node: u32, info: &Info) -> std::result::Result<(), String> {
-        super::gids_can_reach(self.gid.map(|e| e.gid), info.qp.gid.map(Gid)).map_err(|why| {
-            self.gids_hint(
-                node,
-                format!("checked before connecting a queue pair: {why}"),
-                info,
-            )
-        })
-    }
-
-    /// `what` went wrong connecting to `node`: say it with both GIDs and
-    /// where to look.
-    fn gids_hint(&self, node: u32, what: String, info: &Info) -> String {
-        let theirs = info
-            .qp
-            .gid
-            .map_or("none (LID addressing)".to_string(), |g| Gid(g).to_string());
-        format!(
-            "{what}; this node's GID {}, node {node}'s {theirs}: if these two cannot reach \
-             each other, check verbs_gid_index at both ends (`wyvern info --node-id N --nodes \
-             ...` shows which GID verbs takes and why)",
-            self.gid_why.as_deref().unwrap_or("none (LID addressing)")
+    fn check_gids(
+        &self,
+        r: usize,
+        node: u32,
+        theirs: &RailAddr,
+    ) -> std::result::Result<(), String> {
+        super::gids_can_reach(self.rails[r].gid.map(|e| e.gid), theirs.qp.gid.map(Gid)).map_err(
+            |why| {
+                self.gids_hint(
+                    r,
+                    node,
+                    format!("checked before connecting a queue pair: {why}"),
+                    theirs,
+                )
+            },
         )
     }
 
-    fn connect_qp(&self, l: &mut Link, info: &Info) -> Result<(), Error> {
-        let mtu = (info.mtu as u32).min(self.mtu).max(1);
-        l.qp.to_rtr(
-            self.ctx.port(),
-            &info.qp.into(),
-            mtu,
-            self.gid.map(|e| e.index),
-            self.max_reads as u8,
-        )?;
-        l.qp.to_rts(l.psn, self.max_reads as u8)?;
-        l.credits = info.credits;
-        l.remote = Some(*info);
+    /// `what` went wrong connecting to `node` on rail `r`: say it with both GIDs
+    /// and where to look.
+    fn gids_hint(&self, r: usize, node: u32, what: String, theirs: &RailAddr) -> String {
+        let theirs = theirs
+            .qp
+            .gid
+            .map_or("none (LID addressing)".to_string(), |g| Gid(g).to_string());
+        let rail = if self.rails.len() > 1 {
+            format!(" (rail {r}, {})", self.rails[r].ctx.name())
+        } else {
+            String::new()
+        };
+        format!(
+            "{what}; this node's GID{rail} {}, node {node}'s {theirs}: if these two cannot reach \
+             each other, check verbs_gid_index at both ends (`wyvern info --node-id N --nodes \
+             ...` shows which GID verbs takes and why)",
+            self.rails[r]
+                .gid_why
+                .as_deref()
+                .unwrap_or("none (LID addressing)")
+        )
+    }
+
+    /// Connect `l`'s queue pairs to the peer's (`msg`): RTR, then RTS, on every
+    /// rail both have whose port is up and whose GIDs can reach each other; then
+    /// choose the home path and register the send slots and bounce buffer with its
+    /// device. `Err`: no path could be connected (the first rail's reason; a
+    /// `true` says the GIDs cannot reach each other).
+    fn connect_qp(&mut self, l: &mut Link, msg: &InfoMsg) -> Result<(), (String, bool)> {
+        let rails = self.rails.len().min(msg.rail_count());
+        l.common = rails;
+        let mut first_err: Option<(String, bool)> = None;
+        for r in 0..rails {
+            let theirs = msg.rail(r).expect("r < rail_count");
+            let rail = &self.rails[r];
+            if !rail.port_up {
+                log::warn!(
+                    "verbs: node {}: rail {r} ({}) not used: its port is down",
+                    l.node,
+                    rail.ctx.name()
+                );
+                first_err.get_or_insert((format!("rail {r}'s port is down"), false));
+                continue;
+            }
+            if let Err(why) = self.check_gids(r, l.node, &theirs) {
+                self.stats.gids_unreachable += 1;
+                first_err.get_or_insert((why, true));
+                continue;
+            }
+            let mtu = (theirs.mtu as u32).min(rail.mtu).max(1);
+            let p = &mut l.paths[r];
+            let res =
+                p.qp.to_rtr(
+                    rail.ctx.port(),
+                    &theirs.qp.into(),
+                    mtu,
+                    rail.gid.map(|e| e.index),
+                    rail.max_reads as u8,
+                )
+                .and_then(|_| p.qp.to_rts(p.psn, rail.max_reads as u8));
+            match res {
+                Ok(()) => {
+                    p.up = true;
+                    p.remote = Some(theirs);
+                }
+                Err(e) => {
+                    let why = self.cannot_connect(r, l.node, &e, &theirs);
+                    first_err.get_or_insert((why, false));
+                }
+            }
+        }
+        let up: Vec<usize> = (0..l.paths.len()).filter(|&r| l.paths[r].up).collect();
+        if up.is_empty() {
+            return Err(first_err.unwrap_or(("no rail in common".into(), false)));
+        }
+        if let Some((why, _)) = first_err.filter(|_| up.len() < rails) {
+            log::warn!(
+                "verbs: node {}: {} of {rails} rail(s) connected; first failure: {why}",
+                l.node,
+                up.len()
+            );
+        }
+        // The home rail: the same at both ends when both see the same rails up.
+        let want = (self.me as usize + l.node as usize) % rails;
+        l.home = (0..rails)
+            .map(|k| (want + k) % rails)
+            .find(|r| l.paths[*r].up)
+            .expect("one path is up");
+        l.next_path = l.home;
+        let pd = &self.rails[l.home].pd;
+        let mk = |len| {
+            RegBuf::new(pd, len, Access::LOCAL_WRITE)
+                .map_err(|e| (format!("send slots: {e}"), false))
+        };
+        l.slots = Some(mk(SEND_SLOTS as usize * MSG)?);
+        l.bounce = Some(mk(BOUNCE)?);
+        l.credits = msg.info.credits;
+        l.remote = Some(msg.info);
         Ok(())
     }
 
@@ -910,13 +1328,15 @@ impl VerbsTransport {
             log::error!("verbs: cannot watch the bootstrap connection of node {node}: {e}");
             return;
         }
-        self.qpn_node.insert(
-            l.qp.qpn(),
-            LinkId {
-                node,
-                epoch: l.epoch,
-            },
-        );
+        for (rail, p) in self.rails.iter_mut().zip(&l.paths) {
+            rail.qpn_node.insert(
+                p.qp.qpn(),
+                LinkId {
+                    node,
+                    epoch: l.epoch,
+                },
+            );
+        }
         self.links[node as usize] = Some(l);
     }
 
@@ -969,7 +1389,7 @@ impl VerbsTransport {
                         bh.hello.node
                     ));
                 }
-                let info = Info::parse(body).map_err(|e| e.to_string())?;
+                let info = InfoMsg::parse(body).map_err(|e| e.to_string())?;
                 Ok(Some(Dialed {
                     hello: bh.hello,
                     nonce: bh.nonce,
@@ -1022,10 +1442,14 @@ impl VerbsTransport {
         };
         poller.delete(p.s.as_fd());
         let node = hello.node;
-        if let Err(why) = self.check_gids(node, &info) {
-            self.stats.gids_unreachable += 1;
-            self.handshake_failed(&format!("cannot connect to node {node}"), &why);
-            return;
+        // The first rail's GIDs checked before any queue pair is made (the other
+        // rails' are checked by `connect_qp`, which leaves such a rail out).
+        if let Some(theirs) = info.rail(0) {
+            if let Err(why) = self.check_gids(0, node, &theirs) {
+                self.stats.gids_unreachable += 1;
+                self.handshake_failed(&format!("cannot connect to node {node}"), &why);
+                return;
+            }
         }
         let mut l = match self.new_link(node, p.s, Phase::AwaitReady) {
             Ok(l) => l,
@@ -1034,13 +1458,12 @@ impl VerbsTransport {
                 return;
             }
         };
-        if let Err(e) = self.connect_qp(&mut l, &info) {
+        if let Err((why, _)) = self.connect_qp(&mut l, &info) {
             // Retried: said at most a few times a second.
-            let why = self.cannot_connect(node, &e, &info);
             self.handshake_failed(&format!("cannot connect to node {node}"), &why);
             return;
         }
-        let mine = self.my_info(&l.qp, l.psn).to_bytes();
+        let mine = self.my_info(&l);
         let mut reply = boot_hello(
             self.key.as_ref(),
             auth::label::VERBS_BOOT_ACCEPTOR,
@@ -1056,8 +1479,8 @@ impl VerbsTransport {
         }
         log::debug!(
             "verbs: node {node} dialed in (QP {} -> {})",
-            l.qp.qpn(),
-            info.qp.qpn
+            l.paths[0].qp.qpn(),
+            info.info.qp.qpn
         );
         self.install(poller, l, events);
         // A Ready sent right behind the Info is read on the next readiness event.
@@ -1113,7 +1536,7 @@ impl VerbsTransport {
             match (l.phase, kind) {
                 (Phase::AwaitChallenge, BootKind::Challenge) => {
                     let c = parse_challenge(&body).map_err(|e| e.to_string())?;
-                    let mine = self.my_info(&l.qp, l.psn).to_bytes();
+                    let mine = self.my_info(l);
                     let mut out = boot_hello(
                         self.key.as_ref(),
                         auth::label::VERBS_BOOT_DIALER,
@@ -1156,13 +1579,8 @@ impl VerbsTransport {
                             l.node
                         ));
                     }
-                    let info = Info::parse(&body).map_err(|e| e.to_string())?;
-                    if let Err(why) = self.check_gids(l.node, &info) {
-                        self.stats.gids_unreachable += 1;
-                        return Err(why);
-                    }
-                    self.connect_qp(l, &info)
-                        .map_err(|e| self.cannot_connect(l.node, &e, &info))?;
+                    let info = InfoMsg::parse(&body).map_err(|e| e.to_string())?;
+                    self.connect_qp(l, &info).map_err(|(why, _)| why)?;
                     write_boot(&mut l.ctl, &boot_msg(BootKind::Ready, &[]))
                         .map_err(|e| format!("bootstrap write: {e}"))?;
                     self.link_up(l, rx, events);
@@ -1182,13 +1600,37 @@ impl VerbsTransport {
         // (it would read what the last link left otherwise).
         rx.link(l.node).reset(FrameReader::new(), now);
         l.last_tx = now;
-        l.next_qp_check = now + QP_CHECK_EVERY;
+        for p in &mut l.paths {
+            p.next_qp_check = now + QP_CHECK_EVERY;
+        }
+        let paths: Vec<String> = l
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.up)
+            .map(|(r, p)| {
+                format!(
+                    "{}QP {} -> {}",
+                    if self.rails.len() > 1 {
+                        format!("rail {r}: ")
+                    } else {
+                        String::new()
+                    },
+                    p.qp.qpn(),
+                    p.remote.map_or(0, |a| a.qp.qpn)
+                )
+            })
+            .collect();
         log::info!(
-            "verbs: node {} up (QP {} -> {}, {} credits)",
+            "verbs: node {} up ({}, {} credits{})",
             l.node,
-            l.qp.qpn(),
-            l.remote.map_or(0, |r| r.qp.qpn),
-            l.credits
+            paths.join(", "),
+            l.credits,
+            if self.rails.len() > 1 {
+                format!(", home rail {}", l.home)
+            } else {
+                String::new()
+            }
         );
         events.push(LinkEvent::Up { node: l.node });
     }
@@ -1223,7 +1665,9 @@ impl VerbsTransport {
         }
         let was_up = l.phase == Phase::Up;
         l.phase = Phase::Broken;
-        let _ = l.qp.to_error();
+        for p in &l.paths {
+            let _ = p.qp.to_error();
+        }
         log::warn!("verbs: link to node {node} failed: {why}");
         if was_up && malformed {
             events.push(LinkEvent::Malformed { node, reason: why });
@@ -1248,10 +1692,13 @@ impl VerbsTransport {
             p.delete(l.ctl.as_fd());
         }
         let _ = l.ctl.shutdown(std::net::Shutdown::Both);
-        self.qpn_node.remove(&l.qp.qpn());
+        for (rail, p) in self.rails.iter_mut().zip(&l.paths) {
+            rail.qpn_node.remove(&p.qp.qpn());
+        }
         for it in l.rxq.drain(..) {
-            if let RxItem::Data { slot, .. } = it {
-                Self::release_slot(&mut self.rx_slots, &mut self.reposts, slot);
+            if let RxItem::Data { rail, slot, .. } = it {
+                let rail = &mut self.rails[rail as usize];
+                Self::release_slot(&mut rail.rx_slots, &mut rail.reposts, slot);
             }
         }
         let mut blocks: Vec<u64> = l
@@ -1265,26 +1712,24 @@ impl VerbsTransport {
         blocks.extend(l.rdv_out.drain(..).flatten());
         blocks.append(&mut l.freed);
         // Slots still counted for this link are no longer credited to anyone.
-        for s in self.rx_slots.iter_mut() {
+        for s in self.rails.iter_mut().flat_map(|r| r.rx_slots.iter_mut()) {
             if s.node == l.node && s.epoch == l.epoch {
                 s.epoch = 0;
             }
         }
-        drop(l); // destroys the QP: the device stops using its buffers
-        if let Err(e) = self.repost() {
-            log::error!("verbs: reposting receive buffers: {e}");
-        }
+        drop(l); // destroys the QPs: the devices stop using its buffers
+        self.repost_all();
         blocks
     }
 
-    /// Take completions; returns whether there were any.
-    fn poll_cq(&mut self, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
+    /// Take rail `r`'s completions; returns whether there were any.
+    fn poll_cq(&mut self, r: usize, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         let mut any = false;
         let mut taken = 0;
         while taken < CQ_PER_POLL {
             self.wcs.clear();
             let mut wcs = std::mem::take(&mut self.wcs);
-            let n = match self.cq.poll(&mut wcs, 32) {
+            let n = match self.rails[r].cq.poll(&mut wcs, 32) {
                 Ok(n) => n,
                 Err(e) => {
                     log::error!("verbs: {e}");
@@ -1292,7 +1737,7 @@ impl VerbsTransport {
                 }
             };
             for wc in &wcs {
-                self.on_wc(wc, rx, events);
+                self.on_wc(r, wc, rx, events);
             }
             self.wcs = wcs;
             if n == 0 {
@@ -1304,24 +1749,101 @@ impl VerbsTransport {
         any
     }
 
-    fn on_wc(&mut self, wc: &Wc, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) {
+    /// Take every rail's completions.
+    fn poll_cqs(&mut self, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
+        let mut any = false;
+        for r in 0..self.rails.len() {
+            any |= self.poll_cq(r, rx, events);
+        }
+        any
+    }
+
+    /// Path `r` of the link to `node` failed (`why`). A path that carried no
+    /// SENDs, while another is up, is dropped from the link: its queue pair goes to
+    /// ERR and its outstanding READs are posted again on the others. Otherwise
+    /// (stream bytes may be lost with it) the whole link fails.
+    fn fail_path(&mut self, node: u32, r: usize, why: Broken, events: &mut Vec<LinkEvent>) {
+        let rails = self.rails.len();
+        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+            return;
+        };
+        if l.phase != Phase::Up || !l.paths.get(r).is_some_and(|p| p.up) {
+            // A link in its handshake, broken already, or a path dropped before.
+            return;
+        }
+        let others = l.paths.iter().enumerate().any(|(k, p)| k != r && p.up);
+        let p = &l.paths[r];
+        if rails == 1 || r == l.home || p.sends || !others {
+            self.rails[r].c.downs += 1;
+            let why = if rails > 1 {
+                format!("rail {r} ({}): {why}", self.rails[r].ctx.name())
+            } else {
+                why
+            };
+            self.fail(node, why, events);
+            return;
+        }
+        let p = &mut l.paths[r];
+        p.up = false;
+        let _ = p.qp.to_error();
+        let mut moved = 0u64;
+        let mut bounce = false;
+        // Posted and not seen complete, then queued and not posted yet.
+        let kinds: Vec<SqKind> =
+            p.sq.drain(..)
+                .map(|e| e.kind)
+                .chain(p.wr_kinds.drain(..))
+                .collect();
+        for kind in kinds {
+            match kind {
+                SqKind::ReadPool(piece) => {
+                    l.reissue.push_back(piece);
+                    moved += 1;
+                }
+                SqKind::ReadBounce(_) => bounce = true,
+                SqKind::Send { .. } => {}
+            }
+        }
+        p.reads_out = 0;
+        p.wrs.clear();
+        self.stats.path_downs += 1;
+        self.stats.reads_reissued += moved;
+        let rail = &mut self.rails[r];
+        rail.c.downs += 1;
+        rail.c.reissued += moved;
+        log::warn!(
+            "verbs: node {node}: rail {r} ({}) failed: {why}; {moved} READ(s) moved to the other rails",
+            rail.ctx.name()
+        );
+        if bounce {
+            // Bounce READs go on the home path only: cannot happen.
+            self.fail(
+                node,
+                format!("rail {r} failed with a bounce READ on it"),
+                events,
+            );
+        }
+    }
+
+    fn on_wc(&mut self, r: usize, wc: &Wc, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) {
         if !wc.is_ok() {
             self.stats.wc_errors += 1;
         }
         if wc.wr_id & RECV_BIT != 0 {
             let slot = (wc.wr_id & 0xffff_ffff) as u32;
-            if slot as usize >= self.rx_slots.len() {
+            if slot as usize >= self.rails[r].rx_slots.len() {
                 return;
             }
-            let owner = self.qpn_node.get(&wc.qp_num).copied();
+            let owner = self.rails[r].qpn_node.get(&wc.qp_num).copied();
             let Some(LinkId { node, epoch }) = owner.filter(|_| wc.is_ok() && wc.opcode == WC_RECV)
             else {
                 // A QP that is gone, or a flushed/failed receive: the buffer goes back.
                 if let (Some(LinkId { node, .. }), false) =
                     (owner, wc.status == WC_FLUSH_ERR || wc.is_ok())
                 {
-                    self.fail(
+                    self.fail_path(
                         node,
+                        r,
                         format!(
                             "receive failed: {} (vendor error {:#x})",
                             wc.status_str(),
@@ -1330,10 +1852,10 @@ impl VerbsTransport {
                         events,
                     );
                 }
-                self.reposts.push(slot);
+                self.rails[r].reposts.push(slot);
                 return;
             };
-            self.on_recv(node, epoch, slot, wc.byte_len as usize, rx, events);
+            self.on_recv(r, node, epoch, slot, wc.byte_len as usize, rx, events);
             return;
         }
         let node = ((wc.wr_id >> 48) & 0x7fff) as u32;
@@ -1347,6 +1869,11 @@ impl VerbsTransport {
         else {
             return; // a completion of a link that is gone
         };
+        if !l.paths.get(r).is_some_and(|p| p.up) || (l.phase == Phase::Broken && !wc.is_ok()) {
+            // A path dropped (its READs were moved to others), or more errors of
+            // a link that failed already.
+            return;
+        }
         if !wc.is_ok() {
             let hint = if wc.status == WC_RNR_RETRY_EXC_ERR {
                 " (the peer had no receive buffer: credits out of step?)"
@@ -1359,49 +1886,20 @@ impl VerbsTransport {
                 wc.status,
                 wc.vendor_err
             );
-            self.fail(node, why, events);
+            // What completed before it on this queue is done (completions come
+            // in order); the rest goes again elsewhere (or with the link).
+            done_upto(l, r, seq, false, &self.pool, rx, &mut self.stats);
+            self.fail_path(node, r, why, events);
             return;
         }
-        // Everything up to this request is done (a queue completes in order).
-        let mut bounce_done = None;
-        while let Some(e) = l.sq.pop_front() {
-            let last_one = e.seq & 0xffff_ffff == seq;
-            match e.kind {
-                SqKind::Send { slot } => l.slot_free = l.slot_free.max(slot + 1),
-                SqKind::ReadPool { last } => {
-                    l.reads_out -= 1;
-                    l.reads_to_pool -= 1;
-                    if last {
-                        l.rdv_done_owed += 1;
-                    }
-                }
-                SqKind::ReadBounce { len, last } => {
-                    l.reads_out -= 1;
-                    bounce_done = Some((len, last));
-                }
-            }
-            if last_one {
-                break;
-            }
-        }
-        if let Some((len, last)) = bounce_done {
-            l.bounce_busy = false;
-            if last {
-                l.rdv_done_owed += 1;
-            }
-            self.stats.bounce_bytes += len as u64;
-            let bytes = l.bounce.slice(0, len as usize);
-            let stream = rx.link(l.node);
-            let mut at = 0;
-            while at < bytes.len() {
-                at += stream.absorb(&self.pool, &bytes[at..], l.reads_to_pool != 0);
-            }
-        }
+        done_upto(l, r, seq, true, &self.pool, rx, &mut self.stats);
         end_steer_if_done(l, rx);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_recv(
         &mut self,
+        r: usize,
         node: u32,
         epoch: u16,
         slot: u32,
@@ -1410,17 +1908,22 @@ impl VerbsTransport {
         events: &mut Vec<LinkEvent>,
     ) {
         let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
-            self.reposts.push(slot);
+            self.rails[r].reposts.push(slot);
             return;
         };
+        let rail = &mut self.rails[r];
         self.stats.recvs += 1;
         self.stats.recv_bytes += len as u64;
+        rail.c.recvs += 1;
+        if let Some(p) = l.paths.get_mut(r) {
+            p.sends = true;
+        }
         rx.link(l.node).heard(Instant::now());
-        let buf = self.rx_bufs.slice(slot as usize * MSG, len.min(MSG));
+        let buf = rail.rx_bufs.slice(slot as usize * MSG, len.min(MSG));
         let msg = match StreamMsg::parse(buf) {
             Ok(m) => m,
             Err(why) => {
-                self.reposts.push(slot);
+                rail.reposts.push(slot);
                 self.malformed(node, why.to_string(), events);
                 return;
             }
@@ -1430,7 +1933,7 @@ impl VerbsTransport {
             match l.rdv_out.pop_front() {
                 Some(b) => l.freed.extend(b),
                 None => {
-                    self.reposts.push(slot);
+                    rail.reposts.push(slot);
                     self.malformed(node, "a rendezvous completion for nothing".into(), events);
                     return;
                 }
@@ -1439,12 +1942,18 @@ impl VerbsTransport {
         let mut refs = 0;
         for it in msg.items() {
             let it = match it {
-                Item::Data(r) => RxItem::Data {
+                Item::Data(d) => RxItem::Data {
+                    rail: r as u8,
                     slot,
-                    start: r.start as u32,
-                    end: r.end as u32,
+                    start: d.start as u32,
+                    end: d.end as u32,
                 },
-                Item::Rdv(rdv) => RxItem::Rdv(Fetch { rdv, done: 0 }),
+                Item::Rdv(rdv) => RxItem::Rdv(Fetch {
+                    rdv,
+                    done: 0,
+                    id: 0,
+                    piece: 0,
+                }),
             };
             if let RxItem::Rdv(Fetch { rdv, .. }) = &it {
                 // Checked before any READ is posted: see `Rdv::check`.
@@ -1459,9 +1968,9 @@ impl VerbsTransport {
                     self.stats.bad_descriptors += 1;
                     // Items of this SEND already queued keep their slot references;
                     // the link is closed soon and releases them.
-                    self.rx_slots[slot as usize] = RxSlot { refs, node, epoch };
+                    rail.rx_slots[slot as usize] = RxSlot { refs, node, epoch };
                     if refs == 0 {
-                        self.reposts.push(slot);
+                        rail.reposts.push(slot);
                     }
                     self.malformed(
                         node,
@@ -1473,11 +1982,18 @@ impl VerbsTransport {
             } else {
                 refs += 1;
             }
+            let it = match it {
+                RxItem::Rdv(mut f) => {
+                    f.id = l.fetches.add();
+                    RxItem::Rdv(f)
+                }
+                d => d,
+            };
             l.rxq.push_back(it);
         }
-        self.rx_slots[slot as usize] = RxSlot { refs, node, epoch };
+        rail.rx_slots[slot as usize] = RxSlot { refs, node, epoch };
         if refs == 0 {
-            self.reposts.push(slot);
+            rail.reposts.push(slot);
         }
     }
 
@@ -1492,8 +2008,15 @@ impl VerbsTransport {
         }
         let stream = rx.link(l.node);
         let pool = &self.pool;
-        let base = pool.base_addr() as u64;
-        let pool_lkey = self.pool_mr.as_ref().map_or(0, |m| m.lkey());
+        let rails = &mut self.rails;
+        // READs of a failed path first: their pool ranges were given out already.
+        while let Some(&piece) = l.reissue.front() {
+            let Some(r) = pick_path(l, rails) else {
+                break;
+            };
+            post_read(l, r, piece, false, &mut rails[r], pool);
+            l.reissue.pop_front();
+        }
         loop {
             if l.bounce_busy {
                 break;
@@ -1502,13 +2025,18 @@ impl VerbsTransport {
                 break;
             };
             match front {
-                RxItem::Data { slot, start, end } => {
+                RxItem::Data {
+                    rail,
+                    slot,
+                    start,
+                    end,
+                } => {
                     let steering = stream.steer_mut().is_some_and(|s| !s.done());
                     if !steering && stream.full() {
                         break;
                     }
-                    let (s, a, e) = (*slot, *start as usize, *end as usize);
-                    let bytes = self.rx_bufs.slice(s as usize * MSG + a, e - a);
+                    let (rail, s, a, e) = (*rail as usize, *slot, *start as usize, *end as usize);
+                    let bytes = rails[rail].rx_bufs.slice(s as usize * MSG + a, e - a);
                     let used = stream.absorb(pool, bytes, l.reads_to_pool != 0);
                     let RxItem::Data { start, .. } = l.rxq.front_mut().expect("still there") else {
                         unreachable!("the front is a Data item")
@@ -1516,45 +2044,41 @@ impl VerbsTransport {
                     *start += used as u32;
                     if (*start as usize) == e {
                         l.rxq.pop_front();
-                        Self::release_slot(&mut self.rx_slots, &mut self.reposts, s);
+                        let rail = &mut rails[rail];
+                        Self::release_slot(&mut rail.rx_slots, &mut rail.reposts, s);
                     }
                 }
-                RxItem::Rdv(r) => {
-                    let remote = l.remote.expect("an up link has its peer's Info");
+                RxItem::Rdv(f) => {
+                    let mut f = *f;
                     if let Some(st) = stream.steer_mut().filter(|s| s.left > 0) {
-                        if l.reads_out >= self.max_reads
-                            || (l.sq.len() + l.wrs.len()) as u32 + 1 >= self.sq_depth
-                        {
-                            break;
+                        if f.piece == 0 {
+                            let up = l.paths.iter().filter(|p| p.up).count();
+                            f.piece = stripe_piece(f.rdv.len, up);
                         }
-                        let n = st.left.min(r.rdv.len - r.done).min(READ_PIECE);
-                        let last = r.done + n == r.rdv.len;
-                        l.wrs.push(SendWr {
-                            wr_id: wr_id(l.node, l.epoch, l.wr_seq),
-                            op: SendOp::Read {
-                                remote_addr: remote.base + r.rdv.off + r.done,
-                                rkey: r.rdv.rkey,
-                            },
-                            local: Sge {
-                                addr: base + st.off,
-                                len: n as u32,
-                                lkey: pool_lkey,
-                            },
-                            signaled: true,
-                        });
-                        l.wr_kinds.push(SqKind::ReadPool { last });
-                        l.wr_seq += 1;
-                        l.unsignaled = 0;
-                        l.reads_out += 1;
+                        let Some(r) = pick_path(l, rails) else {
+                            break;
+                        };
+                        let n = st.left.min(f.rdv.len - f.done).min(f.piece);
+                        let last = f.done + n == f.rdv.len;
+                        let piece = Piece {
+                            fetch: f.id,
+                            remote_off: f.rdv.off + f.done,
+                            local_off: st.off,
+                            len: n as u32,
+                        };
+                        l.fetches.posted(f.id, last);
+                        post_read(l, r, piece, false, &mut rails[r], pool);
                         l.reads_to_pool += 1;
                         self.stats.reads += 1;
                         self.stats.read_bytes += n;
                         st.off += n;
                         st.left -= n;
-                        r.done += n;
+                        f.done += n;
                         if last {
                             l.rxq.pop_front();
                             l.rdv_seen = None;
+                        } else if let Some(RxItem::Rdv(g)) = l.rxq.front_mut() {
+                            *g = f;
                         }
                         continue;
                     }
@@ -1579,39 +2103,29 @@ impl VerbsTransport {
                             break; // it has frames to take first
                         }
                     }
-                    if l.reads_out >= self.max_reads
-                        || (l.sq.len() + l.wrs.len()) as u32 + 1 >= self.sq_depth
-                    {
+                    // Into the bounce buffer, registered with the home rail's device.
+                    let home = l.home;
+                    if l.bounce.is_none() || !path_has_room(&l.paths[home], &rails[home]) {
                         break;
                     }
-                    let n = (r.rdv.len - r.done).min(BOUNCE as u64);
-                    let last = r.done + n == r.rdv.len;
-                    l.wrs.push(SendWr {
-                        wr_id: wr_id(l.node, l.epoch, l.wr_seq),
-                        op: SendOp::Read {
-                            remote_addr: remote.base + r.rdv.off + r.done,
-                            rkey: r.rdv.rkey,
-                        },
-                        local: Sge {
-                            addr: l.bounce.addr(0),
-                            len: n as u32,
-                            lkey: l.bounce.mr().lkey(),
-                        },
-                        signaled: true,
-                    });
-                    l.wr_kinds.push(SqKind::ReadBounce {
+                    let n = (f.rdv.len - f.done).min(BOUNCE as u64);
+                    let last = f.done + n == f.rdv.len;
+                    let piece = Piece {
+                        fetch: f.id,
+                        remote_off: f.rdv.off + f.done,
+                        local_off: 0,
                         len: n as u32,
-                        last,
-                    });
-                    l.wr_seq += 1;
-                    l.unsignaled = 0;
-                    l.reads_out += 1;
+                    };
+                    l.fetches.posted(f.id, last);
+                    post_read(l, home, piece, true, &mut rails[home], pool);
                     l.bounce_busy = true;
                     self.stats.bounce_reads += 1;
-                    r.done += n;
+                    f.done += n;
                     if last {
                         l.rxq.pop_front();
                         l.rdv_seen = None;
+                    } else if let Some(RxItem::Rdv(g)) = l.rxq.front_mut() {
+                        *g = f;
                     }
                     break;
                 }
@@ -1632,7 +2146,11 @@ impl VerbsTransport {
         if l.phase != Phase::Up {
             return;
         }
-        let rkey = self.pool_mr.as_ref().map_or(0, |m| m.rkey());
+        // Descriptors name the first rail's rkey (the one the peer checks them
+        // against); its READs on another rail use that rail's.
+        let rkey = self.rails[0].pool_rkey();
+        let home = l.home;
+        let sq_depth = self.rails[home].sq_depth;
         let owe_threshold = (self.credits / 2).max(2);
         loop {
             let data = l.queued > 0 && !(l.rdv_out.len() >= RDV_MAX_OUT && front_is_rdv(l));
@@ -1652,7 +2170,7 @@ impl VerbsTransport {
                     break;
                 }
             }
-            if l.slot_next - l.slot_free >= SEND_SLOTS || sq_used(l) + 1 >= self.sq_depth {
+            if l.slot_next - l.slot_free >= SEND_SLOTS || sq_used(&l.paths[home]) + 1 >= sq_depth {
                 break;
             }
             let with_data = data && l.credits >= 2;
@@ -1661,7 +2179,8 @@ impl VerbsTransport {
             }
             let slot = l.slot_next;
             let at = (slot % SEND_SLOTS) as usize * MSG;
-            let mut w = StreamWriter::new(l.slots.slice_mut(at, MSG));
+            let slots = l.slots.as_mut().expect("an up link has its send slots");
+            let mut w = StreamWriter::new(slots.slice_mut(at, MSG));
             let credits = l.owed.min(u16::MAX as u32);
             let done = l.rdv_done_owed.min(u16::MAX as u32);
             w.set_header(credits as u16, done as u16);
@@ -1747,28 +2266,35 @@ impl VerbsTransport {
             }
             l.credits -= 1;
             l.slot_next += 1;
-            let inline = len <= l.qp.max_inline() as usize;
-            l.unsignaled += 1;
-            let signaled = l.unsignaled >= SIGNAL_EVERY
-                || l.slot_next - l.slot_free >= SEND_SLOTS
-                || sq_used(l) + 2 + SIGNAL_EVERY >= self.sq_depth;
+            let slots = l.slots.as_ref().expect("an up link has its send slots");
+            let (slots_addr, slots_lkey) = (slots.addr(at), slots.mr().lkey());
+            let full = l.slot_next - l.slot_free >= SEND_SLOTS;
+            let (node, epoch) = (l.node, l.epoch);
+            let p = &mut l.paths[home];
+            p.sends = true;
+            let inline = len <= p.qp.max_inline() as usize;
+            p.unsignaled += 1;
+            let signaled =
+                p.unsignaled >= SIGNAL_EVERY || full || sq_used(p) + 2 + SIGNAL_EVERY >= sq_depth;
             if signaled {
-                l.unsignaled = 0;
+                p.unsignaled = 0;
             }
-            l.wrs.push(SendWr {
-                wr_id: wr_id(l.node, l.epoch, l.wr_seq),
+            p.wrs.push(SendWr {
+                wr_id: wr_id(node, epoch, p.wr_seq),
                 op: SendOp::Send { inline },
                 local: Sge {
-                    addr: l.slots.addr(at),
+                    addr: slots_addr,
                     len: len as u32,
-                    lkey: l.slots.mr().lkey(),
+                    lkey: slots_lkey,
                 },
                 signaled,
             });
-            l.wr_kinds.push(SqKind::Send { slot });
-            l.wr_seq += 1;
+            p.wr_kinds.push(SqKind::Send { slot });
+            p.wr_seq += 1;
             self.stats.sends += 1;
             self.stats.send_bytes += len as u64;
+            self.rails[home].c.sends += 1;
+            self.rails[home].c.send_bytes += len as u64;
             if inline {
                 self.stats.inline_sends += 1;
             }
@@ -1776,59 +2302,77 @@ impl VerbsTransport {
         }
     }
 
-    /// Post what `transmit`/`drain` queued for `node`, as one list.
+    /// Post what `transmit`/`drain` queued for `node`, one list per path.
     fn post(&mut self, node: u32, events: &mut Vec<LinkEvent>) {
-        let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
-            return;
-        };
-        if l.wrs.is_empty() {
-            return;
-        }
-        // Even an all-unsignalled list must end signalled when the queue could not
-        // otherwise be seen to drain: READs are always signalled; sends every Nth.
-        // SAFETY: every local buffer lies in a region of this QP's PD: send slots and
-        // the bounce buffer (owned by the link, dropped after its QP: field order) or
-        // the pool (registered for the transport's life, mapped while `self.pool`
-        // lives). A send slot is reused only after a later signalled completion shows
-        // its request done (`slot_free`); the bounce buffer is read only after its
-        // READ's completion; pool ranges are checked against the block region (the
-        // agent's steer target) when steered. Remote ranges were checked against what
-        // the peer advertised.
-        let r = unsafe { l.qp.post_send(&l.wrs) };
-        let n = l.wrs.len();
-        l.wrs.clear();
-        let kinds = std::mem::take(&mut l.wr_kinds);
-        self.stats.post_calls += 1;
-        match r {
-            Ok(()) => {
-                let first = l.wr_seq - n as u64;
-                for (i, kind) in kinds.into_iter().enumerate() {
-                    l.sq.push_back(SqEntry {
-                        seq: first + i as u64,
-                        kind,
-                    });
+        for r in 0..self.rails.len() {
+            let Some(l) = self.links.get_mut(node as usize).and_then(|l| l.as_mut()) else {
+                return;
+            };
+            let Some(p) = l.paths.get_mut(r).filter(|p| !p.wrs.is_empty()) else {
+                continue;
+            };
+            // Even an all-unsignalled list must end signalled when the queue could not
+            // otherwise be seen to drain: READs are always signalled; sends every Nth.
+            // SAFETY: every local buffer lies in a region of this QP's PD: send slots
+            // and the bounce buffer (owned by the link, registered with its home rail,
+            // the only path that posts into them; dropped after its QPs: field order)
+            // or the pool (registered with every rail for the transport's life, mapped
+            // while `self.pool` lives; the lkey is this rail's). A send slot is reused
+            // only after a later signalled completion shows its request done
+            // (`slot_free`); the bounce buffer is read only after its READ's
+            // completion; pool ranges are checked against the block region (the
+            // agent's steer target) when steered. Remote ranges were checked against
+            // what the peer advertised (the rkey is this rail's, from its Info).
+            let res = unsafe { p.qp.post_send(&p.wrs) };
+            let n = p.wrs.len();
+            p.wrs.clear();
+            let kinds = std::mem::take(&mut p.wr_kinds);
+            self.stats.post_calls += 1;
+            match res {
+                Ok(()) => {
+                    let first = p.wr_seq - n as u64;
+                    for (i, kind) in kinds.into_iter().enumerate() {
+                        p.sq.push_back(SqEntry {
+                            seq: first + i as u64,
+                            kind,
+                        });
+                    }
+                }
+                Err(e) => {
+                    // Not posted: READs go again on another path (or with the link).
+                    for k in kinds {
+                        p.sq.push_back(SqEntry {
+                            seq: u64::MAX,
+                            kind: k,
+                        });
+                    }
+                    self.fail_path(node, r, e.to_string(), events)
                 }
             }
-            Err(e) => self.fail(node, e.to_string(), events),
         }
     }
 
-    /// Arm the CQ so the channel wakes a sleeping agent; look once more after arming
-    /// (completions that came in between do not raise an event).
+    /// Arm the CQs so the channels wake a sleeping agent; look once more after
+    /// arming (completions that came in between do not raise an event).
     fn arm(&mut self, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
-        if self.armed {
-            return false;
+        let mut any = false;
+        for r in 0..self.rails.len() {
+            if self.rails[r].armed {
+                continue;
+            }
+            match self.rails[r].cq.arm() {
+                Ok(()) => self.rails[r].armed = true,
+                Err(e) => log::warn!("verbs: {e}"),
+            }
+            any |= self.poll_cq(r, rx, events);
         }
-        match self.cq.arm() {
-            Ok(()) => self.armed = true,
-            Err(e) => log::warn!("verbs: {e}"),
-        }
-        self.poll_cq(rx, events)
+        any
     }
 
-    /// After completions: move bytes on, post READs and SENDs, refill the SRQ.
+    /// After completions: move bytes on, post READs and SENDs, refill the SRQs.
     fn service(&mut self, stamp: u64, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         let mut any = false;
+        let seqs = |l: &Link| l.paths.iter().map(|p| p.wr_seq).sum::<u64>();
         for j in 0..self.links.len() as u32 {
             let Some(l) = self.links[j as usize].as_ref() else {
                 continue;
@@ -1836,22 +2380,20 @@ impl VerbsTransport {
             if l.phase != Phase::Up {
                 continue;
             }
-            let before = (l.rxq.len(), rx.link(j).reader.buffered(), l.wr_seq);
+            let before = (l.rxq.len(), rx.link(j).reader.buffered(), seqs(l));
             self.drain(j, stamp, rx);
             self.transmit(j);
             self.post(j, events);
             if let Some(l) = self.links[j as usize].as_ref() {
-                any |= before != (l.rxq.len(), rx.link(j).reader.buffered(), l.wr_seq);
+                any |= before != (l.rxq.len(), rx.link(j).reader.buffered(), seqs(l));
             }
         }
-        if let Err(e) = self.repost() {
-            log::error!("verbs: {e}");
-        }
+        self.repost_all();
         any
     }
 
-    /// Ask the device for the state of each up link's QP, every [`QP_CHECK_EVERY`]
-    /// per link, and fail a link whose QP is in the error state. A QP that went to
+    /// Ask the device for the state of each up link's QPs, every [`QP_CHECK_EVERY`]
+    /// per path, and fail a path whose QP is in the error state. A QP that went to
     /// ERR (forced by `wyvern break-link`, or on its own) only reports it through the
     /// completion of a work request posted on it: its receives come from the shared
     /// receive queue, whose buffers are not flushed, so a link with nothing to send
@@ -1860,69 +2402,298 @@ impl VerbsTransport {
     /// while the agent keeps it alive for a stalled receiver.
     fn check_qp_states(&mut self, now: Instant, events: &mut Vec<LinkEvent>) {
         for j in 0..self.links.len() {
-            let Some(l) = self.links[j].as_mut() else {
-                continue;
-            };
-            if l.phase != Phase::Up || now < l.next_qp_check {
-                continue;
-            }
-            l.next_qp_check = now + QP_CHECK_EVERY;
-            let state = match l.qp.state() {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("verbs: node {j}: {e}");
+            for r in 0..self.rails.len() {
+                let Some(l) = self.links[j].as_mut() else {
+                    break;
+                };
+                if l.phase != Phase::Up {
+                    break;
+                }
+                let Some(p) = l.paths.get_mut(r).filter(|p| p.up) else {
+                    continue;
+                };
+                if now < p.next_qp_check {
                     continue;
                 }
-            };
-            if state == QPS_ERR || state == QPS_SQE {
-                self.stats.qp_errors_found += 1;
-                let why = format!(
-                    "queue pair {} found in the {} state",
-                    l.qp.qpn(),
-                    qp_state_name(state)
-                );
-                self.fail(j as u32, why, events);
+                p.next_qp_check = now + QP_CHECK_EVERY;
+                let state = match p.qp.state() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("verbs: node {j}: {e}");
+                        continue;
+                    }
+                };
+                if state == QPS_ERR || state == QPS_SQE {
+                    self.stats.qp_errors_found += 1;
+                    let why = format!(
+                        "queue pair {} found in the {} state",
+                        p.qp.qpn(),
+                        qp_state_name(state)
+                    );
+                    self.fail_path(j as u32, r, why, events);
+                }
             }
         }
     }
 
-    fn async_events(&mut self, events: &mut Vec<LinkEvent>) {
-        while let Some(ev) = self.ctx.next_async_event() {
+    /// Read each rail's port state every [`PORT_CHECK_EVERY`] (in case its event
+    /// did not come): a port found down fails its paths.
+    fn check_ports(&mut self, now: Instant, events: &mut Vec<LinkEvent>) {
+        if now < self.next_port_check {
+            return;
+        }
+        self.next_port_check = now + PORT_CHECK_EVERY;
+        for r in 0..self.rails.len() {
+            let Ok(port) = self.rails[r].ctx.query_port() else {
+                continue;
+            };
+            self.port_state(r, port.is_active(), "its port is not active", events);
+        }
+    }
+
+    /// A rail whose port came back (at least [`REJOIN_AFTER`] ago): each up link
+    /// that has no path on it, once idle (nothing queued, nothing arriving or
+    /// being READ), fails with that reason, so that the agent's session resumes
+    /// over a new link, which takes the rail up again; nothing is lost (as for any
+    /// failed link). Done for the rail once no such link is left.
+    fn rejoin(&mut self, now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) {
+        for r in 0..self.rails.len() {
+            let rail = &self.rails[r];
+            if !rail.port_up || rail.rejoin_at.is_none_or(|t| now < t) {
+                continue;
+            }
+            let name = rail.ctx.name().to_string();
+            let mut waiting = false;
+            for j in 0..self.links.len() {
+                let Some(l) = self.links[j].as_ref() else {
+                    continue;
+                };
+                if l.phase != Phase::Up || r >= l.common || l.paths[r].up {
+                    continue;
+                }
+                let idle = l.queued == 0
+                    && l.outq.is_empty()
+                    && l.rxq.is_empty()
+                    && l.rdv_out.is_empty()
+                    && l.reissue.is_empty()
+                    && l.paths.iter().all(|p| p.reads_out == 0)
+                    && !rx.link(j as u32).steering();
+                if !idle {
+                    waiting = true;
+                    continue;
+                }
+                self.stats.rails_rejoined += 1;
+                self.fail(
+                    j as u32,
+                    format!("rail {r} ({name}) is back: a new link takes it up again"),
+                    events,
+                );
+            }
+            if !waiting {
+                self.rails[r].rejoin_at = None;
+            }
+        }
+    }
+
+    /// Rail `r`'s port was found up or down: down fails its paths (their READs
+    /// move to the other rails, or their links fail); new links use it again once up.
+    fn port_state(&mut self, r: usize, active: bool, why: &str, events: &mut Vec<LinkEvent>) {
+        let rail = &mut self.rails[r];
+        if rail.port_up == active {
+            return;
+        }
+        rail.port_up = active;
+        if active {
+            log::info!(
+                "verbs: rail {r} ({}): port up again: links without it are remade to use it \
+                 when idle",
+                rail.ctx.name()
+            );
+            rail.rejoin_at = Some(Instant::now() + REJOIN_AFTER);
+            return;
+        }
+        rail.rejoin_at = None;
+        rail.c.port_downs += 1;
+        log::warn!("verbs: rail {r} ({}): {why}", rail.ctx.name());
+        let name = rail.ctx.name().to_string();
+        for j in 0..self.links.len() as u32 {
+            self.fail_path(j, r, format!("port of {name} down ({why})"), events);
+        }
+    }
+
+    fn async_events(&mut self, r: usize, events: &mut Vec<LinkEvent>) {
+        while let Some(ev) = self.rails[r].ctx.next_async_event() {
             self.stats.async_events += 1;
+            let rail = &self.rails[r];
+            let name = rail.ctx.name().to_string();
             let node = ev
                 .qp_num
-                .and_then(|q| self.qpn_node.get(&q))
+                .and_then(|q| rail.qpn_node.get(&q))
                 .map(|id| id.node);
             if ev.is_qp_fatal() || ev.is_qp_last_wqe() {
-                log::warn!("verbs: {} on QP {:?} (node {node:?})", ev.name, ev.qp_num);
+                log::warn!(
+                    "verbs: {} on QP {:?} of {name} (node {node:?})",
+                    ev.name,
+                    ev.qp_num
+                );
                 if let Some(n) = node {
                     // "Last WQE reached": a QP attached to the shared receive queue
                     // entered the error state (on its own, or forced by us - then
-                    // the link is already broken and this does nothing).
-                    if ev.is_qp_last_wqe() && self.link(n).last_tx.is_some() {
+                    // the path is already failed and this does nothing).
+                    let path_up = self.links[n as usize]
+                        .as_ref()
+                        .is_some_and(|l| l.phase == Phase::Up && l.paths[r].up);
+                    if ev.is_qp_last_wqe() && path_up {
                         self.stats.qp_errors_found += 1;
                     }
-                    self.fail(n, format!("asynchronous event: {}", ev.name), events);
+                    if path_up {
+                        self.fail_path(n, r, format!("asynchronous event: {}", ev.name), events);
+                    }
                 }
             } else if ev.is_device_fatal() {
-                log::error!("verbs: device {}: {}", self.ctx.name(), ev.name);
+                log::error!("verbs: device {name}: {}", ev.name);
                 for j in 0..self.links.len() as u32 {
-                    self.fail(
-                        j,
-                        format!("device {}: {}", self.ctx.name(), ev.name),
-                        events,
-                    );
+                    self.fail_path(j, r, format!("device {name}: {}", ev.name), events);
                 }
+            } else if ev.is_port_err() {
+                self.port_state(
+                    r,
+                    false,
+                    &format!("asynchronous event: {}", ev.name),
+                    events,
+                );
+            } else if ev.is_port_active() {
+                self.port_state(r, true, ev.name, events);
             } else {
                 log::info!(
-                    "verbs: device {}: {} (port {:?}, QP {:?})",
-                    self.ctx.name(),
+                    "verbs: device {name}: {} (port {:?}, QP {:?})",
                     ev.name,
                     ev.port,
                     ev.qp_num
                 );
             }
         }
+    }
+}
+
+/// Path `r`'s work requests up to `seq` completed (`through`: `seq` itself too;
+/// otherwise it failed, and it and what follows stay for [`VerbsTransport::fail_path`]).
+fn done_upto(
+    l: &mut Link,
+    r: usize,
+    seq: u64,
+    through: bool,
+    pool: &Pool,
+    rx: &mut dyn Inflow,
+    stats: &mut VerbsCounters,
+) {
+    let mut bounce_done = None;
+    while let Some(e) = l.paths[r].sq.front() {
+        let this = e.seq & 0xffff_ffff == seq;
+        if this && !through {
+            break;
+        }
+        let e = l.paths[r].sq.pop_front().expect("looked at above");
+        match e.kind {
+            SqKind::Send { slot } => l.slot_free = l.slot_free.max(slot + 1),
+            SqKind::ReadPool(piece) => {
+                l.paths[r].reads_out -= 1;
+                l.reads_to_pool -= 1;
+                fetch_done(l, piece.fetch);
+            }
+            SqKind::ReadBounce(piece) => {
+                l.paths[r].reads_out -= 1;
+                bounce_done = Some(piece);
+            }
+        }
+        if this {
+            break;
+        }
+    }
+    if let Some(piece) = bounce_done {
+        l.bounce_busy = false;
+        let len = piece.len as usize;
+        stats.bounce_bytes += len as u64;
+        let bounce = l.bounce.as_ref().expect("an up link has its bounce buffer");
+        let bytes = bounce.slice(0, len);
+        let stream = rx.link(l.node);
+        let mut at = 0;
+        while at < bytes.len() {
+            at += stream.absorb(pool, &bytes[at..], l.reads_to_pool != 0);
+        }
+        fetch_done(l, piece.fetch);
+    }
+}
+
+/// One READ of descriptor `id` completed: the descriptors at the front whose
+/// READs are all posted and done are reported fetched, in order.
+fn fetch_done(l: &mut Link, id: u64) {
+    l.rdv_done_owed += l.fetches.done(id);
+}
+
+/// The bytes of each READ of a descriptor of `len` bytes with `paths` paths up:
+/// about an equal share per path (at least [`STRIPE_MIN`], at most
+/// [`READ_PIECE`], a multiple of 4 KiB); one path: [`READ_PIECE`].
+fn stripe_piece(len: u64, paths: usize) -> u64 {
+    if paths <= 1 {
+        return READ_PIECE;
+    }
+    let share = len.div_ceil(paths as u64).next_multiple_of(4096);
+    share.clamp(STRIPE_MIN, READ_PIECE)
+}
+
+/// Whether path `p` (on `rail`) is up and can take one more READ.
+fn path_has_room(p: &Path, rail: &Rail) -> bool {
+    p.up && p.reads_out < rail.max_reads && sq_used(p) + 1 < rail.sq_depth
+}
+
+/// The next path, round robin, that can take a READ.
+fn pick_path(l: &mut Link, rails: &[Rail]) -> Option<usize> {
+    let n = l.paths.len();
+    let r = (0..n)
+        .map(|k| (l.next_path + k) % n)
+        .find(|&r| path_has_room(&l.paths[r], &rails[r]))?;
+    l.next_path = (r + 1) % n;
+    Some(r)
+}
+
+/// Queue a READ of `piece` on path `r`: into the pool (registered on every rail),
+/// or into the bounce buffer (`bounce`: the home path only).
+fn post_read(l: &mut Link, r: usize, piece: Piece, bounce: bool, rail: &mut Rail, pool: &Pool) {
+    let remote_base = l.remote.map_or(0, |i| i.base);
+    let (addr, lkey, kind) = match (bounce, l.bounce.as_ref()) {
+        (true, Some(b)) => (b.addr(0), b.mr().lkey(), SqKind::ReadBounce(piece)),
+        // An up link has its bounce buffer (`connect_qp`): never into the pool instead.
+        (true, None) => return,
+        (false, _) => (
+            pool.base_addr() as u64 + piece.local_off,
+            rail.pool_lkey(),
+            SqKind::ReadPool(piece),
+        ),
+    };
+    let (node, epoch) = (l.node, l.epoch);
+    let p = &mut l.paths[r];
+    let rkey = p.remote.map_or(0, |a| a.rkey);
+    p.wrs.push(SendWr {
+        wr_id: wr_id(node, epoch, p.wr_seq),
+        op: SendOp::Read {
+            remote_addr: remote_base + piece.remote_off,
+            rkey,
+        },
+        local: Sge {
+            addr,
+            len: piece.len,
+            lkey,
+        },
+        signaled: true,
+    });
+    p.wr_kinds.push(kind);
+    p.wr_seq += 1;
+    p.unsignaled = 0;
+    p.reads_out += 1;
+    if !bounce {
+        rail.c.reads += 1;
+        rail.c.read_bytes += piece.len as u64;
     }
 }
 
@@ -1941,8 +2712,8 @@ fn end_steer_if_done(l: &mut Link, rx: &mut dyn Inflow) {
 }
 
 /// The send queue's entries in use: posted and not seen complete, plus queued to post.
-fn sq_used(l: &Link) -> u32 {
-    (l.sq.len() + l.wrs.len()) as u32
+fn sq_used(p: &Path) -> u32 {
+    (p.sq.len() + p.wrs.len()) as u32
 }
 
 impl Transport for VerbsTransport {
@@ -2010,16 +2781,19 @@ impl Transport for VerbsTransport {
                         room -= 1;
                     }
                 }
-                TOK_CQ => {
-                    match self.cq.take_events() {
+                t if (TOK_CQ..TOK_CQ + self.rails.len() as u32).contains(&t) => {
+                    let r = (t - TOK_CQ) as usize;
+                    match self.rails[r].cq.take_events() {
                         Ok(n) => self.stats.cq_events += n as u64,
                         Err(e) => log::warn!("verbs: {e}"),
                     }
-                    self.armed = false;
-                    self.poll_cq(rx, events);
+                    self.rails[r].armed = false;
+                    self.poll_cq(r, rx, events);
                     self.service(self.round, rx, events);
                 }
-                TOK_ASYNC => self.async_events(events),
+                t if (TOK_ASYNC..TOK_ASYNC + self.rails.len() as u32).contains(&t) => {
+                    self.async_events((t - TOK_ASYNC) as usize, events)
+                }
                 _ => {}
             },
         }
@@ -2029,7 +2803,7 @@ impl Transport for VerbsTransport {
         &mut self,
         poller: &Poller,
         now: Instant,
-        _rx: &mut dyn Inflow,
+        rx: &mut dyn Inflow,
         events: &mut Vec<LinkEvent>,
     ) {
         while let Some(d) = self.dialer.poll() {
@@ -2113,11 +2887,13 @@ impl Transport for VerbsTransport {
         // sends nothing needs none. The QP's own timeouts (retry count, RNR
         // retries) turn a dead peer into an error on the next work request.
         self.check_qp_states(now, events);
+        self.check_ports(now, events);
+        self.rejoin(now, rx, events);
     }
 
     fn poll(&mut self, _now: Instant, rx: &mut dyn Inflow, events: &mut Vec<LinkEvent>) -> bool {
         self.round += 1;
-        let mut any = self.poll_cq(rx, events);
+        let mut any = self.poll_cqs(rx, events);
         any |= self.service(self.round, rx, events);
         if !any {
             // Idle: arm, so that a sleeping agent wakes at the next completion.
@@ -2192,23 +2968,51 @@ impl Transport for VerbsTransport {
             ("verbs_handshakes_failed", s.handshakes_failed),
             ("verbs_gids_unreachable", s.gids_unreachable),
         ];
-        // RNR: the device's own counters, where it has them (rxe, mlx5).
+        // RNR: the devices' own counters, where they have them (rxe, mlx5).
         for (name, file) in [
             ("verbs_rnr_naks_received", "rcvd_rnr_err"),
             ("verbs_rnr_naks_sent", "send_rnr_err"),
             ("verbs_rnr_retries_exceeded", "retry_rnr_exceeded_err"),
         ] {
-            if let Some(v) = self.ctx.hw_counter(file) {
-                c.push((name, v));
+            let vs: Vec<u64> = self
+                .rails
+                .iter()
+                .filter_map(|r| r.ctx.hw_counter(file))
+                .collect();
+            if !vs.is_empty() {
+                c.push((name, vs.iter().sum()));
             }
         }
-        let auth = if self.key.is_some() { "mac" } else { "none" };
-        TransportStats {
-            counters: c,
-            info: std::iter::once(("peer_auth", auth.to_string()))
-                .chain(self.gid_why.clone().map(|w| ("verbs_gid", w)))
-                .collect(),
+        c.push(("verbs_rails", self.rails.len() as u64));
+        c.push(("verbs_path_downs", s.path_downs));
+        c.push(("verbs_reads_reissued", s.reads_reissued));
+        c.push(("verbs_rails_rejoined", s.rails_rejoined));
+        let mut info = vec![(
+            "peer_auth",
+            if self.key.is_some() { "mac" } else { "none" }.to_string(),
+        )];
+        info.extend(self.rails[0].gid_why.clone().map(|w| ("verbs_gid", w)));
+        if self.rails.len() > 1 {
+            for (r, rail) in self.rails.iter().enumerate() {
+                let (n, k) = (&rail.names, &rail.c);
+                c.extend([
+                    (n.sends, k.sends),
+                    (n.send_bytes, k.send_bytes),
+                    (n.recvs, k.recvs),
+                    (n.reads, k.reads),
+                    (n.read_bytes, k.read_bytes),
+                    (n.reissued, k.reissued),
+                    (n.downs, k.downs),
+                    (n.port_downs, k.port_downs),
+                    (n.port_up, rail.port_up as u64),
+                ]);
+                info.push((n.device, format!("{}:{}", rail.ctx.name(), rail.ctx.port())));
+                if r > 0 {
+                    info.extend(rail.gid_why.clone().map(|w| (n.gid, w)));
+                }
+            }
         }
+        TransportStats { counters: c, info }
     }
 
     /// The queue pair goes to ERR, as a device fault would put it: the link fails
@@ -2240,7 +3044,7 @@ impl VerbsTransport {
         if l.phase != Phase::Up {
             return false;
         }
-        match l.qp.to_error() {
+        match l.paths[l.home].qp.to_error() {
             Ok(()) => {
                 log::warn!(
                     "verbs: the queue pair of node {node} forced into the error state on request"
@@ -2252,5 +3056,60 @@ impl VerbsTransport {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One path: a READ of up to 1 MiB (as before rails); several: about an equal
+    /// share each, in 4 KiB multiples, between 32 KiB and 1 MiB.
+    #[test]
+    fn stripe_pieces_share_a_chunk_among_the_paths() {
+        assert_eq!(stripe_piece(256 << 10, 1), READ_PIECE);
+        assert_eq!(stripe_piece(256 << 10, 0), READ_PIECE);
+        assert_eq!(stripe_piece(256 << 10, 2), 128 << 10);
+        assert_eq!(stripe_piece(256 << 10, 3), 88 << 10); // 85.3 KiB rounded up
+        assert_eq!(stripe_piece(64 << 10, 4), STRIPE_MIN);
+        assert_eq!(stripe_piece(4 << 20, 2), READ_PIECE);
+        for len in [64 << 10, 100_000, 256 << 10, 1 << 20, 3 << 20, 64 << 20] {
+            for paths in 1..=MAX_RAILS {
+                let p = stripe_piece(len, paths);
+                assert!((STRIPE_MIN..=READ_PIECE).contains(&p) && p % 4096 == 0);
+                // Never more pieces than paths unless the cap or the floor says so.
+                assert!(len.div_ceil(p) <= paths as u64 || p == READ_PIECE || p == STRIPE_MIN);
+            }
+        }
+    }
+
+    /// Descriptors are reported fetched in the order they came, each once all its
+    /// READs were posted and completed, whatever order the READs complete in
+    /// (several paths); one not wholly posted holds back those behind it.
+    #[test]
+    fn fetches_are_reported_done_in_descriptor_order() {
+        let mut f = Fetches::default();
+        let (a, b, c) = (f.add(), f.add(), f.add());
+        assert_eq!((a, b, c), (0, 1, 2));
+        // a: two pieces; b: one; c: two, the last not posted yet.
+        f.posted(a, false);
+        f.posted(a, true);
+        f.posted(b, true);
+        f.posted(c, false);
+        assert_eq!(f.done(b), 0, "b is done but a is not");
+        assert_eq!(f.done(a), 0, "a has one piece left");
+        assert_eq!(f.done(c), 0, "c's last piece is not even posted");
+        assert_eq!(f.done(a), 2, "a, then b behind it");
+        f.posted(c, true);
+        assert_eq!(f.done(c), 1);
+        assert!(f.states.is_empty());
+        // Stale or unknown ids change nothing.
+        assert_eq!(f.done(a), 0);
+        assert_eq!(f.done(99), 0);
+        f.posted(99, true);
+        let d = f.add();
+        assert_eq!(d, 3);
+        f.posted(d, true);
+        assert_eq!(f.done(d), 1);
     }
 }
