@@ -364,13 +364,7 @@ fn memif_buffers_smaller_than_dpdk_mtu_run_at_the_buffer_size_and_say_so() {
         assert!(counter(&s, "frames_tx_largest") <= 2034, "node {i}: {s}");
         assert!(counter(&s, "frames_tx_largest") > 1500, "node {i}: {s}");
         assert_eq!(s["peers"][0]["packet_bytes"], 2034, "node {i}: {s}");
-        let listed = s["degraded"].as_array().unwrap();
-        let mtu: Vec<_> = listed.iter().filter(|d| d["what"] == "mtu").collect();
-        assert_eq!(mtu.len(), 1, "node {i}: {s}");
-        let (why, fix) = (
-            mtu[0]["why"].as_str().unwrap(),
-            mtu[0]["fix"].as_str().unwrap(),
-        );
+        let (why, fix) = common::check::degraded_entry(&s, "mtu");
         assert!(
             why.contains("net_memif0's buffers are 2048 B") && why.contains("dpdk_mtu asks 9000"),
             "{why}"

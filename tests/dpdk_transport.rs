@@ -595,13 +595,7 @@ fn an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so() {
             "node {i}: {bytes} B in {frames} frames: {s}"
         );
         assert_eq!(counter(&s, "frames_oversize"), 0, "node {i}: {s}");
-        let listed = s["degraded"].as_array().unwrap();
-        let mtu: Vec<_> = listed.iter().filter(|d| d["what"] == "mtu").collect();
-        assert_eq!(mtu.len(), 1, "node {i}: {s}");
-        let (why, fix) = (
-            mtu[0]["why"].as_str().unwrap(),
-            mtu[0]["fix"].as_str().unwrap(),
-        );
+        let (why, fix) = check::degraded_entry(&s, "mtu");
         assert!(
             why.contains("veth0's MTU is 1500") && why.contains("dpdk_mtu asks 9000"),
             "{why}"
@@ -610,7 +604,6 @@ fn an_interface_mtu_below_dpdk_mtu_runs_at_the_interface_mtu_and_says_so() {
             fix.contains("ip link set dev veth0 mtu 9000") && fix.contains("lower dpdk_mtu"),
             "{fix}"
         );
-        eprintln!("agent {i}: {}", mtu[0]);
         check::degraded_said(&c, i, "mtu");
     }
 }

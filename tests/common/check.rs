@@ -73,6 +73,23 @@ pub fn settled_clean(c: &Cluster, i: usize) -> Value {
     s
 }
 
+/// The one entry for the degraded path `what` in stat `s` (`degraded` in
+/// --json): its reason and its fix.
+pub fn degraded_entry<'a>(s: &'a Value, what: &str) -> (&'a str, &'a str) {
+    let listed: Vec<_> = s["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["what"] == what)
+        .collect();
+    assert_eq!(listed.len(), 1, "{what} listed once: {s}");
+    eprintln!("{}", listed[0]);
+    (
+        listed[0]["why"].as_str().unwrap(),
+        listed[0]["fix"].as_str().unwrap(),
+    )
+}
+
 /// Agent `i` said the degraded path `what` loudly: one `DEGRADED (what)`
 /// warning in its log, and a `DEGRADED what:` line in `wyvern stat`'s text.
 pub fn degraded_said(c: &Cluster, i: usize, what: &str) {
