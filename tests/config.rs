@@ -204,10 +204,10 @@ fn samples() -> Vec<Sample> {
         ),
         s(
             "congestion",
-            r#""aimd""#,
-            "rate",
+            r#""rate""#,
             "aimd",
-            [r#""aimd""#, r#""rate""#, r#""aimd""#],
+            "rate",
+            [r#""rate""#, r#""aimd""#, r#""rate""#],
         ),
         s(
             "connect",
