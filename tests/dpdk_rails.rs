@@ -491,13 +491,7 @@ fn rails_of_different_sizes_send_what_the_smallest_rail_carries() {
             "agent {i}: rail 0 {b0} B, rail 1 {b1} B: {s}"
         );
     }
-    let degraded = |i: usize| {
-        s[i]["degraded"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["what"] == "mtu")
-    };
+    let degraded = |i: usize| common::check::degraded_listed(&s[i], "mtu");
     // Node 1's own rail is short of what it asked; node 0's are not (it says the cut
     // to node 1 at info).
     assert!(degraded(1) && !degraded(0), "{} {}", s[0], s[1]);

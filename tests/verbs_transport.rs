@@ -791,14 +791,7 @@ fn a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded() {
     let c = start(2);
     for i in 0..2 {
         let s = c.stat(i);
-        assert!(
-            !s["degraded"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|d| d["what"] == "mtu"),
-            "agent {i}: {s}"
-        );
+        assert!(!check::degraded_listed(&s, "mtu"), "agent {i}: {s}");
     }
 }
 

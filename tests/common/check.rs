@@ -73,6 +73,15 @@ pub fn settled_clean(c: &Cluster, i: usize) -> Value {
     s
 }
 
+/// Whether stat `s` lists the degraded path `what` (`degraded` in --json).
+pub fn degraded_listed(s: &Value, what: &str) -> bool {
+    s["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["what"] == what)
+}
+
 /// The one entry for the degraded path `what` in stat `s` (`degraded` in
 /// --json): its reason and its fix.
 pub fn degraded_entry<'a>(s: &'a Value, what: &str) -> (&'a str, &'a str) {
