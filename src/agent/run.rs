@@ -24,8 +24,12 @@ const POLL_MODE_SLEEP: Duration = Duration::from_millis(1);
 const HEAP_TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// A link's read buffer shrinks back to a small one after this long without
-/// a byte from its peer ([`crate::transport::LinkRx::release_idle`]).
-const RX_IDLE: Duration = Duration::from_millis(20);
+/// a byte from its peer ([`crate::transport::LinkRx::release_idle`]). Not
+/// shorter: on a loaded host a busy peer is often silent for tens of
+/// milliseconds, and a buffer that shrank at 20 ms was grown back (to 16 MiB,
+/// zeroed and page-faulted) several times a second: 80 % of the agents'
+/// page faults in the node-level exchange.
+const RX_IDLE: Duration = Duration::from_secs(1);
 
 /// How often a spinning agent looks whether its core is shared.
 const SHARED_CHECK_EVERY: Duration = Duration::from_secs(1);

@@ -35,6 +35,10 @@ pub const RX_HIGH_WATER_MIN: usize = 256 << 10;
 const READ_MIN: usize = 16 * 1024;
 /// The largest read offered (see [`READ_MIN`]).
 const READ_MAX: usize = 256 * 1024;
+/// A fill of more than this keeps a link's read buffer from shrinking
+/// ([`LinkRx::release_idle`]): more than the heartbeats and acks an idle
+/// link hears.
+const BUSY_FILL: usize = 1024;
 
 /// The rest of a large chunk, going straight into its pool block, then its
 /// padding (skipped).
@@ -76,6 +80,9 @@ pub struct LinkRx {
     steer: Option<Steer>,
     /// When the peer last sent anything on this link (`None`: not yet).
     last_rx: Option<Instant>,
+    /// When a fill last took more than a heartbeat's or an ack's worth
+    /// ([`BUSY_FILL`]): what keeps the read buffer large.
+    last_busy: Option<Instant>,
     /// What the next read offers (0: [`READ_MIN`]).
     read_size: usize,
     /// Unread bytes past which reading stops (0: [`RX_HIGH_WATER`]).
@@ -90,6 +97,7 @@ impl LinkRx {
             reader,
             steer: None,
             last_rx: Some(now),
+            last_busy: Some(now),
             read_size: 0,
             high: self.high,
         };
@@ -109,15 +117,15 @@ impl LinkRx {
         }
     }
 
-    /// Shrink the read buffer to [`READ_MIN`] if the peer sent nothing for
-    /// `idle` and nothing is buffered; returns the bytes released. (A busy
-    /// link keeps its buffer; an idle one, hearing only heartbeats, keeps a
-    /// small one.)
+    /// Shrink the read buffer to [`READ_MIN`] if the peer sent no more than
+    /// heartbeats and acks for `idle` and nothing is buffered; returns the
+    /// bytes released. (A busy link keeps its buffer; an idle one, hearing
+    /// only heartbeats, keeps a small one.)
     pub fn release_idle(&mut self, now: Instant, idle: std::time::Duration) -> usize {
         if self.steer.is_some()
             || self.reader.capacity() <= READ_MIN
             || self
-                .last_rx
+                .last_busy
                 .is_some_and(|t| now.saturating_duration_since(t) < idle)
         {
             return 0;
@@ -184,6 +192,11 @@ impl LinkRx {
     /// with [`LinkRx::end_steer`]). Returns how many of `bytes` were taken:
     /// all, unless the steer still wants more than they hold.
     pub fn absorb(&mut self, pool: &Pool, bytes: &[u8], keep_steer: bool) -> usize {
+        if bytes.len() > BUSY_FILL {
+            // The packet's arrival time (the transport called `heard` for it;
+            // at worst an earlier packet's: good enough at `idle`'s scale).
+            self.last_busy = self.last_rx;
+        }
         let mut at = 0;
         if let Some(st) = self.steer.as_mut() {
             if st.left > 0 {
@@ -278,6 +291,9 @@ impl LinkRx {
         if self.steer.is_some_and(|st| st.done()) {
             self.steer = None;
         }
+        if got > BUSY_FILL {
+            self.last_busy = Some(now);
+        }
         Ok(true)
     }
 }
@@ -322,6 +338,35 @@ mod tests {
         assert!(!rx.steering());
         assert_eq!(pool.block_slice(off, 5).unwrap(), b"abcde");
         assert_eq!(rx.reader.buffered(), 3);
+    }
+
+    #[test]
+    fn a_read_buffer_shrinks_after_a_second_of_heartbeats_only() {
+        let pool = pool();
+        let idle = std::time::Duration::from_secs(1);
+        let ms = |n| std::time::Duration::from_millis(n);
+        let t0 = Instant::now();
+        let mut rx = LinkRx::default();
+        rx.heard(t0);
+        rx.absorb(&pool, &vec![7u8; 64 << 10], false);
+        rx.reader.discard_partial();
+        assert!(rx.reader.capacity() >= 64 << 10);
+        // Quiet for a moment (a loaded host): the buffer stays.
+        assert_eq!(rx.release_idle(t0 + ms(500), idle), 0);
+        // Heartbeats keep coming, but they are not traffic.
+        for k in 1..=6 {
+            rx.heard(t0 + ms(200 * k));
+            rx.absorb(&pool, &[0u8; 40], false);
+            rx.reader.discard_partial();
+        }
+        assert!(rx.release_idle(t0 + ms(1200), idle) > 0);
+        assert!(rx.reader.capacity() <= READ_MIN);
+        // Traffic again: it grows, and stays while busy.
+        rx.heard(t0 + ms(1300));
+        rx.absorb(&pool, &vec![7u8; 64 << 10], false);
+        rx.reader.discard_partial();
+        assert_eq!(rx.release_idle(t0 + ms(2200), idle), 0);
+        assert!(rx.release_idle(t0 + ms(2400), idle) > 0);
     }
 
     #[test]
