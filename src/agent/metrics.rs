@@ -111,8 +111,18 @@ const PEER_COUNTERS: &[(&str, &str, Option<Unit>, &str)] = &[
     ),
 ];
 
-/// Transport counters that are levels, not counts.
-const TRANSPORT_GAUGES: &[&str] = &["frames_tx_queued", "port_wakes_agent"];
+/// Transport counters that are levels, not counts (and every `*_largest`).
+const TRANSPORT_GAUGES: &[&str] = &[
+    "frames_tx_queued",
+    "port_wakes_agent",
+    "rails",
+    "verbs_rails",
+];
+
+/// Whether the transport's `key` is a level (exported as a gauge).
+fn transport_gauge(key: &str) -> bool {
+    TRANSPORT_GAUGES.contains(&key) || key.ends_with("_largest")
+}
 
 /// The metric name (after `wyvern_transport_`) and unit of a transport
 /// counter as `wyvern stat` names it: count nouns and `bytes` move to the
@@ -415,6 +425,15 @@ fn registry(s: &Snapshot) -> Registry {
             labels(),
             peer.rx_buffer_bytes as f64,
         );
+        if peer.packet_bytes > 0 {
+            p.gauge(
+                "peer_packet",
+                Some(Unit::Bytes),
+                "The link's packet size: the smaller of the two ends' (datagram transports)",
+                labels(),
+                peer.packet_bytes as f64,
+            );
+        }
         let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&peer.counters) else {
             continue;
         };
@@ -448,7 +467,7 @@ fn registry(s: &Snapshot) -> Registry {
         let (name, unit) = transport_metric_name(key);
         let name = format!("transport_{name}");
         let help = format!("The transport's `{key}` (see `wyvern stat`)");
-        if TRANSPORT_GAUGES.contains(&key) {
+        if transport_gauge(key) {
             p.gauge(&name, unit, &help, labels, *v as f64);
         } else {
             p.counter(&name, unit, &help, labels, *v);

@@ -70,11 +70,13 @@ fn snapshot() -> Snapshot {
             queued_bytes: 0,
             unacked_bytes: 9,
             rx_buffer_bytes: 0,
-            packet_bytes: 0,
+            packet_bytes: 1472,
         }],
         transport: [
             ("udp.packets_resent_timeout".to_string(), 4u64),
             ("udp.frames_tx_queued".to_string(), 2u64),
+            ("dpdk.frames_rx_largest".to_string(), 1514u64),
+            ("dpdk.rails".to_string(), 2u64),
         ]
         .into_iter()
         .collect(),
@@ -117,6 +119,21 @@ fn the_page_follows_the_conventions() {
     );
     assert!(
         page.contains("# TYPE wyvern_transport_tx_queued_frames gauge"),
+        "{page}"
+    );
+    // Levels are gauges: the largest frame seen, the rails, a link's packet.
+    for (name, v) in [
+        ("wyvern_transport_rx_largest_frames", "1514"),
+        ("wyvern_transport_rails", "2"),
+    ] {
+        assert!(page.contains(&format!("# TYPE {name} gauge")), "{page}");
+        assert!(
+            page.contains(&format!("{name}{{node=\"3\",backend=\"dpdk\"}} {v}")),
+            "{page}"
+        );
+    }
+    assert!(
+        page.contains("wyvern_peer_packet_bytes{node=\"3\",peer=\"1\",transport=\"udp\"} 1472"),
         "{page}"
     );
     assert!(
