@@ -145,7 +145,6 @@ impl Agent {
             match self.process_frame(j, &link.reader) {
                 FrameStep::Next => {
                     link.reader.consume();
-                    self.peers[j].rx_pos = 0;
                     work = true;
                     continue;
                 }
@@ -232,9 +231,19 @@ impl Agent {
                 FrameStep::Broken
             }
             FrameKind::Data => {
+                // Where handling stopped in the Data frame at the head, if
+                // a full ring stopped it: the same frame, or, after a broken
+                // link, the same frame sent again at the resume (what came
+                // before it on the new stream is control frames only). The
+                // messages before `start` were delivered: not twice.
                 let start = self.peers[j].rx_pos;
+                if start > body.len() {
+                    return self
+                        .malformed(j, "a Data frame sent again is not the one handled".into());
+                }
                 match self.process_records(j, body, start) {
                     Ok(None) => {
+                        self.peers[j].rx_pos = 0;
                         self.frame_done(j);
                         FrameStep::Next
                     }
