@@ -323,3 +323,85 @@ fn sim_on_demand_a_partner_of_a_restarted_agent_is_not_stuck() {
         "the new agent linked to a peer it never wanted"
     );
 }
+
+/// A receiving agent holds the peer back mid-frame when a ring is full and
+/// it may park nothing (`overflow_bytes` 0): part of a frame's messages are
+/// delivered, the rest wait. A link broken then is resumed with that frame
+/// sent again whole; the messages delivered from it already must not be
+/// delivered twice (nor any lost). A slow receiver on node 1 (a pause every
+/// few messages, in wall time), small messages from node 0 (many to a
+/// frame), the link broken again and again from either side.
+#[test]
+fn sim_a_link_broken_while_a_full_ring_holds_a_frame_half_handled_repeats_nothing() {
+    let sim = Sim::start(2, Impair::clean(), 6, |c| c.overflow_bytes = 0);
+    let n = 20_000u32;
+    let len = |k: u32| 8 + (k % 3) as usize * 40;
+    let go = Arc::new(Barrier::new(3));
+    let rx_sock = sim.sockets[1].clone();
+    let ready = go.clone();
+    let rx = std::thread::spawn(move || {
+        let c = Client::attach(&rx_sock, "slow rx").expect("attach");
+        let ep = c.open_endpoint(Some(RX_EP)).expect("endpoint");
+        ready.wait();
+        for k in 0..n {
+            let m = ep
+                .recv(Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("message {k} of {n}: {e}"));
+            let want = payload(0, k, len(k));
+            if m.data() != want.as_slice() {
+                let was = (0..k)
+                    .rev()
+                    .take(4096)
+                    .find(|&j| m.data() == payload(0, j, len(j)).as_slice());
+                panic!(
+                    "message {k}: not what was sent ({}); it is message {was:?} again",
+                    mismatch(m.data(), &want)
+                );
+            }
+            if k % 64 == 0 {
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
+        assert!(ep.try_recv().unwrap().is_none(), "a message too many");
+    });
+    let tx_sock = sim.sockets[0].clone();
+    let ready = go.clone();
+    let tx = std::thread::spawn(move || {
+        let c = Client::attach(&tx_sock, "tx").expect("attach");
+        let ep = c.open_endpoint(Some(TX_EP)).expect("endpoint");
+        ready.wait();
+        for k in 0..n {
+            ep.send(
+                1,
+                RX_EP,
+                &payload(0, k, len(k)),
+                Mode::Buffered,
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|e| panic!("send {k}: {e}"));
+        }
+        assert!(c.take_errors().is_empty(), "send errors");
+    });
+    go.wait();
+    let mut breaks = 0;
+    while !rx.is_finished() && breaks < 40 {
+        std::thread::sleep(Duration::from_millis(20));
+        if peer_counters(&sim, 1, 0).rx_stalls == 0 {
+            continue;
+        }
+        let side = breaks % 2;
+        if wyvern::client::break_link(&sim.sockets[side], 1 - side as u32).is_ok() {
+            breaks += 1;
+        }
+    }
+    tx.join().expect("the sender failed");
+    rx.join().expect("the receiver failed");
+    let c = peer_counters(&sim, 1, 0);
+    println!(
+        "{breaks} breaks, {} stalls, {} resumes",
+        c.rx_stalls, c.resumes
+    );
+    assert!(breaks >= 5 && c.rx_stalls > 0, "{breaks} breaks, {c:?}");
+    assert_eq!(c.losses, 0);
+    assert_eq!(c.msgs_rx, n as u64, "{c:?}");
+}

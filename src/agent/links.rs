@@ -77,11 +77,17 @@ impl Agent {
             if before > 0 {
                 self.transport
                     .flush(node, &self.pool, &mut self.freed, &mut self.events);
-                let after = self.transport.link(node).queued;
+                let after = self.transport.link(node);
                 let p = &mut self.peers[j];
-                if after < before {
+                if after.queued < before {
                     p.tx_stuck_since = None;
                     work = true;
+                } else if after.held {
+                    // Held by the link's own window or pacer: the transport
+                    // wakes the agent when it can send. Polling for the
+                    // rate model's next token kept a sending agent at 100 %
+                    // of a core it shares (issue 14).
+                    p.tx_stuck_since = None;
                 } else {
                     // Nothing went out. A link that takes nothing for a while
                     // (a peer that does not read) is not urgent: the tick

@@ -24,6 +24,8 @@ pub(in crate::agent) struct PeerLink {
     pub(in crate::agent) rx_stalled: bool,
     /// A chunk whose payload the transport is reading into its block.
     pub(in crate::agent) rx_steered: Option<RecordHeader>,
+    /// Its steer's id on the stream ([`crate::transport::LinkRx::landed`]).
+    pub(in crate::agent) rx_steer_id: u64,
     /// Since when the link took none of what is queued for it.
     pub(in crate::agent) tx_stuck_since: Option<Instant>,
     pub(in crate::agent) counters: PeerCounters,
@@ -43,6 +45,7 @@ impl PeerLink {
             rx_deposit: None,
             rx_stalled: false,
             rx_steered: None,
+            rx_steer_id: 0,
             tx_stuck_since: None,
             counters: PeerCounters::default(),
             idle: IdleWatch::new(0, Instant::now()),

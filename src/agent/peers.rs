@@ -454,7 +454,7 @@ impl Peer {
     /// A chunk being read straight into its block when the connection broke
     /// is incomplete and comes again whole: forget it (and its block, if it
     /// was the message's first chunk).
-    fn drop_steered(&mut self, freed: &mut Vec<u64>) {
+    pub(super) fn drop_steered(&mut self, freed: &mut Vec<u64>) {
         if let Some(h) = self.rx_steered.take() {
             if h.offset == 0 {
                 freed.extend(self.rx_large.take().and_then(|l| l.block));

@@ -116,12 +116,25 @@ impl Agent {
             if self.inflow[j].steering() {
                 return work;
             }
-            self.peers[j].rx_steered = None;
-            self.frame_done(j);
             work = true;
-            if let Handled::DoneStop = self.chunk_arrived(j, &h) {
-                // Its deposit waits for ring room; nothing may overtake it.
-                return work;
+            if self.inflow[j].landed(self.peers[j].rx_steer_id) {
+                self.peers[j].rx_steered = None;
+                self.frame_done(j);
+                if let Handled::DoneStop = self.chunk_arrived(j, &h) {
+                    // Its deposit waits for ring room; nothing may overtake it.
+                    return work;
+                }
+            } else {
+                // Over, but not all its bytes landed: the stream was started
+                // afresh under it, by a new connection the agent hears of
+                // later (the hybrid transport's control connection, made
+                // again to try a transport it fell back from, resets the
+                // stream of a link carried on tcp; the agent hears `Up` once
+                // the new link is chosen and up). The chunk comes again at
+                // the resume. (Taken as arrived, it had a message delivered
+                // with the rest of the chunk missing: issue 14.)
+                log::debug!("peer node {j}: a chunk's stream started afresh before it all came");
+                self.peers[j].drop_steered(&mut self.freed);
             }
         }
         // The stream leaves `inflow` while its frames are handled (they
@@ -132,7 +145,6 @@ impl Agent {
             match self.process_frame(j, &link.reader) {
                 FrameStep::Next => {
                     link.reader.consume();
-                    self.peers[j].rx_pos = 0;
                     work = true;
                     continue;
                 }
@@ -219,9 +231,19 @@ impl Agent {
                 FrameStep::Broken
             }
             FrameKind::Data => {
+                // Where handling stopped in the Data frame at the head, if
+                // a full ring stopped it: the same frame, or, after a broken
+                // link, the same frame sent again at the resume (what came
+                // before it on the new stream is control frames only). The
+                // messages before `start` were delivered: not twice.
                 let start = self.peers[j].rx_pos;
+                if start > body.len() {
+                    return self
+                        .malformed(j, "a Data frame sent again is not the one handled".into());
+                }
                 match self.process_records(j, body, start) {
                     Ok(None) => {
+                        self.peers[j].rx_pos = 0;
                         self.frame_done(j);
                         FrameStep::Next
                     }
@@ -511,6 +533,7 @@ impl Agent {
         let _ = link.steer(&self.pool, rest_at, left as u64, pad);
         link.reader.discard_partial();
         self.peers[j].rx_steered = Some(h);
+        self.peers[j].rx_steer_id = link.steer_id();
         self.peers[j].counters.bytes_rx_direct += left as u64;
         true
     }

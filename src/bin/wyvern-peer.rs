@@ -192,6 +192,71 @@ fn fill(buf: &mut [u8], key: u64, seq: u64) {
     }
 }
 
+/// What is wrong with message `seq` of sender `key` (its bytes `got`), for
+/// the first corrupt message only: its size, the damaged range (first and
+/// last bad byte, how many bad), the expected and received 8 bytes at the
+/// first bad one, and whose bytes the damaged range holds instead, if it is
+/// another message of the same sender (at the same offset: a buffer reused
+/// or sent from the wrong place) or zeros.
+fn damage(
+    sizes: &[usize],
+    key: u64,
+    seq: u64,
+    got: &[u8],
+    want: &mut Vec<u8>,
+) -> serde_json::Value {
+    let len = sizes[(seq % sizes.len() as u64) as usize];
+    want.resize(len, 0);
+    fill(want, key, seq);
+    let n = got.len().min(len);
+    let bad: Vec<usize> = (0..n).filter(|&i| got[i] != want[i]).collect();
+    let (lo, hi) = match (bad.first(), bad.last()) {
+        (Some(&lo), Some(&hi)) => (lo, hi),
+        _ => (n, n),
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let at = |b: &[u8]| hex(&b[lo.min(b.len())..(lo + 8).min(b.len())]);
+    let mut holds = "unknown".to_string();
+    if lo < n {
+        if got[lo..=hi].iter().all(|&b| b == 0) {
+            holds = "zeros".into();
+        } else {
+            // Another message of this sender, up to 64 either side.
+            let mut other = Vec::new();
+            for s in seq.saturating_sub(64)..seq + 64 {
+                if s == seq {
+                    continue;
+                }
+                let l = sizes[(s % sizes.len() as u64) as usize];
+                if l <= lo {
+                    continue;
+                }
+                other.resize(l, 0);
+                fill(&mut other, key, s);
+                let end = (hi + 1).min(l);
+                let same = (lo..end).filter(|&i| got[i] == other[i]).count();
+                if same * 2 > end - lo {
+                    holds = format!("message {s}'s bytes ({same} of {} match)", end - lo);
+                    break;
+                }
+            }
+            // Or this message's own bytes from elsewhere (a packet put at
+            // the wrong offset).
+            let probe = &got[lo..(lo + 16).min(n)];
+            if holds == "unknown" && probe.len() == 16 {
+                if let Some(p) = want.windows(16).position(|w| w == probe) {
+                    holds = format!("its own bytes from offset {p}");
+                }
+            }
+        }
+    }
+    json!({
+        "seq": seq, "len": got.len(), "want_len": len,
+        "first_bad": lo, "last_bad": hi, "bad_bytes": bad.len(),
+        "want": at(want), "got": at(got), "holds": holds,
+    })
+}
+
 fn parse_dst(s: &str) -> Result<(u32, u32), String> {
     let (n, e) = s.split_once(':').ok_or("destination must be NODE:EP")?;
     Ok((
@@ -327,6 +392,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             let mut next: BTreeMap<u64, u64> = BTreeMap::new();
             let (mut corrupt, mut disorder, mut bytes, mut zero_copy) = (0u64, 0u64, 0u64, 0u64);
             let mut want = Vec::new();
+            let mut first_corrupt: Option<serde_json::Value> = None;
             let mut first: Option<Instant> = None;
             let mut got = 0;
             while got < count {
@@ -362,6 +428,12 @@ fn run(cli: Cli) -> Result<bool, String> {
                             disorder += 1;
                         } else {
                             corrupt += 1;
+                            if first_corrupt.is_none() {
+                                let src = format!("{}:{}", m.src_node, m.src_ep);
+                                let d = damage(&sizes, key, *seq, m.data, &mut want);
+                                eprintln!("wyvern-peer: first corrupt message from {src}: {d}");
+                                first_corrupt = Some(json!({"from": src, "detail": d}));
+                            }
                         }
                     }
                     *seq += 1;
@@ -389,7 +461,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 "{}",
                 json!({"ok": ok, "received": got, "bytes": bytes, "corrupt": corrupt, "out_of_order": disorder,
                        "zero_copy": zero_copy, "senders": senders, "secs": secs,
-                       "rate": got as f64 / secs.max(1e-9)})
+                       "rate": got as f64 / secs.max(1e-9), "first_corrupt": first_corrupt})
             );
             let _ = c.detach();
             Ok(ok)

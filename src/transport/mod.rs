@@ -270,6 +270,11 @@ pub struct LinkView {
     /// made of packets: the smaller of this node's and the peer's (udp,
     /// dpdk); 0 where it is a byte stream or not up.
     pub packet: usize,
+    /// What is queued waits for the link itself (its congestion window, its
+    /// pacer, the peer's credits), not for the device, and the transport
+    /// wakes a sleeping agent when it can send (an ack arrives, its timer
+    /// fires): the agent need not poll for it.
+    pub held: bool,
 }
 
 /// A way to move frames between this agent and its peers.

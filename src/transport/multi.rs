@@ -619,6 +619,7 @@ impl Transport for Multi {
             last_tx: l.last_tx.filter(|_| self.decided[node as usize]),
             queued: l.queued,
             packet: l.packet,
+            held: l.held,
         }
     }
 

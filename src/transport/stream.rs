@@ -10,6 +10,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::shm::Pool;
@@ -72,12 +73,20 @@ impl Inflow for Vec<LinkRx> {
     }
 }
 
+/// Steer ids, unique across streams: a steer begun on one stream is never
+/// taken for one that landed on another (the hybrid transport swaps streams).
+static STEER_IDS: AtomicU64 = AtomicU64::new(1);
+
 /// One link's incoming stream.
 #[derive(Default)]
 pub struct LinkRx {
     /// Bytes read and not yet consumed, as frames.
     pub reader: FrameReader,
     steer: Option<Steer>,
+    /// The id of the steer under way or begun last (0: none)...
+    steer_id: u64,
+    /// ...and of the last one whose bytes all landed (see [`LinkRx::landed`]).
+    landed: u64,
     /// When the peer last sent anything on this link (`None`: not yet).
     last_rx: Option<Instant>,
     /// When a fill last took more than a heartbeat's or an ack's worth
@@ -96,6 +105,8 @@ impl LinkRx {
         *self = LinkRx {
             reader,
             steer: None,
+            steer_id: 0,
+            landed: 0,
             last_rx: Some(now),
             last_busy: Some(now),
             read_size: 0,
@@ -167,7 +178,26 @@ impl LinkRx {
             left: len,
             skip,
         });
+        self.steer_id = STEER_IDS.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// The id of the steer under way, or of the one begun last (0: none).
+    pub fn steer_id(&self) -> u64 {
+        self.steer_id
+    }
+
+    /// Whether steer `id` ended with all its bytes landed in the block. Not
+    /// when the stream was started afresh ([`LinkRx::reset`]) or is another
+    /// one: a steer that is no longer under way is not always finished.
+    pub fn landed(&self, id: u64) -> bool {
+        id != 0 && self.landed == id
+    }
+
+    /// The steer is over, every byte landed.
+    fn finish_steer(&mut self) {
+        self.steer = None;
+        self.landed = self.steer_id;
     }
 
     /// Whether a steer is under way (the agent waits for it to end).
@@ -183,7 +213,7 @@ impl LinkRx {
 
     /// The steer is over (its bytes landed, its padding was skipped).
     pub fn end_steer(&mut self) {
-        self.steer = None;
+        self.finish_steer();
     }
 
     /// Put stream bytes where they go: the steer target, then its padding,
@@ -218,7 +248,7 @@ impl LinkRx {
                 return at;
             }
             if !keep_steer {
-                self.steer = None;
+                self.finish_steer();
             }
         }
         let rest = &bytes[at..];
@@ -254,7 +284,7 @@ impl LinkRx {
                     let k = st.skip.min(8);
                     read_fd(fd, &mut pad[..k]).inspect(|&n| st.skip -= n)
                 } else {
-                    self.steer = None;
+                    self.finish_steer();
                     continue;
                 }
             } else {
@@ -289,7 +319,7 @@ impl LinkRx {
             }
         }
         if self.steer.is_some_and(|st| st.done()) {
-            self.steer = None;
+            self.finish_steer();
         }
         if got > BUSY_FILL {
             self.last_busy = Some(now);
@@ -367,6 +397,44 @@ mod tests {
         rx.reader.discard_partial();
         assert_eq!(rx.release_idle(t0 + ms(2200), idle), 0);
         assert!(rx.release_idle(t0 + ms(2400), idle) > 0);
+    }
+
+    #[test]
+    fn a_steer_landed_only_when_its_bytes_did_on_the_same_stream() {
+        let pool = pool();
+        let (off, _) = pool.block_region();
+        let now = Instant::now();
+        // Every byte in: landed (absorbed, or ended by the transport).
+        let mut rx = LinkRx::default();
+        assert!(!rx.landed(rx.steer_id()), "no steer yet");
+        assert!(rx.steer(&pool, off, 4, 0));
+        let id = rx.steer_id();
+        assert!(!rx.landed(id), "under way");
+        rx.absorb(&pool, b"abcd", false);
+        assert!(!rx.steering() && rx.landed(id));
+        assert!(rx.steer(&pool, off, 2, 0));
+        let kept = rx.steer_id();
+        assert_ne!(kept, id);
+        rx.absorb(&pool, b"ef", true);
+        rx.end_steer();
+        assert!(rx.landed(kept) && !rx.landed(id));
+        // The stream started afresh under a steer (a new connection): no
+        // longer steering, and not landed either (issue 14).
+        assert!(rx.steer(&pool, off, 4, 0));
+        let cut = rx.steer_id();
+        rx.absorb(&pool, b"gh", false);
+        rx.reset(FrameReader::new(), now);
+        assert!(!rx.steering() && !rx.landed(cut));
+        // Another stream put in its place (the hybrid transport's swap),
+        // even one whose own steer landed.
+        let mut a = LinkRx::default();
+        assert!(a.steer(&pool, off, 4, 0));
+        let first = a.steer_id();
+        let mut b = LinkRx::default();
+        assert!(b.steer(&pool, off, 1, 0));
+        b.absorb(&pool, b"i", false);
+        std::mem::swap(&mut a, &mut b);
+        assert!(!a.steering() && !a.landed(first));
     }
 
     #[test]

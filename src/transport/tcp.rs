@@ -987,6 +987,7 @@ impl Transport for TcpTransport {
             last_tx: l.map(|l| l.last_tx),
             queued: l.map_or(0, |l| l.queued()),
             packet: 0,
+            held: false,
         }
     }
 

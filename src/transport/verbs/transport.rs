@@ -2939,6 +2939,7 @@ impl Transport for VerbsTransport {
             last_tx: l.filter(|l| l.phase == Phase::Up).map(|l| l.last_tx),
             queued: l.map_or(0, |l| l.queued + usize::from(!l.freed.is_empty())),
             packet: 0,
+            held: false,
         }
     }
 
