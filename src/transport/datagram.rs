@@ -673,9 +673,12 @@ impl<I: PacketIo> DatagramTransport<I> {
     }
 
     fn send_control(&mut self, j: usize, kind: PktKind, now: Instant) {
-        let ack = self.links[j].rx.make_ack();
+        let (ack, more) = self.links[j].rx.make_wide_ack();
         let h = self.header(j, kind, 0, ack);
-        self.send_raw(j, &h, &[], now);
+        match more {
+            Some(m) => self.send_raw(j, &h, &packet::sack_more_bytes(&m), now),
+            None => self.send_raw(j, &h, &[], now),
+        }
     }
 
     /// A buffer for a payload: a spare one, else a new one.
@@ -920,7 +923,11 @@ impl<I: PacketIo> DatagramTransport<I> {
         rx.link(j as u32).heard(now);
         let l = &mut self.links[j];
         let mut acked = std::mem::take(&mut self.acked);
-        if let Err(e) = l.tx.on_ack(&h.ack, now, &mut acked) {
+        let more = match h.kind {
+            PktKind::Ack | PktKind::Probe => packet::sack_more(payload),
+            _ => None,
+        };
+        if let Err(e) = l.tx.on_wide_ack(&h.ack, more.as_ref(), now, &mut acked) {
             self.stats.foreign += 1;
             log::debug!("node {j}: {e}");
         }
