@@ -1408,14 +1408,18 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         // Acks come on a descriptor the agent waits on and the reliability
         // deadlines (the pacer's next token too) arm its wake-up timer
         // (`arm_wake`); a poll-mode device that cannot wake the agent, or
-        // an agent that never sleeps, polls.
+        // an agent that never sleeps, polls. So does a sender of the AIMD
+        // model: it judges a loss by the round trip, which an agent asleep
+        // when the ack comes stretches (through the bench's lossy hop it
+        // then read most losses as congestion and moved half as much).
         let wakes = self.io.agent_sleeps() && (!self.io.poll_mode() || self.io.wakes());
         let now = self.now.unwrap_or_else(Instant::now);
         LinkView {
             last_tx: l.filter(|l| l.up).map(|l| l.last_tx),
             queued: l.map_or(0, |l| l.queued),
             packet: l.filter(|l| l.up).map_or(0, |l| l.packet),
-            held: wakes && l.is_some_and(|l| l.up && l.queued > 0 && !l.tx.can_send(now)),
+            held: wakes
+                && l.is_some_and(|l| l.up && l.queued > 0 && l.tx.paced() && !l.tx.can_send(now)),
         }
     }
 

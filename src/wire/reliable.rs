@@ -843,6 +843,11 @@ impl<T> Sender<T> {
             && self.lost == 0
     }
 
+    /// Whether the rate model paces this sender (see [`Model::Rate`]).
+    pub fn paced(&self) -> bool {
+        self.rate.is_some()
+    }
+
     /// The rate model's note of a (re)transmission now.
     fn stamp(&mut self, now: Instant) -> Option<rate::Stamp> {
         let inflight = self.outstanding;
