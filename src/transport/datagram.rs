@@ -673,9 +673,12 @@ impl<I: PacketIo> DatagramTransport<I> {
     }
 
     fn send_control(&mut self, j: usize, kind: PktKind, now: Instant) {
-        let ack = self.links[j].rx.make_ack();
+        let (ack, more) = self.links[j].rx.make_wide_ack();
         let h = self.header(j, kind, 0, ack);
-        self.send_raw(j, &h, &[], now);
+        match more {
+            Some(m) => self.send_raw(j, &h, &packet::sack_more_bytes(&m), now),
+            None => self.send_raw(j, &h, &[], now),
+        }
     }
 
     /// A buffer for a payload: a spare one, else a new one.
@@ -920,7 +923,11 @@ impl<I: PacketIo> DatagramTransport<I> {
         rx.link(j as u32).heard(now);
         let l = &mut self.links[j];
         let mut acked = std::mem::take(&mut self.acked);
-        if let Err(e) = l.tx.on_ack(&h.ack, now, &mut acked) {
+        let more = match h.kind {
+            PktKind::Ack | PktKind::Probe => packet::sack_more(payload),
+            _ => None,
+        };
+        if let Err(e) = l.tx.on_wide_ack(&h.ack, more.as_ref(), now, &mut acked) {
             self.stats.foreign += 1;
             log::debug!("node {j}: {e}");
         }
@@ -1401,14 +1408,18 @@ impl<I: PacketIo> Transport for DatagramTransport<I> {
         // Acks come on a descriptor the agent waits on and the reliability
         // deadlines (the pacer's next token too) arm its wake-up timer
         // (`arm_wake`); a poll-mode device that cannot wake the agent, or
-        // an agent that never sleeps, polls.
+        // an agent that never sleeps, polls. So does a sender of the AIMD
+        // model: it judges a loss by the round trip, which an agent asleep
+        // when the ack comes stretches (through the bench's lossy hop it
+        // then read most losses as congestion and moved half as much).
         let wakes = self.io.agent_sleeps() && (!self.io.poll_mode() || self.io.wakes());
         let now = self.now.unwrap_or_else(Instant::now);
         LinkView {
             last_tx: l.filter(|l| l.up).map(|l| l.last_tx),
             queued: l.map_or(0, |l| l.queued),
             packet: l.filter(|l| l.up).map_or(0, |l| l.packet),
-            held: wakes && l.is_some_and(|l| l.up && l.queued > 0 && !l.tx.can_send(now)),
+            held: wakes
+                && l.is_some_and(|l| l.up && l.queued > 0 && l.tx.paced() && !l.tx.can_send(now)),
         }
     }
 

@@ -273,7 +273,8 @@ pub struct LinkView {
     /// What is queued waits for the link itself (its congestion window, its
     /// pacer, the peer's credits), not for the device, and the transport
     /// wakes a sleeping agent when it can send (an ack arrives, its timer
-    /// fires): the agent need not poll for it.
+    /// fires): the agent need not poll for it. (Datagram links of the rate
+    /// model only.)
     pub held: bool,
 }
 

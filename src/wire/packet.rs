@@ -21,18 +21,49 @@
 //! | 56..60 | ack: window offered |
 //! | 60..64 | CRC-32C of header bytes 0..60 and the payload |
 //!
+//! The payload of an `Ack` or `Probe` is empty, or the selective bitmap
+//! beyond the header's 64 packets ([`SackMore`], 3 x 8 bytes,
+//! little-endian): sent when anything beyond them arrived.
+//!
 //! The checksum covers the payload end to end because veth pairs and some
 //! NICs do not: a corrupted packet is counted and dropped, and the sender's
 //! retransmission repairs it like a lost one.
 
 use super::bytes::{Fields, FieldsMut};
-use super::reliable::Ack;
+use super::reliable::{Ack, SackMore, SACK_MORE};
 
 /// Packet magic.
 pub const PKT_MAGIC: [u8; 2] = *b"WY";
 /// Packet format version (2: acks sent alone may carry a D-SACK; 3: a `Hello`
-/// says the largest packet its sender receives, [`crate::wire::PacketLimits`]).
-pub const PKT_VERSION: u8 = 3;
+/// says the largest packet its sender receives, [`crate::wire::PacketLimits`];
+/// 4: acks sent alone may carry the selective bitmap beyond 64 packets).
+pub const PKT_VERSION: u8 = 4;
+
+/// Bytes of an ack's payload that carries [`SackMore`].
+pub const SACK_MORE_BYTES: usize = 8 * SACK_MORE;
+
+/// The payload of an ack sent alone that carries `more`.
+pub fn sack_more_bytes(more: &SackMore) -> [u8; SACK_MORE_BYTES] {
+    let mut b = [0u8; SACK_MORE_BYTES];
+    for (w, c) in more.iter().zip(b.chunks_exact_mut(8)) {
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+    b
+}
+
+/// The bitmap beyond 64 packets an ack's payload carries, if it does (the
+/// payload of a packet [`decode`] accepted as an `Ack` or `Probe`).
+pub fn sack_more(payload: &[u8]) -> Option<SackMore> {
+    (payload.len() == SACK_MORE_BYTES).then(|| {
+        let mut m = [0u64; SACK_MORE];
+        for (w, c) in m.iter_mut().zip(payload.chunks_exact(8)) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            *w = u64::from_le_bytes(a);
+        }
+        m
+    })
+}
 /// Bytes of a packet header.
 pub const PKT_HEADER: usize = 64;
 /// The smallest packet, header included, a datagram link runs on: a device
@@ -194,7 +225,7 @@ pub fn decode(b: &[u8]) -> Result<(PacketHeader, &[u8]), PacketError> {
         return Err(PacketError::Field("unknown flags"));
     }
     let ack_alone = matches!(kind, PktKind::Ack | PktKind::Probe);
-    if ack_alone && len != 0 {
+    if ack_alone && len != 0 && len != SACK_MORE_BYTES {
         return Err(PacketError::Field("payload on an ack"));
     }
     let dsack = flags & FLAG_DSACK != 0;
@@ -291,6 +322,33 @@ mod tests {
         let crc = checksum(&out);
         out[60..64].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(decode(&out), Err(PacketError::Field(_))));
+    }
+
+    #[test]
+    fn an_ack_alone_carries_the_bitmap_beyond_64_packets_or_nothing() {
+        let more = [1u64, 1 << 63, 0x00ff_00ff_00ff_00ff];
+        let h = PacketHeader {
+            kind: PktKind::Ack,
+            seq: 0,
+            ..header()
+        };
+        let mut out = Vec::new();
+        encode(&h, &sack_more_bytes(&more), &mut out);
+        let (got, payload) = decode(&out).unwrap();
+        assert_eq!(got, h);
+        assert_eq!(sack_more(payload), Some(more));
+        let mut out = Vec::new();
+        encode(&h, &[], &mut out);
+        assert_eq!(sack_more(decode(&out).unwrap().1), None);
+        // Any other payload on an ack is malformed.
+        for n in [1, SACK_MORE_BYTES - 1, SACK_MORE_BYTES + 8] {
+            let mut out = Vec::new();
+            encode(&h, &vec![0; n], &mut out);
+            assert!(
+                matches!(decode(&out), Err(PacketError::Field(_))),
+                "{n} bytes"
+            );
+        }
     }
 
     #[test]

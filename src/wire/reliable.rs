@@ -181,6 +181,19 @@ pub struct Ack {
     pub dsack: Option<u64>,
 }
 
+/// Words of selective bitmap an ack sent alone may carry beyond
+/// [`Ack::sack`] (on a datagram link, in the `Ack` packet's payload).
+pub const SACK_MORE: usize = 3;
+
+/// The selective bitmap beyond [`Ack::sack`]: bit `i` of word `w` says
+/// that `next + 65 + 64 w + i` arrived. With it an ack covers 256 packets
+/// past its cumulative point instead of 64: with windows of hundreds of
+/// packets, what arrived behind a hole more than 64 packets on was
+/// invisible to the sender's loss detection (a lost resend of the hole
+/// was found only by the timeout, and its resends went to packets the
+/// receiver had).
+pub type SackMore = [u64; SACK_MORE];
+
 /// Why an [`Ack`] was refused (the peer is confused or malicious; count it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AckError {
@@ -830,6 +843,11 @@ impl<T> Sender<T> {
             && self.lost == 0
     }
 
+    /// Whether the rate model paces this sender (see [`Model::Rate`]).
+    pub fn paced(&self) -> bool {
+        self.rate.is_some()
+    }
+
     /// The rate model's note of a (re)transmission now.
     fn stamp(&mut self, now: Instant) -> Option<rate::Stamp> {
         let inflight = self.outstanding;
@@ -868,6 +886,18 @@ impl<T> Sender<T> {
     /// Apply an acknowledgement; acknowledged items are appended to `freed`
     /// in no particular order.
     pub fn on_ack(&mut self, ack: &Ack, now: Instant, freed: &mut Vec<T>) -> Result<(), AckError> {
+        self.on_wide_ack(ack, None, now, freed)
+    }
+
+    /// [`Sender::on_ack`] for an ack that carries the bitmap beyond its
+    /// first 64 packets too ([`Receiver::make_wide_ack`]).
+    pub fn on_wide_ack(
+        &mut self,
+        ack: &Ack,
+        more: Option<&SackMore>,
+        now: Instant,
+        freed: &mut Vec<T>,
+    ) -> Result<(), AckError> {
         if ack.next > self.next {
             self.stats.bad_acks += 1;
             return Err(AckError::Unsent {
@@ -927,11 +957,17 @@ impl<T> Sender<T> {
         // tail probe's, typically). A window wider than the bitmap otherwise
         // hid every packet sent after a lost resend, so RACK could not find
         // that loss, and only the timeout did.
+        // Packets past the cumulative point the bitmaps cover.
+        let span = 64 * (1 + more.map_or(0, |m| m.len() as u64));
+        let bit = |i: u64| match i {
+            0..64 => ack.sack & (1 << i) != 0,
+            _ => more.is_some_and(|m| m[(i / 64 - 1) as usize] & (1 << (i % 64)) != 0),
+        };
         let beyond = ack
             .dsack
-            .filter(|&d| self.rate.is_some() && d > ack.next + 64 && d < self.next);
-        let selective = (0..64u64)
-            .filter(|i| ack.sack & (1 << i) != 0)
+            .filter(|&d| self.rate.is_some() && d > ack.next + span && d < self.next);
+        let selective = (0..span)
+            .filter(|&i| bit(i))
             .map(|i| ack.next + 1 + i)
             .chain(beyond);
         for seq in selective {
@@ -974,7 +1010,7 @@ impl<T> Sender<T> {
             self.rack.reo_persist = REO_PERSIST;
         }
         self.rack.fack = self.rack.fack.max(high);
-        self.visible = ack.next + 65;
+        self.visible = ack.next + 1 + span;
         self.outstanding -= newly as usize;
         self.stats.acked += newly as u64;
         self.on_newly_acked(newly, self.outstanding + newly as usize);
@@ -1598,10 +1634,26 @@ impl<T> Receiver<T> {
     /// oldest duplicate not yet reported, if any (more waiting keep the
     /// next ack due at once).
     pub fn make_ack(&mut self) -> Ack {
+        self.make_wide_ack().0
+    }
+
+    /// [`Receiver::make_ack`] with the bitmap beyond its first 64 packets,
+    /// if anything beyond them arrived (`None`: nothing did).
+    pub fn make_wide_ack(&mut self) -> (Ack, Option<SackMore>) {
+        let mut more = [0u64; SACK_MORE];
+        if self.held.len() > 65 {
+            for (i, h) in self.held.iter().enumerate().skip(65).take(64 * SACK_MORE) {
+                if h.is_some() {
+                    let k = i - 65;
+                    more[k / 64] |= 1 << (k % 64);
+                }
+            }
+        }
+        let more = (more != [0; SACK_MORE]).then_some(more);
         let mut ack = self.make_piggyback_ack();
         ack.dsack = self.dsack.pop_front();
         self.urgent = !self.dsack.is_empty();
-        ack
+        (ack, more)
     }
 
     /// The acknowledgement to carry on an outgoing data packet (resets what
@@ -2157,6 +2209,49 @@ mod tests {
     }
 
     #[test]
+    fn a_wide_ack_shows_what_arrived_more_than_64_packets_past_a_hole() {
+        let now = t0();
+        let cfg = Config {
+            window: 512,
+            cwnd_initial: 300,
+            congestion: false,
+            ..Config::datagram()
+        };
+        let mut s: Sender<u32> = Sender::new(cfg, now);
+        let mut r: Receiver<u32> = Receiver::new(cfg);
+        for i in 0..300 {
+            s.send(i, now).unwrap();
+        }
+        // Packet 0 lost; 1..300 arrive.
+        for seq in 1..300 {
+            r.on_packet(seq, seq as u32, now);
+        }
+        let (ack, more) = r.make_wide_ack();
+        assert_eq!((ack.next, ack.sack), (0, u64::MAX));
+        let more = more.expect("packets past 64 arrived");
+        // 65..=256 past the cumulative point: all three words full.
+        assert_eq!(more, [u64::MAX; SACK_MORE]);
+        // Narrow, the sender frees 64 of them; wide, 256.
+        let mut narrow: Sender<u32> = Sender::new(cfg, now);
+        for i in 0..300 {
+            narrow.send(i, now).unwrap();
+        }
+        let later = now + Duration::from_micros(100);
+        let mut freed = Vec::new();
+        narrow.on_ack(&ack, later, &mut freed).unwrap();
+        assert_eq!(freed.len(), 64);
+        freed.clear();
+        s.on_wide_ack(&ack, Some(&more), later, &mut freed).unwrap();
+        assert_eq!(freed.len(), 256);
+        assert!(freed.iter().all(|&p| (1..=256).contains(&p)), "{freed:?}");
+        assert_eq!(s.in_flight(), 300 - 256);
+        // A receiver with nothing past 64 says nothing more.
+        let mut r: Receiver<u32> = Receiver::new(cfg);
+        r.on_packet(3, 3, now);
+        assert_eq!(r.make_wide_ack().1, None);
+    }
+
+    #[test]
     fn duplicates_are_dropped() {
         let now = t0();
         let mut r = Receiver::new(Config::default());
@@ -2187,7 +2282,7 @@ mod tests {
 
     enum Pkt {
         Data(u64, u32),
-        Ack(Ack),
+        Ack(Ack, Option<SackMore>),
         Probe,
     }
 
@@ -2263,7 +2358,7 @@ mod tests {
             if rng.chance(dup) {
                 let copy = match &p {
                     Pkt::Data(s, v) => Pkt::Data(*s, *v),
-                    Pkt::Ack(a) => Pkt::Ack(*a),
+                    Pkt::Ack(a, m) => Pkt::Ack(*a, *m),
                     Pkt::Probe => Pkt::Probe,
                 };
                 wire.push((now + lat + extra + Duration::from_micros(7), copy, fwd));
@@ -2318,8 +2413,8 @@ mod tests {
                         Pkt::Data(seq, v) => {
                             r.on_packet(seq, v, now);
                         }
-                        Pkt::Ack(a) => {
-                            s.on_ack(&a, now, &mut freed).unwrap();
+                        Pkt::Ack(a, m) => {
+                            s.on_wide_ack(&a, m.as_ref(), now, &mut freed).unwrap();
                         }
                         Pkt::Probe => r.on_probe(),
                     }
@@ -2338,8 +2433,8 @@ mod tests {
                 }
             }
             if r.ack_due(now) {
-                let a = r.make_ack();
-                push(&mut wire, &mut rng, now, Pkt::Ack(a), false);
+                let (a, m) = r.make_wide_ack();
+                push(&mut wire, &mut rng, now, Pkt::Ack(a, m), false);
             }
             now += Duration::from_micros(10);
         }
@@ -2625,7 +2720,7 @@ mod tests {
         #[derive(Clone)]
         enum Pkt {
             Data(u64, u32),
-            Ack(Ack),
+            Ack(Ack, Option<SackMore>),
             Probe,
         }
 
@@ -2729,7 +2824,7 @@ mod tests {
                             rx.on_packet(seq, v, now);
                         }
                         Pkt::Probe => rx.on_probe(),
-                        Pkt::Ack(_) => unreachable!(),
+                        Pkt::Ack(..) => unreachable!(),
                     }
                 }
                 while let Some(v) = rx.pop() {
@@ -2737,11 +2832,12 @@ mod tests {
                     last_rx = now;
                 }
                 if rx.ack_due(now) {
-                    rev.send(now, Pkt::Ack(rx.make_ack()));
+                    let (a, m) = rx.make_wide_ack();
+                    rev.send(now, Pkt::Ack(a, m));
                 }
                 while let Some(p) = rev.out.pop_front() {
-                    if let Pkt::Ack(a) = p {
-                        s.on_ack(&a, now, &mut freed).unwrap();
+                    if let Pkt::Ack(a, m) = p {
+                        s.on_wide_ack(&a, m.as_ref(), now, &mut freed).unwrap();
                     }
                 }
                 if fed < r.n && s.can_send(now) {
