@@ -351,9 +351,9 @@ pub struct AgentArgs {
     /// Idle policy.
     #[arg(long, value_enum, env = "WYVERN_AGENT_IDLE")]
     pub idle: Option<IdlePolicy>,
-    /// udp and dpdk transports: the links' congestion model (aimd, the
-    /// default: a loss-driven window; rate: BBR-style, random loss cuts
-    /// nothing, experimental).
+    /// udp and dpdk transports: the links' congestion model (rate, the
+    /// default: BBR-style, random loss cuts nothing; aimd: the earlier
+    /// loss-driven window).
     #[arg(long, value_enum, env = "WYVERN_AGENT_CONGESTION")]
     pub congestion: Option<crate::wire::reliable::Model>,
     /// When links to peers are made: on the first message to each (and on

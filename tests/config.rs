@@ -204,10 +204,10 @@ fn samples() -> Vec<Sample> {
         ),
         s(
             "congestion",
-            r#""rate""#,
-            "aimd",
+            r#""aimd""#,
             "rate",
-            [r#""rate""#, r#""aimd""#, r#""rate""#],
+            "aimd",
+            [r#""aimd""#, r#""rate""#, r#""aimd""#],
         ),
         s(
             "connect",
