@@ -17,13 +17,16 @@ pub(in crate::agent) struct PeerLink {
     pub(in crate::agent) acks: AckTable,
     /// How far the frame at the head of the link was handled.
     pub(in crate::agent) rx_pos: usize,
-    pub(in crate::agent) rx_large: Option<RxLarge>,
+    /// Large messages being reassembled, oldest first: more than one only
+    /// while chunks are steered ahead (verbs reads several at once).
+    pub(in crate::agent) rx_large: VecDeque<RxLarge>,
     pub(in crate::agent) rx_deposit: Option<Deposit>,
     /// Frames wait for a full ring: we are not reading, so the peer's
     /// silence proves nothing.
     pub(in crate::agent) rx_stalled: bool,
-    /// A chunk whose payload the transport is reading into its block.
-    pub(in crate::agent) rx_steered: Option<RecordHeader>,
+    /// Chunks whose payload the transport is reading into their blocks, in
+    /// stream order (handled in that order once landed).
+    pub(in crate::agent) rx_steered: VecDeque<RecordHeader>,
     /// Since when the link took none of what is queued for it.
     pub(in crate::agent) tx_stuck_since: Option<Instant>,
     pub(in crate::agent) counters: PeerCounters,
@@ -39,10 +42,10 @@ impl PeerLink {
             large: VecDeque::new(),
             acks: AckTable::default(),
             rx_pos: 0,
-            rx_large: None,
+            rx_large: VecDeque::new(),
             rx_deposit: None,
             rx_stalled: false,
-            rx_steered: None,
+            rx_steered: VecDeque::new(),
             tx_stuck_since: None,
             counters: PeerCounters::default(),
             idle: IdleWatch::new(0, Instant::now()),

@@ -8,6 +8,7 @@
 //! back. A transport starts a fresh stream ([`LinkRx::reset`]) when a link
 //! comes up; the agent reads frames and asks for steering on its own.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Instant;
@@ -36,6 +37,9 @@ const READ_MIN: usize = 16 * 1024;
 /// The largest read offered (see [`READ_MIN`]).
 const READ_MAX: usize = 256 * 1024;
 
+/// The most steers a stream keeps at once ([`LinkRx::set_steer_depth`]).
+pub const STEER_DEPTH_MAX: usize = 16;
+
 /// The rest of a large chunk, going straight into its pool block, then its
 /// padding (skipped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,12 +50,24 @@ pub struct Steer {
     pub left: u64,
     /// Padding to skip after them.
     pub skip: usize,
+    /// Moves into the target the transport has under way (verbs: RDMA READs
+    /// posted and not yet completed); the steer ends only when they are done
+    /// too ([`LinkRx::read_landed`]).
+    pub reads: u32,
+    /// Its number on this stream (for [`LinkRx::read_landed`]).
+    pub id: u64,
 }
 
 impl Steer {
-    /// Whether every byte landed and the padding was skipped.
+    /// Whether every byte was taken (or is being moved: `reads`) and the
+    /// padding was skipped.
     pub fn done(&self) -> bool {
         self.left == 0 && self.skip == 0
+    }
+
+    /// Whether it is over: done, and nothing is still moving into it.
+    pub fn landed(&self) -> bool {
+        self.done() && self.reads == 0
     }
 }
 
@@ -73,7 +89,13 @@ impl Inflow for Vec<LinkRx> {
 pub struct LinkRx {
     /// Bytes read and not yet consumed, as frames.
     pub reader: FrameReader,
-    steer: Option<Steer>,
+    /// Steers not over yet, in stream order: at most one is being fed (the
+    /// first not [`Steer::done`]), those before it wait for their moves.
+    steers: VecDeque<Steer>,
+    /// The id the next steer gets.
+    next_steer: u64,
+    /// Steers kept at most (0: 1; see [`LinkRx::set_steer_depth`]).
+    depth: usize,
     /// When the peer last sent anything on this link (`None`: not yet).
     last_rx: Option<Instant>,
     /// What the next read offers (0: [`READ_MIN`]).
@@ -88,7 +110,9 @@ impl LinkRx {
     pub fn reset(&mut self, reader: FrameReader, now: Instant) {
         *self = LinkRx {
             reader,
-            steer: None,
+            steers: VecDeque::new(),
+            next_steer: 0,
+            depth: self.depth,
             last_rx: Some(now),
             read_size: 0,
             high: self.high,
@@ -114,7 +138,7 @@ impl LinkRx {
     /// link keeps its buffer; an idle one, hearing only heartbeats, keeps a
     /// small one.)
     pub fn release_idle(&mut self, now: Instant, idle: std::time::Duration) -> usize {
-        if self.steer.is_some()
+        if !self.steers.is_empty()
             || self.reader.capacity() <= READ_MIN
             || self
                 .last_rx
@@ -147,45 +171,88 @@ impl LinkRx {
         self.last_rx
     }
 
+    /// How many steers the stream keeps at once (between 1 and
+    /// [`STEER_DEPTH_MAX`]; kept across [`LinkRx::reset`]). A transport
+    /// whose stream carries the chunks' bytes has one steer at a time (the
+    /// bytes after a steered chunk arrive only once it was fed); one that
+    /// moves them itself (verbs: the stream carries descriptors, the bytes
+    /// are READ) lets the agent steer the next chunks while the moves into
+    /// the earlier ones are under way.
+    pub fn set_steer_depth(&mut self, depth: usize) {
+        self.depth = depth.clamp(1, STEER_DEPTH_MAX);
+    }
+
+    /// Whether [`LinkRx::steer`] would take a new steer now: every steer
+    /// was fed (the stream's next bytes are not any steer's), and fewer than
+    /// the depth are under way.
+    pub fn can_steer(&self) -> bool {
+        self.steers.len() < self.depth.max(1) && self.steers.iter().all(Steer::done)
+    }
+
     /// Send the next `len` bytes of the stream to the pool at `off`, then
-    /// skip `skip` bytes. False when a steer is under way already or the
-    /// range is not the pool's (the agent then copies).
+    /// skip `skip` bytes. False when it cannot take one now
+    /// ([`LinkRx::can_steer`]) or the range is not the pool's (the agent
+    /// then copies).
     pub fn steer(&mut self, pool: &Pool, off: u64, len: u64, skip: usize) -> bool {
-        if self.steer.is_some() || pool.block_slice(off, len).is_none() {
+        if !self.can_steer() || pool.block_slice(off, len).is_none() {
             return false;
         }
-        self.steer = Some(Steer {
+        self.steers.push_back(Steer {
             off,
             left: len,
             skip,
+            reads: 0,
+            id: self.next_steer,
         });
+        self.next_steer += 1;
+        self.settle();
         true
     }
 
-    /// Whether a steer is under way (the agent waits for it to end).
+    /// Whether a steer is under way (the agent handles nothing after a
+    /// steered chunk before it ended).
     pub fn steering(&self) -> bool {
-        self.steer.is_some()
+        !self.steers.is_empty()
     }
 
-    /// The steer under way, for a transport that moves its bytes itself
-    /// (verbs: RDMA READs into the block).
+    /// How many steers are under way (not over yet). They end in the order
+    /// they were made: the agent's oldest steered chunks beyond this many
+    /// are over.
+    pub fn steers(&self) -> usize {
+        self.steers.len()
+    }
+
+    /// The steer being fed (the first not [`Steer::done`]), for a transport
+    /// that moves its bytes itself (verbs: RDMA READs into the block; it
+    /// counts them in [`Steer::reads`]).
     pub fn steer_mut(&mut self) -> Option<&mut Steer> {
-        self.steer.as_mut()
+        self.steers.iter_mut().find(|s| !s.done())
     }
 
-    /// The steer is over (its bytes landed, its padding was skipped).
-    pub fn end_steer(&mut self) {
-        self.steer = None;
+    /// One move into steer `id` counted in its [`Steer::reads`] is done.
+    pub fn read_landed(&mut self, id: u64) {
+        if let Some(st) = self.steers.iter_mut().find(|s| s.id == id) {
+            st.reads = st.reads.saturating_sub(1);
+        }
+        self.settle();
     }
 
-    /// Put stream bytes where they go: the steer target, then its padding,
-    /// then the frame reader. With `keep_steer`, a finished steer stays (a
-    /// transport whose own moves into the block are still under way ends it
-    /// with [`LinkRx::end_steer`]). Returns how many of `bytes` were taken:
-    /// all, unless the steer still wants more than they hold.
-    pub fn absorb(&mut self, pool: &Pool, bytes: &[u8], keep_steer: bool) -> usize {
+    /// Forget the steers that are over, from the oldest on (in order: a
+    /// later one over before an earlier one waits for it).
+    fn settle(&mut self) {
+        while self.steers.front().is_some_and(Steer::landed) {
+            self.steers.pop_front();
+        }
+    }
+
+    /// Put stream bytes where they go: the steer being fed, then its
+    /// padding, then the frame reader. A steer whose moves are still under
+    /// way ([`Steer::reads`]) stays until they are done. Returns how many of
+    /// `bytes` were taken: all, unless the steer still wants more than they
+    /// hold.
+    pub fn absorb(&mut self, pool: &Pool, bytes: &[u8]) -> usize {
         let mut at = 0;
-        if let Some(st) = self.steer.as_mut() {
+        if let Some(st) = self.steer_mut() {
             if st.left > 0 {
                 let n = (st.left as usize).min(bytes.len());
                 if pool.write_block(st.off, &bytes[..n]).is_none() {
@@ -201,11 +268,10 @@ impl LinkRx {
                 st.skip -= n;
                 at += n;
             }
-            if !st.done() {
+            let fed = st.done();
+            self.settle();
+            if !fed {
                 return at;
-            }
-            if !keep_steer {
-                self.steer = None;
             }
         }
         let rest = &bytes[at..];
@@ -230,20 +296,19 @@ impl LinkRx {
     ) -> io::Result<bool> {
         let mut got = 0;
         while got < limit {
-            let r = if let Some(st) = self.steer.as_mut() {
-                if st.left > 0 {
+            let r = if let Some(st) = self.steer_mut() {
+                let r = if st.left > 0 {
                     pool.read_block_from(fd, st.off, st.left).inspect(|&n| {
                         st.off += n as u64;
                         st.left -= n as u64;
                     })
-                } else if st.skip > 0 {
+                } else {
                     let mut pad = [0u8; 8];
                     let k = st.skip.min(8);
                     read_fd(fd, &mut pad[..k]).inspect(|&n| st.skip -= n)
-                } else {
-                    self.steer = None;
-                    continue;
-                }
+                };
+                self.settle();
+                r
             } else {
                 if self.full() {
                     break;
@@ -275,9 +340,7 @@ impl LinkRx {
                 },
             }
         }
-        if self.steer.is_some_and(|st| st.done()) {
-            self.steer = None;
-        }
+        self.settle();
         Ok(true)
     }
 }
@@ -311,14 +374,14 @@ mod tests {
         let mut rx = LinkRx::default();
         assert!(rx.steer(&pool, off, 5, 3));
         assert!(!rx.steer(&pool, off, 5, 3), "one steer at a time");
-        assert_eq!(rx.absorb(&pool, b"abc", false), 3);
+        assert_eq!(rx.absorb(&pool, b"abc"), 3);
         assert!(rx.steering());
         assert_eq!(
-            rx.absorb(&pool, b"de__", false),
+            rx.absorb(&pool, b"de__"),
             4,
             "two bytes of padding skipped"
         );
-        assert_eq!(rx.absorb(&pool, b"_XYZ", false), 4);
+        assert_eq!(rx.absorb(&pool, b"_XYZ"), 4);
         assert!(!rx.steering());
         assert_eq!(pool.block_slice(off, 5).unwrap(), b"abcde");
         assert_eq!(rx.reader.buffered(), 3);
@@ -333,16 +396,54 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_steer_ends_when_its_owner_says() {
+    fn a_steer_with_moves_under_way_ends_when_they_landed() {
         let pool = pool();
         let (off, _) = pool.block_region();
         let mut rx = LinkRx::default();
         assert!(rx.steer(&pool, off, 2, 0));
-        assert_eq!(rx.absorb(&pool, b"hi!", true), 3);
-        assert!(rx.steering() && rx.steer_mut().unwrap().done());
-        rx.end_steer();
-        assert!(!rx.steering());
+        // The transport moves the bytes itself (one READ).
+        let st = rx.steer_mut().unwrap();
+        st.left = 0;
+        st.reads = 1;
+        let id = st.id;
+        assert_eq!(rx.absorb(&pool, b"!"), 1, "the next bytes go to the reader");
+        assert!(rx.steering() && rx.steer_mut().is_none());
+        assert!(!rx.can_steer(), "depth 1: the next waits for this one");
+        rx.read_landed(id);
+        assert!(!rx.steering() && rx.can_steer());
         assert_eq!(rx.reader.buffered(), 1);
+    }
+
+    #[test]
+    fn steers_up_to_the_depth_end_in_order_whatever_order_their_moves_land() {
+        let pool = pool();
+        let (off, _) = pool.block_region();
+        let mut rx = LinkRx::default();
+        rx.set_steer_depth(3);
+        let mut ids = Vec::new();
+        for k in 0..3u64 {
+            assert!(rx.can_steer());
+            assert!(rx.steer(&pool, off + k * 8, 8, 0));
+            assert!(!rx.can_steer(), "the new steer is being fed");
+            let st = rx.steer_mut().unwrap();
+            st.left = 0;
+            st.reads = 2;
+            ids.push(st.id);
+        }
+        assert_eq!(rx.steers(), 3);
+        assert!(!rx.can_steer(), "at the depth");
+        assert!(!rx.steer(&pool, off + 64, 8, 0));
+        // The last two land first: nothing ends before the first did.
+        for id in [ids[2], ids[2], ids[1], ids[1], ids[0]] {
+            rx.read_landed(id);
+        }
+        assert_eq!(rx.steers(), 3);
+        rx.read_landed(ids[0]);
+        assert_eq!(rx.steers(), 0, "all three end at once");
+        rx.set_steer_depth(1000);
+        assert_eq!(rx.depth, STEER_DEPTH_MAX);
+        rx.reset(FrameReader::new(), Instant::now());
+        assert_eq!(rx.depth, STEER_DEPTH_MAX, "a new link keeps the depth");
     }
 
     #[test]
