@@ -368,7 +368,11 @@ impl Agent {
     /// The chunk's bytes are then counted as placed (`RxLarge::next`).
     fn chunk_target(&mut self, j: usize, h: &RecordHeader) -> Result<ChunkTarget, wire::WireError> {
         if h.offset == 0 {
-            if self.peers[j].rx_large.back().is_some_and(|r| r.next < r.total) {
+            if self.peers[j]
+                .rx_large
+                .back()
+                .is_some_and(|r| r.next < r.total)
+            {
                 return Err(wire::WireError::Record(
                     "a new large message before the last one ended",
                 ));

@@ -376,11 +376,7 @@ mod tests {
         assert!(!rx.steer(&pool, off, 5, 3), "one steer at a time");
         assert_eq!(rx.absorb(&pool, b"abc"), 3);
         assert!(rx.steering());
-        assert_eq!(
-            rx.absorb(&pool, b"de__"),
-            4,
-            "two bytes of padding skipped"
-        );
+        assert_eq!(rx.absorb(&pool, b"de__"), 4, "two bytes of padding skipped");
         assert_eq!(rx.absorb(&pool, b"_XYZ"), 4);
         assert!(!rx.steering());
         assert_eq!(pool.block_slice(off, 5).unwrap(), b"abcde");
