@@ -112,12 +112,28 @@ agents_down() {
     AGENTS=()
 }
 
+# The rxe devices' own error counters, summed over every device and counter named (rxe's
+# hw_counters: a retransmitted READ shows in the completer's retries and the responder's
+# duplicate requests; a dropped packet as a sequence error).
+RXE_ERRS="rcvd_seq_err duplicate_request out_of_seq_request completer_retry_err retry_exceeded_err rcvd_rnr_err"
+rxe_errs() {
+    local d c v t=0
+    for d in /sys/class/infiniband/*/ports/1/hw_counters; do
+        for c in $RXE_ERRS; do
+            v="$(cat "$d/$c" 2>/dev/null || echo 0)"
+            t=$((t + v))
+        done
+    done
+    echo "$t"
+}
+
 RESULTS="$TMP/results"
 : >"$RESULTS"
 EP=100
 measure() { # RUN RAILS [TAG: which build, A or B]
     agents_up "$2"
-    local total=$((COUNT * SENDERS)) k j mbps r0 r1 s depth
+    local total=$((COUNT * SENDERS)) k j mbps r0 r1 s depth errs
+    errs="$(rxe_errs)"
     EP=$((EP + 1))
     bg recv 600 "$BIN/wyvern-peer" --socket "$TMP/agent1.sock" --ep "$EP" --raw --sizes "$SIZE" \
         recv --count "$total"
@@ -135,12 +151,13 @@ measure() { # RUN RAILS [TAG: which build, A or B]
     [ "$(jq -r .received <<<"$j")" = "$total" ] || die "recv: $j"
     mbps="$(jq -r "($total - 1) * $SIZE / .secs / 1e6" <<<"$j")"
     s="$(stat_json 1)"
+    errs=$(($(rxe_errs) - errs))
     r0="$(jq -r '.transport.verbs_rail0_read_bytes // .transport.verbs_read_bytes' <<<"$s")"
     r1="$(jq -r '.transport.verbs_rail1_read_bytes // 0' <<<"$s")"
     printf '%s %s %s %s %s %s\n' "$1" "$2" "$mbps" "$r0" "$r1" "${3:-A}" >>"$RESULTS"
     # The receive pipeline's depth reached ("-": an agent without the gauges).
     depth="$(jq -r '"\(.transport.verbs_chunks_in_flight_max // "-") chunks, \(.transport.verbs_reads_in_flight_max // "-") READs"' <<<"$s")"
-    log "run $1: ${3:+build $3: }$2 rail(s): $total x $SIZE B in $(jq -r .secs <<<"$j") s = $(printf '%.1f' "$mbps") MB/s (node 1 READ rail 0 $r0 B, rail 1 $r1 B; $(jq -r .zero_copy <<<"$j") zero-copy; at most $depth in flight)"
+    log "run $1: ${3:+build $3: }$2 rail(s): $total x $SIZE B in $(jq -r .secs <<<"$j") s = $(printf '%.1f' "$mbps") MB/s (node 1 READ rail 0 $r0 B, rail 1 $r1 B; $(jq -r .zero_copy <<<"$j") zero-copy; at most $depth in flight; $errs rxe retries/sequence errors)"
     agents_down
 }
 

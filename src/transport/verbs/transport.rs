@@ -123,6 +123,13 @@ const STEER_DEPTH: usize = 8;
 const BOUNCE: usize = 256 * 1024;
 /// Largest single READ into the pool.
 const READ_PIECE: u64 = 1 << 20;
+/// A path takes no new READ while this many bytes of its READs are outstanding
+/// (one READ of any size when none is). Measured on Soft-RoCE
+/// (bench/verbs_rails.sh, 1 MiB messages): 8 READs of 256 KiB outstanding on one
+/// queue pair (2 MiB) made rxe drop and retransmit ~300 times per 48 MiB and
+/// ran 0.7x one READ at a time; 8 of 128 KiB per queue pair ~30 times. 512 KiB
+/// is still ~40 us of a 100 Gb/s port per queue pair.
+const READ_WINDOW: u64 = 512 << 10;
 /// Smallest piece a chunk is cut into to stripe it over several paths.
 const STRIPE_MIN: u64 = 32 * 1024;
 /// How often `tick` reads each rail's port state (its events say so sooner).
@@ -476,6 +483,8 @@ struct Path {
     wr_seq: u64,
     unsignaled: u32,
     reads_out: u32,
+    /// Bytes of those READs.
+    read_bytes: u64,
     wrs: Vec<SendWr>,
     wr_kinds: Vec<SqKind>,
     /// When `tick` next queries the QP's state (while up).
@@ -1106,6 +1115,7 @@ impl VerbsTransport {
                 wr_seq: 0,
                 unsignaled: 0,
                 reads_out: 0,
+                read_bytes: 0,
                 wrs: Vec::new(),
                 wr_kinds: Vec::new(),
                 next_qp_check: now,
@@ -1825,6 +1835,7 @@ impl VerbsTransport {
             }
         }
         p.reads_out = 0;
+        p.read_bytes = 0;
         p.wrs.clear();
         self.stats.path_downs += 1;
         self.stats.reads_reissued += moved;
@@ -2626,11 +2637,13 @@ fn done_upto(
             SqKind::Send { slot } => l.slot_free = l.slot_free.max(slot + 1),
             SqKind::ReadPool(piece) => {
                 l.paths[r].reads_out -= 1;
+                l.paths[r].read_bytes -= piece.len as u64;
                 rx.link(l.node).read_landed(piece.steer);
                 fetch_done(l, piece.fetch);
             }
             SqKind::ReadBounce(piece) => {
                 l.paths[r].reads_out -= 1;
+                l.paths[r].read_bytes -= piece.len as u64;
                 bounce_done = Some(piece);
             }
         }
@@ -2670,9 +2683,13 @@ fn stripe_piece(len: u64, paths: usize) -> u64 {
     share.clamp(STRIPE_MIN, READ_PIECE)
 }
 
-/// Whether path `p` (on `rail`) is up and can take one more READ.
+/// Whether path `p` (on `rail`) is up and can take one more READ: fewer than
+/// the QP's `max_reads` outstanding, and fewer bytes than [`READ_WINDOW`].
 fn path_has_room(p: &Path, rail: &Rail) -> bool {
-    p.up && p.reads_out < rail.max_reads && sq_used(p) + 1 < rail.sq_depth
+    p.up
+        && p.reads_out < rail.max_reads
+        && p.read_bytes < READ_WINDOW
+        && sq_used(p) + 1 < rail.sq_depth
 }
 
 /// The next path, round robin, that can take a READ.
@@ -2719,6 +2736,7 @@ fn post_read(l: &mut Link, r: usize, piece: Piece, bounce: bool, rail: &mut Rail
     p.wr_seq += 1;
     p.unsignaled = 0;
     p.reads_out += 1;
+    p.read_bytes += piece.len as u64;
     if !bounce {
         rail.c.reads += 1;
         rail.c.read_bytes += piece.len as u64;
