@@ -333,6 +333,12 @@ fn several_chunks_are_read_at_once_and_a_rail_killed_under_them_loses_nothing() 
     let Some((devs, _, netdevs)) = rails("chunks_in_flight") else {
         return;
     };
+    // The emulated devices READ faster than a busy agent comes round to the next
+    // chunk: with 5 ms more on what node 0 sends on both rails (READ responses), a READ takes
+    // long enough that the next chunks are always steered while it is under way.
+    let mut delayed = Delayed(Vec::new());
+    delayed.add(&netdevs[0], "5ms");
+    delayed.add(&netdevs[1], "5ms");
     let c = start(&devs);
     let mut downed = Downed(Vec::new());
     let before = c.stat(1);
@@ -386,6 +392,36 @@ fn several_chunks_are_read_at_once_and_a_rail_killed_under_them_loses_nothing() 
     for i in 0..2 {
         let s = check::settled_clean(&c, i);
         assert_eq!(counter(&s, "verbs_chunks_in_flight"), 0, "agent {i}: {s}");
+    }
+    drop(delayed);
+}
+
+/// A delay added to what leaves netdevs (`tc qdisc ... netem`), taken off again when
+/// the test ends, passed or not.
+struct Delayed(Vec<String>);
+
+impl Delayed {
+    fn add(&mut self, dev: &str, delay: &str) {
+        let out = Command::new("tc")
+            .args(["qdisc", "add", "dev", dev, "root", "netem", "delay", delay])
+            .output()
+            .expect("tc");
+        assert!(
+            out.status.success(),
+            "tc qdisc add dev {dev} root netem delay {delay}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.0.push(dev.to_string());
+    }
+}
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        for dev in &self.0 {
+            let _ = Command::new("tc")
+                .args(["qdisc", "del", "dev", dev, "root"])
+                .output();
+        }
     }
 }
 

@@ -2686,8 +2686,7 @@ fn stripe_piece(len: u64, paths: usize) -> u64 {
 /// Whether path `p` (on `rail`) is up and can take one more READ: fewer than
 /// the QP's `max_reads` outstanding, and fewer bytes than [`READ_WINDOW`].
 fn path_has_room(p: &Path, rail: &Rail) -> bool {
-    p.up
-        && p.reads_out < rail.max_reads
+    p.up && p.reads_out < rail.max_reads
         && p.read_bytes < READ_WINDOW
         && sq_used(p) + 1 < rail.sq_depth
 }
