@@ -12,12 +12,12 @@
 # Environment for the VM: SMP (2 vCPUs), VM_MEM (2048 MiB), VM_TIMEOUT (900 s), BIN
 # (target/release, must be outside /tmp); BIN_B (another build's directory, outside /tmp too:
 # every measurement with both, see bench/verbs_rails_guest.sh), PERFTEST (1: the ib_read_bw
-# control).
+# control), DELAY (tc netem on node 0's ends of both rails, e.g. 2ms).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd -P)"
 BIN="${BIN:-$ROOT/target/release}"
-GUEST_VARS=(RUNS SIZE COUNT SENDERS CHUNK IDLE BLOCK_MIB PERFTEST BIN_B)
+GUEST_VARS=(RUNS SIZE COUNT SENDERS CHUNK IDLE BLOCK_MIB PERFTEST BIN_B DELAY)
 for b in "$BIN/wyvern" "$BIN/wyvern-peer" ${BIN_B:+"$BIN_B/wyvern" "$BIN_B/wyvern-peer"}; do
     [ -x "$b" ] || { echo "verbs_rails: no $b: cargo build --release --features verbs --bins" >&2; exit 1; }
 done

@@ -19,9 +19,11 @@
 # A/B (BIN_B, a directory with another build's wyvern and wyvern-peer): every measurement is
 # made with both builds, one after the other (BIN first in odd runs, BIN_B first in even runs),
 # and the medians are given per build: before/after figures taken under the same load.
+# DELAY (e.g. 2ms): added (tc netem) to everything node 0's ends of both rails send (READ
+# responses among it) for the whole run: a longer path, where READs in flight matter.
 # Environment: RUNS (3), SIZE (1048576), COUNT (24 per sender), SENDERS (2), CHUNK (agents'
 # --chunk-bytes; default theirs, 256 KiB), IDLE (adaptive), BLOCK_MIB (96), PERFTEST (1), BIN
-# (target/release), BIN_B (none). Every process runs under `timeout`; the EXIT trap stops what still runs.
+# (target/release), BIN_B (none), DELAY (none). Every process runs under `timeout`; the EXIT trap stops what still runs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -40,6 +42,9 @@ log() { printf "[verbs-rails %4ss] %s\n" "$SECONDS" "$*"; }
 die() { printf '[verbs-rails] ERROR: %s\n' "$*" >&2; exit 1; }
 
 read -r DEV0 DEV1 _ <<<"${WYVERN_RXE_DEVS:-}"
+read -r NETDEV0 _ <<<"${WYVERN_RXE_NETDEVS:-}"
+read -r RNETDEV0 _ <<<"${WYVERN_RXE_RAIL_NETDEVS:-}"
+DELAY="${DELAY:-}"
 read -r RDEV0 RDEV1 _ <<<"${WYVERN_RXE_RAIL_DEVS:-}"
 read -r _ ADDR1 _ <<<"${WYVERN_RXE_ADDRS:-}"
 read -r _ RADDR1 _ <<<"${WYVERN_RXE_RAIL_ADDRS:-}"
@@ -57,6 +62,10 @@ cleanup() {
     sleep 0.5
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     rm -rf "$TMP"
+    if [ -n "$DELAY" ]; then
+        tc qdisc del dev "$NETDEV0" root 2>/dev/null || true
+        tc qdisc del dev "$RNETDEV0" root 2>/dev/null || true
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -217,6 +226,12 @@ perftest_control() { # RUN
 echo "== bench/verbs_rails_guest.sh: verbs one rail ($DEV0 <-> $DEV1) vs two rails ($DEV0,$RDEV0 <-> $DEV1,$RDEV1)"
 echo "guest: $(nproc) vCPUs, kernel $(uname -r); $RUNS runs; $SENDERS senders x $COUNT x $SIZE B, node 0 -> node 1; agents --idle $IDLE --block-bytes ${BLOCK_MIB}MiB${CHUNK:+ --chunk-bytes $CHUNK}"
 if [ -n "$BIN_B" ]; then echo "A/B: build A = $BIN_A, build B = $BIN_B"; fi
+if [ -n "$DELAY" ]; then
+    for d in "$NETDEV0" "$RNETDEV0"; do
+        tc qdisc add dev "$d" root netem delay "$DELAY" || die "tc netem on $d failed"
+    done
+    echo "delay: $DELAY added to what $NETDEV0 and $RNETDEV0 (node 0's ends) send"
+fi
 for ((run = 1; run <= RUNS; run++)); do
     if ((run % 2)); then order="1 2"; builds="A B"; else order="2 1"; builds="B A"; fi
     for rails in $order; do
