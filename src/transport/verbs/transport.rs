@@ -46,6 +46,12 @@
 //! extra round trip to grant a target block; a WRITE would need the receiver to
 //! pre-grant blocks per peer (pool memory held idle) or a request/grant exchange.
 //!
+//! The stream holds no chunk bytes, so the agent parses on past a steered chunk: while its
+//! READs are under way it steers the next ones (up to [`STEER_DEPTH`] per peer; the
+//! stream's steers end, and the agent handles the chunks, in stream order, whatever
+//! order their READs complete in). A path takes no new READ past `max_reads` or
+//! [`READ_WINDOW`] bytes outstanding.
+//!
 //! Descriptors are checked before any READ is posted: the rkey must be the one the peer
 //! advertised and the range inside the block region it advertised.
 //!
