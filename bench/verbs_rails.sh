@@ -10,16 +10,20 @@
 #
 # Build first: cargo build --release --features verbs --bins
 # Environment for the VM: SMP (2 vCPUs), VM_MEM (2048 MiB), VM_TIMEOUT (900 s), BIN
-# (target/release, must be outside /tmp).
+# (target/release, must be outside /tmp); BIN_B (another build's directory, outside /tmp too:
+# every measurement with both, see bench/verbs_rails_guest.sh), PERFTEST (1: the ib_read_bw
+# control), DELAY (tc netem on node 0's ends of both rails, e.g. 2ms).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd -P)"
 BIN="${BIN:-$ROOT/target/release}"
-GUEST_VARS=(RUNS SIZE COUNT SENDERS CHUNK IDLE BLOCK_MIB)
-for b in "$BIN/wyvern" "$BIN/wyvern-peer"; do
+GUEST_VARS=(RUNS SIZE COUNT SENDERS CHUNK IDLE BLOCK_MIB PERFTEST BIN_B DELAY)
+for b in "$BIN/wyvern" "$BIN/wyvern-peer" ${BIN_B:+"$BIN_B/wyvern" "$BIN_B/wyvern-peer"}; do
     [ -x "$b" ] || { echo "verbs_rails: no $b: cargo build --release --features verbs --bins" >&2; exit 1; }
 done
-case "$BIN" in /tmp|/tmp/*|/run|/run/*) echo "verbs_rails: BIN=$BIN is under /tmp or /run, which the guest cannot see" >&2; exit 1 ;; esac
+for d in "$BIN" ${BIN_B:+"$BIN_B"}; do
+    case "$d" in /tmp|/tmp/*|/run|/run/*) echo "verbs_rails: $d is under /tmp or /run, which the guest cannot see" >&2; exit 1 ;; esac
+done
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
 echo "== bench/verbs_rails.sh: host $(date -u +%FT%TZ), commit $commit, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 env_args=(--env "BIN=$BIN")

@@ -16,9 +16,14 @@
 # rendezvous does) on one rxe pair alone, and on both pairs at once (their sum): what two
 # rails can give at all on these emulated devices and vCPUs, whatever wyvern does.
 #
+# A/B (BIN_B, a directory with another build's wyvern and wyvern-peer): every measurement is
+# made with both builds, one after the other (BIN first in odd runs, BIN_B first in even runs),
+# and the medians are given per build: before/after figures taken under the same load.
+# DELAY (e.g. 2ms): added (tc netem) to everything node 0's ends of both rails send (READ
+# responses among it) for the whole run: a longer path, where READs in flight matter.
 # Environment: RUNS (3), SIZE (1048576), COUNT (24 per sender), SENDERS (2), CHUNK (agents'
 # --chunk-bytes; default theirs, 256 KiB), IDLE (adaptive), BLOCK_MIB (96), PERFTEST (1), BIN
-# (target/release). Every process runs under `timeout`; the EXIT trap stops what still runs.
+# (target/release), BIN_B (none), DELAY (none). Every process runs under `timeout`; the EXIT trap stops what still runs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -37,12 +42,17 @@ log() { printf "[verbs-rails %4ss] %s\n" "$SECONDS" "$*"; }
 die() { printf '[verbs-rails] ERROR: %s\n' "$*" >&2; exit 1; }
 
 read -r DEV0 DEV1 _ <<<"${WYVERN_RXE_DEVS:-}"
+read -r NETDEV0 _ <<<"${WYVERN_RXE_NETDEVS:-}"
+read -r RNETDEV0 _ <<<"${WYVERN_RXE_RAIL_NETDEVS:-}"
+DELAY="${DELAY:-}"
 read -r RDEV0 RDEV1 _ <<<"${WYVERN_RXE_RAIL_DEVS:-}"
 read -r _ ADDR1 _ <<<"${WYVERN_RXE_ADDRS:-}"
 read -r _ RADDR1 _ <<<"${WYVERN_RXE_RAIL_ADDRS:-}"
 [ -n "${RDEV1:-}" ] || die "WYVERN_RXE_RAIL_DEVS is not set: run me through scripts/rxe-vm.sh (bench/verbs_rails.sh)"
 for t in jq python3; do command -v "$t" >/dev/null || die "$t not found"; done
-for b in "$BIN/wyvern" "$BIN/wyvern-peer"; do [ -x "$b" ] || die "no $b"; done
+BIN_B="${BIN_B:-}"
+for b in "$BIN/wyvern" "$BIN/wyvern-peer" ${BIN_B:+"$BIN_B/wyvern" "$BIN_B/wyvern-peer"}; do [ -x "$b" ] || die "no $b"; done
+BIN_A="$BIN"
 
 TMP="$(mktemp -d /tmp/verbs-rails.XXXXXX)"
 PIDS=()
@@ -52,6 +62,10 @@ cleanup() {
     sleep 0.5
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     rm -rf "$TMP"
+    if [ -n "$DELAY" ]; then
+        tc qdisc del dev "$NETDEV0" root 2>/dev/null || true
+        tc qdisc del dev "$RNETDEV0" root 2>/dev/null || true
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -107,12 +121,28 @@ agents_down() {
     AGENTS=()
 }
 
+# The rxe devices' own error counters, summed over every device and counter named (rxe's
+# hw_counters: a retransmitted READ shows in the completer's retries and the responder's
+# duplicate requests; a dropped packet as a sequence error).
+RXE_ERRS="rcvd_seq_err duplicate_request out_of_seq_request completer_retry_err retry_exceeded_err rcvd_rnr_err"
+rxe_errs() {
+    local d c v t=0
+    for d in /sys/class/infiniband/*/ports/1/hw_counters; do
+        for c in $RXE_ERRS; do
+            v="$(cat "$d/$c" 2>/dev/null || echo 0)"
+            t=$((t + v))
+        done
+    done
+    echo "$t"
+}
+
 RESULTS="$TMP/results"
 : >"$RESULTS"
 EP=100
-measure() { # RUN RAILS
+measure() { # RUN RAILS [TAG: which build, A or B]
     agents_up "$2"
-    local total=$((COUNT * SENDERS)) k j mbps r0 r1 s
+    local total=$((COUNT * SENDERS)) k j mbps r0 r1 s depth errs
+    errs="$(rxe_errs)"
     EP=$((EP + 1))
     bg recv 600 "$BIN/wyvern-peer" --socket "$TMP/agent1.sock" --ep "$EP" --raw --sizes "$SIZE" \
         recv --count "$total"
@@ -130,10 +160,13 @@ measure() { # RUN RAILS
     [ "$(jq -r .received <<<"$j")" = "$total" ] || die "recv: $j"
     mbps="$(jq -r "($total - 1) * $SIZE / .secs / 1e6" <<<"$j")"
     s="$(stat_json 1)"
+    errs=$(($(rxe_errs) - errs))
     r0="$(jq -r '.transport.verbs_rail0_read_bytes // .transport.verbs_read_bytes' <<<"$s")"
     r1="$(jq -r '.transport.verbs_rail1_read_bytes // 0' <<<"$s")"
-    printf '%s %s %s %s %s\n' "$1" "$2" "$mbps" "$r0" "$r1" >>"$RESULTS"
-    log "run $1: $2 rail(s): $total x $SIZE B in $(jq -r .secs <<<"$j") s = $(printf '%.1f' "$mbps") MB/s (node 1 READ rail 0 $r0 B, rail 1 $r1 B; $(jq -r .zero_copy <<<"$j") zero-copy)"
+    printf '%s %s %s %s %s %s\n' "$1" "$2" "$mbps" "$r0" "$r1" "${3:-A}" >>"$RESULTS"
+    # The receive pipeline's depth reached ("-": an agent without the gauges).
+    depth="$(jq -r '"\(.transport.verbs_chunks_in_flight_max // "-") chunks, \(.transport.verbs_reads_in_flight_max // "-") READs"' <<<"$s")"
+    log "run $1: ${3:+build $3: }$2 rail(s): $total x $SIZE B in $(jq -r .secs <<<"$j") s = $(printf '%.1f' "$mbps") MB/s (node 1 READ rail 0 $r0 B, rail 1 $r1 B; $(jq -r .zero_copy <<<"$j") zero-copy; at most $depth in flight; $errs rxe retries/sequence errors)"
     agents_down
 }
 
@@ -192,27 +225,46 @@ perftest_control() { # RUN
 
 echo "== bench/verbs_rails_guest.sh: verbs one rail ($DEV0 <-> $DEV1) vs two rails ($DEV0,$RDEV0 <-> $DEV1,$RDEV1)"
 echo "guest: $(nproc) vCPUs, kernel $(uname -r); $RUNS runs; $SENDERS senders x $COUNT x $SIZE B, node 0 -> node 1; agents --idle $IDLE --block-bytes ${BLOCK_MIB}MiB${CHUNK:+ --chunk-bytes $CHUNK}"
+if [ -n "$BIN_B" ]; then echo "A/B: build A = $BIN_A, build B = $BIN_B"; fi
+if [ -n "$DELAY" ]; then
+    for d in "$NETDEV0" "$RNETDEV0"; do
+        tc qdisc add dev "$d" root netem delay "$DELAY" || die "tc netem on $d failed"
+    done
+    echo "delay: $DELAY added to what $NETDEV0 and $RNETDEV0 (node 0's ends) send"
+fi
 for ((run = 1; run <= RUNS; run++)); do
-    if ((run % 2)); then order="1 2"; else order="2 1"; fi
-    for rails in $order; do measure "$run" "$rails"; done
+    if ((run % 2)); then order="1 2"; builds="A B"; else order="2 1"; builds="B A"; fi
+    for rails in $order; do
+        if [ -z "$BIN_B" ]; then measure "$run" "$rails"; continue; fi
+        for b in $builds; do
+            if [ "$b" = A ]; then BIN="$BIN_A"; else BIN="$BIN_B"; fi
+            measure "$run" "$rails" "$b"
+        done
+        BIN="$BIN_A"
+    done
     if [ "$PERFTEST" = 1 ]; then perftest_control "$run"; fi
 done
 python3 - "$RESULTS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-by = {1: [], 2: []}
-share = []
 pt = [r[2:] for r in rows if r[0] == "pt"]
 rows = [r for r in rows if r[0] != "pt"]
-for run, rails, mbps, r0, r1 in rows:
-    by[int(rails)].append(float(mbps))
-    if rails == "2" and int(r0) + int(r1) > 0:
-        share.append(int(r0) / (int(r0) + int(r1)))
-one, two = statistics.median(by[1]), statistics.median(by[2])
-print(f"median: one rail {one:.1f} MB/s, two rails {two:.1f} MB/s ({len(by[1])} and {len(by[2])} runs)")
-print(f"two rails / one rail = {two / one:.2f}; two rails / (2 x one rail) = {two / (2 * one):.2f} (issue 18's goal: >= 0.9)")
-if share:
-    print(f"two rails: rail 0's share of the bytes READ, per run: {', '.join(f'{s:.2f}' for s in share)}")
+tags = sorted({r[5] for r in rows})
+for tag in tags:
+    by = {1: [], 2: []}
+    share = []
+    for run, rails, mbps, r0, r1, t in rows:
+        if t != tag:
+            continue
+        by[int(rails)].append(float(mbps))
+        if rails == "2" and int(r0) + int(r1) > 0:
+            share.append(int(r0) / (int(r0) + int(r1)))
+    one, two = statistics.median(by[1]), statistics.median(by[2])
+    name = f"build {tag}: " if len(tags) > 1 else ""
+    print(f"{name}median: one rail {one:.1f} MB/s, two rails {two:.1f} MB/s ({len(by[1])} and {len(by[2])} runs)")
+    print(f"{name}two rails / one rail = {two / one:.2f}; two rails / (2 x one rail) = {two / (2 * one):.2f} (issue 18's goal: >= 0.9)")
+    if share:
+        print(f"{name}two rails: rail 0's share of the bytes READ, per run: {', '.join(f'{s:.2f}' for s in share)}")
 if pt:
     alone = statistics.median(float(p[0]) for p in pt)
     both = statistics.median(float(p[1]) + float(p[2]) for p in pt)

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{AckTable, Deposit, IdleWatch, LargeSend, Peer, PeerState, RxLarge};
 use crate::agent::stats::PeerCounters;
+use crate::transport::SteerTicket;
 use crate::wire::{FrameBuilder, RecordHeader};
 
 /// What a peer the agent talks to holds beside its session (see [`Peer`]).
@@ -17,15 +18,17 @@ pub(in crate::agent) struct PeerLink {
     pub(in crate::agent) acks: AckTable,
     /// How far the frame at the head of the link was handled.
     pub(in crate::agent) rx_pos: usize,
-    pub(in crate::agent) rx_large: Option<RxLarge>,
+    /// Large messages being reassembled, oldest first: more than one only
+    /// while chunks are steered ahead (verbs reads several at once).
+    pub(in crate::agent) rx_large: VecDeque<RxLarge>,
     pub(in crate::agent) rx_deposit: Option<Deposit>,
     /// Frames wait for a full ring: we are not reading, so the peer's
     /// silence proves nothing.
     pub(in crate::agent) rx_stalled: bool,
-    /// A chunk whose payload the transport is reading into its block.
-    pub(in crate::agent) rx_steered: Option<RecordHeader>,
-    /// Its steer's id on the stream ([`crate::transport::LinkRx::landed`]).
-    pub(in crate::agent) rx_steer_id: u64,
+    /// Chunks whose payload the transport is reading into their blocks, in
+    /// stream order (handled in that order once landed), each with its
+    /// steer's ticket ([`crate::transport::LinkRx::steer_state`]).
+    pub(in crate::agent) rx_steered: VecDeque<(RecordHeader, SteerTicket)>,
     /// Since when the link took none of what is queued for it.
     pub(in crate::agent) tx_stuck_since: Option<Instant>,
     pub(in crate::agent) counters: PeerCounters,
@@ -41,11 +44,10 @@ impl PeerLink {
             large: VecDeque::new(),
             acks: AckTable::default(),
             rx_pos: 0,
-            rx_large: None,
+            rx_large: VecDeque::new(),
             rx_deposit: None,
             rx_stalled: false,
-            rx_steered: None,
-            rx_steer_id: 0,
+            rx_steered: VecDeque::new(),
             tx_stuck_since: None,
             counters: PeerCounters::default(),
             idle: IdleWatch::new(0, Instant::now()),

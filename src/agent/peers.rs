@@ -218,7 +218,11 @@ pub(super) struct RxLarge {
     pub(super) dst_ep: u32,
     pub(super) cookie: u64,
     pub(super) total: u64,
+    /// Bytes of it in its block (chunks handled, in order).
     pub(super) got: u64,
+    /// Bytes of it given a place: `got` and the chunks steered after them
+    /// (being read into the block). The next chunk must start here.
+    pub(super) next: u64,
     /// Where it is reassembled; `None`: refused (larger than this agent
     /// takes from one peer), its chunks are checked and dropped.
     pub(super) block: Option<u64>,
@@ -451,15 +455,19 @@ impl Peer {
         self.session.as_ref().map_or(0, |s| s.tx_bytes)
     }
 
-    /// A chunk being read straight into its block when the connection broke
-    /// is incomplete and comes again whole: forget it (and its block, if it
-    /// was the message's first chunk).
+    /// Chunks being read straight into their blocks when the connection
+    /// broke are not handled and come again whole: forget them, and the
+    /// messages they began (their blocks): only a message with chunks
+    /// handled (at most the oldest) stays, to continue where they end.
     pub(super) fn drop_steered(&mut self, freed: &mut Vec<u64>) {
-        if let Some(h) = self.rx_steered.take() {
-            if h.offset == 0 {
-                freed.extend(self.rx_large.take().and_then(|l| l.block));
+        self.rx_steered.clear();
+        self.rx_large.retain_mut(|r| {
+            r.next = r.got;
+            if r.got == 0 {
+                freed.extend(r.block);
             }
-        }
+            r.got > 0
+        });
     }
 
     /// A new connection: our `Resume` (where our session stands) to send.
@@ -555,7 +563,7 @@ impl Peer {
         } else {
             self.session = Some(Box::new(Session::new(r.incarnation, now)));
             self.rx_pos = 0;
-            self.rx_steered = None;
+            self.rx_steered.clear();
             self.batch.finish();
             self.batch_since = None;
             log::info!("peer node {} ({}) up", self.node, self.addr);
@@ -614,7 +622,7 @@ impl Peer {
         self.set_state(PeerState::Lost(why.to_string()), now);
         self.counters.losses += 1;
         self.rx_stalled = false;
-        self.rx_steered = None;
+        self.rx_steered.clear();
         self.batch.finish();
         self.batch_since = None;
         self.rx_pos = 0;
@@ -653,7 +661,7 @@ impl Peer {
             loss.unblocked.push(ls.client);
         }
         loss.blocks
-            .extend(self.rx_large.take().and_then(|r| r.block));
+            .extend(self.rx_large.drain(..).filter_map(|r| r.block));
         loss.blocks.extend(self.rx_deposit.take().map(|d| d.block));
         self.counters.errors += loss.failed.len() as u64;
         Ok(loss)

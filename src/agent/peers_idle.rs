@@ -55,9 +55,9 @@ impl Peer {
         self.state == PeerState::Up
             && self.batch.is_empty()
             && self.large.is_empty()
-            && self.rx_large.is_none()
+            && self.rx_large.is_empty()
             && self.rx_deposit.is_none()
-            && self.rx_steered.is_none()
+            && self.rx_steered.is_empty()
             && !self.rx_stalled
             && self.rx_pos == 0
             && self
@@ -125,7 +125,7 @@ impl Peer {
         self.unacked_bytes() > 0
             || !self.large.is_empty()
             || !self.batch.is_empty()
-            || self.rx_large.is_some()
+            || !self.rx_large.is_empty()
             || self.rx_deposit.is_some()
             || self.rx_pos != 0
     }

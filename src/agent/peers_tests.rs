@@ -444,3 +444,56 @@ fn a_frame_crossing_an_idle_close_waits_for_the_next_link_and_goes_once() {
     assert_eq!(p.unacked_bytes(), 0);
     assert!(p.quiet());
 }
+
+#[test]
+fn a_broken_connection_forgets_the_chunks_steered_ahead_and_the_messages_they_began() {
+    let now = Instant::now();
+    let (mut p, mut t, mut freed) = (peer(now), Recorder::default(), Vec::new());
+    up(&mut p, &mut t, now);
+    let large = |total: u64, got: u64, next: u64, block: u64| RxLarge {
+        src_ep: 1,
+        dst_ep: 2,
+        cookie: 3,
+        total,
+        got,
+        next,
+        block: Some(block),
+        flags: 0,
+    };
+    let chunk = |offset: u64| crate::wire::RecordHeader {
+        kind: crate::wire::RecordKind::Msg,
+        flags: 0,
+        status: 0,
+        src_ep: 1,
+        dst_ep: 2,
+        chunk_len: 256 << 10,
+        total: 1 << 20,
+        offset,
+        cookie: 3,
+    };
+    // A message with one chunk handled and its next three steered (the last
+    // placed), and the next message begun by a steered chunk.
+    p.rx_large
+        .push_back(large(1 << 20, 256 << 10, 1 << 20, 4096));
+    p.rx_large.push_back(large(1 << 20, 0, 256 << 10, 1 << 22));
+    p.rx_steered.extend([
+        chunk(256 << 10),
+        chunk(512 << 10),
+        chunk(768 << 10),
+        chunk(0),
+    ]);
+    assert!(p.disconnected("broken".into(), now, now, &mut freed));
+    assert!(p.rx_steered.is_empty());
+    assert_eq!(
+        freed,
+        vec![1 << 22],
+        "the message begun ahead goes with its block"
+    );
+    assert_eq!(p.rx_large.len(), 1);
+    let r = &p.rx_large[0];
+    assert_eq!(
+        (r.got, r.next, r.block),
+        (256 << 10, 256 << 10, Some(4096)),
+        "the message in progress continues after its handled chunk"
+    );
+}

@@ -5,7 +5,7 @@
 
 use crate::proto::Status;
 use crate::shm::blocks::Owner;
-use crate::transport::LinkRx;
+use crate::transport::{LinkRx, SteerState};
 use crate::wire::{self, FrameKind, RecordHeader, RecordKind, FLAG_ACK};
 
 use super::deliver::Handled;
@@ -112,30 +112,45 @@ impl Agent {
                 Handled::Done | Handled::DoneStop => work = true,
             }
         }
-        if let Some(h) = self.peers[j].rx_steered {
-            if self.inflow[j].steering() {
-                return work;
-            }
-            work = true;
-            if self.inflow[j].landed(self.peers[j].rx_steer_id) {
-                self.peers[j].rx_steered = None;
-                self.frame_done(j);
-                if let Handled::DoneStop = self.chunk_arrived(j, &h) {
-                    // Its deposit waits for ring room; nothing may overtake it.
-                    return work;
+        // Steered chunks whose bytes all landed, in stream order.
+        while let Some(&(h, ticket)) = self.peers[j].rx_steered.front() {
+            match self.inflow[j].steer_state(ticket) {
+                SteerState::UnderWay => break,
+                SteerState::Landed => {
+                    self.peers[j].rx_steered.pop_front();
+                    self.frame_done(j);
+                    work = true;
+                    if let Handled::DoneStop = self.chunk_arrived(j, &h) {
+                        // Its deposit waits for ring room; nothing may overtake it.
+                        return work;
+                    }
                 }
-            } else {
-                // Over, but not all its bytes landed: the stream was started
-                // afresh under it, by a new connection the agent hears of
-                // later (the hybrid transport's control connection, made
-                // again to try a transport it fell back from, resets the
-                // stream of a link carried on tcp; the agent hears `Up` once
-                // the new link is chosen and up). The chunk comes again at
-                // the resume. (Taken as arrived, it had a message delivered
-                // with the rest of the chunk missing: issue 14.)
-                log::debug!("peer node {j}: a chunk's stream started afresh before it all came");
-                self.peers[j].drop_steered(&mut self.freed);
+                SteerState::Lost => {
+                    // Over, but not all its bytes landed: the stream was
+                    // started afresh under it, by a new connection the agent
+                    // hears of later (the hybrid transport's control
+                    // connection, made again to try a transport it fell back
+                    // from, resets the stream of a link carried on tcp; the
+                    // agent hears `Up` once the new link is chosen and up).
+                    // It and the chunks steered after it come again at the
+                    // resume. (Taken as arrived, a message was delivered with
+                    // the rest of a chunk missing: issue 14.)
+                    log::debug!(
+                        "peer node {j}: a chunk's stream started afresh before it all came"
+                    );
+                    self.peers[j].drop_steered(&mut self.freed);
+                    work = true;
+                }
             }
+        }
+        if !self.peers[j].rx_steered.is_empty() {
+            // Chunks are still being read into their blocks: nothing after
+            // them is handled before them, but where the transport moves
+            // the bytes itself (verbs) the next chunk can be steered now.
+            let mut link = std::mem::take(&mut self.inflow[j]);
+            work |= self.try_steer(j, &mut link);
+            self.inflow[j] = link;
+            return work;
         }
         // The stream leaves `inflow` while its frames are handled (they
         // borrow its buffer, handling needs `&mut self`) and goes back after:
@@ -360,9 +375,10 @@ impl Agent {
     /// The most block bytes one large message from a peer may reserve
     /// (`peer_rx_bytes`; 0: the block region divided among the peers, but
     /// at least what one client may hold, and never more than the region).
-    /// Only one message per peer is reassembled at a time, so this bounds
-    /// what a peer that declares a huge size and then sends nothing (or
-    /// sends slowly) can take from everyone else.
+    /// It bounds the messages of one peer being reassembled together (one,
+    /// or several while chunks are steered ahead), so what a peer that
+    /// declares a huge size and then sends nothing (or sends slowly) can
+    /// take from everyone else.
     fn peer_rx_limit(&self) -> u64 {
         let region = self.blocks.total_bytes();
         if self.cfg.peer_rx_bytes > 0 {
@@ -378,9 +394,14 @@ impl Agent {
     /// must continue. A message larger than [`Agent::peer_rx_limit`] is
     /// refused at its first chunk (the sender hears `TooLarge` at once) and
     /// its chunks are dropped as they come: the link carries on.
+    /// The chunk's bytes are then counted as placed (`RxLarge::next`).
     fn chunk_target(&mut self, j: usize, h: &RecordHeader) -> Result<ChunkTarget, wire::WireError> {
         if h.offset == 0 {
-            if self.peers[j].rx_large.is_some() {
+            if self.peers[j]
+                .rx_large
+                .back()
+                .is_some_and(|r| r.next < r.total)
+            {
                 return Err(wire::WireError::Record(
                     "a new large message before the last one ended",
                 ));
@@ -408,43 +429,51 @@ impl Agent {
                 };
                 Some(b.off)
             };
-            self.peers[j].rx_large = Some(RxLarge {
+            self.peers[j].rx_large.push_back(RxLarge {
                 src_ep: h.src_ep,
                 dst_ep: h.dst_ep,
                 cookie: h.cookie,
                 total: h.total,
                 got: 0,
+                next: 0,
                 block,
                 flags: h.flags,
             });
         }
-        let Some(r) = self.peers[j].rx_large.as_ref() else {
+        let Some(r) = self.peers[j]
+            .rx_large
+            .back_mut()
+            .filter(|r| r.next < r.total)
+        else {
             return Err(wire::WireError::Record("a chunk with no message started"));
         };
         if r.src_ep != h.src_ep
             || r.dst_ep != h.dst_ep
             || r.cookie != h.cookie
             || r.total != h.total
-            || r.got != h.offset
+            || r.next != h.offset
         {
             return Err(wire::WireError::Record(
                 "chunk does not continue the message in progress",
             ));
         }
+        r.next += h.chunk_len as u64;
         Ok(r.block.map_or(ChunkTarget::Discard, ChunkTarget::Block))
     }
 
-    /// A chunk's bytes are in its block: count them, deposit a finished message.
+    /// A chunk's bytes are in its block: count them, deposit a finished
+    /// message. Chunks are handled in stream order, so it belongs to the
+    /// oldest message being reassembled.
     fn chunk_arrived(&mut self, j: usize, h: &RecordHeader) -> Handled {
         let p = &mut self.peers[j];
-        let Some(r) = p.rx_large.as_mut() else {
+        let Some(r) = p.rx_large.front_mut() else {
             return Handled::Done;
         };
         r.got += h.chunk_len as u64;
         if r.got < r.total {
             return Handled::Done;
         }
-        let r = p.rx_large.take().expect("checked above");
+        let r = p.rx_large.pop_front().expect("checked above");
         let Some(block) = r.block else {
             // Refused at its first chunk; the last one passed.
             return Handled::Done;
@@ -491,19 +520,33 @@ impl Agent {
         }
         let have = (body.len() - wire::RECORD_HEADER).min(h.chunk_len as usize);
         let left = h.chunk_len as usize - have;
-        if left < STEER_MIN / 4 {
+        if left < STEER_MIN / 4 || !link.can_steer() {
             return false;
         }
-        if h.offset == 0 && h.total > self.peer_rx_limit() {
-            // Refused: the normal path refuses it once and drops its chunks
+        if h.offset == 0 {
+            // Steered ahead, messages are reassembled together: all of them
+            // within what one peer may hold. One larger than that alone is
+            // refused: the normal path refuses it once and drops its chunks
             // (calling `chunk_target` here would refuse it a first time).
-            return false;
+            let held: u64 = self.peers[j]
+                .rx_large
+                .iter()
+                .filter(|r| r.block.is_some())
+                .map(|r| r.total)
+                .sum();
+            if held.saturating_add(h.total) > self.peer_rx_limit() {
+                return false;
+            }
         }
         let block = match self.chunk_target(j, &h) {
             Ok(ChunkTarget::Block(b)) => b,
-            // Refused (dropped by the normal path), no room, or malformed:
-            // the normal path decides.
-            _ => return false,
+            Ok(ChunkTarget::Discard) => {
+                // Of a refused message: the normal path drops it.
+                self.unplace(j, &h);
+                return false;
+            }
+            // No room, or malformed (nothing placed): the normal path decides.
+            Ok(ChunkTarget::Wait) | Err(_) => return false,
         };
         let at = block + h.offset;
         let head = &body[wire::RECORD_HEADER..wire::RECORD_HEADER + have];
@@ -513,15 +556,9 @@ impl Agent {
         // until the whole chunk arrived (quadratic in its size).
         let rest_at = at + have as u64;
         if self.pool.block_slice(at, have as u64).is_none()
-            || link.steering()
             || self.pool.block_slice(rest_at, left as u64).is_none()
         {
-            if h.offset == 0 {
-                // Undo what `chunk_target` began; the normal path redoes it.
-                if let Some(b) = self.peers[j].rx_large.take().and_then(|r| r.block) {
-                    self.blocks.free(b, Owner::Agent);
-                }
-            }
+            self.unplace(j, &h);
             return false;
         }
         if self.pool.write_block(at, head).is_none() {
@@ -532,10 +569,23 @@ impl Agent {
         // (checked above: taken).
         let _ = link.steer(&self.pool, rest_at, left as u64, pad);
         link.reader.discard_partial();
-        self.peers[j].rx_steered = Some(h);
-        self.peers[j].rx_steer_id = link.steer_id();
+        self.peers[j].rx_steered.push_back((h, link.steer_ticket()));
         self.peers[j].counters.bytes_rx_direct += left as u64;
         true
+    }
+
+    /// Undo what [`Agent::chunk_target`] did for chunk `h` (the normal path
+    /// redoes it): a first chunk's message and block go, another's bytes are
+    /// no longer placed.
+    fn unplace(&mut self, j: usize, h: &RecordHeader) {
+        let large = &mut self.peers[j].rx_large;
+        if h.offset == 0 {
+            if let Some(b) = large.pop_back().and_then(|r| r.block) {
+                self.blocks.free(b, Owner::Agent);
+            }
+        } else if let Some(r) = large.back_mut() {
+            r.next -= h.chunk_len as u64;
+        }
     }
 
     fn finish_large(&mut self, j: usize, d: Deposit) -> Handled {

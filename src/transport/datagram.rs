@@ -946,7 +946,7 @@ impl<I: PacketIo> DatagramTransport<I> {
                     // Next in the stream and nothing before it: straight from the
                     // device's buffer to where the stream goes.
                     self.stats.rx_in_place += 1;
-                    stream.absorb(&self.pool, payload, false);
+                    stream.absorb(&self.pool, payload);
                 } else {
                     let mut v = self.payload_buf(payload.len());
                     v.extend_from_slice(payload);
@@ -1035,7 +1035,7 @@ impl<I: PacketIo> DatagramTransport<I> {
         let mut any = false;
         while !stream.full() {
             let Some(p) = l.rx.pop() else { break };
-            stream.absorb(&self.pool, &p, false);
+            stream.absorb(&self.pool, &p);
             recycle(&mut self.spare, p);
             any = true;
         }

@@ -39,7 +39,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use crate::shm::Pool;
 use crate::wire::Hello;
 
-pub use stream::{Inflow, LinkRx, RX_BUFFERS_MAX, RX_HIGH_WATER};
+pub use stream::{Inflow, LinkRx, SteerState, SteerTicket, RX_BUFFERS_MAX, RX_HIGH_WATER};
 
 /// Something queued to go out on a link.
 pub enum Out {

@@ -8,6 +8,7 @@
 //! back. A transport starts a fresh stream ([`LinkRx::reset`]) when a link
 //! comes up; the agent reads frames and asks for steering on its own.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,9 @@ const READ_MAX: usize = 256 * 1024;
 /// link hears.
 const BUSY_FILL: usize = 1024;
 
+/// The most steers a stream keeps at once ([`LinkRx::set_steer_depth`]).
+pub const STEER_DEPTH_MAX: usize = 16;
+
 /// The rest of a large chunk, going straight into its pool block, then its
 /// padding (skipped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,14 +55,50 @@ pub struct Steer {
     pub left: u64,
     /// Padding to skip after them.
     pub skip: usize,
+    /// Moves into the target the transport has under way (verbs: RDMA READs
+    /// posted and not yet completed); the steer ends only when they are done
+    /// too ([`LinkRx::read_landed`]).
+    pub reads: u32,
+    /// Its number on this stream (for [`LinkRx::read_landed`]).
+    pub id: u64,
 }
 
 impl Steer {
-    /// Whether every byte landed and the padding was skipped.
+    /// Whether every byte was taken (or is being moved: `reads`) and the
+    /// padding was skipped.
     pub fn done(&self) -> bool {
         self.left == 0 && self.skip == 0
     }
+
+    /// Whether it is over: done, and nothing is still moving into it.
+    pub fn landed(&self) -> bool {
+        self.done() && self.reads == 0
+    }
 }
+
+/// Which steer a chunk went to: the stream (unique in the process: the
+/// hybrid transport swaps streams, and a link's stream is started afresh
+/// when its connection is made again) and the steer's number on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SteerTicket {
+    stream: u64,
+    id: u64,
+}
+
+/// What became of a steer ([`LinkRx::steer_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SteerState {
+    /// Its bytes are still coming.
+    UnderWay,
+    /// Every byte landed in its target.
+    Landed,
+    /// Not all did: the stream it was on was started afresh or replaced.
+    /// Its chunk comes again (the agents' session resumes).
+    Lost,
+}
+
+/// Stream numbers, unique in the process (0: none yet).
+static STREAMS: AtomicU64 = AtomicU64::new(1);
 
 /// The agent's incoming streams, one per peer, lent to a transport while it
 /// reads (see the module documentation).
@@ -73,20 +113,22 @@ impl Inflow for Vec<LinkRx> {
     }
 }
 
-/// Steer ids, unique across streams: a steer begun on one stream is never
-/// taken for one that landed on another (the hybrid transport swaps streams).
-static STEER_IDS: AtomicU64 = AtomicU64::new(1);
-
 /// One link's incoming stream.
 #[derive(Default)]
 pub struct LinkRx {
     /// Bytes read and not yet consumed, as frames.
     pub reader: FrameReader,
-    steer: Option<Steer>,
-    /// The id of the steer under way or begun last (0: none)...
-    steer_id: u64,
-    /// ...and of the last one whose bytes all landed (see [`LinkRx::landed`]).
-    landed: u64,
+    /// Steers not over yet, in stream order: at most one is being fed (the
+    /// first not [`Steer::done`]), those before it wait for their moves.
+    steers: VecDeque<Steer>,
+    /// The id the next steer gets.
+    next_steer: u64,
+    /// This stream's number (0: not given one yet; see [`SteerTicket`]).
+    stream: u64,
+    /// Steers ended with every byte in, in order, up to this id (exclusive).
+    landed_below: u64,
+    /// Steers kept at most (0: 1; see [`LinkRx::set_steer_depth`]).
+    depth: usize,
     /// When the peer last sent anything on this link (`None`: not yet).
     last_rx: Option<Instant>,
     /// When a fill last took more than a heartbeat's or an ack's worth
@@ -104,9 +146,11 @@ impl LinkRx {
     pub fn reset(&mut self, reader: FrameReader, now: Instant) {
         *self = LinkRx {
             reader,
-            steer: None,
-            steer_id: 0,
-            landed: 0,
+            steers: VecDeque::new(),
+            next_steer: 0,
+            stream: STREAMS.fetch_add(1, Ordering::Relaxed),
+            landed_below: 0,
+            depth: self.depth,
             last_rx: Some(now),
             last_busy: Some(now),
             read_size: 0,
@@ -133,7 +177,7 @@ impl LinkRx {
     /// bytes released. (A busy link keeps its buffer; an idle one, hearing
     /// only heartbeats, keeps a small one.)
     pub fn release_idle(&mut self, now: Instant, idle: std::time::Duration) -> usize {
-        if self.steer.is_some()
+        if !self.steers.is_empty()
             || self.reader.capacity() <= READ_MIN
             || self
                 .last_busy
@@ -166,69 +210,119 @@ impl LinkRx {
         self.last_rx
     }
 
+    /// How many steers the stream keeps at once (between 1 and
+    /// [`STEER_DEPTH_MAX`]; kept across [`LinkRx::reset`]). A transport
+    /// whose stream carries the chunks' bytes has one steer at a time (the
+    /// bytes after a steered chunk arrive only once it was fed); one that
+    /// moves them itself (verbs: the stream carries descriptors, the bytes
+    /// are READ) lets the agent steer the next chunks while the moves into
+    /// the earlier ones are under way.
+    pub fn set_steer_depth(&mut self, depth: usize) {
+        self.depth = depth.clamp(1, STEER_DEPTH_MAX);
+    }
+
+    /// Whether [`LinkRx::steer`] would take a new steer now: every steer
+    /// was fed (the stream's next bytes are not any steer's), and fewer than
+    /// the depth are under way.
+    pub fn can_steer(&self) -> bool {
+        self.steers.len() < self.depth.max(1) && self.steers.iter().all(Steer::done)
+    }
+
     /// Send the next `len` bytes of the stream to the pool at `off`, then
-    /// skip `skip` bytes. False when a steer is under way already or the
-    /// range is not the pool's (the agent then copies).
+    /// skip `skip` bytes. False when it cannot take one now
+    /// ([`LinkRx::can_steer`]) or the range is not the pool's (the agent
+    /// then copies).
     pub fn steer(&mut self, pool: &Pool, off: u64, len: u64, skip: usize) -> bool {
-        if self.steer.is_some() || pool.block_slice(off, len).is_none() {
+        if !self.can_steer() || pool.block_slice(off, len).is_none() {
             return false;
         }
-        self.steer = Some(Steer {
+        if self.stream == 0 {
+            self.stream = STREAMS.fetch_add(1, Ordering::Relaxed);
+        }
+        self.steers.push_back(Steer {
             off,
             left: len,
             skip,
+            reads: 0,
+            id: self.next_steer,
         });
-        self.steer_id = STEER_IDS.fetch_add(1, Ordering::Relaxed);
+        self.next_steer += 1;
+        self.settle();
         true
     }
 
-    /// The id of the steer under way, or of the one begun last (0: none).
-    pub fn steer_id(&self) -> u64 {
-        self.steer_id
-    }
-
-    /// Whether steer `id` ended with all its bytes landed in the block. Not
-    /// when the stream was started afresh ([`LinkRx::reset`]) or is another
-    /// one: a steer that is no longer under way is not always finished.
-    pub fn landed(&self, id: u64) -> bool {
-        id != 0 && self.landed == id
-    }
-
-    /// The steer is over, every byte landed.
-    fn finish_steer(&mut self) {
-        self.steer = None;
-        self.landed = self.steer_id;
-    }
-
-    /// Whether a steer is under way (the agent waits for it to end).
+    /// Whether a steer is under way (the agent handles nothing after a
+    /// steered chunk before it ended).
     pub fn steering(&self) -> bool {
-        self.steer.is_some()
+        !self.steers.is_empty()
     }
 
-    /// The steer under way, for a transport that moves its bytes itself
-    /// (verbs: RDMA READs into the block).
+    /// How many steers are under way (not over yet).
+    pub fn steers(&self) -> usize {
+        self.steers.len()
+    }
+
+    /// The ticket of the steer made last (to ask [`LinkRx::steer_state`]).
+    pub fn steer_ticket(&self) -> SteerTicket {
+        SteerTicket {
+            stream: self.stream,
+            id: self.next_steer.wrapping_sub(1),
+        }
+    }
+
+    /// What became of the steer `t`: under way, landed, or lost with the
+    /// stream it was on (a steer no longer under way is not always
+    /// finished: issue 14's message with wrong bytes).
+    pub fn steer_state(&self, t: SteerTicket) -> SteerState {
+        if t.stream != self.stream || self.stream == 0 {
+            SteerState::Lost
+        } else if t.id < self.landed_below {
+            SteerState::Landed
+        } else if self.steers.iter().any(|s| s.id == t.id) {
+            SteerState::UnderWay
+        } else {
+            SteerState::Lost
+        }
+    }
+
+    /// The steer being fed (the first not [`Steer::done`]), for a transport
+    /// that moves its bytes itself (verbs: RDMA READs into the block; it
+    /// counts them in [`Steer::reads`]).
     pub fn steer_mut(&mut self) -> Option<&mut Steer> {
-        self.steer.as_mut()
+        self.steers.iter_mut().find(|s| !s.done())
     }
 
-    /// The steer is over (its bytes landed, its padding was skipped).
-    pub fn end_steer(&mut self) {
-        self.finish_steer();
+    /// One move into steer `id` counted in its [`Steer::reads`] is done.
+    pub fn read_landed(&mut self, id: u64) {
+        if let Some(st) = self.steers.iter_mut().find(|s| s.id == id) {
+            st.reads = st.reads.saturating_sub(1);
+        }
+        self.settle();
     }
 
-    /// Put stream bytes where they go: the steer target, then its padding,
-    /// then the frame reader. With `keep_steer`, a finished steer stays (a
-    /// transport whose own moves into the block are still under way ends it
-    /// with [`LinkRx::end_steer`]). Returns how many of `bytes` were taken:
-    /// all, unless the steer still wants more than they hold.
-    pub fn absorb(&mut self, pool: &Pool, bytes: &[u8], keep_steer: bool) -> usize {
+    /// Forget the steers that are over, from the oldest on (in order: a
+    /// later one over before an earlier one waits for it).
+    fn settle(&mut self) {
+        while self.steers.front().is_some_and(Steer::landed) {
+            if let Some(st) = self.steers.pop_front() {
+                self.landed_below = st.id + 1;
+            }
+        }
+    }
+
+    /// Put stream bytes where they go: the steer being fed, then its
+    /// padding, then the frame reader. A steer whose moves are still under
+    /// way ([`Steer::reads`]) stays until they are done. Returns how many of
+    /// `bytes` were taken: all, unless the steer still wants more than they
+    /// hold.
+    pub fn absorb(&mut self, pool: &Pool, bytes: &[u8]) -> usize {
         if bytes.len() > BUSY_FILL {
             // The packet's arrival time (the transport called `heard` for it;
             // at worst an earlier packet's: good enough at `idle`'s scale).
             self.last_busy = self.last_rx;
         }
         let mut at = 0;
-        if let Some(st) = self.steer.as_mut() {
+        if let Some(st) = self.steer_mut() {
             if st.left > 0 {
                 let n = (st.left as usize).min(bytes.len());
                 if pool.write_block(st.off, &bytes[..n]).is_none() {
@@ -244,11 +338,10 @@ impl LinkRx {
                 st.skip -= n;
                 at += n;
             }
-            if !st.done() {
+            let fed = st.done();
+            self.settle();
+            if !fed {
                 return at;
-            }
-            if !keep_steer {
-                self.finish_steer();
             }
         }
         let rest = &bytes[at..];
@@ -273,20 +366,19 @@ impl LinkRx {
     ) -> io::Result<bool> {
         let mut got = 0;
         while got < limit {
-            let r = if let Some(st) = self.steer.as_mut() {
-                if st.left > 0 {
+            let r = if let Some(st) = self.steer_mut() {
+                let r = if st.left > 0 {
                     pool.read_block_from(fd, st.off, st.left).inspect(|&n| {
                         st.off += n as u64;
                         st.left -= n as u64;
                     })
-                } else if st.skip > 0 {
+                } else {
                     let mut pad = [0u8; 8];
                     let k = st.skip.min(8);
                     read_fd(fd, &mut pad[..k]).inspect(|&n| st.skip -= n)
-                } else {
-                    self.finish_steer();
-                    continue;
-                }
+                };
+                self.settle();
+                r
             } else {
                 if self.full() {
                     break;
@@ -318,9 +410,7 @@ impl LinkRx {
                 },
             }
         }
-        if self.steer.is_some_and(|st| st.done()) {
-            self.finish_steer();
-        }
+        self.settle();
         if got > BUSY_FILL {
             self.last_busy = Some(now);
         }
@@ -357,14 +447,10 @@ mod tests {
         let mut rx = LinkRx::default();
         assert!(rx.steer(&pool, off, 5, 3));
         assert!(!rx.steer(&pool, off, 5, 3), "one steer at a time");
-        assert_eq!(rx.absorb(&pool, b"abc", false), 3);
+        assert_eq!(rx.absorb(&pool, b"abc"), 3);
         assert!(rx.steering());
-        assert_eq!(
-            rx.absorb(&pool, b"de__", false),
-            4,
-            "two bytes of padding skipped"
-        );
-        assert_eq!(rx.absorb(&pool, b"_XYZ", false), 4);
+        assert_eq!(rx.absorb(&pool, b"de__"), 4, "two bytes of padding skipped");
+        assert_eq!(rx.absorb(&pool, b"_XYZ"), 4);
         assert!(!rx.steering());
         assert_eq!(pool.block_slice(off, 5).unwrap(), b"abcde");
         assert_eq!(rx.reader.buffered(), 3);
@@ -378,7 +464,7 @@ mod tests {
         let t0 = Instant::now();
         let mut rx = LinkRx::default();
         rx.heard(t0);
-        rx.absorb(&pool, &vec![7u8; 64 << 10], false);
+        rx.absorb(&pool, &vec![7u8; 64 << 10]);
         rx.reader.discard_partial();
         assert!(rx.reader.capacity() >= 64 << 10);
         // Quiet for a moment (a loaded host): the buffer stays.
@@ -386,14 +472,14 @@ mod tests {
         // Heartbeats keep coming, but they are not traffic.
         for k in 1..=6 {
             rx.heard(t0 + ms(200 * k));
-            rx.absorb(&pool, &[0u8; 40], false);
+            rx.absorb(&pool, &[0u8; 40]);
             rx.reader.discard_partial();
         }
         assert!(rx.release_idle(t0 + ms(1200), idle) > 0);
         assert!(rx.reader.capacity() <= READ_MIN);
         // Traffic again: it grows, and stays while busy.
         rx.heard(t0 + ms(1300));
-        rx.absorb(&pool, &vec![7u8; 64 << 10], false);
+        rx.absorb(&pool, &vec![7u8; 64 << 10]);
         rx.reader.discard_partial();
         assert_eq!(rx.release_idle(t0 + ms(2200), idle), 0);
         assert!(rx.release_idle(t0 + ms(2400), idle) > 0);
@@ -404,37 +490,56 @@ mod tests {
         let pool = pool();
         let (off, _) = pool.block_region();
         let now = Instant::now();
-        // Every byte in: landed (absorbed, or ended by the transport).
+        // Every byte in: landed.
         let mut rx = LinkRx::default();
-        assert!(!rx.landed(rx.steer_id()), "no steer yet");
         assert!(rx.steer(&pool, off, 4, 0));
-        let id = rx.steer_id();
-        assert!(!rx.landed(id), "under way");
-        rx.absorb(&pool, b"abcd", false);
-        assert!(!rx.steering() && rx.landed(id));
+        let first = rx.steer_ticket();
+        assert_eq!(rx.steer_state(first), SteerState::UnderWay);
+        rx.absorb(&pool, b"abcd");
+        assert!(!rx.steering());
+        assert_eq!(rx.steer_state(first), SteerState::Landed);
+        // One whose moves land later (verbs), with the next steered meanwhile.
+        rx.set_steer_depth(4);
         assert!(rx.steer(&pool, off, 2, 0));
-        let kept = rx.steer_id();
-        assert_ne!(kept, id);
-        rx.absorb(&pool, b"ef", true);
-        rx.end_steer();
-        assert!(rx.landed(kept) && !rx.landed(id));
+        let moved = rx.steer_ticket();
+        rx.steer_mut().unwrap().reads = 1;
+        rx.absorb(&pool, b"ef");
+        assert!(rx.steer(&pool, off + 8, 2, 0));
+        let next = rx.steer_ticket();
+        assert_ne!(moved, next);
+        rx.absorb(&pool, b"gh");
+        assert_eq!(rx.steer_state(moved), SteerState::UnderWay);
+        assert_eq!(
+            rx.steer_state(next),
+            SteerState::UnderWay,
+            "ends after the first"
+        );
+        rx.read_landed(moved.id);
+        assert_eq!(rx.steer_state(moved), SteerState::Landed);
+        assert_eq!(rx.steer_state(next), SteerState::Landed);
         // The stream started afresh under a steer (a new connection): no
-        // longer steering, and not landed either (issue 14).
+        // longer steering, and lost, not landed (issue 14).
         assert!(rx.steer(&pool, off, 4, 0));
-        let cut = rx.steer_id();
-        rx.absorb(&pool, b"gh", false);
+        let cut = rx.steer_ticket();
+        rx.absorb(&pool, b"ij");
         rx.reset(FrameReader::new(), now);
-        assert!(!rx.steering() && !rx.landed(cut));
+        assert!(!rx.steering());
+        assert_eq!(rx.steer_state(cut), SteerState::Lost);
+        assert_eq!(rx.steer_state(first), SteerState::Lost, "another stream's");
         // Another stream put in its place (the hybrid transport's swap),
-        // even one whose own steer landed.
+        // even one whose own steers landed further.
         let mut a = LinkRx::default();
         assert!(a.steer(&pool, off, 4, 0));
-        let first = a.steer_id();
+        let ta = a.steer_ticket();
         let mut b = LinkRx::default();
-        assert!(b.steer(&pool, off, 1, 0));
-        b.absorb(&pool, b"i", false);
+        for _ in 0..3 {
+            assert!(b.steer(&pool, off, 1, 0));
+            b.absorb(&pool, b"k");
+        }
         std::mem::swap(&mut a, &mut b);
-        assert!(!a.steering() && !a.landed(first));
+        assert!(!a.steering());
+        assert_eq!(a.steer_state(ta), SteerState::Lost);
+        assert_eq!(b.steer_state(ta), SteerState::UnderWay);
     }
 
     #[test]
@@ -446,16 +551,54 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_steer_ends_when_its_owner_says() {
+    fn a_steer_with_moves_under_way_ends_when_they_landed() {
         let pool = pool();
         let (off, _) = pool.block_region();
         let mut rx = LinkRx::default();
         assert!(rx.steer(&pool, off, 2, 0));
-        assert_eq!(rx.absorb(&pool, b"hi!", true), 3);
-        assert!(rx.steering() && rx.steer_mut().unwrap().done());
-        rx.end_steer();
-        assert!(!rx.steering());
+        // The transport moves the bytes itself (one READ).
+        let st = rx.steer_mut().unwrap();
+        st.left = 0;
+        st.reads = 1;
+        let id = st.id;
+        assert_eq!(rx.absorb(&pool, b"!"), 1, "the next bytes go to the reader");
+        assert!(rx.steering() && rx.steer_mut().is_none());
+        assert!(!rx.can_steer(), "depth 1: the next waits for this one");
+        rx.read_landed(id);
+        assert!(!rx.steering() && rx.can_steer());
         assert_eq!(rx.reader.buffered(), 1);
+    }
+
+    #[test]
+    fn steers_up_to_the_depth_end_in_order_whatever_order_their_moves_land() {
+        let pool = pool();
+        let (off, _) = pool.block_region();
+        let mut rx = LinkRx::default();
+        rx.set_steer_depth(3);
+        let mut ids = Vec::new();
+        for k in 0..3u64 {
+            assert!(rx.can_steer());
+            assert!(rx.steer(&pool, off + k * 8, 8, 0));
+            assert!(!rx.can_steer(), "the new steer is being fed");
+            let st = rx.steer_mut().unwrap();
+            st.left = 0;
+            st.reads = 2;
+            ids.push(st.id);
+        }
+        assert_eq!(rx.steers(), 3);
+        assert!(!rx.can_steer(), "at the depth");
+        assert!(!rx.steer(&pool, off + 64, 8, 0));
+        // The last two land first: nothing ends before the first did.
+        for id in [ids[2], ids[2], ids[1], ids[1], ids[0]] {
+            rx.read_landed(id);
+        }
+        assert_eq!(rx.steers(), 3);
+        rx.read_landed(ids[0]);
+        assert_eq!(rx.steers(), 0, "all three end at once");
+        rx.set_steer_depth(1000);
+        assert_eq!(rx.depth, STEER_DEPTH_MAX);
+        rx.reset(FrameReader::new(), Instant::now());
+        assert_eq!(rx.depth, STEER_DEPTH_MAX, "a new link keeps the depth");
     }
 
     #[test]

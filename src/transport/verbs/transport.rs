@@ -46,6 +46,12 @@
 //! extra round trip to grant a target block; a WRITE would need the receiver to
 //! pre-grant blocks per peer (pool memory held idle) or a request/grant exchange.
 //!
+//! The stream holds no chunk bytes, so the agent parses on past a steered chunk: while its
+//! READs are under way it steers the next ones (up to [`STEER_DEPTH`] per peer; the
+//! stream's steers end, and the agent handles the chunks, in stream order, whatever
+//! order their READs complete in). A path takes no new READ past `max_reads` or
+//! [`READ_WINDOW`] bytes outstanding.
+//!
 //! Descriptors are checked before any READ is posted: the rkey must be the one the peer
 //! advertised and the range inside the block region it advertised.
 //!
@@ -114,10 +120,22 @@ const MAX_READS: u32 = 16;
 pub const RDV_MIN: u64 = 64 * 1024;
 /// Rendezvous descriptors a peer may have outstanding to us.
 const RDV_MAX_OUT: usize = 64;
+/// Chunks of one peer the agent may have steered (their READs in flight or
+/// waiting for room on a path) at once: the receive pipeline's depth. Each
+/// holds only what its message's block already holds; the READs themselves
+/// are bounded by `max_reads` per path.
+const STEER_DEPTH: usize = 8;
 /// The bounce buffer: a READ the agent did not steer lands here first.
 const BOUNCE: usize = 256 * 1024;
 /// Largest single READ into the pool.
 const READ_PIECE: u64 = 1 << 20;
+/// A path takes no new READ while this many bytes of its READs are outstanding
+/// (one READ of any size when none is). Measured on Soft-RoCE
+/// (bench/verbs_rails.sh, 1 MiB messages): 8 READs of 256 KiB outstanding on one
+/// queue pair (2 MiB) made rxe drop and retransmit ~300 times per 48 MiB and
+/// ran 0.7x one READ at a time; 8 of 128 KiB per queue pair ~30 times. 512 KiB
+/// is still ~40 us of a 100 Gb/s port per queue pair.
+const READ_WINDOW: u64 = 512 << 10;
 /// Smallest piece a chunk is cut into to stripe it over several paths.
 const STRIPE_MIN: u64 = 32 * 1024;
 /// How often `tick` reads each rail's port state (its events say so sooner).
@@ -228,6 +246,13 @@ pub struct VerbsCounters {
     pub reads_reissued: u64,
     /// Links remade (when idle) to take up again a rail whose port came back.
     pub rails_rejoined: u64,
+    /// The most chunks of one peer steered into our blocks at once (their
+    /// READs posted or waiting for room, not all landed): the receive
+    /// pipeline's depth reached.
+    pub chunks_in_flight_max: u64,
+    /// The most READs into the pool outstanding at once on one link (all
+    /// its paths).
+    pub reads_in_flight_max: u64,
 }
 
 /// One rail's counters (for `wyvern stat`, as `verbs_railR_*`).
@@ -397,6 +422,9 @@ struct Piece {
     /// Offset in our pool (a steered READ) or in the bounce buffer.
     local_off: u64,
     len: u32,
+    /// The stream's steer it lands in ([`crate::transport::stream::Steer::id`];
+    /// a steered READ).
+    steer: u64,
 }
 
 /// What arrived, in stream order, waiting to be absorbed.
@@ -461,6 +489,8 @@ struct Path {
     wr_seq: u64,
     unsignaled: u32,
     reads_out: u32,
+    /// Bytes of those READs.
+    read_bytes: u64,
     wrs: Vec<SendWr>,
     wr_kinds: Vec<SqKind>,
     /// When `tick` next queries the QP's state (while up).
@@ -511,7 +541,9 @@ struct Link {
     slot_free: u64,
     // ---- receiving
     rxq: VecDeque<RxItem>,
-    reads_to_pool: u32,
+    /// The peer's chunks steered into our blocks and not yet landed (the
+    /// stream's [`crate::transport::LinkRx::steers`] when last looked at).
+    in_flight: u32,
     bounce_busy: bool,
     /// The poll round in which a descriptor at the head was first seen unsteered.
     rdv_seen: Option<u64>,
@@ -1089,6 +1121,7 @@ impl VerbsTransport {
                 wr_seq: 0,
                 unsignaled: 0,
                 reads_out: 0,
+                read_bytes: 0,
                 wrs: Vec::new(),
                 wr_kinds: Vec::new(),
                 next_qp_check: now,
@@ -1122,7 +1155,7 @@ impl VerbsTransport {
             slot_next: 0,
             slot_free: 0,
             rxq: VecDeque::new(),
-            reads_to_pool: 0,
+            in_flight: 0,
             bounce_busy: false,
             rdv_seen: None,
             fetches: Fetches::default(),
@@ -1599,6 +1632,9 @@ impl VerbsTransport {
         // The peer's stream starts afresh before the agent hears of the link
         // (it would read what the last link left otherwise).
         rx.link(l.node).reset(FrameReader::new(), now);
+        // The stream carries descriptors, the bytes are READ: the agent may steer
+        // the next chunks while earlier ones are being READ.
+        rx.link(l.node).set_steer_depth(STEER_DEPTH);
         l.last_tx = now;
         for p in &mut l.paths {
             p.next_qp_check = now + QP_CHECK_EVERY;
@@ -1805,6 +1841,7 @@ impl VerbsTransport {
             }
         }
         p.reads_out = 0;
+        p.read_bytes = 0;
         p.wrs.clear();
         self.stats.path_downs += 1;
         self.stats.reads_reissued += moved;
@@ -1893,7 +1930,7 @@ impl VerbsTransport {
             return;
         }
         done_upto(l, r, seq, true, &self.pool, rx, &mut self.stats);
-        end_steer_if_done(l, rx);
+        l.in_flight = rx.link(l.node).steers() as u32;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2037,7 +2074,7 @@ impl VerbsTransport {
                     }
                     let (rail, s, a, e) = (*rail as usize, *slot, *start as usize, *end as usize);
                     let bytes = rails[rail].rx_bufs.slice(s as usize * MSG + a, e - a);
-                    let used = stream.absorb(pool, bytes, l.reads_to_pool != 0);
+                    let used = stream.absorb(pool, bytes);
                     let RxItem::Data { start, .. } = l.rxq.front_mut().expect("still there") else {
                         unreachable!("the front is a Data item")
                     };
@@ -2065,15 +2102,22 @@ impl VerbsTransport {
                             remote_off: f.rdv.off + f.done,
                             local_off: st.off,
                             len: n as u32,
+                            steer: st.id,
                         };
                         l.fetches.posted(f.id, last);
                         post_read(l, r, piece, false, &mut rails[r], pool);
-                        l.reads_to_pool += 1;
                         self.stats.reads += 1;
                         self.stats.read_bytes += n;
                         st.off += n;
                         st.left -= n;
+                        st.reads += 1;
                         f.done += n;
+                        // Chunks steered and not yet landed, this one included.
+                        let chunks = stream.steers() as u64;
+                        let reads: u32 = l.paths.iter().map(|p| p.reads_out).sum();
+                        let s = &mut self.stats;
+                        s.chunks_in_flight_max = s.chunks_in_flight_max.max(chunks);
+                        s.reads_in_flight_max = s.reads_in_flight_max.max(reads as u64);
                         if last {
                             l.rxq.pop_front();
                             l.rdv_seen = None;
@@ -2084,7 +2128,9 @@ impl VerbsTransport {
                     }
                     let skipping = stream.steer_mut().is_some_and(|s| s.skip > 0);
                     if stream.steering() && !skipping {
-                        break; // a steer's READs are finishing: the agent looks next
+                        // Earlier steers' READs are under way: the agent steers this
+                        // one when it has room to (or when they landed); no bounce.
+                        break;
                     }
                     if !skipping {
                         if stream.full() {
@@ -2115,6 +2161,7 @@ impl VerbsTransport {
                         remote_off: f.rdv.off + f.done,
                         local_off: 0,
                         len: n as u32,
+                        steer: 0,
                     };
                     l.fetches.posted(f.id, last);
                     post_read(l, home, piece, true, &mut rails[home], pool);
@@ -2131,9 +2178,7 @@ impl VerbsTransport {
                 }
             }
         }
-        if stream.steer_mut().is_some_and(|s| s.done()) && l.reads_to_pool == 0 {
-            stream.end_steer();
-        }
+        l.in_flight = stream.steers() as u32;
     }
 
     /// Build and queue SENDs for `node`: stream bytes and descriptors while credits,
@@ -2598,11 +2643,13 @@ fn done_upto(
             SqKind::Send { slot } => l.slot_free = l.slot_free.max(slot + 1),
             SqKind::ReadPool(piece) => {
                 l.paths[r].reads_out -= 1;
-                l.reads_to_pool -= 1;
+                l.paths[r].read_bytes -= piece.len as u64;
+                rx.link(l.node).read_landed(piece.steer);
                 fetch_done(l, piece.fetch);
             }
             SqKind::ReadBounce(piece) => {
                 l.paths[r].reads_out -= 1;
+                l.paths[r].read_bytes -= piece.len as u64;
                 bounce_done = Some(piece);
             }
         }
@@ -2619,7 +2666,7 @@ fn done_upto(
         let stream = rx.link(l.node);
         let mut at = 0;
         while at < bytes.len() {
-            at += stream.absorb(pool, &bytes[at..], l.reads_to_pool != 0);
+            at += stream.absorb(pool, &bytes[at..]);
         }
         fetch_done(l, piece.fetch);
     }
@@ -2642,9 +2689,12 @@ fn stripe_piece(len: u64, paths: usize) -> u64 {
     share.clamp(STRIPE_MIN, READ_PIECE)
 }
 
-/// Whether path `p` (on `rail`) is up and can take one more READ.
+/// Whether path `p` (on `rail`) is up and can take one more READ: fewer than
+/// the QP's `max_reads` outstanding, and fewer bytes than [`READ_WINDOW`].
 fn path_has_room(p: &Path, rail: &Rail) -> bool {
-    p.up && p.reads_out < rail.max_reads && sq_used(p) + 1 < rail.sq_depth
+    p.up && p.reads_out < rail.max_reads
+        && p.read_bytes < READ_WINDOW
+        && sq_used(p) + 1 < rail.sq_depth
 }
 
 /// The next path, round robin, that can take a READ.
@@ -2691,6 +2741,7 @@ fn post_read(l: &mut Link, r: usize, piece: Piece, bounce: bool, rail: &mut Rail
     p.wr_seq += 1;
     p.unsignaled = 0;
     p.reads_out += 1;
+    p.read_bytes += piece.len as u64;
     if !bounce {
         rail.c.reads += 1;
         rail.c.read_bytes += piece.len as u64;
@@ -2700,15 +2751,6 @@ fn post_read(l: &mut Link, r: usize, piece: Piece, bounce: bool, rail: &mut Rail
 /// Whether the next thing to send is a rendezvous descriptor.
 fn front_is_rdv(l: &Link) -> bool {
     matches!(l.outq.front(), Some(Out::Block { len, pos, .. }) if *len - *pos >= RDV_MIN)
-}
-
-/// End the stream's steer once its bytes landed and no READ into its block
-/// is outstanding.
-fn end_steer_if_done(l: &mut Link, rx: &mut dyn Inflow) {
-    let stream = rx.link(l.node);
-    if stream.steer_mut().is_some_and(|s| s.done()) && l.reads_to_pool == 0 {
-        stream.end_steer();
-    }
 }
 
 /// The send queue's entries in use: posted and not seen complete, plus queued to post.
@@ -2988,6 +3030,11 @@ impl Transport for VerbsTransport {
         c.push(("verbs_path_downs", s.path_downs));
         c.push(("verbs_reads_reissued", s.reads_reissued));
         c.push(("verbs_rails_rejoined", s.rails_rejoined));
+        // Gauges: now (summed over the links), and the most seen on one link.
+        let now: u32 = self.links.iter().flatten().map(|l| l.in_flight).sum();
+        c.push(("verbs_chunks_in_flight", now as u64));
+        c.push(("verbs_chunks_in_flight_max", s.chunks_in_flight_max));
+        c.push(("verbs_reads_in_flight_max", s.reads_in_flight_max));
         let mut info = vec![(
             "peer_auth",
             if self.key.is_some() { "mac" } else { "none" }.to_string(),
