@@ -751,7 +751,7 @@ impl PacketIo for Rails {
             out.extend([
                 (n.frames_tx, s.tx_frames),
                 (n.frames_rx, s.rx_frames),
-                (n.bytes_tx, s.tx_bytes_copied),
+                (n.bytes_tx, s.tx_bytes_copied + s.tx_bytes_attached),
                 (n.bytes_rx, s.rx_bytes),
                 (n.downs, r.downs),
                 (n.ups, r.ups),
