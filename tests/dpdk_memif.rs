@@ -509,7 +509,10 @@ fn large_messages_go_out_attached_to_their_blocks_with_extbuf_and_copied_with_it
                 assert!(attached <= large_bytes(21), "node {i} {more:?}: {s}");
             } else {
                 assert_eq!(info["dpdk_tx_path"], "copy", "node {i}: {s}");
-                assert_eq!(info["dpdk_extbuf"], "off: dpdk_extbuf = off", "node {i}: {s}");
+                assert_eq!(
+                    info["dpdk_extbuf"], "off: dpdk_extbuf = off",
+                    "node {i}: {s}"
+                );
                 assert_eq!(attached, 0, "node {i}: {s}");
                 assert_eq!(counter(&s, "frames_tx_attached"), 0, "node {i}: {s}");
             }
@@ -530,7 +533,9 @@ fn a_client_killed_mid_send_leaves_no_block_attached_and_the_next_messages_intac
         1,
         &[
             &tmo[..],
-            &["--ep", "100", "--sizes", "3000001", "recv", "--count", "100000"],
+            &[
+                "--ep", "100", "--sizes", "3000001", "recv", "--count", "100000",
+            ],
         ]
         .concat(),
     );

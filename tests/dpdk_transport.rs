@@ -335,7 +335,10 @@ fn impaired_middle_hop_delivers_every_message_once_in_order_and_intact() {
         }
     });
     for (i, s) in s.iter().enumerate() {
-        assert_eq!(s["transport_info"]["dpdk_tx_path"], "extbuf", "node {i}: {s}");
+        assert_eq!(
+            s["transport_info"]["dpdk_tx_path"], "extbuf",
+            "node {i}: {s}"
+        );
         assert!(counter(s, "tx_bytes_attached") > 0, "node {i}: {s}");
         assert_eq!(counter(s, "frames_tx_attached_out"), 0, "node {i}: {s}");
     }

@@ -504,7 +504,8 @@ impl DpdkIo {
         // the agent frees a pool block without asking the device, so a driver
         // that kept an attached mbuf (a NIC's DMA, memif's zero-copy) could send
         // a block after its reuse. Checked again after every call (`settle_attached`).
-        let copies_in_tx_burst = memif.as_ref().is_some_and(|m| !m.zero_copy) || af_packet.is_some();
+        let copies_in_tx_burst =
+            memif.as_ref().is_some_and(|m| !m.zero_copy) || af_packet.is_some();
         let ext_off = if !cfg.extbuf {
             Some("dpdk_extbuf = off".to_string())
         } else if !copies_in_tx_burst {

@@ -371,8 +371,15 @@ fn pktmbuf_chain_of_a_header_and_an_extbuf_with_its_shared_info_kept_apart() {
         assert_eq!(CHAIN_FREED.load(Ordering::SeqCst), 0);
         rte_pktmbuf_free(head);
     }
-    assert_eq!(CHAIN_FREED.load(Ordering::SeqCst), 1, "free callback ran once");
-    assert!(payload.iter().all(|&b| b == 7), "DPDK wrote nothing into the payload");
+    assert_eq!(
+        CHAIN_FREED.load(Ordering::SeqCst),
+        1,
+        "free callback ran once"
+    );
+    assert!(
+        payload.iter().all(|&b| b == 7),
+        "DPDK wrote nothing into the payload"
+    );
     assert_eq!(avail(mp), before, "both mbufs went back to their pool");
 }
 
