@@ -140,7 +140,7 @@ start_agents() { # transport run
                 --vdev=net_memif0,role=$role,socket=$dir/memifj$run.sock,bsize=$JUMBO_BSIZE$MEMIF_VDEV_EXTRA \
                 --file-prefix=$tag-agent$i --lcores=0@$i")
         else
-            extra=(--nodes "127.0.0.1:$p0,127.0.0.1:$((p0 + 1))" --transport tcp)
+            extra=(--nodes "127.0.0.1:$p0,127.0.0.1:$((p0 + 1))" --connect all --transport tcp)
         fi
         RUST_LOG="${AGENT_LOG:-warn}" timeout 900 "$wyvern" agent --node-id "$i" \
             --socket "$dir/agent$i.sock" --no-hugepages --idle "$IDLE" --cores "$i" \
@@ -161,6 +161,22 @@ start_agents() { # transport run
 }
 stop_agents() {
     kill "${agent_pid[0]}" "${agent_pid[1]}" 2>/dev/null || true
+    # An agent that does not exit within 10 s is killed (seen once: a memif agent deadlocked
+    # in glibc's exit, its main thread flushing stdio while DPDK's interrupt thread logged
+    # "EAL: Error: Invalid memory" through syslog).
+    local i k
+    for _ in $(seq 100); do
+        kill -0 "${agent_pid[0]}" 2>/dev/null || kill -0 "${agent_pid[1]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    for i in 0 1; do
+        if kill -0 "${agent_pid[$i]}" 2>/dev/null; then
+            echo "dpdk_memif: agent $i did not exit within 10 s of SIGTERM: killed" >&2
+            for k in $(cat "/proc/${agent_pid[$i]}/task/${agent_pid[$i]}/children" 2>/dev/null); do
+                kill -KILL "$k" 2>/dev/null || true
+            done
+        fi
+    done
     wait "${agent_pid[0]}" "${agent_pid[1]}" 2>/dev/null || true
     rm -f "$dir/agent0.sock" "$dir/agent1.sock"
 }
