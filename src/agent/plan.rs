@@ -240,6 +240,7 @@ impl Plan {
                     port: cfg.dpdk_port.clone(),
                     mtu: cfg.dpdk_mtu,
                     extbuf: cfg.dpdk_extbuf == crate::agent::config::ExtbufPolicy::Auto,
+                    extbuf_any_driver: false,
                     peer_macs: cfg
                         .peer_macs()
                         .into_iter()

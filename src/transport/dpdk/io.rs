@@ -121,6 +121,10 @@ pub struct DpdkIoConfig {
     /// them, no copy) where the driver allows it (`dpdk_extbuf = auto`);
     /// `false`: always copy (`off`).
     pub extbuf: bool,
+    /// With `extbuf`: use the path on any driver, not only those known to be done
+    /// with a frame's mbufs when `tx_burst` returns. For tests of the check that
+    /// turns it off when a driver keeps them (`net_ring` does); never in the agent.
+    pub extbuf_any_driver: bool,
 }
 
 /// Counters of the device layer.
@@ -508,6 +512,8 @@ impl DpdkIo {
             memif.as_ref().is_some_and(|m| !m.zero_copy) || af_packet.is_some();
         let ext_off = if !cfg.extbuf {
             Some("dpdk_extbuf = off".to_string())
+        } else if cfg.extbuf_any_driver {
+            None
         } else if !copies_in_tx_burst {
             Some(format!(
                 "{} may keep sent mbufs after tx_burst (only net_memif without zero-copy \
