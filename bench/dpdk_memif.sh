@@ -17,6 +17,11 @@
 #       trip; p50, p99), and per stream the CPU time of every process (both agents' user +
 #       system time from /proc, the clients' from the shell's `times`) divided by the
 #       messages delivered.
+#   (d) with EXTBUF_COMPARE=1: the dpdk rows again with `--dpdk-extbuf off` (`dpdk-copy`,
+#       `dpdk-jumbo-copy`: every packet copied into its mbuf) next to `--dpdk-extbuf auto`
+#       (`dpdk`, `dpdk-jumbo`: a large message's packets attached to its pool block; on
+#       memif the driver's copy into its ring is then the only one), in the same
+#       alternation, and a table of the two against each other.
 # RUNS (default 3) runs of everything; prints each run, then the medians with the peer's
 # figure and the ratio. Every process is wrapped in `timeout`; the scratch directory is
 # removed on exit (KEEP_TMP=1 keeps it: agent logs per transport and run, testpmd output;
@@ -41,6 +46,7 @@ RATE_COUNT="${RATE_COUNT:-2000000}"
 PING_COUNT="${PING_COUNT:-5000}"
 IDLE="${IDLE:-adaptive}"
 JUMBO_MTU="${JUMBO_MTU:-9000}"
+EXTBUF_COMPARE="${EXTBUF_COMPARE:-0}"
 case "$JUMBO_MTU" in ''|*[!0-9]*) echo "dpdk_memif: JUMBO_MTU must be a number" >&2; exit 2 ;; esac
 # memif's buffers must hold a whole frame (docs/dpdk.md): bsize = MTU + 14, rounded up to 1 KiB.
 JUMBO_BSIZE=$(( (JUMBO_MTU + 14 + 1023) / 1024 * 1024 ))
@@ -122,17 +128,19 @@ start_agents() { # transport run
     for i in 0 1; do
         role=server
         [ "$i" = 1 ] && role=client
-        if [ "$t" = dpdk ]; then
-            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk --dpdk-eal-args "$EAL_COMMON -m 128 \
+        local xb=auto
+        case "$t" in *-copy) xb=off ;; esac
+        if [ "$t" = dpdk ] || [ "$t" = dpdk-copy ]; then
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk --dpdk-extbuf "$xb" --dpdk-eal-args "$EAL_COMMON -m 128 \
                 --vdev=net_memif0,role=$role,socket=$dir/memif$run.sock$MEMIF_VDEV_EXTRA \
                 --file-prefix=$tag-agent$i --lcores=0@$i")
-        elif [ "$t" = dpdk-jumbo ]; then
-            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk --dpdk-mtu "$JUMBO_MTU" \
+        elif [ "$t" = dpdk-jumbo ] || [ "$t" = dpdk-jumbo-copy ]; then
+            extra=(--nodes 127.0.0.1:0,127.0.0.1:0 --connect all --transport dpdk --dpdk-extbuf "$xb" --dpdk-mtu "$JUMBO_MTU" \
                 --dpdk-eal-args "$EAL_COMMON -m 256 \
                 --vdev=net_memif0,role=$role,socket=$dir/memifj$run.sock,bsize=$JUMBO_BSIZE$MEMIF_VDEV_EXTRA \
                 --file-prefix=$tag-agent$i --lcores=0@$i")
         else
-            extra=(--nodes "127.0.0.1:$p0,127.0.0.1:$((p0 + 1))" --transport tcp)
+            extra=(--nodes "127.0.0.1:$p0,127.0.0.1:$((p0 + 1))" --connect all --transport tcp)
         fi
         RUST_LOG="${AGENT_LOG:-warn}" timeout 900 "$wyvern" agent --node-id "$i" \
             --socket "$dir/agent$i.sock" --no-hugepages --idle "$IDLE" --cores "$i" \
@@ -153,6 +161,22 @@ start_agents() { # transport run
 }
 stop_agents() {
     kill "${agent_pid[0]}" "${agent_pid[1]}" 2>/dev/null || true
+    # An agent that does not exit within 10 s is killed (seen once: a memif agent deadlocked
+    # in glibc's exit, its main thread flushing stdio while DPDK's interrupt thread logged
+    # "EAL: Error: Invalid memory" through syslog).
+    local i k
+    for _ in $(seq 100); do
+        kill -0 "${agent_pid[0]}" 2>/dev/null || kill -0 "${agent_pid[1]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    for i in 0 1; do
+        if kill -0 "${agent_pid[$i]}" 2>/dev/null; then
+            echo "dpdk_memif: agent $i did not exit within 10 s of SIGTERM: killed" >&2
+            for k in $(cat "/proc/${agent_pid[$i]}/task/${agent_pid[$i]}/children" 2>/dev/null); do
+                kill -KILL "$k" 2>/dev/null || true
+            done
+        fi
+    done
     wait "${agent_pid[0]}" "${agent_pid[1]}" 2>/dev/null || true
     rm -f "$dir/agent0.sock" "$dir/agent1.sock"
 }
@@ -231,6 +255,7 @@ echo "kernel $(uname -r), DPDK $(pkg-config --modversion libdpdk 2>/dev/null || 
 echo "core layout: agent 0 --cores 0 (EAL --lcores=0@0, memif server), agent 1 --cores 1 (0@1, memif client); testpmd txonly (memif client) lcores 0,1@CPU0, rxonly (server) 0,1@CPU1; clients unpinned"
 echo "agents: --idle $IDLE --no-hugepages; EAL $EAL_COMMON -m 128 --vdev=net_memif0,role=...,socket=...$MEMIF_VDEV_EXTRA; tcp agents on 127.0.0.1"
 echo "dpdk-jumbo: --dpdk-mtu $JUMBO_MTU, bsize=$JUMBO_BSIZE, EAL -m 256"
+echo "dpdk, dpdk-jumbo: --dpdk-extbuf auto; EXTBUF_COMPARE=$EXTBUF_COMPARE (1: dpdk-copy, dpdk-jumbo-copy with --dpdk-extbuf off too)"
 echo "RUNS=$RUNS TESTPMD_SECS=$TESTPMD_SECS BULK_MIB=$BULK_MIB RATE_COUNT=$RATE_COUNT (64 B; 4 -> 1: RATE_COUNT/4 per sender) PING_COUNT=$PING_COUNT"
 echo "busiest other processes at start:"
 ps -eo pcpu,comm --sort=-pcpu | sed -n '2,5p' | sed 's/^/    /'
@@ -244,8 +269,14 @@ for run in $(seq 1 "$RUNS"); do
     res "$run" testpmd64 frames_per_s "$(testpmd_rate "$run" 64)"
     res "$run" testpmd1500 frames_per_s "$(testpmd_rate "$run" 1500)"
     if [ $((run % 2)) = 1 ]; then order="dpdk tcp"; else order="tcp dpdk"; fi
+    if [ "$EXTBUF_COMPARE" = 1 ]; then
+        if [ $((run % 2)) = 1 ]; then order="$order dpdk-copy"; else order="dpdk-copy $order"; fi
+    fi
     if [ "$JUMBO_MTU" -gt 0 ]; then
         if [ $((run % 2)) = 1 ]; then order="$order dpdk-jumbo"; else order="dpdk-jumbo $order"; fi
+        if [ "$EXTBUF_COMPARE" = 1 ]; then
+            if [ $((run % 2)) = 1 ]; then order="$order dpdk-jumbo-copy"; else order="dpdk-jumbo-copy $order"; fi
+        fi
     fi
     for t in $order; do measure "$t" "$run"; done
     grep "^$run " "$dir/results" | sed 's/^/  run /'
@@ -298,6 +329,24 @@ if ("dpdk-jumbo", "bulk_mb_per_s") in med:
         t = med.get(("tcp", key))
         ts, r = (f"{fmt(t)} ({spread(('tcp', key))})", f"{j/t:.2f}×") if t else ("—", "—")
         print(f"| {name} ({better} is better) | {fmt(j)} ({spread(('dpdk-jumbo', key))}) | {ts} | {r} | {fmt(d)} |")
+for on, off in [("dpdk", "dpdk-copy"), ("dpdk-jumbo", "dpdk-jumbo-copy")]:
+    if (off, "bulk_mb_per_s") not in med:
+        continue
+    print(f"\n{on} (--dpdk-extbuf auto: large messages' packets attached to their pool blocks) against {off} (--dpdk-extbuf off: copied), and the tcp transport:")
+    print(f"| measurement | {on} (extbuf) | {off} | extbuf ÷ copy | tcp transport | extbuf ÷ tcp | copy ÷ tcp |")
+    print("|---|---|---|---|---|---|---|")
+    for key, name, better in [("bulk_mb_per_s", "MB/s, 1 MiB messages", "higher"),
+                              ("bulk_cpu_us_per_msg", "CPU µs per 1 MiB message (all processes)", "lower"),
+                              ("frames_per_s", "frames/s (1 MiB stream)", "higher"),
+                              ("rate1_msgs_per_s", "64 B messages/s, 1 → 1", "higher"),
+                              ("rate1_cpu_ns_per_msg", "CPU ns per 64 B message, 1 → 1", "lower"),
+                              ("rate4_msgs_per_s", "64 B messages/s, 4 → 1", "higher"),
+                              ("rate4_cpu_ns_per_msg", "CPU ns per 64 B message, 4 → 1", "lower"),
+                              ("lat_p50_us", "8 B one-way p50, µs", "lower")]:
+        a, b = med[(on, key)], med[(off, key)]
+        t = med.get(("tcp", key))
+        ts, ra, rb = (f"{fmt(t)} ({spread(('tcp', key))})", f"{a/t:.2f}×", f"{b/t:.2f}×") if t else ("—", "—", "—")
+        print(f"| {name} ({better} is better) | {fmt(a)} ({spread((on, key))}) | {fmt(b)} ({spread((off, key))}) | {a/b:.2f}× | {ts} | {ra} | {rb} |")
 w = ($t1 - $t0) * $(nproc)
 f = max(0.0, ($busy1 - $busy0) - ($my1 - $my0))
 print(f"\nnoise: other processes used {100*f/w:.0f}% of the machine's CPU time during the runs, hypervisor steal {100*($steal1-$steal0)/w:.1f}%; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)")

@@ -26,7 +26,9 @@ use std::path::PathBuf;
 
 use serde::de::{self, Deserializer, Visitor};
 
-use crate::agent::config::{default_socket, AgentConfig, ConnectPolicy, IdlePolicy, TransportKind};
+use crate::agent::config::{
+    default_socket, AgentConfig, ConnectPolicy, ExtbufPolicy, IdlePolicy, TransportKind,
+};
 
 /// What a size may look like (the text of every size error).
 pub const SIZE_FORMS: &str =
@@ -332,6 +334,10 @@ pub struct AgentArgs {
     /// dpdk transport: peers' MACs by node id, comma-separated ("" for unknown: learned).
     #[arg(long, value_delimiter = ',', env = "WYVERN_AGENT_DPDK_PEER_MACS")]
     pub dpdk_peer_macs: Option<Vec<String>>,
+    /// dpdk transport: send large messages' packets from their pool blocks, not
+    /// copied (auto: where the driver allows it, net_memif and net_af_packet; off).
+    #[arg(long, value_enum, env = "WYVERN_AGENT_DPDK_EXTBUF")]
+    pub dpdk_extbuf: Option<ExtbufPolicy>,
     /// verbs transport: the RDMA device and port (e.g. rxe0:1; default: the first active port).
     #[arg(long, env = "WYVERN_AGENT_VERBS_DEVICE")]
     pub verbs_device: Option<String>,
@@ -507,7 +513,7 @@ impl AgentArgs {
             link_idle_ms
         );
         set!(client_block_quota, unknown_ep_grace_ms, max_client_errors);
-        set!(peer_rx_bytes, dpdk_peer_macs, hugepages);
+        set!(peer_rx_bytes, dpdk_peer_macs, dpdk_extbuf, hugepages);
         set_some!(metrics, job, job_key_file, dpdk_port, dpdk_mtu);
         set_some!(verbs_device, verbs_gid_index, verbs_fabric, allow_gid);
         set_pool!(max_clients, endpoints_per_client, sub_slots, comp_slots);

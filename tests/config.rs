@@ -162,6 +162,13 @@ fn samples() -> Vec<Sample> {
         ),
         s("dpdk_mtu", "1500", "9000", "4000", ["1500", "9000", "4000"]),
         s(
+            "dpdk_extbuf",
+            r#""off""#,
+            "auto",
+            "off",
+            [r#""off""#, r#""auto""#, r#""off""#],
+        ),
+        s(
             "dpdk_peer_macs",
             MACS_A,
             ",,02:00:00:00:00:02,",

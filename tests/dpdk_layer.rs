@@ -10,7 +10,10 @@
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use wyvern::transport::dpdk::{Eal, Error, Mbuf, PktPool, Port, PortConfig};
+use wyvern::transport::datagram::PacketIo;
+use wyvern::transport::dpdk::{DpdkIo, DpdkIoConfig, Eal, Error, Mbuf, PktPool, Port, PortConfig};
+use wyvern::wire::packet::{PacketHeader, PktKind};
+use wyvern::wire::reliable::Ack;
 
 static EAL: OnceLock<Eal> = OnceLock::new();
 static LOCK: Mutex<()> = Mutex::new(());
@@ -24,6 +27,7 @@ const VDEVS: &[&str] = &[
     "net_ring4", // open_errors
     "net_ring5", // bad_queue_panics
     "net_null0", // null_port_control_and_stats
+    "net_ring6", // a_driver_that_keeps_attached_mbufs_turns_the_extbuf_path_off
 ];
 
 fn eal_args() -> Vec<String> {
@@ -339,6 +343,36 @@ fn mbuf_append_prepend_trim_adj() {
 }
 
 #[test]
+fn mbufs_chain_and_read_back_every_segment_in_order() {
+    let (_g, eal) = dpdk();
+    let pool = PktPool::new(eal, "t_chain", 63, 0, PktPool::DEFAULT_DATA_ROOM).unwrap();
+    let mut head = pool.alloc().unwrap();
+    assert!(head.extend_from_slice(b"header|"));
+    let mut tail = pool.alloc().unwrap();
+    let body: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+    assert!(tail.extend_from_slice(&body));
+    assert!(head.chain(tail).is_ok());
+    assert_eq!((head.segments(), head.len()), (2, 7 + 2000));
+    assert_eq!(head.data(), b"header|", "data() is the first segment");
+    // A buffer first filled with a poison byte: every byte read shows.
+    let mut out = vec![0xa5; 2100];
+    assert_eq!(head.read_into(&mut out), 2007);
+    assert_eq!(&out[..7], b"header|");
+    assert_eq!(&out[7..2007], &body[..]);
+    assert!(
+        out[2007..].iter().all(|&b| b == 0xa5),
+        "nothing past the packet"
+    );
+    // A shorter buffer takes what fits.
+    let mut short = [0u8; 10];
+    assert_eq!(head.read_into(&mut short), 10);
+    assert_eq!(&short, b"header|\0\x01\x02");
+    assert_eq!(pool.in_use(), 2);
+    drop(head);
+    assert_eq!(pool.in_use(), 0, "freeing the head frees the chain");
+}
+
+#[test]
 fn pool_counts_exhaustion_and_errors() {
     let (_g, eal) = dpdk();
     let pool = PktPool::new(eal, "t_pool", 31, 0, PktPool::DEFAULT_DATA_ROOM).unwrap();
@@ -366,4 +400,59 @@ fn pool_counts_exhaustion_and_errors() {
     }
     let chain = std::error::Error::source(&err).expect("keeps DPDK's reason");
     assert!(chain.to_string().contains("errno 17"));
+}
+
+/// The extbuf path's backstop: a driver that still holds sent mbufs when the transport
+/// call ends (`net_ring` keeps them in its ring until they are received) would let the
+/// agent reuse a block it reads. Forced onto such a driver (`extbuf_any_driver`), the
+/// path sees it at the first `flush` and turns itself off (copy from then on); the
+/// mbufs it attached are freed later, when the ring is read, into shared infos that are
+/// still there (kept, not freed).
+#[test]
+fn a_driver_that_keeps_attached_mbufs_turns_the_extbuf_path_off() {
+    let (_g, eal) = dpdk();
+    let cfg = DpdkIoConfig {
+        me: 0,
+        nodes: 2,
+        eal_args: eal_args(),
+        extbuf: true,
+        extbuf_any_driver: true,
+        ..DpdkIoConfig::default()
+    };
+    let mut io = DpdkIo::open_port(eal, &cfg, Some("net_ring6"), "t_ext").unwrap();
+    assert_eq!(io.tx_path(), "extbuf");
+    let payload = vec![0x3c; 1000];
+    let h = |seq| PacketHeader {
+        kind: PktKind::Data,
+        flags: 0,
+        src_node: 0,
+        dst_node: 1,
+        src_epoch: 1,
+        dst_epoch: 1,
+        seq,
+        ack: Ack::default(),
+    };
+    for seq in 0..4 {
+        assert!(io.send_packet(1, &h(seq), &payload, true).unwrap());
+    }
+    io.flush();
+    assert_eq!(io.tx_path(), "copy", "{:?}", io.stats());
+    let info = io.info();
+    let why = &info.iter().find(|(k, _)| *k == "dpdk_extbuf").unwrap().1;
+    assert!(why.contains("kept sent mbufs after tx_burst"), "{why}");
+    assert_eq!(io.stats().tx_attached, 4);
+    // Copied from now on.
+    assert!(io.send_packet(1, &h(4), &payload, true).unwrap());
+    io.flush();
+    assert_eq!(io.stats().tx_attached, 4);
+    // The ring loops back our own frames: reading them (dropped as our own) frees the
+    // four chained ones, whose free callbacks find their shared infos still there.
+    for _ in 0..100 {
+        assert!(io.recv().unwrap().is_none(), "our own frames are dropped");
+        if io.stats().own == 5 {
+            break;
+        }
+    }
+    assert_eq!(io.stats().own, 5, "{:?}", io.stats());
+    drop(io);
 }

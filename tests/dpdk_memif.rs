@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 use common::testbed::memif_agent_args;
 use common::{assert_ok, counter, stat_settled, Cluster};
+use wyvern::transport::datagram::PacketIo;
+use wyvern::transport::dpdk::{DpdkIo, DpdkIoConfig, Eal};
+use wyvern::wire::packet::{self, PacketHeader, PktKind};
+use wyvern::wire::reliable::Ack;
 
 const T: Duration = Duration::from_secs(120);
 
@@ -213,7 +217,11 @@ fn every_size_class_arrives_intact_and_in_order_both_ways_on_memif() {
         assert!(counter(s, "frames_tx") > 100_000, "{s}");
         assert!(counter(s, "frames_rx") > 100_000, "{s}");
         assert!(counter(s, "frames_tx_broadcast") < 100, "{s}");
-        assert_eq!(s["transport_info"]["dpdk_tx_path"], "copy", "{s}");
+        // `dpdk_extbuf = auto` (the default) on memif: large messages' packets go out
+        // attached to their blocks.
+        assert_eq!(s["transport_info"]["dpdk_tx_path"], "extbuf", "{s}");
+        assert!(counter(s, "tx_bytes_attached") > 64 << 20, "{s}");
+        assert_eq!(counter(s, "frames_tx_attached_out"), 0, "{s}");
         assert!(counter(s, "packets_rx_in_place") > 0, "{s}");
         // Nobody went away: nothing to connect again.
         assert_eq!(counter(s, "port_restarts"), 0, "{s}");
@@ -319,7 +327,8 @@ fn jumbo_frames_on_memif_carry_messages_when_bsize_holds_them() {
     for i in 0..2 {
         let s = c.stat(i);
         // Packets longer than a 1500-byte MTU allows went out.
-        let (bytes, frames) = (counter(&s, "tx_bytes_copied"), counter(&s, "frames_tx"));
+        let bytes = counter(&s, "tx_bytes_copied") + counter(&s, "tx_bytes_attached");
+        let frames = counter(&s, "frames_tx");
         assert!(frames > 0 && bytes / frames > 3000, "node {i}: {s}");
     }
 }
@@ -443,4 +452,242 @@ fn memif_buffers_too_small_for_a_packet_are_a_clear_start_up_error() {
         err.contains("net_memif0") && err.contains("bsize=256") && err.contains("bsize=1514"),
         "{err}"
     );
+}
+
+/// Sizes for the extbuf tests: small ones (copied), and large ones whose packets
+/// are cut from their pool blocks (attached where the path is on).
+const LARGE: &str = "0,64,4097,65536,262145,1048576,3000001";
+
+/// Large-message bytes one sender of `n` messages of [`LARGE`] (by turns) sends.
+fn large_bytes(n: u64) -> u64 {
+    let sizes: Vec<u64> = LARGE.split(',').map(|s| s.parse().unwrap()).collect();
+    (0..n).map(|k| sizes[k as usize % sizes.len()]).sum()
+}
+
+/// The extbuf tx path on memif (`--dpdk-extbuf auto`; memif copies every frame into
+/// its ring inside `tx_burst`): a large message's packets leave as a header mbuf
+/// chained to an mbuf attached to its pool block range, and every message arrives
+/// intact and in order both ways, at MTU 1500 and at 9000 (`bsize=9216`). With
+/// `off`, the same exchange attaches nothing.
+#[test]
+fn large_messages_go_out_attached_to_their_blocks_with_extbuf_and_copied_with_it_off() {
+    for (vdev, mem, more) in [
+        ("", 64, vec!["--dpdk-extbuf", "auto"]),
+        (
+            ",bsize=9216",
+            256,
+            vec!["--dpdk-extbuf", "auto", "--dpdk-mtu", "9000"],
+        ),
+        ("", 64, vec!["--dpdk-extbuf", "off"]),
+    ] {
+        let on = more[1] == "auto";
+        let c = pair(false, vdev, mem, &more);
+        exchange(&c, LARGE, 21, ["100", "7", "201", "202"]);
+        check_clean(&c);
+        for i in 0..2 {
+            let s = c.stat(i);
+            let attached = counter(&s, "tx_bytes_attached");
+            let info = &s["transport_info"];
+            eprintln!(
+                "node {i} {more:?}: frames_tx {} attached {} (copied at the end of a call: \
+                 {}), bytes attached {attached} copied {}",
+                counter(&s, "frames_tx"),
+                counter(&s, "frames_tx_attached"),
+                counter(&s, "frames_tx_attached_copied"),
+                counter(&s, "tx_bytes_copied"),
+            );
+            if on {
+                assert_eq!(info["dpdk_tx_path"], "extbuf", "node {i} {more:?}: {s}");
+                assert_eq!(info["dpdk_extbuf"], "on", "node {i} {more:?}: {s}");
+                // Nearly all of the 1 MiB and 3 MB messages (a chunk's first packet
+                // carries its frame header too, and is copied).
+                let big = 3 * (1048576 + 3000001);
+                assert!(attached > big * 9 / 10, "node {i} {more:?}: {s}");
+                assert!(counter(&s, "frames_tx_attached") > 0, "node {i}: {s}");
+                // Every attached byte was some message's (nothing attached twice:
+                // resends are copied, and memif loses nothing).
+                assert!(attached <= large_bytes(21), "node {i} {more:?}: {s}");
+            } else {
+                assert_eq!(info["dpdk_tx_path"], "copy", "node {i}: {s}");
+                assert_eq!(
+                    info["dpdk_extbuf"], "off: dpdk_extbuf = off",
+                    "node {i}: {s}"
+                );
+                assert_eq!(attached, 0, "node {i}: {s}");
+                assert_eq!(counter(&s, "frames_tx_attached"), 0, "node {i}: {s}");
+            }
+            assert_eq!(counter(&s, "frames_tx_attached_out"), 0, "node {i}: {s}");
+        }
+    }
+}
+
+/// A client killed (SIGKILL) while its 3 MB messages go out attached to their
+/// blocks: the agent frees its blocks as it does on the copy path, no mbuf refers
+/// to one afterwards (`frames_tx_attached_out` 0, every block free once settled),
+/// and the next messages, in the same blocks again, arrive intact and in order.
+#[test]
+fn a_client_killed_mid_send_leaves_no_block_attached_and_the_next_messages_intact() {
+    let c = pair(false, "", 64, &["--dpdk-extbuf", "auto"]);
+    let tmo = ["--timeout-ms", "60000"];
+    let mut rx = c.peer(
+        1,
+        &[
+            &tmo[..],
+            &[
+                "--ep", "100", "--sizes", "3000001", "recv", "--count", "100000",
+            ],
+        ]
+        .concat(),
+    );
+    let mut tx = c.peer(
+        0,
+        &[
+            &tmo[..],
+            &["--ep", "201", "--sizes", "3000001", "send", "--to", "1:100"],
+            &["--count", "100000"],
+        ]
+        .concat(),
+    );
+    // Killed once 20 messages' worth went out attached (bounded: 60 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = c.stat(0);
+        if counter(&s, "tx_bytes_attached") > 60_000_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing attached in 60 s: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tx.kill9();
+    rx.kill9();
+    exchange(&c, "65536,1048576,3000001", 30, ["101", "8", "202", "203"]);
+    for i in 0..2 {
+        let s = stat_settled(&c, i);
+        assert_eq!(s["blocks_free"], s["blocks_total"], "agent {i}: {s}");
+        assert_eq!(counter(&s, "frames_tx_attached_out"), 0, "agent {i}: {s}");
+        assert_eq!(counter(&s, "packets_corrupt"), 0, "agent {i}: {s}");
+        assert!(counter(&s, "tx_bytes_attached") > 0, "agent {i}: {s}");
+    }
+}
+
+/// The payload of test packet `k`: its own pattern.
+fn pattern(k: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| (i.wrapping_mul(31) ^ k.wrapping_mul(131)) as u8)
+        .collect()
+}
+
+/// What no attached mbuf may outlive: the transport call that queued it. Both ends
+/// of a memif pair in this process (`DpdkIo` on each, extbuf on); one call (the
+/// client's) sends more
+/// attached packets than memif's ring (1024) and the send queue hold, so the ring
+/// is full and frames wait in the queue when the call ends (`flush`). Those are
+/// copied then: right after, every payload buffer is overwritten (as a block
+/// reused by the agent would be), and yet every frame the other end receives is
+/// the packet as sent (its checksum and bytes), none lost, the copied ones
+/// counted (`frames_tx_attached_copied`) and no attached mbuf out.
+#[test]
+fn attached_frames_the_ring_did_not_take_are_copied_at_the_end_of_the_call() {
+    let dir = socket_dir();
+    let prefix = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let sock = format!("socket={}/memif.sock", dir.display());
+    let args: Vec<String> = [
+        "--no-pci".to_string(),
+        format!("--vdev=net_memif0,role=server,{sock}"),
+        format!("--vdev=net_memif1,role=client,{sock}"),
+        format!("--file-prefix={prefix}"),
+        "--no-shconf".into(),
+        "--no-huge".into(),
+        "-m".into(),
+        "128".into(),
+        "--no-telemetry".into(),
+        "--lcores=0@(0-1)".into(),
+        "--log-level=lib.eal:warning".into(),
+    ]
+    .to_vec();
+    let eal = Eal::init(&args).expect("EAL with both ends of a memif pair");
+    let cfg = |me| DpdkIoConfig {
+        me,
+        nodes: 2,
+        eal_args: args.clone(),
+        extbuf: true,
+        ..DpdkIoConfig::default()
+    };
+    let mut a = DpdkIo::open_port(&eal, &cfg(0), Some("net_memif0"), "xa").unwrap();
+    let mut b = DpdkIo::open_port(&eal, &cfg(1), Some("net_memif1"), "xb").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(a.link_up() && b.link_up()) {
+        assert!(Instant::now() < deadline, "memif pair not up in 20 s");
+        // (An empty poll lets the client look at its link.)
+        let _ = b.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The client sends: its ring to the server has every slot free at once (the
+    // server's ring to it gets slots as the client receives).
+    assert_eq!(b.tx_path(), "extbuf");
+    const N: u64 = 2000;
+    const LEN: usize = 1400;
+    let mut payloads: Vec<Vec<u8>> = (0..N).map(|k| pattern(k, LEN)).collect();
+    let header = |k: u64| PacketHeader {
+        kind: PktKind::Data,
+        flags: 0,
+        src_node: 1,
+        dst_node: 0,
+        src_epoch: 1,
+        dst_epoch: 2,
+        seq: k,
+        ack: Ack::default(),
+    };
+    // One "transport call": sends until the device refuses, then flushes.
+    let mut sent = Vec::new();
+    for (k, p) in payloads.iter().enumerate() {
+        if b.send_packet(0, &header(k as u64), p, true).unwrap() {
+            sent.push(k as u64);
+        }
+    }
+    b.flush();
+    let copied = b.stats().tx_attached_copied;
+    let out = |io: &DpdkIo| {
+        io.counters()
+            .into_iter()
+            .find(|(n, _)| *n == "frames_tx_attached_out")
+            .unwrap()
+            .1
+    };
+    assert_eq!(out(&b), 0, "{:?}", b.stats());
+    assert!(copied > 0, "the ring never filled: {:?}", b.stats());
+    assert!(sent.len() > 1024, "{} sent", sent.len());
+    // The blocks are reused.
+    for p in &mut payloads {
+        p.fill(0xff);
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < sent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} frames arrived; {:?}",
+            got.len(),
+            sent.len(),
+            b.stats()
+        );
+        while let Some(f) = a.recv().unwrap() {
+            let (h, p) = packet::decode(&f).expect("a frame as sent (checksum)");
+            assert_eq!(p, &pattern(h.seq, LEN)[..], "packet {}", h.seq);
+            got.push(h.seq);
+            a.release(f);
+        }
+        // What waited in the send queue (copies now) goes as the ring empties.
+        b.flush();
+    }
+    assert_eq!(got, sent, "every frame once, in order");
+    let s = b.stats();
+    eprintln!(
+        "{} sent, {} attached, {copied} of them copied at the end of the call",
+        sent.len(),
+        s.tx_attached + copied
+    );
+    assert_eq!(s.tx_attached + copied, sent.len() as u64, "{s:?}");
+    assert_eq!(s.tx_bytes_attached, s.tx_attached * LEN as u64, "{s:?}");
+    assert_eq!(out(&b), 0);
 }

@@ -58,7 +58,11 @@ fn dpdk_memif_counters(s: &serde_json::Value) {
     assert!(counter(s, "frames_rx") > 100_000, "{s}");
     assert!(counter(s, "frames_tx_broadcast") < 100, "{s}");
     assert_eq!(counter(s, "frames_oversize"), 0, "{s}");
-    assert_eq!(s["transport_info"]["dpdk_tx_path"], "copy", "{s}");
+    // `dpdk_extbuf = auto` (the default): large messages' packets go out attached
+    // to their pool blocks (memif copies every frame in tx_burst).
+    assert_eq!(s["transport_info"]["dpdk_tx_path"], "extbuf", "{s}");
+    assert!(counter(s, "tx_bytes_attached") > 0, "{s}");
+    assert_eq!(counter(s, "frames_tx_attached_out"), 0, "{s}");
 }
 
 /// What one agent of the dpdk transport on `net_af_packet` (the testbed's veths)
@@ -72,10 +76,12 @@ fn dpdk_af_packet_counters(s: &serde_json::Value) {
     assert!(counter(s, "frames_rx") > 100_000, "{s}");
     // Each side learned the other's MAC: after the first Hellos nothing is broadcast.
     assert!(counter(s, "frames_tx_broadcast") < 100, "{s}");
-    // The tx path in use: every packet written into its mbuf by the CPU.
-    assert_eq!(s["transport_info"]["dpdk_tx_path"], "copy", "{s}");
+    // The tx path in use (`dpdk_extbuf = auto`, the default): large messages'
+    // packets attached to their pool blocks, the rest written into mbufs by the CPU.
+    assert_eq!(s["transport_info"]["dpdk_tx_path"], "extbuf", "{s}");
     assert!(counter(s, "tx_bytes_copied") > 100_000 * 64, "{s}");
-    assert_eq!(counter(s, "tx_bytes_attached"), 0, "{s}");
+    assert!(counter(s, "tx_bytes_attached") > 0, "{s}");
+    assert_eq!(counter(s, "frames_tx_attached_out"), 0, "{s}");
     // Packets parsed in place; most went straight on to the stream.
     assert!(counter(s, "packets_rx_in_place") > 0, "{s}");
     // Payload buffers are reused: far fewer allocated than packets sent.

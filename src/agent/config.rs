@@ -37,6 +37,18 @@ pub enum IdlePolicy {
     Adaptive,
 }
 
+/// dpdk transport: whether a large message's packets are sent from its pool
+/// block (mbufs attached to it) instead of copied into mbufs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtbufPolicy {
+    /// Where the driver copies every frame inside `tx_burst` and sends chained
+    /// mbufs (`net_memif` without zero-copy, `net_af_packet`); copy elsewhere.
+    Auto,
+    /// Always copy.
+    Off,
+}
+
 /// When an agent makes its links to other agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -152,6 +164,10 @@ pub struct AgentConfig {
     /// unknown). Empty: every MAC is learned from the peer's frames, and
     /// broadcast is used until then.
     pub dpdk_peer_macs: Vec<String>,
+    /// dpdk transport: send a large message's packets from its pool block,
+    /// not copied (`auto`: where the driver allows it; `off`: always copy).
+    /// See docs/dpdk.md "Copies".
+    pub dpdk_extbuf: ExtbufPolicy,
     /// verbs transport: the RDMA device and port (`mlx5_0:1`, `rxe0`); none:
     /// the first active port of any device.
     pub verbs_device: Option<String>,
@@ -267,6 +283,7 @@ impl Default for AgentConfig {
             dpdk_port: None,
             dpdk_mtu: None,
             dpdk_peer_macs: vec![],
+            dpdk_extbuf: ExtbufPolicy::Auto,
             verbs_device: None,
             verbs_gid_index: None,
             verbs_port_offset: 0,

@@ -476,12 +476,16 @@ fn a_broken_connection_forgets_the_chunks_steered_ahead_and_the_messages_they_be
     p.rx_large
         .push_back(large(1 << 20, 256 << 10, 1 << 20, 4096));
     p.rx_large.push_back(large(1 << 20, 0, 256 << 10, 1 << 22));
-    p.rx_steered.extend([
-        chunk(256 << 10),
-        chunk(512 << 10),
-        chunk(768 << 10),
-        chunk(0),
-    ]);
+    let ticket = crate::transport::LinkRx::default().steer_ticket();
+    p.rx_steered.extend(
+        [
+            chunk(256 << 10),
+            chunk(512 << 10),
+            chunk(768 << 10),
+            chunk(0),
+        ]
+        .map(|h| (h, ticket)),
+    );
     assert!(p.disconnected("broken".into(), now, now, &mut freed));
     assert!(p.rx_steered.is_empty());
     assert_eq!(

@@ -239,6 +239,8 @@ impl Plan {
                     eal_args: cfg.dpdk_eal_args.clone(),
                     port: cfg.dpdk_port.clone(),
                     mtu: cfg.dpdk_mtu,
+                    extbuf: cfg.dpdk_extbuf == crate::agent::config::ExtbufPolicy::Auto,
+                    extbuf_any_driver: false,
                     peer_macs: cfg
                         .peer_macs()
                         .into_iter()

@@ -116,6 +116,24 @@ pub trait PacketIo {
         len: usize,
         fill: F,
     ) -> io::Result<bool>;
+    /// Send the packet of header `h` and `payload` to `node` (as
+    /// [`PacketIo::send_with`]). `pinned`: the payload is a pool block range
+    /// its owner keeps unchanged until the peer has it ([`TxItem::Pool`]), so
+    /// a device may send it from where it is instead of copying it, provided
+    /// it lets go of it by the end of its next [`PacketIo::flush`] (after the
+    /// transport call the agent may free the block). The default copies.
+    fn send_packet(
+        &mut self,
+        node: u32,
+        h: &PacketHeader,
+        payload: &[u8],
+        pinned: bool,
+    ) -> io::Result<bool> {
+        let _ = pinned;
+        self.send_with(node, PKT_HEADER + payload.len(), |out| {
+            packet::encode_into(h, payload, out)
+        })
+    }
     /// Send a copy of `pkt` (see [`PacketIo::send_with`]).
     fn send(&mut self, node: u32, pkt: &[u8]) -> io::Result<bool> {
         self.send_with(node, pkt.len(), |out| out.copy_from_slice(pkt))
@@ -632,8 +650,8 @@ impl<I: PacketIo> DatagramTransport<I> {
     }
 
     /// Encode a packet straight into the device's buffer and send it.
-    fn send_raw(&mut self, j: usize, h: &PacketHeader, payload: &[u8], now: Instant) {
-        match send_packet(&mut self.io, j, h, payload) {
+    fn send_raw(&mut self, j: usize, h: &PacketHeader, payload: &[u8], pinned: bool, now: Instant) {
+        match self.io.send_packet(j as u32, h, payload, pinned) {
             Ok(sent) => {
                 self.links[j].last_tx = now;
                 self.stats.packets_tx += sent as u64;
@@ -669,15 +687,15 @@ impl<I: PacketIo> DatagramTransport<I> {
             .as_ref()
             .map_or([0; MAC_LEN], |k| hello_mac(k, &h, &payload[..HELLO_BODY]));
         payload[HELLO_BODY..].copy_from_slice(&mac);
-        self.send_raw(j, &h, &payload, now);
+        self.send_raw(j, &h, &payload, false, now);
     }
 
     fn send_control(&mut self, j: usize, kind: PktKind, now: Instant) {
         let (ack, more) = self.links[j].rx.make_wide_ack();
         let h = self.header(j, kind, 0, ack);
         match more {
-            Some(m) => self.send_raw(j, &h, &packet::sack_more_bytes(&m), now),
-            None => self.send_raw(j, &h, &[], now),
+            Some(m) => self.send_raw(j, &h, &packet::sack_more_bytes(&m), false, now),
+            None => self.send_raw(j, &h, &[], false, now),
         }
     }
 
@@ -1154,7 +1172,8 @@ impl<I: PacketIo> DatagramTransport<I> {
         let ack = l.rx.make_piggyback_ack();
         let seq = l.tx.next_seq();
         let h = self.header(j, PktKind::Data, seq, ack);
-        self.send_raw(j, &h, item.bytes(&pool), now);
+        let pinned = matches!(item, TxItem::Pool { .. });
+        self.send_raw(j, &h, item.bytes(&pool), pinned, now);
         if let Err(TxItem::Owned(p)) = self.links[j].tx.send(item, now) {
             recycle(&mut self.spare, p);
         }
@@ -1238,7 +1257,8 @@ impl<I: PacketIo> DatagramTransport<I> {
                     seq,
                     ack,
                 };
-                if let Err(e) = send_packet(io, j, &h, p.bytes(pool)) {
+                // (A resend is copied: its bytes and checksum are read together.)
+                if let Err(e) = io.send_packet(j as u32, &h, p.bytes(pool), false) {
                     log::debug!("resend to node {j}: {e}");
                 }
                 stats.retransmits += 1;
@@ -1551,18 +1571,6 @@ fn hello_mac_fields<'a>(h: &PacketHeader, hello: &'a [u8]) -> HelloMacFields<'a>
 /// `Hello` and the [`PacketLimits`]).
 fn hello_mac(key: &JobKey, h: &PacketHeader, hello: &[u8]) -> [u8; MAC_LEN] {
     key.mac(auth::label::DGRAM_HELLO, &hello_mac_fields(h, hello).each())
-}
-
-/// Encode a packet straight into `io`'s buffer and send it to node `j`.
-fn send_packet<I: PacketIo>(
-    io: &mut I,
-    j: usize,
-    h: &PacketHeader,
-    payload: &[u8],
-) -> io::Result<bool> {
-    io.send_with(j as u32, PKT_HEADER + payload.len(), |out| {
-        packet::encode_into(h, payload, out)
-    })
 }
 
 /// Keep a payload buffer for reuse (up to [`SPARE_MAX`]).

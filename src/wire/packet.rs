@@ -155,6 +155,23 @@ pub fn encode(h: &PacketHeader, payload: &[u8], out: &mut Vec<u8>) {
 /// If `out` has another length, or the payload does not fit a packet.
 pub fn encode_into(h: &PacketHeader, payload: &[u8], out: &mut [u8]) {
     assert_eq!(out.len(), PKT_HEADER + payload.len(), "packet buffer size");
+    let (hdr, body) = out.split_at_mut(PKT_HEADER);
+    body.copy_from_slice(payload);
+    encode_header(
+        h,
+        body,
+        hdr.try_into().expect("split at the header's length"),
+    );
+}
+
+/// Write only the header of a packet whose payload is `payload` (its length and
+/// CRC-32C are in the header): for a device that sends the payload from where it
+/// is, in a segment of its own after the header. The header and `payload` side
+/// by side are exactly what [`encode_into`] writes.
+///
+/// # Panics
+/// If the payload does not fit a packet.
+pub fn encode_header(h: &PacketHeader, payload: &[u8], hdr: &mut [u8; PKT_HEADER]) {
     let len = u16::try_from(payload.len()).expect("payload fits a packet");
     let dsack = h
         .ack
@@ -167,8 +184,7 @@ pub fn encode_into(h: &PacketHeader, payload: &[u8], out: &mut [u8]) {
     );
     let flags = (h.flags & !FLAG_DSACK) | if dsack.is_some() { FLAG_DSACK } else { 0 };
     let seq = dsack.unwrap_or(h.seq);
-    let (hdr, body) = out.split_at_mut(PKT_HEADER);
-    let mut w = FieldsMut::<PKT_HEADER>::new(hdr).expect("split at the header's length");
+    let mut w = FieldsMut::<PKT_HEADER>::new(hdr).expect("a header's length");
     w.put::<0, 2>(PKT_MAGIC);
     w.put_u8::<2>(PKT_VERSION);
     w.put_u8::<3>(h.kind as u8);
@@ -183,10 +199,9 @@ pub fn encode_into(h: &PacketHeader, payload: &[u8], out: &mut [u8]) {
     w.put_u64::<40>(h.ack.next);
     w.put_u64::<48>(h.ack.sack);
     w.put_u32::<56>(h.ack.window);
-    body.copy_from_slice(payload);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[..60]), body);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[..60]), payload);
     FieldsMut::<PKT_HEADER>::new(hdr)
-        .expect("split at the header's length")
+        .expect("a header's length")
         .put_u32::<60>(crc);
 }
 
@@ -295,6 +310,21 @@ mod tests {
         encode_into(&header(), b"payload", &mut b);
         assert_eq!(&v[..3], &[0xee; 3]);
         assert_eq!(&v[3..], &b[..]);
+    }
+
+    #[test]
+    fn a_header_written_apart_from_its_payload_matches_encode_into() {
+        let payload: Vec<u8> = (0..1500u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut whole = vec![0xcc; PKT_HEADER + payload.len()];
+        encode_into(&header(), &payload, &mut whole);
+        // A header buffer first filled with a poison byte: a field never written shows.
+        let mut hdr = [0x5a; PKT_HEADER];
+        encode_header(&header(), &payload, &mut hdr);
+        assert_eq!(&whole[..PKT_HEADER], &hdr[..]);
+        let mut joined = hdr.to_vec();
+        joined.extend_from_slice(&payload);
+        let (h, p) = decode(&joined).unwrap();
+        assert_eq!((h, p), (header(), &payload[..]));
     }
 
     #[test]

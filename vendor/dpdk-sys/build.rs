@@ -223,6 +223,8 @@ const FUNCTIONS: &[&str] = &[
     "rte_pktmbuf_ext_shinfo_init_helper",
     "rte_mbuf_refcnt_read",
     "rte_mbuf_ext_refcnt_read",
+    "rte_mbuf_ext_refcnt_set",
+    "rte_pktmbuf_chain",
     "rte_mem_virt2iova",
     // shim.c
     "wyvern_.*",

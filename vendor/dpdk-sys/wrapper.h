@@ -20,6 +20,10 @@ int wyvern_rte_errno(void);
 /** Sets the calling thread's rte_errno (for tests of the accessor). */
 void wyvern_rte_errno_set(int value);
 
+/** RTE_ETH_TX_OFFLOAD_MULTI_SEGS (an RTE_BIT64 macro, which bindgen drops): the
+ * device sends packets in chained mbufs. */
+uint64_t wyvern_tx_offload_multi_segs(void);
+
 /* The C macros themselves, as functions, so Rust tests can check the Rust
  * equivalents in dpdk-sys against them. Not for the data path. */
 void *wyvern_macro_pktmbuf_mtod(const struct rte_mbuf *m);

@@ -25,7 +25,14 @@
 //! Received packets are read in place ([`RxFrame`]: the datagram layer parses and
 //! checks the packet inside the mbuf and copies its payload once, to where the stream
 //! goes). The tx path is `copy` (`wyvern stat`: `dpdk_tx_path`, `tx_bytes_copied`): the
-//! CPU writes every packet into its mbuf; no zero-copy external buffers yet.
+//! CPU writes every packet into its mbuf; or `extbuf` (`dpdk_extbuf = auto` on a driver
+//! that copies every frame inside `tx_burst`: `net_memif` without zero-copy,
+//! `net_af_packet`): a packet whose payload is a range of a pool block its owner keeps
+//! ([`PacketIo::send_packet`]'s `pinned`) goes out as two chained mbufs, the Ethernet
+//! and packet headers copied into the first, the second attached to the block range
+//! itself (`tx_bytes_attached`), so the driver's own copy is the only one. No attached
+//! mbuf outlives the transport call that queued it (see [`super::extbuf`] and
+//! `settle_attached`).
 //!
 //! # Waking a sleeping agent
 //! A poll-mode device has no descriptor to wait on, so an adaptive agent on one sleeps
@@ -51,11 +58,12 @@ use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use super::extbuf::ExtSlots;
 use super::{Eal, Error, MacAddr, Mbuf, PktPool, Port, PortConfig};
 use crate::transport::datagram::PacketIo;
 use crate::transport::{Poller, Shortfall};
 use crate::wire::bytes::{Fields, FieldsMut};
-use crate::wire::packet::PACKET_MIN;
+use crate::wire::packet::{self, PacketHeader, PACKET_MIN, PKT_HEADER};
 
 /// wyvern's EtherType: IEEE 802 local experimental EtherType 1.
 pub const ETHERTYPE: u16 = 0x88B5;
@@ -76,6 +84,13 @@ const TX_QUEUE_MAX: usize = 512;
 const POOL_MBUFS: u32 = 4095;
 /// Per-lcore mbuf cache.
 const POOL_CACHE: u32 = 64;
+/// Mbufs (without data room) to attach payloads to, and shared infos: at most
+/// this many attached mbufs out at once (the send queue holds at most
+/// [`TX_QUEUE_MAX`]).
+const EXT_MBUFS: u32 = 1023;
+/// The shortest payload sent attached: below it a copy costs less than a second
+/// mbuf.
+pub const EXTBUF_MIN: usize = 512;
 /// Empty receive polls between two looks at a memif client's link.
 const LINK_CHECK_EVERY: u32 = 256;
 /// How often a memif client that could not connect tries again, and how long its
@@ -102,6 +117,14 @@ pub struct DpdkIoConfig {
     pub mtu: Option<u16>,
     /// Known MACs by node id (`None`: learn it; broadcast until then).
     pub peer_macs: Vec<Option<MacAddr>>,
+    /// Send large messages' packets from their pool blocks (mbufs attached to
+    /// them, no copy) where the driver allows it (`dpdk_extbuf = auto`);
+    /// `false`: always copy (`off`).
+    pub extbuf: bool,
+    /// With `extbuf`: use the path on any driver, not only those known to be done
+    /// with a frame's mbufs when `tx_burst` returns. For tests of the check that
+    /// turns it off when a driver keeps them (`net_ring` does); never in the agent.
+    pub extbuf_any_driver: bool,
 }
 
 /// Counters of the device layer.
@@ -132,9 +155,15 @@ pub struct DpdkIoStats {
     /// Packet bytes (header and payload) written into mbufs by the CPU: the
     /// `copy` tx path.
     pub tx_bytes_copied: u64,
-    /// Payload bytes sent from pool memory attached to mbufs (external
-    /// buffers): the zero-copy tx path. Always 0: not built (see docs/dpdk.md).
+    /// Payload bytes the driver took from pool memory attached to mbufs
+    /// (external buffers): the `extbuf` tx path (their headers count as copied).
     pub tx_bytes_attached: u64,
+    /// Frames sent with an attached payload.
+    pub tx_attached: u64,
+    /// Frames with an attached payload the driver had not taken by the end of
+    /// a transport call, copied into plain mbufs then (or dropped when none was
+    /// free: resent).
+    pub tx_attached_copied: u64,
     /// `tx_burst` calls that handed the driver at least one frame.
     pub tx_bursts: u64,
     /// Times the packet socket left the poller because the agent was busy.
@@ -154,6 +183,13 @@ impl std::ops::Deref for RxFrame {
     fn deref(&self) -> &[u8] {
         &self.0.data()[ETH_HEADER..]
     }
+}
+
+/// The `extbuf` tx path: shared infos for attached mbufs and the pool of mbufs
+/// (without data room) they are.
+struct ExtTx {
+    slots: ExtSlots,
+    pool: &'static PktPool,
 }
 
 /// Where the packet socket is registered: the agent's poller and the token its
@@ -197,6 +233,11 @@ pub struct DpdkIo {
     last_start: Option<Instant>,
     /// ...and when its link was first seen down since it was last up.
     link_down_since: Option<Instant>,
+    /// The `extbuf` tx path, when on (after `port`: attached mbufs the driver
+    /// still holds when it closes call back into its slots).
+    ext: Option<ExtTx>,
+    /// Why the `extbuf` tx path is off (`None`: on).
+    ext_off: Option<String>,
     stats: DpdkIoStats,
     /// What the port runs below the configuration (see [`DpdkIo::shortfall`]).
     shortfall: Vec<Shortfall>,
@@ -324,6 +365,7 @@ impl DpdkIo {
             },
             // A memif client connects when started; its server may not be there yet.
             defer_start: memif_client,
+            multi_seg_tx: cfg.extbuf,
             ..PortConfig::default()
         };
         let mut port = match cfg.port.as_deref() {
@@ -461,6 +503,49 @@ impl DpdkIo {
             port.id(),
             port.name()
         );
+        // The `extbuf` tx path only where the driver is done with a frame's mbufs
+        // when `tx_burst` returns (it copies them into its ring and frees them):
+        // the agent frees a pool block without asking the device, so a driver
+        // that kept an attached mbuf (a NIC's DMA, memif's zero-copy) could send
+        // a block after its reuse. Checked again after every call (`settle_attached`).
+        let copies_in_tx_burst =
+            memif.as_ref().is_some_and(|m| !m.zero_copy) || af_packet.is_some();
+        let ext_off = if !cfg.extbuf {
+            Some("dpdk_extbuf = off".to_string())
+        } else if cfg.extbuf_any_driver {
+            None
+        } else if !copies_in_tx_burst {
+            Some(format!(
+                "{} may keep sent mbufs after tx_burst (only net_memif without zero-copy \
+                 and net_af_packet are known to copy and free them at once)",
+                port.name()
+            ))
+        } else if !port.multi_seg_tx() {
+            Some(format!("{} does not send chained mbufs", port.name()))
+        } else {
+            None
+        };
+        let ext = match &ext_off {
+            Some(_) => None,
+            None => {
+                let ext_pool: &'static PktPool = Box::leak(Box::new(
+                    PktPool::new(eal, &format!("{pool_name}x"), EXT_MBUFS, 0, 0)
+                        .map_err(dev_err)?,
+                ));
+                Some(ExtTx {
+                    slots: ExtSlots::new(EXT_MBUFS as usize),
+                    pool: ext_pool,
+                })
+            }
+        };
+        match &ext_off {
+            None => log::info!(
+                "dpdk: {}: tx path extbuf (payloads of {EXTBUF_MIN} B or more sent from \
+                 their pool blocks, not copied)",
+                port.name()
+            ),
+            Some(why) => log::info!("dpdk: {}: tx path copy ({why})", port.name()),
+        }
         Ok(DpdkIo {
             txq: Vec::with_capacity(TX_QUEUE_MAX),
             rxq: VecDeque::with_capacity(usize::from(RX_BURST)),
@@ -480,6 +565,8 @@ impl DpdkIo {
             idle_polls: 0,
             last_start,
             link_down_since: None,
+            ext,
+            ext_off,
             stats: DpdkIoStats::default(),
             shortfall,
         })
@@ -565,6 +652,112 @@ impl DpdkIo {
             }
             self.stats.tx_bursts += 1;
             self.moved(sent as u32);
+        }
+    }
+
+    /// The end of a transport call: no attached mbuf may outlive it (the agent may
+    /// free its block next). Those still queued (the driver's ring was full) are
+    /// copied into plain mbufs, or dropped when none is free (lost: the
+    /// reliability layer resends them); then none is out, unless the driver kept
+    /// some after `tx_burst`, which turns the path off for good (logged).
+    fn settle_attached(&mut self) {
+        let Some(ext) = &self.ext else { return };
+        if ext.slots.outstanding() == 0 {
+            return;
+        }
+        let (pool, stats) = (self.pool, &mut self.stats);
+        self.txq.retain_mut(|m| {
+            if m.segments() < 2 {
+                return true;
+            }
+            let len = m.len();
+            let payload = len.saturating_sub(ETH_HEADER + PKT_HEADER) as u64;
+            stats.tx_bytes_attached -= payload;
+            stats.tx_attached -= 1;
+            stats.tx_attached_copied += 1;
+            let copy = pool.alloc().ok().and_then(|mut c| {
+                let out = c.append(len)?;
+                (m.read_into(out) == len).then_some(c)
+            });
+            match copy {
+                Some(c) => {
+                    stats.tx_bytes_copied += payload;
+                    // The chained mbuf is freed here: its slot's callback runs.
+                    *m = c;
+                    true
+                }
+                None => {
+                    stats.tx_full += 1;
+                    false
+                }
+            }
+        });
+        let held = ext.slots.outstanding();
+        if held != 0 {
+            log::error!(
+                "dpdk: {} kept {held} sent mbufs with attached payloads after tx_burst: \
+                 their pool blocks may be reused while it still reads them; tx path copy \
+                 from now on (set dpdk_extbuf = off for this device)",
+                self.port.name()
+            );
+            self.ext_off = Some(format!(
+                "{} kept sent mbufs after tx_burst",
+                self.port.name()
+            ));
+            // Dropping the slots while mbufs point at them leaks them (see ExtSlots).
+            self.ext = None;
+        }
+    }
+
+    /// Queues the packet of header `h` with `payload` attached, not copied (see
+    /// the module's doc). `None`: not possible now (no mbuf or slot free, the
+    /// path off): the caller copies instead.
+    ///
+    /// `payload` must stay valid and unchanged until the end of the transport
+    /// call ([`PacketIo::send_packet`]'s `pinned`): `settle_attached`, at the
+    /// end of every call, sees that no mbuf refers to it after that.
+    fn send_attached(&mut self, node: u32, h: &PacketHeader, payload: &[u8]) -> Option<bool> {
+        if self.txq.len() >= TX_QUEUE_MAX {
+            self.flush_tx();
+            if self.txq.len() >= TX_QUEUE_MAX {
+                self.stats.tx_full += 1;
+                return Some(false);
+            }
+        }
+        let dst = self.peer_mac(node);
+        let mut head = self.pool.alloc().ok()?;
+        let ext = self.ext.as_mut()?;
+        // SAFETY: payload is pinned until the end of this transport call (this
+        // function's contract), and `settle_attached` runs before the call returns
+        // (PacketIo::flush): the mbuf is freed (by the driver, or by us) by then.
+        // Nothing writes through it.
+        let tail = unsafe { ext.slots.attach(ext.pool, payload) }?;
+        let hdr = head.append(ETH_HEADER + PKT_HEADER)?;
+        write_header(hdr, dst, self.mac);
+        let pkt: &mut [u8; PKT_HEADER] = (&mut hdr[ETH_HEADER..]).try_into().ok()?;
+        packet::encode_header(h, payload, pkt);
+        head.chain(tail).ok()?;
+        let len = (PKT_HEADER + payload.len()) as u64;
+        self.stats.tx_bytes_attached += payload.len() as u64;
+        self.stats.tx_bytes_copied += PKT_HEADER as u64;
+        self.stats.tx_attached += 1;
+        self.stats.tx_largest = self.stats.tx_largest.max(len);
+        if dst == BROADCAST {
+            self.stats.tx_broadcast += 1;
+        }
+        self.txq.push(head);
+        if self.txq.len() >= TX_BURST {
+            self.flush_tx();
+        }
+        Some(true)
+    }
+
+    /// The tx path in use: `extbuf` or `copy`.
+    pub fn tx_path(&self) -> &'static str {
+        if self.ext.is_some() {
+            "extbuf"
+        } else {
+            "copy"
         }
     }
 
@@ -724,6 +917,8 @@ struct MemifVdev {
     client: bool,
     /// Its ring buffers' size (`bsize`, default 2048).
     bsize: usize,
+    /// `zero-copy=yes`: the peer reads our mbufs in place, after `tx_burst`.
+    zero_copy: bool,
 }
 
 /// `net_memif`'s buffer size without `bsize`.
@@ -739,11 +934,13 @@ fn memif_vdev(eal_args: &[String], port: Option<&str>) -> Option<MemifVdev> {
     let mut vdev = MemifVdev {
         client: false,
         bsize: MEMIF_DEFAULT_BSIZE,
+        zero_copy: false,
     };
     for kv in parts {
         match kv.split_once('=') {
             Some(("role", r)) => vdev.client = matches!(r, "client" | "slave"),
             Some(("bsize", v)) => vdev.bsize = v.parse().unwrap_or(MEMIF_DEFAULT_BSIZE),
+            Some(("zero-copy", v)) => vdev.zero_copy = v == "yes",
             _ => {}
         }
     }
@@ -888,6 +1085,23 @@ impl PacketIo for DpdkIo {
         Ok(true)
     }
 
+    fn send_packet(
+        &mut self,
+        node: u32,
+        h: &PacketHeader,
+        payload: &[u8],
+        pinned: bool,
+    ) -> io::Result<bool> {
+        if pinned && payload.len() >= EXTBUF_MIN && self.ext.is_some() {
+            if let Some(sent) = self.send_attached(node, h, payload) {
+                return Ok(sent);
+            }
+        }
+        self.send_with(node, PKT_HEADER + payload.len(), |out| {
+            packet::encode_into(h, payload, out)
+        })
+    }
+
     type Rx = RxFrame;
 
     fn recv(&mut self) -> io::Result<Option<RxFrame>> {
@@ -998,10 +1212,20 @@ impl PacketIo for DpdkIo {
 
     fn flush(&mut self) {
         self.flush_tx();
+        self.settle_attached();
     }
 
     fn info(&self) -> Vec<(&'static str, String)> {
-        vec![("dpdk_tx_path", "copy".to_string())]
+        vec![
+            ("dpdk_tx_path", self.tx_path().to_string()),
+            (
+                "dpdk_extbuf",
+                match &self.ext_off {
+                    None => "on".to_string(),
+                    Some(why) => format!("off: {why}"),
+                },
+            ),
+        ]
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -1019,6 +1243,14 @@ impl PacketIo for DpdkIo {
             ("frames_tx_queued", self.txq.len() as u64),
             ("tx_bytes_copied", s.tx_bytes_copied),
             ("tx_bytes_attached", s.tx_bytes_attached),
+            ("frames_tx_attached", s.tx_attached),
+            ("frames_tx_attached_copied", s.tx_attached_copied),
+            // Attached mbufs not freed yet: 0 whenever the agent reads it (between
+            // transport calls); anything else is a block the device may still read.
+            (
+                "frames_tx_attached_out",
+                self.ext.as_ref().map_or(0, |e| e.slots.outstanding()),
+            ),
             ("port_wakes_agent", u64::from(self.wake_fd.is_some())),
             ("port_unwatched", s.unwatched),
             ("frames_tx_bursts", s.tx_bursts),
@@ -1057,17 +1289,20 @@ mod tests {
         let client = MemifVdev {
             client: true,
             bsize: 2048,
+            zero_copy: false,
         };
         assert_eq!(memif_vdev(&args, None), Some(client));
         let server = MemifVdev {
             client: false,
             bsize: 2048,
+            zero_copy: false,
         };
         assert_eq!(memif_vdev(&args, Some("net_memif1")), Some(server));
-        let big = vec!["--vdev=net_memif0,role=server,bsize=9216".to_string()];
+        let big = vec!["--vdev=net_memif0,role=server,bsize=9216,zero-copy=yes".to_string()];
         let want = MemifVdev {
             client: false,
             bsize: 9216,
+            zero_copy: true,
         };
         assert_eq!(memif_vdev(&big, None), Some(want));
         let other = vec!["--vdev=net_af_packet0,iface=veth0".to_string()];

@@ -172,6 +172,51 @@ impl<'p> Mbuf<'p> {
         unsafe { dpdk_sys::rte_pktmbuf_reset(self.raw.as_ptr()) }
     }
 
+    /// Appends `tail` (all its segments) to this packet (`rte_pktmbuf_chain`): the
+    /// chain owns it from then on and frees it with `self`. Gives it back if the
+    /// chain would have too many segments.
+    pub fn chain(&mut self, tail: Mbuf<'p>) -> Result<(), Mbuf<'p>> {
+        // SAFETY: both are valid mbufs owned by us (type invariant), distinct (two
+        // owners cannot hold one mbuf); on success the chain holds tail, whose
+        // ownership passes to self (forgotten below), on failure nothing changed.
+        let rc = unsafe { dpdk_sys::rte_pktmbuf_chain(self.raw.as_ptr(), tail.raw.as_ptr()) };
+        if rc == 0 {
+            std::mem::forget(tail);
+            Ok(())
+        } else {
+            Err(tail)
+        }
+    }
+
+    /// Copies the packet's bytes, every segment in order, to the start of `out`;
+    /// returns how many (at most `out.len()`).
+    pub fn read_into(&self, out: &mut [u8]) -> usize {
+        let mut at = 0;
+        let mut seg: *const rte_mbuf = self.raw.as_ptr();
+        // Bounded: a chain has at most nb_segs segments (u16).
+        for _ in 0..self.segments() {
+            if seg.is_null() || at == out.len() {
+                break;
+            }
+            // SAFETY: seg is a segment of the chain self owns (the head, then each
+            // `next`, valid while self lives); its data is data_len initialised bytes
+            // at mtod (DPDK invariant), read only.
+            let (data, next) = unsafe {
+                let s = &*seg;
+                let p = dpdk_sys::rte_pktmbuf_mtod(seg);
+                (
+                    slice::from_raw_parts(p.cast_const(), usize::from(s.data_len)),
+                    s.next.cast_const(),
+                )
+            };
+            let n = data.len().min(out.len() - at);
+            out[at..at + n].copy_from_slice(&data[..n]);
+            at += n;
+            seg = next;
+        }
+        at
+    }
+
     /// Frees every mbuf in `mbufs` in one call (`rte_pktmbuf_free_bulk`), leaving it
     /// empty. Cheaper than dropping them one by one.
     pub fn free_bulk(mbufs: &mut Vec<Mbuf<'p>>) {

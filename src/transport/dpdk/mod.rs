@@ -45,11 +45,12 @@
 //!
 //! # Not supported (yet)
 //! Multi-segment (scatter) receive, offloads (checksum, TSO, RSS configuration), flow
-//! rules, external buffers in the safe API (the raw `rte_pktmbuf_attach_extbuf` is bound
-//! and tested in `dpdk-sys`), secondary processes.
+//! rules, external buffers in the public safe API (the transport attaches pool memory to
+//! mbufs inside `DpdkIo`, see `extbuf.rs`), secondary processes.
 
 mod eal;
 mod error;
+mod extbuf;
 mod io;
 mod mbuf;
 mod mempool;
@@ -60,7 +61,7 @@ pub use eal::Eal;
 pub use error::{Error, Result, RteError};
 pub use io::{
     classify, write_header, DpdkIo, DpdkIoConfig, DpdkIoStats, FrameKind, RxFrame, BROADCAST,
-    ETHERTYPE, ETH_HEADER, TX_BURST,
+    ETHERTYPE, ETH_HEADER, EXTBUF_MIN, TX_BURST,
 };
 pub use mbuf::Mbuf;
 pub use mempool::PktPool;

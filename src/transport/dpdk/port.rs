@@ -38,6 +38,10 @@ pub struct PortConfig {
     /// client whose server is not listening yet fails to start). Until it is started
     /// the port sends and receives nothing.
     pub defer_start: bool,
+    /// Ask for the multi-segment transmit offload (`RTE_ETH_TX_OFFLOAD_MULTI_SEGS`:
+    /// packets in chained mbufs) where the device has it;
+    /// [`Port::multi_seg_tx`] says whether it was given.
+    pub multi_seg_tx: bool,
 }
 
 impl Default for PortConfig {
@@ -51,6 +55,7 @@ impl Default for PortConfig {
             mtu: None,
             promiscuous: false,
             defer_start: false,
+            multi_seg_tx: false,
         }
     }
 }
@@ -119,6 +124,8 @@ pub struct Port<'p> {
     /// The host interface the device is bound to (`net_af_packet`, `net_tap`, ...),
     /// 0 if none.
     if_index: u32,
+    /// Sends packets in chained mbufs (the offload asked for and configured).
+    multi_seg_tx: bool,
     /// Started: Drop stops the device.
     started: bool,
     /// Configured (started or not): Drop closes the device.
@@ -169,6 +176,7 @@ impl<'p> Port<'p> {
             rx_queues: 0,
             tx_queues: 0,
             if_index: 0,
+            multi_seg_tx: false,
             started: false,
             configured: false,
             _rx_pool: rx_pool,
@@ -216,12 +224,18 @@ impl<'p> Port<'p> {
             }
             conf.rxmode.mtu = u32::from(mtu);
         }
+        // SAFETY: returns a constant.
+        let multi_segs = unsafe { dpdk_sys::wyvern_tx_offload_multi_segs() };
+        if config.multi_seg_tx && info.tx_offload_capa & multi_segs != 0 {
+            conf.txmode.offloads |= multi_segs;
+        }
         // SAFETY: valid port id, stopped (never started, or fresh); conf lives for the
         // call and is copied by DPDK.
         let rc = unsafe {
             dpdk_sys::rte_eth_dev_configure(id, config.rx_queues, config.tx_queues, &conf)
         };
         self.check(rc, "rte_eth_dev_configure")?;
+        self.multi_seg_tx = conf.txmode.offloads & multi_segs != 0;
         self.rx_queues = config.rx_queues;
         self.tx_queues = config.tx_queues;
 
@@ -353,6 +367,12 @@ impl<'p> Port<'p> {
     /// (`net_af_packet`'s `iface`, a tap device).
     pub fn if_index(&self) -> Option<u32> {
         (self.if_index != 0).then_some(self.if_index)
+    }
+
+    /// Whether the port sends packets in chained mbufs (asked for with
+    /// [`PortConfig::multi_seg_tx`] and offered by the device).
+    pub fn multi_seg_tx(&self) -> bool {
+        self.multi_seg_tx
     }
 
     /// Receive queues configured.

@@ -62,7 +62,7 @@ use super::{DpdkIo, DpdkIoConfig, RxFrame};
 use crate::transport::datagram::PacketIo;
 use crate::transport::Poller;
 use crate::wire::bytes::Fields;
-use crate::wire::packet::{PktKind, PKT_HEADER, PKT_MAGIC};
+use crate::wire::packet::{PacketHeader, PktKind, PKT_HEADER, PKT_MAGIC};
 
 /// Most rails one agent drives.
 pub const MAX_RAILS: usize = 8;
@@ -500,6 +500,49 @@ impl Rails {
     }
 }
 
+impl Rails {
+    /// Sends a packet of `len` bytes to `node` with `send` on the rail it
+    /// belongs on (large packets striped, small ones on the peer's home rail),
+    /// or the next usable one that takes it.
+    fn send_on_rails(
+        &mut self,
+        node: u32,
+        len: usize,
+        mut send: impl FnMut(&mut DpdkIo) -> io::Result<bool>,
+    ) -> io::Result<bool> {
+        self.tick();
+        let n = node as usize;
+        if n >= self.stripe.len() {
+            // Not a node of the job: the first rail says what it says.
+            return send(&mut self.rails[0].io);
+        }
+        let max = match self.peer_packet[n] {
+            0 => self.max_packet,
+            p => p.min(self.max_packet),
+        };
+        let first = if len * 2 >= max {
+            self.stripe_rail(n)
+        } else {
+            self.small_rail(n, len)
+        };
+        let k = self.rails.len();
+        for i in 0..k {
+            let r = (first + i) % k;
+            if i > 0 && !self.usable(r, n) {
+                continue;
+            }
+            if send(&mut self.rails[r].io)? {
+                let now = self.now;
+                let p = &mut self.rails[r].peers[n];
+                p.sent = Some(now);
+                p.unanswered.get_or_insert(now);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 impl PacketIo for Rails {
     fn name(&self) -> &'static str {
         "dpdk"
@@ -529,44 +572,28 @@ impl PacketIo for Rails {
         len: usize,
         fill: F,
     ) -> io::Result<bool> {
-        self.tick();
-        let n = node as usize;
-        if n >= self.stripe.len() {
-            // Not a node of the job: the first rail says what it says.
-            return self.rails[0].io.send_with(node, len, fill);
-        }
-        let max = match self.peer_packet[n] {
-            0 => self.max_packet,
-            p => p.min(self.max_packet),
-        };
-        let first = if len * 2 >= max {
-            self.stripe_rail(n)
-        } else {
-            self.small_rail(n, len)
-        };
         let mut fill = Some(fill);
-        let k = self.rails.len();
-        for i in 0..k {
-            let r = (first + i) % k;
-            if i > 0 && !self.usable(r, n) {
-                continue;
-            }
-            // `send_with` calls the closure only when it sends: a refusal leaves
-            // `fill` for the next rail.
-            let sent = self.rails[r].io.send_with(node, len, |out| {
+        // `send_with` calls the closure only when it sends: a refusal leaves
+        // `fill` for the next rail.
+        self.send_on_rails(node, len, |io| {
+            io.send_with(node, len, |out| {
                 if let Some(f) = fill.take() {
                     f(out)
                 }
-            })?;
-            if sent {
-                let now = self.now;
-                let p = &mut self.rails[r].peers[n];
-                p.sent = Some(now);
-                p.unanswered.get_or_insert(now);
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            })
+        })
+    }
+
+    fn send_packet(
+        &mut self,
+        node: u32,
+        h: &PacketHeader,
+        payload: &[u8],
+        pinned: bool,
+    ) -> io::Result<bool> {
+        self.send_on_rails(node, PKT_HEADER + payload.len(), |io| {
+            io.send_packet(node, h, payload, pinned)
+        })
     }
 
     type Rx = RxFrame;
@@ -691,7 +718,8 @@ impl PacketIo for Rails {
     }
 
     fn info(&self) -> Vec<(&'static str, String)> {
-        let mut v = vec![("dpdk_tx_path", "copy".to_string())];
+        // (The tx path of the first rail: every rail is opened alike.)
+        let mut v = self.rails[0].io.info();
         for r in &self.rails {
             v.push((r.names.port, r.io.port_name().to_string()));
         }
@@ -723,7 +751,7 @@ impl PacketIo for Rails {
             out.extend([
                 (n.frames_tx, s.tx_frames),
                 (n.frames_rx, s.rx_frames),
-                (n.bytes_tx, s.tx_bytes_copied),
+                (n.bytes_tx, s.tx_bytes_copied + s.tx_bytes_attached),
                 (n.bytes_rx, s.rx_bytes),
                 (n.downs, r.downs),
                 (n.ups, r.ups),

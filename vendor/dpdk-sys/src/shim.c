@@ -1,10 +1,15 @@
 /* Hand-written C for what bindgen cannot wrap: rte_errno (a macro over a
- * thread-local) and, for tests only, the mbuf accessor macros as functions. */
+ * thread-local), a flag bindgen drops (RTE_BIT64) and, for tests only, the mbuf accessor macros as functions. */
 #include "wrapper.h"
 
 int wyvern_rte_errno(void) { return rte_errno; }
 
 void wyvern_rte_errno_set(int value) { rte_errno = value; }
+
+uint64_t wyvern_tx_offload_multi_segs(void)
+{
+	return RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
+}
 
 void *wyvern_macro_pktmbuf_mtod(const struct rte_mbuf *m)
 {

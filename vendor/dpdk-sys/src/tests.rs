@@ -327,6 +327,68 @@ fn pktmbuf_attach_extbuf_and_its_free_callback() {
     assert_eq!(avail(mp), before, "the mbuf itself went back to its pool");
 }
 
+static CHAIN_FREED: AtomicUsize = AtomicUsize::new(0);
+
+unsafe extern "C" fn chain_free(addr: *mut c_void, opaque: *mut c_void) {
+    assert_eq!(opaque as usize, 0xbeef);
+    assert!(!addr.is_null());
+    CHAIN_FREED.fetch_add(1, Ordering::SeqCst);
+}
+
+#[test]
+fn pktmbuf_chain_of_a_header_and_an_extbuf_with_its_shared_info_kept_apart() {
+    let _g = eal();
+    let mp = pool();
+    let before = avail(mp);
+    // The payload lives in memory of our own that DPDK never writes (the shared
+    // info is a separate struct, not the helper's tail of the buffer).
+    let payload: &'static mut [u8] = Box::leak(vec![7u8; 1000].into_boxed_slice());
+    let shinfo: &'static mut rte_mbuf_ext_shared_info =
+        Box::leak(Box::new(rte_mbuf_ext_shared_info::default()));
+    shinfo.free_cb = Some(chain_free);
+    shinfo.fcb_opaque = 0xbeef as *mut c_void;
+    let (head, tail) = (alloc(), alloc());
+    // SAFETY: head and tail are fresh mbufs of the test pool; payload and shinfo are
+    // leaked, so they outlive every mbuf that points at them.
+    unsafe {
+        rte_mbuf_ext_refcnt_set(shinfo, 1);
+        assert_eq!(rte_mbuf_ext_refcnt_read(shinfo), 1);
+        ptr::copy_nonoverlapping(b"head".as_ptr(), rte_pktmbuf_append(head, 4).cast(), 4);
+        rte_pktmbuf_attach_extbuf(
+            tail,
+            payload.as_mut_ptr().cast(),
+            RTE_BAD_IOVA as rte_iova_t,
+            payload.len() as u16,
+            shinfo,
+        );
+        assert!(!rte_pktmbuf_append(tail, 1000).is_null());
+        assert_eq!(rte_pktmbuf_chain(head, tail), 0);
+        assert_eq!((*head).nb_segs, 2);
+        assert_eq!((*head).pkt_len, 1004);
+        assert_eq!((*head).data_len, 4);
+        assert_eq!((*head).next, tail);
+        assert_eq!(rte_pktmbuf_mtod((*head).next), payload.as_mut_ptr());
+        assert_eq!(CHAIN_FREED.load(Ordering::SeqCst), 0);
+        rte_pktmbuf_free(head);
+    }
+    assert_eq!(
+        CHAIN_FREED.load(Ordering::SeqCst),
+        1,
+        "free callback ran once"
+    );
+    assert!(
+        payload.iter().all(|&b| b == 7),
+        "DPDK wrote nothing into the payload"
+    );
+    assert_eq!(avail(mp), before, "both mbufs went back to their pool");
+}
+
+#[test]
+fn tx_offload_multi_segs_is_bit_15() {
+    // SAFETY: returns a constant.
+    assert_eq!(unsafe { wyvern_tx_offload_multi_segs() }, 1 << 15);
+}
+
 #[test]
 fn ethdev_control_on_net_null() {
     let _g = eal();
