@@ -299,12 +299,7 @@ impl Info {
     pub fn to_bytes(&self) -> [u8; INFO_LEN] {
         let mut b = [0u8; INFO_LEN];
         let mut w = FieldsMut::of(&mut b);
-        w.put_u32::<0>(self.qp.qpn);
-        w.put_u32::<4>(self.qp.psn);
-        w.put_u16::<8>(self.qp.lid);
-        w.put_u8::<10>(self.mtu);
-        w.put_u8::<11>(self.qp.gid.is_some() as u8);
-        w.put::<12, 16>(self.qp.gid.unwrap_or_default());
+        put_path(&mut w, &self.qp, self.mtu);
         w.put_u64::<28>(self.base);
         w.put_u64::<36>(self.region_off);
         w.put_u64::<44>(self.region_len);
@@ -324,14 +319,10 @@ impl Info {
                 got: b.len(),
                 want: INFO_LEN,
             })?;
+        let (qp, mtu) = path(&f);
         let info = Info {
-            qp: QpAddr {
-                qpn: f.u32::<0>(),
-                psn: f.u32::<4>() & 0xff_ffff,
-                lid: f.u16::<8>(),
-                gid: (f.u8::<11>() != 0).then(|| f.array::<12, 16>()),
-            },
-            mtu: f.u8::<10>(),
+            qp,
+            mtu,
             base: f.u64::<28>(),
             region_off: f.u64::<36>(),
             region_len: f.u64::<44>(),
@@ -348,6 +339,28 @@ impl Info {
         }
         Ok(info)
     }
+}
+
+/// A path's queue pair and MTU, the first 28 bytes of an [`Info`] and of each
+/// [`RailAddr`]: QPN, PSN, LID, MTU, whether a GID follows, the GID.
+fn put_path<const N: usize>(w: &mut FieldsMut<'_, N>, qp: &QpAddr, mtu: u8) {
+    w.put_u32::<0>(qp.qpn);
+    w.put_u32::<4>(qp.psn);
+    w.put_u16::<8>(qp.lid);
+    w.put_u8::<10>(mtu);
+    w.put_u8::<11>(qp.gid.is_some() as u8);
+    w.put::<12, 16>(qp.gid.unwrap_or_default());
+}
+
+/// The path [`put_path`] wrote (the PSN is 24 bits: the rest is ignored).
+fn path<const N: usize>(f: &Fields<'_, N>) -> (QpAddr, u8) {
+    let qp = QpAddr {
+        qpn: f.u32::<0>(),
+        psn: f.u32::<4>() & 0xff_ffff,
+        lid: f.u16::<8>(),
+        gid: (f.u8::<11>() != 0).then(|| f.array::<12, 16>()),
+    };
+    (qp, f.u8::<10>())
 }
 
 /// Another rail's queue pair and the pool's remote key on that rail's device,
@@ -408,12 +421,7 @@ impl InfoMsg {
         for r in &self.rails {
             let mut b = [0u8; RAIL_LEN];
             let mut w = FieldsMut::of(&mut b);
-            w.put_u32::<0>(r.qp.qpn);
-            w.put_u32::<4>(r.qp.psn);
-            w.put_u16::<8>(r.qp.lid);
-            w.put_u8::<10>(r.mtu);
-            w.put_u8::<11>(r.qp.gid.is_some() as u8);
-            w.put::<12, 16>(r.qp.gid.unwrap_or_default());
+            put_path(&mut w, &r.qp, r.mtu);
             w.put_u32::<28>(r.rkey);
             v.extend_from_slice(&b);
         }
@@ -456,14 +464,10 @@ impl InfoMsg {
             .chunks_exact(RAIL_LEN)
             .map(|c| {
                 let f = Fields::<RAIL_LEN>::new(c).expect("chunks of RAIL_LEN");
+                let (qp, mtu) = path(&f);
                 RailAddr {
-                    qp: QpAddr {
-                        qpn: f.u32::<0>(),
-                        psn: f.u32::<4>() & 0xff_ffff,
-                        lid: f.u16::<8>(),
-                        gid: (f.u8::<11>() != 0).then(|| f.array::<12, 16>()),
-                    },
-                    mtu: f.u8::<10>(),
+                    qp,
+                    mtu,
                     rkey: f.u32::<28>(),
                 }
             })
