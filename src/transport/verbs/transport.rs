@@ -2068,7 +2068,7 @@ impl VerbsTransport {
                     start,
                     end,
                 } => {
-                    let steering = stream.steer_mut().is_some_and(|s| !s.done());
+                    let steering = stream.steer_mut().is_some();
                     if !steering && stream.full() {
                         break;
                     }
