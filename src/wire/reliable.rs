@@ -325,6 +325,16 @@ impl<T> Slot<T> {
 /// episode's reduction stands.
 const UNDO_MAX: usize = 64;
 
+/// Resends remembered for telling a needless one by its D-SACK (newest
+/// last). Kept apart from the loss episode's list ([`Undo`]): an episode
+/// that lasts (reordering found "lost" every few hundred microseconds keeps
+/// extending it) overflows that list, and a new episode replaces it before
+/// the D-SACKs of the last one's resends come back; either way they went
+/// unmatched (a pure-reordering hop: 1,945 resends, every one reported
+/// twice by the receiver, 40 matched) and the reordering window was never
+/// widened.
+const RECENT_MAX: usize = 512;
+
 /// A packet resent in the current loss episode.
 #[derive(Clone, Copy, Debug)]
 struct Resent {
@@ -509,6 +519,9 @@ pub struct Sender<T> {
     last_resend: Option<Instant>,
     /// The loss episode a D-SACK may undo.
     undo: Option<Undo>,
+    /// The last [`RECENT_MAX`] packets resent (by loss detection or the
+    /// timeout; not tail probes), for [`Sender::on_dsack`].
+    recent: VecDeque<u64>,
     /// The rate model ([`Model::Rate`] with congestion control on).
     rate: Option<rate::Rate>,
     /// The rate model's losses waiting to be resent (as its pacer allows,
@@ -556,6 +569,7 @@ impl<T> Sender<T> {
             rounds: Rounds::default(),
             last_resend: None,
             undo: None,
+            recent: VecDeque::new(),
             rate: (cfg.congestion && cfg.model == Model::Rate)
                 .then(|| rate::Rate::new(cfg.cwnd_initial, cfg.window, now)),
             pending: VecDeque::new(),
@@ -570,6 +584,10 @@ impl<T> Sender<T> {
     /// episode (a new one when the last one is over). Call before the
     /// reduction it may cause, so the episode keeps the window from before.
     fn note_resend(&mut self, seq: u64) {
+        if self.recent.len() == RECENT_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(seq);
         if !self.cfg.congestion {
             return;
         }
@@ -599,20 +617,19 @@ impl<T> Sender<T> {
         u.resent.push(Resent { seq, dup: false });
     }
 
-    /// The receiver got `seq` twice: if this episode resent it, that was not
-    /// needed. Once every packet the episode resent is reported so, the
-    /// episode's reduction is undone.
+    /// The receiver got `seq` twice: if it was resent lately (by loss
+    /// detection or the timeout), that was not needed: counted, and the
+    /// reordering window widened. Once every packet the current episode
+    /// resent is reported so, the episode's reduction is undone.
     fn on_dsack(&mut self, seq: u64, now: Instant) {
-        let Some(u) = self.undo.as_mut() else { return };
-        let Some(r) = u.resent.iter_mut().find(|r| r.seq == seq && !r.dup) else {
+        // Resent by loss detection or the timeout recently, and reported
+        // twice: that resend was needless (a tail probe's is not counted:
+        // a probe is sent knowing it may be).
+        let Some(at) = self.recent.iter().rposition(|&r| r == seq) else {
             return;
         };
-        r.dup = true;
-        let done = u.resent.iter().all(|r| r.dup);
+        self.recent.remove(at);
         self.stats.spurious += 1;
-        if let Some(m) = self.rate.as_mut() {
-            m.on_spurious();
-        }
         // A needless resend: the reordering was deeper than the window
         // allowed for. Widen it, once per round trip (RFC 8985 §6.2 step 4).
         let rtt = self.srtt.unwrap_or(self.rto);
@@ -629,6 +646,17 @@ impl<T> Sender<T> {
             let far = self.rack.fack.map_or(1, |f| f.saturating_sub(seq));
             self.rack.degree = self.rack.degree.max(far.clamp(1, DEGREE_MAX) as u32);
             self.stats.reorder_widened += 1;
+        }
+        // If the current loss episode resent it, and every packet it
+        // resent is now so reported, its reduction is undone.
+        let Some(u) = self.undo.as_mut() else { return };
+        let Some(r) = u.resent.iter_mut().find(|r| r.seq == seq && !r.dup) else {
+            return;
+        };
+        r.dup = true;
+        let done = u.resent.iter().all(|r| r.dup);
+        if let Some(m) = self.rate.as_mut() {
+            m.on_spurious();
         }
         if done {
             if let Some(u) = self.undo.take() {
@@ -1414,6 +1442,10 @@ impl<T> Sender<T> {
     /// link is closed.
     pub fn shrink_to_fit(&mut self) {
         self.slots.shrink_to_fit();
+        if self.outstanding == 0 {
+            self.recent.clear();
+            self.recent.shrink_to_fit();
+        }
     }
 
     /// Give up on everything outstanding (the peer is gone): the items, oldest
@@ -1425,6 +1457,7 @@ impl<T> Sender<T> {
         self.rack.dirty = None;
         self.rack.timer = None;
         self.undo = None;
+        self.recent.clear();
         self.pending.clear();
         self.lost = 0;
         out
@@ -2022,6 +2055,118 @@ mod tests {
         s.on_ack(&ack(6, 0b11111), at + us(60), &mut freed).unwrap();
         s.poll_retransmit(at + us(60), |q, _| re.push(q));
         assert_eq!(re, vec![6]);
+    }
+
+    /// A resend's D-SACK counts (and widens the reordering window) when it
+    /// comes back after the loss episode that resent it is over and a new
+    /// one resent something, and when one episode resent more than it
+    /// tracks for an undo: through a reordering hop both were the rule,
+    /// and 40 of 1,945 needless resends were seen as such.
+    #[test]
+    fn a_dsack_counts_after_its_episode_is_gone() {
+        for model in [Model::Aimd, Model::Rate] {
+            let t = t0();
+            let cfg = Config {
+                model,
+                cwnd_initial: 1024,
+                window: 4096,
+                ..Config::default()
+            };
+            let mut s: Sender<u32> = Sender::new(cfg, t);
+            let ack = |next, sack, dsack| Ack {
+                next,
+                sack,
+                window: 4096,
+                dsack,
+            };
+            let mut freed = Vec::new();
+            let mut now = t;
+            let mut resent = Vec::new();
+            // Rounds of packets whose first is reordered behind the others,
+            // found lost and resent; the original arrives; the resend's
+            // D-SACK comes a round later, after the next round's resend
+            // began a new episode.
+            let mut dsack = None;
+            let mut sent = 0;
+            for round in 0..4 {
+                let first = s.next_seq();
+                for _ in 0..8 {
+                    s.send(sent, now).unwrap();
+                    sent += 1;
+                }
+                now += Duration::from_micros(100);
+                s.on_ack(&ack(first, u64::MAX >> 57, None), now, &mut freed)
+                    .unwrap();
+                for _ in 0..50 {
+                    now += Duration::from_micros(20);
+                    s.poll_retransmit(now, |q, _| resent.push(q));
+                }
+                assert!(
+                    resent.contains(&first),
+                    "{model:?} round {round}: {resent:?}"
+                );
+                now += Duration::from_micros(20);
+                s.on_ack(&ack(s.next_seq(), 0, dsack), now, &mut freed)
+                    .unwrap();
+                dsack = Some(first);
+            }
+            now += Duration::from_micros(100);
+            s.on_ack(&ack(s.next_seq(), 0, dsack), now, &mut freed)
+                .unwrap();
+            assert_eq!(s.stats().spurious, 4, "{model:?}: {:?}", s.stats());
+            if model == Model::Rate {
+                continue; // (its window is below what follows)
+            }
+            // One episode resends more than it tracks, all reordered.
+            let first = s.next_seq();
+            let n = UNDO_MAX as u64 + 8;
+            for _ in 0..2 * n {
+                s.send(sent, now).unwrap();
+                sent += 1;
+            }
+            now += Duration::from_micros(100);
+            // The second half arrived, the first half is late (bit i of the
+            // bitmaps: packet first + 1 + i).
+            let (mut sack, mut more) = (0u64, [0u64; SACK_MORE]);
+            for i in n - 1..2 * n - 1 {
+                match i {
+                    0..64 => sack |= 1 << i,
+                    _ => more[(i / 64 - 1) as usize] |= 1 << (i % 64),
+                }
+            }
+            s.on_wide_ack(&ack(first, sack, None), Some(&more), now, &mut freed)
+                .unwrap();
+            resent.clear();
+            for _ in 0..200 {
+                now += Duration::from_micros(20);
+                s.poll_retransmit(now, |q, _| resent.push(q));
+            }
+            assert!(
+                resent.len() as u64 > UNDO_MAX as u64,
+                "{model:?}: {}",
+                resent.len()
+            );
+            now += Duration::from_micros(20);
+            s.on_ack(&ack(s.next_seq(), 0, None), now, &mut freed)
+                .unwrap();
+            for &q in &resent {
+                now += Duration::from_micros(1);
+                s.on_ack(&ack(s.next_seq(), 0, Some(q)), now, &mut freed)
+                    .unwrap();
+            }
+            let st = s.stats();
+            // Every resend but the tail probes' was needless, and seen so.
+            assert!(
+                st.fast_retransmits > 4 + UNDO_MAX as u64,
+                "{model:?}: {st:?}"
+            );
+            assert_eq!(
+                st.spurious,
+                st.fast_retransmits + st.timeouts,
+                "{model:?}: {st:?}"
+            );
+            assert!(st.reorder_widened >= 1, "{model:?}: {st:?}");
+        }
     }
 
     /// Reordering deeper than the window makes RACK resend needlessly; the
@@ -2737,6 +2882,57 @@ mod tests {
             pub queue: u32,
             pub imp: Impair,
             pub model: Model,
+            /// Each end descheduled now and then, as an agent on a shared
+            /// core is: for up to the first (uniform), every up to the
+            /// second (uniform) in between. While descheduled it neither
+            /// sends nor takes in packets (they wait for it).
+            pub stalls: Option<(Duration, Duration)>,
+        }
+
+        /// When one end is descheduled.
+        struct Stalls {
+            rng: Lcg,
+            len: Duration,
+            gap: Duration,
+            /// Descheduled until...
+            until: Instant,
+            /// ...and next from.
+            next: Instant,
+        }
+
+        impl Stalls {
+            fn new(seed: u64, len: Duration, gap: Duration, now: Instant) -> Self {
+                let mut s = Stalls {
+                    rng: Lcg(seed),
+                    len,
+                    gap,
+                    until: now,
+                    next: now,
+                };
+                s.next = now + s.pick(gap);
+                s
+            }
+
+            fn pick(&mut self, d: Duration) -> Duration {
+                Duration::from_nanos(self.rng.next() % (d.as_nanos() as u64).max(1))
+            }
+
+            /// Whether the end is descheduled at `now`.
+            fn off(&mut self, now: Instant) -> bool {
+                if now >= self.next {
+                    self.until = now + self.pick(self.len);
+                    self.next = self.until + self.pick(self.gap);
+                }
+                now < self.until
+            }
+
+            fn next_event(&self, now: Instant) -> Instant {
+                if now < self.until {
+                    self.until
+                } else {
+                    self.next
+                }
+            }
         }
 
         pub struct Outcome {
@@ -2770,6 +2966,14 @@ mod tests {
                 Pipe::new(ser / 20, r.delay, r.queue, r.imp, r.seed ^ 0x5eed, now);
             let mut s: Sender<u32> = Sender::new(cfg, now);
             let mut rx: Receiver<u32> = Receiver::new(cfg);
+            let mut stalls = r.stalls.map(|(len, gap)| {
+                (
+                    Stalls::new(r.seed ^ 0x57a1, len, gap, now),
+                    Stalls::new(r.seed ^ 0x57a2, len, gap, now),
+                )
+            });
+            // Arrived, waiting for a descheduled end.
+            let (mut at_rx, mut at_tx) = (VecDeque::new(), VecDeque::new());
             let (mut fed, mut got, mut freed) = (0u32, Vec::new(), Vec::new());
             let mut last_rx = now;
             let trace = std::env::var_os("NETSIM_TRACE").is_some();
@@ -2780,8 +2984,12 @@ mod tests {
                 if got.len() == r.n as usize && s.in_flight() == 0 {
                     break;
                 }
+                let (tx_off, rx_off) = match stalls.as_mut() {
+                    Some((a, b)) => (a.off(now), b.off(now)),
+                    None => (false, false),
+                };
                 // Sender: due resends, then new data while the window allows.
-                if s.next_deadline().is_some_and(|d| d <= now) {
+                if !tx_off && s.next_deadline().is_some_and(|d| d <= now) {
                     let mut re = Vec::new();
                     s.poll_retransmit(now, |seq, v| re.push((seq, *v)));
                     for (seq, v) in re {
@@ -2789,7 +2997,7 @@ mod tests {
                         wire_packets += 1;
                     }
                 }
-                while fed < r.n && s.can_send(now) {
+                while !tx_off && fed < r.n && s.can_send(now) {
                     let seq = s.send(fed, now).unwrap();
                     fwd.send(now, Pkt::Data(seq, fed));
                     wire_packets += 1;
@@ -2811,13 +3019,15 @@ mod tests {
                         s.stats()
                     );
                 }
-                if fed < r.n && s.probe_due(now) {
+                if !tx_off && fed < r.n && s.probe_due(now) {
                     s.probed(now);
                     fwd.send(now, Pkt::Probe);
                 }
                 fwd.step(now);
                 rev.step(now);
-                while let Some(p) = fwd.out.pop_front() {
+                at_rx.extend(fwd.out.drain(..));
+                at_tx.extend(rev.out.drain(..));
+                while let Some(p) = (!rx_off).then(|| at_rx.pop_front()).flatten() {
                     match p {
                         Pkt::Data(seq, v) => {
                             rx.on_packet(seq, v, now);
@@ -2830,24 +3040,29 @@ mod tests {
                     got.push(v);
                     last_rx = now;
                 }
-                if rx.ack_due(now) {
+                if !rx_off && rx.ack_due(now) {
                     let (a, m) = rx.make_wide_ack();
                     rev.send(now, Pkt::Ack(a, m));
                 }
-                while let Some(p) = rev.out.pop_front() {
+                while let Some(p) = (!tx_off).then(|| at_tx.pop_front()).flatten() {
                     if let Pkt::Ack(a, m) = p {
                         s.on_wide_ack(&a, m.as_ref(), now, &mut freed).unwrap();
                     }
                 }
-                if fed < r.n && s.can_send(now) {
+                if !tx_off && fed < r.n && s.can_send(now) {
                     continue; // more to send at this instant
                 }
                 let mut next = now + Duration::from_millis(1);
+                let ends = stalls
+                    .as_ref()
+                    .map(|(a, b)| (a.next_event(now), b.next_event(now)));
                 for t in [
                     fwd.next_event(),
                     rev.next_event(),
                     s.next_deadline(),
                     rx.ack_deadline(now),
+                    ends.map(|e| e.0),
+                    ends.map(|e| e.1),
                 ]
                 .into_iter()
                 .flatten()
@@ -2963,6 +3178,7 @@ mod tests {
                             queue: 100,
                             imp,
                             model,
+                            stalls: None,
                         },
                     );
                     if o.share < floor {
@@ -3012,6 +3228,7 @@ mod tests {
                             queue,
                             imp: imp(loss, 0, 0, 0),
                             model,
+                            stalls: None,
                         },
                     );
                     let drops = o.tail_drops as f64 / o.wire_packets.max(1) as f64;
@@ -3066,6 +3283,12 @@ mod tests {
                 queue: var("TQ", 20) as u32,
                 imp: imp(var("TL", 1), var("TR", 0), var("TDUP", 0), var("TC", 0)),
                 model,
+                stalls: (var("TSTALL_US", 0) > 0).then(|| {
+                    (
+                        Duration::from_micros(var("TSTALL_US", 0)),
+                        Duration::from_micros(var("TGAP_US", 600)),
+                    )
+                }),
             },
         );
     }
