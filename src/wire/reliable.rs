@@ -520,8 +520,9 @@ pub struct Sender<T> {
     /// The loss episode a D-SACK may undo.
     undo: Option<Undo>,
     /// The last [`RECENT_MAX`] packets resent (by loss detection or the
-    /// timeout; not tail probes), for [`Sender::on_dsack`].
-    recent: VecDeque<u64>,
+    /// timeout; not tail probes), for [`Sender::on_dsack`], with the rate
+    /// model's loss epoch then.
+    recent: VecDeque<(u64, u64)>,
     /// The rate model ([`Model::Rate`] with congestion control on).
     rate: Option<rate::Rate>,
     /// The rate model's losses waiting to be resent (as its pacer allows,
@@ -587,7 +588,8 @@ impl<T> Sender<T> {
         if self.recent.len() == RECENT_MAX {
             self.recent.pop_front();
         }
-        self.recent.push_back(seq);
+        let epoch = self.rate.as_ref().map_or(0, |m| m.epoch());
+        self.recent.push_back((seq, epoch));
         if !self.cfg.congestion {
             return;
         }
@@ -625,11 +627,16 @@ impl<T> Sender<T> {
         // Resent by loss detection or the timeout recently, and reported
         // twice: that resend was needless (a tail probe's is not counted:
         // a probe is sent knowing it may be).
-        let Some(at) = self.recent.iter().rposition(|&r| r == seq) else {
+        let Some(at) = self.recent.iter().rposition(|&(r, _)| r == seq) else {
             return;
         };
-        self.recent.remove(at);
+        let Some((_, epoch)) = self.recent.remove(at) else {
+            return;
+        };
         self.stats.spurious += 1;
+        if self.rate.as_mut().is_some_and(|m| m.on_spurious(epoch)) {
+            self.stats.undone += 1;
+        }
         // A needless resend: the reordering was deeper than the window
         // allowed for. Widen it, once per round trip (RFC 8985 §6.2 step 4).
         let rtt = self.srtt.unwrap_or(self.rto);
@@ -655,9 +662,6 @@ impl<T> Sender<T> {
         };
         r.dup = true;
         let done = u.resent.iter().all(|r| r.dup);
-        if let Some(m) = self.rate.as_mut() {
-            m.on_spurious();
-        }
         if done {
             if let Some(u) = self.undo.take() {
                 self.cwnd = self.cwnd.max(u.cwnd);

@@ -46,7 +46,11 @@
 //!   epoch bounds what may be in flight to [`HI_BETA`] of the window
 //!   (BBRv2's `inflight_hi`), and the bound grows back by a 32nd per epoch
 //!   while no epoch is congested. Resends the receiver reported as
-//!   duplicates (D-SACK) are taken back off the epoch's count.
+//!   duplicates (D-SACK) are taken back off the count of the epoch that
+//!   found them lost; when that epoch was judged congested and without
+//!   them would not have been, its bound is lifted again (a reordering
+//!   hop and a descheduled agent make bursts of such "losses", and the
+//!   D-SACKs come back a round later, after the judgement).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -116,6 +120,21 @@ enum Mode {
     ProbeRtt(Option<Instant>),
 }
 
+/// The last congestion judgement, while D-SACKs may yet prove its losses
+/// needless.
+#[derive(Debug)]
+struct Cut {
+    /// The epoch (its first round).
+    epoch: u64,
+    /// The in-flight bound before it.
+    hi: Option<u32>,
+    /// The epoch's losses and packets.
+    lost: u64,
+    n: u64,
+    /// The loss history it was judged against.
+    history: VecDeque<f64>,
+}
+
 /// An epoch's loss judgement, for the sender's counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Judged {
@@ -183,6 +202,8 @@ pub(super) struct Rate {
     history: VecDeque<f64>,
     /// The bound on what may be in flight after congestion (none: no bound).
     pub(super) hi: Option<u32>,
+    /// The last congested epoch, until an epoch after it is judged.
+    cut: Option<Cut>,
     /// The window (packets).
     cwnd: u32,
     /// The pacer: tokens (packets) as of `pace_at`.
@@ -223,6 +244,7 @@ impl Rate {
             ep_round: 0,
             history: VecDeque::new(),
             hi: None,
+            cut: None,
             cwnd: cwnd_initial.clamp(CWND_MIN.min(window.max(1)), window.max(1)),
             tokens: PACE_BURST_MIN,
             pace_at: now,
@@ -356,9 +378,34 @@ impl Rate {
         self.ep_lost += n as u64;
     }
 
-    /// A resend proved needless (D-SACK): it was no loss.
-    pub(super) fn on_spurious(&mut self) {
-        self.ep_lost = self.ep_lost.saturating_sub(1);
+    /// The current loss epoch (its first round): a loss found now counts
+    /// in it.
+    pub(super) fn epoch(&self) -> u64 {
+        self.ep_round
+    }
+
+    /// A loss found in `epoch` proved needless (D-SACK of its resend): off
+    /// that epoch's count. Returns whether that lifted the epoch's
+    /// congestion bound (it would not have been judged congested without).
+    pub(super) fn on_spurious(&mut self, epoch: u64) -> bool {
+        if epoch == self.ep_round {
+            self.ep_lost = self.ep_lost.saturating_sub(1);
+            return false;
+        }
+        let Some(c) = self.cut.as_mut().filter(|c| c.epoch == epoch) else {
+            return false;
+        };
+        c.lost = c.lost.saturating_sub(1);
+        if c.lost > 0 && congested(c.lost as f64, c.n as f64, &c.history) {
+            return false;
+        }
+        let before = c.hi;
+        self.cut = None;
+        self.hi = match (self.hi, before) {
+            (Some(now), Some(b)) => Some(now.max(b)),
+            _ => None,
+        };
+        true
     }
 
     /// After an ack that delivered `newly` packets (through
@@ -525,6 +572,13 @@ impl Rate {
         } else {
             Judged::Random
         };
+        self.cut = (judged == Judged::Congested).then(|| Cut {
+            epoch: self.ep_round,
+            hi: self.hi,
+            lost: self.ep_lost,
+            n,
+            history: self.history.clone(),
+        });
         self.history.push_back(rate);
         if self.history.len() > LOSS_HISTORY {
             self.history.pop_front();
@@ -652,6 +706,33 @@ pub(super) fn congested(lost: f64, n: f64, history: &VecDeque<f64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An epoch judged congested for losses that D-SACKs then prove
+    /// needless gets its bound lifted once what is left would not have
+    /// been judged so; a D-SACK of the current epoch only takes one off
+    /// its count.
+    #[test]
+    fn a_cut_whose_losses_prove_needless_is_lifted() {
+        let now = Instant::now();
+        let mut r = Rate::new(100, 1000, now);
+        // 60 of 160 lost (above LOSS_MAX, no history): congested.
+        r.ep_delivered = 100;
+        r.ep_lost = 60;
+        r.round = 1;
+        let e = r.epoch();
+        assert_eq!(r.end_of_round(), Some(Judged::Congested));
+        assert!(r.hi.is_some_and(|h| h < 100), "{:?}", r.hi);
+        // The next epoch's own loss, reported needless: its count only.
+        r.ep_lost = 1;
+        assert!(!r.on_spurious(r.epoch()));
+        assert_eq!(r.ep_lost, 0);
+        // The cut epoch's: 48 of 160 is no longer above 30 %.
+        let lifted: Vec<bool> = (0..12).map(|_| r.on_spurious(e)).collect();
+        assert_eq!(lifted.iter().filter(|&&l| l).count(), 1, "{lifted:?}");
+        assert_eq!(lifted.last(), Some(&true), "{lifted:?}");
+        assert_eq!(r.hi, None);
+        assert!(!r.on_spurious(e), "lifted once");
+    }
 
     #[test]
     fn random_loss_at_the_paths_own_rate_is_not_congestion() {
