@@ -13,7 +13,9 @@
 //! `try_steer` meets at most the message it is asked about (it refuses a
 //! message larger than the bound alone, before `chunk_target` would refuse
 //! it a second time). Several messages held at once (the sum of more than
-//! one) only happen on verbs (steer depth 8), which no fake peer plays.
+//! one) only happen on verbs (steer depth 8), which no fake peer plays: see
+//! `messages_steered_at_once_from_one_peer_stay_within_peer_rx_bytes` in
+//! tests/verbs_transport.rs (the Soft-RoCE VM, an honest sender).
 
 mod common;
 
