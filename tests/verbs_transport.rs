@@ -817,3 +817,151 @@ fn doctor_rdma_mtu(dev: &str) -> (String, String, String) {
     let (_, verdict, found, fix) = common::doctor_check(&o, "rdma_mtu");
     (verdict, found, fix)
 }
+
+/// A delay added to what leaves a netdev (`tc qdisc ... netem`), taken off again
+/// when the test ends, passed or not.
+struct Delayed(String);
+
+impl Delayed {
+    fn add(dev: &str, delay: &str) -> Delayed {
+        let out = std::process::Command::new("tc")
+            .args(["qdisc", "add", "dev", dev, "root", "netem", "delay", delay])
+            .output()
+            .expect("tc");
+        assert!(
+            out.status.success(),
+            "tc qdisc add dev {dev} root netem delay {delay}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Delayed(dev.to_string())
+    }
+}
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tc")
+            .args(["qdisc", "del", "dev", &self.0, "root"])
+            .output();
+    }
+}
+
+/// The READ window (`READ_WINDOW`, 512 KiB per queue pair; issue 16's bound on
+/// what rxe takes before it drops and retransmits): node 0's two senders send 24
+/// buffered 1 MiB messages each to node 1 (each 4 chunks of 256 KiB, each chunk one
+/// READ on the single path), with 20 ms more on what leaves node 0's netdev (the READ
+/// responses), so that node 1 steers the next chunks while READs are under way. The
+/// most READ bytes outstanding on the queue pair (`verbs_read_bytes_in_flight_max`)
+/// reached the window (more than one READ at once: the bound was approached) and
+/// never went past it: with READs of 256 KiB a path takes a second one (256 KiB
+/// outstanding < 512 KiB) and no third. Measured in the VM: 524288 B (2 READs);
+/// with the window check taken out, 2097152 B (8 READs: every chunk steered, the
+/// steer depth). Every message arrives intact and in order.
+#[test]
+fn reads_outstanding_on_a_queue_pair_stay_within_the_read_window() {
+    if !have_device("read_window") {
+        return;
+    }
+    let netdevs: Vec<String> = std::env::var("WYVERN_RXE_NETDEVS")
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let Some(dev0) = netdevs.first() else {
+        eprintln!("read_window: skipped: no WYVERN_RXE_NETDEVS (scripts/rxe-vm.sh sets it)");
+        return;
+    };
+    const WINDOW: u64 = 512 << 10;
+    const READ: u64 = 256 << 10;
+    let delayed = Delayed::add(dev0, "20ms");
+    let c = start(2);
+    Traffic::new(&c, "1048576")
+        .recv(1, 20, 24)
+        .recv(1, 21, 24)
+        .send(0, (1, 20), 24, Mode::Buffered)
+        .send(0, (1, 21), 24, Mode::Buffered)
+        .start()
+        .finish("(read window)");
+    drop(delayed);
+    let s1 = check::settled_clean(&c, 1);
+    let t = &s1["transport"];
+    eprintln!("agent 1 transport counters: {t}");
+    let (reads, read_bytes) = (
+        counter(&s1, "verbs_reads"),
+        counter(&s1, "verbs_read_bytes"),
+    );
+    assert!(reads > 0, "no READ into the pool: {t}");
+    // Every READ one whole chunk (else the figures below mean something else).
+    assert_eq!(read_bytes, reads * READ, "READs not all of 256 KiB: {t}");
+    let most = counter(&s1, "verbs_read_bytes_in_flight_max");
+    assert!(
+        counter(&s1, "verbs_reads_in_flight_max") >= 2 && most > READ,
+        "never more than one READ outstanding: the window was not approached: {t}"
+    );
+    assert!(
+        most <= WINDOW,
+        "{most} bytes of READs outstanding on one queue pair > the {WINDOW} B window: {t}"
+    );
+}
+
+/// The `peer_rx_bytes` bound on the path that steers several chunks at once (verbs
+/// only: the sum of the messages one peer has in reassembly, `Agent::try_steer`):
+/// node 1 takes at most 256 KiB from one peer (`--peer-rx-bytes`); node 0's two
+/// senders send 24 buffered messages of 128 KiB each (one chunk, one READ of
+/// 128 KiB), with 20 ms more on the READ responses. The READ window alone would
+/// admit 4 such READs on the queue pair (512 KiB); the bound admits 2 messages in
+/// reassembly, so at most 2 READs (256 KiB) were outstanding, and 2 were (the bound
+/// was reached). Measured with the sum check taken out: 4 READs, 512 KiB. Every
+/// message arrives intact and in order.
+#[test]
+fn messages_steered_at_once_from_one_peer_stay_within_peer_rx_bytes() {
+    if !have_device("peer_rx_sum") {
+        return;
+    }
+    let netdevs: Vec<String> = std::env::var("WYVERN_RXE_NETDEVS")
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let Some(dev0) = netdevs.first() else {
+        eprintln!("peer_rx_sum: skipped: no WYVERN_RXE_NETDEVS (scripts/rxe-vm.sh sets it)");
+        return;
+    };
+    const LIMIT: u64 = 256 << 10;
+    const MSG: u64 = 128 << 10;
+    let delayed = Delayed::add(dev0, "20ms");
+    let limit = LIMIT.to_string();
+    let c = start_with(2, &["--peer-rx-bytes", &limit]);
+    let size = MSG.to_string();
+    Traffic::new(&c, &size)
+        .recv(1, 20, 24)
+        .recv(1, 21, 24)
+        .send(0, (1, 20), 24, Mode::Buffered)
+        .send(0, (1, 21), 24, Mode::Buffered)
+        .start()
+        .finish("(peer_rx_bytes on the steer path)");
+    drop(delayed);
+    let s1 = check::settled_clean(&c, 1);
+    let t = &s1["transport"];
+    eprintln!("agent 1 transport counters: {t}");
+    let (reads, read_bytes) = (
+        counter(&s1, "verbs_reads"),
+        counter(&s1, "verbs_read_bytes"),
+    );
+    assert!(reads > 0, "no READ into the pool: {t}");
+    // One READ per message, straight into its block.
+    assert_eq!(read_bytes, reads * MSG, "READs not all of 128 KiB: {t}");
+    assert_eq!(counter(&s1, "verbs_bounce_reads"), 0, "{t}");
+    let most = counter(&s1, "verbs_read_bytes_in_flight_max");
+    assert_eq!(
+        counter(&s1, "verbs_reads_in_flight_max"),
+        LIMIT / MSG,
+        "messages in reassembly at once (one READ each) not {}: {t}",
+        LIMIT / MSG
+    );
+    assert!(
+        most <= LIMIT,
+        "{most} bytes READ at once into one peer's messages > peer_rx_bytes {LIMIT}: {t}"
+    );
+}

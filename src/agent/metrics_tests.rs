@@ -70,6 +70,7 @@ fn snapshot() -> Snapshot {
             queued_bytes: 0,
             unacked_bytes: 9,
             rx_buffer_bytes: 0,
+            rx_reassembly_bytes: 0,
             packet_bytes: 1472,
         }],
         transport: [

@@ -389,6 +389,18 @@ impl Agent {
         (region / peers).max(one_client).min(region)
     }
 
+    /// The block bytes reserved for peer `j`'s messages being reassembled
+    /// (what [`Agent::peer_rx_limit`] bounds; `rx_reassembly_bytes` per peer
+    /// in `wyvern stat`).
+    pub(super) fn rx_reassembly_bytes(&self, j: usize) -> u64 {
+        self.peers[j]
+            .rx_large
+            .iter()
+            .filter(|r| r.block.is_some())
+            .map(|r| r.total)
+            .sum()
+    }
+
     /// The block a chunk goes into: a new one for the first chunk of a
     /// message, else the block of the message in progress, which the chunk
     /// must continue. A message larger than [`Agent::peer_rx_limit`] is
@@ -527,13 +539,10 @@ impl Agent {
             // Steered ahead, messages are reassembled together: all of them
             // within what one peer may hold. One larger than that alone is
             // refused: the normal path refuses it once and drops its chunks
-            // (calling `chunk_target` here would refuse it a first time).
-            let held: u64 = self.peers[j]
-                .rx_large
-                .iter()
-                .filter(|r| r.block.is_some())
-                .map(|r| r.total)
-                .sum();
+            // (calling `chunk_target` here would refuse it again every time
+            // the partial frame is looked at: tens of thousands of Nacks for
+            // one slow frame, tests/hostile_steer.rs).
+            let held = self.rx_reassembly_bytes(j);
             if held.saturating_add(h.total) > self.peer_rx_limit() {
                 return false;
             }

@@ -67,6 +67,10 @@ pub struct PeerSnapshot {
     /// on a busy link, 16 KiB on an idle one, 0 on one never heard from).
     #[serde(default)]
     pub rx_buffer_bytes: u64,
+    /// Pool block bytes reserved for this peer's large messages being
+    /// reassembled (at most `peer_rx_bytes`; see docs/security.md).
+    #[serde(default)]
+    pub rx_reassembly_bytes: u64,
     /// The largest packet the link sends, where it is made of packets (udp,
     /// dpdk: the smaller of this node's and the peer's); 0 otherwise.
     #[serde(default)]
@@ -554,6 +558,7 @@ mod tests {
                 queued_bytes: 0,
                 unacked_bytes: 0,
                 rx_buffer_bytes: 0,
+                rx_reassembly_bytes: 0,
                 packet_bytes: 0,
             }],
             transport: Default::default(),

@@ -253,6 +253,10 @@ pub struct VerbsCounters {
     /// The most READs into the pool outstanding at once on one link (all
     /// its paths).
     pub reads_in_flight_max: u64,
+    /// The most bytes of READs outstanding at once on one path (queue
+    /// pair): what [`READ_WINDOW`] bounds (a path takes a READ only while
+    /// fewer are outstanding, so at most the window plus one READ).
+    pub read_bytes_in_flight_max: u64,
 }
 
 /// One rail's counters (for `wyvern stat`, as `verbs_railR_*`).
@@ -2051,7 +2055,9 @@ impl VerbsTransport {
             let Some(r) = pick_path(l, rails) else {
                 break;
             };
-            post_read(l, r, piece, false, &mut rails[r], pool);
+            let out = post_read(l, r, piece, false, &mut rails[r], pool);
+            let s = &mut self.stats;
+            s.read_bytes_in_flight_max = s.read_bytes_in_flight_max.max(out);
             l.reissue.pop_front();
         }
         loop {
@@ -2105,7 +2111,7 @@ impl VerbsTransport {
                             steer: st.id,
                         };
                         l.fetches.posted(f.id, last);
-                        post_read(l, r, piece, false, &mut rails[r], pool);
+                        let out = post_read(l, r, piece, false, &mut rails[r], pool);
                         self.stats.reads += 1;
                         self.stats.read_bytes += n;
                         st.off += n;
@@ -2118,6 +2124,7 @@ impl VerbsTransport {
                         let s = &mut self.stats;
                         s.chunks_in_flight_max = s.chunks_in_flight_max.max(chunks);
                         s.reads_in_flight_max = s.reads_in_flight_max.max(reads as u64);
+                        s.read_bytes_in_flight_max = s.read_bytes_in_flight_max.max(out);
                         if last {
                             l.rxq.pop_front();
                             l.rdv_seen = None;
@@ -2164,9 +2171,11 @@ impl VerbsTransport {
                         steer: 0,
                     };
                     l.fetches.posted(f.id, last);
-                    post_read(l, home, piece, true, &mut rails[home], pool);
+                    let out = post_read(l, home, piece, true, &mut rails[home], pool);
                     l.bounce_busy = true;
                     self.stats.bounce_reads += 1;
+                    let s = &mut self.stats;
+                    s.read_bytes_in_flight_max = s.read_bytes_in_flight_max.max(out);
                     f.done += n;
                     if last {
                         l.rxq.pop_front();
@@ -2708,13 +2717,21 @@ fn pick_path(l: &mut Link, rails: &[Rail]) -> Option<usize> {
 }
 
 /// Queue a READ of `piece` on path `r`: into the pool (registered on every rail),
-/// or into the bounce buffer (`bounce`: the home path only).
-fn post_read(l: &mut Link, r: usize, piece: Piece, bounce: bool, rail: &mut Rail, pool: &Pool) {
+/// or into the bounce buffer (`bounce`: the home path only). Returns the bytes of
+/// READs then outstanding on the path.
+fn post_read(
+    l: &mut Link,
+    r: usize,
+    piece: Piece,
+    bounce: bool,
+    rail: &mut Rail,
+    pool: &Pool,
+) -> u64 {
     let remote_base = l.remote.map_or(0, |i| i.base);
     let (addr, lkey, kind) = match (bounce, l.bounce.as_ref()) {
         (true, Some(b)) => (b.addr(0), b.mr().lkey(), SqKind::ReadBounce(piece)),
         // An up link has its bounce buffer (`connect_qp`): never into the pool instead.
-        (true, None) => return,
+        (true, None) => return l.paths[r].read_bytes,
         (false, _) => (
             pool.base_addr() as u64 + piece.local_off,
             rail.pool_lkey(),
@@ -2746,6 +2763,7 @@ fn post_read(l: &mut Link, r: usize, piece: Piece, bounce: bool, rail: &mut Rail
         rail.c.reads += 1;
         rail.c.read_bytes += piece.len as u64;
     }
+    p.read_bytes
 }
 
 /// Whether the next thing to send is a rendezvous descriptor.
@@ -3035,6 +3053,7 @@ impl Transport for VerbsTransport {
         c.push(("verbs_chunks_in_flight", now as u64));
         c.push(("verbs_chunks_in_flight_max", s.chunks_in_flight_max));
         c.push(("verbs_reads_in_flight_max", s.reads_in_flight_max));
+        c.push(("verbs_read_bytes_in_flight_max", s.read_bytes_in_flight_max));
         let mut info = vec![(
             "peer_auth",
             if self.key.is_some() { "mac" } else { "none" }.to_string(),
