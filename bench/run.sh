@@ -51,7 +51,8 @@
 # per sender), UCX_RATE_COUNT (500000 per pair), MPI_ITERS (4000 windows of
 # 64), BW_MIB (4096), BW_SPIN_MIB (256), IPERF_SECS (5), ATTACH_COUNT (2000),
 # SWEEP_SIZES ("8 64 512 4096 32768 262144 1048576 4194304"),
-# NODE_SENDERS (2), NODE_SIZES ("8 64"), TRANSPORT (tcp: the agents' transport for
+# NODE_SENDERS (2), NODE_SIZES ("8 64"), NODE_BATCH (1: node's senders and receivers
+# call send/recv_with per message; N: send_many/recv_many of up to N), TRANSPORT (tcp: the agents' transport for
 # latency/rate/node; udp works too), SOCKPERF_MAX_SIZE (65536), SOCKPERF_SECS (1), IPERF_MIN_SIZE (32768),
 # IPERF_SWEEP_SECS (1), SWEEP_PLAN_ONLY=1 (list the sweep's cells and its
 # estimate, measure nothing), SKIP_BUILD=1 to use the binaries as they are
@@ -572,16 +573,18 @@ wy_node() {
     local idle=$1 size=$2 n=$3 k pids=() r0 r1 json sum=0 i
     agents "$idle" free
     cpu_mark "${AGENT_PIDS[@]}"
-    start recv0 300 "$BIN/wyvern-peer" --socket "$SOCK0" --ep 2 --sizes "$size" recv --count $(( n * RATE_COUNT ))
+    local batch=()
+    [ "${NODE_BATCH:-1}" != 1 ] && batch=(--batch "$NODE_BATCH")
+    start recv0 300 "$BIN/wyvern-peer" "${batch[@]}" --socket "$SOCK0" --ep 2 --sizes "$size" recv --count $(( n * RATE_COUNT ))
     r0=$LAST
-    start recv1 300 "$BIN/wyvern-peer" --socket "$SOCK1" --ep 2 --sizes "$size" recv --count $(( n * RATE_COUNT ))
+    start recv1 300 "$BIN/wyvern-peer" "${batch[@]}" --socket "$SOCK1" --ep 2 --sizes "$size" recv --count $(( n * RATE_COUNT ))
     r1=$LAST
     wait_for "$TMP/recv0.out" ready 10
     wait_for "$TMP/recv1.out" ready 10
     for k in $(seq "$n"); do
-        start "sendA$k" 300 "$BIN/wyvern-peer" --socket "$SOCK0" --sizes "$size" send --to 1:2 --count "$RATE_COUNT"
+        start "sendA$k" 300 "$BIN/wyvern-peer" "${batch[@]}" --socket "$SOCK0" --sizes "$size" send --to 1:2 --count "$RATE_COUNT"
         pids+=("$LAST")
-        start "sendB$k" 300 "$BIN/wyvern-peer" --socket "$SOCK1" --sizes "$size" send --to 0:2 --count "$RATE_COUNT"
+        start "sendB$k" 300 "$BIN/wyvern-peer" "${batch[@]}" --socket "$SOCK1" --sizes "$size" send --to 0:2 --count "$RATE_COUNT"
         pids+=("$LAST")
     done
     for k in "${pids[@]}"; do finish "$k"; done
@@ -607,6 +610,10 @@ cmd_node() {
     local ROWS=()
     row() { ROWS+=("$*"); }
     row "The node-level figure: $n sender processes on each of the two nodes, each sending $RATE_COUNT messages to the receiver on the other node, both directions at once (${TRANSPORT:-tcp} transport between the agents, --idle adaptive). wyvern's rate: the two receivers' rates summed (messages received ÷ that receiver's wall time, first to last message; \`wyvern-peer recv\` checks every payload). **Per agent core**: all messages ÷ the two agents' CPU seconds over the exchange (/proc): how many messages one agent core moves. CPU per message: every process (both agents, senders, receivers) ÷ messages. Peers: $pairs concurrent pairs ($(( 2 * pairs )) processes, the same number of senders and receivers as wyvern), each pair's rate summed, CPU per message over every process's whole life (\`times\`)."
+    if [ "${NODE_BATCH:-1}" != 1 ]; then
+        row ""
+        row "wyvern's senders and receivers use the batch calls (\`wyvern-peer --batch $NODE_BATCH\`: \`Endpoint::send_many\` / \`recv_many\` of up to $NODE_BATCH messages, one ring publication and at most one wake-up per call); with NODE_BATCH=1 (the default) they call \`send\` / \`recv_with\` once per message."
+    fi
     row ""
     row "| size | config | runs (M msg/s) | median (M msg/s) | wyvern ÷ this | per agent core, median (M msg/s per agent CPU-second) | CPU per message, median (ns) |"
     row "|---|---|---|---|---|---|---|"
@@ -637,8 +644,10 @@ cmd_node() {
     md "Commands (SIZE = ${NODE_SIZES:-8 64}; I = 0, 1; J = 1 - I):"
     md '```'
     md "wyvern agent --node-id I --nodes 127.0.0.1:P0,127.0.0.1:P1 --socket S_I --idle adaptive --block-bytes 64MiB --max-clients 8 --transport ${TRANSPORT:-tcp}"
-    md "wyvern-peer --socket S_I --ep 2 --sizes SIZE recv --count $(( n * RATE_COUNT ))"
-    md "$n x wyvern-peer --socket S_I --sizes SIZE send --to J:2 --count $RATE_COUNT   # on both nodes, concurrently"
+    local b=""
+    [ "${NODE_BATCH:-1}" != 1 ] && b="--batch $NODE_BATCH "
+    md "wyvern-peer ${b}--socket S_I --ep 2 --sizes SIZE recv --count $(( n * RATE_COUNT ))"
+    md "$n x wyvern-peer ${b}--socket S_I --sizes SIZE send --to J:2 --count $RATE_COUNT   # on both nodes, concurrently"
     md "$pairs x { UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f & UCX_TLS=tcp UCX_NET_DEVICES=lo ucx_perftest 127.0.0.1 -t tag_bw -s SIZE -n $UCX_RATE_COUNT -p PORT_K -f; }"
     md "${MPIRUN_BASE[*]} -np $(( 2 * pairs )) target/bench/mpi_rate SIZE $MPI_ITERS 64"
     md '```'

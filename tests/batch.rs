@@ -6,6 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::scenarios::T;
 use common::*;
 use wyvern::client::{Client, Error, Outgoing};
 
@@ -149,4 +150,48 @@ fn the_wait_descriptor_is_readable_once_a_message_comes() {
     assert!(rx.arm().unwrap());
     rx.disarm();
     assert!(!readable(50), "readable after disarm with nothing new");
+}
+
+/// `wyvern-peer --batch` (the node benchmark's batched clients): senders
+/// calling `send_many` and a receiver calling `recv_many` move checked
+/// streams from a remote node and from its own node (a local deposit), of
+/// small and of block-sized messages, every payload intact and in order.
+#[test]
+fn batched_peers_move_checked_streams_remotely_and_locally() {
+    let c = Cluster::start(2, &[]);
+    let n = 30_000u64;
+    let sizes = "8,64,200,9000";
+    let count = (2 * n).to_string();
+    let rx = c.peer(
+        1,
+        &[
+            "--batch", "64", "--ep", "7", "--sizes", sizes, "recv", "--count", &count,
+        ],
+    );
+    let n_s = n.to_string();
+    let send = |node: usize| {
+        c.peer(
+            node,
+            &[
+                "--batch", "64", "--sizes", sizes, "send", "--to", "1:7", "--count", &n_s,
+            ],
+        )
+    };
+    let (remote, local) = (send(0), send(1));
+    for (name, p) in [("remote sender", remote), ("local sender", local)] {
+        let r = p.result(T);
+        assert_ok(name, &r);
+        assert_eq!(r.0["sent"], n, "{name}: {}", r.0);
+    }
+    let r = rx.result(T);
+    assert_ok("receiver", &r);
+    assert_eq!(r.0["received"], 2 * n, "{}", r.0);
+    assert_eq!(r.0["corrupt"], 0, "{}", r.0);
+    assert_eq!(r.0["out_of_order"], 0, "{}", r.0);
+    assert_eq!(
+        r.0["senders"].as_object().map(|m| m.len()),
+        Some(2),
+        "{}",
+        r.0
+    );
 }

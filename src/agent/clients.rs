@@ -224,6 +224,12 @@ impl Clients {
         for slot in self.touched.drain(..) {
             let t = std::mem::replace(&mut self.touched_flag[slot as usize], Touch::None);
             if let Some(c) = self.slots[slot as usize].as_mut() {
+                // Show what was deposited this round (staged by `deposit`;
+                // every deposit touches its slot) before looking whether the
+                // client sleeps: the fence in `sleeping_for` orders the two.
+                for r in c.recv.iter_mut().flatten() {
+                    r.ring.publish();
+                }
                 let wake = match sleeping_for(pool.client_sleeping(slot)) {
                     None => false,
                     Some(SLEEP_FOR_ROOM) if t == Touch::Room => c.sub.half_free(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use wyvern::client::{Client, Error, Mode};
+use wyvern::client::{Client, Error, MessageRef, Mode, Outgoing};
 
 #[derive(Parser)]
 #[command(name = "wyvern-peer", about = "Test and benchmark client for wyvern")]
@@ -38,6 +38,13 @@ struct Cli {
     /// transport's, not the pattern generator's).
     #[arg(long)]
     raw: bool,
+    /// `send` and `recv`: messages per call of the batch APIs
+    /// (`Endpoint::send_many` / `recv_many`: one ring publication and at
+    /// most one wake-up per batch); 1 sends and receives one at a time
+    /// (`send` / `recv_with`). A `send` with `--delivered` or `--gap-us`, and
+    /// a `recv` with `--slow-us`, go one at a time anyway.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     #[command(subcommand)]
     mode: ModeCmd,
 }
@@ -332,7 +339,60 @@ fn run(cli: Cli) -> Result<bool, String> {
             let mut failed: BTreeMap<String, u64> = BTreeMap::new();
             let mut sent = 0u64;
             let t0 = Instant::now();
-            for i in 0..count {
+            let batch = cli.batch.max(1);
+            let batched = batch > 1 && !delivered && gap_us == 0;
+            // Batched: up to `batch` messages built, then handed to
+            // `send_many` (what it did not take within the timeout is
+            // offered again; a call that takes none is a failure of the rest).
+            let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); if batched { batch } else { 0 }];
+            let mut i = 0u64;
+            while batched && i < count {
+                let n = batch.min((count - i) as usize);
+                let mut to = Vec::with_capacity(n);
+                let mut next = seqs.clone();
+                for (m, b) in bufs[..n].iter_mut().enumerate() {
+                    let k = ((i + m as u64) % dsts.len() as u64) as usize;
+                    let seq = next[k];
+                    next[k] += 1;
+                    b.resize(sizes[(seq % sizes.len() as u64) as usize], 0);
+                    if !raw {
+                        fill(b, me, seq);
+                    }
+                    to.push(dsts[k]);
+                }
+                let mut done = 0;
+                let mut stop = false;
+                while done < n {
+                    let outs: Vec<Outgoing<'_>> = (done..n)
+                        .map(|m| Outgoing {
+                            dst_node: to[m].0,
+                            dst_ep: to[m].1,
+                            data: &bufs[m],
+                        })
+                        .collect();
+                    match ep.send_many(&outs, t) {
+                        Ok(k) => done += k,
+                        Err(e) => {
+                            *failed.entry(e.to_string()).or_default() += (n - done) as u64;
+                            stop = true;
+                            break;
+                        }
+                    }
+                }
+                // Only what was taken counts (and advances its sequence).
+                for m in 0..done {
+                    let k = ((i + m as u64) % dsts.len() as u64) as usize;
+                    seqs[k] += 1;
+                }
+                sent += done as u64;
+                i += n as u64;
+                // (With --keep-going, the sequence numbers of messages not
+                // taken go to the next ones: they were never sent.)
+                if stop && !keep_going {
+                    break;
+                }
+            }
+            for i in (if batched { count } else { 0 })..count {
                 let k = (i % dsts.len() as u64) as usize;
                 let ((node, dst), seq) = (dsts[k], seqs[k]);
                 let len = sizes[(seq % sizes.len() as u64) as usize];
@@ -395,9 +455,10 @@ fn run(cli: Cli) -> Result<bool, String> {
             let mut first_corrupt: Option<serde_json::Value> = None;
             let mut first: Option<Instant> = None;
             let mut got = 0;
+            let batch = if slow_us > 0 { 1 } else { cli.batch.max(1) };
             while got < count {
                 // Checked in place: no allocation per message.
-                let r = ep.recv_with(t, |m| {
+                let mut check = |m: &MessageRef<'_>| {
                     let key = ((m.src_node as u64) << 32) | m.src_ep as u64;
                     let seq = next.entry(key).or_insert(0);
                     let len = sizes[(*seq % sizes.len() as u64) as usize];
@@ -439,14 +500,20 @@ fn run(cli: Cli) -> Result<bool, String> {
                     *seq += 1;
                     bytes += m.data.len() as u64;
                     zero_copy += m.is_zero_copy() as u64;
-                });
+                };
+                let r = if batch > 1 {
+                    ep.recv_many(batch.min((count - got) as usize), t, &mut check)
+                } else {
+                    ep.recv_with(t, |m| check(m)).map(|()| 1)
+                };
                 match r {
-                    Ok(()) => {}
+                    Ok(n) => {
+                        first.get_or_insert_with(Instant::now);
+                        got += n as u64;
+                    }
                     Err(Error::Timeout) => break,
                     Err(e) => return Err(format!("after {got} messages: {e}")),
                 }
-                first.get_or_insert_with(Instant::now);
-                got += 1;
                 if slow_us > 0 {
                     std::thread::sleep(Duration::from_micros(slow_us));
                 }
