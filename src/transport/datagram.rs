@@ -185,15 +185,29 @@ pub trait PacketIo {
     }
 }
 
+/// Packets a [`UdpIo`] gathers for one `sendmmsg` (a flush sends fewer).
+const UDP_TX_BATCH: usize = 32;
+
 /// UDP/IPv4 or IPv6 sockets: the datagram transport for routed networks,
-/// and the lossy-network test bed.
+/// and the lossy-network test bed. Packets sent are gathered and leave
+/// together, [`UDP_TX_BATCH`] to a `sendmmsg` call, at the latest at
+/// [`PacketIo::flush`] (the end of every transport call that sent): one
+/// system call per batch instead of per packet.
 pub struct UdpIo {
     sock: UdpSocket,
     peers: Vec<Option<SocketAddr>>,
     last_from: Option<SocketAddr>,
     max_packet: usize,
-    /// The send buffer packets are encoded into, reused.
-    txbuf: Vec<u8>,
+    /// The gathered packets, back to back in slots of `max_packet` bytes...
+    txq: Vec<u8>,
+    /// ...their destinations and lengths.
+    txq_to: Vec<(SocketAddr, usize)>,
+    /// Gathered packets the socket refused at a flush (its buffer full):
+    /// lost, as on a wire; the reliability layer resends them.
+    tx_dropped: u64,
+    /// `sendmmsg` calls made, and packets they sent.
+    tx_batches: u64,
+    tx_batched: u64,
     /// A receive buffer given back by [`PacketIo::release`], reused.
     rxbuf: Option<Vec<u8>>,
 }
@@ -230,9 +244,65 @@ impl UdpIo {
             peers,
             last_from: None,
             max_packet,
-            txbuf: Vec::with_capacity(max_packet),
+            txq: Vec::new(),
+            txq_to: Vec::with_capacity(UDP_TX_BATCH),
+            tx_dropped: 0,
+            tx_batches: 0,
+            tx_batched: 0,
             rxbuf: None,
         })
+    }
+
+    /// Send the gathered packets: `sendmmsg` until all are taken; what the
+    /// socket will not take now is dropped (counted), as a full queue on a
+    /// wire drops.
+    fn flush_tx(&mut self) -> io::Result<()> {
+        use nix::errno::Errno;
+        use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let n = self.txq_to.len();
+        let mut done = 0;
+        let mut result = Ok(());
+        while done < n {
+            let slot = self.max_packet;
+            let slices: Vec<[IoSlice<'_>; 1]> = self.txq_to[done..]
+                .iter()
+                .enumerate()
+                .map(|(i, &(_, len))| [IoSlice::new(&self.txq[(done + i) * slot..][..len])])
+                .collect();
+            let addrs: Vec<Option<SockaddrStorage>> = self.txq_to[done..]
+                .iter()
+                .map(|&(a, _)| Some(SockaddrStorage::from(a)))
+                .collect();
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+            let sent = sendmmsg(
+                self.sock.as_raw_fd(),
+                &mut headers,
+                &slices,
+                &addrs,
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map(|r| r.count());
+            match sent {
+                Ok(0) | Err(Errno::EAGAIN) => break,
+                Ok(k) => {
+                    self.tx_batches += 1;
+                    self.tx_batched += k as u64;
+                    done += k;
+                }
+                // The first packet's port is closed (its agent is down): lost.
+                Err(Errno::ECONNREFUSED) => done += 1,
+                Err(e) => {
+                    result = Err(io::Error::from(e));
+                    break;
+                }
+            }
+        }
+        self.tx_dropped += (n - done) as u64;
+        self.txq_to.clear();
+        result
     }
 
     /// The bound address.
@@ -263,15 +333,36 @@ impl PacketIo for UdpIo {
         let Some(addr) = self.peers.get(node as usize).copied().flatten() else {
             return Ok(false);
         };
-        self.txbuf.resize(len, 0);
-        fill(&mut self.txbuf);
-        match self.sock.send_to(&self.txbuf, addr) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            // The peer's port is closed (its agent is down): a lost packet.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(false),
-            Err(e) => Err(e),
+        if len > self.max_packet {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a packet of {len} B is above {} B", self.max_packet),
+            ));
         }
+        if self.txq_to.len() == UDP_TX_BATCH {
+            self.flush_tx()?;
+        }
+        let at = self.txq_to.len() * self.max_packet;
+        if self.txq.len() < at + self.max_packet {
+            self.txq.resize(at + self.max_packet, 0);
+        }
+        fill(&mut self.txq[at..at + len]);
+        self.txq_to.push((addr, len));
+        Ok(true)
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.flush_tx() {
+            log::warn!("udp send: {e}");
+        }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("udp_tx_dropped", self.tx_dropped),
+            ("udp_tx_batches", self.tx_batches),
+            ("udp_tx_batched", self.tx_batched),
+        ]
     }
 
     type Rx = UdpRx;
