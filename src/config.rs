@@ -449,8 +449,9 @@ pub struct AgentArgs {
     /// Bad requests tolerated from one client before it is detached.
     #[arg(long, value_parser = IntParser::<u64>::new(), env = "WYVERN_AGENT_MAX_CLIENT_ERRORS")]
     pub max_client_errors: Option<u64>,
-    /// The largest message accepted from one peer (a size; 0: the block region
-    /// divided among the peers).
+    /// The largest message accepted from one peer, and the most pool blocks
+    /// its messages may hold at once (a size; 0: the block region divided
+    /// among the peers).
     #[arg(long, value_parser = SizeParser, value_name = "SIZE", env = "WYVERN_AGENT_PEER_RX_BYTES")]
     pub peer_rx_bytes: Option<u64>,
     /// Print the effective configuration as TOML and exit.

@@ -302,3 +302,231 @@ fn peer_pipelining_first_chunks_holds_at_most_the_bound() {
     );
     honest(&c, 60, 50, 1000);
 }
+
+/// Messages of [`UNREAD_SIZE`] bytes the fake peer sends the endpoint whose
+/// client never reads: a full ring's worth ([`UNREAD_SLOTS`]) and then 3 ×
+/// the bound more.
+const UNREAD_SLOTS: u64 = 512;
+const UNREAD_SIZE: u64 = 16 << 10;
+const UNREAD_MORE: u64 = 3 * LIMIT / UNREAD_SIZE;
+
+/// The first bytes of message `i` say which it is.
+fn tagged(i: u64) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..UNREAD_SIZE).map(|k| (k % 253) as u8).collect();
+    p[..8].copy_from_slice(&i.to_le_bytes());
+    p
+}
+
+/// Nodes 0 and 2 real, node 1 played by the test, every agent bounding
+/// what one peer holds at [`LIMIT`], with receive rings of
+/// [`UNREAD_SLOTS`] slots and orphans held for 10 s.
+fn unread_cluster() -> Cluster {
+    let absent: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (limit, slots) = (LIMIT.to_string(), UNREAD_SLOTS.to_string());
+    Cluster::start_partial_with(
+        &[true, false, true],
+        absent,
+        &[
+            "--transport",
+            "tcp",
+            "--peer-rx-bytes",
+            &limit,
+            "--recv-slots",
+            &slots,
+            "--unknown-ep-grace-ms",
+            "10000",
+        ],
+        vec![],
+    )
+}
+
+/// Messages 0..n ([`tagged`]) from the fake peer to [`VICTIM_EP`], written
+/// in a thread of their own: the agent stops reading the peer, so the
+/// writes block (bounded by the stream's 10 s write timeout).
+fn send_tagged(fake: &FakePeer, n: u64) -> std::thread::JoinHandle<std::io::Result<()>> {
+    let mut out = fake.stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut b = FrameBuilder::new(1, 64 << 10);
+        let mut buf = Vec::new();
+        for i in 0..n {
+            let p = tagged(i);
+            if !b.fits(p.len()) {
+                buf.extend_from_slice(&b.finish());
+            }
+            b.push(&first_chunk(VICTIM_EP, UNREAD_SIZE, p.len(), i), &p);
+        }
+        buf.extend_from_slice(&b.finish());
+        out.write_all(&buf)
+    })
+}
+
+/// Messages agent stat `s` says it put into the ring of client "victim".
+fn delivered_to_victim(s: &Value) -> u64 {
+    s["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "victim")
+        .and_then(|c| c["delivered"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Sample agent 0 every 20 ms until nothing changes for 1 s (the peer is
+/// held back, or all its messages are in), at most 20 s: the last stat, and
+/// the most the agent held for node 1 seen from the pool (blocks in use
+/// since `base` less those delivered into the victim's ring) and from its
+/// own sum (`rx_reassembly_bytes + rx_delivery_bytes`).
+fn settle(c: &Cluster, base: u64) -> (Value, u64, u64) {
+    let (mut most_sum, mut most_pool) = (0u64, 0u64);
+    let mut last = (u64::MAX, u64::MAX);
+    let mut same_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = c.stat(0);
+        let delivered = delivered_to_victim(&s);
+        let in_use = base - s["blocks_free"].as_u64().unwrap();
+        let sum = held(&s, 1) + peer(&s, 1)["rx_delivery_bytes"].as_u64().unwrap_or(0);
+        most_sum = most_sum.max(sum);
+        most_pool = most_pool.max(in_use.saturating_sub(delivered * UNREAD_SIZE));
+        let now = (delivered, in_use);
+        if now != last {
+            last = now;
+            same_since = Instant::now();
+        } else if same_since.elapsed() > Duration::from_secs(1) {
+            return (s, most_pool, most_sum);
+        }
+        assert!(Instant::now() < deadline, "the agent never settled: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Finished messages waiting for a receiver's ring count against the bound
+/// too (`rx_delivery_bytes`). The fake peer sends 16 KiB messages (each in
+/// a pool block) to an endpoint whose client does not read: the first 512
+/// fill its ring (512 slots, `--recv-slots`; those blocks are the client's
+/// now), what comes after waits in the agent for ring room (parked). Before,
+/// nothing but the overflow budget (which charges a parked block a few
+/// hundred bytes) and the pool bounded what waited: the peer's 3 MiB past the
+/// ring were all held, 3 × the 1 MiB bound, and a peer that kept sending
+/// took the whole pool. Now the agent holds at most the bound for the peer
+/// (`rx_reassembly_bytes + rx_delivery_bytes`, and the same seen from
+/// `blocks_free`), stops reading its link (back-pressure, `rx_stalls`; the
+/// rest waits in the stream), keeps serving node 2, and once the receiver
+/// reads, every message arrives, in order, intact.
+#[test]
+fn messages_waiting_for_an_unread_ring_count_against_the_bound() {
+    if transport() != "tcp" {
+        eprintln!("this test plays a tcp peer (tests/common/fakepeer.rs)");
+        return;
+    }
+    let c = unread_cluster();
+    let victim = wyvern::client::Client::attach(c.socket(0), "victim").unwrap();
+    let ep = victim.open_endpoint(Some(VICTIM_EP)).unwrap();
+    let fake = FakePeer::connect(&c, 0, 1, 3);
+    fake.drain_in_background();
+    let base = stat_settled(&c, 0)["blocks_free"].as_u64().unwrap();
+    let n = UNREAD_SLOTS + UNREAD_MORE;
+    let writer = send_tagged(&fake, n);
+    let (s, most_pool, most_sum) = settle(&c, base);
+    let delivered = delivered_to_victim(&s);
+    eprintln!(
+        "held for the peer beyond the ring: at most {most_pool} B (pool), {most_sum} B (its sum); {} B waiting at the end",
+        peer(&s, 1)["rx_delivery_bytes"]
+    );
+    assert_eq!(delivered, UNREAD_SLOTS, "the ring is not full: {s}");
+    assert!(
+        most_pool <= LIMIT,
+        "the agent held {most_pool} B of pool blocks for the peer beyond the ring (bound {LIMIT}): {s}"
+    );
+    assert!(
+        most_sum <= LIMIT,
+        "rx_reassembly_bytes + rx_delivery_bytes reached {most_sum} (bound {LIMIT}): {s}"
+    );
+    assert!(
+        peer(&s, 1)["rx_delivery_bytes"].as_u64().unwrap() > 0,
+        "nothing waits for the ring: {s}"
+    );
+    assert!(
+        peer_counter(&s, 1, "rx_stalls") >= 1,
+        "the peer was not held back: {s}"
+    );
+    assert_eq!(peer(&s, 1)["state"], "up", "{s}");
+    // Another peer is served meanwhile (its own messages in pool blocks too).
+    honest(&c, 40, 20, 256 << 10);
+    // The receiver reads: everything comes, in order, intact.
+    for i in 0..n {
+        let m = ep
+            .recv(T)
+            .unwrap_or_else(|e| panic!("message {i} of {n}: {e}"));
+        assert_eq!((m.src_node, m.data().len()), (1, UNREAD_SIZE as usize));
+        assert!(m.data() == &tagged(i)[..], "message {i} differs");
+    }
+    writer
+        .join()
+        .unwrap()
+        .expect("the peer's writes were taken");
+    let (s, freed) = wait_stat(&c, |s| s["blocks_free"].as_u64() == Some(base));
+    assert!(freed, "blocks not back to {base}: {s}");
+    assert_eq!(peer_counter(&s, 1, "malformed"), 0, "{s}");
+    assert_eq!(peer_counter(&s, 1, "errors"), 0, "{s}");
+    assert_eq!(peer(&s, 1)["state"], "up", "{s}");
+}
+
+/// The same for messages to an endpoint not open yet (held for
+/// `unknown_ep_grace_ms` in case it opens): the fake peer sends 3 × the
+/// bound in 16 KiB messages to an endpoint nobody opened. The agent holds at
+/// most the bound for them and holds the peer back; once the endpoint opens,
+/// every message arrives, in order, intact, and none was refused.
+#[test]
+fn messages_for_an_endpoint_not_open_count_against_the_bound() {
+    if transport() != "tcp" {
+        eprintln!("this test plays a tcp peer (tests/common/fakepeer.rs)");
+        return;
+    }
+    let c = unread_cluster();
+    let fake = FakePeer::connect(&c, 0, 1, 3);
+    fake.drain_in_background();
+    let base = stat_settled(&c, 0)["blocks_free"].as_u64().unwrap();
+    let n = UNREAD_MORE;
+    let writer = send_tagged(&fake, n);
+    let (s, most_pool, most_sum) = settle(&c, base);
+    eprintln!("held for the peer's orphans: at most {most_pool} B (pool), {most_sum} B (its sum)");
+    assert!(
+        most_pool <= LIMIT,
+        "the agent held {most_pool} B of pool blocks for the peer (bound {LIMIT}): {s}"
+    );
+    assert!(
+        most_sum <= LIMIT,
+        "rx_reassembly_bytes + rx_delivery_bytes reached {most_sum} (bound {LIMIT}): {s}"
+    );
+    assert_eq!(
+        peer(&s, 1)["rx_delivery_bytes"].as_u64(),
+        Some(LIMIT),
+        "the peer's messages do not wait for the endpoint: {s}"
+    );
+    assert!(
+        peer_counter(&s, 1, "rx_stalls") >= 1,
+        "the peer was not held back: {s}"
+    );
+    let victim = wyvern::client::Client::attach(c.socket(0), "victim").unwrap();
+    let ep = victim.open_endpoint(Some(VICTIM_EP)).unwrap();
+    for i in 0..n {
+        let m = ep
+            .recv(T)
+            .unwrap_or_else(|e| panic!("message {i} of {n}: {e}"));
+        assert_eq!((m.src_node, m.data().len()), (1, UNREAD_SIZE as usize));
+        assert!(m.data() == &tagged(i)[..], "message {i} differs");
+    }
+    writer
+        .join()
+        .unwrap()
+        .expect("the peer's writes were taken");
+    let (s, freed) = wait_stat(&c, |s| s["blocks_free"].as_u64() == Some(base));
+    assert!(freed, "blocks not back to {base}: {s}");
+    assert_eq!(
+        fake.rx.unknown_ep.load(Ordering::Relaxed),
+        0,
+        "refused: {s}"
+    );
+    assert_eq!(peer_counter(&s, 1, "malformed"), 0, "{s}");
+}

@@ -257,8 +257,11 @@ pub struct AgentConfig {
     pub max_client_errors: u64,
     /// The largest message (bytes) accepted from one peer; a larger one is
     /// refused with `TooLarge` as its first chunk arrives (its pool block
-    /// would be reserved whole until the last). 0: the block region divided
-    /// among the peers, at least `client_block_quota`, at most the region.
+    /// would be reserved whole until the last). Also the most pool block
+    /// bytes one peer's messages may hold together, in reassembly and
+    /// waiting for delivery; past it the peer's frames wait. 0: the block
+    /// region divided among the peers, at least `client_block_quota`, at
+    /// most the region.
     #[serde(deserialize_with = "crate::config::size_de::peer_rx_bytes")]
     pub peer_rx_bytes: u64,
 }

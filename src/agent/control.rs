@@ -528,6 +528,7 @@ impl Agent {
                 unacked_bytes: p.unacked_bytes() as u64,
                 rx_buffer_bytes: self.inflow[p.node as usize].reader.capacity() as u64,
                 rx_reassembly_bytes: self.rx_reassembly_bytes(p.node as usize),
+                rx_delivery_bytes: self.rx_delivery_bytes(p.node as usize),
                 packet_bytes: self.transport.link(p.node).packet as u64,
                 counters: p.counters.clone(),
             })

@@ -11,6 +11,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::shm::BLOCK_UNIT;
+
 /// Whom to answer about a message from a peer, and with which cookie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct ReplyTo {
@@ -149,6 +151,21 @@ impl Parked {
                 ParkedData::Small { .. } | ParkedData::Block { .. } => 0,
             }
     }
+
+    /// The pool block bytes it holds (its block as reserved, in whole
+    /// units), counted against its peer's `peer_rx_bytes`, not the budget.
+    pub(super) fn block_bytes(&self) -> u64 {
+        match &self.data {
+            ParkedData::Block { len, .. } => reserved(*len),
+            ParkedData::Small { .. } | ParkedData::Inline(_) => 0,
+        }
+    }
+}
+
+/// The block bytes a message of `len` bytes from a peer reserves (whole
+/// [`BLOCK_UNIT`]s, at least one).
+pub(super) fn reserved(len: u64) -> u64 {
+    len.max(1).saturating_add(BLOCK_UNIT - 1) / BLOCK_UNIT * BLOCK_UNIT
 }
 
 /// Held messages and their budget.
@@ -165,6 +182,10 @@ pub(super) struct Inbox {
     /// looks only at what expires (entries whose orphan was taken by an
     /// endpoint that opened are skipped as they come up).
     fifo: VecDeque<(Instant, u32)>,
+    /// Pool block bytes of the held messages, by the peer they came from
+    /// (indexed by node; what `peer_rx_bytes` bounds with the peer's
+    /// messages in reassembly).
+    peer_blocks: Vec<u64>,
 }
 
 impl Inbox {
@@ -175,6 +196,7 @@ impl Inbox {
             count: 0,
             orphans: HashMap::new(),
             fifo: VecDeque::new(),
+            peer_blocks: Vec::new(),
         }
     }
 
@@ -201,15 +223,33 @@ impl Inbox {
         if self.held_bytes() + m.cost() > self.budget {
             return false;
         }
+        self.add(m);
+        true
+    }
+
+    /// Count a message as held.
+    fn add(&mut self, m: &Parked) {
         self.bytes += m.cost();
         self.count += 1;
-        true
+        let node = m.src_node as usize;
+        if node >= self.peer_blocks.len() {
+            self.peer_blocks.resize(node + 1, 0);
+        }
+        self.peer_blocks[node] += m.block_bytes();
     }
 
     /// A held message left (deposited, refused or dropped).
     pub(super) fn release(&mut self, m: &Parked) {
         self.bytes -= m.cost();
         self.count -= 1;
+        if let Some(b) = self.peer_blocks.get_mut(m.src_node as usize) {
+            *b -= m.block_bytes();
+        }
+    }
+
+    /// Pool block bytes of the held messages that came from peer `node`.
+    pub(super) fn peer_block_bytes(&self, node: usize) -> u64 {
+        self.peer_blocks.get(node).copied().unwrap_or(0)
     }
 
     /// Hold a message for endpoint `dst_ep`, not open yet; gives it back
@@ -229,8 +269,7 @@ impl Inbox {
         if self.held_bytes() + new_ep + parked.cost() > self.budget {
             return Err(parked);
         }
-        self.bytes += parked.cost();
-        self.count += 1;
+        self.add(&parked);
         self.orphans.entry(dst_ep).or_default().push_back(Orphan {
             since: now,
             nack,
@@ -354,6 +393,41 @@ mod tests {
             inbox.release(&msg(100));
         }
         assert_eq!((inbox.held_bytes(), inbox.held_count()), (0, 0));
+    }
+
+    #[test]
+    fn held_blocks_are_counted_by_peer_in_whole_units() {
+        let block = |node: u32, len: u64| Parked {
+            src_node: node,
+            src_ep: 2,
+            data: ParkedData::Block { off: 0, len },
+            ack: None,
+        };
+        assert_eq!(reserved(1), BLOCK_UNIT);
+        assert_eq!(reserved(BLOCK_UNIT), BLOCK_UNIT);
+        assert_eq!(reserved(BLOCK_UNIT + 1), 2 * BLOCK_UNIT);
+        let mut inbox = Inbox::new(1 << 20);
+        assert!(inbox.charge(&block(3, 5000)));
+        assert!(inbox.charge(&msg(100)));
+        inbox
+            .hold_orphan(9, to(9), block(3, 100), Instant::now())
+            .ok()
+            .unwrap();
+        assert!(inbox.charge(&block(1, 3 * BLOCK_UNIT)));
+        assert_eq!(inbox.peer_block_bytes(3), 3 * BLOCK_UNIT);
+        assert_eq!(inbox.peer_block_bytes(1), 3 * BLOCK_UNIT);
+        assert_eq!(inbox.peer_block_bytes(7), 0, "a peer never seen");
+        inbox.release(&block(3, 5000));
+        assert_eq!(inbox.peer_block_bytes(3), BLOCK_UNIT);
+        // The orphan expires: released with it.
+        assert_eq!(
+            inbox
+                .expire(Instant::now() + Duration::from_secs(1), Duration::ZERO)
+                .len(),
+            1
+        );
+        assert_eq!(inbox.peer_block_bytes(3), 0);
+        assert_eq!(inbox.peer_block_bytes(1), 3 * BLOCK_UNIT);
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn snapshot() -> Snapshot {
             unacked_bytes: 9,
             rx_buffer_bytes: 0,
             rx_reassembly_bytes: 0,
+            rx_delivery_bytes: 0,
             packet_bytes: 1472,
         }],
         transport: [

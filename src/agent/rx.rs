@@ -9,7 +9,7 @@ use crate::transport::{LinkRx, SteerState};
 use crate::wire::{self, FrameKind, RecordHeader, RecordKind, FLAG_ACK};
 
 use super::deliver::Handled;
-use super::inbox::{RemoteData, ReplyTo};
+use super::inbox::{reserved, RemoteData, ReplyTo};
 use super::peers::{Deposit, PeerState, RxLarge};
 use super::Agent;
 
@@ -375,10 +375,12 @@ impl Agent {
     /// The most block bytes one large message from a peer may reserve
     /// (`peer_rx_bytes`; 0: the block region divided among the peers, but
     /// at least what one client may hold, and never more than the region).
-    /// It bounds the messages of one peer being reassembled together (one,
-    /// or several while chunks are steered ahead), so what a peer that
-    /// declares a huge size and then sends nothing (or sends slowly) can
-    /// take from everyone else.
+    /// It bounds everything of one peer's messages the pool holds for it
+    /// ([`Agent::rx_held_bytes`]): those being reassembled (one, or several
+    /// while chunks are steered ahead), and finished ones waiting for a
+    /// receiver's ring or an endpoint to open. So a peer that declares a huge
+    /// size and then sends nothing (or sends slowly), or one that sends to
+    /// a receiver that does not read, takes at most that from everyone else.
     fn peer_rx_limit(&self) -> u64 {
         let region = self.blocks.total_bytes();
         if self.cfg.peer_rx_bytes > 0 {
@@ -390,15 +392,45 @@ impl Agent {
     }
 
     /// The block bytes reserved for peer `j`'s messages being reassembled
-    /// (what [`Agent::peer_rx_limit`] bounds; `rx_reassembly_bytes` per peer
-    /// in `wyvern stat`).
+    /// (`rx_reassembly_bytes` per peer in `wyvern stat`).
     pub(super) fn rx_reassembly_bytes(&self, j: usize) -> u64 {
         self.peers[j]
             .rx_large
             .iter()
             .filter(|r| r.block.is_some())
-            .map(|r| r.total)
+            .map(|r| reserved(r.total))
             .sum()
+    }
+
+    /// The block bytes of peer `j`'s finished messages that wait for a
+    /// receiver's ring (parked, or the one deposit held in `rx_deposit`) or
+    /// for their endpoint to open (`rx_delivery_bytes` in `wyvern stat`).
+    /// They were not counted: a peer sending to a receiver that did not
+    /// read had every message past the ring's room held, up to the whole
+    /// pool (tests/hostile_steer.rs).
+    pub(super) fn rx_delivery_bytes(&self, j: usize) -> u64 {
+        let waiting = self.peers[j]
+            .rx_deposit
+            .as_ref()
+            .map_or(0, |d| reserved(d.len));
+        self.inbox.peer_block_bytes(j) + waiting
+    }
+
+    /// Everything the pool holds for peer `j`'s messages (what
+    /// [`Agent::peer_rx_limit`] bounds).
+    fn rx_held_bytes(&self, j: usize) -> u64 {
+        self.rx_reassembly_bytes(j) + self.rx_delivery_bytes(j)
+    }
+
+    /// Whether a new message of `total` bytes from peer `j` may have its
+    /// block now: what the peer holds and it stay within
+    /// [`Agent::peer_rx_limit`]. One alone always may (no larger than the
+    /// bound: [`Agent::chunk_target`] refuses a larger one), so the bound is
+    /// the limit, or one message's reservation (its size rounded up to a
+    /// block unit) where that is more.
+    fn peer_rx_room(&self, j: usize, total: u64) -> bool {
+        let held = self.rx_held_bytes(j);
+        held == 0 || held.saturating_add(reserved(total)) <= self.peer_rx_limit()
     }
 
     /// The block a chunk goes into: a new one for the first chunk of a
@@ -436,6 +468,12 @@ impl Agent {
                 self.queue_reply(to, RecordKind::Nack, Status::TooLarge);
                 None
             } else {
+                // Over what the peer may hold (its messages wait for a ring
+                // that is not read, say), or no room in the pool: the peer
+                // waits (its link is not read further) until some go.
+                if !self.peer_rx_room(j, h.total) {
+                    return Ok(ChunkTarget::Wait);
+                }
                 let Some(b) = self.blocks.alloc_top(h.total, Owner::Agent) else {
                     return Ok(ChunkTarget::Wait);
                 };
@@ -537,13 +575,13 @@ impl Agent {
         }
         if h.offset == 0 {
             // Steered ahead, messages are reassembled together: all of them
-            // within what one peer may hold. One larger than that alone is
-            // refused: the normal path refuses it once and drops its chunks
-            // (calling `chunk_target` here would refuse it again every time
-            // the partial frame is looked at: tens of thousands of Nacks for
-            // one slow frame, tests/hostile_steer.rs).
-            let held = self.rx_reassembly_bytes(j);
-            if held.saturating_add(h.total) > self.peer_rx_limit() {
+            // (and those waiting for delivery) within what one peer may
+            // hold. One larger than that alone is refused: the normal path
+            // refuses it once and drops its chunks (calling `chunk_target`
+            // here would refuse it again every time the partial frame is
+            // looked at: tens of thousands of Nacks for one slow frame,
+            // tests/hostile_steer.rs).
+            if h.total > self.peer_rx_limit() || !self.peer_rx_room(j, h.total) {
                 return false;
             }
         }

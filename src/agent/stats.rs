@@ -68,9 +68,15 @@ pub struct PeerSnapshot {
     #[serde(default)]
     pub rx_buffer_bytes: u64,
     /// Pool block bytes reserved for this peer's large messages being
-    /// reassembled (at most `peer_rx_bytes`; see docs/security.md).
+    /// reassembled (with `rx_delivery_bytes`, at most `peer_rx_bytes`; see
+    /// docs/security.md).
     #[serde(default)]
     pub rx_reassembly_bytes: u64,
+    /// Pool block bytes of this peer's finished messages waiting for a
+    /// receiver's ring or for their endpoint to open (with
+    /// `rx_reassembly_bytes`, at most `peer_rx_bytes`).
+    #[serde(default)]
+    pub rx_delivery_bytes: u64,
     /// The largest packet the link sends, where it is made of packets (udp,
     /// dpdk: the smaller of this node's and the peer's); 0 otherwise.
     #[serde(default)]
@@ -559,6 +565,7 @@ mod tests {
                 unacked_bytes: 0,
                 rx_buffer_bytes: 0,
                 rx_reassembly_bytes: 0,
+                rx_delivery_bytes: 0,
                 packet_bytes: 0,
             }],
             transport: Default::default(),
