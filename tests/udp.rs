@@ -130,9 +130,22 @@ fn impaired_link_goodput_keeps_a_floor_of_the_clean_link() {
                 "{imp:?}: {seen} of {needless} needless resends seen as such ({dups} duplicates)"
             );
         }
-        // The sender's socket sends gathered packets, several per call.
+        // The sender's socket sends gathered packets, several per call; the
+        // receiver's takes what waits with recvmmsg.
+        let r0 = c.stat(0);
+        let (rcalls, rgot) = (
+            counter(&r0, "udp_rx_batches"),
+            counter(&r0, "udp_rx_batched"),
+        );
+        assert!(
+            rcalls > 0 && rgot >= rcalls,
+            "{imp:?}: {rgot} datagrams in {rcalls} recvmmsg calls"
+        );
         let (calls, sent) = (counter(&s, "udp_tx_batches"), counter(&s, "udp_tx_batched"));
-        assert!(calls > 0 && sent > calls, "{imp:?}: {sent} packets in {calls} sendmmsg calls");
+        assert!(
+            calls > 0 && sent > calls,
+            "{imp:?}: {sent} packets in {calls} sendmmsg calls"
+        );
         mib as f64 / secs
     };
     let clean = goodput(Impair {

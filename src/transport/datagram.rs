@@ -187,6 +187,8 @@ pub trait PacketIo {
 
 /// Packets a [`UdpIo`] gathers for one `sendmmsg` (a flush sends fewer).
 const UDP_TX_BATCH: usize = 32;
+/// Datagrams a [`UdpIo`] takes with one `recvmmsg` at most.
+const UDP_RX_BATCH: usize = 32;
 
 /// UDP/IPv4 or IPv6 sockets: the datagram transport for routed networks,
 /// and the lossy-network test bed. Packets sent are gathered and leave
@@ -208,8 +210,14 @@ pub struct UdpIo {
     /// `sendmmsg` calls made, and packets they sent.
     tx_batches: u64,
     tx_batched: u64,
-    /// A receive buffer given back by [`PacketIo::release`], reused.
-    rxbuf: Option<Vec<u8>>,
+    /// Datagrams one `recvmmsg` took and [`PacketIo::recv`] has not handed
+    /// out yet: buffer, length, sender...
+    rxq: VecDeque<(Vec<u8>, usize, SocketAddr)>,
+    /// ...and receive buffers given back by [`PacketIo::release`], reused.
+    rxfree: Vec<Vec<u8>>,
+    /// `recvmmsg` calls that took something, and datagrams they took.
+    rx_batches: u64,
+    rx_batched: u64,
 }
 
 /// A packet [`UdpIo`] received: its buffer and length.
@@ -249,8 +257,75 @@ impl UdpIo {
             tx_dropped: 0,
             tx_batches: 0,
             tx_batched: 0,
-            rxbuf: None,
+            rxq: VecDeque::with_capacity(UDP_RX_BATCH),
+            rxfree: Vec::new(),
+            rx_batches: 0,
+            rx_batched: 0,
         })
+    }
+
+    /// Take up to [`UDP_RX_BATCH`] waiting datagrams with one `recvmmsg`
+    /// into `rxq`.
+    fn fill_rx(&mut self) -> io::Result<()> {
+        use nix::errno::Errno;
+        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage};
+        use std::io::IoSliceMut;
+        use std::os::fd::AsRawFd;
+        let size = self.max_packet.max(PACKET_MIN);
+        let mut bufs: Vec<Vec<u8>> = (0..UDP_RX_BATCH)
+            .map(|_| self.rxfree.pop().unwrap_or_else(|| vec![0; size]))
+            .collect();
+        let got: io::Result<Vec<(usize, Option<SocketAddr>)>> = {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_RX_BATCH, None);
+            match recvmmsg(
+                self.sock.as_raw_fd(),
+                &mut headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
+                Ok(r) => Ok(r
+                    .map(|m| {
+                        let from = m.address.and_then(|a| match a.family() {
+                            Some(nix::sys::socket::AddressFamily::Inet) => {
+                                a.as_sockaddr_in().map(|a| SocketAddr::V4((*a).into()))
+                            }
+                            Some(nix::sys::socket::AddressFamily::Inet6) => {
+                                a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into()))
+                            }
+                            _ => None,
+                        });
+                        (m.bytes, from)
+                    })
+                    .collect()),
+                // Nothing waiting; or an ICMP error for an earlier send (the
+                // datagrams behind it are read at the next poll).
+                Err(Errno::EAGAIN | Errno::ECONNREFUSED) => Ok(Vec::new()),
+                Err(e) => Err(io::Error::from(e)),
+            }
+        };
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => {
+                self.rxfree.extend(bufs);
+                return Err(e);
+            }
+        };
+        if !got.is_empty() {
+            self.rx_batches += 1;
+            self.rx_batched += got.len() as u64;
+        }
+        let rest = bufs.split_off(got.len());
+        for (b, (len, from)) in bufs.into_iter().zip(got) {
+            match from {
+                Some(from) => self.rxq.push_back((b, len, from)),
+                None => self.rxfree.push(b),
+            }
+        }
+        self.rxfree.extend(rest);
+        Ok(())
     }
 
     /// Send the gathered packets: `sendmmsg` until all are taken; what the
@@ -362,38 +437,27 @@ impl PacketIo for UdpIo {
             ("udp_tx_dropped", self.tx_dropped),
             ("udp_tx_batches", self.tx_batches),
             ("udp_tx_batched", self.tx_batched),
+            ("udp_rx_batches", self.rx_batches),
+            ("udp_rx_batched", self.rx_batched),
         ]
     }
 
     type Rx = UdpRx;
 
     fn recv(&mut self) -> io::Result<Option<UdpRx>> {
-        let mut buf = self
-            .rxbuf
-            .take()
-            .unwrap_or_else(|| vec![0; self.max_packet.max(PACKET_MIN)]);
-        loop {
-            match self.sock.recv_from(&mut buf) {
-                Ok((len, from)) => {
-                    self.last_from = Some(from);
-                    return Ok(Some(UdpRx { buf, len }));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.rxbuf = Some(buf);
-                    return Ok(None);
-                }
-                // An ICMP error for an earlier send: nothing to read here.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => {
-                    self.rxbuf = Some(buf);
-                    return Err(e);
-                }
-            }
+        if self.rxq.is_empty() {
+            self.fill_rx()?;
         }
+        Ok(self.rxq.pop_front().map(|(buf, len, from)| {
+            self.last_from = Some(from);
+            UdpRx { buf, len }
+        }))
     }
 
     fn release(&mut self, pkt: UdpRx) {
-        self.rxbuf = Some(pkt.buf);
+        if self.rxfree.len() < UDP_RX_BATCH {
+            self.rxfree.push(pkt.buf);
+        }
     }
 
     fn learn(&mut self, node: u32) {
