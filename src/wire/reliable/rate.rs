@@ -120,6 +120,11 @@ enum Mode {
     ProbeRtt(Option<Instant>),
 }
 
+/// Rounds after its epoch began that a congestion judgement may still be
+/// lifted: its resends' D-SACKs come back a round after them, often after
+/// the next epoch was judged.
+const CUT_ROUNDS: u64 = 4;
+
 /// The last congestion judgement, while D-SACKs may yet prove its losses
 /// needless.
 #[derive(Debug)]
@@ -202,7 +207,7 @@ pub(super) struct Rate {
     history: VecDeque<f64>,
     /// The bound on what may be in flight after congestion (none: no bound).
     pub(super) hi: Option<u32>,
-    /// The last congested epoch, until an epoch after it is judged.
+    /// The last congested epoch, for [`CUT_ROUNDS`] rounds or until the next.
     cut: Option<Cut>,
     /// The window (packets).
     cwnd: u32,
@@ -572,13 +577,22 @@ impl Rate {
         } else {
             Judged::Random
         };
-        self.cut = (judged == Judged::Congested).then(|| Cut {
-            epoch: self.ep_round,
-            hi: self.hi,
-            lost: self.ep_lost,
-            n,
-            history: self.history.clone(),
-        });
+        if judged == Judged::Congested {
+            self.cut = Some(Cut {
+                epoch: self.ep_round,
+                hi: self.hi,
+                lost: self.ep_lost,
+                n,
+                history: self.history.clone(),
+            });
+        } else if self
+            .cut
+            .as_ref()
+            .is_some_and(|c| self.round > c.epoch + CUT_ROUNDS)
+        {
+            // Its D-SACKs would have come back by now.
+            self.cut = None;
+        }
         self.history.push_back(rate);
         if self.history.len() > LOSS_HISTORY {
             self.history.pop_front();
