@@ -371,6 +371,32 @@ fn delivered_to_victim(s: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// The victim reads the `n` tagged messages: every one arrives, in order,
+/// intact; the peer's writer ends; every pool block comes back to `base`.
+/// Returns agent 0's stat then.
+fn read_all_and_settle(
+    c: &Cluster,
+    ep: &wyvern::client::Endpoint,
+    n: u64,
+    writer: std::thread::JoinHandle<std::io::Result<()>>,
+    base: u64,
+) -> Value {
+    for i in 0..n {
+        let m = ep
+            .recv(T)
+            .unwrap_or_else(|e| panic!("message {i} of {n}: {e}"));
+        assert_eq!((m.src_node, m.data().len()), (1, UNREAD_SIZE as usize));
+        assert!(m.data() == &tagged(i)[..], "message {i} differs");
+    }
+    writer
+        .join()
+        .unwrap()
+        .expect("the peer's writes were taken");
+    let (s, freed) = wait_stat(c, |s| s["blocks_free"].as_u64() == Some(base));
+    assert!(freed, "blocks not back to {base}: {s}");
+    s
+}
+
 /// Sample agent 0 every 20 ms until nothing changes for 1 s (the peer is
 /// held back, or all its messages are in), at most 20 s: the last stat, and
 /// the most the agent held for node 1 seen from the pool (blocks in use
@@ -454,19 +480,7 @@ fn messages_waiting_for_an_unread_ring_count_against_the_bound() {
     // Another peer is served meanwhile (its own messages in pool blocks too).
     honest(&c, 40, 20, 256 << 10);
     // The receiver reads: everything comes, in order, intact.
-    for i in 0..n {
-        let m = ep
-            .recv(T)
-            .unwrap_or_else(|e| panic!("message {i} of {n}: {e}"));
-        assert_eq!((m.src_node, m.data().len()), (1, UNREAD_SIZE as usize));
-        assert!(m.data() == &tagged(i)[..], "message {i} differs");
-    }
-    writer
-        .join()
-        .unwrap()
-        .expect("the peer's writes were taken");
-    let (s, freed) = wait_stat(&c, |s| s["blocks_free"].as_u64() == Some(base));
-    assert!(freed, "blocks not back to {base}: {s}");
+    let s = read_all_and_settle(&c, &ep, n, writer, base);
     assert_eq!(peer_counter(&s, 1, "malformed"), 0, "{s}");
     assert_eq!(peer_counter(&s, 1, "errors"), 0, "{s}");
     assert_eq!(peer(&s, 1)["state"], "up", "{s}");
@@ -510,19 +524,7 @@ fn messages_for_an_endpoint_not_open_count_against_the_bound() {
     );
     let victim = wyvern::client::Client::attach(c.socket(0), "victim").unwrap();
     let ep = victim.open_endpoint(Some(VICTIM_EP)).unwrap();
-    for i in 0..n {
-        let m = ep
-            .recv(T)
-            .unwrap_or_else(|e| panic!("message {i} of {n}: {e}"));
-        assert_eq!((m.src_node, m.data().len()), (1, UNREAD_SIZE as usize));
-        assert!(m.data() == &tagged(i)[..], "message {i} differs");
-    }
-    writer
-        .join()
-        .unwrap()
-        .expect("the peer's writes were taken");
-    let (s, freed) = wait_stat(&c, |s| s["blocks_free"].as_u64() == Some(base));
-    assert!(freed, "blocks not back to {base}: {s}");
+    let s = read_all_and_settle(&c, &ep, n, writer, base);
     assert_eq!(
         fake.rx.unknown_ep.load(Ordering::Relaxed),
         0,

@@ -728,6 +728,17 @@ fn wait_active_mtu(devs: &[String], want: u32) {
     }
 }
 
+/// The VM's veths under the rxe devices (`WYVERN_RXE_NETDEVS`, set by
+/// scripts/rxe-vm.sh; empty elsewhere).
+fn rxe_netdevs() -> Vec<String> {
+    std::env::var("WYVERN_RXE_NETDEVS")
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// Loud fallback (issue 18): a RoCE port whose netdev's MTU is 1500 runs an RDMA MTU
 /// of 1024 B where it could do 4096 B. The agents still move every message, and say
 /// so: once in the log at warn, in `wyvern stat` (JSON and text) with the netdev, its
@@ -737,12 +748,7 @@ fn wait_active_mtu(devs: &[String], want: u32) {
 #[test]
 fn a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded() {
     let test = "a_roce_port_cut_below_its_largest_mtu_by_its_netdev_is_listed_as_degraded";
-    let netdevs: Vec<String> = std::env::var("WYVERN_RXE_NETDEVS")
-        .unwrap_or_default()
-        .split([' ', ','])
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let netdevs = rxe_netdevs();
     let devs = common::verbs_devices();
     if !have_device(test) || netdevs.len() < 2 || devs.len() < 2 {
         eprintln!("{test}: skipped: only in scripts/rxe-vm.sh (WYVERN_RXE_NETDEVS)");
@@ -861,12 +867,7 @@ fn reads_outstanding_on_a_queue_pair_stay_within_the_read_window() {
     if !have_device("read_window") {
         return;
     }
-    let netdevs: Vec<String> = std::env::var("WYVERN_RXE_NETDEVS")
-        .unwrap_or_default()
-        .split([' ', ','])
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let netdevs = rxe_netdevs();
     let Some(dev0) = netdevs.first() else {
         eprintln!("read_window: skipped: no WYVERN_RXE_NETDEVS (scripts/rxe-vm.sh sets it)");
         return;
@@ -918,12 +919,7 @@ fn messages_steered_at_once_from_one_peer_stay_within_peer_rx_bytes() {
     if !have_device("peer_rx_sum") {
         return;
     }
-    let netdevs: Vec<String> = std::env::var("WYVERN_RXE_NETDEVS")
-        .unwrap_or_default()
-        .split([' ', ','])
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let netdevs = rxe_netdevs();
     let Some(dev0) = netdevs.first() else {
         eprintln!("peer_rx_sum: skipped: no WYVERN_RXE_NETDEVS (scripts/rxe-vm.sh sets it)");
         return;
