@@ -851,6 +851,36 @@ impl Drop for Delayed {
     }
 }
 
+/// Node 0's two senders send 24 buffered messages of `size` each to node 1
+/// (endpoints 20 and 21) while `delayed` slows the READ responses; every
+/// message arrives intact and in order and node 1 settles clean. Returns node
+/// 1's stat, its READs into the pool and their bytes (at least one READ).
+fn read_into_node1(
+    c: &Cluster,
+    size: u64,
+    delayed: Delayed,
+    what: &str,
+) -> (serde_json::Value, u64, u64) {
+    let size = size.to_string();
+    Traffic::new(c, &size)
+        .recv(1, 20, 24)
+        .recv(1, 21, 24)
+        .send(0, (1, 20), 24, Mode::Buffered)
+        .send(0, (1, 21), 24, Mode::Buffered)
+        .start()
+        .finish(what);
+    drop(delayed);
+    let s1 = check::settled_clean(c, 1);
+    let t = &s1["transport"];
+    eprintln!("agent 1 transport counters: {t}");
+    let (reads, read_bytes) = (
+        counter(&s1, "verbs_reads"),
+        counter(&s1, "verbs_read_bytes"),
+    );
+    assert!(reads > 0, "no READ into the pool: {t}");
+    (s1, reads, read_bytes)
+}
+
 /// The READ window (`READ_WINDOW`, 512 KiB per queue pair; issue 16's bound on
 /// what rxe takes before it drops and retransmits): node 0's two senders send 24
 /// buffered 1 MiB messages each to node 1 (each 4 chunks of 256 KiB, each chunk one
@@ -876,22 +906,8 @@ fn reads_outstanding_on_a_queue_pair_stay_within_the_read_window() {
     const READ: u64 = 256 << 10;
     let delayed = Delayed::add(dev0, "20ms");
     let c = start(2);
-    Traffic::new(&c, "1048576")
-        .recv(1, 20, 24)
-        .recv(1, 21, 24)
-        .send(0, (1, 20), 24, Mode::Buffered)
-        .send(0, (1, 21), 24, Mode::Buffered)
-        .start()
-        .finish("(read window)");
-    drop(delayed);
-    let s1 = check::settled_clean(&c, 1);
+    let (s1, reads, read_bytes) = read_into_node1(&c, 1 << 20, delayed, "(read window)");
     let t = &s1["transport"];
-    eprintln!("agent 1 transport counters: {t}");
-    let (reads, read_bytes) = (
-        counter(&s1, "verbs_reads"),
-        counter(&s1, "verbs_read_bytes"),
-    );
-    assert!(reads > 0, "no READ into the pool: {t}");
     // Every READ one whole chunk (else the figures below mean something else).
     assert_eq!(read_bytes, reads * READ, "READs not all of 256 KiB: {t}");
     let most = counter(&s1, "verbs_read_bytes_in_flight_max");
@@ -929,23 +945,9 @@ fn messages_steered_at_once_from_one_peer_stay_within_peer_rx_bytes() {
     let delayed = Delayed::add(dev0, "20ms");
     let limit = LIMIT.to_string();
     let c = start_with(2, &["--peer-rx-bytes", &limit]);
-    let size = MSG.to_string();
-    Traffic::new(&c, &size)
-        .recv(1, 20, 24)
-        .recv(1, 21, 24)
-        .send(0, (1, 20), 24, Mode::Buffered)
-        .send(0, (1, 21), 24, Mode::Buffered)
-        .start()
-        .finish("(peer_rx_bytes on the steer path)");
-    drop(delayed);
-    let s1 = check::settled_clean(&c, 1);
+    let (s1, reads, read_bytes) =
+        read_into_node1(&c, MSG, delayed, "(peer_rx_bytes on the steer path)");
     let t = &s1["transport"];
-    eprintln!("agent 1 transport counters: {t}");
-    let (reads, read_bytes) = (
-        counter(&s1, "verbs_reads"),
-        counter(&s1, "verbs_read_bytes"),
-    );
-    assert!(reads > 0, "no READ into the pool: {t}");
     // One READ per message, straight into its block.
     assert_eq!(read_bytes, reads * MSG, "READs not all of 128 KiB: {t}");
     assert_eq!(counter(&s1, "verbs_bounce_reads"), 0, "{t}");
