@@ -353,9 +353,23 @@ fn a_rail_killed_mid_stream_loses_nothing_and_comes_back() {
         .map(String::from)
         .to_vec()
     };
+    // A peer timeout well above the detection's: on a loaded 2-core CI machine
+    // (2026-12-07, session 14) neither agent found the rail down within the
+    // default 3 s (the senders, their windows full of packets lost on the dead
+    // rail, sent too little on the live one for the loss-based rule's count), the
+    // link to the peer broke and its messages failed; the rail was found down
+    // 0.2 s after the link was remade. What this test checks is that nothing is
+    // lost and the rail comes back, not how soon; the slow detection is noted in
+    // issue 18's rail gaps.
     let c = Cluster::start_wrapped(
         2,
-        &["--transport", "dpdk", "--no-hugepages"],
+        &[
+            "--transport",
+            "dpdk",
+            "--no-hugepages",
+            "--peer-timeout-ms",
+            "20000",
+        ],
         (0..2).map(|i| tb.wrap(i)).collect(),
         (0..2).map(args).collect(),
         |_, a| a,
