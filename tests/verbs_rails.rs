@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::scenarios::{Mode, Traffic};
+use common::testbed::Delayed;
 use common::{check, counter, Cluster};
 
 /// The two rails' devices of nodes 0 and 1, and the netdevs under rail 0 and rail 1
@@ -336,7 +337,7 @@ fn several_chunks_are_read_at_once_and_a_rail_killed_under_them_loses_nothing() 
     // The emulated devices READ faster than a busy agent comes round to the next
     // chunk: with 5 ms more on what node 0 sends on both rails (READ responses), a READ takes
     // long enough that the next chunks are always steered while it is under way.
-    let mut delayed = Delayed(Vec::new());
+    let mut delayed = Delayed::default();
     delayed.add(&netdevs[0], "5ms");
     delayed.add(&netdevs[1], "5ms");
     let c = start(&devs);
@@ -394,35 +395,6 @@ fn several_chunks_are_read_at_once_and_a_rail_killed_under_them_loses_nothing() 
         assert_eq!(counter(&s, "verbs_chunks_in_flight"), 0, "agent {i}: {s}");
     }
     drop(delayed);
-}
-
-/// A delay added to what leaves netdevs (`tc qdisc ... netem`), taken off again when
-/// the test ends, passed or not.
-struct Delayed(Vec<String>);
-
-impl Delayed {
-    fn add(&mut self, dev: &str, delay: &str) {
-        let out = Command::new("tc")
-            .args(["qdisc", "add", "dev", dev, "root", "netem", "delay", delay])
-            .output()
-            .expect("tc");
-        assert!(
-            out.status.success(),
-            "tc qdisc add dev {dev} root netem delay {delay}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.0.push(dev.to_string());
-    }
-}
-
-impl Drop for Delayed {
-    fn drop(&mut self) {
-        for dev in &self.0 {
-            let _ = Command::new("tc")
-                .args(["qdisc", "del", "dev", dev, "root"])
-                .output();
-        }
-    }
 }
 
 /// A node with two rails and a node with one: the pair uses the rail both have

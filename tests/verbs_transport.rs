@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::keys::{link_facts, KeyFile};
 use common::scenarios::{self, Mode, Traffic, T};
+use common::testbed::Delayed;
 use common::{assert_ok, check, counter, Cluster};
 
 /// Whether an RDMA device is there; prints why not.
@@ -824,33 +825,6 @@ fn doctor_rdma_mtu(dev: &str) -> (String, String, String) {
     (verdict, found, fix)
 }
 
-/// A delay added to what leaves a netdev (`tc qdisc ... netem`), taken off again
-/// when the test ends, passed or not.
-struct Delayed(String);
-
-impl Delayed {
-    fn add(dev: &str, delay: &str) -> Delayed {
-        let out = std::process::Command::new("tc")
-            .args(["qdisc", "add", "dev", dev, "root", "netem", "delay", delay])
-            .output()
-            .expect("tc");
-        assert!(
-            out.status.success(),
-            "tc qdisc add dev {dev} root netem delay {delay}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Delayed(dev.to_string())
-    }
-}
-
-impl Drop for Delayed {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("tc")
-            .args(["qdisc", "del", "dev", &self.0, "root"])
-            .output();
-    }
-}
-
 /// Node 0's two senders send 24 buffered messages of `size` each to node 1
 /// (endpoints 20 and 21) while `delayed` slows the READ responses; every
 /// message arrives intact and in order and node 1 settles clean. Returns node
@@ -904,7 +878,8 @@ fn reads_outstanding_on_a_queue_pair_stay_within_the_read_window() {
     };
     const WINDOW: u64 = 512 << 10;
     const READ: u64 = 256 << 10;
-    let delayed = Delayed::add(dev0, "20ms");
+    let mut delayed = Delayed::default();
+    delayed.add(dev0, "20ms");
     let c = start(2);
     let (s1, reads, read_bytes) = read_into_node1(&c, 1 << 20, delayed, "(read window)");
     let t = &s1["transport"];
@@ -942,7 +917,8 @@ fn messages_steered_at_once_from_one_peer_stay_within_peer_rx_bytes() {
     };
     const LIMIT: u64 = 256 << 10;
     const MSG: u64 = 128 << 10;
-    let delayed = Delayed::add(dev0, "20ms");
+    let mut delayed = Delayed::default();
+    delayed.add(dev0, "20ms");
     let limit = LIMIT.to_string();
     let c = start_with(2, &["--peer-rx-bytes", &limit]);
     let (s1, reads, read_bytes) =

@@ -210,3 +210,34 @@ pub fn memif_agent_args(dir: &std::path::Path, i: usize, vdev_extra: &str) -> Ve
     );
     vec!["--dpdk-eal-args".into(), eal]
 }
+
+/// A delay added to what leaves netdevs (`tc qdisc ... root netem delay`), taken off
+/// again when dropped (the test ended, passed or not).
+#[derive(Default)]
+pub struct Delayed(Vec<String>);
+
+impl Delayed {
+    /// Delay what leaves `dev` by `delay` (a `tc` time, e.g. "20ms").
+    pub fn add(&mut self, dev: &str, delay: &str) {
+        let out = Command::new("tc")
+            .args(["qdisc", "add", "dev", dev, "root", "netem", "delay", delay])
+            .output()
+            .expect("tc");
+        assert!(
+            out.status.success(),
+            "tc qdisc add dev {dev} root netem delay {delay}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.0.push(dev.to_string());
+    }
+}
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        for dev in &self.0 {
+            let _ = Command::new("tc")
+                .args(["qdisc", "del", "dev", dev, "root"])
+                .output();
+        }
+    }
+}
